@@ -1,0 +1,191 @@
+/*
+ * cc.h — the compiler's internal header: the compilation state, the checked IR, the builder of
+ * the program image, and the helpers the passes share.  Only files in compiler/ include it.
+ *
+ * Passes: grammar/ parses each file into an AST (ast.c builds it) -> decl.c collects and checks
+ * declarations -> expr.c (match expressions) and pattern.c (JSON patterns) lower rule conditions
+ * into one IR -> codegen.c emits bytecode into the program builder -> compiler.c hands out the
+ * finished vm_program.
+ */
+#ifndef EBR_CC_H
+#define EBR_CC_H
+
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "ast.h"
+#include "compiler.h"
+
+/* ---- growable arrays ------------------------------------------------------------------------ */
+#define VEC(T) struct { T *v; uint32_t n, cap; }
+
+/* Makes room for one more element in a VEC (aborts when memory runs out: a compiler that cannot
+ * allocate a few bytes has nothing better to do). */
+void vec_reserve(void **v, uint32_t *cap, size_t elem, uint32_t need);
+#define vec_push(vec, x) \
+    (vec_reserve((void **)&(vec).v, &(vec).cap, sizeof *(vec).v, (vec).n + 1), \
+     (vec).v[(vec).n] = (x), (vec).n++)
+
+typedef VEC(uint32_t) u32vec;
+
+void *cc_xmalloc(size_t n);
+void *cc_xrealloc(void *p, size_t n);
+char *cc_xstrndup(const char *s, size_t n);
+
+/* ---- the checked IR -------------------------------------------------------------------------- */
+typedef enum {
+    IR_TEST,   /* path, test */
+    IR_AND,    /* kid[0..nkid) */
+    IR_OR,     /* kid[0..nkid) */
+    IR_NOT,    /* kid[0] */
+    IR_TRUE,   /* no condition (an empty pattern) */
+} ir_kind;
+
+typedef struct ir ir;
+struct ir {
+    ir_kind kind;
+    uint32_t path, test;
+    ir **kid;
+    uint32_t nkid;
+    vm_span span;
+};
+
+/* ---- a diagnostic ---------------------------------------------------------------------------- */
+typedef struct {
+    int warning;
+    uint32_t src, off, len;
+    char *msg;
+    uint32_t seq;   /* order of report, to keep sorting stable */
+} cc_msg;
+
+/* A declared name: which declaration, where, and its index in the program's tables. */
+typedef struct {
+    const char *name;
+    ast *node;
+    cc_unit *unit;
+    uint32_t index;
+} cc_name;
+
+typedef VEC(cc_name) cc_names;
+
+struct cc_comp {
+    /* arena */
+    struct cc_chunk *chunks;
+    /* files */
+    VEC(cc_unit *) units;
+    /* diagnostics */
+    VEC(cc_msg) msgs;
+    int nerrors, nwarnings;
+    /* declarations that failed to parse: "bus NAME", "target NAME", "rule NAME" */
+    VEC(char *) broken;
+    /* declarations, by kind */
+    cc_names buses, targets, rules;
+    ast *server;
+    cc_unit *server_unit;
+    /* the program being built */
+    VEC(char) strs;
+    struct cc_strtab *strtab;
+    VEC(vm_source) srcs;
+    VEC(vm_str) segs;
+    VEC(vm_path) paths;
+    VEC(vm_const) consts;
+    VEC(vm_test) tests;
+    VEC(vm_regex) regexes;
+    VEC(vm_re_inst) re_insts;
+    VEC(vm_range) re_ranges;
+    VEC(vm_inst) code;
+    VEC(vm_span) code_spans;
+    VEC(vm_rule) prules;
+    VEC(uint32_t) rule_targets;
+    VEC(vm_bus) pbuses;
+    VEC(vm_target) ptargets;
+    VEC(vm_cfg) cfgs;
+    uint32_t server0, nserver;
+};
+
+/* Reports an error (or warning) at a span of unit u. */
+void cc_error(cc_unit *u, uint32_t off, uint32_t len, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void cc_warning(cc_unit *u, uint32_t off, uint32_t len, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+#define cc_error_at(u, node, ...) cc_error((u), (node)->off, (node)->len, __VA_ARGS__)
+
+/* Writes every diagnostic, sorted by file and position, in the documented format. */
+void cc_print_diags(cc_comp *c, FILE *out);
+
+bool cc_is_broken(cc_comp *c, const char *kind, const char *name, size_t len);
+
+/* ---- literal values -------------------------------------------------------------------------- */
+
+/* Decodes a string token (with its quotes) into UTF-8 in the arena.  On a bad escape or bad UTF-8
+ * reports an error at the offending bytes and returns NULL. */
+char *cc_string(cc_unit *u, const gr_token *t, size_t *len);
+
+/* The text of a token, NUL-terminated, in the arena. */
+char *cc_token_text(cc_unit *u, const gr_token *t);
+
+/* The offset in the source of byte `pos` of the decoded string token t (escapes differ in
+ * length before and after decoding). */
+uint32_t cc_source_offset(cc_unit *u, const gr_token *t, size_t pos);
+
+/* Decodes a JSON string body s[0..n) (no quotes) into out (n bytes suffice).  Returns the length,
+ * or -1 with the faulty bytes' offset, length and a message. */
+long cc_decode_json_string(const char *s, size_t n, char *out, size_t *bad, size_t *badlen,
+                           const char **why);
+
+/* Reads a duration ("5s", "1h30m", "250ms", "1.5s") into milliseconds, or a size ("256KiB") into
+ * bytes.  Returns 1, or 0 if t is not one (the caller says what it expected). */
+int cc_duration(cc_unit *u, const gr_token *t, double *ms);
+int cc_size(cc_unit *u, const gr_token *t, double *bytes);
+
+/* Parses a JSON number's text into a double; false if it is outside the finite double range
+ * (overflows, or is a non-zero value that underflows to zero). */
+bool cc_number(const char *s, size_t n, double *out);
+
+/* ---- the program builder --------------------------------------------------------------------- */
+vm_str cc_str(cc_comp *c, const char *s, size_t n);
+void cc_strtab_free(cc_comp *c);
+uint32_t cc_path(cc_comp *c, const char *const *segs, const size_t *lens, uint32_t nseg);
+uint32_t cc_const(cc_comp *c, const vm_const *k);
+uint32_t cc_test(cc_comp *c, vm_test_kind kind, unsigned flags, const uint32_t *consts, uint32_t n);
+
+/* Builds constants; each returns the constant's index. */
+uint32_t cc_const_string(cc_comp *c, const char *s, size_t n, bool fold, bool ip_aware);
+uint32_t cc_const_number(cc_comp *c, const char *text, size_t n, double value);
+uint32_t cc_const_simple(cc_comp *c, vm_const_type type);
+uint32_t cc_const_range(cc_comp *c, double lo, bool lo_open, double hi, bool hi_open);
+
+/* Parses "a.b.c.d/n" or an IPv6 prefix into a CIDR constant; returns false with a message in err
+ * (a static string) when it is malformed. */
+bool cc_const_cidr(cc_comp *c, const char *s, size_t n, uint32_t *out, const char **err);
+
+/* Compiles an I-Regexp (escape '\\' or '~'); returns false with a message and a byte position in
+ * the pattern when it is invalid. */
+bool cc_const_regex(cc_comp *c, const char *pat, size_t n, char esc, uint32_t *out,
+                    char *err, size_t errcap, size_t *errpos);
+
+/* Checks a wildcard pattern (escapes, no "**"); returns false with a message and a position. */
+bool cc_check_wildcard(const char *s, size_t n, char *err, size_t errcap, size_t *errpos);
+
+/* ---- IR -------------------------------------------------------------------------------------- */
+ir *ir_new(cc_comp *c, ir_kind kind, vm_span span);
+ir *ir_test(cc_comp *c, uint32_t path, uint32_t test, vm_span span);
+void ir_add(cc_comp *c, ir *parent, ir *kid);
+vm_span cc_span(cc_unit *u, uint32_t off, uint32_t len);
+
+/* ---- passes ---------------------------------------------------------------------------------- */
+
+/* Collects the declarations of every unit, checks names and options, lowers each rule and emits
+ * the program.  Returns the number of errors. */
+int cc_check_and_build(cc_comp *c);
+
+/* Lowers a `match` expression to IR (NULL after reporting errors). */
+ir *cc_lower_expr(cc_unit *u, ast *e);
+
+/* Lowers a `pattern` JSON body to IR (NULL after reporting errors). */
+ir *cc_lower_pattern(cc_unit *u, ast *json);
+
+/* Emits rule code for ir; returns the first instruction's index and sets *n. */
+uint32_t cc_codegen(cc_comp *c, ir *root, vm_span rule_span, uint32_t *n);
+
+#endif

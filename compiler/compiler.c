@@ -1,0 +1,219 @@
+/*
+ * compiler.c — the compiler's driver: reads the main file and its imports, parses each, runs the
+ * checks and code generation, and hands the finished image over as a vm_program.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cc.h"
+
+/* Reads a whole file into a NUL-terminated buffer; NULL with errno set on failure. */
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        errno = EISDIR;
+        return NULL;
+    }
+    size_t cap = (size_t)st.st_size + 1, n = 0;
+    char *buf = cc_xmalloc(cap + 1);
+    for (;;) {
+        size_t k = fread(buf + n, 1, cap - n, f);
+        n += k;
+        if (n < cap)
+            break;
+        cap *= 2;
+        buf = cc_xrealloc(buf, cap + 1);
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        errno = EIO;
+        return NULL;
+    }
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+static cc_unit *add_unit(cc_comp *c, const char *name, char *text, size_t len)
+{
+    cc_unit *u = cc_alloc(c, sizeof *u);
+    u->comp = c;
+    u->src = c->units.n;
+    u->name = cc_xstrndup(name, strlen(name));
+    u->text = text;
+    u->len = len;
+    vec_push(c->units, u);
+    return u;
+}
+
+/* Is a file with this canonical path already part of the compilation? */
+static bool loaded(cc_comp *c, const char *real)
+{
+    for (uint32_t i = 0; i < c->units.n; i++) {
+        char buf[PATH_MAX];
+        if (realpath(c->units.v[i]->name, buf) && strcmp(buf, real) == 0)
+            return true;
+    }
+    return false;
+}
+
+static void parse_unit(cc_comp *c, cc_unit *u);
+
+/* Resolves `import "path"` of unit u: a file relative to u's directory (".ebr" may be left
+ * out).  The standard template library ("stdlib/...") is not part of this version. */
+static void do_import(cc_comp *c, cc_unit *u, ast *d)
+{
+    size_t n;
+    const char *path = cc_string(u, &d->tok, &n);
+    if (!path)
+        return;
+    if (strncmp(path, "stdlib/", 7) == 0) {
+        cc_error(u, d->tok.off, d->tok.len, "unknown standard template module '%s': this version "
+                 "ships no standard templates", path + 7);
+        return;
+    }
+    char full[PATH_MAX];
+    const char *slash = strrchr(u->name, '/');
+    if (path[0] == '/' || !slash)
+        snprintf(full, sizeof full, "%s", path);
+    else
+        snprintf(full, sizeof full, "%.*s/%s", (int)(slash - u->name), u->name, path);
+    struct stat st;
+    if (stat(full, &st) != 0 && !(n >= 4 && strcmp(path + n - 4, ".ebr") == 0))
+        strncat(full, ".ebr", sizeof full - strlen(full) - 1);
+    char real[PATH_MAX];
+    if (!realpath(full, real)) {
+        cc_error(u, d->tok.off, d->tok.len, "cannot import '%s': %s", path, strerror(errno));
+        return;
+    }
+    if (loaded(c, real))
+        return;
+    size_t len;
+    char *text = read_file(full, &len);
+    if (!text) {
+        cc_error(u, d->tok.off, d->tok.len, "cannot import '%s': %s", path, strerror(errno));
+        return;
+    }
+    parse_unit(c, add_unit(c, full, text, len));
+}
+
+static void parse_unit(cc_comp *c, cc_unit *u)
+{
+    gr_parse(u);
+    for (ast *d = u->decls; d; d = d->next)
+        if (d->kind == A_IMPORT)
+            do_import(c, u, d);
+}
+
+/* Moves the built tables into a vm_program. */
+static vm_program *finish(cc_comp *c)
+{
+    vm_program *p = calloc(1, sizeof *p);
+    if (!p)
+        abort();
+    for (uint32_t i = 0; i < c->units.n; i++) {
+        vm_source s = { cc_str(c, c->units.v[i]->name, strlen(c->units.v[i]->name)),
+                        cc_str(c, c->units.v[i]->text, c->units.v[i]->len) };
+        vec_push(c->srcs, s);
+    }
+#define TAKE(field, vec) (p->field = (vec).v, p->n##field = (vec).n, (vec).v = NULL, (vec).n = 0)
+    TAKE(strs, c->strs);
+    TAKE(srcs, c->srcs);
+    TAKE(segs, c->segs);
+    TAKE(paths, c->paths);
+    TAKE(consts, c->consts);
+    TAKE(tests, c->tests);
+    TAKE(regexes, c->regexes);
+    TAKE(re_insts, c->re_insts);
+    TAKE(re_ranges, c->re_ranges);
+    TAKE(rules, c->prules);
+    TAKE(rule_targets, c->rule_targets);
+    TAKE(buses, c->pbuses);
+    TAKE(targets, c->ptargets);
+    TAKE(cfgs, c->cfgs);
+#undef TAKE
+    p->code = c->code.v;
+    p->ncode = c->code.n;
+    p->code_spans = c->code_spans.v;
+    c->code.v = NULL;
+    c->code_spans.v = NULL;
+    p->server0 = c->server0;
+    p->nserver = c->nserver;
+    if (vm_program_prepare(p) != VM_OK) {
+        vm_program_free(p);
+        return NULL;
+    }
+    return p;
+}
+
+static void comp_free(cc_comp *c)
+{
+    for (uint32_t i = 0; i < c->units.n; i++) {
+        free((char *)c->units.v[i]->name);
+        free((char *)c->units.v[i]->text);
+    }
+    for (uint32_t i = 0; i < c->msgs.n; i++)
+        free(c->msgs.v[i].msg);
+    for (uint32_t i = 0; i < c->broken.n; i++)
+        free(c->broken.v[i]);
+    cc_strtab_free(c);
+    free(c->units.v); free(c->msgs.v); free(c->broken.v);
+    free(c->buses.v); free(c->targets.v); free(c->rules.v);
+    free(c->strs.v); free(c->srcs.v); free(c->segs.v); free(c->paths.v); free(c->consts.v);
+    free(c->tests.v); free(c->regexes.v); free(c->re_insts.v); free(c->re_ranges.v);
+    free(c->code.v); free(c->code_spans.v); free(c->prules.v); free(c->rule_targets.v);
+    free(c->pbuses.v); free(c->ptargets.v); free(c->cfgs.v);
+    cc_arena_free(c);
+    free(c);
+}
+
+/* Compiles unit text (owned by the compilation from here on). */
+static vm_program *compile(const char *name, char *text, size_t len, FILE *diag, cc_result *res)
+{
+    cc_comp *c = calloc(1, sizeof *c);
+    if (!c)
+        abort();
+    parse_unit(c, add_unit(c, name, text, len));
+    cc_check_and_build(c);
+    vm_program *p = c->nerrors ? NULL : finish(c);
+    cc_print_diags(c, diag);
+    if (res) {
+        res->nerrors = c->nerrors;
+        res->nwarnings = c->nwarnings;
+    }
+    comp_free(c);
+    return p;
+}
+
+vm_program *cc_compile_file(const char *path, FILE *diag, cc_result *res)
+{
+    size_t len;
+    char *text = read_file(path, &len);
+    if (!text) {
+        if (diag)
+            fprintf(diag, "%s: error: cannot read: %s\n", path, strerror(errno));
+        if (res)
+            res->nerrors = 1, res->nwarnings = 0;
+        return NULL;
+    }
+    return compile(path, text, len, diag, res);
+}
+
+vm_program *cc_compile_text(const char *name, const char *text, size_t len, FILE *diag,
+                            cc_result *res)
+{
+    char *copy = cc_xmalloc(len + 1);
+    memcpy(copy, text, len);
+    copy[len] = 0;
+    return compile(name, copy, len, diag, res);
+}

@@ -1,0 +1,707 @@
+/*
+ * decl.c — declarations: collects buses, targets, rules and the server block of every unit,
+ * checks names, references and options, turns options into the image's option trees, and drives
+ * the lowering and code generation of each rule.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "cc.h"
+#include "parser.h"
+
+/* ---- names ----------------------------------------------------------------------------------- */
+
+static const char *ident(cc_unit *u, const gr_token *t)
+{
+    return cc_token_text(u, t);
+}
+
+static int find_name(const cc_name *v, uint32_t n, const char *s, size_t len)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (strlen(v[i].name) == len && memcmp(v[i].name, s, len) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* Edit distance, for "did you mean" suggestions (names are short). */
+static size_t distance(const char *a, size_t na, const char *b, size_t nb)
+{
+    size_t row[64];
+    if (na >= 63 || nb >= 63)
+        return 99;
+    for (size_t j = 0; j <= nb; j++)
+        row[j] = j;
+    for (size_t i = 1; i <= na; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= nb; j++) {
+            size_t up = row[j];
+            size_t best = diag + (a[i - 1] != b[j - 1]);
+            if (row[j] + 1 < best) best = row[j] + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[nb];
+}
+
+/* Appends " (did you mean 'x'?)" to buf when some candidate is close to name. */
+static void suggest(const char *name, size_t len, const char *const *cands, size_t n, char *buf,
+                    size_t cap)
+{
+    size_t best = 99, pick = n;
+    for (size_t i = 0; i < n; i++) {
+        size_t d = distance(name, len, cands[i], strlen(cands[i]));
+        if (d < best) {
+            best = d;
+            pick = i;
+        }
+    }
+    buf[0] = 0;
+    if (pick < n && best <= (len > 4 ? 2 : 1))
+        snprintf(buf, cap, " (did you mean '%s'?)", cands[pick]);
+}
+
+static void suggest_name(const cc_name *v, uint32_t n, const char *s, size_t len, char *buf,
+                         size_t cap)
+{
+    const char *cands[256];
+    size_t k = 0;
+    for (uint32_t i = 0; i < n && k < 256; i++)
+        cands[k++] = v[i].name;
+    suggest(s, len, cands, k, buf, cap);
+}
+
+/* Registers a declaration in `list`, reporting a duplicate. */
+static void declare(cc_comp *c, cc_unit *u, ast *d, const char *what, cc_names *list)
+{
+    const char *name = ident(u, &d->tok);
+    int prev = find_name(list->v, list->n, name, strlen(name));
+    if (prev >= 0) {
+        cc_name *p = &list->v[prev];
+        char where[64] = "";
+        if (p->unit == u) {
+            uint32_t line = 1;
+            for (uint32_t i = 0; i < p->node->tok.off; i++)
+                line += u->text[i] == '\n';
+            snprintf(where, sizeof where, " on line %u", line);
+        } else {
+            snprintf(where, sizeof where, " in %s", p->unit->name);
+        }
+        cc_error(u, d->tok.off, d->tok.len, "duplicate %s '%s' (first declared%s)", what, name,
+                 where);
+        return;
+    }
+    cc_name e = { name, d, u, list->n };
+    vec_push(*list, e);
+    (void)c;
+}
+
+/* ---- option values --------------------------------------------------------------------------- */
+
+typedef enum { V_TEXT, V_DURATION, V_SIZE, V_NUMBER, V_INT, V_IDENT, V_BOOL } vkind;
+
+static const char *vkind_name(vkind k)
+{
+    switch (k) {
+    case V_TEXT: return "a string or env(\"NAME\")";
+    case V_DURATION: return "a duration such as 5s";
+    case V_SIZE: return "a size such as 256KiB";
+    case V_NUMBER: return "a number";
+    case V_INT: return "a whole number";
+    case V_IDENT: return "a name";
+    case V_BOOL: return "true or false";
+    }
+    return "a value";
+}
+
+static bool is_env_call(cc_unit *u, ast *v)
+{
+    return v->kind == A_CALL && v->tok.len == 3 && memcmp(u->text + v->tok.off, "env", 3) == 0;
+}
+
+/* Checks that value v is of kind k; reports and returns false if not. */
+static bool check_value(cc_unit *u, ast *v, vkind k, const char *what)
+{
+    double d;
+    bool ok = false;
+    if (v->kind == A_CALL && is_env_call(u, v)) {
+        ast *arg = v->a;
+        if (!arg || arg->next || arg->kind != A_VALUE || arg->op != TK_STRING) {
+            cc_error_at(u, v, "env() takes one string: the variable's name, as in env(\"TOKEN\")");
+            return false;
+        }
+        ok = k == V_TEXT;
+    } else if (v->kind == A_VALUE) {
+        switch (k) {
+        case V_TEXT: ok = v->op == TK_STRING; break;
+        case V_DURATION: ok = cc_duration(u, &v->tok, &d) == 1; break;
+        case V_SIZE: ok = cc_size(u, &v->tok, &d) == 1; break;
+        case V_NUMBER: ok = v->op == TK_NUMBER; break;
+        case V_INT:
+            ok = v->op == TK_NUMBER && cc_number(u->text + v->tok.off, v->tok.len, &d) &&
+                 d >= 0 && d == floor(d) && d < 4e9;
+            break;
+        case V_IDENT: ok = v->op == TK_IDENT; break;
+        case V_BOOL: ok = v->op == TK_TRUE || v->op == TK_FALSE; break;
+        }
+        if (ok && v->op == TK_STRING) {
+            size_t n;
+            ok = cc_string(u, &v->tok, &n) != NULL;
+            if (!ok)
+                return false;
+        }
+    }
+    if (!ok)
+        cc_error_at(u, v, "%s takes %s", what, vkind_name(k));
+    return ok;
+}
+
+static uint32_t count(ast *list)
+{
+    uint32_t n = 0;
+    for (ast *x = list; x; x = x->next)
+        n++;
+    return n;
+}
+
+/* ---- option specifications ------------------------------------------------------------------- */
+
+enum { K_BUS = 1, K_HTTP = 2, K_FILE = 4, K_TOBUS = 8, K_EXEC = 16, K_SERVER = 32 };
+#define K_TARGETS (K_HTTP | K_FILE | K_TOBUS | K_EXEC)
+
+typedef bool (*opt_check)(cc_comp *c, cc_unit *u, ast *opt, const char *what);
+
+static bool one(cc_unit *u, ast *opt, const char *what, vkind k)
+{
+    if (count(opt->a) != 1 || opt->b) {
+        cc_error_at(u, opt, "%s takes one value: %s", what, vkind_name(k));
+        return false;
+    }
+    return check_value(u, opt->a, k, what);
+}
+
+static bool opt_duration(cc_comp *c, cc_unit *u, ast *o, const char *w) { (void)c; return one(u, o, w, V_DURATION); }
+static bool opt_size(cc_comp *c, cc_unit *u, ast *o, const char *w) { (void)c; return one(u, o, w, V_SIZE); }
+static bool opt_text(cc_comp *c, cc_unit *u, ast *o, const char *w) { (void)c; return one(u, o, w, V_TEXT); }
+static bool opt_int(cc_comp *c, cc_unit *u, ast *o, const char *w) { (void)c; return one(u, o, w, V_INT); }
+
+static bool word_is(cc_unit *u, ast *v, const char *word)
+{
+    return v->kind == A_VALUE && v->op == TK_IDENT && strlen(word) == v->tok.len &&
+           memcmp(u->text + v->tok.off, word, v->tok.len) == 0;
+}
+
+/* fsync always | never | interval DURATION */
+static bool opt_fsync(cc_comp *c, cc_unit *u, ast *o, const char *w)
+{
+    (void)c;
+    ast *v = o->a;
+    if (v && !v->next && !o->b && (word_is(u, v, "always") || word_is(u, v, "never")))
+        return true;
+    if (v && word_is(u, v, "interval") && v->next && !v->next->next && !o->b)
+        return check_value(u, v->next, V_DURATION, "fsync interval");
+    cc_error_at(u, o, "%s takes 'always', 'never' or 'interval <duration>'", w);
+    return false;
+}
+
+/* header "Name" = value */
+static bool opt_header(cc_comp *c, cc_unit *u, ast *o, const char *w)
+{
+    (void)c;
+    if (count(o->a) != 1 || !o->b) {
+        cc_error_at(u, o, "%s is written: header \"Name\" = \"value\" (or env(\"VAR\"))", w);
+        return false;
+    }
+    return check_value(u, o->a, V_TEXT, "a header name") && check_value(u, o->b, V_TEXT, "a header value");
+}
+
+/* method GET | POST | PUT | PATCH | DELETE */
+static bool opt_method(cc_comp *c, cc_unit *u, ast *o, const char *w)
+{
+    static const char *const methods[] = { "GET", "POST", "PUT", "PATCH", "DELETE" };
+    (void)c;
+    if (count(o->a) == 1 && !o->b && (o->a->op == TK_IDENT || o->a->op == TK_STRING)) {
+        const gr_token *t = &o->a->tok;
+        const char *s = u->text + t->off + (t->type == TK_STRING);
+        size_t n = t->len - (t->type == TK_STRING ? 2 : 0);
+        for (size_t i = 0; i < 5; i++)
+            if (strlen(methods[i]) == n && memcmp(methods[i], s, n) == 0)
+                return true;
+    }
+    cc_error_at(u, o, "%s takes one of GET, POST, PUT, PATCH, DELETE", w);
+    return false;
+}
+
+/* Checks the named arguments of a call against `names` and their kinds. */
+static bool check_args(cc_unit *u, ast *call, const char *const *names, const vkind *kinds,
+                       size_t n, bool all_required)
+{
+    bool ok = true;
+    bool seen[8] = { false };
+    for (ast *a = call->a; a; a = a->next) {
+        if (a->kind != A_NAMED) {
+            cc_error_at(u, a, "arguments of %.*s() are named, as in name: value", (int)call->tok.len,
+                        u->text + call->tok.off);
+            ok = false;
+            continue;
+        }
+        size_t k = 0;
+        while (k < n && !(strlen(names[k]) == a->tok.len &&
+                          memcmp(names[k], u->text + a->tok.off, a->tok.len) == 0))
+            k++;
+        if (k == n) {
+            char hint[96];
+            suggest(u->text + a->tok.off, a->tok.len, names, n, hint, sizeof hint);
+            cc_error(u, a->tok.off, a->tok.len, "unknown argument '%.*s' of %.*s()%s",
+                     (int)a->tok.len, u->text + a->tok.off, (int)call->tok.len,
+                     u->text + call->tok.off, hint);
+            ok = false;
+            continue;
+        }
+        if (seen[k]) {
+            cc_error(u, a->tok.off, a->tok.len, "argument '%s' given twice", names[k]);
+            ok = false;
+        }
+        seen[k] = true;
+        ok &= check_value(u, a->a, kinds[k], names[k]);
+    }
+    for (size_t k = 0; k < n && all_required; k++)
+        if (!seen[k]) {
+            cc_error_at(u, call, "%.*s() needs the argument '%s'", (int)call->tok.len,
+                        u->text + call->tok.off, names[k]);
+            ok = false;
+        }
+    return ok;
+}
+
+/* retry none | exponential(attempts: N, first: D, max: D, max_age: D) */
+static bool opt_retry(cc_comp *c, cc_unit *u, ast *o, const char *w)
+{
+    static const char *const names[] = { "attempts", "first", "max", "max_age" };
+    static const vkind kinds[] = { V_INT, V_DURATION, V_DURATION, V_DURATION };
+    (void)c;
+    ast *v = o->a;
+    if (v && !v->next && !o->b && word_is(u, v, "none"))
+        return true;
+    if (v && !v->next && !o->b && v->kind == A_CALL && v->tok.len == 11 &&
+        memcmp(u->text + v->tok.off, "exponential", 11) == 0)
+        return check_args(u, v, names, kinds, 4, false);
+    cc_error_at(u, o, "%s takes 'none' or exponential(attempts: N, first: 1s, max: 5m, max_age: 24h)", w);
+    return false;
+}
+
+/* sign hmac_sha256(secret: env("KEY"), header: "X-Ebr-Signature") */
+static bool opt_sign(cc_comp *c, cc_unit *u, ast *o, const char *w)
+{
+    static const char *const names[] = { "secret", "header" };
+    static const vkind kinds[] = { V_TEXT, V_TEXT };
+    (void)c;
+    ast *v = o->a;
+    if (v && !v->next && !o->b && v->kind == A_CALL && v->tok.len == 11 &&
+        memcmp(u->text + v->tok.off, "hmac_sha256", 11) == 0) {
+        bool ok = check_args(u, v, names, kinds, 2, false);
+        bool has_secret = false;
+        for (ast *a = v->a; a; a = a->next)
+            has_secret |= a->kind == A_NAMED && a->tok.len == 6 &&
+                          memcmp(u->text + a->tok.off, "secret", 6) == 0;
+        if (!has_secret) {
+            cc_error_at(u, v, "hmac_sha256() needs the argument 'secret'");
+            ok = false;
+        }
+        return ok;
+    }
+    cc_error_at(u, o, "%s takes hmac_sha256(secret: env(\"KEY\"))", w);
+    return false;
+}
+
+/* dead_letter TARGET | dead_letter file "path" */
+static bool opt_dead_letter(cc_comp *c, cc_unit *u, ast *o, const char *w)
+{
+    ast *v = o->a;
+    if (v && !v->next && !o->b && v->op == TK_IDENT) {
+        const char *name = u->text + v->tok.off;
+        if (find_name(c->targets.v, c->targets.n, name, v->tok.len) < 0 &&
+            !cc_is_broken(c, "target", name, v->tok.len)) {
+            char hint[128];
+            suggest_name(c->targets.v, c->targets.n, name, v->tok.len, hint, sizeof hint);
+            cc_error_at(u, v, "unknown target '%.*s'%s", (int)v->tok.len, name, hint);
+            return false;
+        }
+        return true;
+    }
+    if (v && word_is(u, v, "file") && v->next && !v->next->next && !o->b)
+        return check_value(u, v->next, V_TEXT, "dead_letter file");
+    cc_error_at(u, o, "%s takes a target's name, or file \"path\"", w);
+    return false;
+}
+
+/* args ["--flag", "value"] */
+static bool opt_args(cc_comp *c, cc_unit *u, ast *o, const char *w)
+{
+    (void)c;
+    if (count(o->a) != 1 || o->b || o->a->kind != A_LIST) {
+        cc_error_at(u, o, "%s takes a list of strings", w);
+        return false;
+    }
+    bool ok = true;
+    for (ast *x = o->a->a; x; x = x->next)
+        ok &= check_value(u, x, V_TEXT, "an argument");
+    return ok;
+}
+
+static const struct opt_spec {
+    const char *name;
+    unsigned kinds;
+    opt_check check;
+    bool repeatable;
+} opt_specs[] = {
+    { "retention",      K_BUS,                      opt_duration,    false },
+    { "retention_size", K_BUS,                      opt_size,        false },
+    { "segment_size",   K_BUS,                      opt_size,        false },
+    { "fsync",          K_BUS | K_FILE,             opt_fsync,       false },
+    { "max_event_size", K_BUS | K_SERVER,           opt_size,        false },
+    { "token",          K_BUS,                      opt_text,        false },
+    { "replay_token",   K_BUS,                      opt_text,        false },
+    { "admin_token",    K_BUS | K_SERVER,           opt_text,        false },
+    { "header",         K_HTTP,                     opt_header,      true  },
+    { "method",         K_HTTP,                     opt_method,      false },
+    { "timeout",        K_HTTP | K_EXEC,            opt_duration,    false },
+    { "retry",          K_TARGETS,                  opt_retry,       false },
+    { "dead_letter",    K_TARGETS,                  opt_dead_letter, false },
+    { "rate_limit",     K_HTTP | K_EXEC,            opt_int,         false },
+    { "concurrency",    K_HTTP | K_EXEC,            opt_int,         false },
+    { "sign",           K_HTTP,                     opt_sign,        false },
+    { "args",           K_EXEC,                     opt_args,        false },
+    { "listen",         K_SERVER,                   opt_text,        false },
+    { "data_dir",       K_SERVER,                   opt_text,        false },
+};
+
+/* Checks the options of a declaration of kind `kind` ("bus", "http target", ...). */
+static void check_options(cc_comp *c, cc_unit *u, ast *opts, unsigned kind, const char *what)
+{
+    const size_t nspec = sizeof opt_specs / sizeof opt_specs[0];
+    for (ast *o = opts; o; o = o->next) {
+        const char *name = u->text + o->tok.off;
+        size_t k = 0;
+        while (k < nspec && !(strlen(opt_specs[k].name) == o->tok.len &&
+                              memcmp(opt_specs[k].name, name, o->tok.len) == 0))
+            k++;
+        if (k == nspec || !(opt_specs[k].kinds & kind)) {
+            const char *cands[32];
+            size_t nc = 0;
+            for (size_t i = 0; i < nspec; i++)
+                if (opt_specs[i].kinds & kind)
+                    cands[nc++] = opt_specs[i].name;
+            char hint[96];
+            suggest(name, o->tok.len, cands, nc, hint, sizeof hint);
+            cc_error(u, o->tok.off, o->tok.len, "%s option '%.*s' for %s%s",
+                     k == nspec ? "unknown" : "no", (int)o->tok.len, name, what, hint);
+            continue;
+        }
+        if (!opt_specs[k].repeatable)
+            for (ast *p = opts; p != o; p = p->next)
+                if (p->tok.len == o->tok.len && memcmp(u->text + p->tok.off, name, p->tok.len) == 0) {
+                    cc_error(u, o->tok.off, o->tok.len, "option '%s' is given twice",
+                             opt_specs[k].name);
+                    break;
+                }
+        char label[64];
+        snprintf(label, sizeof label, "'%s'", opt_specs[k].name);
+        opt_specs[k].check(c, u, o, label);
+    }
+}
+
+/* ---- option trees in the image --------------------------------------------------------------- */
+
+static void fill_cfg(cc_comp *c, cc_unit *u, uint32_t at, ast *v);
+
+/* Appends the nodes of list (one per item) contiguously; returns the first index. */
+static uint32_t emit_cfgs(cc_comp *c, cc_unit *u, ast *list, uint32_t *n)
+{
+    uint32_t first = c->cfgs.n;
+    *n = count(list);
+    vm_cfg blank = { 0 };
+    for (uint32_t i = 0; i < *n; i++)
+        vec_push(c->cfgs, blank);
+    uint32_t i = 0;
+    for (ast *v = list; v; v = v->next)
+        fill_cfg(c, u, first + i++, v);
+    return first;
+}
+
+/* Fills cfgs[at] from AST value v (children are appended after). */
+static void fill_cfg(cc_comp *c, cc_unit *u, uint32_t at, ast *v)
+{
+    vm_cfg k = { 0 };
+    k.span = cc_span(u, v->off, v->len);
+    double d;
+    size_t n;
+    switch (v->kind) {
+    case A_OPTION: {
+        k.type = VM_CFG_OPTION;
+        k.key = cc_str(c, u->text + v->tok.off, v->tok.len);
+        ast *all = NULL;
+        for (ast *x = v->a; x; x = x->next) {
+            ast *copy = cc_alloc(c, sizeof *copy);
+            *copy = *x;
+            copy->next = copy->tail = NULL;
+            all = ast_append(all, copy);
+        }
+        if (v->b) {
+            ast *copy = cc_alloc(c, sizeof *copy);
+            *copy = *v->b;
+            copy->next = copy->tail = NULL;
+            all = ast_append(all, copy);
+        }
+        k.child0 = emit_cfgs(c, u, all, &k.nchild);
+        break;
+    }
+    case A_CALL:
+        if (is_env_call(u, v)) {
+            k.type = VM_CFG_ENV;
+            const char *s = cc_string(u, &v->a->tok, &n);
+            k.str = cc_str(c, s ? s : "", s ? n : 0);
+        } else {
+            k.type = VM_CFG_CALL;
+            k.str = cc_str(c, u->text + v->tok.off, v->tok.len);
+            k.child0 = emit_cfgs(c, u, v->a, &k.nchild);
+        }
+        break;
+    case A_NAMED: {
+        uint32_t kid;
+        k.type = VM_CFG_OPTION;
+        k.key = cc_str(c, u->text + v->tok.off, v->tok.len);
+        ast *copy = cc_alloc(c, sizeof *copy);
+        *copy = *v->a;
+        copy->next = copy->tail = NULL;
+        kid = emit_cfgs(c, u, copy, &k.nchild);
+        k.child0 = kid;
+        break;
+    }
+    case A_LIST:
+        k.type = VM_CFG_LIST;
+        k.child0 = emit_cfgs(c, u, v->a, &k.nchild);
+        break;
+    default:
+        switch (v->op) {
+        case TK_STRING: {
+            const char *s = cc_string(u, &v->tok, &n);
+            k.type = VM_CFG_STR;
+            k.str = cc_str(c, s ? s : "", s ? n : 0);
+            break;
+        }
+        case TK_NUMBER:
+            k.type = VM_CFG_NUM;
+            cc_number(u->text + v->tok.off, v->tok.len, &k.num);
+            break;
+        case TK_QUANTITY:
+            if (cc_duration(u, &v->tok, &d) == 1)
+                k.type = VM_CFG_DURATION;
+            else if (cc_size(u, &v->tok, &d) == 1)
+                k.type = VM_CFG_SIZE;
+            else
+                d = 0;
+            k.num = d;
+            break;
+        case TK_TRUE: case TK_FALSE:
+            k.type = VM_CFG_BOOL;
+            k.num = v->op == TK_TRUE;
+            break;
+        default:
+            k.type = VM_CFG_IDENT;
+            k.str = cc_str(c, u->text + v->tok.off, v->tok.len);
+            break;
+        }
+    }
+    c->cfgs.v[at] = k;
+}
+
+/* ---- declarations ---------------------------------------------------------------------------- */
+
+static void check_bus(cc_comp *c, cc_unit *u, ast *d)
+{
+    check_options(c, u, d->c, K_BUS, "a bus");
+    vm_bus b = { cc_str(c, u->text + d->tok.off, d->tok.len), 0, 0, cc_span(u, d->off, d->len) };
+    b.opt0 = emit_cfgs(c, u, d->c, &b.nopt);
+    vec_push(c->pbuses, b);
+}
+
+static void check_target(cc_comp *c, cc_unit *u, ast *d)
+{
+    static const char *const kinds[] = { "http", "file", "bus", "exec" };
+    static const unsigned masks[] = { K_HTTP, K_FILE, K_TOBUS, K_EXEC };
+    const char *kind = u->text + d->a->tok.off;
+    size_t klen = d->a->tok.len, k = 0;
+    while (k < 4 && !(strlen(kinds[k]) == klen && memcmp(kinds[k], kind, klen) == 0))
+        k++;
+    vm_target t = { cc_str(c, u->text + d->tok.off, d->tok.len), cc_str(c, kind, klen), 0, 0, 0,
+                    cc_span(u, d->off, d->len) };
+    if (k == 4) {
+        char hint[96];
+        suggest(kind, klen, kinds, 4, hint, sizeof hint);
+        cc_error(u, d->a->tok.off, (uint32_t)klen, "unknown target kind '%.*s' (http, file, bus or exec)%s",
+                 (int)klen, kind, hint);
+    } else {
+        ast *v = d->b;
+        switch (masks[k]) {
+        case K_HTTP:
+            if (check_value(u, v, V_TEXT, "an http target") && v->kind == A_VALUE) {
+                size_t n;
+                const char *url = cc_string(u, &v->tok, &n);
+                if (url && strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
+                    cc_error_at(u, v, "an http target's URL must start with http:// or https://");
+            }
+            break;
+        case K_FILE:
+            check_value(u, v, V_TEXT, "a file target");
+            break;
+        case K_TOBUS:
+            if (v->kind != A_VALUE || v->op != TK_IDENT) {
+                cc_error_at(u, v, "a bus target takes the name of a bus");
+            } else if (find_name(c->buses.v, c->buses.n, u->text + v->tok.off, v->tok.len) < 0 &&
+                       !cc_is_broken(c, "bus", u->text + v->tok.off, v->tok.len)) {
+                char hint[96];
+                suggest_name(c->buses.v, c->buses.n, u->text + v->tok.off, v->tok.len, hint,
+                             sizeof hint);
+                cc_error_at(u, v, "unknown bus '%.*s'%s", (int)v->tok.len, u->text + v->tok.off, hint);
+            }
+            break;
+        case K_EXEC:
+            if (v->kind == A_LIST) {
+                if (!v->a)
+                    cc_error_at(u, v, "an exec target needs a command");
+                for (ast *x = v->a; x; x = x->next)
+                    check_value(u, x, V_TEXT, "an exec target's command");
+            } else {
+                check_value(u, v, V_TEXT, "an exec target");
+            }
+            break;
+        }
+        char what[32];
+        snprintf(what, sizeof what, "a%s %s target", k == 3 ? "n" : "", kinds[k]);
+        check_options(c, u, d->c, masks[k], what);
+        for (ast *o = d->c; o; o = o->next)
+            if (o->tok.len == 11 && memcmp(u->text + o->tok.off, "dead_letter", 11) == 0 &&
+                o->a && o->a->op == TK_IDENT && o->a->tok.len == d->tok.len &&
+                memcmp(u->text + o->a->tok.off, u->text + d->tok.off, d->tok.len) == 0)
+                cc_error_at(u, o->a, "a target cannot be its own dead letter");
+    }
+    uint32_t one;
+    ast copy = *d->b;
+    copy.next = copy.tail = NULL;
+    t.value = emit_cfgs(c, u, &copy, &one);
+    t.opt0 = emit_cfgs(c, u, d->c, &t.nopt);
+    vec_push(c->ptargets, t);
+}
+
+static void check_server(cc_comp *c, cc_unit *u, ast *d)
+{
+    if (c->server) {
+        cc_error(u, d->tok.off, d->tok.len, "only one server block is allowed (the first is in %s)",
+                 c->server_unit->name);
+        return;
+    }
+    c->server = d;
+    c->server_unit = u;
+    check_options(c, u, d->c, K_SERVER, "the server");
+    c->server0 = emit_cfgs(c, u, d->c, &c->nserver);
+}
+
+/* Resolves a target name used by a rule; returns its index or VM_NONE after an error. */
+static uint32_t resolve_target(cc_comp *c, cc_unit *u, ast *v)
+{
+    const char *name = u->text + v->tok.off;
+    int i = find_name(c->targets.v, c->targets.n, name, v->tok.len);
+    if (i >= 0)
+        return (uint32_t)i;
+    if (!cc_is_broken(c, "target", name, v->tok.len)) {
+        char hint[128];
+        suggest_name(c->targets.v, c->targets.n, name, v->tok.len, hint, sizeof hint);
+        cc_error_at(u, v, "unknown target '%.*s'%s", (int)v->tok.len, name, hint);
+    }
+    return VM_NONE;
+}
+
+static void check_rule(cc_comp *c, cc_unit *u, ast *d)
+{
+    vm_rule r = { cc_str(c, u->text + d->tok.off, d->tok.len), VM_NONE, 0, 0, 0, 0, VM_NONE,
+                  cc_span(u, d->off, d->len) };
+    ast *bus = d->a;
+    int b = find_name(c->buses.v, c->buses.n, u->text + bus->tok.off, bus->tok.len);
+    if (b < 0 && !cc_is_broken(c, "bus", u->text + bus->tok.off, bus->tok.len)) {
+        char hint[128];
+        suggest_name(c->buses.v, c->buses.n, u->text + bus->tok.off, bus->tok.len, hint, sizeof hint);
+        cc_error_at(u, bus, "unknown bus '%.*s'%s", (int)bus->tok.len, u->text + bus->tok.off, hint);
+    }
+    r.bus = b < 0 ? VM_NONE : (uint32_t)b;
+
+    ast *cond = NULL, *to = NULL, *dl = NULL, *tf = NULL;
+    for (ast *k = d->c; k; k = k->next) {
+        ast **slot = k->kind == A_MATCH || k->kind == A_PATTERN ? &cond
+                   : k->kind == A_TO ? &to : k->kind == A_DEAD_LETTER ? &dl : &tf;
+        if (*slot) {
+            const char *what = slot == &cond ? "a rule has one 'match' or 'pattern'"
+                             : slot == &to ? "'to' is given twice (list every target in one 'to')"
+                             : slot == &dl ? "'dead_letter' is given twice" : "'transform' is given twice";
+            cc_error(u, k->tok.off, k->tok.len, "%s", what);
+            continue;
+        }
+        *slot = k;
+    }
+    if (!cond)
+        cc_error(u, d->tok.off, d->tok.len, "rule '%.*s' has no condition: add 'match <expression>' or 'pattern {...}'",
+                 (int)d->tok.len, u->text + d->tok.off);
+    if (tf) {
+        ast *kind = tf->a;
+        if (!kind || tf->b || kind->tok.len != 5 || memcmp(u->text + kind->tok.off, "event", 5) != 0)
+            cc_error(u, tf->off, tf->len,
+                     "unsupported transform: only 'transform event' (the whole event, also the default) is available");
+    }
+    r.tgt0 = c->rule_targets.n;
+    for (ast *t = to ? to->a : NULL; t; t = t->next) {
+        uint32_t ti = resolve_target(c, u, t);
+        for (uint32_t j = r.tgt0; j < c->rule_targets.n && ti != VM_NONE; j++)
+            if (c->rule_targets.v[j] == ti)
+                cc_error_at(u, t, "target '%.*s' is listed twice", (int)t->tok.len, u->text + t->tok.off);
+        vec_push(c->rule_targets, ti);
+    }
+    r.ntgt = c->rule_targets.n - r.tgt0;
+    if (dl)
+        r.dead_letter = resolve_target(c, u, dl->a);
+
+    if (cond) {
+        int before = c->nerrors;
+        ir *root = cond->kind == A_MATCH ? cc_lower_expr(u, cond->a) : cc_lower_pattern(u, cond->a);
+        if (root && c->nerrors == before)
+            r.code0 = cc_codegen(c, root, r.span, &r.ncode);
+    }
+    vec_push(c->prules, r);
+}
+
+int cc_check_and_build(cc_comp *c)
+{
+    const struct { ast_kind kind; const char *what; cc_names *list; } kinds[] = {
+        { A_BUS, "bus", &c->buses },
+        { A_TARGET, "target", &c->targets },
+        { A_RULE, "rule", &c->rules },
+    };
+    for (uint32_t i = 0; i < c->units.n; i++)
+        for (ast *d = c->units.v[i]->decls; d; d = d->next)
+            for (size_t k = 0; k < 3; k++)
+                if (d->kind == kinds[k].kind)
+                    declare(c, c->units.v[i], d, kinds[k].what, kinds[k].list);
+    for (uint32_t i = 0; i < c->buses.n; i++)
+        check_bus(c, c->buses.v[i].unit, c->buses.v[i].node);
+    for (uint32_t i = 0; i < c->targets.n; i++)
+        check_target(c, c->targets.v[i].unit, c->targets.v[i].node);
+    for (uint32_t i = 0; i < c->units.n; i++)
+        for (ast *d = c->units.v[i]->decls; d; d = d->next)
+            if (d->kind == A_SERVER)
+                check_server(c, c->units.v[i], d);
+    for (uint32_t i = 0; i < c->rules.n; i++)
+        check_rule(c, c->rules.v[i].unit, c->rules.v[i].node);
+    return c->nerrors;
+}

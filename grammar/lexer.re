@@ -1,0 +1,188 @@
+/*
+ * lexer.re — the .ebr lexer.  re2c turns this into lexer.c in the build tree (never committed).
+ *
+ * State lives in gr_lexer; the end of input is the explicit limit src + len (re2c:eof), so a NUL
+ * byte inside a file is an ordinary (and rejected) character, never the end.
+ */
+#include <string.h>
+
+#include "grammar.h"
+#include "parser.h"
+
+#define TK_EOF 0
+
+void gr_lexer_init(gr_lexer *lx, const char *src, size_t len)
+{
+    memset(lx, 0, sizeof *lx);
+    lx->src = src;
+    lx->len = len;
+}
+
+static gr_token tok(gr_lexer *lx, int type, const char *start, const char *end)
+{
+    gr_token t = { type, (uint32_t)(start - lx->src), (uint32_t)(end - start) };
+    lx->pos = (size_t)(end - lx->src);
+    lx->after_dot = type == TK_DOT;
+    return t;
+}
+
+static gr_token error_tok(gr_lexer *lx, const char *msg, const char *start, const char *end)
+{
+    lx->err = msg;
+    return tok(lx, TK_ERROR, start, end);
+}
+
+/* Keywords, looked up once an identifier is read; after a '.' every word is a plain name. */
+static int keyword(const char *s, size_t n)
+{
+    static const struct { const char *word; int type; } words[] = {
+        { "import", TK_IMPORT },     { "bus", TK_BUS },           { "target", TK_TARGET },
+        { "rule", TK_RULE },         { "server", TK_SERVER },     { "on", TK_ON },
+        { "match", TK_MATCH },       { "pattern", TK_PATTERN },   { "transform", TK_TRANSFORM },
+        { "to", TK_TO },             { "dead_letter", TK_DEAD_LETTER },
+        { "and", TK_AND },           { "or", TK_OR },             { "not", TK_NOT },
+        { "in", TK_IN },             { "exists", TK_EXISTS },     { "cidr", TK_CIDR },
+        { "starts_with", TK_STARTS_WITH }, { "ends_with", TK_ENDS_WITH },
+        { "contains", TK_CONTAINS }, { "like", TK_LIKE },         { "matches", TK_MATCHES },
+        { "ignore_case", TK_IGNORE_CASE }, { "as", TK_AS },
+        { "true", TK_TRUE },         { "false", TK_FALSE },       { "null", TK_NULL },
+    };
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+        if (strlen(words[i].word) == n && memcmp(words[i].word, s, n) == 0)
+            return words[i].type;
+    return TK_IDENT;
+}
+
+/*!re2c
+    re2c:api:style = free-form;
+    re2c:define:YYCTYPE = "unsigned char";
+    re2c:define:YYCURSOR = "cur";
+    re2c:define:YYMARKER = "mar";
+    re2c:define:YYLIMIT = "lim";
+    re2c:yyfill:enable = 0;
+    re2c:eof = 0;
+
+    digit   = [0-9];
+    int     = "-"? ("0" | [1-9] digit*);
+    frac    = "." digit+;
+    exp     = [eE] [+-]? digit+;
+    ident   = [A-Za-z_] [A-Za-z0-9_]* ("-" [A-Za-z0-9_]+)*;
+    blank   = [ \t\r\n\f]+;
+    comment = "#" [^\n\x00]*;
+    uesc    = "\\u" [0-9a-fA-F]{4};
+    esc     = "\\" ["\\/bfnrt] | uesc;
+    schar   = [^"\\\n\x00] | esc;
+*/
+
+gr_token gr_lex(gr_lexer *lx)
+{
+    const unsigned char *cur, *mar, *lim, *start;
+    cur = (const unsigned char *)lx->src + lx->pos;
+    lim = (const unsigned char *)lx->src + lx->len;
+    (void)mar;
+#define T(type) tok(lx, (type), (const char *)start, (const char *)cur)
+#define E(msg)  error_tok(lx, (msg), (const char *)start, (const char *)cur)
+again:
+    start = cur;
+    /*!re2c
+        $                  { return T(TK_EOF); }
+        blank | comment    { goto again; }
+
+        ident              {
+            int type = lx->after_dot ? TK_IDENT
+                     : keyword((const char *)start, (size_t)(cur - start));
+            return T(type);
+        }
+
+        int frac? exp?     { return T(TK_NUMBER); }
+        int frac? [A-Za-z] [A-Za-z0-9.]* { return T(TK_QUANTITY); }
+
+        "\"" schar* "\""   { return T(TK_STRING); }
+        "\"" schar* "\\"   {
+            start = cur - 1;
+            if (cur < lim && *cur != '\n')
+                cur++;
+            return E("invalid escape in string (use \\\" \\\\ \\/ \\b \\f \\n \\r \\t or \\uXXXX)");
+        }
+        "\"" schar*        { return E("unterminated string"); }
+
+        "/" ([^/\\\n\x00] | "\\" [^\n\x00])* "/"  { return T(TK_REGEX); }
+        "/" ([^/\\\n\x00] | "\\" [^\n\x00])*      { return E("unterminated regular expression (a '/' must end it on the same line)"); }
+
+        "=="  { return T(TK_EQ); }
+        "!="  { return T(TK_NE); }
+        "<="  { return T(TK_LE); }
+        ">="  { return T(TK_GE); }
+        "<"   { return T(TK_LT); }
+        ">"   { return T(TK_GT); }
+        "="   { return T(TK_ASSIGN); }
+        "("   { return T(TK_LPAREN); }
+        ")"   { return T(TK_RPAREN); }
+        "["   { return T(TK_LBRACKET); }
+        "]"   { return T(TK_RBRACKET); }
+        "{"   { return T(TK_LBRACE); }
+        "}"   { return T(TK_RBRACE); }
+        ","   { return T(TK_COMMA); }
+        "."   { return T(TK_DOT); }
+        ":"   { return T(TK_COLON); }
+        ";"   { return T(TK_SEMI); }
+
+        [\x80-\xff]+ { return E("non-ASCII characters belong inside strings"); }
+        *     { return E("unexpected character"); }
+    */
+#undef T
+#undef E
+}
+
+/* Skips blanks and comments from position p; returns the new position. */
+static size_t skip_blank(const gr_lexer *lx, size_t p)
+{
+    for (;;) {
+        while (p < lx->len && strchr(" \t\r\n\f", lx->src[p]) && lx->src[p])
+            p++;
+        if (p < lx->len && lx->src[p] == '#') {
+            while (p < lx->len && lx->src[p] != '\n')
+                p++;
+            continue;
+        }
+        return p;
+    }
+}
+
+int gr_next_is_json(const gr_lexer *lx)
+{
+    size_t p = skip_blank(lx, lx->pos);
+    return p < lx->len && (lx->src[p] == '{' || lx->src[p] == '[');
+}
+
+gr_token gr_lex_json(gr_lexer *lx)
+{
+    size_t p = skip_blank(lx, lx->pos), start = p;
+    const char *s = lx->src;
+    if (p >= lx->len || (s[p] != '{' && s[p] != '[')) {
+        size_t end = p < lx->len ? p + 1 : p;
+        return error_tok(lx, "expected '{' to start a JSON value", s + p, s + end);
+    }
+    /* Brackets are only counted here; their balance and kinds are checked by the JSON parser,
+     * which gives the better message. */
+    int depth = 0;
+    while (p < lx->len) {
+        char c = s[p++];
+        if (c == '{' || c == '[') {
+            depth++;
+        } else if (c == '}' || c == ']') {
+            if (--depth == 0)
+                return tok(lx, TK_JSON, s + start, s + p);
+        } else if (c == '"') {
+            while (p < lx->len && s[p] != '"' && s[p] != '\n') {
+                if (s[p] == '\\' && p + 1 < lx->len)
+                    p++;
+                p++;
+            }
+            if (p >= lx->len || s[p] == '\n')
+                return error_tok(lx, "unterminated string in JSON", s + start, s + start + 1);
+            p++;
+        }
+    }
+    return error_tok(lx, "unterminated JSON value: no matching '}'", s + start, s + start + 1);
+}

@@ -1,0 +1,27 @@
+#!/bin/sh
+# Installs the Debian packages ebr builds and tests with, but only those that are missing.
+# Non-interactive; run as root (or with sudo available). Prints nothing when all is present.
+set -eu
+
+PKGS="cmake make gcc pkg-config re2c lemon libcjson-dev libcriterion-dev \
+      libcurl4-openssl-dev libmicrohttpd-dev libnats-dev nats-server gnuplot-nox"
+
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+echo "deps: installing$missing"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "deps: need root (or sudo) to install:$missing" >&2; exit 1; }
+    SUDO="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+# A fresh machine may have no package lists yet: update once if the first attempt fails.
+if ! $SUDO apt-get install -y -q --no-install-recommends $missing >/tmp/ebr-deps.log 2>&1; then
+    $SUDO apt-get update -q >>/tmp/ebr-deps.log 2>&1
+    $SUDO apt-get install -y -q --no-install-recommends $missing >>/tmp/ebr-deps.log 2>&1 || {
+        echo "deps: apt-get failed; see /tmp/ebr-deps.log" >&2; tail -20 /tmp/ebr-deps.log >&2; exit 1; }
+fi

@@ -1,0 +1,499 @@
+/*
+ * ebcfile.c — the .ebc file: writing a program out, and reading one back with every check a
+ * corrupted, truncated or foreign file needs to be refused cleanly.
+ *
+ * Each table is one section of fixed-size little-endian records.  The record layout of every
+ * struct is listed once below (FIELDS_*); the writer and the reader are both generated from it.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vm_int.h"
+
+/* ---- primitive encodings --------------------------------------------------------------------- */
+
+typedef struct { uint8_t *b; size_t n, cap; bool oom; } wbuf;
+typedef struct { const uint8_t *b; size_t n, p; } rbuf;
+
+static void put_bytes(wbuf *w, const void *x, size_t n)
+{
+    if (w->n + n > w->cap) {
+        size_t cap = w->cap ? w->cap : 4096;
+        while (cap < w->n + n)
+            cap *= 2;
+        uint8_t *b = realloc(w->b, cap);
+        if (!b) {
+            w->oom = true;
+            return;
+        }
+        w->b = b;
+        w->cap = cap;
+    }
+    memcpy(w->b + w->n, x, n);
+    w->n += n;
+}
+
+static void put_le(wbuf *w, uint64_t v, int bytes)
+{
+    uint8_t b[8];
+    for (int i = 0; i < bytes; i++)
+        b[i] = (uint8_t)(v >> (8 * i));
+    put_bytes(w, b, (size_t)bytes);
+}
+
+static bool get_le(rbuf *r, uint64_t *v, int bytes)
+{
+    if (r->n - r->p < (size_t)bytes)
+        return false;
+    *v = 0;
+    for (int i = 0; i < bytes; i++)
+        *v |= (uint64_t)r->b[r->p + (size_t)i] << (8 * i);
+    r->p += (size_t)bytes;
+    return true;
+}
+
+static void put_U8(wbuf *w, const uint8_t *x) { put_le(w, *x, 1); }
+static void put_U32(wbuf *w, const uint32_t *x) { put_le(w, *x, 4); }
+static void put_U64(wbuf *w, const uint64_t *x) { put_le(w, *x, 8); }
+static void put_F64(wbuf *w, const double *x) { uint64_t u; memcpy(&u, x, 8); put_le(w, u, 8); }
+static void put_CHAR(wbuf *w, const char *x) { put_le(w, (uint8_t)*x, 1); }
+static void put_IP(wbuf *w, const uint8_t (*x)[16]) { put_bytes(w, *x, 16); }
+
+static bool get_U8(rbuf *r, uint8_t *x) { uint64_t v; if (!get_le(r, &v, 1)) return false; *x = (uint8_t)v; return true; }
+static bool get_U32(rbuf *r, uint32_t *x) { uint64_t v; if (!get_le(r, &v, 4)) return false; *x = (uint32_t)v; return true; }
+static bool get_U64(rbuf *r, uint64_t *x) { return get_le(r, x, 8); }
+static bool get_F64(rbuf *r, double *x) { uint64_t v; if (!get_le(r, &v, 8)) return false; memcpy(x, &v, 8); return true; }
+static bool get_CHAR(rbuf *r, char *x) { uint64_t v; if (!get_le(r, &v, 1)) return false; *x = (char)v; return true; }
+static bool get_IP(rbuf *r, uint8_t (*x)[16])
+{
+    if (r->n - r->p < 16)
+        return false;
+    memcpy(*x, r->b + r->p, 16);
+    r->p += 16;
+    return true;
+}
+
+/* ---- record layouts: the one list of fields per struct --------------------------------------- */
+
+#define FIELDS_vm_str(F)     F(U32, off) F(U32, len)
+#define FIELDS_vm_span(F)    F(U32, src) F(U32, off) F(U32, len)
+#define FIELDS_vm_source(F)  F(vm_str, name) F(vm_str, text)
+#define FIELDS_vm_path(F)    F(U32, seg0) F(U32, nseg)
+#define FIELDS_vm_const(F)   F(U8, type) F(U8, flags) F(U8, bits) F(vm_str, s) F(F64, num) \
+                             F(F64, lo) F(F64, hi) F(IP, ip) F(U32, re)
+#define FIELDS_vm_test(F)    F(U8, kind) F(U8, flags) F(U32, arg0) F(U32, narg)
+#define FIELDS_vm_regex(F)   F(U32, inst0) F(U32, ninst)
+#define FIELDS_vm_re_inst(F) F(U8, op) F(U32, x) F(U32, y)
+#define FIELDS_vm_range(F)   F(U32, lo) F(U32, hi)
+#define FIELDS_vm_rule(F)    F(vm_str, name) F(U32, bus) F(U32, code0) F(U32, ncode) F(U32, tgt0) \
+                             F(U32, ntgt) F(U32, dead_letter) F(vm_span, span)
+#define FIELDS_vm_bus(F)     F(vm_str, name) F(U32, opt0) F(U32, nopt) F(vm_span, span)
+#define FIELDS_vm_target(F)  F(vm_str, name) F(vm_str, kind) F(U32, value) F(U32, opt0) \
+                             F(U32, nopt) F(vm_span, span)
+#define FIELDS_vm_cfg(F)     F(U8, type) F(vm_str, key) F(vm_str, str) F(F64, num) F(U32, child0) \
+                             F(U32, nchild) F(vm_span, span)
+
+#define PUT_FIELD(T, f) put_##T(w, &x->f);
+#define GET_FIELD(T, f) if (!get_##T(r, &x->f)) return false;
+#define RECORD(S)                                                                    \
+    static void put_##S(wbuf *w, const S *x) { FIELDS_##S(PUT_FIELD) }              \
+    static bool get_##S(rbuf *r, S *x) { FIELDS_##S(GET_FIELD) return true; }
+RECORD(vm_str)
+RECORD(vm_span)
+RECORD(vm_source)
+RECORD(vm_path)
+RECORD(vm_const)
+RECORD(vm_test)
+RECORD(vm_regex)
+RECORD(vm_re_inst)
+RECORD(vm_range)
+RECORD(vm_rule)
+RECORD(vm_bus)
+RECORD(vm_target)
+RECORD(vm_cfg)
+#undef RECORD
+
+/* ---- sections: tag, table, count, record type ------------------------------------------------ */
+
+#define SECTIONS(S)                                        \
+    S("STRS", strs, nstrs, CHAR, char)                     \
+    S("SRCS", srcs, nsrcs, vm_source, vm_source)           \
+    S("SEGS", segs, nsegs, vm_str, vm_str)                 \
+    S("PATH", paths, npaths, vm_path, vm_path)             \
+    S("CNST", consts, nconsts, vm_const, vm_const)         \
+    S("TEST", tests, ntests, vm_test, vm_test)             \
+    S("REGX", regexes, nregexes, vm_regex, vm_regex)       \
+    S("REIN", re_insts, nre_insts, vm_re_inst, vm_re_inst) \
+    S("RERG", re_ranges, nre_ranges, vm_range, vm_range)   \
+    S("CODE", code, ncode, U64, vm_inst)                   \
+    S("CSPN", code_spans, ncode, vm_span, vm_span)         \
+    S("RULE", rules, nrules, vm_rule, vm_rule)             \
+    S("RTGT", rule_targets, nrule_targets, U32, uint32_t)  \
+    S("BUSS", buses, nbuses, vm_bus, vm_bus)               \
+    S("TGTS", targets, ntargets, vm_target, vm_target)     \
+    S("CFGS", cfgs, ncfgs, vm_cfg, vm_cfg)
+
+/* The server block is two numbers; it has a section of its own, written by hand. */
+#define SERVER_TAG "SRVR"
+
+enum {
+#define S(tag, field, count, rec, type) SEC_##field,
+    SECTIONS(S)
+#undef S
+    SEC_server,
+    SEC__COUNT
+};
+
+static uint32_t tag_value(const char *t)
+{
+    return (uint32_t)(unsigned char)t[0] | (uint32_t)(unsigned char)t[1] << 8 |
+           (uint32_t)(unsigned char)t[2] << 16 | (uint32_t)(unsigned char)t[3] << 24;
+}
+
+enum { HEADER = 8 + 4 + 4 + 8 + 4, ENTRY = 4 + 8 + 8, CRC_FROM = 8 + 4 + 4 + 8 + 4 };
+
+static void patch_le(uint8_t *b, uint64_t v, int bytes)
+{
+    for (int i = 0; i < bytes; i++)
+        b[i] = (uint8_t)(v >> (8 * i));
+}
+
+vm_status vm_program_serialize(const vm_program *p, uint8_t **out, size_t *len)
+{
+    wbuf w = { 0 };
+    uint8_t zero[HEADER + SEC__COUNT * ENTRY] = { 0 };
+    uint32_t tags[SEC__COUNT];
+    uint64_t offs[SEC__COUNT], lens[SEC__COUNT];
+    put_bytes(&w, zero, sizeof zero);
+#define S(tag, field, count, rec, type)                                   \
+    tags[SEC_##field] = tag_value(tag);                                   \
+    offs[SEC_##field] = w.n;                                              \
+    for (uint32_t i = 0; i < (p->field ? p->count : 0); i++)              \
+        put_##rec(&w, &p->field[i]);                                      \
+    lens[SEC_##field] = w.n - offs[SEC_##field];
+    SECTIONS(S)
+#undef S
+    tags[SEC_server] = tag_value(SERVER_TAG);
+    offs[SEC_server] = w.n;
+    put_U32(&w, &p->server0);
+    put_U32(&w, &p->nserver);
+    lens[SEC_server] = w.n - offs[SEC_server];
+    if (w.oom) {
+        free(w.b);
+        return VM_ERR_NOMEM;
+    }
+    memcpy(w.b, VM_EBC_MAGIC, 8);
+    patch_le(w.b + 8, VM_EBC_VERSION, 4);
+    patch_le(w.b + 12, SEC__COUNT, 4);
+    patch_le(w.b + 16, w.n, 8);
+    for (int i = 0; i < SEC__COUNT; i++) {
+        uint8_t *e = w.b + HEADER + (size_t)i * ENTRY;
+        patch_le(e, tags[i], 4);
+        patch_le(e + 4, offs[i], 8);
+        patch_le(e + 12, lens[i], 8);
+    }
+    patch_le(w.b + 24, vm_crc32c(0, w.b + CRC_FROM, w.n - CRC_FROM), 4);
+    *out = w.b;
+    *len = w.n;
+    return VM_OK;
+}
+
+/* ---- reading --------------------------------------------------------------------------------- */
+
+static vm_program *refuse(vm_program *p, vm_error *err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static vm_program *refuse(vm_program *p, vm_error *err, const char *fmt, ...)
+{
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        err->code = VM_ERR_FORMAT;
+        err->offset = 0;
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+    }
+    vm_program_free(p);
+    return NULL;
+}
+
+static bool str_ok(const vm_program *p, vm_str s)
+{
+    return s.off <= p->nstrs && s.len <= p->nstrs - s.off;
+}
+
+static bool range_ok(uint32_t first, uint32_t n, uint32_t total)
+{
+    return first <= total && n <= total - first;
+}
+
+static bool span_ok(const vm_program *p, vm_span s)
+{
+    return s.src < p->nsrcs && s.off <= p->srcs[s.src].text.len &&
+           s.len <= p->srcs[s.src].text.len - s.off;
+}
+
+/* Checks a regex program: classes within the range table, jumps within the program. */
+static bool regex_ok(const vm_program *p, const vm_regex *re)
+{
+    if (!range_ok(re->inst0, re->ninst, p->nre_insts) || re->ninst == 0)
+        return false;
+    for (uint32_t i = 0; i < re->ninst; i++) {
+        const vm_re_inst *in = &p->re_insts[re->inst0 + i];
+        switch (in->op) {
+        case VM_RE_CLASS: if (!range_ok(in->x, in->y, p->nre_ranges) || i + 1 >= re->ninst) return false; break;
+        case VM_RE_SPLIT: if (in->x >= re->ninst || in->y >= re->ninst) return false; break;
+        case VM_RE_JMP: if (in->x >= re->ninst) return false; break;
+        case VM_RE_MATCH: break;
+        default: return false;
+        }
+    }
+    return true;
+}
+
+/* Checks the constants of a test fit its kind (the VM reads them without further checks). */
+static bool test_ok(const vm_program *p, const vm_test *t)
+{
+    if (t->kind >= VM_T__COUNT || !range_ok(t->arg0, t->narg, p->nconsts))
+        return false;
+    for (uint32_t i = 0; i < t->narg; i++) {
+        const vm_const *k = &p->consts[t->arg0 + i];
+        bool ok;
+        switch (t->kind) {
+        case VM_T_EQ: ok = k->type <= VM_C_NULL; break;
+        case VM_T_RANGE: ok = k->type == VM_C_RANGE; break;
+        case VM_T_CIDR: ok = k->type == VM_C_CIDR; break;
+        case VM_T_REGEX: ok = k->type == VM_C_REGEX; break;
+        case VM_T_EXISTS: ok = false; break;
+        default: ok = k->type == VM_C_STR; break;
+        }
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+/* Checks a rule's code: operands in range, jumps forward and inside the rule, and a final
+ * MATCH, so that any program that loads runs to an end. */
+static bool code_ok(const vm_program *p, const vm_rule *r)
+{
+    if (!range_ok(r->code0, r->ncode, p->ncode) || r->ncode == 0)
+        return false;
+    const vm_inst *code = p->code + r->code0;
+    for (uint32_t pc = 0; pc < r->ncode; pc++) {
+        vm_inst in = code[pc];
+        uint32_t a = VM_A(in), b = VM_B(in);
+        switch (VM_OP(in)) {
+        case VM_OP_TEST: if (a >= p->npaths || b >= p->ntests) return false; break;
+        case VM_OP_FORK: case VM_OP_JMP: case VM_OP_NOT:
+            if (b <= pc || b >= r->ncode) return false;
+            break;
+        case VM_OP_JOIN: if (b <= pc || b >= r->ncode) return false; break;
+        case VM_OP_NOTOK: case VM_OP_MATCH: case VM_OP_FAIL: break;
+        default: return false;
+        }
+    }
+    return VM_OP(code[r->ncode - 1]) == VM_OP_MATCH;
+}
+
+/* Checks every cross-reference of a freshly read program. */
+static const char *verify(const vm_program *p)
+{
+    for (uint32_t i = 0; i < p->nsrcs; i++)
+        if (!str_ok(p, p->srcs[i].name) || !str_ok(p, p->srcs[i].text))
+            return "a source entry points outside the string pool";
+    for (uint32_t i = 0; i < p->nsegs; i++)
+        if (!str_ok(p, p->segs[i]))
+            return "a path segment points outside the string pool";
+    for (uint32_t i = 0; i < p->npaths; i++)
+        if (!range_ok(p->paths[i].seg0, p->paths[i].nseg, p->nsegs))
+            return "a path points outside the segment table";
+    for (uint32_t i = 0; i < p->nconsts; i++) {
+        const vm_const *k = &p->consts[i];
+        if (k->type > VM_C_REGEX || !str_ok(p, k->s) || k->bits > 128 ||
+            (k->type == VM_C_REGEX && k->re >= p->nregexes))
+            return "a constant is malformed";
+    }
+    for (uint32_t i = 0; i < p->ntests; i++)
+        if (!test_ok(p, &p->tests[i]))
+            return "a test is malformed";
+    for (uint32_t i = 0; i < p->nregexes; i++)
+        if (!regex_ok(p, &p->regexes[i]))
+            return "a regular expression program is malformed";
+    for (uint32_t i = 0; i < p->nre_ranges; i++)
+        if (p->re_ranges[i].lo > p->re_ranges[i].hi)
+            return "a character range is malformed";
+    for (uint32_t i = 0; i < p->ncode; i++)
+        if (p->code_spans && !span_ok(p, p->code_spans[i]))
+            return "an instruction's source span is out of range";
+    for (uint32_t i = 0; i < p->nrules; i++) {
+        const vm_rule *r = &p->rules[i];
+        if (!str_ok(p, r->name) || (r->bus != VM_NONE && r->bus >= p->nbuses) ||
+            !range_ok(r->tgt0, r->ntgt, p->nrule_targets) ||
+            (r->dead_letter != VM_NONE && r->dead_letter >= p->ntargets) || !span_ok(p, r->span))
+            return "a rule is malformed";
+        if (!code_ok(p, r))
+            return "a rule's code is malformed";
+    }
+    for (uint32_t i = 0; i < p->nrule_targets; i++)
+        if (p->rule_targets[i] >= p->ntargets)
+            return "a rule names a target that does not exist";
+    for (uint32_t i = 0; i < p->nbuses; i++)
+        if (!str_ok(p, p->buses[i].name) || !range_ok(p->buses[i].opt0, p->buses[i].nopt, p->ncfgs))
+            return "a bus is malformed";
+    for (uint32_t i = 0; i < p->ntargets; i++) {
+        const vm_target *t = &p->targets[i];
+        if (!str_ok(p, t->name) || !str_ok(p, t->kind) || t->value >= p->ncfgs ||
+            !range_ok(t->opt0, t->nopt, p->ncfgs))
+            return "a target is malformed";
+    }
+    for (uint32_t i = 0; i < p->ncfgs; i++) {
+        const vm_cfg *k = &p->cfgs[i];
+        if (k->type > VM_CFG_OPTION || !str_ok(p, k->key) || !str_ok(p, k->str) ||
+            !range_ok(k->child0, k->nchild, p->ncfgs) || (k->nchild && k->child0 <= i))
+            return "an option is malformed";
+    }
+    if (!range_ok(p->server0, p->nserver, p->ncfgs))
+        return "the server block is malformed";
+    if (p->nstrs > 0 && p->strs[p->nstrs - 1] != 0)
+        return "the string pool is not terminated";
+    return NULL;
+}
+
+/* Reads the records of one section into a new array; false if the section is malformed. */
+#define READ_SECTION(field, count, rec, type, sec)                                         \
+    do {                                                                                   \
+        rbuf r = { buf + off[sec], len_[sec], 0 };                                         \
+        uint64_t n = 0;                                                                    \
+        /* Count records by reading; a record never takes less than one byte. */           \
+        type tmp;                                                                          \
+        while (r.p < r.n && get_##rec(&r, &tmp))                                           \
+            n++;                                                                           \
+        if (r.p != r.n || n > UINT32_MAX)                                                  \
+            return refuse(p, err, "malformed .ebc file: section %.4s is corrupt", #field); \
+        p->field = calloc(n ? n : 1, sizeof(type));                                        \
+        if (!p->field)                                                                     \
+            return refuse(p, err, "out of memory");                                        \
+        r.p = 0;                                                                           \
+        for (uint64_t i = 0; i < n; i++)                                                   \
+            get_##rec(&r, &p->field[i]);                                                   \
+        counted[sec] = (uint32_t)n;                                                        \
+    } while (0)
+
+vm_program *vm_program_parse(const uint8_t *buf, size_t len, vm_error *err)
+{
+    vm_program *p = calloc(1, sizeof *p);
+    if (!p)
+        return refuse(p, err, "out of memory");
+    if (len < HEADER || memcmp(buf, VM_EBC_MAGIC, 8) != 0)
+        return refuse(p, err, "not an .ebc file (bad magic number)");
+    rbuf h = { buf, len, 8 };
+    uint32_t version = 0, nsec = 0, crc = 0;
+    uint64_t total = 0;
+    get_U32(&h, &version);
+    get_U32(&h, &nsec);
+    get_U64(&h, &total);
+    get_U32(&h, &crc);
+    if (version != VM_EBC_VERSION)
+        return refuse(p, err, ".ebc format version %u is not supported (this ebr reads version %u): "
+                      "compile the rules again with this ebc", version, VM_EBC_VERSION);
+    if (total != len)
+        return refuse(p, err, "truncated .ebc file: the header says %llu bytes, the file has %zu",
+                      (unsigned long long)total, len);
+    if (vm_crc32c(0, buf + CRC_FROM, len - CRC_FROM) != crc)
+        return refuse(p, err, "corrupted .ebc file: checksum mismatch");
+    if (nsec > 1024 || HEADER + (size_t)nsec * ENTRY > len)
+        return refuse(p, err, "malformed .ebc file: bad section table");
+    uint64_t off[SEC__COUNT] = { 0 }, len_[SEC__COUNT] = { 0 };
+    bool seen[SEC__COUNT] = { false };
+    uint32_t counted[SEC__COUNT] = { 0 };
+    const char *tags[SEC__COUNT] = {
+#define S(tag, field, count, rec, type) tag,
+        SECTIONS(S)
+#undef S
+        SERVER_TAG,
+    };
+    for (uint32_t i = 0; i < nsec; i++) {
+        uint32_t tag = 0;
+        uint64_t o = 0, l = 0;
+        get_U32(&h, &tag);
+        get_U64(&h, &o);
+        get_U64(&h, &l);
+        if (o > len || l > len - o)
+            return refuse(p, err, "malformed .ebc file: a section lies outside the file");
+        for (int s = 0; s < SEC__COUNT; s++)
+            if (tag == tag_value(tags[s])) {
+                off[s] = o, len_[s] = l, seen[s] = true;
+            }
+        /* Sections of unknown tags are skipped: a later minor version may add some. */
+    }
+    for (int s = 0; s < SEC__COUNT; s++)
+        if (!seen[s])
+            return refuse(p, err, "malformed .ebc file: section %s is missing", tags[s]);
+#define S(tag, field, count, rec, type) READ_SECTION(field, count, rec, type, SEC_##field);
+    SECTIONS(S)
+#undef S
+#define S(tag, field, count, rec, type) \
+    if (SEC_##field != SEC_code_spans) p->count = counted[SEC_##field];
+    SECTIONS(S)
+#undef S
+    if (counted[SEC_code_spans] != p->ncode)
+        return refuse(p, err, "malformed .ebc file: one source span per instruction is required");
+    {
+        rbuf r = { buf + off[SEC_server], len_[SEC_server], 0 };
+        if (!get_U32(&r, &p->server0) || !get_U32(&r, &p->nserver) || r.p != r.n)
+            return refuse(p, err, "malformed .ebc file: section SRVR is corrupt");
+    }
+    const char *why = verify(p);
+    if (why)
+        return refuse(p, err, "malformed .ebc file: %s", why);
+    if (vm_program_prepare(p) != VM_OK)
+        return refuse(p, err, "out of memory");
+    return p;
+}
+
+vm_program *vm_program_load(const char *path, vm_error *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        if (err) {
+            err->code = VM_ERR_IO;
+            err->offset = 0;
+            snprintf(err->msg, sizeof err->msg, "cannot open %s: %s", path, strerror(errno));
+        }
+        return NULL;
+    }
+    uint8_t *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 65536;
+            uint8_t *b = realloc(buf, cap);
+            if (!b) {
+                free(buf);
+                fclose(f);
+                return refuse(NULL, err, "out of memory");
+            }
+            buf = b;
+        }
+        size_t k = fread(buf + n, 1, cap - n, f);
+        n += k;
+        if (k == 0)
+            break;
+    }
+    bool bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        if (err) {
+            err->code = VM_ERR_IO;
+            snprintf(err->msg, sizeof err->msg, "cannot read %s", path);
+        }
+        return NULL;
+    }
+    vm_program *p = vm_program_parse(buf, n, err);
+    free(buf);
+    return p;
+}

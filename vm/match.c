@@ -1,0 +1,532 @@
+/*
+ * match.c — the rule VM: tests on leaf values, and the interpreter that runs a rule's code as a
+ * backtracking search over choices of array elements.
+ *
+ * Semantics (docs/language.md, "Arrays"): a rule matches if there is a choice of one element for
+ * each array that its conditions pass through such that the whole condition holds; a leaf that is
+ * a direct (scalar) element of an array does not fix that array's element, so conditions on a
+ * list of scalars may each use a different element.  Bindings are kept in c->bind, undone through
+ * c->trail; choice points remember where to resume.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vm_int.h"
+
+enum { CP_TEST, CP_FORK, CP_NOT };
+
+struct vm_choice {
+    uint8_t kind;
+    uint32_t pc;       /* CP_TEST: the TEST; CP_FORK / CP_NOT: where to resume */
+    uint32_t trail;    /* trail height to restore */
+    uint32_t field;    /* CP_TEST: the next field to try */
+};
+
+bool vm_buf_grow(void **v, uint32_t *cap, size_t elem, uint32_t need)
+{
+    uint32_t n = *cap ? *cap : 16;
+    while (n < need)
+        n *= 2;
+    void *p = realloc(*v, (size_t)n * elem);
+    if (!p)
+        return false;
+    *v = p;
+    *cap = n;
+    return true;
+}
+
+static bool grow_bytes(char **buf, size_t *cap, size_t need)
+{
+    if (*cap >= need)
+        return true;
+    size_t n = *cap ? *cap : 256;
+    while (n < need)
+        n *= 2;
+    char *p = realloc(*buf, n);
+    if (!p)
+        return false;
+    *buf = p;
+    *cap = n;
+    return true;
+}
+
+vm_ctx *vm_ctx_new(const vm_program *p, const vm_options *opt)
+{
+    vm_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->p = p;
+    c->max_depth = opt && opt->max_depth ? opt->max_depth : 128;
+    c->first = malloc((p->npaths + 1) * sizeof *c->first);
+    c->last = malloc((p->npaths + 1) * sizeof *c->last);
+    if (!c->first || !c->last) {
+        vm_ctx_free(c);
+        return NULL;
+    }
+    for (uint32_t i = 0; i < p->npaths; i++)
+        c->first[i] = VM_NONE;
+    return c;
+}
+
+void vm_ctx_free(vm_ctx *c)
+{
+    if (!c)
+        return;
+    free(c->fields.v);
+    free(c->memb.v);
+    free(c->stack.v);
+    free(c->first);
+    free(c->last);
+    free(c->touched.v);
+    free(c->frames.v);
+    free(c->bind);
+    free(c->trail.v);
+    free(c->choices.v);
+    free(c->matched.v);
+    free(c->dec);
+    free(c->fold);
+    free(c->canon);
+    free(c->re_scratch);
+    free(c);
+}
+
+/* ---- leaf values ------------------------------------------------------------------------------ */
+
+typedef struct {
+    const char *s;
+    size_t n;
+} text;
+
+/* A string field's decoded UTF-8 (in the context's scratch when it had escapes). */
+static bool field_text(vm_ctx *c, const char *json, const vm_field *f, text *out)
+{
+    const char *s = json + f->off;
+    if (!f->escaped) {
+        out->s = s;
+        out->n = f->len;
+        return true;
+    }
+    if (!grow_bytes(&c->dec, &c->dec_cap, f->len + 1))
+        return false;
+    size_t o = 0;
+    for (size_t i = 0; i < f->len;) {
+        if (s[i] != '\\') {
+            c->dec[o++] = s[i++];
+            continue;
+        }
+        char e = s[i + 1];
+        if (e != 'u') {
+            static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+            c->dec[o++] = to[strchr(from, e) - from];
+            i += 2;
+            continue;
+        }
+        uint32_t cp = (uint32_t)strtoul((char[5]){ s[i + 2], s[i + 3], s[i + 4], s[i + 5], 0 }, NULL, 16);
+        i += 6;
+        if (cp >= 0xD800 && cp <= 0xDBFF && i + 6 <= f->len && s[i] == '\\' && s[i + 1] == 'u') {
+            uint32_t lo = (uint32_t)strtoul((char[5]){ s[i + 2], s[i + 3], s[i + 4], s[i + 5], 0 }, NULL, 16);
+            if (lo >= 0xDC00 && lo <= 0xDFFF) {
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                i += 6;
+            }
+        }
+        if (cp >= 0xD800 && cp <= 0xDFFF)
+            cp = 0xFFFD;  /* a lone surrogate: U+FFFD, as the compiler reads it */
+        o += vm_utf8_encode(cp, c->dec + o);
+    }
+    out->s = c->dec;
+    out->n = o;
+    return true;
+}
+
+static bool fold_text(vm_ctx *c, text *t)
+{
+    if (!grow_bytes(&c->fold, &c->fold_cap, t->n * 3 + 1))
+        return false;
+    t->n = vm_casefold_utf8(t->s, t->n, c->fold);
+    t->s = c->fold;
+    return true;
+}
+
+/* Can the double d, read from text s, be compared as a number?  Numbers beyond the double
+ * range (1e400, or 1e-400 that rounds to zero) cannot, as in event-ruler. */
+static bool comparable(const char *s, size_t n, double *d)
+{
+    char buf[64], *heap = NULL, *tmp = buf;
+    if (n >= sizeof buf && !(tmp = heap = malloc(n + 1)))
+        return false;
+    memcpy(tmp, s, n);
+    tmp[n] = 0;
+    char *end;
+    *d = strtod(tmp, &end);
+    bool ok = end == tmp + n && isfinite(*d);
+    if (ok && *d == 0)
+        for (size_t i = 0; i < n && s[i] != 'e' && s[i] != 'E'; i++)
+            if (s[i] >= '1' && s[i] <= '9')
+                ok = false;
+    free(heap);
+    return ok;
+}
+
+/* Is t the text of a JSON number (for `as number`)? */
+static bool json_number_text(const char *s, size_t n)
+{
+    size_t i = 0;
+    if (i < n && s[i] == '-')
+        i++;
+    if (i < n && s[i] == '0')
+        i++;
+    else if (i < n && s[i] >= '1' && s[i] <= '9')
+        while (i < n && s[i] >= '0' && s[i] <= '9')
+            i++;
+    else
+        return false;
+    if (i < n && s[i] == '.') {
+        if (++i >= n || s[i] < '0' || s[i] > '9')
+            return false;
+        while (i < n && s[i] >= '0' && s[i] <= '9')
+            i++;
+    }
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        i++;
+        if (i < n && (s[i] == '+' || s[i] == '-'))
+            i++;
+        if (i >= n || s[i] < '0' || s[i] > '9')
+            return false;
+        while (i < n && s[i] >= '0' && s[i] <= '9')
+            i++;
+    }
+    return i == n;
+}
+
+/* Compares number text s with a VM_C_NUM constant by decimal value. */
+static bool number_equals(vm_ctx *c, const char *s, size_t n, const vm_const *k)
+{
+    const vm_program *p = c->p;
+    if (!grow_bytes(&c->canon, &c->canon_cap, n + 32))
+        return false;
+    size_t cn = vm_number_canon(s, n, c->canon, c->canon_cap);
+    const char *ks = vm_s(p, k->s);
+    if (cn == 0)
+        return k->s.len == n && memcmp(ks, s, n) == 0;
+    return k->s.len == cn && memcmp(ks, c->canon, cn) == 0;
+}
+
+static bool in_range(const vm_const *k, double d)
+{
+    if (k->flags & VM_CF_LO_OPEN ? !(d > k->lo) : !(d >= k->lo))
+        return false;
+    return k->flags & VM_CF_HI_OPEN ? d < k->hi : d <= k->hi;
+}
+
+static bool ip_in(const vm_const *k, const uint8_t ip[16])
+{
+    int bits = k->bits;
+    for (int i = 0; i < 16 && bits > 0; i++, bits -= 8) {
+        uint8_t mask = bits >= 8 ? 0xff : (uint8_t)(0xff << (8 - bits));
+        if ((ip[i] & mask) != k->ip[i])
+            return false;
+    }
+    return true;
+}
+
+static bool has_prefix(text t, const char *k, size_t n)
+{
+    return t.n >= n && memcmp(t.s, k, n) == 0;
+}
+
+static bool has_suffix(text t, const char *k, size_t n)
+{
+    return t.n >= n && memcmp(t.s + t.n - n, k, n) == 0;
+}
+
+static bool contains(text t, const char *k, size_t n)
+{
+    if (n == 0)
+        return true;
+    for (size_t i = 0; i + n <= t.n; i++) {
+        const char *hit = memchr(t.s + i, k[0], t.n - n - i + 1);
+        if (!hit)
+            return false;
+        i = (size_t)(hit - t.s);
+        if (memcmp(hit, k, n) == 0)
+            return true;
+    }
+    return false;
+}
+
+static bool regex(vm_ctx *c, uint32_t re, text t)
+{
+    size_t need = vm_regex_scratch_size(c->p, re);
+    if (c->re_cap < need) {
+        void *p = realloc(c->re_scratch, need);
+        if (!p)
+            return false;
+        c->re_scratch = p;
+        c->re_cap = need;
+    }
+    return vm_regex_match(c->p, re, t.s, t.n, c->re_scratch);
+}
+
+/* Does constant k pass for the string t (already folded for VM_TF_CI)? */
+static bool string_test(vm_ctx *c, const vm_test *test, const vm_const *k, text t, const uint8_t *ip)
+{
+    const char *ks = vm_s(c->p, k->s);
+    switch (test->kind) {
+    case VM_T_EQ:
+        if (k->type != VM_C_STR)
+            return false;
+        if (k->s.len == t.n && memcmp(ks, t.s, t.n) == 0)
+            return true;
+        return (k->flags & VM_CF_IP) && ip && memcmp(ip, k->ip, 16) == 0;
+    case VM_T_PREFIX: return has_prefix(t, ks, k->s.len);
+    case VM_T_SUFFIX: return has_suffix(t, ks, k->s.len);
+    case VM_T_CONTAINS: return contains(t, ks, k->s.len);
+    case VM_T_WILDCARD: return vm_wildcard_match(ks, k->s.len, t.s, t.n);
+    case VM_T_REGEX: return regex(c, k->re, t);
+    case VM_T_CIDR: return ip && ip_in(k, ip);
+    default: return false;
+    }
+}
+
+/* Does the leaf f pass test t (before VM_TF_NEG is applied)? */
+static bool leaf_passes(vm_ctx *c, const char *json, const vm_test *t, const vm_field *f)
+{
+    const vm_program *p = c->p;
+    const vm_const *k = p->consts + t->arg0, *kend = k + t->narg;
+    if (t->kind == VM_T_EXISTS)
+        return true;
+    bool asnum = (t->flags & VM_TF_ASNUM) && f->type == VM_J_STR;
+    if (f->type == VM_J_NUM || asnum) {
+        if (t->kind != VM_T_EQ && t->kind != VM_T_RANGE)
+            goto strings;
+        text num = { json + f->off, f->len };
+        if (asnum) {
+            if (!field_text(c, json, f, &num) || !json_number_text(num.s, num.n))
+                return false;
+        }
+        if (t->kind == VM_T_RANGE) {
+            double d;
+            if (!comparable(num.s, num.n, &d))
+                return false;
+            for (; k < kend; k++)
+                if (in_range(k, d))
+                    return true;
+            return false;
+        }
+        for (; k < kend; k++)
+            if (k->type == VM_C_NUM && number_equals(c, num.s, num.n, k))
+                return true;
+        return false;
+    }
+strings:
+    if (f->type != VM_J_STR) {
+        if (t->kind != VM_T_EQ)
+            return false;
+        uint8_t want = f->type == VM_J_TRUE ? VM_C_TRUE : f->type == VM_J_FALSE ? VM_C_FALSE
+                     : f->type == VM_J_NULL ? VM_C_NULL : 0xff;
+        for (; k < kend; k++)
+            if (k->type == want)
+                return true;
+        return false;
+    }
+    if (t->kind == VM_T_RANGE)
+        return false;
+    text s;
+    if (!field_text(c, json, f, &s))
+        return false;
+    if ((t->flags & VM_TF_CI) && !fold_text(c, &s))
+        return false;
+    /* Parse the value as an IP address once, when some constant needs it. */
+    uint8_t ipbuf[16];
+    const uint8_t *ip = NULL;
+    bool want_ip = t->kind == VM_T_CIDR;
+    for (const vm_const *q = k; q < kend && !want_ip; q++)
+        want_ip = t->kind == VM_T_EQ && (q->flags & VM_CF_IP);
+    if (want_ip && vm_parse_ip(s.s, s.n, ipbuf))
+        ip = ipbuf;
+    for (; k < kend; k++)
+        if (string_test(c, t, k, s, ip))
+            return true;
+    return false;
+}
+
+/* ---- the interpreter ------------------------------------------------------------------------- */
+
+/* Is field f consistent with the current bindings? */
+static bool consistent(const vm_ctx *c, const vm_field *f)
+{
+    const vm_memb *m = c->memb.v + f->memb;
+    for (uint32_t i = 0; i < f->nmemb; i++) {
+        int32_t b = c->bind[m[i].array];
+        if (b >= 0 && (uint32_t)b != m[i].index)
+            return false;
+    }
+    return true;
+}
+
+/* Binds the arrays of f that are not bound yet; returns how many it bound. */
+static uint32_t bind_field(vm_ctx *c, const vm_field *f)
+{
+    const vm_memb *m = c->memb.v + f->memb;
+    uint32_t added = 0;
+    for (uint32_t i = 0; i < f->nmemb; i++) {
+        if (c->bind[m[i].array] < 0) {
+            c->bind[m[i].array] = (int32_t)m[i].index;
+            c->trail.v[c->trail.n++] = m[i].array;
+            added++;
+        }
+    }
+    return added;
+}
+
+static void undo(vm_ctx *c, uint32_t height)
+{
+    while (c->trail.n > height)
+        c->bind[c->trail.v[--c->trail.n]] = -1;
+}
+
+/* Runs the code of rule r; returns 1 on a match, 0 on none, -1 when memory runs out. */
+static int run_rule(vm_ctx *c, const char *json, const vm_rule *r)
+{
+    const vm_program *p = c->p;
+    const vm_inst *code = p->code + r->code0;
+    uint32_t pc = 0, start = VM_NONE;
+    c->choices.n = 0;
+    for (;;) {
+        vm_inst in = code[pc];
+        switch (VM_OP(in)) {
+        case VM_OP_TEST: {
+            uint32_t path = VM_A(in);
+            const vm_test *t = p->tests + VM_B(in);
+            uint32_t f = start == VM_NONE ? c->first[path] : start;
+            start = VM_NONE;
+            for (; f != VM_NONE; f = c->fields.v[f].next) {
+                const vm_field *fd = &c->fields.v[f];
+                if (fd->nmemb && !consistent(c, fd))
+                    continue;
+                bool pass = leaf_passes(c, json, t, fd);
+                if (t->flags & VM_TF_NEG)
+                    pass = !pass;
+                if (pass)
+                    break;
+            }
+            if (f == VM_NONE)
+                goto fail;
+            const vm_field *fd = &c->fields.v[f];
+            uint32_t height = c->trail.n;
+            if (fd->nmemb && bind_field(c, fd) > 0 && fd->next != VM_NONE) {
+                /* Another field may lead elsewhere if this choice fails later. */
+                struct vm_choice cp = { CP_TEST, pc, height, fd->next };
+                if (!VM_BUF_PUSH(c->choices, cp))
+                    return -1;
+            }
+            pc++;
+            continue;
+        }
+        case VM_OP_FORK: {
+            struct vm_choice cp = { CP_FORK, VM_B(in), c->trail.n, 0 };
+            if (!VM_BUF_PUSH(c->choices, cp))
+                return -1;
+            pc++;
+            continue;
+        }
+        case VM_OP_JOIN:
+            /* The branch bound nothing: its alternatives would meet the same state. */
+            if (c->choices.n > 0) {
+                struct vm_choice *top = &c->choices.v[c->choices.n - 1];
+                if (top->kind == CP_FORK && top->pc == VM_A(in) && top->trail == c->trail.n)
+                    c->choices.n--;
+            }
+            pc = VM_B(in);
+            continue;
+        case VM_OP_JMP:
+            pc = VM_B(in);
+            continue;
+        case VM_OP_NOT: {
+            struct vm_choice cp = { CP_NOT, VM_B(in), c->trail.n, 0 };
+            if (!VM_BUF_PUSH(c->choices, cp))
+                return -1;
+            pc++;
+            continue;
+        }
+        case VM_OP_NOTOK:
+            /* The negated condition holds: drop the body's choices and its barrier, then fail. */
+            while (c->choices.n > 0 && c->choices.v[--c->choices.n].kind != CP_NOT)
+                ;
+            goto fail;
+        case VM_OP_MATCH:
+            undo(c, 0);
+            return 1;
+        case VM_OP_FAIL:
+            goto fail;
+        }
+    fail:
+        if (c->choices.n == 0) {
+            undo(c, 0);
+            return 0;
+        }
+        {
+            struct vm_choice cp = c->choices.v[--c->choices.n];
+            undo(c, cp.trail);
+            pc = cp.pc;
+            if (cp.kind == CP_TEST)
+                start = cp.field;
+            else if (cp.kind == CP_NOT)
+                pc = cp.pc;   /* the negated body failed: the negation holds */
+        }
+    }
+}
+
+vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
+                   const uint32_t **rules, size_t *nrules, vm_error *err)
+{
+    const vm_program *p = c->p;
+    for (uint32_t i = 0; i < c->touched.n; i++)
+        c->first[c->touched.v[i]] = VM_NONE;
+    c->touched.n = c->fields.n = c->memb.n = c->stack.n = c->frames.n = 0;
+    c->narrays = 0;
+    c->matched.n = 0;
+    *rules = NULL;
+    *nrules = 0;
+    if (len > UINT32_MAX) {
+        err->code = VM_ERR_LIMIT;
+        err->offset = 0;
+        snprintf(err->msg, sizeof err->msg, "event larger than 4 GiB");
+        return VM_ERR_LIMIT;
+    }
+    vm_status st = vm_scan(c, json, len, err);
+    if (st != VM_OK)
+        return st;
+    if (c->bind_cap < c->narrays) {
+        int32_t *b = realloc(c->bind, c->narrays * sizeof *b);
+        if (!b)
+            goto nomem;
+        c->bind = b;
+        c->bind_cap = c->narrays;
+    }
+    for (uint32_t i = 0; i < c->narrays; i++)
+        c->bind[i] = -1;
+    if (c->trail.cap < c->narrays + 1 &&
+        !vm_buf_grow((void **)&c->trail.v, &c->trail.cap, sizeof *c->trail.v, c->narrays + 1))
+        goto nomem;
+    c->trail.n = 0;
+    for (uint32_t r = 0; r < p->nrules; r++) {
+        if (bus != VM_NONE && p->rules[r].bus != bus)
+            continue;
+        int m = run_rule(c, json, &p->rules[r]);
+        if (m < 0)
+            goto nomem;
+        if (m && !VM_BUF_PUSH(c->matched, r))
+            goto nomem;
+    }
+    *rules = c->matched.v;
+    *nrules = c->matched.n;
+    return VM_OK;
+nomem:
+    err->code = VM_ERR_NOMEM;
+    err->offset = 0;
+    snprintf(err->msg, sizeof err->msg, "out of memory");
+    return VM_ERR_NOMEM;
+}

@@ -1,0 +1,372 @@
+/*
+ * scan.c — the event scanner: one pass over the event's JSON text, validating all of it, that
+ * records only the leaves whose paths some rule references (with the array elements they lie
+ * in).  No DOM is built; strings are left encoded until a test needs them.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vm_int.h"
+
+struct vm_frame {
+    uint8_t array;       /* 1: an array, 0: an object */
+    uint8_t memb;        /* this container is an array element: it pushed a membership */
+    uint32_t node;       /* trie node of the container's path, or VM_NONE if nothing inside matters */
+    uint32_t id;         /* arrays: the array's number in this event */
+    uint32_t index;      /* arrays: index of the element being read */
+};
+
+typedef struct {
+    vm_ctx *c;
+    const char *s;
+    size_t n, p;
+    vm_error *err;
+} scanner;
+
+static vm_status fail(scanner *S, size_t at, vm_status code, const char *what)
+{
+    if (S->err) {
+        S->err->code = code;
+        S->err->offset = at;
+        snprintf(S->err->msg, sizeof S->err->msg, "%s (at byte %zu)", what, at);
+    }
+    return code;
+}
+
+static void skip_ws(scanner *S)
+{
+    while (S->p < S->n) {
+        char ch = S->s[S->p];
+        if (ch != ' ' && ch != '\n' && ch != '\r' && ch != '\t')
+            return;
+        S->p++;
+    }
+}
+
+/* Reads the string whose opening quote is at S->p; leaves S->p after the closing quote.
+ * Checks escapes, control characters and UTF-8.  *escaped says if it held escapes. */
+static vm_status read_string(scanner *S, bool *escaped)
+{
+    const unsigned char *s = (const unsigned char *)S->s;
+    size_t p = S->p + 1, n = S->n;
+    *escaped = false;
+    while (p < n) {
+        unsigned char ch = s[p];
+        if (ch == '"') {
+            S->p = p + 1;
+            return VM_OK;
+        }
+        if (ch == '\\') {
+            *escaped = true;
+            if (p + 1 >= n)
+                break;
+            char e = (char)s[p + 1];
+            if (e == 'u') {
+                for (int i = 2; i < 6; i++)
+                    if (p + (size_t)i >= n || !strchr("0123456789abcdefABCDEF", s[p + i]) || !s[p + i])
+                        return fail(S, p, VM_ERR_EVENT, "invalid \\u escape in string");
+                p += 6;
+            } else if (e && strchr("\"\\/bfnrt", e)) {
+                p += 2;
+            } else {
+                return fail(S, p, VM_ERR_EVENT, "invalid escape in string");
+            }
+            continue;
+        }
+        if (ch < 0x20)
+            return fail(S, p, VM_ERR_EVENT, "control character in string (it must be escaped)");
+        if (ch < 0x80) {
+            p++;
+            continue;
+        }
+        uint32_t cp;
+        size_t k = vm_utf8_decode((const char *)s + p, n - p, &cp);
+        if (k == 0)
+            return fail(S, p, VM_ERR_EVENT, "invalid UTF-8 in string");
+        p += k;
+    }
+    return fail(S, S->p, VM_ERR_EVENT, "unterminated string");
+}
+
+/* Checks a number per RFC 8259 at S->p and moves past it. */
+static vm_status read_number(scanner *S)
+{
+    const char *s = S->s;
+    size_t p = S->p, n = S->n;
+    if (p < n && s[p] == '-')
+        p++;
+    if (p < n && s[p] == '0') {
+        p++;
+    } else if (p < n && s[p] >= '1' && s[p] <= '9') {
+        while (p < n && s[p] >= '0' && s[p] <= '9')
+            p++;
+    } else {
+        return fail(S, S->p, VM_ERR_EVENT, "invalid number");
+    }
+    if (p < n && s[p] == '.') {
+        p++;
+        if (!(p < n && s[p] >= '0' && s[p] <= '9'))
+            return fail(S, S->p, VM_ERR_EVENT, "invalid number: digits must follow '.'");
+        while (p < n && s[p] >= '0' && s[p] <= '9')
+            p++;
+    }
+    if (p < n && (s[p] == 'e' || s[p] == 'E')) {
+        p++;
+        if (p < n && (s[p] == '+' || s[p] == '-'))
+            p++;
+        if (!(p < n && s[p] >= '0' && s[p] <= '9'))
+            return fail(S, S->p, VM_ERR_EVENT, "invalid number: digits must follow the exponent");
+        while (p < n && s[p] >= '0' && s[p] <= '9')
+            p++;
+    }
+    S->p = p;
+    return VM_OK;
+}
+
+/* Decodes a JSON string body into the context's scratch buffer; returns its length. */
+static size_t decode_key(vm_ctx *c, const char *s, size_t n, const char **out);
+
+/* The trie node reached from `node` by key k (raw, escaped if `escaped`).  A key with dots also
+ * reaches the node of its dot-separated parts, as event-ruler flattens names with dots. */
+static uint32_t lookup(scanner *S, uint32_t node, const char *k, size_t len, bool escaped)
+{
+    const struct vm_trie *t = S->c->p->trie;
+    if (node == VM_NONE || t->nodes[node].nedge == 0)
+        return VM_NONE;
+    if (escaped)
+        len = decode_key(S->c, k, len, &k);
+    uint32_t child = vm_trie_child(t, node, k, len);
+    if (child != VM_NONE || !memchr(k, '.', len))
+        return child;
+    const char *end = k + len;
+    while (node != VM_NONE) {
+        const char *dot = memchr(k, '.', (size_t)(end - k));
+        const char *stop = dot ? dot : end;
+        node = vm_trie_child(t, node, k, (size_t)(stop - k));
+        if (!dot)
+            break;
+        k = dot + 1;
+    }
+    return node;
+}
+
+static size_t decode_key(vm_ctx *c, const char *s, size_t n, const char **out)
+{
+    if (c->dec_cap < n + 1) {
+        char *d = realloc(c->dec, n + 64);
+        if (!d) {
+            *out = s;
+            return n;
+        }
+        c->dec = d;
+        c->dec_cap = n + 64;
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        if (s[i] != '\\') {
+            c->dec[o++] = s[i++];
+            continue;
+        }
+        char e = s[i + 1];
+        if (e != 'u') {
+            static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+            c->dec[o++] = to[strchr(from, e) - from];
+            i += 2;
+            continue;
+        }
+        uint32_t cp = 0;
+        for (int k = 2; k < 6; k++) {
+            char h = s[i + k];
+            cp = cp * 16 + (uint32_t)(h <= '9' ? h - '0' : (h | 0x20) - 'a' + 10);
+        }
+        i += 6;
+        if (cp >= 0xD800 && cp <= 0xDBFF && i + 6 <= n && s[i] == '\\' && s[i + 1] == 'u') {
+            uint32_t lo = 0;
+            for (int k = 2; k < 6; k++) {
+                char h = s[i + k];
+                lo = lo * 16 + (uint32_t)(h <= '9' ? h - '0' : (h | 0x20) - 'a' + 10);
+            }
+            if (lo >= 0xDC00 && lo <= 0xDFFF) {
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                i += 6;
+            }
+        }
+        if (cp >= 0xD800 && cp <= 0xDFFF)
+            cp = 0xFFFD;
+        o += vm_utf8_encode(cp, c->dec + o);
+    }
+    *out = c->dec;
+    return o;
+}
+
+/* Records a leaf at trie node `node` (if a path ends there). */
+static vm_status add_field(scanner *S, uint32_t node, uint8_t type, bool escaped, size_t off,
+                           size_t len)
+{
+    vm_ctx *c = S->c;
+    if (node == VM_NONE)
+        return VM_OK;
+    uint32_t path = c->p->trie->nodes[node].path;
+    if (path == VM_NONE)
+        return VM_OK;
+    vm_field f = { type, escaped, (uint32_t)off, (uint32_t)len, c->memb.n, c->stack.n, VM_NONE };
+    for (uint32_t i = 0; i < c->stack.n; i++)
+        if (!VM_BUF_PUSH(c->memb, c->stack.v[i]))
+            return fail(S, off, VM_ERR_NOMEM, "out of memory");
+    if (!VM_BUF_PUSH(c->fields, f))
+        return fail(S, off, VM_ERR_NOMEM, "out of memory");
+    uint32_t id = c->fields.n - 1;
+    if (c->first[path] == VM_NONE) {
+        c->first[path] = id;
+        if (!VM_BUF_PUSH(c->touched, path))
+            return fail(S, off, VM_ERR_NOMEM, "out of memory");
+    } else {
+        c->fields.v[c->last[path]].next = id;
+    }
+    c->last[path] = id;
+    return VM_OK;
+}
+
+/* Opens a container at S->p ('{' or '['), read at trie node `node`; `elem` says whether it is
+ * an element of the array in frame `parent` (then its elements' leaves lie in that element). */
+static vm_status open_container(scanner *S, uint32_t node, struct vm_frame *parent)
+{
+    vm_ctx *c = S->c;
+    const vm_trie_node *tn = node == VM_NONE ? NULL : &c->p->trie->nodes[node];
+    struct vm_frame f = { S->s[S->p] == '[', 0, node, 0, 0 };
+    if (c->frames.n >= c->max_depth)
+        return fail(S, S->p, VM_ERR_LIMIT, "the event is nested too deeply");
+    /* Nothing below can be referenced: keep validating, but look nothing up. */
+    if (!tn || (tn->nedge == 0 && (!f.array || tn->path == VM_NONE)))
+        f.node = VM_NONE;
+    if (f.array)
+        f.id = c->narrays++;
+    if (parent && parent->array && f.node != VM_NONE) {
+        vm_memb m = { parent->id, parent->index };
+        if (!VM_BUF_PUSH(c->stack, m))
+            return fail(S, S->p, VM_ERR_NOMEM, "out of memory");
+        f.memb = 1;
+    }
+    if (!VM_BUF_PUSH(c->frames, f))
+        return fail(S, S->p, VM_ERR_NOMEM, "out of memory");
+    S->p++;
+    return VM_OK;
+}
+
+/* Reads one value at S->p with trie node `node`; containers are opened (pushed) and read by the
+ * main loop.  *opened tells the caller which happened. */
+static vm_status read_value(scanner *S, uint32_t node, struct vm_frame *parent, bool *opened)
+{
+    size_t start = S->p;
+    vm_status st;
+    bool esc;
+    *opened = false;
+    if (S->p >= S->n)
+        return fail(S, S->p, VM_ERR_EVENT, "unexpected end of event: expected a value");
+    switch (S->s[S->p]) {
+    case '{':
+    case '[':
+        *opened = true;
+        return open_container(S, node, parent);
+    case '"':
+        if ((st = read_string(S, &esc)) != VM_OK)
+            return st;
+        return add_field(S, node, VM_J_STR, esc, start + 1, S->p - start - 2);
+    case 't':
+    case 'f':
+    case 'n': {
+        static const char *const words[] = { "true", "false", "null" };
+        static const uint8_t types[] = { VM_J_TRUE, VM_J_FALSE, VM_J_NULL };
+        int w = S->s[S->p] == 't' ? 0 : S->s[S->p] == 'f' ? 1 : 2;
+        size_t len = strlen(words[w]);
+        if (S->n - S->p < len || memcmp(S->s + S->p, words[w], len) != 0)
+            return fail(S, S->p, VM_ERR_EVENT, "invalid literal (expected true, false or null)");
+        S->p += len;
+        return add_field(S, node, types[w], false, start, len);
+    }
+    default:
+        if ((st = read_number(S)) != VM_OK)
+            return st;
+        return add_field(S, node, VM_J_NUM, false, start, S->p - start);
+    }
+}
+
+vm_status vm_scan(vm_ctx *c, const char *json, size_t len, vm_error *err)
+{
+    scanner S = { c, json, len, 0, err };
+    vm_status st;
+    bool opened;
+    skip_ws(&S);
+    if (S.p >= S.n || json[S.p] != '{')
+        return fail(&S, S.p, VM_ERR_EVENT, S.p >= S.n ? "empty event: expected a JSON object"
+                                                        : "the event must be a JSON object");
+    if ((st = open_container(&S, 0, NULL)) != VM_OK)
+        return st;
+    bool first = true;
+    while (c->frames.n > 0) {
+        struct vm_frame *f = &c->frames.v[c->frames.n - 1];
+        skip_ws(&S);
+        if (S.p >= S.n)
+            return fail(&S, S.p, VM_ERR_EVENT, "unexpected end of event");
+        char ch = json[S.p];
+        if (!first) {
+            /* After a member or element: ',' or the end of the container. */
+            if (ch == (f->array ? ']' : '}')) {
+                S.p++;
+                if (f->memb)
+                    c->stack.n--;
+                c->frames.n--;
+                if (c->frames.n > 0)
+                    c->frames.v[c->frames.n - 1].index++;
+                continue;
+            }
+            if (ch != ',')
+                return fail(&S, S.p, VM_ERR_EVENT, f->array ? "expected ',' or ']' in array"
+                                                            : "expected ',' or '}' in object");
+            S.p++;
+            skip_ws(&S);
+            if (S.p >= S.n)
+                return fail(&S, S.p, VM_ERR_EVENT, "unexpected end of event");
+            ch = json[S.p];
+        } else if (ch == (f->array ? ']' : '}')) {
+            S.p++;
+            if (f->memb)
+                c->stack.n--;
+            c->frames.n--;
+            if (c->frames.n > 0)
+                c->frames.v[c->frames.n - 1].index++;
+            first = false;
+            continue;
+        }
+        uint32_t node = f->node;
+        if (!f->array) {
+            if (ch != '"')
+                return fail(&S, S.p, VM_ERR_EVENT, first ? "expected a string key or '}' in object"
+                                                         : "expected a string key in object");
+            size_t kstart = S.p + 1;
+            bool esc;
+            if ((st = read_string(&S, &esc)) != VM_OK)
+                return st;
+            node = lookup(&S, f->node, json + kstart, S.p - kstart - 1, esc);
+            skip_ws(&S);
+            if (S.p >= S.n || json[S.p] != ':')
+                return fail(&S, S.p, VM_ERR_EVENT, "expected ':' after an object key");
+            S.p++;
+            skip_ws(&S);
+        }
+        if ((st = read_value(&S, node, f, &opened)) != VM_OK)
+            return st;
+        /* f may have moved if the frame stack grew. */
+        if (opened) {
+            first = true;
+        } else {
+            c->frames.v[c->frames.n - 1].index++;
+            first = false;
+        }
+    }
+    skip_ws(&S);
+    if (S.p < S.n)
+        return fail(&S, S.p, VM_ERR_EVENT, "unexpected text after the event's closing '}'");
+    return VM_OK;
+}

@@ -1,0 +1,272 @@
+/*
+ * values.c — the value semantics shared by the compiler and the VM: IP addresses, canonical
+ * decimal numbers, wildcard matching, CRC32C.
+ */
+#include <pthread.h>
+#include <string.h>
+
+#include "vm.h"
+
+/* ---- IP addresses ----------------------------------------------------------------------------- */
+
+/* Parses a dotted quad: four decimal parts of 1-3 digits, each at most 255 (leading zeros are
+ * decimal, as event-ruler reads them: "10.0.0.001" is 10.0.0.1). */
+static bool parse_ipv4(const char *s, size_t n, uint8_t out[4])
+{
+    size_t i = 0;
+    for (int part = 0; part < 4; part++) {
+        if (part > 0) {
+            if (i >= n || s[i] != '.')
+                return false;
+            i++;
+        }
+        unsigned v = 0, digits = 0;
+        while (i < n && s[i] >= '0' && s[i] <= '9' && digits < 4) {
+            v = v * 10 + (unsigned)(s[i++] - '0');
+            digits++;
+        }
+        if (digits == 0 || digits > 3 || v > 255)
+            return false;
+        out[part] = (uint8_t)v;
+    }
+    return i == n;
+}
+
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Parses IPv6 text (RFC 4291 section 2.2): groups of 1-4 hex digits, at most one "::", and an
+ * optional dotted-quad tail. */
+static bool parse_ipv6(const char *s, size_t n, uint8_t out[16])
+{
+    uint16_t groups[8];
+    int ngroups = 0, gap = -1;
+    size_t i = 0;
+    if (n >= 2 && s[0] == ':' && s[1] == ':') {
+        gap = 0;
+        i = 2;
+        if (i == n)
+            goto done;
+    } else if (n >= 1 && s[0] == ':') {
+        return false;
+    }
+    for (;;) {
+        size_t start = i;
+        unsigned v = 0;
+        while (i < n && i - start < 5 && hex_digit(s[i]) >= 0)
+            v = v * 16 + (unsigned)hex_digit(s[i++]);
+        if (i < n && s[i] == '.' && ngroups <= 6) {
+            uint8_t q[4];
+            if (!parse_ipv4(s + start, n - start, q))
+                return false;
+            groups[ngroups++] = (uint16_t)(q[0] << 8 | q[1]);
+            groups[ngroups++] = (uint16_t)(q[2] << 8 | q[3]);
+            i = n;
+            break;
+        }
+        if (i == start || i - start > 4 || ngroups == 8)
+            return false;
+        groups[ngroups++] = (uint16_t)v;
+        if (i == n)
+            break;
+        if (s[i] != ':')
+            return false;
+        i++;
+        if (i < n && s[i] == ':') {
+            if (gap >= 0)
+                return false;
+            gap = ngroups;
+            i++;
+            if (i == n)
+                break;
+        } else if (i == n) {
+            return false;
+        }
+    }
+done:
+    if (gap < 0 ? ngroups != 8 : ngroups > 7)
+        return false;
+    memset(out, 0, 16);
+    int tail = gap < 0 ? 0 : ngroups - gap;
+    for (int g = 0; g < ngroups; g++) {
+        int at = (gap >= 0 && g >= gap) ? 8 - tail + (g - gap) : g;
+        out[2 * at] = (uint8_t)(groups[g] >> 8);
+        out[2 * at + 1] = (uint8_t)groups[g];
+    }
+    return true;
+}
+
+bool vm_parse_ip(const char *s, size_t n, uint8_t ip[16])
+{
+    uint8_t q[4];
+    if (n >= 7 && n <= 15 && parse_ipv4(s, n, q)) {
+        memset(ip, 0, 10);
+        ip[10] = ip[11] = 0xff;
+        memcpy(ip + 12, q, 4);
+        return true;
+    }
+    return n >= 2 && n <= 45 && memchr(s, ':', n) && parse_ipv6(s, n, ip);
+}
+
+/* ---- numbers ------------------------------------------------------------------------------------ */
+
+size_t vm_number_canon(const char *s, size_t n, char *out, size_t cap)
+{
+    size_t i = 0, o = 0;
+    bool neg = false;
+    if (i < n && s[i] == '-')
+        neg = true, i++;
+    /* Collect the significant digits of integer and fraction parts; `point` counts digits
+     * before the decimal point. */
+    size_t dstart = o + 1;   /* leave room for the sign */
+    long long point = 0;
+    bool seen_point = false, any = false;
+    size_t ndig = 0;
+    if (cap < 4)
+        return 0;
+    for (; i < n; i++) {
+        char ch = s[i];
+        if (ch >= '0' && ch <= '9') {
+            any = true;
+            if (ndig == 0 && ch == '0') {
+                if (seen_point)
+                    point--;          /* leading zero after the point shifts the exponent */
+                continue;
+            }
+            if (dstart + ndig + 24 >= cap)
+                return 0;
+            out[dstart + ndig++] = ch;
+            if (!seen_point)
+                point++;
+        } else if (ch == '.' && !seen_point) {
+            seen_point = true;
+        } else {
+            break;
+        }
+    }
+    if (!any)
+        return 0;
+    long long exp = 0;
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        i++;
+        bool eneg = false;
+        if (i < n && (s[i] == '+' || s[i] == '-'))
+            eneg = s[i++] == '-';
+        if (i == n)
+            return 0;
+        for (; i < n; i++) {
+            if (s[i] < '0' || s[i] > '9')
+                return 0;
+            if (exp < 1000000000000LL)
+                exp = exp * 10 + (s[i] - '0');
+        }
+        if (eneg)
+            exp = -exp;
+    }
+    if (i != n)
+        return 0;
+    while (ndig > 0 && out[dstart + ndig - 1] == '0')
+        ndig--;
+    if (ndig == 0) {
+        out[0] = '0';
+        return 1;
+    }
+    /* value = 0.DIGITS x 10^(point + exp): written as [-]DIGITS e (point + exp - ndig). */
+    if (neg)
+        out[o++] = '-';
+    memmove(out + o, out + dstart, ndig);
+    o += ndig;
+    int k = snprintf(out + o, cap - o, "e%lld", point + exp - (long long)ndig);
+    if (k < 0 || (size_t)k >= cap - o)
+        return 0;
+    return o + (size_t)k;
+}
+
+/* ---- wildcards ------------------------------------------------------------------------------------ */
+
+/* Length of the pattern token at p: an escaped character counts as the character. */
+static size_t pat_char(const char *p, size_t np, size_t i, char *c)
+{
+    if (p[i] == '\\' && i + 1 < np) {
+        *c = p[i + 1];
+        return 2;
+    }
+    *c = p[i];
+    return 1;
+}
+
+bool vm_wildcard_match(const char *pat, size_t np, const char *s, size_t n)
+{
+    /* The classic linear walk with one resume point: on a mismatch after a '*', the star
+     * absorbs one more byte.  Bytes are compared, which is exact for UTF-8. */
+    size_t pi = 0, si = 0, star_p = (size_t)-1, star_s = 0;
+    while (si < n) {
+        if (pi < np && pat[pi] == '*') {
+            star_p = ++pi;
+            star_s = si;
+            continue;
+        }
+        if (pi < np) {
+            char c;
+            size_t k = pat_char(pat, np, pi, &c);
+            if (c == s[si]) {
+                pi += k;
+                si++;
+                continue;
+            }
+        }
+        if (star_p == (size_t)-1)
+            return false;
+        pi = star_p;
+        si = ++star_s;
+    }
+    while (pi < np && pat[pi] == '*')
+        pi++;
+    return pi == np;
+}
+
+/* ---- CRC32C (Castagnoli), table-driven --------------------------------------------------------- */
+
+static uint32_t crc_table[8][256];
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+
+static void crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++)
+            crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xff];
+}
+
+uint32_t vm_crc32c(uint32_t crc, const void *buf, size_t len)
+{
+    const unsigned char *p = buf;
+    pthread_once(&crc_once, crc_init);
+    crc = ~crc;
+    /* Slicing by 8: eight table lookups per 8 bytes instead of one per byte. */
+    while (len >= 8) {
+        uint32_t lo = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                             (uint32_t)p[3] << 24);
+        uint32_t hi = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 |
+                      (uint32_t)p[7] << 24;
+        crc = crc_table[7][lo & 0xff] ^ crc_table[6][(lo >> 8) & 0xff] ^
+              crc_table[5][(lo >> 16) & 0xff] ^ crc_table[4][lo >> 24] ^
+              crc_table[3][hi & 0xff] ^ crc_table[2][(hi >> 8) & 0xff] ^
+              crc_table[1][(hi >> 16) & 0xff] ^ crc_table[0][hi >> 24];
+        p += 8;
+        len -= 8;
+    }
+    while (len--)
+        crc = (crc >> 8) ^ crc_table[0][(crc ^ *p++) & 0xff];
+    return ~crc;
+}

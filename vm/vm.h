@@ -1,0 +1,304 @@
+/*
+ * vm.h — the VM's public door.
+ *
+ * It holds the bytecode definition that the compiler emits (instruction layout, opcodes, tests,
+ * constants, the ruleset image `vm_program`), the .ebc file reader and writer, and the matcher
+ * that runs a program against one event.  Nothing here depends on runtime/.
+ */
+#ifndef EBR_VM_H
+#define EBR_VM_H
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#define EBR_VERSION "0.1.0"
+
+/* ---------------------------------------------------------------------------------------------
+ * Instruction layout: one 64-bit word.
+ *
+ *     63                              32 31                    8 7         0
+ *    +----------------------------------+-----------------------+-----------+
+ *    |               B (32)             |         A (24)        |  OP (8)   |
+ *    +----------------------------------+-----------------------+-----------+
+ *
+ * Only the accessors below touch the bits.  The compiler checks operands against VM_MAX_A /
+ * VM_MAX_B before it emits; the loader checks them again against the program's tables.
+ */
+typedef uint64_t vm_inst;
+
+#define VM_OP(i)          ((unsigned)((i) & 0xffu))
+#define VM_A(i)           ((uint32_t)(((i) >> 8) & 0xffffffu))
+#define VM_B(i)           ((uint32_t)((i) >> 32))
+#define VM_INST(op, a, b) ((vm_inst)(op) | ((vm_inst)(a) << 8) | ((vm_inst)(b) << 32))
+#define VM_MAX_A          0xffffffu
+#define VM_MAX_B          0xffffffffu
+
+typedef enum {
+#define OP(name, fmt, doc) VM_OP_##name,
+#include "opcodes.def"
+#undef OP
+    VM_OP__COUNT
+} vm_opcode;
+
+extern const char *const vm_op_names[VM_OP__COUNT];
+extern const char *const vm_op_formats[VM_OP__COUNT];
+extern const char *const vm_op_docs[VM_OP__COUNT];
+
+/* ---------------------------------------------------------------------------------------------
+ * The ruleset image.  Every table is a flat array; strings live in one pool and are referenced by
+ * (offset, length).  The compiler builds it, vm_program_write() serialises it, vm_program_load()
+ * reads and verifies it.
+ */
+typedef struct { uint32_t off, len; } vm_str;
+
+/* A place in a source file, for messages and the disassembler. */
+typedef struct { uint32_t src, off, len; } vm_span;
+
+typedef struct { vm_str name, text; } vm_source;
+
+/* A field path: nseg key segments, segs[seg0 .. seg0+nseg). Arrays on the way are implicit. */
+typedef struct { uint32_t seg0, nseg; } vm_path;
+
+/* Kinds of constant a test compares against. */
+typedef enum {
+    VM_C_STR,    /* s: UTF-8 text (case-folded when the test ignores case) */
+    VM_C_NUM,    /* s: canonical decimal (see vm_number_canon), num: its double value */
+    VM_C_TRUE,
+    VM_C_FALSE,
+    VM_C_NULL,
+    VM_C_RANGE,  /* lo, hi with VM_CF_LO_OPEN / VM_CF_HI_OPEN; +-inf for no bound */
+    VM_C_CIDR,   /* ip (IPv4 as ::ffff:a.b.c.d), bits: the prefix length within the 128 */
+    VM_C_REGEX,  /* re: index into the program's regexes; s: its source text */
+} vm_const_type;
+
+enum {
+    VM_CF_IP      = 1 << 0, /* VM_C_STR that spells an IP address: ip holds it, bits = 128 */
+    VM_CF_LO_OPEN = 1 << 1, /* VM_C_RANGE: lower bound excluded */
+    VM_CF_HI_OPEN = 1 << 2, /* VM_C_RANGE: upper bound excluded */
+    VM_CF_TILDE   = 1 << 3, /* VM_C_REGEX: s is written with Quamina's '~' escapes */
+};
+
+typedef struct {
+    uint8_t type, flags, bits;
+    vm_str s;
+    double num, lo, hi;
+    uint8_t ip[16];
+    uint32_t re;
+} vm_const;
+
+/* Tests: a predicate on one leaf value; it passes if any of its constants passes (an "or" over
+ * args[arg0 .. arg0+narg)), and VM_TF_NEG turns that around for the leaf (anything-but: the
+ * leaf is there and passes none). */
+typedef enum {
+    VM_T_EXISTS,   /* any leaf: string, number, true, false or null */
+    VM_T_EQ,       /* typed equality with a constant */
+    VM_T_PREFIX,
+    VM_T_SUFFIX,
+    VM_T_CONTAINS,
+    VM_T_WILDCARD, /* '*' matches any run; "\*" and "\\" are literal */
+    VM_T_REGEX,    /* I-Regexp, the whole string */
+    VM_T_RANGE,    /* numbers (and numeric strings with VM_TF_ASNUM) inside a range */
+    VM_T_CIDR,     /* strings that spell an IP address inside a network */
+    VM_T__COUNT
+} vm_test_kind;
+
+enum {
+    VM_TF_NEG   = 1 << 0, /* the leaf exists and passes none of the constants */
+    VM_TF_CI    = 1 << 1, /* compare case-insensitively (Unicode simple case folding) */
+    VM_TF_ASNUM = 1 << 2, /* a string value that spells a JSON number is compared as that number */
+};
+
+typedef struct {
+    uint8_t kind, flags;
+    uint32_t arg0, narg;  /* constants */
+} vm_test;
+
+extern const char *const vm_test_names[VM_T__COUNT];
+
+/* I-Regexp programs: a Thompson NFA over code points, run in linear time. */
+typedef enum {
+    VM_RE_CLASS, /* consume one code point within ranges[x .. x+y); continue at pc+1 */
+    VM_RE_SPLIT, /* continue at x and at y (x preferred) */
+    VM_RE_JMP,   /* continue at x */
+    VM_RE_MATCH, /* accept if the input is used up */
+} vm_re_op;
+
+typedef struct { uint8_t op; uint32_t x, y; } vm_re_inst;
+typedef struct { uint32_t lo, hi; } vm_range; /* inclusive code point range */
+typedef struct { uint32_t inst0, ninst; } vm_regex; /* pcs are relative to inst0 */
+
+/* Declarations the daemon needs (buses, targets, server settings): small trees of options. */
+typedef enum {
+    VM_CFG_STR,      /* str */
+    VM_CFG_ENV,      /* str: the environment variable's name, read when the daemon starts */
+    VM_CFG_NUM,      /* num */
+    VM_CFG_DURATION, /* num: milliseconds */
+    VM_CFG_SIZE,     /* num: bytes */
+    VM_CFG_BOOL,     /* num: 0 or 1 */
+    VM_CFG_IDENT,    /* str: a bare word (an fsync policy, a target's name, ...) */
+    VM_CFG_CALL,     /* str: function name; children: named arguments */
+    VM_CFG_LIST,     /* children */
+    VM_CFG_OPTION,   /* key: option name; children: its values */
+} vm_cfg_type;
+
+typedef struct {
+    uint8_t type;
+    vm_str key, str;
+    double num;
+    uint32_t child0, nchild;
+    vm_span span;
+} vm_cfg;
+
+typedef struct { vm_str name; uint32_t opt0, nopt; vm_span span; } vm_bus;
+typedef struct { vm_str name, kind; uint32_t value, opt0, nopt; vm_span span; } vm_target;
+
+#define VM_NONE 0xffffffffu
+
+typedef struct {
+    vm_str name;
+    uint32_t bus;
+    uint32_t code0, ncode;   /* instructions */
+    uint32_t tgt0, ntgt;     /* rule_targets */
+    uint32_t dead_letter;    /* target index or VM_NONE */
+    vm_span span;
+} vm_rule;
+
+typedef struct vm_program {
+    char *strs;        uint32_t nstrs;
+    vm_source *srcs;   uint32_t nsrcs;
+    vm_str *segs;      uint32_t nsegs;
+    vm_path *paths;    uint32_t npaths;
+    vm_const *consts;  uint32_t nconsts;
+    vm_test *tests;    uint32_t ntests;
+    vm_regex *regexes; uint32_t nregexes;
+    vm_re_inst *re_insts; uint32_t nre_insts;
+    vm_range *re_ranges;  uint32_t nre_ranges;
+    vm_inst *code;     uint32_t ncode;
+    vm_span *code_spans;   /* one per instruction */
+    vm_rule *rules;    uint32_t nrules;
+    uint32_t *rule_targets; uint32_t nrule_targets;
+    vm_bus *buses;     uint32_t nbuses;
+    vm_target *targets; uint32_t ntargets;
+    vm_cfg *cfgs;      uint32_t ncfgs;
+    uint32_t server0, nserver; /* the server { } block's options, in cfgs */
+    struct vm_trie *trie;      /* derived at load time: the scanner's path trie */
+} vm_program;
+
+/* A string of the pool, as pointer + length. */
+static inline const char *vm_s(const vm_program *p, vm_str s) { return p->strs + s.off; }
+
+/* ---------------------------------------------------------------------------------------------
+ * Errors are values: a code, a message, a byte position.
+ */
+typedef enum {
+    VM_OK = 0,
+    VM_ERR_IO,
+    VM_ERR_FORMAT,   /* not an .ebc file, wrong version, bad checksum, truncated, inconsistent */
+    VM_ERR_EVENT,    /* the event is not a JSON object */
+    VM_ERR_LIMIT,    /* the event is too deep or too big */
+    VM_ERR_NOMEM,
+} vm_status;
+
+typedef struct {
+    vm_status code;
+    size_t offset;       /* byte offset in the input the message is about */
+    char msg[200];
+} vm_error;
+
+/* .ebc files ----------------------------------------------------------------------------------
+ * Layout (all integers little-endian; docs/bytecode.md draws it):
+ *   magic[8] "\x89EBC\r\n\x1a\n" | u32 version | u32 nsections | u64 file length | u32 crc32c of
+ *   the bytes after this field | section table: nsections x (u32 tag, u64 offset, u64 length) | data
+ */
+#define VM_EBC_MAGIC   "\x89" "EBC\r\n\x1a\n"
+#define VM_EBC_VERSION 1u
+
+/* Serialises p into a malloc'd buffer (*out, *len). Returns VM_OK or VM_ERR_NOMEM. */
+vm_status vm_program_serialize(const vm_program *p, uint8_t **out, size_t *len);
+
+/* Parses and verifies an .ebc image (checksum, version, every index and jump in range) into a new
+ * program.  Returns NULL and fills err when the image is refused. */
+vm_program *vm_program_parse(const uint8_t *buf, size_t len, vm_error *err);
+
+/* Reads and parses a file. */
+vm_program *vm_program_load(const char *path, vm_error *err);
+
+/* Builds the derived tables (the path trie) of a program made in memory.  vm_program_parse does
+ * this itself.  Returns VM_OK or VM_ERR_NOMEM. */
+vm_status vm_program_prepare(vm_program *p);
+
+void vm_program_free(vm_program *p);
+
+uint32_t vm_crc32c(uint32_t crc, const void *buf, size_t len);
+
+/* ---------------------------------------------------------------------------------------------
+ * Matching.  A vm_ctx is one thread's scratch memory for one program; after a warm-up it matches
+ * events without allocating.
+ */
+typedef struct vm_ctx vm_ctx;
+
+typedef struct {
+    size_t max_depth;    /* nesting limit for events; 0 means the default (128) */
+} vm_options;
+
+vm_ctx *vm_ctx_new(const vm_program *p, const vm_options *opt);
+void vm_ctx_free(vm_ctx *c);
+
+/* Scans one event (JSON text) and runs every rule (or only the rules on bus `bus`, unless it is
+ * VM_NONE).  On success returns VM_OK and points *rules at the matched rule indices in ascending
+ * order (valid until the next call on c).  An event that is not a JSON object gives VM_ERR_EVENT
+ * with the offending byte offset and matches nothing. */
+vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
+                   const uint32_t **rules, size_t *nrules, vm_error *err);
+
+/* ---------------------------------------------------------------------------------------------
+ * Showing what the compiler made.
+ */
+
+/* Writes every rule's code, one "addr OPCODE operands ; synopsis" line per instruction. */
+void vm_disasm(const vm_program *p, FILE *out);
+
+/* Writes a path ("data.items.sku") or a test on it ("data.total >= 100") in the rule language. */
+void vm_print_path(const vm_program *p, uint32_t path, FILE *out);
+void vm_print_test(const vm_program *p, uint32_t path, uint32_t test, FILE *out);
+
+/* Formats an address (with "/bits" when bits < 128; IPv4-mapped addresses as dotted quads). */
+void vm_format_ip(const uint8_t ip[16], int bits, char *buf, size_t cap);
+
+/* ---------------------------------------------------------------------------------------------
+ * Shared helpers the compiler needs too (one implementation of each semantic).
+ */
+
+/* Decodes one UTF-8 code point from s[0..n); returns its length (1..4), or 0 if the bytes there
+ * are not well-formed UTF-8 (overlong, surrogate, > U+10FFFF, truncated). */
+size_t vm_utf8_decode(const char *s, size_t n, uint32_t *cp);
+size_t vm_utf8_encode(uint32_t cp, char out[4]);
+
+/* Unicode simple case folding (CaseFolding.txt, status C and S). */
+uint32_t vm_casefold(uint32_t cp);
+
+/* Writes the case-folded form of UTF-8 text s[0..n) to out (which must hold 2*n bytes: folding
+ * never more than doubles a sequence's length); returns the length written. */
+size_t vm_casefold_utf8(const char *s, size_t n, char *out);
+
+/* Parses an IPv4 (dotted quad) or IPv6 address.  Fills ip with 16 bytes (IPv4 mapped into
+ * ::ffff:0:0/96) and returns true; false if s is not an address. */
+bool vm_parse_ip(const char *s, size_t n, uint8_t ip[16]);
+
+/* Writes the canonical form of a JSON number (sign, significant digits, exponent) so that two
+ * numbers of equal decimal value have the same form: "300", "300.0" and "3e2" all give "3e2".
+ * Returns the length, or 0 if s is not a JSON number or out (of size cap) is too small. */
+size_t vm_number_canon(const char *s, size_t n, char *out, size_t cap);
+
+/* Runs regex re of p over UTF-8 text; scratch must hold 2 * regex.ninst uint32_t entries
+ * plus regex.ninst bytes (vm_regex_scratch_size). */
+size_t vm_regex_scratch_size(const vm_program *p, uint32_t re);
+bool vm_regex_match(const vm_program *p, uint32_t re, const char *s, size_t n, void *scratch);
+
+/* Wildcard match: '*' matches any run, "\*" a star, "\\" a backslash.  With ci, both sides are
+ * expected to be case-folded already. */
+bool vm_wildcard_match(const char *pat, size_t np, const char *s, size_t n);
+
+#endif

@@ -1,0 +1,85 @@
+/*
+ * vm_int.h — internals shared by the files of vm/ (never included from outside it).
+ */
+#ifndef EBR_VM_INT_H
+#define EBR_VM_INT_H
+
+#include "vm.h"
+
+/* The scanner's path trie, derived from the program's paths at load time.  Node 0 is the event
+ * object itself; an edge is one object key. */
+typedef struct {
+    uint32_t path;        /* the path ending here, or VM_NONE */
+    uint32_t edge0, nedge;
+} vm_trie_node;
+
+typedef struct {
+    const char *key;
+    uint32_t len;
+    uint32_t child;
+} vm_trie_edge;
+
+struct vm_trie {
+    vm_trie_node *nodes;
+    uint32_t nnodes;
+    vm_trie_edge *edges;
+    uint32_t nedges;
+};
+
+/* Finds the child of node n reached by key k[0..len); VM_NONE if there is none. */
+uint32_t vm_trie_child(const struct vm_trie *t, uint32_t n, const char *k, size_t len);
+
+void vm_trie_free(struct vm_trie *t);
+
+/* A leaf of the event that some rule looks at. */
+enum { VM_J_STR, VM_J_NUM, VM_J_TRUE, VM_J_FALSE, VM_J_NULL };
+
+typedef struct {
+    uint8_t type;
+    uint8_t escaped;      /* VM_J_STR holds backslash escapes */
+    uint32_t off, len;    /* the token in the event text (strings: inside the quotes) */
+    uint32_t memb, nmemb; /* array elements it lies in: (array, index) pairs in the pool */
+    uint32_t next;        /* next field of the same path, or VM_NONE */
+} vm_field;
+
+typedef struct { uint32_t array, index; } vm_memb;
+
+/* Growable per-context buffers: they reach their working size after a few events and are then
+ * reused, so matching allocates nothing per event. */
+#define VM_BUF(T) struct { T *v; uint32_t n, cap; }
+
+struct vm_ctx {
+    const vm_program *p;
+    size_t max_depth;
+    /* scanner output */
+    VM_BUF(vm_field) fields;
+    VM_BUF(vm_memb) memb;     /* membership pool */
+    VM_BUF(vm_memb) stack;    /* current element nesting while scanning */
+    uint32_t *first, *last;   /* per path: its fields, as a list */
+    VM_BUF(uint32_t) touched; /* paths with fields, to reset */
+    uint32_t narrays;
+    /* scanner frames */
+    VM_BUF(struct vm_frame) frames;
+    /* matcher */
+    int32_t *bind;            /* per array: the chosen element, or -1 */
+    uint32_t bind_cap;
+    VM_BUF(uint32_t) trail;   /* arrays bound, to undo on backtracking */
+    VM_BUF(struct vm_choice) choices;
+    VM_BUF(uint32_t) matched;
+    /* scratch for decoding, folding and canonicalising values */
+    char *dec, *fold, *canon;
+    size_t dec_cap, fold_cap, canon_cap;
+    void *re_scratch;
+    size_t re_cap;
+};
+
+/* Grows a VM_BUF to hold `need` elements; false when memory runs out. */
+bool vm_buf_grow(void **v, uint32_t *cap, size_t elem, uint32_t need);
+#define VM_BUF_PUSH(buf, x) \
+    ((buf).n < (buf).cap || vm_buf_grow((void **)&(buf).v, &(buf).cap, sizeof *(buf).v, (buf).n + 1) \
+         ? ((buf).v[(buf).n++] = (x), true) : false)
+
+/* Scans the event into c's field tables.  Returns VM_OK, or an error for invalid JSON. */
+vm_status vm_scan(vm_ctx *c, const char *json, size_t len, vm_error *err);
+
+#endif
