@@ -638,20 +638,23 @@ static void check_rule(cc_comp *c, cc_unit *u, ast *d)
     }
     r.bus = b < 0 ? VM_NONE : (uint32_t)b;
 
-    ast *cond = NULL, *to = NULL, *dl = NULL, *tf = NULL;
+    ast *to = NULL, *dl = NULL, *tf = NULL;
+    int nconds = 0;
     for (ast *k = d->c; k; k = k->next) {
-        ast **slot = k->kind == A_MATCH || k->kind == A_PATTERN ? &cond
-                   : k->kind == A_TO ? &to : k->kind == A_DEAD_LETTER ? &dl : &tf;
+        if (k->kind == A_MATCH || k->kind == A_PATTERN) {
+            nconds++;   /* several conditions: the rule matches when any of them does */
+            continue;
+        }
+        ast **slot = k->kind == A_TO ? &to : k->kind == A_DEAD_LETTER ? &dl : &tf;
         if (*slot) {
-            const char *what = slot == &cond ? "a rule has one 'match' or 'pattern'"
-                             : slot == &to ? "'to' is given twice (list every target in one 'to')"
+            const char *what = slot == &to ? "'to' is given twice (list every target in one 'to')"
                              : slot == &dl ? "'dead_letter' is given twice" : "'transform' is given twice";
             cc_error(u, k->tok.off, k->tok.len, "%s", what);
             continue;
         }
         *slot = k;
     }
-    if (!cond)
+    if (!nconds)
         cc_error(u, d->tok.off, d->tok.len, "rule '%.*s' has no condition: add 'match <expression>' or 'pattern {...}'",
                  (int)d->tok.len, u->text + d->tok.off);
     if (tf) {
@@ -672,12 +675,19 @@ static void check_rule(cc_comp *c, cc_unit *u, ast *d)
     if (dl)
         r.dead_letter = resolve_target(c, u, dl->a);
 
-    if (cond) {
-        int before = c->nerrors;
-        ir *root = cond->kind == A_MATCH ? cc_lower_expr(u, cond->a) : cc_lower_pattern(u, cond->a);
-        if (root && c->nerrors == before)
-            r.code0 = cc_codegen(c, root, r.span, &r.ncode);
+    int before = c->nerrors;
+    ir *root = nconds > 1 ? ir_new(c, IR_OR, r.span) : NULL;
+    for (ast *k = d->c; k; k = k->next) {
+        if (k->kind != A_MATCH && k->kind != A_PATTERN)
+            continue;
+        ir *one = k->kind == A_MATCH ? cc_lower_expr(u, k->a) : cc_lower_pattern(u, k->a);
+        if (one && root)
+            ir_add(c, root, one);
+        else if (one)
+            root = one;
     }
+    if (root && c->nerrors == before)
+        r.code0 = cc_codegen(c, root, r.span, &r.ncode);
     vec_push(c->prules, r);
 }
 

@@ -455,9 +455,32 @@ static const char *const reserved[] = {
     "numeric", "cidr", "regexp", "shellstyle", "=", "<", "<=", ">", ">=",
 };
 
-static ir *lower_object(lowerer *L, const jv *obj);
+/* Patterns are lowered the way event-ruler reads them: a pattern is a set of sub-rules (one per
+ * combination of "$or" branches), each a conjunction of one condition per path.  Members are
+ * taken in document order and a later condition on a path replaces an earlier one in the same
+ * sub-rule; a "$or" branch starts from the conditions before it, and members after the "$or"
+ * apply to every branch. */
+typedef struct { uint32_t path; ir *cond; } entry;
+typedef struct { entry *v; uint32_t n; } subrule;
+typedef struct { subrule *v; uint32_t n, cap; } subrules;
 
-/* Pushes the dot-separated parts of a key onto the current path; returns how many. */
+enum { MAX_SUBRULES = 4096 };
+
+static void add_subrule(lowerer *L, subrules *S, subrule s)
+{
+    if (S->n == S->cap) {
+        uint32_t cap = S->cap ? S->cap * 2 : 4;
+        subrule *v = cc_alloc(L->c, cap * sizeof *v);
+        if (S->n)
+            memcpy(v, S->v, S->n * sizeof *v);
+        S->v = v;
+        S->cap = cap;
+    }
+    S->v[S->n++] = s;
+}
+
+/* Pushes the dot-separated parts of a key onto the current path (event-ruler joins names with
+ * dots, so {"a.b": ...} means {"a": {"b": ...}}); returns how many. */
 static uint32_t push_key(lowerer *L, const jv *member)
 {
     uint32_t n = 0;
@@ -476,45 +499,72 @@ static uint32_t push_key(lowerer *L, const jv *member)
     }
 }
 
-static ir *lower_or(lowerer *L, const jv *m)
+/* Sets the condition on path in sub-rule s.  Sub-rules share their entry arrays after a "$or"
+ * copies them, so every change writes a new array. */
+static void set_cond(lowerer *L, subrule *s, uint32_t path, ir *cond)
+{
+    uint32_t at = 0;
+    while (at < s->n && s->v[at].path != path)
+        at++;
+    entry *v = cc_alloc(L->c, (s->n + 1) * sizeof *v);
+    if (s->n)
+        memcpy(v, s->v, s->n * sizeof *v);
+    v[at] = (entry){ path, cond };
+    if (at == s->n)
+        s->n++;
+    s->v = v;
+}
+
+static bool lower_members(lowerer *L, const jv *obj, subrules *S);
+
+/* "$or": [ {...}, {...}, ... ] — every sub-rule so far continues in each branch. */
+static bool lower_or(lowerer *L, const jv *m, subrules *S)
 {
     if (m->type != J_ARRAY) {
         err(L, m, "the value of $or must be an array of pattern objects");
-        return NULL;
+        return false;
     }
     if (m->nkids < 2) {
         err(L, m, "there must be at least 2 objects in a $or");
-        return NULL;
+        return false;
     }
-    ir *n = ir_new(L->c, IR_OR, span_of(L, m));
     bool ok = true;
-    for (const jv *b = m->kids; b; b = b->next) {
+    for (const jv *b = m->kids; b; b = b->next)
         if (b->type != J_OBJECT) {
             err(L, b, "only JSON objects are allowed in the array of a $or");
             ok = false;
-            continue;
         }
-        L->in_or++;
-        ir *k = lower_object(L, b);
-        L->in_or--;
-        if (k)
-            ir_add(L->c, n, k);
-        else
-            ok = false;
+    if (!ok)
+        return false;
+    subrules out = { 0 };
+    for (uint32_t i = 0; i < S->n && ok; i++) {
+        for (const jv *b = m->kids; b && ok; b = b->next) {
+            subrules one = { 0 };
+            add_subrule(L, &one, S->v[i]);
+            L->in_or++;
+            ok = lower_members(L, b, &one);
+            L->in_or--;
+            if (out.n + one.n > MAX_SUBRULES) {
+                err(L, m, "this pattern expands to more than %d alternatives", MAX_SUBRULES);
+                return false;
+            }
+            for (uint32_t k = 0; k < one.n; k++)
+                add_subrule(L, &out, one.v[k]);
+        }
     }
-    return ok ? n : NULL;
+    *S = out;
+    return ok;
 }
 
-static ir *lower_object(lowerer *L, const jv *obj)
+/* Adds the members of object obj (at the current path) to every sub-rule of S. */
+static bool lower_members(lowerer *L, const jv *obj, subrules *S)
 {
     if (obj->nkids == 0) {
         err(L, obj, "empty objects are not allowed in a pattern");
-        return NULL;
+        return false;
     }
-    ir *and = ir_new(L->c, IR_AND, span_of(L, obj));
     bool ok = true;
     for (const jv *m = obj->kids; m; m = m->next) {
-        /* A later member with the same key replaces this one, as in event-ruler. */
         const jv *later = m->next;
         while (later && !(later->klen == m->klen && memcmp(later->key, m->key, m->klen) == 0))
             later = later->next;
@@ -524,26 +574,26 @@ static ir *lower_object(lowerer *L, const jv *obj)
             continue;
         }
         if (key_is(m, "$or")) {
-            ir *k = lower_or(L, m);
-            if (k)
-                ir_add(L->c, and, k);
-            else
-                ok = false;
+            ok &= lower_or(L, m, S);
             continue;
         }
+        bool reserved_key = false;
         if (L->in_or)
             for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++)
                 if (key_is(m, reserved[i])) {
                     err_key(L, m, "%s is an operator, not a field name: it cannot be used as a "
                             "field inside $or", reserved[i]);
-                    ok = false;
-                    goto next;
+                    reserved_key = true;
                 }
+        if (reserved_key) {
+            ok = false;
+            continue;
+        }
         uint32_t pushed = push_key(L, m);
-        ir *k = NULL;
         if (m->type == J_OBJECT) {
-            k = lower_object(L, m);
+            ok &= lower_members(L, m, S);
         } else if (m->type == J_ARRAY) {
+            ir *k = NULL;
             if (m->nkids == 0) {
                 err(L, m, "empty arrays are not allowed");
             } else if (m->nkids == 1) {
@@ -555,23 +605,42 @@ static ir *lower_object(lowerer *L, const jv *obj)
                     if (t)
                         ir_add(L->c, k, t);
                     else
-                        ok = false;
+                        k->nkid = 0, ok = false;
                 }
+                if (!ok)
+                    k = NULL;
+            }
+            if (k) {
+                uint32_t path = current_path(L);
+                for (uint32_t i = 0; i < S->n; i++)
+                    set_cond(L, &S->v[i], path, k);
+            } else {
+                ok = false;
             }
         } else {
             err(L, m, "the value of \"%.*s\" must be an object or an array of match values",
                 (int)m->klen, m->key);
+            ok = false;
         }
         L->nseg -= pushed;
-        if (k)
-            ir_add(L->c, and, k);
-        else
-            ok = false;
-    next:;
     }
-    if (!ok)
+    return ok;
+}
+
+static ir *lower_object(lowerer *L, const jv *obj)
+{
+    subrules S = { 0 };
+    add_subrule(L, &S, (subrule){ NULL, 0 });
+    if (!lower_members(L, obj, &S))
         return NULL;
-    return and->nkid == 1 ? and->kid[0] : and;
+    ir *any = ir_new(L->c, IR_OR, span_of(L, obj));
+    for (uint32_t i = 0; i < S.n; i++) {
+        ir *all = ir_new(L->c, IR_AND, span_of(L, obj));
+        for (uint32_t k = 0; k < S.v[i].n; k++)
+            ir_add(L->c, all, S.v[i].v[k].cond);
+        ir_add(L->c, any, all->nkid == 1 ? all->kid[0] : all);
+    }
+    return any->nkid == 1 ? any->kid[0] : any;
 }
 
 ir *cc_lower_pattern(cc_unit *u, ast *json)
