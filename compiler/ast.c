@@ -259,6 +259,9 @@ static void describe_expected(const int *exp, int n, char *buf, size_t cap)
     static const int ops[] = { TK_EQ, TK_NE, TK_LT, TK_LE, TK_GT, TK_GE, TK_STARTS_WITH,
                                TK_ENDS_WITH, TK_CONTAINS, TK_LIKE, TK_MATCHES, TK_IN };
     static const int vals[] = { TK_STRING, TK_NUMBER, TK_TRUE, TK_FALSE, TK_NULL, TK_LBRACKET };
+    bool value_family = true;
+    for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++)
+        value_family &= has(exp, n, vals[i]);
     static const int decls[] = { TK_IMPORT, TK_BUS, TK_TARGET, TK_RULE, TK_SERVER };
     static const int clauses[] = { TK_MATCH, TK_PATTERN, TK_TRANSFORM, TK_TO, TK_DEAD_LETTER };
     const char *words[16];
@@ -285,6 +288,8 @@ static void describe_expected(const int *exp, int n, char *buf, size_t cap)
             continue;  /* modifiers and path continuations would only clutter the message */
         if (exp[i] == TK_QUANTITY || exp[i] == TK_CIDR || exp[i] == TK_NL)
             continue;
+        if (value_family && (exp[i] == TK_IDENT || exp[i] == TK_REGEX))
+            continue;   /* a bare name or a regex is a value too: "a value" says it */
         words[nw++] = gr_token_name(exp[i]);
     }
     size_t used = 0;
@@ -535,6 +540,7 @@ ast *ast_pred(cc_unit *u, ast *path, gr_token neg, gr_token op, gr_token ci, ast
     p->a = path;
     p->b = rhs;
     p->flags = (neg.type ? AF_NEG : 0) | (ci.type ? AF_CI : 0);
+    p->aux = ci;
     if (neg.type)
         p->c = node(u, A_VALUE, &neg);
     p->off = path->off;

@@ -58,6 +58,7 @@ struct ast {
     int op;
     unsigned flags;
     gr_token tok;
+    gr_token aux;        /* A_PRED: the ignore_case token */
     uint32_t off, len;   /* the node's whole span */
     ast *a, *b, *c;
     ast *next;           /* next item of a list */

@@ -211,6 +211,12 @@ bool cc_const_regex(cc_comp *c, const char *pat, size_t n, char esc, uint32_t *o
     c->re_ranges.n = (uint32_t)b.nranges;
     c->re_ranges.cap = (uint32_t)b.rcap;
     if (rc != 0) {
+        /* The caret shows the position: drop a trailing " at N" from the message. */
+        size_t n = strlen(e.msg), k = n;
+        while (k > 0 && e.msg[k - 1] >= '0' && e.msg[k - 1] <= '9')
+            k--;
+        if (k < n && k >= 4 && !memcmp(e.msg + k - 4, " at ", 4))
+            e.msg[k - 4] = 0;
         snprintf(err, errcap, "%s", e.msg);
         *errpos = e.pos;
         return false;

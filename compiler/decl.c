@@ -581,7 +581,7 @@ static void check_target(cc_comp *c, cc_unit *u, ast *d)
             break;
         }
         char what[32];
-        snprintf(what, sizeof what, "a%s %s target", k == 3 ? "n" : "", kinds[k]);
+        snprintf(what, sizeof what, "a%s %s target", k == 0 || k == 3 ? "n" : "", kinds[k]);
         check_options(c, u, d->c, masks[k], what);
         for (ast *o = d->c; o; o = o->next)
             if (o->tok.len == 11 && memcmp(u->text + o->tok.off, "dead_letter", 11) == 0 &&

@@ -190,7 +190,7 @@ static ir *lower_pred(cc_unit *u, ast *e)
     }
     if (ci && !(op == TK_EQ || op == TK_NE || op == TK_STARTS_WITH || op == TK_ENDS_WITH ||
                 op == TK_CONTAINS || op == TK_LIKE || op == TK_IN)) {
-        cc_error_at(u, e, "ignore_case does not apply to %s", name);
+        cc_error(u, e->aux.off, e->aux.len, "ignore_case does not apply to %s", name);
         return NULL;
     }
     if (asnum && !(op == TK_EQ || op == TK_NE || op == TK_LT || op == TK_LE || op == TK_GT ||

@@ -406,7 +406,15 @@ static ir *lower_match(lowerer *L, const jv *m)
     }
     if (key_is(op, "wildcard") || key_is(op, "shellstyle")) {
         bool shell = key_is(op, "shellstyle");
-        if (!want_string(L, op, shell ? "shellstyle" : "wildcard") || !wildcard_ok(L, op))
+        if (!want_string(L, op, shell ? "shellstyle" : "wildcard"))
+            return NULL;
+        const char *twice = shell ? strstr(op->str, "**") : NULL;
+        if (twice) {
+            cc_error(L->u, string_offset(L, op, (size_t)(twice - op->str)), 2,
+                     "consecutive '*' in shellstyle (one '*' already matches any run)");
+            return NULL;
+        }
+        if (!shell && !wildcard_ok(L, op))
             return NULL;
         size_t n = op->slen;
         const char *s = shell ? shellstyle_as_wildcard(L, op, &n) : op->str;

@@ -24,6 +24,7 @@ typedef struct {
     size_t pos;
     int after_dot;     /* the previous token was '.': a keyword there is a plain name */
     const char *err;   /* message of the last TK_ERROR token */
+    char errbuf[64];
 } gr_lexer;
 
 void gr_lexer_init(gr_lexer *lx, const char *src, size_t len);

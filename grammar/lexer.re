@@ -4,6 +4,7 @@
  * State lives in gr_lexer; the end of input is the explicit limit src + len (re2c:eof), so a NUL
  * byte inside a file is an ordinary (and rejected) character, never the end.
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "grammar.h"
@@ -30,6 +31,26 @@ static gr_token error_tok(gr_lexer *lx, const char *msg, const char *start, cons
 {
     lx->err = msg;
     return tok(lx, TK_ERROR, start, end);
+}
+
+/* Skips the rest of a string after a bad escape: to the closing quote, or the end of the line. */
+static size_t skip_string_rest(const gr_lexer *lx, size_t p)
+{
+    while (p < lx->len && lx->src[p] != '"' && lx->src[p] != '\n')
+        p += lx->src[p] == '\\' && p + 1 < lx->len && lx->src[p + 1] != '\n' ? 2 : 1;
+    return p < lx->len && lx->src[p] == '"' ? p + 1 : p;
+}
+
+/* The end of input, placed just after the last visible character so that a message about it
+ * shows the last line of the file rather than an empty one. */
+static gr_token eof_tok(gr_lexer *lx)
+{
+    size_t end = lx->len;
+    while (end > 0 && strchr(" \t\r\n\f", lx->src[end - 1]))
+        end--;
+    gr_token t = { TK_EOF, (uint32_t)end, 0 };
+    lx->pos = lx->len;
+    return t;
 }
 
 /* Keywords, looked up once an identifier is read; after a '.' every word is a plain name. */
@@ -85,7 +106,7 @@ gr_token gr_lex(gr_lexer *lx)
 again:
     start = cur;
     /*!re2c
-        $                  { return T(TK_EOF); }
+        $                  { return eof_tok(lx); }
         blank | comment    { goto again; }
 
         ident              {
@@ -99,10 +120,13 @@ again:
 
         "\"" schar* "\""   { return T(TK_STRING); }
         "\"" schar* "\\"   {
+            /* Underline the bad escape, then resume after the string's closing quote. */
             start = cur - 1;
             if (cur < lim && *cur != '\n')
                 cur++;
-            return E("invalid escape in string (use \\\" \\\\ \\/ \\b \\f \\n \\r \\t or \\uXXXX)");
+            gr_token t = E("invalid escape in string (use \\\" \\\\ \\/ \\b \\f \\n \\r \\t or \\uXXXX)");
+            lx->pos = skip_string_rest(lx, lx->pos);
+            return t;
         }
         "\"" schar*        { return E("unterminated string"); }
 
@@ -127,8 +151,18 @@ again:
         ":"   { return T(TK_COLON); }
         ";"   { return T(TK_SEMI); }
 
+        "&&"  { return E("'&&' is written 'and'"); }
+        "||"  { return E("'||' is written 'or'"); }
+        "!"   { return E("'!' is written 'not' ('!=' compares)"); }
         [\x80-\xff]+ { return E("non-ASCII characters belong inside strings"); }
-        *     { return E("unexpected character"); }
+        *     {
+            unsigned char ch = start[0];
+            if (ch >= 0x20 && ch < 0x7f)
+                snprintf(lx->errbuf, sizeof lx->errbuf, "unexpected character '%c'", ch);
+            else
+                snprintf(lx->errbuf, sizeof lx->errbuf, "unexpected byte 0x%02x", ch);
+            return E(lx->errbuf);
+        }
     */
 #undef T
 #undef E

@@ -55,6 +55,7 @@ decls ::= decls decl.
 decl ::= IMPORT STRING(S).                          { ast_decl_import(u, &S); }
 decl ::= BUS IDENT(N) optblock(O).                  { ast_decl_bus(u, &N, O); }
 decl ::= TARGET IDENT(N) IDENT(K) value(V) optblock(O). { ast_decl_target(u, &N, &K, V, O); }
+decl ::= TARGET IDENT(N) BUS(K) value(V) optblock(O).   { ast_decl_target(u, &N, &K, V, O); }
 decl ::= SERVER(S) optblock(O).                     { ast_decl_server(u, &S, O); }
 decl ::= RULE IDENT(N) ON IDENT(B) LBRACE clauses(C) RBRACE(E). { ast_decl_rule(u, &N, &B, C, &E); }
 
@@ -63,10 +64,11 @@ optblock(A) ::= .                                   { A = NULL; }
 optblock(A) ::= LBRACE RBRACE.                      { A = NULL; }
 optblock(A) ::= LBRACE options(L) RBRACE.           { A = L; }
 
-options(A) ::= option(O).                           { A = O; }
+options(A) ::= option(O).                           { A = ast_append(NULL, O); }
 options(A) ::= options(L) NL option(O).             { A = ast_append(L, O); }
 
 option(A) ::= IDENT(N) values(V).                   { A = ast_option(u, &N, V, NULL); }
+option(A) ::= DEAD_LETTER(N) values(V).             { A = ast_option(u, &N, V, NULL); }
 option(A) ::= IDENT(N) values(V) ASSIGN value(W).   { A = ast_option(u, &N, V, W); }
 
 values(A) ::= .                                     { A = NULL; }
@@ -84,12 +86,12 @@ value(A) ::= LBRACKET(B) RBRACKET(E).               { A = ast_list(u, &B, NULL, 
 value(A) ::= LBRACKET(B) items(L) RBRACKET(E).      { A = ast_list(u, &B, L, &E); }
 value(A) ::= LBRACKET(B) items(L) COMMA RBRACKET(E). { A = ast_list(u, &B, L, &E); }
 
-items(A) ::= value(V).                              { A = V; }
+items(A) ::= value(V).                              { A = ast_append(NULL, V); }
 items(A) ::= items(L) COMMA value(V).               { A = ast_append(L, V); }
 
 args(A) ::= .                                       { A = NULL; }
 args(A) ::= arglist(L).                             { A = L; }
-arglist(A) ::= arg(X).                              { A = X; }
+arglist(A) ::= arg(X).                              { A = ast_append(NULL, X); }
 arglist(A) ::= arglist(L) COMMA arg(X).             { A = ast_append(L, X); }
 arg(A) ::= value(V).                                { A = V; }
 arg(A) ::= IDENT(N) COLON value(V).                 { A = ast_named(u, &N, V); }
@@ -107,7 +109,7 @@ clause(A) ::= TRANSFORM(K) JSON(J).                 { A = ast_transform(u, &K, N
 clause(A) ::= TO(K) names(L).                       { A = ast_clause(u, A_TO, &K, L); }
 clause(A) ::= DEAD_LETTER(K) IDENT(N).              { A = ast_clause(u, A_DEAD_LETTER, &K, ast_value(u, &N)); }
 
-names(A) ::= IDENT(N).                              { A = ast_value(u, &N); }
+names(A) ::= IDENT(N).                              { A = ast_append(NULL, ast_value(u, &N)); }
 names(A) ::= names(L) COMMA IDENT(N).               { A = ast_append(L, ast_value(u, &N)); }
 
 /* Match expressions. */

@@ -90,13 +90,20 @@ static void put_number(FILE *out, const char *s, size_t n)
     }
 }
 
+/* Writes the shortest decimal that reads back as d, without an exponent unless it is large. */
 static void put_double(FILE *out, double d)
 {
-    char buf[40];
-    for (int prec = 1; prec <= 17; prec++) {
-        snprintf(buf, sizeof buf, "%.*g", prec, d);
+    char buf[64];
+    int prec = 1;
+    for (; prec <= 17; prec++) {
+        snprintf(buf, sizeof buf, "%.*e", prec - 1, d);
         if (strtod(buf, NULL) == d)
             break;
+    }
+    int exp = atoi(strchr(buf, 'e') + 1);
+    if (exp >= -6 && exp < 17) {
+        int decimals = prec - 1 - exp;
+        snprintf(buf, sizeof buf, "%.*f", decimals > 0 ? decimals : 0, d);
     }
     fputs(buf, out);
 }
@@ -149,7 +156,12 @@ static void put_const(const vm_program *p, const vm_const *k, FILE *out)
             put_json_string(out, vm_s(p, k->s), k->s.len);   /* Quamina's ~-escaped form */
         } else {
             fputc('/', out);
-            fwrite(vm_s(p, k->s), 1, k->s.len, out);
+            for (uint32_t i = 0; i < k->s.len; i++) {
+                char ch = vm_s(p, k->s)[i];
+                if (ch == '/')
+                    fputc('\\', out);
+                fputc(ch, out);
+            }
             fputc('/', out);
         }
         break;

@@ -98,6 +98,8 @@ static vm_status read_number(scanner *S)
         p++;
     if (p < n && s[p] == '0') {
         p++;
+        if (p < n && s[p] >= '0' && s[p] <= '9')
+            return fail(S, S->p, VM_ERR_EVENT, "invalid number: leading zeros are not allowed");
     } else if (p < n && s[p] >= '1' && s[p] <= '9') {
         while (p < n && s[p] >= '0' && s[p] <= '9')
             p++;
@@ -285,10 +287,20 @@ static vm_status read_value(scanner *S, uint32_t node, struct vm_frame *parent, 
         S->p += len;
         return add_field(S, node, types[w], false, start, len);
     }
-    default:
+    case '-': case '0': case '1': case '2': case '3': case '4':
+    case '5': case '6': case '7': case '8': case '9':
         if ((st = read_number(S)) != VM_OK)
             return st;
         return add_field(S, node, VM_J_NUM, false, start, S->p - start);
+    default: {
+        char what[64];
+        unsigned char ch = (unsigned char)S->s[S->p];
+        if (ch >= 0x20 && ch < 0x7f)
+            snprintf(what, sizeof what, "unexpected character '%c': expected a value", ch);
+        else
+            snprintf(what, sizeof what, "unexpected byte 0x%02x: expected a value", ch);
+        return fail(S, S->p, VM_ERR_EVENT, what);
+    }
     }
 }
 
@@ -329,6 +341,9 @@ vm_status vm_scan(vm_ctx *c, const char *json, size_t len, vm_error *err)
             if (S.p >= S.n)
                 return fail(&S, S.p, VM_ERR_EVENT, "unexpected end of event");
             ch = json[S.p];
+            if (ch == (f->array ? ']' : '}'))
+                return fail(&S, S.p, VM_ERR_EVENT, f->array ? "trailing comma in array"
+                                                            : "trailing comma in object");
         } else if (ch == (f->array ? ']' : '}')) {
             S.p++;
             if (f->memb)
