@@ -4,6 +4,7 @@
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+MAKEFLAGS  += --no-print-directory
 CMAKE_FLAGS ?=
 
 .PHONY: all deps build build-asan test test-release test-asan run fuzz clean

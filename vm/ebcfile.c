@@ -387,8 +387,10 @@ vm_program *vm_program_parse(const uint8_t *buf, size_t len, vm_error *err)
     vm_program *p = calloc(1, sizeof *p);
     if (!p)
         return refuse(p, err, "out of memory");
-    if (len < HEADER || memcmp(buf, VM_EBC_MAGIC, 8) != 0)
+    if (len < 8 || memcmp(buf, VM_EBC_MAGIC, 8) != 0)
         return refuse(p, err, "not an .ebc file (bad magic number)");
+    if (len < HEADER)
+        return refuse(p, err, "truncated .ebc file: %zu bytes, shorter than its header", len);
     rbuf h = { buf, len, 8 };
     uint32_t version = 0, nsec = 0, crc = 0;
     uint64_t total = 0;

@@ -1,0 +1,94 @@
+#!/bin/sh
+# End-to-end tests of the ebc command: exit codes, outputs, .ebc files refused when damaged.
+# usage: cli.sh EBC SOURCE_DIR
+set -u
+EBC=$1
+SRC=$2
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fails=0
+
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+# expect_status WANT CMD...: runs CMD, checks its exit status
+expect_status() {
+    want=$1; shift
+    "$@" >"$T/out" 2>"$T/err"
+    got=$?
+    [ "$got" -eq "$want" ] || fail "'$*' exited $got, expected $want; stderr: $(cat "$T/err")"
+}
+
+# --help, --version, usage errors
+expect_status 0 "$EBC" --help
+grep -q "exit status" "$T/out" || fail "--help does not document exit codes"
+expect_status 0 "$EBC" --version
+grep -q "^ebc " "$T/out" || fail "--version prints '$(cat "$T/out")'"
+expect_status 2 "$EBC"
+expect_status 2 "$EBC" frobnicate
+expect_status 2 "$EBC" compile "$SRC/examples/orders.ebr"
+
+# compile and check a good file
+expect_status 0 "$EBC" check "$SRC/examples/orders.ebr"
+grep -q "ok: 3 rules" "$T/out" || fail "check prints '$(cat "$T/out")'"
+expect_status 0 "$EBC" compile "$SRC/examples/orders.ebr" -o "$T/orders.ebc"
+[ -s "$T/orders.ebc" ] || fail "compile wrote no file"
+
+# the documented matches of the example, from source and from the compiled file
+expect_status 3 "$EBC" test "$SRC/examples/orders.ebr" "$SRC/examples/events.jsonl"
+cmp -s "$T/out" "$SRC/examples/events.expected" || fail "ebc test on examples/ differs from examples/events.expected"
+expect_status 3 "$EBC" test "$T/orders.ebc" "$SRC/examples/events.jsonl"
+cmp -s "$T/out" "$SRC/examples/events.expected" || fail "ebc test on the .ebc differs from the .ebr"
+head -5 "$SRC/examples/events.jsonl" > "$T/good.jsonl"
+expect_status 0 "$EBC" test "$T/orders.ebc" "$T/good.jsonl"
+expect_status 0 "$EBC" test "$T/orders.ebc" - < "$T/good.jsonl"
+[ "$(wc -l < "$T/out")" -eq 5 ] || fail "ebc test on stdin printed $(wc -l < "$T/out") lines"
+
+# --json
+expect_status 3 "$EBC" test --json "$T/orders.ebc" "$SRC/examples/events.jsonl"
+grep -qx '{"line": 1, "matched": \["big_eu_orders"\]}' "$T/out" || fail "--json line 1: $(head -1 "$T/out")"
+grep -qx '{"line": 3, "matched": \[\]}' "$T/out" || fail "--json line 3"
+grep -q '^{"line": 6, "matched": \[\], "error": "the event must be a JSON object (at byte 0)"}$' "$T/out" || fail "--json error line"
+
+# --bus
+expect_status 0 "$EBC" test --bus orders "$T/orders.ebc" "$T/good.jsonl"
+expect_status 2 "$EBC" test --bus nosuch "$T/orders.ebc" "$T/good.jsonl"
+
+# disasm reads both forms alike
+expect_status 0 "$EBC" disasm "$SRC/examples/orders.ebr"
+cp "$T/out" "$T/d1"
+expect_status 0 "$EBC" disasm "$T/orders.ebc"
+cmp -s "$T/out" "$T/d1" || fail "disasm of .ebc and .ebr differ"
+
+# errors: exit 1, nothing written, an existing output left alone
+printf 'bus b\nrule r on b { match source == }\n' > "$T/bad.ebr"
+expect_status 1 "$EBC" compile "$T/bad.ebr" -o "$T/bad.ebc"
+[ -e "$T/bad.ebc" ] && fail "compile wrote output despite errors"
+grep -q "bad.ebr:2:31: error:" "$T/err" || fail "error not positioned: $(cat "$T/err")"
+cp "$T/orders.ebc" "$T/keep.ebc"
+expect_status 1 "$EBC" compile "$T/bad.ebr" -o "$T/keep.ebc"
+cmp -s "$T/keep.ebc" "$T/orders.ebc" || fail "a failed compile changed an existing output"
+expect_status 1 "$EBC" check "$T/bad.ebr"
+expect_status 3 "$EBC" test "$T/orders.ebc" "$T/missing.jsonl"
+expect_status 1 "$EBC" check "$T/missing.ebr"
+
+# damaged .ebc files are refused with a clear message
+size=$(wc -c < "$T/orders.ebc")
+cp "$T/orders.ebc" "$T/flip.ebc"
+printf '\377' | dd of="$T/flip.ebc" bs=1 seek=$((size / 2)) conv=notrunc 2>/dev/null
+expect_status 3 "$EBC" test "$T/flip.ebc" "$T/good.jsonl"
+grep -q "checksum mismatch" "$T/err" || fail "flipped byte: $(cat "$T/err")"
+head -c $((size - 7)) "$T/orders.ebc" > "$T/trunc.ebc"
+expect_status 3 "$EBC" disasm "$T/trunc.ebc"
+grep -q "truncated" "$T/err" || fail "truncated file: $(cat "$T/err")"
+cp "$T/orders.ebc" "$T/version.ebc"
+printf '\011' | dd of="$T/version.ebc" bs=1 seek=8 conv=notrunc 2>/dev/null
+expect_status 3 "$EBC" disasm "$T/version.ebc"
+grep -q "version 9 is not supported" "$T/err" || fail "wrong version: $(cat "$T/err")"
+head -c 20 "$T/orders.ebc" > "$T/short.ebc"
+expect_status 3 "$EBC" disasm "$T/short.ebc"
+grep -q "truncated" "$T/err" || fail "short file: $(cat "$T/err")"
+
+if [ "$fails" -ne 0 ]; then
+    echo "$fails cli checks failed"
+    exit 1
+fi
+echo "cli: all checks passed"
