@@ -28,6 +28,7 @@ static const char usage[] =
     "                                 --json prints {\"line\": N, \"matched\": [...]} per event,\n"
     "                                 with \"error\" for an invalid event)\n"
     "  disasm RULES                   print each rule's bytecode (RULES is .ebr or .ebc)\n"
+    "  opcodes                        print the VM's opcode reference (Markdown)\n"
     "  --help, --version\n"
     "\n"
     "exit status:\n"
@@ -254,6 +255,21 @@ static int cmd_test(int argc, char **argv)
     return status;
 }
 
+/* Prints the opcode reference (the table in docs/bytecode.md is this output). */
+static int cmd_opcodes(int argc, char **argv)
+{
+    (void)argv;
+    if (argc != 0) {
+        fputs("usage: ebc opcodes\n", stderr);
+        return EXIT_USAGE;
+    }
+    puts("| opcode | operands | semantics |");
+    puts("|---|---|---|");
+    for (int i = 0; i < VM_OP__COUNT; i++)
+        printf("| `%s` | %s | %s |\n", vm_op_names[i], vm_op_formats[i], vm_op_docs[i]);
+    return EXIT_OK;
+}
+
 static int cmd_disasm(int argc, char **argv)
 {
     if (argc != 1) {
@@ -286,7 +302,7 @@ int main(int argc, char **argv)
     }
     static const struct { const char *name; int (*run)(int, char **); } cmds[] = {
         { "compile", cmd_compile }, { "check", cmd_check }, { "test", cmd_test },
-        { "disasm", cmd_disasm },
+        { "disasm", cmd_disasm }, { "opcodes", cmd_opcodes },
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name))

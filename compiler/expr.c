@@ -103,11 +103,10 @@ static bool scalar_const(cc_unit *u, ast *v, bool fold, bool asnum, const char *
         return true;
     }
     case TK_NUMBER: {
+        /* Equality is by decimal value, so a number beyond the double range still works. */
         double d;
-        if (!cc_number(u->text + v->tok.off, v->tok.len, &d)) {
-            cc_error_at(u, v, "number outside the range of a double");
-            return false;
-        }
+        if (!cc_number(u->text + v->tok.off, v->tok.len, &d))
+            d = 0.0 / 0.0;
         *out = cc_const_number(c, u->text + v->tok.off, v->tok.len, d);
         return true;
     }

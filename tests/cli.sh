@@ -52,6 +52,11 @@ grep -q '^{"line": 6, "matched": \[\], "error": "the event must be a JSON object
 expect_status 0 "$EBC" test --bus orders "$T/orders.ebc" "$T/good.jsonl"
 expect_status 2 "$EBC" test --bus nosuch "$T/orders.ebc" "$T/good.jsonl"
 
+# the opcode table in docs/bytecode.md is what `ebc opcodes` prints
+expect_status 0 "$EBC" opcodes
+sed -n '/<!-- opcodes -->/,/<!-- \/opcodes -->/p' "$SRC/docs/bytecode.md" | sed '1d;$d' > "$T/doc_ops"
+cmp -s "$T/out" "$T/doc_ops" || fail "docs/bytecode.md's opcode table is out of date (paste 'ebc opcodes')"
+
 # disasm reads both forms alike
 expect_status 0 "$EBC" disasm "$SRC/examples/orders.ebr"
 cp "$T/out" "$T/d1"

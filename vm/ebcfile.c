@@ -287,11 +287,11 @@ static bool code_ok(const vm_program *p, const vm_rule *r)
         uint32_t a = VM_A(in), b = VM_B(in);
         switch (VM_OP(in)) {
         case VM_OP_TEST: if (a >= p->npaths || b >= p->ntests) return false; break;
-        case VM_OP_FORK: case VM_OP_JMP: case VM_OP_NOT:
+        case VM_OP_FORK: case VM_OP_NOT:
             if (b <= pc || b >= r->ncode) return false;
             break;
         case VM_OP_JOIN: if (b <= pc || b >= r->ncode) return false; break;
-        case VM_OP_NOTOK: case VM_OP_MATCH: case VM_OP_FAIL: break;
+        case VM_OP_NOTOK: case VM_OP_MATCH: break;
         default: return false;
         }
     }

@@ -441,9 +441,6 @@ static int run_rule(vm_ctx *c, const char *json, const vm_rule *r)
             }
             pc = VM_B(in);
             continue;
-        case VM_OP_JMP:
-            pc = VM_B(in);
-            continue;
         case VM_OP_NOT: {
             struct vm_choice cp = { CP_NOT, VM_B(in), c->trail.n, 0 };
             if (!VM_BUF_PUSH(c->choices, cp))
@@ -459,8 +456,6 @@ static int run_rule(vm_ctx *c, const char *json, const vm_rule *r)
         case VM_OP_MATCH:
             undo(c, 0);
             return 1;
-        case VM_OP_FAIL:
-            goto fail;
         }
     fail:
         if (c->choices.n == 0) {
@@ -473,8 +468,7 @@ static int run_rule(vm_ctx *c, const char *json, const vm_rule *r)
             pc = cp.pc;
             if (cp.kind == CP_TEST)
                 start = cp.field;
-            else if (cp.kind == CP_NOT)
-                pc = cp.pc;   /* the negated body failed: the negation holds */
+            /* CP_NOT: the negated body failed, so the negation holds: go on after it. */
         }
     }
 }

@@ -1,0 +1,103 @@
+/*
+ * utf8.c — strict UTF-8 decoding and encoding, and case folding of UTF-8 text.
+ */
+#include <string.h>
+
+#include "vm.h"
+
+/* Decodes one code point from s[0..n) into *cp.  Returns its length (1..4), or 0 when the bytes
+ * are not well-formed UTF-8: a stray continuation byte, a truncated sequence, an overlong form,
+ * a surrogate (D800-DFFF) or a value above U+10FFFF.  Assumes n > 0 or returns 0. */
+size_t vm_utf8_decode(const char *s, size_t n, uint32_t *cp)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    if (n == 0)
+        return 0;
+    if (u[0] < 0x80) {
+        *cp = u[0];
+        return 1;
+    }
+    size_t len;
+    uint32_t c, min;
+    if (u[0] >= 0xC2 && u[0] <= 0xDF) {
+        len = 2, c = u[0] & 0x1Fu, min = 0x80;
+    } else if (u[0] >= 0xE0 && u[0] <= 0xEF) {
+        len = 3, c = u[0] & 0x0Fu, min = 0x800;
+    } else if (u[0] >= 0xF0 && u[0] <= 0xF4) {
+        len = 4, c = u[0] & 0x07u, min = 0x10000;
+    } else {
+        return 0;   /* continuation byte, C0/C1 (always overlong) or F5..FF */
+    }
+    if (n < len)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((u[i] & 0xC0u) != 0x80u)
+            return 0;
+        c = (c << 6) | (u[i] & 0x3Fu);
+    }
+    if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
+        return 0;
+    *cp = c;
+    return len;
+}
+
+/* Encodes cp as UTF-8 into out.  Returns the length (1..4), or 0 when cp is a surrogate or
+ * above U+10FFFF (nothing written). */
+size_t vm_utf8_encode(uint32_t cp, char out[4])
+{
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xC0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp >= 0xD800 && cp <= 0xDFFF)
+        return 0;
+    if (cp < 0x10000) {
+        out[0] = (char)(0xE0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        out[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    if (cp > 0x10FFFF)
+        return 0;
+    out[0] = (char)(0xF0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    out[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/* Writes the simple case folding of UTF-8 text s[0..n) to out (room for 2*n bytes; a folded
+ * code point is at most one byte longer than the original and never from a 1-byte one, so the
+ * result never exceeds 1.5*n).  Bytes that are not well-formed UTF-8 are copied unchanged.
+ * Returns the number of bytes written. */
+size_t vm_casefold_utf8(const char *s, size_t n, char *out)
+{
+    size_t i = 0, o = 0;
+    while (i < n) {
+        unsigned char b = (unsigned char)s[i];
+        if (b < 0x80) {   /* ASCII folds to ASCII */
+            out[o++] = (char)((b >= 'A' && b <= 'Z') ? b + 32 : b);
+            i++;
+            continue;
+        }
+        uint32_t cp;
+        size_t len = vm_utf8_decode(s + i, n - i, &cp);
+        if (len == 0) {
+            out[o++] = s[i++];
+            continue;
+        }
+        size_t w = vm_utf8_encode(vm_casefold(cp), out + o);
+        if (w == 0) {   /* cannot happen with Unicode data; keep the original bytes */
+            memcpy(out + o, s + i, len);
+            w = len;
+        }
+        o += w;
+        i += len;
+    }
+    return o;
+}
