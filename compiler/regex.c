@@ -29,14 +29,14 @@ typedef struct {
     size_t pos;      /* where the node starts in the pattern (for messages) */
 } re_node;
 
-/* A category (or '.') already appended as a whole class: reused by later atoms. */
+/* A category (or '.'), complemented or not, and where its ranges were appended. */
 typedef struct {
     const vm_range *src;
     bool neg;
     uint32_t off, n;
 } cat_cache;
 
-#define CACHE_MAX 80
+#define CACHE_MAX 80   /* > 2 * (36 categories + '.') */
 
 typedef struct {
     const char *pat;
@@ -50,7 +50,8 @@ typedef struct {
     size_t nnodes, ncap;
     vm_range *tmp;         /* the class being built */
     size_t ntmp, tcap;
-    size_t merge_at;       /* merge tmp early once it holds this many (categories add many) */
+    cat_cache seen[CACHE_MAX];   /* categories already in the class being built */
+    size_t nseen;
     cat_cache cache[CACHE_MAX];
     size_t ncache;
     size_t range0;         /* b->nranges when compilation began */
@@ -385,21 +386,22 @@ static int parse_class_item(re_parser *p, re_item *it)
     return 0;
 }
 
-/* Adds a category item's ranges (complemented for \P) to the class being built. */
+/* Adds a category item's ranges (complemented for \P) to the class being built, unless the
+ * class has it already (so a class holds at most every category once).  Returns 0 or -1. */
 static int class_add_category(re_parser *p, const re_item *it)
 {
+    for (size_t i = 0; i < p->nseen; i++) {
+        if (p->seen[i].src == it->ranges && p->seen[i].neg == it->neg)
+            return 0;
+    }
+    if (p->nseen < CACHE_MAX)
+        p->seen[p->nseen++] = (cat_cache){ it->ranges, it->neg, 0, 0 };
     size_t from = p->ntmp;
     if (tmp_reserve(p, it->n) < 0)
         return -1;
     memcpy(p->tmp + from, it->ranges, it->n * sizeof *it->ranges);
     p->ntmp += it->n;
-    if (it->neg && tmp_complement(p, from) < 0)
-        return -1;
-    if (p->ntmp >= p->merge_at) {   /* keep [\p{L}\p{L}...] from growing without bound */
-        tmp_merge(p);
-        p->merge_at = p->ntmp * 2 > 4096 ? p->ntmp * 2 : 4096;
-    }
-    return 0;
+    return it->neg ? tmp_complement(p, from) : 0;
 }
 
 /* Parses the range end after "lo-" and adds [lo, hi].  Returns 0 or -1. */
@@ -472,7 +474,7 @@ static uint32_t parse_class(re_parser *p)
     if (neg)
         p->pos++;
     p->ntmp = 0;
-    p->merge_at = 4096;
+    p->nseen = 0;
     if (class_body(p, start) < 0)
         return NONE;
     tmp_merge(p);

@@ -90,13 +90,13 @@ static void step(const vm_program *p, const vm_re_inst *insts, re_states *cur, r
 bool vm_regex_match(const vm_program *p, uint32_t re, const char *s, size_t n, void *scratch)
 {
     const vm_regex *rx = &p->regexes[re];
+    if (rx->ninst == 0)
+        return false;
     const vm_re_inst *insts = p->re_insts + rx->inst0;
     uint32_t *lists = scratch;
     uint8_t *in = (uint8_t *)(lists + 2 * (size_t)rx->ninst);
     re_states a = { lists, 0, in }, b = { lists + rx->ninst, 0, in };
     re_states *cur = &a, *next = &b;
-    if (rx->ninst == 0)
-        return false;
     memset(in, 0, rx->ninst);
     add_state(cur, insts, 0);
     for (size_t i = 0; i < n && cur->n > 0;) {

@@ -1,0 +1,133 @@
+/*
+ * test_utf8.c — unit tests of vm/utf8.c (strict decoding, encoding, case folding of text) and
+ * the generated simple case folding table (vm/unicode_fold.c).
+ */
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include "../../vm/vm.h"
+
+/* Returns vm_utf8_decode's length for the bytes s[0..n), storing the code point in *cp. */
+static size_t dec(const char *s, size_t n, uint32_t *cp)
+{
+    *cp = 0xFFFFFFFFu;
+    return vm_utf8_decode(s, n, cp);
+}
+
+Test(utf8, decodes_well_formed)
+{
+    uint32_t cp;
+    cr_assert_eq(dec("A", 1, &cp), 1);
+    cr_assert_eq(cp, 'A');
+    cr_assert_eq(dec("\0", 1, &cp), 1);
+    cr_assert_eq(cp, 0);
+    cr_assert_eq(dec("\xc2\x80", 2, &cp), 2);
+    cr_assert_eq(cp, 0x80);
+    cr_assert_eq(dec("\xed\x9f\xbf", 3, &cp), 3);
+    cr_assert_eq(cp, 0xD7FF);
+    cr_assert_eq(dec("\xee\x80\x80", 3, &cp), 3);
+    cr_assert_eq(cp, 0xE000);
+    cr_assert_eq(dec("\xef\xbf\xbf", 3, &cp), 3);
+    cr_assert_eq(cp, 0xFFFF);
+    cr_assert_eq(dec("\xf0\x90\x80\x80", 4, &cp), 4);
+    cr_assert_eq(cp, 0x10000);
+    cr_assert_eq(dec("\xf4\x8f\xbf\xbf", 4, &cp), 4);
+    cr_assert_eq(cp, 0x10FFFF);
+    cr_assert_eq(dec("\xc3\xa9xyz", 5, &cp), 2, "stops after one code point");
+}
+
+Test(utf8, rejects_ill_formed)
+{
+    static const struct { const char *s; size_t n; } bad[] = {
+        { "", 0 },                      /* nothing */
+        { "\x80", 1 },                  /* stray continuation */
+        { "\xbf", 1 },
+        { "\xc0\x80", 2 },              /* overlong NUL */
+        { "\xc1\xbf", 2 },              /* overlong */
+        { "\xe0\x80\x80", 3 },          /* overlong */
+        { "\xe0\x9f\xbf", 3 },          /* overlong U+07FF */
+        { "\xf0\x8f\xbf\xbf", 4 },      /* overlong U+FFFF */
+        { "\xed\xa0\x80", 3 },          /* surrogate D800 */
+        { "\xed\xbf\xbf", 3 },          /* surrogate DFFF */
+        { "\xf4\x90\x80\x80", 4 },      /* U+110000 */
+        { "\xf5\x80\x80\x80", 4 },
+        { "\xff", 1 },
+        { "\xc3", 1 },                  /* truncated */
+        { "\xe2\x82", 2 },
+        { "\xf0\x9f\x98", 3 },
+        { "\xc3\x28", 2 },              /* bad continuation */
+        { "\xe2\x28\xa1", 3 },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        uint32_t cp;
+        cr_assert_eq(vm_utf8_decode(bad[i].s, bad[i].n, &cp), 0, "case %zu", i);
+    }
+}
+
+Test(utf8, encode_round_trips)
+{
+    for (uint32_t cp = 0; cp <= 0x10FFFF; cp++) {
+        char buf[4];
+        size_t n = vm_utf8_encode(cp, buf);
+        if (cp >= 0xD800 && cp <= 0xDFFF) {
+            cr_assert_eq(n, 0);
+            continue;
+        }
+        cr_assert_eq(n, cp < 0x80 ? 1u : cp < 0x800 ? 2u : cp < 0x10000 ? 3u : 4u);
+        uint32_t back;
+        cr_assert_eq(vm_utf8_decode(buf, n, &back), n);
+        cr_assert_eq(back, cp);
+    }
+    char buf[4];
+    cr_assert_eq(vm_utf8_encode(0x110000, buf), 0);
+}
+
+Test(utf8, casefold_code_points)
+{
+    cr_assert_eq(vm_casefold('A'), 'a');
+    cr_assert_eq(vm_casefold('z'), 'z');
+    cr_assert_eq(vm_casefold('@'), '@');
+    cr_assert_eq(vm_casefold(0xC0), 0xE0);      /* À */
+    cr_assert_eq(vm_casefold(0xD7), 0xD7);      /* × has no case */
+    cr_assert_eq(vm_casefold(0xB5), 0x3BC);     /* µ -> μ */
+    cr_assert_eq(vm_casefold(0x100), 0x101);    /* Ā, an alternating run */
+    cr_assert_eq(vm_casefold(0x101), 0x101);
+    cr_assert_eq(vm_casefold(0x3A3), 0x3C3);    /* Σ */
+    cr_assert_eq(vm_casefold(0x3C2), 0x3C3);    /* final ς folds to σ */
+    cr_assert_eq(vm_casefold(0x212A), 'k');     /* Kelvin sign */
+    cr_assert_eq(vm_casefold(0x1E9E), 0xDF);    /* ẞ -> ß (simple, status S) */
+    cr_assert_eq(vm_casefold(0xDF), 0xDF);      /* ß only has a full (F) folding */
+    cr_assert_eq(vm_casefold(0x130), 0x130);    /* İ only has F and T foldings */
+    cr_assert_eq(vm_casefold(0x10400), 0x10428); /* Deseret */
+    cr_assert_eq(vm_casefold(0x1E900), 0x1E922); /* Adlam */
+    cr_assert_eq(vm_casefold(0x10FFFF), 0x10FFFF);
+    for (uint32_t cp = 0; cp <= 0x10FFFF; cp++) {
+        uint32_t f = vm_casefold(cp);
+        cr_assert_eq(vm_casefold(f), f, "folding is idempotent (U+%04X)", (unsigned)cp);
+    }
+}
+
+Test(utf8, casefold_text)
+{
+    char out[64];
+    const char *s = "Hello ÀÉ ΣΑΣ \xe2\x84\xaa \xc8\xba";   /* Kelvin sign, U+023A */
+    size_t n = vm_casefold_utf8(s, strlen(s), out);
+    const char *want = "hello àé σασ k \xe2\xb1\xa5";          /* U+2C65 is one byte longer */
+    cr_assert_eq(n, strlen(want));
+    cr_assert(memcmp(out, want, n) == 0);
+    n = vm_casefold_utf8("A\xff" "B\xc3", 4, out);
+    cr_assert_eq(n, 4, "ill-formed bytes are copied");
+    cr_assert(memcmp(out, "a\xff" "b\xc3", 4) == 0);
+    cr_assert_eq(vm_casefold_utf8("", 0, out), 0);
+}
+
+Test(utf8, casefold_never_more_than_doubles)
+{
+    for (uint32_t cp = 0x80; cp <= 0x10FFFF; cp++) {
+        char in[4], out[8];
+        size_t n = vm_utf8_encode(cp, in);
+        if (n == 0)
+            continue;
+        cr_assert_leq(vm_casefold_utf8(in, n, out), 2 * n);
+    }
+}
