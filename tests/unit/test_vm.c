@@ -1,0 +1,231 @@
+/*
+ * test_vm.c — the VM's API and the value semantics shared with the compiler: number canonical
+ * forms, IP parsing, wildcards, the scanner's limits and error reports.
+ */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../compiler/compiler.h"
+
+static vm_program *compile(const char *src)
+{
+    vm_program *p = cc_compile_text("t.ebr", src, strlen(src), stderr, NULL);
+    cr_assert_not_null(p, "does not compile: %s", src);
+    return p;
+}
+
+/* Matches one event; returns the number of matched rules, or -1 (err filled) for a bad event. */
+static int matches(vm_program *p, const char *event, size_t len, vm_error *err)
+{
+    vm_ctx *c = vm_ctx_new(p, NULL);
+    const uint32_t *r;
+    size_t n;
+    vm_status st = vm_match(c, VM_NONE, event, len, &r, &n, err);
+    vm_ctx_free(c);
+    return st == VM_OK ? (int)n : -1;
+}
+
+static void canon(const char *in, const char *want)
+{
+    char buf[128];
+    size_t n = vm_number_canon(in, strlen(in), buf, sizeof buf);
+    buf[n] = 0;
+    cr_expect_str_eq(buf, want, "canon(%s)", in);
+}
+
+Test(values, numbers_of_equal_value_share_one_form)
+{
+    canon("300", "3e2");
+    canon("300.0", "3e2");
+    canon("3e2", "3e2");
+    canon("0.3e3", "3e2");
+    canon("-0", "0");
+    canon("0.000", "0");
+    canon("0.05", "5e-2");
+    canon("-1.50", "-15e-1");
+    canon("12345678901234567890", "1234567890123456789e1");
+    canon("0.30000000000000001", "30000000000000001e-17");
+    char buf[8];
+    cr_expect_eq(vm_number_canon("abc", 3, buf, sizeof buf), 0);
+    cr_expect_eq(vm_number_canon("1e", 2, buf, sizeof buf), 0);
+}
+
+static bool ip(const char *s, const char *want)
+{
+    uint8_t a[16];
+    if (!vm_parse_ip(s, strlen(s), a))
+        return want == NULL;
+    char buf[64];
+    vm_format_ip(a, 128, buf, sizeof buf);
+    return want && !strcmp(buf, want);
+}
+
+Test(values, ip_addresses)
+{
+    cr_expect(ip("10.0.0.1", "10.0.0.1"));
+    cr_expect(ip("10.0.0.001", "10.0.0.1"));
+    cr_expect(ip("255.255.255.255", "255.255.255.255"));
+    cr_expect(ip("256.0.0.1", NULL));
+    cr_expect(ip("1.2.3", NULL));
+    cr_expect(ip("1.2.3.4.5", NULL));
+    cr_expect(ip("1.2.3.0004", NULL));
+    cr_expect(ip("::1", "::1"));
+    cr_expect(ip("0:0:0:0:0:0:0:1", "::1"));
+    cr_expect(ip("2001:DB8::1", "2001:db8::1"));
+    cr_expect(ip("::ffff:10.0.0.1", "10.0.0.1"));
+    cr_expect(ip("::ffff:a00:1", "10.0.0.1"));
+    cr_expect(ip("1::2::3", NULL));
+    cr_expect(ip("12345::", NULL));
+    cr_expect(ip("1:2:3:4:5:6:7:8:9", NULL));
+    cr_expect(ip(":1", NULL));
+    cr_expect(ip("", NULL));
+}
+
+Test(values, wildcards)
+{
+    cr_expect(vm_wildcard_match("a*b", 3, "axxb", 4));
+    cr_expect(vm_wildcard_match("a*b", 3, "ab", 2));
+    cr_expect(!vm_wildcard_match("a*b", 3, "abc", 3));
+    cr_expect(vm_wildcard_match("*", 1, "", 0));
+    cr_expect(vm_wildcard_match("a\\*b", 4, "a*b", 3));
+    cr_expect(!vm_wildcard_match("a\\*b", 4, "axb", 3));
+    cr_expect(vm_wildcard_match("a\\\\b", 4, "a\\b", 3));
+    cr_expect(vm_wildcard_match("*a*a*a*", 7, "aaaa", 4));
+    cr_expect(!vm_wildcard_match("*a*a*a*b", 8, "aaaaaaaaaaaa", 12));
+}
+
+Test(scan, escaped_keys_and_values_are_decoded)
+{
+    vm_program *p = compile("bus b\nrule r on b { match source == \"ab\" }\n");
+    vm_error err;
+    const char *evs[] = { "{\"\\u0073ource\": \"a\\u0062\"}", "{\"source\": \"\\u0061b\"}",
+                          "{\"sourc\\u0065\": \"ac\"}" };
+    cr_expect_eq(matches(p, evs[0], strlen(evs[0]), &err), 1);
+    cr_expect_eq(matches(p, evs[1], strlen(evs[1]), &err), 1);
+    cr_expect_eq(matches(p, evs[2], strlen(evs[2]), &err), 0);
+    vm_program_free(p);
+}
+
+Test(scan, invalid_utf8_is_an_invalid_event)
+{
+    vm_program *p = compile("bus b\nrule r on b { match not exists x }\n");
+    vm_error err;
+    const char overlong[] = "{\"a\": \"\xc0\xaf\"}";
+    cr_expect_eq(matches(p, overlong, sizeof overlong - 1, &err), -1);
+    cr_expect(strstr(err.msg, "invalid UTF-8"), "%s", err.msg);
+    const char surrogate[] = "{\"a\": \"\xed\xa0\x80\"}";
+    cr_expect_eq(matches(p, surrogate, sizeof surrogate - 1, &err), -1);
+    const char cut[] = "{\"a\": \"\xe2\x82\"}";
+    cr_expect_eq(matches(p, cut, sizeof cut - 1, &err), -1);
+    const char fine[] = "{\"a\": \"\xe2\x82\xac\"}";
+    cr_expect_eq(matches(p, fine, sizeof fine - 1, &err), 1);
+    const char nul[] = "{\"a\": \"x\0y\"}";
+    cr_expect_eq(matches(p, nul, sizeof nul - 1, &err), -1);
+    vm_program_free(p);
+}
+
+Test(scan, nesting_is_limited)
+{
+    vm_program *p = compile("bus b\nrule r on b { match not exists x }\n");
+    vm_error err;
+    char ev[1024];
+    /* 127 arrays inside the top object: 128 levels, the default limit, are fine. */
+    size_t n = 0;
+    n += (size_t)sprintf(ev + n, "{\"a\":");
+    for (int i = 0; i < 127; i++)
+        ev[n++] = '[';
+    for (int i = 0; i < 127; i++)
+        ev[n++] = ']';
+    ev[n++] = '}';
+    cr_expect_eq(matches(p, ev, n, &err), 1);
+    n = (size_t)sprintf(ev, "{\"a\":");
+    for (int i = 0; i < 128; i++)
+        ev[n++] = '[';
+    for (int i = 0; i < 128; i++)
+        ev[n++] = ']';
+    ev[n++] = '}';
+    cr_expect_eq(matches(p, ev, n, &err), -1);
+    cr_expect_eq(err.code, VM_ERR_LIMIT);
+    cr_expect(strstr(err.msg, "nested too deeply"), "%s", err.msg);
+    vm_program_free(p);
+}
+
+Test(scan, errors_give_the_byte_offset)
+{
+    vm_program *p = compile("bus b\nrule r on b { match source == \"a\" }\n");
+    vm_error err;
+    const char ev[] = "{\"source\": \"a\", \"x\": [1, 2,, 3]}";
+    cr_expect_eq(matches(p, ev, sizeof ev - 1, &err), -1);
+    cr_expect_eq(err.offset, 27);
+    cr_expect_eq(err.code, VM_ERR_EVENT);
+    cr_expect_eq(matches(p, "", 0, &err), -1);
+    cr_expect_eq(matches(p, "   ", 3, &err), -1);
+    cr_expect_eq(matches(p, "{} {}", 5, &err), -1);
+    vm_program_free(p);
+}
+
+Test(vm, rules_of_one_bus)
+{
+    vm_program *p = compile("bus a\nbus b\nrule ra on a { match exists x }\nrule rb on b { match exists x }\n");
+    vm_ctx *c = vm_ctx_new(p, NULL);
+    const uint32_t *r;
+    size_t n;
+    vm_error err;
+    cr_assert_eq(vm_match(c, 1, "{\"x\": 1}", 8, &r, &n, &err), VM_OK);
+    cr_assert_eq(n, 1);
+    cr_expect_eq(r[0], 1);
+    cr_assert_eq(vm_match(c, VM_NONE, "{\"x\": 1}", 8, &r, &n, &err), VM_OK);
+    cr_expect_eq(n, 2);
+    vm_ctx_free(c);
+    vm_program_free(p);
+}
+
+Test(vm, a_context_is_reused_across_events)
+{
+    vm_program *p = compile("bus b\nrule r on b { match data.items[].a == 1 and data.items[].b == 2 }\n");
+    vm_ctx *c = vm_ctx_new(p, NULL);
+    const uint32_t *r;
+    size_t n;
+    vm_error err;
+    const char *yes = "{\"data\": {\"items\": [{\"a\": 1, \"b\": 3}, {\"a\": 1, \"b\": 2}]}}";
+    const char *no = "{\"data\": {\"items\": [{\"a\": 1, \"b\": 3}, {\"a\": 0, \"b\": 2}]}}";
+    for (int i = 0; i < 100; i++) {
+        cr_assert_eq(vm_match(c, VM_NONE, yes, strlen(yes), &r, &n, &err), VM_OK);
+        cr_assert_eq(n, 1);
+        cr_assert_eq(vm_match(c, VM_NONE, no, strlen(no), &r, &n, &err), VM_OK);
+        cr_assert_eq(n, 0);
+        cr_assert_eq(vm_match(c, VM_NONE, "{", 1, &r, &n, &err), VM_ERR_EVENT);
+    }
+    vm_ctx_free(c);
+    vm_program_free(p);
+}
+
+Test(vm, the_slow_quamina_regexps_compile_fast_and_match)
+{
+    vm_program *p = compile(
+        "bus b\n"
+        "rule r on b { pattern {\"a\": [{\"regexp\": \"P~p{Nd}{4}Y~p{Nd}{2}M\"}]} }\n"
+        "rule d on b { pattern {\"a\": [{\"regexp\": \"~p{Nd}{4}-~p{Nd}{2}-~p{Nd}{2}\"}]} }\n");
+    vm_error err;
+    cr_expect_eq(matches(p, "{\"a\": \"P2026Y11M\"}", 18, &err), 1);
+    cr_expect_eq(matches(p, "{\"a\": \"2026-11-26\"}", 19, &err), 1);
+    cr_expect_eq(matches(p, "{\"a\": \"P2026Y1M\"}", 17, &err), 0);
+    vm_program_free(p);
+}
+
+Test(vm, regex_matching_is_linear)
+{
+    /* (a|a)*b against a long run of a's backtracks exponentially in a naive engine. */
+    vm_program *p = compile("bus b\nrule r on b { match data.s matches /(a|aa)*(a|aa)*b/ }\n");
+    size_t n = 20000;
+    char *ev = malloc(n + 32);
+    size_t k = (size_t)sprintf(ev, "{\"data\": {\"s\": \"");
+    memset(ev + k, 'a', n);
+    k += n;
+    k += (size_t)sprintf(ev + k, "\"}}");
+    vm_error err;
+    cr_expect_eq(matches(p, ev, k, &err), 0);
+    free(ev);
+    vm_program_free(p);
+}
