@@ -71,10 +71,9 @@ size_t vm_utf8_encode(uint32_t cp, char out[4])
     return 4;
 }
 
-/* Writes the simple case folding of UTF-8 text s[0..n) to out (room for 2*n bytes; a folded
- * code point is at most one byte longer than the original and never from a 1-byte one, so the
- * result never exceeds 1.5*n).  Bytes that are not well-formed UTF-8 are copied unchanged.
- * Returns the number of bytes written. */
+/* Writes the full case folding of UTF-8 text s[0..n) to out (room for 3*n bytes: the longest
+ * expansion, U+0390 to three 2-byte code points, triples its bytes).  Bytes that are not
+ * well-formed UTF-8 are copied unchanged.  Returns the number of bytes written. */
 size_t vm_casefold_utf8(const char *s, size_t n, char *out)
 {
     size_t i = 0, o = 0;
@@ -91,12 +90,10 @@ size_t vm_casefold_utf8(const char *s, size_t n, char *out)
             out[o++] = s[i++];
             continue;
         }
-        size_t w = vm_utf8_encode(vm_casefold(cp), out + o);
-        if (w == 0) {   /* cannot happen with Unicode data; keep the original bytes */
-            memcpy(out + o, s + i, len);
-            w = len;
-        }
-        o += w;
+        uint32_t folded[3];
+        size_t k = vm_casefold_full(cp, folded);
+        for (size_t j = 0; j < k; j++)
+            o += vm_utf8_encode(folded[j], out + o);
         i += len;
     }
     return o;

@@ -276,11 +276,14 @@ void vm_format_ip(const uint8_t ip[16], int bits, char *buf, size_t cap);
 size_t vm_utf8_decode(const char *s, size_t n, uint32_t *cp);
 size_t vm_utf8_encode(uint32_t cp, char out[4]);
 
-/* Unicode simple case folding (CaseFolding.txt, status C and S). */
+/* Unicode simple case folding (CaseFolding.txt, statuses C and S). */
 uint32_t vm_casefold(uint32_t cp);
 
-/* Writes the case-folded form of UTF-8 text s[0..n) to out (which must hold 2*n bytes: folding
- * never more than doubles a sequence's length); returns the length written. */
+/* Unicode full case folding (statuses C and F): writes 1 to 3 code points, returns how many. */
+size_t vm_casefold_full(uint32_t cp, uint32_t out[3]);
+
+/* Writes the full case folding of UTF-8 text s[0..n) to out, which must hold 3*n bytes (the
+ * most a folding grows a text); returns the length written.  ignore_case compares these. */
 size_t vm_casefold_utf8(const char *s, size_t n, char *out);
 
 /* Parses an IPv4 (dotted quad) or IPv6 address.  Fills ip with 16 bytes (IPv4 mapped into

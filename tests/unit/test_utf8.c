@@ -121,13 +121,27 @@ Test(utf8, casefold_text)
     cr_assert_eq(vm_casefold_utf8("", 0, out), 0);
 }
 
-Test(utf8, casefold_never_more_than_doubles)
+Test(utf8, casefold_never_more_than_triples)
 {
+    size_t most = 0;
     for (uint32_t cp = 0x80; cp <= 0x10FFFF; cp++) {
-        char in[4], out[8];
+        char in[4], out[12];
         size_t n = vm_utf8_encode(cp, in);
         if (n == 0)
             continue;
-        cr_assert_leq(vm_casefold_utf8(in, n, out), 2 * n);
+        size_t k = vm_casefold_utf8(in, n, out);
+        cr_assert_leq(k, 3 * n, "U+%04X folds to %zu bytes", cp, k);
+        if (k * 100 / n > most)
+            most = k * 100 / n;
     }
+    cr_expect_eq(most, 300, "the bound is tight: U+0390 folds to three 2-byte code points");
+}
+
+Test(utf8, full_case_folding)
+{
+    char out[64];
+    const char *s = "Stra\xc3\x9f" "e \xef\xac\x81 \xe1\xba\x9e";   /* Straße, U+FB01 fi ligature, U+1E9E */
+    size_t n = vm_casefold_utf8(s, strlen(s), out);
+    cr_assert_eq(n, strlen("strasse fi ss"));
+    cr_assert(memcmp(out, "strasse fi ss", n) == 0);
 }
