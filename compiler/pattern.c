@@ -458,9 +458,12 @@ static ir *lower_match(lowerer *L, const jv *m)
 
 /* ---- objects ------------------------------------------------------------------------------------ */
 
+/* Names event-ruler reserves for operators: none may be a field name inside "$or". */
 static const char *const reserved[] = {
     "exactly", "equals-ignore-case", "prefix", "suffix", "anything-but", "exists", "wildcard",
-    "numeric", "cidr", "regexp", "shellstyle", "=", "<", "<=", ">", ">=",
+    "numeric", "cidr", "regexp", "shellstyle", "=", "<", "<=", ">", ">=", "regex",
+    "not-wildcard", "not-equals-ignore-case", "date-after", "date-on-or-after", "date-before",
+    "date-on-or-before", "in-date-range", "ip-address-in-range", "ip-address-not-in-range",
 };
 
 /* Patterns are lowered the way event-ruler reads them: a pattern is a set of sub-rules (one per
