@@ -138,10 +138,6 @@ long cc_decode_json_string(const char *s, size_t n, char *out, size_t *bad, size
 int cc_duration(cc_unit *u, const gr_token *t, double *ms);
 int cc_size(cc_unit *u, const gr_token *t, double *bytes);
 
-/* Parses a JSON number's text into a double; false if it is outside the finite double range
- * (overflows, or is a non-zero value that underflows to zero). */
-bool cc_number(const char *s, size_t n, double *out);
-
 /* ---- the program builder --------------------------------------------------------------------- */
 vm_str cc_str(cc_comp *c, const char *s, size_t n);
 void cc_strtab_free(cc_comp *c);

@@ -141,7 +141,7 @@ static bool check_value(cc_unit *u, ast *v, vkind k, const char *what)
         case V_SIZE: ok = cc_size(u, &v->tok, &d) == 1; break;
         case V_NUMBER: ok = v->op == TK_NUMBER; break;
         case V_INT:
-            ok = v->op == TK_NUMBER && cc_number(u->text + v->tok.off, v->tok.len, &d) &&
+            ok = v->op == TK_NUMBER && vm_number_value(u->text + v->tok.off, v->tok.len, &d) &&
                  d >= 0 && d == floor(d) && d < 4e9;
             break;
         case V_IDENT: ok = v->op == TK_IDENT; break;
@@ -495,7 +495,7 @@ static void fill_cfg(cc_comp *c, cc_unit *u, uint32_t at, ast *v)
         }
         case TK_NUMBER:
             k.type = VM_CFG_NUM;
-            cc_number(u->text + v->tok.off, v->tok.len, &k.num);
+            vm_number_value(u->text + v->tok.off, v->tok.len, &k.num);
             break;
         case TK_QUANTITY:
             if (cc_duration(u, &v->tok, &d) == 1)

@@ -105,7 +105,7 @@ static bool scalar_const(cc_unit *u, ast *v, bool fold, bool asnum, const char *
     case TK_NUMBER: {
         /* Equality is by decimal value, so a number beyond the double range still works. */
         double d;
-        if (!cc_number(u->text + v->tok.off, v->tok.len, &d))
+        if (!vm_number_value(u->text + v->tok.off, v->tok.len, &d))
             d = 0.0 / 0.0;
         *out = cc_const_number(c, u->text + v->tok.off, v->tok.len, d);
         return true;
@@ -215,7 +215,7 @@ static ir *lower_pred(cc_unit *u, ast *e)
                         v->kind == A_LIST ? "a list" : value_name(v->op));
             return NULL;
         }
-        if (!cc_number(u->text + v->tok.off, v->tok.len, &d)) {
+        if (!vm_number_value(u->text + v->tok.off, v->tok.len, &d)) {
             cc_error_at(u, v, "number outside the range of a double");
             return NULL;
         }

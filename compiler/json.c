@@ -69,47 +69,21 @@ static char *read_string(reader *r, size_t *len, uint32_t *span_len)
 static jv *read_number(reader *r)
 {
     uint32_t start = r->pos;
-    const char *s = r->s;
-    uint32_t p = r->pos;
-    if (p < r->end && s[p] == '-')
-        p++;
-    if (p < r->end && s[p] == '0')
-        p++;
-    else if (p < r->end && s[p] >= '1' && s[p] <= '9')
-        while (p < r->end && s[p] >= '0' && s[p] <= '9')
+    const char *why;
+    size_t k = vm_json_number_len(r->s + start, r->end - start, &why);
+    uint32_t p = start + (uint32_t)k;
+    if (k == 0 || (p < r->end && !strchr(" \t\r\n,]}", r->s[p]))) {
+        while (p < r->end && !strchr(" \t\r\n,]}", r->s[p]))
             p++;
-    else
-        goto bad;
-    if (p < r->end && s[p] == '.') {
-        p++;
-        if (!(p < r->end && s[p] >= '0' && s[p] <= '9'))
-            goto bad;
-        while (p < r->end && s[p] >= '0' && s[p] <= '9')
-            p++;
+        fail(r, start, p - start, k == 0 ? why : "invalid JSON number");
+        return NULL;
     }
-    if (p < r->end && (s[p] == 'e' || s[p] == 'E')) {
-        p++;
-        if (p < r->end && (s[p] == '+' || s[p] == '-'))
-            p++;
-        if (!(p < r->end && s[p] >= '0' && s[p] <= '9'))
-            goto bad;
-        while (p < r->end && s[p] >= '0' && s[p] <= '9')
-            p++;
-    }
-    if (p < r->end && ((s[p] >= 'a' && s[p] <= 'z') || (s[p] >= 'A' && s[p] <= 'Z') ||
-                       (s[p] >= '0' && s[p] <= '9') || s[p] == '.'))
-        goto bad;
     jv *v = new_value(r, J_NUMBER, start);
-    v->str = s + start;
-    v->slen = p - start;
-    v->len = p - start;
+    v->str = r->s + start;
+    v->slen = k;
+    v->len = (uint32_t)k;
     r->pos = p;
     return v;
-bad:
-    while (p < r->end && !strchr(" \t\r\n,]}", s[p]))
-        p++;
-    fail(r, start, p - start, "invalid JSON number");
-    return NULL;
 }
 
 static jv *read_value(reader *r, int depth);

@@ -74,7 +74,7 @@ static bool numeric_value(lowerer *L, const jv *v, const char *what, double *d)
         err(L, v, "the value of %s must be a number", what);
         return false;
     }
-    if (!cc_number(v->str, v->slen, d)) {
+    if (!vm_number_value(v->str, v->slen, d)) {
         err(L, v, "cannot compare number %.*s: it is outside the range of a double",
             (int)v->slen, v->str);
         return false;
@@ -92,7 +92,7 @@ static bool exact_const(lowerer *L, const jv *v, bool fold, uint32_t *k)
     case J_NUMBER: {
         double d;
         /* A number beyond the double range can still be matched exactly, by its decimal value. */
-        if (!cc_number(v->str, v->slen, &d))
+        if (!vm_number_value(v->str, v->slen, &d))
             d = NAN;
         *k = cc_const_number(L->c, v->str, v->slen, d);
         return true;

@@ -152,28 +152,6 @@ long cc_decode_json_string(const char *s, size_t n, char *out, size_t *bad, size
     return decode_string(s, n, out, bad, badlen, why);
 }
 
-bool cc_number(const char *s, size_t n, double *out)
-{
-    char buf[512];
-    char *tmp = n < sizeof buf ? buf : cc_xmalloc(n + 1);
-    memcpy(tmp, s, n);
-    tmp[n] = 0;
-    errno = 0;
-    char *end;
-    double d = strtod(tmp, &end);
-    bool ok = end == tmp + n && isfinite(d);
-    if (ok && d == 0) {
-        /* A non-zero literal that rounds to zero lies outside the double range too. */
-        for (size_t i = 0; i < n && s[i] != 'e' && s[i] != 'E'; i++)
-            if (s[i] >= '1' && s[i] <= '9')
-                ok = false;
-    }
-    if (tmp != buf)
-        free(tmp);
-    *out = d;
-    return ok;
-}
-
 /* Length of the leading number of a quantity ("1.5" of "1.5s"). */
 static size_t number_part(const char *s, size_t n)
 {

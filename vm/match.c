@@ -109,34 +109,8 @@ static bool field_text(vm_ctx *c, const char *json, const vm_field *f, text *out
     }
     if (!grow_bytes(&c->dec, &c->dec_cap, f->len + 1))
         return false;
-    size_t o = 0;
-    for (size_t i = 0; i < f->len;) {
-        if (s[i] != '\\') {
-            c->dec[o++] = s[i++];
-            continue;
-        }
-        char e = s[i + 1];
-        if (e != 'u') {
-            static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
-            c->dec[o++] = to[strchr(from, e) - from];
-            i += 2;
-            continue;
-        }
-        uint32_t cp = (uint32_t)strtoul((char[5]){ s[i + 2], s[i + 3], s[i + 4], s[i + 5], 0 }, NULL, 16);
-        i += 6;
-        if (cp >= 0xD800 && cp <= 0xDBFF && i + 6 <= f->len && s[i] == '\\' && s[i + 1] == 'u') {
-            uint32_t lo = (uint32_t)strtoul((char[5]){ s[i + 2], s[i + 3], s[i + 4], s[i + 5], 0 }, NULL, 16);
-            if (lo >= 0xDC00 && lo <= 0xDFFF) {
-                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-                i += 6;
-            }
-        }
-        if (cp >= 0xD800 && cp <= 0xDFFF)
-            cp = 0xFFFD;  /* a lone surrogate: U+FFFD, as the compiler reads it */
-        o += vm_utf8_encode(cp, c->dec + o);
-    }
     out->s = c->dec;
-    out->n = o;
+    out->n = vm_json_unescape(s, f->len, c->dec);
     return true;
 }
 
@@ -147,57 +121,6 @@ static bool fold_text(vm_ctx *c, text *t)
     t->n = vm_casefold_utf8(t->s, t->n, c->fold);
     t->s = c->fold;
     return true;
-}
-
-/* Can the double d, read from text s, be compared as a number?  Numbers beyond the double
- * range (1e400, or 1e-400 that rounds to zero) cannot, as in event-ruler. */
-static bool comparable(const char *s, size_t n, double *d)
-{
-    char buf[64], *heap = NULL, *tmp = buf;
-    if (n >= sizeof buf && !(tmp = heap = malloc(n + 1)))
-        return false;
-    memcpy(tmp, s, n);
-    tmp[n] = 0;
-    char *end;
-    *d = strtod(tmp, &end);
-    bool ok = end == tmp + n && isfinite(*d);
-    if (ok && *d == 0)
-        for (size_t i = 0; i < n && s[i] != 'e' && s[i] != 'E'; i++)
-            if (s[i] >= '1' && s[i] <= '9')
-                ok = false;
-    free(heap);
-    return ok;
-}
-
-/* Is t the text of a JSON number (for `as number`)? */
-static bool json_number_text(const char *s, size_t n)
-{
-    size_t i = 0;
-    if (i < n && s[i] == '-')
-        i++;
-    if (i < n && s[i] == '0')
-        i++;
-    else if (i < n && s[i] >= '1' && s[i] <= '9')
-        while (i < n && s[i] >= '0' && s[i] <= '9')
-            i++;
-    else
-        return false;
-    if (i < n && s[i] == '.') {
-        if (++i >= n || s[i] < '0' || s[i] > '9')
-            return false;
-        while (i < n && s[i] >= '0' && s[i] <= '9')
-            i++;
-    }
-    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
-        i++;
-        if (i < n && (s[i] == '+' || s[i] == '-'))
-            i++;
-        if (i >= n || s[i] < '0' || s[i] > '9')
-            return false;
-        while (i < n && s[i] >= '0' && s[i] <= '9')
-            i++;
-    }
-    return i == n;
 }
 
 /* Compares number text s with a VM_C_NUM constant by decimal value. */
@@ -303,12 +226,13 @@ static bool leaf_passes(vm_ctx *c, const char *json, const vm_test *t, const vm_
             goto strings;
         text num = { json + f->off, f->len };
         if (asnum) {
-            if (!field_text(c, json, f, &num) || !json_number_text(num.s, num.n))
+            if (!field_text(c, json, f, &num) || vm_json_number_len(num.s, num.n, NULL) != num.n)
                 return false;
         }
         if (t->kind == VM_T_RANGE) {
             double d;
-            if (!comparable(num.s, num.n, &d))
+            /* Numbers beyond the double range are never in a range, as in event-ruler. */
+            if (!vm_number_value(num.s, num.n, &d))
                 return false;
             for (; k < kend; k++)
                 if (in_range(k, d))

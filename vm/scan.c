@@ -92,37 +92,11 @@ static vm_status read_string(scanner *S, bool *escaped)
 /* Checks a number per RFC 8259 at S->p and moves past it. */
 static vm_status read_number(scanner *S)
 {
-    const char *s = S->s;
-    size_t p = S->p, n = S->n;
-    if (p < n && s[p] == '-')
-        p++;
-    if (p < n && s[p] == '0') {
-        p++;
-        if (p < n && s[p] >= '0' && s[p] <= '9')
-            return fail(S, S->p, VM_ERR_EVENT, "invalid number: leading zeros are not allowed");
-    } else if (p < n && s[p] >= '1' && s[p] <= '9') {
-        while (p < n && s[p] >= '0' && s[p] <= '9')
-            p++;
-    } else {
-        return fail(S, S->p, VM_ERR_EVENT, "invalid number");
-    }
-    if (p < n && s[p] == '.') {
-        p++;
-        if (!(p < n && s[p] >= '0' && s[p] <= '9'))
-            return fail(S, S->p, VM_ERR_EVENT, "invalid number: digits must follow '.'");
-        while (p < n && s[p] >= '0' && s[p] <= '9')
-            p++;
-    }
-    if (p < n && (s[p] == 'e' || s[p] == 'E')) {
-        p++;
-        if (p < n && (s[p] == '+' || s[p] == '-'))
-            p++;
-        if (!(p < n && s[p] >= '0' && s[p] <= '9'))
-            return fail(S, S->p, VM_ERR_EVENT, "invalid number: digits must follow the exponent");
-        while (p < n && s[p] >= '0' && s[p] <= '9')
-            p++;
-    }
-    S->p = p;
+    const char *why;
+    size_t k = vm_json_number_len(S->s + S->p, S->n - S->p, &why);
+    if (k == 0)
+        return fail(S, S->p, VM_ERR_EVENT, why);
+    S->p += k;
     return VM_OK;
 }
 
@@ -164,42 +138,8 @@ static size_t decode_key(vm_ctx *c, const char *s, size_t n, const char **out)
         c->dec = d;
         c->dec_cap = n + 64;
     }
-    size_t o = 0;
-    for (size_t i = 0; i < n;) {
-        if (s[i] != '\\') {
-            c->dec[o++] = s[i++];
-            continue;
-        }
-        char e = s[i + 1];
-        if (e != 'u') {
-            static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
-            c->dec[o++] = to[strchr(from, e) - from];
-            i += 2;
-            continue;
-        }
-        uint32_t cp = 0;
-        for (int k = 2; k < 6; k++) {
-            char h = s[i + k];
-            cp = cp * 16 + (uint32_t)(h <= '9' ? h - '0' : (h | 0x20) - 'a' + 10);
-        }
-        i += 6;
-        if (cp >= 0xD800 && cp <= 0xDBFF && i + 6 <= n && s[i] == '\\' && s[i + 1] == 'u') {
-            uint32_t lo = 0;
-            for (int k = 2; k < 6; k++) {
-                char h = s[i + k];
-                lo = lo * 16 + (uint32_t)(h <= '9' ? h - '0' : (h | 0x20) - 'a' + 10);
-            }
-            if (lo >= 0xDC00 && lo <= 0xDFFF) {
-                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-                i += 6;
-            }
-        }
-        if (cp >= 0xD800 && cp <= 0xDFFF)
-            cp = 0xFFFD;
-        o += vm_utf8_encode(cp, c->dec + o);
-    }
     *out = c->dec;
-    return o;
+    return vm_json_unescape(s, n, c->dec);
 }
 
 /* Records a leaf at trie node `node` (if a path ends there). */

@@ -2,7 +2,9 @@
  * values.c — the value semantics shared by the compiler and the VM: IP addresses, canonical
  * decimal numbers, wildcard matching, CRC32C.
  */
+#include <math.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "vm.h"
@@ -114,6 +116,112 @@ bool vm_parse_ip(const char *s, size_t n, uint8_t ip[16])
 }
 
 /* ---- numbers ------------------------------------------------------------------------------------ */
+
+size_t vm_json_number_len(const char *s, size_t n, const char **why)
+{
+    size_t p = 0;
+    const char *dummy;
+    if (!why)
+        why = &dummy;
+    if (p < n && s[p] == '-')
+        p++;
+    if (p < n && s[p] == '0') {
+        p++;
+        if (p < n && s[p] >= '0' && s[p] <= '9') {
+            *why = "invalid number: leading zeros are not allowed";
+            return 0;
+        }
+    } else if (p < n && s[p] >= '1' && s[p] <= '9') {
+        while (p < n && s[p] >= '0' && s[p] <= '9')
+            p++;
+    } else {
+        *why = "invalid number";
+        return 0;
+    }
+    if (p < n && s[p] == '.') {
+        p++;
+        if (!(p < n && s[p] >= '0' && s[p] <= '9')) {
+            *why = "invalid number: digits must follow '.'";
+            return 0;
+        }
+        while (p < n && s[p] >= '0' && s[p] <= '9')
+            p++;
+    }
+    if (p < n && (s[p] == 'e' || s[p] == 'E')) {
+        p++;
+        if (p < n && (s[p] == '+' || s[p] == '-'))
+            p++;
+        if (!(p < n && s[p] >= '0' && s[p] <= '9')) {
+            *why = "invalid number: digits must follow the exponent";
+            return 0;
+        }
+        while (p < n && s[p] >= '0' && s[p] <= '9')
+            p++;
+    }
+    return p;
+}
+
+bool vm_number_value(const char *s, size_t n, double *d)
+{
+    char buf[64], *heap = NULL, *tmp = buf;
+    if (n >= sizeof buf && !(tmp = heap = malloc(n + 1)))
+        return false;
+    memcpy(tmp, s, n);
+    tmp[n] = 0;
+    char *end;
+    *d = strtod(tmp, &end);
+    bool ok = end == tmp + n && isfinite(*d);
+    if (ok && *d == 0) {
+        /* A non-zero literal that rounds to zero lies outside the range too. */
+        for (size_t i = 0; i < n && s[i] != 'e' && s[i] != 'E'; i++)
+            if (s[i] >= '1' && s[i] <= '9')
+                ok = false;
+    }
+    free(heap);
+    return ok;
+}
+
+/* ---- strings ------------------------------------------------------------------------------------ */
+
+static uint32_t hex4(const char *s)
+{
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) {
+        char h = s[i];
+        v = v * 16 + (uint32_t)(h <= '9' ? h - '0' : (h | 0x20) - 'a' + 10);
+    }
+    return v;
+}
+
+size_t vm_json_unescape(const char *s, size_t n, char *out)
+{
+    static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        if (s[i] != '\\') {
+            out[o++] = s[i++];
+            continue;
+        }
+        if (s[i + 1] != 'u') {
+            out[o++] = to[strchr(from, s[i + 1]) - from];
+            i += 2;
+            continue;
+        }
+        uint32_t cp = hex4(s + i + 2);
+        i += 6;
+        if (cp >= 0xD800 && cp <= 0xDBFF && i + 6 <= n && s[i] == '\\' && s[i + 1] == 'u') {
+            uint32_t lo = hex4(s + i + 2);
+            if (lo >= 0xDC00 && lo <= 0xDFFF) {
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                i += 6;
+            }
+        }
+        if (cp >= 0xD800 && cp <= 0xDFFF)
+            cp = 0xFFFD;  /* a lone surrogate cannot be UTF-8: it reads as U+FFFD */
+        o += vm_utf8_encode(cp, out + o);
+    }
+    return o;
+}
 
 size_t vm_number_canon(const char *s, size_t n, char *out, size_t cap)
 {

@@ -295,6 +295,19 @@ bool vm_parse_ip(const char *s, size_t n, uint8_t ip[16]);
  * Returns the length, or 0 if s is not a JSON number or out (of size cap) is too small. */
 size_t vm_number_canon(const char *s, size_t n, char *out, size_t cap);
 
+/* Length of the JSON number (RFC 8259) that starts s[0..n), or 0 with *why (if not NULL) saying
+ * what is wrong. */
+size_t vm_json_number_len(const char *s, size_t n, const char **why);
+
+/* Reads a JSON number's text as a double.  False when it lies outside the finite double range
+ * (it overflows, or it is not zero but rounds to zero): such a number compares by value only. */
+bool vm_number_value(const char *s, size_t n, double *d);
+
+/* Decodes the body of a JSON string whose escapes were already checked (the scanner and the
+ * compiler check them) into out, which holds n bytes: decoding never grows a string.  A lone
+ * surrogate escape becomes U+FFFD.  Returns the decoded length. */
+size_t vm_json_unescape(const char *s, size_t n, char *out);
+
 /* Runs regex re of p over UTF-8 text; scratch must hold 2 * regex.ninst uint32_t entries
  * plus regex.ninst bytes (vm_regex_scratch_size). */
 size_t vm_regex_scratch_size(const vm_program *p, uint32_t re);
