@@ -104,6 +104,25 @@ uint32_t cc_path(cc_comp *c, const char *const *segs, const size_t *lens, uint32
     return found;
 }
 
+bool cc_split_name(const char *s, size_t n, const char **segs, size_t *lens, uint32_t *nseg)
+{
+    uint32_t parts = 1;
+    for (size_t i = 0; i < n; i++)
+        parts += s[i] == '.';
+    if (*nseg + parts > CC_MAX_PATH)
+        return false;
+    const char *end = s + n;
+    for (;;) {
+        const char *dot = memchr(s, '.', (size_t)(end - s));
+        const char *stop = dot ? dot : end;
+        segs[*nseg] = s;
+        lens[(*nseg)++] = (size_t)(stop - s);
+        if (!dot)
+            return true;
+        s = dot + 1;
+    }
+}
+
 /* ---- constants and tests --------------------------------------------------------------------- */
 
 uint32_t cc_const(cc_comp *c, const vm_const *k)
@@ -301,9 +320,13 @@ void ir_add(cc_comp *c, ir *parent, ir *kid)
             ir_add(c, parent, kid->kid[i]);
         return;
     }
-    ir **k = cc_alloc(c, (parent->nkid + 1) * sizeof *k);
-    if (parent->nkid)
-        memcpy(k, parent->kid, parent->nkid * sizeof *k);
-    k[parent->nkid++] = kid;
-    parent->kid = k;
+    if (parent->nkid == parent->cap) {
+        /* Doubling keeps a long chain linear; the old array stays in the arena. */
+        parent->cap = parent->cap ? parent->cap * 2 : 4;
+        ir **k = cc_alloc(c, parent->cap * sizeof *k);
+        if (parent->nkid)
+            memcpy(k, parent->kid, parent->nkid * sizeof *k);
+        parent->kid = k;
+    }
+    parent->kid[parent->nkid++] = kid;
 }

@@ -38,7 +38,6 @@ typedef enum {
     IR_AND,    /* kid[0..nkid) */
     IR_OR,     /* kid[0..nkid) */
     IR_NOT,    /* kid[0] */
-    IR_TRUE,   /* no condition (an empty pattern) */
 } ir_kind;
 
 typedef struct ir ir;
@@ -46,7 +45,7 @@ struct ir {
     ir_kind kind;
     uint32_t path, test;
     ir **kid;
-    uint32_t nkid;
+    uint32_t nkid, cap;
     vm_span span;
 };
 
@@ -80,6 +79,7 @@ struct cc_comp {
     VEC(char *) broken;
     /* declarations, by kind */
     cc_names buses, targets, rules;
+    cc_names dups;       /* duplicate declarations: reported, and their bodies checked too */
     ast *server;
     cc_unit *server_unit;
     /* the program being built */
@@ -134,7 +134,8 @@ long cc_decode_json_string(const char *s, size_t n, char *out, size_t *bad, size
                            const char **why);
 
 /* Reads a duration ("5s", "1h30m", "250ms", "1.5s") into milliseconds, or a size ("256KiB") into
- * bytes.  Returns 1, or 0 if t is not one (the caller says what it expected). */
+ * bytes.  Returns 1; 0 if t is not one (the caller says what it expected); -1 if it is one but
+ * out of range (over 100 years, a fraction of a byte, over 2^60 bytes). */
 int cc_duration(cc_unit *u, const gr_token *t, double *ms);
 int cc_size(cc_unit *u, const gr_token *t, double *bytes);
 
@@ -142,6 +143,14 @@ int cc_size(cc_unit *u, const gr_token *t, double *bytes);
 vm_str cc_str(cc_comp *c, const char *s, size_t n);
 void cc_strtab_free(cc_comp *c);
 uint32_t cc_path(cc_comp *c, const char *const *segs, const size_t *lens, uint32_t nseg);
+
+/* The most segments a path may have. */
+#define CC_MAX_PATH 64
+
+/* Appends the dot-separated parts of name s[0..n) to segs/lens (field names are flattened with
+ * dots, as in EventBridge: {"a.b": 1} is {"a": {"b": 1}}).  Returns false, appending nothing,
+ * when the path would exceed CC_MAX_PATH segments. */
+bool cc_split_name(const char *s, size_t n, const char **segs, size_t *lens, uint32_t *nseg);
 uint32_t cc_const(cc_comp *c, const vm_const *k);
 uint32_t cc_test(cc_comp *c, vm_test_kind kind, unsigned flags, const uint32_t *consts, uint32_t n);
 

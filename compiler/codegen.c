@@ -39,40 +39,43 @@ static void patch_b(gen *g, uint32_t at, uint32_t b)
     *i = VM_INST(VM_OP(*i), VM_A(*i), b);
 }
 
-static bool has_negation(const ir *n)
+/* 0: the condition holds no negation; 1: it holds one and also positive tests; 2: it is a
+ * negation. */
+static int negation_class(const ir *n)
 {
     if (n->kind == IR_NOT)
-        return true;
+        return 2;
     for (uint32_t i = 0; i < n->nkid; i++)
-        if (has_negation(n->kid[i]))
-            return true;
-    return false;
+        if (negation_class(n->kid[i]))
+            return 1;
+    return 0;
 }
 
-/* Puts the conditions of an 'and' that contain no negation first.  A negation is decided
- * under the array elements chosen by the positive conditions beside it, whatever the order they
- * were written in (docs/language.md, "Arrays"). */
+/* Orders the conditions of an 'and': those without a negation first, then those that mix tests
+ * and negations (an 'or' with a 'not' branch may still choose array elements), then plain
+ * negations.  A negation is thus decided under the array elements chosen by the positive
+ * conditions beside it, whatever the order they were written in (docs/language.md, "Arrays"). */
 static void order_kids(ir *n)
 {
-    ir **pos = n->kid, **tmp = malloc(n->nkid * sizeof *tmp);
+    ir **tmp = malloc(n->nkid * sizeof *tmp);
+    uint8_t *cls = malloc(n->nkid);
     uint32_t k = 0;
-    if (!tmp)
+    if (!tmp || !cls)
         abort();
     for (uint32_t i = 0; i < n->nkid; i++)
-        if (!has_negation(pos[i]))
-            tmp[k++] = pos[i];
-    for (uint32_t i = 0; i < n->nkid; i++)
-        if (has_negation(pos[i]))
-            tmp[k++] = pos[i];
+        cls[i] = (uint8_t)negation_class(n->kid[i]);
+    for (int want = 0; want <= 2; want++)
+        for (uint32_t i = 0; i < n->nkid; i++)
+            if (cls[i] == want)
+                tmp[k++] = n->kid[i];
     memcpy(n->kid, tmp, n->nkid * sizeof *tmp);
     free(tmp);
+    free(cls);
 }
 
 static void gen_node(gen *g, ir *n)
 {
     switch (n->kind) {
-    case IR_TRUE:
-        return;
     case IR_TEST:
         emit(g, VM_OP_TEST, n->path, n->test, n->span);
         return;

@@ -4,6 +4,7 @@
  * the lowering and code generation of each rule.
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cc.h"
@@ -92,11 +93,13 @@ static void declare(cc_comp *c, cc_unit *u, ast *d, const char *what, cc_names *
         }
         cc_error(u, d->tok.off, d->tok.len, "duplicate %s '%s' (first declared%s)", what, name,
                  where);
+        /* Its body is still checked, so that one run reports every error. */
+        cc_name e = { name, d, u, VM_NONE };
+        vec_push(c->dups, e);
         return;
     }
     cc_name e = { name, d, u, list->n };
     vec_push(*list, e);
-    (void)c;
 }
 
 /* ---- option values --------------------------------------------------------------------------- */
@@ -137,8 +140,17 @@ static bool check_value(cc_unit *u, ast *v, vkind k, const char *what)
     } else if (v->kind == A_VALUE) {
         switch (k) {
         case V_TEXT: ok = v->op == TK_STRING; break;
-        case V_DURATION: ok = cc_duration(u, &v->tok, &d) == 1; break;
-        case V_SIZE: ok = cc_size(u, &v->tok, &d) == 1; break;
+        case V_DURATION:
+        case V_SIZE: {
+            int r = k == V_DURATION ? cc_duration(u, &v->tok, &d) : cc_size(u, &v->tok, &d);
+            if (r < 0) {
+                cc_error_at(u, v, k == V_DURATION ? "duration out of range (at most 100 years)"
+                                                  : "a size is a whole number of bytes, at most 2^60");
+                return false;
+            }
+            ok = r == 1;
+            break;
+        }
         case V_NUMBER: ok = v->op == TK_NUMBER; break;
         case V_INT:
             ok = v->op == TK_NUMBER && vm_number_value(u->text + v->tok.off, v->tok.len, &d) &&
@@ -691,6 +703,61 @@ static void check_rule(cc_comp *c, cc_unit *u, ast *d)
     vec_push(c->prules, r);
 }
 
+/* The target named by a target's `dead_letter NAME` option, or -1. */
+static int dead_letter_of(cc_comp *c, uint32_t t, ast **where)
+{
+    cc_unit *u = c->targets.v[t].unit;
+    for (ast *o = c->targets.v[t].node->c; o; o = o->next)
+        if (o->tok.len == 11 && memcmp(u->text + o->tok.off, "dead_letter", 11) == 0 && o->a &&
+            !o->a->next && o->a->kind == A_VALUE && o->a->op == TK_IDENT) {
+            *where = o->a;
+            return find_name(c->targets.v, c->targets.n, u->text + o->a->tok.off, o->a->tok.len);
+        }
+    return -1;
+}
+
+/* Dead letters must not lead back to where they came from (a -> b -> a), or a failed delivery
+ * would circle for ever.  Each cycle is reported once, at its first target's dead_letter. */
+static void check_dead_letter_cycles(cc_comp *c)
+{
+    uint32_t n = c->targets.n;
+    uint8_t *done = calloc(n ? n : 1, 1);
+    if (!done)
+        abort();
+    for (uint32_t start = 0; start < n; start++) {
+        ast *where = NULL;
+        int t = (int)start;
+        uint32_t steps = 0;
+        if (dead_letter_of(c, start, &where) == (int)start)
+            continue;   /* its own dead letter: check_target says so */
+        while (t >= 0 && !done[t] && steps <= n) {
+            ast *w;
+            t = dead_letter_of(c, (uint32_t)t, &w);
+            if (steps == 0)
+                where = w;
+            steps++;
+            if (t == (int)start && steps > 1) {
+                char chain[512] = "";
+                size_t o = 0;
+                int k = (int)start;
+                do {
+                    o += (size_t)snprintf(chain + o, o < sizeof chain ? sizeof chain - o : 0, "%s -> ",
+                                          c->targets.v[k].name);
+                    ast *ignored;
+                    k = dead_letter_of(c, (uint32_t)k, &ignored);
+                } while (k != (int)start && o < sizeof chain);
+                snprintf(chain + (o < sizeof chain ? o : sizeof chain - 1),
+                         o < sizeof chain ? sizeof chain - o : 1, "%s", c->targets.v[start].name);
+                cc_error_at(c->targets.v[start].unit, where, "dead-letter cycle: %s", chain);
+                for (k = (int)start; k >= 0 && !done[k]; k = dead_letter_of(c, (uint32_t)k, &where))
+                    done[k] = 1;
+                break;
+            }
+        }
+    }
+    free(done);
+}
+
 int cc_check_and_build(cc_comp *c)
 {
     const struct { ast_kind kind; const char *what; cc_names *list; } kinds[] = {
@@ -713,5 +780,16 @@ int cc_check_and_build(cc_comp *c)
                 check_server(c, c->units.v[i], d);
     for (uint32_t i = 0; i < c->rules.n; i++)
         check_rule(c, c->rules.v[i].unit, c->rules.v[i].node);
+    check_dead_letter_cycles(c);
+    for (uint32_t i = 0; i < c->dups.n; i++) {
+        ast *n = c->dups.v[i].node;
+        cc_unit *u = c->dups.v[i].unit;
+        if (n->kind == A_BUS)
+            check_bus(c, u, n);
+        else if (n->kind == A_TARGET)
+            check_target(c, u, n);
+        else
+            check_rule(c, u, n);
+    }
     return c->nerrors;
 }

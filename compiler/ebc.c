@@ -230,7 +230,7 @@ static int cmd_test(int argc, char **argv)
             }
             fputs("}\n", stdout);
         } else if (st != VM_OK) {
-            printf("%lu: error: invalid event: %s\n", lineno, err.msg);
+            printf("%lu: error: %s%s\n", lineno, st == VM_ERR_EVENT ? "invalid event: " : "", err.msg);
         } else {
             printf("%lu:", lineno);
             for (size_t i = 0; i < nm; i++)

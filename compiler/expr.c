@@ -14,27 +14,20 @@
 /* Lowers a path node to a path index. */
 static uint32_t lower_path(cc_unit *u, ast *p, bool *ok)
 {
-    const char *segs[64];
-    size_t lens[64];
+    const char *segs[CC_MAX_PATH];
+    size_t lens[CC_MAX_PATH];
     uint32_t n = 0;
     for (ast *s = p->a; s; s = s->next) {
-        if (n == 64) {
-            cc_error_at(u, p, "a path has at most 64 segments");
+        const char *name = u->text + s->tok.off;
+        size_t len = s->tok.len;
+        if (s->tok.type == TK_STRING && !(name = cc_string(u, &s->tok, &len))) {
             *ok = false;
             return 0;
         }
-        if (s->tok.type == TK_STRING) {
-            size_t len;
-            const char *str = cc_string(u, &s->tok, &len);
-            if (!str) {
-                *ok = false;
-                return 0;
-            }
-            segs[n] = str;
-            lens[n++] = len;
-        } else {
-            segs[n] = u->text + s->tok.off;
-            lens[n++] = s->tok.len;
+        if (!cc_split_name(name, len, segs, lens, &n)) {
+            cc_error_at(u, p, "a path has at most %d segments", CC_MAX_PATH);
+            *ok = false;
+            return 0;
         }
     }
     return cc_path(u->comp, segs, lens, n);
@@ -304,6 +297,23 @@ static ir *lower_pred(cc_unit *u, ast *e)
     return NULL;
 }
 
+static ir *lower(cc_unit *u, ast *e);
+
+/* Adds the operands of a chain of one operator (a and b and c, parsed as nested pairs) to n
+ * directly, so that long chains stay linear.  Lowers every operand, even after an error. */
+static bool gather(cc_unit *u, ast *e, ast_kind kind, ir *n)
+{
+    if (e->kind == kind) {
+        bool l = gather(u, e->a, kind, n);
+        bool r = gather(u, e->b, kind, n);
+        return l && r;
+    }
+    ir *k = lower(u, e);
+    if (k)
+        ir_add(u->comp, n, k);
+    return k != NULL;
+}
+
 static ir *lower(cc_unit *u, ast *e)
 {
     cc_comp *c = u->comp;
@@ -311,13 +321,8 @@ static ir *lower(cc_unit *u, ast *e)
     switch (e->kind) {
     case A_AND:
     case A_OR: {
-        ir *l = lower(u, e->a), *r = lower(u, e->b);
-        if (!l || !r)
-            return NULL;
         ir *n = ir_new(c, e->kind == A_AND ? IR_AND : IR_OR, span);
-        ir_add(c, n, l);
-        ir_add(c, n, r);
-        return n;
+        return gather(u, e, e->kind, n) ? n : NULL;
     }
     case A_NOT: {
         ir *k = lower(u, e->a);

@@ -19,8 +19,8 @@
 typedef struct {
     cc_unit *u;
     cc_comp *c;
-    const char *segs[256];
-    size_t lens[256];
+    const char *segs[CC_MAX_PATH];
+    size_t lens[CC_MAX_PATH];
     uint32_t nseg;
     int in_or;       /* inside a "$or" branch */
 } lowerer;
@@ -456,6 +456,33 @@ static ir *lower_match(lowerer *L, const jv *m)
     return NULL;
 }
 
+/* A key's array of alternatives: its plain values become one test with a constant each (one
+ * hash-like lookup rather than a chain of tests), its operator objects a test each. */
+static ir *lower_value_list(lowerer *L, const jv *list)
+{
+    u32vec values = { 0 };
+    ir *any = ir_new(L->c, IR_OR, span_of(L, list));
+    bool ok = true;
+    for (const jv *x = list->kids; x; x = x->next) {
+        uint32_t k;
+        if (x->type != J_OBJECT && x->type != J_ARRAY && exact_const(L, x, false, &k)) {
+            vec_push(values, k);
+            continue;
+        }
+        ir *t = lower_match(L, x);
+        if (t)
+            ir_add(L->c, any, t);
+        else
+            ok = false;
+    }
+    if (ok && values.n)
+        ir_add(L->c, any, test(L, list, VM_T_EQ, 0, values.v, values.n));
+    free(values.v);
+    if (!ok)
+        return NULL;
+    return any->nkid == 1 ? any->kid[0] : any;
+}
+
 /* ---- objects ------------------------------------------------------------------------------------ */
 
 /* Names event-ruler reserves for operators: none may be a field name inside "$or". */
@@ -488,26 +515,6 @@ static void add_subrule(lowerer *L, subrules *S, subrule s)
         S->cap = cap;
     }
     S->v[S->n++] = s;
-}
-
-/* Pushes the dot-separated parts of a key onto the current path (event-ruler joins names with
- * dots, so {"a.b": ...} means {"a": {"b": ...}}); returns how many. */
-static uint32_t push_key(lowerer *L, const jv *member)
-{
-    uint32_t n = 0;
-    const char *s = member->key, *end = s + member->klen;
-    for (;;) {
-        const char *dot = memchr(s, '.', (size_t)(end - s));
-        const char *stop = dot ? dot : end;
-        if (L->nseg < 256) {
-            L->segs[L->nseg] = s;
-            L->lens[L->nseg++] = (size_t)(stop - s);
-            n++;
-        }
-        if (!dot)
-            return n;
-        s = dot + 1;
-    }
 }
 
 /* Sets the condition on path in sub-rule s.  Sub-rules share their entry arrays after a "$or"
@@ -547,21 +554,28 @@ static bool lower_or(lowerer *L, const jv *m, subrules *S)
         }
     if (!ok)
         return false;
+    /* Each branch is lowered once, from nothing; every sub-rule so far then continues in each
+     * of the branch's sub-rules, whose conditions replace its own on the same paths. */
     subrules out = { 0 };
-    for (uint32_t i = 0; i < S->n && ok; i++) {
-        for (const jv *b = m->kids; b && ok; b = b->next) {
-            subrules one = { 0 };
-            add_subrule(L, &one, S->v[i]);
-            L->in_or++;
-            ok = lower_members(L, b, &one);
-            L->in_or--;
-            if (out.n + one.n > MAX_SUBRULES) {
-                err(L, m, "this pattern expands to more than %d alternatives", MAX_SUBRULES);
-                return false;
-            }
-            for (uint32_t k = 0; k < one.n; k++)
-                add_subrule(L, &out, one.v[k]);
+    for (const jv *b = m->kids; b && ok; b = b->next) {
+        subrules branch = { 0 };
+        add_subrule(L, &branch, (subrule){ NULL, 0 });
+        L->in_or++;
+        ok = lower_members(L, b, &branch);
+        L->in_or--;
+        if (!ok)
+            break;
+        if ((uint64_t)out.n + (uint64_t)S->n * branch.n > MAX_SUBRULES) {
+            err(L, m, "this pattern expands to more than %d alternatives", MAX_SUBRULES);
+            return false;
         }
+        for (uint32_t i = 0; i < S->n; i++)
+            for (uint32_t k = 0; k < branch.n; k++) {
+                subrule s = S->v[i];
+                for (uint32_t e = 0; e < branch.v[k].n; e++)
+                    set_cond(L, &s, branch.v[k].v[e].path, branch.v[k].v[e].cond);
+                add_subrule(L, &out, s);
+            }
     }
     *S = out;
     return ok;
@@ -600,26 +614,21 @@ static bool lower_members(lowerer *L, const jv *obj, subrules *S)
             ok = false;
             continue;
         }
-        uint32_t pushed = push_key(L, m);
+        uint32_t before = L->nseg;
+        if (!cc_split_name(m->key, m->klen, L->segs, L->lens, &L->nseg)) {
+            err_key(L, m, "a path has at most %d segments", CC_MAX_PATH);
+            ok = false;
+            continue;
+        }
         if (m->type == J_OBJECT) {
             ok &= lower_members(L, m, S);
         } else if (m->type == J_ARRAY) {
             ir *k = NULL;
             if (m->nkids == 0) {
                 err(L, m, "empty arrays are not allowed");
-            } else if (m->nkids == 1) {
-                k = lower_match(L, m->kids);
             } else {
-                k = ir_new(L->c, IR_OR, span_of(L, m));
-                for (const jv *x = m->kids; x; x = x->next) {
-                    ir *t = lower_match(L, x);
-                    if (t)
-                        ir_add(L->c, k, t);
-                    else
-                        k->nkid = 0, ok = false;
-                }
-                if (!ok)
-                    k = NULL;
+                k = lower_value_list(L, m);
+                ok &= k != NULL;
             }
             if (k) {
                 uint32_t path = current_path(L);
@@ -633,7 +642,7 @@ static bool lower_members(lowerer *L, const jv *obj, subrules *S)
                 (int)m->klen, m->key);
             ok = false;
         }
-        L->nseg -= pushed;
+        L->nseg = before;
     }
     return ok;
 }

@@ -208,13 +208,14 @@ gr_token gr_lex_json(gr_lexer *lx)
             if (--depth == 0)
                 return tok(lx, TK_JSON, s + start, s + p);
         } else if (c == '"') {
+            size_t quote = p - 1;
             while (p < lx->len && s[p] != '"' && s[p] != '\n') {
                 if (s[p] == '\\' && p + 1 < lx->len)
                     p++;
                 p++;
             }
             if (p >= lx->len || s[p] == '\n')
-                return error_tok(lx, "unterminated string in JSON", s + start, s + start + 1);
+                return error_tok(lx, "unterminated string in JSON", s + quote, s + p);
             p++;
         }
     }

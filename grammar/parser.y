@@ -205,112 +205,120 @@ static int gr_is_decl_start(int type)
            type == TK_SERVER;
 }
 
+/* The driver's state between tokens. */
+typedef struct {
+    cc_unit *u;
+    yyParser parser;
+    int decl;              /* the keyword of the declaration being read */
+    gr_token decl_name;
+    int depth;             /* brace depth */
+    int nest;              /* ( and [ depth inside an option block */
+    int optblock;          /* inside a bus / target / server { } */
+    int prev, prev2;       /* the last two token kinds given to the parser */
+    int skipping;          /* after an error: drop tokens until a declaration starts */
+    int errors;
+} driver;
+
+/* Starts the parser afresh, as at the start of a file. */
+static void restart(driver *d)
+{
+    gr_parserFinalize(&d->parser);
+    gr_parserInit(&d->parser, d->u);
+    d->depth = d->nest = d->optblock = d->prev = d->prev2 = 0;
+    d->u->syntax_failed = 0;
+}
+
+/* Gives one token to the parser, keeping the driver's view of braces and declarations.
+ * Returns 0, or -1 when the parser reported a syntax error. */
+static int feed(driver *d, gr_token t)
+{
+    if (gr_is_decl_start(t.type) && d->depth == 0) {
+        d->decl = t.type;
+        d->decl_name.type = 0;
+    } else if (d->prev == d->decl && t.type == TK_IDENT && d->depth == 0) {
+        d->decl_name = t;
+    }
+    switch (t.type) {
+    case TK_LBRACE:
+        if (d->depth++ == 0 && (d->decl == TK_BUS || d->decl == TK_TARGET || d->decl == TK_SERVER))
+            d->optblock = 1;
+        break;
+    case TK_RBRACE:
+        if (d->depth > 0 && --d->depth == 0)
+            d->optblock = 0;
+        break;
+    case TK_LPAREN: case TK_LBRACKET: d->nest++; break;
+    case TK_RPAREN: case TK_RBRACKET: if (d->nest > 0) d->nest--; break;
+    default: break;
+    }
+    gr_parser(&d->parser, t.type, t);
+    d->prev2 = d->prev;
+    d->prev = t.type;
+    return d->u->syntax_failed ? -1 : 0;
+}
+
+/* After an error at token t: resume at t if it starts a declaration, else skip to the next. */
+static void recover(driver *d, gr_token t)
+{
+    d->errors++;
+    ast_decl_broken(d->u, d->decl, d->decl_name);
+    restart(d);
+    d->skipping = t.type != 0 && !gr_is_decl_start(t.type);
+    if (gr_is_decl_start(t.type) && feed(d, t) != 0) {
+        restart(d);
+        d->skipping = 1;
+    }
+}
+
 int gr_parse(cc_unit *u)
 {
     gr_lexer lx;
-    yyParser parser;
+    driver d = { .u = u };
     gr_lexer_init(&lx, u->text, u->len);
-    gr_parserInit(&parser, u);
-
-    int errors = 0;
-    int decl = 0;          /* the keyword of the declaration being read */
-    int depth = 0;         /* brace depth */
-    int nest = 0;          /* ( and [ depth inside an option block */
-    int optblock = 0;      /* inside a bus / target / server { } */
-    int prev = 0;          /* previous token kind passed to the parser */
-    int prev2 = 0;         /* and the one before */
-    int skipping = 0;      /* after an error: drop tokens until a declaration starts */
-    gr_token decl_name = { 0, 0, 0 };
-
+    gr_parserInit(&d.parser, u);
     for (;;) {
         size_t before = lx.pos;
         /* A JSON body may follow `pattern`, `transform` and `transform NAME`. */
-        int json_ok = !skipping && (prev == TK_PATTERN || prev == TK_TRANSFORM ||
-                                    (prev == TK_IDENT && prev2 == TK_TRANSFORM));
+        int json_ok = !d.skipping && (d.prev == TK_PATTERN || d.prev == TK_TRANSFORM ||
+                                      (d.prev == TK_IDENT && d.prev2 == TK_TRANSFORM));
         gr_token t = json_ok && gr_next_is_json(&lx) ? gr_lex_json(&lx) : gr_lex(&lx);
-        if (prev == TK_PATTERN && t.type != TK_JSON && t.type != TK_ERROR) {
-            /* `pattern` takes nothing but JSON: say so rather than "unexpected token". */
-            ast_error(u, t.off, t.len ? t.len : 1, "expected a JSON pattern ('{') after 'pattern'");
-            u->syntax_failed = 1;
-            goto failed;
+        if (d.skipping) {
+            if (t.type != 0 && !gr_is_decl_start(t.type))
+                continue;      /* the rest of a broken declaration, lexical errors included */
+            d.skipping = 0;
         }
         if (t.type == TK_ERROR) {
             ast_error(u, t.off, t.len, "%s", lx.err);
-            errors++;
-            skipping = 1;
-            ast_decl_broken(u, decl, decl_name);
+            recover(&d, t);
             continue;
         }
-        if (skipping) {
-            if (t.type != 0 && !gr_is_decl_start(t.type))
-                continue;
-            skipping = 0;
-            gr_parserFinalize(&parser);
-            gr_parserInit(&parser, u);
-            depth = nest = optblock = prev = prev2 = 0;
-        }
-        if (gr_is_decl_start(t.type) && depth == 0) {
-            decl = t.type;
-            decl_name.type = 0;
-        } else if (prev == decl && t.type == TK_IDENT && depth == 0) {
-            decl_name = t;
+        if (d.prev == TK_PATTERN && t.type != TK_JSON) {
+            /* `pattern` takes nothing but JSON: say so rather than "unexpected token". */
+            ast_error(u, t.off, t.len ? t.len : 1, "expected a JSON pattern ('{') after 'pattern'");
+            recover(&d, t);
+            continue;
         }
         if (t.type == TK_SEMI) {
-            if (!optblock || nest)
-                continue;       /* a ';' only separates options */
+            if (!d.optblock || d.nest)
+                continue;      /* a ';' only separates options */
             t.type = TK_NL;
-        } else if (optblock && nest == 0 && prev != TK_LBRACE && prev != TK_NL &&
+        } else if (d.optblock && d.nest == 0 && d.prev != TK_LBRACE && d.prev != TK_NL &&
                    t.type != TK_RBRACE && memchr(u->text + before, '\n', t.off - before)) {
             gr_token nl = { TK_NL, t.off, 0 };
-            gr_parser(&parser, TK_NL, nl);
-            if (u->syntax_failed)
-                goto failed;
-        }
-        if (t.type == TK_NL && (prev == TK_NL || prev == TK_LBRACE))
-            continue;
-        switch (t.type) {
-        case TK_LBRACE:
-            if (depth++ == 0 && (decl == TK_BUS || decl == TK_TARGET || decl == TK_SERVER))
-                optblock = 1;
-            break;
-        case TK_RBRACE:
-            if (depth > 0 && --depth == 0)
-                optblock = 0;
-            break;
-        case TK_LPAREN: case TK_LBRACKET: nest++; break;
-        case TK_RPAREN: case TK_RBRACKET: if (nest > 0) nest--; break;
-        default: break;
-        }
-        gr_parser(&parser, t.type, t);
-        prev2 = prev;
-        prev = t.type;
-        if (u->syntax_failed) {
-        failed:
-            errors++;
-            u->syntax_failed = 0;
-            ast_decl_broken(u, decl, decl_name);
-            if (t.type == 0)
-                break;
-            skipping = !gr_is_decl_start(t.type);
-            if (!skipping) {
-                /* The error was the declaration keyword itself: restart on it. */
-                gr_parserFinalize(&parser);
-                gr_parserInit(&parser, u);
-                depth = nest = optblock = 0;
-                decl = t.type;
-                gr_parser(&parser, t.type, t);
-                if (u->syntax_failed) {
-                    u->syntax_failed = 0;
-                    skipping = 1;
-                }
+            if (feed(&d, nl) != 0) {
+                recover(&d, t);
+                continue;
             }
-            continue;
         }
+        if (t.type == TK_NL && (d.prev == TK_NL || d.prev == TK_LBRACE))
+            continue;
+        if (feed(&d, t) != 0)
+            recover(&d, t);
         if (t.type == 0)
             break;
     }
-    gr_parserFinalize(&parser);
-    return errors;
+    gr_parserFinalize(&d.parser);
+    return d.errors;
 }
 
 }

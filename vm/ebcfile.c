@@ -224,6 +224,13 @@ static bool str_ok(const vm_program *p, vm_str s)
     return s.off <= p->nstrs && s.len <= p->nstrs - s.off;
 }
 
+/* A string printed as a name must end with the pool's NUL after it. */
+static bool name_ok(const vm_program *p, vm_str s)
+{
+    return str_ok(p, s) && s.off + s.len < p->nstrs && p->strs[s.off + s.len] == 0 &&
+           !memchr(p->strs + s.off, 0, s.len);
+}
+
 static bool range_ok(uint32_t first, uint32_t n, uint32_t total)
 {
     return first <= total && n <= total - first;
@@ -302,7 +309,7 @@ static bool code_ok(const vm_program *p, const vm_rule *r)
 static const char *verify(const vm_program *p)
 {
     for (uint32_t i = 0; i < p->nsrcs; i++)
-        if (!str_ok(p, p->srcs[i].name) || !str_ok(p, p->srcs[i].text))
+        if (!name_ok(p, p->srcs[i].name) || !str_ok(p, p->srcs[i].text))
             return "a source entry points outside the string pool";
     for (uint32_t i = 0; i < p->nsegs; i++)
         if (!str_ok(p, p->segs[i]))
@@ -330,7 +337,7 @@ static const char *verify(const vm_program *p)
             return "an instruction's source span is out of range";
     for (uint32_t i = 0; i < p->nrules; i++) {
         const vm_rule *r = &p->rules[i];
-        if (!str_ok(p, r->name) || (r->bus != VM_NONE && r->bus >= p->nbuses) ||
+        if (!name_ok(p, r->name) || (r->bus != VM_NONE && r->bus >= p->nbuses) ||
             !range_ok(r->tgt0, r->ntgt, p->nrule_targets) ||
             (r->dead_letter != VM_NONE && r->dead_letter >= p->ntargets) || !span_ok(p, r->span))
             return "a rule is malformed";
@@ -341,11 +348,11 @@ static const char *verify(const vm_program *p)
         if (p->rule_targets[i] >= p->ntargets)
             return "a rule names a target that does not exist";
     for (uint32_t i = 0; i < p->nbuses; i++)
-        if (!str_ok(p, p->buses[i].name) || !range_ok(p->buses[i].opt0, p->buses[i].nopt, p->ncfgs))
+        if (!name_ok(p, p->buses[i].name) || !range_ok(p->buses[i].opt0, p->buses[i].nopt, p->ncfgs))
             return "a bus is malformed";
     for (uint32_t i = 0; i < p->ntargets; i++) {
         const vm_target *t = &p->targets[i];
-        if (!str_ok(p, t->name) || !str_ok(p, t->kind) || t->value >= p->ncfgs ||
+        if (!name_ok(p, t->name) || !name_ok(p, t->kind) || t->value >= p->ncfgs ||
             !range_ok(t->opt0, t->nopt, p->ncfgs))
             return "a target is malformed";
     }

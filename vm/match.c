@@ -7,6 +7,13 @@
  * a direct (scalar) element of an array does not fix that array's element, so conditions on a
  * list of scalars may each use a different element.  Bindings are kept in c->bind, undone through
  * c->trail; choice points remember where to resume.
+ *
+ * Two facts keep the search small.  An array is bound only if a later TEST of the rule can look
+ * at it (its depth is within the TEST's keep_depth, see program.c): choices of other arrays cannot
+ * change the outcome, so they make no choice point.  And while no negation is left to run, more
+ * bindings can only make later conditions fail, never pass: a choice that bound nothing needs no
+ * alternative.  Where a negation follows, every alternative is kept.  A step budget per event
+ * bounds what is left (rules over several large arrays that all matter).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -58,6 +65,7 @@ vm_ctx *vm_ctx_new(const vm_program *p, const vm_options *opt)
         return NULL;
     c->p = p;
     c->max_depth = opt && opt->max_depth ? opt->max_depth : 128;
+    c->max_steps = opt && opt->max_steps ? opt->max_steps : 10000000;
     c->first = malloc((p->npaths + 1) * sizeof *c->first);
     c->last = malloc((p->npaths + 1) * sizeof *c->last);
     if (!c->first || !c->last) {
@@ -80,6 +88,7 @@ void vm_ctx_free(vm_ctx *c)
     free(c->last);
     free(c->touched.v);
     free(c->frames.v);
+    free(c->array_depth.v);
     free(c->bind);
     free(c->trail.v);
     free(c->choices.v);
@@ -290,13 +299,14 @@ static bool consistent(const vm_ctx *c, const vm_field *f)
     return true;
 }
 
-/* Binds the arrays of f that are not bound yet; returns how many it bound. */
-static uint32_t bind_field(vm_ctx *c, const vm_field *f)
+/* Binds the arrays of f that are not bound yet and that sit no deeper than keep (later
+ * conditions cannot see the others); returns how many it bound. */
+static uint32_t bind_field(vm_ctx *c, const vm_field *f, uint32_t keep)
 {
     const vm_memb *m = c->memb.v + f->memb;
     uint32_t added = 0;
     for (uint32_t i = 0; i < f->nmemb; i++) {
-        if (c->bind[m[i].array] < 0) {
+        if (c->bind[m[i].array] < 0 && c->array_depth.v[m[i].array] <= keep) {
             c->bind[m[i].array] = (int32_t)m[i].index;
             c->trail.v[c->trail.n++] = m[i].array;
             added++;
@@ -311,11 +321,15 @@ static void undo(vm_ctx *c, uint32_t height)
         c->bind[c->trail.v[--c->trail.n]] = -1;
 }
 
-/* Runs the code of rule r; returns 1 on a match, 0 on none, -1 when memory runs out. */
-static int run_rule(vm_ctx *c, const char *json, const vm_rule *r)
+/* Runs the code of rule number ri; returns 1 on a match, 0 on none, -1 when memory runs out,
+ * -2 when the event's step budget is spent. */
+static int run_rule(vm_ctx *c, const char *json, uint32_t ri)
 {
     const vm_program *p = c->p;
+    const vm_rule *r = &p->rules[ri];
     const vm_inst *code = p->code + r->code0;
+    const uint16_t *keep_depth = p->derived->keep_depth + r->code0;
+    const uint32_t last_not = p->derived->last_not[ri];
     uint32_t pc = 0, start = VM_NONE;
     c->choices.n = 0;
     for (;;) {
@@ -328,6 +342,8 @@ static int run_rule(vm_ctx *c, const char *json, const vm_rule *r)
             start = VM_NONE;
             for (; f != VM_NONE; f = c->fields.v[f].next) {
                 const vm_field *fd = &c->fields.v[f];
+                if (++c->steps > c->max_steps)
+                    return -2;
                 if (fd->nmemb && !consistent(c, fd))
                     continue;
                 bool pass = leaf_passes(c, json, t, fd);
@@ -339,9 +355,11 @@ static int run_rule(vm_ctx *c, const char *json, const vm_rule *r)
             if (f == VM_NONE)
                 goto fail;
             const vm_field *fd = &c->fields.v[f];
-            uint32_t height = c->trail.n;
-            if (fd->nmemb && bind_field(c, fd) > 0 && fd->next != VM_NONE) {
-                /* Another field may lead elsewhere if this choice fails later. */
+            uint32_t height = c->trail.n, keep = keep_depth[pc];
+            uint32_t added = fd->nmemb && keep ? bind_field(c, fd, keep) : 0;
+            /* Another field may lead elsewhere if this choice fails later: when this one bound
+             * an array, or when a negation follows (more bindings may then help). */
+            if (fd->next != VM_NONE && (added > 0 || (pc < last_not && keep > 0))) {
                 struct vm_choice cp = { CP_TEST, pc, height, fd->next };
                 if (!VM_BUF_PUSH(c->choices, cp))
                     return -1;
@@ -357,8 +375,9 @@ static int run_rule(vm_ctx *c, const char *json, const vm_rule *r)
             continue;
         }
         case VM_OP_JOIN:
-            /* The branch bound nothing: its alternatives would meet the same state. */
-            if (c->choices.n > 0) {
+            /* The branch bound nothing: the other branches can only reach the same state or one
+             * with more bindings, which helps nothing unless a negation follows. */
+            if (c->choices.n > 0 && pc >= last_not) {
                 struct vm_choice *top = &c->choices.v[c->choices.n - 1];
                 if (top->kind == CP_FORK && top->pc == VM_A(in) && top->trail == c->trail.n)
                     c->choices.n--;
@@ -386,6 +405,8 @@ static int run_rule(vm_ctx *c, const char *json, const vm_rule *r)
             undo(c, 0);
             return 0;
         }
+        if (++c->steps > c->max_steps)
+            return -2;
         {
             struct vm_choice cp = c->choices.v[--c->choices.n];
             undo(c, cp.trail);
@@ -404,7 +425,8 @@ vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
     for (uint32_t i = 0; i < c->touched.n; i++)
         c->first[c->touched.v[i]] = VM_NONE;
     c->touched.n = c->fields.n = c->memb.n = c->stack.n = c->frames.n = 0;
-    c->narrays = 0;
+    c->narrays = c->array_depth.n = 0;
+    c->steps = 0;
     c->matched.n = 0;
     *rules = NULL;
     *nrules = 0;
@@ -433,7 +455,16 @@ vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
     for (uint32_t r = 0; r < p->nrules; r++) {
         if (bus != VM_NONE && p->rules[r].bus != bus)
             continue;
-        int m = run_rule(c, json, &p->rules[r]);
+        int m = run_rule(c, json, r);
+        if (m == -2) {
+            undo(c, 0);
+            err->code = VM_ERR_LIMIT;
+            err->offset = 0;
+            snprintf(err->msg, sizeof err->msg, "matching rule '%s' took more than %zu steps: "
+                     "the event's arrays are too large for its conditions", vm_s(p, p->rules[r].name),
+                     c->max_steps);
+            return VM_ERR_LIMIT;
+        }
         if (m < 0)
             goto nomem;
         if (m && !VM_BUF_PUSH(c->matched, r))

@@ -66,68 +66,170 @@ void vm_trie_free(struct vm_trie *t)
     free(t);
 }
 
-/* Builds the trie: first as a tree with per-node edge lists in insertion order (an edge list
- * entry per (parent, key)), then each node's edges sorted and laid out contiguously. */
+/* A hash of (parent node, key) to child node, used while the trie is built. */
+typedef struct {
+    uint32_t *slots;   /* edge index + 1, 0 = empty */
+    size_t mask;
+} edge_table;
+
+static size_t edge_hash(uint32_t parent, const char *k, size_t n)
+{
+    uint64_t h = 1469598103934665603ull ^ parent;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)k[i]) * 1099511628211ull;
+    return (size_t)(h ^ (h >> 29));
+}
+
+/* Builds the trie: nodes are made by walking every path (a hash table finds existing edges),
+ * then each node's edges are sorted and laid out contiguously.  Returns NULL when memory runs
+ * out or the paths are too many (a program may reuse segments in many paths). */
 static struct vm_trie *build_trie(const vm_program *p)
 {
-    struct vm_trie *t = calloc(1, sizeof *t);
-    uint32_t cap = 1;
+    size_t cap = 1;
     for (uint32_t i = 0; i < p->npaths; i++)
         cap += p->paths[i].nseg;
-    typedef struct { uint32_t parent; vm_trie_edge e; } raw_edge;
-    raw_edge *raw = malloc(cap * sizeof *raw);
+    if (cap > ((size_t)1 << 28))
+        return NULL;
+    struct vm_trie *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    edge_table h = { NULL, 0 };
+    size_t slots = 16;
+    while (slots < cap * 2)
+        slots *= 2;
+    h.slots = calloc(slots, sizeof *h.slots);
+    h.mask = slots - 1;
     t->nodes = malloc(cap * sizeof *t->nodes);
     t->edges = malloc(cap * sizeof *t->edges);
-    if (!t || !raw || !t->nodes || !t->edges)
+    uint32_t *parent = malloc(cap * sizeof *parent);   /* per edge: the node it leaves */
+    vm_trie_edge *raw = malloc(cap * sizeof *raw);
+    if (!h.slots || !t->nodes || !t->edges || !parent || !raw)
         goto nomem;
     t->nnodes = 1;
-    t->nodes[0].path = VM_NONE;
+    t->nodes[0] = (vm_trie_node){ VM_NONE, 0, 0, 0 };
     uint32_t nraw = 0;
     for (uint32_t i = 0; i < p->npaths; i++) {
         uint32_t node = 0;
         for (uint32_t s = 0; s < p->paths[i].nseg; s++) {
             vm_str seg = p->segs[p->paths[i].seg0 + s];
             const char *key = vm_s(p, seg);
+            size_t at = edge_hash(node, key, seg.len) & h.mask;
             uint32_t child = VM_NONE;
-            for (uint32_t r = 0; r < nraw && child == VM_NONE; r++)
-                if (raw[r].parent == node && raw[r].e.len == seg.len &&
-                    memcmp(raw[r].e.key, key, seg.len) == 0)
-                    child = raw[r].e.child;
+            for (; h.slots[at]; at = (at + 1) & h.mask) {
+                const vm_trie_edge *e = &raw[h.slots[at] - 1];
+                if (parent[h.slots[at] - 1] == node && e->len == seg.len &&
+                    memcmp(e->key, key, seg.len) == 0) {
+                    child = e->child;
+                    break;
+                }
+            }
             if (child == VM_NONE) {
                 child = t->nnodes++;
-                t->nodes[child].path = VM_NONE;
-                raw[nraw].parent = node;
-                raw[nraw].e = (vm_trie_edge){ key, seg.len, child };
-                nraw++;
+                t->nodes[child] = (vm_trie_node){ VM_NONE, 0, 0, t->nodes[node].depth + 1 };
+                parent[nraw] = node;
+                raw[nraw] = (vm_trie_edge){ key, seg.len, child };
+                h.slots[at] = ++nraw;
             }
             node = child;
         }
         t->nodes[node].path = i;
     }
-    /* Lay the edges out per parent, sorted. */
+    /* Lay the edges out per parent (a counting sort), each node's edges sorted by key. */
+    for (uint32_t n = 0; n < t->nnodes; n++)
+        t->nodes[n].nedge = 0;
+    for (uint32_t r = 0; r < nraw; r++)
+        t->nodes[parent[r]].nedge++;
     uint32_t at = 0;
     for (uint32_t n = 0; n < t->nnodes; n++) {
         t->nodes[n].edge0 = at;
-        for (uint32_t r = 0; r < nraw; r++)
-            if (raw[r].parent == n)
-                t->edges[at++] = raw[r].e;
-        t->nodes[n].nedge = at - t->nodes[n].edge0;
-        qsort(t->edges + t->nodes[n].edge0, t->nodes[n].nedge, sizeof *t->edges, edge_order);
+        at += t->nodes[n].nedge;
+        t->nodes[n].nedge = 0;
     }
-    t->nedges = at;
+    for (uint32_t r = 0; r < nraw; r++) {
+        vm_trie_node *pn = &t->nodes[parent[r]];
+        t->edges[pn->edge0 + pn->nedge++] = raw[r];
+    }
+    for (uint32_t n = 0; n < t->nnodes; n++)
+        qsort(t->edges + t->nodes[n].edge0, t->nodes[n].nedge, sizeof *t->edges, edge_order);
+    t->nedges = nraw;
     free(raw);
+    free(parent);
+    free(h.slots);
     return t;
 nomem:
     free(raw);
+    free(parent);
+    free(h.slots);
     vm_trie_free(t);
     return NULL;
 }
 
+/* The number of leading segments paths a and b share. */
+static uint32_t common_prefix(const vm_program *p, uint32_t a, uint32_t b)
+{
+    const vm_path *pa = &p->paths[a], *pb = &p->paths[b];
+    uint32_t n = 0;
+    while (n < pa->nseg && n < pb->nseg) {
+        vm_str x = p->segs[pa->seg0 + n], y = p->segs[pb->seg0 + n];
+        if (x.len != y.len || memcmp(vm_s(p, x), vm_s(p, y), x.len) != 0)
+            break;
+        n++;
+    }
+    return n;
+}
+
+/* Works out, for every rule, where its last negation ends, and for every TEST how deep the
+ * arrays it may bind are still looked at by a later TEST of the rule (see match.c). */
+static bool analyse_code(vm_program *p, struct vm_derived *d)
+{
+    d->keep_depth = calloc(p->ncode ? p->ncode : 1, sizeof *d->keep_depth);
+    d->last_not = calloc(p->nrules ? p->nrules : 1, sizeof *d->last_not);
+    if (!d->keep_depth || !d->last_not)
+        return false;
+    for (uint32_t r = 0; r < p->nrules; r++) {
+        const vm_rule *rule = &p->rules[r];
+        const vm_inst *code = p->code + rule->code0;
+        for (uint32_t pc = 0; pc < rule->ncode; pc++) {
+            if (VM_OP(code[pc]) == VM_OP_NOT)
+                d->last_not[r] = pc + 1;
+            if (VM_OP(code[pc]) != VM_OP_TEST)
+                continue;
+            uint32_t keep = 0;
+            for (uint32_t later = pc + 1; later < rule->ncode; later++)
+                if (VM_OP(code[later]) == VM_OP_TEST) {
+                    uint32_t n = common_prefix(p, VM_A(code[pc]), VM_A(code[later]));
+                    if (n > keep)
+                        keep = n;
+                }
+            d->keep_depth[rule->code0 + pc] = (uint16_t)(keep > 0xffff ? 0xffff : keep);
+        }
+    }
+    return true;
+}
+
+void vm_derived_free(struct vm_derived *d)
+{
+    if (!d)
+        return;
+    vm_trie_free(d->trie);
+    free(d->keep_depth);
+    free(d->last_not);
+    free(d);
+}
+
 vm_status vm_program_prepare(vm_program *p)
 {
-    vm_trie_free(p->trie);
-    p->trie = build_trie(p);
-    return p->trie ? VM_OK : VM_ERR_NOMEM;
+    vm_derived_free(p->derived);
+    p->derived = calloc(1, sizeof *p->derived);
+    if (!p->derived)
+        return VM_ERR_NOMEM;
+    p->derived->trie = build_trie(p);
+    if (!p->derived->trie || !analyse_code(p, p->derived)) {
+        vm_derived_free(p->derived);
+        p->derived = NULL;
+        return VM_ERR_NOMEM;
+    }
+    return VM_OK;
 }
 
 void vm_program_free(vm_program *p)
@@ -150,6 +252,6 @@ void vm_program_free(vm_program *p)
     free(p->buses);
     free(p->targets);
     free(p->cfgs);
-    vm_trie_free(p->trie);
+    vm_derived_free(p->derived);
     free(p);
 }

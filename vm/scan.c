@@ -100,46 +100,39 @@ static vm_status read_number(scanner *S)
     return VM_OK;
 }
 
-/* Decodes a JSON string body into the context's scratch buffer; returns its length. */
-static size_t decode_key(vm_ctx *c, const char *s, size_t n, const char **out);
-
-/* The trie node reached from `node` by key k (raw, escaped if `escaped`).  A key with dots also
- * reaches the node of its dot-separated parts, as event-ruler flattens names with dots. */
-static uint32_t lookup(scanner *S, uint32_t node, const char *k, size_t len, bool escaped)
+/* The trie node reached from `node` by the key k[0..len) (still escaped if `escaped`), in *out
+ * (VM_NONE: no rule looks below it).  A key with dots reaches the node of its dot-separated
+ * parts: names are flattened with dots, as in event-ruler, so {"a.b": 1} is {"a": {"b": 1}}. */
+static vm_status lookup(scanner *S, uint32_t node, const char *k, size_t len, bool escaped,
+                        uint32_t *out)
 {
-    const struct vm_trie *t = S->c->p->trie;
+    vm_ctx *c = S->c;
+    const struct vm_trie *t = c->p->derived->trie;
+    *out = VM_NONE;
     if (node == VM_NONE || t->nodes[node].nedge == 0)
-        return VM_NONE;
-    if (escaped)
-        len = decode_key(S->c, k, len, &k);
-    uint32_t child = vm_trie_child(t, node, k, len);
-    if (child != VM_NONE || !memchr(k, '.', len))
-        return child;
+        return VM_OK;
+    if (escaped) {
+        if (c->dec_cap < len + 1) {
+            char *d = realloc(c->dec, len + 64);
+            if (!d)
+                return fail(S, S->p, VM_ERR_NOMEM, "out of memory");
+            c->dec = d;
+            c->dec_cap = len + 64;
+        }
+        len = vm_json_unescape(k, len, c->dec);
+        k = c->dec;
+    }
     const char *end = k + len;
-    while (node != VM_NONE) {
+    for (;;) {
         const char *dot = memchr(k, '.', (size_t)(end - k));
         const char *stop = dot ? dot : end;
         node = vm_trie_child(t, node, k, (size_t)(stop - k));
-        if (!dot)
+        if (!dot || node == VM_NONE)
             break;
         k = dot + 1;
     }
-    return node;
-}
-
-static size_t decode_key(vm_ctx *c, const char *s, size_t n, const char **out)
-{
-    if (c->dec_cap < n + 1) {
-        char *d = realloc(c->dec, n + 64);
-        if (!d) {
-            *out = s;
-            return n;
-        }
-        c->dec = d;
-        c->dec_cap = n + 64;
-    }
-    *out = c->dec;
-    return vm_json_unescape(s, n, c->dec);
+    *out = node;
+    return VM_OK;
 }
 
 /* Records a leaf at trie node `node` (if a path ends there). */
@@ -149,7 +142,7 @@ static vm_status add_field(scanner *S, uint32_t node, uint8_t type, bool escaped
     vm_ctx *c = S->c;
     if (node == VM_NONE)
         return VM_OK;
-    uint32_t path = c->p->trie->nodes[node].path;
+    uint32_t path = c->p->derived->trie->nodes[node].path;
     if (path == VM_NONE)
         return VM_OK;
     vm_field f = { type, escaped, (uint32_t)off, (uint32_t)len, c->memb.n, c->stack.n, VM_NONE };
@@ -170,20 +163,27 @@ static vm_status add_field(scanner *S, uint32_t node, uint8_t type, bool escaped
     return VM_OK;
 }
 
-/* Opens a container at S->p ('{' or '['), read at trie node `node`; `elem` says whether it is
- * an element of the array in frame `parent` (then its elements' leaves lie in that element). */
+/* Opens a container at S->p ('{' or '['), read at trie node `node`.  When the frame `parent`
+ * is an array, the container is one of its elements, and the leaves inside lie in it. */
 static vm_status open_container(scanner *S, uint32_t node, struct vm_frame *parent)
 {
     vm_ctx *c = S->c;
-    const vm_trie_node *tn = node == VM_NONE ? NULL : &c->p->trie->nodes[node];
+    const vm_trie_node *tn = node == VM_NONE ? NULL : &c->p->derived->trie->nodes[node];
     struct vm_frame f = { S->s[S->p] == '[', 0, node, 0, 0 };
     if (c->frames.n >= c->max_depth)
         return fail(S, S->p, VM_ERR_LIMIT, "the event is nested too deeply");
     /* Nothing below can be referenced: keep validating, but look nothing up. */
     if (!tn || (tn->nedge == 0 && (!f.array || tn->path == VM_NONE)))
         f.node = VM_NONE;
-    if (f.array)
+    if (f.array) {
+        /* An array's depth (the segments to the key that holds it) tells the matcher whether a
+         * later condition can look at it; one nothing can reach gets the greatest depth. */
         f.id = c->narrays++;
+        uint16_t depth = f.node == VM_NONE ? UINT16_MAX
+                       : (uint16_t)(tn->depth < UINT16_MAX ? tn->depth : UINT16_MAX);
+        if (!VM_BUF_PUSH(c->array_depth, depth))
+            return fail(S, S->p, VM_ERR_NOMEM, "out of memory");
+    }
     if (parent && parent->array && f.node != VM_NONE) {
         vm_memb m = { parent->id, parent->index };
         if (!VM_BUF_PUSH(c->stack, m))
@@ -303,7 +303,8 @@ vm_status vm_scan(vm_ctx *c, const char *json, size_t len, vm_error *err)
             bool esc;
             if ((st = read_string(&S, &esc)) != VM_OK)
                 return st;
-            node = lookup(&S, f->node, json + kstart, S.p - kstart - 1, esc);
+            if ((st = lookup(&S, f->node, json + kstart, S.p - kstart - 1, esc, &node)) != VM_OK)
+                return st;
             skip_ws(&S);
             if (S.p >= S.n || json[S.p] != ':')
                 return fail(&S, S.p, VM_ERR_EVENT, "expected ':' after an object key");

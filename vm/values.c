@@ -2,6 +2,8 @@
  * values.c — the value semantics shared by the compiler and the VM: IP addresses, canonical
  * decimal numbers, wildcard matching, CRC32C.
  */
+#define _GNU_SOURCE   /* strtod_l */
+#include <locale.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -161,15 +163,27 @@ size_t vm_json_number_len(const char *s, size_t n, const char **why)
     return p;
 }
 
+static locale_t c_locale;
+static pthread_once_t c_locale_once = PTHREAD_ONCE_INIT;
+
+static void make_c_locale(void)
+{
+    c_locale = newlocale(LC_ALL_MASK, "C", (locale_t)0);
+}
+
 bool vm_number_value(const char *s, size_t n, double *d)
 {
-    char buf[64], *heap = NULL, *tmp = buf;
+    /* strtod needs a terminated copy; event numbers longer than the stack buffer are rare
+     * enough to take a malloc.  The C locale keeps '.' the decimal point whatever the
+     * program's locale is. */
+    char buf[128], *heap = NULL, *tmp = buf;
     if (n >= sizeof buf && !(tmp = heap = malloc(n + 1)))
         return false;
     memcpy(tmp, s, n);
     tmp[n] = 0;
+    pthread_once(&c_locale_once, make_c_locale);
     char *end;
-    *d = strtod(tmp, &end);
+    *d = c_locale ? strtod_l(tmp, &end, c_locale) : strtod(tmp, &end);
     bool ok = end == tmp + n && isfinite(*d);
     if (ok && *d == 0) {
         /* A non-zero literal that rounds to zero lies outside the range too. */
@@ -193,6 +207,18 @@ static uint32_t hex4(const char *s)
     return v;
 }
 
+size_t vm_json_escape_len(const char *s, size_t n)
+{
+    if (n < 2 || s[1] != 'u')
+        return 2;
+    if (n >= 12 && hex4(s + 2) >= 0xD800 && hex4(s + 2) <= 0xDBFF && s[6] == '\\' && s[7] == 'u') {
+        uint32_t lo = hex4(s + 8);
+        if (lo >= 0xDC00 && lo <= 0xDFFF)
+            return 12;   /* a surrogate pair: one code point */
+    }
+    return 6;
+}
+
 size_t vm_json_unescape(const char *s, size_t n, char *out)
 {
     static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
@@ -202,23 +228,18 @@ size_t vm_json_unescape(const char *s, size_t n, char *out)
             out[o++] = s[i++];
             continue;
         }
-        if (s[i + 1] != 'u') {
-            out[o++] = to[strchr(from, s[i + 1]) - from];
-            i += 2;
-            continue;
-        }
-        uint32_t cp = hex4(s + i + 2);
-        i += 6;
-        if (cp >= 0xD800 && cp <= 0xDBFF && i + 6 <= n && s[i] == '\\' && s[i + 1] == 'u') {
-            uint32_t lo = hex4(s + i + 2);
-            if (lo >= 0xDC00 && lo <= 0xDFFF) {
-                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-                i += 6;
-            }
-        }
+        size_t len = vm_json_escape_len(s + i, n - i);
+        uint32_t cp;
+        if (len == 2)
+            cp = (unsigned char)to[strchr(from, s[i + 1]) - from];
+        else if (len == 12)
+            cp = 0x10000 + ((hex4(s + i + 2) - 0xD800) << 10) + (hex4(s + i + 8) - 0xDC00);
+        else
+            cp = hex4(s + i + 2);
         if (cp >= 0xD800 && cp <= 0xDFFF)
             cp = 0xFFFD;  /* a lone surrogate cannot be UTF-8: it reads as U+FFFD */
         o += vm_utf8_encode(cp, out + o);
+        i += len;
     }
     return o;
 }

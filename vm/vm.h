@@ -106,7 +106,7 @@ typedef enum {
 
 enum {
     VM_TF_NEG   = 1 << 0, /* the leaf exists and passes none of the constants */
-    VM_TF_CI    = 1 << 1, /* compare case-insensitively (Unicode simple case folding) */
+    VM_TF_CI    = 1 << 1, /* compare case-insensitively (Unicode full case folding) */
     VM_TF_ASNUM = 1 << 2, /* a string value that spells a JSON number is compared as that number */
 };
 
@@ -183,7 +183,7 @@ typedef struct vm_program {
     vm_target *targets; uint32_t ntargets;
     vm_cfg *cfgs;      uint32_t ncfgs;
     uint32_t server0, nserver; /* the server { } block's options, in cfgs */
-    struct vm_trie *trie;      /* derived at load time: the scanner's path trie */
+    struct vm_derived *derived; /* worked out at load time (vm_program_prepare) */
 } vm_program;
 
 /* A string of the pool, as pointer + length. */
@@ -225,7 +225,7 @@ vm_program *vm_program_parse(const uint8_t *buf, size_t len, vm_error *err);
 /* Reads and parses a file. */
 vm_program *vm_program_load(const char *path, vm_error *err);
 
-/* Builds the derived tables (the path trie) of a program made in memory.  vm_program_parse does
+/* Works out the derived tables (the scanner's path trie, ...) of a program made in memory.  vm_program_parse does
  * this itself.  Returns VM_OK or VM_ERR_NOMEM. */
 vm_status vm_program_prepare(vm_program *p);
 
@@ -241,6 +241,8 @@ typedef struct vm_ctx vm_ctx;
 
 typedef struct {
     size_t max_depth;    /* nesting limit for events; 0 means the default (128) */
+    size_t max_steps;    /* work limit for matching one event; 0 means the default (10 million):
+                            fields examined plus choices revisited, see docs/bytecode.md */
 } vm_options;
 
 vm_ctx *vm_ctx_new(const vm_program *p, const vm_options *opt);
@@ -308,13 +310,17 @@ bool vm_number_value(const char *s, size_t n, double *d);
  * surrogate escape becomes U+FFFD.  Returns the decoded length. */
 size_t vm_json_unescape(const char *s, size_t n, char *out);
 
+/* The length of the checked escape sequence at s (s[0] is the backslash): 2, 6 for \uXXXX, or
+ * 12 for a \uXXXX\uXXXX surrogate pair that makes one code point. */
+size_t vm_json_escape_len(const char *s, size_t n);
+
 /* Runs regex re of p over UTF-8 text; scratch must hold 2 * regex.ninst uint32_t entries
  * plus regex.ninst bytes (vm_regex_scratch_size). */
 size_t vm_regex_scratch_size(const vm_program *p, uint32_t re);
 bool vm_regex_match(const vm_program *p, uint32_t re, const char *s, size_t n, void *scratch);
 
-/* Wildcard match: '*' matches any run, "\*" a star, "\\" a backslash.  With ci, both sides are
- * expected to be case-folded already. */
+/* Wildcard match: '*' matches any run, "\*" a star, "\\" a backslash.  Bytes are compared;
+ * to ignore case, pass both sides case-folded. */
 bool vm_wildcard_match(const char *pat, size_t np, const char *s, size_t n);
 
 #endif

@@ -11,6 +11,7 @@
 typedef struct {
     uint32_t path;        /* the path ending here, or VM_NONE */
     uint32_t edge0, nedge;
+    uint32_t depth;       /* segments from the root */
 } vm_trie_node;
 
 typedef struct {
@@ -30,6 +31,20 @@ struct vm_trie {
 uint32_t vm_trie_child(const struct vm_trie *t, uint32_t n, const char *k, size_t len);
 
 void vm_trie_free(struct vm_trie *t);
+
+/* What vm_program_prepare works out from a program's tables: never stored, always derived. */
+struct vm_derived {
+    struct vm_trie *trie;
+    /* Per instruction: for a TEST, the number of leading segments its path shares with the path of
+     * some later TEST of the rule.  An array this TEST's field lies in matters to the rest of the
+     * rule only if it sits at most that deep; deeper ones need no binding and no choice point. */
+    uint16_t *keep_depth;
+    /* Per rule: one past the address of its last NOT (0: none).  Before it a negation may still
+     * follow, and more bindings can then turn a failure into a match. */
+    uint32_t *last_not;
+};
+
+void vm_derived_free(struct vm_derived *d);
 
 /* A leaf of the event that some rule looks at. */
 enum { VM_J_STR, VM_J_NUM, VM_J_TRUE, VM_J_FALSE, VM_J_NULL };
@@ -58,6 +73,8 @@ struct vm_ctx {
     uint32_t *first, *last;   /* per path: its fields, as a list */
     VM_BUF(uint32_t) touched; /* paths with fields, to reset */
     uint32_t narrays;
+    VM_BUF(uint16_t) array_depth;   /* per array: the depth of the key that holds it */
+    size_t max_steps, steps;        /* the matcher's work budget for one event */
     /* scanner frames */
     VM_BUF(struct vm_frame) frames;
     /* matcher */

@@ -122,8 +122,10 @@ static char *run_events(vm_program *p, const char *events)
             const uint32_t *rules;
             size_t nr;
             vm_error err;
-            if (vm_match(c, VM_NONE, e, n, &rules, &nr, &err) != VM_OK) {
-                fprintf(m, "%d: error: invalid event: %s\n", lineno, err.msg);
+            vm_status st = vm_match(c, VM_NONE, e, n, &rules, &nr, &err);
+            if (st != VM_OK) {
+                fprintf(m, "%d: error: %s%s\n", lineno, st == VM_ERR_EVENT ? "invalid event: " : "",
+                        err.msg);
             } else {
                 fprintf(m, "%d:", lineno);
                 for (size_t i = 0; i < nr; i++)

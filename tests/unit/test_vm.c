@@ -229,3 +229,65 @@ Test(vm, regex_matching_is_linear)
     free(ev);
     vm_program_free(p);
 }
+
+/* Builds {"data": {"<name>": [{"x": 1}, ...n times], ..., "z": 4}} for the given array names. */
+static char *arrays_event(const char *const *names, int narrays, int n, size_t *len)
+{
+    char *ev = malloc((size_t)(narrays * n * 24 + 256));   /* an element is 20 bytes */
+    size_t k = (size_t)sprintf(ev, "{\"data\": {");
+    for (int a = 0; a < narrays; a++) {
+        k += (size_t)sprintf(ev + k, "\"%s\": [", names[a]);
+        for (int i = 0; i < n; i++)
+            k += (size_t)sprintf(ev + k, "%s{\"x\": 1, \"y\": 1}", i ? ", " : "");
+        k += (size_t)sprintf(ev + k, "], ");
+    }
+    k += (size_t)sprintf(ev + k, "\"z\": 4}}");
+    *len = k;
+    return ev;
+}
+
+Test(vm, independent_arrays_do_not_multiply_the_work, .timeout = 10)
+{
+    /* Each array is looked at by one condition only: its choice cannot matter to the others,
+     * so the failing last condition ends the rule at once rather than after 300^3 tries. */
+    vm_program *p = compile("bus b\nrule r on b { match data.a[].x == 1 and data.b[].x == 1 "
+                            "and data.c[].x == 1 and data.z == 5 }\n");
+    static const char *const names[] = { "a", "b", "c" };
+    size_t len;
+    char *ev = arrays_event(names, 3, 300, &len);
+    /* A budget of 100,000 steps is ample for 900 fields, and far too small for 300^3 tries. */
+    vm_options opt = { .max_steps = 100000 };
+    vm_ctx *c = vm_ctx_new(p, &opt);
+    const uint32_t *r;
+    size_t n;
+    vm_error err;
+    cr_expect_eq(vm_match(c, VM_NONE, ev, len, &r, &n, &err), VM_OK, "%s", err.msg);
+    cr_expect_eq(n, 0);
+    vm_ctx_free(c);
+    free(ev);
+    vm_program_free(p);
+}
+
+Test(vm, the_step_budget_stops_a_blowup_and_names_the_rule, .timeout = 10)
+{
+    /* Two arrays each looked at twice: every pair of elements is a candidate. */
+    vm_program *p = compile("bus b\nrule heavy on b { match data.a[].x == 1 and data.b[].x == 1 "
+                            "and data.a[].y == 1 and data.b[].y == 1 and data.z == 5 }\n");
+    static const char *const names[] = { "a", "b" };
+    size_t len;
+    char *ev = arrays_event(names, 2, 400, &len);
+    vm_options opt = { .max_steps = 100000 };
+    vm_ctx *c = vm_ctx_new(p, &opt);
+    const uint32_t *r;
+    size_t n;
+    vm_error err;
+    cr_expect_eq(vm_match(c, VM_NONE, ev, len, &r, &n, &err), VM_ERR_LIMIT);
+    cr_expect(strstr(err.msg, "matching rule 'heavy' took more than 100000 steps"), "%s", err.msg);
+    /* The context is still usable, and small events match as before. */
+    const char *ok = "{\"data\": {\"a\": [{\"x\": 1, \"y\": 1}], \"b\": [{\"x\": 1, \"y\": 1}], \"z\": 5}}";
+    cr_expect_eq(vm_match(c, VM_NONE, ok, strlen(ok), &r, &n, &err), VM_OK);
+    cr_expect_eq(n, 1);
+    vm_ctx_free(c);
+    free(ev);
+    vm_program_free(p);
+}
