@@ -80,28 +80,55 @@ vm_str cc_str(cc_comp *c, const char *s, size_t n)
 
 /* ---- paths ----------------------------------------------------------------------------------- */
 
+/* Paths are interned through a hash of their segments' pool offsets (equal strings share an
+ * offset, see cc_str); slots hold path index + 1. */
+static uint64_t path_hash(const vm_str *ss, uint32_t n)
+{
+    uint64_t h = 1469598103934665603ull ^ n;
+    for (uint32_t i = 0; i < n; i++)
+        h = (h ^ ss[i].off) * 1099511628211ull;
+    return h ^ (h >> 31);
+}
+
+static void path_table_grow(cc_comp *c)
+{
+    uint32_t cap = c->path_slots_cap ? c->path_slots_cap * 2 : 256;
+    uint32_t *slots = calloc(cap, sizeof *slots);
+    if (!slots)
+        abort();
+    for (uint32_t p = 0; p < c->paths.n; p++) {
+        uint64_t h = path_hash(c->segs.v + c->paths.v[p].seg0, c->paths.v[p].nseg) & (cap - 1);
+        while (slots[h])
+            h = (h + 1) & (cap - 1);
+        slots[h] = p + 1;
+    }
+    free(c->path_slots);
+    c->path_slots = slots;
+    c->path_slots_cap = cap;
+}
+
 uint32_t cc_path(cc_comp *c, const char *const *segs, const size_t *lens, uint32_t nseg)
 {
-    vm_str tmp[64];
-    vm_str *ss = nseg <= 64 ? tmp : cc_xmalloc(nseg * sizeof *ss);
+    vm_str ss[CC_MAX_PATH];
+    if (nseg > CC_MAX_PATH)
+        abort();   /* the lowering passes check the limit first */
     for (uint32_t i = 0; i < nseg; i++)
         ss[i] = cc_str(c, segs[i], lens[i]);
-    uint32_t found = VM_NONE;
-    for (uint32_t p = 0; p < c->paths.n && found == VM_NONE; p++) {
-        vm_path e = c->paths.v[p];
+    if ((c->paths.n + 1) * 2 > c->path_slots_cap)
+        path_table_grow(c);
+    uint32_t mask = c->path_slots_cap - 1;
+    uint64_t h = path_hash(ss, nseg) & mask;
+    for (; c->path_slots[h]; h = (h + 1) & mask) {
+        vm_path e = c->paths.v[c->path_slots[h] - 1];
         if (e.nseg == nseg && memcmp(c->segs.v + e.seg0, ss, nseg * sizeof *ss) == 0)
-            found = p;
+            return c->path_slots[h] - 1;
     }
-    if (found == VM_NONE) {
-        vm_path e = { c->segs.n, nseg };
-        for (uint32_t i = 0; i < nseg; i++)
-            vec_push(c->segs, ss[i]);
-        vec_push(c->paths, e);
-        found = c->paths.n - 1;
-    }
-    if (ss != tmp)
-        free(ss);
-    return found;
+    vm_path e = { c->segs.n, nseg };
+    for (uint32_t i = 0; i < nseg; i++)
+        vec_push(c->segs, ss[i]);
+    vec_push(c->paths, e);
+    c->path_slots[h] = c->paths.n;
+    return c->paths.n - 1;
 }
 
 bool cc_split_name(const char *s, size_t n, const char **segs, size_t *lens, uint32_t *nseg)

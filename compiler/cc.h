@@ -65,7 +65,17 @@ typedef struct {
     uint32_t index;
 } cc_name;
 
-typedef VEC(cc_name) cc_names;
+/* Declared names of one kind, with a hash index (slots hold index + 1). */
+typedef struct {
+    cc_name *v;
+    uint32_t n, cap;
+    uint32_t *slots, nslots;
+} cc_names;
+
+/* The index of name s[0..len) in list, or -1. */
+int cc_names_find(const cc_names *list, const char *s, size_t len);
+void cc_names_add(cc_names *list, cc_name e);
+void cc_names_free(cc_names *list);
 
 struct cc_comp {
     /* arena */
@@ -88,6 +98,7 @@ struct cc_comp {
     VEC(vm_source) srcs;
     VEC(vm_str) segs;
     VEC(vm_path) paths;
+    uint32_t *path_slots, path_slots_cap;   /* hash of paths, see cc_path */
     VEC(vm_const) consts;
     VEC(vm_test) tests;
     VEC(vm_regex) regexes;

@@ -168,8 +168,9 @@ static void comp_free(cc_comp *c)
         free(c->broken.v[i]);
     cc_strtab_free(c);
     free(c->units.v); free(c->msgs.v); free(c->broken.v);
-    free(c->buses.v); free(c->targets.v); free(c->rules.v); free(c->dups.v);
-    free(c->strs.v); free(c->srcs.v); free(c->segs.v); free(c->paths.v); free(c->consts.v);
+    cc_names_free(&c->buses); cc_names_free(&c->targets); cc_names_free(&c->rules);
+    cc_names_free(&c->dups);
+    free(c->path_slots); free(c->strs.v); free(c->srcs.v); free(c->segs.v); free(c->paths.v); free(c->consts.v);
     free(c->tests.v); free(c->regexes.v); free(c->re_insts.v); free(c->re_ranges.v);
     free(c->code.v); free(c->code_spans.v); free(c->prules.v); free(c->rule_targets.v);
     free(c->pbuses.v); free(c->ptargets.v); free(c->cfgs.v);

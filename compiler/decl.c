@@ -17,12 +17,55 @@ static const char *ident(cc_unit *u, const gr_token *t)
     return cc_token_text(u, t);
 }
 
-static int find_name(const cc_name *v, uint32_t n, const char *s, size_t len)
+static uint64_t name_hash(const char *s, size_t n)
 {
-    for (uint32_t i = 0; i < n; i++)
-        if (strlen(v[i].name) == len && memcmp(v[i].name, s, len) == 0)
-            return (int)i;
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    return h ^ (h >> 29);
+}
+
+int cc_names_find(const cc_names *list, const char *s, size_t len)
+{
+    if (!list->nslots)
+        return -1;
+    for (uint64_t h = name_hash(s, len) & (list->nslots - 1); list->slots[h];
+         h = (h + 1) & (list->nslots - 1)) {
+        const cc_name *e = &list->v[list->slots[h] - 1];
+        if (strlen(e->name) == len && memcmp(e->name, s, len) == 0)
+            return (int)list->slots[h] - 1;
+    }
     return -1;
+}
+
+void cc_names_add(cc_names *list, cc_name e)
+{
+    vec_push(*list, e);
+    if (list->n * 2 > list->nslots) {
+        uint32_t n = list->nslots ? list->nslots * 2 : 64;
+        uint32_t *slots = calloc(n, sizeof *slots);
+        if (!slots)
+            abort();
+        free(list->slots);
+        list->slots = slots;
+        list->nslots = n;
+        for (uint32_t i = 0; i + 1 < list->n; i++) {
+            uint64_t h = name_hash(list->v[i].name, strlen(list->v[i].name)) & (n - 1);
+            while (slots[h])
+                h = (h + 1) & (n - 1);
+            slots[h] = i + 1;
+        }
+    }
+    uint64_t h = name_hash(e.name, strlen(e.name)) & (list->nslots - 1);
+    while (list->slots[h])
+        h = (h + 1) & (list->nslots - 1);
+    list->slots[h] = list->n;
+}
+
+void cc_names_free(cc_names *list)
+{
+    free(list->v);
+    free(list->slots);
 }
 
 /* Edit distance, for "did you mean" suggestions (names are short). */
@@ -79,7 +122,7 @@ static void suggest_name(const cc_name *v, uint32_t n, const char *s, size_t len
 static void declare(cc_comp *c, cc_unit *u, ast *d, const char *what, cc_names *list)
 {
     const char *name = ident(u, &d->tok);
-    int prev = find_name(list->v, list->n, name, strlen(name));
+    int prev = cc_names_find(list, name, strlen(name));
     if (prev >= 0) {
         cc_name *p = &list->v[prev];
         char where[64] = "";
@@ -95,11 +138,11 @@ static void declare(cc_comp *c, cc_unit *u, ast *d, const char *what, cc_names *
                  where);
         /* Its body is still checked, so that one run reports every error. */
         cc_name e = { name, d, u, VM_NONE };
-        vec_push(c->dups, e);
+        vec_push(c->dups, e);   /* never looked up by name: no index needed */
         return;
     }
     cc_name e = { name, d, u, list->n };
-    vec_push(*list, e);
+    cc_names_add(list, e);
 }
 
 /* ---- option values --------------------------------------------------------------------------- */
@@ -335,7 +378,7 @@ static bool opt_dead_letter(cc_comp *c, cc_unit *u, ast *o, const char *w)
     ast *v = o->a;
     if (v && !v->next && !o->b && v->op == TK_IDENT) {
         const char *name = u->text + v->tok.off;
-        if (find_name(c->targets.v, c->targets.n, name, v->tok.len) < 0 &&
+        if (cc_names_find(&c->targets, name, v->tok.len) < 0 &&
             !cc_is_broken(c, "target", name, v->tok.len)) {
             char hint[128];
             suggest_name(c->targets.v, c->targets.n, name, v->tok.len, hint, sizeof hint);
@@ -573,7 +616,7 @@ static void check_target(cc_comp *c, cc_unit *u, ast *d)
         case K_TOBUS:
             if (v->kind != A_VALUE || v->op != TK_IDENT) {
                 cc_error_at(u, v, "a bus target takes the name of a bus");
-            } else if (find_name(c->buses.v, c->buses.n, u->text + v->tok.off, v->tok.len) < 0 &&
+            } else if (cc_names_find(&c->buses, u->text + v->tok.off, v->tok.len) < 0 &&
                        !cc_is_broken(c, "bus", u->text + v->tok.off, v->tok.len)) {
                 char hint[96];
                 suggest_name(c->buses.v, c->buses.n, u->text + v->tok.off, v->tok.len, hint,
@@ -626,7 +669,7 @@ static void check_server(cc_comp *c, cc_unit *u, ast *d)
 static uint32_t resolve_target(cc_comp *c, cc_unit *u, ast *v)
 {
     const char *name = u->text + v->tok.off;
-    int i = find_name(c->targets.v, c->targets.n, name, v->tok.len);
+    int i = cc_names_find(&c->targets, name, v->tok.len);
     if (i >= 0)
         return (uint32_t)i;
     if (!cc_is_broken(c, "target", name, v->tok.len)) {
@@ -642,7 +685,7 @@ static void check_rule(cc_comp *c, cc_unit *u, ast *d)
     vm_rule r = { cc_str(c, u->text + d->tok.off, d->tok.len), VM_NONE, 0, 0, 0, 0, VM_NONE,
                   cc_span(u, d->off, d->len) };
     ast *bus = d->a;
-    int b = find_name(c->buses.v, c->buses.n, u->text + bus->tok.off, bus->tok.len);
+    int b = cc_names_find(&c->buses, u->text + bus->tok.off, bus->tok.len);
     if (b < 0 && !cc_is_broken(c, "bus", u->text + bus->tok.off, bus->tok.len)) {
         char hint[128];
         suggest_name(c->buses.v, c->buses.n, u->text + bus->tok.off, bus->tok.len, hint, sizeof hint);
@@ -711,7 +754,7 @@ static int dead_letter_of(cc_comp *c, uint32_t t, ast **where)
         if (o->tok.len == 11 && memcmp(u->text + o->tok.off, "dead_letter", 11) == 0 && o->a &&
             !o->a->next && o->a->kind == A_VALUE && o->a->op == TK_IDENT) {
             *where = o->a;
-            return find_name(c->targets.v, c->targets.n, u->text + o->a->tok.off, o->a->tok.len);
+            return cc_names_find(&c->targets, u->text + o->a->tok.off, o->a->tok.len);
         }
     return -1;
 }

@@ -231,28 +231,62 @@ void vm_print_test(const vm_program *p, uint32_t path, uint32_t test, FILE *out)
         fputc(']', out);
 }
 
-/* Line and column of a span, for the rule headers. */
-static void span_pos(const vm_program *p, vm_span s, uint32_t *line, uint32_t *col)
+/* The offsets where each line of every source starts, to turn spans into line numbers. */
+typedef struct {
+    uint32_t **starts;
+    uint32_t *n;
+} line_index;
+
+static void index_lines(const vm_program *p, line_index *ix)
 {
-    const char *text = vm_s(p, p->srcs[s.src].text);
-    *line = 1;
-    *col = 1;
-    for (uint32_t i = 0; i < s.off; i++) {
-        if (text[i] == '\n') {
-            (*line)++;
-            *col = 1;
-        } else if (((unsigned char)text[i] & 0xC0) != 0x80) {
-            (*col)++;
-        }
+    ix->starts = calloc(p->nsrcs ? p->nsrcs : 1, sizeof *ix->starts);
+    ix->n = calloc(p->nsrcs ? p->nsrcs : 1, sizeof *ix->n);
+    for (uint32_t s = 0; ix->starts && ix->n && s < p->nsrcs; s++) {
+        const char *text = vm_s(p, p->srcs[s].text);
+        uint32_t len = p->srcs[s].text.len, lines = 1;
+        for (uint32_t i = 0; i < len; i++)
+            lines += text[i] == '\n';
+        ix->starts[s] = malloc(lines * sizeof **ix->starts);
+        if (!ix->starts[s])
+            continue;
+        ix->starts[s][ix->n[s]++] = 0;
+        for (uint32_t i = 0; i < len; i++)
+            if (text[i] == '\n')
+                ix->starts[s][ix->n[s]++] = i + 1;
     }
+}
+
+/* The line (from 1) where span s starts; 0 when it cannot be worked out. */
+static uint32_t line_of(const line_index *ix, vm_span s)
+{
+    if (!ix->starts || !ix->n || !ix->starts[s.src])
+        return 0;
+    uint32_t lo = 0, hi = ix->n[s.src];
+    while (lo < hi) {   /* the last line start <= s.off */
+        uint32_t mid = (lo + hi) / 2;
+        if (ix->starts[s.src][mid] <= s.off)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static void free_lines(const vm_program *p, line_index *ix)
+{
+    for (uint32_t s = 0; ix->starts && s < p->nsrcs; s++)
+        free(ix->starts[s]);
+    free(ix->starts);
+    free(ix->n);
 }
 
 void vm_disasm(const vm_program *p, FILE *out)
 {
+    line_index ix;
+    index_lines(p, &ix);
     for (uint32_t r = 0; r < p->nrules; r++) {
         const vm_rule *rule = &p->rules[r];
-        uint32_t line, col;
-        span_pos(p, rule->span, &line, &col);
+        uint32_t line = line_of(&ix, rule->span);
         fprintf(out, "%srule %s on %s  ; %s:%u\n", r ? "\n" : "", vm_s(p, rule->name),
                 rule->bus == VM_NONE ? "?" : vm_s(p, p->buses[rule->bus].name),
                 vm_s(p, p->srcs[rule->span.src].name), line);
@@ -279,4 +313,5 @@ void vm_disasm(const vm_program *p, FILE *out)
             fputc('\n', out);
         }
     }
+    free_lines(p, &ix);
 }
