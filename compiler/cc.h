@@ -28,6 +28,17 @@ void vec_reserve(void **v, uint32_t *cap, size_t elem, uint32_t need);
 
 typedef VEC(uint32_t) u32vec;
 
+/* The index under construction (index.c): predicates and clauses per bus. */
+typedef struct {
+    uint32_t bus, path, test;
+    u32vec clauses;
+} cc_xpred;
+
+typedef struct {
+    uint32_t bus, rule, need, flags;
+    u32vec preds;
+} cc_xclause;
+
 void *cc_xmalloc(size_t n);
 void *cc_xrealloc(void *p, size_t n);
 char *cc_xstrndup(const char *s, size_t n);
@@ -112,6 +123,20 @@ struct cc_comp {
     VEC(vm_target) ptargets;
     VEC(vm_cfg) cfgs;
     uint32_t server0, nserver;
+    /* the index */
+    VEC(cc_xpred) xpreds;
+    uint32_t *xpred_slots, xpred_cap;
+    VEC(cc_xclause) xclauses;
+    u32vec ix_local_to_pred;
+    VEC(vm_ix_bus) ix_buses;
+    VEC(vm_ix_path) ix_paths;
+    VEC(vm_ix_pred) ix_preds;
+    VEC(vm_ix_clause) ix_clauses;
+    VEC(vm_ix_key) ix_keys;
+    u32vec ix_slots;
+    VEC(vm_ix_node) ix_nodes;
+    VEC(double) ix_bounds;
+    u32vec ix_refs;
 };
 
 /* Reports an error (or warning) at a span of unit u. */
@@ -200,6 +225,12 @@ ir *cc_lower_expr(cc_unit *u, ast *e);
 
 /* Lowers a `pattern` JSON body to IR (NULL after reporting errors). */
 ir *cc_lower_pattern(cc_unit *u, ast *json);
+
+/* Files rule `rule` (on bus `bus`) in the index: its clauses and predicates. */
+void cc_index_rule(cc_comp *c, uint32_t rule, uint32_t bus, const ir *root);
+
+/* Lays out the index of every bus once all rules are filed. */
+void cc_index_build(cc_comp *c);
 
 /* Emits rule code for ir; returns the first instruction's index and sets *n. */
 uint32_t cc_codegen(cc_comp *c, ir *root, vm_span rule_span, uint32_t *n);

@@ -141,6 +141,15 @@ static vm_program *finish(cc_comp *c)
     TAKE(buses, c->pbuses);
     TAKE(targets, c->ptargets);
     TAKE(cfgs, c->cfgs);
+    TAKE(ix_buses, c->ix_buses);
+    TAKE(ix_paths, c->ix_paths);
+    TAKE(ix_preds, c->ix_preds);
+    TAKE(ix_clauses, c->ix_clauses);
+    TAKE(ix_keys, c->ix_keys);
+    TAKE(ix_slots, c->ix_slots);
+    TAKE(ix_nodes, c->ix_nodes);
+    TAKE(ix_bounds, c->ix_bounds);
+    TAKE(ix_refs, c->ix_refs);
 #undef TAKE
     p->code = c->code.v;
     p->ncode = c->code.n;
@@ -174,6 +183,14 @@ static void comp_free(cc_comp *c)
     free(c->tests.v); free(c->regexes.v); free(c->re_insts.v); free(c->re_ranges.v);
     free(c->code.v); free(c->code_spans.v); free(c->prules.v); free(c->rule_targets.v);
     free(c->pbuses.v); free(c->ptargets.v); free(c->cfgs.v);
+    for (uint32_t i = 0; i < c->xpreds.n; i++)
+        free(c->xpreds.v[i].clauses.v);
+    for (uint32_t i = 0; i < c->xclauses.n; i++)
+        free(c->xclauses.v[i].preds.v);
+    free(c->xpreds.v); free(c->xpred_slots); free(c->xclauses.v); free(c->ix_local_to_pred.v);
+    free(c->ix_buses.v); free(c->ix_paths.v); free(c->ix_preds.v); free(c->ix_clauses.v);
+    free(c->ix_keys.v); free(c->ix_slots.v); free(c->ix_nodes.v); free(c->ix_bounds.v);
+    free(c->ix_refs.v);
     cc_arena_free(c);
     free(c);
 }

@@ -741,8 +741,10 @@ static void check_rule(cc_comp *c, cc_unit *u, ast *d)
         else if (one)
             root = one;
     }
-    if (root && c->nerrors == before)
+    if (root && c->nerrors == before) {
         r.code0 = cc_codegen(c, root, r.span, &r.ncode);
+        cc_index_rule(c, c->prules.n, r.bus, root);
+    }
     vec_push(c->prules, r);
 }
 
@@ -824,6 +826,8 @@ int cc_check_and_build(cc_comp *c)
     for (uint32_t i = 0; i < c->rules.n; i++)
         check_rule(c, c->rules.v[i].unit, c->rules.v[i].node);
     check_dead_letter_cycles(c);
+    if (c->nerrors == 0)
+        cc_index_build(c);
     for (uint32_t i = 0; i < c->dups.n; i++) {
         ast *n = c->dups.v[i].node;
         cc_unit *u = c->dups.v[i].unit;

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "compiler.h"
@@ -27,6 +29,9 @@ static const char usage[] =
     "       [--json] [--bus NAME]     (RULES is .ebr or .ebc; EVENTS may be - for stdin;\n"
     "                                 --json prints {\"line\": N, \"matched\": [...]} per event,\n"
     "                                 with \"error\" for an invalid event)\n"
+    "  bench RULES EVENTS.jsonl       time matching over the events (median of N passes):\n"
+    "        [--repeat N] [--json]    events/s, MB/s, ns/event, compile time, peak RSS, and\n"
+    "                                 each rule's match count\n"
     "  disasm RULES                   print each rule's bytecode (RULES is .ebr or .ebc)\n"
     "  opcodes                        print the VM's opcode reference (Markdown)\n"
     "  --help, --version\n"
@@ -270,6 +275,156 @@ static int cmd_opcodes(int argc, char **argv)
     return EXIT_OK;
 }
 
+/* ---- bench ---------------------------------------------------------------------------------- */
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int compare_doubles(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Reads a whole file (or stdin for "-") into memory. */
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
+    if (!f)
+        return NULL;
+    size_t cap = 1 << 20, n = 0, k;
+    char *buf = malloc(cap);
+    while (buf && (k = fread(buf + n, 1, cap - n, f)) > 0) {
+        n += k;
+        if (n == cap) {
+            char *b = realloc(buf, cap *= 2);
+            if (!b) {
+                free(buf);
+                buf = NULL;
+            }
+            buf = b;
+        }
+    }
+    if (f != stdin)
+        fclose(f);
+    *len = n;
+    return buf;
+}
+
+static int cmd_bench(int argc, char **argv)
+{
+    const char *rules = NULL, *events = NULL;
+    bool json = false;
+    int repeat = 3;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--json"))
+            json = true;
+        else if (!strcmp(argv[i], "--repeat") && i + 1 < argc && atoi(argv[i + 1]) > 0)
+            repeat = atoi(argv[++i]);
+        else if (!rules)
+            rules = argv[i];
+        else if (!events)
+            events = argv[i];
+        else {
+            fprintf(stderr, "ebc bench: unexpected argument '%s'\n", argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    if (!rules || !events) {
+        fputs("usage: ebc bench RULES EVENTS.jsonl [--repeat N] [--json]\n", stderr);
+        return EXIT_USAGE;
+    }
+    int status = EXIT_OK;
+    double t0 = now_seconds();
+    vm_program *p = load_rules(rules, &status);
+    double compile_s = now_seconds() - t0;
+    if (!p)
+        return status;
+    size_t len;
+    char *text = slurp(events, &len);
+    if (!text) {
+        fprintf(stderr, "%s: error: cannot read: %s\n", events, strerror(errno));
+        vm_program_free(p);
+        return EXIT_INPUT;
+    }
+    /* Split the file into event lines once; the timed loop sees only matching. */
+    size_t nev = 0, cap = 1024, bytes = 0;
+    struct { const char *s; size_t n; } *ev = malloc(cap * sizeof *ev);
+    for (size_t i = 0; i < len;) {
+        const char *eol = memchr(text + i, '\n', len - i);
+        size_t n = eol ? (size_t)(eol - (text + i)) : len - i;
+        if (n > 0 && !(n == 1 && text[i] == '\r')) {
+            if (nev == cap)
+                ev = realloc(ev, (cap *= 2) * sizeof *ev);
+            ev[nev].s = text + i;
+            ev[nev].n = n;
+            nev++;
+            bytes += n;
+        }
+        i += n + 1;
+    }
+    vm_ctx *ctx = vm_ctx_new(p, NULL);
+    uint64_t *counts = calloc(p->nrules ? p->nrules : 1, sizeof *counts);
+    double *times = malloc((size_t)repeat * sizeof *times);
+    size_t invalid = 0;
+    for (int r = 0; r < repeat; r++) {
+        double start = now_seconds();
+        for (size_t i = 0; i < nev; i++) {
+            const uint32_t *m;
+            size_t nm;
+            vm_error err;
+            if (vm_match(ctx, VM_NONE, ev[i].s, ev[i].n, &m, &nm, &err) != VM_OK) {
+                invalid += r == 0;
+                continue;
+            }
+            if (r == 0)
+                for (size_t k = 0; k < nm; k++)
+                    counts[m[k]]++;
+        }
+        times[r] = now_seconds() - start;
+    }
+    qsort(times, (size_t)repeat, sizeof *times, compare_doubles);
+    double secs = times[repeat / 2];
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double eps = nev / secs, mbps = bytes / secs / 1e6, ns = secs * 1e9 / (nev ? nev : 1);
+    if (json) {
+        printf("{\"events\": %zu, \"bytes\": %zu, \"seconds\": %.6f, \"events_per_sec\": %.0f, "
+               "\"mb_per_sec\": %.1f, \"ns_per_event\": %.1f, \"compile_seconds\": %.6f, "
+               "\"peak_rss_kb\": %ld, \"repeat\": %d, \"invalid\": %zu, \"counts\": {",
+               nev, bytes, secs, eps, mbps, ns, compile_s, ru.ru_maxrss, repeat, invalid);
+        for (uint32_t i = 0; i < p->nrules; i++) {
+            printf("%s", i ? ", " : "");
+            json_string(stdout, vm_s(p, p->rules[i].name));
+            printf(": %llu", (unsigned long long)counts[i]);
+        }
+        puts("}}");
+    } else {
+        printf("events        %zu (%zu invalid)\n", nev, invalid);
+        printf("bytes         %zu\n", bytes);
+        printf("seconds       %.6f (median of %d passes)\n", secs, repeat);
+        printf("events/s      %.0f\n", eps);
+        printf("MB/s          %.1f\n", mbps);
+        printf("ns/event      %.1f\n", ns);
+        printf("compile       %.6f s\n", compile_s);
+        printf("peak RSS      %ld KiB\n", ru.ru_maxrss);
+        printf("matches\n");
+        for (uint32_t i = 0; i < p->nrules; i++)
+            printf("  %-30s %llu\n", vm_s(p, p->rules[i].name), (unsigned long long)counts[i]);
+    }
+    free(times);
+    free(counts);
+    free(ev);
+    free(text);
+    vm_ctx_free(ctx);
+    vm_program_free(p);
+    return invalid ? EXIT_INPUT : EXIT_OK;
+}
+
 static int cmd_disasm(int argc, char **argv)
 {
     if (argc != 1) {
@@ -302,7 +457,7 @@ int main(int argc, char **argv)
     }
     static const struct { const char *name; int (*run)(int, char **); } cmds[] = {
         { "compile", cmd_compile }, { "check", cmd_check }, { "test", cmd_test },
-        { "disasm", cmd_disasm }, { "opcodes", cmd_opcodes },
+        { "disasm", cmd_disasm }, { "opcodes", cmd_opcodes }, { "bench", cmd_bench },
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name))

@@ -93,6 +93,18 @@ static bool get_IP(rbuf *r, uint8_t (*x)[16])
 #define FIELDS_vm_bus(F)     F(vm_str, name) F(U32, opt0) F(U32, nopt) F(vm_span, span)
 #define FIELDS_vm_target(F)  F(vm_str, name) F(vm_str, kind) F(U32, value) F(U32, opt0) \
                              F(U32, nopt) F(vm_span, span)
+#define FIELDS_vm_ix_bus(F)    F(U32, path0) F(U32, npath) F(U32, pred0) F(U32, npred) F(U32, clause0) \
+                               F(U32, nclause) F(U32, always0) F(U32, nalways)
+#define FIELDS_vm_ix_path(F)   F(U32, path) F(U32, kinds) F(U32, exists0) F(U32, nexists) \
+                               F(U32, generic0) F(U32, ngeneric) F(U32, plen0) F(U32, nplen) \
+                               F(U32, slen0) F(U32, nslen) F(U32, clen0) F(U32, nclen) \
+                               F(U32, bound0) F(U32, nbound) F(U32, node0) F(U32, nnode)
+#define FIELDS_vm_ix_pred(F)   F(U32, path) F(U32, test) F(U32, clause0) F(U32, nclause)
+#define FIELDS_vm_ix_clause(F) F(U32, rule) F(U32, need) F(U32, flags) F(U32, depth) F(U32, pred0) \
+                               F(U32, npred)
+#define FIELDS_vm_ix_key(F)    F(U8, kind) F(U8, aux) F(U32, ipath) F(vm_str, key) F(U32, list0) \
+                               F(U32, nlist)
+#define FIELDS_vm_ix_node(F)   F(U32, list0) F(U32, nlist)
 #define FIELDS_vm_cfg(F)     F(U8, type) F(vm_str, key) F(vm_str, str) F(F64, num) F(U32, child0) \
                              F(U32, nchild) F(vm_span, span)
 
@@ -114,6 +126,12 @@ RECORD(vm_rule)
 RECORD(vm_bus)
 RECORD(vm_target)
 RECORD(vm_cfg)
+RECORD(vm_ix_bus)
+RECORD(vm_ix_path)
+RECORD(vm_ix_pred)
+RECORD(vm_ix_clause)
+RECORD(vm_ix_key)
+RECORD(vm_ix_node)
 #undef RECORD
 
 /* ---- sections: tag, table, count, record type ------------------------------------------------ */
@@ -134,7 +152,16 @@ RECORD(vm_cfg)
     S("RTGT", rule_targets, nrule_targets, U32, uint32_t)  \
     S("BUSS", buses, nbuses, vm_bus, vm_bus)               \
     S("TGTS", targets, ntargets, vm_target, vm_target)     \
-    S("CFGS", cfgs, ncfgs, vm_cfg, vm_cfg)
+    S("CFGS", cfgs, ncfgs, vm_cfg, vm_cfg)                 \
+    S("IXBU", ix_buses, nix_buses, vm_ix_bus, vm_ix_bus)   \
+    S("IXPA", ix_paths, nix_paths, vm_ix_path, vm_ix_path) \
+    S("IXPR", ix_preds, nix_preds, vm_ix_pred, vm_ix_pred) \
+    S("IXCL", ix_clauses, nix_clauses, vm_ix_clause, vm_ix_clause) \
+    S("IXKE", ix_keys, nix_keys, vm_ix_key, vm_ix_key)     \
+    S("IXSL", ix_slots, nix_slots, U32, uint32_t)          \
+    S("IXNO", ix_nodes, nix_nodes, vm_ix_node, vm_ix_node) \
+    S("IXBO", ix_bounds, nix_bounds, F64, double)          \
+    S("IXRE", ix_refs, nix_refs, U32, uint32_t)
 
 /* The server block is two numbers; it has a section of its own, written by hand. */
 #define SERVER_TAG "SRVR"
@@ -305,6 +332,81 @@ static bool code_ok(const vm_program *p, const vm_rule *r)
     return VM_OP(code[r->ncode - 1]) == VM_OP_MATCH;
 }
 
+/* Checks that refs[first .. first+n) are all below limit. */
+static bool refs_below(const vm_program *p, uint32_t first, uint32_t n, uint32_t limit)
+{
+    if (!range_ok(first, n, p->nix_refs))
+        return false;
+    for (uint32_t i = 0; i < n; i++)
+        if (p->ix_refs[first + i] >= limit)
+            return false;
+    return true;
+}
+
+/* Checks the index: every list within its pool and every number within its table, one index
+ * per bus, the hash table a power of two with every key reachable. */
+static const char *verify_index(const vm_program *p)
+{
+    if (p->nix_buses != p->nbuses)
+        return "the index does not cover every bus";
+    if (p->nix_slots & (p->nix_slots - 1))
+        return "the index's hash table is malformed";
+    for (uint32_t b = 0; b < p->nix_buses; b++) {
+        const vm_ix_bus *x = &p->ix_buses[b];
+        if (!range_ok(x->path0, x->npath, p->nix_paths) || !range_ok(x->pred0, x->npred, p->nix_preds) ||
+            !range_ok(x->clause0, x->nclause, p->nix_clauses) ||
+            !refs_below(p, x->always0, x->nalways, x->nclause))
+            return "a bus's index is malformed";
+        for (uint32_t i = 0; i < x->npred; i++) {
+            const vm_ix_pred *pr = &p->ix_preds[x->pred0 + i];
+            if (pr->path >= p->npaths || pr->test >= p->ntests ||
+                !refs_below(p, pr->clause0, pr->nclause, x->nclause))
+                return "an index predicate is malformed";
+        }
+        for (uint32_t i = 0; i < x->nclause; i++) {
+            const vm_ix_clause *cl = &p->ix_clauses[x->clause0 + i];
+            if (cl->rule >= p->nrules || p->rules[cl->rule].bus != b ||
+                !refs_below(p, cl->pred0, cl->npred, x->npred) || cl->need > cl->npred)
+                return "an index clause is malformed";
+        }
+        for (uint32_t i = 0; i < x->npath; i++) {
+            const vm_ix_path *ip = &p->ix_paths[x->path0 + i];
+            if (ip->path >= p->npaths || !refs_below(p, ip->exists0, ip->nexists, x->npred) ||
+                !refs_below(p, ip->generic0, ip->ngeneric, x->npred) ||
+                !refs_below(p, ip->plen0, ip->nplen, UINT32_MAX) ||
+                !refs_below(p, ip->slen0, ip->nslen, UINT32_MAX) ||
+                !refs_below(p, ip->clen0, ip->nclen, 129) ||
+                !range_ok(ip->bound0, ip->nbound, p->nix_bounds) ||
+                !range_ok(ip->node0, ip->nnode, p->nix_nodes))
+                return "an index path is malformed";
+            /* The segment tree: a power of two of leaves, enough for every slot. */
+            if (ip->nnode && ((ip->nnode & (ip->nnode - 1)) || ip->nnode / 2 < 2 * (uint64_t)ip->nbound + 1))
+                return "an index range tree is malformed";
+            for (uint32_t k = 0; k < ip->nnode; k++)
+                if (!refs_below(p, p->ix_nodes[ip->node0 + k].list0, p->ix_nodes[ip->node0 + k].nlist, x->npred))
+                    return "an index range tree is malformed";
+            for (uint32_t k = 1; k < ip->nbound; k++)
+                if (!(p->ix_bounds[ip->bound0 + k - 1] < p->ix_bounds[ip->bound0 + k]))
+                    return "an index range tree is malformed";
+        }
+    }
+    for (uint32_t i = 0; i < p->nix_keys; i++) {
+        const vm_ix_key *k = &p->ix_keys[i];
+        const vm_ix_bus *x = NULL;
+        for (uint32_t b = 0; b < p->nix_buses && !x; b++)
+            if (k->ipath >= p->ix_buses[b].path0 && k->ipath - p->ix_buses[b].path0 < p->ix_buses[b].npath)
+                x = &p->ix_buses[b];
+        if (!x || k->kind >= VM_K__COUNT || !str_ok(p, k->key) || !refs_below(p, k->list0, k->nlist, x->npred))
+            return "an index key is malformed";
+    }
+    for (uint32_t i = 0; i < p->nix_slots; i++)
+        if (p->ix_slots[i] > p->nix_keys)
+            return "the index's hash table is malformed";
+    if (p->nix_keys && p->nix_slots < p->nix_keys + 1)
+        return "the index's hash table is malformed";
+    return NULL;
+}
+
 /* Checks every cross-reference of a freshly read program. */
 static const char *verify(const vm_program *p)
 {
@@ -364,6 +466,9 @@ static const char *verify(const vm_program *p)
     }
     if (!range_ok(p->server0, p->nserver, p->ncfgs))
         return "the server block is malformed";
+    const char *why = verify_index(p);
+    if (why)
+        return why;
     if (p->nstrs > 0 && p->strs[p->nstrs - 1] != 0)
         return "the string pool is not terminated";
     return NULL;

@@ -74,6 +74,18 @@ vm_ctx *vm_ctx_new(const vm_program *p, const vm_options *opt)
     }
     for (uint32_t i = 0; i < p->npaths; i++)
         c->first[i] = VM_NONE;
+    c->reference = opt && opt->reference;
+    c->pred_stamp = calloc(p->nix_preds + 1, sizeof *c->pred_stamp);
+    c->clause_stamp = calloc(p->nix_clauses + 1, sizeof *c->clause_stamp);
+    c->clause_count = calloc(p->nix_clauses + 1, sizeof *c->clause_count);
+    c->rule_stamp = calloc(p->nrules + 1, sizeof *c->rule_stamp);
+    c->path_arrays = calloc(p->npaths + 1, sizeof *c->path_arrays);
+    c->path_depth = calloc(p->npaths + 1, sizeof *c->path_depth);
+    if (!c->pred_stamp || !c->clause_stamp || !c->clause_count || !c->rule_stamp ||
+        !c->path_arrays || !c->path_depth) {
+        vm_ctx_free(c);
+        return NULL;
+    }
     return c;
 }
 
@@ -89,6 +101,13 @@ void vm_ctx_free(vm_ctx *c)
     free(c->touched.v);
     free(c->frames.v);
     free(c->array_depth.v);
+    free(c->pred_stamp);
+    free(c->clause_stamp);
+    free(c->clause_count);
+    free(c->rule_stamp);
+    free(c->path_arrays);
+    free(c->path_depth);
+    free(c->candidates.v);
     free(c->bind);
     free(c->trail.v);
     free(c->choices.v);
@@ -102,13 +121,9 @@ void vm_ctx_free(vm_ctx *c)
 
 /* ---- leaf values ------------------------------------------------------------------------------ */
 
-typedef struct {
-    const char *s;
-    size_t n;
-} text;
 
 /* A string field's decoded UTF-8 (in the context's scratch when it had escapes). */
-static bool field_text(vm_ctx *c, const char *json, const vm_field *f, text *out)
+bool vm_field_text(vm_ctx *c, const char *json, const vm_field *f, vm_text *out)
 {
     const char *s = json + f->off;
     if (!f->escaped) {
@@ -123,7 +138,7 @@ static bool field_text(vm_ctx *c, const char *json, const vm_field *f, text *out
     return true;
 }
 
-static bool fold_text(vm_ctx *c, text *t)
+bool vm_fold_text(vm_ctx *c, vm_text *t)
 {
     if (!grow_bytes(&c->fold, &c->fold_cap, t->n * 3 + 1))
         return false;
@@ -132,17 +147,24 @@ static bool fold_text(vm_ctx *c, text *t)
     return true;
 }
 
-/* Compares number text s with a VM_C_NUM constant by decimal value. */
-static bool number_equals(vm_ctx *c, const char *s, size_t n, const vm_const *k)
+bool vm_canon_text(vm_ctx *c, const char *s, size_t n, vm_text *out)
 {
-    const vm_program *p = c->p;
     if (!grow_bytes(&c->canon, &c->canon_cap, n + 32))
         return false;
     size_t cn = vm_number_canon(s, n, c->canon, c->canon_cap);
-    const char *ks = vm_s(p, k->s);
-    if (cn == 0)
-        return k->s.len == n && memcmp(ks, s, n) == 0;
-    return k->s.len == cn && memcmp(ks, c->canon, cn) == 0;
+    /* The compiler keeps a constant's spelling when it has no canonical form either. */
+    out->s = cn ? c->canon : s;
+    out->n = cn ? cn : n;
+    return true;
+}
+
+/* Compares number text s with a VM_C_NUM constant by decimal value. */
+static bool number_equals(vm_ctx *c, const char *s, size_t n, const vm_const *k)
+{
+    vm_text t;
+    if (!vm_canon_text(c, s, n, &t))
+        return false;
+    return k->s.len == t.n && memcmp(vm_s(c->p, k->s), t.s, t.n) == 0;
 }
 
 static bool in_range(const vm_const *k, double d)
@@ -163,17 +185,17 @@ static bool ip_in(const vm_const *k, const uint8_t ip[16])
     return true;
 }
 
-static bool has_prefix(text t, const char *k, size_t n)
+static bool has_prefix(vm_text t, const char *k, size_t n)
 {
     return t.n >= n && memcmp(t.s, k, n) == 0;
 }
 
-static bool has_suffix(text t, const char *k, size_t n)
+static bool has_suffix(vm_text t, const char *k, size_t n)
 {
     return t.n >= n && memcmp(t.s + t.n - n, k, n) == 0;
 }
 
-static bool contains(text t, const char *k, size_t n)
+static bool contains(vm_text t, const char *k, size_t n)
 {
     if (n == 0)
         return true;
@@ -188,7 +210,7 @@ static bool contains(text t, const char *k, size_t n)
     return false;
 }
 
-static bool regex(vm_ctx *c, uint32_t re, text t)
+static bool regex(vm_ctx *c, uint32_t re, vm_text t)
 {
     size_t need = vm_regex_scratch_size(c->p, re);
     if (c->re_cap < need) {
@@ -202,7 +224,7 @@ static bool regex(vm_ctx *c, uint32_t re, text t)
 }
 
 /* Does constant k pass for the string t (already folded for VM_TF_CI)? */
-static bool string_test(vm_ctx *c, const vm_test *test, const vm_const *k, text t, const uint8_t *ip)
+static bool string_test(vm_ctx *c, const vm_test *test, const vm_const *k, vm_text t, const uint8_t *ip)
 {
     const char *ks = vm_s(c->p, k->s);
     switch (test->kind) {
@@ -223,7 +245,7 @@ static bool string_test(vm_ctx *c, const vm_test *test, const vm_const *k, text 
 }
 
 /* Does the leaf f pass test t (before VM_TF_NEG is applied)? */
-static bool leaf_passes(vm_ctx *c, const char *json, const vm_test *t, const vm_field *f)
+bool vm_leaf_passes(vm_ctx *c, const char *json, const vm_test *t, const vm_field *f)
 {
     const vm_program *p = c->p;
     const vm_const *k = p->consts + t->arg0, *kend = k + t->narg;
@@ -233,9 +255,9 @@ static bool leaf_passes(vm_ctx *c, const char *json, const vm_test *t, const vm_
     if (f->type == VM_J_NUM || asnum) {
         if (t->kind != VM_T_EQ && t->kind != VM_T_RANGE)
             goto strings;
-        text num = { json + f->off, f->len };
+        vm_text num = { json + f->off, f->len };
         if (asnum) {
-            if (!field_text(c, json, f, &num) || vm_json_number_len(num.s, num.n, NULL) != num.n)
+            if (!vm_field_text(c, json, f, &num) || vm_json_number_len(num.s, num.n, NULL) != num.n)
                 return false;
         }
         if (t->kind == VM_T_RANGE) {
@@ -266,10 +288,10 @@ strings:
     }
     if (t->kind == VM_T_RANGE)
         return false;
-    text s;
-    if (!field_text(c, json, f, &s))
+    vm_text s;
+    if (!vm_field_text(c, json, f, &s))
         return false;
-    if ((t->flags & VM_TF_CI) && !fold_text(c, &s))
+    if ((t->flags & VM_TF_CI) && !vm_fold_text(c, &s))
         return false;
     /* Parse the value as an IP address once, when some constant needs it. */
     uint8_t ipbuf[16];
@@ -323,11 +345,12 @@ static void undo(vm_ctx *c, uint32_t height)
 
 /* Runs the code of rule number ri; returns 1 on a match, 0 on none, -1 when memory runs out,
  * -2 when the event's step budget is spent. */
-static int run_rule(vm_ctx *c, const char *json, uint32_t ri)
+int vm_run_rule(vm_ctx *c, const char *json, uint32_t ri)
 {
     const vm_program *p = c->p;
     const vm_rule *r = &p->rules[ri];
     const vm_inst *code = p->code + r->code0;
+    c->limit_rule = ri;
     const uint16_t *keep_depth = p->derived->keep_depth + r->code0;
     const uint32_t last_not = p->derived->last_not[ri];
     uint32_t pc = 0, start = VM_NONE;
@@ -346,7 +369,7 @@ static int run_rule(vm_ctx *c, const char *json, uint32_t ri)
                     return -2;
                 if (fd->nmemb && !consistent(c, fd))
                     continue;
-                bool pass = leaf_passes(c, json, t, fd);
+                bool pass = vm_leaf_passes(c, json, t, fd);
                 if (t->flags & VM_TF_NEG)
                     pass = !pass;
                 if (pass)
@@ -418,6 +441,12 @@ static int run_rule(vm_ctx *c, const char *json, uint32_t ri)
     }
 }
 
+static int cmp_u32(const void *pa, const void *pb)
+{
+    uint32_t a = *(const uint32_t *)pa, b = *(const uint32_t *)pb;
+    return a < b ? -1 : a > b;
+}
+
 vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
                    const uint32_t **rules, size_t *nrules, vm_error *err)
 {
@@ -436,6 +465,14 @@ vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
         snprintf(err->msg, sizeof err->msg, "event larger than 4 GiB");
         return VM_ERR_LIMIT;
     }
+    if (++c->epoch == 0) {
+        /* The stamps wrapped around: clear them, so that no old mark passes for a new one. */
+        memset(c->pred_stamp, 0, p->nix_preds * sizeof *c->pred_stamp);
+        memset(c->clause_stamp, 0, p->nix_clauses * sizeof *c->clause_stamp);
+        memset(c->rule_stamp, 0, p->nrules * sizeof *c->rule_stamp);
+        memset(c->path_arrays, 0, p->npaths * sizeof *c->path_arrays);
+        c->epoch = 1;
+    }
     vm_status st = vm_scan(c, json, len, err);
     if (st != VM_OK)
         return st;
@@ -452,28 +489,46 @@ vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
         !vm_buf_grow((void **)&c->trail.v, &c->trail.cap, sizeof *c->trail.v, c->narrays + 1))
         goto nomem;
     c->trail.n = 0;
-    for (uint32_t r = 0; r < p->nrules; r++) {
-        if (bus != VM_NONE && p->rules[r].bus != bus)
-            continue;
-        int m = run_rule(c, json, r);
-        if (m == -2) {
-            undo(c, 0);
-            err->code = VM_ERR_LIMIT;
-            err->offset = 0;
-            snprintf(err->msg, sizeof err->msg, "matching rule '%s' took more than %zu steps: "
-                     "the event's arrays are too large for its conditions", vm_s(p, p->rules[r].name),
-                     c->max_steps);
-            return VM_ERR_LIMIT;
+    if (!c->reference) {
+        for (uint32_t b = 0; b < p->nix_buses; b++) {
+            if (bus != VM_NONE && b != bus)
+                continue;
+            st = vm_ix_match_bus(c, b, json);
+            if (st == VM_ERR_LIMIT)
+                goto limit;
+            if (st != VM_OK)
+                goto nomem;
         }
-        if (m < 0)
-            goto nomem;
-        if (m && !VM_BUF_PUSH(c->matched, r))
-            goto nomem;
+        if (bus == VM_NONE && p->nix_buses > 1)
+            qsort(c->matched.v, c->matched.n, sizeof *c->matched.v, cmp_u32);
+    } else {
+        for (uint32_t r = 0; r < p->nrules; r++) {
+            if (bus != VM_NONE && p->rules[r].bus != bus)
+                continue;
+            c->limit_rule = r;
+            int m = vm_run_rule(c, json, r);
+            if (m == -2)
+                goto limit;
+            if (m < 0)
+                goto nomem;
+            if (m && !VM_BUF_PUSH(c->matched, r))
+                goto nomem;
+        }
     }
     *rules = c->matched.v;
     *nrules = c->matched.n;
     return VM_OK;
+limit:
+    undo(c, 0);
+    c->matched.n = 0;
+    err->code = VM_ERR_LIMIT;
+    err->offset = 0;
+    snprintf(err->msg, sizeof err->msg, "matching rule '%s' took more than %zu steps: "
+             "the event's arrays are too large for its conditions", vm_s(p, p->rules[c->limit_rule].name),
+             c->max_steps);
+    return VM_ERR_LIMIT;
 nomem:
+    c->matched.n = 0;
     err->code = VM_ERR_NOMEM;
     err->offset = 0;
     snprintf(err->msg, sizeof err->msg, "out of memory");

@@ -207,10 +207,28 @@ static bool analyse_code(vm_program *p, struct vm_derived *d)
     return true;
 }
 
+/* Maps each (bus, path) to the path's entry in the bus's index. */
+static bool map_index_paths(const vm_program *p, struct vm_derived *d)
+{
+    size_t n = (size_t)p->nix_buses * p->npaths;
+    d->ix_path_of = malloc((n ? n : 1) * sizeof *d->ix_path_of);
+    if (!d->ix_path_of)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        d->ix_path_of[i] = VM_NONE;
+    for (uint32_t b = 0; b < p->nix_buses; b++)
+        for (uint32_t i = 0; i < p->ix_buses[b].npath; i++) {
+            uint32_t ip = p->ix_buses[b].path0 + i;
+            d->ix_path_of[(size_t)b * p->npaths + p->ix_paths[ip].path] = ip;
+        }
+    return true;
+}
+
 void vm_derived_free(struct vm_derived *d)
 {
     if (!d)
         return;
+    free(d->ix_path_of);
     vm_trie_free(d->trie);
     free(d->keep_depth);
     free(d->last_not);
@@ -224,7 +242,7 @@ vm_status vm_program_prepare(vm_program *p)
     if (!p->derived)
         return VM_ERR_NOMEM;
     p->derived->trie = build_trie(p);
-    if (!p->derived->trie || !analyse_code(p, p->derived)) {
+    if (!p->derived->trie || !analyse_code(p, p->derived) || !map_index_paths(p, p->derived)) {
         vm_derived_free(p->derived);
         p->derived = NULL;
         return VM_ERR_NOMEM;
@@ -252,6 +270,15 @@ void vm_program_free(vm_program *p)
     free(p->buses);
     free(p->targets);
     free(p->cfgs);
+    free(p->ix_buses);
+    free(p->ix_paths);
+    free(p->ix_preds);
+    free(p->ix_clauses);
+    free(p->ix_keys);
+    free(p->ix_slots);
+    free(p->ix_nodes);
+    free(p->ix_bounds);
+    free(p->ix_refs);
     vm_derived_free(p->derived);
     free(p);
 }

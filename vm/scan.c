@@ -146,6 +146,15 @@ static vm_status add_field(scanner *S, uint32_t node, uint8_t type, bool escaped
     if (path == VM_NONE)
         return VM_OK;
     vm_field f = { type, escaped, (uint32_t)off, (uint32_t)len, c->memb.n, c->stack.n, VM_NONE };
+    if (c->stack.n) {
+        /* The index needs to know which paths have leaves inside arrays, and how deep the
+         * outermost such array sits. */
+        uint16_t depth = c->array_depth.v[c->stack.v[0].array];
+        if (c->path_arrays[path] != c->epoch || depth < c->path_depth[path]) {
+            c->path_arrays[path] = c->epoch;
+            c->path_depth[path] = depth;
+        }
+    }
     for (uint32_t i = 0; i < c->stack.n; i++)
         if (!VM_BUF_PUSH(c->memb, c->stack.v[i]))
             return fail(S, off, VM_ERR_NOMEM, "out of memory");

@@ -165,6 +165,79 @@ typedef struct {
     vm_span span;
 } vm_rule;
 
+/* ---------------------------------------------------------------------------------------------
+ * The index (docs/index.md): per bus, one decision structure built by the compiler from all the
+ * rules of the bus, so that the work per event follows the event, not the number of rules.
+ *
+ * A *predicate* is one test on one path.  For each path a dispatcher finds the predicates a leaf
+ * passes: exact values, case-folded strings, prefixes, suffixes and CIDR networks by lookups in
+ * one hash table keyed by (path, key kind, bytes); numeric ranges by a segment tree over their
+ * bounds; `exists` as a list; everything else (wildcards, regexes, anything-but, `as number`)
+ * as a list of tests to run.  A rule is one or more *clauses*, each counting the predicates it
+ * needs; a clause whose count is complete makes its rule a candidate.  A candidate is a match at
+ * once, unless the clause cannot decide alone (a negation, or arrays in this event on its
+ * paths): then the rule's bytecode, the reference evaluator, confirms it.
+ */
+typedef enum {
+    VM_K_STR,       /* key: the decoded string */
+    VM_K_STR_CI,    /* key: the case-folded string */
+    VM_K_NUM,       /* key: the canonical decimal (vm_number_canon) */
+    VM_K_TRUE,
+    VM_K_FALSE,
+    VM_K_NULL,
+    VM_K_IP,        /* key: 16 address bytes (an IP-aware string constant) */
+    VM_K_PREFIX,    /* key: the prefix */
+    VM_K_PREFIX_CI,
+    VM_K_SUFFIX,
+    VM_K_SUFFIX_CI,
+    VM_K_CIDR,      /* key: 16 masked address bytes; aux: prefix length */
+    VM_K__COUNT
+} vm_key_kind;
+
+typedef struct {
+    uint32_t path, test;
+    uint32_t clause0, nclause;  /* ix_refs: the clauses that count this predicate */
+} vm_ix_pred;
+
+enum { VM_IXC_VERIFY = 1 };     /* the clause holds a negation: run the rule to confirm */
+
+typedef struct {
+    uint32_t rule;
+    uint32_t need;              /* predicates to pass; 0: a candidate for every event */
+    uint32_t flags;
+    uint32_t depth;             /* the longest path prefix two of its predicates share: arrays
+                                   no deeper can tie their leaves to one element */
+    uint32_t pred0, npred;      /* ix_refs: the predicates it counts */
+} vm_ix_clause;
+
+typedef struct {
+    uint32_t path;
+    uint32_t kinds;             /* bit k set: keys of vm_key_kind k exist for this path */
+    uint32_t exists0, nexists;  /* ix_refs: predicates every leaf passes */
+    uint32_t generic0, ngeneric;/* ix_refs: predicates tested one by one */
+    uint32_t plen0, nplen;      /* ix_refs: the distinct lengths of prefixes ... */
+    uint32_t slen0, nslen;      /* ... of suffixes ... */
+    uint32_t clen0, nclen;      /* ... and of CIDR prefixes (0..128) */
+    uint32_t bound0, nbound;    /* ix_bounds: the sorted distinct finite bounds of ranges */
+    uint32_t node0, nnode;      /* ix_nodes: the range segment tree (leaves: 2*nbound+1 slots) */
+} vm_ix_path;
+
+typedef struct {
+    uint8_t kind, aux;
+    uint32_t ipath;             /* the vm_ix_path (so a key belongs to one bus and path) */
+    vm_str key;                 /* bytes in the string pool */
+    uint32_t list0, nlist;      /* ix_refs: the predicates a leaf with this key passes */
+} vm_ix_key;
+
+typedef struct { uint32_t list0, nlist; } vm_ix_node;  /* ix_refs: predicates */
+
+typedef struct {
+    uint32_t path0, npath;      /* ix_paths, sorted by path */
+    uint32_t pred0, npred;      /* ix_preds */
+    uint32_t clause0, nclause;  /* ix_clauses */
+    uint32_t always0, nalways;  /* ix_refs: clauses that need no predicate */
+} vm_ix_bus;
+
 typedef struct vm_program {
     char *strs;        uint32_t nstrs;
     vm_source *srcs;   uint32_t nsrcs;
@@ -183,6 +256,16 @@ typedef struct vm_program {
     vm_target *targets; uint32_t ntargets;
     vm_cfg *cfgs;      uint32_t ncfgs;
     uint32_t server0, nserver; /* the server { } block's options, in cfgs */
+    /* the index: one vm_ix_bus per bus */
+    vm_ix_bus *ix_buses;      uint32_t nix_buses;
+    vm_ix_path *ix_paths;     uint32_t nix_paths;
+    vm_ix_pred *ix_preds;     uint32_t nix_preds;
+    vm_ix_clause *ix_clauses; uint32_t nix_clauses;
+    vm_ix_key *ix_keys;       uint32_t nix_keys;
+    uint32_t *ix_slots;       uint32_t nix_slots;  /* hash table: key index + 1; a power of two */
+    vm_ix_node *ix_nodes;     uint32_t nix_nodes;
+    double *ix_bounds;        uint32_t nix_bounds;
+    uint32_t *ix_refs;        uint32_t nix_refs;
     struct vm_derived *derived; /* worked out at load time (vm_program_prepare) */
 } vm_program;
 
@@ -240,6 +323,7 @@ uint32_t vm_crc32c(uint32_t crc, const void *buf, size_t len);
 typedef struct vm_ctx vm_ctx;
 
 typedef struct {
+    bool reference;      /* run every rule's bytecode instead of the index (for checking) */
     size_t max_depth;    /* nesting limit for events; 0 means the default (128) */
     size_t max_steps;    /* work limit for matching one event; 0 means the default (10 million):
                             fields examined plus choices revisited, see docs/bytecode.md */
@@ -261,6 +345,13 @@ vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
 
 /* Writes every rule's code, one "addr OPCODE operands ; synopsis" line per instruction. */
 void vm_disasm(const vm_program *p, FILE *out);
+
+/* Hashes an index key (vm_ix_key): the compiler lays the table out with it, the VM looks up
+ * with it, so it is part of the file format. */
+uint64_t vm_ix_hash(unsigned kind, unsigned aux, uint32_t ipath, const char *key, size_t len);
+
+/* Draws the index of every bus as an ASCII tree (`ebc explain`). */
+void vm_explain(const vm_program *p, FILE *out);
 
 /* Writes a path ("data.items.sku") or a test on it ("data.total >= 100") in the rule language. */
 void vm_print_path(const vm_program *p, uint32_t path, FILE *out);

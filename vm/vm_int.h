@@ -42,6 +42,8 @@ struct vm_derived {
     /* Per rule: one past the address of its last NOT (0: none).  Before it a negation may still
      * follow, and more bindings can then turn a failure into a match. */
     uint32_t *last_not;
+    /* Per bus, per path: its vm_ix_path entry in the bus's index, or VM_NONE. */
+    uint32_t *ix_path_of;
 };
 
 void vm_derived_free(struct vm_derived *d);
@@ -75,6 +77,16 @@ struct vm_ctx {
     uint32_t narrays;
     VM_BUF(uint16_t) array_depth;   /* per array: the depth of the key that holds it */
     size_t max_steps, steps;        /* the matcher's work budget for one event */
+    uint32_t limit_rule;            /* the rule that was running when the budget ran out */
+    /* the index: marks of the current event (epoch), so nothing is cleared per event */
+    bool reference;
+    uint32_t epoch;
+    uint32_t *pred_stamp;           /* per predicate (all buses): passed in this event */
+    uint32_t *clause_stamp, *clause_count;
+    uint32_t *rule_stamp;           /* per rule: decided in this event */
+    uint32_t *path_arrays;          /* per path: some leaf of this event lies in an array */
+    uint16_t *path_depth;           /* ... and the depth of the outermost such array */
+    VM_BUF(uint32_t) candidates;
     /* scanner frames */
     VM_BUF(struct vm_frame) frames;
     /* matcher */
@@ -95,6 +107,25 @@ bool vm_buf_grow(void **v, uint32_t *cap, size_t elem, uint32_t need);
 #define VM_BUF_PUSH(buf, x) \
     ((buf).n < (buf).cap || vm_buf_grow((void **)&(buf).v, &(buf).cap, sizeof *(buf).v, (buf).n + 1) \
          ? ((buf).v[(buf).n++] = (x), true) : false)
+
+typedef struct {
+    const char *s;
+    size_t n;
+} vm_text;
+
+/* Helpers of the reference evaluator (match.c) that the index uses too. */
+bool vm_field_text(vm_ctx *c, const char *json, const vm_field *f, vm_text *out);
+bool vm_fold_text(vm_ctx *c, vm_text *t);
+bool vm_canon_text(vm_ctx *c, const char *s, size_t n, vm_text *out);
+bool vm_leaf_passes(vm_ctx *c, const char *json, const vm_test *t, const vm_field *f);
+
+/* Runs rule ri's bytecode on the scanned event: 1 match, 0 none, -1 out of memory, -2 out of
+ * steps. */
+int vm_run_rule(vm_ctx *c, const char *json, uint32_t ri);
+
+/* Matches the scanned event against the index of one bus, appending matched rules (sorted) to
+ * c->matched.  Returns VM_OK, VM_ERR_NOMEM or VM_ERR_LIMIT (c->limit_rule says which rule). */
+vm_status vm_ix_match_bus(vm_ctx *c, uint32_t bus, const char *json);
 
 /* Scans the event into c's field tables.  Returns VM_OK, or an error for invalid JSON. */
 vm_status vm_scan(vm_ctx *c, const char *json, size_t len, vm_error *err);

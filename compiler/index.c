@@ -1,0 +1,581 @@
+/*
+ * index.c — builds the index of every bus (vm.h, docs/index.md) from the IR of its rules.
+ *
+ * Each rule becomes clauses: its condition in disjunctive normal form over predicates (a test on
+ * a path), where a negation makes a clause that must be confirmed by running the rule.  A rule
+ * whose normal form would be too large gets one clause that counts any of a set of predicates
+ * one of which must pass for the rule to match (its triggers), confirmed by running the rule.
+ * Then, per bus and path, every predicate is filed where a leaf value finds it fastest.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cc.h"
+
+enum { MAX_CLAUSES = 32 };   /* beyond this a rule is indexed by its triggers */
+
+/* ---- predicates ------------------------------------------------------------------------------ */
+
+static uint64_t mix3(uint32_t a, uint32_t b, uint32_t c)
+{
+    uint64_t h = (uint64_t)a * 0x9E3779B97F4A7C15ull ^ (uint64_t)b * 0xC2B2AE3D27D4EB4Full ^
+                 (uint64_t)c * 0x165667B19E3779F9ull;
+    return h ^ (h >> 31);
+}
+
+/* The predicate (test on path, on one bus), made once. */
+static uint32_t pred_of(cc_comp *c, uint32_t bus, uint32_t path, uint32_t test)
+{
+    if ((c->xpreds.n + 1) * 2 > c->xpred_cap) {
+        uint32_t cap = c->xpred_cap ? c->xpred_cap * 2 : 1024;
+        uint32_t *slots = calloc(cap, sizeof *slots);
+        if (!slots)
+            abort();
+        for (uint32_t i = 0; i < c->xpreds.n; i++) {
+            cc_xpred *x = &c->xpreds.v[i];
+            uint64_t h = mix3(x->bus, x->path, x->test) & (cap - 1);
+            while (slots[h])
+                h = (h + 1) & (cap - 1);
+            slots[h] = i + 1;
+        }
+        free(c->xpred_slots);
+        c->xpred_slots = slots;
+        c->xpred_cap = cap;
+    }
+    uint64_t h = mix3(bus, path, test) & (c->xpred_cap - 1);
+    for (; c->xpred_slots[h]; h = (h + 1) & (c->xpred_cap - 1)) {
+        cc_xpred *x = &c->xpreds.v[c->xpred_slots[h] - 1];
+        if (x->bus == bus && x->path == path && x->test == test)
+            return c->xpred_slots[h] - 1;
+    }
+    cc_xpred x = { bus, path, test, { 0 } };
+    vec_push(c->xpreds, x);
+    c->xpred_slots[h] = c->xpreds.n;
+    return c->xpreds.n - 1;
+}
+
+/* ---- normal forms ----------------------------------------------------------------------------- */
+
+typedef struct {
+    u32vec preds;
+    bool verify;
+} dclause;
+
+typedef struct {
+    dclause *v;
+    uint32_t n;
+    bool overflow;
+} dnf;
+
+static void dnf_free(dnf *d)
+{
+    for (uint32_t i = 0; i < d->n; i++)
+        free(d->v[i].preds.v);
+    free(d->v);
+    d->v = NULL;
+    d->n = 0;
+}
+
+static void add_pred(u32vec *v, uint32_t p)
+{
+    for (uint32_t i = 0; i < v->n; i++)
+        if (v->v[i] == p)
+            return;
+    vec_push(*v, p);
+}
+
+/* The disjunctive normal form of n over predicates; overflow when it exceeds MAX_CLAUSES. */
+static dnf to_dnf(cc_comp *c, uint32_t bus, const ir *n)
+{
+    dnf out = { NULL, 0, false };
+    switch (n->kind) {
+    case IR_TEST:
+        out.v = calloc(1, sizeof *out.v);
+        out.n = 1;
+        add_pred(&out.v[0].preds, pred_of(c, bus, n->path, n->test));
+        return out;
+    case IR_NOT:
+        /* A negation passes no predicate: the clause is confirmed by running the rule. */
+        out.v = calloc(1, sizeof *out.v);
+        out.n = 1;
+        out.v[0].verify = true;
+        return out;
+    case IR_OR:
+        for (uint32_t k = 0; k < n->nkid && !out.overflow; k++) {
+            dnf d = to_dnf(c, bus, n->kid[k]);
+            if (d.overflow || out.n + d.n > MAX_CLAUSES) {
+                out.overflow = true;
+                dnf_free(&d);
+                break;
+            }
+            out.v = cc_xrealloc(out.v, (out.n + d.n) * sizeof *out.v);
+            if (d.n)
+                memcpy(out.v + out.n, d.v, d.n * sizeof *d.v);
+            out.n += d.n;
+            free(d.v);
+        }
+        return out;
+    case IR_AND:
+        out.v = calloc(1, sizeof *out.v);
+        out.n = 1;
+        for (uint32_t k = 0; k < n->nkid && !out.overflow; k++) {
+            dnf d = to_dnf(c, bus, n->kid[k]);
+            if (d.overflow || (uint64_t)out.n * d.n > MAX_CLAUSES) {
+                out.overflow = true;
+                dnf_free(&d);
+                break;
+            }
+            dnf prod = { calloc(out.n * d.n, sizeof *out.v), out.n * d.n, false };
+            for (uint32_t i = 0; i < out.n; i++)
+                for (uint32_t j = 0; j < d.n; j++) {
+                    dclause *x = &prod.v[i * d.n + j];
+                    for (uint32_t q = 0; q < out.v[i].preds.n; q++)
+                        add_pred(&x->preds, out.v[i].preds.v[q]);
+                    for (uint32_t q = 0; q < d.v[j].preds.n; q++)
+                        add_pred(&x->preds, d.v[j].preds.v[q]);
+                    x->verify = out.v[i].verify || d.v[j].verify;
+                }
+            dnf_free(&out);
+            dnf_free(&d);
+            out = prod;
+        }
+        return out;
+    }
+    return out;
+}
+
+/* Triggers: predicates one of which passes whenever n holds (false: there is no such set, as
+ * for a negation).  Of an 'and' the smallest set of a part is taken. */
+static bool triggers(cc_comp *c, uint32_t bus, const ir *n, u32vec *out)
+{
+    switch (n->kind) {
+    case IR_TEST:
+        add_pred(out, pred_of(c, bus, n->path, n->test));
+        return true;
+    case IR_NOT:
+        return false;
+    case IR_OR:
+        for (uint32_t k = 0; k < n->nkid; k++)
+            if (!triggers(c, bus, n->kid[k], out))
+                return false;
+        return true;
+    case IR_AND: {
+        u32vec best = { 0 };
+        bool found = false;
+        for (uint32_t k = 0; k < n->nkid; k++) {
+            u32vec t = { 0 };
+            if (triggers(c, bus, n->kid[k], &t) && (!found || t.n < best.n)) {
+                free(best.v);
+                best = t;
+                found = true;
+            } else {
+                free(t.v);
+            }
+        }
+        for (uint32_t i = 0; i < best.n; i++)
+            add_pred(out, best.v[i]);
+        free(best.v);
+        return found;
+    }
+    }
+    return false;
+}
+
+static void add_clause(cc_comp *c, uint32_t bus, uint32_t rule, u32vec preds, uint32_t need,
+                       bool verify)
+{
+    cc_xclause x = { bus, rule, need, verify ? VM_IXC_VERIFY : 0, preds };
+    vec_push(c->xclauses, x);
+    uint32_t id = c->xclauses.n - 1;
+    for (uint32_t i = 0; i < preds.n; i++)
+        vec_push(c->xpreds.v[preds.v[i]].clauses, id);
+}
+
+void cc_index_rule(cc_comp *c, uint32_t rule, uint32_t bus, const ir *root)
+{
+    if (bus == VM_NONE)
+        return;
+    dnf d = to_dnf(c, bus, root);
+    if (!d.overflow) {
+        for (uint32_t i = 0; i < d.n; i++)
+            add_clause(c, bus, rule, d.v[i].preds, d.v[i].preds.n, d.v[i].verify);
+        free(d.v);   /* the clauses own the predicate lists now */
+        return;
+    }
+    dnf_free(&d);
+    u32vec t = { 0 };
+    if (triggers(c, bus, root, &t)) {
+        add_clause(c, bus, rule, t, 1, true);
+    } else {
+        free(t.v);
+        add_clause(c, bus, rule, (u32vec){ 0 }, 0, true);
+    }
+}
+
+/* ---- per-path dispatch ------------------------------------------------------------------------- */
+
+/* A key filed during the build, before keys are merged into the table. */
+typedef struct {
+    uint8_t kind, aux;
+    uint32_t ipath;
+    vm_str key;
+    uint32_t pred;
+} raw_key;
+
+typedef VEC(raw_key) raw_keys;
+
+typedef struct {
+    double lo, hi;
+    bool lo_open, hi_open;
+    uint32_t pred;
+} raw_range;
+
+typedef VEC(raw_range) raw_ranges;
+
+static int cmp_raw_key(const void *pa, const void *pb)
+{
+    const raw_key *a = pa, *b = pb;
+    if (a->ipath != b->ipath) return a->ipath < b->ipath ? -1 : 1;
+    if (a->kind != b->kind) return a->kind < b->kind ? -1 : 1;
+    if (a->aux != b->aux) return a->aux < b->aux ? -1 : 1;
+    if (a->key.off != b->key.off) return a->key.off < b->key.off ? -1 : 1;
+    if (a->key.len != b->key.len) return a->key.len < b->key.len ? -1 : 1;
+    return a->pred < b->pred ? -1 : a->pred > b->pred;
+}
+
+static int cmp_double(const void *pa, const void *pb)
+{
+    double a = *(const double *)pa, b = *(const double *)pb;
+    return a < b ? -1 : a > b;
+}
+
+static int cmp_u32(const void *pa, const void *pb)
+{
+    uint32_t a = *(const uint32_t *)pa, b = *(const uint32_t *)pb;
+    return a < b ? -1 : a > b;
+}
+
+static void put_key(raw_keys *keys, unsigned kind, unsigned aux, uint32_t ipath, vm_str key,
+                    uint32_t pred)
+{
+    raw_key k = { (uint8_t)kind, (uint8_t)aux, ipath, key, pred };
+    vec_push(*keys, k);
+}
+
+/* Appends the distinct values of v (sorted) to the refs pool; returns the first index. */
+static uint32_t put_lengths(cc_comp *c, u32vec *v, uint32_t *n)
+{
+    if (v->n)
+        qsort(v->v, v->n, sizeof *v->v, cmp_u32);
+    uint32_t first = c->ix_refs.n, k = 0;
+    for (uint32_t i = 0; i < v->n; i++)
+        if (i == 0 || v->v[i] != v->v[i - 1]) {
+            vec_push(c->ix_refs, v->v[i]);
+            k++;
+        }
+    *n = k;
+    return first;
+}
+
+/* Files predicate `pred` (index within the bus: `local`) of path entry `ip`.  Tests the
+ * dispatcher can look up go to keys or ranges; the rest are run one by one. */
+static void file_pred(cc_comp *c, uint32_t ip, uint32_t local, raw_keys *keys, raw_ranges *ranges,
+                      u32vec *exists, u32vec *generic, u32vec *plens, u32vec *slens, u32vec *clens)
+{
+    const cc_xpred *x = &c->xpreds.v[c->ix_local_to_pred.v[local]];
+    const vm_test *t = &c->tests.v[x->test];
+    bool ci = t->flags & VM_TF_CI;
+    if (t->flags & (VM_TF_NEG | VM_TF_ASNUM)) {
+        vec_push(*generic, local);
+        return;
+    }
+    switch (t->kind) {
+    case VM_T_EXISTS:
+        vec_push(*exists, local);
+        return;
+    case VM_T_EQ:
+        for (uint32_t i = 0; i < t->narg; i++) {
+            const vm_const *k = &c->consts.v[t->arg0 + i];
+            switch (k->type) {
+            case VM_C_STR:
+                put_key(keys, ci ? VM_K_STR_CI : VM_K_STR, 0, ip, k->s, local);
+                if (k->flags & VM_CF_IP)
+                    put_key(keys, VM_K_IP, 0, ip, cc_str(c, (const char *)k->ip, 16), local);
+                break;
+            case VM_C_NUM: put_key(keys, VM_K_NUM, 0, ip, k->s, local); break;
+            case VM_C_TRUE: put_key(keys, VM_K_TRUE, 0, ip, (vm_str){ 0, 0 }, local); break;
+            case VM_C_FALSE: put_key(keys, VM_K_FALSE, 0, ip, (vm_str){ 0, 0 }, local); break;
+            default: put_key(keys, VM_K_NULL, 0, ip, (vm_str){ 0, 0 }, local); break;
+            }
+        }
+        return;
+    case VM_T_PREFIX:
+    case VM_T_SUFFIX:
+        for (uint32_t i = 0; i < t->narg; i++) {
+            const vm_const *k = &c->consts.v[t->arg0 + i];
+            bool pre = t->kind == VM_T_PREFIX;
+            put_key(keys, pre ? (ci ? VM_K_PREFIX_CI : VM_K_PREFIX) : (ci ? VM_K_SUFFIX_CI : VM_K_SUFFIX),
+                    0, ip, k->s, local);
+            vec_push(*(pre ? plens : slens), k->s.len);
+        }
+        return;
+    case VM_T_CIDR:
+        for (uint32_t i = 0; i < t->narg; i++) {
+            const vm_const *k = &c->consts.v[t->arg0 + i];
+            put_key(keys, VM_K_CIDR, k->bits, ip, cc_str(c, (const char *)k->ip, 16), local);
+            vec_push(*clens, k->bits);
+        }
+        return;
+    case VM_T_RANGE:
+        for (uint32_t i = 0; i < t->narg; i++) {
+            const vm_const *k = &c->consts.v[t->arg0 + i];
+            raw_range r = { k->lo, k->hi, k->flags & VM_CF_LO_OPEN, k->flags & VM_CF_HI_OPEN, local };
+            vec_push(*ranges, r);
+        }
+        return;
+    default:
+        vec_push(*generic, local);
+        return;
+    }
+}
+
+/* The slot of a range's end among the sorted bounds b[0..n): slot 2i+1 is b[i] itself, slot 2i
+ * the open interval below it (slot 2n: above the last). */
+static uint32_t bound_slot(const double *b, uint32_t n, double v, bool upper, bool open)
+{
+    if (isinf(v))
+        return v < 0 ? 0 : 2 * n;
+    uint32_t lo = 0, hi = n;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (b[mid] < v)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    /* b[lo] == v: the bound is one of the points */
+    uint32_t at = 2 * lo + 1;
+    return open ? (upper ? at - 1 : at + 1) : at;
+}
+
+/* Builds the segment tree of one path's ranges: node lists are filed in ix_nodes (a complete
+ * binary tree over a power of two of leaves; leaf s is the slot s). */
+static void build_ranges(cc_comp *c, vm_ix_path *ixp, raw_ranges *rs)
+{
+    if (rs->n == 0)
+        return;
+    double *b = cc_xmalloc(rs->n * 2 * sizeof *b);
+    uint32_t nb = 0;
+    for (uint32_t i = 0; i < rs->n; i++) {
+        if (!isinf(rs->v[i].lo))
+            b[nb++] = rs->v[i].lo;
+        if (!isinf(rs->v[i].hi))
+            b[nb++] = rs->v[i].hi;
+    }
+    qsort(b, nb, sizeof *b, cmp_double);
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < nb; i++)
+        if (k == 0 || b[i] != b[k - 1])
+            b[k++] = b[i];
+    nb = k;
+    uint32_t slots = 2 * nb + 1, leaves = 1;
+    while (leaves < slots)
+        leaves *= 2;
+    /* Gather each node's predicates: a range [a, b] of slots is covered by O(log) nodes. */
+    u32vec *lists = calloc(2 * leaves, sizeof *lists);
+    if (!lists)
+        abort();
+    for (uint32_t i = 0; i < rs->n; i++) {
+        const raw_range *r = &rs->v[i];
+        uint32_t a = bound_slot(b, nb, r->lo, false, r->lo_open);
+        uint32_t z = bound_slot(b, nb, r->hi, true, r->hi_open);
+        if (a > z)
+            continue;   /* empty, as (5, 5) */
+        for (uint32_t l = a + leaves, h = z + leaves + 1; l < h; l /= 2, h /= 2) {
+            if (l & 1) {
+                vec_push(lists[l], r->pred);
+                l++;
+            }
+            if (h & 1) {
+                h--;
+                vec_push(lists[h], r->pred);
+            }
+        }
+    }
+    ixp->bound0 = c->ix_bounds.n;
+    ixp->nbound = nb;
+    for (uint32_t i = 0; i < nb; i++)
+        vec_push(c->ix_bounds, b[i]);
+    ixp->node0 = c->ix_nodes.n;
+    ixp->nnode = 2 * leaves;
+    for (uint32_t i = 0; i < 2 * leaves; i++) {
+        vm_ix_node nd = { c->ix_refs.n, lists[i].n };
+        for (uint32_t j = 0; j < lists[i].n; j++)
+            vec_push(c->ix_refs, lists[i].v[j]);
+        vec_push(c->ix_nodes, nd);
+        free(lists[i].v);
+    }
+    free(lists);
+    free(b);
+}
+
+/* Merges equal keys and lays the hash table out (open addressing, linear probing, half full). */
+static void build_keys(cc_comp *c, raw_keys *keys)
+{
+    if (keys->n)
+        qsort(keys->v, keys->n, sizeof *keys->v, cmp_raw_key);
+    for (uint32_t i = 0; i < keys->n;) {
+        uint32_t j = i;
+        vm_ix_key k = { keys->v[i].kind, keys->v[i].aux, keys->v[i].ipath, keys->v[i].key,
+                        c->ix_refs.n, 0 };
+        while (j < keys->n && keys->v[j].kind == k.kind && keys->v[j].aux == k.aux &&
+               keys->v[j].ipath == k.ipath && keys->v[j].key.off == k.key.off &&
+               keys->v[j].key.len == k.key.len) {
+            if (j == i || keys->v[j].pred != keys->v[j - 1].pred) {
+                vec_push(c->ix_refs, keys->v[j].pred);
+                k.nlist++;
+            }
+            j++;
+        }
+        vec_push(c->ix_keys, k);
+        i = j;
+    }
+}
+
+static void build_table(cc_comp *c)
+{
+    uint32_t cap = 16;
+    while (cap < c->ix_keys.n * 2)
+        cap *= 2;
+    uint32_t *slots = calloc(cap, sizeof *slots);
+    if (!slots)
+        abort();
+    for (uint32_t i = 0; i < c->ix_keys.n; i++) {
+        const vm_ix_key *k = &c->ix_keys.v[i];
+        uint64_t h = vm_ix_hash(k->kind, k->aux, k->ipath, c->strs.v + k->key.off, k->key.len);
+        for (h &= cap - 1; slots[h]; h = (h + 1) & (cap - 1))
+            ;
+        slots[h] = i + 1;
+    }
+    for (uint32_t i = 0; i < cap; i++)
+        vec_push(c->ix_slots, slots[i]);
+    free(slots);
+}
+
+/* The longest path prefix that two predicates of a clause share (a predicate's whole path when
+ * two are on the same path): arrays deeper than that cannot tie leaves of two predicates. */
+static uint32_t shared_depth(cc_comp *c, const u32vec *preds)
+{
+    uint32_t best = 0;
+    for (uint32_t i = 0; i < preds->n; i++)
+        for (uint32_t j = i + 1; j < preds->n; j++) {
+            const vm_path *a = &c->paths.v[c->xpreds.v[preds->v[i]].path];
+            const vm_path *b = &c->paths.v[c->xpreds.v[preds->v[j]].path];
+            uint32_t n = 0;
+            while (n < a->nseg && n < b->nseg &&
+                   c->segs.v[a->seg0 + n].off == c->segs.v[b->seg0 + n].off)
+                n++;   /* segments are pooled once: equal names have equal offsets */
+            if (n > best)
+                best = n;
+        }
+    return best;
+}
+
+/* Builds the index of bus `bus` from the predicates and clauses its rules made. */
+static void build_bus(cc_comp *c, uint32_t bus, raw_keys *keys)
+{
+    vm_ix_bus xb = { c->ix_paths.n, 0, c->ix_preds.n, 0, c->ix_clauses.n, 0, 0, 0 };
+    /* The bus's predicates, by path: local numbers are their order in ix_preds. */
+    c->ix_local_to_pred.n = 0;
+    for (uint32_t i = 0; i < c->xpreds.n; i++)
+        if (c->xpreds.v[i].bus == bus)
+            vec_push(c->ix_local_to_pred, i);
+    uint32_t npred = c->ix_local_to_pred.n;
+    /* Sort by path (stable on creation order) so that each path's predicates are together. */
+    for (uint32_t i = 1; i < npred; i++) {
+        uint32_t v = c->ix_local_to_pred.v[i], j = i;
+        while (j > 0 && c->xpreds.v[c->ix_local_to_pred.v[j - 1]].path > c->xpreds.v[v].path) {
+            c->ix_local_to_pred.v[j] = c->ix_local_to_pred.v[j - 1];
+            j--;
+        }
+        c->ix_local_to_pred.v[j] = v;
+    }
+    uint32_t *local_of = cc_xmalloc((c->xpreds.n + 1) * sizeof *local_of);
+    for (uint32_t i = 0; i < npred; i++)
+        local_of[c->ix_local_to_pred.v[i]] = i;
+    /* Clauses of the bus, with their predicates renumbered. */
+    uint32_t *clause_of = cc_xmalloc((c->xclauses.n + 1) * sizeof *clause_of);
+    for (uint32_t i = 0; i < c->xclauses.n; i++) {
+        const cc_xclause *x = &c->xclauses.v[i];
+        if (x->bus != bus)
+            continue;
+        vm_ix_clause cl = { x->rule, x->need, x->flags, shared_depth(c, &x->preds), c->ix_refs.n,
+                            x->preds.n };
+        for (uint32_t j = 0; j < x->preds.n; j++)
+            vec_push(c->ix_refs, local_of[x->preds.v[j]]);
+        clause_of[i] = c->ix_clauses.n - xb.clause0;
+        vec_push(c->ix_clauses, cl);
+    }
+    xb.nclause = c->ix_clauses.n - xb.clause0;
+    xb.always0 = c->ix_refs.n;
+    for (uint32_t i = 0; i < xb.nclause; i++)
+        if (c->ix_clauses.v[xb.clause0 + i].need == 0)
+            vec_push(c->ix_refs, i);
+    xb.nalways = c->ix_refs.n - xb.always0;
+    for (uint32_t i = 0; i < npred; i++) {
+        const cc_xpred *x = &c->xpreds.v[c->ix_local_to_pred.v[i]];
+        vm_ix_pred pr = { x->path, x->test, c->ix_refs.n, x->clauses.n };
+        for (uint32_t j = 0; j < x->clauses.n; j++)
+            vec_push(c->ix_refs, clause_of[x->clauses.v[j]]);
+        vec_push(c->ix_preds, pr);
+    }
+    xb.npred = npred;
+    /* Paths, each with its dispatch. */
+    for (uint32_t i = 0; i < npred;) {
+        uint32_t path = c->xpreds.v[c->ix_local_to_pred.v[i]].path, j = i;
+        uint32_t ip = c->ix_paths.n;
+        vm_ix_path ixp = { .path = path };
+        raw_ranges ranges = { 0 };
+        u32vec exists = { 0 }, generic = { 0 }, plens = { 0 }, slens = { 0 }, clens = { 0 };
+        uint32_t keys_before = keys->n;
+        for (; j < npred && c->xpreds.v[c->ix_local_to_pred.v[j]].path == path; j++)
+            file_pred(c, ip, j, keys, &ranges, &exists, &generic, &plens, &slens, &clens);
+        for (uint32_t k = keys_before; k < keys->n; k++)
+            ixp.kinds |= 1u << keys->v[k].kind;
+        ixp.exists0 = c->ix_refs.n;
+        for (uint32_t k = 0; k < exists.n; k++)
+            vec_push(c->ix_refs, exists.v[k]);
+        ixp.nexists = exists.n;
+        ixp.generic0 = c->ix_refs.n;
+        for (uint32_t k = 0; k < generic.n; k++)
+            vec_push(c->ix_refs, generic.v[k]);
+        ixp.ngeneric = generic.n;
+        ixp.plen0 = put_lengths(c, &plens, &ixp.nplen);
+        ixp.slen0 = put_lengths(c, &slens, &ixp.nslen);
+        ixp.clen0 = put_lengths(c, &clens, &ixp.nclen);
+        build_ranges(c, &ixp, &ranges);
+        vec_push(c->ix_paths, ixp);
+        free(ranges.v);
+        free(exists.v);
+        free(generic.v);
+        free(plens.v);
+        free(slens.v);
+        free(clens.v);
+        i = j;
+    }
+    xb.npath = c->ix_paths.n - xb.path0;
+    vec_push(c->ix_buses, xb);
+    free(local_of);
+    free(clause_of);
+}
+
+void cc_index_build(cc_comp *c)
+{
+    raw_keys keys = { 0 };
+    for (uint32_t b = 0; b < c->pbuses.n; b++)
+        build_bus(c, b, &keys);
+    build_keys(c, &keys);
+    build_table(c);
+    free(keys.v);
+}

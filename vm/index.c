@@ -1,0 +1,264 @@
+/*
+ * index.c — matching through the index (vm.h, docs/index.md): every leaf that some rule looks
+ * at is dispatched once to the predicates it passes; each passing predicate advances the clauses
+ * that count it; complete clauses make their rules match, or candidates that the rule's bytecode
+ * confirms.  The work per event follows the event's leaves and the predicates they pass, not
+ * the number of rules.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "vm_int.h"
+
+uint64_t vm_ix_hash(unsigned kind, unsigned aux, uint32_t ipath, const char *key, size_t len)
+{
+    uint64_t h = 1469598103934665603ull ^ ((uint64_t)ipath << 16 | kind << 8 | aux);
+    h *= 1099511628211ull;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)key[i]) * 1099511628211ull;
+    return h ^ (h >> 32);
+}
+
+/* The key's predicate list, or NULL. */
+static const vm_ix_key *find_key(const vm_program *p, unsigned kind, unsigned aux, uint32_t ipath,
+                                 const char *key, size_t len)
+{
+    uint32_t mask = p->nix_slots - 1;
+    if (!p->nix_slots)
+        return NULL;
+    for (uint64_t h = vm_ix_hash(kind, aux, ipath, key, len) & mask; p->ix_slots[h];
+         h = (h + 1) & mask) {
+        const vm_ix_key *k = &p->ix_keys[p->ix_slots[h] - 1];
+        if (k->kind == kind && k->aux == aux && k->ipath == ipath && k->key.len == len &&
+            memcmp(p->strs + k->key.off, key, len) == 0)
+            return k;
+    }
+    return NULL;
+}
+
+/* Marks a predicate of bus b as passed (once per event) and counts it in its clauses. */
+static bool fire(vm_ctx *c, const vm_ix_bus *b, uint32_t pred)
+{
+    const vm_program *p = c->p;
+    if (c->pred_stamp[b->pred0 + pred] == c->epoch)
+        return true;
+    c->pred_stamp[b->pred0 + pred] = c->epoch;
+    const vm_ix_pred *pr = &p->ix_preds[b->pred0 + pred];
+    const uint32_t *cl = p->ix_refs + pr->clause0;
+    for (uint32_t i = 0; i < pr->nclause; i++) {
+        uint32_t k = b->clause0 + cl[i];
+        if (c->clause_stamp[k] != c->epoch) {
+            c->clause_stamp[k] = c->epoch;
+            c->clause_count[k] = 0;
+        }
+        if (++c->clause_count[k] == p->ix_clauses[k].need && !VM_BUF_PUSH(c->candidates, k))
+            return false;
+    }
+    return true;
+}
+
+static bool fire_list(vm_ctx *c, const vm_ix_bus *b, uint32_t list0, uint32_t n)
+{
+    const uint32_t *l = c->p->ix_refs + list0;
+    for (uint32_t i = 0; i < n; i++)
+        if (!fire(c, b, l[i]))
+            return false;
+    return true;
+}
+
+static bool fire_key(vm_ctx *c, const vm_ix_bus *b, unsigned kind, unsigned aux, uint32_t ipath,
+                     const char *key, size_t len)
+{
+    const vm_ix_key *k = find_key(c->p, kind, aux, ipath, key, len);
+    return !k || fire_list(c, b, k->list0, k->nlist);
+}
+
+/* Looks up every prefix (or suffix) of t whose length some key of the path has. */
+static bool fire_affixes(vm_ctx *c, const vm_ix_bus *b, uint32_t ipath, unsigned kind,
+                         uint32_t len0, uint32_t nlen, const char *t, size_t n, bool suffix)
+{
+    const uint32_t *lens = c->p->ix_refs + len0;
+    for (uint32_t i = 0; i < nlen && lens[i] <= n; i++)
+        if (!fire_key(c, b, kind, 0, ipath, suffix ? t + n - lens[i] : t, lens[i]))
+            return false;
+    return true;
+}
+
+/* The range slot of d among the sorted bounds (see compiler/index.c, bound_slot). */
+static uint32_t value_slot(const double *bounds, uint32_t n, double d)
+{
+    uint32_t lo = 0, hi = n;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (bounds[mid] < d)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && bounds[lo] == d ? 2 * lo + 1 : 2 * lo;
+}
+
+/* Dispatches one leaf of path entry ipath to the predicates it passes. */
+static bool dispatch(vm_ctx *c, const vm_ix_bus *b, uint32_t ipath, const char *json,
+                     const vm_field *f)
+{
+    const vm_program *p = c->p;
+    const vm_ix_path *ix = &p->ix_paths[ipath];
+    uint32_t kinds = ix->kinds;
+    if (!fire_list(c, b, ix->exists0, ix->nexists))
+        return false;
+    switch (f->type) {
+    case VM_J_STR: {
+        vm_text t;
+        if (!kinds && !ix->ngeneric)
+            break;
+        if (!vm_field_text(c, json, f, &t))
+            return false;
+        if ((kinds & (1u << VM_K_STR)) && !fire_key(c, b, VM_K_STR, 0, ipath, t.s, t.n))
+            return false;
+        if (!fire_affixes(c, b, ipath, VM_K_PREFIX, ix->plen0,
+                          kinds & (1u << VM_K_PREFIX) ? ix->nplen : 0, t.s, t.n, false) ||
+            !fire_affixes(c, b, ipath, VM_K_SUFFIX, ix->slen0,
+                          kinds & (1u << VM_K_SUFFIX) ? ix->nslen : 0, t.s, t.n, true))
+            return false;
+        if (kinds & ((1u << VM_K_IP) | (1u << VM_K_CIDR))) {
+            uint8_t ip[16];
+            if (vm_parse_ip(t.s, t.n, ip)) {
+                if ((kinds & (1u << VM_K_IP)) &&
+                    !fire_key(c, b, VM_K_IP, 0, ipath, (const char *)ip, 16))
+                    return false;
+                const uint32_t *lens = p->ix_refs + ix->clen0;
+                for (uint32_t i = 0; i < ix->nclen && (kinds & (1u << VM_K_CIDR)); i++) {
+                    uint8_t masked[16];
+                    int bits = (int)lens[i];
+                    for (int j = 0; j < 16; j++, bits -= 8)
+                        masked[j] = ip[j] & (bits >= 8 ? 0xff : bits <= 0 ? 0 : (uint8_t)(0xff << (8 - bits)));
+                    if (!fire_key(c, b, VM_K_CIDR, lens[i], ipath, (const char *)masked, 16))
+                        return false;
+                }
+            }
+        }
+        if (kinds & ((1u << VM_K_STR_CI) | (1u << VM_K_PREFIX_CI) | (1u << VM_K_SUFFIX_CI))) {
+            if (!vm_fold_text(c, &t))
+                return false;
+            if ((kinds & (1u << VM_K_STR_CI)) && !fire_key(c, b, VM_K_STR_CI, 0, ipath, t.s, t.n))
+                return false;
+            if (!fire_affixes(c, b, ipath, VM_K_PREFIX_CI, ix->plen0,
+                              kinds & (1u << VM_K_PREFIX_CI) ? ix->nplen : 0, t.s, t.n, false) ||
+                !fire_affixes(c, b, ipath, VM_K_SUFFIX_CI, ix->slen0,
+                              kinds & (1u << VM_K_SUFFIX_CI) ? ix->nslen : 0, t.s, t.n, true))
+                return false;
+        }
+        break;
+    }
+    case VM_J_NUM: {
+        const char *s = json + f->off;
+        vm_text canon;
+        if ((kinds & (1u << VM_K_NUM)) &&
+            (!vm_canon_text(c, s, f->len, &canon) ||
+             !fire_key(c, b, VM_K_NUM, 0, ipath, canon.s, canon.n)))
+            return false;
+        double d;
+        if (ix->nnode && vm_number_value(s, f->len, &d)) {
+            /* Walk from the value's leaf to the root: every node on the way holds ranges that
+             * contain it. */
+            uint32_t leaves = ix->nnode / 2;
+            for (uint32_t node = leaves + value_slot(p->ix_bounds + ix->bound0, ix->nbound, d);
+                 node >= 1; node /= 2) {
+                const vm_ix_node *nd = &p->ix_nodes[ix->node0 + node];
+                if (!fire_list(c, b, nd->list0, nd->nlist))
+                    return false;
+            }
+        }
+        break;
+    }
+    case VM_J_TRUE:
+    case VM_J_FALSE:
+    case VM_J_NULL: {
+        unsigned kind = f->type == VM_J_TRUE ? VM_K_TRUE : f->type == VM_J_FALSE ? VM_K_FALSE : VM_K_NULL;
+        if ((kinds & (1u << kind)) && !fire_key(c, b, kind, 0, ipath, "", 0))
+            return false;
+        break;
+    }
+    }
+    /* The predicates no lookup can find: each runs its test on the leaf. */
+    const uint32_t *g = p->ix_refs + ix->generic0;
+    for (uint32_t i = 0; i < ix->ngeneric; i++) {
+        if (c->pred_stamp[b->pred0 + g[i]] == c->epoch)
+            continue;
+        const vm_test *t = &p->tests[p->ix_preds[b->pred0 + g[i]].test];
+        bool pass = vm_leaf_passes(c, json, t, f);
+        if ((t->flags & VM_TF_NEG) ? !pass : pass)
+            if (!fire(c, b, g[i]))
+                return false;
+    }
+    return true;
+}
+
+static int cmp_u32(const void *pa, const void *pb)
+{
+    uint32_t a = *(const uint32_t *)pa, b = *(const uint32_t *)pb;
+    return a < b ? -1 : a > b;
+}
+
+/* Could the elements of arrays in this event decide a clause (so that counting alone cannot)?
+ * Only if two of its predicates lie on paths with leaves inside arrays no deeper than the
+ * prefix their paths share (the clause's depth). */
+static bool arrays_matter(const vm_ctx *c, const vm_ix_bus *b, const vm_ix_clause *cl)
+{
+    const vm_program *p = c->p;
+    const uint32_t *pr = p->ix_refs + cl->pred0;
+    uint32_t inside = 0;
+    if (cl->depth == 0)
+        return false;
+    for (uint32_t i = 0; i < cl->npred; i++) {
+        uint32_t path = p->ix_preds[b->pred0 + pr[i]].path;
+        if (c->path_arrays[path] == c->epoch && c->path_depth[path] <= cl->depth && ++inside == 2)
+            return true;
+    }
+    return false;
+}
+
+vm_status vm_ix_match_bus(vm_ctx *c, uint32_t bus, const char *json)
+{
+    const vm_program *p = c->p;
+    const vm_ix_bus *b = &p->ix_buses[bus];
+    const uint32_t *map = p->derived->ix_path_of + (size_t)bus * p->npaths;
+    c->candidates.n = 0;
+    /* Dispatch every leaf that some rule of the bus looks at. */
+    for (uint32_t i = 0; i < c->touched.n; i++) {
+        uint32_t path = c->touched.v[i], ipath = map[path];
+        if (ipath == VM_NONE)
+            continue;
+        for (uint32_t f = c->first[path]; f != VM_NONE; f = c->fields.v[f].next)
+            if (!dispatch(c, b, ipath, json, &c->fields.v[f]))
+                return VM_ERR_NOMEM;
+    }
+    for (uint32_t i = 0; i < b->nalways; i++)
+        if (!VM_BUF_PUSH(c->candidates, b->clause0 + p->ix_refs[b->always0 + i]))
+            return VM_ERR_NOMEM;
+    /* Decide the candidates; a rule's clauses may come up several times. */
+    size_t first_match = c->matched.n;
+    for (uint32_t i = 0; i < c->candidates.n; i++) {
+        const vm_ix_clause *cl = &p->ix_clauses[c->candidates.v[i]];
+        if (c->rule_stamp[cl->rule] == c->epoch)
+            continue;
+        if ((cl->flags & VM_IXC_VERIFY) || arrays_matter(c, b, cl)) {
+            /* The bytecode decides the whole rule: no other clause of it needs a look. */
+            int m = vm_run_rule(c, json, cl->rule);
+            if (m == -2)
+                return VM_ERR_LIMIT;
+            if (m < 0)
+                return VM_ERR_NOMEM;
+            c->rule_stamp[cl->rule] = c->epoch;
+            if (m == 0)
+                continue;
+        }
+        c->rule_stamp[cl->rule] = c->epoch;
+        if (!VM_BUF_PUSH(c->matched, cl->rule))
+            return VM_ERR_NOMEM;
+    }
+    if (c->matched.n - first_match > 1)
+        qsort(c->matched.v + first_match, c->matched.n - first_match, sizeof *c->matched.v, cmp_u32);
+    return VM_OK;
+}
