@@ -1,0 +1,237 @@
+/*
+ * test_differential.c — the index against the reference evaluator: seeded random rulesets (match
+ * expressions and JSON patterns over a small vocabulary, with arrays, negations, every operator)
+ * and random events; both engines must match exactly the same rules for every event.
+ * EBR_DIFF_SEED and EBR_DIFF_ROUNDS (a multiplier) give longer runs outside `make test`.
+ */
+#include <criterion/criterion.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../compiler/compiler.h"
+
+static uint64_t rng = 0x2545F4914F6CDD1Dull;
+
+static uint32_t rnd(uint32_t n)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (uint32_t)((rng >> 33) % n);
+}
+
+typedef struct {
+    char *s;
+    size_t n, cap;
+} buf;
+
+static void put(buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    for (;;) {
+        va_start(ap, fmt);
+        int k = vsnprintf(b->s + b->n, b->cap - b->n, fmt, ap);
+        va_end(ap);
+        if ((size_t)k < b->cap - b->n) {
+            b->n += (size_t)k;
+            return;
+        }
+        b->cap = (b->cap + (size_t)k) * 2;
+        b->s = realloc(b->s, b->cap);
+    }
+}
+
+/* The vocabulary: paths (language form, pattern form) and values. */
+static const char *const paths[] = {
+    "a", "b", "c.d", "c.e", "arr[].x", "arr[].y", "arr[].sub[].z", "tags", "n", "s",
+};
+static const char *const strs[] = {
+    "x", "y", "ab", "abc", "ABC", "10.0.0.1", "10.0.0.001", "\\u00df", "ss", "SS", "", "a*b",
+};
+static const char *const nums[] = { "0", "1", "1.5", "-2", "300", "3e2", "1e400", "12345678901234567890" };
+
+static const char *any_value(void)
+{
+    static char tmp[64];
+    switch (rnd(5)) {
+    case 0: case 1: snprintf(tmp, sizeof tmp, "\"%s\"", strs[rnd(12)]); return tmp;
+    case 2: return nums[rnd(8)];
+    case 3: return rnd(2) ? "true" : "false";
+    default: return "null";
+    }
+}
+
+/* One random predicate in the rule language. */
+static void predicate(buf *b)
+{
+    const char *p = paths[rnd(10)];
+    switch (rnd(16)) {
+    case 0: put(b, "%s == %s", p, any_value()); break;
+    case 1: put(b, "%s != %s", p, any_value()); break;
+    case 2: put(b, "%s %s %s", p, rnd(2) ? "<" : ">=", nums[rnd(6)]); break;
+    case 3: put(b, "%s in [%s, %s]", p, any_value(), any_value()); break;
+    case 4: put(b, "%s not in [\"%s\", \"%s\"]", p, strs[rnd(12)], strs[rnd(12)]); break;
+    case 5: put(b, "%s starts_with%s \"%s\"", p, rnd(2) ? " ignore_case" : "", strs[rnd(10)]); break;
+    case 6: put(b, "%s ends_with%s \"%s\"", p, rnd(2) ? " ignore_case" : "", strs[rnd(10)]); break;
+    case 7: put(b, "%s contains \"%s\"", p, strs[rnd(5)]); break;
+    case 8: put(b, "%s like \"%s*\"", p, strs[rnd(5)]); break;
+    case 9: put(b, "%s matches /[a-c]+/", p); break;
+    case 10: put(b, "%s in cidr \"10.0.0.0/%d\"", p, rnd(2) ? 8 : 31); break;
+    case 11: put(b, "exists %s", p); break;
+    case 12: put(b, "not exists %s", p); break;
+    case 13: put(b, "%s == ignore_case \"%s\"", p, strs[rnd(10)]); break;
+    case 14: put(b, "%s as number > 1", p); break;
+    default: put(b, "%s not starts_with \"%s\"", p, strs[rnd(5)]); break;
+    }
+}
+
+static void expression(buf *b, int depth)
+{
+    int k = depth >= 3 ? 0 : rnd(6);
+    switch (k) {
+    case 0: case 1: case 2: predicate(b); return;
+    case 3: put(b, "("); expression(b, depth + 1); put(b, " and "); expression(b, depth + 1); put(b, ")"); return;
+    case 4: put(b, "("); expression(b, depth + 1); put(b, " or "); expression(b, depth + 1); put(b, ")"); return;
+    default: put(b, "not ("); expression(b, depth + 1); put(b, ")"); return;
+    }
+}
+
+/* A random JSON pattern over the same vocabulary (event-ruler dialect). */
+static void pattern(buf *b)
+{
+    static const char *const ops[] = {
+        "\"%s\"", "{\"prefix\": \"%s\"}", "{\"suffix\": \"%s\"}", "{\"equals-ignore-case\": \"%s\"}",
+        "{\"anything-but\": \"%s\"}", "{\"wildcard\": \"%s*\"}", "{\"exists\": true}", "{\"exists\": false}",
+        "{\"anything-but\": {\"prefix\": \"%s\"}}",
+    };
+    put(b, "{\"arr\": {\"x\": [");
+    int n = 1 + rnd(2);
+    for (int i = 0; i < n; i++) {
+        const char *op = ops[rnd(9)];
+        const char *s = strs[rnd(10)];
+        if (i)
+            put(b, ", ");
+        if (strstr(op, "prefix") && !*s)
+            s = "a";
+        put(b, op, s);
+    }
+    put(b, "]");
+    if (rnd(2))
+        put(b, ", \"y\": [%s, {\"numeric\": [\">\", 0, \"<=\", 300]}]", nums[rnd(6)]);
+    put(b, "}");
+    if (rnd(2))
+        put(b, ", \"$or\": [{\"a\": [\"x\"]}, {\"c\": {\"d\": [{\"exists\": true}]}}]");
+    put(b, "}");
+}
+
+/* A random event: objects, arrays of objects and scalars, at the vocabulary's paths. */
+static void event(buf *b)
+{
+    put(b, "{");
+    bool first = true;
+#define KEY(k) (put(b, "%s\"%s\": ", first ? "" : ", ", k), first = false)
+    if (rnd(3)) { KEY("a"); put(b, "%s", any_value()); }
+    if (rnd(2)) { KEY("b"); put(b, "%s", any_value()); }
+    if (rnd(2)) { KEY("c"); put(b, "{\"d\": %s, \"e\": %s}", any_value(), any_value()); }
+    if (rnd(3)) {
+        KEY("arr");
+        put(b, "[");
+        int n = rnd(4);
+        for (int i = 0; i < n; i++) {
+            put(b, "%s{\"x\": %s", i ? ", " : "", any_value());
+            if (rnd(2))
+                put(b, ", \"y\": %s", any_value());
+            if (rnd(3) == 0)
+                put(b, ", \"sub\": [{\"z\": %s}, {\"z\": %s}]", any_value(), any_value());
+            put(b, "}");
+        }
+        put(b, "]");
+    }
+    if (rnd(2)) {
+        KEY("tags");
+        put(b, "[%s, %s]", any_value(), any_value());
+    }
+    if (rnd(2)) { KEY("n"); put(b, "%s", nums[rnd(8)]); }
+    if (rnd(2)) { KEY("s"); put(b, "\"%s\"", nums[rnd(6)]); }
+    if (rnd(4) == 0) { KEY("c.d"); put(b, "%s", any_value()); }
+#undef KEY
+    put(b, "}");
+}
+
+static void run_engines(vm_program *p, const char *ev, size_t len, int round)
+{
+    vm_options ix = { 0 }, ref = { .reference = true };
+    vm_ctx *a = vm_ctx_new(p, &ix), *r = vm_ctx_new(p, &ref);
+    const uint32_t *ma, *mr;
+    size_t na, nr;
+    vm_error ea, er;
+    vm_status sa = vm_match(a, VM_NONE, ev, len, &ma, &na, &ea);
+    vm_status sr = vm_match(r, VM_NONE, ev, len, &mr, &nr, &er);
+    cr_assert_eq(sa, sr, "round %d: status %d vs reference %d for %s", round, sa, sr, ev);
+    cr_assert_eq(na, nr, "round %d: %zu matches vs reference %zu for %s", round, na, nr, ev);
+    for (size_t i = 0; i < na; i++)
+        cr_assert_eq(ma[i], mr[i], "round %d: rule %s vs reference %s for %s", round,
+                     vm_s(p, p->rules[ma[i]].name), vm_s(p, p->rules[mr[i]].name), ev);
+    vm_ctx_free(a);
+    vm_ctx_free(r);
+}
+
+Test(differential, index_equals_reference, .timeout = 300)
+{
+    const char *seed = getenv("EBR_DIFF_SEED"), *mult = getenv("EBR_DIFF_ROUNDS");
+    if (seed && strtoull(seed, NULL, 10))
+        rng = strtoull(seed, NULL, 10);
+    int rounds = 200 * (mult && atoi(mult) > 0 ? atoi(mult) : 1);
+    long compared = 0, matched = 0;
+    for (int round = 0; round < rounds; round++) {
+        buf src = { 0 };
+        put(&src, "bus b\nbus other\n");
+        int nrules = 1 + rnd(12);
+        for (int i = 0; i < nrules; i++) {
+            put(&src, "rule r%d on %s { ", i, rnd(5) ? "b" : "other");
+            if (rnd(3) == 0) {
+                put(&src, "pattern ");
+                pattern(&src);
+            } else {
+                put(&src, "match ");
+                expression(&src, 0);
+            }
+            put(&src, " }\n");
+        }
+        char *diag = NULL;
+        size_t dlen = 0;
+        FILE *d = open_memstream(&diag, &dlen);
+        vm_program *p = cc_compile_text("diff.ebr", src.s, src.n, d, NULL);
+        fclose(d);
+        cr_assert_not_null(p, "round %d: the generated rules do not compile:\n%s\n%s", round, src.s, diag);
+        free(diag);
+        /* Run the program as read back from .ebc bytes, index included. */
+        uint8_t *bytes;
+        size_t nbytes;
+        vm_error err;
+        cr_assert_eq(vm_program_serialize(p, &bytes, &nbytes), VM_OK);
+        vm_program *q = vm_program_parse(bytes, nbytes, &err);
+        cr_assert_not_null(q, "%s", err.msg);
+        free(bytes);
+        for (int e = 0; e < 40; e++) {
+            buf ev = { 0 };
+            event(&ev);
+            run_engines(q, ev.s, ev.n, round);
+            vm_ctx *c = vm_ctx_new(q, NULL);
+            const uint32_t *m;
+            size_t nm;
+            if (vm_match(c, VM_NONE, ev.s, ev.n, &m, &nm, &err) == VM_OK)
+                matched += (long)nm;
+            vm_ctx_free(c);
+            compared++;
+            free(ev.s);
+        }
+        vm_program_free(p);
+        vm_program_free(q);
+        free(src.s);
+    }
+    cr_log_info("differential: %ld events compared, %ld matches", compared, matched);
+    cr_expect_gt(matched, compared / 10, "the generator hardly ever matches: it tests little");
+}
