@@ -33,6 +33,7 @@ static const char usage[] =
     "        [--repeat N] [--json]    events/s, MB/s, ns/event, compile time, peak RSS, and\n"
     "                                 each rule's match count\n"
     "  disasm RULES                   print each rule's bytecode (RULES is .ebr or .ebc)\n"
+    "  explain RULES                  draw each bus's index as a tree\n"
     "  opcodes                        print the VM's opcode reference (Markdown)\n"
     "  --help, --version\n"
     "\n"
@@ -260,6 +261,21 @@ static int cmd_test(int argc, char **argv)
     return status;
 }
 
+static int cmd_explain(int argc, char **argv)
+{
+    if (argc != 1) {
+        fputs("usage: ebc explain RULES\n", stderr);
+        return EXIT_USAGE;
+    }
+    int status = EXIT_OK;
+    vm_program *p = load_rules(argv[0], &status);
+    if (!p)
+        return status;
+    vm_explain(p, stdout);
+    vm_program_free(p);
+    return EXIT_OK;
+}
+
 /* Prints the opcode reference (the table in docs/bytecode.md is this output). */
 static int cmd_opcodes(int argc, char **argv)
 {
@@ -458,6 +474,7 @@ int main(int argc, char **argv)
     static const struct { const char *name; int (*run)(int, char **); } cmds[] = {
         { "compile", cmd_compile }, { "check", cmd_check }, { "test", cmd_test },
         { "disasm", cmd_disasm }, { "opcodes", cmd_opcodes }, { "bench", cmd_bench },
+        { "explain", cmd_explain },
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name))

@@ -488,8 +488,8 @@ static void build_bus(cc_comp *c, uint32_t bus, raw_keys *keys)
     vm_ix_bus xb = { c->ix_paths.n, 0, c->ix_preds.n, 0, c->ix_clauses.n, 0, 0, 0 };
     /* The bus's predicates, by path: local numbers are their order in ix_preds. */
     c->ix_local_to_pred.n = 0;
-    for (uint32_t i = 0; i < c->xpreds.n; i++)
-        if (c->xpreds.v[i].bus == bus)
+    for (uint32_t i = 0; i < c->xpreds.n; i++)   /* (a predicate no clause counts is dropped) */
+        if (c->xpreds.v[i].bus == bus && c->xpreds.v[i].clauses.n > 0)
             vec_push(c->ix_local_to_pred, i);
     uint32_t npred = c->ix_local_to_pred.n;
     /* Sort by path (stable on creation order) so that each path's predicates are together. */

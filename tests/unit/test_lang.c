@@ -227,14 +227,14 @@ Test(lang, data_driven_cases)
     cr_expect_eq(failures, 0, "%d language cases failed (see above)", failures);
 }
 
-Test(lang, golden_disassembly)
+Test(lang, golden_disassembly_and_explain)
 {
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/tests/golden", EBR_SOURCE_DIR);
     DIR *dh = opendir(dir);
     cr_assert_not_null(dh, "cannot open %s", dir);
     struct dirent *de;
-    int n = 0;
+    int n = 0, n_explain = 0;
     while ((de = readdir(dh))) {
         size_t len = strlen(de->d_name);
         if (len < 5 || strcmp(de->d_name + len - 4, ".ebr"))
@@ -261,9 +261,22 @@ Test(lang, golden_disassembly)
             cr_expect_str_eq(got, want, "%s: the disassembly changed", de->d_name);
         free(want);
         free(got);
+        /* And the index, where a NAME.explain is kept. */
+        snprintf(want_path, sizeof want_path, "%s/%.*s.explain", dir, (int)(len - 4), de->d_name);
+        want = slurp(want_path);
+        if (want) {
+            m = open_memstream(&got, &glen);
+            vm_explain(p, m);
+            fclose(m);
+            cr_expect_str_eq(got, want, "%s: the index changed (ebc explain)", de->d_name);
+            free(got);
+            free(want);
+            n_explain++;
+        }
         vm_program_free(p);
         n++;
     }
     closedir(dh);
     cr_expect_gt(n, 0, "no golden files found");
+    cr_expect_gt(n_explain, 0, "no golden explain files found");
 }
