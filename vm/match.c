@@ -75,6 +75,7 @@ vm_ctx *vm_ctx_new(const vm_program *p, const vm_options *opt)
     for (uint32_t i = 0; i < p->npaths; i++)
         c->first[i] = VM_NONE;
     c->reference = opt && opt->reference;
+    c->fast_ok = !(opt && opt->no_simd) && vm_fast_available();
     c->pred_stamp = calloc(p->nix_preds + 1, sizeof *c->pred_stamp);
     c->clause_stamp = calloc(p->nix_clauses + 1, sizeof *c->clause_stamp);
     c->clause_count = calloc(p->nix_clauses + 1, sizeof *c->clause_count);
@@ -108,6 +109,7 @@ void vm_ctx_free(vm_ctx *c)
     free(c->path_arrays);
     free(c->path_depth);
     free(c->candidates.v);
+    vm_fast_free(&c->fast);
     free(c->bind);
     free(c->trail.v);
     free(c->choices.v);
@@ -499,7 +501,7 @@ vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
             if (st != VM_OK)
                 goto nomem;
         }
-        if (bus == VM_NONE && p->nix_buses > 1)
+        if (bus == VM_NONE && p->nix_buses > 1 && c->matched.n > 1)
             qsort(c->matched.v, c->matched.n, sizeof *c->matched.v, cmp_u32);
     } else {
         for (uint32_t r = 0; r < p->nrules; r++) {

@@ -22,6 +22,8 @@ typedef struct {
     const char *s;
     size_t n, p;
     vm_error *err;
+    bool trusted;      /* stage 1 (scan_fast.c) validated the event: read without checking */
+    uint32_t bi;       /* trusted: the index of the next bracket in c->fast */
 } scanner;
 
 static vm_status fail(scanner *S, size_t at, vm_status code, const char *what)
@@ -44,12 +46,52 @@ static void skip_ws(scanner *S)
     }
 }
 
+/* Are any bits of the per-block masks set for bytes [from, from + n)? */
+static inline bool mask_range(const uint64_t *masks, size_t from, size_t n)
+{
+    size_t to = from + n, b = from >> 6;
+    if (n == 0)
+        return false;
+    if (b == (to - 1) >> 6) {
+        /* Within one block, the usual case: one mask, shifted. */
+        uint64_t m = masks[b] >> (from & 63);
+        return n >= 64 ? m != 0 : (m & ((1ull << n) - 1)) != 0;
+    }
+    for (; b <= (to - 1) >> 6; b++) {
+        uint64_t m = masks[b];
+        if (b == from >> 6)
+            m &= ~0ull << (from & 63);
+        if (b == (to - 1) >> 6 && (to & 63))
+            m &= ~0ull >> (64 - (to & 63));
+        if (m)
+            return true;
+    }
+    return false;
+}
+
+/* Trusted: the closing quote of the string opened at S->p, from stage 1's quote masks. */
+static void skip_string_fast(scanner *S, bool *escaped)
+{
+    const vm_fast *F = &S->c->fast;
+    size_t from = S->p + 1, b = from >> 6;
+    uint64_t m = F->quote[b] & (~0ull << (from & 63));
+    while (!m)
+        m = F->quote[++b];
+    size_t end = (b << 6) + (size_t)__builtin_ctzll(m);
+    *escaped = mask_range(F->bs, from, end - from);
+    S->p = end + 1;
+}
+
 /* Reads the string whose opening quote is at S->p; leaves S->p after the closing quote.
  * Checks escapes, control characters and UTF-8.  *escaped says if it held escapes. */
 static vm_status read_string(scanner *S, bool *escaped)
 {
     const unsigned char *s = (const unsigned char *)S->s;
     size_t p = S->p + 1, n = S->n;
+    if (S->trusted) {
+        skip_string_fast(S, escaped);
+        return VM_OK;
+    }
     *escaped = false;
     while (p < n) {
         unsigned char ch = s[p];
@@ -92,6 +134,11 @@ static vm_status read_string(scanner *S, bool *escaped)
 /* Checks a number per RFC 8259 at S->p and moves past it. */
 static vm_status read_number(scanner *S)
 {
+    if (S->trusted) {
+        while (S->p < S->n && strchr("0123456789+-.eE", S->s[S->p]) && S->s[S->p])
+            S->p++;
+        return VM_OK;
+    }
     const char *why;
     size_t k = vm_json_number_len(S->s + S->p, S->n - S->p, &why);
     if (k == 0)
@@ -121,6 +168,14 @@ static vm_status lookup(scanner *S, uint32_t node, const char *k, size_t len, bo
         }
         len = vm_json_unescape(k, len, c->dec);
         k = c->dec;
+    }
+    /* The common case first: the whole key is one segment. */
+    uint32_t whole = vm_trie_child(t, node, k, len);
+    bool dots = S->trusted && !escaped ? mask_range(c->fast.dot, (size_t)(k - S->s), len)
+                                       : memchr(k, '.', len) != NULL;
+    if (whole != VM_NONE || !dots) {
+        *out = whole;
+        return VM_OK;
     }
     const char *end = k + len;
     for (;;) {
@@ -184,6 +239,14 @@ static vm_status open_container(scanner *S, uint32_t node, struct vm_frame *pare
     /* Nothing below can be referenced: keep validating, but look nothing up. */
     if (!tn || (tn->nedge == 0 && (!f.array || tn->path == VM_NONE)))
         f.node = VM_NONE;
+    if (S->trusted && f.node == VM_NONE) {
+        /* Already validated: jump to the matching bracket. */
+        uint32_t close = c->fast.br_match[S->bi];
+        S->p = c->fast.br_pos[close] + 1;
+        S->bi = close + 1;
+        return VM_OK;
+    }
+    S->bi++;
     if (f.array) {
         /* An array's depth (the segments to the key that holds it) tells the matcher whether a
          * later condition can look at it; one nothing can reach gets the greatest depth. */
@@ -217,9 +280,12 @@ static vm_status read_value(scanner *S, uint32_t node, struct vm_frame *parent, 
         return fail(S, S->p, VM_ERR_EVENT, "unexpected end of event: expected a value");
     switch (S->s[S->p]) {
     case '{':
-    case '[':
-        *opened = true;
-        return open_container(S, node, parent);
+    case '[': {
+        size_t frames = S->c->frames.n;
+        st = open_container(S, node, parent);
+        *opened = S->c->frames.n > frames;   /* a trusted scan may jump over it instead */
+        return st;
+    }
     case '"':
         if ((st = read_string(S, &esc)) != VM_OK)
             return st;
@@ -231,7 +297,7 @@ static vm_status read_value(scanner *S, uint32_t node, struct vm_frame *parent, 
         static const uint8_t types[] = { VM_J_TRUE, VM_J_FALSE, VM_J_NULL };
         int w = S->s[S->p] == 't' ? 0 : S->s[S->p] == 'f' ? 1 : 2;
         size_t len = strlen(words[w]);
-        if (S->n - S->p < len || memcmp(S->s + S->p, words[w], len) != 0)
+        if (!S->trusted && (S->n - S->p < len || memcmp(S->s + S->p, words[w], len) != 0))
             return fail(S, S->p, VM_ERR_EVENT, "invalid literal (expected true, false or null)");
         S->p += len;
         return add_field(S, node, types[w], false, start, len);
@@ -253,9 +319,11 @@ static vm_status read_value(scanner *S, uint32_t node, struct vm_frame *parent, 
     }
 }
 
-vm_status vm_scan(vm_ctx *c, const char *json, size_t len, vm_error *err)
+/* Reads the event into the field tables.  Trusted (stage 1 passed): no check fails, and
+ * containers no rule looks into are jumped over. */
+static vm_status walk(vm_ctx *c, const char *json, size_t len, vm_error *err, bool trusted)
 {
-    scanner S = { c, json, len, 0, err };
+    scanner S = { c, json, len, 0, err, trusted, 0 };
     vm_status st;
     bool opened;
     skip_ws(&S);
@@ -275,6 +343,7 @@ vm_status vm_scan(vm_ctx *c, const char *json, size_t len, vm_error *err)
             /* After a member or element: ',' or the end of the container. */
             if (ch == (f->array ? ']' : '}')) {
                 S.p++;
+                S.bi++;
                 if (f->memb)
                     c->stack.n--;
                 c->frames.n--;
@@ -295,6 +364,7 @@ vm_status vm_scan(vm_ctx *c, const char *json, size_t len, vm_error *err)
                                                             : "trailing comma in object");
         } else if (ch == (f->array ? ']' : '}')) {
             S.p++;
+            S.bi++;
             if (f->memb)
                 c->stack.n--;
             c->frames.n--;
@@ -334,4 +404,18 @@ vm_status vm_scan(vm_ctx *c, const char *json, size_t len, vm_error *err)
     if (S.p < S.n)
         return fail(&S, S.p, VM_ERR_EVENT, "unexpected text after the event's closing '}'");
     return VM_OK;
+}
+
+vm_status vm_scan(vm_ctx *c, const char *json, size_t len, vm_error *err)
+{
+    /* The fast path validates with SIMD first; a failure is scanned again byte by byte, for
+     * the message and the position, and so is everything when no SIMD path exists. */
+    static int only = -1;
+    if (only < 0)
+        only = getenv("EBR_STAGE1_ONLY") != NULL;
+    if (c->fast_ok && len >= 64 && vm_fast_stage1(c, json, len))
+        return only ? VM_OK : walk(c, json, len, err, true);
+    c->fields.n = c->memb.n = c->stack.n = c->frames.n = 0;
+    c->narrays = c->array_depth.n = 0;
+    return walk(c, json, len, err, false);
 }

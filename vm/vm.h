@@ -324,6 +324,7 @@ typedef struct vm_ctx vm_ctx;
 
 typedef struct {
     bool reference;      /* run every rule's bytecode instead of the index (for checking) */
+    bool no_simd;        /* scan byte by byte even where SIMD is available (for checking) */
     size_t max_depth;    /* nesting limit for events; 0 means the default (128) */
     size_t max_steps;    /* work limit for matching one event; 0 means the default (10 million):
                             fields examined plus choices revisited, see docs/bytecode.md */

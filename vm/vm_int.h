@@ -61,6 +61,24 @@ typedef struct {
 
 typedef struct { uint32_t array, index; } vm_memb;
 
+/* Stage 1 of the fast scanner (scan_fast.c): per 64-byte block of the event, the masks the
+ * extraction walk needs, and every bracket with its match. */
+typedef struct {
+    uint64_t *quote, *bs, *dot, *co, *cm;   /* real quotes; backslashes and '.' in strings */
+    uint32_t *cum_co, *cum_cm;       /* ':' and ',' before each block */
+    size_t block_cap;
+    uint32_t *br_pos, *br_match;     /* brackets: position, index of the matching bracket */
+    uint32_t *br_co, *br_cm;         /* ... and the ':' and ',' before each */
+    uint32_t nbr, br_cap;
+    struct vm_fast_frame *stack;
+    uint32_t stack_cap;
+} vm_fast;
+
+bool vm_fast_available(void);
+bool vm_fast_reserve(vm_fast *F, size_t nblocks);
+bool vm_fast_grow_brackets(vm_fast *F);
+void vm_fast_free(vm_fast *F);
+
 /* Growable per-context buffers: they reach their working size after a few events and are then
  * reused, so matching allocates nothing per event. */
 #define VM_BUF(T) struct { T *v; uint32_t n, cap; }
@@ -87,6 +105,9 @@ struct vm_ctx {
     uint32_t *path_arrays;          /* per path: some leaf of this event lies in an array */
     uint16_t *path_depth;           /* ... and the depth of the outermost such array */
     VM_BUF(uint32_t) candidates;
+    /* the fast scanner */
+    bool fast_ok;
+    vm_fast fast;
     /* scanner frames */
     VM_BUF(struct vm_frame) frames;
     /* matcher */
@@ -126,6 +147,12 @@ int vm_run_rule(vm_ctx *c, const char *json, uint32_t ri);
 /* Matches the scanned event against the index of one bus, appending matched rules (sorted) to
  * c->matched.  Returns VM_OK, VM_ERR_NOMEM or VM_ERR_LIMIT (c->limit_rule says which rule). */
 vm_status vm_ix_match_bus(vm_ctx *c, uint32_t bus, const char *json);
+
+/* Stage 1 of the fast scanner: true when the event is valid (then c->fast is filled). */
+bool vm_fast_stage1(vm_ctx *c, const char *json, size_t len);
+/* The same with a chosen implementation: 0 AVX-512 VBMI2, 1 AVX2 masks, 2 portable (tests). */
+bool vm_fast_stage1_with(vm_ctx *c, const char *json, size_t len, int kind);
+bool vm_fast_brackets(vm_ctx *c, const char *json, size_t first_sig, size_t last_sig);
 
 /* Scans the event into c's field tables.  Returns VM_OK, or an error for invalid JSON. */
 vm_status vm_scan(vm_ctx *c, const char *json, size_t len, vm_error *err);

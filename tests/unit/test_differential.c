@@ -38,7 +38,7 @@ static void put(buf *b, const char *fmt, ...)
             b->n += (size_t)k;
             return;
         }
-        b->cap = (b->cap + (size_t)k) * 2;
+        b->cap = (b->cap + (size_t)k + 16) * 2;
         b->s = realloc(b->s, b->cap);
     }
 }

@@ -1,0 +1,262 @@
+/*
+ * test_scan_fast.c — the fast scanner against the byte-by-byte one: for generated JSON (numbers
+ * of every shape, escapes, Unicode, nesting, whitespace, tokens placed across the 64-byte block
+ * boundaries) and thousands of mutations of it, every stage-1 implementation this machine has
+ * must give the byte-by-byte validator's verdict, and matching must give the same rules.
+ * EBR_SCAN_SEED and EBR_SCAN_ROUNDS (a multiplier) give longer runs outside `make test`.
+ */
+#include <criterion/criterion.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../compiler/compiler.h"
+#include "../../vm/vm_int.h"
+
+static uint64_t rng = 0x853C49E6748FEA9Bull;
+
+static uint32_t rnd(uint32_t n)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (uint32_t)((rng >> 33) % n);
+}
+
+typedef struct {
+    char *s;
+    size_t n, cap;
+} buf;
+
+static void put(buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    for (;;) {
+        va_start(ap, fmt);
+        int k = vsnprintf(b->s + b->n, b->cap - b->n, fmt, ap);
+        va_end(ap);
+        if ((size_t)k < b->cap - b->n) {
+            b->n += (size_t)k;
+            return;
+        }
+        b->cap = (b->cap + (size_t)k + 16) * 2;
+        b->s = realloc(b->s, b->cap);
+    }
+}
+
+static void ws(buf *b)
+{
+    static const char *const w[] = { "", "", "", " ", "  ", "\n", "\t", " \r\n   " };
+    put(b, "%s", w[rnd(8)]);
+}
+
+static void number(buf *b)
+{
+    static const char *const n[] = {
+        "0", "-0", "1", "-1", "12", "123456789", "0.5", "-0.25", "3.14159", "1e5", "1E+5",
+        "-2.5e-3", "0e0", "10", "100.000", "12345678901234567890", "1e400", "-0.0",
+    };
+    put(b, "%s", n[rnd(sizeof n / sizeof n[0])]);
+}
+
+static void string(buf *b)
+{
+    static const char *const s[] = {
+        "", "a", "abc", "MAPBLKLOT", "with space", "a.b", "tab\\tnewline\\n", "q\\\"uote",
+        "back\\\\slash", "\\u0041\\u00e9", "\\ud83d\\ude00", "caf\xc3\xa9", "\xe2\x82\xac",
+        "\xf0\x9f\x98\x80", "slash\\/", "1", "true", "{[,:]}", "\\\\\\\\", "\\\\\\\"",
+    };
+    put(b, "\"%s\"", s[rnd(sizeof s / sizeof s[0])]);
+}
+
+static void value(buf *b, int depth);
+
+static void object(buf *b, int depth)
+{
+    static const char *const keys[] = { "a", "b", "data", "properties", "MAPBLKLOT", "x", "y", "a.b" };
+    put(b, "{");
+    int n = depth > 4 ? 0 : (int)rnd(5);
+    for (int i = 0; i < n; i++) {
+        ws(b);
+        put(b, "%s\"%s\"", i ? "," : "", keys[rnd(8)]);
+        ws(b);
+        put(b, ":");
+        ws(b);
+        value(b, depth + 1);
+        ws(b);
+    }
+    put(b, "}");
+}
+
+static void value(buf *b, int depth)
+{
+    switch (depth > 4 ? rnd(4) : rnd(7)) {
+    case 0: number(b); break;
+    case 1: string(b); break;
+    case 2: put(b, "%s", rnd(3) == 0 ? "true" : rnd(2) ? "false" : "null"); break;
+    case 3: number(b); break;
+    case 4: object(b, depth); break;
+    default: {
+        put(b, "[");
+        int n = (int)rnd(5);
+        for (int i = 0; i < n; i++) {
+            ws(b);
+            if (i)
+                put(b, ",");
+            value(b, depth + 1);
+        }
+        ws(b);
+        put(b, "]");
+    }
+    }
+}
+
+/* Flips, inserts or deletes a few bytes, or cuts the end. */
+static size_t mutate(char *s, size_t n)
+{
+    static const char bytes[] = "{}[]:,\"\\ 0123456789-+.eEtfnu\x01\x80\xc3\xff";
+    int edits = 1 + (int)rnd(3);
+    for (int e = 0; e < edits && n > 0; e++) {
+        size_t at = rnd((uint32_t)n);
+        switch (rnd(4)) {
+        case 0: s[at] = bytes[rnd(sizeof bytes - 1)]; break;
+        case 1:
+            memmove(s + at + 1, s + at, n - at);
+            s[at] = bytes[rnd(sizeof bytes - 1)];
+            n++;
+            break;
+        case 2:
+            memmove(s + at, s + at + 1, n - at - 1);
+            n--;
+            break;
+        default: n = at + 1; break;
+        }
+    }
+    return n;
+}
+
+static int kinds_here(void)
+{
+    /* 0 needs AVX-512 VBMI2, 1 AVX2; 2 runs everywhere. */
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512vbmi2") && __builtin_cpu_supports("avx512bw"))
+        return 0;
+    return __builtin_cpu_supports("avx2") ? 1 : 2;
+}
+
+static vm_program *program(void)
+{
+    const char *src =
+        "bus b\n"
+        "rule r1 on b { match a == 1 or data.x > 0 or exists y }\n"
+        "rule r2 on b { match properties.MAPBLKLOT starts_with \"a\" or data.a.b == true }\n"
+        "rule r3 on b { match b == \"abc\" and not exists x }\n"
+        "rule r4 on b { pattern {\"data\": {\"y\": [{\"exists\": true}], \"x\": [{\"numeric\": [\"<\", 100]}]}} }\n";
+    vm_program *p = cc_compile_text("t.ebr", src, strlen(src), stderr, NULL);
+    cr_assert_not_null(p);
+    return p;
+}
+
+/* Checks one input against every stage-1 implementation and both walks. */
+static void check(vm_program *p, vm_ctx *fast, vm_ctx *slow, const char *s, size_t n, int first_kind,
+                  long *valid)
+{
+    const uint32_t *rs, *rf;
+    size_t ns, nf;
+    vm_error es, ef;
+    vm_status st_slow = vm_match(slow, VM_NONE, s, n, &rs, &ns, &es);
+    bool ok = st_slow == VM_OK;
+    *valid += ok;
+    for (int kind = first_kind; kind <= 2; kind++) {
+        bool got = vm_fast_stage1_with(fast, s, n, kind);
+        cr_assert_eq(got, ok, "stage 1 (kind %d) says %s, the byte-by-byte scan says %s (%s) for:\n%.*s",
+                     kind, got ? "valid" : "invalid", ok ? "valid" : "invalid", es.msg, (int)n, s);
+    }
+    vm_status st_fast = vm_match(fast, VM_NONE, s, n, &rf, &nf, &ef);
+    cr_assert_eq(st_fast, st_slow, "status %d vs %d for %.*s", st_fast, st_slow, (int)n, s);
+    if (ok) {
+        cr_assert_eq(nf, ns, "matches differ for %.*s", (int)n, s);
+        for (size_t i = 0; i < nf; i++)
+            cr_assert_eq(rf[i], rs[i]);
+        (void)p;
+    } else {
+        cr_assert_eq(ef.offset, es.offset, "the error message must come from the byte-by-byte scan");
+    }
+}
+
+Test(scan_fast, every_stage1_agrees_with_the_byte_by_byte_scan, .timeout = 300)
+{
+    const char *seed = getenv("EBR_SCAN_SEED"), *mult = getenv("EBR_SCAN_ROUNDS");
+    if (seed && strtoull(seed, NULL, 10))
+        rng = strtoull(seed, NULL, 10);
+    int rounds = 3000 * (mult && atoi(mult) > 0 ? atoi(mult) : 1);
+    vm_program *p = program();
+    vm_options slow_opt = { .no_simd = true };
+    vm_ctx *fast = vm_ctx_new(p, NULL), *slow = vm_ctx_new(p, &slow_opt);
+    int first = kinds_here();
+    long valid = 0, total = 0;
+    char *m = malloc(1 << 16);
+    for (int r = 0; r < rounds; r++) {
+        buf b = { 0 };
+        /* Padding moves the tokens across the 64-byte block boundaries. */
+        put(&b, "%*s", (int)rnd(70), "");
+        object(&b, 0);
+        put(&b, "%*s", (int)rnd(3), "");
+        check(p, fast, slow, b.s, b.n, first, &valid);
+        total++;
+        for (int k = 0; k < 4; k++) {
+            memcpy(m, b.s, b.n);
+            size_t n = mutate(m, b.n);
+            check(p, fast, slow, m, n, first, &valid);
+            total++;
+        }
+        free(b.s);
+    }
+    free(m);
+    cr_log_info("scan_fast: %ld inputs, %ld valid", total, valid);
+    cr_expect_gt(valid, total / 5);
+    cr_expect_lt(valid, total - total / 10);
+    vm_ctx_free(fast);
+    vm_ctx_free(slow);
+    vm_program_free(p);
+}
+
+Test(scan_fast, tricky_inputs)
+{
+    static const char *const cases[] = {
+        "{}", "{ }", "[]", "{\"a\":1}", "{\"a\":01}", "{\"a\":-}", "{\"a\":1.}", "{\"a\":.5}",
+        "{\"a\":1e}", "{\"a\":1e+}", "{\"a\":1.2.3}", "{\"a\":1e5e5}", "{\"a\":1e5.5}", "{\"a\":--1}",
+        "{\"a\":+1}", "{\"a\":1-1}", "{\"a\":-01}", "{\"a\":0.0e-0}", "{\"a\":truex}", "{\"a\":tru}",
+        "{\"a\":nul}", "{\"a\":null1}", "{\"a\":\"\\x\"}", "{\"a\":\"\\u12\"}", "{\"a\":\"\\u12g4\"}",
+        "{\"a\":\"\t\"}", "{\"a\" 1}", "{\"a\",1}", "{\"a\":1,}", "{,}", "{\"a\":1 \"b\":2}",
+        "{\"a\":\"b\":1}", "{\"a\":1:2}", "[1:2]", "{\"a\":[1,]}", "{\"a\":[,1]}", "{\"a\":{]}",
+        "{\"a\":[}", "{\"a\":1}}", "{\"a\":1}{", "{\"a\":1} 1", " {\"a\":1} ", "{\"a\":\"x\"", "{\"a",
+        "{\"a\":\"\\\\\"}", "{\"a\":\"\\\\\\\"\"}", "{\"a\":[1 2]}", "{\"a\":[\"x\" \"y\"]}",
+        "{\"a\":{\"b\"}}", "{\"a\":{\"b\":}}", "{\"\":\"\"}", "{\"a\":[[[]]]}", "{\"a\":[{}]}",
+        "{\"a\":\"\xc3\"}", "{\"a\":\"\xc0\xaf\"}", "{\"a\":\"\xed\xa0\x80\"}", "{\"\xe2\x82\xac\":1}",
+        "{\"a\":1}\x00", "\xef\xbb\xbf{}", "{\"a\":[1,2,3],\"b\":{\"c\":[{\"d\":\"e\"}]}}",
+        "{\"a\":1E5}", "{\"a\":-0.1E-5}", "{\"a\":[true,false,null]}", "{\"a\":True}",
+    };
+    vm_program *p = program();
+    vm_options slow_opt = { .no_simd = true };
+    vm_ctx *fast = vm_ctx_new(p, NULL), *slow = vm_ctx_new(p, &slow_opt);
+    int first = kinds_here();
+    long valid = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        /* Each case at several offsets from a block boundary. */
+        for (int pad = 0; pad < 70; pad += 7) {
+            char in[256];
+            size_t len = strlen(cases[i]);
+            memset(in, ' ', (size_t)pad);
+            memcpy(in + pad, cases[i], len);
+            check(p, fast, slow, in, (size_t)pad + len, first, &valid);
+        }
+    }
+    /* A NUL byte after the object, and one inside a string. */
+    check(p, fast, slow, "{\"a\":1}\0", 8, first, &valid);
+    check(p, fast, slow, "{\"a\":\"x\0y\"}", 11, first, &valid);
+    vm_ctx_free(fast);
+    vm_ctx_free(slow);
+    vm_program_free(p);
+}

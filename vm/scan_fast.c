@@ -1,0 +1,794 @@
+/*
+ * scan_fast.c — stage 1 of the fast scanner: the whole event is validated 64 bytes at a time
+ * with bit masks, without looking at one token after another.
+ *
+ * Per 64-byte block, SIMD compares give one bit per byte for each character class; everything
+ * else is arithmetic on 64-bit masks, with carries into the next block:
+ *   - strings: real quotes (not escaped), the bytes inside, control characters, escapes;
+ *   - outside strings: only whitespace, { } [ ] : , and the characters of numbers and literals;
+ *   - numbers: the JSON grammar, rule by rule ("a '.' is followed by a digit", "no second '.'",
+ *     ...), where "x is followed by y" is `(x << 1) & ~y` and "the end of a run" is found by
+ *     adding its start to the run (the carry ripples through it);
+ *   - tokens: what may follow each kind of token (after ':' a value, after '{' a key or '}', ...),
+ *     with "the next token after x" found the same way, the carry rippling through whitespace;
+ *     a ':' must follow a string that starts where a key may start.
+ * Stage 1 also records every bracket; a walk over the brackets (far fewer than tokens) matches
+ * them and counts the ':' and ',' each object and array holds at its own level, which settles
+ * what bit masks cannot (an object is key ':' value, separated by ','; an array has no ':').
+ *
+ * An event that passes is valid JSON, and the extraction walk (scan.c) then reads only the
+ * parts some rule looks at, jumping over the rest from bracket to matching bracket.  An event
+ * that fails is scanned again by the byte-at-a-time validator, which says what is wrong and where.
+ */
+#include <string.h>
+
+#include "vm_int.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define EBR_X86 1
+#endif
+
+#ifdef EBR_X86
+#define HOT __attribute__((target("popcnt,bmi,bmi2,lzcnt")))
+#else
+#define HOT
+#endif
+
+/* One bit per byte of a 64-byte block, for each class of character stage 1 looks at. */
+typedef struct {
+    uint64_t q, bs, ws, lb, rb, lk, rk, co, cm;
+    uint64_t d, mi, pl, dt, ee, let, t, f, n, z, ctrl, hi;
+} classes;
+
+#ifdef EBR_X86
+__attribute__((target("avx512f,avx512bw"))) static inline __attribute__((always_inline))
+void classify_avx512(const uint8_t *p, classes *k)
+{
+    __m512i v = _mm512_loadu_si512((const void *)p);
+#define EQ(ch) _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8((char)(ch)))
+    k->q = EQ('"');
+    k->bs = EQ('\\');
+    k->ws = EQ(' ') | EQ('\n') | EQ('\r') | EQ('\t');
+    k->lb = EQ('{');
+    k->rb = EQ('}');
+    k->lk = EQ('[');
+    k->rk = EQ(']');
+    k->co = EQ(':');
+    k->cm = EQ(',');
+    k->mi = EQ('-');
+    k->pl = EQ('+');
+    k->dt = EQ('.');
+    k->ee = EQ('e') | EQ('E');
+    k->t = EQ('t');
+    k->f = EQ('f');
+    k->n = EQ('n');
+    k->z = EQ('0');
+#undef EQ
+    k->d = _mm512_cmple_epu8_mask(_mm512_sub_epi8(v, _mm512_set1_epi8('0')), _mm512_set1_epi8(9));
+    k->let = _mm512_cmple_epu8_mask(_mm512_sub_epi8(_mm512_or_si512(v, _mm512_set1_epi8(0x20)),
+                                                    _mm512_set1_epi8('a')),
+                                    _mm512_set1_epi8(25));
+    k->ctrl = _mm512_cmple_epu8_mask(v, _mm512_set1_epi8(0x1f));
+    k->hi = _mm512_movepi8_mask(v);
+}
+
+/* The same with two 32-byte halves. */
+__attribute__((target("avx2")))
+static void classify_avx2(const uint8_t *p, classes *k)
+{
+    __m256i lo = _mm256_loadu_si256((const __m256i *)p);
+    __m256i hi = _mm256_loadu_si256((const __m256i *)(p + 32));
+#define M(x) ((uint64_t)(uint32_t)_mm256_movemask_epi8(x))
+#define BOTH(f) (M(f(lo)) | M(f(hi)) << 32)
+#define EQF(ch) (BOTH_EQ(ch))
+#define BOTH_EQ(ch) (M(_mm256_cmpeq_epi8(lo, _mm256_set1_epi8((char)(ch)))) | \
+                     M(_mm256_cmpeq_epi8(hi, _mm256_set1_epi8((char)(ch)))) << 32)
+    k->q = BOTH_EQ('"');
+    k->bs = BOTH_EQ('\\');
+    k->ws = BOTH_EQ(' ') | BOTH_EQ('\n') | BOTH_EQ('\r') | BOTH_EQ('\t');
+    k->lb = BOTH_EQ('{');
+    k->rb = BOTH_EQ('}');
+    k->lk = BOTH_EQ('[');
+    k->rk = BOTH_EQ(']');
+    k->co = BOTH_EQ(':');
+    k->cm = BOTH_EQ(',');
+    k->mi = BOTH_EQ('-');
+    k->pl = BOTH_EQ('+');
+    k->dt = BOTH_EQ('.');
+    k->ee = BOTH_EQ('e') | BOTH_EQ('E');
+    k->t = BOTH_EQ('t');
+    k->f = BOTH_EQ('f');
+    k->n = BOTH_EQ('n');
+    k->z = BOTH_EQ('0');
+    /* Unsigned range tests: x in [a, a+n] iff max(x - a, n) == n with saturation. */
+    __m256i zero = _mm256_set1_epi8('0'), nine = _mm256_set1_epi8(9);
+    __m256i dl = _mm256_sub_epi8(lo, zero), dh = _mm256_sub_epi8(hi, zero);
+    k->d = M(_mm256_cmpeq_epi8(_mm256_min_epu8(dl, nine), dl)) |
+           M(_mm256_cmpeq_epi8(_mm256_min_epu8(dh, nine), dh)) << 32;
+    __m256i a = _mm256_set1_epi8('a'), z25 = _mm256_set1_epi8(25), sp = _mm256_set1_epi8(0x20);
+    __m256i ll = _mm256_sub_epi8(_mm256_or_si256(lo, sp), a), lh = _mm256_sub_epi8(_mm256_or_si256(hi, sp), a);
+    k->let = M(_mm256_cmpeq_epi8(_mm256_min_epu8(ll, z25), ll)) |
+             M(_mm256_cmpeq_epi8(_mm256_min_epu8(lh, z25), lh)) << 32;
+    __m256i c1f = _mm256_set1_epi8(0x1f);
+    k->ctrl = M(_mm256_cmpeq_epi8(_mm256_min_epu8(lo, c1f), lo)) |
+              M(_mm256_cmpeq_epi8(_mm256_min_epu8(hi, c1f), hi)) << 32;
+    k->hi = M(lo) | M(hi) << 32;
+#undef M
+#undef BOTH
+#undef EQF
+#undef BOTH_EQ
+}
+#endif
+
+/* Portable classification, byte by byte (used where no SIMD path exists, and by tests). */
+static void classify_scalar(const uint8_t *p, classes *k)
+{
+    memset(k, 0, sizeof *k);
+    for (int i = 0; i < 64; i++) {
+        uint8_t ch = p[i];
+        uint64_t b = 1ull << i;
+        k->q |= ch == '"' ? b : 0;
+        k->bs |= ch == '\\' ? b : 0;
+        k->ws |= (ch == ' ' || ch == '\n' || ch == '\r' || ch == '\t') ? b : 0;
+        k->lb |= ch == '{' ? b : 0;
+        k->rb |= ch == '}' ? b : 0;
+        k->lk |= ch == '[' ? b : 0;
+        k->rk |= ch == ']' ? b : 0;
+        k->co |= ch == ':' ? b : 0;
+        k->cm |= ch == ',' ? b : 0;
+        k->mi |= ch == '-' ? b : 0;
+        k->pl |= ch == '+' ? b : 0;
+        k->dt |= ch == '.' ? b : 0;
+        k->ee |= (ch == 'e' || ch == 'E') ? b : 0;
+        k->t |= ch == 't' ? b : 0;
+        k->f |= ch == 'f' ? b : 0;
+        k->n |= ch == 'n' ? b : 0;
+        k->z |= ch == '0' ? b : 0;
+        k->d |= (ch >= '0' && ch <= '9') ? b : 0;
+        k->let |= ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z') ? b : 0;
+        k->ctrl |= ch < 0x20 ? b : 0;
+        k->hi |= ch >= 0x80 ? b : 0;
+    }
+}
+
+typedef void (*classify_fn)(const uint8_t *, classes *);
+
+/* ---- carries between blocks -------------------------------------------------------------------- */
+
+/* x << 1 with the bit shifted out of the previous block coming in. */
+static inline __attribute__((always_inline)) uint64_t shl(uint64_t x, uint64_t *carry)
+{
+    uint64_t r = x << 1 | *carry;
+    *carry = x >> 63;
+    return r;
+}
+
+/* a + b with the carry of the previous block's addition. */
+static inline __attribute__((always_inline)) uint64_t add(uint64_t a, uint64_t b, uint64_t *carry)
+{
+#ifdef EBR_X86
+    unsigned long long r;
+    *carry = _addcarry_u64((unsigned char)*carry, a, b, &r);   /* one adc */
+    return r;
+#else
+    uint64_t r;
+    uint64_t c1 = __builtin_add_overflow(a, b, &r);
+    uint64_t c2 = __builtin_add_overflow(r, *carry, &r);
+    *carry = c1 | c2;
+    return r;
+#endif
+}
+
+/* Bit i set: bits 0..i hold an odd number of set bits of x (the inside of quote pairs). */
+static inline __attribute__((always_inline)) uint64_t prefix_xor(uint64_t x)
+{
+    x ^= x << 1;
+    x ^= x << 2;
+    x ^= x << 4;
+    x ^= x << 8;
+    x ^= x << 16;
+    x ^= x << 32;
+    return x;
+}
+
+/* The state stage 1 carries from one block to the next. */
+typedef struct {
+    uint64_t odd_bs;       /* the last byte was a backslash that escapes the next one */
+    uint64_t in;           /* all ones if the block ended inside a string */
+    uint64_t c_sc, c_ee, c_d, c_dt, c_se, c_ms, c_z, c_nd;   /* shift carries */
+    uint64_t c_closeq, c_after, c_cocm, c_lk, c_lb, c_lbcm, c_ke;
+    uint64_t a_nr, a_dt, a_e, a_ke;                    /* add carries */
+    uint64_t n_a, n_b, n_c, n_d, n_e, n_g, n_h;        /* next-token adds */
+} carries;
+
+/* Marks the bytes escaped by a backslash: a byte after an odd run of backslashes.  Backslashes
+ * are rare in events, so this walks only the blocks that have one. */
+static __attribute__((noinline, cold)) uint64_t escaped_walk(const uint8_t *p, uint64_t *odd);
+
+static inline __attribute__((always_inline)) uint64_t escaped_bytes(const uint8_t *p, uint64_t bs,
+                                                                    uint64_t *odd)
+{
+    if (!bs && !*odd)
+        return 0;
+    return escaped_walk(p, odd);
+}
+
+static uint64_t escaped_walk(const uint8_t *p, uint64_t *odd)
+{
+    uint64_t esc = 0;
+    for (int i = 0; i < 64; i++) {
+        if (*odd) {
+            esc |= 1ull << i;
+            *odd = 0;
+        } else if (p[i] == '\\') {
+            *odd = 1;
+        }
+    }
+    return esc;
+}
+
+/* The next token after each position of x (x already shifted to "the byte after the token"):
+ * the carry ripples through whitespace and stops on the next significant byte. */
+static inline __attribute__((always_inline)) uint64_t next_token(uint64_t xs, uint64_t ws, uint64_t *carry)
+{
+    return add(xs, ws, carry) & ~ws;
+}
+
+/* Checks the escapes of a block: after a backslash one of " \ / b f n r t, or u and four hex
+ * digits (which may run into the next block: the text is contiguous). */
+static __attribute__((noinline, cold)) bool escapes_ok(const uint8_t *s, size_t len, size_t base,
+                                                       uint64_t esc)
+{
+    while (esc) {
+        size_t at = base + (size_t)__builtin_ctzll(esc);
+        esc &= esc - 1;
+        if (at >= len)
+            return false;
+        uint8_t e = s[at];
+        if (e == 'u') {
+            for (size_t k = 1; k <= 4; k++) {
+                if (at + k >= len)
+                    return false;
+                uint8_t h = s[at + k];
+                if (!((h >= '0' && h <= '9') || ((h | 0x20) >= 'a' && (h | 0x20) <= 'f')))
+                    return false;
+            }
+        } else if (!memchr("\"\\/bfnrt", e, 8) || !e) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Checks literals: each run starting with t, f or n must be exactly true, false or null. */
+static __attribute__((noinline)) bool literals_ok(const uint8_t *s, size_t len, size_t base,
+                                                  uint64_t starts)
+{
+    while (starts) {
+        size_t at = base + (size_t)__builtin_ctzll(starts);
+        starts &= starts - 1;
+        const char *w = s[at] == 't' ? "true" : s[at] == 'f' ? "false" : "null";
+        size_t n = strlen(w);
+        if (at + n > len || memcmp(s + at, w, n) != 0)
+            return false;
+        /* The run must end there: the next byte is no letter, digit or number sign. */
+        if (at + n < len) {
+            uint8_t ch = s[at + n];
+            if ((ch >= '0' && ch <= '9') || ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z') ||
+                ch == '-' || ch == '+' || ch == '.')
+                return false;
+        }
+    }
+    return true;
+}
+
+/* UTF-8 of a block that has non-ASCII bytes: checked by decoding (rare in events); *resume
+ * carries the end of a sequence that runs into the next block.  False on malformed input. */
+static __attribute__((noinline, cold)) bool utf8_ok(const uint8_t *s, size_t len, size_t base,
+                                                    size_t *resume)
+{
+    size_t i = *resume > base ? *resume : base, end = base + 64 < len ? base + 64 : len;
+    while (i < end) {
+        if (s[i] < 0x80) {
+            i++;
+            continue;
+        }
+        uint32_t cp;
+        size_t k = vm_utf8_decode((const char *)s + i, len - i, &cp);
+        if (k == 0)
+            return false;
+        i += k;
+    }
+    *resume = i;   /* a sequence may end in the next block */
+    return true;
+}
+
+bool vm_fast_available(void)
+{
+    static int avail = -1;
+    if (avail < 0) {
+#ifdef EBR_X86
+        __builtin_cpu_init();
+        avail = __builtin_cpu_supports("avx2") != 0;
+#else
+        avail = 0;
+#endif
+    }
+    return avail;
+}
+
+/* Stage 1: validates the event's bytes and fills c->fast (brackets, quote and backslash masks,
+ * ':' and ',' counts).  Returns false when the event is not valid JSON (or not an object, or
+ * too deep): the caller then scans it byte by byte for the message. */
+#define AI static inline __attribute__((always_inline))
+
+/* The string masks of a block. */
+typedef struct {
+    uint64_t q, in, openq, closeq, body, out;
+} strmasks;
+
+/* Strings of a block: real quotes, their insides, what is outside; checks escapes, control
+ * characters and UTF-8.  Returns false on an error it cannot put in *err (a bad escape). */
+AI bool block_strings(const uint8_t *p, const classes *m, carries *k, const uint8_t *s, size_t len,
+                      size_t base, size_t *utf8_resume, uint64_t *err, strmasks *o)
+{
+    uint64_t odd = k->odd_bs;
+    uint64_t esc = escaped_bytes(p, m->bs, &odd);
+    k->odd_bs = odd;
+    o->q = m->q & ~esc;
+    o->in = prefix_xor(o->q) ^ k->in;
+    k->in = (uint64_t)((int64_t)o->in >> 63);
+    o->openq = o->q & o->in;
+    o->closeq = o->q & ~o->in;
+    o->body = o->in & ~o->openq;
+    o->out = ~o->in & ~o->closeq;
+    if (esc && !escapes_ok(s, len, base, esc & o->body))
+        return false;
+    *err |= esc & ~o->body;               /* an escape outside a string */
+    *err |= m->ctrl & o->body;            /* raw control characters in strings */
+    *err |= (m->bs | m->hi) & o->out;     /* backslashes, non-ASCII outside strings */
+    return !(m->hi && !utf8_ok(s, len, base, utf8_resume));
+}
+
+/* Scalars of a block (numbers and literals): returns the first byte of each scalar run in *ss
+ * and the byte after each run in *after.  Numbers follow the JSON grammar rule by rule. */
+AI bool block_scalars(const classes *m, uint64_t sc, carries *k, const uint8_t *s, size_t len,
+                      size_t base, uint64_t *err, uint64_t *ss_out, uint64_t *after_out)
+{
+    uint64_t scs = shl(sc, &k->c_sc);
+    uint64_t ss = sc & ~scs;
+    *ss_out = ss;
+    *after_out = scs & ~sc;
+    *err |= ss & ~(m->d | m->mi | m->t | m->f | m->n);
+    uint64_t numstart = ss & (m->d | m->mi);
+    uint64_t litstart = ss & (m->t | m->f | m->n);
+    if (litstart && !literals_ok(s, len, base, litstart))
+        return false;
+    /* Numbers are checked in every block: a run cut by the block's end carries over. */
+    uint64_t nr = sc & ~add(sc, numstart, &k->a_nr);   /* the bytes of number runs */
+    uint64_t d = m->d, ds = shl(d, &k->c_d);
+    *err |= nr & ~(m->d | m->mi | m->pl | m->dt | m->ee);     /* only number characters */
+    *err |= m->dt & nr & ~ds;                            /* a digit before '.' */
+    uint64_t dts = shl(m->dt & nr, &k->c_dt);
+    *err |= dts & ~d;                                    /* and after it */
+    uint64_t ms = shl(m->mi & numstart, &k->c_ms);
+    *err |= ms & ~d;                                     /* a digit after a leading '-' */
+    uint64_t firstdig = (numstart & d) | ms;
+    *err |= shl(m->z & firstdig, &k->c_z) & d;           /* no leading zeros */
+    *err |= shl(nr & ~d, &k->c_nd) & ~nr;                /* the last byte is a digit */
+    *err |= add(dts, d, &k->a_dt) & ~d & m->dt & nr;     /* one '.' only */
+    uint64_t ee = m->ee & nr;
+    if (ee | (m->pl & nr) | k->c_ee | k->c_se | k->a_e) {
+        /* Exponents (rare): */
+        uint64_t ees = shl(ee, &k->c_ee);
+        *err |= m->mi & nr & ~(numstart | ees);          /* '-' first, or after e */
+        *err |= m->pl & nr & ~ees;                       /* '+' only after e */
+        *err |= ee & ~ds;                                /* a digit before e */
+        *err |= ees & ~(d | m->mi | m->pl);              /* a digit or sign after it */
+        uint64_t signexp = (m->mi | m->pl) & nr & ees;
+        *err |= shl(signexp, &k->c_se) & ~d;             /* a digit after the sign */
+        uint64_t r = d | signexp;
+        *err |= add(ees, r, &k->a_e) & ~r & (m->dt | ee); /* nothing after the exponent */
+    } else {
+        *err |= m->mi & nr & ~numstart;                  /* '-' only first */
+    }
+    return true;
+}
+
+/* Stores what the bracket walk and the extraction walk need of block b. */
+AI bool block_outputs(vm_fast *F, size_t b, const strmasks *st, uint64_t bs, uint64_t dots,
+                      uint64_t co, uint64_t cm, uint64_t br, uint64_t sig, uint32_t *cum_co,
+                      uint32_t *cum_cm, size_t *first_sig, size_t *last_sig)
+{
+    F->quote[b] = st->q;
+    F->bs[b] = bs & st->body;
+    F->co[b] = co;
+    F->cm[b] = cm;
+    F->cum_co[b] = *cum_co;
+    F->cum_cm[b] = *cum_cm;
+    F->dot[b] = dots & st->body;
+    *cum_co += (uint32_t)__builtin_popcountll(co);
+    *cum_cm += (uint32_t)__builtin_popcountll(cm);
+    if (sig) {
+        if (*first_sig == (size_t)-1)
+            *first_sig = b * 64 + (size_t)__builtin_ctzll(sig);
+        *last_sig = b * 64 + 63 - (size_t)__builtin_clzll(sig);
+    }
+    if (br) {
+        if (F->nbr + 64 > F->br_cap && !vm_fast_grow_brackets(F))
+            return false;
+        /* Each bracket keeps the ':' and ',' before it, so the bracket walk counts a
+         * container's by two subtractions. */
+        uint32_t base_co = F->cum_co[b], base_cm = F->cum_cm[b];
+        for (; br; br &= br - 1) {
+            unsigned off = (unsigned)__builtin_ctzll(br);
+            uint64_t below = (1ull << off) - 1;
+            F->br_pos[F->nbr] = (uint32_t)(b * 64 + off);
+            F->br_co[F->nbr] = base_co + (uint32_t)__builtin_popcountll(co & below);
+            F->br_cm[F->nbr] = base_cm + (uint32_t)__builtin_popcountll(cm & below);
+            F->nbr++;
+        }
+    }
+    return true;
+}
+
+/* The block at b of the event, padded with spaces past its end (every rule lets them pass). */
+AI const uint8_t *block_at(const uint8_t *s, size_t len, size_t b, uint8_t tail[64])
+{
+    if (b * 64 + 64 <= len)
+        return s + b * 64;
+    memset(tail, ' ', 64);
+    memcpy(tail, s + b * 64, len - b * 64);
+    return tail;
+}
+
+/* Stage 1 with any classification: token order is checked with "next token" masks, the carry
+ * of an addition rippling through whitespace (see the top of this file). */
+static HOT bool stage1_masks(vm_ctx *c, const char *json, size_t len, classify_fn classify)
+{
+    const uint8_t *s = (const uint8_t *)json;
+    size_t nblocks = (len + 63) / 64;
+    vm_fast *F = &c->fast;
+    carries k;
+    memset(&k, 0, sizeof k);
+    uint64_t err = 0;
+    uint32_t cum_co = 0, cum_cm = 0;
+    size_t utf8_resume = 0, first_sig = (size_t)-1, last_sig = 0;
+    uint8_t tail[64];
+    for (size_t b = 0; b < nblocks; b++) {
+        const uint8_t *p = block_at(s, len, b, tail);
+        classes m;
+        classify(p, &m);
+        strmasks st;
+        if (!block_strings(p, &m, &k, s, len, b * 64, &utf8_resume, &err, &st))
+            return false;
+        uint64_t out = st.out, ws = m.ws & out;
+        uint64_t lb = m.lb & out, rb = m.rb & out, lk = m.lk & out, rk = m.rk & out;
+        uint64_t co = m.co & out, cm = m.cm & out;
+        uint64_t sc = out & (m.d | m.mi | m.pl | m.dt | m.ee | m.let);
+        err |= out & ~(ws | lb | rb | lk | rk | co | cm | sc);
+        uint64_t ss, after_sc;
+        if (!block_scalars(&m, sc, &k, s, len, b * 64, &err, &ss, &after_sc))
+            return false;
+        /* What may follow each token. */
+        uint64_t openq = st.openq, closeq = st.closeq;
+        uint64_t vstart = openq | lb | lk | ss;
+        uint64_t after_rbk = shl(rb | rk, &k.c_after);
+        err |= next_token(shl(closeq, &k.c_closeq), ws, &k.n_a) & ~(co | cm | rb | rk);
+        err |= next_token(after_sc | after_rbk, ws, &k.n_b) & ~(cm | rb | rk);
+        err |= next_token(shl(co | cm, &k.c_cocm), ws, &k.n_c) & ~vstart;
+        err |= next_token(shl(lk, &k.c_lk), ws, &k.n_d) & ~(vstart | rk);
+        err |= next_token(shl(lb, &k.c_lb), ws, &k.n_e) & ~(openq | rb);
+        /* A ':' follows a string that starts where a key may start (after '{' or ','). */
+        uint64_t keypos = next_token(shl(lb | cm, &k.c_lbcm), ws, &k.n_g) & openq;
+        uint64_t keyend = add(keypos, st.in, &k.a_ke) & ~st.in;
+        err |= co & ~next_token(shl(keyend, &k.c_ke), ws, &k.n_h);
+        if (err)
+            return false;
+        if (!block_outputs(F, b, &st, m.bs, m.dt, co, cm, lb | rb | lk | rk, (out & ~ws) | st.q,
+                           &cum_co, &cum_cm, &first_sig, &last_sig))
+            return false;
+    }
+    if (k.in || k.odd_bs || first_sig == (size_t)-1)
+        return false;   /* an unterminated string, or nothing at all */
+    return vm_fast_brackets(c, json, first_sig, last_sig);
+}
+
+#ifdef EBR_X86
+#define VBMI2 __attribute__((target("avx512f,avx512bw,avx512vbmi,avx512vbmi2,popcnt,bmi,bmi2,lzcnt")))
+
+/* Token classes of the compressed token stream (3 bits). */
+enum { T_LB, T_RB, T_LK, T_RK, T_CO, T_CM, T_STR, T_SCALAR };
+
+/* Stage 1 with AVX-512 VBMI2: each block's tokens (brackets, ':', ',', the closing quote of a
+ * string, the first byte of a scalar) are compressed into a byte stream of their classes; each
+ * token and the one before it index a table of the pairs JSON allows, and a ':' must come
+ * after a string that comes after '{' or ','.  About ten instructions replace the masks of
+ * stage1_masks, whose carries through whitespace cost most of its time. */
+/* The state of stage1_vbmi2 between blocks. */
+typedef struct {
+    carries k;
+    uint64_t err;
+    uint32_t cum_co, cum_cm;
+    size_t utf8_resume, first_sig, last_sig;
+    uint8_t last1, last2;   /* the classes of the last two tokens */
+} vbmi2_state;
+
+/* One block of stage1_vbmi2 (p: its 64 bytes; b: its number). */
+static VBMI2 inline __attribute__((always_inline)) bool
+vbmi2_block(vm_ctx *c, const uint8_t *s, size_t len, const uint8_t *p, size_t b, vbmi2_state *S,
+            __m512i table, __m512i before1, __m512i before2)
+{
+    classes m;
+    classify_avx512(p, &m);
+    strmasks st;
+    if (!block_strings(p, &m, &S->k, s, len, b * 64, &S->utf8_resume, &S->err, &st))
+        return false;
+    uint64_t out = st.out, ws = m.ws & out;
+    uint64_t lb = m.lb & out, rb = m.rb & out, lk = m.lk & out, rk = m.rk & out;
+    uint64_t co = m.co & out, cm = m.cm & out;
+    uint64_t sc = out & (m.d | m.mi | m.pl | m.dt | m.ee | m.let);
+    S->err |= out & ~(ws | lb | rb | lk | rk | co | cm | sc);
+    uint64_t ss, after_sc;
+    if (!block_scalars(&m, sc, &S->k, s, len, b * 64, &S->err, &ss, &after_sc))
+        return false;
+    /* The token stream of the block. */
+    uint64_t tokens = lb | rb | lk | rk | co | cm | st.closeq | ss;
+    __m512i cls = _mm512_setzero_si512();   /* T_LB is 0 */
+    cls = _mm512_mask_mov_epi8(cls, rb, _mm512_set1_epi8(T_RB));
+    cls = _mm512_mask_mov_epi8(cls, lk, _mm512_set1_epi8(T_LK));
+    cls = _mm512_mask_mov_epi8(cls, rk, _mm512_set1_epi8(T_RK));
+    cls = _mm512_mask_mov_epi8(cls, co, _mm512_set1_epi8(T_CO));
+    cls = _mm512_mask_mov_epi8(cls, cm, _mm512_set1_epi8(T_CM));
+    cls = _mm512_mask_mov_epi8(cls, st.closeq, _mm512_set1_epi8(T_STR));
+    cls = _mm512_mask_mov_epi8(cls, ss, _mm512_set1_epi8(T_SCALAR));
+    __m512i tok = _mm512_maskz_compress_epi8(tokens, cls);
+    unsigned ntok = (unsigned)__builtin_popcountll(tokens);
+    if (ntok) {
+        __m512i prev = _mm512_permutexvar_epi8(before1, tok);
+        prev = _mm512_mask_mov_epi8(prev, 1, _mm512_set1_epi8((char)S->last1));
+        __m512i prev2 = _mm512_permutexvar_epi8(before2, tok);
+        prev2 = _mm512_mask_mov_epi8(prev2, 1, _mm512_set1_epi8((char)S->last2));
+        prev2 = _mm512_mask_mov_epi8(prev2, 2, _mm512_set1_epi8((char)S->last1));
+        __m512i pair = _mm512_or_si512(_mm512_slli_epi16(prev, 3), tok);
+        __m512i ok = _mm512_permutexvar_epi8(pair, table);
+        uint64_t live = ntok == 64 ? ~0ull : (1ull << ntok) - 1;
+        S->err |= _mm512_testn_epi8_mask(ok, ok) & live;
+        uint64_t colons = _mm512_cmpeq_epi8_mask(tok, _mm512_set1_epi8(T_CO)) & live;
+        uint64_t keyish = _mm512_cmpeq_epi8_mask(prev2, _mm512_set1_epi8(T_LB)) |
+                          _mm512_cmpeq_epi8_mask(prev2, _mm512_set1_epi8(T_CM));
+        S->err |= colons & ~keyish;
+        /* The last two classes, for the next block: the compressed bytes ntok-1 and ntok-2. */
+        __m512i at = _mm512_set1_epi8((char)(ntok - 1));
+        S->last2 = ntok >= 2 ? (uint8_t)_mm_cvtsi128_si32(_mm512_castsi512_si128(
+                                   _mm512_permutexvar_epi8(_mm512_set1_epi8((char)(ntok - 2)), tok)))
+                             : S->last1;
+        S->last1 = (uint8_t)_mm_cvtsi128_si32(_mm512_castsi512_si128(_mm512_permutexvar_epi8(at, tok)));
+    }
+    if (S->err)
+        return false;
+    return block_outputs(&c->fast, b, &st, m.bs, m.dt, co, cm, lb | rb | lk | rk, (out & ~ws) | st.q,
+                         &S->cum_co, &S->cum_cm, &S->first_sig, &S->last_sig);
+}
+
+/* Stage 1 with AVX-512 VBMI2: each block's tokens (brackets, ':', ',', the closing quote of a
+ * string, the first byte of a scalar) are compressed into a byte stream of their classes; each
+ * token and the one before it index a table of the pairs JSON allows, and a ':' must come
+ * after a string that comes after '{' or ','.  About ten instructions replace the masks of
+ * stage1_masks, whose carries through whitespace cost most of its time. */
+static VBMI2 bool stage1_vbmi2(vm_ctx *c, const char *json, size_t len)
+{
+    static const uint8_t allowed[64] = {
+#define A(prev, cur) [(prev) * 8 + (cur)] = 0xff
+        A(T_LB, T_STR), A(T_LB, T_RB),
+        A(T_RB, T_CM), A(T_RB, T_RB), A(T_RB, T_RK), A(T_RK, T_CM), A(T_RK, T_RB), A(T_RK, T_RK),
+        A(T_LK, T_STR), A(T_LK, T_SCALAR), A(T_LK, T_LB), A(T_LK, T_LK), A(T_LK, T_RK),
+        A(T_CO, T_STR), A(T_CO, T_SCALAR), A(T_CO, T_LB), A(T_CO, T_LK),
+        A(T_CM, T_STR), A(T_CM, T_SCALAR), A(T_CM, T_LB), A(T_CM, T_LK),
+        A(T_STR, T_CO), A(T_STR, T_CM), A(T_STR, T_RB), A(T_STR, T_RK),
+        A(T_SCALAR, T_CM), A(T_SCALAR, T_RB), A(T_SCALAR, T_RK),
+#undef A
+    };
+    static const uint8_t idx1[64] = {
+        63, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
+        23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44,
+        45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62,
+    };
+    static const uint8_t idx2[64] = {
+        62, 63, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+        22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43,
+        44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61,
+    };
+    const __m512i table = _mm512_loadu_si512((const void *)allowed);
+    const __m512i before1 = _mm512_loadu_si512((const void *)idx1);
+    const __m512i before2 = _mm512_loadu_si512((const void *)idx2);
+    const uint8_t *s = (const uint8_t *)json;
+    vbmi2_state S;
+    memset(&S, 0, sizeof S);
+    S.first_sig = (size_t)-1;
+    S.last1 = S.last2 = T_CM;   /* the stream starts as after a ',' */
+    size_t full = len / 64, b = 0;
+    /* Whole blocks first; the loop calls nothing, so constants stay in registers. */
+    for (; b < full; b++)
+        if (!vbmi2_block(c, s, len, s + b * 64, b, &S, table, before1, before2))
+            return false;
+    if (len % 64) {
+        uint8_t tail[64];
+        memset(tail, ' ', sizeof tail);   /* padding: whitespace, which every rule lets pass */
+        memcpy(tail, s + b * 64, len % 64);
+        if (!vbmi2_block(c, s, len, tail, b, &S, table, before1, before2))
+            return false;
+    }
+    if (S.k.in || S.k.odd_bs || S.first_sig == (size_t)-1)
+        return false;
+    return vm_fast_brackets(c, json, S.first_sig, S.last_sig);
+}
+#endif
+
+/* Which stage 1 to run: 0 the widest this CPU has, 1 masks with AVX2, 2 masks with portable
+ * classification (the last two for tests that compare them). */
+static int stage1_kind(void)
+{
+    static int kind = -1;
+    if (kind < 0) {
+        kind = 2;
+#ifdef EBR_X86
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vbmi2") &&
+            __builtin_cpu_supports("avx512vbmi"))
+            kind = 0;
+        else if (__builtin_cpu_supports("avx2"))
+            kind = 1;
+#endif
+    }
+    return kind;
+}
+
+bool vm_fast_stage1_with(vm_ctx *c, const char *json, size_t len, int kind)
+{
+    if (!vm_fast_reserve(&c->fast, (len + 63) / 64))
+        return false;
+    c->fast.nbr = 0;
+    switch (kind) {
+#ifdef EBR_X86
+    case 0: return stage1_vbmi2(c, json, len);
+    case 1: return stage1_masks(c, json, len, classify_avx2);
+#endif
+    default: return stage1_masks(c, json, len, classify_scalar);
+    }
+}
+
+bool vm_fast_stage1(vm_ctx *c, const char *json, size_t len)
+{
+    return vm_fast_stage1_with(c, json, len, stage1_kind());
+}
+
+/* ---- buffers ---------------------------------------------------------------------------------- */
+
+struct vm_fast_frame {
+    uint32_t open;              /* index of the opening bracket */
+    uint32_t inner_co, inner_cm; /* ':' and ',' inside the finished children */
+};
+
+bool vm_fast_reserve(vm_fast *F, size_t nblocks)
+{
+    if (F->block_cap >= nblocks + 1)
+        return true;
+    size_t cap = F->block_cap ? F->block_cap : 64;
+    while (cap < nblocks + 1)
+        cap *= 2;
+    /* One more block than needed: a reader may look one mask past the last quote. */
+    void *q = realloc(F->quote, cap * 8), *bs = realloc(F->bs, cap * 8), *dot = realloc(F->dot, cap * 8),
+         *co = realloc(F->co, cap * 8), *cm = realloc(F->cm, cap * 8), *ca = realloc(F->cum_co, cap * 4),
+         *cb = realloc(F->cum_cm, cap * 4);
+    if (q) F->quote = q;
+    if (bs) F->bs = bs;
+    if (dot) F->dot = dot;
+    if (co) F->co = co;
+    if (cm) F->cm = cm;
+    if (ca) F->cum_co = ca;
+    if (cb) F->cum_cm = cb;
+    if (!q || !bs || !dot || !co || !cm || !ca || !cb)
+        return false;
+    F->block_cap = cap;
+    return true;
+}
+
+bool vm_fast_grow_brackets(vm_fast *F)
+{
+    uint32_t cap = F->br_cap ? F->br_cap * 2 : 256;
+    void *p = realloc(F->br_pos, cap * sizeof *F->br_pos);
+    if (p)
+        F->br_pos = p;
+    void *m = realloc(F->br_match, cap * sizeof *F->br_match);
+    if (m)
+        F->br_match = m;
+    void *bco = realloc(F->br_co, cap * sizeof *F->br_co);
+    if (bco)
+        F->br_co = bco;
+    void *bcm = realloc(F->br_cm, cap * sizeof *F->br_cm);
+    if (bcm)
+        F->br_cm = bcm;
+    if (!p || !m || !bco || !bcm)
+        return false;
+    F->br_cap = cap;
+    return true;
+}
+
+void vm_fast_free(vm_fast *F)
+{
+    free(F->quote);
+    free(F->bs);
+    free(F->co);
+    free(F->cm);
+    free(F->cum_co);
+    free(F->cum_cm);
+    free(F->br_pos);
+    free(F->br_match);
+    free(F->br_co);
+    free(F->br_cm);
+    free(F->dot);
+    free(F->stack);
+}
+
+/* The bracket walk: matches brackets (kind and nesting), counts the ':' and ',' each container
+ * holds at its own level (an object: one ':' more than ','; or none of either when empty; an
+ * array: no ':'), and checks that the event is one object and nothing else.  Fills br_match. */
+HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t first_sig, size_t last_sig)
+{
+    vm_fast *F = &c->fast;
+    if (F->nbr < 2 || F->br_pos[0] != first_sig || json[first_sig] != '{' ||
+        F->br_pos[F->nbr - 1] != last_sig)
+        return false;
+    if (F->stack_cap < c->max_depth + 1) {
+        void *s = realloc(F->stack, (c->max_depth + 1) * sizeof *F->stack);
+        if (!s)
+            return false;
+        F->stack = s;
+        F->stack_cap = (uint32_t)c->max_depth + 1;
+    }
+    uint32_t depth = 0;
+    for (uint32_t i = 0; i < F->nbr; i++) {
+        uint32_t pos = F->br_pos[i];
+        char ch = json[pos];
+        if (ch == '{' || ch == '[') {
+            if (depth == c->max_depth)
+                return false;   /* too deep: the byte-by-byte scan reports it */
+            F->stack[depth++] = (struct vm_fast_frame){ i, 0, 0 };
+            continue;
+        }
+        if (depth == 0)
+            return false;
+        struct vm_fast_frame fr = F->stack[--depth];
+        uint32_t open = F->br_pos[fr.open];
+        char want = json[open] == '{' ? '}' : ']';
+        if (ch != want)
+            return false;
+        uint32_t co = F->br_co[i] - F->br_co[fr.open], cm = F->br_cm[i] - F->br_cm[fr.open];
+        uint32_t lco = co - fr.inner_co, lcm = cm - fr.inner_cm;
+        if (want == '}') {
+            if (lco == 0 && lcm == 0) {
+                /* No ':' at this level: only an empty object is valid. */
+                uint32_t k = open + 1;
+                while (json[k] == ' ' || json[k] == '\n' || json[k] == '\r' || json[k] == '\t')
+                    k++;
+                if (k != pos)
+                    return false;
+            } else if (lco != lcm + 1) {
+                return false;
+            }
+        } else if (lco != 0) {
+            return false;
+        }
+        if (depth > 0) {
+            F->stack[depth - 1].inner_co += co;
+            F->stack[depth - 1].inner_cm += cm;
+        } else if (i != F->nbr - 1) {
+            return false;   /* something after the event's object */
+        }
+        F->br_match[fr.open] = i;
+        F->br_match[i] = fr.open;
+    }
+    return depth == 0;
+}
