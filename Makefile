@@ -32,7 +32,7 @@ test: test-release test-asan
 test-release: build
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	@echo "conformance (../shared/conformance, details in $(BUILD)/Testing/Temporary/LastTest.log):"
-	@grep -E "^(DIVERGE|SKIPMODE)|cases:" $(BUILD)/Testing/Temporary/LastTest.log | sed 's/^/  /'
+	@grep -E "^(DIVERGE|SKIPMODE)|cases:|^engines" $(BUILD)/Testing/Temporary/LastTest.log | sed 's/^/  /'
 
 test-asan: build-asan
 	@cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS) -L unit

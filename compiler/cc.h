@@ -31,7 +31,8 @@ typedef VEC(uint32_t) u32vec;
 /* The index under construction (index.c): predicates and clauses per bus. */
 typedef struct {
     uint32_t bus, path, test;
-    u32vec clauses;
+    u32vec clauses;   /* the clauses it triggers */
+    bool used;        /* some clause needs it */
 } cc_xpred;
 
 typedef struct {

@@ -407,12 +407,20 @@ static int cmd_bench(int argc, char **argv)
     double secs = times[repeat / 2];
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
+    /* The size of the ruleset as stored (bytecode, index, strings): its memory once loaded. */
+    uint8_t *image = NULL;
+    size_t image_len = 0;
+    if (vm_program_serialize(p, &image, &image_len) != VM_OK)
+        image_len = 0;
+    free(image);
     double eps = nev / secs, mbps = bytes / secs / 1e6, ns = secs * 1e9 / (nev ? nev : 1);
     if (json) {
         printf("{\"events\": %zu, \"bytes\": %zu, \"seconds\": %.6f, \"events_per_sec\": %.0f, "
                "\"mb_per_sec\": %.1f, \"ns_per_event\": %.1f, \"compile_seconds\": %.6f, "
-               "\"peak_rss_kb\": %ld, \"repeat\": %d, \"invalid\": %zu, \"counts\": {",
-               nev, bytes, secs, eps, mbps, ns, compile_s, ru.ru_maxrss, repeat, invalid);
+               "\"peak_rss_kb\": %ld, \"rules\": %u, \"program_bytes\": %zu, \"repeat\": %d, "
+               "\"invalid\": %zu, \"counts\": {",
+               nev, bytes, secs, eps, mbps, ns, compile_s, ru.ru_maxrss, p->nrules, image_len,
+               repeat, invalid);
         for (uint32_t i = 0; i < p->nrules; i++) {
             printf("%s", i ? ", " : "");
             json_string(stdout, vm_s(p, p->rules[i].name));
@@ -428,6 +436,8 @@ static int cmd_bench(int argc, char **argv)
         printf("ns/event      %.1f\n", ns);
         printf("compile       %.6f s\n", compile_s);
         printf("peak RSS      %ld KiB\n", ru.ru_maxrss);
+        printf("rules         %u (%zu bytes compiled, %.0f per rule)\n", p->nrules, image_len,
+               p->nrules ? (double)image_len / p->nrules : 0.0);
         printf("matches\n");
         for (uint32_t i = 0; i < p->nrules; i++)
             printf("  %-30s %llu\n", vm_s(p, p->rules[i].name), (unsigned long long)counts[i]);

@@ -49,7 +49,7 @@ static uint32_t pred_of(cc_comp *c, uint32_t bus, uint32_t path, uint32_t test)
         if (x->bus == bus && x->path == path && x->test == test)
             return c->xpred_slots[h] - 1;
     }
-    cc_xpred x = { bus, path, test, { 0 } };
+    cc_xpred x = { bus, path, test, { 0 }, false };
     vec_push(c->xpreds, x);
     c->xpred_slots[h] = c->xpreds.n;
     return c->xpreds.n - 1;
@@ -182,12 +182,43 @@ static bool triggers(cc_comp *c, uint32_t bus, const ir *n, u32vec *out)
     return false;
 }
 
+/* How often a predicate is expected to pass, as a rank (lower: rarer).  An exact value passes
+ * for few events, `exists` or anything-but for most; a clause waits on its rarest predicate. */
+static uint32_t rarity(cc_comp *c, uint32_t pred)
+{
+    const vm_test *t = &c->tests.v[c->xpreds.v[pred].test];
+    if (t->flags & VM_TF_NEG)
+        return 1000;
+    switch (t->kind) {
+    case VM_T_EQ: return (t->flags & VM_TF_CI ? 20 : 10) + t->narg;
+    case VM_T_PREFIX: case VM_T_SUFFIX: return 100 + t->narg;
+    case VM_T_CIDR: return 200;
+    case VM_T_RANGE: return 300;
+    case VM_T_EXISTS: return 900;
+    default: return 500;
+    }
+}
+
+/* Files a clause.  A clause that needs all its predicates is listed under its rarest one only
+ * (its trigger): when that one passes, the others are looked up; so the work per event follows
+ * the clauses whose rarest predicate passed, not every clause a common value appears in.  A
+ * clause that needs any one of its predicates is listed under each of them. */
 static void add_clause(cc_comp *c, uint32_t bus, uint32_t rule, u32vec preds, uint32_t need,
                        bool verify)
 {
     cc_xclause x = { bus, rule, need, verify ? VM_IXC_VERIFY : 0, preds };
     vec_push(c->xclauses, x);
     uint32_t id = c->xclauses.n - 1;
+    for (uint32_t i = 0; i < preds.n; i++)
+        c->xpreds.v[preds.v[i]].used = true;   /* (predicates no clause uses are dropped) */
+    if (need == preds.n && preds.n > 0) {
+        uint32_t best = 0;
+        for (uint32_t i = 1; i < preds.n; i++)
+            if (rarity(c, preds.v[i]) < rarity(c, preds.v[best]))
+                best = i;
+        vec_push(c->xpreds.v[preds.v[best]].clauses, id);
+        return;
+    }
     for (uint32_t i = 0; i < preds.n; i++)
         vec_push(c->xpreds.v[preds.v[i]].clauses, id);
 }
@@ -253,6 +284,12 @@ static int cmp_double(const void *pa, const void *pb)
 static int cmp_u32(const void *pa, const void *pb)
 {
     uint32_t a = *(const uint32_t *)pa, b = *(const uint32_t *)pb;
+    return a < b ? -1 : a > b;
+}
+
+static int cmp_u64(const void *pa, const void *pb)
+{
+    uint64_t a = *(const uint64_t *)pa, b = *(const uint64_t *)pb;
     return a < b ? -1 : a > b;
 }
 
@@ -488,19 +525,21 @@ static void build_bus(cc_comp *c, uint32_t bus, raw_keys *keys)
     vm_ix_bus xb = { c->ix_paths.n, 0, c->ix_preds.n, 0, c->ix_clauses.n, 0, 0, 0 };
     /* The bus's predicates, by path: local numbers are their order in ix_preds. */
     c->ix_local_to_pred.n = 0;
-    for (uint32_t i = 0; i < c->xpreds.n; i++)   /* (a predicate no clause counts is dropped) */
-        if (c->xpreds.v[i].bus == bus && c->xpreds.v[i].clauses.n > 0)
+    for (uint32_t i = 0; i < c->xpreds.n; i++)
+        if (c->xpreds.v[i].bus == bus && c->xpreds.v[i].used)
             vec_push(c->ix_local_to_pred, i);
     uint32_t npred = c->ix_local_to_pred.n;
-    /* Sort by path (stable on creation order) so that each path's predicates are together. */
-    for (uint32_t i = 1; i < npred; i++) {
-        uint32_t v = c->ix_local_to_pred.v[i], j = i;
-        while (j > 0 && c->xpreds.v[c->ix_local_to_pred.v[j - 1]].path > c->xpreds.v[v].path) {
-            c->ix_local_to_pred.v[j] = c->ix_local_to_pred.v[j - 1];
-            j--;
-        }
-        c->ix_local_to_pred.v[j] = v;
+    /* Sort by path, then creation order, so that each path's predicates are together.  (An
+     * insertion sort here took 73% of compiling 20k rules; the pairs make qsort stable.) */
+    uint64_t *order = cc_xmalloc((npred + 1) * sizeof *order);
+    for (uint32_t i = 0; i < npred; i++) {
+        uint32_t v = c->ix_local_to_pred.v[i];
+        order[i] = (uint64_t)c->xpreds.v[v].path << 32 | v;
     }
+    qsort(order, npred, sizeof *order, cmp_u64);
+    for (uint32_t i = 0; i < npred; i++)
+        c->ix_local_to_pred.v[i] = (uint32_t)order[i];
+    free(order);
     uint32_t *local_of = cc_xmalloc((c->xpreds.n + 1) * sizeof *local_of);
     for (uint32_t i = 0; i < npred; i++)
         local_of[c->ix_local_to_pred.v[i]] = i;

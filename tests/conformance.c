@@ -5,7 +5,8 @@
  * under the same name; a listed divergence that no longer diverges fails the run too.
  *
  * Every program is also written to .ebc bytes and read back before it runs, so the file format
- * is exercised by all of these cases.
+ * is exercised by all of these cases; and every event runs through the index and through the
+ * reference evaluator (the rules' bytecode), which must agree.
  *
  * usage: conformance SHARED_CONFORMANCE_DIR DOCS_CONFORMANCE_MD
  */
@@ -92,16 +93,33 @@ static vm_program *compile_patterns(const char *const *patterns, int n, char **d
     return p;
 }
 
-/* Runs one event; returns 1 match, 0 no match, -1 invalid event. */
-static int run(vm_program *p, const char *event)
+/* Runs one event with the given engine; returns 1 match, 0 no match, -1 invalid event. */
+static int run_with(vm_program *p, const char *event, const vm_options *opt)
 {
-    vm_ctx *c = vm_ctx_new(p, NULL);
+    vm_ctx *c = vm_ctx_new(p, opt);
     const uint32_t *m;
     size_t nm;
     vm_error err;
     vm_status st = vm_match(c, VM_NONE, event, strlen(event), &m, &nm, &err);
     vm_ctx_free(c);
     return st != VM_OK ? -1 : nm > 0;
+}
+
+static int engine_disagreements;
+
+/* Runs one event through the index (SIMD scan and byte-by-byte scan) and through the reference
+ * evaluator; all three must agree, whatever the recorded verdict. */
+static int run(vm_program *p, const char *event)
+{
+    static const vm_options reference = { .reference = true }, bytewise = { .no_simd = true };
+    int got = run_with(p, event, NULL);
+    int ref = run_with(p, event, &reference), slow = run_with(p, event, &bytewise);
+    if (ref != got || slow != got) {
+        printf("ENGINES index %d, byte-by-byte scan %d, reference %d on event %s\n", got, slow,
+               ref, event);
+        engine_disagreements++;
+    }
+    return got;
 }
 
 static const struct divergence *find_divergence(const char *file, const char *pattern,
@@ -271,5 +289,7 @@ int main(int argc, char **argv)
     free(doc);
     printf("all files                            %5d cases: %5d pass, %d expected divergences, %d failures, "
            "%d of another mode\n", all.cases, all.pass, all.diverged, all.failed, all.other_mode);
-    return all.failed || stale_divergences || undocumented ? 1 : 0;
+    printf("engines (index with SIMD scan, index with byte-by-byte scan, reference VM): %d "
+           "disagreements\n", engine_disagreements);
+    return all.failed || stale_divergences || undocumented || engine_disagreements ? 1 : 0;
 }

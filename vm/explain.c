@@ -1,7 +1,8 @@
 /*
  * explain.c — `ebc explain`: the index of every bus drawn as an ASCII tree.  Per path it shows
  * where each predicate is filed (a key of the hash table, the range tree, the list every leaf
- * passes, the list tested one by one); then what each predicate counts towards and what each
+ * passes, the list tested one by one); then the clauses each predicate triggers (a clause that
+ * needs all its predicates waits on its rarest one; the others are only looked up) and what each
  * clause needs.  Golden tests compare this text, so an optimisation that stops firing (a
  * predicate falling back to one-by-one tests, a rule losing its clauses) fails a test.
  */
@@ -128,7 +129,10 @@ static void explain_bus(const vm_program *p, uint32_t bi, FILE *out)
         const vm_ix_pred *pr = &p->ix_preds[b->pred0 + i];
         fprintf(out, "│   %s p%u: ", i + 1 == b->npred ? "└──" : "├──", i);
         vm_print_test(p, pr->path, pr->test, out);
-        fputs(" -> ", out);
+        if (pr->nclause == 0)
+            fputs(" (looked up)", out);
+        else
+            fputs(" -> ", out);
         for (uint32_t j = 0; j < pr->nclause; j++)
             fprintf(out, "%sc%u", j ? " " : "", p->ix_refs[pr->clause0 + j]);
         fputc('\n', out);

@@ -1,9 +1,9 @@
 /*
  * index.c — matching through the index (vm.h, docs/index.md): every leaf that some rule looks
- * at is dispatched once to the predicates it passes; each passing predicate advances the clauses
- * that count it; complete clauses make their rules match, or candidates that the rule's bytecode
- * confirms.  The work per event follows the event's leaves and the predicates they pass, not
- * the number of rules.
+ * at is dispatched once to the predicates it passes; a clause waits on its rarest predicate, and
+ * when that passes, its other predicates are looked up; complete clauses make their rules match,
+ * or candidates that the rule's bytecode confirms.  The work per event follows the event's
+ * leaves and the predicates they pass, not the number of rules.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -36,7 +36,8 @@ static const vm_ix_key *find_key(const vm_program *p, unsigned kind, unsigned au
     return NULL;
 }
 
-/* Marks a predicate of bus b as passed (once per event) and counts it in its clauses. */
+/* Marks a predicate of bus b as passed (once per event); the clauses it triggers become
+ * candidates, decided once every leaf has been dispatched. */
 static bool fire(vm_ctx *c, const vm_ix_bus *b, uint32_t pred)
 {
     const vm_program *p = c->p;
@@ -45,15 +46,21 @@ static bool fire(vm_ctx *c, const vm_ix_bus *b, uint32_t pred)
     c->pred_stamp[b->pred0 + pred] = c->epoch;
     const vm_ix_pred *pr = &p->ix_preds[b->pred0 + pred];
     const uint32_t *cl = p->ix_refs + pr->clause0;
-    for (uint32_t i = 0; i < pr->nclause; i++) {
-        uint32_t k = b->clause0 + cl[i];
-        if (c->clause_stamp[k] != c->epoch) {
-            c->clause_stamp[k] = c->epoch;
-            c->clause_count[k] = 0;
-        }
-        if (++c->clause_count[k] == p->ix_clauses[k].need && !VM_BUF_PUSH(c->candidates, k))
+    for (uint32_t i = 0; i < pr->nclause; i++)
+        if (!VM_BUF_PUSH(c->candidates, b->clause0 + cl[i]))
             return false;
-    }
+    return true;
+}
+
+/* Have all the predicates a clause needs passed? */
+static bool clause_complete(const vm_ctx *c, const vm_ix_bus *b, const vm_ix_clause *cl)
+{
+    const uint32_t *pr = c->p->ix_refs + cl->pred0;
+    if (cl->need < cl->npred)
+        return true;   /* any one of them: it was triggered by one */
+    for (uint32_t i = 0; i < cl->npred; i++)
+        if (c->pred_stamp[b->pred0 + pr[i]] != c->epoch)
+            return false;
     return true;
 }
 
@@ -241,7 +248,7 @@ vm_status vm_ix_match_bus(vm_ctx *c, uint32_t bus, const char *json)
     size_t first_match = c->matched.n;
     for (uint32_t i = 0; i < c->candidates.n; i++) {
         const vm_ix_clause *cl = &p->ix_clauses[c->candidates.v[i]];
-        if (c->rule_stamp[cl->rule] == c->epoch)
+        if (c->rule_stamp[cl->rule] == c->epoch || !clause_complete(c, b, cl))
             continue;
         if ((cl->flags & VM_IXC_VERIFY) || arrays_matter(c, b, cl)) {
             /* The bytecode decides the whole rule: no other clause of it needs a look. */

@@ -77,12 +77,10 @@ vm_ctx *vm_ctx_new(const vm_program *p, const vm_options *opt)
     c->reference = opt && opt->reference;
     c->fast_ok = !(opt && opt->no_simd) && vm_fast_available();
     c->pred_stamp = calloc(p->nix_preds + 1, sizeof *c->pred_stamp);
-    c->clause_stamp = calloc(p->nix_clauses + 1, sizeof *c->clause_stamp);
-    c->clause_count = calloc(p->nix_clauses + 1, sizeof *c->clause_count);
     c->rule_stamp = calloc(p->nrules + 1, sizeof *c->rule_stamp);
     c->path_arrays = calloc(p->npaths + 1, sizeof *c->path_arrays);
     c->path_depth = calloc(p->npaths + 1, sizeof *c->path_depth);
-    if (!c->pred_stamp || !c->clause_stamp || !c->clause_count || !c->rule_stamp ||
+    if (!c->pred_stamp || !c->rule_stamp ||
         !c->path_arrays || !c->path_depth) {
         vm_ctx_free(c);
         return NULL;
@@ -103,8 +101,6 @@ void vm_ctx_free(vm_ctx *c)
     free(c->frames.v);
     free(c->array_depth.v);
     free(c->pred_stamp);
-    free(c->clause_stamp);
-    free(c->clause_count);
     free(c->rule_stamp);
     free(c->path_arrays);
     free(c->path_depth);
@@ -470,7 +466,6 @@ vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
     if (++c->epoch == 0) {
         /* The stamps wrapped around: clear them, so that no old mark passes for a new one. */
         memset(c->pred_stamp, 0, p->nix_preds * sizeof *c->pred_stamp);
-        memset(c->clause_stamp, 0, p->nix_clauses * sizeof *c->clause_stamp);
         memset(c->rule_stamp, 0, p->nrules * sizeof *c->rule_stamp);
         memset(c->path_arrays, 0, p->npaths * sizeof *c->path_arrays);
         c->epoch = 1;

@@ -173,10 +173,10 @@ typedef struct {
  * passes: exact values, case-folded strings, prefixes, suffixes and CIDR networks by lookups in
  * one hash table keyed by (path, key kind, bytes); numeric ranges by a segment tree over their
  * bounds; `exists` as a list; everything else (wildcards, regexes, anything-but, `as number`)
- * as a list of tests to run.  A rule is one or more *clauses*, each counting the predicates it
- * needs; a clause whose count is complete makes its rule a candidate.  A candidate is a match at
- * once, unless the clause cannot decide alone (a negation, or arrays in this event on its
- * paths): then the rule's bytecode, the reference evaluator, confirms it.
+ * as a list of tests to run.  A rule is one or more *clauses*; a clause is triggered by its
+ * rarest predicate and is complete when all the predicates it needs have passed.  A candidate
+ * is a match at once, unless the clause cannot decide alone (a negation, or arrays in this event
+ * on its paths): then the rule's bytecode, the reference evaluator, confirms it.
  */
 typedef enum {
     VM_K_STR,       /* key: the decoded string */
@@ -196,14 +196,15 @@ typedef enum {
 
 typedef struct {
     uint32_t path, test;
-    uint32_t clause0, nclause;  /* ix_refs: the clauses that count this predicate */
+    uint32_t clause0, nclause;  /* ix_refs: the clauses this predicate triggers */
 } vm_ix_pred;
 
 enum { VM_IXC_VERIFY = 1 };     /* the clause holds a negation: run the rule to confirm */
 
 typedef struct {
     uint32_t rule;
-    uint32_t need;              /* predicates to pass; 0: a candidate for every event */
+    uint32_t need;              /* npred: all its predicates must pass (it is listed under its
+                                   rarest); 1: any one; 0: a candidate for every event */
     uint32_t flags;
     uint32_t depth;             /* the longest path prefix two of its predicates share: arrays
                                    no deeper can tie their leaves to one element */

@@ -100,7 +100,6 @@ struct vm_ctx {
     bool reference;
     uint32_t epoch;
     uint32_t *pred_stamp;           /* per predicate (all buses): passed in this event */
-    uint32_t *clause_stamp, *clause_count;
     uint32_t *rule_stamp;           /* per rule: decided in this event */
     uint32_t *path_arrays;          /* per path: some leaf of this event lies in an array */
     uint16_t *path_depth;           /* ... and the depth of the outermost such array */
