@@ -7,7 +7,7 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 MAKEFLAGS  += --no-print-directory
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build build-asan test test-release test-asan run fuzz clean
+.PHONY: all deps build build-asan test test-release test-asan run bench bench-citylots bench-scaling fuzz clean
 
 all: build
 
@@ -39,6 +39,18 @@ test-asan: build-asan
 
 run: build
 	@sh examples/run.sh $(BUILD)
+
+# Benchmarks (bench/README.md): not part of `make test`.  Results go to bench/results/, the
+# generated rules and events to $(BUILD)/bench/.
+SHARED ?= ../shared
+BENCH_ARGS = --ebc $(BUILD)/bin/ebc --data $(SHARED)/data --work $(BUILD)/bench --out bench/results
+bench: bench-citylots bench-scaling
+
+bench-citylots: build
+	@$(BUILD)/bin/bench_citylots $(BENCH_ARGS) $(CITYLOTS_ARGS)
+
+bench-scaling: build
+	@$(BUILD)/bin/bench_scaling $(BENCH_ARGS) $(SCALING_ARGS)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

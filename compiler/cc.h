@@ -36,7 +36,7 @@ typedef struct {
 } cc_xpred;
 
 typedef struct {
-    uint32_t bus, rule, need, flags;
+    uint32_t bus, rule, need, flags, depth;
     u32vec preds;
 } cc_xclause;
 

@@ -31,7 +31,8 @@ static const char usage[] =
     "                                 with \"error\" for an invalid event)\n"
     "  bench RULES EVENTS.jsonl       time matching over the events (median of N passes):\n"
     "        [--repeat N] [--json]    events/s, MB/s, ns/event, compile time, peak RSS, and\n"
-    "                                 each rule's match count\n"
+    "        [--engine E]             each rule's match count; E: index (default), bytewise\n"
+    "                                 (index, byte-by-byte scan), reference (bytecode only)\n"
     "  disasm RULES                   print each rule's bytecode (RULES is .ebr or .ebc)\n"
     "  explain RULES                  draw each bus's index as a tree\n"
     "  opcodes                        print the VM's opcode reference (Markdown)\n"
@@ -336,11 +337,25 @@ static int cmd_bench(int argc, char **argv)
     const char *rules = NULL, *events = NULL;
     bool json = false;
     int repeat = 3;
+    vm_options opt = { 0 };
+    const char *engine = "index";
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--json"))
             json = true;
         else if (!strcmp(argv[i], "--repeat") && i + 1 < argc && atoi(argv[i + 1]) > 0)
             repeat = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--engine") && i + 1 < argc) {
+            engine = argv[++i];
+            if (!strcmp(engine, "reference"))
+                opt.reference = true;
+            else if (!strcmp(engine, "bytewise"))
+                opt.no_simd = true;
+            else if (strcmp(engine, "index")) {
+                fprintf(stderr, "ebc bench: unknown engine '%s' (index, bytewise, reference)\n",
+                        engine);
+                return EXIT_USAGE;
+            }
+        }
         else if (!rules)
             rules = argv[i];
         else if (!events)
@@ -351,7 +366,7 @@ static int cmd_bench(int argc, char **argv)
         }
     }
     if (!rules || !events) {
-        fputs("usage: ebc bench RULES EVENTS.jsonl [--repeat N] [--json]\n", stderr);
+        fputs("usage: ebc bench RULES EVENTS.jsonl [--repeat N] [--engine E] [--json]\n", stderr);
         return EXIT_USAGE;
     }
     int status = EXIT_OK;
@@ -383,7 +398,7 @@ static int cmd_bench(int argc, char **argv)
         }
         i += n + 1;
     }
-    vm_ctx *ctx = vm_ctx_new(p, NULL);
+    vm_ctx *ctx = vm_ctx_new(p, &opt);
     uint64_t *counts = calloc(p->nrules ? p->nrules : 1, sizeof *counts);
     double *times = malloc((size_t)repeat * sizeof *times);
     size_t invalid = 0;
@@ -418,9 +433,9 @@ static int cmd_bench(int argc, char **argv)
         printf("{\"events\": %zu, \"bytes\": %zu, \"seconds\": %.6f, \"events_per_sec\": %.0f, "
                "\"mb_per_sec\": %.1f, \"ns_per_event\": %.1f, \"compile_seconds\": %.6f, "
                "\"peak_rss_kb\": %ld, \"rules\": %u, \"program_bytes\": %zu, \"repeat\": %d, "
-               "\"invalid\": %zu, \"counts\": {",
+               "\"engine\": \"%s\", \"invalid\": %zu, \"counts\": {",
                nev, bytes, secs, eps, mbps, ns, compile_s, ru.ru_maxrss, p->nrules, image_len,
-               repeat, invalid);
+               repeat, engine, invalid);
         for (uint32_t i = 0; i < p->nrules; i++) {
             printf("%s", i ? ", " : "");
             json_string(stdout, vm_s(p, p->rules[i].name));
@@ -430,7 +445,7 @@ static int cmd_bench(int argc, char **argv)
     } else {
         printf("events        %zu (%zu invalid)\n", nev, invalid);
         printf("bytes         %zu\n", bytes);
-        printf("seconds       %.6f (median of %d passes)\n", secs, repeat);
+        printf("seconds       %.6f (median of %d passes, engine %s)\n", secs, repeat, engine);
         printf("events/s      %.0f\n", eps);
         printf("MB/s          %.1f\n", mbps);
         printf("ns/event      %.1f\n", ns);

@@ -204,6 +204,17 @@ void vm_print_test(const vm_program *p, uint32_t path, uint32_t test, FILE *out)
         return;
     }
     vm_print_path(p, path, out);
+    if (t->flags & VM_TF_BAND) {
+        /* Two bounds that some leaf each passes (docs/index.md). */
+        const vm_const *k = &p->consts[t->arg0];
+        fputs(k->flags & VM_CF_LO_OPEN ? " > " : " >= ", out);
+        put_double(out, k->lo);
+        fputs(" and ", out);
+        vm_print_path(p, path, out);
+        fputs(k->flags & VM_CF_HI_OPEN ? " < " : " <= ", out);
+        put_double(out, k->hi);
+        return;
+    }
     if (t->flags & VM_TF_ASNUM)
         fputs(" as number", out);
     static const char *const ops[VM_T__COUNT] = {

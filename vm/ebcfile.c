@@ -98,7 +98,8 @@ static bool get_IP(rbuf *r, uint8_t (*x)[16])
 #define FIELDS_vm_ix_path(F)   F(U32, path) F(U32, kinds) F(U32, exists0) F(U32, nexists) \
                                F(U32, generic0) F(U32, ngeneric) F(U32, plen0) F(U32, nplen) \
                                F(U32, slen0) F(U32, nslen) F(U32, clen0) F(U32, nclen) \
-                               F(U32, bound0) F(U32, nbound) F(U32, node0) F(U32, nnode)
+                               F(U32, bound0) F(U32, nbound) F(U32, node0) F(U32, nnode) \
+                               F(U32, band0) F(U32, nband)
 #define FIELDS_vm_ix_pred(F)   F(U32, path) F(U32, test) F(U32, clause0) F(U32, nclause)
 #define FIELDS_vm_ix_clause(F) F(U32, rule) F(U32, need) F(U32, flags) F(U32, depth) F(U32, pred0) \
                                F(U32, npred)
@@ -290,7 +291,9 @@ static bool regex_ok(const vm_program *p, const vm_regex *re)
 /* Checks the constants of a test fit its kind (the VM reads them without further checks). */
 static bool test_ok(const vm_program *p, const vm_test *t)
 {
-    if (t->kind >= VM_T__COUNT || !range_ok(t->arg0, t->narg, p->nconsts))
+    if (t->kind >= VM_T__COUNT || !range_ok(t->arg0, t->narg, p->nconsts) ||
+        t->flags >= 2 * VM_TF_BAND ||
+        ((t->flags & VM_TF_BAND) && (t->kind != VM_T_RANGE || t->narg != 1 || t->flags != VM_TF_BAND)))
         return false;
     for (uint32_t i = 0; i < t->narg; i++) {
         const vm_const *k = &p->consts[t->arg0 + i];
@@ -320,7 +323,10 @@ static bool code_ok(const vm_program *p, const vm_rule *r)
         vm_inst in = code[pc];
         uint32_t a = VM_A(in), b = VM_B(in);
         switch (VM_OP(in)) {
-        case VM_OP_TEST: if (a >= p->npaths || b >= p->ntests) return false; break;
+        case VM_OP_TEST:   /* (a band test belongs to the index: it is not one leaf's test) */
+            if (a >= p->npaths || b >= p->ntests || (p->tests[b].flags & VM_TF_BAND))
+                return false;
+            break;
         case VM_OP_FORK: case VM_OP_NOT:
             if (b <= pc || b >= r->ncode) return false;
             break;
@@ -388,6 +394,18 @@ static const char *verify_index(const vm_program *p)
             for (uint32_t k = 1; k < ip->nbound; k++)
                 if (!(p->ix_bounds[ip->bound0 + k - 1] < p->ix_bounds[ip->bound0 + k]))
                     return "an index range tree is malformed";
+            /* Bands: predicates of this path with band tests, by lower bound. */
+            if (!refs_below(p, ip->band0, ip->nband, x->npred))
+                return "an index band list is malformed";
+            double last = -1.0 / 0.0;
+            for (uint32_t k = 0; k < ip->nband; k++) {
+                const vm_ix_pred *pr = &p->ix_preds[x->pred0 + p->ix_refs[ip->band0 + k]];
+                const vm_test *t = &p->tests[pr->test];
+                if (pr->path != ip->path || !(t->flags & VM_TF_BAND) ||
+                    !(p->consts[t->arg0].lo >= last))
+                    return "an index band list is malformed";
+                last = p->consts[t->arg0].lo;
+            }
         }
     }
     for (uint32_t i = 0; i < p->nix_keys; i++) {

@@ -87,7 +87,8 @@ static void explain_bus(const vm_program *p, uint32_t bi, FILE *out)
         vm_print_path(p, ix->path, out);
         fputc('\n', out);
         /* Keys of this path (in table order: kind, then key), the range tree, the lists. */
-        uint32_t items = (ix->nnode > 0) + (ix->nexists > 0) + (ix->ngeneric > 0), done = 0;
+        uint32_t items = (ix->nnode > 0) + (ix->nband > 0) + (ix->nexists > 0) + (ix->ngeneric > 0);
+        uint32_t done = 0;
         for (uint32_t k = 0; k < p->nix_keys; k++)
             items += p->ix_keys[k].ipath == ipath;
 #define ITEM() fprintf(out, "%s%s ", pre, ++done == items ? "└──" : "├──")
@@ -108,6 +109,12 @@ static void explain_bus(const vm_program *p, uint32_t bi, FILE *out)
             ITEM();
             fprintf(out, "range tree over %u bound%s -> ", ix->nbound, ix->nbound == 1 ? "" : "s");
             put_range_preds(p, b, ix, out);
+            fputc('\n', out);
+        }
+        if (ix->nband) {
+            ITEM();
+            fputs("bands by lower bound, for leaves that pass them together -> ", out);
+            put_preds(p, ix->band0, ix->nband, out);
             fputc('\n', out);
         }
         if (ix->nexists) {

@@ -202,6 +202,35 @@ static bool dispatch(vm_ctx *c, const vm_ix_bus *b, uint32_t ipath, const char *
     return true;
 }
 
+/* Fires the band predicates of path entry ix that no single leaf passes but the leaves together
+ * do: a lower bound in [min, max] that max passes, an upper bound min passes.  (Those that hold
+ * min itself were found through the range tree.)  Bands are sorted by lower bound. */
+static bool fire_bands(vm_ctx *c, const vm_ix_bus *b, const vm_ix_path *ix, double min, double max)
+{
+    const vm_program *p = c->p;
+    const uint32_t *band = p->ix_refs + ix->band0;
+#define BAND_CONST(i) (&p->consts[p->tests[p->ix_preds[b->pred0 + band[i]].test].arg0])
+    uint32_t lo = 0, hi = ix->nband;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (BAND_CONST(mid)->lo < min)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    for (uint32_t i = lo; i < ix->nband; i++) {
+        const vm_const *k = BAND_CONST(i);
+        if (k->lo > max)
+            break;
+        bool above = k->flags & VM_CF_LO_OPEN ? max > k->lo : max >= k->lo;
+        bool below = k->flags & VM_CF_HI_OPEN ? min < k->hi : min <= k->hi;
+        if (above && below && !fire(c, b, band[i]))
+            return false;
+    }
+#undef BAND_CONST
+    return true;
+}
+
 static int cmp_u32(const void *pa, const void *pb)
 {
     uint32_t a = *(const uint32_t *)pa, b = *(const uint32_t *)pb;
@@ -219,8 +248,10 @@ static bool arrays_matter(const vm_ctx *c, const vm_ix_bus *b, const vm_ix_claus
     if (cl->depth == 0)
         return false;
     for (uint32_t i = 0; i < cl->npred; i++) {
-        uint32_t path = p->ix_preds[b->pred0 + pr[i]].path;
-        if (c->path_arrays[path] == c->epoch && c->path_depth[path] <= cl->depth && ++inside == 2)
+        const vm_ix_pred *x = &p->ix_preds[b->pred0 + pr[i]];
+        /* (a band stands for two predicates on its path) */
+        if (c->path_arrays[x->path] == c->epoch && c->path_depth[x->path] <= cl->depth &&
+            (inside += p->tests[x->test].flags & VM_TF_BAND ? 2 : 1) >= 2)
             return true;
     }
     return false;
@@ -237,9 +268,22 @@ vm_status vm_ix_match_bus(vm_ctx *c, uint32_t bus, const char *json)
         uint32_t path = c->touched.v[i], ipath = map[path];
         if (ipath == VM_NONE)
             continue;
-        for (uint32_t f = c->first[path]; f != VM_NONE; f = c->fields.v[f].next)
-            if (!dispatch(c, b, ipath, json, &c->fields.v[f]))
+        const vm_ix_path *ix = &p->ix_paths[ipath];
+        double min = 1.0 / 0.0, max = -min;
+        uint32_t numbers = 0;
+        for (uint32_t f = c->first[path]; f != VM_NONE; f = c->fields.v[f].next) {
+            const vm_field *fl = &c->fields.v[f];
+            if (!dispatch(c, b, ipath, json, fl))
                 return VM_ERR_NOMEM;
+            double d;
+            if (ix->nband && fl->type == VM_J_NUM && vm_number_value(json + fl->off, fl->len, &d)) {
+                min = d < min ? d : min;
+                max = d > max ? d : max;
+                numbers++;
+            }
+        }
+        if (numbers > 1 && min < max && !fire_bands(c, b, ix, min, max))
+            return VM_ERR_NOMEM;
     }
     for (uint32_t i = 0; i < b->nalways; i++)
         if (!VM_BUF_PUSH(c->candidates, b->clause0 + p->ix_refs[b->always0 + i]))

@@ -108,6 +108,9 @@ enum {
     VM_TF_NEG   = 1 << 0, /* the leaf exists and passes none of the constants */
     VM_TF_CI    = 1 << 1, /* compare case-insensitively (Unicode full case folding) */
     VM_TF_ASNUM = 1 << 2, /* a string value that spells a JSON number is compared as that number */
+    VM_TF_BAND  = 1 << 3, /* (index only, RANGE of one constant) `p >= lo and p < hi` of one
+                             clause: some number leaf passes the lower bound and some (maybe
+                             another) the upper one, i.e. max >= lo and min < hi */
 };
 
 typedef struct {
@@ -221,6 +224,8 @@ typedef struct {
     uint32_t clen0, nclen;      /* ... and of CIDR prefixes (0..128) */
     uint32_t bound0, nbound;    /* ix_bounds: the sorted distinct finite bounds of ranges */
     uint32_t node0, nnode;      /* ix_nodes: the range segment tree (leaves: 2*nbound+1 slots) */
+    uint32_t band0, nband;      /* ix_refs: its VM_TF_BAND predicates, by lower bound (they are
+                                   in the tree too; this finds those between two leaves) */
 } vm_ix_path;
 
 typedef struct {
@@ -297,7 +302,7 @@ typedef struct {
  *   the bytes after this field | section table: nsections x (u32 tag, u64 offset, u64 length) | data
  */
 #define VM_EBC_MAGIC   "\x89" "EBC\r\n\x1a\n"
-#define VM_EBC_VERSION 1u
+#define VM_EBC_VERSION 2u
 
 /* Serialises p into a malloc'd buffer (*out, *len). Returns VM_OK or VM_ERR_NOMEM. */
 vm_status vm_program_serialize(const vm_program *p, uint8_t **out, size_t *len);

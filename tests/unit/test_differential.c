@@ -67,7 +67,7 @@ static const char *any_value(void)
 static void predicate(buf *b)
 {
     const char *p = paths[rnd(10)];
-    switch (rnd(16)) {
+    switch (rnd(17)) {
     case 0: put(b, "%s == %s", p, any_value()); break;
     case 1: put(b, "%s != %s", p, any_value()); break;
     case 2: put(b, "%s %s %s", p, rnd(2) ? "<" : ">=", nums[rnd(6)]); break;
@@ -83,6 +83,10 @@ static void predicate(buf *b)
     case 12: put(b, "not exists %s", p); break;
     case 13: put(b, "%s == ignore_case \"%s\"", p, strs[rnd(10)]); break;
     case 14: put(b, "%s as number > 1", p); break;
+    case 15:   /* both bounds on one path: the index merges them into a band */
+        put(b, "(%s %s %s and %s %s %s)", p, rnd(2) ? ">" : ">=", nums[rnd(6)], p,
+            rnd(2) ? "<" : "<=", nums[rnd(6)]);
+        break;
     default: put(b, "%s not starts_with \"%s\"", p, strs[rnd(5)]); break;
     }
 }
@@ -153,14 +157,20 @@ static void event(buf *b)
         KEY("tags");
         put(b, "[%s, %s]", any_value(), any_value());
     }
-    if (rnd(2)) { KEY("n"); put(b, "%s", nums[rnd(8)]); }
+    if (rnd(2)) {   /* a number, or several (bands: bounds passed by different leaves) */
+        KEY("n");
+        if (rnd(3) == 0)
+            put(b, "[%s, %s, %s]", nums[rnd(8)], nums[rnd(8)], nums[rnd(8)]);
+        else
+            put(b, "%s", nums[rnd(8)]);
+    }
     if (rnd(2)) { KEY("s"); put(b, "\"%s\"", nums[rnd(6)]); }
     if (rnd(4) == 0) { KEY("c.d"); put(b, "%s", any_value()); }
 #undef KEY
     put(b, "}");
 }
 
-static void run_engines(vm_program *p, const char *ev, size_t len, int round)
+static void run_engines(vm_program *p, const char *ev, size_t len, int round, const char *rules)
 {
     vm_options ix = { 0 }, ref = { .reference = true };
     vm_ctx *a = vm_ctx_new(p, &ix), *r = vm_ctx_new(p, &ref);
@@ -169,11 +179,12 @@ static void run_engines(vm_program *p, const char *ev, size_t len, int round)
     vm_error ea, er;
     vm_status sa = vm_match(a, VM_NONE, ev, len, &ma, &na, &ea);
     vm_status sr = vm_match(r, VM_NONE, ev, len, &mr, &nr, &er);
-    cr_assert_eq(sa, sr, "round %d: status %d vs reference %d for %s", round, sa, sr, ev);
-    cr_assert_eq(na, nr, "round %d: %zu matches vs reference %zu for %s", round, na, nr, ev);
+    cr_assert_eq(sa, sr, "round %d: status %d vs reference %d for %s\n%s", round, sa, sr, ev, rules);
+    cr_assert_eq(na, nr, "round %d: %zu matches vs reference %zu for %s\n%s", round, na, nr, ev,
+                 rules);
     for (size_t i = 0; i < na; i++)
-        cr_assert_eq(ma[i], mr[i], "round %d: rule %s vs reference %s for %s", round,
-                     vm_s(p, p->rules[ma[i]].name), vm_s(p, p->rules[mr[i]].name), ev);
+        cr_assert_eq(ma[i], mr[i], "round %d: rule %s vs reference %s for %s\n%s", round,
+                     vm_s(p, p->rules[ma[i]].name), vm_s(p, p->rules[mr[i]].name), ev, rules);
     vm_ctx_free(a);
     vm_ctx_free(r);
 }
@@ -218,7 +229,7 @@ Test(differential, index_equals_reference, .timeout = 300)
         for (int e = 0; e < 40; e++) {
             buf ev = { 0 };
             event(&ev);
-            run_engines(q, ev.s, ev.n, round);
+            run_engines(q, ev.s, ev.n, round, src.s);
             vm_ctx *c = vm_ctx_new(q, NULL);
             const uint32_t *m;
             size_t nm;

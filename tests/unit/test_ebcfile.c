@@ -18,6 +18,7 @@ static const char rules[] =
     "server { listen \"127.0.0.1:1\" }\n"
     "rule r on b {\n"
     "  match data.s matches /a+b/ and data.ip in cidr \"10.0.0.0/8\" and data.n > 5\n"
+    "    and data.n <= 50\n"
     "    and (data.x == \"y\" or not exists data.z) and data.w like \"a*\"\n"
     "  to t, e dead_letter d\n"
     "}\n"
@@ -100,10 +101,12 @@ Test(ebcfile, wrong_version_is_refused_by_name)
     size_t n;
     cr_assert_eq(vm_program_serialize(p, &a, &n), VM_OK);
     vm_program_free(p);
-    a[8] = 2;
+    a[8] = VM_EBC_VERSION + 1;   /* a later version (earlier ones are refused alike) */
     vm_error err;
     cr_assert_null(vm_program_parse(a, n, &err));
-    cr_expect(strstr(err.msg, "version 2 is not supported"), "%s", err.msg);
+    char want[64];
+    snprintf(want, sizeof want, "version %u is not supported", VM_EBC_VERSION + 1);
+    cr_expect(strstr(err.msg, want), "%s", err.msg);
     free(a);
 }
 
@@ -119,5 +122,28 @@ Test(ebcfile, a_file_with_a_valid_checksum_but_bad_indexes_is_refused)
     vm_error err;
     cr_assert_null(vm_program_parse(a, n, &err));
     cr_expect(strstr(err.msg, "rule's code is malformed"), "%s", err.msg);
+    free(a);
+}
+
+Test(ebcfile, bytecode_that_runs_an_index_band_test_is_refused)
+{
+    /* A band test (two bounds, each passed by some leaf) belongs to the index; an instruction
+     * that runs it as one leaf's test would give another answer, so the file is refused. */
+    vm_program *p = compile();
+    uint32_t band = VM_NONE;
+    for (uint32_t i = 0; i < p->ntests; i++)
+        if (p->tests[i].flags & VM_TF_BAND)
+            band = i;
+    cr_assert_neq(band, VM_NONE, "data.n > 5 and data.n <= 50 made no band");
+    uint32_t pc = 0;
+    while (VM_OP(p->code[pc]) != VM_OP_TEST)
+        pc++;
+    p->code[pc] = VM_INST(VM_OP_TEST, VM_A(p->code[pc]), band);
+    uint8_t *a;
+    size_t n;
+    cr_assert_eq(vm_program_serialize(p, &a, &n), VM_OK);
+    vm_program_free(p);
+    vm_error err;
+    cr_assert_null(vm_program_parse(a, n, &err));
     free(a);
 }

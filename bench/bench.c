@@ -1,0 +1,268 @@
+/*
+ * bench.c — helpers of the benchmark drivers (bench.h).
+ */
+#include "bench.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+char *bench_fmt(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    char *s = malloc((size_t)n + 1);
+    if (!s) {
+        perror("bench");
+        exit(2);
+    }
+    va_start(ap, fmt);
+    vsnprintf(s, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+/* Runs argv (no shell) and returns what it wrote on stdout; NULL if it could not run or exited
+ * with a status other than 0.  Its stderr goes to ours. */
+static char *capture(char *const argv[])
+{
+    int fd[2];
+    if (pipe(fd) != 0)
+        return NULL;
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fd[0]);
+        close(fd[1]);
+        return NULL;
+    }
+    if (pid == 0) {
+        dup2(fd[1], STDOUT_FILENO);
+        close(fd[0]);
+        close(fd[1]);
+        execv(argv[0], argv);
+        fprintf(stderr, "bench: cannot run %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(fd[1]);
+    size_t n = 0, cap = 1 << 16;
+    char *out = malloc(cap);
+    for (;;) {
+        if (n + 1 == cap)
+            out = realloc(out, cap *= 2);
+        ssize_t k = read(fd[0], out + n, cap - n - 1);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            break;
+        n += (size_t)k;
+    }
+    out[n] = 0;
+    close(fd[0]);
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+bool bench_ebc(const char *ebc, const char *rules, const char *events, int repeat,
+               const char *engine, bench_result *out)
+{
+    char rep[16];
+    snprintf(rep, sizeof rep, "%d", repeat);
+    char *argv[] = { (char *)ebc, "bench", (char *)rules, (char *)events, "--json", "--repeat",
+                     rep, "--engine", (char *)engine, NULL };
+    memset(out, 0, sizeof *out);
+    char *text = capture(argv);
+    if (!text) {
+        fprintf(stderr, "bench: '%s bench %s %s' failed\n", ebc, rules, events);
+        return false;
+    }
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    if (!j) {
+        fprintf(stderr, "bench: ebc bench printed something that is not JSON\n");
+        return false;
+    }
+#define NUM(key) cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(j, key))
+    out->events_per_sec = NUM("events_per_sec");
+    out->mb_per_sec = NUM("mb_per_sec");
+    out->ns_per_event = NUM("ns_per_event");
+    out->compile_seconds = NUM("compile_seconds");
+    out->peak_rss_kb = (long)NUM("peak_rss_kb");
+    out->program_bytes = NUM("program_bytes");
+    out->events = (unsigned long)NUM("events");
+    out->invalid = (unsigned long)NUM("invalid");
+    out->rules = (unsigned long)NUM("rules");
+#undef NUM
+    out->counts = cJSON_DetachItemFromObjectCaseSensitive(j, "counts");
+    cJSON_Delete(j);
+    if (!cJSON_IsObject(out->counts)) {
+        fprintf(stderr, "bench: ebc bench gave no counts\n");
+        bench_result_free(out);
+        return false;
+    }
+    return true;
+}
+
+void bench_result_free(bench_result *r)
+{
+    cJSON_Delete(r->counts);
+    r->counts = NULL;
+}
+
+bool bench_median(const char *ebc, const char *rules, const char *events, int runs, int repeat,
+                  const char *engine, bench_result *out)
+{
+    bench_result *all = calloc((size_t)runs, sizeof *all);
+    bool ok = true;
+    int done = 0;
+    for (; done < runs && ok; done++) {
+        ok = bench_ebc(ebc, rules, events, repeat, engine, &all[done]);
+        if (ok && done > 0 && !cJSON_Compare(all[0].counts, all[done].counts, true)) {
+            fprintf(stderr, "bench: two runs of %s counted different matches\n", rules);
+            ok = false;
+        }
+    }
+    if (ok) {
+        /* Sort the runs by events/s (few: insertion) and keep the middle one. */
+        for (int i = 1; i < runs; i++)
+            for (int k = i; k > 0 && all[k - 1].events_per_sec > all[k].events_per_sec; k--) {
+                bench_result t = all[k];
+                all[k] = all[k - 1];
+                all[k - 1] = t;
+            }
+        *out = all[runs / 2];
+        all[runs / 2].counts = NULL;
+    }
+    for (int i = 0; i < done; i++)
+        bench_result_free(&all[i]);
+    free(all);
+    return ok;
+}
+
+void bench_machine(char *buf, size_t n)
+{
+    char model[256] = "unknown CPU";
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (f) {
+        char line[512];
+        while (fgets(line, sizeof line, f)) {
+            char *colon = strchr(line, ':');
+            if (!strncmp(line, "model name", 10) && colon) {
+                snprintf(model, sizeof model, "%s", colon + 2);
+                model[strcspn(model, "\n")] = 0;
+                break;
+            }
+        }
+        fclose(f);
+    }
+    struct utsname u;
+    if (uname(&u) != 0)
+        strcpy(u.release, "?");
+    time_t t = time(NULL);
+    char date[32];
+    strftime(date, sizeof date, "%Y-%m-%d", gmtime(&t));
+    snprintf(buf, n, "%s, %ld cores, Linux %s, %s", model, sysconf(_SC_NPROCESSORS_ONLN),
+             u.release, date);
+}
+
+bool bench_write(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (!f || fputs(text, f) < 0 || fclose(f) != 0) {
+        fprintf(stderr, "bench: cannot write %s: %s\n", path, strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+bool bench_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+bool bench_mkdirs(const char *dir)
+{
+    char *p = bench_fmt("%s", dir);
+    for (char *s = p + 1;; s++) {
+        bool end = *s == 0;
+        if (*s == '/' || end) {
+            *s = 0;
+            if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+                fprintf(stderr, "bench: cannot create %s: %s\n", p, strerror(errno));
+                free(p);
+                return false;
+            }
+            if (end)
+                break;
+            *s = '/';
+        }
+    }
+    free(p);
+    return true;
+}
+
+bool bench_gunzip(const char *src, const char *dst)
+{
+    struct stat a, b;
+    if (stat(src, &a) != 0) {
+        fprintf(stderr, "bench: %s: %s\n", src, strerror(errno));
+        return false;
+    }
+    if (stat(dst, &b) == 0 && b.st_mtime >= a.st_mtime)
+        return true;
+    fprintf(stderr, "bench: decompressing %s\n", src);
+    char *part = bench_fmt("%s.part", dst);
+    pid_t pid = fork();
+    if (pid == 0) {
+        FILE *o = freopen(part, "w", stdout);
+        if (!o)
+            _exit(126);
+        execlp("gzip", "gzip", "-dc", src, (char *)NULL);
+        _exit(127);
+    }
+    int status = -1;
+    if (pid > 0)
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+            ;
+    bool ok = pid > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0 && rename(part, dst) == 0;
+    if (!ok) {
+        fprintf(stderr, "bench: cannot decompress %s into %s\n", src, dst);
+        unlink(part);
+    }
+    free(part);
+    return ok;
+}
+
+bool bench_gnuplot(const char *script_path)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        execlp("gnuplot", "gnuplot", script_path, (char *)NULL);
+        _exit(127);
+    }
+    int status = -1;
+    if (pid > 0)
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+            ;
+    if (pid <= 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "bench: gnuplot failed or is missing (`make deps` installs it); "
+                        "the CSV is written, the chart is not\n");
+        return false;
+    }
+    return true;
+}

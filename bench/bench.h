@@ -1,0 +1,49 @@
+/*
+ * bench.h — what the benchmark drivers share: running `ebc bench --json` and reading its answer,
+ * medians, the machine's description, files, and charts through gnuplot.
+ *
+ * The drivers measure through the `ebc bench` command, one process per measurement, so that
+ * peak RSS and compile time are those of a process that loads only that ruleset.
+ */
+#ifndef EBR_BENCH_H
+#define EBR_BENCH_H
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+/* One `ebc bench` measurement, as it reports it. */
+typedef struct {
+    double events_per_sec, mb_per_sec, ns_per_event, compile_seconds;
+    long peak_rss_kb;
+    double program_bytes;
+    unsigned long events, invalid, rules;
+    cJSON *counts;                 /* {rule: n}; owned by the measurement */
+} bench_result;
+
+/* Runs `EBC bench RULES EVENTS --json --repeat REPEAT --engine ENGINE`; false (with a message on
+ * stderr) if it fails or prints something other than its JSON object. */
+bool bench_ebc(const char *ebc, const char *rules, const char *events, int repeat,
+               const char *engine, bench_result *out);
+void bench_result_free(bench_result *r);
+
+/* Runs the measurement `runs` times and keeps the run with the median events/s (its other
+ * figures come with it; the counts of every run must agree, or it fails). */
+bool bench_median(const char *ebc, const char *rules, const char *events, int runs, int repeat,
+                  const char *engine, bench_result *out);
+
+/* "Intel(R) Xeon(R) ... , 2 cores, Linux 6.1, 2026-11-26" */
+void bench_machine(char *buf, size_t n);
+
+bool bench_write(const char *path, const char *text);
+bool bench_mkdirs(const char *dir);
+bool bench_exists(const char *path);
+/* Decompresses SRC.gz into DST (through DST.part) unless DST is already newer than SRC. */
+bool bench_gunzip(const char *src, const char *dst);
+/* Runs gnuplot on a script file; false (with a note) if gnuplot is missing or fails. */
+bool bench_gnuplot(const char *script_path);
+
+/* printf into a fresh string. */
+char *bench_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif
