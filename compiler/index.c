@@ -530,14 +530,38 @@ static void build_ranges(cc_comp *c, vm_ix_path *ixp, raw_ranges *rs)
     for (uint32_t i = 0; i < nb; i++)
         vec_push(c->ix_bounds, b[i]);
     ixp->node0 = c->ix_nodes.n;
-    ixp->nnode = 2 * leaves;
-    for (uint32_t i = 0; i < 2 * leaves; i++) {
-        vm_ix_node nd = { c->ix_refs.n, lists[i].n };
-        for (uint32_t j = 0; j < lists[i].n; j++)
-            vec_push(c->ix_refs, lists[i].v[j]);
-        vec_push(c->ix_nodes, nd);
-        free(lists[i].v);
+    /* Where it costs little memory (ranges that overlap little, as disjoint ones), lay out one
+     * list per slot instead: the predicates of every node from the slot's leaf up to the root.
+     * A number then takes its binary search and one list, not one node per level: with 100k
+     * disjoint ranges the tree walk was 19 cache misses an event: bench_scaling "numeric" at 100k
+     * ranges went from 539K to 888K events/s with this layout. */
+    uint64_t tree_refs = 0, flat_refs = 0;
+    for (uint32_t i = 0; i < 2 * leaves; i++)
+        tree_refs += lists[i].n;
+    for (uint32_t s = 0; s < slots; s++)
+        for (uint32_t node = s + leaves; node >= 1; node /= 2)
+            flat_refs += lists[node].n;
+    if (flat_refs <= 2 * tree_refs + slots) {
+        ixp->nnode = slots;   /* odd: one list per slot (a tree has an even number of nodes) */
+        for (uint32_t s = 0; s < slots; s++) {
+            vm_ix_node nd = { c->ix_refs.n, 0 };
+            for (uint32_t node = s + leaves; node >= 1; node /= 2)
+                for (uint32_t j = 0; j < lists[node].n; j++)
+                    vec_push(c->ix_refs, lists[node].v[j]);
+            nd.nlist = c->ix_refs.n - nd.list0;
+            vec_push(c->ix_nodes, nd);
+        }
+    } else {
+        ixp->nnode = 2 * leaves;
+        for (uint32_t i = 0; i < 2 * leaves; i++) {
+            vm_ix_node nd = { c->ix_refs.n, lists[i].n };
+            for (uint32_t j = 0; j < lists[i].n; j++)
+                vec_push(c->ix_refs, lists[i].v[j]);
+            vec_push(c->ix_nodes, nd);
+        }
     }
+    for (uint32_t i = 0; i < 2 * leaves; i++)
+        free(lists[i].v);
     free(lists);
     free(b);
 }

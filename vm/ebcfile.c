@@ -385,8 +385,11 @@ static const char *verify_index(const vm_program *p)
                 !range_ok(ip->bound0, ip->nbound, p->nix_bounds) ||
                 !range_ok(ip->node0, ip->nnode, p->nix_nodes))
                 return "an index path is malformed";
-            /* The segment tree: a power of two of leaves, enough for every slot. */
-            if (ip->nnode && ((ip->nnode & (ip->nnode - 1)) || ip->nnode / 2 < 2 * (uint64_t)ip->nbound + 1))
+            /* The segment tree: a power of two of leaves, enough for every slot; or (odd) one
+             * list per slot. */
+            if (ip->nnode && (ip->nnode & 1 ? ip->nnode != 2 * (uint64_t)ip->nbound + 1
+                                            : (ip->nnode & (ip->nnode - 1)) ||
+                                              ip->nnode / 2 < 2 * (uint64_t)ip->nbound + 1))
                 return "an index range tree is malformed";
             for (uint32_t k = 0; k < ip->nnode; k++)
                 if (!refs_below(p, p->ix_nodes[ip->node0 + k].list0, p->ix_nodes[ip->node0 + k].nlist, x->npred))

@@ -107,7 +107,8 @@ static void explain_bus(const vm_program *p, uint32_t bi, FILE *out)
         }
         if (ix->nnode) {
             ITEM();
-            fprintf(out, "range tree over %u bound%s -> ", ix->nbound, ix->nbound == 1 ? "" : "s");
+            fprintf(out, "range %s over %u bound%s -> ", ix->nnode & 1 ? "slots" : "tree", ix->nbound,
+                    ix->nbound == 1 ? "" : "s");
             put_range_preds(p, b, ix, out);
             fputc('\n', out);
         }

@@ -167,14 +167,20 @@ static bool dispatch(vm_ctx *c, const vm_ix_bus *b, uint32_t ipath, const char *
             return false;
         double d;
         if (ix->nnode && vm_number_value(s, f->len, &d)) {
-            /* Walk from the value's leaf to the root: every node on the way holds ranges that
-             * contain it. */
-            uint32_t leaves = ix->nnode / 2;
-            for (uint32_t node = leaves + value_slot(p->ix_bounds + ix->bound0, ix->nbound, d);
-                 node >= 1; node /= 2) {
-                const vm_ix_node *nd = &p->ix_nodes[ix->node0 + node];
+            uint32_t slot = value_slot(p->ix_bounds + ix->bound0, ix->nbound, d);
+            if (ix->nnode & 1) {
+                /* One list per slot: every range that holds it. */
+                const vm_ix_node *nd = &p->ix_nodes[ix->node0 + slot];
                 if (!fire_list(c, b, nd->list0, nd->nlist))
                     return false;
+            } else {
+                /* The tree: every node from the value's leaf to the root holds ranges that
+                 * contain it. */
+                for (uint32_t node = ix->nnode / 2 + slot; node >= 1; node /= 2) {
+                    const vm_ix_node *nd = &p->ix_nodes[ix->node0 + node];
+                    if (!fire_list(c, b, nd->list0, nd->nlist))
+                        return false;
+                }
             }
         }
         break;

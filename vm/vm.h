@@ -223,7 +223,8 @@ typedef struct {
     uint32_t slen0, nslen;      /* ... of suffixes ... */
     uint32_t clen0, nclen;      /* ... and of CIDR prefixes (0..128) */
     uint32_t bound0, nbound;    /* ix_bounds: the sorted distinct finite bounds of ranges */
-    uint32_t node0, nnode;      /* ix_nodes: the range segment tree (leaves: 2*nbound+1 slots) */
+    uint32_t node0, nnode;      /* ix_nodes: the range segment tree (leaves: 2*nbound+1 slots),
+                                   or, when nnode is odd (2*nbound+1), one list per slot */
     uint32_t band0, nband;      /* ix_refs: its VM_TF_BAND predicates, by lower bound (they are
                                    in the tree too; this finds those between two leaves) */
 } vm_ix_path;

@@ -246,3 +246,41 @@ Test(differential, index_equals_reference, .timeout = 300)
     cr_log_info("differential: %ld events compared, %ld matches", compared, matched);
     cr_expect_gt(matched, compared / 10, "the generator hardly ever matches: it tests little");
 }
+
+/* The two layouts of a path's ranges: a segment tree where ranges overlap much (nested
+ * half-lines), one list per slot where they do not (disjoint intervals).  Both must agree with
+ * the reference on single numbers, arrays of numbers and bounds hit exactly. */
+Test(differential, range_tree_and_range_slots)
+{
+    buf src = { 0 };
+    put(&src, "bus b\n");
+    for (int i = 0; i < 64; i++) {
+        put(&src, "rule h%d on b { match n %s %d }\n", i, i % 2 ? ">" : ">=", i);
+        put(&src, "rule d%d on b { match m >= %d and m < %d.5 }\n", i, 2 * i, 2 * i);
+    }
+    vm_program *p = cc_compile_text("ranges.ebr", src.s, src.n, stderr, NULL);
+    cr_assert_not_null(p);
+    int trees = 0, slots = 0;
+    for (uint32_t i = 0; i < p->nix_paths; i++)
+        if (p->ix_paths[i].nnode) {
+            if (p->ix_paths[i].nnode & 1)
+                slots++;
+            else
+                trees++;
+        }
+    cr_assert_eq(trees, 1, "the nested half-lines should make a tree");
+    cr_assert_eq(slots, 1, "the disjoint ranges should make one list per slot");
+    for (int e = 0; e < 2000; e++) {
+        buf ev = { 0 };
+        if (rnd(3))
+            put(&ev, "{\"n\": %d.%d, \"m\": %d.%d}", (int)rnd(70) - 3, (int)rnd(2) * 5,
+                (int)rnd(140) - 3, (int)rnd(2) * 5);
+        else
+            put(&ev, "{\"n\": [%d, %d], \"m\": [%d, %d.5, %d]}", (int)rnd(70), (int)rnd(70),
+                (int)rnd(140), (int)rnd(140), (int)rnd(140));
+        run_engines(p, ev.s, ev.n, e, src.s);
+        free(ev.s);
+    }
+    vm_program_free(p);
+    free(src.s);
+}
