@@ -7,7 +7,8 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 MAKEFLAGS  += --no-print-directory
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build build-asan test test-release test-asan run bench bench-citylots bench-scaling fuzz clean
+.PHONY: all deps build build-asan test test-release test-asan run bench bench-deps bench-citylots \
+        bench-scaling fuzz clean
 
 all: build
 
@@ -46,11 +47,31 @@ SHARED ?= ../shared
 BENCH_ARGS = --ebc $(BUILD)/bin/ebc --data $(SHARED)/data --work $(BUILD)/bench --out bench/results
 bench: bench-citylots bench-scaling
 
-bench-citylots: build
+bench-deps:
+	@sh tools/deps.sh bench
+
+bench-citylots: build bench-deps
 	@$(BUILD)/bin/bench_citylots $(BENCH_ARGS) $(CITYLOTS_ARGS)
 
-bench-scaling: build
+bench-scaling: build bench-deps
 	@$(BUILD)/bin/bench_scaling $(BENCH_ARGS) $(SCALING_ARGS)
 
+# Fuzzing (libFuzzer, clang; not part of `make test`): each target runs FUZZ_SECONDS from a
+# corpus seeded with the examples and test rulesets, kept in $(FUZZ_BUILD)/corpus between runs.
+# A failure leaves its input in $(FUZZ_BUILD)/ as crash-* (rerun: $(FUZZ_BUILD)/bin/fuzz_X FILE).
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_SECONDS ?= 120
+fuzz:
+	@sh tools/deps.sh fuzz
+	@cmake -S . -B $(FUZZ_BUILD) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DEBR_FUZZ=ON \
+	    -DEBR_WERROR=ON $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_event fuzz_rules
+	@mkdir -p $(FUZZ_BUILD)/corpus/event $(FUZZ_BUILD)/corpus/rules
+	@awk 'NF { f = sprintf("$(FUZZ_BUILD)/corpus/event/seed%d", NR); printf "%s", $$0 > f; close(f) }' \
+	    examples/events.jsonl
+	@cp tests/golden/*.ebr examples/*.ebr $(FUZZ_BUILD)/corpus/rules/
+	cd $(FUZZ_BUILD) && ./bin/fuzz_event -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 corpus/event
+	cd $(FUZZ_BUILD) && ./bin/fuzz_rules -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 corpus/rules
+
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

@@ -123,6 +123,17 @@ void bench_result_free(bench_result *r)
     r->counts = NULL;
 }
 
+/* Do two runs' counts agree?  ebc prints them in rule order, so a walk in step is enough
+ * (cJSON_Compare looks every key up: quadratic with 100k rules). */
+bool bench_same_counts(const cJSON *a, const cJSON *b)
+{
+    const cJSON *x = a->child, *y = b->child;
+    for (; x && y; x = x->next, y = y->next)
+        if (strcmp(x->string, y->string) || x->valuedouble != y->valuedouble)
+            return false;
+    return !x && !y;
+}
+
 bool bench_median(const char *ebc, const char *rules, const char *events, int runs, int repeat,
                   const char *engine, bench_result *out)
 {
@@ -131,7 +142,7 @@ bool bench_median(const char *ebc, const char *rules, const char *events, int ru
     int done = 0;
     for (; done < runs && ok; done++) {
         ok = bench_ebc(ebc, rules, events, repeat, engine, &all[done]);
-        if (ok && done > 0 && !cJSON_Compare(all[0].counts, all[done].counts, true)) {
+        if (ok && done > 0 && !bench_same_counts(all[0].counts, all[done].counts)) {
             fprintf(stderr, "bench: two runs of %s counted different matches\n", rules);
             ok = false;
         }
@@ -150,6 +161,89 @@ bool bench_median(const char *ebc, const char *rules, const char *events, int ru
     for (int i = 0; i < done; i++)
         bench_result_free(&all[i]);
     free(all);
+    return ok;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+double bench_compile(const char *ebc, const char *rules, const char *out, int runs)
+{
+    char *argv[] = { (char *)ebc, "compile", (char *)rules, "-o", (char *)out, NULL };
+    double *t = calloc((size_t)runs, sizeof *t);
+    for (int r = 0; r < runs; r++) {
+        double start = now();
+        char *text = capture(argv);
+        t[r] = now() - start;
+        if (!text) {
+            fprintf(stderr, "bench: '%s compile %s' failed\n", ebc, rules);
+            free(t);
+            return -1;
+        }
+        free(text);
+        for (int k = r; k > 0 && t[k - 1] > t[k]; k--) {
+            double x = t[k];
+            t[k] = t[k - 1];
+            t[k - 1] = x;
+        }
+    }
+    double m = t[runs / 2];
+    free(t);
+    return m;
+}
+
+static void sort_doubles(double *v, int n)
+{
+    for (int i = 1; i < n; i++)
+        for (int k = i; k > 0 && v[k - 1] > v[k]; k--) {
+            double x = v[k];
+            v[k] = v[k - 1];
+            v[k - 1] = x;
+        }
+}
+
+bool bench_paired(const char *ebc, const char *base_rules, const char *base_events,
+                  const char *rules, const char *events, int runs, int repeat, bench_result *out,
+                  double *ratio)
+{
+    bench_result *all = calloc((size_t)runs, sizeof *all);
+    double *ratios = calloc((size_t)runs, sizeof *ratios);
+    bool ok = true;
+    int done = 0;
+    for (; done < runs && ok; done++) {
+        bench_result base;
+        ok = bench_ebc(ebc, base_rules, base_events, repeat, "index", &base);
+        if (!ok)
+            break;
+        bench_result_free(&base);
+        ok = bench_ebc(ebc, rules, events, repeat, "index", &all[done]);
+        if (ok)
+            ratios[done] = all[done].events_per_sec / base.events_per_sec;
+        if (ok && done > 0 && !bench_same_counts(all[0].counts, all[done].counts)) {
+            fprintf(stderr, "bench: two runs of %s counted different matches\n", rules);
+            ok = false;
+        }
+    }
+    if (ok) {
+        for (int i = 1; i < runs; i++)
+            for (int k = i; k > 0 && all[k - 1].events_per_sec > all[k].events_per_sec; k--) {
+                bench_result t = all[k];
+                all[k] = all[k - 1];
+                all[k - 1] = t;
+            }
+        *out = all[runs / 2];
+        all[runs / 2].counts = NULL;
+        sort_doubles(ratios, runs);
+        *ratio = ratios[runs / 2];
+    }
+    for (int i = 0; i < done; i++)
+        bench_result_free(&all[i]);
+    free(all);
+    free(ratios);
     return ok;
 }
 

@@ -27,10 +27,24 @@ bool bench_ebc(const char *ebc, const char *rules, const char *events, int repea
                const char *engine, bench_result *out);
 void bench_result_free(bench_result *r);
 
+/* Do two measurements' counts agree (same rules, same numbers, in order)? */
+bool bench_same_counts(const cJSON *a, const cJSON *b);
+
 /* Runs the measurement `runs` times and keeps the run with the median events/s (its other
  * figures come with it; the counts of every run must agree, or it fails). */
 bool bench_median(const char *ebc, const char *rules, const char *events, int runs, int repeat,
                   const char *engine, bench_result *out);
+
+/* Like bench_median, with a baseline run (BASE_RULES on BASE_EVENTS) before each run: *ratio
+ * is the median over the runs of events/s divided by the baseline's events/s just measured,
+ * which a noisy machine disturbs less than a ratio of two medians taken minutes apart. */
+bool bench_paired(const char *ebc, const char *base_rules, const char *base_events,
+                  const char *rules, const char *events, int runs, int repeat, bench_result *out,
+                  double *ratio);
+
+/* Runs `EBC compile RULES -o OUT` `runs` times; the median wall-clock seconds, or -1 if it
+ * fails. */
+double bench_compile(const char *ebc, const char *rules, const char *out, int runs);
 
 /* "Intel(R) Xeon(R) ... , 2 cores, Linux 6.1, 2026-11-26" */
 void bench_machine(char *buf, size_t n);

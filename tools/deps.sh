@@ -1,10 +1,15 @@
 #!/bin/sh
 # Installs the Debian packages ebr builds and tests with, but only those that are missing.
 # Non-interactive; run as root (or with sudo available). Prints nothing when all is present.
+# `deps.sh bench` adds what the benchmarks need, `deps.sh fuzz` what the fuzz targets need.
 set -eu
 
 PKGS="cmake make gcc pkg-config re2c lemon libcjson-dev libcriterion-dev \
-      libcurl4-openssl-dev libmicrohttpd-dev libnats-dev nats-server gnuplot-nox"
+      libcurl4-openssl-dev libmicrohttpd-dev libnats-dev nats-server"
+case "${1:-}" in
+    bench) PKGS="$PKGS gnuplot-nox python3" ;;    # charts; the scaling workload's generator
+    fuzz)  PKGS="$PKGS clang libclang-rt-dev" ;;  # libFuzzer comes with clang's runtime
+esac
 
 missing=""
 for p in $PKGS; do
