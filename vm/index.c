@@ -237,12 +237,6 @@ static bool fire_bands(vm_ctx *c, const vm_ix_bus *b, const vm_ix_path *ix, doub
     return true;
 }
 
-static int cmp_u32(const void *pa, const void *pb)
-{
-    uint32_t a = *(const uint32_t *)pa, b = *(const uint32_t *)pb;
-    return a < b ? -1 : a > b;
-}
-
 /* Could the elements of arrays in this event decide a clause (so that counting alone cannot)?
  * Only if two of its predicates lie on paths with leaves inside arrays no deeper than the
  * prefix their paths share (the clause's depth). */
@@ -316,6 +310,6 @@ vm_status vm_ix_match_bus(vm_ctx *c, uint32_t bus, const char *json)
             return VM_ERR_NOMEM;
     }
     if (c->matched.n - first_match > 1)
-        qsort(c->matched.v + first_match, c->matched.n - first_match, sizeof *c->matched.v, cmp_u32);
+        vm_sort_rules(c->matched.v + first_match, c->matched.n - first_match);
     return VM_OK;
 }

@@ -171,8 +171,183 @@ static void make_c_locale(void)
     c_locale = newlocale(LC_ALL_MASK, "C", (locale_t)0);
 }
 
+/* ---- reading numbers exactly, fast ----------------------------------------------------------
+ *
+ * Most numbers in events have at most 19 significant digits: w x 10^q with w < 2^64.  Then the
+ * correctly rounded double is found without strtod in one of two ways:
+ *   - w <= 2^53 and |q| <= 22: w and 10^q are exact doubles, and one IEEE multiplication or
+ *     division rounds their product correctly (Clinger's fast path);
+ *   - otherwise w times a 128-bit truncation of 10^q gives the top bits of the product, and
+ *     with them the double, unless the product lies so close to a halfway point between two
+ *     doubles that the truncation could decide it (Eisel and Lemire's method).
+ * Anything else (more digits, |q| beyond the table, a subnormal or overflowing result, the rare
+ * ambiguous product) goes to strtod.  strtod was a third of the time of the CityLots rows that
+ * look at coordinates (COMPLEX_ARRAYS, COMBO); test_values.c checks this path against it. */
+
+/* pow10_hi/lo[q + 348]: the first 128 bits of 10^q for q = -348..347, truncated (bit 127 set). */
+enum { POW10_MIN = -348, POW10_MAX = 347 };
+static uint64_t pow10_hi[POW10_MAX - POW10_MIN + 1], pow10_lo[POW10_MAX - POW10_MIN + 1];
+static pthread_once_t pow10_once = PTHREAD_ONCE_INIT;
+
+/* Bits [pos, pos + 64) of the big number x (32-bit limbs, least significant first); bits below
+ * 0 read as 0. */
+static uint64_t big_bits(const uint32_t *x, int n, int pos)
+{
+    uint64_t v = 0;
+    for (int b = 63; b >= 0; b--) {
+        int at = pos + b;
+        v = v << 1 | (at >= 0 && at / 32 < n ? (x[at / 32] >> (at % 32)) & 1 : 0);
+    }
+    return v;
+}
+
+static void big_top128(const uint32_t *x, int n, int q)
+{
+    while (n > 1 && x[n - 1] == 0)
+        n--;
+    int len = 32 * (n - 1);
+    for (uint32_t top = x[n - 1]; top; top >>= 1)
+        len++;
+    pow10_hi[q - POW10_MIN] = big_bits(x, n, len - 64);
+    pow10_lo[q - POW10_MIN] = big_bits(x, n, len - 128);
+}
+
+/* Computes the table once, exactly: 10^q by multiplying a big integer by 10; 10^-m as
+ * floor(2^1408 / 10^m) by dividing by 10 (floors of floors by integers are the floor of the
+ * whole), which keeps more than 128 bits down to m = 348. */
+static void make_pow10(void)
+{
+    enum { LIMBS = 45 };
+    uint32_t x[LIMBS] = { 1 };
+    for (int q = 0; q <= POW10_MAX; q++) {
+        if (q > 0) {
+            uint64_t carry = 0;
+            for (int i = 0; i < LIMBS; i++) {
+                uint64_t v = (uint64_t)x[i] * 10 + carry;
+                x[i] = (uint32_t)v;
+                carry = v >> 32;
+            }
+        }
+        big_top128(x, LIMBS, q);
+    }
+    memset(x, 0, sizeof x);
+    x[LIMBS - 1] = 1;   /* 2^1408 */
+    for (int m = 1; m <= -POW10_MIN; m++) {
+        uint64_t rem = 0;
+        for (int i = LIMBS - 1; i >= 0; i--) {
+            uint64_t v = rem << 32 | x[i];
+            x[i] = (uint32_t)(v / 10);
+            rem = v % 10;
+        }
+        big_top128(x, LIMBS, -m);
+    }
+}
+
+/* w x 10^q correctly rounded, w != 0, when the 128-bit product decides it. */
+static bool eisel_lemire(uint64_t w, int q, bool neg, double *d)
+{
+    if (q < POW10_MIN || q > POW10_MAX)
+        return false;
+    pthread_once(&pow10_once, make_pow10);
+    int lz = __builtin_clzll(w);
+    w <<= lz;
+    /* 2^e <= 10^q < 2^(e+1) for e = floor(q log2(10)) = (217706 q) >> 16 over this range. */
+    int64_t exp2 = ((217706 * (int64_t)q) >> 16) + 64 + 1023 - lz;
+    unsigned __int128 x = (unsigned __int128)w * pow10_hi[q - POW10_MIN];
+    uint64_t hi = (uint64_t)(x >> 64), lo = (uint64_t)x;
+    if ((hi & 0x1ff) == 0x1ff && lo + w < w) {
+        /* The truncated low half of 10^q could still carry into the bits that count: add it. */
+        unsigned __int128 y = (unsigned __int128)w * pow10_lo[q - POW10_MIN];
+        uint64_t yhi = (uint64_t)(y >> 64), ylo = (uint64_t)y;
+        uint64_t mlo = lo + yhi, mhi = hi + (mlo < lo);
+        if ((mhi & 0x1ff) == 0x1ff && mlo + 1 == 0 && ylo + w < w)
+            return false;
+        hi = mhi;
+        lo = mlo;
+    }
+    unsigned top = (unsigned)(hi >> 63);
+    uint64_t mant = hi >> (top + 9);   /* 54 bits: the 53 of the double and one to round */
+    exp2 -= 1 ^ top;
+    if (lo == 0 && (hi & 0x1ff) == 0 && (mant & 3) == 1)
+        return false;   /* exactly halfway, as far as these bits tell */
+    mant = (mant + (mant & 1)) >> 1;
+    if (mant >> 53) {
+        mant >>= 1;
+        exp2++;
+    }
+    if (exp2 < 1 || exp2 > 0x7fe)
+        return false;   /* subnormal or too large: strtod says */
+    uint64_t bits = (uint64_t)exp2 << 52 | (mant & ((1ull << 52) - 1)) | (uint64_t)neg << 63;
+    memcpy(d, &bits, sizeof *d);
+    return true;
+}
+
+/* The fast path of vm_number_value: false when strtod must decide. */
+static bool fast_number(const char *s, size_t n, double *d)
+{
+    static const double exact10[] = { 1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10,
+                                      1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19,
+                                      1e20, 1e21, 1e22 };
+    size_t i = 0;
+    bool neg = i < n && s[i] == '-';
+    i += neg;
+    uint64_t w = 0;
+    int sig = 0, q = 0;   /* significant digits in w; the decimal exponent */
+    size_t first = i;
+    for (; i < n && s[i] >= '0' && s[i] <= '9'; i++) {
+        if (sig == 19)
+            return false;
+        w = w * 10 + (uint64_t)(s[i] - '0');
+        sig += w != 0;
+    }
+    if (i == first)
+        return false;
+    if (i < n && s[i] == '.') {
+        size_t f = ++i;
+        for (; i < n && s[i] >= '0' && s[i] <= '9'; i++) {
+            if (sig == 19)
+                return false;
+            w = w * 10 + (uint64_t)(s[i] - '0');
+            sig += w != 0;
+            q--;
+        }
+        if (i == f)
+            return false;
+    }
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        i++;
+        bool eneg = i < n && s[i] == '-';
+        i += i < n && (s[i] == '-' || s[i] == '+');
+        size_t f = i;
+        int e = 0;
+        for (; i < n && s[i] >= '0' && s[i] <= '9'; i++) {
+            if (e > 100000)
+                return false;
+            e = e * 10 + (s[i] - '0');
+        }
+        if (i == f)
+            return false;
+        q += eneg ? -e : e;
+    }
+    if (i != n)
+        return false;
+    if (w == 0) {
+        *d = neg ? -0.0 : 0.0;
+        return true;
+    }
+    if (w <= (1ull << 53) && q >= -22 && q <= 22) {
+        double v = (double)w;
+        v = q < 0 ? v / exact10[-q] : v * exact10[q];
+        *d = neg ? -v : v;
+        return true;
+    }
+    return eisel_lemire(w, q, neg, d);
+}
+
 bool vm_number_value(const char *s, size_t n, double *d)
 {
+    if (fast_number(s, n, d))
+        return true;
     /* strtod needs a terminated copy; event numbers longer than the stack buffer are rare
      * enough to take a malloc.  The C locale keeps '.' the decimal point whatever the
      * program's locale is. */

@@ -146,6 +146,8 @@ int vm_run_rule(vm_ctx *c, const char *json, uint32_t ri);
 /* Matches the scanned event against the index of one bus, appending matched rules (sorted) to
  * c->matched.  Returns VM_OK, VM_ERR_NOMEM or VM_ERR_LIMIT (c->limit_rule says which rule). */
 vm_status vm_ix_match_bus(vm_ctx *c, uint32_t bus, const char *json);
+/* Sorts rule numbers (the matches of an event) in place. */
+void vm_sort_rules(uint32_t *v, size_t n);
 
 /* Stage 1 of the fast scanner: true when the event is valid (then c->fast is filled). */
 bool vm_fast_stage1(vm_ctx *c, const char *json, size_t len);

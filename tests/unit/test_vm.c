@@ -3,6 +3,7 @@
  * forms, IP parsing, wildcards, the scanner's limits and error reports.
  */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -59,6 +60,63 @@ static bool ip(const char *s, const char *want)
     char buf[64];
     vm_format_ip(a, 128, buf, sizeof buf);
     return want && !strcmp(buf, want);
+}
+
+/* vm_number_value must give strtod's correctly rounded double, bit for bit, whichever path
+ * it takes (the exact fast paths or strtod itself). */
+static void same_as_strtod(const char *text)
+{
+    double got, want = strtod(text, NULL);
+    bool ok = vm_number_value(text, strlen(text), &got);
+    if (!isfinite(want) || (want == 0 && strpbrk(text, "123456789") &&
+                            strcspn(text, "123456789") < strcspn(text, "eE"))) {
+        cr_assert(!ok, "%s: outside the double range, yet read as %.17g", text, got);
+        return;
+    }
+    cr_assert(ok, "%s: not read", text);
+    cr_assert(memcmp(&got, &want, sizeof got) == 0, "%s: %.17g, strtod says %.17g", text, got,
+              want);
+}
+
+Test(values, numbers_are_read_exactly)
+{
+    static const char *const edges[] = {
+        "0", "-0", "0.0", "1", "-1", "9007199254740992", "9007199254740993", "9007199254740995",
+        "18446744073709551615", "18446744073709551616", "1e22", "1e23", "8.98846567431158e307",
+        "1.7976931348623157e308", "1.7976931348623158e308", "1.7976931348623159e308",
+        "2.2250738585072014e-308", "2.2250738585072011e-308", "4.9e-324", "2.4e-324", "1e-400",
+        "1e400", "0.1", "0.2", "0.3", "0.30000000000000001", "-122.37993999141668",
+        "37.792288172410125", "2.5", "7.2057594037927933e16", "9223372036854775807",
+        "9223372036854775808", "1.00000000000000011102230246251565404236316680908203125",
+        "1.00000000000000011102230246251565404236316680908203124",
+        "1.00000000000000011102230246251565404236316680908203126", "5e-324", "1e-323",
+        "123456789012345678901234567890", "0.000000000000000000000000000000001", "1e-22", "1e-23",
+        "4503599627370496.5", "4503599627370497.5", "9007199254740993e-3", "1.5e300", "1E5", "1e+5",
+    };
+    for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++)
+        same_as_strtod(edges[i]);
+    /* Random doubles printed short and long, and random digit strings and exponents. */
+    uint64_t r = 0x9E3779B97F4A7C15ull;
+    char buf[64];
+    for (int i = 0; i < 300000; i++) {
+        r ^= r << 13;
+        r ^= r >> 7;
+        r ^= r << 17;
+        double v;
+        uint64_t bits = r & 0x7fefffffffffffffull;   /* finite */
+        memcpy(&v, &bits, sizeof v);
+        snprintf(buf, sizeof buf, i % 3 ? "%.17g" : i % 2 ? "%.15g" : "%.16e", v);
+        same_as_strtod(buf);
+        int digits = 1 + (int)(r >> 58) % 19, exp = (int)((r >> 20) % 700) - 350;
+        int k = 0;
+        buf[k++] = '-';
+        for (int d = 0; d < digits; d++)
+            buf[k++] = (char)('0' + (r >> (d * 3 % 60)) % 10);
+        if (buf[1] == '0')
+            buf[1] = '1';
+        snprintf(buf + k, sizeof buf - (size_t)k, "e%d", exp);
+        same_as_strtod(buf + (i & 1));
+    }
 }
 
 Test(values, ip_addresses)
