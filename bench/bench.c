@@ -58,6 +58,10 @@ static char *capture(char *const argv[])
     for (;;) {
         if (n + 1 == cap)
             out = realloc(out, cap *= 2);
+        if (!out) {
+            perror("bench");
+            exit(2);
+        }
         ssize_t k = read(fd[0], out + n, cap - n - 1);
         if (k < 0 && errno == EINTR)
             continue;
@@ -67,10 +71,11 @@ static char *capture(char *const argv[])
     }
     out[n] = 0;
     close(fd[0]);
-    int status;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+    int status = -1;
+    pid_t w;
+    while ((w = waitpid(pid, &status, 0)) < 0 && errno == EINTR)
         ;
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    if (w != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         free(out);
         return NULL;
     }
@@ -102,6 +107,7 @@ bool bench_ebc(const char *ebc, const char *rules, const char *events, int repea
     out->ns_per_event = NUM("ns_per_event");
     out->compile_seconds = NUM("compile_seconds");
     out->peak_rss_kb = (long)NUM("peak_rss_kb");
+    out->rss_kb = (long)NUM("rss_kb");
     out->program_bytes = NUM("program_bytes");
     out->events = (unsigned long)NUM("events");
     out->invalid = (unsigned long)NUM("invalid");
@@ -138,6 +144,10 @@ bool bench_median(const char *ebc, const char *rules, const char *events, int ru
                   const char *engine, bench_result *out)
 {
     bench_result *all = calloc((size_t)runs, sizeof *all);
+    if (!all) {
+        perror("bench");
+        exit(2);
+    }
     bool ok = true;
     int done = 0;
     for (; done < runs && ok; done++) {
@@ -175,6 +185,10 @@ double bench_compile(const char *ebc, const char *rules, const char *out, int ru
 {
     char *argv[] = { (char *)ebc, "compile", (char *)rules, "-o", (char *)out, NULL };
     double *t = calloc((size_t)runs, sizeof *t);
+    if (!t) {
+        perror("bench");
+        exit(2);
+    }
     for (int r = 0; r < runs; r++) {
         double start = now();
         char *text = capture(argv);
@@ -208,10 +222,14 @@ static void sort_doubles(double *v, int n)
 
 bool bench_paired(const char *ebc, const char *base_rules, const char *base_events,
                   const char *rules, const char *events, int runs, int repeat, bench_result *out,
-                  double *ratio)
+                  double *ratio, long *base_rss_kb)
 {
     bench_result *all = calloc((size_t)runs, sizeof *all);
     double *ratios = calloc((size_t)runs, sizeof *ratios);
+    if (!all || !ratios) {
+        perror("bench");
+        exit(2);
+    }
     bool ok = true;
     int done = 0;
     for (; done < runs && ok; done++) {
@@ -220,6 +238,8 @@ bool bench_paired(const char *ebc, const char *base_rules, const char *base_even
         if (!ok)
             break;
         bench_result_free(&base);
+        if (done == 0 || base.rss_kb < *base_rss_kb)
+            *base_rss_kb = base.rss_kb;
         ok = bench_ebc(ebc, rules, events, repeat, "index", &all[done]);
         if (ok)
             ratios[done] = all[done].events_per_sec / base.events_per_sec;
@@ -354,7 +374,7 @@ bool bench_gnuplot(const char *script_path)
         while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
             ;
     if (pid <= 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        fprintf(stderr, "bench: gnuplot failed or is missing (`make deps` installs it); "
+        fprintf(stderr, "bench: gnuplot failed or is missing (`make bench-deps` installs it); "
                         "the CSV is written, the chart is not\n");
         return false;
     }

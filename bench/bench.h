@@ -15,7 +15,7 @@
 /* One `ebc bench` measurement, as it reports it. */
 typedef struct {
     double events_per_sec, mb_per_sec, ns_per_event, compile_seconds;
-    long peak_rss_kb;
+    long peak_rss_kb, rss_kb;    /* the peak; resident at the end (ruleset and events) */
     double program_bytes;
     unsigned long events, invalid, rules;
     cJSON *counts;                 /* {rule: n}; owned by the measurement */
@@ -37,10 +37,11 @@ bool bench_median(const char *ebc, const char *rules, const char *events, int ru
 
 /* Like bench_median, with a baseline run (BASE_RULES on BASE_EVENTS) before each run: *ratio
  * is the median over the runs of events/s divided by the baseline's events/s just measured,
- * which a noisy machine disturbs less than a ratio of two medians taken minutes apart. */
+ * which a noisy machine disturbs less than a ratio of two medians taken minutes apart.
+ * *base_rss_kb: the baseline's resident memory at the end (the smallest of its runs). */
 bool bench_paired(const char *ebc, const char *base_rules, const char *base_events,
                   const char *rules, const char *events, int runs, int repeat, bench_result *out,
-                  double *ratio);
+                  double *ratio, long *base_rss_kb);
 
 /* Runs `EBC compile RULES -o OUT` `runs` times; the median wall-clock seconds, or -1 if it
  * fails. */

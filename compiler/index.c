@@ -209,7 +209,12 @@ static uint32_t rarity(cc_comp *c, uint32_t pred)
     if (t->flags & VM_TF_NEG)
         return 1000;
     switch (t->kind) {
-    case VM_T_EQ: return (t->flags & VM_TF_CI ? 20 : 10) + t->narg;
+    case VM_T_EQ:
+        /* true, false and null: a few values that many events share */
+        if (t->narg == 1 && c->consts.v[t->arg0].type >= VM_C_TRUE &&
+            c->consts.v[t->arg0].type <= VM_C_NULL)
+            return 400;
+        return (t->flags & VM_TF_CI ? 20 : 10) + t->narg;
     case VM_T_PREFIX: case VM_T_SUFFIX: return 100 + t->narg;
     case VM_T_CIDR: return 200;
     case VM_T_RANGE: return t->flags & VM_TF_BAND ? 250 : 300;

@@ -349,6 +349,15 @@ static bool refs_below(const vm_program *p, uint32_t first, uint32_t n, uint32_t
     return true;
 }
 
+/* Does the list of predicates of bus x hold a band (whose refs were checked)? */
+static bool has_band(const vm_program *p, const vm_ix_bus *x, uint32_t first, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (p->tests[p->ix_preds[x->pred0 + p->ix_refs[first + i]].test].flags & VM_TF_BAND)
+            return true;
+    return false;
+}
+
 /* Checks the index: every list within its pool and every number within its table, one index
  * per bus, the hash table a power of two with every key reachable. */
 static const char *verify_index(const vm_program *p)
@@ -377,6 +386,12 @@ static const char *verify_index(const vm_program *p)
         }
         for (uint32_t i = 0; i < x->npath; i++) {
             const vm_ix_path *ip = &p->ix_paths[x->path0 + i];
+            /* A band is found through the range tree and the band list only: in a list that
+             * runs one leaf's test it would mean something else. */
+            if (!refs_below(p, ip->exists0, ip->nexists, x->npred) ||
+                !refs_below(p, ip->generic0, ip->ngeneric, x->npred) ||
+                has_band(p, x, ip->exists0, ip->nexists) || has_band(p, x, ip->generic0, ip->ngeneric))
+                return "an index path is malformed";
             if (ip->path >= p->npaths || !refs_below(p, ip->exists0, ip->nexists, x->npred) ||
                 !refs_below(p, ip->generic0, ip->ngeneric, x->npred) ||
                 !refs_below(p, ip->plen0, ip->nplen, UINT32_MAX) ||
@@ -417,7 +432,8 @@ static const char *verify_index(const vm_program *p)
         for (uint32_t b = 0; b < p->nix_buses && !x; b++)
             if (k->ipath >= p->ix_buses[b].path0 && k->ipath - p->ix_buses[b].path0 < p->ix_buses[b].npath)
                 x = &p->ix_buses[b];
-        if (!x || k->kind >= VM_K__COUNT || !str_ok(p, k->key) || !refs_below(p, k->list0, k->nlist, x->npred))
+        if (!x || k->kind >= VM_K__COUNT || !str_ok(p, k->key) ||
+            !refs_below(p, k->list0, k->nlist, x->npred) || has_band(p, x, k->list0, k->nlist))
             return "an index key is malformed";
     }
     for (uint32_t i = 0; i < p->nix_slots; i++)

@@ -26,9 +26,12 @@ static const vm_ix_key *find_key(const vm_program *p, unsigned kind, unsigned au
     uint32_t mask = p->nix_slots - 1;
     if (!p->nix_slots)
         return NULL;
-    for (uint64_t h = vm_ix_hash(kind, aux, ipath, key, len) & mask; p->ix_slots[h];
-         h = (h + 1) & mask) {
-        const vm_ix_key *k = &p->ix_keys[p->ix_slots[h] - 1];
+    const uint64_t *slots = p->derived->ix_tagged;
+    uint64_t hash = vm_ix_hash(kind, aux, ipath, key, len), tag = hash >> 32;
+    for (uint64_t h = hash & mask; (uint32_t)slots[h]; h = (h + 1) & mask) {
+        if (slots[h] >> 32 != tag)
+            continue;
+        const vm_ix_key *k = &p->ix_keys[(uint32_t)slots[h] - 1];
         if (k->kind == kind && k->aux == aux && k->ipath == ipath && k->key.len == len &&
             memcmp(p->strs + k->key.off, key, len) == 0)
             return k;
@@ -56,8 +59,8 @@ static bool fire(vm_ctx *c, const vm_ix_bus *b, uint32_t pred)
 static bool clause_complete(const vm_ctx *c, const vm_ix_bus *b, const vm_ix_clause *cl)
 {
     const uint32_t *pr = c->p->ix_refs + cl->pred0;
-    if (cl->need < cl->npred)
-        return true;   /* any one of them: it was triggered by one */
+    if (cl->need < cl->npred || cl->npred == 1)
+        return true;   /* any one of them, or its only one: it was triggered by it */
     for (uint32_t i = 0; i < cl->npred; i++)
         if (c->pred_stamp[b->pred0 + pr[i]] != c->epoch)
             return false;

@@ -231,11 +231,29 @@ static bool map_index_paths(const vm_program *p, struct vm_derived *d)
     return true;
 }
 
+/* Tags every slot of the hash table (see struct vm_derived). */
+static bool tag_index_slots(const vm_program *p, struct vm_derived *d)
+{
+    d->ix_tagged = malloc((p->nix_slots ? p->nix_slots : 1) * sizeof *d->ix_tagged);
+    if (!d->ix_tagged)
+        return false;
+    for (uint32_t i = 0; i < p->nix_slots; i++) {
+        uint64_t tag = 0;
+        if (p->ix_slots[i]) {
+            const vm_ix_key *k = &p->ix_keys[p->ix_slots[i] - 1];
+            tag = vm_ix_hash(k->kind, k->aux, k->ipath, p->strs + k->key.off, k->key.len) >> 32;
+        }
+        d->ix_tagged[i] = tag << 32 | p->ix_slots[i];
+    }
+    return true;
+}
+
 void vm_derived_free(struct vm_derived *d)
 {
     if (!d)
         return;
     free(d->ix_path_of);
+    free(d->ix_tagged);
     vm_trie_free(d->trie);
     free(d->keep_depth);
     free(d->last_not);
@@ -249,7 +267,8 @@ vm_status vm_program_prepare(vm_program *p)
     if (!p->derived)
         return VM_ERR_NOMEM;
     p->derived->trie = build_trie(p);
-    if (!p->derived->trie || !analyse_code(p, p->derived) || !map_index_paths(p, p->derived)) {
+    if (!p->derived->trie || !analyse_code(p, p->derived) || !map_index_paths(p, p->derived) ||
+        !tag_index_slots(p, p->derived)) {
         vm_derived_free(p->derived);
         p->derived = NULL;
         return VM_ERR_NOMEM;

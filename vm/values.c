@@ -309,7 +309,8 @@ static bool fast_number(const char *s, size_t n, double *d)
                 return false;
             w = w * 10 + (uint64_t)(s[i] - '0');
             sig += w != 0;
-            q--;
+            if (--q < -100000)
+                return false;   /* (zeros without end: strtod) */
         }
         if (i == f)
             return false;

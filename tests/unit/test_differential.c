@@ -164,6 +164,10 @@ static void event(buf *b)
         else
             put(b, "%s", nums[rnd(8)]);
     }
+    if (rnd(5) == 0) {   /* a key twice: two leaves of one path with no array */
+        KEY("n");
+        put(b, "%s", nums[rnd(8)]);
+    }
     if (rnd(2)) { KEY("s"); put(b, "\"%s\"", nums[rnd(6)]); }
     if (rnd(4) == 0) { KEY("c.d"); put(b, "%s", any_value()); }
 #undef KEY
