@@ -140,18 +140,42 @@ bool bench_same_counts(const cJSON *a, const cJSON *b)
     return !x && !y;
 }
 
-bool bench_median(const char *ebc, const char *rules, const char *events, int runs, int repeat,
-                  const char *engine, bench_result *out)
+static void sort_doubles(double *v, int n)
+{
+    for (int i = 1; i < n; i++)
+        for (int k = i; k > 0 && v[k - 1] > v[k]; k--) {
+            double x = v[k];
+            v[k] = v[k - 1];
+            v[k - 1] = x;
+        }
+}
+
+/* `runs` measurements of RULES on EVENTS, each after one of BASE_RULES on BASE_EVENTS when
+ * base_rules is not NULL; keeps the run with the median events/s, and the median ratio. */
+static bool measure(const char *ebc, const char *base_rules, const char *base_events,
+                    const char *rules, const char *events, int runs, int repeat,
+                    const char *engine, bench_result *out, double *ratio, long *base_rss_kb)
 {
     bench_result *all = calloc((size_t)runs, sizeof *all);
-    if (!all) {
+    double *ratios = calloc((size_t)runs, sizeof *ratios);
+    if (!all || !ratios) {
         perror("bench");
         exit(2);
     }
     bool ok = true;
     int done = 0;
     for (; done < runs && ok; done++) {
+        bench_result base = { 0 };
+        if (base_rules) {
+            if (!(ok = bench_ebc(ebc, base_rules, base_events, repeat, engine, &base)))
+                break;
+            bench_result_free(&base);
+            if (done == 0 || base.rss_kb < *base_rss_kb)
+                *base_rss_kb = base.rss_kb;
+        }
         ok = bench_ebc(ebc, rules, events, repeat, engine, &all[done]);
+        if (ok && base_rules)
+            ratios[done] = all[done].events_per_sec / base.events_per_sec;
         if (ok && done > 0 && !bench_same_counts(all[0].counts, all[done].counts)) {
             fprintf(stderr, "bench: two runs of %s counted different matches\n", rules);
             ok = false;
@@ -167,11 +191,49 @@ bool bench_median(const char *ebc, const char *rules, const char *events, int ru
             }
         *out = all[runs / 2];
         all[runs / 2].counts = NULL;
+        sort_doubles(ratios, runs);
+        if (ratio)
+            *ratio = ratios[runs / 2];
     }
     for (int i = 0; i < done; i++)
         bench_result_free(&all[i]);
     free(all);
+    free(ratios);
     return ok;
+}
+
+bool bench_median(const char *ebc, const char *rules, const char *events, int runs, int repeat,
+                  const char *engine, bench_result *out)
+{
+    return measure(ebc, NULL, NULL, rules, events, runs, repeat, engine, out, NULL, NULL);
+}
+
+bool bench_paired(const char *ebc, const char *base_rules, const char *base_events,
+                  const char *rules, const char *events, int runs, int repeat, bench_result *out,
+                  double *ratio, long *base_rss_kb)
+{
+    return measure(ebc, base_rules, base_events, rules, events, runs, repeat, "index", out, ratio,
+                   base_rss_kb);
+}
+
+bool bench_option(bench_options *o, int argc, char **argv, int *i)
+{
+    const char *a = argv[*i], *v = *i + 1 < argc ? argv[*i + 1] : NULL;
+    const char **slot = !strcmp(a, "--ebc") ? &o->ebc : !strcmp(a, "--data") ? &o->data
+                      : !strcmp(a, "--work") ? &o->work : !strcmp(a, "--out") ? &o->out : NULL;
+    if (!v || (!slot && (strcmp(a, "--runs") || atoi(v) <= 0)))
+        return false;
+    if (slot)
+        *slot = v;
+    else
+        o->runs = atoi(v);
+    *i += 1;
+    return true;
+}
+
+bool bench_options_ready(const bench_options *o)
+{
+    return o->ebc && o->data && o->work && o->out && bench_mkdirs(o->work) && bench_mkdirs(o->out);
 }
 
 static double now(void)
@@ -199,72 +261,11 @@ double bench_compile(const char *ebc, const char *rules, const char *out, int ru
             return -1;
         }
         free(text);
-        for (int k = r; k > 0 && t[k - 1] > t[k]; k--) {
-            double x = t[k];
-            t[k] = t[k - 1];
-            t[k - 1] = x;
-        }
     }
+    sort_doubles(t, runs);
     double m = t[runs / 2];
     free(t);
     return m;
-}
-
-static void sort_doubles(double *v, int n)
-{
-    for (int i = 1; i < n; i++)
-        for (int k = i; k > 0 && v[k - 1] > v[k]; k--) {
-            double x = v[k];
-            v[k] = v[k - 1];
-            v[k - 1] = x;
-        }
-}
-
-bool bench_paired(const char *ebc, const char *base_rules, const char *base_events,
-                  const char *rules, const char *events, int runs, int repeat, bench_result *out,
-                  double *ratio, long *base_rss_kb)
-{
-    bench_result *all = calloc((size_t)runs, sizeof *all);
-    double *ratios = calloc((size_t)runs, sizeof *ratios);
-    if (!all || !ratios) {
-        perror("bench");
-        exit(2);
-    }
-    bool ok = true;
-    int done = 0;
-    for (; done < runs && ok; done++) {
-        bench_result base;
-        ok = bench_ebc(ebc, base_rules, base_events, repeat, "index", &base);
-        if (!ok)
-            break;
-        bench_result_free(&base);
-        if (done == 0 || base.rss_kb < *base_rss_kb)
-            *base_rss_kb = base.rss_kb;
-        ok = bench_ebc(ebc, rules, events, repeat, "index", &all[done]);
-        if (ok)
-            ratios[done] = all[done].events_per_sec / base.events_per_sec;
-        if (ok && done > 0 && !bench_same_counts(all[0].counts, all[done].counts)) {
-            fprintf(stderr, "bench: two runs of %s counted different matches\n", rules);
-            ok = false;
-        }
-    }
-    if (ok) {
-        for (int i = 1; i < runs; i++)
-            for (int k = i; k > 0 && all[k - 1].events_per_sec > all[k].events_per_sec; k--) {
-                bench_result t = all[k];
-                all[k] = all[k - 1];
-                all[k - 1] = t;
-            }
-        *out = all[runs / 2];
-        all[runs / 2].counts = NULL;
-        sort_doubles(ratios, runs);
-        *ratio = ratios[runs / 2];
-    }
-    for (int i = 0; i < done; i++)
-        bench_result_free(&all[i]);
-    free(all);
-    free(ratios);
-    return ok;
 }
 
 void bench_machine(char *buf, size_t n)

@@ -21,6 +21,20 @@ typedef struct {
     cJSON *counts;                 /* {rule: n}; owned by the measurement */
 } bench_result;
 
+/* The options every driver takes: --ebc EBC --data SHARED_DATA_DIR --work DIR --out DIR
+ * [--runs N]. */
+typedef struct {
+    const char *ebc, *data, *work, *out;
+    int runs;
+} bench_options;
+
+/* Takes argv[i] and its value if it is one of those options: returns true and moves *i past
+ * it.  Returns false, leaving *i, for any other argument. */
+bool bench_option(bench_options *o, int argc, char **argv, int *i);
+
+/* Are the required options there?  Then creates the work and output folders. */
+bool bench_options_ready(const bench_options *o);
+
 /* Runs `EBC bench RULES EVENTS --json --repeat REPEAT --engine ENGINE`; false (with a message on
  * stderr) if it fails or prints something other than its JSON object. */
 bool bench_ebc(const char *ebc, const char *rules, const char *events, int repeat,

@@ -114,36 +114,26 @@ static void human(double v, char *buf, size_t n)
 
 int main(int argc, char **argv)
 {
-    const char *ebc = NULL, *data = NULL, *work = NULL, *out = NULL;
-    int runs = 3, repeat = 3;
+    bench_options o = { .runs = 3 };
+    int repeat = 3;
     const char *only[64];
     int nonly = 0;
     for (int i = 1; i < argc; i++) {
+        if (bench_option(&o, argc, argv, &i))
+            continue;
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!v)
-            goto usage;
-        if (!strcmp(a, "--ebc"))
-            ebc = v;
-        else if (!strcmp(a, "--data"))
-            data = v;
-        else if (!strcmp(a, "--work"))
-            work = v;
-        else if (!strcmp(a, "--out"))
-            out = v;
-        else if (!strcmp(a, "--runs") && atoi(v) > 0)
-            runs = atoi(v);
-        else if (!strcmp(a, "--repeat") && atoi(v) > 0)
+        if (v && !strcmp(a, "--repeat") && atoi(v) > 0)
             repeat = atoi(v);
-        else if (!strcmp(a, "--row") && nonly < 64)
+        else if (v && !strcmp(a, "--row") && nonly < 64)
             only[nonly++] = v;
         else
             goto usage;
         i++;
     }
-    if (!ebc || !data || !work || !out)
+    if (!bench_options_ready(&o))
         goto usage;
-    if (!bench_mkdirs(work) || !bench_mkdirs(out))
-        return 2;
+    const char *ebc = o.ebc, *data = o.data, *work = o.work, *out = o.out;
+    int runs = o.runs;
 
     char *rows_path = bench_fmt("%s/citylots2_rows.json", data);
     char *rows_text = slurp(rows_path);

@@ -110,19 +110,26 @@ Test(ebcfile, wrong_version_is_refused_by_name)
     free(a);
 }
 
-Test(ebcfile, a_file_with_a_valid_checksum_but_bad_indexes_is_refused)
+/* Writes p (damaged by the caller, checksum and all in order) and expects the reader to refuse
+ * it with a message holding `why`. */
+static void refused(vm_program *p, const char *why)
 {
-    /* Damage an index and fix the checksum up: the verifier, not the CRC, must catch it. */
-    vm_program *p = compile();
-    p->rules[0].code0 = p->ncode + 10;
     uint8_t *a;
     size_t n;
     cr_assert_eq(vm_program_serialize(p, &a, &n), VM_OK);
     vm_program_free(p);
     vm_error err;
     cr_assert_null(vm_program_parse(a, n, &err));
-    cr_expect(strstr(err.msg, "rule's code is malformed"), "%s", err.msg);
+    cr_expect(strstr(err.msg, why), "%s", err.msg);
     free(a);
+}
+
+Test(ebcfile, a_file_with_a_valid_checksum_but_bad_indexes_is_refused)
+{
+    /* Damage an index and fix the checksum up: the verifier, not the CRC, must catch it. */
+    vm_program *p = compile();
+    p->rules[0].code0 = p->ncode + 10;
+    refused(p, "rule's code is malformed");
 }
 
 Test(ebcfile, bytecode_that_runs_an_index_band_test_is_refused)
@@ -139,11 +146,27 @@ Test(ebcfile, bytecode_that_runs_an_index_band_test_is_refused)
     while (VM_OP(p->code[pc]) != VM_OP_TEST)
         pc++;
     p->code[pc] = VM_INST(VM_OP_TEST, VM_A(p->code[pc]), band);
-    uint8_t *a;
-    size_t n;
-    cr_assert_eq(vm_program_serialize(p, &a, &n), VM_OK);
-    vm_program_free(p);
-    vm_error err;
-    cr_assert_null(vm_program_parse(a, n, &err));
-    free(a);
+    refused(p, "rule's code is malformed");
+}
+
+Test(ebcfile, an_index_that_runs_a_band_test_on_one_leaf_is_refused)
+{
+    /* Likewise in the index: a band predicate filed among the tests run one by one. */
+    vm_program *p = compile();
+    const vm_ix_bus *b = &p->ix_buses[0];
+    uint32_t band = VM_NONE;
+    for (uint32_t i = 0; i < b->npred; i++)
+        if (p->tests[p->ix_preds[b->pred0 + i].test].flags & VM_TF_BAND)
+            band = i;
+    cr_assert_neq(band, VM_NONE);
+    bool filed = false;
+    for (uint32_t i = 0; i < b->npath && !filed; i++) {
+        const vm_ix_path *ip = &p->ix_paths[b->path0 + i];
+        if (ip->ngeneric) {
+            p->ix_refs[ip->generic0] = band;
+            filed = true;
+        }
+    }
+    cr_assert(filed, "the ruleset has no test run one by one");
+    refused(p, "an index path is malformed");
 }
