@@ -381,3 +381,14 @@ bool bench_gnuplot(const char *script_path)
     }
     return true;
 }
+
+int bench_finish(bool draw, const char *gp, const char *script, const char *csv, const char *md,
+                 const char *png, bool ok)
+{
+    if (draw && bench_write(gp, script))
+        bench_gnuplot(gp);
+    printf("results: %s, %s, %s\n", csv, md, png);
+    if (!ok)
+        fprintf(stderr, "bench: some match counts differ from the expected ones\n");
+    return ok ? 0 : 1;
+}

@@ -72,6 +72,11 @@ bool bench_gunzip(const char *src, const char *dst);
 /* Runs gnuplot on a script file; false (with a note) if gnuplot is missing or fails. */
 bool bench_gnuplot(const char *script_path);
 
+/* Draws the chart (gnuplot SCRIPT written to GP, if draw), prints where the results are and
+ * returns the driver's exit status: 0, or 1 when some count was wrong (ok false). */
+int bench_finish(bool draw, const char *gp, const char *script, const char *csv, const char *md,
+                 const char *png, bool ok);
+
 /* printf into a fresh string. */
 char *bench_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

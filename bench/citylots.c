@@ -243,12 +243,7 @@ int main(int argc, char **argv)
         "'' using ($4>0?$4:1/0) title 'Quamina (Go)' lc rgb '#2166ac', "
         "'' using ($5>0?$5:1/0) title 'event-ruler 2.0.1 (Java)' lc rgb '#b2182b'\n",
         png, machine, dat_path);
-    if (nrows > 0 && bench_write(gp, script))
-        bench_gnuplot(gp);
-    printf("results: %s, %s, %s\n", csv_path, md_path, png);
-    if (!all_ok)
-        fprintf(stderr, "bench: some counts differ from the expected ones\n");
-    return all_ok ? 0 : 1;
+    return bench_finish(nrows > 0, gp, script, csv_path, md_path, png, all_ok);
 
 usage:
     fprintf(stderr, "usage: bench_citylots --ebc EBC --data SHARED_DATA_DIR --work DIR --out DIR "

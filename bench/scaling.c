@@ -366,12 +366,7 @@ int main(int argc, char **argv)
         "title 'issue193: event-ruler 2.0.1', "
         "$peers using 1:3 with linespoints dt 2 pt 6 lc rgb '#2166ac' title 'issue193: Quamina'\n",
         png, machine, csv_path);
-    if (bench_write(gp, script))
-        bench_gnuplot(gp);
-    printf("results: %s, %s, %s\n", csv_path, md_path, png);
-    if (!all_ok)
-        fprintf(stderr, "bench: some counts are wrong\n");
-    return all_ok ? 0 : 1;
+    return bench_finish(true, gp, script, csv_path, md_path, png, all_ok);
 
 usage:
     fprintf(stderr, "usage: bench_scaling --ebc EBC --data SHARED_DATA_DIR --work DIR --out DIR "
