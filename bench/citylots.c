@@ -231,7 +231,7 @@ int main(int argc, char **argv)
     char *png = bench_fmt("%s/citylots.png", out);
     char *gp = bench_fmt("%s/citylots.gp", work);
     char *script = bench_fmt(
-        "set terminal pngcairo size 1400,700 font ',10'\n"
+        "set terminal pngcairo noenhanced size 1400,700 font ',10'\n"
         "set output '%s'\n"
         "set title 'CityLots2 rows: events/s, one core (%s)'\n"
         "set style data histograms\nset style histogram clustered gap 1\n"

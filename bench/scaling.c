@@ -354,7 +354,7 @@ int main(int argc, char **argv)
     char *png = bench_fmt("%s/scaling.png", out), *gp = bench_fmt("%s/scaling.gp", work);
     /* (with the peers' figures on the issue193 shape, from ../shared/data/scaling/README.md) */
     char *script = bench_fmt(
-        "set terminal pngcairo size 1000,600 font ',10'\nset output '%s'\n"
+        "set terminal pngcairo noenhanced size 1000,600 font ',10'\nset output '%s'\n"
         "set title 'events/s against the number of rules, one core (%s)'\n"
         "$peers << EOD\n10,108035,188738\n100,38701,29946\n1000,6135,2058\n10000,681,NaN\nEOD\n"
         "set datafile separator ','\nset logscale xy\nset grid\n"
