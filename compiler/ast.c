@@ -195,6 +195,8 @@ const char *gr_token_name(int type)
     case TK_QUANTITY: return "a duration or size";
     case TK_REGEX: return "a regular expression";
     case TK_JSON: return "a JSON body";
+    case TK_ARGS: return "a list in '(...)'";
+    case TK_TEMPLATE: return "'template'";
     case TK_NL: return "the end of the line";
     case TK_EQ: return "'=='";
     case TK_NE: return "'!='";
@@ -262,14 +264,14 @@ static void describe_expected(const int *exp, int n, char *buf, size_t cap)
     bool value_family = true;
     for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++)
         value_family &= has(exp, n, vals[i]);
-    static const int decls[] = { TK_IMPORT, TK_BUS, TK_TARGET, TK_RULE, TK_SERVER };
+    static const int decls[] = { TK_IMPORT, TK_BUS, TK_TARGET, TK_RULE, TK_SERVER, TK_TEMPLATE };
     static const int clauses[] = { TK_MATCH, TK_PATTERN, TK_TRANSFORM, TK_TO, TK_DEAD_LETTER };
     const char *words[16];
     int nw = 0;
     int covered[64], nc = 0;
     struct { const int *set; int n; const char *name; } fam[] = {
         { ops, 12, "an operator" }, { vals, 6, "a value" },
-        { decls, 5, "a declaration (import, bus, target, rule, server)" },
+        { decls, 6, "a declaration (import, bus, target, rule, server, template)" },
         { clauses, 5, "a rule clause (match, pattern, transform, to, dead_letter)" },
     };
     for (size_t f = 0; f < sizeof fam / sizeof fam[0]; f++) {
@@ -305,7 +307,7 @@ void ast_syntax_error(cc_unit *u, int major, gr_token t, const int *expected, in
     char want[512];
     describe_expected(expected, nexpected, want, sizeof want);
     char found[96];
-    if (major == 0 || major == TK_NL || major == TK_JSON)
+    if (major == 0 || major == TK_NL || major == TK_JSON || major == TK_ARGS)
         snprintf(found, sizeof found, "%s", gr_token_name(major));
     else
         snprintf(found, sizeof found, "'%.*s'", (int)(t.len > 40 ? 40 : t.len), u->text + t.off);
@@ -319,7 +321,7 @@ void ast_syntax_error(cc_unit *u, int major, gr_token t, const int *expected, in
 void ast_decl_broken(cc_unit *u, int decl_kind, gr_token name)
 {
     const char *kind = decl_kind == TK_BUS ? "bus" : decl_kind == TK_TARGET ? "target"
-                     : decl_kind == TK_RULE ? "rule" : NULL;
+                     : decl_kind == TK_RULE ? "rule" : decl_kind == TK_TEMPLATE ? "template" : NULL;
     if (!kind || name.type != TK_IDENT)
         return;
     char buf[256];
@@ -496,6 +498,27 @@ ast *ast_transform(cc_unit *u, const gr_token *kw, const gr_token *kind, ast *ar
     if (arg)
         extend(c, arg->off, arg->len);
     return c;
+}
+
+ast *ast_transform_function(cc_unit *u, const gr_token *kw, const gr_token *kind,
+                           const gr_token *name, const gr_token *arg, ast *options)
+{
+    ast *c = ast_transform(u, kw, kind, ast_value(u, arg));
+    c->c = node(u, A_VALUE, name);
+    c->c->a = options;
+    extend(c, name->off, name->len);
+    for (ast *o = options; o; o = o->next)
+        extend(c, o->off, o->len);
+    return c;
+}
+
+void ast_decl_template(cc_unit *u, const gr_token *name, const gr_token *params, ast *body)
+{
+    ast *d = node(u, A_TEMPLATE, name);
+    d->a = params ? ast_json(u, params) : NULL;
+    d->b = body;
+    extend(d, body->off, body->len);
+    add_decl(u, d);
 }
 
 ast *ast_binary(cc_unit *u, ast_kind kind, ast *l, ast *r)

@@ -22,6 +22,8 @@ typedef enum {
     A_TARGET,      /* a = kind (A_VALUE ident), b = value, c = options */
     A_SERVER,      /* c = options */
     A_RULE,        /* a = bus (A_VALUE ident), c = clauses */
+    A_TEMPLATE,    /* a = parameter list (A_JSON over its "(...)") or NULL, b = body (A_JSON
+                      or a STRING A_VALUE) */
     /* option blocks and values */
     A_OPTION,      /* tok = name, a = values, b = the value after '=' */
     A_VALUE,       /* tok: STRING, NUMBER, QUANTITY, TRUE, FALSE, NULL, IDENT or REGEX */
@@ -32,7 +34,9 @@ typedef enum {
     /* rule clauses: tok = the keyword */
     A_MATCH,       /* a = expression */
     A_PATTERN,     /* a = A_JSON */
-    A_TRANSFORM,   /* a = kind (A_VALUE ident) or NULL, b = argument */
+    A_TRANSFORM,   /* a = kind (A_VALUE ident) or NULL, b = argument (A_VALUE string, A_JSON
+                      over a body or over a call's "(...)"); `function`: c = its kind
+                      (A_VALUE ident: exec, http) with c->a = its options (timeout 2s) */
     A_TO,          /* a = target names (A_VALUE idents) */
     A_DEAD_LETTER, /* a = target name */
     /* expressions */
@@ -110,6 +114,9 @@ ast *ast_list(cc_unit *u, const gr_token *open, ast *items, const gr_token *clos
 ast *ast_json(cc_unit *u, const gr_token *t);
 ast *ast_clause(cc_unit *u, ast_kind kind, const gr_token *kw, ast *arg);
 ast *ast_transform(cc_unit *u, const gr_token *kw, const gr_token *kind, ast *arg);
+ast *ast_transform_function(cc_unit *u, const gr_token *kw, const gr_token *kind,
+                           const gr_token *name, const gr_token *arg, ast *options);
+void ast_decl_template(cc_unit *u, const gr_token *name, const gr_token *params, ast *body);
 ast *ast_binary(cc_unit *u, ast_kind kind, ast *l, ast *r);
 ast *ast_not(cc_unit *u, const gr_token *kw, ast *e, const gr_token *close);
 ast *ast_paren(cc_unit *u, const gr_token *open, ast *e, const gr_token *close);

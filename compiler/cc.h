@@ -124,6 +124,15 @@ struct cc_comp {
     VEC(vm_target) ptargets;
     VEC(vm_cfg) cfgs;
     uint32_t server0, nserver;
+    /* transforms and templates (template.c) */
+    cc_names templates;          /* `template` declarations */
+    struct cc_template *tmpls;   /* ... parsed (template.c), by the same index */
+    uint32_t ntmpls;
+    VEC(vm_xform) xforms;
+    VEC(vm_inst) tcode;
+    VEC(vm_span) tcode_spans;
+    VEC(vm_tpath) tpaths;
+    VEC(vm_tstep) tsteps;
     /* the index */
     VEC(cc_xpred) xpreds;
     uint32_t *xpred_slots, xpred_cap;
@@ -220,6 +229,17 @@ vm_span cc_span(cc_unit *u, uint32_t off, uint32_t len);
 /* Collects the declarations of every unit, checks names and options, lowers each rule and emits
  * the program.  Returns the number of errors. */
 int cc_check_and_build(cc_comp *c);
+
+/* Parses and checks every template declaration (template.c). */
+void cc_check_templates(cc_comp *c);
+
+/* Compiles a rule's `transform` clause; returns its index in the program's transforms, or
+ * VM_NONE for the whole event (and after reporting errors). */
+uint32_t cc_compile_transform(cc_comp *c, cc_unit *u, const ast *tf);
+
+/* " (did you mean 'x'?)" when one of cands is close to name, else "". */
+void cc_suggest(const char *name, size_t len, const char *const *cands, size_t n, char *buf,
+                size_t cap);
 
 /* Lowers a `match` expression to IR (NULL after reporting errors). */
 ir *cc_lower_expr(cc_unit *u, ast *e);

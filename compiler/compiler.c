@@ -141,6 +141,9 @@ static vm_program *finish(cc_comp *c)
     TAKE(buses, c->pbuses);
     TAKE(targets, c->ptargets);
     TAKE(cfgs, c->cfgs);
+    TAKE(xforms, c->xforms);
+    TAKE(tpaths, c->tpaths);
+    TAKE(tsteps, c->tsteps);
     TAKE(ix_buses, c->ix_buses);
     TAKE(ix_paths, c->ix_paths);
     TAKE(ix_preds, c->ix_preds);
@@ -156,6 +159,11 @@ static vm_program *finish(cc_comp *c)
     p->code_spans = c->code_spans.v;
     c->code.v = NULL;
     c->code_spans.v = NULL;
+    p->tcode = c->tcode.v;
+    p->ntcode = c->tcode.n;
+    p->tcode_spans = c->tcode_spans.v;
+    c->tcode.v = NULL;
+    c->tcode_spans.v = NULL;
     p->server0 = c->server0;
     p->nserver = c->nserver;
     if (vm_program_prepare(p) != VM_OK) {
@@ -178,11 +186,12 @@ static void comp_free(cc_comp *c)
     cc_strtab_free(c);
     free(c->units.v); free(c->msgs.v); free(c->broken.v);
     cc_names_free(&c->buses); cc_names_free(&c->targets); cc_names_free(&c->rules);
-    cc_names_free(&c->dups);
+    cc_names_free(&c->dups); cc_names_free(&c->templates);
     free(c->path_slots); free(c->strs.v); free(c->srcs.v); free(c->segs.v); free(c->paths.v); free(c->consts.v);
     free(c->tests.v); free(c->regexes.v); free(c->re_insts.v); free(c->re_ranges.v);
     free(c->code.v); free(c->code_spans.v); free(c->prules.v); free(c->rule_targets.v);
     free(c->pbuses.v); free(c->ptargets.v); free(c->cfgs.v);
+    free(c->xforms.v); free(c->tcode.v); free(c->tcode_spans.v); free(c->tpaths.v); free(c->tsteps.v);
     for (uint32_t i = 0; i < c->xpreds.n; i++)
         free(c->xpreds.v[i].clauses.v);
     for (uint32_t i = 0; i < c->xclauses.n; i++)

@@ -32,4 +32,28 @@ vm_program *cc_compile_file(const char *path, FILE *diag, cc_result *res);
 vm_program *cc_compile_text(const char *name, const char *text, size_t len, FILE *diag,
                             cc_result *res);
 
+/* ---- `ebc test`: one event through the rules, printed (docs/ebc.md) ---------------------------- */
+
+/* Runs a function transform (exec or http) for the event; on success sets *payload (malloc'd)
+ * and returns true; on failure writes a message to err. */
+typedef bool (*cc_function_runner)(void *arg, const vm_program *p, const vm_xform *x,
+                                   const char *event, size_t len, char **payload, size_t *plen,
+                                   bool *text, char *err, size_t errcap);
+
+typedef struct {
+    bool json;                  /* one JSON object per event, not the text lines */
+    const vm_xform_env *env;    /* what transforms read besides the event */
+    cc_function_runner run_function;   /* NULL: function transforms are reported as not run */
+    void *arg;
+} cc_test_options;
+
+/* Matches event[0..len) (line `lineno` of its file) against the rules of bus `bus` (VM_NONE:
+ * all) and prints the matched rules, then for each matched rule and each of its targets the
+ * payload its transform makes.  Returns vm_match's status. */
+vm_status cc_test_event(FILE *out, vm_ctx *c, uint32_t bus, unsigned long lineno,
+                        const char *event, size_t len, const cc_test_options *opt);
+
+/* Writes s as a JSON string (quotes and escapes). */
+void cc_json_string(FILE *out, const char *s, size_t n);
+
 #endif

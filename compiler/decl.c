@@ -92,7 +92,7 @@ static size_t distance(const char *a, size_t na, const char *b, size_t nb)
 }
 
 /* Appends " (did you mean 'x'?)" to buf when some candidate is close to name. */
-static void suggest(const char *name, size_t len, const char *const *cands, size_t n, char *buf,
+void cc_suggest(const char *name, size_t len, const char *const *cands, size_t n, char *buf,
                     size_t cap)
 {
     size_t best = 99, pick = n;
@@ -115,7 +115,7 @@ static void suggest_name(const cc_name *v, uint32_t n, const char *s, size_t len
     size_t k = 0;
     for (uint32_t i = 0; i < n && k < 256; i++)
         cands[k++] = v[i].name;
-    suggest(s, len, cands, k, buf, cap);
+    cc_suggest(s, len, cands, k, buf, cap);
 }
 
 /* Registers a declaration in `list`, reporting a duplicate. */
@@ -309,7 +309,7 @@ static bool check_args(cc_unit *u, ast *call, const char *const *names, const vk
             k++;
         if (k == n) {
             char hint[96];
-            suggest(u->text + a->tok.off, a->tok.len, names, n, hint, sizeof hint);
+            cc_suggest(u->text + a->tok.off, a->tok.len, names, n, hint, sizeof hint);
             cc_error(u, a->tok.off, a->tok.len, "unknown argument '%.*s' of %.*s()%s",
                      (int)a->tok.len, u->text + a->tok.off, (int)call->tok.len,
                      u->text + call->tok.off, hint);
@@ -451,7 +451,7 @@ static void check_options(cc_comp *c, cc_unit *u, ast *opts, unsigned kind, cons
                 if (opt_specs[i].kinds & kind)
                     cands[nc++] = opt_specs[i].name;
             char hint[96];
-            suggest(name, o->tok.len, cands, nc, hint, sizeof hint);
+            cc_suggest(name, o->tok.len, cands, nc, hint, sizeof hint);
             cc_error(u, o->tok.off, o->tok.len, "%s option '%.*s' for %s%s",
                      k == nspec ? "unknown" : "no", (int)o->tok.len, name, what, hint);
             continue;
@@ -596,7 +596,7 @@ static void check_target(cc_comp *c, cc_unit *u, ast *d)
                     cc_span(u, d->off, d->len) };
     if (k == 4) {
         char hint[96];
-        suggest(kind, klen, kinds, 4, hint, sizeof hint);
+        cc_suggest(kind, klen, kinds, 4, hint, sizeof hint);
         cc_error(u, d->a->tok.off, (uint32_t)klen, "unknown target kind '%.*s' (http, file, bus or exec)%s",
                  (int)klen, kind, hint);
     } else {
@@ -683,7 +683,7 @@ static uint32_t resolve_target(cc_comp *c, cc_unit *u, ast *v)
 static void check_rule(cc_comp *c, cc_unit *u, ast *d)
 {
     vm_rule r = { cc_str(c, u->text + d->tok.off, d->tok.len), VM_NONE, 0, 0, 0, 0, VM_NONE,
-                  cc_span(u, d->off, d->len) };
+                  VM_NONE, cc_span(u, d->off, d->len) };
     ast *bus = d->a;
     int b = cc_names_find(&c->buses, u->text + bus->tok.off, bus->tok.len);
     if (b < 0 && !cc_is_broken(c, "bus", u->text + bus->tok.off, bus->tok.len)) {
@@ -712,12 +712,8 @@ static void check_rule(cc_comp *c, cc_unit *u, ast *d)
     if (!nconds)
         cc_error(u, d->tok.off, d->tok.len, "rule '%.*s' has no condition: add 'match <expression>' or 'pattern {...}'",
                  (int)d->tok.len, u->text + d->tok.off);
-    if (tf) {
-        ast *kind = tf->a;
-        if (!kind || tf->b || kind->tok.len != 5 || memcmp(u->text + kind->tok.off, "event", 5) != 0)
-            cc_error(u, tf->off, tf->len,
-                     "unsupported transform: only 'transform event' (the whole event, also the default) is available");
-    }
+    if (tf)
+        r.xform = cc_compile_transform(c, u, tf);
     r.tgt0 = c->rule_targets.n;
     for (ast *t = to ? to->a : NULL; t; t = t->next) {
         uint32_t ti = resolve_target(c, u, t);
@@ -809,12 +805,14 @@ int cc_check_and_build(cc_comp *c)
         { A_BUS, "bus", &c->buses },
         { A_TARGET, "target", &c->targets },
         { A_RULE, "rule", &c->rules },
+        { A_TEMPLATE, "template", &c->templates },
     };
     for (uint32_t i = 0; i < c->units.n; i++)
         for (ast *d = c->units.v[i]->decls; d; d = d->next)
-            for (size_t k = 0; k < 3; k++)
+            for (size_t k = 0; k < 4; k++)
                 if (d->kind == kinds[k].kind)
                     declare(c, c->units.v[i], d, kinds[k].what, kinds[k].list);
+    cc_check_templates(c);
     for (uint32_t i = 0; i < c->buses.n; i++)
         check_bus(c, c->buses.v[i].unit, c->buses.v[i].node);
     for (uint32_t i = 0; i < c->targets.n; i++)

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "compiler.h"
+#include "../runtime/runtime.h"
 
 enum {
     EXIT_OK = 0,
@@ -146,31 +147,51 @@ static int cmd_check(int argc, char **argv)
 }
 
 /* Writes s as a JSON string. */
-static void json_string(FILE *out, const char *s)
+
+/* Runs a function transform for `ebc test` (a real command, a real request). */
+static bool run_function(void *arg, const vm_program *p, const vm_xform *x, const char *event,
+                         size_t len, char **payload, size_t *plen, bool *text, char *err,
+                         size_t errcap)
 {
-    fputc('"', out);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            fprintf(out, "\\%c", c);
-        else if (c < 0x20)
-            fprintf(out, "\\u%04x", c);
-        else
-            fputc(c, out);
-    }
-    fputc('"', out);
+    (void)arg;
+    return rt_run_function(p, x, event, len, payload, plen, text, err, errcap);
+}
+
+/* Reads an RFC 3339 time ("2026-11-26T10:00:00Z", fraction and offset allowed) into ms. */
+static bool parse_time_arg(const char *s, int64_t *ms)
+{
+    int Y, M, D, h, m, sec, n = 0;
+    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &Y, &M, &D, &h, &m, &sec, &n) != 6)
+        return false;
+    const char *rest = s + n;
+    int frac = 0, scale = 100;
+    if (*rest == '.')
+        for (rest++; *rest >= '0' && *rest <= '9'; rest++, scale /= 10)
+            frac += (*rest - '0') * scale;
+    if (strcmp(rest, "Z") != 0 || M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || sec > 60)
+        return false;
+    struct tm tm = { .tm_year = Y - 1900, .tm_mon = M - 1, .tm_mday = D, .tm_hour = h, .tm_min = m, .tm_sec = sec };
+    *ms = (int64_t)timegm(&tm) * 1000 + frac;
+    return true;
 }
 
 static int cmd_test(int argc, char **argv)
 {
     const char *rules = NULL, *events = NULL, *busname = NULL;
     bool json = false;
+    vm_xform_env env = { 0 };
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--json"))
             json = true;
         else if (!strcmp(argv[i], "--bus") && i + 1 < argc)
             busname = argv[++i];
-        else if (!rules)
+        else if (!strcmp(argv[i], "--now") && i + 1 < argc) {
+            if (!parse_time_arg(argv[++i], &env.now_ms)) {
+                fprintf(stderr, "ebc test: --now takes a UTC time as 2026-11-26T10:00:00Z\n");
+                return EXIT_USAGE;
+            }
+            env.ingest_ms = env.now_ms;
+        } else if (!rules)
             rules = argv[i];
         else if (!events)
             events = argv[i];
@@ -180,7 +201,7 @@ static int cmd_test(int argc, char **argv)
         }
     }
     if (!rules || !events) {
-        fputs("usage: ebc test RULES EVENTS.jsonl [--json] [--bus NAME]\n", stderr);
+        fputs("usage: ebc test RULES EVENTS.jsonl [--json] [--bus NAME] [--now TIME]\n", stderr);
         return EXIT_USAGE;
     }
     int status = EXIT_OK;
@@ -205,6 +226,7 @@ static int cmd_test(int argc, char **argv)
         return EXIT_INPUT;
     }
     vm_ctx *ctx = vm_ctx_new(p, NULL);
+    cc_test_options opt = { json, &env, run_function, NULL };
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
@@ -217,35 +239,14 @@ static int cmd_test(int argc, char **argv)
             k++;
         if (k == len)
             continue;   /* blank lines are not events */
-        const uint32_t *m;
-        size_t nm;
-        vm_error err;
-        vm_status st = vm_match(ctx, bus, line, len, &m, &nm, &err);
-        if (st != VM_OK)
-            status = EXIT_INPUT;
-        if (json) {
-            printf("{\"line\": %lu, \"matched\": [", lineno);
-            for (size_t i = 0; i < nm; i++) {
-                if (i)
-                    fputs(", ", stdout);
-                json_string(stdout, vm_s(p, p->rules[m[i]].name));
-            }
-            fputc(']', stdout);
-            if (st != VM_OK) {
-                fputs(", \"error\": ", stdout);
-                json_string(stdout, err.msg);
-            }
-            fputs("}\n", stdout);
-        } else if (st != VM_OK) {
-            printf("%lu: error: %s%s\n", lineno, st == VM_ERR_EVENT ? "invalid event: " : "", err.msg);
-        } else {
-            printf("%lu:", lineno);
-            for (size_t i = 0; i < nm; i++)
-                printf(" %s", vm_s(p, p->rules[m[i]].name));
-            if (nm == 0)
-                fputs(" -", stdout);
-            fputc('\n', stdout);
+        /* (a fixed ingest time for the whole run unless --now: the time the run started) */
+        if (!env.ingest_ms) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            env.ingest_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
         }
+        if (cc_test_event(stdout, ctx, bus, lineno, line, len, &opt) != VM_OK)
+            status = EXIT_INPUT;
     }
     if (!ctx) {
         fputs("ebc: out of memory\n", stderr);
@@ -469,7 +470,7 @@ static int cmd_bench(int argc, char **argv)
                repeat, engine, invalid);
         for (uint32_t i = 0; i < p->nrules; i++) {
             printf("%s", i ? ", " : "");
-            json_string(stdout, vm_s(p, p->rules[i].name));
+            cc_json_string(stdout, vm_s(p, p->rules[i].name), strlen(vm_s(p, p->rules[i].name)));
             printf(": %llu", (unsigned long long)counts[i]);
         }
         puts("}}");

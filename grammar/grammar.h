@@ -40,6 +40,14 @@ int gr_next_is_json(const gr_lexer *lx);
  * balanced brackets, strings with escapes skipped.  Returns TK_JSON, or TK_ERROR with lx->err. */
 gr_token gr_lex_json(gr_lexer *lx);
 
+/* Reads a template body ('{' or '[', giving TK_JSON) or an argument or parameter list ('(',
+ * giving TK_ARGS) that starts at the next non-blank character: brackets balanced, strings
+ * skipped with the `${ ... }` expressions inside them.  The compiler parses the text. */
+gr_token gr_lex_template(gr_lexer *lx);
+
+/* The next non-blank character, or -1 at the end. */
+int gr_next_char(const gr_lexer *lx);
+
 /* The printable name of a token kind, for messages ("'{'", "a string", "end of file"). */
 const char *gr_token_name(int type);
 

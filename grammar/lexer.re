@@ -65,7 +65,7 @@ static int keyword(const char *s, size_t n)
         { "in", TK_IN },             { "exists", TK_EXISTS },     { "cidr", TK_CIDR },
         { "starts_with", TK_STARTS_WITH }, { "ends_with", TK_ENDS_WITH },
         { "contains", TK_CONTAINS }, { "like", TK_LIKE },         { "matches", TK_MATCHES },
-        { "ignore_case", TK_IGNORE_CASE }, { "as", TK_AS },
+        { "ignore_case", TK_IGNORE_CASE }, { "as", TK_AS },         { "template", TK_TEMPLATE },
         { "true", TK_TRUE },         { "false", TK_FALSE },       { "null", TK_NULL },
     };
     for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
@@ -220,4 +220,82 @@ gr_token gr_lex_json(gr_lexer *lx)
         }
     }
     return error_tok(lx, "unterminated JSON value: no matching '}'", s + start, s + start + 1);
+}
+
+/* Moves past a string of a template body that starts at p (at its '"'): inside it, `${ ... }`
+ * holds an expression, which may hold strings and braces of its own.  Returns the position
+ * after the closing quote, or 0 (with *why) when the string or an expression does not end. */
+static size_t skip_template_string(const gr_lexer *lx, size_t p, const char **why);
+
+/* Moves past a bracketed region that starts at p ('(' '[' '{'), brackets of every kind counted,
+ * template strings skipped.  Returns the position after its closing bracket, or 0. */
+static size_t skip_template_group(const gr_lexer *lx, size_t p, const char **why)
+{
+    const char *s = lx->src;
+    int depth = 0;
+    while (p < lx->len) {
+        char c = s[p];
+        if (c == '"') {
+            if (!(p = skip_template_string(lx, p, why)))
+                return 0;
+            continue;
+        }
+        if (c == '#') {   /* a comment, to the end of the line */
+            while (p < lx->len && s[p] != '\n')
+                p++;
+            continue;
+        }
+        p++;
+        if (c == '{' || c == '[' || c == '(')
+            depth++;
+        else if ((c == '}' || c == ']' || c == ')') && --depth == 0)
+            return p;
+    }
+    *why = "no matching closing bracket";
+    return 0;
+}
+
+static size_t skip_template_string(const gr_lexer *lx, size_t p, const char **why)
+{
+    const char *s = lx->src;
+    for (p++; p < lx->len && s[p] != '\n'; ) {
+        if (s[p] == '"')
+            return p + 1;
+        if (s[p] == '\\' && p + 1 < lx->len) {
+            p += 2;
+        } else if (s[p] == '$' && p + 1 < lx->len && s[p + 1] == '{') {
+            /* ${ expression }: brackets counted from its '{' */
+            size_t end = skip_template_group(lx, p + 1, why);
+            if (!end)
+                return 0;
+            p = end;
+        } else {
+            p++;
+        }
+    }
+    *why = "unterminated string";
+    return 0;
+}
+
+gr_token gr_lex_template(gr_lexer *lx)
+{
+    size_t p = skip_blank(lx, lx->pos);
+    const char *s = lx->src, *why = NULL;
+    if (p >= lx->len || (s[p] != '{' && s[p] != '[' && s[p] != '(')) {
+        size_t end = p < lx->len ? p + 1 : p;
+        return error_tok(lx, "expected '{', '[' or '('", s + p, s + end);
+    }
+    size_t end = skip_template_group(lx, p, &why);
+    if (!end) {
+        /* Underline the opening bracket; the message says what did not end. */
+        snprintf(lx->errbuf, sizeof lx->errbuf, "'%c' is never closed: %s", s[p], why);
+        return error_tok(lx, lx->errbuf, s + p, s + p + 1);
+    }
+    return tok(lx, s[p] == '(' ? TK_ARGS : TK_JSON, s + p, s + end);
+}
+
+int gr_next_char(const gr_lexer *lx)
+{
+    size_t p = skip_blank(lx, lx->pos);
+    return p < lx->len ? (unsigned char)lx->src[p] : -1;
 }

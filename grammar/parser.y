@@ -4,7 +4,8 @@
  * Actions are one-line calls into compiler/ast.c.  AST nodes live in the unit's arena and are
  * freed with it, so no nonterminal needs a %destructor.  A conflict fails the build.
  * The driver at the bottom feeds tokens from the lexer, inserts NL tokens inside option blocks
- * (where a line ends an option), reads JSON bodies after `pattern` / `transform`, and after a
+ * (where a line ends an option), reads JSON and template bodies after `pattern`, `transform` and
+ * `template` whole (the compiler parses them), and after a
  * syntax error resumes at the next declaration so that one run reports every error.
  */
 
@@ -58,6 +59,13 @@ decl ::= TARGET IDENT(N) IDENT(K) value(V) optblock(O). { ast_decl_target(u, &N,
 decl ::= TARGET IDENT(N) BUS(K) value(V) optblock(O).   { ast_decl_target(u, &N, &K, V, O); }
 decl ::= SERVER(S) optblock(O).                     { ast_decl_server(u, &S, O); }
 decl ::= RULE IDENT(N) ON IDENT(B) LBRACE clauses(C) RBRACE(E). { ast_decl_rule(u, &N, &B, C, &E); }
+decl ::= TEMPLATE IDENT(N) ARGS(P) tbody(B).        { ast_decl_template(u, &N, &P, B); }
+decl ::= TEMPLATE IDENT(N) tbody(B).                { ast_decl_template(u, &N, NULL, B); }
+
+/* A template's body: a JSON-like template (read whole by the lexer, parsed by the compiler),
+ * or a string for a text payload. */
+tbody(A) ::= JSON(J).                               { A = ast_json(u, &J); }
+tbody(A) ::= STRING(S).                             { A = ast_value(u, &S); }
 
 /* Option blocks of bus, target and server: one option a line (or separated by ';'). */
 optblock(A) ::= .                                   { A = NULL; }
@@ -106,6 +114,10 @@ clause(A) ::= TRANSFORM(K) IDENT(N).                { A = ast_transform(u, &K, &
 clause(A) ::= TRANSFORM(K) IDENT(N) STRING(S).      { A = ast_transform(u, &K, &N, ast_value(u, &S)); }
 clause(A) ::= TRANSFORM(K) IDENT(N) JSON(J).        { A = ast_transform(u, &K, &N, ast_json(u, &J)); }
 clause(A) ::= TRANSFORM(K) JSON(J).                 { A = ast_transform(u, &K, NULL, ast_json(u, &J)); }
+clause(A) ::= TRANSFORM(K) STRING(S).               { A = ast_transform(u, &K, NULL, ast_value(u, &S)); }
+clause(A) ::= TRANSFORM(K) IDENT(N) ARGS(P).        { A = ast_transform(u, &K, &N, ast_json(u, &P)); }
+clause(A) ::= TRANSFORM(K) IDENT(F) IDENT(N) STRING(S) values(O).
+                                                    { A = ast_transform_function(u, &K, &F, &N, &S, O); }
 clause(A) ::= TO(K) names(L).                       { A = ast_clause(u, A_TO, &K, L); }
 clause(A) ::= DEAD_LETTER(K) IDENT(N).              { A = ast_clause(u, A_DEAD_LETTER, &K, ast_value(u, &N)); }
 
@@ -202,7 +214,7 @@ static void gr_syntax_error(const yyParser *p, int major, gr_token tok)
 static int gr_is_decl_start(int type)
 {
     return type == TK_IMPORT || type == TK_BUS || type == TK_TARGET || type == TK_RULE ||
-           type == TK_SERVER;
+           type == TK_SERVER || type == TK_TEMPLATE;
 }
 
 /* The driver's state between tokens. */
@@ -214,7 +226,7 @@ typedef struct {
     int depth;             /* brace depth */
     int nest;              /* ( and [ depth inside an option block */
     int optblock;          /* inside a bus / target / server { } */
-    int prev, prev2;       /* the last two token kinds given to the parser */
+    int prev, prev2, prev3;  /* the last three token kinds given to the parser */
     int skipping;          /* after an error: drop tokens until a declaration starts */
     int errors;
 } driver;
@@ -224,7 +236,7 @@ static void restart(driver *d)
 {
     gr_parserFinalize(&d->parser);
     gr_parserInit(&d->parser, d->u);
-    d->depth = d->nest = d->optblock = d->prev = d->prev2 = 0;
+    d->depth = d->nest = d->optblock = d->prev = d->prev2 = d->prev3 = 0;
     d->u->syntax_failed = 0;
 }
 
@@ -252,6 +264,7 @@ static int feed(driver *d, gr_token t)
     default: break;
     }
     gr_parser(&d->parser, t.type, t);
+    d->prev3 = d->prev2;
     d->prev2 = d->prev;
     d->prev = t.type;
     return d->u->syntax_failed ? -1 : 0;
@@ -278,10 +291,17 @@ int gr_parse(cc_unit *u)
     gr_parserInit(&d.parser, u);
     for (;;) {
         size_t before = lx.pos;
-        /* A JSON body may follow `pattern`, `transform` and `transform NAME`. */
-        int json_ok = !d.skipping && (d.prev == TK_PATTERN || d.prev == TK_TRANSFORM ||
-                                      (d.prev == TK_IDENT && d.prev2 == TK_TRANSFORM));
-        gr_token t = json_ok && gr_next_is_json(&lx) ? gr_lex_json(&lx) : gr_lex(&lx);
+        /* A JSON body may follow `pattern` and `transform const`; a template body (with
+         * `${...}` inside its strings) `transform` and `template NAME (...)`; an argument or
+         * parameter list `transform NAME` and `template NAME`. */
+        int next = d.skipping ? -1 : gr_next_char(&lx);
+        int after_name = d.prev == TK_IDENT && (d.prev2 == TK_TRANSFORM || d.prev2 == TK_TEMPLATE);
+        int json_ok = (d.prev == TK_PATTERN || (after_name && d.prev2 == TK_TRANSFORM)) &&
+                      (next == '{' || next == '[');
+        int template_ok = ((d.prev == TK_TRANSFORM || (d.prev == TK_ARGS && d.prev3 == TK_TEMPLATE) ||
+                            (after_name && d.prev2 == TK_TEMPLATE)) && (next == '{' || next == '[')) ||
+                          (after_name && next == '(');
+        gr_token t = template_ok ? gr_lex_template(&lx) : json_ok ? gr_lex_json(&lx) : gr_lex(&lx);
         if (d.skipping) {
             if (t.type != 0 && !gr_is_decl_start(t.type))
                 continue;      /* the rest of a broken declaration, lexical errors included */

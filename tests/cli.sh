@@ -40,11 +40,12 @@ cmp -s "$T/out" "$SRC/examples/events.expected" || fail "ebc test on the .ebc di
 head -5 "$SRC/examples/events.jsonl" > "$T/good.jsonl"
 expect_status 0 "$EBC" test "$T/orders.ebc" "$T/good.jsonl"
 expect_status 0 "$EBC" test "$T/orders.ebc" - < "$T/good.jsonl"
-[ "$(wc -l < "$T/out")" -eq 5 ] || fail "ebc test on stdin printed $(wc -l < "$T/out") lines"
+[ "$(grep -c '^[0-9]*:' "$T/out")" -eq 5 ] || fail "ebc test on stdin printed $(grep -c '^[0-9]*:' "$T/out") event lines"
+grep -q '^  big_eu_orders -> billing: {"specversion": "1.0", "id": "e1"' "$T/out" || fail "no payload line for billing"
 
 # --json
 expect_status 3 "$EBC" test --json "$T/orders.ebc" "$SRC/examples/events.jsonl"
-grep -qx '{"line": 1, "matched": \["big_eu_orders"\]}' "$T/out" || fail "--json line 1: $(head -1 "$T/out")"
+grep -q '^{"line": 1, "matched": \["big_eu_orders"\], "deliveries": \[{"rule": "big_eu_orders", "target": "billing", "payload": {"specversion": "1.0", "id": "e1",' "$T/out" || fail "--json line 1: $(head -1 "$T/out")"
 grep -qx '{"line": 3, "matched": \[\]}' "$T/out" || fail "--json line 3"
 grep -q '^{"line": 6, "matched": \[\], "error": "the event must be a JSON object (at byte 0)"}$' "$T/out" || fail "--json error line"
 

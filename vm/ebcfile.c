@@ -58,6 +58,7 @@ static bool get_le(rbuf *r, uint64_t *v, int bytes)
 static void put_U8(wbuf *w, const uint8_t *x) { put_le(w, *x, 1); }
 static void put_U32(wbuf *w, const uint32_t *x) { put_le(w, *x, 4); }
 static void put_U64(wbuf *w, const uint64_t *x) { put_le(w, *x, 8); }
+static void put_I32(wbuf *w, const int32_t *x) { put_le(w, (uint32_t)*x, 4); }
 static void put_F64(wbuf *w, const double *x) { uint64_t u; memcpy(&u, x, 8); put_le(w, u, 8); }
 static void put_CHAR(wbuf *w, const char *x) { put_le(w, (uint8_t)*x, 1); }
 static void put_IP(wbuf *w, const uint8_t (*x)[16]) { put_bytes(w, *x, 16); }
@@ -65,6 +66,7 @@ static void put_IP(wbuf *w, const uint8_t (*x)[16]) { put_bytes(w, *x, 16); }
 static bool get_U8(rbuf *r, uint8_t *x) { uint64_t v; if (!get_le(r, &v, 1)) return false; *x = (uint8_t)v; return true; }
 static bool get_U32(rbuf *r, uint32_t *x) { uint64_t v; if (!get_le(r, &v, 4)) return false; *x = (uint32_t)v; return true; }
 static bool get_U64(rbuf *r, uint64_t *x) { return get_le(r, x, 8); }
+static bool get_I32(rbuf *r, int32_t *x) { uint64_t v; if (!get_le(r, &v, 4)) return false; *x = (int32_t)(uint32_t)v; return true; }
 static bool get_F64(rbuf *r, double *x) { uint64_t v; if (!get_le(r, &v, 8)) return false; memcpy(x, &v, 8); return true; }
 static bool get_CHAR(rbuf *r, char *x) { uint64_t v; if (!get_le(r, &v, 1)) return false; *x = (char)v; return true; }
 static bool get_IP(rbuf *r, uint8_t (*x)[16])
@@ -89,7 +91,11 @@ static bool get_IP(rbuf *r, uint8_t (*x)[16])
 #define FIELDS_vm_re_inst(F) F(U8, op) F(U32, x) F(U32, y)
 #define FIELDS_vm_range(F)   F(U32, lo) F(U32, hi)
 #define FIELDS_vm_rule(F)    F(vm_str, name) F(U32, bus) F(U32, code0) F(U32, ncode) F(U32, tgt0) \
-                             F(U32, ntgt) F(U32, dead_letter) F(vm_span, span)
+                             F(U32, ntgt) F(U32, dead_letter) F(U32, xform) F(vm_span, span)
+#define FIELDS_vm_xform(F)   F(U8, kind) F(U8, flags) F(U32, code0) F(U32, ncode) F(vm_str, arg) \
+                             F(U32, timeout_ms) F(vm_span, span)
+#define FIELDS_vm_tpath(F)   F(U32, step0) F(U32, nstep) F(U32, path)
+#define FIELDS_vm_tstep(F)   F(U8, kind) F(I32, index) F(vm_str, name)
 #define FIELDS_vm_bus(F)     F(vm_str, name) F(U32, opt0) F(U32, nopt) F(vm_span, span)
 #define FIELDS_vm_target(F)  F(vm_str, name) F(vm_str, kind) F(U32, value) F(U32, opt0) \
                              F(U32, nopt) F(vm_span, span)
@@ -124,6 +130,9 @@ RECORD(vm_regex)
 RECORD(vm_re_inst)
 RECORD(vm_range)
 RECORD(vm_rule)
+RECORD(vm_xform)
+RECORD(vm_tpath)
+RECORD(vm_tstep)
 RECORD(vm_bus)
 RECORD(vm_target)
 RECORD(vm_cfg)
@@ -154,6 +163,11 @@ RECORD(vm_ix_node)
     S("BUSS", buses, nbuses, vm_bus, vm_bus)               \
     S("TGTS", targets, ntargets, vm_target, vm_target)     \
     S("CFGS", cfgs, ncfgs, vm_cfg, vm_cfg)                 \
+    S("XFRM", xforms, nxforms, vm_xform, vm_xform)         \
+    S("TCOD", tcode, ntcode, U64, vm_inst)                 \
+    S("TSPN", tcode_spans, ntcode, vm_span, vm_span)       \
+    S("TPTH", tpaths, ntpaths, vm_tpath, vm_tpath)         \
+    S("TSTP", tsteps, ntsteps, vm_tstep, vm_tstep)         \
     S("IXBU", ix_buses, nix_buses, vm_ix_bus, vm_ix_bus)   \
     S("IXPA", ix_paths, nix_paths, vm_ix_path, vm_ix_path) \
     S("IXPR", ix_preds, nix_preds, vm_ix_pred, vm_ix_pred) \
@@ -358,6 +372,47 @@ static bool has_band(const vm_program *p, const vm_ix_bus *x, uint32_t first, ui
     return false;
 }
 
+/* Checks a transform: its template code within the table, every operand in range, jumps
+ * forward and inside it.  (The value stack is checked as the code runs.) */
+static bool xform_ok(const vm_program *p, const vm_xform *x)
+{
+    if (x->kind > VM_X_HTTP || x->flags > VM_XF_TEXT || !str_ok(p, x->arg) || !span_ok(p, x->span))
+        return false;
+    if (x->kind != VM_X_TEMPLATE)
+        return x->ncode == 0;
+    if (!range_ok(x->code0, x->ncode, p->ntcode))
+        return false;
+    static const uint8_t lo[VM_FN__COUNT] = {
+#define X(id, name, l, h) l,
+        VM_TEMPLATE_FUNCTIONS(X)
+#undef X
+    };
+    static const uint8_t hi[VM_FN__COUNT] = {
+#define X(id, name, l, h) h,
+        VM_TEMPLATE_FUNCTIONS(X)
+#undef X
+    };
+    for (uint32_t pc = 0; pc < x->ncode; pc++) {
+        vm_inst in = p->tcode[x->code0 + pc];
+        uint32_t a = VM_A(in), b = VM_B(in);
+        switch (VM_OP(in)) {
+        case VM_TO_TEXT: case VM_TO_CONST: case VM_TO_STR:
+            if (b > p->nstrs || a > p->nstrs - b) return false;
+            break;
+        case VM_TO_PATH: if (a >= p->ntpaths) return false; break;
+        case VM_TO_VAR: if (a >= VM_VAR__COUNT) return false; break;
+        case VM_TO_CALL: if (a >= VM_FN__COUNT || b < lo[a] || b > hi[a]) return false; break;
+        case VM_TO_CAT: if (a == 0) return false; break;
+        case VM_TO_EMIT: if (a > VM_EMIT_KEY) return false; break;
+        case VM_TO_BEGIN: case VM_TO_END: if (a > 1) return false; break;
+        case VM_TO_SKIP: case VM_TO_ELSE: if (b <= pc || b > x->ncode) return false; break;
+        case VM_TO_SEP: break;
+        default: return false;
+        }
+    }
+    return true;
+}
+
 /* Checks the index: every list within its pool and every number within its table, one index
  * per bus, the hash table a power of two with every key reachable. */
 static const char *verify_index(const vm_program *p)
@@ -478,7 +533,8 @@ static const char *verify(const vm_program *p)
         const vm_rule *r = &p->rules[i];
         if (!name_ok(p, r->name) || (r->bus != VM_NONE && r->bus >= p->nbuses) ||
             !range_ok(r->tgt0, r->ntgt, p->nrule_targets) ||
-            (r->dead_letter != VM_NONE && r->dead_letter >= p->ntargets) || !span_ok(p, r->span))
+            (r->dead_letter != VM_NONE && r->dead_letter >= p->ntargets) || !span_ok(p, r->span) ||
+            (r->xform != VM_NONE && r->xform >= p->nxforms))
             return "a rule is malformed";
         if (!code_ok(p, r))
             return "a rule's code is malformed";
@@ -503,6 +559,19 @@ static const char *verify(const vm_program *p)
     }
     if (!range_ok(p->server0, p->nserver, p->ncfgs))
         return "the server block is malformed";
+    for (uint32_t i = 0; i < p->nxforms; i++)
+        if (!xform_ok(p, &p->xforms[i]))
+            return "a transform is malformed";
+    for (uint32_t i = 0; i < p->ntcode; i++)
+        if (!span_ok(p, p->tcode_spans[i]))
+            return "a template instruction's source span is out of range";
+    for (uint32_t i = 0; i < p->ntpaths; i++)
+        if (!range_ok(p->tpaths[i].step0, p->tpaths[i].nstep, p->ntsteps) ||
+            (p->tpaths[i].path != VM_NONE && p->tpaths[i].path >= p->npaths))
+            return "a template path is malformed";
+    for (uint32_t i = 0; i < p->ntsteps; i++)
+        if (p->tsteps[i].kind > VM_TS_ALL || !str_ok(p, p->tsteps[i].name))
+            return "a template path step is malformed";
     const char *why = verify_index(p);
     if (why)
         return why;
@@ -587,10 +656,10 @@ vm_program *vm_program_parse(const uint8_t *buf, size_t len, vm_error *err)
     SECTIONS(S)
 #undef S
 #define S(tag, field, count, rec, type) \
-    if (SEC_##field != SEC_code_spans) p->count = counted[SEC_##field];
+    if (SEC_##field != SEC_code_spans && SEC_##field != SEC_tcode_spans) p->count = counted[SEC_##field];
     SECTIONS(S)
 #undef S
-    if (counted[SEC_code_spans] != p->ncode)
+    if (counted[SEC_code_spans] != p->ncode || counted[SEC_tcode_spans] != p->ntcode)
         return refuse(p, err, "malformed .ebc file: one source span per instruction is required");
     {
         rbuf r = { buf + off[SEC_server], len_[SEC_server], 0 };

@@ -88,6 +88,11 @@ vm_ctx *vm_ctx_new(const vm_program *p, const vm_options *opt)
     return c;
 }
 
+const vm_program *vm_ctx_program(const vm_ctx *c)
+{
+    return c->p;
+}
+
 void vm_ctx_free(vm_ctx *c)
 {
     if (!c)
@@ -110,6 +115,11 @@ void vm_ctx_free(vm_ctx *c)
     free(c->trail.v);
     free(c->choices.v);
     free(c->matched.v);
+    free(c->xout.v);
+    free(c->xscratch.v);
+    free(c->xstack.v);
+    free(c->xfirst.v);
+    free(c->xpos.v);
     free(c->dec);
     free(c->fold);
     free(c->canon);
@@ -487,9 +497,12 @@ vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
         memset(c->path_arrays, 0, p->npaths * sizeof *c->path_arrays);
         c->epoch = 1;
     }
+    c->scanned = NULL;
     vm_status st = vm_scan(c, json, len, err);
     if (st != VM_OK)
         return st;
+    c->scanned = json;
+    c->scanned_len = len;
     if (c->bind_cap < c->narrays) {
         int32_t *b = realloc(c->bind, c->narrays * sizeof *b);
         if (!b)

@@ -296,6 +296,11 @@ void vm_program_free(vm_program *p)
     free(p->buses);
     free(p->targets);
     free(p->cfgs);
+    free(p->xforms);
+    free(p->tcode);
+    free(p->tcode_spans);
+    free(p->tpaths);
+    free(p->tsteps);
     free(p->ix_buses);
     free(p->ix_paths);
     free(p->ix_preds);

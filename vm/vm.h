@@ -165,8 +165,86 @@ typedef struct {
     uint32_t code0, ncode;   /* instructions */
     uint32_t tgt0, ntgt;     /* rule_targets */
     uint32_t dead_letter;    /* target index or VM_NONE */
+    uint32_t xform;          /* its transform (xforms), or VM_NONE: the whole event */
     vm_span span;
 } vm_rule;
+
+/* ---------------------------------------------------------------------------------------------
+ * Transforms (docs/transforms.md): what a matched rule's targets receive.  A template is code
+ * (tcode) that writes the payload from the event, read where it lies in the event's text; a
+ * function transform is run by the caller (the runtime): the VM only describes it.
+ */
+typedef enum {
+    VM_X_TEMPLATE,  /* tcode[code0 .. code0+ncode) writes the payload */
+    VM_X_EXEC,      /* arg: a command; the event on its stdin, the payload from its stdout */
+    VM_X_HTTP,      /* arg: a URL; the event POSTed, the response body is the payload */
+} vm_xform_kind;
+
+enum { VM_XF_TEXT = 1 };    /* the payload is text, not JSON */
+
+typedef struct {
+    uint8_t kind, flags;
+    uint32_t code0, ncode;
+    vm_str arg;
+    uint32_t timeout_ms;
+    vm_span span;           /* the transform clause */
+} vm_xform;
+
+/* A template path (JSONPath: `.name`, `['name']`, `[n]`, `[-n]`, `[*]`) as steps from the
+ * event's root. */
+enum { VM_TS_NAME, VM_TS_INDEX, VM_TS_ALL };
+typedef struct { uint8_t kind; int32_t index; vm_str name; } vm_tstep;
+typedef struct {
+    uint32_t step0, nstep;
+    uint32_t path;          /* names only: the same path for the scanner (paths), or VM_NONE */
+} vm_tpath;
+
+/* Template instructions (VM_INST(op, a, b), as the matcher's).  A value on the stack is a JSON
+ * value, a string, or nothing (a path that names nothing). */
+#define VM_TEMPLATE_OPCODES(X)                                                                   \
+    X(TEXT,    "write pool[b .. b+a)")                                                          \
+    X(CONST,   "push the JSON value written pool[b .. b+a)")                                    \
+    X(STR,     "push the string pool[b .. b+a)")                                                \
+    X(PATH,    "push the value at template path a (an array when it has [*]; nothing if none)")  \
+    X(VAR,     "push variable a: $bus, $rule, $ingest_time")                                    \
+    X(CALL,    "call function a on the top b values")                                           \
+    X(ELSE,    "if the top is neither nothing nor null, go to b; else pop it (x ?? y)")       \
+    X(CAT,     "pop a values: push the string of their text")                                   \
+    X(EMIT,    "pop and write it: a = 0 as JSON, 1 inside a JSON string, 2 as text, 3 as a key") \
+    X(BEGIN,   "write '{' (a = 0) or '[' (a = 1); a new object or array has no member yet")     \
+    X(SEP,     "write ',' unless this is the first member")                                     \
+    X(END,     "write '}' (a = 0) or ']' (a = 1)")                                              \
+    X(SKIP,    "if the top is nothing or null, pop it and go to b (jumps count from the "       \
+               "transform's first instruction)")
+
+typedef enum {
+#define X(name, doc) VM_TO_##name,
+    VM_TEMPLATE_OPCODES(X)
+#undef X
+    VM_TO__COUNT
+} vm_top;
+
+enum { VM_EMIT_JSON, VM_EMIT_INSTR, VM_EMIT_TEXT, VM_EMIT_KEY };
+enum { VM_VAR_BUS, VM_VAR_RULE, VM_VAR_INGEST_TIME, VM_VAR__COUNT };
+
+/* Template functions: name, least and most arguments. */
+#define VM_TEMPLATE_FUNCTIONS(X)  \
+    X(UPPER, "upper", 1, 1)       \
+    X(LOWER, "lower", 1, 1)       \
+    X(LEN, "len", 1, 1)           \
+    X(JOIN, "join", 1, 2)         \
+    X(TO_STRING, "to_string", 1, 1) \
+    X(TO_NUMBER, "to_number", 1, 1) \
+    X(JSON, "json", 1, 1)         \
+    X(FORMAT_TIME, "format_time", 1, 2) \
+    X(NOW, "now", 0, 0)
+
+typedef enum {
+#define X(id, name, lo, hi) VM_FN_##id,
+    VM_TEMPLATE_FUNCTIONS(X)
+#undef X
+    VM_FN__COUNT
+} vm_fn;
 
 /* ---------------------------------------------------------------------------------------------
  * The index (docs/index.md): per bus, one decision structure built by the compiler from all the
@@ -262,6 +340,11 @@ typedef struct vm_program {
     vm_bus *buses;     uint32_t nbuses;
     vm_target *targets; uint32_t ntargets;
     vm_cfg *cfgs;      uint32_t ncfgs;
+    vm_xform *xforms;  uint32_t nxforms;
+    vm_inst *tcode;    uint32_t ntcode;
+    vm_span *tcode_spans;  /* one per template instruction */
+    vm_tpath *tpaths;  uint32_t ntpaths;
+    vm_tstep *tsteps;  uint32_t ntsteps;
     uint32_t server0, nserver; /* the server { } block's options, in cfgs */
     /* the index: one vm_ix_bus per bus */
     vm_ix_bus *ix_buses;      uint32_t nix_buses;
@@ -289,6 +372,7 @@ typedef enum {
     VM_ERR_EVENT,    /* the event is not a JSON object */
     VM_ERR_LIMIT,    /* the event is too deep or too big */
     VM_ERR_NOMEM,
+    VM_ERR_TRANSFORM, /* a transform failed for this event (a function's argument, ...) */
 } vm_status;
 
 typedef struct {
@@ -338,6 +422,7 @@ typedef struct {
 } vm_options;
 
 vm_ctx *vm_ctx_new(const vm_program *p, const vm_options *opt);
+const vm_program *vm_ctx_program(const vm_ctx *c);
 void vm_ctx_free(vm_ctx *c);
 
 /* Scans one event (JSON text) and runs every rule (or only the rules on bus `bus`, unless it is
@@ -346,6 +431,24 @@ void vm_ctx_free(vm_ctx *c);
  * with the offending byte offset and matches nothing. */
 vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
                    const uint32_t **rules, size_t *nrules, vm_error *err);
+
+/* What a transform may read besides the event. */
+typedef struct {
+    const char *bus, *rule;  /* $bus and $rule (NULL: the names the program gives them) */
+    int64_t ingest_ms;       /* $ingest_time: when the event was received, ms since 1970 */
+    int64_t now_ms;          /* what now() says, ms since 1970; 0: the clock */
+} vm_xform_env;
+
+/* Writes the payload that rule `rule`'s targets receive for the event json[0..len) (valid JSON,
+ * as vm_match has checked it): the event itself when the rule has no transform, else its
+ * template's output.  On VM_OK, *out and *outlen hold the payload (valid until the next call on
+ * c) and *text says it is text, not JSON.  A template that fails for this event (a function
+ * given what it cannot take) gives VM_ERR_TRANSFORM, with err saying why and where in the
+ * rules; nothing is written half.  A function transform (VM_X_EXEC, VM_X_HTTP) is the caller's
+ * to run: this returns VM_ERR_FORMAT for it. */
+vm_status vm_transform(vm_ctx *c, uint32_t rule, const char *json, size_t len,
+                       const vm_xform_env *env, const char **out, size_t *outlen, bool *text,
+                       vm_error *err);
 
 /* ---------------------------------------------------------------------------------------------
  * Showing what the compiler made.
@@ -382,6 +485,9 @@ uint32_t vm_casefold(uint32_t cp);
 
 /* Unicode full case folding (statuses C and F): writes 1 to 3 code points, returns how many. */
 size_t vm_casefold_full(uint32_t cp, uint32_t out[3]);
+
+/* Unicode full uppercase (upper) or lowercase mapping: writes 1 to 3 code points. */
+size_t vm_case_map(uint32_t cp, bool upper, uint32_t out[3]);
 
 /* Writes the full case folding of UTF-8 text s[0..n) to out, which must hold 3*n bytes (the
  * most a folding grows a text); returns the length written.  ignore_case compares these. */

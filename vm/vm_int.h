@@ -87,6 +87,8 @@ void vm_fast_free(vm_fast *F);
  * reused, so matching allocates nothing per event. */
 #define VM_BUF(T) struct { T *v; uint32_t n, cap; }
 
+typedef VM_BUF(char) vm_cbuf;
+
 struct vm_ctx {
     const vm_program *p;
     size_t max_depth;
@@ -119,6 +121,16 @@ struct vm_ctx {
     VM_BUF(uint32_t) trail;   /* arrays bound, to undo on backtracking */
     VM_BUF(struct vm_choice) choices;
     VM_BUF(uint32_t) matched;
+    /* the event vm_match last scanned (a transform may reuse its fields) */
+    const char *scanned;
+    size_t scanned_len;
+    /* transforms (transform.c): the payload, scratch values, the value stack, per open object
+     * or array whether it has a member yet */
+    vm_cbuf xout;
+    vm_cbuf xscratch;
+    VM_BUF(struct vm_tval) xstack;
+    VM_BUF(uint8_t) xfirst;
+    VM_BUF(uint32_t) xpos;      /* navigation: positions of several results */
     /* scratch for decoding, folding and canonicalising values */
     char *dec, *fold, *canon;
     size_t dec_cap, fold_cap, canon_cap;

@@ -5,7 +5,9 @@
  *     --- rules            the .ebr source (compiled as "test.ebr")
  *     --- events           one event per line (optional)
  *     --- expect           what `ebc test` prints for them: "N: rule rule" / "N: -" /
- *                          "N: error: invalid event: ..."
+ *                          "N: error: invalid event: ...", then "  rule -> target: payload"
+ *                          lines (with $ingest_time 2026-11-26T10:00:00.123Z and now()
+ *                          2026-11-26T10:01:00.456Z)
  *     --- errors           or: the exact diagnostics when the rules must not compile
  *     --- warnings         or: the exact warnings of rules that compile
  *
@@ -119,19 +121,10 @@ static char *run_events(vm_program *p, const char *events)
         size_t n = eol ? (size_t)(eol - e) : strlen(e);
         lineno++;
         if (n > 0) {
-            const uint32_t *rules;
-            size_t nr;
-            vm_error err;
-            vm_status st = vm_match(c, VM_NONE, e, n, &rules, &nr, &err);
-            if (st != VM_OK) {
-                fprintf(m, "%d: error: %s%s\n", lineno, st == VM_ERR_EVENT ? "invalid event: " : "",
-                        err.msg);
-            } else {
-                fprintf(m, "%d:", lineno);
-                for (size_t i = 0; i < nr; i++)
-                    fprintf(m, " %s", vm_s(p, p->rules[rules[i]].name));
-                fputs(nr ? "\n" : " -\n", m);
-            }
+            /* A fixed clock, so that $ingest_time and now() give the same text every run. */
+            static const vm_xform_env env = { NULL, NULL, 1795687200123, 1795687260456 };
+            cc_test_options opt = { .env = &env };
+            cc_test_event(m, c, VM_NONE, (unsigned long)lineno, e, n, &opt);
         }
         e += n + (eol ? 1 : 0);
     }

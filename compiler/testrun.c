@@ -1,0 +1,151 @@
+/*
+ * testrun.c — what `ebc test` prints for one event (compiler.h, docs/ebc.md): the rules it
+ * matches, then the payload each of their targets gets.  The language tests print through it
+ * too, so their expectations are `ebc test`'s output.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "compiler.h"
+
+void cc_json_string(FILE *out, const char *s, size_t n)
+{
+    fputc('"', out);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '"' || ch == '\\')
+            fprintf(out, "\\%c", ch);
+        else if (ch == '\n')
+            fputs("\\n", out);
+        else if (ch == '\t')
+            fputs("\\t", out);
+        else if (ch == '\r')
+            fputs("\\r", out);
+        else if (ch < 0x20)
+            fprintf(out, "\\u%04x", ch);
+        else
+            fputc(ch, out);
+    }
+    fputc('"', out);
+}
+
+static void put_z(FILE *out, const char *s)
+{
+    cc_json_string(out, s, strlen(s));
+}
+
+/* The payload rule r's targets get; false with a message in err when the transform fails. */
+static bool payload(vm_ctx *c, const vm_program *p, uint32_t r, const char *event, size_t len,
+                    const cc_test_options *opt, const char **out, size_t *outlen, bool *text,
+                    char **owned, char *err, size_t errcap)
+{
+    *owned = NULL;
+    uint32_t xi = p->rules[r].xform;
+    if (xi != VM_NONE && p->xforms[xi].kind != VM_X_TEMPLATE) {
+        if (!opt->run_function) {
+            snprintf(err, errcap, "function transforms are not run here");
+            return false;
+        }
+        size_t n = 0;
+        if (!opt->run_function(opt->arg, p, &p->xforms[xi], event, len, owned, &n, text, err, errcap))
+            return false;
+        *out = *owned;
+        *outlen = n;
+        return true;
+    }
+    vm_error e;
+    if (vm_transform(c, r, event, len, opt->env, out, outlen, text, &e) != VM_OK) {
+        snprintf(err, errcap, "%s", e.msg);
+        return false;
+    }
+    return true;
+}
+
+vm_status cc_test_event(FILE *out, vm_ctx *c, uint32_t bus, unsigned long lineno,
+                        const char *event, size_t len, const cc_test_options *opt)
+{
+    const vm_program *p = vm_ctx_program(c);
+    const uint32_t *m;
+    size_t nm;
+    vm_error err;
+    vm_status st = vm_match(c, bus, event, len, &m, &nm, &err);
+    /* (the matched rules are copied: running a transform does not touch them, but a function
+     * runner may take its time) */
+    uint32_t *rules = nm ? malloc(nm * sizeof *rules) : NULL;
+    if (nm && !rules)
+        return VM_ERR_NOMEM;
+    if (nm)
+        memcpy(rules, m, nm * sizeof *rules);
+    if (opt->json) {
+        fprintf(out, "{\"line\": %lu, \"matched\": [", lineno);
+        for (size_t i = 0; i < nm; i++) {
+            if (i)
+                fputs(", ", out);
+            put_z(out, vm_s(p, p->rules[rules[i]].name));
+        }
+        fputc(']', out);
+        if (st != VM_OK) {
+            fputs(", \"error\": ", out);
+            put_z(out, err.msg);
+        }
+    } else if (st != VM_OK) {
+        fprintf(out, "%lu: error: %s%s\n", lineno, st == VM_ERR_EVENT ? "invalid event: " : "", err.msg);
+    } else {
+        fprintf(out, "%lu:", lineno);
+        for (size_t i = 0; i < nm; i++)
+            fprintf(out, " %s", vm_s(p, p->rules[rules[i]].name));
+        fputs(nm ? "\n" : " -\n", out);
+    }
+    bool any = false;
+    for (size_t i = 0; i < nm; i++) {
+        const vm_rule *r = &p->rules[rules[i]];
+        if (r->ntgt == 0)
+            continue;
+        const char *body = NULL;
+        size_t blen = 0;
+        bool text = false;
+        char *owned = NULL, msg[256];
+        bool ok = payload(c, p, rules[i], event, len, opt, &body, &blen, &text, &owned, msg, sizeof msg);
+        for (uint32_t t = 0; t < r->ntgt; t++) {
+            const char *rule = vm_s(p, r->name);
+            const char *target = vm_s(p, p->targets[p->rule_targets[r->tgt0 + t]].name);
+            if (opt->json) {
+                fputs(any ? ", " : ", \"deliveries\": [", out);
+                any = true;
+                fputs("{\"rule\": ", out);
+                put_z(out, rule);
+                fputs(", \"target\": ", out);
+                put_z(out, target);
+                if (!ok) {
+                    fputs(", \"error\": ", out);
+                    put_z(out, msg);
+                } else if (text) {
+                    fputs(", \"payload\": ", out);
+                    cc_json_string(out, body, blen);
+                    fputs(", \"text\": true", out);
+                } else {
+                    fputs(", \"payload\": ", out);
+                    fwrite(body, 1, blen, out);
+                }
+                fputc('}', out);
+            } else {
+                fprintf(out, "  %s -> %s: ", rule, target);
+                if (!ok) {
+                    fprintf(out, "error: %s\n", msg);
+                } else if (text) {
+                    fputs("text ", out);
+                    cc_json_string(out, body, blen);
+                    fputc('\n', out);
+                } else {
+                    fwrite(body, 1, blen, out);
+                    fputc('\n', out);
+                }
+            }
+        }
+        free(owned);
+    }
+    if (opt->json)
+        fputs(any ? "]}\n" : "}\n", out);
+    free(rules);
+    return st;
+}
