@@ -230,6 +230,10 @@ vm_span cc_span(cc_unit *u, uint32_t off, uint32_t len);
  * the program.  Returns the number of errors. */
 int cc_check_and_build(cc_comp *c);
 
+/* The standard templates (the .ebr files of stdlib-templates/, embedded by the build), ended
+ * by a NULL name. */
+extern const struct cc_stdlib_file { const char *name; const char *text; size_t len; } cc_stdlib_files[];
+
 /* Parses and checks every template declaration (template.c). */
 void cc_check_templates(cc_comp *c);
 

@@ -70,7 +70,7 @@ static bool loaded(cc_comp *c, const char *real)
 static void parse_unit(cc_comp *c, cc_unit *u);
 
 /* Resolves `import "path"` of unit u: a file relative to u's directory (".ebr" may be left
- * out).  The standard template library ("stdlib/...") is not part of this version. */
+ * out), or "stdlib/NAME", a file of stdlib-templates/ built into the compiler. */
 static void do_import(cc_comp *c, cc_unit *u, ast *d)
 {
     size_t n;
@@ -78,8 +78,34 @@ static void do_import(cc_comp *c, cc_unit *u, ast *d)
     if (!path)
         return;
     if (strncmp(path, "stdlib/", 7) == 0) {
-        cc_error(u, d->tok.off, d->tok.len, "unknown standard template module '%s': this version "
-                 "ships no standard templates", path + 7);
+        /* The standard templates are built into ebc (stdlib-templates/). */
+        const char *name = path + 7;
+        size_t nn = strlen(name);
+        if (nn > 4 && strcmp(name + nn - 4, ".ebr") == 0)
+            nn -= 4;
+        const struct cc_stdlib_file *f = cc_stdlib_files;
+        while (f->name && !(strlen(f->name) == nn && memcmp(f->name, name, nn) == 0))
+            f++;
+        if (!f->name) {
+            const char *cands[64];
+            size_t k = 0;
+            for (const struct cc_stdlib_file *g = cc_stdlib_files; g->name && k < 64; g++)
+                cands[k++] = g->name;
+            char hint[128];
+            cc_suggest(name, nn, cands, k, hint, sizeof hint);
+            cc_error(u, d->tok.off, d->tok.len, "unknown standard template module '%.*s'%s "
+                     "(docs/transforms.md lists them)", (int)nn, name, hint);
+            return;
+        }
+        char unit_name[128];
+        snprintf(unit_name, sizeof unit_name, "stdlib/%s.ebr", f->name);
+        for (uint32_t i = 0; i < c->units.n; i++)
+            if (strcmp(c->units.v[i]->name, unit_name) == 0)
+                return;   /* imported already */
+        char *text = cc_xmalloc(f->len + 1);
+        memcpy(text, f->text, f->len);
+        text[f->len] = 0;
+        parse_unit(c, add_unit(c, unit_name, text, f->len));
         return;
     }
     char full[PATH_MAX];

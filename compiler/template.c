@@ -797,11 +797,8 @@ static bool parse_params(cc_unit *u, ast *list, struct cc_template *t)
                      u->text + name.off);
                 return false;
             }
-        if (find_name(var_names, TV__COUNT, u->text + name.off, name.len) >= 0) {
-            fail(&p, name.off, name.len, "'%.*s' is a reserved variable ($%.*s): choose another "
-                 "parameter name", (int)name.len, u->text + name.off, (int)name.len, u->text + name.off);
-            return false;
-        }
+        /* (a parameter may take a reserved variable's name: in the template it hides it, and
+         * $event.NAME still reads the event's attribute) */
         if (t->nparams == cap) {
             cap = cap ? cap * 2 : 4;
             struct tparam *np = cc_alloc(u->comp, cap * sizeof *np);
