@@ -1369,8 +1369,9 @@ static uint32_t start_xform(cenv *e)
     return e->xform_start;
 }
 
-/* Finishes the code begun at e->xform_start as a transform; returns its index or VM_NONE. */
-static uint32_t finish_xform(cenv *e, const ast *clause, bool is_text)
+/* Finishes the code begun at e->xform_start as a transform (the clause lies in unit u);
+ * returns its index or VM_NONE. */
+static uint32_t finish_xform(cenv *e, cc_unit *u, const ast *clause, bool is_text)
 {
     flush(e);
     free(e->pending);
@@ -1381,7 +1382,7 @@ static uint32_t finish_xform(cenv *e, const ast *clause, bool is_text)
         return VM_NONE;
     }
     vm_xform x = { VM_X_TEMPLATE, is_text ? VM_XF_TEXT : 0, e->xform_start,
-                   c->tcode.n - e->xform_start, { 0, 0 }, 0, cc_span(e->u, clause->off, clause->len) };
+                   c->tcode.n - e->xform_start, { 0, 0 }, 0, cc_span(u, clause->off, clause->len) };
     vec_push(c->xforms, x);
     return c->xforms.n - 1;
 }
@@ -1552,13 +1553,13 @@ uint32_t cc_compile_transform(cc_comp *c, cc_unit *u, const ast *tf)
             if (!n)
                 return VM_NONE;
             emit_text(&e, n);
-            return finish_xform(&e, tf, true);
+            return finish_xform(&e, u, tf, true);
         }
         tnode *n = parse_body(u, arg, NULL);
         if (!n)
             return VM_NONE;
         emit_value(&e, n);
-        return finish_xform(&e, tf, false);
+        return finish_xform(&e, u, tf, false);
     }
     if (tf->c)
         return IS("function") ? function_xform(c, u, tf)
@@ -1575,7 +1576,7 @@ uint32_t cc_compile_transform(cc_comp *c, cc_unit *u, const ast *tf)
         tnode at = { .off = arg->off, .len = arg->len };
         put_inst(&e, VM_TO_PATH, tpath(&e, steps, NULL), 0, at.off, at.len);
         put_inst(&e, VM_TO_EMIT, VM_EMIT_JSON, 0, at.off, at.len);
-        return finish_xform(&e, tf, false);
+        return finish_xform(&e, u, tf, false);
     }
     if (IS("const") && arg && arg->kind == A_JSON) {
         jv *j = cc_json_parse(u, arg->tok.off, arg->tok.len);
@@ -1587,7 +1588,7 @@ uint32_t cc_compile_transform(cc_comp *c, cc_unit *u, const ast *tf)
         tnode at = { .off = arg->off, .len = arg->len };
         text(&e, buf, len, &at);
         free(buf);
-        return finish_xform(&e, tf, false);
+        return finish_xform(&e, u, tf, false);
     }
     if (IS("const") && arg && arg->kind == A_VALUE && arg->op == TK_STRING) {
         size_t n;
@@ -1596,7 +1597,7 @@ uint32_t cc_compile_transform(cc_comp *c, cc_unit *u, const ast *tf)
             return VM_NONE;
         tnode at = { .off = arg->off, .len = arg->len };
         text(&e, s, n, &at);
-        return finish_xform(&e, tf, true);
+        return finish_xform(&e, u, tf, true);
     }
     /* a template: `transform NAME` or `transform NAME(args)` */
     int ti = cc_names_find(&c->templates, k, kn);
@@ -1640,5 +1641,5 @@ uint32_t cc_compile_transform(cc_comp *c, cc_unit *u, const ast *tf)
     else
         emit_value(&body, t->body);
     body.failed |= caller.failed;
-    return finish_xform(&body, tf, t->text);
+    return finish_xform(&body, u, tf, t->text);
 }
