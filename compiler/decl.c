@@ -833,8 +833,9 @@ int cc_check_and_build(cc_comp *c)
             check_bus(c, u, n);
         else if (n->kind == A_TARGET)
             check_target(c, u, n);
-        else
+        else if (n->kind == A_RULE)
             check_rule(c, u, n);
+        /* (a template's duplicate: its name is the error) */
     }
     return c->nerrors;
 }

@@ -180,17 +180,24 @@ static int cmd_test(int argc, char **argv)
     const char *rules = NULL, *events = NULL, *busname = NULL;
     bool json = false;
     vm_xform_env env = { 0 };
+    bool ingest_given = false;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--json"))
             json = true;
         else if (!strcmp(argv[i], "--bus") && i + 1 < argc)
             busname = argv[++i];
-        else if (!strcmp(argv[i], "--now") && i + 1 < argc) {
-            if (!parse_time_arg(argv[++i], &env.now_ms)) {
-                fprintf(stderr, "ebc test: --now takes a UTC time as 2026-11-26T10:00:00Z\n");
+        else if ((!strcmp(argv[i], "--now") || !strcmp(argv[i], "--ingest-time")) && i + 1 < argc) {
+            bool now = !strcmp(argv[i], "--now");
+            int64_t ms;
+            if (!parse_time_arg(argv[++i], &ms)) {
+                fprintf(stderr, "ebc test: %s takes a UTC time as 2026-11-26T10:00:00Z\n", argv[i - 1]);
                 return EXIT_USAGE;
             }
-            env.ingest_ms = env.now_ms;
+            if (now)
+                env.now_ms = ms;
+            if (now ? !ingest_given : true)
+                env.ingest_ms = ms;
+            ingest_given |= !now;
         } else if (!rules)
             rules = argv[i];
         else if (!events)
@@ -201,7 +208,7 @@ static int cmd_test(int argc, char **argv)
         }
     }
     if (!rules || !events) {
-        fputs("usage: ebc test RULES EVENTS.jsonl [--json] [--bus NAME] [--now TIME]\n", stderr);
+        fputs("usage: ebc test RULES EVENTS.jsonl [--json] [--bus NAME] [--now TIME] [--ingest-time TIME]\n", stderr);
         return EXIT_USAGE;
     }
     int status = EXIT_OK;

@@ -225,18 +225,19 @@ gr_token gr_lex_json(gr_lexer *lx)
 /* Moves past a string of a template body that starts at p (at its '"'): inside it, `${ ... }`
  * holds an expression, which may hold strings and braces of its own.  Returns the position
  * after the closing quote, or 0 (with *why) when the string or an expression does not end. */
-static size_t skip_template_string(const gr_lexer *lx, size_t p, const char **why);
+static size_t skip_template_string(const gr_lexer *lx, size_t p, const char **why, size_t *at);
 
 /* Moves past a bracketed region that starts at p ('(' '[' '{'), brackets of every kind counted,
  * template strings skipped.  Returns the position after its closing bracket, or 0. */
-static size_t skip_template_group(const gr_lexer *lx, size_t p, const char **why)
+static size_t skip_template_group(const gr_lexer *lx, size_t p, const char **why, size_t *at)
 {
+    size_t open = p;
     const char *s = lx->src;
     int depth = 0;
     while (p < lx->len) {
         char c = s[p];
         if (c == '"') {
-            if (!(p = skip_template_string(lx, p, why)))
+            if (!(p = skip_template_string(lx, p, why, at)))
                 return 0;
             continue;
         }
@@ -252,12 +253,14 @@ static size_t skip_template_group(const gr_lexer *lx, size_t p, const char **why
             return p;
     }
     *why = "no matching closing bracket";
+    *at = open;
     return 0;
 }
 
-static size_t skip_template_string(const gr_lexer *lx, size_t p, const char **why)
+static size_t skip_template_string(const gr_lexer *lx, size_t p, const char **why, size_t *at)
 {
     const char *s = lx->src;
+    size_t open = p;
     for (p++; p < lx->len && s[p] != '\n'; ) {
         if (s[p] == '"')
             return p + 1;
@@ -265,15 +268,21 @@ static size_t skip_template_string(const gr_lexer *lx, size_t p, const char **wh
             p += 2;
         } else if (s[p] == '$' && p + 1 < lx->len && s[p + 1] == '{') {
             /* ${ expression }: brackets counted from its '{' */
-            size_t end = skip_template_group(lx, p + 1, why);
-            if (!end)
+            size_t end = skip_template_group(lx, p + 1, why, at);
+            if (!end) {
+                if (*at == p + 1) {
+                    *why = "'${' is never closed with '}'";
+                    *at = p;
+                }
                 return 0;
+            }
             p = end;
         } else {
             p++;
         }
     }
     *why = "unterminated string";
+    *at = open;
     return 0;
 }
 
@@ -285,11 +294,15 @@ gr_token gr_lex_template(gr_lexer *lx)
         size_t end = p < lx->len ? p + 1 : p;
         return error_tok(lx, "expected '{', '[' or '('", s + p, s + end);
     }
-    size_t end = skip_template_group(lx, p, &why);
+    size_t at = p;
+    size_t end = skip_template_group(lx, p, &why, &at);
     if (!end) {
-        /* Underline the opening bracket; the message says what did not end. */
-        snprintf(lx->errbuf, sizeof lx->errbuf, "'%c' is never closed: %s", s[p], why);
-        return error_tok(lx, lx->errbuf, s + p, s + p + 1);
+        /* Underline what did not end: a bracket, a string or a '${'. */
+        if (at == p)
+            snprintf(lx->errbuf, sizeof lx->errbuf, "'%c' is never closed", s[p]);
+        else
+            snprintf(lx->errbuf, sizeof lx->errbuf, "%s", why);
+        return error_tok(lx, lx->errbuf, s + at, s + at + (s[at] == '$' ? 2 : 1));
     }
     return tok(lx, s[p] == '(' ? TK_ARGS : TK_JSON, s + p, s + end);
 }

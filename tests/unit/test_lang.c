@@ -20,6 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
 #include "../../compiler/compiler.h"
 
 typedef struct {
@@ -145,6 +147,34 @@ static void check(const char *file, const lang_case *c, const char *what, const 
                  what, want ? want : "", got ? got : "");
 }
 
+/* Every JSON payload printed ("  rule -> target: {...}") must parse as JSON: a template never
+ * writes an invalid payload, whatever its expectation says. */
+static void check_payloads(const char *file, const lang_case *c, const char *got)
+{
+    for (const char *line = got; line && *line;) {
+        const char *eol = strchr(line, '\n');
+        size_t n = eol ? (size_t)(eol - line) : strlen(line);
+        const char *arrow = strstr(line, " -> ");
+        const char *colon = arrow && arrow < line + n ? strstr(arrow, ": ") : NULL;
+        if (n > 2 && line[0] == ' ' && colon && colon < line + n) {
+            const char *body = colon + 2;
+            size_t blen = (size_t)(line + n - body);
+            if (strncmp(body, "error: ", 7) != 0 && strncmp(body, "text \"", 6) != 0) {
+                char *copy = strndup(body, blen);   /* (whole: nothing may follow the value) */
+                cJSON *j = cJSON_ParseWithOpts(copy, NULL, 1);
+                free(copy);
+                if (!j) {
+                    failures++;
+                    cr_log_error("%s:%d: case '%s': a payload is not JSON: %.*s", file, c->line,
+                                 c->name, (int)n, line);
+                }
+                cJSON_Delete(j);
+            }
+        }
+        line = eol ? eol + 1 : NULL;
+    }
+}
+
 static void run_case(const char *file, const lang_case *c)
 {
     char *diag = NULL;
@@ -176,6 +206,7 @@ static void run_case(const char *file, const lang_case *c)
         cr_assert_not_null(q, "%s:%d: reading back failed: %s", file, c->line, q ? "" : err.msg);
         char *got = run_events(q, c->events);
         check(file, c, "matches", c->expect, got);
+        check_payloads(file, c, got);
         free(got);
         vm_program_free(q);
     }
