@@ -49,7 +49,8 @@ typedef struct {
 
 /* Matches event[0..len) (line `lineno` of its file) against the rules of bus `bus` (VM_NONE:
  * all) and prints the matched rules, then for each matched rule and each of its targets the
- * payload its transform makes.  Returns vm_match's status. */
+ * payload its transform makes.  Returns vm_match's status, or VM_ERR_TRANSFORM when the event
+ * matched but some transform failed for it. */
 vm_status cc_test_event(FILE *out, vm_ctx *c, uint32_t bus, unsigned long lineno,
                         const char *event, size_t len, const cc_test_options *opt);
 

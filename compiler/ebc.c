@@ -17,6 +17,7 @@ enum {
     EXIT_RULES = 1,   /* the rules have errors; nothing was written */
     EXIT_USAGE = 2,   /* bad command line */
     EXIT_INPUT = 3,   /* an input could not be read, or is invalid (a refused .ebc, a bad event) */
+    EXIT_TRANSFORM = 4, /* ebc test: an event matched, but a transform failed for it */
 };
 
 static const char usage[] =
@@ -26,10 +27,11 @@ static const char usage[] =
     "  compile RULES.ebr -o OUT.ebc   compile rules into a ruleset file (written only if there\n"
     "                                 are no errors)\n"
     "  check RULES.ebr                report every error and warning; write nothing\n"
-    "  test RULES EVENTS.jsonl        print the rules each event matches, one line per event\n"
-    "       [--json] [--bus NAME]     (RULES is .ebr or .ebc; EVENTS may be - for stdin;\n"
-    "                                 --json prints {\"line\": N, \"matched\": [...]} per event,\n"
-    "                                 with \"error\" for an invalid event)\n"
+    "  test RULES EVENTS.jsonl        print the rules each event matches, one line per event,\n"
+    "       [--json] [--bus NAME]     then the payload each of their targets gets (RULES is\n"
+    "       [--now T] [--ingest-time T]  .ebr or .ebc; EVENTS may be - for stdin; --json prints\n"
+    "                                 {\"line\": N, \"matched\": [...], \"deliveries\": [...]};\n"
+    "                                 T fixes now() and $ingest_time: 2026-11-26T10:00:00Z)\n"
     "  bench RULES EVENTS.jsonl       time matching over the events (median of N passes):\n"
     "        [--repeat N] [--json]    events/s, MB/s, ns/event, compile time, peak RSS, and\n"
     "        [--engine E]             each rule's match count; E: index (default), bytewise\n"
@@ -44,7 +46,8 @@ static const char usage[] =
     "  1  the rules have errors (each printed as file:line:col: error: ...)\n"
     "  2  bad command line\n"
     "  3  an input could not be read or is invalid (an .ebc file refused, an unreadable\n"
-    "     events file, an event line that is not a JSON object)\n";
+    "     events file, an event line that is not a JSON object)\n"
+    "  4  ebc test: a transform failed for some event (and no event was invalid)\n";
 
 /* Does the file start with the .ebc magic number? */
 static bool is_ebc(const char *path)
@@ -252,7 +255,10 @@ static int cmd_test(int argc, char **argv)
             clock_gettime(CLOCK_REALTIME, &ts);
             env.ingest_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
         }
-        if (cc_test_event(stdout, ctx, bus, lineno, line, len, &opt) != VM_OK)
+        vm_status st = cc_test_event(stdout, ctx, bus, lineno, line, len, &opt);
+        if (st == VM_ERR_TRANSFORM && status == EXIT_OK)
+            status = EXIT_TRANSFORM;
+        else if (st != VM_OK && st != VM_ERR_TRANSFORM)
             status = EXIT_INPUT;
     }
     if (!ctx) {

@@ -96,7 +96,7 @@ vm_status cc_test_event(FILE *out, vm_ctx *c, uint32_t bus, unsigned long lineno
             fprintf(out, " %s", vm_s(p, p->rules[rules[i]].name));
         fputs(nm ? "\n" : " -\n", out);
     }
-    bool any = false;
+    bool any = false, failed = false;
     for (size_t i = 0; i < nm; i++) {
         const vm_rule *r = &p->rules[rules[i]];
         if (r->ntgt == 0)
@@ -106,6 +106,7 @@ vm_status cc_test_event(FILE *out, vm_ctx *c, uint32_t bus, unsigned long lineno
         bool text = false;
         char *owned = NULL, msg[256];
         bool ok = payload(c, p, rules[i], event, len, opt, &body, &blen, &text, &owned, msg, sizeof msg);
+        failed |= !ok;
         for (uint32_t t = 0; t < r->ntgt; t++) {
             const char *rule = vm_s(p, r->name);
             const char *target = vm_s(p, p->targets[p->rule_targets[r->tgt0 + t]].name);
@@ -147,5 +148,5 @@ vm_status cc_test_event(FILE *out, vm_ctx *c, uint32_t bus, unsigned long lineno
     if (opt->json)
         fputs(any ? "]}\n" : "}\n", out);
     free(rules);
-    return st;
+    return st == VM_OK && failed ? VM_ERR_TRANSFORM : st;
 }

@@ -49,6 +49,24 @@ grep -q '^{"line": 1, "matched": \["big_eu_orders"\], "deliveries": \[{"rule": "
 grep -qx '{"line": 3, "matched": \[\]}' "$T/out" || fail "--json line 3"
 grep -q '^{"line": 6, "matched": \[\], "error": "the event must be a JSON object (at byte 0)"}$' "$T/out" || fail "--json error line"
 
+# payloads: a template, a function transform run for real, a failing transform
+cat > "$T/x.ebr" <<'EOF'
+bus b
+target t file "t.jsonl"
+rule tpl on b { match exists id transform { "id": $id, "at": $ingest_time } to t }
+rule fn on b { match exists id transform function exec "cat" to t }
+rule bad on b { match exists id transform { "n": to_number(data.s) } to t }
+EOF
+printf '%s\n' '{"id": "e1", "data": {"s": "x"}}' > "$T/x.jsonl"
+expect_status 4 "$EBC" test "$T/x.ebr" "$T/x.jsonl" --ingest-time 2026-11-26T10:00:00Z
+grep -qx '  tpl -> t: {"id":"e1","at":"2026-11-26T10:00:00.000Z"}' "$T/out" || fail "template payload: $(cat "$T/out")"
+grep -qx '  fn -> t: {"id": "e1", "data": {"s": "x"}}' "$T/out" || fail "exec payload: $(cat "$T/out")"
+grep -q '^  bad -> t: error: to_number: "x" is not a number (.*x.ebr:5:' "$T/out" || fail "failed transform: $(cat "$T/out")"
+expect_status 4 "$EBC" test --json "$T/x.ebr" "$T/x.jsonl"
+grep -q '"deliveries": \[{"rule": "tpl", "target": "t", "payload": {"id":"e1","at":"' "$T/out" || fail "--json deliveries: $(cat "$T/out")"
+grep -q '{"rule": "bad", "target": "t", "error": "to_number' "$T/out" || fail "--json delivery error"
+expect_status 2 "$EBC" test "$T/x.ebr" "$T/x.jsonl" --now yesterday
+
 # --bus
 expect_status 0 "$EBC" test --bus orders "$T/orders.ebc" "$T/good.jsonl"
 expect_status 2 "$EBC" test --bus nosuch "$T/orders.ebc" "$T/good.jsonl"

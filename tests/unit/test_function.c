@@ -1,0 +1,194 @@
+/*
+ * test_function.c — function transforms (runtime/function.c): a real command through sh, and a
+ * real HTTP endpoint (libmicrohttpd on 127.0.0.1, started and stopped here).
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <microhttpd.h>
+
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../../compiler/compiler.h"
+#include "../../runtime/runtime.h"
+
+static const char event[] = "{\"id\": \"e1\", \"data\": {\"x\": 1}}";
+
+/* Compiles `transform <clause>` and runs it for the event; returns the payload or NULL (err). */
+static char *run(const char *clause, bool *ok, bool *text, char *err, size_t errcap)
+{
+    char src[1024];
+    snprintf(src, sizeof src, "bus b\ntarget t file \"t\"\nrule r on b { match exists id transform %s to t }\n", clause);
+    vm_program *p = cc_compile_text("f.ebr", src, strlen(src), stderr, NULL);
+    cr_assert_not_null(p, "does not compile: %s", clause);
+    cr_assert_neq(p->rules[0].xform, VM_NONE);
+    char *payload = NULL;
+    size_t n = 0;
+    err[0] = 0;
+    *ok = rt_run_function(p, &p->xforms[p->rules[0].xform], event, strlen(event), &payload, &n, text, err, errcap);
+    vm_program_free(p);
+    if (*ok)
+        cr_assert_eq(strlen(payload), n);
+    return payload;
+}
+
+Test(function, exec_gives_the_event_on_stdin_and_reads_stdout)
+{
+    bool ok, text;
+    char err[300];
+    char *out = run("function exec \"cat\"", &ok, &text, err, sizeof err);
+    cr_assert(ok, "%s", err);
+    cr_expect_str_eq(out, event);
+    cr_expect(!text);
+    free(out);
+    out = run("function exec \"printf '[1, {\\\"a\\\": 2}]'\"", &ok, &text, err, sizeof err);
+    cr_assert(ok, "%s", err);
+    cr_expect_str_eq(out, "[1, {\"a\": 2}]");
+    free(out);
+}
+
+Test(function, exec_failures_carry_stderr)
+{
+    bool ok, text;
+    char err[300];
+    char *out = run("function exec \"echo boom >&2; exit 3\"", &ok, &text, err, sizeof err);
+    cr_expect(!ok && !out);
+    cr_expect(strstr(err, "exited with status 3: boom"), "%s", err);
+    out = run("function exec \"echo not json\"", &ok, &text, err, sizeof err);
+    cr_expect(!ok);
+    cr_expect(strstr(err, "did not write JSON"), "%s", err);
+    out = run("function exec \"echo '{\\\"a\\\": 1} trailing'\"", &ok, &text, err, sizeof err);
+    cr_expect(!ok, "trailing bytes after the JSON value must fail");
+    out = run("function exec \"kill -9 $$\"", &ok, &text, err, sizeof err);
+    cr_expect(!ok);
+    cr_expect(strstr(err, "killed by signal 9"), "%s", err);
+}
+
+Test(function, exec_is_stopped_at_its_timeout, .timeout = 20)
+{
+    bool ok, text;
+    char err[300];
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    char *out = run("function exec \"sleep 10; echo 1\" timeout 200ms", &ok, &text, err, sizeof err);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    double secs = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+    cr_expect(!ok && !out);
+    cr_expect(strstr(err, "took longer than 200 ms"), "%s", err);
+    cr_expect_lt(secs, 5.0, "the command ran to its end (%.1f s)", secs);
+}
+
+/* ---- HTTP --------------------------------------------------------------------------------- */
+
+typedef struct {
+    char body[4096];
+    size_t n;
+} upload;
+
+static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char *url,
+                              const char *method, const char *version, const char *data,
+                              size_t *size, void **state)
+{
+    (void)cls;
+    (void)version;
+    upload *u = *state;
+    if (!u) {
+        *state = u = calloc(1, sizeof *u);
+        return MHD_YES;
+    }
+    if (*size) {
+        size_t k = *size < sizeof u->body - u->n - 1 ? *size : sizeof u->body - u->n - 1;
+        memcpy(u->body + u->n, data, k);
+        u->n += k;
+        *size = 0;
+        return MHD_YES;
+    }
+    char reply[8192];
+    unsigned status = 200;
+    const char *type = "application/json";
+    if (!strcmp(url, "/echo")) {
+        const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
+        snprintf(reply, sizeof reply, "{\"method\": \"%s\", \"type\": \"%s\", \"got\": %.*s}", method,
+                 ct ? ct : "", (int)u->n, u->body);
+    } else if (!strcmp(url, "/text")) {
+        type = "text/plain";
+        snprintf(reply, sizeof reply, "hello, text");
+    } else if (!strcmp(url, "/fail")) {
+        status = 503;
+        snprintf(reply, sizeof reply, "{}");
+    } else if (!strcmp(url, "/notjson")) {
+        snprintf(reply, sizeof reply, "<html>");
+    } else {
+        usleep(1500 * 1000);
+        snprintf(reply, sizeof reply, "{}");
+    }
+    struct MHD_Response *r = MHD_create_response_from_buffer(strlen(reply), reply, MHD_RESPMEM_MUST_COPY);
+    MHD_add_response_header(r, "Content-Type", type);
+    enum MHD_Result ret = MHD_queue_response(conn, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static void done(void *cls, struct MHD_Connection *conn, void **state, enum MHD_RequestTerminationCode why)
+{
+    (void)cls;
+    (void)conn;
+    (void)why;
+    free(*state);
+    *state = NULL;
+}
+
+static struct MHD_Daemon *server(unsigned *port)
+{
+    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    struct MHD_Daemon *d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION,
+                                            0, NULL, NULL, answer, NULL, MHD_OPTION_SOCK_ADDR, &addr,
+                                            MHD_OPTION_NOTIFY_COMPLETED, done, NULL, MHD_OPTION_END);
+    cr_assert_not_null(d, "cannot start the HTTP server on 127.0.0.1");
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    *port = info->port;
+    return d;
+}
+
+Test(function, http_posts_the_event_and_takes_the_answer, .timeout = 30)
+{
+    unsigned port;
+    struct MHD_Daemon *d = server(&port);
+    bool ok, text;
+    char err[300], clause[256];
+    snprintf(clause, sizeof clause, "function http \"http://127.0.0.1:%u/echo\"", port);
+    char *out = run(clause, &ok, &text, err, sizeof err);
+    cr_assert(ok, "%s", err);
+    char want[512];
+    snprintf(want, sizeof want, "{\"method\": \"POST\", \"type\": \"application/cloudevents+json\", \"got\": %s}", event);
+    cr_expect_str_eq(out, want);
+    cr_expect(!text);
+    free(out);
+
+    snprintf(clause, sizeof clause, "function http \"http://127.0.0.1:%u/text\"", port);
+    out = run(clause, &ok, &text, err, sizeof err);
+    cr_assert(ok, "%s", err);
+    cr_expect_str_eq(out, "hello, text");
+    cr_expect(text, "a text/plain answer is a text payload");
+    free(out);
+
+    snprintf(clause, sizeof clause, "function http \"http://127.0.0.1:%u/fail\"", port);
+    run(clause, &ok, &text, err, sizeof err);
+    cr_expect(!ok);
+    cr_expect(strstr(err, "answered 503"), "%s", err);
+
+    snprintf(clause, sizeof clause, "function http \"http://127.0.0.1:%u/notjson\"", port);
+    run(clause, &ok, &text, err, sizeof err);
+    cr_expect(!ok);
+    cr_expect(strstr(err, "not JSON"), "%s", err);
+
+    snprintf(clause, sizeof clause, "function http \"http://127.0.0.1:%u/slow\" timeout 300ms", port);
+    run(clause, &ok, &text, err, sizeof err);
+    cr_expect(!ok);
+    cr_expect(strstr(err, "took longer than 300 ms"), "%s", err);
+    MHD_stop_daemon(d);
+}
