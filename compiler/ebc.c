@@ -303,6 +303,22 @@ static int cmd_opcodes(int argc, char **argv)
     puts("|---|---|---|");
     for (int i = 0; i < VM_OP__COUNT; i++)
         printf("| `%s` | %s | %s |\n", vm_op_names[i], vm_op_formats[i], vm_op_docs[i]);
+    /* Template code (transforms): its own instruction set. */
+    static const char *const tnames[] = {
+#define X(name, doc) #name,
+        VM_TEMPLATE_OPCODES(X)
+#undef X
+    };
+    static const char *const tdocs[] = {
+#define X(name, doc) doc,
+        VM_TEMPLATE_OPCODES(X)
+#undef X
+    };
+    puts("");
+    puts("| template opcode | semantics |");
+    puts("|---|---|");
+    for (int i = 0; i < VM_TO__COUNT; i++)
+        printf("| `%s` | %s |\n", tnames[i], tdocs[i]);
     return EXIT_OK;
 }
 

@@ -291,6 +291,82 @@ static void free_lines(const vm_program *p, line_index *ix)
     free(ix->n);
 }
 
+/* Writes up to 60 bytes of pool text as a quoted string. */
+static void put_pool(const vm_program *p, uint32_t off, uint32_t len, FILE *out)
+{
+    fputc('"', out);
+    for (uint32_t i = 0; i < len && i < 60; i++) {
+        unsigned char ch = (unsigned char)p->strs[off + i];
+        if (ch == '"' || ch == '\\')
+            fprintf(out, "\\%c", ch);
+        else if (ch < 0x20)
+            fprintf(out, "\\u%04x", ch);
+        else
+            fputc(ch, out);
+    }
+    fputs(len > 60 ? "\"..." : "\"", out);
+}
+
+/* A template path as JSONPath steps. */
+static void put_tpath(const vm_program *p, uint32_t tp, FILE *out)
+{
+    const vm_tpath *t = &p->tpaths[tp];
+    fputc('$', out);
+    for (uint32_t k = 0; k < t->nstep; k++) {
+        const vm_tstep *st = &p->tsteps[t->step0 + k];
+        if (st->kind == VM_TS_ALL)
+            fputs("[*]", out);
+        else if (st->kind == VM_TS_INDEX)
+            fprintf(out, "[%d]", st->index);
+        else
+            fprintf(out, ".%.*s", (int)st->name.len, vm_s(p, st->name));
+    }
+}
+
+/* The template code of a rule's transform. */
+static void disasm_xform(const vm_program *p, const line_index *ix, uint32_t xi, FILE *out)
+{
+    static const char *const names[VM_TO__COUNT] = {
+#define X(name, doc) #name,
+        VM_TEMPLATE_OPCODES(X)
+#undef X
+    };
+    static const char *const fns[VM_FN__COUNT] = {
+#define X(id, name, lo, hi) name,
+        VM_TEMPLATE_FUNCTIONS(X)
+#undef X
+    };
+    static const char *const vars[VM_VAR__COUNT] = { "$bus", "$rule", "$ingest_time" };
+    static const char *const modes[] = { "json", "in_string", "text", "key" };
+    const vm_xform *x = &p->xforms[xi];
+    const char *kind = x->kind == VM_X_EXEC ? "function exec" : x->kind == VM_X_HTTP ? "function http"
+                     : x->flags & VM_XF_TEXT ? "text template" : "template";
+    fprintf(out, "  transform: %s  ; %s:%u\n", kind, vm_s(p, p->srcs[x->span.src].name),
+            line_of(ix, x->span));
+    if (x->kind != VM_X_TEMPLATE) {
+        fprintf(out, "        %s, timeout %u ms\n", vm_s(p, x->arg), x->timeout_ms);
+        return;
+    }
+    for (uint32_t pc = 0; pc < x->ncode; pc++) {
+        vm_inst in = p->tcode[x->code0 + pc];
+        uint32_t a = VM_A(in), b = VM_B(in);
+        unsigned op = VM_OP(in);
+        fprintf(out, "  %4u  %s", pc, op < VM_TO__COUNT ? names[op] : "?");
+        switch (op) {
+        case VM_TO_TEXT: case VM_TO_CONST: case VM_TO_STR: fputc(' ', out); put_pool(p, b, a, out); break;
+        case VM_TO_PATH: fputc(' ', out); put_tpath(p, a, out); break;
+        case VM_TO_VAR: fprintf(out, " %s", a < VM_VAR__COUNT ? vars[a] : "?"); break;
+        case VM_TO_CALL: fprintf(out, " %s/%u", a < VM_FN__COUNT ? fns[a] : "?", b); break;
+        case VM_TO_CAT: fprintf(out, " %u", a); break;
+        case VM_TO_EMIT: fprintf(out, " %s", a <= 3 ? modes[a] : "?"); break;
+        case VM_TO_BEGIN: case VM_TO_END: fprintf(out, " %s", a ? "array" : "object"); break;
+        case VM_TO_SKIP: case VM_TO_ELSE: fprintf(out, " -> %u", b); break;
+        default: break;
+        }
+        fputc('\n', out);
+    }
+}
+
 void vm_disasm(const vm_program *p, FILE *out)
 {
     line_index ix;
@@ -323,6 +399,8 @@ void vm_disasm(const vm_program *p, FILE *out)
             }
             fputc('\n', out);
         }
+        if (rule->xform != VM_NONE)
+            disasm_xform(p, &ix, rule->xform, out);
     }
     free_lines(p, &ix);
 }

@@ -387,7 +387,7 @@ typedef struct {
  *   the bytes after this field | section table: nsections x (u32 tag, u64 offset, u64 length) | data
  */
 #define VM_EBC_MAGIC   "\x89" "EBC\r\n\x1a\n"
-#define VM_EBC_VERSION 2u
+#define VM_EBC_VERSION 3u
 
 /* Serialises p into a malloc'd buffer (*out, *len). Returns VM_OK or VM_ERR_NOMEM. */
 vm_status vm_program_serialize(const vm_program *p, uint8_t **out, size_t *len);
