@@ -45,6 +45,7 @@ typedef struct {
     const vm_xform_env *env;    /* what transforms read besides the event */
     cc_function_runner run_function;   /* NULL: function transforms are reported as not run */
     void *arg;
+    bool explain;               /* for each rule that did not match: the condition that failed */
 } cc_test_options;
 
 /* Matches event[0..len) (line `lineno` of its file) against the rules of bus `bus` (VM_NONE:

@@ -29,7 +29,8 @@ static const char usage[] =
     "  check RULES.ebr                report every error and warning; write nothing\n"
     "  test RULES EVENTS.jsonl        print the rules each event matches, one line per event,\n"
     "       [--json] [--bus NAME]     then the payload each of their targets gets (RULES is\n"
-    "       [--now T] [--ingest-time T]  .ebr or .ebc; EVENTS may be - for stdin; --json prints\n"
+    "       [--explain] [--now T]     .ebr or .ebc; EVENTS may be - for stdin; --json prints\n"
+    "       [--ingest-time T]         (--explain: why each other rule did not match)\n"
     "                                 {\"line\": N, \"matched\": [...], \"deliveries\": [...]};\n"
     "                                 T fixes now() and $ingest_time: 2026-11-26T10:00:00Z)\n"
     "  bench RULES EVENTS.jsonl       time matching over the events (median of N passes):\n"
@@ -183,10 +184,12 @@ static int cmd_test(int argc, char **argv)
     const char *rules = NULL, *events = NULL, *busname = NULL;
     bool json = false;
     vm_xform_env env = { 0 };
-    bool ingest_given = false;
+    bool ingest_given = false, why = false;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--json"))
             json = true;
+        else if (!strcmp(argv[i], "--explain"))
+            why = true;
         else if (!strcmp(argv[i], "--bus") && i + 1 < argc)
             busname = argv[++i];
         else if ((!strcmp(argv[i], "--now") || !strcmp(argv[i], "--ingest-time")) && i + 1 < argc) {
@@ -211,7 +214,8 @@ static int cmd_test(int argc, char **argv)
         }
     }
     if (!rules || !events) {
-        fputs("usage: ebc test RULES EVENTS.jsonl [--json] [--bus NAME] [--now TIME] [--ingest-time TIME]\n", stderr);
+        fputs("usage: ebc test RULES EVENTS.jsonl [--json] [--explain] [--bus NAME] [--now TIME]\n"
+              "                [--ingest-time TIME]\n", stderr);
         return EXIT_USAGE;
     }
     int status = EXIT_OK;
@@ -236,7 +240,7 @@ static int cmd_test(int argc, char **argv)
         return EXIT_INPUT;
     }
     vm_ctx *ctx = vm_ctx_new(p, NULL);
-    cc_test_options opt = { json, &env, run_function, NULL };
+    cc_test_options opt = { json, &env, run_function, NULL, why };
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;

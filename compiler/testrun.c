@@ -61,6 +61,83 @@ static bool payload(vm_ctx *c, const vm_program *p, uint32_t r, const char *even
     return true;
 }
 
+/* The source text of span s, on one line (white space runs folded), at most 100 bytes; and its
+ * file, line and column. */
+static void span_text(const vm_program *p, vm_span s, char *text, size_t cap, char *where, size_t wcap)
+{
+    const char *src = vm_s(p, p->srcs[s.src].text);
+    uint32_t line = 1, col = 1;
+    for (uint32_t i = 0; i < s.off; i++, col++)
+        if (src[i] == '\n') {
+            line++;
+            col = 0;
+        }
+    snprintf(where, wcap, "%s:%u:%u", vm_s(p, p->srcs[s.src].name), line, col);
+    size_t k = 0;
+    bool blank = false;
+    for (uint32_t i = 0; i < s.len && k + 4 < cap; i++) {
+        char ch = src[s.off + i];
+        if (ch == '\n' || ch == '\t' || ch == '\r' || ch == ' ') {
+            blank = k > 0;
+            continue;
+        }
+        if (blank)
+            text[k++] = ' ';
+        blank = false;
+        text[k++] = ch;
+    }
+    if (k + 4 >= cap)
+        strcpy(text + k, "...");
+    else
+        text[k] = 0;
+}
+
+/* For every rule of the bus that the event did not match, the condition that failed. */
+static void explain(FILE *out, vm_ctx *c, uint32_t bus, const char *event, const uint32_t *matched,
+                    size_t nm, bool json, bool *any)
+{
+    const vm_program *p = vm_ctx_program(c);
+    for (uint32_t r = 0, k = 0; r < p->nrules; r++) {
+        while (k < nm && matched[k] < r)
+            k++;
+        if ((k < nm && matched[k] == r) || (bus != VM_NONE && p->rules[r].bus != bus))
+            continue;
+        uint32_t at;
+        char text[112], where[300];
+        bool known = vm_why_not(c, r, event, &at);
+        if (known) {
+            /* a test as the condition it checks; a negation as it is written */
+            span_text(p, p->code_spans[at], text, sizeof text, where, sizeof where);
+            if (VM_OP(p->code[at]) == VM_OP_TEST) {
+                FILE *m = fmemopen(text, sizeof text, "w");
+                if (m) {
+                    vm_print_test(p, VM_A(p->code[at]), VM_B(p->code[at]), m);
+                    fclose(m);   /* (writes the NUL; a long test is cut at the buffer) */
+                }
+                text[sizeof text - 1] = 0;
+            }
+        }
+        const char *name = vm_s(p, p->rules[r].name);
+        if (json) {
+            fputs(*any ? ", " : ", \"explain\": [", out);
+            *any = true;
+            fputs("{\"rule\": ", out);
+            put_z(out, name);
+            if (known) {
+                fputs(", \"failed\": ", out);
+                put_z(out, text);
+                fputs(", \"at\": ", out);
+                put_z(out, where);
+            }
+            fputc('}', out);
+        } else if (known) {
+            fprintf(out, "  %s: no match: %s is false (%s)\n", name, text, where);
+        } else {
+            fprintf(out, "  %s: no match\n", name);
+        }
+    }
+}
+
 vm_status cc_test_event(FILE *out, vm_ctx *c, uint32_t bus, unsigned long lineno,
                         const char *event, size_t len, const cc_test_options *opt)
 {
@@ -95,6 +172,12 @@ vm_status cc_test_event(FILE *out, vm_ctx *c, uint32_t bus, unsigned long lineno
         for (size_t i = 0; i < nm; i++)
             fprintf(out, " %s", vm_s(p, p->rules[rules[i]].name));
         fputs(nm ? "\n" : " -\n", out);
+    }
+    if (st == VM_OK && opt->explain) {
+        bool any_explain = false;
+        explain(out, c, bus, event, rules, nm, opt->json, &any_explain);
+        if (opt->json && any_explain)
+            fputc(']', out);
     }
     bool any = false, failed = false;
     for (size_t i = 0; i < nm; i++) {

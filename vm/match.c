@@ -383,8 +383,11 @@ int vm_run_rule(vm_ctx *c, const char *json, uint32_t ri)
                 if (pass)
                     break;
             }
-            if (f == VM_NONE)
+            if (f == VM_NONE) {
+                if (c->trace && (c->trace_pc == VM_NONE || pc > c->trace_pc))
+                    c->trace_pc = pc;
                 goto fail;
+            }
             const vm_field *fd = &c->fields.v[f];
             uint32_t height = c->trail.n, keep = keep_depth[pc];
             uint32_t added = fd->nmemb && keep ? bind_field(c, fd, keep) : 0;
@@ -423,6 +426,8 @@ int vm_run_rule(vm_ctx *c, const char *json, uint32_t ri)
             continue;
         }
         case VM_OP_NOTOK:
+            if (c->trace && (c->trace_pc == VM_NONE || pc > c->trace_pc))
+                c->trace_pc = pc;
             /* The negated condition holds: drop the body's choices and its barrier, then fail. */
             while (c->choices.n > 0 && c->choices.v[--c->choices.n].kind != CP_NOT)
                 ;
@@ -447,6 +452,22 @@ int vm_run_rule(vm_ctx *c, const char *json, uint32_t ri)
             /* CP_NOT: the negated body failed, so the negation holds: go on after it. */
         }
     }
+}
+
+bool vm_why_not(vm_ctx *c, uint32_t rule, const char *json, uint32_t *at)
+{
+    const vm_program *p = c->p;
+    if (rule >= p->nrules || c->scanned != json)
+        return false;
+    c->trace = true;
+    c->trace_pc = VM_NONE;
+    c->steps = 0;
+    int m = vm_run_rule(c, json, rule);
+    c->trace = false;
+    if (m != 0 || c->trace_pc == VM_NONE)
+        return false;
+    *at = p->rules[rule].code0 + c->trace_pc;
+    return true;
 }
 
 static int cmp_u32(const void *pa, const void *pb)

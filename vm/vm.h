@@ -432,6 +432,13 @@ void vm_ctx_free(vm_ctx *c);
 vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
                    const uint32_t **rules, size_t *nrules, vm_error *err);
 
+/* Why did rule `rule` not match the event last given to vm_match on c (json: the same pointer)?
+ * Runs the rule's bytecode and names the condition whose failure got furthest through it (so
+ * for `a and b` the first that fails; for `a or b` the last alternative): *at is its
+ * instruction (in p->code: a TEST, or the NOTOK of a negation that held; code_spans[*at] is its
+ * place in the rules).  False when the rule matches, or when the budget runs out. */
+bool vm_why_not(vm_ctx *c, uint32_t rule, const char *json, uint32_t *at);
+
 /* What a transform may read besides the event. */
 typedef struct {
     const char *bus, *rule;  /* $bus and $rule (NULL: the names the program gives them) */

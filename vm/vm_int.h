@@ -121,6 +121,8 @@ struct vm_ctx {
     VM_BUF(uint32_t) trail;   /* arrays bound, to undo on backtracking */
     VM_BUF(struct vm_choice) choices;
     VM_BUF(uint32_t) matched;
+    bool trace;               /* vm_why_not: note the failure that gets furthest (trace_pc) */
+    uint32_t trace_pc;
     /* the event vm_match last scanned (a transform may reuse its fields) */
     const char *scanned;
     size_t scanned_len;

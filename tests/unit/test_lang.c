@@ -10,6 +10,7 @@
  *                          2026-11-26T10:01:00.456Z)
  *     --- errors           or: the exact diagnostics when the rules must not compile
  *     --- warnings         or: the exact warnings of rules that compile
+ *     --- explain          what `ebc test --explain` prints for the events
  *
  * and golden disassembly: every tests/golden/NAME.ebr must disassemble to NAME.disasm.
  * A failure names the file and line of its case.
@@ -27,7 +28,7 @@
 typedef struct {
     char *name;
     int line;
-    char *rules, *events, *expect, *errors, *warnings;
+    char *rules, *events, *expect, *errors, *warnings, *explain;
 } lang_case;
 
 static char *slurp(const char *path)
@@ -91,7 +92,8 @@ static int parse_cases(char *text, lang_case *out, int max)
             lang_case *c = &out[n];
             section = !strcmp(tag, "rules") ? &c->rules : !strcmp(tag, "events") ? &c->events
                     : !strcmp(tag, "expect") ? &c->expect : !strcmp(tag, "errors") ? &c->errors
-                    : !strcmp(tag, "warnings") ? &c->warnings : NULL;
+                    : !strcmp(tag, "warnings") ? &c->warnings
+                    : !strcmp(tag, "explain") ? &c->explain : NULL;
             if (section)
                 add_line(section, "", 0), (*section)[0] = 0;
         } else if (section) {
@@ -106,12 +108,13 @@ static int parse_cases(char *text, lang_case *out, int max)
         trim(out[i].expect);
         trim(out[i].errors);
         trim(out[i].warnings);
+        trim(out[i].explain);
     }
     return count;
 }
 
 /* Runs the events of a case the way `ebc test` prints them. */
-static char *run_events(vm_program *p, const char *events)
+static char *run_events(vm_program *p, const char *events, bool why)
 {
     char *out = NULL;
     size_t len = 0;
@@ -125,7 +128,7 @@ static char *run_events(vm_program *p, const char *events)
         if (n > 0) {
             /* A fixed clock, so that $ingest_time and now() give the same text every run. */
             static const vm_xform_env env = { NULL, NULL, 1795687200123, 1795687260456 };
-            cc_test_options opt = { .env = &env };
+            cc_test_options opt = { .env = &env, .explain = why };
             cc_test_event(m, c, VM_NONE, (unsigned long)lineno, e, n, &opt);
         }
         e += n + (eol ? 1 : 0);
@@ -204,9 +207,15 @@ static void run_case(const char *file, const lang_case *c)
         vm_program *q = vm_program_parse(buf, len, &err);
         free(buf);
         cr_assert_not_null(q, "%s:%d: reading back failed: %s", file, c->line, q ? "" : err.msg);
-        char *got = run_events(q, c->events);
-        check(file, c, "matches", c->expect, got);
+        char *got = run_events(q, c->events, false);
+        if (!c->explain || c->expect)
+            check(file, c, "matches", c->expect, got);
         check_payloads(file, c, got);
+        if (c->explain) {
+            free(got);
+            got = run_events(q, c->events, true);
+            check(file, c, "explanations (ebc test --explain)", c->explain, got);
+        }
         free(got);
         vm_program_free(q);
     }
@@ -240,6 +249,7 @@ Test(lang, data_driven_cases)
             free(cases[i].expect);
             free(cases[i].errors);
             free(cases[i].warnings);
+            free(cases[i].explain);
         }
         total += nc;
         files++;
