@@ -17,7 +17,10 @@ echo
 echo "\$ $EBC test $HERE/orders.ebr $HERE/events.jsonl"
 "$EBC" test "$HERE/orders.ebr" "$HERE/events.jsonl"
 echo
-echo "Each line is one event of $HERE/events.jsonl and the rules it matched ('-': none);"
-echo "the last line shows how an invalid event is reported.  Edit the events or the rules and"
-echo "run 'make run' again, or compile them: $EBC compile $HERE/orders.ebr -o orders.ebc"
+echo "Each numbered line is one event of $HERE/events.jsonl and the rules it matched ('-': none);"
+echo "the indented lines under it are the payloads their targets get, made by each rule's"
+echo "transform (the whole event by default; docs/transforms.md).  The last line shows how an"
+echo "invalid event is reported.  Add --explain to see why a rule did not match.  Edit the events"
+echo "or the rules and run 'make run' again, or compile them:"
+echo "  $EBC compile $HERE/orders.ebr -o orders.ebc"
 exit 0
