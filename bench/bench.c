@@ -87,8 +87,10 @@ bool bench_ebc(const char *ebc, const char *rules, const char *events, int repea
 {
     char rep[16];
     snprintf(rep, sizeof rep, "%d", repeat);
+    bool with = !strcmp(engine, "transforms");
     char *argv[] = { (char *)ebc, "bench", (char *)rules, (char *)events, "--json", "--repeat",
-                     rep, "--engine", (char *)engine, NULL };
+                     rep, "--engine", with ? "index" : (char *)engine, with ? "--transforms" : NULL,
+                     NULL };
     memset(out, 0, sizeof *out);
     char *text = capture(argv);
     if (!text) {
@@ -112,6 +114,9 @@ bool bench_ebc(const char *ebc, const char *rules, const char *events, int repea
     out->events = (unsigned long)NUM("events");
     out->invalid = (unsigned long)NUM("invalid");
     out->rules = (unsigned long)NUM("rules");
+    out->transforms = NUM("transforms");
+    out->transforms_per_sec = NUM("transforms_per_sec");
+    out->transforms_alone_per_sec = NUM("transforms_alone_per_sec");
 #undef NUM
     out->counts = cJSON_DetachItemFromObjectCaseSensitive(j, "counts");
     cJSON_Delete(j);

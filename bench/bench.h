@@ -18,6 +18,7 @@ typedef struct {
     long peak_rss_kb, rss_kb;    /* the peak; resident at the end (ruleset and events) */
     double program_bytes;
     unsigned long events, invalid, rules;
+    double transforms, transforms_per_sec, transforms_alone_per_sec;   /* engine "transforms" */
     cJSON *counts;                 /* {rule: n}; owned by the measurement */
 } bench_result;
 
@@ -36,7 +37,8 @@ bool bench_option(bench_options *o, int argc, char **argv, int *i);
 bool bench_options_ready(const bench_options *o);
 
 /* Runs `EBC bench RULES EVENTS --json --repeat REPEAT --engine ENGINE`; false (with a message on
- * stderr) if it fails or prints something other than its JSON object. */
+ * stderr) if it fails or prints something other than its JSON object.  ENGINE "transforms" runs
+ * the index with --transforms (the matched rules' templates timed too). */
 bool bench_ebc(const char *ebc, const char *rules, const char *events, int repeat,
                const char *engine, bench_result *out);
 void bench_result_free(bench_result *r);

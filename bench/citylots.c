@@ -3,6 +3,11 @@
  * ruleset of JSON patterns each) against the 213,068 events of citylots2_synth.json.gz, with
  * every rule's match count checked against the count that file records.
  *
+ * Then the transform rows: one rule that matches every event, with a template that picks five
+ * fields (FIELDS), and one that also formats strings, calls functions and copies an object
+ * (MIXED); OUT/transforms.csv and OUT/transforms.md give transforms/s with matching included and
+ * the transforms' own rate (the time they add to matching).
+ *
  * Per row: the index engine (the median of RUNS processes, each the median of REPEAT passes)
  * and, as the baseline measured in the same run, the reference engine (the rules' bytecode,
  * one process, the median of REPEAT passes).  Writes OUT/citylots.csv, OUT/citylots.md (the table of bench/README.md) and
@@ -226,6 +231,59 @@ int main(int argc, char **argv)
     fclose(csv);
     fclose(md);
     fclose(dat);
+
+    /* The transform rows. */
+    static const struct { const char *name, *body; } xrows[] = {
+        { "TRANSFORM_FIELDS",
+          "{ \"block\": properties.BLOCK_NUM, \"lot\": properties.LOT_NUM, \"street\": properties.STREET,\n"
+          "    \"street_type\": properties.ST_TYPE, \"geometry\": geometry.type }" },
+        { "TRANSFORM_MIXED",
+          "{ \"id\": \"lot-${properties.MAPBLKLOT}\",\n"
+          "    \"address\": \"${properties.FROM_ST} ${upper(properties.STREET)} ${properties.ST_TYPE ?? \"\"}\",\n"
+          "    \"properties\": properties, \"points\": len(geometry.coordinates[0]),\n"
+          "    \"first\": geometry.coordinates[0][0] }" },
+    };
+    char *xcsv_path = bench_fmt("%s/transforms.csv", out), *xmd_path = bench_fmt("%s/transforms.md", out);
+    FILE *xcsv = fopen(xcsv_path, "w"), *xmd = fopen(xmd_path, "w");
+    if (!xcsv || !xmd) {
+        fprintf(stderr, "bench: cannot write the results in %s\n", out);
+        return 2;
+    }
+    fprintf(xcsv, "# %s; median of %d runs x %d passes\n", machine, runs, repeat);
+    fprintf(xcsv, "row,transforms,transforms_per_sec,transforms_alone_per_sec,ns_per_transform_alone,"
+                  "events_per_sec_matching_only\n");
+    fprintf(xmd, "| row | template | transforms/s, matching included | transforms/s alone | ns/transform alone |\n"
+                 "|---|---|---:|---:|---:|\n");
+    for (size_t x = 0; x < sizeof xrows / sizeof xrows[0]; x++) {
+        bool wanted = nonly == 0;
+        for (int i = 0; i < nonly; i++)
+            wanted |= !strcmp(only[i], xrows[x].name);
+        if (!wanted)
+            continue;
+        char *rules = bench_fmt("%s/%s.ebr", work, xrows[x].name);
+        char *src = bench_fmt("bus b\ntarget t file \"t.jsonl\"\nrule lots on b {\n  match exists properties.MAPBLKLOT\n"
+                              "  transform %s\n  to t\n}\n", xrows[x].body);
+        bench_result r;
+        if (!bench_write(rules, src) || !bench_median(ebc, rules, events, runs, repeat, "transforms", &r))
+            return 2;
+        bool ok = r.transforms == 213068.0;
+        all_ok &= ok;
+        if (!ok)
+            fprintf(stderr, "%s: %.0f transforms, expected one per event (213068)\n", xrows[x].name, r.transforms);
+        double alone = r.transforms_alone_per_sec;
+        fprintf(xcsv, "%s,%.0f,%.0f,%.0f,%.1f,%.0f\n", xrows[x].name, r.transforms,
+                r.transforms_per_sec, alone, alone > 0 ? 1e9 / alone : 0, r.events_per_sec);
+        fprintf(xmd, "| %s | %s | %.0f | %.0f | %.0f |\n", xrows[x].name,
+                x == 0 ? "5 fields picked" : "interpolation, upper(), ??, an object, len(), an array element",
+                r.transforms_per_sec, alone, alone > 0 ? 1e9 / alone : 0);
+        printf("%-27s %12.0f transforms/s (matching included), %.0f alone\n", xrows[x].name,
+               r.transforms_per_sec, alone);
+        bench_result_free(&r);
+        free(rules);
+        free(src);
+    }
+    fclose(xcsv);
+    fclose(xmd);
 
     /* The chart: per row, ebr beside its target and the peers (log scale: the rows span 100x). */
     char *png = bench_fmt("%s/citylots.png", out);

@@ -36,7 +36,8 @@ static const char usage[] =
     "  bench RULES EVENTS.jsonl       time matching over the events (median of N passes):\n"
     "        [--repeat N] [--json]    events/s, MB/s, ns/event, compile time, peak RSS, and\n"
     "        [--engine E]             each rule's match count; E: index (default), bytewise\n"
-    "                                 (index, byte-by-byte scan), reference (bytecode only)\n"
+    "        [--transforms]           (index, byte-by-byte scan), reference (bytecode only);\n"
+    "                                 --transforms also times the matched rules' templates\n"
     "  disasm RULES                   print each rule's bytecode (RULES is .ebr or .ebc)\n"
     "  explain RULES                  draw each bus's index as a tree\n"
     "  opcodes                        print the VM's opcode reference (Markdown)\n"
@@ -398,13 +399,15 @@ static long peak_rss_kb(void)
 static int cmd_bench(int argc, char **argv)
 {
     const char *rules = NULL, *events = NULL;
-    bool json = false;
+    bool json = false, transforms = false;
     int repeat = 3;
     vm_options opt = { 0 };
     const char *engine = "index";
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--json"))
             json = true;
+        else if (!strcmp(argv[i], "--transforms"))
+            transforms = true;
         else if (!strcmp(argv[i], "--repeat") && i + 1 < argc && atoi(argv[i + 1]) > 0)
             repeat = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--engine") && i + 1 < argc) {
@@ -429,7 +432,8 @@ static int cmd_bench(int argc, char **argv)
         }
     }
     if (!rules || !events) {
-        fputs("usage: ebc bench RULES EVENTS.jsonl [--repeat N] [--engine E] [--json]\n", stderr);
+        fputs("usage: ebc bench RULES EVENTS.jsonl [--repeat N] [--engine E] [--transforms] [--json]\n",
+              stderr);
         return EXIT_USAGE;
     }
     int status = EXIT_OK;
@@ -465,24 +469,50 @@ static int cmd_bench(int argc, char **argv)
     uint64_t *counts = calloc(p->nrules ? p->nrules : 1, sizeof *counts);
     double *times = malloc((size_t)repeat * sizeof *times);
     size_t invalid = 0;
+    /* With --transforms each pass runs twice: matching alone, then matching and every matched
+     * rule's template (the difference is the transforms' own time). */
+    double *xtimes = malloc((size_t)repeat * sizeof *xtimes);
+    size_t ntransforms = 0, xfailed = 0, xbytes = 0;
+    vm_xform_env env = { NULL, NULL, 1, 1 };
     for (int r = 0; r < repeat; r++) {
-        double start = now_seconds();
-        for (size_t i = 0; i < nev; i++) {
-            const uint32_t *m;
-            size_t nm;
-            vm_error err;
-            if (vm_match(ctx, VM_NONE, ev[i].s, ev[i].n, &m, &nm, &err) != VM_OK) {
-                invalid += r == 0;
-                continue;
+        for (int with = 0; with <= (int)transforms; with++) {
+            double start = now_seconds();
+            for (size_t i = 0; i < nev; i++) {
+                const uint32_t *m;
+                size_t nm;
+                vm_error err;
+                if (vm_match(ctx, VM_NONE, ev[i].s, ev[i].n, &m, &nm, &err) != VM_OK) {
+                    invalid += r == 0 && !with;
+                    continue;
+                }
+                if (r == 0 && !with)
+                    for (size_t k = 0; k < nm; k++)
+                        counts[m[k]]++;
+                for (size_t k = 0; with && k < nm; k++) {
+                    uint32_t xi = p->rules[m[k]].xform;
+                    if (xi == VM_NONE || p->xforms[xi].kind != VM_X_TEMPLATE)
+                        continue;
+                    const char *out;
+                    size_t outlen;
+                    bool text;
+                    vm_status st = vm_transform(ctx, m[k], ev[i].s, ev[i].n, &env, &out, &outlen, &text, &err);
+                    if (r == 0) {
+                        ntransforms++;
+                        xfailed += st != VM_OK;
+                        xbytes += outlen;
+                    }
+                }
             }
-            if (r == 0)
-                for (size_t k = 0; k < nm; k++)
-                    counts[m[k]]++;
+            (with ? xtimes : times)[r] = now_seconds() - start;
         }
-        times[r] = now_seconds() - start;
     }
     qsort(times, (size_t)repeat, sizeof *times, compare_doubles);
     double secs = times[repeat / 2];
+    double xsecs = 0;
+    if (transforms) {
+        qsort(xtimes, (size_t)repeat, sizeof *xtimes, compare_doubles);
+        xsecs = xtimes[repeat / 2];
+    }
     /* Resident now, after matching: the ruleset and the events, without what loading or
      * compiling used for a while (file buffers, syntax trees). */
     long rss_kb = proc_status_kb("VmRSS");
@@ -498,9 +528,16 @@ static int cmd_bench(int argc, char **argv)
         printf("{\"events\": %zu, \"bytes\": %zu, \"seconds\": %.6f, \"events_per_sec\": %.0f, "
                "\"mb_per_sec\": %.1f, \"ns_per_event\": %.1f, \"compile_seconds\": %.6f, "
                "\"peak_rss_kb\": %ld, \"rss_kb\": %ld, \"rules\": %u, \"program_bytes\": %zu, \"repeat\": %d, "
-               "\"engine\": \"%s\", \"invalid\": %zu, \"counts\": {",
+               "\"engine\": \"%s\", \"invalid\": %zu, ",
                nev, bytes, secs, eps, mbps, ns, compile_s, peak_kb, rss_kb, p->nrules, image_len,
                repeat, engine, invalid);
+        if (transforms)
+            printf("\"transforms\": %zu, \"transform_failures\": %zu, \"payload_bytes\": %zu, "
+                   "\"seconds_with_transforms\": %.6f, \"transforms_per_sec\": %.0f, "
+                   "\"transforms_alone_per_sec\": %.0f, ",
+                   ntransforms, xfailed, xbytes, xsecs, ntransforms / xsecs,
+                   xsecs > secs ? ntransforms / (xsecs - secs) : 0.0);
+        fputs("\"counts\": {", stdout);
         for (uint32_t i = 0; i < p->nrules; i++) {
             printf("%s", i ? ", " : "");
             cc_json_string(stdout, vm_s(p, p->rules[i].name), strlen(vm_s(p, p->rules[i].name)));
@@ -518,11 +555,19 @@ static int cmd_bench(int argc, char **argv)
         printf("peak RSS      %ld KiB (%ld KiB resident at the end)\n", peak_kb, rss_kb);
         printf("rules         %u (%zu bytes compiled, %.0f per rule)\n", p->nrules, image_len,
                p->nrules ? (double)image_len / p->nrules : 0.0);
+        if (transforms) {
+            printf("transforms    %zu (%zu failed, %zu payload bytes)\n", ntransforms, xfailed, xbytes);
+            printf("  with them   %.6f s: %.0f transforms/s, matching included\n", xsecs,
+                   ntransforms / xsecs);
+            printf("  alone       %.0f transforms/s (the time they add to matching)\n",
+                   xsecs > secs ? ntransforms / (xsecs - secs) : 0.0);
+        }
         printf("matches\n");
         for (uint32_t i = 0; i < p->nrules; i++)
             printf("  %-30s %llu\n", vm_s(p, p->rules[i].name), (unsigned long long)counts[i]);
     }
     free(times);
+    free(xtimes);
     free(counts);
     free(ev);
     free(text);

@@ -418,8 +418,11 @@ vm_status vm_scan(vm_ctx *c, const char *json, size_t len, vm_error *err)
     static int only = -1;
     if (only < 0)
         only = getenv("EBR_STAGE1_ONLY") != NULL;
-    if (c->fast_ok && len >= 64 && vm_fast_stage1(c, json, len))
+    c->fast_for = NULL;
+    if (c->fast_ok && len >= 64 && vm_fast_stage1(c, json, len)) {
+        c->fast_for = json;
         return only ? VM_OK : walk(c, json, len, err, true);
+    }
     c->fields.n = c->memb.n = c->stack.n = c->frames.n = 0;
     c->narrays = c->array_depth.n = 0;
     return walk(c, json, len, err, false);

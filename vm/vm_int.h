@@ -123,8 +123,9 @@ struct vm_ctx {
     VM_BUF(uint32_t) matched;
     bool trace;               /* vm_why_not: note the failure that gets furthest (trace_pc) */
     uint32_t trace_pc;
-    /* the event vm_match last scanned (a transform may reuse its fields) */
-    const char *scanned;
+    /* the event vm_match last scanned (a transform may reuse its fields, and its brackets when
+     * stage 1 ran on it: fast_for) */
+    const char *scanned, *fast_for;
     size_t scanned_len;
     /* transforms (transform.c): the payload, scratch values, the value stack, per open object
      * or array whether it has a member yet */

@@ -288,3 +288,51 @@ Test(differential, range_tree_and_range_slots)
     vm_program_free(p);
     free(src.s);
 }
+
+/* A template reads the event through the brackets stage 1 recorded, or byte by byte when the
+ * byte-by-byte scanner read it; the payloads must be the same.  (Events of 64 bytes and more
+ * go through stage 1.) */
+Test(differential, templates_read_alike_with_and_without_stage_1)
+{
+    static const char src[] =
+        "bus b\ntarget t file \"t\"\n"
+        "rule r on b { match exists a or exists arr or exists c or exists tags or exists n\n"
+        "  transform { \"a\": a, \"c\": c, \"cd\": c.d, \"arr\": arr, \"x0\": arr[0].x, \"xl\": arr[-1].x,\n"
+        "    \"xs\": arr[*].x, \"z\": arr[*].sub[*].z, \"tags\": tags, \"t1\": tags[1], \"n\": n,\n"
+        "    \"s\": \"${a}|${arr[0]}|${tags}\", \"len\": len(arr) ?? 0, \"all\": $event.*, \"dc\": \"c.d\" }\n"
+        "  to t }\n";
+    vm_program *p = cc_compile_text("t.ebr", src, strlen(src), stderr, NULL);
+    cr_assert_not_null(p);
+    vm_options bytewise = { .no_simd = true };
+    vm_ctx *fast = vm_ctx_new(p, NULL), *slow = vm_ctx_new(p, &bytewise);
+    int compared = 0;
+    for (int e = 0; e < 3000; e++) {
+        buf ev = { 0 };
+        event(&ev);
+        const uint32_t *m;
+        size_t nm, nm2;
+        vm_error err;
+        if (vm_match(fast, VM_NONE, ev.s, ev.n, &m, &nm, &err) != VM_OK ||
+            vm_match(slow, VM_NONE, ev.s, ev.n, &m, &nm2, &err) != VM_OK || nm == 0) {
+            free(ev.s);
+            continue;
+        }
+        const char *a, *b;
+        size_t na, nb;
+        bool ta, tb;
+        vm_status sa = vm_transform(fast, 0, ev.s, ev.n, NULL, &a, &na, &ta, &err);
+        char *copy = sa == VM_OK ? strndup(a, na) : NULL;
+        vm_status sb = vm_transform(slow, 0, ev.s, ev.n, NULL, &b, &nb, &tb, &err);
+        cr_assert_eq(sa, sb, "%s", ev.s);
+        if (sa == VM_OK)
+            cr_assert(na == nb && memcmp(copy, b, na) == 0, "event %s\nstage 1: %.*s\nbyte by byte: %.*s",
+                      ev.s, (int)na, copy, (int)nb, b);
+        compared += ev.n >= 64;
+        free(copy);
+        free(ev.s);
+    }
+    cr_expect_gt(compared, 500, "too few events went through stage 1 (%d)", compared);
+    vm_ctx_free(fast);
+    vm_ctx_free(slow);
+    vm_program_free(p);
+}
