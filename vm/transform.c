@@ -53,6 +53,8 @@ static bool reserve(vm_cbuf *b, size_t more)
 
 static bool put(vm_cbuf *b, const char *s, size_t n)
 {
+    if (n == 0)
+        return true;
     if (!reserve(b, n))
         return false;
     memcpy(b->v + b->n, s, n);
@@ -65,13 +67,15 @@ static const char *text_of(const run *r, const tval *v)
     switch (v->where) {
     case W_EVENT: return r->json + v->off;
     case W_POOL: return r->p->strs + v->off;
-    default: return r->c->xscratch.v + v->off;
+    default: return r->c->xscratch.v ? r->c->xscratch.v + v->off : "";
     }
 }
 
 /* Appends the bytes of v to buffer b (which may be the scratch buffer v lies in). */
 static bool put_val(run *r, vm_cbuf *b, const tval *v)
 {
+    if (v->len == 0)
+        return true;
     if (!reserve(b, v->len))
         return false;
     memcpy(b->v + b->n, text_of(r, v), v->len);
@@ -82,6 +86,8 @@ static bool put_val(run *r, vm_cbuf *b, const tval *v)
 /* Appends s[0..n) JSON-escaped. */
 static bool put_escaped(vm_cbuf *b, const char *s, size_t n)
 {
+    if (n == 0)
+        return true;
     if (!reserve(b, n * 6))
         return false;
     char *o = b->v + b->n;
@@ -361,7 +367,8 @@ static bool follow(run *r, const vm_tpath *tp, uint32_t k, uint32_t p)
                 if (!follow(r, tp, k + 1, c->xpos.v[i]))
                     return false;
             uint32_t nres = c->xpos.n - last;
-            memmove(c->xpos.v + first, c->xpos.v + last, nres * sizeof *c->xpos.v);
+            if (nres)
+                memmove(c->xpos.v + first, c->xpos.v + last, nres * sizeof *c->xpos.v);
             c->xpos.n = first + nres;
             return true;
         }
@@ -891,7 +898,8 @@ static vm_status exec(run *r, const vm_xform *x)
                 return fail(r, "malformed template code");
             c->xstack.n -= b;
             tval args[4];
-            memcpy(args, c->xstack.v + c->xstack.n, (b > 4 ? 4 : b) * sizeof *args);
+            if (b)
+                memcpy(args, c->xstack.v + c->xstack.n, (b > 4 ? 4 : b) * sizeof *args);
             st = call(r, a, args, b, &v);
             break;
         }

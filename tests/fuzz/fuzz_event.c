@@ -29,7 +29,13 @@ static const char rules[] =
     "rule pat on b { pattern {\"data\": {\"a\": {\"k\": [{\"anything-but\": {\"prefix\": \"z\"}}], "
     "\"v\": [{\"numeric\": [\">\", 0, \"<\", 9]}]}, \"$or\": [{\"s\": [{\"wildcard\": \"*.json\"}]}, "
     "{\"t\": [{\"exists\": true}]}]}} }\n"
-    "rule deep on b { match data.x.y.z[].w == 1 or data.x.y == \"v\" }\n";
+    "rule deep on b { match data.x.y.z[].w == 1 or data.x.y == \"v\" }\n"
+    "target t file \"t\"\n"
+    "rule xf on b { match exists id or exists data\n"
+    "  transform { \"id\": $id, \"s\": \"${data.s}|${upper(data.t)}|${data.a[*].k}\", \"a\": data.a[-1],\n"
+    "    \"n\": to_number(data.n) ?? 0, \"len\": len(data.a), \"j\": join(data.tags, \";\"),\n"
+    "    \"o\"?: data.x.y, \"all\": data.*, \"t\": format_time($time, \"%F %T\") }\n"
+    "  to t }\n";
 
 static vm_program *prog;
 
@@ -74,6 +80,33 @@ static void same(const outcome *a, const outcome *b, const char *what)
     }
 }
 
+/* The template of rule xf writes the same payload (or fails alike) whether the event was read
+ * through stage 1's brackets or byte by byte. */
+static void transforms_agree(const uint8_t *ev, size_t size)
+{
+    static const vm_options bytewise = { .no_simd = true };
+    static const vm_xform_env env = { NULL, NULL, 1, 1 };
+    vm_ctx *a = vm_ctx_new(prog, NULL), *b = vm_ctx_new(prog, &bytewise);
+    const uint32_t *m;
+    size_t nm;
+    vm_error err;
+    uint32_t xf = prog->nrules - 1;
+    if (vm_match(a, VM_NONE, (const char *)ev, size, &m, &nm, &err) == VM_OK &&
+        vm_match(b, VM_NONE, (const char *)ev, size, &m, &nm, &err) == VM_OK) {
+        const char *pa, *pb;
+        size_t na, nb;
+        bool ta, tb;
+        vm_status sa = vm_transform(a, xf, (const char *)ev, size, &env, &pa, &na, &ta, &err);
+        vm_status sb = vm_transform(b, xf, (const char *)ev, size, &env, &pb, &nb, &tb, &err);
+        if (sa != sb || (sa == VM_OK && (na != nb || (na && memcmp(pa, pb, na))))) {
+            fprintf(stderr, "fuzz_event: the template's payload differs with and without stage 1\n");
+            abort();
+        }
+    }
+    vm_ctx_free(a);
+    vm_ctx_free(b);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     /* An exact-size copy, so that ASan sees any read past the event's end. */
@@ -84,6 +117,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     same(&fast, &slow, "the SIMD scanner and the byte-by-byte scanner");
     outcome ref = run(ev, size, &reference);
     same(&fast, &ref, "the index and the reference evaluator");
+    transforms_agree(ev, size);
     free(ev);
     return 0;
 }

@@ -1,7 +1,8 @@
 /*
  * fuzz_rules.c — libFuzzer target: any bytes as a ruleset.  Compiling never crashes or leaks;
  * what compiles survives the .ebc round trip, and on a handful of events the index matches
- * exactly what the reference evaluator matches.  `make fuzz` runs it.
+ * exactly what the reference evaluator matches, and every matched rule's template runs to a
+ * payload or a clean failure.  `make fuzz` runs it.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -51,6 +52,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (sa != sr || (sa == VM_OK && (na != nr || (na && memcmp(ma, mr, na * sizeof *ma))))) {
             fprintf(stderr, "fuzz_rules: the index and the reference disagree on event %zu\n", e);
             abort();
+        }
+        /* every matched rule's transform runs to a payload or a clean failure */
+        static const vm_xform_env env = { NULL, NULL, 1, 1 };
+        for (size_t i = 0; sa == VM_OK && i < na; i++) {
+            const char *out;
+            size_t olen;
+            bool text;
+            uint32_t xi = q->rules[ma[i]].xform;
+            if (xi == VM_NONE || q->xforms[xi].kind == VM_X_TEMPLATE)
+                vm_transform(a, ma[i], events[e], strlen(events[e]), &env, &out, &olen, &text, &err);
         }
         vm_ctx_free(a);
         vm_ctx_free(r);

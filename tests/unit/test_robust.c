@@ -2,7 +2,8 @@
  * test_robust.c — malformed input never crashes: thousands of deterministic mutations (flipped,
  * inserted, deleted bytes, cut-off ends) of real rule files and events go through the compiler
  * and the VM.  Every rule file either compiles or yields positioned errors; every event either
- * matches or is reported invalid.  Most useful in the sanitizer build, where it also runs.
+ * matches (and its matched rules' transforms write a payload or fail cleanly) or is reported
+ * invalid.  Most useful in the sanitizer build, where it also runs.
  */
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -93,7 +94,7 @@ Test(robust, mutated_rule_files_compile_or_report, .timeout = 120)
 {
     static const char *const files[] = {
         "examples/orders.ebr", "tests/golden/operators.ebr", "tests/golden/patterns.ebr",
-        "tests/golden/logic.ebr",
+        "tests/golden/logic.ebr", "tests/golden/transforms.ebr", "stdlib-templates/pagerduty.ebr",
     };
     char *out = malloc(1 << 21);
     int per_file = rounds(2000);
@@ -144,8 +145,20 @@ Test(robust, mutated_events_match_or_are_refused, .timeout = 120)
             vm_status st = vm_match(c, VM_NONE, out, m, &r, &nr, &err);
             if (st == VM_OK) {
                 accepted++;
+                uint32_t matched[16];
+                size_t nm = nr < 16 ? nr : 16;
                 for (size_t k = 0; k < nr; k++)
                     cr_assert_lt(r[k], p->nrules);
+                if (nm)
+                    memcpy(matched, r, nm * sizeof *r);
+                /* their payloads: written, or failed cleanly (a transform never breaks) */
+                for (size_t k = 0; k < nm; k++) {
+                    const char *pay;
+                    size_t plen;
+                    bool text;
+                    vm_status xs = vm_transform(c, matched[k], out, m, NULL, &pay, &plen, &text, &err);
+                    cr_assert(xs == VM_OK || xs == VM_ERR_TRANSFORM, "transform status %d", xs);
+                }
             } else {
                 refused++;
                 cr_assert(st == VM_ERR_EVENT || st == VM_ERR_LIMIT, "status %d", st);
