@@ -155,10 +155,13 @@ int main(int argc, char **argv)
 
     char machine[512];
     bench_machine(machine, sizeof machine);
+    /* (results are written under .part names and renamed once their rows have run: a run of
+     * other rows leaves them as they were) */
     char *csv_path = bench_fmt("%s/citylots.csv", out);
     char *md_path = bench_fmt("%s/citylots.md", out);
     char *dat_path = bench_fmt("%s/citylots.dat", work);
-    FILE *csv = fopen(csv_path, "w"), *md = fopen(md_path, "w"), *dat = fopen(dat_path, "w");
+    char *csv_part = bench_fmt("%s.part", csv_path), *md_part = bench_fmt("%s.part", md_path);
+    FILE *csv = fopen(csv_part, "w"), *md = fopen(md_part, "w"), *dat = fopen(dat_path, "w");
     if (!csv || !md || !dat) {
         fprintf(stderr, "bench: cannot write the results in %s\n", out);
         return 2;
@@ -231,6 +234,10 @@ int main(int argc, char **argv)
     fclose(csv);
     fclose(md);
     fclose(dat);
+    if (nrows > 0 && (rename(csv_part, csv_path) != 0 || rename(md_part, md_path) != 0))
+        return 2;
+    remove(csv_part);
+    remove(md_part);
 
     /* The transform rows. */
     static const struct { const char *name, *body; } xrows[] = {
@@ -244,7 +251,9 @@ int main(int argc, char **argv)
           "    \"first\": geometry.coordinates[0][0] }" },
     };
     char *xcsv_path = bench_fmt("%s/transforms.csv", out), *xmd_path = bench_fmt("%s/transforms.md", out);
-    FILE *xcsv = fopen(xcsv_path, "w"), *xmd = fopen(xmd_path, "w");
+    char *xcsv_part = bench_fmt("%s.part", xcsv_path), *xmd_part = bench_fmt("%s.part", xmd_path);
+    FILE *xcsv = fopen(xcsv_part, "w"), *xmd = fopen(xmd_part, "w");
+    int nx = 0;
     if (!xcsv || !xmd) {
         fprintf(stderr, "bench: cannot write the results in %s\n", out);
         return 2;
@@ -281,9 +290,14 @@ int main(int argc, char **argv)
         bench_result_free(&r);
         free(rules);
         free(src);
+        nx++;
     }
     fclose(xcsv);
     fclose(xmd);
+    if (nx > 0 && (rename(xcsv_part, xcsv_path) != 0 || rename(xmd_part, xmd_path) != 0))
+        return 2;
+    remove(xcsv_part);
+    remove(xmd_part);
 
     /* The chart: per row, ebr beside its target and the peers (log scale: the rows span 100x). */
     char *png = bench_fmt("%s/citylots.png", out);
