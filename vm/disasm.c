@@ -8,8 +8,7 @@
 
 #include "vm_int.h"
 
-/* Writes s[0..n) as a JSON string literal. */
-static void put_json_string(FILE *out, const char *s, size_t n)
+void vm_put_json_string(FILE *out, const char *s, size_t n)
 {
     fputc('"', out);
     for (size_t i = 0; i < n; i++) {
@@ -53,7 +52,7 @@ void vm_print_path(const vm_program *p, uint32_t path, FILE *out)
         if (plain_name(vm_s(p, s), s.len))
             fwrite(vm_s(p, s), 1, s.len, out);
         else
-            put_json_string(out, vm_s(p, s), s.len);
+            vm_put_json_string(out, vm_s(p, s), s.len);
     }
 }
 
@@ -146,14 +145,14 @@ void vm_format_ip(const uint8_t ip[16], int bits, char *buf, size_t cap)
 static void put_const(const vm_program *p, const vm_const *k, FILE *out)
 {
     switch (k->type) {
-    case VM_C_STR: put_json_string(out, vm_s(p, k->s), k->s.len); break;
+    case VM_C_STR: vm_put_json_string(out, vm_s(p, k->s), k->s.len); break;
     case VM_C_NUM: put_number(out, vm_s(p, k->s), k->s.len); break;
     case VM_C_TRUE: fputs("true", out); break;
     case VM_C_FALSE: fputs("false", out); break;
     case VM_C_NULL: fputs("null", out); break;
     case VM_C_REGEX:
         if (k->flags & VM_CF_TILDE) {
-            put_json_string(out, vm_s(p, k->s), k->s.len);   /* Quamina's ~-escaped form */
+            vm_put_json_string(out, vm_s(p, k->s), k->s.len);   /* Quamina's ~-escaped form */
         } else {
             fputc('/', out);
             for (uint32_t i = 0; i < k->s.len; i++) {

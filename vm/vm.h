@@ -461,6 +461,9 @@ vm_status vm_transform(vm_ctx *c, uint32_t rule, const char *json, size_t len,
  * Showing what the compiler made.
  */
 
+/* Writes s[0..n) as a JSON string literal (quotes, escapes). */
+void vm_put_json_string(FILE *out, const char *s, size_t n);
+
 /* Writes every rule's code, one "addr OPCODE operands ; synopsis" line per instruction. */
 void vm_disasm(const vm_program *p, FILE *out);
 
