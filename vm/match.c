@@ -519,6 +519,7 @@ vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
         c->epoch = 1;
     }
     c->scanned = NULL;
+    c->dotted_keys = 0;
     vm_status st = vm_scan(c, json, len, err);
     if (st != VM_OK)
         return st;

@@ -191,6 +191,7 @@ static vm_status lookup(scanner *S, uint32_t node, const char *k, size_t len, bo
             break;
         k = dot + 1;
     }
+    c->dotted_keys += node != VM_NONE;
     *out = node;
     return VM_OK;
 }

@@ -385,8 +385,10 @@ static vm_status path_value(run *r, uint32_t a, tval *out)
     for (uint32_t k = 0; k < tp->nstep; k++)
         many |= r->p->tsteps[tp->step0 + k].kind == VM_TS_ALL;
     *out = (tval){ TV_NOTHING, W_EVENT, 0, 0 };
-    /* A leaf the scanner found (a path of names, one leaf, in no array) is known already. */
-    if (!many && tp->path != VM_NONE && c->scanned == r->json && c->scanned_len == r->len) {
+    /* A leaf the scanner found (a path of names, one leaf, in no array) is known already; unless
+     * the scan read a key with dots as several names, which a template's path does not. */
+    if (!many && tp->path != VM_NONE && c->scanned == r->json && c->scanned_len == r->len &&
+        c->dotted_keys == 0) {
         uint32_t f = c->first[tp->path];
         if (f != VM_NONE && c->fields.v[f].next == VM_NONE && c->fields.v[f].nmemb == 0) {
             const vm_field *fl = &c->fields.v[f];

@@ -126,6 +126,7 @@ struct vm_ctx {
     /* the event vm_match last scanned (a transform may reuse its fields, and its brackets when
      * stage 1 ran on it: fast_for) */
     const char *scanned, *fast_for;
+    uint32_t dotted_keys;       /* keys with dots the scan read as several names ("a.b") */
     size_t scanned_len;
     /* transforms (transform.c): the payload, scratch values, the value stack, per open object
      * or array whether it has a member yet */
