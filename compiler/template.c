@@ -143,6 +143,8 @@ static uint32_t string_end(const char *s, uint32_t p, uint32_t end, char q)
             return p + 1;
         if (s[p] == '\\' && p + 1 < end)
             p += 2;
+        else if (q == '"' && s[p] == '$' && p + 1 < end && s[p + 1] == '$')
+            p += 2;     /* "$$" is a literal '$': "$${" is no interpolation */
         else if (q == '"' && s[p] == '$' && p + 1 < end && s[p + 1] == '{') {
             uint32_t e = interp_end(s, p, end);
             if (!e)
@@ -380,7 +382,9 @@ static tnode *parse_string(tparser *p, ttok t)
             continue;
         }
         if (i < end && !interp && !escaped_interp) {
-            i++;
+            /* "$$" not before '{' is two literal dollars, taken as a pair as the scanners take
+             * it: "$$${x}" is "$$" and then an interpolation. */
+            i += i + 1 < end && s[i] == '$' && s[i + 1] == '$' ? 2 : 1;
             continue;
         }
         if (i > lit) {   /* the literal part before */

@@ -266,6 +266,8 @@ static size_t skip_template_string(const gr_lexer *lx, size_t p, const char **wh
             return p + 1;
         if (s[p] == '\\' && p + 1 < lx->len) {
             p += 2;
+        } else if (s[p] == '$' && p + 1 < lx->len && s[p + 1] == '$') {
+            p += 2;     /* "$$" is a literal '$': "$${" is no interpolation */
         } else if (s[p] == '$' && p + 1 < lx->len && s[p + 1] == '{') {
             /* ${ expression }: brackets counted from its '{' */
             size_t end = skip_template_group(lx, p + 1, why, at);

@@ -2,11 +2,12 @@
  * function.c — function transforms (runtime.h): a command or an HTTP endpoint makes the
  * payload.
  */
-#include <cjson/cJSON.h>
+#define _GNU_SOURCE   /* pipe2 */
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,13 +53,47 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Is s[0..n) (NUL-terminated at s[n]) one JSON value, with only white space after it? */
+/* Is s[0..n) one JSON value, strictly (a payload goes to targets as it is)? */
 static bool valid_json(const char *s, size_t n)
 {
-    cJSON *j = cJSON_ParseWithLengthOpts(s, n + 1, NULL, 1);
-    bool ok = j != NULL;
-    cJSON_Delete(j);
-    return ok;
+    return vm_json_valid(s, n, NULL);
+}
+
+/* A command that stops reading its input must not kill this process: SIGPIPE is ignored once,
+ * for the process (the daemon does the same), and set back to its default in each command. */
+static pthread_once_t sigpipe_once = PTHREAD_ONCE_INIT;
+
+static void ignore_sigpipe(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+}
+
+static void close_pipes(int fds[6])
+{
+    for (int i = 0; i < 6; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+}
+
+/* Reaps pid, waiting until deadline (ms, monotonic) at most, then killing its process group:
+ * a command that closed its outputs but keeps running is still held to its timeout. */
+static int reap(pid_t pid, int64_t deadline, bool *timed_out)
+{
+    int status = 0;
+    for (;;) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid || (r < 0 && errno != EINTR))
+            return status;
+        if (r == 0 && now_ms() >= deadline) {
+            *timed_out = true;
+            kill(-pid, SIGKILL);
+            while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+                ;
+            return status;
+        }
+        struct timespec ts = { 0, 2000000 };
+        nanosleep(&ts, NULL);
+    }
 }
 
 /* The first 200 bytes of stderr, on one line, for a message. */
@@ -80,22 +115,31 @@ static void stderr_note(const grow *e, char *buf, size_t cap)
 static bool run_exec(const char *cmd, uint32_t timeout_ms, const char *json, size_t len,
                      char **payload, size_t *plen, char *err, size_t errcap)
 {
-    int in[2], out[2], er[2];
-    if (pipe(in) != 0 || pipe(out) != 0 || pipe(er) != 0) {
+    int fds[6] = { -1, -1, -1, -1, -1, -1 };
+    int *in = fds, *out = fds + 2, *er = fds + 4;
+    pthread_once(&sigpipe_once, ignore_sigpipe);
+    /* Close-on-exec everywhere: the command inherits its three pipes and nothing else of ours. */
+    if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0 || pipe2(er, O_CLOEXEC) != 0) {
         snprintf(err, errcap, "cannot run '%s': %s", cmd, strerror(errno));
+        close_pipes(fds);
         return false;
     }
     pid_t pid = fork();
     if (pid < 0) {
         snprintf(err, errcap, "cannot run '%s': %s", cmd, strerror(errno));
+        close_pipes(fds);
         return false;
     }
     if (pid == 0) {
         setpgid(0, 0);
+        signal(SIGPIPE, SIG_DFL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
         dup2(in[0], 0);
         dup2(out[1], 1);
         dup2(er[1], 2);
-        close(in[0]); close(in[1]); close(out[0]); close(out[1]); close(er[0]); close(er[1]);
+        closefrom(3);    /* and nothing else the process has open, ours or not */
         execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
         _exit(127);
     }
@@ -105,7 +149,6 @@ static bool run_exec(const char *cmd, uint32_t timeout_ms, const char *json, siz
     close(er[1]);
     /* Write the event and read both outputs at once, so that a chatty command never blocks. */
     fcntl(in[1], F_SETFL, O_NONBLOCK);
-    signal(SIGPIPE, SIG_IGN);
     grow o = { .limit = (size_t)64 << 20 }, e = { .limit = 4096 };
     size_t sent = 0;
     int64_t deadline = now_ms() + timeout_ms;
@@ -126,8 +169,10 @@ static bool run_exec(const char *cmd, uint32_t timeout_ms, const char *json, siz
         int k = poll(fds, wfd >= 0 ? 3 : 2, (int)left);
         if (k < 0 && errno == EINTR)
             continue;
-        if (k < 0)
+        if (k < 0) {
+            timed_out = true;    /* cannot watch the command: stop it */
             break;
+        }
         if (wfd >= 0 && (fds[2].revents & (POLLOUT | POLLERR | POLLHUP))) {
             ssize_t w = write(wfd, json + sent, len - sent);
             if (w > 0)
@@ -165,9 +210,7 @@ static bool run_exec(const char *cmd, uint32_t timeout_ms, const char *json, siz
         close(er[0]);
     if (timed_out)
         kill(-pid, SIGKILL);
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-        ;
+    int status = reap(pid, timed_out ? 0 : deadline, &timed_out);
     char note[256];
     stderr_note(&e, note, sizeof note);
     bool ok = false;
@@ -195,26 +238,37 @@ static bool run_exec(const char *cmd, uint32_t timeout_ms, const char *json, siz
     return ok;
 }
 
+/* Keeps the body; past the limit, stops the transfer (its message says why). */
 static size_t on_body(char *data, size_t size, size_t n, void *arg)
 {
-    return grow_put(arg, data, size * n) ? size * n : 0;
+    grow *g = arg;
+    return grow_put(g, data, size * n) && !g->dropped ? size * n : 0;
+}
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+
+static void curl_init(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
 static bool run_http(const char *url, uint32_t timeout_ms, const char *json, size_t len,
                      char **payload, size_t *plen, bool *text, char *err, size_t errcap)
 {
-    static bool init;
-    if (!init) {
-        curl_global_init(CURL_GLOBAL_DEFAULT);
-        init = true;
-    }
+    pthread_once(&curl_once, curl_init);
     CURL *h = curl_easy_init();
-    if (!h) {
+    /* No "Expect: 100-continue": it holds a larger body back for a second. */
+    struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/cloudevents+json");
+    struct curl_slist *more = headers ? curl_slist_append(headers, "Expect:") : NULL;
+    if (!h || !more) {
+        curl_slist_free_all(headers);
+        if (h)
+            curl_easy_cleanup(h);
         snprintf(err, errcap, "POST %s: cannot start a request", url);
         return false;
     }
+    headers = more;
     grow body = { .limit = (size_t)64 << 20 };
-    struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/cloudevents+json");
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_POST, 1L);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, json);
@@ -233,6 +287,8 @@ static bool run_http(const char *url, uint32_t timeout_ms, const char *json, siz
     bool ok = false;
     if (rc == CURLE_OPERATION_TIMEDOUT)
         snprintf(err, errcap, "POST %s took longer than %u ms", url, timeout_ms);
+    else if (body.dropped)
+        snprintf(err, errcap, "POST %s answered more than 64 MiB", url);
     else if (rc != CURLE_OK)
         snprintf(err, errcap, "POST %s: %s", url, curl_easy_strerror(rc));
     else if (status < 200 || status > 299)

@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #include <time.h>
 
@@ -593,7 +594,7 @@ static bool format_time(vm_cbuf *b, int64_t ms, const char *fmt, size_t n, char 
         case 'M': k = snprintf(buf, sizeof buf, "%02d", tm.tm_min); break;
         case 'S': k = snprintf(buf, sizeof buf, "%02d", tm.tm_sec); break;
         case 'L': k = snprintf(buf, sizeof buf, "%03d", millis); break;
-        case 'y': k = snprintf(buf, sizeof buf, "%02d", tm.tm_year % 100); break;
+        case 'y': k = snprintf(buf, sizeof buf, "%02d", ((tm.tm_year + 1900) % 100 + 100) % 100); break;
         case 'j': k = snprintf(buf, sizeof buf, "%03d", tm.tm_yday + 1); break;
         case 'b': k = snprintf(buf, sizeof buf, "%.3s", mon[tm.tm_mon]); break;
         case 'B': k = snprintf(buf, sizeof buf, "%s", mon[tm.tm_mon]); break;
@@ -784,8 +785,12 @@ static vm_status call(run *r, unsigned fn, tval *args, uint32_t nargs, tval *out
             i++;
         while (n > i && s[n - 1] == ' ')
             n--;
+        double dv;
         if (n == i || vm_json_number_len(s + i, n - i, NULL) != n - i)
             return fail(r, "to_number: %s is not a number", shown(r, &a, shownbuf, sizeof shownbuf));
+        if (!vm_number_value(s + i, n - i, &dv) || !isfinite(dv))
+            return fail(r, "to_number: %s is beyond the range of a double",
+                        shown(r, &a, shownbuf, sizeof shownbuf));
         *out = (tval){ TV_JSON, t.where, t.off + (uint32_t)i, (uint32_t)(n - i) };
         return VM_OK;
     }
@@ -807,7 +812,9 @@ static vm_status call(run *r, unsigned fn, tval *args, uint32_t nargs, tval *out
             tval t;
             if (!text_value(r, &a, &t))
                 return nomem(r);
-            if (!parse_rfc3339(text_of(r, &t), t.len, &ms))
+            /* An offset can carry a time across year 1 or 9999: the same range as numbers. */
+            if (!parse_rfc3339(text_of(r, &t), t.len, &ms) || ms < -62135596800000 ||
+                ms > 253402300799999)
                 return fail(r, "format_time: %s is not an RFC 3339 time (as 2026-11-26T10:00:00Z)",
                             shown(r, &a, shownbuf, sizeof shownbuf));
         } else if (k != '[' && k != '{' && k != 't' && k != 'f' && k != 'n') {

@@ -553,10 +553,46 @@ static void crc_init(void)
             crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xff];
 }
 
-uint32_t vm_crc32c(uint32_t crc, const void *buf, size_t len)
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <nmmintrin.h>
+/* SSE4.2's crc32 instruction computes exactly this polynomial, 8 bytes per instruction: one
+ * stream runs at ~8 GB/s here against ~1.3 GB/s for slicing by 8, which is what lets the bus log
+ * verify every record it reads at more than 2 GB/s (bench/log.c).  Chosen once, at first use. */
+__attribute__((target("sse4.2")))
+static uint32_t crc32c_hw(uint32_t crc, const unsigned char *p, size_t len)
+{
+    uint64_t c = ~crc;
+    while (len >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        c = _mm_crc32_u64(c, w);
+        p += 8;
+        len -= 8;
+    }
+    uint32_t c32 = (uint32_t)c;
+    while (len--)
+        c32 = _mm_crc32_u8(c32, *p++);
+    return ~c32;
+}
+#define CRC32C_HW 1
+#endif
+
+static bool crc_hw;
+
+static void crc_setup(void)
+{
+    crc_init();
+#ifdef CRC32C_HW
+    __builtin_cpu_init();
+    crc_hw = __builtin_cpu_supports("sse4.2");
+#endif
+}
+
+/* The portable path, kept callable for the test that holds both paths to the same answers. */
+uint32_t vm_crc32c_sw(uint32_t crc, const void *buf, size_t len)
 {
     const unsigned char *p = buf;
-    pthread_once(&crc_once, crc_init);
+    pthread_once(&crc_once, crc_setup);
     crc = ~crc;
     /* Slicing by 8: eight table lookups per 8 bytes instead of one per byte. */
     while (len >= 8) {
@@ -574,4 +610,14 @@ uint32_t vm_crc32c(uint32_t crc, const void *buf, size_t len)
     while (len--)
         crc = (crc >> 8) ^ crc_table[0][(crc ^ *p++) & 0xff];
     return ~crc;
+}
+
+uint32_t vm_crc32c(uint32_t crc, const void *buf, size_t len)
+{
+    pthread_once(&crc_once, crc_setup);
+#ifdef CRC32C_HW
+    if (crc_hw)
+        return crc32c_hw(crc, buf, len);
+#endif
+    return vm_crc32c_sw(crc, buf, len);
 }

@@ -406,6 +406,7 @@ vm_status vm_program_prepare(vm_program *p);
 void vm_program_free(vm_program *p);
 
 uint32_t vm_crc32c(uint32_t crc, const void *buf, size_t len);
+uint32_t vm_crc32c_sw(uint32_t crc, const void *buf, size_t len);   /* the table path, for tests */
 
 /* ---------------------------------------------------------------------------------------------
  * Matching.  A vm_ctx is one thread's scratch memory for one program; after a warm-up it matches
@@ -452,7 +453,7 @@ typedef struct {
  * c) and *text says it is text, not JSON.  A template that fails for this event (a function
  * given what it cannot take) gives VM_ERR_TRANSFORM, with err saying why and where in the
  * rules; nothing is written half.  A function transform (VM_X_EXEC, VM_X_HTTP) is the caller's
- * to run: this returns VM_ERR_FORMAT for it. */
+ * to run: this returns VM_ERR_TRANSFORM for it. */
 vm_status vm_transform(vm_ctx *c, uint32_t rule, const char *json, size_t len,
                        const vm_xform_env *env, const char **out, size_t *outlen, bool *text,
                        vm_error *err);
@@ -484,6 +485,10 @@ void vm_format_ip(const uint8_t ip[16], int bits, char *buf, size_t cap);
 /* ---------------------------------------------------------------------------------------------
  * Shared helpers the compiler needs too (one implementation of each semantic).
  */
+
+/* Is s[0..n) exactly one JSON value (RFC 8259: strict numbers, well-formed UTF-8, no raw control
+ * characters), white space around it allowed?  If not, *bad_at (may be NULL) is where it fails. */
+bool vm_json_valid(const char *s, size_t n, size_t *bad_at);
 
 /* Decodes one UTF-8 code point from s[0..n); returns its length (1..4), or 0 if the bytes there
  * are not well-formed UTF-8 (overlong, surrogate, > U+10FFFF, truncated). */

@@ -8,6 +8,7 @@
 #include <microhttpd.h>
 
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -80,6 +81,69 @@ Test(function, exec_is_stopped_at_its_timeout, .timeout = 20)
     cr_expect(!ok && !out);
     cr_expect(strstr(err, "took longer than 200 ms"), "%s", err);
     cr_expect_lt(secs, 5.0, "the command ran to its end (%.1f s)", secs);
+}
+
+Test(function, exec_that_closes_its_outputs_is_still_held_to_its_timeout, .timeout = 20)
+{
+    bool ok, text;
+    char err[300];
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    char *out = run("function exec \"exec >&- 2>&-; sleep 10\" timeout 200ms", &ok, &text, err,
+                    sizeof err);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    double secs = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+    cr_expect(!ok && !out);
+    cr_expect(strstr(err, "took longer than 200 ms"), "%s", err);
+    cr_expect_lt(secs, 5.0, "waited for the command to end (%.1f s)", secs);
+}
+
+/* A pipeline whose reader stops early ends by SIGPIPE in its writer: every command starts with
+ * SIGPIPE at its default, the first and every later one. */
+Test(function, exec_commands_start_with_sigpipe_at_its_default, .timeout = 30)
+{
+    for (int round = 0; round < 2; round++) {
+        bool ok, text;
+        char err[300];
+        char *out = run("function exec \"while :; do echo x; done | head -c 3 >/dev/null; echo 1\" "
+                        "timeout 5s", &ok, &text, err, sizeof err);
+        cr_assert(ok, "round %d: %s", round, err);
+        cr_expect_str_eq(out, "1\n");
+        free(out);
+    }
+}
+
+/* The command inherits its three pipes and no other descriptor of the process. */
+Test(function, exec_inherits_no_other_descriptor)
+{
+    int fd = open("/dev/null", O_RDONLY);     /* deliberately without O_CLOEXEC */
+    cr_assert_geq(fd, 3);
+    char clause[200];
+    snprintf(clause, sizeof clause, "function exec \"if [ -e /proc/self/fd/%d ]; then echo "
+             "'\\\"leaked\\\"'; else echo '\\\"clean\\\"'; fi\"", fd);
+    bool ok, text;
+    char err[300];
+    char *out = run(clause, &ok, &text, err, sizeof err);
+    close(fd);
+    cr_assert(ok, "%s", err);
+    cr_expect_str_eq(out, "\"clean\"\n");
+    free(out);
+}
+
+/* Output that a lenient parser would take but RFC 8259 does not is refused. */
+Test(function, exec_output_must_be_strict_json)
+{
+    const char *bad[] = { "printf '[01]'", "printf '[1.]'", "printf '{\\\"a\\\":\\\"x\\\\001y\\\"}'",
+                          "printf '\\\"\\\\377\\\"'", "printf '[1,]'", "printf 'nul'" };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char clause[200];
+        snprintf(clause, sizeof clause, "function exec \"%s\"", bad[i]);
+        bool ok, text;
+        char err[300];
+        char *out = run(clause, &ok, &text, err, sizeof err);
+        cr_expect(!ok && !out, "accepted the output of %s", bad[i]);
+        cr_expect(strstr(err, "did not write JSON"), "%s: %s", bad[i], err);
+    }
 }
 
 /* ---- HTTP --------------------------------------------------------------------------------- */

@@ -145,3 +145,35 @@ Test(utf8, full_case_folding)
     cr_assert_eq(n, strlen("strasse fi ss"));
     cr_assert(memcmp(out, "strasse fi ss", n) == 0);
 }
+
+/* ---- vm_json_valid: RFC 8259, strictly ---------------------------------------------------- */
+
+Test(json_valid, takes_every_kind_of_value_with_white_space_around)
+{
+    const char *good[] = { "0", "-0", "1.5e-3", "-12E+4", "\"\"", "\"a\\u00e9\\n\\/\"", "\"\xc3\xa9\"",
+                           "true", "false", "null", "[]", "{}", " [1, [2, {\"a\": [null]}]] \n",
+                           "{\"a\": 1, \"b\": {\"c\": []}}", "\"\\ud800\"" };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++)
+        cr_expect(vm_json_valid(good[i], strlen(good[i]), NULL), "refused %s", good[i]);
+}
+
+Test(json_valid, refuses_what_a_lenient_parser_takes)
+{
+    const char *bad[] = { "", " ", "01", "1.", ".5", "+1", "1e", "--1", "[1,]", "{\"a\":1,}", "[1 2]",
+                          "{\"a\" 1}", "{a: 1}", "'a'", "\"a", "\"\x01\"", "\"\xff\"", "\"\xc0\xaf\"",
+                          "\"\\x\"", "\"\\u12\"", "nul", "truex", "[1]]", "{} {}", "[", "NaN", "Infinity" };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        size_t at = 999;
+        cr_expect(!vm_json_valid(bad[i], strlen(bad[i]), &at), "took %s", bad[i]);
+        cr_expect_leq(at, strlen(bad[i]));
+    }
+}
+
+Test(json_valid, bounds_nesting)
+{
+    char deep[3000];
+    memset(deep, '[', 1500);
+    memset(deep + 1500, ']', 1500);
+    cr_expect(!vm_json_valid(deep, 3000, NULL), "nesting deeper than 1024 is refused");
+    cr_expect(vm_json_valid(deep + 500, 2000, NULL), "1000 levels are fine");
+}
