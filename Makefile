@@ -8,7 +8,7 @@ MAKEFLAGS  += --no-print-directory
 CMAKE_FLAGS ?=
 
 .PHONY: all deps build build-asan test test-release test-asan run bench bench-deps bench-citylots \
-        bench-scaling fuzz clean
+        bench-scaling fuzz soak clean
 
 all: build
 
@@ -72,6 +72,13 @@ fuzz:
 	@cp tests/golden/*.ebr examples/*.ebr $(FUZZ_BUILD)/corpus/rules/
 	cd $(FUZZ_BUILD) && ./bin/fuzz_event -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 corpus/event
 	cd $(FUZZ_BUILD) && ./bin/fuzz_rules -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 corpus/rules
+
+# The bus log's crash test at length (not part of `make test`, which runs 20 rounds): a writer
+# killed with SIGKILL mid-append SOAK_ROUNDS times, every acknowledged record checked after each.
+SOAK_ROUNDS ?= 500
+soak: build
+	@out=$$(EBR_CRASH_ROUNDS=$(SOAK_ROUNDS) $(BUILD)/bin/unit_tests --filter 'log_crash/*' --verbose 2>&1); \
+	    st=$$?; echo "$$out" | grep -E "rounds,|Assertion|round [0-9]|Synthesis"; exit $$st
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

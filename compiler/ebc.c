@@ -2,6 +2,7 @@
  * ebc.c — the `ebc` command: compile, check, test and disassemble rules.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,7 @@ enum {
     EXIT_USAGE = 2,   /* bad command line */
     EXIT_INPUT = 3,   /* an input could not be read, or is invalid (a refused .ebc, a bad event) */
     EXIT_TRANSFORM = 4, /* ebc test: an event matched, but a transform failed for it */
+    EXIT_LOG = 5,       /* ebc log: problems found in the log */
 };
 
 static const char usage[] =
@@ -49,7 +51,8 @@ static const char usage[] =
     "  2  bad command line\n"
     "  3  an input could not be read or is invalid (an .ebc file refused, an unreadable\n"
     "     events file, an event line that is not a JSON object)\n"
-    "  4  ebc test: a transform failed for some event (and no event was invalid)\n";
+    "  4  ebc test: a transform failed for some event (and no event was invalid)\n"
+    "  5  ebc log: the log has problems (each printed), or a record could not be read\n";
 
 /* Does the file start with the .ebc magic number? */
 static bool is_ebc(const char *path)
@@ -591,6 +594,158 @@ static int cmd_disasm(int argc, char **argv)
     return EXIT_OK;
 }
 
+/* ---- ebc log ---------------------------------------------------------------------------- */
+
+static void print_line(void *arg, const char *msg)
+{
+    fprintf(arg, "%s\n", msg);
+}
+
+static int cmd_log_check(int argc, char **argv)
+{
+    const char *dir = NULL;
+    bool fix = false;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--fix"))
+            fix = true;
+        else if (!dir && argv[i][0] != '-')
+            dir = argv[i];
+        else {
+            fprintf(stderr, "ebc log check: unexpected argument '%s'\n", argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    if (!dir) {
+        fputs("usage: ebc log check DIR [--fix]\n", stderr);
+        return EXIT_USAGE;
+    }
+    char err[512];
+    long problems = log_check(dir, fix, print_line, stdout, err, sizeof err);
+    if (problems < 0) {
+        fprintf(stderr, "ebc log check: %s\n", err);
+        return EXIT_INPUT;
+    }
+    return problems ? EXIT_LOG : EXIT_OK;
+}
+
+/* Writes ns since the epoch as RFC 3339 UTC with nanoseconds. */
+static void put_time(FILE *out, int64_t ns)
+{
+    time_t secs = (time_t)(ns / 1000000000);
+    long frac = (long)(ns % 1000000000);
+    if (frac < 0) {
+        frac += 1000000000;
+        secs--;
+    }
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    char buf[64];
+    strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+    fprintf(out, "%s.%09ldZ", buf, frac);
+}
+
+/* A payload as it is when it is one line of JSON, else as a JSON string. */
+static void put_payload(FILE *out, const store_record *r, bool json)
+{
+    const char *d = (const char *)r->data;
+    bool one_line = memchr(d, '\n', r->len) == NULL && memchr(d, '\r', r->len) == NULL;
+    if (vm_json_valid(d, r->len, NULL) && (one_line || json))
+        fwrite(d, 1, r->len, out);
+    else
+        vm_put_json_string(out, d, r->len);
+}
+
+static int cmd_log_dump(int argc, char **argv)
+{
+    const char *dir = NULL;
+    bool json = false, since = false;
+    uint64_t from = 0;
+    int64_t since_ms = 0;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--json"))
+            json = true;
+        else if (!strcmp(argv[i], "--from") && i + 1 < argc) {
+            char *end;
+            errno = 0;
+            from = strtoull(argv[++i], &end, 10);
+            if (*end || errno || argv[i][0] == '-') {
+                fprintf(stderr, "ebc log dump: --from takes an offset (0, 1, ...), not '%s'\n", argv[i]);
+                return EXIT_USAGE;
+            }
+        } else if (!strcmp(argv[i], "--since") && i + 1 < argc) {
+            since = true;
+            if (!parse_time_arg(argv[++i], &since_ms)) {
+                fprintf(stderr, "ebc log dump: --since takes a UTC time as 2026-11-26T10:00:00Z\n");
+                return EXIT_USAGE;
+            }
+        } else if (!dir && argv[i][0] != '-')
+            dir = argv[i];
+        else {
+            fprintf(stderr, "ebc log dump: unexpected argument '%s'\n", argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    if (!dir) {
+        fputs("usage: ebc log dump DIR [--from OFFSET | --since TIME] [--json]\n", stderr);
+        return EXIT_USAGE;
+    }
+    char err[512];
+    store *s;
+    store_options o = { .read_only = true };
+    if (log_open(dir, &o, &s, err, sizeof err) != STORE_OK) {
+        fprintf(stderr, "ebc log dump: %s\n", err);
+        return EXIT_INPUT;
+    }
+    store_cursor *c;
+    store_status st = since ? store_cursor_open_at(s, since_ms * 1000000, &c)
+                            : store_cursor_open(s, from, &c);
+    int status = EXIT_OK;
+    store_record r;
+    while (st == STORE_OK && (st = store_cursor_next(c, &r, 0)) != STORE_TIMEOUT) {
+        if (st == STORE_CORRUPT || st == STORE_BEHIND) {
+            fprintf(stderr, "ebc log dump: %s\n", store_cursor_error(c));
+            status = EXIT_LOG;
+            uint64_t first, next, lost;
+            store_bounds(s, &first, &next);
+            st = st == STORE_BEHIND ? store_cursor_seek(c, first) : store_cursor_skip(c, &lost);
+            continue;
+        }
+        if (st != STORE_OK)
+            break;
+        if (json) {
+            printf("{\"offset\":%" PRIu64 ",\"time\":\"", r.offset);
+            put_time(stdout, r.time_ns);
+            printf("\",\"flags\":%u,\"len\":%u,\"payload\":", r.flags, r.len);
+            put_payload(stdout, &r, true);
+            fputs("}\n", stdout);
+        } else {
+            printf("%" PRIu64 " ", r.offset);
+            put_time(stdout, r.time_ns);
+            printf(" flags=0x%x len=%u ", r.flags, r.len);
+            put_payload(stdout, &r, false);
+            putchar('\n');
+        }
+    }
+    if (st != STORE_TIMEOUT && st != STORE_OK) {
+        fprintf(stderr, "ebc log dump: %s\n", store_cursor_error(c));
+        status = EXIT_LOG;
+    }
+    store_cursor_close(c);
+    store_close(s);
+    return status;
+}
+
+static int cmd_log(int argc, char **argv)
+{
+    if (argc >= 1 && !strcmp(argv[0], "check"))
+        return cmd_log_check(argc - 1, argv + 1);
+    if (argc >= 1 && !strcmp(argv[0], "dump"))
+        return cmd_log_dump(argc - 1, argv + 1);
+    fputs("usage: ebc log check DIR [--fix]\n"
+          "       ebc log dump DIR [--from OFFSET | --since TIME] [--json]\n", stderr);
+    return EXIT_USAGE;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -609,7 +764,7 @@ int main(int argc, char **argv)
     static const struct { const char *name; int (*run)(int, char **); } cmds[] = {
         { "compile", cmd_compile }, { "check", cmd_check }, { "test", cmd_test },
         { "disasm", cmd_disasm }, { "opcodes", cmd_opcodes }, { "bench", cmd_bench },
-        { "explain", cmd_explain },
+        { "explain", cmd_explain }, { "log", cmd_log },
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name))

@@ -1,13 +1,15 @@
 /*
- * runtime.h — the runtime's public door.  For now: running function transforms
- * (`transform function exec "..."` / `function http "..."`), which the VM describes but does not
- * run; `ebc test` and, later, `ebd` run them through here.
+ * runtime.h — the runtime's public door: running function transforms (`transform function exec
+ * "..."` / `function http "..."`), which the VM describes but does not run, and the storage of
+ * buses (the bus log, docs/storage.md) behind a small interface that a second backend can sit
+ * behind.
  */
 #ifndef EBR_RUNTIME_H
 #define EBR_RUNTIME_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "../vm/vm.h"
 
@@ -20,5 +22,122 @@
  * carries the command's stderr (its first 200 bytes) or the response status. */
 bool rt_run_function(const vm_program *p, const vm_xform *x, const char *json, size_t len,
                      char **payload, size_t *plen, bool *text, char *err, size_t errcap);
+
+/* ---------------------------------------------------------------------------------------------
+ * Storage.  A store holds one bus: an ordered sequence of records numbered by offset from 0, each
+ * with the time it was appended (ns since the epoch, never decreasing along the offsets) and 32
+ * flag bits that belong to the caller.  Appends are acknowledged under the store's fsync policy;
+ * cursors read in order from an offset or a time and wait for more; named cursors persist a
+ * reader's position.  Everything above this interface works the same on every backend.
+ * ------------------------------------------------------------------------------------------- */
+
+typedef enum {
+    STORE_OK = 0,
+    STORE_TIMEOUT,    /* a cursor found nothing new within its wait */
+    STORE_BEHIND,     /* a cursor's position was deleted by retention (store_cursor_seek goes on) */
+    STORE_CORRUPT,    /* a record fails its checks; the message gives file and position
+                       * (store_cursor_skip goes past it) */
+    STORE_NOTFOUND,   /* no named cursor of that name was ever committed */
+    STORE_CLOSED,     /* the store is closing */
+    STORE_EINVAL,     /* a bad argument: record too large, bad cursor name, append to read-only */
+    STORE_EIO,        /* an I/O error; a log refuses appends after one until it is reopened */
+    STORE_EBUSY,      /* another process holds the log */
+} store_status;
+
+typedef enum { STORE_FSYNC_ALWAYS, STORE_FSYNC_INTERVAL, STORE_FSYNC_NEVER } store_fsync;
+
+typedef struct {
+    store_fsync fsync;              /* default STORE_FSYNC_ALWAYS */
+    uint64_t fsync_interval_ns;     /* STORE_FSYNC_INTERVAL; default 10 ms */
+    uint64_t segment_bytes;         /* a segment rolls at this size; default 64 MiB, 4 KiB..1 GiB */
+    uint64_t retention_ns;          /* delete segments whose newest record is older; 0: never */
+    uint64_t retention_bytes;       /* delete the oldest segments above this total; 0: never */
+    uint32_t max_record;            /* the largest payload; default 16 MiB */
+    bool read_only;                 /* tools: no lock, no repair, no appends, no background thread */
+    /* Loud messages (recovery, corruption, retention), one line each without a newline; default:
+     * standard error, prefixed "ebr log: ". */
+    void (*report)(void *arg, const char *msg);
+    void *report_arg;
+} store_options;
+
+typedef struct {
+    const void *data;
+    uint32_t len;
+    uint32_t flags;
+} store_entry;
+
+typedef struct {
+    uint64_t offset;
+    int64_t time_ns;
+    uint32_t flags;
+    uint32_t len;
+    const unsigned char *data;      /* valid until the cursor's next call */
+} store_record;
+
+typedef struct store store;
+typedef struct store_cursor store_cursor;
+
+/* Opens (creating it if need be) the bus log in directory dir: recovers its tail, truncating a
+ * torn or corrupt tail with a loud report, and reports damage in sealed segments.  o may be NULL
+ * for the defaults.  On failure returns the status and a message in err. */
+store_status log_open(const char *dir, const store_options *o, store **out, char *err,
+                      size_t errcap);
+
+/* Appends n records as consecutive offsets (the first in *first) and returns once they are
+ * acknowledged: with fsync always, on disk; otherwise written to the operating system.  Many
+ * threads may append at once; concurrent appends share writes and syncs (group commit). */
+store_status store_append(store *s, const store_entry *e, size_t n, uint64_t *first);
+
+/* The first offset still kept and the next offset to be acknowledged. */
+void store_bounds(store *s, uint64_t *first, uint64_t *next);
+
+/* A cursor that reads from offset on (an offset beyond the end waits for it), or from the first
+ * record appended at or after time_ns. */
+store_status store_cursor_open(store *s, uint64_t offset, store_cursor **out);
+store_status store_cursor_open_at(store *s, int64_t time_ns, store_cursor **out);
+
+/* The next record, waiting up to timeout_ms (0: do not wait; -1: for ever) for one to be
+ * acknowledged.  STORE_BEHIND and STORE_CORRUPT leave the cursor where it is, with a message
+ * (store_cursor_error) that gives offsets and, for corruption, the file and byte position. */
+store_status store_cursor_next(store_cursor *c, store_record *r, int timeout_ms);
+store_status store_cursor_seek(store_cursor *c, uint64_t offset);
+/* Goes past the corrupt record the last call reported, to the next record that checks out;
+ * *lost says how many offsets were passed over. */
+store_status store_cursor_skip(store_cursor *c, uint64_t *lost);
+uint64_t store_cursor_offset(const store_cursor *c);     /* the offset next() looks for */
+const char *store_cursor_error(const store_cursor *c);
+void store_cursor_close(store_cursor *c);
+
+/* Named cursors: store_commit persists offset under name atomically and durably (letters, digits,
+ * '.', '_', '-'; at most 200 bytes; not starting with '.'); store_committed reads it back. */
+store_status store_commit(store *s, const char *name, uint64_t offset);
+store_status store_committed(store *s, const char *name, uint64_t *offset);
+
+/* Applies retention as of now_ns (a background thread does this every second with the clock;
+ * tests call it with a time of their choosing).  *deleted (may be NULL) counts segments deleted. */
+store_status store_retain(store *s, int64_t now_ns, unsigned *deleted);
+
+const char *store_error(store *s);      /* the message of the last failure */
+void store_close(store *s);             /* waits for appends in flight; cursors must be closed */
+
+/* ---- The local log's own tools and figures ---------------------------------------------- */
+
+typedef struct {
+    uint64_t first, next;           /* offsets kept */
+    uint64_t written, durable;      /* records below these offsets are written / synced */
+    uint64_t bytes;                 /* total size of the segments */
+    unsigned segments;
+    uint64_t fsyncs, writes;        /* system calls made so far */
+} log_stats;
+
+void log_get_stats(store *s, log_stats *st);
+
+/* Verifies every record of the log in dir offline, reporting each problem (a torn tail, a corrupt
+ * record with its file, position and offsets, a missing or stale index, a gap in the offsets)
+ * through report; with fix, first repairs what can be repaired without losing a whole record (a
+ * torn tail is truncated, indexes rebuilt).  Returns the number of problems left; -1 if dir is
+ * not a log (message in err). */
+long log_check(const char *dir, bool fix, void (*report)(void *, const char *), void *arg,
+               char *err, size_t errcap);
 
 #endif

@@ -1,0 +1,103 @@
+/*
+ * store.c — the storage interface (runtime.h): each call goes to the backend that holds the bus.
+ */
+#include <string.h>
+
+#include "store_int.h"
+
+store_status store_append(store *s, const store_entry *e, size_t n, uint64_t *first)
+{
+    return s->ops->append(s, e, n, first);
+}
+
+void store_bounds(store *s, uint64_t *first, uint64_t *next)
+{
+    s->ops->bounds(s, first, next);
+}
+
+store_status store_cursor_open(store *s, uint64_t offset, store_cursor **out)
+{
+    return s->ops->cursor_open(s, offset, out);
+}
+
+store_status store_cursor_open_at(store *s, int64_t time_ns, store_cursor **out)
+{
+    return s->ops->cursor_open_at(s, time_ns, out);
+}
+
+store_status store_cursor_next(store_cursor *c, store_record *r, int timeout_ms)
+{
+    return c->s->ops->cursor_next(c, r, timeout_ms);
+}
+
+store_status store_cursor_seek(store_cursor *c, uint64_t offset)
+{
+    return c->s->ops->cursor_seek(c, offset);
+}
+
+store_status store_cursor_skip(store_cursor *c, uint64_t *lost)
+{
+    uint64_t ignored;
+    return c->s->ops->cursor_skip(c, lost ? lost : &ignored);
+}
+
+uint64_t store_cursor_offset(const store_cursor *c)
+{
+    return c->s->ops->cursor_offset(c);
+}
+
+const char *store_cursor_error(const store_cursor *c)
+{
+    return c->s->ops->cursor_error(c);
+}
+
+void store_cursor_close(store_cursor *c)
+{
+    if (c)
+        c->s->ops->cursor_close(c);
+}
+
+store_status store_commit(store *s, const char *name, uint64_t offset)
+{
+    if (!store_cursor_name_ok(name))
+        return STORE_EINVAL;
+    return s->ops->commit(s, name, offset);
+}
+
+store_status store_committed(store *s, const char *name, uint64_t *offset)
+{
+    if (!store_cursor_name_ok(name))
+        return STORE_EINVAL;
+    return s->ops->committed(s, name, offset);
+}
+
+store_status store_retain(store *s, int64_t now_ns, unsigned *deleted)
+{
+    unsigned ignored;
+    return s->ops->retain(s, now_ns, deleted ? deleted : &ignored);
+}
+
+const char *store_error(store *s)
+{
+    return s->ops->error(s);
+}
+
+void store_close(store *s)
+{
+    if (s)
+        s->ops->close(s);
+}
+
+bool store_cursor_name_ok(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > 200 || name[0] == '.')
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = name[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == '-'))
+            return false;
+    }
+    return true;
+}

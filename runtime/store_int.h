@@ -1,0 +1,41 @@
+/*
+ * store_int.h — what a storage backend implements (runtime.h, "Storage").  Every store and cursor
+ * starts with these structs; the store_* functions of runtime.h dispatch through ops, so nothing
+ * above the interface knows which backend holds a bus.
+ */
+#ifndef EBR_STORE_INT_H
+#define EBR_STORE_INT_H
+
+#include "runtime.h"
+
+typedef struct {
+    const char *name;
+    store_status (*append)(store *s, const store_entry *e, size_t n, uint64_t *first);
+    void (*bounds)(store *s, uint64_t *first, uint64_t *next);
+    store_status (*cursor_open)(store *s, uint64_t offset, store_cursor **out);
+    store_status (*cursor_open_at)(store *s, int64_t time_ns, store_cursor **out);
+    store_status (*cursor_next)(store_cursor *c, store_record *r, int timeout_ms);
+    store_status (*cursor_seek)(store_cursor *c, uint64_t offset);
+    store_status (*cursor_skip)(store_cursor *c, uint64_t *lost);
+    uint64_t (*cursor_offset)(const store_cursor *c);
+    const char *(*cursor_error)(const store_cursor *c);
+    void (*cursor_close)(store_cursor *c);
+    store_status (*commit)(store *s, const char *name, uint64_t offset);
+    store_status (*committed)(store *s, const char *name, uint64_t *offset);
+    store_status (*retain)(store *s, int64_t now_ns, unsigned *deleted);
+    const char *(*error)(store *s);
+    void (*close)(store *s);
+} store_ops;
+
+struct store {
+    const store_ops *ops;
+};
+
+struct store_cursor {
+    store *s;
+};
+
+/* Is name fit to be a named cursor's (and so a file's) name? */
+bool store_cursor_name_ok(const char *name);
+
+#endif
