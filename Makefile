@@ -8,7 +8,7 @@ MAKEFLAGS  += --no-print-directory
 CMAKE_FLAGS ?=
 
 .PHONY: all deps build build-asan test test-release test-asan run bench bench-deps bench-citylots \
-        bench-scaling fuzz soak clean
+        bench-scaling bench-log fuzz soak clean
 
 all: build
 
@@ -45,7 +45,7 @@ run: build
 # generated rules and events to $(BUILD)/bench/.
 SHARED ?= ../shared
 BENCH_ARGS = --ebc $(BUILD)/bin/ebc --data $(SHARED)/data --work $(BUILD)/bench --out bench/results
-bench: bench-citylots bench-scaling
+bench: bench-citylots bench-scaling bench-log
 
 bench-deps:
 	@sh tools/deps.sh bench
@@ -55,6 +55,11 @@ bench-citylots: build bench-deps
 
 bench-scaling: build bench-deps
 	@$(BUILD)/bin/bench_scaling $(BENCH_ARGS) $(SCALING_ARGS)
+
+# The bus log against NATS JetStream (nats-server on 127.0.0.1); LOG_ARGS="--scale 20" for a
+# quick look.  Writes about 1 GiB under $(BUILD)/bench and removes it.
+bench-log: build bench-deps
+	@$(BUILD)/bin/bench_log $(BENCH_ARGS) $(LOG_ARGS)
 
 # Fuzzing (libFuzzer, clang; not part of `make test`): each target runs FUZZ_SECONDS from a
 # corpus seeded with the examples and test rulesets, kept in $(FUZZ_BUILD)/corpus between runs.

@@ -406,7 +406,10 @@ typedef struct {
     int64_t last_time;
     unsigned char *pend, *spare; /* records waiting for a leader, serialized; a second buffer */
     size_t plen, pcap, scap;
-    uint64_t pend_first;         /* the offset of pend's first record */
+    uint64_t batch;              /* the number of the batch pend collects */
+    pthread_cond_t batch_cv[2];  /* the appenders of batch k wait on batch_cv[k % 2], so that
+                                  * acknowledging a batch wakes its appenders and one of the next
+                                  * batch's (to lead it), not every appender in vain */
     bool writing, failed, closing;
     pthread_t flusher;
     bool has_flusher;
@@ -705,6 +708,8 @@ static void log_free(log_t *l)
     pthread_mutex_destroy(&l->mu);
     pthread_mutex_destroy(&l->sync_mu);
     pthread_cond_destroy(&l->cv);
+    pthread_cond_destroy(&l->batch_cv[0]);
+    pthread_cond_destroy(&l->batch_cv[1]);
     pthread_cond_destroy(&l->flush_cv);
     free(l->dir);
     free(l);
@@ -768,6 +773,8 @@ store_status log_open(const char *dir, const store_options *o, store **out, char
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&l->cv, &ca);
+    pthread_cond_init(&l->batch_cv[0], &ca);
+    pthread_cond_init(&l->batch_cv[1], &ca);
     pthread_cond_init(&l->flush_cv, &ca);
     pthread_condattr_destroy(&ca);
     l->dir = strdup(dir);
@@ -800,7 +807,7 @@ store_status log_open(const char *dir, const store_options *o, store **out, char
                 st = fail(l, STORE_EIO, "%s/%s: cannot open: %s", dir, name, strerror(errno));
         }
         l->first = l->segs[0]->base;
-        l->next = l->written = l->durable = l->acked = l->pend_first = a->next;
+        l->next = l->written = l->durable = l->acked = a->next;
         for (size_t i = 0; i < l->nsegs; i++)
             if (l->segs[i]->last_time > l->last_time)
                 l->last_time = l->segs[i]->last_time;
@@ -941,7 +948,7 @@ static void lead(log_t *l)
     l->spare = NULL;
     l->scap = 0;
     l->plen = 0;
-    l->pend_first = end;
+    uint64_t g = l->batch++;
     pthread_mutex_unlock(&l->mu);
 
     store_status st = write_batch(l, b, n);
@@ -957,9 +964,13 @@ static void lead(log_t *l)
     } else {
         l->failed = true;
         say(l, "%s", l->err);
+        pthread_cond_broadcast(&l->batch_cv[(g + 1) & 1]);
     }
     l->writing = false;
-    pthread_cond_broadcast(&l->cv);
+    pthread_cond_broadcast(&l->batch_cv[g & 1]);
+    if (l->plen)
+        pthread_cond_signal(&l->batch_cv[(g + 1) & 1]);   /* one of them leads the next */
+    pthread_cond_broadcast(&l->cv);                        /* readers, close, retention */
 }
 
 /* Makes room for n more bytes in the pending buffer. */
@@ -1025,13 +1036,14 @@ static store_status log_append(store *s, const store_entry *e, size_t n, uint64_
         l->plen += REC_HDR + e[i].len;
     }
     l->next = off;
+    uint64_t mine = l->batch;
     while (l->acked < off) {
         if (l->failed)
             break;
         if (!l->writing)
             lead(l);
         else
-            pthread_cond_wait(&l->cv, &l->mu);
+            pthread_cond_wait(&l->batch_cv[mine & 1], &l->mu);
     }
     store_status st = l->acked >= off ? STORE_OK : STORE_EIO;
     pthread_mutex_unlock(&l->mu);
@@ -1158,6 +1170,8 @@ static store_status log_retain(store *s, int64_t now, unsigned *deleted)
         ++*deleted;
     }
     l->writing = false;
+    if (l->plen)
+        pthread_cond_signal(&l->batch_cv[l->batch & 1]);   /* appends waited: one leads */
     pthread_cond_broadcast(&l->cv);
     pthread_mutex_unlock(&l->mu);
     return st;

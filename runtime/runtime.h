@@ -120,6 +120,10 @@ store_status store_retain(store *s, int64_t now_ns, unsigned *deleted);
 const char *store_error(store *s);      /* the message of the last failure */
 void store_close(store *s);             /* waits for appends in flight; cursors must be closed */
 
+/* The storage options bus `bus` of program p declares (fsync, segment_size, retention,
+ * retention_size; docs/language.md), the defaults where it says nothing. */
+void rt_bus_store_options(const vm_program *p, uint32_t bus, store_options *o);
+
 /* ---- The local log's own tools and figures ---------------------------------------------- */
 
 typedef struct {

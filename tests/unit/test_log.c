@@ -877,3 +877,28 @@ Test(log_crash, every_acknowledged_record_survives_sigkill, .timeout = 3600)
     remove_dir(d);
     free(d);
 }
+
+/* ---- a bus's options in the rules file ------------------------------------------------------ */
+
+#include "../../compiler/compiler.h"
+
+Test(log, a_bus_declares_its_storage_options)
+{
+    const char src[] = "bus a {\n  fsync interval 10ms\n  segment_size 8MiB\n  retention 7d\n  retention_size 1GiB\n}\n"
+                       "bus b { fsync never }\nbus c\n";
+    vm_program *p = cc_compile_text("t.ebr", src, sizeof src - 1, stderr, NULL);
+    cr_assert_not_null(p);
+    store_options o;
+    rt_bus_store_options(p, 0, &o);
+    cr_expect_eq(o.fsync, STORE_FSYNC_INTERVAL);
+    cr_expect_eq(o.fsync_interval_ns, 10000000);
+    cr_expect_eq(o.segment_bytes, 8u << 20);
+    cr_expect_eq(o.retention_ns, 7ull * 86400 * 1000000000);
+    cr_expect_eq(o.retention_bytes, 1ull << 30);
+    rt_bus_store_options(p, 1, &o);
+    cr_expect_eq(o.fsync, STORE_FSYNC_NEVER);
+    rt_bus_store_options(p, 2, &o);
+    cr_expect_eq(o.fsync, STORE_FSYNC_ALWAYS, "the default is always");
+    cr_expect_eq(o.retention_ns, 0);
+    vm_program_free(p);
+}
