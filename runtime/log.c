@@ -341,8 +341,11 @@ static bool idx_write(int dirfd, const segment *g, bool sync)
     if (fd >= 0)
         ok = close(fd) == 0 && ok;
     ok = ok && renameat(dirfd, tmp, dirfd, name) == 0;
-    if (!ok)
+    if (!ok) {
+        int e = errno;
         unlinkat(dirfd, tmp, 0);
+        errno = e;
+    }
     free(b);
     return ok;
 }
@@ -411,10 +414,13 @@ typedef struct {
                                   * acknowledging a batch wakes its appenders and one of the next
                                   * batch's (to lead it), not every appender in vain */
     bool writing, failed, closing;
+    unsigned inflight;           /* appends inside log_append: close waits for them to leave */
     pthread_t flusher;
     bool has_flusher;
     pthread_cond_t flush_cv;
-    uint64_t fsyncs, writes;
+    _Atomic uint64_t fsyncs, writes;
+    pthread_mutex_t err_mu;      /* err is written by any thread that fails */
+    pthread_mutex_t commit_mu;   /* one named-cursor commit at a time */
     char err[512];
 } log_t;
 
@@ -437,6 +443,7 @@ typedef struct {
 } log_cursor;
 
 static const store_ops log_ops;
+static const char *log_error(store *s);
 
 static void default_report(void *arg, const char *msg)
 {
@@ -467,10 +474,14 @@ static store_status fail(log_t *l, store_status st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static store_status fail(log_t *l, store_status st, const char *fmt, ...)
 {
+    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(l->err, sizeof l->err, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    pthread_mutex_lock(&l->err_mu);
+    memcpy(l->err, msg, sizeof msg);
+    pthread_mutex_unlock(&l->err_mu);
     return st;
 }
 
@@ -537,6 +548,7 @@ static int create_segment(log_t *l, uint64_t base)
     if (!write_all(fd, h, SEG_HDR, 0) || (sync_on(l) && (fdatasync(fd) || fsync(l->dirfd)))) {
         int e = errno;
         close(fd);
+        unlinkat(l->dirfd, name, 0);   /* no stray segment is left to confuse the next open */
         errno = e;
         return -1;
     }
@@ -668,6 +680,19 @@ static store_status load_all(log_t *l)
             break;
         if (l->nsegs) {
             segment *p = l->segs[l->nsegs - 1];
+            if (g->base < p->next && i + 1 == n && g->next == g->base && !l->o.read_only) {
+                /* An empty last segment inside its predecessor (left by a roll that failed
+                 * half-way in an older version): it holds nothing, so it goes, and the
+                 * predecessor is written again. */
+                char name[40];
+                seg_name(name, sizeof name, g->base);
+                say(l, "%s/%s: removed: an empty segment inside the offsets of the one before",
+                    l->dir, name);
+                unlinkat(l->dirfd, name, 0);
+                seg_free(g);
+                p->sealed = false;
+                break;
+            }
             if (g->base < p->next) {
                 seg_free(g);
                 st = fail(l, STORE_CORRUPT, "%s: segments %020" PRIu64 " and %020" PRIu64
@@ -707,6 +732,8 @@ static void log_free(log_t *l)
         close(l->dirfd);
     pthread_mutex_destroy(&l->mu);
     pthread_mutex_destroy(&l->sync_mu);
+    pthread_mutex_destroy(&l->err_mu);
+    pthread_mutex_destroy(&l->commit_mu);
     pthread_cond_destroy(&l->cv);
     pthread_cond_destroy(&l->batch_cv[0]);
     pthread_cond_destroy(&l->batch_cv[1]);
@@ -715,9 +742,33 @@ static void log_free(log_t *l)
     free(l);
 }
 
+/* Syncs the directory that holds path (after creating path in it). */
+static void sync_parent(const char *path)
+{
+    char parent[4096];
+    snprintf(parent, sizeof parent, "%s", path);
+    size_t n = strlen(parent);
+    while (n > 1 && parent[n - 1] == '/')
+        parent[--n] = 0;
+    char *slash = strrchr(parent, '/');
+    if (!slash)
+        snprintf(parent, sizeof parent, ".");
+    else if (slash == parent)
+        parent[1] = 0;
+    else
+        *slash = 0;
+    int fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
 static store_status open_dirs(log_t *l)
 {
-    if (!l->o.read_only && mkdir(l->dir, 0755) != 0 && errno != EEXIST)
+    if (!l->o.read_only && mkdir(l->dir, 0755) == 0)
+        sync_parent(l->dir);        /* the new directory's entry is durable before any record */
+    else if (!l->o.read_only && errno != EEXIST)
         return fail(l, STORE_EIO, "%s: cannot create: %s", l->dir, strerror(errno));
     l->dirfd = open(l->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (l->dirfd < 0)
@@ -733,7 +784,9 @@ static store_status open_dirs(log_t *l)
         int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
         if (ftruncate(l->lockfd, 0) != 0 || pwrite(l->lockfd, pid, (size_t)n, 0) != n)
             return fail(l, STORE_EIO, "%s/LOCK: cannot write: %s", l->dir, strerror(errno));
-        if (mkdirat(l->dirfd, "cursors", 0755) != 0 && errno != EEXIST)
+        if (mkdirat(l->dirfd, "cursors", 0755) == 0)
+            fsync(l->dirfd);
+        else if (errno != EEXIST)
             return fail(l, STORE_EIO, "%s/cursors: cannot create: %s", l->dir, strerror(errno));
     }
     l->curfd = openat(l->dirfd, "cursors", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -769,6 +822,8 @@ store_status log_open(const char *dir, const store_options *o, store **out, char
         l->o.report = default_report;
     pthread_mutex_init(&l->mu, NULL);
     pthread_mutex_init(&l->sync_mu, NULL);
+    pthread_mutex_init(&l->err_mu, NULL);
+    pthread_mutex_init(&l->commit_mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -952,6 +1007,8 @@ static void lead(log_t *l)
     pthread_mutex_unlock(&l->mu);
 
     store_status st = write_batch(l, b, n);
+    if (st != STORE_OK)
+        say(l, "%s", log_error(&l->base));   /* reports never run under l->mu */
 
     pthread_mutex_lock(&l->mu);
     l->spare = b;
@@ -963,7 +1020,6 @@ static void lead(log_t *l)
         l->acked = l->o.fsync == STORE_FSYNC_ALWAYS ? l->durable : l->written;
     } else {
         l->failed = true;
-        say(l, "%s", l->err);
         pthread_cond_broadcast(&l->batch_cv[(g + 1) & 1]);
     }
     l->writing = false;
@@ -1037,6 +1093,7 @@ static store_status log_append(store *s, const store_entry *e, size_t n, uint64_
     }
     l->next = off;
     uint64_t mine = l->batch;
+    l->inflight++;
     while (l->acked < off) {
         if (l->failed)
             break;
@@ -1046,6 +1103,8 @@ static store_status log_append(store *s, const store_entry *e, size_t n, uint64_
             pthread_cond_wait(&l->batch_cv[mine & 1], &l->mu);
     }
     store_status st = l->acked >= off ? STORE_OK : STORE_EIO;
+    if (--l->inflight == 0 && l->closing)
+        pthread_cond_broadcast(&l->cv);      /* close waits for the last one to leave */
     pthread_mutex_unlock(&l->mu);
     return st;
 }
@@ -1081,9 +1140,12 @@ static void sync_now(log_t *l)
              * written since the last good sync can be trusted, so the log stops. */
             l->failed = true;
             fail(l, STORE_EIO, "%s: fdatasync: %s", l->dir, strerror(errno));
-            say(l, "%s", l->err);
+            pthread_cond_broadcast(&l->batch_cv[0]);
+            pthread_cond_broadcast(&l->batch_cv[1]);
         }
         pthread_mutex_unlock(&l->mu);
+        if (rc != 0)
+            say(l, "%s", log_error(&l->base));
     }
     pthread_mutex_unlock(&l->sync_mu);
 }
@@ -1146,34 +1208,55 @@ static store_status log_retain(store *s, int64_t now, unsigned *deleted)
         st = roll(l);
         pthread_mutex_lock(&l->mu);
     }
+    if (st != STORE_OK) {
+        l->failed = true;       /* as after a failed write: reopen to go on */
+        pthread_cond_broadcast(&l->batch_cv[0]);
+        pthread_cond_broadcast(&l->batch_cv[1]);
+    }
+    /* Take the expired segments out of the list here; delete their files and report them
+     * once l->mu is released (readers only find segments through the list). */
     uint64_t total = 0;
     for (size_t i = 0; i < l->nsegs; i++)
         total += l->segs[i]->bytes;
-    while (st == STORE_OK && l->nsegs > 1) {
-        segment *g = l->segs[0];
-        bool old = g->next == g->base ? false : g->last_time < cutoff;
+    size_t ngone = 0;
+    while (st == STORE_OK && ngone + 1 < l->nsegs) {
+        segment *g = l->segs[ngone];
+        bool old = g->next > g->base && g->last_time < cutoff;
         bool big = l->o.retention_bytes && total > l->o.retention_bytes;
         if (!old && !big)
             break;
-        char name[40];
-        seg_name(name, sizeof name, g->base);
-        say(l, "%s/%s: deleted by retention (%s): offsets %" PRIu64 "..%" PRIu64 ", %" PRIu64
-            " bytes", l->dir, name, old ? "age" : "size", g->base, g->next - 1, g->bytes);
-        unlinkat(l->dirfd, name, 0);
-        snprintf(name, sizeof name, "%020" PRIu64 ".idx", g->base);
-        unlinkat(l->dirfd, name, 0);
         total -= g->bytes;
-        memmove(l->segs, l->segs + 1, (l->nsegs - 1) * sizeof *l->segs);
-        l->nsegs--;
-        l->first = l->segs[0]->base;
-        seg_free(g);
-        ++*deleted;
+        ngone++;
     }
+    segment **gone = NULL;
+    if (ngone && (gone = malloc(ngone * sizeof *gone))) {
+        memcpy(gone, l->segs, ngone * sizeof *gone);
+        memmove(l->segs, l->segs + ngone, (l->nsegs - ngone) * sizeof *l->segs);
+        l->nsegs -= ngone;
+        l->first = l->segs[0]->base;
+    } else
+        ngone = 0;
     l->writing = false;
     if (l->plen)
         pthread_cond_signal(&l->batch_cv[l->batch & 1]);   /* appends waited: one leads */
     pthread_cond_broadcast(&l->cv);
     pthread_mutex_unlock(&l->mu);
+    if (st != STORE_OK)
+        say(l, "%s", log_error(&l->base));
+    for (size_t i = 0; i < ngone; i++) {
+        segment *g = gone[i];
+        char name[40];
+        seg_name(name, sizeof name, g->base);
+        say(l, "%s/%s: deleted by retention (%s): offsets %" PRIu64 "..%" PRIu64 ", %" PRIu64
+            " bytes", l->dir, name, g->next > g->base && g->last_time < cutoff ? "age" : "size",
+            g->base, g->next - 1, g->bytes);
+        unlinkat(l->dirfd, name, 0);
+        snprintf(name, sizeof name, "%020" PRIu64 ".idx", g->base);
+        unlinkat(l->dirfd, name, 0);
+        seg_free(g);
+    }
+    free(gone);
+    *deleted = (unsigned)ngone;
     return st;
 }
 
@@ -1564,7 +1647,9 @@ static void log_cursor_close(store_cursor *cc)
 
 /* ---- Named cursors ------------------------------------------------------------------------- */
 
-/* A named cursor's file: "ebr-cursor 1 OFFSET CRC\n", CRC the crc32c of what precedes it. */
+/* A named cursor's file: "ebr-cursor 1 OFFSET CRC\n", CRC the crc32c of what precedes it.
+ * Written as ".NAME.tmp" (a leading dot: no cursor's name), synced, renamed over NAME, and the
+ * directory synced; one commit at a time, so that two never share the temporary file. */
 static store_status log_commit(store *s, const char *name, uint64_t offset)
 {
     log_t *l = (log_t *)s;
@@ -1573,20 +1658,21 @@ static store_status log_commit(store *s, const char *name, uint64_t offset)
     char body[64], text[80], tmp[256];
     int n = snprintf(body, sizeof body, "ebr-cursor 1 %" PRIu64, offset);
     n = snprintf(text, sizeof text, "%s %08x\n", body, vm_crc32c(0, body, (size_t)n));
-    snprintf(tmp, sizeof tmp, "%s.tmp", name);
+    snprintf(tmp, sizeof tmp, ".%s.tmp", name);
+    pthread_mutex_lock(&l->commit_mu);
     int fd = openat(l->curfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     bool ok = fd >= 0 && write_all(fd, (const unsigned char *)text, (size_t)n, 0) &&
               fdatasync(fd) == 0;
     if (fd >= 0)
         ok = close(fd) == 0 && ok;
     ok = ok && renameat(l->curfd, tmp, l->curfd, name) == 0 && fsync(l->curfd) == 0;
+    store_status st = STORE_OK;
     if (!ok) {
-        store_status st = fail(l, STORE_EIO, "%s/cursors/%s: cannot write: %s", l->dir, name,
-                               strerror(errno));
+        st = fail(l, STORE_EIO, "%s/cursors/%s: cannot write: %s", l->dir, name, strerror(errno));
         unlinkat(l->curfd, tmp, 0);
-        return st;
     }
-    return STORE_OK;
+    pthread_mutex_unlock(&l->commit_mu);
+    return st;
 }
 
 static store_status log_committed(store *s, const char *name, uint64_t *offset)
@@ -1618,20 +1704,26 @@ static store_status log_committed(store *s, const char *name, uint64_t *offset)
 
 /* ---- Closing, figures ------------------------------------------------------------------- */
 
+/* A copy of the last message, the calling thread's own (another thread may fail meanwhile). */
 static const char *log_error(store *s)
 {
-    return ((log_t *)s)->err;
+    log_t *l = (log_t *)s;
+    static __thread char copy[512];
+    pthread_mutex_lock(&l->err_mu);
+    memcpy(copy, l->err, sizeof copy);
+    pthread_mutex_unlock(&l->err_mu);
+    return copy;
 }
 
 static void log_close(store *s)
 {
     log_t *l = (log_t *)s;
     pthread_mutex_lock(&l->mu);
-    while (l->writing || (l->plen && !l->failed))
-        pthread_cond_wait(&l->cv, &l->mu);
-    l->closing = true;
+    l->closing = true;          /* new appends are refused; those inside finish */
     pthread_cond_broadcast(&l->cv);
     pthread_cond_broadcast(&l->flush_cv);
+    while (l->writing || l->inflight)
+        pthread_cond_wait(&l->cv, &l->mu);
     pthread_mutex_unlock(&l->mu);
     if (l->has_flusher)
         pthread_join(l->flusher, NULL);
@@ -1654,6 +1746,7 @@ void log_get_stats(store *s, log_stats *st)
     st->segments = (unsigned)l->nsegs;
     st->fsyncs = l->fsyncs;
     st->writes = l->writes;
+    st->appending = l->inflight;
     pthread_mutex_unlock(&l->mu);
 }
 

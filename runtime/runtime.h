@@ -132,6 +132,7 @@ typedef struct {
     uint64_t bytes;                 /* total size of the segments */
     unsigned segments;
     uint64_t fsyncs, writes;        /* system calls made so far */
+    unsigned appending;             /* appends in progress */
 } log_stats;
 
 void log_get_stats(store *s, log_stats *st);
