@@ -1,26 +1,38 @@
 #!/bin/sh
-# `make run`: shows the example ruleset at work.  The daemon (ebd) that takes events over HTTP
-# is not part of this version yet; until it is, this runs the same rules offline with `ebc test`.
+# `make run`: starts the daemon on the example ruleset (examples/orders.ebr) on 127.0.0.1, with
+# its data (the bus log, cursors, the file targets' output) under $BUILD/run-data, and says how
+# to send it an event and where the delivered payloads appear.  Ctrl-C stops it.
 BUILD=${1:-build}
-EBC="$BUILD/bin/ebc"
 HERE=$(dirname "$0")
+PORT=${EBR_PORT:-8088}
+DATA="$BUILD/run-data"
+mkdir -p "$DATA"
 
-if [ -x "$BUILD/bin/ebd" ]; then
-    exec "$BUILD/bin/ebd" --rules "$HERE/orders.ebr" --data "$BUILD/run-data" --listen 127.0.0.1:8088
-fi
+"$BUILD/bin/ebc" check "$HERE/orders.ebr" || exit 1
+EVENT=$(head -n 1 "$HERE/events.jsonl")
+cat <<MSG
 
-echo "ebr: the daemon (ebd) is not in this version yet; showing the example rules offline."
-echo
-echo "\$ $EBC check $HERE/orders.ebr"
-"$EBC" check "$HERE/orders.ebr" || exit 1
-echo
-echo "\$ $EBC test $HERE/orders.ebr $HERE/events.jsonl"
-"$EBC" test "$HERE/orders.ebr" "$HERE/events.jsonl"
-echo
-echo "Each numbered line is one event of $HERE/events.jsonl and the rules it matched ('-': none);"
-echo "the indented lines under it are the payloads their targets get, made by each rule's"
-echo "transform (the whole event by default; docs/transforms.md).  The last line shows how an"
-echo "invalid event is reported.  Add --explain to see why a rule did not match.  Edit the events"
-echo "or the rules and run 'make run' again, or compile them:"
-echo "  $EBC compile $HERE/orders.ebr -o orders.ebc"
-exit 0
+ebd is starting on http://127.0.0.1:$PORT with $HERE/orders.ebr (bus 'orders').
+
+Send it an event (CloudEvents structured mode), from another terminal:
+
+  curl -i -X POST http://127.0.0.1:$PORT/v1/buses/orders/events \\
+       -H 'Content-Type: application/cloudevents+json' \\
+       -d '$EVENT'
+
+or the five example events at once, as a batch:
+
+  (printf '['; head -n 5 $HERE/events.jsonl | paste -sd,; printf ']') | \\
+  curl -i -X POST http://127.0.0.1:$PORT/v1/buses/orders/events \\
+       -H 'Content-Type: application/cloudevents-batch+json' --data-binary @-
+
+The payloads the rules deliver appear in:
+
+  $DATA/out/billing.jsonl   $DATA/out/audit.jsonl   $DATA/out/ops_chat.jsonl
+
+  (tail -f $DATA/out/*.jsonl to watch; ebc log dump $DATA/buses/orders shows what was stored)
+
+Ctrl-C stops the daemon (SIGHUP reloads the rules).
+
+MSG
+exec "$BUILD/bin/ebd" --rules "$HERE/orders.ebr" --data "$DATA" --listen "127.0.0.1:$PORT"

@@ -1,0 +1,393 @@
+/*
+ * cejson.c — what the daemon does with JSON text without a DOM: text buffers, spans of members
+ * and elements (of text that vm_json_valid accepted), string decoding, and the checks the
+ * CloudEvents JSON format asks of an event.  Events are stored as they came (no re-encoding: a
+ * number keeps its digits, a key its escapes).
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ebd_int.h"
+
+/* ---- logging ------------------------------------------------------------------------------ */
+
+void ebd_log(int level, const char *fmt, ...)
+{
+    static const char *const names[] = { "debug", "info", "warn", "error" };
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char when[40], msg[2048];
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "time=%s.%03ldZ level=%s %s\n", when, ts.tv_nsec / 1000000, names[level], msg);
+}
+
+/* ---- text buffers ------------------------------------------------------------------------- */
+
+void sb_put(sbuf *b, const char *s, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->n + n + 1)
+            cap *= 2;
+        char *v = realloc(b->v, cap);
+        if (!v) {
+            b->oom = true;
+            return;
+        }
+        b->v = v;
+        b->cap = cap;
+    }
+    memcpy(b->v + b->n, s, n);
+    b->n += n;
+    b->v[b->n] = 0;
+}
+
+void sb_puts(sbuf *b, const char *s)
+{
+    sb_put(b, s, strlen(s));
+}
+
+void sb_printf(sbuf *b, const char *fmt, ...)
+{
+    char tmp[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n < sizeof tmp) {
+        sb_put(b, tmp, (size_t)n);
+        return;
+    }
+    char *big = malloc((size_t)n + 1);
+    if (!big) {
+        b->oom = true;
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    sb_put(b, big, (size_t)n);
+    free(big);
+}
+
+void sb_json_string(sbuf *b, const char *s, size_t n)
+{
+    sb_put(b, "\"", 1);
+    size_t from = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        sb_put(b, s + from, i - from);
+        char esc[8];
+        switch (c) {
+        case '"': sb_put(b, "\\\"", 2); break;
+        case '\\': sb_put(b, "\\\\", 2); break;
+        case '\n': sb_put(b, "\\n", 2); break;
+        case '\r': sb_put(b, "\\r", 2); break;
+        case '\t': sb_put(b, "\\t", 2); break;
+        default:
+            snprintf(esc, sizeof esc, "\\u%04x", c);
+            sb_put(b, esc, 6);
+        }
+        from = i + 1;
+    }
+    sb_put(b, s + from, n - from);
+    sb_put(b, "\"", 1);
+}
+
+void sb_free(sbuf *b)
+{
+    free(b->v);
+    *b = (sbuf){ 0 };
+}
+
+/* ---- spans ------------------------------------------------------------------------------ */
+
+size_t js_ws(const char *s, size_t n, size_t i)
+{
+    while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+        i++;
+    return i;
+}
+
+static size_t string_end(const char *s, size_t n, size_t i)
+{
+    for (i++; i < n && s[i] != '"'; i++)
+        if (s[i] == '\\')
+            i++;
+    return i < n ? i + 1 : n;
+}
+
+size_t js_skip(const char *s, size_t n, size_t i)
+{
+    if (i >= n)
+        return n;
+    if (s[i] == '"')
+        return string_end(s, n, i);
+    if (s[i] == '{' || s[i] == '[') {
+        int depth = 0;
+        while (i < n) {
+            char c = s[i];
+            if (c == '"') {
+                i = string_end(s, n, i);
+                continue;
+            }
+            i++;
+            if (c == '{' || c == '[')
+                depth++;
+            else if ((c == '}' || c == ']') && --depth == 0)
+                return i;
+        }
+        return n;
+    }
+    while (i < n && s[i] != ',' && s[i] != '}' && s[i] != ']' && s[i] != ' ' && s[i] != '\t' &&
+           s[i] != '\n' && s[i] != '\r')
+        i++;
+    return i;
+}
+
+bool js_each(const char *s, size_t n, size_t i, bool (*fn)(void *, const js_member *), void *arg)
+{
+    bool object = s[i] == '{';
+    i = js_ws(s, n, i + 1);
+    while (i < n && s[i] != '}' && s[i] != ']') {
+        js_member m = { 0 };
+        if (object) {
+            size_t k = string_end(s, n, i);
+            m.key_off = (uint32_t)i;
+            m.key_len = (uint32_t)(k - i);
+            i = js_ws(s, n, k);
+            i = js_ws(s, n, i + 1);    /* ':' */
+        }
+        size_t e = js_skip(s, n, i);
+        m.val_off = (uint32_t)i;
+        m.val_len = (uint32_t)(e - i);
+        if (!fn(arg, &m))
+            return false;
+        i = js_ws(s, n, e);
+        if (i < n && s[i] == ',')
+            i = js_ws(s, n, i + 1);
+    }
+    return true;
+}
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+         : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+static unsigned hex4(const char *p)
+{
+    unsigned v = 0;
+    for (int k = 0; k < 4; k++)
+        v = v << 4 | (unsigned)hexval(p[k]);
+    return v;
+}
+
+size_t js_unquote(const char *s, size_t n, char *out)
+{
+    size_t o = 0;
+    for (size_t i = 1; i + 1 < n; i++) {
+        if (s[i] != '\\') {
+            out[o++] = s[i];
+            continue;
+        }
+        char e = s[++i];
+        switch (e) {
+        case 'b': out[o++] = '\b'; break;
+        case 'f': out[o++] = '\f'; break;
+        case 'n': out[o++] = '\n'; break;
+        case 'r': out[o++] = '\r'; break;
+        case 't': out[o++] = '\t'; break;
+        case 'u': {
+            uint32_t cp = hex4(s + i + 1);
+            i += 4;
+            if (cp >= 0xD800 && cp < 0xDC00 && i + 6 < n && s[i + 1] == '\\' && s[i + 2] == 'u') {
+                uint32_t lo = hex4(s + i + 3);
+                if (lo >= 0xDC00 && lo < 0xE000) {
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                    i += 6;
+                }
+            }
+            if (cp >= 0xD800 && cp < 0xE000)
+                cp = 0xFFFD;
+            o += vm_utf8_encode(cp, out + o);
+            break;
+        }
+        default: out[o++] = e;
+        }
+    }
+    return o;
+}
+
+bool js_key_is(const char *s, const js_member *m, const char *name)
+{
+    size_t n = strlen(name);
+    return m->key_len == n + 2 && memcmp(s + m->key_off + 1, name, n) == 0;
+}
+
+/* ---- CloudEvents' JSON format ------------------------------------------------------------- */
+
+typedef struct {
+    const char *s;
+    char *why;
+    size_t whycap;
+    bool id, source, specversion, type, data, data_base64, failed;
+    const char *idp;
+    size_t idlen;
+} ce_state;
+
+static bool ce_fail(ce_state *st, const char *fmt, const char *name)
+{
+    snprintf(st->why, st->whycap, fmt, name);
+    st->failed = true;
+    return false;
+}
+
+/* A URI-reference, loosely: no white space or control characters, and not empty unless allowed. */
+static bool uri_ref(const char *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)v[i] <= 0x20 || v[i] == 0x7f)
+            return false;
+    return true;
+}
+
+/* RFC 3339 date-time: 2026-11-26T10:00:00(.frac)?(Z|+hh:mm). */
+static bool rfc3339(const char *v, size_t n)
+{
+    const char *shape = "dddd-dd-ddTdd:dd:dd";
+    if (n < 20)
+        return false;
+    for (size_t i = 0; i < 19; i++)
+        if (shape[i] == 'd' ? v[i] < '0' || v[i] > '9' : (shape[i] == 'T' ? (v[i] != 'T' && v[i] != 't') : v[i] != shape[i]))
+            return false;
+    int mo = (v[5] - '0') * 10 + v[6] - '0', d = (v[8] - '0') * 10 + v[9] - '0';
+    int h = (v[11] - '0') * 10 + v[12] - '0', mi = (v[14] - '0') * 10 + v[15] - '0';
+    int sec = (v[17] - '0') * 10 + v[18] - '0';
+    if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
+        return false;
+    size_t i = 19;
+    if (v[i] == '.') {
+        size_t k = ++i;
+        while (i < n && v[i] >= '0' && v[i] <= '9')
+            i++;
+        if (i == k)
+            return false;
+    }
+    if (i < n && (v[i] == 'Z' || v[i] == 'z'))
+        return i + 1 == n;
+    return i + 6 == n && (v[i] == '+' || v[i] == '-') && v[i + 3] == ':' &&
+           v[i + 1] >= '0' && v[i + 1] <= '2' && v[i + 2] >= '0' && v[i + 2] <= '9' &&
+           v[i + 4] >= '0' && v[i + 4] <= '5' && v[i + 5] >= '0' && v[i + 5] <= '9';
+}
+
+static bool ce_member(void *arg, const js_member *m)
+{
+    ce_state *st = arg;
+    const char *s = st->s;
+    const char *key = s + m->key_off + 1;
+    size_t klen = m->key_len - 2;
+    const char *v = s + m->val_off;
+    size_t vlen = m->val_len;
+    char name[64];
+    snprintf(name, sizeof name, "%.*s", (int)(klen < 60 ? klen : 60), key);
+    bool is_str = v[0] == '"';
+    char text[512];
+    size_t tlen = 0;
+    if (is_str && vlen <= sizeof text)
+        tlen = js_unquote(v, vlen, text);
+    if (js_key_is(s, m, "data")) {
+        st->data = true;
+        return true;
+    }
+    if (js_key_is(s, m, "data_base64")) {
+        st->data_base64 = true;
+        if (!is_str)
+            return ce_fail(st, "attribute '%s' must be a string (base64)", name);
+        return true;
+    }
+    static const char *const strs[] = { "id", "source", "specversion", "type", "datacontenttype",
+                                        "dataschema", "subject", "time" };
+    for (size_t k = 0; k < sizeof strs / sizeof *strs; k++) {
+        if (!js_key_is(s, m, strs[k]))
+            continue;
+        if (!is_str)
+            return ce_fail(st, "attribute '%s' must be a string", name);
+        if (vlen > sizeof text)
+            return ce_fail(st, "attribute '%s' is too long", name);
+        bool required = k < 4;
+        if (required && tlen == 0)
+            return ce_fail(st, "attribute '%s' must not be empty", name);
+        if (k == 0) {
+            st->id = true;
+            st->idp = v;
+            st->idlen = vlen;
+        } else if (k == 1) {
+            st->source = true;
+            if (!uri_ref(text, tlen))
+                return ce_fail(st, "attribute '%s' must be a URI-reference", name);
+        } else if (k == 2) {
+            st->specversion = true;
+            if (tlen != 3 || memcmp(text, "1.0", 3) != 0)
+                return ce_fail(st, "attribute '%s' must be \"1.0\"", name);
+        } else if (k == 3) {
+            st->type = true;
+        } else if (k == 5 && (tlen == 0 || !uri_ref(text, tlen))) {
+            return ce_fail(st, "attribute '%s' must be a URI", name);
+        } else if (k == 7 && !rfc3339(text, tlen)) {
+            return ce_fail(st, "attribute '%s' must be an RFC 3339 time", name);
+        }
+        return true;
+    }
+    /* An extension: a-z and 0-9 only; a string, a number or a boolean. */
+    if (klen == 0)
+        return ce_fail(st, "an attribute name is empty%s", "");
+    for (size_t i = 0; i < klen; i++)
+        if (!((key[i] >= 'a' && key[i] <= 'z') || (key[i] >= '0' && key[i] <= '9')))
+            return ce_fail(st, "attribute name '%s' is not made of a-z and 0-9", name);
+    if (v[0] == '{' || v[0] == '[' || v[0] == 'n')
+        return ce_fail(st, "extension attribute '%s' must be a string, a number or a boolean", name);
+    return true;
+}
+
+bool ce_check(const char *s, size_t n, char *why, size_t whycap, const char **id, size_t *idlen)
+{
+    size_t i = js_ws(s, n, 0);
+    if (i >= n || s[i] != '{') {
+        snprintf(why, whycap, "an event must be a JSON object");
+        return false;
+    }
+    ce_state st = { .s = s, .why = why, .whycap = whycap };
+    js_each(s, n, i, ce_member, &st);
+    if (st.failed)
+        return false;
+    const char *missing = !st.specversion ? "specversion" : !st.id ? "id" : !st.source ? "source"
+                        : !st.type ? "type" : NULL;
+    if (missing) {
+        snprintf(why, whycap, "required attribute '%s' is missing", missing);
+        return false;
+    }
+    if (st.data && st.data_base64) {
+        snprintf(why, whycap, "an event has 'data' or 'data_base64', not both");
+        return false;
+    }
+    *id = st.idp;
+    *idlen = st.idlen;
+    return true;
+}

@@ -1,0 +1,981 @@
+/*
+ * deliver.c — from the bus log to the targets.
+ *
+ * Each (rule, target) pair has a worker thread with its own cursor on the rule's bus log and its
+ * own durable named cursor ("RULE.TARGET"): it reads events in order, runs the matcher (its own
+ * vm_ctx), runs the rule's transform for those the rule matches, and delivers the payload with
+ * retries; an event whose delivery is exhausted or refused goes to the dead-letter target.  The
+ * cursor is committed (after syncing file targets) every 200 ms or 256 events, so after a crash
+ * delivery resumes from it: at least once.  A slow or failing target holds back only its own
+ * pairs, and nothing queues in memory: the log is the queue.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ebd_int.h"
+
+#define COMMIT_EVERY_MS 200
+#define COMMIT_EVERY_EVENTS 256
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t real_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- reading a target's options ------------------------------------------------------------ */
+
+static bool str_eq(const vm_program *p, vm_str s, const char *w)
+{
+    return s.len == strlen(w) && memcmp(vm_s(p, s), w, s.len) == 0;
+}
+
+const vm_cfg *ebd_cfg_option(const vm_program *p, uint32_t opt0, uint32_t nopt, const char *key)
+{
+    for (uint32_t i = 0; i < nopt; i++)
+        if (p->cfgs[opt0 + i].type == VM_CFG_OPTION && str_eq(p, p->cfgs[opt0 + i].key, key))
+            return &p->cfgs[opt0 + i];
+    return NULL;
+}
+
+const vm_cfg *ebd_cfg_child(const vm_program *p, const vm_cfg *c, uint32_t k)
+{
+    return c && k < c->nchild ? &p->cfgs[c->child0 + k] : NULL;
+}
+
+/* A text value: a string, or env("NAME") read now.  NULL (err set) if the variable is unset. */
+char *ebd_cfg_text(const vm_program *p, const vm_cfg *v, char *err, size_t cap)
+{
+    if (!v)
+        return NULL;
+    if (v->type == VM_CFG_ENV) {
+        char name[256];
+        snprintf(name, sizeof name, "%.*s", (int)v->str.len, vm_s(p, v->str));
+        const char *e = getenv(name);
+        if (!e) {
+            snprintf(err, cap, "the environment variable %s is not set", name);
+            return NULL;
+        }
+        return strdup(e);
+    }
+    return strndup(vm_s(p, v->str), v->str.len);
+}
+
+/* A named argument of a call value (retry exponential(attempts: ...)). */
+static const vm_cfg *arg_of(const vm_program *p, const vm_cfg *call, const char *name)
+{
+    for (uint32_t i = 0; call && call->type == VM_CFG_CALL && i < call->nchild; i++) {
+        const vm_cfg *a = &p->cfgs[call->child0 + i];
+        if (a->type == VM_CFG_OPTION && str_eq(p, a->key, name) && a->nchild)
+            return &p->cfgs[a->child0];
+    }
+    return NULL;
+}
+
+/* ---- SHA-256 and HMAC (FIPS 180-4, RFC 2104) for signed deliveries ------------------------- */
+
+typedef struct {
+    uint32_t h[8];
+    unsigned char buf[64];
+    uint64_t len;
+    size_t fill;
+} sha256;
+
+static const uint32_t K256[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+};
+
+#define ROR(x, n) ((x) >> (n) | (x) << (32 - (n)))
+
+static void sha_block(sha256 *s, const unsigned char *b)
+{
+    uint32_t w[64];
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)b[4 * i] << 24 | (uint32_t)b[4 * i + 1] << 16 | (uint32_t)b[4 * i + 2] << 8 | b[4 * i + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = ROR(w[i - 15], 7) ^ ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = ROR(w[i - 2], 17) ^ ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = s->h[0], bb = s->h[1], c = s->h[2], d = s->h[3], e = s->h[4], f = s->h[5],
+             g = s->h[6], h = s->h[7];
+    for (int i = 0; i < 64; i++) {
+        uint32_t t1 = h + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) + K256[i] + w[i];
+        uint32_t t2 = (ROR(a, 2) ^ ROR(a, 13) ^ ROR(a, 22)) + ((a & bb) ^ (a & c) ^ (bb & c));
+        h = g, g = f, f = e, e = d + t1, d = c, c = bb, bb = a, a = t1 + t2;
+    }
+    s->h[0] += a, s->h[1] += bb, s->h[2] += c, s->h[3] += d;
+    s->h[4] += e, s->h[5] += f, s->h[6] += g, s->h[7] += h;
+}
+
+static void sha_init(sha256 *s)
+{
+    static const uint32_t iv[8] = { 0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                    0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19 };
+    memcpy(s->h, iv, sizeof iv);
+    s->len = 0;
+    s->fill = 0;
+}
+
+static void sha_add(sha256 *s, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    s->len += n;
+    while (n) {
+        size_t k = 64 - s->fill < n ? 64 - s->fill : n;
+        memcpy(s->buf + s->fill, p, k);
+        s->fill += k, p += k, n -= k;
+        if (s->fill == 64) {
+            sha_block(s, s->buf);
+            s->fill = 0;
+        }
+    }
+}
+
+static void sha_end(sha256 *s, unsigned char out[32])
+{
+    uint64_t bits = s->len * 8;
+    unsigned char pad = 0x80;
+    sha_add(s, &pad, 1);
+    pad = 0;
+    while (s->fill != 56)
+        sha_add(s, &pad, 1);
+    unsigned char l[8];
+    for (int i = 0; i < 8; i++)
+        l[i] = (unsigned char)(bits >> (56 - 8 * i));
+    sha_add(s, l, 8);
+    for (int i = 0; i < 8; i++)
+        for (int k = 0; k < 4; k++)
+            out[4 * i + k] = (unsigned char)(s->h[i] >> (24 - 8 * k));
+}
+
+/* HMAC-SHA256(key, a || b) as 64 hex digits. */
+void ebd_hmac_sha256_hex(const char *key, const char *a, size_t an, const char *b, size_t bn,
+                         char hex[65]);
+void ebd_hmac_sha256_hex(const char *key, const char *a, size_t an, const char *b, size_t bn,
+                         char hex[65])
+{
+    unsigned char k[64] = { 0 }, ipad[64], opad[64], inner[32], mac[32];
+    size_t kn = strlen(key);
+    if (kn > 64) {
+        sha256 s;
+        sha_init(&s);
+        sha_add(&s, key, kn);
+        sha_end(&s, k);
+    } else
+        memcpy(k, key, kn);
+    for (int i = 0; i < 64; i++) {
+        ipad[i] = k[i] ^ 0x36;
+        opad[i] = k[i] ^ 0x5c;
+    }
+    sha256 s;
+    sha_init(&s);
+    sha_add(&s, ipad, 64);
+    sha_add(&s, a, an);
+    sha_add(&s, b, bn);
+    sha_end(&s, inner);
+    sha_init(&s);
+    sha_add(&s, opad, 64);
+    sha_add(&s, inner, 32);
+    sha_end(&s, mac);
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", mac[i]);
+}
+
+/* ---- preparing a ruleset ------------------------------------------------------------------- */
+
+static char *under_data(const ebd *d, const char *path)
+{
+    if (path[0] == '/')
+        return strdup(path);
+    size_t n = strlen(d->data_dir) + strlen(path) + 2;
+    char *s = malloc(n);
+    if (s)
+        snprintf(s, n, "%s/%s", d->data_dir, path);
+    return s;
+}
+
+/* Creates the directories above path. */
+static void mkdirs_above(const char *path)
+{
+    char *p = strdup(path);
+    for (char *s = p ? strchr(p + 1, '/') : NULL; s; s = strchr(s + 1, '/')) {
+        *s = 0;
+        mkdir(p, 0755);
+        *s = '/';
+    }
+    free(p);
+}
+
+static bool read_retry(const vm_program *p, const vm_target *t, ebd_retry *r)
+{
+    /* The default: 10 attempts, 1 s doubling up to 5 min, for at most 24 h. */
+    *r = (ebd_retry){ 10, 1000, 300000, 86400000 };
+    const vm_cfg *o = ebd_cfg_option(p, t->opt0, t->nopt, "retry");
+    const vm_cfg *v = ebd_cfg_child(p, o, 0);
+    if (!v)
+        return true;
+    if (v->type == VM_CFG_IDENT) {     /* none */
+        r->attempts = 1;
+        return true;
+    }
+    const vm_cfg *a;
+    if ((a = arg_of(p, v, "attempts")))
+        r->attempts = a->num < 1 ? 1 : (unsigned)a->num;
+    if ((a = arg_of(p, v, "first")))
+        r->first_ms = (uint64_t)a->num;
+    if ((a = arg_of(p, v, "max")))
+        r->max_ms = (uint64_t)a->num;
+    if ((a = arg_of(p, v, "max_age")))
+        r->max_age_ms = (uint64_t)a->num;
+    return true;
+}
+
+static bool prepare_target(ebd *d, ebd_rules *r, uint32_t i, char *err, size_t cap)
+{
+    const vm_program *p = r->p;
+    const vm_target *t = &p->targets[i];
+    ebd_target *x = &r->targets[i];
+    x->name = strndup(vm_s(p, t->name), t->name.len);
+    x->fd = -1;
+    x->dead_letter = VM_NONE;
+    pthread_mutex_init(&x->mu, NULL);
+    pthread_cond_init(&x->cv, NULL);
+    const vm_cfg *value = &p->cfgs[t->value];
+    char why[256] = "";
+    read_retry(p, t, &x->retry);
+    const vm_cfg *o;
+    if ((o = ebd_cfg_option(p, t->opt0, t->nopt, "timeout")) && ebd_cfg_child(p, o, 0))
+        x->timeout_ms = (long)ebd_cfg_child(p, o, 0)->num;
+    if ((o = ebd_cfg_option(p, t->opt0, t->nopt, "concurrency")) && ebd_cfg_child(p, o, 0))
+        x->concurrency = (unsigned)ebd_cfg_child(p, o, 0)->num;
+    if ((o = ebd_cfg_option(p, t->opt0, t->nopt, "rate_limit")) && ebd_cfg_child(p, o, 0))
+        x->tokens = x->rate_limit = (unsigned)ebd_cfg_child(p, o, 0)->num;
+    clock_gettime(CLOCK_MONOTONIC, &x->refill);
+    if ((o = ebd_cfg_option(p, t->opt0, t->nopt, "dead_letter"))) {
+        const vm_cfg *v = ebd_cfg_child(p, o, 0);
+        if (v && v->type == VM_CFG_IDENT && str_eq(p, v->str, "file") && ebd_cfg_child(p, o, 1)) {
+            char *path = ebd_cfg_text(p, ebd_cfg_child(p, o, 1), why, sizeof why);
+            x->dead_letter_file = path ? under_data(d, path) : NULL;
+            free(path);
+        } else if (v) {
+            for (uint32_t k = 0; k < p->ntargets; k++)
+                if (p->targets[k].name.len == v->str.len &&
+                    !memcmp(vm_s(p, p->targets[k].name), vm_s(p, v->str), v->str.len))
+                    x->dead_letter = k;
+        }
+    }
+    if (str_eq(p, t->kind, "http")) {
+        x->kind = T_HTTP;
+        x->url = ebd_cfg_text(p, value, why, sizeof why);
+        if (!x->timeout_ms)
+            x->timeout_ms = 10000;
+        const vm_cfg *m = ebd_cfg_option(p, t->opt0, t->nopt, "method");
+        x->method = m && ebd_cfg_child(p, m, 0) ? strndup(vm_s(p, ebd_cfg_child(p, m, 0)->str), ebd_cfg_child(p, m, 0)->str.len)
+                                        : strdup("POST");
+        for (uint32_t k = 0; k < t->nopt && !why[0]; k++) {
+            const vm_cfg *h = &p->cfgs[t->opt0 + k];
+            if (h->type != VM_CFG_OPTION || !str_eq(p, h->key, "header") || h->nchild != 2)
+                continue;
+            char *name = ebd_cfg_text(p, ebd_cfg_child(p, h, 0), why, sizeof why);
+            char *val = ebd_cfg_text(p, ebd_cfg_child(p, h, 1), why, sizeof why);
+            if (name && val) {
+                size_t n = strlen(name) + strlen(val) + 3;
+                char *line = malloc(n);
+                snprintf(line, n, "%s: %s", name, val);
+                x->headers = curl_slist_append(x->headers, line);
+                free(line);
+            }
+            free(name);
+            free(val);
+        }
+        const vm_cfg *sg = ebd_cfg_option(p, t->opt0, t->nopt, "sign");
+        if (sg && ebd_cfg_child(p, sg, 0)) {
+            x->sign_secret = ebd_cfg_text(p, arg_of(p, ebd_cfg_child(p, sg, 0), "secret"), why, sizeof why);
+            const vm_cfg *hv = arg_of(p, ebd_cfg_child(p, sg, 0), "header");
+            x->sign_header = hv ? ebd_cfg_text(p, hv, why, sizeof why) : strdup("X-Ebr-Signature");
+        }
+    } else if (str_eq(p, t->kind, "file")) {
+        x->kind = T_FILE;
+        char *path = ebd_cfg_text(p, value, why, sizeof why);
+        x->path = path ? under_data(d, path) : NULL;
+        free(path);
+        x->fsync = STORE_FSYNC_INTERVAL;    /* synced before each cursor commit */
+        const vm_cfg *f = ebd_cfg_option(p, t->opt0, t->nopt, "fsync");
+        if (f && ebd_cfg_child(p, f, 0))
+            x->fsync = str_eq(p, ebd_cfg_child(p, f, 0)->str, "always") ? STORE_FSYNC_ALWAYS
+                     : str_eq(p, ebd_cfg_child(p, f, 0)->str, "never") ? STORE_FSYNC_NEVER : STORE_FSYNC_INTERVAL;
+        if (x->path) {
+            mkdirs_above(x->path);
+            x->fd = open(x->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+            if (x->fd < 0)
+                snprintf(why, sizeof why, "cannot open %s: %s", x->path, strerror(errno));
+        }
+    } else if (str_eq(p, t->kind, "bus")) {
+        x->kind = T_BUS;
+        x->bus = VM_NONE;
+        for (size_t k = 0; k < d->nbuses; k++)
+            if (strlen(d->buses[k].name) == value->str.len &&
+                !memcmp(d->buses[k].name, vm_s(p, value->str), value->str.len))
+                x->bus = (uint32_t)k;
+    } else {
+        x->kind = T_EXEC;
+        if (!x->timeout_ms)
+            x->timeout_ms = 30000;
+        uint32_t n = value->type == VM_CFG_LIST ? value->nchild : 1;
+        x->argv = calloc(n + 4, sizeof *x->argv);
+        if (value->type == VM_CFG_LIST) {
+            for (uint32_t k = 0; k < n; k++)
+                x->argv[k] = ebd_cfg_text(p, ebd_cfg_child(p, value, k), why, sizeof why);
+        } else {
+            x->argv[0] = strdup("/bin/sh");
+            x->argv[1] = strdup("-c");
+            x->argv[2] = ebd_cfg_text(p, value, why, sizeof why);
+        }
+    }
+    if (why[0]) {
+        snprintf(err, cap, "target '%s': %s", x->name, why);
+        return false;
+    }
+    return true;
+}
+
+bool ebd_rules_prepare(ebd *d, ebd_rules *r, char *err, size_t cap)
+{
+    const vm_program *p = r->p;
+    r->targets = calloc(p->ntargets ? p->ntargets : 1, sizeof *r->targets);
+    r->bus_of = calloc(p->nbuses ? p->nbuses : 1, sizeof *r->bus_of);
+    if (!r->targets || !r->bus_of) {
+        snprintf(err, cap, "out of memory");
+        return false;
+    }
+    for (uint32_t b = 0; b < p->nbuses; b++) {
+        r->bus_of[b] = VM_NONE;
+        for (size_t k = 0; k < d->nbuses; k++)
+            if (strlen(d->buses[k].name) == p->buses[b].name.len &&
+                !memcmp(d->buses[k].name, vm_s(p, p->buses[b].name), p->buses[b].name.len))
+                r->bus_of[b] = (uint32_t)k;
+    }
+    for (uint32_t i = 0; i < p->ntargets; i++)
+        if (!prepare_target(d, r, i, err, cap))
+            return false;
+    for (uint32_t i = 0; i < p->nrules; i++)
+        r->nworkers += p->rules[i].ntgt;
+    r->workers = calloc(r->nworkers ? r->nworkers : 1, sizeof *r->workers);
+    size_t w = 0;
+    for (uint32_t i = 0; i < p->nrules; i++)
+        for (uint32_t k = 0; k < p->rules[i].ntgt; k++, w++) {
+            ebd_worker *x = &r->workers[w];
+            x->d = d;
+            x->r = r;
+            x->rule = i;
+            x->target = p->rule_targets[p->rules[i].tgt0 + k];
+            snprintf(x->cursor, sizeof x->cursor, "%.*s.%.*s", (int)p->rules[i].name.len,
+                     vm_s(p, p->rules[i].name), (int)p->targets[x->target].name.len,
+                     vm_s(p, p->targets[x->target].name));
+        }
+    return true;
+}
+
+void ebd_rules_free(ebd_rules *r)
+{
+    if (!r)
+        return;
+    for (uint32_t i = 0; r->targets && i < r->p->ntargets; i++) {
+        ebd_target *x = &r->targets[i];
+        free(x->name);
+        free(x->url);
+        free(x->method);
+        curl_slist_free_all(x->headers);
+        free(x->sign_secret);
+        free(x->sign_header);
+        free(x->path);
+        if (x->fd >= 0)
+            close(x->fd);
+        for (char **a = x->argv; a && *a; a++)
+            free(*a);
+        free(x->argv);
+        free(x->dead_letter_file);
+        pthread_mutex_destroy(&x->mu);
+        pthread_cond_destroy(&x->cv);
+    }
+    free(r->targets);
+    free(r->workers);
+    free(r->bus_of);
+    free(r->admin_token);
+    vm_program_free(r->p);
+    free(r);
+}
+
+/* ---- one attempt at one target -------------------------------------------------------------- */
+
+typedef struct {
+    long status;             /* HTTP status, exit status; 0 when there was none */
+    bool retry;              /* worth another attempt */
+    int64_t retry_after_ms;  /* the target asked to wait this long (0: it did not say) */
+    char error[512];
+} attempt;
+
+typedef struct {
+    int64_t retry_after_ms;
+} http_seen;
+
+static size_t on_header(char *b, size_t size, size_t n, void *arg)
+{
+    http_seen *h = arg;
+    size_t len = size * n;
+    if (len > 12 && !strncasecmp(b, "Retry-After:", 12)) {
+        const char *v = b + 12;
+        while (*v == ' ')
+            v++;
+        char *end;
+        long secs = strtol(v, &end, 10);
+        if (end != v && secs >= 0)
+            h->retry_after_ms = (int64_t)secs * 1000;
+        else {
+            struct tm tm = { 0 };
+            if (strptime(v, "%a, %d %b %Y %H:%M:%S GMT", &tm)) {
+                int64_t at = (int64_t)timegm(&tm) * 1000 - real_ms();
+                h->retry_after_ms = at > 0 ? at : 1;
+            }
+        }
+    }
+    return len;
+}
+
+static size_t discard(char *b, size_t size, size_t n, void *arg)
+{
+    (void)b;
+    (void)arg;
+    return size * n;
+}
+
+static void deliver_http(ebd_target *t, CURL *h, const char *payload, size_t n, bool text,
+                         attempt *a)
+{
+    struct curl_slist *headers = NULL;
+    for (struct curl_slist *s = t->headers; s; s = s->next)
+        headers = curl_slist_append(headers, s->data);
+    headers = curl_slist_append(headers, text ? "Content-Type: text/plain; charset=utf-8"
+                                              : "Content-Type: application/json");
+    headers = curl_slist_append(headers, "Expect:");
+    if (t->sign_secret) {
+        /* header: t=UNIX_SECONDS,v1=HEX(HMAC-SHA256(secret, "UNIX_SECONDS." + body)) */
+        char ts[32], hex[65], line[300];
+        int tn = snprintf(ts, sizeof ts, "%lld.", (long long)(real_ms() / 1000));
+        ebd_hmac_sha256_hex(t->sign_secret, ts, (size_t)tn, payload, n, hex);
+        ts[tn - 1] = 0;
+        snprintf(line, sizeof line, "%s: t=%s,v1=%s", t->sign_header, ts, hex);
+        headers = curl_slist_append(headers, line);
+        snprintf(line, sizeof line, "X-Ebr-Timestamp: %s", ts);
+        headers = curl_slist_append(headers, line);
+    }
+    http_seen seen = { 0 };
+    curl_easy_setopt(h, CURLOPT_URL, t->url);
+    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, t->method);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, payload);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)n);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, t->timeout_ms);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, &seen);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
+    CURLcode rc = curl_easy_perform(h);
+    curl_slist_free_all(headers);
+    long status = 0;
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+    a->status = status;
+    a->retry_after_ms = seen.retry_after_ms;
+    if (rc != CURLE_OK) {
+        snprintf(a->error, sizeof a->error, "%s %s: %s", t->method, t->url, curl_easy_strerror(rc));
+        a->retry = true;      /* network errors and timeouts */
+    } else if (status >= 200 && status < 300) {
+        a->error[0] = 0;
+    } else {
+        snprintf(a->error, sizeof a->error, "%s %s answered %ld", t->method, t->url, status);
+        a->retry = status == 404 || status == 409 || status == 429 || status >= 500;
+    }
+}
+
+static void deliver_file(ebd_target *t, const char *payload, size_t n, attempt *a)
+{
+    /* One write of the line: O_APPEND keeps lines whole even with several writers. */
+    char *line = malloc(n + 1);
+    if (!line) {
+        snprintf(a->error, sizeof a->error, "out of memory");
+        a->retry = true;
+        return;
+    }
+    memcpy(line, payload, n);
+    line[n] = '\n';
+    ssize_t w = write(t->fd, line, n + 1);
+    free(line);
+    if (w != (ssize_t)(n + 1) || (t->fsync == STORE_FSYNC_ALWAYS && fdatasync(t->fd) != 0)) {
+        snprintf(a->error, sizeof a->error, "%s: %s", t->path, w < 0 ? strerror(errno) : "short write");
+        a->retry = true;
+    }
+}
+
+static void deliver_bus(ebd *d, ebd_target *t, const char *payload, size_t n, bool text,
+                        attempt *a)
+{
+    char why[200];
+    const char *id;
+    size_t idlen;
+    if (t->bus == VM_NONE || text || !vm_json_valid(payload, n, NULL) ||
+        !ce_check(payload, n, why, sizeof why, &id, &idlen)) {
+        snprintf(a->error, sizeof a->error, "bus target '%s': the payload is not a CloudEvent%s%s",
+                 t->name, text ? "" : ": ", text ? "" : why);
+        return;
+    }
+    store_entry e = { payload, (uint32_t)n, 0 };
+    uint64_t first;
+    store_status st = store_append(d->buses[t->bus].s, &e, 1, &first);
+    if (st != STORE_OK) {
+        snprintf(a->error, sizeof a->error, "bus '%s': %s", d->buses[t->bus].name,
+                 store_error(d->buses[t->bus].s));
+        a->retry = true;
+    }
+}
+
+static void deliver_exec(ebd_target *t, const char *payload, size_t n, attempt *a)
+{
+    int in[2];
+    if (pipe2(in, O_CLOEXEC) != 0) {
+        snprintf(a->error, sizeof a->error, "cannot run %s: %s", t->argv[0], strerror(errno));
+        a->retry = true;
+        return;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        setpgid(0, 0);
+        signal(SIGPIPE, SIG_DFL);
+        dup2(in[0], 0);
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 1);
+        closefrom(3);
+        execvp(t->argv[0], t->argv);
+        _exit(127);
+    }
+    close(in[0]);
+    if (pid < 0) {
+        close(in[1]);
+        snprintf(a->error, sizeof a->error, "cannot run %s: %s", t->argv[0], strerror(errno));
+        a->retry = true;
+        return;
+    }
+    setpgid(pid, pid);
+    fcntl(in[1], F_SETFL, O_NONBLOCK);
+    int64_t deadline = mono_ms() + t->timeout_ms;
+    size_t sent = 0;
+    while (sent < n && mono_ms() < deadline) {
+        struct pollfd f = { in[1], POLLOUT, 0 };
+        if (poll(&f, 1, (int)(deadline - mono_ms())) <= 0)
+            continue;
+        ssize_t w = write(in[1], payload + sent, n - sent);
+        if (w < 0 && errno != EAGAIN && errno != EINTR)
+            break;
+        if (w > 0)
+            sent += (size_t)w;
+    }
+    close(in[1]);
+    int status = 0;
+    for (;;) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid || (r < 0 && errno != EINTR))
+            break;
+        if (mono_ms() >= deadline) {
+            kill(-pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            snprintf(a->error, sizeof a->error, "%s took longer than %ld ms", t->argv[0], t->timeout_ms);
+            a->retry = true;
+            return;
+        }
+        struct timespec ts = { 0, 2000000 };
+        nanosleep(&ts, NULL);
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        return;
+    a->status = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+    snprintf(a->error, sizeof a->error, "%s %s %d", t->argv[0],
+             WIFEXITED(status) ? "exited with status" : "was killed by signal",
+             WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+    a->retry = true;
+}
+
+/* Waits for a free slot of the target's concurrency limit and a token of its rate limit. */
+static void take_slot(_Atomic bool *stop, ebd_target *t)
+{
+    if (!t->concurrency && !t->rate_limit)
+        return;
+    pthread_mutex_lock(&t->mu);
+    for (;;) {
+        if (t->rate_limit) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            double secs = (double)(now.tv_sec - t->refill.tv_sec) + (double)(now.tv_nsec - t->refill.tv_nsec) / 1e9;
+            t->refill = now;
+            t->tokens += secs * t->rate_limit;
+            if (t->tokens > t->rate_limit)
+                t->tokens = t->rate_limit;
+        }
+        bool slot = !t->concurrency || t->busy < t->concurrency;
+        bool token = !t->rate_limit || t->tokens >= 1;
+        if ((slot && token) || atomic_load(stop))
+            break;
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += 5000000;
+        if (until.tv_nsec >= 1000000000) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&t->cv, &t->mu, &until);
+    }
+    t->busy++;
+    if (t->rate_limit)
+        t->tokens -= 1;
+    pthread_mutex_unlock(&t->mu);
+}
+
+static void give_slot(ebd_target *t)
+{
+    if (!t->concurrency && !t->rate_limit)
+        return;
+    pthread_mutex_lock(&t->mu);
+    t->busy--;
+    pthread_cond_signal(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+}
+
+static void attempt_once(ebd *d, _Atomic bool *stop, ebd_target *t, CURL *h, const char *payload,
+                         size_t n, bool text, attempt *a)
+{
+    *a = (attempt){ 0 };
+    take_slot(stop, t);
+    switch (t->kind) {
+    case T_HTTP: deliver_http(t, h, payload, n, text, a); break;
+    case T_FILE: deliver_file(t, payload, n, a); break;
+    case T_BUS: deliver_bus(d, t, payload, n, text, a); break;
+    default: deliver_exec(t, payload, n, a); break;
+    }
+    give_slot(t);
+}
+
+/* ---- the worker ----------------------------------------------------------------------------- */
+
+typedef struct {
+    ebd_worker *w;
+    ebd_rules *r;
+    ebd_bus *bus;
+    ebd_target *t;
+    CURL *curl, *dl_curl;
+    vm_ctx *ctx;
+    const char *rule_name;
+    unsigned seed;
+} work;
+
+/* Sleeps ms, in steps, unless the daemon stops: false then. */
+static bool pause_ms(_Atomic bool *stop, int64_t ms)
+{
+    int64_t until = mono_ms() + ms;
+    while (!atomic_load(stop)) {
+        int64_t left = until - mono_ms();
+        if (left <= 0)
+            return true;
+        struct timespec ts = { 0, (left > 50 ? 50 : left) * 1000000 };
+        nanosleep(&ts, NULL);
+    }
+    return false;
+}
+
+static void iso_time(int64_t ms, char *buf, size_t cap)
+{
+    time_t s = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    char b[32];
+    strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf, cap, "%s.%03dZ", b, (int)(ms % 1000));
+}
+
+/* Delivers a dead letter: the event, where it was going and why it did not get there.  Retried
+ * until it is delivered or the daemon stops (false: the event is delivered again later). */
+static bool dead_letter(work *k, const store_record *rec, const attempt *a, unsigned attempts,
+                        int64_t first_ms, int64_t last_ms)
+{
+    ebd *d = k->w->d;
+    ebd_target *t = k->t, *dl = NULL;
+    const char *file = t->dead_letter_file;
+    const vm_rule *rule = &k->r->p->rules[k->w->rule];
+    if (rule->dead_letter != VM_NONE)
+        dl = &k->r->targets[rule->dead_letter];
+    else if (t->dead_letter != VM_NONE)
+        dl = &k->r->targets[t->dead_letter];
+    if (!dl && !file) {
+        ebd_log(EBD_ERROR, "msg=\"delivery dropped: no dead-letter target\" rule=%s target=%s "
+                "offset=%" PRIu64 " attempts=%u error=\"%s\"", k->rule_name, t->name, rec->offset,
+                attempts, a->error);
+        return true;
+    }
+    sbuf b = { 0 };
+    char t0[40], t1[40];
+    iso_time(first_ms, t0, sizeof t0);
+    iso_time(last_ms, t1, sizeof t1);
+    sb_puts(&b, "{\"event\":");
+    sb_put(&b, (const char *)rec->data, rec->len);
+    sb_puts(&b, ",\"rule\":");
+    sb_json_string(&b, k->rule_name, strlen(k->rule_name));
+    sb_puts(&b, ",\"target\":");
+    sb_json_string(&b, t->name, strlen(t->name));
+    if (a->status)
+        sb_printf(&b, ",\"status\":%ld", a->status);
+    else
+        sb_puts(&b, ",\"status\":null");
+    sb_puts(&b, ",\"error\":");
+    sb_json_string(&b, a->error, strlen(a->error));
+    sb_printf(&b, ",\"attempts\":%u,\"first_attempt\":\"%s\",\"last_attempt\":\"%s\",\"offset\":%"
+              PRIu64 "}", attempts, t0, t1, rec->offset);
+    ebd_log(EBD_WARN, "msg=\"dead letter\" rule=%s target=%s offset=%" PRIu64 " attempts=%u "
+            "status=%ld error=\"%s\"", k->rule_name, t->name, rec->offset, attempts, a->status, a->error);
+    bool ok = false;
+    for (unsigned n = 0; !ok; n++) {
+        attempt da = { 0 };
+        if (file) {
+            ebd_target ft = { .name = t->name, .path = (char *)file, .fsync = STORE_FSYNC_ALWAYS };
+            mkdirs_above(file);
+            ft.fd = open(file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+            if (ft.fd < 0)
+                snprintf(da.error, sizeof da.error, "%s: %s", file, strerror(errno));
+            else {
+                deliver_file(&ft, b.v, b.n, &da);
+                close(ft.fd);
+            }
+        } else {
+            if (!k->dl_curl)
+                k->dl_curl = curl_easy_init();
+            attempt_once(d, &k->r->stop, dl, k->dl_curl, b.v, b.n, false, &da);
+        }
+        ok = !da.error[0];
+        if (!ok) {
+            ebd_log(EBD_ERROR, "msg=\"dead-letter delivery failed\" rule=%s target=%s error=\"%s\"",
+                    k->rule_name, t->name, da.error);
+            if (!pause_ms(&k->r->stop, n < 10 ? 1000LL << (n < 6 ? n : 6) : 60000))
+                break;
+        }
+    }
+    sb_free(&b);
+    return ok;
+}
+
+/* Delivers one payload with the target's retry policy; false if the daemon stopped first (the
+ * event is delivered again after the restart). */
+static bool deliver(work *k, const store_record *rec, const char *payload, size_t n, bool text)
+{
+    ebd *d = k->w->d;
+    ebd_target *t = k->t;
+    int64_t first = real_ms();
+    attempt a;
+    for (unsigned i = 1;; i++) {
+        attempt_once(d, &k->r->stop, t, k->curl, payload, n, text, &a);
+        if (!a.error[0]) {
+            if (i > 1)
+                ebd_log(EBD_INFO, "msg=\"delivered after retries\" rule=%s target=%s offset=%" PRIu64
+                        " attempts=%u", k->rule_name, t->name, rec->offset, i);
+            return true;
+        }
+        int64_t age = real_ms() - rec->time_ns / 1000000;
+        if (!a.retry || i >= t->retry.attempts || (uint64_t)age >= t->retry.max_age_ms)
+            return dead_letter(k, rec, &a, i, first, real_ms());
+        /* Exponential backoff with full jitter: a random wait up to first * 2^(i-1), capped. */
+        uint64_t cap = t->retry.first_ms << (i - 1 < 30 ? i - 1 : 30);
+        if (cap > t->retry.max_ms || cap == 0)
+            cap = t->retry.max_ms;
+        int64_t wait = (int64_t)((double)rand_r(&k->seed) / RAND_MAX * (double)cap);
+        if (a.retry_after_ms > 0)
+            wait = a.retry_after_ms < (int64_t)t->retry.max_ms ? a.retry_after_ms : (int64_t)t->retry.max_ms;
+        ebd_log(EBD_INFO, "msg=\"delivery failed, will retry\" rule=%s target=%s offset=%" PRIu64
+                " attempt=%u wait_ms=%lld error=\"%s\"", k->rule_name, t->name, rec->offset, i,
+                (long long)wait, a.error);
+        if (!pause_ms(&k->r->stop, wait))
+            return false;
+    }
+}
+
+static bool rule_matched(const uint32_t *rules, size_t n, uint32_t rule)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (rules[mid] == rule)
+            return true;
+        if (rules[mid] < rule)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return false;
+}
+
+/* Makes what was delivered durable (file targets), then the cursor. */
+static void commit(work *k, uint64_t offset)
+{
+    if (k->t->kind == T_FILE && k->t->fsync != STORE_FSYNC_NEVER)
+        fdatasync(k->t->fd);
+    if (store_commit(k->bus->s, k->w->cursor, offset) != STORE_OK)
+        ebd_log(EBD_ERROR, "msg=\"cannot commit cursor\" cursor=%s error=\"%s\"", k->w->cursor,
+                store_error(k->bus->s));
+}
+
+static void *worker_main(void *arg)
+{
+    ebd_worker *w = arg;
+    ebd *d = w->d;
+    ebd_rules *r = w->r;
+    const vm_program *p = r->p;
+    const vm_rule *rule = &p->rules[w->rule];
+    work k = { .w = w, .r = r, .t = &r->targets[w->target], .seed = (unsigned)(uintptr_t)w };
+    k.bus = &d->buses[r->bus_of[rule->bus]];
+    char rule_name[256];
+    snprintf(rule_name, sizeof rule_name, "%.*s", (int)rule->name.len, vm_s(p, rule->name));
+    k.rule_name = rule_name;
+    k.ctx = vm_ctx_new(p, NULL);
+    k.curl = k.t->kind == T_HTTP ? curl_easy_init() : NULL;
+    /* Where to start: the committed cursor; a new pair starts at the end of the log (events
+     * from now on), and commits that at once so that a crash cannot skip what comes next. */
+    uint64_t from, first, next;
+    if (store_committed(k.bus->s, w->cursor, &from) != STORE_OK) {
+        store_bounds(k.bus->s, &first, &next);
+        from = next;
+        commit(&k, from);
+    }
+    store_cursor *c;
+    store_cursor_open(k.bus->s, from, &c);
+    uint64_t done = from, committed = from;
+    int64_t last_commit = mono_ms();
+    vm_xform_env env = { .bus = k.bus->name, .rule = rule_name };
+    while (!atomic_load(&r->stop)) {
+        store_record rec;
+        store_status st = store_cursor_next(c, &rec, 100);
+        if (st == STORE_OK) {
+            const uint32_t *rules;
+            size_t nrules;
+            vm_error err;
+            if (vm_match(k.ctx, rule->bus, (const char *)rec.data, rec.len, &rules, &nrules, &err) == VM_OK &&
+                rule_matched(rules, nrules, w->rule)) {
+                const char *payload;
+                size_t plen;
+                bool text = false, ok = true, owned = false;
+                env.ingest_ms = rec.time_ns / 1000000;
+                const vm_xform *x = rule->xform != VM_NONE ? &p->xforms[rule->xform] : NULL;
+                char errbuf[400];
+                if (x && (x->kind == VM_X_EXEC || x->kind == VM_X_HTTP)) {
+                    char *out;
+                    ok = rt_run_function(p, x, (const char *)rec.data, rec.len, &out, &plen, &text,
+                                         errbuf, sizeof errbuf);
+                    payload = out;
+                    owned = true;
+                } else if (vm_transform(k.ctx, w->rule, (const char *)rec.data, rec.len, &env,
+                                        &payload, &plen, &text, &err) != VM_OK) {
+                    ok = false;
+                    snprintf(errbuf, sizeof errbuf, "transform failed: %s", err.msg);
+                }
+                bool finished;
+                if (ok)
+                    finished = deliver(&k, &rec, payload, plen, text);
+                else {
+                    attempt a = { 0 };
+                    snprintf(a.error, sizeof a.error, "%s", errbuf);
+                    finished = dead_letter(&k, &rec, &a, 0, real_ms(), real_ms());
+                }
+                if (owned)
+                    free((char *)payload);
+                if (!finished)
+                    break;      /* stopping: this event is delivered again after the restart */
+            }
+            done = rec.offset + 1;
+        } else if (st == STORE_BEHIND) {
+            store_bounds(k.bus->s, &first, &next);
+            ebd_log(EBD_WARN, "msg=\"events deleted by retention before delivery\" cursor=%s "
+                    "from=%" PRIu64 " to=%" PRIu64, w->cursor, done, first);
+            store_cursor_seek(c, first);
+            done = first;
+        } else if (st == STORE_CORRUPT) {
+            uint64_t lost;
+            ebd_log(EBD_ERROR, "msg=\"corrupt record skipped\" cursor=%s error=\"%s\"", w->cursor,
+                    store_cursor_error(c));
+            store_cursor_skip(c, &lost);
+            done = store_cursor_offset(c);
+        } else if (st != STORE_TIMEOUT) {
+            break;
+        }
+        if (done != committed && (done - committed >= COMMIT_EVERY_EVENTS ||
+                                  mono_ms() - last_commit >= COMMIT_EVERY_MS || st == STORE_TIMEOUT)) {
+            commit(&k, done);
+            committed = done;
+            last_commit = mono_ms();
+        }
+    }
+    if (done != committed)
+        commit(&k, done);
+    store_cursor_close(c);
+    vm_ctx_free(k.ctx);
+    if (k.curl)
+        curl_easy_cleanup(k.curl);
+    if (k.dl_curl)
+        curl_easy_cleanup(k.dl_curl);
+    return NULL;
+}
+
+void ebd_workers_start(ebd *d, ebd_rules *r)
+{
+    (void)d;
+    atomic_store(&r->stop, false);
+    for (size_t i = 0; i < r->nworkers; i++) {
+        ebd_worker *w = &r->workers[i];
+        const vm_rule *rule = &r->p->rules[w->rule];
+        if (r->bus_of[rule->bus] == VM_NONE)
+            continue;
+        w->started = pthread_create(&w->th, NULL, worker_main, w) == 0;
+        if (!w->started)
+            ebd_log(EBD_ERROR, "msg=\"cannot start a delivery thread\" cursor=%s", w->cursor);
+    }
+}
+
+void ebd_workers_stop(ebd *d, ebd_rules *r)
+{
+    (void)d;
+    atomic_store(&r->stop, true);
+    for (size_t i = 0; i < r->nworkers; i++)
+        if (r->workers[i].started) {
+            pthread_join(r->workers[i].th, NULL);
+            r->workers[i].started = false;
+        }
+}

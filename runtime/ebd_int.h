@@ -1,0 +1,159 @@
+/*
+ * ebd_int.h — the daemon's parts (runtime/ebd.c, ingest.c, deliver.c, cejson.c) and what they
+ * share.  Not a door: the rest of the project sees runtime.h only.
+ */
+#ifndef EBR_EBD_INT_H
+#define EBR_EBD_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "runtime.h"
+
+/* ---- logging: one line per message, key=value (logfmt) ---------------------------------- */
+
+enum { EBD_DEBUG, EBD_INFO, EBD_WARN, EBD_ERROR };
+void ebd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- a growing text buffer -------------------------------------------------------------- */
+
+typedef struct {
+    char *v;
+    size_t n, cap;
+    bool oom;
+} sbuf;
+
+void sb_put(sbuf *b, const char *s, size_t n);
+void sb_puts(sbuf *b, const char *s);
+void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sb_json_string(sbuf *b, const char *s, size_t n);     /* a quoted, escaped JSON string */
+void sb_free(sbuf *b);
+
+/* ---- JSON text that vm_json_valid has accepted: spans, not a DOM -------------------------- */
+
+typedef struct {
+    uint32_t key_off, key_len;    /* the member's name, quotes included */
+    uint32_t val_off, val_len;    /* its value's text */
+} js_member;
+
+/* The end of the value that starts at s[i] (s valid JSON). */
+size_t js_skip(const char *s, size_t n, size_t i);
+size_t js_ws(const char *s, size_t n, size_t i);
+/* Calls fn for each member of the object at s[i] (or each element of the array, key_len 0);
+ * stops early when fn returns false, and then returns false. */
+bool js_each(const char *s, size_t n, size_t i, bool (*fn)(void *, const js_member *), void *arg);
+/* Decodes the JSON string literal s[0..n) (quotes included) into out (at least n bytes);
+ * returns the decoded length. */
+size_t js_unquote(const char *s, size_t n, char *out);
+/* Is the member's key the given name? */
+bool js_key_is(const char *s, const js_member *m, const char *name);
+
+/* ---- CloudEvents (ingest.c) ------------------------------------------------------------- */
+
+/* Checks one event in the JSON format (s[0..n), a valid JSON value): an object with the
+ * required attributes (id, source, specversion "1.0", type) as non-empty strings, optional ones
+ * of the right type (time RFC 3339, dataschema/source URI-references), extension names of
+ * a-z and 0-9, not both data and data_base64.  On failure writes the reason (naming the
+ * attribute) to why and returns false.  *id / *idlen get the id's text (quoted). */
+bool ce_check(const char *s, size_t n, char *why, size_t whycap, const char **id, size_t *idlen);
+
+#endif
+
+/* ---- the daemon ---------------------------------------------------------------------------- */
+
+#include <curl/curl.h>
+
+enum { T_HTTP, T_FILE, T_BUS, T_EXEC };
+
+typedef struct {
+    unsigned attempts;            /* 0: no retry (one attempt) */
+    uint64_t first_ms, max_ms, max_age_ms;
+} ebd_retry;
+
+typedef struct {
+    char *name;
+    int kind;
+    char *url, *method;           /* http */
+    struct curl_slist *headers;
+    long timeout_ms;              /* http, exec */
+    char *sign_secret, *sign_header;
+    unsigned concurrency;         /* http, exec: deliveries at once (0: no limit) */
+    unsigned rate_limit;          /* http, exec: deliveries per second (0: no limit) */
+    char *path;                   /* file: resolved under the data directory */
+    int fd;
+    store_fsync fsync;
+    uint32_t bus;                 /* bus: the daemon's bus index */
+    char **argv;                  /* exec: argv (NULL-terminated) */
+    ebd_retry retry;
+    uint32_t dead_letter;         /* a target index, or VM_NONE */
+    char *dead_letter_file;       /* or a file under the data directory */
+    pthread_mutex_t mu;           /* file writes; rate limit */
+    pthread_cond_t cv;
+    unsigned busy;                /* deliveries in progress (concurrency) */
+    double tokens;                /* rate limit bucket */
+    struct timespec refill;
+} ebd_target;
+
+typedef struct {
+    char *name;
+    store *s;
+    char *token;                  /* bearer token for puts, or NULL */
+    uint64_t max_event;
+} ebd_bus;
+
+typedef struct ebd ebd;
+typedef struct ebd_rules ebd_rules;
+
+typedef struct {
+    ebd *d;
+    ebd_rules *r;
+    uint32_t rule, target;        /* in r->p */
+    char cursor[256];
+    pthread_t th;
+    bool started;
+} ebd_worker;
+
+/* One loaded ruleset with what it needs at run time; replaced whole on reload. */
+struct ebd_rules {
+    vm_program *p;
+    _Atomic bool stop;            /* its workers: leave after the delivery in hand */
+    ebd_target *targets;          /* one per p->targets */
+    ebd_worker *workers;          /* one per (rule, target) */
+    size_t nworkers;
+    uint32_t *bus_of;             /* p's bus index -> the daemon's bus index */
+    char *admin_token;
+};
+
+struct ebd {
+    char *rules_path, *data_dir, *listen;
+    bool loopback;
+    ebd_bus *buses;
+    size_t nbuses, capbuses;
+    pthread_rwlock_t lock;        /* rules and buses: ingest reads, reload writes */
+    ebd_rules *rules;
+    _Atomic bool stopping;        /* the daemon is shutting down: ingest answers 503 */
+    pthread_mutex_t reload_mu;
+    _Atomic unsigned inflight;    /* ingest requests being handled */
+};
+
+/* deliver.c: the options of declarations (p->cfgs) */
+const vm_cfg *ebd_cfg_option(const vm_program *p, uint32_t opt0, uint32_t nopt, const char *key);
+const vm_cfg *ebd_cfg_child(const vm_program *p, const vm_cfg *c, uint32_t k);
+/* A text value: a string, or env("NAME") read now (NULL with err set when it is unset). */
+char *ebd_cfg_text(const vm_program *p, const vm_cfg *v, char *err, size_t cap);
+
+/* deliver.c */
+bool ebd_rules_prepare(ebd *d, ebd_rules *r, char *err, size_t errcap);
+void ebd_workers_start(ebd *d, ebd_rules *r);
+void ebd_workers_stop(ebd *d, ebd_rules *r);     /* finish the delivery in hand, commit, join */
+void ebd_rules_free(ebd_rules *r);
+
+/* ingest.c */
+struct MHD_Daemon;
+struct MHD_Daemon *ebd_http_start(ebd *d, const char *host, uint16_t port, char *err, size_t cap);
+void ebd_http_stop(struct MHD_Daemon *h);
+
+/* ebd.c */
+bool ebd_reload(ebd *d, sbuf *errors);
+ebd_bus *ebd_find_bus(ebd *d, const char *name, size_t n);

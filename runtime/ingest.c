@@ -1,0 +1,597 @@
+/*
+ * ingest.c — the daemon's HTTP side (libmicrohttpd, a thread per connection, keep-alive):
+ *
+ *   POST /v1/buses/{bus}/events      CloudEvents 1.0 over HTTP: binary, structured or batched
+ *                                    mode, chosen by the content type as the binding says
+ *   POST /v1/buses/{bus}/put-events  {"entries": [event, ...]}, answered entry by entry
+ *   POST /v1/admin/reload            load the rules again (admin token)
+ *   GET  /healthz                    200 while the daemon runs
+ *
+ * An event is stored as the JSON-format CloudEvent it is (binary mode builds that JSON from the
+ * headers and the body), and answered 202 only once it is in the bus's log under its fsync
+ * policy.  A request is all or nothing: one bad event in a batch stores none of it.
+ */
+#include <sys/socket.h>
+#include <arpa/inet.h>
+#include <microhttpd.h>
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "ebd_int.h"
+
+#define MAX_BODY (32u << 20)        /* the most any request may carry */
+#define MAX_INFLIGHT 4096           /* requests in progress before 429 */
+
+typedef struct {
+    sbuf body;
+    bool too_big;
+    bool busy;                      /* over MAX_INFLIGHT when it came: 429 */
+} request;
+
+static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, const sbuf *b,
+                                 const char *retry_after)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(b->n, b->v ? b->v : (char *)"",
+                                                             MHD_RESPMEM_MUST_COPY);
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", "application/json");
+    if (retry_after)
+        MHD_add_response_header(r, "Retry-After", retry_after);
+    enum MHD_Result ok = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
+/* {"error": message, "field": field} with the status. */
+static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, const char *msg,
+                                  const char *field, const char *retry_after)
+{
+    sbuf b = { 0 };
+    sb_puts(&b, "{\"error\":");
+    sb_json_string(&b, msg, strlen(msg));
+    if (field) {
+        sb_puts(&b, ",\"field\":");
+        sb_json_string(&b, field, strlen(field));
+    }
+    sb_puts(&b, "}");
+    enum MHD_Result ok = send_json(c, status, &b, retry_after);
+    sb_free(&b);
+    return ok;
+}
+
+/* ---- authorization ------------------------------------------------------------------------ */
+
+/* Compares in time that depends on the lengths only. */
+static bool same_secret(const char *a, const char *b)
+{
+    size_t na = strlen(a), nb = strlen(b);
+    unsigned char diff = (unsigned char)(na != nb);
+    for (size_t i = 0; i < na; i++)
+        diff |= (unsigned char)(a[i] ^ b[i % (nb ? nb : 1)]);
+    return diff == 0;
+}
+
+/* 0 when the request may go on; else the status (401: no token, 403: a wrong one). */
+static unsigned authorize(struct MHD_Connection *c, const char *token)
+{
+    if (!token)
+        return 0;
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0)
+        return 401;
+    return same_secret(h + 7, token) ? 0 : 403;
+}
+
+/* ---- content types ------------------------------------------------------------------------ */
+
+/* The media type of a Content-Type value, lower case, without parameters. */
+static void media_type(const char *ct, char *out, size_t cap)
+{
+    size_t i = 0;
+    while (ct && *ct == ' ')
+        ct++;
+    for (; ct && ct[i] && ct[i] != ';' && ct[i] != ' ' && i + 1 < cap; i++)
+        out[i] = (char)(ct[i] >= 'A' && ct[i] <= 'Z' ? ct[i] + 32 : ct[i]);
+    out[i] = 0;
+}
+
+static bool is_json_type(const char *mt)
+{
+    size_t n = strlen(mt);
+    return !strcmp(mt, "application/json") || !strcmp(mt, "text/json") ||
+           (n > 5 && !strcmp(mt + n - 5, "+json"));
+}
+
+/* ---- binary mode: the event built from ce- headers and the body ----------------------------- */
+
+typedef struct {
+    sbuf *ev;
+    bool bad;
+    char why[200];
+} headers_state;
+
+static int hexdigit(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+         : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+static enum MHD_Result ce_header(void *arg, enum MHD_ValueKind kind, const char *key,
+                                 const char *value)
+{
+    (void)kind;
+    headers_state *st = arg;
+    if (strncasecmp(key, "ce-", 3) != 0 || st->bad)
+        return MHD_YES;
+    const char *name = key + 3;
+    size_t n = strlen(name);
+    char lower[128];
+    if (n == 0 || n >= sizeof lower) {
+        st->bad = true;
+        snprintf(st->why, sizeof st->why, "header '%s' names no attribute", key);
+        return MHD_YES;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char ch = (char)(name[i] >= 'A' && name[i] <= 'Z' ? name[i] + 32 : name[i]);
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9'))) {
+            st->bad = true;
+            snprintf(st->why, sizeof st->why, "header '%s': attribute names are a-z and 0-9", key);
+            return MHD_YES;
+        }
+        lower[i] = ch;
+    }
+    lower[n] = 0;
+    if (!strcmp(lower, "data") || !strcmp(lower, "data_base64"))
+        return MHD_YES;
+    /* The value, percent-decoded (the binding's encoding of what a header cannot carry). */
+    size_t vn = strlen(value);
+    char *dec = malloc(vn + 1);
+    size_t o = 0;
+    for (size_t i = 0; dec && i < vn; i++) {
+        if (value[i] == '%' && i + 2 < vn + 0 + 1 && hexdigit(value[i + 1]) >= 0 &&
+            i + 2 < vn && hexdigit(value[i + 2]) >= 0) {
+            dec[o++] = (char)(hexdigit(value[i + 1]) * 16 + hexdigit(value[i + 2]));
+            i += 2;
+        } else
+            dec[o++] = value[i];
+    }
+    if (!dec) {
+        st->bad = true;
+        snprintf(st->why, sizeof st->why, "out of memory");
+        return MHD_YES;
+    }
+    size_t bad_at;
+    sbuf tmp = { 0 };
+    sb_json_string(&tmp, dec, o);
+    if (tmp.oom || !vm_json_valid(tmp.v, tmp.n, &bad_at)) {
+        st->bad = true;
+        snprintf(st->why, sizeof st->why, "header '%s' is not UTF-8 once percent-decoded", key);
+    } else {
+        sb_puts(st->ev, st->ev->n > 1 ? "," : "");
+        sb_json_string(st->ev, lower, n);
+        sb_puts(st->ev, ":");
+        sb_put(st->ev, tmp.v, tmp.n);
+    }
+    sb_free(&tmp);
+    free(dec);
+    return MHD_YES;
+}
+
+static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static void sb_base64(sbuf *b, const unsigned char *s, size_t n)
+{
+    sb_put(b, "\"", 1);
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)s[i] << 16 | (i + 1 < n ? (uint32_t)s[i + 1] << 8 : 0) |
+                     (i + 2 < n ? s[i + 2] : 0);
+        char q[4] = { b64[v >> 18 & 63], b64[v >> 12 & 63], i + 1 < n ? b64[v >> 6 & 63] : '=',
+                      i + 2 < n ? b64[v & 63] : '=' };
+        sb_put(b, q, 4);
+    }
+    sb_put(b, "\"", 1);
+}
+
+/* Builds the JSON-format event of a binary-mode request into ev. */
+static bool binary_event(struct MHD_Connection *c, const char *ctype, const request *rq, sbuf *ev,
+                         char *why, size_t whycap)
+{
+    headers_state st = { .ev = ev };
+    sb_puts(ev, "{");
+    MHD_get_connection_values(c, MHD_HEADER_KIND, ce_header, &st);
+    if (st.bad) {
+        snprintf(why, whycap, "%s", st.why);
+        return false;
+    }
+    if (ctype) {
+        sb_puts(ev, ev->n > 1 ? "," : "");
+        sb_puts(ev, "\"datacontenttype\":");
+        sb_json_string(ev, ctype, strlen(ctype));
+    }
+    if (rq->body.n) {
+        char mt[128];
+        media_type(ctype, mt, sizeof mt);
+        sb_puts(ev, ev->n > 1 ? "," : "");
+        if (is_json_type(mt)) {
+            size_t at;
+            if (!vm_json_valid(rq->body.v, rq->body.n, &at)) {
+                snprintf(why, whycap, "the body is not valid JSON (byte %zu) though its content "
+                         "type is %s", at, mt);
+                return false;
+            }
+            sb_puts(ev, "\"data\":");
+            size_t a = js_ws(rq->body.v, rq->body.n, 0), e = rq->body.n;
+            while (e > a && (rq->body.v[e - 1] == ' ' || rq->body.v[e - 1] == '\n' ||
+                             rq->body.v[e - 1] == '\r' || rq->body.v[e - 1] == '\t'))
+                e--;
+            sb_put(ev, rq->body.v + a, e - a);
+        } else {
+            /* Text that is UTF-8 goes as a string; anything else as base64. */
+            sbuf s = { 0 };
+            sb_json_string(&s, rq->body.v, rq->body.n);
+            bool text = !strncmp(mt, "text/", 5) && !s.oom && vm_json_valid(s.v, s.n, NULL) &&
+                        memchr(rq->body.v, 0, rq->body.n) == NULL;
+            if (text) {
+                sb_puts(ev, "\"data\":");
+                sb_put(ev, s.v, s.n);
+            } else {
+                sb_puts(ev, "\"data_base64\":");
+                sb_base64(ev, (const unsigned char *)rq->body.v, rq->body.n);
+            }
+            sb_free(&s);
+        }
+    }
+    sb_puts(ev, "}");
+    return !ev->oom;
+}
+
+/* ---- events ------------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *s;               /* the event's text */
+    size_t n;
+    const char *id;              /* its id, quoted */
+    size_t idlen;
+    char error[240];             /* put-events: why this entry was refused */
+} event;
+
+typedef struct {
+    event *v;
+    size_t n, cap;
+    const char *body;
+    bool oom;
+} events;
+
+static bool push_event(void *arg, const js_member *m)
+{
+    events *es = arg;
+    if (es->n == es->cap) {
+        size_t cap = es->cap ? es->cap * 2 : 16;
+        event *v = realloc(es->v, cap * sizeof *v);
+        if (!v) {
+            es->oom = true;
+            return false;
+        }
+        es->v = v;
+        es->cap = cap;
+    }
+    es->v[es->n++] = (event){ .s = es->body + m->val_off, .n = m->val_len };
+    return true;
+}
+
+/* Appends the events es (all good) to the bus and answers 202 {"events": [{id, offset}]}. */
+static enum MHD_Result store_and_answer(struct MHD_Connection *c, ebd_bus *b, events *es)
+{
+    store_entry *e = calloc(es->n ? es->n : 1, sizeof *e);
+    if (!e)
+        return send_error(c, 503, "out of memory", NULL, "1");
+    for (size_t i = 0; i < es->n; i++)
+        e[i] = (store_entry){ es->v[i].s, (uint32_t)es->v[i].n, 0 };
+    uint64_t first = 0;
+    store_status st = store_append(b->s, e, es->n, &first);
+    free(e);
+    if (st != STORE_OK) {
+        ebd_log(EBD_ERROR, "msg=\"append failed\" bus=%s error=\"%s\"", b->name, store_error(b->s));
+        return send_error(c, 503, st == STORE_CLOSED ? "the daemon is stopping"
+                                                      : "the bus cannot store events now",
+                          NULL, st == STORE_CLOSED ? "1" : "5");
+    }
+    sbuf r = { 0 };
+    sb_puts(&r, "{\"events\":[");
+    for (size_t i = 0; i < es->n; i++)
+        sb_printf(&r, "%s{\"id\":%.*s,\"offset\":%llu}", i ? "," : "", (int)es->v[i].idlen,
+                  es->v[i].id, (unsigned long long)(first + i));
+    sb_puts(&r, "]}");
+    enum MHD_Result ok = send_json(c, 202, &r, NULL);
+    sb_free(&r);
+    return ok;
+}
+
+static enum MHD_Result put_events_ce(struct MHD_Connection *c, ebd_bus *b, request *rq)
+{
+    const char *ctype = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+    char mt[128];
+    media_type(ctype, mt, sizeof mt);
+    events es = { .body = rq->body.v };
+    sbuf built = { 0 };
+    char why[256];
+    enum MHD_Result ok;
+    bool batch = !strcmp(mt, "application/cloudevents-batch+json");
+    bool structured = !strcmp(mt, "application/cloudevents+json");
+    if (!batch && !structured && !strncmp(mt, "application/cloudevents", 23))
+        return send_error(c, 415, "unsupported event format (this bus takes "
+                          "application/cloudevents+json and application/cloudevents-batch+json, "
+                          "or binary mode)", "Content-Type", NULL);
+    if (batch || structured) {
+        size_t at;
+        if (!vm_json_valid(rq->body.v, rq->body.n, &at)) {
+            snprintf(why, sizeof why, "the body is not valid JSON (byte %zu)", at);
+            return send_error(c, 400, why, "body", NULL);
+        }
+        size_t i = js_ws(rq->body.v, rq->body.n, 0);
+        if (batch) {
+            if (rq->body.v[i] != '[')
+                return send_error(c, 400, "a batch must be a JSON array of events", "body", NULL);
+            js_each(rq->body.v, rq->body.n, i, push_event, &es);
+        } else {
+            js_member m = { .val_off = (uint32_t)i,
+                            .val_len = (uint32_t)(js_skip(rq->body.v, rq->body.n, i) - i) };
+            push_event(&es, &m);
+        }
+    } else {
+        if (!MHD_lookup_connection_value(c, MHD_HEADER_KIND, "ce-specversion"))
+            return send_error(c, 400, "not a CloudEvent: no ce-specversion header (binary mode) "
+                              "and the content type is not application/cloudevents+json",
+                              "ce-specversion", NULL);
+        if (!binary_event(c, ctype, rq, &built, why, sizeof why)) {
+            sb_free(&built);
+            return send_error(c, 400, why, NULL, NULL);
+        }
+        js_member m = { .val_off = 0, .val_len = (uint32_t)built.n };
+        es.body = built.v;
+        push_event(&es, &m);
+    }
+    if (es.oom) {
+        ok = send_error(c, 503, "out of memory", NULL, "1");
+        goto done;
+    }
+    if (es.n == 0) {
+        ok = send_error(c, 400, "the batch holds no event", "body", NULL);
+        goto done;
+    }
+    for (size_t i = 0; i < es.n; i++) {
+        if (es.v[i].n > b->max_event) {
+            snprintf(why, sizeof why, "event %zu is %zu bytes, over the limit of %llu", i,
+                     es.v[i].n, (unsigned long long)b->max_event);
+            ok = send_error(c, 413, why, NULL, NULL);
+            goto done;
+        }
+        char w[200];
+        if (!ce_check(es.v[i].s, es.v[i].n, w, sizeof w, &es.v[i].id, &es.v[i].idlen)) {
+            if (es.n > 1)
+                snprintf(why, sizeof why, "event %zu: %s", i, w);
+            else
+                snprintf(why, sizeof why, "%s", w);
+            const char *q = strchr(w, '\''), *q2 = q ? strchr(q + 1, '\'') : NULL;
+            char field[64] = "";
+            if (q && q2 && q2 - q < 60)
+                snprintf(field, sizeof field, "%.*s", (int)(q2 - q - 1), q + 1);
+            ok = send_error(c, 400, why, field[0] ? field : NULL, NULL);
+            goto done;
+        }
+    }
+    ok = store_and_answer(c, b, &es);
+done:
+    free(es.v);
+    sb_free(&built);
+    return ok;
+}
+
+typedef struct {
+    const char *s;
+    js_member entries;
+    bool found;
+} find_entries;
+
+static bool find_entries_member(void *arg, const js_member *m)
+{
+    find_entries *f = arg;
+    if (js_key_is(f->s, m, "entries")) {
+        f->entries = *m;
+        f->found = true;
+    }
+    return true;
+}
+
+/* PutEvents-style: {"entries": [event, ...]}; good entries are stored even when others fail. */
+static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request *rq)
+{
+    size_t at;
+    char why[256];
+    if (!vm_json_valid(rq->body.v, rq->body.n, &at)) {
+        snprintf(why, sizeof why, "the body is not valid JSON (byte %zu)", at);
+        return send_error(c, 400, why, "body", NULL);
+    }
+    size_t i = js_ws(rq->body.v, rq->body.n, 0);
+    find_entries f = { .s = rq->body.v };
+    if (rq->body.v[i] == '{')
+        js_each(rq->body.v, rq->body.n, i, find_entries_member, &f);
+    if (!f.found || rq->body.v[f.entries.val_off] != '[')
+        return send_error(c, 400, "the body must be {\"entries\": [event, ...]}", "entries", NULL);
+    events es = { .body = rq->body.v };
+    js_each(rq->body.v, rq->body.n, f.entries.val_off, push_event, &es);
+    if (es.oom) {
+        free(es.v);
+        return send_error(c, 503, "out of memory", NULL, "1");
+    }
+    store_entry *e = calloc(es.n ? es.n : 1, sizeof *e);
+    size_t good = 0;
+    for (size_t k = 0; e && k < es.n; k++) {
+        if (es.v[k].n > b->max_event)
+            snprintf(es.v[k].error, sizeof es.v[k].error, "the event is %zu bytes, over the limit "
+                     "of %llu", es.v[k].n, (unsigned long long)b->max_event);
+        else if (!ce_check(es.v[k].s, es.v[k].n, es.v[k].error, sizeof es.v[k].error,
+                           &es.v[k].id, &es.v[k].idlen) && !es.v[k].error[0])
+            snprintf(es.v[k].error, sizeof es.v[k].error, "not a CloudEvent");
+        if (!es.v[k].error[0])
+            e[good++] = (store_entry){ es.v[k].s, (uint32_t)es.v[k].n, 0 };
+    }
+    uint64_t first = 0;
+    store_status st = e && good ? store_append(b->s, e, good, &first) : STORE_OK;
+    free(e);
+    if (!e || st != STORE_OK) {
+        free(es.v);
+        return send_error(c, 503, "the bus cannot store events now", NULL, "5");
+    }
+    sbuf r = { 0 };
+    sb_printf(&r, "{\"failed_entry_count\":%zu,\"entries\":[", es.n - good);
+    uint64_t off = first;
+    for (size_t k = 0; k < es.n; k++) {
+        sb_puts(&r, k ? "," : "");
+        if (es.v[k].error[0]) {
+            sb_puts(&r, "{\"error_code\":\"");
+            sb_puts(&r, strstr(es.v[k].error, "over the limit") ? "EventTooLarge" : "InvalidEvent");
+            sb_puts(&r, "\",\"error_message\":");
+            sb_json_string(&r, es.v[k].error, strlen(es.v[k].error));
+            sb_puts(&r, "}");
+        } else
+            sb_printf(&r, "{\"id\":%.*s,\"offset\":%llu}", (int)es.v[k].idlen, es.v[k].id,
+                      (unsigned long long)off++);
+    }
+    sb_puts(&r, "]}");
+    enum MHD_Result ok = send_json(c, 200, &r, NULL);
+    sb_free(&r);
+    free(es.v);
+    return ok;
+}
+
+/* ---- routing ------------------------------------------------------------------------------ */
+
+static enum MHD_Result handle(struct MHD_Connection *c, ebd *d, const char *url,
+                              const char *method, request *rq)
+{
+    if (!strcmp(url, "/healthz"))
+        return send_error(c, 200, "ok", NULL, NULL);
+    if (strcmp(method, "POST") != 0)
+        return send_error(c, 405, "only POST is served here", NULL, NULL);
+    if (!strcmp(url, "/v1/admin/reload")) {
+        pthread_rwlock_rdlock(&d->lock);
+        char *tok = d->rules->admin_token ? strdup(d->rules->admin_token) : NULL;
+        pthread_rwlock_unlock(&d->lock);
+        unsigned deny = tok ? authorize(c, tok) : (d->loopback ? 0 : 403);
+        free(tok);
+        if (deny)
+            return send_error(c, deny, deny == 401 ? "an admin token is needed"
+                                                   : "the admin token is wrong", NULL, NULL);
+        sbuf errors = { 0 };
+        bool ok = ebd_reload(d, &errors);
+        enum MHD_Result r = ok ? send_error(c, 200, "reloaded", NULL, NULL)
+                               : send_error(c, 400, errors.v ? errors.v : "reload failed", NULL, NULL);
+        sb_free(&errors);
+        return r;
+    }
+    static const char prefix[] = "/v1/buses/";
+    if (strncmp(url, prefix, sizeof prefix - 1) != 0)
+        return send_error(c, 404, "no such endpoint", NULL, NULL);
+    const char *name = url + sizeof prefix - 1, *slash = strchr(name, '/');
+    if (!slash)
+        return send_error(c, 404, "no such endpoint", NULL, NULL);
+    bool put = !strcmp(slash, "/put-events");
+    if (!put && strcmp(slash, "/events") != 0)
+        return send_error(c, 404, "no such endpoint", NULL, NULL);
+    pthread_rwlock_rdlock(&d->lock);
+    ebd_bus *b = ebd_find_bus(d, name, (size_t)(slash - name));
+    enum MHD_Result r;
+    if (!b) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "no bus '%.*s'", (int)(slash - name < 200 ? slash - name : 200), name);
+        r = send_error(c, 404, msg, "bus", NULL);
+    } else if (authorize(c, b->token)) {
+        unsigned st = authorize(c, b->token);
+        r = send_error(c, st, st == 401 ? "this bus needs a token (Authorization: Bearer ...)"
+                                        : "the token is wrong for this bus", NULL, NULL);
+    } else if (rq->too_big) {
+        r = send_error(c, 413, "the request is over the size limit", NULL, NULL);
+    } else {
+        r = put ? put_events(c, b, rq) : put_events_ce(c, b, rq);
+    }
+    pthread_rwlock_unlock(&d->lock);
+    return r;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *data,
+                                  size_t *size, void **state)
+{
+    (void)version;
+    ebd *d = cls;
+    request *rq = *state;
+    if (!rq) {
+        rq = calloc(1, sizeof *rq);
+        if (!rq)
+            return MHD_NO;
+        *state = rq;
+        rq->busy = atomic_fetch_add(&d->inflight, 1) >= MAX_INFLIGHT;
+        return MHD_YES;
+    }
+    if (*size) {
+        uint64_t limit = MAX_BODY;
+        if (rq->body.n + *size > limit)
+            rq->too_big = true;
+        else
+            sb_put(&rq->body, data, *size);
+        *size = 0;
+        return MHD_YES;
+    }
+    if (rq->busy)
+        return send_error(c, 429, "too many requests at once", NULL, "1");
+    if (atomic_load(&d->stopping))
+        return send_error(c, 503, "the daemon is stopping", NULL, "1");
+    if (rq->body.oom)
+        return send_error(c, 503, "out of memory", NULL, "1");
+    if (!rq->body.v)
+        sb_put(&rq->body, "", 0);
+    return handle(c, d, url, method, rq);
+}
+
+static void on_done(void *cls, struct MHD_Connection *c, void **state,
+                    enum MHD_RequestTerminationCode why)
+{
+    (void)c;
+    (void)why;
+    ebd *d = cls;
+    request *rq = *state;
+    if (rq) {
+        atomic_fetch_sub(&d->inflight, 1);
+        sb_free(&rq->body);
+        free(rq);
+    }
+    *state = NULL;
+}
+
+struct MHD_Daemon *ebd_http_start(ebd *d, const char *host, uint16_t port, char *err, size_t cap)
+{
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(port) };
+    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
+        snprintf(err, cap, "--listen: '%s' is not an IPv4 address", host);
+        return NULL;
+    }
+    struct MHD_Daemon *h = MHD_start_daemon(
+        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL, port,
+        NULL, NULL, on_request, d, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+        MHD_OPTION_NOTIFY_COMPLETED, on_done, d, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+    if (!h)
+        snprintf(err, cap, "cannot listen on %s:%u (in use, or not an address of this machine)",
+                 host, port);
+    return h;
+}
+
+void ebd_http_stop(struct MHD_Daemon *h)
+{
+    if (h)
+        MHD_stop_daemon(h);
+}
