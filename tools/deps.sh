@@ -5,7 +5,7 @@
 set -eu
 
 PKGS="cmake make gcc pkg-config re2c lemon libcjson-dev libcriterion-dev \
-      libcurl4-openssl-dev libmicrohttpd-dev libnats-dev nats-server"
+      libcurl4-openssl-dev libmicrohttpd-dev libnats-dev nats-server curl"
 case "${1:-}" in
     bench) PKGS="$PKGS gnuplot-nox python3" ;;    # charts; the scaling workload's generator
     fuzz)  PKGS="$PKGS clang libclang-rt-dev" ;;  # libFuzzer comes with clang's runtime
@@ -15,6 +15,10 @@ missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
+# The end-to-end tests run the cloudevents npm package: node and npm, from Debian unless the
+# machine has them already (from elsewhere: installing Debian's npm over them would conflict).
+command -v node >/dev/null 2>&1 || missing="$missing nodejs"
+command -v npm >/dev/null 2>&1 || missing="$missing npm"
 [ -z "$missing" ] && exit 0
 
 echo "deps: installing$missing"

@@ -1,0 +1,301 @@
+#!/bin/sh
+# End-to-end tests of ebd: the real daemon on loopback ports, real HTTP in, real receivers out.
+#   e2e.sh BIN_DIR SOURCE_DIR WORK_DIR
+# BIN_DIR holds ebd, ebc and e2e_receiver.  Every server is started here on 127.0.0.1 and
+# stopped at the end; nothing leaves the machine.
+set -u
+BIN=$1
+SRC=$2
+WORK=$3
+rm -rf "$WORK"
+mkdir -p "$WORK"
+BASE=$(( 20000 + $$ % 20000 ))
+P_EBD=$BASE; P_OK=$((BASE + 1)); P_FLAKY=$((BASE + 2)); P_BAD=$((BASE + 3)); P_DOWN=$((BASE + 4))
+P_RA=$((BASE + 5)); P_NODE=$((BASE + 6))
+URL=http://127.0.0.1:$P_EBD
+FAILS=0
+PIDS=""
+
+fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
+pass() { echo "ok: $*"; }
+cleanup() { for p in $PIDS $(cat "$WORK"/ebd.pid 2>/dev/null); do kill "$p" 2>/dev/null; done; wait 2>/dev/null; }
+trap cleanup EXIT
+
+# wait_for SECONDS COMMAND...: runs COMMAND every 50 ms until it succeeds; false at the deadline.
+wait_for() {
+    _limit=$(( $1 * 20 )); shift
+    _w=0
+    while [ $_w -lt $_limit ]; do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.05; _w=$((_w + 1))
+    done
+    return 1
+}
+
+# lines_ge FILE N: does FILE have at least N lines?  count_ge PATTERN FILE N: N matching lines?
+lines_ge() { [ -f "$1" ] && [ "$(grep -c '' "$1")" -ge "$2" ]; }
+count_ge() { [ -f "$2" ] && [ "$(grep -c -- "$1" "$2")" -ge "$3" ]; }
+
+receiver() {   # receiver PORT NAME ARGS...
+    port=$1; name=$2; shift 2
+    "$BIN/e2e_receiver" "$port" "$WORK/$name.log" "$@" &
+    PIDS="$PIDS $!"
+}
+
+start_ebd() {  # start_ebd RULES DATA
+    "$BIN/ebd" --rules "$1" --data "$2" --listen 127.0.0.1:$P_EBD >>"$WORK/ebd.log" 2>&1 &
+    echo $! >"$WORK/ebd.pid"
+    wait_for 10 curl -sf "$URL/healthz" || { fail "ebd did not start"; cat "$WORK/ebd.log"; exit 1; }
+}
+
+stop_ebd() {   # stop_ebd [SIGNAL]
+    pid=$(cat "$WORK/ebd.pid")
+    kill -"${1:-TERM}" "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    rm -f "$WORK/ebd.pid"
+}
+
+# post PATH CONTENT_TYPE BODY [HEADER...]: prints the status; the answer is in $WORK/answer.
+post() {
+    path=$1; ctype=$2; body=$3; shift 3
+    curl -s -o "$WORK/answer" -w '%{http_code}' -X POST "$URL$path" -H "Content-Type: $ctype" \
+         --data-binary "$body" "$@"
+}
+
+expect_status() {  # expect_status WANT NAME STATUS
+    if [ "$3" = "$1" ]; then pass "$2 -> $1"; else fail "$2: got $3, wanted $1: $(cat "$WORK/answer")"; fi
+}
+
+ev() {  # ev ID TYPE [DATA]: a structured event
+    printf '{"specversion":"1.0","id":"%s","source":"e2e","type":"%s","data":%s}' "$1" "$2" "${3:-{\"n\":1\}}"
+}
+
+export E2E_TOKEN=s3cret E2E_SECRET=hmac-key
+cat >"$WORK/rules.ebr" <<EOF
+bus main {
+  fsync interval 10ms
+}
+bus secure {
+  token env("E2E_TOKEN")
+}
+bus small {
+  max_event_size 1KiB
+}
+
+target ok http "http://127.0.0.1:$P_OK/ok" {
+  sign hmac_sha256(secret: env("E2E_SECRET"))
+}
+target flaky http "http://127.0.0.1:$P_FLAKY/flaky" {
+  retry exponential(attempts: 5, first: 100ms, max: 400ms, max_age: 1h)
+}
+target bad http "http://127.0.0.1:$P_BAD/bad" {
+  retry exponential(attempts: 5, first: 100ms, max: 400ms, max_age: 1h)
+  dead_letter file "dlq/bad.jsonl"
+}
+target down http "http://127.0.0.1:$P_DOWN/down" {
+  retry exponential(attempts: 3, first: 50ms, max: 100ms, max_age: 1h)
+  dead_letter file "dlq/down.jsonl"
+}
+target ra http "http://127.0.0.1:$P_RA/ra" {
+  retry exponential(attempts: 3, first: 50ms, max: 5s, max_age: 1h)
+}
+target node http "http://127.0.0.1:$P_NODE/node"
+target all file "out/all.jsonl"
+target secured file "out/secure.jsonl"
+
+rule to_ok on main { match type == "ok" to ok }
+rule to_flaky on main { match type == "flaky" to flaky }
+rule to_bad on main { match type == "bad" to bad }
+rule to_down on main { match type == "down" to down }
+rule to_ra on main { match type == "ra" to ra }
+rule to_node on main { match source == "npm" to node }
+rule everything on main { match exists id to all }
+rule sec on secure { match exists id to secured }
+EOF
+
+receiver $P_OK ok
+receiver $P_FLAKY flaky --fail 2
+receiver $P_BAD bad --status 400
+receiver $P_DOWN down --status 500
+receiver $P_RA ra --fail 1 --status 503 --retry-after 1
+receiver $P_NODE node
+DATA=$WORK/data
+start_ebd "$WORK/rules.ebr" "$DATA"
+
+# ---- ingest: every mode, every error code ----------------------------------------------------
+s=$(post /v1/buses/main/events application/cloudevents+json "$(ev s1 ok)")
+expect_status 202 "structured event" "$s"
+grep -q '{"events":\[{"id":"s1","offset":0}\]}' "$WORK/answer" || fail "structured answer: $(cat "$WORK/answer")"
+s=$(post /v1/buses/main/events "application/json; charset=utf-8" '{"n": 2, "s": "caf\u00e9"}' \
+    -H 'ce-specversion: 1.0' -H 'ce-id: b1' -H 'ce-source: e2e' -H 'ce-type: ok' \
+    -H 'ce-subject: a%20b%C3%A9%25' -H 'ce-traceparent: 00-abc')
+expect_status 202 "binary event" "$s"
+s=$(post /v1/buses/main/events application/cloudevents-batch+json "[$(ev t1 x),$(ev t2 x)]")
+expect_status 202 "batch of two" "$s"
+grep -q '"id":"t2","offset":3' "$WORK/answer" || fail "batch answer: $(cat "$WORK/answer")"
+s=$(post /v1/buses/main/events text/plain 'plain text body' -H 'ce-specversion: 1.0' \
+    -H 'ce-id: b2' -H 'ce-source: e2e' -H 'ce-type: x')
+expect_status 202 "binary event with a text body" "$s"
+
+s=$(post /v1/buses/main/events application/cloudevents+json '{"specversion":"1.0","source":"e2e","type":"x"}')
+expect_status 400 "missing id" "$s"
+grep -q '"field":"id"' "$WORK/answer" || fail "400 names the field: $(cat "$WORK/answer")"
+s=$(post /v1/buses/main/events application/cloudevents+json '{"specversion":"1.0",')
+expect_status 400 "invalid JSON" "$s"
+s=$(post /v1/buses/main/events application/json '{"a":1}')
+expect_status 400 "binary mode without ce-specversion" "$s"
+s=$(post /v1/buses/main/events application/cloudevents+json '{"specversion":"0.3","id":"x","source":"e2e","type":"x"}')
+expect_status 400 "specversion 0.3" "$s"
+s=$(post /v1/buses/main/events application/cloudevents+json '{"specversion":"1.0","id":"x","source":"e2e","type":"x","data":1,"data_base64":"AA=="}')
+expect_status 400 "data and data_base64" "$s"
+s=$(post /v1/buses/main/events application/cloudevents+json '{"specversion":"1.0","id":"x","source":"e2e","type":"x","Bad_Name":1}')
+expect_status 400 "extension name with capitals" "$s"
+s=$(post /v1/buses/main/events application/cloudevents+json '{"specversion":"1.0","id":"x","source":"e2e","type":"x","time":"yesterday"}')
+expect_status 400 "time not RFC 3339" "$s"
+s=$(post /v1/buses/main/events application/cloudevents-batch+json "[$(ev g1 x),{\"id\":\"bad\"}]")
+expect_status 400 "batch with one bad event" "$s"
+s=$(post /v1/buses/secure/events application/cloudevents+json "$(ev k1 x)")
+expect_status 401 "no token" "$s"
+s=$(post /v1/buses/secure/events application/cloudevents+json "$(ev k2 x)" -H 'Authorization: Bearer wrong')
+expect_status 403 "wrong token" "$s"
+s=$(post /v1/buses/secure/events application/cloudevents+json "$(ev k3 x)" -H "Authorization: Bearer $E2E_TOKEN")
+expect_status 202 "right token" "$s"
+s=$(post /v1/buses/nope/events application/cloudevents+json "$(ev n1 x)")
+expect_status 404 "unknown bus" "$s"
+big=$(head -c 2000 /dev/zero | tr '\0' 'a')
+s=$(post /v1/buses/small/events application/cloudevents+json "$(ev big1 x "\"$big\"")")
+expect_status 413 "event over max_event_size" "$s"
+s=$(post /v1/buses/main/events application/cloudevents+xml '<event/>')
+expect_status 415 "unsupported content type" "$s"
+s=$(post /v1/buses/main/put-events application/json "{\"entries\":[$(ev p1 x),{\"id\":\"p2\"},$(ev p3 x)]}")
+expect_status 200 "put-events" "$s"
+grep -q '"failed_entry_count":1' "$WORK/answer" && grep -q '"id":"p3","offset"' "$WORK/answer" \
+    || fail "put-events answer: $(cat "$WORK/answer")"
+# Nothing of a refused request was stored: the log holds exactly what was acknowledged.
+"$BIN/ebc" log dump "$DATA/buses/main" --json >"$WORK/dump" 2>&1
+n=$(wc -l <"$WORK/dump")
+[ "$n" -eq 7 ] && pass "the log holds the 7 acknowledged events" || fail "the log holds $n events, not 7"
+grep -q '"id":"b1".*"subject":"a bé%","traceparent":"00-abc","datacontenttype":"application/json; charset=utf-8","data":{"n": 2, "s": "caf\\u00e9"}' "$WORK/dump" \
+    && pass "binary mode: headers percent-decoded, JSON data kept as sent" || fail "binary event stored as: $(grep b1 "$WORK/dump")"
+grep -q '"id":"b2".*"data":"plain text body"' "$WORK/dump" && pass "binary mode: text body as a string" \
+    || fail "text event stored as: $(grep b2 "$WORK/dump")"
+
+# ---- delivery -------------------------------------------------------------------------------
+post /v1/buses/main/events application/cloudevents+json "$(ev f1 flaky)" >/dev/null
+post /v1/buses/main/events application/cloudevents+json "$(ev d1 bad)" >/dev/null
+post /v1/buses/main/events application/cloudevents+json "$(ev x1 down)" >/dev/null
+post /v1/buses/main/events application/cloudevents+json "$(ev r1 ra)" >/dev/null
+wait_for 10 lines_ge "$WORK/flaky.log" 3 || fail "flaky: $(wc -l <"$WORK/flaky.log") requests"
+if [ "$(cut -f3 "$WORK/flaky.log" | paste -sd,)" = "500,500,200" ]; then pass "retried twice after 500s, then delivered"
+else fail "flaky receiver saw: $(cut -f3 "$WORK/flaky.log" | paste -sd,)"; fi
+t0=$(sed -n 1p "$WORK/flaky.log" | cut -f1); t2=$(sed -n 3p "$WORK/flaky.log" | cut -f1)
+[ $((t2 - t0)) -le 1500 ] && pass "two retries within their bounds ($((t2 - t0)) ms <= 2 x 400 ms + slack)" \
+    || fail "retries took $((t2 - t0)) ms (max backoff 400 ms)"
+grep -q '"id":"f1"' "$WORK/flaky.log" || fail "flaky did not get the event"
+
+wait_for 10 test -s "$DATA/dlq/bad.jsonl" || fail "no dead letter for a 400"
+[ "$(wc -l <"$WORK/bad.log")" -eq 1 ] && pass "400 is not retried" || fail "400 retried: $(wc -l <"$WORK/bad.log") requests"
+grep -q '"event":{"specversion":"1.0","id":"d1".*"rule":"to_bad","target":"bad","status":400,"error":"POST http://127.0.0.1:[0-9]*/bad answered 400","attempts":1,"first_attempt":"20[0-9-]*T[0-9:.]*Z","last_attempt"' \
+    "$DATA/dlq/bad.jsonl" && pass "dead letter: event, rule, target, status, error, attempts, times" \
+    || fail "dead letter: $(cat "$DATA/dlq/bad.jsonl")"
+wait_for 10 test -s "$DATA/dlq/down.jsonl" || fail "no dead letter after exhausted retries"
+[ "$(wc -l <"$WORK/down.log")" -eq 3 ] && pass "500s retried up to the 3 attempts" || fail "down saw $(wc -l <"$WORK/down.log") requests"
+grep -q '"status":500,.*"attempts":3' "$DATA/dlq/down.jsonl" && pass "exhausted: dead letter with 3 attempts" \
+    || fail "down dead letter: $(cat "$DATA/dlq/down.jsonl")"
+wait_for 10 lines_ge "$WORK/ra.log" 2 || fail "Retry-After: no second request"
+a=$(sed -n 1p "$WORK/ra.log" | cut -f1); b=$(sed -n 2p "$WORK/ra.log" | cut -f1)
+[ $((b - a)) -ge 950 ] && pass "Retry-After: 1 honoured ($((b - a)) ms)" || fail "Retry-After ignored: $((b - a)) ms"
+
+wait_for 10 grep -q '"id":"b1"' "$WORK/ok.log" || fail "ok receiver did not get b1"
+line=$(grep '"id":"s1"' "$WORK/ok.log")
+sig=$(echo "$line" | cut -f4); ts=$(echo "$line" | cut -f5); body=$(echo "$line" | cut -f6-)
+case "$sig" in t=$ts,v1=*) pass "signed: $sig" ;; *) fail "signature header: '$sig' (timestamp '$ts')" ;; esac
+if command -v openssl >/dev/null 2>&1; then
+    want=$(printf '%s.%s' "$ts" "$body" | openssl dgst -sha256 -hmac "$E2E_SECRET" | sed 's/^.* //')
+    [ "$sig" = "t=$ts,v1=$want" ] && pass "HMAC-SHA256 signature verifies" || fail "signature $sig, expected v1=$want"
+fi
+wait_for 10 grep -q '"id":"k3"' "$DATA/out/secure.jsonl" && pass "secured bus delivered" || fail "secure bus not delivered"
+wait_for 10 lines_ge "$DATA/out/all.jsonl" 11 || fail "file target: $(grep -c . "$DATA/out/all.jsonl") lines"
+
+# ---- reload: refused when invalid, atomic when valid, under traffic ---------------------------
+cp "$WORK/rules.ebr" "$WORK/rules.good"
+printf '\nrule broken on main { match data.x == to all }\n' >>"$WORK/rules.ebr"
+s=$(curl -s -o "$WORK/answer" -w '%{http_code}' -X POST "$URL/v1/admin/reload")
+expect_status 400 "reload of a broken file" "$s"
+grep -q 'rules.ebr:[0-9]*:[0-9]*: error' "$WORK/answer" && pass "reload errors are positioned" \
+    || fail "reload answer: $(cat "$WORK/answer")"
+cp "$WORK/rules.good" "$WORK/rules.ebr"
+printf '\ntarget copy file "out/copy.jsonl"\nrule copy on main { match type == "load" to copy }\n' >>"$WORK/rules.ebr"
+: >"$WORK/acked"
+i=0
+while [ $i -lt 200 ]; do
+    s=$(post /v1/buses/main/events application/cloudevents+json "$(ev L$i load)")
+    [ "$s" = 202 ] && echo "L$i" >>"$WORK/acked"
+    [ $i -eq 100 ] && kill -HUP "$(cat "$WORK/ebd.pid")"
+    i=$((i + 1))
+done
+wait_for 10 count_ge '"type":"load"' "$DATA/out/all.jsonl" 200
+n=$(grep -c '"type":"load"' "$DATA/out/all.jsonl")
+[ "$n" -eq 200 ] && pass "reload under traffic: 200 events, each delivered once" || fail "reload: $n deliveries of 200 events"
+grep -q 'rules reloaded' "$WORK/ebd.log" && pass "SIGHUP reloaded" || fail "no reload in the log"
+wait_for 5 grep -q '"id":"L199"' "$DATA/out/copy.jsonl" && pass "the new rule delivers" || fail "new rule idle"
+
+# ---- kill -9 under traffic: every acknowledged event is delivered at least once ----------------
+: >"$WORK/acked"
+i=0
+while [ $i -lt 300 ]; do
+    s=$(post /v1/buses/main/events application/cloudevents+json "$(ev K$i crash)")
+    [ "$s" = 202 ] && echo "K$i" >>"$WORK/acked"
+    if [ $i -eq 150 ]; then
+        stop_ebd KILL
+        start_ebd "$WORK/rules.ebr" "$DATA"
+    fi
+    i=$((i + 1))
+done
+missing=0
+for id in $(cat "$WORK/acked"); do
+    wait_for 10 grep -q "\"id\":\"$id\"" "$DATA/out/all.jsonl" || { missing=$((missing + 1)); echo "  lost $id"; }
+done
+[ $missing -eq 0 ] && pass "kill -9: all $(wc -l <"$WORK/acked") acknowledged events delivered" \
+    || fail "kill -9: $missing acknowledged events never delivered"
+
+# ---- a real client: the cloudevents npm package, binary and structured ------------------------
+NODE_DIR=${EBR_NODE_DIR:-$WORK/node}
+if command -v npm >/dev/null 2>&1 && command -v node >/dev/null 2>&1; then
+    mkdir -p "$NODE_DIR"
+    if [ ! -d "$NODE_DIR/node_modules/cloudevents" ]; then
+        (cd "$NODE_DIR" && npm install --silent --no-audit --no-fund cloudevents@8 >/dev/null 2>&1) \
+            || fail "npm install cloudevents failed"
+    fi
+    cat >"$WORK/send.js" <<'EOF'
+const { CloudEvent, emitterFor, httpTransport, Mode } = require("cloudevents");
+const url = process.argv[2];
+const data = { text: "héllo \"quoted\"", n: 9007199254740991, big: 1e300, list: [1, 2.5, null, true] };
+(async () => {
+  const emit = emitterFor(httpTransport(url), { mode: Mode.BINARY });
+  await emit(new CloudEvent({ id: "npm-bin", source: "npm", type: "npm.test", data }));
+  const emitS = emitterFor(httpTransport(url), { mode: Mode.STRUCTURED });
+  await emitS(new CloudEvent({ id: "npm-str", source: "npm", type: "npm.test", data, subject: "s ü" }));
+})().catch((e) => { console.error(e); process.exit(1); });
+EOF
+    if NODE_PATH="$NODE_DIR/node_modules" node "$WORK/send.js" "$URL/v1/buses/main/events" 2>"$WORK/node.err"; then
+        wait_for 10 grep -q npm-str "$WORK/node.log"
+        for id in npm-bin npm-str; do
+            grep "\"id\":\"$id\"" "$WORK/node.log" | grep -q '"text":"héllo \\"quoted\\"","n":9007199254740991,"big":1e+300,"list":\[1,2.5,null,true\]' \
+                && pass "cloudevents npm ($id) arrives intact" || fail "npm $id: $(grep "$id" "$WORK/node.log")"
+        done
+    else
+        fail "the cloudevents client failed: $(cat "$WORK/node.err")"
+    fi
+else
+    fail "node and npm are needed for the cloudevents client test"
+fi
+
+stop_ebd TERM
+grep -q 'ebd stopped' "$WORK/ebd.log" && pass "SIGTERM: stopped cleanly" || fail "no clean stop"
+if [ $FAILS -ne 0 ]; then
+    echo "---- ebd log"; tail -40 "$WORK/ebd.log"
+    echo "$FAILS failure(s)"
+    exit 1
+fi
+echo "all end-to-end checks passed"
