@@ -70,8 +70,11 @@ ev() {  # ev ID TYPE [DATA]: a structured event
     printf '{"specversion":"1.0","id":"%s","source":"e2e","type":"%s","data":%s}' "$1" "$2" "${3:-{\"n\":1\}}"
 }
 
-export E2E_TOKEN=s3cret E2E_SECRET=hmac-key
+export E2E_TOKEN=s3cret E2E_SECRET=hmac-key E2E_HEADER=from-env E2E_ADMIN=adm1n
 cat >"$WORK/rules.ebr" <<EOF
+server {
+  admin_token env("E2E_ADMIN")
+}
 bus main {
   fsync interval 10ms
 }
@@ -84,6 +87,7 @@ bus small {
 
 target ok http "http://127.0.0.1:$P_OK/ok" {
   sign hmac_sha256(secret: env("E2E_SECRET"))
+  header "X-E2e" = env("E2E_HEADER")
 }
 target flaky http "http://127.0.0.1:$P_FLAKY/flaky" {
   retry exponential(attempts: 5, first: 100ms, max: 400ms, max_age: 1h)
@@ -102,6 +106,9 @@ target ra http "http://127.0.0.1:$P_RA/ra" {
 target node http "http://127.0.0.1:$P_NODE/node"
 target all file "out/all.jsonl"
 target secured file "out/secure.jsonl"
+target run exec ["sh", "-c", "cat >> $WORK/exec.out; echo >> $WORK/exec.out"]
+target forward bus small
+target smallfile file "out/small.jsonl"
 
 rule to_ok on main { match type == "ok" to ok }
 rule to_flaky on main { match type == "flaky" to flaky }
@@ -111,6 +118,13 @@ rule to_ra on main { match type == "ra" to ra }
 rule to_node on main { match source == "npm" to node }
 rule everything on main { match exists id to all }
 rule sec on secure { match exists id to secured }
+rule to_exec on main { match type == "exec" to run }
+rule to_bus on main {
+  match type == "forward"
+  transform {"specversion": "1.0", "id": "fwd-\${\$id}", "source": "e2e.forward", "type": "forwarded"}
+  to forward
+}
+rule on_small on small { match exists id to smallfile }
 EOF
 
 receiver $P_OK ok
@@ -208,7 +222,9 @@ a=$(sed -n 1p "$WORK/ra.log" | cut -f1); b=$(sed -n 2p "$WORK/ra.log" | cut -f1)
 
 wait_for 10 grep -q '"id":"b1"' "$WORK/ok.log" || fail "ok receiver did not get b1"
 line=$(grep '"id":"s1"' "$WORK/ok.log")
-sig=$(echo "$line" | cut -f4); ts=$(echo "$line" | cut -f5); body=$(echo "$line" | cut -f6-)
+sig=$(echo "$line" | cut -f4); ts=$(echo "$line" | cut -f5); body=$(echo "$line" | cut -f8-)
+[ "$(echo "$line" | cut -f6)" = "from-env" ] && pass "header value from env()" || fail "X-E2e header: $(echo "$line" | cut -f6)"
+[ "$(echo "$line" | cut -f7)" = "application/json" ] && pass "JSON payloads go as application/json" || fail "content type: $(echo "$line" | cut -f7)"
 case "$sig" in t=$ts,v1=*) pass "signed: $sig" ;; *) fail "signature header: '$sig' (timestamp '$ts')" ;; esac
 if command -v openssl >/dev/null 2>&1; then
     want=$(printf '%s.%s' "$ts" "$body" | openssl dgst -sha256 -hmac "$E2E_SECRET" | sed 's/^.* //')
@@ -217,10 +233,22 @@ fi
 wait_for 10 grep -q '"id":"k3"' "$DATA/out/secure.jsonl" && pass "secured bus delivered" || fail "secure bus not delivered"
 wait_for 10 lines_ge "$DATA/out/all.jsonl" 11 || fail "file target: $(grep -c . "$DATA/out/all.jsonl") lines"
 
+post /v1/buses/main/events application/cloudevents+json "$(ev ex1 exec '{"cmd":"ran"}')" >/dev/null
+wait_for 10 grep -q '"id":"ex1"' "$WORK/exec.out" && pass "exec target: the payload on its stdin" \
+    || fail "exec target: $(cat "$WORK/exec.out" 2>/dev/null)"
+post /v1/buses/main/events application/cloudevents+json "$(ev fw1 forward)" >/dev/null
+wait_for 10 grep -q '"id":"fwd-fw1","source":"e2e.forward"' "$DATA/out/small.jsonl" \
+    && pass "bus target: the transformed event appended to another bus and routed there" \
+    || fail "bus target: $(cat "$DATA/out/small.jsonl" 2>/dev/null)"
+
 # ---- reload: refused when invalid, atomic when valid, under traffic ---------------------------
 cp "$WORK/rules.ebr" "$WORK/rules.good"
 printf '\nrule broken on main { match data.x == to all }\n' >>"$WORK/rules.ebr"
 s=$(curl -s -o "$WORK/answer" -w '%{http_code}' -X POST "$URL/v1/admin/reload")
+expect_status 401 "reload without the admin token" "$s"
+s=$(curl -s -o "$WORK/answer" -w '%{http_code}' -X POST "$URL/v1/admin/reload" -H 'Authorization: Bearer nope')
+expect_status 403 "reload with a wrong admin token" "$s"
+s=$(curl -s -o "$WORK/answer" -w '%{http_code}' -X POST "$URL/v1/admin/reload" -H "Authorization: Bearer $E2E_ADMIN")
 expect_status 400 "reload of a broken file" "$s"
 grep -q 'rules.ebr:[0-9]*:[0-9]*: error' "$WORK/answer" && pass "reload errors are positioned" \
     || fail "reload answer: $(cat "$WORK/answer")"
@@ -293,6 +321,21 @@ fi
 
 stop_ebd TERM
 grep -q 'ebd stopped' "$WORK/ebd.log" && pass "SIGTERM: stopped cleanly" || fail "no clean stop"
+
+# ---- configuration errors -------------------------------------------------------------------
+if "$BIN/ebd" --rules "$WORK/rules.ebr" --data "$WORK/d2" --listen 0.0.0.0:$P_EBD 2>"$WORK/err"; then
+    fail "ebd listened on 0.0.0.0 with buses that have no token"
+else
+    grep -q "bus 'main' has no token, and 0.0.0.0:$P_EBD is not a loopback address" "$WORK/err" \
+        && pass "refuses a non-loopback address unless every bus has a token" || fail "message: $(cat "$WORK/err")"
+fi
+printf 'bus b\nrule r on b { match x == }\n' >"$WORK/bad.ebr"
+"$BIN/ebd" --rules "$WORK/bad.ebr" --data "$WORK/d3" 2>"$WORK/err"
+[ $? -eq 1 ] && grep -q 'bad.ebr:2:' "$WORK/err" && pass "bad rules: positioned errors, exit 1" \
+    || fail "bad rules: $(cat "$WORK/err")"
+"$BIN/ebd" --rules "$WORK/rules.ebr" --listen nowhere 2>"$WORK/err"
+[ $? -eq 2 ] && grep -q 'HOST:PORT' "$WORK/err" && pass "a bad --listen: exit 2" || fail "bad listen: $(cat "$WORK/err")"
+"$BIN/ebd" --help | grep -q 'usage: ebd' && pass "--help" || fail "--help"
 if [ $FAILS -ne 0 ]; then
     echo "---- ebd log"; tail -40 "$WORK/ebd.log"
     echo "$FAILS failure(s)"

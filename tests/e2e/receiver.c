@@ -1,7 +1,8 @@
 /*
  * receiver.c — a webhook receiver for the end-to-end tests: listens on 127.0.0.1:PORT and
  * appends one line per request to LOG: the time (ms), the path, the status it answered, the
- * X-Ebr-Signature and X-Ebr-Timestamp headers (or -) and the body, tab-separated.  What it
+ * X-Ebr-Signature, X-Ebr-Timestamp, X-E2e and Content-Type headers (or -) and the body,
+ * tab-separated.  What it
  * answers is told on the command line:
  *
  *   receiver PORT LOG [--fail N] [--status S] [--delay MS] [--retry-after SECS]
@@ -65,8 +66,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     clock_gettime(CLOCK_REALTIME, &ts);
     const char *sig = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Ebr-Signature");
     const char *tsh = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Ebr-Timestamp");
-    fprintf(out, "%lld\t%s\t%u\t%s\t%s\t%.*s\n", (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000,
-            url, code, sig ? sig : "-", tsh ? tsh : "-", (int)b->n, b->v ? b->v : "");
+    const char *xh = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-E2e");
+    const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+    fprintf(out, "%lld\t%s\t%u\t%s\t%s\t%s\t%s\t%.*s\n",
+            (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, url, code, sig ? sig : "-",
+            tsh ? tsh : "-", xh ? xh : "-", ct ? ct : "-", (int)b->n, b->v ? b->v : "");
     fflush(out);
     pthread_mutex_unlock(&mu);
     struct MHD_Response *r = MHD_create_response_from_buffer(2, (char *)"ok", MHD_RESPMEM_PERSISTENT);
