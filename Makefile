@@ -8,7 +8,7 @@ MAKEFLAGS  += --no-print-directory
 CMAKE_FLAGS ?=
 
 .PHONY: all deps build build-asan test test-release test-asan run bench bench-deps bench-citylots \
-        bench-scaling bench-log fuzz soak clean
+        bench-scaling bench-log bench-ingest fuzz soak clean
 
 all: build
 
@@ -45,7 +45,7 @@ run: build
 # generated rules and events to $(BUILD)/bench/.
 SHARED ?= ../shared
 BENCH_ARGS = --ebc $(BUILD)/bin/ebc --data $(SHARED)/data --work $(BUILD)/bench --out bench/results
-bench: bench-citylots bench-scaling bench-log
+bench: bench-citylots bench-scaling bench-log bench-ingest
 
 bench-deps:
 	@sh tools/deps.sh bench
@@ -60,6 +60,10 @@ bench-scaling: build bench-deps
 # quick look.  Writes about 1 GiB under $(BUILD)/bench and removes it.
 bench-log: build bench-deps
 	@$(BUILD)/bin/bench_log $(BENCH_ARGS) $(LOG_ARGS)
+
+# ebd: ingest throughput and ingest-to-delivery latency (starts ebd and a receiver on loopback).
+bench-ingest: build
+	@$(BUILD)/bin/bench_ingest --ebd $(BUILD)/bin/ebd --work $(BUILD)/bench --out bench/results $(INGEST_ARGS)
 
 # Fuzzing (libFuzzer, clang; not part of `make test`): each target runs FUZZ_SECONDS from a
 # corpus seeded with the examples and test rulesets, kept in $(FUZZ_BUILD)/corpus between runs.
