@@ -476,15 +476,17 @@ static size_t discard(char *b, size_t size, size_t n, void *arg)
     return size * n;
 }
 
-static void deliver_http(ebd_target *t, CURL *h, const char *payload, size_t n, bool text,
-                         attempt *a)
+/* Sets h up to deliver payload to t; *headers (freed by the caller after the transfer) and
+ * *seen must live until then. */
+static void http_prepare(ebd_target *t, CURL *h, const char *payload, size_t n, bool text,
+                         struct curl_slist **headers, http_seen *seen)
 {
-    struct curl_slist *headers = NULL;
+    struct curl_slist *hs = NULL;
     for (struct curl_slist *s = t->headers; s; s = s->next)
-        headers = curl_slist_append(headers, s->data);
-    headers = curl_slist_append(headers, text ? "Content-Type: text/plain; charset=utf-8"
-                                              : "Content-Type: application/json");
-    headers = curl_slist_append(headers, "Expect:");
+        hs = curl_slist_append(hs, s->data);
+    hs = curl_slist_append(hs, text ? "Content-Type: text/plain; charset=utf-8"
+                                    : "Content-Type: application/json");
+    hs = curl_slist_append(hs, "Expect:");
     if (t->sign_secret) {
         /* header: t=UNIX_SECONDS,v1=HEX(HMAC-SHA256(secret, "UNIX_SECONDS." + body)) */
         char ts[32], hex[65], line[300];
@@ -492,27 +494,31 @@ static void deliver_http(ebd_target *t, CURL *h, const char *payload, size_t n, 
         ebd_hmac_sha256_hex(t->sign_secret, ts, (size_t)tn, payload, n, hex);
         ts[tn - 1] = 0;
         snprintf(line, sizeof line, "%s: t=%s,v1=%s", t->sign_header, ts, hex);
-        headers = curl_slist_append(headers, line);
+        hs = curl_slist_append(hs, line);
         snprintf(line, sizeof line, "X-Ebr-Timestamp: %s", ts);
-        headers = curl_slist_append(headers, line);
+        hs = curl_slist_append(hs, line);
     }
-    http_seen seen = { 0 };
+    *seen = (http_seen){ 0 };
+    *headers = hs;
     curl_easy_setopt(h, CURLOPT_URL, t->url);
     curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, t->method);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, payload);
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)n);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hs);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, t->timeout_ms);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(h, CURLOPT_HEADERDATA, &seen);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, seen);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
-    CURLcode rc = curl_easy_perform(h);
-    curl_slist_free_all(headers);
+}
+
+/* What a finished transfer (rc) means: success, a retryable failure or a final one. */
+static void http_finish(ebd_target *t, CURL *h, CURLcode rc, const http_seen *seen, attempt *a)
+{
     long status = 0;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
     a->status = status;
-    a->retry_after_ms = seen.retry_after_ms;
+    a->retry_after_ms = seen->retry_after_ms;
     if (rc != CURLE_OK) {
         snprintf(a->error, sizeof a->error, "%s %s: %s", t->method, t->url, curl_easy_strerror(rc));
         a->retry = true;      /* network errors and timeouts */
@@ -522,6 +528,17 @@ static void deliver_http(ebd_target *t, CURL *h, const char *payload, size_t n, 
         snprintf(a->error, sizeof a->error, "%s %s answered %ld", t->method, t->url, status);
         a->retry = status == 404 || status == 409 || status == 429 || status >= 500;
     }
+}
+
+static void deliver_http(ebd_target *t, CURL *h, const char *payload, size_t n, bool text,
+                         attempt *a)
+{
+    struct curl_slist *headers;
+    http_seen seen;
+    http_prepare(t, h, payload, n, text, &headers, &seen);
+    CURLcode rc = curl_easy_perform(h);
+    curl_slist_free_all(headers);
+    http_finish(t, h, rc, &seen, a);
 }
 
 static void deliver_file(ebd_target *t, const char *payload, size_t n, attempt *a)
@@ -795,6 +812,35 @@ static bool dead_letter(work *k, const store_record *rec, const attempt *a, unsi
     return ok;
 }
 
+/* How long to wait before attempt i+1 after attempt i failed with a: exponential backoff with
+ * full jitter (a random wait up to first * 2^(i-1), capped at max), or the target's Retry-After
+ * (capped at max too). */
+static int64_t backoff_ms(work *k, unsigned i, const attempt *a)
+{
+    const ebd_retry *r = &k->t->retry;
+    uint64_t cap = r->first_ms << (i - 1 < 30 ? i - 1 : 30);
+    if (cap > r->max_ms || cap == 0)
+        cap = r->max_ms;
+    int64_t wait = (int64_t)((double)rand_r(&k->seed) / RAND_MAX * (double)cap);
+    if (a->retry_after_ms > 0)
+        wait = a->retry_after_ms < (int64_t)r->max_ms ? a->retry_after_ms : (int64_t)r->max_ms;
+    return wait;
+}
+
+/* After attempt i failed: is another one allowed (retryable, attempts left, young enough)? */
+static bool may_retry(work *k, unsigned i, const attempt *a, const store_record *rec)
+{
+    int64_t age = real_ms() - rec->time_ns / 1000000;
+    return a->retry && i < k->t->retry.attempts && (uint64_t)age < k->t->retry.max_age_ms;
+}
+
+static void log_retry(work *k, const store_record *rec, unsigned i, int64_t wait, const attempt *a)
+{
+    ebd_log(EBD_INFO, "msg=\"delivery failed, will retry\" rule=%s target=%s offset=%" PRIu64
+            " attempt=%u wait_ms=%lld error=\"%s\"", k->rule_name, k->t->name, rec->offset, i,
+            (long long)wait, a->error);
+}
+
 /* Delivers one payload with the target's retry policy; false if the daemon stopped first (the
  * event is delivered again after the restart). */
 static bool deliver(work *k, const store_record *rec, const char *payload, size_t n, bool text)
@@ -811,19 +857,10 @@ static bool deliver(work *k, const store_record *rec, const char *payload, size_
                         " attempts=%u", k->rule_name, t->name, rec->offset, i);
             return true;
         }
-        int64_t age = real_ms() - rec->time_ns / 1000000;
-        if (!a.retry || i >= t->retry.attempts || (uint64_t)age >= t->retry.max_age_ms)
+        if (!may_retry(k, i, &a, rec))
             return dead_letter(k, rec, &a, i, first, real_ms());
-        /* Exponential backoff with full jitter: a random wait up to first * 2^(i-1), capped. */
-        uint64_t cap = t->retry.first_ms << (i - 1 < 30 ? i - 1 : 30);
-        if (cap > t->retry.max_ms || cap == 0)
-            cap = t->retry.max_ms;
-        int64_t wait = (int64_t)((double)rand_r(&k->seed) / RAND_MAX * (double)cap);
-        if (a.retry_after_ms > 0)
-            wait = a.retry_after_ms < (int64_t)t->retry.max_ms ? a.retry_after_ms : (int64_t)t->retry.max_ms;
-        ebd_log(EBD_INFO, "msg=\"delivery failed, will retry\" rule=%s target=%s offset=%" PRIu64
-                " attempt=%u wait_ms=%lld error=\"%s\"", k->rule_name, t->name, rec->offset, i,
-                (long long)wait, a.error);
+        int64_t wait = backoff_ms(k, i, &a);
+        log_retry(k, rec, i, wait, &a);
         if (!pause_ms(&k->r->stop, wait))
             return false;
     }
@@ -854,6 +891,320 @@ static void commit(work *k, uint64_t offset)
                 store_error(k->bus->s));
 }
 
+/* The payload of record rec for this worker's rule: 0 when the rule does not match it, 1 with
+ * *payload (malloc'd) when it does, -1 when the transform failed (why in err). */
+static int make_payload(work *k, vm_xform_env *env, const store_record *rec, char **payload,
+                        size_t *plen, bool *text, char *err, size_t cap)
+{
+    const vm_program *p = k->r->p;
+    const vm_rule *rule = &p->rules[k->w->rule];
+    const uint32_t *rules;
+    size_t nrules;
+    vm_error e;
+    if (vm_match(k->ctx, rule->bus, (const char *)rec->data, rec->len, &rules, &nrules, &e) != VM_OK ||
+        !rule_matched(rules, nrules, k->w->rule))
+        return 0;
+    *text = false;
+    env->ingest_ms = rec->time_ns / 1000000;
+    const vm_xform *x = rule->xform != VM_NONE ? &p->xforms[rule->xform] : NULL;
+    if (x && (x->kind == VM_X_EXEC || x->kind == VM_X_HTTP))
+        return rt_run_function(p, x, (const char *)rec->data, rec->len, payload, plen, text, err, cap)
+               ? 1 : -1;
+    const char *out;
+    if (vm_transform(k->ctx, k->w->rule, (const char *)rec->data, rec->len, env, &out, plen, text,
+                     &e) != VM_OK) {
+        snprintf(err, cap, "transform failed: %s", e.msg);
+        return -1;
+    }
+    *payload = malloc(*plen + 1);
+    if (!*payload) {
+        snprintf(err, cap, "out of memory");
+        return -1;
+    }
+    memcpy(*payload, out, *plen);
+    (*payload)[*plen] = 0;
+    return 1;
+}
+
+/* The next record for the worker, waiting up to timeout_ms; handles retention and corruption
+ * (logged, gone past).  *pos: the offset after the last record looked at. */
+static bool next_record(work *k, store_cursor *c, store_record *rec, int timeout_ms, uint64_t *pos)
+{
+    store_status st = store_cursor_next(c, rec, timeout_ms);
+    if (st == STORE_OK) {
+        *pos = rec->offset + 1;
+        return true;
+    }
+    if (st == STORE_BEHIND) {
+        uint64_t first, next;
+        store_bounds(k->bus->s, &first, &next);
+        ebd_log(EBD_WARN, "msg=\"events deleted by retention before delivery\" cursor=%s "
+                "from=%" PRIu64 " to=%" PRIu64, k->w->cursor, *pos, first);
+        store_cursor_seek(c, first);
+        *pos = first;
+    } else if (st == STORE_CORRUPT) {
+        uint64_t lost;
+        ebd_log(EBD_ERROR, "msg=\"corrupt record skipped\" cursor=%s error=\"%s\"", k->w->cursor,
+                store_cursor_error(c));
+        store_cursor_skip(c, &lost);
+        *pos = store_cursor_offset(c);
+    }
+    return false;
+}
+
+/* One delivery at a time, in order: file, bus and exec targets, and http with concurrency 1. */
+static void run_in_order(work *k, store_cursor *c, uint64_t from)
+{
+    uint64_t done = from, committed = from;
+    int64_t last_commit = mono_ms();
+    vm_xform_env env = { .bus = k->bus->name, .rule = k->rule_name };
+    while (!atomic_load(&k->r->stop)) {
+        store_record rec;
+        bool got = next_record(k, c, &rec, 100, &done);
+        if (got) {
+            char *payload = NULL, err[512];
+            size_t plen = 0;
+            bool text = false, finished;
+            int m = make_payload(k, &env, &rec, &payload, &plen, &text, err, sizeof err);
+            if (m > 0)
+                finished = deliver(k, &rec, payload, plen, text);
+            else if (m < 0) {
+                attempt a = { 0 };
+                snprintf(a.error, sizeof a.error, "%s", err);
+                finished = dead_letter(k, &rec, &a, 0, real_ms(), real_ms());
+            } else
+                finished = true;
+            free(payload);
+            if (!finished) {
+                done = rec.offset;   /* stopping: delivered again after the restart */
+                break;
+            }
+        }
+        if (done != committed && (done - committed >= COMMIT_EVERY_EVENTS ||
+                                  mono_ms() - last_commit >= COMMIT_EVERY_MS || !got)) {
+            commit(k, done);
+            committed = done;
+            last_commit = mono_ms();
+        }
+    }
+    if (done != committed)
+        commit(k, done);
+}
+
+/* ---- http with several deliveries in flight (libcurl multi) --------------------------------- */
+
+#define WINDOW_DEFAULT 16
+#define WINDOW_MAX 256
+
+typedef struct {
+    bool used, running;
+    store_record rec;             /* data: a copy */
+    char *payload;
+    size_t plen;
+    bool text;
+    unsigned attempts;
+    int64_t first_ms, due_ms;     /* first attempt (real time); next attempt (monotonic) */
+    CURL *h;
+    struct curl_slist *headers;
+    http_seen seen;
+} flight;
+
+/* Takes a slot of the target's concurrency limit and a rate-limit token if both are free now. */
+static bool try_slot(ebd_target *t)
+{
+    if (!t->concurrency && !t->rate_limit)
+        return true;
+    pthread_mutex_lock(&t->mu);
+    if (t->rate_limit) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        double secs = (double)(now.tv_sec - t->refill.tv_sec) + (double)(now.tv_nsec - t->refill.tv_nsec) / 1e9;
+        t->refill = now;
+        t->tokens += secs * t->rate_limit;
+        if (t->tokens > t->rate_limit)
+            t->tokens = t->rate_limit;
+    }
+    bool ok = (!t->concurrency || t->busy < t->concurrency) && (!t->rate_limit || t->tokens >= 1);
+    if (ok) {
+        t->busy++;
+        if (t->rate_limit)
+            t->tokens -= 1;
+    }
+    pthread_mutex_unlock(&t->mu);
+    return ok;
+}
+
+static void flight_free(CURLM *m, flight *f)
+{
+    if (f->running) {
+        curl_multi_remove_handle(m, f->h);
+        curl_slist_free_all(f->headers);
+        f->headers = NULL;
+        f->running = false;
+    }
+    free((void *)f->rec.data);
+    free(f->payload);
+    f->rec.data = NULL;
+    f->payload = NULL;
+    f->used = false;
+}
+
+/* Deliveries to an http target: up to its concurrency (16 by default) in flight at once from
+ * this worker, each retried on its own schedule; the cursor is committed up to the oldest event
+ * not finished, so a restart redelivers what was in flight.  Order is kept only with
+ * concurrency 1 (run_in_order). */
+static void run_window(work *k, store_cursor *c, uint64_t from)
+{
+    ebd *d = k->w->d;
+    ebd_target *t = k->t;
+    unsigned W = t->concurrency ? (t->concurrency < WINDOW_MAX ? t->concurrency : WINDOW_MAX)
+                                : WINDOW_DEFAULT;
+    flight *fl = calloc(W, sizeof *fl);
+    CURLM *m = curl_multi_init();
+    uint64_t pos = from, committed = from;
+    int64_t last_commit = mono_ms();
+    vm_xform_env env = { .bus = k->bus->name, .rule = k->rule_name };
+    (void)d;
+    while (fl && m && !atomic_load(&k->r->stop)) {
+        /* Fill the window from the log. */
+        unsigned used = 0;
+        for (unsigned i = 0; i < W; i++)
+            used += fl[i].used;
+        /* (a bounded pass, and a look at stop each time: under steady traffic that this rule
+         * does not match, records keep coming and the pass would not end by itself) */
+        for (unsigned looked = 0; used < W && looked < COMMIT_EVERY_EVENTS &&
+                                  !atomic_load(&k->r->stop); looked++) {
+            store_record rec;
+            if (!next_record(k, c, &rec, used ? 0 : 100, &pos))
+                break;
+            char *payload = NULL, err[512];
+            size_t plen = 0;
+            bool text = false;
+            int r = make_payload(k, &env, &rec, &payload, &plen, &text, err, sizeof err);
+            if (r < 0) {
+                attempt a = { 0 };
+                snprintf(a.error, sizeof a.error, "%s", err);
+                dead_letter(k, &rec, &a, 0, real_ms(), real_ms());
+            }
+            if (r <= 0)
+                continue;
+            unsigned i = 0;
+            while (fl[i].used)
+                i++;
+            flight *f = &fl[i];
+            unsigned char *copy = malloc(rec.len ? rec.len : 1);
+            if (!copy) {
+                free(payload);
+                pos = rec.offset;      /* read it again */
+                store_cursor_seek(c, rec.offset);
+                break;
+            }
+            memcpy(copy, rec.data, rec.len);
+            f->rec = rec;
+            f->rec.data = copy;
+            f->payload = payload;
+            f->plen = plen;
+            f->text = text;
+            f->attempts = 0;
+            f->first_ms = real_ms();
+            f->due_ms = mono_ms();
+            f->used = true;
+            if (!f->h)
+                f->h = curl_easy_init();
+            used++;
+        }
+        /* Start what is due. */
+        int64_t now = mono_ms(), next_due = now + 100;
+        for (unsigned i = 0; i < W; i++) {
+            flight *f = &fl[i];
+            if (!f->used || f->running)
+                continue;
+            if (f->due_ms > now || !try_slot(t)) {
+                int64_t due = f->due_ms > now ? f->due_ms : now + 5;
+                if (due < next_due)
+                    next_due = due;
+                continue;
+            }
+            http_prepare(t, f->h, f->payload, f->plen, f->text, &f->headers, &f->seen);
+            curl_multi_add_handle(m, f->h);
+            f->running = true;
+            f->attempts++;
+        }
+        /* Drive the transfers; handle those that finished. */
+        int running;
+        curl_multi_perform(m, &running);
+        CURLMsg *msg;
+        int left;
+        while ((msg = curl_multi_info_read(m, &left))) {
+            if (msg->msg != CURLMSG_DONE)
+                continue;
+            flight *f = NULL;
+            for (unsigned i = 0; i < W && !f; i++)
+                if (fl[i].running && fl[i].h == msg->easy_handle)
+                    f = &fl[i];
+            if (!f)
+                continue;
+            CURLcode rc = msg->data.result;
+            curl_multi_remove_handle(m, f->h);
+            curl_slist_free_all(f->headers);
+            f->headers = NULL;
+            f->running = false;
+            give_slot(t);
+            attempt a = { 0 };
+            http_finish(t, f->h, rc, &f->seen, &a);
+            if (!a.error[0]) {
+                if (f->attempts > 1)
+                    ebd_log(EBD_INFO, "msg=\"delivered after retries\" rule=%s target=%s offset=%"
+                            PRIu64 " attempts=%u", k->rule_name, t->name, f->rec.offset, f->attempts);
+                flight_free(m, f);
+            } else if (may_retry(k, f->attempts, &a, &f->rec)) {
+                int64_t wait = backoff_ms(k, f->attempts, &a);
+                log_retry(k, &f->rec, f->attempts, wait, &a);
+                f->due_ms = mono_ms() + wait;
+            } else {
+                dead_letter(k, &f->rec, &a, f->attempts, f->first_ms, real_ms());
+                flight_free(m, f);
+            }
+        }
+        /* Commit up to the oldest event still in flight. */
+        uint64_t safe = pos;
+        bool busy = false;
+        for (unsigned i = 0; i < W; i++)
+            if (fl[i].used) {
+                busy = true;
+                if (fl[i].rec.offset < safe)
+                    safe = fl[i].rec.offset;
+            }
+        if (safe > committed && (safe - committed >= COMMIT_EVERY_EVENTS ||
+                                 mono_ms() - last_commit >= COMMIT_EVERY_MS || !busy)) {
+            commit(k, safe);
+            committed = safe;
+            last_commit = mono_ms();
+        }
+        if (busy) {
+            int64_t wait = next_due - mono_ms();
+            curl_multi_poll(m, NULL, 0, (int)(wait < 1 ? 1 : wait > 50 ? 50 : wait), NULL);
+        }
+    }
+    /* Stopping: what is in flight is delivered again after the restart. */
+    uint64_t safe = pos;
+    for (unsigned i = 0; fl && i < W; i++) {
+        if (fl[i].used && fl[i].rec.offset < safe)
+            safe = fl[i].rec.offset;
+        if (fl[i].running)
+            give_slot(t);
+        if (fl[i].used)
+            flight_free(m, &fl[i]);
+        if (fl[i].h)
+            curl_easy_cleanup(fl[i].h);
+    }
+    if (safe != committed)
+        commit(k, safe);
+    free(fl);
+    if (m)
+        curl_multi_cleanup(m);
+}
+
 static void *worker_main(void *arg)
 {
     ebd_worker *w = arg;
@@ -878,73 +1229,10 @@ static void *worker_main(void *arg)
     }
     store_cursor *c;
     store_cursor_open(k.bus->s, from, &c);
-    uint64_t done = from, committed = from;
-    int64_t last_commit = mono_ms();
-    vm_xform_env env = { .bus = k.bus->name, .rule = rule_name };
-    while (!atomic_load(&r->stop)) {
-        store_record rec;
-        store_status st = store_cursor_next(c, &rec, 100);
-        if (st == STORE_OK) {
-            const uint32_t *rules;
-            size_t nrules;
-            vm_error err;
-            if (vm_match(k.ctx, rule->bus, (const char *)rec.data, rec.len, &rules, &nrules, &err) == VM_OK &&
-                rule_matched(rules, nrules, w->rule)) {
-                const char *payload;
-                size_t plen;
-                bool text = false, ok = true, owned = false;
-                env.ingest_ms = rec.time_ns / 1000000;
-                const vm_xform *x = rule->xform != VM_NONE ? &p->xforms[rule->xform] : NULL;
-                char errbuf[400];
-                if (x && (x->kind == VM_X_EXEC || x->kind == VM_X_HTTP)) {
-                    char *out;
-                    ok = rt_run_function(p, x, (const char *)rec.data, rec.len, &out, &plen, &text,
-                                         errbuf, sizeof errbuf);
-                    payload = out;
-                    owned = true;
-                } else if (vm_transform(k.ctx, w->rule, (const char *)rec.data, rec.len, &env,
-                                        &payload, &plen, &text, &err) != VM_OK) {
-                    ok = false;
-                    snprintf(errbuf, sizeof errbuf, "transform failed: %s", err.msg);
-                }
-                bool finished;
-                if (ok)
-                    finished = deliver(&k, &rec, payload, plen, text);
-                else {
-                    attempt a = { 0 };
-                    snprintf(a.error, sizeof a.error, "%s", errbuf);
-                    finished = dead_letter(&k, &rec, &a, 0, real_ms(), real_ms());
-                }
-                if (owned)
-                    free((char *)payload);
-                if (!finished)
-                    break;      /* stopping: this event is delivered again after the restart */
-            }
-            done = rec.offset + 1;
-        } else if (st == STORE_BEHIND) {
-            store_bounds(k.bus->s, &first, &next);
-            ebd_log(EBD_WARN, "msg=\"events deleted by retention before delivery\" cursor=%s "
-                    "from=%" PRIu64 " to=%" PRIu64, w->cursor, done, first);
-            store_cursor_seek(c, first);
-            done = first;
-        } else if (st == STORE_CORRUPT) {
-            uint64_t lost;
-            ebd_log(EBD_ERROR, "msg=\"corrupt record skipped\" cursor=%s error=\"%s\"", w->cursor,
-                    store_cursor_error(c));
-            store_cursor_skip(c, &lost);
-            done = store_cursor_offset(c);
-        } else if (st != STORE_TIMEOUT) {
-            break;
-        }
-        if (done != committed && (done - committed >= COMMIT_EVERY_EVENTS ||
-                                  mono_ms() - last_commit >= COMMIT_EVERY_MS || st == STORE_TIMEOUT)) {
-            commit(&k, done);
-            committed = done;
-            last_commit = mono_ms();
-        }
-    }
-    if (done != committed)
-        commit(&k, done);
+    if (k.t->kind == T_HTTP && k.t->concurrency != 1)
+        run_window(&k, c, from);
+    else
+        run_in_order(&k, c, from);
     store_cursor_close(c);
     vm_ctx_free(k.ctx);
     if (k.curl)
@@ -973,9 +1261,13 @@ void ebd_workers_stop(ebd *d, ebd_rules *r)
 {
     (void)d;
     atomic_store(&r->stop, true);
+    int64_t t0 = mono_ms();
     for (size_t i = 0; i < r->nworkers; i++)
         if (r->workers[i].started) {
             pthread_join(r->workers[i].th, NULL);
             r->workers[i].started = false;
+            if (mono_ms() - t0 > 300)
+                ebd_log(EBD_INFO, "msg=\"delivery stopped late\" cursor=%s after_ms=%lld",
+                        r->workers[i].cursor, (long long)(mono_ms() - t0));
         }
 }

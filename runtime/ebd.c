@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../compiler/compiler.h"
@@ -169,10 +170,19 @@ static ebd_rules *make_rules(ebd *d, sbuf *errors)
     return r;
 }
 
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 bool ebd_reload(ebd *d, sbuf *errors)
 {
     pthread_mutex_lock(&d->reload_mu);
+    double t0 = mono_s();
     ebd_rules *r = make_rules(d, errors);
+    double t1 = mono_s();
     if (!r) {
         pthread_mutex_unlock(&d->reload_mu);
         ebd_log(EBD_ERROR, "msg=\"reload refused: the running rules stay\" errors=\"%s\"",
@@ -183,14 +193,16 @@ bool ebd_reload(ebd *d, sbuf *errors)
     /* The old workers finish the delivery in hand and commit their cursors; the new ones
      * start from those cursors: nothing is lost, nothing delivered twice. */
     ebd_workers_stop(d, old);
+    double t2 = mono_s();
     pthread_rwlock_wrlock(&d->lock);
     d->rules = r;
     pthread_rwlock_unlock(&d->lock);
     ebd_workers_start(d, r);
     ebd_rules_free(old);
     pthread_mutex_unlock(&d->reload_mu);
-    ebd_log(EBD_INFO, "msg=\"rules reloaded\" rules=%u targets=%u deliveries=%zu", r->p->nrules,
-            r->p->ntargets, r->nworkers);
+    ebd_log(EBD_INFO, "msg=\"rules reloaded\" rules=%u targets=%u deliveries=%zu compile_ms=%.1f "
+            "stop_ms=%.1f total_ms=%.1f", r->p->nrules, r->p->ntargets, r->nworkers,
+            (t1 - t0) * 1e3, (t2 - t1) * 1e3, (mono_s() - t0) * 1e3);
     return true;
 }
 

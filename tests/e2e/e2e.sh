@@ -11,7 +11,7 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 BASE=$(( 20000 + $$ % 20000 ))
 P_EBD=$BASE; P_OK=$((BASE + 1)); P_FLAKY=$((BASE + 2)); P_BAD=$((BASE + 3)); P_DOWN=$((BASE + 4))
-P_RA=$((BASE + 5)); P_NODE=$((BASE + 6))
+P_RA=$((BASE + 5)); P_NODE=$((BASE + 6)); P_SLOW=$((BASE + 7)); P_ORDER=$((BASE + 8))
 URL=http://127.0.0.1:$P_EBD
 FAILS=0
 PIDS=""
@@ -104,6 +104,10 @@ target ra http "http://127.0.0.1:$P_RA/ra" {
   retry exponential(attempts: 3, first: 50ms, max: 5s, max_age: 1h)
 }
 target node http "http://127.0.0.1:$P_NODE/node"
+target slow http "http://127.0.0.1:$P_SLOW/slow"
+target ordered http "http://127.0.0.1:$P_ORDER/ordered" {
+  concurrency 1
+}
 target all file "out/all.jsonl"
 target secured file "out/secure.jsonl"
 target run exec ["sh", "-c", "cat >> $WORK/exec.out; echo >> $WORK/exec.out"]
@@ -116,6 +120,8 @@ rule to_bad on main { match type == "bad" to bad }
 rule to_down on main { match type == "down" to down }
 rule to_ra on main { match type == "ra" to ra }
 rule to_node on main { match source == "npm" to node }
+rule to_slow on main { match type == "slow" to slow }
+rule to_ordered on main { match type == "seq" to ordered }
 rule everything on main { match exists id to all }
 rule sec on secure { match exists id to secured }
 rule to_exec on main { match type == "exec" to run }
@@ -133,6 +139,8 @@ receiver $P_BAD bad --status 400
 receiver $P_DOWN down --status 500
 receiver $P_RA ra --fail 1 --status 503 --retry-after 1
 receiver $P_NODE node
+receiver $P_SLOW slow --delay 400
+receiver $P_ORDER ordered --delay 20
 DATA=$WORK/data
 start_ebd "$WORK/rules.ebr" "$DATA"
 
@@ -241,6 +249,24 @@ wait_for 10 grep -q '"id":"fwd-fw1","source":"e2e.forward"' "$DATA/out/small.jso
     && pass "bus target: the transformed event appended to another bus and routed there" \
     || fail "bus target: $(cat "$DATA/out/small.jsonl" 2>/dev/null)"
 
+# A slow target: its deliveries overlap (16 in flight by default) and hold nothing else back.
+t0=$(date +%s%N)
+j=0; while [ $j -lt 10 ]; do post /v1/buses/main/events application/cloudevents+json "$(ev slow$j slow)" >/dev/null; j=$((j + 1)); done
+post /v1/buses/main/events application/cloudevents+json "$(ev after-slow ok)" >/dev/null
+wait_for 10 grep -q '"id":"after-slow"' "$WORK/ok.log"
+t1=$(date +%s%N)
+[ $(( (t1 - t0) / 1000000 )) -lt 400 ] && pass "a slow target holds back no other target ($(( (t1 - t0) / 1000000 )) ms)" \
+    || fail "the ok target waited $(( (t1 - t0) / 1000000 )) ms behind the slow one"
+wait_for 10 lines_ge "$WORK/slow.log" 10
+t2=$(date +%s%N)
+[ $(( (t2 - t0) / 1000000 )) -lt 2500 ] && pass "10 deliveries to a 400 ms target overlap ($(( (t2 - t0) / 1000000 )) ms)" \
+    || fail "10 deliveries to a 400 ms target took $(( (t2 - t0) / 1000000 )) ms"
+j=0; while [ $j -lt 20 ]; do post /v1/buses/main/events application/cloudevents+json "$(ev seq$j seq)" >/dev/null; j=$((j + 1)); done
+wait_for 10 lines_ge "$WORK/ordered.log" 20
+got=$(grep -o '"id":"seq[0-9]*"' "$WORK/ordered.log" | tr -dc '0-9\n' | paste -sd,)
+[ "$got" = "0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19" ] && pass "concurrency 1 keeps the order" \
+    || fail "concurrency 1: order $got"
+
 # ---- reload: refused when invalid, atomic when valid, under traffic ---------------------------
 cp "$WORK/rules.ebr" "$WORK/rules.good"
 printf '\nrule broken on main { match data.x == to all }\n' >>"$WORK/rules.ebr"
@@ -266,7 +292,9 @@ wait_for 10 count_ge '"type":"load"' "$DATA/out/all.jsonl" 200
 n=$(grep -c '"type":"load"' "$DATA/out/all.jsonl")
 [ "$n" -eq 200 ] && pass "reload under traffic: 200 events, each delivered once" || fail "reload: $n deliveries of 200 events"
 grep -q 'rules reloaded' "$WORK/ebd.log" && pass "SIGHUP reloaded" || fail "no reload in the log"
-wait_for 5 grep -q '"id":"L199"' "$DATA/out/copy.jsonl" && pass "the new rule delivers" || fail "new rule idle"
+wait_for 10 grep -q 'rules reloaded' "$WORK/ebd.log"
+post /v1/buses/main/events application/cloudevents+json "$(ev L-after load)" >/dev/null
+wait_for 5 grep -q '"id":"L-after"' "$DATA/out/copy.jsonl" && pass "the new rule delivers" || fail "new rule idle"
 
 # ---- kill -9 under traffic: every acknowledged event is delivered at least once ----------------
 : >"$WORK/acked"
