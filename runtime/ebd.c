@@ -30,6 +30,7 @@ static const char usage[] =
     "  --listen HOST:PORT  the address to listen on (default: the server block's listen,\n"
     "                      else 127.0.0.1:8088); an address that is not loopback needs a\n"
     "                      token on every bus\n"
+    "  --max-requests N    requests handled at once before more are answered 429 (4096)\n"
     "\n"
     "Endpoints: POST /v1/buses/BUS/events (CloudEvents binary, structured, batched),\n"
     "POST /v1/buses/BUS/put-events ({\"entries\": [...]}), POST /v1/admin/reload, GET /healthz.\n"
@@ -223,6 +224,7 @@ static bool parse_listen(const char *s, char *host, size_t cap, uint16_t *port)
 int main(int argc, char **argv)
 {
     const char *rules = NULL, *data = NULL, *listen = NULL;
+    unsigned max_requests = 4096;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             fputs(usage, stdout);
@@ -233,6 +235,8 @@ int main(int argc, char **argv)
             data = argv[++i];
         else if (!strcmp(argv[i], "--listen") && i + 1 < argc)
             listen = argv[++i];
+        else if (!strcmp(argv[i], "--max-requests") && i + 1 < argc && atoi(argv[i + 1]) > 0)
+            max_requests = (unsigned)atoi(argv[++i]);
         else {
             fprintf(stderr, "ebd: unexpected argument '%s'\n\n%s", argv[i], usage);
             return 2;
@@ -253,7 +257,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_DEFAULT);
 
-    ebd d = { .rules_path = (char *)rules };
+    ebd d = { .rules_path = (char *)rules, .max_requests = max_requests };
     pthread_rwlock_init(&d.lock, NULL);
     pthread_mutex_init(&d.reload_mu, NULL);
     /* The server block gives defaults for what the flags did not say. */

@@ -135,6 +135,7 @@ struct ebd {
     _Atomic bool stopping;        /* the daemon is shutting down: ingest answers 503 */
     pthread_mutex_t reload_mu;
     _Atomic unsigned inflight;    /* ingest requests being handled */
+    unsigned max_requests;        /* more at once are answered 429 (--max-requests) */
 };
 
 /* deliver.c: the options of declarations (p->cfgs) */

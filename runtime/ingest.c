@@ -22,12 +22,11 @@
 #include "ebd_int.h"
 
 #define MAX_BODY (32u << 20)        /* the most any request may carry */
-#define MAX_INFLIGHT 4096           /* requests in progress before 429 */
 
 typedef struct {
     sbuf body;
     bool too_big;
-    bool busy;                      /* over MAX_INFLIGHT when it came: 429 */
+    bool busy;                      /* over d->max_requests when it came: 429 */
 } request;
 
 static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, const sbuf *b,
@@ -534,7 +533,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!rq)
             return MHD_NO;
         *state = rq;
-        rq->busy = atomic_fetch_add(&d->inflight, 1) >= MAX_INFLIGHT;
+        rq->busy = atomic_fetch_add(&d->inflight, 1) >= d->max_requests;
         return MHD_YES;
     }
     if (*size) {

@@ -364,6 +364,22 @@ printf 'bus b\nrule r on b { match x == }\n' >"$WORK/bad.ebr"
 "$BIN/ebd" --rules "$WORK/rules.ebr" --listen nowhere 2>"$WORK/err"
 [ $? -eq 2 ] && grep -q 'HOST:PORT' "$WORK/err" && pass "a bad --listen: exit 2" || fail "bad listen: $(cat "$WORK/err")"
 "$BIN/ebd" --help | grep -q 'usage: ebd' && pass "--help" || fail "--help"
+
+# ---- overload: 429 with Retry-After once --max-requests are in progress -------------------------
+"$BIN/ebd" --rules "$WORK/rules.ebr" --data "$WORK/d4" --listen 127.0.0.1:$P_EBD --max-requests 1 >>"$WORK/ebd.log" 2>&1 &
+echo $! >"$WORK/ebd.pid"
+wait_for 10 curl -sf "$URL/healthz"
+head -c 3000 /dev/zero | tr '\0' ' ' >"$WORK/slowbody"
+curl -s -o /dev/null --limit-rate 1000 -X POST "$URL/v1/buses/main/events" \
+     -H 'Content-Type: application/cloudevents+json' --data-binary @"$WORK/slowbody" &
+SLOW=$!
+sleep 0.5
+s=$(curl -s -D "$WORK/headers" -o "$WORK/answer" -w '%{http_code}' -X POST "$URL/v1/buses/main/events" \
+     -H 'Content-Type: application/cloudevents+json' --data-binary "$(ev over1 x)")
+expect_status 429 "a request over --max-requests" "$s"
+grep -qi '^Retry-After: 1' "$WORK/headers" && pass "429 carries Retry-After" || fail "429 headers: $(cat "$WORK/headers")"
+kill $SLOW 2>/dev/null; wait $SLOW 2>/dev/null
+stop_ebd TERM
 if [ $FAILS -ne 0 ]; then
     echo "---- ebd log"; tail -40 "$WORK/ebd.log"
     echo "$FAILS failure(s)"
