@@ -717,6 +717,9 @@ typedef struct {
     vm_ctx *ctx;
     const char *rule_name;
     unsigned seed;
+    store_cursor *c;              /* the worker's own cursor: jobs are read through it */
+    bool catching;                /* reading the log itself (the router skips this pair) */
+    uint64_t cpos;                /* catching up: the next offset to read */
 } work;
 
 /* Sleeps ms, in steps, unless the daemon stops: false then. */
@@ -893,16 +896,16 @@ static void commit(work *k, uint64_t offset)
 
 /* The payload of record rec for this worker's rule: 0 when the rule does not match it, 1 with
  * *payload (malloc'd) when it does, -1 when the transform failed (why in err). */
-static int make_payload(work *k, vm_xform_env *env, const store_record *rec, char **payload,
-                        size_t *plen, bool *text, char *err, size_t cap)
+static int make_payload(work *k, vm_xform_env *env, const store_record *rec, bool known,
+                        char **payload, size_t *plen, bool *text, char *err, size_t cap)
 {
     const vm_program *p = k->r->p;
     const vm_rule *rule = &p->rules[k->w->rule];
     const uint32_t *rules;
     size_t nrules;
     vm_error e;
-    if (vm_match(k->ctx, rule->bus, (const char *)rec->data, rec->len, &rules, &nrules, &e) != VM_OK ||
-        !rule_matched(rules, nrules, k->w->rule))
+    if (!known && (vm_match(k->ctx, rule->bus, (const char *)rec->data, rec->len, &rules, &nrules,
+                            &e) != VM_OK || !rule_matched(rules, nrules, k->w->rule)))
         return 0;
     *text = false;
     env->ingest_ms = rec->time_ns / 1000000;
@@ -952,20 +955,112 @@ static bool next_record(work *k, store_cursor *c, store_record *rec, int timeout
     return false;
 }
 
+static uint64_t router_pos(ebd_router *rt)
+{
+    pthread_mutex_lock(&rt->mu);
+    uint64_t p = rt->pos;
+    pthread_mutex_unlock(&rt->mu);
+    return p;
+}
+
+/* The worker's next event, waiting up to timeout_ms: from its queue (*known: the rule matches
+ * it), or from the log while it catches up (the caller matches).  *safe: the cursor may be
+ * committed there once the returned event (if any) is finished — every event before it is
+ * finished, not this rule's, or in the caller's hands. */
+static bool source_next(work *k, store_record *rec, int timeout_ms, uint64_t *safe, bool *known)
+{
+    ebd_worker *w = k->w;
+    ebd_router *rt = w->router;
+    *known = false;
+    if (!k->catching) {
+        for (int pass = 0; pass < 2; pass++) {
+            /* The router's position is read before the queue: it queues, then moves on. */
+            uint64_t rp = router_pos(rt);
+            pthread_mutex_lock(&w->qmu);
+            if (w->qn > 0) {
+                uint64_t off = w->ring[w->qhead];
+                w->qhead = (w->qhead + 1) % w->qcap;
+                w->qn--;
+                uint64_t after = w->qn ? w->ring[w->qhead] : rp;
+                pthread_mutex_unlock(&w->qmu);
+                *safe = after > w->start ? after : w->start;
+                store_cursor_seek(k->c, off);
+                store_status st = store_cursor_next(k->c, rec, 0);
+                if (st == STORE_OK && rec->offset == off) {
+                    *known = true;
+                    return true;
+                }
+                ebd_log(EBD_ERROR, "msg=\"a queued event cannot be read\" cursor=%s offset=%" PRIu64
+                        " error=\"%s\"", w->cursor, off, st == STORE_OK ? "" : store_cursor_error(k->c));
+                return false;
+            }
+            if (w->catchup) {
+                k->catching = true;
+                k->cpos = w->catchup_from;
+                pthread_mutex_unlock(&w->qmu);
+                store_cursor_seek(k->c, k->cpos);
+                ebd_log(EBD_INFO, "msg=\"delivery fell behind: reading the log\" cursor=%s from=%"
+                        PRIu64, w->cursor, k->cpos);
+                break;
+            }
+            *safe = rp > w->start ? rp : w->start;
+            if (pass == 0 && timeout_ms != 0 && !atomic_load(&k->r->stop)) {
+                struct timespec until;
+                clock_gettime(CLOCK_REALTIME, &until);
+                long ns = until.tv_nsec + (long)(timeout_ms > 0 ? timeout_ms : 100) * 1000000L;
+                until.tv_sec += ns / 1000000000L;
+                until.tv_nsec = ns % 1000000000L;
+                pthread_cond_timedwait(&w->qcv, &w->qmu, &until);
+                pthread_mutex_unlock(&w->qmu);
+                continue;
+            }
+            pthread_mutex_unlock(&w->qmu);
+            return false;
+        }
+        if (!k->catching)
+            return false;
+    }
+    /* Catching up: the log itself, until level with the router. */
+    uint64_t pos = k->cpos;
+    if (next_record(k, k->c, rec, 0, &pos)) {
+        k->cpos = pos;
+        *safe = pos;
+        return true;
+    }
+    k->cpos = pos;
+    *safe = pos;
+    pthread_mutex_lock(&rt->mu);
+    if (rt->pos == k->cpos) {
+        pthread_mutex_lock(&w->qmu);
+        w->catchup = false;
+        pthread_mutex_unlock(&w->qmu);
+        k->catching = false;
+        ebd_log(EBD_INFO, "msg=\"delivery caught up\" cursor=%s at=%" PRIu64, w->cursor, k->cpos);
+    }
+    pthread_mutex_unlock(&rt->mu);
+    if (timeout_ms != 0 && k->catching) {
+        struct timespec ts = { 0, 5000000 };
+        nanosleep(&ts, NULL);
+    }
+    return false;
+}
+
 /* One delivery at a time, in order: file, bus and exec targets, and http with concurrency 1. */
-static void run_in_order(work *k, store_cursor *c, uint64_t from)
+static void run_in_order(work *k, uint64_t from)
 {
     uint64_t done = from, committed = from;
     int64_t last_commit = mono_ms();
     vm_xform_env env = { .bus = k->bus->name, .rule = k->rule_name };
     while (!atomic_load(&k->r->stop)) {
         store_record rec;
-        bool got = next_record(k, c, &rec, 100, &done);
+        uint64_t safe;
+        bool known;
+        bool got = source_next(k, &rec, 100, &safe, &known);
         if (got) {
             char *payload = NULL, err[512];
             size_t plen = 0;
             bool text = false, finished;
-            int m = make_payload(k, &env, &rec, &payload, &plen, &text, err, sizeof err);
+            int m = make_payload(k, &env, &rec, known, &payload, &plen, &text, err, sizeof err);
             if (m > 0)
                 finished = deliver(k, &rec, payload, plen, text);
             else if (m < 0) {
@@ -975,11 +1070,11 @@ static void run_in_order(work *k, store_cursor *c, uint64_t from)
             } else
                 finished = true;
             free(payload);
-            if (!finished) {
-                done = rec.offset;   /* stopping: delivered again after the restart */
-                break;
-            }
+            if (!finished)
+                break;   /* stopping: this event is delivered again after the restart */
         }
+        if (safe > done)
+            done = safe;
         if (done != committed && (done - committed >= COMMIT_EVERY_EVENTS ||
                                   mono_ms() - last_commit >= COMMIT_EVERY_MS || !got)) {
             commit(k, done);
@@ -1053,7 +1148,7 @@ static void flight_free(CURLM *m, flight *f)
  * this worker, each retried on its own schedule; the cursor is committed up to the oldest event
  * not finished, so a restart redelivers what was in flight.  Order is kept only with
  * concurrency 1 (run_in_order). */
-static void run_window(work *k, store_cursor *c, uint64_t from)
+static void run_window(work *k, uint64_t from)
 {
     ebd *d = k->w->d;
     ebd_target *t = k->t;
@@ -1075,12 +1170,17 @@ static void run_window(work *k, store_cursor *c, uint64_t from)
         for (unsigned looked = 0; used < W && looked < COMMIT_EVERY_EVENTS &&
                                   !atomic_load(&k->r->stop); looked++) {
             store_record rec;
-            if (!next_record(k, c, &rec, used ? 0 : 100, &pos))
+            uint64_t safe;
+            bool known;
+            bool got = source_next(k, &rec, used ? 0 : 100, &safe, &known);
+            if (safe > pos)
+                pos = safe;
+            if (!got)
                 break;
             char *payload = NULL, err[512];
             size_t plen = 0;
             bool text = false;
-            int r = make_payload(k, &env, &rec, &payload, &plen, &text, err, sizeof err);
+            int r = make_payload(k, &env, &rec, known, &payload, &plen, &text, err, sizeof err);
             if (r < 0) {
                 attempt a = { 0 };
                 snprintf(a.error, sizeof a.error, "%s", err);
@@ -1094,9 +1194,11 @@ static void run_window(work *k, store_cursor *c, uint64_t from)
             flight *f = &fl[i];
             unsigned char *copy = malloc(rec.len ? rec.len : 1);
             if (!copy) {
+                /* out of memory: the event stays undelivered, and the cursor below it */
                 free(payload);
-                pos = rec.offset;      /* read it again */
-                store_cursor_seek(c, rec.offset);
+                ebd_log(EBD_ERROR, "msg=\"out of memory\" cursor=%s offset=%" PRIu64,
+                        k->w->cursor, rec.offset);
+                pos = rec.offset;
                 break;
             }
             memcpy(copy, rec.data, rec.len);
@@ -1219,21 +1321,12 @@ static void *worker_main(void *arg)
     k.rule_name = rule_name;
     k.ctx = vm_ctx_new(p, NULL);
     k.curl = k.t->kind == T_HTTP ? curl_easy_init() : NULL;
-    /* Where to start: the committed cursor; a new pair starts at the end of the log (events
-     * from now on), and commits that at once so that a crash cannot skip what comes next. */
-    uint64_t from, first, next;
-    if (store_committed(k.bus->s, w->cursor, &from) != STORE_OK) {
-        store_bounds(k.bus->s, &first, &next);
-        from = next;
-        commit(&k, from);
-    }
-    store_cursor *c;
-    store_cursor_open(k.bus->s, from, &c);
+    store_cursor_open(k.bus->s, w->start, &k.c);
     if (k.t->kind == T_HTTP && k.t->concurrency != 1)
-        run_window(&k, c, from);
+        run_window(&k, w->start);
     else
-        run_in_order(&k, c, from);
-    store_cursor_close(c);
+        run_in_order(&k, w->start);
+    store_cursor_close(k.c);
     vm_ctx_free(k.ctx);
     if (k.curl)
         curl_easy_cleanup(k.curl);
@@ -1242,14 +1335,117 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* ---- the router ---------------------------------------------------------------------------- */
+
+#define QUEUE_CAP 1024
+
+static void *router_main(void *arg)
+{
+    ebd_router *rt = arg;
+    ebd_rules *r = rt->r;
+    ebd_bus *bus = &rt->d->buses[r->bus_of[rt->pbus]];
+    vm_ctx *ctx = vm_ctx_new(r->p, NULL);
+    store_cursor *c;
+    store_cursor_open(bus->s, rt->pos, &c);
+    while (ctx && !atomic_load(&r->stop)) {
+        store_record rec;
+        store_status st = store_cursor_next(c, &rec, 100);
+        if (st == STORE_OK) {
+            const uint32_t *rules = NULL;
+            size_t nrules = 0;
+            vm_error err;
+            if (vm_match(ctx, rt->pbus, (const char *)rec.data, rec.len, &rules, &nrules, &err) != VM_OK)
+                nrules = 0;     /* stored events were checked at ingest; nothing to route */
+            pthread_mutex_lock(&rt->mu);
+            for (size_t i = 0; i < rt->npairs && nrules; i++) {
+                ebd_worker *w = &r->workers[rt->pairs[i]];
+                if (rec.offset < w->start || !rule_matched(rules, nrules, w->rule))
+                    continue;
+                pthread_mutex_lock(&w->qmu);
+                if (!w->catchup) {
+                    if (w->qn < w->qcap) {
+                        w->ring[(w->qhead + w->qn) % w->qcap] = rec.offset;
+                        w->qn++;
+                    } else {
+                        w->catchup = true;      /* the worker reads the log from here */
+                        w->catchup_from = rec.offset;
+                    }
+                    pthread_cond_signal(&w->qcv);
+                }
+                pthread_mutex_unlock(&w->qmu);
+            }
+            rt->pos = rec.offset + 1;
+            pthread_mutex_unlock(&rt->mu);
+        } else if (st == STORE_BEHIND) {
+            uint64_t first, next;
+            store_bounds(bus->s, &first, &next);
+            store_cursor_seek(c, first);
+            pthread_mutex_lock(&rt->mu);
+            rt->pos = first;
+            pthread_mutex_unlock(&rt->mu);
+        } else if (st == STORE_CORRUPT) {
+            uint64_t lost;
+            ebd_log(EBD_ERROR, "msg=\"corrupt record skipped by the router\" bus=%s error=\"%s\"",
+                    bus->name, store_cursor_error(c));
+            store_cursor_skip(c, &lost);
+            pthread_mutex_lock(&rt->mu);
+            rt->pos = store_cursor_offset(c);
+            pthread_mutex_unlock(&rt->mu);
+        } else if (st != STORE_TIMEOUT) {
+            break;
+        }
+    }
+    store_cursor_close(c);
+    vm_ctx_free(ctx);
+    return NULL;
+}
+
 void ebd_workers_start(ebd *d, ebd_rules *r)
 {
-    (void)d;
     atomic_store(&r->stop, false);
+    const vm_program *p = r->p;
+    r->routers = calloc(p->nbuses ? p->nbuses : 1, sizeof *r->routers);
+    /* Each pair starts from its committed cursor; a new pair at the end of the log (events from
+     * now on), committed at once so that a crash cannot skip what comes next. */
     for (size_t i = 0; i < r->nworkers; i++) {
         ebd_worker *w = &r->workers[i];
-        const vm_rule *rule = &r->p->rules[w->rule];
-        if (r->bus_of[rule->bus] == VM_NONE)
+        uint32_t b = p->rules[w->rule].bus;
+        if (r->bus_of[b] == VM_NONE || !r->routers)
+            continue;
+        store *s = d->buses[r->bus_of[b]].s;
+        if (store_committed(s, w->cursor, &w->start) != STORE_OK) {
+            uint64_t first;
+            store_bounds(s, &first, &w->start);
+            store_commit(s, w->cursor, w->start);
+        }
+        pthread_mutex_init(&w->qmu, NULL);
+        pthread_cond_init(&w->qcv, NULL);
+        w->qcap = QUEUE_CAP;
+        w->ring = calloc(w->qcap, sizeof *w->ring);
+        w->qhead = w->qn = 0;
+        w->catchup = false;
+        ebd_router *rt = &r->routers[b];
+        w->router = rt;
+        size_t *v = realloc(rt->pairs, (rt->npairs + 1) * sizeof *v);
+        if (v) {
+            rt->pairs = v;
+            rt->pairs[rt->npairs++] = i;
+        }
+        if (rt->npairs == 1 || w->start < rt->pos)
+            rt->pos = w->start;
+    }
+    for (uint32_t b = 0; r->routers && b < p->nbuses; b++) {
+        ebd_router *rt = &r->routers[b];
+        rt->d = d;
+        rt->r = r;
+        rt->pbus = b;
+        pthread_mutex_init(&rt->mu, NULL);
+        if (rt->npairs)
+            rt->started = pthread_create(&rt->th, NULL, router_main, rt) == 0;
+    }
+    for (size_t i = 0; i < r->nworkers; i++) {
+        ebd_worker *w = &r->workers[i];
+        if (!w->router || !w->ring || !w->router->started)
             continue;
         w->started = pthread_create(&w->th, NULL, worker_main, w) == 0;
         if (!w->started)
@@ -1262,12 +1458,35 @@ void ebd_workers_stop(ebd *d, ebd_rules *r)
     (void)d;
     atomic_store(&r->stop, true);
     int64_t t0 = mono_ms();
-    for (size_t i = 0; i < r->nworkers; i++)
-        if (r->workers[i].started) {
-            pthread_join(r->workers[i].th, NULL);
-            r->workers[i].started = false;
+    for (size_t i = 0; i < r->nworkers; i++) {
+        ebd_worker *w = &r->workers[i];
+        if (w->started) {
+            pthread_join(w->th, NULL);
+            w->started = false;
             if (mono_ms() - t0 > 300)
                 ebd_log(EBD_INFO, "msg=\"delivery stopped late\" cursor=%s after_ms=%lld",
-                        r->workers[i].cursor, (long long)(mono_ms() - t0));
+                        w->cursor, (long long)(mono_ms() - t0));
         }
+    }
+    for (uint32_t b = 0; r->routers && b < r->p->nbuses; b++) {
+        ebd_router *rt = &r->routers[b];
+        if (rt->started)
+            pthread_join(rt->th, NULL);
+        rt->started = false;
+        if (rt->d)
+            pthread_mutex_destroy(&rt->mu);
+        free(rt->pairs);
+    }
+    for (size_t i = 0; i < r->nworkers; i++) {
+        ebd_worker *w = &r->workers[i];
+        if (w->router) {
+            pthread_mutex_destroy(&w->qmu);
+            pthread_cond_destroy(&w->qcv);
+        }
+        free(w->ring);
+        w->ring = NULL;
+        w->router = NULL;
+    }
+    free(r->routers);
+    r->routers = NULL;
 }

@@ -105,14 +105,41 @@ typedef struct {
 typedef struct ebd ebd;
 typedef struct ebd_rules ebd_rules;
 
+typedef struct ebd_router ebd_router;
+
+/* A (rule, target) pair's delivery worker.  Its bus's router hands it the offsets of the events
+ * its rule matches through a bounded queue; when the queue is full the router stops and the
+ * worker reads the log itself from there (catch-up) until it is level with the router again. */
 typedef struct {
     ebd *d;
     ebd_rules *r;
+    ebd_router *router;
     uint32_t rule, target;        /* in r->p */
     char cursor[256];
+    uint64_t start;               /* its committed cursor when it started */
+    pthread_mutex_t qmu;
+    pthread_cond_t qcv;
+    uint64_t *ring;               /* offsets of matched events, oldest at qhead */
+    unsigned qcap, qhead, qn;
+    bool catchup;                 /* the router skipped it from catchup_from on */
+    uint64_t catchup_from;
     pthread_t th;
     bool started;
 } ebd_worker;
+
+/* One per bus: reads the log once, runs the matcher once per event, and queues each event for
+ * the pairs whose rule it matches. */
+struct ebd_router {
+    ebd *d;
+    ebd_rules *r;
+    uint32_t pbus;                /* the program's bus */
+    size_t *pairs;                /* indices into r->workers */
+    size_t npairs;
+    pthread_mutex_t mu;
+    uint64_t pos;                 /* the next offset it looks at: everything before is queued */
+    pthread_t th;
+    bool started;
+};
 
 /* One loaded ruleset with what it needs at run time; replaced whole on reload. */
 struct ebd_rules {
@@ -121,6 +148,7 @@ struct ebd_rules {
     ebd_target *targets;          /* one per p->targets */
     ebd_worker *workers;          /* one per (rule, target) */
     size_t nworkers;
+    ebd_router *routers;          /* one per bus of p */
     uint32_t *bus_of;             /* p's bus index -> the daemon's bus index */
     char *admin_token;
 };

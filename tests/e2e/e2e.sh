@@ -11,7 +11,7 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 BASE=$(( 20000 + $$ % 20000 ))
 P_EBD=$BASE; P_OK=$((BASE + 1)); P_FLAKY=$((BASE + 2)); P_BAD=$((BASE + 3)); P_DOWN=$((BASE + 4))
-P_RA=$((BASE + 5)); P_NODE=$((BASE + 6)); P_SLOW=$((BASE + 7)); P_ORDER=$((BASE + 8))
+P_RA=$((BASE + 5)); P_NODE=$((BASE + 6)); P_SLOW=$((BASE + 7)); P_ORDER=$((BASE + 8)); P_BURST=$((BASE + 9))
 URL=http://127.0.0.1:$P_EBD
 FAILS=0
 PIDS=""
@@ -108,6 +108,9 @@ target slow http "http://127.0.0.1:$P_SLOW/slow"
 target ordered http "http://127.0.0.1:$P_ORDER/ordered" {
   concurrency 1
 }
+target burst http "http://127.0.0.1:$P_BURST/burst" {
+  concurrency 1
+}
 target all file "out/all.jsonl"
 target secured file "out/secure.jsonl"
 target run exec ["sh", "-c", "cat >> $WORK/exec.out; echo >> $WORK/exec.out"]
@@ -122,6 +125,7 @@ rule to_ra on main { match type == "ra" to ra }
 rule to_node on main { match source == "npm" to node }
 rule to_slow on main { match type == "slow" to slow }
 rule to_ordered on main { match type == "seq" to ordered }
+rule to_burst on main { match type == "burst" to burst }
 rule everything on main { match exists id to all }
 rule sec on secure { match exists id to secured }
 rule to_exec on main { match type == "exec" to run }
@@ -141,6 +145,7 @@ receiver $P_RA ra --fail 1 --status 503 --retry-after 1
 receiver $P_NODE node
 receiver $P_SLOW slow --delay 400
 receiver $P_ORDER ordered --delay 20
+receiver $P_BURST burst --delay 2
 DATA=$WORK/data
 start_ebd "$WORK/rules.ebr" "$DATA"
 
@@ -266,6 +271,21 @@ wait_for 10 lines_ge "$WORK/ordered.log" 20
 got=$(grep -o '"id":"seq[0-9]*"' "$WORK/ordered.log" | tr -dc '0-9\n' | paste -sd,)
 [ "$got" = "0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19" ] && pass "concurrency 1 keeps the order" \
     || fail "concurrency 1: order $got"
+
+# A burst larger than a worker's queue (1024): the router stops queueing for it, the worker
+# reads the log itself and rejoins the router; every event once, in order.
+seq 0 1499 | awk '{ printf "%s{\"specversion\":\"1.0\",\"id\":\"burst%d\",\"source\":\"e2e\",\"type\":\"burst\"}", (NR > 1 ? "," : "["), $1 } END { print "]" }' >"$WORK/burst.json"
+s=$(curl -s -o "$WORK/answer" -w '%{http_code}' -X POST "$URL/v1/buses/main/events" \
+    -H 'Content-Type: application/cloudevents-batch+json' --data-binary @"$WORK/burst.json")
+expect_status 202 "a batch of 1500 events" "$s"
+wait_for 20 lines_ge "$WORK/burst.log" 1500
+got=$(grep -o '"id":"burst[0-9]*"' "$WORK/burst.log" | tr -dc '0-9\n' | paste -sd,)
+want=$(seq 0 1499 | paste -sd,)
+[ "$got" = "$want" ] && pass "a burst of 1500 past a queue of 1024: each event once, in order" \
+    || fail "burst: $(grep -c . "$WORK/burst.log") deliveries, in order: $( [ "$got" = "$want" ] && echo yes || echo no)"
+grep -q 'delivery fell behind: reading the log" cursor=to_burst.burst' "$WORK/ebd.log" && \
+    grep -q 'delivery caught up" cursor=to_burst.burst' "$WORK/ebd.log" \
+    && pass "the worker fell back to the log and caught up" || fail "no fall-back to the log in the log"
 
 # ---- reload: refused when invalid, atomic when valid, under traffic ---------------------------
 cp "$WORK/rules.ebr" "$WORK/rules.good"
