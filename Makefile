@@ -27,7 +27,7 @@ build: deps $(BUILD)/CMakeCache.txt
 build-asan: deps $(ASAN_BUILD)/CMakeCache.txt
 	@cmake --build $(ASAN_BUILD) -j $(JOBS)
 
-# Everything in the release build, then the unit tests again under ASan + UBSan.
+# Everything in the release build, then the unit and end-to-end tests again under ASan + UBSan.
 test: test-release test-asan
 
 test-release: build
@@ -36,7 +36,7 @@ test-release: build
 	@grep -E "^(DIVERGE|SKIPMODE)|cases:|^engines" $(BUILD)/Testing/Temporary/LastTest.log | sed 's/^/  /'
 
 test-asan: build-asan
-	@cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS) -L unit
+	@cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS) -L "unit|e2e"
 
 run: build
 	@sh examples/run.sh $(BUILD)
