@@ -243,10 +243,14 @@ bool js_key_is(const char *s, const js_member *m, const char *name)
 
 /* ---- CloudEvents' JSON format ------------------------------------------------------------- */
 
+#define MAX_KEYS 256
+
 typedef struct {
     const char *s;
     char *why;
     size_t whycap;
+    js_member keys[MAX_KEYS];     /* the attributes seen, to refuse one given twice */
+    size_t nkeys;
     bool id, source, specversion, type, data, data_base64, failed;
     const char *idp;
     size_t idlen;
@@ -297,6 +301,9 @@ static bool rfc3339(const char *v, size_t n)
            v[i + 4] >= '0' && v[i + 4] <= '5' && v[i + 5] >= '0' && v[i + 5] <= '9';
 }
 
+static bool ce_value(ce_state *st, const js_member *m, const char *name, const char *v, size_t vlen,
+                     bool is_str, const char *text, size_t tlen);
+
 static bool ce_member(void *arg, const js_member *m)
 {
     ce_state *st = arg;
@@ -307,11 +314,31 @@ static bool ce_member(void *arg, const js_member *m)
     size_t vlen = m->val_len;
     char name[64];
     snprintf(name, sizeof name, "%.*s", (int)(klen < 60 ? klen : 60), key);
+    for (size_t k = 0; k < st->nkeys; k++)
+        if (st->keys[k].key_len == m->key_len && !memcmp(s + st->keys[k].key_off, key - 1, m->key_len))
+            return ce_fail(st, "attribute '%s' appears twice", name);
+    if (st->nkeys < MAX_KEYS)
+        st->keys[st->nkeys++] = *m;
     bool is_str = v[0] == '"';
-    char text[512];
+    char small[512], *text = small;
     size_t tlen = 0;
-    if (is_str && vlen <= sizeof text)
+    if (is_str && vlen > sizeof small && !(text = malloc(vlen)))
+        return ce_fail(st, "out of memory reading attribute '%s'", name);
+    if (is_str)
         tlen = js_unquote(v, vlen, text);
+    bool ok = ce_value(st, m, name, v, vlen, is_str, text, tlen);
+    if (text != small)
+        free(text);
+    return ok;
+}
+
+/* Checks one attribute's value (text: a string value decoded). */
+static bool ce_value(ce_state *st, const js_member *m, const char *name, const char *v, size_t vlen,
+                     bool is_str, const char *text, size_t tlen)
+{
+    const char *s = st->s;
+    const char *key = s + m->key_off + 1;
+    size_t klen = m->key_len - 2;
     if (js_key_is(s, m, "data")) {
         st->data = true;
         return true;
@@ -320,6 +347,18 @@ static bool ce_member(void *arg, const js_member *m)
         st->data_base64 = true;
         if (!is_str)
             return ce_fail(st, "attribute '%s' must be a string (base64)", name);
+        size_t pad = 0;
+        for (size_t i = 0; i < tlen; i++) {
+            char ch = text[i];
+            bool b64 = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+                       ch == '+' || ch == '/';
+            if (ch == '=' && i + 2 >= tlen)
+                pad++;
+            else if (!b64 || pad)
+                return ce_fail(st, "attribute '%s' is not base64", name);
+        }
+        if (tlen % 4)
+            return ce_fail(st, "attribute '%s' is not base64 (its length is not a multiple of 4)", name);
         return true;
     }
     static const char *const strs[] = { "id", "source", "specversion", "type", "datacontenttype",
@@ -329,8 +368,6 @@ static bool ce_member(void *arg, const js_member *m)
             continue;
         if (!is_str)
             return ce_fail(st, "attribute '%s' must be a string", name);
-        if (vlen > sizeof text)
-            return ce_fail(st, "attribute '%s' is too long", name);
         bool required = k < 4;
         if (required && tlen == 0)
             return ce_fail(st, "attribute '%s' must not be empty", name);

@@ -233,6 +233,24 @@ static void mkdirs_above(const char *path)
     free(p);
 }
 
+/* Is s an HTTP header name (a token, RFC 9110)?  Is v fit for a header value (no CR, LF, NUL:
+ * a value from the environment must not add header lines of its own)? */
+static bool header_name_ok(const char *s)
+{
+    if (!*s || strlen(s) > 200)
+        return false;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              strchr("!#$%&'*+-.^_`|~", *s)))
+            return false;
+    return true;
+}
+
+static bool header_value_ok(const char *v)
+{
+    return strpbrk(v, "\r\n") == NULL;
+}
+
 static bool read_retry(const vm_program *p, const vm_target *t, ebd_retry *r)
 {
     /* The default: 10 attempts, 1 s doubling up to 5 min, for at most 24 h. */
@@ -305,7 +323,10 @@ static bool prepare_target(ebd *d, ebd_rules *r, uint32_t i, char *err, size_t c
                 continue;
             char *name = ebd_cfg_text(p, ebd_cfg_child(p, h, 0), why, sizeof why);
             char *val = ebd_cfg_text(p, ebd_cfg_child(p, h, 1), why, sizeof why);
-            if (name && val) {
+            if (name && val && (!header_name_ok(name) || !header_value_ok(val)))
+                snprintf(why, sizeof why, "header '%.100s': a name must be a token and a value "
+                         "must not hold CR or LF", name);
+            else if (name && val) {
                 size_t n = strlen(name) + strlen(val) + 3;
                 char *line = malloc(n);
                 snprintf(line, n, "%s: %s", name, val);
@@ -320,6 +341,10 @@ static bool prepare_target(ebd *d, ebd_rules *r, uint32_t i, char *err, size_t c
             x->sign_secret = ebd_cfg_text(p, arg_of(p, ebd_cfg_child(p, sg, 0), "secret"), why, sizeof why);
             const vm_cfg *hv = arg_of(p, ebd_cfg_child(p, sg, 0), "header");
             x->sign_header = hv ? ebd_cfg_text(p, hv, why, sizeof why) : strdup("X-Ebr-Signature");
+            if (x->sign_header && !header_name_ok(x->sign_header))
+                snprintf(why, sizeof why, "sign: '%.100s' is not a header name", x->sign_header);
+            if (x->sign_secret && !*x->sign_secret)
+                snprintf(why, sizeof why, "sign: the secret is empty");
         }
     } else if (str_eq(p, t->kind, "file")) {
         x->kind = T_FILE;
@@ -341,8 +366,8 @@ static bool prepare_target(ebd *d, ebd_rules *r, uint32_t i, char *err, size_t c
         x->kind = T_BUS;
         x->bus = VM_NONE;
         for (size_t k = 0; k < d->nbuses; k++)
-            if (strlen(d->buses[k].name) == value->str.len &&
-                !memcmp(d->buses[k].name, vm_s(p, value->str), value->str.len))
+            if (strlen(d->buses[k]->name) == value->str.len &&
+                !memcmp(d->buses[k]->name, vm_s(p, value->str), value->str.len))
                 x->bus = (uint32_t)k;
     } else {
         x->kind = T_EXEC;
@@ -378,9 +403,13 @@ bool ebd_rules_prepare(ebd *d, ebd_rules *r, char *err, size_t cap)
     for (uint32_t b = 0; b < p->nbuses; b++) {
         r->bus_of[b] = VM_NONE;
         for (size_t k = 0; k < d->nbuses; k++)
-            if (strlen(d->buses[k].name) == p->buses[b].name.len &&
-                !memcmp(d->buses[k].name, vm_s(p, p->buses[b].name), p->buses[b].name.len))
+            if (strlen(d->buses[k]->name) == p->buses[b].name.len &&
+                !memcmp(d->buses[k]->name, vm_s(p, p->buses[b].name), p->buses[b].name.len))
                 r->bus_of[b] = (uint32_t)k;
+    }
+    for (uint32_t i = 0; i < p->ntargets; i++) {
+        r->targets[i].fd = -1;       /* freeing a half-prepared ruleset closes nothing else */
+        r->targets[i].dead_letter = VM_NONE;
     }
     for (uint32_t i = 0; i < p->ntargets; i++)
         if (!prepare_target(d, r, i, err, cap))
@@ -425,6 +454,10 @@ void ebd_rules_free(ebd_rules *r)
         pthread_mutex_destroy(&x->mu);
         pthread_cond_destroy(&x->cv);
     }
+    for (uint32_t b = 0; r->bus_token && b < r->p->nbuses; b++)
+        free(r->bus_token[b]);
+    free(r->bus_token);
+    free(r->bus_max);
     free(r->targets);
     free(r->workers);
     free(r->bus_of);
@@ -574,10 +607,10 @@ static void deliver_bus(ebd *d, ebd_target *t, const char *payload, size_t n, bo
     }
     store_entry e = { payload, (uint32_t)n, 0 };
     uint64_t first;
-    store_status st = store_append(d->buses[t->bus].s, &e, 1, &first);
+    store_status st = store_append(d->buses[t->bus]->s, &e, 1, &first);
     if (st != STORE_OK) {
-        snprintf(a->error, sizeof a->error, "bus '%s': %s", d->buses[t->bus].name,
-                 store_error(d->buses[t->bus].s));
+        snprintf(a->error, sizeof a->error, "bus '%s': %s", d->buses[t->bus]->name,
+                 store_error(d->buses[t->bus]->s));
         a->retry = true;
     }
 }
@@ -802,6 +835,10 @@ static bool dead_letter(work *k, const store_record *rec, const attempt *a, unsi
             if (!k->dl_curl)
                 k->dl_curl = curl_easy_init();
             attempt_once(d, &k->r->stop, dl, k->dl_curl, b.v, b.n, false, &da);
+            /* The cursor moves past the event once this returns: a dead letter in a file must
+             * be on disk by then, whatever that file target's own policy. */
+            if (!da.error[0] && dl->kind == T_FILE && dl->fsync != STORE_FSYNC_NEVER)
+                fdatasync(dl->fd);
         }
         ok = !da.error[0];
         if (!ok) {
@@ -981,7 +1018,10 @@ static bool source_next(work *k, store_record *rec, int timeout_ms, uint64_t *sa
                 uint64_t off = w->ring[w->qhead];
                 w->qhead = (w->qhead + 1) % w->qcap;
                 w->qn--;
-                uint64_t after = w->qn ? w->ring[w->qhead] : rp;
+                /* Past the queue: the router's position, unless it stopped queueing for this
+                 * worker (the queue was full): then the catch-up point, which the worker has
+                 * yet to read from the log. */
+                uint64_t after = w->qn ? w->ring[w->qhead] : w->catchup ? w->catchup_from : rp;
                 pthread_mutex_unlock(&w->qmu);
                 *safe = after > w->start ? after : w->start;
                 store_cursor_seek(k->c, off);
@@ -1144,6 +1184,51 @@ static void flight_free(CURLM *m, flight *f)
     f->used = false;
 }
 
+/* Moves the transfers on and handles those that finished: a success frees its flight; a
+ * failure is retried later or dead-lettered, unless stopping (then it stays for the restart). */
+static void drive(work *k, CURLM *m, flight *fl, unsigned W, bool stopping)
+{
+    ebd_target *t = k->t;
+    int running;
+    curl_multi_perform(m, &running);
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(m, &left))) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        flight *f = NULL;
+        for (unsigned i = 0; i < W && !f; i++)
+            if (fl[i].running && fl[i].h == msg->easy_handle)
+                f = &fl[i];
+        if (!f)
+            continue;
+        CURLcode rc = msg->data.result;
+        curl_multi_remove_handle(m, f->h);
+        curl_slist_free_all(f->headers);
+        f->headers = NULL;
+        f->running = false;
+        give_slot(t);
+        attempt a = { 0 };
+        http_finish(t, f->h, rc, &f->seen, &a);
+        if (!a.error[0]) {
+            if (f->attempts > 1)
+                ebd_log(EBD_INFO, "msg=\"delivered after retries\" rule=%s target=%s offset=%"
+                        PRIu64 " attempts=%u", k->rule_name, t->name, f->rec.offset, f->attempts);
+            flight_free(m, f);
+        } else if (stopping) {
+            f->due_ms = INT64_MAX;
+        } else if (may_retry(k, f->attempts, &a, &f->rec)) {
+            int64_t wait = backoff_ms(k, f->attempts, &a);
+            log_retry(k, &f->rec, f->attempts, wait, &a);
+            f->due_ms = mono_ms() + wait;
+        } else if (dead_letter(k, &f->rec, &a, f->attempts, f->first_ms, real_ms())) {
+            flight_free(m, f);
+        } else {
+            f->due_ms = INT64_MAX;    /* stopping: kept, so the cursor stays below it */
+        }
+    }
+}
+
 /* Deliveries to an http target: up to its concurrency (16 by default) in flight at once from
  * this worker, each retried on its own schedule; the cursor is committed up to the oldest event
  * not finished, so a restart redelivers what was in flight.  Order is kept only with
@@ -1184,7 +1269,10 @@ static void run_window(work *k, uint64_t from)
             if (r < 0) {
                 attempt a = { 0 };
                 snprintf(a.error, sizeof a.error, "%s", err);
-                dead_letter(k, &rec, &a, 0, real_ms(), real_ms());
+                if (!dead_letter(k, &rec, &a, 0, real_ms(), real_ms())) {
+                    pos = rec.offset;     /* stopping: it goes again after the restart */
+                    break;
+                }
             }
             if (r <= 0)
                 continue;
@@ -1233,41 +1321,7 @@ static void run_window(work *k, uint64_t from)
             f->attempts++;
         }
         /* Drive the transfers; handle those that finished. */
-        int running;
-        curl_multi_perform(m, &running);
-        CURLMsg *msg;
-        int left;
-        while ((msg = curl_multi_info_read(m, &left))) {
-            if (msg->msg != CURLMSG_DONE)
-                continue;
-            flight *f = NULL;
-            for (unsigned i = 0; i < W && !f; i++)
-                if (fl[i].running && fl[i].h == msg->easy_handle)
-                    f = &fl[i];
-            if (!f)
-                continue;
-            CURLcode rc = msg->data.result;
-            curl_multi_remove_handle(m, f->h);
-            curl_slist_free_all(f->headers);
-            f->headers = NULL;
-            f->running = false;
-            give_slot(t);
-            attempt a = { 0 };
-            http_finish(t, f->h, rc, &f->seen, &a);
-            if (!a.error[0]) {
-                if (f->attempts > 1)
-                    ebd_log(EBD_INFO, "msg=\"delivered after retries\" rule=%s target=%s offset=%"
-                            PRIu64 " attempts=%u", k->rule_name, t->name, f->rec.offset, f->attempts);
-                flight_free(m, f);
-            } else if (may_retry(k, f->attempts, &a, &f->rec)) {
-                int64_t wait = backoff_ms(k, f->attempts, &a);
-                log_retry(k, &f->rec, f->attempts, wait, &a);
-                f->due_ms = mono_ms() + wait;
-            } else {
-                dead_letter(k, &f->rec, &a, f->attempts, f->first_ms, real_ms());
-                flight_free(m, f);
-            }
-        }
+        drive(k, m, fl, W, false);
         /* Commit up to the oldest event still in flight. */
         uint64_t safe = pos;
         bool busy = false;
@@ -1288,7 +1342,18 @@ static void run_window(work *k, uint64_t from)
             curl_multi_poll(m, NULL, 0, (int)(wait < 1 ? 1 : wait > 50 ? 50 : wait), NULL);
         }
     }
-    /* Stopping: what is in flight is delivered again after the restart. */
+    /* Stopping: requests already sent may finish (within the target's timeout), so that a reload
+     * does not send them twice; what does not finish goes again after the restart. */
+    int64_t until = mono_ms() + t->timeout_ms;
+    for (bool any = true; fl && m && any && mono_ms() < until;) {
+        any = false;
+        for (unsigned i = 0; i < W; i++)
+            any |= fl[i].running;
+        if (any) {
+            drive(k, m, fl, W, true);
+            curl_multi_poll(m, NULL, 0, 20, NULL);
+        }
+    }
     uint64_t safe = pos;
     for (unsigned i = 0; fl && i < W; i++) {
         if (fl[i].used && fl[i].rec.offset < safe)
@@ -1315,7 +1380,7 @@ static void *worker_main(void *arg)
     const vm_program *p = r->p;
     const vm_rule *rule = &p->rules[w->rule];
     work k = { .w = w, .r = r, .t = &r->targets[w->target], .seed = (unsigned)(uintptr_t)w };
-    k.bus = &d->buses[r->bus_of[rule->bus]];
+    k.bus = d->buses[r->bus_of[rule->bus]];
     char rule_name[256];
     snprintf(rule_name, sizeof rule_name, "%.*s", (int)rule->name.len, vm_s(p, rule->name));
     k.rule_name = rule_name;
@@ -1343,7 +1408,7 @@ static void *router_main(void *arg)
 {
     ebd_router *rt = arg;
     ebd_rules *r = rt->r;
-    ebd_bus *bus = &rt->d->buses[r->bus_of[rt->pbus]];
+    ebd_bus *bus = rt->d->buses[r->bus_of[rt->pbus]];
     vm_ctx *ctx = vm_ctx_new(r->p, NULL);
     store_cursor *c;
     store_cursor_open(bus->s, rt->pos, &c);
@@ -1412,7 +1477,7 @@ void ebd_workers_start(ebd *d, ebd_rules *r)
         uint32_t b = p->rules[w->rule].bus;
         if (r->bus_of[b] == VM_NONE || !r->routers)
             continue;
-        store *s = d->buses[r->bus_of[b]].s;
+        store *s = d->buses[r->bus_of[b]]->s;
         if (store_committed(s, w->cursor, &w->start) != STORE_OK) {
             uint64_t first;
             store_bounds(s, &first, &w->start);

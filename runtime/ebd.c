@@ -59,9 +59,24 @@ static vm_program *load_rules(const char *path, FILE *diag)
 ebd_bus *ebd_find_bus(ebd *d, const char *name, size_t n)
 {
     for (size_t i = 0; i < d->nbuses; i++)
-        if (strlen(d->buses[i].name) == n && !memcmp(d->buses[i].name, name, n))
-            return &d->buses[i];
+        if (strlen(d->buses[i]->name) == n && !memcmp(d->buses[i]->name, name, n))
+            return d->buses[i];
     return NULL;
+}
+
+bool ebd_bus_view(ebd *d, const char *name, size_t n, ebd_bus *view)
+{
+    const ebd_rules *r = d->rules;
+    const vm_program *p = r->p;
+    for (uint32_t b = 0; b < p->nbuses; b++)
+        if (p->buses[b].name.len == n && !memcmp(vm_s(p, p->buses[b].name), name, n) &&
+            r->bus_of[b] != VM_NONE) {
+            *view = *d->buses[r->bus_of[b]];
+            view->token = r->bus_token[b];
+            view->max_event = r->bus_max[b];
+            return true;
+        }
+    return false;
 }
 
 /* A server { } option's text (or NULL). */
@@ -71,14 +86,21 @@ static char *server_text(const vm_program *p, const char *key, char *err, size_t
     return o ? ebd_cfg_text(p, ebd_cfg_child(p, o, 0), err, cap) : NULL;
 }
 
-/* Opens the log of every bus p declares that the daemon does not have yet, and sets every
- * bus's token and size limit from p.  Called with d->lock held for writing (or before the
- * daemon serves). */
-static bool open_buses(ebd *d, const vm_program *p, char *err, size_t cap)
+/* Opens the log of every bus r->p declares that the daemon does not have yet (buses stay open
+ * across reloads), and works out each bus's token and size limit into r: they apply when r
+ * does.  Called with d->lock held for writing (or before the daemon serves). */
+static bool open_buses(ebd *d, ebd_rules *r, char *err, size_t cap)
 {
+    const vm_program *p = r->p;
     const vm_cfg *mx = ebd_cfg_option(p, p->server0, p->nserver, "max_event_size");
     uint64_t server_max = mx && ebd_cfg_child(p, mx, 0) ? (uint64_t)ebd_cfg_child(p, mx, 0)->num
                                                         : DEFAULT_MAX_EVENT;
+    r->bus_token = calloc(p->nbuses ? p->nbuses : 1, sizeof *r->bus_token);
+    r->bus_max = calloc(p->nbuses ? p->nbuses : 1, sizeof *r->bus_max);
+    if (!r->bus_token || !r->bus_max) {
+        snprintf(err, cap, "out of memory");
+        return false;
+    }
     for (uint32_t i = 0; i < p->nbuses; i++) {
         const vm_bus *vb = &p->buses[i];
         const char *name = vm_s(p, vb->name);
@@ -86,7 +108,7 @@ static bool open_buses(ebd *d, const vm_program *p, char *err, size_t cap)
         if (!b) {
             if (d->nbuses == d->capbuses) {
                 size_t c = d->capbuses ? d->capbuses * 2 : 8;
-                ebd_bus *v = realloc(d->buses, c * sizeof *v);
+                ebd_bus **v = realloc(d->buses, c * sizeof *v);
                 if (!v) {
                     snprintf(err, cap, "out of memory");
                     return false;
@@ -94,8 +116,12 @@ static bool open_buses(ebd *d, const vm_program *p, char *err, size_t cap)
                 d->buses = v;
                 d->capbuses = c;
             }
-            b = &d->buses[d->nbuses];
-            *b = (ebd_bus){ .name = strndup(name, vb->name.len) };
+            b = calloc(1, sizeof *b);
+            if (!b || !(b->name = strndup(name, vb->name.len))) {
+                free(b);
+                snprintf(err, cap, "out of memory");
+                return false;
+            }
             char dir[4200];
             snprintf(dir, sizeof dir, "%s/buses", d->data_dir);
             mkdir(dir, 0755);
@@ -106,9 +132,10 @@ static bool open_buses(ebd *d, const vm_program *p, char *err, size_t cap)
             if (log_open(dir, &o, &b->s, why, sizeof why) != STORE_OK) {
                 snprintf(err, cap, "bus '%s': %s", b->name, why);
                 free(b->name);
+                free(b);
                 return false;
             }
-            d->nbuses++;
+            d->buses[d->nbuses++] = b;
             uint64_t first, next;
             store_bounds(b->s, &first, &next);
             ebd_log(EBD_INFO, "msg=\"bus opened\" bus=%s dir=%s first=%llu next=%llu", b->name, dir,
@@ -116,15 +143,14 @@ static bool open_buses(ebd *d, const vm_program *p, char *err, size_t cap)
         }
         const vm_cfg *t = ebd_cfg_option(p, vb->opt0, vb->nopt, "token");
         char why[300] = "";
-        free(b->token);
-        b->token = t ? ebd_cfg_text(p, ebd_cfg_child(p, t, 0), why, sizeof why) : NULL;
+        r->bus_token[i] = t ? ebd_cfg_text(p, ebd_cfg_child(p, t, 0), why, sizeof why) : NULL;
         if (why[0]) {
             snprintf(err, cap, "bus '%s': token: %s", b->name, why);
             return false;
         }
         const vm_cfg *m = ebd_cfg_option(p, vb->opt0, vb->nopt, "max_event_size");
-        b->max_event = m && ebd_cfg_child(p, m, 0) ? (uint64_t)ebd_cfg_child(p, m, 0)->num : server_max;
-        if (!d->loopback && !b->token) {
+        r->bus_max[i] = m && ebd_cfg_child(p, m, 0) ? (uint64_t)ebd_cfg_child(p, m, 0)->num : server_max;
+        if (!d->loopback && !r->bus_token[i]) {
             snprintf(err, cap, "bus '%s' has no token, and %s is not a loopback address: give "
                      "every bus a token (token env(\"NAME\")) or listen on 127.0.0.1", b->name,
                      d->listen);
@@ -159,7 +185,7 @@ static ebd_rules *make_rules(ebd *d, sbuf *errors)
     char err[700] = "";
     r->admin_token = server_text(p, "admin_token", err, sizeof err);
     pthread_rwlock_wrlock(&d->lock);
-    bool ok = !err[0] && open_buses(d, p, err, sizeof err);
+    bool ok = !err[0] && open_buses(d, r, err, sizeof err);
     pthread_rwlock_unlock(&d->lock);
     if (ok)
         ok = ebd_rules_prepare(d, r, err, sizeof err);
@@ -258,7 +284,12 @@ int main(int argc, char **argv)
     curl_global_init(CURL_GLOBAL_DEFAULT);
 
     ebd d = { .rules_path = (char *)rules, .max_requests = max_requests };
-    pthread_rwlock_init(&d.lock, NULL);
+    /* Writers first: a reload must not wait behind a steady stream of ingest requests. */
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&d.lock, &ra);
+    pthread_rwlockattr_destroy(&ra);
     pthread_mutex_init(&d.reload_mu, NULL);
     /* The server block gives defaults for what the flags did not say. */
     char *text = NULL;
@@ -333,9 +364,9 @@ int main(int argc, char **argv)
     ebd_workers_stop(&d, d.rules);
     ebd_rules_free(d.rules);
     for (size_t i = 0; i < d.nbuses; i++) {
-        store_close(d.buses[i].s);
-        free(d.buses[i].name);
-        free(d.buses[i].token);
+        store_close(d.buses[i]->s);
+        free(d.buses[i]->name);
+        free(d.buses[i]);
     }
     free(d.buses);
     free(cfg_listen);

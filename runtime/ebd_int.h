@@ -95,11 +95,14 @@ typedef struct {
     struct timespec refill;
 } ebd_target;
 
+/* A bus of the daemon: its log stays open across reloads (d->buses holds pointers, so a bus
+ * never moves).  What the rules say of it (token, size limit) is in ebd_rules; ingest works on
+ * a view that joins both (ebd_bus_view). */
 typedef struct {
     char *name;
     store *s;
-    char *token;                  /* bearer token for puts, or NULL */
-    uint64_t max_event;
+    const char *token;            /* in a view: bearer token for puts, or NULL */
+    uint64_t max_event;           /* in a view: the largest event */
 } ebd_bus;
 
 typedef struct ebd ebd;
@@ -150,13 +153,15 @@ struct ebd_rules {
     size_t nworkers;
     ebd_router *routers;          /* one per bus of p */
     uint32_t *bus_of;             /* p's bus index -> the daemon's bus index */
+    char **bus_token;             /* p's bus index -> its token (NULL: none) */
+    uint64_t *bus_max;            /* p's bus index -> its max_event_size */
     char *admin_token;
 };
 
 struct ebd {
     char *rules_path, *data_dir, *listen;
     bool loopback;
-    ebd_bus *buses;
+    ebd_bus **buses;
     size_t nbuses, capbuses;
     pthread_rwlock_t lock;        /* rules and buses: ingest reads, reload writes */
     ebd_rules *rules;
@@ -186,3 +191,6 @@ void ebd_http_stop(struct MHD_Daemon *h);
 /* ebd.c */
 bool ebd_reload(ebd *d, sbuf *errors);
 ebd_bus *ebd_find_bus(ebd *d, const char *name, size_t n);
+/* The bus the current rules declare under that name, with their token and limit; false if they
+ * declare none.  Under d->lock (read). */
+bool ebd_bus_view(ebd *d, const char *name, size_t n, ebd_bus *view);

@@ -32,6 +32,7 @@ typedef struct {
     sbuf body;
     bool too_big;
     bool busy;                      /* over d->max_requests when it came: 429 */
+    bool answered;                  /* answered before its body: the body is dropped */
 } request;
 
 static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, const sbuf *b,
@@ -148,7 +149,8 @@ static enum MHD_Result ce_header(void *arg, enum MHD_ValueKind kind, const char 
         lower[i] = ch;
     }
     lower[n] = 0;
-    if (!strcmp(lower, "data") || !strcmp(lower, "data_base64"))
+    /* data is the body; datacontenttype is the Content-Type (the binding maps it there) */
+    if (!strcmp(lower, "data") || !strcmp(lower, "data_base64") || !strcmp(lower, "datacontenttype"))
         return MHD_YES;
     /* The value, percent-decoded (the binding's encoding of what a header cannot carry). */
     size_t vn = strlen(value);
@@ -479,6 +481,9 @@ static enum MHD_Result handle(struct MHD_Connection *c, ebd *d, const char *url,
 {
     if (!strcmp(url, "/healthz"))
         return send_error(c, 200, "ok", NULL, NULL);
+    static const char prefix0[] = "/v1/buses/";
+    if (strcmp(url, "/v1/admin/reload") != 0 && strncmp(url, prefix0, sizeof prefix0 - 1) != 0)
+        return send_error(c, 404, "no such endpoint", NULL, NULL);
     if (strcmp(method, "POST") != 0)
         return send_error(c, 405, "only POST is served here", NULL, NULL);
     if (!strcmp(url, "/v1/admin/reload")) {
@@ -507,7 +512,7 @@ static enum MHD_Result handle(struct MHD_Connection *c, ebd *d, const char *url,
     if (!put && strcmp(slash, "/events") != 0)
         return send_error(c, 404, "no such endpoint", NULL, NULL);
     pthread_rwlock_rdlock(&d->lock);
-    ebd_bus *b = ebd_find_bus(d, name, (size_t)(slash - name));
+    ebd_bus view, *b = ebd_bus_view(d, name, (size_t)(slash - name), &view) ? &view : NULL;
     enum MHD_Result r;
     if (!b) {
         char msg[300];
@@ -539,6 +544,38 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return MHD_NO;
         *state = rq;
         rq->busy = atomic_fetch_add(&d->inflight, 1) >= d->max_requests;
+        /* What can be answered before the body: answered now, the body never read (nothing
+         * is buffered for a request that is refused anyway). */
+        rq->answered = true;
+        if (rq->busy)
+            return send_error(c, 429, "too many requests at once", NULL, "1");
+        if (atomic_load(&d->stopping))
+            return send_error(c, 503, "the daemon is stopping", NULL, "1");
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoull(cl, NULL, 10) > MAX_BODY)
+            return send_error(c, 413, "the request is over the size limit", NULL, NULL);
+        static const char prefix[] = "/v1/buses/";
+        const char *name = url + sizeof prefix - 1, *slash = strchr(name, '/');
+        if (!strcmp(method, "POST") && !strncmp(url, prefix, sizeof prefix - 1) && slash) {
+            pthread_rwlock_rdlock(&d->lock);
+            ebd_bus view;
+            bool found = ebd_bus_view(d, name, (size_t)(slash - name), &view);
+            unsigned deny = found ? authorize(c, view.token) : 0;
+            pthread_rwlock_unlock(&d->lock);
+            if (!found) {
+                char msg[300];
+                snprintf(msg, sizeof msg, "no bus '%.*s'", (int)(slash - name < 200 ? slash - name : 200), name);
+                return send_error(c, 404, msg, "bus", NULL);
+            }
+            if (deny)
+                return send_error(c, deny, deny == 401 ? "this bus needs a token (Authorization: "
+                                  "Bearer ...)" : "the token is wrong for this bus", NULL, NULL);
+        }
+        rq->answered = false;
+        return MHD_YES;
+    }
+    if (rq->answered) {
+        *size = 0;
         return MHD_YES;
     }
     if (*size) {

@@ -179,6 +179,10 @@ s=$(post /v1/buses/main/events application/cloudevents+json '{"specversion":"1.0
 expect_status 400 "extension name with capitals" "$s"
 s=$(post /v1/buses/main/events application/cloudevents+json '{"specversion":"1.0","id":"x","source":"e2e","type":"x","time":"yesterday"}')
 expect_status 400 "time not RFC 3339" "$s"
+s=$(post /v1/buses/main/events application/cloudevents+json '{"specversion":"1.0","id":"a2","source":"e2e","type":"x","id":"a3"}')
+expect_status 400 "an attribute given twice" "$s"
+s=$(post /v1/buses/main/events application/json '{}' -H 'ce-specversion: 1.0' -H 'ce-id: a2' -H 'ce-id: a3' -H 'ce-source: e2e' -H 'ce-type: x')
+expect_status 400 "a ce- header given twice" "$s"
 s=$(post /v1/buses/main/events application/cloudevents-batch+json "[$(ev g1 x),{\"id\":\"bad\"}]")
 expect_status 400 "batch with one bad event" "$s"
 s=$(post /v1/buses/secure/events application/cloudevents+json "$(ev k1 x)")
@@ -278,14 +282,23 @@ seq 0 1499 | awk '{ printf "%s{\"specversion\":\"1.0\",\"id\":\"burst%d\",\"sour
 s=$(curl -s -o "$WORK/answer" -w '%{http_code}' -X POST "$URL/v1/buses/main/events" \
     -H 'Content-Type: application/cloudevents-batch+json' --data-binary @"$WORK/burst.json")
 expect_status 202 "a batch of 1500 events" "$s"
+wait_for 10 grep -q 'delivery fell behind: reading the log" cursor=to_burst.burst' "$WORK/ebd.log"
+kill -HUP "$(cat "$WORK/ebd.pid")"     # a reload while it catches up loses nothing
 wait_for 20 lines_ge "$WORK/burst.log" 1500
 got=$(grep -o '"id":"burst[0-9]*"' "$WORK/burst.log" | tr -dc '0-9\n' | paste -sd,)
 want=$(seq 0 1499 | paste -sd,)
 [ "$got" = "$want" ] && pass "a burst of 1500 past a queue of 1024: each event once, in order" \
     || fail "burst: $(grep -c . "$WORK/burst.log") deliveries, in order: $( [ "$got" = "$want" ] && echo yes || echo no)"
-grep -q 'delivery fell behind: reading the log" cursor=to_burst.burst' "$WORK/ebd.log" && \
-    grep -q 'delivery caught up" cursor=to_burst.burst' "$WORK/ebd.log" \
-    && pass "the worker fell back to the log and caught up" || fail "no fall-back to the log in the log"
+grep -q 'delivery fell behind: reading the log" cursor=to_burst.burst' "$WORK/ebd.log" \
+    && pass "the worker fell back to the log (and a reload then lost nothing)" || fail "no fall-back to the log in the log"
+
+: >"$WORK/slow.log"
+post /v1/buses/main/events application/cloudevents+json "$(ev inflight1 slow)" >/dev/null
+sleep 0.2
+kill -HUP "$(cat "$WORK/ebd.pid")"
+sleep 1
+n=$(grep -c '"id":"inflight1"' "$WORK/slow.log")
+[ "$n" -eq 1 ] && pass "a request in flight during a reload is sent once" || fail "in flight during reload: sent $n times"
 
 # ---- reload: refused when invalid, atomic when valid, under traffic ---------------------------
 cp "$WORK/rules.ebr" "$WORK/rules.good"
@@ -298,8 +311,14 @@ s=$(curl -s -o "$WORK/answer" -w '%{http_code}' -X POST "$URL/v1/admin/reload" -
 expect_status 400 "reload of a broken file" "$s"
 grep -q 'rules.ebr:[0-9]*:[0-9]*: error' "$WORK/answer" && pass "reload errors are positioned" \
     || fail "reload answer: $(cat "$WORK/answer")"
+sed 's/env("E2E_TOKEN")/env("E2E_TOKEN_TYPO")/' "$WORK/rules.good" >"$WORK/rules.ebr"
+s=$(curl -s -o "$WORK/answer" -w '%{http_code}' -X POST "$URL/v1/admin/reload" -H "Authorization: Bearer $E2E_ADMIN")
+expect_status 400 "reload with an unset token variable" "$s"
+s=$(post /v1/buses/secure/events application/cloudevents+json "$(ev k4 x)")
+expect_status 401 "after a refused reload the bus still needs its token" "$s"
 cp "$WORK/rules.good" "$WORK/rules.ebr"
 printf '\ntarget copy file "out/copy.jsonl"\nrule copy on main { match type == "load" to copy }\n' >>"$WORK/rules.ebr"
+for n in 1 2 3 4 5 6 7 8 9 10; do printf 'bus extra%d\n' $n >>"$WORK/rules.ebr"; done
 : >"$WORK/acked"
 i=0
 while [ $i -lt 200 ]; do
@@ -384,6 +403,9 @@ printf 'bus b\nrule r on b { match x == }\n' >"$WORK/bad.ebr"
 "$BIN/ebd" --rules "$WORK/rules.ebr" --listen nowhere 2>"$WORK/err"
 [ $? -eq 2 ] && grep -q 'HOST:PORT' "$WORK/err" && pass "a bad --listen: exit 2" || fail "bad listen: $(cat "$WORK/err")"
 "$BIN/ebd" --help | grep -q 'usage: ebd' && pass "--help" || fail "--help"
+E2E_HEADER="$(printf 'v\r\nX-Injected: yes')" "$BIN/ebd" --rules "$WORK/rules.ebr" --data "$WORK/d5" \
+    --listen 127.0.0.1:$P_EBD 2>"$WORK/err" && fail "a header value with CR LF was taken" || \
+    { grep -q "must not hold CR or LF" "$WORK/err" && pass "a header value from env() with CR LF is refused" || fail "CR LF: $(cat "$WORK/err")"; }
 
 # ---- overload: 429 with Retry-After once --max-requests are in progress -------------------------
 "$BIN/ebd" --rules "$WORK/rules.ebr" --data "$WORK/d4" --listen 127.0.0.1:$P_EBD --max-requests 1 >>"$WORK/ebd.log" 2>&1 &
