@@ -329,20 +329,36 @@ int main(int argc, char **argv)
     FILE *md = fopen(path, "w");
     fprintf(md, "Machine: %s (model, cores, kernel, date); ebd and the load generator share it.\n\n", machine);
     fprintf(md, "Each run on a new ebd and data directory.  Throughput: the median of 3 runs of %.0f s "
-                "each; latency: one run of %.0f s, before them.\n\n", secs, secs);
+                "each; latency: the run with the median p99 of 3 runs of %.0f s, before them.\n\n", secs, secs);
     fprintf(md, "| workload | connections | requests/s | events/s | errors (all runs) |\n|---|---|---|---|---|\n");
-    /* Latency first, on a fresh daemon: a steady 5K events/s, not the aftermath of a flood. */
-    double p50, p99, pmax;
-    size_t delivered;
-    pid_t lpid = start_ebd(ebd, rules, data, port);
-    if (lpid < 0) {
-        fprintf(stderr, "bench: ebd did not start\n");
-        return 1;
+    /* Latency first, each run on a fresh daemon: a steady 5K events/s, not the aftermath of a
+     * flood.  Three runs; the one with the median p99 is reported. */
+    double p50 = 0, p99 = 0, pmax = 0;
+    size_t delivered = 0;
+    double r50[3], r99[3], rmax[3];
+    size_t rdel[3];
+    for (int r = 0; r < 3; r++) {
+        pid_t lpid = start_ebd(ebd, rules, data, port);
+        if (lpid < 0) {
+            fprintf(stderr, "bench: ebd did not start\n");
+            return 1;
+        }
+        atomic_store(&nlat, 0);
+        run_latency(port, 5000, secs, &r50[r], &r99[r], &rmax[r], &rdel[r]);
+        stop_ebd(lpid);
+        printf("latency run %d: p50 %.2f ms, p99 %.2f ms, max %.2f ms\n", r + 1, r50[r], r99[r], rmax[r]);
     }
-    run_latency(port, 5000, secs, &p50, &p99, &pmax, &delivered);
-    stop_ebd(lpid);
-    printf("latency ingest -> delivery at 5000 events/s: p50 %.2f ms, p99 %.2f ms, max %.2f ms "
-           "(%zu delivered of %.0f)\n", p50, p99, pmax, delivered, 5000 * secs);
+    int mid = 0;
+    for (int r = 0; r < 3; r++) {
+        int below = 0;
+        for (int q = 0; q < 3; q++)
+            below += r99[q] < r99[r] || (r99[q] == r99[r] && q < r);
+        if (below == 1)
+            mid = r;
+    }
+    p50 = r50[mid], p99 = r99[mid], pmax = rmax[mid], delivered = rdel[mid];
+    printf("latency ingest -> delivery at 5000 events/s (median run of 3): p50 %.2f ms, p99 %.2f ms, "
+           "max %.2f ms (%zu delivered of %.0f)\n", p50, p99, pmax, delivered, 5000 * secs);
     int batches[] = { 1, 100 };
     for (int b = 0; b < 2; b++) {
         /* The median of 3 runs (by requests/s). */
@@ -374,6 +390,7 @@ int main(int argc, char **argv)
     fprintf(md, "\n| ingest -> delivery to a loopback webhook, 5K events/s | p50 | p99 | max | delivered |\n"
                 "|---|---|---|---|---|\n| one event per request, fsync interval 10ms | %.2f ms | %.2f ms | %.2f ms | %zu of %.0f |\n",
             p50, p99, pmax, delivered, 5000 * secs);
+    fprintf(md, "\nThe three latency runs' p99: %.2f, %.2f, %.2f ms.\n", r99[0], r99[1], r99[2]);
     fclose(md);
     MHD_stop_daemon(recv);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", data);

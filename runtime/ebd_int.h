@@ -120,6 +120,8 @@ typedef struct {
     uint32_t rule, target;        /* in r->p */
     char cursor[256];
     uint64_t start;               /* its committed cursor when it started */
+    _Atomic uint64_t safe;        /* where its cursor may go: the committer makes it durable */
+    uint64_t committed;           /* what the committer last wrote */
     pthread_mutex_t qmu;
     pthread_cond_t qcv;
     uint64_t *ring;               /* offsets of matched events, oldest at qhead */
@@ -152,6 +154,8 @@ struct ebd_rules {
     ebd_worker *workers;          /* one per (rule, target) */
     size_t nworkers;
     ebd_router *routers;          /* one per bus of p */
+    pthread_t committer;          /* writes the workers' cursors every 200 ms */
+    bool committer_started;
     uint32_t *bus_of;             /* p's bus index -> the daemon's bus index */
     char **bus_token;             /* p's bus index -> its token (NULL: none) */
     uint64_t *bus_max;            /* p's bus index -> its max_event_size */
