@@ -284,7 +284,6 @@ static bool prepare_target(ebd *d, ebd_rules *r, uint32_t i, char *err, size_t c
     x->fd = -1;
     x->dead_letter = VM_NONE;
     pthread_mutex_init(&x->mu, NULL);
-    pthread_cond_init(&x->cv, NULL);
     const vm_cfg *value = &p->cfgs[t->value];
     char why[256] = "";
     read_retry(p, t, &x->retry);
@@ -452,7 +451,6 @@ void ebd_rules_free(ebd_rules *r)
         free(x->argv);
         free(x->dead_letter_file);
         pthread_mutex_destroy(&x->mu);
-        pthread_cond_destroy(&x->cv);
     }
     for (uint32_t b = 0; r->bus_token && b < r->p->nbuses; b++)
         free(r->bus_token[b]);
@@ -680,39 +678,45 @@ static void deliver_exec(ebd_target *t, const char *payload, size_t n, attempt *
     a->retry = true;
 }
 
-/* Waits for a free slot of the target's concurrency limit and a token of its rate limit. */
-static void take_slot(_Atomic bool *stop, ebd_target *t)
+/* Takes a slot of the target's concurrency limit and a rate-limit token if both are free now. */
+static bool try_slot(ebd_target *t)
 {
     if (!t->concurrency && !t->rate_limit)
-        return;
+        return true;
     pthread_mutex_lock(&t->mu);
-    for (;;) {
-        if (t->rate_limit) {
-            struct timespec now;
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            double secs = (double)(now.tv_sec - t->refill.tv_sec) + (double)(now.tv_nsec - t->refill.tv_nsec) / 1e9;
-            t->refill = now;
-            t->tokens += secs * t->rate_limit;
-            if (t->tokens > t->rate_limit)
-                t->tokens = t->rate_limit;
-        }
-        bool slot = !t->concurrency || t->busy < t->concurrency;
-        bool token = !t->rate_limit || t->tokens >= 1;
-        if ((slot && token) || atomic_load(stop))
-            break;
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += 5000000;
-        if (until.tv_nsec >= 1000000000) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000;
-        }
-        pthread_cond_timedwait(&t->cv, &t->mu, &until);
+    if (t->rate_limit) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        double secs = (double)(now.tv_sec - t->refill.tv_sec) + (double)(now.tv_nsec - t->refill.tv_nsec) / 1e9;
+        t->refill = now;
+        t->tokens += secs * t->rate_limit;
+        if (t->tokens > t->rate_limit)
+            t->tokens = t->rate_limit;
     }
-    t->busy++;
-    if (t->rate_limit)
-        t->tokens -= 1;
+    bool ok = (!t->concurrency || t->busy < t->concurrency) && (!t->rate_limit || t->tokens >= 1);
+    if (ok) {
+        t->busy++;
+        if (t->rate_limit)
+            t->tokens -= 1;
+    }
     pthread_mutex_unlock(&t->mu);
+    return ok;
+}
+
+/* Waits for a free slot of the target's concurrency limit and a token of its rate limit (or
+ * for the daemon to stop: the attempt then goes ahead, counted, so that give_slot balances). */
+static void take_slot(_Atomic bool *stop, ebd_target *t)
+{
+    while (!try_slot(t)) {
+        if (atomic_load(stop)) {
+            pthread_mutex_lock(&t->mu);
+            t->busy++;
+            pthread_mutex_unlock(&t->mu);
+            return;
+        }
+        struct timespec ts = { 0, 2000000 };
+        nanosleep(&ts, NULL);
+    }
 }
 
 static void give_slot(ebd_target *t)
@@ -721,7 +725,6 @@ static void give_slot(ebd_target *t)
         return;
     pthread_mutex_lock(&t->mu);
     t->busy--;
-    pthread_cond_signal(&t->cv);
     pthread_mutex_unlock(&t->mu);
 }
 
@@ -1171,31 +1174,6 @@ typedef struct {
     struct curl_slist *headers;
     http_seen seen;
 } flight;
-
-/* Takes a slot of the target's concurrency limit and a rate-limit token if both are free now. */
-static bool try_slot(ebd_target *t)
-{
-    if (!t->concurrency && !t->rate_limit)
-        return true;
-    pthread_mutex_lock(&t->mu);
-    if (t->rate_limit) {
-        struct timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        double secs = (double)(now.tv_sec - t->refill.tv_sec) + (double)(now.tv_nsec - t->refill.tv_nsec) / 1e9;
-        t->refill = now;
-        t->tokens += secs * t->rate_limit;
-        if (t->tokens > t->rate_limit)
-            t->tokens = t->rate_limit;
-    }
-    bool ok = (!t->concurrency || t->busy < t->concurrency) && (!t->rate_limit || t->tokens >= 1);
-    if (ok) {
-        t->busy++;
-        if (t->rate_limit)
-            t->tokens -= 1;
-    }
-    pthread_mutex_unlock(&t->mu);
-    return ok;
-}
 
 static void flight_free(CURLM *m, flight *f)
 {

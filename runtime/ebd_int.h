@@ -89,7 +89,6 @@ typedef struct {
     uint32_t dead_letter;         /* a target index, or VM_NONE */
     char *dead_letter_file;       /* or a file under the data directory */
     pthread_mutex_t mu;           /* file writes; rate limit */
-    pthread_cond_t cv;
     unsigned busy;                /* deliveries in progress (concurrency) */
     double tokens;                /* rate limit bucket */
     struct timespec refill;

@@ -117,6 +117,19 @@ static bool word(rd *r, const char *w)
     return true;
 }
 
+/* A member's name and its colon, white space after. */
+static bool member_name(rd *r)
+{
+    if (r->i >= r->n || r->s[r->i] != '"' || !string(r))
+        return false;
+    ws(r);
+    if (r->i >= r->n || r->s[r->i] != ':')
+        return false;
+    r->i++;
+    ws(r);
+    return true;
+}
+
 bool vm_json_valid(const char *s, size_t n, size_t *bad_at)
 {
     rd r = { s, n, 0 };
@@ -138,15 +151,8 @@ bool vm_json_valid(const char *s, size_t n, size_t *bad_at)
                 r.i++;
                 depth--;
             } else {
-                if (c == '{') {
-                    if (r.i >= n || s[r.i] != '"' || !string(&r))
-                        goto bad;
-                    ws(&r);
-                    if (r.i >= n || s[r.i] != ':')
-                        goto bad;
-                    r.i++;
-                    ws(&r);
-                }
+                if (c == '{' && !member_name(&r))
+                    goto bad;
                 continue;
             }
         } else if (c == '"') {
@@ -174,15 +180,8 @@ bool vm_json_valid(const char *s, size_t n, size_t *bad_at)
                 goto bad;
             r.i++;
             ws(&r);
-            if (open == '{') {
-                if (r.i >= n || s[r.i] != '"' || !string(&r))
-                    goto bad;
-                ws(&r);
-                if (r.i >= n || s[r.i] != ':')
-                    goto bad;
-                r.i++;
-                ws(&r);
-            }
+            if (open == '{' && !member_name(&r))
+                goto bad;
             break;
         }
     }
