@@ -11,7 +11,7 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 BASE=$(( 20000 + $$ % 20000 ))
 P_EBD=$BASE; P_OK=$((BASE + 1)); P_FLAKY=$((BASE + 2)); P_BAD=$((BASE + 3)); P_DOWN=$((BASE + 4))
-P_RA=$((BASE + 5)); P_NODE=$((BASE + 6)); P_SLOW=$((BASE + 7)); P_ORDER=$((BASE + 8)); P_BURST=$((BASE + 9))
+P_RA=$((BASE + 5)); P_NODE=$((BASE + 6)); P_SLOW=$((BASE + 7)); P_ORDER=$((BASE + 8)); P_BURST=$((BASE + 9)); P_RATE=$((BASE + 10))
 URL=http://127.0.0.1:$P_EBD
 FAILS=0
 PIDS=""
@@ -111,6 +111,9 @@ target ordered http "http://127.0.0.1:$P_ORDER/ordered" {
 target burst http "http://127.0.0.1:$P_BURST/burst" {
   concurrency 1
 }
+target rated http "http://127.0.0.1:$P_RATE/rated" {
+  rate_limit 5
+}
 target all file "out/all.jsonl"
 target secured file "out/secure.jsonl"
 target run exec ["sh", "-c", "cat >> $WORK/exec.out; echo >> $WORK/exec.out"]
@@ -126,6 +129,7 @@ rule to_node on main { match source == "npm" to node }
 rule to_slow on main { match type == "slow" to slow }
 rule to_ordered on main { match type == "seq" to ordered }
 rule to_burst on main { match type == "burst" to burst }
+rule to_rated on main { match type == "rated" to rated }
 rule everything on main { match exists id to all }
 rule sec on secure { match exists id to secured }
 rule to_exec on main { match type == "exec" to run }
@@ -146,6 +150,7 @@ receiver $P_NODE node
 receiver $P_SLOW slow --delay 400
 receiver $P_ORDER ordered --delay 20
 receiver $P_BURST burst --delay 2
+receiver $P_RATE rated
 DATA=$WORK/data
 start_ebd "$WORK/rules.ebr" "$DATA"
 
@@ -275,6 +280,14 @@ wait_for 10 lines_ge "$WORK/ordered.log" 20
 got=$(grep -o '"id":"seq[0-9]*"' "$WORK/ordered.log" | tr -dc '0-9\n' | paste -sd,)
 [ "$got" = "0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19" ] && pass "concurrency 1 keeps the order" \
     || fail "concurrency 1: order $got"
+
+# rate_limit 5: ten events take about a second (five at once, then five a second).
+j=0; b="["; while [ $j -lt 10 ]; do b="$b$( [ $j -gt 0 ] && echo ,)$(ev rated$j rated)"; j=$((j + 1)); done
+post /v1/buses/main/events application/cloudevents-batch+json "$b]" >/dev/null
+wait_for 10 lines_ge "$WORK/rated.log" 10
+a=$(sed -n 1p "$WORK/rated.log" | cut -f1); b=$(sed -n 10p "$WORK/rated.log" | cut -f1)
+[ $((b - a)) -ge 800 ] && [ $((b - a)) -le 3000 ] && pass "rate_limit 5: ten deliveries over $((b - a)) ms" \
+    || fail "rate_limit 5: ten deliveries over $((b - a)) ms"
 
 # A burst larger than a worker's queue (1024): the router stops queueing for it, the worker
 # reads the log itself and rejoins the router; every event once, in order.
