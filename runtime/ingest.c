@@ -22,11 +22,12 @@
 #include "ebd_int.h"
 
 #define MAX_BODY (32u << 20)        /* the most any request may carry */
-/* Eight epoll threads: a request blocks its thread only while its append is acknowledged, so
- * eight appends can share a sync, and slow clients cost no thread.  Against a thread per
- * connection: 54-69K against 50-58K single-event requests/s over 8 connections, 3 runs each
- * (bench/ingest.c; noisy shared machine). */
-#define HTTP_THREADS 8
+/* A pool of epoll threads: a request holds its thread only while its append is acknowledged, so
+ * as many appends as threads can share a sync, and slow clients cost no thread.  Against a
+ * thread per connection: 54-69K against 50-58K single-event requests/s over 8 connections
+ * (fsync interval, 3 runs each); 32 threads rather than 8: single events on a bus with fsync
+ * always over 32 connections went from 7.8K to 12.2K requests/s (bench/ingest.c; noisy machine). */
+#define HTTP_THREADS 32
 
 typedef struct {
     sbuf body;
