@@ -840,8 +840,9 @@ static bool dead_letter(work *k, const store_record *rec, const attempt *a, unsi
             attempt_once(d, &k->r->stop, dl, k->dl_curl, b.v, b.n, false, &da);
             /* The cursor moves past the event once this returns: a dead letter in a file must
              * be on disk by then, whatever that file target's own policy. */
-            if (!da.error[0] && dl->kind == T_FILE && dl->fsync != STORE_FSYNC_NEVER)
-                fdatasync(dl->fd);
+            if (!da.error[0] && dl->kind == T_FILE && dl->fsync != STORE_FSYNC_NEVER &&
+                fdatasync(dl->fd) != 0)
+                snprintf(da.error, sizeof da.error, "%s: %s", dl->path, strerror(errno));
         }
         ok = !da.error[0];
         if (!ok) {
@@ -939,8 +940,12 @@ static void commit_now(ebd *d, ebd_rules *r, ebd_worker *w)
     if (safe == w->committed || !w->router)
         return;
     ebd_target *t = &r->targets[w->target];
-    if (t->kind == T_FILE && t->fsync != STORE_FSYNC_NEVER)
-        fdatasync(t->fd);
+    if (t->kind == T_FILE && t->fsync != STORE_FSYNC_NEVER && fdatasync(t->fd) != 0) {
+        /* The lines may not be on disk: the cursor stays where it is (they go again). */
+        ebd_log(EBD_ERROR, "msg=\"cannot sync a file target: its cursor stays\" cursor=%s file=%s "
+                "error=\"%s\"", w->cursor, t->path, strerror(errno));
+        return;
+    }
     store *s = d->buses[r->bus_of[r->p->rules[w->rule].bus]]->s;
     if (store_commit(s, w->cursor, safe) == STORE_OK)
         w->committed = safe;
@@ -1046,23 +1051,36 @@ static bool source_next(work *k, store_record *rec, int timeout_ms, uint64_t *sa
             uint64_t rp = router_pos(rt);
             pthread_mutex_lock(&w->qmu);
             if (w->qn > 0) {
+                /* Read the head first; it leaves the queue once read (or deleted by retention),
+                 * never on an error that may pass. */
                 uint64_t off = w->ring[w->qhead];
-                w->qhead = (w->qhead + 1) % w->qcap;
-                w->qn--;
-                /* Past the queue: the router's position, unless it stopped queueing for this
-                 * worker (the queue was full): then the catch-up point, which the worker has
-                 * yet to read from the log. */
-                uint64_t after = w->qn ? w->ring[w->qhead] : w->catchup ? w->catchup_from : rp;
                 pthread_mutex_unlock(&w->qmu);
-                *safe = after > w->start ? after : w->start;
                 store_cursor_seek(k->c, off);
                 store_status st = store_cursor_next(k->c, rec, 0);
-                if (st == STORE_OK && rec->offset == off) {
-                    *known = true;
-                    return true;
+                bool gone = st == STORE_BEHIND;
+                if ((st == STORE_OK && rec->offset == off) || gone) {
+                    pthread_mutex_lock(&w->qmu);
+                    w->qhead = (w->qhead + 1) % w->qcap;
+                    w->qn--;
+                    /* Past the queue: the router's position, unless it stopped queueing for
+                     * this worker (the queue was full): then the catch-up point, which the
+                     * worker has yet to read from the log. */
+                    uint64_t after = w->qn ? w->ring[w->qhead] : w->catchup ? w->catchup_from : rp;
+                    pthread_mutex_unlock(&w->qmu);
+                    *safe = after > w->start ? after : w->start;
+                    if (!gone) {
+                        *known = true;
+                        return true;
+                    }
+                    ebd_log(EBD_WARN, "msg=\"event deleted by retention before delivery\" cursor=%s "
+                            "offset=%" PRIu64, w->cursor, off);
+                    return false;
                 }
-                ebd_log(EBD_ERROR, "msg=\"a queued event cannot be read\" cursor=%s offset=%" PRIu64
-                        " error=\"%s\"", w->cursor, off, st == STORE_OK ? "" : store_cursor_error(k->c));
+                *safe = off > w->start ? off : w->start;
+                ebd_log(EBD_ERROR, "msg=\"a queued event cannot be read, will try again\" cursor=%s "
+                        "offset=%" PRIu64 " error=\"%s\"", w->cursor, off,
+                        st == STORE_OK ? "offset out of place" : store_cursor_error(k->c));
+                pause_ms(&k->r->stop, 100);
                 return false;
             }
             if (w->catchup) {
@@ -1462,8 +1480,14 @@ static void *router_main(void *arg)
             pthread_mutex_lock(&rt->mu);
             rt->pos = store_cursor_offset(c);
             pthread_mutex_unlock(&rt->mu);
-        } else if (st != STORE_TIMEOUT) {
+        } else if (st == STORE_CLOSED) {
             break;
+        } else if (st != STORE_TIMEOUT) {
+            /* An error that may pass (descriptors, I/O): said, and tried again. */
+            ebd_log(EBD_ERROR, "msg=\"the router cannot read, will try again\" bus=%s error=\"%s\"",
+                    bus->name, store_cursor_error(c));
+            pause_ms(&r->stop, 100);
+            store_cursor_seek(c, rt->pos);
         }
     }
     store_cursor_close(c);
@@ -1484,10 +1508,17 @@ void ebd_workers_start(ebd *d, ebd_rules *r)
         if (r->bus_of[b] == VM_NONE || !r->routers)
             continue;
         store *s = d->buses[r->bus_of[b]]->s;
-        if (store_committed(s, w->cursor, &w->start) != STORE_OK) {
+        store_status cst = store_committed(s, w->cursor, &w->start);
+        if (cst == STORE_NOTFOUND) {
             uint64_t first;
             store_bounds(s, &first, &w->start);
             store_commit(s, w->cursor, w->start);
+        } else if (cst != STORE_OK) {
+            /* Not a new pair: its backlog must not be passed over.  It stays stopped. */
+            ebd_log(EBD_ERROR, "msg=\"cannot read a delivery cursor: these deliveries stay stopped "
+                    "until it is fixed and the rules reloaded\" cursor=%s error=\"%s\"", w->cursor,
+                    store_error(s));
+            continue;
         }
         atomic_store(&w->safe, w->start);
         w->committed = w->start;

@@ -218,7 +218,7 @@ bool ebd_reload(ebd *d, sbuf *errors)
     }
     ebd_rules *old = d->rules;
     /* The old workers finish the delivery in hand and commit their cursors; the new ones
-     * start from those cursors: nothing is lost, nothing delivered twice. */
+     * start from those cursors: nothing is lost (docs/ebd.md says what may go twice). */
     ebd_workers_stop(d, old);
     double t2 = mono_s();
     pthread_rwlock_wrlock(&d->lock);
