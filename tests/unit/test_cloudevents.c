@@ -1,0 +1,97 @@
+/*
+ * test_cloudevents.c — the daemon's checks of CloudEvents in the JSON format (runtime/cejson.c,
+ * ce_check): what an event must have, and the message (naming the attribute) when it does not.
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../runtime/ebd_int.h"
+
+static const char *check(const char *ev)
+{
+    static char why[256];
+    const char *id;
+    size_t idlen;
+    cr_assert(vm_json_valid(ev, strlen(ev), NULL), "not JSON: %s", ev);
+    return ce_check(ev, strlen(ev), why, sizeof why, &id, &idlen) ? NULL : why;
+}
+
+#define BASE "\"specversion\":\"1.0\",\"id\":\"e1\",\"source\":\"s\",\"type\":\"t\""
+
+Test(cloudevents, good_events_pass_and_give_their_id)
+{
+    const char *good[] = {
+        "{" BASE "}",
+        "{" BASE ",\"data\":{\"a\":[1,2]}}",
+        "{" BASE ",\"data_base64\":\"AAEC\"}",
+        "{" BASE ",\"data_base64\":\"\"}",
+        "{" BASE ",\"time\":\"2026-11-26T10:00:00Z\"}",
+        "{" BASE ",\"time\":\"2026-11-26T10:00:00.123456+05:30\"}",
+        "{" BASE ",\"subject\":\"x\",\"datacontenttype\":\"application/json\",\"dataschema\":\"https://x/s\"}",
+        "{" BASE ",\"ext1\":\"v\",\"num\":5,\"flag\":true}",
+        "{\"type\":\"t\",\"source\":\"urn:a\",\"id\":\"\\u00e9\",\"specversion\":\"1.0\"}",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        const char *why = check(good[i]);
+        cr_expect_null(why, "%s refused: %s", good[i], why ? why : "");
+    }
+    const char ev[] = "{" BASE "}";
+    char why[100];
+    const char *id;
+    size_t idlen;
+    cr_assert(ce_check(ev, strlen(ev), why, sizeof why, &id, &idlen));
+    cr_expect_eq(idlen, 4);
+    cr_expect(!strncmp(id, "\"e1\"", 4));
+}
+
+Test(cloudevents, bad_events_are_refused_naming_the_attribute)
+{
+    const struct { const char *ev, *why; } bad[] = {
+        { "[1]", "an event must be a JSON object" },
+        { "{\"id\":\"e\",\"source\":\"s\",\"type\":\"t\"}", "required attribute 'specversion' is missing" },
+        { "{\"specversion\":\"1.0\",\"source\":\"s\",\"type\":\"t\"}", "required attribute 'id' is missing" },
+        { "{\"specversion\":\"1.0\",\"id\":\"e\",\"type\":\"t\"}", "required attribute 'source' is missing" },
+        { "{\"specversion\":\"1.0\",\"id\":\"e\",\"source\":\"s\"}", "required attribute 'type' is missing" },
+        { "{\"specversion\":\"0.3\",\"id\":\"e\",\"source\":\"s\",\"type\":\"t\"}", "attribute 'specversion' must be \"1.0\"" },
+        { "{\"specversion\":\"1.0\",\"id\":\"\",\"source\":\"s\",\"type\":\"t\"}", "attribute 'id' must not be empty" },
+        { "{\"specversion\":\"1.0\",\"id\":5,\"source\":\"s\",\"type\":\"t\"}", "attribute 'id' must be a string" },
+        { "{\"specversion\":\"1.0\",\"id\":\"e\",\"source\":\"a b\",\"type\":\"t\"}", "attribute 'source' must be a URI-reference" },
+        { "{" BASE ",\"time\":\"2026-11-26 10:00\"}", "attribute 'time' must be an RFC 3339 time" },
+        { "{" BASE ",\"time\":\"2026-13-26T10:00:00Z\"}", "attribute 'time' must be an RFC 3339 time" },
+        { "{" BASE ",\"Ext\":\"v\"}", "attribute name 'Ext' is not made of a-z and 0-9" },
+        { "{" BASE ",\"my_ext\":\"v\"}", "attribute name 'my_ext' is not made of a-z and 0-9" },
+        { "{" BASE ",\"ext\":{\"a\":1}}", "extension attribute 'ext' must be a string, a number or a boolean" },
+        { "{" BASE ",\"ext\":null}", "extension attribute 'ext' must be a string, a number or a boolean" },
+        { "{" BASE ",\"id\":\"again\"}", "attribute 'id' appears twice" },
+        { "{" BASE ",\"data\":1,\"data_base64\":\"AA==\"}", "an event has 'data' or 'data_base64', not both" },
+        { "{" BASE ",\"data_base64\":\"AA=\"}", "attribute 'data_base64' is not base64 (its length is not a multiple of 4)" },
+        { "{" BASE ",\"data_base64\":\"A*==\"}", "attribute 'data_base64' is not base64" },
+        { "{" BASE ",\"dataschema\":\"\"}", "attribute 'dataschema' must be a URI" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        const char *why = check(bad[i].ev);
+        cr_expect_not_null(why, "%s accepted", bad[i].ev);
+        if (why)
+            cr_expect_str_eq(why, bad[i].why, "%s", bad[i].ev);
+    }
+}
+
+Test(cloudevents, long_attributes_are_read_whole)
+{
+    size_t n = 5000;
+    char *ev = malloc(n + 200);
+    int k = snprintf(ev, 200, "{" BASE ",\"subject\":\"");
+    memset(ev + k, 'x', n);
+    strcpy(ev + k + n, "\"}");
+    cr_expect_null(check(ev), "a 5000-byte subject is an attribute like any other");
+    /* a 5000-byte source with a space near its end: refused, so it was read whole */
+    k = snprintf(ev, 200, "{\"specversion\":\"1.0\",\"id\":\"e\",\"type\":\"t\",\"source\":\"");
+    memset(ev + k, 'x', n);
+    ev[k + n - 3] = ' ';
+    strcpy(ev + k + n, "\"}");
+    const char *why = check(ev);
+    cr_expect(why && !strcmp(why, "attribute 'source' must be a URI-reference"), "%s", why ? why : "accepted");
+    free(ev);
+}
