@@ -74,13 +74,15 @@ fuzz:
 	@sh tools/deps.sh fuzz
 	@cmake -S . -B $(FUZZ_BUILD) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DEBR_FUZZ=ON \
 	    -DEBR_WERROR=ON $(CMAKE_FLAGS) >/dev/null
-	@cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_event fuzz_rules
-	@mkdir -p $(FUZZ_BUILD)/corpus/event $(FUZZ_BUILD)/corpus/rules
+	@cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_event fuzz_rules fuzz_json
+	@mkdir -p $(FUZZ_BUILD)/corpus/event $(FUZZ_BUILD)/corpus/rules $(FUZZ_BUILD)/corpus/json
 	@awk 'NF { f = sprintf("$(FUZZ_BUILD)/corpus/event/seed%d", NR); printf "%s", $$0 > f; close(f) }' \
 	    examples/events.jsonl
 	@cp tests/golden/*.ebr examples/*.ebr $(FUZZ_BUILD)/corpus/rules/
 	cd $(FUZZ_BUILD) && ./bin/fuzz_event -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 corpus/event
 	cd $(FUZZ_BUILD) && ./bin/fuzz_rules -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 corpus/rules
+	@cp $(FUZZ_BUILD)/corpus/event/seed* $(FUZZ_BUILD)/corpus/json/ 2>/dev/null || true
+	cd $(FUZZ_BUILD) && ./bin/fuzz_json -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 corpus/json
 
 # The bus log's crash test at length (not part of `make test`, which runs 20 rounds): a writer
 # killed with SIGKILL mid-append SOAK_ROUNDS times, every acknowledged record checked after each.

@@ -65,7 +65,8 @@ static outcome run(const uint8_t *data, size_t size, const vm_options *opt)
     if (o.st == VM_OK) {
         if (o.n > 64)
             abort();
-        memcpy(o.m, m, o.n * sizeof *m);
+        if (o.n)
+            memcpy(o.m, m, o.n * sizeof *m);
     }
     vm_ctx_free(c);
     return o;
