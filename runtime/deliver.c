@@ -756,6 +756,7 @@ typedef struct {
     store_cursor *c;              /* the worker's own cursor: jobs are read through it */
     bool catching;                /* reading the log itself (the router skips this pair) */
     uint64_t cpos;                /* catching up: the next offset to read */
+    uint64_t inhand;              /* run_in_order: the event being delivered (or UINT64_MAX) */
 } work;
 
 /* Sleeps ms, in steps, unless the daemon stops: false then. */
@@ -925,19 +926,58 @@ static bool rule_matched(const uint32_t *rules, size_t n, uint32_t rule)
     return false;
 }
 
-/* Says where the worker's cursor may go; the committer thread makes it durable (syncing file
- * targets first), so no sync ever holds a delivery up (a commit in the delivery path put the
- * p99 of ingest-to-delivery at 9-190 ms while the disk was busy; bench/ingest.c). */
-static void commit(work *k, uint64_t offset)
+typedef struct flight flight;
+static uint64_t flight_offset(const flight *fl, unsigned i, bool *used);
+
+/* Says where the worker's cursor may go: `high`, less the offsets below it still to do (the
+ * requests in flight fl[0..W), the event in hand, what the last run left pending and is not read
+ * yet); the committer thread makes it durable (syncing file targets first), so no sync ever
+ * holds a delivery up (a commit in the delivery path put the p99 of ingest-to-delivery at
+ * 9-190 ms while the disk was busy; bench/ingest.c).  Keeping what is done above the oldest
+ * event in flight is what lets a reload or restart skip it instead of delivering it again. */
+static void publish(work *k, uint64_t high, const flight *fl, unsigned W)
 {
-    atomic_store(&k->w->safe, offset);
+    ebd_worker *w = k->w;
+    uint64_t todo[STORE_MAX_PENDING + 1], low = high;
+    size_t n = 0;
+    bool over = false;
+    for (unsigned i = 0; i < W + 1 + (w->nspend - w->ispend); i++) {
+        uint64_t off;
+        bool used = true;
+        if (i < W)
+            off = flight_offset(fl, i, &used);
+        else if (i == W)
+            off = k->inhand, used = off != UINT64_MAX;
+        else
+            off = w->spend[w->ispend + (i - W - 1)];
+        if (!used || off >= high)
+            continue;
+        if (off < low)
+            low = off;
+        if (n < STORE_MAX_PENDING)
+            todo[n++] = off;
+        else
+            over = true;
+    }
+    pthread_mutex_lock(&w->pmu);
+    w->pubhigh = over ? low : high;      /* too many to list: the lowest, as a plain cursor */
+    w->npubpend = over ? 0 : n;
+    memcpy(w->pubpend, todo, w->npubpend * sizeof *todo);
+    w->pubver++;
+    pthread_mutex_unlock(&w->pmu);
 }
 
 /* Writes worker w's cursor if it moved: its file target synced first, then the cursor. */
 static void commit_now(ebd *d, ebd_rules *r, ebd_worker *w)
 {
-    uint64_t safe = atomic_load(&w->safe);
-    if (safe == w->committed || !w->router)
+    if (!w->router)
+        return;
+    pthread_mutex_lock(&w->pmu);
+    uint64_t ver = w->pubver, high = w->pubhigh, pend[STORE_MAX_PENDING];
+    size_t n = w->npubpend;
+    memcpy(pend, w->pubpend, n * sizeof *pend);
+    pthread_mutex_unlock(&w->pmu);
+    if (ver == w->comver)
         return;
     ebd_target *t = &r->targets[w->target];
     if (t->kind == T_FILE && t->fsync != STORE_FSYNC_NEVER && fdatasync(t->fd) != 0) {
@@ -947,8 +987,8 @@ static void commit_now(ebd *d, ebd_rules *r, ebd_worker *w)
         return;
     }
     store *s = d->buses[r->bus_of[r->p->rules[w->rule].bus]]->s;
-    if (store_commit(s, w->cursor, safe) == STORE_OK)
-        w->committed = safe;
+    if (store_commit_pending(s, w->cursor, high, pend, n) == STORE_OK)
+        w->comver = ver;
     else
         ebd_log(EBD_ERROR, "msg=\"cannot commit cursor\" cursor=%s error=\"%s\"", w->cursor,
                 store_error(s));
@@ -1045,6 +1085,22 @@ static bool source_next(work *k, store_record *rec, int timeout_ms, uint64_t *sa
     ebd_worker *w = k->w;
     ebd_router *rt = w->router;
     *known = false;
+    if (w->ispend < w->nspend) {
+        /* What the last run left in flight comes first (matched again: the rules may differ). */
+        uint64_t off = w->spend[w->ispend];
+        *safe = w->start;
+        store_cursor_seek(k->c, off);
+        store_status st = store_cursor_next(k->c, rec, 0);
+        if ((st == STORE_OK && rec->offset == off) || st == STORE_BEHIND) {
+            w->ispend++;
+            return st == STORE_OK;
+        }
+        ebd_log(EBD_ERROR, "msg=\"a pending event cannot be read, will try again\" cursor=%s "
+                "offset=%" PRIu64 " error=\"%s\"", w->cursor, off,
+                st == STORE_OK ? "offset out of place" : store_cursor_error(k->c));
+        pause_ms(&k->r->stop, 100);
+        return false;
+    }
     if (!k->catching) {
         for (int pass = 0; pass < 2; pass++) {
             /* The router's position is read before the queue: it queues, then moves on. */
@@ -1137,9 +1193,9 @@ static bool source_next(work *k, store_record *rec, int timeout_ms, uint64_t *sa
 /* One delivery at a time, in order: file, bus and exec targets, and http with concurrency 1. */
 static void run_in_order(work *k, uint64_t from)
 {
-    uint64_t done = from, committed = from;
-    int64_t last_commit = mono_ms();
+    uint64_t done = from;
     vm_xform_env env = { .bus = k->bus->name, .rule = k->rule_name };
+    k->inhand = UINT64_MAX;
     while (!atomic_load(&k->r->stop)) {
         store_record rec;
         uint64_t safe;
@@ -1149,6 +1205,7 @@ static void run_in_order(work *k, uint64_t from)
             char *payload = NULL, err[512];
             size_t plen = 0;
             bool text = false, finished;
+            k->inhand = rec.offset;
             int m = make_payload(k, &env, &rec, known, &payload, &plen, &text, err, sizeof err);
             if (m > 0)
                 finished = deliver(k, &rec, payload, plen, text);
@@ -1160,19 +1217,14 @@ static void run_in_order(work *k, uint64_t from)
                 finished = true;
             free(payload);
             if (!finished)
-                break;   /* stopping: this event is delivered again after the restart */
+                break;   /* stopping: this event (still in hand) goes again after the restart */
+            k->inhand = UINT64_MAX;
         }
         if (safe > done)
             done = safe;
-        if (done != committed && (done - committed >= COMMIT_EVERY_EVENTS ||
-                                  mono_ms() - last_commit >= COMMIT_EVERY_MS || !got)) {
-            commit(k, done);
-            committed = done;
-            last_commit = mono_ms();
-        }
+        publish(k, done, NULL, 0);
     }
-    if (done != committed)
-        commit(k, done);
+    publish(k, done, NULL, 0);
 }
 
 /* ---- http with several deliveries in flight (libcurl multi) --------------------------------- */
@@ -1180,7 +1232,7 @@ static void run_in_order(work *k, uint64_t from)
 #define WINDOW_DEFAULT 16
 #define WINDOW_MAX 256
 
-typedef struct {
+struct flight {
     bool used, running;
     store_record rec;             /* data: a copy */
     char *payload;
@@ -1191,7 +1243,13 @@ typedef struct {
     CURL *h;
     struct curl_slist *headers;
     http_seen seen;
-} flight;
+};
+
+static uint64_t flight_offset(const flight *fl, unsigned i, bool *used)
+{
+    *used = fl && fl[i].used;
+    return *used ? fl[i].rec.offset : 0;
+}
 
 static void flight_free(CURLM *m, flight *f)
 {
@@ -1265,10 +1323,10 @@ static void run_window(work *k, uint64_t from)
                                 : WINDOW_DEFAULT;
     flight *fl = calloc(W, sizeof *fl);
     CURLM *m = curl_multi_init();
-    uint64_t pos = from, committed = from;
-    int64_t last_commit = mono_ms();
+    uint64_t pos = from;
     vm_xform_env env = { .bus = k->bus->name, .rule = k->rule_name };
     (void)d;
+    k->inhand = UINT64_MAX;
     while (fl && m && !atomic_load(&k->r->stop)) {
         /* Fill the window from the log. */
         unsigned used = 0;
@@ -1346,21 +1404,11 @@ static void run_window(work *k, uint64_t from)
         }
         /* Drive the transfers; handle those that finished. */
         drive(k, m, fl, W, false);
-        /* Commit up to the oldest event still in flight. */
-        uint64_t safe = pos;
+        /* Where the cursor may go: past what is done, the events in flight kept apart. */
+        publish(k, pos, fl, W);
         bool busy = false;
         for (unsigned i = 0; i < W; i++)
-            if (fl[i].used) {
-                busy = true;
-                if (fl[i].rec.offset < safe)
-                    safe = fl[i].rec.offset;
-            }
-        if (safe > committed && (safe - committed >= COMMIT_EVERY_EVENTS ||
-                                 mono_ms() - last_commit >= COMMIT_EVERY_MS || !busy)) {
-            commit(k, safe);
-            committed = safe;
-            last_commit = mono_ms();
-        }
+            busy |= fl[i].used;
         if (busy) {
             int64_t wait = next_due - mono_ms();
             curl_multi_poll(m, NULL, 0, (int)(wait < 1 ? 1 : wait > 50 ? 50 : wait), NULL);
@@ -1378,10 +1426,9 @@ static void run_window(work *k, uint64_t from)
             curl_multi_poll(m, NULL, 0, 20, NULL);
         }
     }
-    uint64_t safe = pos;
+    if (fl)
+        publish(k, pos, fl, W);      /* what did not finish stays pending for the restart */
     for (unsigned i = 0; fl && i < W; i++) {
-        if (fl[i].used && fl[i].rec.offset < safe)
-            safe = fl[i].rec.offset;
         if (fl[i].running)
             give_slot(t);
         if (fl[i].used)
@@ -1389,8 +1436,6 @@ static void run_window(work *k, uint64_t from)
         if (fl[i].h)
             curl_easy_cleanup(fl[i].h);
     }
-    if (safe != committed)
-        commit(k, safe);
     free(fl);
     if (m)
         curl_multi_cleanup(m);
@@ -1508,7 +1553,9 @@ void ebd_workers_start(ebd *d, ebd_rules *r)
         if (r->bus_of[b] == VM_NONE || !r->routers)
             continue;
         store *s = d->buses[r->bus_of[b]]->s;
-        store_status cst = store_committed(s, w->cursor, &w->start);
+        uint64_t pend[STORE_MAX_PENDING];
+        size_t npend = 0;
+        store_status cst = store_committed_pending(s, w->cursor, &w->start, pend, &npend);
         if (cst == STORE_NOTFOUND) {
             uint64_t first;
             store_bounds(s, &first, &w->start);
@@ -1520,8 +1567,24 @@ void ebd_workers_start(ebd *d, ebd_rules *r)
                     store_error(s));
             continue;
         }
-        atomic_store(&w->safe, w->start);
-        w->committed = w->start;
+        /* What the last run left pending below its position is delivered first, in order. */
+        w->nspend = w->ispend = 0;
+        w->spend = npend ? malloc(npend * sizeof *w->spend) : NULL;
+        if (w->spend) {
+            memcpy(w->spend, pend, npend * sizeof *pend);
+            for (size_t a = 1; a < npend; a++)
+                for (size_t z = a; z > 0 && w->spend[z - 1] > w->spend[z]; z--) {
+                    uint64_t tmp = w->spend[z];
+                    w->spend[z] = w->spend[z - 1];
+                    w->spend[z - 1] = tmp;
+                }
+            w->nspend = npend;
+        }
+        pthread_mutex_init(&w->pmu, NULL);
+        w->pubhigh = w->start;
+        w->npubpend = w->nspend;
+        memcpy(w->pubpend, pend, w->nspend * sizeof *pend);
+        w->pubver = w->comver = 0;
         pthread_mutex_init(&w->qmu, NULL);
         pthread_cond_init(&w->qcv, NULL);
         w->qcap = QUEUE_CAP;
@@ -1591,7 +1654,10 @@ void ebd_workers_stop(ebd *d, ebd_rules *r)
         if (w->router) {
             pthread_mutex_destroy(&w->qmu);
             pthread_cond_destroy(&w->qcv);
+            pthread_mutex_destroy(&w->pmu);
         }
+        free(w->spend);
+        w->spend = NULL;
         free(w->ring);
         w->ring = NULL;
         w->router = NULL;

@@ -119,8 +119,13 @@ typedef struct {
     uint32_t rule, target;        /* in r->p */
     char cursor[256];
     uint64_t start;               /* its committed cursor when it started */
-    _Atomic uint64_t safe;        /* where its cursor may go: the committer makes it durable */
-    uint64_t committed;           /* what the committer last wrote */
+    uint64_t *spend;              /* offsets its last run left pending below start: done first */
+    size_t nspend, ispend;        /* (how many, how many read) */
+    pthread_mutex_t pmu;          /* what it publishes for the committer: */
+    uint64_t pubhigh;             /*   a position, */
+    uint64_t pubpend[STORE_MAX_PENDING];   /* the offsets below it still to do, */
+    size_t npubpend;
+    uint64_t pubver, comver;      /*   and versions: published, committed */
     pthread_mutex_t qmu;
     pthread_cond_t qcv;
     uint64_t *ring;               /* offsets of matched events, oldest at qhead */

@@ -1647,17 +1647,24 @@ static void log_cursor_close(store_cursor *cc)
 
 /* ---- Named cursors ------------------------------------------------------------------------- */
 
-/* A named cursor's file: "ebr-cursor 1 OFFSET CRC\n", CRC the crc32c of what precedes it.
- * Written as ".NAME.tmp" (a leading dot: no cursor's name), synced, renamed over NAME, and the
- * directory synced; one commit at a time, so that two never share the temporary file. */
-static store_status log_commit(store *s, const char *name, uint64_t offset)
+/* A named cursor's file: "ebr-cursor 1 OFFSET CRC\n", or with offsets still pending below the
+ * position "ebr-cursor 2 HIGH N P1 .. PN CRC\n"; CRC is the crc32c (8 hex digits) of the text
+ * before it.  Written as ".NAME.tmp" (a leading dot: no cursor's name), synced, renamed over
+ * NAME, and the directory synced; one commit at a time, so that two never share the file. */
+static store_status log_commit(store *s, const char *name, uint64_t high, const uint64_t *pending,
+                               size_t npending)
 {
     log_t *l = (log_t *)s;
     if (l->curfd < 0 || l->o.read_only)
         return fail(l, STORE_EINVAL, "%s: opened read-only", l->dir);
-    char body[64], text[80], tmp[256];
-    int n = snprintf(body, sizeof body, "ebr-cursor 1 %" PRIu64, offset);
-    n = snprintf(text, sizeof text, "%s %08x\n", body, vm_crc32c(0, body, (size_t)n));
+    char tmp[256], *text = malloc(64 + 21 * (npending + 2));
+    if (!text)
+        return fail(l, STORE_EIO, "out of memory");
+    int n = npending ? sprintf(text, "ebr-cursor 2 %" PRIu64 " %zu", high, npending)
+                     : sprintf(text, "ebr-cursor 1 %" PRIu64, high);
+    for (size_t i = 0; i < npending; i++)
+        n += sprintf(text + n, " %" PRIu64, pending[i]);
+    n += sprintf(text + n, " %08x\n", vm_crc32c(0, text, (size_t)n));
     snprintf(tmp, sizeof tmp, ".%s.tmp", name);
     pthread_mutex_lock(&l->commit_mu);
     int fd = openat(l->curfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -1672,10 +1679,12 @@ static store_status log_commit(store *s, const char *name, uint64_t offset)
         unlinkat(l->curfd, tmp, 0);
     }
     pthread_mutex_unlock(&l->commit_mu);
+    free(text);
     return st;
 }
 
-static store_status log_committed(store *s, const char *name, uint64_t *offset)
+static store_status log_committed(store *s, const char *name, uint64_t *high, uint64_t *pending,
+                                  size_t *npending)
 {
     log_t *l = (log_t *)s;
     if (l->curfd < 0)
@@ -1684,21 +1693,39 @@ static store_status log_committed(store *s, const char *name, uint64_t *offset)
     if (fd < 0)
         return fail(l, errno == ENOENT ? STORE_NOTFOUND : STORE_EIO, "%s/cursors/%s: %s", l->dir,
                     name, strerror(errno));
-    char text[96];
+    char text[64 + 21 * (STORE_MAX_PENDING + 2)];
     ssize_t n = read(fd, text, sizeof text - 1);
     close(fd);
     text[n > 0 ? n : 0] = 0;
-    uint64_t off;
-    unsigned crc;
-    int used = 0;
-    if (n <= 0 || sscanf(text, "ebr-cursor 1 %" SCNu64 " %8x\n%n", &off, &crc, &used) != 2 ||
-        used != n) {
-        return fail(l, STORE_CORRUPT, "%s/cursors/%s: not a cursor file", l->dir, name);
-    }
     const char *sp = strrchr(text, ' ');
-    if (vm_crc32c(0, text, (size_t)(sp - text)) != crc)
-        return fail(l, STORE_CORRUPT, "%s/cursors/%s: checksum mismatch", l->dir, name);
-    *offset = off;
+    char *end;
+    unsigned version = 0;
+    size_t count = 0;
+    bool ok = n > 0 && sp && text[n - 1] == '\n' && !strncmp(text, "ebr-cursor ", 11) &&
+              strlen(sp + 1) == 9 && vm_crc32c(0, text, (size_t)(sp - text)) ==
+                                         (uint32_t)strtoul(sp + 1, &end, 16) && *end == '\n';
+    const char *p = text + 11;
+    if (ok) {
+        version = (unsigned)strtoul(p, &end, 10);
+        p = end;
+        *high = strtoull(p, &end, 10);
+        ok = (version == 1 || version == 2) && end != p && *end == ' ';
+        p = end;
+    }
+    if (ok && version == 2) {
+        count = strtoul(p, &end, 10);
+        ok = end != p && count <= STORE_MAX_PENDING;
+        p = end;
+        for (size_t i = 0; ok && i < count; i++) {
+            pending[i] = strtoull(p, &end, 10);
+            ok = end != p && *end == ' ' && pending[i] < *high;
+            p = end;
+        }
+    }
+    if (!ok || p != sp)
+        return fail(l, STORE_CORRUPT, "%s/cursors/%s: not a cursor file, or its checksum does not "
+                    "match", l->dir, name);
+    *npending = count;
     return STORE_OK;
 }
 

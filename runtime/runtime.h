@@ -113,6 +113,15 @@ void store_cursor_close(store_cursor *c);
 store_status store_commit(store *s, const char *name, uint64_t offset);
 store_status store_committed(store *s, const char *name, uint64_t *offset);
 
+/* A named cursor that is a position `high` and up to STORE_MAX_PENDING offsets below it still to
+ * be done (a reader with several records in hand): store_committed gives the lowest of them.
+ * store_committed_pending fills pending (room for STORE_MAX_PENDING) and *npending. */
+#define STORE_MAX_PENDING 256
+store_status store_commit_pending(store *s, const char *name, uint64_t high,
+                                  const uint64_t *pending, size_t npending);
+store_status store_committed_pending(store *s, const char *name, uint64_t *high,
+                                     uint64_t *pending, size_t *npending);
+
 /* Applies retention as of now_ns (a background thread does this every second with the clock;
  * tests call it with a time of their choosing).  *deleted (may be NULL) counts segments deleted. */
 store_status store_retain(store *s, int64_t now_ns, unsigned *deleted);

@@ -59,16 +59,38 @@ void store_cursor_close(store_cursor *c)
 
 store_status store_commit(store *s, const char *name, uint64_t offset)
 {
-    if (!store_cursor_name_ok(name))
-        return STORE_EINVAL;
-    return s->ops->commit(s, name, offset);
+    return store_commit_pending(s, name, offset, NULL, 0);
 }
 
 store_status store_committed(store *s, const char *name, uint64_t *offset)
 {
+    uint64_t pending[STORE_MAX_PENDING];
+    size_t n;
+    store_status st = store_committed_pending(s, name, offset, pending, &n);
+    for (size_t i = 0; st == STORE_OK && i < n; i++)
+        if (pending[i] < *offset)
+            *offset = pending[i];
+    return st;
+}
+
+store_status store_commit_pending(store *s, const char *name, uint64_t high,
+                                  const uint64_t *pending, size_t npending)
+{
+    if (!store_cursor_name_ok(name) || npending > STORE_MAX_PENDING)
+        return STORE_EINVAL;
+    for (size_t i = 0; i < npending; i++)
+        if (pending[i] >= high)
+            return STORE_EINVAL;
+    return s->ops->commit(s, name, high, pending, npending);
+}
+
+store_status store_committed_pending(store *s, const char *name, uint64_t *high,
+                                     uint64_t *pending, size_t *npending)
+{
+    *npending = 0;
     if (!store_cursor_name_ok(name))
         return STORE_EINVAL;
-    return s->ops->committed(s, name, offset);
+    return s->ops->committed(s, name, high, pending, npending);
 }
 
 store_status store_retain(store *s, int64_t now_ns, unsigned *deleted)

@@ -20,8 +20,10 @@ typedef struct {
     uint64_t (*cursor_offset)(const store_cursor *c);
     const char *(*cursor_error)(const store_cursor *c);
     void (*cursor_close)(store_cursor *c);
-    store_status (*commit)(store *s, const char *name, uint64_t offset);
-    store_status (*committed)(store *s, const char *name, uint64_t *offset);
+    store_status (*commit)(store *s, const char *name, uint64_t high, const uint64_t *pending,
+                           size_t npending);
+    store_status (*committed)(store *s, const char *name, uint64_t *high, uint64_t *pending,
+                              size_t *npending);
     store_status (*retain)(store *s, int64_t now_ns, unsigned *deleted);
     const char *(*error)(store *s);
     void (*close)(store *s);

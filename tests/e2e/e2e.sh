@@ -11,7 +11,7 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 BASE=$(( 20000 + $$ % 20000 ))
 P_EBD=$BASE; P_OK=$((BASE + 1)); P_FLAKY=$((BASE + 2)); P_BAD=$((BASE + 3)); P_DOWN=$((BASE + 4))
-P_RA=$((BASE + 5)); P_NODE=$((BASE + 6)); P_SLOW=$((BASE + 7)); P_ORDER=$((BASE + 8)); P_BURST=$((BASE + 9)); P_RATE=$((BASE + 10))
+P_RA=$((BASE + 5)); P_NODE=$((BASE + 6)); P_SLOW=$((BASE + 7)); P_ORDER=$((BASE + 8)); P_BURST=$((BASE + 9)); P_RATE=$((BASE + 10)); P_HOLD=$((BASE + 11))
 URL=http://127.0.0.1:$P_EBD
 FAILS=0
 PIDS=""
@@ -114,6 +114,9 @@ target burst http "http://127.0.0.1:$P_BURST/burst" {
 target rated http "http://127.0.0.1:$P_RATE/rated" {
   rate_limit 5
 }
+target hold http "http://127.0.0.1:$P_HOLD/hold" {
+  retry exponential(attempts: 5, first: 1s, max: 60s, max_age: 1h)
+}
 target all file "out/all.jsonl"
 target secured file "out/secure.jsonl"
 target run exec ["sh", "-c", "cat >> $WORK/exec.out; echo >> $WORK/exec.out"]
@@ -130,6 +133,7 @@ rule to_slow on main { match type == "slow" to slow }
 rule to_ordered on main { match type == "seq" to ordered }
 rule to_burst on main { match type == "burst" to burst }
 rule to_rated on main { match type == "rated" to rated }
+rule to_hold on main { match type == "hold" to hold }
 rule everything on main { match exists id to all }
 rule sec on secure { match exists id to secured }
 rule to_exec on main { match type == "exec" to run }
@@ -151,6 +155,7 @@ receiver $P_SLOW slow --delay 400
 receiver $P_ORDER ordered --delay 20
 receiver $P_BURST burst --delay 2
 receiver $P_RATE rated
+receiver $P_HOLD hold --fail 1 --status 503 --retry-after 30
 DATA=$WORK/data
 start_ebd "$WORK/rules.ebr" "$DATA"
 
@@ -304,6 +309,21 @@ want=$(seq 0 1499 | paste -sd,)
     || fail "burst: $(grep -c . "$WORK/burst.log") deliveries, in order: $( [ "$got" = "$want" ] && echo yes || echo no)"
 grep -q 'delivery fell behind: reading the log" cursor=to_burst.burst' "$WORK/ebd.log" \
     && pass "the worker fell back to the log (and a reload then lost nothing)" || fail "no fall-back to the log in the log"
+
+# One event waits 30 s for its retry while nine after it are delivered; a reload then delivers
+# the waiting one at once and none of the nine again (the cursor keeps what was pending).
+j=0; b="["; while [ $j -lt 10 ]; do b="$b$( [ $j -gt 0 ] && echo ,)$(ev hold$j hold)"; j=$((j + 1)); done
+post /v1/buses/main/events application/cloudevents-batch+json "$b]" >/dev/null
+wait_for 10 lines_ge "$WORK/hold.log" 10
+sleep 0.5
+kill -HUP "$(cat "$WORK/ebd.pid")"
+wait_for 10 lines_ge "$WORK/hold.log" 11
+sleep 0.5
+n=$(grep -c '' "$WORK/hold.log")
+ids=$(grep -o '"id":"hold[0-9]*"' "$WORK/hold.log" | sort | uniq -c | awk '{print $1}' | sort | uniq -c | tr -s ' ' | paste -sd,)
+# 11 requests: the one that got the 503 twice (before the reload, then at once after), the others once
+[ "$n" -eq 11 ] && [ "$ids" = " 9 1, 1 2" ] && pass "a reload delivers the event waiting for its retry, and nothing twice" \
+    || fail "reload with a retry pending: $n requests, counts '$ids'"
 
 : >"$WORK/slow.log"
 post /v1/buses/main/events application/cloudevents+json "$(ev inflight1 slow)" >/dev/null

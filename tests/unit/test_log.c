@@ -1034,3 +1034,29 @@ Test(log, named_cursors_never_share_a_temporary_file, .timeout = 60)
     remove_dir(d);
     free(d);
 }
+
+Test(log, named_cursors_carry_pending_offsets)
+{
+    char *d = new_dir();
+    store *s = open_log(d, STORE_FSYNC_NEVER, 0);
+    uint64_t pend[3] = { 40, 7, 45 };
+    cr_assert_eq(store_commit_pending(s, "w.t", 50, pend, 3), STORE_OK);
+    uint64_t pend_bad[1] = { 50 };
+    cr_expect_eq(store_commit_pending(s, "w.t", 50, pend_bad, 1), STORE_EINVAL, "pending must be below");
+    store_close(s);
+    s = open_log(d, STORE_FSYNC_NEVER, 0);
+    uint64_t high, got[STORE_MAX_PENDING], low;
+    size_t n;
+    cr_assert_eq(store_committed_pending(s, "w.t", &high, got, &n), STORE_OK);
+    cr_expect_eq(high, 50);
+    cr_assert_eq(n, 3);
+    cr_expect(got[0] == 40 && got[1] == 7 && got[2] == 45);
+    cr_assert_eq(store_committed(s, "w.t", &low), STORE_OK);
+    cr_expect_eq(low, 7, "store_committed gives the lowest offset still to do");
+    cr_assert_eq(store_commit(s, "w.t", 60), STORE_OK);
+    cr_assert_eq(store_committed_pending(s, "w.t", &high, got, &n), STORE_OK);
+    cr_expect(high == 60 && n == 0);
+    store_close(s);
+    remove_dir(d);
+    free(d);
+}
