@@ -372,16 +372,25 @@ static bool prepare_target(ebd *d, ebd_rules *r, uint32_t i, char *err, size_t c
         x->kind = T_EXEC;
         if (!x->timeout_ms)
             x->timeout_ms = 30000;
+        /* ["prog", "arg", ...] runs prog; "a command" runs through sh -c; `args [...]` adds
+         * arguments (after the list, or as $1... of the shell command). */
         uint32_t n = value->type == VM_CFG_LIST ? value->nchild : 1;
-        x->argv = calloc(n + 4, sizeof *x->argv);
+        const vm_cfg *ao = ebd_cfg_option(p, t->opt0, t->nopt, "args");
+        const vm_cfg *al = ebd_cfg_child(p, ao, 0);
+        uint32_t na = al && al->type == VM_CFG_LIST ? al->nchild : 0;
+        x->argv = calloc(n + na + 5, sizeof *x->argv);
+        uint32_t at = 0;
         if (value->type == VM_CFG_LIST) {
             for (uint32_t k = 0; k < n; k++)
-                x->argv[k] = ebd_cfg_text(p, ebd_cfg_child(p, value, k), why, sizeof why);
+                x->argv[at++] = ebd_cfg_text(p, ebd_cfg_child(p, value, k), why, sizeof why);
         } else {
-            x->argv[0] = strdup("/bin/sh");
-            x->argv[1] = strdup("-c");
-            x->argv[2] = ebd_cfg_text(p, value, why, sizeof why);
+            x->argv[at++] = strdup("/bin/sh");
+            x->argv[at++] = strdup("-c");
+            x->argv[at++] = ebd_cfg_text(p, value, why, sizeof why);
+            x->argv[at++] = strdup(x->name);     /* $0 */
         }
+        for (uint32_t k = 0; k < na; k++)
+            x->argv[at++] = ebd_cfg_text(p, ebd_cfg_child(p, al, k), why, sizeof why);
     }
     if (why[0]) {
         snprintf(err, cap, "target '%s': %s", x->name, why);

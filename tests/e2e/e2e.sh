@@ -119,7 +119,9 @@ target hold http "http://127.0.0.1:$P_HOLD/hold" {
 }
 target all file "out/all.jsonl"
 target secured file "out/secure.jsonl"
-target run exec ["sh", "-c", "cat >> $WORK/exec.out; echo >> $WORK/exec.out"]
+target run exec "cat >> \"\$1\"; echo >> \"\$1\"" {
+  args ["$WORK/exec.out"]
+}
 target forward bus small
 target smallfile file "out/small.jsonl"
 
