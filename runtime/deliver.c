@@ -968,11 +968,15 @@ static void publish(work *k, uint64_t high, const flight *fl, unsigned W)
         else
             over = true;
     }
+    uint64_t nh = over ? low : high;     /* too many to list: the lowest, as a plain cursor */
+    size_t nn = over ? 0 : n;
     pthread_mutex_lock(&w->pmu);
-    w->pubhigh = over ? low : high;      /* too many to list: the lowest, as a plain cursor */
-    w->npubpend = over ? 0 : n;
-    memcpy(w->pubpend, todo, w->npubpend * sizeof *todo);
-    w->pubver++;
+    if (nh != w->pubhigh || nn != w->npubpend || memcmp(w->pubpend, todo, nn * sizeof *todo)) {
+        w->pubhigh = nh;                 /* (only a change is a new version: idle pairs write nothing) */
+        w->npubpend = nn;
+        memcpy(w->pubpend, todo, nn * sizeof *todo);
+        w->pubver++;
+    }
     pthread_mutex_unlock(&w->pmu);
 }
 
@@ -1102,6 +1106,9 @@ static bool source_next(work *k, store_record *rec, int timeout_ms, uint64_t *sa
         store_status st = store_cursor_next(k->c, rec, 0);
         if ((st == STORE_OK && rec->offset == off) || st == STORE_BEHIND) {
             w->ispend++;
+            if (st == STORE_BEHIND)
+                ebd_log(EBD_WARN, "msg=\"event deleted by retention before delivery\" cursor=%s "
+                        "offset=%" PRIu64, w->cursor, off);
             return st == STORE_OK;
         }
         ebd_log(EBD_ERROR, "msg=\"a pending event cannot be read, will try again\" cursor=%s "
@@ -1361,7 +1368,7 @@ static void run_window(work *k, uint64_t from)
                 attempt a = { 0 };
                 snprintf(a.error, sizeof a.error, "%s", err);
                 if (!dead_letter(k, &rec, &a, 0, real_ms(), real_ms())) {
-                    pos = rec.offset;     /* stopping: it goes again after the restart */
+                    k->inhand = rec.offset;   /* stopping: kept pending for the restart */
                     break;
                 }
             }
@@ -1373,11 +1380,12 @@ static void run_window(work *k, uint64_t from)
             flight *f = &fl[i];
             unsigned char *copy = malloc(rec.len ? rec.len : 1);
             if (!copy) {
-                /* out of memory: the event stays undelivered, and the cursor below it */
+                /* out of memory: the event stays pending in the cursor (delivered after a
+                 * restart), never passed over */
                 free(payload);
-                ebd_log(EBD_ERROR, "msg=\"out of memory\" cursor=%s offset=%" PRIu64,
-                        k->w->cursor, rec.offset);
-                pos = rec.offset;
+                ebd_log(EBD_ERROR, "msg=\"out of memory: an event stays pending\" cursor=%s offset=%"
+                        PRIu64, k->w->cursor, rec.offset);
+                k->inhand = rec.offset;
                 break;
             }
             memcpy(copy, rec.data, rec.len);
@@ -1579,6 +1587,22 @@ void ebd_workers_start(ebd *d, ebd_rules *r)
         /* What the last run left pending below its position is delivered first, in order. */
         w->nspend = w->ispend = 0;
         w->spend = npend ? malloc(npend * sizeof *w->spend) : NULL;
+        if (npend && !w->spend) {
+            ebd_log(EBD_ERROR, "msg=\"out of memory: these deliveries stay stopped\" cursor=%s",
+                    w->cursor);
+            continue;
+        }
+        /* After a power loss the log may end below what the cursor listed: those are gone. */
+        uint64_t lfirst, lnext;
+        store_bounds(s, &lfirst, &lnext);
+        size_t kept = 0;
+        for (size_t q = 0; q < npend; q++)
+            if (pend[q] < lnext)
+                pend[kept++] = pend[q];
+            else
+                ebd_log(EBD_WARN, "msg=\"a pending event is past the end of the log\" cursor=%s "
+                        "offset=%" PRIu64, w->cursor, pend[q]);
+        npend = kept;
         if (w->spend) {
             memcpy(w->spend, pend, npend * sizeof *pend);
             for (size_t a = 1; a < npend; a++)

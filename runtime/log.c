@@ -1658,8 +1658,26 @@ static store_status log_commit(store *s, const char *name, uint64_t high, const 
     if (l->curfd < 0 || l->o.read_only)
         return fail(l, STORE_EINVAL, "%s: opened read-only", l->dir);
     char tmp[256], *text = malloc(64 + 21 * (npending + 2));
-    if (!text)
+    uint64_t *sorted = malloc((npending ? npending : 1) * sizeof *sorted);
+    if (!text || !sorted) {
+        free(text);
+        free(sorted);
         return fail(l, STORE_EIO, "out of memory");
+    }
+    /* Written in increasing order, each once (the reader insists on it). */
+    size_t k = 0;
+    for (size_t i = 0; i < npending; i++) {
+        size_t j = k;
+        while (j > 0 && sorted[j - 1] > pending[i])
+            j--;
+        if (j > 0 && sorted[j - 1] == pending[i])
+            continue;
+        memmove(sorted + j + 1, sorted + j, (k - j) * sizeof *sorted);
+        sorted[j] = pending[i];
+        k++;
+    }
+    pending = sorted;
+    npending = k;
     int n = npending ? sprintf(text, "ebr-cursor 2 %" PRIu64 " %zu", high, npending)
                      : sprintf(text, "ebr-cursor 1 %" PRIu64, high);
     for (size_t i = 0; i < npending; i++)
@@ -1680,6 +1698,7 @@ static store_status log_commit(store *s, const char *name, uint64_t high, const 
     }
     pthread_mutex_unlock(&l->commit_mu);
     free(text);
+    free(sorted);
     return st;
 }
 
@@ -1697,32 +1716,47 @@ static store_status log_committed(store *s, const char *name, uint64_t *high, ui
     ssize_t n = read(fd, text, sizeof text - 1);
     close(fd);
     text[n > 0 ? n : 0] = 0;
+    /* Strictly: the whole file one line, digits only, no overflow, pending offsets increasing
+     * and below the position, the checksum over all of it. */
     const char *sp = strrchr(text, ' ');
-    char *end;
-    unsigned version = 0;
-    size_t count = 0;
-    bool ok = n > 0 && sp && text[n - 1] == '\n' && !strncmp(text, "ebr-cursor ", 11) &&
-              strlen(sp + 1) == 9 && vm_crc32c(0, text, (size_t)(sp - text)) ==
-                                         (uint32_t)strtoul(sp + 1, &end, 16) && *end == '\n';
+    bool ok = n > 0 && (size_t)n == strlen(text) && sp && text[n - 1] == '\n' &&
+              !strncmp(text, "ebr-cursor ", 11) && strlen(sp + 1) == 9;
+    uint64_t nums[STORE_MAX_PENDING + 3];
+    size_t nn = 0;
     const char *p = text + 11;
-    if (ok) {
-        version = (unsigned)strtoul(p, &end, 10);
-        p = end;
-        *high = strtoull(p, &end, 10);
-        ok = (version == 1 || version == 2) && end != p && *end == ' ';
-        p = end;
-    }
-    if (ok && version == 2) {
-        count = strtoul(p, &end, 10);
-        ok = end != p && count <= STORE_MAX_PENDING;
-        p = end;
-        for (size_t i = 0; ok && i < count; i++) {
-            pending[i] = strtoull(p, &end, 10);
-            ok = end != p && *end == ' ' && pending[i] < *high;
-            p = end;
+    while (ok && p < sp) {
+        if (*p < '0' || *p > '9' || nn == STORE_MAX_PENDING + 3) {
+            ok = false;
+            break;
         }
+        uint64_t v = 0;
+        for (; *p >= '0' && *p <= '9'; p++) {
+            if (v > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
+                ok = false;
+            v = v * 10 + (uint64_t)(*p - '0');
+        }
+        nums[nn++] = v;
+        if (p < sp && *p++ != ' ')
+            ok = false;
     }
-    if (!ok || p != sp)
+    if (ok) {
+        char *end;
+        unsigned long crc = strtoul(sp + 1, &end, 16);
+        ok = *end == '\n' && vm_crc32c(0, text, (size_t)(sp - text)) == (uint32_t)crc;
+    }
+    size_t count = 0;
+    if (ok && nn == 2 && nums[0] == 1) {
+        *high = nums[1];
+    } else if (ok && nn >= 3 && nums[0] == 2 && nums[2] == nn - 3 && nums[2] <= STORE_MAX_PENDING) {
+        *high = nums[1];
+        count = nn - 3;
+        for (size_t i = 0; i < count; i++) {
+            pending[i] = nums[3 + i];
+            ok = ok && pending[i] < *high && (i == 0 || pending[i] > pending[i - 1]);
+        }
+    } else
+        ok = false;
+    if (!ok)
         return fail(l, STORE_CORRUPT, "%s/cursors/%s: not a cursor file, or its checksum does not "
                     "match", l->dir, name);
     *npending = count;

@@ -1050,12 +1050,46 @@ Test(log, named_cursors_carry_pending_offsets)
     cr_assert_eq(store_committed_pending(s, "w.t", &high, got, &n), STORE_OK);
     cr_expect_eq(high, 50);
     cr_assert_eq(n, 3);
-    cr_expect(got[0] == 40 && got[1] == 7 && got[2] == 45);
+    cr_expect(got[0] == 7 && got[1] == 40 && got[2] == 45, "in increasing order");
     cr_assert_eq(store_committed(s, "w.t", &low), STORE_OK);
     cr_expect_eq(low, 7, "store_committed gives the lowest offset still to do");
     cr_assert_eq(store_commit(s, "w.t", 60), STORE_OK);
     cr_assert_eq(store_committed_pending(s, "w.t", &high, got, &n), STORE_OK);
     cr_expect(high == 60 && n == 0);
+    store_close(s);
+    remove_dir(d);
+    free(d);
+}
+
+/* A cursor file is read strictly: what a valid checksum does not cover, or numbers out of shape,
+ * are damage. */
+Test(log, cursor_files_are_read_strictly)
+{
+    char *d = new_dir();
+    store *s = open_log(d, STORE_FSYNC_NEVER, 0);
+    char path[300];
+    snprintf(path, sizeof path, "%s/cursors/c", d);
+    const char *bodies[] = { "ebr-cursor 1 -5", "ebr-cursor 1  5", "ebr-cursor 2 10 2 3 3",
+                             "ebr-cursor 2 10 2 5 3", "ebr-cursor 2 10 1 10", "ebr-cursor 1 99999999999999999999",
+                             "ebr-cursor 3 10", "ebr-cursor 2 10 2 3" };
+    for (size_t i = 0; i < sizeof bodies / sizeof *bodies; i++) {
+        char text[200];
+        int n = snprintf(text, sizeof text, "%s %08x\n", bodies[i], vm_crc32c(0, bodies[i], strlen(bodies[i])));
+        write_file(path, text, (size_t)n);
+        uint64_t off;
+        cr_expect_eq(store_committed(s, "c", &off), STORE_CORRUPT, "took '%s'", bodies[i]);
+    }
+    /* bytes after a NUL are not part of the line */
+    char text[200];
+    const char *body = "ebr-cursor 1 5";
+    int n = snprintf(text, sizeof text, "%s %08x\n", body, vm_crc32c(0, body, strlen(body)));
+    memcpy(text + n, "\0junk\n", 6);
+    write_file(path, text, (size_t)n + 6);
+    uint64_t off;
+    cr_expect_eq(store_committed(s, "c", &off), STORE_CORRUPT);
+    write_file(path, text, (size_t)n);
+    cr_expect_eq(store_committed(s, "c", &off), STORE_OK);
+    cr_expect_eq(off, 5);
     store_close(s);
     remove_dir(d);
     free(d);
