@@ -273,7 +273,8 @@ int main(int argc, char **argv)
         return 2;
     }
     /* Signals are taken by the main thread alone (sigwait), so block them before any thread
-     * starts; SIGPIPE is ignored: a peer that goes away is an error to handle, not a death. */
+     * starts; SIGPIPE and SIGXFSZ are ignored: a peer that goes away or a file size limit is an
+     * error to handle, not a death. */
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
@@ -281,6 +282,7 @@ int main(int argc, char **argv)
     sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN);   /* a file size limit fails the write (EFBIG), it does not kill */
     curl_global_init(CURL_GLOBAL_DEFAULT);
 
     ebd d = { .rules_path = (char *)rules, .max_requests = max_requests };

@@ -442,6 +442,27 @@ E2E_HEADER="$(printf 'v\r\nX-Injected: yes')" "$BIN/ebd" --rules "$WORK/rules.eb
     --listen 127.0.0.1:$P_EBD 2>"$WORK/err" && fail "a header value with CR LF was taken" || \
     { grep -q "must not hold CR or LF" "$WORK/err" && pass "a header value from env() with CR LF is refused" || fail "CR LF: $(cat "$WORK/err")"; }
 
+# ---- a bus that cannot store: 503 with Retry-After, nothing acknowledged that is not stored ------
+printf 'bus full\n' >"$WORK/full.ebr"
+(ulimit -f 100; exec "$BIN/ebd" --rules "$WORK/full.ebr" --data "$WORK/d6" --listen 127.0.0.1:$P_EBD) >>"$WORK/ebd.log" 2>&1 &
+echo $! >"$WORK/ebd.pid"
+wait_for 10 curl -sf "$URL/healthz"
+big=$(head -c 1000 /dev/zero | tr '\0' 'a')
+got=0; s=202; j=0
+while [ "$s" = 202 ] && [ $j -lt 200 ]; do
+    s=$(post /v1/buses/full/events application/cloudevents+json "$(ev full$j x "\"$big\"")" -D "$WORK/headers")
+    [ "$s" = 202 ] && got=$((got + 1))
+    j=$((j + 1))
+done
+expect_status 503 "a bus whose log cannot grow (file size limit)" "$s"
+grep -qi '^Retry-After:' "$WORK/headers" && pass "503 carries Retry-After" || fail "503 headers: $(cat "$WORK/headers")"
+s=$(post /v1/buses/full/events application/cloudevents+json "$(ev after x)")
+expect_status 503 "and after it, until the log is reopened" "$s"
+stop_ebd TERM
+n=$("$BIN/ebc" log dump "$WORK/d6/buses/full" 2>/dev/null | grep -c '"id":"full')
+[ "$n" -ge "$got" ] && pass "every one of the $got acknowledged events is in the log ($n records)" \
+    || fail "$got acknowledged, $n in the log"
+
 # ---- overload: 429 with Retry-After once --max-requests are in progress -------------------------
 "$BIN/ebd" --rules "$WORK/rules.ebr" --data "$WORK/d4" --listen 127.0.0.1:$P_EBD --max-requests 1 >>"$WORK/ebd.log" 2>&1 &
 echo $! >"$WORK/ebd.pid"
