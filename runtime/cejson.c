@@ -32,10 +32,11 @@ void ebd_log(int level, const char *fmt, ...)
 
 /* ---- text buffers ------------------------------------------------------------------------- */
 
-void sb_put(sbuf *b, const char *s, size_t n)
+/* Room for n more bytes and a NUL; false (b->oom set) if there is none to be had. */
+static bool sb_reserve(sbuf *b, size_t n)
 {
     if (b->oom)
-        return;
+        return false;
     if (b->n + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
         while (cap < b->n + n + 1)
@@ -43,11 +44,18 @@ void sb_put(sbuf *b, const char *s, size_t n)
         char *v = realloc(b->v, cap);
         if (!v) {
             b->oom = true;
-            return;
+            return false;
         }
         b->v = v;
         b->cap = cap;
     }
+    return true;
+}
+
+void sb_put(sbuf *b, const char *s, size_t n)
+{
+    if (!sb_reserve(b, n))
+        return;
     memcpy(b->v + b->n, s, n);
     b->n += n;
     b->v[b->n] = 0;
@@ -86,26 +94,8 @@ void sb_printf(sbuf *b, const char *fmt, ...)
 void sb_json_string(sbuf *b, const char *s, size_t n)
 {
     sb_put(b, "\"", 1);
-    size_t from = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        sb_put(b, s + from, i - from);
-        char esc[8];
-        switch (c) {
-        case '"': sb_put(b, "\\\"", 2); break;
-        case '\\': sb_put(b, "\\\\", 2); break;
-        case '\n': sb_put(b, "\\n", 2); break;
-        case '\r': sb_put(b, "\\r", 2); break;
-        case '\t': sb_put(b, "\\t", 2); break;
-        default:
-            snprintf(esc, sizeof esc, "\\u%04x", c);
-            sb_put(b, esc, 6);
-        }
-        from = i + 1;
-    }
-    sb_put(b, s + from, n - from);
+    if (sb_reserve(b, n * 6 + 1))        /* room for the worst case */
+        b->n += vm_json_escape(b->v + b->n, s, n);
     sb_put(b, "\"", 1);
 }
 
@@ -117,75 +107,32 @@ void sb_free(sbuf *b)
 
 /* ---- spans ------------------------------------------------------------------------------ */
 
-size_t js_ws(const char *s, size_t n, size_t i)
-{
-    while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
-        i++;
-    return i;
-}
-
-static size_t string_end(const char *s, size_t n, size_t i)
-{
-    for (i++; i < n && s[i] != '"'; i++)
-        if (s[i] == '\\')
-            i++;
-    return i < n ? i + 1 : n;
-}
-
-size_t js_skip(const char *s, size_t n, size_t i)
-{
-    if (i >= n)
-        return n;
-    if (s[i] == '"')
-        return string_end(s, n, i);
-    if (s[i] == '{' || s[i] == '[') {
-        int depth = 0;
-        while (i < n) {
-            char c = s[i];
-            if (c == '"') {
-                i = string_end(s, n, i);
-                continue;
-            }
-            i++;
-            if (c == '{' || c == '[')
-                depth++;
-            else if ((c == '}' || c == ']') && --depth == 0)
-                return i;
-        }
-        return n;
-    }
-    while (i < n && s[i] != ',' && s[i] != '}' && s[i] != ']' && s[i] != ' ' && s[i] != '\t' &&
-           s[i] != '\n' && s[i] != '\r')
-        i++;
-    return i;
-}
-
 bool js_each(const char *s, size_t n, size_t i, bool (*fn)(void *, const js_member *), void *arg)
 {
     bool object = s[i] == '{';
-    i = js_ws(s, n, i + 1);
+    i = vm_json_ws(s, n, i + 1);
     while (i < n && s[i] != '}' && s[i] != ']') {
         js_member m = { 0 };
         if (object) {
-            size_t k = string_end(s, n, i);
+            size_t k = vm_json_string_end(s, n, i);
             m.key_off = (uint32_t)i;
             m.key_len = (uint32_t)(k - i);
-            i = js_ws(s, n, k);
-            i = js_ws(s, n, i + 1);    /* ':' */
+            i = vm_json_ws(s, n, k);
+            i = vm_json_ws(s, n, i + 1);    /* ':' */
         }
-        size_t e = js_skip(s, n, i);
+        size_t e = vm_json_value_end(s, n, i);
         m.val_off = (uint32_t)i;
         m.val_len = (uint32_t)(e - i);
         if (!fn(arg, &m))
             return false;
-        i = js_ws(s, n, e);
+        i = vm_json_ws(s, n, e);
         if (i < n && s[i] == ',')
-            i = js_ws(s, n, i + 1);
+            i = vm_json_ws(s, n, i + 1);
     }
     return true;
 }
 
-static int hexval(char c)
+int js_hexval(char c)
 {
     return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
          : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
@@ -195,7 +142,7 @@ static unsigned hex4(const char *p)
 {
     unsigned v = 0;
     for (int k = 0; k < 4; k++)
-        v = v << 4 | (unsigned)hexval(p[k]);
+        v = v << 4 | (unsigned)js_hexval(p[k]);
     return v;
 }
 
@@ -405,7 +352,7 @@ static bool ce_value(ce_state *st, const js_member *m, const char *name, const c
 
 bool ce_check(const char *s, size_t n, char *why, size_t whycap, const char **id, size_t *idlen)
 {
-    size_t i = js_ws(s, n, 0);
+    size_t i = vm_json_ws(s, n, 0);
     if (i >= n || s[i] != '{') {
         snprintf(why, whycap, "an event must be a JSON object");
         return false;

@@ -363,11 +363,7 @@ static bool prepare_target(ebd *d, ebd_rules *r, uint32_t i, char *err, size_t c
         }
     } else if (str_eq(p, t->kind, "bus")) {
         x->kind = T_BUS;
-        x->bus = VM_NONE;
-        for (size_t k = 0; k < d->nbuses; k++)
-            if (strlen(d->buses[k]->name) == value->str.len &&
-                !memcmp(d->buses[k]->name, vm_s(p, value->str), value->str.len))
-                x->bus = (uint32_t)k;
+        x->bus = ebd_bus_index(d, vm_s(p, value->str), value->str.len);
     } else {
         x->kind = T_EXEC;
         if (!x->timeout_ms)
@@ -408,13 +404,8 @@ bool ebd_rules_prepare(ebd *d, ebd_rules *r, char *err, size_t cap)
         snprintf(err, cap, "out of memory");
         return false;
     }
-    for (uint32_t b = 0; b < p->nbuses; b++) {
-        r->bus_of[b] = VM_NONE;
-        for (size_t k = 0; k < d->nbuses; k++)
-            if (strlen(d->buses[k]->name) == p->buses[b].name.len &&
-                !memcmp(d->buses[k]->name, vm_s(p, p->buses[b].name), p->buses[b].name.len))
-                r->bus_of[b] = (uint32_t)k;
-    }
+    for (uint32_t b = 0; b < p->nbuses; b++)
+        r->bus_of[b] = ebd_bus_index(d, vm_s(p, p->buses[b].name), p->buses[b].name.len);
     for (uint32_t i = 0; i < p->ntargets; i++) {
         r->targets[i].fd = -1;       /* freeing a half-prepared ruleset closes nothing else */
         r->targets[i].dead_letter = VM_NONE;
@@ -1081,6 +1072,16 @@ static bool next_record(work *k, store_cursor *c, store_record *rec, int timeout
     return false;
 }
 
+/* Reads the record at offset off through the worker's cursor, seeking only when the cursor is
+ * not there already: queued events are often consecutive, and a seek costs a lock, an index
+ * search and a look at the log again. */
+static store_status read_at(work *k, uint64_t off, store_record *rec)
+{
+    if (store_cursor_offset(k->c) != off)
+        store_cursor_seek(k->c, off);
+    return store_cursor_next(k->c, rec, 0);
+}
+
 static uint64_t router_pos(ebd_router *rt)
 {
     pthread_mutex_lock(&rt->mu);
@@ -1102,8 +1103,7 @@ static bool source_next(work *k, store_record *rec, int timeout_ms, uint64_t *sa
         /* What the last run left in flight comes first (matched again: the rules may differ). */
         uint64_t off = w->spend[w->ispend];
         *safe = w->start;
-        store_cursor_seek(k->c, off);
-        store_status st = store_cursor_next(k->c, rec, 0);
+        store_status st = read_at(k, off, rec);
         if ((st == STORE_OK && rec->offset == off) || st == STORE_BEHIND) {
             w->ispend++;
             if (st == STORE_BEHIND)
@@ -1127,8 +1127,7 @@ static bool source_next(work *k, store_record *rec, int timeout_ms, uint64_t *sa
                  * never on an error that may pass. */
                 uint64_t off = w->ring[w->qhead];
                 pthread_mutex_unlock(&w->qmu);
-                store_cursor_seek(k->c, off);
-                store_status st = store_cursor_next(k->c, rec, 0);
+                store_status st = read_at(k, off, rec);
                 bool gone = st == STORE_BEHIND;
                 if ((st == STORE_OK && rec->offset == off) || gone) {
                     pthread_mutex_lock(&w->qmu);

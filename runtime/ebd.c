@@ -56,12 +56,18 @@ static vm_program *load_rules(const char *path, FILE *diag)
     return cc_compile_file(path, diag, &res);
 }
 
-ebd_bus *ebd_find_bus(ebd *d, const char *name, size_t n)
+uint32_t ebd_bus_index(const ebd *d, const char *name, size_t n)
 {
     for (size_t i = 0; i < d->nbuses; i++)
         if (strlen(d->buses[i]->name) == n && !memcmp(d->buses[i]->name, name, n))
-            return d->buses[i];
-    return NULL;
+            return (uint32_t)i;
+    return VM_NONE;
+}
+
+ebd_bus *ebd_find_bus(ebd *d, const char *name, size_t n)
+{
+    uint32_t i = ebd_bus_index(d, name, n);
+    return i == VM_NONE ? NULL : d->buses[i];
 }
 
 bool ebd_bus_view(ebd *d, const char *name, size_t n, ebd_bus *view)

@@ -37,15 +37,14 @@ typedef struct {
     uint32_t val_off, val_len;    /* its value's text */
 } js_member;
 
-/* The end of the value that starts at s[i] (s valid JSON). */
-size_t js_skip(const char *s, size_t n, size_t i);
-size_t js_ws(const char *s, size_t n, size_t i);
 /* Calls fn for each member of the object at s[i] (or each element of the array, key_len 0);
  * stops early when fn returns false, and then returns false. */
 bool js_each(const char *s, size_t n, size_t i, bool (*fn)(void *, const js_member *), void *arg);
 /* Decodes the JSON string literal s[0..n) (quotes included) into out (at least n bytes);
  * returns the decoded length. */
 size_t js_unquote(const char *s, size_t n, char *out);
+/* A hexadecimal digit's value, or -1. */
+int js_hexval(char c);
 /* Is the member's key the given name? */
 bool js_key_is(const char *s, const js_member *m, const char *name);
 
@@ -199,6 +198,7 @@ void ebd_http_stop(struct MHD_Daemon *h);
 /* ebd.c */
 bool ebd_reload(ebd *d, sbuf *errors);
 ebd_bus *ebd_find_bus(ebd *d, const char *name, size_t n);
+uint32_t ebd_bus_index(const ebd *d, const char *name, size_t n);   /* or VM_NONE */
 /* The bus the current rules declare under that name, with their token and limit; false if they
  * declare none.  Under d->lock (read). */
 bool ebd_bus_view(ebd *d, const char *name, size_t n, ebd_bus *view);

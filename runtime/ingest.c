@@ -119,12 +119,6 @@ typedef struct {
     char why[200];
 } headers_state;
 
-static int hexdigit(char c)
-{
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-         : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-}
-
 static enum MHD_Result ce_header(void *arg, enum MHD_ValueKind kind, const char *key,
                                  const char *value)
 {
@@ -158,9 +152,9 @@ static enum MHD_Result ce_header(void *arg, enum MHD_ValueKind kind, const char 
     char *dec = malloc(vn + 1);
     size_t o = 0;
     for (size_t i = 0; dec && i < vn; i++) {
-        if (value[i] == '%' && i + 2 < vn + 0 + 1 && hexdigit(value[i + 1]) >= 0 &&
-            i + 2 < vn && hexdigit(value[i + 2]) >= 0) {
-            dec[o++] = (char)(hexdigit(value[i + 1]) * 16 + hexdigit(value[i + 2]));
+        if (value[i] == '%' && i + 2 < vn && js_hexval(value[i + 1]) >= 0 &&
+            js_hexval(value[i + 2]) >= 0) {
+            dec[o++] = (char)(js_hexval(value[i + 1]) * 16 + js_hexval(value[i + 2]));
             i += 2;
         } else
             dec[o++] = value[i];
@@ -230,7 +224,7 @@ static bool binary_event(struct MHD_Connection *c, const char *ctype, const requ
                 return false;
             }
             sb_puts(ev, "\"data\":");
-            size_t a = js_ws(rq->body.v, rq->body.n, 0), e = rq->body.n;
+            size_t a = vm_json_ws(rq->body.v, rq->body.n, 0), e = rq->body.n;
             while (e > a && (rq->body.v[e - 1] == ' ' || rq->body.v[e - 1] == '\n' ||
                              rq->body.v[e - 1] == '\r' || rq->body.v[e - 1] == '\t'))
                 e--;
@@ -338,14 +332,14 @@ static enum MHD_Result put_events_ce(struct MHD_Connection *c, ebd_bus *b, reque
             snprintf(why, sizeof why, "the body is not valid JSON (byte %zu)", at);
             return send_error(c, 400, why, "body", NULL);
         }
-        size_t i = js_ws(rq->body.v, rq->body.n, 0);
+        size_t i = vm_json_ws(rq->body.v, rq->body.n, 0);
         if (batch) {
             if (rq->body.v[i] != '[')
                 return send_error(c, 400, "a batch must be a JSON array of events", "body", NULL);
             js_each(rq->body.v, rq->body.n, i, push_event, &es);
         } else {
             js_member m = { .val_off = (uint32_t)i,
-                            .val_len = (uint32_t)(js_skip(rq->body.v, rq->body.n, i) - i) };
+                            .val_len = (uint32_t)(vm_json_value_end(rq->body.v, rq->body.n, i) - i) };
             push_event(&es, &m);
         }
     } else {
@@ -422,7 +416,7 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
         snprintf(why, sizeof why, "the body is not valid JSON (byte %zu)", at);
         return send_error(c, 400, why, "body", NULL);
     }
-    size_t i = js_ws(rq->body.v, rq->body.n, 0);
+    size_t i = vm_json_ws(rq->body.v, rq->body.n, 0);
     find_entries f = { .s = rq->body.v };
     if (rq->body.v[i] == '{')
         js_each(rq->body.v, rq->body.n, i, find_entries_member, &f);

@@ -190,16 +190,23 @@ typedef struct {
 
 typedef void (*report_fn)(void *arg, const char *msg);
 
+static void vreportf(report_fn fn, void *arg, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+static void vreportf(report_fn fn, void *arg, const char *fmt, va_list ap)
+{
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    fn(arg, msg);
+}
+
 static void reportf(report_fn fn, void *arg, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void reportf(report_fn fn, void *arg, const char *fmt, ...)
 {
-    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    vreportf(fn, arg, fmt, ap);
     va_end(ap);
-    fn(arg, msg);
 }
 
 /* Scans segment file data m[0..size) whose name says base: fills g (records, times, index) with
@@ -461,12 +468,10 @@ static int64_t realtime_ns(void)
 static void say(log_t *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void say(log_t *l, const char *fmt, ...)
 {
-    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    vreportf(l->o.report, l->o.report_arg, fmt, ap);
     va_end(ap);
-    l->o.report(l->o.report_arg, msg);
 }
 
 /* Records the message of a failure and returns st. */
@@ -1348,28 +1353,11 @@ static log_cursor *cursor_new(log_t *l)
     return c;
 }
 
-static store_status log_cursor_open(store *s, uint64_t offset, store_cursor **out)
+/* Where reading from time t starts.  Times never decrease along the offsets, so it is found from
+ * the first segment whose newest record is that recent, through its index entries' times (the
+ * cursor passes over what is older).  Under l->mu. */
+static uint64_t offset_at(const log_t *l, int64_t t)
 {
-    log_t *l = (log_t *)s;
-    log_cursor *c = cursor_new(l);
-    if (!c)
-        return fail(l, STORE_EIO, "out of memory");
-    pthread_mutex_lock(&l->mu);
-    position(c, offset, INT64_MIN);
-    pthread_mutex_unlock(&l->mu);
-    *out = &c->base;
-    return STORE_OK;
-}
-
-/* Times never decrease along the offsets, so the first record at or after t is found from the
- * first segment whose newest record is that recent, through its index entries' times. */
-static store_status log_cursor_open_at(store *s, int64_t t, store_cursor **out)
-{
-    log_t *l = (log_t *)s;
-    log_cursor *c = cursor_new(l);
-    if (!c)
-        return fail(l, STORE_EIO, "out of memory");
-    pthread_mutex_lock(&l->mu);
     size_t i = 0;
     while (i < l->nsegs && (l->segs[i]->next == l->segs[i]->base || l->segs[i]->last_time < t))
         i++;
@@ -1382,10 +1370,31 @@ static store_status log_cursor_open_at(store *s, int64_t t, store_cursor **out)
         if (from < l->first)
             from = l->first;
     }
-    position(c, from, t);
+    return from;
+}
+
+/* A cursor at offset, or (by_time) at the first record appended at or after t. */
+static store_status open_cursor(log_t *l, uint64_t offset, bool by_time, int64_t t,
+                                store_cursor **out)
+{
+    log_cursor *c = cursor_new(l);
+    if (!c)
+        return fail(l, STORE_EIO, "out of memory");
+    pthread_mutex_lock(&l->mu);
+    position(c, by_time ? offset_at(l, t) : offset, by_time ? t : INT64_MIN);
     pthread_mutex_unlock(&l->mu);
     *out = &c->base;
     return STORE_OK;
+}
+
+static store_status log_cursor_open(store *s, uint64_t offset, store_cursor **out)
+{
+    return open_cursor((log_t *)s, offset, false, 0, out);
+}
+
+static store_status log_cursor_open_at(store *s, int64_t t, store_cursor **out)
+{
+    return open_cursor((log_t *)s, 0, true, t, out);
 }
 
 static store_status log_cursor_seek(store_cursor *cc, uint64_t offset)

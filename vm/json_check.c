@@ -130,6 +130,33 @@ static bool member_name(rd *r)
     return true;
 }
 
+size_t vm_json_escape(char *out, const char *s, size_t n)
+{
+    static const char esc[32] = { ['\b'] = 'b', ['\f'] = 'f', ['\n'] = 'n', ['\r'] = 'r', ['\t'] = 't' };
+    static const char hex[] = "0123456789abcdef";
+    char *o = out;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '"' || ch == '\\') {
+            *o++ = '\\';
+            *o++ = (char)ch;
+        } else if (ch < 0x20) {
+            *o++ = '\\';
+            if (esc[ch]) {
+                *o++ = esc[ch];
+            } else {
+                memcpy(o, "u00", 3);
+                o[3] = hex[ch >> 4];
+                o[4] = hex[ch & 15];
+                o += 5;
+            }
+        } else {
+            *o++ = (char)ch;
+        }
+    }
+    return (size_t)(o - out);
+}
+
 bool vm_json_valid(const char *s, size_t n, size_t *bad_at)
 {
     rd r = { s, n, 0 };

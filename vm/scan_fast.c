@@ -80,8 +80,6 @@ static void classify_avx2(const uint8_t *p, classes *k)
     __m256i lo = _mm256_loadu_si256((const __m256i *)p);
     __m256i hi = _mm256_loadu_si256((const __m256i *)(p + 32));
 #define M(x) ((uint64_t)(uint32_t)_mm256_movemask_epi8(x))
-#define BOTH(f) (M(f(lo)) | M(f(hi)) << 32)
-#define EQF(ch) (BOTH_EQ(ch))
 #define BOTH_EQ(ch) (M(_mm256_cmpeq_epi8(lo, _mm256_set1_epi8((char)(ch)))) | \
                      M(_mm256_cmpeq_epi8(hi, _mm256_set1_epi8((char)(ch)))) << 32)
     k->q = BOTH_EQ('"');
@@ -115,8 +113,6 @@ static void classify_avx2(const uint8_t *p, classes *k)
               M(_mm256_cmpeq_epi8(_mm256_min_epu8(hi, c1f), hi)) << 32;
     k->hi = M(lo) | M(hi) << 32;
 #undef M
-#undef BOTH
-#undef EQF
 #undef BOTH_EQ
 }
 #endif

@@ -91,30 +91,7 @@ static bool put_escaped(vm_cbuf *b, const char *s, size_t n)
         return true;
     if (!reserve(b, n * 6))
         return false;
-    char *o = b->v + b->n;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch == '"' || ch == '\\') {
-            *o++ = '\\';
-            *o++ = (char)ch;
-        } else if (ch < 0x20) {
-            static const char esc[32] = { ['\b'] = 'b', ['\f'] = 'f', ['\n'] = 'n', ['\r'] = 'r', ['\t'] = 't' };
-            *o++ = '\\';
-            if (esc[ch]) {
-                *o++ = esc[ch];
-            } else {
-                static const char hex[] = "0123456789abcdef";
-                *o++ = 'u';
-                *o++ = '0';
-                *o++ = '0';
-                *o++ = hex[ch >> 4];
-                *o++ = hex[ch & 15];
-            }
-        } else {
-            *o++ = (char)ch;
-        }
-    }
-    b->n = (uint32_t)(o - b->v);
+    b->n += (uint32_t)vm_json_escape(b->v + b->n, s, n);
     return true;
 }
 
@@ -167,26 +144,13 @@ static vm_status nomem(run *r)
 
 static uint32_t ws(const char *s, uint32_t n, uint32_t p)
 {
-    while (p < n && (s[p] == ' ' || s[p] == '\t' || s[p] == '\n' || s[p] == '\r'))
-        p++;
-    return p;
+    return (uint32_t)vm_json_ws(s, n, p);
 }
 
 /* The end of the string whose opening quote is at p. */
 static uint32_t string_end(const char *s, uint32_t n, uint32_t p)
 {
-    for (p++; p < n;) {
-        const char *q = memchr(s + p, '"', n - p);
-        if (!q)
-            return n;
-        uint32_t at = (uint32_t)(q - s), k = at;
-        while (k > p && s[k - 1] == '\\')
-            k--;
-        if ((at - k) % 2 == 0)
-            return at + 1;
-        p = at + 1;
-    }
-    return n;
+    return (uint32_t)vm_json_string_end(s, n, p);
 }
 
 /* The end of the value that starts at p.  `brackets`: where stage 1 of the fast scanner recorded
@@ -212,25 +176,7 @@ static uint32_t value_end(const vm_fast *brackets, const char *s, uint32_t n, ui
         if (lo < brackets->nbr && brackets->br_pos[lo] == p)
             return brackets->br_pos[brackets->br_match[lo]] + 1;
     }
-    if (s[p] == '{' || s[p] == '[') {
-        int depth = 0;
-        while (p < n) {
-            char ch = s[p];
-            if (ch == '"') {
-                p = string_end(s, n, p);
-                continue;
-            }
-            p++;
-            if (ch == '{' || ch == '[')
-                depth++;
-            else if ((ch == '}' || ch == ']') && --depth == 0)
-                return p;
-        }
-        return n;
-    }
-    while (p < n && !strchr(",}] \t\r\n", s[p]))
-        p++;
-    return p;
+    return (uint32_t)vm_json_value_end(s, n, p);
 }
 
 /* Does the key (a string at [k, kend)) spell name? */

@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 #include <stdio.h>
+#include <string.h>
 #include <stdint.h>
 #include <stdbool.h>
 
@@ -489,6 +490,66 @@ void vm_format_ip(const uint8_t ip[16], int bits, char *buf, size_t cap);
 /* Is s[0..n) exactly one JSON value (RFC 8259: strict numbers, well-formed UTF-8, no raw control
  * characters), white space around it allowed?  If not, *bad_at (may be NULL) is where it fails. */
 bool vm_json_valid(const char *s, size_t n, size_t *bad_at);
+
+/* Writes s[0..n) escaped for the inside of a JSON string (quotes, backslashes and control
+ * characters; everything else as it is) to out, which must hold 6 * n bytes; returns the length
+ * written. */
+size_t vm_json_escape(char *out, const char *s, size_t n);
+
+/* Walking JSON text that vm_json_valid has accepted, without a DOM (the template navigator and
+ * the daemon's ingest both do; inline, as the navigator calls them for every member it passes).
+ * vm_json_ws: past white space from p.  vm_json_string_end: past the string whose opening quote
+ * is at p (memchr to each quote, then the backslashes before it counted).  vm_json_value_end:
+ * past the value that starts at p (brackets counted, strings skipped). */
+static inline size_t vm_json_ws(const char *s, size_t n, size_t p)
+{
+    while (p < n && (s[p] == ' ' || s[p] == '\t' || s[p] == '\n' || s[p] == '\r'))
+        p++;
+    return p;
+}
+
+static inline size_t vm_json_string_end(const char *s, size_t n, size_t p)
+{
+    for (p++; p < n;) {
+        const char *q = (const char *)memchr(s + p, '"', n - p);
+        if (!q)
+            return n;
+        size_t at = (size_t)(q - s), k = at;
+        while (k > p && s[k - 1] == '\\')
+            k--;
+        if ((at - k) % 2 == 0)
+            return at + 1;
+        p = at + 1;
+    }
+    return n;
+}
+
+static inline size_t vm_json_value_end(const char *s, size_t n, size_t p)
+{
+    if (p >= n)
+        return n;
+    if (s[p] == '"')
+        return vm_json_string_end(s, n, p);
+    if (s[p] == '{' || s[p] == '[') {
+        int depth = 0;
+        while (p < n) {
+            char ch = s[p];
+            if (ch == '"') {
+                p = vm_json_string_end(s, n, p);
+                continue;
+            }
+            p++;
+            if (ch == '{' || ch == '[')
+                depth++;
+            else if ((ch == '}' || ch == ']') && --depth == 0)
+                return p;
+        }
+        return n;
+    }
+    while (p < n && !strchr(",}] \t\r\n", s[p]))
+        p++;
+    return p;
+}
 
 /* Decodes one UTF-8 code point from s[0..n); returns its length (1..4), or 0 if the bytes there
  * are not well-formed UTF-8 (overlong, surrogate, > U+10FFFF, truncated). */

@@ -1,7 +1,7 @@
 /*
  * fuzz_json.c — libFuzzer target: any bytes as a request body for the daemon.  The strict JSON
  * check (vm_json_valid) never reads out of bounds; what it takes, cJSON takes too (cJSON is more
- * lenient, never less); the daemon's spans (js_each, js_skip) over an accepted object or array
+ * lenient, never less); the daemon's spans (js_each, vm_json_value_end) over an accepted object or array
  * cut it into values that are each valid JSON; and the CloudEvents check (ce_check) runs on
  * every value without crashing.  `make fuzz` runs it.
  */
@@ -62,7 +62,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!j && max < 1000 && !surrogate)
             abort();
         cJSON_Delete(j);
-        size_t i = js_ws(s, size, 0);
+        size_t i = vm_json_ws(s, size, 0);
         if (s[i] == '{' || s[i] == '[') {
             walk w = { s, 0 };
             js_each(s, size, i, each_value, &w);

@@ -13,36 +13,13 @@
 
 #include "../../compiler/compiler.h"
 #include "../../vm/vm_int.h"
+#include "gen.h"
 
 static uint64_t rng = 0x853C49E6748FEA9Bull;
 
 static uint32_t rnd(uint32_t n)
 {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)((rng >> 33) % n);
-}
-
-typedef struct {
-    char *s;
-    size_t n, cap;
-} buf;
-
-static void put(buf *b, const char *fmt, ...)
-{
-    va_list ap;
-    for (;;) {
-        va_start(ap, fmt);
-        int k = vsnprintf(b->s + b->n, b->cap - b->n, fmt, ap);
-        va_end(ap);
-        if ((size_t)k < b->cap - b->n) {
-            b->n += (size_t)k;
-            return;
-        }
-        b->cap = (b->cap + (size_t)k + 16) * 2;
-        b->s = realloc(b->s, b->cap);
-    }
+    return gen_rnd(&rng, n);
 }
 
 static void ws(buf *b)
