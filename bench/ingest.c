@@ -295,7 +295,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: bench_ingest --ebd EBD --work DIR --out DIR [--seconds S] [--connections C]\n");
         return 2;
     }
-    int port = 30000 + getpid() % 10000, rport = port + 1;
+    int port = 20000 + getpid() % 12000, rport = port + 1;   /* below the ephemeral ports */
     char rules[4200], data[4200], cmd[9000];
     snprintf(data, sizeof data, "%s/ingest-data", work);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'; mkdir -p '%s'", data, work);
