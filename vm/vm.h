@@ -488,7 +488,12 @@ void vm_format_ip(const uint8_t ip[16], int bits, char *buf, size_t cap);
  */
 
 /* Is s[0..n) exactly one JSON value (RFC 8259: strict numbers, well-formed UTF-8, no raw control
- * characters), white space around it allowed?  If not, *bad_at (may be NULL) is where it fails. */
+ * characters, at most 1024 levels deep), white space around it allowed?  If not, *bad_at is the
+ * byte where it fails and *why what is wrong there, a static text in the event scanner's words
+ * ("trailing comma in object", "unterminated string", ...); either may be NULL. */
+bool vm_json_check(const char *s, size_t n, size_t *bad_at, const char **why);
+
+/* vm_json_check without the reason. */
 bool vm_json_valid(const char *s, size_t n, size_t *bad_at);
 
 /* Writes s[0..n) escaped for the inside of a JSON string (quotes, backslashes and control

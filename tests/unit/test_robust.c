@@ -124,6 +124,58 @@ Test(robust, mutated_rule_files_compile_or_report, .timeout = 120)
     free(out);
 }
 
+/* vm_json_check (the daemon's check of a body) and the event scanner (ebc test) judge an event
+ * object alike: the same verdict, the same byte, and the same words where both have words for it
+ * (they word an unexpected end or character differently).  Nesting beyond the scanner's limit is
+ * the scanner's own refusal. */
+Test(robust, json_check_and_the_scanner_agree_on_mutated_events, .timeout = 120)
+{
+    size_t n;
+    char *rules = slurp("examples/orders.ebr", &n);
+    vm_program *p = cc_compile_text("orders.ebr", rules, n, stderr, NULL);
+    free(rules);
+    cr_assert_not_null(p);
+    char *events = slurp("examples/events.jsonl", &n);
+    events[n] = 0;
+    vm_ctx *c = vm_ctx_new(p, NULL);
+    char *out = malloc(1 << 16);
+    int compared = 0, refused = 0, per_line = rounds(3000);
+    for (char *line = strtok(events, "\n"); line; line = strtok(NULL, "\n")) {
+        for (int i = 0; i < per_line; i++) {
+            size_t m = mutate(line, strlen(line), out);
+            size_t start = vm_json_ws(out, m, 0);
+            if (start == m || out[start] != '{')
+                continue;   /* not an object: the scanner refuses it for that alone */
+            const uint32_t *r;
+            size_t nr, at = 0;
+            vm_error err;
+            const char *why = NULL;
+            vm_status st = vm_match(c, VM_NONE, out, m, &r, &nr, &err);
+            bool ok = vm_json_check(out, m, &at, &why);
+            if (st == VM_ERR_LIMIT)
+                continue;
+            compared++;
+            cr_assert_eq(ok, st == VM_OK, "%.*s: scanner %s, json_check %s", (int)m, out, err.msg,
+                         ok ? "accepts" : why);
+            if (ok)
+                continue;
+            refused++;
+            char want[256];
+            snprintf(want, sizeof want, "%s (at byte %zu)", why, at);
+            cr_assert_eq(err.offset, at, "%.*s: scanner: %s; json_check: %s", (int)m, out, err.msg, want);
+            if (strncmp(err.msg, "unexpected ", 11) != 0)
+                cr_assert_str_eq(err.msg, want, "%.*s", (int)m, out);
+        }
+    }
+    cr_log_info("json_check against the scanner: %d events, %d refused", compared, refused);
+    cr_expect_gt(refused, 1000);
+    cr_expect_gt(compared - refused, 1000);
+    free(out);
+    free(events);
+    vm_ctx_free(c);
+    vm_program_free(p);
+}
+
 Test(robust, mutated_events_match_or_are_refused, .timeout = 120)
 {
     size_t n;

@@ -1,6 +1,7 @@
 /*
- * test_utf8.c — unit tests of vm/utf8.c (strict decoding, encoding, case folding of text) and
- * the generated simple case folding table (vm/unicode_fold.c).
+ * test_utf8.c — unit tests of vm/utf8.c (strict decoding, encoding, case folding of text), the
+ * generated simple case folding table (vm/unicode_fold.c) and the strict JSON check
+ * (vm/json_check.c: what it refuses, where, and why).
  */
 #include <criterion/criterion.h>
 #include <string.h>
@@ -146,7 +147,7 @@ Test(utf8, full_case_folding)
     cr_assert(memcmp(out, "strasse fi ss", n) == 0);
 }
 
-/* ---- vm_json_valid: RFC 8259, strictly ---------------------------------------------------- */
+/* ---- vm_json_check / vm_json_valid: RFC 8259, strictly ------------------------------------- */
 
 Test(json_valid, takes_every_kind_of_value_with_white_space_around)
 {
@@ -176,4 +177,60 @@ Test(json_valid, bounds_nesting)
     memset(deep + 1500, ']', 1500);
     cr_expect(!vm_json_valid(deep, 3000, NULL), "nesting deeper than 1024 is refused");
     cr_expect(vm_json_valid(deep + 500, 2000, NULL), "1000 levels are fine");
+}
+
+Test(json_check, says_what_is_wrong_and_where)
+{
+    static const struct { const char *text; size_t at; const char *why; } cases[] = {
+        { "", 0, "unexpected end: expected a value" },
+        { "  \n", 3, "unexpected end: expected a value" },
+        { "{\"a\":1,}", 7, "trailing comma in object" },
+        { "[1, 2,]", 6, "trailing comma in array" },
+        { "{\"a\" 1}", 5, "expected ':' after an object key" },
+        { "{a: 1}", 1, "expected a string key or '}' in object" },
+        { "{\"a\":1, 2}", 8, "expected a string key in object" },
+        { "{\"a\":1 \"b\":2}", 7, "expected ',' or '}' in object" },
+        { "[1 2]", 3, "expected ',' or ']' in array" },
+        { "{\"a\": \"bc", 6, "unterminated string" },
+        { "\"a\\", 0, "unterminated string" },
+        { "[\"\xff\"]", 2, "invalid UTF-8 in string" },
+        { "\"\xc0\xaf\"", 1, "invalid UTF-8 in string" },
+        { "\"ab\tc\"", 3, "control character in string (it must be escaped)" },
+        { "\"a\\x\"", 2, "invalid escape in string" },
+        { "\"\\u12\"", 1, "invalid \\u escape in string" },
+        { "01", 0, "invalid number: leading zeros are not allowed" },
+        { "[1.]", 1, "invalid number: digits must follow '.'" },
+        { "{\"n\": -1e}", 6, "invalid number: digits must follow the exponent" },
+        { "-", 0, "invalid number" },
+        { "[nul]", 1, "invalid literal (expected true, false or null)" },
+        { "{\"a\": 'b'}", 6, "unexpected character: expected a value" },
+        { "{} {}", 3, "unexpected text after the JSON value" },
+        { "truex", 4, "unexpected text after the JSON value" },
+        { "[", 1, "unexpected end: expected a value" },
+        { "{\"a\":", 5, "unexpected end: expected a value" },
+        { "{", 1, "unexpected end: expected a string key or '}' in object" },
+        { "{\"a\":1,", 7, "unexpected end: expected a string key in object" },
+        { "{\"a\":1", 6, "unexpected end: expected ',' or '}' in object" },
+        { "[1", 2, "unexpected end: expected ',' or ']' in array" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        size_t at = 999;
+        const char *why = NULL;
+        cr_expect(!vm_json_check(cases[i].text, strlen(cases[i].text), &at, &why), "took %s",
+                  cases[i].text);
+        cr_expect_eq(at, cases[i].at, "%s: at byte %zu, expected %zu", cases[i].text, at, cases[i].at);
+        cr_expect_str_eq(why ? why : "(none)", cases[i].why, "%s", cases[i].text);
+        size_t valid_at = 999;
+        cr_expect(!vm_json_valid(cases[i].text, strlen(cases[i].text), &valid_at));
+        cr_expect_eq(valid_at, at, "vm_json_valid and vm_json_check differ on %s", cases[i].text);
+    }
+    char deep[1100];
+    memset(deep, '[', sizeof deep);
+    size_t at;
+    const char *why;
+    cr_expect(!vm_json_check(deep, sizeof deep, &at, &why));
+    cr_expect_eq(at, 1024);
+    cr_expect_str_eq(why, "nesting deeper than 1024 levels");
+    const char *good = "{\"a\": [1, {\"b\": null}]}";
+    cr_expect(vm_json_check(good, strlen(good), NULL, NULL), "a valid text needs neither");
 }
