@@ -7,8 +7,8 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 MAKEFLAGS  += --no-print-directory
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build build-asan test test-release test-asan run bench bench-deps bench-citylots \
-        bench-scaling bench-log bench-ingest fuzz soak clean
+.PHONY: all deps build build-asan test test-release test-asan test-stress run bench bench-deps \
+        bench-citylots bench-scaling bench-log bench-ingest fuzz soak clean
 
 all: build
 
@@ -37,6 +37,12 @@ test-release: build
 
 test-asan: build-asan
 	@cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS) -L "unit|e2e"
+
+# The end-to-end tests (ctest -L e2e) 5 times in a row beside two CPU hogs and a disk writer
+# (tools/stress.sh): a check that depends on the machine's speed fails here.  Not part of `make test`.
+STRESS_RUNS ?= 5
+test-stress: build
+	@sh tools/stress.sh $(BUILD) $(STRESS_RUNS)
 
 run: build
 	@sh examples/run.sh $(BUILD)
