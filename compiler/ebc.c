@@ -28,7 +28,7 @@ static const char usage[] =
     "commands:\n"
     "  compile RULES.ebr -o OUT.ebc   compile rules into a ruleset file (written only if there\n"
     "                                 are no errors)\n"
-    "  check RULES.ebr                report every error and warning; write nothing\n"
+    "  check RULES                    report every error and warning; write nothing\n"
     "  test RULES EVENTS.jsonl        print the rules each event matches, one line per event,\n"
     "       [--json] [--bus NAME]     then the payload each of their targets gets (RULES is\n"
     "       [--explain] [--now T]     .ebr or .ebc; EVENTS may be - for stdin; --json prints\n"
@@ -54,26 +54,16 @@ static const char usage[] =
     "  4  ebc test: a transform failed for some event (and no event was invalid)\n"
     "  5  ebc log: the log has problems (each printed), or a record could not be read\n";
 
-/* Does the file start with the .ebc magic number? */
-static bool is_ebc(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    char magic[8];
-    bool yes = f && fread(magic, 1, 8, f) == 8 && memcmp(magic, VM_EBC_MAGIC, 8) == 0;
-    if (f)
-        fclose(f);
-    return yes;
-}
-
-/* Loads rules from .ebr source or a compiled .ebc; prints problems; NULL on failure, with
- * *status set to the exit status to use. */
+/* Loads rules from .ebr source or an .ebc file (told apart by the file's first bytes, so that a
+ * damaged .ebc is reported as one and not compiled as source); prints problems; NULL on failure,
+ * with *status set to the exit status to use. */
 static vm_program *load_rules(const char *path, int *status)
 {
-    if (is_ebc(path)) {
+    if (vm_file_is_ebc(path)) {
         vm_error err;
         vm_program *p = vm_program_load(path, &err);
         if (!p) {
-            fprintf(stderr, "%s: error: %s\n", path, err.msg);
+            fprintf(stderr, "%s: error: not a valid ruleset file: %s\n", path, err.msg);
             *status = EXIT_INPUT;
         }
         return p;
@@ -105,13 +95,10 @@ static int cmd_compile(int argc, char **argv)
         fputs("usage: ebc compile RULES.ebr -o OUT.ebc\n", stderr);
         return EXIT_USAGE;
     }
-    cc_result res;
-    vm_program *p = cc_compile_file(in, stderr, &res);
-    if (!p) {
-        if (res.nerrors > 1)
-            fprintf(stderr, "%d errors\n", res.nerrors);
-        return EXIT_RULES;
-    }
+    int status = EXIT_OK;
+    vm_program *p = load_rules(in, &status);
+    if (!p)
+        return status;
     uint8_t *buf;
     size_t len;
     if (vm_program_serialize(p, &buf, &len) != VM_OK) {
@@ -139,22 +126,17 @@ static int cmd_compile(int argc, char **argv)
 static int cmd_check(int argc, char **argv)
 {
     if (argc != 1) {
-        fputs("usage: ebc check RULES.ebr\n", stderr);
+        fputs("usage: ebc check RULES\n", stderr);
         return EXIT_USAGE;
     }
-    cc_result res;
-    vm_program *p = cc_compile_file(argv[0], stderr, &res);
-    if (!p) {
-        if (res.nerrors > 1)
-            fprintf(stderr, "%d errors\n", res.nerrors);
-        return EXIT_RULES;
-    }
+    int status = EXIT_OK;
+    vm_program *p = load_rules(argv[0], &status);
+    if (!p)
+        return status;
     printf("%s: ok: %u rules, %u buses, %u targets\n", argv[0], p->nrules, p->nbuses, p->ntargets);
     vm_program_free(p);
     return EXIT_OK;
 }
-
-/* Writes s as a JSON string. */
 
 /* Runs a function transform for `ebc test` (a real command, a real request). */
 static bool run_function(void *arg, const vm_program *p, const vm_xform *x, const char *event,

@@ -37,19 +37,15 @@ static const char usage[] =
     "Signals: SIGHUP reloads the rules; SIGTERM or SIGINT stops (appends finish, cursors are\n"
     "saved).  Logs go to standard error, one key=value line per message.\n";
 
-/* Loads the rules: .ebc by its magic number, else compiled from source; errors into diag. */
+/* Loads the rules: an .ebc file (sound or damaged: vm_file_is_ebc) is read, anything else
+ * compiled from source; errors into diag. */
 static vm_program *load_rules(const char *path, FILE *diag)
 {
-    FILE *f = fopen(path, "rb");
-    char magic[8] = { 0 };
-    bool ebc = f && fread(magic, 1, 8, f) == 8 && memcmp(magic, VM_EBC_MAGIC, 8) == 0;
-    if (f)
-        fclose(f);
-    if (ebc) {
+    if (vm_file_is_ebc(path)) {
         vm_error err;
         vm_program *p = vm_program_load(path, &err);
         if (!p)
-            fprintf(diag, "%s: %s\n", path, err.msg);
+            fprintf(diag, "%s: not a valid ruleset file: %s\n", path, err.msg);
         return p;
     }
     cc_result res;

@@ -111,6 +111,28 @@ grep -q "version 9 is not supported" "$T/err" || fail "wrong version: $(cat "$T/
 head -c 20 "$T/orders.ebc" > "$T/short.ebc"
 expect_status 3 "$EBC" disasm "$T/short.ebc"
 grep -q "truncated" "$T/err" || fail "short file: $(cat "$T/err")"
+# ... known by their first bytes even when those are damaged too, never compiled as source
+head -c 5 "$T/orders.ebc" > "$T/five.ebc"
+cp "$T/orders.ebc" "$T/magic.ebc"
+printf 'XY' | dd of="$T/magic.ebc" bs=1 seek=1 conv=notrunc 2>/dev/null
+cp "$T/orders.ebc" "$T/overwritten.ebc"
+printf 'rule' | dd of="$T/overwritten.ebc" bs=1 conv=notrunc 2>/dev/null
+for f in five magic overwritten flip version; do
+    for cmd in check test compile; do
+        case $cmd in
+        test) expect_status 3 "$EBC" test "$T/$f.ebc" "$T/good.jsonl" ;;
+        compile) expect_status 3 "$EBC" compile "$T/$f.ebc" -o "$T/recompiled.ebc" ;;
+        *) expect_status 3 "$EBC" $cmd "$T/$f.ebc" ;;
+        esac
+        grep -q "^$T/$f.ebc: error: not a valid ruleset file: " "$T/err" ||
+            fail "ebc $cmd on $f.ebc: $(cat "$T/err")"
+    done
+done
+expect_status 3 "$EBC" check "$T/five.ebc"
+grep -q "not a valid ruleset file: truncated .ebc file: 5 bytes" "$T/err" || fail "5 bytes: $(cat "$T/err")"
+# a sound .ebc is checked as the ruleset it holds
+expect_status 0 "$EBC" check "$T/orders.ebc"
+grep -q "ok: 3 rules" "$T/out" || fail "check of an .ebc prints '$(cat "$T/out")'"
 
 if [ "$fails" -ne 0 ]; then
     echo "$fails cli checks failed"

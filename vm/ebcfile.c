@@ -605,8 +605,10 @@ vm_program *vm_program_parse(const uint8_t *buf, size_t len, vm_error *err)
     vm_program *p = calloc(1, sizeof *p);
     if (!p)
         return refuse(p, err, "out of memory");
+    if (len > 0 && len < 8 && memcmp(buf, VM_EBC_MAGIC, len) == 0)
+        return refuse(p, err, "truncated .ebc file: %zu bytes, shorter than its magic number", len);
     if (len < 8 || memcmp(buf, VM_EBC_MAGIC, 8) != 0)
-        return refuse(p, err, "not an .ebc file (bad magic number)");
+        return refuse(p, err, "bad magic number: not an .ebc file, or one whose first bytes are damaged");
     if (len < HEADER)
         return refuse(p, err, "truncated .ebc file: %zu bytes, shorter than its header", len);
     rbuf h = { buf, len, 8 };
@@ -716,4 +718,18 @@ vm_program *vm_program_load(const char *path, vm_error *err)
     vm_program *p = vm_program_parse(buf, n, err);
     free(buf);
     return p;
+}
+
+bool vm_file_is_ebc(const char *path)
+{
+    unsigned char head[64];
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return false;
+    size_t n = fread(head, 1, sizeof head, f);
+    fclose(f);
+    size_t k = n < 8 ? n : 8, same = 0;
+    for (size_t i = 0; i < k; i++)
+        same += head[i] == (unsigned char)VM_EBC_MAGIC[i];
+    return (k > 0 && 2 * same > k) || memchr(head, 0, n) != NULL;
 }

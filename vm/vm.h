@@ -400,6 +400,12 @@ vm_program *vm_program_parse(const uint8_t *buf, size_t len, vm_error *err);
 /* Reads and parses a file. */
 vm_program *vm_program_load(const char *path, vm_error *err);
 
+/* Is the file at path meant to be an .ebc file, sound or damaged, rather than rules source?  True
+ * when its first bytes agree with the magic number in most places (the whole magic, a file cut
+ * inside it, a magic partly overwritten) or hold a NUL (a binary file is never source).  False
+ * for text and for a file that cannot be read (the compiler then reports why). */
+bool vm_file_is_ebc(const char *path);
+
 /* Works out the derived tables (the scanner's path trie, ...) of a program made in memory.  vm_program_parse does
  * this itself.  Returns VM_OK or VM_ERR_NOMEM. */
 vm_status vm_program_prepare(vm_program *p);

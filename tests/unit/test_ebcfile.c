@@ -1,6 +1,7 @@
 /*
- * test_ebcfile.c — the .ebc format: a round trip keeps every table, and a damaged file (any byte
- * flipped, any length cut off) is refused rather than loaded.
+ * test_ebcfile.c — the .ebc format: a round trip keeps every table, a damaged file (any byte
+ * flipped, any length cut off) is refused rather than loaded, and a damaged file is still told
+ * apart from rules source (vm_file_is_ebc).
  */
 #include <criterion/criterion.h>
 #include <stdlib.h>
@@ -88,7 +89,7 @@ Test(ebcfile, every_truncation_is_refused)
         vm_error err;
         vm_program *q = vm_program_parse(a, len, &err);
         cr_assert_null(q, "a file cut to %zu of %zu bytes was loaded", len, n);
-        cr_assert(strstr(err.msg, len < 8 ? "not an .ebc file" : "truncated"),
+        cr_assert(strstr(err.msg, len == 0 ? "bad magic number" : "truncated"),
                   "cut to %zu: %s", len, err.msg);
     }
     free(a);
@@ -169,4 +170,57 @@ Test(ebcfile, an_index_that_runs_a_band_test_on_one_leaf_is_refused)
     }
     cr_assert(filed, "the ruleset has no test run one by one");
     refused(p, "an index path is malformed");
+}
+
+/* Writes bytes to a new temporary file; returns its path (to free). */
+static char *temp_file(const void *bytes, size_t n)
+{
+    char *path = strdup("/tmp/ebr-ebcfile-XXXXXX");
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    FILE *f = fdopen(fd, "wb");
+    cr_assert_eq(fwrite(bytes, 1, n, f), n);
+    fclose(f);
+    return path;
+}
+
+/* Is bytes[0..n), as a file, taken for an .ebc file? */
+static bool is_ebc(const void *bytes, size_t n)
+{
+    char *path = temp_file(bytes, n);
+    bool yes = vm_file_is_ebc(path);
+    remove(path);
+    free(path);
+    return yes;
+}
+
+Test(ebcfile, a_damaged_file_is_still_known_by_its_header)
+{
+    vm_program *p = compile();
+    uint8_t *a;
+    size_t n;
+    cr_assert_eq(vm_program_serialize(p, &a, &n), VM_OK);
+    vm_program_free(p);
+    cr_expect(is_ebc(a, n), "a sound .ebc file");
+    for (size_t len = 1; len <= 8; len++)
+        cr_expect(is_ebc(a, len), "cut to %zu bytes, inside the magic number", len);
+    a[8] ^= 0x55;
+    cr_expect(is_ebc(a, n), "a wrong version");
+    memcpy(a + 1, "XYZ", 3);
+    cr_expect(is_ebc(a, 8), "three bytes of the magic overwritten, the rest cut off");
+    memcpy(a, "rule", 4);
+    cr_expect(is_ebc(a, n), "half the magic overwritten: the NUL bytes of the header still tell");
+    free(a);
+    static const char bin[] = "bus b\0rule";
+    cr_expect(is_ebc(bin, sizeof bin - 1), "a binary file is never source");
+}
+
+Test(ebcfile, source_is_not_taken_for_a_ruleset)
+{
+    static const char *const texts[] = { "", "b", "bus b\n", "\xef\xbb\xbf" "bus b\n", "EBC\r\n",
+                                         "# \x89" "EBC is a magic number\nbus b\n" };
+    for (size_t i = 0; i < sizeof texts / sizeof *texts; i++)
+        cr_expect(!is_ebc(texts[i], strlen(texts[i])), "took '%s' for an .ebc file", texts[i]);
+    cr_expect(!vm_file_is_ebc("/nonexistent/rules.ebc"), "a file that cannot be read");
+    cr_expect(is_ebc(rules, sizeof rules - 1) == false);
 }
