@@ -395,6 +395,37 @@ static bool prepare_target(ebd *d, ebd_rules *r, uint32_t i, char *err, size_t c
     return true;
 }
 
+/* Fixes where each pair that has never run starts: the end of its bus's log now, committed at
+ * once.  This runs while the rules are prepared, before ingest can acknowledge an event under
+ * them (at start-up before the listener opens; at reload before the swap), so every event
+ * acknowledged under these rules is at or after each new pair's start: none falls in a gap
+ * between "acknowledged" and "the pair took its position".  An event acknowledged during a
+ * reload, before the swap, may reach a rule that the reload adds (docs/ebd.md).  False, with
+ * the cause in err, when a position cannot be read or made durable. */
+static bool claim_new_pairs(ebd *d, ebd_rules *r, char *err, size_t cap)
+{
+    const vm_program *p = r->p;
+    for (size_t i = 0; i < r->nworkers; i++) {
+        ebd_worker *w = &r->workers[i];
+        uint32_t b = r->bus_of[p->rules[w->rule].bus];
+        if (b == VM_NONE)
+            continue;
+        store *s = d->buses[b]->s;
+        uint64_t at, first;
+        store_status st = store_committed(s, w->cursor, &at);
+        if (st == STORE_NOTFOUND) {
+            store_bounds(s, &first, &at);
+            st = store_commit(s, w->cursor, at);
+        }
+        if (st != STORE_OK) {
+            snprintf(err, cap, "delivery %s: cannot fix its position in bus '%s': %s", w->cursor,
+                     d->buses[b]->name, store_error(s));
+            return false;
+        }
+    }
+    return true;
+}
+
 bool ebd_rules_prepare(ebd *d, ebd_rules *r, char *err, size_t cap)
 {
     const vm_program *p = r->p;
@@ -428,7 +459,7 @@ bool ebd_rules_prepare(ebd *d, ebd_rules *r, char *err, size_t cap)
                      vm_s(p, p->rules[i].name), (int)p->targets[x->target].name.len,
                      vm_s(p, p->targets[x->target].name));
         }
-    return true;
+    return claim_new_pairs(d, r, err, cap);
 }
 
 void ebd_rules_free(ebd_rules *r)
@@ -1561,8 +1592,7 @@ void ebd_workers_start(ebd *d, ebd_rules *r)
     atomic_store(&r->stop, false);
     const vm_program *p = r->p;
     r->routers = calloc(p->nbuses ? p->nbuses : 1, sizeof *r->routers);
-    /* Each pair starts from its committed cursor; a new pair at the end of the log (events from
-     * now on), committed at once so that a crash cannot skip what comes next. */
+    /* Each pair starts from its committed cursor (claim_new_pairs gave new pairs theirs). */
     for (size_t i = 0; i < r->nworkers; i++) {
         ebd_worker *w = &r->workers[i];
         uint32_t b = p->rules[w->rule].bus;
@@ -1573,9 +1603,12 @@ void ebd_workers_start(ebd *d, ebd_rules *r)
         size_t npend = 0;
         store_status cst = store_committed_pending(s, w->cursor, &w->start, pend, &npend);
         if (cst == STORE_NOTFOUND) {
+            /* Its cursor was there when the rules were prepared: someone removed it. */
             uint64_t first;
             store_bounds(s, &first, &w->start);
             store_commit(s, w->cursor, w->start);
+            ebd_log(EBD_WARN, "msg=\"a delivery cursor disappeared: it starts again at the end of "
+                    "the log\" cursor=%s offset=%" PRIu64, w->cursor, w->start);
         } else if (cst != STORE_OK) {
             /* Not a new pair: its backlog must not be passed over.  It stays stopped. */
             ebd_log(EBD_ERROR, "msg=\"cannot read a delivery cursor: these deliveries stay stopped "
