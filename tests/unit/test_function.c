@@ -52,6 +52,25 @@ Test(function, exec_gives_the_event_on_stdin_and_reads_stdout)
     free(out);
 }
 
+/* White space around the JSON value (jq, echo, print end with a line break) is dropped; the
+ * value itself is still checked strictly. */
+Test(function, exec_output_loses_surrounding_white_space)
+{
+    bool ok, text;
+    char err[300];
+    char *out = run("function exec \"printf ' \\n\\t{\\\"a\\\": [1, 2]}\\r\\n\\n'\"", &ok, &text, err, sizeof err);
+    cr_assert(ok, "%s", err);
+    cr_expect_str_eq(out, "{\"a\": [1, 2]}");
+    free(out);
+    out = run("function exec \"echo '\\\"text\\\"'\"", &ok, &text, err, sizeof err);
+    cr_assert(ok, "%s", err);
+    cr_expect_str_eq(out, "\"text\"");
+    free(out);
+    out = run("function exec \"echo '{\\\"a\\\": 1} x'\"", &ok, &text, err, sizeof err);
+    cr_expect(!ok && !out, "text after the value is still refused");
+    free(out);
+}
+
 Test(function, exec_failures_carry_stderr)
 {
     bool ok, text;
@@ -108,7 +127,7 @@ Test(function, exec_commands_start_with_sigpipe_at_its_default, .timeout = 30)
         char *out = run("function exec \"while :; do echo x; done | head -c 3 >/dev/null; echo 1\" "
                         "timeout 5s", &ok, &text, err, sizeof err);
         cr_assert(ok, "round %d: %s", round, err);
-        cr_expect_str_eq(out, "1\n");
+        cr_expect_str_eq(out, "1");
         free(out);
     }
 }
@@ -126,7 +145,7 @@ Test(function, exec_inherits_no_other_descriptor)
     char *out = run(clause, &ok, &text, err, sizeof err);
     close(fd);
     cr_assert(ok, "%s", err);
-    cr_expect_str_eq(out, "\"clean\"\n");
+    cr_expect_str_eq(out, "\"clean\"");
     free(out);
 }
 
@@ -184,6 +203,8 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
     } else if (!strcmp(url, "/fail")) {
         status = 503;
         snprintf(reply, sizeof reply, "{}");
+    } else if (!strcmp(url, "/newline")) {
+        snprintf(reply, sizeof reply, "{\"ok\": true}\r\n");
     } else if (!strcmp(url, "/notjson")) {
         snprintf(reply, sizeof reply, "<html>");
     } else {
@@ -238,6 +259,12 @@ Test(function, http_posts_the_event_and_takes_the_answer, .timeout = 30)
     cr_assert(ok, "%s", err);
     cr_expect_str_eq(out, "hello, text");
     cr_expect(text, "a text/plain answer is a text payload");
+    free(out);
+
+    snprintf(clause, sizeof clause, "function http \"http://127.0.0.1:%u/newline\"", port);
+    out = run(clause, &ok, &text, err, sizeof err);
+    cr_assert(ok, "%s", err);
+    cr_expect_str_eq(out, "{\"ok\": true}", "the answer's line break is dropped");
     free(out);
 
     snprintf(clause, sizeof clause, "function http \"http://127.0.0.1:%u/fail\"", port);
