@@ -27,7 +27,42 @@ void ebd_log(int level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    /* One line per message, whatever a value held: a control character left in it (a value
+     * that did not go through ebd_log_text) becomes a space. */
+    for (char *c = msg; *c; c++)
+        if ((unsigned char)*c < 0x20)
+            *c = ' ';
     fprintf(stderr, "time=%s.%03ldZ level=%s %s\n", when, ts.tv_nsec / 1000000, names[level], msg);
+}
+
+const char *ebd_log_text(const char *s, char *out, size_t cap)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    for (; s && *s && o + 7 < cap; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else if (c == '\n') {
+            out[o++] = '\\';
+            out[o++] = 'n';
+        } else if (c < 0x20 || c == 0x7f) {
+            memcpy(out + o, "\\u00", 4);
+            out[o + 4] = hex[c >> 4];
+            out[o + 5] = hex[c & 15];
+            o += 6;
+        } else
+            out[o++] = (char)c;
+    }
+    if (s && *s && cap >= 4) {      /* cut: say so */
+        while (o + 4 > cap)
+            o--;
+        memcpy(out + o, "...", 3);
+        o += 3;
+    }
+    out[cap ? o : 0] = 0;
+    return out;
 }
 
 /* ---- text buffers ------------------------------------------------------------------------- */

@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,13 +14,18 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sys/socket.h>
+#include <microhttpd.h>
+
 #include "../compiler/compiler.h"
 #include "ebd_int.h"
 
 #define DEFAULT_MAX_EVENT (256u << 10)
 
 static const char usage[] =
-    "usage: ebd --rules RULES [--data DIR] [--listen HOST:PORT]\n"
+    "usage: ebd --rules RULES [--data DIR] [--listen HOST:PORT] [--tls-cert FILE --tls-key FILE]\n"
+    "           [--insecure-http] [--max-requests N]\n"
+    "       ebd --help | --version\n"
     "\n"
     "Takes CloudEvents in over HTTP, stores them in each bus's log, and delivers them to the\n"
     "targets the rules route them to.\n"
@@ -29,13 +35,21 @@ static const char usage[] =
     "                      (default: the server block's data_dir, else ./ebr-data)\n"
     "  --listen HOST:PORT  the address to listen on (default: the server block's listen,\n"
     "                      else 127.0.0.1:8088); an address that is not loopback needs a\n"
-    "                      token on every bus\n"
+    "                      token on every bus, and TLS\n"
+    "  --tls-cert FILE     serve HTTPS with this certificate (PEM; the chain may follow it)\n"
+    "  --tls-key FILE      and this private key (PEM); default: the server block's\n"
+    "                      tls_cert and tls_key\n"
+    "  --insecure-http     allow plain HTTP on an address that is not loopback (tokens then\n"
+    "                      cross the network in clear text)\n"
     "  --max-requests N    requests handled at once before more are answered 429 (4096)\n"
+    "  --help              print this and exit\n"
+    "  --version           print the version and exit\n"
     "\n"
     "Endpoints: POST /v1/buses/BUS/events (CloudEvents binary, structured, batched),\n"
     "POST /v1/buses/BUS/put-events ({\"entries\": [...]}), POST /v1/admin/reload, GET /healthz.\n"
     "Signals: SIGHUP reloads the rules; SIGTERM or SIGINT stops (appends finish, cursors are\n"
-    "saved).  Logs go to standard error, one key=value line per message.\n";
+    "saved).  Logs go to standard error, one key=value line per message.  docs/ebd.md has\n"
+    "the rest.\n";
 
 /* Loads the rules: an .ebc file (sound or damaged: vm_file_is_ebc) is read, anything else
  * compiled from source; errors into diag. */
@@ -91,7 +105,7 @@ static char *server_text(const vm_program *p, const char *key, char *err, size_t
 /* Opens the log of every bus r->p declares that the daemon does not have yet (buses stay open
  * across reloads), and works out each bus's token and size limit into r: they apply when r
  * does.  Called with d->lock held for writing (or before the daemon serves). */
-static bool open_buses(ebd *d, ebd_rules *r, char *err, size_t cap)
+static bool open_buses(ebd *d, ebd_rules *r, char *err, size_t cap, bool *io)
 {
     const vm_program *p = r->p;
     const vm_cfg *mx = ebd_cfg_option(p, p->server0, p->nserver, "max_event_size");
@@ -133,6 +147,7 @@ static bool open_buses(ebd *d, ebd_rules *r, char *err, size_t cap)
             char why[600];
             if (log_open(dir, &o, &b->s, why, sizeof why) != STORE_OK) {
                 snprintf(err, cap, "bus '%s': %s", b->name, why);
+                *io = true;
                 free(b->name);
                 free(b);
                 return false;
@@ -186,13 +201,14 @@ static ebd_rules *make_rules(ebd *d, sbuf *errors)
     r->p = p;
     char err[700] = "";
     r->admin_token = server_text(p, "admin_token", err, sizeof err);
+    bool io = false;       /* the data directory failed, not the rules: no rules-file prefix */
     pthread_rwlock_wrlock(&d->lock);
-    bool ok = !err[0] && open_buses(d, r, err, sizeof err);
+    bool ok = !err[0] && open_buses(d, r, err, sizeof err, &io);
     pthread_rwlock_unlock(&d->lock);
     if (ok)
         ok = ebd_rules_prepare(d, r, err, sizeof err);
     if (!ok) {
-        sb_printf(errors, "%s: %s\n", d->rules_path, err);
+        sb_printf(errors, "%s: %s\n", io ? "ebd" : d->rules_path, err);
         ebd_rules_free(r);
         return NULL;
     }
@@ -214,8 +230,9 @@ bool ebd_reload(ebd *d, sbuf *errors)
     double t1 = mono_s();
     if (!r) {
         pthread_mutex_unlock(&d->reload_mu);
+        char text[1600];
         ebd_log(EBD_ERROR, "msg=\"reload refused: the running rules stay\" errors=\"%s\"",
-                errors->v ? errors->v : "");
+                ebd_log_text(errors->v, text, sizeof text));
         return false;
     }
     ebd_rules *old = d->rules;
@@ -249,13 +266,63 @@ static bool parse_listen(const char *s, char *host, size_t cap, uint16_t *port)
     return true;
 }
 
+/* Reads the whole of a small text file (a PEM certificate or key) into a string; NULL with the
+ * cause in err. */
+static char *read_text_file(const char *path, const char *what, char *err, size_t cap)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, cap, "cannot read the TLS %s %s: %s", what, path, strerror(errno));
+        return NULL;
+    }
+    sbuf b = { 0 };
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0 && b.n < (1u << 20))
+        sb_put(&b, chunk, n);
+    bool bad = ferror(f);
+    fclose(f);
+    if (bad || b.oom || !b.v || !strstr(b.v, "-----BEGIN ")) {
+        snprintf(err, cap, "the TLS %s %s is not %s", what, path,
+                 bad ? "readable" : b.oom ? "small enough to read" : "in PEM form (-----BEGIN ...)");
+        sb_free(&b);
+        return NULL;
+    }
+    return b.v;
+}
+
+/* Makes sure the data directory exists and can be written, before any bus is opened there:
+ * false with the operating system's own reason (permission, read-only file system, not a
+ * directory) in err. */
+static bool data_dir_ready(const char *dir, char *err, size_t cap)
+{
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        snprintf(err, cap, "cannot create the data directory %s: %s", dir, strerror(errno));
+        return false;
+    }
+    char probe[4200];
+    snprintf(probe, sizeof probe, "%s/.ebd-write-check", dir);
+    int fd = open(probe, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        snprintf(err, cap, "cannot write in the data directory %s: %s", dir, strerror(errno));
+        return false;
+    }
+    close(fd);
+    unlink(probe);
+    return true;
+}
+
 int main(int argc, char **argv)
 {
-    const char *rules = NULL, *data = NULL, *listen = NULL;
+    const char *rules = NULL, *data = NULL, *listen = NULL, *cert = NULL, *key = NULL;
+    bool insecure = false;
     unsigned max_requests = 4096;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             fputs(usage, stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--version")) {
+            printf("ebd %s (.ebc format %u)\n", EBR_VERSION, VM_EBC_VERSION);
             return 0;
         } else if (!strcmp(argv[i], "--rules") && i + 1 < argc)
             rules = argv[++i];
@@ -263,6 +330,12 @@ int main(int argc, char **argv)
             data = argv[++i];
         else if (!strcmp(argv[i], "--listen") && i + 1 < argc)
             listen = argv[++i];
+        else if (!strcmp(argv[i], "--tls-cert") && i + 1 < argc)
+            cert = argv[++i];
+        else if (!strcmp(argv[i], "--tls-key") && i + 1 < argc)
+            key = argv[++i];
+        else if (!strcmp(argv[i], "--insecure-http"))
+            insecure = true;
         else if (!strcmp(argv[i], "--max-requests") && i + 1 < argc && atoi(argv[i + 1]) > 0)
             max_requests = (unsigned)atoi(argv[++i]);
         else {
@@ -311,42 +384,83 @@ int main(int argc, char **argv)
     char err[800] = "";
     char *cfg_listen = listen ? NULL : server_text(p0, "listen", err, sizeof err);
     char *cfg_data = data ? NULL : server_text(p0, "data_dir", err, sizeof err);
+    char *cfg_cert = cert ? NULL : server_text(p0, "tls_cert", err, sizeof err);
+    char *cfg_key = key ? NULL : server_text(p0, "tls_key", err, sizeof err);
     vm_program_free(p0);
+    int status = 1, fd = -1;
+    struct MHD_Daemon *http = NULL;
     if (err[0]) {
         fprintf(stderr, "ebd: server: %s\n", err);
-        return 1;
+        goto out;
     }
     d.listen = (char *)(listen ? listen : cfg_listen ? cfg_listen : "127.0.0.1:8088");
     d.data_dir = (char *)(data ? data : cfg_data ? cfg_data : "ebr-data");
+    cert = cert ? cert : cfg_cert;
+    key = key ? key : cfg_key;
     char host[256];
     uint16_t port;
     if (!parse_listen(d.listen, host, sizeof host, &port)) {
         fprintf(stderr, "ebd: --listen takes HOST:PORT (as 127.0.0.1:8088), not '%s'\n", d.listen);
-        return 2;
+        status = 2;
+        goto out;
     }
     d.loopback = !strncmp(host, "127.", 4) || !strcmp(host, "localhost");
     if (!strcmp(host, "localhost"))
         snprintf(host, sizeof host, "127.0.0.1");
-    if (mkdir(d.data_dir, 0755) != 0 && errno != EEXIST) {
-        fprintf(stderr, "ebd: cannot create the data directory %s: %s\n", d.data_dir, strerror(errno));
-        return 1;
+    if (!cert != !key) {
+        fprintf(stderr, "ebd: TLS needs both a certificate and a key (--tls-cert and --tls-key, "
+                "or tls_cert and tls_key in the server block)\n");
+        status = 2;
+        goto out;
     }
+    if (cert && (!(d.tls_cert = read_text_file(cert, "certificate", err, sizeof err)) ||
+                 !(d.tls_key = read_text_file(key, "key", err, sizeof err)))) {
+        fprintf(stderr, "ebd: %s\n", err);
+        goto out;
+    }
+    if (!d.loopback && !cert && !insecure) {
+        fprintf(stderr, "ebd: %s is not a loopback address, and without TLS the buses' tokens "
+                "would cross the network in clear text: give --tls-cert and --tls-key (or "
+                "tls_cert and tls_key in the server block), or --insecure-http to accept that\n",
+                d.listen);
+        goto out;
+    }
+    if (cert && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+        fprintf(stderr, "ebd: this build of libmicrohttpd has no TLS support\n");
+        goto out;
+    }
+    /* The port first: a second daemon on it stops here, before it touches any data.  Requests
+     * that come while the rules load wait in the socket's backlog. */
+    fd = ebd_http_listen(host, port, err, sizeof err);
+    if (fd < 0) {
+        fprintf(stderr, "ebd: %s\n", err);
+        goto out;
+    }
+    if (!data_dir_ready(d.data_dir, err, sizeof err)) {
+        fprintf(stderr, "ebd: %s\n", err);
+        goto out;
+    }
+    /* The rules, their buses and the start of every delivery are fixed before the listener
+     * opens: an event acknowledged from the first request on is routed by these rules, and
+     * every pair that its rule matches is at or before it. */
     sbuf errors = { 0 };
     d.rules = make_rules(&d, &errors);
     if (!d.rules) {
         fprintf(stderr, "%sebd: not starting\n", errors.v ? errors.v : "");
-        return 1;
+        sb_free(&errors);
+        goto out;
     }
     sb_free(&errors);
-    struct MHD_Daemon *http = ebd_http_start(&d, host, port, err, sizeof err);
+    ebd_workers_start(&d, d.rules);
+    http = ebd_http_start(&d, fd, host, port, err, sizeof err);
     if (!http) {
         fprintf(stderr, "ebd: %s\n", err);
-        return 1;
+        ebd_workers_stop(&d, d.rules);
+        goto out;
     }
-    ebd_workers_start(&d, d.rules);
-    ebd_log(EBD_INFO, "msg=\"ebd started\" listen=%s:%u data=%s rules=%s buses=%zu "
-            "deliveries=%zu pid=%ld", host, port, d.data_dir, rules, d.nbuses, d.rules->nworkers,
-            (long)getpid());
+    ebd_log(EBD_INFO, "msg=\"ebd started\" listen=%s://%s:%u data=%s rules=%s buses=%zu "
+            "deliveries=%zu pid=%ld", d.tls_cert ? "https" : "http", host, port, d.data_dir, rules,
+            d.nbuses, d.rules->nworkers, (long)getpid());
     for (;;) {
         int sig;
         if (sigwait(&sigs, &sig) != 0)
@@ -366,6 +480,11 @@ int main(int argc, char **argv)
     atomic_store(&d.stopping, true);
     ebd_http_stop(http);
     ebd_workers_stop(&d, d.rules);
+    ebd_log(EBD_INFO, "msg=\"ebd stopped\"");
+    status = 0;
+out:
+    if (!http && fd >= 0)
+        close(fd);
     ebd_rules_free(d.rules);
     for (size_t i = 0; i < d.nbuses; i++) {
         store_close(d.buses[i]->s);
@@ -375,7 +494,10 @@ int main(int argc, char **argv)
     free(d.buses);
     free(cfg_listen);
     free(cfg_data);
-    ebd_log(EBD_INFO, "msg=\"ebd stopped\"");
+    free(cfg_cert);
+    free(cfg_key);
+    free(d.tls_cert);
+    free(d.tls_key);
     curl_global_cleanup();
-    return 0;
+    return status;
 }

@@ -15,6 +15,9 @@
 
 enum { EBD_DEBUG, EBD_INFO, EBD_WARN, EBD_ERROR };
 void ebd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* s made fit to stand between the quotes of a value (key="..."): '"' and '\\' escaped, a line
+ * break as \n, other control characters as \u00XX; cut with "..." to fit out[cap].  Returns out. */
+const char *ebd_log_text(const char *s, char *out, size_t cap);
 
 /* ---- a growing text buffer -------------------------------------------------------------- */
 
@@ -168,6 +171,7 @@ struct ebd_rules {
 struct ebd {
     char *rules_path, *data_dir, *listen;
     bool loopback;
+    char *tls_cert, *tls_key;     /* PEM text: the listener speaks HTTPS (NULL: plain HTTP) */
     ebd_bus **buses;
     size_t nbuses, capbuses;
     pthread_rwlock_t lock;        /* rules and buses: ingest reads, reload writes */
@@ -192,7 +196,12 @@ void ebd_rules_free(ebd_rules *r);
 
 /* ingest.c */
 struct MHD_Daemon;
-struct MHD_Daemon *ebd_http_start(ebd *d, const char *host, uint16_t port, char *err, size_t cap);
+/* A listening socket on host:port (IPv4), or -1 with the cause in err (a port in use says so). */
+int ebd_http_listen(const char *host, uint16_t port, char *err, size_t cap);
+/* Serves the daemon's endpoints on listening socket fd (HTTPS when d->tls_cert), which it owns
+ * from then on; NULL with the cause in err (the caller still owns fd then). */
+struct MHD_Daemon *ebd_http_start(ebd *d, int fd, const char *host, uint16_t port, char *err,
+                                  size_t cap);
 void ebd_http_stop(struct MHD_Daemon *h);
 
 /* ebd.c */

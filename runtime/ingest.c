@@ -15,9 +15,11 @@
 #include <arpa/inet.h>
 #include <microhttpd.h>
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "ebd_int.h"
 
@@ -66,6 +68,27 @@ static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, con
     enum MHD_Result ok = send_json(c, status, &b, retry_after);
     sb_free(&b);
     return ok;
+}
+
+/* {"status": word}: what /healthz and a reload answer when all is well. */
+static enum MHD_Result send_status(struct MHD_Connection *c, const char *word)
+{
+    sbuf b = { 0 };
+    sb_puts(&b, "{\"status\":");
+    sb_json_string(&b, word, strlen(word));
+    sb_puts(&b, "}");
+    enum MHD_Result ok = send_json(c, 200, &b, NULL);
+    sb_free(&b);
+    return ok;
+}
+
+/* 413 for a request body over MAX_BODY, naming the limit. */
+static enum MHD_Result send_too_big(struct MHD_Connection *c)
+{
+    char msg[160];
+    snprintf(msg, sizeof msg, "the request is over the limit of %u MiB (%u bytes) a request may "
+             "carry", MAX_BODY >> 20, MAX_BODY);
+    return send_error(c, 413, msg, NULL, NULL);
 }
 
 /* ---- authorization ------------------------------------------------------------------------ */
@@ -475,7 +498,7 @@ static enum MHD_Result handle(struct MHD_Connection *c, ebd *d, const char *url,
                               const char *method, request *rq)
 {
     if (!strcmp(url, "/healthz"))
-        return send_error(c, 200, "ok", NULL, NULL);
+        return send_status(c, "ok");
     static const char prefix0[] = "/v1/buses/";
     if (strcmp(url, "/v1/admin/reload") != 0 && strncmp(url, prefix0, sizeof prefix0 - 1) != 0)
         return send_error(c, 404, "no such endpoint", NULL, NULL);
@@ -492,7 +515,7 @@ static enum MHD_Result handle(struct MHD_Connection *c, ebd *d, const char *url,
                                                    : "the admin token is wrong", NULL, NULL);
         sbuf errors = { 0 };
         bool ok = ebd_reload(d, &errors);
-        enum MHD_Result r = ok ? send_error(c, 200, "reloaded", NULL, NULL)
+        enum MHD_Result r = ok ? send_status(c, "reloaded")
                                : send_error(c, 400, errors.v ? errors.v : "reload failed", NULL, NULL);
         sb_free(&errors);
         return r;
@@ -518,7 +541,7 @@ static enum MHD_Result handle(struct MHD_Connection *c, ebd *d, const char *url,
         r = send_error(c, st, st == 401 ? "this bus needs a token (Authorization: Bearer ...)"
                                         : "the token is wrong for this bus", NULL, NULL);
     } else if (rq->too_big) {
-        r = send_error(c, 413, "the request is over the size limit", NULL, NULL);
+        r = send_too_big(c);
     } else {
         r = put ? put_events(c, b, rq) : put_events_ce(c, b, rq);
     }
@@ -548,7 +571,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return send_error(c, 503, "the daemon is stopping", NULL, "1");
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > MAX_BODY)
-            return send_error(c, 413, "the request is over the size limit", NULL, NULL);
+            return send_too_big(c);
         static const char prefix[] = "/v1/buses/";
         const char *name = url + sizeof prefix - 1, *slash = strchr(name, '/');
         if (!strcmp(method, "POST") && !strncmp(url, prefix, sizeof prefix - 1) && slash) {
@@ -608,22 +631,48 @@ static void on_done(void *cls, struct MHD_Connection *c, void **state,
     *state = NULL;
 }
 
-struct MHD_Daemon *ebd_http_start(ebd *d, const char *host, uint16_t port, char *err, size_t cap)
+/* The listening socket is ours, so that a port in use is an error with its cause: address reuse
+ * lets a restart bind past connections in TIME_WAIT, but never SO_REUSEPORT, with which a second
+ * daemon would bind the same port and take half of the traffic. */
+int ebd_http_listen(const char *host, uint16_t port, char *err, size_t cap)
 {
     struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(port) };
     if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
         snprintf(err, cap, "--listen: '%s' is not an IPv4 address", host);
-        return NULL;
+        return -1;
     }
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 1024) != 0) {
+        int e = errno;
+        snprintf(err, cap, "cannot listen on %s:%u: %s%s", host, port, strerror(e),
+                 e == EADDRINUSE ? " (another ebd, or another program, listens there)" : "");
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+struct MHD_Daemon *ebd_http_start(ebd *d, int fd, const char *host, uint16_t port, char *err,
+                                  size_t cap)
+{
+    unsigned flags = MHD_USE_EPOLL_INTERNALLY | MHD_USE_TURBO | (d->tls_cert ? MHD_USE_TLS : 0);
+    struct MHD_OptionItem tls[] = {
+        { d->tls_cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, d->tls_cert },
+        { MHD_OPTION_HTTPS_MEM_KEY, 0, d->tls_key },
+        { MHD_OPTION_END, 0, NULL },
+    };
     struct MHD_Daemon *h = MHD_start_daemon(
-        MHD_USE_EPOLL_INTERNALLY | MHD_USE_TURBO, port,
-        NULL, NULL, on_request, d, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+        flags, port, NULL, NULL, on_request, d, MHD_OPTION_LISTEN_SOCKET, fd,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)HTTP_THREADS,
         MHD_OPTION_NOTIFY_COMPLETED, on_done, d, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
-    if (!h)
-        snprintf(err, cap, "cannot listen on %s:%u (in use, or not an address of this machine)",
-                 host, port);
+        MHD_OPTION_ARRAY, tls, MHD_OPTION_END);
+    if (!h) {
+        snprintf(err, cap, d->tls_cert ? "cannot serve HTTPS on %s:%u: the TLS certificate or key "
+                 "was refused (not a PEM certificate and private key, or they do not match)"
+                 : "cannot serve on %s:%u", host, port);
+    }
     return h;
 }
 

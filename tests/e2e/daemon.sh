@@ -1,0 +1,270 @@
+#!/bin/sh
+# End-to-end tests of ebd's start-up, reloads, listener and configuration: no acknowledged event
+# lost while the daemon starts or reloads, one daemon per port, TLS, and what a newcomer reads
+# (--help, --version, answers, error messages).
+#   daemon.sh BIN_DIR SOURCE_DIR WORK_DIR
+# Everything runs on 127.0.0.1; every process started here is stopped at the end.
+set -u
+BIN=$1
+SRC=$2
+WORK=$3
+rm -rf "$WORK"
+mkdir -p "$WORK"
+# Ports 10000-18999 (e2e.sh takes 20000-31999, so the two can run at once), below Linux's
+# ephemeral range.
+BASE=$(( 10000 + $$ % 9000 ))
+P=$BASE
+URL=http://127.0.0.1:$P
+. "$SRC/tests/e2e/lib.sh"
+EBD=""
+IO=""
+cleanup() {
+    [ -n "$IO" ] && kill "$IO" 2>/dev/null
+    for p in $EBD $PIDS; do kill "$p" 2>/dev/null; done
+    wait 2>/dev/null
+    rm -f "$WORK/io.dd"
+}
+trap cleanup EXIT
+
+start_ebd() {  # start_ebd RULES DATA [FLAGS...]: in the background, logging to $WORK/ebd.log
+    _rules=$1; _data=$2; shift 2
+    "$BIN/ebd" --rules "$_rules" --data "$_data" --listen 127.0.0.1:$P "$@" >>"$WORK/ebd.log" 2>&1 &
+    EBD=$!
+}
+stop_ebd() {
+    [ -n "$EBD" ] && { kill -TERM "$EBD" 2>/dev/null; wait "$EBD" 2>/dev/null; }
+    EBD=""
+}
+healthy() { curl -sf "$URL/healthz"; }
+
+# fire BUS PREFIX N FILE: posts events PREFIX-0, PREFIX-1, ... to BUS as fast as it can, from
+# before the daemon listens, until N are acknowledged (202); their ids go to FILE.  Bounded: it
+# gives up after 60 s.
+fire() {
+    _i=0; _acked=0; _end=$(( $(date +%s) + 60 ))
+    : >"$4"
+    while [ $_acked -lt "$3" ] && [ "$(date +%s)" -lt $_end ]; do
+        _s=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$URL/v1/buses/$1/events" \
+             -H 'Content-Type: application/cloudevents+json' --data-binary "$(ev "$2-$_i" x)")
+        if [ "$_s" = 202 ]; then echo "$2-$_i" >>"$4"; _acked=$((_acked + 1)); fi
+        _i=$((_i + 1))
+    done
+}
+
+# delivered ACKED FILE...: is every id of ACKED in each FILE?  Prints what is missing where.
+delivered() {
+    _ok=0
+    for _f in "$@"; do
+        [ "$_f" = "$1" ] && continue
+        for _id in $(cat "$1"); do
+            grep -q "\"id\":\"$_id\"" "$_f" 2>/dev/null || { echo "  $_id not in $_f"; _ok=1; }
+        done
+    done
+    return $_ok
+}
+
+# ---- start-up: events acknowledged from the first request on reach every matching target ------
+# The rules have eight pairs; each new pair fixes its position (a synced write) as the daemon
+# starts.  A disk writer beside the test makes those syncs slow, which is what opened the window.
+{
+    echo 'bus main'
+    k=1
+    while [ $k -le 8 ]; do
+        echo "target t$k file \"out/t$k.jsonl\""
+        echo "rule r$k on main { match exists id to t$k }"
+        k=$((k + 1))
+    done
+} >"$WORK/start.ebr"
+(while :; do dd if=/dev/zero of="$WORK/io.dd" bs=1M count=32 conv=fsync 2>/dev/null; done) &
+IO=$!
+lost=0
+round=1
+while [ $round -le 20 ]; do
+    fire main "s$round" 5 "$WORK/acked.$round" &
+    F=$!
+    start_ebd "$WORK/start.ebr" "$WORK/start$round"
+    wait $F
+    if [ "$(grep -c '' "$WORK/acked.$round")" -ne 5 ]; then
+        fail "start-up round $round: only $(grep -c '' "$WORK/acked.$round") of 5 events acknowledged"
+    fi
+    files=""
+    k=1
+    while [ $k -le 8 ]; do files="$files $WORK/start$round/out/t$k.jsonl"; k=$((k + 1)); done
+    # shellcheck disable=SC2086
+    if ! wait_for 60 delivered "$WORK/acked.$round" $files; then
+        # shellcheck disable=SC2086
+        delivered "$WORK/acked.$round" $files
+        lost=$((lost + 1))
+    fi
+    stop_ebd
+    round=$((round + 1))
+done
+kill "$IO" 2>/dev/null; wait "$IO" 2>/dev/null; IO=""; rm -f "$WORK/io.dd"
+[ $lost -eq 0 ] && pass "start-up under I/O load: 20 rounds, every event acknowledged from the first request delivered to all 8 targets" \
+    || fail "start-up: acknowledged events lost in $lost of 20 rounds"
+
+# ---- reload: a bus and rule added by a reload get every event acknowledged under them ----------
+# Events are posted to the new bus from before the reload (404 until it exists): the first 202 is
+# an event acknowledged under the new rules, and the new rule must deliver it.
+cp "$WORK/start.ebr" "$WORK/reload.ebr"
+start_ebd "$WORK/reload.ebr" "$WORK/reload"
+wait_for 60 healthy || fail "ebd did not start"
+lost=0
+round=1
+while [ $round -le 5 ]; do
+    fire "nb$round" "n$round" 5 "$WORK/racked.$round" &
+    F=$!
+    printf 'bus nb%d\ntarget nt%d file "out/nb%d.jsonl"\nrule nr%d on nb%d { match exists id to nt%d }\n' \
+        $round $round $round $round $round $round >>"$WORK/reload.ebr"
+    kill -HUP "$EBD"
+    wait $F
+    wait_for 60 delivered "$WORK/racked.$round" "$WORK/reload/out/nb$round.jsonl" \
+        || { delivered "$WORK/racked.$round" "$WORK/reload/out/nb$round.jsonl"; lost=$((lost + 1)); }
+    round=$((round + 1))
+done
+[ $lost -eq 0 ] && pass "reload: 5 rounds, every event acknowledged on a bus the reload added delivered by its new rule" \
+    || fail "reload: acknowledged events lost in $lost of 5 rounds"
+
+# ---- one daemon per port ----------------------------------------------------------------------
+"$BIN/ebd" --rules "$WORK/start.ebr" --data "$WORK/second" --listen 127.0.0.1:$P >"$WORK/out" 2>"$WORK/err" &
+SECOND=$!
+PIDS="$PIDS $SECOND"
+if wait_for 60 sh -c "! kill -0 $SECOND 2>/dev/null"; then
+    wait $SECOND; st=$?
+    [ $st -eq 1 ] && grep -q "^ebd: cannot listen on 127.0.0.1:$P: Address already in use" "$WORK/err" \
+        && [ ! -e "$WORK/second" ] \
+        && pass "a second ebd on a port in use exits 1 before it touches any data: $(cat "$WORK/err")" \
+        || fail "second ebd on the same port: exit $st, $(cat "$WORK/err")"
+else
+    fail "a second ebd started on a port already in use"
+fi
+[ "$(curl -s "$URL/healthz")" = '{"status":"ok"}' ] && pass "the first daemon still serves; /healthz answers {\"status\":\"ok\"}" \
+    || fail "/healthz: $(curl -s "$URL/healthz")"
+
+# ---- answers and messages ---------------------------------------------------------------------
+s=$(curl -s -o "$WORK/answer" -w '%{http_code}' -X POST "$URL/v1/admin/reload")
+[ "$s" = 200 ] && [ "$(cat "$WORK/answer")" = '{"status":"reloaded"}' ] && pass "a reload answers {\"status\":\"reloaded\"}" \
+    || fail "reload answer: $s $(cat "$WORK/answer")"
+head -c $((33 * 1024 * 1024)) /dev/zero >"$WORK/huge"
+s=$(curl -s -o "$WORK/answer" -w '%{http_code}' -X POST "$URL/v1/buses/main/events" \
+    -H 'Content-Type: application/cloudevents+json' --data-binary @"$WORK/huge")
+rm -f "$WORK/huge"
+[ "$s" = 413 ] && grep -q 'over the limit of 32 MiB (33554432 bytes)' "$WORK/answer" \
+    && pass "413 names the limit: $(cat "$WORK/answer")" || fail "413: $s $(cat "$WORK/answer")"
+# A refused reload: the compiler's errors span several lines; the log keeps one line per message.
+cp "$WORK/reload.ebr" "$WORK/reload.good"
+printf 'rule broken on main { match data.x == to t1 }\nrule worse on main { match exists to t9 }\n' >>"$WORK/reload.ebr"
+s=$(curl -s -o "$WORK/answer" -w '%{http_code}' -X POST "$URL/v1/admin/reload")
+[ "$s" = 400 ] || fail "a broken reload answered $s"
+wait_for 60 grep -q 'reload refused' "$WORK/ebd.log"
+bad=$(grep -vc '^time=[^ ]* level=[a-z]* msg=' "$WORK/ebd.log")
+[ "$bad" -eq 0 ] && grep 'reload refused' "$WORK/ebd.log" | grep -q 'errors=".*reload.ebr:[0-9]*:[0-9]*: error: .*\\n' \
+    && pass "a refused reload's errors stay on one log line, escaped" \
+    || fail "log lines that are not messages: $bad; $(grep -v '^time=' "$WORK/ebd.log" | head -3)"
+cp "$WORK/reload.good" "$WORK/reload.ebr"
+stop_ebd
+
+# ---- TLS --------------------------------------------------------------------------------------
+if command -v openssl >/dev/null 2>&1; then
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -days 2 \
+        -subj /CN=127.0.0.1 -addext "subjectAltName=IP:127.0.0.1" >/dev/null 2>&1 \
+        || fail "openssl could not make a certificate"
+    export E2E_TLS_TOKEN=0123456789abcdef-tls
+    printf 'bus sec { token env("E2E_TLS_TOKEN") }\ntarget s file "out/s.jsonl"\nrule r on sec { match exists id to s }\n' >"$WORK/tls.ebr"
+    start_ebd "$WORK/tls.ebr" "$WORK/tls" --tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem"
+    TURL=https://127.0.0.1:$P
+    if wait_for 60 curl -sf --cacert "$WORK/cert.pem" "$TURL/healthz"; then
+        s=$(curl -s --cacert "$WORK/cert.pem" -o "$WORK/answer" -w '%{http_code}' -X POST "$TURL/v1/buses/sec/events" \
+            -H 'Content-Type: application/cloudevents+json' -H "Authorization: Bearer $E2E_TLS_TOKEN" \
+            --data-binary "$(ev tls1 x)")
+        expect_status 202 "an event over HTTPS, the certificate checked with --cacert" "$s"
+        wait_for 60 grep -q '"id":"tls1"' "$WORK/tls/out/s.jsonl" && pass "delivered after HTTPS ingest" \
+            || fail "the HTTPS event was not delivered"
+        s=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P/healthz")
+        [ "$s" != 200 ] && pass "plain HTTP is not served on the TLS port ($s)" || fail "plain HTTP answered 200 on the TLS port"
+        curl -s -o /dev/null "$TURL/healthz" && fail "an unknown certificate was accepted without --cacert" \
+            || pass "curl without the CA refuses the self-signed certificate (it is really TLS)"
+    else
+        fail "ebd with --tls-cert did not serve HTTPS: $(tail -3 "$WORK/ebd.log")"
+    fi
+    stop_ebd
+    # The same from the server block.
+    printf 'server {\n  tls_cert "%s"\n  tls_key "%s"\n}\n' "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/tls2.ebr"
+    cat "$WORK/tls.ebr" >>"$WORK/tls2.ebr"
+    start_ebd "$WORK/tls2.ebr" "$WORK/tls2"
+    wait_for 60 curl -sf --cacert "$WORK/cert.pem" "$TURL/healthz" && pass "tls_cert and tls_key in the server block" \
+        || fail "server block TLS: $(tail -3 "$WORK/ebd.log")"
+    stop_ebd
+    # Tokens on an address that is not loopback: TLS, or an explicit --insecure-http.
+    "$BIN/ebd" --rules "$WORK/tls.ebr" --data "$WORK/tls3" --listen 0.0.0.0:$P >"$WORK/out" 2>"$WORK/err" &
+    X=$!; PIDS="$PIDS $X"
+    if wait_for 60 sh -c "! kill -0 $X 2>/dev/null"; then
+        wait $X; st=$?
+        [ $st -eq 1 ] && grep -q "without TLS the buses' tokens would cross the network in clear text" "$WORK/err" \
+            && pass "tokens on a non-loopback address without TLS: refused, exit 1" || fail "no TLS on 0.0.0.0: exit $st, $(cat "$WORK/err")"
+    else
+        fail "ebd served tokens over plain HTTP on 0.0.0.0"
+    fi
+    "$BIN/ebd" --rules "$WORK/tls.ebr" --data "$WORK/tls3" --listen 0.0.0.0:$P --insecure-http >>"$WORK/ebd.log" 2>&1 &
+    EBD=$!
+    wait_for 60 healthy && pass "--insecure-http allows plain HTTP there" || fail "--insecure-http: $(tail -3 "$WORK/ebd.log")"
+    stop_ebd
+    "$BIN/ebd" --rules "$WORK/tls.ebr" --data "$WORK/tls3" --listen 0.0.0.0:$P --tls-cert "$WORK/cert.pem" \
+        --tls-key "$WORK/key.pem" >>"$WORK/ebd.log" 2>&1 &
+    EBD=$!
+    wait_for 60 curl -sf --cacert "$WORK/cert.pem" "$TURL/healthz" && pass "TLS on a non-loopback address" \
+        || fail "TLS on 0.0.0.0: $(tail -3 "$WORK/ebd.log")"
+    stop_ebd
+    "$BIN/ebd" --rules "$WORK/tls.ebr" --data "$WORK/tls3" --listen 127.0.0.1:$P --tls-cert "$WORK/cert.pem" \
+        --tls-key "$WORK/cert.pem" 2>"$WORK/err"
+    [ $? -eq 1 ] && grep -q "the TLS key .* is not\|certificate or key was refused" "$WORK/err" \
+        && pass "a certificate given as the key: $(cat "$WORK/err")" || fail "bad key: $(cat "$WORK/err")"
+    "$BIN/ebd" --rules "$WORK/tls.ebr" --data "$WORK/tls3" --listen 127.0.0.1:$P --tls-cert "$WORK/nope.pem" \
+        --tls-key "$WORK/key.pem" 2>"$WORK/err"
+    [ $? -eq 1 ] && grep -q "cannot read the TLS certificate $WORK/nope.pem: No such file or directory" "$WORK/err" \
+        && pass "a missing certificate file is named" || fail "missing cert: $(cat "$WORK/err")"
+else
+    fail "openssl is needed for the TLS tests (tools/deps.sh installs it)"
+fi
+
+# ---- the command line -------------------------------------------------------------------------
+"$BIN/ebd" --version >"$WORK/out" 2>&1 && grep -q '^ebd [0-9]' "$WORK/out" && pass "--version: $(cat "$WORK/out")" \
+    || fail "--version: $(cat "$WORK/out")"
+"$BIN/ebd" --help >"$WORK/help" 2>&1 || fail "--help exited non-zero"
+# Every flag the parser takes is in --help (read from the source, so a new flag cannot hide).
+for flag in $(grep -o '"--[a-z-]*"' "$SRC/runtime/ebd.c" | tr -d '"' | sort -u); do
+    grep -q -- "$flag" "$WORK/help" || fail "--help does not list $flag"
+done
+pass "--help lists every flag ($(grep -o '"--[a-z-]*"' "$SRC/runtime/ebd.c" | sort -u | tr -d '"' | paste -sd' '))"
+
+# ---- a data directory that cannot be written: the real cause, no rules-file prefix ------------
+if unshare -m true 2>/dev/null; then
+    mkdir -p "$WORK/ro"
+    unshare -m sh -c "mount -t tmpfs -o ro tmpfs '$WORK/ro' && exec '$BIN/ebd' --rules '$WORK/start.ebr' --data '$WORK/ro/d' --listen 127.0.0.1:$P" 2>"$WORK/err"
+    st=$?
+    [ $st -eq 1 ] && grep -q "^ebd: cannot create the data directory $WORK/ro/d: Read-only file system" "$WORK/err" \
+        && pass "read-only data directory: $(cat "$WORK/err")" || fail "read-only: exit $st, $(cat "$WORK/err")"
+    unshare -m sh -c "mkdir -p '$WORK/ro2' && mount -t tmpfs tmpfs '$WORK/ro2' && mkdir '$WORK/ro2/d' && mount -o remount,ro '$WORK/ro2' && exec '$BIN/ebd' --rules '$WORK/start.ebr' --data '$WORK/ro2/d' --listen 127.0.0.1:$P" 2>"$WORK/err"
+    st=$?
+    [ $st -eq 1 ] && grep -q "^ebd: cannot write in the data directory $WORK/ro2/d: Read-only file system" "$WORK/err" \
+        && ! grep -q 'start.ebr' "$WORK/err" && pass "existing read-only data directory: $(cat "$WORK/err")" \
+        || fail "read-only existing: exit $st, $(cat "$WORK/err")"
+else
+    echo "note: no mount namespace here; the read-only data directory checks did not run"
+fi
+if command -v setpriv >/dev/null 2>&1; then
+    # Root may write anywhere: the daemon runs as nobody, from a copy it can reach.
+    PD=$(mktemp -d /tmp/ebd-perm.XXXXXX)
+    chmod 755 "$PD"
+    cp "$BIN/ebd" "$WORK/start.ebr" "$PD/"
+    mkdir "$PD/locked"
+    chmod 755 "$PD/locked" "$PD/ebd" "$PD/start.ebr"
+    setpriv --reuid=65534 --regid=65534 --clear-groups "$PD/ebd" --rules "$PD/start.ebr" --data "$PD/locked" \
+        --listen 127.0.0.1:$P 2>"$WORK/err"
+    st=$?
+    [ $st -eq 1 ] && grep -q "^ebd: cannot write in the data directory $PD/locked: Permission denied" "$WORK/err" \
+        && pass "a data directory it may not write: $(cat "$WORK/err")" || fail "permission: exit $st, $(cat "$WORK/err")"
+    rm -rf "$PD"
+fi
+
+finish

@@ -1,0 +1,49 @@
+# lib.sh — what the end-to-end scripts share (sourced, not run).  Before sourcing, set WORK (a
+# scratch folder) and URL (the daemon's base address); FAILS counts failed checks.
+FAILS=0
+PIDS=""
+
+fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
+pass() { echo "ok: $*"; }
+
+# wait_for SECONDS COMMAND...: runs COMMAND every 50 ms until it succeeds; false at the deadline.
+# Deadlines are generous on purpose: a check that passes never waits for them, and a loaded
+# machine (two CPU hogs, a disk writer, ASan) must not turn a slow success into a failure.
+wait_for() {
+    _limit=$(( $1 * 20 )); shift
+    _w=0
+    while [ $_w -lt $_limit ]; do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.05; _w=$((_w + 1))
+    done
+    return 1
+}
+
+# post PATH CONTENT_TYPE BODY [CURL ARGS...]: prints the status; the answer is in $WORK/answer.
+post() {
+    _path=$1; _ctype=$2; _body=$3; shift 3
+    curl -s -o "$WORK/answer" -w '%{http_code}' -X POST "$URL$_path" -H "Content-Type: $_ctype" \
+         --data-binary "$_body" "$@"
+}
+
+expect_status() {  # expect_status WANT NAME STATUS
+    if [ "$3" = "$1" ]; then pass "$2 -> $1"; else fail "$2: got $3, wanted $1: $(cat "$WORK/answer")"; fi
+}
+
+ev() {  # ev ID TYPE [DATA]: a structured event
+    printf '{"specversion":"1.0","id":"%s","source":"e2e","type":"%s","data":%s}' "$1" "$2" "${3:-{\"n\":1\}}"
+}
+
+# lines_ge FILE N: does FILE have at least N lines?
+lines_ge() { [ -f "$1" ] && [ "$(grep -c '' "$1")" -ge "$2" ]; }
+
+# finish: the closing line and the exit status (the daemon's log tail on failure).
+finish() {
+    if [ "$FAILS" -ne 0 ]; then
+        [ -f "$WORK/ebd.log" ] && { echo "---- ebd log"; tail -40 "$WORK/ebd.log"; }
+        echo "$FAILS failure(s)"
+        exit 1
+    fi
+    echo "all checks of $(basename "$0") passed"
+    exit 0
+}
