@@ -241,9 +241,10 @@ static bool binary_event(struct MHD_Connection *c, const char *ctype, const requ
         sb_puts(ev, ev->n > 1 ? "," : "");
         if (is_json_type(mt)) {
             size_t at;
-            if (!vm_json_valid(rq->body.v, rq->body.n, &at)) {
-                snprintf(why, whycap, "the body is not valid JSON (byte %zu) though its content "
-                         "type is %s", at, mt);
+            const char *what;
+            if (!vm_json_check(rq->body.v, rq->body.n, &at, &what)) {
+                snprintf(why, whycap, "the body is not valid JSON though its content type is %s: "
+                         "%s (at byte %zu)", mt, what, at);
                 return false;
             }
             sb_puts(ev, "\"data\":");
@@ -351,8 +352,9 @@ static enum MHD_Result put_events_ce(struct MHD_Connection *c, ebd_bus *b, reque
                           "or binary mode)", "Content-Type", NULL);
     if (batch || structured) {
         size_t at;
-        if (!vm_json_valid(rq->body.v, rq->body.n, &at)) {
-            snprintf(why, sizeof why, "the body is not valid JSON (byte %zu)", at);
+        const char *what;
+        if (!vm_json_check(rq->body.v, rq->body.n, &at, &what)) {
+            snprintf(why, sizeof why, "the body is not valid JSON: %s (at byte %zu)", what, at);
             return send_error(c, 400, why, "body", NULL);
         }
         size_t i = vm_json_ws(rq->body.v, rq->body.n, 0);
@@ -435,8 +437,9 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
 {
     size_t at;
     char why[256];
-    if (!vm_json_valid(rq->body.v, rq->body.n, &at)) {
-        snprintf(why, sizeof why, "the body is not valid JSON (byte %zu)", at);
+    const char *what;
+    if (!vm_json_check(rq->body.v, rq->body.n, &at, &what)) {
+        snprintf(why, sizeof why, "the body is not valid JSON: %s (at byte %zu)", what, at);
         return send_error(c, 400, why, "body", NULL);
     }
     size_t i = vm_json_ws(rq->body.v, rq->body.n, 0);

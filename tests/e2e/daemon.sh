@@ -151,6 +151,13 @@ s=$(curl -s -o "$WORK/answer" -w '%{http_code}' -X POST "$URL/v1/buses/main/even
 rm -f "$WORK/huge"
 [ "$s" = 413 ] && grep -q 'over the limit of 32 MiB (33554432 bytes)' "$WORK/answer" \
     && pass "413 names the limit: $(cat "$WORK/answer")" || fail "413: $s $(cat "$WORK/answer")"
+s=$(post /v1/buses/main/events application/cloudevents+json '{"specversion":"1.0","id":"j1",}')
+[ "$s" = 400 ] && grep -q '"the body is not valid JSON: trailing comma in object (at byte 31)"' "$WORK/answer" \
+    && pass "invalid JSON: the answer says what and where: $(cat "$WORK/answer")" || fail "invalid JSON: $s $(cat "$WORK/answer")"
+s=$(post /v1/buses/main/events application/json '{"a": "x' -H 'ce-specversion: 1.0' -H 'ce-id: j2' \
+    -H 'ce-source: e2e' -H 'ce-type: x')
+[ "$s" = 400 ] && grep -q 'not valid JSON though its content type is application/json: unterminated string (at byte 6)' "$WORK/answer" \
+    && pass "binary mode, invalid JSON data: $(cat "$WORK/answer")" || fail "binary invalid JSON: $s $(cat "$WORK/answer")"
 # A refused reload: the compiler's errors span several lines; the log keeps one line per message.
 cp "$WORK/reload.ebr" "$WORK/reload.good"
 printf 'rule broken on main { match data.x == to t1 }\nrule worse on main { match exists to t9 }\n' >>"$WORK/reload.ebr"
@@ -226,6 +233,24 @@ if command -v openssl >/dev/null 2>&1; then
 else
     fail "openssl is needed for the TLS tests (tools/deps.sh installs it)"
 fi
+
+# ---- a damaged .ebc is named as such, not compiled as source ----------------------------------
+"$BIN/ebc" compile "$WORK/start.ebr" -o "$WORK/start.ebc" || fail "ebc compile"
+cp "$WORK/start.ebc" "$WORK/damaged.ebc"
+printf 'XX' | dd of="$WORK/damaged.ebc" bs=1 seek=100 conv=notrunc 2>/dev/null
+"$BIN/ebd" --rules "$WORK/damaged.ebc" --data "$WORK/dmg" --listen 127.0.0.1:$P 2>"$WORK/err"
+st=$?
+[ $st -eq 1 ] && grep -q "damaged.ebc: not a valid ruleset file: corrupted .ebc file" "$WORK/err" \
+    && ! grep -q 'error: ' "$WORK/err" && pass "a damaged .ebc: $(head -1 "$WORK/err")" \
+    || fail "damaged .ebc: exit $st, $(cat "$WORK/err")"
+head -c 5 "$WORK/start.ebc" >"$WORK/cut.ebc"
+"$BIN/ebd" --rules "$WORK/cut.ebc" --data "$WORK/dmg" --listen 127.0.0.1:$P 2>"$WORK/err"
+st=$?
+[ $st -eq 1 ] && grep -q "cut.ebc: not a valid ruleset file: truncated" "$WORK/err" \
+    && pass "an .ebc cut short: $(head -1 "$WORK/err")" || fail "cut .ebc: exit $st, $(cat "$WORK/err")"
+start_ebd "$WORK/start.ebc" "$WORK/good-ebc"
+wait_for 60 healthy && pass "the intact .ebc runs" || fail "ebd on a good .ebc: $(tail -3 "$WORK/ebd.log")"
+stop_ebd
 
 # ---- the command line -------------------------------------------------------------------------
 "$BIN/ebd" --version >"$WORK/out" 2>&1 && grep -q '^ebd [0-9]' "$WORK/out" && pass "--version: $(cat "$WORK/out")" \
