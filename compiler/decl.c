@@ -601,6 +601,9 @@ static void fill_cfg(cc_comp *c, cc_unit *u, uint32_t at, ast *v)
 
 static void check_bus(cc_comp *c, cc_unit *u, ast *d)
 {
+    if (d->tok.len > VM_MAX_NAME)
+        cc_error(u, d->tok.off, d->tok.len, "a bus name may have at most %u bytes (its log is a "
+                 "directory named after it); this one has %u", VM_MAX_NAME, d->tok.len);
     check_options(c, u, d->c, K_BUS, "a bus");
     vm_bus b = { cc_str(c, u->text + d->tok.off, d->tok.len), 0, 0, cc_span(u, d->off, d->len) };
     b.opt0 = emit_cfgs(c, u, d->c, &b.nopt);
@@ -746,6 +749,14 @@ static void check_rule(cc_comp *c, cc_unit *u, ast *d)
         vec_push(c->rule_targets, ti);
     }
     r.ntgt = c->rule_targets.n - r.tgt0;
+    for (ast *t = to ? to->a : NULL; t; t = t->next)
+        if (d->tok.len + 1 + t->tok.len > VM_MAX_NAME)
+            cc_error_at(u, t, "rule '%.*s' delivers to target '%.*s' under the name '%.*s.%.*s', "
+                        "%u bytes: at most %u (the daemon names the pair's cursor so); shorten "
+                        "the rule's or the target's name", (int)d->tok.len, u->text + d->tok.off,
+                        (int)t->tok.len, u->text + t->tok.off, (int)d->tok.len,
+                        u->text + d->tok.off, (int)t->tok.len, u->text + t->tok.off,
+                        d->tok.len + 1 + t->tok.len, VM_MAX_NAME);
     if (dl)
         r.dead_letter = resolve_target(c, u, dl->a);
 

@@ -43,6 +43,11 @@ static const char usage[] =
     "  disasm RULES                   print each rule's bytecode (RULES is .ebr or .ebc)\n"
     "  explain RULES                  draw each bus's index as a tree\n"
     "  opcodes                        print the VM's opcode reference (Markdown)\n"
+    "  log check DIR [--fix]          verify a bus log offline: every record, every index\n"
+    "                                 (--fix first truncates a torn tail, rebuilds indexes)\n"
+    "  log dump DIR [--from OFFSET | --since TIME] [--json]\n"
+    "                                 print a bus log's records in order, from an offset or\n"
+    "                                 the first appended at or after TIME\n"
     "  --help, --version\n"
     "\n"
     "exit status:\n"
@@ -626,21 +631,26 @@ static void put_time(FILE *out, int64_t ns)
     fprintf(out, "%s.%09ldZ", buf, frac);
 }
 
-/* A payload as it is when it is one line of JSON, else as a JSON string. */
+/* A payload as it is when it is one line of JSON, else as a JSON string; with json, JSON on
+ * several lines as JSON too, its line breaks (white space between tokens: valid JSON has no other)
+ * made spaces, so that each record stays one line. */
 static void put_payload(FILE *out, const store_record *r, bool json)
 {
     const char *d = (const char *)r->data;
     bool one_line = memchr(d, '\n', r->len) == NULL && memchr(d, '\r', r->len) == NULL;
-    if (vm_json_valid(d, r->len, NULL) && (one_line || json))
+    if (!vm_json_valid(d, r->len, NULL) || !(one_line || json))
+        vm_put_json_string(out, d, r->len);
+    else if (one_line)
         fwrite(d, 1, r->len, out);
     else
-        vm_put_json_string(out, d, r->len);
+        for (uint32_t i = 0; i < r->len; i++)
+            putc(d[i] == '\n' || d[i] == '\r' ? ' ' : d[i], out);
 }
 
 static int cmd_log_dump(int argc, char **argv)
 {
     const char *dir = NULL;
-    bool json = false, since = false;
+    bool json = false, since = false, from_given = false;
     uint64_t from = 0;
     int64_t since_ms = 0;
     for (int i = 0; i < argc; i++) {
@@ -654,6 +664,7 @@ static int cmd_log_dump(int argc, char **argv)
                 fprintf(stderr, "ebc log dump: --from takes an offset (0, 1, ...), not '%s'\n", argv[i]);
                 return EXIT_USAGE;
             }
+            from_given = true;
         } else if (!strcmp(argv[i], "--since") && i + 1 < argc) {
             since = true;
             if (!parse_time_arg(argv[++i], &since_ms)) {
@@ -667,7 +678,7 @@ static int cmd_log_dump(int argc, char **argv)
             return EXIT_USAGE;
         }
     }
-    if (!dir) {
+    if (!dir || (since && from_given)) {
         fputs("usage: ebc log dump DIR [--from OFFSET | --since TIME] [--json]\n", stderr);
         return EXIT_USAGE;
     }
@@ -678,16 +689,24 @@ static int cmd_log_dump(int argc, char **argv)
         fprintf(stderr, "ebc log dump: %s\n", err);
         return EXIT_INPUT;
     }
+    /* (by default from the first record retention has kept) */
+    uint64_t first, next;
+    store_bounds(s, &first, &next);
     store_cursor *c;
     store_status st = since ? store_cursor_open_at(s, since_ms * 1000000, &c)
-                            : store_cursor_open(s, from, &c);
+                            : store_cursor_open(s, from_given ? from : first, &c);
+    if (st != STORE_OK) {
+        fprintf(stderr, "ebc log dump: %s\n", store_error(s));
+        store_close(s);
+        return EXIT_LOG;
+    }
     int status = EXIT_OK;
     store_record r;
     while (st == STORE_OK && (st = store_cursor_next(c, &r, 0)) != STORE_TIMEOUT) {
         if (st == STORE_CORRUPT || st == STORE_BEHIND) {
             fprintf(stderr, "ebc log dump: %s\n", store_cursor_error(c));
             status = EXIT_LOG;
-            uint64_t first, next, lost;
+            uint64_t lost;
             store_bounds(s, &first, &next);
             st = st == STORE_BEHIND ? store_cursor_seek(c, first) : store_cursor_skip(c, &lost);
             continue;

@@ -1854,28 +1854,42 @@ static void count_problem(void *arg, const char *msg)
     k->fn(k->arg, msg);
 }
 
-long log_check(const char *dir, bool fix, report_fn fn, void *arg, char *err, size_t errcap)
+/* Opens the log directory dir and lists its segments (their base offsets, in *bases, to free);
+ * returns the directory's descriptor, or -1 with a message in err when dir is not a log. */
+static int open_segments(const char *dir, uint64_t **bases, size_t *n, char *err, size_t errcap)
 {
-    if (fix) {
-        store *s;
-        store_options o = { .report = fn, .report_arg = arg };
-        store_status st = log_open(dir, &o, &s, err, errcap);
-        if (st != STORE_OK)
-            return -1;
-        store_close(s);
-    }
     int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dirfd < 0) {
         snprintf(err, errcap, "%s: cannot open: %s", dir, strerror(errno));
         return -1;
     }
-    uint64_t *bases;
-    size_t n;
-    if (!list_segments(dirfd, &bases, &n) || n == 0) {
+    if (!list_segments(dirfd, bases, n) || *n == 0) {
         snprintf(err, errcap, "%s: not a bus log (no segment files)", dir);
-        free(bases);
+        free(*bases);
         close(dirfd);
         return -1;
+    }
+    return dirfd;
+}
+
+long log_check(const char *dir, bool fix, report_fn fn, void *arg, char *err, size_t errcap)
+{
+    uint64_t *bases;
+    size_t n;
+    int dirfd = open_segments(dir, &bases, &n, err, errcap);
+    if (dirfd < 0)
+        return -1;
+    if (fix) {
+        /* (only a log is repaired: log_open would make a new one of any other directory) */
+        close(dirfd);
+        free(bases);
+        store *s;
+        store_options o = { .report = fn, .report_arg = arg };
+        if (log_open(dir, &o, &s, err, errcap) != STORE_OK)
+            return -1;
+        store_close(s);
+        if ((dirfd = open_segments(dir, &bases, &n, err, errcap)) < 0)
+            return -1;
     }
     check_ctx k = { fn, arg, 0 };
     uint64_t prev_next = bases[0], records = 0, bytes = 0;

@@ -1,8 +1,8 @@
 /*
  * runtime.h — the runtime's public door: running function transforms (`transform function exec
- * "..."` / `function http "..."`), which the VM describes but does not run, and the storage of
- * buses (the bus log, docs/storage.md) behind a small interface that a second backend can sit
- * behind.
+ * "..."` / `function http "..."`), which the VM describes but does not run, the daemon's check of
+ * a CloudEvent, and the storage of buses (the bus log, docs/storage.md) behind a small interface
+ * that a second backend can sit behind.
  */
 #ifndef EBR_RUNTIME_H
 #define EBR_RUNTIME_H
@@ -22,6 +22,13 @@
  * carries the command's stderr (its first 200 bytes) or the response status. */
 bool rt_run_function(const vm_program *p, const vm_xform *x, const char *json, size_t len,
                      char **payload, size_t *plen, bool *text, char *err, size_t errcap);
+
+/* Would ebd take s[0..n) as one event in the CloudEvents JSON format: valid JSON, an object with
+ * id, source, specversion "1.0" and type as non-empty strings, optional attributes of the right
+ * type, extension names of a-z and 0-9, not both data and data_base64?  The daemon's own check
+ * (ce_check), for tools that must give its verdict offline.  If not, writes the reason (naming the
+ * attribute) to why and returns false. */
+bool rt_cloudevent_check(const char *s, size_t n, char *why, size_t whycap);
 
 /* ---------------------------------------------------------------------------------------------
  * Storage.  A store holds one bus: an ordered sequence of records numbered by offset from 0, each
@@ -109,7 +116,7 @@ const char *store_cursor_error(const store_cursor *c);
 void store_cursor_close(store_cursor *c);
 
 /* Named cursors: store_commit persists offset under name atomically and durably (letters, digits,
- * '.', '_', '-'; at most 200 bytes; not starting with '.'); store_committed reads it back. */
+ * '.', '_', '-'; at most VM_MAX_NAME (200) bytes; not starting with '.'); store_committed reads it back. */
 store_status store_commit(store *s, const char *name, uint64_t offset);
 store_status store_committed(store *s, const char *name, uint64_t *offset);
 

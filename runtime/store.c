@@ -113,7 +113,7 @@ void store_close(store *s)
 bool store_cursor_name_ok(const char *name)
 {
     size_t n = strlen(name);
-    if (n == 0 || n > 200 || name[0] == '.')
+    if (n == 0 || n > VM_MAX_NAME || name[0] == '.')
         return false;
     for (size_t i = 0; i < n; i++) {
         char ch = name[i];

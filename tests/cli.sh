@@ -20,6 +20,11 @@ expect_status() {
 # --help, --version, usage errors
 expect_status 0 "$EBC" --help
 grep -q "exit status" "$T/out" || fail "--help does not document exit codes"
+for cmd in "compile RULES.ebr -o OUT.ebc" "check RULES" "test RULES EVENTS.jsonl" "bench RULES EVENTS.jsonl" \
+           "--transforms" "disasm RULES" "explain RULES" "opcodes" "log check DIR \[--fix\]" \
+           "log dump DIR \[--from OFFSET | --since TIME\] \[--json\]"; do
+    grep -q -- "^  *$cmd" "$T/out" || fail "--help does not list '$cmd'"
+done
 expect_status 0 "$EBC" --version
 grep -q "^ebc " "$T/out" || fail "--version prints '$(cat "$T/out")'"
 expect_status 2 "$EBC"

@@ -160,6 +160,11 @@ typedef struct { vm_str name, kind; uint32_t value, opt0, nopt; vm_span span; } 
 
 #define VM_NONE 0xffffffffu
 
+/* Names the daemon turns into names of its own: a (rule, target) pair's durable cursor is named
+ * RULE.TARGET, and a bus's log is a directory named after the bus.  Storage takes names up to
+ * this many bytes, so the compiler refuses a bus name or a pair's name that is longer. */
+#define VM_MAX_NAME 200u
+
 typedef struct {
     vm_str name;
     uint32_t bus;

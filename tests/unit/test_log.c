@@ -694,6 +694,59 @@ Test(log, check_reports_a_torn_tail_and_fix_truncates_it)
     cr_expect(strstr(reports, "truncated a torn tail"), "%s", reports);
     cr_expect_eq(log_check("/nonexistent/ebr", false, collect, NULL, err, sizeof err), -1);
     cr_expect(strstr(err, "cannot open"), "%s", err);
+    /* --fix repairs a log; it never makes one where there was none */
+    char none[600];
+    snprintf(none, sizeof none, "%s/cursors", d);
+    cr_expect_eq(log_check(none, true, collect, NULL, err, sizeof err), -1);
+    cr_expect(strstr(err, "not a bus log"), "%s", err);
+    snprintf(none, sizeof none, "%s/no-such-log", d);
+    cr_expect_eq(log_check(none, true, collect, NULL, err, sizeof err), -1);
+    cr_expect(access(none, F_OK) != 0, "--fix created %s", none);
+    remove_dir(d);
+    free(d);
+}
+
+/* Runs an ebc command line; returns its exit status, its standard output in out. */
+static int run_ebc(const char *args, char *out, size_t cap)
+{
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "%s %s", EBR_EBC, args);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* `ebc log dump` of a log whose first segments retention deleted: by default from the first
+ * record kept (status 0); from an offset deleted, a message and the records kept (status 5). */
+Test(log, ebc_log_dump_after_retention)
+{
+    char *d = new_dir();
+    store_options o = { .fsync = STORE_FSYNC_NEVER, .segment_bytes = 4096,
+                        .retention_bytes = 8192, .report = collect };
+    store *s;
+    char err[300], args[600], out[1 << 16];
+    cr_assert_eq(log_open(d, &o, &s, err, sizeof err), STORE_OK, "%s", err);
+    append_range(s, 0, 200);
+    unsigned deleted;
+    cr_assert_eq(store_retain(s, 0, &deleted), STORE_OK);
+    uint64_t first, next;
+    store_bounds(s, &first, &next);
+    store_close(s);
+    cr_assert_gt(first, 0);
+    char want[64];
+    snprintf(want, sizeof want, "%" PRIu64 " ", first);
+    snprintf(args, sizeof args, "log dump %s", d);
+    cr_expect_eq(run_ebc(args, out, sizeof out), 0);
+    cr_expect(strncmp(out, want, strlen(want)) == 0, "starts with '%.40s'", out);
+    snprintf(args, sizeof args, "log dump %s --from 0 2>&1", d);
+    cr_expect_eq(run_ebc(args, out, sizeof out), 5);
+    cr_expect(strstr(out, "offset 0 was deleted by retention"), "%.200s", out);
+    cr_expect(strstr(out, want), "the records kept follow");
+    snprintf(args, sizeof args, "log dump %s --from 0 --since 2026-11-26T10:00:00Z 2>/dev/null", d);
+    cr_expect_eq(run_ebc(args, out, sizeof out), 2, "--from and --since together");
     remove_dir(d);
     free(d);
 }
@@ -703,10 +756,10 @@ Test(log, ebc_log_dump_and_check)
 {
     char *d = new_dir();
     store *s = open_log(d, STORE_FSYNC_NEVER, 0);
-    store_entry e[3] = { { "{\"id\":\"a\",\"n\":1}", 16, 0 }, { "plain \"text\"\n", 13, 7 },
-                         { "[1,2]", 5, 0 } };
+    store_entry e[4] = { { "{\"id\":\"a\",\"n\":1}", 16, 0 }, { "plain \"text\"\n", 13, 7 },
+                         { "[1,2]", 5, 0 }, { "{\r\n \"b\": 2\n}\n", 13, 0 } };
     uint64_t first;
-    cr_assert_eq(store_append(s, e, 3, &first), STORE_OK);
+    cr_assert_eq(store_append(s, e, 4, &first), STORE_OK);
     store_close(s);
     char cmd[600], out[4096];
     snprintf(cmd, sizeof cmd, "%s log dump %s --json --from 0", EBR_EBC, d);
@@ -717,18 +770,20 @@ Test(log, ebc_log_dump_and_check)
     cr_expect(strstr(out, "{\"offset\":0,\"time\":\""), "%s", out);
     cr_expect(strstr(out, "\",\"flags\":0,\"len\":16,\"payload\":{\"id\":\"a\",\"n\":1}}\n"), "%s", out);
     cr_expect(strstr(out, "\"flags\":7,\"len\":13,\"payload\":\"plain \\\"text\\\"\\n\"}\n"), "%s", out);
+    cr_expect(strstr(out, "\"len\":13,\"payload\":{   \"b\": 2 } }\n"), "JSON on lines, as JSON on one: %s", out);
     snprintf(cmd, sizeof cmd, "%s log dump %s --from 2", EBR_EBC, d);
     p = popen(cmd, "r");
     n = fread(out, 1, sizeof out - 1, p);
     out[n] = 0;
     cr_expect_eq(pclose(p), 0);
     cr_expect(strstr(out, "2 ") == out && strstr(out, "Z flags=0x0 len=5 [1,2]\n"), "%s", out);
+    cr_expect(strstr(out, "Z flags=0x0 len=13 \"{\\r\\n \\\"b\\\": 2\\n}\\n\"\n"), "%s", out);
     snprintf(cmd, sizeof cmd, "%s log check %s", EBR_EBC, d);
     p = popen(cmd, "r");
     n = fread(out, 1, sizeof out - 1, p);
     out[n] = 0;
     cr_expect_eq(pclose(p), 0, "%s", out);
-    cr_expect(strstr(out, ": 1 segments, 3 records"), "%s", out);
+    cr_expect(strstr(out, ": 1 segments, 4 records"), "%s", out);
     snprintf(cmd, sizeof cmd, "%s log check /nonexistent/x 2>/dev/null", EBR_EBC);
     p = popen(cmd, "r");
     n = fread(out, 1, sizeof out - 1, p);
