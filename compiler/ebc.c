@@ -143,6 +143,12 @@ static int cmd_check(int argc, char **argv)
     return EXIT_OK;
 }
 
+/* The name of an input file in messages ("-" is standard input). */
+static const char *input_name(const char *path)
+{
+    return strcmp(path, "-") ? path : "<stdin>";
+}
+
 /* Runs a function transform for `ebc test` (a real command, a real request). */
 static bool run_function(void *arg, const vm_program *p, const vm_xform *x, const char *event,
                          size_t len, char **payload, size_t *plen, bool *text, char *err,
@@ -386,6 +392,73 @@ static long peak_rss_kb(void)
     return kb;
 }
 
+/* n per s seconds; 0 when s is not positive. */
+static double per(double n, double s)
+{
+    return s > 0 ? n / s : 0;
+}
+
+/* One event line of the file bench times. */
+typedef struct {
+    const char *s;
+    size_t n;
+    unsigned long line;
+} bench_event;
+
+/* Splits text[0..len) into its event lines (blank lines are not events, as for ebc test);
+ * NULL when out of memory. */
+static bench_event *split_events(const char *text, size_t len, size_t *nev)
+{
+    size_t cap = 1024;
+    bench_event *ev = malloc(cap * sizeof *ev);
+    *nev = 0;
+    unsigned long line = 1;
+    for (size_t i = 0; ev && i < len; line++) {
+        const char *eol = memchr(text + i, '\n', len - i);
+        size_t n = eol ? (size_t)(eol - (text + i)) : len - i, k = 0;
+        while (k < n && (text[i + k] == ' ' || text[i + k] == '\t' || text[i + k] == '\r'))
+            k++;
+        if (k < n) {
+            if (*nev == cap) {
+                bench_event *more = realloc(ev, (cap *= 2) * sizeof *ev);
+                if (!more)
+                    free(ev);
+                ev = more;
+            }
+            if (ev)
+                ev[(*nev)++] = (bench_event){ text + i, n, line };
+        }
+        i += n + 1;
+    }
+    return ev;
+}
+
+/* An untimed pass over the events: counts each rule's matches, reports each event that does not
+ * match cleanly on standard error (FILE:LINE: error: ...) and drops it from ev, so that the timed
+ * passes see only events that match.  Returns how many were dropped. */
+static size_t drop_invalid(vm_ctx *ctx, const char *file, bench_event *ev, size_t *nev,
+                           uint64_t *counts)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < *nev; i++) {
+        const uint32_t *m;
+        size_t nm;
+        vm_error err;
+        vm_status st = vm_match(ctx, VM_NONE, ev[i].s, ev[i].n, &m, &nm, &err);
+        if (st != VM_OK) {
+            fprintf(stderr, "%s:%lu: error: %s%s\n", file, ev[i].line,
+                    st == VM_ERR_EVENT ? "invalid event: " : "", err.msg);
+            continue;
+        }
+        for (size_t k = 0; k < nm; k++)
+            counts[m[k]]++;
+        ev[kept++] = ev[i];
+    }
+    size_t dropped = *nev - kept;
+    *nev = kept;
+    return dropped;
+}
+
 static int cmd_bench(int argc, char **argv)
 {
     const char *rules = NULL, *events = NULL;
@@ -439,26 +512,25 @@ static int cmd_bench(int argc, char **argv)
         vm_program_free(p);
         return EXIT_INPUT;
     }
-    /* Split the file into event lines once; the timed loop sees only matching. */
-    size_t nev = 0, cap = 1024, bytes = 0;
-    struct { const char *s; size_t n; } *ev = malloc(cap * sizeof *ev);
-    for (size_t i = 0; i < len;) {
-        const char *eol = memchr(text + i, '\n', len - i);
-        size_t n = eol ? (size_t)(eol - (text + i)) : len - i;
-        if (n > 0 && !(n == 1 && text[i] == '\r')) {
-            if (nev == cap)
-                ev = realloc(ev, (cap *= 2) * sizeof *ev);
-            ev[nev].s = text + i;
-            ev[nev].n = n;
-            nev++;
-            bytes += n;
-        }
-        i += n + 1;
-    }
-    vm_ctx *ctx = vm_ctx_new(p, &opt);
+    /* Split the file into event lines and set the invalid ones aside, untimed: the timed passes
+     * see only matching. */
+    size_t nev, bytes = 0;
+    bench_event *ev = split_events(text, len, &nev);
+    vm_ctx *ctx = ev ? vm_ctx_new(p, &opt) : NULL;
     uint64_t *counts = calloc(p->nrules ? p->nrules : 1, sizeof *counts);
+    if (!ctx || !counts) {
+        fputs("ebc: out of memory\n", stderr);
+        free(ev);
+        free(counts);
+        free(text);
+        vm_ctx_free(ctx);
+        vm_program_free(p);
+        return EXIT_INPUT;
+    }
+    size_t nlines = nev, invalid = drop_invalid(ctx, input_name(events), ev, &nev, counts);
+    for (size_t i = 0; i < nev; i++)
+        bytes += ev[i].n;
     double *times = malloc((size_t)repeat * sizeof *times);
-    size_t invalid = 0;
     /* With --transforms each pass runs twice: matching alone, then matching and every matched
      * rule's template (the difference is the transforms' own time). */
     double *xtimes = malloc((size_t)repeat * sizeof *xtimes);
@@ -471,13 +543,8 @@ static int cmd_bench(int argc, char **argv)
                 const uint32_t *m;
                 size_t nm;
                 vm_error err;
-                if (vm_match(ctx, VM_NONE, ev[i].s, ev[i].n, &m, &nm, &err) != VM_OK) {
-                    invalid += r == 0 && !with;
+                if (vm_match(ctx, VM_NONE, ev[i].s, ev[i].n, &m, &nm, &err) != VM_OK)
                     continue;
-                }
-                if (r == 0 && !with)
-                    for (size_t k = 0; k < nm; k++)
-                        counts[m[k]]++;
                 for (size_t k = 0; with && k < nm; k++) {
                     uint32_t xi = p->rules[m[k]].xform;
                     if (xi == VM_NONE || p->xforms[xi].kind != VM_X_TEMPLATE)
@@ -513,20 +580,21 @@ static int cmd_bench(int argc, char **argv)
     if (vm_program_serialize(p, &image, &image_len) != VM_OK)
         image_len = 0;
     free(image);
-    double eps = nev / secs, mbps = bytes / secs / 1e6, ns = secs * 1e9 / (nev ? nev : 1);
+    /* (rates over the events timed; none timed, or too fast to time, gives 0, not a NaN) */
+    double eps = per(nev, secs), mbps = per(bytes, secs) / 1e6, ns = nev ? secs * 1e9 / nev : 0;
+    double xps = per(ntransforms, xsecs), alone = xsecs > secs ? per(ntransforms, xsecs - secs) : 0;
     if (json) {
         printf("{\"events\": %zu, \"bytes\": %zu, \"seconds\": %.6f, \"events_per_sec\": %.0f, "
                "\"mb_per_sec\": %.1f, \"ns_per_event\": %.1f, \"compile_seconds\": %.6f, "
                "\"peak_rss_kb\": %ld, \"rss_kb\": %ld, \"rules\": %u, \"program_bytes\": %zu, \"repeat\": %d, "
                "\"engine\": \"%s\", \"invalid\": %zu, ",
-               nev, bytes, secs, eps, mbps, ns, compile_s, peak_kb, rss_kb, p->nrules, image_len,
+               nlines, bytes, secs, eps, mbps, ns, compile_s, peak_kb, rss_kb, p->nrules, image_len,
                repeat, engine, invalid);
         if (transforms)
             printf("\"transforms\": %zu, \"transform_failures\": %zu, \"payload_bytes\": %zu, "
                    "\"seconds_with_transforms\": %.6f, \"transforms_per_sec\": %.0f, "
                    "\"transforms_alone_per_sec\": %.0f, ",
-                   ntransforms, xfailed, xbytes, xsecs, ntransforms / xsecs,
-                   xsecs > secs ? ntransforms / (xsecs - secs) : 0.0);
+                   ntransforms, xfailed, xbytes, xsecs, xps, alone);
         fputs("\"counts\": {", stdout);
         for (uint32_t i = 0; i < p->nrules; i++) {
             printf("%s", i ? ", " : "");
@@ -535,7 +603,7 @@ static int cmd_bench(int argc, char **argv)
         }
         puts("}}");
     } else {
-        printf("events        %zu (%zu invalid)\n", nev, invalid);
+        printf("events        %zu (%zu invalid, not timed)\n", nlines, invalid);
         printf("bytes         %zu\n", bytes);
         printf("seconds       %.6f (median of %d passes, engine %s)\n", secs, repeat, engine);
         printf("events/s      %.0f\n", eps);
@@ -547,10 +615,8 @@ static int cmd_bench(int argc, char **argv)
                p->nrules ? (double)image_len / p->nrules : 0.0);
         if (transforms) {
             printf("transforms    %zu (%zu failed, %zu payload bytes)\n", ntransforms, xfailed, xbytes);
-            printf("  with them   %.6f s: %.0f transforms/s, matching included\n", xsecs,
-                   ntransforms / xsecs);
-            printf("  alone       %.0f transforms/s (the time they add to matching)\n",
-                   xsecs > secs ? ntransforms / (xsecs - secs) : 0.0);
+            printf("  with them   %.6f s: %.0f transforms/s, matching included\n", xsecs, xps);
+            printf("  alone       %.0f transforms/s (the time they add to matching)\n", alone);
         }
         printf("matches\n");
         for (uint32_t i = 0; i < p->nrules; i++)

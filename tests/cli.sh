@@ -73,6 +73,24 @@ grep -q '"deliveries": \[{"rule": "tpl", "target": "t", "payload": {"id":"e1","a
 grep -q '{"rule": "bad", "target": "t", "error": "to_number' "$T/out" || fail "--json delivery error"
 expect_status 2 "$EBC" test "$T/x.ebr" "$T/x.jsonl" --now yesterday
 
+# bench: an invalid line is reported once, counted, not timed, and the run ends with status 3
+head -2 "$SRC/examples/events.jsonl" > "$T/bench.jsonl"
+printf 'not an event\n\n{"a": 1,}\n' >> "$T/bench.jsonl"
+head -1 "$SRC/examples/events.jsonl" >> "$T/bench.jsonl"
+expect_status 3 "$EBC" bench "$T/orders.ebc" "$T/bench.jsonl" --repeat 3 --transforms
+grep -q "^events *5 (2 invalid, not timed)" "$T/out" || fail "bench output: $(cat "$T/out")"
+grep -q "^  big_eu_orders *2$" "$T/out" || fail "bench counts: $(cat "$T/out")"
+[ "$(wc -l < "$T/err")" -eq 2 ] || fail "bench reported $(wc -l < "$T/err") lines: $(cat "$T/err")"
+grep -qx "$T/bench.jsonl:3: error: invalid event: the event must be a JSON object (at byte 0)" "$T/err" ||
+    fail "bench error line 3: $(cat "$T/err")"
+grep -qx "$T/bench.jsonl:5: error: invalid event: trailing comma in object (at byte 8)" "$T/err" ||
+    fail "bench error line 5: $(cat "$T/err")"
+expect_status 3 "$EBC" bench --json "$T/orders.ebc" "$T/bench.jsonl" --repeat 1
+grep -q '^{"events": 5, "bytes": [0-9]*, .*"invalid": 2, "counts": {"big_eu_orders": 2,' "$T/out" ||
+    fail "bench --json: $(cat "$T/out")"
+expect_status 0 "$EBC" bench "$T/orders.ebc" "$T/good.jsonl" --repeat 1
+[ -s "$T/err" ] && fail "bench on valid events wrote to stderr: $(cat "$T/err")"
+
 # --bus
 expect_status 0 "$EBC" test --bus orders "$T/orders.ebc" "$T/good.jsonl"
 expect_status 2 "$EBC" test --bus nosuch "$T/orders.ebc" "$T/good.jsonl"
