@@ -102,9 +102,59 @@ static char *server_text(const vm_program *p, const char *key, char *err, size_t
     return o ? ebd_cfg_text(p, ebd_cfg_child(p, o, 0), err, cap) : NULL;
 }
 
-/* Opens the log of every bus r->p declares that the daemon does not have yet (buses stay open
- * across reloads), and works out each bus's token and size limit into r: they apply when r
- * does.  Called with d->lock held for writing (or before the daemon serves). */
+#define MIN_SECRET 16     /* bytes: a bearer token shorter than this is refused */
+
+/* A bearer token from the rules, checked: NULL without err when the option is absent; NULL
+ * with err when it cannot be read (an unset env()) or is shorter than MIN_SECRET bytes (an
+ * empty one would let in anyone who sends `Authorization: Bearer `). */
+static char *read_token(const vm_program *p, const vm_cfg *opt, const char *what, char *err,
+                        size_t cap)
+{
+    if (!opt)
+        return NULL;
+    char why[300] = "";
+    char *t = ebd_cfg_text(p, ebd_cfg_child(p, opt, 0), why, sizeof why);
+    if (why[0] || !t) {
+        snprintf(err, cap, "%s: %s", what, why[0] ? why : "out of memory");
+        free(t);
+        return NULL;
+    }
+    if (strlen(t) < MIN_SECRET) {
+        snprintf(err, cap, "%s is %s: a token needs at least %d bytes (as from `openssl rand "
+                 "-hex 16`)", what, t[0] ? "too short" : "empty", MIN_SECRET);
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+/* Opens the log of bus i of p under the data directory into b->s; false with the cause. */
+static bool open_bus_log(ebd *d, const vm_program *p, uint32_t i, ebd_bus *b, char *err, size_t cap)
+{
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/buses", d->data_dir);
+    mkdir(dir, 0755);
+    snprintf(dir, sizeof dir, "%s/buses/%s", d->data_dir, b->name);
+    store_options o;
+    rt_bus_store_options(p, i, &o);
+    char why[600];
+    if (log_open(dir, &o, &b->s, why, sizeof why) != STORE_OK) {
+        snprintf(err, cap, "bus '%s': %s", b->name, why);
+        b->s = NULL;
+        return false;
+    }
+    uint64_t first, next;
+    store_bounds(b->s, &first, &next);
+    ebd_log(EBD_INFO, "msg=\"bus opened\" bus=%s dir=%s first=%llu next=%llu", b->name, dir,
+            (unsigned long long)first, (unsigned long long)next);
+    return true;
+}
+
+/* Works out each bus's token and size limit into r (they apply when r does), refusing what
+ * would let anyone in; then opens the log of every bus r->p declares that the daemon has not
+ * open (buses stay open across reloads while the rules declare them).  Nothing is created on
+ * disk before the settings are found good.  *io tells a failure of the data directory from one
+ * of the rules.  Called with d->lock held for writing (or before the daemon serves). */
 static bool open_buses(ebd *d, ebd_rules *r, char *err, size_t cap, bool *io)
 {
     const vm_program *p = r->p;
@@ -120,8 +170,27 @@ static bool open_buses(ebd *d, ebd_rules *r, char *err, size_t cap, bool *io)
     for (uint32_t i = 0; i < p->nbuses; i++) {
         const vm_bus *vb = &p->buses[i];
         const char *name = vm_s(p, vb->name);
+        char what[300];
+        snprintf(what, sizeof what, "bus '%s': token", name);
+        r->bus_token[i] = read_token(p, ebd_cfg_option(p, vb->opt0, vb->nopt, "token"), what, err, cap);
+        if (err[0])
+            return false;
+        const vm_cfg *m = ebd_cfg_option(p, vb->opt0, vb->nopt, "max_event_size");
+        r->bus_max[i] = m && ebd_cfg_child(p, m, 0) ? (uint64_t)ebd_cfg_child(p, m, 0)->num : server_max;
+        if (!d->loopback && !r->bus_token[i]) {
+            snprintf(err, cap, "bus '%s' has no token, and %s is not a loopback address: give "
+                     "every bus a token (token env(\"NAME\")) or listen on 127.0.0.1", name,
+                     d->listen);
+            return false;
+        }
+    }
+    for (uint32_t i = 0; i < p->nbuses; i++) {
+        const vm_bus *vb = &p->buses[i];
+        const char *name = vm_s(p, vb->name);
         ebd_bus *b = ebd_find_bus(d, name, vb->name.len);
-        if (!b) {
+        if (b && b->s)
+            continue;
+        if (!b) {       /* a bus the daemon never had: a slot of its own, for good */
             if (d->nbuses == d->capbuses) {
                 size_t c = d->capbuses ? d->capbuses * 2 : 8;
                 ebd_bus **v = realloc(d->buses, c * sizeof *v);
@@ -138,43 +207,37 @@ static bool open_buses(ebd *d, ebd_rules *r, char *err, size_t cap, bool *io)
                 snprintf(err, cap, "out of memory");
                 return false;
             }
-            char dir[4200];
-            snprintf(dir, sizeof dir, "%s/buses", d->data_dir);
-            mkdir(dir, 0755);
-            snprintf(dir, sizeof dir, "%s/buses/%s", d->data_dir, b->name);
-            store_options o;
-            rt_bus_store_options(p, i, &o);
-            char why[600];
-            if (log_open(dir, &o, &b->s, why, sizeof why) != STORE_OK) {
-                snprintf(err, cap, "bus '%s': %s", b->name, why);
-                *io = true;
-                free(b->name);
-                free(b);
-                return false;
-            }
             d->buses[d->nbuses++] = b;
-            uint64_t first, next;
-            store_bounds(b->s, &first, &next);
-            ebd_log(EBD_INFO, "msg=\"bus opened\" bus=%s dir=%s first=%llu next=%llu", b->name, dir,
-                    (unsigned long long)first, (unsigned long long)next);
         }
-        const vm_cfg *t = ebd_cfg_option(p, vb->opt0, vb->nopt, "token");
-        char why[300] = "";
-        r->bus_token[i] = t ? ebd_cfg_text(p, ebd_cfg_child(p, t, 0), why, sizeof why) : NULL;
-        if (why[0]) {
-            snprintf(err, cap, "bus '%s': token: %s", b->name, why);
-            return false;
-        }
-        const vm_cfg *m = ebd_cfg_option(p, vb->opt0, vb->nopt, "max_event_size");
-        r->bus_max[i] = m && ebd_cfg_child(p, m, 0) ? (uint64_t)ebd_cfg_child(p, m, 0)->num : server_max;
-        if (!d->loopback && !r->bus_token[i]) {
-            snprintf(err, cap, "bus '%s' has no token, and %s is not a loopback address: give "
-                     "every bus a token (token env(\"NAME\")) or listen on 127.0.0.1", b->name,
-                     d->listen);
+        if (!open_bus_log(d, p, i, b, err, cap)) {
+            *io = true;
             return false;
         }
     }
     return true;
+}
+
+/* Closes the logs of the buses the running rules do not declare (removed by a reload, or
+ * opened by a reload that was then refused): their descriptors and threads go; the slot keeps
+ * the name, and a later reload that declares the bus again opens its log again.  Called with
+ * d->reload_mu held, after the rules that used them have stopped. */
+static void close_unused_buses(ebd *d)
+{
+    const ebd_rules *r = d->rules;
+    for (size_t i = 0; i < d->nbuses; i++) {
+        bool used = false;
+        for (uint32_t b = 0; b < r->p->nbuses && !used; b++)
+            used = r->bus_of[b] == i;
+        if (used || !d->buses[i]->s)
+            continue;
+        pthread_rwlock_wrlock(&d->lock);
+        store *s = d->buses[i]->s;
+        d->buses[i]->s = NULL;
+        pthread_rwlock_unlock(&d->lock);
+        store_close(s);
+        ebd_log(EBD_INFO, "msg=\"bus closed: the rules no longer declare it\" bus=%s",
+                d->buses[i]->name);
+    }
 }
 
 /* Compiles the rules into a new ebd_rules ready to start; errors (positioned) into errors. */
@@ -200,7 +263,8 @@ static ebd_rules *make_rules(ebd *d, sbuf *errors)
     }
     r->p = p;
     char err[700] = "";
-    r->admin_token = server_text(p, "admin_token", err, sizeof err);
+    r->admin_token = read_token(p, ebd_cfg_option(p, p->server0, p->nserver, "admin_token"),
+                                "server: admin_token", err, sizeof err);
     bool io = false;       /* the data directory failed, not the rules: no rules-file prefix */
     pthread_rwlock_wrlock(&d->lock);
     bool ok = !err[0] && open_buses(d, r, err, sizeof err, &io);
@@ -229,6 +293,7 @@ bool ebd_reload(ebd *d, sbuf *errors)
     ebd_rules *r = make_rules(d, errors);
     double t1 = mono_s();
     if (!r) {
+        close_unused_buses(d);
         pthread_mutex_unlock(&d->reload_mu);
         char text[1600];
         ebd_log(EBD_ERROR, "msg=\"reload refused: the running rules stay\" errors=\"%s\"",
@@ -245,6 +310,7 @@ bool ebd_reload(ebd *d, sbuf *errors)
     pthread_rwlock_unlock(&d->lock);
     ebd_workers_start(d, r);
     ebd_rules_free(old);
+    close_unused_buses(d);
     pthread_mutex_unlock(&d->reload_mu);
     ebd_log(EBD_INFO, "msg=\"rules reloaded\" rules=%u targets=%u deliveries=%zu compile_ms=%.1f "
             "stop_ms=%.1f total_ms=%.1f", r->p->nrules, r->p->ntargets, r->nworkers,

@@ -252,6 +252,49 @@ start_ebd "$WORK/start.ebc" "$WORK/good-ebc"
 wait_for 60 healthy && pass "the intact .ebc runs" || fail "ebd on a good .ebc: $(tail -3 "$WORK/ebd.log")"
 stop_ebd
 
+# ---- secrets: empty or short tokens are refused; nothing is created before the settings pass --
+printf 'bus a\nbus b { token "" }\n' >"$WORK/tok1.ebr"
+"$BIN/ebd" --rules "$WORK/tok1.ebr" --data "$WORK/tok" --listen 127.0.0.1:$P 2>"$WORK/err"
+st=$?
+[ $st -eq 1 ] && grep -q "bus 'b': token is empty: a token needs at least 16 bytes" "$WORK/err" \
+    && pass "an empty token is refused: $(head -1 "$WORK/err")" || fail "empty token: exit $st, $(cat "$WORK/err")"
+[ ! -e "$WORK/tok/buses/a" ] && pass "no bus folder is created before the settings are refused" \
+    || fail "bus folder created before a refusal: $(ls "$WORK/tok/buses")"
+printf 'bus a { token env("E2E_EMPTY") }\n' >"$WORK/tok2.ebr"
+E2E_EMPTY= "$BIN/ebd" --rules "$WORK/tok2.ebr" --data "$WORK/tok" --listen 127.0.0.1:$P 2>"$WORK/err"
+st=$?
+[ $st -eq 1 ] && grep -q "bus 'a': token is empty" "$WORK/err" \
+    && pass "a token from an empty variable is refused" || fail "empty env token: exit $st, $(cat "$WORK/err")"
+printf 'server { admin_token "short" }\nbus a\n' >"$WORK/tok3.ebr"
+"$BIN/ebd" --rules "$WORK/tok3.ebr" --data "$WORK/tok" --listen 127.0.0.1:$P 2>"$WORK/err"
+st=$?
+[ $st -eq 1 ] && grep -q "admin_token is too short: a token needs at least 16 bytes" "$WORK/err" \
+    && pass "a short admin token is refused" || fail "short admin token: exit $st, $(cat "$WORK/err")"
+
+# ---- buses a reload removes are closed: descriptors and threads do not pile up -----------------
+printf 'bus keep\nbus gone0\n' >"$WORK/buses.ebr"
+start_ebd "$WORK/buses.ebr" "$WORK/buses"
+wait_for 60 healthy || fail "ebd did not start"
+counts() { echo "$(ls /proc/$EBD/fd | wc -l) $(awk '/^Threads:/ {print $2}' /proc/$EBD/status)"; }
+reload_to() {  # reload_to N: the rules declare bus keep and bus goneN only
+    printf 'bus keep\nbus gone%d\n' "$1" >"$WORK/buses.ebr"
+    curl -s -o "$WORK/answer" -X POST "$URL/v1/admin/reload"
+}
+reload_to 1
+set -- $(counts); fd0=$1; th0=$2
+k=2
+while [ $k -le 21 ]; do reload_to $k; k=$((k + 1)); done
+set -- $(counts); fd1=$1; th1=$2
+[ $((fd1 - fd0)) -le 4 ] && [ $((th1 - th0)) -le 2 ] \
+    && pass "20 reloads that swap a bus: descriptors $fd0 -> $fd1, threads $th0 -> $th1" \
+    || fail "20 reloads that swap a bus: descriptors $fd0 -> $fd1, threads $th0 -> $th1"
+grep -q 'bus closed: the rules no longer declare it" bus=gone20' "$WORK/ebd.log" \
+    && pass "the removed bus's log is closed (and said so)" || fail "no 'bus closed' line"
+reload_to 5     # a bus removed before comes back: its log opens again, with what it held
+s=$(post /v1/buses/gone5/events application/cloudevents+json "$(ev back1 x)")
+expect_status 202 "a bus declared again after a reload took it away takes events" "$s"
+stop_ebd
+
 # ---- the command line -------------------------------------------------------------------------
 "$BIN/ebd" --version >"$WORK/out" 2>&1 && grep -q '^ebd [0-9]' "$WORK/out" && pass "--version: $(cat "$WORK/out")" \
     || fail "--version: $(cat "$WORK/out")"
