@@ -95,7 +95,7 @@ post_each() {
     curl -s -K "$_cfg"
 }
 
-export E2E_TOKEN=s3cret E2E_SECRET=hmac-key E2E_HEADER=from-env E2E_ADMIN=adm1n
+export E2E_TOKEN=s3cret-0123456789abcdef E2E_SECRET=hmac-key E2E_HEADER=from-env E2E_ADMIN=adm1n-0123456789abcdef
 cat >"$WORK/rules.ebr" <<EOF
 server {
   admin_token env("E2E_ADMIN")
@@ -499,7 +499,7 @@ stop_ebd TERM
 grep -q 'ebd stopped' "$WORK/ebd.log" && pass "SIGTERM: stopped cleanly" || fail "no clean stop"
 
 # ---- configuration errors -------------------------------------------------------------------
-if "$BIN/ebd" --rules "$WORK/rules.ebr" --data "$WORK/d2" --listen 0.0.0.0:$P_EBD 2>"$WORK/err"; then
+if "$BIN/ebd" --rules "$WORK/rules.ebr" --data "$WORK/d2" --listen 0.0.0.0:$P_EBD --insecure-http 2>"$WORK/err"; then
     fail "ebd listened on 0.0.0.0 with buses that have no token"
 else
     grep -q "bus 'main' has no token, and 0.0.0.0:$P_EBD is not a loopback address" "$WORK/err" \
