@@ -256,6 +256,12 @@ static int cmd_test(int argc, char **argv)
             clock_gettime(CLOCK_REALTIME, &ts);
             env.ingest_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
         }
+        /* The daemon refuses what is not a CloudEvent: say so, so that this verdict and the
+         * daemon's do not differ silently (an event that is not JSON is reported below). */
+        char why[256];
+        if (vm_json_valid(line, len, NULL) && !rt_cloudevent_check(line, len, why, sizeof why))
+            fprintf(stderr, "%s:%lu: warning: ebd would refuse this event: %s\n", input_name(events),
+                    lineno, why);
         vm_status st = cc_test_event(stdout, ctx, bus, lineno, line, len, &opt);
         if (st == VM_ERR_TRANSFORM && status == EXIT_OK)
             status = EXIT_TRANSFORM;

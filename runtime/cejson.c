@@ -410,3 +410,16 @@ bool ce_check(const char *s, size_t n, char *why, size_t whycap, const char **id
     *idlen = st.idlen;
     return true;
 }
+
+bool rt_cloudevent_check(const char *s, size_t n, char *why, size_t whycap)
+{
+    size_t at;
+    const char *bad;
+    if (!vm_json_check(s, n, &at, &bad)) {
+        snprintf(why, whycap, "not valid JSON: %s (at byte %zu)", bad, at);
+        return false;
+    }
+    const char *id;
+    size_t idlen;
+    return ce_check(s, n, why, whycap, &id, &idlen);
+}

@@ -73,6 +73,23 @@ grep -q '"deliveries": \[{"rule": "tpl", "target": "t", "payload": {"id":"e1","a
 grep -q '{"rule": "bad", "target": "t", "error": "to_number' "$T/out" || fail "--json delivery error"
 expect_status 2 "$EBC" test "$T/x.ebr" "$T/x.jsonl" --now yesterday
 
+# an event ebd would refuse (not a CloudEvent) is tested all the same, with a warning on stderr
+{ echo '{"source": "acme.orders", "data": {"total": 250}}'
+  head -1 "$SRC/examples/events.jsonl"
+  echo '{"specversion": "1.0", "id": "e9", "source": "acme.orders", "type": "t", "time": "today"}'
+  echo 'not JSON'; } > "$T/ce.jsonl"
+for json in "" --json; do
+    expect_status 3 "$EBC" test $json "$T/orders.ebc" "$T/ce.jsonl"
+    [ "$(grep -c '^[{0-9]' "$T/out")" -eq 4 ] || fail "ebc test $json on non-CloudEvents: $(cat "$T/out")"
+    [ "$(wc -l < "$T/err")" -eq 2 ] || fail "ebc test $json warned: $(cat "$T/err")"
+    grep -qx "$T/ce.jsonl:1: warning: ebd would refuse this event: required attribute 'specversion' is missing" "$T/err" ||
+        fail "ebc test $json, no warning for line 1: $(cat "$T/err")"
+    grep -qx "$T/ce.jsonl:3: warning: ebd would refuse this event: attribute 'time' must be an RFC 3339 time" "$T/err" ||
+        fail "ebc test $json, no warning for line 3: $(cat "$T/err")"
+done
+expect_status 0 "$EBC" test "$T/orders.ebc" - < "$T/good.jsonl"
+[ -s "$T/err" ] && fail "ebc test warned about CloudEvents: $(cat "$T/err")"
+
 # bench: an invalid line is reported once, counted, not timed, and the run ends with status 3
 head -2 "$SRC/examples/events.jsonl" > "$T/bench.jsonl"
 printf 'not an event\n\n{"a": 1,}\n' >> "$T/bench.jsonl"

@@ -95,3 +95,21 @@ Test(cloudevents, long_attributes_are_read_whole)
     cr_expect(why && !strcmp(why, "attribute 'source' must be a URI-reference"), "%s", why ? why : "accepted");
     free(ev);
 }
+
+/* The runtime's public door to the check (rt_cloudevent_check, for ebc test) gives the same
+ * verdicts, and takes any text: one that is not JSON is refused as such. */
+Test(cloudevents, the_public_check_is_the_daemons)
+{
+    const char *evs[] = { "{" BASE "}", "{\"source\":\"s\"}", "{" BASE ",\"time\":\"today\"}", "[1]" };
+    for (size_t i = 0; i < sizeof evs / sizeof *evs; i++) {
+        char why[256] = "";
+        const char *want = check(evs[i]);
+        cr_expect_eq(rt_cloudevent_check(evs[i], strlen(evs[i]), why, sizeof why), want == NULL,
+                     "%s", evs[i]);
+        if (want)
+            cr_expect_str_eq(why, want);
+    }
+    char why[256];
+    cr_expect(!rt_cloudevent_check("{\"id\": \"a\",}", 12, why, sizeof why));
+    cr_expect_str_eq(why, "not valid JSON: trailing comma in object (at byte 11)");
+}
