@@ -520,7 +520,7 @@ E2E_HEADER="$(printf 'v\r\nX-Injected: yes')" "$BIN/ebd" --rules "$WORK/rules.eb
 printf 'bus full\n' >"$WORK/full.ebr"
 (ulimit -f 100; exec "$BIN/ebd" --rules "$WORK/full.ebr" --data "$WORK/d6" --listen 127.0.0.1:$P_EBD) >>"$WORK/ebd.log" 2>&1 &
 echo $! >"$WORK/ebd.pid"
-wait_for "$E2E_WAIT" curl -sf "$URL/healthz"
+wait_for "$E2E_WAIT" curl -sf "$URL/healthz" || fail "ebd (file size limit) did not start: $(tail -3 "$WORK/ebd.log")"
 big=$(head -c 1000 /dev/zero | tr '\0' 'a')
 got=0; s=202; j=0
 while [ "$s" = 202 ] && [ $j -lt 200 ]; do
@@ -540,7 +540,7 @@ n=$("$BIN/ebc" log dump "$WORK/d6/buses/full" 2>/dev/null | grep -c '"id":"full'
 # ---- overload: 429 with Retry-After once --max-requests are in progress -------------------------
 "$BIN/ebd" --rules "$WORK/rules.ebr" --data "$WORK/d4" --listen 127.0.0.1:$P_EBD --max-requests 1 >>"$WORK/ebd.log" 2>&1 &
 echo $! >"$WORK/ebd.pid"
-wait_for "$E2E_WAIT" curl -sf "$URL/healthz"
+wait_for "$E2E_WAIT" curl -sf "$URL/healthz" || fail "ebd (--max-requests 1) did not start: $(tail -3 "$WORK/ebd.log")"
 # A body sent at 1000 bytes a second keeps its request in progress for 100 s; the other request
 # is sent until that one is counted (before that, it is simply stored).
 head -c 100000 /dev/zero | tr '\0' ' ' >"$WORK/slowbody"
