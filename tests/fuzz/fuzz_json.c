@@ -1,6 +1,6 @@
 /*
  * fuzz_json.c — libFuzzer target: any bytes as a request body for the daemon.  The strict JSON
- * check (vm_json_valid) never reads out of bounds; what it takes, cJSON takes too (cJSON is more
+ * check (vm_json_check) never reads out of bounds, and says why and where it refuses; what it takes, cJSON takes too (cJSON is more
  * lenient, never less); the daemon's spans (js_each, vm_json_value_end) over an accepted object or array
  * cut it into values that are each valid JSON; and the CloudEvents check (ce_check) runs on
  * every value without crashing.  `make fuzz` runs it.
@@ -37,8 +37,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *s = malloc(size ? size : 1);
     memcpy(s, data, size);
     size_t at;
-    bool ok = vm_json_valid(s, size, &at);
-    if (!ok && at > size)
+    const char *why = NULL;
+    bool ok = vm_json_check(s, size, &at, &why);
+    if (!ok && (at > size || !why))
         abort();
     if (ok) {
         /* cJSON nests at most 1000 deep; the check allows 1024. */
