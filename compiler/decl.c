@@ -372,6 +372,80 @@ static bool opt_sign(cc_comp *c, cc_unit *u, ast *o, const char *w)
     return false;
 }
 
+/* Is s[0..n) a name for an environment variable: letters, digits and '_', not a digit first? */
+static bool env_name_ok(const char *s, size_t n)
+{
+    if (n == 0 || (s[0] >= '0' && s[0] <= '9'))
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+              (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
+            return false;
+    return true;
+}
+
+/* env { NAME = "value"  OTHER = env("VAR") }: what an exec target's command finds in its
+ * environment besides PATH, HOME, LANG and TZ (docs/ebd.md, Commands). */
+static bool opt_env(cc_comp *c, cc_unit *u, ast *o, const char *w)
+{
+    (void)c;
+    if (!(o->flags & AF_BLOCK)) {
+        cc_error_at(u, o, "%s is written as a block, one variable a line: env { NAME = env(\"VAR\") }", w);
+        return false;
+    }
+    bool ok = true;
+    for (ast *x = o->a; x; x = x->next) {
+        const char *name = u->text + x->tok.off;
+        if (x->a || !x->b || (x->flags & AF_BLOCK)) {
+            cc_error_at(u, x, "a variable of 'env' is written NAME = \"value\" or NAME = env(\"VAR\")");
+            ok = false;
+            continue;
+        }
+        if (!env_name_ok(name, x->tok.len)) {
+            cc_error(u, x->tok.off, x->tok.len, "'%.*s' cannot name an environment variable: "
+                     "letters, digits and '_', not starting with a digit", (int)x->tok.len, name);
+            ok = false;
+        }
+        for (ast *p = o->a; p != x; p = p->next)
+            if (p->tok.len == x->tok.len && memcmp(u->text + p->tok.off, name, x->tok.len) == 0) {
+                cc_error(u, x->tok.off, x->tok.len, "variable '%.*s' is set twice",
+                         (int)x->tok.len, name);
+                ok = false;
+                break;
+            }
+        char what[80];
+        snprintf(what, sizeof what, "variable '%.*s'", (int)(x->tok.len < 40 ? x->tok.len : 40), name);
+        ok &= check_value(u, x->b, V_TEXT, what);
+    }
+    return ok;
+}
+
+/* A file path written in the rules (env() is checked when the daemon reads it): a relative path
+ * names a file under the data directory and must stay there, so none of its parts is "..". */
+static bool check_file_path(cc_unit *u, ast *v)
+{
+    size_t n;
+    const char *s = v->kind == A_VALUE && v->op == TK_STRING ? cc_string(u, &v->tok, &n) : NULL;
+    if (!s)
+        return true;
+    if (n == 0 || memchr(s, 0, n)) {
+        cc_error_at(u, v, "the path is empty");
+        return false;
+    }
+    for (size_t i = 0; s[0] != '/' && i < n;) {
+        size_t j = i;
+        while (j < n && s[j] != '/')
+            j++;
+        if (j - i == 2 && s[i] == '.' && s[i + 1] == '.') {
+            cc_error_at(u, v, "a relative path names a file under the data directory and cannot "
+                        "leave it: '..' is not allowed (an absolute path may name any file)");
+            return false;
+        }
+        i = j + 1;
+    }
+    return true;
+}
+
 /* dead_letter TARGET | dead_letter file "path" */
 static bool opt_dead_letter(cc_comp *c, cc_unit *u, ast *o, const char *w)
 {
@@ -388,7 +462,7 @@ static bool opt_dead_letter(cc_comp *c, cc_unit *u, ast *o, const char *w)
         return true;
     }
     if (v && word_is(u, v, "file") && v->next && !v->next->next && !o->b)
-        return check_value(u, v->next, V_TEXT, "dead_letter file");
+        return check_value(u, v->next, V_TEXT, "dead_letter file") && check_file_path(u, v->next);
     cc_error_at(u, o, "%s takes a target's name, or file \"path\"", w);
     return false;
 }
@@ -429,6 +503,7 @@ static const struct opt_spec {
     { "concurrency",    K_HTTP | K_EXEC,            opt_int,         false },
     { "sign",           K_HTTP,                     opt_sign,        false },
     { "args",           K_EXEC,                     opt_args,        false },
+    { "env",            K_EXEC,                     opt_env,         false },
     { "listen",         K_SERVER,                   opt_text,        false },
     { "data_dir",       K_SERVER,                   opt_text,        false },
     { "tls_cert",       K_SERVER,                   opt_text,        false },
@@ -486,6 +561,11 @@ static void check_options(cc_comp *c, cc_unit *u, ast *opts, unsigned kind, cons
                              opt_specs[k].name);
                     break;
                 }
+        if ((o->flags & AF_BLOCK) && opt_specs[k].check != opt_env) {
+            cc_error(u, o->tok.off, o->tok.len, "option '%s' takes no block { ... }",
+                     opt_specs[k].name);
+            continue;
+        }
         char label[64];
         snprintf(label, sizeof label, "'%s'", opt_specs[k].name);
         opt_specs[k].check(c, u, o, label);
@@ -637,7 +717,8 @@ static void check_target(cc_comp *c, cc_unit *u, ast *d)
             }
             break;
         case K_FILE:
-            check_value(u, v, V_TEXT, "a file target");
+            if (check_value(u, v, V_TEXT, "a file target"))
+                check_file_path(u, v);
             break;
         case K_TOBUS:
             if (v->kind != A_VALUE || v->op != TK_IDENT) {
@@ -833,6 +914,67 @@ static void check_dead_letter_cycles(cc_comp *c)
     free(done);
 }
 
+/* The bus a `target NAME bus BUS` sends to (its index in c->buses), or -1 for other targets. */
+static int bus_target_of(cc_comp *c, uint32_t t)
+{
+    ast *d = c->targets.v[t].node;
+    cc_unit *u = c->targets.v[t].unit;
+    if (!d->a || d->a->tok.len != 3 || memcmp(u->text + d->a->tok.off, "bus", 3) != 0 || !d->b ||
+        d->b->kind != A_VALUE || d->b->op != TK_IDENT)
+        return -1;
+    return cc_names_find(&c->buses, u->text + d->b->tok.off, d->b->tok.len);
+}
+
+/* A rule on bus A that sends to a bus target of bus B, where B can lead back to A through other
+ * such rules, lets an event go round for ever; the daemon stops it after VM_MAX_BUS_HOPS bus
+ * targets (dead-lettering it), and this says so at compile time: a warning at each such target
+ * of each rule on the cycle. */
+static void check_bus_cycles(cc_comp *c)
+{
+    uint32_t nb = c->buses.n, nr = c->rules.n;
+    if (!nb)
+        return;
+    /* reach[a * nb + b]: bus b can be reached from bus a through one or more bus targets */
+    uint8_t *reach = calloc((size_t)nb * nb, 1);
+    if (!reach)
+        abort();
+    for (uint32_t i = 0; i < nr; i++) {
+        ast *d = c->rules.v[i].node;
+        cc_unit *u = c->rules.v[i].unit;
+        int from = cc_names_find(&c->buses, u->text + d->a->tok.off, d->a->tok.len);
+        for (ast *k = d->c; from >= 0 && k; k = k->next)
+            for (ast *t = k->kind == A_TO ? k->a : NULL; t; t = t->next) {
+                int ti = cc_names_find(&c->targets, u->text + t->tok.off, t->tok.len);
+                int to = ti >= 0 ? bus_target_of(c, (uint32_t)ti) : -1;
+                if (to >= 0)
+                    reach[(size_t)from * nb + (uint32_t)to] = 1;
+            }
+    }
+    for (uint32_t k = 0; k < nb; k++)       /* the closure (Warshall): buses are few */
+        for (uint32_t a = 0; a < nb; a++)
+            if (reach[(size_t)a * nb + k])
+                for (uint32_t b = 0; b < nb; b++)
+                    reach[(size_t)a * nb + b] |= reach[(size_t)k * nb + b];
+    for (uint32_t i = 0; i < nr; i++) {
+        ast *d = c->rules.v[i].node;
+        cc_unit *u = c->rules.v[i].unit;
+        int from = cc_names_find(&c->buses, u->text + d->a->tok.off, d->a->tok.len);
+        for (ast *k = d->c; from >= 0 && k; k = k->next)
+            for (ast *t = k->kind == A_TO ? k->a : NULL; t; t = t->next) {
+                int ti = cc_names_find(&c->targets, u->text + t->tok.off, t->tok.len);
+                int to = ti >= 0 ? bus_target_of(c, (uint32_t)ti) : -1;
+                if (to >= 0 && (to == from || reach[(size_t)to * nb + (uint32_t)from]))
+                    cc_warning(u, t->tok.off, t->tok.len, "events can loop: rule '%.*s' on bus "
+                               "'%s' sends to bus '%s'%s; the daemon dead-letters an event after "
+                               "%u bus targets", (int)d->tok.len, u->text + d->tok.off,
+                               c->buses.v[from].name, c->buses.v[to].name,
+                               to == from ? ", its own bus" : ", which leads back to it",
+                               VM_MAX_BUS_HOPS);
+            }
+    }
+    free(reach);
+}
+
 int cc_check_and_build(cc_comp *c)
 {
     const struct { ast_kind kind; const char *what; cc_names *list; } kinds[] = {
@@ -858,6 +1000,7 @@ int cc_check_and_build(cc_comp *c)
     for (uint32_t i = 0; i < c->rules.n; i++)
         check_rule(c, c->rules.v[i].unit, c->rules.v[i].node);
     check_dead_letter_cycles(c);
+    check_bus_cycles(c);
     if (c->nerrors == 0)
         cc_index_build(c);
     for (uint32_t i = 0; i < c->dups.n; i++) {

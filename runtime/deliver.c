@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "command.h"
 #include "ebd_int.h"
 
 #define COMMIT_EVERY_MS 200
@@ -233,6 +234,99 @@ static void mkdirs_above(const char *path)
     free(p);
 }
 
+/* May a file target (or dead-letter file) have this path?  A relative path names a file under
+ * the data directory and must stay there: empty, or with a ".." part, it is refused (why set).
+ * The compiler says the same of a path written in the rules; this checks one from env(). */
+static bool output_path_ok(const char *path, char *why, size_t cap)
+{
+    if (!*path) {
+        snprintf(why, cap, "the file's path is empty");
+        return false;
+    }
+    for (const char *c = path; path[0] != '/' && *c; c += strcspn(c, "/") + (c[strcspn(c, "/")] != 0))
+        if (strncmp(c, "..", 2) == 0 && (c[2] == '/' || c[2] == 0)) {
+            snprintf(why, cap, "'%.100s': a relative path names a file under the data directory "
+                     "and cannot leave it ('..' is not allowed)", path);
+            return false;
+        }
+    return true;
+}
+
+/* Opens a file target's (or dead-letter file's) path for appending, creating it and the
+ * directories above it.  An absolute path is opened as written.  A relative one is walked from
+ * the data directory one part at a time, without following a symbolic link anywhere (a link
+ * placed there must not lead a write out of it), and must end at a regular file (a FIFO would
+ * block the daemon).  Returns the descriptor, or -1 with the cause in why; *full (malloc'd, may
+ * be NULL) gets the path for messages. */
+static int open_output(const ebd *d, const char *path, char **full, char *why, size_t cap)
+{
+    *full = under_data(d, path);
+    if (!output_path_ok(path, why, cap))
+        return -1;
+    const char *shown = *full ? *full : path;
+    int flags = O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC;
+    if (path[0] == '/') {
+        mkdirs_above(path);
+        int fd = open(path, flags, 0644);
+        if (fd < 0)
+            snprintf(why, cap, "cannot open %s: %s", shown, strerror(errno));
+        return fd;
+    }
+    int dir = open(d->data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    const char *part = path;
+    while (dir >= 0 && strchr(part, '/')) {
+        size_t n = strcspn(part, "/");
+        char name[256];
+        if (n >= sizeof name) {
+            close(dir);
+            snprintf(why, cap, "cannot open %s: %s", shown, strerror(ENAMETOOLONG));
+            return -1;
+        }
+        memcpy(name, part, n);
+        name[n] = 0;
+        part += n + 1;
+        if (n == 0 || !strcmp(name, "."))
+            continue;
+        mkdirat(dir, name, 0755);
+        int next = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (next < 0) {
+            int e = errno;
+            close(dir);
+            if (e == ELOOP || e == ENOTDIR)
+                snprintf(why, cap, "cannot open %s: '%s' is not a directory (symbolic links are "
+                         "not followed under the data directory)", shown, name);
+            else
+                snprintf(why, cap, "cannot open %s: %s", shown, strerror(e));
+            return -1;
+        }
+        close(dir);
+        dir = next;
+    }
+    if (dir < 0) {
+        snprintf(why, cap, "cannot open %s: %s", shown, strerror(errno));
+        return -1;
+    }
+    int fd = openat(dir, part, flags | O_NOFOLLOW | O_NONBLOCK, 0644);
+    int e = errno;
+    close(dir);
+    struct stat st;
+    if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))) {
+        close(fd);
+        fd = -1;
+        e = EINVAL;
+    }
+    if (fd < 0 && e == ELOOP)
+        snprintf(why, cap, "cannot open %s: it is a symbolic link (symbolic links are not "
+                 "followed under the data directory)", shown);
+    else if (fd < 0 && e == EINVAL)
+        snprintf(why, cap, "cannot open %s: not a regular file", shown);
+    else if (fd < 0)
+        snprintf(why, cap, "cannot open %s: %s", shown, strerror(e));
+    else
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    return fd;
+}
+
 /* Is s an HTTP header name (a token, RFC 9110)?  Is v fit for a header value (no CR, LF, NUL:
  * a value from the environment must not add header lines of its own)? */
 static bool header_name_ok(const char *s)
@@ -275,6 +369,36 @@ static bool read_retry(const vm_program *p, const vm_target *t, ebd_retry *r)
     return true;
 }
 
+/* An exec target's environment: PATH, HOME, LANG, TZ and what its `env { NAME = value }` sets
+ * (values from env() read now).  NULL, why set, when a variable is unset or memory is short. */
+static char **exec_env(const vm_program *p, const vm_target *t, char *why, size_t cap)
+{
+    const vm_cfg *block = ebd_cfg_option(p, t->opt0, t->nopt, "env");
+    uint32_t n = block ? block->nchild : 0;
+    const char **names = calloc(n + 1, sizeof *names);
+    char **values = calloc(n + 1, sizeof *values);
+    char **env = NULL;
+    uint32_t k = 0;
+    for (; names && values && k < n; k++) {
+        const vm_cfg *v = ebd_cfg_child(p, block, k);
+        names[k] = strndup(vm_s(p, v->key), v->key.len);
+        values[k] = ebd_cfg_text(p, ebd_cfg_child(p, v, 0), why, cap);
+        if (!names[k] || !values[k])
+            break;
+    }
+    if (names && values && k == n)
+        env = cmd_env(names, (const char *const *)values, n);
+    if (!env && !why[0])
+        snprintf(why, cap, "out of memory");
+    for (uint32_t j = 0; names && values && j < n; j++) {
+        free((char *)names[j]);
+        free(values[j]);
+    }
+    free(names);
+    free(values);
+    return env;
+}
+
 static bool prepare_target(ebd *d, ebd_rules *r, uint32_t i, char *err, size_t cap)
 {
     const vm_program *p = r->p;
@@ -298,9 +422,10 @@ static bool prepare_target(ebd *d, ebd_rules *r, uint32_t i, char *err, size_t c
     if ((o = ebd_cfg_option(p, t->opt0, t->nopt, "dead_letter"))) {
         const vm_cfg *v = ebd_cfg_child(p, o, 0);
         if (v && v->type == VM_CFG_IDENT && str_eq(p, v->str, "file") && ebd_cfg_child(p, o, 1)) {
-            char *path = ebd_cfg_text(p, ebd_cfg_child(p, o, 1), why, sizeof why);
-            x->dead_letter_file = path ? under_data(d, path) : NULL;
-            free(path);
+            /* kept as written: each dead letter opens it (open_output) */
+            x->dead_letter_file = ebd_cfg_text(p, ebd_cfg_child(p, o, 1), why, sizeof why);
+            if (x->dead_letter_file)
+                output_path_ok(x->dead_letter_file, why, sizeof why);
         } else if (v) {
             for (uint32_t k = 0; k < p->ntargets; k++)
                 if (p->targets[k].name.len == v->str.len &&
@@ -311,6 +436,10 @@ static bool prepare_target(ebd *d, ebd_rules *r, uint32_t i, char *err, size_t c
     if (str_eq(p, t->kind, "http")) {
         x->kind = T_HTTP;
         x->url = ebd_cfg_text(p, value, why, sizeof why);
+        /* The compiler checks a URL written in the rules; this one may come from env(). */
+        if (x->url && strncmp(x->url, "http://", 7) != 0 && strncmp(x->url, "https://", 8) != 0)
+            snprintf(why, sizeof why, "the URL '%.100s' does not start with http:// or https://",
+                     x->url);
         if (!x->timeout_ms)
             x->timeout_ms = 10000;
         const vm_cfg *m = ebd_cfg_option(p, t->opt0, t->nopt, "method");
@@ -348,19 +477,14 @@ static bool prepare_target(ebd *d, ebd_rules *r, uint32_t i, char *err, size_t c
     } else if (str_eq(p, t->kind, "file")) {
         x->kind = T_FILE;
         char *path = ebd_cfg_text(p, value, why, sizeof why);
-        x->path = path ? under_data(d, path) : NULL;
+        if (path)
+            x->fd = open_output(d, path, &x->path, why, sizeof why);
         free(path);
         x->fsync = STORE_FSYNC_INTERVAL;    /* synced before each cursor commit */
         const vm_cfg *f = ebd_cfg_option(p, t->opt0, t->nopt, "fsync");
         if (f && ebd_cfg_child(p, f, 0))
             x->fsync = str_eq(p, ebd_cfg_child(p, f, 0)->str, "always") ? STORE_FSYNC_ALWAYS
                      : str_eq(p, ebd_cfg_child(p, f, 0)->str, "never") ? STORE_FSYNC_NEVER : STORE_FSYNC_INTERVAL;
-        if (x->path) {
-            mkdirs_above(x->path);
-            x->fd = open(x->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-            if (x->fd < 0)
-                snprintf(why, sizeof why, "cannot open %s: %s", x->path, strerror(errno));
-        }
     } else if (str_eq(p, t->kind, "bus")) {
         x->kind = T_BUS;
         x->bus = ebd_bus_index(d, vm_s(p, value->str), value->str.len);
@@ -387,6 +511,8 @@ static bool prepare_target(ebd *d, ebd_rules *r, uint32_t i, char *err, size_t c
         }
         for (uint32_t k = 0; k < na; k++)
             x->argv[at++] = ebd_cfg_text(p, ebd_cfg_child(p, al, k), why, sizeof why);
+        if (!why[0])
+            x->envp = exec_env(p, t, why, sizeof why);
     }
     if (why[0]) {
         snprintf(err, cap, "target '%s': %s", x->name, why);
@@ -395,35 +521,180 @@ static bool prepare_target(ebd *d, ebd_rules *r, uint32_t i, char *err, size_t c
     return true;
 }
 
-/* Fixes where each pair that has never run starts: the end of its bus's log now, committed at
- * once.  This runs while the rules are prepared, before ingest can acknowledge an event under
- * them (at start-up before the listener opens; at reload before the swap), so every event
- * acknowledged under these rules is at or after each new pair's start: none falls in a gap
+/* ---- the pairs that have run ----------------------------------------------------------------
+ * DATA/pairs/BUS lists, a name per line, every pair of the bus that ever took a position.  A
+ * pair listed there whose cursor is gone (removed by hand, a backup restored without it) has
+ * lost its place: it starts again from the oldest event kept, with an error in the log, rather
+ * than silently skip its backlog. */
+
+typedef struct {
+    char **v;
+    size_t n, cap;
+    bool changed;
+} namelist;
+
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void pairs_path(const ebd *d, const char *bus, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s/pairs/%s", d->data_dir, bus);
+}
+
+/* Reads bus's list (sorted; empty when there is none yet); false when it cannot be read. */
+static bool pairs_load(const ebd *d, const char *bus, namelist *l, char *err, size_t cap)
+{
+    char path[4400];
+    pairs_path(d, bus, path, sizeof path);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        if (errno == ENOENT)
+            return true;
+        snprintf(err, cap, "cannot read %s: %s", path, strerror(errno));
+        return false;
+    }
+    char *line = NULL;
+    size_t lcap = 0;
+    ssize_t n;
+    bool ok = true;
+    while (ok && (n = getline(&line, &lcap, f)) > 0) {
+        if (line[n - 1] == '\n')
+            line[--n] = 0;
+        if (n == 0)
+            continue;
+        if (l->n == l->cap) {
+            size_t c = l->cap ? l->cap * 2 : 64;
+            char **v = realloc(l->v, c * sizeof *v);
+            ok = v != NULL;
+            if (v) {
+                l->v = v;
+                l->cap = c;
+            }
+        }
+        if (ok && !(l->v[l->n++] = strdup(line)))
+            ok = false, l->n--;
+    }
+    free(line);
+    fclose(f);
+    if (!ok)
+        snprintf(err, cap, "out of memory reading %s", path);
+    qsort(l->v, l->n, sizeof *l->v, cmp_name);
+    return ok;
+}
+
+static bool pairs_has(const namelist *l, const char *name)
+{
+    return l->n && bsearch(&name, l->v, l->n, sizeof *l->v, cmp_name) != NULL;
+}
+
+/* Adds name (kept sorted when the list is written). */
+static bool pairs_add(namelist *l, const char *name)
+{
+    if (l->n == l->cap) {
+        size_t c = l->cap ? l->cap * 2 : 64;
+        char **v = realloc(l->v, c * sizeof *v);
+        if (!v)
+            return false;
+        l->v = v;
+        l->cap = c;
+    }
+    if (!(l->v[l->n] = strdup(name)))
+        return false;
+    l->n++;
+    l->changed = true;
+    return true;
+}
+
+/* Writes bus's list whole, durably (a new file synced, renamed over the old, the folder synced). */
+static bool pairs_save(const ebd *d, const char *bus, namelist *l, char *err, size_t cap)
+{
+    char dir[4300], path[4400], tmp[4500];
+    snprintf(dir, sizeof dir, "%s/pairs", d->data_dir);
+    mkdir(dir, 0755);
+    pairs_path(d, bus, path, sizeof path);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    qsort(l->v, l->n, sizeof *l->v, cmp_name);
+    FILE *f = fopen(tmp, "w");
+    bool ok = f != NULL;
+    for (size_t i = 0; ok && i < l->n; i++)
+        ok = fprintf(f, "%s\n", l->v[i]) > 0;
+    ok = f && fflush(f) == 0 && fsync(fileno(f)) == 0 && ok;
+    if (f && fclose(f) != 0)
+        ok = false;
+    ok = ok && rename(tmp, path) == 0;
+    int dfd = ok ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+    ok = ok && dfd >= 0 && fsync(dfd) == 0;
+    if (dfd >= 0)
+        close(dfd);
+    if (!ok)
+        snprintf(err, cap, "cannot write %s: %s", path, strerror(errno));
+    return ok;
+}
+
+static void pairs_free(namelist *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i]);
+    free(l->v);
+}
+
+/* Fixes where each pair without a cursor starts, committed at once: a pair that has never run,
+ * at the end of its bus's log now; one that has run before and lost its cursor, at the oldest
+ * event kept, loudly.  This runs while the rules are prepared, before ingest can acknowledge an
+ * event under them (at start-up before the listener opens; at reload before the swap), so every
+ * event acknowledged under these rules is at or after each new pair's start: none falls in a gap
  * between "acknowledged" and "the pair took its position".  An event acknowledged during a
  * reload, before the swap, may reach a rule that the reload adds (docs/ebd.md).  False, with
  * the cause in err, when a position cannot be read or made durable. */
 static bool claim_new_pairs(ebd *d, ebd_rules *r, char *err, size_t cap)
 {
     const vm_program *p = r->p;
-    for (size_t i = 0; i < r->nworkers; i++) {
+    namelist *known = calloc(d->nbuses ? d->nbuses : 1, sizeof *known);
+    bool *loaded = calloc(d->nbuses ? d->nbuses : 1, sizeof *loaded);
+    bool ok = known && loaded;
+    if (!ok)
+        snprintf(err, cap, "out of memory");
+    for (size_t i = 0; ok && i < r->nworkers; i++) {
         ebd_worker *w = &r->workers[i];
         uint32_t b = r->bus_of[p->rules[w->rule].bus];
         if (b == VM_NONE)
             continue;
         store *s = d->buses[b]->s;
+        const char *bus = d->buses[b]->name;
+        if (!loaded[b] && !(ok = loaded[b] = pairs_load(d, bus, &known[b], err, cap)))
+            break;
         uint64_t at, first;
         store_status st = store_committed(s, w->cursor, &at);
         if (st == STORE_NOTFOUND) {
             store_bounds(s, &first, &at);
+            if (pairs_has(&known[b], w->cursor)) {
+                ebd_log(EBD_ERROR, "msg=\"a delivery cursor is missing though the pair has run "
+                        "before: it starts again from the oldest event kept, so events may be "
+                        "delivered twice, rather than skip its backlog\" bus=%s cursor=%s from=%"
+                        PRIu64 " end=%" PRIu64, bus, w->cursor, first, at);
+                at = first;
+            }
             st = store_commit(s, w->cursor, at);
         }
         if (st != STORE_OK) {
             snprintf(err, cap, "delivery %s: cannot fix its position in bus '%s': %s", w->cursor,
-                     d->buses[b]->name, store_error(s));
-            return false;
+                     bus, store_error(s));
+            ok = false;
+        } else if (!pairs_has(&known[b], w->cursor) && !pairs_add(&known[b], w->cursor)) {
+            snprintf(err, cap, "out of memory");
+            ok = false;
         }
     }
-    return true;
+    for (size_t b = 0; known && b < d->nbuses; b++) {
+        if (ok && known[b].changed)
+            ok = pairs_save(d, d->buses[b]->name, &known[b], err, cap);
+        pairs_free(&known[b]);
+    }
+    free(known);
+    free(loaded);
+    return ok;
 }
 
 bool ebd_rules_prepare(ebd *d, ebd_rules *r, char *err, size_t cap)
@@ -480,6 +751,7 @@ void ebd_rules_free(ebd_rules *r)
         for (char **a = x->argv; a && *a; a++)
             free(*a);
         free(x->argv);
+        cmd_env_free(x->envp);
         free(x->dead_letter_file);
         pthread_mutex_destroy(&x->mu);
     }
@@ -563,6 +835,7 @@ static void http_prepare(ebd_target *t, CURL *h, const char *payload, size_t n, 
     *seen = (http_seen){ 0 };
     *headers = hs;
     curl_easy_setopt(h, CURLOPT_URL, t->url);
+    ebd_curl_http_only(h);
     curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, t->method);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, payload);
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)n);
@@ -603,20 +876,60 @@ static void deliver_http(ebd_target *t, CURL *h, const char *payload, size_t n, 
     http_finish(t, h, rc, &seen, a);
 }
 
-static void deliver_file(ebd_target *t, const char *payload, size_t n, attempt *a)
+/* JSON text s[0..n) (valid: an event, a template's output, a function's checked answer) without
+ * the white space between its tokens, to out (n bytes): on one line, as a string holds no raw
+ * line break.  Returns the length. */
+static size_t json_one_line(const char *s, size_t n, char *out)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        if (s[i] == '"') {
+            size_t end = vm_json_string_end(s, n, i);
+            memcpy(out + o, s + i, end - i);
+            o += end - i;
+            i = end;
+        } else {
+            if (s[i] != ' ' && s[i] != '\t' && s[i] != '\n' && s[i] != '\r')
+                out[o++] = s[i];
+            i++;
+        }
+    }
+    return o;
+}
+
+/* Text s[0..n) on one line, to out (2n bytes): a backslash as \\, a line feed as \n, a carriage
+ * return as \r.  Returns the length. */
+static size_t text_one_line(const char *s, size_t n, char *out)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '\\' || c == '\n' || c == '\r') {
+            out[o++] = '\\';
+            out[o++] = c == '\n' ? 'n' : c == '\r' ? 'r' : '\\';
+        } else {
+            out[o++] = c;
+        }
+    }
+    return o;
+}
+
+/* Appends the payload as one line: JSON without white space between tokens, text with its line
+ * breaks (and backslashes) escaped, so that a payload never reads as several. */
+static void deliver_file(ebd_target *t, const char *payload, size_t n, bool text, attempt *a)
 {
     /* One write of the line: O_APPEND keeps lines whole even with several writers. */
-    char *line = malloc(n + 1);
+    char *line = malloc(2 * n + 1);
     if (!line) {
         snprintf(a->error, sizeof a->error, "out of memory");
         a->retry = true;
         return;
     }
-    memcpy(line, payload, n);
-    line[n] = '\n';
-    ssize_t w = write(t->fd, line, n + 1);
+    size_t len = text ? text_one_line(payload, n, line) : json_one_line(payload, n, line);
+    line[len++] = '\n';
+    ssize_t w = write(t->fd, line, len);
     free(line);
-    if (w != (ssize_t)(n + 1) || (t->fsync == STORE_FSYNC_ALWAYS && fdatasync(t->fd) != 0)) {
+    if (w != (ssize_t)len || (t->fsync == STORE_FSYNC_ALWAYS && fdatasync(t->fd) != 0)) {
         snprintf(a->error, sizeof a->error, "%s: %s", t->path, w < 0 ? strerror(errno) : "short write");
         a->retry = true;
     }
@@ -644,69 +957,27 @@ static void deliver_bus(ebd *d, ebd_target *t, const char *payload, size_t n, bo
     }
 }
 
+/* Runs the target's command with the payload on its standard input (docs/ebd.md, Commands):
+ * exit status 0 is success.  What it writes to standard error is kept in part (CMD_STDERR_KEEP
+ * bytes) for the error, or logged, escaped, when it succeeded. */
 static void deliver_exec(ebd_target *t, const char *payload, size_t n, attempt *a)
 {
-    int in[2];
-    if (pipe2(in, O_CLOEXEC) != 0) {
-        snprintf(a->error, sizeof a->error, "cannot run %s: %s", t->argv[0], strerror(errno));
+    cmd_spec s = { t->argv, t->envp, payload, n, (uint32_t)t->timeout_ms, 0 };
+    cmd_result r;
+    char why[CMD_STDERR_KEEP + 100];
+    cmd_run(&s, &r);
+    if (cmd_describe(&s, &r, why, sizeof why)) {
+        snprintf(a->error, sizeof a->error, "%s %s", t->argv[0], why);
+        a->status = r.spawn_errno || r.timed_out ? 0 : WIFEXITED(r.status) ? WEXITSTATUS(r.status)
+                                                                          : -WTERMSIG(r.status);
         a->retry = true;
-        return;
+    } else if (r.nerr) {
+        char note[CMD_STDERR_KEEP + 8], esc[4 * sizeof note];
+        cmd_stderr_text(&r, note, sizeof note);
+        ebd_log(EBD_INFO, "msg=\"command wrote to standard error\" target=%s stderr=\"%s\"",
+                t->name, ebd_log_text(note, esc, sizeof esc));
     }
-    pid_t pid = fork();
-    if (pid == 0) {
-        setpgid(0, 0);
-        signal(SIGPIPE, SIG_DFL);
-        dup2(in[0], 0);
-        int null = open("/dev/null", O_WRONLY);
-        dup2(null, 1);
-        closefrom(3);
-        execvp(t->argv[0], t->argv);
-        _exit(127);
-    }
-    close(in[0]);
-    if (pid < 0) {
-        close(in[1]);
-        snprintf(a->error, sizeof a->error, "cannot run %s: %s", t->argv[0], strerror(errno));
-        a->retry = true;
-        return;
-    }
-    setpgid(pid, pid);
-    fcntl(in[1], F_SETFL, O_NONBLOCK);
-    int64_t deadline = mono_ms() + t->timeout_ms;
-    size_t sent = 0;
-    while (sent < n && mono_ms() < deadline) {
-        struct pollfd f = { in[1], POLLOUT, 0 };
-        if (poll(&f, 1, (int)(deadline - mono_ms())) <= 0)
-            continue;
-        ssize_t w = write(in[1], payload + sent, n - sent);
-        if (w < 0 && errno != EAGAIN && errno != EINTR)
-            break;
-        if (w > 0)
-            sent += (size_t)w;
-    }
-    close(in[1]);
-    int status = 0;
-    for (;;) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid || (r < 0 && errno != EINTR))
-            break;
-        if (mono_ms() >= deadline) {
-            kill(-pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            snprintf(a->error, sizeof a->error, "%s took longer than %ld ms", t->argv[0], t->timeout_ms);
-            a->retry = true;
-            return;
-        }
-        struct timespec ts = { 0, 2000000 };
-        nanosleep(&ts, NULL);
-    }
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
-        return;
-    a->status = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-    snprintf(a->error, sizeof a->error, "%s %s %d", t->argv[0],
-             WIFEXITED(status) ? "exited with status" : "was killed by signal",
-             WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
-    a->retry = true;
+    cmd_result_free(&r);
 }
 
 /* Takes a slot of the target's concurrency limit and a rate-limit token if both are free now. */
@@ -766,7 +1037,7 @@ static void attempt_once(ebd *d, _Atomic bool *stop, ebd_target *t, CURL *h, con
     take_slot(stop, t);
     switch (t->kind) {
     case T_HTTP: deliver_http(t, h, payload, n, text, a); break;
-    case T_FILE: deliver_file(t, payload, n, a); break;
+    case T_FILE: deliver_file(t, payload, n, text, a); break;
     case T_BUS: deliver_bus(d, t, payload, n, text, a); break;
     default: deliver_exec(t, payload, n, a); break;
     }
@@ -827,10 +1098,11 @@ static bool dead_letter(work *k, const store_record *rec, const attempt *a, unsi
         dl = &k->r->targets[rule->dead_letter];
     else if (t->dead_letter != VM_NONE)
         dl = &k->r->targets[t->dead_letter];
+    char esc[1024];      /* an error may quote a URL or a command's stderr: escaped for the log */
     if (!dl && !file) {
         ebd_log(EBD_ERROR, "msg=\"delivery dropped: no dead-letter target\" rule=%s target=%s "
                 "offset=%" PRIu64 " attempts=%u error=\"%s\"", k->rule_name, t->name, rec->offset,
-                attempts, a->error);
+                attempts, ebd_log_text(a->error, esc, sizeof esc));
         return true;
     }
     sbuf b = { 0 };
@@ -852,20 +1124,19 @@ static bool dead_letter(work *k, const store_record *rec, const attempt *a, unsi
     sb_printf(&b, ",\"attempts\":%u,\"first_attempt\":\"%s\",\"last_attempt\":\"%s\",\"offset\":%"
               PRIu64 "}", attempts, t0, t1, rec->offset);
     ebd_log(EBD_WARN, "msg=\"dead letter\" rule=%s target=%s offset=%" PRIu64 " attempts=%u "
-            "status=%ld error=\"%s\"", k->rule_name, t->name, rec->offset, attempts, a->status, a->error);
+            "status=%ld error=\"%s\"", k->rule_name, t->name, rec->offset, attempts, a->status,
+            ebd_log_text(a->error, esc, sizeof esc));
     bool ok = false;
     for (unsigned n = 0; !ok; n++) {
         attempt da = { 0 };
         if (file) {
-            ebd_target ft = { .name = t->name, .path = (char *)file, .fsync = STORE_FSYNC_ALWAYS };
-            mkdirs_above(file);
-            ft.fd = open(file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-            if (ft.fd < 0)
-                snprintf(da.error, sizeof da.error, "%s: %s", file, strerror(errno));
-            else {
-                deliver_file(&ft, b.v, b.n, &da);
+            ebd_target ft = { .name = t->name, .fsync = STORE_FSYNC_ALWAYS };
+            ft.fd = open_output(d, file, &ft.path, da.error, sizeof da.error);
+            if (ft.fd >= 0) {
+                deliver_file(&ft, b.v, b.n, false, &da);
                 close(ft.fd);
             }
+            free(ft.path);
         } else {
             if (!k->dl_curl)
                 k->dl_curl = curl_easy_init();
@@ -879,7 +1150,7 @@ static bool dead_letter(work *k, const store_record *rec, const attempt *a, unsi
         ok = !da.error[0];
         if (!ok) {
             ebd_log(EBD_ERROR, "msg=\"dead-letter delivery failed\" rule=%s target=%s error=\"%s\"",
-                    k->rule_name, t->name, da.error);
+                    k->rule_name, t->name, ebd_log_text(da.error, esc, sizeof esc));
             if (!pause_ms(&k->r->stop, n < 10 ? 1000LL << (n < 6 ? n : 6) : 60000))
                 break;
         }
@@ -912,9 +1183,10 @@ static bool may_retry(work *k, unsigned i, const attempt *a, const store_record 
 
 static void log_retry(work *k, const store_record *rec, unsigned i, int64_t wait, const attempt *a)
 {
+    char esc[1024];
     ebd_log(EBD_INFO, "msg=\"delivery failed, will retry\" rule=%s target=%s offset=%" PRIu64
             " attempt=%u wait_ms=%lld error=\"%s\"", k->rule_name, k->t->name, rec->offset, i,
-            (long long)wait, a->error);
+            (long long)wait, ebd_log_text(a->error, esc, sizeof esc));
 }
 
 /* Delivers one payload with the target's retry policy; false if the daemon stopped first (the
@@ -1044,8 +1316,99 @@ static void *committer_main(void *arg)
 
 /* The payload of record rec for this worker's rule: 0 when the rule does not match it, 1 with
  * *payload (malloc'd) when it does, -1 when the transform failed (why in err). */
+static int transform_payload(work *k, vm_xform_env *env, const store_record *rec, bool known,
+                             char **payload, size_t *plen, bool *text, char *err, size_t cap);
+
+/* ---- hops: events that bus targets pass from bus to bus ---------------------------------- */
+
+typedef struct {
+    const char *s;
+    unsigned hops;
+    sbuf *out;                    /* stamping: the members kept */
+    bool any;
+} hops_walk;
+
+static bool find_hops(void *arg, const js_member *m)
+{
+    hops_walk *h = arg;
+    if (js_key_is(h->s, m, VM_HOPS_ATTR)) {
+        unsigned v = 0;
+        for (uint32_t i = 0; i < m->val_len && h->s[m->val_off + i] >= '0' &&
+                             h->s[m->val_off + i] <= '9' && v < 1000000; i++)
+            v = v * 10 + (unsigned)(h->s[m->val_off + i] - '0');
+        h->hops = v;
+    }
+    return true;
+}
+
+static bool keep_member(void *arg, const js_member *m)
+{
+    hops_walk *h = arg;
+    if (js_key_is(h->s, m, VM_HOPS_ATTR))
+        return true;
+    sb_puts(h->out, h->any ? "," : "");
+    sb_put(h->out, h->s + m->key_off, m->key_len);
+    sb_puts(h->out, ":");
+    sb_put(h->out, h->s + m->val_off, m->val_len);
+    h->any = true;
+    return true;
+}
+
+/* A bus target's payload gets the extension attribute VM_HOPS_ATTR: one more than the event it
+ * was made from had (0 when it had none), replacing any the payload carried, so that an event
+ * cannot go round between buses for ever.  Past VM_MAX_BUS_HOPS: -1 with the reason in err (the
+ * caller dead-letters it).  A payload that is not a JSON object is left as it is (deliver_bus
+ * refuses it).  1 otherwise, *payload replaced. */
+static int stamp_hops(const store_record *rec, char **payload, size_t *plen, char *err, size_t cap)
+{
+    hops_walk src = { .s = (const char *)rec->data };
+    size_t i = vm_json_ws(src.s, rec->len, 0);
+    if (i < rec->len && src.s[i] == '{')
+        js_each(src.s, rec->len, i, find_hops, &src);
+    unsigned hops = src.hops + 1;
+    if (hops > VM_MAX_BUS_HOPS) {
+        snprintf(err, cap, "the event has passed %u bus targets already (%s %u), the most "
+                 "allowed: the rules may send it round in a loop", src.hops, VM_HOPS_ATTR, src.hops);
+        return -1;
+    }
+    if (!vm_json_valid(*payload, *plen, NULL))
+        return 1;
+    i = vm_json_ws(*payload, *plen, 0);
+    if ((*payload)[i] != '{')
+        return 1;
+    sbuf out = { 0 };
+    hops_walk h = { .s = *payload, .out = &out };
+    sb_puts(&out, "{");
+    js_each(*payload, *plen, i, keep_member, &h);
+    sb_printf(&out, "%s\"%s\":%u}", h.any ? "," : "", VM_HOPS_ATTR, hops);
+    if (out.oom) {
+        sb_free(&out);
+        snprintf(err, cap, "out of memory");
+        return -1;
+    }
+    free(*payload);
+    *payload = out.v;
+    *plen = out.n;
+    return 1;
+}
+
+/* The payload of rec for the worker's target: the rule's transform (a function transform runs
+ * the command or request), stamped with its hop count for a bus target.  1 with *payload
+ * (malloc'd), 0 when the rule does not match after all (known false: matched here), -1 with
+ * the reason in err. */
 static int make_payload(work *k, vm_xform_env *env, const store_record *rec, bool known,
                         char **payload, size_t *plen, bool *text, char *err, size_t cap)
+{
+    int m = transform_payload(k, env, rec, known, payload, plen, text, err, cap);
+    if (m == 1 && k->t->kind == T_BUS && !*text && (m = stamp_hops(rec, payload, plen, err, cap)) < 0) {
+        free(*payload);
+        *payload = NULL;
+    }
+    return m;
+}
+
+static int transform_payload(work *k, vm_xform_env *env, const store_record *rec, bool known,
+                             char **payload, size_t *plen, bool *text, char *err, size_t cap)
 {
     const vm_program *p = k->r->p;
     const vm_rule *rule = &p->rules[k->w->rule];
@@ -1603,12 +1966,13 @@ void ebd_workers_start(ebd *d, ebd_rules *r)
         size_t npend = 0;
         store_status cst = store_committed_pending(s, w->cursor, &w->start, pend, &npend);
         if (cst == STORE_NOTFOUND) {
-            /* Its cursor was there when the rules were prepared: someone removed it. */
-            uint64_t first;
-            store_bounds(s, &first, &w->start);
+            /* Its cursor was there when the rules were prepared: someone removed it since. */
+            uint64_t next;
+            store_bounds(s, &w->start, &next);
             store_commit(s, w->cursor, w->start);
-            ebd_log(EBD_WARN, "msg=\"a delivery cursor disappeared: it starts again at the end of "
-                    "the log\" cursor=%s offset=%" PRIu64, w->cursor, w->start);
+            ebd_log(EBD_ERROR, "msg=\"a delivery cursor disappeared: it starts again from the "
+                    "oldest event kept, so events may be delivered twice\" cursor=%s offset=%"
+                    PRIu64, w->cursor, w->start);
         } else if (cst != STORE_OK) {
             /* Not a new pair: its backlog must not be passed over.  It stays stopped. */
             ebd_log(EBD_ERROR, "msg=\"cannot read a delivery cursor: these deliveries stay stopped "

@@ -165,6 +165,13 @@ typedef struct { vm_str name, kind; uint32_t value, opt0, nopt; vm_span span; } 
  * this many bytes, so the compiler refuses a bus name or a pair's name that is longer. */
 #define VM_MAX_NAME 200u
 
+/* How many bus targets one event may pass through: each bus target stamps the event it appends
+ * with the extension attribute VM_HOPS_ATTR, one more than the event it came from had; past
+ * this, the delivery is dead-lettered instead (a loop between buses).  The compiler warns of a
+ * possible loop. */
+#define VM_MAX_BUS_HOPS 16u
+#define VM_HOPS_ATTR "ebrhops"
+
 typedef struct {
     vm_str name;
     uint32_t bus;
@@ -379,6 +386,8 @@ typedef enum {
     VM_ERR_LIMIT,    /* the event is too deep or too big */
     VM_ERR_NOMEM,
     VM_ERR_TRANSFORM, /* a transform failed for this event (a function's argument, ...) */
+    VM_ERR_RULE,     /* vm_match: some rules could not be decided for this event (each one's
+                        error in vm_match_failures); the others were */
 } vm_status;
 
 typedef struct {
@@ -426,12 +435,22 @@ uint32_t vm_crc32c_sw(uint32_t crc, const void *buf, size_t len);   /* the table
  */
 typedef struct vm_ctx vm_ctx;
 
+/* The deepest nesting of objects and arrays in an event that the scanner reads, and that
+ * vm_json_check (the daemon's ingest) accepts: the two agree, so a stored event can be matched. */
+#define VM_MAX_DEPTH 1024
+
+/* The default work limit of one rule on one event (vm_options.max_steps). */
+#define VM_MAX_STEPS 10000000
+
 typedef struct {
     bool reference;      /* run every rule's bytecode instead of the index (for checking) */
     bool no_simd;        /* scan byte by byte even where SIMD is available (for checking) */
-    size_t max_depth;    /* nesting limit for events; 0 means the default (128) */
-    size_t max_steps;    /* work limit for matching one event; 0 means the default (10 million):
-                            fields examined plus choices revisited, see docs/bytecode.md */
+    bool plain_search;   /* search array elements one by one, backtracking to the last choice,
+                            as the rules' semantics say (for checking the faster search) */
+    size_t max_depth;    /* nesting limit for events; 0 means the default (VM_MAX_DEPTH) */
+    size_t max_steps;    /* work limit for one rule on one event; 0 means the default
+                            (VM_MAX_STEPS): fields examined plus choices revisited, see
+                            docs/bytecode.md */
 } vm_options;
 
 vm_ctx *vm_ctx_new(const vm_program *p, const vm_options *opt);
@@ -439,11 +458,31 @@ const vm_program *vm_ctx_program(const vm_ctx *c);
 void vm_ctx_free(vm_ctx *c);
 
 /* Scans one event (JSON text) and runs every rule (or only the rules on bus `bus`, unless it is
- * VM_NONE).  On success returns VM_OK and points *rules at the matched rule indices in ascending
- * order (valid until the next call on c).  An event that is not a JSON object gives VM_ERR_EVENT
- * with the offending byte offset and matches nothing. */
+ * VM_NONE).  Returns VM_OK when every rule was decided, and points *rules at the matched rule
+ * indices in ascending order (valid until the next call on c).
+ *
+ * A rule that cannot be decided for this event (its step budget, vm_options.max_steps, ran out)
+ * fails alone: the others are decided as usual.  vm_match then returns VM_ERR_RULE, *rules
+ * holds the rules that matched, vm_match_failures lists those that failed, and err holds the
+ * first failure's message.
+ *
+ * An error about the event itself fails every rule: an event that is not a JSON object gives
+ * VM_ERR_EVENT with the offending byte offset, one nested deeper than vm_options.max_depth
+ * VM_ERR_LIMIT, and memory running out VM_ERR_NOMEM; *rules is then empty. */
 vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
                    const uint32_t **rules, size_t *nrules, vm_error *err);
+
+/* A rule that vm_match could not decide for an event, and why (err.code VM_ERR_LIMIT, err.msg
+ * names the rule). */
+typedef struct {
+    uint32_t rule;
+    vm_error err;
+} vm_rule_error;
+
+/* The rules that the last vm_match on c could not decide (VM_ERR_RULE), in ascending order of
+ * rule; points *out at them (valid until the next call on c) and returns how many (0 after any
+ * other status). */
+size_t vm_match_failures(const vm_ctx *c, const vm_rule_error **out);
 
 /* Why did rule `rule` not match the event last given to vm_match on c (json: the same pointer)?
  * Runs the rule's bytecode and names the condition whose failure got furthest through it (so
@@ -499,7 +538,7 @@ void vm_format_ip(const uint8_t ip[16], int bits, char *buf, size_t cap);
  */
 
 /* Is s[0..n) exactly one JSON value (RFC 8259: strict numbers, well-formed UTF-8, no raw control
- * characters, at most 1024 levels deep), white space around it allowed?  If not, *bad_at is the
+ * characters, at most VM_MAX_DEPTH levels deep), white space around it allowed?  If not, *bad_at is the
  * byte where it fails and *why what is wrong there, a static text in the event scanner's words
  * ("trailing comma in object", "unterminated string", ...); either may be NULL. */
 bool vm_json_check(const char *s, size_t n, size_t *bad_at, const char **why);

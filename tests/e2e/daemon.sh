@@ -295,6 +295,58 @@ s=$(post /v1/buses/gone5/events application/cloudevents+json "$(ev back1 x)")
 expect_status 202 "a bus declared again after a reload took it away takes events" "$s"
 stop_ebd
 
+# ---- a lost cursor: the pair starts again from the oldest event kept, loudly, not at the end ----
+PR=$((BASE + 1))
+printf 'bus main\ntarget h http "http://127.0.0.1:%d/h" { retry exponential(attempts: 100, first: 50ms, max: 100ms) }\nrule r on main { match exists id to h }\n' $PR >"$WORK/lost.ebr"
+start_ebd "$WORK/lost.ebr" "$WORK/lost"
+wait_for 60 healthy || fail "ebd did not start"
+for id in lag1 lag2 lag3; do post /v1/buses/main/events application/cloudevents+json "$(ev $id x)" >/dev/null; done
+wait_for 60 grep -q 'offset=2' "$WORK/ebd.log"      # the target is down: they wait for retries
+stop_ebd
+rm -f "$WORK/lost/buses/main/cursors/r.h"
+"$BIN/e2e_receiver" $PR "$WORK/lost.log" &
+PIDS="$PIDS $!"
+start_ebd "$WORK/lost.ebr" "$WORK/lost"
+wait_for 60 healthy || fail "ebd did not start"
+post /v1/buses/main/events application/cloudevents+json "$(ev lag4 x)" >/dev/null
+if wait_for 60 grep -q '"id":"lag4"' "$WORK/lost.log" && grep -q '"id":"lag1"' "$WORK/lost.log"; then
+    pass "a pair whose cursor was removed delivers its backlog (lag1-3) instead of skipping it"
+else
+    fail "lost cursor: the receiver got $(grep -o '"id":"lag[0-9]"' "$WORK/lost.log" 2>/dev/null | paste -sd,)"
+fi
+grep -q 'level=error msg="a delivery cursor is missing though the pair has run before' "$WORK/ebd.log" \
+    && pass "and says so at level error" || fail "no error line for the lost cursor"
+stop_ebd
+
+# ---- a bus target that feeds its own bus: each pass counted, the 17th dead-lettered --------------
+cat >"$WORK/loop.ebr" <<'EOF'
+bus a
+target loop bus a { dead_letter file "dlq/loop.jsonl" }
+target seen file "out/seen.jsonl"
+rule r on a { match exists id to loop }
+rule all on a { match exists id to seen }
+EOF
+"$BIN/ebc" check "$WORK/loop.ebr" >"$WORK/out" 2>&1
+grep -q "warning: events can loop: rule 'r' on bus 'a' sends to bus 'a', its own bus" "$WORK/out" \
+    && pass "the compiler warns of the loop" || fail "no loop warning: $(cat "$WORK/out")"
+start_ebd "$WORK/loop.ebr" "$WORK/loop"
+wait_for 60 healthy || fail "ebd did not start"
+post /v1/buses/a/events application/cloudevents+json "$(ev hop0 x)" >/dev/null
+if wait_for 60 test -s "$WORK/loop/dlq/loop.jsonl"; then
+    wait_for 60 lines_ge "$WORK/loop/out/seen.jsonl" 17
+    hops=$(grep -o '"ebrhops":[0-9]*' "$WORK/loop/out/seen.jsonl" | cut -d: -f2 | sort -n | paste -sd,)
+    [ "$hops" = "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16" ] && [ "$(grep -c '' "$WORK/loop/out/seen.jsonl")" -eq 17 ] \
+        && pass "a loop: the event went round 16 times, each pass stamped ebrhops 1..16" \
+        || fail "loop: $(grep -c '' "$WORK/loop/out/seen.jsonl") passes, hops $hops"
+    grep -q '"error":"the event has passed 16 bus targets already (ebrhops 16)' "$WORK/loop/dlq/loop.jsonl" \
+        && pass "then dead-lettered with the reason" || fail "loop dead letter: $(cat "$WORK/loop/dlq/loop.jsonl")"
+else
+    fail "the looping event was never dead-lettered ($(grep -c '' "$WORK/loop/out/seen.jsonl" 2>/dev/null) passes)"
+fi
+stop_ebd
+n=$("$BIN/ebc" log dump "$WORK/loop/buses/a" 2>/dev/null | grep -c '')
+[ "$n" -eq 17 ] && pass "the bus holds the event and its 16 passes, no more" || fail "the looping bus holds $n records"
+
 # ---- the command line -------------------------------------------------------------------------
 "$BIN/ebd" --version >"$WORK/out" 2>&1 && grep -q '^ebd [0-9]' "$WORK/out" && pass "--version: $(cat "$WORK/out")" \
     || fail "--version: $(cat "$WORK/out")"
