@@ -925,20 +925,12 @@ static int bus_target_of(cc_comp *c, uint32_t t)
     return cc_names_find(&c->buses, u->text + d->b->tok.off, d->b->tok.len);
 }
 
-/* A rule on bus A that sends to a bus target of bus B, where B can lead back to A through other
- * such rules, lets an event go round for ever; the daemon stops it after VM_MAX_BUS_HOPS bus
- * targets (dead-lettering it), and this says so at compile time: a warning at each such target
- * of each rule on the cycle. */
-static void check_bus_cycles(cc_comp *c)
+/* Calls fn for each bus target that a rule sends to: the rule, the bus it is on, the target's
+ * name where the rule lists it, and the bus the target appends to (indices in c->buses). */
+static void each_bus_edge(cc_comp *c, void (*fn)(cc_comp *, void *, uint32_t rule, uint32_t from,
+                                                  ast *where, uint32_t to), void *arg)
 {
-    uint32_t nb = c->buses.n, nr = c->rules.n;
-    if (!nb)
-        return;
-    /* reach[a * nb + b]: bus b can be reached from bus a through one or more bus targets */
-    uint8_t *reach = calloc((size_t)nb * nb, 1);
-    if (!reach)
-        abort();
-    for (uint32_t i = 0; i < nr; i++) {
+    for (uint32_t i = 0; i < c->rules.n; i++) {
         ast *d = c->rules.v[i].node;
         cc_unit *u = c->rules.v[i].unit;
         int from = cc_names_find(&c->buses, u->text + d->a->tok.off, d->a->tok.len);
@@ -947,31 +939,51 @@ static void check_bus_cycles(cc_comp *c)
                 int ti = cc_names_find(&c->targets, u->text + t->tok.off, t->tok.len);
                 int to = ti >= 0 ? bus_target_of(c, (uint32_t)ti) : -1;
                 if (to >= 0)
-                    reach[(size_t)from * nb + (uint32_t)to] = 1;
+                    fn(c, arg, i, (uint32_t)from, t, (uint32_t)to);
             }
     }
+}
+
+static void mark_edge(cc_comp *c, void *arg, uint32_t rule, uint32_t from, ast *where, uint32_t to)
+{
+    (void)rule;
+    (void)where;
+    ((uint8_t *)arg)[(size_t)from * c->buses.n + to] = 1;
+}
+
+static void warn_edge(cc_comp *c, void *arg, uint32_t rule, uint32_t from, ast *where, uint32_t to)
+{
+    const uint8_t *reach = arg;
+    ast *d = c->rules.v[rule].node;
+    cc_unit *u = c->rules.v[rule].unit;
+    if (to == from || reach[(size_t)to * c->buses.n + from])
+        cc_warning(u, where->tok.off, where->tok.len, "events can loop: rule '%.*s' on bus '%s' "
+                   "sends to bus '%s'%s; the daemon dead-letters an event after %u bus targets",
+                   (int)d->tok.len, u->text + d->tok.off, c->buses.v[from].name,
+                   c->buses.v[to].name, to == from ? ", its own bus" : ", which leads back to it",
+                   VM_MAX_BUS_HOPS);
+}
+
+/* A rule on bus A that sends to a bus target of bus B, where B can lead back to A through other
+ * such rules, lets an event go round for ever; the daemon stops it after VM_MAX_BUS_HOPS bus
+ * targets (dead-lettering it), and this says so at compile time: a warning at each such target
+ * of each rule on the cycle. */
+static void check_bus_cycles(cc_comp *c)
+{
+    uint32_t nb = c->buses.n;
+    if (!nb)
+        return;
+    /* reach[a * nb + b]: bus b can be reached from bus a through one or more bus targets */
+    uint8_t *reach = calloc((size_t)nb * nb, 1);
+    if (!reach)
+        abort();
+    each_bus_edge(c, mark_edge, reach);
     for (uint32_t k = 0; k < nb; k++)       /* the closure (Warshall): buses are few */
         for (uint32_t a = 0; a < nb; a++)
             if (reach[(size_t)a * nb + k])
                 for (uint32_t b = 0; b < nb; b++)
                     reach[(size_t)a * nb + b] |= reach[(size_t)k * nb + b];
-    for (uint32_t i = 0; i < nr; i++) {
-        ast *d = c->rules.v[i].node;
-        cc_unit *u = c->rules.v[i].unit;
-        int from = cc_names_find(&c->buses, u->text + d->a->tok.off, d->a->tok.len);
-        for (ast *k = d->c; from >= 0 && k; k = k->next)
-            for (ast *t = k->kind == A_TO ? k->a : NULL; t; t = t->next) {
-                int ti = cc_names_find(&c->targets, u->text + t->tok.off, t->tok.len);
-                int to = ti >= 0 ? bus_target_of(c, (uint32_t)ti) : -1;
-                if (to >= 0 && (to == from || reach[(size_t)to * nb + (uint32_t)from]))
-                    cc_warning(u, t->tok.off, t->tok.len, "events can loop: rule '%.*s' on bus "
-                               "'%s' sends to bus '%s'%s; the daemon dead-letters an event after "
-                               "%u bus targets", (int)d->tok.len, u->text + d->tok.off,
-                               c->buses.v[from].name, c->buses.v[to].name,
-                               to == from ? ", its own bus" : ", which leads back to it",
-                               VM_MAX_BUS_HOPS);
-            }
-    }
+    each_bus_edge(c, warn_edge, reach);
     free(reach);
 }
 
