@@ -442,6 +442,15 @@ ast *ast_option(cc_unit *u, const gr_token *name, ast *values, ast *assigned)
     return o;
 }
 
+ast *ast_option_block(cc_unit *u, const gr_token *name, ast *options, const gr_token *end)
+{
+    ast *o = node(u, A_OPTION, name);
+    o->a = options;
+    o->flags |= AF_BLOCK;
+    extend(o, end->off, end->len);
+    return o;
+}
+
 ast *ast_value(cc_unit *u, const gr_token *t)
 {
     ast *v = node(u, A_VALUE, t);

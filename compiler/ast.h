@@ -25,7 +25,8 @@ typedef enum {
     A_TEMPLATE,    /* a = parameter list (A_JSON over its "(...)") or NULL, b = body (A_JSON
                       or a STRING A_VALUE) */
     /* option blocks and values */
-    A_OPTION,      /* tok = name, a = values, b = the value after '=' */
+    A_OPTION,      /* tok = name, a = values, b = the value after '='; with AF_BLOCK, a = the
+                      options inside its { } */
     A_VALUE,       /* tok: STRING, NUMBER, QUANTITY, TRUE, FALSE, NULL, IDENT or REGEX */
     A_CALL,        /* tok = function name, a = arguments */
     A_NAMED,       /* tok = argument name, a = value */
@@ -54,6 +55,7 @@ enum {
     AF_CI    = 1 << 1,  /* `ignore_case` */
     AF_ASNUM = 1 << 2,  /* `as number` */
     AF_ARRAY = 1 << 3,  /* `[]` after a path segment */
+    AF_BLOCK = 1 << 4,  /* an option whose value is a block of options: env { A = "x" } */
 };
 
 typedef struct ast ast;
@@ -107,6 +109,7 @@ void ast_decl_target(cc_unit *u, const gr_token *name, const gr_token *kind, ast
 void ast_decl_server(cc_unit *u, const gr_token *kw, ast *options);
 void ast_decl_rule(cc_unit *u, const gr_token *name, const gr_token *bus, ast *clauses, const gr_token *end);
 ast *ast_option(cc_unit *u, const gr_token *name, ast *values, ast *assigned);
+ast *ast_option_block(cc_unit *u, const gr_token *name, ast *options, const gr_token *end);
 ast *ast_value(cc_unit *u, const gr_token *t);
 ast *ast_call(cc_unit *u, const gr_token *name, ast *args, const gr_token *end);
 ast *ast_named(cc_unit *u, const gr_token *name, ast *value);

@@ -78,6 +78,9 @@ options(A) ::= options(L) NL option(O).             { A = ast_append(L, O); }
 option(A) ::= IDENT(N) values(V).                   { A = ast_option(u, &N, V, NULL); }
 option(A) ::= DEAD_LETTER(N) values(V).             { A = ast_option(u, &N, V, NULL); }
 option(A) ::= IDENT(N) values(V) ASSIGN value(W).   { A = ast_option(u, &N, V, W); }
+/* A block of NAME = value lines as one option's value (an exec target's env { ... }). */
+option(A) ::= IDENT(N) LBRACE RBRACE(E).            { A = ast_option_block(u, &N, NULL, &E); }
+option(A) ::= IDENT(N) LBRACE options(L) RBRACE(E). { A = ast_option_block(u, &N, L, &E); }
 
 values(A) ::= .                                     { A = NULL; }
 values(A) ::= values(L) value(V).                   { A = ast_append(L, V); }

@@ -66,6 +66,19 @@ bool ce_check(const char *s, size_t n, char *why, size_t whycap, const char **id
 
 #include <curl/curl.h>
 
+/* Lets a libcurl handle speak http and https only, whatever the URL: one from the environment
+ * (file:///...) must not make it read a local file, nor a redirect take it to another scheme. */
+static inline void ebd_curl_http_only(CURL *h)
+{
+#if LIBCURL_VERSION_NUM >= 0x075500     /* 7.85.0 */
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+#else
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+    curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+}
+
 enum { T_HTTP, T_FILE, T_BUS, T_EXEC };
 
 typedef struct {
@@ -87,6 +100,7 @@ typedef struct {
     store_fsync fsync;
     uint32_t bus;                 /* bus: the daemon's bus index */
     char **argv;                  /* exec: argv (NULL-terminated) */
+    char **envp;                  /* exec: its environment (cmd_env) */
     ebd_retry retry;
     uint32_t dead_letter;         /* a target index, or VM_NONE */
     char *dead_letter_file;       /* or a file under the data directory */
