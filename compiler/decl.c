@@ -508,6 +508,7 @@ static const struct opt_spec {
     { "data_dir",       K_SERVER,                   opt_text,        false },
     { "tls_cert",       K_SERVER,                   opt_text,        false },
     { "tls_key",        K_SERVER,                   opt_text,        false },
+    { "match_steps",    K_SERVER,                   opt_int,         false },
 };
 
 /* Options the language reserves but nothing carries out yet: refused with a clear message, so

@@ -236,7 +236,8 @@ static int cmd_test(int argc, char **argv)
         vm_program_free(p);
         return EXIT_INPUT;
     }
-    vm_ctx *ctx = vm_ctx_new(p, NULL);
+    vm_options mopt = vm_program_options(p);   /* (the server block's match_steps, as in ebd) */
+    vm_ctx *ctx = vm_ctx_new(p, &mopt);
     cc_test_options opt = { json, &env, run_function, NULL, why };
     char *line = NULL;
     size_t cap = 0;

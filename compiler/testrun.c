@@ -81,10 +81,16 @@ static void explain(FILE *out, vm_ctx *c, uint32_t bus, const char *event, const
                     size_t nm, bool json, bool *any)
 {
     const vm_program *p = vm_ctx_program(c);
-    for (uint32_t r = 0, k = 0; r < p->nrules; r++) {
+    const vm_rule_error *fails;
+    size_t nf = vm_match_failures(c, &fails);
+    for (uint32_t r = 0, k = 0, f = 0; r < p->nrules; r++) {
         while (k < nm && matched[k] < r)
             k++;
-        if ((k < nm && matched[k] == r) || (bus != VM_NONE && p->rules[r].bus != bus))
+        while (f < nf && fails[f].rule < r)
+            f++;
+        /* (a rule that failed is not explained: its error is on the event's lines) */
+        if ((k < nm && matched[k] == r) || (f < nf && fails[f].rule == r) ||
+            (bus != VM_NONE && p->rules[r].bus != bus))
             continue;
         uint32_t at;
         char text[112], where[300];
@@ -130,6 +136,10 @@ vm_status cc_test_event(FILE *out, vm_ctx *c, uint32_t bus, unsigned long lineno
     size_t nm;
     vm_error err;
     vm_status st = vm_match(c, bus, event, len, &m, &nm, &err);
+    /* Rules that failed for this event (their step budget) are listed after the matches; the
+     * others are decided as usual. */
+    const vm_rule_error *fails;
+    size_t nf = vm_match_failures(c, &fails);
     /* (the matched rules are copied: running a transform does not touch them, but a function
      * runner may take its time) */
     uint32_t *rules = nm ? malloc(nm * sizeof *rules) : NULL;
@@ -145,19 +155,32 @@ vm_status cc_test_event(FILE *out, vm_ctx *c, uint32_t bus, unsigned long lineno
             put_z(out, vm_s(p, p->rules[rules[i]].name));
         }
         fputc(']', out);
-        if (st != VM_OK) {
+        if (st == VM_ERR_RULE) {
+            fputs(", \"failed\": [", out);
+            for (size_t i = 0; i < nf; i++) {
+                fputs(i ? ", {\"rule\": " : "{\"rule\": ", out);
+                put_z(out, vm_s(p, p->rules[fails[i].rule].name));
+                fputs(", \"error\": ", out);
+                put_z(out, fails[i].err.msg);
+                fputc('}', out);
+            }
+            fputc(']', out);
+        } else if (st != VM_OK) {
             fputs(", \"error\": ", out);
             put_z(out, err.msg);
         }
-    } else if (st != VM_OK) {
+    } else if (st != VM_OK && st != VM_ERR_RULE) {
         fprintf(out, "%lu: error: %s%s\n", lineno, st == VM_ERR_EVENT ? "invalid event: " : "", err.msg);
     } else {
         fprintf(out, "%lu:", lineno);
         for (size_t i = 0; i < nm; i++)
             fprintf(out, " %s", vm_s(p, p->rules[rules[i]].name));
         fputs(nm ? "\n" : " -\n", out);
+        for (size_t i = 0; i < nf; i++)
+            fprintf(out, "  %s: error: %s\n", vm_s(p, p->rules[fails[i].rule].name),
+                    fails[i].err.msg);
     }
-    if (st == VM_OK && opt->explain) {
+    if ((st == VM_OK || st == VM_ERR_RULE) && opt->explain) {
         bool any_explain = false;
         explain(out, c, bus, event, rules, nm, opt->json, &any_explain);
         if (opt->json && any_explain)

@@ -300,13 +300,11 @@ vm_status vm_ix_match_bus(vm_ctx *c, uint32_t bus, const char *json)
         if ((cl->flags & VM_IXC_VERIFY) || arrays_matter(c, b, cl)) {
             /* The bytecode decides the whole rule: no other clause of it needs a look. */
             int m = vm_run_rule(c, json, cl->rule);
-            if (m == -2)
-                return VM_ERR_LIMIT;
-            if (m < 0)
+            if (m == -1 || (m == -2 && !vm_rule_failed(c, cl->rule)))
                 return VM_ERR_NOMEM;
             c->rule_stamp[cl->rule] = c->epoch;
-            if (m == 0)
-                continue;
+            if (m != 1)
+                continue;   /* no match, or the rule failed (alone) */
         }
         c->rule_stamp[cl->rule] = c->epoch;
         if (!VM_BUF_PUSH(c->matched, cl->rule))

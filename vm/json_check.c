@@ -8,7 +8,6 @@
 
 #include "vm.h"
 
-#define MAX_DEPTH 1024
 #define STR_(x) #x
 #define STR(x) STR_(x)
 
@@ -173,7 +172,7 @@ size_t vm_json_escape(char *out, const char *s, size_t n)
 bool vm_json_check(const char *s, size_t n, size_t *bad_at, const char **why)
 {
     rd r = { s, n, 0, NULL };
-    char stack[MAX_DEPTH];    /* '{' or '[' for each open container */
+    char stack[VM_MAX_DEPTH];    /* '{' or '[' for each open container */
     size_t depth = 0;
     ws(&r);
     for (;;) {
@@ -184,8 +183,8 @@ bool vm_json_check(const char *s, size_t n, size_t *bad_at, const char **why)
         }
         char c = s[r.i];
         if (c == '{' || c == '[') {
-            if (depth == MAX_DEPTH) {
-                fail(&r, r.i, "nesting deeper than " STR(MAX_DEPTH) " levels");
+            if (depth == VM_MAX_DEPTH) {
+                fail(&r, r.i, "nesting deeper than " STR(VM_MAX_DEPTH) " levels");
                 goto bad;
             }
             stack[depth++] = c;

@@ -8,12 +8,18 @@
  * list of scalars may each use a different element.  Bindings are kept in c->bind, undone through
  * c->trail; choice points remember where to resume.
  *
- * Two facts keep the search small.  An array is bound only if a later TEST of the rule can look
+ * Four facts keep the search small.  An array is bound only if a later TEST of the rule can look
  * at it (its depth is within the TEST's keep_depth, see program.c): choices of other arrays cannot
- * change the outcome, so they make no choice point.  And while no negation is left to run, more
+ * change the outcome, so they make no choice point.  While no negation is left to run, more
  * bindings can only make later conditions fail, never pass: a choice that bound nothing needs no
- * alternative.  Where a negation follows, every alternative is kept.  A step budget per event
- * bounds what is left (rules over several large arrays that all matter).
+ * alternative.  A TEST looking for the leaves of a bound element does not read the leaves of the
+ * other elements one by one: it jumps over them (see runs below), so conditions over one large
+ * array cost the array's length, not its square.  And a failure goes back to the latest choice
+ * it depends on, not merely the latest choice (conflict-directed backjumping): when a TEST fails,
+ * only the bindings that excluded some of its leaves can be to blame, so choices made since then
+ * that bound none of them are passed over instead of tried in turn (a rule over several large
+ * arrays tries each array's elements, not every combination of them).  A step budget per rule
+ * and event bounds what is left, and a rule that spends it fails alone.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -28,7 +34,22 @@ struct vm_choice {
     uint32_t pc;       /* CP_TEST: the TEST; CP_FORK / CP_NOT: where to resume */
     uint32_t trail;    /* trail height to restore */
     uint32_t field;    /* CP_TEST: the next field to try */
+    int32_t blame_hi, blame_next; /* CP_TEST: the culprits of the fields passed over before it */
 };
+
+/* What a failure depends on: the choices (their places on the choice stack) that bound the
+ * arrays which excluded leaves; only the two highest are kept (-1: none). */
+typedef struct { int32_t hi, next; } culprits;
+
+static inline void blame(culprits *w, int32_t level)
+{
+    if (level > w->hi) {
+        w->next = w->hi;
+        w->hi = level;
+    } else if (level < w->hi && level > w->next) {
+        w->next = level;
+    }
+}
 
 bool vm_buf_grow(void **v, uint32_t *cap, size_t elem, uint32_t need)
 {
@@ -64,8 +85,9 @@ vm_ctx *vm_ctx_new(const vm_program *p, const vm_options *opt)
     if (!c)
         return NULL;
     c->p = p;
-    c->max_depth = opt && opt->max_depth ? opt->max_depth : 128;
-    c->max_steps = opt && opt->max_steps ? opt->max_steps : 10000000;
+    c->max_depth = opt && opt->max_depth ? opt->max_depth : VM_MAX_DEPTH;
+    c->max_steps = opt && opt->max_steps ? opt->max_steps : VM_MAX_STEPS;
+    c->plain = opt && opt->plain_search;
     c->first = malloc((p->npaths + 1) * sizeof *c->first);
     c->last = malloc((p->npaths + 1) * sizeof *c->last);
     if (!c->first || !c->last) {
@@ -80,8 +102,9 @@ vm_ctx *vm_ctx_new(const vm_program *p, const vm_options *opt)
     c->rule_stamp = calloc(p->nrules + 1, sizeof *c->rule_stamp);
     c->path_arrays = calloc(p->npaths + 1, sizeof *c->path_arrays);
     c->path_depth = calloc(p->npaths + 1, sizeof *c->path_depth);
+    c->runs = calloc(p->npaths + 1, sizeof *c->runs);
     if (!c->pred_stamp || !c->rule_stamp ||
-        !c->path_arrays || !c->path_depth) {
+        !c->path_arrays || !c->path_depth || !c->runs) {
         vm_ctx_free(c);
         return NULL;
     }
@@ -99,7 +122,7 @@ void vm_ctx_free(vm_ctx *c)
         return;
     free(c->fields.v);
     free(c->memb.v);
-    free(c->stack.v);
+    free(c->failed.v);
     free(c->first);
     free(c->last);
     free(c->touched.v);
@@ -112,8 +135,13 @@ void vm_ctx_free(vm_ctx *c)
     free(c->candidates.v);
     vm_fast_free(&c->fast);
     free(c->bind);
+    free(c->bind_level);
     free(c->trail.v);
     free(c->choices.v);
+    free(c->runs);
+    free(c->run_field.v);
+    free(c->run_end.v);
+    free(c->run_pos.v);
     free(c->matched.v);
     free(c->xout.v);
     free(c->xscratch.v);
@@ -317,28 +345,28 @@ strings:
 
 /* ---- the interpreter ------------------------------------------------------------------------- */
 
-/* Is field f consistent with the current bindings? */
-static bool consistent(const vm_ctx *c, const vm_field *f)
+/* The array whose binding excludes field f (f lies in another of its elements), or VM_NONE. */
+static uint32_t conflict(const vm_ctx *c, const vm_field *f)
 {
-    const vm_memb *m = c->memb.v + f->memb;
-    for (uint32_t i = 0; i < f->nmemb; i++) {
-        int32_t b = c->bind[m[i].array];
-        if (b >= 0 && (uint32_t)b != m[i].index)
-            return false;
+    for (uint32_t m = f->memb; m != VM_NONE; m = c->memb.v[m].up) {
+        const vm_memb *e = &c->memb.v[m];
+        int32_t b = c->bind[e->array];
+        if (b >= 0 && (uint32_t)b != e->index)
+            return e->array;
     }
-    return true;
+    return VM_NONE;
 }
 
 /* Binds the arrays of f that are not bound yet and that sit no deeper than keep (later
  * conditions cannot see the others); returns how many it bound. */
 static uint32_t bind_field(vm_ctx *c, const vm_field *f, uint32_t keep)
 {
-    const vm_memb *m = c->memb.v + f->memb;
     uint32_t added = 0;
-    for (uint32_t i = 0; i < f->nmemb; i++) {
-        if (c->bind[m[i].array] < 0 && c->array_depth.v[m[i].array] <= keep) {
-            c->bind[m[i].array] = (int32_t)m[i].index;
-            c->trail.v[c->trail.n++] = m[i].array;
+    for (uint32_t m = f->memb; m != VM_NONE; m = c->memb.v[m].up) {
+        const vm_memb *e = &c->memb.v[m];
+        if (c->bind[e->array] < 0 && c->array_depth.v[e->array] <= keep) {
+            c->bind[e->array] = (int32_t)e->index;
+            c->trail.v[c->trail.n++] = e->array;
             added++;
         }
     }
@@ -351,17 +379,79 @@ static void undo(vm_ctx *c, uint32_t height)
         c->bind[c->trail.v[--c->trail.n]] = -1;
 }
 
+/* ---- runs: jumping over the leaves of other elements --------------------------------------
+ * A path's fields, in the order of the event, fall into runs: fields one after another that lie
+ * in the same outermost array, in the order of its elements.  When that array is bound, the
+ * fields of the bound element are found in a run by binary search, and a field of a later
+ * element ends the run at once.  The tables are made per path, the first time a search in this
+ * event passes over several fields of other elements. */
+
+static const vm_memb *outer_of(const vm_ctx *c, uint32_t f)
+{
+    return &c->memb.v[c->memb.v[c->fields.v[f].memb].outer];
+}
+
+static bool make_runs(vm_ctx *c, uint32_t path)
+{
+    vm_path_runs *r = &c->runs[path];
+    if (c->run_pos.cap < c->fields.n &&
+        !vm_buf_grow((void **)&c->run_pos.v, &c->run_pos.cap, sizeof *c->run_pos.v, c->fields.n))
+        return false;
+    r->at = c->run_field.n;
+    for (uint32_t f = c->first[path]; f != VM_NONE; f = c->fields.v[f].next) {
+        c->run_pos.v[f] = c->run_field.n;
+        if (!VM_BUF_PUSH(c->run_field, f) || !VM_BUF_PUSH(c->run_end, 0))
+            return false;
+    }
+    r->n = c->run_field.n - r->at;
+    uint32_t end = r->at + r->n, key_after = VM_NONE;
+    for (uint32_t i = end; i-- > r->at;) {
+        uint32_t f = c->run_field.v[i];
+        uint32_t key = c->fields.v[f].nmemb ? outer_of(c, f)->array : VM_NONE;
+        c->run_end.v[i] = key != VM_NONE && key == key_after ? c->run_end.v[i + 1] : i + 1;
+        key_after = key;
+    }
+    r->stamp = c->epoch;
+    return true;
+}
+
+/* Field f lies in element o->index of its outermost array, which is bound to element b: the
+ * first field after it in its path that may lie in element b (or outside that array). */
+static uint32_t skip_run(const vm_ctx *c, uint32_t path, uint32_t f, const vm_memb *o, uint32_t b)
+{
+    const vm_path_runs *r = &c->runs[path];
+    uint32_t pos = c->run_pos.v[f], next = c->run_end.v[pos];
+    if (o->index < b) {
+        uint32_t lo = pos + 1, hi = next;
+        while (lo < hi) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            if (outer_of(c, c->run_field.v[mid])->index < b)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        next = lo;
+    }
+    return next < r->at + r->n ? c->run_field.v[next] : VM_NONE;
+}
+
 /* Runs the code of rule number ri; returns 1 on a match, 0 on none, -1 when memory runs out,
- * -2 when the event's step budget is spent. */
+ * -2 when the rule's step budget for this event is spent. */
 int vm_run_rule(vm_ctx *c, const char *json, uint32_t ri)
 {
     const vm_program *p = c->p;
     const vm_rule *r = &p->rules[ri];
     const vm_inst *code = p->code + r->code0;
-    c->limit_rule = ri;
     const uint16_t *keep_depth = p->derived->keep_depth + r->code0;
     const uint32_t last_not = p->derived->last_not[ri];
     uint32_t pc = 0, start = VM_NONE;
+    /* The failures so far that led back to the choices now on the stack depend on choices
+     * below `floor` too (backjumping never passes over those). */
+    int32_t floor = 0;
+    culprits why = { -1, -1 }, resumed = { -1, -1 };
+    bool blind = false;       /* the failure's culprits are not known: back to the last choice */
+    int result;
+    c->steps = 0;
     c->choices.n = 0;
     for (;;) {
         vm_inst in = code[pc];
@@ -369,19 +459,44 @@ int vm_run_rule(vm_ctx *c, const char *json, uint32_t ri)
         case VM_OP_TEST: {
             uint32_t path = VM_A(in);
             const vm_test *t = p->tests + VM_B(in);
-            uint32_t f = start == VM_NONE ? c->first[path] : start;
+            uint32_t f = c->first[path], passed = 0;
+            why = (culprits){ -1, -1 };
+            if (start != VM_NONE) {
+                f = start;
+                why = resumed;
+            }
             start = VM_NONE;
-            for (; f != VM_NONE; f = c->fields.v[f].next) {
+            while (f != VM_NONE) {
                 const vm_field *fd = &c->fields.v[f];
-                if (++c->steps > c->max_steps)
-                    return -2;
-                if (fd->nmemb && !consistent(c, fd))
+                if (++c->steps > c->max_steps) {
+                    result = -2;
+                    goto out;
+                }
+                uint32_t a = fd->nmemb ? conflict(c, fd) : VM_NONE;
+                if (a != VM_NONE) {
+                    blame(&why, c->bind_level[a]);
+                    const vm_memb *o = outer_of(c, f);
+                    int32_t b = c->bind[o->array];
+                    /* Another element of a bound array: past a few, jump over the rest. */
+                    if (!c->plain && b >= 0 && (uint32_t)b != o->index &&
+                        (++passed > 8 || c->runs[path].stamp == c->epoch)) {
+                        if (c->runs[path].stamp != c->epoch && !make_runs(c, path)) {
+                            result = -1;
+                            goto out;
+                        }
+                        blame(&why, c->bind_level[o->array]);
+                        f = skip_run(c, path, f, o, (uint32_t)b);
+                    } else {
+                        f = fd->next;
+                    }
                     continue;
+                }
                 bool pass = vm_leaf_passes(c, json, t, fd);
                 if (t->flags & VM_TF_NEG)
                     pass = !pass;
                 if (pass)
                     break;
+                f = fd->next;
             }
             if (f == VM_NONE) {
                 if (c->trace && (c->trace_pc == VM_NONE || pc > c->trace_pc))
@@ -394,17 +509,24 @@ int vm_run_rule(vm_ctx *c, const char *json, uint32_t ri)
             /* Another field may lead elsewhere if this choice fails later: when this one bound
              * an array, or when a negation follows (more bindings may then help). */
             if (fd->next != VM_NONE && (added > 0 || (pc < last_not && keep > 0))) {
-                struct vm_choice cp = { CP_TEST, pc, height, fd->next };
-                if (!VM_BUF_PUSH(c->choices, cp))
-                    return -1;
+                struct vm_choice cp = { CP_TEST, pc, height, fd->next, why.hi, why.next };
+                if (!VM_BUF_PUSH(c->choices, cp)) {
+                    result = -1;
+                    goto out;
+                }
             }
+            /* The choice whose retry may change these bindings: this one's, or the last. */
+            for (uint32_t i = height; i < c->trail.n; i++)
+                c->bind_level[c->trail.v[i]] = (int32_t)c->choices.n - 1;
             pc++;
             continue;
         }
         case VM_OP_FORK: {
-            struct vm_choice cp = { CP_FORK, VM_B(in), c->trail.n, 0 };
-            if (!VM_BUF_PUSH(c->choices, cp))
-                return -1;
+            struct vm_choice cp = { CP_FORK, VM_B(in), c->trail.n, 0, -1, -1 };
+            if (!VM_BUF_PUSH(c->choices, cp)) {
+                result = -1;
+                goto out;
+            }
             pc++;
             continue;
         }
@@ -419,9 +541,11 @@ int vm_run_rule(vm_ctx *c, const char *json, uint32_t ri)
             pc = VM_B(in);
             continue;
         case VM_OP_NOT: {
-            struct vm_choice cp = { CP_NOT, VM_B(in), c->trail.n, 0 };
-            if (!VM_BUF_PUSH(c->choices, cp))
-                return -1;
+            struct vm_choice cp = { CP_NOT, VM_B(in), c->trail.n, 0, -1, -1 };
+            if (!VM_BUF_PUSH(c->choices, cp)) {
+                result = -1;
+                goto out;
+            }
             pc++;
             continue;
         }
@@ -431,27 +555,75 @@ int vm_run_rule(vm_ctx *c, const char *json, uint32_t ri)
             /* The negated condition holds: drop the body's choices and its barrier, then fail. */
             while (c->choices.n > 0 && c->choices.v[--c->choices.n].kind != CP_NOT)
                 ;
+            blind = true;
             goto fail;
         case VM_OP_MATCH:
-            undo(c, 0);
-            return 1;
+            result = 1;
+            goto out;
         }
     fail:
-        if (c->choices.n == 0) {
-            undo(c, 0);
-            return 0;
+        if (c->choices.n > 0 && ++c->steps > c->max_steps) {
+            result = -2;
+            goto out;
         }
-        if (++c->steps > c->max_steps)
-            return -2;
+        if (!c->plain && !blind) {
+            /* Back to the latest choice this failure or an earlier one depends on: the choices
+             * of leaves above it bound nothing to blame, so each of their alternatives would
+             * come to this same failure.  A fork or a negation is never passed over (their
+             * other way is other code). */
+            int32_t target = why.hi > floor - 1 ? why.hi : floor - 1;
+            while ((int32_t)c->choices.n - 1 > target &&
+                   c->choices.v[c->choices.n - 1].kind == CP_TEST)
+                c->choices.n--;
+        }
+        if (c->choices.n == 0) {
+            result = 0;
+            goto out;
+        }
         {
+            int32_t at = (int32_t)c->choices.n - 1;
+            if (blind || c->plain) {
+                floor = at;
+            } else {
+                /* The culprits below the choice retried stay to blame if all its alternatives
+                 * fail too (only the highest is known; when that is the one retried, every
+                 * choice below it counts). */
+                int32_t below = why.hi < at ? why.hi : why.next;
+                if (floor - 1 == at)
+                    floor = at;
+                if (below + 1 > floor)
+                    floor = below + 1;
+            }
+            blind = false;
             struct vm_choice cp = c->choices.v[--c->choices.n];
             undo(c, cp.trail);
             pc = cp.pc;
-            if (cp.kind == CP_TEST)
+            if (cp.kind == CP_TEST) {
                 start = cp.field;
+                resumed = (culprits){ cp.blame_hi, cp.blame_next };
+            }
             /* CP_NOT: the negated body failed, so the negation holds: go on after it. */
         }
     }
+out:
+    undo(c, 0);
+    return result;
+}
+
+bool vm_rule_failed(vm_ctx *c, uint32_t ri)
+{
+    const vm_program *p = c->p;
+    vm_rule_error e = { ri, { VM_ERR_LIMIT, 0, "" } };
+    snprintf(e.err.msg, sizeof e.err.msg, "matching rule '%.*s' took more than %zu steps: the "
+             "event's arrays are too large for its conditions", (int)p->rules[ri].name.len,
+             vm_s(p, p->rules[ri].name), c->max_steps);
+    return VM_BUF_PUSH(c->failed, e);
+}
+
+size_t vm_match_failures(const vm_ctx *c, const vm_rule_error **out)
+{
+    *out = c->failed.v;
+    return c->failed.n;
 }
 
 bool vm_why_not(vm_ctx *c, uint32_t rule, const char *json, uint32_t *at)
@@ -461,7 +633,6 @@ bool vm_why_not(vm_ctx *c, uint32_t rule, const char *json, uint32_t *at)
         return false;
     c->trace = true;
     c->trace_pc = VM_NONE;
-    c->steps = 0;
     int m = vm_run_rule(c, json, rule);
     c->trace = false;
     if (m != 0 || c->trace_pc == VM_NONE)
@@ -499,10 +670,11 @@ vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
     const vm_program *p = c->p;
     for (uint32_t i = 0; i < c->touched.n; i++)
         c->first[c->touched.v[i]] = VM_NONE;
-    c->touched.n = c->fields.n = c->memb.n = c->stack.n = c->frames.n = 0;
+    c->touched.n = c->fields.n = c->memb.n = c->frames.n = 0;
     c->narrays = c->array_depth.n = 0;
-    c->steps = 0;
+    c->run_field.n = c->run_end.n = 0;
     c->matched.n = 0;
+    c->failed.n = 0;
     *rules = NULL;
     *nrules = 0;
     if (len > UINT32_MAX) {
@@ -516,6 +688,7 @@ vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
         memset(c->pred_stamp, 0, p->nix_preds * sizeof *c->pred_stamp);
         memset(c->rule_stamp, 0, p->nrules * sizeof *c->rule_stamp);
         memset(c->path_arrays, 0, p->npaths * sizeof *c->path_arrays);
+        memset(c->runs, 0, p->npaths * sizeof *c->runs);
         c->epoch = 1;
     }
     c->scanned = NULL;
@@ -530,6 +703,10 @@ vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
         if (!b)
             goto nomem;
         c->bind = b;
+        b = realloc(c->bind_level, c->narrays * sizeof *b);
+        if (!b)
+            goto nomem;
+        c->bind_level = b;
         c->bind_cap = c->narrays;
     }
     for (uint32_t i = 0; i < c->narrays; i++)
@@ -542,10 +719,7 @@ vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
         for (uint32_t b = 0; b < p->nix_buses; b++) {
             if (bus != VM_NONE && b != bus)
                 continue;
-            st = vm_ix_match_bus(c, b, json);
-            if (st == VM_ERR_LIMIT)
-                goto limit;
-            if (st != VM_OK)
+            if (vm_ix_match_bus(c, b, json) != VM_OK)
                 goto nomem;
         }
         if (bus == VM_NONE && p->nix_buses > 1 && c->matched.n > 1)
@@ -554,30 +728,32 @@ vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
         for (uint32_t r = 0; r < p->nrules; r++) {
             if (bus != VM_NONE && p->rules[r].bus != bus)
                 continue;
-            c->limit_rule = r;
             int m = vm_run_rule(c, json, r);
-            if (m == -2)
-                goto limit;
-            if (m < 0)
+            if (m == -1 || (m == -2 && !vm_rule_failed(c, r)))
                 goto nomem;
-            if (m && !VM_BUF_PUSH(c->matched, r))
+            if (m == 1 && !VM_BUF_PUSH(c->matched, r))
                 goto nomem;
         }
     }
     *rules = c->matched.v;
     *nrules = c->matched.n;
-    return VM_OK;
-limit:
-    undo(c, 0);
-    c->matched.n = 0;
-    err->code = VM_ERR_LIMIT;
-    err->offset = 0;
-    snprintf(err->msg, sizeof err->msg, "matching rule '%s' took more than %zu steps: "
-             "the event's arrays are too large for its conditions", vm_s(p, p->rules[c->limit_rule].name),
-             c->max_steps);
-    return VM_ERR_LIMIT;
+    if (c->failed.n == 0)
+        return VM_OK;
+    /* Some rules failed: in the order of rules, the first one's message in err. */
+    for (uint32_t i = 1; i < c->failed.n; i++)
+        for (uint32_t k = i; k > 0 && c->failed.v[k - 1].rule > c->failed.v[k].rule; k--) {
+            vm_rule_error x = c->failed.v[k];
+            c->failed.v[k] = c->failed.v[k - 1];
+            c->failed.v[k - 1] = x;
+        }
+    *err = c->failed.v[0].err;
+    err->code = VM_ERR_RULE;
+    return VM_ERR_RULE;
 nomem:
     c->matched.n = 0;
+    c->failed.n = 0;
+    *rules = NULL;
+    *nrules = 0;
     err->code = VM_ERR_NOMEM;
     err->offset = 0;
     snprintf(err->msg, sizeof err->msg, "out of memory");

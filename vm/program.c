@@ -276,6 +276,18 @@ vm_status vm_program_prepare(vm_program *p)
     return VM_OK;
 }
 
+vm_options vm_program_options(const vm_program *p)
+{
+    vm_options o = { 0 };
+    for (uint32_t i = 0; i < p->nserver; i++) {
+        const vm_cfg *c = &p->cfgs[p->server0 + i];
+        if (c->type == VM_CFG_OPTION && c->key.len == 11 && c->nchild == 1 &&
+            memcmp(vm_s(p, c->key), "match_steps", 11) == 0 && p->cfgs[c->child0].type == VM_CFG_NUM)
+            o.max_steps = (size_t)p->cfgs[c->child0].num;
+    }
+    return o;
+}
+
 void vm_program_free(vm_program *p)
 {
     if (!p)

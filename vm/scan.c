@@ -206,19 +206,17 @@ static vm_status add_field(scanner *S, uint32_t node, uint8_t type, bool escaped
     uint32_t path = c->p->derived->trie->nodes[node].path;
     if (path == VM_NONE)
         return VM_OK;
-    vm_field f = { type, escaped, (uint32_t)off, (uint32_t)len, c->memb.n, c->stack.n, VM_NONE };
-    if (c->stack.n) {
+    vm_field f = { type, escaped, (uint32_t)off, (uint32_t)len, c->memb_top, c->memb_depth,
+                   VM_NONE };
+    if (c->memb_depth) {
         /* The index needs to know which paths have leaves inside arrays, and how deep the
          * outermost such array sits. */
-        uint16_t depth = c->array_depth.v[c->stack.v[0].array];
+        uint16_t depth = c->array_depth.v[c->memb.v[c->memb.v[c->memb_top].outer].array];
         if (c->path_arrays[path] != c->epoch || depth < c->path_depth[path]) {
             c->path_arrays[path] = c->epoch;
             c->path_depth[path] = depth;
         }
     }
-    for (uint32_t i = 0; i < c->stack.n; i++)
-        if (!VM_BUF_PUSH(c->memb, c->stack.v[i]))
-            return fail(S, off, VM_ERR_NOMEM, "out of memory");
     if (!VM_BUF_PUSH(c->fields, f))
         return fail(S, off, VM_ERR_NOMEM, "out of memory");
     uint32_t id = c->fields.n - 1;
@@ -263,9 +261,13 @@ static vm_status open_container(scanner *S, uint32_t node, struct vm_frame *pare
             return fail(S, S->p, VM_ERR_NOMEM, "out of memory");
     }
     if (parent && parent->array && f.node != VM_NONE) {
-        vm_memb m = { parent->id, parent->index };
-        if (!VM_BUF_PUSH(c->stack, m))
+        /* An element that may hold leaves: the leaves inside lie in it. */
+        uint32_t id = c->memb.n, top = c->memb_top;
+        vm_memb m = { parent->id, parent->index, top, top == VM_NONE ? id : c->memb.v[top].outer };
+        if (!VM_BUF_PUSH(c->memb, m))
             return fail(S, S->p, VM_ERR_NOMEM, "out of memory");
+        c->memb_top = id;
+        c->memb_depth++;
         f.memb = 1;
     }
     if (!VM_BUF_PUSH(c->frames, f))
@@ -325,6 +327,13 @@ static vm_status read_value(scanner *S, uint32_t node, struct vm_frame *parent, 
     }
 }
 
+/* Leaves the innermost array element open (its container closed). */
+static void close_element(vm_ctx *c)
+{
+    c->memb_top = c->memb.v[c->memb_top].up;
+    c->memb_depth--;
+}
+
 /* Reads the event into the field tables.  Trusted (stage 1 passed): no check fails, and
  * containers no rule looks into are jumped over. */
 static vm_status walk(vm_ctx *c, const char *json, size_t len, vm_error *err, bool trusted)
@@ -332,6 +341,8 @@ static vm_status walk(vm_ctx *c, const char *json, size_t len, vm_error *err, bo
     scanner S = { c, json, len, 0, err, trusted, 0 };
     vm_status st;
     bool opened;
+    c->memb_top = VM_NONE;
+    c->memb_depth = 0;
     skip_ws(&S);
     if (S.p >= S.n || json[S.p] != '{')
         return fail(&S, S.p, VM_ERR_EVENT, S.p >= S.n ? "empty event: expected a JSON object"
@@ -351,7 +362,7 @@ static vm_status walk(vm_ctx *c, const char *json, size_t len, vm_error *err, bo
                 S.p++;
                 S.bi++;
                 if (f->memb)
-                    c->stack.n--;
+                    close_element(c);
                 c->frames.n--;
                 if (c->frames.n > 0)
                     c->frames.v[c->frames.n - 1].index++;
@@ -372,7 +383,7 @@ static vm_status walk(vm_ctx *c, const char *json, size_t len, vm_error *err, bo
             S.p++;
             S.bi++;
             if (f->memb)
-                c->stack.n--;
+                close_element(c);
             c->frames.n--;
             if (c->frames.n > 0)
                 c->frames.v[c->frames.n - 1].index++;
@@ -424,7 +435,7 @@ vm_status vm_scan(vm_ctx *c, const char *json, size_t len, vm_error *err)
         c->fast_for = json;
         return only ? VM_OK : walk(c, json, len, err, true);
     }
-    c->fields.n = c->memb.n = c->stack.n = c->frames.n = 0;
+    c->fields.n = c->memb.n = c->frames.n = 0;
     c->narrays = c->array_depth.n = 0;
     return walk(c, json, len, err, false);
 }

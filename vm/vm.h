@@ -453,6 +453,10 @@ typedef struct {
                             docs/bytecode.md */
 } vm_options;
 
+/* The options a ruleset's server block sets for matching (`match_steps`: max_steps); the rest
+ * zero, the defaults.  ebd and `ebc test` both match with them. */
+vm_options vm_program_options(const vm_program *p);
+
 vm_ctx *vm_ctx_new(const vm_program *p, const vm_options *opt);
 const vm_program *vm_ctx_program(const vm_ctx *c);
 void vm_ctx_free(vm_ctx *c);

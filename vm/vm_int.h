@@ -59,11 +59,20 @@ typedef struct {
     uint8_t type;
     uint8_t escaped;      /* VM_J_STR holds backslash escapes */
     uint32_t off, len;    /* the token in the event text (strings: inside the quotes) */
-    uint32_t memb, nmemb; /* array elements it lies in: (array, index) pairs in the pool */
+    uint32_t memb, nmemb; /* the array elements it lies in: the innermost in the pool (VM_NONE
+                             when none), and how many (the chain to the outermost) */
     uint32_t next;        /* next field of the same path, or VM_NONE */
 } vm_field;
 
-typedef struct { uint32_t array, index; } vm_memb;
+/* An array element that holds leaves: element `index` of array `array`, itself inside the
+ * element `up` (VM_NONE at the top), whose chain ends at `outer`.  The leaves of one element
+ * share its entry, so the pool grows with the containers of the event, not with its leaves
+ * times their depth (1,024 levels of arrays around 100,000 leaves would be 800 MB copied). */
+typedef struct { uint32_t array, index, up, outer; } vm_memb;
+
+/* Per path, for the search (match.c): its fields in order, and where each run of fields in one
+ * outermost array ends, worked out once per event when a search needs to skip elements. */
+typedef struct { uint32_t stamp, at, n; } vm_path_runs;
 
 /* Stage 1 of the fast scanner (scan_fast.c): per 64-byte block of the event, the masks the
  * extraction walk needs, and every bracket with its match. */
@@ -95,13 +104,14 @@ struct vm_ctx {
     /* scanner output */
     VM_BUF(vm_field) fields;
     VM_BUF(vm_memb) memb;     /* membership pool */
-    VM_BUF(vm_memb) stack;    /* current element nesting while scanning */
+    uint32_t memb_top;        /* while scanning: the innermost element open, or VM_NONE */
+    uint32_t memb_depth;      /* ... and how many are open */
     uint32_t *first, *last;   /* per path: its fields, as a list */
     VM_BUF(uint32_t) touched; /* paths with fields, to reset */
     uint32_t narrays;
     VM_BUF(uint16_t) array_depth;   /* per array: the depth of the key that holds it */
-    size_t max_steps, steps;        /* the matcher's work budget for one event */
-    uint32_t limit_rule;            /* the rule that was running when the budget ran out */
+    size_t max_steps, steps;        /* the matcher's work budget for one rule on one event */
+    VM_BUF(vm_rule_error) failed;   /* the rules this event failed (vm_match_failures) */
     /* the index: marks of the current event (epoch), so nothing is cleared per event */
     bool reference;
     uint32_t epoch;
@@ -116,10 +126,16 @@ struct vm_ctx {
     /* scanner frames */
     VM_BUF(struct vm_frame) frames;
     /* matcher */
+    bool plain;               /* vm_options.plain_search */
     int32_t *bind;            /* per array: the chosen element, or -1 */
+    int32_t *bind_level;      /* per bound array: the choice whose retry may change it (-1: none) */
     uint32_t bind_cap;
     VM_BUF(uint32_t) trail;   /* arrays bound, to undo on backtracking */
     VM_BUF(struct vm_choice) choices;
+    vm_path_runs *runs;       /* per path (match.c) */
+    VM_BUF(uint32_t) run_field; /* the fields of the paths that have runs, path after path */
+    VM_BUF(uint32_t) run_end;   /* ... per entry: one past the last entry of its run */
+    VM_BUF(uint32_t) run_pos;   /* per field: its entry in run_field */
     VM_BUF(uint32_t) matched;
     bool trace;               /* vm_why_not: note the failure that gets furthest (trace_pc) */
     uint32_t trace_pc;
@@ -159,12 +175,16 @@ bool vm_fold_text(vm_ctx *c, vm_text *t);
 bool vm_canon_text(vm_ctx *c, const char *s, size_t n, vm_text *out);
 bool vm_leaf_passes(vm_ctx *c, const char *json, const vm_test *t, const vm_field *f);
 
-/* Runs rule ri's bytecode on the scanned event: 1 match, 0 none, -1 out of memory, -2 out of
- * steps. */
+/* Runs rule ri's bytecode on the scanned event with a budget of c->max_steps: 1 match, 0 none,
+ * -1 out of memory, -2 out of steps. */
 int vm_run_rule(vm_ctx *c, const char *json, uint32_t ri);
 
+/* Notes that rule ri could not be decided for this event (its step budget ran out); false when
+ * memory runs out. */
+bool vm_rule_failed(vm_ctx *c, uint32_t ri);
+
 /* Matches the scanned event against the index of one bus, appending matched rules (sorted) to
- * c->matched.  Returns VM_OK, VM_ERR_NOMEM or VM_ERR_LIMIT (c->limit_rule says which rule). */
+ * c->matched and failed ones to c->failed.  Returns VM_OK or VM_ERR_NOMEM. */
 vm_status vm_ix_match_bus(vm_ctx *c, uint32_t bus, const char *json);
 /* Sorts rule numbers (the matches of an event) in place. */
 void vm_sort_rules(uint32_t *v, size_t n);
