@@ -1315,9 +1315,11 @@ static void *committer_main(void *arg)
 }
 
 /* The payload of record rec for this worker's rule: 0 when the rule does not match it, 1 with
- * *payload (malloc'd) when it does, -1 when the transform failed (why in err). */
+ * *payload (malloc'd) when it does, -1 when matching failed for the rule (failed, or found
+ * here) or the transform failed (why in err). */
 static int transform_payload(work *k, vm_xform_env *env, const store_record *rec, bool known,
-                             char **payload, size_t *plen, bool *text, char *err, size_t cap);
+                             const char *failed, char **payload, size_t *plen, bool *text,
+                             char *err, size_t cap);
 
 /* ---- hops: events that bus targets pass from bus to bus ---------------------------------- */
 
@@ -1392,14 +1394,58 @@ static int stamp_hops(const store_record *rec, char **payload, size_t *plen, cha
     return 1;
 }
 
+/* Why matching failed for every rule of the bus: the event itself could not be read (the
+ * scanner's message).  Stored events passed the same check at ingest, so this should not
+ * happen; if it does, each rule's dead letter says so. */
+static void event_failed(const vm_error *e, char *out, size_t cap)
+{
+    snprintf(out, cap, "the event cannot be matched: %s", e->msg);
+}
+
+/* The error of rule ri among the rules the last vm_match on ctx failed, or NULL. */
+static const char *rule_failure(vm_ctx *ctx, uint32_t ri)
+{
+    const vm_rule_error *f;
+    size_t n = vm_match_failures(ctx, &f);
+    for (size_t i = 0; i < n; i++)
+        if (f[i].rule == ri)
+            return f[i].err.msg;
+    return NULL;
+}
+
+/* Matches rec for the worker's rule itself (while it catches up, or for an event its last run
+ * left pending), as the router would: 1 when the rule matches, 0 when not, -1 when matching
+ * failed for the rule or for the event (why in err: the event goes to the dead letter). */
+static int match_here(work *k, const store_record *rec, char *err, size_t cap)
+{
+    const vm_program *p = k->r->p;
+    const uint32_t *rules;
+    size_t nrules;
+    vm_error e;
+    vm_status st = vm_match(k->ctx, p->rules[k->w->rule].bus, (const char *)rec->data, rec->len,
+                            &rules, &nrules, &e);
+    if (st != VM_OK && st != VM_ERR_RULE) {
+        event_failed(&e, err, cap);
+        return -1;
+    }
+    if (rule_matched(rules, nrules, k->w->rule))
+        return 1;
+    const char *why = st == VM_ERR_RULE ? rule_failure(k->ctx, k->w->rule) : NULL;
+    if (!why)
+        return 0;
+    snprintf(err, cap, "%s", why);
+    return -1;
+}
+
 /* The payload of rec for the worker's target: the rule's transform (a function transform runs
  * the command or request), stamped with its hop count for a bus target.  1 with *payload
  * (malloc'd), 0 when the rule does not match after all (known false: matched here), -1 with
- * the reason in err. */
+ * the reason in err (failed: matching failed for the rule, as the router found). */
 static int make_payload(work *k, vm_xform_env *env, const store_record *rec, bool known,
-                        char **payload, size_t *plen, bool *text, char *err, size_t cap)
+                        const char *failed, char **payload, size_t *plen, bool *text, char *err,
+                        size_t cap)
 {
-    int m = transform_payload(k, env, rec, known, payload, plen, text, err, cap);
+    int m = transform_payload(k, env, rec, known, failed, payload, plen, text, err, cap);
     if (m == 1 && k->t->kind == T_BUS && !*text && (m = stamp_hops(rec, payload, plen, err, cap)) < 0) {
         free(*payload);
         *payload = NULL;
@@ -1408,16 +1454,19 @@ static int make_payload(work *k, vm_xform_env *env, const store_record *rec, boo
 }
 
 static int transform_payload(work *k, vm_xform_env *env, const store_record *rec, bool known,
-                             char **payload, size_t *plen, bool *text, char *err, size_t cap)
+                             const char *failed, char **payload, size_t *plen, bool *text,
+                             char *err, size_t cap)
 {
     const vm_program *p = k->r->p;
     const vm_rule *rule = &p->rules[k->w->rule];
-    const uint32_t *rules;
-    size_t nrules;
     vm_error e;
-    if (!known && (vm_match(k->ctx, rule->bus, (const char *)rec->data, rec->len, &rules, &nrules,
-                            &e) != VM_OK || !rule_matched(rules, nrules, k->w->rule)))
-        return 0;
+    if (failed) {
+        snprintf(err, cap, "%s", failed);
+        return -1;
+    }
+    int m = known ? 1 : match_here(k, rec, err, cap);
+    if (m <= 0)
+        return m;
     *text = false;
     env->ingest_ms = rec->time_ns / 1000000;
     const vm_xform *x = rule->xform != VM_NONE ? &p->xforms[rule->xform] : NULL;
@@ -1485,14 +1534,16 @@ static uint64_t router_pos(ebd_router *rt)
 }
 
 /* The worker's next event, waiting up to timeout_ms: from its queue (*known: the rule matches
- * it), or from the log while it catches up (the caller matches).  *safe: the cursor may be
- * committed there once the returned event (if any) is finished — every event before it is
- * finished, not this rule's, or in the caller's hands. */
-static bool source_next(work *k, store_record *rec, int timeout_ms, uint64_t *safe, bool *known)
+ * it, or failed it: then *failed, malloc'd, says why), or from the log while it catches up (the
+ * caller matches).  *safe: the cursor may be committed there once the returned event (if any)
+ * is finished — every event before it is finished, not this rule's, or in the caller's hands. */
+static bool source_next(work *k, store_record *rec, int timeout_ms, uint64_t *safe, bool *known,
+                        char **failed)
 {
     ebd_worker *w = k->w;
     ebd_router *rt = w->router;
     *known = false;
+    *failed = NULL;
     if (w->ispend < w->nspend) {
         /* What the last run left in flight comes first (matched again: the rules may differ). */
         uint64_t off = w->spend[w->ispend];
@@ -1525,6 +1576,8 @@ static bool source_next(work *k, store_record *rec, int timeout_ms, uint64_t *sa
                 bool gone = st == STORE_BEHIND;
                 if ((st == STORE_OK && rec->offset == off) || gone) {
                     pthread_mutex_lock(&w->qmu);
+                    *failed = w->failed[w->qhead];
+                    w->failed[w->qhead] = NULL;
                     w->qhead = (w->qhead + 1) % w->qcap;
                     w->qn--;
                     /* Past the queue: the router's position, unless it stopped queueing for
@@ -1537,6 +1590,8 @@ static bool source_next(work *k, store_record *rec, int timeout_ms, uint64_t *sa
                         *known = true;
                         return true;
                     }
+                    free(*failed);
+                    *failed = NULL;
                     ebd_log(EBD_WARN, "msg=\"event deleted by retention before delivery\" cursor=%s "
                             "offset=%" PRIu64, w->cursor, off);
                     return false;
@@ -1609,13 +1664,16 @@ static void run_in_order(work *k, uint64_t from)
         store_record rec;
         uint64_t safe;
         bool known;
-        bool got = source_next(k, &rec, 100, &safe, &known);
+        char *failed;
+        bool got = source_next(k, &rec, 100, &safe, &known, &failed);
         if (got) {
             char *payload = NULL, err[512];
             size_t plen = 0;
             bool text = false, finished;
             k->inhand = rec.offset;
-            int m = make_payload(k, &env, &rec, known, &payload, &plen, &text, err, sizeof err);
+            int m = make_payload(k, &env, &rec, known, failed, &payload, &plen, &text, err,
+                                 sizeof err);
+            free(failed);
             if (m > 0)
                 finished = deliver(k, &rec, payload, plen, text);
             else if (m < 0) {
@@ -1748,7 +1806,8 @@ static void run_window(work *k, uint64_t from)
             store_record rec;
             uint64_t safe;
             bool known;
-            bool got = source_next(k, &rec, used ? 0 : 100, &safe, &known);
+            char *failed;
+            bool got = source_next(k, &rec, used ? 0 : 100, &safe, &known, &failed);
             if (safe > pos)
                 pos = safe;
             if (!got)
@@ -1756,7 +1815,9 @@ static void run_window(work *k, uint64_t from)
             char *payload = NULL, err[512];
             size_t plen = 0;
             bool text = false;
-            int r = make_payload(k, &env, &rec, known, &payload, &plen, &text, err, sizeof err);
+            int r = make_payload(k, &env, &rec, known, failed, &payload, &plen, &text, err,
+                                 sizeof err);
+            free(failed);
             if (r < 0) {
                 attempt a = { 0 };
                 snprintf(a.error, sizeof a.error, "%s", err);
@@ -1863,7 +1924,8 @@ static void *worker_main(void *arg)
     char rule_name[256];
     snprintf(rule_name, sizeof rule_name, "%.*s", (int)rule->name.len, vm_s(p, rule->name));
     k.rule_name = rule_name;
-    k.ctx = vm_ctx_new(p, NULL);
+    vm_options mopt = vm_program_options(p);
+    k.ctx = vm_ctx_new(p, &mopt);
     k.curl = k.t->kind == T_HTTP ? curl_easy_init() : NULL;
     store_cursor_open(k.bus->s, w->start, &k.c);
     if (k.t->kind == T_HTTP && k.t->concurrency != 1)
@@ -1883,12 +1945,56 @@ static void *worker_main(void *arg)
 
 #define QUEUE_CAP 1024
 
+/* Queues event `off` for worker w: matched (failed NULL) or failed for its rule (why).  A full
+ * queue, or no memory for the reason, sends the worker to the log, where it matches for itself
+ * from this event on. */
+static void enqueue(ebd_worker *w, uint64_t off, const char *failed)
+{
+    pthread_mutex_lock(&w->qmu);
+    if (!w->catchup) {
+        char *why = failed ? strdup(failed) : NULL;
+        if (w->qn < w->qcap && (why || !failed)) {
+            w->ring[(w->qhead + w->qn) % w->qcap] = off;
+            w->failed[(w->qhead + w->qn) % w->qcap] = why;
+            w->qn++;
+        } else {
+            free(why);
+            w->catchup = true;      /* the worker reads the log from here */
+            w->catchup_from = off;
+        }
+        pthread_cond_signal(&w->qcv);
+    }
+    pthread_mutex_unlock(&w->qmu);
+}
+
+/* Says, once per rule, that matching failed for it on this event (each of its pairs then
+ * dead-letters the event).  A failure of the whole event is every rule of the bus's. */
+static void log_match_failures(ebd_router *rt, ebd_bus *bus, vm_ctx *ctx, const char *whole,
+                               uint64_t off)
+{
+    const vm_program *p = rt->r->p;
+    const vm_rule_error *f;
+    size_t n = whole ? 0 : vm_match_failures(ctx, &f);
+    char esc[700];
+    for (uint32_t r = 0, i = 0; r < p->nrules; r++) {
+        while (i < n && f[i].rule < r)
+            i++;
+        const char *why = whole ? whole : i < n && f[i].rule == r ? f[i].err.msg : NULL;
+        if (!why || p->rules[r].bus != rt->pbus)
+            continue;
+        ebd_log(EBD_ERROR, "msg=\"matching failed: the event goes to the rule's dead letter\" "
+                "rule=%.*s bus=%s offset=%" PRIu64 " error=\"%s\"", (int)p->rules[r].name.len,
+                vm_s(p, p->rules[r].name), bus->name, off, ebd_log_text(why, esc, sizeof esc));
+    }
+}
+
 static void *router_main(void *arg)
 {
     ebd_router *rt = arg;
     ebd_rules *r = rt->r;
     ebd_bus *bus = rt->d->buses[r->bus_of[rt->pbus]];
-    vm_ctx *ctx = vm_ctx_new(r->p, NULL);
+    vm_options mopt = vm_program_options(r->p);
+    vm_ctx *ctx = vm_ctx_new(r->p, &mopt);
     store_cursor *c;
     store_cursor_open(bus->s, rt->pos, &c);
     while (ctx && !atomic_load(&r->stop)) {
@@ -1898,25 +2004,34 @@ static void *router_main(void *arg)
             const uint32_t *rules = NULL;
             size_t nrules = 0;
             vm_error err;
-            if (vm_match(ctx, rt->pbus, (const char *)rec.data, rec.len, &rules, &nrules, &err) != VM_OK)
-                nrules = 0;     /* stored events were checked at ingest; nothing to route */
+            vm_status ms = vm_match(ctx, rt->pbus, (const char *)rec.data, rec.len, &rules,
+                                    &nrules, &err);
+            if (ms == VM_ERR_NOMEM) {
+                /* (may pass: the event is matched again, nothing is queued twice) */
+                ebd_log(EBD_ERROR, "msg=\"the router is out of memory, will try again\" bus=%s "
+                        "offset=%" PRIu64, bus->name, rec.offset);
+                pause_ms(&r->stop, 100);
+                store_cursor_seek(c, rec.offset);
+                continue;
+            }
+            /* A rule that failed for this event goes to its dead letter with the error, the
+             * others as they matched; an event that cannot be matched at all fails every rule
+             * of the bus (stored events passed the same checks at ingest: it should not be). */
+            char whole[300];
+            bool all_failed = ms != VM_OK && ms != VM_ERR_RULE;
+            if (all_failed)
+                event_failed(&err, whole, sizeof whole);
+            if (ms != VM_OK)
+                log_match_failures(rt, bus, ctx, all_failed ? whole : NULL, rec.offset);
             pthread_mutex_lock(&rt->mu);
-            for (size_t i = 0; i < rt->npairs && nrules; i++) {
+            for (size_t i = 0; i < rt->npairs && (nrules || ms != VM_OK); i++) {
                 ebd_worker *w = &r->workers[rt->pairs[i]];
-                if (rec.offset < w->start || !rule_matched(rules, nrules, w->rule))
+                if (rec.offset < w->start)
                     continue;
-                pthread_mutex_lock(&w->qmu);
-                if (!w->catchup) {
-                    if (w->qn < w->qcap) {
-                        w->ring[(w->qhead + w->qn) % w->qcap] = rec.offset;
-                        w->qn++;
-                    } else {
-                        w->catchup = true;      /* the worker reads the log from here */
-                        w->catchup_from = rec.offset;
-                    }
-                    pthread_cond_signal(&w->qcv);
-                }
-                pthread_mutex_unlock(&w->qmu);
+                const char *failed = all_failed ? whole
+                                   : ms == VM_ERR_RULE ? rule_failure(ctx, w->rule) : NULL;
+                if (failed || rule_matched(rules, nrules, w->rule))
+                    enqueue(w, rec.offset, failed);
             }
             rt->pos = rec.offset + 1;
             pthread_mutex_unlock(&rt->mu);
@@ -2018,6 +2133,7 @@ void ebd_workers_start(ebd *d, ebd_rules *r)
         pthread_cond_init(&w->qcv, NULL);
         w->qcap = QUEUE_CAP;
         w->ring = calloc(w->qcap, sizeof *w->ring);
+        w->failed = calloc(w->qcap, sizeof *w->failed);
         w->qhead = w->qn = 0;
         w->catchup = false;
         ebd_router *rt = &r->routers[b];
@@ -2042,7 +2158,7 @@ void ebd_workers_start(ebd *d, ebd_rules *r)
     r->committer_started = r->nworkers && pthread_create(&r->committer, NULL, committer_main, r) == 0;
     for (size_t i = 0; i < r->nworkers; i++) {
         ebd_worker *w = &r->workers[i];
-        if (!w->router || !w->ring || !w->router->started)
+        if (!w->router || !w->ring || !w->failed || !w->router->started)
             continue;
         w->started = pthread_create(&w->th, NULL, worker_main, w) == 0;
         if (!w->started)
@@ -2089,6 +2205,10 @@ void ebd_workers_stop(ebd *d, ebd_rules *r)
         w->spend = NULL;
         free(w->ring);
         w->ring = NULL;
+        for (unsigned q = 0; w->failed && q < w->qcap; q++)
+            free(w->failed[q]);
+        free(w->failed);
+        w->failed = NULL;
         w->router = NULL;
     }
     free(r->routers);

@@ -145,6 +145,8 @@ typedef struct {
     pthread_mutex_t qmu;
     pthread_cond_t qcv;
     uint64_t *ring;               /* offsets of matched events, oldest at qhead */
+    char **failed;                /* per queued event: NULL, or why matching failed for the rule
+                                     (malloc'd; the event goes to its dead letter) */
     unsigned qcap, qhead, qn;
     bool catchup;                 /* the router skipped it from catchup_from on */
     uint64_t catchup_from;
@@ -153,7 +155,7 @@ typedef struct {
 } ebd_worker;
 
 /* One per bus: reads the log once, runs the matcher once per event, and queues each event for
- * the pairs whose rule it matches. */
+ * the pairs whose rule it matches, or that it failed (for their dead letter). */
 struct ebd_router {
     ebd *d;
     ebd_rules *r;

@@ -387,4 +387,50 @@ if command -v setpriv >/dev/null 2>&1; then
     rm -rf "$PD"
 fi
 
+# ---- matching that fails for one rule: its dead letter has the error, the other rules deliver --
+# (server match_steps lowers the step budget of one rule on one event, so that an event of 400
+# elements takes `heavy` over it: the search needs about 5 steps an element there)
+cat >"$WORK/fails.ebr" <<'EOF'
+server { match_steps 500 }
+bus m
+target all_out file "out/all.jsonl"
+target light_out file "out/light.jsonl"
+target heavy_out file "out/heavy.jsonl" { dead_letter file "dlq/heavy.jsonl" }
+target deep_out file "out/deep.jsonl"
+rule all on m { match exists id to all_out }
+rule heavy on m { match data.a[].x == 1 and data.a[].y == 1 to heavy_out }
+rule light on m { match data.a[].x == 0 and data.a[].y == 1 to light_out }
+rule deep on m { match data.deep == 7 to deep_out }
+EOF
+start_ebd "$WORK/fails.ebr" "$WORK/fails"
+wait_for 60 healthy || fail "ebd did not start"
+elems=$(seq 400 | awk '{ printf ",{\"x\":1,\"y\":0}" }')
+expect_status 202 "an event that takes one rule over its step budget" \
+    "$(post /v1/buses/m/events application/cloudevents+json "$(ev big1 x "{\"a\":[{\"x\":0,\"y\":1}$elems]}")")"
+expect_status 202 "then one that this rule matches" \
+    "$(post /v1/buses/m/events application/cloudevents+json "$(ev small1 x '{"a":[{"x":1,"y":1}]}')")"
+# 1,000 levels: what ingest accepts, the matcher reads (data.deep's arrays are implicit in it).
+deep=$(seq 997 | awk '{ printf "[" }')7$(seq 997 | awk '{ printf "]" }')
+expect_status 202 "an event 1,000 levels deep" \
+    "$(post /v1/buses/m/events application/cloudevents+json "$(ev deep1 x "{\"deep\":$deep}")")"
+if wait_for 60 grep -q '"id":"small1"' "$WORK/fails/out/heavy.jsonl" && wait_for 60 test -s "$WORK/fails/dlq/heavy.jsonl"; then
+    wait_for 60 grep -q '"id":"big1"' "$WORK/fails/out/light.jsonl"
+    grep -q '"id":"big1"' "$WORK/fails/out/all.jsonl" && grep -q '"id":"big1"' "$WORK/fails/out/light.jsonl" \
+        && pass "the other rules delivered the event that one rule failed" \
+        || fail "big1 was not delivered by the other rules: $(cat "$WORK/fails/out/all.jsonl" "$WORK/fails/out/light.jsonl" 2>/dev/null | grep -c big1)"
+    ! grep -q '"id":"big1"' "$WORK/fails/out/heavy.jsonl" && grep -q '"id":"big1"' "$WORK/fails/dlq/heavy.jsonl" \
+        && grep -q "\"rule\":\"heavy\",\"target\":\"heavy_out\",\"status\":null,\"error\":\"matching rule 'heavy' took more than 500 steps" "$WORK/fails/dlq/heavy.jsonl" \
+        && [ "$(grep -c '' "$WORK/fails/dlq/heavy.jsonl")" -eq 1 ] \
+        && pass "the failing rule's dead letter holds the event and the error" \
+        || fail "dead letter of heavy: $(cat "$WORK/fails/dlq/heavy.jsonl")"
+else
+    fail "heavy: no dead letter, or no delivery after it ($(cat "$WORK/fails/dlq/heavy.jsonl" 2>/dev/null))"
+fi
+grep -q "level=error msg=\"matching failed: the event goes to the rule's dead letter\" rule=heavy bus=m offset=0 error=\"matching rule 'heavy' took more than 500 steps" "$WORK/ebd.log" \
+    && pass "and the failure is logged at level error with the rule, bus and offset" || fail "no log line for the failed rule"
+wait_for 60 grep -q '"id":"deep1"' "$WORK/fails/out/deep.jsonl" && grep -q '"id":"deep1"' "$WORK/fails/out/all.jsonl" \
+    && pass "the 1,000-level event matched exists id and a rule on its deepest leaf" \
+    || fail "deep1: $(cat "$WORK/fails/out/deep.jsonl" 2>/dev/null | grep -c deep1) in deep, $(grep -c deep1 "$WORK/fails/out/all.jsonl") in all"
+stop_ebd
+
 finish
