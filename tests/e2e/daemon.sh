@@ -39,9 +39,9 @@ healthy() { curl -sf "$URL/healthz"; }
 
 # fire BUS PREFIX N FILE: posts events PREFIX-0, PREFIX-1, ... to BUS as fast as it can, from
 # before the daemon listens, until N are acknowledged (202); their ids go to FILE.  Bounded: it
-# gives up after 60 s.
+# gives up after E2E_WAIT seconds.
 fire() {
-    _i=0; _acked=0; _end=$(( $(date +%s) + 60 ))
+    _i=0; _acked=0; _end=$(( $(date +%s) + E2E_WAIT ))
     : >"$4"
     while [ $_acked -lt "$3" ] && [ "$(date +%s)" -lt $_end ]; do
         _s=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$URL/v1/buses/$1/events" \
@@ -91,7 +91,7 @@ while [ $round -le 20 ]; do
     k=1
     while [ $k -le 8 ]; do files="$files $WORK/start$round/out/t$k.jsonl"; k=$((k + 1)); done
     # shellcheck disable=SC2086
-    if ! wait_for 60 delivered "$WORK/acked.$round" $files; then
+    if ! wait_for "$E2E_WAIT" delivered "$WORK/acked.$round" $files; then
         # shellcheck disable=SC2086
         delivered "$WORK/acked.$round" $files
         lost=$((lost + 1))
@@ -108,7 +108,7 @@ kill "$IO" 2>/dev/null; wait "$IO" 2>/dev/null; IO=""; rm -f "$WORK/io.dd"
 # an event acknowledged under the new rules, and the new rule must deliver it.
 cp "$WORK/start.ebr" "$WORK/reload.ebr"
 start_ebd "$WORK/reload.ebr" "$WORK/reload"
-wait_for 60 healthy || fail "ebd did not start"
+wait_for "$E2E_WAIT" healthy || fail "ebd did not start"
 lost=0
 round=1
 while [ $round -le 5 ]; do
@@ -118,7 +118,7 @@ while [ $round -le 5 ]; do
         $round $round $round $round $round $round >>"$WORK/reload.ebr"
     kill -HUP "$EBD"
     wait $F
-    wait_for 60 delivered "$WORK/racked.$round" "$WORK/reload/out/nb$round.jsonl" \
+    wait_for "$E2E_WAIT" delivered "$WORK/racked.$round" "$WORK/reload/out/nb$round.jsonl" \
         || { delivered "$WORK/racked.$round" "$WORK/reload/out/nb$round.jsonl"; lost=$((lost + 1)); }
     round=$((round + 1))
 done
@@ -129,7 +129,7 @@ done
 "$BIN/ebd" --rules "$WORK/start.ebr" --data "$WORK/second" --listen 127.0.0.1:$P >"$WORK/out" 2>"$WORK/err" &
 SECOND=$!
 PIDS="$PIDS $SECOND"
-if wait_for 60 sh -c "! kill -0 $SECOND 2>/dev/null"; then
+if wait_for "$E2E_WAIT" sh -c "! kill -0 $SECOND 2>/dev/null"; then
     wait $SECOND; st=$?
     [ $st -eq 1 ] && grep -q "^ebd: cannot listen on 127.0.0.1:$P: Address already in use" "$WORK/err" \
         && [ ! -e "$WORK/second" ] \
@@ -163,7 +163,7 @@ cp "$WORK/reload.ebr" "$WORK/reload.good"
 printf 'rule broken on main { match data.x == to t1 }\nrule worse on main { match exists to t9 }\n' >>"$WORK/reload.ebr"
 s=$(curl -s -o "$WORK/answer" -w '%{http_code}' -X POST "$URL/v1/admin/reload")
 [ "$s" = 400 ] || fail "a broken reload answered $s"
-wait_for 60 grep -q 'reload refused' "$WORK/ebd.log"
+wait_for "$E2E_WAIT" grep -q 'reload refused' "$WORK/ebd.log"
 bad=$(grep -vc '^time=[^ ]* level=[a-z]* msg=' "$WORK/ebd.log")
 [ "$bad" -eq 0 ] && grep 'reload refused' "$WORK/ebd.log" | grep -q 'errors=".*reload.ebr:[0-9]*:[0-9]*: error: .*\\n' \
     && pass "a refused reload's errors stay on one log line, escaped" \
@@ -180,12 +180,12 @@ if command -v openssl >/dev/null 2>&1; then
     printf 'bus sec { token env("E2E_TLS_TOKEN") }\ntarget s file "out/s.jsonl"\nrule r on sec { match exists id to s }\n' >"$WORK/tls.ebr"
     start_ebd "$WORK/tls.ebr" "$WORK/tls" --tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem"
     TURL=https://127.0.0.1:$P
-    if wait_for 60 curl -sf --cacert "$WORK/cert.pem" "$TURL/healthz"; then
+    if wait_for "$E2E_WAIT" curl -sf --cacert "$WORK/cert.pem" "$TURL/healthz"; then
         s=$(curl -s --cacert "$WORK/cert.pem" -o "$WORK/answer" -w '%{http_code}' -X POST "$TURL/v1/buses/sec/events" \
             -H 'Content-Type: application/cloudevents+json' -H "Authorization: Bearer $E2E_TLS_TOKEN" \
             --data-binary "$(ev tls1 x)")
         expect_status 202 "an event over HTTPS, the certificate checked with --cacert" "$s"
-        wait_for 60 grep -q '"id":"tls1"' "$WORK/tls/out/s.jsonl" && pass "delivered after HTTPS ingest" \
+        wait_for "$E2E_WAIT" grep -q '"id":"tls1"' "$WORK/tls/out/s.jsonl" && pass "delivered after HTTPS ingest" \
             || fail "the HTTPS event was not delivered"
         s=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P/healthz")
         [ "$s" != 200 ] && pass "plain HTTP is not served on the TLS port ($s)" || fail "plain HTTP answered 200 on the TLS port"
@@ -199,13 +199,13 @@ if command -v openssl >/dev/null 2>&1; then
     printf 'server {\n  tls_cert "%s"\n  tls_key "%s"\n}\n' "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/tls2.ebr"
     cat "$WORK/tls.ebr" >>"$WORK/tls2.ebr"
     start_ebd "$WORK/tls2.ebr" "$WORK/tls2"
-    wait_for 60 curl -sf --cacert "$WORK/cert.pem" "$TURL/healthz" && pass "tls_cert and tls_key in the server block" \
+    wait_for "$E2E_WAIT" curl -sf --cacert "$WORK/cert.pem" "$TURL/healthz" && pass "tls_cert and tls_key in the server block" \
         || fail "server block TLS: $(tail -3 "$WORK/ebd.log")"
     stop_ebd
     # Tokens on an address that is not loopback: TLS, or an explicit --insecure-http.
     "$BIN/ebd" --rules "$WORK/tls.ebr" --data "$WORK/tls3" --listen 0.0.0.0:$P >"$WORK/out" 2>"$WORK/err" &
     X=$!; PIDS="$PIDS $X"
-    if wait_for 60 sh -c "! kill -0 $X 2>/dev/null"; then
+    if wait_for "$E2E_WAIT" sh -c "! kill -0 $X 2>/dev/null"; then
         wait $X; st=$?
         [ $st -eq 1 ] && grep -q "without TLS the buses' tokens would cross the network in clear text" "$WORK/err" \
             && pass "tokens on a non-loopback address without TLS: refused, exit 1" || fail "no TLS on 0.0.0.0: exit $st, $(cat "$WORK/err")"
@@ -214,12 +214,12 @@ if command -v openssl >/dev/null 2>&1; then
     fi
     "$BIN/ebd" --rules "$WORK/tls.ebr" --data "$WORK/tls3" --listen 0.0.0.0:$P --insecure-http >>"$WORK/ebd.log" 2>&1 &
     EBD=$!
-    wait_for 60 healthy && pass "--insecure-http allows plain HTTP there" || fail "--insecure-http: $(tail -3 "$WORK/ebd.log")"
+    wait_for "$E2E_WAIT" healthy && pass "--insecure-http allows plain HTTP there" || fail "--insecure-http: $(tail -3 "$WORK/ebd.log")"
     stop_ebd
     "$BIN/ebd" --rules "$WORK/tls.ebr" --data "$WORK/tls3" --listen 0.0.0.0:$P --tls-cert "$WORK/cert.pem" \
         --tls-key "$WORK/key.pem" >>"$WORK/ebd.log" 2>&1 &
     EBD=$!
-    wait_for 60 curl -sf --cacert "$WORK/cert.pem" "$TURL/healthz" && pass "TLS on a non-loopback address" \
+    wait_for "$E2E_WAIT" curl -sf --cacert "$WORK/cert.pem" "$TURL/healthz" && pass "TLS on a non-loopback address" \
         || fail "TLS on 0.0.0.0: $(tail -3 "$WORK/ebd.log")"
     stop_ebd
     "$BIN/ebd" --rules "$WORK/tls.ebr" --data "$WORK/tls3" --listen 127.0.0.1:$P --tls-cert "$WORK/cert.pem" \
@@ -249,7 +249,7 @@ st=$?
 [ $st -eq 1 ] && grep -q "cut.ebc: not a valid ruleset file: truncated" "$WORK/err" \
     && pass "an .ebc cut short: $(head -1 "$WORK/err")" || fail "cut .ebc: exit $st, $(cat "$WORK/err")"
 start_ebd "$WORK/start.ebc" "$WORK/good-ebc"
-wait_for 60 healthy && pass "the intact .ebc runs" || fail "ebd on a good .ebc: $(tail -3 "$WORK/ebd.log")"
+wait_for "$E2E_WAIT" healthy && pass "the intact .ebc runs" || fail "ebd on a good .ebc: $(tail -3 "$WORK/ebd.log")"
 stop_ebd
 
 # ---- secrets: empty or short tokens are refused; nothing is created before the settings pass --
@@ -274,7 +274,7 @@ st=$?
 # ---- buses a reload removes are closed: descriptors and threads do not pile up -----------------
 printf 'bus keep\nbus gone0\n' >"$WORK/buses.ebr"
 start_ebd "$WORK/buses.ebr" "$WORK/buses"
-wait_for 60 healthy || fail "ebd did not start"
+wait_for "$E2E_WAIT" healthy || fail "ebd did not start"
 counts() { echo "$(ls /proc/$EBD/fd | wc -l) $(awk '/^Threads:/ {print $2}' /proc/$EBD/status)"; }
 reload_to() {  # reload_to N: the rules declare bus keep and bus goneN only
     printf 'bus keep\nbus gone%d\n' "$1" >"$WORK/buses.ebr"
@@ -299,17 +299,17 @@ stop_ebd
 PR=$((BASE + 1))
 printf 'bus main\ntarget h http "http://127.0.0.1:%d/h" { retry exponential(attempts: 100, first: 50ms, max: 100ms) }\nrule r on main { match exists id to h }\n' $PR >"$WORK/lost.ebr"
 start_ebd "$WORK/lost.ebr" "$WORK/lost"
-wait_for 60 healthy || fail "ebd did not start"
+wait_for "$E2E_WAIT" healthy || fail "ebd did not start"
 for id in lag1 lag2 lag3; do post /v1/buses/main/events application/cloudevents+json "$(ev $id x)" >/dev/null; done
-wait_for 60 grep -q 'offset=2' "$WORK/ebd.log"      # the target is down: they wait for retries
+wait_for "$E2E_WAIT" grep -q 'offset=2' "$WORK/ebd.log"      # the target is down: they wait for retries
 stop_ebd
 rm -f "$WORK/lost/buses/main/cursors/r.h"
 "$BIN/e2e_receiver" $PR "$WORK/lost.log" &
 PIDS="$PIDS $!"
 start_ebd "$WORK/lost.ebr" "$WORK/lost"
-wait_for 60 healthy || fail "ebd did not start"
+wait_for "$E2E_WAIT" healthy || fail "ebd did not start"
 post /v1/buses/main/events application/cloudevents+json "$(ev lag4 x)" >/dev/null
-if wait_for 60 grep -q '"id":"lag4"' "$WORK/lost.log" && grep -q '"id":"lag1"' "$WORK/lost.log"; then
+if wait_for "$E2E_WAIT" grep -q '"id":"lag4"' "$WORK/lost.log" && grep -q '"id":"lag1"' "$WORK/lost.log"; then
     pass "a pair whose cursor was removed delivers its backlog (lag1-3) instead of skipping it"
 else
     fail "lost cursor: the receiver got $(grep -o '"id":"lag[0-9]"' "$WORK/lost.log" 2>/dev/null | paste -sd,)"
@@ -330,10 +330,10 @@ EOF
 grep -q "warning: events can loop: rule 'r' on bus 'a' sends to bus 'a', its own bus" "$WORK/out" \
     && pass "the compiler warns of the loop" || fail "no loop warning: $(cat "$WORK/out")"
 start_ebd "$WORK/loop.ebr" "$WORK/loop"
-wait_for 60 healthy || fail "ebd did not start"
+wait_for "$E2E_WAIT" healthy || fail "ebd did not start"
 post /v1/buses/a/events application/cloudevents+json "$(ev hop0 x)" >/dev/null
-if wait_for 60 test -s "$WORK/loop/dlq/loop.jsonl"; then
-    wait_for 60 lines_ge "$WORK/loop/out/seen.jsonl" 17
+if wait_for "$E2E_WAIT" test -s "$WORK/loop/dlq/loop.jsonl"; then
+    wait_for "$E2E_WAIT" lines_ge "$WORK/loop/out/seen.jsonl" 17
     hops=$(grep -o '"ebrhops":[0-9]*' "$WORK/loop/out/seen.jsonl" | cut -d: -f2 | sort -n | paste -sd,)
     [ "$hops" = "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16" ] && [ "$(grep -c '' "$WORK/loop/out/seen.jsonl")" -eq 17 ] \
         && pass "a loop: the event went round 16 times, each pass stamped ebrhops 1..16" \
@@ -403,7 +403,7 @@ rule light on m { match data.a[].x == 0 and data.a[].y == 1 to light_out }
 rule deep on m { match data.deep == 7 to deep_out }
 EOF
 start_ebd "$WORK/fails.ebr" "$WORK/fails"
-wait_for 60 healthy || fail "ebd did not start"
+wait_for "$E2E_WAIT" healthy || fail "ebd did not start"
 elems=$(seq 400 | awk '{ printf ",{\"x\":1,\"y\":0}" }')
 expect_status 202 "an event that takes one rule over its step budget" \
     "$(post /v1/buses/m/events application/cloudevents+json "$(ev big1 x "{\"a\":[{\"x\":0,\"y\":1}$elems]}")")"
@@ -413,8 +413,8 @@ expect_status 202 "then one that this rule matches" \
 deep=$(seq 997 | awk '{ printf "[" }')7$(seq 997 | awk '{ printf "]" }')
 expect_status 202 "an event 1,000 levels deep" \
     "$(post /v1/buses/m/events application/cloudevents+json "$(ev deep1 x "{\"deep\":$deep}")")"
-if wait_for 60 grep -q '"id":"small1"' "$WORK/fails/out/heavy.jsonl" && wait_for 60 test -s "$WORK/fails/dlq/heavy.jsonl"; then
-    wait_for 60 grep -q '"id":"big1"' "$WORK/fails/out/light.jsonl"
+if wait_for "$E2E_WAIT" grep -q '"id":"small1"' "$WORK/fails/out/heavy.jsonl" && wait_for "$E2E_WAIT" test -s "$WORK/fails/dlq/heavy.jsonl"; then
+    wait_for "$E2E_WAIT" grep -q '"id":"big1"' "$WORK/fails/out/light.jsonl"
     grep -q '"id":"big1"' "$WORK/fails/out/all.jsonl" && grep -q '"id":"big1"' "$WORK/fails/out/light.jsonl" \
         && pass "the other rules delivered the event that one rule failed" \
         || fail "big1 was not delivered by the other rules: $(cat "$WORK/fails/out/all.jsonl" "$WORK/fails/out/light.jsonl" 2>/dev/null | grep -c big1)"
@@ -428,7 +428,7 @@ else
 fi
 grep -q "level=error msg=\"matching failed: the event goes to the rule's dead letter\" rule=heavy bus=m offset=0 error=\"matching rule 'heavy' took more than 500 steps" "$WORK/ebd.log" \
     && pass "and the failure is logged at level error with the rule, bus and offset" || fail "no log line for the failed rule"
-wait_for 60 grep -q '"id":"deep1"' "$WORK/fails/out/deep.jsonl" && grep -q '"id":"deep1"' "$WORK/fails/out/all.jsonl" \
+wait_for "$E2E_WAIT" grep -q '"id":"deep1"' "$WORK/fails/out/deep.jsonl" && grep -q '"id":"deep1"' "$WORK/fails/out/all.jsonl" \
     && pass "the 1,000-level event matched exists id and a rule on its deepest leaf" \
     || fail "deep1: $(cat "$WORK/fails/out/deep.jsonl" 2>/dev/null | grep -c deep1) in deep, $(grep -c deep1 "$WORK/fails/out/all.jsonl") in all"
 stop_ebd
