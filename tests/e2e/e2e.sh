@@ -25,9 +25,9 @@ trap cleanup EXIT
 
 # No check rests on how fast the machine is: each waits for something it can see (a line in a
 # log, a file), never for a time to pass, and no duration is bounded from above.  E2E_WAIT is how
-# long a wait may last before its check fails (60 s each by default, for loaded machines and
+# long a wait may last before its check fails (120 s each by default, for loaded machines and
 # ASan builds): a passing run never waits it out.
-E2E_WAIT=${E2E_WAIT:-60}
+E2E_WAIT=${E2E_WAIT:-120}
 
 # wait_for SECONDS COMMAND...: runs COMMAND every 50 ms until it succeeds; false at the deadline.
 wait_for() {
