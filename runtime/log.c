@@ -7,7 +7,9 @@
  * cursors/ directory of named cursors.  One mutex guards the state; appends gather in a pending
  * buffer and whichever appender finds no write in progress becomes the leader that writes (and,
  * under fsync always, syncs) everything pending at once: group commit with no extra thread.
- * Readers read the files themselves with pread, up to what has been acknowledged.
+ * Readers read the files themselves with pread, up to what has been acknowledged.  A write or
+ * sync that fails stops appends until the log has recovered by itself (try_recover): back to its
+ * acknowledged records, with room to go on.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -399,6 +401,23 @@ static bool list_segments(int dirfd, uint64_t **bases, size_t *n)
 
 /* ---- The log ------------------------------------------------------------------------------- */
 
+/* Where the log stood at a moment it was sound: the last segment then, the end of its records
+ * below `next` and the time of its last record (0: none).  Recovery after a failed write or sync
+ * goes back to the mark of the acknowledged records. */
+typedef struct {
+    uint64_t base, pos, next;
+    int64_t time;
+} log_mark;
+
+/* A failed log tries to recover at most this often: the pause doubles after each attempt that
+ * fails, from the first to the second. */
+#define RETRY_FIRST_NS 100000000ll
+#define RETRY_MAX_NS 1000000000ll
+/* Recovery first makes sure of room for the batch that failed, up to this much (at least one
+ * page): a disk still full does not pass for recovered. */
+#define ROOM_MIN 4096u
+#define ROOM_MAX (1u << 20)
+
 typedef struct {
     store base;
     store_options o;
@@ -422,6 +441,17 @@ typedef struct {
                                   * batch's (to lead it), not every appender in vain */
     bool writing, failed, closing;
     unsigned inflight;           /* appends inside log_append: close waits for them to leave */
+    /* After a failed write or sync (failed): the cause, the last failed recovery's, when to try
+     * again and the pause after that; broken once acknowledged records were found lost (only a
+     * reopen goes on then).  A recovery adds one to epoch, which tells cursors that the bytes
+     * past the acknowledged records changed. */
+    char why[512], retry_why[512];
+    int64_t retry_at, retry_ns;
+    uint64_t room;               /* the bytes recovery must find room for */
+    bool broken;
+    uint64_t epoch;
+    log_mark acked_at;           /* the end of the acknowledged records */
+    log_mark synced_at;          /* and of those known synced (fsync interval: not all of them) */
     pthread_t flusher;
     bool has_flusher;
     pthread_cond_t flush_cv;
@@ -429,6 +459,8 @@ typedef struct {
     pthread_mutex_t err_mu;      /* err is written by any thread that fails */
     pthread_mutex_t commit_mu;   /* one named-cursor commit at a time */
     char err[512];
+    int (*fault)(void *arg, const char *op);    /* tests: log_set_fault */
+    void *fault_arg;
 } log_t;
 
 typedef struct {
@@ -446,6 +478,7 @@ typedef struct {
     uint64_t buf_pos;
     uint64_t bad_pos;            /* the corrupt record last reported (UINT64_MAX: none) */
     uint64_t gap_to;             /* or the offset after the missing ones last reported */
+    uint64_t epoch;              /* the log's epoch when it last looked */
     char err[512];
 } log_cursor;
 
@@ -462,6 +495,13 @@ static int64_t realtime_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
@@ -509,6 +549,14 @@ static bool push_segment(log_t *l, segment *g)
     return true;
 }
 
+/* The mark of the last segment as it is: call when everything in it is acknowledged.  Under
+ * l->mu, or as the leader. */
+static log_mark mark_of(const log_t *l)
+{
+    const segment *g = l->segs[l->nsegs - 1];
+    return (log_mark){ g->base, g->bytes, g->next, g->next > g->base ? g->last_time : 0 };
+}
+
 static void pwrite_header(unsigned char h[SEG_HDR], uint64_t base)
 {
     memset(h, 0, SEG_HDR);
@@ -537,6 +585,33 @@ static bool write_all(int fd, const unsigned char *p, size_t n, uint64_t pos)
 static bool sync_on(const log_t *l)
 {
     return l->o.fsync != STORE_FSYNC_NEVER;
+}
+
+/* The errno a test's fault hook makes operation op fail with, or 0 (log_set_fault). */
+static int fault(log_t *l, const char *op)
+{
+    return l->fault ? l->fault(l->fault_arg, op) : 0;
+}
+
+/* The writer's writes and syncs of segment data, where tests inject failures. */
+static bool seg_write(log_t *l, int fd, const unsigned char *p, size_t n, uint64_t pos)
+{
+    int e = fault(l, "write");
+    if (e) {
+        errno = e;
+        return false;
+    }
+    return write_all(fd, p, n, pos);
+}
+
+static int seg_sync(log_t *l, int fd)
+{
+    int e = fault(l, "sync");
+    if (e) {
+        errno = e;
+        return -1;
+    }
+    return fdatasync(fd);
 }
 
 /* Creates the segment file for base (header written; file and directory synced unless fsync
@@ -871,6 +946,8 @@ store_status log_open(const char *dir, const store_options *o, store **out, char
         for (size_t i = 0; i < l->nsegs; i++)
             if (l->segs[i]->last_time > l->last_time)
                 l->last_time = l->segs[i]->last_time;
+        l->acked_at = l->synced_at = mark_of(l);
+        l->retry_ns = RETRY_FIRST_NS;
     }
     if (st == STORE_OK && !l->o.read_only) {
         if (pthread_create(&l->flusher, NULL, flusher_main, l) != 0)
@@ -889,13 +966,29 @@ store_status log_open(const char *dir, const store_options *o, store **out, char
 
 /* ---- Writing ----------------------------------------------------------------------------- */
 
+/* A write or sync failed (msg says which and why; bytes: the batch it was to write): the log
+ * takes no appends until it recovers (try_recover), and the appenders waiting for a batch give
+ * up.  Under l->mu. */
+static void set_failed(log_t *l, const char *msg, uint64_t bytes)
+{
+    if (!l->failed) {
+        l->failed = true;
+        l->room = bytes < ROOM_MIN ? ROOM_MIN : bytes > ROOM_MAX ? ROOM_MAX : bytes;
+        snprintf(l->why, sizeof l->why, "%s", msg);
+        l->retry_why[0] = 0;
+        l->retry_at = mono_ns() + l->retry_ns;
+    }
+    pthread_cond_broadcast(&l->batch_cv[0]);
+    pthread_cond_broadcast(&l->batch_cv[1]);
+}
+
 /* Seals the last segment (synced, its index written) and starts the next one.  Called by the
  * leader (l->writing), without l->mu. */
 static store_status roll(log_t *l)
 {
     segment *old = l->segs[l->nsegs - 1];
     if (sync_on(l)) {
-        if (fdatasync(l->fd) != 0)
+        if (seg_sync(l, l->fd) != 0)
             return fail(l, STORE_EIO, "%s: fdatasync: %s", l->dir, strerror(errno));
         l->fsyncs++;
     }
@@ -966,7 +1059,7 @@ static store_status write_batch(log_t *l, unsigned char *b, size_t n)
         bool has_records = a->next > a->base || p > start;
         if (has_records && pos + (p - start) + rl > l->o.segment_bytes) {
             if (p > start) {
-                if (!write_all(l->fd, b + start, p - start, pos))
+                if (!seg_write(l, l->fd, b + start, p - start, pos))
                     return fail(l, STORE_EIO, "%s: write: %s", l->dir, strerror(errno));
                 l->writes++;
                 if (!publish(l, a, b + start, p - start, pos))
@@ -982,14 +1075,14 @@ static store_status write_batch(log_t *l, unsigned char *b, size_t n)
         p += rl;
     }
     if (n > start) {
-        if (!write_all(l->fd, b + start, n - start, pos))
+        if (!seg_write(l, l->fd, b + start, n - start, pos))
             return fail(l, STORE_EIO, "%s: write: %s", l->dir, strerror(errno));
         l->writes++;
         if (!publish(l, a, b + start, n - start, pos))
             return fail(l, STORE_EIO, "out of memory");
     }
     if (l->o.fsync == STORE_FSYNC_ALWAYS) {
-        if (fdatasync(l->fd) != 0)
+        if (seg_sync(l, l->fd) != 0)
             return fail(l, STORE_EIO, "%s: fdatasync: %s", l->dir, strerror(errno));
         l->fsyncs++;
     }
@@ -1012,8 +1105,11 @@ static void lead(log_t *l)
     pthread_mutex_unlock(&l->mu);
 
     store_status st = write_batch(l, b, n);
-    if (st != STORE_OK)
-        say(l, "%s", log_error(&l->base));   /* reports never run under l->mu */
+    char msg[512] = "";
+    if (st != STORE_OK) {
+        snprintf(msg, sizeof msg, "%s", log_error(&l->base));
+        say(l, "%s", msg);                 /* reports never run under l->mu */
+    }
 
     pthread_mutex_lock(&l->mu);
     l->spare = b;
@@ -1023,15 +1119,261 @@ static void lead(log_t *l)
         if (l->o.fsync == STORE_FSYNC_ALWAYS)
             l->durable = end;
         l->acked = l->o.fsync == STORE_FSYNC_ALWAYS ? l->durable : l->written;
-    } else {
-        l->failed = true;
-        pthread_cond_broadcast(&l->batch_cv[(g + 1) & 1]);
-    }
+        l->acked_at = mark_of(l);
+        if (l->o.fsync == STORE_FSYNC_ALWAYS)
+            l->synced_at = l->acked_at;
+    } else
+        set_failed(l, msg, n);
     l->writing = false;
     pthread_cond_broadcast(&l->batch_cv[g & 1]);
     if (l->plen)
         pthread_cond_signal(&l->batch_cv[(g + 1) & 1]);   /* one of them leads the next */
     pthread_cond_broadcast(&l->cv);                        /* readers, close, retention */
+}
+
+/* ---- Recovery after a failed write or sync -------------------------------------------------- */
+
+static size_t find_segment(const log_t *l, uint64_t offset);
+
+/* Writes again the records acknowledged since the last good sync, y, up to a (both in the
+ * segment open as fd), after checking each as read back: after a failed fsync the kernel may
+ * hold them as clean pages that were never written, and a sync alone would not write them.
+ * Works through 1 MiB of whole records at a time (more for a larger record).  STORE_CORRUPT
+ * when one does not read back intact: an acknowledged record was lost. */
+static store_status rewrite_unsynced(log_t *l, int fd, const log_mark *a, const log_mark *y,
+                                     uint64_t *rewritten)
+{
+    uint64_t pos = y->base == a->base ? y->pos : SEG_HDR;
+    uint64_t off = y->base == a->base ? y->next : a->base;
+    *rewritten = 0;
+    size_t cap = 1 << 20;
+    unsigned char *b = NULL;
+    store_status st = STORE_OK;
+    while (st == STORE_OK && pos < a->pos) {
+        size_t want = a->pos - pos < cap ? (size_t)(a->pos - pos) : cap;
+        if (!b && !(b = malloc(cap))) {
+            st = fail(l, STORE_EIO, "out of memory");
+            break;
+        }
+        size_t got = 0;
+        while (got < want) {
+            ssize_t r = pread(fd, b + got, want - got, (off_t)(pos + got));
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0)
+                break;
+            got += (size_t)r;
+        }
+        if (got < want) {
+            st = fail(l, STORE_EIO, "%s/%020" PRIu64 ".seg: cannot read back position %" PRIu64
+                      ": %s", l->dir, a->base, pos + got, got ? "the file is shorter than written"
+                      : strerror(errno));
+            break;
+        }
+        size_t p = 0;         /* the whole records in b[0..p) */
+        for (;;) {
+            rec_hdr h;
+            const char *why = "an offset out of sequence";
+            int rc = rec_check(b + p, want - p, &h, &why);
+            if (rc == REC_SHORT && want - p < a->pos - pos - p)
+                break;        /* the record goes on past this piece */
+            if (rc != REC_OK || h.offset != off) {
+                st = fail(l, STORE_CORRUPT, "%s/%020" PRIu64 ".seg: position %" PRIu64 ": offset %"
+                          PRIu64 ", acknowledged but not yet synced when a write or sync failed, "
+                          "does not read back intact (%s): it was lost; the log takes no appends "
+                          "until reopened", l->dir, a->base, pos + p, off, why);
+                break;
+            }
+            p += REC_HDR + h.len;
+            off++;
+            if (p == want)
+                break;
+        }
+        if (st != STORE_OK)
+            break;
+        if (p == 0) {         /* one record larger than the buffer: room for it whole */
+            uint32_t len = get32(b + 4);
+            free(b);
+            b = NULL;
+            cap = REC_HDR + (size_t)len;
+            continue;
+        }
+        if (!seg_write(l, fd, b, p, pos))
+            st = fail(l, STORE_EIO, "%s: write: %s", l->dir, strerror(errno));
+        pos += p;
+        *rewritten += p;
+    }
+    free(b);
+    return st;
+}
+
+/* What a recovery did, for its report. */
+typedef struct {
+    size_t keep;              /* the segment that is the last one again */
+    int fd;                   /* its file, open for writing */
+    uint64_t cut;             /* bytes of it truncated */
+    unsigned removed;         /* later segment files removed */
+    uint64_t rewritten;       /* bytes written again (rewrite_unsynced) */
+} recovery;
+
+/* The file work of a recovery: brings the files back to the acknowledged records, a, and
+ * syncs them.  Segment files after a's hold none (a batch that rolled, then failed): they go;
+ * a's segment is truncated after them (its index, if a roll wrote one, goes too).  Done by the
+ * leader (l->writing) with l->sync_mu held and l->mu not; changes nothing in memory, so that a
+ * failure leaves the log as it was, and the next attempt does it all again. */
+static store_status restore(log_t *l, const log_mark *a, const log_mark *y, uint64_t room,
+                            recovery *rv)
+{
+    memset(rv, 0, sizeof *rv);
+    rv->keep = find_segment(l, a->base);
+    rv->fd = l->fd;
+    char name[40];
+    seg_name(name, sizeof name, a->base);
+    if (l->segs[rv->keep]->base != a->base)
+        return fail(l, STORE_EIO, "%s/%s: the segment of the last acknowledged record is not "
+                    "in the log", l->dir, name);
+    if (rv->keep + 1 < l->nsegs && (rv->fd = openat(l->dirfd, name, O_RDWR | O_CLOEXEC)) < 0)
+        return fail(l, STORE_EIO, "%s/%s: cannot open: %s", l->dir, name, strerror(errno));
+    store_status st = STORE_OK;
+    uint64_t *bases = NULL;
+    size_t nb = 0;
+    if (!list_segments(l->dirfd, &bases, &nb))
+        st = fail(l, STORE_EIO, "%s: cannot list: %s", l->dir, strerror(errno));
+    bool unlinked = false;
+    for (size_t i = nb; st == STORE_OK && i-- > 0 && bases[i] >= a->base;) {
+        char iname[40];
+        snprintf(iname, sizeof iname, "%020" PRIu64 ".idx", bases[i]);
+        if (unlinkat(l->dirfd, iname, 0) == 0)
+            unlinked = true;
+        if (bases[i] == a->base)
+            break;
+        seg_name(iname, sizeof iname, bases[i]);
+        if (unlinkat(l->dirfd, iname, 0) == 0) {
+            unlinked = true;
+            rv->removed++;
+        } else if (errno != ENOENT)
+            st = fail(l, STORE_EIO, "%s/%s: cannot remove: %s", l->dir, iname, strerror(errno));
+    }
+    free(bases);
+    if (st == STORE_OK && sync_on(l))
+        st = rewrite_unsynced(l, rv->fd, a, y, &rv->rewritten);
+    struct stat sb;
+    if (st == STORE_OK && fstat(rv->fd, &sb) != 0)
+        st = fail(l, STORE_EIO, "%s/%s: cannot stat: %s", l->dir, name, strerror(errno));
+    int e = st == STORE_OK ? fault(l, "truncate") : 0;
+    if (st == STORE_OK && (e || ftruncate(rv->fd, (off_t)a->pos) != 0))
+        st = fail(l, STORE_EIO, "%s/%s: cannot truncate: %s", l->dir, name, strerror(e ? e : errno));
+    if (st == STORE_OK) {
+        /* Room to go on: `room` bytes reserved after the records, then given back.  (A file
+         * system without fallocate is taken at its word.) */
+        rv->cut = (uint64_t)sb.st_size > a->pos ? (uint64_t)sb.st_size - a->pos : 0;
+        if (fallocate(rv->fd, 0, (off_t)a->pos, (off_t)room) != 0 && errno != EOPNOTSUPP &&
+            errno != ENOSYS) {
+            st = fail(l, STORE_EIO, "%s: no room for %" PRIu64 " bytes yet: %s", l->dir, room,
+                      strerror(errno));
+        }
+        if (ftruncate(rv->fd, (off_t)a->pos) != 0 && st == STORE_OK)
+            st = fail(l, STORE_EIO, "%s/%s: cannot truncate: %s", l->dir, name, strerror(errno));
+    }
+    if (st == STORE_OK) {
+        if (sync_on(l) && (seg_sync(l, rv->fd) != 0 || (unlinked && fsync(l->dirfd) != 0)))
+            st = fail(l, STORE_EIO, "%s: fdatasync: %s", l->dir, strerror(errno));
+    }
+    if (st != STORE_OK && rv->fd != l->fd) {
+        close(rv->fd);
+        rv->fd = -1;
+    }
+    return st;
+}
+
+/* The memory half of a recovery, once restore has brought the files back to a: segments after
+ * a's go, a's becomes the last one again as it was at a, and what was pending is dropped (its
+ * appenders were answered STORE_EIO).  Under l->mu and l->sync_mu. */
+static void adopt(log_t *l, const log_mark *a, const recovery *rv)
+{
+    for (size_t i = rv->keep + 1; i < l->nsegs; i++)
+        seg_free(l->segs[i]);
+    l->nsegs = rv->keep + 1;
+    segment *g = l->segs[rv->keep];
+    g->next = a->next;
+    g->bytes = a->pos;
+    g->last_time = a->time;
+    if (g->next == g->base)
+        g->first_time = 0;
+    while (g->nidx && g->base + g->idx[g->nidx - 1].rel >= a->next)
+        g->nidx--;
+    g->idx_pos = g->nidx ? g->idx[g->nidx - 1].pos : 0;
+    g->sealed = false;
+    if (rv->fd != l->fd) {
+        close(l->fd);
+        l->fd = rv->fd;
+    }
+    l->next = l->written = a->next;
+    if (sync_on(l)) {
+        l->durable = a->next;
+        l->synced_at = *a;
+    }
+    l->fsyncs += sync_on(l);
+    l->plen = 0;
+    l->failed = false;
+    l->epoch++;
+    l->retry_ns = RETRY_FIRST_NS;
+}
+
+/* After a failed write or sync: once the pause has passed (force: at once), takes the leader's
+ * place and brings the log back to its acknowledged records: what was written after them, never
+ * acknowledged, is truncated; what was acknowledged but not yet synced is written again; the
+ * files are synced, and appends are taken again.  Does nothing while a write, retention or an
+ * earlier failed batch's appenders are still about, or once acknowledged records were found lost.
+ * Called with l->mu held; returns with it held, having released it meanwhile. */
+static void try_recover(log_t *l, bool force)
+{
+    if (!l->failed || l->broken || l->writing || l->inflight ||
+        (!force && (l->closing || mono_ns() < l->retry_at)))
+        return;
+    l->writing = true;
+    log_mark a = l->acked_at, y = l->synced_at;
+    uint64_t room = l->room;
+    pthread_mutex_unlock(&l->mu);
+
+    pthread_mutex_lock(&l->sync_mu);      /* the flusher syncs no descriptor we change */
+    recovery rv;
+    store_status st = restore(l, &a, &y, room, &rv);
+    char msg[1024];
+    if (st == STORE_OK) {
+        int n = snprintf(msg, sizeof msg, "%s: recovered after a failed write or sync: appends are "
+                         "taken again from offset %" PRIu64 "; %" PRIu64 " bytes after it, never "
+                         "acknowledged, truncated from segment %020" PRIu64, l->dir, a.next,
+                         rv.cut, a.base);
+        if (rv.removed && n > 0 && (size_t)n < sizeof msg)
+            n += snprintf(msg + n, sizeof msg - (size_t)n, ", %u later segment%s removed",
+                          rv.removed, rv.removed == 1 ? "" : "s");
+        if (rv.rewritten && n > 0 && (size_t)n < sizeof msg)
+            snprintf(msg + n, sizeof msg - (size_t)n, ", %" PRIu64 " bytes acknowledged since the "
+                     "last good sync written again and synced", rv.rewritten);
+    } else
+        snprintf(msg, sizeof msg, "%s", log_error(&l->base));
+    pthread_mutex_lock(&l->mu);
+    bool tell = true;
+    if (st == STORE_OK)
+        adopt(l, &a, &rv);
+    else if (st == STORE_CORRUPT) {
+        l->broken = true;
+        snprintf(l->why, sizeof l->why, "%.511s", msg);
+    } else {
+        tell = strcmp(l->retry_why, msg) != 0;    /* the same cause again: said once */
+        snprintf(l->retry_why, sizeof l->retry_why, "%.511s", msg);
+        l->retry_ns = l->retry_ns * 2 > RETRY_MAX_NS ? RETRY_MAX_NS : l->retry_ns * 2;
+        l->retry_at = mono_ns() + l->retry_ns;
+    }
+    l->writing = false;
+    pthread_cond_broadcast(&l->cv);        /* readers, close, retention */
+    pthread_mutex_unlock(&l->mu);
+    pthread_mutex_unlock(&l->sync_mu);
+    if (tell)
+        say(l, "%s%s", st == STORE_OK || st == STORE_CORRUPT ? "" : "recovery failed, tried again "
+            "later: ", msg);
+    pthread_mutex_lock(&l->mu);
 }
 
 /* Makes room for n more bytes in the pending buffer. */
@@ -1063,11 +1405,13 @@ static store_status log_append(store *s, const store_entry *e, size_t n, uint64_
     if (l->o.read_only)
         return fail(l, STORE_EINVAL, "%s: opened read-only", l->dir);
     pthread_mutex_lock(&l->mu);
+    if (l->failed && !l->closing)
+        try_recover(l, false);
     if (l->closing || l->failed) {
         store_status st = l->closing ? STORE_CLOSED : STORE_EIO;
         if (l->failed)
-            fail(l, st, "%s: an earlier write failed; the log takes no appends until reopened",
-                 l->dir);
+            fail(l, st, "%s; %s", l->why, l->broken ? "the log takes no appends until reopened"
+                 : "the log takes no appends until it recovers (it tries again by itself)");
         pthread_mutex_unlock(&l->mu);
         return st;
     }
@@ -1130,27 +1474,31 @@ static void sync_now(log_t *l)
     pthread_mutex_lock(&l->sync_mu);
     pthread_mutex_lock(&l->mu);
     uint64_t target = l->written;
+    log_mark at = l->acked_at;       /* written is acknowledged under interval */
     int fd = l->fd;
     bool due = target > l->durable && !l->failed;
     pthread_mutex_unlock(&l->mu);
     if (due) {
-        int rc = fdatasync(fd);
+        int rc = seg_sync(l, fd);
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s: fdatasync: %s", l->dir, rc ? strerror(errno) : "");
         pthread_mutex_lock(&l->mu);
         l->fsyncs++;
         if (rc == 0) {
-            if (target > l->durable)
+            if (target > l->durable) {
                 l->durable = target;
+                l->synced_at = at;
+            }
         } else {
-            /* After a failed fsync the kernel may have dropped the dirty pages: nothing
-             * written since the last good sync can be trusted, so the log stops. */
-            l->failed = true;
-            fail(l, STORE_EIO, "%s: fdatasync: %s", l->dir, strerror(errno));
-            pthread_cond_broadcast(&l->batch_cv[0]);
-            pthread_cond_broadcast(&l->batch_cv[1]);
+            /* After a failed fsync the kernel may have marked the pages clean without writing
+             * them: what was written since the last good sync is not known to be on disk, so
+             * the log stops until recovery has written it again and synced. */
+            fail(l, STORE_EIO, "%s", msg);
+            set_failed(l, msg, 0);
         }
         pthread_mutex_unlock(&l->mu);
         if (rc != 0)
-            say(l, "%s", log_error(&l->base));
+            say(l, "%s", msg);
     }
     pthread_mutex_unlock(&l->sync_mu);
 }
@@ -1173,6 +1521,7 @@ static void *flusher_main(void *arg)
         pthread_cond_timedwait(&l->flush_cv, &l->mu, &t);
         if (l->closing)
             break;
+        try_recover(l, false);      /* a failed log recovers with no append to prompt it */
         pthread_mutex_unlock(&l->mu);
         if (l->o.fsync == STORE_FSYNC_INTERVAL)
             sync_now(l);
@@ -1207,17 +1556,19 @@ static store_status log_retain(store *s, int64_t now, unsigned *deleted)
     int64_t cutoff = l->o.retention_ns ? now - (int64_t)l->o.retention_ns : INT64_MIN;
     segment *a = l->segs[l->nsegs - 1];
     store_status st = STORE_OK;
+    char msg[512] = "";
     if (a->next > a->base && a->last_time < cutoff && l->plen == 0) {
         /* Every record of the last segment has expired: seal it so that it can go. */
         pthread_mutex_unlock(&l->mu);
         st = roll(l);
+        if (st != STORE_OK)
+            snprintf(msg, sizeof msg, "%s", log_error(&l->base));
         pthread_mutex_lock(&l->mu);
+        if (st == STORE_OK)
+            l->acked_at = l->synced_at = mark_of(l);   /* the new, empty segment */
     }
-    if (st != STORE_OK) {
-        l->failed = true;       /* as after a failed write: reopen to go on */
-        pthread_cond_broadcast(&l->batch_cv[0]);
-        pthread_cond_broadcast(&l->batch_cv[1]);
-    }
+    if (st != STORE_OK)
+        set_failed(l, msg, 0);  /* as after a failed write */
     /* Take the expired segments out of the list here; delete their files and report them
      * once l->mu is released (readers only find segments through the list). */
     uint64_t total = 0;
@@ -1247,7 +1598,7 @@ static store_status log_retain(store *s, int64_t now, unsigned *deleted)
     pthread_cond_broadcast(&l->cv);
     pthread_mutex_unlock(&l->mu);
     if (st != STORE_OK)
-        say(l, "%s", log_error(&l->base));
+        say(l, "%s", msg);
     for (size_t i = 0; i < ngone; i++) {
         segment *g = gone[i];
         char name[40];
@@ -1381,6 +1732,7 @@ static store_status open_cursor(log_t *l, uint64_t offset, bool by_time, int64_t
     if (!c)
         return fail(l, STORE_EIO, "out of memory");
     pthread_mutex_lock(&l->mu);
+    c->epoch = l->epoch;
     position(c, by_time ? offset_at(l, t) : offset, by_time ? t : INT64_MIN);
     pthread_mutex_unlock(&l->mu);
     *out = &c->base;
@@ -1466,6 +1818,19 @@ static store_status refresh(log_cursor *c, const struct timespec *deadline, bool
     pthread_mutex_lock(&l->mu);
     store_status st = STORE_OK;
     for (;;) {
+        if (c->epoch != l->epoch) {
+            /* A recovery truncated records that were never acknowledged, and new ones may
+             * stand in their place: bytes read ahead past the acknowledged ones are stale, and
+             * so is a position found among them (a cursor waiting at or past the end). */
+            c->epoch = l->epoch;
+            c->buf_len = 0;
+            if (c->next >= l->acked) {
+                if (c->fd >= 0)
+                    close(c->fd);
+                c->fd = -1;
+                position(c, c->next > c->skip_below ? c->next : c->skip_below, c->min_time);
+            }
+        }
         if (l->closing) {
             st = cfail(c, STORE_CLOSED, "%s: the log is closing", l->dir);
             break;
@@ -1797,9 +2162,34 @@ static void log_close(store *s)
     pthread_mutex_unlock(&l->mu);
     if (l->has_flusher)
         pthread_join(l->flusher, NULL);
+    pthread_mutex_lock(&l->mu);
+    try_recover(l, true);       /* leave only acknowledged records for the next open */
+    pthread_mutex_unlock(&l->mu);
     if (l->fd >= 0 && sync_on(l) && !l->failed && l->written > l->durable)
         fdatasync(l->fd);    /* a clean shutdown leaves everything on disk */
     log_free(l);
+}
+
+/* True unless a failed write or sync has the log refusing appends; then its cause in err. */
+static bool log_health(store *s, char *err, size_t errcap)
+{
+    log_t *l = (log_t *)s;
+    pthread_mutex_lock(&l->mu);
+    bool ok = !l->failed;
+    if (!ok)
+        snprintf(err, errcap, "%s%s%s", l->why, l->retry_why[0] ? "; recovering failed: " : "",
+                 l->retry_why);
+    pthread_mutex_unlock(&l->mu);
+    return ok;
+}
+
+void log_set_fault(store *s, int (*fn)(void *arg, const char *op), void *arg)
+{
+    log_t *l = (log_t *)s;
+    pthread_mutex_lock(&l->mu);
+    l->fault = fn;
+    l->fault_arg = arg;
+    pthread_mutex_unlock(&l->mu);
 }
 
 void log_get_stats(store *s, log_stats *st)
@@ -1835,6 +2225,7 @@ static const store_ops log_ops = {
     .commit = log_commit,
     .committed = log_committed,
     .retain = log_retain,
+    .health = log_health,
     .error = log_error,
     .close = log_close,
 };

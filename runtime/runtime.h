@@ -47,7 +47,8 @@ typedef enum {
     STORE_NOTFOUND,   /* no named cursor of that name was ever committed */
     STORE_CLOSED,     /* the store is closing */
     STORE_EINVAL,     /* a bad argument: record too large, bad cursor name, append to read-only */
-    STORE_EIO,        /* an I/O error; a log refuses appends after one until it is reopened */
+    STORE_EIO,        /* an I/O error; after a failed write or sync a log refuses appends until
+                       * it has recovered by itself (store_health says why meanwhile) */
     STORE_EBUSY,      /* another process holds the log */
 } store_status;
 
@@ -92,7 +93,9 @@ store_status log_open(const char *dir, const store_options *o, store **out, char
 
 /* Appends n records as consecutive offsets (the first in *first) and returns once they are
  * acknowledged: with fsync always, on disk; otherwise written to the operating system.  Many
- * threads may append at once; concurrent appends share writes and syncs (group commit). */
+ * threads may append at once; concurrent appends share writes and syncs (group commit).
+ * STORE_EIO when the write or sync of their batch failed (then none of them is kept), or while
+ * the store has not recovered from such a failure (store_health). */
 store_status store_append(store *s, const store_entry *e, size_t n, uint64_t *first);
 
 /* The first offset still kept and the next offset to be acknowledged. */
@@ -133,6 +136,11 @@ store_status store_committed_pending(store *s, const char *name, uint64_t *high,
  * tests call it with a time of their choosing).  *deleted (may be NULL) counts segments deleted. */
 store_status store_retain(store *s, int64_t now_ns, unsigned *deleted);
 
+/* Can s take appends now?  True when it can; false, with the cause in err (cap bytes, may be 0),
+ * while a failed write or sync has it refusing them: the local log then retries by itself
+ * (docs/storage.md, "After a failed write or sync").  Cheap: no I/O, one lock. */
+bool store_health(store *s, char *err, size_t errcap);
+
 const char *store_error(store *s);      /* the message of the last failure */
 void store_close(store *s);             /* waits for appends in flight; cursors must be closed */
 
@@ -152,6 +160,12 @@ typedef struct {
 } log_stats;
 
 void log_get_stats(store *s, log_stats *st);
+
+/* Tests only: fault injection.  When fn is set, the log's writer calls it before each write
+ * ("write"), sync ("sync") and truncation ("truncate") of a segment file, and a non-zero return
+ * makes that call fail with that errno, as if the system had refused it.  NULL by default (then
+ * it costs a test of a pointer).  Set it before the calls it is to see. */
+void log_set_fault(store *s, int (*fn)(void *arg, const char *op), void *arg);
 
 /* Verifies every record of the log in dir offline, reporting each problem (a torn tail, a corrupt
  * record with its file, position and offsets, a missing or stale index, a gap in the offsets)

@@ -99,6 +99,17 @@ store_status store_retain(store *s, int64_t now_ns, unsigned *deleted)
     return s->ops->retain(s, now_ns, deleted ? deleted : &ignored);
 }
 
+bool store_health(store *s, char *err, size_t errcap)
+{
+    char ignored[1];
+    if (!err || !errcap) {
+        err = ignored;
+        errcap = sizeof ignored;
+    }
+    err[0] = 0;
+    return s->ops->health(s, err, errcap);
+}
+
 const char *store_error(store *s)
 {
     return s->ops->error(s);

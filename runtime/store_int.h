@@ -25,6 +25,7 @@ typedef struct {
     store_status (*committed)(store *s, const char *name, uint64_t *high, uint64_t *pending,
                               size_t *npending);
     store_status (*retain)(store *s, int64_t now_ns, unsigned *deleted);
+    bool (*health)(store *s, char *err, size_t errcap);
     const char *(*error)(store *s);
     void (*close)(store *s);
 } store_ops;

@@ -1,8 +1,9 @@
 /*
  * test_log.c — the bus log (runtime/log.c, docs/storage.md): appends and reads, group commit and
  * the fsync contract, cursors by offset and by time, waiting readers, retention, named cursors,
- * recovery from torn and corrupted files written on purpose, and a writer killed with SIGKILL
- * mid-append (EBR_CRASH_ROUNDS rounds, 20 by default; `make soak` runs 500).
+ * recovery from torn and corrupted files written on purpose, a writer killed with SIGKILL
+ * mid-append (EBR_CRASH_ROUNDS rounds, 20 by default; `make soak` runs 500), and recovery without
+ * a reopen from failed writes and syncs (a full disk, an I/O error).
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
@@ -11,6 +12,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1016,8 +1018,327 @@ Test(log, close_waits_for_appends_in_flight, .timeout = 60)
     free(d);
 }
 
-/* A roll that fails (here: the file size limit) stops the log and leaves nothing that keeps it
- * from opening again with every acknowledged record. */
+/* ---- failed writes and syncs: the log recovers by itself ---------------------------------- */
+
+static double mono_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* Appends record `from` (payload(from)) as soon as the log takes it again, within a generous
+ * deadline (the log retries at most every 100 ms to 1 s), expecting offset `from`: the failed
+ * append's records were dropped.  Then the rest up to `to`. */
+static void append_when_recovered(store *s, uint64_t from, uint64_t to)
+{
+    char buf[300];
+    store_entry e = { buf, (uint32_t)payload(from, buf), (uint32_t)from };
+    uint64_t first = UINT64_MAX;
+    store_status st = STORE_EIO;
+    for (double end = mono_s() + 60; st != STORE_OK && mono_s() < end;) {
+        st = store_append(s, &e, 1, &first);
+        if (st != STORE_OK) {
+            cr_assert_eq(st, STORE_EIO, "status %d: %s", st, store_error(s));
+            struct timespec ts = { 0, 10000000 };
+            nanosleep(&ts, NULL);
+        }
+    }
+    cr_assert_eq(st, STORE_OK, "the log did not recover: %s", store_error(s));
+    cr_assert_eq(first, from, "the records of the failed append were kept (next offset %" PRIu64 ")",
+                 first);
+    char why[300];
+    cr_expect(store_health(s, why, sizeof why), "recovered, yet unhealthy: %s", why);
+    append_range(s, from + 1, to);
+}
+
+/* A fault plan for log_set_fault: fail operation `op` with `err` the next `times` times it is
+ * called; `peek`, when set, is read to its end at the first failure, while the failing batch's
+ * records are in the file but not acknowledged. */
+typedef struct {
+    const char *op;
+    int err;
+    _Atomic int times;
+    _Atomic int failed, calls, writes;
+    double at[16];                  /* when each failure was injected */
+    _Atomic bool hold;              /* the failing call waits while this is set */
+    store_cursor *peek;
+    uint64_t peeked;                /* records peek read */
+} fault_plan;
+
+static int inject(void *arg, const char *op)
+{
+    fault_plan *f = arg;
+    if (!strcmp(op, "write"))
+        f->writes++;
+    if (strcmp(op, f->op) != 0)
+        return 0;
+    f->calls++;
+    if (f->times <= 0)
+        return 0;
+    f->times--;
+    while (f->hold) {
+        struct timespec ts = { 0, 1000000 };
+        nanosleep(&ts, NULL);
+    }
+    int k = f->failed++;
+    if (k < 16)
+        f->at[k] = mono_s();
+    if (f->peek && k == 0) {
+        store_record r;
+        while (store_cursor_next(f->peek, &r, 0) == STORE_OK)
+            f->peeked++;
+    }
+    return f->err;
+}
+
+/* The disk fills (the file size limit, which makes a write stop part-way as a full disk does):
+ * the append is refused, health says why, and once there is room again the log takes appends
+ * without a reopen: the torn record is gone, its offset is given to the next record, a reader
+ * goes on, and the log reopens without a torn tail to truncate. */
+Test(log, a_full_disk_is_recovered_from_without_a_reopen, .timeout = 120)
+{
+    signal(SIGXFSZ, SIG_IGN);
+    char *d = new_dir();
+    store *s = open_log(d, STORE_FSYNC_ALWAYS, 1 << 20);
+    append_range(s, 0, 50);
+    store_cursor *c;
+    cr_assert_eq(store_cursor_open(s, 0, &c), STORE_OK);
+    store_record r;
+    for (uint64_t i = 0; i < 50; i++)
+        cr_assert_eq(store_cursor_next(c, &r, 0), STORE_OK);
+    char path[300];
+    snprintf(path, sizeof path, "%s/00000000000000000000.seg", d);
+    uint64_t size = file_size(path);
+    struct rlimit old, tiny;
+    getrlimit(RLIMIT_FSIZE, &old);
+    tiny = (struct rlimit){ size + 100, old.rlim_max };
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &tiny), 0);
+    static char big[1000];
+    memset(big, 'X', sizeof big);
+    store_entry e = { big, sizeof big, 0 };
+    uint64_t first;
+    cr_assert_eq(store_append(s, &e, 1, &first), STORE_EIO);
+    cr_expect_gt(file_size(path), size, "the write stopped part-way");
+    char why[300];
+    cr_expect_not(store_health(s, why, sizeof why));
+    cr_expect(strstr(why, "File too large"), "health gives the cause: %s", why);
+    cr_expect_eq(store_append(s, &e, 1, &first), STORE_EIO, "no room yet");
+    /* A recovery attempt finds no room for the failed record: a disk still full is no recovery,
+     * and health says so. */
+    for (double end = mono_s() + 60; !strstr(why, "no room") && mono_s() < end;) {
+        struct timespec ts = { 0, 5000000 };
+        nanosleep(&ts, NULL);
+        cr_assert_not(store_health(s, why, sizeof why), "recovered with the disk still full");
+    }
+    cr_expect(strstr(why, "recovering failed") && strstr(why, "no room for 4096 bytes yet"), "%s", why);
+    cr_expect_eq(store_cursor_next(c, &r, 0), STORE_TIMEOUT, "readers see nothing of it");
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
+    append_when_recovered(s, 50, 60);
+    for (uint64_t i = 50; i < 60; i++) {
+        cr_assert_eq(store_cursor_next(c, &r, 0), STORE_OK, "%s", store_cursor_error(c));
+        cr_expect_eq(r.offset, i);
+        cr_expect_eq(r.flags, (uint32_t)i, "offset %" PRIu64 " is not the record appended there", i);
+    }
+    store_cursor_close(c);
+    expect_range(s, 0, 60);
+    cr_expect(strstr(reports, "recovered"), "the recovery is reported: %s", reports);
+    store_close(s);
+    reports[0] = 0;
+    s = open_log(d, STORE_FSYNC_ALWAYS, 1 << 20);
+    expect_range(s, 0, 60);
+    store_close(s);
+    cr_expect_eq(reports[0], 0, "the reopen found something to repair: %s", reports);
+    char err[300];
+    cr_expect_eq(log_check(d, false, collect, NULL, err, sizeof err), 0, "%s", reports);
+    remove_dir(d);
+    free(d);
+}
+
+/* A sync fails under fsync always: the batch it was to acknowledge is not, and is not kept.  A
+ * reader that read ahead over that batch's bytes while it was in the file (peek, at the failure)
+ * must not return them later in place of the records that take its offsets. */
+Test(log, a_failed_sync_drops_the_batch_it_did_not_acknowledge, .timeout = 120)
+{
+    char *d = new_dir();
+    store *s = open_log(d, STORE_FSYNC_ALWAYS, 1 << 20);
+    append_range(s, 0, 10);
+    fault_plan f = { .op = "sync", .err = EIO, .times = 1 };
+    cr_assert_eq(store_cursor_open(s, 0, &f.peek), STORE_OK);
+    log_set_fault(s, inject, &f);
+    static char never[200];
+    memset(never, 'N', sizeof never);
+    store_entry e[3] = { { never, 200, 0 }, { never, 100, 0 }, { never, 50, 0 } };
+    uint64_t first;
+    cr_assert_eq(store_append(s, e, 3, &first), STORE_EIO);
+    cr_expect_eq(f.peeked, 10, "the reader read the acknowledged records, and only those");
+    char why[300];
+    cr_expect_not(store_health(s, why, sizeof why));
+    cr_expect(strstr(why, "fdatasync") && strstr(why, "Input/output error"), "%s", why);
+    append_when_recovered(s, 10, 20);
+    store_record r;
+    for (uint64_t i = 10; i < 20; i++) {
+        cr_assert_eq(store_cursor_next(f.peek, &r, 0), STORE_OK, "%s", store_cursor_error(f.peek));
+        cr_expect_eq(r.offset, i);
+        cr_expect(r.len == 0 || ((const char *)r.data)[0] != 'N', "offset %" PRIu64 ": a record "
+                  "whose append failed, from bytes read ahead before the recovery", i);
+        cr_expect_eq(r.flags, (uint32_t)i);
+    }
+    store_cursor_close(f.peek);
+    expect_range(s, 0, 20);
+    store_close(s);
+    remove_dir(d);
+    free(d);
+}
+
+/* Under fsync interval a sync that fails comes after the records were acknowledged: they stay.
+ * The log recovers with no append to prompt it (health turns good again), writing the records
+ * acknowledged since the last good sync again before it syncs (a failed fsync may have left
+ * the kernel's copy marked clean and never written). */
+Test(log, a_failed_interval_sync_keeps_what_was_acknowledged, .timeout = 120)
+{
+    char *d = new_dir();
+    store_options o = { .fsync = STORE_FSYNC_INTERVAL, .fsync_interval_ns = 10000000,
+                        .report = collect };
+    store *s;
+    char err[300];
+    cr_assert_eq(log_open(d, &o, &s, err, sizeof err), STORE_OK, "%s", err);
+    fault_plan f = { .op = "sync", .err = EIO, .times = 1 };
+    log_set_fault(s, inject, &f);
+    append_range(s, 0, 30);
+    double end = mono_s() + 60;
+    while (f.failed == 0 && mono_s() < end) {
+        struct timespec ts = { 0, 5000000 };
+        nanosleep(&ts, NULL);
+    }
+    cr_assert_eq(f.failed, 1, "the flusher never synced");
+    int writes = f.writes;
+    char why[300] = "";
+    while (!store_health(s, why, sizeof why) && mono_s() < end) {
+        struct timespec ts = { 0, 5000000 };
+        nanosleep(&ts, NULL);
+    }
+    cr_assert(store_health(s, why, sizeof why), "no recovery without appends: %s", why);
+    cr_expect_eq(f.writes, writes + 1, "the unsynced records were not written again");
+    log_stats st;
+    log_get_stats(s, &st);
+    cr_expect_eq(st.next, 30);
+    cr_expect_eq(st.durable, 30, "recovery syncs what it keeps");
+    append_range(s, 30, 40);
+    expect_range(s, 0, 40);
+    store_close(s);
+    s = open_log(d, STORE_FSYNC_NEVER, 0);
+    expect_range(s, 0, 40);
+    store_close(s);
+    remove_dir(d);
+    free(d);
+}
+
+/* Megabytes acknowledged and not synced when a sync fails, one record larger than the 1 MiB
+ * the rewrite works through at a time: all written again, piece by piece, and all kept. */
+Test(log, a_failed_sync_writes_again_megabytes_acknowledged_since_the_last_sync, .timeout = 120)
+{
+    char *d = new_dir();
+    store_options o = { .fsync = STORE_FSYNC_INTERVAL, .fsync_interval_ns = 10000000,
+                        .report = collect };
+    store *s;
+    char err[300];
+    cr_assert_eq(log_open(d, &o, &s, err, sizeof err), STORE_OK, "%s", err);
+    fault_plan f = { .op = "sync", .err = EIO, .times = 1, .hold = true };
+    log_set_fault(s, inject, &f);
+    static char big[3 << 20], rec[20000];
+    uint64_t first;
+    for (int i = 0; i < 120; i++) {
+        memset(rec, 'a' + i % 26, sizeof rec);
+        store_entry e = { rec, sizeof rec, (uint32_t)i };
+        if (i == 60) {
+            memset(big, 'B', sizeof big);
+            e = (store_entry){ big, sizeof big, (uint32_t)i };
+        }
+        cr_assert_eq(store_append(s, &e, 1, &first), STORE_OK, "%s", store_error(s));
+    }
+    int writes = f.writes;
+    f.hold = false;          /* the first sync, held since the first records, fails now */
+    double end = mono_s() + 60;
+    char why[300] = "";
+    while ((f.failed == 0 || !store_health(s, why, sizeof why)) && mono_s() < end) {
+        struct timespec ts = { 0, 5000000 };
+        nanosleep(&ts, NULL);
+    }
+    cr_assert(f.failed == 1 && store_health(s, why, sizeof why), "no recovery: %s", why);
+    cr_expect_geq(f.writes - writes, 4, "5.3 MiB written again in pieces of 1 MiB or one record: "
+                  "%d writes", f.writes - writes);
+    log_stats st;
+    log_get_stats(s, &st);
+    cr_expect_eq(st.durable, 120);
+    store_close(s);
+    s = open_log(d, STORE_FSYNC_NEVER, 0);
+    store_cursor *c;
+    cr_assert_eq(store_cursor_open(s, 0, &c), STORE_OK);
+    store_record r;
+    for (uint32_t i = 0; i < 120; i++) {
+        cr_assert_eq(store_cursor_next(c, &r, 0), STORE_OK, "%s", store_cursor_error(c));
+        cr_assert_eq(r.flags, i);
+        cr_assert_eq(r.len, i == 60 ? sizeof big : sizeof rec);
+        cr_assert_eq(r.data[r.len - 1], i == 60 ? 'B' : 'a' + i % 26);
+    }
+    store_cursor_close(c);
+    store_close(s);
+    remove_dir(d);
+    free(d);
+}
+
+/* A recovery that fails is tried again later, no more often than every 100 ms, and health keeps
+ * giving the cause meanwhile. */
+Test(log, a_failed_recovery_is_tried_again_with_a_pause, .timeout = 120)
+{
+    char *d = new_dir();
+    store *s = open_log(d, STORE_FSYNC_ALWAYS, 1 << 20);
+    append_range(s, 0, 5);
+    fault_plan w = { .op = "write", .err = ENOSPC, .times = 1 };
+    log_set_fault(s, inject, &w);
+    static char rec[100];
+    store_entry e = { rec, sizeof rec, 0 };
+    uint64_t first;
+    cr_assert_eq(store_append(s, &e, 1, &first), STORE_EIO);
+    char why[300];
+    cr_expect_not(store_health(s, why, sizeof why));
+    cr_expect(strstr(why, "No space left on device"), "%s", why);
+    fault_plan t = { .op = "truncate", .err = EIO, .times = 3 };
+    log_set_fault(s, inject, &t);
+    append_when_recovered(s, 5, 10);
+    cr_expect_eq(t.failed, 3);
+    cr_expect_eq(t.calls, 4, "one attempt after the three that failed");
+    for (int k = 1; k < 3; k++)
+        cr_expect_geq(t.at[k] - t.at[k - 1], 0.1, "attempts %d and %d %.3f s apart", k - 1, k,
+                      t.at[k] - t.at[k - 1]);
+    expect_range(s, 0, 10);
+    store_close(s);
+    remove_dir(d);
+    free(d);
+}
+
+/* Closing a log that has not recovered yet leaves only acknowledged records for the next open. */
+Test(log, a_close_before_recovery_leaves_only_what_was_acknowledged)
+{
+    char *d = new_dir();
+    store *s = open_log(d, STORE_FSYNC_ALWAYS, 1 << 20);
+    append_range(s, 0, 5);
+    fault_plan f = { .op = "sync", .err = EIO, .times = 1 };
+    log_set_fault(s, inject, &f);
+    store_entry e = { "never", 5, 0 };
+    uint64_t first;
+    cr_assert_eq(store_append(s, &e, 1, &first), STORE_EIO);
+    store_close(s);
+    s = open_log(d, STORE_FSYNC_ALWAYS, 1 << 20);
+    expect_range(s, 0, 5);
+    store_close(s);
+    remove_dir(d);
+    free(d);
+}
+
+/* A roll that fails (here: the file size limit) stops the log until it recovers by itself, and
+ * leaves nothing that keeps it from opening again with every acknowledged record. */
 Test(log, a_failed_roll_leaves_a_log_that_reopens)
 {
     signal(SIGXFSZ, SIG_IGN);
@@ -1034,15 +1355,17 @@ Test(log, a_failed_roll_leaves_a_log_that_reopens)
     cr_assert_eq(setrlimit(RLIMIT_FSIZE, &tiny), 0);
     unsigned deleted;
     store_status st = store_retain(s, INT64_MAX, &deleted);
-    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
     cr_expect_eq(st, STORE_EIO);
     store_entry e = { "x", 1, 0 };
     uint64_t first;
     cr_expect_eq(store_append(s, &e, 1, &first), STORE_EIO, "the log stops after a failed roll");
+    cr_expect_not(store_health(s, NULL, 0));
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
+    append_when_recovered(s, 10, 11);
     store_close(s);
     s = open_log(d, STORE_FSYNC_NEVER, 4096);
-    expect_range(s, 0, 10);
-    append_range(s, 10, 20);
+    expect_range(s, 0, 11);
+    append_range(s, 11, 20);
     expect_range(s, 0, 20);
     store_close(s);
     remove_dir(d);
