@@ -5,7 +5,7 @@
  *                                    mode, chosen by the content type as the binding says
  *   POST /v1/buses/{bus}/put-events  {"entries": [event, ...]}, answered entry by entry
  *   POST /v1/admin/reload            load the rules again (admin token)
- *   GET  /healthz                    200 while the daemon runs
+ *   GET  /healthz                    200 while every bus can store, else 503 naming those that cannot
  *
  * An event is stored as the JSON-format CloudEvent it is (binary mode builds that JSON from the
  * headers and the body), and answered 202 only once it is in the bus's log under its fsync
@@ -500,8 +500,30 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
 static enum MHD_Result handle(struct MHD_Connection *c, ebd *d, const char *url,
                               const char *method, request *rq)
 {
-    if (!strcmp(url, "/healthz"))
-        return send_status(c, "ok");
+    if (!strcmp(url, "/healthz")) {
+        /* 200 {"status":"ok"} while every open bus can store; otherwise 503 naming each bus
+         * that cannot and why (its log failed a write or sync and has not recovered yet). */
+        sbuf b = { 0 };
+        size_t bad = 0;
+        pthread_rwlock_rdlock(&d->lock);
+        for (size_t i = 0; i < d->nbuses; i++) {
+            char why[512];
+            if (!d->buses[i]->s || store_health(d->buses[i]->s, why, sizeof why))
+                continue;     /* (closed by a reload: no log to ask) */
+            sb_puts(&b, bad++ ? ",{\"bus\":" : "{\"status\":\"degraded\",\"buses\":[{\"bus\":");
+            sb_json_string(&b, d->buses[i]->name, strlen(d->buses[i]->name));
+            sb_puts(&b, ",\"error\":");
+            sb_json_string(&b, why, strlen(why));
+            sb_puts(&b, "}");
+        }
+        pthread_rwlock_unlock(&d->lock);
+        if (!bad)
+            return send_status(c, "ok");
+        sb_puts(&b, "]}");
+        enum MHD_Result r = send_json(c, 503, &b, NULL);
+        sb_free(&b);
+        return r;
+    }
     static const char prefix0[] = "/v1/buses/";
     if (strcmp(url, "/v1/admin/reload") != 0 && strncmp(url, prefix0, sizeof prefix0 - 1) != 0)
         return send_error(c, 404, "no such endpoint", NULL, NULL);
