@@ -531,7 +531,7 @@ done
 expect_status 503 "a bus whose log cannot grow (file size limit)" "$s"
 grep -qi '^Retry-After:' "$WORK/headers" && pass "503 carries Retry-After" || fail "503 headers: $(cat "$WORK/headers")"
 s=$(post /v1/buses/full/events application/cloudevents+json "$(ev after x)")
-expect_status 503 "and after it, until the log is reopened" "$s"
+expect_status 503 "and after it, while the log still cannot grow (recovery finds no room)" "$s"
 stop_ebd TERM
 n=$("$BIN/ebc" log dump "$WORK/d6/buses/full" 2>/dev/null | grep -c '"id":"full')
 [ "$n" -ge "$got" ] && pass "every one of the $got acknowledged events is in the log ($n records)" \
