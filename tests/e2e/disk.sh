@@ -18,7 +18,6 @@ mkdir -p "$WORK"
 P=$(( 19000 + $$ % 1000 ))
 URL=http://127.0.0.1:$P
 . "$SRC/tests/e2e/lib.sh"
-E2E_WAIT=${E2E_WAIT:-60}
 MNT=$WORK/mnt
 mkdir -p "$MNT"
 EBD=""
