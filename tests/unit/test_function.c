@@ -9,6 +9,9 @@
 
 #include <criterion/criterion.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -163,6 +166,116 @@ Test(function, exec_output_must_be_strict_json)
         cr_expect(!ok && !out, "accepted the output of %s", bad[i]);
         cr_expect(strstr(err, "did not write JSON"), "%s: %s", bad[i], err);
     }
+}
+
+/* A command's environment is PATH, HOME, LANG and TZ: none of the process's secrets. */
+Test(function, exec_gets_a_clean_environment)
+{
+    setenv("EBR_ADMIN_TOKEN", "admin-secret-0123456789", 1);
+    setenv("E2E_SOME_TOKEN", "another-secret", 1);
+    bool ok, text;
+    char err[300];
+    char *out = run("function exec \"printf '\\\"%s|%s\\\"' \\\"$EBR_ADMIN_TOKEN$E2E_SOME_TOKEN\\\" "
+                    "\\\"$PATH\\\"\"", &ok, &text, err, sizeof err);
+    cr_assert(ok, "%s", err);
+    cr_expect(strncmp(out, "\"|", 2) == 0, "the command saw: %s", out);
+    cr_expect(strstr(out, "/bin"), "no PATH: %s", out);
+    free(out);
+    out = run("function exec \"env | grep -c -v -E '^(PATH|HOME|LANG|TZ|PWD)=' || true\"", &ok, &text,
+              err, sizeof err);
+    cr_assert(ok, "%s", err);
+    cr_expect_str_eq(out, "0", "variables besides PATH, HOME, LANG, TZ (and the shell's PWD)");
+    free(out);
+    unsetenv("EBR_ADMIN_TOKEN");
+    unsetenv("E2E_SOME_TOKEN");
+}
+
+/* Whatever this process blocks or ignores, a command starts with every signal at its default
+ * and none blocked (ebd blocks SIGTERM, SIGINT, SIGHUP and ignores SIGPIPE, SIGXFSZ). */
+Test(function, exec_starts_with_default_signals)
+{
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    void (*was)(int) = signal(SIGXFSZ, SIG_IGN);
+    bool ok, text;
+    char err[300];
+    char *out = run("function exec \"printf '\\\"%s\\\"' \\\"$(grep -E '^Sig(Blk|Ign)' /proc/self/status "
+                    "| tr -d ' \\t\\n')\\\"\"", &ok, &text, err, sizeof err);
+    signal(SIGXFSZ, was);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    cr_assert(ok, "%s", err);
+    cr_expect(strstr(out, "SigBlk:0000000000000000"), "%s", out);
+    const char *ign = strstr(out, "SigIgn:");
+    cr_assert_not_null(ign, "%s", out);
+    unsigned long long bits = strtoull(ign + 7, NULL, 16);
+    cr_expect_eq(bits & ((1ull << (SIGPIPE - 1)) | (1ull << (SIGXFSZ - 1))), 0,
+                 "SIGPIPE or SIGXFSZ still ignored: %s", out);
+    free(out);
+}
+
+/* Has process pid ended (gone, or a zombie)? */
+static bool ended(long pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return true;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')');
+    return !p || p[1] == 0 || p[2] == 'Z';
+}
+
+/* What a command leaves running when it ends is ended with it (its process group). */
+Test(function, exec_children_end_with_the_command, .timeout = 30)
+{
+    bool ok, text;
+    char err[300];
+    char *out = run("function exec \"sleep 60 >/dev/null 2>&1 & echo $!\" timeout 10s", &ok, &text,
+                    err, sizeof err);
+    cr_assert(ok, "%s", err);
+    long pid = atol(out);
+    cr_assert_gt(pid, 0, "%s", out);
+    free(out);
+    for (int i = 0; i < 200 && !ended(pid); i++)
+        usleep(10000);
+    bool gone = ended(pid);
+    if (!gone)
+        kill((pid_t)pid, SIGKILL);
+    cr_expect(gone, "the command's child %ld still runs", pid);
+}
+
+/* Output past the 64 MiB cap stops the command at once, and says so. */
+Test(function, exec_output_over_its_cap_is_reported_as_such, .timeout = 60)
+{
+    bool ok, text;
+    char err[300];
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    char *out = run("function exec \"yes\" timeout 40s", &ok, &text, err, sizeof err);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    double secs = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+    cr_expect(!ok && !out);
+    cr_expect(strstr(err, "wrote more than 64 MiB on its standard output"), "%s", err);
+    cr_expect_lt(secs, 30.0, "waited for the timeout (%.1f s)", secs);
+}
+
+/* Standard error is read to its end, but only its start is kept: on one line, valid UTF-8. */
+Test(function, exec_stderr_is_capped_and_made_one_line_of_utf8, .timeout = 30)
+{
+    bool ok, text;
+    char err[4096];
+    char *out = run("function exec \"printf 'a\\\\377b\\\\nc' >&2; yes 0123456789 | head -c 3000000 >&2; "
+                    "exit 2\"", &ok, &text, err, sizeof err);
+    cr_expect(!ok && !out);
+    cr_expect(strstr(err, "exited with status 2: a?b c0123456789 0123456789"), "%s", err);
+    cr_expect_lt(strlen(err), 500, "%zu bytes of error", strlen(err));
+    cr_expect(strstr(err, "...") == err + strlen(err) - 3, "not marked as cut: %s", err);
 }
 
 /* ---- HTTP --------------------------------------------------------------------------------- */
