@@ -245,6 +245,25 @@ static bool ce_fail(ce_state *st, const char *fmt, const char *name)
     return false;
 }
 
+/* A CloudEvents String may not hold the control characters U+0000-U+001F and U+007F-U+009F
+ * (the spec's type system: some, such as a line feed, cannot cross an HTTP header).  Refuses
+ * the decoded UTF-8 text t[0..n) of attribute name if it holds one, naming the first. */
+static bool no_control(ce_state *st, const char *name, const char *t, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char b = (unsigned char)t[i], next = i + 1 < n ? (unsigned char)t[i + 1] : 0;
+        unsigned cp = b < 0x20 || b == 0x7f ? b : b == 0xc2 && next >= 0x80 && next <= 0x9f ? next
+                    : 0x100;
+        if (cp < 0x100) {
+            snprintf(st->why, st->whycap, "attribute '%s' holds a control character (U+%04X at "
+                     "byte %zu), which a CloudEvents string may not", name, cp, i);
+            st->failed = true;
+            return false;
+        }
+    }
+    return true;
+}
+
 /* A URI-reference, loosely: no white space or control characters, and not empty unless allowed. */
 static bool uri_ref(const char *v, size_t n)
 {
@@ -350,6 +369,8 @@ static bool ce_value(ce_state *st, const js_member *m, const char *name, const c
             continue;
         if (!is_str)
             return ce_fail(st, "attribute '%s' must be a string", name);
+        if (!no_control(st, name, text, tlen))
+            return false;
         bool required = k < 4;
         if (required && tlen == 0)
             return ce_fail(st, "attribute '%s' must not be empty", name);
@@ -382,7 +403,7 @@ static bool ce_value(ce_state *st, const js_member *m, const char *name, const c
             return ce_fail(st, "attribute name '%s' is not made of a-z and 0-9", name);
     if (v[0] == '{' || v[0] == '[' || v[0] == 'n')
         return ce_fail(st, "extension attribute '%s' must be a string, a number or a boolean", name);
-    return true;
+    return !is_str || no_control(st, name, text, tlen);
 }
 
 bool ce_check(const char *s, size_t n, char *why, size_t whycap, const char **id, size_t *idlen)

@@ -56,8 +56,9 @@ bool js_key_is(const char *s, const js_member *m, const char *name);
 /* Checks one event in the JSON format (s[0..n), a valid JSON value): an object with the
  * required attributes (id, source, specversion "1.0", type) as non-empty strings, optional ones
  * of the right type (time RFC 3339, dataschema/source URI-references), extension names of
- * a-z and 0-9, not both data and data_base64.  On failure writes the reason (naming the
- * attribute) to why and returns false.  *id / *idlen get the id's text (quoted). */
+ * a-z and 0-9, no control character (U+0000-U+001F, U+007F-U+009F) in a string attribute, not
+ * both data and data_base64.  On failure writes the reason (naming the attribute) to why and
+ * returns false.  *id / *idlen get the id's text (quoted). */
 bool ce_check(const char *s, size_t n, char *why, size_t whycap, const char **id, size_t *idlen);
 
 #endif

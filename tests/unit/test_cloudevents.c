@@ -113,3 +113,41 @@ Test(cloudevents, the_public_check_is_the_daemons)
     cr_expect(!rt_cloudevent_check("{\"id\": \"a\",}", 12, why, sizeof why));
     cr_expect_str_eq(why, "not valid JSON: trailing comma in object (at byte 11)");
 }
+
+/* A CloudEvents String holds no control character (U+0000-U+001F, U+007F-U+009F), whether it
+ * comes escaped or raw: every string attribute refuses one, naming itself; data may hold any. */
+Test(cloudevents, control_characters_are_refused_in_every_attribute)
+{
+    const char *attrs[] = { "id", "source", "specversion", "type", "datacontenttype", "dataschema",
+                            "subject", "time", "myext" };
+    const struct { const char *text; const char *cp; } controls[] = {
+        { "\\u0000", "U+0000" }, { "\\t", "U+0009" }, { "\\n", "U+000A" }, { "\\u001f", "U+001F" },
+        { "\\u007f", "U+007F" }, { "\x7f", "U+007F" }, { "\\u0080", "U+0080" },
+        { "\xc2\x85", "U+0085" }, { "\\u009F", "U+009F" },
+    };
+    for (size_t a = 0; a < sizeof attrs / sizeof *attrs; a++)
+        for (size_t k = 0; k < sizeof controls / sizeof *controls; k++) {
+            char ev[400], want[200];
+            /* the attribute given last, after all the required ones: it alone is at fault */
+            const char *base = a < 4 ? "" : BASE ",";
+            snprintf(ev, sizeof ev, "{%s%s\"%s\":\"x%s\"}", base,
+                     a == 0 ? "\"specversion\":\"1.0\",\"source\":\"s\",\"type\":\"t\","
+                     : a == 1 ? "\"specversion\":\"1.0\",\"id\":\"e\",\"type\":\"t\","
+                     : a == 2 ? "\"id\":\"e\",\"source\":\"s\",\"type\":\"t\","
+                     : a == 3 ? "\"specversion\":\"1.0\",\"id\":\"e\",\"source\":\"s\"," : "",
+                     attrs[a], controls[k].text);
+            snprintf(want, sizeof want, "attribute '%s' holds a control character (%s at byte 1), "
+                     "which a CloudEvents string may not", attrs[a], controls[k].cp);
+            const char *why = check(ev);
+            cr_expect(why && !strcmp(why, want), "%s: %s", ev, why ? why : "accepted");
+        }
+    const char *good[] = {
+        "{" BASE ",\"subject\":\"\\u00a0\xc2\xa0\xc3\xa9 \\u2028\"}",      /* U+00A0 and on */
+        "{" BASE ",\"data\":\"a\\u0000b\\n\"}",                            /* data: any text */
+        "{" BASE ",\"data\":{\"k\":\"\\u0001\"}}",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        const char *why = check(good[i]);
+        cr_expect_null(why, "%s refused: %s", good[i], why ? why : "");
+    }
+}
