@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -21,10 +22,22 @@
 #include "ebd_int.h"
 
 #define DEFAULT_MAX_EVENT (256u << 10)
+/* Ingest's limits (docs/ebd.md, "Limits").  Connections: 10,000 or half the descriptors, a
+ * quarter of them from one client address; a connection has 30 s to send a request's headers
+ * (and to stay idle between requests), a request 60 s for its body once its headers came (a
+ * request of 32 MiB needs 0.55 MiB/s); 256 MiB of request bodies held at once, which 8
+ * requests of 32 MiB or 1,000 of 256 KiB fill. */
+#define DEFAULT_MAX_CONNECTIONS 10000
+#define DEFAULT_HEADER_TIMEOUT 30
+#define DEFAULT_BODY_TIMEOUT 60
+#define DEFAULT_MAX_BUFFERED (256ull << 20)
+#define SPARE_FDS 64      /* descriptors kept beyond connections for logs, targets and the like */
 
 static const char usage[] =
     "usage: ebd --rules RULES [--data DIR] [--listen HOST:PORT] [--tls-cert FILE --tls-key FILE]\n"
-    "           [--insecure-http] [--max-requests N]\n"
+    "           [--insecure-http] [--max-requests N] [--max-connections N]\n"
+    "           [--max-client-connections N] [--header-timeout SECONDS]\n"
+    "           [--body-timeout SECONDS] [--max-buffered SIZE]\n"
     "       ebd --help | --version\n"
     "\n"
     "Takes CloudEvents in over HTTP, stores them in each bus's log, and delivers them to the\n"
@@ -42,6 +55,19 @@ static const char usage[] =
     "  --insecure-http     allow plain HTTP on an address that is not loopback (tokens then\n"
     "                      cross the network in clear text)\n"
     "  --max-requests N    requests handled at once before more are answered 429 (4096)\n"
+    "  --max-connections N connections served at once; a request on one beyond them is\n"
+    "                      answered 503 (default: 10000, or half the descriptor limit)\n"
+    "  --max-client-connections N\n"
+    "                      of those, from one client address (default: a quarter of\n"
+    "                      --max-connections; 0: no limit)\n"
+    "  --header-timeout SECONDS\n"
+    "                      time a connection has to send a request's headers, from its\n"
+    "                      opening or its previous answer; then it is closed (30)\n"
+    "  --body-timeout SECONDS\n"
+    "                      time a request has to send its body once its headers came (60)\n"
+    "  --max-buffered SIZE request bodies held in memory at once, across requests (bytes, or\n"
+    "                      KiB, MiB, GiB); a request that would pass it is answered 503\n"
+    "                      (256MiB)\n"
     "  --help              print this and exit\n"
     "  --version           print the version and exit\n"
     "\n"
@@ -357,6 +383,40 @@ static char *read_text_file(const char *path, const char *what, char *err, size_
     return b.v;
 }
 
+/* A count (or, with size, bytes with an optional KiB, MiB or GiB) from the command line into
+ * *out; false when s is not one, or is 0 unless zero_ok, or is over max. */
+static bool parse_count(const char *s, bool size, bool zero_ok, uint64_t max, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (end == s || *s == '-' || errno)
+        return false;
+    unsigned shift = !size || !*end ? 0 : !strcmp(end, "KiB") ? 10 : !strcmp(end, "MiB") ? 20
+                   : !strcmp(end, "GiB") ? 30 : 99;
+    if ((*end && shift == 99) || (!size && *end) || v > (max >> shift) || (!v && !zero_ok))
+        return false;
+    *out = (uint64_t)v << shift;
+    return true;
+}
+
+/* Raises the soft limit on open descriptors to the hard one (each connection takes one: the
+ * usual soft limit of 1024 would let in fewer than the default --max-connections); returns
+ * the limit in force. */
+static uint64_t raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 1024;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < rl.rlim_max) {
+        struct rlimit want = { rl.rlim_max == RLIM_INFINITY ? (rlim_t)1 << 20 : rl.rlim_max,
+                               rl.rlim_max };
+        if (setrlimit(RLIMIT_NOFILE, &want) == 0)
+            rl.rlim_cur = want.rlim_cur;
+    }
+    return rl.rlim_cur == RLIM_INFINITY ? (uint64_t)1 << 20 : (uint64_t)rl.rlim_cur;
+}
+
 /* Makes sure the data directory exists and can be written, before any bus is opened there:
  * false with the operating system's own reason (permission, read-only file system, not a
  * directory) in err. */
@@ -383,7 +443,36 @@ int main(int argc, char **argv)
     const char *rules = NULL, *data = NULL, *listen = NULL, *cert = NULL, *key = NULL;
     bool insecure = false;
     unsigned max_requests = 4096;
+    uint64_t max_conns = 0, max_client = UINT64_MAX, header_timeout = DEFAULT_HEADER_TIMEOUT;
+    uint64_t body_timeout = DEFAULT_BODY_TIMEOUT, max_buffered = DEFAULT_MAX_BUFFERED;
+    /* the flags that take a number: name, where it goes, a size?, 0 allowed?, at most */
+    const struct {
+        const char *flag;
+        uint64_t *to;
+        bool size, zero_ok;
+        uint64_t max;
+    } numeric[] = {
+        { "--max-connections", &max_conns, false, false, 1u << 24 },
+        { "--max-client-connections", &max_client, false, true, 1u << 24 },
+        { "--header-timeout", &header_timeout, false, false, 86400 },
+        { "--body-timeout", &body_timeout, false, false, 86400 },
+        { "--max-buffered", &max_buffered, true, false, (uint64_t)1 << 50 },
+    };
     for (int i = 1; i < argc; i++) {
+        size_t f = 0;
+        while (f < sizeof numeric / sizeof *numeric && strcmp(argv[i], numeric[f].flag) != 0)
+            f++;
+        if (f < sizeof numeric / sizeof *numeric) {
+            if (i + 1 >= argc || !parse_count(argv[i + 1], numeric[f].size, numeric[f].zero_ok,
+                                              numeric[f].max, numeric[f].to)) {
+                fprintf(stderr, "ebd: %s takes %s, not '%s'\n\n%s", argv[i], numeric[f].size
+                        ? "a size in bytes (as 256MiB)" : numeric[f].zero_ok ? "a number"
+                        : "a number over 0", i + 1 < argc ? argv[i + 1] : "", usage);
+                return 2;
+            }
+            i++;
+            continue;
+        }
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             fputs(usage, stdout);
             return 0;
@@ -413,6 +502,20 @@ int main(int argc, char **argv)
         fprintf(stderr, "ebd: --rules is needed\n\n%s", usage);
         return 2;
     }
+    /* Every connection takes a descriptor: the limit goes up to what the system allows, and
+     * the connection limits must fit in it. */
+    uint64_t fds = raise_fd_limit();
+    if (!max_conns)
+        max_conns = fds / 2 < DEFAULT_MAX_CONNECTIONS ? fds / 2 : DEFAULT_MAX_CONNECTIONS;
+    if (max_client == UINT64_MAX)
+        max_client = max_conns / 4 ? max_conns / 4 : 1;
+    uint64_t need = max_conns + ebd_http_reserve((unsigned)max_conns) + SPARE_FDS;
+    if (max_conns < 1 || need > fds) {
+        fprintf(stderr, "ebd: %llu connections (--max-connections) need about %llu descriptors, "
+                "and the limit here is %llu (ulimit -n; the hard limit bounds it)\n",
+                (unsigned long long)max_conns, (unsigned long long)need, (unsigned long long)fds);
+        return 1;
+    }
     /* Signals are taken by the main thread alone (sigwait), so block them before any thread
      * starts; SIGPIPE and SIGXFSZ are ignored: a peer that goes away or a file size limit is an
      * error to handle, not a death. */
@@ -426,7 +529,10 @@ int main(int argc, char **argv)
     signal(SIGXFSZ, SIG_IGN);   /* a file size limit fails the write (EFBIG), it does not kill */
     curl_global_init(CURL_GLOBAL_DEFAULT);
 
-    ebd d = { .rules_path = (char *)rules, .max_requests = max_requests };
+    ebd d = { .rules_path = (char *)rules, .max_requests = max_requests,
+              .max_connections = (unsigned)max_conns, .max_client_connections = (unsigned)max_client,
+              .header_timeout = (unsigned)header_timeout, .body_timeout = (unsigned)body_timeout,
+              .max_buffered = max_buffered };
     /* Writers first: a reload must not wait behind a steady stream of ingest requests. */
     pthread_rwlockattr_t ra;
     pthread_rwlockattr_init(&ra);
@@ -525,8 +631,11 @@ int main(int argc, char **argv)
         goto out;
     }
     ebd_log(EBD_INFO, "msg=\"ebd started\" listen=%s://%s:%u data=%s rules=%s buses=%zu "
-            "deliveries=%zu pid=%ld", d.tls_cert ? "https" : "http", host, port, d.data_dir, rules,
-            d.nbuses, d.rules->nworkers, (long)getpid());
+            "deliveries=%zu pid=%ld descriptors=%llu max_connections=%u max_client_connections=%u "
+            "header_timeout_s=%u body_timeout_s=%u max_buffered=%llu", d.tls_cert ? "https" : "http",
+            host, port, d.data_dir, rules, d.nbuses, d.rules->nworkers, (long)getpid(),
+            (unsigned long long)fds, d.max_connections, d.max_client_connections, d.header_timeout,
+            d.body_timeout, (unsigned long long)d.max_buffered);
     for (;;) {
         int sig;
         if (sigwait(&sigs, &sig) != 0)
@@ -544,7 +653,7 @@ int main(int argc, char **argv)
     /* Stop taking requests (those in progress finish their appends), then the deliveries
      * (each finishes what it holds and commits its cursor), then the logs. */
     atomic_store(&d.stopping, true);
-    ebd_http_stop(http);
+    ebd_http_stop(&d, http);
     ebd_workers_stop(&d, d.rules);
     ebd_log(EBD_INFO, "msg=\"ebd stopped\"");
     status = 0;

@@ -197,6 +197,15 @@ struct ebd {
     pthread_mutex_t reload_mu;
     _Atomic unsigned inflight;    /* ingest requests being handled */
     unsigned max_requests;        /* more at once are answered 429 (--max-requests) */
+    /* Ingest's limits (docs/ebd.md, "Limits"): connections served at once, in all and from one
+     * client address (0: no limit), beyond which a connection's request is answered 503; the
+     * seconds a connection has to send a request's headers (from its opening or its previous
+     * answer) and then its body; the bytes of request bodies held at once across requests. */
+    unsigned max_connections, max_client_connections;
+    unsigned header_timeout, body_timeout;
+    uint64_t max_buffered;
+    _Atomic uint64_t buffered;    /* body bytes held now (allocated for requests in progress) */
+    struct ebd_ingest *ingest;    /* ingest.c's connection table, while the listener runs */
 };
 
 /* deliver.c: the options of declarations (p->cfgs) */
@@ -219,7 +228,10 @@ int ebd_http_listen(const char *host, uint16_t port, char *err, size_t cap);
  * from then on; NULL with the cause in err (the caller still owns fd then). */
 struct MHD_Daemon *ebd_http_start(ebd *d, int fd, const char *host, uint16_t port, char *err,
                                   size_t cap);
-void ebd_http_stop(struct MHD_Daemon *h);
+void ebd_http_stop(ebd *d, struct MHD_Daemon *h);
+/* The connections the listener takes beyond max_connections to answer them 503 rather than
+ * leave them unaccepted: they need descriptors too. */
+unsigned ebd_http_reserve(unsigned max_connections);
 
 /* ebd.c */
 bool ebd_reload(ebd *d, sbuf *errors);

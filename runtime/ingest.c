@@ -16,9 +16,11 @@
 #include <microhttpd.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ebd_int.h"
@@ -32,14 +34,17 @@
 #define HTTP_THREADS 32
 
 typedef struct {
-    sbuf body;
+    sbuf body;                      /* its capacity is counted in d->buffered (body_room) */
+    uint64_t reserved;              /* what this request counts in d->buffered */
     bool too_big;
+    bool over_buffered;             /* its body would have passed d->max_buffered: dropped, 503 */
     bool busy;                      /* over d->max_requests when it came: 429 */
     bool answered;                  /* answered before its body: the body is dropped */
 } request;
 
-static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, const sbuf *b,
-                                 const char *retry_after)
+/* Queues the answer; with close, the connection closes once it is sent. */
+static enum MHD_Result send_json_ex(struct MHD_Connection *c, unsigned status, const sbuf *b,
+                                    const char *retry_after, bool close)
 {
     struct MHD_Response *r = MHD_create_response_from_buffer(b->n, b->v ? b->v : (char *)"",
                                                              MHD_RESPMEM_MUST_COPY);
@@ -48,14 +53,22 @@ static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, cons
     MHD_add_response_header(r, "Content-Type", "application/json");
     if (retry_after)
         MHD_add_response_header(r, "Retry-After", retry_after);
+    if (close)
+        MHD_add_response_header(r, "Connection", "close");
     enum MHD_Result ok = MHD_queue_response(c, status, r);
     MHD_destroy_response(r);
     return ok;
 }
 
-/* {"error": message, "field": field} with the status. */
-static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, const char *msg,
-                                  const char *field, const char *retry_after)
+static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, const sbuf *b,
+                                 const char *retry_after)
+{
+    return send_json_ex(c, status, b, retry_after, false);
+}
+
+/* {"error": message, "field": field} with the status; with close, the connection closes after. */
+static enum MHD_Result send_error_ex(struct MHD_Connection *c, unsigned status, const char *msg,
+                                     const char *field, const char *retry_after, bool close)
 {
     sbuf b = { 0 };
     sb_puts(&b, "{\"error\":");
@@ -65,9 +78,15 @@ static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, con
         sb_json_string(&b, field, strlen(field));
     }
     sb_puts(&b, "}");
-    enum MHD_Result ok = send_json(c, status, &b, retry_after);
+    enum MHD_Result ok = send_json_ex(c, status, &b, retry_after, close);
     sb_free(&b);
     return ok;
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, const char *msg,
+                                  const char *field, const char *retry_after)
+{
+    return send_error_ex(c, status, msg, field, retry_after, false);
 }
 
 /* {"status": word}: what /healthz and a reload answer when all is well. */
@@ -89,6 +108,325 @@ static enum MHD_Result send_too_big(struct MHD_Connection *c)
     snprintf(msg, sizeof msg, "the request is over the limit of %u MiB (%u bytes) a request may "
              "carry", MAX_BODY >> 20, MAX_BODY);
     return send_error(c, 413, msg, NULL, NULL);
+}
+
+/* ---- connections: limits and deadlines ----------------------------------------------------- */
+
+/* libmicrohttpd gives each worker thread a share of MHD_OPTION_CONNECTION_LIMIT and, once all are
+ * full, stops accepting: a client then connects (into the listen backlog) and waits without an
+ * answer.  So the listener takes a reserve of connections beyond d->max_connections, and those
+ * (and those beyond d->max_client_connections from one address) are answered 503 with
+ * Retry-After at their first request, then closed.  Beyond the reserve libmicrohttpd's limits
+ * apply as they are (a client beyond the per-address reserve is closed at once; beyond the
+ * global reserve, it waits in the backlog for a slot).
+ *
+ * Its time-out (MHD_OPTION_CONNECTION_TIMEOUT) is for a connection that sends nothing: one byte
+ * now and then keeps it forever.  So each connection has a deadline of our own, which a reaper
+ * thread enforces (shutdown() of the socket, which libmicrohttpd then closes): its request's
+ * headers within d->header_timeout of its opening or of its previous answer (an idle keep-alive
+ * connection is closed then too), its body within d->body_timeout of its headers; none while
+ * the request is handled and answered.  A connection in the reserve has RESERVE_TIMEOUT. */
+#define RESERVE_TIMEOUT 5       /* seconds */
+#define MIN_IDLE_TIMEOUT 60     /* libmicrohttpd's time-out, for the answer's sending */
+#define REAP_MS 250             /* how often deadlines are looked at */
+#define IP_BUCKETS 1024
+
+enum { W_NONE, W_HEADERS, W_BODY, W_RESERVE };      /* what a connection's deadline is for */
+enum { ADMITTED, FULL_ALL, FULL_CLIENT };
+
+/* One connection, from libmicrohttpd's STARTED notice to its CLOSED one (its socket context). */
+typedef struct conn {
+    struct conn *prev, *next;     /* in->conns, under in->mu */
+    int fd;
+    unsigned char addr[16];       /* the client's address: 4 bytes (IPv4) or 16 */
+    unsigned alen;
+    bool admitted;                /* counted against the limits (under in->mu) */
+    bool cut;                     /* shut down by the reaper */
+    _Atomic uint64_t deadline;    /* monotonic ms; 0: none */
+    _Atomic int waiting;          /* W_...: what the deadline is for */
+} conn;
+
+/* Connections counted per client address. */
+typedef struct ipcount {
+    struct ipcount *next;
+    unsigned char addr[16];
+    unsigned alen, n;
+} ipcount;
+
+struct ebd_ingest {
+    ebd *d;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;            /* wakes the reaper to stop */
+    conn *conns;
+    unsigned admitted;
+    ipcount *ips[IP_BUCKETS];
+    pthread_t reaper;
+    bool stop;
+};
+
+unsigned ebd_http_reserve(unsigned max_connections)
+{
+    return max_connections / 8 + 16;
+}
+
+static unsigned client_reserve(unsigned max_client)
+{
+    return max_client / 8 + 4;
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void set_deadline(conn *k, int waiting, unsigned seconds)
+{
+    if (!k)
+        return;
+    atomic_store(&k->waiting, waiting);
+    atomic_store(&k->deadline, waiting == W_NONE ? 0 : now_ms() + (uint64_t)seconds * 1000);
+}
+
+/* The slot of k's address in the per-address counts (*slot NULL if it has none).  Under in->mu. */
+static ipcount **ip_slot(struct ebd_ingest *in, const conn *k)
+{
+    uint32_t h = 2166136261u;
+    for (unsigned i = 0; i < k->alen; i++)
+        h = (h ^ k->addr[i]) * 16777619u;
+    ipcount **p = &in->ips[h % IP_BUCKETS];
+    while (*p && ((*p)->alen != k->alen || memcmp((*p)->addr, k->addr, k->alen) != 0))
+        p = &(*p)->next;
+    return p;
+}
+
+/* Counts k against the limits if both have room: ADMITTED, else the one that is full.  Under
+ * in->mu. */
+static int admit(struct ebd_ingest *in, conn *k)
+{
+    const ebd *d = in->d;
+    if (k->admitted)
+        return ADMITTED;
+    if (in->admitted >= d->max_connections)
+        return FULL_ALL;
+    if (d->max_client_connections && k->alen) {
+        ipcount **p = ip_slot(in, k);
+        if (*p && (*p)->n >= d->max_client_connections)
+            return FULL_CLIENT;
+        if (!*p) {
+            if (!(*p = calloc(1, sizeof **p)))
+                return FULL_ALL;
+            memcpy((*p)->addr, k->addr, k->alen);
+            (*p)->alen = k->alen;
+        }
+        (*p)->n++;
+    }
+    in->admitted++;
+    k->admitted = true;
+    return ADMITTED;
+}
+
+/* Takes k off the counts.  Under in->mu. */
+static void release(struct ebd_ingest *in, conn *k)
+{
+    if (!k->admitted)
+        return;
+    k->admitted = false;
+    in->admitted--;
+    if (in->d->max_client_connections && k->alen) {
+        ipcount **p = ip_slot(in, k);
+        if (*p && --(*p)->n == 0) {
+            ipcount *gone = *p;
+            *p = gone->next;
+            free(gone);
+        }
+    }
+}
+
+/* MHD_OPTION_NOTIFY_CONNECTION: a connection opens (into the table, admitted or in the reserve,
+ * with the deadline for its first request's headers) or closes (out of it). */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    ebd *d = cls;
+    struct ebd_ingest *in = d->ingest;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *fi = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        const union MHD_ConnectionInfo *ai = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        conn *k = calloc(1, sizeof *k);
+        if (!k) {                   /* untracked, it would have no deadline: closed */
+            if (fi)
+                shutdown(fi->connect_fd, SHUT_RDWR);
+            return;
+        }
+        k->fd = fi ? fi->connect_fd : -1;
+        const struct sockaddr *sa = ai ? ai->client_addr : NULL;
+        if (sa && sa->sa_family == AF_INET) {
+            memcpy(k->addr, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+            k->alen = 4;
+        } else if (sa && sa->sa_family == AF_INET6) {
+            memcpy(k->addr, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+            k->alen = 16;
+        }
+        pthread_mutex_lock(&in->mu);
+        k->next = in->conns;
+        if (in->conns)
+            in->conns->prev = k;
+        in->conns = k;
+        bool admitted = admit(in, k) == ADMITTED;
+        pthread_mutex_unlock(&in->mu);
+        if (admitted)
+            set_deadline(k, W_HEADERS, d->header_timeout);
+        else
+            set_deadline(k, W_RESERVE, RESERVE_TIMEOUT);
+        *socket_context = k;
+    } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED && *socket_context) {
+        conn *k = *socket_context;
+        pthread_mutex_lock(&in->mu);
+        if (k->prev)
+            k->prev->next = k->next;
+        else
+            in->conns = k->next;
+        if (k->next)
+            k->next->prev = k->prev;
+        release(in, k);
+        pthread_mutex_unlock(&in->mu);
+        free(k);
+        *socket_context = NULL;
+    }
+}
+
+static conn *conn_of(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *i = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return i ? i->socket_context : NULL;
+}
+
+/* 0 when connection k may make its request (admitted now if it was in the reserve), else the
+ * limit that is full. */
+static int connection_admitted(struct ebd_ingest *in, conn *k)
+{
+    if (!k)
+        return FULL_ALL;
+    if (k->admitted)
+        return ADMITTED;
+    pthread_mutex_lock(&in->mu);
+    int r = admit(in, k);
+    pthread_mutex_unlock(&in->mu);
+    return r;
+}
+
+/* 503 with Retry-After for a connection beyond a limit, which then closes. */
+static enum MHD_Result send_full(struct MHD_Connection *c, const ebd *d, const conn *k, int full)
+{
+    char msg[300], who[INET6_ADDRSTRLEN] = "?";
+    if (full == FULL_CLIENT) {
+        inet_ntop(k->alen == 4 ? AF_INET : AF_INET6, k->addr, who, sizeof who);
+        snprintf(msg, sizeof msg, "too many connections from %s: ebd serves at most %u connections "
+                 "at once from one client address (--max-client-connections)", who,
+                 d->max_client_connections);
+    } else {
+        snprintf(msg, sizeof msg, "too many connections: ebd serves at most %u connections at once "
+                 "(--max-connections)", d->max_connections);
+    }
+    return send_error_ex(c, 503, msg, NULL, "1", true);
+}
+
+/* The reaper: every REAP_MS, shuts down the sockets of the connections past their deadline
+ * (libmicrohttpd then reads the end of the stream and closes them), and logs how many. */
+static void *reap(void *arg)
+{
+    struct ebd_ingest *in = arg;
+    pthread_mutex_lock(&in->mu);
+    while (!in->stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += REAP_MS * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&in->cv, &in->mu, &ts);
+        uint64_t now = now_ms();
+        unsigned cut[W_RESERVE + 1] = { 0 };
+        for (conn *k = in->conns; k && !in->stop; k = k->next) {
+            uint64_t when = atomic_load(&k->deadline);
+            if (k->cut || k->fd < 0 || !when || now < when)
+                continue;
+            cut[atomic_load(&k->waiting)]++;     /* before: once shut, on_done may change it */
+            shutdown(k->fd, SHUT_RDWR);
+            k->cut = true;
+        }
+        if (cut[W_HEADERS] + cut[W_BODY] + cut[W_RESERVE]) {
+            pthread_mutex_unlock(&in->mu);
+            ebd_log(EBD_INFO, "msg=\"connections cut: what they had to send did not come in time\" "
+                    "headers=%u body=%u over_limit=%u header_timeout_s=%u body_timeout_s=%u",
+                    cut[W_HEADERS], cut[W_BODY], cut[W_RESERVE], in->d->header_timeout,
+                    in->d->body_timeout);
+            pthread_mutex_lock(&in->mu);
+        }
+    }
+    pthread_mutex_unlock(&in->mu);
+    return NULL;
+}
+
+/* ---- request bodies: the bytes held at once ------------------------------------------------ */
+
+/* Raises what rq counts in d->buffered to total bytes, if d->max_buffered allows. */
+static bool take_buffered(ebd *d, request *rq, uint64_t total)
+{
+    if (total <= rq->reserved)
+        return true;
+    uint64_t more = total - rq->reserved, cur = atomic_load(&d->buffered);
+    do {
+        if (cur + more > d->max_buffered)
+            return false;
+    } while (!atomic_compare_exchange_weak(&d->buffered, &cur, cur + more));
+    rq->reserved = total;
+    return true;
+}
+
+static void drop_buffered(ebd *d, request *rq)
+{
+    sb_free(&rq->body);
+    atomic_fetch_sub(&d->buffered, rq->reserved);
+    rq->reserved = 0;
+}
+
+/* Room in rq->body for n more bytes and a NUL, its capacity counted in d->buffered: all that a
+ * Content-Length announced was counted at the first call, so the buffer is made that size;
+ * a chunked body grows by doubling, each step counted.  False when d->max_buffered would be
+ * passed.  (A failed allocation sets body.oom, answered 503.) */
+static bool body_room(ebd *d, request *rq, size_t n)
+{
+    size_t need = rq->body.n + n + 1;
+    if (need <= rq->body.cap)
+        return true;
+    size_t cap = rq->reserved > rq->body.cap ? rq->reserved
+               : rq->body.cap ? rq->body.cap * 2 : 16384;
+    if (cap < need)
+        cap = need;
+    if (cap > MAX_BODY + 1 && need <= MAX_BODY + 1)
+        cap = MAX_BODY + 1;
+    if (!take_buffered(d, rq, cap))
+        return false;
+    char *v = realloc(rq->body.v, cap);
+    if (!v) {
+        rq->body.oom = true;
+        return true;
+    }
+    rq->body.v = v;
+    rq->body.cap = cap;
+    return true;
+}
+
+static enum MHD_Result send_over_buffered(struct MHD_Connection *c, const ebd *d)
+{
+    char msg[300];
+    snprintf(msg, sizeof msg, "too many request bodies held at once: this one would take them over "
+             "%llu bytes (--max-buffered)", (unsigned long long)d->max_buffered);
+    return send_error(c, 503, msg, NULL, "1");
 }
 
 /* ---- authorization ------------------------------------------------------------------------ */
@@ -140,6 +478,7 @@ typedef struct {
     sbuf *ev;
     bool bad;
     char why[200];
+    char field[64];               /* the header at fault */
 } headers_state;
 
 static enum MHD_Result ce_header(void *arg, enum MHD_ValueKind kind, const char *key,
@@ -162,6 +501,7 @@ static enum MHD_Result ce_header(void *arg, enum MHD_ValueKind kind, const char 
         if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9'))) {
             st->bad = true;
             snprintf(st->why, sizeof st->why, "header '%s': attribute names are a-z and 0-9", key);
+            snprintf(st->field, sizeof st->field, "%.60s", key);
             return MHD_YES;
         }
         lower[i] = ch;
@@ -170,17 +510,26 @@ static enum MHD_Result ce_header(void *arg, enum MHD_ValueKind kind, const char 
     /* data is the body; datacontenttype is the Content-Type (the binding maps it there) */
     if (!strcmp(lower, "data") || !strcmp(lower, "data_base64") || !strcmp(lower, "datacontenttype"))
         return MHD_YES;
-    /* The value, percent-decoded (the binding's encoding of what a header cannot carry). */
+    /* The value, percent-decoded (the binding's encoding of what a header cannot carry): a '%'
+     * not followed by two hexadecimal digits is refused, not kept as it is. */
     size_t vn = strlen(value);
     char *dec = malloc(vn + 1);
     size_t o = 0;
     for (size_t i = 0; dec && i < vn; i++) {
-        if (value[i] == '%' && i + 2 < vn && js_hexval(value[i + 1]) >= 0 &&
-            js_hexval(value[i + 2]) >= 0) {
+        if (value[i] != '%') {
+            dec[o++] = value[i];
+        } else if (i + 2 < vn && js_hexval(value[i + 1]) >= 0 && js_hexval(value[i + 2]) >= 0) {
             dec[o++] = (char)(js_hexval(value[i + 1]) * 16 + js_hexval(value[i + 2]));
             i += 2;
-        } else
-            dec[o++] = value[i];
+        } else {
+            st->bad = true;
+            snprintf(st->why, sizeof st->why, "header '%.60s' is not percent-encoded: the '%%' at "
+                     "byte %zu is not followed by two hexadecimal digits (a '%%' itself is %%25)",
+                     key, i);
+            snprintf(st->field, sizeof st->field, "%.60s", key);
+            free(dec);
+            return MHD_YES;
+        }
     }
     if (!dec) {
         st->bad = true;
@@ -193,6 +542,7 @@ static enum MHD_Result ce_header(void *arg, enum MHD_ValueKind kind, const char 
     if (tmp.oom || !vm_json_valid(tmp.v, tmp.n, &bad_at)) {
         st->bad = true;
         snprintf(st->why, sizeof st->why, "header '%s' is not UTF-8 once percent-decoded", key);
+        snprintf(st->field, sizeof st->field, "%.60s", key);
     } else {
         sb_puts(st->ev, st->ev->n > 1 ? "," : "");
         sb_json_string(st->ev, lower, n);
@@ -219,15 +569,17 @@ static void sb_base64(sbuf *b, const unsigned char *s, size_t n)
     sb_put(b, "\"", 1);
 }
 
-/* Builds the JSON-format event of a binary-mode request into ev. */
+/* Builds the JSON-format event of a binary-mode request into ev; false with why (and the header
+ * at fault in field[64], if one is) when the request is not one. */
 static bool binary_event(struct MHD_Connection *c, const char *ctype, const request *rq, sbuf *ev,
-                         char *why, size_t whycap)
+                         char *why, size_t whycap, char *field)
 {
     headers_state st = { .ev = ev };
     sb_puts(ev, "{");
     MHD_get_connection_values(c, MHD_HEADER_KIND, ce_header, &st);
     if (st.bad) {
         snprintf(why, whycap, "%s", st.why);
+        snprintf(field, 64, "%s", st.field);
         return false;
     }
     if (ctype) {
@@ -372,9 +724,10 @@ static enum MHD_Result put_events_ce(struct MHD_Connection *c, ebd_bus *b, reque
             return send_error(c, 400, "not a CloudEvent: no ce-specversion header (binary mode) "
                               "and the content type is not application/cloudevents+json",
                               "ce-specversion", NULL);
-        if (!binary_event(c, ctype, rq, &built, why, sizeof why)) {
+        char field[64] = "";
+        if (!binary_event(c, ctype, rq, &built, why, sizeof why, field)) {
             sb_free(&built);
-            return send_error(c, 400, why, NULL, NULL);
+            return send_error(c, 400, why, field[0] ? field : NULL, NULL);
         }
         js_member m = { .val_off = 0, .val_len = (uint32_t)built.n };
         es.body = built.v;
@@ -419,7 +772,7 @@ done:
 typedef struct {
     const char *s;
     js_member entries;
-    bool found;
+    unsigned found;
 } find_entries;
 
 static bool find_entries_member(void *arg, const js_member *m)
@@ -427,7 +780,7 @@ static bool find_entries_member(void *arg, const js_member *m)
     find_entries *f = arg;
     if (js_key_is(f->s, m, "entries")) {
         f->entries = *m;
-        f->found = true;
+        f->found++;
     }
     return true;
 }
@@ -446,6 +799,9 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
     find_entries f = { .s = rq->body.v };
     if (rq->body.v[i] == '{')
         js_each(rq->body.v, rq->body.n, i, find_entries_member, &f);
+    if (f.found > 1)
+        return send_error(c, 400, "the body has \"entries\" twice: it must be one {\"entries\": "
+                          "[event, ...]}", "entries", NULL);
     if (!f.found || rq->body.v[f.entries.val_off] != '[')
         return send_error(c, 400, "the body must be {\"entries\": [event, ...]}", "entries", NULL);
     events es = { .body = rq->body.v };
@@ -582,20 +938,29 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     ebd *d = cls;
     request *rq = *state;
     if (!rq) {
+        conn *k = conn_of(c);
+        int full = connection_admitted(d->ingest, k);
+        if (full)
+            set_deadline(k, W_RESERVE, RESERVE_TIMEOUT);   /* to be answered and gone */
+        else
+            set_deadline(k, W_BODY, d->body_timeout);
         rq = calloc(1, sizeof *rq);
         if (!rq)
             return MHD_NO;
         *state = rq;
         rq->busy = atomic_fetch_add(&d->inflight, 1) >= d->max_requests;
         /* What can be answered before the body: answered now, the body never read (nothing
-         * is buffered for a request that is refused anyway). */
+         * is buffered for a request that is refused anyway), and the connection closed. */
         rq->answered = true;
+        if (full)
+            return send_full(c, d, k, full);
         if (rq->busy)
             return send_error(c, 429, "too many requests at once", NULL, "1");
         if (atomic_load(&d->stopping))
             return send_error(c, 503, "the daemon is stopping", NULL, "1");
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-        if (cl && strtoull(cl, NULL, 10) > MAX_BODY)
+        unsigned long long length = cl ? strtoull(cl, NULL, 10) : 0;
+        if (length > MAX_BODY)
             return send_too_big(c);
         static const char prefix[] = "/v1/buses/";
         const char *name = url + sizeof prefix - 1, *slash = strchr(name, '/');
@@ -614,6 +979,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                 return send_error(c, deny, deny == 401 ? "this bus needs a token (Authorization: "
                                   "Bearer ...)" : "the token is wrong for this bus", NULL, NULL);
         }
+        /* A body of known length counts whole from now on (it is all coming). */
+        if (length && !take_buffered(d, rq, length + 1))
+            return send_over_buffered(c, d);
         rq->answered = false;
         return MHD_YES;
     }
@@ -622,14 +990,23 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     if (*size) {
-        uint64_t limit = MAX_BODY;
-        if (rq->body.n + *size > limit)
+        if (rq->too_big || rq->over_buffered) {
+            /* dropped */
+        } else if (rq->body.n + *size > MAX_BODY) {
             rq->too_big = true;
-        else
+            drop_buffered(d, rq);
+        } else if (!body_room(d, rq, *size)) {
+            rq->over_buffered = true;
+            drop_buffered(d, rq);
+        } else {
             sb_put(&rq->body, data, *size);
+        }
         *size = 0;
         return MHD_YES;
     }
+    set_deadline(conn_of(c), W_NONE, 0);        /* all of it came: handled and answered */
+    if (rq->over_buffered)
+        return send_over_buffered(c, d);
     if (rq->busy)
         return send_error(c, 429, "too many requests at once", NULL, "1");
     if (atomic_load(&d->stopping))
@@ -644,16 +1021,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 static void on_done(void *cls, struct MHD_Connection *c, void **state,
                     enum MHD_RequestTerminationCode why)
 {
-    (void)c;
     (void)why;
     ebd *d = cls;
     request *rq = *state;
     if (rq) {
         atomic_fetch_sub(&d->inflight, 1);
-        sb_free(&rq->body);
+        drop_buffered(d, rq);
         free(rq);
     }
     *state = NULL;
+    /* A kept-alive connection waits for its next request's headers. */
+    set_deadline(conn_of(c), W_HEADERS, d->header_timeout);
 }
 
 /* The listening socket is ours, so that a port in use is an error with its cause: address reuse
@@ -668,7 +1046,7 @@ int ebd_http_listen(const char *host, uint16_t port, char *err, size_t cap)
     }
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-        bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 1024) != 0) {
+        bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 4096) != 0) {
         int e = errno;
         snprintf(err, cap, "cannot listen on %s:%u: %s%s", host, port, strerror(e),
                  e == EADDRINUSE ? " (another ebd, or another program, listens there)" : "");
@@ -679,30 +1057,93 @@ int ebd_http_listen(const char *host, uint16_t port, char *err, size_t cap)
     return fd;
 }
 
+static void stop_reaper(struct ebd_ingest *in)
+{
+    pthread_mutex_lock(&in->mu);
+    in->stop = true;
+    pthread_cond_signal(&in->cv);
+    pthread_mutex_unlock(&in->mu);
+    pthread_join(in->reaper, NULL);
+}
+
+/* Frees the connection table (empty once libmicrohttpd has stopped). */
+static void free_ingest(ebd *d)
+{
+    struct ebd_ingest *in = d->ingest;
+    if (!in)
+        return;
+    for (size_t i = 0; i < IP_BUCKETS; i++)
+        while (in->ips[i]) {
+            ipcount *next = in->ips[i]->next;
+            free(in->ips[i]);
+            in->ips[i] = next;
+        }
+    pthread_cond_destroy(&in->cv);
+    pthread_mutex_destroy(&in->mu);
+    free(in);
+    d->ingest = NULL;
+}
+
 struct MHD_Daemon *ebd_http_start(ebd *d, int fd, const char *host, uint16_t port, char *err,
                                   size_t cap)
 {
-    unsigned flags = MHD_USE_EPOLL_INTERNALLY | MHD_USE_TURBO | (d->tls_cert ? MHD_USE_TLS : 0);
+    /* MHD_USE_ITC: MHD_stop_daemon wakes every worker through it; without it, a worker at its
+     * share of the connection limit (which no longer watches the listening socket) slept until
+     * its next time-out, and a SIGTERM took up to a minute. */
+    unsigned flags = MHD_USE_EPOLL_INTERNALLY | MHD_USE_TURBO | MHD_USE_ITC |
+                     (d->tls_cert ? MHD_USE_TLS : 0);
     struct MHD_OptionItem tls[] = {
         { d->tls_cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, d->tls_cert },
         { MHD_OPTION_HTTPS_MEM_KEY, 0, d->tls_key },
         { MHD_OPTION_END, 0, NULL },
     };
+    struct ebd_ingest *in = calloc(1, sizeof *in);
+    pthread_condattr_t ca;
+    if (!in || pthread_condattr_init(&ca) != 0) {
+        free(in);
+        snprintf(err, cap, "out of memory");
+        return NULL;
+    }
+    in->d = d;
+    pthread_mutex_init(&in->mu, NULL);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&in->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    d->ingest = in;
+    /* The reaper first: once libmicrohttpd has the socket, only MHD_stop_daemon closes it. */
+    int e = pthread_create(&in->reaper, NULL, reap, in);
+    if (e != 0) {
+        snprintf(err, cap, "cannot start a thread: %s", strerror(e));
+        free_ingest(d);
+        return NULL;
+    }
+    unsigned idle = MIN_IDLE_TIMEOUT;
+    idle = d->header_timeout > idle ? d->header_timeout : idle;
+    idle = d->body_timeout > idle ? d->body_timeout : idle;
     struct MHD_Daemon *h = MHD_start_daemon(
         flags, port, NULL, NULL, on_request, d, MHD_OPTION_LISTEN_SOCKET, fd,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)HTTP_THREADS,
-        MHD_OPTION_NOTIFY_COMPLETED, on_done, d, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+        MHD_OPTION_NOTIFY_COMPLETED, on_done, d, MHD_OPTION_NOTIFY_CONNECTION, on_connection, d,
+        MHD_OPTION_CONNECTION_TIMEOUT, idle,
+        MHD_OPTION_CONNECTION_LIMIT, d->max_connections + ebd_http_reserve(d->max_connections),
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, d->max_client_connections
+            ? d->max_client_connections + client_reserve(d->max_client_connections) : 0u,
         MHD_OPTION_ARRAY, tls, MHD_OPTION_END);
     if (!h) {
         snprintf(err, cap, d->tls_cert ? "cannot serve HTTPS on %s:%u: the TLS certificate or key "
                  "was refused (not a PEM certificate and private key, or they do not match)"
                  : "cannot serve on %s:%u", host, port);
+        stop_reaper(in);
+        free_ingest(d);
     }
     return h;
 }
 
-void ebd_http_stop(struct MHD_Daemon *h)
+void ebd_http_stop(ebd *d, struct MHD_Daemon *h)
 {
-    if (h)
-        MHD_stop_daemon(h);
+    if (!h)
+        return;
+    stop_reaper(d->ingest);
+    MHD_stop_daemon(h);         /* every connection's CLOSED notice comes before it returns */
+    free_ingest(d);
 }
