@@ -61,8 +61,6 @@ bool js_key_is(const char *s, const js_member *m, const char *name);
  * returns false.  *id / *idlen get the id's text (quoted). */
 bool ce_check(const char *s, size_t n, char *why, size_t whycap, const char **id, size_t *idlen);
 
-#endif
-
 /* ---- the daemon ---------------------------------------------------------------------------- */
 
 #include <curl/curl.h>
@@ -240,3 +238,5 @@ uint32_t ebd_bus_index(const ebd *d, const char *name, size_t n);   /* or VM_NON
 /* The bus the current rules declare under that name, with their token and limit; false if they
  * declare none.  Under d->lock (read). */
 bool ebd_bus_view(ebd *d, const char *name, size_t n, ebd_bus *view);
+
+#endif
