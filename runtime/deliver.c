@@ -249,6 +249,18 @@ static bool output_path_ok(const char *path, char *why, size_t cap)
                      "and cannot leave it ('..' is not allowed)", path);
             return false;
         }
+    /* The daemon's own folders there (the buses' logs, the list of pairs) are not for targets. */
+    static const char *const own[] = { "buses", "pairs" };
+    const char *first = path;
+    while (first[0] == '.' && first[1] == '/')
+        first += 2 + strspn(first + 2, "/");
+    for (size_t i = 0; path[0] != '/' && i < sizeof own / sizeof *own; i++)
+        if (!strncmp(first, own[i], strlen(own[i])) &&
+            (first[strlen(own[i])] == '/' || !first[strlen(own[i])])) {
+            snprintf(why, cap, "'%.100s': %s/ under the data directory is the daemon's own", path,
+                     own[i]);
+            return false;
+        }
     return true;
 }
 

@@ -177,6 +177,10 @@ printf 'bus main\ntarget out file env("E2E_PATH")\nrule r on main { match exists
 E2E_PATH=../escaped.jsonl refused "$WORK/path.ebr" && grep -q "target 'out': '../escaped.jsonl': a relative path names a file under the data directory and cannot leave it" "$WORK/err" \
     && pass "env() path with '..' refused: $(cat "$WORK/err")" || fail "env() path with ..: $(cat "$WORK/err")"
 [ ! -e "$WORK/escaped.jsonl" ] || fail "the file outside the data directory was created"
+for own in buses/main/00000000000000000000.seg ./pairs/main; do
+    E2E_PATH=$own refused "$WORK/path.ebr" && grep -q "target 'out': '$own': .* under the data directory is the daemon's own" "$WORK/err" \
+        && pass "a file target may not write into the daemon's own files ($own)" || fail "own files ($own): $(cat "$WORK/err")"
+done
 printf 'bus main\ntarget out file "a/../../escaped.jsonl"\nrule r on main { match exists id to out }\n' >"$WORK/path2.ebr"
 refused "$WORK/path2.ebr" && grep -q "path2.ebr:2:17: error: a relative path names a file under the data directory" "$WORK/err" \
     && pass "a literal path with '..' is refused with its position" || fail "literal path with ..: $(cat "$WORK/err")"
