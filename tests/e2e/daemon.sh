@@ -4,18 +4,12 @@
 # (--help, --version, answers, error messages).
 #   daemon.sh BIN_DIR SOURCE_DIR WORK_DIR
 # Everything runs on 127.0.0.1; every process started here is stopped at the end.
-set -u
-BIN=$1
-SRC=$2
-WORK=$3
-rm -rf "$WORK"
-mkdir -p "$WORK"
+. "$2/tests/e2e/lib.sh"
 # Ports 10000-18999 (e2e.sh takes 20000-31999, so the two can run at once), below Linux's
 # ephemeral range.
 BASE=$(( 10000 + $$ % 9000 ))
 P=$BASE
 URL=http://127.0.0.1:$P
-. "$SRC/tests/e2e/lib.sh"
 EBD=""
 IO=""
 cleanup() {

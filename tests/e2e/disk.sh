@@ -8,16 +8,10 @@
 # size limit set on the running daemon with prlimit and lifted the same way (E2E_DISK=rlimit
 # chooses that).  Exits 77 (skipped) when neither can be done.  Everything runs on 127.0.0.1; every process started here is
 # stopped at the end.
-set -u
-BIN=$1
-SRC=$2
-WORK=$3
-rm -rf "$WORK"
-mkdir -p "$WORK"
+. "$2/tests/e2e/lib.sh"
 # Ports 19000-19999 (daemon.sh takes 10000-18999, e2e.sh 20000-31999).
 P=$(( 19000 + $$ % 1000 ))
 URL=http://127.0.0.1:$P
-. "$SRC/tests/e2e/lib.sh"
 MNT=$WORK/mnt
 mkdir -p "$MNT"
 EBD=""

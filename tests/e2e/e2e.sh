@@ -3,44 +3,21 @@
 #   e2e.sh BIN_DIR SOURCE_DIR WORK_DIR
 # BIN_DIR holds ebd, ebc and e2e_receiver.  Every server is started here on 127.0.0.1 and
 # stopped at the end; nothing leaves the machine.
-set -u
-BIN=$1
-SRC=$2
-WORK=$3
-rm -rf "$WORK"
-mkdir -p "$WORK"
+. "$2/tests/e2e/lib.sh"
 # Ports below Linux's ephemeral range (32768 and up), where an outgoing connection's local port
 # could be taking one of them when a receiver binds it.
 BASE=$(( 20000 + $$ % 12000 ))
 P_EBD=$BASE; P_OK=$((BASE + 1)); P_FLAKY=$((BASE + 2)); P_BAD=$((BASE + 3)); P_DOWN=$((BASE + 4))
 P_RA=$((BASE + 5)); P_NODE=$((BASE + 6)); P_SLOW=$((BASE + 7)); P_ORDER=$((BASE + 8)); P_BURST=$((BASE + 9)); P_RATE=$((BASE + 10)); P_HOLD=$((BASE + 11))
 URL=http://127.0.0.1:$P_EBD
-FAILS=0
-PIDS=""
-
-fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
-pass() { echo "ok: $*"; }
 cleanup() { for p in $PIDS $(cat "$WORK"/ebd.pid 2>/dev/null); do kill "$p" 2>/dev/null; done; wait 2>/dev/null; }
 trap cleanup EXIT
 
 # No check rests on how fast the machine is: each waits for something it can see (a line in a
-# log, a file), never for a time to pass, and no duration is bounded from above.  E2E_WAIT is how
-# long a wait may last before its check fails (120 s each by default, for loaded machines and
-# ASan builds): a passing run never waits it out.
-E2E_WAIT=${E2E_WAIT:-120}
+# log, a file), never for a time to pass, and no duration is bounded from above (wait_for and
+# E2E_WAIT are in lib.sh).
 
-# wait_for SECONDS COMMAND...: runs COMMAND every 50 ms until it succeeds; false at the deadline.
-wait_for() {
-    _end=$(( $(date +%s) + $1 )); shift
-    while :; do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        [ "$(date +%s)" -lt $_end ] || return 1
-        sleep 0.05
-    done
-}
-
-# lines_ge FILE N: does FILE have at least N lines?  count_ge PATTERN FILE N: N matching lines?
-lines_ge() { [ -f "$1" ] && [ "$(grep -c '' "$1")" -ge "$2" ]; }
+# count_ge PATTERN FILE N: N matching lines?
 count_ge() { [ -f "$2" ] && [ "$(grep -c -- "$1" "$2")" -ge "$3" ]; }
 
 receiver() {   # receiver PORT NAME ARGS...
@@ -60,21 +37,6 @@ stop_ebd() {   # stop_ebd [SIGNAL]
     kill -"${1:-TERM}" "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
     rm -f "$WORK/ebd.pid"
-}
-
-# post PATH CONTENT_TYPE BODY [HEADER...]: prints the status; the answer is in $WORK/answer.
-post() {
-    path=$1; ctype=$2; body=$3; shift 3
-    curl -s -o "$WORK/answer" -w '%{http_code}' -X POST "$URL$path" -H "Content-Type: $ctype" \
-         --data-binary "$body" "$@"
-}
-
-expect_status() {  # expect_status WANT NAME STATUS
-    if [ "$3" = "$1" ]; then pass "$2 -> $1"; else fail "$2: got $3, wanted $1: $(cat "$WORK/answer")"; fi
-}
-
-ev() {  # ev ID TYPE [DATA]: a structured event
-    printf '{"specversion":"1.0","id":"%s","source":"e2e","type":"%s","data":%s}' "$1" "$2" "${3:-{\"n\":1\}}"
 }
 
 # post_each PREFIX TYPE FROM TO: posts events PREFIXFROM ... PREFIXTO of TYPE to bus main, one
@@ -557,9 +519,4 @@ expect_status 429 "a request over --max-requests" "$s"
 grep -qi '^Retry-After: 1' "$WORK/headers" && pass "429 carries Retry-After" || fail "429 headers: $(cat "$WORK/headers")"
 kill $SLOW 2>/dev/null; wait $SLOW 2>/dev/null
 stop_ebd TERM
-if [ $FAILS -ne 0 ]; then
-    echo "---- ebd log"; tail -40 "$WORK/ebd.log"
-    echo "$FAILS failure(s)"
-    exit 1
-fi
-echo "all end-to-end checks passed"
+finish

@@ -10,12 +10,7 @@
 # the other scripts'); at most 2,000 sockets at once, every wait bounded; every process started
 # here is stopped at the end.  No check bounds a duration from above, except that with
 # E2E_TIMED=1 the request made beside 2,000 slow sockets must be answered within a second.
-set -u
-BIN=$1
-SRC=$2
-WORK=$3
-rm -rf "$WORK"
-mkdir -p "$WORK"
+. "$2/tests/e2e/lib.sh"
 # Two daemons: one with the default limits on P0 for the whole script, and one at a time with
 # small limits on P.
 P0=$(( 1100 + $$ % 3899 ))
@@ -23,7 +18,6 @@ P=$((P0 + 1))
 URL0=http://127.0.0.1:$P0
 URLP=http://127.0.0.1:$P
 URL=$URL0
-. "$SRC/tests/e2e/lib.sh"
 EBD=""
 EBD0=""
 cleanup() {

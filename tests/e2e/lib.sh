@@ -1,5 +1,13 @@
-# lib.sh — what the end-to-end scripts share (sourced, not run).  Before sourcing, set WORK (a
-# scratch folder) and URL (the daemon's base address); FAILS counts failed checks.
+# lib.sh — what the end-to-end scripts share.  Each script runs as SCRIPT BIN_DIR SOURCE_DIR
+# WORK_DIR and sources this first, as `. "$2/tests/e2e/lib.sh"`: it sets BIN (ebd, ebc and
+# e2e_receiver), SRC and WORK (a scratch folder, emptied).  Before calling post, set URL (the
+# daemon's base address); FAILS counts failed checks, PIDS lists processes to stop at the end.
+set -u
+BIN=$1
+SRC=$2
+WORK=$3
+rm -rf "$WORK"
+mkdir -p "$WORK"
 FAILS=0
 PIDS=""
 

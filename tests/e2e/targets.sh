@@ -6,16 +6,10 @@
 # an http target speaks http or https only.
 #   targets.sh BIN_DIR SOURCE_DIR WORK_DIR
 # Everything runs on 127.0.0.1; every process started here is stopped at the end.
-set -u
-BIN=$1
-SRC=$2
-WORK=$3
-rm -rf "$WORK"
-mkdir -p "$WORK"
+. "$2/tests/e2e/lib.sh"
 # Ports 5000-9999 (daemon.sh takes 10000-18999 and e2e.sh 20000-31999, so all can run at once).
 P=$(( 5000 + $$ % 5000 ))
 URL=http://127.0.0.1:$P
-. "$SRC/tests/e2e/lib.sh"
 E2E_WAIT=${E2E_WAIT:-60}
 EBD=""
 cleanup() {
