@@ -315,7 +315,7 @@ int main(int argc, char **argv)
     struct MHD_Daemon *recv = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD,
                                                (uint16_t)rport, NULL, NULL, on_delivery, NULL,
                                                MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-                                               MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+                                               MHD_OPTION_END);
     if (!recv) {
         fprintf(stderr, "bench: the receiver did not start\n");
         return 1;

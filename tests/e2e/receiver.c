@@ -156,7 +156,7 @@ int main(int argc, char **argv)
                                             (uint16_t)atoi(argv[1]), NULL, NULL, on_request, NULL,
                                             MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
                                             MHD_OPTION_NOTIFY_COMPLETED, on_done, NULL,
-                                            MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+                                            MHD_OPTION_END);
     if (!d) {
         fprintf(stderr, "receiver: cannot listen on 127.0.0.1:%s\n", argv[1]);
         return 1;
