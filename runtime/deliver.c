@@ -555,6 +555,24 @@ static void pairs_path(const ebd *d, const char *bus, char *out, size_t cap)
     snprintf(out, cap, "%s/pairs/%s", d->data_dir, bus);
 }
 
+/* Adds name (kept sorted when the list is written). */
+static bool pairs_add(namelist *l, const char *name)
+{
+    if (l->n == l->cap) {
+        size_t c = l->cap ? l->cap * 2 : 64;
+        char **v = realloc(l->v, c * sizeof *v);
+        if (!v)
+            return false;
+        l->v = v;
+        l->cap = c;
+    }
+    if (!(l->v[l->n] = strdup(name)))
+        return false;
+    l->n++;
+    l->changed = true;
+    return true;
+}
+
 /* Reads bus's list (sorted; empty when there is none yet); false when it cannot be read. */
 static bool pairs_load(const ebd *d, const char *bus, namelist *l, char *err, size_t cap)
 {
@@ -574,24 +592,14 @@ static bool pairs_load(const ebd *d, const char *bus, namelist *l, char *err, si
     while (ok && (n = getline(&line, &lcap, f)) > 0) {
         if (line[n - 1] == '\n')
             line[--n] = 0;
-        if (n == 0)
-            continue;
-        if (l->n == l->cap) {
-            size_t c = l->cap ? l->cap * 2 : 64;
-            char **v = realloc(l->v, c * sizeof *v);
-            ok = v != NULL;
-            if (v) {
-                l->v = v;
-                l->cap = c;
-            }
-        }
-        if (ok && !(l->v[l->n++] = strdup(line)))
-            ok = false, l->n--;
+        if (n > 0)
+            ok = pairs_add(l, line);
     }
     free(line);
     fclose(f);
     if (!ok)
         snprintf(err, cap, "out of memory reading %s", path);
+    l->changed = false;       /* as read: nothing to write back */
     qsort(l->v, l->n, sizeof *l->v, cmp_name);
     return ok;
 }
@@ -599,24 +607,6 @@ static bool pairs_load(const ebd *d, const char *bus, namelist *l, char *err, si
 static bool pairs_has(const namelist *l, const char *name)
 {
     return l->n && bsearch(&name, l->v, l->n, sizeof *l->v, cmp_name) != NULL;
-}
-
-/* Adds name (kept sorted when the list is written). */
-static bool pairs_add(namelist *l, const char *name)
-{
-    if (l->n == l->cap) {
-        size_t c = l->cap ? l->cap * 2 : 64;
-        char **v = realloc(l->v, c * sizeof *v);
-        if (!v)
-            return false;
-        l->v = v;
-        l->cap = c;
-    }
-    if (!(l->v[l->n] = strdup(name)))
-        return false;
-    l->n++;
-    l->changed = true;
-    return true;
 }
 
 /* Writes bus's list whole, durably (a new file synced, renamed over the old, the folder synced). */
