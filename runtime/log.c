@@ -4,12 +4,12 @@
  *
  * A log is a directory of segment files named by the offset of their first record, each with a
  * sparse index file once it is sealed, a LOCK file held by the one process that writes, and a
- * cursors/ directory of named cursors.  One mutex guards the state; appends gather in a pending
- * buffer and whichever appender finds no write in progress becomes the leader that writes (and,
- * under fsync always, syncs) everything pending at once: group commit with no extra thread.
- * Readers read the files themselves with pread, up to what has been acknowledged.  A write or
- * sync that fails stops appends until the log has recovered by itself (try_recover): back to its
- * acknowledged records, with room to go on.
+ * cursors/ directory of named cursors and cursor sets.  One mutex guards the state; appends
+ * gather in a pending buffer and whichever appender finds no write in progress becomes the leader
+ * that writes (and, under fsync always, syncs) everything pending at once: group commit with no
+ * extra thread.  Readers read the files themselves with pread, up to what has been acknowledged.
+ * A write or sync that fails stops appends until the log has recovered by itself (try_recover):
+ * back to its acknowledged records, with room to go on.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -2019,81 +2019,185 @@ static void log_cursor_close(store_cursor *cc)
     free(c);
 }
 
-/* ---- Named cursors ------------------------------------------------------------------------- */
+/* ---- Named cursors and cursor sets ------------------------------------------------------------
+ *
+ * In cursors/, named cursor NAME is the file NAME and cursor set SET the file "@SET" ('@' is in no
+ * cursor's name, so the two never meet); a commit writes the file as ".FILE.tmp" first (a leading
+ * dot: no cursor's name either).
+ *
+ * named cursor  one line: "ebr-cursor 1 OFFSET CRC\n", or with offsets still pending below the
+ *               position "ebr-cursor 2 HIGH N P1 .. PN CRC\n"
+ * cursor set    "ebr-cursorset 1 BASE N\n", then N lines "NAME HIGH K P1 .. PK\n" in strcmp
+ *               order of the names (each once), then the line "CRC\n"
+ * CRC is the crc32c (8 hex digits) of all the text before it; numbers are decimal. */
 
-/* A named cursor's file: "ebr-cursor 1 OFFSET CRC\n", or with offsets still pending below the
- * position "ebr-cursor 2 HIGH N P1 .. PN CRC\n"; CRC is the crc32c (8 hex digits) of the text
- * before it.  Written as ".NAME.tmp" (a leading dot: no cursor's name), synced, renamed over
- * NAME, and the directory synced; one commit at a time, so that two never share the file. */
+#define CURSOR_MAX_BYTES (64 + 21 * (STORE_MAX_PENDING + 2))   /* a named cursor's file */
+#define SET_MAX_BYTES (1u << 30)     /* far beyond any set: a larger file is not read */
+
+/* False, with errno set, when a test's fault hook fails operation op (log_set_fault). */
+static bool faultless(log_t *l, const char *op)
+{
+    int e = fault(l, op);
+    if (e)
+        errno = e;
+    return e == 0;
+}
+
+/* Writes text[0..n) as cursors/FILE atomically and durably: as ".FILE.tmp", in one write, synced,
+ * renamed over FILE, and the directory synced; one commit at a time, so that two never share the
+ * temporary file.  When a step fails the temporary file is removed: FILE is as it was (unless
+ * only the directory's sync failed). */
+static store_status cursor_file_write(log_t *l, const char *file, const char *text, size_t n)
+{
+    if (l->curfd < 0 || l->o.read_only)
+        return fail(l, STORE_EINVAL, "%s: opened read-only", l->dir);
+    char tmp[VM_MAX_NAME + 8];
+    snprintf(tmp, sizeof tmp, ".%s.tmp", file);
+    pthread_mutex_lock(&l->commit_mu);
+    int fd = openat(l->curfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    bool ok = fd >= 0 && faultless(l, "cursor write") &&
+              write_all(fd, (const unsigned char *)text, n, 0) && faultless(l, "cursor sync") &&
+              fdatasync(fd) == 0;
+    int e = errno;
+    if (fd >= 0 && close(fd) != 0 && ok) {
+        ok = false;
+        e = errno;
+    }
+    if (ok && !(faultless(l, "cursor rename") && renameat(l->curfd, tmp, l->curfd, file) == 0 &&
+                fsync(l->curfd) == 0)) {
+        ok = false;
+        e = errno;
+    }
+    store_status st = STORE_OK;
+    if (!ok) {
+        st = fail(l, STORE_EIO, "%s/cursors/%s: cannot write: %s", l->dir, file, strerror(e));
+        unlinkat(l->curfd, tmp, 0);
+    }
+    pthread_mutex_unlock(&l->commit_mu);
+    return st;
+}
+
+/* Reads file `file` of directory dirfd whole, if it is at most cap bytes, into *text (malloc'd,
+ * a NUL after its *n bytes).  Returns 0, or the errno of the failure (EFBIG: larger than cap). */
+static int read_whole(int dirfd, const char *file, size_t cap, char **text, size_t *n)
+{
+    *text = NULL;
+    *n = 0;
+    int fd = openat(dirfd, file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    struct stat st;
+    int e = fstat(fd, &st) == 0 ? 0 : errno;
+    if (!e && (uint64_t)st.st_size > cap)
+        e = EFBIG;
+    size_t size = e ? 0 : (size_t)st.st_size, got = 0;
+    char *b = e ? NULL : malloc(size + 1);
+    if (!e && !b)
+        e = ENOMEM;
+    while (!e && got < size) {
+        ssize_t r = pread(fd, b + got, size - got, (off_t)got);
+        if (r < 0 && errno != EINTR)
+            e = errno;
+        else if (r == 0)
+            break;          /* cut short meanwhile: what there is will be judged */
+        else if (r > 0)
+            got += (size_t)r;
+    }
+    close(fd);
+    if (e) {
+        free(b);
+        return e;
+    }
+    b[got] = 0;
+    *text = b;
+    *n = got;
+    return 0;
+}
+
+/* Writes v in decimal at p; returns the number of characters. */
+static size_t put_dec(char *p, uint64_t v)
+{
+    char t[20];
+    size_t k = 0;
+    do
+        t[k++] = (char)('0' + v % 10);
+    while (v /= 10);
+    for (size_t i = 0; i < k; i++)
+        p[i] = t[k - 1 - i];
+    return k;
+}
+
+/* Reads a decimal number at *p (digits, no leading zero but in 0 itself, no overflow) and the
+ * character sep after it, and moves *p past them; false when they are not there. */
+static bool get_dec(const char **p, uint64_t *v, char sep)
+{
+    const char *q = *p;
+    if (*q < '0' || *q > '9' || (q[0] == '0' && q[1] >= '0' && q[1] <= '9'))
+        return false;
+    uint64_t x = 0;
+    for (; *q >= '0' && *q <= '9'; q++) {
+        if (x > (UINT64_MAX - (uint64_t)(*q - '0')) / 10)
+            return false;
+        x = x * 10 + (uint64_t)(*q - '0');
+    }
+    if (*q != sep)
+        return false;
+    *v = x;
+    *p = q + 1;
+    return true;
+}
+
+/* Puts pending offsets p[0..n) in increasing order, each once, in out (room for n), as cursor
+ * files hold them (their reader insists on it); returns how many there are. */
+static size_t sort_pending(const uint64_t *p, size_t n, uint64_t *out)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t j = k;
+        while (j > 0 && out[j - 1] > p[i])
+            j--;
+        if (j > 0 && out[j - 1] == p[i])
+            continue;
+        memmove(out + j + 1, out + j, (k - j) * sizeof *out);
+        out[j] = p[i];
+        k++;
+    }
+    return k;
+}
+
 static store_status log_commit(store *s, const char *name, uint64_t high, const uint64_t *pending,
                                size_t npending)
 {
     log_t *l = (log_t *)s;
-    if (l->curfd < 0 || l->o.read_only)
-        return fail(l, STORE_EINVAL, "%s: opened read-only", l->dir);
-    char tmp[256], *text = malloc(64 + 21 * (npending + 2));
+    char *text = malloc(64 + 21 * (npending + 2));
     uint64_t *sorted = malloc((npending ? npending : 1) * sizeof *sorted);
     if (!text || !sorted) {
         free(text);
         free(sorted);
         return fail(l, STORE_EIO, "out of memory");
     }
-    /* Written in increasing order, each once (the reader insists on it). */
-    size_t k = 0;
-    for (size_t i = 0; i < npending; i++) {
-        size_t j = k;
-        while (j > 0 && sorted[j - 1] > pending[i])
-            j--;
-        if (j > 0 && sorted[j - 1] == pending[i])
-            continue;
-        memmove(sorted + j + 1, sorted + j, (k - j) * sizeof *sorted);
-        sorted[j] = pending[i];
-        k++;
-    }
+    npending = sort_pending(pending, npending, sorted);
     pending = sorted;
-    npending = k;
     int n = npending ? sprintf(text, "ebr-cursor 2 %" PRIu64 " %zu", high, npending)
                      : sprintf(text, "ebr-cursor 1 %" PRIu64, high);
     for (size_t i = 0; i < npending; i++)
         n += sprintf(text + n, " %" PRIu64, pending[i]);
     n += sprintf(text + n, " %08x\n", vm_crc32c(0, text, (size_t)n));
-    snprintf(tmp, sizeof tmp, ".%s.tmp", name);
-    pthread_mutex_lock(&l->commit_mu);
-    int fd = openat(l->curfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    bool ok = fd >= 0 && write_all(fd, (const unsigned char *)text, (size_t)n, 0) &&
-              fdatasync(fd) == 0;
-    if (fd >= 0)
-        ok = close(fd) == 0 && ok;
-    ok = ok && renameat(l->curfd, tmp, l->curfd, name) == 0 && fsync(l->curfd) == 0;
-    store_status st = STORE_OK;
-    if (!ok) {
-        st = fail(l, STORE_EIO, "%s/cursors/%s: cannot write: %s", l->dir, name, strerror(errno));
-        unlinkat(l->curfd, tmp, 0);
-    }
-    pthread_mutex_unlock(&l->commit_mu);
+    store_status st = cursor_file_write(l, name, text, (size_t)n);
     free(text);
     free(sorted);
     return st;
 }
 
-static store_status log_committed(store *s, const char *name, uint64_t *high, uint64_t *pending,
-                                  size_t *npending)
+/* Parses named cursor file text[0..n) (a NUL after it) into *high and pending[0..*npending)
+ * (room for STORE_MAX_PENDING).  Strictly: the whole file one line, digits only, no overflow,
+ * pending offsets increasing and below the position, the checksum over all of it; false when it
+ * is not so. */
+static bool parse_cursor(const char *text, size_t n, uint64_t *high, uint64_t *pending,
+                         size_t *npending)
 {
-    log_t *l = (log_t *)s;
-    if (l->curfd < 0)
-        return fail(l, STORE_NOTFOUND, "%s/cursors/%s: no such cursor", l->dir, name);
-    int fd = openat(l->curfd, name, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return fail(l, errno == ENOENT ? STORE_NOTFOUND : STORE_EIO, "%s/cursors/%s: %s", l->dir,
-                    name, strerror(errno));
-    char text[64 + 21 * (STORE_MAX_PENDING + 2)];
-    ssize_t n = read(fd, text, sizeof text - 1);
-    close(fd);
-    text[n > 0 ? n : 0] = 0;
-    /* Strictly: the whole file one line, digits only, no overflow, pending offsets increasing
-     * and below the position, the checksum over all of it. */
     const char *sp = strrchr(text, ' ');
-    bool ok = n > 0 && (size_t)n == strlen(text) && sp && text[n - 1] == '\n' &&
+    bool ok = n > 0 && n == strlen(text) && sp && text[n - 1] == '\n' &&
               !strncmp(text, "ebr-cursor ", 11) && strlen(sp + 1) == 9;
     uint64_t nums[STORE_MAX_PENDING + 3];
     size_t nn = 0;
@@ -2130,11 +2234,299 @@ static store_status log_committed(store *s, const char *name, uint64_t *high, ui
         }
     } else
         ok = false;
+    *npending = ok ? count : 0;
+    return ok;
+}
+
+static store_status log_committed(store *s, const char *name, uint64_t *high, uint64_t *pending,
+                                  size_t *npending)
+{
+    log_t *l = (log_t *)s;
+    if (l->curfd < 0)
+        return fail(l, STORE_NOTFOUND, "%s/cursors/%s: no such cursor", l->dir, name);
+    char *text;
+    size_t n;
+    int e = read_whole(l->curfd, name, CURSOR_MAX_BYTES, &text, &n);
+    if (e && e != EFBIG)
+        return fail(l, e == ENOENT ? STORE_NOTFOUND : STORE_EIO, "%s/cursors/%s: %s", l->dir,
+                    name, strerror(e));
+    bool ok = !e && parse_cursor(text, n, high, pending, npending);
+    free(text);
     if (!ok)
         return fail(l, STORE_CORRUPT, "%s/cursors/%s: not a cursor file, or its checksum does not "
                     "match", l->dir, name);
-    *npending = count;
     return STORE_OK;
+}
+
+static store_status log_commit_set(store *s, const char *set, uint64_t base,
+                                   const store_pos *const *e, size_t n)
+{
+    log_t *l = (log_t *)s;
+    size_t cap = 64 + 10;
+    for (size_t i = 0; i < n; i++)
+        cap += strlen(e[i]->name) + 3 * 21 + 21 * e[i]->npending;
+    char *text = malloc(cap);
+    if (!text)
+        return fail(l, STORE_EIO, "out of memory");
+    size_t k = (size_t)sprintf(text, "ebr-cursorset 1 %" PRIu64 " %zu\n", base, n);
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(e[i]->name);
+        memcpy(text + k, e[i]->name, len);
+        k += len;
+        text[k++] = ' ';
+        k += put_dec(text + k, e[i]->high);
+        text[k++] = ' ';
+        uint64_t sorted[STORE_MAX_PENDING];
+        size_t np = sort_pending(e[i]->pending, e[i]->npending, sorted);
+        k += put_dec(text + k, np);
+        for (size_t j = 0; j < np; j++) {
+            text[k++] = ' ';
+            k += put_dec(text + k, sorted[j]);
+        }
+        text[k++] = '\n';
+    }
+    k += (size_t)sprintf(text + k, "%08x\n", vm_crc32c(0, text, k));
+    char file[VM_MAX_NAME + 2];
+    snprintf(file, sizeof file, "@%s", set);
+    store_status st = cursor_file_write(l, file, text, k);
+    free(text);
+    return st;
+}
+
+/* Parses the entry line at *p into x (prev: the name of the entry before it, or NULL) and moves
+ * *p past it; NULL, or what is wrong (x then holds what to free). */
+static const char *parse_pos(const char **p, store_pos *x, const char *prev)
+{
+    const char *q = *p, *sp = q;
+    while (*sp && *sp != ' ' && *sp != '\n')
+        sp++;
+    size_t len = (size_t)(sp - q);
+    if (*sp != ' ' || len == 0 || len > VM_MAX_NAME)
+        return "a bad name";
+    if (!(x->name = malloc(len + 1)))
+        return "out of memory";
+    memcpy(x->name, q, len);
+    x->name[len] = 0;
+    if (!store_cursor_name_ok(x->name))
+        return "a bad name";
+    if (prev && strcmp(prev, x->name) >= 0)
+        return "names out of order or repeated";
+    q = sp + 1;
+    uint64_t k;
+    if (!get_dec(&q, &x->high, ' '))
+        return "a bad position";
+    /* "HIGH 0\n", or "HIGH K P1 .. PK\n" */
+    if (get_dec(&q, &k, '\n') ? k != 0 : !get_dec(&q, &k, ' ') || k == 0)
+        return "a bad count of pending offsets";
+    if (k > STORE_MAX_PENDING)
+        return "more pending offsets than a cursor keeps";
+    if (k && !(x->pending = malloc((size_t)k * sizeof *x->pending)))
+        return "out of memory";
+    for (size_t j = 0; j < k; j++) {
+        if (!get_dec(&q, &x->pending[j], j + 1 < k ? ' ' : '\n'))
+            return "a bad pending offset, or not as many as the count says";
+        if (x->pending[j] >= x->high || (j > 0 && x->pending[j] <= x->pending[j - 1]))
+            return "pending offsets not strictly increasing below the position";
+        x->npending = j + 1;
+    }
+    *p = q;
+    return NULL;
+}
+
+/* Parses cursor set file text[0..n) (a NUL after it; the text is changed) into *base and the
+ * entries *e[0..*ne) (malloc'd).  Strictly: the checksum over everything before its line, no
+ * NUL byte, the header's version and count, each entry as parse_pos wants it, nothing after the
+ * last entry but the checksum.  False when it is not so, with the reason in why. */
+static bool parse_set(char *text, size_t n, uint64_t *base, store_pos **e, size_t *ne,
+                      char *why, size_t whycap)
+{
+    *e = NULL;
+    *ne = 0;
+    const char *crc_at = n >= 10 ? text + n - 9 : NULL;
+    uint32_t crc = 0;
+    for (int i = 0; crc_at && i < 8; i++) {
+        char c = crc_at[i];
+        if ((c < '0' || c > '9') && (c < 'a' || c > 'f'))
+            crc_at = NULL;
+        else
+            crc = crc << 4 | (uint32_t)(c <= '9' ? c - '0' : c - 'a' + 10);
+    }
+    if (!crc_at || crc_at[-1] != '\n' || text[n - 1] != '\n') {
+        snprintf(why, whycap, "its last line is not a checksum (a torn file?)");
+        return false;
+    }
+    size_t body = (size_t)(crc_at - text);
+    if (vm_crc32c(0, text, body) != crc) {
+        snprintf(why, whycap, "its checksum does not match");
+        return false;
+    }
+    if (memchr(text, 0, n)) {
+        snprintf(why, whycap, "it holds a NUL byte");
+        return false;
+    }
+    text[body] = 0;     /* every read below stops before the checksum's line */
+    const char *p = text;
+    uint64_t version, count;
+    if (strncmp(p, "ebr-cursorset ", 14) != 0 || (p += 14, !get_dec(&p, &version, ' '))) {
+        snprintf(why, whycap, "not a cursor set file (line 1)");
+        return false;
+    }
+    if (version != 1) {
+        snprintf(why, whycap, "format version %" PRIu64 " is not supported (this build reads 1)",
+                 version);
+        return false;
+    }
+    /* (an entry's line takes at least 6 bytes: a larger count is damage) */
+    if (!get_dec(&p, base, ' ') || !get_dec(&p, &count, '\n') || count > body / 6) {
+        snprintf(why, whycap, "line 1: a bad base or count");
+        return false;
+    }
+    store_pos *v = count ? calloc((size_t)count, sizeof *v) : NULL;
+    if (count && !v) {
+        snprintf(why, whycap, "out of memory");
+        return false;
+    }
+    const char *bad = NULL;
+    size_t i = 0;
+    for (; i < count && !bad; i++)
+        bad = parse_pos(&p, &v[i], i ? v[i - 1].name : NULL);
+    if (!bad && *p) {
+        bad = "more lines than the count says";
+        i++;
+    }
+    if (bad) {
+        snprintf(why, whycap, "line %zu: %s", i + 1, bad);
+        store_set_free(v, (size_t)count);
+        return false;
+    }
+    *e = v;
+    *ne = (size_t)count;
+    return true;
+}
+
+static store_status log_committed_set(store *s, const char *set, uint64_t *base, store_pos **e,
+                                      size_t *n)
+{
+    log_t *l = (log_t *)s;
+    char file[VM_MAX_NAME + 2], *text, why[200];
+    snprintf(file, sizeof file, "@%s", set);
+    if (l->curfd < 0)
+        return fail(l, STORE_NOTFOUND, "%s/cursors/%s: no such cursor set", l->dir, file);
+    size_t len;
+    int err = read_whole(l->curfd, file, SET_MAX_BYTES, &text, &len);
+    if (err == EFBIG)
+        return fail(l, STORE_CORRUPT, "%s/cursors/%s: a damaged cursor set: larger than %u bytes",
+                    l->dir, file, SET_MAX_BYTES);
+    if (err)
+        return fail(l, err == ENOENT ? STORE_NOTFOUND : STORE_EIO, "%s/cursors/%s: %s", l->dir,
+                    file, strerror(err));
+    bool ok = parse_set(text, len, base, e, n, why, sizeof why);
+    free(text);
+    if (!ok)
+        return fail(l, STORE_CORRUPT, "%s/cursors/%s: a damaged cursor set: %s", l->dir, file, why);
+    return STORE_OK;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The names of the entries of directory dirfd but "." and "..", sorted (strcmp), in *out
+ * (malloc'd, as each name).  False with errno set when it cannot be read. */
+static bool list_dir(int dirfd, char ***out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d) {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        errno = e;
+        return false;
+    }
+    char **v = NULL;
+    size_t k = 0, cap = 0;
+    bool ok = true;
+    struct dirent *de;
+    while (ok && (errno = 0, de = readdir(d))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        if (k == cap) {
+            char **w = realloc(v, (cap = cap ? 2 * cap : 16) * sizeof *v);
+            ok = w != NULL;
+            v = w ? w : v;
+        }
+        if (ok && !(v[k] = strdup(de->d_name)))
+            ok = false;
+        k += ok;
+    }
+    int e = ok ? errno : ENOMEM;    /* (readdir's, when it ended the loop on an error) */
+    closedir(d);
+    if (!ok || e) {
+        while (k)
+            free(v[--k]);
+        free(v);
+        errno = e;
+        return false;
+    }
+    if (k > 1)
+        qsort(v, k, sizeof *v, cmp_str);
+    *out = v;
+    *n = k;
+    return true;
+}
+
+/* Is file name `file` of cursors/ a named cursor's (set false) or a cursor set's (set true)? */
+static bool is_cursor_file(const char *file, bool set)
+{
+    return (file[0] == '@') == set && store_cursor_name_ok(file + set);
+}
+
+static store_status log_names(store *s, bool sets, char ***out, size_t *n)
+{
+    log_t *l = (log_t *)s;
+    *out = NULL;
+    *n = 0;
+    if (l->curfd < 0)
+        return STORE_OK;
+    char **v;
+    size_t k;
+    if (!list_dir(l->curfd, &v, &k))
+        return fail(l, STORE_EIO, "%s/cursors: cannot list: %s", l->dir, strerror(errno));
+    size_t m = 0;
+    for (size_t i = 0; i < k; i++) {
+        struct stat st;
+        if (is_cursor_file(v[i], sets) && fstatat(l->curfd, v[i], &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+            S_ISREG(st.st_mode)) {
+            if (sets)
+                memmove(v[i], v[i] + 1, strlen(v[i]));   /* the set's name: no '@' */
+            v[m++] = v[i];
+        } else
+            free(v[i]);
+    }
+    *out = v;
+    *n = m;
+    return STORE_OK;
+}
+
+static store_status log_forget(store *s, const char *name)
+{
+    log_t *l = (log_t *)s;
+    if (l->curfd < 0 || l->o.read_only)
+        return fail(l, STORE_EINVAL, "%s: opened read-only", l->dir);
+    store_status st = STORE_OK;
+    pthread_mutex_lock(&l->commit_mu);
+    if (unlinkat(l->curfd, name, 0) == 0) {
+        if (fsync(l->curfd) != 0)
+            st = fail(l, STORE_EIO, "%s/cursors: cannot sync after removing %s: %s", l->dir, name,
+                      strerror(errno));
+    } else if (errno != ENOENT)
+        st = fail(l, STORE_EIO, "%s/cursors/%s: cannot remove: %s", l->dir, name, strerror(errno));
+    pthread_mutex_unlock(&l->commit_mu);
+    return st;
 }
 
 /* ---- Closing, figures ------------------------------------------------------------------- */
@@ -2224,6 +2616,10 @@ static const store_ops log_ops = {
     .cursor_close = log_cursor_close,
     .commit = log_commit,
     .committed = log_committed,
+    .names = log_names,
+    .forget = log_forget,
+    .commit_set = log_commit_set,
+    .committed_set = log_committed_set,
     .retain = log_retain,
     .health = log_health,
     .error = log_error,
@@ -2261,6 +2657,68 @@ static int open_segments(const char *dir, uint64_t **bases, size_t *n, char *err
         return -1;
     }
     return dirfd;
+}
+
+/* Checks the files of dir/cursors (dirfd: dir's descriptor): reports each damaged named cursor or
+ * cursor set as a problem, then a line for them all.  A commit's temporary file (left by a
+ * crash) is passed over, another file is mentioned without being counted. */
+static void check_cursors(const char *dir, int dirfd, check_ctx *k)
+{
+    int fd = openat(dirfd, "cursors", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    char **files = NULL;
+    size_t nfiles = 0;
+    if (fd < 0 || !list_dir(fd, &files, &nfiles)) {
+        if (errno != ENOENT)
+            reportf(count_problem, k, "%s/cursors: cannot read: %s", dir, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    long before = k->problems;
+    size_t singles = 0, sets = 0, positions = 0;
+    for (size_t i = 0; i < nfiles; i++) {
+        const char *f = files[i];
+        bool set = f[0] == '@';
+        if (f[0] == '.')
+            continue;
+        if (!is_cursor_file(f, set)) {
+            reportf(k->fn, k->arg, "%s/cursors/%s: not a cursor's file (passed over)", dir, f);
+            continue;
+        }
+        char *text, why[200];
+        size_t n;
+        int e = read_whole(fd, f, set ? SET_MAX_BYTES : CURSOR_MAX_BYTES, &text, &n);
+        snprintf(why, sizeof why, "%s", e == EFBIG ? "too large" : strerror(e));
+        bool ok = !e;
+        if (ok && set) {
+            uint64_t base;
+            store_pos *v;
+            size_t nv;
+            ok = parse_set(text, n, &base, &v, &nv, why, sizeof why);
+            store_set_free(v, nv);
+            positions += nv;
+        } else if (ok) {
+            uint64_t high, pending[STORE_MAX_PENDING];
+            size_t np;
+            ok = parse_cursor(text, n, &high, pending, &np);
+            snprintf(why, sizeof why, "not a cursor file, or its checksum does not match");
+        }
+        free(text);
+        if (!ok)
+            reportf(count_problem, k, "%s/cursors/%s: a damaged %s: %s", dir, f,
+                    set ? "cursor set" : "named cursor", why);
+        else if (set)
+            sets++;
+        else
+            singles++;
+    }
+    reportf(k->fn, k->arg, "%s/cursors: %zu named cursor%s, %zu cursor set%s (%zu positions)%s",
+            dir, singles, singles == 1 ? "" : "s", sets, sets == 1 ? "" : "s", positions,
+            k->problems == before ? ": ok" : "");
+    for (size_t i = 0; i < nfiles; i++)
+        free(files[i]);
+    free(files);
+    close(fd);
 }
 
 long log_check(const char *dir, bool fix, report_fn fn, void *arg, char *err, size_t errcap)
@@ -2345,6 +2803,7 @@ long log_check(const char *dir, bool fix, report_fn fn, void *arg, char *err, si
         prev_next = g.next;
         free(g.idx);
     }
+    check_cursors(dir, dirfd, &k);
     char line[300];
     snprintf(line, sizeof line, "%s: %zu segments, %" PRIu64 " records, %" PRIu64 " bytes: %ld problem%s",
              dir, n, records, bytes, k.problems, k.problems == 1 ? "" : "s");

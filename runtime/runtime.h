@@ -35,7 +35,8 @@ bool rt_cloudevent_check(const char *s, size_t n, char *why, size_t whycap);
  * with the time it was appended (ns since the epoch, never decreasing along the offsets) and 32
  * flag bits that belong to the caller.  Appends are acknowledged under the store's fsync policy;
  * cursors read in order from an offset or a time and wait for more; named cursors persist a
- * reader's position.  Everything above this interface works the same on every backend.
+ * reader's position, cursor sets many readers' positions at once.  Everything above this
+ * interface works the same on every backend.
  * ------------------------------------------------------------------------------------------- */
 
 typedef enum {
@@ -44,7 +45,7 @@ typedef enum {
     STORE_BEHIND,     /* a cursor's position was deleted by retention (store_cursor_seek goes on) */
     STORE_CORRUPT,    /* a record fails its checks; the message gives file and position
                        * (store_cursor_skip goes past it) */
-    STORE_NOTFOUND,   /* no named cursor of that name was ever committed */
+    STORE_NOTFOUND,   /* no named cursor (or cursor set) of that name was ever committed */
     STORE_CLOSED,     /* the store is closing */
     STORE_EINVAL,     /* a bad argument: record too large, bad cursor name, append to read-only */
     STORE_EIO,        /* an I/O error; after a failed write or sync a log refuses appends until
@@ -132,6 +133,48 @@ store_status store_commit_pending(store *s, const char *name, uint64_t high,
 store_status store_committed_pending(store *s, const char *name, uint64_t *high,
                                      uint64_t *pending, size_t *npending);
 
+/* The names of the store's named cursors (store_commit, store_commit_pending), sorted (strcmp);
+ * cursor sets are not among them.  *names and each name are malloc'd: free each, then the array. */
+store_status store_cursor_names(store *s, char ***names, size_t *n);
+/* Removes named cursor name durably (its file gone, the directory synced): store_committed then
+ * gives STORE_NOTFOUND.  STORE_OK if there was none.  A cursor set of that name is left alone. */
+store_status store_forget(store *s, const char *name);
+
+/* Cursor sets: many named positions committed together in one write and one sync, for a reader
+ * with more positions than single named cursors could keep up with (the daemon's (rule, target)
+ * pairs).  A set has a name of its own (a cursor's name: a set and a named cursor of the same name
+ * are two different things), a base position, and entries: positions of names, each a named
+ * cursor's name (store_cursor_name_ok) with a position `high` and up to STORE_MAX_PENDING offsets
+ * below it still to be done, as store_commit_pending keeps.  What a name without an entry means
+ * is the caller's (for the daemon: at the base). */
+typedef struct {
+    char *name;             /* its name (letters, digits, '.', '_', '-'; not '.' first) */
+    uint64_t high;          /* everything below is done but the pending offsets */
+    uint64_t *pending;      /* offsets below high still to do: in any order, a repeated one
+                             * counting once (read back strictly increasing); NULL when none */
+    size_t npending;        /* at most STORE_MAX_PENDING */
+} store_pos;
+
+/* Commits cursor set `set` whole: base and the entries e[0..n) (in any order, each name once)
+ * replace what the set held, atomically (a crash leaves the old set or the new one, never a mix)
+ * and durably (on disk when it returns), in one write and one sync of the file, plus its rename
+ * and the directory's sync.  STORE_EINVAL for a bad set or entry name, a name given twice, more
+ * than STORE_MAX_PENDING pending offsets or one not below high, or a store opened read-only.  STORE_EIO when the write, a sync or the rename fails: the set
+ * then reads as it was (or, if only the directory's sync failed, as committed, perhaps not
+ * durably). */
+store_status store_commit_set(store *s, const char *set, uint64_t base, const store_pos *e,
+                              size_t n);
+/* Reads set `set` back: its base, and its entries in *e (malloc'd, free with store_set_free;
+ * NULL when n is 0), sorted by name (strcmp).  STORE_NOTFOUND when it was never committed;
+ * STORE_CORRUPT, with a message naming the file and what is wrong, when the file is damaged (a
+ * checksum that does not match, counts, names or offsets out of shape); STORE_EINVAL for a bad
+ * set name. */
+store_status store_committed_set(store *s, const char *set, uint64_t *base, store_pos **e,
+                                 size_t *n);
+void store_set_free(store_pos *e, size_t n);
+/* The names of the store's cursor sets, as store_cursor_names gives those of named cursors. */
+store_status store_set_names(store *s, char ***names, size_t *n);
+
 /* Applies retention as of now_ns (a background thread does this every second with the clock;
  * tests call it with a time of their choosing).  *deleted (may be NULL) counts segments deleted. */
 store_status store_retain(store *s, int64_t now_ns, unsigned *deleted);
@@ -162,16 +205,18 @@ typedef struct {
 void log_get_stats(store *s, log_stats *st);
 
 /* Tests only: fault injection.  When fn is set, the log's writer calls it before each write
- * ("write"), sync ("sync") and truncation ("truncate") of a segment file, and a non-zero return
- * makes that call fail with that errno, as if the system had refused it.  NULL by default (then
- * it costs a test of a pointer).  Set it before the calls it is to see. */
+ * ("write"), sync ("sync") and truncation ("truncate") of a segment file, and a commit before
+ * the write ("cursor write"), sync ("cursor sync") and rename ("cursor rename") of a named
+ * cursor's or a cursor set's temporary file; a non-zero return makes that call fail with that
+ * errno, as if the system had refused it.  NULL by default (then it costs a test of a pointer).
+ * Set it before the calls it is to see. */
 void log_set_fault(store *s, int (*fn)(void *arg, const char *op), void *arg);
 
 /* Verifies every record of the log in dir offline, reporting each problem (a torn tail, a corrupt
- * record with its file, position and offsets, a missing or stale index, a gap in the offsets)
- * through report; with fix, first repairs what can be repaired without losing a whole record (a
- * torn tail is truncated, indexes rebuilt).  Returns the number of problems left; -1 if dir is
- * not a log (message in err). */
+ * record with its file, position and offsets, a missing or stale index, a gap in the offsets, a
+ * damaged named cursor or cursor set file) through report; with fix, first repairs what can be
+ * repaired without losing a whole record (a torn tail is truncated, indexes rebuilt; never a
+ * cursor).  Returns the number of problems left; -1 if dir is not a log (message in err). */
 long log_check(const char *dir, bool fix, void (*report)(void *, const char *), void *arg,
                char *err, size_t errcap);
 

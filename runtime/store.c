@@ -1,6 +1,7 @@
 /*
  * store.c — the storage interface (runtime.h): each call goes to the backend that holds the bus.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "store_int.h"
@@ -91,6 +92,94 @@ store_status store_committed_pending(store *s, const char *name, uint64_t *high,
     if (!store_cursor_name_ok(name))
         return STORE_EINVAL;
     return s->ops->committed(s, name, high, pending, npending);
+}
+
+/* The backend's names (none when it fails). */
+static store_status names(store *s, bool sets, char ***out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    return s->ops->names(s, sets, out, n);
+}
+
+store_status store_cursor_names(store *s, char ***out, size_t *n)
+{
+    return names(s, false, out, n);
+}
+
+store_status store_set_names(store *s, char ***out, size_t *n)
+{
+    return names(s, true, out, n);
+}
+
+store_status store_forget(store *s, const char *name)
+{
+    if (!store_cursor_name_ok(name))
+        return STORE_EINVAL;
+    return s->ops->forget(s, name);
+}
+
+/* strcmp order of the names of two entries (pointers to them), for qsort. */
+static int cmp_pos(const void *a, const void *b)
+{
+    return strcmp((*(const store_pos *const *)a)->name, (*(const store_pos *const *)b)->name);
+}
+
+/* Is e one entry of a cursor set: a good name, pending offsets few enough and below high? */
+static bool pos_ok(const store_pos *e)
+{
+    if (!e->name || !store_cursor_name_ok(e->name) || e->npending > STORE_MAX_PENDING ||
+        (e->npending && !e->pending))
+        return false;
+    for (size_t i = 0; i < e->npending; i++)
+        if (e->pending[i] >= e->high)
+            return false;
+    return true;
+}
+
+/* Checks the entries and hands them to the backend sorted by name (each name once). */
+store_status store_commit_set(store *s, const char *set, uint64_t base, const store_pos *e,
+                              size_t n)
+{
+    if (!store_cursor_name_ok(set) || (n && !e))
+        return STORE_EINVAL;
+    const store_pos **sorted = malloc((n ? n : 1) * sizeof *sorted);
+    if (!sorted)
+        return STORE_EIO;
+    store_status st = STORE_OK;
+    for (size_t i = 0; i < n && st == STORE_OK; i++) {
+        sorted[i] = &e[i];
+        if (!pos_ok(&e[i]))
+            st = STORE_EINVAL;
+    }
+    if (st == STORE_OK && n > 1)
+        qsort(sorted, n, sizeof *sorted, cmp_pos);
+    for (size_t i = 1; i < n && st == STORE_OK; i++)
+        if (!strcmp(sorted[i - 1]->name, sorted[i]->name))
+            st = STORE_EINVAL;
+    if (st == STORE_OK)
+        st = s->ops->commit_set(s, set, base, sorted, n);
+    free(sorted);
+    return st;
+}
+
+store_status store_committed_set(store *s, const char *set, uint64_t *base, store_pos **e,
+                                 size_t *n)
+{
+    *e = NULL;
+    *n = 0;
+    if (!store_cursor_name_ok(set))
+        return STORE_EINVAL;
+    return s->ops->committed_set(s, set, base, e, n);
+}
+
+void store_set_free(store_pos *e, size_t n)
+{
+    for (size_t i = 0; e && i < n; i++) {
+        free(e[i].name);
+        free(e[i].pending);
+    }
+    free(e);
 }
 
 store_status store_retain(store *s, int64_t now_ns, unsigned *deleted)

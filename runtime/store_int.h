@@ -24,6 +24,14 @@ typedef struct {
                            size_t npending);
     store_status (*committed)(store *s, const char *name, uint64_t *high, uint64_t *pending,
                               size_t *npending);
+    /* names: the named cursors' (sets false) or the cursor sets' (sets true), sorted (strcmp) */
+    store_status (*names)(store *s, bool sets, char ***names, size_t *n);
+    store_status (*forget)(store *s, const char *name);
+    /* e[0..n): sorted by name, each once, checked (store.c); pending offsets in any order */
+    store_status (*commit_set)(store *s, const char *set, uint64_t base,
+                               const store_pos *const *e, size_t n);
+    store_status (*committed_set)(store *s, const char *set, uint64_t *base, store_pos **e,
+                                  size_t *n);
     store_status (*retain)(store *s, int64_t now_ns, unsigned *deleted);
     bool (*health)(store *s, char *err, size_t errcap);
     const char *(*error)(store *s);
