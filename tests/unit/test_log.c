@@ -1,7 +1,7 @@
 /*
  * test_log.c — the bus log (runtime/log.c, docs/storage.md): appends and reads, group commit and
- * the fsync contract, cursors by offset and by time, waiting readers, retention, named cursors,
- * recovery from torn and corrupted files written on purpose, a writer killed with SIGKILL
+ * the fsync contract, cursors by offset and by time, waiting readers, retention, named cursors
+ * and cursor sets (atomic replacement, damaged files refused), recovery from torn and corrupted files written on purpose, a writer killed with SIGKILL
  * mid-append (EBR_CRASH_ROUNDS rounds, 20 by default; `make soak` runs 500), and recovery without
  * a reopen from failed writes and syncs (a full disk, an I/O error).
  */
@@ -1469,6 +1469,485 @@ Test(log, cursor_files_are_read_strictly)
     cr_expect_eq(store_committed(s, "c", &off), STORE_OK);
     cr_expect_eq(off, 5);
     store_close(s);
+    remove_dir(d);
+    free(d);
+}
+
+/* ---- cursor sets ---------------------------------------------------------------------------- */
+
+/* Entry i of a test set: names in increasing order with i ("p0000042.t"), a position, and for
+ * some entries pending offsets (every 7th entry i % 5 of them, entry 3 as many as a cursor keeps). */
+static void set_entry(size_t i, store_pos *e, uint64_t gen)
+{
+    char name[32];
+    snprintf(name, sizeof name, "p%07zu.t%zu", i, i % 3);
+    e->name = strdup(name);
+    e->high = gen * 1000000000ull + i * 1000 + 500;
+    e->npending = i == 3 ? STORE_MAX_PENDING : i % 7 == 0 ? i % 5 : 0;
+    e->pending = e->npending ? malloc(e->npending * sizeof *e->pending) : NULL;
+    for (size_t j = 0; j < e->npending; j++)
+        e->pending[j] = e->high - 1 - (e->npending - j);
+}
+
+/* A test set of n entries of generation gen, in a shuffled order (the commit sorts them). */
+static store_pos *make_set(size_t n, uint64_t gen)
+{
+    store_pos *e = calloc(n ? n : 1, sizeof *e);
+    for (size_t i = 0; i < n; i++)
+        set_entry(i, &e[i], gen);
+    unsigned seed = (unsigned)n;
+    for (size_t i = n; i > 1; i--) {
+        size_t j = (size_t)rand_r(&seed) % i;
+        store_pos t = e[i - 1];
+        e[i - 1] = e[j];
+        e[j] = t;
+    }
+    return e;
+}
+
+/* Reads set `set` back and expects the test set of n entries of generation gen, base base. */
+static void expect_set(store *s, const char *set, uint64_t base, size_t n, uint64_t gen)
+{
+    uint64_t got_base;
+    store_pos *e;
+    size_t got;
+    store_status st = store_committed_set(s, set, &got_base, &e, &got);
+    cr_assert_eq(st, STORE_OK, "set %s: status %d: %s", set, st, store_error(s));
+    cr_expect_eq(got_base, base);
+    cr_assert_eq(got, n, "set %s: %zu entries, not %zu", set, got, n);
+    for (size_t i = 0; i < n; i++) {
+        store_pos want;
+        set_entry(i, &want, gen);
+        cr_assert_str_eq(e[i].name, want.name, "entry %zu", i);
+        cr_assert_eq(e[i].high, want.high, "entry %zu", i);
+        cr_assert_eq(e[i].npending, want.npending, "entry %zu", i);
+        for (size_t j = 0; j < want.npending; j++)
+            cr_assert_eq(e[i].pending[j], want.pending[j], "entry %zu, pending %zu", i, j);
+        free(want.name);
+        free(want.pending);
+    }
+    store_set_free(e, got);
+}
+
+/* The test's own hook: counts the commits' writes, syncs and renames. */
+typedef struct {
+    _Atomic int writes, syncs, renames;
+    const char *fail_op;            /* this operation fails with EIO (NULL: none) */
+    bool die;                       /* ... or the process dies there, as in a crash */
+} cursor_hook;
+
+static int count_cursor_ops(void *arg, const char *op)
+{
+    cursor_hook *h = arg;
+    h->writes += !strcmp(op, "cursor write");
+    h->syncs += !strcmp(op, "cursor sync");
+    h->renames += !strcmp(op, "cursor rename");
+    if (h->fail_op && !strcmp(op, h->fail_op)) {
+        if (h->die)
+            raise(SIGKILL);
+        return EIO;
+    }
+    return 0;
+}
+
+/* A set of 0, 1 and 100,000 entries (pending offsets among them, up to STORE_MAX_PENDING) reads
+ * back as committed, sorted by name, after a reopen; each commit is one write and one sync of one
+ * file; reading 100,000 entries back is quick. */
+Test(log, cursor_sets_round_trip, .timeout = 120)
+{
+    char *d = new_dir();
+    store *s = open_log(d, STORE_FSYNC_NEVER, 0);
+    cursor_hook h = { 0 };
+    log_set_fault(s, count_cursor_ops, &h);
+    uint64_t base;
+    store_pos *e;
+    size_t n;
+    cr_expect_eq(store_committed_set(s, "big", &base, &e, &n), STORE_NOTFOUND);
+    cr_expect(e == NULL && n == 0);
+    size_t sizes[3] = { 0, 1, 100000 };
+    const char *names[3] = { "empty", "one", "big" };
+    for (int k = 0; k < 3; k++) {
+        store_pos *set = make_set(sizes[k], 1);
+        int w = h.writes, y = h.syncs, r = h.renames;
+        double t0 = mono_s();
+        cr_assert_eq(store_commit_set(s, names[k], 77 + (uint64_t)k, set, sizes[k]), STORE_OK, "%s",
+                     store_error(s));
+        cr_log_info("%zu entries committed in %.1f ms", sizes[k], (mono_s() - t0) * 1e3);
+        cr_expect(h.writes == w + 1 && h.syncs == y + 1 && h.renames == r + 1,
+                  "%s: %d writes, %d syncs, %d renames", names[k], h.writes - w, h.syncs - y,
+                  h.renames - r);
+        store_set_free(set, sizes[k]);
+    }
+    store_close(s);
+    char path[300];
+    snprintf(path, sizeof path, "%s/cursors/@big", d);
+    uint64_t size = file_size(path);
+    cr_expect(size > 100000 * 14 && size < 8u << 20, "100,000 entries take %" PRIu64 " bytes", size);
+    s = open_log(d, STORE_FSYNC_NEVER, 0);
+    for (int k = 0; k < 3; k++)
+        expect_set(s, names[k], 77 + (uint64_t)k, sizes[k], 1);
+    double best = 1e9;
+    for (int i = 0; i < 5; i++) {
+        double t0 = mono_s();
+        cr_assert_eq(store_committed_set(s, "big", &base, &e, &n), STORE_OK);
+        double t = mono_s() - t0;
+        best = t < best ? t : best;
+        store_set_free(e, n);
+    }
+    cr_log_info("100,000 entries (%" PRIu64 " bytes) read in %.1f ms", size, best * 1e3);
+    cr_expect_lt(best, 1.0, "reading 100,000 entries took %.3f s", best);
+    /* a new commit replaces the set whole */
+    store_pos *set = make_set(3, 2);
+    cr_assert_eq(store_commit_set(s, "big", 5, set, 3), STORE_OK);
+    store_set_free(set, 3);
+    expect_set(s, "big", 5, 3, 2);
+    store_close(s);
+    remove_dir(d);
+    free(d);
+}
+
+/* Set and entry names are cursor names; entries are checked before anything is written. */
+Test(log, cursor_set_names_and_entries_are_validated)
+{
+    char *d = new_dir();
+    store *s = open_log(d, STORE_FSYNC_NEVER, 0);
+    store_pos *good = make_set(2, 1);
+    char long_name[VM_MAX_NAME + 2];
+    memset(long_name, 'a', sizeof long_name - 1);
+    long_name[sizeof long_name - 1] = 0;
+    const char *bad_sets[] = { "", ".hidden", "a/b", "@x", "a b", "..", long_name };
+    uint64_t base;
+    store_pos *e;
+    size_t n;
+    for (size_t i = 0; i < sizeof bad_sets / sizeof *bad_sets; i++) {
+        cr_expect_eq(store_commit_set(s, bad_sets[i], 0, good, 2), STORE_EINVAL, "set '%s'", bad_sets[i]);
+        cr_expect_eq(store_committed_set(s, bad_sets[i], &base, &e, &n), STORE_EINVAL, "set '%s'", bad_sets[i]);
+    }
+    long_name[VM_MAX_NAME] = 0;
+    cr_expect_eq(store_commit_set(s, long_name, 0, good, 2), STORE_OK, "a name of 200 bytes");
+    uint64_t p3[3] = { 1, 2, 3 }, p_high[1] = { 10 };
+    uint64_t many[STORE_MAX_PENDING + 1];
+    for (size_t i = 0; i <= STORE_MAX_PENDING; i++)
+        many[i] = i;
+    store_pos bad[] = {
+        { "", 10, NULL, 0 }, { ".x", 10, NULL, 0 }, { "a@b", 10, NULL, 0 }, { "a\nb", 10, NULL, 0 },
+        { NULL, 10, NULL, 0 }, { "r.t", 10, p_high, 1 }, { "r.t", 3, p3, 3 }, { "r.t", 1000, many, STORE_MAX_PENDING + 1 },
+        { "r.t", 10, NULL, 1 },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        store_pos two[2] = { good[0], bad[i] };
+        cr_expect_eq(store_commit_set(s, "v", 0, two, 2), STORE_EINVAL, "bad entry %zu", i);
+    }
+    store_pos twice[3] = { good[0], good[1], good[0] };
+    cr_expect_eq(store_commit_set(s, "v", 0, twice, 3), STORE_EINVAL, "a name twice");
+    cr_expect_eq(store_committed_set(s, "v", &base, &e, &n), STORE_NOTFOUND, "nothing was written");
+    store_pos ok[2] = { { "r.t", 1000, many, STORE_MAX_PENDING }, { "r.u", 0, NULL, 0 } };
+    cr_expect_eq(store_commit_set(s, "v", 0, ok, 2), STORE_OK, "the limits themselves: %s", store_error(s));
+    /* pending offsets in any order, a repeated one counting once, as store_commit_pending takes them */
+    uint64_t p_any[5] = { 9, 4, 7, 4, 9 };
+    store_pos any = { "r.t", 10, p_any, 5 };
+    cr_assert_eq(store_commit_set(s, "v", 0, &any, 1), STORE_OK, "%s", store_error(s));
+    cr_assert_eq(store_committed_set(s, "v", &base, &e, &n), STORE_OK);
+    cr_assert(n == 1 && e[0].npending == 3, "%zu entries, %zu pending", n, n ? e[0].npending : 0);
+    cr_expect(e[0].pending[0] == 4 && e[0].pending[1] == 7 && e[0].pending[2] == 9);
+    store_set_free(e, n);
+    store_set_free(good, 2);
+    store_close(s);
+    /* a store opened read-only commits nothing */
+    store_options o = { .read_only = true, .report = collect };
+    char err[300];
+    cr_assert_eq(log_open(d, &o, &s, err, sizeof err), STORE_OK, "%s", err);
+    cr_expect_eq(store_commit_set(s, "v", 0, NULL, 0), STORE_EINVAL);
+    cr_expect_eq(store_forget(s, "x"), STORE_EINVAL);
+    cr_expect_eq(store_committed_set(s, "v", &base, &e, &n), STORE_OK, "but reads");
+    store_set_free(e, n);
+    store_close(s);
+    remove_dir(d);
+    free(d);
+}
+
+typedef struct {
+    store *s;
+    store_pos *v[2];
+    int fails;
+    _Atomic bool done;
+} set_committer;
+
+/* Commits set "delivery" 200 times, v[0] with base 1 and v[1] with base 2 in turn. */
+static void *commit_sets(void *arg)
+{
+    set_committer *c = arg;
+    for (int i = 0; i < 200; i++)
+        if (store_commit_set(c->s, "delivery", 1 + (uint64_t)(i % 2), c->v[i % 2], 1000) != STORE_OK)
+            c->fails++;
+    c->done = true;
+    return NULL;
+}
+
+/* A set is replaced atomically: a commit that fails at its rename, or a process that dies between
+ * writing the temporary file and the rename, leaves the old set readable; readers beside a
+ * committer never see a torn set. */
+Test(log, a_cursor_set_is_replaced_atomically, .timeout = 120)
+{
+    char *d = new_dir();
+    store *s = open_log(d, STORE_FSYNC_NEVER, 0);
+    store_pos *v1 = make_set(1000, 1), *v2 = make_set(1000, 2);
+    cr_assert_eq(store_commit_set(s, "delivery", 1, v1, 1000), STORE_OK);
+    cursor_hook h = { .fail_op = "cursor rename" };
+    log_set_fault(s, count_cursor_ops, &h);
+    cr_expect_eq(store_commit_set(s, "delivery", 2, v2, 1000), STORE_EIO);
+    cr_expect(strstr(store_error(s), "cursors/@delivery: cannot write"), "%s", store_error(s));
+    char tmp[300];
+    snprintf(tmp, sizeof tmp, "%s/cursors/.@delivery.tmp", d);
+    cr_expect_neq(access(tmp, F_OK), 0, "a failed commit leaves no temporary file");
+    h.fail_op = "cursor sync";
+    cr_expect_eq(store_commit_set(s, "delivery", 2, v2, 1000), STORE_EIO);
+    expect_set(s, "delivery", 1, 1000, 1);
+    store_close(s);
+
+    /* a crash after the temporary file is written and synced, before the rename */
+    pid_t pid = fork();
+    if (pid == 0) {
+        store_options o = { .fsync = STORE_FSYNC_NEVER, .report = collect };
+        store *c;
+        char err[300];
+        if (log_open(d, &o, &c, err, sizeof err) != STORE_OK)
+            _exit(1);
+        cursor_hook die = { .fail_op = "cursor rename", .die = true };
+        log_set_fault(c, count_cursor_ops, &die);
+        store_commit_set(c, "delivery", 2, v2, 1000);
+        _exit(2);
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    cr_assert(WIFSIGNALED(status), "the committer did not die at the rename (status %d)", status);
+    cr_expect_eq(access(tmp, F_OK), 0, "the temporary file is there");
+    s = open_log(d, STORE_FSYNC_NEVER, 0);
+    expect_set(s, "delivery", 1, 1000, 1);
+    char **names;
+    size_t n;
+    cr_assert_eq(store_cursor_names(s, &names, &n), STORE_OK);
+    cr_expect_eq(n, 0, "the temporary file is no cursor");
+    free(names);
+    cr_assert_eq(store_commit_set(s, "delivery", 2, v2, 1000), STORE_OK, "the next commit goes on");
+    expect_set(s, "delivery", 2, 1000, 2);
+    cr_expect_neq(access(tmp, F_OK), 0);
+
+    /* a reader beside a committer sees one whole set or the other */
+    set_committer c = { s, { v1, v2 }, 0, false };
+    pthread_t t;
+    pthread_create(&t, NULL, commit_sets, &c);
+    int reads = 0;
+    while (!c.done) {
+        uint64_t base;
+        store_pos *e;
+        size_t ne;
+        store_status st = store_committed_set(s, "delivery", &base, &e, &ne);
+        cr_assert_eq(st, STORE_OK, "read %d: %s", reads, store_error(s));
+        cr_assert(ne == 1000 && (base == 1 || base == 2), "read %d: a torn set", reads);
+        for (size_t i = 0; i < ne; i++)
+            cr_assert_eq(e[i].high / 1000000000ull, base, "read %d: entry %zu of another commit", reads, i);
+        store_set_free(e, ne);
+        reads++;
+    }
+    pthread_join(t, NULL);
+    cr_expect_eq(c.fails, 0, "the committer failed");
+    cr_log_info("%d reads beside 200 commits", reads);
+    store_set_free(v1, 1000);
+    store_set_free(v2, 1000);
+    store_close(s);
+    remove_dir(d);
+    free(d);
+}
+
+/* Writes body and the line of its checksum as file `file` of d/cursors. */
+static void write_with_crc(const char *d, const char *file, const char *body, size_t len)
+{
+    char path[300], *text = malloc(len + 10);
+    memcpy(text, body, len);
+    snprintf(text + len, 10, "%08x\n", vm_crc32c(0, body, len));
+    snprintf(path, sizeof path, "%s/cursors/%s", d, file);
+    write_file(path, text, len + 9);
+    free(text);
+}
+
+/* A torn set file (cut anywhere), a byte changed anywhere, and files whose checksum matches but
+ * whose text is out of shape are all refused as STORE_CORRUPT, naming the file. */
+Test(log, a_torn_or_edited_cursor_set_is_refused, .timeout = 120)
+{
+    char *d = new_dir();
+    store *s = open_log(d, STORE_FSYNC_NEVER, 0);
+    store_pos *v = make_set(20, 1);
+    cr_assert_eq(store_commit_set(s, "s", 9, v, 20), STORE_OK);
+    store_set_free(v, 20);
+    char path[300];
+    snprintf(path, sizeof path, "%s/cursors/@s", d);
+    size_t size;
+    char *good = read_file(path, &size);
+    uint64_t base;
+    store_pos *e;
+    size_t n;
+    for (size_t cut = 0; cut < size; cut++) {
+        write_file(path, good, cut);
+        cr_assert_eq(store_committed_set(s, "s", &base, &e, &n), STORE_CORRUPT, "cut at %zu", cut);
+        cr_assert(e == NULL && n == 0);
+    }
+    cr_expect(strstr(store_error(s), "/cursors/@s: a damaged cursor set: "), "%s", store_error(s));
+    for (size_t at = 0; at < size; at++)
+        for (int bit = 0; bit < 8; bit += 3) {
+            good[at] ^= (char)(1 << bit);
+            write_file(path, good, size);
+            cr_assert_eq(store_committed_set(s, "s", &base, &e, &n), STORE_CORRUPT, "byte %zu", at);
+            good[at] ^= (char)(1 << bit);
+        }
+    write_file(path, good, size);
+    expect_set(s, "s", 9, 20, 1);
+    free(good);
+    /* the checksum matches, the text is out of shape */
+    const char *ok = "ebr-cursorset 1 5 2\na.t 10 0\nb.t 20 2 3 4\n";
+    write_with_crc(d, "@s", ok, strlen(ok));
+    cr_assert_eq(store_committed_set(s, "s", &base, &e, &n), STORE_OK, "%s", store_error(s));
+    cr_expect(base == 5 && n == 2 && e[1].npending == 2 && e[1].pending[1] == 4);
+    store_set_free(e, n);
+    char many[4000] = "ebr-cursorset 1 5 1\na.t 1000 257";
+    for (int i = 0; i < 257; i++)
+        snprintf(many + strlen(many), sizeof many - strlen(many), " %d", i);
+    strcat(many, "\n");
+    const char *bad[] = {
+        "ebr-cursorset 1 5 2\nb.t 10 0\na.t 20 0\n", "ebr-cursorset 1 5 2\na.t 10 0\na.t 20 0\n",
+        "ebr-cursorset 1 5 3\na.t 10 0\nb.t 20 0\n", "ebr-cursorset 1 5 1\na.t 10 0\nb.t 20 0\n",
+        "ebr-cursorset 1 5 1\na.t 10 2 3\n", "ebr-cursorset 1 5 1\na.t 10 1 3 4\n",
+        "ebr-cursorset 1 5 1\na.t 10 2 4 3\n", "ebr-cursorset 1 5 1\na.t 10 2 3 3\n",
+        "ebr-cursorset 1 5 1\na.t 10 1 10\n", "ebr-cursorset 1 5 1\n.a 10 0\n",
+        "ebr-cursorset 1 5 1\na@b 10 0\n", "ebr-cursorset 1 5 1\na.t 010 0\n",
+        "ebr-cursorset 1 5 1\na.t -1 0\n", "ebr-cursorset 1 5 1\na.t 99999999999999999999 0\n",
+        "ebr-cursorset 1 5 1\na.t 10 0 \n", "ebr-cursorset 1 5 1\na.t  10 0\n",
+        "ebr-cursorset 1 5 1\na.t 10\n", "ebr-cursorset 1 5 1\na.t 10 0\r\n",
+        "ebr-cursorset 2 5 1\na.t 10 0\n", "ebr-cursor 1 5\n", "ebr-cursorset 1 5 1\na.t 10 0",
+        "ebr-cursorset 1 5 0\n\n", "ebr-cursorset 1 5 1000\na.t 10 0\n", "ebr-cursorset 1 5\n",
+        "", many,
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        write_with_crc(d, "@s", bad[i], strlen(bad[i]));
+        cr_expect_eq(store_committed_set(s, "s", &base, &e, &n), STORE_CORRUPT, "took %zu: '%s'", i, bad[i]);
+    }
+    const char nul[] = "ebr-cursorset 1 5 1\na.t\0 10 0\n";
+    write_with_crc(d, "@s", nul, sizeof nul - 1);
+    cr_expect_eq(store_committed_set(s, "s", &base, &e, &n), STORE_CORRUPT, "a NUL byte");
+    store_close(s);
+    remove_dir(d);
+    free(d);
+}
+
+/* store_cursor_names lists the named cursors, never the sets (nor temporary or stray files);
+ * store_forget removes one durably and leaves a set of the same name alone. */
+Test(log, cursor_names_and_forget)
+{
+    char *d = new_dir();
+    store *s = open_log(d, STORE_FSYNC_NEVER, 0);
+    char **names;
+    size_t n;
+    cr_assert_eq(store_cursor_names(s, &names, &n), STORE_OK);
+    cr_expect_eq(n, 0);
+    free(names);
+    cr_assert_eq(store_commit(s, "b.t", 2), STORE_OK);
+    cr_assert_eq(store_commit(s, "a.t", 1), STORE_OK);
+    uint64_t p[1] = { 3 };
+    cr_assert_eq(store_commit_pending(s, "z", 9, p, 1), STORE_OK);
+    store_pos e1 = { "a.t", 100, NULL, 0 };
+    cr_assert_eq(store_commit_set(s, "delivery", 50, &e1, 1), STORE_OK);
+    cr_assert_eq(store_commit_set(s, "a.t", 60, NULL, 0), STORE_OK);
+    char path[300];
+    const char *stray[] = { ".b.t.tmp", "@", "notes~" };
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/cursors/%s", d, stray[i]);
+        write_file(path, "x\n", 2);
+    }
+    snprintf(path, sizeof path, "%s/cursors/dir.t", d);
+    cr_assert_eq(mkdir(path, 0755), 0);
+    cr_assert_eq(store_cursor_names(s, &names, &n), STORE_OK);
+    cr_assert_eq(n, 3);
+    cr_expect(!strcmp(names[0], "a.t") && !strcmp(names[1], "b.t") && !strcmp(names[2], "z"),
+              "%s %s %s", names[0], names[1], names[2]);
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    cr_assert_eq(store_set_names(s, &names, &n), STORE_OK);
+    cr_assert_eq(n, 2);
+    cr_expect(!strcmp(names[0], "a.t") && !strcmp(names[1], "delivery"), "%s %s", names[0], names[1]);
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    /* a named cursor and a set of one name are two things */
+    uint64_t off, base;
+    store_pos *e;
+    cr_assert_eq(store_committed(s, "a.t", &off), STORE_OK);
+    cr_expect_eq(off, 1);
+    cr_assert_eq(store_committed_set(s, "a.t", &base, &e, &n), STORE_OK);
+    cr_expect(base == 60 && n == 0);
+    cr_expect_eq(store_committed(s, "delivery", &off), STORE_NOTFOUND, "a set is no named cursor");
+    cr_expect_eq(store_committed(s, "@delivery", &off), STORE_EINVAL);
+    cr_expect_eq(store_forget(s, "a.t"), STORE_OK);
+    cr_expect_eq(store_committed(s, "a.t", &off), STORE_NOTFOUND);
+    cr_assert_eq(store_committed_set(s, "a.t", &base, &e, &n), STORE_OK, "forget leaves the set");
+    cr_expect_eq(store_forget(s, "a.t"), STORE_OK, "forgetting it again");
+    cr_expect_eq(store_forget(s, "never"), STORE_OK);
+    cr_expect_eq(store_forget(s, "@delivery"), STORE_EINVAL);
+    cr_expect_eq(store_forget(s, ".b.t.tmp"), STORE_EINVAL);
+    cr_expect_eq(store_forget(s, "../x"), STORE_EINVAL);
+    cr_expect_eq(store_committed_set(s, "delivery", &base, &e, &n), STORE_OK);
+    cr_expect(base == 50 && n == 1);
+    store_set_free(e, n);
+    store_close(s);
+    s = open_log(d, STORE_FSYNC_NEVER, 0);
+    cr_assert_eq(store_cursor_names(s, &names, &n), STORE_OK);
+    cr_assert_eq(n, 2, "after a reopen");
+    cr_expect(!strcmp(names[0], "b.t") && !strcmp(names[1], "z"));
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    store_close(s);
+    remove_dir(d);
+    free(d);
+}
+
+/* log_check (ebc log check) reads every named cursor and cursor set, and reports a damaged one as
+ * a problem naming its file. */
+Test(log, check_verifies_named_cursors_and_cursor_sets)
+{
+    char *d = new_dir();
+    store *s = open_log(d, STORE_FSYNC_NEVER, 0);
+    append_range(s, 0, 10);
+    cr_assert_eq(store_commit(s, "r.t", 5), STORE_OK);
+    cr_assert_eq(store_commit(s, "r.u", 6), STORE_OK);
+    store_pos *v = make_set(3, 1);
+    cr_assert_eq(store_commit_set(s, "delivery", 4, v, 3), STORE_OK);
+    store_set_free(v, 3);
+    store_close(s);
+    char path[300], err[300];
+    snprintf(path, sizeof path, "%s/cursors/.r.t.tmp", d);
+    write_file(path, "torn", 4);
+    reports[0] = 0;
+    cr_expect_eq(log_check(d, false, collect, NULL, err, sizeof err), 0, "%s", reports);
+    cr_expect(strstr(reports, "/cursors: 2 named cursors, 1 cursor set (3 positions): ok\n"), "%s", reports);
+    cr_expect(!strstr(reports, ".r.t.tmp"), "a temporary file is passed over: %s", reports);
+    snprintf(path, sizeof path, "%s/cursors/@delivery", d);
+    size_t n;
+    char *text = read_file(path, &n);
+    write_file(path, text, n - 3);
+    free(text);
+    snprintf(path, sizeof path, "%s/cursors/r.u", d);
+    write_file(path, "ebr-cursor 1 6 00000000\n", 24);
+    snprintf(path, sizeof path, "%s/cursors/notes~", d);
+    write_file(path, "x", 1);
+    reports[0] = 0;
+    cr_expect_eq(log_check(d, false, collect, NULL, err, sizeof err), 2, "%s", reports);
+    cr_expect(strstr(reports, "/cursors/@delivery: a damaged cursor set: its last line is not a "
+                     "checksum"), "%s", reports);
+    cr_expect(strstr(reports, "/cursors/r.u: a damaged named cursor: "), "%s", reports);
+    cr_expect(strstr(reports, "/cursors/notes~: not a cursor's file (passed over)"), "%s", reports);
+    cr_expect(strstr(reports, "/cursors: 1 named cursor, 0 cursor sets (0 positions)\n"), "%s", reports);
+    cr_expect(strstr(reports, ": 2 problems\n"), "%s", reports);
     remove_dir(d);
     free(d);
 }
