@@ -1,9 +1,10 @@
 /*
  * test_log.c — the bus log (runtime/log.c, docs/storage.md): appends and reads, group commit and
  * the fsync contract, cursors by offset and by time, waiting readers, retention, named cursors
- * and cursor sets (atomic replacement, damaged files refused), recovery from torn and corrupted files written on purpose, a writer killed with SIGKILL
- * mid-append (EBR_CRASH_ROUNDS rounds, 20 by default; `make soak` runs 500), and recovery without
- * a reopen from failed writes and syncs (a full disk, an I/O error).
+ * and cursor sets (atomic replacement, damaged files refused), recovery from torn and corrupted
+ * files written on purpose, a writer killed with SIGKILL mid-append (EBR_CRASH_ROUNDS rounds, 20
+ * by default; `make soak` runs 500), and recovery without a reopen from failed writes and syncs
+ * (a full disk, an I/O error).
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
