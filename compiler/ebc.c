@@ -43,11 +43,13 @@ static const char usage[] =
     "  disasm RULES                   print each rule's bytecode (RULES is .ebr or .ebc)\n"
     "  explain RULES                  draw each bus's index as a tree\n"
     "  opcodes                        print the VM's opcode reference (Markdown)\n"
-    "  log check DIR [--fix]          verify a bus log offline: every record, every index\n"
-    "                                 (--fix first truncates a torn tail, rebuilds indexes)\n"
+    "  log check DIR [--fix]          verify a bus log offline: every record, every index,\n"
+    "                                 every cursor (--fix first truncates a torn tail,\n"
+    "                                 rebuilds indexes)\n"
     "  log dump DIR [--from OFFSET | --since TIME] [--json]\n"
     "                                 print a bus log's records in order, from an offset or\n"
     "                                 the first appended at or after TIME\n"
+    "  log cursors DIR [--json]       print a bus log's named cursors and cursor sets\n"
     "  --help, --version\n"
     "\n"
     "exit status:\n"
@@ -57,7 +59,8 @@ static const char usage[] =
     "  3  an input could not be read or is invalid (an .ebc file refused, an unreadable\n"
     "     events file, an event line that is not a JSON object)\n"
     "  4  ebc test: a transform failed for some event (and no event was invalid)\n"
-    "  5  ebc log: the log has problems (each printed), or a record could not be read\n";
+    "  5  ebc log: the log has problems (each printed), or a record or a cursor could not\n"
+    "     be read\n";
 
 /* Loads rules from .ebr source or an .ebc file (told apart by the file's first bytes, so that a
  * damaged .ebc is reported as one and not compiled as source); prints problems; NULL on failure,
@@ -809,14 +812,131 @@ static int cmd_log_dump(int argc, char **argv)
     return status;
 }
 
+/* One position: `HIGH [pending P1 P2 ...]`, or with json `"high":N,"pending":[...]`. */
+static void put_pos(uint64_t high, const uint64_t *pending, size_t n, bool json)
+{
+    if (json) {
+        printf("\"high\":%" PRIu64 ",\"pending\":[", high);
+        for (size_t i = 0; i < n; i++)
+            printf("%s%" PRIu64, i ? "," : "", pending[i]);
+        putchar(']');
+    } else {
+        printf("%" PRIu64 "%s", high, n ? " pending" : "");
+        for (size_t i = 0; i < n; i++)
+            printf(" %" PRIu64, pending[i]);
+    }
+}
+
+/* Prints the named cursors of s, one a line; false if one could not be read (reported). */
+static bool print_cursors(store *s, bool json)
+{
+    char **names;
+    size_t n;
+    if (store_cursor_names(s, &names, &n) != STORE_OK) {
+        fprintf(stderr, "ebc log cursors: %s\n", store_error(s));
+        return false;
+    }
+    bool ok = true;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t high, pending[STORE_MAX_PENDING];
+        size_t np;
+        if (store_committed_pending(s, names[i], &high, pending, &np) != STORE_OK) {
+            fprintf(stderr, "ebc log cursors: %s\n", store_error(s));
+            ok = false;
+        } else {
+            printf(json ? "{\"cursor\":\"%s\"," : "%s ", names[i]);
+            put_pos(high, pending, np, json);
+            puts(json ? "}" : "");
+        }
+        free(names[i]);
+    }
+    free(names);
+    return ok;
+}
+
+/* Prints the cursor sets of s: a line for each set, then (text) a line for each entry or (json)
+ * the entries in the set's line; false if one could not be read (reported). */
+static bool print_sets(store *s, bool json)
+{
+    char **names;
+    size_t n;
+    if (store_set_names(s, &names, &n) != STORE_OK) {
+        fprintf(stderr, "ebc log cursors: %s\n", store_error(s));
+        return false;
+    }
+    bool ok = true;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t base;
+        store_pos *e;
+        size_t ne;
+        if (store_committed_set(s, names[i], &base, &e, &ne) != STORE_OK) {
+            fprintf(stderr, "ebc log cursors: %s\n", store_error(s));
+            ok = false;
+        } else if (json) {
+            printf("{\"set\":\"%s\",\"base\":%" PRIu64 ",\"entries\":[", names[i], base);
+            for (size_t j = 0; j < ne; j++) {
+                printf("%s{\"name\":\"%s\",", j ? "," : "", e[j].name);
+                put_pos(e[j].high, e[j].pending, e[j].npending, true);
+                putchar('}');
+            }
+            puts("]}");
+        } else {
+            printf("@%s base %" PRIu64 " entries %zu\n", names[i], base, ne);
+            for (size_t j = 0; j < ne; j++) {
+                printf("  %s ", e[j].name);
+                put_pos(e[j].high, e[j].pending, e[j].npending, false);
+                putchar('\n');
+            }
+        }
+        store_set_free(e, ne);
+        free(names[i]);
+    }
+    free(names);
+    return ok;
+}
+
+static int cmd_log_cursors(int argc, char **argv)
+{
+    const char *dir = NULL;
+    bool json = false;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--json"))
+            json = true;
+        else if (!dir && argv[i][0] != '-')
+            dir = argv[i];
+        else {
+            fprintf(stderr, "ebc log cursors: unexpected argument '%s'\n", argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    if (!dir) {
+        fputs("usage: ebc log cursors DIR [--json]\n", stderr);
+        return EXIT_USAGE;
+    }
+    char err[512];
+    store *s;
+    store_options o = { .read_only = true };
+    if (log_open(dir, &o, &s, err, sizeof err) != STORE_OK) {
+        fprintf(stderr, "ebc log cursors: %s\n", err);
+        return EXIT_INPUT;
+    }
+    bool ok = print_cursors(s, json);
+    ok = print_sets(s, json) && ok;
+    store_close(s);
+    return ok ? EXIT_OK : EXIT_LOG;
+}
+
 static int cmd_log(int argc, char **argv)
 {
     if (argc >= 1 && !strcmp(argv[0], "check"))
         return cmd_log_check(argc - 1, argv + 1);
     if (argc >= 1 && !strcmp(argv[0], "dump"))
         return cmd_log_dump(argc - 1, argv + 1);
+    if (argc >= 1 && !strcmp(argv[0], "cursors"))
+        return cmd_log_cursors(argc - 1, argv + 1);
     fputs("usage: ebc log check DIR [--fix]\n"
-          "       ebc log dump DIR [--from OFFSET | --since TIME] [--json]\n", stderr);
+          "       ebc log dump DIR [--from OFFSET | --since TIME] [--json]\n"
+          "       ebc log cursors DIR [--json]\n", stderr);
     return EXIT_USAGE;
 }
 

@@ -22,7 +22,7 @@ expect_status 0 "$EBC" --help
 grep -q "exit status" "$T/out" || fail "--help does not document exit codes"
 for cmd in "compile RULES.ebr -o OUT.ebc" "check RULES" "test RULES EVENTS.jsonl" "bench RULES EVENTS.jsonl" \
            "--transforms" "disasm RULES" "explain RULES" "opcodes" "log check DIR \[--fix\]" \
-           "log dump DIR \[--from OFFSET | --since TIME\] \[--json\]"; do
+           "log dump DIR \[--from OFFSET | --since TIME\] \[--json\]" "log cursors DIR \[--json\]"; do
     grep -q -- "^  *$cmd" "$T/out" || fail "--help does not list '$cmd'"
 done
 expect_status 0 "$EBC" --version
@@ -173,6 +173,43 @@ grep -q "not a valid ruleset file: truncated .ebc file: 5 bytes" "$T/err" || fai
 # a sound .ebc is checked as the ruleset it holds
 expect_status 0 "$EBC" check "$T/orders.ebc"
 grep -q "ok: 3 rules" "$T/out" || fail "check of an .ebc prints '$(cat "$T/out")'"
+
+# ebc log check and ebc log cursors: named cursors and cursor sets, written here as
+# docs/storage.md describes them (a log of one empty segment; the checksums are CRC32C)
+L=$T/log
+mkdir -p "$L/cursors"
+printf 'EBRLOG\000\000\001\000\000\000\040\000\000\000' > "$L/00000000000000000000.seg"
+printf '\000\000\000\000\000\000\000\000\000\000\000\000\000\000\000\000' >> "$L/00000000000000000000.seg"
+printf 'ebr-cursor 1 7 b571391e\n' > "$L/cursors/audit"
+printf 'ebr-cursor 2 50 3 7 40 45 23055563\n' > "$L/cursors/orders.billing"
+printf 'ebr-cursorset 1 100 2\nr1.t1 120 0\nr2.t2 130 2 101 105\nd2636869\n' > "$L/cursors/@delivery"
+printf 'torn' > "$L/cursors/.audit.tmp"
+expect_status 0 "$EBC" log check "$L"
+grep -qx "$L/cursors: 2 named cursors, 1 cursor set (2 positions): ok" "$T/out" || fail "log check: $(cat "$T/out")"
+expect_status 0 "$EBC" log cursors "$L"
+printf '%s\n' "audit 7" "orders.billing 50 pending 7 40 45" "@delivery base 100 entries 2" "  r1.t1 120" \
+    "  r2.t2 130 pending 101 105" > "$T/want"
+cmp -s "$T/out" "$T/want" || fail "log cursors: $(cat "$T/out")"
+expect_status 0 "$EBC" log cursors --json "$L"
+printf '%s\n' '{"cursor":"audit","high":7,"pending":[]}' '{"cursor":"orders.billing","high":50,"pending":[7,40,45]}' \
+    '{"set":"delivery","base":100,"entries":[{"name":"r1.t1","high":120,"pending":[]},{"name":"r2.t2","high":130,"pending":[101,105]}]}' \
+    > "$T/want"
+cmp -s "$T/out" "$T/want" || fail "log cursors --json: $(cat "$T/out")"
+# ... a set edited by hand (its checksum no longer matches) and a torn named cursor
+printf 'ebr-cursorset 1 100 2\nr1.t1 121 0\nr2.t2 130 2 101 105\nd2636869\n' > "$L/cursors/@delivery"
+printf 'ebr-cursor 1 7 b57' > "$L/cursors/audit"
+expect_status 5 "$EBC" log check "$L"
+grep -qx "$L/cursors/@delivery: a damaged cursor set: its checksum does not match" "$T/out" ||
+    fail "log check, damaged set: $(cat "$T/out")"
+grep -q "^$L/cursors/audit: a damaged named cursor: " "$T/out" || fail "log check, torn cursor: $(cat "$T/out")"
+grep -qx "$L: 1 segments, 0 records, 32 bytes: 2 problems" "$T/out" || fail "log check summary: $(cat "$T/out")"
+expect_status 5 "$EBC" log cursors "$L"
+[ "$(cat "$T/out")" = "orders.billing 50 pending 7 40 45" ] || fail "log cursors, damaged files: $(cat "$T/out")"
+grep -q "^ebc log cursors: $L/cursors/@delivery: a damaged cursor set: " "$T/err" || fail "log cursors stderr: $(cat "$T/err")"
+grep -q "^ebc log cursors: $L/cursors/audit: " "$T/err" || fail "log cursors stderr: $(cat "$T/err")"
+expect_status 3 "$EBC" log cursors "$T/no-such-log"
+expect_status 2 "$EBC" log cursors
+expect_status 2 "$EBC" log cursors "$L" --frobnicate
 
 if [ "$fails" -ne 0 ]; then
     echo "$fails cli checks failed"
