@@ -243,6 +243,21 @@ static bool opt_size(cc_comp *c, cc_unit *u, ast *o, const char *w) { (void)c; r
 static bool opt_text(cc_comp *c, cc_unit *u, ast *o, const char *w) { (void)c; return one(u, o, w, V_TEXT); }
 static bool opt_int(cc_comp *c, cc_unit *u, ast *o, const char *w) { (void)c; return one(u, o, w, V_INT); }
 
+/* delivery_threads: a whole number from 1 to DELIVERY_THREADS_MAX. */
+#define DELIVERY_THREADS_MAX 256
+static bool opt_threads(cc_comp *c, cc_unit *u, ast *o, const char *w)
+{
+    (void)c;
+    double d;
+    if (!one(u, o, w, V_INT))
+        return false;
+    if (vm_number_value(u->text + o->a->tok.off, o->a->tok.len, &d) && d >= 1 &&
+        d <= DELIVERY_THREADS_MAX)
+        return true;
+    cc_error_at(u, o->a, "%s takes a number of threads from 1 to %d", w, DELIVERY_THREADS_MAX);
+    return false;
+}
+
 static bool word_is(cc_unit *u, ast *v, const char *word)
 {
     return v->kind == A_VALUE && v->op == TK_IDENT && strlen(word) == v->tok.len &&
@@ -509,6 +524,7 @@ static const struct opt_spec {
     { "tls_cert",       K_SERVER,                   opt_text,        false },
     { "tls_key",        K_SERVER,                   opt_text,        false },
     { "match_steps",    K_SERVER,                   opt_int,         false },
+    { "delivery_threads", K_SERVER,                 opt_threads,     false },
 };
 
 /* Options the language reserves but nothing carries out yet: refused with a clear message, so

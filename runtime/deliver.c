@@ -1,13 +1,16 @@
 /*
- * deliver.c — from the bus log to the targets.
+ * deliver.c — from the bus log to the targets (docs/ebd.md, "Delivery").
  *
- * Each (rule, target) pair has a worker thread with its own cursor on the rule's bus log and its
- * own durable named cursor ("RULE.TARGET"): it reads events in order, runs the matcher (its own
- * vm_ctx), runs the rule's transform for those the rule matches, and delivers the payload with
- * retries; an event whose delivery is exhausted or refused goes to the dead-letter target.  The
- * cursor is committed (after syncing file targets) every 200 ms or 256 events, so after a crash
- * delivery resumes from it: at least once.  A slow or failing target holds back only its own
- * pairs, and nothing queues in memory: the log is the queue.
+ * Per bus a router reads the log once, runs the matcher once per event and queues the event's
+ * offset for each (rule, target) pair whose rule matched it.  A pair is data, never a thread: a
+ * fixed pool of delivery threads (server { delivery_threads N }, by default one per core) gives
+ * each pair with something queued a turn: it runs the rule's transform and hands the payload
+ * over, http through one libcurl multi handle per thread, lines to files and events to buses in
+ * batches, retries on one timer heap per thread.  A slow or failing target holds back only its
+ * own pairs.  Where each pair stands is committed per bus in one cursor set (one write and one
+ * sync for every pair that moved) every 200 ms while events move, after syncing file targets;
+ * after a crash delivery resumes from it: at least once.  Idle, nothing polls: threads sleep
+ * until a router wakes them, or once a second.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -642,52 +645,293 @@ static void pairs_free(namelist *l)
     free(l->v);
 }
 
-/* Fixes where each pair without a cursor starts, committed at once: a pair that has never run,
- * at the end of its bus's log now; one that has run before and lost its cursor, at the oldest
- * event kept, loudly.  This runs while the rules are prepared, before ingest can acknowledge an
- * event under them (at start-up before the listener opens; at reload before the swap), so every
- * event acknowledged under these rules is at or after each new pair's start: none falls in a gap
- * between "acknowledged" and "the pair took its position".  An event acknowledged during a
- * reload, before the swap, may reach a rule that the reload adds (docs/ebd.md).  False, with
- * the cause in err, when a position cannot be read or made durable. */
-static bool claim_new_pairs(ebd *d, ebd_rules *r, char *err, size_t cap)
+/* ---- where each pair stands: the bus's cursor set --------------------------------------------
+ * Every pair of a bus keeps its position in one cursor set of the bus's log, SET_NAME, committed
+ * whole (one write and one sync per bus per commit, however many pairs moved): a base, the
+ * router's position, and an entry for each pair that is not at the base (something queued or in
+ * flight below it, a start above it).  A pair without an entry is at the base.  The book is the
+ * set as last committed, kept in memory across reloads; a commit replaces the entries of the
+ * pairs the running rules have and keeps the others (a pair a reload removed, a pair a reload
+ * is adding while the old rules still run). */
+
+#define SET_NAME "delivery"
+
+struct ebd_book {
+    pthread_mutex_t mu;
+    bool loaded;
+    bool broken;                  /* its set cannot be read: the bus's deliveries stay stopped */
+    uint64_t base;
+    store_pos *e;                 /* sorted by name */
+    size_t n;
+};
+
+void ebd_book_free(ebd_book *b)
 {
-    const vm_program *p = r->p;
-    namelist *known = calloc(d->nbuses ? d->nbuses : 1, sizeof *known);
-    bool *loaded = calloc(d->nbuses ? d->nbuses : 1, sizeof *loaded);
-    bool ok = known && loaded;
-    if (!ok)
-        snprintf(err, cap, "out of memory");
-    for (size_t i = 0; ok && i < r->nworkers; i++) {
-        ebd_worker *w = &r->workers[i];
-        uint32_t b = r->bus_of[p->rules[w->rule].bus];
-        if (b == VM_NONE)
-            continue;
-        store *s = d->buses[b]->s;
-        const char *bus = d->buses[b]->name;
-        if (!loaded[b] && !(ok = loaded[b] = pairs_load(d, bus, &known[b], err, cap)))
-            break;
-        uint64_t at, first;
-        store_status st = store_committed(s, w->cursor, &at);
-        if (st == STORE_NOTFOUND) {
-            store_bounds(s, &first, &at);
-            if (pairs_has(&known[b], w->cursor)) {
+    if (!b)
+        return;
+    store_set_free(b->e, b->n);
+    pthread_mutex_destroy(&b->mu);
+    free(b);
+}
+
+static int cmp_pos(const void *a, const void *b)
+{
+    return strcmp(((const store_pos *)a)->name, ((const store_pos *)b)->name);
+}
+
+static store_pos *book_find(const ebd_book *b, const char *name)
+{
+    store_pos key = { .name = (char *)name };
+    return b->n ? bsearch(&key, b->e, b->n, sizeof *b->e, cmp_pos) : NULL;
+}
+
+/* Appends a copy of (name, high, pending) to v[*n] (room is the caller's). */
+static bool pos_set(store_pos *p, const char *name, uint64_t high, const uint64_t *pend, size_t np)
+{
+    p->name = strdup(name);
+    p->high = high;
+    p->npending = np;
+    p->pending = np ? malloc(np * sizeof *pend) : NULL;
+    if (np && p->pending)
+        memcpy(p->pending, pend, np * sizeof *pend);
+    return p->name && (!np || p->pending);
+}
+
+/* The first time a bus is used: its set, or, from a data directory of a release that kept one
+ * cursor file per pair, those files converted into the set (written durably, then the files
+ * removed; a daemon stopped in between finds both, and the set wins).  Without either, a bus
+ * whose pairs ran before (known, DATA/pairs/BUS) lost its positions: every pair starts again
+ * from the oldest event kept, loudly, rather than skip its backlog.  A set that cannot be read
+ * marks the book broken: the bus's deliveries stay stopped, with an error in the log.  False
+ * only when the conversion cannot be written (err). */
+static bool book_load(ebd_bus *bus, const namelist *known, char *err, size_t cap)
+{
+    if (!bus->book) {
+        if (!(bus->book = calloc(1, sizeof *bus->book))) {
+            snprintf(err, cap, "out of memory");
+            return false;
+        }
+        pthread_mutex_init(&bus->book->mu, NULL);
+    }
+    ebd_book *bk = bus->book;
+    if (bk->loaded)
+        return true;
+    store *s = bus->s;
+    store_pos *e = NULL;
+    size_t n = 0;
+    uint64_t base = 0, first, next;
+    char **singles = NULL;
+    size_t nsingles = 0;
+    store_bounds(s, &first, &next);
+    store_status st = store_committed_set(s, SET_NAME, &base, &e, &n);
+    if (st == STORE_OK) {
+        /* single cursors left by a conversion that stopped before removing them: stale */
+        if (store_cursor_names(s, &singles, &nsingles) == STORE_OK)
+            for (size_t i = 0; i < nsingles; i++)
+                store_forget(s, singles[i]);
+    } else if (st == STORE_NOTFOUND) {
+        if (store_cursor_names(s, &singles, &nsingles) != STORE_OK) {
+            snprintf(err, cap, "bus '%s': cannot list its cursors: %s", bus->name, store_error(s));
+            return false;
+        }
+        e = calloc(nsingles + known->n + 1, sizeof *e);
+        if (!e) {
+            snprintf(err, cap, "out of memory");
+            return false;
+        }
+        base = next;
+        bool ok = true;
+        for (size_t i = 0; ok && i < nsingles; i++) {
+            uint64_t high, pend[STORE_MAX_PENDING];
+            size_t np = 0;
+            if (store_committed_pending(s, singles[i], &high, pend, &np) != STORE_OK) {
+                ebd_log(EBD_ERROR, "msg=\"cannot read a delivery cursor to convert it: the bus's "
+                        "deliveries stay stopped until it is fixed and ebd restarted\" bus=%s "
+                        "cursor=%s error=\"%s\"", bus->name, singles[i], store_error(s));
+                ok = false;
+                break;
+            }
+            ok = pos_set(&e[n++], singles[i], high, pend, np);
+            uint64_t low = np ? pend[0] : high;
+            if (low < base)
+                base = low;
+        }
+        /* pairs that ran but whose file is gone: from the oldest event kept */
+        for (size_t i = 0; ok && known->n && i < known->n; i++) {
+            bool have = false;
+            for (size_t k = 0; k < nsingles && !have; k++)
+                have = !strcmp(singles[k], known->v[i]);
+            if (have)
+                continue;
+            if (nsingles)
                 ebd_log(EBD_ERROR, "msg=\"a delivery cursor is missing though the pair has run "
                         "before: it starts again from the oldest event kept, so events may be "
                         "delivered twice, rather than skip its backlog\" bus=%s cursor=%s from=%"
-                        PRIu64 " end=%" PRIu64, bus, w->cursor, first, at);
-                at = first;
+                        PRIu64 " end=%" PRIu64, bus->name, known->v[i], first, next);
+            ok = pos_set(&e[n++], known->v[i], first, NULL, 0);
+            base = first;
+        }
+        if (ok && !nsingles && known->n) {
+            ebd_log(EBD_ERROR, "msg=\"the delivery positions of a bus are missing though its pairs "
+                    "have run before: they start again from the oldest event kept, so events may "
+                    "be delivered twice, rather than skip their backlog\" bus=%s from=%" PRIu64
+                    " end=%" PRIu64, bus->name, first, next);
+            store_set_free(e, n);
+            e = NULL;
+            n = 0;
+            base = first;
+        }
+        if (!ok) {
+            store_set_free(e, n);
+            e = NULL;
+            n = 0;
+            bk->broken = true;
+        } else {
+            if (n)
+                qsort(e, n, sizeof *e, cmp_pos);
+            if (nsingles || known->n) {
+                if (store_commit_set(s, SET_NAME, base, e, n) != STORE_OK) {
+                    snprintf(err, cap, "bus '%s': cannot write its delivery positions: %s",
+                             bus->name, store_error(s));
+                    store_set_free(e, n);
+                    for (size_t i = 0; i < nsingles; i++)
+                        free(singles[i]);
+                    free(singles);
+                    return false;
+                }
+                for (size_t i = 0; i < nsingles; i++)
+                    store_forget(s, singles[i]);
+                if (nsingles)
+                    ebd_log(EBD_INFO, "msg=\"delivery cursors converted into the bus's cursor set\" "
+                            "bus=%s cursors=%zu base=%" PRIu64, bus->name, nsingles, base);
             }
-            st = store_commit(s, w->cursor, at);
         }
-        if (st != STORE_OK) {
-            snprintf(err, cap, "delivery %s: cannot fix its position in bus '%s': %s", w->cursor,
-                     bus, store_error(s));
-            ok = false;
-        } else if (!pairs_has(&known[b], w->cursor) && !pairs_add(&known[b], w->cursor)) {
+    } else {
+        ebd_log(EBD_ERROR, "msg=\"cannot read the delivery positions: the bus's deliveries stay "
+                "stopped until they are fixed and ebd restarted\" bus=%s error=\"%s\"", bus->name,
+                store_error(s));
+        bk->broken = true;
+    }
+    for (size_t i = 0; i < nsingles; i++)
+        free(singles[i]);
+    free(singles);
+    bk->base = base;
+    bk->e = e;
+    bk->n = n;
+    bk->loaded = true;
+    return true;
+}
+
+/* ---- the pairs ---------------------------------------------------------------------------------
+ * A (rule, target) pair is data, never a thread: a queue of the offsets its rule matched (or
+ * failed), the deliveries it has in flight, where it starts.  Its bus's router fills the queue;
+ * one of the delivery threads empties it. */
+
+typedef struct {
+    uint64_t off;
+    char *failed;                 /* matching failed for the rule: why (malloc'd), else NULL */
+} qent;
+
+typedef struct ebd_pair ebd_pair;
+
+struct ebd_pair {
+    uint32_t rule, target, pbus;  /* in r->p */
+    uint32_t th;                  /* its delivery thread */
+    char *name;                   /* RULE.TARGET: its name in the cursor set */
+    const char *rule_name;
+    ebd_target *t;
+    bool runs;                    /* its bus's positions were read: it delivers */
+    bool in_order;                /* one delivery (or one batch of lines) at a time */
+    unsigned window;              /* otherwise: deliveries in flight at once */
+    uint64_t start;               /* it takes events from here on */
+    uint64_t *spend;              /* offsets its last run left pending below start: done first */
+    uint32_t nspend, ispend;
+    /* under its thread's mu: */
+    qent *q;
+    uint32_t qcap, qhead, qn;
+    bool catchup;                 /* the router stopped queueing for it at catchup_from... */
+    uint64_t catchup_from;
+    bool catching;                /* ...and it reads the log itself: cpos is the next offset */
+    uint64_t cpos;
+    uint64_t *fl;                 /* offsets taken and not finished (in flight, waiting a retry) */
+    uint32_t nfl, capfl;
+    bool on_ready;
+    ebd_pair *next_ready;
+    ebd_pair *next_snooze;        /* its thread's alone */
+    bool snoozed;
+    /* its thread's alone: */
+    unsigned running;             /* items not finished */
+};
+
+/* Fixes where each new pair starts: one that has never run, at the end of its bus's log now
+ * (an entry in the set, committed at once).  This runs while the rules are prepared, before
+ * ingest can acknowledge an event under them (at start-up before the listener opens; at reload
+ * before the swap), so every event acknowledged under these rules is at or after each new
+ * pair's start: none falls in a gap between "acknowledged" and "the pair took its position".
+ * An event acknowledged during a reload, before the swap, may reach a rule that the reload adds
+ * (docs/ebd.md).  The pairs that ever ran are listed in DATA/pairs/BUS.  False, with the cause
+ * in err, when a position cannot be read or made durable. */
+static bool claim_new_pairs(ebd *d, ebd_rules *r, ebd_pair *pairs, size_t npairs, char *err,
+                            size_t cap)
+{
+    const vm_program *p = r->p;
+    size_t nb = d->nbuses ? d->nbuses : 1;
+    namelist *known = calloc(nb, sizeof *known);
+    bool *used = calloc(nb, sizeof *used);
+    bool ok = known && used;
+    if (!ok)
+        snprintf(err, cap, "out of memory");
+    for (uint32_t b = 0; ok && b < p->nbuses; b++)
+        if (r->bus_of[b] != VM_NONE)
+            used[r->bus_of[b]] = true;
+    for (size_t b = 0; ok && b < d->nbuses; b++) {
+        if (!used[b])
+            continue;
+        ebd_bus *bus = d->buses[b];
+        if (!(ok = pairs_load(d, bus->name, &known[b], err, cap)) ||
+            !(ok = book_load(bus, &known[b], err, cap)))
+            break;
+        ebd_book *bk = bus->book;
+        if (bk->broken)
+            continue;
+        uint64_t first, next;
+        store_bounds(bus->s, &first, &next);
+        pthread_mutex_lock(&bk->mu);
+        /* (which pairs are new is decided before any name is added: the lists are sorted as
+         * read, and an added name goes unsorted at the end until they are sorted or written) */
+        size_t added = 0, n0 = bk->n;
+        bool *fresh = calloc(npairs + 1, sizeof *fresh);
+        store_pos *v = fresh ? realloc(bk->e, (bk->n + npairs + 1) * sizeof *v) : NULL;
+        if (!(ok = v != NULL))
             snprintf(err, cap, "out of memory");
+        else
+            bk->e = v;
+        for (size_t i = 0; ok && i < npairs; i++)
+            fresh[i] = r->bus_of[pairs[i].pbus] == b && !pairs_has(&known[b], pairs[i].name);
+        for (size_t i = 0; ok && i < npairs; i++) {
+            if (!fresh[i])
+                continue;
+            store_pos key = { .name = pairs[i].name };
+            if (!n0 || !bsearch(&key, bk->e, n0, sizeof *bk->e, cmp_pos)) {
+                if ((ok = pos_set(&bk->e[bk->n], pairs[i].name, next, NULL, 0))) {
+                    bk->n++;
+                    added++;
+                }
+            }
+            if (ok && !pairs_add(&known[b], pairs[i].name))
+                ok = false;
+            if (!ok)
+                snprintf(err, cap, "out of memory");
+        }
+        free(fresh);
+        if (added)
+            qsort(bk->e, bk->n, sizeof *bk->e, cmp_pos);
+        if (ok && added && store_commit_set(bus->s, SET_NAME, bk->base, bk->e, bk->n) != STORE_OK) {
+            snprintf(err, cap, "bus '%s': cannot fix where its new deliveries start: %s",
+                     bus->name, store_error(bus->s));
             ok = false;
         }
+        pthread_mutex_unlock(&bk->mu);
     }
     for (size_t b = 0; known && b < d->nbuses; b++) {
         if (ok && known[b].changed)
@@ -695,78 +939,8 @@ static bool claim_new_pairs(ebd *d, ebd_rules *r, char *err, size_t cap)
         pairs_free(&known[b]);
     }
     free(known);
-    free(loaded);
+    free(used);
     return ok;
-}
-
-bool ebd_rules_prepare(ebd *d, ebd_rules *r, char *err, size_t cap)
-{
-    const vm_program *p = r->p;
-    r->targets = calloc(p->ntargets ? p->ntargets : 1, sizeof *r->targets);
-    r->bus_of = calloc(p->nbuses ? p->nbuses : 1, sizeof *r->bus_of);
-    if (!r->targets || !r->bus_of) {
-        snprintf(err, cap, "out of memory");
-        return false;
-    }
-    for (uint32_t b = 0; b < p->nbuses; b++)
-        r->bus_of[b] = ebd_bus_index(d, vm_s(p, p->buses[b].name), p->buses[b].name.len);
-    for (uint32_t i = 0; i < p->ntargets; i++) {
-        r->targets[i].fd = -1;       /* freeing a half-prepared ruleset closes nothing else */
-        r->targets[i].dead_letter = VM_NONE;
-    }
-    for (uint32_t i = 0; i < p->ntargets; i++)
-        if (!prepare_target(d, r, i, err, cap))
-            return false;
-    for (uint32_t i = 0; i < p->nrules; i++)
-        r->nworkers += p->rules[i].ntgt;
-    r->workers = calloc(r->nworkers ? r->nworkers : 1, sizeof *r->workers);
-    size_t w = 0;
-    for (uint32_t i = 0; i < p->nrules; i++)
-        for (uint32_t k = 0; k < p->rules[i].ntgt; k++, w++) {
-            ebd_worker *x = &r->workers[w];
-            x->d = d;
-            x->r = r;
-            x->rule = i;
-            x->target = p->rule_targets[p->rules[i].tgt0 + k];
-            snprintf(x->cursor, sizeof x->cursor, "%.*s.%.*s", (int)p->rules[i].name.len,
-                     vm_s(p, p->rules[i].name), (int)p->targets[x->target].name.len,
-                     vm_s(p, p->targets[x->target].name));
-        }
-    return claim_new_pairs(d, r, err, cap);
-}
-
-void ebd_rules_free(ebd_rules *r)
-{
-    if (!r)
-        return;
-    for (uint32_t i = 0; r->targets && i < r->p->ntargets; i++) {
-        ebd_target *x = &r->targets[i];
-        free(x->name);
-        free(x->url);
-        free(x->method);
-        curl_slist_free_all(x->headers);
-        free(x->sign_secret);
-        free(x->sign_header);
-        free(x->path);
-        if (x->fd >= 0)
-            close(x->fd);
-        for (char **a = x->argv; a && *a; a++)
-            free(*a);
-        free(x->argv);
-        cmd_env_free(x->envp);
-        free(x->dead_letter_file);
-        pthread_mutex_destroy(&x->mu);
-    }
-    for (uint32_t b = 0; r->bus_token && b < r->p->nbuses; b++)
-        free(r->bus_token[b]);
-    free(r->bus_token);
-    free(r->bus_max);
-    free(r->targets);
-    free(r->workers);
-    free(r->bus_of);
-    free(r->admin_token);
-    vm_program_free(r->p);
-    free(r);
 }
 
 /* ---- one attempt at one target -------------------------------------------------------------- */
@@ -867,16 +1041,6 @@ static void http_finish(ebd_target *t, CURL *h, CURLcode rc, const http_seen *se
     }
 }
 
-static void deliver_http(ebd_target *t, CURL *h, const char *payload, size_t n, bool text,
-                         attempt *a)
-{
-    struct curl_slist *headers;
-    http_seen seen;
-    http_prepare(t, h, payload, n, text, &headers, &seen);
-    CURLcode rc = curl_easy_perform(h);
-    curl_slist_free_all(headers);
-    http_finish(t, h, rc, &seen, a);
-}
 
 /* JSON text s[0..n) (valid: an event, a template's output, a function's checked answer) without
  * the white space between its tokens, to out (n bytes): on one line, as a string holds no raw
@@ -1007,22 +1171,6 @@ static bool try_slot(ebd_target *t)
     return ok;
 }
 
-/* Waits for a free slot of the target's concurrency limit and a token of its rate limit (or
- * for the daemon to stop: the attempt then goes ahead, counted, so that give_slot balances). */
-static void take_slot(_Atomic bool *stop, ebd_target *t)
-{
-    while (!try_slot(t)) {
-        if (atomic_load(stop)) {
-            pthread_mutex_lock(&t->mu);
-            t->busy++;
-            pthread_mutex_unlock(&t->mu);
-            return;
-        }
-        struct timespec ts = { 0, 2000000 };
-        nanosleep(&ts, NULL);
-    }
-}
-
 static void give_slot(ebd_target *t)
 {
     if (!t->concurrency && !t->rate_limit)
@@ -1030,51 +1178,6 @@ static void give_slot(ebd_target *t)
     pthread_mutex_lock(&t->mu);
     t->busy--;
     pthread_mutex_unlock(&t->mu);
-}
-
-static void attempt_once(ebd *d, _Atomic bool *stop, ebd_target *t, CURL *h, const char *payload,
-                         size_t n, bool text, attempt *a)
-{
-    *a = (attempt){ 0 };
-    take_slot(stop, t);
-    switch (t->kind) {
-    case T_HTTP: deliver_http(t, h, payload, n, text, a); break;
-    case T_FILE: deliver_file(t, payload, n, text, a); break;
-    case T_BUS: deliver_bus(d, t, payload, n, text, a); break;
-    default: deliver_exec(t, payload, n, a); break;
-    }
-    give_slot(t);
-}
-
-/* ---- the worker ----------------------------------------------------------------------------- */
-
-typedef struct {
-    ebd_worker *w;
-    ebd_rules *r;
-    ebd_bus *bus;
-    ebd_target *t;
-    CURL *curl, *dl_curl;
-    vm_ctx *ctx;
-    const char *rule_name;
-    unsigned seed;
-    store_cursor *c;              /* the worker's own cursor: jobs are read through it */
-    bool catching;                /* reading the log itself (the router skips this pair) */
-    uint64_t cpos;                /* catching up: the next offset to read */
-    uint64_t inhand;              /* run_in_order: the event being delivered (or UINT64_MAX) */
-} work;
-
-/* Sleeps ms, in steps, unless the daemon stops: false then. */
-static bool pause_ms(_Atomic bool *stop, int64_t ms)
-{
-    int64_t until = mono_ms() + ms;
-    while (!atomic_load(stop)) {
-        int64_t left = until - mono_ms();
-        if (left <= 0)
-            return true;
-        struct timespec ts = { 0, (left > 50 ? 50 : left) * 1000000 };
-        nanosleep(&ts, NULL);
-    }
-    return false;
 }
 
 static void iso_time(int64_t ms, char *buf, size_t cap)
@@ -1087,243 +1190,6 @@ static void iso_time(int64_t ms, char *buf, size_t cap)
     snprintf(buf, cap, "%s.%03dZ", b, (int)(ms % 1000));
 }
 
-/* Delivers a dead letter: the event, where it was going and why it did not get there.  Retried
- * until it is delivered or the daemon stops (false: the event is delivered again later). */
-static bool dead_letter(work *k, const store_record *rec, const attempt *a, unsigned attempts,
-                        int64_t first_ms, int64_t last_ms)
-{
-    ebd *d = k->w->d;
-    ebd_target *t = k->t, *dl = NULL;
-    const char *file = t->dead_letter_file;
-    const vm_rule *rule = &k->r->p->rules[k->w->rule];
-    if (rule->dead_letter != VM_NONE)
-        dl = &k->r->targets[rule->dead_letter];
-    else if (t->dead_letter != VM_NONE)
-        dl = &k->r->targets[t->dead_letter];
-    char esc[1024];      /* an error may quote a URL or a command's stderr: escaped for the log */
-    if (!dl && !file) {
-        ebd_log(EBD_ERROR, "msg=\"delivery dropped: no dead-letter target\" rule=%s target=%s "
-                "offset=%" PRIu64 " attempts=%u error=\"%s\"", k->rule_name, t->name, rec->offset,
-                attempts, ebd_log_text(a->error, esc, sizeof esc));
-        return true;
-    }
-    sbuf b = { 0 };
-    char t0[40], t1[40];
-    iso_time(first_ms, t0, sizeof t0);
-    iso_time(last_ms, t1, sizeof t1);
-    sb_puts(&b, "{\"event\":");
-    sb_put(&b, (const char *)rec->data, rec->len);
-    sb_puts(&b, ",\"rule\":");
-    sb_json_string(&b, k->rule_name, strlen(k->rule_name));
-    sb_puts(&b, ",\"target\":");
-    sb_json_string(&b, t->name, strlen(t->name));
-    if (a->status)
-        sb_printf(&b, ",\"status\":%ld", a->status);
-    else
-        sb_puts(&b, ",\"status\":null");
-    sb_puts(&b, ",\"error\":");
-    sb_json_string(&b, a->error, strlen(a->error));
-    sb_printf(&b, ",\"attempts\":%u,\"first_attempt\":\"%s\",\"last_attempt\":\"%s\",\"offset\":%"
-              PRIu64 "}", attempts, t0, t1, rec->offset);
-    ebd_log(EBD_WARN, "msg=\"dead letter\" rule=%s target=%s offset=%" PRIu64 " attempts=%u "
-            "status=%ld error=\"%s\"", k->rule_name, t->name, rec->offset, attempts, a->status,
-            ebd_log_text(a->error, esc, sizeof esc));
-    bool ok = false;
-    for (unsigned n = 0; !ok; n++) {
-        attempt da = { 0 };
-        if (file) {
-            ebd_target ft = { .name = t->name, .fsync = STORE_FSYNC_ALWAYS };
-            ft.fd = open_output(d, file, &ft.path, da.error, sizeof da.error);
-            if (ft.fd >= 0) {
-                deliver_file(&ft, b.v, b.n, false, &da);
-                close(ft.fd);
-            }
-            free(ft.path);
-        } else {
-            if (!k->dl_curl)
-                k->dl_curl = curl_easy_init();
-            attempt_once(d, &k->r->stop, dl, k->dl_curl, b.v, b.n, false, &da);
-            /* The cursor moves past the event once this returns: a dead letter in a file must
-             * be on disk by then, whatever that file target's own policy. */
-            if (!da.error[0] && dl->kind == T_FILE && dl->fsync != STORE_FSYNC_NEVER &&
-                fdatasync(dl->fd) != 0)
-                snprintf(da.error, sizeof da.error, "%s: %s", dl->path, strerror(errno));
-        }
-        ok = !da.error[0];
-        if (!ok) {
-            ebd_log(EBD_ERROR, "msg=\"dead-letter delivery failed\" rule=%s target=%s error=\"%s\"",
-                    k->rule_name, t->name, ebd_log_text(da.error, esc, sizeof esc));
-            if (!pause_ms(&k->r->stop, n < 10 ? 1000LL << (n < 6 ? n : 6) : 60000))
-                break;
-        }
-    }
-    sb_free(&b);
-    return ok;
-}
-
-/* How long to wait before attempt i+1 after attempt i failed with a: exponential backoff with
- * full jitter (a random wait up to first * 2^(i-1), capped at max), or the target's Retry-After
- * (capped at max too). */
-static int64_t backoff_ms(work *k, unsigned i, const attempt *a)
-{
-    const ebd_retry *r = &k->t->retry;
-    uint64_t cap = r->first_ms << (i - 1 < 30 ? i - 1 : 30);
-    if (cap > r->max_ms || cap == 0)
-        cap = r->max_ms;
-    int64_t wait = (int64_t)((double)rand_r(&k->seed) / RAND_MAX * (double)cap);
-    if (a->retry_after_ms > 0)
-        wait = a->retry_after_ms < (int64_t)r->max_ms ? a->retry_after_ms : (int64_t)r->max_ms;
-    return wait;
-}
-
-/* After attempt i failed: is another one allowed (retryable, attempts left, young enough)? */
-static bool may_retry(work *k, unsigned i, const attempt *a, const store_record *rec)
-{
-    int64_t age = real_ms() - rec->time_ns / 1000000;
-    return a->retry && i < k->t->retry.attempts && (uint64_t)age < k->t->retry.max_age_ms;
-}
-
-static void log_retry(work *k, const store_record *rec, unsigned i, int64_t wait, const attempt *a)
-{
-    char esc[1024];
-    ebd_log(EBD_INFO, "msg=\"delivery failed, will retry\" rule=%s target=%s offset=%" PRIu64
-            " attempt=%u wait_ms=%lld error=\"%s\"", k->rule_name, k->t->name, rec->offset, i,
-            (long long)wait, ebd_log_text(a->error, esc, sizeof esc));
-}
-
-/* Delivers one payload with the target's retry policy; false if the daemon stopped first (the
- * event is delivered again after the restart). */
-static bool deliver(work *k, const store_record *rec, const char *payload, size_t n, bool text)
-{
-    ebd *d = k->w->d;
-    ebd_target *t = k->t;
-    int64_t first = real_ms();
-    attempt a;
-    for (unsigned i = 1;; i++) {
-        attempt_once(d, &k->r->stop, t, k->curl, payload, n, text, &a);
-        if (!a.error[0]) {
-            if (i > 1)
-                ebd_log(EBD_INFO, "msg=\"delivered after retries\" rule=%s target=%s offset=%" PRIu64
-                        " attempts=%u", k->rule_name, t->name, rec->offset, i);
-            return true;
-        }
-        if (!may_retry(k, i, &a, rec))
-            return dead_letter(k, rec, &a, i, first, real_ms());
-        int64_t wait = backoff_ms(k, i, &a);
-        log_retry(k, rec, i, wait, &a);
-        if (!pause_ms(&k->r->stop, wait))
-            return false;
-    }
-}
-
-static bool rule_matched(const uint32_t *rules, size_t n, uint32_t rule)
-{
-    size_t lo = 0, hi = n;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        if (rules[mid] == rule)
-            return true;
-        if (rules[mid] < rule)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return false;
-}
-
-typedef struct flight flight;
-static uint64_t flight_offset(const flight *fl, unsigned i, bool *used);
-
-/* Says where the worker's cursor may go: `high`, less the offsets below it still to do (the
- * requests in flight fl[0..W), the event in hand, what the last run left pending and is not read
- * yet); the committer thread makes it durable (syncing file targets first), so no sync ever
- * holds a delivery up (a commit in the delivery path put the p99 of ingest-to-delivery at
- * 9-190 ms while the disk was busy; bench/ingest.c).  Keeping what is done above the oldest
- * event in flight is what lets a reload or restart skip it instead of delivering it again. */
-static void publish(work *k, uint64_t high, const flight *fl, unsigned W)
-{
-    ebd_worker *w = k->w;
-    uint64_t todo[STORE_MAX_PENDING + 1], low = high;
-    size_t n = 0;
-    bool over = false;
-    for (unsigned i = 0; i < W + 1 + (w->nspend - w->ispend); i++) {
-        uint64_t off;
-        bool used = true;
-        if (i < W)
-            off = flight_offset(fl, i, &used);
-        else if (i == W)
-            off = k->inhand, used = off != UINT64_MAX;
-        else
-            off = w->spend[w->ispend + (i - W - 1)];
-        if (!used || off >= high)
-            continue;
-        if (off < low)
-            low = off;
-        if (n < STORE_MAX_PENDING)
-            todo[n++] = off;
-        else
-            over = true;
-    }
-    uint64_t nh = over ? low : high;     /* too many to list: the lowest, as a plain cursor */
-    size_t nn = over ? 0 : n;
-    pthread_mutex_lock(&w->pmu);
-    if (nh != w->pubhigh || nn != w->npubpend || memcmp(w->pubpend, todo, nn * sizeof *todo)) {
-        w->pubhigh = nh;                 /* (only a change is a new version: idle pairs write nothing) */
-        w->npubpend = nn;
-        memcpy(w->pubpend, todo, nn * sizeof *todo);
-        w->pubver++;
-    }
-    pthread_mutex_unlock(&w->pmu);
-}
-
-/* Writes worker w's cursor if it moved: its file target synced first, then the cursor. */
-static void commit_now(ebd *d, ebd_rules *r, ebd_worker *w)
-{
-    if (!w->router)
-        return;
-    pthread_mutex_lock(&w->pmu);
-    uint64_t ver = w->pubver, high = w->pubhigh, pend[STORE_MAX_PENDING];
-    size_t n = w->npubpend;
-    memcpy(pend, w->pubpend, n * sizeof *pend);
-    pthread_mutex_unlock(&w->pmu);
-    if (ver == w->comver)
-        return;
-    ebd_target *t = &r->targets[w->target];
-    if (t->kind == T_FILE && t->fsync != STORE_FSYNC_NEVER && fdatasync(t->fd) != 0) {
-        /* The lines may not be on disk: the cursor stays where it is (they go again). */
-        ebd_log(EBD_ERROR, "msg=\"cannot sync a file target: its cursor stays\" cursor=%s file=%s "
-                "error=\"%s\"", w->cursor, t->path, strerror(errno));
-        return;
-    }
-    store *s = d->buses[r->bus_of[r->p->rules[w->rule].bus]]->s;
-    if (store_commit_pending(s, w->cursor, high, pend, n) == STORE_OK)
-        w->comver = ver;
-    else
-        ebd_log(EBD_ERROR, "msg=\"cannot commit cursor\" cursor=%s error=\"%s\"", w->cursor,
-                store_error(s));
-}
-
-static void *committer_main(void *arg)
-{
-    ebd_rules *r = arg;
-    ebd *d = r->workers ? r->workers[0].d : NULL;
-    while (d && !atomic_load(&r->stop)) {
-        struct timespec ts = { 0, COMMIT_EVERY_MS * 1000000L };
-        nanosleep(&ts, NULL);
-        for (size_t i = 0; i < r->nworkers; i++)
-            commit_now(d, r, &r->workers[i]);
-    }
-    return NULL;
-}
-
-/* The payload of record rec for this worker's rule: 0 when the rule does not match it, 1 with
- * *payload (malloc'd) when it does, -1 when matching failed for the rule (failed, or found
- * here) or the transform failed (why in err). */
-static int transform_payload(work *k, vm_xform_env *env, const store_record *rec, bool known,
-                             const char *failed, char **payload, size_t *plen, bool *text,
-                             char *err, size_t cap);
-
-/* ---- hops: events that bus targets pass from bus to bus ---------------------------------- */
 
 typedef struct {
     const char *s;
@@ -1363,12 +1229,13 @@ static bool keep_member(void *arg, const js_member *m)
  * cannot go round between buses for ever.  Past VM_MAX_BUS_HOPS: -1 with the reason in err (the
  * caller dead-letters it).  A payload that is not a JSON object is left as it is (deliver_bus
  * refuses it).  1 otherwise, *payload replaced. */
-static int stamp_hops(const store_record *rec, char **payload, size_t *plen, char *err, size_t cap)
+static int stamp_hops(const char *event, size_t len, char **payload, size_t *plen, char *err,
+                      size_t cap)
 {
-    hops_walk src = { .s = (const char *)rec->data };
-    size_t i = vm_json_ws(src.s, rec->len, 0);
-    if (i < rec->len && src.s[i] == '{')
-        js_each(src.s, rec->len, i, find_hops, &src);
+    hops_walk src = { .s = event };
+    size_t i = vm_json_ws(src.s, len, 0);
+    if (i < len && src.s[i] == '{')
+        js_each(src.s, len, i, find_hops, &src);
     unsigned hops = src.hops + 1;
     if (hops > VM_MAX_BUS_HOPS) {
         snprintf(err, cap, "the event has passed %u bus targets already (%s %u), the most "
@@ -1415,566 +1282,1218 @@ static const char *rule_failure(vm_ctx *ctx, uint32_t ri)
     return NULL;
 }
 
-/* Matches rec for the worker's rule itself (while it catches up, or for an event its last run
- * left pending), as the router would: 1 when the rule matches, 0 when not, -1 when matching
- * failed for the rule or for the event (why in err: the event goes to the dead letter). */
-static int match_here(work *k, const store_record *rec, char *err, size_t cap)
+
+/* ---- the engine: routers, delivery threads, committer ---------------------------------------- */
+
+#define QUEUE_CAP 1024            /* events queued per pair before it reads the log itself */
+#define BATCH_MAX 64              /* lines (file) or events (bus) a pair hands over at once */
+#define WINDOW_DEFAULT 16
+#define WINDOW_MAX 256
+#define PUMP_BUDGET 256           /* events one pair takes in one turn: then the others go */
+#define SNOOZE_MS 5               /* a pair level with the log waits for its router this long */
+#define IDLE_WAKE_MS 1000         /* an idle thread looks at its stop flag this often */
+
+/* An event as a delivery holds it: shared by the pairs that deliver it (fan-out), freed by
+ * the last. */
+typedef struct {
+    unsigned ref;
+    uint64_t off;
+    int64_t time_ns;
+    uint32_t len;
+    unsigned char data[];
+} recbuf;
+
+typedef struct item item;
+typedef struct dthread dthread;
+
+/* One delivery of one event by one pair: its payload, its attempts, its retry timer; when it
+ * is refused or exhausted, the same item carries the dead letter. */
+struct item {
+    ebd_pair *p;
+    uint64_t off;
+    recbuf *rec;                  /* NULL: not read yet (a read that failed: tried again) */
+    bool known;                   /* the router matched it for the rule */
+    bool made;                    /* its payload is made */
+    char *failed;                 /* matching failed for the rule: why */
+    char *payload;
+    size_t plen;
+    bool text;
+    ebd_target *t;                /* where the attempt goes: the pair's target, or its dead letter */
+    unsigned attempts;            /* at the pair's target */
+    int64_t first_ms;             /* the first attempt (real time) */
+    bool dl;                      /* payload is the dead letter */
+    const char *dl_file;          /* ...for this file (no dead-letter target) */
+    unsigned dl_tries;
+    bool slot;                    /* holds one of t's concurrency slots */
+    int64_t due;                  /* waiting: when to try again (monotonic ms) */
+    uint64_t seq;                 /* (equal dues go in the order they were set) */
+    CURL *h;                      /* http in flight */
+    struct curl_slist *headers;
+    http_seen seen;
+    item *next;                   /* in a batch, or the list of those waiting for a slot */
+};
+
+struct dthread {
+    ebd_engine *e;
+    unsigned idx;
+    pthread_t th;
+    bool started;
+    pthread_mutex_t mu;           /* its pairs' queues and in-flight lists, its ready list */
+    ebd_pair *ready, *ready_tail;
+    bool woken;
+    CURLM *multi;
+    vm_ctx *ctx;
+    store_cursor **cur;           /* per bus of the program, opened when first read */
+    recbuf *cache;                /* the last event read, of bus cache_bus */
+    uint32_t cache_bus;
+    item **heap;                  /* waiting items, by due */
+    size_t nheap, capheap;
+    uint64_t seq;
+    item *blocked;                /* waiting for a slot of their target */
+    ebd_pair *snooze;             /* pairs that could not read the log: again at snooze_until */
+    int64_t snooze_until;
+    struct { ebd_pair *p; uint64_t off; } *done;   /* finished, not yet out of their lists */
+    size_t ndone, capdone;
+    ebd_pair *same_p;             /* in a batch's results: the in-order pair that waits, and */
+    int64_t same_due;             /*   until when (its later events wait as long, in order) */
+    item **bfirst, **blast;       /* per target: the lines (file) or events (bus) to hand over */
+    uint32_t *touched;            /* targets with a batch */
+    size_t ntouched;
+    CURL **easy;                  /* handles to use again */
+    size_t neasy, capeasy;
+    unsigned running;             /* http transfers in flight */
+    unsigned seed;
+};
+
+typedef struct {
+    ebd_engine *e;
+    uint32_t pbus;
+    ebd_bus *bus;
+    ebd_pair **pairs;             /* its pairs, sorted by name */
+    size_t npairs;
+    ebd_pair **scratch;           /* the pairs an event goes to */
+    pthread_mutex_t mu;
+    uint64_t pos;                 /* the next offset it looks at: everything before is queued */
+    pthread_t th;
+    bool started;
+    _Atomic bool dirty;           /* moved since its last commit */
+} router;
+
+struct ebd_engine {
+    ebd *d;
+    ebd_rules *r;
+    ebd_pair *pairs;
+    size_t npairs;
+    uint32_t *rule_pair0;         /* per rule: its first pair (a rule's pairs are consecutive) */
+    char **rule_names;
+    router *routers;              /* per bus of the program */
+    dthread *th;
+    unsigned nth;
+    pthread_t committer;
+    bool committer_started;
+    pthread_mutex_t cmu;
+    pthread_cond_t ccv;
+    _Atomic bool cdirty;
+    _Atomic bool *file_dirty;     /* per target: lines written since its last sync */
+};
+
+/* ---- small pieces ----------------------------------------------------------------------------- */
+
+static void recbuf_put(recbuf *b)
 {
-    const vm_program *p = k->r->p;
+    if (b && --b->ref == 0)
+        free(b);
+}
+
+static void mark_dirty(ebd_engine *e)
+{
+    if (!atomic_exchange(&e->cdirty, true)) {
+        pthread_mutex_lock(&e->cmu);
+        pthread_cond_signal(&e->ccv);
+        pthread_mutex_unlock(&e->cmu);
+    }
+}
+
+/* Under th->mu: puts p on its thread's ready list. */
+static void pair_ready(dthread *th, ebd_pair *p)
+{
+    if (p->on_ready)
+        return;
+    p->on_ready = true;
+    p->next_ready = NULL;
+    if (th->ready_tail)
+        th->ready_tail->next_ready = p;
+    else
+        th->ready = p;
+    th->ready_tail = p;
+}
+
+/* Under th->mu: an offset taken (fl_add) or finished (fl_del). */
+static bool fl_add(ebd_pair *p, uint64_t off)
+{
+    if (p->nfl == p->capfl) {
+        uint32_t c = p->capfl ? p->capfl * 2 : 4;
+        uint64_t *v = realloc(p->fl, c * sizeof *v);
+        if (!v)
+            return false;
+        p->fl = v;
+        p->capfl = c;
+    }
+    p->fl[p->nfl++] = off;
+    return true;
+}
+
+static void fl_del(ebd_pair *p, uint64_t off)
+{
+    for (uint32_t i = 0; i < p->nfl; i++)
+        if (p->fl[i] == off) {
+            p->fl[i] = p->fl[--p->nfl];
+            break;
+        }
+    if (!p->nfl && p->capfl > 64) {
+        free(p->fl);
+        p->fl = NULL;
+        p->capfl = 0;
+    }
+}
+
+/* ---- the timer: a binary heap of waiting items ------------------------------------------------- */
+
+static bool heap_before(const item *a, const item *b)
+{
+    return a->due < b->due || (a->due == b->due && a->seq < b->seq);
+}
+
+static void heap_push(dthread *th, item *it, int64_t due)
+{
+    if (th->nheap == th->capheap) {
+        size_t c = th->capheap ? th->capheap * 2 : 64;
+        item **v = realloc(th->heap, c * sizeof *v);
+        if (!v) {
+            /* no memory for the timer: try it on the next turn instead */
+            due = mono_ms();
+            it->next = th->blocked;
+            th->blocked = it;
+            return;
+        }
+        th->heap = v;
+        th->capheap = c;
+    }
+    it->due = due;
+    it->seq = th->seq++;
+    size_t i = th->nheap++;
+    while (i > 0 && heap_before(it, th->heap[(i - 1) / 2])) {
+        th->heap[i] = th->heap[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    th->heap[i] = it;
+}
+
+static item *heap_pop(dthread *th)
+{
+    item *top = th->heap[0], *last = th->heap[--th->nheap];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= th->nheap)
+            break;
+        if (c + 1 < th->nheap && heap_before(th->heap[c + 1], th->heap[c]))
+            c++;
+        if (!heap_before(th->heap[c], last))
+            break;
+        th->heap[i] = th->heap[c];
+        i = c;
+    }
+    if (th->nheap)
+        th->heap[i] = last;
+    return top;
+}
+
+/* ---- reading events ---------------------------------------------------------------------------- */
+
+static store_cursor *thread_cursor(dthread *th, uint32_t pbus, uint64_t off)
+{
+    if (!th->cur[pbus]) {
+        ebd_engine *e = th->e;
+        store *s = e->d->buses[e->r->bus_of[pbus]]->s;
+        if (store_cursor_open(s, off, &th->cur[pbus]) != STORE_OK)
+            th->cur[pbus] = NULL;
+    }
+    return th->cur[pbus];
+}
+
+static recbuf *recbuf_of(const store_record *rec)
+{
+    recbuf *b = malloc(sizeof *b + rec->len + 1);
+    if (!b)
+        return NULL;
+    b->ref = 1;
+    b->off = rec->offset;
+    b->time_ns = rec->time_ns;
+    b->len = rec->len;
+    memcpy(b->data, rec->data, rec->len);
+    b->data[rec->len] = 0;
+    return b;
+}
+
+/* The event at off on bus pbus, shared (a reference the caller puts back): the last one read is
+ * kept, since in a fan-out many pairs read the same event one after another; queued events are
+ * often consecutive, so the cursor seeks only when it is not there already.  STORE_BEHIND when
+ * retention deleted it; another status when it cannot be read now. */
+static store_status read_event(dthread *th, uint32_t pbus, uint64_t off, recbuf **out)
+{
+    if (th->cache && th->cache->off == off && th->cache_bus == pbus) {
+        th->cache->ref++;
+        *out = th->cache;
+        return STORE_OK;
+    }
+    store_cursor *c = thread_cursor(th, pbus, off);
+    if (!c)
+        return STORE_EIO;
+    if (store_cursor_offset(c) != off)
+        store_cursor_seek(c, off);
+    store_record rec;
+    store_status st = store_cursor_next(c, &rec, 0);
+    if (st == STORE_OK && rec.offset != off)
+        st = STORE_CORRUPT;
+    if (st != STORE_OK)
+        return st;
+    recbuf *b = recbuf_of(&rec);
+    if (!b)
+        return STORE_EIO;
+    recbuf_put(th->cache);
+    th->cache = b;
+    th->cache_bus = pbus;
+    b->ref++;
+    *out = b;
+    return STORE_OK;
+}
+
+/* ---- making the payload ------------------------------------------------------------------------ */
+
+static bool rule_matched(const uint32_t *rules, size_t n, uint32_t rule)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (rules[mid] == rule)
+            return true;
+        if (rules[mid] < rule)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return false;
+}
+
+/* Matches the event for p's rule here (an event the last run left pending, or one read while
+ * catching up), as the router would: 1 when the rule matches, 0 when not, -1 when matching
+ * failed for the rule or for the event (why in err: the event goes to the dead letter). */
+static int match_here(dthread *th, ebd_pair *p, const recbuf *rec, char *err, size_t cap)
+{
     const uint32_t *rules;
     size_t nrules;
     vm_error e;
-    vm_status st = vm_match(k->ctx, p->rules[k->w->rule].bus, (const char *)rec->data, rec->len,
-                            &rules, &nrules, &e);
+    vm_status st = vm_match(th->ctx, p->pbus, (const char *)rec->data, rec->len, &rules, &nrules, &e);
     if (st != VM_OK && st != VM_ERR_RULE) {
         event_failed(&e, err, cap);
         return -1;
     }
-    if (rule_matched(rules, nrules, k->w->rule))
+    if (rule_matched(rules, nrules, p->rule))
         return 1;
-    const char *why = st == VM_ERR_RULE ? rule_failure(k->ctx, k->w->rule) : NULL;
+    const char *why = st == VM_ERR_RULE ? rule_failure(th->ctx, p->rule) : NULL;
     if (!why)
         return 0;
     snprintf(err, cap, "%s", why);
     return -1;
 }
 
-/* The payload of rec for the worker's target: the rule's transform (a function transform runs
- * the command or request), stamped with its hop count for a bus target.  1 with *payload
- * (malloc'd), 0 when the rule does not match after all (known false: matched here), -1 with
- * the reason in err (failed: matching failed for the rule, as the router found). */
-static int make_payload(work *k, vm_xform_env *env, const store_record *rec, bool known,
-                        const char *failed, char **payload, size_t *plen, bool *text, char *err,
-                        size_t cap)
+/* The item's payload: the rule's transform (a function transform runs its command or request
+ * here, on the delivery thread), stamped with its hop count for a bus target.  1 with
+ * it->payload (malloc'd), 0 when the rule does not match after all, -1 with the reason in err. */
+static int make_payload(dthread *th, item *it, char *err, size_t cap)
 {
-    int m = transform_payload(k, env, rec, known, failed, payload, plen, text, err, cap);
-    if (m == 1 && k->t->kind == T_BUS && !*text && (m = stamp_hops(rec, payload, plen, err, cap)) < 0) {
-        free(*payload);
-        *payload = NULL;
-    }
-    return m;
-}
-
-static int transform_payload(work *k, vm_xform_env *env, const store_record *rec, bool known,
-                             const char *failed, char **payload, size_t *plen, bool *text,
-                             char *err, size_t cap)
-{
-    const vm_program *p = k->r->p;
-    const vm_rule *rule = &p->rules[k->w->rule];
-    vm_error e;
-    if (failed) {
-        snprintf(err, cap, "%s", failed);
+    ebd_pair *p = it->p;
+    const vm_program *pr = th->e->r->p;
+    const char *data = (const char *)it->rec->data;
+    size_t len = it->rec->len;
+    if (it->failed) {
+        snprintf(err, cap, "%s", it->failed);
         return -1;
     }
-    int m = known ? 1 : match_here(k, rec, err, cap);
+    int m = it->known ? 1 : match_here(th, p, it->rec, err, cap);
     if (m <= 0)
         return m;
-    *text = false;
-    env->ingest_ms = rec->time_ns / 1000000;
-    const vm_xform *x = rule->xform != VM_NONE ? &p->xforms[rule->xform] : NULL;
-    if (x && (x->kind == VM_X_EXEC || x->kind == VM_X_HTTP))
-        return rt_run_function(p, x, (const char *)rec->data, rec->len, payload, plen, text, err, cap)
-               ? 1 : -1;
-    const char *out;
-    if (vm_transform(k->ctx, k->w->rule, (const char *)rec->data, rec->len, env, &out, plen, text,
-                     &e) != VM_OK) {
-        snprintf(err, cap, "transform failed: %s", e.msg);
+    const vm_rule *rule = &pr->rules[p->rule];
+    vm_xform_env env = { .bus = th->e->routers[p->pbus].bus->name, .rule = p->rule_name,
+                         .ingest_ms = it->rec->time_ns / 1000000 };
+    const vm_xform *x = rule->xform != VM_NONE ? &pr->xforms[rule->xform] : NULL;
+    it->text = false;
+    if (x && (x->kind == VM_X_EXEC || x->kind == VM_X_HTTP)) {
+        if (!rt_run_function(pr, x, data, len, &it->payload, &it->plen, &it->text, err, cap))
+            return -1;
+    } else {
+        const char *out;
+        vm_error e;
+        if (vm_transform(th->ctx, p->rule, data, len, &env, &out, &it->plen, &it->text, &e) != VM_OK) {
+            snprintf(err, cap, "transform failed: %s", e.msg);
+            return -1;
+        }
+        if (!(it->payload = malloc(it->plen + 1))) {
+            snprintf(err, cap, "out of memory");
+            return -1;
+        }
+        memcpy(it->payload, out, it->plen);
+        it->payload[it->plen] = 0;
+    }
+    if (p->t->kind == T_BUS && !it->text && stamp_hops(data, len, &it->payload, &it->plen, err, cap) < 0) {
+        free(it->payload);
+        it->payload = NULL;
         return -1;
     }
-    *payload = malloc(*plen + 1);
-    if (!*payload) {
-        snprintf(err, cap, "out of memory");
-        return -1;
-    }
-    memcpy(*payload, out, *plen);
-    (*payload)[*plen] = 0;
     return 1;
 }
 
-/* The next record for the worker, waiting up to timeout_ms; handles retention and corruption
- * (logged, gone past).  *pos: the offset after the last record looked at. */
-static bool next_record(work *k, store_cursor *c, store_record *rec, int timeout_ms, uint64_t *pos)
-{
-    store_status st = store_cursor_next(c, rec, timeout_ms);
-    if (st == STORE_OK) {
-        *pos = rec->offset + 1;
-        return true;
-    }
-    if (st == STORE_BEHIND) {
-        uint64_t first, next;
-        store_bounds(k->bus->s, &first, &next);
-        ebd_log(EBD_WARN, "msg=\"events deleted by retention before delivery\" cursor=%s "
-                "from=%" PRIu64 " to=%" PRIu64, k->w->cursor, *pos, first);
-        store_cursor_seek(c, first);
-        *pos = first;
-    } else if (st == STORE_CORRUPT) {
-        uint64_t lost;
-        ebd_log(EBD_ERROR, "msg=\"corrupt record skipped\" cursor=%s error=\"%s\"", k->w->cursor,
-                store_cursor_error(c));
-        store_cursor_skip(c, &lost);
-        *pos = store_cursor_offset(c);
-    }
-    return false;
-}
+/* ---- attempts, retries, dead letters ------------------------------------------------------------ */
 
-/* Reads the record at offset off through the worker's cursor, seeking only when the cursor is
- * not there already: queued events are often consecutive, and a seek costs a lock, an index
- * search and a look at the log again. */
-static store_status read_at(work *k, uint64_t off, store_record *rec)
-{
-    if (store_cursor_offset(k->c) != off)
-        store_cursor_seek(k->c, off);
-    return store_cursor_next(k->c, rec, 0);
-}
+enum { GONE_DONE, GONE_BATCH, GONE_WAIT };   /* where an item went: finished, into a batch, elsewhere */
 
-static uint64_t router_pos(ebd_router *rt)
-{
-    pthread_mutex_lock(&rt->mu);
-    uint64_t p = rt->pos;
-    pthread_mutex_unlock(&rt->mu);
-    return p;
-}
+static int start_attempt(dthread *th, item *it);
 
-/* The worker's next event, waiting up to timeout_ms: from its queue (*known: the rule matches
- * it, or failed it: then *failed, malloc'd, says why), or from the log while it catches up (the
- * caller matches).  *safe: the cursor may be committed there once the returned event (if any)
- * is finished — every event before it is finished, not this rule's, or in the caller's hands. */
-static bool source_next(work *k, store_record *rec, int timeout_ms, uint64_t *safe, bool *known,
-                        char **failed)
+static void easy_put(dthread *th, CURL *h)
 {
-    ebd_worker *w = k->w;
-    ebd_router *rt = w->router;
-    *known = false;
-    *failed = NULL;
-    if (w->ispend < w->nspend) {
-        /* What the last run left in flight comes first (matched again: the rules may differ). */
-        uint64_t off = w->spend[w->ispend];
-        *safe = w->start;
-        store_status st = read_at(k, off, rec);
-        if ((st == STORE_OK && rec->offset == off) || st == STORE_BEHIND) {
-            w->ispend++;
-            if (st == STORE_BEHIND)
-                ebd_log(EBD_WARN, "msg=\"event deleted by retention before delivery\" cursor=%s "
-                        "offset=%" PRIu64, w->cursor, off);
-            return st == STORE_OK;
+    if (th->neasy == th->capeasy) {
+        size_t c = th->capeasy ? th->capeasy * 2 : 16;
+        CURL **v = realloc(th->easy, c * sizeof *v);
+        if (!v) {
+            curl_easy_cleanup(h);
+            return;
         }
-        ebd_log(EBD_ERROR, "msg=\"a pending event cannot be read, will try again\" cursor=%s "
-                "offset=%" PRIu64 " error=\"%s\"", w->cursor, off,
-                st == STORE_OK ? "offset out of place" : store_cursor_error(k->c));
-        pause_ms(&k->r->stop, 100);
-        return false;
+        th->easy = v;
+        th->capeasy = c;
     }
-    if (!k->catching) {
-        for (int pass = 0; pass < 2; pass++) {
-            /* The router's position is read before the queue: it queues, then moves on. */
-            uint64_t rp = router_pos(rt);
-            pthread_mutex_lock(&w->qmu);
-            if (w->qn > 0) {
-                /* Read the head first; it leaves the queue once read (or deleted by retention),
-                 * never on an error that may pass. */
-                uint64_t off = w->ring[w->qhead];
-                pthread_mutex_unlock(&w->qmu);
-                store_status st = read_at(k, off, rec);
-                bool gone = st == STORE_BEHIND;
-                if ((st == STORE_OK && rec->offset == off) || gone) {
-                    pthread_mutex_lock(&w->qmu);
-                    *failed = w->failed[w->qhead];
-                    w->failed[w->qhead] = NULL;
-                    w->qhead = (w->qhead + 1) % w->qcap;
-                    w->qn--;
-                    /* Past the queue: the router's position, unless it stopped queueing for
-                     * this worker (the queue was full): then the catch-up point, which the
-                     * worker has yet to read from the log. */
-                    uint64_t after = w->qn ? w->ring[w->qhead] : w->catchup ? w->catchup_from : rp;
-                    pthread_mutex_unlock(&w->qmu);
-                    *safe = after > w->start ? after : w->start;
-                    if (!gone) {
-                        *known = true;
-                        return true;
-                    }
-                    free(*failed);
-                    *failed = NULL;
-                    ebd_log(EBD_WARN, "msg=\"event deleted by retention before delivery\" cursor=%s "
-                            "offset=%" PRIu64, w->cursor, off);
-                    return false;
-                }
-                *safe = off > w->start ? off : w->start;
-                ebd_log(EBD_ERROR, "msg=\"a queued event cannot be read, will try again\" cursor=%s "
-                        "offset=%" PRIu64 " error=\"%s\"", w->cursor, off,
-                        st == STORE_OK ? "offset out of place" : store_cursor_error(k->c));
-                pause_ms(&k->r->stop, 100);
-                return false;
+    th->easy[th->neasy++] = h;
+}
+
+static void item_free(dthread *th, item *it)
+{
+    if (it->h) {
+        curl_multi_remove_handle(th->multi, it->h);
+        th->running--;
+        easy_put(th, it->h);
+    }
+    curl_slist_free_all(it->headers);
+    recbuf_put(it->rec);
+    free(it->payload);
+    free(it->failed);
+    free(it);
+}
+
+/* The item is finished: done (delivered, dead-lettered or dropped; its offset leaves the pair's
+ * list, so the cursor may pass it) or not (the daemon stops: it stays pending for the restart). */
+/* Takes the finished offsets out of their pairs' lists, under one lock for all of them (a
+ * fan-out finishes thousands at once), and gives those pairs their next turn. */
+static void apply_done(dthread *th)
+{
+    if (!th->ndone)
+        return;
+    bool stopping = atomic_load(&th->e->r->stop);
+    pthread_mutex_lock(&th->mu);
+    for (size_t i = 0; i < th->ndone; i++) {
+        fl_del(th->done[i].p, th->done[i].off);
+        if (!stopping)
+            pair_ready(th, th->done[i].p);        /* its next event, if it has one */
+    }
+    pthread_mutex_unlock(&th->mu);
+    for (size_t i = 0; i < th->ndone; i++)
+        atomic_store(&th->e->routers[th->done[i].p->pbus].dirty, true);
+    th->ndone = 0;
+    mark_dirty(th->e);
+}
+
+/* The item is finished: done (delivered, dead-lettered or dropped; its offset leaves the pair's
+ * list, so the cursor may pass it: at the next apply_done) or not (the daemon stops: it stays
+ * pending for the restart). */
+static int finish(dthread *th, item *it, bool done)
+{
+    ebd_pair *p = it->p;
+    if (it->slot) {
+        give_slot(it->t);
+        it->slot = false;
+    }
+    if (done) {
+        if (th->ndone == th->capdone) {
+            size_t c = th->capdone ? th->capdone * 2 : 256;
+            void *v = realloc(th->done, c * sizeof *th->done);
+            if (v) {
+                th->done = v;
+                th->capdone = c;
+            } else {
+                apply_done(th);
             }
-            if (w->catchup) {
-                k->catching = true;
-                k->cpos = w->catchup_from;
-                pthread_mutex_unlock(&w->qmu);
-                store_cursor_seek(k->c, k->cpos);
-                ebd_log(EBD_INFO, "msg=\"delivery fell behind: reading the log\" cursor=%s from=%"
-                        PRIu64, w->cursor, k->cpos);
-                break;
-            }
-            *safe = rp > w->start ? rp : w->start;
-            if (pass == 0 && timeout_ms != 0 && !atomic_load(&k->r->stop)) {
-                struct timespec until;
-                clock_gettime(CLOCK_REALTIME, &until);
-                long ns = until.tv_nsec + (long)(timeout_ms > 0 ? timeout_ms : 100) * 1000000L;
-                until.tv_sec += ns / 1000000000L;
-                until.tv_nsec = ns % 1000000000L;
-                pthread_cond_timedwait(&w->qcv, &w->qmu, &until);
-                pthread_mutex_unlock(&w->qmu);
-                continue;
-            }
-            pthread_mutex_unlock(&w->qmu);
-            return false;
         }
-        if (!k->catching)
-            return false;
+        if (th->ndone < th->capdone) {
+            th->done[th->ndone].p = p;
+            th->done[th->ndone++].off = it->off;
+        } else {                          /* no memory even for one: alone, under the lock */
+            pthread_mutex_lock(&th->mu);
+            fl_del(p, it->off);
+            pair_ready(th, p);
+            pthread_mutex_unlock(&th->mu);
+        }
     }
-    /* Catching up: the log itself, until level with the router. */
-    uint64_t pos = k->cpos;
-    if (next_record(k, k->c, rec, 0, &pos)) {
-        k->cpos = pos;
-        *safe = pos;
-        return true;
-    }
-    k->cpos = pos;
-    *safe = pos;
-    pthread_mutex_lock(&rt->mu);
-    if (rt->pos == k->cpos) {
-        pthread_mutex_lock(&w->qmu);
-        w->catchup = false;
-        pthread_mutex_unlock(&w->qmu);
-        k->catching = false;
-        ebd_log(EBD_INFO, "msg=\"delivery caught up\" cursor=%s at=%" PRIu64, w->cursor, k->cpos);
-    }
-    pthread_mutex_unlock(&rt->mu);
-    if (timeout_ms != 0 && k->catching) {
-        struct timespec ts = { 0, 5000000 };
-        nanosleep(&ts, NULL);
-    }
-    return false;
+    p->running--;
+    item_free(th, it);
+    return GONE_DONE;
 }
 
-/* One delivery at a time, in order: file, bus and exec targets, and http with concurrency 1. */
-static void run_in_order(work *k, uint64_t from)
+/* How long to wait before attempt i+1 after attempt i failed with a: exponential backoff with
+ * full jitter (a random wait up to first * 2^(i-1), capped at max), or the target's Retry-After
+ * (capped at max too). */
+static int64_t backoff_ms(dthread *th, const ebd_target *t, unsigned i, const attempt *a)
 {
-    uint64_t done = from;
-    vm_xform_env env = { .bus = k->bus->name, .rule = k->rule_name };
-    k->inhand = UINT64_MAX;
-    while (!atomic_load(&k->r->stop)) {
-        store_record rec;
-        uint64_t safe;
-        bool known;
-        char *failed;
-        bool got = source_next(k, &rec, 100, &safe, &known, &failed);
-        if (got) {
-            char *payload = NULL, err[512];
-            size_t plen = 0;
-            bool text = false, finished;
-            k->inhand = rec.offset;
-            int m = make_payload(k, &env, &rec, known, failed, &payload, &plen, &text, err,
-                                 sizeof err);
-            free(failed);
-            if (m > 0)
-                finished = deliver(k, &rec, payload, plen, text);
-            else if (m < 0) {
-                attempt a = { 0 };
-                snprintf(a.error, sizeof a.error, "%s", err);
-                finished = dead_letter(k, &rec, &a, 0, real_ms(), real_ms());
-            } else
-                finished = true;
-            free(payload);
-            if (!finished)
-                break;   /* stopping: this event (still in hand) goes again after the restart */
-            k->inhand = UINT64_MAX;
-        }
-        if (safe > done)
-            done = safe;
-        publish(k, done, NULL, 0);
-    }
-    publish(k, done, NULL, 0);
+    const ebd_retry *r = &t->retry;
+    uint64_t cap = r->first_ms << (i - 1 < 30 ? i - 1 : 30);
+    if (cap > r->max_ms || cap == 0)
+        cap = r->max_ms;
+    int64_t wait = (int64_t)((double)rand_r(&th->seed) / RAND_MAX * (double)cap);
+    if (a->retry_after_ms > 0)
+        wait = a->retry_after_ms < (int64_t)r->max_ms ? a->retry_after_ms : (int64_t)r->max_ms;
+    return wait;
 }
 
-/* ---- http with several deliveries in flight (libcurl multi) --------------------------------- */
-
-#define WINDOW_DEFAULT 16
-#define WINDOW_MAX 256
-
-struct flight {
-    bool used, running;
-    store_record rec;             /* data: a copy */
-    char *payload;
-    size_t plen;
-    bool text;
-    unsigned attempts;
-    int64_t first_ms, due_ms;     /* first attempt (real time); next attempt (monotonic) */
-    CURL *h;
-    struct curl_slist *headers;
-    http_seen seen;
-};
-
-static uint64_t flight_offset(const flight *fl, unsigned i, bool *used)
+/* After attempt i failed: is another one allowed (retryable, attempts left, young enough)? */
+static bool may_retry(const ebd_target *t, unsigned i, const attempt *a, const recbuf *rec)
 {
-    *used = fl && fl[i].used;
-    return *used ? fl[i].rec.offset : 0;
+    int64_t age = real_ms() - rec->time_ns / 1000000;
+    return a->retry && i < t->retry.attempts && (uint64_t)age < t->retry.max_age_ms;
 }
 
-static void flight_free(CURLM *m, flight *f)
+/* Sends the item to its dead letter: the event, where it was going and why it did not get
+ * there; retried until it is delivered (or the daemon stops: then the event stays pending). */
+static int to_dead_letter(dthread *th, item *it, const attempt *a, unsigned attempts)
 {
-    if (f->running) {
-        curl_multi_remove_handle(m, f->h);
-        curl_slist_free_all(f->headers);
-        f->headers = NULL;
-        f->running = false;
+    ebd_rules *r = th->e->r;
+    ebd_pair *p = it->p;
+    ebd_target *t = p->t, *dl = NULL;
+    const char *file = t->dead_letter_file;
+    const vm_rule *rule = &r->p->rules[p->rule];
+    if (rule->dead_letter != VM_NONE)
+        dl = &r->targets[rule->dead_letter];
+    else if (t->dead_letter != VM_NONE)
+        dl = &r->targets[t->dead_letter];
+    char esc[1024];      /* an error may quote a URL or a command's stderr: escaped for the log */
+    if (!dl && !file) {
+        ebd_log(EBD_ERROR, "msg=\"delivery dropped: no dead-letter target\" rule=%s target=%s "
+                "offset=%" PRIu64 " attempts=%u error=\"%s\"", p->rule_name, t->name, it->off,
+                attempts, ebd_log_text(a->error, esc, sizeof esc));
+        return finish(th, it, true);
     }
-    free((void *)f->rec.data);
-    free(f->payload);
-    f->rec.data = NULL;
-    f->payload = NULL;
-    f->used = false;
-}
-
-/* Moves the transfers on and handles those that finished: a success frees its flight; a
- * failure is retried later or dead-lettered, unless stopping (then it stays for the restart). */
-static void drive(work *k, CURLM *m, flight *fl, unsigned W, bool stopping)
-{
-    ebd_target *t = k->t;
-    int running;
-    curl_multi_perform(m, &running);
-    CURLMsg *msg;
-    int left;
-    while ((msg = curl_multi_info_read(m, &left))) {
-        if (msg->msg != CURLMSG_DONE)
-            continue;
-        flight *f = NULL;
-        for (unsigned i = 0; i < W && !f; i++)
-            if (fl[i].running && fl[i].h == msg->easy_handle)
-                f = &fl[i];
-        if (!f)
-            continue;
-        CURLcode rc = msg->data.result;
-        curl_multi_remove_handle(m, f->h);
-        curl_slist_free_all(f->headers);
-        f->headers = NULL;
-        f->running = false;
-        give_slot(t);
-        attempt a = { 0 };
-        http_finish(t, f->h, rc, &f->seen, &a);
-        if (!a.error[0]) {
-            if (f->attempts > 1)
-                ebd_log(EBD_INFO, "msg=\"delivered after retries\" rule=%s target=%s offset=%"
-                        PRIu64 " attempts=%u", k->rule_name, t->name, f->rec.offset, f->attempts);
-            flight_free(m, f);
-        } else if (stopping) {
-            f->due_ms = INT64_MAX;
-        } else if (may_retry(k, f->attempts, &a, &f->rec)) {
-            int64_t wait = backoff_ms(k, f->attempts, &a);
-            log_retry(k, &f->rec, f->attempts, wait, &a);
-            f->due_ms = mono_ms() + wait;
-        } else if (dead_letter(k, &f->rec, &a, f->attempts, f->first_ms, real_ms())) {
-            flight_free(m, f);
-        } else {
-            f->due_ms = INT64_MAX;    /* stopping: kept, so the cursor stays below it */
-        }
-    }
-}
-
-/* Deliveries to an http target: up to its concurrency (16 by default) in flight at once from
- * this worker, each retried on its own schedule; the cursor is committed up to the oldest event
- * not finished, so a restart redelivers what was in flight.  Order is kept only with
- * concurrency 1 (run_in_order). */
-static void run_window(work *k, uint64_t from)
-{
-    ebd *d = k->w->d;
-    ebd_target *t = k->t;
-    unsigned W = t->concurrency ? (t->concurrency < WINDOW_MAX ? t->concurrency : WINDOW_MAX)
-                                : WINDOW_DEFAULT;
-    flight *fl = calloc(W, sizeof *fl);
-    CURLM *m = curl_multi_init();
-    uint64_t pos = from;
-    vm_xform_env env = { .bus = k->bus->name, .rule = k->rule_name };
-    (void)d;
-    k->inhand = UINT64_MAX;
-    while (fl && m && !atomic_load(&k->r->stop)) {
-        /* Fill the window from the log. */
-        unsigned used = 0;
-        for (unsigned i = 0; i < W; i++)
-            used += fl[i].used;
-        /* (a bounded pass, and a look at stop each time: under steady traffic that this rule
-         * does not match, records keep coming and the pass would not end by itself) */
-        for (unsigned looked = 0; used < W && looked < COMMIT_EVERY_EVENTS &&
-                                  !atomic_load(&k->r->stop); looked++) {
-            store_record rec;
-            uint64_t safe;
-            bool known;
-            char *failed;
-            bool got = source_next(k, &rec, used ? 0 : 100, &safe, &known, &failed);
-            if (safe > pos)
-                pos = safe;
-            if (!got)
-                break;
-            char *payload = NULL, err[512];
-            size_t plen = 0;
-            bool text = false;
-            int r = make_payload(k, &env, &rec, known, failed, &payload, &plen, &text, err,
-                                 sizeof err);
-            free(failed);
-            if (r < 0) {
-                attempt a = { 0 };
-                snprintf(a.error, sizeof a.error, "%s", err);
-                if (!dead_letter(k, &rec, &a, 0, real_ms(), real_ms())) {
-                    k->inhand = rec.offset;   /* stopping: kept pending for the restart */
-                    break;
-                }
-            }
-            if (r <= 0)
-                continue;
-            unsigned i = 0;
-            while (fl[i].used)
-                i++;
-            flight *f = &fl[i];
-            unsigned char *copy = malloc(rec.len ? rec.len : 1);
-            if (!copy) {
-                /* out of memory: the event stays pending in the cursor (delivered after a
-                 * restart), never passed over */
-                free(payload);
-                ebd_log(EBD_ERROR, "msg=\"out of memory: an event stays pending\" cursor=%s offset=%"
-                        PRIu64, k->w->cursor, rec.offset);
-                k->inhand = rec.offset;
-                break;
-            }
-            memcpy(copy, rec.data, rec.len);
-            f->rec = rec;
-            f->rec.data = copy;
-            f->payload = payload;
-            f->plen = plen;
-            f->text = text;
-            f->attempts = 0;
-            f->first_ms = real_ms();
-            f->due_ms = mono_ms();
-            f->used = true;
-            if (!f->h)
-                f->h = curl_easy_init();
-            used++;
-        }
-        /* Start what is due. */
-        int64_t now = mono_ms(), next_due = now + 100;
-        for (unsigned i = 0; i < W; i++) {
-            flight *f = &fl[i];
-            if (!f->used || f->running)
-                continue;
-            if (f->due_ms > now || !try_slot(t)) {
-                int64_t due = f->due_ms > now ? f->due_ms : now + 5;
-                if (due < next_due)
-                    next_due = due;
-                continue;
-            }
-            http_prepare(t, f->h, f->payload, f->plen, f->text, &f->headers, &f->seen);
-            curl_multi_add_handle(m, f->h);
-            f->running = true;
-            f->attempts++;
-        }
-        /* Drive the transfers; handle those that finished. */
-        drive(k, m, fl, W, false);
-        /* Where the cursor may go: past what is done, the events in flight kept apart. */
-        publish(k, pos, fl, W);
-        bool busy = false;
-        for (unsigned i = 0; i < W; i++)
-            busy |= fl[i].used;
-        if (busy) {
-            int64_t wait = next_due - mono_ms();
-            curl_multi_poll(m, NULL, 0, (int)(wait < 1 ? 1 : wait > 50 ? 50 : wait), NULL);
-        }
-    }
-    /* Stopping: requests already sent may finish (within the target's timeout), so that a reload
-     * does not send them twice; what does not finish goes again after the restart. */
-    int64_t until = mono_ms() + t->timeout_ms;
-    for (bool any = true; fl && m && any && mono_ms() < until;) {
-        any = false;
-        for (unsigned i = 0; i < W; i++)
-            any |= fl[i].running;
-        if (any) {
-            drive(k, m, fl, W, true);
-            curl_multi_poll(m, NULL, 0, 20, NULL);
-        }
-    }
-    if (fl)
-        publish(k, pos, fl, W);      /* what did not finish stays pending for the restart */
-    for (unsigned i = 0; fl && i < W; i++) {
-        if (fl[i].running)
-            give_slot(t);
-        if (fl[i].used)
-            flight_free(m, &fl[i]);
-        if (fl[i].h)
-            curl_easy_cleanup(fl[i].h);
-    }
-    free(fl);
-    if (m)
-        curl_multi_cleanup(m);
-}
-
-static void *worker_main(void *arg)
-{
-    ebd_worker *w = arg;
-    ebd *d = w->d;
-    ebd_rules *r = w->r;
-    const vm_program *p = r->p;
-    const vm_rule *rule = &p->rules[w->rule];
-    work k = { .w = w, .r = r, .t = &r->targets[w->target], .seed = (unsigned)(uintptr_t)w };
-    k.bus = d->buses[r->bus_of[rule->bus]];
-    char rule_name[256];
-    snprintf(rule_name, sizeof rule_name, "%.*s", (int)rule->name.len, vm_s(p, rule->name));
-    k.rule_name = rule_name;
-    vm_options mopt = vm_program_options(p);
-    k.ctx = vm_ctx_new(p, &mopt);
-    k.curl = k.t->kind == T_HTTP ? curl_easy_init() : NULL;
-    store_cursor_open(k.bus->s, w->start, &k.c);
-    if (k.t->kind == T_HTTP && k.t->concurrency != 1)
-        run_window(&k, w->start);
+    int64_t now = real_ms();
+    if (!it->first_ms)
+        it->first_ms = now;
+    sbuf b = { 0 };
+    char t0[40], t1[40];
+    iso_time(it->first_ms, t0, sizeof t0);
+    iso_time(now, t1, sizeof t1);
+    sb_puts(&b, "{\"event\":");
+    sb_put(&b, (const char *)it->rec->data, it->rec->len);
+    sb_puts(&b, ",\"rule\":");
+    sb_json_string(&b, p->rule_name, strlen(p->rule_name));
+    sb_puts(&b, ",\"target\":");
+    sb_json_string(&b, t->name, strlen(t->name));
+    if (a->status)
+        sb_printf(&b, ",\"status\":%ld", a->status);
     else
-        run_in_order(&k, w->start);
-    store_cursor_close(k.c);
-    vm_ctx_free(k.ctx);
-    if (k.curl)
-        curl_easy_cleanup(k.curl);
-    if (k.dl_curl)
-        curl_easy_cleanup(k.dl_curl);
+        sb_puts(&b, ",\"status\":null");
+    sb_puts(&b, ",\"error\":");
+    sb_json_string(&b, a->error, strlen(a->error));
+    sb_printf(&b, ",\"attempts\":%u,\"first_attempt\":\"%s\",\"last_attempt\":\"%s\",\"offset\":%"
+              PRIu64 "}", attempts, t0, t1, it->off);
+    ebd_log(EBD_WARN, "msg=\"dead letter\" rule=%s target=%s offset=%" PRIu64 " attempts=%u "
+            "status=%ld error=\"%s\"", p->rule_name, t->name, it->off, attempts, a->status,
+            ebd_log_text(a->error, esc, sizeof esc));
+    if (b.oom) {
+        sb_free(&b);
+        ebd_log(EBD_ERROR, "msg=\"out of memory: an event stays pending\" cursor=%s offset=%" PRIu64,
+                p->name, it->off);
+        return finish(th, it, false);
+    }
+    free(it->payload);
+    it->payload = b.v;
+    it->plen = b.n;
+    it->text = false;
+    it->dl = true;
+    it->dl_file = file;
+    it->t = file ? t : dl;
+    it->dl_tries = 0;
+    return start_attempt(th, it);
+}
+
+/* What attempt a of the item means: done, a retry later, or its dead letter. */
+static int attempt_done(dthread *th, item *it, const attempt *a)
+{
+    ebd_pair *p = it->p;
+    char esc[1024];
+    if (it->slot) {
+        give_slot(it->t);
+        it->slot = false;
+    }
+    bool stopping = atomic_load(&th->e->r->stop);
+    if (!a->error[0]) {
+        if (!it->dl && it->attempts > 1)
+            ebd_log(EBD_INFO, "msg=\"delivered after retries\" rule=%s target=%s offset=%" PRIu64
+                    " attempts=%u", p->rule_name, p->t->name, it->off, it->attempts);
+        return finish(th, it, true);
+    }
+    if (it->dl) {
+        ebd_log(EBD_ERROR, "msg=\"dead-letter delivery failed\" rule=%s target=%s error=\"%s\"",
+                p->rule_name, p->t->name, ebd_log_text(a->error, esc, sizeof esc));
+        if (stopping)
+            return finish(th, it, false);
+        unsigned n = it->dl_tries ? it->dl_tries - 1 : 0;
+        heap_push(th, it, mono_ms() + (n < 10 ? 1000LL << (n < 6 ? n : 6) : 60000));
+        return GONE_WAIT;
+    }
+    if (stopping)
+        return finish(th, it, false);
+    if (may_retry(p->t, it->attempts, a, it->rec)) {
+        int64_t wait = backoff_ms(th, p->t, it->attempts, a), now = mono_ms();
+        if (p->in_order && th->same_p == p && th->same_due >= now)
+            wait = th->same_due - now;    /* a failed batch: its lines go again together */
+        th->same_p = p;
+        th->same_due = now + wait;
+        ebd_log(EBD_INFO, "msg=\"delivery failed, will retry\" rule=%s target=%s offset=%" PRIu64
+                " attempt=%u wait_ms=%lld error=\"%s\"", p->rule_name, p->t->name, it->off,
+                it->attempts, (long long)wait, ebd_log_text(a->error, esc, sizeof esc));
+        heap_push(th, it, now + wait);
+        return GONE_WAIT;
+    }
+    return to_dead_letter(th, it, a, it->attempts);
+}
+
+static void batch_add(dthread *th, item *it)
+{
+    uint32_t ti = (uint32_t)(it->t - th->e->r->targets);
+    it->next = NULL;
+    if (!th->bfirst[ti]) {
+        th->bfirst[ti] = it;
+        th->touched[th->ntouched++] = ti;
+    } else {
+        th->blast[ti]->next = it;
+    }
+    th->blast[ti] = it;
+}
+
+/* Starts an attempt of the item at it->t, or holds it until the target has a free slot. */
+static int start_attempt(dthread *th, item *it)
+{
+    attempt a = { 0 };
+    ebd_target *t = it->t;
+    if (!it->first_ms)
+        it->first_ms = real_ms();
+    if (it->dl && it->dl_file) {
+        /* a dead letter to a file: opened for each, written and synced before the event passes */
+        ebd_target ft = { .name = t->name, .fsync = STORE_FSYNC_ALWAYS };
+        ft.fd = open_output(th->e->d, it->dl_file, &ft.path, a.error, sizeof a.error);
+        if (ft.fd >= 0) {
+            deliver_file(&ft, it->payload, it->plen, false, &a);
+            close(ft.fd);
+        }
+        free(ft.path);
+        it->dl_tries++;
+        return attempt_done(th, it, &a);
+    }
+    if (!try_slot(t)) {
+        it->next = th->blocked;
+        th->blocked = it;
+        return GONE_WAIT;
+    }
+    it->slot = true;
+    if (it->dl)
+        it->dl_tries++;
+    else
+        it->attempts++;
+    switch (t->kind) {
+    case T_HTTP: {
+        CURL *h = th->neasy ? th->easy[--th->neasy] : curl_easy_init();
+        if (!h) {
+            snprintf(a.error, sizeof a.error, "out of memory");
+            a.retry = true;
+            break;
+        }
+        curl_easy_reset(h);
+        http_prepare(t, h, it->payload, it->plen, it->text, &it->headers, &it->seen);
+        curl_easy_setopt(h, CURLOPT_PRIVATE, (void *)it);
+        if (curl_multi_add_handle(th->multi, h) != CURLM_OK) {
+            easy_put(th, h);
+            curl_slist_free_all(it->headers);
+            it->headers = NULL;
+            snprintf(a.error, sizeof a.error, "%s %s: cannot start the request", t->method, t->url);
+            a.retry = true;
+            break;
+        }
+        it->h = h;
+        th->running++;
+        return GONE_WAIT;
+    }
+    case T_FILE:
+        if (!it->dl) {
+            batch_add(th, it);
+            return GONE_BATCH;
+        }
+        deliver_file(t, it->payload, it->plen, false, &a);
+        /* The cursor moves past the event once this returns: a dead letter in a file must be
+         * on disk by then, whatever that file target's own policy. */
+        if (!a.error[0] && t->fsync != STORE_FSYNC_NEVER && fdatasync(t->fd) != 0)
+            snprintf(a.error, sizeof a.error, "%s: %s", t->path, strerror(errno));
+        break;
+    case T_BUS:
+        if (!it->dl) {
+            batch_add(th, it);
+            return GONE_BATCH;
+        }
+        deliver_bus(th->e->d, t, it->payload, it->plen, it->text, &a);
+        break;
+    default:
+        deliver_exec(t, it->payload, it->plen, &a);
+        break;
+    }
+    return attempt_done(th, it, &a);
+}
+
+/* Hands the batches over: per file target one write of every line (and one sync with fsync
+ * always), per bus target one append of every event; then each item learns how it went. */
+static void flush_batches(dthread *th)
+{
+    ebd_engine *e = th->e;
+    while (th->ntouched) {
+        uint32_t ti = th->touched[--th->ntouched];
+        item *list = th->bfirst[ti];
+        th->bfirst[ti] = th->blast[ti] = NULL;
+        ebd_target *t = &e->r->targets[ti];
+        attempt a = { 0 };
+        th->same_p = NULL;
+        if (t->kind == T_FILE) {
+            size_t need = 0;
+            for (item *it = list; it; it = it->next)
+                need += 2 * it->plen + 1;
+            char *buf = malloc(need ? need : 1);
+            if (!buf) {
+                snprintf(a.error, sizeof a.error, "out of memory");
+                a.retry = true;
+            } else {
+                size_t len = 0;
+                for (item *it = list; it; it = it->next) {
+                    len += it->text ? text_one_line(it->payload, it->plen, buf + len)
+                                    : json_one_line(it->payload, it->plen, buf + len);
+                    buf[len++] = '\n';
+                }
+                /* One write: O_APPEND keeps the lines whole even with several writers. */
+                ssize_t w = write(t->fd, buf, len);
+                if (w != (ssize_t)len || (t->fsync == STORE_FSYNC_ALWAYS && fdatasync(t->fd) != 0)) {
+                    snprintf(a.error, sizeof a.error, "%s: %s", t->path,
+                             w < 0 || w == (ssize_t)len ? strerror(errno) : "short write");
+                    a.retry = true;
+                } else if (t->fsync == STORE_FSYNC_INTERVAL) {
+                    atomic_store(&e->file_dirty[ti], true);    /* synced before the next commit */
+                }
+                free(buf);
+            }
+            for (item *it = list, *next; it; it = next) {
+                next = it->next;
+                attempt_done(th, it, &a);
+            }
+            continue;
+        }
+        /* a bus target: the payloads that are CloudEvents, in one append */
+        size_t n = 0;
+        for (item *it = list; it; it = it->next)
+            n++;
+        store_entry *en = calloc(n, sizeof *en);
+        attempt *each = calloc(n, sizeof *each);
+        if (!en || !each) {
+            free(en);
+            free(each);
+            snprintf(a.error, sizeof a.error, "out of memory");
+            a.retry = true;
+            for (item *it = list, *next; it; it = next) {
+                next = it->next;
+                attempt_done(th, it, &a);
+            }
+            continue;
+        }
+        size_t k = 0, i = 0;
+        for (item *it = list; it; it = it->next, i++) {
+            char why[200];
+            const char *id;
+            size_t idlen;
+            if (t->bus == VM_NONE || it->text || !vm_json_valid(it->payload, it->plen, NULL) ||
+                !ce_check(it->payload, it->plen, why, sizeof why, &id, &idlen))
+                snprintf(each[i].error, sizeof each[i].error, "bus target '%s': the payload is not "
+                         "a CloudEvent%s%s", t->name, it->text ? "" : ": ", it->text ? "" : why);
+            else
+                en[k++] = (store_entry){ it->payload, (uint32_t)it->plen, 0 };
+        }
+        if (k) {
+            uint64_t first;
+            store *s = e->d->buses[t->bus]->s;
+            if (store_append(s, en, k, &first) != STORE_OK) {
+                snprintf(a.error, sizeof a.error, "bus '%s': %s", e->d->buses[t->bus]->name,
+                         store_error(s));
+                a.retry = true;
+            }
+        }
+        i = 0;
+        for (item *it = list, *next; it; it = next, i++) {
+            next = it->next;
+            attempt_done(th, it, each[i].error[0] ? &each[i] : &a);
+        }
+        free(en);
+        free(each);
+    }
+}
+
+/* Reads the item's event if need be, makes its payload, and starts its first attempt. */
+static int prepare_item(dthread *th, item *it)
+{
+    ebd_pair *p = it->p;
+    if (!it->rec) {
+        store_status st = read_event(th, p->pbus, it->off, &it->rec);
+        if (st == STORE_BEHIND) {
+            ebd_log(EBD_WARN, "msg=\"event deleted by retention before delivery\" cursor=%s "
+                    "offset=%" PRIu64, p->name, it->off);
+            return finish(th, it, true);
+        }
+        if (st != STORE_OK) {
+            store_cursor *c = th->cur[p->pbus];
+            ebd_log(EBD_ERROR, "msg=\"a queued event cannot be read, will try again\" cursor=%s "
+                    "offset=%" PRIu64 " error=\"%s\"", p->name, it->off,
+                    st == STORE_CORRUPT && c ? store_cursor_error(c) : "cannot read");
+            heap_push(th, it, mono_ms() + 100);
+            return GONE_WAIT;
+        }
+    }
+    char err[512];
+    it->t = p->t;
+    int m = make_payload(th, it, err, sizeof err);
+    it->made = true;
+    if (m == 0)
+        return finish(th, it, true);
+    if (m < 0) {
+        attempt a = { 0 };
+        snprintf(a.error, sizeof a.error, "%s", err);
+        return to_dead_letter(th, it, &a, 0);
+    }
+    return start_attempt(th, it);
+}
+
+/* ---- a pair's turn ------------------------------------------------------------------------------ */
+
+/* An event a pair took for its turn. */
+typedef struct {
+    uint64_t off;
+    bool known;                   /* from the queue: the router matched it (or failed: failed) */
+    bool spend;                   /* left pending by the last run */
+    char *failed;
+} taken_ev;
+
+/* Under th->mu: the pair's next event.  1 with *t, taken (in its list until finished); 2 when
+ * it reads the log itself from p->cpos (catching up); 0 when it has nothing now. */
+static int take_next(ebd_pair *p, taken_ev *t)
+{
+    t->known = t->spend = false;
+    t->failed = NULL;
+    if (p->ispend < p->nspend) {
+        /* what the last run left pending comes first (matched again: the rules may differ) */
+        if (!fl_add(p, p->spend[p->ispend]))
+            return 0;
+        t->off = p->spend[p->ispend++];
+        t->spend = true;
+        return 1;
+    }
+    if (p->qn) {
+        qent *q = &p->q[p->qhead];
+        if (!fl_add(p, q->off))
+            return 0;
+        t->off = q->off;
+        t->failed = q->failed;
+        t->known = true;
+        p->qhead = (p->qhead + 1) % p->qcap;
+        if (--p->qn == 0 && p->qcap > 64) {
+            free(p->q);
+            p->q = NULL;
+            p->qcap = p->qhead = 0;
+        }
+        return 1;
+    }
+    if (p->catchup) {
+        if (!p->catching) {
+            p->catching = true;
+            p->cpos = p->catchup_from;
+            ebd_log(EBD_INFO, "msg=\"delivery fell behind: reading the log\" cursor=%s from=%"
+                    PRIu64, p->name, p->cpos);
+        }
+        return 2;
+    }
+    return 0;
+}
+
+/* Under th->mu: a queue with room for one more (its bound is the router's to keep). */
+static bool ring_grow(ebd_pair *p)
+{
+    if (p->qn < p->qcap)
+        return true;
+    uint32_t c = p->qcap ? p->qcap * 2 : 8;
+    qent *v = malloc(c * sizeof *v);
+    if (!v)
+        return false;
+    for (uint32_t i = 0; i < p->qn; i++)
+        v[i] = p->q[(p->qhead + i) % p->qcap];
+    free(p->q);
+    p->q = v;
+    p->qcap = c;
+    p->qhead = 0;
+    return true;
+}
+
+/* Under th->mu: gives back, in order, what a turn took and cannot start yet (they follow an
+ * event that must wait, in a pair that keeps order): to the head of the queue, or to what the
+ * last run left pending.  Without memory for that, they stay taken: pending until a restart. */
+static void unget(ebd_pair *p, const taken_ev *t, size_t n)
+{
+    for (size_t i = n; i-- > 0;) {
+        if (t[i].spend) {
+            fl_del(p, t[i].off);
+            p->ispend--;
+        } else if (ring_grow(p)) {
+            fl_del(p, t[i].off);
+            p->qhead = (p->qhead + p->qcap - 1) % p->qcap;
+            p->q[p->qhead] = (qent){ t[i].off, t[i].failed };
+            p->qn++;
+        } else {
+            ebd_log(EBD_ERROR, "msg=\"out of memory: an event stays pending\" cursor=%s offset=%"
+                    PRIu64, p->name, t[i].off);
+            free(t[i].failed);
+        }
+    }
+}
+
+static void snooze(dthread *th, ebd_pair *p)
+{
+    if (p->snoozed)
+        return;
+    p->snoozed = true;
+    if (!th->snooze)
+        th->snooze_until = mono_ms() + SNOOZE_MS;
+    p->next_snooze = th->snooze;
+    th->snooze = p;
+}
+
+/* Catching up: the pair's next event from the log (matched by the caller).  1 with *rb and
+ * *off (taken); -1 when it went past something (retention, a corrupt record): call again; 0
+ * when it is level with the log: then it goes back to its queue (the router skips, from then
+ * on, the events it read itself), or waits a little after an error. */
+static int catch_next(dthread *th, ebd_pair *p, recbuf **rb, uint64_t *off)
+{
+    router *rt = &th->e->routers[p->pbus];
+    store_cursor *c = thread_cursor(th, p->pbus, p->cpos);
+    store_record rec;
+    store_status st = c ? STORE_OK : STORE_EIO;
+    if (c && store_cursor_offset(c) != p->cpos)
+        store_cursor_seek(c, p->cpos);
+    if (c)
+        st = store_cursor_next(c, &rec, 0);
+    if (st == STORE_OK) {
+        recbuf *b = recbuf_of(&rec);
+        pthread_mutex_lock(&th->mu);
+        bool ok = b && fl_add(p, rec.offset);
+        if (ok)
+            p->cpos = rec.offset + 1;
+        pthread_mutex_unlock(&th->mu);
+        if (!ok) {
+            free(b);
+            snooze(th, p);
+            return 0;
+        }
+        recbuf_put(th->cache);
+        th->cache = b;
+        th->cache_bus = p->pbus;
+        b->ref++;
+        *rb = b;
+        *off = rec.offset;
+        return 1;
+    }
+    if (st == STORE_BEHIND || st == STORE_CORRUPT) {
+        uint64_t first, next, lost, at;
+        if (st == STORE_BEHIND) {
+            store_bounds(rt->bus->s, &first, &next);
+            ebd_log(EBD_WARN, "msg=\"events deleted by retention before delivery\" cursor=%s "
+                    "from=%" PRIu64 " to=%" PRIu64, p->name, p->cpos, first);
+            at = first;
+        } else {
+            ebd_log(EBD_ERROR, "msg=\"corrupt record skipped\" cursor=%s error=\"%s\"", p->name,
+                    store_cursor_error(c));
+            store_cursor_skip(c, &lost);
+            at = store_cursor_offset(c);
+        }
+        pthread_mutex_lock(&th->mu);
+        p->cpos = at;
+        pthread_mutex_unlock(&th->mu);
+        return -1;
+    }
+    if (st == STORE_TIMEOUT) {
+        /* Level with the log, so the router is not ahead of it: back to the queue, the router
+         * skipping what it read itself (start). */
+        pthread_mutex_lock(&rt->mu);
+        pthread_mutex_lock(&th->mu);
+        bool level = rt->pos <= p->cpos;
+        if (level) {
+            p->catchup = p->catching = false;
+            if (p->start < p->cpos)
+                p->start = p->cpos;
+        }
+        pthread_mutex_unlock(&th->mu);
+        pthread_mutex_unlock(&rt->mu);
+        if (level) {
+            ebd_log(EBD_INFO, "msg=\"delivery caught up\" cursor=%s at=%" PRIu64, p->name, p->cpos);
+            return 0;
+        }
+    } else {
+        ebd_log(EBD_ERROR, "msg=\"the log cannot be read, will try again\" cursor=%s error=\"%s\"",
+                p->name, c ? store_cursor_error(c) : "cannot open a cursor");
+    }
+    snooze(th, p);
+    return 0;
+}
+
+/* Starts the delivery of one taken event (rb: already read, while catching up). */
+static int start_one(dthread *th, ebd_pair *p, taken_ev *t, recbuf *rb)
+{
+    item *it = calloc(1, sizeof *it);
+    if (!it) {
+        recbuf_put(rb);
+        return -1;
+    }
+    it->p = p;
+    it->off = t->off;
+    it->known = t->known;
+    it->failed = t->failed;
+    it->rec = rb;
+    p->running++;
+    return prepare_item(th, it);
+}
+
+/* Gives the pair a turn: it takes, under one lock, the events it may start now (in order: one
+ * delivery, or one batch of lines or events, at a time; otherwise up to its window), then
+ * starts them.  *next (when given): the pair after it on the ready list, read under that lock. */
+static void pump(dthread *th, ebd_pair *p, ebd_pair **next)
+{
+    ebd_engine *e = th->e;
+    taken_ev tk[WINDOW_MAX > BATCH_MAX ? WINDOW_MAX : BATCH_MAX];
+    bool batch = p->t->kind == T_FILE || p->t->kind == T_BUS;
+    size_t n = 0, room = 0;
+    int k = 0;
+    pthread_mutex_lock(&th->mu);
+    if (next) {
+        *next = p->next_ready;
+        p->on_ready = false;
+    }
+    if (p->runs && !atomic_load(&e->r->stop)) {
+        room = p->in_order ? (p->running ? 0 : batch ? BATCH_MAX : 1)
+                           : p->window > p->running ? p->window - p->running : 0;
+        while (n < room && (k = take_next(p, &tk[n])) == 1)
+            n++;
+    }
+    pthread_mutex_unlock(&th->mu);
+    for (size_t i = 0; i < n; i++) {
+        int how = start_one(th, p, &tk[i], NULL);
+        bool held = p->in_order && (how == GONE_WAIT || (how == GONE_BATCH && !batch));
+        if (how < 0 || (held && i + 1 < n)) {
+            size_t from = how < 0 ? i : i + 1;
+            if (how < 0)
+                ebd_log(EBD_ERROR, "msg=\"out of memory: events wait\" cursor=%s", p->name);
+            pthread_mutex_lock(&th->mu);
+            unget(p, tk + from, n - from);
+            pthread_mutex_unlock(&th->mu);
+            if (how < 0)
+                snooze(th, p);
+            return;
+        }
+    }
+    if (k != 2 || n >= room)
+        return;
+    /* Catching up: the log itself, event by event, matched here. */
+    for (size_t budget = PUMP_BUDGET, started = n; budget; budget--) {
+        if (atomic_load(&e->r->stop) || (p->in_order ? started >= room : p->running >= room))
+            return;
+        recbuf *rb = NULL;
+        taken_ev t = { 0 };
+        int c = catch_next(th, p, &rb, &t.off);
+        if (c < 0)
+            continue;
+        if (c == 0) {
+            if (!p->catchup) {            /* back on its queue: events may be there already */
+                pthread_mutex_lock(&th->mu);
+                pair_ready(th, p);
+                pthread_mutex_unlock(&th->mu);
+            }
+            return;
+        }
+        int how = start_one(th, p, &t, rb);
+        if (how < 0) {
+            pthread_mutex_lock(&th->mu);
+            fl_del(p, t.off);
+            p->cpos = t.off;              /* read again later */
+            pthread_mutex_unlock(&th->mu);
+            snooze(th, p);
+            return;
+        }
+        started++;
+        if (p->in_order && (how == GONE_WAIT || (how == GONE_BATCH && !batch)))
+            return;
+        if (p->in_order && how == GONE_DONE && !p->running)
+            started = 0;                  /* nothing held: the next one may start */
+    }
+    pthread_mutex_lock(&th->mu);
+    pair_ready(th, p);                    /* more to read: the other pairs first */
+    pthread_mutex_unlock(&th->mu);
+}
+
+/* ---- a delivery thread ---------------------------------------------------------------------------
+ * Drives many pairs: their turns (the ready list the routers fill), the retries and waits (one
+ * timer heap), the http requests (one libcurl multi handle, connections kept alive), the
+ * batches of lines and events.  It sleeps in curl_multi_poll until a router wakes it
+ * (curl_multi_wakeup), a transfer moves, or the next timer is due; idle, once a second. */
+
+static void *thread_main(void *arg)
+{
+    dthread *th = arg;
+    ebd_engine *e = th->e;
+    ebd_rules *r = e->r;
+    for (;;) {
+        bool stopping = atomic_load(&r->stop);
+        /* the pairs that have something to do */
+        pthread_mutex_lock(&th->mu);
+        ebd_pair *list = th->ready;
+        th->ready = th->ready_tail = NULL;
+        th->woken = false;
+        pthread_mutex_unlock(&th->mu);
+        /* (a pair stays marked ready until its turn, so that a router does not link it into
+         * the next list while it is still in this one) */
+        for (ebd_pair *p = list, *next; p; p = next)
+            pump(th, p, &next);
+        flush_batches(th);
+        apply_done(th);
+        /* retries and waits that are due; items waiting for a slot */
+        int64_t now = mono_ms();
+        while (th->nheap && (th->heap[0]->due <= now || stopping)) {
+            item *it = heap_pop(th);
+            if (stopping)
+                finish(th, it, false);    /* pending: delivered after the restart */
+            else if (!it->made)
+                prepare_item(th, it);
+            else
+                start_attempt(th, it);
+        }
+        item *b = th->blocked;
+        th->blocked = NULL;
+        for (item *next; b; b = next) {
+            next = b->next;
+            if (stopping)
+                finish(th, b, false);
+            else
+                start_attempt(th, b);
+        }
+        flush_batches(th);
+        apply_done(th);
+        if (th->snooze && mono_ms() >= th->snooze_until) {
+            pthread_mutex_lock(&th->mu);
+            for (ebd_pair *sn = th->snooze, *next; sn; sn = next) {
+                next = sn->next_snooze;
+                sn->snoozed = false;
+                pair_ready(th, sn);
+            }
+            th->snooze = NULL;
+            pthread_mutex_unlock(&th->mu);
+        }
+        /* Stopping: requests already sent may finish (within their target's timeout), so that
+         * a reload does not send them twice; what fails now stays pending for the restart. */
+        if (stopping && !th->running)
+            break;
+        int timeout = IDLE_WAKE_MS;
+        if (th->nheap) {
+            int64_t w = th->heap[0]->due - mono_ms();
+            timeout = w < 0 ? 0 : w < timeout ? (int)w : timeout;
+        }
+        if (th->blocked && timeout > 2)
+            timeout = 2;                  /* a slot or a rate-limit token frees soon */
+        if (th->snooze) {
+            int64_t w = th->snooze_until - mono_ms();
+            timeout = w < 0 ? 0 : w < timeout ? (int)w : timeout;
+        }
+        pthread_mutex_lock(&th->mu);
+        if (th->ready)
+            timeout = 0;
+        pthread_mutex_unlock(&th->mu);
+        curl_multi_poll(th->multi, NULL, 0, timeout, NULL);
+        int nrun;
+        curl_multi_perform(th->multi, &nrun);
+        CURLMsg *m;
+        int left;
+        while ((m = curl_multi_info_read(th->multi, &left))) {
+            if (m->msg != CURLMSG_DONE)
+                continue;
+            item *it = NULL;
+            curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&it);
+            if (!it)
+                continue;
+            CURLcode rc = m->data.result;
+            curl_multi_remove_handle(th->multi, it->h);
+            th->running--;
+            curl_slist_free_all(it->headers);
+            it->headers = NULL;
+            attempt a = { 0 };
+            http_finish(it->t, it->h, rc, &it->seen, &a);
+            easy_put(th, it->h);
+            it->h = NULL;
+            attempt_done(th, it, &a);
+        }
+        flush_batches(th);
+        apply_done(th);
+    }
     return NULL;
 }
 
-/* ---- the router ---------------------------------------------------------------------------- */
+/* ---- the router -------------------------------------------------------------------------------- */
 
-#define QUEUE_CAP 1024
-
-/* Queues event `off` for worker w: matched (failed NULL) or failed for its rule (why).  A full
- * queue, or no memory for the reason, sends the worker to the log, where it matches for itself
- * from this event on. */
-static void enqueue(ebd_worker *w, uint64_t off, const char *failed)
+/* Under th->mu: queues event `off` for p, matched (failed NULL) or failed for its rule (why).  A
+ * full queue, or no memory, sends the pair to the log, where it matches for itself from there. */
+static void enqueue(dthread *th, ebd_pair *p, uint64_t off, const char *failed)
 {
-    pthread_mutex_lock(&w->qmu);
-    if (!w->catchup) {
-        char *why = failed ? strdup(failed) : NULL;
-        if (w->qn < w->qcap && (why || !failed)) {
-            w->ring[(w->qhead + w->qn) % w->qcap] = off;
-            w->failed[(w->qhead + w->qn) % w->qcap] = why;
-            w->qn++;
-        } else {
-            free(why);
-            w->catchup = true;      /* the worker reads the log from here */
-            w->catchup_from = off;
-        }
-        pthread_cond_signal(&w->qcv);
-    }
-    pthread_mutex_unlock(&w->qmu);
+    if (p->catchup)
+        return;
+    char *why = NULL;
+    if (failed && !(why = strdup(failed)))
+        goto full;
+    if (p->qn >= QUEUE_CAP || !ring_grow(p))
+        goto full;
+    p->q[(p->qhead + p->qn) % p->qcap] = (qent){ off, why };
+    p->qn++;
+    pair_ready(th, p);
+    return;
+full:
+    free(why);
+    p->catchup = true;                    /* it reads the log from here */
+    p->catchup_from = off;
+    pair_ready(th, p);
 }
 
 /* Says, once per rule, that matching failed for it on this event (each of its pairs then
  * dead-letters the event).  A failure of the whole event is every rule of the bus's. */
-static void log_match_failures(ebd_router *rt, ebd_bus *bus, vm_ctx *ctx, const char *whole,
-                               uint64_t off)
+static void log_match_failures(router *rt, vm_ctx *ctx, const char *whole, uint64_t off)
 {
-    const vm_program *p = rt->r->p;
+    const vm_program *p = rt->e->r->p;
     const vm_rule_error *f;
     size_t n = whole ? 0 : vm_match_failures(ctx, &f);
     char esc[700];
@@ -1986,22 +2505,28 @@ static void log_match_failures(ebd_router *rt, ebd_bus *bus, vm_ctx *ctx, const 
             continue;
         ebd_log(EBD_ERROR, "msg=\"matching failed: the event goes to the rule's dead letter\" "
                 "rule=%.*s bus=%s offset=%" PRIu64 " error=\"%s\"", (int)p->rules[r].name.len,
-                vm_s(p, p->rules[r].name), bus->name, off, ebd_log_text(why, esc, sizeof esc));
+                vm_s(p, p->rules[r].name), rt->bus->name, off, ebd_log_text(why, esc, sizeof esc));
     }
 }
 
+/* One per bus: reads the log once, runs the matcher once per event, and queues the event for
+ * the pairs whose rule it matches (or failed: for their dead letter), each delivery thread's
+ * pairs under one lock, waking the thread once. */
 static void *router_main(void *arg)
 {
-    ebd_router *rt = arg;
-    ebd_rules *r = rt->r;
-    ebd_bus *bus = rt->d->buses[r->bus_of[rt->pbus]];
-    vm_options mopt = vm_program_options(r->p);
-    vm_ctx *ctx = vm_ctx_new(r->p, &mopt);
-    store_cursor *c;
-    store_cursor_open(bus->s, rt->pos, &c);
-    while (ctx && !atomic_load(&r->stop)) {
+    router *rt = arg;
+    ebd_engine *e = rt->e;
+    ebd_rules *r = e->r;
+    const vm_program *p = r->p;
+    ebd_bus *bus = rt->bus;
+    vm_options mopt = vm_program_options(p);
+    vm_ctx *ctx = vm_ctx_new(p, &mopt);
+    store_cursor *c = NULL;
+    if (store_cursor_open(bus->s, rt->pos, &c) != STORE_OK)
+        c = NULL;
+    while (ctx && c && !atomic_load(&r->stop)) {
         store_record rec;
-        store_status st = store_cursor_next(c, &rec, 100);
+        store_status st = store_cursor_next(c, &rec, IDLE_WAKE_MS);
         if (st == STORE_OK) {
             const uint32_t *rules = NULL;
             size_t nrules = 0;
@@ -2012,7 +2537,8 @@ static void *router_main(void *arg)
                 /* (may pass: the event is matched again, nothing is queued twice) */
                 ebd_log(EBD_ERROR, "msg=\"the router is out of memory, will try again\" bus=%s "
                         "offset=%" PRIu64, bus->name, rec.offset);
-                pause_ms(&r->stop, 100);
+                struct timespec ts = { 0, 100000000 };
+                nanosleep(&ts, NULL);
                 store_cursor_seek(c, rec.offset);
                 continue;
             }
@@ -2024,19 +2550,46 @@ static void *router_main(void *arg)
             if (all_failed)
                 event_failed(&err, whole, sizeof whole);
             if (ms != VM_OK)
-                log_match_failures(rt, bus, ctx, all_failed ? whole : NULL, rec.offset);
+                log_match_failures(rt, ctx, all_failed ? whole : NULL, rec.offset);
+            size_t n = 0;
+            if (all_failed) {
+                for (size_t i = 0; i < rt->npairs; i++)
+                    rt->scratch[n++] = rt->pairs[i];
+            } else {
+                for (size_t i = 0; i < nrules; i++)
+                    for (uint32_t k = 0; k < p->rules[rules[i]].ntgt; k++)
+                        rt->scratch[n++] = &e->pairs[e->rule_pair0[rules[i]] + k];
+                const vm_rule_error *f;
+                size_t nf = ms == VM_ERR_RULE ? vm_match_failures(ctx, &f) : 0;
+                for (size_t i = 0; i < nf; i++)
+                    if (p->rules[f[i].rule].bus == rt->pbus)
+                        for (uint32_t k = 0; k < p->rules[f[i].rule].ntgt; k++)
+                            rt->scratch[n++] = &e->pairs[e->rule_pair0[f[i].rule] + k];
+            }
             pthread_mutex_lock(&rt->mu);
-            for (size_t i = 0; i < rt->npairs && (nrules || ms != VM_OK); i++) {
-                ebd_worker *w = &r->workers[rt->pairs[i]];
-                if (rec.offset < w->start)
-                    continue;
-                const char *failed = all_failed ? whole
-                                   : ms == VM_ERR_RULE ? rule_failure(ctx, w->rule) : NULL;
-                if (failed || rule_matched(rules, nrules, w->rule))
-                    enqueue(w, rec.offset, failed);
+            for (unsigned t = 0; n && t < e->nth; t++) {
+                dthread *th = &e->th[t];
+                bool any = false, wake = false;
+                pthread_mutex_lock(&th->mu);
+                for (size_t i = 0; i < n; i++) {
+                    ebd_pair *q = rt->scratch[i];
+                    if (q->th != t || !q->runs || rec.offset < q->start)
+                        continue;
+                    const char *failed = all_failed ? whole
+                                       : ms == VM_ERR_RULE ? rule_failure(ctx, q->rule) : NULL;
+                    enqueue(th, q, rec.offset, failed);
+                    any = true;
+                }
+                if (any && !th->woken)
+                    th->woken = wake = true;
+                pthread_mutex_unlock(&th->mu);
+                if (wake)
+                    curl_multi_wakeup(th->multi);
             }
             rt->pos = rec.offset + 1;
             pthread_mutex_unlock(&rt->mu);
+            atomic_store(&rt->dirty, true);
+            mark_dirty(e);
         } else if (st == STORE_BEHIND) {
             uint64_t first, next;
             store_bounds(bus->s, &first, &next);
@@ -2058,161 +2611,541 @@ static void *router_main(void *arg)
             /* An error that may pass (descriptors, I/O): said, and tried again. */
             ebd_log(EBD_ERROR, "msg=\"the router cannot read, will try again\" bus=%s error=\"%s\"",
                     bus->name, store_cursor_error(c));
-            pause_ms(&r->stop, 100);
+            struct timespec ts = { 0, 100000000 };
+            nanosleep(&ts, NULL);
             store_cursor_seek(c, rt->pos);
         }
     }
-    store_cursor_close(c);
+    if (c)
+        store_cursor_close(c);
     vm_ctx_free(ctx);
     return NULL;
+}
+
+/* ---- committing: one cursor set per bus ------------------------------------------------------- */
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Under p's thread's mu: where p stands, given its router's position R (read before): `high`,
+ * everything below which is done but the pending offsets (taken and not finished, or left by
+ * its last run and not taken yet).  False when that is just R: the base covers it. */
+static bool pair_position(const ebd_pair *p, uint64_t R, store_pos *out)
+{
+    uint64_t h = p->catching ? p->cpos : p->qn ? p->q[p->qhead].off : p->catchup ? p->catchup_from : R;
+    if (h < p->start)
+        h = p->start;
+    size_t n = 0, cap = p->nfl + (p->nspend - p->ispend);
+    uint64_t *pend = cap ? malloc(cap * sizeof *pend) : NULL, low = h;
+    if (cap && !pend)
+        return true;                      /* (no memory: out->name stays NULL, the caller sees it) */
+    for (uint32_t i = 0; i < p->nfl; i++)
+        if (p->fl[i] < h)
+            pend[n++] = p->fl[i];
+    for (uint32_t i = p->ispend; i < p->nspend; i++)
+        if (p->spend[i] < h)
+            pend[n++] = p->spend[i];
+    if (n > 1)
+        qsort(pend, n, sizeof *pend, cmp_u64);
+    if (n)
+        low = pend[0];
+    if (n > STORE_MAX_PENDING) {          /* too many to list: the lowest, as a plain position */
+        h = low;
+        n = 0;
+    }
+    if (h == R && n == 0) {
+        free(pend);
+        return false;
+    }
+    out->high = h;
+    out->pending = n ? pend : NULL;
+    out->npending = n;
+    if (!n)
+        free(pend);
+    return true;
+}
+
+static int cmp_pair_name(const void *a, const void *b)
+{
+    return strcmp((*(ebd_pair *const *)a)->name, (*(ebd_pair *const *)b)->name);
+}
+
+static bool managed(const router *rt, const char *name)
+{
+    ebd_pair key = { .name = (char *)name }, *kp = &key;
+    return rt->npairs && bsearch(&kp, rt->pairs, rt->npairs, sizeof *rt->pairs, cmp_pair_name);
+}
+
+typedef struct {
+    router *rt;
+    uint64_t base;
+    store_pos *e;                 /* the pairs not at the base, sorted by name */
+    size_t n;
+    bool ok;
+} bus_snap;
+
+/* Writes the position of every pair whose bus moved (all of them when final): their file
+ * targets synced first, then one cursor set per bus, written whole.  A file that fails to sync
+ * keeps every position where it was (the lines go again). */
+static void commit_all(ebd_engine *e, bool final)
+{
+    const vm_program *p = e->r->p;
+    bus_snap *snap = calloc(p->nbuses ? p->nbuses : 1, sizeof *snap);
+    if (!snap)
+        return;
+    size_t ns = 0;
+    for (uint32_t b = 0; b < p->nbuses; b++) {
+        router *rt = &e->routers[b];
+        if (!rt->npairs || !rt->bus->book || rt->bus->book->broken)
+            continue;
+        if (!atomic_exchange(&rt->dirty, false) && !final)
+            continue;
+        bus_snap *s = &snap[ns++];
+        s->rt = rt;
+        s->ok = true;
+        pthread_mutex_lock(&rt->mu);
+        s->base = rt->pos;
+        pthread_mutex_unlock(&rt->mu);
+        s->e = calloc(rt->npairs, sizeof *s->e);
+        s->ok = s->e != NULL;
+        for (size_t i = 0; s->ok && i < rt->npairs; i++) {
+            ebd_pair *q = rt->pairs[i];
+            if (!q->runs)
+                continue;
+            dthread *th = &e->th[q->th];
+            store_pos pos = { 0 };
+            pthread_mutex_lock(&th->mu);
+            bool listed = pair_position(q, s->base, &pos);
+            pthread_mutex_unlock(&th->mu);
+            if (!listed)
+                continue;
+            pos.name = q->name;           /* borrowed */
+            s->e[s->n++] = pos;
+        }
+    }
+    bool synced = true;
+    for (uint32_t t = 0; t < p->ntargets; t++) {
+        ebd_target *x = &e->r->targets[t];
+        if (x->kind != T_FILE || !atomic_exchange(&e->file_dirty[t], false))
+            continue;
+        if (x->fsync != STORE_FSYNC_NEVER && fdatasync(x->fd) != 0) {
+            /* The lines may not be on disk: the positions stay where they are (they go again). */
+            ebd_log(EBD_ERROR, "msg=\"cannot sync a file target: the delivery positions stay\" "
+                    "target=%s file=%s error=\"%s\"", x->name, x->path, strerror(errno));
+            atomic_store(&e->file_dirty[t], true);
+            synced = false;
+        }
+    }
+    for (size_t i = 0; i < ns; i++) {
+        bus_snap *s = &snap[i];
+        router *rt = s->rt;
+        ebd_book *bk = rt->bus->book;
+        if (!synced || !s->ok) {
+            atomic_store(&rt->dirty, true);
+            if (!final)
+                mark_dirty(e);
+        } else {
+            /* the entries of the pairs these rules do not have are kept as they were */
+            pthread_mutex_lock(&bk->mu);
+            store_pos *all = calloc(bk->n + s->n + 1, sizeof *all);
+            size_t n = 0;
+            bool ok = all != NULL;
+            for (size_t k = 0; ok && k < bk->n; k++)
+                if (!managed(rt, bk->e[k].name))
+                    ok = pos_set(&all[n++], bk->e[k].name, bk->e[k].high, bk->e[k].pending,
+                                 bk->e[k].npending);
+            for (size_t k = 0; ok && k < s->n; k++)
+                ok = pos_set(&all[n++], s->e[k].name, s->e[k].high, s->e[k].pending,
+                             s->e[k].npending);
+            if (ok && n > 1)
+                qsort(all, n, sizeof *all, cmp_pos);
+            store *st = rt->bus->s;
+            if (ok && store_commit_set(st, SET_NAME, s->base, all, n) == STORE_OK) {
+                store_set_free(bk->e, bk->n);
+                bk->e = all;
+                bk->n = n;
+                bk->base = s->base;
+            } else {
+                ebd_log(EBD_ERROR, "msg=\"cannot commit the delivery positions\" bus=%s error=\"%s\"",
+                        rt->bus->name, ok ? store_error(st) : "out of memory");
+                if (all)
+                    store_set_free(all, n);
+                atomic_store(&rt->dirty, true);
+                if (!final)
+                    mark_dirty(e);
+            }
+            pthread_mutex_unlock(&bk->mu);
+        }
+        for (size_t k = 0; k < s->n; k++)
+            free(s->e[k].pending);
+        free(s->e);
+    }
+    free(snap);
+}
+
+/* Commits at most every COMMIT_EVERY_MS while events move, and sleeps while nothing does. */
+static void *committer_main(void *arg)
+{
+    ebd_engine *e = arg;
+    ebd_rules *r = e->r;
+    pthread_mutex_lock(&e->cmu);
+    while (!atomic_load(&r->stop)) {
+        if (!atomic_load(&e->cdirty)) {
+            pthread_cond_wait(&e->ccv, &e->cmu);
+            continue;
+        }
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        long ns = until.tv_nsec + COMMIT_EVERY_MS * 1000000L;
+        until.tv_sec += ns / 1000000000L;
+        until.tv_nsec = ns % 1000000000L;
+        while (!atomic_load(&r->stop) && pthread_cond_timedwait(&e->ccv, &e->cmu, &until) != ETIMEDOUT)
+            ;
+        if (atomic_load(&r->stop))
+            break;
+        atomic_store(&e->cdirty, false);
+        pthread_mutex_unlock(&e->cmu);
+        commit_all(e, false);
+        pthread_mutex_lock(&e->cmu);
+    }
+    pthread_mutex_unlock(&e->cmu);
+    return NULL;
+}
+
+/* ---- preparing, starting and stopping a ruleset's delivery ------------------------------------ */
+
+static void engine_free(ebd_engine *e)
+{
+    if (!e)
+        return;
+    for (size_t i = 0; i < e->npairs; i++) {
+        ebd_pair *p = &e->pairs[i];
+        free(p->name);
+        free(p->spend);
+        for (uint32_t k = 0; k < p->qn; k++)
+            free(p->q[(p->qhead + k) % p->qcap].failed);
+        free(p->q);
+        free(p->fl);
+    }
+    for (uint32_t i = 0; e->rule_names && i < e->r->p->nrules; i++)
+        free(e->rule_names[i]);
+    free(e->rule_names);
+    free(e->pairs);
+    free(e->rule_pair0);
+    free((void *)e->file_dirty);
+    free(e);
+}
+
+bool ebd_rules_prepare(ebd *d, ebd_rules *r, char *err, size_t cap)
+{
+    const vm_program *p = r->p;
+    r->targets = calloc(p->ntargets ? p->ntargets : 1, sizeof *r->targets);
+    r->bus_of = calloc(p->nbuses ? p->nbuses : 1, sizeof *r->bus_of);
+    ebd_engine *e = r->eng = calloc(1, sizeof *e);
+    if (!r->targets || !r->bus_of || !e) {
+        snprintf(err, cap, "out of memory");
+        return false;
+    }
+    e->d = d;
+    e->r = r;
+    for (uint32_t b = 0; b < p->nbuses; b++)
+        r->bus_of[b] = ebd_bus_index(d, vm_s(p, p->buses[b].name), p->buses[b].name.len);
+    for (uint32_t i = 0; i < p->ntargets; i++) {
+        r->targets[i].fd = -1;       /* freeing a half-prepared ruleset closes nothing else */
+        r->targets[i].dead_letter = VM_NONE;
+    }
+    for (uint32_t i = 0; i < p->ntargets; i++)
+        if (!prepare_target(d, r, i, err, cap))
+            return false;
+    for (uint32_t i = 0; i < p->nrules; i++)
+        e->npairs += p->rules[i].ntgt;
+    r->npairs = e->npairs;
+    e->pairs = calloc(e->npairs ? e->npairs : 1, sizeof *e->pairs);
+    e->rule_pair0 = calloc(p->nrules ? p->nrules : 1, sizeof *e->rule_pair0);
+    e->rule_names = calloc(p->nrules ? p->nrules : 1, sizeof *e->rule_names);
+    e->file_dirty = calloc(p->ntargets ? p->ntargets : 1, sizeof *e->file_dirty);
+    if (!e->pairs || !e->rule_pair0 || !e->rule_names || !e->file_dirty) {
+        snprintf(err, cap, "out of memory");
+        return false;
+    }
+    size_t w = 0;
+    for (uint32_t i = 0; i < p->nrules; i++) {
+        e->rule_pair0[i] = (uint32_t)w;
+        if (!(e->rule_names[i] = strndup(vm_s(p, p->rules[i].name), p->rules[i].name.len))) {
+            snprintf(err, cap, "out of memory");
+            return false;
+        }
+        for (uint32_t k = 0; k < p->rules[i].ntgt; k++, w++) {
+            ebd_pair *x = &e->pairs[w];
+            x->rule = i;
+            x->target = p->rule_targets[p->rules[i].tgt0 + k];
+            x->pbus = p->rules[i].bus;
+            x->rule_name = e->rule_names[i];
+            x->t = &r->targets[x->target];
+            size_t n = p->rules[i].name.len + p->targets[x->target].name.len + 2;
+            if (!(x->name = malloc(n))) {
+                snprintf(err, cap, "out of memory");
+                return false;
+            }
+            snprintf(x->name, n, "%s.%.*s", x->rule_name, (int)p->targets[x->target].name.len,
+                     vm_s(p, p->targets[x->target].name));
+        }
+    }
+    return claim_new_pairs(d, r, e->pairs, e->npairs, err, cap);
+}
+
+void ebd_rules_free(ebd_rules *r)
+{
+    if (!r)
+        return;
+    for (uint32_t i = 0; r->targets && i < r->p->ntargets; i++) {
+        ebd_target *x = &r->targets[i];
+        free(x->name);
+        free(x->url);
+        free(x->method);
+        curl_slist_free_all(x->headers);
+        free(x->sign_secret);
+        free(x->sign_header);
+        free(x->path);
+        if (x->fd >= 0)
+            close(x->fd);
+        for (char **a = x->argv; a && *a; a++)
+            free(*a);
+        free(x->argv);
+        cmd_env_free(x->envp);
+        free(x->dead_letter_file);
+        pthread_mutex_destroy(&x->mu);
+    }
+    for (uint32_t b = 0; r->bus_token && b < r->p->nbuses; b++)
+        free(r->bus_token[b]);
+    free(r->bus_token);
+    free(r->bus_max);
+    free(r->targets);
+    engine_free(r->eng);
+    free(r->bus_of);
+    free(r->admin_token);
+    vm_program_free(r->p);
+    free(r);
+}
+
+/* Where pair q starts: its entry in the book (and what it left pending), else the base. */
+static void pair_start(ebd_pair *q, const ebd_book *bk, uint64_t next)
+{
+    const store_pos *en = book_find(bk, q->name);
+    q->start = en ? en->high : bk->base;
+    q->nspend = q->ispend = 0;
+    if (!en || !en->npending)
+        return;
+    if (!(q->spend = malloc(en->npending * sizeof *q->spend))) {
+        ebd_log(EBD_ERROR, "msg=\"out of memory: these deliveries stay stopped\" cursor=%s", q->name);
+        q->runs = false;
+        return;
+    }
+    /* After a power loss the log may end below what the set listed: those are gone. */
+    for (size_t k = 0; k < en->npending; k++)
+        if (en->pending[k] < next)
+            q->spend[q->nspend++] = en->pending[k];
+        else
+            ebd_log(EBD_WARN, "msg=\"a pending event is past the end of the log\" cursor=%s "
+                    "offset=%" PRIu64, q->name, en->pending[k]);
+}
+
+static bool thread_init(ebd_engine *e, dthread *th, unsigned idx)
+{
+    const vm_program *p = e->r->p;
+    th->e = e;
+    th->idx = idx;
+    th->seed = (unsigned)(uintptr_t)th ^ (unsigned)mono_ms();
+    pthread_mutex_init(&th->mu, NULL);
+    vm_options mopt = vm_program_options(p);
+    th->multi = curl_multi_init();
+    th->ctx = vm_ctx_new(p, &mopt);
+    th->cur = calloc(p->nbuses ? p->nbuses : 1, sizeof *th->cur);
+    th->bfirst = calloc(p->ntargets ? p->ntargets : 1, sizeof *th->bfirst);
+    th->blast = calloc(p->ntargets ? p->ntargets : 1, sizeof *th->blast);
+    th->touched = calloc(p->ntargets ? p->ntargets : 1, sizeof *th->touched);
+    return th->multi && th->ctx && th->cur && th->bfirst && th->blast && th->touched;
+}
+
+static void thread_free(ebd_engine *e, dthread *th)
+{
+    const vm_program *p = e->r->p;
+    for (size_t i = 0; i < th->nheap; i++)
+        finish(th, th->heap[i], false);
+    for (item *b = th->blocked, *next; b; b = next) {
+        next = b->next;
+        finish(th, b, false);
+    }
+    free(th->heap);
+    for (size_t i = 0; i < th->neasy; i++)
+        curl_easy_cleanup(th->easy[i]);
+    free(th->easy);
+    if (th->multi)
+        curl_multi_cleanup(th->multi);
+    vm_ctx_free(th->ctx);
+    for (uint32_t b = 0; th->cur && b < p->nbuses; b++)
+        if (th->cur[b])
+            store_cursor_close(th->cur[b]);
+    free(th->cur);
+    recbuf_put(th->cache);
+    free(th->done);
+    free(th->bfirst);
+    free(th->blast);
+    free(th->touched);
 }
 
 void ebd_workers_start(ebd *d, ebd_rules *r)
 {
     atomic_store(&r->stop, false);
+    ebd_engine *e = r->eng;
     const vm_program *p = r->p;
-    r->routers = calloc(p->nbuses ? p->nbuses : 1, sizeof *r->routers);
-    /* Each pair starts from its committed cursor (claim_new_pairs gave new pairs theirs). */
-    for (size_t i = 0; i < r->nworkers; i++) {
-        ebd_worker *w = &r->workers[i];
-        uint32_t b = p->rules[w->rule].bus;
-        if (r->bus_of[b] == VM_NONE || !r->routers)
-            continue;
-        store *s = d->buses[r->bus_of[b]]->s;
-        uint64_t pend[STORE_MAX_PENDING];
-        size_t npend = 0;
-        store_status cst = store_committed_pending(s, w->cursor, &w->start, pend, &npend);
-        if (cst == STORE_NOTFOUND) {
-            /* Its cursor was there when the rules were prepared: someone removed it since. */
-            uint64_t next;
-            store_bounds(s, &w->start, &next);
-            store_commit(s, w->cursor, w->start);
-            ebd_log(EBD_ERROR, "msg=\"a delivery cursor disappeared: it starts again from the "
-                    "oldest event kept, so events may be delivered twice\" cursor=%s offset=%"
-                    PRIu64, w->cursor, w->start);
-        } else if (cst != STORE_OK) {
-            /* Not a new pair: its backlog must not be passed over.  It stays stopped. */
-            ebd_log(EBD_ERROR, "msg=\"cannot read a delivery cursor: these deliveries stay stopped "
-                    "until it is fixed and the rules reloaded\" cursor=%s error=\"%s\"", w->cursor,
-                    store_error(s));
-            continue;
-        }
-        /* What the last run left pending below its position is delivered first, in order. */
-        w->nspend = w->ispend = 0;
-        w->spend = npend ? malloc(npend * sizeof *w->spend) : NULL;
-        if (npend && !w->spend) {
-            ebd_log(EBD_ERROR, "msg=\"out of memory: these deliveries stay stopped\" cursor=%s",
-                    w->cursor);
-            continue;
-        }
-        /* After a power loss the log may end below what the cursor listed: those are gone. */
-        uint64_t lfirst, lnext;
-        store_bounds(s, &lfirst, &lnext);
-        size_t kept = 0;
-        for (size_t q = 0; q < npend; q++)
-            if (pend[q] < lnext)
-                pend[kept++] = pend[q];
-            else
-                ebd_log(EBD_WARN, "msg=\"a pending event is past the end of the log\" cursor=%s "
-                        "offset=%" PRIu64, w->cursor, pend[q]);
-        npend = kept;
-        if (w->spend) {
-            memcpy(w->spend, pend, npend * sizeof *pend);
-            for (size_t a = 1; a < npend; a++)
-                for (size_t z = a; z > 0 && w->spend[z - 1] > w->spend[z]; z--) {
-                    uint64_t tmp = w->spend[z];
-                    w->spend[z] = w->spend[z - 1];
-                    w->spend[z - 1] = tmp;
-                }
-            w->nspend = npend;
-        }
-        pthread_mutex_init(&w->pmu, NULL);
-        w->pubhigh = w->start;
-        w->npubpend = w->nspend;
-        memcpy(w->pubpend, pend, w->nspend * sizeof *pend);
-        w->pubver = w->comver = 0;
-        pthread_mutex_init(&w->qmu, NULL);
-        pthread_cond_init(&w->qcv, NULL);
-        w->qcap = QUEUE_CAP;
-        w->ring = calloc(w->qcap, sizeof *w->ring);
-        w->failed = calloc(w->qcap, sizeof *w->failed);
-        w->qhead = w->qn = 0;
-        w->catchup = false;
-        ebd_router *rt = &r->routers[b];
-        w->router = rt;
-        size_t *v = realloc(rt->pairs, (rt->npairs + 1) * sizeof *v);
-        if (v) {
-            rt->pairs = v;
-            rt->pairs[rt->npairs++] = i;
-        }
-        if (rt->npairs == 1 || w->start < rt->pos)
-            rt->pos = w->start;
+    e->nth = r->delivery_threads ? r->delivery_threads : 1;
+    e->th = calloc(e->nth, sizeof *e->th);
+    e->routers = calloc(p->nbuses ? p->nbuses : 1, sizeof *e->routers);
+    pthread_mutex_init(&e->cmu, NULL);
+    pthread_cond_init(&e->ccv, NULL);
+    if (!e->th || !e->routers) {
+        ebd_log(EBD_ERROR, "msg=\"out of memory: no delivery\"");
+        return;
     }
-    for (uint32_t b = 0; r->routers && b < p->nbuses; b++) {
-        ebd_router *rt = &r->routers[b];
-        rt->d = d;
-        rt->r = r;
+    bool threads_ok = true;
+    for (unsigned t = 0; t < e->nth; t++)
+        threads_ok &= thread_init(e, &e->th[t], t);
+    /* Each pair starts from where the bus's set says (claim_new_pairs gave new pairs theirs). */
+    for (uint32_t b = 0; b < p->nbuses; b++) {
+        router *rt = &e->routers[b];
+        rt->e = e;
         rt->pbus = b;
         pthread_mutex_init(&rt->mu, NULL);
-        if (rt->npairs)
-            rt->started = pthread_create(&rt->th, NULL, router_main, rt) == 0;
-    }
-    r->committer_started = r->nworkers && pthread_create(&r->committer, NULL, committer_main, r) == 0;
-    for (size_t i = 0; i < r->nworkers; i++) {
-        ebd_worker *w = &r->workers[i];
-        if (!w->router || !w->ring || !w->failed || !w->router->started)
+        if (r->bus_of[b] == VM_NONE)
             continue;
-        w->started = pthread_create(&w->th, NULL, worker_main, w) == 0;
-        if (!w->started)
-            ebd_log(EBD_ERROR, "msg=\"cannot start a delivery thread\" cursor=%s", w->cursor);
+        rt->bus = d->buses[r->bus_of[b]];
     }
+    for (size_t i = 0; i < e->npairs; i++) {
+        ebd_pair *q = &e->pairs[i];
+        router *rt = &e->routers[q->pbus];
+        q->th = (uint32_t)(i % e->nth);
+        q->in_order = q->t->kind != T_HTTP || q->t->concurrency == 1;
+        q->window = q->t->concurrency ? (q->t->concurrency < WINDOW_MAX ? q->t->concurrency
+                                                                      : WINDOW_MAX) : WINDOW_DEFAULT;
+        if (!rt->bus || !threads_ok)
+            continue;
+        rt->npairs++;
+    }
+    for (uint32_t b = 0; b < p->nbuses; b++) {
+        router *rt = &e->routers[b];
+        if (!rt->npairs)
+            continue;
+        rt->pairs = calloc(rt->npairs, sizeof *rt->pairs);
+        rt->scratch = calloc(rt->npairs, sizeof *rt->scratch);
+        if (!rt->pairs || !rt->scratch) {
+            ebd_log(EBD_ERROR, "msg=\"out of memory: a bus's deliveries stay stopped\" bus=%s",
+                    rt->bus->name);
+            rt->npairs = 0;
+        }
+        rt->npairs = 0;
+    }
+    for (size_t i = 0; i < e->npairs; i++) {
+        ebd_pair *q = &e->pairs[i];
+        router *rt = &e->routers[q->pbus];
+        if (rt->pairs && rt->bus && threads_ok)
+            rt->pairs[rt->npairs++] = q;
+    }
+    for (uint32_t b = 0; b < p->nbuses; b++) {
+        router *rt = &e->routers[b];
+        if (!rt->npairs)
+            continue;
+        qsort(rt->pairs, rt->npairs, sizeof *rt->pairs, cmp_pair_name);
+        ebd_book *bk = rt->bus->book;
+        if (!bk || bk->broken) {
+            ebd_log(EBD_ERROR, "msg=\"the bus's delivery positions cannot be read: its deliveries "
+                    "stay stopped until they are fixed and ebd restarted\" bus=%s", rt->bus->name);
+            continue;
+        }
+        uint64_t first, next;
+        store_bounds(rt->bus->s, &first, &next);
+        pthread_mutex_lock(&bk->mu);
+        bool any = false;
+        for (size_t i = 0; i < rt->npairs; i++) {
+            ebd_pair *q = rt->pairs[i];
+            q->runs = true;
+            pair_start(q, bk, next);
+            if (!q->runs)
+                continue;
+            uint64_t low = q->nspend ? q->spend[0] : q->start;
+            for (uint32_t k = 1; k < q->nspend; k++)
+                if (q->spend[k] < low)
+                    low = q->spend[k];
+            if (!any || low < rt->pos)
+                rt->pos = low;
+            any = true;
+            if (q->nspend) {
+                qsort(q->spend, q->nspend, sizeof *q->spend, cmp_u64);
+                pair_ready(&e->th[q->th], q);
+            }
+        }
+        pthread_mutex_unlock(&bk->mu);
+        if (any)
+            rt->started = pthread_create(&rt->th, NULL, router_main, rt) == 0;
+        if (any && !rt->started)
+            ebd_log(EBD_ERROR, "msg=\"cannot start a router thread\" bus=%s", rt->bus->name);
+    }
+    for (unsigned t = 0; threads_ok && t < e->nth; t++) {
+        e->th[t].started = pthread_create(&e->th[t].th, NULL, thread_main, &e->th[t]) == 0;
+        if (!e->th[t].started)
+            ebd_log(EBD_ERROR, "msg=\"cannot start a delivery thread\"");
+    }
+    e->committer_started = pthread_create(&e->committer, NULL, committer_main, e) == 0;
 }
 
 void ebd_workers_stop(ebd *d, ebd_rules *r)
 {
+    (void)d;
+    ebd_engine *e = r->eng;
     atomic_store(&r->stop, true);
+    if (!e || !e->th || !e->routers)
+        return;
     int64_t t0 = mono_ms();
-    for (size_t i = 0; i < r->nworkers; i++) {
-        ebd_worker *w = &r->workers[i];
-        if (w->started) {
-            pthread_join(w->th, NULL);
-            w->started = false;
-            if (mono_ms() - t0 > 300)
-                ebd_log(EBD_INFO, "msg=\"delivery stopped late\" cursor=%s after_ms=%lld",
-                        w->cursor, (long long)(mono_ms() - t0));
+    pthread_mutex_lock(&e->cmu);
+    pthread_cond_broadcast(&e->ccv);
+    pthread_mutex_unlock(&e->cmu);
+    for (unsigned t = 0; t < e->nth; t++)
+        if (e->th[t].multi)
+            curl_multi_wakeup(e->th[t].multi);
+    /* the routers first, so that their positions are final; then the deliveries in hand */
+    for (uint32_t b = 0; b < r->p->nbuses; b++)
+        if (e->routers[b].started) {
+            pthread_join(e->routers[b].th, NULL);
+            e->routers[b].started = false;
         }
-    }
-    if (r->committer_started)
-        pthread_join(r->committer, NULL);
-    r->committer_started = false;
-    for (size_t i = 0; i < r->nworkers; i++)     /* the last positions, durable before the swap */
-        commit_now(d, r, &r->workers[i]);
-    for (uint32_t b = 0; r->routers && b < r->p->nbuses; b++) {
-        ebd_router *rt = &r->routers[b];
-        if (rt->started)
-            pthread_join(rt->th, NULL);
-        rt->started = false;
-        if (rt->d)
-            pthread_mutex_destroy(&rt->mu);
-        free(rt->pairs);
-    }
-    for (size_t i = 0; i < r->nworkers; i++) {
-        ebd_worker *w = &r->workers[i];
-        if (w->router) {
-            pthread_mutex_destroy(&w->qmu);
-            pthread_cond_destroy(&w->qcv);
-            pthread_mutex_destroy(&w->pmu);
+    for (unsigned t = 0; t < e->nth; t++)
+        if (e->th[t].started) {
+            pthread_join(e->th[t].th, NULL);
+            e->th[t].started = false;
         }
-        free(w->spend);
-        w->spend = NULL;
-        free(w->ring);
-        w->ring = NULL;
-        for (unsigned q = 0; w->failed && q < w->qcap; q++)
-            free(w->failed[q]);
-        free(w->failed);
-        w->failed = NULL;
-        w->router = NULL;
+    if (e->committer_started)
+        pthread_join(e->committer, NULL);
+    e->committer_started = false;
+    if (mono_ms() - t0 > 300)
+        ebd_log(EBD_INFO, "msg=\"delivery stopped late\" after_ms=%lld", (long long)(mono_ms() - t0));
+    /* what is still pending (waiting for a retry, for a slot) stays listed in the positions */
+    for (unsigned t = 0; t < e->nth; t++)
+        thread_free(e, &e->th[t]);
+    commit_all(e, true);                  /* the last positions, durable before the swap */
+    for (unsigned t = 0; t < e->nth; t++)
+        pthread_mutex_destroy(&e->th[t].mu);
+    for (uint32_t b = 0; b < r->p->nbuses; b++) {
+        pthread_mutex_destroy(&e->routers[b].mu);
+        free(e->routers[b].pairs);
+        free(e->routers[b].scratch);
     }
-    free(r->routers);
-    r->routers = NULL;
+    free(e->routers);
+    e->routers = NULL;
+    free(e->th);
+    e->th = NULL;
+    pthread_mutex_destroy(&e->cmu);
+    pthread_cond_destroy(&e->ccv);
 }

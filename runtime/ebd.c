@@ -260,6 +260,8 @@ static void close_unused_buses(ebd *d)
         store *s = d->buses[i]->s;
         d->buses[i]->s = NULL;
         pthread_rwlock_unlock(&d->lock);
+        ebd_book_free(d->buses[i]->book);     /* read again if the bus comes back */
+        d->buses[i]->book = NULL;
         store_close(s);
         ebd_log(EBD_INFO, "msg=\"bus closed: the rules no longer declare it\" bus=%s",
                 d->buses[i]->name);
@@ -289,6 +291,10 @@ static ebd_rules *make_rules(ebd *d, sbuf *errors)
     }
     r->p = p;
     char err[700] = "";
+    const vm_cfg *dt = ebd_cfg_option(p, p->server0, p->nserver, "delivery_threads");
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    r->delivery_threads = dt && ebd_cfg_child(p, dt, 0) ? (unsigned)ebd_cfg_child(p, dt, 0)->num
+                        : cores > 0 ? (unsigned)cores : 1;
     r->admin_token = read_token(p, ebd_cfg_option(p, p->server0, p->nserver, "admin_token"),
                                 "server: admin_token", err, sizeof err);
     bool io = false;       /* the data directory failed, not the rules: no rules-file prefix */
@@ -339,7 +345,7 @@ bool ebd_reload(ebd *d, sbuf *errors)
     close_unused_buses(d);
     pthread_mutex_unlock(&d->reload_mu);
     ebd_log(EBD_INFO, "msg=\"rules reloaded\" rules=%u targets=%u deliveries=%zu compile_ms=%.1f "
-            "stop_ms=%.1f total_ms=%.1f", r->p->nrules, r->p->ntargets, r->nworkers,
+            "stop_ms=%.1f total_ms=%.1f", r->p->nrules, r->p->ntargets, r->npairs,
             (t1 - t0) * 1e3, (t2 - t1) * 1e3, (mono_s() - t0) * 1e3);
     return true;
 }
@@ -633,7 +639,7 @@ int main(int argc, char **argv)
     ebd_log(EBD_INFO, "msg=\"ebd started\" listen=%s://%s:%u data=%s rules=%s buses=%zu "
             "deliveries=%zu pid=%ld descriptors=%llu max_connections=%u max_client_connections=%u "
             "header_timeout_s=%u body_timeout_s=%u max_buffered=%llu", d.tls_cert ? "https" : "http",
-            host, port, d.data_dir, rules, d.nbuses, d.rules->nworkers, (long)getpid(),
+            host, port, d.data_dir, rules, d.nbuses, d.rules->npairs, (long)getpid(),
             (unsigned long long)fds, d.max_connections, d.max_client_connections, d.header_timeout,
             d.body_timeout, (unsigned long long)d.max_buffered);
     for (;;) {
@@ -663,6 +669,7 @@ out:
     ebd_rules_free(d.rules);
     for (size_t i = 0; i < d.nbuses; i++) {
         store_close(d.buses[i]->s);
+        ebd_book_free(d.buses[i]->book);
         free(d.buses[i]->name);
         free(d.buses[i]);
     }

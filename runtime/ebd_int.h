@@ -109,12 +109,16 @@ typedef struct {
     struct timespec refill;
 } ebd_target;
 
+/* Per bus of the daemon, kept across reloads: where each pair stands (deliver.c). */
+typedef struct ebd_book ebd_book;
+
 /* A bus of the daemon: its log stays open across reloads (d->buses holds pointers, so a bus
  * never moves).  What the rules say of it (token, size limit) is in ebd_rules; ingest works on
  * a view that joins both (ebd_bus_view). */
 typedef struct {
     char *name;
     store *s;
+    ebd_book *book;               /* deliver.c: the pairs' positions, as last committed */
     const char *token;            /* in a view: bearer token for puts, or NULL */
     uint64_t max_event;           /* in a view: the largest event */
 } ebd_bus;
@@ -122,61 +126,18 @@ typedef struct {
 typedef struct ebd ebd;
 typedef struct ebd_rules ebd_rules;
 
-typedef struct ebd_router ebd_router;
-
-/* A (rule, target) pair's delivery worker.  Its bus's router hands it the offsets of the events
- * its rule matches through a bounded queue; when the queue is full the router stops and the
- * worker reads the log itself from there (catch-up) until it is level with the router again. */
-typedef struct {
-    ebd *d;
-    ebd_rules *r;
-    ebd_router *router;
-    uint32_t rule, target;        /* in r->p */
-    char cursor[256];
-    uint64_t start;               /* its committed cursor when it started */
-    uint64_t *spend;              /* offsets its last run left pending below start: done first */
-    size_t nspend, ispend;        /* (how many, how many read) */
-    pthread_mutex_t pmu;          /* what it publishes for the committer: */
-    uint64_t pubhigh;             /*   a position, */
-    uint64_t pubpend[STORE_MAX_PENDING];   /* the offsets below it still to do, */
-    size_t npubpend;
-    uint64_t pubver, comver;      /*   and versions: published, committed */
-    pthread_mutex_t qmu;
-    pthread_cond_t qcv;
-    uint64_t *ring;               /* offsets of matched events, oldest at qhead */
-    char **failed;                /* per queued event: NULL, or why matching failed for the rule
-                                     (malloc'd; the event goes to its dead letter) */
-    unsigned qcap, qhead, qn;
-    bool catchup;                 /* the router skipped it from catchup_from on */
-    uint64_t catchup_from;
-    pthread_t th;
-    bool started;
-} ebd_worker;
-
-/* One per bus: reads the log once, runs the matcher once per event, and queues each event for
- * the pairs whose rule it matches, or that it failed (for their dead letter). */
-struct ebd_router {
-    ebd *d;
-    ebd_rules *r;
-    uint32_t pbus;                /* the program's bus */
-    size_t *pairs;                /* indices into r->workers */
-    size_t npairs;
-    pthread_mutex_t mu;
-    uint64_t pos;                 /* the next offset it looks at: everything before is queued */
-    pthread_t th;
-    bool started;
-};
+/* deliver.c's run-time state of a ruleset: the (rule, target) pairs, the routers, the delivery
+ * threads and the committer.  Private to deliver.c. */
+typedef struct ebd_engine ebd_engine;
 
 /* One loaded ruleset with what it needs at run time; replaced whole on reload. */
 struct ebd_rules {
     vm_program *p;
-    _Atomic bool stop;            /* its workers: leave after the delivery in hand */
+    _Atomic bool stop;            /* its delivery: leave after the deliveries in hand */
     ebd_target *targets;          /* one per p->targets */
-    ebd_worker *workers;          /* one per (rule, target) */
-    size_t nworkers;
-    ebd_router *routers;          /* one per bus of p */
-    pthread_t committer;          /* writes the workers' cursors every 200 ms */
-    bool committer_started;
+    size_t npairs;                /* (rule, target) pairs */
+    ebd_engine *eng;
+    unsigned delivery_threads;    /* server { delivery_threads N }, else the number of cores */
     uint32_t *bus_of;             /* p's bus index -> the daemon's bus index */
     char **bus_token;             /* p's bus index -> its token (NULL: none) */
     uint64_t *bus_max;            /* p's bus index -> its max_event_size */
@@ -217,6 +178,7 @@ bool ebd_rules_prepare(ebd *d, ebd_rules *r, char *err, size_t errcap);
 void ebd_workers_start(ebd *d, ebd_rules *r);
 void ebd_workers_stop(ebd *d, ebd_rules *r);     /* finish the delivery in hand, commit, join */
 void ebd_rules_free(ebd_rules *r);
+void ebd_book_free(ebd_book *b);                  /* when its bus closes */
 
 /* ingest.c */
 struct MHD_Daemon;

@@ -289,7 +289,7 @@ s=$(post /v1/buses/gone5/events application/cloudevents+json "$(ev back1 x)")
 expect_status 202 "a bus declared again after a reload took it away takes events" "$s"
 stop_ebd
 
-# ---- a lost cursor: the pair starts again from the oldest event kept, loudly, not at the end ----
+# ---- lost positions: the pairs start again from the oldest event kept, loudly, not at the end ---
 PR=$((BASE + 1))
 printf 'bus main\ntarget h http "http://127.0.0.1:%d/h" { retry exponential(attempts: 100, first: 50ms, max: 100ms) }\nrule r on main { match exists id to h }\n' $PR >"$WORK/lost.ebr"
 start_ebd "$WORK/lost.ebr" "$WORK/lost"
@@ -297,19 +297,19 @@ wait_for "$E2E_WAIT" healthy || fail "ebd did not start"
 for id in lag1 lag2 lag3; do post /v1/buses/main/events application/cloudevents+json "$(ev $id x)" >/dev/null; done
 wait_for "$E2E_WAIT" grep -q 'offset=2' "$WORK/ebd.log"      # the target is down: they wait for retries
 stop_ebd
-rm -f "$WORK/lost/buses/main/cursors/r.h"
+rm -f "$WORK/lost/buses/main/cursors/@delivery"     # the bus's positions (docs/storage.md)
 "$BIN/e2e_receiver" $PR "$WORK/lost.log" &
 PIDS="$PIDS $!"
 start_ebd "$WORK/lost.ebr" "$WORK/lost"
 wait_for "$E2E_WAIT" healthy || fail "ebd did not start"
 post /v1/buses/main/events application/cloudevents+json "$(ev lag4 x)" >/dev/null
 if wait_for "$E2E_WAIT" grep -q '"id":"lag4"' "$WORK/lost.log" && grep -q '"id":"lag1"' "$WORK/lost.log"; then
-    pass "a pair whose cursor was removed delivers its backlog (lag1-3) instead of skipping it"
+    pass "a pair whose position was removed delivers its backlog (lag1-3) instead of skipping it"
 else
     fail "lost cursor: the receiver got $(grep -o '"id":"lag[0-9]"' "$WORK/lost.log" 2>/dev/null | paste -sd,)"
 fi
-grep -q 'level=error msg="a delivery cursor is missing though the pair has run before' "$WORK/ebd.log" \
-    && pass "and says so at level error" || fail "no error line for the lost cursor"
+grep -q 'level=error msg="the delivery positions of a bus are missing though its pairs have run before' "$WORK/ebd.log" \
+    && pass "and says so at level error" || fail "no error line for the lost positions"
 stop_ebd
 
 # ---- a bus target that feeds its own bus: each pass counted, the 17th dead-lettered --------------
