@@ -312,6 +312,36 @@ grep -q 'level=error msg="the delivery positions of a bus are missing though its
     && pass "and says so at level error" || fail "no error line for the lost positions"
 stop_ebd
 
+# ---- positions kept one file per pair (before the cursor set) are read and converted ------------
+# Five events delivered to both file targets; then the set is replaced by the single cursors an
+# older ebd wrote (docs/storage.md): r.f at 3 (so 3 and 4 go again), r2.f2 at 5 with offset 1
+# still pending (so 1 goes again).  CRC: crc32c of the text before it.
+printf 'bus main\ntarget f file "out/f.jsonl"\ntarget f2 file "out/f2.jsonl"\nrule r on main { match exists id to f }\nrule r2 on main { match exists id to f2 }\n' >"$WORK/conv.ebr"
+start_ebd "$WORK/conv.ebr" "$WORK/conv"
+wait_for "$E2E_WAIT" healthy || fail "ebd did not start"
+for id in c0 c1 c2 c3 c4; do post /v1/buses/main/events application/cloudevents+json "$(ev $id x)" >/dev/null; done
+wait_for "$E2E_WAIT" lines_ge "$WORK/conv/out/f.jsonl" 5 && wait_for "$E2E_WAIT" lines_ge "$WORK/conv/out/f2.jsonl" 5 \
+    || fail "conversion: the five events were not delivered"
+stop_ebd
+C="$WORK/conv/buses/main/cursors"
+rm -f "$C/@delivery"
+printf 'ebr-cursor 1 3 72ebae01\n' >"$C/r.f"
+printf 'ebr-cursor 2 5 1 1 224d08b5\n' >"$C/r2.f2"
+start_ebd "$WORK/conv.ebr" "$WORK/conv"
+wait_for "$E2E_WAIT" healthy || fail "ebd did not start"
+post /v1/buses/main/events application/cloudevents+json "$(ev c5 x)" >/dev/null
+if wait_for "$E2E_WAIT" grep -q '"id":"c5"' "$WORK/conv/out/f.jsonl" && wait_for "$E2E_WAIT" grep -q '"id":"c5"' "$WORK/conv/out/f2.jsonl" &&
+   [ "$(grep -o '"id":"c[0-9]"' "$WORK/conv/out/f.jsonl" | paste -sd,)" = '"id":"c0","id":"c1","id":"c2","id":"c3","id":"c4","id":"c3","id":"c4","id":"c5"' ] &&
+   [ "$(grep -o '"id":"c[0-9]"' "$WORK/conv/out/f2.jsonl" | paste -sd,)" = '"id":"c0","id":"c1","id":"c2","id":"c3","id":"c4","id":"c1","id":"c5"' ]; then
+    pass "per-pair cursor files are converted: each pair goes on from its own position and pending event"
+else
+    fail "conversion: f got $(grep -o '"id":"c[0-9]"' "$WORK/conv/out/f.jsonl" | paste -sd,); f2 got $(grep -o '"id":"c[0-9]"' "$WORK/conv/out/f2.jsonl" | paste -sd,)"
+fi
+[ ! -e "$C/r.f" ] && [ ! -e "$C/r2.f2" ] && [ -f "$C/@delivery" ] && grep -q 'msg="delivery cursors converted into the bus' "$WORK/ebd.log" \
+    && pass "the single files are gone once the set is written, and the log says so" \
+    || fail "conversion: files left $(ls "$C" | paste -sd' ')"
+stop_ebd
+
 # ---- a bus target that feeds its own bus: each pass counted, the 17th dead-lettered --------------
 cat >"$WORK/loop.ebr" <<'EOF'
 bus a
