@@ -4,6 +4,7 @@
 #define _GNU_SOURCE   /* pipe2, posix_spawn_file_actions_addclosefrom_np */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -24,12 +25,6 @@ static int64_t now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void nap_ms(long ms)
-{
-    struct timespec ts = { 0, ms * 1000000 };
-    nanosleep(&ts, NULL);
 }
 
 /* A command that stops reading its input must not kill this process: SIGPIPE is ignored once,
@@ -86,46 +81,57 @@ static int spawn(const cmd_spec *s, int in, int out, int err, pid_t *pid)
     return e;
 }
 
-/* Has the command exited?  (It stays unreaped: its process group id cannot be reused yet.) */
+/* A running command: the state of cmd_run's loop, kept between steps. */
+enum { RUNNING, ENDING, KILLED, DONE };
+
+struct cmd_job {
+    cmd_spec s;              /* a copy; only input, timeout_ms and out_limit used after the start */
+    cmd_result r;
+    sbuf out;
+    pid_t pid;
+    int wfd, ofd, efd;       /* our ends of its pipes, -1 when closed or not there */
+    int pidfd;               /* readable when the command exits; -1 without pidfd_open */
+    size_t sent;             /* how much of the input is written */
+    int state;               /* RUNNING: pipes served until it exits, times out or writes too
+                              * much; ENDING: its group has had SIGTERM, the grace runs;
+                              * KILLED: SIGKILL sent, the command not yet reaped; DONE */
+    bool reaped;
+    int64_t until;           /* RUNNING: its timeout; ENDING, KILLED: the end of the grace */
+    int64_t wake;            /* the deadline cmd_job_fds reports */
+};
+
+/* How often a job looks when no descriptor can tell it (no pidfd; a group being waited for). */
+#define LOOK_MS 5
+
+static int64_t earlier(int64_t a, int64_t b)
+{
+    return a < b ? a : b;
+}
+
+/* Has the command exited?  (It stays unreaped: its process group id cannot be reused yet.)
+ * True also when it cannot be waited for at all (someone else reaped it). */
 static bool leader_exited(pid_t pid)
 {
     siginfo_t si;
     memset(&si, 0, sizeof si);
-    return waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == pid;
+    int e = waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT);
+    return e == 0 ? si.si_pid == pid : errno != EINTR;
 }
 
-/* Ends the command's process group: SIGTERM to all of it, SIGKILL CMD_GRACE_MS later to what is
- * left; reaps the command and returns its status.  The group is signalled first while the
- * command is unreaped (its id cannot belong to anyone else then); after the command is reaped,
- * the id stays taken as long as a member lives, so the later signals reach only the group's
- * members (another process would have to take the number and lead a group of that id within
- * the grace). */
-static int end_group(pid_t pid, int pidfd)
+/* Reaps the command if it has exited (block: waits for it); its status goes to the result.
+ * Returns whether it is reaped (or cannot be waited for: reaped by someone else). */
+static bool reap(cmd_job *j, bool block)
 {
-    int status = 0;
-    kill(-pid, SIGTERM);
-    int64_t until = now_ms() + CMD_GRACE_MS;
     for (;;) {
-        pid_t w = waitpid(pid, &status, WNOHANG);
-        if (w == pid || (w < 0 && errno != EINTR))
-            break;
-        int64_t left = until - now_ms();
-        if (left <= 0) {
-            kill(-pid, SIGKILL);
-            while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-                ;
-            return status;
-        }
-        struct pollfd p = { pidfd, POLLIN, 0 };
-        if (pidfd < 0 || poll(&p, 1, (int)left) < 0)
-            nap_ms(2);
+        int status = 0;
+        pid_t w = waitpid(j->pid, &status, block ? 0 : WNOHANG);
+        if (w == j->pid)
+            j->r.status = status;
+        if (w == j->pid || (w < 0 && errno != EINTR))
+            return true;
+        if (w == 0)
+            return false;
     }
-    /* The command is gone; what it started may not be. */
-    while (kill(-pid, 0) == 0 && now_ms() < until)
-        nap_ms(5);
-    if (kill(-pid, 0) == 0)
-        kill(-pid, SIGKILL);
-    return status;
 }
 
 /* Reads what fd has now into the result: standard output up to the limit (past it: out_over),
@@ -157,107 +163,279 @@ static bool take(int fd, bool is_out, const cmd_spec *s, sbuf *o, cmd_result *r)
     return true;
 }
 
-/* After the group has ended: what is still in the pipes (written just before the end), without
- * waiting for more; bounded, in case something outside the group holds a pipe and writes. */
-static void drain(int fd, bool is_out, const cmd_spec *s, sbuf *o, cmd_result *r)
+/* After the group has ended: what is still in the pipe (written just before the end), without
+ * waiting for more; bounded, in case something outside the group holds the pipe and writes. */
+static void drain(int fd, bool is_out, cmd_job *j)
 {
-    if (fd < 0)
-        return;
-    fcntl(fd, F_SETFL, O_NONBLOCK);
-    for (int i = 0; i < 64 && !r->out_over && !r->oom; i++) {
+    for (int i = 0; fd >= 0 && i < 64 && !j->r.out_over && !j->r.oom; i++) {
         struct pollfd p = { fd, POLLIN, 0 };
-        if (poll(&p, 1, 0) <= 0 || !take(fd, is_out, s, o, r))
+        if (poll(&p, 1, 0) <= 0 || !take(fd, is_out, &j->s, &j->out, &j->r))
             break;
     }
 }
 
-static void close_all(int a, int b, int c)
+static void close_fd(int *fd)
 {
-    int fds[3] = { a, b, c };
-    for (int i = 0; i < 3; i++)
-        if (fds[i] >= 0)
-            close(fds[i]);
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
+static void close_all(cmd_job *j)
+{
+    close_fd(&j->wfd);
+    close_fd(&j->ofd);
+    close_fd(&j->efd);
+    close_fd(&j->pidfd);
+}
+
+/* The group is gone and the command reaped: the rest of the pipes into the result. */
+static bool finish(cmd_job *j)
+{
+    drain(j->ofd, true, j);
+    drain(j->efd, false, j);
+    close_all(j);
+    j->r.out = j->out.v;
+    j->r.nout = j->out.n;
+    j->out = (sbuf){ 0 };
+    if (j->s.out_limit && !j->r.out && !j->r.oom)
+        j->r.out = calloc(1, 1);
+    j->r.oom |= j->s.out_limit && !j->r.out;
+    j->state = DONE;
+    j->wake = 0;
+    return true;
+}
+
+/* SIGKILL is sent: the command is only to be reaped, which its pidfd announces. */
+static bool killed_step(cmd_job *j, int64_t now)
+{
+    if (reap(j, false)) {
+        j->reaped = true;
+        return finish(j);
+    }
+    j->wake = j->pidfd >= 0 ? -1 : now + LOOK_MS;
+    return false;
+}
+
+/* The group has had SIGTERM, sent while the command was unreaped (its id could belong to no one
+ * else then).  Reaps the command; after that, the id stays taken as long as a member of the
+ * group lives, so the later signals reach only the group's members (another process would have
+ * to take the number and lead a group of that id within the grace).  Whatever is left at the
+ * end of the grace gets SIGKILL.  The grace is this state and its deadline, never a sleep. */
+static bool ending_step(cmd_job *j, int64_t now)
+{
+    if (!j->reaped)
+        j->reaped = reap(j, false);
+    if (!j->reaped) {
+        if (now < j->until) {
+            j->wake = j->pidfd >= 0 ? j->until : earlier(now + LOOK_MS, j->until);
+            return false;
+        }
+        kill(-j->pid, SIGKILL);
+        j->state = KILLED;
+        return killed_step(j, now);
+    }
+    /* The command is gone; what it started may not be. */
+    if (kill(-j->pid, 0) == 0) {
+        if (now < j->until) {
+            j->wake = earlier(now + LOOK_MS, j->until);
+            return false;
+        }
+        kill(-j->pid, SIGKILL);
+    }
+    return finish(j);
+}
+
+/* The command has exited, timed out or written too much: its group gets SIGTERM, and the grace
+ * starts. */
+static bool begin_end(cmd_job *j, int64_t now)
+{
+    close_fd(&j->wfd);
+    kill(-j->pid, SIGTERM);
+    j->state = ENDING;
+    j->until = now + CMD_GRACE_MS;
+    return ending_step(j, now);
+}
+
+/* Writes what the command's standard input takes now; closes it when all is written, or when
+ * the command does not read it (fine). */
+static void put(cmd_job *j)
+{
+    ssize_t w = write(j->wfd, j->s.input + j->sent, j->s.ninput - j->sent);
+    if (w > 0)
+        j->sent += (size_t)w;
+    if ((w < 0 && errno != EAGAIN && errno != EINTR) || j->sent == j->s.ninput)
+        close_fd(&j->wfd);
+}
+
+/* Serves the pipes that are ready, and sees whether the command is over. */
+static bool running_step(cmd_job *j, int64_t now)
+{
+    struct pollfd p[CMD_MAX_FDS];
+    int64_t ignored;
+    int n = cmd_job_fds(j, p, &ignored);
+    int k = poll(p, (nfds_t)n, 0);
+    if (k < 0 && errno != EINTR) {
+        j->r.timed_out = true;      /* cannot watch the command: stop it */
+        return begin_end(j, now);
+    }
+    bool exited = false;
+    for (int i = 0; i < n && k > 0; i++) {
+        if (!p[i].revents)
+            continue;
+        if (p[i].fd == j->wfd)
+            put(j);
+        else if (p[i].fd == j->ofd && !take(j->ofd, true, &j->s, &j->out, &j->r))
+            close_fd(&j->ofd);
+        else if (p[i].fd == j->efd && !take(j->efd, false, &j->s, &j->out, &j->r))
+            close_fd(&j->efd);
+        else if (p[i].fd == j->pidfd)
+            exited = true;
+    }
+    if (((exited || j->pidfd < 0) && leader_exited(j->pid)) || j->r.out_over || j->r.oom)
+        return begin_end(j, now);
+    if (now >= j->until) {
+        j->r.timed_out = true;
+        return begin_end(j, now);
+    }
+    j->wake = j->pidfd >= 0 ? j->until : earlier(now + LOOK_MS, j->until);
+    return false;
+}
+
+cmd_job *cmd_start(const cmd_spec *s)
+{
+    cmd_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    pthread_once(&sigpipe_once, ignore_sigpipe);
+    j->s = *s;
+    j->s.argv = NULL;
+    j->s.envp = NULL;
+    j->pidfd = -1;
+    int in[2] = { -1, -1 }, out[2] = { -1, -1 }, er[2] = { -1, -1 };
+    if (pipe2(in, O_CLOEXEC) != 0 || (s->out_limit && pipe2(out, O_CLOEXEC) != 0) ||
+        pipe2(er, O_CLOEXEC) != 0)
+        j->r.spawn_errno = errno;
+    else
+        j->r.spawn_errno = spawn(s, in[0], out[1], er[1], &j->pid);
+    close_fd(&in[0]);                  /* the command's ends */
+    close_fd(&out[1]);
+    close_fd(&er[1]);
+    j->wfd = in[1];
+    j->ofd = out[0];
+    j->efd = er[0];
+    if (j->r.spawn_errno) {
+        close_all(j);
+        j->state = DONE;
+        j->reaped = true;
+        return j;
+    }
+    /* A descriptor that becomes readable when the command exits; without one (before Linux
+     * 5.3), the job asks to be looked at every LOOK_MS. */
+#ifdef SYS_pidfd_open
+    j->pidfd = (int)syscall(SYS_pidfd_open, j->pid, 0);
+#endif
+    fcntl(j->wfd, F_SETFL, O_NONBLOCK);
+    if (j->ofd >= 0)
+        fcntl(j->ofd, F_SETFL, O_NONBLOCK);
+    fcntl(j->efd, F_SETFL, O_NONBLOCK);
+    if (s->ninput == 0)
+        close_fd(&j->wfd);
+    int64_t now = now_ms();
+    j->until = now + s->timeout_ms;
+    j->wake = j->pidfd >= 0 ? j->until : earlier(now + LOOK_MS, j->until);
+    return j;
+}
+
+int cmd_job_fds(const cmd_job *j, struct pollfd *fds, int64_t *deadline_ms)
+{
+    int n = 0;
+    if (j->state == RUNNING) {
+        int want[3][2] = { { j->ofd, POLLIN }, { j->efd, POLLIN }, { j->wfd, POLLOUT } };
+        for (int i = 0; i < 3; i++)
+            if (want[i][0] >= 0)
+                fds[n++] = (struct pollfd){ want[i][0], (short)want[i][1], 0 };
+    }
+    if (j->state != DONE && !j->reaped && j->pidfd >= 0)
+        fds[n++] = (struct pollfd){ j->pidfd, POLLIN, 0 };
+    *deadline_ms = j->wake;
+    return n;
+}
+
+bool cmd_job_step(cmd_job *j, int64_t now)
+{
+    switch (j->state) {
+    case RUNNING:
+        return running_step(j, now);
+    case ENDING:
+        return ending_step(j, now);
+    case KILLED:
+        return killed_step(j, now);
+    default:
+        return true;
+    }
+}
+
+/* Ends an unfinished job at once: SIGTERM and SIGKILL to its group (the id is still the group's:
+ * see ending_step), the command reaped. */
+static void stop_now(cmd_job *j)
+{
+    if (j->state == DONE)
+        return;
+    if (j->state == RUNNING)
+        kill(-j->pid, SIGTERM);
+    kill(-j->pid, SIGKILL);
+    if (!j->reaped)
+        j->reaped = reap(j, true);
+}
+
+void cmd_job_end(cmd_job *j, cmd_result *r)
+{
+    if (j->state != DONE) {
+        stop_now(j);
+        finish(j);
+    }
+    *r = j->r;
+    free(j);
+}
+
+void cmd_job_abort(cmd_job *j)
+{
+    stop_now(j);
+    close_all(j);
+    sb_free(&j->out);
+    cmd_result_free(&j->r);
+    free(j);
+}
+
+/* The poll timeout until deadline (-1: none). */
+static int wait_ms(int64_t deadline, int64_t now)
+{
+    if (deadline < 0)
+        return -1;
+    int64_t left = deadline - now;
+    return left <= 0 ? 0 : left > INT_MAX ? INT_MAX : (int)left;
 }
 
 void cmd_run(const cmd_spec *s, cmd_result *r)
 {
-    memset(r, 0, sizeof *r);
-    pthread_once(&sigpipe_once, ignore_sigpipe);
-    int in[2] = { -1, -1 }, out[2] = { -1, -1 }, er[2] = { -1, -1 };
-    pid_t pid = 0;
-    if (pipe2(in, O_CLOEXEC) != 0 || (s->out_limit && pipe2(out, O_CLOEXEC) != 0) ||
-        pipe2(er, O_CLOEXEC) != 0)
-        r->spawn_errno = errno;
-    else
-        r->spawn_errno = spawn(s, in[0], out[1], er[1], &pid);
-    close_all(in[0], out[1], er[1]);       /* the command's ends */
-    if (r->spawn_errno) {
-        close_all(in[1], out[0], er[0]);
+    cmd_job *j = cmd_start(s);
+    if (!j) {
+        memset(r, 0, sizeof *r);
+        r->spawn_errno = ENOMEM;
         return;
     }
-    int wfd = in[1], ofd = out[0], efd = er[0];
-    /* A descriptor that becomes readable when the command exits; without one (before Linux
-     * 5.3), the loop looks every 5 ms. */
-#ifdef SYS_pidfd_open
-    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-#else
-    int pidfd = -1;
-#endif
-    sbuf o = { 0 };
-    size_t sent = 0;
-    fcntl(wfd, F_SETFL, O_NONBLOCK);
-    if (s->ninput == 0) {
-        close(wfd);
-        wfd = -1;
-    }
-    int64_t deadline = now_ms() + s->timeout_ms;
-    bool exited = false;
-    while (!exited && !r->out_over && !r->oom) {
-        int64_t left = deadline - now_ms();
-        if (left <= 0) {
-            r->timed_out = true;
+    for (;;) {
+        struct pollfd p[CMD_MAX_FDS];
+        int64_t deadline;
+        int n = cmd_job_fds(j, p, &deadline);
+        int ms = wait_ms(deadline, now_ms());
+        if (ms != 0)
+            poll(p, (nfds_t)n, ms);
+        if (cmd_job_step(j, now_ms()))
             break;
-        }
-        /* poll skips the negative descriptors: those closed, or not there */
-        struct pollfd p[4] = { { ofd, POLLIN, 0 }, { efd, POLLIN, 0 }, { wfd, POLLOUT, 0 },
-                               { pidfd, POLLIN, 0 } };
-        int k = poll(p, 4, pidfd >= 0 || left < 5 ? (int)left : 5);
-        if (k < 0 && errno != EINTR) {
-            r->timed_out = true;      /* cannot watch the command: stop it */
-            break;
-        }
-        if (k < 0)
-            continue;
-        if (wfd >= 0 && p[2].revents) {
-            ssize_t w = write(wfd, s->input + sent, s->ninput - sent);
-            if (w > 0)
-                sent += (size_t)w;
-            if ((w < 0 && errno != EAGAIN && errno != EINTR) || sent == s->ninput) {
-                close(wfd);       /* all written, or the command does not read: fine */
-                wfd = -1;
-            }
-        }
-        if (ofd >= 0 && p[0].revents && !take(ofd, true, s, &o, r)) {
-            close(ofd);
-            ofd = -1;
-        }
-        if (efd >= 0 && p[1].revents && !take(efd, false, s, &o, r)) {
-            close(efd);
-            efd = -1;
-        }
-        exited = (pidfd < 0 || p[3].revents) && leader_exited(pid);
     }
-    if (wfd >= 0)
-        close(wfd);
-    r->status = end_group(pid, pidfd);
-    drain(ofd, true, s, &o, r);
-    drain(efd, false, s, &o, r);
-    close_all(ofd, efd, pidfd);
-    r->out = o.v;
-    r->nout = o.n;
-    if (s->out_limit && !r->out && !r->oom)
-        r->out = calloc(1, 1);
-    r->oom |= s->out_limit && !r->out;
+    cmd_job_end(j, r);
 }
 
 void cmd_result_free(cmd_result *r)
