@@ -1123,27 +1123,24 @@ static void deliver_bus(ebd *d, ebd_target *t, const char *payload, size_t n, bo
     }
 }
 
-/* Runs the target's command with the payload on its standard input (docs/ebd.md, Commands):
- * exit status 0 is success.  What it writes to standard error is kept in part (CMD_STDERR_KEEP
- * bytes) for the error, or logged, escaped, when it succeeded. */
-static void deliver_exec(ebd_target *t, const char *payload, size_t n, attempt *a)
+/* What a finished command of an exec target means (docs/ebd.md, Commands): exit status 0 is
+ * success.  What it wrote to standard error is kept in part (CMD_STDERR_KEEP bytes) for the
+ * error, or logged, escaped, when it succeeded.  r is freed. */
+static void exec_outcome(ebd_target *t, const cmd_spec *s, cmd_result *r, attempt *a)
 {
-    cmd_spec s = { t->argv, t->envp, payload, n, (uint32_t)t->timeout_ms, 0 };
-    cmd_result r;
     char why[CMD_STDERR_KEEP + 100];
-    cmd_run(&s, &r);
-    if (cmd_describe(&s, &r, why, sizeof why)) {
+    if (cmd_describe(s, r, why, sizeof why)) {
         snprintf(a->error, sizeof a->error, "%s %s", t->argv[0], why);
-        a->status = r.spawn_errno || r.timed_out ? 0 : WIFEXITED(r.status) ? WEXITSTATUS(r.status)
-                                                                          : -WTERMSIG(r.status);
+        a->status = r->spawn_errno || r->timed_out ? 0 : WIFEXITED(r->status) ? WEXITSTATUS(r->status)
+                                                                             : -WTERMSIG(r->status);
         a->retry = true;
-    } else if (r.nerr) {
+    } else if (r->nerr) {
         char note[CMD_STDERR_KEEP + 8], esc[4 * sizeof note];
-        cmd_stderr_text(&r, note, sizeof note);
+        cmd_stderr_text(r, note, sizeof note);
         ebd_log(EBD_INFO, "msg=\"command wrote to standard error\" target=%s stderr=\"%s\"",
                 t->name, ebd_log_text(note, esc, sizeof esc));
     }
-    cmd_result_free(&r);
+    cmd_result_free(r);
 }
 
 /* Takes a slot of the target's concurrency limit and a rate-limit token if both are free now. */
@@ -1300,6 +1297,8 @@ typedef struct {
     uint64_t off;
     int64_t time_ns;
     uint32_t len;
+    char *line;                   /* the event on one line, with its line feed: made once for the */
+    size_t nline;                 /*   file targets of a fan-out (rules without a transform) */
     unsigned char data[];
 } recbuf;
 
@@ -1315,9 +1314,10 @@ struct item {
     bool known;                   /* the router matched it for the rule */
     bool made;                    /* its payload is made */
     char *failed;                 /* matching failed for the rule: why */
-    char *payload;
+    char *payload;                /* malloc'd, or the event itself (shared) */
     size_t plen;
     bool text;
+    bool shared;                  /* payload is rec->data: a rule without a transform */
     ebd_target *t;                /* where the attempt goes: the pair's target, or its dead letter */
     unsigned attempts;            /* at the pair's target */
     int64_t first_ms;             /* the first attempt (real time) */
@@ -1327,6 +1327,11 @@ struct item {
     bool slot;                    /* holds one of t's concurrency slots */
     int64_t due;                  /* waiting: when to try again (monotonic ms) */
     uint64_t seq;                 /* (equal dues go in the order they were set) */
+    cmd_job *job;                 /* exec in flight: watched through wfd[w0, w0 + nw) */
+    uint32_t w0, nw;
+    int64_t jdue;                 /*   and stepped by then (-1: when a descriptor says) */
+    bool watched;
+    item *jnext;                  /* in the thread's list of commands running */
     CURL *h;                      /* http in flight */
     struct curl_slist *headers;
     http_seen seen;
@@ -1361,7 +1366,10 @@ struct dthread {
     size_t ntouched;
     CURL **easy;                  /* handles to use again */
     size_t neasy, capeasy;
-    unsigned running;             /* http transfers in flight */
+    unsigned running;             /* http transfers and commands in flight */
+    item *jobs;                   /* the commands running */
+    struct curl_waitfd *wfd;      /* what curl_multi_poll watches for them */
+    size_t capwfd;
     unsigned seed;
 };
 
@@ -1401,8 +1409,10 @@ struct ebd_engine {
 
 static void recbuf_put(recbuf *b)
 {
-    if (b && --b->ref == 0)
+    if (b && --b->ref == 0) {
+        free(b->line);
         free(b);
+    }
 }
 
 static void mark_dirty(ebd_engine *e)
@@ -1528,6 +1538,8 @@ static recbuf *recbuf_of(const store_record *rec)
     if (!b)
         return NULL;
     b->ref = 1;
+    b->line = NULL;
+    b->nline = 0;
     b->off = rec->offset;
     b->time_ns = rec->time_ns;
     b->len = rec->len;
@@ -1632,6 +1644,12 @@ static int make_payload(dthread *th, item *it, char *err, size_t cap)
     if (x && (x->kind == VM_X_EXEC || x->kind == VM_X_HTTP)) {
         if (!rt_run_function(pr, x, data, len, &it->payload, &it->plen, &it->text, err, cap))
             return -1;
+    } else if (!x && p->t->kind != T_BUS) {
+        /* the event as it is: no copy (a fan-out delivers the same bytes many times) */
+        it->payload = (char *)it->rec->data;
+        it->plen = len;
+        it->shared = true;
+        return 1;
     } else {
         const char *out;
         vm_error e;
@@ -1677,14 +1695,17 @@ static void easy_put(dthread *th, CURL *h)
 
 static void item_free(dthread *th, item *it)
 {
+    if (it->job)
+        cmd_job_abort(it->job);       /* (not reached: a thread ends once its commands have) */
     if (it->h) {
         curl_multi_remove_handle(th->multi, it->h);
         th->running--;
         easy_put(th, it->h);
     }
     curl_slist_free_all(it->headers);
+    if (!it->shared)
+        free(it->payload);
     recbuf_put(it->rec);
-    free(it->payload);
     free(it->failed);
     free(it);
 }
@@ -1819,7 +1840,9 @@ static int to_dead_letter(dthread *th, item *it, const attempt *a, unsigned atte
                 p->name, it->off);
         return finish(th, it, false);
     }
-    free(it->payload);
+    if (!it->shared)
+        free(it->payload);
+    it->shared = false;
     it->payload = b.v;
     it->plen = b.n;
     it->text = false;
@@ -1955,9 +1978,19 @@ static int start_attempt(dthread *th, item *it)
         }
         deliver_bus(th->e->d, t, it->payload, it->plen, it->text, &a);
         break;
-    default:
-        deliver_exec(t, it->payload, it->plen, &a);
-        break;
+    default: {
+        /* started here, watched by the thread's loop: no thread waits for a command */
+        cmd_spec cs = { t->argv, t->envp, it->payload, it->plen, (uint32_t)t->timeout_ms, 0 };
+        if (!(it->job = cmd_start(&cs))) {
+            snprintf(a.error, sizeof a.error, "%s: out of memory", t->argv[0]);
+            a.retry = true;
+            break;
+        }
+        it->jnext = th->jobs;
+        th->jobs = it;
+        th->running++;
+        return GONE_WAIT;
+    }
     }
     return attempt_done(th, it, &a);
 }
@@ -1976,8 +2009,14 @@ static void flush_batches(dthread *th)
         th->same_p = NULL;
         if (t->kind == T_FILE) {
             size_t need = 0;
-            for (item *it = list; it; it = it->next)
-                need += 2 * it->plen + 1;
+            for (item *it = list; it; it = it->next) {
+                recbuf *rb = it->rec;
+                if (it->shared && !rb->line && (rb->line = malloc(it->plen + 1))) {
+                    rb->nline = json_one_line(it->payload, it->plen, rb->line);
+                    rb->line[rb->nline++] = '\n';
+                }
+                need += it->shared && rb->line ? rb->nline : 2 * it->plen + 1;
+            }
             char *buf = malloc(need ? need : 1);
             if (!buf) {
                 snprintf(a.error, sizeof a.error, "out of memory");
@@ -1985,6 +2024,11 @@ static void flush_batches(dthread *th)
             } else {
                 size_t len = 0;
                 for (item *it = list; it; it = it->next) {
+                    if (it->shared && it->rec->line) {
+                        memcpy(buf + len, it->rec->line, it->rec->nline);
+                        len += it->rec->nline;
+                        continue;
+                    }
                     len += it->text ? text_one_line(it->payload, it->plen, buf + len)
                                     : json_one_line(it->payload, it->plen, buf + len);
                     buf[len++] = '\n';
@@ -2360,6 +2404,74 @@ static void pump(dthread *th, ebd_pair *p, ebd_pair **next)
     pthread_mutex_unlock(&th->mu);
 }
 
+/* ---- commands: exec targets' --------------------------------------------------------------------- */
+
+/* Fills th->wfd with the descriptors of the commands running (for curl_multi_poll) and lowers
+ * *timeout to the nearest of their deadlines; returns how many. */
+static unsigned watch_jobs(dthread *th, int *timeout)
+{
+    size_t n = 0;
+    int64_t now = mono_ms();
+    for (item *it = th->jobs; it; it = it->jnext) {
+        if (th->capwfd < n + CMD_MAX_FDS) {
+            size_t c = th->capwfd ? th->capwfd * 2 : 64;
+            struct curl_waitfd *v = realloc(th->wfd, c * sizeof *v);
+            if (!v) {
+                *timeout = *timeout > 5 ? 5 : *timeout;   /* no room to watch: look soon */
+                for (; it; it = it->jnext)
+                    it->watched = false;
+                break;
+            }
+            th->wfd = v;
+            th->capwfd = c;
+        }
+        struct pollfd pf[CMD_MAX_FDS];
+        int64_t deadline;
+        int k = cmd_job_fds(it->job, pf, &deadline);
+        it->w0 = (uint32_t)n;
+        it->nw = (uint32_t)k;
+        it->jdue = deadline;
+        it->watched = true;
+        for (int i = 0; i < k; i++)
+            th->wfd[n++] = (struct curl_waitfd){ pf[i].fd,
+                (short)((pf[i].events & POLLIN ? CURL_WAIT_POLLIN : 0) |
+                        (pf[i].events & POLLOUT ? CURL_WAIT_POLLOUT : 0)), 0 };
+        if (deadline >= 0) {
+            int64_t w = deadline - now;
+            if (w < *timeout)
+                *timeout = w < 0 ? 0 : (int)w;
+        }
+    }
+    return (unsigned)n;
+}
+
+/* Moves on the commands whose descriptors are ready or whose deadline came (a step reads and
+ * writes what is ready, without waiting) and hands those that ended to attempt_done. */
+static void step_jobs(dthread *th)
+{
+    int64_t now = mono_ms();
+    item **pp = &th->jobs;
+    while (*pp) {
+        item *it = *pp;
+        bool due = !it->watched || (it->jdue >= 0 && it->jdue <= now);
+        for (uint32_t i = 0; i < it->nw && !due; i++)
+            due = th->wfd[it->w0 + i].revents != 0;
+        if (!due || !cmd_job_step(it->job, now)) {
+            pp = &it->jnext;
+            continue;
+        }
+        *pp = it->jnext;
+        th->running--;
+        cmd_result r;
+        cmd_job_end(it->job, &r);
+        it->job = NULL;
+        cmd_spec cs = { it->t->argv, it->t->envp, it->payload, it->plen, (uint32_t)it->t->timeout_ms, 0 };
+        attempt a = { 0 };
+        exec_outcome(it->t, &cs, &r, &a);
+        attempt_done(th, it, &a);
+    }
+}
+
 /* ---- a delivery thread ---------------------------------------------------------------------------
  * Drives many pairs: their turns (the ready list the routers fill), the retries and waits (one
  * timer heap), the http requests (one libcurl multi handle, connections kept alive), the
@@ -2436,7 +2548,9 @@ static void *thread_main(void *arg)
         if (th->ready)
             timeout = 0;
         pthread_mutex_unlock(&th->mu);
-        curl_multi_poll(th->multi, NULL, 0, timeout, NULL);
+        unsigned nw = watch_jobs(th, &timeout);
+        curl_multi_poll(th->multi, th->wfd, nw, timeout, NULL);
+        step_jobs(th);
         int nrun;
         curl_multi_perform(th->multi, &nrun);
         CURLMsg *m;
@@ -2980,6 +3094,7 @@ static void thread_free(ebd_engine *e, dthread *th)
         finish(th, b, false);
     }
     free(th->heap);
+    free(th->wfd);
     for (size_t i = 0; i < th->neasy; i++)
         curl_easy_cleanup(th->easy[i]);
     free(th->easy);
@@ -3116,6 +3231,9 @@ void ebd_workers_stop(ebd *d, ebd_rules *r)
         if (e->th[t].multi)
             curl_multi_wakeup(e->th[t].multi);
     /* the routers first, so that their positions are final; then the deliveries in hand */
+    for (uint32_t b = 0; b < r->p->nbuses; b++)
+        if (e->routers[b].started)
+            store_wake(e->routers[b].bus->s);
     for (uint32_t b = 0; b < r->p->nbuses; b++)
         if (e->routers[b].started) {
             pthread_join(e->routers[b].th, NULL);

@@ -450,6 +450,7 @@ typedef struct {
     uint64_t room;               /* the bytes recovery must find room for */
     bool broken;
     uint64_t epoch;
+    uint64_t wakes;              /* store_wake calls: a waiting cursor returns when it moves */
     log_mark acked_at;           /* the end of the acknowledged records */
     log_mark synced_at;          /* and of those known synced (fsync interval: not all of them) */
     pthread_t flusher;
@@ -479,6 +480,7 @@ typedef struct {
     uint64_t bad_pos;            /* the corrupt record last reported (UINT64_MAX: none) */
     uint64_t gap_to;             /* or the offset after the missing ones last reported */
     uint64_t epoch;              /* the log's epoch when it last looked */
+    uint64_t wakes;              /* the log's store_wake count it has answered */
     char err[512];
 } log_cursor;
 
@@ -1733,6 +1735,7 @@ static store_status open_cursor(log_t *l, uint64_t offset, bool by_time, int64_t
         return fail(l, STORE_EIO, "out of memory");
     pthread_mutex_lock(&l->mu);
     c->epoch = l->epoch;
+    c->wakes = l->wakes;
     position(c, by_time ? offset_at(l, t) : offset, by_time ? t : INT64_MIN);
     pthread_mutex_unlock(&l->mu);
     *out = &c->base;
@@ -1841,7 +1844,8 @@ static store_status refresh(log_cursor *c, const struct timespec *deadline, bool
             break;
         }
         if (c->next >= l->acked) {
-            if (!wait) {
+            if (!wait || c->wakes != l->wakes) {
+                c->wakes = l->wakes;      /* (a store_wake since its last call: it returns) */
                 st = STORE_TIMEOUT;
                 break;
             }
@@ -2602,6 +2606,15 @@ void log_get_stats(store *s, log_stats *st)
     pthread_mutex_unlock(&l->mu);
 }
 
+static void log_wake(store *s)
+{
+    log_t *l = (log_t *)s;
+    pthread_mutex_lock(&l->mu);
+    l->wakes++;
+    pthread_cond_broadcast(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+}
+
 static const store_ops log_ops = {
     .name = "log",
     .append = log_append,
@@ -2622,6 +2635,7 @@ static const store_ops log_ops = {
     .committed_set = log_committed_set,
     .retain = log_retain,
     .health = log_health,
+    .wake = log_wake,
     .error = log_error,
     .close = log_close,
 };

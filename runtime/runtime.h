@@ -184,6 +184,10 @@ store_status store_retain(store *s, int64_t now_ns, unsigned *deleted);
  * (docs/storage.md, "After a failed write or sync").  Cheap: no I/O, one lock. */
 bool store_health(store *s, char *err, size_t errcap);
 
+/* Makes every cursor of s that is waiting for a record return STORE_TIMEOUT now (a reader that
+ * must stop need not wait out its timeout). */
+void store_wake(store *s);
+
 const char *store_error(store *s);      /* the message of the last failure */
 void store_close(store *s);             /* waits for appends in flight; cursors must be closed */
 

@@ -199,6 +199,11 @@ bool store_health(store *s, char *err, size_t errcap)
     return s->ops->health(s, err, errcap);
 }
 
+void store_wake(store *s)
+{
+    s->ops->wake(s);
+}
+
 const char *store_error(store *s)
 {
     return s->ops->error(s);

@@ -34,6 +34,7 @@ typedef struct {
                                   size_t *n);
     store_status (*retain)(store *s, int64_t now_ns, unsigned *deleted);
     bool (*health)(store *s, char *err, size_t errcap);
+    void (*wake)(store *s);
     const char *(*error)(store *s);
     void (*close)(store *s);
 } store_ops;

@@ -334,7 +334,7 @@ last=$(grep -o '"offset":[0-9]*' "$WORK/answer" | tail -1 | cut -d: -f2)
 # still pending: the line "to_hold.hold HIGH 1 P".
 one_pending() {
     set -- $(grep '^to_hold\.hold ' "$DATA/buses/main/cursors/@delivery")
-    [ "$3" = 1 ] && [ "$2" -gt "$last" ]
+    [ "${3:-}" = 1 ] && [ "${2:-0}" -gt "$last" ]
 }
 wait_for "$E2E_WAIT" grep -q 'msg="delivery failed, will retry" rule=to_hold .* wait_ms=3600000 ' "$WORK/ebd.log" \
     || fail "hold: no retry waiting on Retry-After: 3600"

@@ -392,6 +392,54 @@ Test(log, the_fsync_contract_holds_at_every_acknowledgement, .timeout = 60)
     free(d);
 }
 
+/* store_wake: a reader waiting for a record returns STORE_TIMEOUT at once (the daemon's router
+ * waits a second at a time and must not make a reload wait that long); a wake that comes while
+ * the reader is not waiting is answered by its next wait; records still come first. */
+typedef struct {
+    store_cursor *c;
+    store_status st;
+} waiter;
+
+static void *wait_long(void *arg)
+{
+    waiter *w = arg;
+    store_record r;
+    w->st = store_cursor_next(w->c, &r, 600000);     /* ten minutes: only a wake ends it */
+    return NULL;
+}
+
+Test(log, store_wake_ends_a_readers_wait, .timeout = 120)
+{
+    char *d = new_dir();
+    store *s = open_log(d, STORE_FSYNC_NEVER, 16384);
+    waiter w = { .st = STORE_OK };
+    cr_assert_eq(store_cursor_open(s, 0, &w.c), STORE_OK);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, wait_long, &w), 0);
+    struct timespec ts = { 0, 100000000 };
+    nanosleep(&ts, NULL);
+    store_wake(s);
+    pthread_join(th, NULL);
+    cr_expect_eq(w.st, STORE_TIMEOUT, "a woken wait returns STORE_TIMEOUT, not %d", w.st);
+    /* a wake before the call: the next wait returns at once */
+    store_wake(s);
+    wait_long(&w);
+    cr_expect_eq(w.st, STORE_TIMEOUT);
+    /* answered once: the next wait waits (for its timeout), and a record is read first */
+    store_record r;
+    cr_expect_eq(store_cursor_next(w.c, &r, 50), STORE_TIMEOUT);
+    char buf[300];
+    store_entry e = { buf, (uint32_t)payload(1, buf), 0 };
+    uint64_t first;
+    cr_assert_eq(store_append(s, &e, 1, &first), STORE_OK);
+    store_wake(s);
+    cr_expect_eq(store_cursor_next(w.c, &r, 600000), STORE_OK);
+    store_cursor_close(w.c);
+    store_close(s);
+    remove_dir(d);
+    free(d);
+}
+
 /* ---- retention ---------------------------------------------------------------------------- */
 
 Test(log, retention_by_size_deletes_whole_segments_and_tells_cursors)
