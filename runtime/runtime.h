@@ -159,9 +159,9 @@ typedef struct {
  * replace what the set held, atomically (a crash leaves the old set or the new one, never a mix)
  * and durably (on disk when it returns), in one write and one sync of the file, plus its rename
  * and the directory's sync.  STORE_EINVAL for a bad set or entry name, a name given twice, more
- * than STORE_MAX_PENDING pending offsets or one not below high, or a store opened read-only.  STORE_EIO when the write, a sync or the rename fails: the set
- * then reads as it was (or, if only the directory's sync failed, as committed, perhaps not
- * durably). */
+ * than STORE_MAX_PENDING pending offsets or one not below high, or a store opened read-only.
+ * STORE_EIO when the write, a sync or the rename fails: the set then reads as it was (or, if only
+ * the directory's sync failed, as committed, perhaps not durably). */
 store_status store_commit_set(store *s, const char *set, uint64_t base, const store_pos *e,
                               size_t n);
 /* Reads set `set` back: its base, and its entries in *e (malloc'd, free with store_set_free;
