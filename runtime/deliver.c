@@ -1288,7 +1288,7 @@ static const char *rule_failure(vm_ctx *ctx, uint32_t ri)
 #define WINDOW_MAX 256
 #define PUMP_BUDGET 256           /* events one pair takes in one turn: then the others go */
 #define SNOOZE_MS 5               /* a pair level with the log waits for its router this long */
-#define IDLE_WAKE_MS 1000         /* an idle thread looks at its stop flag this often */
+#define IDLE_WAKE_MS 10000        /* an idle thread wakes this often (stopping wakes it at once) */
 
 /* An event as a delivery holds it: shared by the pairs that deliver it (fan-out), freed by
  * the last. */
