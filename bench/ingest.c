@@ -4,7 +4,26 @@
  * fixed rate to a webhook on loopback.  It starts ebd itself (bus fsync interval 10ms) on
  * 127.0.0.1 and its own receiver, and stops both.
  *
- *   bench_ingest --ebd EBD --work DIR --out DIR [--seconds S] [--connections C]
+ * Then the rule-count table (issue 11): for 10, 1,000, 10,000 and 100,000 rules of
+ * ../shared/data/scaling (gen_scaling.py, run once into WORK/issue193 as bench_scaling does),
+ * each rule delivering to one of 20 file targets, the daemon's start-up time (from an .ebc and
+ * from the .ebr), threads, memory, idle CPU, single-event ingest, ingest-to-delivery latency and
+ * the deliveries the rules made; and two fan-out rows: one event matched by 1,000 rules to 1,000
+ * file targets, and by 1,000 rules to one http target (the driver's receiver).
+ *
+ *   bench_ingest --ebd EBD --work DIR --out DIR [--ebc EBC] [--data SHARED_DATA_DIR]
+ *                [--seconds S] [--connections C] [--fsync POLICY]
+ *                [--rules-table] [--max-rules N] [--runs R] [--start-timeout S]
+ *                [--idle-seconds S] [--drain-timeout S] [--no-fanout] [--ebd-label TEXT]
+ *
+ * --rules-table runs only the rule-count table and the fan-out rows, and replaces only their
+ * section of OUT/ingest.md; --max-rules leaves out the rows above N rules (0: the fan-out rows
+ * alone); --no-fanout leaves those out; --runs (3) is the number of runs each row's medians are
+ * taken over; --start-timeout (120 s) is how long one start of ebd may take before it is killed
+ * and its row reported as not started; --idle-seconds (10) the window idle CPU is measured over;
+ * --drain-timeout (120 s) how long to wait for a row's deliveries after its ingest run;
+ * --ebd-label says in the results which ebd ran (default: the tree's git describe).  --ebc
+ * defaults to the ebc beside EBD, --data to ../shared/data.
  *
  * The load generator speaks HTTP/1.1 over plain sockets (one thread per connection, one request
  * in flight on each), so that it costs the daemon's two cores as little as it can.
@@ -16,15 +35,21 @@
 #include <netinet/tcp.h>
 #include <microhttpd.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -88,6 +113,13 @@ typedef struct {
     const char *bus;
     double until;
     uint64_t requests, events, errors;
+    /* When lines is set: one event per request, the lines in turn (shared by every loader
+     * through *next), each one's acknowledgements counted in acked[k]. */
+    char *const *lines;
+    const size_t *lens;
+    size_t nlines, maxlen;
+    _Atomic size_t *next;
+    _Atomic uint32_t *acked;
 } loader;
 
 static const char event_fmt[] =
@@ -103,20 +135,25 @@ static void *load(void *arg)
         l->errors++;
         return NULL;
     }
-    size_t cap = (size_t)l->batch * 400 + 1024;
+    size_t cap = (size_t)l->batch * 400 + 1024 + l->maxlen;
     char *body = malloc(cap), *req = malloc(cap + 512), buf[8192];
     int self = (int)(uintptr_t)pthread_self() & 0xffff;
     for (uint64_t k = 0; now_s() < l->until; k++) {
-        size_t n = 0;
-        if (l->batch > 1)
-            body[n++] = '[';
-        for (int i = 0; i < l->batch; i++) {
-            if (i)
-                body[n++] = ',';
-            n += (size_t)snprintf(body + n, cap - n, event_fmt, self, k, i, k);
+        size_t n = 0, line = 0;
+        if (l->lines) {
+            line = atomic_fetch_add(l->next, 1) % l->nlines;
+            memcpy(body, l->lines[line], n = l->lens[line]);
+        } else {
+            if (l->batch > 1)
+                body[n++] = '[';
+            for (int i = 0; i < l->batch; i++) {
+                if (i)
+                    body[n++] = ',';
+                n += (size_t)snprintf(body + n, cap - n, event_fmt, self, k, i, k);
+            }
+            if (l->batch > 1)
+                body[n++] = ']';
         }
-        if (l->batch > 1)
-            body[n++] = ']';
         int rn = snprintf(req, cap + 512, "POST /v1/buses/%s/events HTTP/1.1\r\nHost: x\r\n"
                           "Content-Type: application/cloudevents%s+json\r\nContent-Length: %zu\r\n\r\n",
                           l->bus, l->batch > 1 ? "-batch" : "", n);
@@ -132,6 +169,8 @@ static void *load(void *arg)
         }
         l->requests++;
         l->events += (uint64_t)l->batch;
+        if (l->lines)
+            atomic_fetch_add(&l->acked[line], 1);
     }
     if (fd >= 0)
         close(fd);
@@ -140,14 +179,16 @@ static void *load(void *arg)
     return NULL;
 }
 
-static void run_load(int port, const char *bus, int conns, int batch, double secs, double *req_s, double *ev_s,
-                     uint64_t *errors)
+/* Runs conns loaders like proto for secs seconds. */
+static void run_loaders(const loader *proto, int conns, double secs, double *req_s, double *ev_s,
+                        uint64_t *errors)
 {
     loader *l = calloc((size_t)conns, sizeof *l);
     pthread_t *t = calloc((size_t)conns, sizeof *t);
     double t0 = now_s();
     for (int i = 0; i < conns; i++) {
-        l[i] = (loader){ .port = port, .batch = batch, .until = t0 + secs, .bus = bus };
+        l[i] = *proto;
+        l[i].until = t0 + secs;
         pthread_create(&t[i], NULL, load, &l[i]);
     }
     uint64_t rq = 0, ev = 0;
@@ -165,17 +206,34 @@ static void run_load(int port, const char *bus, int conns, int batch, double sec
     free(t);
 }
 
+static void run_load(int port, const char *bus, int conns, int batch, double secs, double *req_s, double *ev_s,
+                     uint64_t *errors)
+{
+    loader proto = { .port = port, .batch = batch, .bus = bus };
+    run_loaders(&proto, conns, secs, req_s, ev_s, errors);
+}
+
 /* ---- latency: a receiver that notes when each event arrives ---------------------------------- */
 
 static int64_t *lat_us;
 static _Atomic size_t nlat;
 static size_t cap_lat;
+/* The fan-out rows' deliveries to /fan: how many, and when the last one came (CLOCK_MONOTONIC, ns). */
+static _Atomic uint64_t fan_count;
+static _Atomic int64_t fan_last_ns;
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
 
 static enum MHD_Result on_delivery(void *cls, struct MHD_Connection *c, const char *url,
                                    const char *method, const char *version, const char *data,
                                    size_t *size, void **state)
 {
-    (void)cls, (void)url, (void)method, (void)version;
+    (void)cls, (void)method, (void)version;
     if (!*state) {
         *state = calloc(1, 64);
         return MHD_YES;
@@ -194,6 +252,10 @@ static enum MHD_Result on_delivery(void *cls, struct MHD_Connection *c, const ch
     }
     free(*state);
     *state = NULL;
+    if (!strcmp(url, "/fan")) {
+        atomic_fetch_add(&fan_count, 1);
+        atomic_store(&fan_last_ns, mono_ns());
+    }
     struct MHD_Response *r = MHD_create_response_from_buffer(0, (char *)"", MHD_RESPMEM_PERSISTENT);
     enum MHD_Result ok = MHD_queue_response(c, 200, r);
     MHD_destroy_response(r);
@@ -243,8 +305,8 @@ static int cmp64(const void *a, const void *b)
 
 /* Sends `rate` events a second for `secs` seconds, one per request on one connection, each
  * carrying its send time; the rule's transform passes it to the receiver. */
-static void run_latency(int port, int rate, double secs, double *p50, double *p99, double *pmax,
-                        size_t *delivered)
+static void run_latency(int port, const char *bus, int rate, double secs, double *p50, double *p99,
+                        double *pmax, size_t *delivered)
 {
     int fd = connect_to(port);
     char req[2048], buf[4096], body[1024];
@@ -258,9 +320,9 @@ static void run_latency(int port, int rate, double secs, double *p50, double *p9
         }
         int n = snprintf(body, sizeof body, "{\"specversion\":\"1.0\",\"id\":\"lat-%zu\",\"source\":"
                          "\"bench\",\"type\":\"bench.latency\",\"data\":{\"sent\":%" PRId64 "}}", k, real_us());
-        int rn = snprintf(req, sizeof req, "POST /v1/buses/lat/events HTTP/1.1\r\nHost: x\r\n"
+        int rn = snprintf(req, sizeof req, "POST /v1/buses/%s/events HTTP/1.1\r\nHost: x\r\n"
                           "Content-Type: application/cloudevents+json\r\nContent-Length: %d\r\n\r\n%s",
-                          n, body);
+                          bus, n, body);
         roundtrip(fd, req, (size_t)rn, buf, sizeof buf);
     }
     if (fd >= 0)
@@ -277,59 +339,833 @@ static void run_latency(int port, int rate, double secs, double *p50, double *p9
     *pmax = n ? lat_us[n - 1] / 1000.0 : 0;
 }
 
-int main(int argc, char **argv)
+/* ---- the rule-count table and the fan-out rows (issue 11) ----------------------------------- */
+
+enum { TABLE_ROWS = 4, USED_EVENTS = 10000, TARGETS = 20, MAX_RUNS = 9, FAN_RULES = 1000 };
+static const unsigned table_rules[TABLE_ROWS] = { 10, 1000, 10000, 100000 };
+
+static void die(const char *what)
 {
-    const char *ebd = NULL, *work = NULL, *out = NULL;
-    double secs = 5;
-    int conns = 8;
-    const char *fsync_policy = "interval 10ms";
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--ebd")) ebd = argv[i + 1];
-        else if (!strcmp(argv[i], "--work")) work = argv[i + 1];
-        else if (!strcmp(argv[i], "--out")) out = argv[i + 1];
-        else if (!strcmp(argv[i], "--seconds")) secs = atof(argv[i + 1]);
-        else if (!strcmp(argv[i], "--connections")) conns = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--fsync")) fsync_policy = argv[i + 1];
+    fprintf(stderr, "bench: %s: %s\n", what, strerror(errno));
+    exit(2);
+}
+
+/* Runs a shell command; false if it did not exit 0. */
+static bool sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static bool sh(const char *fmt, ...)
+{
+    char cmd[16384];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    return system(cmd) == 0;
+}
+
+/* The first line a shell command prints, or "?". */
+static void sh_line(const char *cmd, char *buf, size_t n)
+{
+    snprintf(buf, n, "?");
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return;
+    if (fgets(buf, (int)n, p))
+        buf[strcspn(buf, "\n")] = 0;
+    pclose(p);
+}
+
+static double median(const double *v, int n)
+{
+    if (n <= 0)
+        return 0;
+    double s[MAX_RUNS];
+    memcpy(s, v, (size_t)n * sizeof *s);
+    for (int i = 0; i < n; i++)
+        for (int j = i + 1; j < n; j++)
+            if (s[j] < s[i]) {
+                double t = s[i]; s[i] = s[j]; s[j] = t;
+            }
+    return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+}
+
+/* The daemon's process, from /proc: threads, a field of status in kB, CPU ticks (user + system). */
+static long proc_threads(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
+    long n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+static long proc_status_kb(pid_t pid, const char *key)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kb = -1;
+    size_t k = strlen(key);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, key, k) && line[k] == ':')
+            kb = atol(line + k + 1);
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+static long proc_cpu_ticks(pid_t pid)
+{
+    char path[64], buf[2048];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');     /* after the command's name: field 3 (state) on */
+    if (!p)
+        return -1;
+    long utime = 0, stime = 0;
+    /* fields 3..13 skipped, then 14 utime and 15 stime */
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %ld %ld", &utime, &stime) != 2)
+        return -1;
+    return utime + stime;
+}
+
+/* GET path: the status, or -1 (no answer within 2 s counts as none). */
+static int get_status(int port, const char *path)
+{
+    int fd = connect_to(port);
+    if (fd < 0)
+        return -1;
+    struct timeval tv = { 2, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char req[256], buf[4096];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path);
+    int st = roundtrip(fd, req, (size_t)n, buf, sizeof buf);
+    close(fd);
+    return st;
+}
+
+/* Starts ebd on a new data directory, its standard error appended to log, and waits for
+ * /healthz to answer 200: returns its pid and the time from before the fork to that answer in
+ * *secs.  -1, with why, when it exits first or does not answer within limit seconds (then it is
+ * killed with SIGKILL). */
+static pid_t start_timed(const char *ebd, const char *rules, const char *data, int port, const char *log,
+                         double limit, double *secs, char *why, size_t whyn)
+{
+    if (!sh("rm -rf '%s'", data)) {
+        snprintf(why, whyn, "cannot remove %s", data);
+        return -1;
     }
-    if (!ebd || !work || !out) {
-        fprintf(stderr, "usage: bench_ingest --ebd EBD --work DIR --out DIR [--seconds S] [--connections C]\n");
-        return 2;
+    sync();
+    char listen[64];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
+    double t0 = now_s();
+    pid_t pid = fork();
+    if (pid < 0)
+        die("fork");
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_APPEND | O_CREAT, 0644), null = open("/dev/null", O_WRONLY);
+        dup2(fd >= 0 ? fd : null, 2);
+        dup2(null, 1);
+        execl(ebd, "ebd", "--rules", rules, "--data", data, "--listen", listen, (char *)NULL);
+        _exit(127);
     }
-    int port = 20000 + getpid() % 12000, rport = port + 1;   /* below the ephemeral ports */
-    char rules[4200], data[4200], cmd[9000];
-    snprintf(data, sizeof data, "%s/ingest-data", work);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'; mkdir -p '%s'", data, work);
-    if (system(cmd) != 0)
-        return 2;
-    snprintf(rules, sizeof rules, "%s/ingest.ebr", work);
-    FILE *f = fopen(rules, "w");
-    fprintf(f, "bus load {\n  fsync %s\n}\nbus durable {\n  fsync always\n}\nbus lat {\n  fsync interval 10ms\n}\n"
-               "target hook http \"http://127.0.0.1:%d/hook\" {\n  retry none\n}\n"
-               "rule latency on lat {\n  match type == \"bench.latency\"\n"
-               "  transform {\"sent\": data.sent, \"id\": $id}\n  to hook\n}\n", fsync_policy, rport);
+    for (;;) {
+        int status;
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            snprintf(why, whyn, "ebd exited (%s %d) before /healthz answered; see %s",
+                     WIFEXITED(status) ? "status" : "signal",
+                     WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status), log);
+            return -1;
+        }
+        if (get_status(port, "/healthz") == 200) {
+            *secs = now_s() - t0;
+            return pid;
+        }
+        if (now_s() - t0 > limit) {
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            snprintf(why, whyn, "did not start in %.0f s", limit);
+            return -1;
+        }
+        usleep(5000);
+    }
+}
+
+/* SIGTERM, then SIGKILL if it has not stopped within 120 s. */
+static void stop_bounded(pid_t pid)
+{
+    kill(pid, SIGTERM);
+    double t0 = now_s();
+    while (waitpid(pid, NULL, WNOHANG) != pid) {
+        if (now_s() - t0 > 120) {
+            fprintf(stderr, "bench: ebd did not stop within 120 s of SIGTERM: killed\n");
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            return;
+        }
+        usleep(10000);
+    }
+}
+
+/* Lines written to a set of files so far, read incrementally (a file may not exist yet). */
+typedef struct {
+    char **paths;
+    int *fds;
+    size_t n;
+    uint64_t lines;
+} line_counter;
+
+static void counter_init(line_counter *c, const char *dir, const char *prefix, size_t n)
+{
+    c->n = n;
+    c->lines = 0;
+    c->paths = calloc(n, sizeof *c->paths);
+    c->fds = malloc(n * sizeof *c->fds);
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(dir) + strlen(prefix) + 32;
+        c->paths[i] = malloc(len);
+        snprintf(c->paths[i], len, "%s/%s%zu.jsonl", dir, prefix, i);
+        c->fds[i] = -1;
+    }
+}
+
+static uint64_t counter_poll(line_counter *c)
+{
+    static char buf[1 << 16];
+    for (size_t i = 0; i < c->n; i++) {
+        if (c->fds[i] < 0 && (c->fds[i] = open(c->paths[i], O_RDONLY)) < 0)
+            continue;
+        ssize_t r;
+        while ((r = read(c->fds[i], buf, sizeof buf)) > 0)
+            for (ssize_t k = 0; k < r; k++)
+                c->lines += buf[k] == '\n';
+    }
+    return c->lines;
+}
+
+static void counter_free(line_counter *c)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        if (c->fds[i] >= 0)
+            close(c->fds[i]);
+        free(c->paths[i]);
+    }
+    free(c->paths);
+    free(c->fds);
+}
+
+/* Waits until the files hold want lines, or nothing has come for `quiet` seconds, or limit
+ * seconds have passed; returns the lines, and in *at when the last of them was seen. */
+static uint64_t wait_lines(line_counter *c, uint64_t want, double quiet, double limit, double *at)
+{
+    double t0 = now_s(), last = t0;
+    uint64_t seen = counter_poll(c);
+    *at = t0;
+    while (seen < want) {
+        double t = now_s();
+        if (t - last > quiet || t - t0 > limit)
+            break;
+        usleep(5000);
+        uint64_t n = counter_poll(c);
+        if (n != seen) {
+            seen = n;
+            last = *at = now_s();
+        }
+    }
+    return seen;
+}
+
+/* The scaling workload's rules: the first n patterns of rules_100000.jsonl, rule rI delivering
+ * {"id": ...} to file target f(I mod 20), and the latency rule on the same bus. */
+static bool write_table_rules(const char *jsonl, unsigned n, const char *path, int rport)
+{
+    FILE *in = fopen(jsonl, "r"), *out = in ? fopen(path, "w") : NULL;
+    if (!out) {
+        if (in)
+            fclose(in);
+        return false;
+    }
+    fprintf(out, "# generated by bench/ingest.c: %u rules of %s\nbus b {\n  fsync interval 10ms\n}\n", n, jsonl);
+    for (int j = 0; j < TARGETS; j++)
+        fprintf(out, "target f%d file \"out/f%d.jsonl\"\n", j, j);
+    fprintf(out, "target hook http \"http://127.0.0.1:%d/hook\" {\n  retry none\n}\n"
+                 "rule latency on b {\n  match type == \"bench.latency\"\n"
+                 "  transform {\"sent\": data.sent, \"id\": $id}\n  to hook\n}\n", rport);
+    char *line = NULL;
+    size_t cap = 0;
+    unsigned i = 0;
+    while (i < n && getline(&line, &cap, in) > 0) {
+        line[strcspn(line, "\r\n")] = 0;
+        if (*line) {
+            fprintf(out, "rule r%u on b { pattern %s transform {\"id\": $id} to f%u }\n", i, line, i % TARGETS);
+            i++;
+        }
+    }
+    free(line);
+    fclose(in);
+    return fclose(out) == 0 && i == n;
+}
+
+/* cnt[k]: how many scaling rules event line k+1 of events matches, as `ebc test` says. */
+static bool match_counts(const char *ebc, const char *rules, const char *events, uint32_t *cnt, size_t n)
+{
+    char cmd[16384];
+    snprintf(cmd, sizeof cmd, "'%s' test '%s' '%s'", ebc, rules, events);
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return false;
+    char *line = NULL;
+    size_t cap = 0, seen = 0;
+    while (getline(&line, &cap, p) > 0) {
+        if (line[0] < '0' || line[0] > '9')
+            continue;                       /* a delivery line */
+        char *end;
+        unsigned long k = strtoul(line, &end, 10);
+        if (k < 1 || k > n || *end != ':')
+            continue;
+        uint32_t c = 0;
+        for (char *t = strtok(end + 1, " \n"); t; t = strtok(NULL, " \n")) {
+            if (!strcmp(t, "error:"))
+                break;
+            c += strcmp(t, "-") && strcmp(t, "latency");
+        }
+        cnt[k - 1] = c;
+        seen++;
+    }
+    free(line);
+    int st = pclose(p);
+    /* status 4: a transform failed for some event (none should) */
+    return seen == n && (st == 0 || (WIFEXITED(st) && WEXITSTATUS(st) == 4));
+}
+
+/* Posts n events of `type` one per request on one connection; returns how many got 202. */
+static int post_events(int port, const char *bus, const char *type, int n)
+{
+    int fd = connect_to(port), ok = 0;
+    char req[2048], buf[4096], body[512];
+    for (int k = 0; k < n && fd >= 0; k++) {
+        int bn = snprintf(body, sizeof body, "{\"specversion\":\"1.0\",\"id\":\"%s-%d\",\"source\":\"bench\","
+                          "\"type\":\"%s\",\"data\":{\"k\":%d}}", type, k, type, k);
+        int rn = snprintf(req, sizeof req, "POST /v1/buses/%s/events HTTP/1.1\r\nHost: x\r\n"
+                          "Content-Type: application/cloudevents+json\r\nContent-Length: %d\r\n\r\n%s",
+                          bus, bn, body);
+        ok += roundtrip(fd, req, (size_t)rn, buf, sizeof buf) == 202;
+    }
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+typedef struct {
+    unsigned rules;
+    bool run;                          /* within --max-rules */
+    char why[256], ebr_why[256];       /* why a start failed ("" if none did) */
+    double compile_s;
+    long ebc_bytes;
+    int runs, ebr_runs;                /* the runs that started */
+    double start_ebc[MAX_RUNS], start_ebr[MAX_RUNS], threads[MAX_RUNS], rss_mb[MAX_RUNS],
+           hwm_mb[MAX_RUNS], hwm_load_mb[MAX_RUNS], idle_pct[MAX_RUNS], ev_s[MAX_RUNS],
+           p50[MAX_RUNS], p99[MAX_RUNS], pmax[MAX_RUNS], per_event[MAX_RUNS], drain_s[MAX_RUNS];
+    size_t lat_delivered[MAX_RUNS];
+    uint64_t errors, acked[MAX_RUNS], expected[MAX_RUNS], delivered[MAX_RUNS];
+} table_row;
+
+typedef struct {
+    const char *label;
+    bool http;
+    int events, runs;
+    char why[256];
+    double dps[MAX_RUNS], secs[MAX_RUNS], post_s[MAX_RUNS];
+    uint64_t want, got[MAX_RUNS];
+} fan_row;
+
+typedef struct {
+    const char *ebd, *ebc, *work, *shared;
+    int port, conns, runs;
+    double secs, start_limit, idle_secs, drain_limit;
+    unsigned max_rules;
+    bool fanout;
+    const char *label;                 /* what the ebd is, for the results */
+} table_opts;
+
+/* One row of the table: compile, count the deliveries each event makes, then `runs` runs (start
+ * from the .ebc, idle, latency, throughput, deliveries), then `runs` starts from the .ebr. */
+static void table_row_run(const table_opts *o, table_row *row, const char *rules_jsonl, char *const *lines,
+                          const size_t *lens, size_t maxlen, const char *events_file, int rport)
+{
+    unsigned n = row->rules;
+    char ebr[4200], ebcf[4200], data[4200], log[4200];
+    snprintf(ebr, sizeof ebr, "%s/rules-%u.ebr", o->work, n);
+    snprintf(ebcf, sizeof ebcf, "%s/rules-%u.ebc", o->work, n);
+    snprintf(data, sizeof data, "%s/rules-data", o->work);
+    snprintf(log, sizeof log, "%s/ebd-rules-%u.log", o->work, n);
+    unlink(log);
+    if (!write_table_rules(rules_jsonl, n, ebr, rport)) {
+        snprintf(row->why, sizeof row->why, "cannot write the rules from %.200s", rules_jsonl);
+        return;
+    }
+    double t0 = now_s();
+    if (!sh("'%s' compile '%s' -o '%s'", o->ebc, ebr, ebcf)) {
+        snprintf(row->why, sizeof row->why, "ebc compile failed");
+        return;
+    }
+    row->compile_s = now_s() - t0;
+    struct stat st;
+    row->ebc_bytes = stat(ebcf, &st) == 0 ? (long)st.st_size : -1;
+    uint32_t *cnt = calloc(USED_EVENTS, sizeof *cnt);
+    if (!match_counts(o->ebc, ebcf, events_file, cnt, USED_EVENTS)) {
+        snprintf(row->why, sizeof row->why, "ebc test did not say which rules the events match");
+        free(cnt);
+        return;
+    }
+    uint64_t all = 0;
+    for (size_t k = 0; k < USED_EVENTS; k++)
+        all += cnt[k];
+    printf("rules %u: compiled in %.2f s (%.1f MB); the %d events posted make %.2f deliveries each on average\n",
+           n, row->compile_s, row->ebc_bytes / 1e6, USED_EVENTS, (double)all / USED_EVENTS);
+    fflush(stdout);
+    _Atomic uint32_t *acked = calloc(USED_EVENTS, sizeof *acked);
+    for (int r = 0; r < o->runs; r++) {
+        double secs;
+        pid_t pid = start_timed(o->ebd, ebcf, data, o->port, log, o->start_limit, &secs, row->why,
+                                sizeof row->why);
+        if (pid < 0) {
+            printf("rules %u, run %d: %s\n", n, r + 1, row->why);
+            break;
+        }
+        row->start_ebc[r] = secs;
+        long c0 = proc_cpu_ticks(pid);
+        double i0 = now_s();
+        usleep((useconds_t)(o->idle_secs * 1e6));
+        long c1 = proc_cpu_ticks(pid);
+        double el = now_s() - i0;
+        row->idle_pct[r] = (double)(c1 - c0) / (double)sysconf(_SC_CLK_TCK) / el * 100;
+        row->threads[r] = (double)proc_threads(pid);
+        row->rss_mb[r] = proc_status_kb(pid, "VmRSS") / 1024.0;
+        row->hwm_mb[r] = proc_status_kb(pid, "VmHWM") / 1024.0;
+        atomic_store(&nlat, 0);
+        run_latency(o->port, "b", 5000, o->secs, &row->p50[r], &row->p99[r], &row->pmax[r],
+                    &row->lat_delivered[r]);
+        for (size_t k = 0; k < USED_EVENTS; k++)
+            atomic_store(&acked[k], 0);
+        _Atomic size_t next = 0;
+        loader proto = { .port = o->port, .batch = 1, .bus = "b", .lines = lines, .lens = lens,
+                         .nlines = USED_EVENTS, .maxlen = maxlen, .next = &next, .acked = acked };
+        double rq;
+        uint64_t errors;
+        run_loaders(&proto, o->conns, o->secs, &rq, &row->ev_s[r], &errors);
+        row->errors += errors;
+        uint64_t want = 0, events = 0;
+        for (size_t k = 0; k < USED_EVENTS; k++) {
+            want += (uint64_t)atomic_load(&acked[k]) * cnt[k];
+            events += atomic_load(&acked[k]);
+        }
+        line_counter lc;
+        char outdir[4300];
+        snprintf(outdir, sizeof outdir, "%s/out", data);
+        counter_init(&lc, outdir, "f", TARGETS);
+        double ended = now_s(), at;
+        uint64_t got = wait_lines(&lc, want, 30, o->drain_limit, &at);
+        counter_free(&lc);
+        row->acked[r] = events;
+        row->expected[r] = want;
+        row->delivered[r] = got;
+        row->per_event[r] = events ? (double)want / (double)events : 0;
+        row->drain_s[r] = got ? at - ended : 0;
+        row->hwm_load_mb[r] = proc_status_kb(pid, "VmHWM") / 1024.0;
+        stop_bounded(pid);
+        row->runs = r + 1;
+        printf("rules %u, run %d: start %.2f s, %.0f threads, RSS %.0f MB (peak %.0f), idle CPU %.1f%%, "
+               "latency p50 %.2f p99 %.2f ms (%zu of %.0f), ingest %.0f events/s (%" PRIu64 " errors), "
+               "%" PRIu64 " of %" PRIu64 " deliveries (%.2f per event) %.1f s after the last post, peak RSS %.0f MB\n",
+               n, r + 1, secs, row->threads[r], row->rss_mb[r], row->hwm_mb[r], row->idle_pct[r], row->p50[r],
+               row->p99[r], row->lat_delivered[r], 5000 * o->secs, row->ev_s[r], errors, got, want,
+               row->per_event[r], row->drain_s[r], row->hwm_load_mb[r]);
+        fflush(stdout);
+    }
+    free(cnt);
+    free((void *)acked);
+    if (!row->runs) {
+        snprintf(row->ebr_why, sizeof row->ebr_why, "not tried");
+        return;
+    }
+    for (int r = 0; r < o->runs; r++) {
+        double secs;
+        pid_t pid = start_timed(o->ebd, ebr, data, o->port, log, o->start_limit, &secs, row->ebr_why,
+                                sizeof row->ebr_why);
+        if (pid < 0) {
+            printf("rules %u, .ebr start %d: %s\n", n, r + 1, row->ebr_why);
+            break;
+        }
+        stop_bounded(pid);
+        row->start_ebr[r] = secs;
+        row->ebr_runs = r + 1;
+        printf("rules %u, .ebr start %d: %.2f s\n", n, r + 1, secs);
+        fflush(stdout);
+    }
+    sh("rm -rf '%s'", data);
+}
+
+static bool write_fan_rules(const char *path, bool http, int fport)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return false;
+    fprintf(f, "# generated by bench/ingest.c: %d rules that match the same events\nbus b {\n  fsync interval 10ms\n}\n",
+            FAN_RULES);
+    if (http)
+        fprintf(f, "target fan http \"http://127.0.0.1:%d/fan\"\n", fport);
+    for (int i = 0; i < FAN_RULES; i++) {
+        if (!http)
+            fprintf(f, "target t%d file \"fan/t%d.jsonl\"\n", i, i);
+        fprintf(f, "rule fan%d on b { match type == \"bench.fanout\" to %s", i, http ? "fan" : "");
+        if (!http)
+            fprintf(f, "t%d", i);
+        fprintf(f, " }\n");
+    }
+    return fclose(f) == 0;
+}
+
+/* A fan-out row: `runs` runs, each on a new ebd: post the events, wait for the 1,000 deliveries
+ * of each. */
+static void fan_row_run(const table_opts *o, fan_row *row, int fport)
+{
+    char ebr[4200], ebcf[4200], data[4200], log[4200], outdir[4300];
+    const char *kind = row->http ? "http" : "file";
+    snprintf(ebr, sizeof ebr, "%s/fanout-%s.ebr", o->work, kind);
+    snprintf(ebcf, sizeof ebcf, "%s/fanout-%s.ebc", o->work, kind);
+    snprintf(data, sizeof data, "%s/fanout-data", o->work);
+    snprintf(log, sizeof log, "%s/ebd-fanout-%s.log", o->work, kind);
+    snprintf(outdir, sizeof outdir, "%s/fan", data);
+    unlink(log);
+    if (!write_fan_rules(ebr, row->http, fport) || !sh("'%s' compile '%s' -o '%s'", o->ebc, ebr, ebcf)) {
+        snprintf(row->why, sizeof row->why, "cannot write or compile the fan-out rules");
+        return;
+    }
+    row->want = (uint64_t)row->events * FAN_RULES;
+    for (int r = 0; r < o->runs; r++) {
+        double secs;
+        pid_t pid = start_timed(o->ebd, ebcf, data, o->port, log, o->start_limit, &secs, row->why,
+                                sizeof row->why);
+        if (pid < 0) {
+            printf("fan-out %s, run %d: %s\n", kind, r + 1, row->why);
+            break;
+        }
+        atomic_store(&fan_count, 0);
+        line_counter lc;
+        counter_init(&lc, outdir, "t", FAN_RULES);
+        double t0 = now_s();
+        int64_t t0ns = mono_ns();
+        int ok = post_events(o->port, "b", "bench.fanout", row->events);
+        row->post_s[r] = now_s() - t0;
+        uint64_t got;
+        double end;
+        if (row->http) {
+            uint64_t seen = atomic_load(&fan_count);
+            double last = now_s();
+            while (seen < row->want && now_s() - last < 30 && now_s() - t0 < 300) {
+                usleep(5000);
+                uint64_t k = atomic_load(&fan_count);
+                if (k != seen)
+                    seen = k, last = now_s();
+            }
+            got = seen;
+            end = t0 + (double)(atomic_load(&fan_last_ns) - t0ns) / 1e9;
+        } else {
+            got = wait_lines(&lc, row->want, 30, 300, &end);
+        }
+        counter_free(&lc);
+        stop_bounded(pid);
+        if (ok != row->events)
+            snprintf(row->why, sizeof row->why, "%d of %d events acknowledged", ok, row->events);
+        row->got[r] = got;
+        row->secs[r] = end - t0;
+        row->dps[r] = row->secs[r] > 0 ? (double)got / row->secs[r] : 0;
+        row->runs = r + 1;
+        printf("fan-out %s, %d events, run %d: %" PRIu64 " of %" PRIu64 " deliveries in %.2f s (posting took %.2f s): "
+               "%.0f deliveries/s\n", kind, row->events, r + 1, got, row->want, row->secs[r], row->post_s[r],
+               row->dps[r]);
+        fflush(stdout);
+    }
+    sh("rm -rf '%s'", data);
+}
+
+/* Loads the first n lines of path; false if it has fewer. */
+static bool load_lines(const char *path, size_t n, char **lines, size_t *lens, size_t *maxlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    char *line = NULL;
+    size_t cap = 0, k = 0;
+    ssize_t len;
+    *maxlen = 0;
+    while (k < n && (len = getline(&line, &cap, f)) > 0) {
+        while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+            line[--len] = 0;
+        if (!len)
+            continue;
+        lines[k] = strdup(line);
+        lens[k] = (size_t)len;
+        if ((size_t)len > *maxlen)
+            *maxlen = (size_t)len;
+        k++;
+    }
+    free(line);
     fclose(f);
-    cap_lat = 1 << 20;
-    lat_us = calloc(cap_lat, sizeof *lat_us);
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)rport) };
-    sa.sin_addr.s_addr = htonl(0x7f000001);
-    struct MHD_Daemon *recv = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD,
-                                               (uint16_t)rport, NULL, NULL, on_delivery, NULL,
-                                               MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-                                               MHD_OPTION_END);
-    if (!recv) {
-        fprintf(stderr, "bench: the receiver did not start\n");
-        return 1;
+    return k == n;
+}
+
+/* 100000 -> "100,000" */
+static const char *commas(char *buf, size_t n, uint64_t v)
+{
+    char d[32];
+    int len = snprintf(d, sizeof d, "%" PRIu64, v), k = 0;
+    for (int i = 0; i < len && (size_t)k + 2 < n; i++) {
+        if (i && (len - i) % 3 == 0)
+            buf[k++] = ',';
+        buf[k++] = d[i];
     }
-    char machine[256] = "";
-    FILE *m = popen("(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'; nproc; uname -r; date -u +%F) | paste -sd,", "r");
-    if (m) {
-        if (fgets(machine, sizeof machine, m))
-            machine[strcspn(machine, "\n")] = 0;
-        pclose(m);
+    buf[k] = 0;
+    return buf;
+}
+
+static void fmt_count(char *buf, size_t n, double v)
+{
+    if (v >= 1e6)
+        snprintf(buf, n, "%.2fM", v / 1e6);
+    else if (v >= 1e3)
+        snprintf(buf, n, "%.1fK", v / 1e3);
+    else
+        snprintf(buf, n, "%.0f", v);
+}
+
+static void list_runs(FILE *md, const char *name, const double *v, int n, const char *fmt)
+{
+    fprintf(md, "%s ", name);
+    for (int i = 0; i < n; i++) {
+        fprintf(md, i ? ", " : "");
+        fprintf(md, fmt, v[i]);
     }
-    char path[4200];
-    snprintf(path, sizeof path, "%s/ingest.md", out);
-    FILE *md = fopen(path, "w");
+}
+
+/* Runs the rule-count table and the fan-out rows; writes their section of ingest.md to md.
+ * Returns false if the workload could not be had. */
+static bool rules_table(const table_opts *o, int rport, FILE *md)
+{
+    char dir193[4200], jsonl[4300], events[4300], used[4300], machine[512], tree[128];
+    snprintf(dir193, sizeof dir193, "%s/issue193", o->work);
+    snprintf(jsonl, sizeof jsonl, "%s/rules_100000.jsonl", dir193);
+    snprintf(events, sizeof events, "%s/events.jsonl", dir193);
+    snprintf(used, sizeof used, "%s/ingest-events.jsonl", o->work);
+    if (access(events, R_OK) != 0 || access(jsonl, R_OK) != 0) {
+        fprintf(stderr, "bench: generating the issue193 workload into %s\n", dir193);
+        if (!sh("mkdir -p '%s' && python3 '%s/scaling/gen_scaling.py' --out '%s' >/dev/null", dir193, o->shared,
+                dir193)) {
+            fprintf(stderr, "bench: gen_scaling.py failed (python3 and %s/scaling are needed)\n", o->shared);
+            return false;
+        }
+    }
+    char **lines = calloc(USED_EVENTS, sizeof *lines);
+    size_t *lens = calloc(USED_EVENTS, sizeof *lens), maxlen;
+    if (!load_lines(events, USED_EVENTS, lines, lens, &maxlen)) {
+        fprintf(stderr, "bench: %s has fewer than %d events\n", events, USED_EVENTS);
+        return false;
+    }
+    FILE *uf = fopen(used, "w");
+    if (!uf)
+        die(used);
+    for (size_t k = 0; k < USED_EVENTS; k++)
+        fprintf(uf, "%s\n", lines[k]);
+    fclose(uf);
+    sh_line("(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'; nproc; uname -r; date -u +%F) | paste -sd,",
+            machine, sizeof machine);
+    sh_line("echo \"the tree $(git describe --always --dirty 2>/dev/null || echo '(unknown)')\"", tree, sizeof tree);
+
+    table_row rows[TABLE_ROWS];
+    memset(rows, 0, sizeof rows);
+    for (int i = 0; i < TABLE_ROWS; i++) {
+        rows[i].rules = table_rules[i];
+        rows[i].run = table_rules[i] <= o->max_rules || (i == 0 && o->max_rules > 0);
+        if (rows[i].run)
+            table_row_run(o, &rows[i], jsonl, lines, lens, maxlen, used, rport);
+    }
+    fan_row fans[3] = {
+        { .label = "1 event to 1,000 rules, each to its own file target", .http = false, .events = 300 },
+        { .label = "1 event to 1,000 rules, each to its own file target", .http = false, .events = 3000 },
+        { .label = "1 event to 1,000 rules, all to one http target (the driver's receiver)", .http = true, .events = 300 },
+    };
+    if (o->fanout) {
+        /* The http row's receiver: epoll and two threads, so that a thousand connections kept
+         * alive cost it no thousand threads (the latency receiver has a thread per connection). */
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)(rport + 1)) };
+        sa.sin_addr.s_addr = htonl(0x7f000001);
+        struct MHD_Daemon *fan = MHD_start_daemon(MHD_USE_EPOLL_INTERNAL_THREAD, (uint16_t)(rport + 1), NULL, NULL,
+                                                  on_delivery, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+                                                  MHD_OPTION_THREAD_POOL_SIZE, 2u,
+                                                  MHD_OPTION_CONNECTION_LIMIT, 50000u, MHD_OPTION_END);
+        if (!fan)
+            fprintf(stderr, "bench: the fan-out receiver did not start on port %d\n", rport + 1);
+        for (int i = 0; i < 3; i++)
+            if (fan || !fans[i].http)
+                fan_row_run(o, &fans[i], rport + 1);
+            else
+                snprintf(fans[i].why, sizeof fans[i].why, "the receiver did not start");
+        if (fan)
+            MHD_stop_daemon(fan);
+    }
+
+    char nev[32];
+    fprintf(md, "<!-- rules-table begin: written by bench_ingest; `bench_ingest --rules-table` rewrites only this part -->\n");
+    fprintf(md, "## Rule count (issue 11)\n\n");
+    fprintf(md, "Machine: %s (model, cores, kernel, date); ebd: %s; ebd and the load generator share it.\n\n",
+            machine, o->label ? o->label : tree);
+    fprintf(md, "Rules: the first N patterns of the scaling workload (`rules_100000.jsonl` of "
+                "../shared/data/scaling/gen_scaling.py), rule rI as `rule rI on b { pattern P transform {\"id\": $id} "
+                "to fJ }` with J = I mod %d (%d file targets, `fsync interval 10ms` on the bus), and the latency rule on "
+                "the same bus. Each figure is the median of %d run(s), each on a new ebd and data directory (fewer where a "
+                "start failed: see the runs below). Start: from the fork and exec of ebd to /healthz answering 200 (.ebc "
+                "compiled beforehand by `ebc compile`; .ebr compiled by ebd at start). Threads, RSS and peak (VmHWM) "
+                "after the idle window; peak after load: VmHWM once the deliveries are done. Idle CPU: utime+stime of ebd "
+                "over %.0f s with no traffic, right after start, in %% of one core. Ingest: %d connections, one event per "
+                "request, %.0f s, the first %s events of the workload's events.jsonl in turn (754-1,168 bytes); vs 10: "
+                "ratio to the 10-rule row of the same invocation. Latency: %.0f s at 5K events/s of a type no scaling "
+                "rule matches, ingest to the driver's webhook (the run with the median p99). Deliveries per event: what "
+                "the rules make of the events acknowledged (from `ebc test` on the same events), and the lines found "
+                "in the 20 files (waiting until they are all there, at most %.0f s, and at most 30 s without a new line).\n\n",
+            TARGETS, TARGETS, o->runs, o->idle_secs, o->conns, o->secs, commas(nev, sizeof nev, USED_EVENTS), o->secs,
+            o->drain_limit);
+    fprintf(md, "| rules | compile, .ebc size | start (.ebc) | start (.ebr) | threads | RSS | peak RSS (after load) "
+                "| idle CPU | ingest events/s | vs 10 | latency p50 / p99 | deliveries per event | delivered (after the last post) |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    double base = rows[0].runs ? median(rows[0].ev_s, rows[0].runs) : 0;
+    for (int i = 0; i < TABLE_ROWS; i++) {
+        table_row *w = &rows[i];
+        char nr[32];
+        fprintf(md, "| %s | ", commas(nr, sizeof nr, w->rules));
+        if (!w->run) {
+            fprintf(md, "not run (--max-rules %u) | | | | | | | | | | | |\n", o->max_rules);
+            continue;
+        }
+        if (w->compile_s <= 0) {
+            fprintf(md, "%s | | | | | | | | | | | |\n", w->why);
+            continue;
+        }
+        fprintf(md, "%.2f s, %.1f MB | ", w->compile_s, w->ebc_bytes / 1e6);
+        if (!w->runs) {
+            fprintf(md, "%s | not tried | | | | | | | | | |\n", w->why);
+            continue;
+        }
+        int n = w->runs;
+        char ev[32];
+        fmt_count(ev, sizeof ev, median(w->ev_s, n));
+        double ebr = w->ebr_runs ? median(w->start_ebr, w->ebr_runs) : -1;
+        char ebrs[300];
+        if (ebr >= 0)
+            snprintf(ebrs, sizeof ebrs, "%.2f s", ebr);
+        else
+            snprintf(ebrs, sizeof ebrs, "%s", w->ebr_why);
+        /* latency: the run with the median p99 */
+        int mid = 0;
+        for (int r = 0; r < n; r++) {
+            int below = 0;
+            for (int q = 0; q < n; q++)
+                below += w->p99[q] < w->p99[r] || (w->p99[q] == w->p99[r] && q < r);
+            if (below == (n - 1) / 2)
+                mid = r;
+        }
+        double per = median(w->per_event, n);
+        fprintf(md, "%.2f s | %s | %.0f | %.0f MB | %.0f MB (%.0f MB) | %.1f%% | %s | %.2f | %.2f / %.2f ms | %.*f | ",
+                median(w->start_ebc, n), ebrs, median(w->threads, n), median(w->rss_mb, n),
+                median(w->hwm_mb, n), median(w->hwm_load_mb, n), median(w->idle_pct, n), ev,
+                base > 0 ? median(w->ev_s, n) / base : 0, w->p50[mid], w->p99[mid], per < 0.1 ? 4 : 2, per);
+        for (int r = 0; r < n; r++) {
+            char d[32], e[32];
+            fprintf(md, "%s%s of %s (%.1f s)", r ? ", " : "", commas(d, sizeof d, w->delivered[r]),
+                    commas(e, sizeof e, w->expected[r]), w->drain_s[r]);
+        }
+        fprintf(md, " |\n");
+    }
+    fprintf(md, "\nThe runs, in order:\n\n");
+    for (int i = 0; i < TABLE_ROWS; i++) {
+        table_row *w = &rows[i];
+        if (!w->run || w->compile_s <= 0)
+            continue;
+        char nr[32];
+        fprintf(md, "- %s rules: ", commas(nr, sizeof nr, w->rules));
+        if (w->runs) {
+            list_runs(md, "start (.ebc)", w->start_ebc, w->runs, "%.2f");
+            list_runs(md, " s; .ebr", w->start_ebr, w->ebr_runs, "%.2f");
+            list_runs(md, " s; idle CPU", w->idle_pct, w->runs, "%.1f%%");
+            list_runs(md, "; events/s", w->ev_s, w->runs, "%.0f");
+            fprintf(md, " (%" PRIu64 " errors)", w->errors);
+            list_runs(md, "; latency p99", w->p99, w->runs, "%.2f");
+            fprintf(md, " ms, delivered ");
+            for (int r = 0; r < w->runs; r++)
+                fprintf(md, "%s%zu", r ? ", " : "", w->lat_delivered[r]);
+            fprintf(md, " of %.0f", 5000 * o->secs);
+        }
+        if (*w->why)
+            fprintf(md, "%s.ebc: %s", w->runs ? "; " : "", w->why);
+        if (*w->ebr_why && w->runs)
+            fprintf(md, "; .ebr: %s", w->ebr_why);
+        fprintf(md, "\n");
+    }
+    if (o->fanout) {
+        fprintf(md, "\nFan-out (issue 11, item 5): %s rules `rule fanI on b { match type == \"bench.fanout\" to ... }` "
+                    "(the whole event delivered), one ebd per run; the events posted one per request on one "
+                    "connection; the time from the first post to the last delivery (files: their lines counted as "
+                    "they grow, every 5 ms; http: the receiver's clock at the last request). Median of %d run(s).\n\n",
+                commas(nev, sizeof nev, FAN_RULES), o->runs);
+        fprintf(md, "| fan-out | events | deliveries | first post to last delivery | deliveries/s | runs (deliveries/s) |\n"
+                    "|---|---|---|---|---|---|\n");
+        for (int i = 0; i < 3; i++) {
+            fan_row *f = &fans[i];
+            fprintf(md, "| %s | %d | ", f->label, f->events);
+            if (!f->runs) {
+                fprintf(md, "%s | | | |\n", f->why);
+                continue;
+            }
+            char d[32];
+            fmt_count(d, sizeof d, median(f->dps, f->runs));
+            char w[32];
+            fprintf(md, "%s | %.2f s | %s | ", commas(w, sizeof w, f->want), median(f->secs, f->runs), d);
+            for (int r = 0; r < f->runs; r++) {
+                fprintf(md, "%s%.0f", r ? ", " : "", f->dps[r]);
+                if (f->got[r] < f->want)
+                    fprintf(md, " (only %s delivered)", commas(w, sizeof w, f->got[r]));
+                else if (f->got[r] > f->want)
+                    fprintf(md, " (%s requests: some delivered again after a time-out)", commas(w, sizeof w, f->got[r]));
+            }
+            if (*f->why)
+                fprintf(md, "; %s", f->why);
+            fprintf(md, " |\n");
+        }
+    }
+    fprintf(md, "<!-- rules-table end -->\n");
+    for (size_t k = 0; k < USED_EVENTS; k++)
+        free(lines[k]);
+    free(lines);
+    free(lens);
+    return true;
+}
+
+/* The rows above the rule-count table: latency (3 runs) and throughput (3 runs of each row), each
+ * run on a new ebd; written to md.  Returns 1 if ebd did not start. */
+static int classic_rows(const char *ebd, const char *rules, const char *data, int port, double secs, int conns,
+                        const char *fsync_policy, const char *machine, FILE *md)
+{
     fprintf(md, "Machine: %s (model, cores, kernel, date); ebd and the load generator share it.\n\n", machine);
     fprintf(md, "Each run on a new ebd and data directory.  Throughput: the median of 3 runs of %.0f s "
                 "each; latency: the run with the median p99 of 3 runs of %.0f s, before them.\n\n", secs, secs);
@@ -347,7 +1183,7 @@ int main(int argc, char **argv)
             return 1;
         }
         atomic_store(&nlat, 0);
-        run_latency(port, 5000, secs, &r50[r], &r99[r], &rmax[r], &rdel[r]);
+        run_latency(port, "lat", 5000, secs, &r50[r], &r99[r], &rmax[r], &rdel[r]);
         stop_ebd(lpid);
         printf("latency run %d: p50 %.2f ms, p99 %.2f ms, max %.2f ms\n", r + 1, r50[r], r99[r], rmax[r]);
     }
@@ -400,11 +1236,155 @@ int main(int argc, char **argv)
                 "|---|---|---|---|---|\n| one event per request, fsync interval 10ms | %.2f ms | %.2f ms | %.2f ms | %zu of %.0f |\n",
             p50, p99, pmax, delivered, 5000 * secs);
     fprintf(md, "\nThe three latency runs' p99: %.2f, %.2f, %.2f ms.\n", r99[0], r99[1], r99[2]);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *ebd = NULL, *work = NULL, *out = NULL, *ebc = NULL, *shared = "../shared/data";
+    double secs = 5, start_limit = 120, idle_secs = 10, drain_limit = 120;
+    int conns = 8, runs = 3;
+    unsigned max_rules = 100000;
+    bool table_only = false, fanout = true;
+    const char *label = NULL;
+    const char *fsync_policy = "interval 10ms";
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--rules-table")) {
+            table_only = true;
+            continue;
+        }
+        if (!strcmp(a, "--no-fanout")) {
+            fanout = false;
+            continue;
+        }
+        if (!v)
+            goto usage;
+        if (!strcmp(a, "--ebd")) ebd = v;
+        else if (!strcmp(a, "--ebc")) ebc = v;
+        else if (!strcmp(a, "--data")) shared = v;
+        else if (!strcmp(a, "--work")) work = v;
+        else if (!strcmp(a, "--out")) out = v;
+        else if (!strcmp(a, "--seconds")) secs = atof(v);
+        else if (!strcmp(a, "--connections")) conns = atoi(v);
+        else if (!strcmp(a, "--fsync")) fsync_policy = v;
+        else if (!strcmp(a, "--max-rules")) max_rules = (unsigned)atol(v);
+        else if (!strcmp(a, "--runs")) runs = atoi(v);
+        else if (!strcmp(a, "--start-timeout")) start_limit = atof(v);
+        else if (!strcmp(a, "--idle-seconds")) idle_secs = atof(v);
+        else if (!strcmp(a, "--drain-timeout")) drain_limit = atof(v);
+        else if (!strcmp(a, "--ebd-label")) label = v;
+        else goto usage;
+        i++;
+    }
+    if (!ebd || !work || !out || secs <= 0 || conns < 1 || runs < 1 || runs > MAX_RUNS || start_limit <= 0 ||
+        idle_secs <= 0 || drain_limit <= 0) {
+    usage:
+        fprintf(stderr, "usage: bench_ingest --ebd EBD --work DIR --out DIR [--ebc EBC] [--data SHARED_DATA_DIR]\n"
+                        "                    [--seconds S] [--connections C] [--fsync POLICY]\n"
+                        "                    [--rules-table] [--max-rules N] [--runs R (1-%d)] [--start-timeout S]\n"
+                        "                    [--idle-seconds S] [--drain-timeout S] [--no-fanout] [--ebd-label TEXT]\n",
+                MAX_RUNS);
+        return 2;
+    }
+    char ebc_default[4200];
+    if (!ebc) {
+        const char *slash = strrchr(ebd, '/');
+        snprintf(ebc_default, sizeof ebc_default, "%.*sebc", slash ? (int)(slash - ebd + 1) : 0, ebd);
+        ebc = ebc_default;
+    }
+    /* ebd, the latency receiver and the fan-out receiver: below the ephemeral ports */
+    int port = 20000 + getpid() % 11998, rport = port + 1;
+    struct rlimit nofile;        /* the fan-out receiver may hold thousands of connections */
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+        nofile.rlim_cur = nofile.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &nofile);
+    }
+    char rules[4200], data[4200], cmd[9000];
+    snprintf(data, sizeof data, "%s/ingest-data", work);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'; mkdir -p '%s'", data, work);
+    if (system(cmd) != 0)
+        return 2;
+    snprintf(rules, sizeof rules, "%s/ingest.ebr", work);
+    FILE *f = fopen(rules, "w");
+    fprintf(f, "bus load {\n  fsync %s\n}\nbus durable {\n  fsync always\n}\nbus lat {\n  fsync interval 10ms\n}\n"
+               "target hook http \"http://127.0.0.1:%d/hook\" {\n  retry none\n}\n"
+               "rule latency on lat {\n  match type == \"bench.latency\"\n"
+               "  transform {\"sent\": data.sent, \"id\": $id}\n  to hook\n}\n", fsync_policy, rport);
+    fclose(f);
+    cap_lat = 1 << 20;
+    lat_us = calloc(cap_lat, sizeof *lat_us);
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)rport) };
+    sa.sin_addr.s_addr = htonl(0x7f000001);
+    struct MHD_Daemon *recv = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD,
+                                               (uint16_t)rport, NULL, NULL, on_delivery, NULL,
+                                               MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+                                               MHD_OPTION_END);
+    if (!recv) {
+        fprintf(stderr, "bench: the receiver did not start\n");
+        return 1;
+    }
+    char machine[256] = "";
+    FILE *m = popen("(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'; nproc; uname -r; date -u +%F) | paste -sd,", "r");
+    if (m) {
+        if (fgets(machine, sizeof machine, m))
+            machine[strcspn(machine, "\n")] = 0;
+        pclose(m);
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/ingest.md", out);
+    char *classic = NULL, *table = NULL;
+    size_t classic_n = 0, table_n = 0;
+    FILE *md = open_memstream(&classic, &classic_n);
+    if (!md)
+        die("open_memstream");
+    if (!table_only && classic_rows(ebd, rules, data, port, secs, conns, fsync_policy, machine, md) != 0)
+        return 1;
     fclose(md);
+
+    FILE *tmd = open_memstream(&table, &table_n);
+    if (!tmd)
+        die("open_memstream");
+    table_opts topts = { .ebd = ebd, .ebc = ebc, .work = work, .shared = shared, .port = port, .conns = conns,
+                         .runs = runs, .secs = secs, .start_limit = start_limit, .idle_secs = idle_secs,
+                         .drain_limit = drain_limit,
+                         .max_rules = max_rules, .fanout = fanout, .label = label };
+    bool table_ok = rules_table(&topts, rport, tmd);
+    fclose(tmd);
     MHD_stop_daemon(recv);
+    /* The file: the rows above, then the table's section; with --rules-table, what the file
+     * held with its table section replaced. */
+    const char *begin = "<!-- rules-table begin", *end = "<!-- rules-table end -->\n";
+    char *old = NULL;
+    if (table_only) {
+        FILE *f = fopen(path, "r");
+        size_t cap = 0;
+        if (f) {
+            if (getdelim(&old, &cap, 0, f) < 0) {
+                free(old);
+                old = NULL;
+            }
+            fclose(f);
+        }
+        char *b = old ? strstr(old, begin) : NULL, *e = b ? strstr(b, end) : NULL;
+        if (b && e)
+            memmove(b, e + strlen(end), strlen(e + strlen(end)) + 1);
+        while (old && *old && old[strlen(old) - 1] == '\n' && strlen(old) > 1 && old[strlen(old) - 2] == '\n')
+            old[strlen(old) - 1] = 0;
+    }
+    FILE *mdf = fopen(path, "w");
+    if (!mdf)
+        die(path);
+    fputs(table_only ? (old ? old : "") : classic, mdf);
+    if (table_ok)
+        fprintf(mdf, "\n%s", table);
+    fclose(mdf);
+    free(old);
+    free(classic);
+    free(table);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", data);
     if (system(cmd) != 0)
         fprintf(stderr, "bench: cannot remove %s\n", data);
     printf("results: %s\n", path);
-    return 0;
+    return table_ok ? 0 : 1;
 }
