@@ -859,6 +859,8 @@ struct ebd_pair {
     ebd_pair *next_ready;
     ebd_pair *next_snooze;        /* its thread's alone */
     bool snoozed;
+    ebd_pair *next_slotwait;      /* waiting for a slot of its target (its thread's alone) */
+    bool slotwaiting;
     /* its thread's alone: */
     unsigned running;             /* items not finished */
 };
@@ -1143,21 +1145,26 @@ static void exec_outcome(ebd_target *t, const cmd_spec *s, cmd_result *r, attemp
     cmd_result_free(r);
 }
 
+/* Under t->mu: the rate limit's bucket, refilled for the time since it was last looked at. */
+static void refill(ebd_target *t)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    double secs = (double)(now.tv_sec - t->refill.tv_sec) + (double)(now.tv_nsec - t->refill.tv_nsec) / 1e9;
+    t->refill = now;
+    t->tokens += secs * t->rate_limit;
+    if (t->tokens > t->rate_limit)
+        t->tokens = t->rate_limit;
+}
+
 /* Takes a slot of the target's concurrency limit and a rate-limit token if both are free now. */
 static bool try_slot(ebd_target *t)
 {
     if (!t->concurrency && !t->rate_limit)
         return true;
     pthread_mutex_lock(&t->mu);
-    if (t->rate_limit) {
-        struct timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        double secs = (double)(now.tv_sec - t->refill.tv_sec) + (double)(now.tv_nsec - t->refill.tv_nsec) / 1e9;
-        t->refill = now;
-        t->tokens += secs * t->rate_limit;
-        if (t->tokens > t->rate_limit)
-            t->tokens = t->rate_limit;
-    }
+    if (t->rate_limit)
+        refill(t);
     bool ok = (!t->concurrency || t->busy < t->concurrency) && (!t->rate_limit || t->tokens >= 1);
     if (ok) {
         t->busy++;
@@ -1166,6 +1173,24 @@ static bool try_slot(ebd_target *t)
     }
     pthread_mutex_unlock(&t->mu);
     return ok;
+}
+
+/* How many deliveries the target's limits let start now, at most want (nothing is taken: a
+ * pair takes no more events than it could start, rather than hold them waiting for slots). */
+static unsigned slots_free(ebd_target *t, unsigned want)
+{
+    if (!t->concurrency && !t->rate_limit)
+        return want;
+    pthread_mutex_lock(&t->mu);
+    if (t->concurrency && want > (t->busy < t->concurrency ? t->concurrency - t->busy : 0))
+        want = t->busy < t->concurrency ? t->concurrency - t->busy : 0;
+    if (t->rate_limit) {
+        refill(t);
+        if (want > (unsigned)t->tokens)
+            want = (unsigned)t->tokens;
+    }
+    pthread_mutex_unlock(&t->mu);
+    return want;
 }
 
 static void give_slot(ebd_target *t)
@@ -1357,6 +1382,9 @@ struct dthread {
     item *blocked;                /* waiting for a slot of their target */
     ebd_pair *snooze;             /* pairs that could not read the log: again at snooze_until */
     int64_t snooze_until;
+    ebd_pair *slotwait, *slotwait_tail;   /* pairs whose target had no slot free */
+    int64_t slotwait_at;          /* when they look again (or when a slot of this thread frees) */
+    bool freed;                   /* a slot was given back since they last looked */
     struct { ebd_pair *p; uint64_t off; } *done;   /* finished, not yet out of their lists */
     size_t ndone, capdone;
     ebd_pair *same_p;             /* in a batch's results: the in-order pair that waits, and */
@@ -1741,6 +1769,7 @@ static int finish(dthread *th, item *it, bool done)
     if (it->slot) {
         give_slot(it->t);
         it->slot = false;
+        th->freed = true;
     }
     if (done) {
         if (th->ndone == th->capdone) {
@@ -1861,6 +1890,7 @@ static int attempt_done(dthread *th, item *it, const attempt *a)
     if (it->slot) {
         give_slot(it->t);
         it->slot = false;
+        th->freed = true;
     }
     bool stopping = atomic_load(&th->e->r->stop);
     if (!a->error[0]) {
@@ -2311,6 +2341,23 @@ static int catch_next(dthread *th, ebd_pair *p, recbuf **rb, uint64_t *off)
     return 0;
 }
 
+/* The pair waits for a slot of its target: it looks again when this thread gives one back, or
+ * within 2 ms (another thread's, or a rate-limit token). */
+static void slot_wait(dthread *th, ebd_pair *p)
+{
+    if (p->slotwaiting)
+        return;
+    p->slotwaiting = true;
+    p->next_slotwait = NULL;
+    if (th->slotwait_tail)
+        th->slotwait_tail->next_slotwait = p;
+    else {
+        th->slotwait = p;
+        th->slotwait_at = mono_ms() + 2;
+    }
+    th->slotwait_tail = p;
+}
+
 /* Starts the delivery of one taken event (rb: already read, while catching up). */
 static int start_one(dthread *th, ebd_pair *p, taken_ev *t, recbuf *rb)
 {
@@ -2343,13 +2390,24 @@ static void pump(dthread *th, ebd_pair *p, ebd_pair **next)
         *next = p->next_ready;
         p->on_ready = false;
     }
+    bool nothing = true;
     if (p->runs && !atomic_load(&e->r->stop)) {
         room = p->in_order ? (p->running ? 0 : batch ? BATCH_MAX : 1)
                            : p->window > p->running ? p->window - p->running : 0;
-        while (n < room && (k = take_next(p, &tk[n])) == 1)
-            n++;
+        nothing = !p->qn && p->ispend == p->nspend && !p->catchup;
     }
     pthread_mutex_unlock(&th->mu);
+    if (room && !nothing && (p->t->concurrency || p->t->rate_limit) &&
+        !(room = slots_free(p->t, (unsigned)room))) {
+        slot_wait(th, p);
+        return;
+    }
+    if (room) {
+        pthread_mutex_lock(&th->mu);
+        while (n < room && (k = take_next(p, &tk[n])) == 1)
+            n++;
+        pthread_mutex_unlock(&th->mu);
+    }
     for (size_t i = 0; i < n; i++) {
         int how = start_one(th, p, &tk[i], NULL);
         bool held = p->in_order && (how == GONE_WAIT || (how == GONE_BATCH && !batch));
@@ -2519,6 +2577,17 @@ static void *thread_main(void *arg)
         }
         flush_batches(th);
         apply_done(th);
+        if (th->slotwait && (th->freed || mono_ms() >= th->slotwait_at)) {
+            pthread_mutex_lock(&th->mu);
+            for (ebd_pair *w = th->slotwait, *next; w; w = next) {
+                next = w->next_slotwait;
+                w->slotwaiting = false;
+                pair_ready(th, w);
+            }
+            th->slotwait = th->slotwait_tail = NULL;
+            pthread_mutex_unlock(&th->mu);
+        }
+        th->freed = false;
         if (th->snooze && mono_ms() >= th->snooze_until) {
             pthread_mutex_lock(&th->mu);
             for (ebd_pair *sn = th->snooze, *next; sn; sn = next) {
@@ -2542,6 +2611,10 @@ static void *thread_main(void *arg)
             timeout = 2;                  /* a slot or a rate-limit token frees soon */
         if (th->snooze) {
             int64_t w = th->snooze_until - mono_ms();
+            timeout = w < 0 ? 0 : w < timeout ? (int)w : timeout;
+        }
+        if (th->slotwait) {
+            int64_t w = th->slotwait_at - mono_ms();
             timeout = w < 0 ? 0 : w < timeout ? (int)w : timeout;
         }
         pthread_mutex_lock(&th->mu);
