@@ -6,6 +6,7 @@
 #include <criterion/criterion.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../../compiler/compiler.h"
 
@@ -223,4 +224,56 @@ Test(ebcfile, source_is_not_taken_for_a_ruleset)
         cr_expect(!is_ebc(texts[i], strlen(texts[i])), "took '%s' for an .ebc file", texts[i]);
     cr_expect(!vm_file_is_ebc("/nonexistent/rules.ebc"), "a file that cannot be read");
     cr_expect(is_ebc(rules, sizeof rules - 1) == false);
+}
+
+/* vm_program_load maps a file, and reads what cannot be mapped (a pipe); either way the
+ * program and every refusal are those of vm_program_parse on the same bytes. */
+Test(ebcfile, a_file_and_a_pipe_load_alike)
+{
+    vm_program *p = compile();
+    uint8_t *a, *b;
+    size_t n, nb;
+    vm_error err;
+    cr_assert_eq(vm_program_serialize(p, &a, &n), VM_OK);
+    vm_program_free(p);
+    cr_assert_lt(n, 65536, "the pipe below holds the whole file");
+
+    char *path = temp_file(a, n);
+    vm_program *q = vm_program_load(path, &err);
+    cr_assert_not_null(q, "%s", err.msg);
+    cr_assert_eq(vm_program_serialize(q, &b, &nb), VM_OK);
+    cr_expect(nb == n && memcmp(a, b, n) == 0, "a mapped file loads another program");
+    free(b);
+    vm_program_free(q);
+    remove(path);
+    free(path);
+
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    cr_assert_eq(write(fds[1], a, n), (ssize_t)n);
+    close(fds[1]);
+    char name[32];
+    snprintf(name, sizeof name, "/dev/fd/%d", fds[0]);
+    q = vm_program_load(name, &err);
+    close(fds[0]);
+    cr_assert_not_null(q, "%s", err.msg);
+    cr_assert_eq(vm_program_serialize(q, &b, &nb), VM_OK);
+    cr_expect(nb == n && memcmp(a, b, n) == 0, "a pipe loads another program");
+    free(b);
+    vm_program_free(q);
+
+    a[n / 2] ^= 1;
+    path = temp_file(a, n);
+    cr_expect_null(vm_program_load(path, &err));
+    cr_expect_str_eq(err.msg, "corrupted .ebc file: checksum mismatch");
+    remove(path);
+    free(path);
+    path = temp_file(a, 0);
+    cr_expect_null(vm_program_load(path, &err));
+    cr_expect(strstr(err.msg, "bad magic number"), "%s", err.msg);
+    remove(path);
+    free(path);
+    cr_expect_null(vm_program_load("/nonexistent/rules.ebc", &err));
+    cr_expect_eq(err.code, VM_ERR_IO);
+    free(a);
 }
