@@ -304,9 +304,12 @@ static int cmp64(const void *a, const void *b)
 }
 
 /* Sends `rate` events a second for `secs` seconds, one per request on one connection, each
- * carrying its send time; the rule's transform passes it to the receiver. */
-static void run_latency(int port, const char *bus, int rate, double secs, double *p50, double *p99,
-                        double *pmax, size_t *delivered)
+ * carrying its send time; the rule's transform passes it to the receiver.  Waits up to grace
+ * seconds for the last deliveries.  With all_sent, the percentiles are of the events sent, those
+ * not delivered counting as slower than any (a percentile that falls on one is -1); else of the
+ * events delivered. */
+static void run_latency(int port, const char *bus, int rate, double secs, double grace, bool all_sent,
+                        double *p50, double *p99, double *pmax, size_t *delivered)
 {
     int fd = connect_to(port);
     char req[2048], buf[4096], body[1024];
@@ -327,16 +330,17 @@ static void run_latency(int port, const char *bus, int rate, double secs, double
     }
     if (fd >= 0)
         close(fd);
-    for (int i = 0; i < 100 && atomic_load(&nlat) < total; i++) {
+    for (double end = now_s() + grace; now_s() < end && atomic_load(&nlat) < total;) {
         struct timespec ts = { 0, 20000000 };
         nanosleep(&ts, NULL);
     }
     size_t n = atomic_load(&nlat) < cap_lat ? atomic_load(&nlat) : cap_lat;
     qsort(lat_us, n, sizeof *lat_us, cmp64);
     *delivered = n;
-    *p50 = n ? lat_us[n / 2] / 1000.0 : 0;
-    *p99 = n ? lat_us[(size_t)(n * 0.99)] / 1000.0 : 0;
-    *pmax = n ? lat_us[n - 1] / 1000.0 : 0;
+    size_t base = all_sent ? total : n, i50 = base / 2, i99 = (size_t)((double)base * 0.99);
+    *p50 = i50 < n ? lat_us[i50] / 1000.0 : n ? -1 : 0;
+    *p99 = i99 < n ? lat_us[i99] / 1000.0 : n ? -1 : 0;
+    *pmax = n == base && n ? lat_us[n - 1] / 1000.0 : n ? -1 : 0;
 }
 
 /* ---- the rule-count table and the fan-out rows (issue 11) ----------------------------------- */
@@ -438,6 +442,14 @@ static long proc_cpu_ticks(pid_t pid)
     if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %ld %ld", &utime, &stime) != 2)
         return -1;
     return utime + stime;
+}
+
+/* This process's CPU time (user + system), in seconds. */
+static double self_cpu(void)
+{
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return (double)u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + (double)u.ru_stime.tv_sec + u.ru_stime.tv_usec / 1e6;
 }
 
 /* GET path: the status, or -1 (no answer within 2 s counts as none). */
@@ -686,7 +698,7 @@ typedef struct {
     bool http;
     int events, runs;
     char why[256];
-    double dps[MAX_RUNS], secs[MAX_RUNS], post_s[MAX_RUNS];
+    double dps[MAX_RUNS], secs[MAX_RUNS], post_s[MAX_RUNS], ebd_cpu[MAX_RUNS], driver_cpu[MAX_RUNS];
     uint64_t want, got[MAX_RUNS];
 } fan_row;
 
@@ -755,7 +767,7 @@ static void table_row_run(const table_opts *o, table_row *row, const char *rules
         row->rss_mb[r] = proc_status_kb(pid, "VmRSS") / 1024.0;
         row->hwm_mb[r] = proc_status_kb(pid, "VmHWM") / 1024.0;
         atomic_store(&nlat, 0);
-        run_latency(o->port, "b", 5000, o->secs, &row->p50[r], &row->p99[r], &row->pmax[r],
+        run_latency(o->port, "b", 5000, o->secs, 60, true, &row->p50[r], &row->p99[r], &row->pmax[r],
                     &row->lat_delivered[r]);
         for (size_t k = 0; k < USED_EVENTS; k++)
             atomic_store(&acked[k], 0);
@@ -865,8 +877,9 @@ static void fan_row_run(const table_opts *o, fan_row *row, int fport)
         atomic_store(&fan_count, 0);
         line_counter lc;
         counter_init(&lc, outdir, "t", FAN_RULES);
-        double t0 = now_s();
+        double t0 = now_s(), self0 = self_cpu();
         int64_t t0ns = mono_ns();
+        long ebd0 = proc_cpu_ticks(pid);
         int ok = post_events(o->port, "b", "bench.fanout", row->events);
         row->post_s[r] = now_s() - t0;
         uint64_t got;
@@ -886,6 +899,8 @@ static void fan_row_run(const table_opts *o, fan_row *row, int fport)
             got = wait_lines(&lc, row->want, 30, 300, &end);
         }
         counter_free(&lc);
+        row->ebd_cpu[r] = (double)(proc_cpu_ticks(pid) - ebd0) / (double)sysconf(_SC_CLK_TCK);
+        row->driver_cpu[r] = self_cpu() - self0;
         stop_bounded(pid);
         if (ok != row->events)
             snprintf(row->why, sizeof row->why, "%d of %d events acknowledged", ok, row->events);
@@ -894,8 +909,8 @@ static void fan_row_run(const table_opts *o, fan_row *row, int fport)
         row->dps[r] = row->secs[r] > 0 ? (double)got / row->secs[r] : 0;
         row->runs = r + 1;
         printf("fan-out %s, %d events, run %d: %" PRIu64 " of %" PRIu64 " deliveries in %.2f s (posting took %.2f s): "
-               "%.0f deliveries/s\n", kind, row->events, r + 1, got, row->want, row->secs[r], row->post_s[r],
-               row->dps[r]);
+               "%.0f deliveries/s; CPU: ebd %.1f s, this driver %.1f s\n", kind, row->events, r + 1, got, row->want,
+               row->secs[r], row->post_s[r], row->dps[r], row->ebd_cpu[r], row->driver_cpu[r]);
         fflush(stdout);
     }
     sh("rm -rf '%s'", data);
@@ -949,6 +964,21 @@ static void fmt_count(char *buf, size_t n, double v)
         snprintf(buf, n, "%.1fK", v / 1e3);
     else
         snprintf(buf, n, "%.0f", v);
+}
+
+/* A latency: "1.23 ms", or for one not delivered (-1) "not delivered". */
+static const char *fmt_ms(char *buf, size_t n, double v)
+{
+    if (v < 0)
+        snprintf(buf, n, "not delivered");
+    else
+        snprintf(buf, n, "%.2f ms", v);
+    return buf;
+}
+
+static double lat_key(double v)
+{
+    return v < 0 ? 1e300 : v;
 }
 
 static void list_runs(FILE *md, const char *name, const double *v, int n, const char *fmt)
@@ -1041,7 +1071,8 @@ static bool rules_table(const table_opts *o, int rport, FILE *md)
                 "over %.0f s with no traffic, right after start, in %% of one core. Ingest: %d connections, one event per "
                 "request, %.0f s, the first %s events of the workload's events.jsonl in turn (754-1,168 bytes); vs 10: "
                 "ratio to the 10-rule row of the same invocation. Latency: %.0f s at 5K events/s of a type no scaling "
-                "rule matches, ingest to the driver's webhook (the run with the median p99). Deliveries per event: what "
+                "rule matches, ingest to the driver's webhook (the run with the median p99; percentiles of the events "
+                "sent, one not delivered within 60 s of the last post counting as slower than any). Deliveries per event: what "
                 "the rules make of the events acknowledged (from `ebc test` on the same events), and the lines found "
                 "in the 20 files (waiting until they are all there, at most %.0f s, and at most 30 s without a new line).\n\n",
             TARGETS, TARGETS, o->runs, o->idle_secs, o->conns, o->secs, commas(nev, sizeof nev, USED_EVENTS), o->secs,
@@ -1076,20 +1107,25 @@ static bool rules_table(const table_opts *o, int rport, FILE *md)
             snprintf(ebrs, sizeof ebrs, "%.2f s", ebr);
         else
             snprintf(ebrs, sizeof ebrs, "%s", w->ebr_why);
-        /* latency: the run with the median p99 */
+        /* latency: the run with the median p99 (one not delivered counts as slower than any) */
         int mid = 0;
         for (int r = 0; r < n; r++) {
             int below = 0;
             for (int q = 0; q < n; q++)
-                below += w->p99[q] < w->p99[r] || (w->p99[q] == w->p99[r] && q < r);
+                below += lat_key(w->p99[q]) < lat_key(w->p99[r]) || (w->p99[q] == w->p99[r] && q < r);
             if (below == (n - 1) / 2)
                 mid = r;
         }
+        char l50[32], l99[32], lat[160];
+        snprintf(lat, sizeof lat, "%s / %s", fmt_ms(l50, sizeof l50, w->p50[mid]), fmt_ms(l99, sizeof l99, w->p99[mid]));
+        if (w->lat_delivered[mid] < (size_t)(5000 * o->secs))
+            snprintf(lat + strlen(lat), sizeof lat - strlen(lat), " (%zu of %.0f delivered within 60 s)",
+                     w->lat_delivered[mid], 5000 * o->secs);
         double per = median(w->per_event, n);
-        fprintf(md, "%.2f s | %s | %.0f | %.0f MB | %.0f MB (%.0f MB) | %.1f%% | %s | %.2f | %.2f / %.2f ms | %.*f | ",
+        fprintf(md, "%.2f s | %s | %.0f | %.0f MB | %.0f MB (%.0f MB) | %.1f%% | %s | %.2f | %s | %.*f | ",
                 median(w->start_ebc, n), ebrs, median(w->threads, n), median(w->rss_mb, n),
                 median(w->hwm_mb, n), median(w->hwm_load_mb, n), median(w->idle_pct, n), ev,
-                base > 0 ? median(w->ev_s, n) / base : 0, w->p50[mid], w->p99[mid], per < 0.1 ? 4 : 2, per);
+                base > 0 ? median(w->ev_s, n) / base : 0, lat, per < 0.1 ? 4 : 2, per);
         for (int r = 0; r < n; r++) {
             char d[32], e[32];
             fprintf(md, "%s%s of %s (%.1f s)", r ? ", " : "", commas(d, sizeof d, w->delivered[r]),
@@ -1110,8 +1146,12 @@ static bool rules_table(const table_opts *o, int rport, FILE *md)
             list_runs(md, " s; idle CPU", w->idle_pct, w->runs, "%.1f%%");
             list_runs(md, "; events/s", w->ev_s, w->runs, "%.0f");
             fprintf(md, " (%" PRIu64 " errors)", w->errors);
-            list_runs(md, "; latency p99", w->p99, w->runs, "%.2f");
-            fprintf(md, " ms, delivered ");
+            fprintf(md, "; latency p99 ");
+            for (int r = 0; r < w->runs; r++) {
+                char l[32];
+                fprintf(md, "%s%s", r ? ", " : "", fmt_ms(l, sizeof l, w->p99[r]));
+            }
+            fprintf(md, ", delivered ");
             for (int r = 0; r < w->runs; r++)
                 fprintf(md, "%s%zu", r ? ", " : "", w->lat_delivered[r]);
             fprintf(md, " of %.0f", 5000 * o->secs);
@@ -1126,21 +1166,24 @@ static bool rules_table(const table_opts *o, int rport, FILE *md)
         fprintf(md, "\nFan-out (issue 11, item 5): %s rules `rule fanI on b { match type == \"bench.fanout\" to ... }` "
                     "(the whole event delivered), one ebd per run; the events posted one per request on one "
                     "connection; the time from the first post to the last delivery (files: their lines counted as "
-                    "they grow, every 5 ms; http: the receiver's clock at the last request). Median of %d run(s).\n\n",
+                    "they grow, every 5 ms; http: the receiver's clock at the last request). CPU: the time ebd and this driver "
+                    "(the line counting, or the receiver: libmicrohttpd, epoll, 2 threads) spent over the same span. "
+                    "Median of %d run(s).\n\n",
                 commas(nev, sizeof nev, FAN_RULES), o->runs);
-        fprintf(md, "| fan-out | events | deliveries | first post to last delivery | deliveries/s | runs (deliveries/s) |\n"
-                    "|---|---|---|---|---|---|\n");
+        fprintf(md, "| fan-out | events | deliveries | first post to last delivery | deliveries/s | CPU: ebd / driver "
+                    "| runs (deliveries/s) |\n|---|---|---|---|---|---|---|\n");
         for (int i = 0; i < 3; i++) {
             fan_row *f = &fans[i];
             fprintf(md, "| %s | %d | ", f->label, f->events);
             if (!f->runs) {
-                fprintf(md, "%s | | | |\n", f->why);
+                fprintf(md, "%s | | | | |\n", f->why);
                 continue;
             }
             char d[32];
             fmt_count(d, sizeof d, median(f->dps, f->runs));
             char w[32];
-            fprintf(md, "%s | %.2f s | %s | ", commas(w, sizeof w, f->want), median(f->secs, f->runs), d);
+            fprintf(md, "%s | %.2f s | %s | %.1f s / %.1f s | ", commas(w, sizeof w, f->want), median(f->secs, f->runs), d,
+                    median(f->ebd_cpu, f->runs), median(f->driver_cpu, f->runs));
             for (int r = 0; r < f->runs; r++) {
                 fprintf(md, "%s%.0f", r ? ", " : "", f->dps[r]);
                 if (f->got[r] < f->want)
@@ -1183,7 +1226,7 @@ static int classic_rows(const char *ebd, const char *rules, const char *data, in
             return 1;
         }
         atomic_store(&nlat, 0);
-        run_latency(port, "lat", 5000, secs, &r50[r], &r99[r], &rmax[r], &rdel[r]);
+        run_latency(port, "lat", 5000, secs, 2, false, &r50[r], &r99[r], &rmax[r], &rdel[r]);
         stop_ebd(lpid);
         printf("latency run %d: p50 %.2f ms, p99 %.2f ms, max %.2f ms\n", r + 1, r50[r], r99[r], rmax[r]);
     }
