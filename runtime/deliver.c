@@ -1313,6 +1313,7 @@ static const char *rule_failure(vm_ctx *ctx, uint32_t ri)
 #define WINDOW_MAX 256
 #define PUMP_BUDGET 256           /* events one pair takes in one turn: then the others go */
 #define SNOOZE_MS 5               /* a pair level with the log waits for its router this long */
+#define MCACHE 256                /* events (and their matches) a thread keeps for catching up */
 #define IDLE_WAKE_MS 10000        /* an idle thread wakes this often (stopping wakes it at once) */
 
 /* An event as a delivery holds it: shared by the pairs that deliver it (fan-out), freed by
@@ -1376,6 +1377,15 @@ struct dthread {
     store_cursor **cur;           /* per bus of the program, opened when first read */
     recbuf *cache;                /* the last event read, of bus cache_bus */
     uint32_t cache_bus;
+    /* Pairs catching up read the same events one after another (a fan-out whose queues
+     * overflowed): the recent events they read, and what the matcher said of each, so that an
+     * event is read and matched once per thread, not once per pair.  By offset modulo MCACHE. */
+    struct {
+        recbuf *rec;
+        uint32_t pbus;
+        uint32_t *rules;          /* the rules it matched (sorted); NULL: not matched here yet */
+        size_t nrules;
+    } mc[MCACHE];
     item **heap;                  /* waiting items, by due */
     size_t nheap, capheap;
     uint64_t seq;
@@ -1634,7 +1644,15 @@ static int match_here(dthread *th, ebd_pair *p, const recbuf *rec, char *err, si
     const uint32_t *rules;
     size_t nrules;
     vm_error e;
+    size_t slot = rec->off % MCACHE;
+    if (th->mc[slot].rec == rec && th->mc[slot].pbus == p->pbus && th->mc[slot].rules)
+        return rule_matched(th->mc[slot].rules, th->mc[slot].nrules, p->rule);
     vm_status st = vm_match(th->ctx, p->pbus, (const char *)rec->data, rec->len, &rules, &nrules, &e);
+    if (st == VM_OK && th->mc[slot].rec == rec && th->mc[slot].pbus == p->pbus &&
+        (th->mc[slot].rules = malloc((nrules ? nrules : 1) * sizeof *rules))) {
+        memcpy(th->mc[slot].rules, rules, nrules * sizeof *rules);
+        th->mc[slot].nrules = nrules;
+    }
     if (st != VM_OK && st != VM_ERR_RULE) {
         event_failed(&e, err, cap);
         return -1;
@@ -2271,6 +2289,21 @@ static void snooze(dthread *th, ebd_pair *p)
 static int catch_next(dthread *th, ebd_pair *p, recbuf **rb, uint64_t *off)
 {
     router *rt = &th->e->routers[p->pbus];
+    size_t slot = p->cpos % MCACHE;
+    recbuf *hit = th->mc[slot].rec;
+    if (hit && hit->off == p->cpos && th->mc[slot].pbus == p->pbus) {
+        pthread_mutex_lock(&th->mu);
+        bool ok = fl_add(p, hit->off);
+        if (ok)
+            p->cpos = hit->off + 1;
+        pthread_mutex_unlock(&th->mu);
+        if (ok) {
+            hit->ref++;
+            *rb = hit;
+            *off = hit->off;
+            return 1;
+        }
+    }
     store_cursor *c = thread_cursor(th, p->pbus, p->cpos);
     store_record rec;
     store_status st = c ? STORE_OK : STORE_EIO;
@@ -2290,9 +2323,12 @@ static int catch_next(dthread *th, ebd_pair *p, recbuf **rb, uint64_t *off)
             snooze(th, p);
             return 0;
         }
-        recbuf_put(th->cache);
-        th->cache = b;
-        th->cache_bus = p->pbus;
+        size_t k = rec.offset % MCACHE;      /* kept for the other pairs catching up */
+        recbuf_put(th->mc[k].rec);
+        free(th->mc[k].rules);
+        th->mc[k].rec = b;
+        th->mc[k].pbus = p->pbus;
+        th->mc[k].rules = NULL;
         b->ref++;
         *rb = b;
         *off = rec.offset;
@@ -3179,6 +3215,10 @@ static void thread_free(ebd_engine *e, dthread *th)
             store_cursor_close(th->cur[b]);
     free(th->cur);
     recbuf_put(th->cache);
+    for (size_t i = 0; i < MCACHE; i++) {
+        recbuf_put(th->mc[i].rec);
+        free(th->mc[i].rules);
+    }
     free(th->done);
     free(th->bfirst);
     free(th->blast);
