@@ -1103,18 +1103,26 @@ static void deliver_file(ebd_target *t, const char *payload, size_t n, bool text
     }
 }
 
-static void deliver_bus(ebd *d, ebd_target *t, const char *payload, size_t n, bool text,
-                        attempt *a)
+/* Can a bus target take this payload (a CloudEvent)?  If not, a->error says why (not retried). */
+static bool bus_payload_ok(const ebd_target *t, const char *payload, size_t n, bool text,
+                           attempt *a)
 {
     char why[200];
     const char *id;
     size_t idlen;
-    if (t->bus == VM_NONE || text || !vm_json_valid(payload, n, NULL) ||
-        !ce_check(payload, n, why, sizeof why, &id, &idlen)) {
-        snprintf(a->error, sizeof a->error, "bus target '%s': the payload is not a CloudEvent%s%s",
-                 t->name, text ? "" : ": ", text ? "" : why);
+    if (t->bus != VM_NONE && !text && vm_json_valid(payload, n, NULL) &&
+        ce_check(payload, n, why, sizeof why, &id, &idlen))
+        return true;
+    snprintf(a->error, sizeof a->error, "bus target '%s': the payload is not a CloudEvent%s%s",
+             t->name, text ? "" : ": ", text ? "" : why);
+    return false;
+}
+
+static void deliver_bus(ebd *d, ebd_target *t, const char *payload, size_t n, bool text,
+                        attempt *a)
+{
+    if (!bus_payload_ok(t, payload, n, text, a))
         return;
-    }
     store_entry e = { payload, (uint32_t)n, 0 };
     uint64_t first;
     store_status st = store_append(d->buses[t->bus]->s, &e, 1, &first);
@@ -1519,7 +1527,6 @@ static void heap_push(dthread *th, item *it, int64_t due)
         item **v = realloc(th->heap, c * sizeof *v);
         if (!v) {
             /* no memory for the timer: try it on the next turn instead */
-            due = mono_ms();
             it->next = th->blocked;
             th->blocked = it;
             return;
@@ -2117,14 +2124,7 @@ static void flush_batches(dthread *th)
         }
         size_t k = 0, i = 0;
         for (item *it = list; it; it = it->next, i++) {
-            char why[200];
-            const char *id;
-            size_t idlen;
-            if (t->bus == VM_NONE || it->text || !vm_json_valid(it->payload, it->plen, NULL) ||
-                !ce_check(it->payload, it->plen, why, sizeof why, &id, &idlen))
-                snprintf(each[i].error, sizeof each[i].error, "bus target '%s': the payload is not "
-                         "a CloudEvent%s%s", t->name, it->text ? "" : ": ", it->text ? "" : why);
-            else
+            if (bus_payload_ok(t, it->payload, it->plen, it->text, &each[i]))
                 en[k++] = (store_entry){ it->payload, (uint32_t)it->plen, 0 };
         }
         if (k) {
@@ -2498,6 +2498,14 @@ static void pump(dthread *th, ebd_pair *p, ebd_pair **next)
     pthread_mutex_unlock(&th->mu);
 }
 
+/* Lowers *timeout (ms) so that a wait ends by `until` (monotonic ms), 0 when it has passed. */
+static void wait_until(int *timeout, int64_t until)
+{
+    int64_t w = until - mono_ms();
+    if (w < *timeout)
+        *timeout = w < 0 ? 0 : (int)w;
+}
+
 /* ---- commands: exec targets' --------------------------------------------------------------------- */
 
 /* Fills th->wfd with the descriptors of the commands running (for curl_multi_poll) and lowers
@@ -2505,7 +2513,6 @@ static void pump(dthread *th, ebd_pair *p, ebd_pair **next)
 static unsigned watch_jobs(dthread *th, int *timeout)
 {
     size_t n = 0;
-    int64_t now = mono_ms();
     for (item *it = th->jobs; it; it = it->jnext) {
         if (th->capwfd < n + CMD_MAX_FDS) {
             size_t c = th->capwfd ? th->capwfd * 2 : 64;
@@ -2530,11 +2537,8 @@ static unsigned watch_jobs(dthread *th, int *timeout)
             th->wfd[n++] = (struct curl_waitfd){ pf[i].fd,
                 (short)((pf[i].events & POLLIN ? CURL_WAIT_POLLIN : 0) |
                         (pf[i].events & POLLOUT ? CURL_WAIT_POLLOUT : 0)), 0 };
-        if (deadline >= 0) {
-            int64_t w = deadline - now;
-            if (w < *timeout)
-                *timeout = w < 0 ? 0 : (int)w;
-        }
+        if (deadline >= 0)
+            wait_until(timeout, deadline);
     }
     return (unsigned)n;
 }
@@ -2608,6 +2612,8 @@ static void *thread_main(void *arg)
             next = b->next;
             if (stopping)
                 finish(th, b, false);
+            else if (!b->made)
+                prepare_item(th, b);      /* (a read to try again, put here by heap_push) */
             else
                 start_attempt(th, b);
         }
@@ -2639,20 +2645,14 @@ static void *thread_main(void *arg)
         if (stopping && !th->running)
             break;
         int timeout = IDLE_WAKE_MS;
-        if (th->nheap) {
-            int64_t w = th->heap[0]->due - mono_ms();
-            timeout = w < 0 ? 0 : w < timeout ? (int)w : timeout;
-        }
+        if (th->nheap)
+            wait_until(&timeout, th->heap[0]->due);
         if (th->blocked && timeout > 2)
             timeout = 2;                  /* a slot or a rate-limit token frees soon */
-        if (th->snooze) {
-            int64_t w = th->snooze_until - mono_ms();
-            timeout = w < 0 ? 0 : w < timeout ? (int)w : timeout;
-        }
-        if (th->slotwait) {
-            int64_t w = th->slotwait_at - mono_ms();
-            timeout = w < 0 ? 0 : w < timeout ? (int)w : timeout;
-        }
+        if (th->snooze)
+            wait_until(&timeout, th->snooze_until);
+        if (th->slotwait)
+            wait_until(&timeout, th->slotwait_at);
         pthread_mutex_lock(&th->mu);
         if (th->ready)
             timeout = 0;
