@@ -2,8 +2,8 @@
  * explain.c — `ebc explain`: the index of every bus drawn as an ASCII tree.  Per path it shows
  * where each predicate is filed (a key of the hash table, the range tree, the list every leaf
  * passes, the list tested one by one); then the clauses each predicate triggers (a clause that
- * needs all its predicates waits on its rarest one; the others are only looked up) and what each
- * clause needs.  Golden tests compare this text, so an optimisation that stops firing (a
+ * needs all its predicates waits on its rarest one, the only one filed; the others are tested
+ * when it passes) and what each clause needs.  Golden tests compare this text, so an optimisation that stops firing (a
  * predicate falling back to one-by-one tests, a rule losing its clauses) fails a test.
  */
 #include <stdio.h>
@@ -138,7 +138,7 @@ static void explain_bus(const vm_program *p, uint32_t bi, FILE *out)
         fprintf(out, "│   %s p%u: ", i + 1 == b->npred ? "└──" : "├──", i);
         vm_print_test(p, pr->path, pr->test, out);
         if (pr->nclause == 0)
-            fputs(" (looked up)", out);
+            fputs(" (tested when a clause needs it)", out);
         else
             fputs(" -> ", out);
         for (uint32_t j = 0; j < pr->nclause; j++)

@@ -99,11 +99,12 @@ vm_ctx *vm_ctx_new(const vm_program *p, const vm_options *opt)
     c->reference = opt && opt->reference;
     c->fast_ok = !(opt && opt->no_simd) && vm_fast_available();
     c->pred_stamp = calloc(p->nix_preds + 1, sizeof *c->pred_stamp);
+    c->pred_tried = calloc(p->nix_preds + 1, sizeof *c->pred_tried);
     c->rule_stamp = calloc(p->nrules + 1, sizeof *c->rule_stamp);
     c->path_arrays = calloc(p->npaths + 1, sizeof *c->path_arrays);
     c->path_depth = calloc(p->npaths + 1, sizeof *c->path_depth);
     c->runs = calloc(p->npaths + 1, sizeof *c->runs);
-    if (!c->pred_stamp || !c->rule_stamp ||
+    if (!c->pred_stamp || !c->pred_tried || !c->rule_stamp ||
         !c->path_arrays || !c->path_depth || !c->runs) {
         vm_ctx_free(c);
         return NULL;
@@ -129,6 +130,7 @@ void vm_ctx_free(vm_ctx *c)
     free(c->frames.v);
     free(c->array_depth.v);
     free(c->pred_stamp);
+    free(c->pred_tried);
     free(c->rule_stamp);
     free(c->path_arrays);
     free(c->path_depth);
@@ -329,14 +331,23 @@ strings:
         return false;
     if ((t->flags & VM_TF_CI) && !vm_fold_text(c, &s))
         return false;
-    /* Parse the value as an IP address once, when some constant needs it. */
+    /* Parse the value as an IP address once, when some constant needs it: for an equality,
+     * only once no constant's text matched (a list of 50 names then costs no second pass). */
     uint8_t ipbuf[16];
     const uint8_t *ip = NULL;
-    bool want_ip = t->kind == VM_T_CIDR;
-    for (const vm_const *q = k; q < kend && !want_ip; q++)
-        want_ip = t->kind == VM_T_EQ && (q->flags & VM_CF_IP);
-    if (want_ip && vm_parse_ip(s.s, s.n, ipbuf))
+    if (t->kind == VM_T_EQ) {
+        bool want_ip = false;
+        for (const vm_const *q = k; q < kend; q++) {
+            if (q->type == VM_C_STR && q->s.len == s.n && memcmp(vm_s(p, q->s), s.s, s.n) == 0)
+                return true;
+            want_ip |= q->flags & VM_CF_IP;
+        }
+        if (!want_ip || !vm_parse_ip(s.s, s.n, ipbuf))
+            return false;
         ip = ipbuf;
+    } else if (t->kind == VM_T_CIDR && vm_parse_ip(s.s, s.n, ipbuf)) {
+        ip = ipbuf;
+    }
     for (; k < kend; k++)
         if (string_test(c, t, k, s, ip))
             return true;
@@ -686,6 +697,7 @@ vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
     if (++c->epoch == 0) {
         /* The stamps wrapped around: clear them, so that no old mark passes for a new one. */
         memset(c->pred_stamp, 0, p->nix_preds * sizeof *c->pred_stamp);
+        memset(c->pred_tried, 0, p->nix_preds * sizeof *c->pred_tried);
         memset(c->rule_stamp, 0, p->nrules * sizeof *c->rule_stamp);
         memset(c->path_arrays, 0, p->npaths * sizeof *c->path_arrays);
         memset(c->runs, 0, p->npaths * sizeof *c->runs);

@@ -116,6 +116,7 @@ struct vm_ctx {
     bool reference;
     uint32_t epoch;
     uint32_t *pred_stamp;           /* per predicate (all buses): passed in this event */
+    uint32_t *pred_tried;           /* per predicate: tested on demand in this event (index.c) */
     uint32_t *rule_stamp;           /* per rule: decided in this event */
     uint32_t *path_arrays;          /* per path: some leaf of this event lies in an array */
     uint16_t *path_depth;           /* ... and the depth of the outermost such array */

@@ -24,6 +24,7 @@ static const char rules[] =
     "    and (data.x == \"y\" or not exists data.z) and data.w like \"a*\"\n"
     "  to t, e dead_letter d\n"
     "}\n"
+    "rule q on b { match data.v like \"b*\" }\n"
     "rule p on c { pattern {\"a\": [{\"anything-but\": {\"prefix\": \"x\"}}, {\"regexp\": \"~p{Lu}\"}]} }\n";
 
 static vm_program *compile(void)
@@ -46,7 +47,7 @@ Test(ebcfile, round_trip_is_exact)
     cr_assert_eq(vm_program_serialize(q, &b, &nb), VM_OK);
     cr_assert_eq(na, nb);
     cr_assert(memcmp(a, b, na) == 0, "serialising a loaded program changes the bytes");
-    cr_expect_eq(q->nrules, 2);
+    cr_expect_eq(q->nrules, 3);
     cr_expect_eq(q->nbuses, 2);
     cr_expect_eq(q->ntargets, 3);
     cr_expect_eq(q->nserver, 1);
