@@ -249,7 +249,14 @@ static int cmp_path_value(const void *pa, const void *pb)
 
 static void stats_build(cc_comp *c, uint32_t bus, value_stats *vs)
 {
+    /* Distinct (path, value) first, in a hash set (values are pooled once, so a value is its
+     * offset), then only those sorted by text: sorting all 2.8M values of 100k rules by text
+     * was a third of compiling them. */
     VEC(path_value) all = { 0 };
+    uint32_t cap = 1024, used = 0;
+    uint64_t *set = calloc(cap, sizeof *set);
+    if (!set)
+        abort();
     for (uint32_t i = 0; i < c->xpreds.n; i++) {
         const cc_xpred *x = &c->xpreds.v[i];
         const vm_test *t = &c->tests.v[x->test];
@@ -257,25 +264,45 @@ static void stats_build(cc_comp *c, uint32_t bus, value_stats *vs)
             continue;
         for (uint32_t k = 0; k < t->narg; k++) {
             const vm_const *q = &c->consts.v[t->arg0 + k];
-            if (q->type == VM_C_STR || q->type == VM_C_NUM) {
-                path_value v = { x->path, q->s.len, c->strs.v + q->s.off };
-                vec_push(all, v);
+            if (q->type != VM_C_STR && q->type != VM_C_NUM)
+                continue;
+            if ((used + 1) * 2 > cap) {
+                uint64_t *grown = calloc((size_t)cap * 2, sizeof *grown);
+                if (!grown)
+                    abort();
+                for (uint32_t h = 0; h < cap; h++)
+                    if (set[h]) {
+                        uint64_t g = mix3((uint32_t)(set[h] >> 32), (uint32_t)set[h], 0) & (cap * 2 - 1);
+                        while (grown[g])
+                            g = (g + 1) & (cap * 2 - 1);
+                        grown[g] = set[h];
+                    }
+                free(set);
+                set = grown;
+                cap *= 2;
             }
+            uint64_t key = (uint64_t)x->path << 32 | (q->s.off + 1);   /* +1: never 0 */
+            uint64_t h = mix3(x->path, q->s.off + 1, 0) & (cap - 1);
+            while (set[h] && set[h] != key)
+                h = (h + 1) & (cap - 1);
+            if (set[h])
+                continue;
+            set[h] = key;
+            used++;
+            path_value v = { x->path, q->s.len, c->strs.v + q->s.off };
+            vec_push(all, v);
         }
     }
+    free(set);
     if (all.n)
         qsort(all.v, all.n, sizeof *all.v, cmp_path_value);
-    uint32_t n = 0;
-    for (uint32_t i = 0; i < all.n; i++)
-        if (n == 0 || cmp_path_value(&all.v[i], &all.v[n - 1]) != 0)
-            all.v[n++] = all.v[i];
     vs->v = all.v;
-    vs->n = n;
+    vs->n = all.n;
     vs->first = calloc(c->paths.n + 1, sizeof *vs->first);
     vs->count = calloc(c->paths.n + 1, sizeof *vs->count);
     if (!vs->first || !vs->count)
         abort();
-    for (uint32_t i = n; i-- > 0;) {
+    for (uint32_t i = all.n; i-- > 0;) {
         vs->first[vs->v[i].path] = i;
         vs->count[vs->v[i].path]++;
     }
