@@ -3,6 +3,8 @@
  * program.
  */
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <string.h>
 
 #include "vm_int.h"
@@ -288,10 +290,88 @@ vm_options vm_program_options(const vm_program *p)
     return o;
 }
 
+void vm_program_drop_sources(vm_program *p)
+{
+    if (p->src_line0 || !p->nsrcs)
+        return;
+    uint32_t total = 0;
+    for (uint32_t i = 0; i < p->nsrcs; i++) {
+        const char *t = vm_s(p, p->srcs[i].text);
+        total++;
+        for (uint32_t k = 0; k < p->srcs[i].text.len; k++)
+            total += t[k] == '\n';
+    }
+    uint32_t *line0 = malloc((p->nsrcs + 1) * sizeof *line0);
+    uint32_t *lines = malloc(total * sizeof *lines);
+    if (!line0 || !lines) {
+        free(line0);
+        free(lines);
+        return;   /* the texts stay: messages only need them */
+    }
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < p->nsrcs; i++) {
+        const char *t = vm_s(p, p->srcs[i].text);
+        line0[i] = n;
+        lines[n++] = 0;
+        for (uint32_t k = 0; k < p->srcs[i].text.len; k++)
+            if (t[k] == '\n')
+                lines[n++] = k + 1;
+    }
+    line0[p->nsrcs] = n;
+    p->src_line0 = line0;
+    p->src_lines = lines;
+    /* Give back the whole pages inside each text: strings are pooled whole, so no other string
+     * lies within a text (a literal equal to a whole file's text would share it: a text of less
+     * than a few pages is kept).  Those pages read as zeros from now on. */
+    long page = sysconf(_SC_PAGESIZE);
+    for (uint32_t i = 0; i < p->nsrcs; i++) {
+        vm_str *t = &p->srcs[i].text;
+        uintptr_t from = (uintptr_t)(p->strs + t->off), to = from + t->len;
+        if (page > 0 && t->len >= 4 * (uint32_t)page) {
+            from = (from + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+            to &= ~((uintptr_t)page - 1);
+            if (to > from)
+                madvise((void *)from, to - from, MADV_DONTNEED);
+        }
+        t->len = 0;
+    }
+}
+
+void vm_span_where(const vm_program *p, vm_span s, uint32_t *line, uint32_t *col)
+{
+    *line = *col = 1;
+    if (s.src >= p->nsrcs)
+        return;
+    if (p->src_line0) {
+        /* the last line start at or before s.off */
+        uint32_t lo = p->src_line0[s.src], hi = p->src_line0[s.src + 1];
+        while (hi - lo > 1) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            if (p->src_lines[mid] <= s.off)
+                lo = mid;
+            else
+                hi = mid;
+        }
+        *line = lo - p->src_line0[s.src] + 1;
+        *col = s.off - p->src_lines[lo] + 1;
+        return;
+    }
+    const char *text = vm_s(p, p->srcs[s.src].text);
+    uint32_t start = 0;
+    for (uint32_t i = 0; i < s.off && i < p->srcs[s.src].text.len; i++)
+        if (text[i] == '\n') {
+            ++*line;
+            start = i + 1;
+        }
+    *col = s.off - start + 1;
+}
+
 void vm_program_free(vm_program *p)
 {
     if (!p)
         return;
+    free(p->src_line0);
+    free(p->src_lines);
     free(p->strs);
     free(p->srcs);
     free(p->segs);

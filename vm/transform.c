@@ -118,13 +118,8 @@ static vm_status fail(run *r, const char *fmt, ...)
     uint32_t line = 1, col = 1;
     const char *file = "?";
     if (s.src < p->nsrcs) {
-        const char *text = vm_s(p, p->srcs[s.src].text);
         file = vm_s(p, p->srcs[s.src].name);
-        for (uint32_t i = 0; i < s.off && i < p->srcs[s.src].text.len; i++, col++)
-            if (text[i] == '\n') {
-                line++;
-                col = 0;
-            }
+        vm_span_where(p, s, &line, &col);
     }
     r->err->code = VM_ERR_TRANSFORM;
     r->err->offset = 0;

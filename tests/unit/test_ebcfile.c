@@ -278,3 +278,26 @@ Test(ebcfile, a_file_and_a_pipe_load_alike)
     cr_expect_eq(err.code, VM_ERR_IO);
     free(a);
 }
+
+Test(ebcfile, positions_survive_dropping_the_source_texts)
+{
+    /* ebd lets the rules' texts go (vm_program_drop_sources) and keeps their line starts: every
+     * instruction's line and column must come out as they did from the text. */
+    vm_program *p = compile();
+    uint32_t n = p->ncode, *line = calloc(n, sizeof *line), *col = calloc(n, sizeof *col);
+    cr_assert(line && col);
+    for (uint32_t i = 0; i < n; i++)
+        vm_span_where(p, p->code_spans[i], &line[i], &col[i]);
+    cr_assert_gt(line[n - 1], 1, "the last rule is not on the first line");
+    vm_program_drop_sources(p);
+    cr_assert_eq(p->srcs[0].text.len, 0);
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t l, c;
+        vm_span_where(p, p->code_spans[i], &l, &c);
+        cr_expect(l == line[i] && c == col[i], "instruction %u: %u:%u, from the text %u:%u", i, l, c,
+                  line[i], col[i]);
+    }
+    free(line);
+    free(col);
+    vm_program_free(p);
+}
