@@ -258,6 +258,23 @@ static bool opt_threads(cc_comp *c, cc_unit *u, ast *o, const char *w)
     return false;
 }
 
+/* delivery_queue: how many events one (rule, target) pair may hold queued, 16 to 2^20. */
+#define DELIVERY_QUEUE_MIN 16
+#define DELIVERY_QUEUE_MAX 1048576
+static bool opt_queue(cc_comp *c, cc_unit *u, ast *o, const char *w)
+{
+    (void)c;
+    double d;
+    if (!one(u, o, w, V_INT))
+        return false;
+    if (vm_number_value(u->text + o->a->tok.off, o->a->tok.len, &d) && d >= DELIVERY_QUEUE_MIN &&
+        d <= DELIVERY_QUEUE_MAX)
+        return true;
+    cc_error_at(u, o->a, "%s takes a number of events from %d to %d", w, DELIVERY_QUEUE_MIN,
+                DELIVERY_QUEUE_MAX);
+    return false;
+}
+
 static bool word_is(cc_unit *u, ast *v, const char *word)
 {
     return v->kind == A_VALUE && v->op == TK_IDENT && strlen(word) == v->tok.len &&
@@ -525,6 +542,7 @@ static const struct opt_spec {
     { "tls_key",        K_SERVER,                   opt_text,        false },
     { "match_steps",    K_SERVER,                   opt_int,         false },
     { "delivery_threads", K_SERVER,                 opt_threads,     false },
+    { "delivery_queue",   K_SERVER,                 opt_queue,       false },
 };
 
 /* Options the language reserves but nothing carries out yet: refused with a clear message, so

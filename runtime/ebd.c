@@ -300,6 +300,8 @@ static ebd_rules *make_rules(ebd *d, sbuf *errors)
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     r->delivery_threads = dt && ebd_cfg_child(p, dt, 0) ? (unsigned)ebd_cfg_child(p, dt, 0)->num
                         : cores > 0 ? (unsigned)cores : 1;
+    const vm_cfg *dq = ebd_cfg_option(p, p->server0, p->nserver, "delivery_queue");
+    r->delivery_queue = dq && ebd_cfg_child(p, dq, 0) ? (unsigned)ebd_cfg_child(p, dq, 0)->num : 0;
     r->admin_token = read_token(p, ebd_cfg_option(p, p->server0, p->nserver, "admin_token"),
                                 "server: admin_token", err, sizeof err);
     bool io = false;       /* the data directory failed, not the rules: no rules-file prefix */

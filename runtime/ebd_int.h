@@ -138,6 +138,7 @@ struct ebd_rules {
     size_t npairs;                /* (rule, target) pairs */
     ebd_engine *eng;
     unsigned delivery_threads;    /* server { delivery_threads N }, else the number of cores */
+    unsigned delivery_queue;      /* server { delivery_queue N }: a pair's queue bound, else 0 */
     uint32_t *bus_of;             /* p's bus index -> the daemon's bus index */
     char **bus_token;             /* p's bus index -> its token (NULL: none) */
     uint64_t *bus_max;            /* p's bus index -> its max_event_size */

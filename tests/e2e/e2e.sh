@@ -61,6 +61,7 @@ export E2E_TOKEN=s3cret-0123456789abcdef E2E_SECRET=hmac-key E2E_HEADER=from-env
 cat >"$WORK/rules.ebr" <<EOF
 server {
   admin_token env("E2E_ADMIN")
+  delivery_queue 1024
 }
 bus main {
   fsync interval 10ms
@@ -304,7 +305,7 @@ a=$(sed -n 1p "$WORK/rated.log" | cut -f1); b=$(sed -n 10p "$WORK/rated.log" | c
 [ $((b - a)) -ge 800 ] && pass "rate_limit 5: ten deliveries over $((b - a)) ms (>= 800 ms)" \
     || fail "rate_limit 5: ten deliveries over $((b - a)) ms"
 
-# A burst larger than a worker's queue (1024): the router stops queueing for it, the worker
+# A burst larger than a worker's queue (delivery_queue 1024): the router stops queueing for it, the worker
 # reads the log itself and rejoins the router; every event once, in order.
 seq 0 1499 | awk '{ printf "%s{\"specversion\":\"1.0\",\"id\":\"burst%d\",\"source\":\"e2e\",\"type\":\"burst\"}", (NR > 1 ? "," : "["), $1 } END { print "]" }' >"$WORK/burst.json"
 s=$(curl -s -o "$WORK/answer" -w '%{http_code}' -X POST "$URL/v1/buses/main/events" \
