@@ -275,6 +275,20 @@ static bool opt_queue(cc_comp *c, cc_unit *u, ast *o, const char *w)
     return false;
 }
 
+/* batch: how many deliveries one http request may carry, 1 to 1000. */
+#define HTTP_BATCH_MAX 1000
+static bool opt_batch(cc_comp *c, cc_unit *u, ast *o, const char *w)
+{
+    (void)c;
+    double d;
+    if (!one(u, o, w, V_INT))
+        return false;
+    if (vm_number_value(u->text + o->a->tok.off, o->a->tok.len, &d) && d >= 1 && d <= HTTP_BATCH_MAX)
+        return true;
+    cc_error_at(u, o->a, "%s takes a number of events from 1 to %d", w, HTTP_BATCH_MAX);
+    return false;
+}
+
 static bool word_is(cc_unit *u, ast *v, const char *word)
 {
     return v->kind == A_VALUE && v->op == TK_IDENT && strlen(word) == v->tok.len &&
@@ -534,6 +548,7 @@ static const struct opt_spec {
     { "rate_limit",     K_HTTP | K_EXEC,            opt_int,         false },
     { "concurrency",    K_HTTP | K_EXEC,            opt_int,         false },
     { "sign",           K_HTTP,                     opt_sign,        false },
+    { "batch",          K_HTTP,                     opt_batch,       false },
     { "args",           K_EXEC,                     opt_args,        false },
     { "env",            K_EXEC,                     opt_env,         false },
     { "listen",         K_SERVER,                   opt_text,        false },

@@ -433,6 +433,8 @@ static bool prepare_target(ebd *d, ebd_rules *r, uint32_t i, char *err, size_t c
         x->timeout_ms = (long)ebd_cfg_child(p, o, 0)->num;
     if ((o = ebd_cfg_option(p, t->opt0, t->nopt, "concurrency")) && ebd_cfg_child(p, o, 0))
         x->concurrency = (unsigned)ebd_cfg_child(p, o, 0)->num;
+    if ((o = ebd_cfg_option(p, t->opt0, t->nopt, "batch")) && ebd_cfg_child(p, o, 0))
+        x->batch = (unsigned)ebd_cfg_child(p, o, 0)->num;
     if ((o = ebd_cfg_option(p, t->opt0, t->nopt, "rate_limit")) && ebd_cfg_child(p, o, 0))
         x->tokens = x->rate_limit = (unsigned)ebd_cfg_child(p, o, 0)->num;
     clock_gettime(CLOCK_MONOTONIC, &x->refill);
@@ -992,14 +994,13 @@ static size_t discard(char *b, size_t size, size_t n, void *arg)
 
 /* Sets h up to deliver payload to t; *headers (freed by the caller after the transfer) and
  * *seen must live until then. */
-static void http_prepare(ebd_target *t, CURL *h, const char *payload, size_t n, bool text,
+static void http_prepare(ebd_target *t, CURL *h, const char *payload, size_t n, const char *ctype,
                          struct curl_slist **headers, http_seen *seen)
 {
     struct curl_slist *hs = NULL;
     for (struct curl_slist *s = t->headers; s; s = s->next)
         hs = curl_slist_append(hs, s->data);
-    hs = curl_slist_append(hs, text ? "Content-Type: text/plain; charset=utf-8"
-                                    : "Content-Type: application/json");
+    hs = curl_slist_append(hs, ctype);
     hs = curl_slist_append(hs, "Expect:");
     if (t->sign_secret) {
         /* header: t=UNIX_SECONDS,v1=HEX(HMAC-SHA256(secret, "UNIX_SECONDS." + body)) */
@@ -1026,6 +1027,10 @@ static void http_prepare(ebd_target *t, CURL *h, const char *payload, size_t n, 
     curl_easy_setopt(h, CURLOPT_HEADERDATA, seen);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
 }
+
+#define CTYPE_TEXT "Content-Type: text/plain; charset=utf-8"
+#define CTYPE_JSON "Content-Type: application/json"
+#define CTYPE_CE_BATCH "Content-Type: application/cloudevents-batch+json"
 
 /* What a finished transfer (rc) means: success, a retryable failure or a final one. */
 static void http_finish(ebd_target *t, CURL *h, CURLcode rc, const http_seen *seen, attempt *a)
@@ -1382,8 +1387,19 @@ struct item {
     CURL *h;                      /* http in flight */
     struct curl_slist *headers;
     http_seen seen;
+    struct hbatch *hb;            /* http in flight in a batch request (the first item's) */
     item *next;                   /* in a batch, or the list of those waiting for a slot */
 };
+
+/* One request of an http target with `batch`: the items it carries (linked by next), in order. */
+typedef struct hbatch {
+    CURL *h;
+    struct curl_slist *headers;
+    http_seen seen;
+    char *body;
+    ebd_target *t;
+    item *items;
+} hbatch;
 
 struct dthread {
     ebd_engine *e;
@@ -2008,6 +2024,10 @@ static int start_attempt(dthread *th, item *it)
         it->attempts++;
     switch (t->kind) {
     case T_HTTP: {
+        if (t->batch > 1 && !it->dl) {
+            batch_add(th, it);            /* sent with the others of this turn: flush_batches */
+            return GONE_BATCH;
+        }
         CURL *h = th->neasy ? th->easy[--th->neasy] : curl_easy_init();
         if (!h) {
             snprintf(a.error, sizeof a.error, "out of memory");
@@ -2015,7 +2035,8 @@ static int start_attempt(dthread *th, item *it)
             break;
         }
         curl_easy_reset(h);
-        http_prepare(t, h, it->payload, it->plen, it->text, &it->headers, &it->seen);
+        http_prepare(t, h, it->payload, it->plen, it->text ? CTYPE_TEXT : CTYPE_JSON, &it->headers,
+                     &it->seen);
         curl_easy_setopt(h, CURLOPT_PRIVATE, (void *)it);
         if (curl_multi_add_handle(th->multi, h) != CURLM_OK) {
             easy_put(th, h);
@@ -2064,8 +2085,103 @@ static int start_attempt(dthread *th, item *it)
     return attempt_done(th, it, &a);
 }
 
+/* Starts one request of an http target with `batch`: the first t->batch items of list, their
+ * payloads as one JSON array (the CloudEvents batched mode, application/cloudevents-batch+json,
+ * when each is the event itself; application/json otherwise; a text payload is a JSON string),
+ * in order.  Each item keeps the slot it took: `concurrency` and `rate_limit` count events, as
+ * for one request each.  Returns the items left. */
+static item *http_batch_start(dthread *th, ebd_target *t, item *list)
+{
+    item *rest = list;
+    size_t n = 0, need = 2;
+    bool events = true;
+    for (; rest && n < t->batch; rest = rest->next, n++) {
+        need += (rest->text ? 6 * rest->plen + 2 : rest->plen) + 1;
+        events = events && rest->shared;
+    }
+    hbatch *hb = calloc(1, sizeof *hb);
+    char *body = malloc(need);
+    CURL *h = hb && body ? (th->neasy ? th->easy[--th->neasy] : curl_easy_init()) : NULL;
+    size_t len = 0;
+    if (h) {
+        sbuf sb = { 0 };
+        body[len++] = '[';
+        for (item *it = list; it != rest; it = it->next) {
+            if (it != list)
+                body[len++] = ',';
+            if (it->text) {
+                sb.n = 0;
+                sb_json_string(&sb, it->payload, it->plen);
+                if (sb.oom || sb.n > 6 * it->plen + 2) {
+                    easy_put(th, h);
+                    h = NULL;
+                    break;
+                }
+                memcpy(body + len, sb.v, sb.n);
+                len += sb.n;
+            } else {
+                memcpy(body + len, it->payload, it->plen);
+                len += it->plen;
+            }
+        }
+        free(sb.v);
+        body[len++] = ']';
+    }
+    if (h) {
+        curl_easy_reset(h);
+        hb->h = h;
+        hb->body = body;
+        hb->t = t;
+        hb->items = list;
+        http_prepare(t, h, body, len, events ? CTYPE_CE_BATCH : CTYPE_JSON, &hb->headers, &hb->seen);
+        curl_easy_setopt(h, CURLOPT_PRIVATE, (void *)list);
+        if (curl_multi_add_handle(th->multi, h) == CURLM_OK) {
+            for (item *it = list; it != rest; it = it->next)
+                it->hb = hb;
+            th->running++;
+            /* the items stay linked until the answer: cut them off the rest */
+            item *last = list;
+            while (last->next != rest)
+                last = last->next;
+            last->next = NULL;
+            return rest;
+        }
+        curl_slist_free_all(hb->headers);
+        easy_put(th, h);
+    }
+    free(hb);
+    free(body);
+    attempt a = { .retry = true };
+    snprintf(a.error, sizeof a.error, "%s %s: cannot start the request", t->method, t->url);
+    for (item *it = list, *next; it != rest; it = next) {
+        next = it->next;
+        attempt_done(th, it, &a);
+    }
+    return rest;
+}
+
+/* A batch request answered: every item it carried learns how it went. */
+static void http_batch_done(dthread *th, hbatch *hb, CURLcode rc)
+{
+    curl_multi_remove_handle(th->multi, hb->h);
+    th->running--;
+    attempt a = { 0 };
+    http_finish(hb->t, hb->h, rc, &hb->seen, &a);
+    easy_put(th, hb->h);
+    curl_slist_free_all(hb->headers);
+    free(hb->body);
+    item *list = hb->items;
+    free(hb);
+    for (item *it = list, *next; it; it = next) {
+        next = it->next;
+        it->hb = NULL;
+        attempt_done(th, it, &a);
+    }
+}
+
 /* Hands the batches over: per file target one write of every line (and one sync with fsync
- * always), per bus target one append of every event; then each item learns how it went. */
+ * always), per bus target one append of every event, per http target with `batch` one request
+ * per `batch` events; then each item learns how it went. */
 static void flush_batches(dthread *th)
 {
     ebd_engine *e = th->e;
@@ -2076,6 +2192,11 @@ static void flush_batches(dthread *th)
         ebd_target *t = &e->r->targets[ti];
         attempt a = { 0 };
         th->same_p = NULL;
+        if (t->kind == T_HTTP) {
+            while (list)
+                list = http_batch_start(th, t, list);
+            continue;
+        }
         if (t->kind == T_FILE) {
             size_t need = 0;
             for (item *it = list; it; it = it->next) {
@@ -2434,7 +2555,7 @@ static void pump(dthread *th, ebd_pair *p, ebd_pair **next)
 {
     ebd_engine *e = th->e;
     taken_ev tk[WINDOW_MAX > BATCH_MAX ? WINDOW_MAX : BATCH_MAX];
-    bool batch = p->t->kind == T_FILE || p->t->kind == T_BUS;
+    bool batch = p->t->kind == T_FILE || p->t->kind == T_BUS || (p->t->kind == T_HTTP && p->t->batch > 1);
     size_t n = 0, room = 0;
     int k = 0;
     pthread_mutex_lock(&th->mu);
@@ -2688,6 +2809,10 @@ static void *thread_main(void *arg)
             if (!it)
                 continue;
             CURLcode rc = m->data.result;
+            if (it->hb) {
+                http_batch_done(th, it->hb, rc);
+                continue;
+            }
             curl_multi_remove_handle(th->multi, it->h);
             th->running--;
             curl_slist_free_all(it->headers);
@@ -3289,6 +3414,8 @@ void ebd_workers_start(ebd *d, ebd_rules *r)
         q->in_order = q->t->kind != T_HTTP || q->t->concurrency == 1;
         q->window = q->t->concurrency ? (q->t->concurrency < WINDOW_MAX ? q->t->concurrency
                                                                       : WINDOW_MAX) : WINDOW_DEFAULT;
+        if (q->t->kind == T_HTTP && q->t->batch > q->window && !q->t->concurrency)
+            q->window = q->t->batch < WINDOW_MAX ? q->t->batch : WINDOW_MAX;   /* a full request */
         if (!rt->bus || !threads_ok)
             continue;
         rt->npairs++;

@@ -93,6 +93,7 @@ typedef struct {
     long timeout_ms;              /* http, exec */
     char *sign_secret, *sign_header;
     unsigned concurrency;         /* http, exec: deliveries at once (0: no limit) */
+    unsigned batch;               /* http: deliveries one request may carry (0, 1: one) */
     unsigned rate_limit;          /* http, exec: deliveries per second (0: no limit) */
     char *path;                   /* file: resolved under the data directory */
     int fd;

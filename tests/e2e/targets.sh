@@ -3,7 +3,7 @@
 # targets and function transforms) get a clean environment, default signals and an end to what
 # they leave behind, and their standard error reaches the log capped and escaped; file targets
 # stay inside the data directory, follow no symbolic link there and write one line per payload;
-# an http target speaks http or https only.
+# an http target speaks http or https only, and with `batch` carries many deliveries per request.
 #   targets.sh BIN_DIR SOURCE_DIR WORK_DIR
 # Everything runs on 127.0.0.1; every process started here is stopped at the end.
 . "$2/tests/e2e/lib.sh"
@@ -210,5 +210,41 @@ stop_ebd
 printf 'bus main\ntarget hook http env("E2E_URL")\nrule r on main { match exists id to hook }\n' >"$WORK/url.ebr"
 E2E_URL=file:///etc/passwd refused "$WORK/url.ebr" && grep -q "target 'hook': the URL 'file:///etc/passwd' does not start with http:// or https://" "$WORK/err" \
     && pass "an env() URL of another scheme is refused: $(cat "$WORK/err")" || fail "file:// URL from env: $(cat "$WORK/err")"
+
+# ---- http targets with batch: many deliveries per request, a failed request retried whole -------
+# Two rules to one target with `batch 10`; 20 events posted at once make 40 deliveries.  The
+# receiver fails the first request: its events come again; in the end every (rule, event) is in
+# the answered requests exactly once, as JSON arrays of at most 10 CloudEvents.
+PB=$(( 5000 + (P - 5000 + 2500) % 5000 ))
+"$BIN/e2e_receiver" $PB "$WORK/batch.log" --fail 1 &
+PIDS="$PIDS $!"
+cat >"$WORK/batch.ebr" <<EOF
+bus main
+target hook http "http://127.0.0.1:$PB/batch" { batch 10; retry exponential(attempts: 5, first: 100ms) }
+rule one on main { match type == "batched" to hook }
+rule two on main { match type == "batched" to hook }
+EOF
+start_ebd "$WORK/batch.ebr" "$WORK/data4"
+b="["; j=0; while [ $j -lt 20 ]; do b="$b$( [ $j -gt 0 ] && echo ,)$(ev "bt$j" batched)"; j=$((j + 1)); done
+expect_status 202 "20 events for a target with batch 10" "$(post /v1/buses/main/events application/cloudevents-batch+json "$b]")"
+answered() { awk -F'\t' '$3 == 200' "$WORK/batch.log"; }
+delivered() { [ "$(answered | grep -o '"id":"bt[0-9]*"' | wc -l)" -ge 40 ]; }
+wait_for "$E2E_WAIT" delivered
+twice=$(answered | grep -o '"id":"bt[0-9]*"' | sort | uniq -c | awk '$1 == 2' | wc -l)
+all=$(answered | grep -o '"id":"bt[0-9]*"' | wc -l)
+[ "$twice" = 20 ] && [ "$all" = 40 ] && pass "batch 10: each of 40 deliveries answered once, after a failed request" \
+    || fail "batch: $all deliveries answered, $twice events twice: $(cut -f2-3 "$WORK/batch.log" | sort | uniq -c)"
+most=$(answered | awk -F'"id":"bt' '{ print NF - 1 }' | sort -n | tail -1)
+reqs=$(answered | wc -l)
+[ "$most" -gt 1 ] && [ "$most" -le 10 ] && pass "batch 10: $reqs requests, the largest of $most events" \
+    || fail "batch: the largest request carried $most events ($reqs requests)"
+awk -F'\t' '$3 == 500 { found = 1 } END { exit !found }' "$WORK/batch.log" \
+    && pass "batch: the first request failed (500) and its events were sent again" \
+    || fail "batch: no failed request in the log"
+awk -F'\t' '$3 == 200 && $7 != "application/cloudevents-batch+json" { bad = 1 } END { exit bad }' "$WORK/batch.log" \
+    && pass "batch: Content-Type application/cloudevents-batch+json" || fail "batch: $(cut -f7 "$WORK/batch.log" | sort -u)"
+answered | cut -f8 | head -1 | grep -q '^\[{"specversion":"1.0"' \
+    && pass "batch: the body is a JSON array of the events" || fail "batch body: $(cut -f8 "$WORK/batch.log" | head -c 200)"
+stop_ebd
 
 finish
