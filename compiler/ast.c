@@ -74,6 +74,41 @@ void *cc_alloc(cc_comp *c, size_t size)
     return p;
 }
 
+/* The scratch arena: chunks kept in a list and filled in order; a reset starts again at the
+ * first, so the memory of one pattern's JSON tree serves the next.  Kept in the main arena, the
+ * trees of 100k patterns were ~60% of the 835 MB that compiling them touched, and each of its
+ * pages a fault: ebc check of 100k rules spent 1.7 s in the kernel. */
+void *cc_scratch_alloc(cc_comp *c, size_t size)
+{
+    size = (size + sizeof(max_align_t) - 1) / sizeof(max_align_t) * sizeof(max_align_t);
+    struct cc_chunk *k = c->scratch_at;
+    while (k && k->used + size > k->size)
+        k = k->next;
+    if (!k) {
+        size_t cap = size > 1048576 ? size : 1048576;
+        k = cc_xmalloc(sizeof *k + cap);
+        k->size = cap;
+        k->used = 0;
+        k->next = NULL;
+        struct cc_chunk **end = &c->scratch;
+        while (*end)
+            end = &(*end)->next;
+        *end = k;
+    }
+    c->scratch_at = k;
+    void *p = (char *)k->data + k->used;
+    k->used += size;
+    memset(p, 0, size);
+    return p;
+}
+
+void cc_scratch_reset(cc_comp *c)
+{
+    for (struct cc_chunk *k = c->scratch; k; k = k->next)
+        k->used = 0;
+    c->scratch_at = c->scratch;
+}
+
 void cc_arena_free(cc_comp *c)
 {
     while (c->chunks) {
@@ -81,6 +116,12 @@ void cc_arena_free(cc_comp *c)
         c->chunks = k->next;
         free(k);
     }
+    while (c->scratch) {
+        struct cc_chunk *k = c->scratch;
+        c->scratch = k->next;
+        free(k);
+    }
+    c->scratch_at = NULL;
 }
 
 /* ---- diagnostics ----------------------------------------------------------------------------- */

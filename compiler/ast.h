@@ -86,6 +86,8 @@ typedef struct cc_unit {
 
 /* Arena allocation: zeroed memory that lives as long as the compilation. */
 void *cc_alloc(cc_comp *c, size_t size);
+void *cc_scratch_alloc(cc_comp *c, size_t size);   /* zeroed, until cc_scratch_reset */
+void cc_scratch_reset(cc_comp *c);
 void cc_arena_free(cc_comp *c);
 
 /* Diagnostics.  `off`/`len` are a byte span in unit u's text. */

@@ -92,6 +92,9 @@ void cc_names_free(cc_names *list);
 struct cc_comp {
     /* arena */
     struct cc_chunk *chunks;
+    /* the scratch arena: what lowering one pattern needs only meanwhile (its JSON tree), reused
+     * from the start for the next pattern (cc_scratch_reset) */
+    struct cc_chunk *scratch, *scratch_at;
     /* files */
     VEC(cc_unit *) units;
     /* diagnostics */

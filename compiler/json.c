@@ -13,6 +13,7 @@ typedef struct {
     const char *s;      /* the unit's text */
     uint32_t pos, end;  /* absolute offsets */
     int failed;
+    bool scratch;       /* allocate in the scratch arena */
 } reader;
 
 enum { MAX_DEPTH = 256 };
@@ -32,7 +33,7 @@ static void skip_ws(reader *r)
 
 static jv *new_value(reader *r, jtype type, uint32_t off)
 {
-    jv *v = cc_alloc(r->u->comp, sizeof *v);
+    jv *v = r->scratch ? cc_scratch_alloc(r->u->comp, sizeof *v) : cc_alloc(r->u->comp, sizeof *v);
     v->type = type;
     v->off = off;
     return v;
@@ -54,7 +55,7 @@ static char *read_string(reader *r, size_t *len, uint32_t *span_len)
     r->pos++;
     size_t n = r->pos - start - 2, bad, badlen;
     const char *why;
-    char *out = cc_alloc(r->u->comp, n + 1);
+    char *out = r->scratch ? cc_scratch_alloc(r->u->comp, n + 1) : cc_alloc(r->u->comp, n + 1);
     long k = cc_decode_json_string(r->s + start + 1, n, out, &bad, &badlen, &why);
     if (k < 0) {
         fail(r, start + 1 + (uint32_t)bad, (uint32_t)badlen, why);
@@ -202,9 +203,9 @@ static jv *read_value(reader *r, int depth)
     return NULL;
 }
 
-jv *cc_json_parse(cc_unit *u, uint32_t off, uint32_t len)
+static jv *parse(cc_unit *u, uint32_t off, uint32_t len, bool scratch)
 {
-    reader r = { u, u->text, off, off + len, 0 };
+    reader r = { .u = u, .s = u->text, .pos = off, .end = off + len, .scratch = scratch };
     jv *v = read_value(&r, 0);
     if (!v)
         return NULL;
@@ -214,6 +215,16 @@ jv *cc_json_parse(cc_unit *u, uint32_t off, uint32_t len)
         return NULL;
     }
     return v;
+}
+
+jv *cc_json_parse(cc_unit *u, uint32_t off, uint32_t len)
+{
+    return parse(u, off, len, false);
+}
+
+jv *cc_json_parse_scratch(cc_unit *u, uint32_t off, uint32_t len)
+{
+    return parse(u, off, len, true);
 }
 
 const char *cc_json_type_name(jtype t)

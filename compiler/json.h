@@ -25,6 +25,8 @@ struct jv {
 /* Parses the JSON text at [off, off+len) of u's text.  Reports the first error and returns NULL
  * on malformed input. */
 jv *cc_json_parse(cc_unit *u, uint32_t off, uint32_t len);
+/* The same in the scratch arena: the tree lives until cc_scratch_reset. */
+jv *cc_json_parse_scratch(cc_unit *u, uint32_t off, uint32_t len);
 
 /* "an object", "a string", ... for messages. */
 const char *cc_json_type_name(jtype t);

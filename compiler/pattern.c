@@ -665,15 +665,18 @@ static ir *lower_object(lowerer *L, const jv *obj)
 
 ir *cc_lower_pattern(cc_unit *u, ast *json)
 {
-    jv *root = cc_json_parse(u, json->off, json->len);
-    if (!root)
-        return NULL;
+    /* The JSON tree serves only while the pattern is lowered (the IR keeps spans, and constants
+     * copy their text into the string pool). */
+    jv *root = cc_json_parse_scratch(u, json->off, json->len);
+    ir *r = NULL;
     lowerer L = { .u = u, .c = u->comp };
-    if (root->type != J_OBJECT) {
+    if (root && root->type != J_OBJECT) {
         err(&L, root, "a pattern must be a JSON object");
-        return NULL;
+    } else if (root) {
+        int before = u->comp->nerrors;
+        r = lower_object(&L, root);
+        r = u->comp->nerrors == before ? r : NULL;
     }
-    int before = u->comp->nerrors;
-    ir *r = lower_object(&L, root);
-    return u->comp->nerrors == before ? r : NULL;
+    cc_scratch_reset(u->comp);
+    return r;
 }
