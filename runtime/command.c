@@ -40,7 +40,7 @@ static void ignore_sigpipe(void)
  * group of its own, every signal at its default and none blocked (the daemon blocks SIGTERM,
  * SIGINT and SIGHUP in its threads and ignores SIGPIPE and SIGXFSZ: a command must not inherit
  * that).  Returns 0 or an errno. */
-static int spawn(const cmd_spec *s, int in, int out, int err, pid_t *pid)
+static int spawn_now(const cmd_spec *s, int in, int out, int err, pid_t *pid)
 {
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t at;
@@ -79,6 +79,83 @@ static int spawn(const cmd_spec *s, int in, int out, int err, pid_t *pid)
     posix_spawnattr_destroy(&at);
     posix_spawn_file_actions_destroy(&fa);
     return e;
+}
+
+/* The spawner: a thread that starts the commands for the others (cmd_spawner_start).  A child
+ * inherits its starter's niceness, and the daemon's delivery threads run below the ingest
+ * threads (nice +10, runtime/deliver.c): without it, every command of an exec target or a
+ * function transform would run at that lower priority too, and an unprivileged daemon could not
+ * raise it back.  Started before those threads, the spawner keeps the daemon's own. */
+typedef struct spawn_req {
+    const cmd_spec *s;
+    int in, out, err, result;
+    pid_t *pid;
+    bool done;
+    struct spawn_req *next;
+} spawn_req;
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t ask, answer;
+    bool running;
+    spawn_req *head, *tail;
+} spawner = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
+              false, NULL, NULL };
+
+static void *spawner_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&spawner.mu);
+    for (;;) {
+        while (!spawner.head)
+            pthread_cond_wait(&spawner.ask, &spawner.mu);
+        spawn_req *r = spawner.head;
+        if (!(spawner.head = r->next))
+            spawner.tail = NULL;
+        pthread_mutex_unlock(&spawner.mu);
+        int e = spawn_now(r->s, r->in, r->out, r->err, r->pid);
+        pthread_mutex_lock(&spawner.mu);
+        r->result = e;
+        r->done = true;
+        pthread_cond_broadcast(&spawner.answer);
+    }
+    return NULL;
+}
+
+bool cmd_spawner_start(void)
+{
+    pthread_attr_t at;
+    pthread_t t;
+    if (pthread_attr_init(&at))
+        return false;
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    bool ok = pthread_create(&t, &at, spawner_main, NULL) == 0;
+    pthread_attr_destroy(&at);
+    pthread_mutex_lock(&spawner.mu);
+    spawner.running = ok;
+    pthread_mutex_unlock(&spawner.mu);
+    return ok;
+}
+
+/* Starts s through the spawner when there is one (the daemon), else here (ebc, the tests). */
+static int spawn(const cmd_spec *s, int in, int out, int err, pid_t *pid)
+{
+    pthread_mutex_lock(&spawner.mu);
+    if (!spawner.running) {
+        pthread_mutex_unlock(&spawner.mu);
+        return spawn_now(s, in, out, err, pid);
+    }
+    spawn_req r = { s, in, out, err, 0, pid, false, NULL };
+    if (spawner.tail)
+        spawner.tail->next = &r;
+    else
+        spawner.head = &r;
+    spawner.tail = &r;
+    pthread_cond_signal(&spawner.ask);
+    while (!r.done)
+        pthread_cond_wait(&spawner.answer, &spawner.mu);
+    pthread_mutex_unlock(&spawner.mu);
+    return r.result;
 }
 
 /* A running command: the state of cmd_run's loop, kept between steps. */

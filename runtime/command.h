@@ -64,6 +64,11 @@ typedef struct cmd_job cmd_job;
  * be started is a job already finished, with the reason in its result's spawn_errno. */
 cmd_job *cmd_start(const cmd_spec *s);
 
+/* Starts the thread that starts every command from then on, so that commands keep the priority
+ * of the thread that called this (ebd: its main thread, before the delivery threads lower
+ * theirs).  False if the thread cannot be made: commands then start where they are asked for. */
+bool cmd_spawner_start(void);
+
 /* Fills fds (room for CMD_MAX_FDS) with the descriptors the job waits on now, and for what
  * (POLLIN or POLLOUT in .events; .revents 0); returns how many.  *deadline_ms is the time
  * (CLOCK_MONOTONIC, in ms) by which the job must be stepped even if none is ready: its timeout,

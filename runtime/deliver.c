@@ -1339,7 +1339,7 @@ static _Atomic size_t queued_total;   /* entries in the queues of every pair (al
 #define PUMP_BUDGET 256           /* events one pair takes in one turn: then the others go */
 #define SNOOZE_MS 5               /* a pair level with the log waits for its router this long */
 #define MCACHE 256                /* events (and their matches) a thread keeps for catching up */
-#define ROUTER_NICE 10             /* the routers' niceness above the daemon's (router_main) */
+#define YIELD_NICE 10             /* routers' and delivery threads' niceness above the daemon's */
 #define IDLE_WAKE_MS 10000        /* an idle thread wakes this often (stopping wakes it at once) */
 
 /* An event as a delivery holds it: shared by the pairs that deliver it (fan-out), freed by
@@ -2713,11 +2713,14 @@ static void step_jobs(dthread *th)
  * batches of lines and events.  It sleeps in curl_multi_poll until a router wakes it
  * (curl_multi_wakeup), a transfer moves, or the next timer is due; idle, once a second. */
 
+static void yield_to_ingest(void);
+
 static void *thread_main(void *arg)
 {
     dthread *th = arg;
     ebd_engine *e = th->e;
     ebd_rules *r = e->r;
+    yield_to_ingest();
     for (;;) {
         bool stopping = atomic_load(&r->stop);
         /* the pairs that have something to do */
@@ -2829,6 +2832,20 @@ static void *thread_main(void *arg)
     return NULL;
 }
 
+/* Taking events in comes first: a producer waits for its answer, a delivery only follows the log.
+ * When the cores are busy, the routers and the delivery threads yield to the ingest threads (nice
+ * +10 for the calling thread alone: Linux's nice is per thread) and catch up when they rest;
+ * commands keep the daemon's priority (they start from the spawner, runtime/command.c).  With
+ * 10,000 rules of the scaling workload (40 us of matching and 20 deliveries per event), ingest
+ * ran at 0.69 of its 10-rule speed with the routers alone lowered (median of 3). */
+static void yield_to_ingest(void)
+{
+    errno = 0;
+    int nice_now = getpriority(PRIO_PROCESS, 0);
+    if (errno == 0)
+        (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice_now + YIELD_NICE);
+}
+
 /* ---- the router -------------------------------------------------------------------------------- */
 
 /* Under th->mu: queues event `off` for p, matched (failed NULL) or failed for its rule (why).  A
@@ -2889,15 +2906,7 @@ static void *router_main(void *arg)
     vm_options mopt = vm_program_options(p);
     vm_ctx *ctx = vm_ctx_new(p, &mopt);
     store_cursor *c = NULL;
-    /* Taking events in comes first: a producer waits for its answer, a delivery only follows the
-     * log.  When the cores are busy, the router yields to the ingest threads (nice +10 for this
-     * thread alone; Linux's nice is per thread) and catches up when they rest.  At 10,000 rules
-     * of the scaling workload (40 us of matching and 20 deliveries per event) ingest ran at 0.7
-     * to 1.0 of its 10-rule speed from run to run without this. */
-    errno = 0;
-    int nice_now = getpriority(PRIO_PROCESS, 0);
-    if (errno == 0)
-        (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice_now + ROUTER_NICE);
+    yield_to_ingest();
     if (store_cursor_open(bus->s, rt->pos, &c) != STORE_OK)
         c = NULL;
     while (ctx && c && !atomic_load(&r->stop)) {

@@ -19,6 +19,7 @@
 #include <microhttpd.h>
 
 #include "../compiler/compiler.h"
+#include "command.h"
 #include "ebd_int.h"
 
 #define DEFAULT_MAX_EVENT (256u << 10)
@@ -541,6 +542,9 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     signal(SIGXFSZ, SIG_IGN);   /* a file size limit fails the write (EFBIG), it does not kill */
     curl_global_init(CURL_GLOBAL_DEFAULT);
+    /* (with the signals blocked, as every thread of the daemon; before the delivery threads
+     * lower their priority, so that commands keep the daemon's) */
+    cmd_spawner_start();
 
     ebd d = { .rules_path = (char *)rules, .max_requests = max_requests,
               .max_connections = (unsigned)max_conns, .max_client_connections = (unsigned)max_client,

@@ -54,6 +54,7 @@ target dump exec "env | sort >\"\$1\"" {
 }
 # (a program, not sh: dash unblocks every signal when it starts)
 target status exec ["cp", "/proc/self/status", "$WORK/status.out"]
+target prio exec ["cp", "/proc/self/stat", "$WORK/stat.out"]
 target leaves exec "sleep 300 & echo \$! >\"\$1\"" { args ["$WORK/left.pid"] }
 target noisy exec "printf 'said \"no\" level=error msg=forged\\n' >&2; yes 0123456789 | head -c 2000000 >&2; exit 3" {
   retry none
@@ -63,6 +64,7 @@ target chatty exec "printf 'all \"fine\"\\nreally\\n' >&2"
 target sink file "out/sink.jsonl"
 rule to_dump on main { match type == "dump" to dump }
 rule to_status on main { match type == "status" to status }
+rule to_prio on main { match type == "prio" to prio }
 rule to_leaves on main { match type == "leaves" to leaves }
 rule to_noisy on main { match type == "noisy" to noisy }
 rule to_chatty on main { match type == "chatty" to chatty }
@@ -75,7 +77,7 @@ rule fn on main {
 target fn_dlq file "dlq/fn.jsonl"
 EOF
 start_ebd "$WORK/cmd.ebr" "$WORK/data"
-for t in dump status leaves noisy chatty fn; do
+for t in dump status prio leaves noisy chatty fn; do
     s=$(post /v1/buses/main/events application/cloudevents+json "$(ev "$t-1" "$t")")
     [ "$s" = 202 ] || fail "post $t: $s $(cat "$WORK/answer")"
 done
@@ -101,6 +103,18 @@ grep -q '^SigBlk:[[:space:]]*0*$' "$WORK/status.out" \
 ign=$(sed -n 's/^SigIgn:[[:space:]]*//p' "$WORK/status.out")
 [ -n "$ign" ] && [ $(( 0x$ign & ((1 << 12) | (1 << 24)) )) -eq 0 ] \
     && pass "SIGPIPE and SIGXFSZ are at their default in a command" || fail "ignored signals: $ign"
+
+# Routers and delivery threads yield to ingest (nice +10 for those threads); a command keeps the
+# daemon's own priority (field 19 of /proc/PID/stat: the nice value; the names hold no space).
+wait_for "$E2E_WAIT" test -s "$WORK/stat.out" || fail "prio target did not run"
+base=$(cut -d' ' -f19 "/proc/$EBD/stat")
+cmdnice=$(cut -d' ' -f19 "$WORK/stat.out")
+[ "$cmdnice" = "$base" ] && pass "a command runs at the daemon's priority (nice $base)" \
+    || fail "a command runs at nice $cmdnice, the daemon at $base"
+low=$((base + 10 > 19 ? 19 : base + 10))
+lowered=$(for f in /proc/$EBD/task/*/stat; do cut -d' ' -f19 "$f"; done | grep -c -x -- "$low")
+[ "$lowered" -ge 2 ] && pass "$lowered threads (routers, delivery) run at nice $low" \
+    || fail "threads at nice $low: $lowered"
 
 wait_for "$E2E_WAIT" test -s "$WORK/left.pid" || fail "leaves target did not run"
 left=$(cat "$WORK/left.pid")
