@@ -63,6 +63,16 @@ void cc_strtab_free(cc_comp *c)
     c->strtab = NULL;
 }
 
+vm_str cc_str_unpooled(cc_comp *c, const char *s, size_t n)
+{
+    vm_str e = { c->strs.n, (uint32_t)n };
+    vec_reserve((void **)&c->strs.v, &c->strs.cap, 1, c->strs.n + (uint32_t)n + 1);
+    memcpy(c->strs.v + c->strs.n, s, n);
+    c->strs.v[c->strs.n + n] = 0;
+    c->strs.n += (uint32_t)n + 1;
+    return e;
+}
+
 vm_str cc_str(cc_comp *c, const char *s, size_t n)
 {
     if (!c->strtab)

@@ -190,6 +190,8 @@ int cc_size(cc_unit *u, const gr_token *t, double *bytes);
 
 /* ---- the program builder --------------------------------------------------------------------- */
 vm_str cc_str(cc_comp *c, const char *s, size_t n);
+/* s in the pool, not looked for nor found again (a source file's whole text) */
+vm_str cc_str_unpooled(cc_comp *c, const char *s, size_t n);
 void cc_strtab_free(cc_comp *c);
 uint32_t cc_path(cc_comp *c, const char *const *segs, const size_t *lens, uint32_t nseg);
 

@@ -149,7 +149,7 @@ static vm_program *finish(cc_comp *c)
         abort();
     for (uint32_t i = 0; i < c->units.n; i++) {
         vm_source s = { cc_str(c, c->units.v[i]->name, strlen(c->units.v[i]->name)),
-                        cc_str(c, c->units.v[i]->text, c->units.v[i]->len) };
+                        cc_str_unpooled(c, c->units.v[i]->text, c->units.v[i]->len) };
         vec_push(c->srcs, s);
     }
 #define TAKE(field, vec) (p->field = (vec).v, p->n##field = (vec).n, (vec).v = NULL, (vec).n = 0)
