@@ -243,50 +243,36 @@ static bool opt_size(cc_comp *c, cc_unit *u, ast *o, const char *w) { (void)c; r
 static bool opt_text(cc_comp *c, cc_unit *u, ast *o, const char *w) { (void)c; return one(u, o, w, V_TEXT); }
 static bool opt_int(cc_comp *c, cc_unit *u, ast *o, const char *w) { (void)c; return one(u, o, w, V_INT); }
 
-/* delivery_threads: a whole number from 1 to DELIVERY_THREADS_MAX. */
-#define DELIVERY_THREADS_MAX 256
+/* One whole number from lo to hi (what: "threads", "events"). */
+static bool whole_in(cc_unit *u, ast *o, const char *w, double lo, double hi, const char *what)
+{
+    double d;
+    if (!one(u, o, w, V_INT))
+        return false;
+    if (vm_number_value(u->text + o->a->tok.off, o->a->tok.len, &d) && d >= lo && d <= hi)
+        return true;
+    cc_error_at(u, o->a, "%s takes a number of %s from %.0f to %.0f", w, what, lo, hi);
+    return false;
+}
+
+/* delivery_threads: 1 to 256 threads; delivery_queue: how many events one (rule, target) pair
+ * may hold queued, 16 to 2^20; batch: how many deliveries one http request may carry. */
 static bool opt_threads(cc_comp *c, cc_unit *u, ast *o, const char *w)
 {
     (void)c;
-    double d;
-    if (!one(u, o, w, V_INT))
-        return false;
-    if (vm_number_value(u->text + o->a->tok.off, o->a->tok.len, &d) && d >= 1 &&
-        d <= DELIVERY_THREADS_MAX)
-        return true;
-    cc_error_at(u, o->a, "%s takes a number of threads from 1 to %d", w, DELIVERY_THREADS_MAX);
-    return false;
+    return whole_in(u, o, w, 1, 256, "threads");
 }
 
-/* delivery_queue: how many events one (rule, target) pair may hold queued, 16 to 2^20. */
-#define DELIVERY_QUEUE_MIN 16
-#define DELIVERY_QUEUE_MAX 1048576
 static bool opt_queue(cc_comp *c, cc_unit *u, ast *o, const char *w)
 {
     (void)c;
-    double d;
-    if (!one(u, o, w, V_INT))
-        return false;
-    if (vm_number_value(u->text + o->a->tok.off, o->a->tok.len, &d) && d >= DELIVERY_QUEUE_MIN &&
-        d <= DELIVERY_QUEUE_MAX)
-        return true;
-    cc_error_at(u, o->a, "%s takes a number of events from %d to %d", w, DELIVERY_QUEUE_MIN,
-                DELIVERY_QUEUE_MAX);
-    return false;
+    return whole_in(u, o, w, 16, 1048576, "events");
 }
 
-/* batch: how many deliveries one http request may carry, 1 to 1000. */
-#define HTTP_BATCH_MAX 1000
 static bool opt_batch(cc_comp *c, cc_unit *u, ast *o, const char *w)
 {
     (void)c;
-    double d;
-    if (!one(u, o, w, V_INT))
-        return false;
-    if (vm_number_value(u->text + o->a->tok.off, o->a->tok.len, &d) && d >= 1 && d <= HTTP_BATCH_MAX)
-        return true;
-    cc_error_at(u, o->a, "%s takes a number of events from 1 to %d", w, HTTP_BATCH_MAX);
-    return false;
+    return whole_in(u, o, w, 1, 1000, "events");
 }
 
 static bool word_is(cc_unit *u, ast *v, const char *word)

@@ -852,48 +852,39 @@ static void build_bus(cc_comp *c, uint32_t bus, raw_keys *keys)
             file_pred(c, ip, j, keys, &ranges, &exists, &generic, &plens, &slens, &clens, &bands);
         for (uint32_t k = keys_before; k < keys->n; k++)
             ixp.kinds |= 1u << keys->v[k].kind;
-        if (keys->n == keys_before && !ranges.n && !exists.n && !generic.n) {
-            /* Nothing of this path is filed (its predicates trigger no clause): its leaves are
-             * not dispatched at all. */
-            free(ranges.v);
-            free(exists.v);
-            free(generic.v);
-            free(plens.v);
-            free(slens.v);
-            free(clens.v);
-            free(bands.v);
-            i = j;
-            continue;
+        /* A path with nothing filed (its predicates trigger no clause) gets no entry: its
+         * leaves are not dispatched at all. */
+        if (keys->n > keys_before || ranges.n || exists.n || generic.n) {
+            ixp.exists0 = c->ix_refs.n;
+            for (uint32_t k = 0; k < exists.n; k++)
+                vec_push(c->ix_refs, exists.v[k]);
+            ixp.nexists = exists.n;
+            ixp.generic0 = c->ix_refs.n;
+            for (uint32_t k = 0; k < generic.n; k++)
+                vec_push(c->ix_refs, generic.v[k]);
+            ixp.ngeneric = generic.n;
+            ixp.plen0 = put_lengths(c, &plens, &ixp.nplen);
+            ixp.slen0 = put_lengths(c, &slens, &ixp.nslen);
+            ixp.clen0 = put_lengths(c, &clens, &ixp.nclen);
+            build_ranges(c, &ixp, &ranges);
+            /* Bands by lower bound, then predicate (qsort on pairs: a stable order). */
+            band_key *order = cc_xmalloc((bands.n + 1) * sizeof *order);
+            for (uint32_t k = 0; k < bands.n; k++) {
+                const cc_xpred *x = &c->xpreds.v[c->ix_local_to_pred.v[bands.v[k]]];
+                order[k] = (band_key){ c->consts.v[c->tests.v[x->test].arg0].lo, bands.v[k] };
+            }
+            if (bands.n)
+                qsort(order, bands.n, sizeof *order, cmp_band);
+            for (uint32_t k = 0; k < bands.n; k++)
+                bands.v[k] = order[k].local;
+            free(order);
+            ixp.band0 = c->ix_refs.n;
+            for (uint32_t k = 0; k < bands.n; k++)
+                vec_push(c->ix_refs, bands.v[k]);
+            ixp.nband = bands.n;
+            vec_push(c->ix_paths, ixp);
         }
-        ixp.exists0 = c->ix_refs.n;
-        for (uint32_t k = 0; k < exists.n; k++)
-            vec_push(c->ix_refs, exists.v[k]);
-        ixp.nexists = exists.n;
-        ixp.generic0 = c->ix_refs.n;
-        for (uint32_t k = 0; k < generic.n; k++)
-            vec_push(c->ix_refs, generic.v[k]);
-        ixp.ngeneric = generic.n;
-        ixp.plen0 = put_lengths(c, &plens, &ixp.nplen);
-        ixp.slen0 = put_lengths(c, &slens, &ixp.nslen);
-        ixp.clen0 = put_lengths(c, &clens, &ixp.nclen);
-        build_ranges(c, &ixp, &ranges);
-        /* Bands by lower bound, then predicate (qsort on pairs: a stable order). */
-        band_key *order = cc_xmalloc((bands.n + 1) * sizeof *order);
-        for (uint32_t k = 0; k < bands.n; k++) {
-            const cc_xpred *x = &c->xpreds.v[c->ix_local_to_pred.v[bands.v[k]]];
-            order[k] = (band_key){ c->consts.v[c->tests.v[x->test].arg0].lo, bands.v[k] };
-        }
-        if (bands.n)
-            qsort(order, bands.n, sizeof *order, cmp_band);
-        for (uint32_t k = 0; k < bands.n; k++)
-            bands.v[k] = order[k].local;
-        free(order);
-        ixp.band0 = c->ix_refs.n;
-        for (uint32_t k = 0; k < bands.n; k++)
-            vec_push(c->ix_refs, bands.v[k]);
-        ixp.nband = bands.n;
         free(bands.v);
-        vec_push(c->ix_paths, ixp);
         free(ranges.v);
         free(exists.v);
         free(generic.v);
