@@ -104,14 +104,14 @@ ign=$(sed -n 's/^SigIgn:[[:space:]]*//p' "$WORK/status.out")
 [ -n "$ign" ] && [ $(( 0x$ign & ((1 << 12) | (1 << 24)) )) -eq 0 ] \
     && pass "SIGPIPE and SIGXFSZ are at their default in a command" || fail "ignored signals: $ign"
 
-# Routers and delivery threads yield to ingest (nice +10 for those threads); a command keeps the
+# Routers and delivery threads yield to ingest (nice 19 for those threads); a command keeps the
 # daemon's own priority (field 19 of /proc/PID/stat: the nice value; the names hold no space).
 wait_for "$E2E_WAIT" test -s "$WORK/stat.out" || fail "prio target did not run"
 base=$(cut -d' ' -f19 "/proc/$EBD/stat")
 cmdnice=$(cut -d' ' -f19 "$WORK/stat.out")
 [ "$cmdnice" = "$base" ] && pass "a command runs at the daemon's priority (nice $base)" \
     || fail "a command runs at nice $cmdnice, the daemon at $base"
-low=$((base + 10 > 19 ? 19 : base + 10))
+low=$((base + 19 > 19 ? 19 : base + 19))
 lowered=$(for f in /proc/$EBD/task/*/stat; do cut -d' ' -f19 "$f"; done | grep -c -x -- "$low")
 [ "$lowered" -ge 2 ] && pass "$lowered threads (routers, delivery) run at nice $low" \
     || fail "threads at nice $low: $lowered"
