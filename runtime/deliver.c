@@ -2092,10 +2092,10 @@ static int start_attempt(dthread *th, item *it)
  * for one request each.  Returns the items left. */
 static item *http_batch_start(dthread *th, ebd_target *t, item *list)
 {
-    item *rest = list;
+    item *rest = list, *last = list;
     size_t n = 0, need = 2;
     bool events = true;
-    for (; rest && n < t->batch; rest = rest->next, n++) {
+    for (; rest && n < t->batch; last = rest, rest = rest->next, n++) {
         need += (rest->text ? 6 * rest->plen + 2 : rest->plen) + 1;
         events = events && rest->shared;
     }
@@ -2139,11 +2139,7 @@ static item *http_batch_start(dthread *th, ebd_target *t, item *list)
             for (item *it = list; it != rest; it = it->next)
                 it->hb = hb;
             th->running++;
-            /* the items stay linked until the answer: cut them off the rest */
-            item *last = list;
-            while (last->next != rest)
-                last = last->next;
-            last->next = NULL;
+            last->next = NULL;            /* linked until the answer, cut off the rest */
             return rest;
         }
         curl_slist_free_all(hb->headers);
@@ -2713,7 +2709,22 @@ static void step_jobs(dthread *th)
  * batches of lines and events.  It sleeps in curl_multi_poll until a router wakes it
  * (curl_multi_wakeup), a transfer moves, or the next timer is due; idle, once a second. */
 
-static void yield_to_ingest(void);
+/* Taking events in comes first: a producer waits for its answer, a delivery only follows the log.
+ * When the cores are busy, the routers and the delivery threads yield to the ingest threads (the
+ * lowest priority, nice 19, for the calling thread alone: Linux's nice is per thread) and catch
+ * up when they rest; they still get a share (SCHED_IDLE would starve them for as long as ingest
+ * is saturated).  Commands keep the daemon's priority (they start from the spawner,
+ * runtime/command.c).  Ingest at 1,000 / 10,000 rules against 10 (bench_ingest --rules-table,
+ * median of 3, each set in one invocation; the 10-rule figure itself moved from 27K to 43K
+ * between invocations): nothing lowered 0.68 / 0.70; nice +10 0.76 / 0.81; SCHED_IDLE 0.91 /
+ * 0.81; nice 19 1.20 / 1.28. */
+static void yield_to_ingest(void)
+{
+    errno = 0;
+    int nice_now = getpriority(PRIO_PROCESS, 0);
+    if (errno == 0)
+        (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice_now + YIELD_NICE);
+}
 
 static void *thread_main(void *arg)
 {
@@ -2830,23 +2841,6 @@ static void *thread_main(void *arg)
         apply_done(th);
     }
     return NULL;
-}
-
-/* Taking events in comes first: a producer waits for its answer, a delivery only follows the log.
- * When the cores are busy, the routers and the delivery threads yield to the ingest threads (the
- * lowest priority, nice 19, for the calling thread alone: Linux's nice is per thread) and catch
- * up when they rest; they still get a share (SCHED_IDLE would starve them for as long as ingest
- * is saturated).  Commands keep the daemon's priority (they start from the spawner,
- * runtime/command.c).  Ingest at 1,000 / 10,000 rules against 10 (bench_ingest --rules-table,
- * median of 3, each set in one invocation; the 10-rule figure itself moved from 27K to 43K
- * between invocations): nothing lowered 0.68 / 0.70; nice +10 0.76 / 0.81; SCHED_IDLE 0.91 /
- * 0.81; nice 19 1.20 / 1.28. */
-static void yield_to_ingest(void)
-{
-    errno = 0;
-    int nice_now = getpriority(PRIO_PROCESS, 0);
-    if (errno == 0)
-        (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice_now + YIELD_NICE);
 }
 
 /* ---- the router -------------------------------------------------------------------------------- */

@@ -55,6 +55,15 @@ static bool fire(vm_ctx *c, const vm_ix_bus *b, uint32_t pred)
     return true;
 }
 
+/* Does band k (`p >= lo and p < hi`, each bound open or closed) hold for numbers that range from
+ * min to max: does max pass the lower bound and min the upper one? */
+static bool band_holds(const vm_const *k, double min, double max)
+{
+    bool above = k->flags & VM_CF_LO_OPEN ? max > k->lo : max >= k->lo;
+    bool below = k->flags & VM_CF_HI_OPEN ? min < k->hi : min <= k->hi;
+    return above && below;
+}
+
 /* Does some leaf of predicate x's path pass it?  For predicates that trigger no clause: the
  * compiler files them nowhere (so no leaf is dispatched to them), and they are tested here only
  * when a clause that needs them has its trigger pass.  With the 10,000 rules of the issue193
@@ -65,19 +74,16 @@ static bool test_pred(vm_ctx *c, const char *json, const vm_ix_pred *x)
 {
     const vm_test *t = &c->p->tests[x->test];
     if (t->flags & VM_TF_BAND) {
-        const vm_const *k = &c->p->consts[t->arg0];
-        bool above = false, below = false;
+        double min = 1.0 / 0.0, max = -min;
         for (uint32_t f = c->first[x->path]; f != VM_NONE; f = c->fields.v[f].next) {
             const vm_field *fl = &c->fields.v[f];
             double d;
-            if (fl->type != VM_J_NUM || !vm_number_value(json + fl->off, fl->len, &d))
-                continue;
-            above = above || (k->flags & VM_CF_LO_OPEN ? d > k->lo : d >= k->lo);
-            below = below || (k->flags & VM_CF_HI_OPEN ? d < k->hi : d <= k->hi);
-            if (above && below)
-                return true;
+            if (fl->type == VM_J_NUM && vm_number_value(json + fl->off, fl->len, &d)) {
+                min = d < min ? d : min;
+                max = d > max ? d : max;
+            }
         }
-        return false;
+        return min <= max && band_holds(&c->p->consts[t->arg0], min, max);
     }
     for (uint32_t f = c->first[x->path]; f != VM_NONE; f = c->fields.v[f].next) {
         bool pass = vm_leaf_passes(c, json, t, &c->fields.v[f]);
@@ -280,9 +286,7 @@ static bool fire_bands(vm_ctx *c, const vm_ix_bus *b, const vm_ix_path *ix, doub
         const vm_const *k = BAND_CONST(i);
         if (k->lo > max)
             break;
-        bool above = k->flags & VM_CF_LO_OPEN ? max > k->lo : max >= k->lo;
-        bool below = k->flags & VM_CF_HI_OPEN ? min < k->hi : min <= k->hi;
-        if (above && below && !fire(c, b, band[i]))
+        if (band_holds(k, min, max) && !fire(c, b, band[i]))
             return false;
     }
 #undef BAND_CONST
