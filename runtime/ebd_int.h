@@ -195,6 +195,16 @@ void ebd_http_stop(ebd *d, struct MHD_Daemon *h);
  * leave them unaccepted: they need descriptors too. */
 unsigned ebd_http_reserve(unsigned max_connections);
 
+/* Answers for the event center (runtime/center/), as ingest's own: a JSON body with the status;
+ * {"error": msg, "field": field} (field may be NULL). */
+struct MHD_Connection;
+int ebd_send_json(struct MHD_Connection *c, unsigned status, const sbuf *b);
+int ebd_send_error(struct MHD_Connection *c, unsigned status, const char *msg, const char *field);
+/* May this request use an operator's endpoint?  0 if so; 401 without a token, 403 with a wrong
+ * one, or (no admin_token set) when the listener is not on loopback. */
+unsigned ebd_authorize_admin(ebd *d, struct MHD_Connection *c);
+bool ebd_admin_token_set(ebd *d);
+
 /* ebd.c */
 bool ebd_reload(ebd *d, sbuf *errors);
 ebd_bus *ebd_find_bus(ebd *d, const char *name, size_t n);

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "ebd_int.h"
+#include "center/center.h"
 
 #define MAX_BODY (32u << 20)        /* the most any request may carry */
 /* A pool of epoll threads: a request holds its thread only while its append is acknowledged, so
@@ -452,6 +453,34 @@ static unsigned authorize(struct MHD_Connection *c, const char *token)
     return same_secret(h + 7, token) ? 0 : 403;
 }
 
+int ebd_send_json(struct MHD_Connection *c, unsigned status, const sbuf *b)
+{
+    return send_json(c, status, b, NULL);
+}
+
+int ebd_send_error(struct MHD_Connection *c, unsigned status, const char *msg, const char *field)
+{
+    return send_error(c, status, msg, field, NULL);
+}
+
+bool ebd_admin_token_set(ebd *d)
+{
+    pthread_rwlock_rdlock(&d->lock);
+    bool set = d->rules->admin_token != NULL;
+    pthread_rwlock_unlock(&d->lock);
+    return set;
+}
+
+unsigned ebd_authorize_admin(ebd *d, struct MHD_Connection *c)
+{
+    pthread_rwlock_rdlock(&d->lock);
+    char *tok = d->rules->admin_token ? strdup(d->rules->admin_token) : NULL;
+    pthread_rwlock_unlock(&d->lock);
+    unsigned deny = tok ? authorize(c, tok) : (d->loopback ? 0 : 403);
+    free(tok);
+    return deny;
+}
+
 /* ---- content types ------------------------------------------------------------------------ */
 
 /* The media type of a Content-Type value, lower case, without parameters. */
@@ -853,6 +882,17 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
 
 /* ---- routing ------------------------------------------------------------------------------ */
 
+/* For /v1/buses/BUS/events and /v1/buses/BUS/put-events, where ingest takes events: the '/'
+ * after BUS; else NULL. */
+static const char *ingest_path(const char *url)
+{
+    static const char prefix[] = "/v1/buses/";
+    if (strncmp(url, prefix, sizeof prefix - 1) != 0)
+        return NULL;
+    const char *slash = strchr(url + sizeof prefix - 1, '/');
+    return slash && (!strcmp(slash, "/events") || !strcmp(slash, "/put-events")) ? slash : NULL;
+}
+
 static enum MHD_Result handle(struct MHD_Connection *c, ebd *d, const char *url,
                               const char *method, request *rq)
 {
@@ -880,17 +920,22 @@ static enum MHD_Result handle(struct MHD_Connection *c, ebd *d, const char *url,
         sb_free(&b);
         return r;
     }
-    static const char prefix0[] = "/v1/buses/";
-    if (strcmp(url, "/v1/admin/reload") != 0 && strncmp(url, prefix0, sizeof prefix0 - 1) != 0)
+    /* Ingest serves putting events and a reload; everything else is the event center's
+     * (GET /v1/buses/BUS/events among it: the event query). */
+    const char *put_at = ingest_path(url);
+    bool post = !strcmp(method, "POST");
+    if ((!put_at || !post) && strcmp(url, "/v1/admin/reload") != 0) {
+        enum MHD_Result r;
+        if (center_handle(c, d, url, method, rq->body.v, rq->body.n, &r))
+            return r;
+        if (put_at)
+            return send_error(c, 405, "only POST is served here", NULL, NULL);
         return send_error(c, 404, "no such endpoint", NULL, NULL);
-    if (strcmp(method, "POST") != 0)
+    }
+    if (!post)
         return send_error(c, 405, "only POST is served here", NULL, NULL);
     if (!strcmp(url, "/v1/admin/reload")) {
-        pthread_rwlock_rdlock(&d->lock);
-        char *tok = d->rules->admin_token ? strdup(d->rules->admin_token) : NULL;
-        pthread_rwlock_unlock(&d->lock);
-        unsigned deny = tok ? authorize(c, tok) : (d->loopback ? 0 : 403);
-        free(tok);
+        unsigned deny = ebd_authorize_admin(d, c);
         if (deny)
             return send_error(c, deny, deny == 401 ? "an admin token is needed"
                                                    : "the admin token is wrong", NULL, NULL);
@@ -901,15 +946,8 @@ static enum MHD_Result handle(struct MHD_Connection *c, ebd *d, const char *url,
         sb_free(&errors);
         return r;
     }
-    static const char prefix[] = "/v1/buses/";
-    if (strncmp(url, prefix, sizeof prefix - 1) != 0)
-        return send_error(c, 404, "no such endpoint", NULL, NULL);
-    const char *name = url + sizeof prefix - 1, *slash = strchr(name, '/');
-    if (!slash)
-        return send_error(c, 404, "no such endpoint", NULL, NULL);
+    const char *name = url + sizeof "/v1/buses/" - 1, *slash = put_at;
     bool put = !strcmp(slash, "/put-events");
-    if (!put && strcmp(slash, "/events") != 0)
-        return send_error(c, 404, "no such endpoint", NULL, NULL);
     pthread_rwlock_rdlock(&d->lock);
     ebd_bus view, *b = ebd_bus_view(d, name, (size_t)(slash - name), &view) ? &view : NULL;
     enum MHD_Result r;
@@ -962,9 +1000,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         unsigned long long length = cl ? strtoull(cl, NULL, 10) : 0;
         if (length > MAX_BODY)
             return send_too_big(c);
-        static const char prefix[] = "/v1/buses/";
-        const char *name = url + sizeof prefix - 1, *slash = strchr(name, '/');
-        if (!strcmp(method, "POST") && !strncmp(url, prefix, sizeof prefix - 1) && slash) {
+        const char *name = url + sizeof "/v1/buses/" - 1, *slash = ingest_path(url);
+        if (!strcmp(method, "POST") && slash) {
             pthread_rwlock_rdlock(&d->lock);
             ebd_bus view;
             bool found = ebd_bus_view(d, name, (size_t)(slash - name), &view);
