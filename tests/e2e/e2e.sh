@@ -6,7 +6,7 @@
 . "$2/tests/e2e/lib.sh"
 # Ports below Linux's ephemeral range (32768 and up), where an outgoing connection's local port
 # could be taking one of them when a receiver binds it.
-BASE=$(( 20000 + $$ % 12000 ))
+BASE=$(( 20000 + $$ % 5980 ))   # 26000-31999: the event center's tests
 P_EBD=$BASE; P_OK=$((BASE + 1)); P_FLAKY=$((BASE + 2)); P_BAD=$((BASE + 3)); P_DOWN=$((BASE + 4))
 P_RA=$((BASE + 5)); P_NODE=$((BASE + 6)); P_SLOW=$((BASE + 7)); P_ORDER=$((BASE + 8)); P_BURST=$((BASE + 9)); P_RATE=$((BASE + 10)); P_HOLD=$((BASE + 11))
 URL=http://127.0.0.1:$P_EBD
