@@ -17,6 +17,11 @@ static const struct route {
     center_fn fn;
     bool open;                    /* served to anyone (the console's files) */
 } routes[] = {
+    { "GET", "/metrics", mt_serve_metrics, false },
+    { "GET", "/v1/buses", mt_serve_buses, false },
+    { "GET", "/v1/buses/*", mt_serve_bus, false },
+    { "GET", "/v1/rules", mt_serve_rules, false },
+    { "GET", "/v1/targets", mt_serve_targets, false },
     { NULL, NULL, NULL, false },    /* (the end) */
 };
 
