@@ -296,7 +296,6 @@ static void observe(_Atomic(mt_hist *) *slot, int64_t ns)
         ns = 0;
     atomic_fetch_add_explicit(&h->bucket[mt_hist_bucket(ns)], 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&h->sum_ns, (uint64_t)ns, memory_order_relaxed);
-    atomic_fetch_add_explicit(&h->count, 1, memory_order_relaxed);
 }
 
 /* Keeps an error sample of target s (the newest NERRORS). */

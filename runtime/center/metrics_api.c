@@ -43,7 +43,6 @@ static void hist_family(sbuf *b, const struct mt_rules *m, bool latency, const c
         uint64_t bk[MT_NBUCKETS + 1], total = 0;
         for (unsigned k = 0; k <= MT_NBUCKETS; k++)
             total += bk[k] = atomic_load_explicit(&h->bucket[k], memory_order_relaxed);
-        /* (read apart from count: the buckets' total is the count this answer shows) */
         mt_prom_hist(b, name, "target", m->target[i]->name, bk,
                      atomic_load_explicit(&h->sum_ns, memory_order_relaxed), total);
     }

@@ -33,7 +33,7 @@ struct mt_rule {
 
 typedef struct {
     _Atomic uint64_t bucket[MT_NBUCKETS + 1];    /* by mt_hist_bucket; the last: +Inf */
-    _Atomic uint64_t sum_ns, count;
+    _Atomic uint64_t sum_ns;      /* (the count is the buckets' total) */
 } mt_hist;
 
 typedef struct {
