@@ -28,6 +28,7 @@ BUS="Authorization: Bearer $E2E_BUS"
 "$BIN/e2e_receiver" $((P + 1)) "$WORK/ok.log" & PIDS="$PIDS $!"
 "$BIN/e2e_receiver" $((P + 2)) "$WORK/bad.log" --status 500 & PIDS="$PIDS $!"
 "$BIN/e2e_receiver" $((P + 3)) "$WORK/flaky.log" --fail 1 & PIDS="$PIDS $!"
+"$BIN/e2e_receiver" $((P + 4)) "$WORK/held.log" --hold "$WORK/open" & PIDS="$PIDS $!"
 
 cat >"$WORK/rules.ebr" <<EOF
 server { admin_token env("E2E_ADMIN") }
@@ -94,6 +95,7 @@ expect_status 403 "wrong bus token" "$(post /v1/buses/main/events application/cl
     "$(ev u2 a)" -H "Authorization: Bearer wrong-token-0123456789")"
 expect_status 404 "unknown bus" "$(post /v1/buses/nope/events application/cloudevents+json "$(ev n1 a)" -H "$BUS")"
 INGESTED=$((N + 2 + 1 + 1))
+RULES=4
 
 # ---- drained: every target done -------------------------------------------------------------------
 drained() {
@@ -147,7 +149,7 @@ check_all() {  # the counts after the traffic above (again after the reload)
     check_metric 'ebr_target_lag_events{target="bad"}' 0
     check_metric 'ebr_log_next_offset{bus="main"}' $INGESTED
     check_metric 'ebr_log_segments{bus="main"}' 1
-    check_metric 'ebr_rules' 4
+    check_metric 'ebr_rules' $RULES
     check_metric 'ebr_replays_running' 0
 }
 check_all
@@ -198,7 +200,12 @@ for path in /metrics /v1/buses /v1/rules /v1/targets /v1/buses/main; do
         -H "Authorization: Bearer wrong-token-0123456789" "$URL$path")"
 done
 
-# ---- a reload keeps the counts --------------------------------------------------------------------
+# ---- a reload keeps the counts (and adds a rule) ---------------------------------------------------
+cat >>"$WORK/rules.ebr" <<EOF
+target held http "http://127.0.0.1:$((P + 4))/held"
+rule h on main { match type == "h" to held }
+EOF
+RULES=5
 expect_status 200 "reload" "$(post /v1/admin/reload application/json '' -H "$ADM")"
 curl -s -o "$WORK/metrics.txt" -H "$ADM" "$URL/metrics"
 check_all
@@ -214,5 +221,24 @@ check_metric 'ebr_rule_matched_total{rule="fan",bus="main"}' $N
 check_metric 'ebr_deliveries_succeeded_total{target="ok"}' $N
 check_metric 'ebr_deliveries_dead_lettered_total{target="bad"}' 2
 promtool check metrics <"$WORK/metrics.txt" >"$WORK/promtool.out" 2>&1 || fail "promtool after the reload: $(cat "$WORK/promtool.out")"
+
+# ---- queued and lag while a target holds its answers ------------------------------------------------
+for id in h1 h2 h3; do
+    expect_status 202 "event $id" "$(post /v1/buses/main/events application/cloudevents+json "$(ev $id h)" -H "$BUS")"
+done
+INGESTED=$((INGESTED + 3))
+held() {  # held QUEUED LAG: does /v1/targets say so of target held?
+    get /v1/targets >"$WORK/json" &&
+    [ "$(jq -r '.targets[] | select(.name == "held") | "\(.queued) \(.lag)"' "$WORK/json")" = "$1 $2" ]
+}
+wait_for "$E2E_WAIT" held 3 3 && pass "held: 3 queued, lag 3" || fail "held: $(cat "$WORK/json")"
+curl -s -o "$WORK/metrics.txt" -H "$ADM" "$URL/metrics"
+check_metric 'ebr_target_queued{target="held"}' 3
+check_metric 'ebr_target_lag_events{target="held"}' 3
+check_metric 'ebr_target_lag_events{target="ok"}' 0
+check_metric 'ebr_rule_matched_total{rule="h",bus="main"}' 3
+: >"$WORK/open"
+wait_for "$E2E_WAIT" held 0 0 && pass "held: drained" || fail "held after opening: $(cat "$WORK/json")"
+check_json "held succeeded" '.targets[] | select(.name == "held") | .succeeded' 3
 
 finish
