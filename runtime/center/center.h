@@ -65,7 +65,8 @@ void mt_request_begin(void);                  /* before ingest handles a request
 void mt_answered(unsigned status);            /* ...when it queues an answer... */
 void mt_note_reason(mt_reason why);           /* ...(what the status alone does not tell)... */
 void mt_request_end(ebd *d, const char *url, const char *method);   /* ...and after it */
-/* Hooks: delivery.  mt_matched: the router's rules matched for an event at offset off;
+/* Hooks: delivery.  mt_matched: the rules the router of their bus matched for the event at
+ * offset off (called by that router alone: its counts are not read-modify-written);
  * mt_attempt: an attempt at target (error NULL or "" when it succeeded), started at
  * started_ns (mt_now_ns; 0: not timed), of an event appended at event_time_ns (real time);
  * mt_retry: a retry scheduled; mt_dead_letter: given up on, sent to a dead letter (or dropped

@@ -187,9 +187,7 @@ struct mt_rules *mt_rules_bind(ebd_rules *r)
         struct mt_rule *s = table_get(&rules_t, name, sizeof *s, &made);
         if (!(ok = s != NULL))
             break;
-        if (made)
-            for (unsigned k = 0; k < RING_10S; k++)
-                s->at_10s[k] = 0;
+        (void)made;               /* (a new slot's samples are 0: its count when made) */
         const struct mt_bus *bus = m->bus[p->rules[i].bus];
         if (s->bus != bus) {      /* a rule that moved to another bus: its offsets are new */
             s->bus = bus;
@@ -251,11 +249,13 @@ void mt_matched(ebd_rules *r, const uint32_t *rules, size_t n, uint64_t off)
         return;
     for (size_t i = 0; i < n; i++) {
         struct mt_rule *s = m->rule[rules[i]];
-        /* one router per bus writes next_off at a time (a reload stops the old one first) */
+        /* One router (its bus's) writes a rule's slot at a time: a reload stops the old one
+         * before the new one starts.  So a load and a store, no read-modify-write. */
         if (off < atomic_load_explicit(&s->next_off, memory_order_relaxed))
             continue;
         atomic_store_explicit(&s->next_off, off + 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&s->matched, 1, memory_order_relaxed);
+        atomic_store_explicit(&s->matched, atomic_load_explicit(&s->matched, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
     }
 }
 
