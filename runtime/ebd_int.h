@@ -181,6 +181,15 @@ void ebd_workers_start(ebd *d, ebd_rules *r);
 void ebd_workers_stop(ebd *d, ebd_rules *r);     /* finish the delivery in hand, commit, join */
 void ebd_rules_free(ebd_rules *r);
 void ebd_book_free(ebd_book *b);                  /* when its bus closes */
+/* One delivery made at once, for replays (runtime/center/replay.c): rule's payload for the event
+ * (its transform run with ctx, a context of r->p), delivered to target with the target's limits,
+ * retries (the age counted from the first attempt) and then its dead letter (which gets
+ * "replay"); http requests carry `X-Ebr-Replay: REPLAY`.  stop(arg) is asked while it waits.
+ * Returns how it ended, the last error in err unless delivered. */
+enum { EBD_SYNC_DELIVERED, EBD_SYNC_DEAD_LETTERED, EBD_SYNC_DROPPED, EBD_SYNC_STOPPED };
+int ebd_deliver_sync(ebd *d, ebd_rules *r, vm_ctx *ctx, uint32_t rule, uint32_t target,
+                     const char *event, size_t len, int64_t time_ns, uint64_t off,
+                     const char *replay, bool (*stop)(void *), void *arg, char *err, size_t cap);
 
 /* ingest.c */
 struct MHD_Daemon;

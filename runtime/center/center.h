@@ -32,4 +32,18 @@ bool center_handle(struct MHD_Connection *c, ebd *d, const char *url, const char
 /* A query parameter of the request (?name=value, decoded), or NULL. */
 const char *center_query(const center_req *r, const char *name);
 
+/* The endpoints' handlers, one file each (the table in http.c). */
+/* query.c, dryrun.c, replay.c (docs/replay.md) */
+enum MHD_Result qy_handle_events(const center_req *r);
+enum MHD_Result dr_handle(const center_req *r);
+enum MHD_Result rp_handle_start(const center_req *r);
+enum MHD_Result rp_handle_list(const center_req *r);
+enum MHD_Result rp_handle_get(const center_req *r);
+enum MHD_Result rp_handle_cancel(const center_req *r);
+/* ebd.c: replays resume at start (after the delivery starts), stop before it stops; a reload
+ * calls rp_rules_swapped after the swap, before the old rules are freed. */
+void rp_start(ebd *d);
+void rp_stop(ebd *d);
+void rp_rules_swapped(ebd *d);
+
 #endif

@@ -17,6 +17,12 @@ static const struct route {
     center_fn fn;
     bool open;                    /* served to anyone (the console's files) */
 } routes[] = {
+    { "GET", "/v1/buses/*/events", qy_handle_events, false },
+    { "POST", "/v1/buses/*/dry-run", dr_handle, false },
+    { "POST", "/v1/buses/*/replays", rp_handle_start, false },
+    { "GET", "/v1/buses/*/replays", rp_handle_list, false },
+    { "GET", "/v1/buses/*/replays/*", rp_handle_get, false },
+    { "DELETE", "/v1/buses/*/replays/*", rp_handle_cancel, false },
     { NULL, NULL, NULL, false },    /* (the end) */
 };
 
