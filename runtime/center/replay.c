@@ -411,10 +411,12 @@ static void lower_priority(void)
 
 static void finish(replay *x, int state)
 {
-    atomic_store(&x->rate, 0.0);
     if (atomic_load(&x->state) == RP_RUNNING)
         atomic_store(&x->state, state);
     x->finished_ns = qy_now_ns();
+    /* ended: the rate of the whole run (a resumed one: counted from its first start) */
+    double secs = (double)(x->finished_ns - x->started_ns) / 1e9;
+    atomic_store(&x->rate, secs > 0 ? (double)atomic_load(&x->read) / secs : 0.0);
     save(x);
     ebd_log(EBD_INFO, "msg=\"replay ended\" replay=%s bus=%s state=%s read=%" PRIu64 " matched=%"
             PRIu64 " delivered=%" PRIu64 " failed=%" PRIu64, x->name, x->bus,
@@ -454,6 +456,8 @@ static void *replay_main(void *arg)
             break;
         }
         for (int i = 0; i < n && !fatal; i++) {
+            if (atomic_load(&x->cancel) || atomic_load(&M.stopping))
+                break;
             while (atomic_load(&M.pause))
                 nanosleep(&(struct timespec){ 0, 5000000 }, NULL);
             ebd_rules *r = hold_rules();
