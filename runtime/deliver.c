@@ -3590,8 +3590,9 @@ static void attempt_now(ebd *d, ebd_target *t, const char *payload, size_t n, bo
         return;
     }
     case T_FILE:
+        /* (fsync interval: the committer syncs the file with the engine's next commit) */
         deliver_file(t, payload, n, text, a);
-        if (!a->error[0] && t->fsync != STORE_FSYNC_NEVER && fdatasync(t->fd) != 0)
+        if (!a->error[0] && t->fsync == STORE_FSYNC_ALWAYS && fdatasync(t->fd) != 0)
             snprintf(a->error, sizeof a->error, "%s: %s", t->path, strerror(errno));
         return;
     case T_BUS:
@@ -3752,6 +3753,9 @@ int ebd_deliver_sync(ebd *d, ebd_rules *r, vm_ctx *ctx, uint32_t rule, uint32_t 
         attempt_now(d, t, payload, plen, text, extra, &a);
         give_slot(t);
         if (!a.error[0]) {
+            /* (synced with the engine's next commit, or its last one when it stops) */
+            if (t->kind == T_FILE && t->fsync == STORE_FSYNC_INTERVAL && r->eng && r->eng->file_dirty)
+                atomic_store(&r->eng->file_dirty[target], true);
             res = EBD_SYNC_DELIVERED;
             break;
         }
