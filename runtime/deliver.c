@@ -254,7 +254,7 @@ static bool output_path_ok(const char *path, char *why, size_t cap)
                      "and cannot leave it ('..' is not allowed)", path);
             return false;
         }
-    /* The daemon's own folders there (the buses' logs, the list of pairs, replays) are not for targets. */
+    /* The daemon's own folders there (logs, the list of pairs, replays) are not for targets. */
     static const char *const own[] = { "buses", "pairs", "replays" };
     const char *first = path;
     while (first[0] == '.' && first[1] == '/')

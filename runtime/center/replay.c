@@ -676,15 +676,6 @@ void rp_rules_swapped(ebd *d)
 
 /* ---- the endpoints ---------------------------------------------------------------------------- */
 
-static enum MHD_Result send_replay(const center_req *r, unsigned status, replay *x)
-{
-    sbuf b = { 0 };
-    to_json(x, &b);
-    enum MHD_Result res = (enum MHD_Result)ebd_send_json(r->c, status, &b);
-    sb_free(&b);
-    return res;
-}
-
 static enum MHD_Result bad(const center_req *r, unsigned status, const char *field,
                            const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static enum MHD_Result bad(const center_req *r, unsigned status, const char *field,
@@ -869,8 +860,14 @@ enum MHD_Result rp_handle_start(const center_req *r)
     }
     ebd_log(EBD_INFO, "msg=\"replay started\" replay=%s bus=%s first=%" PRIu64 " end=%" PRIu64,
             x->name, x->bus, x->first, x->end);
+    sbuf b = { 0 };
+    pthread_mutex_lock(&M.mu);
+    to_json(x, &b);               /* (as it starts: before its thread moves it) */
     start_thread(x);
-    return send_replay(r, 201, x);
+    pthread_mutex_unlock(&M.mu);
+    enum MHD_Result res = (enum MHD_Result)ebd_send_json(r->c, 201, &b);
+    sb_free(&b);
+    return res;
 }
 
 enum MHD_Result rp_handle_list(const center_req *r)
@@ -891,28 +888,36 @@ enum MHD_Result rp_handle_list(const center_req *r)
     return res;
 }
 
-enum MHD_Result rp_handle_get(const center_req *r)
+/* GET (cancel false) or DELETE (cancel true) of one replay: answered from its state under the
+ * list's lock (a start of the same name may replace a finished one meanwhile). */
+static enum MHD_Result one(const center_req *r, bool cancel)
 {
     pthread_mutex_lock(&M.mu);
     replay *x = find(r->arg[0], r->arg[1]);
-    pthread_mutex_unlock(&M.mu);
-    if (!x)
+    if (!x) {
+        pthread_mutex_unlock(&M.mu);
         return bad(r, 404, "name", "no replay '%s' on bus '%s'", r->arg[1], r->arg[0]);
-    return send_replay(r, 200, x);
-}
-
-enum MHD_Result rp_handle_cancel(const center_req *r)
-{
-    pthread_mutex_lock(&M.mu);
-    replay *x = find(r->arg[0], r->arg[1]);
-    pthread_mutex_unlock(&M.mu);
-    if (!x)
-        return bad(r, 404, "name", "no replay '%s' on bus '%s'", r->arg[1], r->arg[0]);
+    }
     int running = RP_RUNNING;
-    if (atomic_compare_exchange_strong(&x->state, &running, RP_CANCELLED)) {
+    if (cancel && atomic_compare_exchange_strong(&x->state, &running, RP_CANCELLED)) {
         atomic_store(&x->cancel, true);
         save(x);
         ebd_log(EBD_INFO, "msg=\"replay cancelled\" replay=%s bus=%s", x->name, x->bus);
     }
-    return send_replay(r, 200, x);
+    sbuf b = { 0 };
+    to_json(x, &b);
+    pthread_mutex_unlock(&M.mu);
+    enum MHD_Result res = (enum MHD_Result)ebd_send_json(r->c, 200, &b);
+    sb_free(&b);
+    return res;
+}
+
+enum MHD_Result rp_handle_get(const center_req *r)
+{
+    return one(r, false);
+}
+
+enum MHD_Result rp_handle_cancel(const center_req *r)
+{
+    return one(r, true);
 }
