@@ -245,4 +245,27 @@ get /v1/buses/main/replays/long >/dev/null
 [ "$(js '.state')" = cancelled ] && pass "the cancelled replay stays cancelled across the restart" ||
     fail "long after restart: $(cat "$WORK/answer")"
 
+# ---- a reload during a replay (it goes on with the new rules), then SIGTERM and a restart ----------
+st=$(post /v1/buses/main/replays application/json '{"name":"calm","since":"1h","rule":"rs"}')
+wait_for "$E2E_WAIT" count_ge "$WORK/slow.log" '"replay":"calm"' 3 || fail "calm did not start"
+st=$(post /v1/admin/reload application/json '')
+[ "$st" = 200 ] || fail "reload: $st $(cat "$WORK/answer")"
+n=$(count "$WORK/slow.log" '"replay":"calm"')
+wait_for "$E2E_WAIT" count_ge "$WORK/slow.log" '"replay":"calm"' $((n + 3)) && pass "a reload during a replay: it goes on" ||
+    fail "calm stopped at the reload"
+kill -TERM "$EBD"; wait "$EBD" 2>/dev/null; EBD=""
+grep '"name":"calm"' "$WORK/data/replays/main/calm.json" | grep -q '"state":"running"' ||
+    fail "a stopped daemon's replay is not saved running: $(cat "$WORK/data/replays/main/calm.json")"
+start_ebd
+wait_for "$E2E_WAIT" state_is calm done || fail "calm did not finish after the restart: $(cat "$WORK/answer")"
+missing=""
+i=1
+while [ $i -le 30 ]; do
+    grep -q "\"id\":\"s$i\".*\"replay\":\"calm\"" "$WORK/slow.log" || missing="$missing s$i"
+    i=$((i + 1))
+done
+[ -z "$missing" ] && [ "$(count "$WORK/slow.log" '"replay":"calm"')" = 30 ] &&
+    pass "SIGTERM during a replay: resumed exactly where it stopped (30 deliveries, none twice)" ||
+    fail "calm: $(count "$WORK/slow.log" '"replay":"calm"') deliveries, missing:$missing"
+
 finish
