@@ -48,17 +48,18 @@ static const char usage[] =
     "                                 every cursor (--fix first truncates a torn tail,\n"
     "                                 rebuilds indexes)\n"
     "  log dump DIR [--from OFFSET | --since TIME] [--json]\n"
-    "      [--until TIME] [--source S]   print a bus log's records in order, from an offset or\n"
-    "      [--type T] [--limit N]        the first appended at or after TIME (RFC 3339, or a\n"
-    "      [--order oldest|newest]       duration back from now: 24h); --source and --type\n"
+    "        [--until T] [--source S] print a bus log's records in order, from an offset or\n"
+    "        [--type T] [--limit N]   the first appended at or after TIME; T: RFC 3339, or\n"
+    "        [--order oldest|newest]  a duration back from now (24h); --source and --type\n"
     "                                 match exactly (a trailing * is a prefix)\n"
+    "  log cursors DIR [--json]       print a bus log's named cursors and cursor sets\n"
     "  replay --url URL --bus B --since T [--until T] [--rule R] [--target T] [--name N]\n"
-    "         [--token TOKEN] [--rate N]  start a replay on a running ebd and show its\n"
-    "                                 progress; --status NAME, --cancel NAME; --list\n"
+    "         [--rate N] [--token T]  replay a time range on a running ebd through its\n"
+    "                                 rules, showing its progress (--status NAME,\n"
+    "                                 --cancel NAME, --list)\n"
     "  replay --dry-run RULES.ebr --data DIR --bus B --since T [--until T] [--json]\n"
     "                                 per rule, how many events of the log it would have\n"
     "                                 matched, with sample ids; nothing is delivered\n"
-    "  log cursors DIR [--json]       print a bus log's named cursors and cursor sets\n"
     "  --help, --version\n"
     "\n"
     "exit status:\n"
@@ -69,7 +70,8 @@ static const char usage[] =
     "     events file, an event line that is not a JSON object)\n"
     "  4  ebc test: a transform failed for some event (and no event was invalid)\n"
     "  5  ebc log: the log has problems (each printed), or a record or a cursor could not\n"
-    "     be read\n";
+    "     be read\n"
+    "  6  ebc replay: the replay ended cancelled or failed (3: ebd refused or is not there)\n";
 
 /* Loads rules from .ebr source or an .ebc file (told apart by the file's first bytes, so that a
  * damaged .ebc is reported as one and not compiled as source); prints problems; NULL on failure,
