@@ -45,5 +45,7 @@ enum MHD_Result rp_handle_cancel(const center_req *r);
 void rp_start(ebd *d);
 void rp_stop(ebd *d);
 void rp_rules_swapped(ebd *d);
+/* The replays running now (for the metrics). */
+size_t rp_running(void);
 
 #endif

@@ -870,8 +870,24 @@ enum MHD_Result rp_handle_start(const center_req *r)
     return res;
 }
 
+size_t rp_running(void)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&M.mu);
+    for (replay *x = M.list; x; x = x->next)
+        n += atomic_load(&x->state) == RP_RUNNING;
+    pthread_mutex_unlock(&M.mu);
+    return n;
+}
+
 enum MHD_Result rp_handle_list(const center_req *r)
 {
+    pthread_rwlock_rdlock(&r->d->lock);
+    ebd_bus view;
+    bool known = ebd_bus_view(r->d, r->arg[0], strlen(r->arg[0]), &view);
+    pthread_rwlock_unlock(&r->d->lock);
+    if (!known)
+        return bad(r, 404, "bus", "no bus '%s'", r->arg[0]);
     sbuf b = { 0 };
     sb_puts(&b, "{\"replays\":[");
     pthread_mutex_lock(&M.mu);
