@@ -24,7 +24,7 @@ static const char usage[] =
     "usage: ebc replay --url URL --bus BUS --since TIME [--until TIME] [--rule RULE]\n"
     "                  [--target TARGET] [--name NAME] [--rate N] [--token TOKEN] [--no-wait]\n"
     "       ebc replay --url URL --bus BUS (--status NAME | --cancel NAME | --list) [--token T]\n"
-    "       ebc replay --dry-run RULES.ebr --data DIR --bus BUS --since TIME [--until TIME]\n"
+    "       ebc replay --dry-run RULES --data DIR --bus BUS --since TIME [--until TIME]\n"
     "                  [--json]\n"
     "TIME: RFC 3339 (2026-12-05T16:00:00Z) or a duration back from now (24h, 90m, 30s).\n"
     "Exit status: 0 done; 1 the rules have errors; 2 bad command line; 3 the daemon cannot be\n"
@@ -53,10 +53,19 @@ static int dry_run(const opts *o)
         fprintf(stderr, "ebc replay: %s\n", why);
         return RC_USAGE;
     }
-    cc_result res;
-    vm_program *p = cc_compile_file(o->dry, stderr, &res);
-    if (!p)
-        return RC_RULES;
+    /* RULES: .ebr source, or a compiled .ebc (told apart as ebc does, by the first bytes) */
+    vm_program *p;
+    if (vm_file_is_ebc(o->dry)) {
+        vm_error e;
+        if (!(p = vm_program_load(o->dry, &e))) {
+            fprintf(stderr, "%s: error: not a valid ruleset file: %s\n", o->dry, e.msg);
+            return RC_INPUT;
+        }
+    } else {
+        cc_result res;
+        if (!(p = cc_compile_file(o->dry, stderr, &res)))
+            return RC_RULES;
+    }
     uint32_t bus = dr_bus_index(p, o->bus);
     if (bus == VM_NONE) {
         fprintf(stderr, "ebc replay: %s declares no bus '%s'\n", o->dry, o->bus);
