@@ -479,6 +479,10 @@ static void *replay_main(void *arg)
                 ctx = vm_ctx_new(r->p, &o);
                 ctx_rules = r;
             }
+            if (!ctx) {
+                set_error(x, "out of memory (a matching context)");
+                fatal = true;
+            }
             bool done = ctx && replay_event(x, r, ctx, &chunk[i], &fatal);
             release_rules();
             if (!done)
