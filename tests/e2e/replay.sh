@@ -48,7 +48,7 @@ rule rb on main { match type == "b" to hook, f }
 rule rs on main { match type == "s" to slow }
 EOF
 "$BIN/e2e_receiver" $PR "$WORK/recv.log" & PIDS="$PIDS $!"
-"$BIN/e2e_receiver" $PS "$WORK/slow.log" --delay 150 & PIDS="$PIDS $!"
+"$BIN/e2e_receiver" $PS "$WORK/slow.log" --delay 100 & PIDS="$PIDS $!"
 start_ebd
 
 # ---- 20 events: e1..e20, odd ones type a, even ones type b, source src(i % 3) ------------------
