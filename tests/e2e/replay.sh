@@ -46,6 +46,11 @@ target f file "out/f.jsonl"
 rule ra on main { match type == "a" to hook, other }
 rule rb on main { match type == "b" to hook, f }
 rule rs on main { match type == "s" to slow }
+target bad http "http://127.0.0.1:1/nothing-listens" {
+  retry none
+  dead_letter file "dlq/bad.jsonl"
+}
+rule rd on main { match type == "d" to bad }
 EOF
 "$BIN/e2e_receiver" $PR "$WORK/recv.log" & PIDS="$PIDS $!"
 "$BIN/e2e_receiver" $PS "$WORK/slow.log" --delay 100 & PIDS="$PIDS $!"
@@ -197,6 +202,21 @@ for q in '{"since":"1h","rule":"nope"}|404|rule' '{"since":"1h","target":"nope"}
 done
 st=$(post /v1/buses/nope/replays application/json '{"since":"1h"}')
 [ "$st" = 404 ] && pass "replay on an unknown bus -> 404" || fail "unknown bus replay: $st"
+
+# ---- a delivery that fails: the replay's dead letter ---------------------------------------------
+for i in 1 2; do
+    post /v1/buses/main/events application/cloudevents+json \
+        "{\"specversion\":\"1.0\",\"id\":\"d$i\",\"source\":\"dl\",\"type\":\"d\"}" >/dev/null
+done
+wait_for "$E2E_WAIT" count_ge "$WORK/data/dlq/bad.jsonl" . 2 || fail "live dead letters"
+st=$(post /v1/buses/main/replays application/json '{"name":"dl","since":"1h","rule":"rd"}')
+wait_for "$E2E_WAIT" state_is dl done || fail "dl did not finish"
+[ "$(js '[.matched, .delivered, .failed, .dead_lettered] | join(",")')" = "2,0,2,2" ] &&
+    js '.error' | grep -q "nothing-listens" &&
+    [ "$(count "$WORK/data/dlq/bad.jsonl" '"offset":.*"replay":"dl"}$')" = 2 ] &&
+    grep '"replay":"dl"}$' "$WORK/data/dlq/bad.jsonl" | grep -q '"event":{.*"id":"d1".*"replay":"dl"}' &&
+    pass "a replayed delivery that fails: dead-lettered with replay=dl, counted, its error shown" ||
+    fail "dl: $(cat "$WORK/answer"); $(tail -1 "$WORK/data/dlq/bad.jsonl")"
 
 # ---- cancel: a long replay against a slow receiver ------------------------------------------------
 i=1
