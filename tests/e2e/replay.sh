@@ -161,6 +161,13 @@ printf 'bus main\nrule x on main { match type == to nowhere }\n' >"$WORK/bad.ebr
 st=$(post "/v1/buses/main/dry-run?since=1h" text/plain "@$WORK/bad.ebr")
 [ "$st" = 400 ] && js '.messages' | grep -q "dry-run.ebr:2:" && pass "dry run: compile errors -> 400 with positions" ||
     fail "dry run bad rules: $st $(cat "$WORK/answer")"
+printf 'bus main\nimport # a comment\n  "/etc/passwd"\n' >"$WORK/imp.ebr"
+st=$(post "/v1/buses/main/dry-run?since=1h" text/plain "@$WORK/imp.ebr")
+[ "$st" = 400 ] && js '.error' | grep -q "dry-run.ebr:2: a dry run imports the standard templates only" &&
+    pass "dry run: a file import -> 400" || fail "dry run import: $st $(cat "$WORK/answer")"
+printf 'import "stdlib/slack"\n' | cat - "$WORK/dry.ebr" >"$WORK/std.ebr"
+st=$(post "/v1/buses/main/dry-run?since=1h" text/plain "@$WORK/std.ebr")
+[ "$st" = 200 ] && pass "dry run: a standard template import is fine" || fail "stdlib import: $st $(cat "$WORK/answer")"
 st=$(post "/v1/buses/main/dry-run" text/plain "@$WORK/dry.ebr")
 [ "$st" = 400 ] && [ "$(js '.field')" = since ] && pass "dry run without since -> 400" || fail "no since: $st"
 
