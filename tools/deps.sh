@@ -5,7 +5,7 @@
 set -eu
 
 PKGS="cmake make gcc pkg-config re2c lemon libcjson-dev libcriterion-dev \
-      libcurl4-openssl-dev libmicrohttpd-dev libnats-dev nats-server curl openssl"
+      libcurl4-openssl-dev libmicrohttpd-dev libpcre2-dev libnats-dev nats-server curl openssl"
 case "${1:-}" in
     bench) PKGS="$PKGS gnuplot-nox python3" ;;    # charts; the scaling workload's generator
     fuzz)  PKGS="$PKGS clang libclang-rt-dev" ;;  # libFuzzer comes with clang's runtime

@@ -1,0 +1,282 @@
+/*
+ * test_schema.c — the JSON Schema validator (runtime/schema/validate.c, format.c) against the
+ * official JSON-Schema-Test-Suite for draft 2020-12 (../shared/conformance/json-schema, or
+ * $EBR_SHARED/conformance/json-schema), and direct tests of its error reports.
+ *
+ * Every file listed in `claimed` must pass whole: every test of every group, except groups that
+ * need a document from outside the suite's file (a remote http://localhost:1234/ one, or the
+ * draft's meta-schema), which are counted apart.  The other files run too, for the table only.
+ * The table goes to stderr; docs/schemas.md keeps a copy.
+ */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../runtime/schema/schema.h"
+
+static const char *const claimed[] = {
+    "additionalProperties.json", "allOf.json", "anchor.json", "anyOf.json", "boolean_schema.json",
+    "const.json", "contains.json", "content.json", "default.json", "defs.json",
+    "dependentRequired.json", "dependentSchemas.json", "dynamicRef.json", "enum.json",
+    "exclusiveMaximum.json", "exclusiveMinimum.json", "format.json", "if-then-else.json",
+    "infinite-loop-detection.json", "items.json", "maxContains.json", "maxItems.json",
+    "maxLength.json", "maxProperties.json", "maximum.json", "minContains.json", "minItems.json",
+    "minLength.json", "minProperties.json", "minimum.json", "multipleOf.json", "not.json",
+    "oneOf.json", "pattern.json", "patternProperties.json", "prefixItems.json",
+    "properties.json", "propertyNames.json", "ref.json", "required.json", "type.json",
+    "unevaluatedItems.json", "unevaluatedProperties.json", "uniqueItems.json",
+    "optional/format/date-time.json", "optional/format/uri.json", "optional/format/email.json",
+    "optional/format/uuid.json", "optional/format/ipv6.json",
+    NULL,
+};
+
+/* Files claimed but for tests that cannot pass, each with its reason: the count must be exact
+ * (one more failure fails the test, and so does one fewer: then claim the file whole). */
+static const struct {
+    const char *file;
+    int fail;
+    const char *why;
+} partial[] = {
+    { "optional/format/ipv4.json", 1, "a string holding U+0000: cJSON's strings end at a NUL, "
+                                      "so what follows it is not seen" },
+    { NULL, 0, NULL },
+};
+
+/* The suite's folder. */
+static const char *suite_dir(void)
+{
+    static char dir[1024];
+    const char *shared = getenv("EBR_SHARED");
+    snprintf(dir, sizeof dir, "%s/conformance/json-schema/draft2020-12",
+             shared && *shared ? shared : EBR_SHARED_DIR);
+    return dir;
+}
+
+/* The whole of file path, or NULL. */
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)n + 1);
+    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
+        free(b);
+        b = NULL;
+    }
+    if (b)
+        b[n] = '\0';
+    fclose(f);
+    return b;
+}
+
+typedef struct {
+    int tests, passed, groups, groups_whole, outside, outside_passed;
+    char first_failure[512];
+} tally;
+
+/* Does the group need a document the suite's file does not hold? */
+static bool needs_outside(const cJSON *schema)
+{
+    char *t = cJSON_PrintUnformatted(schema);
+    bool r = t && (strstr(t, "localhost:1234") ||
+                   strstr(t, "\"$ref\":\"https://json-schema.org/") ||
+                   strstr(t, "\"$schema\":\"http://localhost"));
+    free(t);
+    return r;
+}
+
+/* Runs one file of the suite. */
+static void run_file(const char *rel, tally *t)
+{
+    char path[1200];
+    snprintf(path, sizeof path, "%s/%s", suite_dir(), rel);
+    char *text = slurp(path);
+    cr_assert_not_null(text, "cannot read %s", path);
+    cJSON *groups = cJSON_Parse(text);
+    free(text);
+    cr_assert_not_null(groups, "%s is not JSON", path);
+    const cJSON *g;
+    cJSON_ArrayForEach(g, groups) {
+        const cJSON *schema = cJSON_GetObjectItem(g, "schema");
+        const char *gdesc = cJSON_GetObjectItem(g, "description")->valuestring;
+        bool outside = needs_outside(schema);
+        char err[512];
+        sch_schema *s = sch_compile(schema, strncmp(rel, "optional/format/", 16) == 0 ? SCH_FORMATS : 0,
+                                    err, sizeof err);
+        bool whole = true;
+        const cJSON *c;
+        cJSON_ArrayForEach(c, cJSON_GetObjectItem(g, "tests")) {
+            bool want = cJSON_IsTrue(cJSON_GetObjectItem(c, "valid"));
+            sch_error e;
+            bool got = s && sch_validate(s, cJSON_GetObjectItem(c, "data"), &e);
+            bool ok = s && got == want;
+            if (outside) {
+                t->outside++;
+                t->outside_passed += ok;
+                continue;
+            }
+            t->tests++;
+            t->passed += ok;
+            if (!ok) {
+                whole = false;
+                if (!t->first_failure[0])
+                    snprintf(t->first_failure, sizeof t->first_failure, "%.150s / %.150s: %.200s", gdesc,
+                             cJSON_GetObjectItem(c, "description")->valuestring,
+                             !s ? err : got ? "valid, expected invalid" : e.message);
+            }
+        }
+        if (!outside) {
+            t->groups++;
+            t->groups_whole += whole;
+        }
+        sch_free(s);
+    }
+    cJSON_Delete(groups);
+}
+
+/* Is rel one of the claimed files?  *known gets the failures it is known to have. */
+static bool is_claimed(const char *rel, int *known)
+{
+    *known = 0;
+    for (int i = 0; partial[i].file; i++)
+        if (strcmp(partial[i].file, rel) == 0) {
+            *known = partial[i].fail;
+            return true;
+        }
+    for (int i = 0; claimed[i]; i++)
+        if (strcmp(claimed[i], rel) == 0)
+            return true;
+    return false;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The .json files of the suite's folder sub ("" or "optional/" ...), sorted, appended to v. */
+static size_t list_dir(const char *sub, char **v, size_t at, size_t cap)
+{
+    char dir[1200];
+    snprintf(dir, sizeof dir, "%s/%s", suite_dir(), sub);
+    DIR *d = opendir(dir);
+    if (!d)
+        return at;
+    size_t first = at;
+    struct dirent *e;
+    while ((e = readdir(d)) && at < cap) {
+        size_t l = strlen(e->d_name);
+        if (l > 5 && strcmp(e->d_name + l - 5, ".json") == 0) {
+            char *s = malloc(strlen(sub) + l + 1);
+            sprintf(s, "%s%s", sub, e->d_name);
+            v[at++] = s;
+        }
+    }
+    closedir(d);
+    qsort(v + first, at - first, sizeof *v, cmp_str);
+    return at;
+}
+
+Test(schema_suite, draft2020_12_files_pass_whole, .timeout = 120)
+{
+    char *files[256];
+    size_t n = list_dir("", files, 0, 256);
+    n = list_dir("optional/", files, n, 256);
+    n = list_dir("optional/format/", files, n, 256);
+    cr_assert_gt(n, 40, "the suite is not at %s", suite_dir());
+    for (int i = 0; claimed[i]; i++) {
+        bool found = false;
+        for (size_t k = 0; k < n; k++)
+            found |= strcmp(files[k], claimed[i]) == 0;
+        cr_expect(found, "claimed file %s is not in the suite", claimed[i]);
+    }
+    fprintf(stderr, "\nJSON-Schema-Test-Suite draft2020-12 (%s)\n", suite_dir());
+    fprintf(stderr, "%-40s %-8s %-9s %-7s %s\n", "file", "claimed", "tests", "groups",
+            "needs outside documents");
+    int all = 0, all_passed = 0;
+    for (size_t k = 0; k < n; k++) {
+        tally t = { 0 };
+        run_file(files[k], &t);
+        int known;
+        bool claim = is_claimed(files[k], &known);
+        char tests[32], groups[32], outside[32] = "";
+        snprintf(tests, sizeof tests, "%d/%d", t.passed, t.tests);
+        snprintf(groups, sizeof groups, "%d/%d", t.groups_whole, t.groups);
+        if (t.outside)
+            snprintf(outside, sizeof outside, "%d/%d", t.outside_passed, t.outside);
+        fprintf(stderr, "%-40s %-8s %-9s %-7s %s\n", files[k], !claim ? "no" : known ? "partly" : "yes", tests,
+                groups, outside);
+        if (claim) {
+            all += t.tests;
+            all_passed += t.passed;
+            cr_expect_eq(t.passed, t.tests - known, "%s: %d of %d tests fail (%d known); first: %s",
+                         files[k], t.tests - t.passed, t.tests, known, t.first_failure);
+        }
+        free(files[k]);
+    }
+    fprintf(stderr, "claimed files: %d/%d tests pass\n", all_passed, all);
+}
+
+/* Validates instance text against schema text; returns the error (static) or NULL. */
+static const sch_error *check(const char *schema, const char *instance)
+{
+    static sch_error e;
+    char err[256];
+    sch_schema *s = sch_compile_text(schema, strlen(schema), SCH_FORMATS, err, sizeof err);
+    cr_assert_not_null(s, "schema does not compile: %s", err);
+    cJSON *i = cJSON_Parse(instance);
+    cr_assert_not_null(i);
+    bool ok = sch_validate(s, i, &e);
+    cJSON_Delete(i);
+    sch_free(s);
+    return ok ? NULL : &e;
+}
+
+Test(schema, errors_name_the_instance_path_and_the_keyword)
+{
+    const char *sch = "{\"properties\":{\"items\":{\"items\":{\"properties\":"
+                      "{\"price\":{\"type\":\"number\",\"minimum\":0}}}}}}";
+    const sch_error *e = check(sch, "{\"items\":[{\"price\":1},{\"price\":-2}]}");
+    cr_assert_not_null(e);
+    cr_expect_str_eq(e->path, "/items/1/price");
+    cr_expect_str_eq(e->keyword, "minimum");
+    cr_expect_str_eq(e->message, "-2 is less than the minimum 0");
+    e = check("{\"required\":[\"a\"]}", "{}");
+    cr_assert_not_null(e);
+    cr_expect_str_eq(e->path, "");
+    cr_expect_str_eq(e->keyword, "required");
+    e = check("{\"properties\":{\"a/b~c\":{\"type\":\"string\"}}}", "{\"a/b~c\":1}");
+    cr_assert_not_null(e);
+    cr_expect_str_eq(e->path, "/a~1b~0c");
+    cr_expect_str_eq(e->keyword, "type");
+    e = check("{\"additionalProperties\":false}", "{\"x\":1}");
+    cr_assert_not_null(e);
+    cr_expect_str_eq(e->keyword, "additionalProperties");
+    cr_expect_null(check("{\"type\":\"integer\",\"const\":1}", "1.0"));
+    cr_expect_null(check("{\"multipleOf\":0.01}", "19.99"));
+}
+
+Test(schema, bad_schemas_are_refused_with_where_and_why)
+{
+    char err[256];
+    const char *bad[][2] = {
+        { "{\"properties\":{\"a\":3}}", "/properties/a: a schema must be an object or a boolean" },
+        { "{\"pattern\":\"(\"}", "bad pattern" },
+        { "{\"$ref\":\"#/$defs/nope\"}", "resolves to no schema" },
+        { "[1]", "a schema must be an object or a boolean" },
+        { "{\"allOf\":[]}", "allOf must be a non-empty array" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        sch_schema *s = sch_compile_text(bad[i][0], strlen(bad[i][0]), 0, err, sizeof err);
+        cr_expect_null(s, "%s compiled", bad[i][0]);
+        cr_expect(strstr(err, bad[i][1]) != NULL, "%s: %s", bad[i][0], err);
+        sch_free(s);
+    }
+    cr_expect_null(sch_compile_text("{", 1, 0, err, sizeof err));
+    cr_expect(strstr(err, "not JSON") != NULL, "%s", err);
+}
