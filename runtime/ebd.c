@@ -21,6 +21,7 @@
 #include "../compiler/compiler.h"
 #include "command.h"
 #include "ebd_int.h"
+#include "schema/schema.h"
 
 #define DEFAULT_MAX_EVENT (256u << 10)
 /* Ingest's limits (docs/ebd.md, "Limits").  Connections: 10,000 or half the descriptors, a
@@ -122,6 +123,7 @@ bool ebd_bus_view(ebd *d, const char *name, size_t n, ebd_bus *view)
             *view = *d->buses[r->bus_of[b]];
             view->token = r->bus_token[b];
             view->max_event = r->bus_max[b];
+            view->schemas = sch_set_bus(r->schemas, b);
             return true;
         }
     return false;
@@ -312,6 +314,8 @@ static ebd_rules *make_rules(ebd *d, vm_program *loaded, sbuf *errors)
     pthread_rwlock_unlock(&d->lock);
     if (ok)
         ok = ebd_rules_prepare(d, r, err, sizeof err);
+    if (ok)
+        ok = (r->schemas = sch_set_load(p, d->data_dir, err, sizeof err)) != NULL;
     if (!ok) {
         sb_printf(errors, "%s: %s\n", io ? "ebd" : d->rules_path, err);
         ebd_rules_free(r);

@@ -122,6 +122,7 @@ typedef struct {
     ebd_book *book;               /* deliver.c: the pairs' positions, as last committed */
     const char *token;            /* in a view: bearer token for puts, or NULL */
     uint64_t max_event;           /* in a view: the largest event */
+    const struct sch_bus *schemas; /* in a view: its bound schemas (runtime/schema), or NULL */
 } ebd_bus;
 
 typedef struct ebd ebd;
@@ -144,6 +145,7 @@ struct ebd_rules {
     char **bus_token;             /* p's bus index -> its token (NULL: none) */
     uint64_t *bus_max;            /* p's bus index -> its max_event_size */
     char *admin_token;
+    struct sch_set *schemas;      /* the buses' bound schemas (runtime/schema/enforce.c) */
 };
 
 struct ebd {

@@ -42,6 +42,12 @@ sch_schema *sch_compile(const cJSON *schema, unsigned flags, char *err, size_t c
 sch_schema *sch_compile_text(const char *s, size_t n, unsigned flags, char *err, size_t cap);
 void sch_free(sch_schema *s);
 
+/* path relative to the directory of rules_file (path itself when absolute): a new string. */
+char *sch_resolve_path(const char *rules_file, const char *path);
+/* Reads and compiles the schema file at path; NULL with the reason in err ("cannot read it:
+ * ...", "not JSON (line L, column C)", "not a schema: ..."). */
+sch_schema *sch_load_file(const char *path, unsigned flags, char *err, size_t cap);
+
 /* Is instance valid under s?  On false fills *e (may be NULL).  Safe from several threads at
  * once on one s. */
 bool sch_validate(const sch_schema *s, const cJSON *instance, sch_error *e);
@@ -78,35 +84,41 @@ int sch_infer_cli(const char *path, FILE *out, FILE *err);
 /* ---- enforcement (ebd) ----------------------------------------------------------------------- */
 
 typedef struct ebd ebd;
-typedef struct ebd_rules ebd_rules;
 typedef struct vm_program vm_program;
 
-enum { SCH_REJECT, SCH_DEAD_LETTER, SCH_ACCEPT };
+/* What a bus does with an event its bound schema finds invalid. */
+enum { SCH_ON_REJECT, SCH_ON_DEAD_LETTER, SCH_ON_ACCEPT };
 
-/* A bus's bound schemas, as one ruleset loaded them. */
-typedef struct sch_binding {
-    char *type;                   /* the event type it applies to */
-    sch_schema *schema;
-    char *file;                   /* as resolved */
-    int on_invalid;               /* SCH_REJECT, ... */
-} sch_binding;
-
-/* Loads the bus options `schema "TYPE" file "PATH" on_invalid MODE` of program p (PATH relative
- * to rules_dir).  Returns an array (*n entries, per p's bus index: bind[bus] has nbind[bus]) or
- * false with the reason in err. */
+/* A ruleset's bound schemas, per bus of its program; loaded with the rules, freed with them. */
 typedef struct sch_set sch_set;
-sch_set *sch_set_load(const vm_program *p, const char *rules_dir, char *err, size_t cap);
-void sch_set_free(sch_set *s);
+typedef struct sch_bus sch_bus;
 
-/* What ingest does with event text ev[0..n) (a checked CloudEvent) of type for program bus pbus:
- * SCH_ACCEPT when no schema binds its type or it is valid (or invalid under on_invalid accept);
- * SCH_REJECT with the message in why; SCH_DEAD_LETTER after appending the event to the bus's
- * dead-letter file (DATA/BUS.invalid.jsonl), why holding the reason. */
-int sch_check_event(const sch_set *s, uint32_t pbus, const char *bus_name, const char *data_dir,
-                    const char *ev, size_t n, char *why, size_t cap);
-/* Events stored although invalid (on_invalid accept), and dead-lettered, since ebd started. */
-uint64_t sch_invalid_accepted(void);
-uint64_t sch_invalid_dead_lettered(void);
+/* Loads the `schema "TYPE" file "PATH" on_invalid MODE` options of p's buses (PATH relative to
+ * the directory of the rules file that says it); dead-letter files go under data_dir as
+ * BUS.invalid.jsonl.  NULL with the reason (naming the bus and file) in err. */
+sch_set *sch_set_load(const vm_program *p, const char *data_dir, char *err, size_t cap);
+void sch_set_free(sch_set *s);
+/* The bindings of p's bus pbus, or NULL when it binds none. */
+const sch_bus *sch_set_bus(const sch_set *s, uint32_t pbus);
+
+/* What ingest does with ev[0..n) (a checked CloudEvent) on bus b (may be NULL); why gets
+ * `schema "TYPE": /instance/path: keyword: message` when it is invalid. */
+enum {
+    SCH_STORE,                    /* no schema for its type, valid, or invalid and on_invalid accept */
+    SCH_REFUSE,                   /* invalid, on_invalid reject: answer 400 with why */
+    SCH_DIVERT,                   /* invalid, on_invalid dead_letter: sch_divert it, store nothing */
+};
+int sch_ingest(const sch_bus *b, const char *ev, size_t n, char *why, size_t cap);
+/* Appends ev with why to b's dead-letter file (synced); false when it cannot (logged). */
+bool sch_divert(const sch_bus *b, const char *ev, size_t n, const char *why);
+/* The dead-letter file of b. */
+const char *sch_divert_path(const sch_bus *b);
+
+/* Invalid events since ebd started: stored anyway (accept), dead-lettered, refused. */
+typedef struct {
+    uint64_t accepted, dead_lettered, rejected;
+} sch_counts;
+sch_counts sch_invalid_counts(void);
 
 /* ---- discovery (ebd) ------------------------------------------------------------------------- */
 

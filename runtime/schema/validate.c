@@ -15,6 +15,7 @@
  * unevaluated* keywords, and on success hands them to the schema that applied it.
  */
 #include <ctype.h>
+#include <errno.h>
 #include <float.h>
 #include <math.h>
 #include <stdarg.h>
@@ -450,6 +451,76 @@ static bool re_search(const pcre2_code *re, const char *s)
 
 static void walk(comp *c, const cJSON *n, int res);
 
+/* Is v a non-negative integer? */
+static bool is_count(const cJSON *v)
+{
+    return cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble == floor(v->valuedouble);
+}
+
+/* Is v an array of strings? */
+static bool is_names(const cJSON *v)
+{
+    if (!cJSON_IsArray(v))
+        return false;
+    for (const cJSON *x = v->child; x; x = x->next)
+        if (!cJSON_IsString(x))
+            return false;
+    return true;
+}
+
+/* Checks the values of the validation keywords of schema object n (what the meta-schema says
+ * of them), so that a schema with {"type": 3} or {"minimum": "5"} is refused, not ignored. */
+static void check_values(comp *c, const cJSON *n)
+{
+    static const char *const types[] = { "null", "boolean", "object", "array", "number",
+                                         "string", "integer", NULL };
+    static const char *const nums[] = { "minimum", "maximum", "exclusiveMinimum",
+                                        "exclusiveMaximum", NULL };
+    static const char *const counts[] = { "minLength", "maxLength", "minItems", "maxItems",
+        "minProperties", "maxProperties", "minContains", "maxContains", NULL };
+    for (const cJSON *k = n->child; k && !c->failed; k = k->next) {
+        const char *key = k->string;
+        if (strcmp(key, "type") == 0) {
+            const cJSON *one = k;
+            bool ok = cJSON_IsString(k) || (cJSON_IsArray(k) && k->child);
+            for (const cJSON *t = cJSON_IsArray(k) ? k->child : one; ok && t;
+                 t = cJSON_IsArray(k) ? t->next : NULL) {
+                bool known = false;
+                for (int i = 0; types[i] && cJSON_IsString(t); i++)
+                    known |= strcmp(t->valuestring, types[i]) == 0;
+                ok = known;
+            }
+            if (!ok)
+                comp_fail(c, "type must be one of null, boolean, object, array, number, string, "
+                          "integer, or a list of them");
+        }
+        for (int i = 0; nums[i]; i++)
+            if (strcmp(key, nums[i]) == 0 && !cJSON_IsNumber(k))
+                comp_fail(c, "%s must be a number", key);
+        for (int i = 0; counts[i]; i++)
+            if (strcmp(key, counts[i]) == 0 && !is_count(k))
+                comp_fail(c, "%s must be a non-negative integer", key);
+        if (strcmp(key, "multipleOf") == 0 && !(cJSON_IsNumber(k) && k->valuedouble > 0))
+            comp_fail(c, "multipleOf must be a number greater than 0");
+        if (strcmp(key, "required") == 0 && !is_names(k))
+            comp_fail(c, "required must be a list of property names");
+        if (strcmp(key, "enum") == 0 && !cJSON_IsArray(k))
+            comp_fail(c, "enum must be a list");
+        if (strcmp(key, "uniqueItems") == 0 && !cJSON_IsBool(k))
+            comp_fail(c, "uniqueItems must be true or false");
+        if ((strcmp(key, "format") == 0 || strcmp(key, "$anchor") == 0 ||
+             strcmp(key, "$dynamicAnchor") == 0) && !cJSON_IsString(k))
+            comp_fail(c, "%s must be a string", key);
+        if (strcmp(key, "dependentRequired") == 0) {
+            bool ok = cJSON_IsObject(k);
+            for (const cJSON *d = ok ? k->child : NULL; d; d = d->next)
+                ok &= is_names(d);
+            if (!ok)
+                comp_fail(c, "dependentRequired must map names to lists of names");
+        }
+    }
+}
+
 /* Walks child schema n under keyword seg (and member name sub, or index idx >= 0). */
 static void walk_child(comp *c, const cJSON *n, int res, const char *seg, const char *sub, int idx)
 {
@@ -501,6 +572,7 @@ static void walk(comp *c, const cJSON *n, int res)
         e->res = r;
         res = r;
     }
+    check_values(c, n);
     const cJSON *a = cJSON_GetObjectItemCaseSensitive(n, "$anchor");
     if (cJSON_IsString(a))
         add_anchor(c, a->valuestring, res, n, false);
@@ -1361,4 +1433,70 @@ bool sch_validate(const sch_schema *s, const cJSON *instance, sch_error *e)
     bool ok = v_schema(x, s->root, 0, instance, NULL);
     free(x);
     return ok;
+}
+
+/* ---- files ------------------------------------------------------------------------------------ */
+
+char *sch_resolve_path(const char *rules_file, const char *path)
+{
+    const char *slash = rules_file ? strrchr(rules_file, '/') : NULL;
+    size_t dl = path[0] == '/' || !slash ? 0 : (size_t)(slash - rules_file) + 1;
+    char *out = malloc(dl + strlen(path) + 1);
+    if (out) {
+        memcpy(out, rules_file, dl);
+        strcpy(out + dl, path);
+    }
+    return out;
+}
+
+sch_schema *sch_load_file(const char *path, unsigned flags, char *err, size_t cap)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, cap, "cannot read it: %s", strerror(errno));
+        return NULL;
+    }
+    char *text = NULL;
+    size_t n = 0, capt = 0;
+    for (;;) {
+        if (n + 4096 > capt) {
+            char *t = realloc(text, capt = capt * 2 + 8192);
+            if (!t) {
+                free(text);
+                fclose(f);
+                snprintf(err, cap, "out of memory");
+                return NULL;
+            }
+            text = t;
+        }
+        size_t k = fread(text + n, 1, capt - n, f);
+        n += k;
+        if (k == 0)
+            break;
+    }
+    bool rerr = ferror(f);
+    fclose(f);
+    if (rerr) {
+        free(text);
+        snprintf(err, cap, "cannot read it");
+        return NULL;
+    }
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithLengthOpts(text, n, &end, false);
+    if (!j) {
+        size_t at = end && end >= text ? (size_t)(end - text) : 0, line = 1, col = 1;
+        for (size_t i = 0; i < at && i < n; i++, col++)
+            if (text[i] == '\n')
+                line++, col = 0;
+        free(text);
+        snprintf(err, cap, "not JSON (line %zu, column %zu)", line, col);
+        return NULL;
+    }
+    free(text);
+    char why[500];
+    sch_schema *s = sch_compile(j, flags, why, sizeof why);
+    cJSON_Delete(j);
+    if (!s)
+        snprintf(err, cap, "not a schema: %s", why);
+    return s;
 }

@@ -270,6 +270,12 @@ Test(schema, bad_schemas_are_refused_with_where_and_why)
         { "{\"$ref\":\"#/$defs/nope\"}", "resolves to no schema" },
         { "[1]", "a schema must be an object or a boolean" },
         { "{\"allOf\":[]}", "allOf must be a non-empty array" },
+        { "{\"type\":3}", "type must be one of" },
+        { "{\"items\":{\"type\":[\"string\",\"int\"]}}", "/items: type must be one of" },
+        { "{\"minimum\":\"5\"}", "minimum must be a number" },
+        { "{\"minLength\":-1}", "minLength must be a non-negative integer" },
+        { "{\"multipleOf\":0}", "multipleOf must be a number greater than 0" },
+        { "{\"required\":[1]}", "required must be a list of property names" },
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         sch_schema *s = sch_compile_text(bad[i][0], strlen(bad[i][0]), 0, err, sizeof err);
