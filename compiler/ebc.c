@@ -12,6 +12,7 @@
 
 #include "compiler.h"
 #include "../runtime/runtime.h"
+#include "../runtime/schema/schema.h"
 
 enum {
     EXIT_OK = 0,
@@ -43,6 +44,8 @@ static const char usage[] =
     "  disasm RULES                   print each rule's bytecode (RULES is .ebr or .ebc)\n"
     "  explain RULES                  draw each bus's index as a tree\n"
     "  opcodes                        print the VM's opcode reference (Markdown)\n"
+    "  schema infer EVENTS.jsonl      infer a JSON Schema per (source, type) of the events, one\n"
+    "                                 CloudEvent a line (docs/schemas.md)\n"
     "  log check DIR [--fix]          verify a bus log offline: every record, every index,\n"
     "                                 every cursor (--fix first truncates a torn tail,\n"
     "                                 rebuilds indexes)\n"
@@ -958,7 +961,7 @@ int main(int argc, char **argv)
     static const struct { const char *name; int (*run)(int, char **); } cmds[] = {
         { "compile", cmd_compile }, { "check", cmd_check }, { "test", cmd_test },
         { "disasm", cmd_disasm }, { "opcodes", cmd_opcodes }, { "bench", cmd_bench },
-        { "explain", cmd_explain }, { "log", cmd_log },
+        { "explain", cmd_explain }, { "log", cmd_log }, { "schema", sch_cli },
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name))

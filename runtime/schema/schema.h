@@ -76,6 +76,8 @@ cJSON *sch_infer_schema(const sch_infer *g);
 cJSON *sch_infer_save(const sch_infer *g);
 sch_infer *sch_infer_load(const cJSON *saved);
 
+/* `ebc schema ...` (argv after "schema"): 0, 2 for a usage error, 3 for a bad input. */
+int sch_cli(int argc, char **argv);
 /* `ebc schema infer FILE`: reads one CloudEvent per line of path and prints
  * {"schemas":[{"source","type","events","schema"}]} to out.  0, or 1 with the error
  * (file:line: why) on err. */

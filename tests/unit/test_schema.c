@@ -286,3 +286,131 @@ Test(schema, bad_schemas_are_refused_with_where_and_why)
     cr_expect_null(sch_compile_text("{", 1, 0, err, sizeof err));
     cr_expect(strstr(err, "not JSON") != NULL, "%s", err);
 }
+
+/* ---- inference ------------------------------------------------------------------------------- */
+
+/* The schema inferred from the JSON texts evs (n of them), as compact text (static). */
+static const char *infer(const char *const *evs, size_t n)
+{
+    static char out[4096];
+    sch_infer *g = sch_infer_new();
+    cr_assert_not_null(g);
+    for (size_t i = 0; i < n; i++) {
+        cJSON *j = cJSON_Parse(evs[i]);
+        cr_assert_not_null(j, "%s", evs[i]);
+        cr_assert(sch_infer_add(g, j));
+        cJSON_Delete(j);
+    }
+    cJSON *s = sch_infer_schema(g);
+    char *t = cJSON_PrintUnformatted(s);
+    snprintf(out, sizeof out, "%s", t);
+    free(t);
+    cJSON_Delete(s);
+    sch_infer_free(g);
+    const char *pre = "{\"$schema\":\"https://json-schema.org/draft/2020-12/schema\",";
+    cr_assert(strncmp(out, pre, strlen(pre)) == 0, "%s", out);
+    memmove(out + 1, out + strlen(pre), strlen(out + strlen(pre)) + 1);
+    return out;
+}
+
+Test(infer, types_integer_number_and_required)
+{
+    const char *a[] = { "{\"n\":1,\"s\":\"x\",\"b\":true}", "{\"n\":2,\"z\":null}" };
+    cr_expect_str_eq(infer(a, 2), "{\"type\":\"object\",\"properties\":{\"b\":{\"type\":\"boolean\"},"
+                     "\"n\":{\"type\":\"integer\"},\"s\":{\"type\":\"string\"},\"z\":{\"type\":\"null\"}},"
+                     "\"required\":[\"n\"]}");
+    const char *b[] = { "{\"n\":1}", "{\"n\":1.5}", "{\"n\":2.0}" };
+    cr_expect_str_eq(infer(b, 3), "{\"type\":\"object\",\"properties\":{\"n\":{\"type\":\"number\"}},"
+                     "\"required\":[\"n\"]}");
+    const char *c[] = { "1", "\"x\"", "[]" };
+    cr_expect_str_eq(infer(c, 3), "{\"type\":[\"array\",\"integer\",\"string\"]}");
+}
+
+Test(infer, arrays_merge_their_items)
+{
+    const char *a[] = { "{\"items\":[{\"sku\":\"a\",\"n\":1},{\"sku\":\"b\"}]}",
+                        "{\"items\":[{\"sku\":\"c\",\"gift\":true}]}", "{\"items\":[]}" };
+    cr_expect_str_eq(infer(a, 3), "{\"type\":\"object\",\"properties\":{\"items\":{\"type\":\"array\","
+                     "\"items\":{\"type\":\"object\",\"properties\":{\"gift\":{\"type\":\"boolean\"},"
+                     "\"n\":{\"type\":\"integer\"},\"sku\":{\"type\":\"string\"}},\"required\":[\"sku\"]}}},"
+                     "\"required\":[\"items\"]}");
+}
+
+Test(infer, formats_only_when_every_value_has_one_and_no_enums)
+{
+    const char *a[] = { "{\"t\":\"2026-12-05T16:00:00Z\",\"u\":\"https://x.org/\",\"m\":\"a@b.c\","
+                        "\"i\":\"3fa85f64-5717-4562-b3fc-2c963f66afa6\",\"v4\":\"10.0.0.1\",\"v6\":\"::1\",\"c\":\"red\"}",
+                        "{\"t\":\"2026-12-05T16:00:01.5+01:00\",\"u\":\"not a uri\",\"m\":\"x@y.z\","
+                        "\"i\":\"3FA85F64-5717-4562-B3FC-2C963F66AFA6\",\"v4\":\"192.168.1.1\",\"v6\":\"fe80::1\",\"c\":\"red\"}" };
+    cr_expect_str_eq(infer(a, 2), "{\"type\":\"object\",\"properties\":{"
+                     "\"c\":{\"type\":\"string\"},"
+                     "\"i\":{\"type\":\"string\",\"format\":\"uuid\"},"
+                     "\"m\":{\"type\":\"string\",\"format\":\"email\"},"
+                     "\"t\":{\"type\":\"string\",\"format\":\"date-time\"},"
+                     "\"u\":{\"type\":\"string\"},"
+                     "\"v4\":{\"type\":\"string\",\"format\":\"ipv4\"},"
+                     "\"v6\":{\"type\":\"string\",\"format\":\"ipv6\"}},"
+                     "\"required\":[\"c\",\"i\",\"m\",\"t\",\"u\",\"v4\",\"v6\"]}");
+}
+
+Test(infer, order_does_not_matter_and_merging_equals_adding)
+{
+    const char *evs[] = { "{\"a\":1,\"b\":{\"x\":\"2026-12-05T16:00:00Z\"}}", "{\"a\":2.5,\"c\":[1]}",
+                          "{\"b\":{\"x\":\"y\",\"z\":null},\"a\":3}", "{\"a\":\"s\",\"c\":[\"q\",{}]}" };
+    char first[4096];
+    snprintf(first, sizeof first, "%s", infer(evs, 4));
+    const char *rev[] = { evs[3], evs[2], evs[1], evs[0] };
+    cr_expect_str_eq(infer(rev, 4), first);
+    const char *mix[] = { evs[2], evs[0], evs[3], evs[1] };
+    cr_expect_str_eq(infer(mix, 4), first);
+    /* two halves merged, and a half saved and loaded, give the same */
+    sch_infer *g1 = sch_infer_new(), *g2 = sch_infer_new();
+    for (int i = 0; i < 4; i++) {
+        cJSON *j = cJSON_Parse(evs[i]);
+        sch_infer_add(i % 2 ? g1 : g2, j);
+        cJSON_Delete(j);
+    }
+    cJSON *saved = sch_infer_save(g2);
+    sch_infer_free(g2);
+    g2 = sch_infer_load(saved);
+    cJSON_Delete(saved);
+    cr_assert_not_null(g2);
+    cr_assert(sch_infer_merge(g2, g1));
+    cr_expect_eq(sch_infer_count(g2), 4);
+    cJSON *s = sch_infer_schema(g2);
+    char *t = cJSON_PrintUnformatted(s);
+    cr_expect(strstr(t, first + 1) != NULL, "%s vs %s", t, first);
+    free(t);
+    cJSON_Delete(s);
+    sch_infer_free(g1);
+    sch_infer_free(g2);
+}
+
+Test(infer, an_inferred_schema_validates_what_it_came_from)
+{
+    const char *evs[] = { "{\"id\":\"1\",\"data\":{\"n\":[1,2],\"t\":\"2026-12-05T16:00:00Z\"}}",
+                          "{\"id\":\"2\",\"data\":{\"n\":[],\"t\":\"2026-12-05T17:00:00Z\",\"x\":1.5}}" };
+    sch_infer *g = sch_infer_new();
+    for (int i = 0; i < 2; i++) {
+        cJSON *j = cJSON_Parse(evs[i]);
+        sch_infer_add(g, j);
+        cJSON_Delete(j);
+    }
+    cJSON *sj = sch_infer_schema(g);
+    char err[256];
+    sch_schema *s = sch_compile(sj, SCH_FORMATS, err, sizeof err);
+    cr_assert_not_null(s, "%s", err);
+    for (int i = 0; i < 2; i++) {
+        cJSON *j = cJSON_Parse(evs[i]);
+        sch_error e;
+        cr_expect(sch_validate(s, j, &e), "%s: %s %s", evs[i], e.path, e.message);
+        cJSON_Delete(j);
+    }
+    cJSON *bad = cJSON_Parse("{\"id\":\"3\",\"data\":{\"n\":[\"x\"],\"t\":\"then\"}}");
+    sch_error e;
+    cr_expect_not(sch_validate(s, bad, &e));
+    cJSON_Delete(bad);
+    sch_free(s);
+    cJSON_Delete(sj);
+    sch_infer_free(g);
+}
