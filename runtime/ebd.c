@@ -270,6 +270,7 @@ static void close_unused_buses(ebd *d)
         pthread_rwlock_unlock(&d->lock);
         ebd_book_free(d->buses[i]->book);     /* read again if the bus comes back */
         d->buses[i]->book = NULL;
+        sch_discovery_bus_closing(d, d->buses[i]->name);
         store_close(s);
         ebd_log(EBD_INFO, "msg=\"bus closed: the rules no longer declare it\" bus=%s",
                 d->buses[i]->name);
@@ -354,6 +355,7 @@ bool ebd_reload(ebd *d, sbuf *errors)
     d->rules = r;
     pthread_rwlock_unlock(&d->lock);
     ebd_workers_start(d, r);
+    sch_discovery_start(d);
     ebd_rules_free(old);
     close_unused_buses(d);
     pthread_mutex_unlock(&d->reload_mu);
@@ -647,6 +649,7 @@ int main(int argc, char **argv)
     }
     sb_free(&errors);
     ebd_workers_start(&d, d.rules);
+    sch_discovery_start(&d);
     http = ebd_http_start(&d, fd, host, port, err, sizeof err);
     if (!http) {
         fprintf(stderr, "ebd: %s\n", err);
@@ -681,6 +684,7 @@ int main(int argc, char **argv)
     ebd_log(EBD_INFO, "msg=\"ebd stopped\"");
     status = 0;
 out:
+    sch_discovery_stop(&d);
     if (!http && fd >= 0)
         close(fd);
     vm_program_free(p0);

@@ -17,6 +17,7 @@ static const struct route {
     center_fn fn;
     bool open;                    /* served to anyone (the console's files) */
 } routes[] = {
+    { "GET", "/v1/schemas", center_schemas, false },                /* schemas.c */
     { NULL, NULL, NULL, false },    /* (the end) */
 };
 

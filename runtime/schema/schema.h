@@ -124,10 +124,14 @@ sch_counts sch_invalid_counts(void);
 
 /* ---- discovery (ebd) ------------------------------------------------------------------------- */
 
-/* Starts / stops the discovery threads of d's buses (a bus opened later is picked up). */
+/* Starts a discovery thread for each open bus of d that has none (at start and after a
+ * reload; under no lock).  A bus's thread keeps running across reloads that keep the bus. */
 void sch_discovery_start(ebd *d);
+/* Stops (and saves) the discovery of bus before its log closes. */
+void sch_discovery_bus_closing(ebd *d, const char *bus);
+/* Stops every discovery thread (before the logs close). */
 void sch_discovery_stop(ebd *d);
-/* How many (source, type) schemas discovery holds for bus. */
+/* How many (source, type) schemas discovery holds for bus (0 when it runs none). */
 size_t sch_count(ebd *d, const char *bus);
 
 #endif

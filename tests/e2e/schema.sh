@@ -134,11 +134,70 @@ expect_status 200 "reload" "$st"
 st=$(post /v1/buses/orders/events $CE "$(ev r6 order.created "$GOOD")")
 expect_status 400 "after the reload, total 25 is under the new minimum" "$st"
 answer_has "the new minimum" 'minimum: 25 is less than the minimum 30'
+cp "$WORK/schemas/order.json" "$WORK/schemas/order.good"
 echo '{"type": 3}' >"$WORK/schemas/order.json"
 st=$(post /v1/admin/reload application/json '')
 expect_status 400 "a reload with a schema that does not compile is refused" "$st"
 answer_has "the refusal names the file" 'order.json'
 st=$(post /v1/buses/orders/events $CE "$(ev r7 order.created "$GOOD")")
 expect_status 400 "the running schemas stay" "$st"
+
+# ---- discovery -----------------------------------------------------------------------------------------
+schemas() {  # schemas QUERY: GET /v1/schemas?QUERY into $WORK/schemas.json
+    curl -s -o "$WORK/schemas.json" "$URL/v1/schemas?$1"
+}
+version_is() {  # version_is QUERY N: is the (one) schema's version N?
+    schemas "$1" && grep -q "\"version\":$2," "$WORK/schemas.json"
+}
+Q='bus=orders&source=e2e&type=other.type'
+wait_for 60 version_is "$Q" 1 && pass "discovery shows other.type at version 1" \
+    || fail "discovery: $(cat "$WORK/schemas.json")"
+grep -q '"events":1,' "$WORK/schemas.json" && pass "one other.type event" || fail "events: $(cat "$WORK/schemas.json")"
+grep -q '"total":{"type":"integer"}' "$WORK/schemas.json" && pass "the schema describes data" \
+    || fail "the schema: $(cat "$WORK/schemas.json")"
+schemas "bus=nosuch"
+grep -q '^{"schemas":\[\]}$' "$WORK/schemas.json" && pass "?bus= filters" || fail "?bus=nosuch: $(cat "$WORK/schemas.json")"
+st=$(post /v1/buses/orders/events $CE "$(ev n1 other.type '{"total":3,"items":[],"coupon":"X1"}')")
+expect_status 202 "other.type with a new field" "$st"
+wait_for 60 version_is "$Q" 2 && pass "a new field bumps the version to 2" || fail "no version 2: $(cat "$WORK/schemas.json")"
+grep -q '"coupon":{"type":"string"}' "$WORK/schemas.json" && pass "version 2 has the new field" \
+    || fail "version 2: $(cat "$WORK/schemas.json")"
+schemas "$Q&history=1"
+grep -q '"history":\[{"version":1,' "$WORK/schemas.json" && pass "the previous version is kept" \
+    || fail "history: $(cat "$WORK/schemas.json")"
+schemas "type=order.created"
+grep -q '"type":"order.created"' "$WORK/schemas.json" && ! grep -q '"type":"other.type"' "$WORK/schemas.json" \
+    && pass "?type= filters" || fail "?type=: $(cat "$WORK/schemas.json")"
 stop_ebd
+[ -f "$WORK/data/orders.schemas.json" ] && pass "discovery saved its state" || fail "no orders.schemas.json"
+mv "$WORK/schemas/order.good" "$WORK/schemas/order.json"
+start_ebd
+wait_for 60 version_is "$Q" 2 && pass "a restart keeps version 2" || fail "after the restart: $(cat "$WORK/schemas.json")"
+grep -q '"events":2,' "$WORK/schemas.json" && pass "and its count (the read position was kept)" \
+    || fail "events after the restart: $(cat "$WORK/schemas.json")"
+st=$(post /v1/buses/orders/events $CE "$(ev n2 other.type '{"total":4,"items":[],"coupon":"X2"}')")
+wait_for 60 sh -c "curl -s '$URL/v1/schemas?$Q' | grep -q '\"events\":3,'" && pass "discovery goes on after the restart" \
+    || fail "after the restart: $(curl -s "$URL/v1/schemas?$Q")"
+version_is "$Q" 2 && pass "the same shape keeps version 2" || fail "version: $(cat "$WORK/schemas.json")"
+stop_ebd
+
+# ---- ebc schema infer --------------------------------------------------------------------------------
+{
+    ev i1 order.created '{"total":25,"when":"2026-12-05T16:00:00Z"}'; echo
+    ev i2 order.created '{"total":25.5,"extra":true,"when":"2026-12-05T16:00:01Z"}'; echo
+    echo
+    ev i3 other.type '{"ip":"10.0.0.1"}'; echo
+} >"$WORK/events.jsonl"
+"$BIN/ebc" schema infer "$WORK/events.jsonl" >"$WORK/infer.json" 2>"$WORK/infer.err" \
+    && pass "ebc schema infer" || fail "ebc schema infer: $(cat "$WORK/infer.err")"
+tr -d ' \t\n' <"$WORK/infer.json" >"$WORK/infer.flat"
+for want in '"source":"e2e","type":"order.created","events":2' '"total":{"type":"number"}' \
+            '"when":{"type":"string","format":"date-time"}' '"required":["total","when"]' \
+            '"type":"other.type","events":1' '"ip":{"type":"string","format":"ipv4"}'; do
+    grep -qF "$want" "$WORK/infer.flat" && pass "infer: $want" || fail "infer: no $want in $(cat "$WORK/infer.flat")"
+done
+printf '%s\n{"id": 1}\n' "$(ev i1 t)" >"$WORK/bad.jsonl"
+"$BIN/ebc" schema infer "$WORK/bad.jsonl" >/dev/null 2>"$WORK/infer.err"
+[ $? -eq 3 ] && grep -q "bad.jsonl:2: not a CloudEvent" "$WORK/infer.err" && pass "a bad line is named file:line" \
+    || fail "a bad line: $(cat "$WORK/infer.err")"
 finish
