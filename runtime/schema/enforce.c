@@ -231,9 +231,46 @@ bool sch_divert(const sch_bus *cb, const char *ev, size_t n, const char *why)
     return ok;
 }
 
+typedef struct {
+    const char *s;
+    const js_member *type;
+    js_member m;
+} find_type;
+
+/* js_each: finds the member "type". */
+static bool find_type_fn(void *arg, const js_member *m)
+{
+    find_type *f = arg;
+    if (!js_key_is(f->s, m, "type"))
+        return true;
+    f->m = *m;
+    f->type = &f->m;
+    return false;
+}
+
+/* Does b bind a schema to the type of event ev (checked JSON text)?  Looks at its spans only,
+ * so that the events of other types are not parsed. */
+static bool type_bound(const sch_bus *b, const char *ev, size_t n)
+{
+    find_type f = { .s = ev };
+    js_each(ev, n, vm_json_ws(ev, n, 0), find_type_fn, &f);
+    if (!f.type || ev[f.type->val_off] != '"')
+        return false;
+    char stack[256], *t = f.type->val_len <= sizeof stack ? stack : malloc(f.type->val_len);
+    if (!t)
+        return true;              /* let the parse below decide */
+    size_t tl = js_unquote(ev + f.type->val_off, f.type->val_len, t);
+    bool bound = false;
+    for (size_t i = 0; i < b->n && !bound; i++)
+        bound = strlen(b->b[i].type) == tl && memcmp(b->b[i].type, t, tl) == 0;
+    if (t != stack)
+        free(t);
+    return bound;
+}
+
 int sch_ingest(const sch_bus *b, const char *ev, size_t n, char *why, size_t cap)
 {
-    if (!b)
+    if (!b || !type_bound(b, ev, n))
         return SCH_STORE;
     cJSON *j = cJSON_ParseWithLength(ev, n);
     if (!j) {

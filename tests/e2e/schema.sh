@@ -90,6 +90,10 @@ answer_has "the 400 names /data/items/1/price" '/data/items/1/price: minimum'
 st=$(post /v1/buses/orders/events $CE "$(ev r4 order.created '{"total":25,"items":[],"email":"not an address"}')")
 expect_status 400 "a bad email format (reject)" "$st"
 answer_has "format is asserted" '/data/email: format'
+st=$(post /v1/buses/orders/events application/json "$LOW" -H 'ce-specversion: 1.0' -H 'ce-id: bin1' \
+     -H 'ce-source: e2e' -H 'ce-type: order.created')
+expect_status 400 "a binary-mode event under the minimum (reject)" "$st"
+answer_has "binary mode: the path and keyword" '/data/total: minimum'
 st=$(post /v1/buses/orders/events $CE "$(ev r5 other.type "$LOW")")
 expect_status 202 "a type no schema binds passes" "$st"
 st=$(post /v1/buses/orders/events application/cloudevents-batch+json "[$(ev b1 order.created "$GOOD"),$(ev b2 order.created "$LOW")]")
