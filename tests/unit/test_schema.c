@@ -414,3 +414,56 @@ Test(infer, an_inferred_schema_validates_what_it_came_from)
     cJSON_Delete(sj);
     sch_infer_free(g);
 }
+
+/* ---- threads ---------------------------------------------------------------------------------- */
+
+#include <pthread.h>
+
+typedef struct {
+    const sch_schema *s;
+    int wrong;
+} worker;
+
+/* Validates good and bad instances many times over; counts wrong answers and wrong errors. */
+static void *validate_many(void *arg)
+{
+    worker *w = arg;
+    cJSON *good = cJSON_Parse("{\"id\":\"a\",\"data\":{\"items\":[{\"sku\":\"x\",\"price\":1}],"
+                              "\"when\":\"2026-12-05T16:00:00Z\",\"code\":\"AB-12\"}}");
+    cJSON *bad = cJSON_Parse("{\"id\":\"a\",\"data\":{\"items\":[{\"sku\":\"x\",\"price\":1},"
+                             "{\"sku\":\"y\",\"price\":-1}],\"when\":\"2026-12-05T16:00:00Z\",\"code\":\"AB-12\"}}");
+    for (int i = 0; i < 2000; i++) {
+        sch_error e;
+        if (!sch_validate(w->s, good, &e))
+            w->wrong++;
+        if (sch_validate(w->s, bad, &e) || strcmp(e.path, "/data/items/1/price") != 0 ||
+            strcmp(e.keyword, "minimum") != 0)
+            w->wrong++;
+    }
+    cJSON_Delete(good);
+    cJSON_Delete(bad);
+    return NULL;
+}
+
+Test(schema, one_compiled_schema_serves_many_threads_at_once)
+{
+    const char *text = "{\"$defs\":{\"item\":{\"type\":\"object\",\"required\":[\"sku\"],"
+                       "\"properties\":{\"sku\":{\"pattern\":\"^[a-z]$\"},"
+                       "\"price\":{\"type\":\"number\",\"minimum\":0}},\"unevaluatedProperties\":false}},"
+                       "\"properties\":{\"data\":{\"properties\":{\"items\":{\"items\":{\"$ref\":\"#/$defs/item\"}},"
+                       "\"when\":{\"format\":\"date-time\"},\"code\":{\"pattern\":\"^[A-Z]{2}-\\\\d+$\"}}}}}";
+    char err[256];
+    sch_schema *s = sch_compile_text(text, strlen(text), SCH_FORMATS, err, sizeof err);
+    cr_assert_not_null(s, "%s", err);
+    pthread_t th[4];
+    worker w[4];
+    for (int i = 0; i < 4; i++) {
+        w[i] = (worker){ s, 0 };
+        pthread_create(&th[i], NULL, validate_many, &w[i]);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        cr_expect_eq(w[i].wrong, 0, "thread %d: %d wrong answers", i, w[i].wrong);
+    }
+    sch_free(s);
+}
