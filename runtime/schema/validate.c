@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <float.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -438,13 +439,33 @@ static void add_pattern(comp *c, const cJSON *key, const char *pat)
     }
 }
 
+/* The bounds of one match (a pattern that backtracks without end on a producer's string stops
+ * there and does not match), shared read-only by every thread: made once. */
+static pcre2_match_context *limits;
+static pthread_once_t limits_once = PTHREAD_ONCE_INIT;
+
+static void make_limits(void)
+{
+    limits = pcre2_match_context_create(NULL);
+    if (limits) {
+        pcre2_set_match_limit(limits, 1000000);
+        pcre2_set_depth_limit(limits, 10000);
+    }
+}
+
+static pcre2_match_context *match_limits(void)
+{
+    pthread_once(&limits_once, make_limits);
+    return limits;
+}
+
 /* Does UTF-8 text s hold a match of re anywhere? */
 static bool re_search(const pcre2_code *re, const char *s)
 {
     pcre2_match_data *md = pcre2_match_data_create(1, NULL);
     if (!md)
         return false;
-    int rc = pcre2_match(re, (PCRE2_SPTR)s, strlen(s), 0, 0, md, NULL);
+    int rc = pcre2_match(re, (PCRE2_SPTR)s, strlen(s), 0, 0, md, match_limits());
     pcre2_match_data_free(md);
     return rc >= 0;
 }
@@ -988,6 +1009,86 @@ static double knum(const cJSON *sch, const char *k, bool *has)
     return *has ? v->valuedouble : NAN;
 }
 
+/* A hash of v that equal values (json_equal) share: numbers by value, members in any order. */
+static uint64_t json_hash(const cJSON *v)
+{
+    uint64_t h;
+    if (cJSON_IsNumber(v)) {
+        double d = v->valuedouble == 0 ? 0 : v->valuedouble;     /* -0 is 0 */
+        memcpy(&h, &d, sizeof h);
+        return h * 0x9E3779B97F4A7C15ull + 1;
+    }
+    if (cJSON_IsString(v)) {
+        h = 1469598103934665603ull;
+        for (const unsigned char *p = (const unsigned char *)v->valuestring; *p; p++)
+            h = (h ^ *p) * 1099511628211ull;
+        return h + 2;
+    }
+    if (cJSON_IsArray(v)) {
+        h = 3;
+        for (const cJSON *c = v->child; c; c = c->next)
+            h = h * 31 + json_hash(c);
+        return h;
+    }
+    if (cJSON_IsObject(v)) {
+        h = 4;
+        for (const cJSON *c = v->child; c; c = c->next) {
+            uint64_t k = 1469598103934665603ull;
+            for (const unsigned char *p = (const unsigned char *)c->string; *p; p++)
+                k = (k ^ *p) * 1099511628211ull;
+            h += (k ^ (json_hash(c) * 0xBF58476D1CE4E5B9ull)) * 0x94D049BB133111EBull;
+        }
+        return h;
+    }
+    return (uint64_t)(v->type & 0xFF) + 5;
+}
+
+typedef struct {
+    uint64_t h;
+    size_t i;
+    const cJSON *v;
+} hashed;
+
+static int cmp_hashed(const void *a, const void *b)
+{
+    const hashed *x = a, *y = b;
+    return x->h != y->h ? (x->h < y->h ? -1 : 1) : x->i < y->i ? -1 : x->i > y->i;
+}
+
+/* Two equal items of array a (n of them): their indices, the lowest pair by the second; found
+ * in O(n log n) by sorting on a hash, so that a long array does not cost n^2 comparisons. */
+static bool find_duplicate(const cJSON *a, size_t n, size_t *i, size_t *j)
+{
+    if (n < 2)
+        return false;
+    hashed *v = malloc(n * sizeof *v);
+    if (!v) {                     /* the slow way */
+        size_t p = 0;
+        for (const cJSON *x = a->child; x; x = x->next, p++) {
+            size_t q = p + 1;
+            for (const cJSON *y = x->next; y; y = y->next, q++)
+                if (json_equal(x, y)) {
+                    *i = p, *j = q;
+                    return true;
+                }
+        }
+        return false;
+    }
+    size_t k = 0;
+    for (const cJSON *x = a->child; x && k < n; x = x->next, k++)
+        v[k] = (hashed){ json_hash(x), k, x };
+    qsort(v, k, sizeof *v, cmp_hashed);
+    bool found = false;
+    for (size_t p = 0; p < k; p++)
+        for (size_t q = p + 1; q < k && v[q].h == v[p].h; q++)
+            if (json_equal(v[p].v, v[q].v) && (!found || v[q].i < *j || (v[q].i == *j && v[p].i < *i))) {
+                *i = v[p].i, *j = v[q].i;
+                found = true;
+            }
+    free(v);
+    return found;
+}
+
 static bool v_schema(vx *x, const cJSON *sch, int res, const cJSON *inst, unsigned char *ev);
 
 /* Applies sub in place (same instance): marks merge into ev when it passes. */
@@ -1071,15 +1172,9 @@ static bool v_array(vx *x, const cJSON *sch, int res, const cJSON *inst, unsigne
     if (has && (double)n > b)
         return fail(x, "maxItems", "%zu items, more than %.0f", n, b);
     const cJSON *u = cJSON_GetObjectItemCaseSensitive(sch, "uniqueItems");
-    if (cJSON_IsTrue(u)) {
-        i = 0;
-        for (const cJSON *a = inst->child; a; a = a->next, i++) {
-            size_t j = i + 1;
-            for (const cJSON *c = a->next; c; c = c->next, j++)
-                if (json_equal(a, c))
-                    return fail(x, "uniqueItems", "items %zu and %zu are equal", i, j);
-        }
-    }
+    size_t di, dj;
+    if (cJSON_IsTrue(u) && find_duplicate(inst, n, &di, &dj))
+        return fail(x, "uniqueItems", "items %zu and %zu are equal", di, dj);
     const cJSON *pre = cJSON_GetObjectItemCaseSensitive(sch, "prefixItems");
     const cJSON *it = inst->child;
     i = 0;

@@ -467,3 +467,28 @@ Test(schema, one_compiled_schema_serves_many_threads_at_once)
     }
     sch_free(s);
 }
+
+Test(schema, long_arrays_and_bad_patterns_stay_cheap, .timeout = 30)
+{
+    /* uniqueItems over 50,000 items: sorted by hash, not compared pairwise */
+    char err[256];
+    sch_schema *s = sch_compile_text("{\"uniqueItems\":true}", 20, 0, err, sizeof err);
+    cr_assert_not_null(s);
+    cJSON *a = cJSON_CreateArray();
+    for (int i = 0; i < 50000; i++)
+        cJSON_AddItemToArray(a, cJSON_CreateNumber(i));
+    sch_error e;
+    cr_expect(sch_validate(s, a, &e));
+    cJSON_AddItemToArray(a, cJSON_CreateNumber(123.0));
+    cJSON_AddItemToArray(a, cJSON_Parse("{\"b\":[1,2],\"a\":null}"));
+    cJSON_AddItemToArray(a, cJSON_Parse("{\"a\":null,\"b\":[1.0,2]}"));
+    cr_expect_not(sch_validate(s, a, &e));
+    cr_expect_str_eq(e.message, "items 123 and 50000 are equal");
+    cJSON_Delete(a);
+    sch_free(s);
+    /* a pattern that backtracks without end stops at PCRE2's match limit: no match */
+    const sch_error *r = check("{\"pattern\":\"^(a+)+$\"}",
+                               "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab\"");
+    cr_assert_not_null(r);
+    cr_expect_str_eq(r->keyword, "pattern");
+}
