@@ -5,9 +5,12 @@
  *               read-only sch_schema that any number of threads may validate with at once;
  *   format.c    the `format` assertions (date-time, uri, email, uuid, ipv4, ipv6);
  *   infer.c     inference: events merged into a schema that describes all of them;
- *   enforce.c   a bus's `schema "TYPE" file "..." on_invalid ...` options: checked by ebc,
- *               loaded by ebd, applied at ingest;
- *   discover.c  ebd's discovery threads (one per bus) and GET /v1/schemas.
+ *   enforce.c   a bus's `schema "TYPE" file "..." on_invalid ...` options, loaded by ebd and
+ *               applied at ingest (compiler/schema_opt.c checks them for ebc);
+ *   discover.c  ebd's discovery threads, one per bus (runtime/center/schemas.c serves them).
+ *
+ * validate.c, format.c and infer.c need only cJSON and PCRE2 and build as the library
+ * ebr_schema, which ebc's checks link too; enforce.c and discover.c are the daemon's.
  */
 #ifndef EBR_SCHEMA_H
 #define EBR_SCHEMA_H
@@ -36,7 +39,8 @@ enum { SCH_FORMATS = 1 };          /* assert `format` (the six of sch_format_ok)
 /* Compiles schema (not kept: the result holds a copy) into a reusable, read-only validator.
  * flags: SCH_FORMATS or 0 (then `format` is an annotation only, the draft's default).
  * NULL with the reason in err (a JSON Pointer into the schema where it is bad) when the schema
- * is not one: not an object or boolean, a bad regex, a $ref that resolves nowhere. */
+ * is not one: not an object or boolean, a keyword's value of the wrong kind, a bad regex, a
+ * $ref that resolves nowhere. */
 sch_schema *sch_compile(const cJSON *schema, unsigned flags, char *err, size_t cap);
 /* The same from JSON text s[0..n). */
 sch_schema *sch_compile_text(const char *s, size_t n, unsigned flags, char *err, size_t cap);
