@@ -44,6 +44,7 @@ static void now_text(char out[32])
     snprintf(out + n, 32 - n, ".%03dZ", (int)(ts.tv_nsec / 1000000) % 1000);
 }
 
+/* A monotonic clock in milliseconds. */
 static uint64_t mono_ms(void)
 {
     struct timespec ts;
@@ -64,6 +65,7 @@ static void kind_clear(disc_kind *k)
     memset(k, 0, sizeof *k);
 }
 
+/* Frees b (its thread has ended). */
 static void bus_free(disc_bus *b)
 {
     for (size_t i = 0; i < b->nkinds; i++)
@@ -252,6 +254,7 @@ static void merge_event(disc_bus *b, const unsigned char *s, uint32_t n)
     cJSON_Delete(ev);
 }
 
+/* A bus's discovery thread: reads the log from the saved position, merges, versions, saves. */
 static void *disc_main(void *arg)
 {
     disc_bus *b = arg;

@@ -382,6 +382,7 @@ typedef struct {
     sch_infer *g;
 } group;
 
+/* qsort: by source, then type. */
 static int cmp_group(const void *a, const void *b)
 {
     const group *x = a, *y = b;

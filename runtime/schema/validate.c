@@ -1049,6 +1049,7 @@ typedef struct {
     const cJSON *v;
 } hashed;
 
+/* qsort: by hash, then by index. */
 static int cmp_hashed(const void *a, const void *b)
 {
     const hashed *x = a, *y = b;
@@ -1108,7 +1109,7 @@ static bool v_inplace(vx *x, const cJSON *sub, int res, const cJSON *inst, unsig
     return ok;
 }
 
-/* The number / string / array / object keywords of sch for inst. */
+/* The number keywords of sch for number inst. */
 static bool v_number(vx *x, const cJSON *sch, const cJSON *inst)
 {
     double v = inst->valuedouble, b;
@@ -1137,6 +1138,7 @@ static bool v_number(vx *x, const cJSON *sch, const cJSON *inst)
     return true;
 }
 
+/* The string keywords of sch (format only with SCH_FORMATS) for string inst. */
 static bool v_string(vx *x, const cJSON *sch, const cJSON *inst)
 {
     const char *s = inst->valuestring;
@@ -1161,6 +1163,7 @@ static bool v_string(vx *x, const cJSON *sch, const cJSON *inst)
     return true;
 }
 
+/* The array keywords of sch for array inst; marks the items they evaluated in ev. */
 static bool v_array(vx *x, const cJSON *sch, int res, const cJSON *inst, unsigned char *ev)
 {
     size_t n = (size_t)cJSON_GetArraySize(inst), i;
@@ -1229,8 +1232,7 @@ static bool v_array(vx *x, const cJSON *sch, int res, const cJSON *inst, unsigne
     return true;
 }
 
-/* Does name match a pattern of patternProperties pp?  Validates the member against each that
- * matches; *matched tells whether any did. */
+/* The object keywords of sch for object inst; marks the members they evaluated in ev. */
 static bool v_object(vx *x, const cJSON *sch, int res, const cJSON *inst, unsigned char *ev)
 {
     size_t n = (size_t)cJSON_GetArraySize(inst), i;

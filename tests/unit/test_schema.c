@@ -154,6 +154,7 @@ static bool is_claimed(const char *rel, int *known)
     return false;
 }
 
+/* qsort: strings in strcmp order. */
 static int cmp_str(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
