@@ -378,7 +378,12 @@ void sch_discovery_start(ebd *d)
         pthread_mutex_init(&b->mu, NULL);
         b->s = eb->s;
         load(b);
-        if (pthread_create(&b->th, NULL, disc_main, b) != 0) {
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setstacksize(&at, 1u << 20);  /* cJSON's parse nests up to 1,000 deep */
+        int rc = pthread_create(&b->th, &at, disc_main, b);
+        pthread_attr_destroy(&at);
+        if (rc != 0) {
             bus_free(b);
             ebd_log(EBD_WARN, "msg=\"cannot start schema discovery\" bus=%s", eb->name);
             continue;
