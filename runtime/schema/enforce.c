@@ -11,7 +11,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -41,11 +40,57 @@ struct sch_set {
     uint32_t nbus;
 };
 
-static _Atomic uint64_t n_accepted, n_dead, n_rejected;
+/* Invalid events since ebd started, per bus name (kept across reloads); found by name under
+ * counts_mu, which only invalid events take. */
+typedef struct {
+    char *bus;
+    sch_counts c;
+} bus_counts;
 
-sch_counts sch_invalid_counts(void)
+static pthread_mutex_t counts_mu = PTHREAD_MUTEX_INITIALIZER;
+static bus_counts *counts;
+static size_t ncounts, capcounts;
+
+/* Adds one to what of bus's counts (0 accepted, 1 dead-lettered, 2 rejected). */
+static void count_invalid(const char *bus, int what)
 {
-    return (sch_counts){ atomic_load(&n_accepted), atomic_load(&n_dead), atomic_load(&n_rejected) };
+    pthread_mutex_lock(&counts_mu);
+    size_t i = 0;
+    while (i < ncounts && strcmp(counts[i].bus, bus) != 0)
+        i++;
+    if (i == ncounts) {
+        char *name = strdup(bus);
+        if (ncounts == capcounts) {
+            size_t cap = capcounts ? capcounts * 2 : 8;
+            bus_counts *v = name ? realloc(counts, cap * sizeof *v) : NULL;
+            if (v)
+                counts = v, capcounts = cap;
+        }
+        if (!name || ncounts == capcounts) {
+            free(name);
+            pthread_mutex_unlock(&counts_mu);
+            return;
+        }
+        counts[ncounts++] = (bus_counts){ name, { 0, 0, 0 } };
+    }
+    uint64_t *c = what == 0 ? &counts[i].c.accepted : what == 1 ? &counts[i].c.dead_lettered
+                                                                : &counts[i].c.rejected;
+    (*c)++;
+    pthread_mutex_unlock(&counts_mu);
+}
+
+sch_counts sch_invalid_counts(const char *bus)
+{
+    sch_counts r = { 0, 0, 0 };
+    pthread_mutex_lock(&counts_mu);
+    for (size_t i = 0; i < ncounts; i++)
+        if (!bus || !strcmp(counts[i].bus, bus)) {
+            r.accepted += counts[i].c.accepted;
+            r.dead_lettered += counts[i].c.dead_lettered;
+            r.rejected += counts[i].c.rejected;
+        }
+    pthread_mutex_unlock(&counts_mu);
+    return r;
 }
 
 /* A vm_str as a new C string. */
@@ -226,7 +271,7 @@ bool sch_divert(const sch_bus *cb, const char *ev, size_t n, const char *why)
                 "file=\"%s\" error=\"%s\"", b->name, ebd_log_text(b->dlq_path, log, sizeof log),
                 strerror(err ? err : ENOMEM));
     } else {
-        atomic_fetch_add(&n_dead, 1);
+        count_invalid(b->name, 1);
     }
     return ok;
 }
@@ -293,7 +338,7 @@ int sch_ingest(const sch_bus *b, const char *ev, size_t n, char *why, size_t cap
              e.message);
     switch (x->on_invalid) {
     case SCH_ON_ACCEPT: {
-        atomic_fetch_add(&n_accepted, 1);
+        count_invalid(b->name, 0);
         char log[600];
         ebd_log(EBD_DEBUG, "msg=\"invalid event stored (on_invalid accept)\" bus=%s why=\"%s\"",
                 b->name, ebd_log_text(why, log, sizeof log));
@@ -302,7 +347,7 @@ int sch_ingest(const sch_bus *b, const char *ev, size_t n, char *why, size_t cap
     case SCH_ON_DEAD_LETTER:
         return SCH_DIVERT;
     default:
-        atomic_fetch_add(&n_rejected, 1);
+        count_invalid(b->name, 2);
         return SCH_REFUSE;
     }
 }

@@ -120,11 +120,12 @@ bool sch_divert(const sch_bus *b, const char *ev, size_t n, const char *why);
 /* The dead-letter file of b. */
 const char *sch_divert_path(const sch_bus *b);
 
-/* Invalid events since ebd started: stored anyway (accept), dead-lettered, refused. */
+/* Invalid events since ebd started: stored anyway (accept), dead-lettered, refused; of bus, or
+ * of all buses when bus is NULL (for the metrics). */
 typedef struct {
     uint64_t accepted, dead_lettered, rejected;
 } sch_counts;
-sch_counts sch_invalid_counts(void);
+sch_counts sch_invalid_counts(const char *bus);
 
 /* ---- discovery (ebd) ------------------------------------------------------------------------- */
 
