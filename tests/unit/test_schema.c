@@ -493,3 +493,95 @@ Test(schema, long_arrays_and_bad_patterns_stay_cheap, .timeout = 30)
     cr_assert_not_null(r);
     cr_expect_str_eq(r->keyword, "pattern");
 }
+
+/* ---- discovery: versions, and what a restart keeps -------------------------------------------- */
+
+#include <unistd.h>
+#include "../../runtime/schema/discover.h"
+#include "../../runtime/ebd_int.h"
+
+typedef struct {
+    uint64_t version, events;
+    size_t kept;
+    char schema[2048];
+} seen;
+
+/* sch_discovery_each: the (only) kind of bus "b". */
+static void look(void *arg, disc_bus *b)
+{
+    seen *s = arg;
+    if (strcmp(b->name, "b") || !b->nkinds || !b->kinds[0].nver)
+        return;
+    const disc_kind *k = &b->kinds[0];
+    s->version = k->ver[k->nver - 1].version;
+    s->events = sch_infer_count(k->g);
+    s->kept = k->nver;
+    snprintf(s->schema, sizeof s->schema, "%s", k->ver[k->nver - 1].schema);
+}
+
+/* Waits (up to 60 s) until bus b's kind is at version v with n events merged. */
+static bool wait_version(uint64_t v, uint64_t n, seen *s)
+{
+    for (int i = 0; i < 1200; i++) {
+        memset(s, 0, sizeof *s);
+        sch_discovery_each(look, s);
+        if (s->version == v && s->events == n)
+            return true;
+        usleep(50000);
+    }
+    return false;
+}
+
+/* Appends event text ev to store st. */
+static void append(store *st, const char *ev)
+{
+    store_entry e = { ev, (uint32_t)strlen(ev), 0 };
+    uint64_t first;
+    cr_assert_eq(store_append(st, &e, 1, &first), STORE_OK);
+}
+
+Test(discovery, versions_go_up_when_the_schema_changes_and_survive_a_restart, .timeout = 180)
+{
+    char dir[] = "/tmp/ebr-sch-XXXXXX", logdir[64], err[256];
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(logdir, sizeof logdir, "%s/log", dir);
+    store *st;
+    cr_assert_eq(log_open(logdir, NULL, &st, err, sizeof err), STORE_OK, "%s", err);
+    ebd_bus bus = { .name = "b", .s = st };
+    ebd_bus *buses[1] = { &bus };
+    ebd d = { .data_dir = dir, .buses = buses, .nbuses = 1 };
+    pthread_rwlock_init(&d.lock, NULL);
+#define EV(id, data) "{\"specversion\":\"1.0\",\"id\":\"" id "\",\"source\":\"s\",\"type\":\"t\",\"data\":" data "}"
+    append(st, EV("1", "{\"n\":1}"));
+    append(st, EV("2", "{\"n\":2}"));
+    sch_discovery_start(&d);
+    seen s;
+    cr_assert(wait_version(1, 2, &s), "version %llu, %llu events", (unsigned long long)s.version,
+              (unsigned long long)s.events);
+    cr_expect_eq(sch_count(&d, "b"), 1);
+    cr_expect(strstr(s.schema, "\"n\":{\"type\":\"integer\"}") != NULL, "%s", s.schema);
+    append(st, EV("3", "{\"n\":3}"));                  /* same shape: same version */
+    cr_assert(wait_version(1, 3, &s));
+    append(st, EV("4", "{\"n\":4.5}"));                /* integer -> number: version 2 */
+    cr_assert(wait_version(2, 4, &s), "version %llu", (unsigned long long)s.version);
+    cr_expect(strstr(s.schema, "\"n\":{\"type\":\"number\"}") != NULL, "%s", s.schema);
+    append(st, EV("5", "{\"n\":5,\"x\":true}"));       /* a new field: version 3, 3 kept */
+    cr_assert(wait_version(3, 5, &s));
+    cr_expect_eq(s.kept, 3);
+    sch_discovery_stop(&d);
+    cr_expect_eq(sch_count(&d, "b"), 0);
+    /* a restart: the versions, the count and the position are read back */
+    sch_discovery_start(&d);
+    cr_assert(wait_version(3, 5, &s), "after a restart: version %llu, %llu events",
+              (unsigned long long)s.version, (unsigned long long)s.events);
+    append(st, EV("6", "{\"n\":6,\"x\":false}"));
+    cr_assert(wait_version(3, 6, &s));
+    sch_discovery_bus_closing(&d, "b");
+    cr_expect_eq(sch_count(&d, "b"), 0);
+    store_close(st);
+    pthread_rwlock_destroy(&d.lock);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_expect_eq(system(cmd), 0);
+#undef EV
+}
