@@ -32,6 +32,77 @@
 #define MAX_REFS 4096             /* $refs checked at compile time */
 #define DEFAULT_BASE "ebr:/schema.json"
 
+/* The keywords validation looks up, by index: each schema object's are found once, when it is
+ * compiled (a table per object in the node map), not by name at every validation. */
+#define KEYWORDS(X) \
+    X(KW_ref, "$ref") \
+    X(KW_dynamicRef, "$dynamicRef") \
+    X(KW_type, "type") \
+    X(KW_const, "const") \
+    X(KW_enum, "enum") \
+    X(KW_minimum, "minimum") \
+    X(KW_maximum, "maximum") \
+    X(KW_exclusiveMinimum, "exclusiveMinimum") \
+    X(KW_exclusiveMaximum, "exclusiveMaximum") \
+    X(KW_multipleOf, "multipleOf") \
+    X(KW_minLength, "minLength") \
+    X(KW_maxLength, "maxLength") \
+    X(KW_pattern, "pattern") \
+    X(KW_format, "format") \
+    X(KW_minItems, "minItems") \
+    X(KW_maxItems, "maxItems") \
+    X(KW_uniqueItems, "uniqueItems") \
+    X(KW_prefixItems, "prefixItems") \
+    X(KW_items, "items") \
+    X(KW_contains, "contains") \
+    X(KW_minContains, "minContains") \
+    X(KW_maxContains, "maxContains") \
+    X(KW_minProperties, "minProperties") \
+    X(KW_maxProperties, "maxProperties") \
+    X(KW_required, "required") \
+    X(KW_dependentRequired, "dependentRequired") \
+    X(KW_properties, "properties") \
+    X(KW_patternProperties, "patternProperties") \
+    X(KW_additionalProperties, "additionalProperties") \
+    X(KW_propertyNames, "propertyNames") \
+    X(KW_dependentSchemas, "dependentSchemas") \
+    X(KW_allOf, "allOf") \
+    X(KW_anyOf, "anyOf") \
+    X(KW_oneOf, "oneOf") \
+    X(KW_not, "not") \
+    X(KW_if, "if") \
+    X(KW_then, "then") \
+    X(KW_else, "else") \
+    X(KW_unevaluatedItems, "unevaluatedItems") \
+    X(KW_unevaluatedProperties, "unevaluatedProperties")
+
+enum {
+#define KW_ENUM(id, name) id,
+    KEYWORDS(KW_ENUM)
+#undef KW_ENUM
+    KW_N
+};
+
+static const char *const kw_names[KW_N] = {
+#define KW_NAME(id, name) name,
+    KEYWORDS(KW_NAME)
+#undef KW_NAME
+};
+
+/* Fills out[KW_N] with schema object n's keywords (the first of a name given twice, as
+ * cJSON_GetObjectItemCaseSensitive finds it); returns out. */
+static const cJSON **fill_kw(const cJSON *n, const cJSON **out)
+{
+    memset(out, 0, KW_N * sizeof *out);
+    for (const cJSON *m = n->child; m; m = m->next)
+        for (int i = 0; i < KW_N; i++)
+            if (!out[i] && strcmp(m->string, kw_names[i]) == 0) {
+                out[i] = m;
+                break;
+            }
+    return out;
+}
+
 typedef struct {
     char *uri;                    /* absolute, no fragment */
     const cJSON *node;
@@ -51,6 +122,7 @@ typedef struct {
     const cJSON *target;          /* $ref, $dynamicRef: where it points */
     int tres;                     /* ... and in which resource */
     const char *dyn;              /* $dynamicRef to a dynamic anchor: its name */
+    const cJSON **kw;             /* a schema object: its keywords (KW_N, fill_kw) */
 } pmap_ent;
 
 struct sch_schema {
@@ -594,6 +666,12 @@ static void walk(comp *c, const cJSON *n, int res)
         res = r;
     }
     check_values(c, n);
+    pmap_ent *ke = map_put(c->s, n);
+    if (!ke || (!ke->kw && !(ke->kw = malloc(KW_N * sizeof *ke->kw)))) {
+        comp_fail(c, "out of memory");
+        return;
+    }
+    fill_kw(n, ke->kw);
     const cJSON *a = cJSON_GetObjectItemCaseSensitive(n, "$anchor");
     if (cJSON_IsString(a))
         add_anchor(c, a->valuestring, res, n, false);
@@ -840,7 +918,7 @@ void sch_free(sch_schema *s)
     if (!s)
         return;
     for (size_t i = 0; i < s->mapcap; i++)
-        pcre2_code_free(s->map[i].re);
+        pcre2_code_free(s->map[i].re), free(s->map[i].kw);
     free(s->map);
     for (size_t i = 0; i < s->nres; i++)
         free(s->res[i].uri);
@@ -1001,10 +1079,9 @@ static bool multiple_of(double x, double m)
     return r <= (tol > 1e-9 ? tol : 1e-9);
 }
 
-/* A keyword's number, or NAN. */
-static double knum(const cJSON *sch, const char *k, bool *has)
+/* A keyword's number (v may be NULL), or NAN. */
+static double knum(const cJSON *v, bool *has)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(sch, k);
     *has = cJSON_IsNumber(v);
     return *has ? v->valuedouble : NAN;
 }
@@ -1110,28 +1187,28 @@ static bool v_inplace(vx *x, const cJSON *sub, int res, const cJSON *inst, unsig
 }
 
 /* The number keywords of sch for number inst. */
-static bool v_number(vx *x, const cJSON *sch, const cJSON *inst)
+static bool v_number(vx *x, const cJSON *const *K, const cJSON *inst)
 {
     double v = inst->valuedouble, b;
     bool has;
     char t1[40], t2[40];
-    b = knum(sch, "minimum", &has);
+    b = knum(K[KW_minimum], &has);
     if (has && !(v >= b))
         return fail(x, "minimum", "%s is less than the minimum %s", num_text(v, t1, sizeof t1),
                     num_text(b, t2, sizeof t2));
-    b = knum(sch, "maximum", &has);
+    b = knum(K[KW_maximum], &has);
     if (has && !(v <= b))
         return fail(x, "maximum", "%s is greater than the maximum %s",
                     num_text(v, t1, sizeof t1), num_text(b, t2, sizeof t2));
-    b = knum(sch, "exclusiveMinimum", &has);
+    b = knum(K[KW_exclusiveMinimum], &has);
     if (has && !(v > b))
         return fail(x, "exclusiveMinimum", "%s is not greater than %s",
                     num_text(v, t1, sizeof t1), num_text(b, t2, sizeof t2));
-    b = knum(sch, "exclusiveMaximum", &has);
+    b = knum(K[KW_exclusiveMaximum], &has);
     if (has && !(v < b))
         return fail(x, "exclusiveMaximum", "%s is not less than %s",
                     num_text(v, t1, sizeof t1), num_text(b, t2, sizeof t2));
-    b = knum(sch, "multipleOf", &has);
+    b = knum(K[KW_multipleOf], &has);
     if (has && b > 0 && !multiple_of(v, b))
         return fail(x, "multipleOf", "%s is not a multiple of %s", num_text(v, t1, sizeof t1),
                     num_text(b, t2, sizeof t2));
@@ -1139,46 +1216,46 @@ static bool v_number(vx *x, const cJSON *sch, const cJSON *inst)
 }
 
 /* The string keywords of sch (format only with SCH_FORMATS) for string inst. */
-static bool v_string(vx *x, const cJSON *sch, const cJSON *inst)
+static bool v_string(vx *x, const cJSON *const *K, const cJSON *inst)
 {
     const char *s = inst->valuestring;
     bool has;
-    double b = knum(sch, "minLength", &has);
+    double b = knum(K[KW_minLength], &has);
     size_t len = utf8_len(s);
     if (has && (double)len < b)
         return fail(x, "minLength", "%zu characters, fewer than %.0f", len, b);
-    b = knum(sch, "maxLength", &has);
+    b = knum(K[KW_maxLength], &has);
     if (has && (double)len > b)
         return fail(x, "maxLength", "%zu characters, more than %.0f", len, b);
-    const cJSON *p = cJSON_GetObjectItemCaseSensitive(sch, "pattern");
+    const cJSON *p = K[KW_pattern];
     if (p) {
         const pmap_ent *e = map_get(x->s, p);
         if (e && e->re && !re_search(e->re, s))
             return fail(x, "pattern", "\"%.80s\" does not match the pattern \"%.80s\"", s,
                         p->valuestring);
     }
-    const cJSON *f = cJSON_GetObjectItemCaseSensitive(sch, "format");
+    const cJSON *f = K[KW_format];
     if (cJSON_IsString(f) && (x->s->flags & SCH_FORMATS) && !sch_format_ok(f->valuestring, s, strlen(s), NULL))
         return fail(x, "format", "\"%.80s\" is not a valid %s", s, f->valuestring);
     return true;
 }
 
 /* The array keywords of sch for array inst; marks the items they evaluated in ev. */
-static bool v_array(vx *x, const cJSON *sch, int res, const cJSON *inst, unsigned char *ev)
+static bool v_array(vx *x, const cJSON *const *K, int res, const cJSON *inst, unsigned char *ev)
 {
     size_t n = (size_t)cJSON_GetArraySize(inst), i;
     bool has;
-    double b = knum(sch, "minItems", &has);
+    double b = knum(K[KW_minItems], &has);
     if (has && (double)n < b)
         return fail(x, "minItems", "%zu items, fewer than %.0f", n, b);
-    b = knum(sch, "maxItems", &has);
+    b = knum(K[KW_maxItems], &has);
     if (has && (double)n > b)
         return fail(x, "maxItems", "%zu items, more than %.0f", n, b);
-    const cJSON *u = cJSON_GetObjectItemCaseSensitive(sch, "uniqueItems");
+    const cJSON *u = K[KW_uniqueItems];
     size_t di, dj;
     if (cJSON_IsTrue(u) && find_duplicate(inst, n, &di, &dj))
         return fail(x, "uniqueItems", "items %zu and %zu are equal", di, dj);
-    const cJSON *pre = cJSON_GetObjectItemCaseSensitive(sch, "prefixItems");
+    const cJSON *pre = K[KW_prefixItems];
     const cJSON *it = inst->child;
     i = 0;
     if (cJSON_IsArray(pre))
@@ -1191,7 +1268,7 @@ static bool v_array(vx *x, const cJSON *sch, int res, const cJSON *inst, unsigne
             if (ev)
                 ev[i] = 1;
         }
-    const cJSON *items = cJSON_GetObjectItemCaseSensitive(sch, "items");
+    const cJSON *items = K[KW_items];
     if (items)
         for (; it; it = it->next, i++) {
             size_t at = push_index(x, i);
@@ -1202,12 +1279,12 @@ static bool v_array(vx *x, const cJSON *sch, int res, const cJSON *inst, unsigne
             if (ev)
                 ev[i] = 1;
         }
-    const cJSON *con = cJSON_GetObjectItemCaseSensitive(sch, "contains");
+    const cJSON *con = K[KW_contains];
     if (con) {
-        double mn = knum(sch, "minContains", &has);
+        double mn = knum(K[KW_minContains], &has);
         if (!has)
             mn = 1;
-        double mx = knum(sch, "maxContains", &has);
+        double mx = knum(K[KW_maxContains], &has);
         if (!has)
             mx = INFINITY;
         size_t hits = 0;
@@ -1223,7 +1300,7 @@ static bool v_array(vx *x, const cJSON *sch, int res, const cJSON *inst, unsigne
             }
         }
         if ((double)hits < mn)
-            return fail(x, mn == 1 && !cJSON_GetObjectItemCaseSensitive(sch, "minContains")
+            return fail(x, mn == 1 && !K[KW_minContains]
                         ? "contains" : "minContains",
                         "%zu items match \"contains\", fewer than %.0f", hits, mn);
         if ((double)hits > mx)
@@ -1233,22 +1310,22 @@ static bool v_array(vx *x, const cJSON *sch, int res, const cJSON *inst, unsigne
 }
 
 /* The object keywords of sch for object inst; marks the members they evaluated in ev. */
-static bool v_object(vx *x, const cJSON *sch, int res, const cJSON *inst, unsigned char *ev)
+static bool v_object(vx *x, const cJSON *const *K, int res, const cJSON *inst, unsigned char *ev)
 {
     size_t n = (size_t)cJSON_GetArraySize(inst), i;
     bool has;
-    double b = knum(sch, "minProperties", &has);
+    double b = knum(K[KW_minProperties], &has);
     if (has && (double)n < b)
         return fail(x, "minProperties", "%zu properties, fewer than %.0f", n, b);
-    b = knum(sch, "maxProperties", &has);
+    b = knum(K[KW_maxProperties], &has);
     if (has && (double)n > b)
         return fail(x, "maxProperties", "%zu properties, more than %.0f", n, b);
-    const cJSON *req = cJSON_GetObjectItemCaseSensitive(sch, "required");
+    const cJSON *req = K[KW_required];
     if (cJSON_IsArray(req))
         for (const cJSON *r = req->child; r; r = r->next)
             if (cJSON_IsString(r) && !cJSON_GetObjectItemCaseSensitive(inst, r->valuestring))
                 return fail(x, "required", "\"%s\" is required", r->valuestring);
-    const cJSON *dr = cJSON_GetObjectItemCaseSensitive(sch, "dependentRequired");
+    const cJSON *dr = K[KW_dependentRequired];
     if (cJSON_IsObject(dr))
         for (const cJSON *d = dr->child; d; d = d->next) {
             if (!cJSON_GetObjectItemCaseSensitive(inst, d->string) || !cJSON_IsArray(d))
@@ -1258,10 +1335,10 @@ static bool v_object(vx *x, const cJSON *sch, int res, const cJSON *inst, unsign
                     return fail(x, "dependentRequired", "\"%s\" is required when \"%s\" is present",
                                 r->valuestring, d->string);
         }
-    const cJSON *props = cJSON_GetObjectItemCaseSensitive(sch, "properties");
-    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(sch, "patternProperties");
-    const cJSON *ap = cJSON_GetObjectItemCaseSensitive(sch, "additionalProperties");
-    const cJSON *pn = cJSON_GetObjectItemCaseSensitive(sch, "propertyNames");
+    const cJSON *props = K[KW_properties];
+    const cJSON *pp = K[KW_patternProperties];
+    const cJSON *ap = K[KW_additionalProperties];
+    const cJSON *pn = K[KW_propertyNames];
     i = 0;
     for (const cJSON *m = inst->child; m; m = m->next, i++) {
         size_t at = push_key(x, m->string);
@@ -1310,7 +1387,7 @@ static bool v_object(vx *x, const cJSON *sch, int res, const cJSON *inst, unsign
         if (seen && ev)
             ev[i] = 1;
     }
-    const cJSON *ds = cJSON_GetObjectItemCaseSensitive(sch, "dependentSchemas");
+    const cJSON *ds = K[KW_dependentSchemas];
     if (cJSON_IsObject(ds))
         for (const cJSON *d = ds->child; d; d = d->next)
             if (cJSON_GetObjectItemCaseSensitive(inst, d->string) &&
@@ -1332,6 +1409,8 @@ static bool v_schema(vx *x, const cJSON *sch, int res, const cJSON *inst, unsign
     const pmap_ent *me = map_get(x->s, sch);
     if (me && me->res >= 0)
         res = me->res;
+    const cJSON *local[KW_N];     /* a schema object the walk did not see (under an unknown keyword) */
+    const cJSON *const *K = me && me->kw ? me->kw : fill_kw(sch, local);
     bool pushed = false;
     if (x->nscope == 0 || x->scope[x->nscope - 1] != res) {
         x->scope[x->nscope++] = res;
@@ -1340,8 +1419,8 @@ static bool v_schema(vx *x, const cJSON *sch, int res, const cJSON *inst, unsign
     x->depth++;
     bool ok = false;
     size_t n = cJSON_IsObject(inst) || cJSON_IsArray(inst) ? (size_t)cJSON_GetArraySize(inst) : 0;
-    const cJSON *uprops = cJSON_GetObjectItemCaseSensitive(sch, "unevaluatedProperties");
-    const cJSON *uitems = cJSON_GetObjectItemCaseSensitive(sch, "unevaluatedItems");
+    const cJSON *uprops = K[KW_unevaluatedProperties];
+    const cJSON *uitems = K[KW_unevaluatedItems];
     bool need = ev || (uprops && cJSON_IsObject(inst)) || (uitems && cJSON_IsArray(inst));
     unsigned char *mine = need ? calloc(n + 1, 1) : NULL;
     if (need && !mine) {
@@ -1349,13 +1428,13 @@ static bool v_schema(vx *x, const cJSON *sch, int res, const cJSON *inst, unsign
         goto out;
     }
 
-    const cJSON *k = cJSON_GetObjectItemCaseSensitive(sch, "$ref");
+    const cJSON *k = K[KW_ref];
     if (k) {
         const pmap_ent *e = map_get(x->s, k);
         if (!e || !e->target || !v_inplace(x, e->target, e->tres, inst, mine, n))
             goto out;
     }
-    k = cJSON_GetObjectItemCaseSensitive(sch, "$dynamicRef");
+    k = K[KW_dynamicRef];
     if (k) {
         const pmap_ent *e = map_get(x->s, k);
         if (!e || !e->target)
@@ -1373,7 +1452,7 @@ static bool v_schema(vx *x, const cJSON *sch, int res, const cJSON *inst, unsign
         if (!v_inplace(x, t, tres, inst, mine, n))
             goto out;
     }
-    k = cJSON_GetObjectItemCaseSensitive(sch, "type");
+    k = K[KW_type];
     if (cJSON_IsString(k) && !has_type(inst, k->valuestring)) {
         fail(x, "type", "%s is not of type %s", type_name(inst), k->valuestring);
         goto out;
@@ -1389,14 +1468,14 @@ static bool v_schema(vx *x, const cJSON *sch, int res, const cJSON *inst, unsign
             goto out;
         }
     }
-    k = cJSON_GetObjectItemCaseSensitive(sch, "const");
+    k = K[KW_const];
     if (k && !json_equal(k, inst)) {
         char *v = cJSON_PrintUnformatted(k);
         fail(x, "const", "the value must be %.200s", v ? v : "the constant");
         free(v);
         goto out;
     }
-    k = cJSON_GetObjectItemCaseSensitive(sch, "enum");
+    k = K[KW_enum];
     if (cJSON_IsArray(k)) {
         bool any = false;
         for (const cJSON *e = k->child; e && !any; e = e->next)
@@ -1408,21 +1487,21 @@ static bool v_schema(vx *x, const cJSON *sch, int res, const cJSON *inst, unsign
             goto out;
         }
     }
-    if (cJSON_IsNumber(inst) && !v_number(x, sch, inst))
+    if (cJSON_IsNumber(inst) && !v_number(x, K, inst))
         goto out;
-    if (cJSON_IsString(inst) && !v_string(x, sch, inst))
+    if (cJSON_IsString(inst) && !v_string(x, K, inst))
         goto out;
-    if (cJSON_IsArray(inst) && !v_array(x, sch, res, inst, mine))
+    if (cJSON_IsArray(inst) && !v_array(x, K, res, inst, mine))
         goto out;
-    if (cJSON_IsObject(inst) && !v_object(x, sch, res, inst, mine))
+    if (cJSON_IsObject(inst) && !v_object(x, K, res, inst, mine))
         goto out;
 
-    k = cJSON_GetObjectItemCaseSensitive(sch, "allOf");
+    k = K[KW_allOf];
     if (cJSON_IsArray(k))
         for (const cJSON *s = k->child; s; s = s->next)
             if (!v_inplace(x, s, res, inst, mine, n))
                 goto out;
-    k = cJSON_GetObjectItemCaseSensitive(sch, "anyOf");
+    k = K[KW_anyOf];
     if (cJSON_IsArray(k)) {
         bool any = false;
         for (const cJSON *s = k->child; s; s = s->next)
@@ -1436,7 +1515,7 @@ static bool v_schema(vx *x, const cJSON *sch, int res, const cJSON *inst, unsign
             goto out;
         }
     }
-    k = cJSON_GetObjectItemCaseSensitive(sch, "oneOf");
+    k = K[KW_oneOf];
     if (cJSON_IsArray(k)) {
         int hits = 0, first = -1, second = -1, j = 0;
         for (const cJSON *s = k->child; s; s = s->next, j++)
@@ -1455,19 +1534,19 @@ static bool v_schema(vx *x, const cJSON *sch, int res, const cJSON *inst, unsign
             goto out;
         }
     }
-    k = cJSON_GetObjectItemCaseSensitive(sch, "not");
+    k = K[KW_not];
     if (k && v_schema(x, k, res, inst, NULL)) {
         fail(x, "not", "the value must not match the schema of not");
         goto out;
     }
-    k = cJSON_GetObjectItemCaseSensitive(sch, "if");
+    k = K[KW_if];
     if (k) {
         const cJSON *br;
         const char *which;
         if (v_inplace(x, k, res, inst, mine, n))
-            br = cJSON_GetObjectItemCaseSensitive(sch, "then"), which = "then";
+            br = K[KW_then], which = "then";
         else
-            br = cJSON_GetObjectItemCaseSensitive(sch, "else"), which = "else";
+            br = K[KW_else], which = "else";
         if (br && !v_inplace(x, br, res, inst, mine, n)) {
             if (x->e && strcmp(x->e->keyword, "false") == 0)
                 fail(x, which, "the value is not allowed by %s", which);
