@@ -57,6 +57,7 @@ bus orders {
   schema "order.created" file "schemas/order.json" on_invalid reject
   schema "order.paid"    file "schemas/order.json" on_invalid dead_letter
   schema "order.noted"   file "schemas/order.json" on_invalid accept
+  schema "order.plain"   file "schemas/order.json"
 }
 target out file "out/orders.jsonl"
 rule all on orders { match exists id to out }
@@ -94,6 +95,8 @@ st=$(post /v1/buses/orders/events application/json "$LOW" -H 'ce-specversion: 1.
      -H 'ce-source: e2e' -H 'ce-type: order.created')
 expect_status 400 "a binary-mode event under the minimum (reject)" "$st"
 answer_has "binary mode: the path and keyword" '/data/total: minimum'
+st=$(post /v1/buses/orders/events $CE "$(ev r8 order.plain "$LOW")")
+expect_status 400 "without on_invalid, an invalid event is rejected" "$st"
 st=$(post /v1/buses/orders/events $CE "$(ev r5 other.type "$LOW")")
 expect_status 202 "a type no schema binds passes" "$st"
 st=$(post /v1/buses/orders/events application/cloudevents-batch+json "[$(ev b1 order.created "$GOOD"),$(ev b2 order.created "$LOW")]")
@@ -120,7 +123,7 @@ OUT="$WORK/data/out/orders.jsonl"
 for id in r1 r5 p1 p4 a1 d2; do
     has "$OUT" "\"id\":\"$id\"" && pass "$id is on the bus" || fail "$id is not on the bus"
 done
-for id in r2 r3 r4 b1 b2 p2 p3 d1; do
+for id in r2 r3 r4 r8 b1 b2 p2 p3 d1; do
     has "$OUT" "\"id\":\"$id\"" && fail "$id is on the bus" || pass "$id is not on the bus"
 done
 DLQ="$WORK/data/orders.invalid.jsonl"
