@@ -265,4 +265,9 @@ void cc_index_build(cc_comp *c);
 /* Emits rule code for ir; returns the first instruction's index and sets *n. */
 uint32_t cc_codegen(cc_comp *c, ir *root, vm_span rule_span, uint32_t *n);
 
+/* Checks a bus's `schema "TYPE" file "PATH" [on_invalid reject|dead_letter|accept]` option:
+ * the file (relative to the rules file's directory) must hold a schema that compiles
+ * (compiler/schema_opt.c, docs/schemas.md). */
+bool cc_opt_schema(cc_comp *c, cc_unit *u, ast *o, const char *w);
+
 #endif

@@ -544,6 +544,7 @@ static const struct opt_spec {
     { "match_steps",    K_SERVER,                   opt_int,         false },
     { "delivery_threads", K_SERVER,                 opt_threads,     false },
     { "delivery_queue",   K_SERVER,                 opt_queue,       false },
+    { "schema",         K_BUS,                      cc_opt_schema,   true  },   /* schema_opt.c */
 };
 
 /* Options the language reserves but nothing carries out yet: refused with a clear message, so

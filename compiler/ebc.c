@@ -13,6 +13,7 @@
 #include "compiler.h"
 #include "../runtime/runtime.h"
 #include "../runtime/center/query.h"
+#include "../runtime/schema/schema.h"
 
 enum {
     EXIT_OK = 0,
@@ -44,6 +45,8 @@ static const char usage[] =
     "  disasm RULES                   print each rule's bytecode (RULES is .ebr or .ebc)\n"
     "  explain RULES                  draw each bus's index as a tree\n"
     "  opcodes                        print the VM's opcode reference (Markdown)\n"
+    "  schema infer EVENTS.jsonl      infer a JSON Schema per (source, type) of the events, one\n"
+    "                                 CloudEvent a line (docs/schemas.md)\n"
     "  log check DIR [--fix]          verify a bus log offline: every record, every index,\n"
     "                                 every cursor (--fix first truncates a torn tail,\n"
     "                                 rebuilds indexes)\n"
@@ -1029,6 +1032,7 @@ int main(int argc, char **argv)
         { "compile", cmd_compile }, { "check", cmd_check }, { "test", cmd_test },
         { "disasm", cmd_disasm }, { "opcodes", cmd_opcodes }, { "bench", cmd_bench },
         { "explain", cmd_explain }, { "log", cmd_log }, { "replay", rp_cli },
+        { "schema", sch_cli },
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name))

@@ -84,6 +84,11 @@ option(A) ::= IDENT(N) LBRACE options(L) RBRACE(E). { A = ast_option_block(u, &N
 
 values(A) ::= .                                     { A = NULL; }
 values(A) ::= values(L) value(V).                   { A = ast_append(L, V); }
+/* a bus's schema option: on_invalid dead_letter */
+values(A) ::= values(L) DEAD_LETTER(T).             { A = ast_append(L, ast_value(u, &T)); }
+/* a function transform's options (a dead_letter clause may follow them) */
+fvalues(A) ::= .                                    { A = NULL; }
+fvalues(A) ::= fvalues(L) value(V).                 { A = ast_append(L, V); }
 
 value(A) ::= STRING(T).                             { A = ast_value(u, &T); }
 value(A) ::= NUMBER(T).                             { A = ast_value(u, &T); }
@@ -119,7 +124,7 @@ clause(A) ::= TRANSFORM(K) IDENT(N) JSON(J).        { A = ast_transform(u, &K, &
 clause(A) ::= TRANSFORM(K) JSON(J).                 { A = ast_transform(u, &K, NULL, ast_json(u, &J)); }
 clause(A) ::= TRANSFORM(K) STRING(S).               { A = ast_transform(u, &K, NULL, ast_value(u, &S)); }
 clause(A) ::= TRANSFORM(K) IDENT(N) ARGS(P).        { A = ast_transform(u, &K, &N, ast_json(u, &P)); }
-clause(A) ::= TRANSFORM(K) IDENT(F) IDENT(N) STRING(S) values(O).
+clause(A) ::= TRANSFORM(K) IDENT(F) IDENT(N) STRING(S) fvalues(O).
                                                     { A = ast_transform_function(u, &K, &F, &N, &S, O); }
 clause(A) ::= TO(K) names(L).                       { A = ast_clause(u, A_TO, &K, L); }
 clause(A) ::= DEAD_LETTER(K) IDENT(N).              { A = ast_clause(u, A_DEAD_LETTER, &K, ast_value(u, &N)); }

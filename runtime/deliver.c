@@ -31,6 +31,7 @@
 #include "command.h"
 #include "ebd_int.h"
 #include "center/center.h"
+#include "schema/schema.h"
 
 #define COMMIT_EVERY_MS 200
 #define COMMIT_EVERY_EVENTS 256
@@ -3295,6 +3296,7 @@ void ebd_rules_free(ebd_rules *r)
 {
     if (!r)
         return;
+    sch_set_free(r->schemas);
     for (uint32_t i = 0; r->targets && i < r->p->ntargets; i++) {
         ebd_target *x = &r->targets[i];
         free(x->name);

@@ -21,8 +21,8 @@
 #include "../compiler/compiler.h"
 #include "center/center.h"
 #include "command.h"
-#include "center/center.h"
 #include "ebd_int.h"
+#include "schema/schema.h"
 
 #define DEFAULT_MAX_EVENT (256u << 10)
 /* Ingest's limits (docs/ebd.md, "Limits").  Connections: 10,000 or half the descriptors, a
@@ -124,6 +124,7 @@ bool ebd_bus_view(ebd *d, const char *name, size_t n, ebd_bus *view)
             *view = *d->buses[r->bus_of[b]];
             view->token = r->bus_token[b];
             view->max_event = r->bus_max[b];
+            view->schemas = sch_set_bus(r->schemas, b);
             return true;
         }
     return false;
@@ -271,6 +272,7 @@ static void close_unused_buses(ebd *d)
         pthread_rwlock_unlock(&d->lock);
         ebd_book_free(d->buses[i]->book);     /* read again if the bus comes back */
         d->buses[i]->book = NULL;
+        sch_discovery_bus_closing(d, d->buses[i]->name);
         store_close(s);
         ebd_log(EBD_INFO, "msg=\"bus closed: the rules no longer declare it\" bus=%s",
                 d->buses[i]->name);
@@ -315,6 +317,8 @@ static ebd_rules *make_rules(ebd *d, vm_program *loaded, sbuf *errors)
     pthread_rwlock_unlock(&d->lock);
     if (ok)
         ok = ebd_rules_prepare(d, r, err, sizeof err);
+    if (ok)
+        ok = (r->schemas = sch_set_load(p, d->data_dir, err, sizeof err)) != NULL;
     if (!ok) {
         sb_printf(errors, "%s: %s\n", io ? "ebd" : d->rules_path, err);
         ebd_rules_free(r);
@@ -354,6 +358,7 @@ bool ebd_reload(ebd *d, sbuf *errors)
     pthread_rwlock_unlock(&d->lock);
     ebd_workers_start(d, r);
     rp_rules_swapped(d);
+    sch_discovery_start(d);
     ebd_rules_free(old);
     close_unused_buses(d);
     pthread_mutex_unlock(&d->reload_mu);
@@ -648,6 +653,7 @@ int main(int argc, char **argv)
     sb_free(&errors);
     ebd_workers_start(&d, d.rules);
     rp_start(&d);
+    sch_discovery_start(&d);
     http = ebd_http_start(&d, fd, host, port, err, sizeof err);
     if (!http) {
         fprintf(stderr, "ebd: %s\n", err);
@@ -684,6 +690,7 @@ int main(int argc, char **argv)
     ebd_log(EBD_INFO, "msg=\"ebd stopped\"");
     status = 0;
 out:
+    sch_discovery_stop(&d);
     if (!http && fd >= 0)
         close(fd);
     vm_program_free(p0);

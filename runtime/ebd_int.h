@@ -123,6 +123,7 @@ typedef struct {
     const char *token;            /* in a view: bearer token for puts, or NULL */
     uint64_t max_event;           /* in a view: the largest event */
     struct mt_bus *mt;            /* center/metrics.c: its counters (NULL: none) */
+    const struct sch_bus *schemas; /* in a view: its bound schemas (runtime/schema), or NULL */
 } ebd_bus;
 
 typedef struct ebd ebd;
@@ -146,6 +147,7 @@ struct ebd_rules {
     uint64_t *bus_max;            /* p's bus index -> its max_event_size */
     char *admin_token;
     struct mt_rules *mt;          /* center/metrics.c: its counters, by rule and target index */
+    struct sch_set *schemas;      /* the buses' bound schemas (runtime/schema/enforce.c) */
 };
 
 struct ebd {

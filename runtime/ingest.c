@@ -25,6 +25,7 @@
 
 #include "ebd_int.h"
 #include "center/center.h"
+#include "schema/schema.h"
 
 #define MAX_BODY (32u << 20)        /* the most any request may carry */
 /* A pool of epoll threads: a request holds its thread only while its append is acknowledged, so
@@ -663,6 +664,7 @@ typedef struct {
     const char *id;              /* its id, quoted */
     size_t idlen;
     char error[240];             /* put-events: why this entry was refused */
+    bool diverted;               /* invalid under its schema: in the dead-letter file (error: why) */
 } event;
 
 typedef struct {
@@ -695,10 +697,12 @@ static enum MHD_Result store_and_answer(struct MHD_Connection *c, ebd_bus *b, ev
     store_entry *e = calloc(es->n ? es->n : 1, sizeof *e);
     if (!e)
         return send_error(c, 503, "out of memory", NULL, "1");
+    size_t k = 0;
     for (size_t i = 0; i < es->n; i++)
-        e[i] = (store_entry){ es->v[i].s, (uint32_t)es->v[i].n, 0 };
+        if (!es->v[i].diverted)
+            e[k++] = (store_entry){ es->v[i].s, (uint32_t)es->v[i].n, 0 };
     uint64_t first = 0;
-    store_status st = store_append(b->s, e, es->n, &first);
+    store_status st = k ? store_append(b->s, e, k, &first) : STORE_OK;
     free(e);
     if (st != STORE_OK) {
         ebd_log(EBD_ERROR, "msg=\"append failed\" bus=%s error=\"%s\"", b->name, store_error(b->s));
@@ -707,12 +711,20 @@ static enum MHD_Result store_and_answer(struct MHD_Connection *c, ebd_bus *b, ev
                                                       : "the bus cannot store events now",
                           NULL, st == STORE_CLOSED ? "1" : "5");
     }
-    mt_ingested(b, es->n);
+    mt_ingested(b, k);
     sbuf r = { 0 };
     sb_puts(&r, "{\"events\":[");
-    for (size_t i = 0; i < es->n; i++)
+    for (size_t i = 0, at = 0; i < es->n; i++) {
+        if (es->v[i].diverted) {
+            sb_printf(&r, "%s{\"id\":%.*s,\"dead_letter\":true,\"error\":", i ? "," : "",
+                      (int)es->v[i].idlen, es->v[i].id);
+            sb_json_string(&r, es->v[i].error, strlen(es->v[i].error));
+            sb_puts(&r, "}");
+            continue;
+        }
         sb_printf(&r, "%s{\"id\":%.*s,\"offset\":%llu}", i ? "," : "", (int)es->v[i].idlen,
-                  es->v[i].id, (unsigned long long)(first + i));
+                  es->v[i].id, (unsigned long long)(first + at++));
+    }
     sb_puts(&r, "]}");
     enum MHD_Result ok = send_json(c, 202, &r, NULL);
     sb_free(&r);
@@ -793,7 +805,23 @@ static enum MHD_Result put_events_ce(struct MHD_Connection *c, ebd_bus *b, reque
             ok = send_error(c, 400, why, field[0] ? field : NULL, NULL);
             goto done;
         }
+        /* the bus's schema for its type (runtime/schema/enforce.c) */
+        int sv = sch_ingest(b->schemas, es.v[i].s, es.v[i].n, es.v[i].error, sizeof es.v[i].error);
+        if (sv == SCH_REFUSE) {
+            if (es.n > 1)
+                snprintf(why, sizeof why, "event %zu: %.200s", i, es.v[i].error);
+            else
+                snprintf(why, sizeof why, "%s", es.v[i].error);
+            ok = send_error(c, 400, why, NULL, NULL);
+            goto done;
+        }
+        es.v[i].diverted = sv == SCH_DIVERT;
     }
+    for (size_t i = 0; i < es.n; i++)
+        if (es.v[i].diverted && !sch_divert(b->schemas, es.v[i].s, es.v[i].n, es.v[i].error)) {
+            ok = send_error(c, 503, "the bus cannot keep invalid events now", NULL, "5");
+            goto done;
+        }
     ok = store_and_answer(c, b, &es);
 done:
     free(es.v);
@@ -851,6 +879,17 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
         else if (!ce_check(es.v[k].s, es.v[k].n, es.v[k].error, sizeof es.v[k].error,
                            &es.v[k].id, &es.v[k].idlen) && !es.v[k].error[0])
             snprintf(es.v[k].error, sizeof es.v[k].error, "not a CloudEvent");
+        else if (!es.v[k].error[0]) {   /* the bus's schema for its type (runtime/schema) */
+            char w[sizeof es.v[k].error];
+            int sv = sch_ingest(b->schemas, es.v[k].s, es.v[k].n, w, sizeof w);
+            if (sv == SCH_REFUSE)
+                memcpy(es.v[k].error, w, sizeof w);
+            else if (sv == SCH_DIVERT && !(es.v[k].diverted = sch_divert(b->schemas, es.v[k].s,
+                                                                          es.v[k].n, w)))
+                snprintf(es.v[k].error, sizeof es.v[k].error, "the bus cannot keep invalid events now");
+            else if (sv == SCH_DIVERT)
+                memcpy(es.v[k].error, w, sizeof w);
+        }
         if (!es.v[k].error[0])
             e[good++] = (store_entry){ es.v[k].s, (uint32_t)es.v[k].n, 0 };
     }
@@ -864,11 +903,19 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
     }
     mt_ingested(b, good);
     sbuf r = { 0 };
-    sb_printf(&r, "{\"failed_entry_count\":%zu,\"entries\":[", es.n - good);
+    size_t diverted = 0;
+    for (size_t k = 0; k < es.n; k++)
+        diverted += es.v[k].diverted;
+    sb_printf(&r, "{\"failed_entry_count\":%zu,\"entries\":[", es.n - good - diverted);
     uint64_t off = first;
     for (size_t k = 0; k < es.n; k++) {
         sb_puts(&r, k ? "," : "");
-        if (es.v[k].error[0]) {
+        if (es.v[k].diverted) {
+            sb_printf(&r, "{\"id\":%.*s,\"dead_letter\":true,\"error_message\":",
+                      (int)es.v[k].idlen, es.v[k].id);
+            sb_json_string(&r, es.v[k].error, strlen(es.v[k].error));
+            sb_puts(&r, "}");
+        } else if (es.v[k].error[0]) {
             bool large = strstr(es.v[k].error, "over the limit") != NULL;
             mt_refused(b, large ? MT_TOO_LARGE : MT_INVALID, 1);
             sb_puts(&r, "{\"error_code\":\"");

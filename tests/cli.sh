@@ -22,7 +22,8 @@ expect_status 0 "$EBC" --help
 grep -q "exit status" "$T/out" || fail "--help does not document exit codes"
 for cmd in "compile RULES.ebr -o OUT.ebc" "check RULES" "test RULES EVENTS.jsonl" "bench RULES EVENTS.jsonl" \
            "--transforms" "disasm RULES" "explain RULES" "opcodes" "log check DIR \[--fix\]" \
-           "log dump DIR \[--from OFFSET | --since TIME\] \[--json\]" "log cursors DIR \[--json\]"; do
+           "log dump DIR \[--from OFFSET | --since TIME\] \[--json\]" "log cursors DIR \[--json\]" \
+           "schema infer EVENTS.jsonl"; do
     grep -q -- "^  *$cmd" "$T/out" || fail "--help does not list '$cmd'"
 done
 expect_status 0 "$EBC" --version
@@ -210,6 +211,20 @@ grep -q "^ebc log cursors: $L/cursors/audit: " "$T/err" || fail "log cursors std
 expect_status 3 "$EBC" log cursors "$T/no-such-log"
 expect_status 2 "$EBC" log cursors
 expect_status 2 "$EBC" log cursors "$L" --frobnicate
+
+# ebc schema infer (docs/schemas.md): one schema per (source, type); a bad line named file:line
+printf '%s\n%s\n' '{"specversion":"1.0","id":"1","source":"s","type":"t","data":{"n":1,"at":"2026-12-05T16:00:00Z"}}' \
+    '{"specversion":"1.0","id":"2","source":"s","type":"t","data":{"n":2.5}}' >"$T/ev.jsonl"
+expect_status 0 "$EBC" schema infer "$T/ev.jsonl"
+tr -d ' \t\n' <"$T/out" >"$T/flat"
+grep -qF '"source":"s","type":"t","events":2' "$T/flat" || fail "schema infer: $(cat "$T/out")"
+grep -qF '"data":{"type":"object","properties":{"at":{"type":"string","format":"date-time"},"n":{"type":"number"}},"required":["n"]}' \
+    "$T/flat" || fail "schema infer, data: $(cat "$T/flat")"
+printf '{"specversion":"1.0","id":"1","source":"s"}\n' >"$T/bad.jsonl"
+expect_status 3 "$EBC" schema infer "$T/bad.jsonl"
+grep -qx "$T/bad.jsonl:1: not a CloudEvent: no type (a non-empty string)" "$T/err" || fail "schema infer, bad line: $(cat "$T/err")"
+expect_status 2 "$EBC" schema
+expect_status 2 "$EBC" schema frobnicate x
 
 if [ "$fails" -ne 0 ]; then
     echo "$fails cli checks failed"

@@ -5,7 +5,7 @@
 set -eu
 
 PKGS="cmake make gcc pkg-config re2c lemon libcjson-dev libcriterion-dev \
-      libcurl4-openssl-dev libmicrohttpd-dev libnats-dev nats-server curl openssl \
+      libcurl4-openssl-dev libmicrohttpd-dev libpcre2-dev libnats-dev nats-server curl openssl \
       prometheus jq"   # promtool and jq: the metrics test (tests/e2e/metrics.sh)
 case "${1:-}" in
     bench) PKGS="$PKGS gnuplot-nox python3" ;;    # charts; the scaling workload's generator

@@ -29,6 +29,9 @@ typedef struct {
 bool center_handle(struct MHD_Connection *c, ebd *d, const char *url, const char *method,
                    const char *body, size_t n, enum MHD_Result *out);
 
+/* The endpoints' handlers, one file each. */
+enum MHD_Result center_schemas(const center_req *r);       /* schemas.c: GET /v1/schemas */
+
 /* A query parameter of the request (?name=value, decoded), or NULL. */
 const char *center_query(const center_req *r, const char *name);
 

@@ -28,6 +28,7 @@ static const struct route {
     { "GET", "/v1/buses/*/replays", rp_handle_list, false },
     { "GET", "/v1/buses/*/replays/*", rp_handle_get, false },
     { "DELETE", "/v1/buses/*/replays/*", rp_handle_cancel, false },
+    { "GET", "/v1/schemas", center_schemas, false },                /* schemas.c */
     { NULL, NULL, NULL, false },    /* (the end) */
 };
 

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "metrics_int.h"
+#include "../schema/schema.h"
 
 /* ---- the Prometheus text format ------------------------------------------------------------------ */
 
@@ -190,6 +191,26 @@ static void render_metrics(ebd *d, sbuf *b)
                       atomic_load_explicit(&x->refused[k], memory_order_relaxed));
         }
     }
+    family(b, "ebr_schema_invalid_total", "counter", "Events that failed the schema bound to "
+           "their type (docs/schemas.md), by what on_invalid did: accepted, dead_lettered, "
+           "rejected.");
+    for (uint32_t i = 0; i < m->nbuses; i++) {
+        sch_counts sc = sch_invalid_counts(m->bus[i]->name);
+        const struct { const char *what; uint64_t n; } v[] = {
+            { "accepted", sc.accepted }, { "dead_lettered", sc.dead_lettered },
+            { "rejected", sc.rejected },
+        };
+        for (size_t k = 0; k < sizeof v / sizeof v[0]; k++) {
+            sb_puts(b, "ebr_schema_invalid_total{bus=\"");
+            mt_prom_label(b, m->bus[i]->name);
+            sb_printf(b, "\",action=\"%s\"} %" PRIu64 "\n", v[k].what, v[k].n);
+        }
+    }
+    family(b, "ebr_schemas_discovered", "gauge", "(source, type) kinds with a schema inferred "
+           "from the bus's traffic.");
+    for (uint32_t i = 0; i < m->nbuses; i++)
+        sample1(b, "ebr_schemas_discovered", "bus", m->bus[i]->name,
+                sch_count(d, m->bus[i]->name));
     family(b, "ebr_rule_matched_total", "counter", "Events the rule matched (once per event, "
            "whatever the number of its targets).");
     for (uint32_t i = 0; i < m->nrules; i++) {
@@ -366,7 +387,7 @@ static void bus_json(ebd *d, sbuf *b, uint32_t i)
             sb_json_string(b, r->mt->rule[k]->name, strlen(r->mt->rule[k]->name));
             any = true;
         }
-    sb_printf(b, "],\"schemas\":%d}", 0 /* the schema helper's count for this bus goes here */);
+    sb_printf(b, "],\"schemas\":%zu}", sch_count(d, x->name));
 }
 
 /* Sends b (200), or 503 when it ran out of memory; frees it. */
