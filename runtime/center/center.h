@@ -32,4 +32,7 @@ bool center_handle(struct MHD_Connection *c, ebd *d, const char *url, const char
 /* A query parameter of the request (?name=value, decoded), or NULL. */
 const char *center_query(const center_req *r, const char *name);
 
+/* console.c: GET /ui, /ui/ and /ui/NAME, the console's embedded files (open: no token). */
+enum MHD_Result console_serve(const center_req *r);
+
 #endif

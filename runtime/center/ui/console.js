@@ -1,0 +1,648 @@
+/*
+ * console.js — the ebr console (docs/console.md): one page, one view at a time, chosen by the
+ * address's fragment (#/buses, #/rules, #/events/BUS, #/trace/BUS/OFFSET, #/targets,
+ * #/replays, #/schemas).  Every figure comes from ebd's admin API (docs/center.md), fetched
+ * again every few seconds.  Events are untrusted input: everything shown is put into the page
+ * as text nodes (el() below), never as HTML.
+ */
+'use strict';
+
+const REFRESH_MS = 3000;
+const TOKEN_KEY = 'ebr.console.token';
+
+/* ---- the page's building blocks ----------------------------------------------------------- */
+
+/* An element: el('td', {class: 'num'}, 'text', child, [more children]).  Strings become text
+ * nodes; props set attributes (on* keys: listeners).  No HTML is ever parsed. */
+function el(tag, props, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(props || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    else if (k === 'value') e.value = v;
+    else e.setAttribute(k, v === true ? '' : String(v));
+  }
+  append(e, kids);
+  return e;
+}
+
+function append(e, kids) {
+  for (const k of kids.flat(Infinity)) {
+    if (k === undefined || k === null || k === false) continue;
+    e.appendChild(k instanceof Node ? k : document.createTextNode(String(k)));
+  }
+  return e;
+}
+
+/* Replaces what e holds. */
+function fill(e, ...kids) {
+  e.replaceChildren();
+  return append(e, kids);
+}
+
+/* A link to a view of the console: parts are encoded one by one. */
+function viewHref(...parts) {
+  return '#/' + parts.map(p => encodeURIComponent(String(p))).join('/');
+}
+
+function link(text, ...parts) {
+  return el('a', { href: viewHref(...parts) }, text);
+}
+
+function num(n) {
+  return typeof n === 'number' ? n.toLocaleString('en-US') : (n === undefined || n === null ? '–' : String(n));
+}
+
+function rate(r) {
+  return typeof r === 'number' ? (r >= 10 ? r.toFixed(0) : r.toFixed(2)) + '/s' : '–';
+}
+
+function bytes(b) {
+  if (typeof b !== 'number') return '–';
+  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (b >= 1024 && i < u.length - 1) { b /= 1024; i++; }
+  return (i ? b.toFixed(1) : String(b)) + ' ' + u[i];
+}
+
+/* An RFC 3339 time as "2026-12-05 16:00:00.123" (UTC, as ebd gives it). */
+function when(t) {
+  if (!t) return '–';
+  return String(t).replace('T', ' ').replace(/Z$/, '');
+}
+
+function badge(text, kind) {
+  return el('span', { class: 'badge ' + (kind || text) }, text);
+}
+
+function notice(kind, ...text) {
+  return el('div', { class: 'notice ' + kind }, ...text);
+}
+
+function table(head, rows, opts) {
+  return el('table', opts || {},
+    el('thead', {}, el('tr', {}, head.map(h => el('th', { class: h.startsWith('#') ? 'num' : null }, h.replace(/^#/, ''))))),
+    el('tbody', {}, rows));
+}
+
+function td(v, cls) {
+  return el('td', { class: cls }, v);
+}
+
+function tdNum(v) {
+  return el('td', { class: 'num' }, num(v));
+}
+
+/* ---- the admin API ------------------------------------------------------------------------ */
+
+class ApiError extends Error {
+  constructor(status, message, path) {
+    super(message);
+    this.status = status;
+    this.path = path;
+  }
+}
+
+const auth = {
+  token: sessionStorage.getItem(TOKEN_KEY),
+  asking: false,
+};
+
+/* The API's root: the console lives at ROOT/ui/, so relative to it under a proxy too. */
+const ROOT = new URL('../', location.href);
+
+/* Calls the API: resolves with the answer's JSON; rejects with an ApiError (401 and 403 also
+ * ask for the token). */
+async function api(method, path, body) {
+  const headers = {};
+  if (auth.token) headers['Authorization'] = 'Bearer ' + auth.token;
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  let res;
+  try {
+    res = await fetch(new URL(path.replace(/^\//, ''), ROOT), {
+      method, headers, cache: 'no-store',
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (e) {
+    throw new ApiError(0, 'ebd cannot be reached (' + e.message + ')', path);
+  }
+  let data = null;
+  try { data = await res.json(); } catch (e) { data = null; }
+  if (res.ok) return data;
+  const msg = data && data.error ? data.error : res.statusText || 'error';
+  if (res.status === 401 || res.status === 403) askToken(res.status, msg);
+  throw new ApiError(res.status, msg, path);
+}
+
+const get = path => api('GET', path);
+
+/* Shows the token form: 401 (none sent) or 403 (refused, or not served here at all). */
+function askToken(status, msg) {
+  const why = document.getElementById('auth-error');
+  if (status === 403 && auth.token) {
+    why.textContent = 'The token was refused (403): ' + msg;
+    why.hidden = false;
+  } else if (status === 403) {
+    why.textContent = 'Refused (403): ' + msg;
+    why.hidden = false;
+  } else {
+    why.hidden = true;
+  }
+  document.getElementById('auth').hidden = false;
+  if (!auth.asking) document.getElementById('auth-token').focus();
+  auth.asking = true;
+}
+
+function setToken(t) {
+  auth.token = t || null;
+  if (t) sessionStorage.setItem(TOKEN_KEY, t); else sessionStorage.removeItem(TOKEN_KEY);
+  document.getElementById('forget').hidden = !t;
+}
+
+/* What a failed call says on the page. */
+function failure(e) {
+  if (!(e instanceof ApiError)) return notice('error', String(e));
+  const what = e.path ? e.path.replace(/\?.*/, '') + ': ' : '';
+  if (e.status === 401) return notice('error', what + 'this ebd needs its admin token (401).');
+  if (e.status === 403) return notice('error', what + 'refused (403): ' + e.message);
+  if (e.status === 404 && /no such endpoint/.test(e.message))
+    return notice('error', what + 'this ebd does not serve that endpoint (404).');
+  return notice('error', what + (e.status ? e.status + ' ' : '') + e.message);
+}
+
+/* ---- views -------------------------------------------------------------------------------- */
+
+/* Each view: mount(root, args, query) builds what stays (forms, the chart) and returns
+ * { refresh(): Promise, auto: bool } — refresh() fetches and redraws the figures. */
+const views = {};
+
+/* The buses known to ebd (for the pickers), kept from the last answer. */
+let knownBuses = [];
+
+async function busNames() {
+  try {
+    const r = await get('/v1/buses');
+    knownBuses = (r.buses || []).map(b => b.name);
+  } catch (e) { /* the view shows its own error */ }
+  return knownBuses;
+}
+
+function busPicker(id, current, withAll) {
+  const s = el('select', { id, name: 'bus' });
+  const names = knownBuses.slice();
+  if (current && !names.includes(current)) names.unshift(current);
+  if (withAll) s.appendChild(el('option', { value: '' }, 'all buses'));
+  for (const n of names) s.appendChild(el('option', { value: n, selected: n === current }, n));
+  return s;
+}
+
+const PALETTE = ['#2f6fde', '#1f8a4c', '#c05621', '#805ad5', '#c53030', '#2c7a7b', '#b7791f', '#4a5568'];
+
+/* Buses: counts, rates, logs, and a chart of events per minute over the last hour. */
+views.buses = {
+  mount(root) {
+    const box = el('div');
+    const canvas = el('canvas', { id: 'chart-per-minute', 'aria-label': 'events per minute' });
+    append(root, el('h1', {}, 'Buses'), box,
+      el('h2', {}, 'Events per minute (the last hour)'),
+      el('div', { class: 'card' }, el('div', { class: 'chart' }, canvas)));
+    let chart = null;
+    return {
+      async refresh() {
+        const r = await get('/v1/buses');
+        const buses = r.buses || [];
+        knownBuses = buses.map(b => b.name);
+        fill(box, buses.length ? table(
+          ['Bus', '#Ingested', '#Refused', '#Rate', 'Log (first – next)', '#Log size', '#Segments', 'Rules', '#Schemas', ''],
+          buses.map(b => el('tr', { 'data-bus': b.name },
+            td(el('strong', {}, b.name)), tdNum(b.ingested), tdNum(b.refused),
+            td(rate(b.rate), 'num'),
+            td(b.log ? num(b.log.first) + ' – ' + num(b.log.next) : '–'),
+            td(b.log ? bytes(b.log.bytes) : '–', 'num'), tdNum(b.log ? b.log.segments : null),
+            td((b.rules || []).join(', ') || '–'), tdNum(b.schemas),
+            td([link('events', 'events', b.name), ' · ', link('replays', 'replays', b.name)]))),
+          { id: 'buses' }) : notice('info', 'No bus is declared.'));
+        chart = drawPerMinute(canvas, chart, buses);
+      },
+    };
+  },
+};
+
+/* Draws (or updates in place) the events-per-minute chart: one line per bus. */
+function drawPerMinute(canvas, chart, buses) {
+  if (typeof Chart === 'undefined') return null;
+  const longest = buses.reduce((a, b) => (b.per_minute || []).length > a.length ? b.per_minute : a, []);
+  const labels = longest.map(p => String(p.time).slice(11, 16));
+  const datasets = buses.map((b, i) => ({
+    label: b.name,
+    data: (b.per_minute || []).map(p => p.count),
+    borderColor: PALETTE[i % PALETTE.length],
+    backgroundColor: PALETTE[i % PALETTE.length] + '22',
+    fill: true, tension: 0.25, pointRadius: 0, borderWidth: 2,
+  }));
+  if (chart) {
+    chart.data.labels = labels;
+    chart.data.datasets = datasets;
+    chart.update('none');
+    return chart;
+  }
+  return new Chart(canvas.getContext('2d'), {
+    type: 'line',
+    data: { labels, datasets },
+    options: {
+      animation: false, responsive: true, maintainAspectRatio: false,
+      interaction: { mode: 'index', intersect: false },
+      scales: { y: { beginAtZero: true, ticks: { precision: 0 } }, x: { ticks: { maxTicksLimit: 12 } } },
+      plugins: { legend: { position: 'bottom' } },
+    },
+  });
+}
+
+/* Rules: what each matched, and where it sends. */
+views.rules = {
+  mount(root) {
+    const box = el('div');
+    append(root, el('h1', {}, 'Rules'), box);
+    return {
+      async refresh() {
+        const r = await get('/v1/rules');
+        const rules = r.rules || [];
+        fill(box, rules.length ? table(['Rule', 'Bus', '#Matched', '#Rate', 'Targets'],
+          rules.map(x => el('tr', { 'data-rule': x.name },
+            td(el('strong', {}, x.name)), td(link(x.bus, 'events', x.bus)), tdNum(x.matched),
+            td(rate(x.rate), 'num'), td((x.targets || []).join(', ') || '–'))),
+          { id: 'rules' }) : notice('info', 'No rule is loaded.'));
+      },
+    };
+  },
+};
+
+/* Events of the log kept between a page of events and the trace it leads to. */
+const seenEvents = new Map();
+
+/* Recent events of a bus, searched by source, type and time; paged with the answer's token. */
+views.events = {
+  mount(root, args, q) {
+    const bus = args[0] || knownBuses[0] || '';
+    const f = {
+      source: el('input', { id: 'q-source', name: 'source', value: q.get('source') || '', placeholder: 'any' }),
+      type: el('input', { id: 'q-type', name: 'type', value: q.get('type') || '', placeholder: 'any' }),
+      since: el('input', { id: 'q-since', name: 'since', value: q.get('since') || '', placeholder: '24h or 2026-12-05T16:00:00Z', size: 22 }),
+      until: el('input', { id: 'q-until', name: 'until', value: q.get('until') || '', placeholder: 'now', size: 22 }),
+      order: el('select', { id: 'q-order', name: 'order' },
+        el('option', { value: 'newest', selected: q.get('order') !== 'oldest' }, 'newest first'),
+        el('option', { value: 'oldest', selected: q.get('order') === 'oldest' }, 'oldest first')),
+      limit: el('input', { id: 'q-limit', name: 'limit', type: 'number', min: 1, max: 1000, value: q.get('limit') || '50', size: 5 }),
+    };
+    const pickerBox = el('label', {}, 'bus', el('input', { id: 'q-bus', value: bus }));
+    const form = el('form', { class: 'filters', id: 'search', onsubmit: ev => {
+      ev.preventDefault();
+      const p = new URLSearchParams();
+      for (const k of ['source', 'type', 'since', 'until', 'limit']) if (f[k].value.trim()) p.set(k, f[k].value.trim());
+      if (f.order.value === 'oldest') p.set('order', 'oldest');
+      const b = document.getElementById('q-bus').value;
+      const hash = viewHref('events', b) + (p.toString() ? '?' + p : '');
+      if (location.hash === hash) router(); else location.hash = hash;
+    } },
+      pickerBox,
+      el('label', {}, 'source', f.source), el('label', {}, 'type', f.type),
+      el('label', {}, 'since', f.since), el('label', {}, 'until', f.until),
+      el('label', {}, 'order', f.order), el('label', {}, 'per page', f.limit),
+      el('button', { type: 'submit', id: 'q-go' }, 'Search'));
+    const byId = el('input', { id: 'trace-id', placeholder: 'event id', size: 18 });
+    const traceForm = el('form', { class: 'filters', onsubmit: ev => {
+      ev.preventDefault();
+      const b = document.getElementById('q-bus').value;
+      if (byId.value.trim()) location.hash = viewHref('trace', b, 'id', byId.value.trim());
+    } }, el('label', {}, 'trace an event by id', byId), el('button', { type: 'submit', class: 'secondary' }, 'Trace'));
+    const box = el('div');
+    const pager = el('div', { class: 'pager' });
+    append(root, el('h1', {}, 'Events'), form, traceForm, box, pager);
+    busNames().then(() => {
+      if (!knownBuses.length) return;
+      const cur = document.getElementById('q-bus').value || knownBuses[0];
+      fill(pickerBox, 'bus', busPicker('q-bus', cur));
+      if (!bus) form.requestSubmit();
+    });
+
+    const pages = [null];       /* the 'after' token of each page seen; pages[k] opened page k */
+    let page = 0;
+    const query = after => {
+      const p = new URLSearchParams();
+      for (const k of ['source', 'type', 'since', 'until', 'limit', 'order']) if (q.get(k)) p.set(k, q.get(k));
+      if (!p.get('limit')) p.set('limit', '50');
+      if (after) p.set('after', after);
+      return '/v1/buses/' + encodeURIComponent(bus) + '/events?' + p;
+    };
+    const view = {
+      get auto() { return page === 0; },
+      async refresh() {
+        if (!bus) { fill(box, notice('info', 'Pick a bus.')); return; }
+        const r = await get(query(pages[page]));
+        const events = r.events || [];
+        fill(box, events.length ? table(['#Offset', 'Time', 'ID', 'Source', 'Type', ''],
+          events.map(x => {
+            const e = x.event || {};
+            seenEvents.set(bus + '/' + x.offset, x);
+            const go = () => { location.hash = viewHref('trace', bus, x.offset); };
+            return el('tr', { class: 'clickable', 'data-offset': x.offset, 'data-id': e.id, onclick: go },
+              tdNum(x.offset), td(when(x.time || e.time), 'mono'), td(e.id, 'mono'), td(e.source), td(e.type),
+              td(el('a', { href: viewHref('trace', bus, x.offset), class: 'trace-link' }, 'trace')));
+          }), { id: 'events' }) : notice('info', 'No event matches.'));
+        pages.length = page + 1;
+        pages.push(r.next || undefined);
+        fill(pager,
+          el('button', { type: 'button', class: 'secondary', id: 'page-first', disabled: page === 0,
+            onclick: () => { page = 0; view.refresh().catch(e => fill(box, failure(e))); } }, '« newest'),
+          el('button', { type: 'button', class: 'secondary', id: 'page-prev', disabled: page === 0,
+            onclick: () => { page--; view.refresh().catch(e => fill(box, failure(e))); } }, '‹ previous'),
+          el('span', { class: 'muted', id: 'page-no' }, 'page ' + (page + 1)),
+          el('button', { type: 'button', class: 'secondary', id: 'page-next', disabled: !r.next,
+            onclick: () => { page++; view.refresh().catch(e => fill(box, failure(e))); } }, 'next ›'));
+      },
+    };
+    return view;
+  },
+};
+
+/* One event's trace: received, matched, every attempt, the outcome per (rule, target), and for
+ * the rules that did not match, why. */
+views.trace = {
+  mount(root, args, q) {
+    const bus = args[0];
+    const byId = args[1] === 'id';
+    const path = '/v1/buses/' + encodeURIComponent(bus) + (byId
+      ? '/events/' + encodeURIComponent(args[2]) + '/trace?explain=1' + (q.get('source') ? '&source=' + encodeURIComponent(q.get('source')) : '')
+      : '/offsets/' + encodeURIComponent(args[1]) + '/trace?explain=1');
+    const box = el('div', { id: 'trace' });
+    append(root, el('h1', {}, 'Trace of ', el('span', { class: 'mono' }, byId ? args[2] : 'offset ' + args[1]),
+      el('span', { class: 'muted' }, ' on ' + bus)), box);
+    return {
+      async refresh() {
+        let t;
+        try {
+          t = await get(path);
+        } catch (e) {
+          if (e.status === 404 && !/no such endpoint/.test(e.message)) {
+            fill(box, notice('info', 'No trace of this event: ' + e.message)); return;
+          }
+          throw e;
+        }
+        const outcomes = t.outcomes || [];
+        const facts = el('dl', { class: 'facts' },
+          el('dt', {}, 'id'), el('dd', { class: 'mono', id: 'trace-event-id' }, t.id),
+          el('dt', {}, 'source'), el('dd', {}, t.source), el('dt', {}, 'type'), el('dd', {}, t.type),
+          el('dt', {}, 'bus / offset'), el('dd', {}, link(t.bus, 'events', t.bus), ' / ' + num(t.offset)),
+          el('dt', {}, 'outcome'), el('dd', { id: 'trace-outcomes' }, outcomes.length
+            ? outcomes.map(o => el('span', { class: 'outcome', 'data-rule': o.rule, 'data-target': o.target, 'data-state': o.state },
+              badge(o.state), ' ' + o.rule + ' → ' + o.target + '  '))
+            : el('span', { class: 'muted' }, 'no rule matched')));
+        fill(box, el('div', { class: 'card' }, facts), el('h2', {}, 'Timeline'), timeline(t));
+        if ((t.not_matched || []).length)
+          append(box, el('h2', {}, 'Rules that did not match'),
+            table(['Rule', 'Why'], t.not_matched.map(n => el('tr', { 'data-rule': n.rule }, td(n.rule), td(n.why, 'mono'))),
+              { id: 'not-matched' }));
+        const seen = seenEvents.get(t.bus + '/' + t.offset);
+        if (seen && seen.event)
+          append(box, el('h2', {}, 'The event'), el('pre', { class: 'json' }, JSON.stringify(seen.event, null, 2)));
+      },
+    };
+  },
+};
+
+/* The trace as a list in time: received, matched, each attempt, each outcome. */
+function timeline(t) {
+  const items = [];
+  const rcv = t.received || {};
+  items.push(el('li', { class: 'received' }, el('span', { class: 'when' }, when(rcv.time)),
+    el('span', { class: 'what' }, 'received'), rcv.producer ? 'from ' + rcv.producer : ''));
+  for (const m of t.matched || [])
+    items.push(el('li', { class: 'matched' }, el('span', { class: 'when' }, ''),
+      el('span', { class: 'what' }, 'matched'), m.rule + ' → ' + m.target,
+      typeof m.payload_bytes === 'number' ? el('span', { class: 'muted' }, ' (payload ' + bytes(m.payload_bytes) + ')') : ''));
+  const attempts = (t.attempts || []).slice().sort((a, b) => String(a.time).localeCompare(String(b.time)));
+  for (const a of attempts) {
+    const good = typeof a.status === 'number' && a.status >= 200 && a.status < 300 && !a.error;
+    items.push(el('li', { class: 'attempt ' + (good ? 'ok' : 'bad'), 'data-target': a.target, 'data-status': a.status },
+      el('span', { class: 'when' }, when(a.time)),
+      el('span', { class: 'what' }, 'attempt ' + num(a.attempt)), a.rule + ' → ' + a.target + ': ',
+      badge(a.status === undefined || a.status === null ? 'no answer' : 'status ' + a.status, good ? 'ok' : 'bad'),
+      typeof a.latency_ms === 'number' ? el('span', { class: 'muted' }, ' ' + a.latency_ms + ' ms') : '',
+      a.error ? el('div', { class: 'error mono' }, a.error) : ''));
+  }
+  for (const o of t.outcomes || [])
+    items.push(el('li', { class: 'outcome ' + (o.state === 'delivered' ? 'ok' : o.state === 'dead_lettered' ? 'bad' : 'warn') },
+      el('span', { class: 'when' }, ''), el('span', { class: 'what' }, o.state.replace('_', '-')), o.rule + ' → ' + o.target));
+  return el('ol', { class: 'timeline', id: 'timeline' }, items);
+}
+
+/* Targets: deliveries that succeeded, failed, were retried or dead-lettered, what waits, and
+ * the last errors. */
+views.targets = {
+  mount(root) {
+    const box = el('div');
+    append(root, el('h1', {}, 'Targets'), box);
+    const open = new Set();
+    return {
+      async refresh() {
+        const r = await get('/v1/targets');
+        const targets = r.targets || [];
+        box.querySelectorAll('details[open]').forEach(d => open.add(d.dataset.target));
+        box.querySelectorAll('details:not([open])').forEach(d => open.delete(d.dataset.target));
+        fill(box, targets.length ? table(
+          ['Target', 'Kind', 'Health', '#Succeeded', '#Failed', '#Retried', '#Dead-lettered', '#Queued', '#Lag', 'Last error'],
+          targets.map(x => {
+            const errors = x.errors || [];
+            const health = x.dead_lettered > 0 ? badge('dead letters', 'bad')
+              : x.last_error ? badge('errors', 'warn') : badge('ok');
+            return el('tr', { 'data-target': x.name },
+              td(el('strong', {}, x.name)), td(x.kind), td(health),
+              tdNum(x.succeeded), tdNum(x.failed), tdNum(x.retried), tdNum(x.dead_lettered),
+              tdNum(x.queued), tdNum(x.lag),
+              td(x.last_error ? [el('span', { class: 'error' }, x.last_error.message),
+                el('div', { class: 'muted' }, when(x.last_error.time)),
+                errors.length ? el('details', { 'data-target': x.name, open: open.has(x.name) },
+                  el('summary', {}, errors.length + ' recent error' + (errors.length > 1 ? 's' : '')),
+                  el('ul', { class: 'errors' }, errors.map(e => el('li', {},
+                    el('span', { class: 'muted' }, when(e.time) + ' ' + (e.rule || '') + ': '), e.message)))) : '']
+                : el('span', { class: 'muted' }, 'none')));
+          }), { id: 'targets' }) : notice('info', 'No target is declared.'));
+      },
+    };
+  },
+};
+
+/* Replays of every bus (or one) with their progress; a form to start one, a button to cancel. */
+views.replays = {
+  mount(root, args) {
+    const only = args[0] || '';
+    const msg = el('div', { id: 'replay-msg' });
+    const f = {
+      name: el('input', { id: 'r-name', placeholder: '(generated)', size: 14 }),
+      since: el('input', { id: 'r-since', value: '1h', required: true, size: 22 }),
+      until: el('input', { id: 'r-until', placeholder: 'now', size: 22 }),
+      rule: el('input', { id: 'r-rule', placeholder: 'every rule', size: 14 }),
+      target: el('input', { id: 'r-target', placeholder: 'every target', size: 14 }),
+    };
+    const pickerBox = el('label', {}, 'bus', el('input', { id: 'r-bus', value: only }));
+    const form = el('form', { class: 'filters', id: 'replay-form', onsubmit: async ev => {
+      ev.preventDefault();
+      const bus = document.getElementById('r-bus').value;
+      const body = { since: f.since.value.trim() };
+      for (const k of ['name', 'until', 'rule', 'target']) if (f[k].value.trim()) body[k] = f[k].value.trim();
+      try {
+        const r = await api('POST', '/v1/buses/' + encodeURIComponent(bus) + '/replays', body);
+        fill(msg, notice('info', 'Replay ', el('strong', {}, r && r.name ? r.name : ''), ' started on ' + bus + '.'));
+        view.refresh().catch(e => fill(box, failure(e)));
+      } catch (e) {
+        fill(msg, failure(e));
+      }
+    } },
+      pickerBox, el('label', {}, 'name', f.name), el('label', {}, 'since', f.since), el('label', {}, 'until', f.until),
+      el('label', {}, 'rule', f.rule), el('label', {}, 'target', f.target),
+      el('button', { type: 'submit', id: 'r-start' }, 'Start replay'));
+    const box = el('div');
+    append(root, el('h1', {}, 'Replays'), el('div', { class: 'card' },
+      el('p', { class: 'muted' }, 'A replay runs a time range of a bus\'s log through the current rules again ' +
+        '(one rule or one target if named) and delivers what they route; replayed events carry a "replay" attribute.'),
+      form, msg), box);
+    busNames().then(() => {
+      if (knownBuses.length) fill(pickerBox, 'bus', busPicker('r-bus', only || knownBuses[0]));
+    });
+    const cancel = async (bus, name) => {
+      try {
+        await api('DELETE', '/v1/buses/' + encodeURIComponent(bus) + '/replays/' + encodeURIComponent(name));
+        fill(msg, notice('info', 'Replay ' + name + ' cancelled.'));
+      } catch (e) {
+        fill(msg, failure(e));
+      }
+      view.refresh().catch(e => fill(box, failure(e)));
+    };
+    const view = {
+      async refresh() {
+        const buses = only ? [only] : await busNames();
+        const lists = await Promise.all(buses.map(b => get('/v1/buses/' + encodeURIComponent(b) + '/replays')));
+        const replays = lists.flatMap(l => l.replays || []);
+        replays.sort((a, b) => String(b.started).localeCompare(String(a.started)));
+        fill(box, replays.length ? table(
+          ['Replay', 'Bus', 'State', 'Progress', 'Range', 'Rule / target', '#Read', '#Matched', '#Delivered', '#Failed', '#Rate', 'Started', ''],
+          replays.map(x => el('tr', { 'data-replay': x.name, 'data-state': x.state },
+            td(el('strong', {}, x.name)), td(x.bus), td([badge(x.state), x.error ? el('div', { class: 'error' }, x.error) : '']),
+            td(progress(x)), td([when(x.since), el('br'), '– ' + (x.until ? when(x.until) : 'start')]),
+            td((x.rule || 'every rule') + ' / ' + (x.target || 'every target')),
+            tdNum(x.events_read), tdNum(x.matched), tdNum(x.delivered), tdNum(x.failed), td(rate(x.rate), 'num'),
+            td([when(x.started), x.finished ? el('div', { class: 'muted' }, 'ended ' + when(x.finished)) : '']),
+            td(x.state === 'running' ? el('button', { type: 'button', class: 'danger cancel',
+              onclick: () => cancel(x.bus, x.name) }, 'Cancel') : ''))),
+          { id: 'replays' }) : notice('info', 'No replay yet.'));
+      },
+    };
+    return view;
+  },
+};
+
+/* A replay's progress: how far its position is from first to last. */
+function progress(x) {
+  const span = typeof x.last === 'number' && typeof x.first === 'number' ? x.last - x.first + 1 : 0;
+  let done = x.state === 'done' ? span : typeof x.position === 'number' ? x.position - x.first : 0;
+  if (done < 0) done = 0;
+  if (done > span) done = span;
+  const pct = span > 0 ? Math.round(100 * done / span) : (x.state === 'done' ? 100 : 0);
+  return el('span', { class: 'progress', 'data-pct': pct },
+    el('progress', { max: 100, value: pct }), ' ' + pct + '%');
+}
+
+/* Schemas inferred from traffic per (bus, source, type), each with its JSON Schema. */
+views.schemas = {
+  mount(root) {
+    const filter = el('input', { id: 's-filter', placeholder: 'filter by source or type', size: 30 });
+    const box = el('div');
+    let last = [];
+    const open = new Set();
+    const draw = () => {
+      box.querySelectorAll('details[open]').forEach(d => open.add(d.dataset.key));
+      box.querySelectorAll('details:not([open])').forEach(d => open.delete(d.dataset.key));
+      const word = filter.value.trim().toLowerCase();
+      const shown = last.filter(s => !word || (s.source + ' ' + s.type + ' ' + s.bus).toLowerCase().includes(word));
+      fill(box, shown.length ? table(['Bus', 'Source', 'Type', '#Version', '#Events', 'Updated', 'Schema'],
+        shown.map(s => {
+          const key = s.bus + '\n' + s.source + '\n' + s.type;
+          return el('tr', { 'data-source': s.source, 'data-type': s.type },
+            td(s.bus), td(s.source), td(s.type), tdNum(s.version), tdNum(s.events), td(when(s.updated), 'mono'),
+            td(el('details', { 'data-key': key, open: open.has(key) }, el('summary', {}, 'JSON Schema'),
+              el('pre', { class: 'json' }, JSON.stringify(s.schema, null, 2)))));
+        }), { id: 'schemas' }) : notice('info', last.length ? 'No schema matches.' : 'No schema discovered yet.'));
+    };
+    filter.addEventListener('input', draw);
+    append(root, el('h1', {}, 'Schemas'), el('form', { class: 'filters', onsubmit: e => e.preventDefault() },
+      el('label', {}, 'filter', filter)), box);
+    return {
+      async refresh() {
+        const r = await get('/v1/schemas');
+        last = r.schemas || [];
+        draw();
+      },
+    };
+  },
+};
+
+/* ---- the router and the refresh loop ------------------------------------------------------ */
+
+let current = null;       /* { view, root, busy } */
+
+/* Mounts the view the address names. */
+function router() {
+  const raw = location.hash.replace(/^#\/?/, '');
+  const [path, qs] = raw.split('?');
+  const parts = path.split('/').filter(p => p.length).map(decodeURIComponent);
+  const name = views[parts[0]] ? parts[0] : 'buses';
+  const root = document.getElementById('view');
+  root.replaceChildren();
+  for (const a of document.querySelectorAll('#nav a'))
+    a.classList.toggle('active', a.dataset.view === name);
+  const body = el('div', { 'data-view': name });
+  root.appendChild(body);
+  const status = el('div', { class: 'view-error' });
+  root.insertBefore(status, body);
+  current = { view: views[name].mount(body, parts.slice(1), new URLSearchParams(qs || '')), status, busy: false };
+  document.title = 'ebr console · ' + name;
+  refresh();
+}
+
+/* Fetches the current view's figures again (once at a time); failures show above it. */
+async function refresh() {
+  const c = current;
+  if (!c || c.busy) return;
+  c.busy = true;
+  try {
+    await c.view.refresh();
+    fill(c.status);
+    document.getElementById('updated').textContent = 'updated ' + new Date().toLocaleTimeString('en-GB');
+  } catch (e) {
+    if (c === current) fill(c.status, failure(e));
+  } finally {
+    c.busy = false;
+  }
+}
+
+function tick() {
+  if (document.getElementById('auto').checked && !document.hidden && !auth.asking &&
+      current && current.view.auto !== false)
+    refresh();
+}
+
+document.addEventListener('DOMContentLoaded', () => {
+  document.getElementById('auth-form').addEventListener('submit', ev => {
+    ev.preventDefault();
+    setToken(document.getElementById('auth-token').value.trim());
+    document.getElementById('auth-token').value = '';
+    document.getElementById('auth').hidden = true;
+    auth.asking = false;
+    router();
+  });
+  document.getElementById('forget').addEventListener('click', () => { setToken(null); router(); });
+  setToken(auth.token);
+  window.addEventListener('hashchange', router);
+  router();
+  setInterval(tick, REFRESH_MS);
+});
