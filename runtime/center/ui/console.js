@@ -22,11 +22,11 @@ function el(tag, props, ...kids) {
     else if (k === 'value') e.value = v;
     else e.setAttribute(k, v === true ? '' : String(v));
   }
-  append(e, kids);
-  return e;
+  return append(e, kids);
 }
 
-function append(e, kids) {
+/* Adds children (strings as text; arrays flattened; null, undefined and false skipped). */
+function append(e, ...kids) {
   for (const k of kids.flat(Infinity)) {
     if (k === undefined || k === null || k === false) continue;
     e.appendChild(k instanceof Node ? k : document.createTextNode(String(k)));
@@ -37,7 +37,7 @@ function append(e, kids) {
 /* Replaces what e holds. */
 function fill(e, ...kids) {
   e.replaceChildren();
-  return append(e, kids);
+  return append(e, ...kids);
 }
 
 /* A link to a view of the console: parts are encoded one by one. */
@@ -287,7 +287,7 @@ views.events = {
     const f = {
       source: el('input', { id: 'q-source', name: 'source', value: q.get('source') || '', placeholder: 'any' }),
       type: el('input', { id: 'q-type', name: 'type', value: q.get('type') || '', placeholder: 'any' }),
-      since: el('input', { id: 'q-since', name: 'since', value: q.get('since') || '', placeholder: '24h or 2026-12-05T16:00:00Z', size: 22 }),
+      since: el('input', { id: 'q-since', name: 'since', value: q.get('since') || '', placeholder: '24h, 15m or RFC 3339', size: 22 }),
       until: el('input', { id: 'q-until', name: 'until', value: q.get('until') || '', placeholder: 'now', size: 22 }),
       order: el('select', { id: 'q-order', name: 'order' },
         el('option', { value: 'newest', selected: q.get('order') !== 'oldest' }, 'newest first'),
@@ -338,7 +338,9 @@ views.events = {
       get auto() { return page === 0; },
       async refresh() {
         if (!bus) { fill(box, notice('info', 'Pick a bus.')); return; }
+        const at = page;
         const r = await get(query(pages[page]));
+        if (at !== page) return;          /* another page was asked for meanwhile */
         const events = r.events || [];
         fill(box, events.length ? table(['#Offset', 'Time', 'ID', 'Source', 'Type', ''],
           events.map(x => {
@@ -353,12 +355,12 @@ views.events = {
         pages.push(r.next || undefined);
         fill(pager,
           el('button', { type: 'button', class: 'secondary', id: 'page-first', disabled: page === 0,
-            onclick: () => { page = 0; view.refresh().catch(e => fill(box, failure(e))); } }, '« newest'),
+            onclick: () => { page = 0; refresh(); } }, '« newest'),
           el('button', { type: 'button', class: 'secondary', id: 'page-prev', disabled: page === 0,
-            onclick: () => { page--; view.refresh().catch(e => fill(box, failure(e))); } }, '‹ previous'),
+            onclick: () => { page--; refresh(); } }, '‹ previous'),
           el('span', { class: 'muted', id: 'page-no' }, 'page ' + (page + 1)),
           el('button', { type: 'button', class: 'secondary', id: 'page-next', disabled: !r.next,
-            onclick: () => { page++; view.refresh().catch(e => fill(box, failure(e))); } }, 'next ›'));
+            onclick: () => { page++; refresh(); } }, 'next ›'));
       },
     };
     return view;
@@ -375,8 +377,8 @@ views.trace = {
       ? '/events/' + encodeURIComponent(args[2]) + '/trace?explain=1' + (q.get('source') ? '&source=' + encodeURIComponent(q.get('source')) : '')
       : '/offsets/' + encodeURIComponent(args[1]) + '/trace?explain=1');
     const box = el('div', { id: 'trace' });
-    append(root, el('h1', {}, 'Trace of ', el('span', { class: 'mono' }, byId ? args[2] : 'offset ' + args[1]),
-      el('span', { class: 'muted' }, ' on ' + bus)), box);
+    const title = el('span', { class: 'mono' }, byId ? args[2] : 'offset ' + args[1]);
+    append(root, el('h1', {}, 'Trace of ', title, el('span', { class: 'muted' }, ' on ' + bus)), box);
     return {
       async refresh() {
         let t;
@@ -389,6 +391,7 @@ views.trace = {
           throw e;
         }
         const outcomes = t.outcomes || [];
+        fill(title, t.id + ' (offset ' + num(t.offset) + ')');
         const facts = el('dl', { class: 'facts' },
           el('dt', {}, 'id'), el('dd', { class: 'mono', id: 'trace-event-id' }, t.id),
           el('dt', {}, 'source'), el('dd', {}, t.source), el('dt', {}, 'type'), el('dd', {}, t.type),
@@ -487,13 +490,14 @@ views.replays = {
     const pickerBox = el('label', {}, 'bus', el('input', { id: 'r-bus', value: only }));
     const form = el('form', { class: 'filters', id: 'replay-form', onsubmit: async ev => {
       ev.preventDefault();
-      const bus = document.getElementById('r-bus').value;
+      const bus = document.getElementById('r-bus').value.trim();
+      if (!bus) { fill(msg, notice('error', 'Name the bus to replay.')); return; }
       const body = { since: f.since.value.trim() };
       for (const k of ['name', 'until', 'rule', 'target']) if (f[k].value.trim()) body[k] = f[k].value.trim();
       try {
         const r = await api('POST', '/v1/buses/' + encodeURIComponent(bus) + '/replays', body);
         fill(msg, notice('info', 'Replay ', el('strong', {}, r && r.name ? r.name : ''), ' started on ' + bus + '.'));
-        view.refresh().catch(e => fill(box, failure(e)));
+        refresh();
       } catch (e) {
         fill(msg, failure(e));
       }
@@ -516,7 +520,7 @@ views.replays = {
       } catch (e) {
         fill(msg, failure(e));
       }
-      view.refresh().catch(e => fill(box, failure(e)));
+      refresh();
     };
     const view = {
       async refresh() {
@@ -609,20 +613,24 @@ function router() {
   refresh();
 }
 
-/* Fetches the current view's figures again (once at a time); failures show above it. */
+/* Fetches the current view's figures again, one fetch at a time (asked for during one, it
+ * runs once more after it); failures show above the view. */
 async function refresh() {
   const c = current;
-  if (!c || c.busy) return;
+  if (!c) return;
+  if (c.busy) { c.again = true; return; }
   c.busy = true;
-  try {
-    await c.view.refresh();
-    fill(c.status);
-    document.getElementById('updated').textContent = 'updated ' + new Date().toLocaleTimeString('en-GB');
-  } catch (e) {
-    if (c === current) fill(c.status, failure(e));
-  } finally {
-    c.busy = false;
-  }
+  do {
+    c.again = false;
+    try {
+      await c.view.refresh();
+      fill(c.status);
+      document.getElementById('updated').textContent = 'updated ' + new Date().toLocaleTimeString('en-GB');
+    } catch (e) {
+      if (c === current) fill(c.status, failure(e));
+    }
+  } while (c.again && c === current);
+  c.busy = false;
 }
 
 function tick() {
