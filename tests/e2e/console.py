@@ -344,7 +344,7 @@ def traces():
         shot("trace-" + PAID)
     if trace_of(FAILED):
         if wait(lambda: ("to_bad", "bad", "dead_lettered") in outcomes() and ("bad", "500") in attempts()):
-            ok("[trace] %s: %d attempts answered 500, then dead-lettered" % (FAILED, len(attempts())))
+            ok("[trace] %s: %d attempts (%s), then dead-lettered" % (FAILED, len(attempts()), ", ".join(s or "-" for _, s in attempts())))
         else:
             fail("[trace] %s: attempts %s, outcomes %s" % (FAILED, attempts(), outcomes()))
         shot("trace-" + FAILED)
@@ -397,12 +397,12 @@ def schemas():
            % (cell(row, 3), cell(row, 4)))
     else:
         fail("[GET /v1/schemas] the schema shown: %r" % text[:200])
+    shot("schemas")
     d.find_element(By.ID, "s-filter").send_keys("billing")
     if wait(lambda: set(attrs("#schemas tr[data-source]", "data-source")) == {"billing"}):
         ok("[GET /v1/schemas] the filter keeps billing's schemas alone")
     else:
         fail("[GET /v1/schemas] the filter: %s" % texts("#schemas tr[data-source]"))
-    shot("schemas")
 
 
 @section("replays")
@@ -431,9 +431,9 @@ def replays():
         ok("[GET /v1/buses/B/replays] ui-replay done, progress 100%%, %s delivered" % cell(row, 8))
     else:
         fail("[GET /v1/buses/B/replays] ui-replay: state %s, progress %s" % (state(), attr(row + " .progress", "data-pct")))
-    # A second one, cancelled from its button while it runs (a replay of a few events may end
-    # before the page shows it running: then there is nothing to cancel, and that is said).
-    for k, v in (("r-name", "ui-cancel"), ("r-rule", "")):
+    # A second one at 1 event a second (the replay's "rate" cap), cancelled from its button while
+    # it runs (should it end before the page shows it running, that is said).
+    for k, v in (("r-name", "ui-cancel"), ("r-rule", ""), ("r-rate", "1")):
         f = d.find_element(By.ID, k)
         f.clear()
         f.send_keys(v)
@@ -445,8 +445,11 @@ def replays():
     if btn == "ended":
         print("note: ui-cancel was %s before it could be cancelled" % state())
     elif btn:
-        if wait(lambda: state() in ("cancelled", "done")):
-            ok("[DELETE /v1/buses/B/replays/N] the cancel button: ui-cancel is %s" % state())
+        if wait(lambda: state() == "cancelled"):
+            ok("[DELETE /v1/buses/B/replays/N] the cancel button: ui-cancel is cancelled, at %s%%"
+               % attr(row + " .progress", "data-pct"))
+        elif state() == "done":
+            print("note: ui-cancel ended before its cancel came: %s" % " ".join(texts("#replay-msg")))
         else:
             fail("[DELETE /v1/buses/B/replays/N] after cancel: %s" % state())
     else:

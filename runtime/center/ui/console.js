@@ -398,7 +398,7 @@ views.trace = {
           el('dt', {}, 'bus / offset'), el('dd', {}, link(t.bus, 'events', t.bus), ' / ' + num(t.offset)),
           el('dt', {}, 'outcome'), el('dd', { id: 'trace-outcomes' }, outcomes.length
             ? outcomes.map(o => el('span', { class: 'outcome', 'data-rule': o.rule, 'data-target': o.target, 'data-state': o.state },
-              badge(o.state), ' ' + o.rule + ' → ' + o.target + '  '))
+              badge(String(o.state).replace('_', '-'), o.state), ' ' + o.rule + ' → ' + o.target + '  '))
             : el('span', { class: 'muted' }, 'no rule matched')));
         fill(box, el('div', { class: 'card' }, facts), el('h2', {}, 'Timeline'), timeline(t));
         if ((t.not_matched || []).length)
@@ -425,11 +425,13 @@ function timeline(t) {
       typeof m.payload_bytes === 'number' ? el('span', { class: 'muted' }, ' (payload ' + bytes(m.payload_bytes) + ')') : ''));
   const attempts = (t.attempts || []).slice().sort((a, b) => String(a.time).localeCompare(String(b.time)));
   for (const a of attempts) {
-    const good = typeof a.status === 'number' && a.status >= 200 && a.status < 300 && !a.error;
+    /* (a target that is not http has no status: its error alone tells) */
+    const hasStatus = typeof a.status === 'number' && a.status > 0;
+    const good = !a.error && (!hasStatus || (a.status >= 200 && a.status < 300));
     items.push(el('li', { class: 'attempt ' + (good ? 'ok' : 'bad'), 'data-target': a.target, 'data-status': a.status },
       el('span', { class: 'when' }, when(a.time)),
       el('span', { class: 'what' }, 'attempt ' + num(a.attempt)), a.rule + ' → ' + a.target + ': ',
-      badge(a.status === undefined || a.status === null ? 'no answer' : 'status ' + a.status, good ? 'ok' : 'bad'),
+      badge(hasStatus ? 'status ' + a.status : good ? 'done' : 'failed', good ? 'ok' : 'bad'),
       typeof a.latency_ms === 'number' ? el('span', { class: 'muted' }, ' ' + a.latency_ms + ' ms') : '',
       a.error ? el('div', { class: 'error mono' }, a.error) : ''));
   }
@@ -486,6 +488,7 @@ views.replays = {
       until: el('input', { id: 'r-until', placeholder: 'now', size: 22 }),
       rule: el('input', { id: 'r-rule', placeholder: 'every rule', size: 14 }),
       target: el('input', { id: 'r-target', placeholder: 'every target', size: 14 }),
+      rate: el('input', { id: 'r-rate', type: 'number', min: 0, placeholder: 'default', size: 8 }),
     };
     const pickerBox = el('label', {}, 'bus', el('input', { id: 'r-bus', value: only }));
     const form = el('form', { class: 'filters', id: 'replay-form', onsubmit: async ev => {
@@ -494,6 +497,7 @@ views.replays = {
       if (!bus) { fill(msg, notice('error', 'Name the bus to replay.')); return; }
       const body = { since: f.since.value.trim() };
       for (const k of ['name', 'until', 'rule', 'target']) if (f[k].value.trim()) body[k] = f[k].value.trim();
+      if (f.rate.value.trim()) body.rate = Number(f.rate.value);
       try {
         const r = await api('POST', '/v1/buses/' + encodeURIComponent(bus) + '/replays', body);
         fill(msg, notice('info', 'Replay ', el('strong', {}, r && r.name ? r.name : ''), ' started on ' + bus + '.'));
@@ -504,6 +508,7 @@ views.replays = {
     } },
       pickerBox, el('label', {}, 'name', f.name), el('label', {}, 'since', f.since), el('label', {}, 'until', f.until),
       el('label', {}, 'rule', f.rule), el('label', {}, 'target', f.target),
+      el('label', { title: 'events read a second at most (0: no cap)' }, 'rate cap /s', f.rate),
       el('button', { type: 'submit', id: 'r-start' }, 'Start replay'));
     const box = el('div');
     append(root, el('h1', {}, 'Replays'), el('div', { class: 'card' },
@@ -515,8 +520,10 @@ views.replays = {
     });
     const cancel = async (bus, name) => {
       try {
-        await api('DELETE', '/v1/buses/' + encodeURIComponent(bus) + '/replays/' + encodeURIComponent(name));
-        fill(msg, notice('info', 'Replay ' + name + ' cancelled.'));
+        const r = await api('DELETE', '/v1/buses/' + encodeURIComponent(bus) + '/replays/' + encodeURIComponent(name));
+        fill(msg, notice('info', r && r.state && r.state !== 'cancelled'
+          ? 'Replay ' + name + ' had ended (' + r.state + ') before it could be cancelled.'
+          : 'Replay ' + name + ' cancelled.'));
       } catch (e) {
         fill(msg, failure(e));
       }
@@ -531,8 +538,9 @@ views.replays = {
         fill(box, replays.length ? table(
           ['Replay', 'Bus', 'State', 'Progress', 'Range', 'Rule / target', '#Read', '#Matched', '#Delivered', '#Failed', '#Rate', 'Started', ''],
           replays.map(x => el('tr', { 'data-replay': x.name, 'data-state': x.state },
-            td(el('strong', {}, x.name)), td(x.bus), td([badge(x.state), x.error ? el('div', { class: 'error' }, x.error) : '']),
-            td(progress(x)), td([when(x.since), el('br'), '– ' + (x.until ? when(x.until) : 'start')]),
+            td(el('strong', {}, x.name)), td(x.bus),
+            td([badge(x.state), x.error ? el('div', { class: 'error' }, 'last error: ' + x.error) : '']),
+            td(progress(x)), td([when(x.since), el('br'), '– ' + (x.until ? when(x.until) : 'now')]),
             td((x.rule || 'every rule') + ' / ' + (x.target || 'every target')),
             tdNum(x.events_read), tdNum(x.matched), tdNum(x.delivered), tdNum(x.failed), td(rate(x.rate), 'num'),
             td([when(x.started), x.finished ? el('div', { class: 'muted' }, 'ended ' + when(x.finished)) : '']),
@@ -547,6 +555,10 @@ views.replays = {
 
 /* A replay's progress: how far its position is from first to last. */
 function progress(x) {
+  if (typeof x.progress === 'number') {        /* (ebd gives it: 0 to 1) */
+    const pct = x.state === 'done' ? 100 : Math.floor(100 * x.progress);
+    return el('span', { class: 'progress', 'data-pct': pct }, el('progress', { max: 100, value: pct }), ' ' + pct + '%');
+  }
   const span = typeof x.last === 'number' && typeof x.first === 'number' ? x.last - x.first + 1 : 0;
   let done = x.state === 'done' ? span : typeof x.position === 'number' ? x.position - x.first : 0;
   if (done < 0) done = 0;
