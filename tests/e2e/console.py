@@ -242,6 +242,25 @@ def rules():
         fail("[GET /v1/rules] rule match counts: wanted %s, got %s %s" % (
             want, {r: cell("#rules tr[data-rule='%s']" % r, 2) for r in want}, view_error()))
     shot("rules")
+    # the dry run: the form's own template (rule try_me: type == "order.created" on the bus)
+    if not wait(lambda: "try_me" in (js("return document.getElementById('dr-text').value") or "")):
+        fail("[POST /v1/buses/B/dry-run] the dry run form has no rules text")
+        return
+    click("#dr-go")
+    got = wait(lambda: as_int(cell("#dr-rules tr[data-rule='try_me']", 1)) is not None and
+               (cell("#dr-rules tr[data-rule='try_me']", 1), cell("#dr-rules tr[data-rule='try_me']", 2)))
+    if got and as_int(got[0]) == len(CREATED) + 1 and "ord-1" in got[1]:
+        ok("[POST /v1/buses/B/dry-run] try_me would match %s events: %s" % got)
+    else:
+        fail("[POST /v1/buses/B/dry-run] try_me: %r %s" % (got, " ".join(texts("#dr-out"))))
+    shot("rules-dry-run")
+    js("document.getElementById('dr-text').value = 'bus main\\nrule broken on main { match type == to }\\n'")
+    click("#dr-go")
+    msg = wait(lambda: " ".join(texts("#dr-out .notice.error pre")))
+    if msg and "error" in msg:
+        ok("[POST /v1/buses/B/dry-run] a rules text with errors shows the compiler's messages: %s" % msg.splitlines()[0])
+    else:
+        fail("[POST /v1/buses/B/dry-run] a broken rules text shows %r" % " ".join(texts("#dr-out")))
 
 
 def event_ids():

@@ -96,10 +96,11 @@ function tdNum(v) {
 /* ---- the admin API ------------------------------------------------------------------------ */
 
 class ApiError extends Error {
-  constructor(status, message, path) {
+  constructor(status, message, path, detail) {
     super(message);
     this.status = status;
     this.path = path;
+    this.detail = detail;        /* more of the answer's say (a dry run's compiler messages) */
   }
 }
 
@@ -112,16 +113,16 @@ const auth = {
 const ROOT = new URL('../', location.href);
 
 /* Calls the API: resolves with the answer's JSON; rejects with an ApiError (401 and 403 also
- * ask for the token). */
+ * ask for the token).  body: an object sent as JSON, or a string sent as text. */
 async function api(method, path, body) {
   const headers = {};
   if (auth.token) headers['Authorization'] = 'Bearer ' + auth.token;
-  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (body !== undefined) headers['Content-Type'] = typeof body === 'string' ? 'text/plain' : 'application/json';
   let res;
   try {
     res = await fetch(new URL(path.replace(/^\//, ''), ROOT), {
       method, headers, cache: 'no-store',
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
     });
   } catch (e) {
     throw new ApiError(0, 'ebd cannot be reached (' + e.message + ')', path);
@@ -131,7 +132,7 @@ async function api(method, path, body) {
   if (res.ok) return data;
   const msg = data && data.error ? data.error : res.statusText || 'error';
   if (res.status === 401 || res.status === 403) askToken(res.status, msg);
-  throw new ApiError(res.status, msg, path);
+  throw new ApiError(res.status, msg, path, data && typeof data.messages === 'string' ? data.messages : null);
 }
 
 const get = path => api('GET', path);
@@ -167,7 +168,8 @@ function failure(e) {
   if (e.status === 403) return notice('error', what + 'refused (403): ' + e.message);
   if (e.status === 404 && /no such endpoint/.test(e.message))
     return notice('error', what + 'this ebd does not serve that endpoint (404).');
-  return notice('error', what + (e.status ? e.status + ' ' : '') + e.message);
+  return notice('error', what + (e.status ? e.status + ' ' : '') + e.message,
+    e.detail ? el('pre', { class: 'json' }, e.detail) : '');
 }
 
 /* ---- views -------------------------------------------------------------------------------- */
@@ -258,11 +260,11 @@ function drawPerMinute(canvas, chart, buses) {
   });
 }
 
-/* Rules: what each matched, and where it sends. */
+/* Rules: what each matched, and where it sends; and a dry run of rules typed in. */
 views.rules = {
   mount(root) {
     const box = el('div');
-    append(root, el('h1', {}, 'Rules'), box);
+    append(root, el('h1', {}, 'Rules'), box, dryRun());
     return {
       async refresh() {
         const r = await get('/v1/rules');
@@ -276,6 +278,51 @@ views.rules = {
     };
   },
 };
+
+/* A form that tries a rules text on a bus's log (POST /v1/buses/{bus}/dry-run): per rule, how
+ * many events would have matched, with sample ids; nothing is delivered. */
+function dryRun() {
+  const template = bus => 'bus ' + bus + '\ntarget nowhere file "unused.jsonl"\n' +
+    'rule try_me on ' + bus + ' {\n  match type == "order.created"\n  to nowhere\n}\n';
+  const text = el('textarea', { id: 'dr-text', rows: 7, cols: 70, spellcheck: 'false', class: 'mono' });
+  const since = el('input', { id: 'dr-since', value: '24h', size: 14 });
+  const until = el('input', { id: 'dr-until', placeholder: 'now', size: 14 });
+  const pickerBox = el('label', {}, 'bus', el('input', { id: 'dr-bus' }));
+  const out = el('div', { id: 'dr-out' });
+  busNames().then(() => {
+    if (!knownBuses.length) return;
+    const s = busPicker('dr-bus', knownBuses[0]);
+    s.addEventListener('change', () => { if (!text.dataset.edited) text.value = template(s.value); });
+    fill(pickerBox, 'bus', s);
+    if (!text.value) text.value = template(knownBuses[0]);
+  });
+  text.addEventListener('input', () => { text.dataset.edited = '1'; });
+  const form = el('form', { id: 'dr-form', onsubmit: async ev => {
+    ev.preventDefault();
+    const bus = document.getElementById('dr-bus').value.trim();
+    if (!bus) { fill(out, notice('error', 'Name the bus to try the rules on.')); return; }
+    const q = new URLSearchParams();
+    if (since.value.trim()) q.set('since', since.value.trim());
+    if (until.value.trim()) q.set('until', until.value.trim());
+    fill(out, el('p', { class: 'muted' }, 'Trying…'));
+    try {
+      const r = await api('POST', '/v1/buses/' + encodeURIComponent(bus) + '/dry-run?' + q, text.value);
+      fill(out, el('p', {}, num(r.events) + ' events read; nothing delivered.'),
+        table(['Rule', '#Would match', 'Sample ids'], (r.rules || []).map(x => el('tr', { 'data-rule': x.name },
+          td(el('strong', {}, x.name)), tdNum(x.matched), td((x.samples || []).join(', ') || '–', 'mono'))),
+        { id: 'dr-rules' }));
+    } catch (e) {
+      fill(out, failure(e));
+    }
+  } },
+    el('div', { class: 'filters' }, pickerBox, el('label', {}, 'since', since), el('label', {}, 'until', until),
+      el('button', { type: 'submit', id: 'dr-go' }, 'Dry run')),
+    text);
+  return el('div', {}, el('h2', {}, 'Try rules on the log (dry run)'),
+    el('div', { class: 'card' }, el('p', { class: 'muted' },
+      'A whole .ebr text, compiled on its own: it declares the bus and the targets its rules name. ' +
+      'Its rules are matched against the events of the range; nothing is delivered.'), form, out));
+}
 
 /* Events of the log kept between a page of events and the trace it leads to. */
 const seenEvents = new Map();
