@@ -45,18 +45,22 @@ function viewHref(...parts) {
   return '#/' + parts.map(p => encodeURIComponent(String(p))).join('/');
 }
 
+/* An <a> to a view of the console. */
 function link(text, ...parts) {
   return el('a', { href: viewHref(...parts) }, text);
 }
 
+/* A count as "1,234" ("–" when there is none). */
 function num(n) {
   return typeof n === 'number' ? n.toLocaleString('en-US') : (n === undefined || n === null ? '–' : String(n));
 }
 
+/* A rate as "0.25/s" or "120/s". */
 function rate(r) {
   return typeof r === 'number' ? (r >= 10 ? r.toFixed(0) : r.toFixed(2)) + '/s' : '–';
 }
 
+/* A size in B, KiB, MiB... */
 function bytes(b) {
   if (typeof b !== 'number') return '–';
   const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -71,24 +75,29 @@ function when(t) {
   return String(t).replace('T', ' ').replace(/Z$/, '');
 }
 
+/* A coloured label: kind (or the text itself) names its class (console.css). */
 function badge(text, kind) {
   return el('span', { class: 'badge ' + (kind || text) }, text);
 }
 
+/* A message box: kind "error" or "info". */
 function notice(kind, ...text) {
   return el('div', { class: 'notice ' + kind }, ...text);
 }
 
+/* A table: head names its columns ("#Name": a number, aligned right); rows are <tr>s. */
 function table(head, rows, opts) {
   return el('table', opts || {},
     el('thead', {}, el('tr', {}, head.map(h => el('th', { class: h.startsWith('#') ? 'num' : null }, h.replace(/^#/, ''))))),
     el('tbody', {}, rows));
 }
 
+/* A cell holding v (text, an element or a list of them). */
 function td(v, cls) {
   return el('td', { class: cls }, v);
 }
 
+/* A cell holding a count. */
 function tdNum(v) {
   return el('td', { class: 'num' }, num(v));
 }
@@ -135,6 +144,7 @@ async function api(method, path, body) {
   throw new ApiError(res.status, msg, path, data && typeof data.messages === 'string' ? data.messages : null);
 }
 
+/* GET path: its JSON. */
 const get = path => api('GET', path);
 
 /* Shows the token form: 401 (none sent) or 403 (refused, or not served here at all). */
@@ -154,6 +164,7 @@ function askToken(status, msg) {
   auth.asking = true;
 }
 
+/* Keeps the admin token for this tab (or forgets it: t null). */
 function setToken(t) {
   auth.token = t || null;
   if (t) sessionStorage.setItem(TOKEN_KEY, t); else sessionStorage.removeItem(TOKEN_KEY);
@@ -181,6 +192,7 @@ const views = {};
 /* The buses known to ebd (for the pickers), kept from the last answer. */
 let knownBuses = [];
 
+/* Asks ebd for its buses (for the pickers); the last answer stays in knownBuses. */
 async function busNames() {
   try {
     const r = await get('/v1/buses');
@@ -189,11 +201,11 @@ async function busNames() {
   return knownBuses;
 }
 
-function busPicker(id, current, withAll) {
+/* A <select> of the known buses, current chosen. */
+function busPicker(id, current) {
   const s = el('select', { id, name: 'bus' });
   const names = knownBuses.slice();
   if (current && !names.includes(current)) names.unshift(current);
-  if (withAll) s.appendChild(el('option', { value: '' }, 'all buses'));
   for (const n of names) s.appendChild(el('option', { value: n, selected: n === current }, n));
   return s;
 }
@@ -578,7 +590,11 @@ views.replays = {
     };
     const view = {
       async refresh() {
-        const buses = only ? [only] : await busNames();
+        let buses = [only];
+        if (!only) {                    /* every bus's: which are they? */
+          buses = ((await get('/v1/buses')).buses || []).map(b => b.name);
+          knownBuses = buses;
+        }
         const lists = await Promise.all(buses.map(b => get('/v1/buses/' + encodeURIComponent(b) + '/replays')));
         const replays = lists.flatMap(l => l.replays || []);
         replays.sort((a, b) => String(b.started).localeCompare(String(a.started)));
@@ -692,6 +708,8 @@ async function refresh() {
   c.busy = false;
 }
 
+/* The refresh loop's beat: refreshes unless paused, hidden, asking for the token, or the view
+ * says not now (an older page of events). */
 function tick() {
   if (document.getElementById('auto').checked && !document.hidden && !auth.asking &&
       current && current.view.auto !== false)
