@@ -30,6 +30,7 @@
 
 #include "command.h"
 #include "ebd_int.h"
+#include "center/center.h"
 
 #define COMMIT_EVERY_MS 200
 #define COMMIT_EVERY_EVENTS 256
@@ -1372,6 +1373,7 @@ struct item {
     bool shared;                  /* payload is rec->data: a rule without a transform */
     ebd_target *t;                /* where the attempt goes: the pair's target, or its dead letter */
     unsigned attempts;            /* at the pair's target */
+    int64_t t0;                   /* the attempt in hand started (mt_now_ns: metrics) */
     int64_t first_ms;             /* the first attempt (real time) */
     bool dl;                      /* payload is the dead letter */
     const char *dl_file;          /* ...for this file (no dead-letter target) */
@@ -1888,6 +1890,7 @@ static int to_dead_letter(dthread *th, item *it, const attempt *a, unsigned atte
     else if (t->dead_letter != VM_NONE)
         dl = &r->targets[t->dead_letter];
     char esc[1024];      /* an error may quote a URL or a command's stderr: escaped for the log */
+    mt_dead_letter(r, p->target, !dl && !file, p->rule_name, a->error, attempts > 0);
     if (!dl && !file) {
         ebd_log(EBD_ERROR, "msg=\"delivery dropped: no dead-letter target\" rule=%s target=%s "
                 "offset=%" PRIu64 " attempts=%u error=\"%s\"", p->rule_name, t->name, it->off,
@@ -1947,6 +1950,9 @@ static int attempt_done(dthread *th, item *it, const attempt *a)
         it->slot = false;
         th->freed = true;
     }
+    if (!it->dl || !it->dl_file)
+        mt_attempt(th->e->r, (uint32_t)(it->t - th->e->r->targets), it->dl, p->rule_name,
+                   a->error, it->t0, it->rec ? it->rec->time_ns : 0);
     bool stopping = atomic_load(&th->e->r->stop);
     if (!a->error[0]) {
         if (!it->dl && it->attempts > 1)
@@ -1971,6 +1977,7 @@ static int attempt_done(dthread *th, item *it, const attempt *a)
             wait = th->same_due - now;    /* a failed batch: its lines go again together */
         th->same_p = p;
         th->same_due = now + wait;
+        mt_retry(th->e->r, p->target);
         ebd_log(EBD_INFO, "msg=\"delivery failed, will retry\" rule=%s target=%s offset=%" PRIu64
                 " attempt=%u wait_ms=%lld error=\"%s\"", p->rule_name, p->t->name, it->off,
                 it->attempts, (long long)wait, ebd_log_text(a->error, esc, sizeof esc));
@@ -2018,6 +2025,7 @@ static int start_attempt(dthread *th, item *it)
         return GONE_WAIT;
     }
     it->slot = true;
+    it->t0 = mt_now_ns();
     if (it->dl)
         it->dl_tries++;
     else
@@ -2938,6 +2946,7 @@ static void *router_main(void *arg)
                 for (size_t i = 0; i < rt->npairs; i++)
                     rt->scratch[n++] = rt->pairs[i];
             } else {
+                mt_matched(r, rules, nrules, rec.offset);
                 for (size_t i = 0; i < nrules; i++)
                     for (uint32_t k = 0; k < p->rules[rules[i]].ntgt; k++)
                         rt->scratch[n++] = &e->pairs[e->rule_pair0[rules[i]] + k];
@@ -3277,6 +3286,8 @@ bool ebd_rules_prepare(ebd *d, ebd_rules *r, char *err, size_t cap)
                      vm_s(p, p->targets[x->target].name));
         }
     }
+    if (!(r->mt = mt_rules_bind(r)))
+        ebd_log(EBD_ERROR, "msg=\"out of memory: these rules go without metrics\"");
     return claim_new_pairs(d, r, e->pairs, e->npairs, err, cap);
 }
 
@@ -3310,6 +3321,7 @@ void ebd_rules_free(ebd_rules *r)
     engine_free(r->eng);
     free(r->bus_of);
     free(r->admin_token);
+    mt_rules_free(r->mt);
     vm_program_free(r->p);
     free(r);
 }
@@ -3542,4 +3554,45 @@ void ebd_workers_stop(ebd *d, ebd_rules *r)
     e->th = NULL;
     pthread_mutex_destroy(&e->cmu);
     pthread_cond_destroy(&e->ccv);
+}
+
+void ebd_pairs_visit(ebd_rules *r, void (*fn)(void *arg, uint32_t target, uint32_t pbus,
+                                              uint64_t queued, uint64_t low), void *arg)
+{
+    ebd_engine *e = r->eng;
+    if (!e || !e->th || !e->routers)
+        return;
+    const vm_program *p = r->p;
+    uint64_t *R = calloc(p->nbuses ? p->nbuses : 1, sizeof *R);
+    if (!R)
+        return;
+    for (uint32_t b = 0; b < p->nbuses; b++) {
+        pthread_mutex_lock(&e->routers[b].mu);
+        R[b] = e->routers[b].pos;
+        pthread_mutex_unlock(&e->routers[b].mu);
+    }
+    /* each thread's pairs under its lock, taken once */
+    for (unsigned t = 0; t < e->nth; t++) {
+        dthread *th = &e->th[t];
+        pthread_mutex_lock(&th->mu);
+        for (size_t i = t; i < e->npairs; i += e->nth) {
+            const ebd_pair *q = &e->pairs[i];
+            if (!q->runs || q->th != t)
+                continue;
+            uint64_t h = q->catching ? q->cpos : q->qn ? q->q[q->qhead].off
+                       : q->catchup ? q->catchup_from : R[q->pbus];
+            if (h < q->start)
+                h = q->start;
+            uint64_t low = h;
+            for (uint32_t k = 0; k < q->nfl; k++)
+                if (q->fl[k] < low)
+                    low = q->fl[k];
+            for (uint32_t k = q->ispend; k < q->nspend; k++)
+                if (q->spend[k] < low)
+                    low = q->spend[k];
+            fn(arg, q->target, q->pbus, (uint64_t)q->qn + q->nfl + (q->nspend - q->ispend), low);
+        }
+        pthread_mutex_unlock(&th->mu);
+    }
+    free(R);
 }

@@ -20,6 +20,7 @@
 
 #include "../compiler/compiler.h"
 #include "command.h"
+#include "center/center.h"
 #include "ebd_int.h"
 
 #define DEFAULT_MAX_EVENT (256u << 10)
@@ -240,6 +241,7 @@ static bool open_buses(ebd *d, ebd_rules *r, char *err, size_t cap, bool *io)
                 return false;
             }
             d->buses[d->nbuses++] = b;
+            b->mt = mt_bus_slot(b->name);     /* its counters (NULL without memory: none) */
         }
         if (!open_bus_log(d, p, i, b, err, cap)) {
             *io = true;

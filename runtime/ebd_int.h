@@ -122,6 +122,7 @@ typedef struct {
     ebd_book *book;               /* deliver.c: the pairs' positions, as last committed */
     const char *token;            /* in a view: bearer token for puts, or NULL */
     uint64_t max_event;           /* in a view: the largest event */
+    struct mt_bus *mt;            /* center/metrics.c: its counters (NULL: none) */
 } ebd_bus;
 
 typedef struct ebd ebd;
@@ -144,6 +145,7 @@ struct ebd_rules {
     char **bus_token;             /* p's bus index -> its token (NULL: none) */
     uint64_t *bus_max;            /* p's bus index -> its max_event_size */
     char *admin_token;
+    struct mt_rules *mt;          /* center/metrics.c: its counters, by rule and target index */
 };
 
 struct ebd {
@@ -181,6 +183,11 @@ void ebd_workers_start(ebd *d, ebd_rules *r);
 void ebd_workers_stop(ebd *d, ebd_rules *r);     /* finish the delivery in hand, commit, join */
 void ebd_rules_free(ebd_rules *r);
 void ebd_book_free(ebd_book *b);                  /* when its bus closes */
+/* For the event center: fn for each pair of r that delivers, with its target and bus (r->p's
+ * indexes), the events queued for it or in flight, and the lowest offset it has not finished.
+ * Under d->reload_mu (its workers are neither starting nor stopping). */
+void ebd_pairs_visit(ebd_rules *r, void (*fn)(void *arg, uint32_t target, uint32_t pbus,
+                                              uint64_t queued, uint64_t low), void *arg);
 
 /* ingest.c */
 struct MHD_Daemon;

@@ -52,6 +52,7 @@ static enum MHD_Result send_json_ex(struct MHD_Connection *c, unsigned status, c
     if (!r)
         return MHD_NO;
     MHD_add_response_header(r, "Content-Type", "application/json");
+    mt_answered(status);
     if (retry_after)
         MHD_add_response_header(r, "Retry-After", retry_after);
     if (close)
@@ -701,10 +702,12 @@ static enum MHD_Result store_and_answer(struct MHD_Connection *c, ebd_bus *b, ev
     free(e);
     if (st != STORE_OK) {
         ebd_log(EBD_ERROR, "msg=\"append failed\" bus=%s error=\"%s\"", b->name, store_error(b->s));
+        mt_note_reason(st == STORE_CLOSED ? MT_OVERLOADED : MT_STORAGE);
         return send_error(c, 503, st == STORE_CLOSED ? "the daemon is stopping"
                                                       : "the bus cannot store events now",
                           NULL, st == STORE_CLOSED ? "1" : "5");
     }
+    mt_ingested(b, es->n);
     sbuf r = { 0 };
     sb_puts(&r, "{\"events\":[");
     for (size_t i = 0; i < es->n; i++)
@@ -856,16 +859,20 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
     free(e);
     if (!e || st != STORE_OK) {
         free(es.v);
+        mt_note_reason(e ? MT_STORAGE : MT_OVERLOADED);
         return send_error(c, 503, "the bus cannot store events now", NULL, "5");
     }
+    mt_ingested(b, good);
     sbuf r = { 0 };
     sb_printf(&r, "{\"failed_entry_count\":%zu,\"entries\":[", es.n - good);
     uint64_t off = first;
     for (size_t k = 0; k < es.n; k++) {
         sb_puts(&r, k ? "," : "");
         if (es.v[k].error[0]) {
+            bool large = strstr(es.v[k].error, "over the limit") != NULL;
+            mt_refused(b, large ? MT_TOO_LARGE : MT_INVALID, 1);
             sb_puts(&r, "{\"error_code\":\"");
-            sb_puts(&r, strstr(es.v[k].error, "over the limit") ? "EventTooLarge" : "InvalidEvent");
+            sb_puts(&r, large ? "EventTooLarge" : "InvalidEvent");
             sb_puts(&r, "\",\"error_message\":");
             sb_json_string(&r, es.v[k].error, strlen(es.v[k].error));
             sb_puts(&r, "}");
@@ -968,9 +975,9 @@ static enum MHD_Result handle(struct MHD_Connection *c, ebd *d, const char *url,
     return r;
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version, const char *data,
-                                  size_t *size, void **state)
+static enum MHD_Result serve(void *cls, struct MHD_Connection *c, const char *url,
+                             const char *method, const char *version, const char *data,
+                             size_t *size, void **state)
 {
     (void)version;
     ebd *d = cls;
@@ -1053,6 +1060,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (!rq->body.v)
         sb_put(&rq->body, "", 0);
     return handle(c, d, url, method, rq);
+}
+
+/* Serves the request's call; the metrics count what ingest refused (center/metrics.c). */
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *data,
+                                  size_t *size, void **state)
+{
+    mt_request_begin();
+    enum MHD_Result r = serve(cls, c, url, method, version, data, size, state);
+    mt_request_end(cls, url, method);
+    return r;
 }
 
 static void on_done(void *cls, struct MHD_Connection *c, void **state,

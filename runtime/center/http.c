@@ -20,6 +20,11 @@ static const struct route {
     { "GET", "/ui", console_serve, true },
     { "GET", "/ui/", console_serve, true },
     { "GET", "/ui/*", console_serve, true },
+    { "GET", "/metrics", mt_serve_metrics, false },
+    { "GET", "/v1/buses", mt_serve_buses, false },
+    { "GET", "/v1/buses/*", mt_serve_bus, false },
+    { "GET", "/v1/rules", mt_serve_rules, false },
+    { "GET", "/v1/targets", mt_serve_targets, false },
     { NULL, NULL, NULL, false },    /* (the end) */
 };
 
