@@ -94,7 +94,7 @@ def wait(cond, what="", timeout=None):
 def endpoint_missing():
     """Does the view say this ebd lacks the endpoint it reads (404 "no such endpoint", 405)?
     Then waiting longer cannot help."""
-    return any("does not serve that endpoint" in t or ": 405 " in t for t in texts(".view-error .notice"))
+    return any("does not serve that endpoint" in t or ": 405 " in t for t in texts(".notice.error"))
 
 
 def shot(name):
