@@ -15,6 +15,11 @@
  *                [--seconds S] [--connections C] [--fsync POLICY]
  *                [--rules-table] [--max-rules N] [--runs R] [--start-timeout S]
  *                [--idle-seconds S] [--drain-timeout S] [--no-fanout] [--ebd-label TEXT]
+ *                [--replay-row [--replay-rate N]]
+ *
+ * --replay-row runs only the replay rows (issue 12): live ingest and routing with and without a
+ * replay running, alternately, --runs times, written to OUT/replay.md (--replay-rate: the
+ * replay's rate cap, events a second; default none).
  *
  * --rules-table runs only the rule-count table and the fan-out rows, and replaces only their
  * section of OUT/ingest.md; --max-rules leaves out the rows above N rules (0: the fan-out rows
@@ -120,10 +125,11 @@ typedef struct {
     size_t nlines, maxlen;
     _Atomic size_t *next;
     _Atomic uint32_t *acked;
+    const char *type;             /* the events' type (NULL: bench.load) */
 } loader;
 
 static const char event_fmt[] =
-    "{\"specversion\":\"1.0\",\"id\":\"ev-%d-%" PRIu64 "-%d\",\"source\":\"bench\",\"type\":\"bench.load\","
+    "{\"specversion\":\"1.0\",\"id\":\"ev-%d-%" PRIu64 "-%d\",\"source\":\"bench\",\"type\":\"%s\","
     "\"time\":\"2026-11-26T10:00:00Z\",\"data\":{\"order\":%" PRIu64 ",\"total\":123.45,\"region\":"
     "\"eu-west-1\",\"items\":[{\"sku\":\"SKU-1-X\",\"qty\":2}],\"note\":\"a 300-byte-ish event\"}}";
 
@@ -149,7 +155,8 @@ static void *load(void *arg)
             for (int i = 0; i < l->batch; i++) {
                 if (i)
                     body[n++] = ',';
-                n += (size_t)snprintf(body + n, cap - n, event_fmt, self, k, i, k);
+                n += (size_t)snprintf(body + n, cap - n, event_fmt, self, k, i,
+                                      l->type ? l->type : "bench.load", k);
             }
             if (l->batch > 1)
                 body[n++] = ']';
@@ -1323,13 +1330,161 @@ static int classic_rows(const char *ebd, const char *rules, const char *data, in
     return 0;
 }
 
+/* ---- replay (issue 12): live ingest and routing with and without a replay running ------------
+ * One bus, fsync interval 10ms.  History first: `secs` seconds of batches of 100 events of type
+ * bench.history, which no rule matches then; a reload adds rule `hist` (to file target hist), so
+ * that only a replay delivers them (a new rule starts at the end of the log).  Then, `runs` times
+ * in turn: single-event ingest for `secs` seconds from `conns` connections with nothing else
+ * running (A), and the same with a replay of the history through rule hist running (B).  Live
+ * events (bench.load) go to file target `live` by rule `live`: routed = its lines written during
+ * the window.  The replay's own rate is read from its status. */
+
+static int http_call(int port, const char *method, const char *path, const char *body, char *buf,
+                     size_t cap)
+{
+    int fd = connect_to(port);
+    if (fd < 0)
+        return -1;
+    char req[2048];
+    size_t bn = body ? strlen(body) : 0;
+    int n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\n\r\n%s", method, path, bn, body ? body : "");
+    int st = roundtrip(fd, req, (size_t)n, buf, cap);
+    close(fd);
+    return st;
+}
+
+static double json_num(const char *buf, const char *key)
+{
+    char k[80];
+    snprintf(k, sizeof k, "\"%s\":", key);
+    const char *p = strstr(buf, k);
+    return p ? atof(p + strlen(k)) : -1;
+}
+
+static void write_replay_rules(const char *path, bool hist)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        die(path);
+    fprintf(f, "bus rp {\n  fsync interval 10ms\n}\n"
+               "target live file \"rp/live0.jsonl\" { fsync interval 10ms }\n"
+               "target hist file \"rp/hist0.jsonl\" { fsync interval 10ms }\n"
+               "rule live on rp { match type == \"bench.load\" to live }\n%s",
+            hist ? "rule hist on rp { match type == \"bench.history\" to hist }\n" : "");
+    fclose(f);
+}
+
+static int replay_rows(const char *ebd, const char *work, int port, int conns, double secs, int runs,
+                       double rate, const char *machine, const char *out)
+{
+    char rules[4200], data[4200], dir[4300], path[4200], buf[8192];
+    snprintf(rules, sizeof rules, "%s/replay.ebr", work);
+    snprintf(data, sizeof data, "%s/replay-data", work);
+    snprintf(dir, sizeof dir, "%s/rp", data);
+    write_replay_rules(rules, false);
+    pid_t pid = start_ebd(ebd, rules, data, port);
+    if (pid < 0) {
+        fprintf(stderr, "bench: ebd did not start\n");
+        return 1;
+    }
+    loader hist = { .port = port, .batch = 100, .bus = "rp", .type = "bench.history" };
+    double rq, hist_s;
+    uint64_t errors;
+    run_loaders(&hist, conns, secs, &rq, &hist_s, &errors);
+    uint64_t history = (uint64_t)(hist_s * secs + 0.5);
+    write_replay_rules(rules, true);
+    if (http_call(port, "POST", "/v1/admin/reload", NULL, buf, sizeof buf) != 200) {
+        fprintf(stderr, "bench: the reload failed: %s\n", buf);
+        stop_ebd(pid);
+        return 1;
+    }
+    line_counter lc;
+    counter_init(&lc, dir, "live", 1);
+    double a_ev[MAX_RUNS], b_ev[MAX_RUNS], a_rt[MAX_RUNS], b_rt[MAX_RUNS], b_rp[MAX_RUNS];
+    bool finished_early = false;
+    for (int r = 0; r < runs; r++) {
+        double at;
+        for (int phase = 0; phase < 2; phase++) {
+            char name[64], body[256];
+            double r0 = 0;
+            if (phase) {
+                snprintf(name, sizeof name, "bench-%d", r);
+                if (rate > 0)
+                    snprintf(body, sizeof body, "{\"name\":\"%s\",\"since\":\"1h\",\"rule\":\"hist\","
+                             "\"rate\":%g}", name, rate);
+                else
+                    snprintf(body, sizeof body, "{\"name\":\"%s\",\"since\":\"1h\",\"rule\":\"hist\"}", name);
+                if (http_call(port, "POST", "/v1/buses/rp/replays", body, buf, sizeof buf) != 201) {
+                    fprintf(stderr, "bench: the replay did not start: %s\n", buf);
+                    stop_ebd(pid);
+                    return 1;
+                }
+                usleep(300000);
+                snprintf(path, sizeof path, "/v1/buses/rp/replays/%s", name);
+                http_call(port, "GET", path, NULL, buf, sizeof buf);
+                r0 = json_num(buf, "events_read");
+            }
+            uint64_t l0 = counter_poll(&lc);
+            double ev;
+            run_load(port, "rp", conns, 1, secs, &rq, &ev, &errors);
+            uint64_t l1 = counter_poll(&lc);
+            (phase ? b_ev : a_ev)[r] = ev;
+            (phase ? b_rt : a_rt)[r] = (double)(l1 - l0) / secs;
+            if (phase) {
+                http_call(port, "GET", path, NULL, buf, sizeof buf);
+                b_rp[r] = (json_num(buf, "events_read") - r0) / secs;
+                finished_early |= strstr(buf, "\"state\":\"running\"") == NULL;
+                http_call(port, "DELETE", path, NULL, buf, sizeof buf);
+            }
+            /* the live deliveries drain before the next window */
+            wait_lines(&lc, UINT64_MAX, 1.0, 60, &at);
+            fprintf(stderr, "bench: replay run %d %s: ingest %.0f ev/s, routed %.0f/s%s\n", r + 1,
+                    phase ? "with a replay" : "alone", ev, (phase ? b_rt : a_rt)[r],
+                    phase ? "" : "");
+        }
+    }
+    counter_free(&lc);
+    stop_ebd(pid);
+    double ma = median(a_ev, runs), mb = median(b_ev, runs), ra = median(a_rt, runs), rb = median(b_rt, runs);
+    snprintf(path, sizeof path, "%s/replay.md", out);
+    FILE *md = fopen(path, "w");
+    if (!md)
+        die(path);
+    fprintf(md, "## Replay (issue 12): live traffic with and without a replay running\n\n"
+                "Machine: %s.  One bus (fsync interval 10ms), %" PRIu64 " history events (bench.history) "
+                "replayed through rule hist to a file target; live single-event ingest from %d "
+                "connections, %.0f s windows, alone and with the replay running, alternately, %d runs "
+                "(medians; each run's figures below).  Replay rate cap: %s.\n\n"
+                "| | alone | with a replay | ratio |\n|---|---|---|---|\n"
+                "| live ingest, events/s | %.0f | %.0f | %.3f |\n"
+                "| live routing (deliveries written), /s | %.0f | %.0f | %.3f |\n"
+                "| the replay, events/s | | %.0f | |\n\n",
+            machine, history, conns, secs, runs, rate > 0 ? "yes" : "none (nice 19 only)",
+            ma, mb, ma > 0 ? mb / ma : 0, ra, rb, ra > 0 ? rb / ra : 0, median(b_rp, runs));
+    for (int r = 0; r < runs; r++)
+        fprintf(md, "- run %d: ingest %.0f / %.0f, routed %.0f / %.0f, replay %.0f ev/s\n", r + 1,
+                a_ev[r], b_ev[r], a_rt[r], b_rt[r], b_rp[r]);
+    if (finished_early)
+        fprintf(md, "\nA replay finished before its window ended in some run: more history is needed.\n");
+    fclose(md);
+    FILE *in = fopen(path, "r");
+    int c;
+    while (in && (c = getc(in)) != EOF)
+        putchar(c);
+    if (in)
+        fclose(in);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *ebd = NULL, *work = NULL, *out = NULL, *ebc = NULL, *shared = "../shared/data";
     double secs = 5, start_limit = 120, idle_secs = 10, drain_limit = 120;
     int conns = 8, runs = 3;
     unsigned max_rules = 100000;
-    bool table_only = false, fanout = true;
+    bool table_only = false, fanout = true, replay_only = false;
+    double replay_rate = 0;
     const char *label = NULL;
     const char *fsync_policy = "interval 10ms";
     for (int i = 1; i < argc; i++) {
@@ -1340,6 +1495,10 @@ int main(int argc, char **argv)
         }
         if (!strcmp(a, "--no-fanout")) {
             fanout = false;
+            continue;
+        }
+        if (!strcmp(a, "--replay-row")) {
+            replay_only = true;
             continue;
         }
         if (!v)
@@ -1358,6 +1517,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--idle-seconds")) idle_secs = atof(v);
         else if (!strcmp(a, "--drain-timeout")) drain_limit = atof(v);
         else if (!strcmp(a, "--ebd-label")) label = v;
+        else if (!strcmp(a, "--replay-rate")) replay_rate = atof(v);
         else goto usage;
         i++;
     }
@@ -1367,7 +1527,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: bench_ingest --ebd EBD --work DIR --out DIR [--ebc EBC] [--data SHARED_DATA_DIR]\n"
                         "                    [--seconds S] [--connections C] [--fsync POLICY]\n"
                         "                    [--rules-table] [--max-rules N] [--runs R (1-%d)] [--start-timeout S]\n"
-                        "                    [--idle-seconds S] [--drain-timeout S] [--no-fanout] [--ebd-label TEXT]\n",
+                        "                    [--idle-seconds S] [--drain-timeout S] [--no-fanout] [--ebd-label TEXT]\n"
+                        "                    [--replay-row [--replay-rate N]]\n",
                 MAX_RUNS);
         return 2;
     }
@@ -1415,6 +1576,8 @@ int main(int argc, char **argv)
             machine[strcspn(machine, "\n")] = 0;
         pclose(m);
     }
+    if (replay_only)
+        return replay_rows(ebd, work, port, conns, secs, runs, replay_rate, machine, out);
     char path[4200];
     snprintf(path, sizeof path, "%s/ingest.md", out);
     char *classic = NULL, *table = NULL;

@@ -12,6 +12,7 @@
 
 #include "compiler.h"
 #include "../runtime/runtime.h"
+#include "../runtime/center/query.h"
 
 enum {
     EXIT_OK = 0,
@@ -47,9 +48,18 @@ static const char usage[] =
     "                                 every cursor (--fix first truncates a torn tail,\n"
     "                                 rebuilds indexes)\n"
     "  log dump DIR [--from OFFSET | --since TIME] [--json]\n"
-    "                                 print a bus log's records in order, from an offset or\n"
-    "                                 the first appended at or after TIME\n"
+    "        [--until T] [--source S] print a bus log's records in order, from an offset or\n"
+    "        [--type T] [--limit N]   the first appended at or after TIME; T: RFC 3339, or\n"
+    "        [--order oldest|newest]  a duration back from now (24h); --source and --type\n"
+    "                                 match exactly (a trailing * is a prefix)\n"
     "  log cursors DIR [--json]       print a bus log's named cursors and cursor sets\n"
+    "  replay --url URL --bus B --since T [--until T] [--rule R] [--target T] [--name N]\n"
+    "         [--rate N] [--token T]  replay a time range on a running ebd through its\n"
+    "                                 rules, showing its progress (--status NAME,\n"
+    "                                 --cancel NAME, --list)\n"
+    "  replay --dry-run RULES.ebr --data DIR --bus B --since T [--until T] [--json]\n"
+    "                                 per rule, how many events of the log it would have\n"
+    "                                 matched, with sample ids; nothing is delivered\n"
     "  --help, --version\n"
     "\n"
     "exit status:\n"
@@ -60,7 +70,8 @@ static const char usage[] =
     "     events file, an event line that is not a JSON object)\n"
     "  4  ebc test: a transform failed for some event (and no event was invalid)\n"
     "  5  ebc log: the log has problems (each printed), or a record or a cursor could not\n"
-    "     be read\n";
+    "     be read\n"
+    "  6  ebc replay: the replay ended cancelled or failed (3: ebd refused or is not there)\n";
 
 /* Loads rules from .ebr source or an .ebc file (told apart by the file's first bytes, so that a
  * damaged .ebc is reported as one and not compiled as source); prints problems; NULL on failure,
@@ -723,12 +734,44 @@ static void put_payload(FILE *out, const store_record *r, bool json)
             putc(d[i] == '\n' || d[i] == '\r' ? ' ' : d[i], out);
 }
 
+/* One record as `ebc log dump` prints it (text, or with json one object per line). */
+static void dump_record(const store_record *r, bool json)
+{
+    if (json) {
+        printf("{\"offset\":%" PRIu64 ",\"time\":\"", r->offset);
+        put_time(stdout, r->time_ns);
+        printf("\",\"flags\":%u,\"len\":%u,\"payload\":", r->flags, r->len);
+        put_payload(stdout, r, true);
+        fputs("}\n", stdout);
+    } else {
+        printf("%" PRIu64 " ", r->offset);
+        put_time(stdout, r->time_ns);
+        printf(" flags=0x%x len=%u ", r->flags, r->len);
+        put_payload(stdout, r, false);
+        putchar('\n');
+    }
+}
+
+static bool dump_emit(void *arg, const store_record *r)
+{
+    dump_record(r, *(bool *)arg);
+    return true;
+}
+
+static const char dump_usage[] =
+    "usage: ebc log dump DIR [--from OFFSET | --since TIME] [--json]\n"
+    "                    [--until TIME] [--source S] [--type T] [--limit N]\n"
+    "                    [--order oldest|newest]\n";
+
 static int cmd_log_dump(int argc, char **argv)
 {
     const char *dir = NULL;
-    bool json = false, since = false, from_given = false;
+    bool json = false, since = false, from_given = false, newest = false;
     uint64_t from = 0;
-    int64_t since_ms = 0;
+    int64_t now = qy_now_ns(), since_ns = QY_NONE_BEFORE, until_ns = QY_NONE_AFTER;
+    qy_filter f = { 0 };
+    unsigned long long limit = 0;
+    char why[300];
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--json"))
             json = true;
@@ -741,12 +784,33 @@ static int cmd_log_dump(int argc, char **argv)
                 return EXIT_USAGE;
             }
             from_given = true;
-        } else if (!strcmp(argv[i], "--since") && i + 1 < argc) {
-            since = true;
-            if (!parse_time_arg(argv[++i], &since_ms)) {
-                fprintf(stderr, "ebc log dump: --since takes a UTC time as 2026-11-26T10:00:00Z\n");
+        } else if ((!strcmp(argv[i], "--since") || !strcmp(argv[i], "--until")) && i + 1 < argc) {
+            bool is_since = !strcmp(argv[i], "--since");
+            since |= is_since;
+            if (!qy_parse_time(argv[i + 1], now, is_since ? &since_ns : &until_ns, why, sizeof why)) {
+                fprintf(stderr, "ebc log dump: %s: %s\n", argv[i], why);
                 return EXIT_USAGE;
             }
+            i++;
+        } else if (!strcmp(argv[i], "--source") && i + 1 < argc)
+            f.source = argv[++i];
+        else if (!strcmp(argv[i], "--type") && i + 1 < argc)
+            f.type = argv[++i];
+        else if (!strcmp(argv[i], "--limit") && i + 1 < argc) {
+            char *end;
+            errno = 0;
+            limit = strtoull(argv[++i], &end, 10);
+            if (*end || errno || argv[i][0] == '-' || !limit) {
+                fprintf(stderr, "ebc log dump: --limit takes a number over 0, not '%s'\n", argv[i]);
+                return EXIT_USAGE;
+            }
+        } else if (!strcmp(argv[i], "--order") && i + 1 < argc) {
+            i++;
+            if (strcmp(argv[i], "oldest") && strcmp(argv[i], "newest")) {
+                fprintf(stderr, "ebc log dump: --order is oldest or newest, not '%s'\n", argv[i]);
+                return EXIT_USAGE;
+            }
+            newest = !strcmp(argv[i], "newest");
         } else if (!dir && argv[i][0] != '-')
             dir = argv[i];
         else {
@@ -754,8 +818,8 @@ static int cmd_log_dump(int argc, char **argv)
             return EXIT_USAGE;
         }
     }
-    if (!dir || (since && from_given)) {
-        fputs("usage: ebc log dump DIR [--from OFFSET | --since TIME] [--json]\n", stderr);
+    if (!dir || (since && from_given) || (newest && from_given)) {
+        fputs(dump_usage, stderr);
         return EXIT_USAGE;
     }
     char err[512];
@@ -765,11 +829,23 @@ static int cmd_log_dump(int argc, char **argv)
         fprintf(stderr, "ebc log dump: %s\n", err);
         return EXIT_INPUT;
     }
+    if (newest) {
+        /* read backwards in chunks (runtime/center/query.c); corrupt records passed over */
+        qy_query q = { .since_ns = since_ns, .until_ns = until_ns, .f = f, .newest = true,
+                       .limit = (size_t)limit };
+        bool more;
+        uint64_t next;
+        store_status st = qy_run(s, &q, dump_emit, &json, &more, &next, err, sizeof err);
+        if (st != STORE_OK)
+            fprintf(stderr, "ebc log dump: %s\n", err);
+        store_close(s);
+        return st == STORE_OK ? EXIT_OK : EXIT_LOG;
+    }
     /* (by default from the first record retention has kept) */
     uint64_t first, next;
     store_bounds(s, &first, &next);
     store_cursor *c;
-    store_status st = since ? store_cursor_open_at(s, since_ms * 1000000, &c)
+    store_status st = since ? store_cursor_open_at(s, since_ns, &c)
                             : store_cursor_open(s, from_given ? from : first, &c);
     if (st != STORE_OK) {
         fprintf(stderr, "ebc log dump: %s\n", store_error(s));
@@ -777,8 +853,10 @@ static int cmd_log_dump(int argc, char **argv)
         return EXIT_LOG;
     }
     int status = EXIT_OK;
+    unsigned long long given = 0;
     store_record r;
-    while (st == STORE_OK && (st = store_cursor_next(c, &r, 0)) != STORE_TIMEOUT) {
+    while (st == STORE_OK && (!limit || given < limit) &&
+           (st = store_cursor_next(c, &r, 0)) != STORE_TIMEOUT) {
         if (st == STORE_CORRUPT || st == STORE_BEHIND) {
             fprintf(stderr, "ebc log dump: %s\n", store_cursor_error(c));
             status = EXIT_LOG;
@@ -787,21 +865,12 @@ static int cmd_log_dump(int argc, char **argv)
             st = st == STORE_BEHIND ? store_cursor_seek(c, first) : store_cursor_skip(c, &lost);
             continue;
         }
-        if (st != STORE_OK)
+        if (st != STORE_OK || r.time_ns >= until_ns)
             break;
-        if (json) {
-            printf("{\"offset\":%" PRIu64 ",\"time\":\"", r.offset);
-            put_time(stdout, r.time_ns);
-            printf("\",\"flags\":%u,\"len\":%u,\"payload\":", r.flags, r.len);
-            put_payload(stdout, &r, true);
-            fputs("}\n", stdout);
-        } else {
-            printf("%" PRIu64 " ", r.offset);
-            put_time(stdout, r.time_ns);
-            printf(" flags=0x%x len=%u ", r.flags, r.len);
-            put_payload(stdout, &r, false);
-            putchar('\n');
-        }
+        if (!qy_event_passes(&f, (const char *)r.data, r.len))
+            continue;
+        dump_record(&r, json);
+        given++;
     }
     if (st != STORE_TIMEOUT && st != STORE_OK) {
         fprintf(stderr, "ebc log dump: %s\n", store_cursor_error(c));
@@ -935,7 +1004,8 @@ static int cmd_log(int argc, char **argv)
     if (argc >= 1 && !strcmp(argv[0], "cursors"))
         return cmd_log_cursors(argc - 1, argv + 1);
     fputs("usage: ebc log check DIR [--fix]\n"
-          "       ebc log dump DIR [--from OFFSET | --since TIME] [--json]\n"
+          "       ebc log dump DIR [--from OFFSET | --since TIME] [--json] [--until TIME]\n"
+          "                    [--source S] [--type T] [--limit N] [--order oldest|newest]\n"
           "       ebc log cursors DIR [--json]\n", stderr);
     return EXIT_USAGE;
 }
@@ -958,7 +1028,7 @@ int main(int argc, char **argv)
     static const struct { const char *name; int (*run)(int, char **); } cmds[] = {
         { "compile", cmd_compile }, { "check", cmd_check }, { "test", cmd_test },
         { "disasm", cmd_disasm }, { "opcodes", cmd_opcodes }, { "bench", cmd_bench },
-        { "explain", cmd_explain }, { "log", cmd_log },
+        { "explain", cmd_explain }, { "log", cmd_log }, { "replay", rp_cli },
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name))

@@ -255,8 +255,8 @@ static bool output_path_ok(const char *path, char *why, size_t cap)
                      "and cannot leave it ('..' is not allowed)", path);
             return false;
         }
-    /* The daemon's own folders there (the buses' logs, the list of pairs) are not for targets. */
-    static const char *const own[] = { "buses", "pairs" };
+    /* The daemon's own folders there (logs, the list of pairs, replays) are not for targets. */
+    static const char *const own[] = { "buses", "pairs", "replays" };
     const char *first = path;
     while (first[0] == '.' && first[1] == '/')
         first += 2 + strspn(first + 2, "/");
@@ -3595,4 +3595,245 @@ void ebd_pairs_visit(ebd_rules *r, void (*fn)(void *arg, uint32_t target, uint32
         pthread_mutex_unlock(&th->mu);
     }
     free(R);
+}
+
+/* ---- one delivery made at once: replays (runtime/center/replay.c) ------------------------------
+ * A replay delivers again what the log holds, beside the engine and without its queues: one
+ * event to one (rule, target) pair at a time, on the replay's own thread, with the pieces the
+ * engine uses (the payload as make_payload makes it, http_prepare / http_finish, deliver_file,
+ * deliver_bus, an exec target's command) and the target's retry policy, then its dead letter.
+ * Simple and slow on purpose: a replay is background work. */
+
+/* Waits ms, in slices, unless stop says to stop: false then. */
+static bool nap(int64_t ms, bool (*stop)(void *), void *arg)
+{
+    for (int64_t end = mono_ms() + ms; mono_ms() < end;) {
+        if (stop && stop(arg))
+            return false;
+        int64_t left = end - mono_ms();
+        struct timespec ts = { 0, (long)(left < 50 ? (left > 0 ? left : 0) : 50) * 1000000L };
+        nanosleep(&ts, NULL);
+    }
+    return !(stop && stop(arg));
+}
+
+/* One attempt of payload at t, synchronously; extra: one more header for http (or NULL). */
+static void attempt_now(ebd *d, ebd_target *t, const char *payload, size_t n, bool text,
+                        const char *extra, attempt *a)
+{
+    switch (t->kind) {
+    case T_HTTP: {
+        CURL *h = curl_easy_init();
+        if (!h) {
+            snprintf(a->error, sizeof a->error, "out of memory");
+            a->retry = true;
+            return;
+        }
+        struct curl_slist *hs = NULL;
+        http_seen seen;
+        http_prepare(t, h, payload, n, text ? CTYPE_TEXT : CTYPE_JSON, &hs, &seen);
+        if (extra) {
+            hs = curl_slist_append(hs, extra);
+            curl_easy_setopt(h, CURLOPT_HTTPHEADER, hs);
+        }
+        CURLcode rc = curl_easy_perform(h);
+        http_finish(t, h, rc, &seen, a);
+        curl_easy_cleanup(h);
+        curl_slist_free_all(hs);
+        return;
+    }
+    case T_FILE:
+        /* (fsync interval: the committer syncs the file with the engine's next commit) */
+        deliver_file(t, payload, n, text, a);
+        if (!a->error[0] && t->fsync == STORE_FSYNC_ALWAYS && fdatasync(t->fd) != 0)
+            snprintf(a->error, sizeof a->error, "%s: %s", t->path, strerror(errno));
+        return;
+    case T_BUS:
+        deliver_bus(d, t, payload, n, text, a);
+        return;
+    default: {
+        cmd_spec cs = { t->argv, t->envp, payload, n, (uint32_t)t->timeout_ms, 0 };
+        cmd_result r;
+        cmd_run(&cs, &r);
+        exec_outcome(t, &cs, &r, a);
+        return;
+    }
+    }
+}
+
+/* Takes a slot of t's limits (concurrency, rate), waiting for one; false when told to stop. */
+static bool slot_now(ebd_target *t, bool (*stop)(void *), void *arg)
+{
+    while (!try_slot(t))
+        if (!nap(2, stop, arg))
+            return false;
+    return true;
+}
+
+/* The dead letter of a replayed delivery: as to_dead_letter writes it, with "replay". */
+static int dead_letter_now(ebd *d, ebd_rules *r, uint32_t rule, ebd_target *t, const char *event,
+                           size_t len, uint64_t off, const char *replay, const attempt *a,
+                           unsigned attempts, int64_t first_ms, bool (*stop)(void *), void *arg)
+{
+    const vm_rule *ru = &r->p->rules[rule];
+    ebd_target *dl = ru->dead_letter != VM_NONE ? &r->targets[ru->dead_letter]
+                   : t->dead_letter != VM_NONE ? &r->targets[t->dead_letter] : NULL;
+    const char *file = dl ? NULL : t->dead_letter_file;
+    const char *rname = vm_s(r->p, ru->name);
+    char esc[1024];
+    if (!dl && !file) {
+        ebd_log(EBD_ERROR, "msg=\"replayed delivery dropped: no dead-letter target\" replay=%s "
+                "rule=%.*s target=%s offset=%" PRIu64 " error=\"%s\"", replay, (int)ru->name.len,
+                rname, t->name, off, ebd_log_text(a->error, esc, sizeof esc));
+        return EBD_SYNC_DROPPED;
+    }
+    char t0[40], t1[40];
+    iso_time(first_ms, t0, sizeof t0);
+    iso_time(real_ms(), t1, sizeof t1);
+    sbuf b = { 0 };
+    sb_puts(&b, "{\"event\":");
+    sb_put(&b, event, len);
+    sb_puts(&b, ",\"rule\":");
+    sb_json_string(&b, rname, ru->name.len);
+    sb_puts(&b, ",\"target\":");
+    sb_json_string(&b, t->name, strlen(t->name));
+    if (a->status)
+        sb_printf(&b, ",\"status\":%ld", a->status);
+    else
+        sb_puts(&b, ",\"status\":null");
+    sb_puts(&b, ",\"error\":");
+    sb_json_string(&b, a->error, strlen(a->error));
+    sb_printf(&b, ",\"attempts\":%u,\"first_attempt\":\"%s\",\"last_attempt\":\"%s\",\"offset\":%"
+              PRIu64 ",\"replay\":", attempts, t0, t1, off);
+    sb_json_string(&b, replay, strlen(replay));
+    sb_puts(&b, "}");
+    if (b.oom) {
+        sb_free(&b);
+        return EBD_SYNC_DROPPED;
+    }
+    ebd_log(EBD_WARN, "msg=\"dead letter\" replay=%s rule=%.*s target=%s offset=%" PRIu64
+            " attempts=%u error=\"%s\"", replay, (int)ru->name.len, rname, t->name, off, attempts,
+            ebd_log_text(a->error, esc, sizeof esc));
+    int out = EBD_SYNC_DROPPED;
+    for (unsigned k = 0; k < 6; k++) {
+        attempt x = { 0 };
+        if (file) {
+            ebd_target ft = { .name = t->name, .fsync = STORE_FSYNC_ALWAYS };
+            ft.fd = open_output(d, file, &ft.path, x.error, sizeof x.error);
+            if (ft.fd >= 0) {
+                deliver_file(&ft, b.v, b.n, false, &x);
+                close(ft.fd);
+            }
+            free(ft.path);
+        } else if (slot_now(dl, stop, arg)) {
+            attempt_now(d, dl, b.v, b.n, false, NULL, &x);
+            give_slot(dl);
+        } else {
+            out = EBD_SYNC_STOPPED;
+            break;
+        }
+        if (!x.error[0]) {
+            out = EBD_SYNC_DEAD_LETTERED;
+            break;
+        }
+        ebd_log(EBD_ERROR, "msg=\"dead-letter delivery failed\" replay=%s target=%s error=\"%s\"",
+                replay, t->name, ebd_log_text(x.error, esc, sizeof esc));
+        if (!nap(1000LL << k, stop, arg)) {
+            out = EBD_SYNC_STOPPED;
+            break;
+        }
+    }
+    sb_free(&b);
+    return out;
+}
+
+int ebd_deliver_sync(ebd *d, ebd_rules *r, vm_ctx *ctx, uint32_t rule, uint32_t target,
+                     const char *event, size_t len, int64_t time_ns, uint64_t off,
+                     const char *replay, bool (*stop)(void *), void *arg, char *err, size_t cap)
+{
+    const vm_program *pr = r->p;
+    const vm_rule *ru = &pr->rules[rule];
+    ebd_target *t = &r->targets[target];
+    const vm_xform *x = ru->xform != VM_NONE ? &pr->xforms[ru->xform] : NULL;
+    char *payload = NULL;
+    size_t plen = 0;
+    bool text = false;
+    attempt a = { 0 };
+    int64_t first_ms = real_ms();
+    char rname[VM_MAX_NAME + 1];
+    snprintf(rname, sizeof rname, "%.*s", (int)ru->name.len, vm_s(pr, ru->name));
+    /* the payload, as make_payload makes it */
+    if (x && (x->kind == VM_X_EXEC || x->kind == VM_X_HTTP)) {
+        if (!rt_run_function(pr, x, event, len, &payload, &plen, &text, a.error, sizeof a.error))
+            payload = NULL;
+    } else {
+        const char *out = event;
+        size_t n = len;
+        vm_error e;
+        uint32_t bus = ru->bus;
+        vm_xform_env env = { .bus = vm_s(pr, pr->buses[bus].name), .rule = rname,
+                             .ingest_ms = time_ns / 1000000 };
+        if (x && vm_transform(ctx, rule, event, len, &env, &out, &n, &text, &e) != VM_OK)
+            snprintf(a.error, sizeof a.error, "transform failed: %s", e.msg);
+        else if ((payload = malloc(n + 1))) {
+            memcpy(payload, out, n);
+            payload[n] = 0;
+            plen = n;
+        } else
+            snprintf(a.error, sizeof a.error, "out of memory");
+    }
+    if (payload && t->kind == T_BUS && !text &&
+        stamp_hops(event, len, &payload, &plen, a.error, sizeof a.error) < 0) {
+        free(payload);
+        payload = NULL;
+    }
+    char extra[VM_MAX_NAME + 40];
+    snprintf(extra, sizeof extra, "X-Ebr-Replay: %s", replay);
+    unsigned attempts = 0;
+    int res;
+    for (;;) {
+        if (!payload) {
+            res = dead_letter_now(d, r, rule, t, event, len, off, replay, &a, attempts, first_ms,
+                                  stop, arg);
+            break;
+        }
+        if (!slot_now(t, stop, arg)) {
+            res = EBD_SYNC_STOPPED;
+            break;
+        }
+        a = (attempt){ 0 };
+        attempts++;
+        attempt_now(d, t, payload, plen, text, extra, &a);
+        give_slot(t);
+        if (!a.error[0]) {
+            /* (synced with the engine's next commit, or its last one when it stops) */
+            if (t->kind == T_FILE && t->fsync == STORE_FSYNC_INTERVAL && r->eng && r->eng->file_dirty)
+                atomic_store(&r->eng->file_dirty[target], true);
+            res = EBD_SYNC_DELIVERED;
+            break;
+        }
+        /* retried as the target says; a replayed event's age counts from its first attempt */
+        int64_t age = real_ms() - first_ms;
+        if (!(a.retry && attempts < t->retry.attempts && (uint64_t)age < t->retry.max_age_ms)) {
+            res = dead_letter_now(d, r, rule, t, event, len, off, replay, &a, attempts, first_ms,
+                                  stop, arg);
+            break;
+        }
+        uint64_t cap_ms = t->retry.first_ms << (attempts - 1 < 30 ? attempts - 1 : 30);
+        if (cap_ms > t->retry.max_ms || cap_ms == 0)
+            cap_ms = t->retry.max_ms;
+        unsigned seed = (unsigned)(off ^ (uint64_t)first_ms);
+        int64_t wait = (int64_t)((double)rand_r(&seed) / RAND_MAX * (double)cap_ms);
+        if (a.retry_after_ms > 0)
+            wait = a.retry_after_ms < (int64_t)t->retry.max_ms ? a.retry_after_ms
+                                                                : (int64_t)t->retry.max_ms;
+        if (!nap(wait, stop, arg)) {
+            res = EBD_SYNC_STOPPED;
+            break;
+        }
+    }
+    if (res != EBD_SYNC_DELIVERED)
+        snprintf(err, cap, "%s", a.error);
+    free(payload);
+    return res;
 }

@@ -19,6 +19,7 @@
 #include <microhttpd.h>
 
 #include "../compiler/compiler.h"
+#include "center/center.h"
 #include "command.h"
 #include "center/center.h"
 #include "ebd_int.h"
@@ -352,6 +353,7 @@ bool ebd_reload(ebd *d, sbuf *errors)
     d->rules = r;
     pthread_rwlock_unlock(&d->lock);
     ebd_workers_start(d, r);
+    rp_rules_swapped(d);
     ebd_rules_free(old);
     close_unused_buses(d);
     pthread_mutex_unlock(&d->reload_mu);
@@ -645,9 +647,11 @@ int main(int argc, char **argv)
     }
     sb_free(&errors);
     ebd_workers_start(&d, d.rules);
+    rp_start(&d);
     http = ebd_http_start(&d, fd, host, port, err, sizeof err);
     if (!http) {
         fprintf(stderr, "ebd: %s\n", err);
+        rp_stop(&d);
         ebd_workers_stop(&d, d.rules);
         goto out;
     }
@@ -675,6 +679,7 @@ int main(int argc, char **argv)
      * (each finishes what it holds and commits its cursor), then the logs. */
     atomic_store(&d.stopping, true);
     ebd_http_stop(&d, http);
+    rp_stop(&d);
     ebd_workers_stop(&d, d.rules);
     ebd_log(EBD_INFO, "msg=\"ebd stopped\"");
     status = 0;

@@ -188,6 +188,15 @@ void ebd_book_free(ebd_book *b);                  /* when its bus closes */
  * Under d->reload_mu (its workers are neither starting nor stopping). */
 void ebd_pairs_visit(ebd_rules *r, void (*fn)(void *arg, uint32_t target, uint32_t pbus,
                                               uint64_t queued, uint64_t low), void *arg);
+/* One delivery made at once, for replays (runtime/center/replay.c): rule's payload for the event
+ * (its transform run with ctx, a context of r->p), delivered to target with the target's limits,
+ * retries (the age counted from the first attempt) and then its dead letter (which gets
+ * "replay"); http requests carry `X-Ebr-Replay: REPLAY`.  stop(arg) is asked while it waits.
+ * Returns how it ended, the last error in err unless delivered. */
+enum { EBD_SYNC_DELIVERED, EBD_SYNC_DEAD_LETTERED, EBD_SYNC_DROPPED, EBD_SYNC_STOPPED };
+int ebd_deliver_sync(ebd *d, ebd_rules *r, vm_ctx *ctx, uint32_t rule, uint32_t target,
+                     const char *event, size_t len, int64_t time_ns, uint64_t off,
+                     const char *replay, bool (*stop)(void *), void *arg, char *err, size_t cap);
 
 /* ingest.c */
 struct MHD_Daemon;

@@ -80,8 +80,6 @@ void mt_attempt(ebd_rules *r, uint32_t target, bool dead_letter, const char *rul
 void mt_retry(ebd_rules *r, uint32_t target);
 void mt_dead_letter(ebd_rules *r, uint32_t target, bool dropped, const char *rule,
                     const char *error, bool attempted);
-/* Replays running (the replay helper adds 1 when one starts, -1 when it ends). */
-void mt_replays_running(int delta);
 int64_t mt_now_ns(void);                      /* a monotonic clock */
 
 /* Endpoints (http.c's table) */
@@ -100,5 +98,20 @@ void mt_prom_hist(sbuf *b, const char *name, const char *label, const char *valu
                   const uint64_t *bucket, uint64_t sum_ns, uint64_t count);
 const char *mt_reason_name(mt_reason why);
 void mt_time_text(int64_t ms, char *out, size_t cap);
+/* The endpoints' handlers, one file each (the table in http.c). */
+/* query.c, dryrun.c, replay.c (docs/replay.md) */
+enum MHD_Result qy_handle_events(const center_req *r);
+enum MHD_Result dr_handle(const center_req *r);
+enum MHD_Result rp_handle_start(const center_req *r);
+enum MHD_Result rp_handle_list(const center_req *r);
+enum MHD_Result rp_handle_get(const center_req *r);
+enum MHD_Result rp_handle_cancel(const center_req *r);
+/* ebd.c: replays resume at start (after the delivery starts), stop before it stops; a reload
+ * calls rp_rules_swapped after the swap, before the old rules are freed. */
+void rp_start(ebd *d);
+void rp_stop(ebd *d);
+void rp_rules_swapped(ebd *d);
+/* The replays running now (for the metrics). */
+size_t rp_running(void);
 
 #endif

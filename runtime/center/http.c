@@ -25,6 +25,12 @@ static const struct route {
     { "GET", "/v1/buses/*", mt_serve_bus, false },
     { "GET", "/v1/rules", mt_serve_rules, false },
     { "GET", "/v1/targets", mt_serve_targets, false },
+    { "GET", "/v1/buses/*/events", qy_handle_events, false },
+    { "POST", "/v1/buses/*/dry-run", dr_handle, false },
+    { "POST", "/v1/buses/*/replays", rp_handle_start, false },
+    { "GET", "/v1/buses/*/replays", rp_handle_list, false },
+    { "GET", "/v1/buses/*/replays/*", rp_handle_get, false },
+    { "DELETE", "/v1/buses/*/replays/*", rp_handle_cancel, false },
     { NULL, NULL, NULL, false },    /* (the end) */
 };
 

@@ -65,7 +65,6 @@ typedef struct {
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static table buses_t, rules_t, targets_t;
 static int64_t tick10;            /* the index of the last 10 s tick (reg_mu) */
-static _Atomic int replays;
 static int64_t started_ns;
 static pthread_once_t ticker_once = PTHREAD_ONCE_INIT;
 
@@ -221,11 +220,6 @@ void mt_rules_free(struct mt_rules *m)
     free(m->rule);
     free(m->target);
     free(m);
-}
-
-void mt_replays_running(int delta)
-{
-    atomic_fetch_add(&replays, delta);
 }
 
 /* ---- the hooks --------------------------------------------------------------------------------- */
@@ -544,10 +538,6 @@ int64_t mt_real_ns(void)
     return real_ns();
 }
 
-int mt_replays(void)
-{
-    return atomic_load(&replays);
-}
 
 int64_t mt_started_ns(void)
 {

@@ -257,7 +257,7 @@ static void render_metrics(ebd *d, sbuf *b)
     family(b, "ebr_rules", "gauge", "Rules loaded.");
     sb_printf(b, "ebr_rules %u\n", p->nrules);
     family(b, "ebr_replays_running", "gauge", "Replays running.");
-    sb_printf(b, "ebr_replays_running %d\n", mt_replays());
+    sb_printf(b, "ebr_replays_running %zu\n", rp_running());
     proc_figs f;
     read_proc(&f);
     family(b, "process_cpu_seconds_total", "counter", "User and system CPU time spent in seconds.");

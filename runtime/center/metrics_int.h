@@ -63,7 +63,6 @@ struct mt_rules {
 };
 
 int64_t mt_real_ns(void);                     /* the real-time clock, ns since the epoch */
-int mt_replays(void);                         /* replays running */
 int64_t mt_started_ns(void);                  /* when the first slot was made */
 /* The slots' lock (the registry, the ticker's samples) and what needs it held: */
 void mt_lock(void);
