@@ -35,6 +35,8 @@ enum MHD_Result center_schemas(const center_req *r);       /* schemas.c: GET /v1
 /* A query parameter of the request (?name=value, decoded), or NULL. */
 const char *center_query(const center_req *r, const char *name);
 
+/* console.c: GET /ui, /ui/ and /ui/NAME, the console's embedded files (open: no token). */
+enum MHD_Result console_serve(const center_req *r);
 /* ---- metrics (metrics.c, docs/metrics.md) -------------------------------------------------
  * Counters by name that survive reloads; the hooks below are what ingest and delivery call. */
 

@@ -17,6 +17,9 @@ static const struct route {
     center_fn fn;
     bool open;                    /* served to anyone (the console's files) */
 } routes[] = {
+    { "GET", "/ui", console_serve, true },
+    { "GET", "/ui/", console_serve, true },
+    { "GET", "/ui/*", console_serve, true },
     { "GET", "/metrics", mt_serve_metrics, false },
     { "GET", "/v1/buses", mt_serve_buses, false },
     { "GET", "/v1/buses/*", mt_serve_bus, false },

@@ -168,7 +168,9 @@ check_json "bus per_minute entries" '.buses[0].per_minute | length' 60
 check_json "bus per_minute sum" '[.buses[0].per_minute[].count] | add' $INGESTED
 check_json "bus log next" '.buses[0].log.next' $INGESTED
 check_json "bus rules" '.buses[0].rules | join(",")' a,fan,b,c
-check_json "bus schemas" '.buses[0].schemas' 0
+# the (source, type) kinds discovery has a schema for: as many as GET /v1/schemas lists
+kinds=$(get '/v1/schemas?bus=main' | jq '.schemas | length')
+check_json "bus schemas (as /v1/schemas lists)" '.buses[0].schemas' "$kinds"
 check_json "bus rate" '.buses[0].rate > 0' true
 get /v1/buses/main >"$WORK/json"
 check_json "GET /v1/buses/main" '.name + " " + (.ingested | tostring)' "main $INGESTED"
