@@ -21,6 +21,7 @@
 #include "../compiler/compiler.h"
 #include "command.h"
 #include "ebd_int.h"
+#include "center/trace.h"
 
 #define DEFAULT_MAX_EVENT (256u << 10)
 /* Ingest's limits (docs/ebd.md, "Limits").  Connections: 10,000 or half the descriptors, a
@@ -643,10 +644,12 @@ int main(int argc, char **argv)
     }
     sb_free(&errors);
     ebd_workers_start(&d, d.rules);
+    trace_start(&d);
     http = ebd_http_start(&d, fd, host, port, err, sizeof err);
     if (!http) {
         fprintf(stderr, "ebd: %s\n", err);
         ebd_workers_stop(&d, d.rules);
+        trace_stop();
         goto out;
     }
     ebd_log(EBD_INFO, "msg=\"ebd started\" listen=%s://%s:%u data=%s rules=%s buses=%zu "
@@ -674,6 +677,7 @@ int main(int argc, char **argv)
     atomic_store(&d.stopping, true);
     ebd_http_stop(&d, http);
     ebd_workers_stop(&d, d.rules);
+    trace_stop();
     ebd_log(EBD_INFO, "msg=\"ebd stopped\"");
     status = 0;
 out:

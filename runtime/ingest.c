@@ -25,6 +25,7 @@
 
 #include "ebd_int.h"
 #include "center/center.h"
+#include "center/trace.h"
 
 #define MAX_BODY (32u << 20)        /* the most any request may carry */
 /* A pool of epoll threads: a request holds its thread only while its append is acknowledged, so
@@ -705,6 +706,7 @@ static enum MHD_Result store_and_answer(struct MHD_Connection *c, ebd_bus *b, ev
                                                       : "the bus cannot store events now",
                           NULL, st == STORE_CLOSED ? "1" : "5");
     }
+    trace_received(c, b, first, es->n, &es->v[0].id, &es->v[0].idlen, sizeof *es->v, NULL);
     sbuf r = { 0 };
     sb_puts(&r, "{\"events\":[");
     for (size_t i = 0; i < es->n; i++)
@@ -858,6 +860,8 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
         free(es.v);
         return send_error(c, 503, "the bus cannot store events now", NULL, "5");
     }
+    if (good)
+        trace_received(c, b, first, es.n, &es.v[0].id, &es.v[0].idlen, sizeof *es.v, es.v[0].error);
     sbuf r = { 0 };
     sb_printf(&r, "{\"failed_entry_count\":%zu,\"entries\":[", es.n - good);
     uint64_t off = first;

@@ -32,4 +32,8 @@ bool center_handle(struct MHD_Connection *c, ebd *d, const char *url, const char
 /* A query parameter of the request (?name=value, decoded), or NULL. */
 const char *center_query(const center_req *r, const char *name);
 
+/* trace.c: an event's trace (docs/trace.md). */
+enum MHD_Result trace_serve_id(const center_req *r);
+enum MHD_Result trace_serve_offset(const center_req *r);
+
 #endif

@@ -17,6 +17,8 @@ static const struct route {
     center_fn fn;
     bool open;                    /* served to anyone (the console's files) */
 } routes[] = {
+    { "GET", "/v1/buses/*/events/*/trace", trace_serve_id, false },
+    { "GET", "/v1/buses/*/offsets/*/trace", trace_serve_offset, false },
     { NULL, NULL, NULL, false },    /* (the end) */
 };
 
