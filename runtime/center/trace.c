@@ -31,13 +31,56 @@
 
 /* ---- the buffer the hooks fill -------------------------------------------------------------- */
 
-/* An entry: u32 length of the rest, u8 length of the bus's name, the name, one record. */
-static struct {
+/* Each thread that records has a buffer of its own (no lock shared between threads on the hot
+ * path: one mutex that only the trace thread also takes, for the swap).  An entry: u32 length
+ * of the rest, u8 length of the bus's name, the name, one record. */
+typedef struct tbuf {
     pthread_mutex_t mu;
-    sbuf buf;
+    sbuf b;
+    struct tbuf *next;
+    _Atomic bool dead;            /* its thread has ended: freed once drained */
+} tbuf;
+
+#define THREAD_BUFFER_MAX ((size_t)16 << 20)   /* bytes one thread's buffer holds: then drops */
+
+static struct {
+    pthread_mutex_t mu;           /* the list */
+    tbuf *all;
     _Atomic bool on;              /* some bus is traced: the hooks record */
     _Atomic uint64_t dropped;
-} T = { .mu = PTHREAD_MUTEX_INITIALIZER };
+    pthread_key_t key;            /* marks a thread's buffer dead when the thread ends */
+    pthread_once_t once;
+} T = { .mu = PTHREAD_MUTEX_INITIALIZER, .once = PTHREAD_ONCE_INIT };
+
+static _Thread_local tbuf *mine;
+
+static void thread_gone(void *arg)
+{
+    atomic_store(&((tbuf *)arg)->dead, true);
+}
+
+static void key_init(void)
+{
+    pthread_key_create(&T.key, thread_gone);
+}
+
+/* This thread's buffer, made and listed the first time. */
+static tbuf *my_buffer(void)
+{
+    if (mine)
+        return mine;
+    pthread_once(&T.once, key_init);
+    tbuf *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    pthread_mutex_init(&t->mu, NULL);
+    pthread_setspecific(T.key, t);
+    pthread_mutex_lock(&T.mu);
+    t->next = T.all;
+    T.all = t;
+    pthread_mutex_unlock(&T.mu);
+    return mine = t;
+}
 
 static int64_t wall_ms(void)
 {
@@ -53,35 +96,60 @@ int64_t trace_clock_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Encodes r for bus `bus` into the buffer, or counts it dropped. */
+/* Encodes r for bus `bus` into this thread's buffer, or counts it dropped.  (Written in place,
+ * one bounds check: this is the hooks' whole cost.) */
 static void push(const char *bus, const trace_rec *r)
 {
-    size_t bn = strlen(bus);
-    if (bn > 255)
-        return;
-    pthread_mutex_lock(&T.mu);
-    sbuf *b = &T.buf;
-    if (b->n > TRACE_BUFFER_MAX || b->oom) {
-        pthread_mutex_unlock(&T.mu);
+    size_t bn = strlen(bus), need = 5 + bn + trace_encoded_max(r);
+    tbuf *t = my_buffer();
+    if (bn > 255 || !t) {
         atomic_fetch_add(&T.dropped, 1);
         return;
     }
-    size_t at = b->n;
-    trace_put_u(b, 0, 4);
-    trace_put_u(b, bn, 1);
-    sb_put(b, bus, bn);
-    trace_encode(b, r);
-    if (b->oom) {
-        b->n = at;
-        b->oom = false;
-        pthread_mutex_unlock(&T.mu);
+    pthread_mutex_lock(&t->mu);
+    sbuf *b = &t->b;
+    if (b->n > THREAD_BUFFER_MAX) {
+        pthread_mutex_unlock(&t->mu);
         atomic_fetch_add(&T.dropped, 1);
         return;
     }
-    size_t len = b->n - at - 4;
+    if (b->cap - b->n < need) {
+        size_t cap = b->cap ? b->cap : 64 << 10;
+        while (cap - b->n < need)
+            cap *= 2;
+        char *v = realloc(b->v, cap);
+        if (!v) {
+            pthread_mutex_unlock(&t->mu);
+            atomic_fetch_add(&T.dropped, 1);
+            return;
+        }
+        b->v = v;
+        b->cap = cap;
+    }
+    unsigned char *p = (unsigned char *)b->v + b->n, *q = trace_encode_to(p + 5 + bn, r);
+    size_t len = (size_t)(q - p) - 4;
     for (unsigned i = 0; i < 4; i++)
-        b->v[at + i] = (char)(len >> (8 * i));
-    pthread_mutex_unlock(&T.mu);
+        p[i] = (unsigned char)(len >> (8 * i));
+    p[4] = (unsigned char)bn;
+    memcpy(p + 5, bus, bn);
+    b->n += (size_t)(q - p);
+    pthread_mutex_unlock(&t->mu);
+}
+
+/* An error cut to TRACE_ERROR_MAX bytes ("..." at the end when cut) into out. */
+static void cut_error(char *out, const char *e)
+{
+    size_t n = e ? strnlen(e, TRACE_ERROR_MAX + 1) : 0;
+    if (n > TRACE_ERROR_MAX) {
+        size_t k = TRACE_ERROR_MAX - 3;
+        while (k && ((unsigned char)e[k] & 0xC0) == 0x80)    /* not inside a UTF-8 sequence */
+            k--;
+        memcpy(out, e, k);
+        memcpy(out + k, "...", 4);
+    } else {
+        memcpy(out, e ? e : "", n);
+        out[n] = 0;
+    }
 }
 
 static bool tracing(void)
@@ -188,13 +256,15 @@ void trace_attempt(const ebd_bus *b, uint64_t off, const char *rule, const char 
     if (!tracing())
         return;
     char cut[TRACE_ERROR_MAX + 4];
-    snprintf(cut, sizeof cut, "%s", error ? error : "");
-    if (error && strlen(error) > TRACE_ERROR_MAX)
-        strcpy(cut + TRACE_ERROR_MAX - 3, "...");
+    cut_error(cut, error);
     int64_t lat = start_ms ? trace_clock_ms() - start_ms : 0;
+    /* a delivery that succeeded is over: said here, not in an outcome record of its own */
+    unsigned state = !dl && !cut[0] ? TRACE_DELIVERED : 0;
     trace_rec r = { .kind = TR_ATTEMPT, .off = off, .time_ms = wall_ms(), .attempt = n, .dl = dl,
+                    .state = state,
                     .status = status, .latency_ms = lat > 0 ? (uint32_t)lat : 0,
-                    .payload = payload, .rule = rule, .target = target, .to = to, .error = cut };
+                    .payload = payload, .rule = rule, .target = target,
+                    .to = dl ? to : "", .error = cut };     /* (not dl: to is the target) */
     push(b->name, &r);
 }
 
@@ -204,9 +274,7 @@ void trace_outcome(const ebd_bus *b, uint64_t off, const char *rule, const char 
     if (!tracing())
         return;
     char cut[TRACE_ERROR_MAX + 4];
-    snprintf(cut, sizeof cut, "%s", why ? why : "");
-    if (why && strlen(why) > TRACE_ERROR_MAX)
-        strcpy(cut + TRACE_ERROR_MAX - 3, "...");
+    cut_error(cut, why);
     trace_rec r = { .kind = TR_OUTCOME, .off = off, .time_ms = wall_ms(), .state = (unsigned)state,
                     .attempt = attempts, .rule = rule, .target = target, .to = where, .error = cut };
     push(b->name, &r);
@@ -369,32 +437,41 @@ static void block_add(sbuf *b, const unsigned char *rec, size_t n, uint64_t off,
 
 #define BLOCK_MAX ((size_t)8 << 20)
 
-/* Writes what the hooks left in buf[0..n) to the buses' logs, one block per bus and log. */
-static void flush(const unsigned char *buf, size_t n)
+/* Adds what one thread's hooks left in buf[0..n) to the buses' blocks. */
+static void flush_buffer(const unsigned char *buf, size_t n)
 {
     trace_reader r = { buf, n, 0, false };
+    tbus *last = NULL;
     while (r.at < n) {
         size_t len = trace_get_u(&r, 4);
         if (r.bad || n - r.at < len)
             break;
         size_t end = r.at + len, bn = buf[r.at];
-        tbus *t = tbus_find((const char *)buf + r.at + 1, bn);
+        if (!last || strlen(last->name) != bn || memcmp(last->name, buf + r.at + 1, bn))
+            last = tbus_find((const char *)buf + r.at + 1, bn);
+        tbus *t = last;
         size_t at = r.at + 1 + bn;
         r.at = end;
-        trace_rec rec;
-        size_t p = at;
-        if (!t || !t->on || !trace_decode(buf, end, &p, &rec))
+        if (!t || !t->on || end - at < 13)
             continue;
-        if (rec.kind == TR_RECEIVED) {
-            block_add(&t->brecv, buf + at, end - at, rec.off, &t->rmin, &t->rmax);
+        /* (every kind the hooks write starts with u8 kind, u32 length, u64 offset) */
+        trace_reader h = { buf, end, at + 5, false };
+        uint64_t off = trace_get_u(&h, 8);
+        if (buf[at] == TR_RECEIVED) {
+            block_add(&t->brecv, buf + at, end - at, off, &t->rmin, &t->rmax);
             if (t->brecv.n > BLOCK_MAX)
                 write_block(t, &t->recv, "received", &t->brecv, t->rmin, t->rmax);
         } else {
-            block_add(&t->bdeliv, buf + at, end - at, rec.off, &t->dmin, &t->dmax);
+            block_add(&t->bdeliv, buf + at, end - at, off, &t->dmin, &t->dmax);
             if (t->bdeliv.n > BLOCK_MAX)
                 write_block(t, &t->deliv, "delivery", &t->bdeliv, t->dmin, t->dmax);
         }
     }
+}
+
+/* Writes the blocks of this flush, one per bus and log (and a gap record when hooks dropped). */
+static void write_all(void)
+{
     uint64_t dropped = atomic_load(&T.dropped);
     for (size_t i = 0; i < W.nbuses; i++) {
         tbus *t = &W.buses[i];
@@ -415,7 +492,8 @@ static void flush(const unsigned char *buf, size_t n)
     W.gaps_written = dropped;
 }
 
-/* Takes what the hooks wrote so far (the buffer swapped for an empty one) and writes it. */
+/* Takes what the hooks wrote so far, thread by thread (each buffer swapped for an empty one),
+ * writes it, and frees the buffers of threads that have ended. */
 static void flush_all(sbuf *spare)
 {
     pthread_rwlock_rdlock(&W.d->lock);
@@ -425,16 +503,30 @@ static void flush_all(sbuf *spare)
     }
     pthread_rwlock_unlock(&W.d->lock);
     pthread_mutex_lock(&T.mu);
-    sbuf full = T.buf;
-    T.buf = *spare;
-    pthread_mutex_unlock(&T.mu);
-    flush((const unsigned char *)full.v, full.n);
-    full.n = 0;
-    full.oom = false;
-    if (full.cap > ((size_t)4 << 20)) {       /* a burst's buffer is not kept */
-        sb_free(&full);
+    for (tbuf **pt = &T.all; *pt;) {
+        tbuf *t = *pt;
+        bool dead = atomic_load(&t->dead);
+        pthread_mutex_lock(&t->mu);
+        sbuf full = t->b;
+        t->b = *spare;
+        pthread_mutex_unlock(&t->mu);
+        flush_buffer((const unsigned char *)full.v, full.n);
+        full.n = 0;
+        full.oom = false;
+        if (full.cap > ((size_t)4 << 20))       /* a burst's buffer is not kept */
+            sb_free(&full);
+        *spare = full;
+        if (dead) {
+            *pt = t->next;
+            sb_free(&t->b);
+            pthread_mutex_destroy(&t->mu);
+            free(t);
+        } else {
+            pt = &t->next;
+        }
     }
-    *spare = full;
+    pthread_mutex_unlock(&T.mu);
+    write_all();
 }
 
 static void *trace_main(void *arg)
@@ -501,7 +593,6 @@ void trace_stop(void)
     free(W.buses);
     W.buses = NULL;
     W.nbuses = 0;
-    sb_free(&T.buf);
 }
 
 /* ---- the endpoints ------------------------------------------------------------------------------ */

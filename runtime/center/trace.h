@@ -113,6 +113,9 @@ void trace_iso_ms(int64_t ms, char *buf, size_t cap);
 /* Encodes r into b (appended); decodes one record from s[*at..n), moving *at; false if it does
  * not hold one.  Decoded strings point into s (which holds them NUL-terminated). */
 void trace_encode(sbuf *b, const trace_rec *r);
+/* The same into p (room for trace_encoded_max(r) bytes); returns the end. */
+size_t trace_encoded_max(const trace_rec *r);
+unsigned char *trace_encode_to(unsigned char *p, const trace_rec *r);
 bool trace_decode(const unsigned char *s, size_t n, size_t *at, trace_rec *r);
 /* The hash the received records keep of an event's id (its decoded text). */
 uint32_t trace_id_hash(const char *id, size_t n);

@@ -27,18 +27,6 @@ void trace_put_u(sbuf *b, uint64_t v, unsigned bytes)
     sb_put(b, (const char *)x, bytes);
 }
 
-/* A string: u16 length, its bytes (cut to 65535), a NUL. */
-static void put_str(sbuf *b, const char *s)
-{
-    size_t n = s ? strlen(s) : 0;
-    if (n > 65535)
-        n = 65535;
-    trace_put_u(b, n, 2);
-    sb_put(b, s ? s : "", n);
-    sb_put(b, "", 1);
-}
-
-
 uint64_t trace_get_u(trace_reader *r, unsigned bytes)
 {
     if (r->bad || r->n - r->at < bytes) {
@@ -68,71 +56,132 @@ static const char *get_str(trace_reader *r)
  * A record: u8 kind, u32 length of what follows, then by kind (integers little-endian):
  *   received  u64 first, u32 count, i64 time_ms, u8 alen, addr[alen], u16 port, count x u32 hash
  *   matched   u64 off, u32 count, count x (str rule, str target)
- *   attempt   u64 off, i64 time_ms, u32 attempt, u8 dead_letter, i32 status, u32 latency_ms,
+ *   attempt   u64 off, i64 time_ms, u32 attempt, u8 flags (1: to the dead letter; 2: delivered,
+ *             the delivery is over), i32 status, u32 latency_ms,
  *             u64 payload, str rule, str target, str to, str error
  *   outcome   u64 off, i64 time_ms, u8 state, u32 attempts, str rule, str target, str where,
  *             str why
  *   gap       u64 dropped, i64 time_ms
  * (str: u16 length, bytes, NUL.)  A reader skips kinds it does not know by their length. */
 
-void trace_encode(sbuf *b, const trace_rec *r)
+static inline unsigned char *w_u(unsigned char *p, uint64_t v, unsigned bytes)
 {
-    trace_put_u(b, (uint64_t)r->kind, 1);
-    size_t at = b->n;
-    trace_put_u(b, 0, 4);
-    switch (r->kind) {
-    case TR_RECEIVED:
-        trace_put_u(b, r->off, 8);
-        trace_put_u(b, r->count, 4);
-        trace_put_u(b, (uint64_t)r->time_ms, 8);
-        trace_put_u(b, r->alen, 1);
-        sb_put(b, (const char *)r->addr, r->alen);
-        trace_put_u(b, r->port, 2);
-        sb_put(b, (const char *)r->hashes, 4 * (size_t)r->count);
-        break;
-    case TR_MATCHED: {
-        trace_put_u(b, r->off, 8);
-        trace_put_u(b, r->count, 4);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(p, &v, bytes);             /* (one store: the hooks' cost is mostly this) */
+#else
+    for (unsigned i = 0; i < bytes; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+#endif
+    return p + bytes;
+}
+
+static size_t str_len(const char *s)
+{
+    return s ? strnlen(s, 65535) : 0;
+}
+
+static unsigned char *w_str(unsigned char *p, const char *s, size_t n)
+{
+    p = w_u(p, n, 2);
+    if (n)
+        memcpy(p, s, n);
+    p[n] = 0;
+    return p + n + 1;
+}
+
+size_t trace_encoded_max(const trace_rec *r)
+{
+    size_t n = 5 + 64 + 4 * (size_t)r->count;
+    if (r->kind == TR_MATCHED) {
         const char *s = r->names;
         for (uint32_t i = 0; i < 2 * r->count; i++) {
-            put_str(b, s);
-            s += strlen(s) + 1;
+            size_t k = strlen(s);
+            n += (k > 65535 ? 65535 : k) + 3;
+            s += k + 1;
+        }
+    } else if (r->kind == TR_ATTEMPT || r->kind == TR_OUTCOME) {
+        n += str_len(r->rule) + str_len(r->target) + str_len(r->to) + str_len(r->error) + 12;
+    }
+    return n;
+}
+
+unsigned char *trace_encode_to(unsigned char *p, const trace_rec *r)
+{
+    unsigned char *len = p + 1, *q = p + 5;
+    *p = (unsigned char)r->kind;
+    switch (r->kind) {
+    case TR_RECEIVED:
+        q = w_u(q, r->off, 8);
+        q = w_u(q, r->count, 4);
+        q = w_u(q, (uint64_t)r->time_ms, 8);
+        q = w_u(q, r->alen, 1);
+        memcpy(q, r->addr, r->alen);
+        q = w_u(q + r->alen, r->port, 2);
+        memcpy(q, r->hashes, 4 * (size_t)r->count);
+        q += 4 * (size_t)r->count;
+        break;
+    case TR_MATCHED: {
+        q = w_u(q, r->off, 8);
+        q = w_u(q, r->count, 4);
+        const char *s = r->names;
+        for (uint32_t i = 0; i < 2 * r->count; i++) {
+            size_t k = strlen(s);
+            q = w_str(q, s, k > 65535 ? 65535 : k);
+            s += k + 1;
         }
         break;
     }
     case TR_ATTEMPT:
-        trace_put_u(b, r->off, 8);
-        trace_put_u(b, (uint64_t)r->time_ms, 8);
-        trace_put_u(b, r->attempt, 4);
-        trace_put_u(b, r->dl, 1);
-        trace_put_u(b, (uint32_t)(int32_t)r->status, 4);
-        trace_put_u(b, r->latency_ms, 4);
-        trace_put_u(b, r->payload, 8);
-        put_str(b, r->rule);
-        put_str(b, r->target);
-        put_str(b, r->to);
-        put_str(b, r->error);
+        q = w_u(q, r->off, 8);
+        q = w_u(q, (uint64_t)r->time_ms, 8);
+        q = w_u(q, r->attempt, 4);
+        q = w_u(q, (r->dl ? 1u : 0u) | (r->state == TRACE_DELIVERED ? 2u : 0u), 1);
+        q = w_u(q, (uint32_t)(int32_t)r->status, 4);
+        q = w_u(q, r->latency_ms, 4);
+        q = w_u(q, r->payload, 8);
+        q = w_str(q, r->rule, str_len(r->rule));
+        q = w_str(q, r->target, str_len(r->target));
+        q = w_str(q, r->to, str_len(r->to));
+        q = w_str(q, r->error, str_len(r->error));
         break;
     case TR_OUTCOME:
-        trace_put_u(b, r->off, 8);
-        trace_put_u(b, (uint64_t)r->time_ms, 8);
-        trace_put_u(b, r->state, 1);
-        trace_put_u(b, r->attempt, 4);
-        put_str(b, r->rule);
-        put_str(b, r->target);
-        put_str(b, r->to);
-        put_str(b, r->error);
+        q = w_u(q, r->off, 8);
+        q = w_u(q, (uint64_t)r->time_ms, 8);
+        q = w_u(q, r->state, 1);
+        q = w_u(q, r->attempt, 4);
+        q = w_str(q, r->rule, str_len(r->rule));
+        q = w_str(q, r->target, str_len(r->target));
+        q = w_str(q, r->to, str_len(r->to));
+        q = w_str(q, r->error, str_len(r->error));
         break;
     case TR_GAP:
-        trace_put_u(b, r->dropped, 8);
-        trace_put_u(b, (uint64_t)r->time_ms, 8);
+        q = w_u(q, r->dropped, 8);
+        q = w_u(q, (uint64_t)r->time_ms, 8);
         break;
     }
-    if (!b->oom) {
-        size_t len = b->n - at - 4;
-        for (unsigned i = 0; i < 4; i++)
-            b->v[at + i] = (char)(len >> (8 * i));
+    w_u(len, (uint64_t)(q - p - 5), 4);
+    return q;
+}
+
+void trace_encode(sbuf *b, const trace_rec *r)
+{
+    size_t need = trace_encoded_max(r);
+    if (b->oom)
+        return;
+    if (b->cap - b->n < need) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap - b->n < need)
+            cap *= 2;
+        char *v = realloc(b->v, cap);
+        if (!v) {
+            b->oom = true;
+            return;
+        }
+        b->v = v;
+        b->cap = cap;
     }
+    unsigned char *p = (unsigned char *)b->v + b->n;
+    b->n += (size_t)(trace_encode_to(p, r) - p);
 }
 
 bool trace_decode(const unsigned char *s, size_t n, size_t *at, trace_rec *out)
@@ -173,7 +222,9 @@ bool trace_decode(const unsigned char *s, size_t n, size_t *at, trace_rec *out)
         out->off = trace_get_u(&r, 8);
         out->time_ms = (int64_t)trace_get_u(&r, 8);
         out->attempt = (unsigned)trace_get_u(&r, 4);
-        out->dl = trace_get_u(&r, 1) != 0;
+        uint64_t flags = trace_get_u(&r, 1);
+        out->dl = flags & 1;
+        out->state = flags & 2 ? TRACE_DELIVERED : 0;
         out->status = (long)(int32_t)(uint32_t)trace_get_u(&r, 4);
         out->latency_ms = (uint32_t)trace_get_u(&r, 4);
         out->payload = trace_get_u(&r, 8);
@@ -464,8 +515,13 @@ static bool on_delivery(void *arg, const trace_rec *r, int64_t block_ns)
         tpair *p = pair_of(f, r->rule, r->target);
         if (p && !r->dl) {
             p->tried = true;
+            p->matched = true;            /* (its matched record may sit in the next block) */
             if (p->payload < 0)
                 p->payload = (int64_t)r->payload;
+            if (r->state == TRACE_DELIVERED) {
+                p->state = TRACE_DELIVERED;
+                p->attempts = r->attempt;
+            }
         }
         char t[40];
         trace_iso_ms(r->time_ms, t, sizeof t);
