@@ -282,6 +282,13 @@ void trace_outcome(const ebd_bus *b, uint64_t off, const char *rule, const char 
 
 /* ---- the trace thread ------------------------------------------------------------------------- */
 
+/* A block being made: its records, and the offsets they are about. */
+typedef struct {
+    sbuf b;
+    uint64_t lo, hi;              /* the lowest and highest offset of its records */
+    uint64_t mhi;                 /* the highest offset of its matched records, + 1 (0: none) */
+} block;
+
 /* A bus as the trace thread writes it. */
 typedef struct {
     char *name;
@@ -289,8 +296,7 @@ typedef struct {
     int64_t retention_ms;
     store *recv, *deliv;          /* opened when first written */
     int64_t open_retention_ms;    /* what they were opened with */
-    sbuf brecv, bdeliv;           /* this flush's blocks */
-    uint64_t rmin, rmax, dmin, dmax;
+    block brecv, bdeliv;          /* this flush's blocks */
 } tbus;
 
 static struct {
@@ -389,10 +395,11 @@ static store *open_trace_log(const tbus *t, const char *which)
     return s;
 }
 
-/* Appends block b (header: u8 version 1, u64 lowest offset, u64 highest) of bus t to *s. */
-static void write_block(tbus *t, store **s, const char *which, sbuf *b, uint64_t lo, uint64_t hi)
+/* Appends block k of bus t to *s: header (TRACE_BLOCK_HEADER bytes) u8 version 1, u64 lo, u64
+ * hi, u64 mhi, then the records. */
+static void write_block(tbus *t, store **s, const char *which, block *k)
 {
-    if (!b->n)
+    if (!k->b.n)
         return;
     if (t->open_retention_ms != t->retention_ms) {       /* reopened: a reload changed it */
         store_close(t->recv);
@@ -402,37 +409,39 @@ static void write_block(tbus *t, store **s, const char *which, sbuf *b, uint64_t
     }
     if (!*s)
         *s = open_trace_log(t, which);
-    if (*s && !b->oom) {
-        unsigned char h[17];
+    if (*s && !k->b.oom) {
+        unsigned char *h = (unsigned char *)k->b.v;
         h[0] = 1;
         for (unsigned i = 0; i < 8; i++) {
-            h[1 + i] = (unsigned char)(lo >> (8 * i));
-            h[9 + i] = (unsigned char)(hi >> (8 * i));
+            h[1 + i] = (unsigned char)(k->lo >> (8 * i));
+            h[9 + i] = (unsigned char)(k->hi >> (8 * i));
+            h[17 + i] = (unsigned char)(k->mhi >> (8 * i));
         }
-        memcpy(b->v, h, sizeof h);
-        store_entry e = { b->v, (uint32_t)b->n, 0 };
+        store_entry e = { k->b.v, (uint32_t)k->b.n, 0 };
         uint64_t first;
         if (store_append(*s, &e, 1, &first) != STORE_OK)
             ebd_log(EBD_ERROR, "msg=\"a trace block is lost\" bus=%s error=\"%s\"", t->name,
                     store_error(*s));
     }
-    b->n = 0;
-    b->oom = false;
+    k->b.n = 0;
+    k->b.oom = false;
 }
 
-static void block_add(sbuf *b, const unsigned char *rec, size_t n, uint64_t off, uint64_t *lo,
-                      uint64_t *hi)
+static void block_add(block *k, const unsigned char *rec, size_t n, uint64_t off)
 {
-    if (!b->n) {
-        sb_put(b, "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", 17);
-        *lo = UINT64_MAX;
-        *hi = 0;
+    if (!k->b.n) {
+        static const char zero[TRACE_BLOCK_HEADER];
+        sb_put(&k->b, zero, sizeof zero);
+        k->lo = UINT64_MAX;
+        k->hi = k->mhi = 0;
     }
-    sb_put(b, (const char *)rec, n);
-    if (off < *lo)
-        *lo = off;
-    if (off > *hi)
-        *hi = off;
+    sb_put(&k->b, (const char *)rec, n);
+    if (off < k->lo)
+        k->lo = off;
+    if (off > k->hi)
+        k->hi = off;
+    if (rec[0] == TR_MATCHED && off + 1 > k->mhi)
+        k->mhi = off + 1;
 }
 
 #define BLOCK_MAX ((size_t)8 << 20)
@@ -458,13 +467,13 @@ static void flush_buffer(const unsigned char *buf, size_t n)
         trace_reader h = { buf, end, at + 5, false };
         uint64_t off = trace_get_u(&h, 8);
         if (buf[at] == TR_RECEIVED) {
-            block_add(&t->brecv, buf + at, end - at, off, &t->rmin, &t->rmax);
-            if (t->brecv.n > BLOCK_MAX)
-                write_block(t, &t->recv, "received", &t->brecv, t->rmin, t->rmax);
+            block_add(&t->brecv, buf + at, end - at, off);
+            if (t->brecv.b.n > BLOCK_MAX)
+                write_block(t, &t->recv, "received", &t->brecv);
         } else {
-            block_add(&t->bdeliv, buf + at, end - at, off, &t->dmin, &t->dmax);
-            if (t->bdeliv.n > BLOCK_MAX)
-                write_block(t, &t->deliv, "delivery", &t->bdeliv, t->dmin, t->dmax);
+            block_add(&t->bdeliv, buf + at, end - at, off);
+            if (t->bdeliv.b.n > BLOCK_MAX)
+                write_block(t, &t->deliv, "delivery", &t->bdeliv);
         }
     }
 }
@@ -480,11 +489,11 @@ static void write_all(void)
             trace_rec gr = { .kind = TR_GAP, .dropped = dropped - W.gaps_written,
                              .time_ms = wall_ms() };
             trace_encode(&g, &gr);
-            block_add(&t->bdeliv, (const unsigned char *)g.v, g.n, 0, &t->dmin, &t->dmax);
+            block_add(&t->bdeliv, (const unsigned char *)g.v, g.n, 0);
             sb_free(&g);
         }
-        write_block(t, &t->recv, "received", &t->brecv, t->rmin, t->rmax);
-        write_block(t, &t->deliv, "delivery", &t->bdeliv, t->dmin, t->dmax);
+        write_block(t, &t->recv, "received", &t->brecv);
+        write_block(t, &t->deliv, "delivery", &t->bdeliv);
     }
     if (dropped != W.gaps_written)
         ebd_log(EBD_WARN, "msg=\"trace records dropped: the trace thread fell behind\" "
@@ -586,8 +595,8 @@ void trace_stop(void)
     for (size_t i = 0; i < W.nbuses; i++) {
         store_close(W.buses[i].recv);
         store_close(W.buses[i].deliv);
-        sb_free(&W.buses[i].brecv);
-        sb_free(&W.buses[i].bdeliv);
+        sb_free(&W.buses[i].brecv.b);
+        sb_free(&W.buses[i].bdeliv.b);
         free(W.buses[i].name);
     }
     free(W.buses);

@@ -17,6 +17,7 @@
 #define TRACE_BUFFER_MAX ((size_t)32 << 20)   /* bytes held for the trace thread; past it: drops */
 #define TRACE_ERROR_MAX 200                   /* an attempt's error is cut to this many bytes */
 #define TRACE_DEFAULT_RETENTION_MS (24LL * 3600 * 1000)
+#define TRACE_BLOCK_HEADER 25                 /* u8 version 1, u64 lo, u64 hi, u64 mhi */
 
 /* What became of a delivery (rule, target) of an event. */
 enum { TRACE_DELIVERED = 1, TRACE_DEAD_LETTERED, TRACE_DROPPED, TRACE_EXPIRED };

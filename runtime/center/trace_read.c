@@ -290,6 +290,7 @@ typedef struct {
     char *where, *why;
     unsigned attempts;
     bool tried;
+    bool dl_done;                 /* its dead letter was handed over */
 } tpair;
 
 typedef struct {
@@ -387,20 +388,22 @@ static void scan(store *s, int64_t t0_ns, uint64_t off, bool all, rec_fn fn, voi
         }
         if (st != STORE_OK)
             break;
-        if (rec.len < 17 || rec.data[0] != 1)
+        if (rec.len < TRACE_BLOCK_HEADER || rec.data[0] != 1)
             continue;
         trace_reader h = { rec.data, rec.len, 1, false };
-        uint64_t lo = trace_get_u(&h, 8), hi = trace_get_u(&h, 8);
+        uint64_t lo = trace_get_u(&h, 8), hi = trace_get_u(&h, 8), mhi = trace_get_u(&h, 8);
         bool go = true;
         if (all || (off >= lo && off <= hi)) {
-            size_t at = 17;
+            size_t at = TRACE_BLOCK_HEADER;
             trace_rec r;
             while (go && at < rec.len && trace_decode(rec.data, rec.len, &at, &r))
                 go = fn(arg, &r, rec.time_ns);
+        } else if (mhi > off + 1) {
+            /* not read, but it holds a matched record of a later offset: said as such */
+            trace_rec later = { .kind = TR_MATCHED, .off = mhi - 1 };
+            go = fn(arg, &later, rec.time_ns);
         } else {
-            /* (the time passes all the same; lo above off says the block is later) */
-            trace_rec later = { .kind = 0, .off = lo };
-            go = fn(arg, off < lo ? &later : NULL, rec.time_ns);
+            go = fn(arg, NULL, rec.time_ns);          /* (the time passes all the same) */
         }
         if (!go)
             break;
@@ -474,10 +477,11 @@ typedef struct {
     int64_t until_ns;             /* 0: to the end */
 } deliv_scan;
 
+/* Has every delivery of the event an outcome (a dead-lettered one: its dead letter handed over)? */
 static bool all_over(const tfound *f)
 {
     for (size_t i = 0; i < f->n; i++)
-        if (!f->v[i].state)
+        if (!f->v[i].state || (f->v[i].state == TRACE_DEAD_LETTERED && !f->v[i].dl_done))
             return false;
     return true;
 }
@@ -495,10 +499,11 @@ static bool on_delivery(void *arg, const trace_rec *r, int64_t block_ns)
         return true;
     }
     if (r->off != s->off) {
-        /* A record of a later offset: the router has been past the event (it writes an event's
-         * matched record before any record of a later one).  Its trace is whole when it matched
-         * nothing, or when each of its deliveries has an outcome. */
-        if (r->off > s->off)
+        /* A matched record of a later offset: the router has been past the event (it writes
+         * matched records in the order of the offsets, and an event's before any delivery of it
+         * starts).  The trace is whole then when the event matched nothing, or once each of its
+         * deliveries has an outcome. */
+        if (r->kind == TR_MATCHED && r->off > s->off)
             s->passed = true;
         return !(s->passed && (f->n == 0 || all_over(f)));
     }
@@ -513,6 +518,8 @@ static bool on_delivery(void *arg, const trace_rec *r, int64_t block_ns)
         }
     } else if (r->kind == TR_ATTEMPT) {
         tpair *p = pair_of(f, r->rule, r->target);
+        if (p && r->dl && !r->error[0])
+            p->dl_done = true;
         if (p && !r->dl) {
             p->tried = true;
             p->matched = true;            /* (its matched record may sit in the next block) */
@@ -773,6 +780,12 @@ static void answer(const trace_query *q, uint64_t off, const char *ev, size_t le
     found_free(&f);
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 #define MAX_SAME_ID 20            /* events of one id listed in "others" */
 
 unsigned trace_lookup(const trace_query *q, sbuf *out, char *err, size_t cap)
@@ -804,6 +817,8 @@ unsigned trace_lookup(const trace_query *q, sbuf *out, char *err, size_t cap)
             store_close(s);
         }
         size_t nsame = 0;
+        /* (threads' records of one flush are not in the order of the offsets) */
+        qsort(is.offs, is.n, sizeof *is.offs, cmp_u64);
         for (size_t k = is.n; k-- > 0;) {            /* newest first */
             size_t l;
             int64_t tn;
