@@ -351,6 +351,7 @@ bool ebd_reload(ebd *d, sbuf *errors)
     d->rules = r;
     pthread_rwlock_unlock(&d->lock);
     ebd_workers_start(d, r);
+    trace_retire();
     ebd_rules_free(old);
     close_unused_buses(d);
     pthread_mutex_unlock(&d->reload_mu);

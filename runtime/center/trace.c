@@ -96,6 +96,26 @@ int64_t trace_clock_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Under t->mu: room for need more bytes at the end of t's buffer (where they go), or NULL when
+ * it holds too much already or memory is short. */
+static unsigned char *room(tbuf *t, size_t need)
+{
+    sbuf *b = &t->b;
+    if (b->n > THREAD_BUFFER_MAX)
+        return NULL;
+    if (b->cap - b->n < need) {
+        size_t cap = b->cap ? b->cap : 64 << 10;
+        while (cap - b->n < need)
+            cap *= 2;
+        char *v = realloc(b->v, cap);
+        if (!v)
+            return NULL;
+        b->v = v;
+        b->cap = cap;
+    }
+    return (unsigned char *)b->v + b->n;
+}
+
 /* Encodes r for bus `bus` into this thread's buffer, or counts it dropped.  (Written in place,
  * one bounds check: this is the hooks' whole cost.) */
 static void push(const char *bus, const trace_rec *r)
@@ -108,25 +128,13 @@ static void push(const char *bus, const trace_rec *r)
     }
     pthread_mutex_lock(&t->mu);
     sbuf *b = &t->b;
-    if (b->n > THREAD_BUFFER_MAX) {
+    unsigned char *p = room(t, need);
+    if (!p) {
         pthread_mutex_unlock(&t->mu);
         atomic_fetch_add(&T.dropped, 1);
         return;
     }
-    if (b->cap - b->n < need) {
-        size_t cap = b->cap ? b->cap : 64 << 10;
-        while (cap - b->n < need)
-            cap *= 2;
-        char *v = realloc(b->v, cap);
-        if (!v) {
-            pthread_mutex_unlock(&t->mu);
-            atomic_fetch_add(&T.dropped, 1);
-            return;
-        }
-        b->v = v;
-        b->cap = cap;
-    }
-    unsigned char *p = (unsigned char *)b->v + b->n, *q = trace_encode_to(p + 5 + bn, r);
+    unsigned char *q = trace_encode_to(p + 5 + bn, r);
     size_t len = (size_t)(q - p) - 4;
     for (unsigned i = 0; i < 4; i++)
         p[i] = (unsigned char)(len >> (8 * i));
@@ -206,45 +214,79 @@ void trace_received(struct MHD_Connection *c, const ebd_bus *b, uint64_t first, 
         free(hs);
 }
 
+/* The router's record, as it is buffered: the program and the rules' indices, turned into the
+ * stored matched record (names) by the trace thread (a router does one per event: it must cost
+ * next to nothing).  The program stays alive until then: trace_retire. */
+#define TR_MATCHED_RAW 100
+
 void trace_matched(const ebd_bus *b, uint64_t off, const vm_program *p, const uint32_t *rules,
                    size_t n)
 {
     if (!tracing() || n == 0)
         return;
-    char small[1024];
+    size_t bn = strlen(b->name), body = 8 + 8 + 4 + 4 * n, need = 5 + bn + 5 + body;
+    tbuf *t = my_buffer();
+    if (bn > 255 || !t || n > 65535) {
+        atomic_fetch_add(&T.dropped, 1);
+        return;
+    }
+    pthread_mutex_lock(&t->mu);
+    unsigned char *q = room(t, need);
+    if (!q) {
+        pthread_mutex_unlock(&t->mu);
+        atomic_fetch_add(&T.dropped, 1);
+        return;
+    }
+    uint32_t len = (uint32_t)(need - 4), rl = (uint32_t)body, cnt = (uint32_t)n;
+    uint64_t pp = (uint64_t)(uintptr_t)p;
+    memcpy(q, &len, 4);
+    q[4] = (unsigned char)bn;
+    memcpy(q + 5, b->name, bn);
+    q += 5 + bn;
+    q[0] = TR_MATCHED_RAW;
+    memcpy(q + 1, &rl, 4);
+    memcpy(q + 5, &off, 8);
+    memcpy(q + 13, &pp, 8);
+    memcpy(q + 21, &cnt, 4);
+    memcpy(q + 25, rules, 4 * n);
+    t->b.n += need;
+    pthread_mutex_unlock(&t->mu);
+}
+
+/* A raw matched record rec[0..n) (TR_MATCHED_RAW, host byte order) as the stored one, appended
+ * to out: each (rule, target) pair of the rules, by name. */
+static void matched_names(const unsigned char *rec, size_t n, sbuf *out)
+{
+    uint64_t off, pp;
+    uint32_t cnt;
+    if (n < 25)
+        return;
+    memcpy(&off, rec + 5, 8);
+    memcpy(&pp, rec + 13, 8);
+    memcpy(&cnt, rec + 21, 4);
+    if (n < 25 + 4 * (size_t)cnt)
+        return;
+    const vm_program *p = (const vm_program *)(uintptr_t)pp;
     sbuf names = { 0 };
-    size_t used = 0;
-    uint32_t count = 0;
-    bool heap = false;
-    for (size_t i = 0; i < n; i++) {
-        const vm_rule *ru = &p->rules[rules[i]];
+    uint32_t pairs = 0;
+    for (uint32_t i = 0; i < cnt; i++) {
+        uint32_t ri;
+        memcpy(&ri, rec + 25 + 4 * (size_t)i, 4);
+        if (ri >= p->nrules)
+            continue;
+        const vm_rule *ru = &p->rules[ri];
         for (uint32_t k = 0; k < ru->ntgt; k++) {
             const vm_target *t = &p->targets[p->rule_targets[ru->tgt0 + k]];
-            size_t need = ru->name.len + t->name.len + 2;
-            if (!heap && used + need > sizeof small) {
-                sb_put(&names, small, used);
-                heap = true;
-            }
-            char *dst = heap ? NULL : small + used;
-            if (heap) {
-                sb_put(&names, vm_s(p, ru->name), ru->name.len);
-                sb_put(&names, "", 1);
-                sb_put(&names, vm_s(p, t->name), t->name.len);
-                sb_put(&names, "", 1);
-            } else {
-                memcpy(dst, vm_s(p, ru->name), ru->name.len);
-                dst[ru->name.len] = 0;
-                memcpy(dst + ru->name.len + 1, vm_s(p, t->name), t->name.len);
-                dst[need - 1] = 0;
-                used += need;
-            }
-            count++;
+            sb_put(&names, vm_s(p, ru->name), ru->name.len);
+            sb_put(&names, "", 1);
+            sb_put(&names, vm_s(p, t->name), t->name.len);
+            sb_put(&names, "", 1);
+            pairs++;
         }
     }
-    if (!names.oom) {
-        trace_rec r = { .kind = TR_MATCHED, .off = off, .count = count,
-                        .names = heap ? names.v : small };
-        push(b->name, &r);
+    if (!names.oom && pairs) {
+        trace_rec r = { .kind = TR_MATCHED, .off = off, .count = pairs, .names = names.v };
+        trace_encode(out, &r);
     }
     sb_free(&names);
 }
@@ -310,7 +352,11 @@ static struct {
     tbus *buses;
     size_t nbuses;
     uint64_t gaps_written;        /* drops already told */
-} W = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
+    sbuf conv;                    /* a matched record made from a raw one */
+    pthread_cond_t done;          /* a flush ended (cycles moved) */
+    uint64_t cycles;
+} W = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER,
+        .done = PTHREAD_COND_INITIALIZER };
 
 static bool cfg_word(const vm_program *p, const vm_cfg *c, const char *w)
 {
@@ -466,7 +512,12 @@ static void flush_buffer(const unsigned char *buf, size_t n)
         /* (every kind the hooks write starts with u8 kind, u32 length, u64 offset) */
         trace_reader h = { buf, end, at + 5, false };
         uint64_t off = trace_get_u(&h, 8);
-        if (buf[at] == TR_RECEIVED) {
+        if (buf[at] == TR_MATCHED_RAW) {
+            W.conv.n = 0;
+            matched_names(buf + at, end - at, &W.conv);
+            if (W.conv.n && !W.conv.oom)
+                block_add(&t->bdeliv, (const unsigned char *)W.conv.v, W.conv.n, off);
+        } else if (buf[at] == TR_RECEIVED) {
             block_add(&t->brecv, buf + at, end - at, off);
             if (t->brecv.b.n > BLOCK_MAX)
                 write_block(t, &t->recv, "received", &t->brecv);
@@ -559,10 +610,16 @@ static void *trace_main(void *arg)
         pthread_mutex_unlock(&W.mu);
         flush_all(&spare);
         pthread_mutex_lock(&W.mu);
+        W.cycles++;
+        pthread_cond_broadcast(&W.done);
     }
     pthread_mutex_unlock(&W.mu);
     flush_all(&spare);
     sb_free(&spare);
+    pthread_mutex_lock(&W.mu);
+    W.cycles++;
+    pthread_cond_broadcast(&W.done);
+    pthread_mutex_unlock(&W.mu);
     return NULL;
 }
 
@@ -579,6 +636,17 @@ void trace_start(ebd *d)
         atomic_store(&T.on, false);
         ebd_log(EBD_ERROR, "msg=\"cannot start the trace thread: no traces\"");
     }
+}
+
+void trace_retire(void)
+{
+    pthread_mutex_lock(&W.mu);
+    uint64_t until = W.cycles + 2;        /* a whole flush that began after this call */
+    while (W.started && !W.stop && W.cycles < until) {
+        pthread_cond_signal(&W.cv);
+        pthread_cond_wait(&W.done, &W.mu);
+    }
+    pthread_mutex_unlock(&W.mu);
 }
 
 void trace_stop(void)
@@ -602,6 +670,7 @@ void trace_stop(void)
     free(W.buses);
     W.buses = NULL;
     W.nbuses = 0;
+    sb_free(&W.conv);
 }
 
 /* ---- the endpoints ------------------------------------------------------------------------------ */

@@ -28,6 +28,10 @@ enum { TRACE_DELIVERED = 1, TRACE_DEAD_LETTERED, TRACE_DROPPED, TRACE_EXPIRED };
  * stops it (after the deliveries have stopped: what the buffer holds is written first). */
 void trace_start(ebd *d);
 void trace_stop(void);
+/* Returns once everything the hooks said so far is written: the routers' records name their
+ * rules through the program (trace_matched), so a reload calls this after the old rules' workers
+ * stopped and before their program is freed. */
+void trace_retire(void);
 
 /* Ingest stored n events on bus b from offset first for the client of connection c.  Event k's
  * id (its JSON text, quoted) is at *(const char **)(ids + k * stride), its length at
@@ -37,7 +41,8 @@ struct MHD_Connection;
 void trace_received(struct MHD_Connection *c, const ebd_bus *b, uint64_t first, size_t n,
                     const void *ids, const void *idlens, size_t stride, const char *skip);
 
-/* The router of bus b matched the event at off for rules[0..n) of program p. */
+/* The router of bus b matched the event at off for rules[0..n) of program p (which must live
+ * until trace_retire). */
 void trace_matched(const ebd_bus *b, uint64_t off, const vm_program *p, const uint32_t *rules,
                    size_t n);
 

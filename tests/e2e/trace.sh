@@ -165,6 +165,17 @@ grep -q 'not matched  big_orders: no match: data.n >= 100 is false (.*rules.ebr:
 [ $? -eq 3 ] && grep -q 'no trace of an event' "$WORK/tl.out" && pass "ebc trace: an unknown id" \
     || fail "ebc trace unknown id: $(cat "$WORK/tl.out")"
 
+# ---- a reload: the old traces keep their rules' names, new events are traced by the new rules ---
+sed 's/rule to_ok on orders/rule to_ok_v2 on orders/' "$WORK/rules.ebr" >"$WORK/rules2.ebr"
+cp "$WORK/rules2.ebr" "$WORK/rules.ebr"
+st=$(curl -s -o "$WORK/answer" -w '%{http_code}' -X POST "$URL/v1/admin/reload")
+expect_status 200 "reload" "$st"
+post_ev e-reloaded shop ok      # offset 5
+check "a trace after a reload names the new rule" /v1/buses/orders/events/e-reloaded/trace \
+    '"matched":[{"rule":"to_ok_v2","target":"ok"' '"state":"delivered"'
+check "a trace from before the reload keeps the old name" /v1/buses/orders/events/e-ok/trace \
+    '"matched":[{"rule":"to_ok","target":"ok"'
+
 # ---- a restart keeps the traces ----------------------------------------------------------------
 stop_ebd
 "$BIN/ebc" trace --data "$WORK/data" orders e-bad --json >"$WORK/answer" 2>&1
@@ -173,7 +184,7 @@ start_ebd "$WORK/rules.ebr"
 check "a trace survives a restart" /v1/buses/orders/events/e-flaky/trace '"producer":"127.0.0.1:' \
     '"attempt":1,"status":503,' '"state":"delivered","attempts":2'
 post_ev e-after shop ok
-check "traces go on after the restart" /v1/buses/orders/events/e-after/trace '"offset":5' \
+check "traces go on after the restart" /v1/buses/orders/events/e-after/trace '"offset":6' \
     '"state":"delivered"'
 stop_ebd
 finish
