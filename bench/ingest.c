@@ -15,7 +15,7 @@
  *                [--seconds S] [--connections C] [--fsync POLICY]
  *                [--rules-table] [--max-rules N] [--runs R] [--start-timeout S]
  *                [--idle-seconds S] [--drain-timeout S] [--no-fanout] [--ebd-label TEXT]
- *                [--replay-row [--replay-rate N]]
+ *                [--replay-row [--replay-rate N]] [--trace-table]
  *
  * --replay-row runs only the replay rows (issue 12): live ingest and routing with and without a
  * replay running, alternately, --runs times, written to OUT/replay.md (--replay-rate: the
@@ -27,7 +27,9 @@
  * taken over; --start-timeout (120 s) is how long one start of ebd may take before it is killed
  * and its row reported as not started; --idle-seconds (10) the window idle CPU is measured over;
  * --drain-timeout (120 s) how long to wait for a row's deliveries after its ingest run;
- * --ebd-label says in the results which ebd ran (default: the tree's git describe).  --ebc
+ * --ebd-label says in the results which ebd ran (default: the tree's git describe).
+ * --trace-table runs only the tracing rows (issue 12: ingest and routing with tracing off and on,
+ * in the same run) and replaces only their section of OUT/ingest.md.  --ebc
  * defaults to the ebc beside EBD, --data to ../shared/data.
  *
  * The load generator speaks HTTP/1.1 over plain sockets (one thread per connection, one request
@@ -1477,13 +1479,137 @@ static int replay_rows(const char *ebd, const char *work, int port, int conns, d
     return 0;
 }
 
+/* ---- tracing on and off (issue 12) ------------------------------------------------------------
+ * Per run, tracing off then on (server { trace off }, or the default), each with a fresh daemon:
+ * one bus, one rule matching every event to one file target.  Ingest: C connections, one event
+ * per request, for S seconds, while the rule routes and delivers them (its cost counts).  Then,
+ * once those are delivered, routing: a burst of ROUTE_EVENTS events posted in batches of 100 on
+ * one connection, timed from the first post until the file holds them all (ingest in batches
+ * is several times faster than routing and delivery, so this is the routing rate). */
+enum { ROUTE_EVENTS = 200000 };
+
+static bool write_trace_rules(const char *path, bool on, const char *fsync_policy)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return false;
+    fprintf(f, "%sbus load {\n  fsync %s\n}\ntarget out file \"out/t0.jsonl\" { fsync never }\n"
+               "rule all on load {\n  match type == \"bench.load\"\n  to out\n}\n",
+            on ? "" : "server { trace off }\n", fsync_policy);
+    return fclose(f) == 0;
+}
+
+/* Posts n events in batches of 100 on one connection; returns the events acknowledged. */
+static uint64_t post_burst(int port, const char *bus, uint64_t n)
+{
+    int fd = connect_to(port);
+    size_t cap = 100 * 400 + 1024;
+    char *body = malloc(cap), *req = malloc(cap + 512), buf[8192];
+    uint64_t ok = 0;
+    for (uint64_t k = 0; k < n && fd >= 0; k += 100) {
+        size_t len = 0;
+        body[len++] = '[';
+        for (int i = 0; i < 100 && k + (uint64_t)i < n; i++) {
+            if (i)
+                body[len++] = ',';
+            len += (size_t)snprintf(body + len, cap - len, event_fmt, 99999, k, i, "bench.load", k);
+        }
+        body[len++] = ']';
+        int rn = snprintf(req, cap + 512, "POST /v1/buses/%s/events HTTP/1.1\r\nHost: x\r\n"
+                          "Content-Type: application/cloudevents-batch+json\r\nContent-Length: %zu\r\n\r\n",
+                          bus, len);
+        memcpy(req + rn, body, len);
+        if (roundtrip(fd, req, (size_t)rn + len, buf, sizeof buf) == 202)
+            ok += n - k < 100 ? n - k : 100;
+    }
+    if (fd >= 0)
+        close(fd);
+    free(body);
+    free(req);
+    return ok;
+}
+
+static int trace_rows(const char *ebd, const char *work, int port, double secs, int conns, int runs,
+                      const char *fsync_policy, const char *machine, FILE *md)
+{
+    double ing[2][MAX_RUNS], route[2][MAX_RUNS], ing_cpu[2][MAX_RUNS], route_cpu[2][MAX_RUNS];
+    double hz = (double)sysconf(_SC_CLK_TCK);
+    char rules[4200], data[4200], out[4300];
+    snprintf(rules, sizeof rules, "%s/trace.ebr", work);
+    snprintf(data, sizeof data, "%s/trace-data", work);
+    snprintf(out, sizeof out, "%s/out", data);
+    for (int r = 0; r < runs; r++) {
+        for (int on = 0; on < 2; on++) {
+            if (!write_trace_rules(rules, on, fsync_policy))
+                die(rules);
+            pid_t pid = start_ebd(ebd, rules, data, port);
+            if (pid < 0) {
+                fprintf(stderr, "bench: ebd did not start for the trace rows\n");
+                return 1;
+            }
+            double req_s, ev_s;
+            uint64_t errors;
+            long c0 = proc_cpu_ticks(pid);
+            run_load(port, "load", conns, 1, secs, &req_s, &ev_s, &errors);
+            ing[on][r] = ev_s;
+            uint64_t sent = (uint64_t)(ev_s * secs + 0.5);
+            line_counter c;
+            counter_init(&c, out, "t", 1);
+            double at;
+            uint64_t have = wait_lines(&c, sent, 10, 300, &at);
+            long c1 = proc_cpu_ticks(pid);
+            ing_cpu[on][r] = sent ? (double)(c1 - c0) / hz * 1e6 / (double)sent : 0;
+            double t0 = now_s();
+            uint64_t acked = post_burst(port, "load", ROUTE_EVENTS);
+            uint64_t got = wait_lines(&c, have + acked, 10, 300, &at);
+            usleep(300000);            /* (the trace thread's last flush of the burst) */
+            long c2 = proc_cpu_ticks(pid);
+            route[on][r] = got > have ? (double)(got - have) / (at - t0) : 0;
+            route_cpu[on][r] = got > have ? (double)(c2 - c1) / hz * 1e6 / (double)(got - have) : 0;
+            counter_free(&c);
+            stop_ebd(pid);
+            fprintf(stderr, "bench: trace %s run %d: ingest %.0f ev/s (%" PRIu64 " errors, %.2f us "
+                    "CPU/event), routing %.0f ev/s (%" PRIu64 " of %" PRIu64 ", %.2f us CPU/event)\n",
+                    on ? "on " : "off", r + 1, ev_s, errors, ing_cpu[on][r], route[on][r], got - have,
+                    acked, route_cpu[on][r]);
+        }
+    }
+    double i_off = median(ing[0], runs), i_on = median(ing[1], runs);
+    double r_off = median(route[0], runs), r_on = median(route[1], runs);
+    double ic_off = median(ing_cpu[0], runs), ic_on = median(ing_cpu[1], runs);
+    double rc_off = median(route_cpu[0], runs), rc_on = median(route_cpu[1], runs);
+    fprintf(md, "<!-- trace-table begin: bench_ingest --trace-table -->\n"
+                "## Tracing on and off (issue 12)\n\nMeasured %s; `bench_ingest --trace-table --runs %d "
+                "--seconds %g --connections %d`: median of %d runs, each run tracing off then on, a "
+                "fresh ebd each, one rule to one file target, bus fsync %s.\n\n"
+                "| | trace off | trace on | on / off |\n|---|---:|---:|---:|\n"
+                "| ingest, one event per request, %d connections (events/s) | %.0f | %.0f | %.3f |\n"
+                "| ebd CPU per ingested event, routing and delivery included (µs) | %.2f | %.2f | %.3f |\n"
+                "| routing, ingest → file delivery of a %d-event burst (events/s) | %.0f | %.0f | %.3f |\n"
+                "| ebd CPU per routed event, ingest of the burst included (µs) | %.2f | %.2f | %.3f |\n\n",
+            machine, runs, secs, conns, runs, fsync_policy, conns, i_off, i_on, i_on / i_off,
+            ic_off, ic_on, ic_on / ic_off, ROUTE_EVENTS, r_off, r_on, r_on / r_off, rc_off, rc_on,
+            rc_on / rc_off);
+    fputs("Each run (off / on):", md);
+    for (int r = 0; r < runs; r++)
+        fprintf(md, "%s ingest %.0f / %.0f (%.2f / %.2f µs), routing %.0f / %.0f (%.2f / %.2f µs)",
+                r ? ";" : "", ing[0][r], ing[1][r], ing_cpu[0][r], ing_cpu[1][r], route[0][r],
+                route[1][r], route_cpu[0][r], route_cpu[1][r]);
+    fputs(".\n<!-- trace-table end -->\n", md);
+    char cmd[4400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", data);
+    if (system(cmd) != 0)
+        fprintf(stderr, "bench: cannot remove %s\n", data);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *ebd = NULL, *work = NULL, *out = NULL, *ebc = NULL, *shared = "../shared/data";
     double secs = 5, start_limit = 120, idle_secs = 10, drain_limit = 120;
     int conns = 8, runs = 3;
     unsigned max_rules = 100000;
-    bool table_only = false, fanout = true, replay_only = false;
+    bool table_only = false, fanout = true, replay_only = false, trace_only = false;
     double replay_rate = 0;
     const char *label = NULL;
     const char *fsync_policy = "interval 10ms";
@@ -1491,6 +1617,10 @@ int main(int argc, char **argv)
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--rules-table")) {
             table_only = true;
+            continue;
+        }
+        if (!strcmp(a, "--trace-table")) {
+            trace_only = true;
             continue;
         }
         if (!strcmp(a, "--no-fanout")) {
@@ -1528,7 +1658,7 @@ int main(int argc, char **argv)
                         "                    [--seconds S] [--connections C] [--fsync POLICY]\n"
                         "                    [--rules-table] [--max-rules N] [--runs R (1-%d)] [--start-timeout S]\n"
                         "                    [--idle-seconds S] [--drain-timeout S] [--no-fanout] [--ebd-label TEXT]\n"
-                        "                    [--replay-row [--replay-rate N]]\n",
+                        "                    [--replay-row [--replay-rate N]] [--trace-table]\n",
                 MAX_RUNS);
         return 2;
     }
@@ -1580,6 +1710,42 @@ int main(int argc, char **argv)
         return replay_rows(ebd, work, port, conns, secs, runs, replay_rate, machine, out);
     char path[4200];
     snprintf(path, sizeof path, "%s/ingest.md", out);
+    if (trace_only) {
+        /* The trace rows alone, their section of OUT/ingest.md replaced (or added at its end). */
+        char *rows = NULL, *old = NULL;
+        size_t rows_n = 0, cap = 0;
+        FILE *rm = open_memstream(&rows, &rows_n);
+        if (!rm)
+            die("open_memstream");
+        int st = trace_rows(ebd, work, port, secs, conns, runs, fsync_policy, machine, rm);
+        fclose(rm);
+        MHD_stop_daemon(recv);
+        FILE *f = fopen(path, "r");
+        if (f) {
+            if (getdelim(&old, &cap, 0, f) < 0) {
+                free(old);
+                old = NULL;
+            }
+            fclose(f);
+        }
+        const char *tb = "<!-- trace-table begin", *te = "<!-- trace-table end -->\n";
+        char *b = old ? strstr(old, tb) : NULL, *e = b ? strstr(b, te) : NULL;
+        FILE *mdf = fopen(path, "w");
+        if (!mdf)
+            die(path);
+        if (b && e) {
+            fwrite(old, 1, (size_t)(b - old), mdf);
+            fputs(rows, mdf);
+            fputs(e + strlen(te), mdf);
+        } else {
+            fprintf(mdf, "%s%s%s", old ? old : "", old ? "\n" : "", rows);
+        }
+        fclose(mdf);
+        free(old);
+        free(rows);
+        printf("results: %s\n", path);
+        return st;
+    }
     char *classic = NULL, *table = NULL;
     size_t classic_n = 0, table_n = 0;
     FILE *md = open_memstream(&classic, &classic_n);

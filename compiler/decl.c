@@ -294,6 +294,16 @@ static bool opt_fsync(cc_comp *c, cc_unit *u, ast *o, const char *w)
     return false;
 }
 
+/* trace on | off */
+static bool opt_onoff(cc_comp *c, cc_unit *u, ast *o, const char *w)
+{
+    (void)c;
+    if (o->a && !o->a->next && !o->b && (word_is(u, o->a, "on") || word_is(u, o->a, "off")))
+        return true;
+    cc_error_at(u, o, "%s takes 'on' or 'off'", w);
+    return false;
+}
+
 /* header "Name" = value */
 static bool opt_header(cc_comp *c, cc_unit *u, ast *o, const char *w)
 {
@@ -545,6 +555,8 @@ static const struct opt_spec {
     { "delivery_threads", K_SERVER,                 opt_threads,     false },
     { "delivery_queue",   K_SERVER,                 opt_queue,       false },
     { "schema",         K_BUS,                      cc_opt_schema,   true  },   /* schema_opt.c */
+    { "trace",          K_BUS | K_SERVER,           opt_onoff,       false },
+    { "trace_retention", K_BUS,                     opt_duration,    false },
 };
 
 /* Options the language reserves but nothing carries out yet: refused with a clear message, so

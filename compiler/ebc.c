@@ -14,6 +14,7 @@
 #include "../runtime/runtime.h"
 #include "../runtime/center/query.h"
 #include "../runtime/schema/schema.h"
+#include "../runtime/center/trace.h"
 
 enum {
     EXIT_OK = 0,
@@ -63,6 +64,9 @@ static const char usage[] =
     "  replay --dry-run RULES.ebr --data DIR --bus B --since T [--until T] [--json]\n"
     "                                 per rule, how many events of the log it would have\n"
     "                                 matched, with sample ids; nothing is delivered\n"
+    "  trace --data DIR BUS ID        print what happened to an event (docs/trace.md): a\n"
+    "        [--source S] [--offset N] timeline, or --json; --explain RULES: why each rule\n"
+    "        [--json] [--explain RULES] of the bus did not match (read-only: ebd may run)\n"
     "  --help, --version\n"
     "\n"
     "exit status:\n"
@@ -1013,6 +1017,76 @@ static int cmd_log(int argc, char **argv)
     return EXIT_USAGE;
 }
 
+/* ebc trace --data DIR BUS (ID [--source S] | --offset N) [--json] [--explain RULES]: an
+ * event's trace, read from the logs read-only (ebd may be running). */
+static int cmd_trace(int argc, char **argv)
+{
+    const char *data = NULL, *bus = NULL, *id = NULL, *source = NULL, *rules = NULL;
+    bool json = false, by_offset = false;
+    uint64_t offset = 0;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--json"))
+            json = true;
+        else if (!strcmp(argv[i], "--data") && i + 1 < argc)
+            data = argv[++i];
+        else if (!strcmp(argv[i], "--source") && i + 1 < argc)
+            source = argv[++i];
+        else if (!strcmp(argv[i], "--explain") && i + 1 < argc)
+            rules = argv[++i];
+        else if (!strcmp(argv[i], "--offset") && i + 1 < argc) {
+            char *end;
+            errno = 0;
+            offset = strtoull(argv[++i], &end, 10);
+            if (*end || errno || argv[i][0] == '-') {
+                fprintf(stderr, "ebc trace: --offset takes an offset (0, 1, ...), not '%s'\n", argv[i]);
+                return EXIT_USAGE;
+            }
+            by_offset = true;
+        } else if (!bus && argv[i][0] != '-')
+            bus = argv[i];
+        else if (!id && (argv[i][0] != '-' || i > 0))
+            id = argv[i];
+        else {
+            fprintf(stderr, "ebc trace: unexpected argument '%s'\n", argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    if (!data || !bus || (!id == !by_offset)) {
+        fputs("usage: ebc trace --data DIR BUS (ID [--source S] | --offset N) [--json]\n"
+              "                 [--explain RULES]\n", stderr);
+        return EXIT_USAGE;
+    }
+    int status = EXIT_OK;
+    vm_program *p = rules ? load_rules(rules, &status) : NULL;
+    if (rules && !p)
+        return status;
+    char dir[4400], err[700];
+    snprintf(dir, sizeof dir, "%s/buses/%s", data, bus);
+    store *s;
+    store_options o = { .read_only = true };
+    if (log_open(dir, &o, &s, err, sizeof err) != STORE_OK) {
+        fprintf(stderr, "ebc trace: bus '%s': %s\n", bus, err);
+        vm_program_free(p);
+        return EXIT_INPUT;
+    }
+    trace_query q = { .data_dir = data, .bus = bus, .log = s, .by_offset = by_offset,
+                      .offset = offset, .id = id, .source = source, .explain = p };
+    sbuf b = { 0 };
+    unsigned st = trace_lookup(&q, &b, err, sizeof err);
+    if (st == 200 && json)
+        printf("%s\n", b.v);
+    else if (st == 200)
+        trace_print(b.v, stdout);
+    else {
+        fprintf(stderr, "ebc trace: %s\n", err);
+        status = EXIT_INPUT;
+    }
+    sb_free(&b);
+    store_close(s);
+    vm_program_free(p);
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -1032,7 +1106,7 @@ int main(int argc, char **argv)
         { "compile", cmd_compile }, { "check", cmd_check }, { "test", cmd_test },
         { "disasm", cmd_disasm }, { "opcodes", cmd_opcodes }, { "bench", cmd_bench },
         { "explain", cmd_explain }, { "log", cmd_log }, { "replay", rp_cli },
-        { "schema", sch_cli },
+        { "schema", sch_cli }, { "trace", cmd_trace },
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name))

@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "center/trace.h"
 #include "command.h"
 #include "ebd_int.h"
 #include "center/center.h"
@@ -1391,6 +1392,7 @@ struct item {
     struct curl_slist *headers;
     http_seen seen;
     struct hbatch *hb;            /* http in flight in a batch request (the first item's) */
+    int64_t tr_start;             /* its attempt started (trace_clock_ms) */
     item *next;                   /* in a batch, or the list of those waiting for a slot */
 };
 
@@ -1892,6 +1894,8 @@ static int to_dead_letter(dthread *th, item *it, const attempt *a, unsigned atte
         dl = &r->targets[t->dead_letter];
     char esc[1024];      /* an error may quote a URL or a command's stderr: escaped for the log */
     mt_dead_letter(r, p->target, !dl && !file, p->rule_name, a->error, attempts > 0);
+    trace_outcome(th->e->routers[p->pbus].bus, it->off, p->rule_name, t->name, dl || file ? TRACE_DEAD_LETTERED
+                  : TRACE_DROPPED, dl ? dl->name : file, a->error, attempts);
     if (!dl && !file) {
         ebd_log(EBD_ERROR, "msg=\"delivery dropped: no dead-letter target\" rule=%s target=%s "
                 "offset=%" PRIu64 " attempts=%u error=\"%s\"", p->rule_name, t->name, it->off,
@@ -1955,6 +1959,8 @@ static int attempt_done(dthread *th, item *it, const attempt *a)
         mt_attempt(th->e->r, (uint32_t)(it->t - th->e->r->targets), it->dl, p->rule_name,
                    a->error, it->t0, it->rec ? it->rec->time_ns : 0);
     bool stopping = atomic_load(&th->e->r->stop);
+    trace_attempt(th->e->routers[p->pbus].bus, it->off, p->rule_name, p->t->name, it->dl_file ? it->dl_file
+                  : it->t->name, it->dl, it->dl ? it->dl_tries : it->attempts, a->status, it->tr_start, it->plen, a->error);
     if (!a->error[0]) {
         if (!it->dl && it->attempts > 1)
             ebd_log(EBD_INFO, "msg=\"delivered after retries\" rule=%s target=%s offset=%" PRIu64
@@ -2006,6 +2012,7 @@ static int start_attempt(dthread *th, item *it)
 {
     attempt a = { 0 };
     ebd_target *t = it->t;
+    it->tr_start = trace_clock_ms();
     if (!it->first_ms)
         it->first_ms = real_ms();
     if (it->dl && it->dl_file) {
@@ -2295,6 +2302,8 @@ static int prepare_item(dthread *th, item *it)
         if (st == STORE_BEHIND) {
             ebd_log(EBD_WARN, "msg=\"event deleted by retention before delivery\" cursor=%s "
                     "offset=%" PRIu64, p->name, it->off);
+            trace_outcome(th->e->routers[p->pbus].bus, it->off, p->rule_name, p->t->name, TRACE_EXPIRED, NULL,
+                          "deleted by retention before delivery", 0);
             return finish(th, it, true);
         }
         if (st != STORE_OK) {
@@ -2958,6 +2967,7 @@ static void *router_main(void *arg)
                         for (uint32_t k = 0; k < p->rules[f[i].rule].ntgt; k++)
                             rt->scratch[n++] = &e->pairs[e->rule_pair0[f[i].rule] + k];
             }
+            trace_matched(bus, rec.offset, p, rules, all_failed ? 0 : nrules);
             pthread_mutex_lock(&rt->mu);
             for (unsigned t = 0; n && t < e->nth; t++) {
                 dthread *th = &e->th[t];

@@ -22,6 +22,8 @@
 #include "center/center.h"
 #include "command.h"
 #include "ebd_int.h"
+#include "center/center.h"
+#include "center/trace.h"
 #include "schema/schema.h"
 
 #define DEFAULT_MAX_EVENT (256u << 10)
@@ -359,6 +361,7 @@ bool ebd_reload(ebd *d, sbuf *errors)
     ebd_workers_start(d, r);
     rp_rules_swapped(d);
     sch_discovery_start(d);
+    trace_retire();
     ebd_rules_free(old);
     close_unused_buses(d);
     pthread_mutex_unlock(&d->reload_mu);
@@ -654,11 +657,13 @@ int main(int argc, char **argv)
     ebd_workers_start(&d, d.rules);
     rp_start(&d);
     sch_discovery_start(&d);
+    trace_start(&d);
     http = ebd_http_start(&d, fd, host, port, err, sizeof err);
     if (!http) {
         fprintf(stderr, "ebd: %s\n", err);
         rp_stop(&d);
         ebd_workers_stop(&d, d.rules);
+        trace_stop();
         goto out;
     }
     ebd_log(EBD_INFO, "msg=\"ebd started\" listen=%s://%s:%u data=%s rules=%s buses=%zu "
@@ -687,6 +692,7 @@ int main(int argc, char **argv)
     ebd_http_stop(&d, http);
     rp_stop(&d);
     ebd_workers_stop(&d, d.rules);
+    trace_stop();
     ebd_log(EBD_INFO, "msg=\"ebd stopped\"");
     status = 0;
 out:

@@ -25,6 +25,7 @@
 
 #include "ebd_int.h"
 #include "center/center.h"
+#include "center/trace.h"
 #include "schema/schema.h"
 
 #define MAX_BODY (32u << 20)        /* the most any request may carry */
@@ -712,6 +713,9 @@ static enum MHD_Result store_and_answer(struct MHD_Connection *c, ebd_bus *b, ev
                           NULL, st == STORE_CLOSED ? "1" : "5");
     }
     mt_ingested(b, k);
+    /* (an event dead-lettered by its schema has an error and no offset) */
+    trace_received(c, b, first, es->n, &es->v[0].id, &es->v[0].idlen, sizeof *es->v,
+                   es->v[0].error);
     sbuf r = { 0 };
     sb_puts(&r, "{\"events\":[");
     for (size_t i = 0, at = 0; i < es->n; i++) {
@@ -902,6 +906,8 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
         return send_error(c, 503, "the bus cannot store events now", NULL, "5");
     }
     mt_ingested(b, good);
+    if (good)
+        trace_received(c, b, first, es.n, &es.v[0].id, &es.v[0].idlen, sizeof *es.v, es.v[0].error);
     sbuf r = { 0 };
     size_t diverted = 0;
     for (size_t k = 0; k < es.n; k++)

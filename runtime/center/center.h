@@ -116,5 +116,8 @@ void rp_stop(ebd *d);
 void rp_rules_swapped(ebd *d);
 /* The replays running now (for the metrics). */
 size_t rp_running(void);
+/* trace.c: an event's trace (docs/trace.md). */
+enum MHD_Result trace_serve_id(const center_req *r);
+enum MHD_Result trace_serve_offset(const center_req *r);
 
 #endif

@@ -32,6 +32,8 @@ static const struct route {
     { "GET", "/v1/buses/*/replays/*", rp_handle_get, false },
     { "DELETE", "/v1/buses/*/replays/*", rp_handle_cancel, false },
     { "GET", "/v1/schemas", center_schemas, false },                /* schemas.c */
+    { "GET", "/v1/buses/*/events/*/trace", trace_serve_id, false },
+    { "GET", "/v1/buses/*/offsets/*/trace", trace_serve_offset, false },
     { NULL, NULL, NULL, false },    /* (the end) */
 };
 

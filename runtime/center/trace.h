@@ -1,0 +1,129 @@
+/*
+ * trace.h — what happened to each event (docs/trace.md): hooks that ingest, the routers and the
+ * delivery threads call (cheap: a copy into a buffer under one lock), a trace thread that writes
+ * what they said to a trace log per bus every TRACE_FLUSH_MS, and the look-up that reads an
+ * event's trace back (the daemon's endpoints and `ebc trace`).
+ *
+ * Storage: per bus two logs under the data directory, trace/BUS/received (who sent which
+ * offsets, with a hash of each event's id) and trace/BUS/delivery (matches, attempts, outcomes).
+ * Each record of them is a block: what the trace thread had for that bus at one flush.
+ */
+#ifndef EBR_TRACE_H
+#define EBR_TRACE_H
+
+#include "../ebd_int.h"
+
+#define TRACE_FLUSH_MS 100
+#define TRACE_BUFFER_MAX ((size_t)32 << 20)   /* bytes held for the trace thread; past it: drops */
+#define TRACE_ERROR_MAX 200                   /* an attempt's error is cut to this many bytes */
+#define TRACE_DEFAULT_RETENTION_MS (24LL * 3600 * 1000)
+#define TRACE_BLOCK_HEADER 25                 /* u8 version 1, u64 lo, u64 hi, u64 mhi */
+
+/* What became of a delivery (rule, target) of an event. */
+enum { TRACE_DELIVERED = 1, TRACE_DEAD_LETTERED, TRACE_DROPPED, TRACE_EXPIRED };
+
+/* ---- the daemon's side -------------------------------------------------------------------- */
+
+/* Starts the trace thread of daemon d (after its first rules are made, before it serves) and
+ * stops it (after the deliveries have stopped: what the buffer holds is written first). */
+void trace_start(ebd *d);
+void trace_stop(void);
+/* Returns once everything the hooks said so far is written: the routers' records name their
+ * rules through the program (trace_matched), so a reload calls this after the old rules' workers
+ * stopped and before their program is freed. */
+void trace_retire(void);
+
+/* Ingest stored n events on bus b from offset first for the client of connection c.  Event k's
+ * id (its JSON text, quoted) is at *(const char **)(ids + k * stride), its length at
+ * *(const size_t *)(idlens + k * stride); with skip non-NULL, event k was refused (and has no
+ * offset) when skip[k * stride] is not 0. */
+struct MHD_Connection;
+void trace_received(struct MHD_Connection *c, const ebd_bus *b, uint64_t first, size_t n,
+                    const void *ids, const void *idlens, size_t stride, const char *skip);
+
+/* The router of bus b matched the event at off for rules[0..n) of program p (which must live
+ * until trace_retire). */
+void trace_matched(const ebd_bus *b, uint64_t off, const vm_program *p, const uint32_t *rules,
+                   size_t n);
+
+/* A monotonic clock in ms, for an attempt's latency (start_ms). */
+int64_t trace_clock_ms(void);
+
+/* One attempt of the delivery (rule, target) of the event at off ended: to `to` (the target, or
+ * its dead letter when dl), its number n, status (HTTP status, exit status; 0: none), the
+ * payload's size and the error ("" on success). */
+void trace_attempt(const ebd_bus *b, uint64_t off, const char *rule, const char *target,
+                   const char *to, bool dl, unsigned n, long status, int64_t start_ms,
+                   size_t payload, const char *error);
+
+/* The delivery (rule, target) of the event at off is over: state TRACE_*, where (the dead
+ * letter's target or file, or NULL), why (the last error, or NULL), after `attempts`. */
+void trace_outcome(const ebd_bus *b, uint64_t off, const char *rule, const char *target,
+                   int state, const char *where, const char *why, unsigned attempts);
+
+/* ---- the look-up -------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *data_dir;         /* trace logs: DATA/trace/BUS/... */
+    const char *bus;
+    store *log;                   /* the bus's log (open: the daemon's, or read-only) */
+    bool by_offset;
+    uint64_t offset;              /* by_offset */
+    const char *id, *source;      /* otherwise: the event's id, and its source or NULL */
+    const vm_program *explain;    /* explain why the rules of this program did not match, or NULL */
+} trace_query;
+
+/* Looks the event up and writes its trace (docs/trace.md) as JSON to out: returns 200, or 404
+ * (unknown) or 500 with the reason in err.  By id, several events with that id (and source):
+ * the newest, the others listed in "others". */
+unsigned trace_lookup(const trace_query *q, sbuf *out, char *err, size_t cap);
+
+/* Prints the trace json (trace_lookup's answer) as a timeline, one line per step. */
+#include <stdio.h>
+void trace_print(const char *json, FILE *out);
+
+/* ---- the record encoding (exposed for the unit tests) --------------------------------------- */
+
+typedef struct {
+    int kind;                     /* TR_* */
+    uint64_t off;                 /* (received: the first offset) */
+    uint32_t count;               /* received: events; matched: names */
+    int64_t time_ms;
+    unsigned char addr[16];       /* received: the producer's address (alen 4 or 16; 0: unknown) */
+    unsigned alen, port;
+    const unsigned char *hashes;  /* received: count x u32 (little-endian) id hashes */
+    const char *names;            /* matched: count strings "rule\0target\0" pairs, NUL-separated */
+    size_t nnames;
+    unsigned attempt, state;
+    bool dl;
+    long status;
+    uint32_t latency_ms;
+    uint64_t payload;
+    const char *rule, *target, *to, *error;   /* attempt/outcome (to: where; error: why) */
+    uint64_t dropped;             /* gap */
+} trace_rec;
+
+enum { TR_RECEIVED = 1, TR_MATCHED, TR_ATTEMPT, TR_OUTCOME, TR_GAP };
+
+/* Little-endian integers of `bytes` bytes: appended to b; read from r (r->bad once it runs out). */
+typedef struct {
+    const unsigned char *s;
+    size_t n, at;
+    bool bad;
+} trace_reader;
+void trace_put_u(sbuf *b, uint64_t v, unsigned bytes);
+uint64_t trace_get_u(trace_reader *r, unsigned bytes);
+/* ms since the epoch as RFC 3339 UTC with milliseconds. */
+void trace_iso_ms(int64_t ms, char *buf, size_t cap);
+
+/* Encodes r into b (appended); decodes one record from s[*at..n), moving *at; false if it does
+ * not hold one.  Decoded strings point into s (which holds them NUL-terminated). */
+void trace_encode(sbuf *b, const trace_rec *r);
+/* The same into p (room for trace_encoded_max(r) bytes); returns the end. */
+size_t trace_encoded_max(const trace_rec *r);
+unsigned char *trace_encode_to(unsigned char *p, const trace_rec *r);
+bool trace_decode(const unsigned char *s, size_t n, size_t *at, trace_rec *r);
+/* The hash the received records keep of an event's id (its decoded text). */
+uint32_t trace_id_hash(const char *id, size_t n);
+
+#endif
