@@ -32,6 +32,14 @@ The payloads the rules deliver appear in:
 
   (tail -f $DATA/out/*.jsonl to watch; ebc log dump $DATA/buses/orders shows what was stored)
 
+The event center: the console at http://127.0.0.1:$PORT/ui/ (buses, rules, events and their
+traces, targets, replays, schemas); what happened to event e1:
+
+  curl -s http://127.0.0.1:$PORT/v1/buses/orders/events/e1/trace
+  $BUILD/bin/ebc trace --data $DATA orders e1
+
+and Prometheus metrics at http://127.0.0.1:$PORT/metrics.
+
 Ctrl-C stops the daemon (SIGHUP reloads the rules).
 
 MSG
