@@ -1890,8 +1890,9 @@ static int to_dead_letter(dthread *th, item *it, const attempt *a, unsigned atte
     else if (t->dead_letter != VM_NONE)
         dl = &r->targets[t->dead_letter];
     char esc[1024];      /* an error may quote a URL or a command's stderr: escaped for the log */
-    trace_outcome(th->e->routers[p->pbus].bus, it->off, p->rule_name, t->name, dl || file ? TRACE_DEAD_LETTERED
-                  : TRACE_DROPPED, dl ? dl->name : file, a->error, attempts);
+    trace_outcome(th->e->routers[p->pbus].bus, it->off, p->rule_name, t->name,
+                  dl || file ? TRACE_DEAD_LETTERED : TRACE_DROPPED, dl ? dl->name : file, a->error,
+                  attempts);
     if (!dl && !file) {
         ebd_log(EBD_ERROR, "msg=\"delivery dropped: no dead-letter target\" rule=%s target=%s "
                 "offset=%" PRIu64 " attempts=%u error=\"%s\"", p->rule_name, t->name, it->off,
@@ -1952,8 +1953,9 @@ static int attempt_done(dthread *th, item *it, const attempt *a)
         th->freed = true;
     }
     bool stopping = atomic_load(&th->e->r->stop);
-    trace_attempt(th->e->routers[p->pbus].bus, it->off, p->rule_name, p->t->name, it->dl_file ? it->dl_file
-                  : it->t->name, it->dl, it->dl ? it->dl_tries : it->attempts, a->status, it->tr_start, it->plen, a->error);
+    trace_attempt(th->e->routers[p->pbus].bus, it->off, p->rule_name, p->t->name,
+                  it->dl_file ? it->dl_file : it->t->name, it->dl,
+                  it->dl ? it->dl_tries : it->attempts, a->status, it->tr_start, it->plen, a->error);
     if (!a->error[0]) {
         if (!it->dl && it->attempts > 1)
             ebd_log(EBD_INFO, "msg=\"delivered after retries\" rule=%s target=%s offset=%" PRIu64
@@ -2293,8 +2295,8 @@ static int prepare_item(dthread *th, item *it)
         if (st == STORE_BEHIND) {
             ebd_log(EBD_WARN, "msg=\"event deleted by retention before delivery\" cursor=%s "
                     "offset=%" PRIu64, p->name, it->off);
-            trace_outcome(th->e->routers[p->pbus].bus, it->off, p->rule_name, p->t->name, TRACE_EXPIRED, NULL,
-                          "deleted by retention before delivery", 0);
+            trace_outcome(th->e->routers[p->pbus].bus, it->off, p->rule_name, p->t->name,
+                          TRACE_EXPIRED, NULL, "deleted by retention before delivery", 0);
             return finish(th, it, true);
         }
         if (st != STORE_OK) {

@@ -644,8 +644,8 @@ int main(int argc, char **argv)
         goto out;
     }
     sb_free(&errors);
-    ebd_workers_start(&d, d.rules);
     trace_start(&d);
+    ebd_workers_start(&d, d.rules);
     http = ebd_http_start(&d, fd, host, port, err, sizeof err);
     if (!http) {
         fprintf(stderr, "ebd: %s\n", err);
