@@ -1894,8 +1894,9 @@ static int to_dead_letter(dthread *th, item *it, const attempt *a, unsigned atte
         dl = &r->targets[t->dead_letter];
     char esc[1024];      /* an error may quote a URL or a command's stderr: escaped for the log */
     mt_dead_letter(r, p->target, !dl && !file, p->rule_name, a->error, attempts > 0);
-    trace_outcome(th->e->routers[p->pbus].bus, it->off, p->rule_name, t->name, dl || file ? TRACE_DEAD_LETTERED
-                  : TRACE_DROPPED, dl ? dl->name : file, a->error, attempts);
+    trace_outcome(th->e->routers[p->pbus].bus, it->off, p->rule_name, t->name,
+                  dl || file ? TRACE_DEAD_LETTERED : TRACE_DROPPED, dl ? dl->name : file, a->error,
+                  attempts);
     if (!dl && !file) {
         ebd_log(EBD_ERROR, "msg=\"delivery dropped: no dead-letter target\" rule=%s target=%s "
                 "offset=%" PRIu64 " attempts=%u error=\"%s\"", p->rule_name, t->name, it->off,
@@ -1959,8 +1960,9 @@ static int attempt_done(dthread *th, item *it, const attempt *a)
         mt_attempt(th->e->r, (uint32_t)(it->t - th->e->r->targets), it->dl, p->rule_name,
                    a->error, it->t0, it->rec ? it->rec->time_ns : 0);
     bool stopping = atomic_load(&th->e->r->stop);
-    trace_attempt(th->e->routers[p->pbus].bus, it->off, p->rule_name, p->t->name, it->dl_file ? it->dl_file
-                  : it->t->name, it->dl, it->dl ? it->dl_tries : it->attempts, a->status, it->tr_start, it->plen, a->error);
+    trace_attempt(th->e->routers[p->pbus].bus, it->off, p->rule_name, p->t->name,
+                  it->dl_file ? it->dl_file : it->t->name, it->dl,
+                  it->dl ? it->dl_tries : it->attempts, a->status, it->tr_start, it->plen, a->error);
     if (!a->error[0]) {
         if (!it->dl && it->attempts > 1)
             ebd_log(EBD_INFO, "msg=\"delivered after retries\" rule=%s target=%s offset=%" PRIu64
@@ -2302,8 +2304,8 @@ static int prepare_item(dthread *th, item *it)
         if (st == STORE_BEHIND) {
             ebd_log(EBD_WARN, "msg=\"event deleted by retention before delivery\" cursor=%s "
                     "offset=%" PRIu64, p->name, it->off);
-            trace_outcome(th->e->routers[p->pbus].bus, it->off, p->rule_name, p->t->name, TRACE_EXPIRED, NULL,
-                          "deleted by retention before delivery", 0);
+            trace_outcome(th->e->routers[p->pbus].bus, it->off, p->rule_name, p->t->name,
+                          TRACE_EXPIRED, NULL, "deleted by retention before delivery", 0);
             return finish(th, it, true);
         }
         if (st != STORE_OK) {

@@ -654,10 +654,10 @@ int main(int argc, char **argv)
         goto out;
     }
     sb_free(&errors);
+    trace_start(&d);
     ebd_workers_start(&d, d.rules);
     rp_start(&d);
     sch_discovery_start(&d);
-    trace_start(&d);
     http = ebd_http_start(&d, fd, host, port, err, sizeof err);
     if (!http) {
         fprintf(stderr, "ebd: %s\n", err);

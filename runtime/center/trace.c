@@ -36,7 +36,8 @@
  * of the rest, u8 length of the bus's name, the name, one record. */
 typedef struct tbuf {
     pthread_mutex_t mu;
-    sbuf b;
+    sbuf b;                       /* the thread writes here (under mu) */
+    sbuf back;                    /* the trace thread reads the other one here */
     struct tbuf *next;
     _Atomic bool dead;            /* its thread has ended: freed once drained */
 } tbuf;
@@ -552,9 +553,9 @@ static void write_all(void)
     W.gaps_written = dropped;
 }
 
-/* Takes what the hooks wrote so far, thread by thread (each buffer swapped for an empty one),
+/* Takes what the hooks wrote so far, thread by thread (each buffer swapped for its other one),
  * writes it, and frees the buffers of threads that have ended. */
-static void flush_all(sbuf *spare)
+static void flush_all(void)
 {
     pthread_rwlock_rdlock(&W.d->lock);
     if (W.d->rules && W.d->rules != W.seen) {
@@ -566,19 +567,23 @@ static void flush_all(sbuf *spare)
     for (tbuf **pt = &T.all; *pt;) {
         tbuf *t = *pt;
         bool dead = atomic_load(&t->dead);
+        /* Double-buffered: the thread writes on in its other buffer, of the size it needed
+         * before, while this one is read (a buffer handed from thread to thread grew again
+         * each time, copying and faulting pages in). */
         pthread_mutex_lock(&t->mu);
         sbuf full = t->b;
-        t->b = *spare;
+        t->b = t->back;
         pthread_mutex_unlock(&t->mu);
         flush_buffer((const unsigned char *)full.v, full.n);
         full.n = 0;
         full.oom = false;
-        if (full.cap > ((size_t)4 << 20))       /* a burst's buffer is not kept */
+        if (full.cap > ((size_t)32 << 20))      /* a burst's buffer is not kept */
             sb_free(&full);
-        *spare = full;
+        t->back = full;
         if (dead) {
             *pt = t->next;
             sb_free(&t->b);
+            sb_free(&t->back);
             pthread_mutex_destroy(&t->mu);
             free(t);
         } else {
@@ -596,7 +601,6 @@ static void *trace_main(void *arg)
     int nice_now = getpriority(PRIO_PROCESS, 0);
     if (errno == 0)
         (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice_now + 19);
-    sbuf spare = { 0 };
     pthread_mutex_lock(&W.mu);
     while (!W.stop) {
         struct timespec ts;
@@ -608,14 +612,13 @@ static void *trace_main(void *arg)
         }
         pthread_cond_timedwait(&W.cv, &W.mu, &ts);
         pthread_mutex_unlock(&W.mu);
-        flush_all(&spare);
+        flush_all();
         pthread_mutex_lock(&W.mu);
         W.cycles++;
         pthread_cond_broadcast(&W.done);
     }
     pthread_mutex_unlock(&W.mu);
-    flush_all(&spare);
-    sb_free(&spare);
+    flush_all();
     pthread_mutex_lock(&W.mu);
     W.cycles++;
     pthread_cond_broadcast(&W.done);

@@ -627,7 +627,7 @@ static void explain(sbuf *b, const vm_program *p, const char *bus, const char *e
         sb_puts(b, any ? ",{\"rule\":" : "{\"rule\":");
         any = true;
         sb_json_string(b, vm_s(p, p->rules[r].name), p->rules[r].name.len);
-        char why[400];
+        char why[600];
         if (f < nf && fails[f].rule == r) {
             snprintf(why, sizeof why, "matching failed: %s", fails[f].err.msg);
         } else {
@@ -818,7 +818,8 @@ unsigned trace_lookup(const trace_query *q, sbuf *out, char *err, size_t cap)
         }
         size_t nsame = 0;
         /* (threads' records of one flush are not in the order of the offsets) */
-        qsort(is.offs, is.n, sizeof *is.offs, cmp_u64);
+        if (is.n)
+            qsort(is.offs, is.n, sizeof *is.offs, cmp_u64);
         for (size_t k = is.n; k-- > 0;) {            /* newest first */
             size_t l;
             int64_t tn;
