@@ -95,6 +95,7 @@ struct cc_comp {
     /* the scratch arena: what lowering one pattern needs only meanwhile (its JSON tree), reused
      * from the start for the next pattern (cc_scratch_reset) */
     struct cc_chunk *scratch, *scratch_at;
+    unsigned flags;      /* CC_... of compiler.h */
     /* files */
     VEC(cc_unit *) units;
     /* diagnostics */

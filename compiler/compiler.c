@@ -108,6 +108,11 @@ static void do_import(cc_comp *c, cc_unit *u, ast *d)
         parse_unit(c, add_unit(c, unit_name, text, f->len));
         return;
     }
+    if (c->flags & CC_NO_FILES) {
+        cc_error(u, d->tok.off, d->tok.len, "cannot import '%s': only the standard templates "
+                 "(\"stdlib/NAME\") can be imported here", path);
+        return;
+    }
     char full[PATH_MAX];
     const char *slash = strrchr(u->name, '/');
     if (path[0] == '/' || !slash)
@@ -231,11 +236,13 @@ static void comp_free(cc_comp *c)
 }
 
 /* Compiles unit text (owned by the compilation from here on). */
-static vm_program *compile(const char *name, char *text, size_t len, FILE *diag, cc_result *res)
+static vm_program *compile(const char *name, char *text, size_t len, unsigned flags, FILE *diag,
+                           cc_result *res)
 {
     cc_comp *c = calloc(1, sizeof *c);
     if (!c)
         abort();
+    c->flags = flags;
     parse_unit(c, add_unit(c, name, text, len));
     cc_check_and_build(c);
     vm_program *p = c->nerrors ? NULL : finish(c);
@@ -259,14 +266,20 @@ vm_program *cc_compile_file(const char *path, FILE *diag, cc_result *res)
             res->nerrors = 1, res->nwarnings = 0;
         return NULL;
     }
-    return compile(path, text, len, diag, res);
+    return compile(path, text, len, 0, diag, res);
 }
 
 vm_program *cc_compile_text(const char *name, const char *text, size_t len, FILE *diag,
                             cc_result *res)
 {
+    return cc_compile_text_flags(name, text, len, 0, diag, res);
+}
+
+vm_program *cc_compile_text_flags(const char *name, const char *text, size_t len, unsigned flags,
+                                  FILE *diag, cc_result *res)
+{
     char *copy = cc_xmalloc(len + 1);
     memcpy(copy, text, len);
     copy[len] = 0;
-    return compile(name, copy, len, diag, res);
+    return compile(name, copy, len, flags, diag, res);
 }

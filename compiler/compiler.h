@@ -32,6 +32,18 @@ vm_program *cc_compile_file(const char *path, FILE *diag, cc_result *res);
 vm_program *cc_compile_text(const char *name, const char *text, size_t len, FILE *diag,
                             cc_result *res);
 
+/* Flags of cc_compile_text_flags. */
+enum {
+    /* read no file of the machine: an import other than "stdlib/NAME" is an error, and a bus's
+     * `schema "T" file "PATH"` option is checked for its shape only (the file is not read).
+     * For text from an untrusted source (ebd's dry run, docs/replay.md). */
+    CC_NO_FILES = 1u,
+};
+
+/* cc_compile_text with flags (CC_...). */
+vm_program *cc_compile_text_flags(const char *name, const char *text, size_t len, unsigned flags,
+                                  FILE *diag, cc_result *res);
+
 /* ---- `ebc test`: one event through the rules, printed (docs/ebc.md) ---------------------------- */
 
 /* Runs a function transform (exec or http) for the event; on success sets *payload (malloc'd)

@@ -5,9 +5,9 @@
  * most (a filter that matches nothing answers with a `next` token to go on, never after
  * minutes), the dry run reads DR_HTTP_MAX events at most ("truncated": true past them).  The
  * posted text of a dry run is compiled on its own: it declares the bus and the targets its
- * rules name (nothing is delivered to them), and imports the standard templates only.
+ * rules name (nothing is delivered to them), and imports the standard templates only (the
+ * compiler's CC_NO_FILES: it reads no file of the daemon's machine).
  */
-#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -143,50 +143,6 @@ enum MHD_Result qy_handle_events(const center_req *r)
 
 /* ---- POST /v1/buses/{bus}/dry-run ----------------------------------------------------------- */
 
-/* Does the posted text import only the standard templates (stdlib/...)?  A file import would
- * let a request read the daemon's files (the compiler quotes lines in its messages).  Each word
- * `import` outside a comment is followed (blanks and comments passed) by the string it imports;
- * one that does not start with "stdlib/" is refused, with its line in why.  An `import` inside a
- * string may be refused too: the check errs on the safe side. */
-static bool imports_ok(const char *s, size_t n, char *why, size_t cap)
-{
-    unsigned line = 1;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '\n')
-            line++;
-        if (s[i] == '#') {
-            while (i + 1 < n && s[i + 1] != '\n')
-                i++;
-            continue;
-        }
-        bool word = i + 6 <= n && !memcmp(s + i, "import", 6) &&
-                    (i == 0 || !(isalnum((unsigned char)s[i - 1]) || s[i - 1] == '_')) &&
-                    (i + 6 == n || !(isalnum((unsigned char)s[i + 6]) || s[i + 6] == '_'));
-        if (!word)
-            continue;
-        size_t k = i + 6;
-        for (;;) {
-            while (k < n && isspace((unsigned char)s[k]))
-                k++;
-            if (k < n && s[k] == '#') {
-                while (k < n && s[k] != '\n')
-                    k++;
-                continue;
-            }
-            break;
-        }
-        if (k < n && s[k] == '"' && (n - k - 1 < 7 || memcmp(s + k + 1, "stdlib/", 7) != 0)) {
-            snprintf(why, cap, "dry-run.ebr:%u: a dry run imports the standard templates only "
-                     "(import \"stdlib/NAME\"), not files of the daemon's machine", line);
-            return false;
-        }
-        for (size_t j = i + 1; j < k; j++)       /* (the lines passed over) */
-            line += s[j] == '\n';
-        i = k - 1;
-    }
-    return true;
-}
-
 enum MHD_Result dr_handle(const center_req *r)
 {
     const char *bus = r->arg[0];
@@ -203,14 +159,15 @@ enum MHD_Result dr_handle(const center_req *r)
     if (!r->n)
         return (enum MHD_Result)ebd_send_error(r->c, 400, "the body is the rules' source text "
                                                "(an .ebr file that declares the bus)", "body");
-    if (!imports_ok(r->body, r->n, msg, sizeof msg))
-        return (enum MHD_Result)ebd_send_error(r->c, 400, msg, "body");
-    /* compiled on its own: the messages name it dry-run.ebr */
+    /* compiled on its own (the messages name it dry-run.ebr) and reading no file of this
+     * machine: CC_NO_FILES refuses every import but the standard templates' and leaves the
+     * files of schema options unread (the compiler quotes what it reads in its messages) */
     char *diag = NULL;
     size_t ndiag = 0;
     FILE *df = open_memstream(&diag, &ndiag);
     cc_result cr;
-    vm_program *p = df ? cc_compile_text("dry-run.ebr", r->body, r->n, df, &cr) : NULL;
+    vm_program *p = df ? cc_compile_text_flags("dry-run.ebr", r->body, r->n, CC_NO_FILES, df,
+                                                &cr) : NULL;
     if (df)
         fclose(df);
     if (!p) {

@@ -48,8 +48,11 @@ void sch_free(sch_schema *s);
 
 /* path relative to the directory of rules_file (path itself when absolute): a new string. */
 char *sch_resolve_path(const char *rules_file, const char *path);
-/* Reads and compiles the schema file at path; NULL with the reason in err ("cannot read it:
- * ...", "not JSON (line L, column C)", "not a schema: ..."). */
+/* The largest schema file sch_load_file reads. */
+#define SCH_FILE_MAX (16 << 20)
+/* Reads and compiles the schema file at path, a regular file of SCH_FILE_MAX bytes at most;
+ * NULL with the reason in err ("cannot read it: ...", "not JSON (line L, column C)", "not a
+ * schema: ..."). */
 sch_schema *sch_load_file(const char *path, unsigned flags, char *err, size_t cap);
 
 /* Is instance valid under s?  On false fills *e (may be NULL).  Safe from several threads at

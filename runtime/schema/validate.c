@@ -16,12 +16,15 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -1627,14 +1630,41 @@ char *sch_resolve_path(const char *rules_file, const char *path)
 
 sch_schema *sch_load_file(const char *path, unsigned flags, char *err, size_t cap)
 {
-    FILE *f = fopen(path, "rb");
+    /* O_NONBLOCK: opening a FIFO does not wait for a writer (it is then refused as not a
+     * regular file); the size is capped before anything is read */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, cap, "cannot read it: %s", strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        snprintf(err, cap, "cannot read it: not a regular file");
+        return NULL;
+    }
+    if (st.st_size > SCH_FILE_MAX) {
+        close(fd);
+        snprintf(err, cap, "cannot read it: %lld bytes, more than the %d MiB a schema file may "
+                 "have", (long long)st.st_size, SCH_FILE_MAX >> 20);
+        return NULL;
+    }
+    FILE *f = fdopen(fd, "rb");
     if (!f) {
+        close(fd);
         snprintf(err, cap, "cannot read it: %s", strerror(errno));
         return NULL;
     }
     char *text = NULL;
     size_t n = 0, capt = 0;
     for (;;) {
+        if (n > SCH_FILE_MAX) {       /* (it grew since fstat) */
+            free(text);
+            fclose(f);
+            snprintf(err, cap, "cannot read it: more than the %d MiB a schema file may have",
+                     SCH_FILE_MAX >> 20);
+            return NULL;
+        }
         if (n + 4096 > capt) {
             char *t = realloc(text, capt = capt * 2 + 8192);
             if (!t) {
