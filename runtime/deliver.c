@@ -3631,17 +3631,88 @@ static bool nap(int64_t ms, bool (*stop)(void *), void *arg)
     return !(stop && stop(arg));
 }
 
-/* One attempt of payload at t, synchronously; extra: one more header for http (or NULL). */
-static void attempt_now(ebd *d, ebd_target *t, const char *payload, size_t n, bool text,
-                        const char *extra, attempt *a)
+/* What a replay's attempt asks while it waits (curl's progress callback, the command's poll). */
+typedef struct {
+    bool (*stop)(void *);
+    void *arg;
+    int64_t asked_ms;        /* when stop first said so (0: not yet) */
+    bool stopped;
+} stop_check;
+
+/* The grace an attempt in progress has once told to stop, to end by itself (one that ends in
+ * it is not made twice); past it, it is given up. */
+#define STOP_GRACE_MS 1000
+
+/* Has the attempt been told to stop for longer than STOP_GRACE_MS?  Sets sc->stopped then. */
+static bool stop_due(stop_check *sc)
 {
+    if (!sc->stop || sc->stopped)
+        return sc->stopped;
+    if (!sc->stop(sc->arg)) {
+        sc->asked_ms = 0;
+        return false;
+    }
+    int64_t now = mono_ms();
+    if (!sc->asked_ms)
+        sc->asked_ms = now;
+    return sc->stopped = now - sc->asked_ms >= STOP_GRACE_MS;
+}
+
+/* curl's progress callback of a replay's http attempt: non-zero (abort) when stop_due. */
+static int stop_xferinfo(void *p, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    (void)dt, (void)dn, (void)ut, (void)un;
+    return stop_due(p);
+}
+
+/* cmd_run, asking sc every 50 ms at most: told to stop for longer than the grace (stop_due),
+ * the command is abandoned (cmd_job_abort) and sc->stopped set (r is then empty). */
+static void cmd_run_stoppable(const cmd_spec *cs, cmd_result *r, stop_check *sc)
+{
+    memset(r, 0, sizeof *r);
+    cmd_job *j = cmd_start(cs);
+    if (!j) {
+        r->spawn_errno = ENOMEM;
+        return;
+    }
+    for (;;) {
+        struct pollfd fds[CMD_MAX_FDS];
+        int64_t deadline;
+        int nf = cmd_job_fds(j, fds, &deadline);
+        int64_t now = mono_ms();
+        int wait = 50;
+        if (deadline == 0)
+            wait = 0;
+        else if (deadline > 0 && deadline - now < wait)
+            wait = deadline > now ? (int)(deadline - now) : 0;
+        if (wait > 0)
+            (void)poll(fds, (nfds_t)nf, wait);
+        if (cmd_job_step(j, mono_ms()))
+            break;
+        if (stop_due(sc)) {
+            cmd_job_abort(j);
+            return;
+        }
+    }
+    cmd_job_end(j, r);
+}
+
+/* One attempt of payload at t, synchronously; extra: one more header for http (or NULL).  An
+ * http request or a command in progress is given up when stop(arg) has said so for longer than
+ * STOP_GRACE_MS (asked about every 50 ms: curl's progress callback, the command's poll): false
+ * then, the attempt not made as far as the caller knows (a replay makes it again later: its
+ * target may get it twice), true when it was made (a->error: how it ended). */
+static bool attempt_now(ebd *d, ebd_target *t, const char *payload, size_t n, bool text,
+                        const char *extra, bool (*stop)(void *), void *arg, attempt *a)
+{
+    stop_check sc = { stop, arg, 0, false };
     switch (t->kind) {
     case T_HTTP: {
         CURL *h = curl_easy_init();
         if (!h) {
             snprintf(a->error, sizeof a->error, "out of memory");
             a->retry = true;
-            return;
+            return true;
         }
         struct curl_slist *hs = NULL;
         http_seen seen;
@@ -3650,27 +3721,35 @@ static void attempt_now(ebd *d, ebd_target *t, const char *payload, size_t n, bo
             hs = curl_slist_append(hs, extra);
             curl_easy_setopt(h, CURLOPT_HTTPHEADER, hs);
         }
+        if (stop) {
+            curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, stop_xferinfo);
+            curl_easy_setopt(h, CURLOPT_XFERINFODATA, &sc);
+            curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+        }
         CURLcode rc = curl_easy_perform(h);
-        http_finish(t, h, rc, &seen, a);
+        if (!(sc.stopped && rc == CURLE_ABORTED_BY_CALLBACK))
+            http_finish(t, h, rc, &seen, a);
         curl_easy_cleanup(h);
         curl_slist_free_all(hs);
-        return;
+        return !(sc.stopped && rc == CURLE_ABORTED_BY_CALLBACK);
     }
     case T_FILE:
         /* (fsync interval: the committer syncs the file with the engine's next commit) */
         deliver_file(t, payload, n, text, a);
         if (!a->error[0] && t->fsync == STORE_FSYNC_ALWAYS && fdatasync(t->fd) != 0)
             snprintf(a->error, sizeof a->error, "%s: %s", t->path, strerror(errno));
-        return;
+        return true;
     case T_BUS:
         deliver_bus(d, t, payload, n, text, a);
-        return;
+        return true;
     default: {
         cmd_spec cs = { t->argv, t->envp, payload, n, (uint32_t)t->timeout_ms, 0 };
         cmd_result r;
-        cmd_run(&cs, &r);
+        cmd_run_stoppable(&cs, &r, &sc);
+        if (sc.stopped)
+            return false;
         exec_outcome(t, &cs, &r, a);
-        return;
+        return true;
     }
     }
 }
@@ -3740,8 +3819,12 @@ static int dead_letter_now(ebd *d, ebd_rules *r, uint32_t rule, ebd_target *t, c
             }
             free(ft.path);
         } else if (slot_now(dl, stop, arg)) {
-            attempt_now(d, dl, b.v, b.n, false, NULL, &x);
+            bool made = attempt_now(d, dl, b.v, b.n, false, NULL, stop, arg, &x);
             give_slot(dl);
+            if (!made) {
+                out = EBD_SYNC_STOPPED;
+                break;
+            }
         } else {
             out = EBD_SYNC_STOPPED;
             break;
@@ -3817,8 +3900,12 @@ int ebd_deliver_sync(ebd *d, ebd_rules *r, vm_ctx *ctx, uint32_t rule, uint32_t 
         }
         a = (attempt){ 0 };
         attempts++;
-        attempt_now(d, t, payload, plen, text, extra, &a);
+        bool made = attempt_now(d, t, payload, plen, text, extra, stop, arg, &a);
         give_slot(t);
+        if (!made) {
+            res = EBD_SYNC_STOPPED;
+            break;
+        }
         if (!a.error[0]) {
             /* (synced with the engine's next commit, or its last one when it stops) */
             if (t->kind == T_FILE && t->fsync == STORE_FSYNC_INTERVAL && r->eng && r->eng->file_dirty)

@@ -357,6 +357,7 @@ bool ebd_reload(ebd *d, sbuf *errors)
     double t2 = mono_s();
     pthread_rwlock_wrlock(&d->lock);
     d->rules = r;
+    d->generation++;
     pthread_rwlock_unlock(&d->lock);
     ebd_workers_start(d, r);
     rp_rules_swapped(d);

@@ -158,6 +158,7 @@ struct ebd {
     size_t nbuses, capbuses;
     pthread_rwlock_t lock;        /* rules and buses: ingest reads, reload writes */
     ebd_rules *rules;
+    uint64_t generation;          /* bumped with each rules swap, under lock (write) */
     _Atomic bool stopping;        /* the daemon is shutting down: ingest answers 503 */
     pthread_mutex_t reload_mu;
     _Atomic unsigned inflight;    /* ingest requests being handled */

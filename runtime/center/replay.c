@@ -61,6 +61,8 @@ typedef struct replay {
     char error[400];              /* under M.emu */
     pthread_t th;
     bool joinable;
+    _Atomic bool boosted;         /* a reload raised its thread's priority (rp_rules_swapped) */
+    pthread_mutex_t save_mu;      /* one save of its file at a time */
     struct replay *next;
 } replay;
 
@@ -155,23 +157,27 @@ static void to_json(replay *x, sbuf *b)
     sb_puts(b, "}");
 }
 
-/* Writes the replay's file whole: a temporary file, synced, renamed over the old one, the
- * folder synced.  A failure is logged (the replay goes on; a restart then resumes from an
- * older position: at least once still). */
-static void save(replay *x)
+/* Writes the replay's file whole: a temporary file of a unique name (mkstemp, in the same
+ * folder), synced, renamed over the old one, the folder synced; one save of a replay at a time
+ * (its save_mu).  A failure is logged and false returned (a running replay goes on; a restart
+ * then resumes from an older position: at least once still). */
+static bool save(replay *x)
 {
     char dir[4200], tmp[4400], path[4400];
+    pthread_mutex_lock(&x->save_mu);
     snprintf(dir, sizeof dir, "%s/replays", M.d->data_dir);
     mkdir(dir, 0755);
     dir_of(x->bus, dir, sizeof dir);
     mkdir(dir, 0755);
     snprintf(path, sizeof path, "%s/%s.json", dir, x->name);
-    snprintf(tmp, sizeof tmp, "%s/.%s.tmp", dir, x->name);
+    snprintf(tmp, sizeof tmp, "%s/.%s.XXXXXX", dir, x->name);
     sbuf b = { 0 };
     to_json(x, &b);
     sb_puts(&b, "\n");
-    int fd = b.oom ? -1 : open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    bool ok = fd >= 0 && write(fd, b.v, b.n) == (ssize_t)b.n && fsync(fd) == 0;
+    int fd = b.oom ? -1 : mkostemp(tmp, O_CLOEXEC);
+    bool made = fd >= 0;
+    bool ok = made && fchmod(fd, 0644) == 0 && write(fd, b.v, b.n) == (ssize_t)b.n &&
+              fsync(fd) == 0;
     if (fd >= 0)
         close(fd);
     ok = ok && rename(tmp, path) == 0;
@@ -183,14 +189,29 @@ static void save(replay *x)
         }
     } else {
         ebd_log(EBD_ERROR, "msg=\"cannot save a replay's position\" replay=%s path=%s error=\"%s\"",
-                x->name, path, strerror(errno));
-        unlink(tmp);
+                x->name, path, b.oom ? "out of memory" : strerror(errno));
+        if (made)
+            unlink(tmp);
     }
     sb_free(&b);
+    pthread_mutex_unlock(&x->save_mu);
+    return ok;
+}
+
+/* A new replay, zeroed, its save lock ready; NULL when out of memory. */
+static replay *replay_new(void)
+{
+    replay *x = calloc(1, sizeof *x);
+    if (x && pthread_mutex_init(&x->save_mu, NULL) != 0) {
+        free(x);
+        x = NULL;
+    }
+    return x;
 }
 
 static void replay_free(replay *x)
 {
+    pthread_mutex_destroy(&x->save_mu);
     free(x->bus);
     free(x->rule);
     free(x->target);
@@ -220,16 +241,59 @@ static void set_error(replay *x, const char *msg)
     pthread_mutex_unlock(&M.emu);
 }
 
-/* Reads up to RP_CHUNK records of x's bus from x->position, under the daemon's read lock.
- * Returns how many (0 at the end of what the log holds), -1 when the bus is gone (err). */
-static int read_chunk(replay *x, rp_rec *out, char *err, size_t cap)
+/* Lowers the calling thread's priority below everything else of the daemon: SCHED_IDLE, which
+ * runs only when no other thread wants the core (the routers and delivery threads run at nice
+ * 19, deliver.c's yield_to_ingest: a replay at nice 19 competed with them as an equal and took
+ * live routing down to 0.83 in bench/README.md's replay rows); nice 19 where SCHED_IDLE is
+ * refused.  Under sustained saturating load a replay then waits: live traffic comes first. */
+static void lower_priority(void)
+{
+    struct sched_param sp = { 0 };
+    if (pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp) == 0)
+        return;
+    errno = 0;
+    int now = getpriority(PRIO_PROCESS, 0);
+    if (errno == 0)
+        (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), now + 19);
+}
+
+/* Back to the normal priority (SCHED_OTHER) while the thread holds what others wait for (the
+ * daemon's lock, which is writer-preferring: a reload waiting behind a starved idle reader would
+ * stall every ingest request).  Where SCHED_IDLE was refused (nice 19) nothing changes. */
+static void normal_priority(void)
+{
+    struct sched_param sp = { 0 };
+    (void)pthread_setschedparam(pthread_self(), SCHED_OTHER, &sp);
+}
+
+/* The daemon's lock (read) taken, and let go, at the normal priority (normal_priority). */
+static void d_rdlock(void)
+{
+    normal_priority();
+    pthread_rwlock_rdlock(&M.d->lock);
+}
+
+static void d_unlock(void)
+{
+    pthread_rwlock_unlock(&M.d->lock);
+    lower_priority();
+}
+
+/* Reads up to RP_CHUNK records of x's bus from x->position, under the daemon's read lock (held
+ * at the normal priority, d_rdlock).  Returns how many, with *at_end set when the range has
+ * nothing more (the end reached, or the log holds nothing more below it: retention or a
+ * corrupt stretch went past it); -1 on an error (the bus gone, the log unreadable, no memory
+ * with nothing read), with the reason in err: never "the end" for an error.  A corrupt record
+ * is passed over (what it held cannot be replayed), logged and said in x's error. */
+static int read_chunk(replay *x, rp_rec *out, bool *at_end, char *err, size_t cap)
 {
     int n = 0;
     ebd *d = M.d;
-    pthread_rwlock_rdlock(&d->lock);
+    *at_end = false;
+    d_rdlock();
     ebd_bus view;
     if (!ebd_bus_view(d, x->bus, strlen(x->bus), &view)) {
-        pthread_rwlock_unlock(&d->lock);
+        d_unlock();
         snprintf(err, cap, "the rules no longer declare bus '%s'", x->bus);
         return -1;
     }
@@ -240,25 +304,60 @@ static int read_chunk(replay *x, rp_rec *out, char *err, size_t cap)
         atomic_store(&x->position, pos = first);     /* retention went past it */
     store_cursor *c;
     if (store_cursor_open(view.s, pos, &c) != STORE_OK) {
-        snprintf(err, cap, "%s", store_error(view.s));
-        pthread_rwlock_unlock(&d->lock);
+        snprintf(err, cap, "the log cannot be read: %s", store_error(view.s));
+        d_unlock();
         return -1;
     }
     store_record r;
-    store_status st;
-    while (n < RP_CHUNK && (st = store_cursor_next(c, &r, 0)) != STORE_TIMEOUT) {
+    store_status st = STORE_OK;
+    int out_rc = 0;
+    while (n < RP_CHUNK) {
+        st = store_cursor_next(c, &r, 0);
+        if (st == STORE_TIMEOUT) {
+            *at_end = true;             /* nothing more in the log */
+            break;
+        }
         if (st == STORE_BEHIND) {
             store_bounds(view.s, &first, &next);
-            store_cursor_seek(c, first);
+            if (store_cursor_seek(c, first) != STORE_OK) {
+                snprintf(err, cap, "the log cannot be read: %s", store_cursor_error(c));
+                out_rc = -1;
+                break;
+            }
             continue;
         }
-        uint64_t lost;
-        if (st == STORE_CORRUPT && store_cursor_skip(c, &lost) == STORE_OK)
+        if (st == STORE_CORRUPT) {
+            char why[300];
+            snprintf(why, sizeof why, "%s", store_cursor_error(c));
+            uint64_t lost = 0;
+            if (store_cursor_skip(c, &lost) != STORE_OK) {
+                snprintf(err, cap, "the log cannot be read: %s", why);
+                out_rc = -1;
+                break;
+            }
+            ebd_log(EBD_WARN, "msg=\"a replay passed over a corrupt stretch of the log\" replay=%s "
+                    "bus=%s lost=%" PRIu64 " error=\"%s\"", x->name, x->bus, lost, why);
+            char note[400];
+            snprintf(note, sizeof note, "%" PRIu64 " offsets passed over, corrupt: %s", lost, why);
+            set_error(x, note);
             continue;
-        if (st != STORE_OK || r.offset >= x->end)
+        }
+        if (st != STORE_OK) {
+            snprintf(err, cap, "the log cannot be read: %s", store_cursor_error(c));
+            out_rc = -1;
             break;
-        if (!(out[n].data = malloc(r.len + 1)))
+        }
+        if (r.offset >= x->end) {
+            *at_end = true;
             break;
+        }
+        if (!(out[n].data = malloc(r.len + 1))) {
+            if (!n) {
+                snprintf(err, cap, "out of memory (a record of %zu bytes)", (size_t)r.len);
+                out_rc = -1;
+            }
+            break;              /* (what was read is replayed; the next chunk tries again) */
+        }
         memcpy(out[n].data, r.data, r.len);
         out[n].data[r.len] = 0;
         out[n].len = r.len;
@@ -267,7 +366,13 @@ static int read_chunk(replay *x, rp_rec *out, char *err, size_t cap)
         n++;
     }
     store_cursor_close(c);
-    pthread_rwlock_unlock(&d->lock);
+    d_unlock();
+    if (out_rc < 0) {
+        for (int i = 0; i < n; i++)
+            free(out[i].data);
+        *at_end = false;
+        return -1;
+    }
     return n;
 }
 
@@ -325,13 +430,16 @@ static uint32_t target_index(const vm_program *p, const char *name)
     return VM_NONE;
 }
 
-/* The rules in force, held (M.use) until release_rules: a reload waits for them. */
-static ebd_rules *hold_rules(void)
+/* The rules in force, held (M.use) until release_rules: a reload waits for them.  *gen: their
+ * generation (d->generation): rules a reload freed and another allocated at the same address
+ * are told apart by it, never by the pointer. */
+static ebd_rules *hold_rules(uint64_t *gen)
 {
     pthread_rwlock_rdlock(&M.use);
-    pthread_rwlock_rdlock(&M.d->lock);
+    d_rdlock();
     ebd_rules *r = M.d->rules;
-    pthread_rwlock_unlock(&M.d->lock);
+    *gen = M.d->generation;
+    d_unlock();
     return r;
 }
 
@@ -405,22 +513,6 @@ static bool replay_event(replay *x, ebd_rules *r, vm_ctx *ctx, const rp_rec *e, 
     return done;
 }
 
-/* Lowers the calling thread's priority below everything else of the daemon: SCHED_IDLE, which
- * runs only when no other thread wants the core (the routers and delivery threads run at nice
- * 19, deliver.c's yield_to_ingest: a replay at nice 19 competed with them as an equal and took
- * live routing down to 0.83 in bench/README.md's replay rows); nice 19 where SCHED_IDLE is
- * refused.  Under sustained saturating load a replay then waits: live traffic comes first. */
-static void lower_priority(void)
-{
-    struct sched_param sp = { 0 };
-    if (pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp) == 0)
-        return;
-    errno = 0;
-    int now = getpriority(PRIO_PROCESS, 0);
-    if (errno == 0)
-        (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), now + 19);
-}
-
 static void finish(replay *x, int state)
 {
     if (atomic_load(&x->state) == RP_RUNNING)
@@ -441,7 +533,7 @@ static void *replay_main(void *arg)
     replay *x = arg;
     lower_priority();
     rp_rec *chunk = calloc(RP_CHUNK, sizeof *chunk);
-    ebd_rules *ctx_rules = NULL;
+    uint64_t ctx_gen = 0;         /* the generation of the rules ctx was made for */
     vm_ctx *ctx = NULL;
     int64_t saved = mono_ms(), t0 = mono_ms(), rate_at = mono_ms();
     uint64_t rate_n = atomic_load(&x->read), cap_n = 0;
@@ -457,13 +549,16 @@ static void *replay_main(void *arg)
             break;
         if (atomic_load(&x->position) >= x->end)
             break;
-        int n = read_chunk(x, chunk, err, sizeof err);
+        bool at_end;
+        int n = read_chunk(x, chunk, &at_end, err, sizeof err);
         if (n < 0) {
             set_error(x, err);
             ending = RP_FAILED;
             break;
         }
         if (n == 0) {
+            if (!at_end)
+                continue;                         /* (cannot be: read again) */
             atomic_store(&x->position, x->end);   /* (the rest of the range is gone) */
             break;
         }
@@ -472,12 +567,15 @@ static void *replay_main(void *arg)
                 break;
             while (atomic_load(&M.pause))
                 nanosleep(&(struct timespec){ 0, 5000000 }, NULL);
-            ebd_rules *r = hold_rules();
-            if (r != ctx_rules) {
+            if (atomic_exchange(&x->boosted, false))
+                lower_priority();
+            uint64_t gen;
+            ebd_rules *r = hold_rules(&gen);
+            if (!ctx || gen != ctx_gen) {
                 vm_ctx_free(ctx);
                 vm_options o = vm_program_options(r->p);
                 ctx = vm_ctx_new(r->p, &o);
-                ctx_rules = r;
+                ctx_gen = gen;
             }
             if (!ctx) {
                 set_error(x, "out of memory (a matching context)");
@@ -570,7 +668,7 @@ static replay *load(const char *path)
     fclose(f);
     buf[n] = 0;
     cJSON *j = cJSON_Parse(buf);
-    replay *x = j ? calloc(1, sizeof *x) : NULL;
+    replay *x = j ? replay_new() : NULL;
     const char *name = str_of(j, "name"), *bus = str_of(j, "bus"), *state = str_of(j, "state");
     const char *rule = str_of(j, "rule"), *target = str_of(j, "target"), *error = str_of(j, "error");
     if (x && name && name_ok(name) && bus && state) {
@@ -599,7 +697,7 @@ static replay *load(const char *path)
         if (error)
             snprintf(x->error, sizeof x->error, "%s", error);
     } else if (x) {
-        free(x);
+        replay_free(x);
         x = NULL;
     }
     cJSON_Delete(j);
@@ -673,6 +771,17 @@ void rp_rules_swapped(ebd *d)
 {
     (void)d;
     atomic_store(&M.pause, true);
+    /* a replay's thread at SCHED_IDLE may not run for long on a busy machine: raised to the
+     * normal priority until it has let the rules go (it lowers itself again, `boosted`); what
+     * it is in the middle of asks should_stop every 50 ms at most (deliver.c's attempt_now,
+     * nap), so the wait below is short */
+    pthread_mutex_lock(&M.mu);
+    for (replay *x = M.list; x; x = x->next)
+        if (x->joinable && atomic_load(&x->state) == RP_RUNNING) {
+            atomic_store(&x->boosted, true);
+            (void)pthread_setschedparam(x->th, SCHED_OTHER, &(struct sched_param){ 0 });
+        }
+    pthread_mutex_unlock(&M.mu);
     pthread_rwlock_wrlock(&M.use);          /* every replay has let the old rules go */
     pthread_rwlock_unlock(&M.use);
     atomic_store(&M.pause, false);
@@ -784,7 +893,7 @@ enum MHD_Result rp_handle_start(const center_req *r)
     char msg[500];
     const char *field = NULL;
     int64_t now = qy_now_ns();
-    replay *x = calloc(1, sizeof *x);
+    replay *x = replay_new();
     unsigned st = 0;
     if (!x) {
         st = 500;
@@ -852,16 +961,22 @@ enum MHD_Result rp_handle_start(const center_req *r)
         for (pp = &M.list; *pp != old; pp = &(*pp)->next)
             ;
         *pp = old->next;
-    }
-    x->next = M.list;
-    M.list = x;
-    save(x);
-    pthread_mutex_unlock(&M.mu);
-    if (old) {
+        /* its thread may still be ending (cancelled: it stops within a moment); joined before
+         * the new one's file is written, so that its last save cannot land over it */
         if (old->joinable)
             pthread_join(old->th, NULL);
         replay_free(old);
     }
+    if (!save(x)) {
+        pthread_mutex_unlock(&M.mu);
+        snprintf(msg, sizeof msg, "replay '%s' cannot be saved in the data directory (the "
+                 "daemon's log says why): not started", x->name);
+        replay_free(x);
+        return bad(r, 500, NULL, "%s", msg);
+    }
+    x->next = M.list;
+    M.list = x;
+    pthread_mutex_unlock(&M.mu);
     ebd_log(EBD_INFO, "msg=\"replay started\" replay=%s bus=%s first=%" PRIu64 " end=%" PRIu64,
             x->name, x->bus, x->first, x->end);
     sbuf b = { 0 };

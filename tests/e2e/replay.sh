@@ -222,6 +222,13 @@ for q in '{"since":"1h","rule":"nope"}|404|rule' '{"since":"1h","target":"nope"}
 done
 st=$(post /v1/buses/nope/replays application/json '{"since":"1h"}')
 [ "$st" = 404 ] && pass "replay on an unknown bus -> 404" || fail "unknown bus replay: $st"
+# a replay whose file cannot be written is not started: 500, not 201 (its path is a directory)
+mkdir -p "$WORK/data/replays/main/unsaved.json/x"
+st=$(post /v1/buses/main/replays application/json '{"name":"unsaved","since":"1h"}')
+[ "$st" = 500 ] && [ "$(get /v1/buses/main/replays/unsaved)" = 404 ] &&
+    pass "a replay that cannot be saved -> 500, not started" || fail "unsaved replay: $st $(cat "$WORK/answer")"
+rm -rf "$WORK/data/replays/main/unsaved.json"
+ls -a "$WORK/data/replays/main" | grep -q '^\.unsaved\.' && fail "a temporary file left behind"
 
 # ---- a delivery that fails: the replay's dead letter ---------------------------------------------
 for i in 1 2; do
@@ -307,5 +314,24 @@ done
 [ -z "$missing" ] && [ "$(count "$WORK/slow.log" '"replay":"calm"')" = 30 ] &&
     pass "SIGTERM during a replay: resumed exactly where it stopped (30 deliveries, none twice)" ||
     fail "calm: $(count "$WORK/slow.log" '"replay":"calm"') deliveries, missing:$missing"
+
+# ---- a reload waits a moment for a replay in the middle of a long request, not its timeout -------
+PT=$((P + 3))
+"$BIN/e2e_receiver" $PT "$WORK/stuck.log" --hold "$WORK/release" --arrived "$WORK/stuck.arr" & PIDS="$PIDS $!"
+printf 'target stuck http "http://127.0.0.1:%s/stuck" { timeout 20s }\nrule rt on main { match type == "a" to stuck }\n' \
+    $PT >>"$WORK/rules.ebr"
+st=$(post /v1/admin/reload application/json '')
+[ "$st" = 200 ] || fail "reload (stuck): $st $(cat "$WORK/answer")"
+st=$(post /v1/buses/main/replays application/json '{"name":"stuck","since":"1h","rule":"rt"}')
+wait_for "$E2E_WAIT" count_ge "$WORK/stuck.arr" '"replay":"stuck"' 1 || fail "stuck did not start"
+t0=$(date +%s%N)
+st=$(post /v1/admin/reload application/json '')
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+[ "$st" = 200 ] && [ "$ms" -lt 10000 ] && pass "a reload during a replay's held request: done in $ms ms" ||
+    fail "reload behind a held replay request: $st in $ms ms"
+touch "$WORK/release"
+curl -s -o "$WORK/answer" -X DELETE "$URL/v1/buses/main/replays/stuck" >/dev/null
+stuck_ended() { state_is stuck cancelled || [ "$(js '.state')" = done ]; }
+wait_for "$E2E_WAIT" stuck_ended || fail "stuck did not end: $(cat "$WORK/answer")"
 
 finish
