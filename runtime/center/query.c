@@ -321,6 +321,8 @@ static store_status run_newest(store *s, const qy_query *q, bool (*emit)(void *,
     size_t chunk = q->limit && q->limit * 2 > CHUNK_MIN ? q->limit * 2 : CHUNK_MIN;
     if (chunk > CHUNK_MAX)
         chunk = CHUNK_MAX;
+    size_t budget = q->chunk_bytes ? q->chunk_bytes : QY_CHUNK_BYTES, peak = 0;
+    bool grow = true;            /* (a chunk that went over the budget stops the doubling) */
     held *h = calloc(chunk, sizeof *h);
     size_t given = 0, seen = 0;
     bool done = h == NULL;
@@ -331,9 +333,15 @@ static store_status run_newest(store *s, const qy_query *q, bool (*emit)(void *,
     while (!done && hi > first) {
         uint64_t lo = hi - first > chunk ? hi - chunk : first;
         store_cursor_seek(c, lo);
-        size_t nh = 0;
+        size_t nh = 0, bytes = 0;
+        bool over = false;
         store_record r;
         while (nh < chunk && (st = next_record(s, c, &r)) == STORE_OK && r.offset < hi) {
+            if (nh && bytes + r.len > budget) {
+                over = true;          /* (records held whole: bounded by bytes too) */
+                break;
+            }
+            bytes += r.len;
             h[nh].r = r;
             if (!(h[nh].copy = malloc(r.len ? r.len : 1))) {
                 st = STORE_EIO;
@@ -343,6 +351,18 @@ static store_status run_newest(store *s, const qy_query *q, bool (*emit)(void *,
             memcpy(h[nh].copy, r.data, r.len);
             h[nh].r.data = h[nh].copy;
             nh++;
+        }
+        if (bytes > peak)
+            peak = bytes;
+        if (over) {
+            /* the window [lo, hi) holds more than the budget: read a narrower one ending at hi
+             * (halved until it fits; a single record always does) */
+            st = STORE_OK;
+            for (size_t k = 0; k < nh; k++)
+                free(h[k].copy);
+            chunk = nh / 2 ? nh / 2 : 1;
+            grow = false;
+            continue;
         }
         if (st != STORE_OK && st != STORE_TIMEOUT) {
             if (!err[0])
@@ -376,7 +396,7 @@ static store_status run_newest(store *s, const qy_query *q, bool (*emit)(void *,
         for (size_t k = 0; k < nh; k++)
             free(h[k].copy);
         hi = lo;
-        if (chunk < CHUNK_MAX && !done) {
+        if (chunk < CHUNK_MAX && !done && grow) {
             held *v = realloc(h, 2 * chunk * sizeof *h);
             if (v) {
                 h = v;
@@ -386,6 +406,8 @@ static store_status run_newest(store *s, const qy_query *q, bool (*emit)(void *,
     }
     free(h);
     store_cursor_close(c);
+    if (q->held_peak)
+        *q->held_peak = peak;
     return st;
 }
 

@@ -58,7 +58,12 @@ typedef struct {
     size_t scan_max;              /* records to look at at most (0: no bound) */
     bool resume;                  /* go on from `at` (a page's `next`): oldest first, the */
     uint64_t at;                  /*   next offset to look at; newest first, the one above */
+    size_t chunk_bytes;           /* newest first: bytes of records held at once, at most
+                                   * (0: QY_CHUNK_BYTES; one record bigger is held alone) */
+    size_t *held_peak;            /* when not NULL: the most bytes held at once, told */
 } qy_query;
+
+#define QY_CHUNK_BYTES ((size_t)8 << 20)
 
 /* Calls emit for each record the query selects, in its order; emit returns false to stop
  * (nothing more is looked at; *more is then true with *next after that record).  On return

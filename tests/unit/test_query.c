@@ -142,3 +142,39 @@ Test(query, run_both_orders_paged)
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     cr_assert_eq(system(cmd), 0);
 }
+
+/* Newest first, the records held at once are bounded by bytes as well as by count: big records
+ * with a small budget come out all, in order, the most held never over the budget. */
+Test(query, newest_chunk_bounded_by_bytes)
+{
+    char dir[] = "/tmp/ebr-query-XXXXXX";
+    cr_assert(mkdtemp(dir));
+    store *s;
+    char err[300];
+    store_options o = { .fsync = STORE_FSYNC_NEVER, .segment_bytes = 1 << 20 };
+    cr_assert_eq(log_open(dir, &o, &s, err, sizeof err), STORE_OK, "%s", err);
+    static char ev[10000];
+    for (int i = 0; i < 150; i++) {
+        int n = snprintf(ev, sizeof ev, "{\"id\":\"e%d\",\"pad\":\"", i);
+        memset(ev + n, 'x', 9000);
+        snprintf(ev + n + 9000, sizeof ev - (size_t)n - 9000, "\"}");
+        store_entry e = { ev, (uint32_t)strlen(ev), 0 };
+        uint64_t first;
+        cr_assert_eq(store_append(s, &e, 1, &first), STORE_OK);
+    }
+    size_t peak = 0;
+    seen all = { 0 };
+    qy_query q = { .since_ns = QY_NONE_BEFORE, .until_ns = QY_NONE_AFTER, .newest = true,
+                   .limit = 150, .chunk_bytes = 50000, .held_peak = &peak };
+    bool more;
+    uint64_t next;
+    cr_assert_eq(qy_run(s, &q, collect, &all, &more, &next, err, sizeof err), STORE_OK);
+    cr_assert_eq(all.n, 150);
+    for (size_t i = 0; i < all.n; i++)
+        cr_assert_eq(all.got[i], 149 - i);
+    cr_assert(peak > 0 && peak <= 50000, "held %zu bytes at once", peak);
+    store_close(s);
+    char cmd[100];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_assert_eq(system(cmd), 0);
+}
