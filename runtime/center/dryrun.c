@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../ebd_int.h"
 #include "query.h"
@@ -51,9 +52,21 @@ static bool rules_of_bus(const vm_program *p, uint32_t bus, dr_result *r, size_t
     return true;
 }
 
-bool dr_run(store *s, const vm_program *p, uint32_t bus, int64_t since_ns, int64_t until_ns,
-            uint64_t max_events, dr_result *out, char *err, size_t cap)
+static int64_t mono_ms(void)
 {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+bool dr_run(store *s, const vm_program *p, uint32_t bus, int64_t since_ns, int64_t until_ns,
+            const dr_limits *lim, dr_result *out, char *err, size_t cap)
+{
+    static const dr_limits none = { 0 };
+    if (!lim)
+        lim = &none;
+    uint64_t max_events = lim->max_events;
+    unsigned since_relock = 0;
     memset(out, 0, sizeof *out);
     size_t *map = malloc((p->nrules ? p->nrules : 1) * sizeof *map);
     vm_options o = vm_program_options(p);
@@ -82,10 +95,31 @@ bool dr_run(store *s, const vm_program *p, uint32_t bus, int64_t since_ns, int64
         }
         if (st != STORE_OK || r.offset >= end || r.time_ns >= until_ns)
             break;
-        if (max_events && out->events >= max_events) {
+        if ((max_events && out->events >= max_events) ||
+            (lim->deadline_ms && !(out->events & 255) && out->events &&
+             mono_ms() >= lim->deadline_ms)) {
             out->truncated = true;
             out->next = r.offset;
             break;
+        }
+        if (lim->relock && lim->relock_every && ++since_relock > lim->relock_every) {
+            /* the log let go of a moment (the cursor closed: a reload may close the log) */
+            uint64_t at = r.offset;
+            since_relock = 0;
+            store_cursor_close(c);
+            c = NULL;
+            if (!(s = lim->relock(lim->arg))) {
+                snprintf(err, cap, "the bus's log was closed (a reload) during the dry run");
+                ok = false;
+                break;
+            }
+            if (store_cursor_open(s, at, &c) != STORE_OK) {
+                snprintf(err, cap, "%s", store_error(s));
+                c = NULL;
+                ok = false;
+                break;
+            }
+            continue;
         }
         if (!out->events)
             out->first = r.offset;

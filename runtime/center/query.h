@@ -99,11 +99,23 @@ typedef struct {
     uint64_t first, last;         /* the offsets of the first and last events read */
 } dr_result;
 
+/* What bounds a dry run, and how it lets go of the log now and then (all 0/NULL: nothing). */
+typedef struct {
+    uint64_t max_events;          /* events read at most; past them "truncated" (0: no bound) */
+    int64_t deadline_ms;          /* CLOCK_MONOTONIC ms; past it "truncated" (0: none) */
+    /* every relock_every events the cursor is closed and relock(arg) called: it may let go of
+     * a lock the log is read under and take it again, and returns the log again (NULL: it is
+     * gone, the run fails); the run goes on from the next offset */
+    store *(*relock)(void *arg);
+    void *arg;
+    unsigned relock_every;
+} dr_limits;
+
 /* Matches every event of bus `bus` of program p (its index in p) appended in [since, until) of
- * the log s against p's rules on that bus, counting per rule and keeping sample ids; reads at
- * most max_events (0: no bound).  Delivers nothing.  False with the reason in err. */
+ * the log s against p's rules on that bus, counting per rule and keeping sample ids, within
+ * lim (NULL: none).  Delivers nothing.  False with the reason in err. */
 bool dr_run(store *s, const vm_program *p, uint32_t bus, int64_t since_ns, int64_t until_ns,
-            uint64_t max_events, dr_result *out, char *err, size_t cap);
+            const dr_limits *lim, dr_result *out, char *err, size_t cap);
 
 /* The result as JSON, {"events":N,"rules":[{"name","matched","samples":[...]}],...}: malloc'd
  * text (NULL when out of memory). */

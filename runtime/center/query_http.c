@@ -3,16 +3,21 @@
  * GET /v1/buses/{bus}/events, the event query (query.c reads), and POST /v1/buses/{bus}/dry-run
  * (dryrun.c matches).  Work per request is bounded: the query looks at QY_SCAN_MAX records at
  * most (a filter that matches nothing answers with a `next` token to go on, never after
- * minutes), the dry run reads DR_HTTP_MAX events at most ("truncated": true past them).  The
+ * minutes), the dry run reads DR_HTTP_MAX events for DR_HTTP_MS at most ("truncated": true
+ * past them), one at a time (409 meanwhile), letting the daemon's lock go every
+ * DR_RELOCK_EVERY events.  The
  * posted text of a dry run is compiled on its own: it declares the bus and the targets its
  * rules name (nothing is delivered to them), and imports the standard templates only (the
  * compiler's CC_NO_FILES: it reads no file of the daemon's machine).
  */
 #include <errno.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../../compiler/compiler.h"
 #include "center.h"
@@ -22,6 +27,8 @@
 #define QY_LIMIT_MAX 1000
 #define QY_SCAN_MAX 20000         /* records one request looks at, at most */
 #define DR_HTTP_MAX 200000        /* events one HTTP dry run reads at most */
+#define DR_HTTP_MS 10000          /* and for this long at most (ms) */
+#define DR_RELOCK_EVERY 4096      /* events read under the daemon's lock at once */
 
 /* ---- GET /v1/buses/{bus}/events ------------------------------------------------------------ */
 
@@ -143,6 +150,32 @@ enum MHD_Result qy_handle_events(const center_req *r)
 
 /* ---- POST /v1/buses/{bus}/dry-run ----------------------------------------------------------- */
 
+static _Atomic bool dr_busy;      /* a dry run is in progress (one at a time) */
+
+typedef struct {
+    ebd *d;
+    const char *bus;
+} relock_arg;
+
+/* dr_limits.relock: lets go of the daemon's lock (read) and takes it again; the bus's log as
+ * the rules in force now have it (NULL: they declare the bus no more). */
+static store *relock(void *arg)
+{
+    relock_arg *a = arg;
+    pthread_rwlock_unlock(&a->d->lock);
+    sched_yield();
+    pthread_rwlock_rdlock(&a->d->lock);
+    ebd_bus view;
+    return ebd_bus_view(a->d, a->bus, strlen(a->bus), &view) ? view.s : NULL;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 enum MHD_Result dr_handle(const center_req *r)
 {
     const char *bus = r->arg[0];
@@ -188,13 +221,24 @@ enum MHD_Result dr_handle(const center_req *r)
                  bus, bus);
         return (enum MHD_Result)ebd_send_error(r->c, 400, msg, "body");
     }
+    /* one dry run at a time, for DR_HTTP_MS at most, the daemon's lock let go of every
+     * DR_RELOCK_EVERY events (a reload waiting for it goes first: writer-preferring) */
+    if (atomic_exchange(&dr_busy, true)) {
+        vm_program_free(p);
+        return (enum MHD_Result)ebd_send_error(r->c, 409, "another dry run is in progress: try "
+                                               "again when it has finished", NULL);
+    }
     dr_result res;
     char err[400] = "";
+    relock_arg ra = { r->d, bus };
+    dr_limits lim = { .max_events = DR_HTTP_MAX, .deadline_ms = mono_ms() + DR_HTTP_MS,
+                      .relock = relock, .arg = &ra, .relock_every = DR_RELOCK_EVERY };
     pthread_rwlock_rdlock(&r->d->lock);
     ebd_bus view;
     bool found = ebd_bus_view(r->d, bus, strlen(bus), &view);
-    bool ok = found && dr_run(view.s, p, pb, since, until, DR_HTTP_MAX, &res, err, sizeof err);
+    bool ok = found && dr_run(view.s, p, pb, since, until, &lim, &res, err, sizeof err);
     pthread_rwlock_unlock(&r->d->lock);
+    atomic_store(&dr_busy, false);
     vm_program_free(p);
     if (!found) {
         snprintf(msg, sizeof msg, "no bus '%.200s'", bus);

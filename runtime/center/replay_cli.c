@@ -82,7 +82,7 @@ static int dry_run(const opts *o)
         return RC_INPUT;
     }
     dr_result r;
-    bool ok = dr_run(s, p, bus, since, until, 0, &r, err, sizeof err);
+    bool ok = dr_run(s, p, bus, since, until, NULL, &r, err, sizeof err);
     store_close(s);
     vm_program_free(p);
     if (!ok) {

@@ -2,7 +2,8 @@
  * test_query.c — the event query's pieces (runtime/center/query.c, docs/replay.md): times as
  * RFC 3339 or a duration back from now, their formatting, the source/type filter with its
  * prefix form, page tokens, and qy_run over a log of known records in both orders, paged
- * (every record once) and with a bound on the records looked at.
+ * (every record once) and with a bound on the records looked at; newest-first chunks bounded
+ * by bytes; the dry run letting go of its log (relock) and stopping at its deadline.
  */
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../../compiler/compiler.h"
 #include "../../runtime/center/query.h"
 
 #define NS 1000000000LL
@@ -173,6 +175,76 @@ Test(query, newest_chunk_bounded_by_bytes)
     for (size_t i = 0; i < all.n; i++)
         cr_assert_eq(all.got[i], 149 - i);
     cr_assert(peak > 0 && peak <= 50000, "held %zu bytes at once", peak);
+    store_close(s);
+    char cmd[100];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+typedef struct {
+    store *s;
+    unsigned calls;
+} relock_count;
+
+static store *relock_same(void *arg)
+{
+    relock_count *k = arg;
+    k->calls++;
+    return k->s;
+}
+
+static store *relock_gone(void *arg)
+{
+    (void)arg;
+    return NULL;
+}
+
+/* dr_run letting go of the log every few events counts as one run that never does; a log gone
+ * at a relock fails the run; a deadline passed truncates it. */
+Test(query, dry_run_relock_and_deadline)
+{
+    char dir[] = "/tmp/ebr-query-XXXXXX";
+    cr_assert(mkdtemp(dir));
+    store *s;
+    char err[300];
+    store_options o = { .fsync = STORE_FSYNC_NEVER, .segment_bytes = 4096 };
+    cr_assert_eq(log_open(dir, &o, &s, err, sizeof err), STORE_OK, "%s", err);
+    for (int i = 0; i < 600; i++) {
+        char ev[200];
+        snprintf(ev, sizeof ev, "{\"id\":\"e%d\",\"source\":\"s\",\"type\":\"%s\"}", i,
+                 i % 3 ? "b" : "a");
+        store_entry e = { ev, (uint32_t)strlen(ev), 0 };
+        uint64_t first;
+        cr_assert_eq(store_append(s, &e, 1, &first), STORE_OK);
+    }
+    const char *src = "bus main\ntarget t file \"x.jsonl\"\n"
+                      "rule ra on main { match type == \"a\" to t }\n";
+    vm_program *p = cc_compile_text_flags("t.ebr", src, strlen(src), CC_NO_FILES, NULL, NULL);
+    cr_assert(p);
+    uint32_t bus = dr_bus_index(p, "main");
+    dr_result plain, again;
+    cr_assert(dr_run(s, p, bus, QY_NONE_BEFORE, QY_NONE_AFTER, NULL, &plain, err, sizeof err));
+    cr_assert_eq(plain.events, 600);
+    cr_assert_eq(plain.rules[0].matched, 200);
+    relock_count k = { s, 0 };
+    dr_limits lim = { .relock = relock_same, .arg = &k, .relock_every = 7 };
+    cr_assert(dr_run(s, p, bus, QY_NONE_BEFORE, QY_NONE_AFTER, &lim, &again, err, sizeof err));
+    cr_assert_eq(again.events, 600);
+    cr_assert_eq(again.rules[0].matched, 200);
+    cr_assert_eq(again.first, 0);
+    cr_assert_eq(again.last, 599);
+    cr_assert_geq(k.calls, 80);
+    dr_free(&again);
+    lim = (dr_limits){ .relock = relock_gone, .relock_every = 7 };
+    cr_assert(!dr_run(s, p, bus, QY_NONE_BEFORE, QY_NONE_AFTER, &lim, &again, err, sizeof err));
+    lim = (dr_limits){ .deadline_ms = 1 };
+    cr_assert(dr_run(s, p, bus, QY_NONE_BEFORE, QY_NONE_AFTER, &lim, &again, err, sizeof err));
+    cr_assert(again.truncated);
+    cr_assert_eq(again.events, 256);
+    cr_assert_eq(again.next, 256);
+    dr_free(&again);
+    dr_free(&plain);
+    vm_program_free(p);
     store_close(s);
     char cmd[100];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
