@@ -3734,7 +3734,7 @@ static bool attempt_now(ebd *d, ebd_target *t, const char *payload, size_t n, bo
         return !(sc.stopped && rc == CURLE_ABORTED_BY_CALLBACK);
     }
     case T_FILE:
-        /* (fsync interval: the committer syncs the file with the engine's next commit) */
+        /* (fsync interval: ebd_deliver_sync syncs it; a live delivery's, the engine's commit) */
         deliver_file(t, payload, n, text, a);
         if (!a->error[0] && t->fsync == STORE_FSYNC_ALWAYS && fdatasync(t->fd) != 0)
             snprintf(a->error, sizeof a->error, "%s: %s", t->path, strerror(errno));
@@ -3906,10 +3906,15 @@ int ebd_deliver_sync(ebd *d, ebd_rules *r, vm_ctx *ctx, uint32_t rule, uint32_t 
             res = EBD_SYNC_STOPPED;
             break;
         }
+        /* fsync interval: synced here (the engine's committer may have stopped already: a
+         * replay outlives a reload's old engine; one delivery at a time, a sync each is cheap
+         * beside it) */
+        if (!a.error[0] && t->kind == T_FILE && t->fsync == STORE_FSYNC_INTERVAL &&
+            fdatasync(t->fd) != 0) {
+            snprintf(a.error, sizeof a.error, "%s: %s", t->path, strerror(errno));
+            a.retry = true;
+        }
         if (!a.error[0]) {
-            /* (synced with the engine's next commit, or its last one when it stops) */
-            if (t->kind == T_FILE && t->fsync == STORE_FSYNC_INTERVAL && r->eng && r->eng->file_dirty)
-                atomic_store(&r->eng->file_dirty[target], true);
             res = EBD_SYNC_DELIVERED;
             break;
         }
