@@ -276,7 +276,8 @@ static void d_rdlock(void)
 static void d_unlock(void)
 {
     pthread_rwlock_unlock(&M.d->lock);
-    lower_priority();
+    if (!atomic_load(&M.pause))
+        lower_priority();   /* (a reload waits: kept at the normal priority, see `boosted`) */
 }
 
 /* Reads up to RP_CHUNK records of x's bus from x->position, under the daemon's read lock (held
