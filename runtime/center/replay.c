@@ -566,8 +566,12 @@ static void *replay_main(void *arg)
         for (int i = 0; i < n && !fatal; i++) {
             if (atomic_load(&x->cancel) || atomic_load(&M.stopping))
                 break;
-            while (atomic_load(&M.pause))
+            /* (a cancel ends the wait: a start of the same name joins this thread holding the
+             * list's lock, which the reload that paused waits for) */
+            while (atomic_load(&M.pause) && !atomic_load(&x->cancel) && !atomic_load(&M.stopping))
                 nanosleep(&(struct timespec){ 0, 5000000 }, NULL);
+            if (atomic_load(&x->cancel) || atomic_load(&M.stopping))
+                break;
             if (atomic_exchange(&x->boosted, false))
                 lower_priority();
             uint64_t gen;
@@ -593,9 +597,12 @@ static void *replay_main(void *arg)
             if (x->max_rate > 0) {
                 int64_t due = t0 + (int64_t)((double)cap_n * 1000.0 / x->max_rate);
                 int64_t now = mono_ms();
-                if (due > now)
-                    nanosleep(&(struct timespec){ (due - now) / 1000, ((due - now) % 1000) * 1000000L },
-                              NULL);
+                /* (in slices: a cancel or a stop is seen within 50 ms) */
+                while (due > now && !atomic_load(&x->cancel) && !atomic_load(&M.stopping)) {
+                    int64_t ms = due - now < 50 ? due - now : 50;
+                    nanosleep(&(struct timespec){ 0, ms * 1000000L }, NULL);
+                    now = mono_ms();
+                }
             }
             int64_t now = mono_ms();
             if (now - rate_at >= 1000) {
