@@ -4,7 +4,9 @@
 # pages); `ebc log dump`'s filters; a replay delivering a time range again with the `replay`
 # attribute (all rules, one rule, one target), its status and counts, `ebc replay`; cancelling
 # a long replay; a replay that survives kill -9 of ebd and finishes after the restart (every
-# event of its range delivered at least once); the dry run offline (ebc) and over HTTP.
+# event of its range delivered at least once); the dry run offline (ebc) and over HTTP, which
+# reads no file of the daemon's machine (imports, schema options); a replay that cannot be
+# saved (500); a reload during a replay's held request (done in about a second).
 #   replay.sh BIN_DIR SOURCE_DIR WORK_DIR
 # Everything runs on 127.0.0.1, ports 29000-29999; every process started here is stopped.
 . "$2/tests/e2e/lib.sh"
