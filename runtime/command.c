@@ -626,3 +626,38 @@ void cmd_env_free(char **env)
         free(*e);
     free(env);
 }
+
+bool cmd_run_until(const cmd_spec *s, cmd_result *r, bool (*stop)(void *), void *arg)
+{
+    if (!stop) {
+        cmd_run(s, r);
+        return true;
+    }
+    memset(r, 0, sizeof *r);
+    cmd_job *j = cmd_start(s);
+    if (!j) {
+        r->spawn_errno = ENOMEM;
+        return true;
+    }
+    for (;;) {
+        struct pollfd fds[CMD_MAX_FDS];
+        int64_t deadline;
+        int nf = cmd_job_fds(j, fds, &deadline);
+        int64_t now = now_ms();
+        int wait = 50;
+        if (deadline == 0)
+            wait = 0;
+        else if (deadline > 0 && deadline - now < wait)
+            wait = deadline > now ? (int)(deadline - now) : 0;
+        if (wait > 0)
+            (void)poll(fds, (nfds_t)nf, wait);
+        if (cmd_job_step(j, now_ms()))
+            break;
+        if (stop && stop(arg)) {
+            cmd_job_abort(j);
+            return false;
+        }
+    }
+    cmd_job_end(j, r);
+    return true;
+}

@@ -47,6 +47,9 @@ typedef struct {
  * is left of it SIGKILL CMD_GRACE_MS later: nothing it started outlives it.  Fills *r (free its
  * output with cmd_result_free). */
 void cmd_run(const cmd_spec *s, cmd_result *r);
+/* cmd_run, asking stop(arg) every 50 ms at most: when it says so the command is abandoned
+ * (cmd_job_abort) and false returned, *r then empty; true when it ran to its end. */
+bool cmd_run_until(const cmd_spec *s, cmd_result *r, bool (*stop)(void *), void *arg);
 void cmd_result_free(cmd_result *r);
 
 /* The same run, as a job that a thread drives among others from its own poll loop, never

@@ -3665,36 +3665,10 @@ static int stop_xferinfo(void *p, curl_off_t dt, curl_off_t dn, curl_off_t ut, c
     return stop_due(p);
 }
 
-/* cmd_run, asking sc every 50 ms at most: told to stop for longer than the grace (stop_due),
- * the command is abandoned (cmd_job_abort) and sc->stopped set (r is then empty). */
-static void cmd_run_stoppable(const cmd_spec *cs, cmd_result *r, stop_check *sc)
+/* stop_due as a callback (cmd_run_until, rt_run_function_until). */
+static bool stop_due_cb(void *sc)
 {
-    memset(r, 0, sizeof *r);
-    cmd_job *j = cmd_start(cs);
-    if (!j) {
-        r->spawn_errno = ENOMEM;
-        return;
-    }
-    for (;;) {
-        struct pollfd fds[CMD_MAX_FDS];
-        int64_t deadline;
-        int nf = cmd_job_fds(j, fds, &deadline);
-        int64_t now = mono_ms();
-        int wait = 50;
-        if (deadline == 0)
-            wait = 0;
-        else if (deadline > 0 && deadline - now < wait)
-            wait = deadline > now ? (int)(deadline - now) : 0;
-        if (wait > 0)
-            (void)poll(fds, (nfds_t)nf, wait);
-        if (cmd_job_step(j, mono_ms()))
-            break;
-        if (stop_due(sc)) {
-            cmd_job_abort(j);
-            return;
-        }
-    }
-    cmd_job_end(j, r);
+    return stop_due(sc);
 }
 
 /* One attempt of payload at t, synchronously; extra: one more header for http (or NULL).  An
@@ -3745,8 +3719,7 @@ static bool attempt_now(ebd *d, ebd_target *t, const char *payload, size_t n, bo
     default: {
         cmd_spec cs = { t->argv, t->envp, payload, n, (uint32_t)t->timeout_ms, 0 };
         cmd_result r;
-        cmd_run_stoppable(&cs, &r, &sc);
-        if (sc.stopped)
+        if (!cmd_run_until(&cs, &r, stop ? stop_due_cb : NULL, &sc))
             return false;
         exec_outcome(t, &cs, &r, a);
         return true;
@@ -3861,8 +3834,15 @@ int ebd_deliver_sync(ebd *d, ebd_rules *r, vm_ctx *ctx, uint32_t rule, uint32_t 
     snprintf(rname, sizeof rname, "%.*s", (int)ru->name.len, vm_s(pr, ru->name));
     /* the payload, as make_payload makes it */
     if (x && (x->kind == VM_X_EXEC || x->kind == VM_X_HTTP)) {
-        if (!rt_run_function(pr, x, event, len, &payload, &plen, &text, a.error, sizeof a.error))
+        /* (a function in progress is given up as an attempt is: stop_due) */
+        stop_check sc = { stop, arg, 0, false };
+        bool stopped = false;
+        if (!rt_run_function_until(pr, x, event, len, &payload, &plen, &text,
+                                   stop ? stop_due_cb : NULL, &sc, &stopped, a.error,
+                                   sizeof a.error))
             payload = NULL;
+        if (stopped)
+            return EBD_SYNC_STOPPED;
     } else {
         const char *out = event;
         size_t n = len;

@@ -65,10 +65,27 @@ static void make_function_env(void)
     function_env = cmd_env(NULL, NULL, 0);
 }
 
+/* What a function asks while it runs (rt_run_function_until). */
+typedef struct {
+    bool (*stop)(void *);
+    void *arg;
+    bool *stopped;
+} fn_stop;
+
+/* curl's progress callback: non-zero (abort) when the stop callback says so. */
+static int fn_xferinfo(void *p, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    (void)dt, (void)dn, (void)ut, (void)un;
+    const fn_stop *st = p;
+    if (st->stop && st->stop(st->arg))
+        *st->stopped = true;
+    return *st->stopped;
+}
+
 /* Runs the command through sh -c with the event on its standard input; its standard output,
  * one JSON value, is the payload. */
 static bool run_exec(const char *cmd, uint32_t timeout_ms, const char *json, size_t len,
-                     char **payload, size_t *plen, char *err, size_t errcap)
+                     char **payload, size_t *plen, const fn_stop *st, char *err, size_t errcap)
 {
     pthread_once(&env_once, make_function_env);
     char *argv[] = { "/bin/sh", "-c", (char *)cmd, NULL };
@@ -79,7 +96,11 @@ static bool run_exec(const char *cmd, uint32_t timeout_ms, const char *json, siz
         snprintf(err, errcap, "'%s': out of memory", cmd);
         return false;
     }
-    cmd_run(&s, &r);
+    if (!cmd_run_until(&s, &r, st->stop, st->arg)) {
+        *st->stopped = true;
+        snprintf(err, errcap, "'%s' given up (stopped)", cmd);
+        return false;
+    }
     bool ok = false;
     if (cmd_describe(&s, &r, why, sizeof why)) {
         snprintf(err, errcap, "'%s' %s", cmd, why);
@@ -112,7 +133,8 @@ static void curl_init(void)
 }
 
 static bool run_http(const char *url, uint32_t timeout_ms, const char *json, size_t len,
-                     char **payload, size_t *plen, bool *text, char *err, size_t errcap)
+                     char **payload, size_t *plen, bool *text, const fn_stop *st, char *err,
+                     size_t errcap)
 {
     pthread_once(&curl_once, curl_init);
     CURL *h = curl_easy_init();
@@ -138,6 +160,11 @@ static bool run_http(const char *url, uint32_t timeout_ms, const char *json, siz
     ebd_curl_http_only(h);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &body);
+    if (st->stop) {
+        curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, fn_xferinfo);
+        curl_easy_setopt(h, CURLOPT_XFERINFODATA, (void *)st);
+        curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+    }
     CURLcode rc = curl_easy_perform(h);
     long status = 0;
     char *ctype = NULL;
@@ -145,7 +172,9 @@ static bool run_http(const char *url, uint32_t timeout_ms, const char *json, siz
     curl_easy_getinfo(h, CURLINFO_CONTENT_TYPE, &ctype);
     bool is_text = ctype && strncmp(ctype, "text/", 5) == 0;
     bool ok = false;
-    if (rc == CURLE_OPERATION_TIMEDOUT)
+    if (rc == CURLE_ABORTED_BY_CALLBACK && *st->stopped)
+        snprintf(err, errcap, "POST %s given up (stopped)", url);
+    else if (rc == CURLE_OPERATION_TIMEDOUT)
         snprintf(err, errcap, "POST %s took longer than %u ms", url, timeout_ms);
     else if (body.dropped)
         snprintf(err, errcap, "POST %s answered more than 64 MiB", url);
@@ -172,14 +201,25 @@ static bool run_http(const char *url, uint32_t timeout_ms, const char *json, siz
 bool rt_run_function(const vm_program *p, const vm_xform *x, const char *json, size_t len,
                      char **payload, size_t *plen, bool *text, char *err, size_t errcap)
 {
+    bool stopped;
+    return rt_run_function_until(p, x, json, len, payload, plen, text, NULL, NULL, &stopped, err,
+                                 errcap);
+}
+
+bool rt_run_function_until(const vm_program *p, const vm_xform *x, const char *json, size_t len,
+                           char **payload, size_t *plen, bool *text, bool (*stop)(void *),
+                           void *sarg, bool *stopped, char *err, size_t errcap)
+{
     *payload = NULL;
     *plen = 0;
     *text = false;
+    *stopped = false;
+    fn_stop st = { stop, sarg, stopped };
     const char *arg = vm_s(p, x->arg);
     if (x->kind == VM_X_EXEC)
-        return run_exec(arg, x->timeout_ms, json, len, payload, plen, err, errcap);
+        return run_exec(arg, x->timeout_ms, json, len, payload, plen, &st, err, errcap);
     if (x->kind == VM_X_HTTP)
-        return run_http(arg, x->timeout_ms, json, len, payload, plen, text, err, errcap);
+        return run_http(arg, x->timeout_ms, json, len, payload, plen, text, &st, err, errcap);
     snprintf(err, errcap, "not a function transform");
     return false;
 }

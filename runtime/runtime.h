@@ -22,6 +22,11 @@
  * carries the command's stderr (its first 200 bytes) or the response status. */
 bool rt_run_function(const vm_program *p, const vm_xform *x, const char *json, size_t len,
                      char **payload, size_t *plen, bool *text, char *err, size_t errcap);
+/* The same, asking stop(arg) every 50 ms at most (NULL: never) while the command or request
+ * runs: when it says so the function is given up, *stopped set and false returned. */
+bool rt_run_function_until(const vm_program *p, const vm_xform *x, const char *json, size_t len,
+                           char **payload, size_t *plen, bool *text, bool (*stop)(void *),
+                           void *arg, bool *stopped, char *err, size_t errcap);
 
 /* Would ebd take s[0..n) as one event in the CloudEvents JSON format: valid JSON, an object with
  * id, source, specversion "1.0" and type as non-empty strings, optional attributes of the right

@@ -335,5 +335,20 @@ touch "$WORK/release"
 curl -s -o "$WORK/answer" -X DELETE "$URL/v1/buses/main/replays/stuck" >/dev/null
 stuck_ended() { state_is stuck cancelled || [ "$(js '.state')" = done ]; }
 wait_for "$E2E_WAIT" stuck_ended || fail "stuck did not end: $(cat "$WORK/answer")"
+# the same for a function transform in progress (a command that takes 20 s)
+printf 'rule rf on main {\n  match type == "b"\n  transform function exec "touch %s/fn.started; sleep 20; cat" timeout 30s\n  to stuck\n}\n' \
+    "$WORK" >>"$WORK/rules.ebr"
+st=$(post /v1/admin/reload application/json '')
+[ "$st" = 200 ] || fail "reload (fn): $st $(cat "$WORK/answer")"
+st=$(post /v1/buses/main/replays application/json '{"name":"fn","since":"1h","rule":"rf"}')
+wait_for "$E2E_WAIT" test -e "$WORK/fn.started" || fail "fn did not start"
+t0=$(date +%s%N)
+st=$(post /v1/admin/reload application/json '')
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+[ "$st" = 200 ] && [ "$ms" -lt 10000 ] && pass "a reload during a replay's function transform: done in $ms ms" ||
+    fail "reload behind a replay's function: $st in $ms ms"
+curl -s -o "$WORK/answer" -X DELETE "$URL/v1/buses/main/replays/fn" >/dev/null
+fn_ended() { state_is fn cancelled || [ "$(js '.state')" = done ]; }
+wait_for "$E2E_WAIT" fn_ended || fail "fn did not end: $(cat "$WORK/answer")"
 
 finish
