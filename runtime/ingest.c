@@ -474,14 +474,91 @@ bool ebd_admin_token_set(ebd *d)
     return set;
 }
 
-unsigned ebd_authorize_admin(ebd *d, struct MHD_Connection *c)
+static void media_type(const char *ct, char *out, size_t cap);
+
+/* Does a Host header name the loopback listener: 127.x.y.z, localhost or [::1], with or
+ * without ":port"? */
+static bool loopback_host(const char *h)
+{
+    if (!h)
+        return false;
+    size_t n = strlen(h);
+    const char *colon = h[0] == '[' ? NULL : strrchr(h, ':');
+    if (h[0] == '[') {
+        const char *end = strchr(h, ']');
+        if (!end)
+            return false;
+        n = (size_t)(end + 1 - h);
+        colon = end[1] == ':' ? end + 1 : NULL;
+        if (end[1] && !colon)
+            return false;
+    } else if (colon) {
+        n = (size_t)(colon - h);
+    }
+    if (colon && (!colon[1] || strspn(colon + 1, "0123456789") != strlen(colon + 1)))
+        return false;
+    if ((n == 9 && !strncasecmp(h, "localhost", 9)) || (n == 5 && !strncmp(h, "[::1]", 5)))
+        return true;
+    if (n < 4 || strncmp(h, "127.", 4) != 0)
+        return false;
+    for (size_t i = 4; i < n; i++)
+        if (!((h[i] >= '0' && h[i] <= '9') || h[i] == '.'))
+            return false;
+    return true;
+}
+
+/* Is the Origin header (when there is one) the origin of http://HOST? */
+static bool same_origin(const char *origin, const char *host)
+{
+    if (!origin)
+        return true;
+    return !strncasecmp(origin, "http://", 7) && host && !strcasecmp(origin + 7, host);
+}
+
+unsigned ebd_authorize_admin(ebd *d, struct MHD_Connection *c, bool write, const char **why)
 {
     pthread_rwlock_rdlock(&d->lock);
     char *tok = d->rules->admin_token ? strdup(d->rules->admin_token) : NULL;
     pthread_rwlock_unlock(&d->lock);
-    unsigned deny = tok ? authorize(c, tok) : (d->loopback ? 0 : 403);
-    free(tok);
-    return deny;
+    const char *dummy;
+    if (!why)
+        why = &dummy;
+    if (tok) {
+        unsigned deny = authorize(c, tok);
+        free(tok);
+        *why = deny == 401 ? "an admin token is needed (Authorization: Bearer ...)"
+                           : "the admin token is wrong";
+        return deny;
+    }
+    /* No token: only a loopback listener, asked by a local client rather than a web page. */
+    if (!d->loopback) {
+        *why = "the event center is served on a loopback listener only, unless the server block "
+               "sets an admin_token";
+        return 403;
+    }
+    const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Host");
+    if (!loopback_host(host)) {
+        *why = "Host must name the loopback listener (127.0.0.1, localhost or [::1]); set an "
+               "admin_token to serve other names";
+        return 403;
+    }
+    if (!same_origin(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin"), host)) {
+        *why = "a request from another origin (the Origin header) is refused; set an admin_token "
+               "to serve one";
+        return 403;
+    }
+    if (write) {
+        /* A page can send a cross-site POST only with a "simple" content type and no custom
+         * header: either of these needs the browser's preflight, which ebd never grants. */
+        char mt[64];
+        media_type(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type"), mt, sizeof mt);
+        if (strcmp(mt, "application/json") != 0 &&
+            !MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Ebr-Request")) {
+            *why = "a POST needs Content-Type: application/json or the header X-Ebr-Request: 1";
+            return 403;
+        }
+    }
+    return 0;
 }
 
 /* ---- content types ------------------------------------------------------------------------ */
@@ -995,10 +1072,10 @@ static enum MHD_Result handle(struct MHD_Connection *c, ebd *d, const char *url,
     if (!post)
         return send_error(c, 405, "only POST is served here", NULL, NULL);
     if (!strcmp(url, "/v1/admin/reload")) {
-        unsigned deny = ebd_authorize_admin(d, c);
+        const char *why;
+        unsigned deny = ebd_authorize_admin(d, c, false, &why);
         if (deny)
-            return send_error(c, deny, deny == 401 ? "an admin token is needed"
-                                                   : "the admin token is wrong", NULL, NULL);
+            return send_error(c, deny, why, NULL, NULL);
         sbuf errors = { 0 };
         bool ok = ebd_reload(d, &errors);
         enum MHD_Result r = ok ? send_status(c, "reloaded")

@@ -154,21 +154,21 @@ EOF
 grep -q "^10 events read" "$WORK/dry.txt" && grep -q "^rule odd: 5 matched; samples: e1, e3, e5, e7, e9" "$WORK/dry.txt" &&
     pass "dry run offline, text, --until" || fail "dry run text: $(cat "$WORK/dry.txt")"
 [ ! -e "$WORK/data/never.jsonl" ] || fail "the dry run delivered"
-st=$(post "/v1/buses/main/dry-run?since=1h" text/plain "@$WORK/dry.ebr")
+st=$(post "/v1/buses/main/dry-run?since=1h" text/plain "@$WORK/dry.ebr" -H "X-Ebr-Request: 1")
 [ "$st" = 200 ] && [ "$(js '.events')" = 20 ] && [ "$(js '[.rules[].matched] | join(",")')" = "10,6,0" ] &&
     [ "$(js '.truncated')" = false ] && pass "dry run over HTTP" || fail "dry run HTTP: $st $(cat "$WORK/answer")"
 printf 'bus main\nrule x on main { match type == to nowhere }\n' >"$WORK/bad.ebr"
-st=$(post "/v1/buses/main/dry-run?since=1h" text/plain "@$WORK/bad.ebr")
+st=$(post "/v1/buses/main/dry-run?since=1h" text/plain "@$WORK/bad.ebr" -H "X-Ebr-Request: 1")
 [ "$st" = 400 ] && js '.messages' | grep -q "dry-run.ebr:2:" && pass "dry run: compile errors -> 400 with positions" ||
     fail "dry run bad rules: $st $(cat "$WORK/answer")"
 printf 'bus main\nimport # a comment\n  "/etc/passwd"\n' >"$WORK/imp.ebr"
-st=$(post "/v1/buses/main/dry-run?since=1h" text/plain "@$WORK/imp.ebr")
+st=$(post "/v1/buses/main/dry-run?since=1h" text/plain "@$WORK/imp.ebr" -H "X-Ebr-Request: 1")
 [ "$st" = 400 ] && js '.error' | grep -q "dry-run.ebr:2: a dry run imports the standard templates only" &&
     pass "dry run: a file import -> 400" || fail "dry run import: $st $(cat "$WORK/answer")"
 printf 'import "stdlib/slack"\n' | cat - "$WORK/dry.ebr" >"$WORK/std.ebr"
-st=$(post "/v1/buses/main/dry-run?since=1h" text/plain "@$WORK/std.ebr")
+st=$(post "/v1/buses/main/dry-run?since=1h" text/plain "@$WORK/std.ebr" -H "X-Ebr-Request: 1")
 [ "$st" = 200 ] && pass "dry run: a standard template import is fine" || fail "stdlib import: $st $(cat "$WORK/answer")"
-st=$(post "/v1/buses/main/dry-run" text/plain "@$WORK/dry.ebr")
+st=$(post "/v1/buses/main/dry-run" text/plain "@$WORK/dry.ebr" -H "X-Ebr-Request: 1")
 [ "$st" = 400 ] && [ "$(js '.field')" = since ] && pass "dry run without since -> 400" || fail "no since: $st"
 
 # ---- replays ------------------------------------------------------------------------------------

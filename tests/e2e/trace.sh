@@ -128,6 +128,29 @@ check "one id, two events: the newest, the other listed" /v1/buses/orders/events
 check "one id, its source picks the older" "/v1/buses/orders/events/dup/trace?source=a" '"offset":3'
 has '"others"' && fail "dup with source a lists others: $(cat "$WORK/answer")"
 
+# ---- access without an admin token: no DNS rebinding, no cross-site requests ---------------------
+code() { curl -s -o "$WORK/answer" -w '%{http_code}' "$@"; }
+T=/v1/buses/orders/offsets/0/trace
+expect_status 403 "a foreign Host" "$(code -H 'Host: evil.example' "$URL$T")"
+has 'Host must name the loopback listener' && pass "the 403 says why" || fail "403 body: $(cat "$WORK/answer")"
+expect_status 403 "a foreign Host with a port" "$(code -H "Host: evil.example:$P" "$URL$T")"
+expect_status 200 "Host: localhost:PORT" "$(code -H "Host: localhost:$P" "$URL$T")"
+expect_status 200 "Host: [::1]" "$(code -H 'Host: [::1]' "$URL$T")"
+expect_status 403 "a foreign Origin" "$(code -H 'Origin: http://evil.example' "$URL$T")"
+expect_status 403 "Origin: null" "$(code -H 'Origin: null' "$URL$T")"
+expect_status 200 "the same Origin" "$(code -H "Origin: http://127.0.0.1:$P" "$URL$T")"
+expect_status 403 "a text/plain POST (a simple cross-site request)" \
+    "$(code -X POST -H 'Content-Type: text/plain' --data-binary '{"since":"1h"}' "$URL/v1/buses/orders/replays")"
+expect_status 404 "a text/plain POST with X-Ebr-Request passes (to the handler)" \
+    "$(code -X POST -H 'Content-Type: text/plain' -H 'X-Ebr-Request: 1' --data-binary '{"since":"1h"}' \
+      "$URL/v1/buses/nobus/replays")"
+expect_status 404 "a JSON POST passes (to the handler)" \
+    "$(code -X POST -H 'Content-Type: application/json' --data-binary '{"since":"1h"}' "$URL/v1/buses/nobus/replays")"
+expect_status 403 "a reload with a foreign Host" "$(code -X POST -H 'Host: evil.example' "$URL/v1/admin/reload")"
+expect_status 403 "a reload with a foreign Origin" \
+    "$(code -X POST -H 'Origin: http://evil.example' "$URL/v1/admin/reload")"
+expect_status 200 "the console's files are open" "$(code -H 'Host: evil.example' "$URL/ui/")"
+
 # ---- explain ------------------------------------------------------------------------------------
 check "explain names the failing condition" "/v1/buses/orders/events/e-ok/trace?explain=1" \
     '"not_matched":[' '{"rule":"to_flaky","why":"no match: type == \"flaky\" is false (' \
