@@ -887,7 +887,12 @@ static enum MHD_Result put_events_ce(struct MHD_Connection *c, ebd_bus *b, reque
             goto done;
         }
         /* the bus's schema for its type (runtime/schema/enforce.c) */
-        int sv = sch_ingest(b->schemas, es.v[i].s, es.v[i].n, es.v[i].error, sizeof es.v[i].error);
+        /* (error stays empty for a stored event, accepted invalid ones too: trace_received
+         * and the answer take a set error for "not stored, no offset") */
+        char w2[sizeof es.v[i].error];
+        int sv = sch_ingest(b->schemas, es.v[i].s, es.v[i].n, w2, sizeof w2);
+        if (sv != SCH_STORE)
+            memcpy(es.v[i].error, w2, sizeof w2);
         if (sv == SCH_REFUSE) {
             if (es.n > 1)
                 snprintf(why, sizeof why, "event %zu: %.200s", i, es.v[i].error);
