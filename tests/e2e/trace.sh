@@ -4,7 +4,8 @@
 # without source) and by offset: received (from 127.0.0.1), matched rules, attempts with status
 # and error, outcome; 404 for an unknown id; ?explain=1 naming the failing condition of a rule
 # that did not match; `ebc trace` (timeline, --json, --offset, --explain) while ebd runs; the
-# newest of several events with one id; traces kept across a restart; `trace off`.
+# newest of several events with one id; traces kept across a restart; `trace off`; access rules
+# without an admin token (Host, Origin, POST content); a look-up by id bounded ("truncated").
 #   trace.sh BIN_DIR SOURCE_DIR WORK_DIR
 # Everything runs on 127.0.0.1 (ports 28000-28999); every process started here is stopped.
 . "$2/tests/e2e/lib.sh"
@@ -209,5 +210,21 @@ check "a trace survives a restart" /v1/buses/orders/events/e-flaky/trace '"produ
 post_ev e-after shop ok
 check "traces go on after the restart" /v1/buses/orders/events/e-after/trace '"offset":6' \
     '"state":"delivered"'
+
+# ---- a bounded look-up by id: 300 events with one id -----------------------------------------------
+# (the look-up reads the received trace log newest first and stops at 256 candidates: the newest
+# is found, 20 others listed, and the answer says "truncated")
+i=0; batch=""
+while [ $i -lt 300 ]; do
+    batch="$batch${batch:+,}{\"specversion\":\"1.0\",\"id\":\"many\",\"source\":\"s$i\",\"type\":\"none\"}"
+    i=$((i + 1))
+done
+st=$(curl -s -o "$WORK/posted" -w '%{http_code}' -X POST "$URL/v1/buses/orders/events" \
+     -H 'Content-Type: application/cloudevents-batch+json' --data-binary "[$batch]")
+expect_status 202 "a batch of 300 events with one id" "$st"
+check "one id, 300 events: the newest, truncated" /v1/buses/orders/events/many/trace \
+    '"offset":306,' '"source":"s299"' '"truncated":true'
+n=$(grep -o '{"offset":[0-9]*,"source"' "$WORK/answer" | wc -l)
+[ "$n" -eq 20 ] && pass "20 others listed" || fail "others: $n: $(cat "$WORK/answer")"
 stop_ebd
 finish
