@@ -903,11 +903,19 @@ static enum MHD_Result put_events_ce(struct MHD_Connection *c, ebd_bus *b, reque
         }
         es.v[i].diverted = sv == SCH_DIVERT;
     }
+    /* the diverted events in one write and one sync (written before the append: an append that
+     * fails after it leaves them there, and a client's retry writes them again: docs/schemas.md) */
+    sbuf dl = { 0 };
+    size_t ndl = 0;
     for (size_t i = 0; i < es.n; i++)
-        if (es.v[i].diverted && !sch_divert(b->schemas, es.v[i].s, es.v[i].n, es.v[i].error)) {
-            ok = send_error(c, 503, "the bus cannot keep invalid events now", NULL, "5");
-            goto done;
-        }
+        if (es.v[i].diverted)
+            ndl++, sch_divert_add(b->schemas, &dl, es.v[i].s, es.v[i].n, es.v[i].error);
+    bool kept = !ndl || sch_divert_write(b->schemas, &dl, ndl);
+    sb_free(&dl);
+    if (!kept) {
+        ok = send_error(c, 503, "the bus cannot keep invalid events now", NULL, "5");
+        goto done;
+    }
     ok = store_and_answer(c, b, &es);
 done:
     free(es.v);
@@ -957,7 +965,8 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
         return send_error(c, 503, "out of memory", NULL, "1");
     }
     store_entry *e = calloc(es.n ? es.n : 1, sizeof *e);
-    size_t good = 0;
+    size_t good = 0, ndl = 0;
+    sbuf dl = { 0 };              /* the diverted entries' lines: one write, one sync */
     for (size_t k = 0; e && k < es.n; k++) {
         if (es.v[k].n > b->max_event)
             snprintf(es.v[k].error, sizeof es.v[k].error, "the event is %zu bytes, over the limit "
@@ -968,17 +977,24 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
         else if (!es.v[k].error[0]) {   /* the bus's schema for its type (runtime/schema) */
             char w[sizeof es.v[k].error];
             int sv = sch_ingest(b->schemas, es.v[k].s, es.v[k].n, w, sizeof w);
-            if (sv == SCH_REFUSE)
+            if (sv == SCH_REFUSE || sv == SCH_DIVERT)
                 memcpy(es.v[k].error, w, sizeof w);
-            else if (sv == SCH_DIVERT && !(es.v[k].diverted = sch_divert(b->schemas, es.v[k].s,
-                                                                          es.v[k].n, w)))
-                snprintf(es.v[k].error, sizeof es.v[k].error, "the bus cannot keep invalid events now");
-            else if (sv == SCH_DIVERT)
-                memcpy(es.v[k].error, w, sizeof w);
+            if (sv == SCH_DIVERT) {
+                es.v[k].diverted = true;
+                ndl++;
+                sch_divert_add(b->schemas, &dl, es.v[k].s, es.v[k].n, w);
+            }
         }
         if (!es.v[k].error[0])
             e[good++] = (store_entry){ es.v[k].s, (uint32_t)es.v[k].n, 0 };
     }
+    if (e && ndl && !sch_divert_write(b->schemas, &dl, ndl))
+        for (size_t k = 0; k < es.n; k++)
+            if (es.v[k].diverted) {
+                es.v[k].diverted = false;
+                snprintf(es.v[k].error, sizeof es.v[k].error, "the bus cannot keep invalid events now");
+            }
+    sb_free(&dl);
     uint64_t first = 0;
     store_status st = e && good ? store_append(b->s, e, good, &first) : STORE_OK;
     free(e);

@@ -117,6 +117,14 @@ enum {
 int sch_ingest(const sch_bus *b, const char *ev, size_t n, char *why, size_t cap);
 /* Appends ev with why to b's dead-letter file (synced); false when it cannot (logged). */
 bool sch_divert(const sch_bus *b, const char *ev, size_t n, const char *why);
+#ifdef EBR_EBD_INT_H               /* (sbuf: for ebd's files, which include ebd_int.h first) */
+/* A request's diverted events go as one: sch_divert_add appends ev's dead-letter line to batch
+ * (false: out of memory); sch_divert_write writes the batch's `count` lines to b's file with one
+ * write and one sync, or, when it cannot (logged), takes the file back to its size before and
+ * answers false. */
+bool sch_divert_add(const sch_bus *b, sbuf *batch, const char *ev, size_t n, const char *why);
+bool sch_divert_write(const sch_bus *b, const sbuf *batch, size_t count);
+#endif
 /* The dead-letter file of b. */
 const char *sch_divert_path(const sch_bus *b);
 
