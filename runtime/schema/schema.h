@@ -72,6 +72,10 @@ void sch_infer_free(sch_infer *g);
 bool sch_infer_add(sch_infer *g, const cJSON *instance);
 /* Merges everything b has seen into a. */
 bool sch_infer_merge(sch_infer *a, const sch_infer *b);
+/* About the memory g's properties take; its limit (4 MiB from sch_infer_new): past it, as past
+ * 1000 properties at one place or for a name over 256 bytes, a property is not described. */
+size_t sch_infer_bytes(const sch_infer *g);
+void sch_infer_limit(sch_infer *g, size_t max);
 /* How many instances g has seen. */
 uint64_t sch_infer_count(const sch_infer *g);
 /* The schema g describes now (a new cJSON tree the caller frees), or NULL when out of memory. */
