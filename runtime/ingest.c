@@ -507,12 +507,14 @@ static bool loopback_host(const char *h)
     return true;
 }
 
-/* Is the Origin header (when there is one) the origin of http://HOST? */
+/* Is the Origin header (when there is one) the origin of http://HOST (or https://HOST, for a
+ * loopback listener with TLS)? */
 static bool same_origin(const char *origin, const char *host)
 {
     if (!origin)
         return true;
-    return !strncasecmp(origin, "http://", 7) && host && !strcasecmp(origin + 7, host);
+    size_t k = !strncasecmp(origin, "http://", 7) ? 7 : !strncasecmp(origin, "https://", 8) ? 8 : 0;
+    return k && host && !strcasecmp(origin + k, host);
 }
 
 unsigned ebd_authorize_admin(ebd *d, struct MHD_Connection *c, bool write, const char **why)
