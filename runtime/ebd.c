@@ -314,13 +314,16 @@ static ebd_rules *make_rules(ebd *d, vm_program *loaded, sbuf *errors)
     r->admin_token = read_token(p, ebd_cfg_option(p, p->server0, p->nserver, "admin_token"),
                                 "server: admin_token", err, sizeof err);
     bool io = false;       /* the data directory failed, not the rules: no rules-file prefix */
-    pthread_rwlock_wrlock(&d->lock);
-    bool ok = !err[0] && open_buses(d, r, err, sizeof err, &io);
-    pthread_rwlock_unlock(&d->lock);
+    /* The schemas first: ebd_rules_prepare commits new pairs' start positions, which a reload
+     * refused for a schema file must not have done (ebd_rules_free frees them on failure). */
+    bool ok = !err[0] && (r->schemas = sch_set_load(p, d->data_dir, err, sizeof err)) != NULL;
+    if (ok) {
+        pthread_rwlock_wrlock(&d->lock);
+        ok = open_buses(d, r, err, sizeof err, &io);
+        pthread_rwlock_unlock(&d->lock);
+    }
     if (ok)
         ok = ebd_rules_prepare(d, r, err, sizeof err);
-    if (ok)
-        ok = (r->schemas = sch_set_load(p, d->data_dir, err, sizeof err)) != NULL;
     if (!ok) {
         sb_printf(errors, "%s: %s\n", io ? "ebd" : d->rules_path, err);
         ebd_rules_free(r);

@@ -220,8 +220,11 @@ struct MHD_Connection;
 int ebd_send_json(struct MHD_Connection *c, unsigned status, const sbuf *b);
 int ebd_send_error(struct MHD_Connection *c, unsigned status, const char *msg, const char *field);
 /* May this request use an operator's endpoint?  0 if so; 401 without a token, 403 with a wrong
- * one, or (no admin_token set) when the listener is not on loopback. */
-unsigned ebd_authorize_admin(ebd *d, struct MHD_Connection *c);
+ * one.  With no admin_token set, 403 unless the listener is on loopback, Host names loopback,
+ * an Origin header (if any) is http(s)://HOST and, for a write (POST), the request is not one a
+ * web page can send cross-site (Content-Type: application/json or X-Ebr-Request).  *why (may
+ * be NULL) gets the reason. */
+unsigned ebd_authorize_admin(ebd *d, struct MHD_Connection *c, bool write, const char **why);
 bool ebd_admin_token_set(ebd *d);
 
 /* ebd.c */

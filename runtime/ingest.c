@@ -474,14 +474,93 @@ bool ebd_admin_token_set(ebd *d)
     return set;
 }
 
-unsigned ebd_authorize_admin(ebd *d, struct MHD_Connection *c)
+static void media_type(const char *ct, char *out, size_t cap);
+
+/* Does a Host header name the loopback listener: 127.x.y.z, localhost or [::1], with or
+ * without ":port"? */
+static bool loopback_host(const char *h)
+{
+    if (!h)
+        return false;
+    size_t n = strlen(h);
+    const char *colon = h[0] == '[' ? NULL : strrchr(h, ':');
+    if (h[0] == '[') {
+        const char *end = strchr(h, ']');
+        if (!end)
+            return false;
+        n = (size_t)(end + 1 - h);
+        colon = end[1] == ':' ? end + 1 : NULL;
+        if (end[1] && !colon)
+            return false;
+    } else if (colon) {
+        n = (size_t)(colon - h);
+    }
+    if (colon && (!colon[1] || strspn(colon + 1, "0123456789") != strlen(colon + 1)))
+        return false;
+    if ((n == 9 && !strncasecmp(h, "localhost", 9)) || (n == 5 && !strncmp(h, "[::1]", 5)))
+        return true;
+    if (n < 4 || strncmp(h, "127.", 4) != 0)
+        return false;
+    for (size_t i = 4; i < n; i++)
+        if (!((h[i] >= '0' && h[i] <= '9') || h[i] == '.'))
+            return false;
+    return true;
+}
+
+/* Is the Origin header (when there is one) the origin of http://HOST (or https://HOST, for a
+ * loopback listener with TLS)? */
+static bool same_origin(const char *origin, const char *host)
+{
+    if (!origin)
+        return true;
+    size_t k = !strncasecmp(origin, "http://", 7) ? 7 : !strncasecmp(origin, "https://", 8) ? 8 : 0;
+    return k && host && !strcasecmp(origin + k, host);
+}
+
+unsigned ebd_authorize_admin(ebd *d, struct MHD_Connection *c, bool write, const char **why)
 {
     pthread_rwlock_rdlock(&d->lock);
     char *tok = d->rules->admin_token ? strdup(d->rules->admin_token) : NULL;
     pthread_rwlock_unlock(&d->lock);
-    unsigned deny = tok ? authorize(c, tok) : (d->loopback ? 0 : 403);
-    free(tok);
-    return deny;
+    const char *dummy;
+    if (!why)
+        why = &dummy;
+    if (tok) {
+        unsigned deny = authorize(c, tok);
+        free(tok);
+        *why = deny == 401 ? "an admin token is needed (Authorization: Bearer ...)"
+                           : "the admin token is wrong";
+        return deny;
+    }
+    /* No token: only a loopback listener, asked by a local client rather than a web page. */
+    if (!d->loopback) {
+        *why = "the event center is served on a loopback listener only, unless the server block "
+               "sets an admin_token";
+        return 403;
+    }
+    const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Host");
+    if (!loopback_host(host)) {
+        *why = "Host must name the loopback listener (127.0.0.1, localhost or [::1]); set an "
+               "admin_token to serve other names";
+        return 403;
+    }
+    if (!same_origin(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin"), host)) {
+        *why = "a request from another origin (the Origin header) is refused; set an admin_token "
+               "to serve one";
+        return 403;
+    }
+    if (write) {
+        /* A page can send a cross-site POST only with a "simple" content type and no custom
+         * header: either of these needs the browser's preflight, which ebd never grants. */
+        char mt[64];
+        media_type(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type"), mt, sizeof mt);
+        if (strcmp(mt, "application/json") != 0 &&
+            !MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Ebr-Request")) {
+            *why = "a POST needs Content-Type: application/json or the header X-Ebr-Request: 1";
+            return 403;
+        }
+    }
+    return 0;
 }
 
 /* ---- content types ------------------------------------------------------------------------ */
@@ -810,7 +889,12 @@ static enum MHD_Result put_events_ce(struct MHD_Connection *c, ebd_bus *b, reque
             goto done;
         }
         /* the bus's schema for its type (runtime/schema/enforce.c) */
-        int sv = sch_ingest(b->schemas, es.v[i].s, es.v[i].n, es.v[i].error, sizeof es.v[i].error);
+        /* (error stays empty for a stored event, accepted invalid ones too: trace_received
+         * and the answer take a set error for "not stored, no offset") */
+        char w2[sizeof es.v[i].error];
+        int sv = sch_ingest(b->schemas, es.v[i].s, es.v[i].n, w2, sizeof w2);
+        if (sv != SCH_STORE)
+            memcpy(es.v[i].error, w2, sizeof w2);
         if (sv == SCH_REFUSE) {
             if (es.n > 1)
                 snprintf(why, sizeof why, "event %zu: %.200s", i, es.v[i].error);
@@ -821,11 +905,19 @@ static enum MHD_Result put_events_ce(struct MHD_Connection *c, ebd_bus *b, reque
         }
         es.v[i].diverted = sv == SCH_DIVERT;
     }
+    /* the diverted events in one write and one sync (written before the append: an append that
+     * fails after it leaves them there, and a client's retry writes them again: docs/schemas.md) */
+    sbuf dl = { 0 };
+    size_t ndl = 0;
     for (size_t i = 0; i < es.n; i++)
-        if (es.v[i].diverted && !sch_divert(b->schemas, es.v[i].s, es.v[i].n, es.v[i].error)) {
-            ok = send_error(c, 503, "the bus cannot keep invalid events now", NULL, "5");
-            goto done;
-        }
+        if (es.v[i].diverted)
+            ndl++, sch_divert_add(b->schemas, &dl, es.v[i].s, es.v[i].n, es.v[i].error);
+    bool kept = !ndl || sch_divert_write(b->schemas, &dl, ndl);
+    sb_free(&dl);
+    if (!kept) {
+        ok = send_error(c, 503, "the bus cannot keep invalid events now", NULL, "5");
+        goto done;
+    }
     ok = store_and_answer(c, b, &es);
 done:
     free(es.v);
@@ -875,7 +967,8 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
         return send_error(c, 503, "out of memory", NULL, "1");
     }
     store_entry *e = calloc(es.n ? es.n : 1, sizeof *e);
-    size_t good = 0;
+    size_t good = 0, ndl = 0;
+    sbuf dl = { 0 };              /* the diverted entries' lines: one write, one sync */
     for (size_t k = 0; e && k < es.n; k++) {
         if (es.v[k].n > b->max_event)
             snprintf(es.v[k].error, sizeof es.v[k].error, "the event is %zu bytes, over the limit "
@@ -886,17 +979,24 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
         else if (!es.v[k].error[0]) {   /* the bus's schema for its type (runtime/schema) */
             char w[sizeof es.v[k].error];
             int sv = sch_ingest(b->schemas, es.v[k].s, es.v[k].n, w, sizeof w);
-            if (sv == SCH_REFUSE)
+            if (sv == SCH_REFUSE || sv == SCH_DIVERT)
                 memcpy(es.v[k].error, w, sizeof w);
-            else if (sv == SCH_DIVERT && !(es.v[k].diverted = sch_divert(b->schemas, es.v[k].s,
-                                                                          es.v[k].n, w)))
-                snprintf(es.v[k].error, sizeof es.v[k].error, "the bus cannot keep invalid events now");
-            else if (sv == SCH_DIVERT)
-                memcpy(es.v[k].error, w, sizeof w);
+            if (sv == SCH_DIVERT) {
+                es.v[k].diverted = true;
+                ndl++;
+                sch_divert_add(b->schemas, &dl, es.v[k].s, es.v[k].n, w);
+            }
         }
         if (!es.v[k].error[0])
             e[good++] = (store_entry){ es.v[k].s, (uint32_t)es.v[k].n, 0 };
     }
+    if (e && ndl && !sch_divert_write(b->schemas, &dl, ndl))
+        for (size_t k = 0; k < es.n; k++)
+            if (es.v[k].diverted) {
+                es.v[k].diverted = false;
+                snprintf(es.v[k].error, sizeof es.v[k].error, "the bus cannot keep invalid events now");
+            }
+    sb_free(&dl);
     uint64_t first = 0;
     store_status st = e && good ? store_append(b->s, e, good, &first) : STORE_OK;
     free(e);
@@ -995,10 +1095,10 @@ static enum MHD_Result handle(struct MHD_Connection *c, ebd *d, const char *url,
     if (!post)
         return send_error(c, 405, "only POST is served here", NULL, NULL);
     if (!strcmp(url, "/v1/admin/reload")) {
-        unsigned deny = ebd_authorize_admin(d, c);
+        const char *why;
+        unsigned deny = ebd_authorize_admin(d, c, false, &why);
         if (deny)
-            return send_error(c, deny, deny == 401 ? "an admin token is needed"
-                                                   : "the admin token is wrong", NULL, NULL);
+            return send_error(c, deny, why, NULL, NULL);
         sbuf errors = { 0 };
         bool ok = ebd_reload(d, &errors);
         enum MHD_Result r = ok ? send_status(c, "reloaded")

@@ -3,7 +3,9 @@
  * '*' stands for one segment (no '/'), handed to the handler as r->arg[k].  Every endpoint but
  * the console's static files is an operator's: with the server's admin_token set it needs
  * `Authorization: Bearer TOKEN`; without one it is served on a loopback listener only (as
- * POST /v1/admin/reload is).
+ * POST /v1/admin/reload is), to a request whose Host names loopback, whose Origin (if any) is
+ * that host, and, for a POST, that a web page cannot send cross-site (ebd_authorize_admin).
+ * (A DELETE is not checked further: a browser preflights it, and ebd grants no preflight.)
  */
 #include <string.h>
 
@@ -84,14 +86,10 @@ bool center_handle(struct MHD_Connection *c, ebd *d, const char *url, const char
         if (strcmp(rt->method, method) != 0)
             continue;
         if (!rt->open) {
-            unsigned deny = ebd_authorize_admin(d, c);
+            const char *why;
+            unsigned deny = ebd_authorize_admin(d, c, !strcmp(method, "POST"), &why);
             if (deny) {
-                *out = (enum MHD_Result)ebd_send_error(c, deny, deny == 401 ? "an admin token is needed "
-                                      "(Authorization: Bearer ...)" : deny == 403 && !d->loopback
-                                      && !ebd_admin_token_set(d)
-                                      ? "the event center is served on a loopback listener only, "
-                                        "unless the server block sets an admin_token"
-                                      : "the admin token is wrong", NULL);
+                *out = (enum MHD_Result)ebd_send_error(c, deny, why, NULL);
                 return true;
             }
         }

@@ -701,10 +701,24 @@ static enum MHD_Result serve(const center_req *r, bool by_offset)
     sbuf b = { 0 };
     char err[600] = "";
     unsigned st;
+    /* By id, the long part (reading the received trace log for the id's hash) goes without
+     * d->lock: it reads the trace log by its path.  Reading the candidates' events and the
+     * answer take the lock (the bus's log and the rules stay open under it), a bounded work. */
+    trace_cands *cands = NULL;
+    pthread_rwlock_rdlock(&d->lock);
+    ebd_bus *known = ebd_find_bus(d, q.bus, strlen(q.bus));
+    pthread_rwlock_unlock(&d->lock);
+    if (known && !by_offset) {        /* (a name that is no bus never makes a path) */
+        if (!(cands = malloc(sizeof *cands)))
+            return (enum MHD_Result)ebd_send_error(r->c, 503, "out of memory", NULL);
+        trace_id_candidates(&q, cands);
+        q.cands = cands;
+    }
     pthread_rwlock_rdlock(&d->lock);
     ebd_bus *bus = ebd_find_bus(d, q.bus, strlen(q.bus));
     if (!bus || !bus->s) {
         pthread_rwlock_unlock(&d->lock);
+        free(cands);
         snprintf(err, sizeof err, "no bus '%.200s'", q.bus);
         return (enum MHD_Result)ebd_send_error(r->c, 404, err, "bus");
     }
@@ -712,6 +726,7 @@ static enum MHD_Result serve(const center_req *r, bool by_offset)
     q.explain = want_explain && d->rules ? d->rules->p : NULL;
     st = trace_lookup(&q, &b, err, sizeof err);
     pthread_rwlock_unlock(&d->lock);
+    free(cands);
     enum MHD_Result res = st == 200 ? (enum MHD_Result)ebd_send_json(r->c, 200, &b)
                                     : (enum MHD_Result)ebd_send_error(r->c, st, err, NULL);
     sb_free(&b);

@@ -71,11 +71,29 @@ typedef struct {
     uint64_t offset;              /* by_offset */
     const char *id, *source;      /* otherwise: the event's id, and its source or NULL */
     const vm_program *explain;    /* explain why the rules of this program did not match, or NULL */
+    const struct trace_cands *cands;  /* by id: found by trace_id_candidates, or NULL (then
+                                       * trace_lookup looks for them itself) */
 } trace_query;
+
+/* By id: the offsets whose received records carry the id's hash, newest first, as found by
+ * reading the received trace log backwards window by window; the look-up stops at
+ * TRACE_MAX_CANDIDATES of them or TRACE_MAX_SCAN_BYTES of blocks read (truncated then). */
+#define TRACE_MAX_CANDIDATES 256
+#define TRACE_MAX_SCAN_BYTES ((uint64_t)256 << 20)
+typedef struct trace_cands {
+    uint64_t offs[TRACE_MAX_CANDIDATES];
+    size_t n;
+    bool truncated;               /* a budget stopped the look-up before the log's start */
+} trace_cands;
+
+/* Fills c for q's id (q->data_dir, q->bus, q->id; needs neither q->log nor the daemon's lock:
+ * it reads the trace log by its path). */
+void trace_id_candidates(const trace_query *q, trace_cands *c);
 
 /* Looks the event up and writes its trace (docs/trace.md) as JSON to out: returns 200, or 404
  * (unknown) or 500 with the reason in err.  By id, several events with that id (and source):
- * the newest, the others listed in "others". */
+ * the newest, the others listed in "others" (at most MAX_SAME_ID), "truncated": true when the
+ * look-up stopped at a budget (trace_cands) before the log's start. */
 unsigned trace_lookup(const trace_query *q, sbuf *out, char *err, size_t cap);
 
 /* Prints the trace json (trace_lookup's answer) as a timeline, one line per step. */

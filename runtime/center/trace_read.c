@@ -415,8 +415,9 @@ static void scan(store *s, int64_t t0_ns, uint64_t off, bool all, rec_fn fn, voi
 
 typedef struct {
     uint32_t hash;
-    uint64_t *offs;
-    size_t n, cap;
+    uint64_t offs[TRACE_MAX_CANDIDATES];      /* this window's matches (the newest when full) */
+    size_t n;
+    bool full;                                /* more matched than offs holds */
 } id_scan;
 
 static bool on_received_id(void *arg, const trace_rec *r, int64_t block_ns)
@@ -430,17 +431,93 @@ static bool on_received_id(void *arg, const trace_rec *r, int64_t block_ns)
         uint32_t v = (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 | (uint32_t)h[3] << 24;
         if (v != s->hash)
             continue;
-        if (s->n == s->cap) {
-            size_t c = s->cap ? 2 * s->cap : 16;
-            uint64_t *nv = realloc(s->offs, c * sizeof *nv);
-            if (!nv)
-                return false;
-            s->offs = nv;
-            s->cap = c;
+        if (s->n < TRACE_MAX_CANDIDATES) {
+            s->offs[s->n++] = r->off + k;
+            continue;
         }
-        s->offs[s->n++] = r->off + k;
+        s->full = true;           /* full: the newest are kept (the oldest one gives way) */
+        size_t min = 0;
+        for (size_t i = 1; i < s->n; i++)
+            if (s->offs[i] < s->offs[min])
+                min = i;
+        if (s->offs[min] < r->off + k)
+            s->offs[min] = r->off + k;
     }
     return true;
+}
+
+static int cmp_u64_desc(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x > y ? -1 : x < y;
+}
+
+/* Calls fn for each record of the blocks at log offsets [lo, hi) of s; adds the blocks' bytes to
+ * *bytes.  False when the log cannot be read there. */
+static bool scan_range(store *s, uint64_t lo, uint64_t hi, rec_fn fn, void *arg, uint64_t *bytes)
+{
+    store_cursor *c = NULL;
+    if (store_cursor_open(s, lo, &c) != STORE_OK)
+        return false;
+    while (store_cursor_offset(c) < hi) {
+        store_record rec;
+        store_status st = store_cursor_next(c, &rec, 0);
+        if (st == STORE_BEHIND || st == STORE_CORRUPT) {
+            uint64_t lost;
+            if (st == STORE_CORRUPT ? store_cursor_skip(c, &lost) != STORE_OK
+                                    : store_cursor_seek(c, store_cursor_offset(c) + 1) != STORE_OK)
+                break;
+            continue;
+        }
+        if (st != STORE_OK || rec.offset >= hi)
+            break;
+        *bytes += rec.len;
+        if (rec.len < TRACE_BLOCK_HEADER || rec.data[0] != 1)
+            continue;
+        size_t at = TRACE_BLOCK_HEADER;
+        trace_rec r;
+        while (at < rec.len && trace_decode(rec.data, rec.len, &at, &r))
+            fn(arg, &r, rec.time_ns);
+    }
+    store_cursor_close(c);
+    return true;
+}
+
+#define ID_WINDOW 64              /* blocks of the received log read at a time, newest first */
+
+void trace_id_candidates(const trace_query *q, trace_cands *c)
+{
+    c->n = 0;
+    c->truncated = false;
+    store *s = open_read(q, "received");
+    if (!s)
+        return;
+    uint64_t first, next, bytes = 0;
+    store_bounds(s, &first, &next);
+    id_scan *is = malloc(sizeof *is);
+    for (uint64_t hi = next; is && hi > first;) {
+        uint64_t lo = hi - first > ID_WINDOW ? hi - ID_WINDOW : first;
+        is->hash = trace_id_hash(q->id, strlen(q->id));
+        is->n = 0;
+        is->full = false;
+        if (!scan_range(s, lo, hi, on_received_id, is, &bytes))
+            break;
+        /* (threads' records of one flush are not in the order of the offsets) */
+        qsort(is->offs, is->n, sizeof *is->offs, cmp_u64_desc);
+        for (size_t k = 0; k < is->n && c->n < TRACE_MAX_CANDIDATES; k++)
+            c->offs[c->n++] = is->offs[k];
+        hi = lo;
+        if ((c->n == TRACE_MAX_CANDIDATES || is->full || bytes >= TRACE_MAX_SCAN_BYTES) && hi > first) {
+            c->truncated = true;
+            break;
+        }
+        if (is->full)
+            c->truncated = true;
+    }
+    free(is);
+    store_close(s);
+    /* (newest first across windows too: a flush's records can straddle two windows) */
+    qsort(c->offs, c->n, sizeof *c->offs, cmp_u64_desc);
 }
 
 /* ---- by offset: the received run, the delivery records -------------------------------------- */
@@ -780,12 +857,6 @@ static void answer(const trace_query *q, uint64_t off, const char *ev, size_t le
     found_free(&f);
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 #define MAX_SAME_ID 20            /* events of one id listed in "others" */
 
 unsigned trace_lookup(const trace_query *q, sbuf *out, char *err, size_t cap)
@@ -797,6 +868,7 @@ unsigned trace_lookup(const trace_query *q, sbuf *out, char *err, size_t cap)
     cJSON *j = NULL;
     sbuf others = { 0 };
     unsigned status = 404;
+    bool truncated = false;
     if (q->by_offset) {
         if (!(ev = read_event(q->log, off, &len, &t_ns))) {
             uint64_t first, next;
@@ -810,31 +882,33 @@ unsigned trace_lookup(const trace_query *q, sbuf *out, char *err, size_t cap)
         }
         j = cJSON_ParseWithLength(ev, len);
     } else {
-        id_scan is = { .hash = trace_id_hash(q->id, strlen(q->id)) };
-        store *s = open_read(q, "received");
-        if (s) {
-            scan(s, 0, 0, true, on_received_id, &is);
-            store_close(s);
+        trace_cands *own = NULL;
+        const trace_cands *cs = q->cands;
+        if (!cs) {
+            if (!(own = malloc(sizeof *own))) {
+                snprintf(err, cap, "out of memory");
+                return 500;
+            }
+            trace_id_candidates(q, own);
+            cs = own;
         }
+        truncated = cs->truncated;
         size_t nsame = 0;
-        /* (threads' records of one flush are not in the order of the offsets) */
-        if (is.n)
-            qsort(is.offs, is.n, sizeof *is.offs, cmp_u64);
-        for (size_t k = is.n; k-- > 0;) {            /* newest first */
+        for (size_t k = 0; k < cs->n && nsame <= MAX_SAME_ID; k++) {   /* newest first */
             size_t l;
             int64_t tn;
-            char *e = read_event(q->log, is.offs[k], &l, &tn);
+            char *e = read_event(q->log, cs->offs[k], &l, &tn);
             cJSON *ej = e ? cJSON_ParseWithLength(e, l) : NULL;
             const char *id = attr(ej, "id"), *src = attr(ej, "source");
             if (id && !strcmp(id, q->id) && (!q->source || (src && !strcmp(src, q->source)))) {
                 if (!ev) {
-                    ev = e, len = l, t_ns = tn, j = ej, off = is.offs[k];
+                    ev = e, len = l, t_ns = tn, j = ej, off = cs->offs[k];
                     e = NULL, ej = NULL;
                 } else if (nsame++ < MAX_SAME_ID) {
                     char t[40];
                     trace_iso_ms(tn / 1000000, t, sizeof t);
                     sb_printf(&others, "%s{\"offset\":%" PRIu64 ",\"source\":", others.n ? "," : "",
-                              is.offs[k]);
+                              cs->offs[k]);
                     json_str(&others, src ? src : "");
                     sb_printf(&others, ",\"time\":\"%s\"}", t);
                 }
@@ -842,11 +916,12 @@ unsigned trace_lookup(const trace_query *q, sbuf *out, char *err, size_t cap)
             cJSON_Delete(ej);
             free(e);
         }
-        free(is.offs);
+        free(own);
         if (!ev) {
-            snprintf(err, cap, "no trace of an event with id '%.200s'%s%.200s%s on bus '%s'",
+            snprintf(err, cap, "no trace of an event with id '%.200s'%s%.200s%s on bus '%s'%s",
                      q->id, q->source ? " and source '" : "", q->source ? q->source : "",
-                     q->source ? "'" : "", q->bus);
+                     q->source ? "'" : "", q->bus, truncated ? " (truncated: only the newest "
+                     "candidates were read)" : "");
             sb_free(&others);
             return 404;
         }
@@ -861,6 +936,8 @@ unsigned trace_lookup(const trace_query *q, sbuf *out, char *err, size_t cap)
             sb_put(out, others.v, others.n);
             sb_puts(out, "]");
         }
+        if (truncated)
+            sb_puts(out, ",\"truncated\":true");
         sb_puts(out, "}");
         status = out->oom ? 500 : 200;
         if (out->oom)

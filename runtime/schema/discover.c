@@ -28,6 +28,7 @@
 #define KEEP_BACKLOG 1000         /* ... to this many before the end */
 #define MAX_KINDS 1000            /* (source, type) pairs tracked per bus */
 #define SAVE_EVERY_MS 2000        /* how often the state is saved (and versions checked) */
+#define BUS_BYTES ((size_t)16 << 20)  /* the properties all of a bus's kinds describe, about */
 
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static disc_bus **reg;            /* the running discovery threads */
@@ -139,8 +140,8 @@ static void check_version(disc_kind *k)
 
 /* ---- saving and loading ---------------------------------------------------------------------- */
 
-/* Writes b's state to its file (a temporary file renamed into place).  Under b->mu. */
-static void save(disc_bus *b)
+/* b's state as a JSON tree (the caller deletes it), for write_state.  Under b->mu. */
+static cJSON *state_of(disc_bus *b)
 {
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "bus", b->name);
@@ -162,7 +163,15 @@ static void save(disc_bus *b)
         }
         cJSON_AddItemToArray(list, e);
     }
-    char *text = cJSON_PrintUnformatted(root);
+    return root;
+}
+
+/* Writes root (state_of: b's state) to b's file (a temporary file renamed into place) and
+ * deletes it.  Not under b->mu (the printing and the sync would keep GET /v1/schemas and
+ * /metrics waiting): only b's file and name, which do not change, are used. */
+static void write_state(disc_bus *b, cJSON *root)
+{
+    char *text = root ? cJSON_PrintUnformatted(root) : NULL;
     cJSON_Delete(root);
     if (!text)
         return;
@@ -240,6 +249,18 @@ static void load(disc_bus *b)
 
 /* ---- the thread ------------------------------------------------------------------------------ */
 
+/* Sets b->nschemas and b->bytes from b's kinds.  Under b->mu. */
+static void recount(disc_bus *b)
+{
+    size_t n = 0, bytes = 0;
+    for (size_t i = 0; i < b->nkinds; i++) {
+        n += b->kinds[i].nver > 0;
+        bytes += b->kinds[i].g ? sch_infer_bytes(b->kinds[i].g) : 0;
+    }
+    atomic_store(&b->nschemas, n);
+    b->bytes = bytes;
+}
+
 /* Merges the event in record text s[0..n) into b.  Under b->mu. */
 static void merge_event(disc_bus *b, const unsigned char *s, uint32_t n)
 {
@@ -248,8 +269,14 @@ static void merge_event(disc_bus *b, const unsigned char *s, uint32_t n)
     const cJSON *typ = ev ? cJSON_GetObjectItemCaseSensitive(ev, "type") : NULL;
     if (cJSON_IsString(src) && cJSON_IsString(typ)) {
         disc_kind *k = kind_of(b, src->valuestring, typ->valuestring);
+        /* (the bus's budget: the properties past it are not described, docs/schemas.md) */
+        size_t before = k ? sch_infer_bytes(k->g) : 0;
+        if (k)
+            sch_infer_limit(k->g, before + (b->bytes < BUS_BYTES ? BUS_BYTES - b->bytes : 0));
         if (k && sch_infer_add(k->g, ev))
             k->dirty = true;
+        if (k)
+            b->bytes += sch_infer_bytes(k->g) - before;
     }
     cJSON_Delete(ev);
 }
@@ -326,20 +353,26 @@ static void *disc_main(void *arg)
                 changed |= b->kinds[i].dirty;
                 check_version(&b->kinds[i]);
             }
+            recount(b);
+            cJSON *state = NULL;
             if (changed && now - last_save >= SAVE_EVERY_MS / 4) {
-                save(b);
+                state = state_of(b);
                 saved_pos = b->pos;
                 last_save = now;
             }
             pthread_mutex_unlock(&b->mu);
+            if (state)
+                write_state(b, state);
         }
     }
     store_cursor_close(c);
     pthread_mutex_lock(&b->mu);
     for (size_t i = 0; i < b->nkinds; i++)
         check_version(&b->kinds[i]);
-    save(b);
+    recount(b);
+    cJSON *state = state_of(b);
     pthread_mutex_unlock(&b->mu);
+    write_state(b, state);
     return NULL;
 }
 
@@ -378,6 +411,7 @@ void sch_discovery_start(ebd *d)
         pthread_mutex_init(&b->mu, NULL);
         b->s = eb->s;
         load(b);
+        recount(b);
         pthread_attr_t at;
         pthread_attr_init(&at);
         pthread_attr_setstacksize(&at, 1u << 20);  /* cJSON's parse nests up to 1,000 deep */
@@ -436,10 +470,7 @@ size_t sch_count(ebd *d, const char *bus)
     pthread_mutex_lock(&reg_mu);
     for (size_t i = 0; i < nreg; i++)
         if (!strcmp(reg[i]->name, bus)) {
-            pthread_mutex_lock(&reg[i]->mu);
-            for (size_t k = 0; k < reg[i]->nkinds; k++)
-                n += reg[i]->kinds[k].nver > 0;
-            pthread_mutex_unlock(&reg[i]->mu);
+            n += atomic_load(&reg[i]->nschemas);      /* (not b->mu: a save may hold it) */
         }
     pthread_mutex_unlock(&reg_mu);
     return n;

@@ -40,6 +40,8 @@ typedef struct {
     uint64_t skipped;             /* events passed over to catch up */
     disc_kind *kinds;
     size_t nkinds, capkinds;
+    size_t bytes;                 /* what the kinds' inferences take (DISC_BUS_BYTES at most) */
+    _Atomic size_t nschemas;      /* kinds with a version (sch_count reads it without mu) */
 } disc_bus;
 
 /* Calls fn for every bus with discovery running, under its lock. */

@@ -220,10 +220,8 @@ const char *sch_divert_path(const sch_bus *b)
     return b->dlq_path;
 }
 
-bool sch_divert(const sch_bus *cb, const char *ev, size_t n, const char *why)
+bool sch_divert_add(const sch_bus *b, sbuf *line, const char *ev, size_t n, const char *why)
 {
-    sch_bus *b = (sch_bus *)cb;   /* only its dead-letter file changes, under b->mu */
-    sbuf line = { 0 };
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     struct tm tm;
@@ -231,31 +229,40 @@ bool sch_divert(const sch_bus *cb, const char *ev, size_t n, const char *why)
     char when[40];
     size_t wl = strftime(when, sizeof when - 6, "%Y-%m-%dT%H:%M:%S", &tm);
     snprintf(when + wl, sizeof when - wl, ".%03dZ", (int)(ts.tv_nsec / 1000000) % 1000);
-    sb_printf(&line, "{\"time\":\"%s\",\"bus\":", when);
-    sb_json_string(&line, b->name, strlen(b->name));
-    sb_puts(&line, ",\"error\":");
-    sb_json_string(&line, why, strlen(why));
-    sb_puts(&line, ",\"event\":");
+    sb_printf(line, "{\"time\":\"%s\",\"bus\":", when);
+    sb_json_string(line, b->name, strlen(b->name));
+    sb_puts(line, ",\"error\":");
+    sb_json_string(line, why, strlen(why));
+    sb_puts(line, ",\"event\":");
     /* the event's text as it came, on one line (a line break in JSON text is whitespace) */
-    size_t from = line.n;
-    sb_put(&line, ev, n);
-    for (size_t i = from; !line.oom && i < line.n; i++)
-        if (line.v[i] == '\n' || line.v[i] == '\r')
-            line.v[i] = ' ';
-    sb_puts(&line, "}\n");
-    bool ok = !line.oom;
+    size_t from = line->n;
+    sb_put(line, ev, n);
+    for (size_t i = from; !line->oom && i < line->n; i++)
+        if (line->v[i] == '\n' || line->v[i] == '\r')
+            line->v[i] = ' ';
+    sb_puts(line, "}\n");
+    return !line->oom;
+}
+
+bool sch_divert_write(const sch_bus *cb, const sbuf *batch, size_t count)
+{
+    sch_bus *b = (sch_bus *)cb;   /* only its dead-letter file changes, under b->mu */
+    bool ok = !batch->oom;
     int err = 0;
     pthread_mutex_lock(&b->mu);
     if (ok && b->fd < 0)
         b->fd = open(b->dlq_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    const char *at = line.v;
-    size_t left = ok ? line.n : 0;
+    off_t size0 = b->fd >= 0 ? lseek(b->fd, 0, SEEK_END) : -1;
+    if (ok && (b->fd < 0 || size0 < 0))
+        ok = false, err = errno;
+    const char *at = batch->v;
+    size_t left = ok ? batch->n : 0;
     while (ok && left) {
-        ssize_t k = b->fd >= 0 ? write(b->fd, at, left) : -1;
+        ssize_t k = write(b->fd, at, left);
         if (k < 0 && errno == EINTR)
             continue;
         if (k <= 0) {
-            err = errno;
+            err = k < 0 ? errno : ENOSPC;
             ok = false;
             break;
         }
@@ -263,16 +270,30 @@ bool sch_divert(const sch_bus *cb, const char *ev, size_t n, const char *why)
     }
     if (ok && fdatasync(b->fd) != 0)
         ok = false, err = errno;
+    /* (a half-written batch goes: the lines of the events the client is told were not taken
+     * must not stay, nor half a line before the next batch's) */
+    if (!ok && size0 >= 0 && ftruncate(b->fd, size0) != 0)
+        ebd_log(EBD_ERROR, "msg=\"cannot take the dead-letter file of invalid events back\" "
+                "bus=%s error=\"%s\"", b->name, strerror(errno));
     pthread_mutex_unlock(&b->mu);
-    sb_free(&line);
     if (!ok) {
         char log[300];
         ebd_log(EBD_ERROR, "msg=\"cannot write the dead-letter file of invalid events\" bus=%s "
                 "file=\"%s\" error=\"%s\"", b->name, ebd_log_text(b->dlq_path, log, sizeof log),
                 strerror(err ? err : ENOMEM));
     } else {
-        count_invalid(b->name, 1);
+        for (size_t i = 0; i < count; i++)
+            count_invalid(b->name, 1);
     }
+    return ok;
+}
+
+bool sch_divert(const sch_bus *b, const char *ev, size_t n, const char *why)
+{
+    sbuf line = { 0 };
+    sch_divert_add(b, &line, ev, n, why);
+    bool ok = sch_divert_write(b, &line, 1);
+    sb_free(&line);
     return ok;
 }
 

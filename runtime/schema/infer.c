@@ -17,6 +17,8 @@
 
 #define MAX_DEPTH 32              /* deeper values count by type only */
 #define MAX_PROPS 1000            /* properties kept per object location; more are not described */
+#define MAX_NAME 256              /* a longer property name is not described */
+#define MAX_BYTES ((size_t)4 << 20)   /* memory an inference takes for its properties, by default */
 
 enum { T_NULL = 1, T_BOOL = 2, T_INT = 4, T_NUM = 8, T_STR = 16, T_ARR = 32, T_OBJ = 64 };
 
@@ -45,6 +47,8 @@ struct shape {
 
 struct sch_infer {
     shape root;
+    size_t bytes;                 /* what its properties take (names and shapes), about */
+    size_t limit;                 /* past it no property is added (sch_infer_limit) */
 };
 
 /* Frees what s holds (not s). */
@@ -67,8 +71,10 @@ static void shape_clear(shape *s)
 sch_infer *sch_infer_new(void)
 {
     sch_infer *g = calloc(1, sizeof *g);
-    if (g)
+    if (g) {
         g->root.fmt = ALL_FMT;
+        g->limit = MAX_BYTES;
+    }
     return g;
 }
 
@@ -94,9 +100,10 @@ static shape *shape_new(void)
     return s;
 }
 
-/* The property name of s, added (empty) when absent; NULL when out of memory or s has
- * MAX_PROPS already. */
-static prop *prop_of(shape *s, const char *name)
+/* The property name of s, added (empty) when absent; NULL when out of memory, or (with
+ * s->props_cut set) when s has MAX_PROPS already, name is longer than MAX_NAME or g's
+ * properties take its limit. */
+static prop *prop_of(sch_infer *g, shape *s, const char *name)
 {
     size_t lo = 0, hi = s->nprops;
     while (lo < hi) {
@@ -109,7 +116,8 @@ static prop *prop_of(shape *s, const char *name)
         else
             hi = mid;
     }
-    if (s->nprops >= MAX_PROPS) {
+    size_t cost = sizeof(prop) + sizeof(shape) + strlen(name) + 1;
+    if (s->nprops >= MAX_PROPS || strlen(name) > MAX_NAME || g->bytes + cost > g->limit) {
         s->props_cut = true;
         return NULL;
     }
@@ -127,6 +135,7 @@ static prop *prop_of(shape *s, const char *name)
     }
     memmove(&s->props[lo + 1], &s->props[lo], (s->nprops - lo) * sizeof *s->props);
     s->props[lo] = np;
+    g->bytes += cost;
     s->nprops++;
     return &s->props[lo];
 }
@@ -142,7 +151,7 @@ static unsigned formats_of(const char *v)
 }
 
 /* Adds value v to shape s. */
-static bool add(shape *s, const cJSON *v, int depth)
+static bool add(sch_infer *g, shape *s, const cJSON *v, int depth)
 {
     s->count++;
     if (cJSON_IsNull(v)) {
@@ -163,7 +172,7 @@ static bool add(shape *s, const cJSON *v, int depth)
         for (const cJSON *x = v->child; x; x = x->next) {
             if (!s->items && !(s->items = shape_new()))
                 return false;
-            if (!add(s->items, x, depth + 1))
+            if (!add(g, s->items, x, depth + 1))
                 return false;
         }
     } else if (cJSON_IsObject(v)) {
@@ -178,14 +187,14 @@ static bool add(shape *s, const cJSON *v, int depth)
                 first = first->next;
             if (first != m)
                 continue;
-            prop *p = prop_of(s, m->string);
+            prop *p = prop_of(g, s, m->string);
             if (!p) {
                 if (s->props_cut)
                     continue;
                 return false;
             }
             p->seen++;
-            if (!add(p->s, m, depth + 1))
+            if (!add(g, p->s, m, depth + 1))
                 return false;
         }
     }
@@ -194,11 +203,11 @@ static bool add(shape *s, const cJSON *v, int depth)
 
 bool sch_infer_add(sch_infer *g, const cJSON *instance)
 {
-    return add(&g->root, instance, 0);
+    return add(g, &g->root, instance, 0);
 }
 
 /* Merges shape b into a. */
-static bool merge(shape *a, const shape *b)
+static bool merge(sch_infer *g, shape *a, const shape *b)
 {
     a->count += b->count;
     a->types |= b->types;
@@ -206,28 +215,38 @@ static bool merge(shape *a, const shape *b)
     a->nobj += b->nobj;
     a->props_cut |= b->props_cut;
     for (size_t i = 0; i < b->nprops; i++) {
-        prop *p = prop_of(a, b->props[i].name);
+        prop *p = prop_of(g, a, b->props[i].name);
         if (!p) {
             if (a->props_cut)
                 continue;
             return false;
         }
         p->seen += b->props[i].seen;
-        if (!merge(p->s, b->props[i].s))
+        if (!merge(g, p->s, b->props[i].s))
             return false;
     }
     if (b->items) {
         if (!a->items && !(a->items = shape_new()))
             return false;
-        if (!merge(a->items, b->items))
+        if (!merge(g, a->items, b->items))
             return false;
     }
     return true;
 }
 
+size_t sch_infer_bytes(const sch_infer *g)
+{
+    return g->bytes;
+}
+
+void sch_infer_limit(sch_infer *g, size_t max)
+{
+    g->limit = max;
+}
+
 bool sch_infer_merge(sch_infer *a, const sch_infer *b)
 {
-    return merge(&a->root, &b->root);
+    return merge(a, &a->root, &b->root);
 }
 
 static cJSON *to_schema(const shape *s);
@@ -340,7 +359,7 @@ static double num(const cJSON *j, const char *k)
 }
 
 /* Reads j (written by save) into the empty shape s. */
-static bool load(shape *s, const cJSON *j, int depth)
+static bool load(sch_infer *g, shape *s, const cJSON *j, int depth)
 {
     if (!cJSON_IsObject(j) || depth > MAX_DEPTH + 1)
         return false;
@@ -354,13 +373,15 @@ static bool load(shape *s, const cJSON *j, int depth)
         const cJSON *name = cJSON_GetArrayItem(e, 0), *seen = cJSON_GetArrayItem(e, 1);
         if (!cJSON_IsString(name) || !cJSON_IsNumber(seen))
             return false;
-        prop *p = prop_of(s, name->valuestring);
-        if (!p || p->seen || !load(p->s, cJSON_GetArrayItem(e, 2), depth + 1))
+        prop *p = prop_of(g, s, name->valuestring);
+        if (!p && s->props_cut)
+            continue;             /* (saved under a larger limit) */
+        if (!p || p->seen || !load(g, p->s, cJSON_GetArrayItem(e, 2), depth + 1))
             return false;
         p->seen = (uint64_t)seen->valuedouble;
     }
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(j, "i");
-    if (it && (!(s->items = shape_new()) || !load(s->items, it, depth + 1)))
+    if (it && (!(s->items = shape_new()) || !load(g, s->items, it, depth + 1)))
         return false;
     return true;
 }
@@ -368,7 +389,7 @@ static bool load(shape *s, const cJSON *j, int depth)
 sch_infer *sch_infer_load(const cJSON *saved)
 {
     sch_infer *g = sch_infer_new();
-    if (g && !load(&g->root, saved, 0)) {
+    if (g && !load(g, &g->root, saved, 0)) {
         sch_infer_free(g);
         return NULL;
     }

@@ -75,6 +75,10 @@ void sch_infer_free(sch_infer *g);
 bool sch_infer_add(sch_infer *g, const cJSON *instance);
 /* Merges everything b has seen into a. */
 bool sch_infer_merge(sch_infer *a, const sch_infer *b);
+/* About the memory g's properties take; its limit (4 MiB from sch_infer_new): past it, as past
+ * 1000 properties at one place or for a name over 256 bytes, a property is not described. */
+size_t sch_infer_bytes(const sch_infer *g);
+void sch_infer_limit(sch_infer *g, size_t max);
 /* How many instances g has seen. */
 uint64_t sch_infer_count(const sch_infer *g);
 /* The schema g describes now (a new cJSON tree the caller frees), or NULL when out of memory. */
@@ -120,6 +124,14 @@ enum {
 int sch_ingest(const sch_bus *b, const char *ev, size_t n, char *why, size_t cap);
 /* Appends ev with why to b's dead-letter file (synced); false when it cannot (logged). */
 bool sch_divert(const sch_bus *b, const char *ev, size_t n, const char *why);
+#ifdef EBR_EBD_INT_H               /* (sbuf: for ebd's files, which include ebd_int.h first) */
+/* A request's diverted events go as one: sch_divert_add appends ev's dead-letter line to batch
+ * (false: out of memory); sch_divert_write writes the batch's `count` lines to b's file with one
+ * write and one sync, or, when it cannot (logged), takes the file back to its size before and
+ * answers false. */
+bool sch_divert_add(const sch_bus *b, sbuf *batch, const char *ev, size_t n, const char *why);
+bool sch_divert_write(const sch_bus *b, const sbuf *batch, size_t count);
+#endif
 /* The dead-letter file of b. */
 const char *sch_divert_path(const sch_bus *b);
 

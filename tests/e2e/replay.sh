@@ -156,11 +156,11 @@ EOF
 grep -q "^10 events read" "$WORK/dry.txt" && grep -q "^rule odd: 5 matched; samples: e1, e3, e5, e7, e9" "$WORK/dry.txt" &&
     pass "dry run offline, text, --until" || fail "dry run text: $(cat "$WORK/dry.txt")"
 [ ! -e "$WORK/data/never.jsonl" ] || fail "the dry run delivered"
-st=$(post "/v1/buses/main/dry-run?since=1h" text/plain "@$WORK/dry.ebr")
+st=$(post "/v1/buses/main/dry-run?since=1h" text/plain "@$WORK/dry.ebr" -H "X-Ebr-Request: 1")
 [ "$st" = 200 ] && [ "$(js '.events')" = 20 ] && [ "$(js '[.rules[].matched] | join(",")')" = "10,6,0" ] &&
     [ "$(js '.truncated')" = false ] && pass "dry run over HTTP" || fail "dry run HTTP: $st $(cat "$WORK/answer")"
 printf 'bus main\nrule x on main { match type == to nowhere }\n' >"$WORK/bad.ebr"
-st=$(post "/v1/buses/main/dry-run?since=1h" text/plain "@$WORK/bad.ebr")
+st=$(post "/v1/buses/main/dry-run?since=1h" text/plain "@$WORK/bad.ebr" -H "X-Ebr-Request: 1")
 [ "$st" = 400 ] && js '.messages' | grep -q "dry-run.ebr:2:" && pass "dry run: compile errors -> 400 with positions" ||
     fail "dry run bad rules: $st $(cat "$WORK/answer")"
 # a file of the daemon's machine is never read by a dry run: its content never shows in the
@@ -171,19 +171,19 @@ printf 'bus main\nimport # a comment\n  "%s"\n' "$WORK/secret.ebr" >"$WORK/imp.e
 printf 'bus main\ntarget t file "a#" import "%s"\n' "$WORK/secret.ebr" >"$WORK/imp2.ebr"
 printf 'bus main\ntarget t file "a#"\nimport "%s"\n' "$WORK/secret.ebr" >"$WORK/imp3.ebr"
 for f in imp imp2 imp3; do
-    st=$(post "/v1/buses/main/dry-run?since=1h" text/plain "@$WORK/$f.ebr")
+    st=$(post "/v1/buses/main/dry-run?since=1h" text/plain "@$WORK/$f.ebr" -H "X-Ebr-Request: 1")
     [ "$st" = 400 ] && ! grep -q leaked_xq7 "$WORK/answer" && js '.messages' | grep -q "cannot import" &&
         pass "dry run: a file import ($f) -> 400, the file unread" || fail "dry run import $f: $st $(cat "$WORK/answer")"
 done
 printf 'bus main { schema "x" file "%s" }\ntarget nowhere file "n.jsonl"\nrule r on main { match type == "a" to nowhere }\n' \
     "$WORK/secret.json" >"$WORK/sch.ebr"
-st=$(post "/v1/buses/main/dry-run?since=1h" text/plain "@$WORK/sch.ebr")
+st=$(post "/v1/buses/main/dry-run?since=1h" text/plain "@$WORK/sch.ebr" -H "X-Ebr-Request: 1")
 [ "$st" = 200 ] && ! grep -q leaked_xq7 "$WORK/answer" && pass "dry run: a schema option's file is not read" ||
     fail "dry run schema file: $st $(cat "$WORK/answer")"
 printf 'import "stdlib/slack"\n' | cat - "$WORK/dry.ebr" >"$WORK/std.ebr"
-st=$(post "/v1/buses/main/dry-run?since=1h" text/plain "@$WORK/std.ebr")
+st=$(post "/v1/buses/main/dry-run?since=1h" text/plain "@$WORK/std.ebr" -H "X-Ebr-Request: 1")
 [ "$st" = 200 ] && pass "dry run: a standard template import is fine" || fail "stdlib import: $st $(cat "$WORK/answer")"
-st=$(post "/v1/buses/main/dry-run" text/plain "@$WORK/dry.ebr")
+st=$(post "/v1/buses/main/dry-run" text/plain "@$WORK/dry.ebr" -H "X-Ebr-Request: 1")
 [ "$st" = 400 ] && [ "$(js '.field')" = since ] && pass "dry run without since -> 400" || fail "no since: $st"
 
 # ---- replays ------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 # without source) and by offset: received (from 127.0.0.1), matched rules, attempts with status
 # and error, outcome; 404 for an unknown id; ?explain=1 naming the failing condition of a rule
 # that did not match; `ebc trace` (timeline, --json, --offset, --explain) while ebd runs; the
-# newest of several events with one id; traces kept across a restart; `trace off`.
+# newest of several events with one id; traces kept across a restart; `trace off`; access rules
+# without an admin token (Host, Origin, POST content); a look-up by id bounded ("truncated").
 #   trace.sh BIN_DIR SOURCE_DIR WORK_DIR
 # Everything runs on 127.0.0.1 (ports 28000-28999); every process started here is stopped.
 . "$2/tests/e2e/lib.sh"
@@ -128,6 +129,29 @@ check "one id, two events: the newest, the other listed" /v1/buses/orders/events
 check "one id, its source picks the older" "/v1/buses/orders/events/dup/trace?source=a" '"offset":3'
 has '"others"' && fail "dup with source a lists others: $(cat "$WORK/answer")"
 
+# ---- access without an admin token: no DNS rebinding, no cross-site requests ---------------------
+code() { curl -s -o "$WORK/answer" -w '%{http_code}' "$@"; }
+T=/v1/buses/orders/offsets/0/trace
+expect_status 403 "a foreign Host" "$(code -H 'Host: evil.example' "$URL$T")"
+has 'Host must name the loopback listener' && pass "the 403 says why" || fail "403 body: $(cat "$WORK/answer")"
+expect_status 403 "a foreign Host with a port" "$(code -H "Host: evil.example:$P" "$URL$T")"
+expect_status 200 "Host: localhost:PORT" "$(code -H "Host: localhost:$P" "$URL$T")"
+expect_status 200 "Host: [::1]" "$(code -H 'Host: [::1]' "$URL$T")"
+expect_status 403 "a foreign Origin" "$(code -H 'Origin: http://evil.example' "$URL$T")"
+expect_status 403 "Origin: null" "$(code -H 'Origin: null' "$URL$T")"
+expect_status 200 "the same Origin" "$(code -H "Origin: http://127.0.0.1:$P" "$URL$T")"
+expect_status 403 "a text/plain POST (a simple cross-site request)" \
+    "$(code -X POST -H 'Content-Type: text/plain' --data-binary '{"since":"1h"}' "$URL/v1/buses/orders/replays")"
+expect_status 404 "a text/plain POST with X-Ebr-Request passes (to the handler)" \
+    "$(code -X POST -H 'Content-Type: text/plain' -H 'X-Ebr-Request: 1' --data-binary '{"since":"1h"}' \
+      "$URL/v1/buses/nobus/replays")"
+expect_status 404 "a JSON POST passes (to the handler)" \
+    "$(code -X POST -H 'Content-Type: application/json' --data-binary '{"since":"1h"}' "$URL/v1/buses/nobus/replays")"
+expect_status 403 "a reload with a foreign Host" "$(code -X POST -H 'Host: evil.example' "$URL/v1/admin/reload")"
+expect_status 403 "a reload with a foreign Origin" \
+    "$(code -X POST -H 'Origin: http://evil.example' "$URL/v1/admin/reload")"
+expect_status 200 "the console's files are open" "$(code -H 'Host: evil.example' "$URL/ui/")"
+
 # ---- explain ------------------------------------------------------------------------------------
 check "explain names the failing condition" "/v1/buses/orders/events/e-ok/trace?explain=1" \
     '"not_matched":[' '{"rule":"to_flaky","why":"no match: type == \"flaky\" is false (' \
@@ -186,5 +210,21 @@ check "a trace survives a restart" /v1/buses/orders/events/e-flaky/trace '"produ
 post_ev e-after shop ok
 check "traces go on after the restart" /v1/buses/orders/events/e-after/trace '"offset":6' \
     '"state":"delivered"'
+
+# ---- a bounded look-up by id: 300 events with one id -----------------------------------------------
+# (the look-up reads the received trace log newest first and stops at 256 candidates: the newest
+# is found, 20 others listed, and the answer says "truncated")
+i=0; batch=""
+while [ $i -lt 300 ]; do
+    batch="$batch${batch:+,}{\"specversion\":\"1.0\",\"id\":\"many\",\"source\":\"s$i\",\"type\":\"none\"}"
+    i=$((i + 1))
+done
+st=$(curl -s -o "$WORK/posted" -w '%{http_code}' -X POST "$URL/v1/buses/orders/events" \
+     -H 'Content-Type: application/cloudevents-batch+json' --data-binary "[$batch]")
+expect_status 202 "a batch of 300 events with one id" "$st"
+check "one id, 300 events: the newest, truncated" /v1/buses/orders/events/many/trace \
+    '"offset":306,' '"source":"s299"' '"truncated":true'
+n=$(grep -o '{"offset":[0-9]*,"source"' "$WORK/answer" | wc -l)
+[ "$n" -eq 20 ] && pass "20 others listed" || fail "others: $n: $(cat "$WORK/answer")"
 stop_ebd
 finish

@@ -416,6 +416,41 @@ Test(infer, an_inferred_schema_validates_what_it_came_from)
     sch_infer_free(g);
 }
 
+Test(infer, a_budget_and_long_names_stop_new_properties)
+{
+    sch_infer *g = sch_infer_new();
+    /* a name over 256 bytes is not described; the object keeps its other names */
+    char name[400];
+    memset(name, 'n', 300);
+    name[300] = 0;
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, name, 1);
+    cJSON_AddNumberToObject(j, "short", 2);
+    cr_assert(sch_infer_add(g, j));
+    cJSON_Delete(j);
+    size_t one = sch_infer_bytes(g);
+    cr_assert_gt(one, 0);
+    /* past the limit no property is added, and the state stops growing */
+    sch_infer_limit(g, one + 1);
+    j = cJSON_CreateObject();
+    for (int i = 0; i < 50; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "p%d", i);
+        cJSON_AddNumberToObject(j, k, i);
+    }
+    cr_assert(sch_infer_add(g, j));
+    cJSON_Delete(j);
+    cr_expect_eq(sch_infer_bytes(g), one);
+    cJSON *sj = sch_infer_schema(g);
+    char *text = cJSON_PrintUnformatted(sj);
+    cr_expect(strstr(text, "\"short\"") != NULL, "%s", text);
+    cr_expect(strstr(text, "nnnnnnnn") == NULL, "a long name described: %.80s", text);
+    cr_expect(strstr(text, "\"p0\"") == NULL, "a property past the budget: %s", text);
+    free(text);
+    cJSON_Delete(sj);
+    sch_infer_free(g);
+}
+
 /* ---- threads ---------------------------------------------------------------------------------- */
 
 #include <pthread.h>

@@ -122,9 +122,10 @@ const auth = {
 const ROOT = new URL('../', location.href);
 
 /* Calls the API: resolves with the answer's JSON; rejects with an ApiError (401 and 403 also
- * ask for the token).  body: an object sent as JSON, or a string sent as text. */
+ * ask for the token).  body: an object sent as JSON, or a string sent as text.  Every call
+ * says X-Ebr-Request (without an admin token ebd takes no POST a web page could forge). */
 async function api(method, path, body) {
-  const headers = {};
+  const headers = { 'X-Ebr-Request': '1' };
   if (auth.token) headers['Authorization'] = 'Bearer ' + auth.token;
   if (body !== undefined) headers['Content-Type'] = typeof body === 'string' ? 'text/plain' : 'application/json';
   let res;
