@@ -57,23 +57,7 @@ static void span_text(const vm_program *p, vm_span s, char *text, size_t cap, ch
             col = 0;
         }
     snprintf(where, wcap, "%s:%u:%u", vm_s(p, p->srcs[s.src].name), line, col);
-    size_t k = 0;
-    bool blank = false;
-    for (uint32_t i = 0; i < s.len && k + 4 < cap; i++) {
-        char ch = src[s.off + i];
-        if (ch == '\n' || ch == '\t' || ch == '\r' || ch == ' ') {
-            blank = k > 0;
-            continue;
-        }
-        if (blank)
-            text[k++] = ' ';
-        blank = false;
-        text[k++] = ch;
-    }
-    if (k + 4 >= cap)
-        strcpy(text + k, "...");
-    else
-        text[k] = 0;
+    vm_span_source(p, s, text, cap);
 }
 
 /* For every rule of the bus that the event did not match, the condition that failed. */

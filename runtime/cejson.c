@@ -12,7 +12,22 @@
 
 #include "ebd_int.h"
 
-/* ---- logging ------------------------------------------------------------------------------ */
+/* ---- times and logging ---------------------------------------------------------------------- */
+
+void rt_time_text(int64_t ms, char *out, size_t cap)
+{
+    time_t secs = (time_t)(ms / 1000);
+    int milli = (int)(ms % 1000);
+    if (milli < 0) {            /* (before 1970: the second below, the milliseconds above it) */
+        milli += 1000;
+        secs--;
+    }
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    char b[40];
+    strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out, cap, "%s.%03dZ", b, milli);
+}
 
 void ebd_log(int level, const char *fmt, ...)
 {

@@ -1220,16 +1220,6 @@ static void give_slot(ebd_target *t)
     pthread_mutex_unlock(&t->mu);
 }
 
-static void iso_time(int64_t ms, char *buf, size_t cap)
-{
-    time_t s = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    char b[32];
-    strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf, cap, "%s.%03dZ", b, (int)(ms % 1000));
-}
-
 
 typedef struct {
     const char *s;
@@ -1908,8 +1898,8 @@ static int to_dead_letter(dthread *th, item *it, const attempt *a, unsigned atte
         it->first_ms = now;
     sbuf b = { 0 };
     char t0[40], t1[40];
-    iso_time(it->first_ms, t0, sizeof t0);
-    iso_time(now, t1, sizeof t1);
+    rt_time_text(it->first_ms, t0, sizeof t0);
+    rt_time_text(now, t1, sizeof t1);
     sb_puts(&b, "{\"event\":");
     sb_put(&b, (const char *)it->rec->data, it->rec->len);
     sb_puts(&b, ",\"rule\":");
@@ -3754,8 +3744,8 @@ static int dead_letter_now(ebd *d, ebd_rules *r, uint32_t rule, ebd_target *t, c
         return EBD_SYNC_DROPPED;
     }
     char t0[40], t1[40];
-    iso_time(first_ms, t0, sizeof t0);
-    iso_time(real_ms(), t1, sizeof t1);
+    rt_time_text(first_ms, t0, sizeof t0);
+    rt_time_text(real_ms(), t1, sizeof t1);
     sbuf b = { 0 };
     sb_puts(&b, "{\"event\":");
     sb_put(&b, event, len);

@@ -35,6 +35,10 @@ bool rt_run_function_until(const vm_program *p, const vm_xform *x, const char *j
  * attribute) to why and returns false. */
 bool rt_cloudevent_check(const char *s, size_t n, char *why, size_t whycap);
 
+/* ms since the epoch as an RFC 3339 UTC time with milliseconds ("2026-12-05T16:00:00.123Z"),
+ * into out (cap bytes; 25 suffice). */
+void rt_time_text(int64_t ms, char *out, size_t cap);
+
 /* ---------------------------------------------------------------------------------------------
  * Storage.  A store holds one bus: an ordered sequence of records numbered by offset from 0, each
  * with the time it was appended (ns since the epoch, never decreasing along the offsets) and 32

@@ -337,6 +337,28 @@ void vm_program_drop_sources(vm_program *p)
     }
 }
 
+void vm_span_source(const vm_program *p, vm_span s, char *text, size_t cap)
+{
+    const char *src = vm_s(p, p->srcs[s.src].text);
+    size_t k = 0;
+    bool blank = false;
+    for (uint32_t i = 0; i < s.len && k + 4 < cap; i++) {
+        char ch = src[s.off + i];
+        if (ch == '\n' || ch == '\t' || ch == '\r' || ch == ' ') {
+            blank = k > 0;
+            continue;
+        }
+        if (blank)
+            text[k++] = ' ';
+        blank = false;
+        text[k++] = ch;
+    }
+    if (k + 4 >= cap)
+        strcpy(text + k, "...");
+    else
+        text[k] = 0;
+}
+
 void vm_span_where(const vm_program *p, vm_span s, uint32_t *line, uint32_t *col)
 {
     *line = *col = 1;

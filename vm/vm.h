@@ -442,6 +442,10 @@ void vm_program_drop_sources(vm_program *p);
 /* The line and column (from 1; the column in bytes) where span s starts. */
 void vm_span_where(const vm_program *p, vm_span s, uint32_t *line, uint32_t *col);
 
+/* The source text of span s on one line (runs of white space folded to one space), at most
+ * cap - 4 bytes and "..." when cut; the sources must be there (not dropped). */
+void vm_span_source(const vm_program *p, vm_span s, char *text, size_t cap);
+
 uint32_t vm_crc32c(uint32_t crc, const void *buf, size_t len);
 uint32_t vm_crc32c_sw(uint32_t crc, const void *buf, size_t len);   /* the table path, for tests */
 

@@ -94,13 +94,12 @@ enum MHD_Result mt_serve_targets(const center_req *r);
 
 /* Pieces (tests): the Prometheus text format's label value escaping (\\, \", \n); the bucket
  * of an observation (0..MT_NBUCKETS, the last being +Inf); one histogram's lines (bucket[] not
- * cumulated); an RFC 3339 UTC time with milliseconds. */
+ * cumulated). */
 void mt_prom_label(sbuf *b, const char *s);
 unsigned mt_hist_bucket(int64_t ns);
 void mt_prom_hist(sbuf *b, const char *name, const char *label, const char *value,
                   const uint64_t *bucket, uint64_t sum_ns, uint64_t count);
 const char *mt_reason_name(mt_reason why);
-void mt_time_text(int64_t ms, char *out, size_t cap);
 /* The endpoints' handlers, one file each (the table in http.c). */
 /* query.c, dryrun.c, replay.c (docs/replay.md) */
 enum MHD_Result qy_handle_events(const center_req *r);

@@ -41,17 +41,6 @@ int64_t mt_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* An RFC 3339 UTC time with milliseconds ("2026-12-05T16:00:00.123Z") for ms since the epoch. */
-void mt_time_text(int64_t ms, char *out, size_t cap)
-{
-    time_t s = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    char day[32];
-    strftime(day, sizeof day, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out, cap, "%s.%03dZ", day, (int)(ms % 1000));
-}
-
 /* ---- the slots --------------------------------------------------------------------------------- */
 
 

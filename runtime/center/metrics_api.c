@@ -366,7 +366,7 @@ static void bus_json(ebd *d, sbuf *b, uint32_t i)
     sb_printf(b, "},\"refused\":%" PRIu64 ",\"rate\":%.3f,\"per_minute\":[", refused, rate);
     for (int k = 0; k < 60; k++) {
         char t[40];
-        mt_time_text((cur - 59 + k) * 60000, t, sizeof t);
+        rt_time_text((cur - 59 + k) * 60000, t, sizeof t);
         sb_printf(b, "%s{\"time\":\"%s\",\"count\":%" PRIu64 "}", k ? "," : "", t, counts[k]);
     }
     sb_puts(b, "],\"log\":");
@@ -501,7 +501,7 @@ static void errors_json(sbuf *b, struct mt_target *s)
     char t[40];
     for (unsigned k = 0; k < e->n; k++) {
         unsigned at = (e->head + NERRORS - 1 - k) % NERRORS;
-        mt_time_text(e->e[at].ms, t, sizeof t);
+        rt_time_text(e->e[at].ms, t, sizeof t);
         if (k == 0) {
             sb_printf(b, ",\"last_error\":{\"time\":\"%s\",", t);
             jstr(b, "message", e->e[at].msg);

@@ -128,17 +128,7 @@ void qy_format_time(int64_t ns, char *buf, size_t cap)
     int64_t ms = ns / 1000000;
     if (ns < 0 && ns % 1000000)
         ms--;
-    time_t secs = (time_t)(ms / 1000);
-    int milli = (int)(ms % 1000);
-    if (milli < 0) {
-        milli += 1000;
-        secs--;
-    }
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    char b[40];
-    strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf, cap, "%s.%03dZ", b, milli);
+    rt_time_text(ms, buf, cap);
 }
 
 /* ---- filters ----------------------------------------------------------------------------- */

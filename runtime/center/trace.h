@@ -131,8 +131,6 @@ typedef struct {
 } trace_reader;
 void trace_put_u(sbuf *b, uint64_t v, unsigned bytes);
 uint64_t trace_get_u(trace_reader *r, unsigned bytes);
-/* ms since the epoch as RFC 3339 UTC with milliseconds. */
-void trace_iso_ms(int64_t ms, char *buf, size_t cap);
 
 /* Encodes r into b (appended); decodes one record from s[*at..n), moving *at; false if it does
  * not hold one.  Decoded strings point into s (which holds them NUL-terminated). */

@@ -335,16 +335,6 @@ static void found_free(tfound *f)
     sb_free(&f->attempts);
 }
 
-void trace_iso_ms(int64_t ms, char *buf, size_t cap)
-{
-    time_t s = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    char b[32];
-    strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf, cap, "%s.%03dZ", b, (int)(ms % 1000));
-}
-
 static void json_str(sbuf *b, const char *s)
 {
     sb_json_string(b, s, strlen(s));
@@ -608,7 +598,7 @@ static bool on_delivery(void *arg, const trace_rec *r, int64_t block_ns)
             }
         }
         char t[40];
-        trace_iso_ms(r->time_ms, t, sizeof t);
+        rt_time_text(r->time_ms, t, sizeof t);
         sbuf *b = &f->attempts;
         sb_printf(b, "%s{\"time\":\"%s\",\"rule\":", b->n ? "," : "", t);
         json_str(b, r->rule);
@@ -646,29 +636,6 @@ static bool on_delivery(void *arg, const trace_rec *r, int64_t block_ns)
 }
 
 /* ---- explain ---------------------------------------------------------------------------------- */
-
-/* The source text of span s on one line (white space folded), at most cap - 4 bytes. */
-static void span_source(const vm_program *p, vm_span s, char *text, size_t cap)
-{
-    const char *src = vm_s(p, p->srcs[s.src].text);
-    size_t k = 0;
-    bool blank = false;
-    for (uint32_t i = 0; i < s.len && k + 4 < cap; i++) {
-        char ch = src[s.off + i];
-        if (ch == '\n' || ch == '\t' || ch == '\r' || ch == ' ') {
-            blank = k > 0;
-            continue;
-        }
-        if (blank)
-            text[k++] = ' ';
-        blank = false;
-        text[k++] = ch;
-    }
-    if (k + 4 >= cap)
-        strcpy(text + k, "...");
-    else
-        text[k] = 0;
-}
 
 /* For each rule of the bus that the event did not match, why: the first condition that failed,
  * as `ebc test --explain` says it ("TEST is false (FILE:LINE:COL)").  The daemon's program has
@@ -723,7 +690,7 @@ static void explain(sbuf *b, const vm_program *p, const char *bus, const char *e
                     }
                     text[sizeof text - 1] = 0;
                 } else if (!p->src_line0) {
-                    span_source(p, sp, text, sizeof text);
+                    vm_span_source(p, sp, text, sizeof text);
                 } else {
                     snprintf(text, sizeof text, "a negation");
                 }
@@ -807,7 +774,7 @@ static void answer(const trace_query *q, uint64_t off, const char *ev, size_t le
         else
             sb_puts(out, "null");
     }
-    trace_iso_ms(rs.found ? rs.r.time_ms : t_ns / 1000000, t, sizeof t);
+    rt_time_text(rs.found ? rs.r.time_ms : t_ns / 1000000, t, sizeof t);
     sb_printf(out, ",\"received\":{\"time\":\"%s\",\"producer\":", t);
     if (rs.producer[0])
         json_str(out, rs.producer);
@@ -906,7 +873,7 @@ unsigned trace_lookup(const trace_query *q, sbuf *out, char *err, size_t cap)
                     e = NULL, ej = NULL;
                 } else if (nsame++ < MAX_SAME_ID) {
                     char t[40];
-                    trace_iso_ms(tn / 1000000, t, sizeof t);
+                    rt_time_text(tn / 1000000, t, sizeof t);
                     sb_printf(&others, "%s{\"offset\":%" PRIu64 ",\"source\":", others.n ? "," : "",
                               cs->offs[k]);
                     json_str(&others, src ? src : "");

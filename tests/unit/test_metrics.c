@@ -74,9 +74,9 @@ Test(metrics, a_histogram_has_cumulative_buckets_a_sum_and_a_count)
 Test(metrics, times_are_rfc3339_utc_with_milliseconds)
 {
     char t[40];
-    mt_time_text(0, t, sizeof t);
+    rt_time_text(0, t, sizeof t);
     cr_assert_str_eq(t, "1970-01-01T00:00:00.000Z");
-    mt_time_text(1796486400123LL, t, sizeof t);
+    rt_time_text(1796486400123LL, t, sizeof t);
     cr_assert_str_eq(t, "2026-12-05T16:00:00.123Z");
 }
 
