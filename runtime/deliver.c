@@ -1869,6 +1869,39 @@ static bool may_retry(const ebd_target *t, unsigned i, const attempt *a, const r
     return a->retry && i < t->retry.attempts && (uint64_t)age < t->retry.max_age_ms;
 }
 
+/* The line a dead letter gets (docs/ebd.md "Dead letters"): the event, the rule and target, the
+ * last status and error, the attempts and when the first and last were, the offset; and, for a
+ * replayed delivery, "replay". */
+static void dead_letter_record(sbuf *b, const char *event, size_t len, const char *rule,
+                               size_t rlen, const char *target, const attempt *a,
+                               unsigned attempts, int64_t first_ms, int64_t last_ms, uint64_t off,
+                               const char *replay)
+{
+    char t0[40], t1[40];
+    rt_time_text(first_ms, t0, sizeof t0);
+    rt_time_text(last_ms, t1, sizeof t1);
+    sb_puts(b, "{\"event\":");
+    sb_put(b, event, len);
+    sb_puts(b, ",\"rule\":");
+    sb_json_string(b, rule, rlen);
+    sb_puts(b, ",\"target\":");
+    sb_json_string(b, target, strlen(target));
+    if (a->status)
+        sb_printf(b, ",\"status\":%ld", a->status);
+    else
+        sb_puts(b, ",\"status\":null");
+    sb_puts(b, ",\"error\":");
+    sb_json_string(b, a->error, strlen(a->error));
+    sb_printf(b, ",\"attempts\":%u,\"first_attempt\":\"%s\",\"last_attempt\":\"%s\",\"offset\":%"
+              PRIu64, attempts, t0, t1, off);
+    if (replay) {
+        sb_puts(b, ",\"replay\":");
+        sb_json_string(b, replay, strlen(replay));
+    }
+    sb_puts(b, "}");
+}
+
+
 /* Sends the item to its dead letter: the event, where it was going and why it did not get
  * there; retried until it is delivered (or the daemon stops: then the event stays pending). */
 static int to_dead_letter(dthread *th, item *it, const attempt *a, unsigned attempts)
@@ -1897,23 +1930,8 @@ static int to_dead_letter(dthread *th, item *it, const attempt *a, unsigned atte
     if (!it->first_ms)
         it->first_ms = now;
     sbuf b = { 0 };
-    char t0[40], t1[40];
-    rt_time_text(it->first_ms, t0, sizeof t0);
-    rt_time_text(now, t1, sizeof t1);
-    sb_puts(&b, "{\"event\":");
-    sb_put(&b, (const char *)it->rec->data, it->rec->len);
-    sb_puts(&b, ",\"rule\":");
-    sb_json_string(&b, p->rule_name, strlen(p->rule_name));
-    sb_puts(&b, ",\"target\":");
-    sb_json_string(&b, t->name, strlen(t->name));
-    if (a->status)
-        sb_printf(&b, ",\"status\":%ld", a->status);
-    else
-        sb_puts(&b, ",\"status\":null");
-    sb_puts(&b, ",\"error\":");
-    sb_json_string(&b, a->error, strlen(a->error));
-    sb_printf(&b, ",\"attempts\":%u,\"first_attempt\":\"%s\",\"last_attempt\":\"%s\",\"offset\":%"
-              PRIu64 "}", attempts, t0, t1, it->off);
+    dead_letter_record(&b, (const char *)it->rec->data, it->rec->len, p->rule_name,
+                       strlen(p->rule_name), t->name, a, attempts, it->first_ms, now, it->off, NULL);
     ebd_log(EBD_WARN, "msg=\"dead letter\" rule=%s target=%s offset=%" PRIu64 " attempts=%u "
             "status=%ld error=\"%s\"", p->rule_name, t->name, it->off, attempts, a->status,
             ebd_log_text(a->error, esc, sizeof esc));
@@ -3743,26 +3761,9 @@ static int dead_letter_now(ebd *d, ebd_rules *r, uint32_t rule, ebd_target *t, c
                 rname, t->name, off, ebd_log_text(a->error, esc, sizeof esc));
         return EBD_SYNC_DROPPED;
     }
-    char t0[40], t1[40];
-    rt_time_text(first_ms, t0, sizeof t0);
-    rt_time_text(real_ms(), t1, sizeof t1);
     sbuf b = { 0 };
-    sb_puts(&b, "{\"event\":");
-    sb_put(&b, event, len);
-    sb_puts(&b, ",\"rule\":");
-    sb_json_string(&b, rname, ru->name.len);
-    sb_puts(&b, ",\"target\":");
-    sb_json_string(&b, t->name, strlen(t->name));
-    if (a->status)
-        sb_printf(&b, ",\"status\":%ld", a->status);
-    else
-        sb_puts(&b, ",\"status\":null");
-    sb_puts(&b, ",\"error\":");
-    sb_json_string(&b, a->error, strlen(a->error));
-    sb_printf(&b, ",\"attempts\":%u,\"first_attempt\":\"%s\",\"last_attempt\":\"%s\",\"offset\":%"
-              PRIu64 ",\"replay\":", attempts, t0, t1, off);
-    sb_json_string(&b, replay, strlen(replay));
-    sb_puts(&b, "}");
+    dead_letter_record(&b, event, len, rname, ru->name.len, t->name, a, attempts, first_ms,
+                       real_ms(), off, replay);
     if (b.oom) {
         sb_free(&b);
         return EBD_SYNC_DROPPED;
