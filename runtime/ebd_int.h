@@ -225,7 +225,6 @@ int ebd_send_error(struct MHD_Connection *c, unsigned status, const char *msg, c
  * web page can send cross-site (Content-Type: application/json or X-Ebr-Request).  *why (may
  * be NULL) gets the reason. */
 unsigned ebd_authorize_admin(ebd *d, struct MHD_Connection *c, bool write, const char **why);
-bool ebd_admin_token_set(ebd *d);
 
 /* ebd.c */
 bool ebd_reload(ebd *d, sbuf *errors);

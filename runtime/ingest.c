@@ -466,14 +466,6 @@ int ebd_send_error(struct MHD_Connection *c, unsigned status, const char *msg, c
     return send_error(c, status, msg, field, NULL);
 }
 
-bool ebd_admin_token_set(ebd *d)
-{
-    pthread_rwlock_rdlock(&d->lock);
-    bool set = d->rules->admin_token != NULL;
-    pthread_rwlock_unlock(&d->lock);
-    return set;
-}
-
 static void media_type(const char *ct, char *out, size_t cap);
 
 /* Does a Host header name the loopback listener: 127.x.y.z, localhost or [::1], with or
@@ -1222,7 +1214,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 {
     mt_request_begin();
     enum MHD_Result r = serve(cls, c, url, method, version, data, size, state);
-    mt_request_end(cls, url, method);
+    const char *put = !strcmp(method, "POST") ? ingest_path(url) : NULL;
+    const char *bus = url + sizeof "/v1/buses/" - 1;
+    mt_request_end(put ? bus : NULL, put ? (size_t)(put - bus) : 0);
     return r;
 }
 

@@ -69,7 +69,9 @@ void mt_refused(const ebd_bus *b, mt_reason why, size_t n);
 void mt_request_begin(void);                  /* before ingest handles a request's call... */
 void mt_answered(unsigned status);            /* ...when it queues an answer... */
 void mt_note_reason(mt_reason why);           /* ...(what the status alone does not tell)... */
-void mt_request_end(ebd *d, const char *url, const char *method);   /* ...and after it */
+/* ...and after it, with the bus its URL names when it was a put of events (ingest_path), or
+ * NULL: a refusal of one counts for that bus. */
+void mt_request_end(const char *bus, size_t n);
 /* Hooks: delivery.  mt_matched: the rules the router of their bus matched for the event at
  * offset off (called by that router alone: its counts are not read-modify-written);
  * mt_attempt: an attempt at target (error NULL or "" when it succeeded), started at

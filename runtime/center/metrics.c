@@ -393,22 +393,15 @@ static mt_reason reason_of(unsigned status)
     }
 }
 
-void mt_request_end(ebd *d, const char *url, const char *method)
+void mt_request_end(const char *bus, size_t n)
 {
-    (void)d;
     unsigned st = answered_status;
-    if (st < 400 || strcmp(method, "POST") != 0)
-        return;
-    static const char prefix[] = "/v1/buses/";
-    if (strncmp(url, prefix, sizeof prefix - 1) != 0)
-        return;
-    const char *name = url + sizeof prefix - 1, *slash = strchr(name, '/');
-    if (!slash || (strcmp(slash, "/events") != 0 && strcmp(slash, "/put-events") != 0))
+    if (st < 400 || !bus)
         return;
     mt_reason why = answered_reason >= 0 ? (mt_reason)answered_reason : reason_of(st);
     /* (a cold path: the slot by name; an unknown bus counts under bus "") */
     char bname[256];
-    snprintf(bname, sizeof bname, "%.*s", (int)(slash - name), name);
+    snprintf(bname, sizeof bname, "%.*s", (int)n, bus);
     pthread_mutex_lock(&reg_mu);
     struct mt_bus *b = NULL;
     if (why != MT_UNKNOWN_BUS) {
