@@ -455,8 +455,7 @@ static bool digits(const char *s, size_t n, size_t at, size_t k, int *out)
     return true;
 }
 
-/* Reads an RFC 3339 date-time into milliseconds since 1970 (UTC). */
-static bool parse_rfc3339(const char *s, size_t n, int64_t *ms)
+bool vm_parse_time(const char *s, size_t n, int64_t *ms)
 {
     int Y, M, D, h, m, sec;
     if (!digits(s, n, 0, 4, &Y) || n < 19 || s[4] != '-' || !digits(s, n, 5, 2, &M) || s[7] != '-' ||
@@ -754,7 +753,7 @@ static vm_status call(run *r, unsigned fn, tval *args, uint32_t nargs, tval *out
             if (!text_value(r, &a, &t))
                 return nomem(r);
             /* An offset can carry a time across year 1 or 9999: the same range as numbers. */
-            if (!parse_rfc3339(text_of(r, &t), t.len, &ms) || ms < -62135596800000 ||
+            if (!vm_parse_time(text_of(r, &t), t.len, &ms) || ms < -62135596800000 ||
                 ms > 253402300799999)
                 return fail(r, "format_time: %s is not an RFC 3339 time (as 2026-11-26T10:00:00Z)",
                             shown(r, &a, shownbuf, sizeof shownbuf));

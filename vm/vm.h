@@ -442,6 +442,10 @@ void vm_program_drop_sources(vm_program *p);
 /* The line and column (from 1; the column in bytes) where span s starts. */
 void vm_span_where(const vm_program *p, vm_span s, uint32_t *line, uint32_t *col);
 
+/* Reads an RFC 3339 date-time (fraction and offset allowed; 't', 'z' and a space for 'T'
+ * too) of s[0..n) into milliseconds since 1970 (UTC); false when it is not one. */
+bool vm_parse_time(const char *s, size_t n, int64_t *ms);
+
 /* The source text of span s on one line (runs of white space folded to one space), at most
  * cap - 4 bytes and "..." when cut; the sources must be there (not dropped). */
 void vm_span_source(const vm_program *p, vm_span s, char *text, size_t cap);

@@ -63,57 +63,13 @@ bool qy_parse_duration(const char *s, int64_t *ns)
     return true;
 }
 
-/* Reads exactly n digits at *s into *v, moving *s past them. */
-static bool digits(const char **s, int n, int *v)
-{
-    *v = 0;
-    for (int i = 0; i < n; i++, (*s)++) {
-        if (**s < '0' || **s > '9')
-            return false;
-        *v = *v * 10 + (**s - '0');
-    }
-    return true;
-}
-
-/* RFC 3339: YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM) ('t', 'z' and a space for 'T' too). */
-static bool parse_rfc3339(const char *s, int64_t *ns)
-{
-    int Y, M, D, h, m, sec, oh = 0, om = 0;
-    if (!digits(&s, 4, &Y) || *s++ != '-' || !digits(&s, 2, &M) || *s++ != '-' ||
-        !digits(&s, 2, &D) || (*s != 'T' && *s != 't' && *s != ' ') || !(++s, digits(&s, 2, &h)) ||
-        *s++ != ':' || !digits(&s, 2, &m) || *s++ != ':' || !digits(&s, 2, &sec))
-        return false;
-    int64_t frac = 0, scale = 100000000;
-    if (*s == '.') {
-        s++;
-        if (*s < '0' || *s > '9')
-            return false;
-        for (; *s >= '0' && *s <= '9'; s++, scale /= 10)
-            frac += (*s - '0') * scale;
-    }
-    int sign = 0;
-    if (*s == 'Z' || *s == 'z')
-        s++;
-    else if (*s == '+' || *s == '-') {
-        sign = *s++ == '+' ? 1 : -1;
-        if (!digits(&s, 2, &oh) || *s++ != ':' || !digits(&s, 2, &om) || oh > 23 || om > 59)
-            return false;
-    } else
-        return false;
-    if (*s || M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || sec > 60)
-        return false;
-    struct tm tm = { .tm_year = Y - 1900, .tm_mon = M - 1, .tm_mday = D, .tm_hour = h,
-                     .tm_min = m, .tm_sec = sec };
-    int64_t secs = (int64_t)timegm(&tm) - sign * (oh * 3600 + om * 60);
-    *ns = secs * 1000000000 + frac;
-    return true;
-}
-
 bool qy_parse_time(const char *s, int64_t now_ns, int64_t *ns, char *why, size_t cap)
 {
-    int64_t d;
-    if (parse_rfc3339(s, ns))
+    int64_t d, ms;
+    if (vm_parse_time(s, strlen(s), &ms)) {
+        *ns = ms * 1000000;
         return true;
+    }
     if (qy_parse_duration(s, &d)) {
         *ns = now_ns - d;
         return true;
