@@ -1,17 +1,14 @@
 # embed.cmake — writes OUT, a C file holding every stdlib-templates/*.ebr (SRC_DIR) as bytes,
 # for `import "stdlib/NAME"` (compiler/compiler.c).  Run by the build:
 #   cmake -DSRC_DIR=stdlib-templates -DOUT=build/gen/stdlib.c -P tools/embed.cmake
+include(${CMAKE_CURRENT_LIST_DIR}/embed_bytes.cmake)
 file(GLOB files "${SRC_DIR}/*.ebr")
 list(SORT files)
 set(body "")
 set(table "")
 foreach(f ${files})
   get_filename_component(name "${f}" NAME_WE)
-  file(READ "${f}" hex HEX)
-  string(LENGTH "${hex}" hexlen)
-  math(EXPR len "${hexlen} / 2")
-  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
-  string(REGEX REPLACE "(0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,)" "\\1\n    " bytes "${bytes}")
+  embed_bytes("${f}" bytes len)
   string(APPEND body "static const char file_${name}[] = {\n    ${bytes}0x00\n};\n")
   string(APPEND table "    { \"${name}\", file_${name}, ${len} },\n")
 endforeach()

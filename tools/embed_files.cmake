@@ -5,6 +5,7 @@
 #   cmake -DSRC_DIR=runtime/center/ui -DEXTRA=/usr/share/javascript/chart.js/chart.min.js
 #         -DOUT=build/gen/console_files.c -P tools/embed_files.cmake
 # A file of EXTRA that is missing stops the build, saying which package brings it.
+include(${CMAKE_CURRENT_LIST_DIR}/embed_bytes.cmake)
 file(GLOB files LIST_DIRECTORIES false "${SRC_DIR}/*")
 list(SORT files)
 if(EXTRA)
@@ -50,11 +51,7 @@ foreach(f ${files})
   else()
     set(type "application/octet-stream")
   endif()
-  file(READ "${f}" hex HEX)
-  string(LENGTH "${hex}" hexlen)
-  math(EXPR len "${hexlen} / 2")
-  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
-  string(REGEX REPLACE "(0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,)" "\\1\n    " bytes "${bytes}")
+  embed_bytes("${f}" bytes len)
   file(SHA256 "${f}" sum)
   string(SUBSTRING "${sum}" 0 20 etag)
   string(APPEND body "/* ${name} */\nstatic const unsigned char file_${k}[] = {\n    ${bytes}0x00\n};\n")
