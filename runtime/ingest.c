@@ -43,6 +43,11 @@ typedef struct {
     bool over_buffered;             /* its body would have passed d->max_buffered: dropped, 503 */
     bool busy;                      /* over d->max_requests when it came: 429 */
     bool answered;                  /* answered before its body: the body is dropped */
+    /* Refused on its headers while its body was already on its way: the body is read and dropped,
+     * and this answer sent once it has all come (refuse). */
+    unsigned refused;               /* the status; 0 if not refused */
+    const char *refused_field, *refused_retry;
+    char refused_msg[320];
 } request;
 
 /* Queues the answer; with close, the connection closes once it is sent. */
@@ -106,11 +111,16 @@ static enum MHD_Result send_status(struct MHD_Connection *c, const char *word)
 }
 
 /* 413 for a request body over MAX_BODY, naming the limit. */
+static void too_big_text(char *msg, size_t cap)
+{
+    snprintf(msg, cap, "the request is over the limit of %u MiB (%u bytes) a request may carry",
+             MAX_BODY >> 20, MAX_BODY);
+}
+
 static enum MHD_Result send_too_big(struct MHD_Connection *c)
 {
     char msg[160];
-    snprintf(msg, sizeof msg, "the request is over the limit of %u MiB (%u bytes) a request may "
-             "carry", MAX_BODY >> 20, MAX_BODY);
+    too_big_text(msg, sizeof msg);
     return send_error(c, 413, msg, NULL, NULL);
 }
 
@@ -425,12 +435,41 @@ static bool body_room(ebd *d, request *rq, size_t n)
     return true;
 }
 
+static void over_buffered_text(const ebd *d, char *msg, size_t cap)
+{
+    snprintf(msg, cap, "too many request bodies held at once: this one would take them over "
+             "%llu bytes (--max-buffered)", (unsigned long long)d->max_buffered);
+}
+
 static enum MHD_Result send_over_buffered(struct MHD_Connection *c, const ebd *d)
 {
     char msg[300];
-    snprintf(msg, sizeof msg, "too many request bodies held at once: this one would take them over "
-             "%llu bytes (--max-buffered)", (unsigned long long)d->max_buffered);
+    over_buffered_text(d, msg, sizeof msg);
     return send_error(c, 503, msg, NULL, "1");
+}
+
+/* A request refused on its headers alone.  A client that sends no body, or that waits for
+ * "100 Continue" before sending it, is answered now and never sends the body.  A client whose body
+ * is already on its way is answered once that body has come and been dropped: after an early
+ * answer libmicrohttpd closes the connection without reading what is in flight, and the reset that
+ * the unread bytes cause can reach the client before it has read the answer (curl, sending 500 KB
+ * without Expect, got no answer at all on a busy machine).  The body deadline bounds the wait. */
+static enum MHD_Result refuse(struct MHD_Connection *c, request *rq, unsigned status,
+                              const char *msg, const char *field, const char *retry_after)
+{
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+    const char *te = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Transfer-Encoding");
+    const char *expect = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Expect");
+    bool body = (cl && strtoull(cl, NULL, 10) > 0) || te;
+    if (!body || (expect && !strcasecmp(expect, "100-continue"))) {
+        rq->answered = true;
+        return send_error(c, status, msg, field, retry_after);
+    }
+    rq->refused = status;
+    snprintf(rq->refused_msg, sizeof rq->refused_msg, "%s", msg);
+    rq->refused_field = field;
+    rq->refused_retry = retry_after;
+    return MHD_YES;
 }
 
 /* ---- authorization ------------------------------------------------------------------------ */
@@ -1139,19 +1178,22 @@ static enum MHD_Result serve(void *cls, struct MHD_Connection *c, const char *ur
             return MHD_NO;
         *state = rq;
         rq->busy = atomic_fetch_add(&d->inflight, 1) >= d->max_requests;
-        /* What can be answered before the body: answered now, the body never read (nothing
-         * is buffered for a request that is refused anyway), and the connection closed. */
-        rq->answered = true;
-        if (full)
+        /* What can be refused before the body is (refuse); nothing is buffered for it. */
+        if (full) {
+            rq->answered = true;
             return send_full(c, d, k, full);
+        }
         if (rq->busy)
-            return send_error(c, 429, "too many requests at once", NULL, "1");
+            return refuse(c, rq, 429, "too many requests at once", NULL, "1");
         if (atomic_load(&d->stopping))
-            return send_error(c, 503, "the daemon is stopping", NULL, "1");
+            return refuse(c, rq, 503, "the daemon is stopping", NULL, "1");
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         unsigned long long length = cl ? strtoull(cl, NULL, 10) : 0;
-        if (length > MAX_BODY)
-            return send_too_big(c);
+        if (length > MAX_BODY) {
+            char msg[160];
+            too_big_text(msg, sizeof msg);
+            return refuse(c, rq, 413, msg, NULL, NULL);
+        }
         const char *name = url + sizeof "/v1/buses/" - 1, *slash = ingest_path(url);
         if (!strcmp(method, "POST") && slash) {
             pthread_rwlock_rdlock(&d->lock);
@@ -1162,16 +1204,18 @@ static enum MHD_Result serve(void *cls, struct MHD_Connection *c, const char *ur
             if (!found) {
                 char msg[300];
                 snprintf(msg, sizeof msg, "no bus '%.*s'", (int)(slash - name < 200 ? slash - name : 200), name);
-                return send_error(c, 404, msg, "bus", NULL);
+                return refuse(c, rq, 404, msg, "bus", NULL);
             }
             if (deny)
-                return send_error(c, deny, deny == 401 ? "this bus needs a token (Authorization: "
-                                  "Bearer ...)" : "the token is wrong for this bus", NULL, NULL);
+                return refuse(c, rq, deny, deny == 401 ? "this bus needs a token (Authorization: "
+                              "Bearer ...)" : "the token is wrong for this bus", NULL, NULL);
         }
         /* A body of known length counts whole from now on (it is all coming). */
-        if (length && !take_buffered(d, rq, length + 1))
-            return send_over_buffered(c, d);
-        rq->answered = false;
+        if (length && !take_buffered(d, rq, length + 1)) {
+            char msg[300];
+            over_buffered_text(d, msg, sizeof msg);
+            return refuse(c, rq, 503, msg, NULL, "1");
+        }
         return MHD_YES;
     }
     if (rq->answered) {
@@ -1179,7 +1223,7 @@ static enum MHD_Result serve(void *cls, struct MHD_Connection *c, const char *ur
         return MHD_YES;
     }
     if (*size) {
-        if (rq->too_big || rq->over_buffered) {
+        if (rq->refused || rq->too_big || rq->over_buffered) {
             /* dropped */
         } else if (rq->body.n + *size > MAX_BODY) {
             rq->too_big = true;
@@ -1194,6 +1238,8 @@ static enum MHD_Result serve(void *cls, struct MHD_Connection *c, const char *ur
         return MHD_YES;
     }
     set_deadline(conn_of(c), W_NONE, 0);        /* all of it came: handled and answered */
+    if (rq->refused)
+        return send_error(c, rq->refused, rq->refused_msg, rq->refused_field, rq->refused_retry);
     if (rq->over_buffered)
         return send_over_buffered(c, d);
     if (rq->busy)
