@@ -104,6 +104,7 @@ static struct {
 
 static void *spawner_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "ebd-spawner");   /* (top -H, ps -L) */
     (void)arg;
     pthread_mutex_lock(&spawner.mu);
     for (;;) {

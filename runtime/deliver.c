@@ -2756,6 +2756,7 @@ static void yield_to_ingest(void)
 
 static void *thread_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "ebd-deliver");   /* (top -H, ps -L) */
     dthread *th = arg;
     ebd_engine *e = th->e;
     ebd_rules *r = e->r;
@@ -2923,6 +2924,7 @@ static void log_match_failures(router *rt, vm_ctx *ctx, const char *whole, uint6
  * pairs under one lock, waking the thread once. */
 static void *router_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "ebd-router");   /* (top -H, ps -L) */
     router *rt = arg;
     ebd_engine *e = rt->e;
     ebd_rules *r = e->r;
@@ -3201,6 +3203,7 @@ static void commit_all(ebd_engine *e, bool final)
 /* Commits at most every COMMIT_EVERY_MS while events move, and sleeps while nothing does. */
 static void *committer_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "ebd-commit");   /* (top -H, ps -L) */
     ebd_engine *e = arg;
     ebd_rules *r = e->r;
     pthread_mutex_lock(&e->cmu);

@@ -11,6 +11,7 @@
  * headers and the body), and answered 202 only once it is in the bus's log under its fsync
  * policy.  A request is all or nothing: one bad event in a batch stores none of it.
  */
+#define _GNU_SOURCE                 /* pthread_setname_np */
 #include <sys/socket.h>
 #include <arpa/inet.h>
 #include <microhttpd.h>
@@ -351,6 +352,7 @@ static enum MHD_Result send_full(struct MHD_Connection *c, const ebd *d, const c
  * (libmicrohttpd then reads the end of the stream and closes them), and logs how many. */
 static void *reap(void *arg)
 {
+    pthread_setname_np(pthread_self(), "ebd-reaper");   /* (top -H, ps -L) */
     struct ebd_ingest *in = arg;
     pthread_mutex_lock(&in->mu);
     while (!in->stop) {

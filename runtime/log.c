@@ -1507,6 +1507,7 @@ static void sync_now(log_t *l)
 
 static void *flusher_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "ebd-log-sync");   /* (top -H, ps -L) */
     log_t *l = arg;
     uint64_t step = l->o.fsync == STORE_FSYNC_INTERVAL ? l->o.fsync_interval_ns : 1000000000ull;
     if (step > 1000000000ull)

@@ -531,6 +531,7 @@ static void finish(replay *x, int state)
 
 static void *replay_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "ebd-replay");   /* (top -H, ps -L) */
     replay *x = arg;
     lower_priority();
     rp_rec *chunk = calloc(RP_CHUNK, sizeof *chunk);

@@ -11,6 +11,7 @@
  * how many it skipped): discovery describes recent traffic, it is not an audit.
  * GET /v1/schemas (runtime/center/schemas.c) reads the state under each bus's lock.
  */
+#define _GNU_SOURCE                 /* pthread_setname_np */
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -284,6 +285,7 @@ static void merge_event(disc_bus *b, const unsigned char *s, uint32_t n)
 /* A bus's discovery thread: reads the log from the saved position, merges, versions, saves. */
 static void *disc_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "ebd-schema");   /* (top -H, ps -L) */
     disc_bus *b = arg;
     errno = 0;
     int nice_now = getpriority(PRIO_PROCESS, 0);
