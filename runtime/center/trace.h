@@ -14,7 +14,6 @@
 #include "../ebd_int.h"
 
 #define TRACE_FLUSH_MS 100
-#define TRACE_BUFFER_MAX ((size_t)32 << 20)   /* bytes held for the trace thread; past it: drops */
 #define TRACE_ERROR_MAX 200                   /* an attempt's error is cut to this many bytes */
 #define TRACE_DEFAULT_RETENTION_MS (24LL * 3600 * 1000)
 #define TRACE_BLOCK_HEADER 25                 /* u8 version 1, u64 lo, u64 hi, u64 mhi */
@@ -119,9 +118,20 @@ typedef struct {
     uint64_t payload;
     const char *rule, *target, *to, *error;   /* attempt/outcome (to: where; error: why) */
     uint64_t dropped;             /* gap */
+    /* A span: a matched record or a first attempt that delivered, of the events at offsets
+     * [off, off + span) alike (a router matches run after run of events to the same rules, a
+     * delivery thread delivers a batch to one target): one record for the run.  0 or 1: one
+     * event.  A delivered span holds each event's time, latency and payload size (each, span
+     * triples of varints); trace_narrow makes it the record of one of its events. */
+    uint32_t span;
+    const unsigned char *each;
+    size_t neach;
 } trace_rec;
 
-enum { TR_RECEIVED = 1, TR_MATCHED, TR_ATTEMPT, TR_OUTCOME, TR_GAP };
+/* Kinds as stored.  Decoded, a TR_MATCHED_SPAN is a TR_MATCHED and a TR_DELIVERED_SPAN a
+ * TR_ATTEMPT (delivered, not to the dead letter), each with its span. */
+enum { TR_RECEIVED = 1, TR_MATCHED, TR_ATTEMPT, TR_OUTCOME, TR_GAP, TR_MATCHED_SPAN,
+       TR_DELIVERED_SPAN };
 
 /* Little-endian integers of `bytes` bytes: appended to b; read from r (r->bad once it runs out). */
 typedef struct {
@@ -139,6 +149,19 @@ void trace_encode(sbuf *b, const trace_rec *r);
 size_t trace_encoded_max(const trace_rec *r);
 unsigned char *trace_encode_to(unsigned char *p, const trace_rec *r);
 bool trace_decode(const unsigned char *s, size_t n, size_t *at, trace_rec *r);
+/* A delivered span, built in place by the hooks: trace_span_begin writes one of r's
+ * (TR_ATTEMPT's rule, target, attempt, status, time_ms) with no event yet at p (room for
+ * trace_encoded_max(r)); trace_span_add appends one event (time, latency, payload) at end, the
+ * record's end (room for TRACE_SPAN_EVENT_MAX bytes), and returns the bytes it added. */
+#define TRACE_SPAN_EVENT_MAX 30
+unsigned char *trace_span_begin(unsigned char *p, const trace_rec *r);
+size_t trace_span_add(unsigned char *rec, unsigned char *end, int64_t time_ms, uint32_t latency_ms,
+                      uint64_t payload);
+/* Makes span record r (decoded) say what it says of the event at off: the record of that event
+ * alone when the span holds it; else its first offset when it begins after off, its last when
+ * it ends before off.  A record of one event is left as it is. */
+void trace_narrow(trace_rec *r, uint64_t off);
+
 /* The hash the received records keep of an event's id (its decoded text). */
 uint32_t trace_id_hash(const char *id, size_t n);
 

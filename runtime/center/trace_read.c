@@ -56,6 +56,10 @@ static const char *get_str(trace_reader *r)
  * A record: u8 kind, u32 length of what follows, then by kind (integers little-endian):
  *   received  u64 first, u32 count, i64 time_ms, u8 alen, addr[alen], u16 port, count x u32 hash
  *   matched   u64 off, u32 count, count x (str rule, str target)
+ *   matched span   u64 off, u32 span, u32 count, count x (str rule, str target)
+ *   delivered span u64 off, u32 span, i64 time_ms, u32 attempt, i32 status, str rule,
+ *             str target, span x (varint zigzag time_ms - the span's time_ms, varint
+ *             latency_ms, varint payload)
  *   attempt   u64 off, i64 time_ms, u32 attempt, u8 flags (1: to the dead letter; 2: delivered,
  *             the delivery is over), i32 status, u32 latency_ms,
  *             u64 payload, str rule, str target, str to, str error
@@ -87,6 +91,34 @@ static unsigned char *w_str(unsigned char *p, const char *s, size_t n)
         memcpy(p, s, n);
     p[n] = 0;
     return p + n + 1;
+}
+
+/* LEB128 */
+static unsigned char *w_var(unsigned char *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (unsigned char)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (unsigned char)v;
+    return p;
+}
+
+static uint64_t get_var(trace_reader *r)
+{
+    uint64_t v = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        if (r->bad || r->at >= r->n) {
+            r->bad = true;
+            return 0;
+        }
+        unsigned char c = r->s[r->at++];
+        v |= (uint64_t)(c & 0x7f) << shift;
+        if (!(c & 0x80))
+            return v;
+    }
+    r->bad = true;
+    return 0;
 }
 
 size_t trace_encoded_max(const trace_rec *r)
@@ -122,6 +154,10 @@ unsigned char *trace_encode_to(unsigned char *p, const trace_rec *r)
         break;
     case TR_MATCHED: {
         q = w_u(q, r->off, 8);
+        if (r->span > 1) {
+            *p = TR_MATCHED_SPAN;
+            q = w_u(q, r->span, 4);
+        }
         q = w_u(q, r->count, 4);
         const char *s = r->names;
         for (uint32_t i = 0; i < 2 * r->count; i++) {
@@ -161,6 +197,68 @@ unsigned char *trace_encode_to(unsigned char *p, const trace_rec *r)
     }
     w_u(len, (uint64_t)(q - p - 5), 4);
     return q;
+}
+
+unsigned char *trace_span_begin(unsigned char *p, const trace_rec *r)
+{
+    unsigned char *q = p + 5;
+    *p = TR_DELIVERED_SPAN;
+    q = w_u(q, r->off, 8);
+    q = w_u(q, 0, 4);
+    q = w_u(q, (uint64_t)r->time_ms, 8);
+    q = w_u(q, r->attempt, 4);
+    q = w_u(q, (uint32_t)(int32_t)r->status, 4);
+    q = w_str(q, r->rule, str_len(r->rule));
+    q = w_str(q, r->target, str_len(r->target));
+    w_u(p + 1, (uint64_t)(q - p - 5), 4);
+    return q;
+}
+
+size_t trace_span_add(unsigned char *rec, unsigned char *end, int64_t time_ms, uint32_t latency_ms,
+                      uint64_t payload)
+{
+    trace_reader h = { rec, 25, 1, false };
+    uint64_t len = trace_get_u(&h, 4);
+    h.at = 13;
+    uint64_t span = trace_get_u(&h, 4);
+    int64_t dt = time_ms - (int64_t)trace_get_u(&h, 8);
+    unsigned char *q = w_var(end, dt < 0 ? ((uint64_t)-dt << 1) - 1 : (uint64_t)dt << 1);
+    q = w_var(q, latency_ms);
+    q = w_var(q, payload);
+    size_t added = (size_t)(q - end);
+    w_u(rec + 1, len + added, 4);
+    w_u(rec + 13, span + 1, 4);
+    return added;
+}
+
+/* The k-th event of a delivered span: its time, latency and payload into r (whose time_ms is
+ * the span's, which the events' times are kept against). */
+static bool span_event(trace_rec *r, uint32_t k)
+{
+    trace_reader v = { r->each, r->neach, 0, false };
+    int64_t t0 = r->time_ms;
+    for (uint32_t i = 0; i <= k && !v.bad; i++) {
+        uint64_t z = get_var(&v);
+        r->time_ms = t0 + (z & 1 ? -(int64_t)((z + 1) >> 1) : (int64_t)(z >> 1));
+        r->latency_ms = (uint32_t)get_var(&v);
+        r->payload = get_var(&v);
+    }
+    return !v.bad;
+}
+
+void trace_narrow(trace_rec *r, uint64_t off)
+{
+    uint32_t n = r->span ? r->span : 1;
+    if (off >= r->off && off - r->off < n) {
+        if (r->each)
+            span_event(r, (uint32_t)(off - r->off));
+        r->off = off;
+        r->span = 1;
+        r->each = NULL;
+        r->neach = 0;
+    } else if (off > r->off) {
+        r->off += n - 1;                        /* (ends before off) */
+    }
 }
 
 void trace_encode(sbuf *b, const trace_rec *r)
@@ -211,7 +309,10 @@ bool trace_decode(const unsigned char *s, size_t n, size_t *at, trace_rec *out)
         r.at += 4 * (size_t)out->count;
         break;
     case TR_MATCHED:
+    case TR_MATCHED_SPAN:
+        out->kind = TR_MATCHED;
         out->off = trace_get_u(&r, 8);
+        out->span = kind == TR_MATCHED_SPAN ? (uint32_t)trace_get_u(&r, 4) : 1;
         out->count = (uint32_t)trace_get_u(&r, 4);
         out->names = (const char *)s + r.at + 2;
         for (uint32_t i = 0; i < 2 * out->count && !r.bad; i++)
@@ -232,6 +333,30 @@ bool trace_decode(const unsigned char *s, size_t n, size_t *at, trace_rec *out)
         out->target = get_str(&r);
         out->to = get_str(&r);
         out->error = get_str(&r);
+        break;
+    case TR_DELIVERED_SPAN:
+        out->kind = TR_ATTEMPT;
+        out->off = trace_get_u(&r, 8);
+        out->span = (uint32_t)trace_get_u(&r, 4);
+        out->time_ms = (int64_t)trace_get_u(&r, 8);
+        out->attempt = (unsigned)trace_get_u(&r, 4);
+        out->status = (long)(int32_t)(uint32_t)trace_get_u(&r, 4);
+        out->state = TRACE_DELIVERED;
+        out->rule = get_str(&r);
+        out->target = get_str(&r);
+        out->to = out->error = "";
+        out->each = s + r.at;
+        out->neach = r.n - r.at;
+        if (r.bad || out->span == 0)
+            return false;
+        {
+            trace_reader v = { out->each, out->neach, 0, false };      /* every event is there */
+            for (uint32_t i = 0; i < 3 * out->span && !v.bad; i++)
+                get_var(&v);
+            if (v.bad || v.at != v.n)
+                return false;
+        }
+        r.at = r.n;
         break;
     case TR_OUTCOME:
         out->off = trace_get_u(&r, 8);
@@ -386,8 +511,10 @@ static void scan(store *s, int64_t t0_ns, uint64_t off, bool all, rec_fn fn, voi
         if (all || (off >= lo && off <= hi)) {
             size_t at = TRACE_BLOCK_HEADER;
             trace_rec r;
-            while (go && at < rec.len && trace_decode(rec.data, rec.len, &at, &r))
+            while (go && at < rec.len && trace_decode(rec.data, rec.len, &at, &r)) {
+                trace_narrow(&r, off);
                 go = fn(arg, &r, rec.time_ns);
+            }
         } else if (mhi > off + 1) {
             /* not read, but it holds a matched record of a later offset: said as such */
             trace_rec later = { .kind = TR_MATCHED, .off = mhi - 1 };

@@ -80,6 +80,8 @@ rule to_flaky on orders {
 rule to_bad on orders { match type == "bad" to bad }
 rule big_orders on orders { match type == "ok" and data.n >= 100 to ok }
 rule quiet_ok on quiet { match type == "ok" to ok }
+target spans file "out/spans.jsonl"
+rule to_spans on orders { match type == "span" to spans }
 EOF
 "$BIN/ebc" check "$WORK/rules.ebr" >"$WORK/check.out" 2>&1 || { fail "ebc check: $(cat "$WORK/check.out")"; finish; }
 start_ebd "$WORK/rules.ebr"
@@ -226,5 +228,41 @@ check "one id, 300 events: the newest, truncated" /v1/buses/orders/events/many/t
     '"offset":306,' '"source":"s299"' '"truncated":true'
 n=$(grep -o '{"offset":[0-9]*,"source"' "$WORK/answer" | wc -l)
 [ "$n" -eq 20 ] && pass "20 others listed" || fail "others: $n: $(cat "$WORK/answer")"
+
+# ---- runs of events: one record for many (a router's matched span, a delivered batch) ------------
+# 40 events to a file target in one batch (offsets 307-346), each one byte longer than the one
+# before (and "sp0" an id one byte shorter than "sp20"); the 31st matches nothing, which breaks
+# the run.  Each event's trace is its own.
+i=0; batch=""
+while [ $i -lt 40 ]; do
+    ty=span; [ $i -eq 30 ] && ty=none
+    batch="$batch${batch:+,}{\"specversion\":\"1.0\",\"id\":\"sp$i\",\"source\":\"s\",\"type\":\"$ty\",\"data\":{\"pad\":\"$(printf "%${i}s" | tr ' ' x)\"}}"
+    i=$((i + 1))
+done
+st=$(curl -s -o "$WORK/posted" -w '%{http_code}' -X POST "$URL/v1/buses/orders/events" \
+     -H 'Content-Type: application/cloudevents-batch+json' --data-binary "[$batch]")
+expect_status 202 "a batch of 40 events to a file target" "$st"
+payload_of() {  # payload_of OFFSET: the payload_bytes its trace gives, once it says delivered
+    wait_for "$E2E_WAIT" trace_has "/v1/buses/orders/offsets/$1/trace" '"state":"delivered","attempts":1' \
+        && sed -n 's/.*"matched":\[{"rule":"to_spans","target":"spans","payload_bytes":\([0-9]*\)}.*/\1/p' "$WORK/answer"
+}
+for k in 0 20 21 39; do
+    eval "pl$k=\$(payload_of $((307 + k)))"
+done
+[ -n "$pl0" ] && [ $((pl20 - pl0)) -eq 21 ] && [ $((pl21 - pl20)) -eq 1 ] && [ $((pl39 - pl21)) -eq 18 ] \
+    && pass "each event of a run has its own payload size ($pl0, $pl20, $pl21, $pl39 bytes)" \
+    || fail "payload sizes in a run: '$pl0' '$pl20' '$pl21' '$pl39'"
+check "an event in a run: received, matched, delivered at the first attempt" \
+    /v1/buses/orders/offsets/327/trace '"id":"sp20"' '"producer":"127.0.0.1:' \
+    '"matched":[{"rule":"to_spans","target":"spans","payload_bytes":' '"attempt":1,"status":null,' \
+    '"outcomes":[{"rule":"to_spans","target":"spans","state":"delivered","attempts":1}]'
+check "the event that broke the run matched nothing" /v1/buses/orders/offsets/337/trace \
+    '"id":"sp30"' '"matched":[]'
+check "the run goes on after it" /v1/buses/orders/offsets/338/trace '"id":"sp31"' \
+    '"state":"delivered","attempts":1'
+"$BIN/ebc" trace --data "$WORK/data" orders sp20 >"$WORK/ebc-span.out" 2>&1 \
+    && grep -q 'spans' "$WORK/ebc-span.out" && grep -q 'delivered' "$WORK/ebc-span.out" \
+    && pass "ebc trace reads an event of a run: $(grep -c . "$WORK/ebc-span.out") lines" \
+    || fail "ebc trace of sp20: $(cat "$WORK/ebc-span.out")"
 stop_ebd
 finish

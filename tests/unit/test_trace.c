@@ -1,6 +1,7 @@
 /*
  * test_trace.c — the trace's records (runtime/center/trace_read.c, docs/trace.md): each kind
- * encoded and decoded back field for field, records cut short refused, a kind the reader does
+ * encoded and decoded back field for field, spans (a run of events in one record) read and
+ * narrowed to each event, records cut short refused, a kind the reader does
  * not know skipped by its length, the id hash; and a look-up (trace_lookup) over trace logs and
  * a bus log written here: by offset and by id, the newest of two events with one id, 404s.
  */
@@ -92,6 +93,71 @@ Test(trace, matched_and_gap_roundtrip)
     cr_assert_eq(o.kind, TR_GAP);
     cr_assert_eq(o.dropped, 5);
     sb_free(&b);
+}
+
+Test(trace, matched_span_roundtrip_and_narrowed)
+{
+    sbuf b = { 0 };
+    static const char names[] = "rule_a\0target_1";
+    trace_rec m = { .kind = TR_MATCHED, .off = 100, .count = 1, .names = names, .span = 5 };
+    trace_rec o = roundtrip(&m, &b);
+    cr_assert_eq(b.v[0], TR_MATCHED_SPAN, "stored as a span");
+    cr_assert_eq(o.kind, TR_MATCHED, "read as a matched record");
+    cr_assert_eq(o.off, 100);
+    cr_assert_eq(o.span, 5);
+    cr_assert_str_eq(o.names, "rule_a");
+    trace_rec n = o;
+    trace_narrow(&n, 102);                       /* inside: that event's */
+    cr_assert_eq(n.off, 102);
+    cr_assert_eq(n.span, 1);
+    n = o;
+    trace_narrow(&n, 99);                        /* begins after it: its first offset */
+    cr_assert_eq(n.off, 100);
+    n = o;
+    trace_narrow(&n, 200);                       /* ends before it: its last */
+    cr_assert_eq(n.off, 104);
+    m.span = 1;                                  /* one event: the plain kind */
+    roundtrip(&m, &b);
+    cr_assert_eq(b.v[0], TR_MATCHED);
+    sb_free(&b);
+}
+
+Test(trace, delivered_span_built_in_place)
+{
+    unsigned char buf[512];
+    trace_rec a = { .kind = TR_ATTEMPT, .off = 1000, .time_ms = 1780000000000, .attempt = 1,
+                    .status = 200, .rule = "to_ok", .target = "ok" };
+    unsigned char *end = trace_span_begin(buf, &a);
+    const int64_t t[3] = { 1780000000000, 1780000000005, 1779999999998 };  /* (a clock step back) */
+    const uint32_t lat[3] = { 0, 7, 300000 };
+    const uint64_t pl[3] = { 0, 300, (uint64_t)1 << 40 };
+    for (int k = 0; k < 3; k++)
+        end += trace_span_add(buf, end, t[k], lat[k], pl[k]);
+    size_t n = (size_t)(end - buf), at = 0;
+    trace_rec o;
+    cr_assert(trace_decode(buf, n, &at, &o));
+    cr_assert_eq(at, n);
+    cr_assert_eq(o.kind, TR_ATTEMPT);
+    cr_assert_eq(o.span, 3);
+    cr_assert_eq(o.state, TRACE_DELIVERED);
+    cr_assert(!o.dl);
+    cr_assert_str_eq(o.rule, "to_ok");
+    cr_assert_str_eq(o.target, "ok");
+    cr_assert_str_eq(o.error, "");
+    for (int k = 0; k < 3; k++) {
+        trace_rec e = o;
+        trace_narrow(&e, 1000 + (uint64_t)k);
+        cr_assert_eq(e.off, 1000 + (uint64_t)k);
+        cr_assert_eq(e.time_ms, t[k], "event %d", k);
+        cr_assert_eq(e.latency_ms, lat[k], "event %d", k);
+        cr_assert_eq(e.payload, pl[k], "event %d", k);
+        cr_assert_eq(e.status, 200);
+        cr_assert_eq(e.attempt, 1);
+    }
+    for (size_t cut = 0; cut < n; cut++) {       /* an event cut short: refused */
+        at = 0;
+        cr_assert(!trace_decode(buf, cut, &at, &o), "cut at %zu", cut);
+    }
 }
 
 Test(trace, short_records_refused_unknown_kinds_skipped)
