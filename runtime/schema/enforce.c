@@ -338,7 +338,7 @@ int sch_ingest(const sch_bus *b, const char *ev, size_t n, char *why, size_t cap
 {
     if (!b || !type_bound(b, ev, n))
         return SCH_STORE;
-    cJSON *j = cJSON_ParseWithLength(ev, n);
+    cJSON *j = sch_parse(ev, n, NULL);
     if (!j) {
         snprintf(why, cap, "the event could not be read for its schema (out of memory, or "
                  "nested deeper than %d)", CJSON_NESTING_LIMIT);

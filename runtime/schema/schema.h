@@ -55,8 +55,17 @@ char *sch_resolve_path(const char *rules_file, const char *path);
  * schema: ..."). */
 sch_schema *sch_load_file(const char *path, unsigned flags, char *err, size_t cap);
 
+/* Parses JSON text s[0..n) as cJSON_ParseWithLengthOpts does (the first value; *end, may be
+ * NULL, where it stopped), except that a string value holding U+0000 is kept whole: cJSON ends
+ * a string at its first NUL ("192.168.0.1\u0000.evil.com" would read as a valid IPv4 address).
+ * Such a string's valuestring holds all its bytes and its valueint their count (sch_strlen);
+ * the validator reads it so.  (An object key holding U+0000 is still cut at it.) */
+cJSON *sch_parse(const char *s, size_t n, const char **end);
+/* The length in bytes of string value v, U+0000 included when sch_parse kept it. */
+size_t sch_strlen(const cJSON *v);
+
 /* Is instance valid under s?  On false fills *e (may be NULL).  Safe from several threads at
- * once on one s. */
+ * once on one s.  Parse the instance (and a schema) with sch_parse to see strings whole. */
 bool sch_validate(const sch_schema *s, const cJSON *instance, sch_error *e);
 
 /* Does s[0..n) have the format fmt ("date-time", "uri", "email", "uuid", "ipv4", "ipv6")?

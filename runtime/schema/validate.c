@@ -14,10 +14,12 @@
  * dependentSchemas, $ref, $dynamicRef — marked when they passed), reads them for its
  * unevaluated* keywords, and on success hands them to the schema that applied it.
  */
+#define _GNU_SOURCE                 /* memmem */
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <float.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -535,12 +537,12 @@ static pcre2_match_context *match_limits(void)
 }
 
 /* Does UTF-8 text s hold a match of re anywhere? */
-static bool re_search(const pcre2_code *re, const char *s)
+static bool re_search(const pcre2_code *re, const char *s, size_t n)
 {
     pcre2_match_data *md = pcre2_match_data_create(1, NULL);
     if (!md)
         return false;
-    int rc = pcre2_match(re, (PCRE2_SPTR)s, strlen(s), 0, 0, md, match_limits());
+    int rc = pcre2_match(re, (PCRE2_SPTR)s, n, 0, 0, md, match_limits());
     pcre2_match_data_free(md);
     return rc >= 0;
 }
@@ -873,6 +875,26 @@ static void link_refs(comp *c)
     }
 }
 
+/* cJSON_Duplicate copies a string up to its first NUL: the strings of copy that sch_parse kept
+ * whole in from (valueint: their length) get all their bytes again. */
+static bool whole_strings(cJSON *copy, const cJSON *from)
+{
+    if (cJSON_IsString(from) && from->valueint > 0) {
+        char *v = malloc((size_t)from->valueint + 1);
+        if (!v)
+            return false;
+        memcpy(v, from->valuestring, (size_t)from->valueint + 1);
+        cJSON_free(copy->valuestring);
+        copy->valuestring = v;
+        return true;
+    }
+    const cJSON *f = from->child;
+    for (cJSON *c = copy->child; c && f; c = c->next, f = f->next)
+        if (!whole_strings(c, f))
+            return false;
+    return true;
+}
+
 sch_schema *sch_compile(const cJSON *schema, unsigned flags, char *err, size_t cap)
 {
     sch_schema *s = calloc(1, sizeof *s);
@@ -881,7 +903,7 @@ sch_schema *sch_compile(const cJSON *schema, unsigned flags, char *err, size_t c
     comp c = { .s = s, .err = err, .cap = cap };
     if (cap)
         err[0] = '\0';
-    if (!s || !(s->root = cJSON_Duplicate(schema, true)) ||
+    if (!s || !(s->root = cJSON_Duplicate(schema, true)) || !whole_strings(s->root, schema) ||
         !(c.refs = malloc(MAX_REFS * sizeof *c.refs))) {
         snprintf(err, cap, "out of memory");
         sch_free(s);
@@ -902,10 +924,132 @@ sch_schema *sch_compile(const cJSON *schema, unsigned flags, char *err, size_t c
     return s;
 }
 
+/* ---- strings that hold U+0000 ------------------------------------------------------------ */
+
+/* Where the string token that begins at s[*at] (or after it) ends; its body is s[*b0..*b1). */
+static bool next_token(const char *s, size_t n, size_t *at, size_t *b0, size_t *b1)
+{
+    const char *q = memchr(s + *at, '"', n - *at);
+    if (!q)
+        return false;
+    size_t i = (size_t)(q - s) + 1;
+    *b0 = i;
+    while (i < n && s[i] != '"')
+        i += s[i] == '\\' ? 2 : 1;
+    if (i >= n)
+        return false;
+    *b1 = i;
+    *at = i + 1;
+    return true;
+}
+
+static unsigned hex4(const char *p)
+{
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        v = v * 16 + (unsigned)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+    }
+    return v;
+}
+
+/* The JSON string body s[0..n) decoded into out (room for n bytes: a decoded string is never
+ * longer than its escaped form); returns its length.  (The text was read by cJSON: it is JSON.) */
+static size_t decode_body(const char *s, size_t n, char *out)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] != '\\' || i + 1 >= n) {
+            out[k++] = s[i];
+            continue;
+        }
+        char c = s[++i];
+        if (c != 'u' || n - i < 5) {
+            out[k++] = c == 'b' ? '\b' : c == 'f' ? '\f' : c == 'n' ? '\n' : c == 'r' ? '\r'
+                     : c == 't' ? '\t' : c;
+            continue;
+        }
+        unsigned cp = hex4(s + i + 1);
+        i += 4;
+        if (cp >= 0xD800 && cp < 0xDC00 && n - i >= 7 && s[i + 1] == '\\' && s[i + 2] == 'u') {
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (hex4(s + i + 3) - 0xDC00);
+            i += 6;
+        }
+        if (cp < 0x80) {
+            out[k++] = (char)cp;
+        } else if (cp < 0x800) {
+            out[k++] = (char)(0xC0 | cp >> 6);
+            out[k++] = (char)(0x80 | (cp & 0x3F));
+        } else if (cp < 0x10000) {
+            out[k++] = (char)(0xE0 | cp >> 12);
+            out[k++] = (char)(0x80 | ((cp >> 6) & 0x3F));
+            out[k++] = (char)(0x80 | (cp & 0x3F));
+        } else {
+            out[k++] = (char)(0xF0 | cp >> 18);
+            out[k++] = (char)(0x80 | ((cp >> 12) & 0x3F));
+            out[k++] = (char)(0x80 | ((cp >> 6) & 0x3F));
+            out[k++] = (char)(0x80 | (cp & 0x3F));
+        }
+    }
+    return k;
+}
+
+/* Walks v in document order beside the string tokens of s (keys and string values come in the
+ * same order in both), giving each string value whose body holds a \u0000 all its bytes. */
+static bool keep_nuls(cJSON *v, const char *s, size_t n, size_t *at)
+{
+    size_t b0, b1;
+    if (cJSON_IsString(v)) {
+        if (!next_token(s, n, at, &b0, &b1))
+            return false;
+        if (!memmem(s + b0, b1 - b0, "\\u0000", 6))
+            return true;
+        char *full = malloc(b1 - b0 + 1);
+        if (!full)
+            return false;
+        size_t len = decode_body(s + b0, b1 - b0, full);
+        full[len] = 0;
+        if (len > INT_MAX || memchr(full, 0, len) == NULL) {   /* ("\\u0000": no NUL) */
+            free(full);
+            return true;
+        }
+        cJSON_free(v->valuestring);
+        v->valuestring = full;
+        v->valueint = (int)len;
+        return true;
+    }
+    for (cJSON *c = cJSON_IsArray(v) || cJSON_IsObject(v) ? v->child : NULL; c; c = c->next) {
+        if (cJSON_IsObject(v) && !next_token(s, n, at, &b0, &b1))    /* its key */
+            return false;
+        if (!keep_nuls(c, s, n, at))
+            return false;
+    }
+    return true;
+}
+
+cJSON *sch_parse(const char *s, size_t n, const char **end)
+{
+    const char *stop = NULL;
+    cJSON *j = cJSON_ParseWithLengthOpts(s, n, &stop, false);
+    if (end)
+        *end = stop;
+    size_t at = 0;
+    if (j && memmem(s, n, "\\u0000", 6) && !keep_nuls(j, s, (size_t)(stop - s), &at)) {
+        cJSON_Delete(j);                    /* (out of memory) */
+        return NULL;
+    }
+    return j;
+}
+
+size_t sch_strlen(const cJSON *v)
+{
+    return v->valueint > 0 ? (size_t)v->valueint : strlen(v->valuestring);
+}
+
 sch_schema *sch_compile_text(const char *text, size_t n, unsigned flags, char *err, size_t cap)
 {
     const char *end = NULL;
-    cJSON *j = cJSON_ParseWithLengthOpts(text, n, &end, false);
+    cJSON *j = sch_parse(text, n, &end);
     if (!j) {
         size_t at = end ? (size_t)(end - text) : 0;
         snprintf(err, cap, "not JSON (at byte %zu)", at);
@@ -1014,7 +1158,7 @@ static bool json_equal(const cJSON *a, const cJSON *b)
     if ((a->type & 0xFF) != (b->type & 0xFF))
         return false;
     if (cJSON_IsString(a))
-        return strcmp(a->valuestring, b->valuestring) == 0;
+        return sch_strlen(a) == sch_strlen(b) && !memcmp(a->valuestring, b->valuestring, sch_strlen(a));
     if (cJSON_IsArray(a)) {
         const cJSON *x = a->child, *y = b->child;
         for (; x && y; x = x->next, y = y->next)
@@ -1062,12 +1206,12 @@ static const char *type_name(const cJSON *v)
 }
 
 /* Code points in UTF-8 text s. */
-static size_t utf8_len(const char *s)
+static size_t utf8_len(const char *s, size_t n)
 {
-    size_t n = 0;
-    for (; *s; s++)
-        n += ((unsigned char)*s & 0xC0) != 0x80;
-    return n;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        k += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return k;
 }
 
 /* Is x a multiple of m (m > 0)?  With a tolerance a few ulps of the quotient wide, so that
@@ -1100,8 +1244,9 @@ static uint64_t json_hash(const cJSON *v)
     }
     if (cJSON_IsString(v)) {
         h = 1469598103934665603ull;
-        for (const unsigned char *p = (const unsigned char *)v->valuestring; *p; p++)
-            h = (h ^ *p) * 1099511628211ull;
+        const unsigned char *p = (const unsigned char *)v->valuestring;
+        for (size_t i = 0, n = sch_strlen(v); i < n; i++)
+            h = (h ^ p[i]) * 1099511628211ull;
         return h + 2;
     }
     if (cJSON_IsArray(v)) {
@@ -1222,9 +1367,10 @@ static bool v_number(vx *x, const cJSON *const *K, const cJSON *inst)
 static bool v_string(vx *x, const cJSON *const *K, const cJSON *inst)
 {
     const char *s = inst->valuestring;
+    size_t n = sch_strlen(inst);
     bool has;
     double b = knum(K[KW_minLength], &has);
-    size_t len = utf8_len(s);
+    size_t len = utf8_len(s, n);
     if (has && (double)len < b)
         return fail(x, "minLength", "%zu characters, fewer than %.0f", len, b);
     b = knum(K[KW_maxLength], &has);
@@ -1233,12 +1379,12 @@ static bool v_string(vx *x, const cJSON *const *K, const cJSON *inst)
     const cJSON *p = K[KW_pattern];
     if (p) {
         const pmap_ent *e = map_get(x->s, p);
-        if (e && e->re && !re_search(e->re, s))
+        if (e && e->re && !re_search(e->re, s, n))
             return fail(x, "pattern", "\"%.80s\" does not match the pattern \"%.80s\"", s,
                         p->valuestring);
     }
     const cJSON *f = K[KW_format];
-    if (cJSON_IsString(f) && (x->s->flags & SCH_FORMATS) && !sch_format_ok(f->valuestring, s, strlen(s), NULL))
+    if (cJSON_IsString(f) && (x->s->flags & SCH_FORMATS) && !sch_format_ok(f->valuestring, s, n, NULL))
         return fail(x, "format", "\"%.80s\" is not a valid %s", s, f->valuestring);
     return true;
 }
@@ -1369,7 +1515,7 @@ static bool v_object(vx *x, const cJSON *const *K, int res, const cJSON *inst, u
         if (cJSON_IsObject(pp))
             for (const cJSON *q = pp->child; q; q = q->next) {
                 const pmap_ent *e = map_get(x->s, q);
-                if (!e || !e->re || !re_search(e->re, m->string))
+                if (!e || !e->re || !re_search(e->re, m->string, strlen(m->string)))
                     continue;
                 seen = true;
                 if (!v_schema(x, q, res, m, NULL)) {
@@ -1688,7 +1834,7 @@ sch_schema *sch_load_file(const char *path, unsigned flags, char *err, size_t ca
         return NULL;
     }
     const char *end = NULL;
-    cJSON *j = cJSON_ParseWithLengthOpts(text, n, &end, false);
+    cJSON *j = sch_parse(text, n, &end);
     if (!j) {
         size_t at = end && end >= text ? (size_t)(end - text) : 0, line = 1, col = 1;
         for (size_t i = 0; i < at && i < n; i++, col++)

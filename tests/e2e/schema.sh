@@ -46,7 +46,8 @@ cat >"$WORK/schemas/order.json" <<'JSON'
         "total": {"type": "number", "minimum": 20},
         "items": {"type": "array", "items": {"type": "object", "required": ["sku"],
                                               "properties": {"price": {"type": "number", "minimum": 0}}}},
-        "email": {"type": "string", "format": "email"}
+        "email": {"type": "string", "format": "email"},
+        "ip": {"type": "string", "format": "ipv4"}
       }
     }
   }
@@ -91,6 +92,11 @@ answer_has "the 400 names /data/items/1/price" '/data/items/1/price: minimum'
 st=$(post /v1/buses/orders/events $CE "$(ev r4 order.created '{"total":25,"items":[],"email":"not an address"}')")
 expect_status 400 "a bad email format (reject)" "$st"
 answer_has "format is asserted" '/data/email: format'
+st=$(post /v1/buses/orders/events $CE "$(ev r4b order.created '{"total":25,"items":[],"ip":"10.0.0.1\u0000.evil.com"}')")
+expect_status 400 "an ipv4 with more after a U+0000 (reject: the whole string is read)" "$st"
+answer_has "it names the format" '/data/ip: format'
+st=$(post /v1/buses/orders/events $CE "$(ev r4c order.created '{"total":25,"items":[],"ip":"10.0.0.1"}')")
+expect_status 202 "the same address without it" "$st"
 st=$(post /v1/buses/orders/events application/json "$LOW" -H 'ce-specversion: 1.0' -H 'ce-id: bin1' \
      -H 'ce-source: e2e' -H 'ce-type: order.created')
 expect_status 400 "a binary-mode event under the minimum (reject)" "$st"
