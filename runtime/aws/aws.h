@@ -1,0 +1,72 @@
+/*
+ * aws.h — Amazon EventBridge compatibility (docs/aws.md): the AWS wire protocol for events
+ * (POST / with X-Amz-Target: AWSEvents.PutEvents or AWSEvents.TestEventPattern, JSON 1.1), the
+ * AWS event envelope, and Signature Version 4 checked against the access keys the rules declare.
+ * The door of runtime/aws/: protocol.c (the two actions), sigv4.c (signatures).
+ */
+#ifndef EBR_AWS_H
+#define EBR_AWS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- Signature Version 4 (sigv4.c) ------------------------------------------------------------ */
+
+/* A request as it came, for its signature: header(arg, name) gives a header's value (the name
+ * matched without regard to case; NULL when absent; a header sent twice: its values joined by
+ * ","). */
+typedef struct {
+    const char *method;                 /* "POST" */
+    const char *path;                   /* the request target's path as sent ("/"), not decoded */
+    const char *query;                  /* the query string as sent, without '?'; "" for none */
+    const char *(*header)(void *arg, const char *name);
+    void *arg;
+    const void *body;
+    size_t body_len;
+    int64_t now;                        /* the time to check X-Amz-Date against, Unix seconds */
+} aws_sig_request;
+
+typedef struct {
+    const char *access_key;             /* "AKIA..." */
+    const char *secret;
+} aws_key;
+
+/* What the check found.  On failure: status (HTTP), code (AWS's error code, the answer's
+ * "__type") and message say why, in AWS's words as far as AWS documents them. */
+typedef struct {
+    bool ok;
+    int key;                            /* the index in keys of the key that signed; -1 */
+    char access_key[129];               /* the access key the request names ("" if none) */
+    char region[64], service[64];       /* its credential scope's ("" if none) */
+    unsigned status;                    /* 400 or 403 */
+    const char *code;                   /* "IncompleteSignature", "MissingAuthenticationToken",
+                                         * "InvalidClientTokenId", "SignatureDoesNotMatch",
+                                         * "RequestExpired" */
+    char message[512];
+} aws_sig_result;
+
+/* How far X-Amz-Date may be from now, either way (AWS: 15 minutes). */
+#define AWS_SIG_SKEW_SECONDS (15 * 60)
+
+/* Checks the request's Authorization header (AWS4-HMAC-SHA256; Credential, SignedHeaders,
+ * Signature) against keys[0..nkeys): the access key must be one of them, the signature the one
+ * its secret makes over the canonical request (method, path, query, the signed headers, the
+ * body's SHA-256), with X-Amz-Date within AWS_SIG_SKEW_SECONDS of r->now.  Fills *out either
+ * way (region and service also when the signature is wrong, when the header can be read). */
+bool aws_sig_verify(const aws_sig_request *r, const aws_key *keys, size_t nkeys,
+                    aws_sig_result *out);
+
+/* Reads the credential scope of an Authorization header without checking anything: its
+ * access key, region and service (empty strings when it cannot be read). */
+void aws_sig_scope(const char *authorization, char *access_key, size_t akcap, char *region,
+                   size_t rcap, char *service, size_t scap);
+
+/* Signs a request as an AWS client would (for the tests and tools): the Authorization header's
+ * value for method/path/query, the headers named in signed (lower case, ';'-separated, sorted)
+ * found through header(), the body, date "YYYYMMDDTHHMMSSZ", region and service "events". */
+bool aws_sig_sign(const aws_sig_request *r, const char *signed_headers, const char *amz_date,
+                  const char *region, const char *service, const aws_key *key, char *out,
+                  size_t cap);
+
+#endif
