@@ -318,6 +318,17 @@ static bool follow(run *r, const vm_tpath *tp, uint32_t k, uint32_t p)
     return VM_BUF_PUSH(c->xpos, p);
 }
 
+/* Is the value that starts at json[v] an object's member (after its ':')?  The scanner counts
+ * the arrays a leaf lies in only through container elements: the lone leaf of "k": ["a"] has no
+ * array of its own, and is the path's value only if nothing but a ':' comes before it. */
+static bool member_value(const char *json, uint32_t v)
+{
+    while (v > 0 && (json[v - 1] == ' ' || json[v - 1] == '\t' || json[v - 1] == '\n' ||
+                     json[v - 1] == '\r'))
+        v--;
+    return v > 0 && json[v - 1] == ':';
+}
+
 /* The value at template path a: one value, nothing, or (with [*]) an array of the results. */
 static vm_status path_value(run *r, uint32_t a, tval *out)
 {
@@ -332,7 +343,8 @@ static vm_status path_value(run *r, uint32_t a, tval *out)
     if (!many && tp->path != VM_NONE && c->scanned == r->json && c->scanned_len == r->len &&
         c->dotted_keys == 0) {
         uint32_t f = c->first[tp->path];
-        if (f != VM_NONE && c->fields.v[f].next == VM_NONE && c->fields.v[f].nmemb == 0) {
+        if (f != VM_NONE && c->fields.v[f].next == VM_NONE && c->fields.v[f].nmemb == 0 &&
+            member_value(r->json, c->fields.v[f].off - (c->fields.v[f].type == VM_J_STR))) {
             const vm_field *fl = &c->fields.v[f];
             uint32_t q = fl->type == VM_J_STR;
             *out = (tval){ TV_JSON, W_EVENT, fl->off - q, fl->len + 2 * q };
