@@ -343,6 +343,37 @@ static bool check_signed_headers(span list, aws_sig_result *out)
     return true;
 }
 
+/* What aws_sig_verify keeps of the Authorization header and X-Amz-Date once they are read:
+ * copies, because a value from header() may last only until its next call (protocol.c joins
+ * every value into one buffer).  Each fits: read_authorization bounded what it accepted. */
+typedef struct {
+    char access_key[129], date[9], region[64], service[64];
+    char signed_headers[MAX_SIGNED_HEADERS * (MAX_HEADER_NAME + 1)];
+    char signature[66];               /* (65 kept of a longer one: it still does not match) */
+    char amz_date[17];
+} kept;
+
+/* Copies s into buf[cap] (as much as fits) and returns the copy. */
+static span keep(span s, char *buf, size_t cap)
+{
+    size_t n = s.n < cap ? s.n : cap - 1;
+    memcpy(buf, s.p, n);
+    buf[n] = 0;
+    return (span){ buf, n };
+}
+
+/* Points a at copies in k of all that the rest of the check reads of it. */
+static void keep_authorization(authorization *a, kept *k)
+{
+    a->scope.access_key = keep(a->scope.access_key, k->access_key, sizeof k->access_key);
+    a->scope.date = keep(a->scope.date, k->date, sizeof k->date);
+    a->scope.region = keep(a->scope.region, k->region, sizeof k->region);
+    a->scope.service = keep(a->scope.service, k->service, sizeof k->service);
+    a->signed_headers = keep(a->signed_headers, k->signed_headers, sizeof k->signed_headers);
+    a->signature = keep(a->signature, k->signature, sizeof k->signature);
+    a->credential = (span){ NULL, 0 };            /* (read: not needed again) */
+}
+
 /* Reads an Authorization header whole: its parameters, its credential's scope, its
  * SignedHeaders.  False, with out filled (IncompleteSignature), if any is missing or unsound. */
 static bool read_authorization(const char *header, authorization *a, aws_sig_result *out)
@@ -847,8 +878,10 @@ bool aws_sig_verify(const aws_sig_request *r, const aws_key *keys, size_t nkeys,
     if (!header || trim(span_of(header)).n == 0)
         return fail(out, 403, "MissingAuthenticationToken", "Missing Authentication Token");
     authorization a;
+    kept k;
     if (!read_authorization(header, &a, out))
         return false;
+    keep_authorization(&a, &k);
     copy_span(out->access_key, sizeof out->access_key, a.scope.access_key);
     copy_span(out->region, sizeof out->region, a.scope.region);
     copy_span(out->service, sizeof out->service, a.scope.service);
@@ -856,8 +889,9 @@ bool aws_sig_verify(const aws_sig_request *r, const aws_key *keys, size_t nkeys,
     int64_t t;
     if (!read_request_date(r, &date, &t, out))
         return false;
-    int k = find_key(keys, nkeys, a.scope.access_key);
-    if (k < 0)
+    date = keep(date, k.amz_date, sizeof k.amz_date);
+    int i = find_key(keys, nkeys, a.scope.access_key);
+    if (i < 0)
         return fail(out, 403, "InvalidClientTokenId",
                     "The security token included in the request is invalid.");
     if (!check_skew(date, t, r->now, out))
@@ -867,10 +901,10 @@ bool aws_sig_verify(const aws_sig_request *r, const aws_key *keys, size_t nkeys,
                     "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of "
                     "date from HTTP: '%.8s' != '%.8s', from '%.16s'.", a.scope.date.p, date.p,
                     date.p);
-    if (!check_signature(r, &a, &keys[k], date, out))
+    if (!check_signature(r, &a, &keys[i], date, out))
         return false;
     out->ok = true;
-    out->key = k;
+    out->key = i;
     out->status = 200;
     out->code = "";
     return true;
