@@ -15,7 +15,8 @@
 
 /* A request as it came, for its signature: header(arg, name) gives a header's value (the name
  * matched without regard to case: sigv4.c asks in lower case, and for SignedHeaders' names as
- * the client wrote them; NULL when absent; a header sent twice: its values joined by ","). */
+ * the client wrote them; NULL when absent; a header sent twice: its values joined by ",").  The
+ * value need last only until header's next call: sigv4.c copies what it keeps. */
 typedef struct {
     const char *method;                 /* "POST" */
     const char *path;                   /* the request target's path as sent ("/"), not decoded */
