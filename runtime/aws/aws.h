@@ -14,8 +14,9 @@
 /* ---- Signature Version 4 (sigv4.c) ------------------------------------------------------------ */
 
 /* A request as it came, for its signature: header(arg, name) gives a header's value (the name
- * matched without regard to case; NULL when absent; a header sent twice: its values joined by
- * ","). */
+ * matched without regard to case: sigv4.c asks in lower case, and for SignedHeaders' names as
+ * the client wrote them; NULL when absent; a header sent twice: its values joined by ",").  The
+ * value need last only until header's next call: sigv4.c copies what it keeps. */
 typedef struct {
     const char *method;                 /* "POST" */
     const char *path;                   /* the request target's path as sent ("/"), not decoded */
@@ -33,16 +34,18 @@ typedef struct {
 } aws_key;
 
 /* What the check found.  On failure: status (HTTP), code (AWS's error code, the answer's
- * "__type") and message say why, in AWS's words as far as AWS documents them. */
+ * "__type") and message say why, in AWS's words as far as AWS documents them; never a secret.
+ * On success: ok, key, status 200, code "". */
 typedef struct {
     bool ok;
-    int key;                            /* the index in keys of the key that signed; -1 */
+    int key;                            /* the index in keys of the key that signed; -1
+                                         * unless ok */
     char access_key[129];               /* the access key the request names ("" if none) */
     char region[64], service[64];       /* its credential scope's ("" if none) */
-    unsigned status;                    /* 400 or 403 */
+    unsigned status;                    /* 400 or 403; 500 if OpenSSL or memory failed */
     const char *code;                   /* "IncompleteSignature", "MissingAuthenticationToken",
                                          * "InvalidClientTokenId", "SignatureDoesNotMatch",
-                                         * "RequestExpired" */
+                                         * "RequestExpired"; "InternalFailure" with 500 */
     char message[512];
 } aws_sig_result;
 
@@ -52,8 +55,9 @@ typedef struct {
 /* Checks the request's Authorization header (AWS4-HMAC-SHA256; Credential, SignedHeaders,
  * Signature) against keys[0..nkeys): the access key must be one of them, the signature the one
  * its secret makes over the canonical request (method, path, query, the signed headers, the
- * body's SHA-256), with X-Amz-Date within AWS_SIG_SKEW_SECONDS of r->now.  Fills *out either
- * way (region and service also when the signature is wrong, when the header can be read). */
+ * body's SHA-256), with X-Amz-Date within AWS_SIG_SKEW_SECONDS of r->now and on the
+ * credential's date.  Fills *out either way (access key, region and service also when the key
+ * or the signature is wrong, once the header has been read whole). */
 bool aws_sig_verify(const aws_sig_request *r, const aws_key *keys, size_t nkeys,
                     aws_sig_result *out);
 
@@ -63,8 +67,12 @@ void aws_sig_scope(const char *authorization, char *access_key, size_t akcap, ch
                    size_t rcap, char *service, size_t scap);
 
 /* Signs a request as an AWS client would (for the tests and tools): the Authorization header's
- * value for method/path/query, the headers named in signed (lower case, ';'-separated, sorted)
- * found through header(), the body, date "YYYYMMDDTHHMMSSZ", region and service "events". */
+ * value, in out[0..cap), for method/path/query, the headers named in signed (lower case,
+ * ';'-separated, sorted; "host" among them) found through header(), the body, date
+ * "YYYYMMDDTHHMMSSZ" (the X-Amz-Date the request carries), region and service ("events").
+ * r->now is not read.  False, out undefined, for a date or scope it cannot sign, a signed
+ * header header() does not give, a signed X-Amz-Content-Sha256 that is not the body's SHA-256,
+ * or too small a cap. */
 bool aws_sig_sign(const aws_sig_request *r, const char *signed_headers, const char *amz_date,
                   const char *region, const char *service, const aws_key *key, char *out,
                   size_t cap);
