@@ -294,6 +294,49 @@ static bool opt_fsync(cc_comp *c, cc_unit *u, ast *o, const char *w)
     return false;
 }
 
+/* aws_access_key "AKID" secret env("NAME") [account "123456789012"]: an access key AWS clients
+ * sign PutEvents with (docs/aws.md); in the server block for every bus, in a bus for that one. */
+static bool opt_aws_key(cc_comp *c, cc_unit *u, ast *o, const char *w)
+{
+    (void)c;
+    ast *id = o->a, *kw = id ? id->next : NULL, *sec = kw ? kw->next : NULL;
+    ast *kw2 = sec ? sec->next : NULL, *acct = kw2 ? kw2->next : NULL;
+    if (!id || id->kind != A_VALUE || id->op != TK_STRING || !kw || !word_is(u, kw, "secret") ||
+        !sec || o->b || (kw2 && (!word_is(u, kw2, "account") || !acct || acct->next))) {
+        cc_error_at(u, o, "%s is written: aws_access_key \"AKID\" secret env(\"NAME\") "
+                    "[account \"123456789012\"]", w);
+        return false;
+    }
+    size_t n;
+    const char *k = cc_string(u, &id->tok, &n);
+    bool good = k && n >= 16 && n <= 128;
+    for (size_t i = 0; good && i < n; i++)
+        good = (k[i] >= 'A' && k[i] <= 'Z') || (k[i] >= '0' && k[i] <= '9');
+    if (!good) {
+        cc_error_at(u, id, "an AWS access key id is 16 to 128 capital letters and digits "
+                    "(AKIAIOSFODNN7EXAMPLE)");
+        return false;
+    }
+    if (sec->kind == A_VALUE && sec->op == TK_STRING) {
+        cc_error_at(u, sec, "a secret is not written in the rules: secret env(\"NAME\") reads it "
+                    "from the environment when ebd loads them");
+        return false;
+    }
+    if (!check_value(u, sec, V_TEXT, "secret"))
+        return false;
+    if (acct) {
+        const char *a = acct->kind == A_VALUE && acct->op == TK_STRING ? cc_string(u, &acct->tok, &n) : NULL;
+        bool digits = a && n == 12;
+        for (size_t i = 0; digits && i < n; i++)
+            digits = a[i] >= '0' && a[i] <= '9';
+        if (!digits) {
+            cc_error_at(u, acct, "an AWS account is 12 digits, as a string: account \"123456789012\"");
+            return false;
+        }
+    }
+    return true;
+}
+
 /* trace on | off */
 static bool opt_onoff(cc_comp *c, cc_unit *u, ast *o, const char *w)
 {
@@ -557,6 +600,7 @@ static const struct opt_spec {
     { "schema",         K_BUS,                      cc_opt_schema,   true  },   /* schema_opt.c */
     { "trace",          K_BUS | K_SERVER,           opt_onoff,       false },
     { "trace_retention", K_BUS,                     opt_duration,    false },
+    { "aws_access_key", K_BUS | K_SERVER,           opt_aws_key,     true  },
 };
 
 /* Options the language reserves but nothing carries out yet: refused with a clear message, so

@@ -15,6 +15,7 @@
 #include "../runtime/center/query.h"
 #include "../runtime/schema/schema.h"
 #include "../runtime/center/trace.h"
+#include "../runtime/aws/aws.h"
 
 enum {
     EXIT_OK = 0,
@@ -279,9 +280,15 @@ static int cmd_test(int argc, char **argv)
             env.ingest_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
         }
         /* The daemon refuses what is not a CloudEvent: say so, so that this verdict and the
-         * daemon's do not differ silently (an event that is not JSON is reported below). */
+         * daemon's do not differ silently (an event that is not JSON is reported below).  A
+         * line with "detail-type" and no "specversion" is an AWS event (docs/aws.md): ebd makes
+         * those from PutEvents, whole. */
         char why[256];
-        if (vm_json_valid(line, len, NULL) && !rt_cloudevent_check(line, len, why, sizeof why))
+        bool aws = vm_json_valid(line, len, NULL) && aws_looks_like_envelope(line, len);
+        if (aws && !aws_envelope_check(line, len, why, sizeof why))
+            fprintf(stderr, "%s:%lu: warning: ebd never holds such an event: %s\n",
+                    input_name(events), lineno, why);
+        else if (!aws && vm_json_valid(line, len, NULL) && !rt_cloudevent_check(line, len, why, sizeof why))
             fprintf(stderr, "%s:%lu: warning: ebd would refuse this event: %s\n", input_name(events),
                     lineno, why);
         vm_status st = cc_test_event(stdout, ctx, bus, lineno, line, len, &opt);

@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "aws/aws.h"
 #include "center/trace.h"
 #include "command.h"
 #include "ebd_int.h"
@@ -1121,10 +1122,10 @@ static bool bus_payload_ok(const ebd_target *t, const char *payload, size_t n, b
     const char *id;
     size_t idlen;
     if (t->bus != VM_NONE && !text && vm_json_valid(payload, n, NULL) &&
-        ce_check(payload, n, why, sizeof why, &id, &idlen))
+        (ce_check(payload, n, why, sizeof why, &id, &idlen) || aws_is_envelope(payload, n)))
         return true;
-    snprintf(a->error, sizeof a->error, "bus target '%s': the payload is not a CloudEvent%s%s",
-             t->name, text ? "" : ": ", text ? "" : why);
+    snprintf(a->error, sizeof a->error, "bus target '%s': the payload is not a CloudEvent (nor "
+             "an AWS event)%s%s", t->name, text ? "" : ": ", text ? "" : why);
     return false;
 }
 
@@ -2123,7 +2124,7 @@ static item *http_batch_start(dthread *th, ebd_target *t, item *list)
     bool events = true;
     for (; rest && n < t->batch; last = rest, rest = rest->next, n++) {
         need += (rest->text ? 6 * rest->plen + 2 : rest->plen) + 1;
-        events = events && rest->shared;
+        events = events && rest->shared && !aws_is_envelope(rest->payload, rest->plen);
     }
     hbatch *hb = calloc(1, sizeof *hb);
     char *body = malloc(need);
@@ -3346,6 +3347,7 @@ void ebd_rules_free(ebd_rules *r)
     engine_free(r->eng);
     free(r->bus_of);
     free(r->admin_token);
+    aws_keys_free(r->aws);
     mt_rules_free(r->mt);
     vm_program_free(r->p);
     free(r);

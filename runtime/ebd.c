@@ -19,6 +19,7 @@
 #include <microhttpd.h>
 
 #include "../compiler/compiler.h"
+#include "aws/aws.h"
 #include "center/center.h"
 #include "command.h"
 #include "ebd_int.h"
@@ -313,6 +314,8 @@ static ebd_rules *make_rules(ebd *d, vm_program *loaded, sbuf *errors)
     r->delivery_queue = dq && ebd_cfg_child(p, dq, 0) ? (unsigned)ebd_cfg_child(p, dq, 0)->num : 0;
     r->admin_token = read_token(p, ebd_cfg_option(p, p->server0, p->nserver, "admin_token"),
                                 "server: admin_token", err, sizeof err);
+    if (!err[0])
+        r->aws = aws_keys_load(p, err, sizeof err);
     bool io = false;       /* the data directory failed, not the rules: no rules-file prefix */
     /* The schemas first: ebd_rules_prepare commits new pairs' start positions, which a reload
      * refused for a schema file must not have done (ebd_rules_free frees them on failure). */

@@ -148,6 +148,7 @@ struct ebd_rules {
     char *admin_token;
     struct mt_rules *mt;          /* center/metrics.c: its counters, by rule and target index */
     struct sch_set *schemas;      /* the buses' bound schemas (runtime/schema/enforce.c) */
+    struct aws_keyset *aws;       /* the access keys AWS clients sign with (runtime/aws) */
 };
 
 struct ebd {

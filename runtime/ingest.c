@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "ebd_int.h"
+#include "aws/aws.h"
 #include "center/center.h"
 #include "center/trace.h"
 #include "schema/schema.h"
@@ -1089,6 +1090,8 @@ static const char *ingest_path(const char *url)
 static enum MHD_Result handle(struct MHD_Connection *c, ebd *d, const char *url,
                               const char *method, request *rq)
 {
+    if (aws_request(c, url, method))          /* PutEvents from AWS clients (runtime/aws) */
+        return (enum MHD_Result)aws_serve(c, d, rq->body.v, rq->body.n);
     if (!strcmp(url, "/healthz")) {
         /* 200 {"status":"ok"} while every open bus can store; otherwise 503 naming each bus
          * that cannot and why (its log failed a write or sync and has not recovered yet). */

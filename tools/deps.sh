@@ -7,11 +7,12 @@ set -eu
 PKGS="cmake make gcc pkg-config re2c lemon libcjson-dev libcriterion-dev \
       libcurl4-openssl-dev libmicrohttpd-dev libpcre2-dev libssl-dev libnats-dev nats-server curl \
       openssl prometheus jq \
-      libjs-chart.js chromium chromium-driver python3-selenium"
+      libjs-chart.js chromium chromium-driver python3-selenium awscli python3-boto3"
 # (libpcre2-dev: the JSON Schema validator's patterns; libssl-dev: libcrypto's HMAC-SHA256 for
 # AWS Signature Version 4 (runtime/aws/sigv4.c); prometheus, jq: promtool and jq for the event
 # center's tests; libjs-chart.js: Chart.js, embedded into ebd's console; chromium, its driver and
-# selenium: the console's test)
+# selenium: the console's test; awscli and python3-boto3: real AWS clients for the Amazon
+# EventBridge compatibility test, tests/e2e/aws.sh)
 case "${1:-}" in
     bench) PKGS="$PKGS gnuplot-nox python3" ;;    # charts; the scaling workload's generator
     fuzz)  PKGS="$PKGS clang libclang-rt-dev" ;;  # libFuzzer comes with clang's runtime

@@ -2,7 +2,8 @@
  * aws.h — Amazon EventBridge compatibility (docs/aws.md): the AWS wire protocol for events
  * (POST / with X-Amz-Target: AWSEvents.PutEvents or AWSEvents.TestEventPattern, JSON 1.1), the
  * AWS event envelope, and Signature Version 4 checked against the access keys the rules declare.
- * The door of runtime/aws/: protocol.c (the two actions), sigv4.c (signatures).
+ * The door of runtime/aws/: protocol.c (the two actions, the keys), envelope.c (the envelope's
+ * shape), sigv4.c (signatures).
  */
 #ifndef EBR_AWS_H
 #define EBR_AWS_H
@@ -76,5 +77,34 @@ void aws_sig_scope(const char *authorization, char *access_key, size_t akcap, ch
 bool aws_sig_sign(const aws_sig_request *r, const char *signed_headers, const char *amz_date,
                   const char *region, const char *service, const aws_key *key, char *out,
                   size_t cap);
+
+/* ---- the daemon's side (protocol.c) ----------------------------------------------------------- */
+
+#include "../../vm/vm.h"
+struct MHD_Connection;
+typedef struct ebd ebd;
+
+/* The aws_access_key options of program p: in the server block a key for every bus, in a bus
+ * block a key for that bus (one key id in several blocks: the union); their secrets read from
+ * the environment now.  NULL with the reason in err (an unset variable, an empty secret, one key
+ * id with two secrets). */
+typedef struct aws_keyset aws_keyset;
+aws_keyset *aws_keys_load(const vm_program *p, char *err, size_t cap);
+void aws_keys_free(aws_keyset *k);
+
+/* Is this request for the AWS endpoint (POST / with an X-Amz-Target header)? */
+bool aws_request(struct MHD_Connection *c, const char *url, const char *method);
+/* Answers it once its body[0..n) is in: AWSEvents.PutEvents, AWSEvents.TestEventPattern, each
+ * signed with a key of the rules (without keys: unsigned, on a loopback listener only).  Takes
+ * d->lock (read) itself.  Returns an MHD_Result. */
+int aws_serve(struct MHD_Connection *c, ebd *d, const char *body, size_t n);
+
+/* Is s[0..n) (valid JSON) an AWS event envelope rather than a CloudEvent: an object with
+ * "version": "0", a string "detail-type", an object "detail" and no "specversion"? */
+bool aws_is_envelope(const char *s, size_t n);
+/* Does it mean to be one (a "detail-type" and no "specversion")?  And is it a whole one: every
+ * member of the envelope, of its kind (false with the reason in why)? */
+bool aws_looks_like_envelope(const char *s, size_t n);
+bool aws_envelope_check(const char *s, size_t n, char *why, size_t cap);
 
 #endif

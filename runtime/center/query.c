@@ -140,7 +140,9 @@ bool qy_event_passes(const qy_filter *f, const char *ev, size_t n)
     char v[1024];
     if (f->source && (!qy_attr(ev, n, "source", v, sizeof v) || !value_passes(f->source, v)))
         return false;
-    if (f->type && (!qy_attr(ev, n, "type", v, sizeof v) || !value_passes(f->type, v)))
+    /* an AWS event's type is its detail-type (docs/aws.md) */
+    if (f->type && ((!qy_attr(ev, n, "type", v, sizeof v) && !qy_attr(ev, n, "detail-type", v, sizeof v)) ||
+                    !value_passes(f->type, v)))
         return false;
     return true;
 }

@@ -895,6 +895,8 @@ static void answer(const trace_query *q, uint64_t off, const char *ev, size_t le
     static const char *const names[] = { "id", "source", "type" };
     for (size_t i = 0; i < 3; i++) {
         const char *v = attr(j, names[i]);
+        if (!v && i == 2)
+            v = attr(j, "detail-type");         /* an AWS event's type (docs/aws.md) */
         sb_printf(out, ",\"%s\":", names[i]);
         if (v)
             json_str(out, v);

@@ -268,6 +268,8 @@ static void merge_event(disc_bus *b, const unsigned char *s, uint32_t n)
     cJSON *ev = cJSON_ParseWithLength((const char *)s, n);
     const cJSON *src = ev ? cJSON_GetObjectItemCaseSensitive(ev, "source") : NULL;
     const cJSON *typ = ev ? cJSON_GetObjectItemCaseSensitive(ev, "type") : NULL;
+    if (ev && !typ)
+        typ = cJSON_GetObjectItemCaseSensitive(ev, "detail-type");   /* an AWS event's (docs/aws.md) */
     if (cJSON_IsString(src) && cJSON_IsString(typ)) {
         disc_kind *k = kind_of(b, src->valuestring, typ->valuestring);
         /* (the bus's budget: the properties past it are not described, docs/schemas.md) */

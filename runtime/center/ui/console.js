@@ -408,7 +408,7 @@ views.events = {
             seenEvents.set(bus + '/' + x.offset, x);
             const go = () => { location.hash = viewHref('trace', bus, x.offset); };
             return el('tr', { class: 'clickable', 'data-offset': x.offset, 'data-id': e.id, onclick: go },
-              tdNum(x.offset), td(when(x.time || e.time), 'mono'), td(e.id, 'mono'), td(e.source), td(e.type),
+              tdNum(x.offset), td(when(x.time || e.time), 'mono'), td(e.id, 'mono'), td(e.source), td(e.type ?? e['detail-type']),
               td(el('a', { href: viewHref('trace', bus, x.offset), class: 'trace-link' }, 'trace')));
           }), { id: 'events' }) : notice('info', 'No event matches.'));
         pages.length = page + 1;
