@@ -1,0 +1,727 @@
+/*
+ * protocol.c — the AWS wire protocol for events (docs/aws.md): POST / with
+ * X-Amz-Target: AWSEvents.PutEvents or AWSEvents.TestEventPattern and a JSON 1.1 body, as the
+ * AWS CLI and SDKs send them, answered in AWS's shapes; the access keys the rules declare
+ * (aws_access_key) and the AWS event envelope that PutEvents stores.
+ *
+ * An event put this way is stored as AWS shows events to rules and targets:
+ *   {"version":"0","id":UUID,"detail-type":...,"source":...,"account":...,"time":...,
+ *    "region":...,"resources":[...],"detail":{...}}
+ * so that a pattern written for Amazon EventBridge ("detail-type", "detail": {...}) matches it
+ * unchanged.  Requests are rare next to events (at most 10 entries each): cJSON reads them.
+ */
+#define _GNU_SOURCE
+#include <sys/socket.h>
+#include <microhttpd.h>
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include <cjson/cJSON.h>
+
+#include "aws.h"
+#include "../ebd_int.h"
+#include "../center/center.h"
+#include "../center/trace.h"
+#include "../../compiler/compiler.h"
+
+#define MAX_ENTRIES 10                        /* PutEvents: entries per call (AWS's quota) */
+#define MAX_ENTRIES_BYTES (256u * 1024)       /* PutEvents: the entries' size, AWS's way */
+#define DEFAULT_ACCOUNT "000000000000"
+#define DEFAULT_REGION "us-east-1"
+
+/* ---- access keys ------------------------------------------------------------------------------ */
+
+typedef struct {
+    char *id, *secret;
+    char account[13];
+    bool all;                     /* declared in the server block: every bus */
+    bool *bus;                    /* else by p's bus index: the buses that declare it */
+} key_entry;
+
+struct aws_keyset {
+    key_entry *v;
+    size_t n;
+    uint32_t nbuses;
+};
+
+void aws_keys_free(aws_keyset *k)
+{
+    if (!k)
+        return;
+    for (size_t i = 0; i < k->n; i++) {
+        free(k->v[i].id);
+        if (k->v[i].secret)
+            memset(k->v[i].secret, 0, strlen(k->v[i].secret));
+        free(k->v[i].secret);
+        free(k->v[i].bus);
+    }
+    free(k->v);
+    free(k);
+}
+
+static bool cfg_is(const vm_program *p, vm_str s, const char *w)
+{
+    return s.len == strlen(w) && !memcmp(vm_s(p, s), w, s.len);
+}
+
+/* Adds option o (aws_access_key ...) of bus pbus (VM_NONE: the server block) to k. */
+static bool add_key(aws_keyset *k, const vm_program *p, const vm_cfg *o, uint32_t pbus, char *err,
+                    size_t cap)
+{
+    const vm_cfg *id = ebd_cfg_child(p, o, 0), *sec = ebd_cfg_child(p, o, 2);
+    const vm_cfg *acct = ebd_cfg_child(p, o, 4);
+    if (!id || !sec) {
+        snprintf(err, cap, "aws_access_key: malformed");
+        return false;
+    }
+    char why[300] = "";
+    char *secret = ebd_cfg_text(p, sec, why, sizeof why);
+    if (!secret) {
+        snprintf(err, cap, "aws_access_key \"%.*s\": %s", (int)id->str.len, vm_s(p, id->str),
+                 why[0] ? why : "out of memory");
+        return false;
+    }
+    if (!secret[0]) {
+        snprintf(err, cap, "aws_access_key \"%.*s\": the secret is empty", (int)id->str.len,
+                 vm_s(p, id->str));
+        free(secret);
+        return false;
+    }
+    key_entry *e = NULL;
+    for (size_t i = 0; i < k->n && !e; i++)
+        if (strlen(k->v[i].id) == id->str.len && !memcmp(k->v[i].id, vm_s(p, id->str), id->str.len))
+            e = &k->v[i];
+    if (e && strcmp(e->secret, secret) != 0) {
+        snprintf(err, cap, "aws_access_key \"%s\" is declared twice with two secrets", e->id);
+        free(secret);
+        return false;
+    }
+    if (!e) {
+        key_entry *v = realloc(k->v, (k->n + 1) * sizeof *v);
+        if (!v) {
+            free(secret);
+            snprintf(err, cap, "out of memory");
+            return false;
+        }
+        k->v = v;
+        e = &k->v[k->n++];
+        memset(e, 0, sizeof *e);
+        e->id = strndup(vm_s(p, id->str), id->str.len);
+        e->bus = calloc(k->nbuses ? k->nbuses : 1, sizeof *e->bus);
+        e->secret = secret;
+        snprintf(e->account, sizeof e->account, "%s", DEFAULT_ACCOUNT);
+        if (!e->id || !e->bus) {
+            snprintf(err, cap, "out of memory");
+            return false;
+        }
+    } else {
+        free(secret);
+    }
+    if (acct)
+        snprintf(e->account, sizeof e->account, "%.*s", (int)acct->str.len, vm_s(p, acct->str));
+    if (pbus == VM_NONE)
+        e->all = true;
+    else
+        e->bus[pbus] = true;
+    return true;
+}
+
+aws_keyset *aws_keys_load(const vm_program *p, char *err, size_t cap)
+{
+    aws_keyset *k = calloc(1, sizeof *k);
+    if (!k) {
+        snprintf(err, cap, "out of memory");
+        return NULL;
+    }
+    k->nbuses = p->nbuses;
+    for (uint32_t i = 0; i < p->nserver; i++) {
+        const vm_cfg *o = &p->cfgs[p->server0 + i];
+        if (o->type == VM_CFG_OPTION && cfg_is(p, o->key, "aws_access_key") &&
+            !add_key(k, p, o, VM_NONE, err, cap))
+            goto bad;
+    }
+    for (uint32_t b = 0; b < p->nbuses; b++)
+        for (uint32_t i = 0; i < p->buses[b].nopt; i++) {
+            const vm_cfg *o = &p->cfgs[p->buses[b].opt0 + i];
+            if (o->type == VM_CFG_OPTION && cfg_is(p, o->key, "aws_access_key") &&
+                !add_key(k, p, o, b, err, cap)) {
+                char tmp[600];
+                snprintf(tmp, sizeof tmp, "bus '%s': %s", vm_s(p, p->buses[b].name), err);
+                snprintf(err, cap, "%s", tmp);
+                goto bad;
+            }
+        }
+    return k;
+bad:
+    aws_keys_free(k);
+    return NULL;
+}
+
+/* ---- answers ------------------------------------------------------------------------------------ */
+
+static void uuid4(char out[37])
+{
+    unsigned char r[16];
+    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {      /* (never short for 16 bytes) */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        for (size_t i = 0; i < sizeof r; i++)
+            r[i] = (unsigned char)((uint64_t)ts.tv_nsec * 2654435761u >> (i % 8 * 4)) ^ (unsigned char)i;
+    }
+    r[6] = (unsigned char)((r[6] & 0x0F) | 0x40);              /* version 4 */
+    r[8] = (unsigned char)((r[8] & 0x3F) | 0x80);              /* RFC 4122 variant */
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+             r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12],
+             r[13], r[14], r[15]);
+}
+
+/* Queues an answer as AWS's JSON 1.1 services give it: the body, its content type, a request
+ * id, and for an error its type in x-amzn-ErrorType too. */
+static int answer(struct MHD_Connection *c, unsigned status, const sbuf *b, const char *error_type)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(b->n, b->v ? b->v : (char *)"",
+                                                             MHD_RESPMEM_MUST_COPY);
+    if (!r)
+        return MHD_NO;
+    char rid[37];
+    uuid4(rid);
+    MHD_add_response_header(r, "Content-Type", "application/x-amz-json-1.1");
+    MHD_add_response_header(r, "x-amzn-RequestId", rid);
+    if (error_type)
+        MHD_add_response_header(r, "x-amzn-ErrorType", error_type);
+    mt_answered(status);
+    int ok = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
+/* {"__type": code, "message": msg}: the error shape of AWS's JSON protocols. */
+static int fail(struct MHD_Connection *c, unsigned status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int fail(struct MHD_Connection *c, unsigned status, const char *code, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    sbuf b = { 0 };
+    sb_puts(&b, "{\"__type\":");
+    sb_json_string(&b, code, strlen(code));
+    sb_puts(&b, ",\"message\":");
+    sb_json_string(&b, msg, strlen(msg));
+    sb_puts(&b, "}");
+    int ok = answer(c, status, &b, code);
+    sb_free(&b);
+    return ok;
+}
+
+/* ---- the request: whose it is ------------------------------------------------------------------- */
+
+bool aws_request(struct MHD_Connection *c, const char *url, const char *method)
+{
+    return !strcmp(method, "POST") && !strcmp(url, "/") &&
+           MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Amz-Target") != NULL;
+}
+
+typedef struct {
+    struct MHD_Connection *c;
+    char joined[4096];            /* a header sent more than once, its values joined */
+} hdrs;
+
+typedef struct {
+    const char *name;
+    hdrs *h;
+    size_t count;
+} join_ctx;
+
+static enum MHD_Result join_one(void *arg, enum MHD_ValueKind kind, const char *key,
+                                const char *value)
+{
+    (void)kind;
+    join_ctx *j = arg;
+    if (strcasecmp(key, j->name) != 0)
+        return MHD_YES;
+    size_t at = strlen(j->h->joined);
+    snprintf(j->h->joined + at, sizeof j->h->joined - at, "%s%s", j->count++ ? "," : "",
+             value ? value : "");
+    return MHD_YES;
+}
+
+static const char *header_of(void *arg, const char *name)
+{
+    hdrs *h = arg;
+    join_ctx j = { name, h, 0 };
+    h->joined[0] = 0;
+    MHD_get_connection_values(h->c, MHD_HEADER_KIND, join_one, &j);
+    return j.count ? h->joined : NULL;
+}
+
+/* Who may do what: the key that signed (NULL when the daemon declares no key), its region. */
+typedef struct {
+    const key_entry *key;
+    char region[64];
+} caller;
+
+/* Checks the request's signature against d's keys; 0, or the error answered. */
+static int authenticate(struct MHD_Connection *c, ebd *d, const char *body, size_t n, caller *who,
+                        bool *answered)
+{
+    aws_keyset *k = d->rules->aws;
+    hdrs h = { .c = c };
+    const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    *answered = false;
+    if (!k || k->n == 0) {
+        /* No keys: served on loopback alone, as a bus without a token is. */
+        if (!d->loopback) {
+            *answered = true;
+            return fail(c, 403, "AccessDeniedException", "this ebd listens on %s, which is not a "
+                        "loopback address, and its rules declare no aws_access_key: AWS clients "
+                        "need one there (docs/aws.md)", d->listen);
+        }
+        char ak[129], svc[64];
+        aws_sig_scope(auth ? auth : "", ak, sizeof ak, who->region, sizeof who->region, svc,
+                      sizeof svc);
+        who->key = NULL;
+        return 0;
+    }
+    aws_key *keys = malloc(k->n * sizeof *keys);
+    if (!keys) {
+        *answered = true;
+        return fail(c, 500, "InternalFailure", "out of memory");
+    }
+    for (size_t i = 0; i < k->n; i++)
+        keys[i] = (aws_key){ k->v[i].id, k->v[i].secret };
+    aws_sig_request r = { .method = "POST", .path = "/", .query = "", .header = header_of,
+                          .arg = &h, .body = body, .body_len = n, .now = (int64_t)time(NULL) };
+    aws_sig_result res;
+    bool ok = aws_sig_verify(&r, keys, k->n, &res);
+    free(keys);
+    if (!ok) {
+        *answered = true;
+        return fail(c, res.status ? res.status : 403, res.code ? res.code : "AccessDeniedException",
+                    "%s", res.message);
+    }
+    who->key = &k->v[res.key];
+    snprintf(who->region, sizeof who->region, "%s", res.region);
+    return 0;
+}
+
+/* ---- PutEvents ---------------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *code;             /* NULL: stored */
+    char message[300];
+    char id[37];
+    char idq[40];                 /* the id as JSON text (trace_received hashes it) */
+    sbuf ev;                      /* the envelope */
+    uint32_t pbus;                /* its bus: the daemon's index (d->buses) */
+    ebd_bus *bus;                 /* the same (NULL: the rules declare no such bus) */
+    mt_reason why;                /* a refusal's, for the metrics */
+} entry;
+
+static const char *str_member(const cJSON *o, const char *name, bool *bad)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    if (v && !cJSON_IsString(v) && !cJSON_IsNull(v))
+        *bad = true;
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* An entry's size as AWS counts it for the 256 KB limit: Time 14 bytes when given, and the
+ * UTF-8 bytes of Source, DetailType, Detail and each resource. */
+static size_t entry_size(const cJSON *e)
+{
+    size_t n = cJSON_GetObjectItemCaseSensitive(e, "Time") ? 14 : 0;
+    static const char *const fields[] = { "Source", "DetailType", "Detail" };
+    for (size_t i = 0; i < 3; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(e, fields[i]);
+        if (cJSON_IsString(v))
+            n += strlen(v->valuestring);
+    }
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(e, "Resources"), *x;
+    cJSON_ArrayForEach(x, r)
+        if (cJSON_IsString(x))
+            n += strlen(x->valuestring);
+    return n;
+}
+
+/* The entry's time: Time as epoch seconds (what the SDKs send), or an RFC 3339 text; else now.
+ * Written as AWS writes an event's time (seconds, UTC, "Z").  False if Time is not a time. */
+static bool entry_time(const cJSON *t, char out[32])
+{
+    int64_t secs;
+    if (!t) {
+        secs = (int64_t)time(NULL);
+    } else if (cJSON_IsNumber(t) && t->valuedouble >= 0 && t->valuedouble < 253402300800.0) {
+        secs = (int64_t)t->valuedouble;
+    } else if (cJSON_IsString(t)) {
+        int64_t ms;
+        if (!vm_parse_time(t->valuestring, strlen(t->valuestring), &ms))
+            return false;
+        secs = ms / 1000;
+    } else {
+        return false;
+    }
+    time_t tt = (time_t)secs;
+    struct tm tm;
+    if (!gmtime_r(&tt, &tm))
+        return false;
+    strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return true;
+}
+
+/* EventBusName: a name, or an event bus's ARN (arn:aws:events:REGION:ACCOUNT:event-bus/NAME). */
+static const char *bus_name(const char *s)
+{
+    if (!s || !*s)
+        return "default";
+    const char *a = strncmp(s, "arn:", 4) == 0 ? strstr(s, ":event-bus/") : NULL;
+    return a ? a + sizeof ":event-bus/" - 1 : s;
+}
+
+static bool may_put(const caller *who, uint32_t pbus)
+{
+    return !who->key || who->key->all || who->key->bus[pbus];
+}
+
+static void set_error(entry *e, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_error(entry *e, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+    e->code = code;
+}
+
+/* Checks entry j and makes its envelope into e (or says why not). */
+static void make_entry(ebd *d, const caller *who, const cJSON *j, entry *e)
+{
+    bool bad = false, badbus = false;
+    e->why = MT_INVALID;
+    const char *bn = bus_name(str_member(j, "EventBusName", &badbus));
+    e->bus = ebd_find_bus(d, bn, strlen(bn));       /* (for the metrics, refused or not) */
+    const char *source = str_member(j, "Source", &bad);
+    if (!source || !*source || bad) {
+        set_error(e, "InvalidArgument", "Parameter Source is not valid. Reason: Source is a "
+                  "required argument.");
+        return;
+    }
+    const char *dt = str_member(j, "DetailType", &bad);
+    if (!dt || !*dt || bad) {
+        set_error(e, "InvalidArgument", "Parameter DetailType is not valid. Reason: DetailType "
+                  "is a required argument.");
+        return;
+    }
+    const char *detail = str_member(j, "Detail", &bad);
+    if (!detail || bad) {
+        set_error(e, "InvalidArgument", "Parameter Detail is not valid. Reason: Detail is a "
+                  "required argument.");
+        return;
+    }
+    size_t dn = strlen(detail), at;
+    const char *what;
+    if (!vm_json_check(detail, dn, &at, &what) || detail[vm_json_ws(detail, dn, 0)] != '{') {
+        set_error(e, "MalformedDetail", "Detail is malformed.");
+        return;
+    }
+    if (badbus) {
+        set_error(e, "InvalidArgument", "Parameter EventBusName is not valid.");
+        return;
+    }
+    ebd_bus view;
+    e->why = MT_UNKNOWN_BUS;
+    if (!ebd_bus_view(d, bn, strlen(bn), &view)) {
+        /* (Amazon EventBridge takes such an event and drops it; ebd says so instead) */
+        e->bus = NULL;                  /* (counted under bus "", as ingest counts a 404) */
+        set_error(e, "InvalidArgument", "Parameter EventBusName is not valid. Reason: event bus "
+                  "'%.200s' does not exist.", bn);
+        return;
+    }
+    e->pbus = ebd_bus_index(d, bn, strlen(bn));
+    e->why = MT_UNAUTHORIZED;
+    uint32_t pb = VM_NONE;
+    for (uint32_t i = 0; i < d->rules->p->nbuses; i++)
+        if (cfg_is(d->rules->p, d->rules->p->buses[i].name, bn))
+            pb = i;
+    if (pb == VM_NONE || !may_put(who, pb)) {
+        set_error(e, "AccessDeniedException", "the access key %s may not put events on bus "
+                  "'%.200s'.", who->key ? who->key->id : "", bn);
+        return;
+    }
+    if (!who->key && view.token) {
+        set_error(e, "AccessDeniedException", "bus '%.200s' has a token: AWS clients put events "
+                  "on it signed with an aws_access_key of the rules (docs/aws.md).", bn);
+        return;
+    }
+    e->why = MT_INVALID;
+    if (strncmp(source, "aws.", 4) == 0) {
+        set_error(e, "NotAuthorizedForSourceException", "Not authorized for the source.");
+        return;
+    }
+    char when[32];
+    if (!entry_time(cJSON_GetObjectItemCaseSensitive(j, "Time"), when)) {
+        set_error(e, "InvalidArgument", "Parameter Time is not valid.");
+        return;
+    }
+    const cJSON *res = cJSON_GetObjectItemCaseSensitive(j, "Resources"), *x;
+    if (res && !cJSON_IsArray(res) && !cJSON_IsNull(res)) {
+        set_error(e, "InvalidArgument", "Parameter Resources is not valid.");
+        return;
+    }
+    cJSON_ArrayForEach(x, res)
+        if (!cJSON_IsString(x)) {
+            set_error(e, "InvalidArgument", "Parameter Resources is not valid.");
+            return;
+        }
+    uuid4(e->id);
+    snprintf(e->idq, sizeof e->idq, "\"%s\"", e->id);
+    sbuf *b = &e->ev;
+    sb_printf(b, "{\"version\":\"0\",\"id\":\"%s\",\"detail-type\":", e->id);
+    sb_json_string(b, dt, strlen(dt));
+    sb_puts(b, ",\"source\":");
+    sb_json_string(b, source, strlen(source));
+    sb_printf(b, ",\"account\":\"%s\",\"time\":\"%s\",\"region\":",
+              who->key ? who->key->account : DEFAULT_ACCOUNT, when);
+    const char *region = who->region[0] ? who->region : DEFAULT_REGION;
+    sb_json_string(b, region, strlen(region));
+    sb_puts(b, ",\"resources\":[");
+    bool first = true;
+    cJSON_ArrayForEach(x, res) {
+        sb_puts(b, first ? "" : ",");
+        sb_json_string(b, x->valuestring, strlen(x->valuestring));
+        first = false;
+    }
+    sb_puts(b, "],\"detail\":");
+    sb_put(b, detail, dn);                 /* as sent: no number re-encoded, no key reordered */
+    sb_puts(b, "}");
+    if (b->oom) {
+        set_error(e, "InternalFailure", "out of memory");
+        return;
+    }
+    if (b->n > view.max_event) {
+        e->why = MT_TOO_LARGE;
+        set_error(e, "InvalidArgument", "the event is %zu bytes, over bus '%.200s''s limit of "
+                  "%" PRIu64 " bytes (max_event_size).", b->n, bn, view.max_event);
+    }
+}
+
+/* Appends the good entries of bus index bi (the daemon's) with one append; an append that fails
+ * fails them (InternalFailure, which AWS clients retry). */
+static void store_bus(struct MHD_Connection *c, ebd *d, entry *es, size_t n, uint32_t bi)
+{
+    ebd_bus *b = d->buses[bi];
+    store_entry se[MAX_ENTRIES];
+    const void *ids[MAX_ENTRIES];
+    size_t idl[MAX_ENTRIES], k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!es[i].code && es[i].pbus == bi) {
+            se[k] = (store_entry){ es[i].ev.v, (uint32_t)es[i].ev.n, 0 };
+            ids[k] = es[i].idq;
+            idl[k++] = strlen(es[i].idq);
+        }
+    if (!k)
+        return;
+    uint64_t first = 0;
+    store_status st = store_append(b->s, se, k, &first);
+    if (st != STORE_OK) {
+        ebd_log(EBD_ERROR, "msg=\"append failed\" bus=%s error=\"%s\"", b->name, store_error(b->s));
+        for (size_t i = 0; i < n; i++)
+            if (!es[i].code && es[i].pbus == bi) {
+                es[i].why = MT_STORAGE;
+                set_error(&es[i], "InternalFailure", "bus '%.200s' cannot store events now",
+                          b->name);
+            }
+        return;
+    }
+    mt_ingested(b, k);
+    /* (ids and idl side by side, as trace_received reads an array of structures) */
+    struct { const char *id; size_t len; } tr[MAX_ENTRIES];
+    for (size_t i = 0; i < k; i++)
+        tr[i].id = ids[i], tr[i].len = idl[i];
+    trace_received(c, b, first, k, &tr[0].id, &tr[0].len, sizeof tr[0], NULL);
+}
+
+static int put_events(struct MHD_Connection *c, ebd *d, const caller *who, const cJSON *req)
+{
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(req, "Entries");
+    int count = cJSON_IsArray(list) ? cJSON_GetArraySize(list) : -1;
+    if (count < 0)
+        return fail(c, 400, "ValidationException", "1 validation error detected: Value null at "
+                    "'entries' failed to satisfy constraint: Member must not be null");
+    if (count < 1 || count > MAX_ENTRIES)
+        return fail(c, 400, "ValidationException", "1 validation error detected: Value at "
+                    "'entries' failed to satisfy constraint: Member must have length %s %d",
+                    count < 1 ? "greater than or equal to" : "less than or equal to",
+                    count < 1 ? 1 : MAX_ENTRIES);
+    size_t total = 0;
+    const cJSON *j;
+    cJSON_ArrayForEach(j, list) {
+        if (!cJSON_IsObject(j))
+            return fail(c, 400, "SerializationException", "an entry of Entries is not an object");
+        total += entry_size(j);
+    }
+    if (total > MAX_ENTRIES_BYTES)
+        return fail(c, 400, "ValidationException", "Total size of the entries in the request is "
+                    "over the limit.");
+    entry es[MAX_ENTRIES];
+    memset(es, 0, sizeof es);
+    size_t n = 0;
+    cJSON_ArrayForEach(j, list)
+        make_entry(d, who, j, &es[n++]);
+    for (size_t i = 0; i < n; i++) {          /* each bus once, in the order it first comes */
+        bool seen = false;
+        for (size_t k = 0; k < i && !seen; k++)
+            seen = !es[k].code && es[k].pbus == es[i].pbus;
+        if (!es[i].code && !seen)
+            store_bus(c, d, es, n, es[i].pbus);
+    }
+    sbuf b = { 0 };
+    size_t failed = 0;
+    for (size_t i = 0; i < n; i++)
+        failed += es[i].code != NULL;
+    sb_printf(&b, "{\"FailedEntryCount\":%zu,\"Entries\":[", failed);
+    for (size_t i = 0; i < n; i++) {
+        sb_puts(&b, i ? "," : "");
+        if (es[i].code) {
+            sb_puts(&b, "{\"ErrorCode\":");
+            sb_json_string(&b, es[i].code, strlen(es[i].code));
+            sb_puts(&b, ",\"ErrorMessage\":");
+            sb_json_string(&b, es[i].message, strlen(es[i].message));
+            sb_puts(&b, "}");
+            mt_refused(es[i].bus, es[i].why, 1);
+        } else {
+            sb_printf(&b, "{\"EventId\":\"%s\"}", es[i].id);
+        }
+        sb_free(&es[i].ev);
+    }
+    sb_puts(&b, "]}");
+    int ok = b.oom ? fail(c, 500, "InternalFailure", "out of memory") : answer(c, 200, &b, NULL);
+    sb_free(&b);
+    return ok;
+}
+
+/* ---- TestEventPattern ----------------------------------------------------------------------------- */
+
+/* The fields an event given to TestEventPattern must have (AWS's list). */
+static const char *const required_fields[] = { "id", "account", "source", "time", "region",
+                                               "resources", "detail-type" };
+
+static int test_event_pattern(struct MHD_Connection *c, const cJSON *req)
+{
+    const cJSON *pat = cJSON_GetObjectItemCaseSensitive(req, "EventPattern");
+    const cJSON *ev = cJSON_GetObjectItemCaseSensitive(req, "Event");
+    if (!cJSON_IsString(pat) || !cJSON_IsString(ev))
+        return fail(c, 400, "ValidationException", "1 validation error detected: Value null at "
+                    "'%s' failed to satisfy constraint: Member must not be null",
+                    !cJSON_IsString(pat) ? "eventPattern" : "event");
+    const char *ps = pat->valuestring, *es = ev->valuestring, *what;
+    size_t pn = strlen(ps), en = strlen(es), at;
+    if (!vm_json_check(ps, pn, &at, &what) || ps[vm_json_ws(ps, pn, 0)] != '{')
+        return fail(c, 400, "InvalidEventPatternException", "Event pattern is not valid. Reason: "
+                    "%s", vm_json_check(ps, pn, &at, &what) ? "it is not a JSON object" : what);
+    cJSON *ej = cJSON_ParseWithLength(es, en);
+    bool eok = cJSON_IsObject(ej);
+    const char *missing = NULL;
+    for (size_t i = 0; eok && i < sizeof required_fields / sizeof *required_fields && !missing; i++)
+        if (!cJSON_GetObjectItemCaseSensitive(ej, required_fields[i]))
+            missing = required_fields[i];
+    cJSON_Delete(ej);
+    if (!eok || missing)
+        return fail(c, 400, "ValidationException", "Parameter Event is not valid. Reason: %s%s%s",
+                    !eok ? "it is not a JSON object" : "the event has no '",
+                    missing ? missing : "", missing ? "' field" : "");
+    /* The pattern through the same compiler and VM as a rule's `pattern {...}`: the JSON was
+     * checked whole above, so the text around it is all there is of the rule. */
+    sbuf src = { 0 };
+    sb_puts(&src, "bus test_event_pattern {}\nrule event_pattern on test_event_pattern {\n"
+                  "  pattern ");
+    sb_put(&src, ps, pn);
+    sb_puts(&src, "\n}\n");
+    char *diag = NULL;
+    size_t dlen = 0;
+    FILE *df = open_memstream(&diag, &dlen);
+    cc_result cr = { 0 };
+    vm_program *p = src.oom || !df ? NULL
+                  : cc_compile_text_flags("EventPattern", src.v, src.n, CC_NO_FILES, df, &cr);
+    if (df)
+        fclose(df);
+    sb_free(&src);
+    int ok;
+    if (!p) {
+        /* the first line of the compiler's message, without its position in the made-up text */
+        char reason[600] = "it does not compile";
+        const char *m = diag ? strstr(diag, "error: ") : NULL;
+        if (m) {
+            m += 7;
+            size_t k = strcspn(m, "\n");
+            snprintf(reason, sizeof reason, "%.*s", (int)(k < 500 ? k : 500), m);
+        }
+        ok = fail(c, 400, "InvalidEventPatternException", "Event pattern is not valid. Reason: %s",
+                  reason);
+    } else {
+        vm_options o = vm_program_options(p);
+        vm_ctx *x = vm_ctx_new(p, &o);
+        const uint32_t *m = NULL;
+        size_t nm = 0;
+        vm_error err;
+        vm_status st = x ? vm_match(x, 0, es, en, &m, &nm, &err) : VM_ERR_NOMEM;
+        if (st != VM_OK && st != VM_ERR_RULE) {
+            ok = fail(c, 400, "ValidationException", "Parameter Event is not valid. Reason: %s",
+                      err.msg[0] ? err.msg : "it cannot be matched");
+        } else {
+            sbuf b = { 0 };
+            sb_printf(&b, "{\"Result\":%s}", nm > 0 ? "true" : "false");
+            ok = answer(c, 200, &b, NULL);
+            sb_free(&b);
+        }
+        vm_ctx_free(x);
+        vm_program_free(p);
+    }
+    free(diag);
+    return ok;
+}
+
+/* ---- the entry point ------------------------------------------------------------------------------ */
+
+int aws_serve(struct MHD_Connection *c, ebd *d, const char *body, size_t n)
+{
+    const char *target = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Amz-Target");
+    const char *action = target && !strncmp(target, "AWSEvents.", 10) ? target + 10 : NULL;
+    bool put = action && !strcmp(action, "PutEvents");
+    bool test = action && !strcmp(action, "TestEventPattern");
+    if (!put && !test)
+        return fail(c, 400, "UnknownOperationException", "ebd serves the actions "
+                    "AWSEvents.PutEvents and AWSEvents.TestEventPattern, not '%.100s' "
+                    "(docs/aws.md)", target ? target : "");
+    pthread_rwlock_rdlock(&d->lock);
+    caller who = { 0 };
+    bool answered;
+    int r = authenticate(c, d, body, n, &who, &answered);
+    if (!answered && test)
+        pthread_rwlock_unlock(&d->lock);      /* (a test needs the rules' keys alone) */
+    cJSON *req = answered ? NULL : cJSON_ParseWithLength(body, n);
+    if (answered)
+        ;
+    else if (!cJSON_IsObject(req))
+        r = fail(c, 400, "SerializationException", "the body is not a JSON object");
+    else if (put)
+        r = put_events(c, d, &who, req);
+    else
+        r = test_event_pattern(c, req);
+    cJSON_Delete(req);
+    if (answered || put)
+        pthread_rwlock_unlock(&d->lock);
+    return r;
+}
