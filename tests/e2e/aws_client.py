@@ -1,0 +1,69 @@
+"""aws_client.py — boto3 against ebd's AWS endpoint, for tests/e2e/aws.sh.
+
+    aws_client.py ENDPOINT KEY SECRET REGION ACTION [ARGS...]
+
+Actions (each prints one JSON line: the answer, or {"error": CODE, "message": ...}):
+  put BUS N [DETAIL]     put_events with N entries (detail {"n": i} unless DETAIL is given)
+  put_json FILE          put_events with the entries in FILE (a JSON array)
+  test PATTERN EVENT     test_event_pattern
+  put_skewed BUS SECONDS put_events signed as if the clock were SECONDS ahead (negative: behind)
+Runs with Debian's python3-boto3 (/usr/bin/python3); never leaves 127.0.0.1.
+"""
+import datetime
+import json
+import sys
+from unittest import mock
+
+import boto3
+import botocore.auth
+import botocore.config
+import botocore.exceptions
+
+
+def client(endpoint, key, secret, region):
+    cfg = botocore.config.Config(retries={"max_attempts": 1}, connect_timeout=10, read_timeout=30)
+    return boto3.client("events", endpoint_url=endpoint, aws_access_key_id=key,
+                        aws_secret_access_key=secret, region_name=region, config=cfg)
+
+
+def entries(bus, n, detail=None):
+    return [{"Source": "com.mycompany.myapp", "DetailType": "myDetailType",
+             "Detail": detail or json.dumps({"n": i}), "EventBusName": bus} for i in range(n)]
+
+
+def run(c, action, args):
+    if action == "put":
+        detail = args[2] if len(args) > 2 else None
+        return c.put_events(Entries=entries(args[0], int(args[1]), detail))
+    if action == "put_json":
+        with open(args[0]) as f:
+            return c.put_events(Entries=json.load(f))
+    if action == "test":
+        return c.test_event_pattern(EventPattern=args[0], Event=args[1])
+    if action == "put_skewed":
+        when = datetime.datetime.utcnow() + datetime.timedelta(seconds=int(args[1]))
+
+        class Clock(datetime.datetime):
+            @classmethod
+            def utcnow(cls):
+                return when
+
+        with mock.patch.object(botocore.auth.datetime, "datetime", Clock):
+            return c.put_events(Entries=entries(args[0], 1))
+    raise SystemExit("unknown action " + action)
+
+
+def main():
+    endpoint, key, secret, region, action = sys.argv[1:6]
+    c = client(endpoint, key, secret, region)
+    try:
+        out = run(c, action, sys.argv[6:])
+        out.pop("ResponseMetadata", None)
+    except botocore.exceptions.ClientError as e:
+        out = {"error": e.response["Error"]["Code"], "message": e.response["Error"]["Message"],
+               "status": e.response["ResponseMetadata"]["HTTPStatusCode"]}
+    print(json.dumps(out, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
