@@ -317,7 +317,7 @@ static bool opt_aws_key(cc_comp *c, cc_unit *u, ast *o, const char *w)
                     "(AKIAIOSFODNN7EXAMPLE)");
         return false;
     }
-    if (sec->kind == A_VALUE && sec->op == TK_STRING) {
+    if (!(sec->kind == A_CALL && is_env_call(u, sec))) {
         cc_error_at(u, sec, "a secret is not written in the rules: secret env(\"NAME\") reads it "
                     "from the environment when ebd loads them");
         return false;

@@ -1118,14 +1118,21 @@ static void deliver_file(ebd_target *t, const char *payload, size_t n, bool text
 static bool bus_payload_ok(const ebd_target *t, const char *payload, size_t n, bool text,
                            attempt *a)
 {
-    char why[200];
-    const char *id;
+    char why[200] = "it is text";
+    const char *id, *what = "a CloudEvent";
     size_t idlen;
-    if (t->bus != VM_NONE && !text && vm_json_valid(payload, n, NULL) &&
-        (ce_check(payload, n, why, sizeof why, &id, &idlen) || aws_is_envelope(payload, n)))
+    bool json = t->bus != VM_NONE && !text && vm_json_valid(payload, n, NULL);
+    if (!text && !json)
+        snprintf(why, sizeof why, "it is not JSON");
+    if (json && aws_looks_like_envelope(payload, n)) {        /* an AWS event (docs/aws.md) */
+        what = "a whole AWS event";
+        if (aws_envelope_check(payload, n, why, sizeof why))
+            return true;
+    } else if (json && ce_check(payload, n, why, sizeof why, &id, &idlen)) {
         return true;
-    snprintf(a->error, sizeof a->error, "bus target '%s': the payload is not a CloudEvent (nor "
-             "an AWS event)%s%s", t->name, text ? "" : ": ", text ? "" : why);
+    }
+    snprintf(a->error, sizeof a->error, "bus target '%s': the payload is not %s: %s", t->name,
+             what, why);
     return false;
 }
 

@@ -128,6 +128,7 @@ bool ebd_bus_view(ebd *d, const char *name, size_t n, ebd_bus *view)
             view->token = r->bus_token[b];
             view->max_event = r->bus_max[b];
             view->schemas = sch_set_bus(r->schemas, b);
+            view->pbus = b;
             return true;
         }
     return false;

@@ -124,6 +124,7 @@ typedef struct {
     uint64_t max_event;           /* in a view: the largest event */
     struct mt_bus *mt;            /* center/metrics.c: its counters (NULL: none) */
     const struct sch_bus *schemas; /* in a view: its bound schemas (runtime/schema), or NULL */
+    uint32_t pbus;                /* in a view: its index in the rules' program */
 } ebd_bus;
 
 typedef struct ebd ebd;

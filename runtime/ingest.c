@@ -1091,7 +1091,7 @@ static enum MHD_Result handle(struct MHD_Connection *c, ebd *d, const char *url,
                               const char *method, request *rq)
 {
     if (aws_request(c, url, method))          /* PutEvents from AWS clients (runtime/aws) */
-        return (enum MHD_Result)aws_serve(c, d, rq->body.v, rq->body.n);
+        return (enum MHD_Result)aws_serve(c, d, rq->body.v, rq->body.n, rq->too_big ? MAX_BODY : 0);
     if (!strcmp(url, "/healthz")) {
         /* 200 {"status":"ok"} while every open bus can store; otherwise 503 naming each bus
          * that cannot and why (its log failed a write or sync and has not recovered yet). */

@@ -95,9 +95,12 @@ void aws_keys_free(aws_keyset *k);
 /* Is this request for the AWS endpoint (POST / with an X-Amz-Target header)? */
 bool aws_request(struct MHD_Connection *c, const char *url, const char *method);
 /* Answers it once its body[0..n) is in: AWSEvents.PutEvents, AWSEvents.TestEventPattern, each
- * signed with a key of the rules (without keys: unsigned, on a loopback listener only).  Takes
- * d->lock (read) itself.  Returns an MHD_Result. */
-int aws_serve(struct MHD_Connection *c, ebd *d, const char *body, size_t n);
+ * signed with a key of the rules (without keys: unsigned, on a loopback listener only); over
+ * not 0: the body passed that many bytes and was dropped (413).  Takes d->lock (read) itself.
+ * Returns an MHD_Result. */
+int aws_serve(struct MHD_Connection *c, ebd *d, const char *body, size_t n, size_t over);
+
+/* ---- the envelope's shape (envelope.c; ebc links it too) -------------------------------------- */
 
 /* Is s[0..n) (valid JSON) an AWS event envelope rather than a CloudEvent: an object with
  * "version": "0", a string "detail-type", an object "detail" and no "specversion"? */

@@ -18,7 +18,7 @@ static const struct {
 } members[] = { { "version", '"' }, { "id", '"' }, { "detail-type", '"' }, { "source", '"' },
                 { "account", '"' }, { "time", '"' }, { "region", '"' }, { "resources", '[' },
                 { "detail", '{' } };
-enum { NMEMBERS = sizeof members / sizeof members[0] };
+enum { NMEMBERS = sizeof members / sizeof members[0], M_DETAIL_TYPE = 2, M_DETAIL = 8 };
 
 typedef struct {
     const char *s;
@@ -53,14 +53,14 @@ static bool read_shape(const char *s, size_t n, shape *h)
 bool aws_is_envelope(const char *s, size_t n)
 {
     shape h;
-    return read_shape(s, n, &h) && !h.specversion && h.seen[2] == 1 && h.version0 &&
-           h.seen[8] == 1;
+    return read_shape(s, n, &h) && !h.specversion && h.seen[M_DETAIL_TYPE] == 1 && h.version0 &&
+           h.seen[M_DETAIL] == 1;
 }
 
 bool aws_looks_like_envelope(const char *s, size_t n)
 {
     shape h;
-    return read_shape(s, n, &h) && !h.specversion && h.seen[2];
+    return read_shape(s, n, &h) && !h.specversion && h.seen[M_DETAIL_TYPE];
 }
 
 bool aws_envelope_check(const char *s, size_t n, char *why, size_t cap)

@@ -31,6 +31,7 @@
 #include "../ebd_int.h"
 #include "../center/center.h"
 #include "../center/trace.h"
+#include "../schema/schema.h"
 #include "../../compiler/compiler.h"
 
 #define MAX_ENTRIES 10                        /* PutEvents: entries per call (AWS's quota) */
@@ -43,12 +44,14 @@
 typedef struct {
     char *id, *secret;
     char account[13];
+    bool has_account;             /* (an account given, which another declaration must repeat) */
     bool all;                     /* declared in the server block: every bus */
     bool *bus;                    /* else by p's bus index: the buses that declare it */
 } key_entry;
 
 struct aws_keyset {
     key_entry *v;
+    aws_key *keys;                /* v's ids and secrets, as aws_sig_verify takes them */
     size_t n;
     uint32_t nbuses;
 };
@@ -65,6 +68,7 @@ void aws_keys_free(aws_keyset *k)
         free(k->v[i].bus);
     }
     free(k->v);
+    free(k->keys);
     free(k);
 }
 
@@ -126,8 +130,17 @@ static bool add_key(aws_keyset *k, const vm_program *p, const vm_cfg *o, uint32_
     } else {
         free(secret);
     }
-    if (acct)
-        snprintf(e->account, sizeof e->account, "%.*s", (int)acct->str.len, vm_s(p, acct->str));
+    if (acct) {
+        char a[13];
+        snprintf(a, sizeof a, "%.*s", (int)acct->str.len, vm_s(p, acct->str));
+        if (e->has_account && strcmp(e->account, a) != 0) {
+            snprintf(err, cap, "aws_access_key \"%s\" is declared twice with two accounts",
+                     e->id);
+            return false;
+        }
+        snprintf(e->account, sizeof e->account, "%s", a);
+        e->has_account = true;
+    }
     if (pbus == VM_NONE)
         e->all = true;
     else
@@ -160,6 +173,12 @@ aws_keyset *aws_keys_load(const vm_program *p, char *err, size_t cap)
                 goto bad;
             }
         }
+    if (k->n && !(k->keys = malloc(k->n * sizeof *k->keys))) {
+        snprintf(err, cap, "out of memory");
+        goto bad;
+    }
+    for (size_t i = 0; i < k->n; i++)
+        k->keys[i] = (aws_key){ k->v[i].id, k->v[i].secret };
     return k;
 bad:
     aws_keys_free(k);
@@ -235,7 +254,7 @@ bool aws_request(struct MHD_Connection *c, const char *url, const char *method)
 
 typedef struct {
     struct MHD_Connection *c;
-    char joined[4096];            /* a header sent more than once, its values joined */
+    sbuf joined;                  /* a header sent more than once: its values joined by "," */
 } hdrs;
 
 typedef struct {
@@ -251,19 +270,23 @@ static enum MHD_Result join_one(void *arg, enum MHD_ValueKind kind, const char *
     join_ctx *j = arg;
     if (strcasecmp(key, j->name) != 0)
         return MHD_YES;
-    size_t at = strlen(j->h->joined);
-    snprintf(j->h->joined + at, sizeof j->h->joined - at, "%s%s", j->count++ ? "," : "",
-             value ? value : "");
+    if (j->count++)
+        sb_puts(&j->h->joined, ",");
+    sb_puts(&j->h->joined, value ? value : "");
     return MHD_YES;
 }
 
+/* aws_sig_request's header(): the value lasts until the next call (sigv4.c copies what it keeps). */
 static const char *header_of(void *arg, const char *name)
 {
     hdrs *h = arg;
     join_ctx j = { name, h, 0 };
-    h->joined[0] = 0;
+    h->joined.n = 0;
     MHD_get_connection_values(h->c, MHD_HEADER_KIND, join_one, &j);
-    return j.count ? h->joined : NULL;
+    if (!j.count || h->joined.oom)
+        return NULL;                  /* (out of memory: absent, so the check fails) */
+    sb_put(&h->joined, "", 0);        /* (a terminated string even when empty) */
+    return h->joined.v;
 }
 
 /* Who may do what: the key that signed (NULL when the daemon declares no key), its region. */
@@ -272,48 +295,48 @@ typedef struct {
     char region[64];
 } caller;
 
-/* Checks the request's signature against d's keys; 0, or the error answered. */
-static int authenticate(struct MHD_Connection *c, ebd *d, const char *body, size_t n, caller *who,
-                        bool *answered)
+/* Checks the request's signature against d's keys (under d->lock): true, or false with the
+ * refusal answered into *r. */
+static bool authenticate(struct MHD_Connection *c, ebd *d, const char *body, size_t n, caller *who,
+                         int *r)
 {
-    aws_keyset *k = d->rules->aws;
-    hdrs h = { .c = c };
+    const aws_keyset *k = d->rules->aws;
     const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
-    *answered = false;
     if (!k || k->n == 0) {
         /* No keys: served on loopback alone, as a bus without a token is. */
         if (!d->loopback) {
-            *answered = true;
-            return fail(c, 403, "AccessDeniedException", "this ebd listens on %s, which is not a "
-                        "loopback address, and its rules declare no aws_access_key: AWS clients "
-                        "need one there (docs/aws.md)", d->listen);
+            *r = fail(c, 403, "AccessDeniedException", "this ebd listens on %s, which is not a "
+                      "loopback address, and its rules declare no aws_access_key: AWS clients "
+                      "need one there (docs/aws.md)", d->listen);
+            return false;
         }
         char ak[129], svc[64];
         aws_sig_scope(auth ? auth : "", ak, sizeof ak, who->region, sizeof who->region, svc,
                       sizeof svc);
         who->key = NULL;
-        return 0;
+        return true;
     }
-    aws_key *keys = malloc(k->n * sizeof *keys);
-    if (!keys) {
-        *answered = true;
-        return fail(c, 500, "InternalFailure", "out of memory");
-    }
-    for (size_t i = 0; i < k->n; i++)
-        keys[i] = (aws_key){ k->v[i].id, k->v[i].secret };
-    aws_sig_request r = { .method = "POST", .path = "/", .query = "", .header = header_of,
+    hdrs h = { .c = c };
+    aws_sig_request q = { .method = "POST", .path = "/", .query = "", .header = header_of,
                           .arg = &h, .body = body, .body_len = n, .now = (int64_t)time(NULL) };
     aws_sig_result res;
-    bool ok = aws_sig_verify(&r, keys, k->n, &res);
-    free(keys);
+    bool ok = aws_sig_verify(&q, k->keys, k->n, &res);
+    sb_free(&h.joined);
     if (!ok) {
-        *answered = true;
-        return fail(c, res.status ? res.status : 403, res.code ? res.code : "AccessDeniedException",
-                    "%s", res.message);
+        *r = fail(c, res.status ? res.status : 403, res.code ? res.code : "AccessDeniedException",
+                  "%s", res.message);
+        return false;
+    }
+    /* A signature for another service (an s3 or sqs request of the same key) is not one for
+     * this: AWS refuses it so, and so does ebd.  (No region is ebd's: any is taken.) */
+    if (strcmp(res.service, "events") != 0) {
+        *r = fail(c, 403, "SignatureDoesNotMatch", "Credential should be scoped to correct "
+                  "service: 'events'.");
+        return false;
     }
     who->key = &k->v[res.key];
     snprintf(who->region, sizeof who->region, "%s", res.region);
-    return 0;
+    return true;
 }
 
 /* ---- PutEvents ---------------------------------------------------------------------------------- */
@@ -322,51 +345,74 @@ typedef struct {
     const char *code;             /* NULL: stored */
     char message[300];
     char id[37];
-    char idq[40];                 /* the id as JSON text (trace_received hashes it) */
     sbuf ev;                      /* the envelope */
-    uint32_t pbus;                /* its bus: the daemon's index (d->buses) */
-    ebd_bus *bus;                 /* the same (NULL: the rules declare no such bus) */
+    uint32_t bus;                 /* its bus: the daemon's index (d->buses), VM_NONE if none */
     mt_reason why;                /* a refusal's, for the metrics */
 } entry;
 
-static const char *str_member(const cJSON *o, const char *name, bool *bad)
+/* A string member of o, its length in *n: NULL when absent or null; *bad when it is another
+ * kind, or holds U+0000 (the request is read by sch_parse, which keeps what follows one: cJSON
+ * would cut "a\u0000b" to "a" and store a value the client never sent). */
+static const char *str_member(const cJSON *o, const char *name, size_t *n, bool *bad)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-    if (v && !cJSON_IsString(v) && !cJSON_IsNull(v))
+    *n = 0;
+    if (!v || cJSON_IsNull(v))
+        return NULL;
+    if (!cJSON_IsString(v) || v->valueint > 0) {      /* (valueint: sch_parse kept a NUL) */
         *bad = true;
-    return cJSON_IsString(v) ? v->valuestring : NULL;
+        return NULL;
+    }
+    *n = strlen(v->valuestring);
+    return v->valuestring;
+}
+
+/* Does object o (or one of its objects, the entries) give a member twice?  AWS's readers and
+ * cJSON would each keep one of them, not the same one: refused rather than guessed. */
+static bool duplicate_keys(const cJSON *o)
+{
+    for (const cJSON *a = o ? o->child : NULL; a; a = a->next) {
+        for (const cJSON *b = a->next; b; b = b->next)
+            if (a->string && b->string && !strcmp(a->string, b->string))
+                return true;
+        if ((cJSON_IsObject(a) || cJSON_IsArray(a)) && duplicate_keys(a))
+            return true;
+    }
+    return false;
 }
 
 /* An entry's size as AWS counts it for the 256 KB limit: Time 14 bytes when given, and the
  * UTF-8 bytes of Source, DetailType, Detail and each resource. */
 static size_t entry_size(const cJSON *e)
 {
-    size_t n = cJSON_GetObjectItemCaseSensitive(e, "Time") ? 14 : 0;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(e, "Time");
+    size_t n = t && !cJSON_IsNull(t) ? 14 : 0;
     static const char *const fields[] = { "Source", "DetailType", "Detail" };
     for (size_t i = 0; i < 3; i++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(e, fields[i]);
         if (cJSON_IsString(v))
-            n += strlen(v->valuestring);
+            n += sch_strlen(v);
     }
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(e, "Resources"), *x;
     cJSON_ArrayForEach(x, r)
         if (cJSON_IsString(x))
-            n += strlen(x->valuestring);
+            n += sch_strlen(x);
     return n;
 }
 
-/* The entry's time: Time as epoch seconds (what the SDKs send), or an RFC 3339 text; else now.
- * Written as AWS writes an event's time (seconds, UTC, "Z").  False if Time is not a time. */
+/* The entry's time: Time as epoch seconds (what the SDKs send), or an RFC 3339 text; absent or
+ * null: now.  Written as AWS writes an event's time (seconds, UTC, "Z").  False if Time is not
+ * a time from 1970 to 9999. */
 static bool entry_time(const cJSON *t, char out[32])
 {
     int64_t secs;
-    if (!t) {
+    if (!t || cJSON_IsNull(t)) {
         secs = (int64_t)time(NULL);
     } else if (cJSON_IsNumber(t) && t->valuedouble >= 0 && t->valuedouble < 253402300800.0) {
         secs = (int64_t)t->valuedouble;
-    } else if (cJSON_IsString(t)) {
+    } else if (cJSON_IsString(t) && t->valueint == 0) {
         int64_t ms;
-        if (!vm_parse_time(t->valuestring, strlen(t->valuestring), &ms))
+        if (!vm_parse_time(t->valuestring, strlen(t->valuestring), &ms) || ms < 0)
             return false;
         secs = ms / 1000;
     } else {
@@ -380,13 +426,20 @@ static bool entry_time(const cJSON *t, char out[32])
     return true;
 }
 
-/* EventBusName: a name, or an event bus's ARN (arn:aws:events:REGION:ACCOUNT:event-bus/NAME). */
-static const char *bus_name(const char *s)
+/* EventBusName: a name, or an event bus's ARN (arn:PARTITION:events:REGION:ACCOUNT:event-bus/
+ * NAME; its region and account are not ebd's to check); absent: "default".  NULL when it is
+ * neither (an empty name, another service's ARN). */
+static const char *bus_name(const char *s, size_t n)
 {
-    if (!s || !*s)
+    if (!s)
         return "default";
-    const char *a = strncmp(s, "arn:", 4) == 0 ? strstr(s, ":event-bus/") : NULL;
-    return a ? a + sizeof ":event-bus/" - 1 : s;
+    if (n == 0)
+        return NULL;
+    if (strncmp(s, "arn:", 4) != 0)
+        return s;
+    const char *svc = strchr(s + 4, ':');                  /* past the partition */
+    const char *a = svc && !strncmp(svc, ":events:", 8) ? strstr(svc, ":event-bus/") : NULL;
+    return a && a[sizeof ":event-bus/" - 1] ? a + sizeof ":event-bus/" - 1 : NULL;
 }
 
 static bool may_put(const caller *who, uint32_t pbus)
@@ -394,104 +447,108 @@ static bool may_put(const caller *who, uint32_t pbus)
     return !who->key || who->key->all || who->key->bus[pbus];
 }
 
-static void set_error(entry *e, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_error(entry *e, const char *code, const char *fmt, ...)
+static void set_error(entry *e, mt_reason why, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void set_error(entry *e, mt_reason why, const char *code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(e->message, sizeof e->message, fmt, ap);
     va_end(ap);
     e->code = code;
+    e->why = why;
 }
 
-/* Checks entry j and makes its envelope into e (or says why not). */
+/* The three members every entry needs, in AWS's words when one is missing. */
+static bool required(const cJSON *j, const char *name, const char **v, size_t *n, entry *e)
+{
+    bool bad = false;
+    *v = str_member(j, name, n, &bad);
+    if (*v && *n && !bad)
+        return true;
+    if (bad && !strcmp(name, "Detail") && cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, name)))
+        set_error(e, MT_INVALID, "MalformedDetail", "Detail is malformed.");   /* (a U+0000) */
+    else
+        set_error(e, MT_INVALID, "InvalidArgument", "Parameter %s is not valid. Reason: %s is a "
+                  "required argument.", name, name);
+    return false;
+}
+
+/* Checks entry j and makes its envelope into e (or says why not).  Under d->lock (read). */
 static void make_entry(ebd *d, const caller *who, const cJSON *j, entry *e)
 {
-    bool bad = false, badbus = false;
-    e->why = MT_INVALID;
-    const char *bn = bus_name(str_member(j, "EventBusName", &badbus));
-    e->bus = ebd_find_bus(d, bn, strlen(bn));       /* (for the metrics, refused or not) */
-    const char *source = str_member(j, "Source", &bad);
-    if (!source || !*source || bad) {
-        set_error(e, "InvalidArgument", "Parameter Source is not valid. Reason: Source is a "
-                  "required argument.");
+    e->bus = VM_NONE;
+    bool bad = false;
+    size_t bnn;
+    const char *given = str_member(j, "EventBusName", &bnn, &bad);
+    const char *bn = bus_name(given, bnn);
+    ebd_bus view;
+    bool known = bn && !bad && ebd_bus_view(d, bn, strlen(bn), &view);
+    if (known)
+        e->bus = d->rules->bus_of[view.pbus];        /* (its metrics count even a refusal) */
+    const char *source, *dt, *detail;
+    size_t sn, dtn, dn;
+    if (!required(j, "Source", &source, &sn, e) || !required(j, "DetailType", &dt, &dtn, e) ||
+        !required(j, "Detail", &detail, &dn, e))
         return;
-    }
-    const char *dt = str_member(j, "DetailType", &bad);
-    if (!dt || !*dt || bad) {
-        set_error(e, "InvalidArgument", "Parameter DetailType is not valid. Reason: DetailType "
-                  "is a required argument.");
-        return;
-    }
-    const char *detail = str_member(j, "Detail", &bad);
-    if (!detail || bad) {
-        set_error(e, "InvalidArgument", "Parameter Detail is not valid. Reason: Detail is a "
-                  "required argument.");
-        return;
-    }
-    size_t dn = strlen(detail), at;
+    size_t at;
     const char *what;
     if (!vm_json_check(detail, dn, &at, &what) || detail[vm_json_ws(detail, dn, 0)] != '{') {
-        set_error(e, "MalformedDetail", "Detail is malformed.");
+        set_error(e, MT_INVALID, "MalformedDetail", "Detail is malformed.");
         return;
     }
-    if (badbus) {
-        set_error(e, "InvalidArgument", "Parameter EventBusName is not valid.");
+    if (!bn || bad) {
+        set_error(e, MT_INVALID, "InvalidArgument", "Parameter EventBusName is not valid.");
         return;
     }
-    ebd_bus view;
-    e->why = MT_UNKNOWN_BUS;
-    if (!ebd_bus_view(d, bn, strlen(bn), &view)) {
+    if (!known) {
         /* (Amazon EventBridge takes such an event and drops it; ebd says so instead) */
-        e->bus = NULL;                  /* (counted under bus "", as ingest counts a 404) */
-        set_error(e, "InvalidArgument", "Parameter EventBusName is not valid. Reason: event bus "
-                  "'%.200s' does not exist.", bn);
+        set_error(e, MT_UNKNOWN_BUS, "InvalidArgument", "Parameter EventBusName is not valid. "
+                  "Reason: event bus '%.200s' does not exist.", bn);
         return;
     }
-    e->pbus = ebd_bus_index(d, bn, strlen(bn));
-    e->why = MT_UNAUTHORIZED;
-    uint32_t pb = VM_NONE;
-    for (uint32_t i = 0; i < d->rules->p->nbuses; i++)
-        if (cfg_is(d->rules->p, d->rules->p->buses[i].name, bn))
-            pb = i;
-    if (pb == VM_NONE || !may_put(who, pb)) {
-        set_error(e, "AccessDeniedException", "the access key %s may not put events on bus "
-                  "'%.200s'.", who->key ? who->key->id : "", bn);
+    if (!may_put(who, view.pbus)) {
+        set_error(e, MT_UNAUTHORIZED, "AccessDeniedException", "the access key %s may not put "
+                  "events on bus '%.200s'.", who->key->id, bn);
         return;
     }
     if (!who->key && view.token) {
-        set_error(e, "AccessDeniedException", "bus '%.200s' has a token: AWS clients put events "
-                  "on it signed with an aws_access_key of the rules (docs/aws.md).", bn);
+        set_error(e, MT_UNAUTHORIZED, "AccessDeniedException", "bus '%.200s' has a token: AWS "
+                  "clients put events on it signed with an aws_access_key of the rules "
+                  "(docs/aws.md).", bn);
         return;
     }
-    e->why = MT_INVALID;
     if (strncmp(source, "aws.", 4) == 0) {
-        set_error(e, "NotAuthorizedForSourceException", "Not authorized for the source.");
+        set_error(e, MT_INVALID, "NotAuthorizedForSourceException", "Not authorized for the source.");
         return;
     }
     char when[32];
     if (!entry_time(cJSON_GetObjectItemCaseSensitive(j, "Time"), when)) {
-        set_error(e, "InvalidArgument", "Parameter Time is not valid.");
+        set_error(e, MT_INVALID, "InvalidArgument", "Parameter Time is not valid.");
         return;
     }
     const cJSON *res = cJSON_GetObjectItemCaseSensitive(j, "Resources"), *x;
-    if (res && !cJSON_IsArray(res) && !cJSON_IsNull(res)) {
-        set_error(e, "InvalidArgument", "Parameter Resources is not valid.");
+    bool res_ok = !res || cJSON_IsNull(res) || cJSON_IsArray(res);
+    cJSON_ArrayForEach(x, res)
+        res_ok = res_ok && cJSON_IsString(x) && x->valueint == 0;
+    if (!res_ok) {
+        set_error(e, MT_INVALID, "InvalidArgument", "Parameter Resources is not valid.");
         return;
     }
-    cJSON_ArrayForEach(x, res)
-        if (!cJSON_IsString(x)) {
-            set_error(e, "InvalidArgument", "Parameter Resources is not valid.");
-            return;
-        }
+    /* The bus's max_event_size counts as AWS counts an entry (the envelope's own members are
+     * not the client's), so an entry AWS takes fits a bus of the default 256 KiB. */
+    if (entry_size(j) > view.max_event) {
+        set_error(e, MT_TOO_LARGE, "InvalidArgument", "the entry is %zu bytes, over bus "
+                  "'%.200s''s limit of %" PRIu64 " bytes (max_event_size).", entry_size(j), bn,
+                  view.max_event);
+        return;
+    }
     uuid4(e->id);
-    snprintf(e->idq, sizeof e->idq, "\"%s\"", e->id);
     sbuf *b = &e->ev;
     sb_printf(b, "{\"version\":\"0\",\"id\":\"%s\",\"detail-type\":", e->id);
-    sb_json_string(b, dt, strlen(dt));
+    sb_json_string(b, dt, dtn);
     sb_puts(b, ",\"source\":");
-    sb_json_string(b, source, strlen(source));
+    sb_json_string(b, source, sn);
     sb_printf(b, ",\"account\":\"%s\",\"time\":\"%s\",\"region\":",
               who->key ? who->key->account : DEFAULT_ACCOUNT, when);
     const char *region = who->region[0] ? who->region : DEFAULT_REGION;
@@ -506,60 +563,51 @@ static void make_entry(ebd *d, const caller *who, const cJSON *j, entry *e)
     sb_puts(b, "],\"detail\":");
     sb_put(b, detail, dn);                 /* as sent: no number re-encoded, no key reordered */
     sb_puts(b, "}");
-    if (b->oom) {
-        set_error(e, "InternalFailure", "out of memory");
-        return;
-    }
-    if (b->n > view.max_event) {
-        e->why = MT_TOO_LARGE;
-        set_error(e, "InvalidArgument", "the event is %zu bytes, over bus '%.200s''s limit of "
-                  "%" PRIu64 " bytes (max_event_size).", b->n, bn, view.max_event);
-    }
+    if (b->oom)
+        set_error(e, MT_OVERLOADED, "InternalFailure", "out of memory");
 }
 
-/* Appends the good entries of bus index bi (the daemon's) with one append; an append that fails
- * fails them (InternalFailure, which AWS clients retry). */
+/* Appends the good entries of bus bi (the daemon's index) with one append; an append that
+ * fails fails them (InternalFailure, which AWS clients retry). */
 static void store_bus(struct MHD_Connection *c, ebd *d, entry *es, size_t n, uint32_t bi)
 {
     ebd_bus *b = d->buses[bi];
     store_entry se[MAX_ENTRIES];
-    const void *ids[MAX_ENTRIES];
-    size_t idl[MAX_ENTRIES], k = 0;
+    struct { const char *id; size_t len; } tr[MAX_ENTRIES];   /* (as trace_received reads ids) */
+    char idq[MAX_ENTRIES][40];                                /* each id as JSON text */
+    size_t k = 0;
     for (size_t i = 0; i < n; i++)
-        if (!es[i].code && es[i].pbus == bi) {
+        if (!es[i].code && es[i].bus == bi) {
             se[k] = (store_entry){ es[i].ev.v, (uint32_t)es[i].ev.n, 0 };
-            ids[k] = es[i].idq;
-            idl[k++] = strlen(es[i].idq);
+            snprintf(idq[k], sizeof idq[k], "\"%s\"", es[i].id);
+            tr[k].id = idq[k];
+            tr[k].len = strlen(idq[k]);
+            k++;
         }
     if (!k)
         return;
     uint64_t first = 0;
-    store_status st = store_append(b->s, se, k, &first);
-    if (st != STORE_OK) {
+    if (store_append(b->s, se, k, &first) != STORE_OK) {
         ebd_log(EBD_ERROR, "msg=\"append failed\" bus=%s error=\"%s\"", b->name, store_error(b->s));
         for (size_t i = 0; i < n; i++)
-            if (!es[i].code && es[i].pbus == bi) {
-                es[i].why = MT_STORAGE;
-                set_error(&es[i], "InternalFailure", "bus '%.200s' cannot store events now",
-                          b->name);
-            }
+            if (!es[i].code && es[i].bus == bi)
+                set_error(&es[i], MT_STORAGE, "InternalFailure", "bus '%.200s' cannot store "
+                          "events now", b->name);
         return;
     }
     mt_ingested(b, k);
-    /* (ids and idl side by side, as trace_received reads an array of structures) */
-    struct { const char *id; size_t len; } tr[MAX_ENTRIES];
-    for (size_t i = 0; i < k; i++)
-        tr[i].id = ids[i], tr[i].len = idl[i];
     trace_received(c, b, first, k, &tr[0].id, &tr[0].len, sizeof tr[0], NULL);
 }
 
 static int put_events(struct MHD_Connection *c, ebd *d, const caller *who, const cJSON *req)
 {
     const cJSON *list = cJSON_GetObjectItemCaseSensitive(req, "Entries");
-    int count = cJSON_IsArray(list) ? cJSON_GetArraySize(list) : -1;
-    if (count < 0)
+    if (!list || cJSON_IsNull(list))
         return fail(c, 400, "ValidationException", "1 validation error detected: Value null at "
                     "'entries' failed to satisfy constraint: Member must not be null");
+    if (!cJSON_IsArray(list))
+        return fail(c, 400, "SerializationException", "Entries is not a list");
+    int count = cJSON_GetArraySize(list);
     if (count < 1 || count > MAX_ENTRIES)
         return fail(c, 400, "ValidationException", "1 validation error detected: Value at "
                     "'entries' failed to satisfy constraint: Member must have length %s %d",
@@ -583,9 +631,9 @@ static int put_events(struct MHD_Connection *c, ebd *d, const caller *who, const
     for (size_t i = 0; i < n; i++) {          /* each bus once, in the order it first comes */
         bool seen = false;
         for (size_t k = 0; k < i && !seen; k++)
-            seen = !es[k].code && es[k].pbus == es[i].pbus;
+            seen = !es[k].code && es[k].bus == es[i].bus;
         if (!es[i].code && !seen)
-            store_bus(c, d, es, n, es[i].pbus);
+            store_bus(c, d, es, n, es[i].bus);
     }
     sbuf b = { 0 };
     size_t failed = 0;
@@ -600,7 +648,9 @@ static int put_events(struct MHD_Connection *c, ebd *d, const caller *who, const
             sb_puts(&b, ",\"ErrorMessage\":");
             sb_json_string(&b, es[i].message, strlen(es[i].message));
             sb_puts(&b, "}");
-            mt_refused(es[i].bus, es[i].why, 1);
+            /* (an unknown bus counts under bus "", as ingest counts a 404) */
+            mt_refused(es[i].bus == VM_NONE || es[i].why == MT_UNKNOWN_BUS ? NULL
+                       : d->buses[es[i].bus], es[i].why, 1);
         } else {
             sb_printf(&b, "{\"EventId\":\"%s\"}", es[i].id);
         }
@@ -626,11 +676,15 @@ static int test_event_pattern(struct MHD_Connection *c, const cJSON *req)
         return fail(c, 400, "ValidationException", "1 validation error detected: Value null at "
                     "'%s' failed to satisfy constraint: Member must not be null",
                     !cJSON_IsString(pat) ? "eventPattern" : "event");
-    const char *ps = pat->valuestring, *es = ev->valuestring, *what;
-    size_t pn = strlen(ps), en = strlen(es), at;
-    if (!vm_json_check(ps, pn, &at, &what) || ps[vm_json_ws(ps, pn, 0)] != '{')
+    const char *ps = pat->valuestring, *es = ev->valuestring, *what = "it holds U+0000";
+    size_t pn = sch_strlen(pat), en = sch_strlen(ev), at;
+    bool json = vm_json_check(ps, pn, &at, &what);
+    if (!json || ps[vm_json_ws(ps, pn, 0)] != '{')
         return fail(c, 400, "InvalidEventPatternException", "Event pattern is not valid. Reason: "
-                    "%s", vm_json_check(ps, pn, &at, &what) ? "it is not a JSON object" : what);
+                    "%s", json ? "it is not a JSON object" : what);
+    if (!vm_json_check(es, en, &at, &what))
+        return fail(c, 400, "ValidationException", "Parameter Event is not valid. Reason: %s "
+                    "(at byte %zu)", what, at);
     cJSON *ej = cJSON_ParseWithLength(es, en);
     bool eok = cJSON_IsObject(ej);
     const char *missing = NULL;
@@ -640,8 +694,8 @@ static int test_event_pattern(struct MHD_Connection *c, const cJSON *req)
     cJSON_Delete(ej);
     if (!eok || missing)
         return fail(c, 400, "ValidationException", "Parameter Event is not valid. Reason: %s%s%s",
-                    !eok ? "it is not a JSON object" : "the event has no '",
-                    missing ? missing : "", missing ? "' field" : "");
+                    !eok ? "it is not a JSON object (or is nested deeper than cJSON reads)"
+                         : "the event has no '", missing ? missing : "", missing ? "' field" : "");
     /* The pattern through the same compiler and VM as a rule's `pattern {...}`: the JSON was
      * checked whole above, so the text around it is all there is of the rule. */
     sbuf src = { 0 };
@@ -695,7 +749,7 @@ static int test_event_pattern(struct MHD_Connection *c, const cJSON *req)
 
 /* ---- the entry point ------------------------------------------------------------------------------ */
 
-int aws_serve(struct MHD_Connection *c, ebd *d, const char *body, size_t n)
+int aws_serve(struct MHD_Connection *c, ebd *d, const char *body, size_t n, size_t over)
 {
     const char *target = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Amz-Target");
     const char *action = target && !strncmp(target, "AWSEvents.", 10) ? target + 10 : NULL;
@@ -705,23 +759,26 @@ int aws_serve(struct MHD_Connection *c, ebd *d, const char *body, size_t n)
         return fail(c, 400, "UnknownOperationException", "ebd serves the actions "
                     "AWSEvents.PutEvents and AWSEvents.TestEventPattern, not '%.100s' "
                     "(docs/aws.md)", target ? target : "");
-    pthread_rwlock_rdlock(&d->lock);
+    if (over)
+        return fail(c, 413, "RequestEntityTooLargeException", "the request is over the %zu "
+                    "bytes a request may carry", over);
+    /* The JSON protocol sends no query string, and the signature would not cover one here. */
+    if (MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, NULL, NULL) > 0)
+        return fail(c, 400, "SerializationException", "the AWS JSON protocol sends no query string");
+    cJSON *req = sch_parse(body, n, NULL);
+    int r = 0;
     caller who = { 0 };
-    bool answered;
-    int r = authenticate(c, d, body, n, &who, &answered);
-    if (!answered && test)
-        pthread_rwlock_unlock(&d->lock);      /* (a test needs the rules' keys alone) */
-    cJSON *req = answered ? NULL : cJSON_ParseWithLength(body, n);
-    if (answered)
-        ;
-    else if (!cJSON_IsObject(req))
+    pthread_rwlock_rdlock(&d->lock);
+    bool allowed = authenticate(c, d, body, n, &who, &r);
+    if (allowed && !cJSON_IsObject(req))
         r = fail(c, 400, "SerializationException", "the body is not a JSON object");
-    else if (put)
+    else if (allowed && duplicate_keys(req))
+        r = fail(c, 400, "SerializationException", "the body gives a member twice");
+    else if (allowed && put)
         r = put_events(c, d, &who, req);
-    else
-        r = test_event_pattern(c, req);
+    pthread_rwlock_unlock(&d->lock);
+    if (allowed && test && cJSON_IsObject(req) && !duplicate_keys(req))
+        r = test_event_pattern(c, req);       /* (the compiler's work, without the lock) */
     cJSON_Delete(req);
-    if (answered || put)
-        pthread_rwlock_unlock(&d->lock);
     return r;
 }

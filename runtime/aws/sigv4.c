@@ -320,8 +320,8 @@ static bool read_credential(span credential, scope *s, aws_sig_result *out)
 }
 
 /* Checks SignedHeaders: 1 to MAX_SIGNED_HEADERS names of 1 to MAX_HEADER_NAME visible
- * characters, "host" among them (AWS insists on it: it is what ties a signature to a
- * server).  Fills out (IncompleteSignature) if not. */
+ * characters, "host" among them (AWS insists on it; the Host value signed is not compared with
+ * any name of the daemon's: docs/aws.md says so).  Fills out (IncompleteSignature) if not. */
 static bool check_signed_headers(span list, aws_sig_result *out)
 {
     cutter c = { list, false };

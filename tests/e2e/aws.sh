@@ -183,6 +183,31 @@ check "  an array Detail: MalformedDetail" '.Entries[1].ErrorCode' MalformedDeta
 check "  an unknown bus" '.Entries[2].ErrorCode' InvalidArgument
 boto "$K" "$S" test "$(cat "$WORK/pattern.json")" "$EVENT"
 check "boto3 test_event_pattern" .Result true
+# One entry of exactly 256 KB as AWS counts it (Source + DetailType + Detail) fits a bus of the
+# default max_event_size, though its envelope is larger; one byte more is refused.
+pad=$(( 262144 - 1 - 1 - 8 ))                      # Source "s", DetailType "t", Detail {"a":"..."}
+printf '[{"Source":"s","DetailType":"t","Detail":"{\\"a\\":\\"%s\\"}","EventBusName":"orders"}]' \
+    "$(head -c $pad /dev/zero | tr '\0' x)" >"$WORK/exact.json"
+boto "$K" "$S" put_json "$WORK/exact.json"
+check "one entry of exactly 262,144 bytes (AWS's count): stored" .FailedEntryCount 0
+printf '[{"Source":"s","DetailType":"t","Detail":"{\\"a\\":\\"%s\\"}","EventBusName":"orders"}]' \
+    "$(head -c $((pad + 1)) /dev/zero | tr '\0' x)" >"$WORK/exact1.json"
+boto "$K" "$S" put_json "$WORK/exact1.json"
+check "  one byte more: ValidationException" .error ValidationException
+# U+0000 would be cut off by a NUL-terminated string: the entry is refused, not changed.
+st=$(post / application/x-amz-json-1.1 '{"Entries":[{"Source":"a\u0000hidden","DetailType":"t","Detail":"{}","EventBusName":"orders"},{"Source":"s","DetailType":"t","Detail":"{} \u0000x","EventBusName":"orders"}]}' \
+     -H 'X-Amz-Target: AWSEvents.PutEvents')
+[ "$st" = 200 ] && [ "$(jq -r '.Entries[0].ErrorCode' "$WORK/answer")" = InvalidArgument ] \
+    && [ "$(jq -r '.Entries[1].ErrorCode' "$WORK/answer")" = MalformedDetail ] \
+    && pass "a U+0000 in Source: InvalidArgument; in Detail: MalformedDetail" \
+    || fail "U+0000: $st $(cat "$WORK/answer")"
+st=$(post / application/x-amz-json-1.1 '{"Entries":[{"Source":"s","DetailType":"t","Detail":"{}","Source":"aws.ec2"}]}' \
+     -H 'X-Amz-Target: AWSEvents.PutEvents')
+[ "$st" = 400 ] && grep -q SerializationException "$WORK/answer" \
+    && pass "a member given twice: 400 SerializationException" || fail "duplicate member: $st $(cat "$WORK/answer")"
+st=$(post '/?a=b' application/x-amz-json-1.1 '{"Entries":[{"Source":"s","DetailType":"t","Detail":"{}"}]}' \
+     -H 'X-Amz-Target: AWSEvents.PutEvents')
+[ "$st" = 400 ] && pass "a query string: 400 ($(cat "$WORK/answer"))" || fail "query string: $st $(cat "$WORK/answer")"
 stop_ebd
 
 # ---- access keys in the rules ----------------------------------------------------------------------------
@@ -220,9 +245,25 @@ boto "$K" "$S" put_skewed orders 1200
 check "signed 20 minutes ahead: RequestExpired" .error RequestExpired
 boto "$K" "$S" put_skewed orders -300
 check "5 minutes off: taken" .FailedEntryCount 0
+boto "$K" "$S" put_scoped orders s3
+check "a signature scoped to another service (s3): SignatureDoesNotMatch" .error SignatureDoesNotMatch
+boto "$K" "$S" put_scoped orders events
+check "  the same, scoped to events: taken" .FailedEntryCount 0
 st=$(post / application/x-amz-json-1.1 '{"Entries":[{"Source":"s","DetailType":"t","Detail":"{}","EventBusName":"orders"}]}' \
      -H 'X-Amz-Target: AWSEvents.PutEvents')
 [ "$st" = 403 ] && grep -q MissingAuthenticationToken "$WORK/answer" \
     && pass "an unsigned request: 403 MissingAuthenticationToken" || fail "unsigned: $st $(cat "$WORK/answer")"
 stop_ebd
+
+# One key id with two accounts: ebd refuses the rules (which account would an event get?).
+cat >"$WORK/two.ebr" <<'EOF'
+server { aws_access_key "AKIAIOSFODNN7EXAMPLE" secret env("EBR_E2E_AWS_SECRET") account "111111111111" }
+bus orders { aws_access_key "AKIAIOSFODNN7EXAMPLE" secret env("EBR_E2E_AWS_SECRET") account "222222222222" }
+EOF
+"$BIN/ebd" --rules "$WORK/two.ebr" --data "$WORK/data2" --listen 127.0.0.1:$((P + 1)) >"$WORK/two.log" 2>&1 &
+two=$!
+wait_for "$E2E_WAIT" sh -c "! kill -0 $two" || kill "$two" 2>/dev/null
+wait "$two" 2>/dev/null
+grep -q "two accounts" "$WORK/two.log" && pass "one key id with two accounts: ebd refuses the rules" \
+    || fail "two accounts: $(cat "$WORK/two.log")"
 finish

@@ -7,6 +7,7 @@ Actions (each prints one JSON line: the answer, or {"error": CODE, "message": ..
   put_json FILE          put_events with the entries in FILE (a JSON array)
   test PATTERN EVENT     test_event_pattern
   put_skewed BUS SECONDS put_events signed as if the clock were SECONDS ahead (negative: behind)
+  put_scoped BUS SERVICE put_events signed by hand for another service's credential scope
 Runs with Debian's python3-boto3 (/usr/bin/python3); never leaves 127.0.0.1.
 """
 import datetime
@@ -14,8 +15,13 @@ import json
 import sys
 from unittest import mock
 
+import urllib.error
+import urllib.request
+
 import boto3
 import botocore.auth
+import botocore.awsrequest
+import botocore.credentials
 import botocore.config
 import botocore.exceptions
 
@@ -50,7 +56,27 @@ def run(c, action, args):
 
         with mock.patch.object(botocore.auth.datetime, "datetime", Clock):
             return c.put_events(Entries=entries(args[0], 1))
+    if action == "put_scoped":
+        return scoped(c, args[0], args[1])
     raise SystemExit("unknown action " + action)
+
+
+def scoped(c, bus, service):
+    """A PutEvents request signed with the client's key for `service` instead of events."""
+    body = json.dumps({"Entries": entries(bus, 1)})
+    url = c.meta.endpoint_url + "/"
+    req = botocore.awsrequest.AWSRequest(method="POST", url=url, data=body, headers={
+        "Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "AWSEvents.PutEvents"})
+    creds = c._request_signer._credentials
+    botocore.auth.SigV4Auth(creds, service, c.meta.region_name).add_auth(req)
+    prepared = req.prepare()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(
+                url, data=body.encode(), headers=dict(prepared.headers), method="POST")) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        answer = json.loads(e.read())
+        return {"error": answer.get("__type"), "message": answer.get("message"), "status": e.code}
 
 
 def main():
