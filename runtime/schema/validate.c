@@ -32,6 +32,7 @@
 #include <pcre2.h>
 
 #include "schema.h"
+#include "../../vm/vm.h"
 
 #define MAX_DEPTH 256             /* schema applications nested (a $ref loop ends here) */
 #define MAX_REFS 4096             /* $refs checked at compile time */
@@ -943,57 +944,6 @@ static bool next_token(const char *s, size_t n, size_t *at, size_t *b0, size_t *
     return true;
 }
 
-static unsigned hex4(const char *p)
-{
-    unsigned v = 0;
-    for (int i = 0; i < 4; i++) {
-        char c = p[i];
-        v = v * 16 + (unsigned)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
-    }
-    return v;
-}
-
-/* The JSON string body s[0..n) decoded into out (room for n bytes: a decoded string is never
- * longer than its escaped form); returns its length.  (The text was read by cJSON: it is JSON.) */
-static size_t decode_body(const char *s, size_t n, char *out)
-{
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] != '\\' || i + 1 >= n) {
-            out[k++] = s[i];
-            continue;
-        }
-        char c = s[++i];
-        if (c != 'u' || n - i < 5) {
-            out[k++] = c == 'b' ? '\b' : c == 'f' ? '\f' : c == 'n' ? '\n' : c == 'r' ? '\r'
-                     : c == 't' ? '\t' : c;
-            continue;
-        }
-        unsigned cp = hex4(s + i + 1);
-        i += 4;
-        if (cp >= 0xD800 && cp < 0xDC00 && n - i >= 7 && s[i + 1] == '\\' && s[i + 2] == 'u') {
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (hex4(s + i + 3) - 0xDC00);
-            i += 6;
-        }
-        if (cp < 0x80) {
-            out[k++] = (char)cp;
-        } else if (cp < 0x800) {
-            out[k++] = (char)(0xC0 | cp >> 6);
-            out[k++] = (char)(0x80 | (cp & 0x3F));
-        } else if (cp < 0x10000) {
-            out[k++] = (char)(0xE0 | cp >> 12);
-            out[k++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-            out[k++] = (char)(0x80 | (cp & 0x3F));
-        } else {
-            out[k++] = (char)(0xF0 | cp >> 18);
-            out[k++] = (char)(0x80 | ((cp >> 12) & 0x3F));
-            out[k++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-            out[k++] = (char)(0x80 | (cp & 0x3F));
-        }
-    }
-    return k;
-}
-
 /* Walks v in document order beside the string tokens of s (keys and string values come in the
  * same order in both), giving each string value whose body holds a \u0000 all its bytes. */
 static bool keep_nuls(cJSON *v, const char *s, size_t n, size_t *at)
@@ -1007,7 +957,7 @@ static bool keep_nuls(cJSON *v, const char *s, size_t n, size_t *at)
         char *full = malloc(b1 - b0 + 1);
         if (!full)
             return false;
-        size_t len = decode_body(s + b0, b1 - b0, full);
+        size_t len = vm_json_unescape(s + b0, b1 - b0, full);   /* (cJSON read it: valid) */
         full[len] = 0;
         if (len > INT_MAX || memchr(full, 0, len) == NULL) {   /* ("\\u0000": no NUL) */
             free(full);
