@@ -18,12 +18,14 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
@@ -187,14 +189,28 @@ bad:
 
 /* ---- answers ------------------------------------------------------------------------------------ */
 
+/* A random (version 4) UUID.  Should the kernel give no random bytes (it blocks only until its
+ * pool is ready, at boot), the time and a counter make it at least unique in this process. */
 static void uuid4(char out[37])
 {
+    static _Atomic uint64_t counter;
     unsigned char r[16];
-    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {      /* (never short for 16 bytes) */
+    size_t got = 0;
+    while (got < sizeof r) {
+        ssize_t k = getrandom(r + got, sizeof r - got, 0);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            break;
+        got += (size_t)k;
+    }
+    if (got < sizeof r) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        for (size_t i = 0; i < sizeof r; i++)
-            r[i] = (unsigned char)((uint64_t)ts.tv_nsec * 2654435761u >> (i % 8 * 4)) ^ (unsigned char)i;
+        uint64_t a = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+        uint64_t b = atomic_fetch_add(&counter, 1) ^ ((uint64_t)getpid() << 40);
+        memcpy(r, &a, 8);
+        memcpy(r + 8, &b, 8);
     }
     r[6] = (unsigned char)((r[6] & 0x0F) | 0x40);              /* version 4 */
     r[8] = (unsigned char)((r[8] & 0x3F) | 0x80);              /* RFC 4122 variant */
