@@ -475,6 +475,12 @@ typedef struct {
     size_t max_steps;    /* work limit for one rule on one event; 0 means the default
                             (VM_MAX_STEPS): fields examined plus choices revisited, see
                             docs/bytecode.md */
+    bool trusted;        /* the caller vouches that every event is valid JSON (the bus log:
+                            checked at ingest, guarded by CRCs since): vm_match reads only the
+                            parts the rules' paths reach and jumps over the rest by brackets and
+                            quotes, checking no number, literal or UTF-8.  Valid JSON gets the
+                            verdicts of the validating scan; any other bytes are read safely
+                            but may get any verdict (an error or some matches) */
 } vm_options;
 
 /* The options a ruleset's server block sets for matching (`match_steps`: max_steps); the rest
