@@ -222,9 +222,8 @@ static vm_status lookup(scanner *S, uint32_t node, const char *k, size_t len, bo
     }
     /* The common case first: the whole key is one segment. */
     uint32_t whole = vm_trie_child(t, node, k, len);
-    bool dots = S->fast && !escaped ? mask_range(c->fast.dot, (size_t)(k - S->s), len)
-                                       : memchr(k, '.', len) != NULL;
-    if (whole != VM_NONE || !dots) {
+    if (whole != VM_NONE || !(S->fast && !escaped ? mask_range(c->fast.dot, (size_t)(k - S->s), len)
+                                                  : memchr(k, '.', len) != NULL)) {
         *out = whole;
         return VM_OK;
     }
