@@ -104,8 +104,8 @@ static bool escape_ok(const char *s, size_t n)
 static vm_status skip_string_raw(scanner *S, bool *escaped)
 {
     /* Byte by byte, one table look per byte: the strings the walk reads are keys and the values
-     * rules test, mostly short (two memchr calls per string, and a third for a key's dots,
-     * were a third of the EXACT row). */
+     * rules test, mostly short (memchr, two calls per string and one per key for its dots, was
+     * 22% of the EXACT row's trusted profile). */
     static const uint8_t stop[256] = { ['"'] = 1, ['\\'] = 2, ['.'] = 3 };
     const char *s = S->s;
     size_t p = S->p + 1, n = S->n;
