@@ -140,17 +140,20 @@ static void robust(engines *e, const char *s, size_t n, const char *where)
     vm_error err;
     static const vm_xform_env env = { NULL, NULL, 1, 1 };
     if (vm_match(e->c[E_TRUSTED], VM_NONE, ev, n, &m, &nm, &err) == VM_OK) {
-        /* What the router does next: the matched rules' templates, on the same bytes. */
+        /* The matched rules' templates on the same bytes: they must refuse them. */
         uint32_t rules[64];
         size_t k = nm < 64 ? nm : 64;
-        memcpy(rules, m, k * sizeof *m);
+        if (k)
+            memcpy(rules, m, k * sizeof *m);
         for (size_t i = 0; i < k; i++) {
             const char *out;
             size_t len;
             bool text;
             uint32_t xi = e->p->rules[rules[i]].xform;
             if (xi != VM_NONE && e->p->xforms[xi].kind == VM_X_TEMPLATE)
-                (void)vm_transform(e->c[E_TRUSTED], rules[i], ev, n, &env, &out, &len, &text, &err);
+                cr_assert_eq(vm_transform(e->c[E_TRUSTED], rules[i], ev, n, &env, &out, &len, &text,
+                                          &err), VM_ERR_EVENT, "%s: a trusted template ran on:\n%.*s",
+                             where, (int)n, s);
         }
     }
     (void)vm_match(e->c[E_TRUSTED_REF], VM_NONE, ev, n, &m, &nm, &err);
