@@ -87,10 +87,11 @@ bool bench_ebc(const char *ebc, const char *rules, const char *events, int repea
 {
     char rep[16];
     snprintf(rep, sizeof rep, "%d", repeat);
-    bool with = !strcmp(engine, "transforms");
+    /* "transforms" and "trusted" are the index engine with --transforms or --trusted. */
+    bool with = !strcmp(engine, "transforms"), trusted = !strcmp(engine, "trusted");
     char *argv[] = { (char *)ebc, "bench", (char *)rules, (char *)events, "--json", "--repeat",
-                     rep, "--engine", with ? "index" : (char *)engine, with ? "--transforms" : NULL,
-                     NULL };
+                     rep, "--engine", with || trusted ? "index" : (char *)engine,
+                     with ? "--transforms" : trusted ? "--trusted" : NULL, NULL };
     memset(out, 0, sizeof *out);
     char *text = capture(argv);
     if (!text) {

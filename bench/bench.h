@@ -38,7 +38,8 @@ bool bench_options_ready(const bench_options *o);
 
 /* Runs `EBC bench RULES EVENTS --json --repeat REPEAT --engine ENGINE`; false (with a message on
  * stderr) if it fails or prints something other than its JSON object.  ENGINE "transforms" runs
- * the index with --transforms (the matched rules' templates timed too). */
+ * the index with --transforms (the matched rules' templates timed too), "trusted" the index
+ * with --trusted (the router's path: events read without validating them). */
 bool bench_ebc(const char *ebc, const char *rules, const char *events, int repeat,
                const char *engine, bench_result *out);
 void bench_result_free(bench_result *r);

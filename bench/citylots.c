@@ -8,9 +8,11 @@
  * (MIXED); OUT/transforms.csv and OUT/transforms.md give transforms/s with matching included and
  * the transforms' own rate (the time they add to matching).
  *
- * Per row: the index engine (the median of RUNS processes, each the median of REPEAT passes)
- * and, as the baseline measured in the same run, the reference engine (the rules' bytecode,
- * one process, the median of REPEAT passes).  Writes OUT/citylots.csv, OUT/citylots.md (the table of bench/README.md) and
+ * Per row: the index engine (the median of RUNS processes, each the median of REPEAT passes),
+ * the same on the trusted path (`ebc bench --trusted`, as the router reads the bus log) and with
+ * the byte-by-byte scanner (`--engine bytewise`), each the median of RUNS processes too, and,
+ * as the baseline measured in the same run, the reference engine (the rules' bytecode, one
+ * process, the median of REPEAT passes).  Writes OUT/citylots.csv, OUT/citylots.md (the table of bench/README.md) and
  * OUT/citylots.png (gnuplot).  Exit status 1 if any count differs from the expected one.
  *
  * usage: bench_citylots --ebc EBC --data SHARED_DATA_DIR --work DIR --out DIR
@@ -166,19 +168,19 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench: cannot write the results in %s\n", out);
         return 2;
     }
-    fprintf(csv, "# %s; index: median of %d runs x %d passes; reference: 1 run x %d passes\n",
-            machine, runs, repeat, repeat);
+    fprintf(csv, "# %s; index, trusted, bytewise: median of %d runs x %d passes; reference: 1 run "
+                 "x %d passes\n", machine, runs, repeat, repeat);
     fprintf(csv, "row,rules,events,bytes_per_event,events_per_sec,mb_per_sec,ns_per_event,"
                  "compile_seconds,peak_rss_kb,program_bytes,reference_events_per_sec,"
                  "event_ruler_events_per_sec,quamina_events_per_sec,target_events_per_sec,"
-                 "meets_target,counts_ok\n");
+                 "meets_target,counts_ok,trusted_events_per_sec,bytewise_events_per_sec\n");
     fprintf(md, "Measured %s; `make bench` (ebr: median of %d runs, each the median of %d "
                 "passes, one core).\n\n", machine, runs, repeat);
     fprintf(md, "| row | rules | ebr events/s | MB/s | ns/event | compile | peak RSS | "
-                "reference VM | event-ruler | Quamina | target | met | counts |\n"
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
-    printf("%-27s %6s %12s %8s %9s %12s %10s %6s\n", "row", "rules", "events/s", "MB/s",
-           "ns/event", "reference", "target", "counts");
+                "reference VM | event-ruler | Quamina | target | met | counts | trusted | bytewise |\n"
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|\n");
+    printf("%-27s %6s %12s %8s %9s %12s %10s %6s %12s %12s\n", "row", "rules", "events/s", "MB/s",
+           "ns/event", "reference", "target", "counts", "trusted", "bytewise");
 
     bool all_ok = true;
     int nrows = 0;
@@ -196,37 +198,44 @@ int main(int argc, char **argv)
             fprintf(stderr, "bench: row %s: cannot write its rules\n", name);
             return 2;
         }
-        bench_result ix, ref;
+        bench_result ix, ref, tr, bw;
         if (!bench_median(ebc, rules, events, runs, repeat, "index", &ix) ||
+            !bench_median(ebc, rules, events, runs, repeat, "trusted", &tr) ||
+            !bench_median(ebc, rules, events, runs, repeat, "bytewise", &bw) ||
             !bench_ebc(ebc, rules, events, repeat, "reference", &ref))
             return 2;
-        bool ok = counts_equal(name, ix.counts, expected) && counts_equal(name, ref.counts, expected);
+        bool ok = counts_equal(name, ix.counts, expected) && counts_equal(name, ref.counts, expected) &&
+                  counts_equal(name, tr.counts, expected) && counts_equal(name, bw.counts, expected);
         all_ok &= ok;
         const struct peer *pe = peer_of(name);
         double er = pe ? pe->event_ruler : 0, qu = pe ? pe->quamina : 0, tg = pe ? pe->target : 0;
         bool met = tg > 0 && ix.events_per_sec >= tg;
         double bpe = ix.events ? ix.mb_per_sec * 1e6 / ix.events_per_sec : 0;
-        fprintf(csv, "%s,%lu,%lu,%.0f,%.0f,%.1f,%.1f,%.6f,%ld,%.0f,%.0f,%.0f,%.0f,%.0f,%s,%s\n",
+        fprintf(csv, "%s,%lu,%lu,%.0f,%.0f,%.1f,%.1f,%.6f,%ld,%.0f,%.0f,%.0f,%.0f,%.0f,%s,%s,%.0f,%.0f\n",
                 name, ix.rules, ix.events, bpe, ix.events_per_sec, ix.mb_per_sec, ix.ns_per_event,
                 ix.compile_seconds, ix.peak_rss_kb, ix.program_bytes, ref.events_per_sec, er, qu,
-                tg, met ? "yes" : "no", ok ? "yes" : "no");
-        char e[32], r[32], h1[32], h2[32], t[32];
+                tg, met ? "yes" : "no", ok ? "yes" : "no", tr.events_per_sec, bw.events_per_sec);
+        char e[32], r[32], h1[32], h2[32], t[32], ht[32], hb[32];
+        human(tr.events_per_sec, ht, sizeof ht);
+        human(bw.events_per_sec, hb, sizeof hb);
         human(ix.events_per_sec, e, sizeof e);
         human(ref.events_per_sec, r, sizeof r);
         human(er, h1, sizeof h1);
         human(qu, h2, sizeof h2);
         human(tg, t, sizeof t);
         fprintf(md, "| %s | %lu | **%s** | %.0f | %.0f | %.1f ms | %.0f MB | %s | %s | %s | %s | "
-                    "%s (%.0f%%) | %s |\n",
+                    "%s (%.0f%%) | %s | %s | %s |\n",
                 name, ix.rules, e, ix.mb_per_sec, ix.ns_per_event, ix.compile_seconds * 1e3,
                 ix.peak_rss_kb / 1024.0, r, h1, h2, t, met ? "yes" : "no",
-                tg > 0 ? 100 * ix.events_per_sec / tg : 0, ok ? "equal" : "DIFFER");
+                tg > 0 ? 100 * ix.events_per_sec / tg : 0, ok ? "equal" : "DIFFER", ht, hb);
         fprintf(dat, "%s %.0f %.0f %.0f %.0f\n", name, ix.events_per_sec, tg, qu, er);
-        printf("%-27s %6lu %12.0f %8.1f %9.1f %12.0f %10.0f %6s\n", name, ix.rules,
+        printf("%-27s %6lu %12.0f %8.1f %9.1f %12.0f %10.0f %6s %12.0f %12.0f\n", name, ix.rules,
                ix.events_per_sec, ix.mb_per_sec, ix.ns_per_event, ref.events_per_sec, tg,
-               ok ? "ok" : "DIFFER");
+               ok ? "ok" : "DIFFER", tr.events_per_sec, bw.events_per_sec);
         fflush(stdout);
         bench_result_free(&ix);
+        bench_result_free(&tr);
+        bench_result_free(&bw);
         bench_result_free(&ref);
         free(rules);
         nrows++;

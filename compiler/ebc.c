@@ -43,6 +43,8 @@ static const char usage[] =
     "        [--repeat N] [--json]    events/s, MB/s, ns/event, compile time, peak RSS, and\n"
     "        [--engine E]             each rule's match count; E: index (default), bytewise\n"
     "        [--transforms]           (index, byte-by-byte scan), reference (bytecode only);\n"
+    "        [--trusted]              --trusted: the router's path (the events checked untimed\n"
+    "                                 first, then read without validating them);\n"
     "                                 --transforms also times the matched rules' templates\n"
     "  disasm RULES                   print each rule's bytecode (RULES is .ebr or .ebc)\n"
     "  explain RULES                  draw each bus's index as a tree\n"
@@ -470,16 +472,20 @@ static bench_event *split_events(const char *text, size_t len, size_t *nev)
 
 /* An untimed pass over the events: counts each rule's matches, reports each event that does not
  * match cleanly on standard error (FILE:LINE: error: ...) and drops it from ev, so that the timed
- * passes see only events that match.  Returns how many were dropped. */
-static size_t drop_invalid(vm_ctx *ctx, const char *file, bench_event *ev, size_t *nev,
-                           uint64_t *counts)
+ * passes see only events that match.  `check` decides (a validating context: with --trusted the
+ * events are checked as ingest checks them) and `ctx`, the timed one, counts.  Returns how many
+ * were dropped. */
+static size_t drop_invalid(vm_ctx *check, vm_ctx *ctx, const char *file, bench_event *ev,
+                           size_t *nev, uint64_t *counts)
 {
     size_t kept = 0;
     for (size_t i = 0; i < *nev; i++) {
         const uint32_t *m;
         size_t nm;
         vm_error err;
-        vm_status st = vm_match(ctx, VM_NONE, ev[i].s, ev[i].n, &m, &nm, &err);
+        vm_status st = vm_match(check, VM_NONE, ev[i].s, ev[i].n, &m, &nm, &err);
+        if (st == VM_OK && ctx != check)
+            st = vm_match(ctx, VM_NONE, ev[i].s, ev[i].n, &m, &nm, &err);
         if (st != VM_OK) {
             fprintf(stderr, "%s:%lu: error: %s%s\n", file, ev[i].line,
                     st == VM_ERR_EVENT ? "invalid event: " : "", err.msg);
@@ -506,6 +512,8 @@ static int cmd_bench(int argc, char **argv)
             json = true;
         else if (!strcmp(argv[i], "--transforms"))
             transforms = true;
+        else if (!strcmp(argv[i], "--trusted"))
+            opt.trusted = true;
         else if (!strcmp(argv[i], "--repeat") && i + 1 < argc && atoi(argv[i + 1]) > 0)
             repeat = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--engine") && i + 1 < argc) {
@@ -530,8 +538,8 @@ static int cmd_bench(int argc, char **argv)
         }
     }
     if (!rules || !events) {
-        fputs("usage: ebc bench RULES EVENTS.jsonl [--repeat N] [--engine E] [--transforms] [--json]\n",
-              stderr);
+        fputs("usage: ebc bench RULES EVENTS.jsonl [--repeat N] [--engine E] [--trusted] [--transforms]\n"
+              "                 [--json]\n", stderr);
         return EXIT_USAGE;
     }
     int status = EXIT_OK;
@@ -552,17 +560,24 @@ static int cmd_bench(int argc, char **argv)
     size_t nev, bytes = 0;
     bench_event *ev = split_events(text, len, &nev);
     vm_ctx *ctx = ev ? vm_ctx_new(p, &opt) : NULL;
+    vm_options validating = opt;
+    validating.trusted = false;
+    vm_ctx *check = ctx && opt.trusted ? vm_ctx_new(p, &validating) : ctx;
     uint64_t *counts = calloc(p->nrules ? p->nrules : 1, sizeof *counts);
-    if (!ctx || !counts) {
+    if (!ctx || !check || !counts) {
         fputs("ebc: out of memory\n", stderr);
         free(ev);
         free(counts);
         free(text);
+        if (check != ctx)
+            vm_ctx_free(check);
         vm_ctx_free(ctx);
         vm_program_free(p);
         return EXIT_INPUT;
     }
-    size_t nlines = nev, invalid = drop_invalid(ctx, input_name(events), ev, &nev, counts);
+    size_t nlines = nev, invalid = drop_invalid(check, ctx, input_name(events), ev, &nev, counts);
+    if (check != ctx)
+        vm_ctx_free(check);
     for (size_t i = 0; i < nev; i++)
         bytes += ev[i].n;
     double *times = malloc((size_t)repeat * sizeof *times);
@@ -622,9 +637,9 @@ static int cmd_bench(int argc, char **argv)
         printf("{\"events\": %zu, \"bytes\": %zu, \"seconds\": %.6f, \"events_per_sec\": %.0f, "
                "\"mb_per_sec\": %.1f, \"ns_per_event\": %.1f, \"compile_seconds\": %.6f, "
                "\"peak_rss_kb\": %ld, \"rss_kb\": %ld, \"rules\": %u, \"program_bytes\": %zu, \"repeat\": %d, "
-               "\"engine\": \"%s\", \"invalid\": %zu, ",
+               "\"engine\": \"%s\", \"trusted\": %s, \"invalid\": %zu, ",
                nlines, bytes, secs, eps, mbps, ns, compile_s, peak_kb, rss_kb, p->nrules, image_len,
-               repeat, engine, invalid);
+               repeat, engine, opt.trusted ? "true" : "false", invalid);
         if (transforms)
             printf("\"transforms\": %zu, \"transform_failures\": %zu, \"payload_bytes\": %zu, "
                    "\"seconds_with_transforms\": %.6f, \"transforms_per_sec\": %.0f, "
@@ -640,7 +655,8 @@ static int cmd_bench(int argc, char **argv)
     } else {
         printf("events        %zu (%zu invalid, not timed)\n", nlines, invalid);
         printf("bytes         %zu\n", bytes);
-        printf("seconds       %.6f (median of %d passes, engine %s)\n", secs, repeat, engine);
+        printf("seconds       %.6f (median of %d passes, engine %s%s)\n", secs, repeat, engine,
+               opt.trusted ? ", trusted" : "");
         printf("events/s      %.0f\n", eps);
         printf("MB/s          %.1f\n", mbps);
         printf("ns/event      %.1f\n", ns);

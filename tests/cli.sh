@@ -106,6 +106,10 @@ grep -qx "$T/bench.jsonl:5: error: invalid event: trailing comma in object (at b
 expect_status 3 "$EBC" bench --json "$T/orders.ebc" "$T/bench.jsonl" --repeat 1
 grep -q '^{"events": 5, "bytes": [0-9]*, .*"invalid": 2, "counts": {"big_eu_orders": 2,' "$T/out" ||
     fail "bench --json: $(cat "$T/out")"
+# --trusted: the invalid events still set aside (checked untimed), the same counts
+expect_status 3 "$EBC" bench --json --trusted "$T/orders.ebc" "$T/bench.jsonl" --repeat 1
+grep -q '^{"events": 5, "bytes": [0-9]*, .*"trusted": true, "invalid": 2, "counts": {"big_eu_orders": 2,' "$T/out" ||
+    fail "bench --json --trusted: $(cat "$T/out")"
 expect_status 0 "$EBC" bench "$T/orders.ebc" "$T/good.jsonl" --repeat 1
 [ -s "$T/err" ] && fail "bench on valid events wrote to stderr: $(cat "$T/err")"
 

@@ -98,6 +98,7 @@ vm_ctx *vm_ctx_new(const vm_program *p, const vm_options *opt)
         c->first[i] = VM_NONE;
     c->reference = opt && opt->reference;
     c->fast_ok = !(opt && opt->no_simd) && vm_fast_available();
+    c->trusted = opt && opt->trusted;
     c->pred_stamp = calloc(p->nix_preds + 1, sizeof *c->pred_stamp);
     c->pred_tried = calloc(p->nix_preds + 1, sizeof *c->pred_tried);
     c->rule_stamp = calloc(p->nrules + 1, sizeof *c->rule_stamp);
@@ -703,7 +704,7 @@ vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
         memset(c->runs, 0, p->npaths * sizeof *c->runs);
         c->epoch = 1;
     }
-    c->scanned = NULL;
+    c->scanned = c->valid_for = NULL;
     c->dotted_keys = 0;
     vm_status st = vm_scan(c, json, len, err);
     if (st != VM_OK)

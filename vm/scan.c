@@ -9,6 +9,10 @@
 
 #include "vm_int.h"
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
 struct vm_frame {
     uint8_t array;       /* 1: an array, 0: an object */
     uint8_t memb;        /* this container is an array element: it pushed a membership */
@@ -22,8 +26,11 @@ typedef struct {
     const char *s;
     size_t n, p;
     vm_error *err;
-    bool trusted;      /* stage 1 (scan_fast.c) validated the event: read without checking */
-    uint32_t bi;       /* trusted: the index of the next bracket in c->fast */
+    bool trust;        /* read without checking: stage 1 validated the event, or the caller
+                          vouches for it (vm_options.trusted) */
+    bool fast;         /* stage 1 (scan_fast.c) ran: its masks and brackets are there to use */
+    bool dots;         /* trusted, not fast: the last string read holds a '.' */
+    uint32_t bi;       /* fast: the index of the next bracket in c->fast */
 } scanner;
 
 static vm_status fail(scanner *S, size_t at, vm_status code, const char *what)
@@ -36,8 +43,11 @@ static vm_status fail(scanner *S, size_t at, vm_status code, const char *what)
     return code;
 }
 
-static void skip_ws(scanner *S)
+static inline void skip_ws(scanner *S)
 {
+    /* (the usual case first, inlined: a token right here) */
+    if (S->p < S->n && (unsigned char)S->s[S->p] > ' ')
+        return;
     while (S->p < S->n) {
         char ch = S->s[S->p];
         if (ch != ' ' && ch != '\n' && ch != '\r' && ch != '\t')
@@ -82,16 +92,82 @@ static void skip_string_fast(scanner *S, bool *escaped)
     S->p = end + 1;
 }
 
+/* Is the escape at s[0..n) (a backslash first) one of JSON's? */
+static bool escape_ok(const char *s, size_t n)
+{
+    if (n < 2)
+        return false;
+    if (s[1] != 'u')
+        return s[1] && strchr("\"\\/bfnrt", s[1]);
+    for (size_t i = 2; i < 6; i++)
+        if (i >= n || !s[i] || !strchr("0123456789abcdefABCDEF", s[i]))
+            return false;
+    return true;
+}
+
+/* The first '"', '\\' or '.' in s[p..n), or n: 16 bytes at a time while 16 are left, then by a
+ * table look per byte. */
+static inline size_t next_stop(const char *s, size_t p, size_t n)
+{
+    static const bool stop[256] = { ['"'] = 1, ['\\'] = 1, ['.'] = 1 };
+#ifdef __SSE2__
+    const __m128i q = _mm_set1_epi8('"'), bs = _mm_set1_epi8('\\'), dot = _mm_set1_epi8('.');
+    for (; p + 16 <= n; p += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + p));
+        unsigned m = (unsigned)_mm_movemask_epi8(_mm_or_si128(
+            _mm_or_si128(_mm_cmpeq_epi8(v, q), _mm_cmpeq_epi8(v, bs)), _mm_cmpeq_epi8(v, dot)));
+        if (m)
+            return p + (size_t)__builtin_ctz(m);
+    }
+#endif
+    while (p < n && !stop[(unsigned char)s[p]])
+        p++;
+    return p;
+}
+
+/* Trusted without stage 1: the closing quote of the string opened at S->p; S->dots says if it
+ * holds a '.' (for lookup).  Only escapes are checked (they are rare, and the matcher decodes
+ * them assuming JSON's forms); control characters and UTF-8 are not. */
+static vm_status skip_string_raw(scanner *S, bool *escaped)
+{
+    /* The strings the walk reads are keys and the values rules test, mostly short (memchr, two
+     * calls per string and one per key for its dots, was 22% of the EXACT row's trusted
+     * profile; a table look per byte then 19%). */
+    const char *s = S->s;
+    size_t p = S->p + 1, n = S->n;
+    *escaped = false;
+    S->dots = false;
+    while ((p = next_stop(s, p, n)) < n) {
+        if (s[p] == '"') {
+            S->p = p + 1;
+            return VM_OK;
+        }
+        if (s[p] == '.') {
+            S->dots = true;
+            p++;
+            continue;
+        }
+        *escaped = true;
+        if (!escape_ok(s + p, n - p))
+            return fail(S, p, VM_ERR_EVENT, "invalid escape in string");
+        p += s[p + 1] == 'u' ? 6 : 2;
+    }
+    return fail(S, S->p, VM_ERR_EVENT, "unterminated string");
+}
+
 /* Reads the string whose opening quote is at S->p; leaves S->p after the closing quote.
- * Checks escapes, control characters and UTF-8.  *escaped says if it held escapes. */
+ * Checks escapes, control characters and UTF-8 (unless trusted).  *escaped says if it held
+ * escapes. */
 static vm_status read_string(scanner *S, bool *escaped)
 {
     const unsigned char *s = (const unsigned char *)S->s;
     size_t p = S->p + 1, n = S->n;
-    if (S->trusted) {
+    if (S->fast) {
         skip_string_fast(S, escaped);
         return VM_OK;
     }
+    if (S->trust)
+        return skip_string_raw(S, escaped);
     *escaped = false;
     while (p < n) {
         unsigned char ch = s[p];
@@ -134,7 +210,7 @@ static vm_status read_string(scanner *S, bool *escaped)
 /* Checks a number per RFC 8259 at S->p and moves past it. */
 static vm_status read_number(scanner *S)
 {
-    if (S->trusted) {
+    if (S->trust) {
         /* (a table, not strchr per byte: that was 11% of the COMBO row) */
         static const bool in_number[256] = {
             ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,
@@ -176,9 +252,9 @@ static vm_status lookup(scanner *S, uint32_t node, const char *k, size_t len, bo
     }
     /* The common case first: the whole key is one segment. */
     uint32_t whole = vm_trie_child(t, node, k, len);
-    bool dots = S->trusted && !escaped ? mask_range(c->fast.dot, (size_t)(k - S->s), len)
-                                       : memchr(k, '.', len) != NULL;
-    if (whole != VM_NONE || !dots) {
+    if (whole != VM_NONE || !(escaped ? memchr(k, '.', len) != NULL
+                              : S->fast ? mask_range(c->fast.dot, (size_t)(k - S->s), len)
+                              : S->trust ? S->dots : memchr(k, '.', len) != NULL)) {
         *out = whole;
         return VM_OK;
     }
@@ -243,12 +319,26 @@ static vm_status open_container(scanner *S, uint32_t node, struct vm_frame *pare
     /* Nothing below can be referenced: keep validating, but look nothing up. */
     if (!tn || (tn->nedge == 0 && (!f.array || tn->path == VM_NONE)))
         f.node = VM_NONE;
-    if (S->trusted && f.node == VM_NONE) {
+    if (S->fast && f.node == VM_NONE) {
         /* Already validated: jump to the matching bracket. */
         uint32_t close = c->fast.br_match[S->bi];
         S->p = c->fast.br_pos[close] + 1;
         S->bi = close + 1;
         return VM_OK;
+    }
+    if (S->trust && f.node == VM_NONE) {
+        /* Trusted without stage 1: find the matching bracket (and keep the depth limit, so
+         * that an event too deep fails as when validated). */
+        size_t end;
+        switch (vm_fast_skip(S->s, S->n, S->p + 1, c->max_depth - c->frames.n, &end)) {
+        case VM_SKIP_OK:
+            S->p = end;
+            return VM_OK;
+        case VM_SKIP_DEEP:
+            return fail(S, S->p, VM_ERR_LIMIT, "the event is nested too deeply");
+        default:
+            return fail(S, S->p, VM_ERR_EVENT, "unexpected end of event");
+        }
     }
     S->bi++;
     if (f.array) {
@@ -305,7 +395,7 @@ static vm_status read_value(scanner *S, uint32_t node, struct vm_frame *parent, 
         static const uint8_t types[] = { VM_J_TRUE, VM_J_FALSE, VM_J_NULL };
         int w = S->s[S->p] == 't' ? 0 : S->s[S->p] == 'f' ? 1 : 2;
         size_t len = strlen(words[w]);
-        if (!S->trusted && (S->n - S->p < len || memcmp(S->s + S->p, words[w], len) != 0))
+        if (S->n - S->p < len || (!S->trust && memcmp(S->s + S->p, words[w], len) != 0))
             return fail(S, S->p, VM_ERR_EVENT, "invalid literal (expected true, false or null)");
         S->p += len;
         return add_field(S, node, types[w], false, start, len);
@@ -334,11 +424,14 @@ static void close_element(vm_ctx *c)
     c->memb_depth--;
 }
 
-/* Reads the event into the field tables.  Trusted (stage 1 passed): no check fails, and
- * containers no rule looks into are jumped over. */
-static vm_status walk(vm_ctx *c, const char *json, size_t len, vm_error *err, bool trusted)
+/* Reads the event into the field tables.  Stage 1 passed (fast): no check fails, and containers
+ * no rule looks into are jumped over by its brackets.  Trusted (not fast): the same without
+ * stage 1, finding where containers end by their brackets and quotes, and every read bounded
+ * by len whatever the bytes. */
+static vm_status walk(vm_ctx *c, const char *json, size_t len, vm_error *err, bool trust,
+                      bool fast)
 {
-    scanner S = { c, json, len, 0, err, trusted, 0 };
+    scanner S = { c, json, len, 0, err, trust, fast, false, 0 };
     vm_status st;
     bool opened;
     c->memb_top = VM_NONE;
@@ -431,11 +524,16 @@ vm_status vm_scan(vm_ctx *c, const char *json, size_t len, vm_error *err)
     if (only < 0)
         only = getenv("EBR_STAGE1_ONLY") != NULL;
     c->fast_for = NULL;
+    if (c->trusted) {
+        c->fields.n = c->memb.n = c->frames.n = 0;
+        c->narrays = c->array_depth.n = 0;
+        return walk(c, json, len, err, true, false);
+    }
     if (c->fast_ok && len >= 64 && vm_fast_stage1(c, json, len)) {
         c->fast_for = json;
-        return only ? VM_OK : walk(c, json, len, err, true);
+        return only ? VM_OK : walk(c, json, len, err, true, true);
     }
     c->fields.n = c->memb.n = c->frames.n = 0;
     c->narrays = c->array_depth.n = 0;
-    return walk(c, json, len, err, false);
+    return walk(c, json, len, err, false, false);
 }

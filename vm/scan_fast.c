@@ -788,3 +788,111 @@ HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t first_sig, size_t 
     }
     return depth == 0;
 }
+
+/* ---- the trusted skip --------------------------------------------------------------------------- */
+
+/* The bytes of a block the skip looks at: quotes, backslashes, opening and closing brackets. */
+typedef struct { uint64_t q, bs, open, close; } skip_classes;
+
+#ifdef EBR_X86
+__attribute__((target("avx2"))) static inline __attribute__((always_inline))
+void skip_classify_avx2(const uint8_t *p, skip_classes *k)
+{
+    __m256i lo = _mm256_loadu_si256((const __m256i *)p);
+    __m256i hi = _mm256_loadu_si256((const __m256i *)(p + 32));
+#define M(x) ((uint64_t)(uint32_t)_mm256_movemask_epi8(x))
+#define BOTH_EQ(ch) (M(_mm256_cmpeq_epi8(lo, _mm256_set1_epi8((char)(ch)))) | \
+                     M(_mm256_cmpeq_epi8(hi, _mm256_set1_epi8((char)(ch)))) << 32)
+    k->q = BOTH_EQ('"');
+    k->bs = BOTH_EQ('\\');
+    /* '{' is 0x7b and '[' 0x5b, '}' 0x7d and ']' 0x5d: they differ only in bit 5. */
+    __m256i l5 = _mm256_andnot_si256(_mm256_set1_epi8(0x20), lo);
+    __m256i h5 = _mm256_andnot_si256(_mm256_set1_epi8(0x20), hi);
+    k->open = M(_mm256_cmpeq_epi8(l5, _mm256_set1_epi8(0x5b))) |
+              M(_mm256_cmpeq_epi8(h5, _mm256_set1_epi8(0x5b))) << 32;
+    k->close = M(_mm256_cmpeq_epi8(l5, _mm256_set1_epi8(0x5d))) |
+               M(_mm256_cmpeq_epi8(h5, _mm256_set1_epi8(0x5d))) << 32;
+#undef M
+#undef BOTH_EQ
+}
+#endif
+
+static void skip_classify_scalar(const uint8_t *p, skip_classes *k)
+{
+    memset(k, 0, sizeof *k);
+    for (int i = 0; i < 64; i++) {
+        uint8_t ch = p[i];
+        uint64_t b = 1ull << i;
+        k->q |= ch == '"' ? b : 0;
+        k->bs |= ch == '\\' ? b : 0;
+        k->open |= (ch == '{' || ch == '[') ? b : 0;
+        k->close |= (ch == '}' || ch == ']') ? b : 0;
+    }
+}
+
+typedef void (*skip_classify_fn)(const uint8_t *, skip_classes *);
+
+/* The skip with one classification: blocks start at `from`, not at multiples of 64. */
+AI vm_skip_status skip_with(const char *json, size_t len, size_t from, size_t room,
+                                    size_t *end, skip_classify_fn classify)
+{
+    const uint8_t *s = (const uint8_t *)json;
+    uint64_t odd = 0, in = 0;
+    size_t depth = 1;
+    uint8_t tail[64];
+    for (size_t base = from; base < len; base += 64) {
+        const uint8_t *p = s + base;
+        if (len - base < 64) {
+            memset(tail, ' ', sizeof tail);
+            memcpy(tail, p, len - base);
+            p = tail;
+        }
+        skip_classes m;
+        classify(p, &m);
+        uint64_t q = m.q & ~escaped_bytes(p, m.bs, &odd);
+        uint64_t inside = prefix_xor(q) ^ in;
+        in = (uint64_t)((int64_t)inside >> 63);
+        uint64_t open = m.open & ~inside, close = m.close & ~inside;
+        size_t nopen = (size_t)__builtin_popcountll(open), nclose = (size_t)__builtin_popcountll(close);
+        if (nclose < depth && depth + nopen <= room) {
+            /* Neither the end of the container nor a level too deep can lie in this block. */
+            depth += nopen - nclose;
+            continue;
+        }
+        for (uint64_t br = open | close; br; br &= br - 1) {
+            uint64_t bit = br & -br;
+            if (open & bit) {
+                if (++depth > room)
+                    return VM_SKIP_DEEP;
+            } else if (--depth == 0) {
+                *end = base + (size_t)__builtin_ctzll(bit) + 1;
+                return *end <= len ? VM_SKIP_OK : VM_SKIP_BAD;
+            }
+        }
+    }
+    return VM_SKIP_BAD;
+}
+
+#ifdef EBR_X86
+/* (its own function, so that the classification is inlined with AVX2 enabled) */
+static __attribute__((target("avx2,popcnt,bmi,bmi2,lzcnt"))) vm_skip_status
+skip_avx2(const char *json, size_t len, size_t from, size_t room, size_t *end)
+{
+    return skip_with(json, len, from, room, end, skip_classify_avx2);
+}
+#endif
+
+vm_skip_status vm_fast_skip(const char *json, size_t len, size_t from, size_t room, size_t *end)
+{
+#ifdef EBR_X86
+    if (vm_fast_available())
+        return skip_avx2(json, len, from, room, end);
+#endif
+    return skip_with(json, len, from, room, end, skip_classify_scalar);
+}
+
+vm_skip_status vm_fast_skip_portable(const char *json, size_t len, size_t from, size_t room,
+                                     size_t *end)
+{
+    return skip_with(json, len, from, room, end, skip_classify_scalar);
+}

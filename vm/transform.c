@@ -935,6 +935,30 @@ static vm_status exec(run *r, const vm_xform *x)
     return VM_OK;
 }
 
+/* A trusted context's vm_match read only what the rules look at, without validating; a
+ * template walks the event's text assuming JSON, so the event is validated here, once for all
+ * the templates it is given to (by stage 1 where it runs: the template then also finds values
+ * by its brackets).  False, with err filled, when it is not valid JSON. */
+static bool trusted_event_ok(vm_ctx *c, const char *json, size_t len, vm_error *err)
+{
+    if (c->valid_for == json && c->valid_len == len)
+        return true;
+    size_t bad = 0;
+    bool scanned = c->scanned == json && c->scanned_len == len;
+    if (scanned && c->fast_ok && len >= 64 && vm_fast_stage1(c, json, len)) {
+        c->fast_for = json;
+    } else if (!vm_json_valid(json, len, &bad)) {
+        err->code = VM_ERR_EVENT;
+        err->offset = bad;
+        snprintf(err->msg, sizeof err->msg,
+                 "the event is not valid JSON (at byte %zu), as a trusted event must be", bad);
+        return false;
+    }
+    c->valid_for = json;
+    c->valid_len = len;
+    return true;
+}
+
 vm_status vm_transform(vm_ctx *c, uint32_t rule, const char *json, size_t len,
                        const vm_xform_env *env, const char **out, size_t *outlen, bool *text,
                        vm_error *err)
@@ -962,6 +986,8 @@ vm_status vm_transform(vm_ctx *c, uint32_t rule, const char *json, size_t len,
         snprintf(err->msg, sizeof err->msg, "a function transform is run by the runtime, not the VM");
         return VM_ERR_TRANSFORM;
     }
+    if (c->trusted && !trusted_event_ok(c, json, len, err))
+        return VM_ERR_EVENT;
     run r = { c, p, json, (uint32_t)len, env, rule, x->code0, err, VM_NONE, 0,
               c->fast_for == json && c->scanned == json && c->scanned_len == len ? &c->fast : NULL };
     c->xout.n = c->xscratch.n = c->xpos.n = 0;

@@ -475,6 +475,12 @@ typedef struct {
     size_t max_steps;    /* work limit for one rule on one event; 0 means the default
                             (VM_MAX_STEPS): fields examined plus choices revisited, see
                             docs/bytecode.md */
+    bool trusted;        /* the caller vouches that every event is valid JSON (the bus log:
+                            checked at ingest, guarded by CRCs since): vm_match reads only the
+                            parts the rules' paths reach and jumps over the rest by brackets and
+                            quotes, checking no number, literal or UTF-8.  Valid JSON gets the
+                            verdicts of the validating scan; any other bytes are read safely
+                            but may get any verdict (an error or some matches) */
 } vm_options;
 
 /* The options a ruleset's server block sets for matching (`match_steps`: max_steps); the rest
@@ -527,8 +533,9 @@ typedef struct {
 } vm_xform_env;
 
 /* Writes the payload that rule `rule`'s targets receive for the event json[0..len) (valid JSON,
- * as vm_match has checked it): the event itself when the rule has no transform, else its
- * template's output.  On VM_OK, *out and *outlen hold the payload (valid until the next call on
+ * as vm_match has checked it; on a trusted context, which did not, a template checks it first
+ * and refuses other bytes with VM_ERR_EVENT): the event itself when the rule has no transform,
+ * else its template's output.  On VM_OK, *out and *outlen hold the payload (valid until the next call on
  * c) and *text says it is text, not JSON.  A template that fails for this event (a function
  * given what it cannot take) gives VM_ERR_TRANSFORM, with err saying why and where in the
  * rules; nothing is written half.  A function transform (VM_X_EXEC, VM_X_HTTP) is the caller's

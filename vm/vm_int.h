@@ -123,6 +123,9 @@ struct vm_ctx {
     VM_BUF(uint32_t) candidates;
     /* the fast scanner */
     bool fast_ok;
+    bool trusted;             /* vm_options.trusted: events are read without validating them */
+    const char *valid_for;    /* trusted: the event last validated for a template (transform.c) */
+    size_t valid_len;
     vm_fast fast;
     /* scanner frames */
     VM_BUF(struct vm_frame) frames;
@@ -195,6 +198,20 @@ bool vm_fast_stage1(vm_ctx *c, const char *json, size_t len);
 /* The same with a chosen implementation: 0 AVX-512 VBMI2, 1 AVX2 masks, 2 portable (tests). */
 bool vm_fast_stage1_with(vm_ctx *c, const char *json, size_t len, int kind);
 bool vm_fast_brackets(vm_ctx *c, const char *json, size_t first_sig, size_t last_sig);
+
+/* What vm_fast_skip found. */
+typedef enum { VM_SKIP_OK, VM_SKIP_BAD, VM_SKIP_DEEP } vm_skip_status;
+
+/* The trusted scan's jump over a container nothing looks into, without stage 1: from json[from]
+ * (the byte after its opening bracket, outside any string) to the bracket that closes it,
+ * counting brackets outside strings, 64 bytes at a time.  Brackets are not told apart ('{' may
+ * close with ']') and nothing else is checked.  VM_SKIP_OK with *end one past the closing
+ * bracket; VM_SKIP_DEEP when brackets nest more than `room` deep (the container itself is 1);
+ * VM_SKIP_BAD when the text ends first.  Reads json[0..len) only, whatever the bytes. */
+vm_skip_status vm_fast_skip(const char *json, size_t len, size_t from, size_t room, size_t *end);
+/* The same with portable classification (for tests). */
+vm_skip_status vm_fast_skip_portable(const char *json, size_t len, size_t from, size_t room,
+                                     size_t *end);
 
 /* Scans the event into c's field tables.  Returns VM_OK, or an error for invalid JSON. */
 vm_status vm_scan(vm_ctx *c, const char *json, size_t len, vm_error *err);

@@ -3,7 +3,10 @@
  * operator, arrays of objects, negations and bands.  Checks that the scanner never reads or
  * writes out of bounds (run under ASan + UBSan), that the SIMD scanner and the byte-by-byte one
  * agree (status and matches), and that the index matches exactly what the reference evaluator
- * (the rules' bytecode) matches.  `make fuzz` runs it; it is not part of `make test`.
+ * (the rules' bytecode) matches.  The trusted path (vm_options.trusted, the router's) is given
+ * the same bytes: on valid JSON it must agree with the others (matches, and the template's
+ * payload); on anything else it must only stay in bounds and end.  `make fuzz` runs it; it is
+ * not part of `make test`.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -82,18 +85,27 @@ static void same(const outcome *a, const outcome *b, const char *what)
 }
 
 /* The template of rule xf writes the same payload (or fails alike) whether the event was read
- * through stage 1's brackets or byte by byte. */
-static void transforms_agree(const uint8_t *ev, size_t size)
+ * through stage 1's brackets, byte by byte or (`trusted`) on the trusted path. */
+static void transforms_agree(const uint8_t *ev, size_t size, bool trusted)
 {
-    static const vm_options bytewise = { .no_simd = true };
+    static const vm_options bytewise = { .no_simd = true }, trust = { .trusted = true };
     static const vm_xform_env env = { NULL, NULL, 1, 1 };
-    vm_ctx *a = vm_ctx_new(prog, NULL), *b = vm_ctx_new(prog, &bytewise);
+    vm_ctx *a = vm_ctx_new(prog, trusted ? &trust : NULL), *b = vm_ctx_new(prog, &bytewise);
     const uint32_t *m;
     size_t nm;
     vm_error err;
     uint32_t xf = prog->nrules - 1;
-    if (vm_match(a, VM_NONE, (const char *)ev, size, &m, &nm, &err) == VM_OK &&
-        vm_match(b, VM_NONE, (const char *)ev, size, &m, &nm, &err) == VM_OK) {
+    bool a_ok = vm_match(a, VM_NONE, (const char *)ev, size, &m, &nm, &err) == VM_OK;
+    if (a_ok && trusted && !vm_json_valid((const char *)ev, size, NULL)) {
+        /* The trusted scan may match bytes that are not JSON; its template must refuse them. */
+        const char *pa;
+        size_t na;
+        bool ta;
+        if (vm_transform(a, xf, (const char *)ev, size, &env, &pa, &na, &ta, &err) != VM_ERR_EVENT) {
+            fprintf(stderr, "fuzz_event: a trusted template ran on bytes that are not JSON\n");
+            abort();
+        }
+    } else if (a_ok && vm_match(b, VM_NONE, (const char *)ev, size, &m, &nm, &err) == VM_OK) {
         const char *pa, *pb;
         size_t na, nb;
         bool ta, tb;
@@ -118,7 +130,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     same(&fast, &slow, "the SIMD scanner and the byte-by-byte scanner");
     outcome ref = run(ev, size, &reference);
     same(&fast, &ref, "the index and the reference evaluator");
-    transforms_agree(ev, size);
+    transforms_agree(ev, size, false);
+    static const vm_options trusted = { .trusted = true },
+                            trusted_ref = { .trusted = true, .reference = true };
+    outcome tr = run(ev, size, &trusted), trref = run(ev, size, &trusted_ref);
+    if (vm_json_valid((const char *)ev, size, NULL)) {
+        same(&tr, &slow, "the trusted path and the validating one");
+        same(&trref, &slow, "the trusted reference evaluator and the validating scan");
+    }
+    transforms_agree(ev, size, true);   /* (on invalid bytes: a trusted template refuses them) */
     free(ev);
     return 0;
 }
