@@ -490,8 +490,9 @@ static bool required(const cJSON *j, const char *name, const char **v, size_t *n
     return false;
 }
 
-/* Checks entry j and makes its envelope into e (or says why not).  Under d->lock (read). */
-static void make_entry(ebd *d, const caller *who, const cJSON *j, entry *e)
+/* Checks entry j (of size bytes, AWS's count) and makes its envelope into e (or says why not).
+ * Under d->lock (read). */
+static void make_entry(ebd *d, const caller *who, const cJSON *j, size_t size, entry *e)
 {
     e->bus = VM_NONE;
     bool bad = false;
@@ -553,9 +554,9 @@ static void make_entry(ebd *d, const caller *who, const cJSON *j, entry *e)
     }
     /* The bus's max_event_size counts as AWS counts an entry (the envelope's own members are
      * not the client's), so an entry AWS takes fits a bus of the default 256 KiB. */
-    if (entry_size(j) > view.max_event) {
+    if (size > view.max_event) {
         set_error(e, MT_TOO_LARGE, "InvalidArgument", "the entry is %zu bytes, over bus "
-                  "'%.200s''s limit of %" PRIu64 " bytes (max_event_size).", entry_size(j), bn,
+                  "'%.200s''s limit of %" PRIu64 " bytes (max_event_size).", size, bn,
                   view.max_event);
         return;
     }
@@ -629,21 +630,23 @@ static int put_events(struct MHD_Connection *c, ebd *d, const caller *who, const
                     "'entries' failed to satisfy constraint: Member must have length %s %d",
                     count < 1 ? "greater than or equal to" : "less than or equal to",
                     count < 1 ? 1 : MAX_ENTRIES);
-    size_t total = 0;
+    size_t total = 0, size[MAX_ENTRIES], n = 0;
     const cJSON *j;
     cJSON_ArrayForEach(j, list) {
         if (!cJSON_IsObject(j))
             return fail(c, 400, "SerializationException", "an entry of Entries is not an object");
-        total += entry_size(j);
+        total += size[n++] = entry_size(j);
     }
     if (total > MAX_ENTRIES_BYTES)
         return fail(c, 400, "ValidationException", "Total size of the entries in the request is "
                     "over the limit.");
     entry es[MAX_ENTRIES];
     memset(es, 0, sizeof es);
-    size_t n = 0;
-    cJSON_ArrayForEach(j, list)
-        make_entry(d, who, j, &es[n++]);
+    n = 0;
+    cJSON_ArrayForEach(j, list) {
+        make_entry(d, who, j, size[n], &es[n]);
+        n++;
+    }
     for (size_t i = 0; i < n; i++) {          /* each bus once, in the order it first comes */
         bool seen = false;
         for (size_t k = 0; k < i && !seen; k++)

@@ -93,6 +93,23 @@ static unsigned char *w_str(unsigned char *p, const char *s, size_t n)
     return p + n + 1;
 }
 
+/* The strings an attempt and an outcome end with: rule, target, to (where), error (why). */
+static unsigned char *w_delivery(unsigned char *p, const trace_rec *r)
+{
+    p = w_str(p, r->rule, str_len(r->rule));
+    p = w_str(p, r->target, str_len(r->target));
+    p = w_str(p, r->to, str_len(r->to));
+    return w_str(p, r->error, str_len(r->error));
+}
+
+static void get_delivery(trace_reader *r, trace_rec *out)
+{
+    out->rule = get_str(r);
+    out->target = get_str(r);
+    out->to = get_str(r);
+    out->error = get_str(r);
+}
+
 /* LEB128 */
 static unsigned char *w_var(unsigned char *p, uint64_t v)
 {
@@ -175,20 +192,14 @@ unsigned char *trace_encode_to(unsigned char *p, const trace_rec *r)
         q = w_u(q, (uint32_t)(int32_t)r->status, 4);
         q = w_u(q, r->latency_ms, 4);
         q = w_u(q, r->payload, 8);
-        q = w_str(q, r->rule, str_len(r->rule));
-        q = w_str(q, r->target, str_len(r->target));
-        q = w_str(q, r->to, str_len(r->to));
-        q = w_str(q, r->error, str_len(r->error));
+        q = w_delivery(q, r);
         break;
     case TR_OUTCOME:
         q = w_u(q, r->off, 8);
         q = w_u(q, (uint64_t)r->time_ms, 8);
         q = w_u(q, r->state, 1);
         q = w_u(q, r->attempt, 4);
-        q = w_str(q, r->rule, str_len(r->rule));
-        q = w_str(q, r->target, str_len(r->target));
-        q = w_str(q, r->to, str_len(r->to));
-        q = w_str(q, r->error, str_len(r->error));
+        q = w_delivery(q, r);
         break;
     case TR_GAP:
         q = w_u(q, r->dropped, 8);
@@ -329,10 +340,7 @@ bool trace_decode(const unsigned char *s, size_t n, size_t *at, trace_rec *out)
         out->status = (long)(int32_t)(uint32_t)trace_get_u(&r, 4);
         out->latency_ms = (uint32_t)trace_get_u(&r, 4);
         out->payload = trace_get_u(&r, 8);
-        out->rule = get_str(&r);
-        out->target = get_str(&r);
-        out->to = get_str(&r);
-        out->error = get_str(&r);
+        get_delivery(&r, out);
         break;
     case TR_DELIVERED_SPAN:
         out->kind = TR_ATTEMPT;
@@ -363,10 +371,7 @@ bool trace_decode(const unsigned char *s, size_t n, size_t *at, trace_rec *out)
         out->time_ms = (int64_t)trace_get_u(&r, 8);
         out->state = (unsigned)trace_get_u(&r, 1);
         out->attempt = (unsigned)trace_get_u(&r, 4);
-        out->rule = get_str(&r);
-        out->target = get_str(&r);
-        out->to = get_str(&r);
-        out->error = get_str(&r);
+        get_delivery(&r, out);
         break;
     case TR_GAP:
         out->dropped = trace_get_u(&r, 8);
