@@ -15,7 +15,7 @@
  *                [--seconds S] [--connections C] [--fsync POLICY]
  *                [--rules-table] [--max-rules N] [--runs R] [--start-timeout S]
  *                [--idle-seconds S] [--drain-timeout S] [--no-fanout] [--ebd-label TEXT]
- *                [--replay-row [--replay-rate N]] [--trace-table]
+ *                [--replay-row [--replay-rate N]] [--trace-table] [--routing-row]
  *
  * --replay-row runs only the replay rows (issue 12): live ingest and routing with and without a
  * replay running, alternately, --runs times, written to OUT/replay.md (--replay-rate: the
@@ -29,7 +29,9 @@
  * --drain-timeout (120 s) how long to wait for a row's deliveries after its ingest run;
  * --ebd-label says in the results which ebd ran (default: the tree's git describe).
  * --trace-table runs only the tracing rows (issue 12: ingest and routing with tracing off and on,
- * in the same run) and replaces only their section of OUT/ingest.md.  --ebc
+ * in the same run) and replaces only their section of OUT/ingest.md; --routing-row likewise runs
+ * only the routing row (issue 14: the router alone on the COMBO rules, trusted path), which the
+ * default run includes after the ingest rows.  --ebc
  * defaults to the ebc beside EBD, --data to ../shared/data.
  *
  * The load generator speaks HTTP/1.1 over plain sockets (one thread per connection, one request
@@ -60,6 +62,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "bench.h"
 
 static double now_s(void)
 {
@@ -1349,7 +1353,7 @@ static int http_call(int port, const char *method, const char *path, const char 
         return -1;
     char req[2048];
     size_t bn = body ? strlen(body) : 0;
-    int n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    int n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      "Content-Length: %zu\r\n\r\n%s", method, path, bn, body ? body : "");
     int st = roundtrip(fd, req, (size_t)n, buf, cap);
     close(fd);
@@ -1603,13 +1607,328 @@ static int trace_rows(const char *ebd, const char *work, int port, double secs, 
     return 0;
 }
 
+/* ---- routing (issue 14): the router alone, on the trusted path ---------------------------------
+ * The COMBO row of ../shared/data/citylots2_rows.json (45 patterns, each put under "data") as
+ * rules with no target, on CloudEvents made from the CityLots2 events: their properties, their
+ * geometry's type and first point, and firstCoordinates (~300 bytes each).  Per run, a fresh
+ * daemon; ROUTE_PASSES passes over the events are posted in batches of 100 on one connection,
+ * then one "bench.done" event, which the only rule with a target (a file) takes once the router
+ * has read everything before it.  The router's thread (ebd-router) CPU time over that span, from
+ * /proc/PID/task, gives the events it matches per second of one core: log reads, matching and
+ * counting, and waiting for the next append (ticks of 10 ms; a run is a few hundred).  Beside it,
+ * in the same run, `ebc bench` over the same events: the trusted path (the router's) and the
+ * validating one.  Counts: every rule's ebr_rule_matched_total against ROUTE_PASSES times its
+ * count in `ebc bench`. */
+enum { ROUTE_PASSES = 3 };
+
+/* One CityLots2 feature as a ~300-byte CloudEvent (NULL if the line is not one). */
+static char *route_event(const char *line, size_t k)
+{
+    cJSON *f = cJSON_Parse(line), *ev = NULL;
+    const cJSON *props = cJSON_GetObjectItemCaseSensitive(f, "properties"),
+                *geo = cJSON_GetObjectItemCaseSensitive(f, "geometry"),
+                *type = cJSON_GetObjectItemCaseSensitive(geo, "type"),
+                *first = cJSON_GetObjectItemCaseSensitive(geo, "firstCoordinates"),
+                *coords = cJSON_GetObjectItemCaseSensitive(geo, "coordinates");
+    /* the first point: coordinates[0][0] (a polygon's ring) or coordinates[0][0][0] */
+    const cJSON *pt = cJSON_GetArrayItem(cJSON_GetArrayItem(coords, 0), 0);
+    if (cJSON_IsArray(pt))
+        pt = cJSON_GetArrayItem(pt, 0);
+    char id[32], *text = NULL;
+    if (!cJSON_IsObject(props) || !cJSON_IsString(type) || !cJSON_IsObject(first) || !cJSON_IsObject(pt))
+        goto out;
+    snprintf(id, sizeof id, "r%zu", k);
+    ev = cJSON_CreateObject();
+    cJSON *data = cJSON_CreateObject(), *g = cJSON_CreateObject();
+    cJSON_AddStringToObject(ev, "specversion", "1.0");
+    cJSON_AddStringToObject(ev, "id", id);
+    cJSON_AddStringToObject(ev, "source", "lots");
+    cJSON_AddStringToObject(ev, "type", "lot");
+    cJSON_AddItemToObject(ev, "data", data);
+    cJSON_AddItemToObject(data, "properties", cJSON_Duplicate(props, 1));
+    cJSON_AddItemToObject(data, "geometry", g);
+    cJSON_AddStringToObject(g, "type", type->valuestring);
+    cJSON *ring = cJSON_CreateArray(), *outer = cJSON_CreateArray();
+    cJSON_AddItemToArray(ring, cJSON_Duplicate(pt, 1));
+    cJSON_AddItemToArray(outer, ring);
+    cJSON_AddItemToObject(g, "coordinates", outer);
+    cJSON_AddItemToObject(g, "firstCoordinates", cJSON_Duplicate(first, 1));
+    text = cJSON_PrintUnformatted(ev);
+out:
+    cJSON_Delete(ev);
+    cJSON_Delete(f);
+    return text;
+}
+
+/* The router's CPU ticks (its thread is named ebd-router; one bus, one router), or -1. */
+static long router_ticks(pid_t pid)
+{
+    char path[96], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    long ticks = -1;
+    for (struct dirent *e; d && ticks < 0 && (e = readdir(d));) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "/proc/%d/task/%.20s/stat", (int)pid, e->d_name);
+        int fd = open(path, O_RDONLY);
+        ssize_t n = fd >= 0 ? read(fd, buf, sizeof buf - 1) : -1;
+        if (fd >= 0)
+            close(fd);
+        if (n <= 0)
+            continue;
+        buf[n] = 0;
+        char *name = strchr(buf, '('), *p = strrchr(buf, ')');
+        long ut, st;
+        if (name && p && !strncmp(name + 1, "ebd-router)", 11) &&
+            sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %ld %ld", &ut, &st) == 2)
+            ticks = ut + st;
+    }
+    if (d)
+        closedir(d);
+    return ticks;
+}
+
+/* Posts the lines, `passes` times, in batches of 100 on one connection (each pass's ids made
+ * unique by a suffix); returns the events acknowledged. */
+static uint64_t post_lines(int port, const char *bus, char **lines, size_t n, int passes)
+{
+    int fd = connect_to(port);
+    size_t cap = 100 * 1024 + 1024;
+    char *req = malloc(cap + 512), *body = req + 512, buf[8192];
+    uint64_t ok = 0;
+    for (int pass = 0; pass < passes; pass++)
+        for (size_t k = 0; k < n && fd >= 0; k += 100) {
+            size_t len = 0, m = n - k < 100 ? n - k : 100;
+            body[len++] = '[';
+            for (size_t i = 0; i < m; i++) {
+                const char *l = lines[k + i], *q = strstr(l, "\",\"source\"");
+                if (i)
+                    body[len++] = ',';
+                /* "id":"rK" becomes "id":"rK.PASS" */
+                len += (size_t)snprintf(body + len, cap - len, "%.*s.%d%s", (int)(q - l), l, pass, q);
+            }
+            body[len++] = ']';
+            char head[256];
+            int hn = snprintf(head, sizeof head, "POST /v1/buses/%s/events HTTP/1.1\r\nHost: x\r\n"
+                              "Content-Type: application/cloudevents-batch+json\r\nContent-Length: %zu\r\n\r\n",
+                              bus, len);
+            memcpy(body - hn, head, (size_t)hn);
+            if (roundtrip(fd, body - hn, (size_t)hn + len, buf, sizeof buf) == 202)
+                ok += m;
+        }
+    if (fd >= 0)
+        close(fd);
+    free(req);
+    return ok;
+}
+
+/* ebr_rule_matched_total of rule `name` in a /metrics answer (-1 if it is not there). */
+static double metric_matched(const char *text, const char *name)
+{
+    char key[160];
+    snprintf(key, sizeof key, "ebr_rule_matched_total{rule=\"%s\",", name);
+    const char *p = strstr(text, key);
+    p = p ? strchr(p, '}') : NULL;
+    return p ? atof(p + 1) : -1;
+}
+
+static int routing_rows(const char *ebd, const char *ebc, const char *shared, const char *work, int port,
+                        int runs, const char *machine, FILE *md)
+{
+    char *rows_path = bench_fmt("%s/citylots2_rows.json", shared), *gz = bench_fmt("%s/citylots2_synth.json.gz", shared);
+    char *lots = bench_fmt("%s/citylots2_synth.jsonl", work), *events = bench_fmt("%s/route-events.jsonl", work);
+    char *rules = bench_fmt("%s/route.ebr", work), *data = bench_fmt("%s/route-data", work);
+    char *out = bench_fmt("%s/out", data);
+    int status = 1;
+    char **lines = NULL;
+    size_t n = 0, bytes = 0;
+    cJSON *rows = NULL;
+    bench_result tr[MAX_RUNS] = { 0 }, va[MAX_RUNS] = { 0 };
+    /* the rules */
+    FILE *f = fopen(rows_path, "r");
+    char *text = NULL;
+    size_t cap = 0;
+    if (f && getdelim(&text, &cap, 0, f) > 0)
+        rows = cJSON_Parse(text);
+    if (f)
+        fclose(f);
+    free(text);
+    const cJSON *combo = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(rows, "rows"), "COMBO");
+    const cJSON *patterns = cJSON_GetObjectItemCaseSensitive(combo, "patterns");
+    FILE *rf = cJSON_IsArray(patterns) ? fopen(rules, "w") : NULL;
+    if (!rf) {
+        fprintf(stderr, "bench: no COMBO row in %s\n", rows_path);
+        goto done;
+    }
+    fprintf(rf, "# generated by bench/ingest.c: the COMBO row of citylots2_rows.json, under data\n"
+                "bus route {\n  fsync interval 10ms\n}\ntarget done file \"out/done0.jsonl\" { fsync never }\n"
+                "rule done on route {\n  match type == \"bench.done\"\n  to done\n}\n");
+    int nr = 0;
+    for (const cJSON *p = patterns->child; p; p = p->next, nr++) {
+        char *pt = cJSON_PrintUnformatted(p);
+        fprintf(rf, "rule c%d on route { pattern {\"data\": %s} }\n", nr, pt);
+        free(pt);
+    }
+    if (fclose(rf) != 0)
+        die(rules);
+    /* the events */
+    if (!bench_gunzip(gz, lots))
+        goto done;
+    FILE *in = fopen(lots, "r"), *ef = fopen(events, "w");
+    if (!in || !ef)
+        die(events);
+    char *line = NULL;
+    size_t lcap = 0, cap_lines = 0;
+    for (size_t k = 0; getline(&line, &lcap, in) > 0; k++) {
+        char *ev = route_event(line, k);
+        if (!ev)
+            continue;
+        if (n == cap_lines && !(lines = realloc(lines, (cap_lines = cap_lines ? 2 * cap_lines : 1024) * sizeof *lines)))
+            die("realloc");
+        lines[n++] = ev;
+        bytes += strlen(ev);
+        fprintf(ef, "%s\n", ev);
+    }
+    free(line);
+    fclose(in);
+    if (fclose(ef) != 0 || !n)
+        die(events);
+    double mean_bytes = (double)bytes / (double)n;
+    fprintf(stderr, "bench: routing: %d rules, %zu events of %.0f bytes on average, %d passes\n", nr, n,
+            mean_bytes, ROUTE_PASSES);
+    double hz = (double)sysconf(_SC_CLK_TCK), per_core[MAX_RUNS], wall[MAX_RUNS];
+    char *metrics = malloc(1 << 20);
+    bool counts_ok = true;
+    for (int r = 0; r < runs; r++) {
+        /* ebc bench, trusted then validating, then the daemon */
+        if (!bench_ebc(ebc, rules, events, 3, "trusted", &tr[r]) || !bench_ebc(ebc, rules, events, 3, "index", &va[r]) ||
+            !bench_same_counts(tr[r].counts, va[r].counts)) {
+            fprintf(stderr, "bench: routing: ebc bench failed or its two paths disagree\n");
+            goto done;
+        }
+        pid_t pid = start_ebd(ebd, rules, data, port);
+        if (pid < 0) {
+            fprintf(stderr, "bench: ebd did not start for the routing row\n");
+            goto done;
+        }
+        line_counter c;
+        counter_init(&c, out, "done", 1);
+        long t0 = router_ticks(pid);
+        double w0 = now_s(), at;
+        uint64_t acked = post_lines(port, "route", lines, n, ROUTE_PASSES);
+        int done_ok = post_events(port, "route", "bench.done", 1);
+        uint64_t got = wait_lines(&c, 1, 30, 600, &at);
+        long t1 = router_ticks(pid);
+        counter_free(&c);
+        int st = http_call(port, "GET", "/metrics", NULL, metrics, 1 << 20);
+        stop_ebd(pid);
+        if (acked != (uint64_t)n * ROUTE_PASSES || done_ok != 1 || got != 1 || t0 < 0 || t1 <= t0 || st != 200) {
+            fprintf(stderr, "bench: routing run %d: %" PRIu64 " of %zu acknowledged, done %d, metrics %d\n",
+                    r + 1, acked, n * ROUTE_PASSES, (int)got, st);
+            goto done;
+        }
+        per_core[r] = (double)acked / ((double)(t1 - t0) / hz);
+        wall[r] = (double)acked / (at - w0);
+        for (const cJSON *k = tr[r].counts->child; k; k = k->next) {
+            if (!strcmp(k->string, "done"))
+                continue;
+            double want = k->valuedouble * ROUTE_PASSES, have = metric_matched(metrics, k->string);
+            if (have != want) {
+                fprintf(stderr, "bench: routing: rule %s matched %.0f events in ebd, %.0f expected\n", k->string,
+                        have, want);
+                counts_ok = false;
+            }
+        }
+        fprintf(stderr, "bench: routing run %d: router %.0f events/s of its CPU (%ld ticks), %.0f events/s wall "
+                "clock; ebc bench trusted %.0f, validating %.0f\n", r + 1, per_core[r], t1 - t0, wall[r],
+                tr[r].events_per_sec, va[r].events_per_sec);
+    }
+    free(metrics);
+    double trs[MAX_RUNS], vas[MAX_RUNS], ratio[MAX_RUNS];
+    uint64_t matches = 0;
+    for (const cJSON *k = tr[0].counts->child; k; k = k->next)
+        matches += strcmp(k->string, "done") ? (uint64_t)k->valuedouble : 0;
+    for (int r = 0; r < runs; r++) {
+        trs[r] = tr[r].events_per_sec;
+        vas[r] = va[r].events_per_sec;
+        ratio[r] = per_core[r] / tr[r].events_per_sec;
+    }
+    fprintf(md, "<!-- routing-row begin: bench_ingest --routing-row -->\n"
+                "## Routing (issue 14)\n\nMeasured %s; `bench_ingest --routing-row --runs %d`: the COMBO "
+                "rules (%d, no targets) on %zu CloudEvents made from CityLots2 (%.0f bytes on average), "
+                "%d passes posted in batches of 100 to a fresh ebd per run; the router's events per "
+                "second of its own CPU time (thread ebd-router), and `ebc bench` on the same events in "
+                "the same run. Median of %d runs; every rule's count in ebd equal to `ebc bench`'s: %s "
+                "(%" PRIu64 " matches a pass).\n\n"
+                "| | events/s | MB/s |\n|---|---:|---:|\n"
+                "| ebd's router, per core (trusted) | %.0f | %.0f |\n"
+                "| ebd's router, wall clock (ingest of the burst beside it) | %.0f | %.0f |\n"
+                "| `ebc bench --trusted` | %.0f | %.0f |\n"
+                "| `ebc bench` (validating) | %.0f | %.0f |\n"
+                "| router per core / `ebc bench --trusted` | %.2f | |\n\n",
+            machine, runs, nr, n, mean_bytes, ROUTE_PASSES, runs, counts_ok ? "yes" : "**no**", matches,
+            median(per_core, runs), median(per_core, runs) * mean_bytes / 1e6, median(wall, runs),
+            median(wall, runs) * mean_bytes / 1e6, median(trs, runs), median(trs, runs) * mean_bytes / 1e6,
+            median(vas, runs), median(vas, runs) * mean_bytes / 1e6, median(ratio, runs));
+    fputs("Each run (router per core / `ebc bench --trusted` / validating):", md);
+    for (int r = 0; r < runs; r++)
+        fprintf(md, "%s %.0f / %.0f / %.0f", r ? ";" : "", per_core[r], trs[r], vas[r]);
+    fputs(".\n<!-- routing-row end -->\n", md);
+    status = counts_ok ? 0 : 1;
+done:
+    for (int r = 0; r < runs; r++) {
+        bench_result_free(&tr[r]);
+        bench_result_free(&va[r]);
+    }
+    for (size_t k = 0; k < n; k++)
+        free(lines[k]);
+    free(lines);
+    cJSON_Delete(rows);
+    char *rm = bench_fmt("rm -rf '%s'", data);
+    if (system(rm) != 0)
+        fprintf(stderr, "bench: cannot remove %s\n", data);
+    free(rm);
+    free(rows_path), free(gz), free(lots), free(events), free(rules), free(data), free(out);
+    return status;
+}
+
+/* Replaces the section between BEGIN and END of the file at path with rows (or adds rows at
+ * its end). */
+static void replace_section(const char *path, const char *begin, const char *end, const char *rows)
+{
+    char *old = NULL;
+    size_t cap = 0;
+    FILE *f = fopen(path, "r");
+    if (f) {
+        if (getdelim(&old, &cap, 0, f) < 0) {
+            free(old);
+            old = NULL;
+        }
+        fclose(f);
+    }
+    char *b = old ? strstr(old, begin) : NULL, *e = b ? strstr(b, end) : NULL;
+    FILE *mdf = fopen(path, "w");
+    if (!mdf)
+        die(path);
+    if (b && e) {
+        fwrite(old, 1, (size_t)(b - old), mdf);
+        fputs(rows, mdf);
+        fputs(e + strlen(end), mdf);
+    } else {
+        fprintf(mdf, "%s%s%s", old ? old : "", old ? "\n" : "", rows);
+    }
+    fclose(mdf);
+    free(old);
+}
+
 int main(int argc, char **argv)
 {
     const char *ebd = NULL, *work = NULL, *out = NULL, *ebc = NULL, *shared = "../shared/data";
     double secs = 5, start_limit = 120, idle_secs = 10, drain_limit = 120;
     int conns = 8, runs = 3;
     unsigned max_rules = 100000;
-    bool table_only = false, fanout = true, replay_only = false, trace_only = false;
+    bool table_only = false, fanout = true, replay_only = false, trace_only = false, routing_only = false;
     double replay_rate = 0;
     const char *label = NULL;
     const char *fsync_policy = "interval 10ms";
@@ -1621,6 +1940,10 @@ int main(int argc, char **argv)
         }
         if (!strcmp(a, "--trace-table")) {
             trace_only = true;
+            continue;
+        }
+        if (!strcmp(a, "--routing-row")) {
+            routing_only = true;
             continue;
         }
         if (!strcmp(a, "--no-fanout")) {
@@ -1658,7 +1981,7 @@ int main(int argc, char **argv)
                         "                    [--seconds S] [--connections C] [--fsync POLICY]\n"
                         "                    [--rules-table] [--max-rules N] [--runs R (1-%d)] [--start-timeout S]\n"
                         "                    [--idle-seconds S] [--drain-timeout S] [--no-fanout] [--ebd-label TEXT]\n"
-                        "                    [--replay-row [--replay-rate N]] [--trace-table]\n",
+                        "                    [--replay-row [--replay-rate N]] [--trace-table] [--routing-row]\n",
                 MAX_RUNS);
         return 2;
     }
@@ -1710,38 +2033,21 @@ int main(int argc, char **argv)
         return replay_rows(ebd, work, port, conns, secs, runs, replay_rate, machine, out);
     char path[4200];
     snprintf(path, sizeof path, "%s/ingest.md", out);
-    if (trace_only) {
-        /* The trace rows alone, their section of OUT/ingest.md replaced (or added at its end). */
-        char *rows = NULL, *old = NULL;
-        size_t rows_n = 0, cap = 0;
+    if (trace_only || routing_only) {
+        /* Those rows alone, their section of OUT/ingest.md replaced (or added at its end). */
+        char *rows = NULL;
+        size_t rows_n = 0;
         FILE *rm = open_memstream(&rows, &rows_n);
         if (!rm)
             die("open_memstream");
-        int st = trace_rows(ebd, work, port, secs, conns, runs, fsync_policy, machine, rm);
+        int st = trace_only ? trace_rows(ebd, work, port, secs, conns, runs, fsync_policy, machine, rm)
+                            : routing_rows(ebd, ebc, shared, work, port, runs, machine, rm);
         fclose(rm);
         MHD_stop_daemon(recv);
-        FILE *f = fopen(path, "r");
-        if (f) {
-            if (getdelim(&old, &cap, 0, f) < 0) {
-                free(old);
-                old = NULL;
-            }
-            fclose(f);
-        }
-        const char *tb = "<!-- trace-table begin", *te = "<!-- trace-table end -->\n";
-        char *b = old ? strstr(old, tb) : NULL, *e = b ? strstr(b, te) : NULL;
-        FILE *mdf = fopen(path, "w");
-        if (!mdf)
-            die(path);
-        if (b && e) {
-            fwrite(old, 1, (size_t)(b - old), mdf);
-            fputs(rows, mdf);
-            fputs(e + strlen(te), mdf);
-        } else {
-            fprintf(mdf, "%s%s%s", old ? old : "", old ? "\n" : "", rows);
-        }
-        fclose(mdf);
-        free(old);
+        if (trace_only)
+            replace_section(path, "<!-- trace-table begin", "<!-- trace-table end -->\n", rows);
+        else
+            replace_section(path, "<!-- routing-row begin", "<!-- routing-row end -->\n", rows);
         free(rows);
         printf("results: %s\n", path);
         return st;
@@ -1753,6 +2059,11 @@ int main(int argc, char **argv)
         die("open_memstream");
     if (!table_only && classic_rows(ebd, rules, data, port, secs, conns, fsync_policy, machine, md) != 0)
         return 1;
+    if (!table_only) {
+        fputc('\n', md);
+        if (routing_rows(ebd, ebc, shared, work, port, runs, machine, md) != 0)
+            return 1;
+    }
     fclose(md);
 
     FILE *tmd = open_memstream(&table, &table_n);
