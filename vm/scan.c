@@ -216,7 +216,25 @@ static inline __attribute__((always_inline)) vm_status read_string(scanner *S, b
 static vm_status read_number(scanner *S)
 {
     if (S->trust) {
-        /* (a table, not strchr per byte: that was 11% of the COMBO row) */
+        /* In valid JSON a number ends at ',', '}', ']', whitespace or the end: looked for 16
+         * bytes at a time (a table look per byte was 840 instructions an event of the routing
+         * row's, six numbers of ~18 bytes; this, 25% of that).  Any bytes: it stops by len. */
+#ifdef __SSE2__
+        const char *s = S->s;
+        const __m128i comma = _mm_set1_epi8(','), brace = _mm_set1_epi8('}'),
+                      bracket = _mm_set1_epi8(']'), space = _mm_set1_epi8(' ');
+        for (size_t p = S->p; p + 16 <= S->n; p += 16) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + p));
+            __m128i ws = _mm_cmpeq_epi8(_mm_min_epu8(v, space), v);      /* bytes <= ' ' */
+            unsigned m = (unsigned)_mm_movemask_epi8(_mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(v, comma), _mm_cmpeq_epi8(v, brace)),
+                _mm_or_si128(_mm_cmpeq_epi8(v, bracket), ws)));
+            if (m) {
+                S->p = p + (size_t)__builtin_ctz(m);
+                return VM_OK;
+            }
+        }
+#endif
         static const bool in_number[256] = {
             ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,
             ['7'] = 1, ['8'] = 1, ['9'] = 1, ['+'] = 1, ['-'] = 1, ['.'] = 1, ['e'] = 1, ['E'] = 1,
