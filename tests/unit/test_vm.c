@@ -93,9 +93,20 @@ Test(values, numbers_are_read_exactly)
         "1.00000000000000011102230246251565404236316680908203126", "5e-324", "1e-323",
         "123456789012345678901234567890", "0.000000000000000000000000000000001", "1e-22", "1e-23",
         "4503599627370496.5", "4503599627370497.5", "9007199254740993e-3", "1.5e300", "1E5", "1e+5",
+        /* fractions read eight digits a step: a non-digit inside the eight, digits past 19,
+         * leading zeros, the exponent right after */
+        "1.12345678", "1.1234567e5", "12.34567890123456789", "1.2345678901234567890",
+        "0.000123456789012", "10.00000000000000000001", "1.23456789e-5",
+        "99999999999.99999999", "1.9999999999999999", "-0.99999999999999999999",
     };
     for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++)
         same_as_strtod(edges[i]);
+    /* a byte that is not a digit within the eight read at once */
+    static const char *const bad[] = { "1.1234567/", "1.123456:8", "123456.78901234:", "1.12345678901234/" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        double d;
+        cr_assert(!vm_number_value(bad[i], strlen(bad[i]), &d), "%s: read as a number", bad[i]);
+    }
     /* Random doubles printed short and long, and random digit strings and exponents. */
     uint64_t r = 0x9E3779B97F4A7C15ull;
     char buf[64];
@@ -117,6 +128,9 @@ Test(values, numbers_are_read_exactly)
             buf[1] = '1';
         snprintf(buf + k, sizeof buf - (size_t)k, "e%d", exp);
         same_as_strtod(buf + (i & 1));
+        /* fixed notation with 0 to 20 fraction digits */
+        snprintf(buf, sizeof buf, "%.*f", (int)(r >> 40) % 21, v / 1e300 * (double)(r >> 44));
+        same_as_strtod(buf);
     }
 }
 
