@@ -846,10 +846,27 @@ static void skip_classify_scalar(const uint8_t *p, skip_classes *k)
 }
 
 typedef void (*skip_classify_fn)(const uint8_t *, skip_classes *);
+typedef uint64_t (*prefix_fn)(uint64_t);
+
+#ifdef EBR_X86
+/* prefix_xor in one carry-less multiplication by all ones (the trusted EXACT row's skip: ~9
+ * fewer instructions a block). */
+__attribute__((target("pclmul,sse2"))) static inline __attribute__((always_inline))
+uint64_t prefix_xor_clmul(uint64_t x)
+{
+    __m128i v = _mm_clmulepi64_si128(_mm_set_epi64x(0, (long long)x), _mm_set1_epi8((char)0xFF), 0);
+    return (uint64_t)_mm_cvtsi128_si64(v);
+}
+#endif
+
+static uint64_t prefix_xor_plain(uint64_t x)
+{
+    return prefix_xor(x);
+}
 
 /* The skip with one classification: blocks start at `from`, not at multiples of 64. */
 AI vm_skip_status skip_with(const char *json, size_t len, size_t from, size_t room,
-                                    size_t *end, skip_classify_fn classify)
+                                    size_t *end, skip_classify_fn classify, prefix_fn prefix)
 {
     const uint8_t *s = (const uint8_t *)json;
     uint64_t odd = 0, in = 0;
@@ -865,7 +882,7 @@ AI vm_skip_status skip_with(const char *json, size_t len, size_t from, size_t ro
         skip_classes m;
         classify(p, &m);
         uint64_t q = m.q & ~escaped_bytes(p, m.bs, &odd);
-        uint64_t inside = prefix_xor(q) ^ in;
+        uint64_t inside = prefix(q) ^ in;
         in = (uint64_t)((int64_t)inside >> 63);
         uint64_t open = m.open & ~inside, close = m.close & ~inside;
         size_t nopen = (size_t)__builtin_popcountll(open), nclose = (size_t)__builtin_popcountll(close);
@@ -890,32 +907,37 @@ AI vm_skip_status skip_with(const char *json, size_t len, size_t from, size_t ro
 
 #ifdef EBR_X86
 /* (its own function, so that the classification is inlined with AVX2 enabled) */
-static __attribute__((target("avx2,popcnt,bmi,bmi2,lzcnt"))) vm_skip_status
+static __attribute__((target("avx2,pclmul,popcnt,bmi,bmi2,lzcnt"))) vm_skip_status
 skip_avx2(const char *json, size_t len, size_t from, size_t room, size_t *end)
 {
-    return skip_with(json, len, from, room, end, skip_classify_avx2);
+    return skip_with(json, len, from, room, end, skip_classify_avx2, prefix_xor_clmul);
 }
 
-static __attribute__((target("avx512f,avx512bw,avx2,popcnt,bmi,bmi2,lzcnt"))) vm_skip_status
+static __attribute__((target("avx512f,avx512bw,avx2,pclmul,popcnt,bmi,bmi2,lzcnt"))) vm_skip_status
 skip_avx512(const char *json, size_t len, size_t from, size_t room, size_t *end)
 {
-    return skip_with(json, len, from, room, end, skip_classify_avx512);
+    return skip_with(json, len, from, room, end, skip_classify_avx512, prefix_xor_clmul);
 }
 #endif
 
 vm_skip_status vm_fast_skip(const char *json, size_t len, size_t from, size_t room, size_t *end)
 {
 #ifdef EBR_X86
-    if (stage1_kind() == 0)
+    static int clmul = -1;
+    if (clmul < 0) {
+        __builtin_cpu_init();
+        clmul = __builtin_cpu_supports("pclmul") != 0;
+    }
+    if (clmul && stage1_kind() == 0)
         return skip_avx512(json, len, from, room, end);
-    if (vm_fast_available())
+    if (clmul && vm_fast_available())
         return skip_avx2(json, len, from, room, end);
 #endif
-    return skip_with(json, len, from, room, end, skip_classify_scalar);
+    return skip_with(json, len, from, room, end, skip_classify_scalar, prefix_xor_plain);
 }
 
 vm_skip_status vm_fast_skip_portable(const char *json, size_t len, size_t from, size_t room,
                                      size_t *end)
 {
-    return skip_with(json, len, from, room, end, skip_classify_scalar);
+    return skip_with(json, len, from, room, end, skip_classify_scalar, prefix_xor_plain);
 }
