@@ -317,16 +317,11 @@ static vm_status lookup(scanner *S, uint32_t node, const char *k, size_t len, bo
     return VM_OK;
 }
 
-/* Records a leaf at trie node `node` (if a path ends there). */
-static vm_status add_field(scanner *S, uint32_t node, uint8_t type, bool escaped, size_t off,
-                           size_t len)
+/* Records a leaf of path `path`. */
+static vm_status record_field(scanner *S, uint32_t path, uint8_t type, bool escaped, size_t off,
+                              size_t len)
 {
     vm_ctx *c = S->c;
-    if (node == VM_NONE)
-        return VM_OK;
-    uint32_t path = S->trie->nodes[node].path;
-    if (path == VM_NONE)
-        return VM_OK;
     vm_field f = { type, escaped, (uint32_t)off, (uint32_t)len, c->memb_top, c->memb_depth,
                    VM_NONE };
     if (c->memb_depth) {
@@ -350,6 +345,17 @@ static vm_status add_field(scanner *S, uint32_t node, uint8_t type, bool escaped
     }
     c->last[path] = id;
     return VM_OK;
+}
+
+/* Records a leaf at trie node `node` (if a path ends there; most leaves read are not on one:
+ * told in line). */
+static inline __attribute__((always_inline)) vm_status
+add_field(scanner *S, uint32_t node, uint8_t type, bool escaped, size_t off, size_t len)
+{
+    if (node == VM_NONE)
+        return VM_OK;
+    uint32_t path = S->trie->nodes[node].path;
+    return path == VM_NONE ? VM_OK : record_field(S, path, type, escaped, off, len);
 }
 
 /* Opens a container at S->p ('{' or '['), read at trie node `node`.  When the frame `parent`
