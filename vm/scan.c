@@ -47,7 +47,7 @@ static vm_status fail(scanner *S, size_t at, vm_status code, const char *what)
 static inline void skip_ws(scanner *S)
 {
     /* (the usual cases first, inlined: a token right here, or after one space, as in
-     * `{"a": 1, "b": 2}`; the second cut the trusted EXACT row's walk by 8% of its instructions) */
+     * `{"a": 1, "b": 2}`; the second: the trusted EXACT row 6,342 -> 6,041 instructions an event) */
     if (S->p < S->n && (unsigned char)S->s[S->p] > ' ')
         return;
     if (S->p + 1 < S->n && S->s[S->p] == ' ' && (unsigned char)S->s[S->p + 1] > ' ') {

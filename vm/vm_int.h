@@ -31,7 +31,8 @@ struct vm_trie {
 
 /* Finds the child of node n reached by key k[0..len); VM_NONE if there is none.  Few edges (the
  * usual case) are looked at in line, by length first; more, by a binary search (program.c).
- * (In line, the trusted EXACT row's walk took ~10% fewer instructions.) */
+ * (In line, with the walk's strings read in line too: the trusted EXACT row 6,041 -> 5,290
+ * instructions an event, callgrind.) */
 uint32_t vm_trie_child_many(const struct vm_trie *t, uint32_t n, const char *k, size_t len);
 
 static inline uint32_t vm_trie_child(const struct vm_trie *t, uint32_t n, const char *k, size_t len)
