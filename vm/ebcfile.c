@@ -22,30 +22,38 @@
 typedef struct { uint8_t *b; size_t n, cap; bool oom; } wbuf;
 typedef struct { const uint8_t *b; size_t n, p; } rbuf;
 
-static void put_bytes(wbuf *w, const void *x, size_t n)
+static __attribute__((noinline)) bool wbuf_grow(wbuf *w, size_t n)
 {
-    if (w->n + n > w->cap) {
-        size_t cap = w->cap ? w->cap : 4096;
-        while (cap < w->n + n)
-            cap *= 2;
-        uint8_t *b = realloc(w->b, cap);
-        if (!b) {
-            w->oom = true;
-            return;
-        }
-        w->b = b;
-        w->cap = cap;
+    size_t cap = w->cap ? w->cap : 4096;
+    while (cap < w->n + n)
+        cap *= 2;
+    uint8_t *b = realloc(w->b, cap);
+    if (!b) {
+        w->oom = true;
+        return false;
     }
+    w->b = b;
+    w->cap = cap;
+    return true;
+}
+
+/* (In line, with put_le below writing in place: `ebc compile` of 100,000 issue193 rules spent
+ * 18% of its time here, a call and a copy per field.) */
+static inline void put_bytes(wbuf *w, const void *x, size_t n)
+{
+    if (w->n + n > w->cap && !wbuf_grow(w, n))
+        return;
     memcpy(w->b + w->n, x, n);
     w->n += n;
 }
 
-static void put_le(wbuf *w, uint64_t v, int bytes)
+static inline void put_le(wbuf *w, uint64_t v, int bytes)
 {
-    uint8_t b[8];
+    if (w->n + (size_t)bytes > w->cap && !wbuf_grow(w, (size_t)bytes))
+        return;
     for (int i = 0; i < bytes; i++)
-        b[i] = (uint8_t)(v >> (8 * i));
-    put_bytes(w, b, (size_t)bytes);
+        w->b[w->n + (size_t)i] = (uint8_t)(v >> (8 * i));
+    w->n += (size_t)bytes;
 }
 
 static bool get_le(rbuf *r, uint64_t *v, int bytes)
@@ -274,8 +282,11 @@ vm_status vm_program_serialize(const vm_program *p, uint8_t **out, size_t *len)
 #define S(tag, field, count, rec, type)                                   \
     tags[SEC_##field] = tag_value(tag);                                   \
     offs[SEC_##field] = w.n;                                              \
-    for (uint32_t i = 0; i < (p->field ? p->count : 0); i++)              \
-        put_##rec(&w, &p->field[i]);                                      \
+    if (SIZE_##rec == 1 && p->field)        /* bytes: all at once */      \
+        put_bytes(&w, p->field, p->count);                                \
+    else                                                                  \
+        for (uint32_t i = 0; i < (p->field ? p->count : 0); i++)          \
+            put_##rec(&w, &p->field[i]);                                  \
     lens[SEC_##field] = w.n - offs[SEC_##field];
     SECTIONS(S)
 #undef S
