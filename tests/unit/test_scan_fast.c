@@ -219,3 +219,35 @@ Test(scan_fast, tricky_inputs)
     vm_ctx_free(slow);
     vm_program_free(p);
 }
+
+/* Numbers, valid and not, with every byte of them in turn on a block boundary: each rule of
+ * stage 1's number grammar carries from one block to the next, and each is tried here. */
+Test(scan_fast, numbers_across_every_block_boundary, .timeout = 120)
+{
+    static const char *const numbers[] = {
+        "0", "-0", "7", "-12", "0.5", "-0.05", "10.25", "1e5", "1E-5", "1e+05", "-2.5E+10", "0e0",
+        "123456789012345678901234567890", "0.000000000000000000000000001", "-122.37993999141668",
+        "01", "-01", "00", "-", "--1", "+1", "1-", "1+", "1.", "-.5", ".5", "1..2", "1.2.3", "1.e5",
+        "1e", "1e+", "1e-", "1e+-5", "1ee5", "1e5e5", "1e5.5", "1e.5", "-e5", "1e5-", "0-1", "1x",
+        "1.5x", "1E", "1.0e05", "0.0e-0", "-0.0", "1e05.", "12.34.56e7", "1e5+5", "2-3",
+    };
+    vm_program *p = program();
+    vm_options slow_opt = { .no_simd = true };
+    vm_ctx *fast = vm_ctx_new(p, NULL), *slow = vm_ctx_new(p, &slow_opt);
+    int first = kinds_here();
+    long valid = 0, total = 0;
+    for (size_t i = 0; i < sizeof numbers / sizeof numbers[0]; i++) {
+        for (int pad = 0; pad < 130; pad++) {
+            char in[512];
+            int n = snprintf(in, sizeof in, "%*s{\"a\":[%s,%s],\"b\":%s}", pad, "", numbers[i],
+                             numbers[i], numbers[i]);
+            check(p, fast, slow, in, (size_t)n, first, &valid);
+            total++;
+        }
+    }
+    cr_expect_gt(valid, 0);
+    cr_expect_lt(valid, total);
+    vm_ctx_free(fast);
+    vm_ctx_free(slow);
+    vm_program_free(p);
+}
