@@ -196,6 +196,8 @@ Test(scan_fast, tricky_inputs)
         "{\"a\":\"\xc3\"}", "{\"a\":\"\xc0\xaf\"}", "{\"a\":\"\xed\xa0\x80\"}", "{\"\xe2\x82\xac\":1}",
         "{\"a\":1}\x00", "\xef\xbb\xbf{}", "{\"a\":[1,2,3],\"b\":{\"c\":[{\"d\":\"e\"}]}}",
         "{\"a\":1E5}", "{\"a\":-0.1E-5}", "{\"a\":[true,false,null]}", "{\"a\":True}",
+        /* as many ':' as ',' + 1 and every pair of tokens allowed: only "a ':' after a key" */
+        "{\"a\":\"b\":\"c\",\"d\"}", "{\"a\":[1,\"b\":2,3],\"c\":4}", "{\"a\":{\"b\":\"c\":\"d\",\"e\"}}",
     };
     vm_program *p = program();
     vm_options slow_opt = { .no_simd = true };
