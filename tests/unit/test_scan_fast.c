@@ -253,3 +253,33 @@ Test(scan_fast, numbers_across_every_block_boundary, .timeout = 120)
     vm_ctx_free(slow);
     vm_program_free(p);
 }
+
+/* Strings, valid and not, with every byte of them in turn on a block boundary: escapes (a
+ * backslash run cut by the boundary), \u escapes, UTF-8 sequences cut by it, and bad ones. */
+Test(scan_fast, strings_across_every_block_boundary, .timeout = 120)
+{
+    static const char *const strings[] = {
+        "abc", "a\\\\b", "a\\\"b", "\\\\\\\"", "\\u00e9x", "\\uD83D\\uDE00", "caf\xc3\xa9", "\xe2\x82\xac\xe2\x82\xac",
+        "\xf0\x9f\x98\x80", "1.5e3", "{[,:]}", "\\u12", "\\u12g4", "\\x", "\xc3", "\xc0\xaf", "\xed\xa0\x80",
+        "\xf4\x90\x80\x80", "\xe2\x82", "a\tb", "\x7f", "\xff",
+    };
+    vm_program *p = program();
+    vm_options slow_opt = { .no_simd = true };
+    vm_ctx *fast = vm_ctx_new(p, NULL), *slow = vm_ctx_new(p, &slow_opt);
+    int first = kinds_here();
+    long valid = 0, total = 0;
+    for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
+        for (int pad = 0; pad < 130; pad++) {
+            char in[512];
+            int n = snprintf(in, sizeof in, "%*s{\"%s\":[\"%s\"],\"b\":\"%s\"}", pad, "", strings[i],
+                             strings[i], strings[i]);
+            check(p, fast, slow, in, (size_t)n, first, &valid);
+            total++;
+        }
+    }
+    cr_expect_gt(valid, 0);
+    cr_expect_lt(valid, total);
+    vm_ctx_free(fast);
+    vm_ctx_free(slow);
+    vm_program_free(p);
+}
