@@ -38,40 +38,75 @@
 /* One bit per byte of a 64-byte block, for each class of character stage 1 looks at. */
 typedef struct {
     uint64_t q, bs, ws, lb, rb, lk, rk, co, cm;
-    uint64_t d, mi, pl, dt, ee, let, t, f, n, z, ctrl, hi;
+    uint64_t d, mi, pl, dt, ee, let, lit, z, ctrl, hi;
+    uint64_t br, scal;   /* any bracket; any byte of a scalar: d | mi | pl | dt | ee | let */
+    /* (lit: t, f or n, the first letter of a literal) */
 } classes;
 
 #ifdef EBR_X86
-__attribute__((target("avx512f,avx512bw"))) static inline __attribute__((always_inline))
-void classify_avx512(const uint8_t *p, classes *k)
+/* The bytes the AVX-512 classification compares with, each repeated 64 times, read from memory: built with
+ * _mm512_set1_epi8 inside the loop of stage1_vbmi2, GCC made each anew in every block (a move
+ * and a broadcast, 2 instructions for each of 22 constants, because the loop's rare calls
+ * clobber the vector registers); a compare with a memory operand is one.  Stage 1 of the EXACT
+ * row: 573 instead of 598 ns an event (best of 240 passes over 5,000 events, alternating). */
+#define R8(x) x, x, x, x, x, x, x, x
+#define R64(x) { R8(x), R8(x), R8(x), R8(x), R8(x), R8(x), R8(x), R8(x) }
+enum { K_Q, K_BS, K_SP, K_NL, K_CR, K_TAB, K_LB, K_RB, K_LK, K_RK, K_CO, K_CM, K_MI, K_PL, K_DT,
+       K_E, K_EU, K_T, K_F, K_N, K_Z, K_9, K_LC, K_A, K_25, K_1F, K_COUNT };
+static const __attribute__((aligned(64))) uint8_t classify_consts[K_COUNT][64] = {
+    R64('"'), R64('\\'), R64(' '), R64('\n'), R64('\r'), R64('\t'), R64('{'), R64('}'), R64('['),
+    R64(']'), R64(':'), R64(','), R64('-'), R64('+'), R64('.'), R64('e'), R64('E'), R64('t'),
+    R64('f'), R64('n'), R64('0'), R64(9), R64(0x20), R64('a'), R64(25), R64(0x1f),
+};
+#undef R64
+#undef R8
+
+/* The classes stage1_vbmi2 needs, in three parts, each computed just before its masks are used
+ * (all at once, GCC kept 21 masks live across the block and spilled most of them; the loop had
+ * 111 stack accesses in 407 instructions): stage 1 of the EXACT row, 443 instead of 474 ns an
+ * event (best of 320 passes over 5,000 events, alternating).  Not filled: lb, rb, lk, rk (the
+ * token classes come from a table).  v: the block; kk: classify_consts. */
+#define AVX512 __attribute__((target("avx512f,avx512bw"))) static inline __attribute__((always_inline))
+#define C(i) _mm512_load_si512((const void *)kk[i])
+#define EQ(i) _mm512_cmpeq_epi8_mask(v, C(i))
+
+/* For block_strings: q, bs, ctrl, hi. */
+AVX512 void classify512_strings(__m512i v, const uint8_t (*kk)[64], classes *k)
 {
-    __m512i v = _mm512_loadu_si512((const void *)p);
-#define EQ(ch) _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8((char)(ch)))
-    k->q = EQ('"');
-    k->bs = EQ('\\');
-    k->ws = EQ(' ') | EQ('\n') | EQ('\r') | EQ('\t');
-    k->lb = EQ('{');
-    k->rb = EQ('}');
-    k->lk = EQ('[');
-    k->rk = EQ(']');
-    k->co = EQ(':');
-    k->cm = EQ(',');
-    k->mi = EQ('-');
-    k->pl = EQ('+');
-    k->dt = EQ('.');
-    k->ee = EQ('e') | EQ('E');
-    k->t = EQ('t');
-    k->f = EQ('f');
-    k->n = EQ('n');
-    k->z = EQ('0');
-#undef EQ
-    k->d = _mm512_cmple_epu8_mask(_mm512_sub_epi8(v, _mm512_set1_epi8('0')), _mm512_set1_epi8(9));
-    k->let = _mm512_cmple_epu8_mask(_mm512_sub_epi8(_mm512_or_si512(v, _mm512_set1_epi8(0x20)),
-                                                    _mm512_set1_epi8('a')),
-                                    _mm512_set1_epi8(25));
-    k->ctrl = _mm512_cmple_epu8_mask(v, _mm512_set1_epi8(0x1f));
+    k->q = EQ(K_Q);
+    k->bs = EQ(K_BS);
+    k->ctrl = _mm512_cmple_epu8_mask(v, C(K_1F));
     k->hi = _mm512_movepi8_mask(v);
 }
+
+/* What may stand outside strings: ws, br, co, cm, scal. */
+AVX512 void classify512_outside(__m512i v, const uint8_t (*kk)[64], classes *k)
+{
+    __m512i low = _mm512_or_si512(v, C(K_LC));
+    __mmask64 let = _mm512_cmple_epu8_mask(_mm512_sub_epi8(low, C(K_A)), C(K_25));
+    __mmask64 d = _mm512_cmple_epu8_mask(_mm512_sub_epi8(v, C(K_Z)), C(K_9));
+    k->ws = EQ(K_SP) | EQ(K_NL) | EQ(K_CR) | EQ(K_TAB);
+    k->br = EQ(K_LB) | EQ(K_RB) | EQ(K_LK) | EQ(K_RK);
+    k->co = EQ(K_CO);
+    k->cm = EQ(K_CM);
+    k->scal = let | d | EQ(K_MI) | EQ(K_PL) | EQ(K_DT);
+}
+
+/* For block_scalars: d, mi, pl, dt, ee, let, lit, z. */
+AVX512 void classify512_scalars(__m512i v, const uint8_t (*kk)[64], classes *k)
+{
+    k->d = _mm512_cmple_epu8_mask(_mm512_sub_epi8(v, C(K_Z)), C(K_9));
+    k->mi = EQ(K_MI);
+    k->pl = EQ(K_PL);
+    k->dt = EQ(K_DT);
+    k->ee = EQ(K_E) | EQ(K_EU);
+    k->let = _mm512_cmple_epu8_mask(_mm512_sub_epi8(_mm512_or_si512(v, C(K_LC)), C(K_A)), C(K_25));
+    k->lit = EQ(K_T) | EQ(K_F) | EQ(K_N);
+    k->z = EQ(K_Z);
+}
+#undef EQ
+#undef C
+#undef AVX512
 
 /* The same with two 32-byte halves. */
 __attribute__((target("avx2")))
@@ -95,9 +130,7 @@ static void classify_avx2(const uint8_t *p, classes *k)
     k->pl = BOTH_EQ('+');
     k->dt = BOTH_EQ('.');
     k->ee = BOTH_EQ('e') | BOTH_EQ('E');
-    k->t = BOTH_EQ('t');
-    k->f = BOTH_EQ('f');
-    k->n = BOTH_EQ('n');
+    k->lit = BOTH_EQ('t') | BOTH_EQ('f') | BOTH_EQ('n');
     k->z = BOTH_EQ('0');
     /* Unsigned range tests: x in [a, a+n] iff max(x - a, n) == n with saturation. */
     __m256i zero = _mm256_set1_epi8('0'), nine = _mm256_set1_epi8(9);
@@ -112,6 +145,8 @@ static void classify_avx2(const uint8_t *p, classes *k)
     k->ctrl = M(_mm256_cmpeq_epi8(_mm256_min_epu8(lo, c1f), lo)) |
               M(_mm256_cmpeq_epi8(_mm256_min_epu8(hi, c1f), hi)) << 32;
     k->hi = M(lo) | M(hi) << 32;
+    k->br = k->lb | k->rb | k->lk | k->rk;
+    k->scal = k->d | k->mi | k->pl | k->dt | k->ee | k->let;
 #undef M
 #undef BOTH_EQ
 }
@@ -137,15 +172,15 @@ static void classify_scalar(const uint8_t *p, classes *k)
         k->pl |= ch == '+' ? b : 0;
         k->dt |= ch == '.' ? b : 0;
         k->ee |= (ch == 'e' || ch == 'E') ? b : 0;
-        k->t |= ch == 't' ? b : 0;
-        k->f |= ch == 'f' ? b : 0;
-        k->n |= ch == 'n' ? b : 0;
+        k->lit |= (ch == 't' || ch == 'f' || ch == 'n') ? b : 0;
         k->z |= ch == '0' ? b : 0;
         k->d |= (ch >= '0' && ch <= '9') ? b : 0;
         k->let |= ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z') ? b : 0;
         k->ctrl |= ch < 0x20 ? b : 0;
         k->hi |= ch >= 0x80 ? b : 0;
     }
+    k->br = k->lb | k->rb | k->lk | k->rk;
+    k->scal = k->d | k->mi | k->pl | k->dt | k->ee | k->let;
 }
 
 typedef void (*classify_fn)(const uint8_t *, classes *);
@@ -192,9 +227,9 @@ static inline __attribute__((always_inline)) uint64_t prefix_xor(uint64_t x)
 typedef struct {
     uint64_t odd_bs;       /* the last byte was a backslash that escapes the next one */
     uint64_t in;           /* all ones if the block ended inside a string */
-    uint64_t c_sc, c_ee, c_d, c_dt, c_se, c_ms, c_z, c_nd;   /* shift carries */
+    uint64_t c_sc, c_ee, c_dt, c_ms, c_z, c_nd;        /* shift carries */
     uint64_t c_closeq, c_after, c_cocm, c_lk, c_lb, c_lbcm, c_ke;
-    uint64_t a_nr, a_dt, a_e, a_ke;                    /* add carries */
+    uint64_t a_lit, a_dt, a_e, a_ke;                   /* add carries */
     uint64_t n_a, n_b, n_c, n_d, n_e, n_g, n_h;        /* next-token adds */
 } carries;
 
@@ -348,7 +383,16 @@ AI bool block_strings(const uint8_t *p, const classes *m, carries *k, const uint
 }
 
 /* Scalars of a block (numbers and literals): returns the first byte of each scalar run in *ss
- * and the byte after each run in *after.  Numbers follow the JSON grammar rule by rule. */
+ * and the byte after each run in *after.  Numbers follow the JSON grammar rule by rule.
+ *
+ * The rules are as few as the grammar allows (each shift or add is a carry kept from block to
+ * block): "a '-', '+' or '.' is followed by a digit" also says that a number ends with a digit,
+ * that a '-' has its digit and that '.' is not doubled; with "a run starts with a digit or '-'"
+ * (no '.' first) it leaves "a digit before '.'" and "a digit before 'e'" nothing to catch.
+ * The number runs are the scalar runs but the literals (rare, checked whole by literals_ok),
+ * found only in the blocks that have one.  Stage 1 of the CityLots2 events (EXACT row) went from
+ * 30,205 to 28,701 instructions an event (callgrind, AVX2 path), and on the AVX-512 path from
+ * ~570 to 513 ns an event (best of 240 passes over 5,000 events, old and new alternating). */
 AI bool block_scalars(const classes *m, uint64_t sc, carries *k, const uint8_t *s, size_t len,
                       size_t base, uint64_t *err, uint64_t *ss_out, uint64_t *after_out)
 {
@@ -356,35 +400,31 @@ AI bool block_scalars(const classes *m, uint64_t sc, carries *k, const uint8_t *
     uint64_t ss = sc & ~scs;
     *ss_out = ss;
     *after_out = scs & ~sc;
-    *err |= ss & ~(m->d | m->mi | m->t | m->f | m->n);
+    *err |= ss & ~(m->d | m->mi | m->lit);
     uint64_t numstart = ss & (m->d | m->mi);
-    uint64_t litstart = ss & (m->t | m->f | m->n);
-    if (litstart && !literals_ok(s, len, base, litstart))
-        return false;
+    uint64_t litstart = ss & m->lit;
+    uint64_t nr = sc;   /* the bytes of number runs */
+    if (litstart | k->a_lit) {
+        if (litstart && !literals_ok(s, len, base, litstart))
+            return false;
+        nr &= add(sc, litstart, &k->a_lit);   /* the carry ripples through each literal */
+    }
     /* Numbers are checked in every block: a run cut by the block's end carries over. */
-    uint64_t nr = sc & ~add(sc, numstart, &k->a_nr);   /* the bytes of number runs */
-    uint64_t d = m->d, ds = shl(d, &k->c_d);
-    *err |= nr & ~(m->d | m->mi | m->pl | m->dt | m->ee);     /* only number characters */
-    *err |= m->dt & nr & ~ds;                            /* a digit before '.' */
-    uint64_t dts = shl(m->dt & nr, &k->c_dt);
-    *err |= dts & ~d;                                    /* and after it */
+    uint64_t d = m->d;
+    *err |= nr & m->let & ~m->ee;                        /* only number characters */
+    *err |= shl(nr & ~d & ~m->ee, &k->c_nd) & ~d;        /* '-', '+', '.' before a digit */
     uint64_t ms = shl(m->mi & numstart, &k->c_ms);
-    *err |= ms & ~d;                                     /* a digit after a leading '-' */
-    uint64_t firstdig = (numstart & d) | ms;
-    *err |= shl(m->z & firstdig, &k->c_z) & d;           /* no leading zeros */
-    *err |= shl(nr & ~d, &k->c_nd) & ~nr;                /* the last byte is a digit */
-    *err |= add(dts, d, &k->a_dt) & ~d & m->dt & nr;     /* one '.' only */
+    *err |= shl(m->z & (numstart | ms), &k->c_z) & d;    /* no leading zeros */
+    uint64_t dts = shl(m->dt & nr, &k->c_dt);
+    *err |= add(dts, d, &k->a_dt) & m->dt & nr;          /* one '.' only */
     uint64_t ee = m->ee & nr;
-    if (ee | (m->pl & nr) | k->c_ee | k->c_se | k->a_e) {
+    if (ee | (m->pl & nr) | k->c_ee | k->a_e) {
         /* Exponents (rare): */
         uint64_t ees = shl(ee, &k->c_ee);
         *err |= m->mi & nr & ~(numstart | ees);          /* '-' first, or after e */
         *err |= m->pl & nr & ~ees;                       /* '+' only after e */
-        *err |= ee & ~ds;                                /* a digit before e */
-        *err |= ees & ~(d | m->mi | m->pl);              /* a digit or sign after it */
-        uint64_t signexp = (m->mi | m->pl) & nr & ees;
-        *err |= shl(signexp, &k->c_se) & ~d;             /* a digit after the sign */
-        uint64_t r = d | signexp;
+        *err |= ees & ~(d | m->mi | m->pl);              /* a digit or sign after e */
+        uint64_t r = d | ((m->mi | m->pl) & ees);
         *err |= add(ees, r, &k->a_e) & ~r & (m->dt | ee); /* nothing after the exponent */
     } else {
         *err |= m->mi & nr & ~numstart;                  /* '-' only first */
@@ -392,18 +432,16 @@ AI bool block_scalars(const classes *m, uint64_t sc, carries *k, const uint8_t *
     return true;
 }
 
-/* Stores what the bracket walk and the extraction walk need of block b. */
+/* Stores what the bracket walk and the extraction walk need of block b.  (The ':' and ',' masks
+ * and their counts per block are not kept: only the brackets' counts are read.) */
 AI bool block_outputs(vm_fast *F, size_t b, const strmasks *st, uint64_t bs, uint64_t dots,
                       uint64_t co, uint64_t cm, uint64_t br, uint64_t sig, uint32_t *cum_co,
                       uint32_t *cum_cm, size_t *first_sig, size_t *last_sig)
 {
     F->quote[b] = st->q;
     F->bs[b] = bs & st->body;
-    F->co[b] = co;
-    F->cm[b] = cm;
-    F->cum_co[b] = *cum_co;
-    F->cum_cm[b] = *cum_cm;
     F->dot[b] = dots & st->body;
+    uint32_t base_co = *cum_co, base_cm = *cum_cm;
     *cum_co += (uint32_t)__builtin_popcountll(co);
     *cum_cm += (uint32_t)__builtin_popcountll(cm);
     if (sig) {
@@ -416,7 +454,6 @@ AI bool block_outputs(vm_fast *F, size_t b, const strmasks *st, uint64_t bs, uin
             return false;
         /* Each bracket keeps the ':' and ',' before it, so the bracket walk counts a
          * container's by two subtractions. */
-        uint32_t base_co = F->cum_co[b], base_cm = F->cum_cm[b];
         for (; br; br &= br - 1) {
             unsigned off = (unsigned)__builtin_ctzll(br);
             uint64_t below = (1ull << off) - 1;
@@ -462,7 +499,7 @@ static HOT bool stage1_masks(vm_ctx *c, const char *json, size_t len, classify_f
         uint64_t out = st.out, ws = m.ws & out;
         uint64_t lb = m.lb & out, rb = m.rb & out, lk = m.lk & out, rk = m.rk & out;
         uint64_t co = m.co & out, cm = m.cm & out;
-        uint64_t sc = out & (m.d | m.mi | m.pl | m.dt | m.ee | m.let);
+        uint64_t sc = out & m.scal;
         err |= out & ~(ws | lb | rb | lk | rk | co | cm | sc);
         uint64_t ss, after_sc;
         if (!block_scalars(&m, sc, &k, s, len, b * 64, &err, &ss, &after_sc))
@@ -497,123 +534,146 @@ static HOT bool stage1_masks(vm_ctx *c, const char *json, size_t len, classify_f
 /* Token classes of the compressed token stream (3 bits). */
 enum { T_LB, T_RB, T_LK, T_RK, T_CO, T_CM, T_STR, T_SCALAR };
 
-/* Stage 1 with AVX-512 VBMI2: each block's tokens (brackets, ':', ',', the closing quote of a
- * string, the first byte of a scalar) are compressed into a byte stream of their classes; each
- * token and the one before it index a table of the pairs JSON allows, and a ':' must come
- * after a string that comes after '{' or ','.  About ten instructions replace the masks of
- * stage1_masks, whose carries through whitespace cost most of its time. */
-/* The state of stage1_vbmi2 between blocks. */
+/* The constants of stage1_vbmi2, 64 bytes each. */
 typedef struct {
-    carries k;
-    uint64_t err;
-    uint32_t cum_co, cum_cm;
-    size_t utf8_resume, first_sig, last_sig;
-    uint8_t last1, last2;   /* the classes of the last two tokens */
-} vbmi2_state;
+    /* Per token pair (the class before * 8 + the class): the classes of the token before those
+     * two that allow the pair, one bit each (0xff: any; 0: the pair is never valid).  A ':'
+     * must come after a string that comes after '{' or ',' (the string is a key). */
+    uint8_t allowed[64];
+    /* Indexes of vpermt2b: the token one before each, and two before, in (block, history). */
+    uint8_t before1[64], before2[64];
+    uint8_t iota[64];
+    /* The class of '{', '}', '[', ']', ':' and ',' at the low 6 bits of the byte (0x3b, 0x3d,
+     * 0x1b, 0x1d, 0x3a and 0x2c are distinct); each class as a bit, for testing `allowed`. */
+    uint8_t cls_of[64], bit_of[64];
+    uint8_t t_str[64], t_scalar[64];
+} vbmi2_consts;
 
-/* One block of stage1_vbmi2 (p: its 64 bytes; b: its number). */
-static VBMI2 inline __attribute__((always_inline)) bool
-vbmi2_block(vm_ctx *c, const uint8_t *s, size_t len, const uint8_t *p, size_t b, vbmi2_state *S,
-            __m512i table, __m512i before1, __m512i before2)
-{
-    classes m;
-    classify_avx512(p, &m);
-    strmasks st;
-    if (!block_strings(p, &m, &S->k, s, len, b * 64, &S->utf8_resume, &S->err, &st))
-        return false;
-    uint64_t out = st.out, ws = m.ws & out;
-    uint64_t lb = m.lb & out, rb = m.rb & out, lk = m.lk & out, rk = m.rk & out;
-    uint64_t co = m.co & out, cm = m.cm & out;
-    uint64_t sc = out & (m.d | m.mi | m.pl | m.dt | m.ee | m.let);
-    S->err |= out & ~(ws | lb | rb | lk | rk | co | cm | sc);
-    uint64_t ss, after_sc;
-    if (!block_scalars(&m, sc, &S->k, s, len, b * 64, &S->err, &ss, &after_sc))
-        return false;
-    /* The token stream of the block. */
-    uint64_t tokens = lb | rb | lk | rk | co | cm | st.closeq | ss;
-    __m512i cls = _mm512_setzero_si512();   /* T_LB is 0 */
-    cls = _mm512_mask_mov_epi8(cls, rb, _mm512_set1_epi8(T_RB));
-    cls = _mm512_mask_mov_epi8(cls, lk, _mm512_set1_epi8(T_LK));
-    cls = _mm512_mask_mov_epi8(cls, rk, _mm512_set1_epi8(T_RK));
-    cls = _mm512_mask_mov_epi8(cls, co, _mm512_set1_epi8(T_CO));
-    cls = _mm512_mask_mov_epi8(cls, cm, _mm512_set1_epi8(T_CM));
-    cls = _mm512_mask_mov_epi8(cls, st.closeq, _mm512_set1_epi8(T_STR));
-    cls = _mm512_mask_mov_epi8(cls, ss, _mm512_set1_epi8(T_SCALAR));
-    __m512i tok = _mm512_maskz_compress_epi8(tokens, cls);
-    unsigned ntok = (unsigned)__builtin_popcountll(tokens);
-    if (ntok) {
-        __m512i prev = _mm512_permutexvar_epi8(before1, tok);
-        prev = _mm512_mask_mov_epi8(prev, 1, _mm512_set1_epi8((char)S->last1));
-        __m512i prev2 = _mm512_permutexvar_epi8(before2, tok);
-        prev2 = _mm512_mask_mov_epi8(prev2, 1, _mm512_set1_epi8((char)S->last2));
-        prev2 = _mm512_mask_mov_epi8(prev2, 2, _mm512_set1_epi8((char)S->last1));
-        __m512i pair = _mm512_or_si512(_mm512_slli_epi16(prev, 3), tok);
-        __m512i ok = _mm512_permutexvar_epi8(pair, table);
-        uint64_t live = ntok == 64 ? ~0ull : (1ull << ntok) - 1;
-        S->err |= _mm512_testn_epi8_mask(ok, ok) & live;
-        uint64_t colons = _mm512_cmpeq_epi8_mask(tok, _mm512_set1_epi8(T_CO)) & live;
-        uint64_t keyish = _mm512_cmpeq_epi8_mask(prev2, _mm512_set1_epi8(T_LB)) |
-                          _mm512_cmpeq_epi8_mask(prev2, _mm512_set1_epi8(T_CM));
-        S->err |= colons & ~keyish;
-        /* The last two classes, for the next block: the compressed bytes ntok-1 and ntok-2. */
-        __m512i at = _mm512_set1_epi8((char)(ntok - 1));
-        S->last2 = ntok >= 2 ? (uint8_t)_mm_cvtsi128_si32(_mm512_castsi512_si128(
-                                   _mm512_permutexvar_epi8(_mm512_set1_epi8((char)(ntok - 2)), tok)))
-                             : S->last1;
-        S->last1 = (uint8_t)_mm_cvtsi128_si32(_mm512_castsi512_si128(_mm512_permutexvar_epi8(at, tok)));
-    }
-    if (S->err)
-        return false;
-    return block_outputs(&c->fast, b, &st, m.bs, m.dt, co, cm, lb | rb | lk | rk, (out & ~ws) | st.q,
-                         &S->cum_co, &S->cum_cm, &S->first_sig, &S->last_sig);
-}
-
-/* Stage 1 with AVX-512 VBMI2: each block's tokens (brackets, ':', ',', the closing quote of a
- * string, the first byte of a scalar) are compressed into a byte stream of their classes; each
- * token and the one before it index a table of the pairs JSON allows, and a ':' must come
- * after a string that comes after '{' or ','.  About ten instructions replace the masks of
- * stage1_masks, whose carries through whitespace cost most of its time. */
-static VBMI2 bool stage1_vbmi2(vm_ctx *c, const char *json, size_t len)
-{
-    static const uint8_t allowed[64] = {
+#define SEQ8(i) (i), (i) + 1, (i) + 2, (i) + 3, (i) + 4, (i) + 5, (i) + 6, (i) + 7
+#define SEQ64(i) SEQ8(i), SEQ8((i) + 8), SEQ8((i) + 16), SEQ8((i) + 24), SEQ8((i) + 32), \
+                 SEQ8((i) + 40), SEQ8((i) + 48), SEQ8((i) + 56)
+#define R8(x) x, x, x, x, x, x, x, x
+#define R64(x) { R8(x), R8(x), R8(x), R8(x), R8(x), R8(x), R8(x), R8(x) }
+static const __attribute__((aligned(64))) vbmi2_consts vbmi2_k = {
+    .allowed = {
 #define A(prev, cur) [(prev) * 8 + (cur)] = 0xff
         A(T_LB, T_STR), A(T_LB, T_RB),
         A(T_RB, T_CM), A(T_RB, T_RB), A(T_RB, T_RK), A(T_RK, T_CM), A(T_RK, T_RB), A(T_RK, T_RK),
         A(T_LK, T_STR), A(T_LK, T_SCALAR), A(T_LK, T_LB), A(T_LK, T_LK), A(T_LK, T_RK),
         A(T_CO, T_STR), A(T_CO, T_SCALAR), A(T_CO, T_LB), A(T_CO, T_LK),
         A(T_CM, T_STR), A(T_CM, T_SCALAR), A(T_CM, T_LB), A(T_CM, T_LK),
-        A(T_STR, T_CO), A(T_STR, T_CM), A(T_STR, T_RB), A(T_STR, T_RK),
+        A(T_STR, T_CM), A(T_STR, T_RB), A(T_STR, T_RK),
         A(T_SCALAR, T_CM), A(T_SCALAR, T_RB), A(T_SCALAR, T_RK),
 #undef A
-    };
-    static const uint8_t idx1[64] = {
-        63, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
-        23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44,
-        45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62,
-    };
-    static const uint8_t idx2[64] = {
-        62, 63, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
-        22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43,
-        44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61,
-    };
-    const __m512i table = _mm512_loadu_si512((const void *)allowed);
-    const __m512i before1 = _mm512_loadu_si512((const void *)idx1);
-    const __m512i before2 = _mm512_loadu_si512((const void *)idx2);
+        [T_STR * 8 + T_CO] = 1 << T_LB | 1 << T_CM,
+    },
+    /* (64 + j: byte j of the history, whose byte 63 is the last token of the blocks before) */
+    .before1 = { 127, SEQ8(0), SEQ8(8), SEQ8(16), SEQ8(24), SEQ8(32), SEQ8(40), SEQ8(48), 56, 57,
+                 58, 59, 60, 61, 62 },
+    .before2 = { 126, 127, SEQ8(0), SEQ8(8), SEQ8(16), SEQ8(24), SEQ8(32), SEQ8(40), SEQ8(48), 56,
+                 57, 58, 59, 60, 61 },
+    .iota = { SEQ64(0) },
+    .cls_of = { [0x3b] = T_LB, [0x3d] = T_RB, [0x1b] = T_LK, [0x1d] = T_RK, [0x3a] = T_CO,
+                [0x2c] = T_CM },
+    .bit_of = { 1 << T_LB, 1 << T_RB, 1 << T_LK, 1 << T_RK, 1 << T_CO, 1 << T_CM, 1 << T_STR,
+                1 << T_SCALAR },
+    .t_str = R64(T_STR),
+    .t_scalar = R64(T_SCALAR),
+};
+#undef R64
+#undef R8
+#undef SEQ64
+#undef SEQ8
+
+/* The state of stage1_vbmi2 between blocks. */
+typedef struct {
+    __m512i hist;   /* the classes of the last tokens, the last at byte 63 */
+    carries k;
+    uint64_t err;
+    uint32_t cum_co, cum_cm;
+    size_t first_sig, last_sig;
+} vbmi2_state;
+
+/* The token stream of a block: checks each token against the two before it (see vbmi2_consts)
+ * and keeps the last ones in S->hist for the next block.  The two tokens before the block's
+ * first come from the history by a two-table permute (vpermt2b), and the history moves on by
+ * one more: no byte goes through a general register, and no branch.  With the class of a
+ * bracket, ':' or ',' read from a table (one vpermb instead of six masked moves), stage 1 of
+ * the EXACT row: 460 instead of 503 ns an event (best of 320 passes over 5,000 events,
+ * alternating). */
+static VBMI2 inline __attribute__((always_inline)) uint64_t
+vbmi2_tokens(__m512i v, uint64_t tokens, uint64_t str, uint64_t scalar, vbmi2_state *S,
+             const vbmi2_consts *K)
+{
+#define V(x) _mm512_load_si512((const void *)K->x)
+    __m512i cls = _mm512_permutexvar_epi8(v, V(cls_of));
+    cls = _mm512_mask_mov_epi8(cls, str, V(t_str));
+    cls = _mm512_mask_mov_epi8(cls, scalar, V(t_scalar));
+    __m512i tok = _mm512_maskz_compress_epi8(tokens, cls);
+    unsigned ntok = (unsigned)__builtin_popcountll(tokens);
+    __m512i prev = _mm512_permutex2var_epi8(tok, V(before1), S->hist);
+    __m512i prev2 = _mm512_permutex2var_epi8(tok, V(before2), S->hist);
+    __m512i pair = _mm512_or_si512(_mm512_slli_epi16(prev, 3), tok);
+    __m512i ok = _mm512_permutexvar_epi8(pair, V(allowed));
+    uint64_t bad = _mm512_testn_epi8_mask(ok, _mm512_permutexvar_epi8(prev2, V(bit_of)));
+    /* history byte j becomes byte j + ntok of (history, tokens) */
+    S->hist = _mm512_permutex2var_epi8(S->hist, _mm512_add_epi8(V(iota), _mm512_set1_epi8((char)ntok)),
+                                       tok);
+    return bad & _bzhi_u64(~0ull, ntok);
+#undef V
+}
+
+/* One block of stage1_vbmi2 (p: its 64 bytes; b: its number). */
+static VBMI2 inline __attribute__((always_inline)) bool
+vbmi2_block(vm_ctx *c, const uint8_t *s, size_t len, const uint8_t *p, size_t b, vbmi2_state *S,
+            size_t *utf8_resume, const vbmi2_consts *K, const uint8_t (*kk)[64])
+{
+    __m512i v = _mm512_loadu_si512((const void *)p);
+    classes m;
+    classify512_strings(v, kk, &m);
+    strmasks st;
+    if (!block_strings(p, &m, &S->k, s, len, b * 64, utf8_resume, &S->err, &st))
+        return false;
+    classify512_outside(v, kk, &m);
+    uint64_t out = st.out, ws = m.ws & out, br = m.br & out, co = m.co & out, cm = m.cm & out;
+    uint64_t sc = out & m.scal;
+    S->err |= out & ~(ws | br | co | cm | sc);
+    classify512_scalars(v, kk, &m);
+    uint64_t ss, after_sc;
+    if (!block_scalars(&m, sc, &S->k, s, len, b * 64, &S->err, &ss, &after_sc))
+        return false;
+    (void)after_sc;
+    S->err |= vbmi2_tokens(v, br | co | cm | st.closeq | ss, st.closeq, ss, S, K);
+    if (S->err)
+        return false;
+    return block_outputs(&c->fast, b, &st, m.bs, m.dt, co, cm, br, (out & ~ws) | st.q, &S->cum_co,
+                         &S->cum_cm, &S->first_sig, &S->last_sig);
+}
+
+/* Stage 1 with AVX-512 VBMI2: each block's tokens (brackets, ':', ',', the closing quote of a
+ * string, the first byte of a scalar) are compressed into a byte stream of their classes; each
+ * token and the two before it index a table of what JSON allows (vbmi2_tokens).  About ten
+ * instructions replace the masks of stage1_masks, whose carries through whitespace cost most
+ * of its time. */
+static VBMI2 bool stage1_vbmi2(vm_ctx *c, const char *json, size_t len)
+{
     const uint8_t *s = (const uint8_t *)json;
+    const vbmi2_consts *K = &vbmi2_k;
+    const uint8_t(*kk)[64] = classify_consts;
+    __asm__("" : "+r"(K), "+r"(kk));   /* (read from memory, not rebuilt in every block) */
     vbmi2_state S;
     memset(&S, 0, sizeof S);
     S.first_sig = (size_t)-1;
-    S.last1 = S.last2 = T_CM;   /* the stream starts as after a ',' */
-    size_t full = len / 64, b = 0;
-    /* Whole blocks first; the loop calls nothing, so constants stay in registers. */
+    S.hist = _mm512_set1_epi8(T_CM);   /* the stream starts as after a ',' */
+    size_t utf8_resume = 0, full = len / 64, b = 0;
     for (; b < full; b++)
-        if (!vbmi2_block(c, s, len, s + b * 64, b, &S, table, before1, before2))
+        if (!vbmi2_block(c, s, len, s + b * 64, b, &S, &utf8_resume, K, kk))
             return false;
     if (len % 64) {
         uint8_t tail[64];
         memset(tail, ' ', sizeof tail);   /* padding: whitespace, which every rule lets pass */
         memcpy(tail, s + b * 64, len % 64);
-        if (!vbmi2_block(c, s, len, tail, b, &S, table, before1, before2))
+        if (!vbmi2_block(c, s, len, tail, b, &S, &utf8_resume, K, kk))
             return false;
     }
     if (S.k.in || S.k.odd_bs || S.first_sig == (size_t)-1)
@@ -665,6 +725,7 @@ bool vm_fast_stage1(vm_ctx *c, const char *json, size_t len)
 struct vm_fast_frame {
     uint32_t open;              /* index of the opening bracket */
     uint32_t inner_co, inner_cm; /* ':' and ',' inside the finished children */
+    uint8_t kind;               /* the opening bracket */
 };
 
 bool vm_fast_reserve(vm_fast *F, size_t nblocks)
@@ -675,17 +736,11 @@ bool vm_fast_reserve(vm_fast *F, size_t nblocks)
     while (cap < nblocks + 1)
         cap *= 2;
     /* One more block than needed: a reader may look one mask past the last quote. */
-    void *q = realloc(F->quote, cap * 8), *bs = realloc(F->bs, cap * 8), *dot = realloc(F->dot, cap * 8),
-         *co = realloc(F->co, cap * 8), *cm = realloc(F->cm, cap * 8), *ca = realloc(F->cum_co, cap * 4),
-         *cb = realloc(F->cum_cm, cap * 4);
+    void *q = realloc(F->quote, cap * 8), *bs = realloc(F->bs, cap * 8), *dot = realloc(F->dot, cap * 8);
     if (q) F->quote = q;
     if (bs) F->bs = bs;
     if (dot) F->dot = dot;
-    if (co) F->co = co;
-    if (cm) F->cm = cm;
-    if (ca) F->cum_co = ca;
-    if (cb) F->cum_cm = cb;
-    if (!q || !bs || !dot || !co || !cm || !ca || !cb)
+    if (!q || !bs || !dot)
         return false;
     F->block_cap = cap;
     return true;
@@ -716,10 +771,6 @@ void vm_fast_free(vm_fast *F)
 {
     free(F->quote);
     free(F->bs);
-    free(F->co);
-    free(F->cm);
-    free(F->cum_co);
-    free(F->cum_cm);
     free(F->br_pos);
     free(F->br_match);
     free(F->br_co);
@@ -730,7 +781,13 @@ void vm_fast_free(vm_fast *F)
 
 /* The bracket walk: matches brackets (kind and nesting), counts the ':' and ',' each container
  * holds at its own level (an object: one ':' more than ','; or none of either when empty; an
- * array: no ':'), and checks that the event is one object and nothing else.  Fills br_match. */
+ * array: no ':'), and checks that the event is one object and nothing else.  Fills br_match.
+ *
+ * The open container is kept in locals and only its parent goes on the stack, so a child's
+ * counts reach the parent without a store and a load; '{' and '[' have bit 1 set, '}' and ']'
+ * do not, and a bracket closes one of its kind if the two differ by 6 ('{' ^ '}', '[' ^ ']').
+ * The walk was ~70 ns of the EXACT row's stage 1 an event; this saved ~10 of them (two runs of
+ * 320 passes over 5,000 events, alternating: 438 against 450 and 474 against 478 ns). */
 HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t first_sig, size_t last_sig)
 {
     vm_fast *F = &c->fast;
@@ -744,32 +801,29 @@ HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t first_sig, size_t 
         F->stack = s;
         F->stack_cap = (uint32_t)c->max_depth + 1;
     }
-    uint32_t depth = 0;
-    for (uint32_t i = 0; i < F->nbr; i++) {
-        uint32_t pos = F->br_pos[i];
-        char ch = json[pos];
-        if (ch == '{' || ch == '[') {
+    const uint32_t *pos = F->br_pos, *bco = F->br_co, *bcm = F->br_cm;
+    uint32_t depth = 0, nbr = F->nbr;
+    struct vm_fast_frame cur = { 0, 0, 0, 0 };   /* the open container */
+    for (uint32_t i = 0; i < nbr; i++) {
+        uint8_t ch = (uint8_t)json[pos[i]];
+        if (ch & 2) {
             if (depth == c->max_depth)
                 return false;   /* too deep: the byte-by-byte scan reports it */
-            F->stack[depth++] = (struct vm_fast_frame){ i, 0, 0 };
+            F->stack[depth++] = cur;
+            cur = (struct vm_fast_frame){ i, 0, 0, ch };
             continue;
         }
-        if (depth == 0)
+        if (depth == 0 || (ch ^ cur.kind) != 6)
             return false;
-        struct vm_fast_frame fr = F->stack[--depth];
-        uint32_t open = F->br_pos[fr.open];
-        char want = json[open] == '{' ? '}' : ']';
-        if (ch != want)
-            return false;
-        uint32_t co = F->br_co[i] - F->br_co[fr.open], cm = F->br_cm[i] - F->br_cm[fr.open];
-        uint32_t lco = co - fr.inner_co, lcm = cm - fr.inner_cm;
-        if (want == '}') {
+        uint32_t co = bco[i] - bco[cur.open], cm = bcm[i] - bcm[cur.open];
+        uint32_t lco = co - cur.inner_co, lcm = cm - cur.inner_cm;
+        if (ch == '}') {
             if (lco == 0 && lcm == 0) {
                 /* No ':' at this level: only an empty object is valid. */
-                uint32_t k = open + 1;
+                uint32_t k = pos[cur.open] + 1;
                 while (json[k] == ' ' || json[k] == '\n' || json[k] == '\r' || json[k] == '\t')
                     k++;
-                if (k != pos)
+                if (k != pos[i])
                     return false;
             } else if (lco != lcm + 1) {
                 return false;
@@ -777,14 +831,13 @@ HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t first_sig, size_t 
         } else if (lco != 0) {
             return false;
         }
-        if (depth > 0) {
-            F->stack[depth - 1].inner_co += co;
-            F->stack[depth - 1].inner_cm += cm;
-        } else if (i != F->nbr - 1) {
+        F->br_match[cur.open] = i;
+        F->br_match[i] = cur.open;
+        cur = F->stack[--depth];
+        cur.inner_co += co;
+        cur.inner_cm += cm;
+        if (depth == 0 && i != nbr - 1)
             return false;   /* something after the event's object */
-        }
-        F->br_match[fr.open] = i;
-        F->br_match[i] = fr.open;
     }
     return depth == 0;
 }

@@ -94,8 +94,7 @@ typedef struct { uint32_t stamp, at, n; } vm_path_runs;
 /* Stage 1 of the fast scanner (scan_fast.c): per 64-byte block of the event, the masks the
  * extraction walk needs, and every bracket with its match. */
 typedef struct {
-    uint64_t *quote, *bs, *dot, *co, *cm;   /* real quotes; backslashes and '.' in strings */
-    uint32_t *cum_co, *cum_cm;       /* ':' and ',' before each block */
+    uint64_t *quote, *bs, *dot;      /* real quotes; backslashes and '.' in strings */
     size_t block_cap;
     uint32_t *br_pos, *br_match;     /* brackets: position, index of the matching bracket */
     uint32_t *br_co, *br_cm;         /* ... and the ':' and ',' before each */

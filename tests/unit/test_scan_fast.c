@@ -196,6 +196,8 @@ Test(scan_fast, tricky_inputs)
         "{\"a\":\"\xc3\"}", "{\"a\":\"\xc0\xaf\"}", "{\"a\":\"\xed\xa0\x80\"}", "{\"\xe2\x82\xac\":1}",
         "{\"a\":1}\x00", "\xef\xbb\xbf{}", "{\"a\":[1,2,3],\"b\":{\"c\":[{\"d\":\"e\"}]}}",
         "{\"a\":1E5}", "{\"a\":-0.1E-5}", "{\"a\":[true,false,null]}", "{\"a\":True}",
+        /* as many ':' as ',' + 1 and every pair of tokens allowed: only "a ':' after a key" */
+        "{\"a\":\"b\":\"c\",\"d\"}", "{\"a\":[1,\"b\":2,3],\"c\":4}", "{\"a\":{\"b\":\"c\":\"d\",\"e\"}}",
     };
     vm_program *p = program();
     vm_options slow_opt = { .no_simd = true };
@@ -215,6 +217,68 @@ Test(scan_fast, tricky_inputs)
     /* A NUL byte after the object, and one inside a string. */
     check(p, fast, slow, "{\"a\":1}\0", 8, first, &valid);
     check(p, fast, slow, "{\"a\":\"x\0y\"}", 11, first, &valid);
+    vm_ctx_free(fast);
+    vm_ctx_free(slow);
+    vm_program_free(p);
+}
+
+/* Numbers, valid and not, with every byte of them in turn on a block boundary: each rule of
+ * stage 1's number grammar carries from one block to the next, and each is tried here. */
+Test(scan_fast, numbers_across_every_block_boundary, .timeout = 120)
+{
+    static const char *const numbers[] = {
+        "0", "-0", "7", "-12", "0.5", "-0.05", "10.25", "1e5", "1E-5", "1e+05", "-2.5E+10", "0e0",
+        "123456789012345678901234567890", "0.000000000000000000000000001", "-122.37993999141668",
+        "01", "-01", "00", "-", "--1", "+1", "1-", "1+", "1.", "-.5", ".5", "1..2", "1.2.3", "1.e5",
+        "1e", "1e+", "1e-", "1e+-5", "1ee5", "1e5e5", "1e5.5", "1e.5", "-e5", "1e5-", "0-1", "1x",
+        "1.5x", "1E", "1.0e05", "0.0e-0", "-0.0", "1e05.", "12.34.56e7", "1e5+5", "2-3",
+    };
+    vm_program *p = program();
+    vm_options slow_opt = { .no_simd = true };
+    vm_ctx *fast = vm_ctx_new(p, NULL), *slow = vm_ctx_new(p, &slow_opt);
+    int first = kinds_here();
+    long valid = 0, total = 0;
+    for (size_t i = 0; i < sizeof numbers / sizeof numbers[0]; i++) {
+        for (int pad = 0; pad < 130; pad++) {
+            char in[512];
+            int n = snprintf(in, sizeof in, "%*s{\"a\":[%s,%s],\"b\":%s}", pad, "", numbers[i],
+                             numbers[i], numbers[i]);
+            check(p, fast, slow, in, (size_t)n, first, &valid);
+            total++;
+        }
+    }
+    cr_expect_gt(valid, 0);
+    cr_expect_lt(valid, total);
+    vm_ctx_free(fast);
+    vm_ctx_free(slow);
+    vm_program_free(p);
+}
+
+/* Strings, valid and not, with every byte of them in turn on a block boundary: escapes (a
+ * backslash run cut by the boundary), \u escapes, UTF-8 sequences cut by it, and bad ones. */
+Test(scan_fast, strings_across_every_block_boundary, .timeout = 120)
+{
+    static const char *const strings[] = {
+        "abc", "a\\\\b", "a\\\"b", "\\\\\\\"", "\\u00e9x", "\\uD83D\\uDE00", "caf\xc3\xa9", "\xe2\x82\xac\xe2\x82\xac",
+        "\xf0\x9f\x98\x80", "1.5e3", "{[,:]}", "\\u12", "\\u12g4", "\\x", "\xc3", "\xc0\xaf", "\xed\xa0\x80",
+        "\xf4\x90\x80\x80", "\xe2\x82", "a\tb", "\x7f", "\xff",
+    };
+    vm_program *p = program();
+    vm_options slow_opt = { .no_simd = true };
+    vm_ctx *fast = vm_ctx_new(p, NULL), *slow = vm_ctx_new(p, &slow_opt);
+    int first = kinds_here();
+    long valid = 0, total = 0;
+    for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
+        for (int pad = 0; pad < 130; pad++) {
+            char in[512];
+            int n = snprintf(in, sizeof in, "%*s{\"%s\":[\"%s\"],\"b\":\"%s\"}", pad, "", strings[i],
+                             strings[i], strings[i]);
+            check(p, fast, slow, in, (size_t)n, first, &valid);
+            total++;
+        }
+    }
+    cr_expect_gt(valid, 0);
+    cr_expect_lt(valid, total);
     vm_ctx_free(fast);
     vm_ctx_free(slow);
     vm_program_free(p);
