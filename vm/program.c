@@ -250,12 +250,146 @@ static bool tag_index_slots(const vm_program *p, struct vm_derived *d)
     return true;
 }
 
+/* The vid_slots probe for (path, s) (any hash will do: it is never stored). */
+static uint64_t vid_hash(uint32_t path, const char *s, size_t n)
+{
+    return vm_ix_hash(0xff, 0, path, s, n);
+}
+
+uint32_t vm_value_id(const vm_program *p, uint32_t path, const char *s, size_t n)
+{
+    const struct vm_derived *d = p->derived;
+    uint32_t mask = d->nvid_slots - 1;
+    uint64_t hash = vid_hash(path, s, n), tag = hash >> 32;
+    for (uint64_t h = hash & mask; (uint32_t)d->vid_slots[h]; h = (h + 1) & mask) {
+        if (d->vid_slots[h] >> 32 != tag)
+            continue;
+        uint32_t v = (uint32_t)d->vid_slots[h] - 1;
+        const vm_const *k = &p->consts[d->vid_const[v]];
+        if (d->vid_path[v] == path && k->s.len == n && memcmp(vm_s(p, k->s), s, n) == 0)
+            return v;
+    }
+    return VM_NONE;
+}
+
+/* Puts slot value x (tag << 32 | id + 1) in the first free slot of its probe sequence. */
+static void vid_place(uint64_t *slots, uint32_t nslots, uint64_t hash, uint64_t x)
+{
+    uint64_t h = hash & (nslots - 1);
+    while ((uint32_t)slots[h])
+        h = (h + 1) & (nslots - 1);
+    slots[h] = x;
+}
+
+/* The id of constant k (a string on path), numbering it if it is new; VM_NONE when memory runs
+ * out. */
+static uint32_t vid_of(const vm_program *p, struct vm_derived *d, uint32_t path, uint32_t k)
+{
+    const vm_const *kc = &p->consts[k];
+    uint32_t v = vm_value_id(p, path, vm_s(p, kc->s), kc->s.len);
+    if (v != VM_NONE)
+        return v;
+    if ((d->nvids + 1) * 2 > d->nvid_slots) {
+        /* Keep the table at most half full: double it and place every id again. */
+        uint32_t n = d->nvid_slots * 2;
+        uint64_t *slots = calloc(n, sizeof *slots);
+        uint32_t *kv = realloc(d->vid_const, n / 2 * sizeof *kv);
+        if (kv)
+            d->vid_const = kv;
+        uint32_t *pv = kv ? realloc(d->vid_path, n / 2 * sizeof *pv) : NULL;
+        if (pv)
+            d->vid_path = pv;
+        if (!slots || !kv || !pv) {
+            free(slots);
+            return VM_NONE;
+        }
+        for (uint32_t i = 0; i < d->nvid_slots; i++) {
+            uint32_t q = (uint32_t)d->vid_slots[i];
+            if (q) {
+                const vm_const *qc = &p->consts[d->vid_const[q - 1]];
+                vid_place(slots, n, vid_hash(d->vid_path[q - 1], vm_s(p, qc->s), qc->s.len),
+                          d->vid_slots[i]);
+            }
+        }
+        free(d->vid_slots);
+        d->vid_slots = slots;
+        d->nvid_slots = n;
+    }
+    v = d->nvids++;
+    d->vid_const[v] = k;
+    d->vid_path[v] = path;
+    uint64_t hash = vid_hash(path, vm_s(p, kc->s), kc->s.len);
+    vid_place(d->vid_slots, d->nvid_slots, hash, (hash >> 32) << 32 | (uint64_t)(v + 1));
+    return v;
+}
+
+static int cmp_vid(const void *pa, const void *pb)
+{
+    uint32_t a = *(const uint32_t *)pa, b = *(const uint32_t *)pb;
+    return a < b ? -1 : a > b;
+}
+
+/* Numbers the strings of the index's plain string equalities (see struct vm_derived). */
+static bool number_values(const vm_program *p, struct vm_derived *d)
+{
+    size_t total = 0;
+    d->nvid_slots = 1024;
+    d->vid_slots = calloc(d->nvid_slots, sizeof *d->vid_slots);
+    d->vid_const = malloc(d->nvid_slots / 2 * sizeof *d->vid_const);
+    d->vid_path = malloc(d->nvid_slots / 2 * sizeof *d->vid_path);
+    d->pred_vid0 = malloc((p->nix_preds + 1) * sizeof *d->pred_vid0);
+    d->pred_nvid = malloc((p->nix_preds + 1) * sizeof *d->pred_nvid);
+    if (!d->vid_slots || !d->vid_const || !d->vid_path || !d->pred_vid0 || !d->pred_nvid)
+        return false;
+    for (uint32_t g = 0; g < p->nix_preds; g++) {
+        const vm_test *t = &p->tests[p->ix_preds[g].test];
+        bool plain = t->kind == VM_T_EQ && !(t->flags & (VM_TF_CI | VM_TF_ASNUM | VM_TF_BAND));
+        for (uint32_t i = 0; plain && i < t->narg; i++) {
+            const vm_const *k = &p->consts[t->arg0 + i];
+            plain = k->type != VM_C_STR || !(k->flags & VM_CF_IP);
+        }
+        d->pred_nvid[g] = plain ? 0 : VM_NONE;
+        if (plain)
+            total += t->narg;
+    }
+    if (total >= UINT32_MAX)
+        return false;
+    d->vids = malloc((total ? total : 1) * sizeof *d->vids);
+    if (!d->vids)
+        return false;
+    uint32_t at = 0;
+    for (uint32_t g = 0; g < p->nix_preds; g++) {
+        d->pred_vid0[g] = at;
+        if (d->pred_nvid[g] == VM_NONE)
+            continue;
+        const vm_ix_pred *x = &p->ix_preds[g];
+        const vm_test *t = &p->tests[x->test];
+        for (uint32_t i = 0; i < t->narg; i++) {
+            if (p->consts[t->arg0 + i].type != VM_C_STR)
+                continue;
+            uint32_t v = vid_of(p, d, x->path, t->arg0 + i);
+            if (v == VM_NONE)
+                return false;
+            d->vids[at++] = v;
+        }
+        d->pred_nvid[g] = at - d->pred_vid0[g];
+        qsort(d->vids + d->pred_vid0[g], d->pred_nvid[g], sizeof *d->vids, cmp_vid);
+    }
+    return true;
+}
+
 void vm_derived_free(struct vm_derived *d)
 {
     if (!d)
         return;
     free(d->ix_path_of);
     free(d->ix_tagged);
+    free(d->vid_slots);
+    free(d->vid_const);
+    free(d->vid_path);
+    free(d->pred_vid0);
+    free(d->pred_nvid);
+    free(d->vids);
     vm_trie_free(d->trie);
     free(d->keep_depth);
     free(d->last_not);
@@ -270,7 +404,7 @@ vm_status vm_program_prepare(vm_program *p)
         return VM_ERR_NOMEM;
     p->derived->trie = build_trie(p);
     if (!p->derived->trie || !analyse_code(p, p->derived) || !map_index_paths(p, p->derived) ||
-        !tag_index_slots(p, p->derived)) {
+        !tag_index_slots(p, p->derived) || !number_values(p, p->derived)) {
         vm_derived_free(p->derived);
         p->derived = NULL;
         return VM_ERR_NOMEM;

@@ -48,7 +48,24 @@ struct vm_derived {
      * that meets another key is told apart without reading that key (with 100k keys, each
      * key and its bytes is a cache miss). */
     uint64_t *ix_tagged;
+    /* Value ids: every distinct (path, string) that an equality predicate names has a number,
+     * found through vid_slots (open addressing, each slot the high half of the hash << 32 | id
+     * + 1; vid_const, vid_path: per id, a constant that spells it and its path).  Per predicate
+     * of the index (all buses), the sorted ids of its strings, vids[pred_vid0[g] ..+
+     * pred_nvid[g]], or pred_nvid VM_NONE for a predicate that is not a plain string equality
+     * (ignore-case, as-number, a constant that spells an IP address).  A triggered clause's
+     * next predicate is then one lookup of the leaf per event and a binary search, where it was
+     * a scan of up to 50 constants, each a length test and a memcmp on bytes scattered over the
+     * strings (index.c, leaf_passes). */
+    uint64_t *vid_slots;
+    uint32_t nvid_slots, nvids;
+    uint32_t *vid_const, *vid_path;
+    uint32_t *pred_vid0, *pred_nvid, *vids;
 };
+
+/* The value id of string s on path (see struct vm_derived), or VM_NONE when no equality
+ * predicate names it. */
+uint32_t vm_value_id(const vm_program *p, uint32_t path, const char *s, size_t n);
 
 void vm_derived_free(struct vm_derived *d);
 
@@ -121,6 +138,7 @@ struct vm_ctx {
     uint32_t *path_arrays;          /* per path: some leaf of this event lies in an array */
     uint16_t *path_depth;           /* ... and the depth of the outermost such array */
     VM_BUF(uint32_t) candidates;
+    VM_BUF(uint32_t) field_vid;     /* per field: its value id, VM_NONE, or VM_VID_UNSET (index.c) */
     /* the fast scanner */
     bool fast_ok;
     bool trusted;             /* vm_options.trusted: events are read without validating them */
@@ -161,6 +179,8 @@ struct vm_ctx {
     void *re_scratch;
     size_t re_cap;
 };
+
+#define VM_VID_UNSET 0xfffffffeu
 
 /* Grows a VM_BUF to hold `need` elements; false when memory runs out. */
 bool vm_buf_grow(void **v, uint32_t *cap, size_t elem, uint32_t need);
