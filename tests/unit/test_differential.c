@@ -12,6 +12,7 @@
 
 #include "../../compiler/compiler.h"
 #include "gen.h"
+#include "vm_int.h"
 
 static uint64_t rng = 0x2545F4914F6CDD1Dull;
 
@@ -262,6 +263,91 @@ Test(differential, range_tree_and_range_slots)
         run_engines(p, ev.s, ev.n, e, src.s);
         free(ev.s);
     }
+    vm_program_free(p);
+    free(src.s);
+}
+
+/* Many rules whose lists share values (the issue193 shape): a clause's other predicates are
+ * tested through value ids (index.c, leaf_passes).  Lists mix strings, escaped spellings,
+ * numbers, true and null, anything-but lists and prefixes; events hold listed values, unlisted
+ * ones and values of other types, on plain paths and in arrays.  Every event must match exactly
+ * what the reference matches. */
+Test(differential, shared_values)
+{
+    static const char *const vals[] = {
+        "\"v0\"", "\"v1\"", "\"v2\"", "\"v3\"", "\"v4\"", "\"v5\"", "\"v6\"", "\"v7\"",
+        "\"\\u0076\\u0038\"", "\"v9\"", "\"\"", "\"w\\\"q\"", "\"\\u00e9t\\u00e9\"", "1",
+        "\"1\"", "true", "null", "\"10.0.0.1\"", "\"V1\"",
+    };
+    /* what events hold: the listed values, an escaped spelling of one, unlisted ones */
+    static const char *const evals[] = {
+        "\"v0\"", "\"v1\"", "\"v2\"", "\"v3\"", "\"v4\"", "\"v5\"", "\"v6\"", "\"v7\"", "\"v8\"",
+        "\"\\u0076\\u0039\"", "\"\"", "\"w\\\"q\"", "\"\u00e9t\u00e9\"", "1", "1.0", "\"1\"",
+        "true", "false", "null", "\"10.0.0.001\"", "\"V1\"", "\"zz\"", "\"v10\"", "{}", "[]",
+    };
+    static const char *const keys[] = { "a", "b", "c.d", "arr.x", "tags" };
+    const size_t nv = sizeof vals / sizeof *vals, ne = sizeof evals / sizeof *evals;
+    buf src = { 0 };
+    put(&src, "bus b\n");
+    for (int r = 0; r < 400; r++) {
+        put(&src, "rule r%d on b { pattern {", r);
+        int nk = 2 + (int)rnd(3);
+        unsigned used = 0;
+        for (int k = 0; k < nk; k++) {
+            unsigned key = rnd(5);
+            if (used & 1u << key)
+                continue;
+            used |= 1u << key;
+            const char *kk = keys[key];
+            if (k)
+                put(&src, ", ");
+            if (strcmp(kk, "c.d") == 0)
+                put(&src, "\"c\": {\"d\": [");
+            else if (strncmp(kk, "arr.", 4) == 0)
+                put(&src, "\"arr\": {\"%s\": [", kk + 4);
+            else
+                put(&src, "\"%s\": [", kk);
+            unsigned kind = rnd(10);
+            if (kind == 0) {
+                put(&src, "{\"anything-but\": [\"v%u\", \"v%u\"]}", rnd(8), rnd(8));
+            } else if (kind == 1) {
+                put(&src, "{\"prefix\": \"v%u\"}", rnd(3));
+            } else {
+                int n = 1 + (int)rnd(kind == 2 ? 12 : 5);
+                for (int i = 0; i < n; i++)
+                    put(&src, "%s%s", i ? ", " : "", vals[rnd((uint32_t)nv)]);
+            }
+            put(&src, strcmp(kk, "c.d") == 0 || strncmp(kk, "arr.", 4) == 0 ? "]}" : "]");
+        }
+        put(&src, "} }\n");
+    }
+    vm_program *p = cc_compile_text("shared.ebr", src.s, src.n, stderr, NULL);
+    cr_assert_not_null(p, "%s", src.s);
+    uint32_t by_ids = 0;
+    for (uint32_t g = 0; g < p->nix_preds; g++)
+        by_ids += p->derived->pred_nvid[g] != VM_NONE && !p->ix_preds[g].nclause;
+    cr_assert_gt(by_ids, 100, "the other predicates should be tested through value ids");
+    long matched = 0;
+    for (int e = 0; e < 3000; e++) {
+        buf ev = { 0 };
+        put(&ev, "{\"a\": %s, \"b\": [%s, %s], \"c\": {\"d\": %s}, \"arr\": [{\"x\": %s, \"y\": %s},"
+                 " {\"x\": %s}], \"tags\": [%s, %s, %s]}",
+            evals[rnd((uint32_t)ne)], evals[rnd((uint32_t)ne)], evals[rnd((uint32_t)ne)],
+            evals[rnd((uint32_t)ne)], evals[rnd((uint32_t)ne)], evals[rnd((uint32_t)ne)],
+            evals[rnd((uint32_t)ne)], evals[rnd((uint32_t)ne)], evals[rnd((uint32_t)ne)],
+            evals[rnd((uint32_t)ne)]);
+        run_engines(p, ev.s, ev.n, e, "(shared values)");
+        vm_ctx *c = vm_ctx_new(p, NULL);
+        const uint32_t *m;
+        size_t nm;
+        vm_error err;
+        if (vm_match(c, VM_NONE, ev.s, ev.n, &m, &nm, &err) == VM_OK)
+            matched += (long)nm;
+        vm_ctx_free(c);
+        free(ev.s);
+    }
+    cr_log_info("shared values: %ld matches over 3000 events", matched);
+    cr_expect_gt(matched, 3000, "the rules hardly ever match: the test tests little");
     vm_program_free(p);
     free(src.s);
 }
