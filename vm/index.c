@@ -40,19 +40,14 @@ static const vm_ix_key *find_key(const vm_program *p, unsigned kind, unsigned au
 }
 
 /* Marks a predicate of bus b as passed (once per event); the clauses it triggers become
- * candidates, decided once every leaf has been dispatched. */
+ * candidates, decided once every leaf has been dispatched (through its records, vm_ix_rec). */
 static bool fire(vm_ctx *c, const vm_ix_bus *b, uint32_t pred)
 {
-    const vm_program *p = c->p;
-    if (c->pred_stamp[b->pred0 + pred] == c->epoch)
+    uint32_t g = b->pred0 + pred;
+    if (c->pred_stamp[g] == c->epoch)
         return true;
-    c->pred_stamp[b->pred0 + pred] = c->epoch;
-    const vm_ix_pred *pr = &p->ix_preds[b->pred0 + pred];
-    const uint32_t *cl = p->ix_refs + pr->clause0;
-    for (uint32_t i = 0; i < pr->nclause; i++)
-        if (!VM_BUF_PUSH(c->candidates, b->clause0 + cl[i]))
-            return false;
-    return true;
+    c->pred_stamp[g] = c->epoch;
+    return VM_BUF_PUSH(c->candidates, g);
 }
 
 /* Does band k (`p >= lo and p < hi`, each bound open or closed) hold for numbers that range from
@@ -64,27 +59,22 @@ static bool band_holds(const vm_const *k, double min, double max)
     return above && below;
 }
 
-/* Does leaf fi pass the test of predicate g (before VM_TF_NEG)?  A plain string equality
- * compares value ids (struct vm_derived): the leaf's id is looked up once per event, then found
- * or not by a binary search in the predicate's ids.  At 100k issue193 rules this took the
- * matching from ~1.63M to ~X instructions an event (vm_leaf_passes and memcmp were 50% of it). */
-static bool leaf_passes(vm_ctx *c, const char *json, uint32_t g, const vm_test *t, uint32_t fi)
+/* The value id of string leaf fi of path (struct vm_derived), looked up once per event. */
+static uint32_t field_vid(vm_ctx *c, const char *json, uint32_t fi, uint32_t path)
 {
-    const struct vm_derived *d = c->p->derived;
-    const vm_field *f = &c->fields.v[fi];
-    uint32_t n = d->pred_nvid[g];
-    if (n == VM_NONE || f->type != VM_J_STR)
-        return vm_leaf_passes(c, json, t, f);
     uint32_t v = c->field_vid.v[fi];
     if (v == VM_VID_UNSET) {
         vm_text s;
-        v = vm_field_text(c, json, f, &s) ? vm_value_id(c->p, c->p->ix_preds[g].path, s.s, s.n)
-                                          : VM_NONE;
+        v = vm_field_text(c, json, &c->fields.v[fi], &s) ? vm_value_id(c->p, path, s.s, s.n)
+                                                         : VM_NONE;
         c->field_vid.v[fi] = v;
     }
-    if (v == VM_NONE)
-        return false;
-    const uint32_t *ids = d->vids + d->pred_vid0[g];
+    return v;
+}
+
+/* Is value id v among the n sorted ids? */
+static bool has_vid(const uint32_t *ids, uint32_t n, uint32_t v)
+{
     uint32_t lo = 0, hi = n;
     while (lo < hi) {
         uint32_t mid = (lo + hi) / 2;
@@ -94,6 +84,36 @@ static bool leaf_passes(vm_ctx *c, const char *json, uint32_t g, const vm_test *
             hi = mid;
     }
     return lo < n && ids[lo] == v;
+}
+
+/* Does leaf fi pass the test of predicate g (before VM_TF_NEG)?  A plain string equality
+ * compares value ids (struct vm_derived): the leaf's id is looked up once per event, then found
+ * or not by a binary search in the predicate's ids.  With the 100k issue193 rules this took
+ * matching from ~813K to ~537K instructions an event (callgrind; vm_leaf_passes and its
+ * memcmp were 45% of it), and 10k rules from ~30K to ~55K events/s. */
+static bool leaf_passes(vm_ctx *c, const char *json, uint32_t g, const vm_test *t, uint32_t fi)
+{
+    const struct vm_derived *d = c->p->derived;
+    uint32_t n = d->pred_nvid[g];
+    if (n == VM_NONE || c->fields.v[fi].type != VM_J_STR)
+        return vm_leaf_passes(c, json, t, &c->fields.v[fi]);
+    uint32_t v = field_vid(c, json, fi, c->p->ix_preds[g].path);
+    return v != VM_NONE && has_vid(d->vids + d->pred_vid0[g], n, v);
+}
+
+/* Does the next predicate of record r pass, when it has value ids: 1 yes, 0 no, -1 a leaf of
+ * its path is not a string (pred_passed decides). */
+static int rec_next_passes(vm_ctx *c, const char *json, const vm_ix_rec *r)
+{
+    const uint32_t *ids = c->p->derived->vids + r->vid0;
+    for (uint32_t f = c->first[r->path]; f != VM_NONE; f = c->fields.v[f].next) {
+        if (c->fields.v[f].type != VM_J_STR)
+            return -1;
+        uint32_t v = field_vid(c, json, f, r->path);
+        if (v != VM_NONE && has_vid(ids, r->nvid, v))
+            return 1;
+    }
+    return 0;
 }
 
 /* Does some leaf of predicate x's path pass it?  For predicates that trigger no clause: the
@@ -346,6 +366,26 @@ static bool arrays_matter(const vm_ctx *c, const vm_ix_bus *b, const vm_ix_claus
     return false;
 }
 
+/* Decides clause ci (all buses) of bus b, a candidate: if all it needs has passed, its rule
+ * matches, or its bytecode decides.  False when memory runs out. */
+static bool decide(vm_ctx *c, const vm_ix_bus *b, const char *json, uint32_t ci)
+{
+    const vm_ix_clause *cl = &c->p->ix_clauses[ci];
+    if (c->rule_stamp[cl->rule] == c->epoch || !clause_complete(c, b, json, cl))
+        return true;
+    if ((cl->flags & VM_IXC_VERIFY) || arrays_matter(c, b, cl)) {
+        /* The bytecode decides the whole rule: no other clause of it needs a look. */
+        int m = vm_run_rule(c, json, cl->rule);
+        if (m == -1 || (m == -2 && !vm_rule_failed(c, cl->rule)))
+            return false;
+        c->rule_stamp[cl->rule] = c->epoch;
+        if (m != 1)
+            return true;   /* no match, or the rule failed (alone) */
+    }
+    c->rule_stamp[cl->rule] = c->epoch;
+    return VM_BUF_PUSH(c->matched, cl->rule);
+}
+
 vm_status vm_ix_match_bus(vm_ctx *c, uint32_t bus, const char *json)
 {
     const vm_program *p = c->p;
@@ -381,27 +421,27 @@ vm_status vm_ix_match_bus(vm_ctx *c, uint32_t bus, const char *json)
         if (numbers > 1 && min < max && !fire_bands(c, b, ix, min, max))
             return VM_ERR_NOMEM;
     }
-    for (uint32_t i = 0; i < b->nalways; i++)
-        if (!VM_BUF_PUSH(c->candidates, b->clause0 + p->ix_refs[b->always0 + i]))
-            return VM_ERR_NOMEM;
-    /* Decide the candidates; a rule's clauses may come up several times. */
+    /* Decide the candidates; a rule's clauses may come up several times.  The clauses that
+     * need no predicate first, then those of each predicate that passed, through their
+     * records: most fail on their next predicate, read from the record. */
     size_t first_match = c->matched.n;
-    for (uint32_t i = 0; i < c->candidates.n; i++) {
-        const vm_ix_clause *cl = &p->ix_clauses[c->candidates.v[i]];
-        if (c->rule_stamp[cl->rule] == c->epoch || !clause_complete(c, b, json, cl))
-            continue;
-        if ((cl->flags & VM_IXC_VERIFY) || arrays_matter(c, b, cl)) {
-            /* The bytecode decides the whole rule: no other clause of it needs a look. */
-            int m = vm_run_rule(c, json, cl->rule);
-            if (m == -1 || (m == -2 && !vm_rule_failed(c, cl->rule)))
-                return VM_ERR_NOMEM;
-            c->rule_stamp[cl->rule] = c->epoch;
-            if (m != 1)
-                continue;   /* no match, or the rule failed (alone) */
-        }
-        c->rule_stamp[cl->rule] = c->epoch;
-        if (!VM_BUF_PUSH(c->matched, cl->rule))
+    for (uint32_t i = 0; i < b->nalways; i++)
+        if (!decide(c, b, json, b->clause0 + p->ix_refs[b->always0 + i]))
             return VM_ERR_NOMEM;
+    for (uint32_t i = 0; i < c->candidates.n; i++) {
+        uint32_t g = c->candidates.v[i];
+        const vm_ix_rec *r = p->derived->ix_recs + p->derived->rec_of[g].at;
+        const vm_ix_rec *end = r + p->derived->rec_of[g].n;
+        for (; r < end; r++) {
+            if (r->next != VM_NONE) {
+                int q = r->nvid != VM_NONE ? rec_next_passes(c, json, r) : -1;
+                if (q == 0 || (q < 0 && !pred_passed(c, b, json, r->next - b->pred0)))
+                    continue;
+                c->pred_stamp[r->next] = c->epoch;
+            }
+            if (c->rule_stamp[r->rule] != c->epoch && !decide(c, b, json, r->clause))
+                return VM_ERR_NOMEM;
+        }
     }
     if (c->matched.n - first_match > 1)
         vm_sort_rules(c->matched.v + first_match, c->matched.n - first_match);

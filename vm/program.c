@@ -378,6 +378,55 @@ static bool number_values(const vm_program *p, struct vm_derived *d)
     return true;
 }
 
+/* Lays out the clauses each predicate triggers as records (see vm_ix_rec). */
+static bool clause_records(const vm_program *p, struct vm_derived *d)
+{
+    size_t total = 0;
+    d->rec_of = calloc(p->nix_preds + 1, sizeof *d->rec_of);
+    if (!d->rec_of)
+        return false;
+    for (uint32_t g = 0; g < p->nix_preds; g++)
+        total += p->ix_preds[g].nclause;
+    if (total >= UINT32_MAX)
+        return false;
+    d->ix_recs = malloc((total ? total : 1) * sizeof *d->ix_recs);
+    if (!d->ix_recs)
+        return false;
+    uint32_t at = 0;
+    for (uint32_t b = 0; b < p->nix_buses; b++) {
+        const vm_ix_bus *bus = &p->ix_buses[b];
+        for (uint32_t i = 0; i < bus->npred; i++) {
+            uint32_t g = bus->pred0 + i;
+            const vm_ix_pred *x = &p->ix_preds[g];
+            if (x->nclause > total - at)
+                return false;   /* (buses share predicates: not a file the compiler writes) */
+            d->rec_of[g].at = at;
+            d->rec_of[g].n = x->nclause;
+            for (uint32_t k = 0; k < x->nclause; k++) {
+                uint32_t ci = bus->clause0 + p->ix_refs[x->clause0 + k];
+                const vm_ix_clause *cl = &p->ix_clauses[ci];
+                vm_ix_rec *r = &d->ix_recs[at++];
+                *r = (vm_ix_rec){ ci, cl->rule, VM_NONE, VM_NONE, 0, VM_NONE };
+                if (cl->need < cl->npred || cl->npred == 1)
+                    continue;   /* any one of its predicates, or only this one */
+                for (uint32_t j = 0; j < cl->npred && r->next == VM_NONE; j++)
+                    if (bus->pred0 + p->ix_refs[cl->pred0 + j] != g)
+                        r->next = bus->pred0 + p->ix_refs[cl->pred0 + j];
+                if (r->next == VM_NONE)
+                    continue;
+                const vm_ix_pred *n = &p->ix_preds[r->next];
+                if (!n->nclause && d->pred_nvid[r->next] != VM_NONE &&
+                    !(p->tests[n->test].flags & VM_TF_NEG)) {
+                    r->path = n->path;
+                    r->vid0 = d->pred_vid0[r->next];
+                    r->nvid = d->pred_nvid[r->next];
+                }
+            }
+        }
+    }
+    return true;
+}
+
 void vm_derived_free(struct vm_derived *d)
 {
     if (!d)
@@ -390,6 +439,8 @@ void vm_derived_free(struct vm_derived *d)
     free(d->pred_vid0);
     free(d->pred_nvid);
     free(d->vids);
+    free(d->ix_recs);
+    free(d->rec_of);
     vm_trie_free(d->trie);
     free(d->keep_depth);
     free(d->last_not);
@@ -404,7 +455,8 @@ vm_status vm_program_prepare(vm_program *p)
         return VM_ERR_NOMEM;
     p->derived->trie = build_trie(p);
     if (!p->derived->trie || !analyse_code(p, p->derived) || !map_index_paths(p, p->derived) ||
-        !tag_index_slots(p, p->derived) || !number_values(p, p->derived)) {
+        !tag_index_slots(p, p->derived) || !number_values(p, p->derived) ||
+        !clause_records(p, p->derived)) {
         vm_derived_free(p->derived);
         p->derived = NULL;
         return VM_ERR_NOMEM;

@@ -61,7 +61,23 @@ struct vm_derived {
     uint32_t nvid_slots, nvids;
     uint32_t *vid_const, *vid_path;
     uint32_t *pred_vid0, *pred_nvid, *vids;
+    /* Per predicate g of the index (all buses), the clauses it triggers as records
+     * ix_recs[rec_of[g].at ..+ rec_of[g].n), laid out one after another so that deciding them reads
+     * no clause, predicate or test table until the clause's next predicate has passed (see
+     * vm_ix_rec). */
+    struct vm_ix_rec *ix_recs;
+    struct { uint32_t at, n; } *rec_of;
 };
+
+/* A clause as the predicate that triggers it sees it: its rule, and the first other predicate
+ * it needs (VM_NONE: this trigger completes it).  When that predicate is a plain string equality
+ * that triggers nothing (so no stamp can say it passed), its path and value ids are here too
+ * (nvid VM_NONE otherwise), and most candidates fail on one binary search. */
+typedef struct vm_ix_rec {
+    uint32_t clause, rule;   /* all buses */
+    uint32_t next;           /* all buses */
+    uint32_t path, vid0, nvid;
+} vm_ix_rec;
 
 /* The value id of string s on path (see struct vm_derived), or VM_NONE when no equality
  * predicate names it. */

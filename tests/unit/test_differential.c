@@ -352,6 +352,28 @@ Test(differential, shared_values)
     free(src.s);
 }
 
+/* The matches of an event are sorted by vm_sort_rules: insertion sort, quicksort above 32. */
+Test(differential, sort_rules)
+{
+    static uint32_t v[3000], w[3000];
+    for (int round = 0; round < 400; round++) {
+        size_t n = rnd(3) == 0 ? rnd(40) : rnd(3000);
+        uint32_t range = rnd(4) == 0 ? 3 : 100000;
+        for (size_t i = 0; i < n; i++)
+            v[i] = round % 7 == 1 ? (uint32_t)i : round % 7 == 2 ? (uint32_t)(n - i) : rnd(range);
+        memcpy(w, v, n * sizeof *v);
+        vm_sort_rules(v, n);
+        uint64_t sum_v = 0, sum_w = 0;
+        for (size_t i = 0; i < n; i++) {
+            sum_v += v[i] * 2654435761u % 1000003;
+            sum_w += w[i] * 2654435761u % 1000003;
+            if (i)
+                cr_assert_leq(v[i - 1], v[i], "round %d: not sorted at %zu of %zu", round, i, n);
+        }
+        cr_assert_eq(sum_v, sum_w, "round %d: the values changed", round);
+    }
+}
+
 /* A template reads the event through the brackets stage 1 recorded, or byte by byte when the
  * byte-by-byte scanner read it; the payloads must be the same.  (Events of 64 bytes and more
  * go through stage 1.) */
