@@ -101,16 +101,16 @@ static bool leaf_passes(vm_ctx *c, const char *json, uint32_t g, const vm_test *
     return v != VM_NONE && has_vid(d->vids + d->pred_vid0[g], n, v);
 }
 
-/* Does the next predicate of record r pass, when it has value ids: 1 yes, 0 no, -1 a leaf of
- * its path is not a string (pred_passed decides). */
-static int rec_next_passes(vm_ctx *c, const char *json, const vm_ix_rec *r)
+/* Does a leaf of path have one of the n value ids: 1 yes, 0 no, -1 a leaf of the path is not
+ * a string (pred_passed decides). */
+static int vids_pass(vm_ctx *c, const char *json, uint32_t path, uint32_t vid0, uint32_t n)
 {
-    const uint32_t *ids = c->p->derived->vids + r->vid0;
-    for (uint32_t f = c->first[r->path]; f != VM_NONE; f = c->fields.v[f].next) {
+    const uint32_t *ids = c->p->derived->vids + vid0;
+    for (uint32_t f = c->first[path]; f != VM_NONE; f = c->fields.v[f].next) {
         if (c->fields.v[f].type != VM_J_STR)
             return -1;
-        uint32_t v = field_vid(c, json, f, r->path);
-        if (v != VM_NONE && has_vid(ids, r->nvid, v))
+        uint32_t v = field_vid(c, json, f, path);
+        if (v != VM_NONE && has_vid(ids, n, v))
             return 1;
     }
     return 0;
@@ -346,6 +346,12 @@ static bool fire_bands(vm_ctx *c, const vm_ix_bus *b, const vm_ix_path *ix, doub
     return true;
 }
 
+/* Does some leaf of path lie in an array no deeper than depth? */
+static bool in_arrays(const vm_ctx *c, uint32_t path, uint32_t depth)
+{
+    return c->path_arrays[path] == c->epoch && c->path_depth[path] <= depth;
+}
+
 /* Could the elements of arrays in this event decide a clause (so that counting alone cannot)?
  * Only if two of its predicates lie on paths with leaves inside arrays no deeper than the
  * prefix their paths share (the clause's depth). */
@@ -364,6 +370,27 @@ static bool arrays_matter(const vm_ctx *c, const vm_ix_bus *b, const vm_ix_claus
             return true;
     }
     return false;
+}
+
+/* Has simple clause r (vm_ix_rec), triggered by predicate g, its trigger and next predicate
+ * passed, all it needs: 1 yes, 0 no, -1 yes if the elements of arrays allow it (decide asks the
+ * bytecode).  Its predicates and their value ids are read from one place, not through the
+ * clause, predicate and test tables: at 100k issue193 rules, where each event matches ~200
+ * rules of 3 or 4 predicates, this took ~X LL misses an event (callgrind). */
+static int simple_clause(vm_ctx *c, const vm_ix_bus *b, const char *json, const vm_ix_rec *r,
+                         uint32_t g)
+{
+    const vm_ix_cpred *e = c->p->derived->ix_cpreds + r->cp0, *end = e + r->ncp;
+    uint32_t inside = 0;
+    for (; e < end; e++) {
+        if (e->pred != g && e->pred != r->next) {
+            int q = e->nvid != VM_NONE ? vids_pass(c, json, e->path, e->vid0, e->nvid) : -1;
+            if (q == 0 || (q < 0 && !pred_passed(c, b, json, e->pred - b->pred0)))
+                return 0;
+        }
+        inside += r->depth && in_arrays(c, e->path, r->depth);
+    }
+    return inside >= 2 ? -1 : 1;
 }
 
 /* Decides clause ci (all buses) of bus b, a candidate: if all it needs has passed, its rule
@@ -434,12 +461,25 @@ vm_status vm_ix_match_bus(vm_ctx *c, uint32_t bus, const char *json)
         const vm_ix_rec *end = r + p->derived->rec_of[g].n;
         for (; r < end; r++) {
             if (r->next != VM_NONE) {
-                int q = r->nvid != VM_NONE ? rec_next_passes(c, json, r) : -1;
+                int q = r->nvid != VM_NONE ? vids_pass(c, json, r->path, r->vid0, r->nvid) : -1;
                 if (q == 0 || (q < 0 && !pred_passed(c, b, json, r->next - b->pred0)))
                     continue;
                 c->pred_stamp[r->next] = c->epoch;
             }
-            if (c->rule_stamp[r->rule] != c->epoch && !decide(c, b, json, r->clause))
+            if (c->rule_stamp[r->rule] == c->epoch)
+                continue;
+            if (r->ncp) {
+                int m = simple_clause(c, b, json, r, g);
+                if (m == 0)
+                    continue;
+                if (m == 1) {
+                    c->rule_stamp[r->rule] = c->epoch;
+                    if (!VM_BUF_PUSH(c->matched, r->rule))
+                        return VM_ERR_NOMEM;
+                    continue;
+                }
+            }
+            if (!decide(c, b, json, r->clause))
                 return VM_ERR_NOMEM;
         }
     }

@@ -378,52 +378,99 @@ static bool number_values(const vm_program *p, struct vm_derived *d)
     return true;
 }
 
+/* The value ids predicate o (all buses) is tested by, in *vid0 and *nvid: VM_NONE unless it is
+ * a plain string equality that triggers nothing (a mark says whether a trigger passed) and is
+ * not negated. */
+static void ids_of(const vm_program *p, const struct vm_derived *d, uint32_t o, uint32_t *vid0,
+                   uint32_t *nvid)
+{
+    const vm_ix_pred *n = &p->ix_preds[o];
+    bool ids = !n->nclause && d->pred_nvid[o] != VM_NONE && !(p->tests[n->test].flags & VM_TF_NEG);
+    *vid0 = ids ? d->pred_vid0[o] : 0;
+    *nvid = ids ? d->pred_nvid[o] : VM_NONE;
+}
+
 /* Lays out the clauses each predicate triggers as records (see vm_ix_rec). */
 static bool clause_records(const vm_program *p, struct vm_derived *d)
 {
-    size_t total = 0;
+    size_t total = 0, ncp = 0;
     d->rec_of = calloc(p->nix_preds + 1, sizeof *d->rec_of);
     if (!d->rec_of)
         return false;
     for (uint32_t g = 0; g < p->nix_preds; g++)
         total += p->ix_preds[g].nclause;
-    if (total >= UINT32_MAX)
+    for (uint32_t ci = 0; ci < p->nix_clauses; ci++)
+        ncp += p->ix_clauses[ci].npred;
+    if (total >= UINT32_MAX || ncp >= UINT32_MAX)
         return false;
     d->ix_recs = malloc((total ? total : 1) * sizeof *d->ix_recs);
-    if (!d->ix_recs)
+    d->ix_cpreds = malloc((ncp ? ncp : 1) * sizeof *d->ix_cpreds);
+    if (!d->ix_recs || !d->ix_cpreds)
         return false;
+    /* Per clause, where its predicates are in ix_cpreds (VM_NONE: not simple). */
+    uint32_t *cp0 = malloc((p->nix_clauses + 1) * sizeof *cp0);
+    if (!cp0)
+        return false;
+    for (uint32_t bi = 0; bi < p->nix_buses; bi++) {
+        const vm_ix_bus *bus = &p->ix_buses[bi];
+        for (uint32_t k = 0; k < bus->nclause; k++) {
+            uint32_t ci = bus->clause0 + k;
+            const vm_ix_clause *cl = &p->ix_clauses[ci];
+            bool simple = cl->need == cl->npred && cl->npred >= 2 && cl->npred <= 0xffff &&
+                          !(cl->flags & VM_IXC_VERIFY) && cl->depth <= 0xffff;
+            for (uint32_t j = 0; simple && j < cl->npred; j++)
+                simple = !(p->tests[p->ix_preds[bus->pred0 + p->ix_refs[cl->pred0 + j]].test].flags &
+                           VM_TF_BAND);
+            cp0[ci] = VM_NONE;
+            if (!simple || cl->npred > ncp - d->ncpreds)
+                continue;
+            cp0[ci] = d->ncpreds;
+            for (uint32_t j = 0; j < cl->npred; j++) {
+                vm_ix_cpred *e = &d->ix_cpreds[d->ncpreds++];
+                e->pred = bus->pred0 + p->ix_refs[cl->pred0 + j];
+                e->path = p->ix_preds[e->pred].path;
+                ids_of(p, d, e->pred, &e->vid0, &e->nvid);
+            }
+        }
+    }
     uint32_t at = 0;
-    for (uint32_t b = 0; b < p->nix_buses; b++) {
-        const vm_ix_bus *bus = &p->ix_buses[b];
+    for (uint32_t bi = 0; bi < p->nix_buses; bi++) {
+        const vm_ix_bus *bus = &p->ix_buses[bi];
         for (uint32_t i = 0; i < bus->npred; i++) {
             uint32_t g = bus->pred0 + i;
             const vm_ix_pred *x = &p->ix_preds[g];
-            if (x->nclause > total - at)
+            if (x->nclause > total - at) {
+                free(cp0);
                 return false;   /* (buses share predicates: not a file the compiler writes) */
+            }
             d->rec_of[g].at = at;
             d->rec_of[g].n = x->nclause;
             for (uint32_t k = 0; k < x->nclause; k++) {
                 uint32_t ci = bus->clause0 + p->ix_refs[x->clause0 + k];
                 const vm_ix_clause *cl = &p->ix_clauses[ci];
                 vm_ix_rec *r = &d->ix_recs[at++];
-                *r = (vm_ix_rec){ ci, cl->rule, VM_NONE, VM_NONE, 0, VM_NONE };
+                *r = (vm_ix_rec){ ci, cl->rule, VM_NONE, VM_NONE, 0, VM_NONE, 0, 0, 0 };
                 if (cl->need < cl->npred || cl->npred == 1)
                     continue;   /* any one of its predicates, or only this one */
-                for (uint32_t j = 0; j < cl->npred && r->next == VM_NONE; j++)
-                    if (bus->pred0 + p->ix_refs[cl->pred0 + j] != g)
-                        r->next = bus->pred0 + p->ix_refs[cl->pred0 + j];
-                if (r->next == VM_NONE)
-                    continue;
-                const vm_ix_pred *n = &p->ix_preds[r->next];
-                if (!n->nclause && d->pred_nvid[r->next] != VM_NONE &&
-                    !(p->tests[n->test].flags & VM_TF_NEG)) {
-                    r->path = n->path;
-                    r->vid0 = d->pred_vid0[r->next];
-                    r->nvid = d->pred_nvid[r->next];
+                for (uint32_t j = 0; j < cl->npred; j++) {
+                    uint32_t o = bus->pred0 + p->ix_refs[cl->pred0 + j], vid0, nvid;
+                    ids_of(p, d, o, &vid0, &nvid);
+                    if (o == g || (r->next != VM_NONE && (r->nvid != VM_NONE || nvid == VM_NONE)))
+                        continue;
+                    r->next = o;
+                    r->path = p->ix_preds[o].path;
+                    r->vid0 = vid0;
+                    r->nvid = nvid;
+                }
+                if (r->next != VM_NONE && cp0[ci] != VM_NONE) {
+                    r->cp0 = cp0[ci];
+                    r->ncp = (uint16_t)cl->npred;
+                    r->depth = (uint16_t)cl->depth;
                 }
             }
         }
     }
+    free(cp0);
     return true;
 }
 
@@ -441,6 +488,7 @@ void vm_derived_free(struct vm_derived *d)
     free(d->vids);
     free(d->ix_recs);
     free(d->rec_of);
+    free(d->ix_cpreds);
     vm_trie_free(d->trie);
     free(d->keep_depth);
     free(d->last_not);

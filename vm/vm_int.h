@@ -67,17 +67,28 @@ struct vm_derived {
      * vm_ix_rec). */
     struct vm_ix_rec *ix_recs;
     struct { uint32_t at, n; } *rec_of;
+    struct vm_ix_cpred *ix_cpreds;
+    uint32_t ncpreds;
 };
 
-/* A clause as the predicate that triggers it sees it: its rule, and the first other predicate
- * it needs (VM_NONE: this trigger completes it).  When that predicate is a plain string equality
- * that triggers nothing (so no stamp can say it passed), its path and value ids are here too
- * (nvid VM_NONE otherwise), and most candidates fail on one binary search. */
+/* A clause as the predicate that triggers it sees it: its rule, and the other predicate it
+ * tests first (VM_NONE: this trigger completes it): a plain string equality that triggers
+ * nothing if it has one (its path and value ids are then here, and most candidates fail on one
+ * binary search), or else the rarest.  A clause that needs all its predicates, none a band and
+ * no negation, is `simple` (ncp > 0): its predicates are ix_cpreds[cp0 ..+ ncp], each with its
+ * value ids, and it is decided from them and the stamps alone; the bytecode decides only if
+ * arrays within `depth` hold leaves of two of their paths. */
 typedef struct vm_ix_rec {
     uint32_t clause, rule;   /* all buses */
     uint32_t next;           /* all buses */
-    uint32_t path, vid0, nvid;
+    uint32_t path;           /* next's path */
+    uint32_t vid0, nvid;     /* next's value ids (nvid VM_NONE: none, pred_passed decides) */
+    uint32_t cp0;
+    uint16_t ncp, depth;
 } vm_ix_rec;
+
+/* A predicate of a simple clause (vm_ix_rec): its path and value ids, as in vm_ix_rec. */
+typedef struct vm_ix_cpred { uint32_t pred, path, vid0, nvid; } vm_ix_cpred;
 
 /* The value id of string s on path (see struct vm_derived), or VM_NONE when no equality
  * predicate names it. */

@@ -285,41 +285,53 @@ Test(differential, shared_values)
         "\"\\u0076\\u0039\"", "\"\"", "\"w\\\"q\"", "\"\u00e9t\u00e9\"", "1", "1.0", "\"1\"",
         "true", "false", "null", "\"10.0.0.001\"", "\"V1\"", "\"zz\"", "\"v10\"", "{}", "[]",
     };
-    static const char *const keys[] = { "a", "b", "c.d", "arr.x", "tags" };
+    /* the keys of a pattern: a, b, c.d, arr.x, arr.y (two in one array: the bytecode decides
+     * when an event's elements could tie them), tags */
+    static const char *const keys[] = { "a", "b", "c.d", "arr.x", "arr.y", "tags" };
     const size_t nv = sizeof vals / sizeof *vals, ne = sizeof evals / sizeof *evals;
     buf src = { 0 };
     put(&src, "bus b\n");
     for (int r = 0; r < 400; r++) {
-        put(&src, "rule r%d on b { pattern {", r);
+        buf list[6] = { { 0 } };
         int nk = 2 + (int)rnd(3);
-        unsigned used = 0;
         for (int k = 0; k < nk; k++) {
-            unsigned key = rnd(5);
-            if (used & 1u << key)
+            unsigned key = rnd(6), kind = rnd(10);
+            if (list[key].n)
                 continue;
-            used |= 1u << key;
-            const char *kk = keys[key];
-            if (k)
-                put(&src, ", ");
-            if (strcmp(kk, "c.d") == 0)
-                put(&src, "\"c\": {\"d\": [");
-            else if (strncmp(kk, "arr.", 4) == 0)
-                put(&src, "\"arr\": {\"%s\": [", kk + 4);
-            else
-                put(&src, "\"%s\": [", kk);
-            unsigned kind = rnd(10);
+            put(&list[key], "[");
             if (kind == 0) {
-                put(&src, "{\"anything-but\": [\"v%u\", \"v%u\"]}", rnd(8), rnd(8));
+                put(&list[key], "{\"anything-but\": [\"v%u\", \"v%u\"]}", rnd(8), rnd(8));
             } else if (kind == 1) {
-                put(&src, "{\"prefix\": \"v%u\"}", rnd(3));
+                put(&list[key], "{\"prefix\": \"v%u\"}", rnd(3));
             } else {
                 int n = 1 + (int)rnd(kind == 2 ? 12 : 5);
                 for (int i = 0; i < n; i++)
-                    put(&src, "%s%s", i ? ", " : "", vals[rnd((uint32_t)nv)]);
+                    put(&list[key], "%s%s", i ? ", " : "", vals[rnd((uint32_t)nv)]);
             }
-            put(&src, strcmp(kk, "c.d") == 0 || strncmp(kk, "arr.", 4) == 0 ? "]}" : "]");
+            put(&list[key], "]");
         }
+        put(&src, "rule r%d on b { pattern {", r);
+        const char *sep = "";
+        for (int key = 0; key < 6; key++) {
+            if (!list[key].n || key == 4)
+                continue;
+            if (key == 2) {
+                put(&src, "%s\"c\": {\"d\": %s}", sep, list[key].s);
+            } else if (key == 3) {
+                put(&src, "%s\"arr\": {\"x\": %s", sep, list[key].s);
+                if (list[4].n)
+                    put(&src, ", \"y\": %s", list[4].s);
+                put(&src, "}");
+            } else {
+                put(&src, "%s\"%s\": %s", sep, keys[key], list[key].s);
+            }
+            sep = ", ";
+        }
+        if (list[4].n && !list[3].n)
+            put(&src, "%s\"arr\": {\"y\": %s}", sep, list[4].s);
         put(&src, "} }\n");
+        for (int key = 0; key < 6; key++)
+            free(list[key].s);
     }
     vm_program *p = cc_compile_text("shared.ebr", src.s, src.n, stderr, NULL);
     cr_assert_not_null(p, "%s", src.s);
