@@ -60,30 +60,34 @@ static bool band_holds(const vm_const *k, double min, double max)
 }
 
 /* The value id of string leaf fi of path (struct vm_derived), looked up once per event. */
-static uint32_t field_vid(vm_ctx *c, const char *json, uint32_t fi, uint32_t path)
+static uint32_t field_vid_slow(vm_ctx *c, const char *json, uint32_t fi, uint32_t path)
 {
-    uint32_t v = c->field_vid.v[fi];
-    if (v == VM_VID_UNSET) {
-        vm_text s;
-        v = vm_field_text(c, json, &c->fields.v[fi], &s) ? vm_value_id(c->p, path, s.s, s.n)
-                                                         : VM_NONE;
-        c->field_vid.v[fi] = v;
-    }
+    vm_text s;
+    uint32_t v = vm_field_text(c, json, &c->fields.v[fi], &s) ? vm_value_id(c->p, path, s.s, s.n)
+                                                             : VM_NONE;
+    c->field_vid.v[fi] = v;
     return v;
 }
 
-/* Is value id v among the n sorted ids? */
-static bool has_vid(const uint32_t *ids, uint32_t n, uint32_t v)
+static inline uint32_t field_vid(vm_ctx *c, const char *json, uint32_t fi, uint32_t path)
 {
-    uint32_t lo = 0, hi = n;
-    while (lo < hi) {
-        uint32_t mid = (lo + hi) / 2;
-        if (ids[mid] < v)
-            lo = mid + 1;
-        else
-            hi = mid;
+    uint32_t v = c->field_vid.v[fi];
+    return v != VM_VID_UNSET ? v : field_vid_slow(c, json, fi, path);
+}
+
+/* Is value id v among the n sorted ids?  (Without branches on the data: most lookups fail,
+ * each in a different list, and a mispredicted halving costs more than the compare.) */
+static inline bool has_vid(const uint32_t *ids, uint32_t n, uint32_t v)
+{
+    const uint32_t *base = ids;
+    if (n == 0)
+        return false;
+    while (n > 1) {
+        uint32_t half = n / 2;
+        base = base[half - 1] < v ? base + half : base;
+        n -= half;
     }
-    return lo < n && ids[lo] == v;
+    return *base == v;
 }
 
 /* Does leaf fi pass the test of predicate g (before VM_TF_NEG)?  A plain string equality
@@ -103,7 +107,7 @@ static bool leaf_passes(vm_ctx *c, const char *json, uint32_t g, const vm_test *
 
 /* Does a leaf of path have one of the n value ids: 1 yes, 0 no, -1 a leaf of the path is not
  * a string (pred_passed decides). */
-static int vids_pass(vm_ctx *c, const char *json, uint32_t path, uint32_t vid0, uint32_t n)
+static inline int vids_pass(vm_ctx *c, const char *json, uint32_t path, uint32_t vid0, uint32_t n)
 {
     const uint32_t *ids = c->p->derived->vids + vid0;
     for (uint32_t f = c->first[path]; f != VM_NONE; f = c->fields.v[f].next) {
