@@ -40,8 +40,16 @@ static void put_bytes(wbuf *w, const void *x, size_t n)
     w->n += n;
 }
 
-static void put_le(wbuf *w, uint64_t v, int bytes)
+static inline void put_le(wbuf *w, uint64_t v, int bytes)
 {
+    if (w->cap - w->n >= 8) {
+        /* Room enough: the bytes written in place (the fields of 100k issue193 rules' 2.8M
+         * constants went through put_bytes' memcpy one by one: ~12% of `ebc compile`). */
+        for (int i = 0; i < bytes; i++)
+            w->b[w->n + (size_t)i] = (uint8_t)(v >> (8 * i));
+        w->n += (size_t)bytes;
+        return;
+    }
     uint8_t b[8];
     for (int i = 0; i < bytes; i++)
         b[i] = (uint8_t)(v >> (8 * i));
