@@ -283,7 +283,8 @@ static void vid_place(uint64_t *slots, uint32_t nslots, uint64_t hash, uint64_t 
 
 /* The id of constant k (a string on path), numbering it if it is new; VM_NONE when memory runs
  * out. */
-static uint32_t vid_of(const vm_program *p, struct vm_derived *d, uint32_t path, uint32_t k)
+static uint32_t vid_of(const vm_program *p, struct vm_derived *d, uint32_t path, uint32_t k,
+                       uint32_t *per_path)
 {
     const vm_const *kc = &p->consts[k];
     uint32_t v = vm_value_id(p, path, vm_s(p, kc->s), kc->s.len);
@@ -299,7 +300,10 @@ static uint32_t vid_of(const vm_program *p, struct vm_derived *d, uint32_t path,
         uint32_t *pv = kv ? realloc(d->vid_path, n / 2 * sizeof *pv) : NULL;
         if (pv)
             d->vid_path = pv;
-        if (!slots || !kv || !pv) {
+        uint16_t *lv = pv ? realloc(d->vid_local, n / 2 * sizeof *lv) : NULL;
+        if (lv)
+            d->vid_local = lv;
+        if (!slots || !kv || !pv || !lv) {
             free(slots);
             return VM_NONE;
         }
@@ -318,9 +322,31 @@ static uint32_t vid_of(const vm_program *p, struct vm_derived *d, uint32_t path,
     v = d->nvids++;
     d->vid_const[v] = k;
     d->vid_path[v] = path;
+    d->vid_local[v] = (uint16_t)(per_path[path] < 0xffff ? per_path[path] : 0xffff);
+    per_path[path]++;
     uint64_t hash = vid_hash(path, vm_s(p, kc->s), kc->s.len);
     vid_place(d->vid_slots, d->nvid_slots, hash, (hash >> 32) << 32 | (uint64_t)(v + 1));
     return v;
+}
+
+static int cmp_u16(const void *pa, const void *pb)
+{
+    return (int)*(const uint16_t *)pa - (int)*(const uint16_t *)pb;
+}
+
+static void sort_u16(uint16_t *v, size_t n)
+{
+    if (n > 32) {
+        qsort(v, n, sizeof *v, cmp_u16);
+        return;
+    }
+    for (size_t i = 1; i < n; i++) {
+        uint16_t x = v[i];
+        size_t k = i;
+        for (; k > 0 && v[k - 1] > x; k--)
+            v[k] = v[k - 1];
+        v[k] = x;
+    }
 }
 
 /* Numbers the strings of the index's plain string equalities (see struct vm_derived).  The
@@ -335,9 +361,9 @@ static bool number_values(const vm_program *p, struct vm_derived *d)
     d->vid_slots = calloc(d->nvid_slots, sizeof *d->vid_slots);
     d->vid_const = malloc(d->nvid_slots / 2 * sizeof *d->vid_const);
     d->vid_path = malloc(d->nvid_slots / 2 * sizeof *d->vid_path);
-    d->pred_vid0 = malloc((p->nix_preds + 1) * sizeof *d->pred_vid0);
-    d->pred_nvid = malloc((p->nix_preds + 1) * sizeof *d->pred_nvid);
-    if (!d->vid_slots || !d->vid_const || !d->vid_path || !d->pred_vid0 || !d->pred_nvid)
+    d->vid_local = malloc(d->nvid_slots / 2 * sizeof *d->vid_local);
+    d->pred_vids = malloc((p->nix_preds + 1) * sizeof *d->pred_vids);
+    if (!d->vid_slots || !d->vid_const || !d->vid_path || !d->vid_local || !d->pred_vids)
         return false;
     for (uint32_t g = 0; g < p->nix_preds; g++) {
         const vm_test *t = &p->tests[p->ix_preds[g].test];
@@ -346,21 +372,23 @@ static bool number_values(const vm_program *p, struct vm_derived *d)
             const vm_const *k = &p->consts[t->arg0 + i];
             plain = k->type != VM_C_STR || !(k->flags & VM_CF_IP);
         }
-        d->pred_nvid[g] = plain ? 0 : VM_NONE;
+        d->pred_vids[g] = plain ? 0 : VM_PRED_NO_IDS;
         if (plain)
             total += t->narg;
     }
-    if (total >= UINT32_MAX)
+    if (total >= VM_PRED_NO_IDS)
         return false;
     d->vids = malloc((total ? total : 1) * sizeof *d->vids);
     /* (path, offset) -> id + 1, open addressing, kept at most half full */
     uint32_t ncache = 1024, ncached = 0;
     struct vid_cache { uint64_t key; uint32_t v; } *cache = calloc(ncache, sizeof *cache);
-    bool ok = d->vids && cache;
+    uint32_t *per_path = calloc(p->npaths + 1, sizeof *per_path);   /* strings numbered */
+    bool ok = d->vids && cache && per_path;
     uint32_t at = 0;
     for (uint32_t g = 0; ok && g < p->nix_preds; g++) {
-        d->pred_vid0[g] = at;
-        if (d->pred_nvid[g] == VM_NONE)
+        bool plain = !(d->pred_vids[g] & VM_PRED_NO_IDS);
+        d->pred_vids[g] = at | (plain ? 0 : VM_PRED_NO_IDS);
+        if (!plain)
             continue;
         const vm_ix_pred *x = &p->ix_preds[g];
         const vm_test *t = &p->tests[x->test];
@@ -374,12 +402,13 @@ static bool number_values(const vm_program *p, struct vm_derived *d)
                 h++;
             uint32_t v = cache[h & (ncache - 1)].v;
             if (v) {
-                d->vids[at++] = v - 1;
+                d->vids[at++] = d->vid_local[v - 1];
                 continue;
             }
-            v = vid_of(p, d, x->path, t->arg0 + i);
+            v = vid_of(p, d, x->path, t->arg0 + i, per_path);
             ok = v != VM_NONE;
-            d->vids[at++] = v;
+            if (ok)
+                d->vids[at++] = d->vid_local[v];
             cache[h & (ncache - 1)].key = key;
             cache[h & (ncache - 1)].v = v + 1;
             if (ok && ++ncached * 2 > ncache) {
@@ -402,10 +431,15 @@ static bool number_values(const vm_program *p, struct vm_derived *d)
                 }
             }
         }
-        d->pred_nvid[g] = at - d->pred_vid0[g];
-        vm_sort_rules(d->vids + d->pred_vid0[g], d->pred_nvid[g]);
+        sort_u16(d->vids + vm_pred_vid0(d, g), at - vm_pred_vid0(d, g));
     }
+    d->pred_vids[p->nix_preds] = at;
+    /* A path with more strings than 16 bits number: its equalities compare constants. */
+    for (uint32_t g = 0; ok && g < p->nix_preds; g++)
+        if (per_path[p->ix_preds[g].path] > 0xffff)
+            d->pred_vids[g] |= VM_PRED_NO_IDS;
     free(cache);
+    free(per_path);
     return ok;
 }
 
@@ -416,17 +450,18 @@ static void ids_of(const vm_program *p, const struct vm_derived *d, uint32_t o, 
                    uint32_t *nvid)
 {
     const vm_ix_pred *n = &p->ix_preds[o];
-    bool ids = !n->nclause && d->pred_nvid[o] != VM_NONE && !(p->tests[n->test].flags & VM_TF_NEG);
-    *vid0 = ids ? d->pred_vid0[o] : 0;
-    *nvid = ids ? d->pred_nvid[o] : VM_NONE;
+    bool ids = !n->nclause && vm_pred_nvid(d, o) != VM_NONE &&
+               !(p->tests[n->test].flags & VM_TF_NEG);
+    *vid0 = ids ? vm_pred_vid0(d, o) : 0;
+    *nvid = ids ? vm_pred_nvid(d, o) : VM_NONE;
 }
 
 /* Lays out the clauses each predicate triggers as records (see vm_ix_rec). */
 static bool clause_records(const vm_program *p, struct vm_derived *d)
 {
     size_t total = 0, ncp = 0;
-    d->rec_of = calloc(p->nix_preds + 1, sizeof *d->rec_of);
-    if (!d->rec_of)
+    d->rec_at = calloc(p->nix_preds + 1, sizeof *d->rec_at);
+    if (!d->rec_at)
         return false;
     for (uint32_t g = 0; g < p->nix_preds; g++)
         total += p->ix_preds[g].nclause;
@@ -455,53 +490,74 @@ static bool clause_records(const vm_program *p, struct vm_derived *d)
             cp0[ci] = VM_NONE;
             if (!simple || cl->npred > ncp - d->ncpreds)
                 continue;
+            if (cl->npred == 2) {
+                cp0[ci] = 0;   /* its record holds both */
+                continue;
+            }
             cp0[ci] = d->ncpreds;
             for (uint32_t j = 0; j < cl->npred; j++) {
                 vm_ix_cpred *e = &d->ix_cpreds[d->ncpreds++];
+                uint32_t vid0, nvid;
                 e->pred = bus->pred0 + p->ix_refs[cl->pred0 + j];
-                e->path = p->ix_preds[e->pred].path;
-                ids_of(p, d, e->pred, &e->vid0, &e->nvid);
+                ids_of(p, d, e->pred, &vid0, &nvid);
+                e->path = (uint16_t)p->ix_preds[e->pred].path;
+                e->vid0 = vid0;
+                e->nvid = (uint16_t)(nvid < 0xffff ? nvid : 0xffff);
+                if (p->ix_preds[e->pred].path >= 0xffff)
+                    cp0[ci] = VM_NONE;   /* (a path number past 16 bits: not simple) */
             }
         }
     }
+    /* Each predicate's records, in the order of predicates (rec_at[g] .. rec_at[g + 1]). */
+    uint32_t *bus_of = malloc((p->nix_preds + 1) * sizeof *bus_of);
+    if (!bus_of) {
+        free(cp0);
+        return false;
+    }
+    for (uint32_t g = 0; g < p->nix_preds; g++)
+        bus_of[g] = VM_NONE;
+    for (uint32_t bi = 0; bi < p->nix_buses; bi++)
+        for (uint32_t i = 0; i < p->ix_buses[bi].npred; i++)
+            bus_of[p->ix_buses[bi].pred0 + i] = bi;
     uint32_t at = 0;
-    for (uint32_t bi = 0; bi < p->nix_buses; bi++) {
-        const vm_ix_bus *bus = &p->ix_buses[bi];
-        for (uint32_t i = 0; i < bus->npred; i++) {
-            uint32_t g = bus->pred0 + i;
-            const vm_ix_pred *x = &p->ix_preds[g];
-            if (x->nclause > total - at) {
-                free(cp0);
-                return false;   /* (buses share predicates: not a file the compiler writes) */
+    for (uint32_t g = 0; g < p->nix_preds; g++) {
+        d->rec_at[g] = at;
+        if (bus_of[g] == VM_NONE)
+            continue;
+        const vm_ix_bus *bus = &p->ix_buses[bus_of[g]];
+        const vm_ix_pred *x = &p->ix_preds[g];
+        if (x->nclause > total - at) {
+            free(cp0);
+            free(bus_of);
+            return false;
+        }
+        for (uint32_t k = 0; k < x->nclause; k++) {
+            uint32_t ci = bus->clause0 + p->ix_refs[x->clause0 + k];
+            const vm_ix_clause *cl = &p->ix_clauses[ci];
+            vm_ix_rec *r = &d->ix_recs[at++];
+            *r = (vm_ix_rec){ ci, cl->rule, VM_NONE, VM_NONE, 0, VM_NONE, 0, 0, 0 };
+            if (cl->need < cl->npred || cl->npred == 1)
+                continue;   /* any one of its predicates, or only this one */
+            for (uint32_t j = 0; j < cl->npred; j++) {
+                uint32_t o = bus->pred0 + p->ix_refs[cl->pred0 + j], vid0, nvid;
+                ids_of(p, d, o, &vid0, &nvid);
+                if (o == g || (r->next != VM_NONE && (r->nvid != VM_NONE || nvid == VM_NONE)))
+                    continue;
+                r->next = o;
+                r->path = p->ix_preds[o].path;
+                r->vid0 = vid0;
+                r->nvid = nvid;
             }
-            d->rec_of[g].at = at;
-            d->rec_of[g].n = x->nclause;
-            for (uint32_t k = 0; k < x->nclause; k++) {
-                uint32_t ci = bus->clause0 + p->ix_refs[x->clause0 + k];
-                const vm_ix_clause *cl = &p->ix_clauses[ci];
-                vm_ix_rec *r = &d->ix_recs[at++];
-                *r = (vm_ix_rec){ ci, cl->rule, VM_NONE, VM_NONE, 0, VM_NONE, 0, 0, 0 };
-                if (cl->need < cl->npred || cl->npred == 1)
-                    continue;   /* any one of its predicates, or only this one */
-                for (uint32_t j = 0; j < cl->npred; j++) {
-                    uint32_t o = bus->pred0 + p->ix_refs[cl->pred0 + j], vid0, nvid;
-                    ids_of(p, d, o, &vid0, &nvid);
-                    if (o == g || (r->next != VM_NONE && (r->nvid != VM_NONE || nvid == VM_NONE)))
-                        continue;
-                    r->next = o;
-                    r->path = p->ix_preds[o].path;
-                    r->vid0 = vid0;
-                    r->nvid = nvid;
-                }
-                if (r->next != VM_NONE && cp0[ci] != VM_NONE) {
-                    r->cp0 = cp0[ci];
-                    r->ncp = (uint16_t)cl->npred;
-                    r->depth = (uint16_t)cl->depth;
-                }
+            if (r->next != VM_NONE && cp0[ci] != VM_NONE) {
+                r->cp0 = cl->npred == 2 ? x->path : cp0[ci];
+                r->ncp = (uint16_t)cl->npred;
+                r->depth = (uint16_t)cl->depth;
             }
         }
     }
+    d->rec_at[p->nix_preds] = at;
     free(cp0);
+    free(bus_of);
     return true;
 }
 
@@ -514,11 +570,11 @@ void vm_derived_free(struct vm_derived *d)
     free(d->vid_slots);
     free(d->vid_const);
     free(d->vid_path);
-    free(d->pred_vid0);
-    free(d->pred_nvid);
+    free(d->vid_local);
+    free(d->pred_vids);
     free(d->vids);
     free(d->ix_recs);
-    free(d->rec_of);
+    free(d->rec_at);
     free(d->ix_cpreds);
     vm_trie_free(d->trie);
     free(d->keep_depth);

@@ -337,7 +337,7 @@ Test(differential, shared_values)
     cr_assert_not_null(p, "%s", src.s);
     uint32_t by_ids = 0;
     for (uint32_t g = 0; g < p->nix_preds; g++)
-        by_ids += p->derived->pred_nvid[g] != VM_NONE && !p->ix_preds[g].nclause;
+        by_ids += vm_pred_nvid(p->derived, g) != VM_NONE && !p->ix_preds[g].nclause;
     cr_assert_gt(by_ids, 100, "the other predicates should be tested through value ids");
     long matched = 0;
     for (int e = 0; e < 3000; e++) {
@@ -360,6 +360,40 @@ Test(differential, shared_values)
     }
     cr_log_info("shared values: %ld matches over 3000 events", matched);
     cr_expect_gt(matched, 3000, "the rules hardly ever match: the test tests little");
+    vm_program_free(p);
+    free(src.s);
+}
+
+/* Value ids are 16 bits per path: a path whose equalities name more than 65,535 strings gets
+ * none, and its equalities are tested constant by constant; the other paths keep theirs. */
+Test(differential, value_ids_past_16_bits, .timeout = 120)
+{
+    buf src = { 0 };
+    put(&src, "bus b\nrule big on b { match b == \"k\" and a in [");
+    for (int i = 0; i < 70000; i++)
+        put(&src, "%s\"s%d\"", i ? ", " : "", i);
+    put(&src, "] }\nrule small on b { match b == \"k\" and c in [\"x\", \"y\"] }\n"
+              "rule t on b { match b == \"k\" and a in [\"t1\", \"t2\"] }\n");
+    vm_program *p = cc_compile_text("big.ebr", src.s, src.n, stderr, NULL);
+    cr_assert_not_null(p);
+    uint32_t plain = 0, constant_by_constant = 0;
+    for (uint32_t g = 0; g < p->nix_preds; g++) {
+        const char *path = vm_s(p, p->segs[p->paths[p->ix_preds[g].path].seg0]);
+        if (strcmp(path, "a") == 0)
+            constant_by_constant += vm_pred_nvid(p->derived, g) == VM_NONE;
+        if (strcmp(path, "c") == 0)
+            plain += vm_pred_nvid(p->derived, g) == 2;
+    }
+    cr_assert_eq(constant_by_constant, 2, "the equalities on a should have no value ids");
+    cr_assert_eq(plain, 1, "the equality on c should keep its value ids");
+    static const char *const as[] = { "s0", "s65535", "s65536", "s69999", "t1", "x" };
+    static const char *const cs[] = { "x", "y", "s1", "z" };
+    for (int e = 0; e < 48; e++) {
+        buf ev = { 0 };
+        put(&ev, "{\"b\": \"k\", \"a\": \"%s\", \"c\": \"%s\"}", as[e % 6], cs[e / 6 % 4]);
+        run_engines(p, ev.s, ev.n, e, "(big list)");
+        free(ev.s);
+    }
     vm_program_free(p);
     free(src.s);
 }
