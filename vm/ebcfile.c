@@ -43,8 +43,9 @@ static void put_bytes(wbuf *w, const void *x, size_t n)
 static inline void put_le(wbuf *w, uint64_t v, int bytes)
 {
     if (w->cap - w->n >= 8) {
-        /* Room enough: the bytes written in place (the fields of 100k issue193 rules' 2.8M
-         * constants went through put_bytes' memcpy one by one: ~12% of `ebc compile`). */
+        /* Room enough: the bytes written in place.  Each field went through put_bytes' memcpy
+         * one by one: for 10k issue193 rules (280K constants) this took `ebc compile` from
+         * 1.48G to 1.18G instructions, with the value ids numbered by offset (program.c). */
         for (int i = 0; i < bytes; i++)
             w->b[w->n + (size_t)i] = (uint8_t)(v >> (8 * i));
         w->n += (size_t)bytes;
