@@ -38,7 +38,8 @@ static __attribute__((noinline)) bool wbuf_grow(wbuf *w, size_t n)
 }
 
 /* (In line, with put_le below writing in place: `ebc compile` of 100,000 issue193 rules spent
- * 18% of its time here, a call and a copy per field.) */
+ * 18% of its time here, a call and a copy per field; of 10k rules, 1.48G -> 1.18G instructions
+ * with the value ids numbered by offset, program.c.) */
 static inline void put_bytes(wbuf *w, const void *x, size_t n)
 {
     if (w->n + n > w->cap && !wbuf_grow(w, n))

@@ -243,12 +243,332 @@ static bool tag_index_slots(const vm_program *p, struct vm_derived *d)
     return true;
 }
 
+/* The vid_slots probe for (path, s) (any hash will do: it is never stored). */
+static uint64_t vid_hash(uint32_t path, const char *s, size_t n)
+{
+    return vm_ix_hash(0xff, 0, path, s, n);
+}
+
+uint32_t vm_value_id(const vm_program *p, uint32_t path, const char *s, size_t n)
+{
+    const struct vm_derived *d = p->derived;
+    uint32_t mask = d->nvid_slots - 1;
+    uint64_t hash = vid_hash(path, s, n), tag = hash >> 32;
+    for (uint64_t h = hash & mask; (uint32_t)d->vid_slots[h]; h = (h + 1) & mask) {
+        if (d->vid_slots[h] >> 32 != tag)
+            continue;
+        uint32_t v = (uint32_t)d->vid_slots[h] - 1;
+        const vm_const *k = &p->consts[d->vid_const[v]];
+        if (d->vid_path[v] == path && k->s.len == n && memcmp(vm_s(p, k->s), s, n) == 0)
+            return v;
+    }
+    return VM_NONE;
+}
+
+/* Puts slot value x (tag << 32 | id + 1) in the first free slot of its probe sequence. */
+static void vid_place(uint64_t *slots, uint32_t nslots, uint64_t hash, uint64_t x)
+{
+    uint64_t h = hash & (nslots - 1);
+    while ((uint32_t)slots[h])
+        h = (h + 1) & (nslots - 1);
+    slots[h] = x;
+}
+
+/* The id of constant k (a string on path), numbering it if it is new; VM_NONE when memory runs
+ * out. */
+static uint32_t vid_of(const vm_program *p, struct vm_derived *d, uint32_t path, uint32_t k,
+                       uint32_t *per_path)
+{
+    const vm_const *kc = &p->consts[k];
+    uint32_t v = vm_value_id(p, path, vm_s(p, kc->s), kc->s.len);
+    if (v != VM_NONE)
+        return v;
+    if ((d->nvids + 1) * 2 > d->nvid_slots) {
+        /* Keep the table at most half full: double it and place every id again. */
+        uint32_t n = d->nvid_slots * 2;
+        uint64_t *slots = calloc(n, sizeof *slots);
+        uint32_t *kv = realloc(d->vid_const, n / 2 * sizeof *kv);
+        if (kv)
+            d->vid_const = kv;
+        uint32_t *pv = kv ? realloc(d->vid_path, n / 2 * sizeof *pv) : NULL;
+        if (pv)
+            d->vid_path = pv;
+        uint16_t *lv = pv ? realloc(d->vid_local, n / 2 * sizeof *lv) : NULL;
+        if (lv)
+            d->vid_local = lv;
+        if (!slots || !kv || !pv || !lv) {
+            free(slots);
+            return VM_NONE;
+        }
+        for (uint32_t i = 0; i < d->nvid_slots; i++) {
+            uint32_t q = (uint32_t)d->vid_slots[i];
+            if (q) {
+                const vm_const *qc = &p->consts[d->vid_const[q - 1]];
+                vid_place(slots, n, vid_hash(d->vid_path[q - 1], vm_s(p, qc->s), qc->s.len),
+                          d->vid_slots[i]);
+            }
+        }
+        free(d->vid_slots);
+        d->vid_slots = slots;
+        d->nvid_slots = n;
+    }
+    v = d->nvids++;
+    d->vid_const[v] = k;
+    d->vid_path[v] = path;
+    d->vid_local[v] = (uint16_t)(per_path[path] < 0xffff ? per_path[path] : 0xffff);
+    per_path[path]++;
+    uint64_t hash = vid_hash(path, vm_s(p, kc->s), kc->s.len);
+    vid_place(d->vid_slots, d->nvid_slots, hash, (hash >> 32) << 32 | (uint64_t)(v + 1));
+    return v;
+}
+
+static int cmp_u16(const void *pa, const void *pb)
+{
+    return (int)*(const uint16_t *)pa - (int)*(const uint16_t *)pb;
+}
+
+static void sort_u16(uint16_t *v, size_t n)
+{
+    if (n > 32) {
+        qsort(v, n, sizeof *v, cmp_u16);
+        return;
+    }
+    for (size_t i = 1; i < n; i++) {
+        uint16_t x = v[i];
+        size_t k = i;
+        for (; k > 0 && v[k - 1] > x; k--)
+            v[k] = v[k - 1];
+        v[k] = x;
+    }
+}
+
+/* Numbers the strings of the index's plain string equalities (see struct vm_derived).  The
+ * compiler pools equal strings once, so most constants are numbered by their (path, string
+ * offset) in a small table of integers first, and the text is hashed and compared only for a
+ * pair not seen yet (with 100k issue193 rules, 2.8M constants: hashing each text took 7% of
+ * `ebc compile`). */
+static bool number_values(const vm_program *p, struct vm_derived *d)
+{
+    size_t total = 0;
+    d->nvid_slots = 1024;
+    d->vid_slots = calloc(d->nvid_slots, sizeof *d->vid_slots);
+    d->vid_const = malloc(d->nvid_slots / 2 * sizeof *d->vid_const);
+    d->vid_path = malloc(d->nvid_slots / 2 * sizeof *d->vid_path);
+    d->vid_local = malloc(d->nvid_slots / 2 * sizeof *d->vid_local);
+    d->pred_vids = malloc((p->nix_preds + 1) * sizeof *d->pred_vids);
+    if (!d->vid_slots || !d->vid_const || !d->vid_path || !d->vid_local || !d->pred_vids)
+        return false;
+    for (uint32_t g = 0; g < p->nix_preds; g++) {
+        const vm_test *t = &p->tests[p->ix_preds[g].test];
+        bool plain = t->kind == VM_T_EQ && !(t->flags & (VM_TF_CI | VM_TF_ASNUM | VM_TF_BAND));
+        for (uint32_t i = 0; plain && i < t->narg; i++) {
+            const vm_const *k = &p->consts[t->arg0 + i];
+            plain = k->type != VM_C_STR || !(k->flags & VM_CF_IP);
+        }
+        d->pred_vids[g] = plain ? 0 : VM_PRED_NO_IDS;
+        if (plain)
+            total += t->narg;
+    }
+    if (total >= VM_PRED_NO_IDS)
+        return false;
+    d->vids = malloc((total ? total : 1) * sizeof *d->vids);
+    /* (path, offset) -> id + 1, open addressing, kept at most half full */
+    uint32_t ncache = 1024, ncached = 0;
+    struct vid_cache { uint64_t key; uint32_t v; } *cache = calloc(ncache, sizeof *cache);
+    uint32_t *per_path = calloc(p->npaths + 1, sizeof *per_path);   /* strings numbered */
+    bool ok = d->vids && cache && per_path;
+    uint32_t at = 0;
+    for (uint32_t g = 0; ok && g < p->nix_preds; g++) {
+        bool plain = !(d->pred_vids[g] & VM_PRED_NO_IDS);
+        d->pred_vids[g] = at | (plain ? 0 : VM_PRED_NO_IDS);
+        if (!plain)
+            continue;
+        const vm_ix_pred *x = &p->ix_preds[g];
+        const vm_test *t = &p->tests[x->test];
+        for (uint32_t i = 0; ok && i < t->narg; i++) {
+            const vm_const *k = &p->consts[t->arg0 + i];
+            if (k->type != VM_C_STR)
+                continue;
+            uint64_t key = (uint64_t)x->path << 32 | k->s.off;
+            uint64_t h = (key * 0x9E3779B97F4A7C15ull) >> 20;
+            while (cache[h & (ncache - 1)].v && cache[h & (ncache - 1)].key != key)
+                h++;
+            uint32_t v = cache[h & (ncache - 1)].v;
+            if (v) {
+                d->vids[at++] = d->vid_local[v - 1];
+                continue;
+            }
+            v = vid_of(p, d, x->path, t->arg0 + i, per_path);
+            ok = v != VM_NONE;
+            if (ok)
+                d->vids[at++] = d->vid_local[v];
+            cache[h & (ncache - 1)].key = key;
+            cache[h & (ncache - 1)].v = v + 1;
+            if (ok && ++ncached * 2 > ncache) {
+                /* Double the cache and place every pair again. */
+                uint32_t n = ncache * 2;
+                struct vid_cache *bigger = calloc(n, sizeof *bigger);
+                ok = bigger != NULL;
+                for (uint32_t j = 0; ok && j < ncache; j++) {
+                    if (!cache[j].v)
+                        continue;
+                    uint64_t hh = (cache[j].key * 0x9E3779B97F4A7C15ull) >> 20;
+                    while (bigger[hh & (n - 1)].v)
+                        hh++;
+                    bigger[hh & (n - 1)] = cache[j];
+                }
+                if (ok) {
+                    free(cache);
+                    cache = bigger;
+                    ncache = n;
+                }
+            }
+        }
+        sort_u16(d->vids + vm_pred_vid0(d, g), at - vm_pred_vid0(d, g));
+    }
+    d->pred_vids[p->nix_preds] = at;
+    /* A path with more strings than 16 bits number: its equalities compare constants. */
+    for (uint32_t g = 0; ok && g < p->nix_preds; g++)
+        if (per_path[p->ix_preds[g].path] > 0xffff)
+            d->pred_vids[g] |= VM_PRED_NO_IDS;
+    free(cache);
+    free(per_path);
+    return ok;
+}
+
+/* The value ids predicate o (all buses) is tested by, in *vid0 and *nvid: VM_NONE unless it is
+ * a plain string equality that triggers nothing (a mark says whether a trigger passed) and is
+ * not negated. */
+static void ids_of(const vm_program *p, const struct vm_derived *d, uint32_t o, uint32_t *vid0,
+                   uint32_t *nvid)
+{
+    const vm_ix_pred *n = &p->ix_preds[o];
+    bool ids = !n->nclause && vm_pred_nvid(d, o) != VM_NONE &&
+               !(p->tests[n->test].flags & VM_TF_NEG);
+    *vid0 = ids ? vm_pred_vid0(d, o) : 0;
+    *nvid = ids ? vm_pred_nvid(d, o) : VM_NONE;
+}
+
+/* Lays out the clauses each predicate triggers as records (see vm_ix_rec). */
+static bool clause_records(const vm_program *p, struct vm_derived *d)
+{
+    size_t total = 0, ncp = 0;
+    d->rec_at = calloc(p->nix_preds + 1, sizeof *d->rec_at);
+    if (!d->rec_at)
+        return false;
+    for (uint32_t g = 0; g < p->nix_preds; g++)
+        total += p->ix_preds[g].nclause;
+    for (uint32_t ci = 0; ci < p->nix_clauses; ci++)
+        ncp += p->ix_clauses[ci].npred;
+    if (total >= UINT32_MAX || ncp >= UINT32_MAX)
+        return false;
+    d->ix_recs = malloc((total ? total : 1) * sizeof *d->ix_recs);
+    d->ix_cpreds = malloc((ncp ? ncp : 1) * sizeof *d->ix_cpreds);
+    if (!d->ix_recs || !d->ix_cpreds)
+        return false;
+    /* Per clause, where its predicates are in ix_cpreds (VM_NONE: not simple). */
+    uint32_t *cp0 = malloc((p->nix_clauses + 1) * sizeof *cp0);
+    if (!cp0)
+        return false;
+    for (uint32_t bi = 0; bi < p->nix_buses; bi++) {
+        const vm_ix_bus *bus = &p->ix_buses[bi];
+        for (uint32_t k = 0; k < bus->nclause; k++) {
+            uint32_t ci = bus->clause0 + k;
+            const vm_ix_clause *cl = &p->ix_clauses[ci];
+            bool simple = cl->need == cl->npred && cl->npred >= 2 && cl->npred <= 0xffff &&
+                          !(cl->flags & VM_IXC_VERIFY) && cl->depth <= 0xffff;
+            for (uint32_t j = 0; simple && j < cl->npred; j++)
+                simple = !(p->tests[p->ix_preds[bus->pred0 + p->ix_refs[cl->pred0 + j]].test].flags &
+                           VM_TF_BAND);
+            cp0[ci] = VM_NONE;
+            if (!simple || cl->npred > ncp - d->ncpreds)
+                continue;
+            if (cl->npred == 2) {
+                cp0[ci] = 0;   /* its record holds both */
+                continue;
+            }
+            cp0[ci] = d->ncpreds;
+            for (uint32_t j = 0; j < cl->npred; j++) {
+                vm_ix_cpred *e = &d->ix_cpreds[d->ncpreds++];
+                uint32_t vid0, nvid;
+                e->pred = bus->pred0 + p->ix_refs[cl->pred0 + j];
+                ids_of(p, d, e->pred, &vid0, &nvid);
+                e->path = (uint16_t)p->ix_preds[e->pred].path;
+                e->vid0 = vid0;
+                e->nvid = (uint16_t)(nvid < 0xffff ? nvid : 0xffff);
+                if (p->ix_preds[e->pred].path >= 0xffff)
+                    cp0[ci] = VM_NONE;   /* (a path number past 16 bits: not simple) */
+            }
+        }
+    }
+    /* Each predicate's records, in the order of predicates (rec_at[g] .. rec_at[g + 1]). */
+    uint32_t *bus_of = malloc((p->nix_preds + 1) * sizeof *bus_of);
+    if (!bus_of) {
+        free(cp0);
+        return false;
+    }
+    for (uint32_t g = 0; g < p->nix_preds; g++)
+        bus_of[g] = VM_NONE;
+    for (uint32_t bi = 0; bi < p->nix_buses; bi++)
+        for (uint32_t i = 0; i < p->ix_buses[bi].npred; i++)
+            bus_of[p->ix_buses[bi].pred0 + i] = bi;
+    uint32_t at = 0;
+    for (uint32_t g = 0; g < p->nix_preds; g++) {
+        d->rec_at[g] = at;
+        if (bus_of[g] == VM_NONE)
+            continue;
+        const vm_ix_bus *bus = &p->ix_buses[bus_of[g]];
+        const vm_ix_pred *x = &p->ix_preds[g];
+        if (x->nclause > total - at) {
+            free(cp0);
+            free(bus_of);
+            return false;
+        }
+        for (uint32_t k = 0; k < x->nclause; k++) {
+            uint32_t ci = bus->clause0 + p->ix_refs[x->clause0 + k];
+            const vm_ix_clause *cl = &p->ix_clauses[ci];
+            vm_ix_rec *r = &d->ix_recs[at++];
+            *r = (vm_ix_rec){ ci, cl->rule, VM_NONE, VM_NONE, 0, VM_NONE, 0, 0, 0 };
+            if (cl->need < cl->npred || cl->npred == 1)
+                continue;   /* any one of its predicates, or only this one */
+            for (uint32_t j = 0; j < cl->npred; j++) {
+                uint32_t o = bus->pred0 + p->ix_refs[cl->pred0 + j], vid0, nvid;
+                ids_of(p, d, o, &vid0, &nvid);
+                if (o == g || (r->next != VM_NONE && (r->nvid != VM_NONE || nvid == VM_NONE)))
+                    continue;
+                r->next = o;
+                r->path = p->ix_preds[o].path;
+                r->vid0 = vid0;
+                r->nvid = nvid;
+            }
+            if (r->next != VM_NONE && cp0[ci] != VM_NONE) {
+                r->cp0 = cl->npred == 2 ? x->path : cp0[ci];
+                r->ncp = (uint16_t)cl->npred;
+                r->depth = (uint16_t)cl->depth;
+            }
+        }
+    }
+    d->rec_at[p->nix_preds] = at;
+    free(cp0);
+    free(bus_of);
+    return true;
+}
+
 void vm_derived_free(struct vm_derived *d)
 {
     if (!d)
         return;
     free(d->ix_path_of);
     free(d->ix_tagged);
+    free(d->vid_slots);
+    free(d->vid_const);
+    free(d->vid_path);
+    free(d->vid_local);
+    free(d->pred_vids);
+    free(d->vids);
+    free(d->ix_recs);
+    free(d->rec_at);
+    free(d->ix_cpreds);
     vm_trie_free(d->trie);
     free(d->keep_depth);
     free(d->last_not);
@@ -263,7 +583,8 @@ vm_status vm_program_prepare(vm_program *p)
         return VM_ERR_NOMEM;
     p->derived->trie = build_trie(p);
     if (!p->derived->trie || !analyse_code(p, p->derived) || !map_index_paths(p, p->derived) ||
-        !tag_index_slots(p, p->derived)) {
+        !tag_index_slots(p, p->derived) || !number_values(p, p->derived) ||
+        !clause_records(p, p->derived)) {
         vm_derived_free(p->derived);
         p->derived = NULL;
         return VM_ERR_NOMEM;

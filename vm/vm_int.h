@@ -65,7 +65,73 @@ struct vm_derived {
      * that meets another key is told apart without reading that key (with 100k keys, each
      * key and its bytes is a cache miss). */
     uint64_t *ix_tagged;
+    /* Value ids: every distinct (path, string) that an equality predicate names has a number,
+     * found through vid_slots (open addressing, each slot the high half of the hash << 32 | id
+     * + 1; vid_const, vid_path: per id, a constant that spells it and its path), and a number
+     * among the strings of its path, vid_local (16 bits: a path that names more than 65,535
+     * strings gets none, and its equalities are tested constant by constant).  Per predicate
+     * of the index (all buses), the sorted local ids of its strings, vids[vm_pred_vid0(d, g)
+     * ..+ vm_pred_nvid(d, g)] (pred_vids: where each predicate's ids start, its top bit set
+     * for one that has none), or vm_pred_nvid VM_NONE for a predicate that is not a plain
+     * string equality
+     * (ignore-case, as-number, a constant that spells an IP address).  A triggered clause's
+     * next predicate is then one lookup of the leaf per event and a binary search, where it was
+     * a scan of up to 50 constants, each a length test and a memcmp on bytes scattered over the
+     * strings (index.c, leaf_passes).  (16-bit ids: 2.8M constants with 100k issue193 rules,
+     * 56 bytes a rule less than 32-bit ones.) */
+    uint64_t *vid_slots;
+    uint32_t nvid_slots, nvids;
+    uint32_t *vid_const, *vid_path;
+    uint16_t *vid_local;
+    uint32_t *pred_vids;
+    uint16_t *vids;
+    /* Per predicate g of the index (all buses), the clauses it triggers as records
+     * ix_recs[rec_at[g] .. rec_at[g + 1]), laid out one after another so that deciding them reads
+     * no clause, predicate or test table until the clause's next predicate has passed (see
+     * vm_ix_rec). */
+    struct vm_ix_rec *ix_recs;
+    uint32_t *rec_at;
+    struct vm_ix_cpred *ix_cpreds;
+    uint32_t ncpreds;
 };
+
+/* A clause as the predicate that triggers it sees it: its rule, and the other predicate it
+ * tests first (VM_NONE: this trigger completes it): a plain string equality that triggers
+ * nothing if it has one (its path and value ids are then here, and most candidates fail on one
+ * binary search), or else the rarest.  A clause that needs all its predicates, none a band and
+ * no negation, is `simple` (ncp > 0): its predicates are ix_cpreds[cp0 ..+ ncp], each with its
+ * value ids, and it is decided from them and the stamps alone; the bytecode decides only if
+ * arrays within `depth` hold leaves of two of their paths.  (ncp 2: the trigger and `next`
+ * are all, and cp0 is the trigger's path.) */
+typedef struct vm_ix_rec {
+    uint32_t clause, rule;   /* all buses */
+    uint32_t next;           /* all buses */
+    uint32_t path;           /* next's path */
+    uint32_t vid0, nvid;     /* next's value ids (nvid VM_NONE: none, pred_passed decides) */
+    uint32_t cp0;
+    uint16_t ncp, depth;
+} vm_ix_rec;
+
+/* A predicate of a simple clause (vm_ix_rec): its path and value ids, as in vm_ix_rec (nvid
+ * 0xffff: none).  12 bytes, not 16: with 100k issue193 rules, 9 bytes a rule. */
+typedef struct vm_ix_cpred { uint32_t pred, vid0; uint16_t path, nvid; } vm_ix_cpred;
+
+#define VM_PRED_NO_IDS 0x80000000u
+
+static inline uint32_t vm_pred_vid0(const struct vm_derived *d, uint32_t g)
+{
+    return d->pred_vids[g] & ~VM_PRED_NO_IDS;
+}
+
+static inline uint32_t vm_pred_nvid(const struct vm_derived *d, uint32_t g)
+{
+    return d->pred_vids[g] & VM_PRED_NO_IDS ? VM_NONE
+                                            : vm_pred_vid0(d, g + 1) - vm_pred_vid0(d, g);
+}
+
+/* The value id of string s on path (see struct vm_derived; its local id is vid_local[id]), or
+ * VM_NONE when no equality predicate names it. */
+uint32_t vm_value_id(const vm_program *p, uint32_t path, const char *s, size_t n);
 
 void vm_derived_free(struct vm_derived *d);
 
@@ -137,6 +203,7 @@ struct vm_ctx {
     uint32_t *path_arrays;          /* per path: some leaf of this event lies in an array */
     uint16_t *path_depth;           /* ... and the depth of the outermost such array */
     VM_BUF(uint32_t) candidates;
+    VM_BUF(uint32_t) field_vid;     /* per field: its value id, VM_NONE, or VM_VID_UNSET (index.c) */
     /* the fast scanner */
     bool fast_ok;
     bool trusted;             /* vm_options.trusted: events are read without validating them */
@@ -177,6 +244,8 @@ struct vm_ctx {
     void *re_scratch;
     size_t re_cap;
 };
+
+#define VM_VID_UNSET 0xfffffffeu
 
 /* Grows a VM_BUF to hold `need` elements; false when memory runs out. */
 bool vm_buf_grow(void **v, uint32_t *cap, size_t elem, uint32_t need);

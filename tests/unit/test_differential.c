@@ -12,6 +12,7 @@
 
 #include "../../compiler/compiler.h"
 #include "gen.h"
+#include "vm_int.h"
 
 static uint64_t rng = 0x2545F4914F6CDD1Dull;
 
@@ -264,6 +265,159 @@ Test(differential, range_tree_and_range_slots)
     }
     vm_program_free(p);
     free(src.s);
+}
+
+/* Many rules whose lists share values (the issue193 shape): a clause's other predicates are
+ * tested through value ids (index.c, leaf_passes).  Lists mix strings, escaped spellings,
+ * numbers, true and null, anything-but lists and prefixes; events hold listed values, unlisted
+ * ones and values of other types, on plain paths and in arrays.  Every event must match exactly
+ * what the reference matches. */
+Test(differential, shared_values)
+{
+    static const char *const vals[] = {
+        "\"v0\"", "\"v1\"", "\"v2\"", "\"v3\"", "\"v4\"", "\"v5\"", "\"v6\"", "\"v7\"",
+        "\"\\u0076\\u0038\"", "\"v9\"", "\"\"", "\"w\\\"q\"", "\"\\u00e9t\\u00e9\"", "1",
+        "\"1\"", "true", "null", "\"10.0.0.1\"", "\"V1\"",
+    };
+    /* what events hold: the listed values, an escaped spelling of one, unlisted ones */
+    static const char *const evals[] = {
+        "\"v0\"", "\"v1\"", "\"v2\"", "\"v3\"", "\"v4\"", "\"v5\"", "\"v6\"", "\"v7\"", "\"v8\"",
+        "\"\\u0076\\u0039\"", "\"\"", "\"w\\\"q\"", "\"\u00e9t\u00e9\"", "1", "1.0", "\"1\"",
+        "true", "false", "null", "\"10.0.0.001\"", "\"V1\"", "\"zz\"", "\"v10\"", "{}", "[]",
+    };
+    /* the keys of a pattern: a, b, c.d, arr.x, arr.y (two in one array: the bytecode decides
+     * when an event's elements could tie them), tags */
+    static const char *const keys[] = { "a", "b", "c.d", "arr.x", "arr.y", "tags" };
+    const size_t nv = sizeof vals / sizeof *vals, ne = sizeof evals / sizeof *evals;
+    buf src = { 0 };
+    put(&src, "bus b\n");
+    for (int r = 0; r < 400; r++) {
+        buf list[6] = { { 0 } };
+        int nk = 2 + (int)rnd(3);
+        for (int k = 0; k < nk; k++) {
+            unsigned key = rnd(6), kind = rnd(10);
+            if (list[key].n)
+                continue;
+            put(&list[key], "[");
+            if (kind == 0) {
+                put(&list[key], "{\"anything-but\": [\"v%u\", \"v%u\"]}", rnd(8), rnd(8));
+            } else if (kind == 1) {
+                put(&list[key], "{\"prefix\": \"v%u\"}", rnd(3));
+            } else {
+                int n = 1 + (int)rnd(kind == 2 ? 12 : 5);
+                for (int i = 0; i < n; i++)
+                    put(&list[key], "%s%s", i ? ", " : "", vals[rnd((uint32_t)nv)]);
+            }
+            put(&list[key], "]");
+        }
+        put(&src, "rule r%d on b { pattern {", r);
+        const char *sep = "";
+        for (int key = 0; key < 6; key++) {
+            if (!list[key].n || key == 4)
+                continue;
+            if (key == 2) {
+                put(&src, "%s\"c\": {\"d\": %s}", sep, list[key].s);
+            } else if (key == 3) {
+                put(&src, "%s\"arr\": {\"x\": %s", sep, list[key].s);
+                if (list[4].n)
+                    put(&src, ", \"y\": %s", list[4].s);
+                put(&src, "}");
+            } else {
+                put(&src, "%s\"%s\": %s", sep, keys[key], list[key].s);
+            }
+            sep = ", ";
+        }
+        if (list[4].n && !list[3].n)
+            put(&src, "%s\"arr\": {\"y\": %s}", sep, list[4].s);
+        put(&src, "} }\n");
+        for (int key = 0; key < 6; key++)
+            free(list[key].s);
+    }
+    vm_program *p = cc_compile_text("shared.ebr", src.s, src.n, stderr, NULL);
+    cr_assert_not_null(p, "%s", src.s);
+    uint32_t by_ids = 0;
+    for (uint32_t g = 0; g < p->nix_preds; g++)
+        by_ids += vm_pred_nvid(p->derived, g) != VM_NONE && !p->ix_preds[g].nclause;
+    cr_assert_gt(by_ids, 100, "the other predicates should be tested through value ids");
+    long matched = 0;
+    for (int e = 0; e < 3000; e++) {
+        buf ev = { 0 };
+        put(&ev, "{\"a\": %s, \"b\": [%s, %s], \"c\": {\"d\": %s}, \"arr\": [{\"x\": %s, \"y\": %s},"
+                 " {\"x\": %s}], \"tags\": [%s, %s, %s]}",
+            evals[rnd((uint32_t)ne)], evals[rnd((uint32_t)ne)], evals[rnd((uint32_t)ne)],
+            evals[rnd((uint32_t)ne)], evals[rnd((uint32_t)ne)], evals[rnd((uint32_t)ne)],
+            evals[rnd((uint32_t)ne)], evals[rnd((uint32_t)ne)], evals[rnd((uint32_t)ne)],
+            evals[rnd((uint32_t)ne)]);
+        run_engines(p, ev.s, ev.n, e, "(shared values)");
+        vm_ctx *c = vm_ctx_new(p, NULL);
+        const uint32_t *m;
+        size_t nm;
+        vm_error err;
+        if (vm_match(c, VM_NONE, ev.s, ev.n, &m, &nm, &err) == VM_OK)
+            matched += (long)nm;
+        vm_ctx_free(c);
+        free(ev.s);
+    }
+    cr_log_info("shared values: %ld matches over 3000 events", matched);
+    cr_expect_gt(matched, 3000, "the rules hardly ever match: the test tests little");
+    vm_program_free(p);
+    free(src.s);
+}
+
+/* Value ids are 16 bits per path: a path whose equalities name more than 65,535 strings gets
+ * none, and its equalities are tested constant by constant; the other paths keep theirs. */
+Test(differential, value_ids_past_16_bits, .timeout = 120)
+{
+    buf src = { 0 };
+    put(&src, "bus b\nrule big on b { match b == \"k\" and a in [");
+    for (int i = 0; i < 70000; i++)
+        put(&src, "%s\"s%d\"", i ? ", " : "", i);
+    put(&src, "] }\nrule small on b { match b == \"k\" and c in [\"x\", \"y\"] }\n"
+              "rule t on b { match b == \"k\" and a in [\"t1\", \"t2\"] }\n");
+    vm_program *p = cc_compile_text("big.ebr", src.s, src.n, stderr, NULL);
+    cr_assert_not_null(p);
+    uint32_t plain = 0, constant_by_constant = 0;
+    for (uint32_t g = 0; g < p->nix_preds; g++) {
+        const char *path = vm_s(p, p->segs[p->paths[p->ix_preds[g].path].seg0]);
+        if (strcmp(path, "a") == 0)
+            constant_by_constant += vm_pred_nvid(p->derived, g) == VM_NONE;
+        if (strcmp(path, "c") == 0)
+            plain += vm_pred_nvid(p->derived, g) == 2;
+    }
+    cr_assert_eq(constant_by_constant, 2, "the equalities on a should have no value ids");
+    cr_assert_eq(plain, 1, "the equality on c should keep its value ids");
+    static const char *const as[] = { "s0", "s65535", "s65536", "s69999", "t1", "x" };
+    static const char *const cs[] = { "x", "y", "s1", "z" };
+    for (int e = 0; e < 48; e++) {
+        buf ev = { 0 };
+        put(&ev, "{\"b\": \"k\", \"a\": \"%s\", \"c\": \"%s\"}", as[e % 6], cs[e / 6 % 4]);
+        run_engines(p, ev.s, ev.n, e, "(big list)");
+        free(ev.s);
+    }
+    vm_program_free(p);
+    free(src.s);
+}
+
+/* The matches of an event are sorted by vm_sort_rules: insertion sort, quicksort above 32. */
+Test(differential, sort_rules)
+{
+    static uint32_t v[3000], w[3000];
+    for (int round = 0; round < 400; round++) {
+        size_t n = rnd(3) == 0 ? rnd(40) : rnd(3000);
+        uint32_t range = rnd(4) == 0 ? 3 : 100000;
+        for (size_t i = 0; i < n; i++)
+            v[i] = round % 7 == 1 ? (uint32_t)i : round % 7 == 2 ? (uint32_t)(n - i) : rnd(range);
+        memcpy(w, v, n * sizeof *v);
+        vm_sort_rules(v, n);
+        uint64_t sum_v = 0, sum_w = 0;
+        for (size_t i = 0; i < n; i++) {
+            sum_v += v[i] * 2654435761u % 1000003;
+            sum_w += w[i] * 2654435761u % 1000003;
+            if (i)
+                cr_assert_leq(v[i - 1], v[i], "round %d: not sorted at %zu of %zu", round, i, n);
+        }
+        cr_assert_eq(sum_v, sum_w, "round %d: the values changed", round);
+    }
 }
 
 /* A template reads the event through the brackets stage 1 recorded, or byte by byte when the
