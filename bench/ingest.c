@@ -1360,12 +1360,18 @@ static int http_call(int port, const char *method, const char *path, const char 
     return st;
 }
 
+/* The number right after `key` in text, or -1 if key is not there. */
+static double number_after(const char *text, const char *key)
+{
+    const char *p = strstr(text, key);
+    return p ? atof(p + strlen(key)) : -1;
+}
+
 static double json_num(const char *buf, const char *key)
 {
     char k[80];
     snprintf(k, sizeof k, "\"%s\":", key);
-    const char *p = strstr(buf, k);
-    return p ? atof(p + strlen(k)) : -1;
+    return number_after(buf, k);
 }
 
 static void write_replay_rules(const char *path, bool hist)
@@ -1723,14 +1729,13 @@ static uint64_t post_lines(int port, const char *bus, char **lines, size_t n, in
     return ok;
 }
 
-/* ebr_rule_matched_total of rule `name` in a /metrics answer (-1 if it is not there). */
+/* ebr_rule_matched_total of rule `name` of bus route in a /metrics answer (-1 if it is not
+ * there). */
 static double metric_matched(const char *text, const char *name)
 {
     char key[160];
-    snprintf(key, sizeof key, "ebr_rule_matched_total{rule=\"%s\",", name);
-    const char *p = strstr(text, key);
-    p = p ? strchr(p, '}') : NULL;
-    return p ? atof(p + 1) : -1;
+    snprintf(key, sizeof key, "ebr_rule_matched_total{rule=\"%s\",bus=\"route\"} ", name);
+    return number_after(text, key);
 }
 
 /* One workload of the routing rows: its events (lines, written to `events`), the figures of
