@@ -239,8 +239,9 @@ static vm_status read_number(scanner *S)
 {
     if (S->trust) {
         /* In valid JSON a number ends at ',', '}', ']', whitespace or the end: looked for 16
-         * bytes at a time (a table look per byte was 840 instructions an event of the routing
-         * row's, six numbers of ~18 bytes; this, 25% of that).  Any bytes: it stops by len. */
+         * bytes at a time (a table look per byte was ~840 instructions an event of the routing
+         * row's, six numbers of ~18 bytes; the whole match went 21,566 -> 21,198, callgrind).
+         * Any bytes: it stops by len. */
 #ifdef __SSE2__
         const char *s = S->s;
         const __m128i comma = _mm_set1_epi8(','), brace = _mm_set1_epi8('}'),
