@@ -10,9 +10,10 @@
 # unsigned request.
 #   aws.sh BIN_DIR SOURCE_DIR WORK_DIR
 # Needs awscli and python3-boto3 (tools/deps.sh).  Everything runs on 127.0.0.1 (ports
-# 34000-34999); every process started here is stopped.
+# 31000-31949, below Linux's ephemeral range, where a client's connection could hold the port;
+# e2e.sh and the event center's tests take 20000-30999); every process started here is stopped.
 . "$2/tests/e2e/lib.sh"
-P=$(( 34000 + ($$ % 190) * 5 ))
+P=$(( 31000 + ($$ % 190) * 5 ))
 URL=http://127.0.0.1:$P
 E2E_WAIT=${E2E_WAIT:-60}
 AWS=/usr/bin/aws
