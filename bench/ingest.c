@@ -1613,6 +1613,22 @@ static int trace_rows(const char *ebd, const char *work, int port, double secs, 
     return 0;
 }
 
+/* The whole text of the file at path (malloc'd), or NULL. */
+static char *read_whole(const char *path)
+{
+    char *text = NULL;
+    size_t cap = 0;
+    FILE *f = fopen(path, "r");
+    if (f) {
+        if (getdelim(&text, &cap, 0, f) < 0) {
+            free(text);
+            text = NULL;
+        }
+        fclose(f);
+    }
+    return text;
+}
+
 /* ---- routing (issue 14): the router alone, on the trusted path ---------------------------------
  * The COMBO row of ../shared/data/citylots2_rows.json (45 patterns, each put under "data") as
  * rules with no target, on two workloads: the ingest rows' ~300-byte event (none of the rules'
@@ -1847,13 +1863,8 @@ static int routing_rows(const char *ebd, const char *ebc, const char *shared, co
         { .label = "CityLots2 features", .passes = 3, .events = bench_fmt("%s/route-events.jsonl", work), .counts_ok = true },
     };
     /* the rules */
-    FILE *f = fopen(rows_path, "r");
-    char *text = NULL;
-    size_t cap = 0;
-    if (f && getdelim(&text, &cap, 0, f) > 0)
-        rows = cJSON_Parse(text);
-    if (f)
-        fclose(f);
+    char *text = read_whole(rows_path);
+    rows = text ? cJSON_Parse(text) : NULL;
     free(text);
     const cJSON *combo = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(rows, "rows"), "COMBO");
     const cJSON *patterns = cJSON_GetObjectItemCaseSensitive(combo, "patterns");
@@ -1953,16 +1964,7 @@ done:
  * its end). */
 static void replace_section(const char *path, const char *begin, const char *end, const char *rows)
 {
-    char *old = NULL;
-    size_t cap = 0;
-    FILE *f = fopen(path, "r");
-    if (f) {
-        if (getdelim(&old, &cap, 0, f) < 0) {
-            free(old);
-            old = NULL;
-        }
-        fclose(f);
-    }
+    char *old = read_whole(path);
     char *b = old ? strstr(old, begin) : NULL, *e = b ? strstr(b, end) : NULL;
     FILE *mdf = fopen(path, "w");
     if (!mdf)
@@ -2137,15 +2139,7 @@ int main(int argc, char **argv)
     const char *begin = "<!-- rules-table begin", *end = "<!-- rules-table end -->\n";
     char *old = NULL;
     if (table_only) {
-        FILE *f = fopen(path, "r");
-        size_t cap = 0;
-        if (f) {
-            if (getdelim(&old, &cap, 0, f) < 0) {
-                free(old);
-                old = NULL;
-            }
-            fclose(f);
-        }
+        old = read_whole(path);
         char *b = old ? strstr(old, begin) : NULL, *e = b ? strstr(b, end) : NULL;
         if (b && e)
             memmove(b, e + strlen(end), strlen(e + strlen(end)) + 1);
