@@ -422,19 +422,24 @@ static bool decide(vm_ctx *c, const vm_ix_bus *b, const char *json, uint32_t ci)
     return VM_BUF_PUSH(c->matched, cl->rule);
 }
 
+bool vm_ix_begin(vm_ctx *c)
+{
+    /* No leaf's value id is known yet (ids do not depend on the bus: once an event). */
+    if (c->field_vid.cap < c->fields.n &&
+        !vm_buf_grow((void **)&c->field_vid.v, &c->field_vid.cap, sizeof *c->field_vid.v,
+                     c->fields.n))
+        return false;
+    for (uint32_t i = 0; i < c->fields.n; i++)
+        c->field_vid.v[i] = VM_VID_UNSET;
+    return true;
+}
+
 vm_status vm_ix_match_bus(vm_ctx *c, uint32_t bus, const char *json)
 {
     const vm_program *p = c->p;
     const vm_ix_bus *b = &p->ix_buses[bus];
     const uint32_t *map = p->derived->ix_path_of + (size_t)bus * p->npaths;
     c->candidates.n = 0;
-    /* No leaf's value id is known yet. */
-    if (c->field_vid.cap < c->fields.n &&
-        !vm_buf_grow((void **)&c->field_vid.v, &c->field_vid.cap, sizeof *c->field_vid.v,
-                     c->fields.n))
-        return VM_ERR_NOMEM;
-    for (uint32_t i = 0; i < c->fields.n; i++)
-        c->field_vid.v[i] = VM_VID_UNSET;
     /* Dispatch every leaf that some rule of the bus looks at. */
     for (uint32_t i = 0; i < c->touched.n; i++) {
         uint32_t path = c->touched.v[i], ipath = map[path];

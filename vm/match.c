@@ -755,6 +755,8 @@ vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
         goto nomem;
     c->trail.n = 0;
     if (!c->reference) {
+        if (!vm_ix_begin(c))
+            goto nomem;
         for (uint32_t b = 0; b < p->nix_buses; b++) {
             if (bus != VM_NONE && b != bus)
                 continue;

@@ -272,6 +272,8 @@ int vm_run_rule(vm_ctx *c, const char *json, uint32_t ri);
  * memory runs out. */
 bool vm_rule_failed(vm_ctx *c, uint32_t ri);
 
+/* Before an event's first vm_ix_match_bus: forgets the leaves' value ids (false: no memory). */
+bool vm_ix_begin(vm_ctx *c);
 /* Matches the scanned event against the index of one bus, appending matched rules (sorted) to
  * c->matched and failed ones to c->failed.  Returns VM_OK or VM_ERR_NOMEM. */
 vm_status vm_ix_match_bus(vm_ctx *c, uint32_t bus, const char *json);
