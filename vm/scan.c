@@ -29,7 +29,7 @@ typedef struct {
     bool trust;        /* read without checking: stage 1 validated the event, or the caller
                           vouches for it (vm_options.trusted) */
     bool fast;         /* stage 1 (scan_fast.c) ran: its masks and brackets are there to use */
-    bool dots;         /* trusted, not fast: the last string read holds a '.' */
+    bool dots;         /* walk_trusted, for lookup: the key read holds a '.' */
     uint32_t bi;       /* fast: the index of the next bracket in c->fast */
     const struct vm_trie *trie;   /* the program's (read once: four loads a key otherwise) */
 } scanner;
@@ -131,22 +131,34 @@ static inline size_t next_stop(const char *s, size_t p, size_t n)
     return p;
 }
 
-/* Trusted without stage 1: the closing quote of the string opened at S->p; S->dots says if it
- * holds a '.' (for lookup).  Only escapes are checked (they are rare, and the matcher decodes
- * them assuming JSON's forms); control characters and UTF-8 are not. */
-static inline __attribute__((always_inline)) vm_status skip_string_raw(scanner *S, bool *escaped)
+/* The helpers of walk_trusted take and give the position by value, so that it stays in a
+ * register (in the scanner, every call the walk makes out of line forces it back to memory). */
+
+/* Trusted: the first byte at or after p that is not whitespace.  Any byte up to ' ' counts as
+ * one: valid JSON has only the four there, and other bytes need only stay in bounds. */
+static inline size_t tw_ws(const char *s, size_t p, size_t n)
 {
-    /* The strings the walk reads are keys and the values rules test, mostly short (memchr, two
-     * calls per string and one per key for its dots, was 22% of the EXACT row's trusted
-     * profile; a table look per byte then 19%). */
-    const char *s = S->s;
-    size_t p = S->p + 1, n = S->n;
-    *escaped = false;
-    S->dots = false;
+    while (p < n && (unsigned char)s[p] <= ' ')
+        p++;
+    return p;
+}
+
+/* Trusted: one past the closing quote of the string opened at p, or 0 when the text ends first
+ * or an escape is not one of JSON's (the matcher decodes them assuming their forms; escapes are
+ * rare); *esc and *dots say whether it held an escape, and a '.'.  Control characters and UTF-8
+ * are not checked.  (The strings the walk reads are keys and the values rules test, mostly
+ * short: memchr, two calls per string and one per key for its dots, was 22% of the EXACT row's
+ * trusted profile, and a table look per byte then 19%.) */
+static inline __attribute__((always_inline)) size_t tw_string(const char *s, size_t p, size_t n,
+                                                              bool *esc, bool *dots)
+{
+    p++;
+    *esc = false;
+    *dots = false;
 #ifdef __SSE2__
     /* The usual case, a string without escapes: its end and its dots from the block's masks,
-     * without reading the byte found again; with the trie read once per walk, the trusted EXACT
-     * row took 8.6% less CPU time (perf stat task-clock, 5 alternating runs of 40 passes). */
+     * without reading the byte found again (8.6% less CPU time on the trusted EXACT row, perf
+     * stat task-clock, 5 alternating runs of 40 passes). */
     const __m128i q = _mm_set1_epi8('"'), bs = _mm_set1_epi8('\\'), dot = _mm_set1_epi8('.');
     for (; p + 16 <= n; p += 16) {
         __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + p));
@@ -157,29 +169,53 @@ static inline __attribute__((always_inline)) vm_status skip_string_raw(scanner *
             unsigned first = stop & -stop;
             if (!(mq & first))
                 break;                    /* an escape first: the loop below */
-            S->dots |= (md & (first - 1)) != 0;
-            S->p = p + (size_t)__builtin_ctz(first) + 1;
-            return VM_OK;
+            *dots |= (md & (first - 1)) != 0;
+            return p + (size_t)__builtin_ctz(first) + 1;
         }
-        S->dots |= md != 0;
+        *dots |= md != 0;
     }
 #endif
     while ((p = next_stop(s, p, n)) < n) {
-        if (s[p] == '"') {
-            S->p = p + 1;
-            return VM_OK;
-        }
+        if (s[p] == '"')
+            return p + 1;
         if (s[p] == '.') {
-            S->dots = true;
+            *dots = true;
             p++;
             continue;
         }
-        *escaped = true;
+        *esc = true;
         if (!escape_ok(s + p, n - p))
-            return fail(S, p, VM_ERR_EVENT, "invalid escape in string");
+            return 0;
         p += s[p + 1] == 'u' ? 6 : 2;
     }
-    return fail(S, S->p, VM_ERR_EVENT, "unterminated string");
+    return 0;
+}
+
+/* Trusted: one past the number at p (valid JSON ends it at ',', '}', ']', whitespace or the
+ * end), 16 bytes at a time.  (A table look per byte was ~840 instructions an event of the
+ * routing row's, six numbers of ~18 bytes: the whole match 21,566 -> 21,198, callgrind.) */
+static inline size_t tw_number(const char *s, size_t p, size_t n)
+{
+#ifdef __SSE2__
+    const __m128i comma = _mm_set1_epi8(','), brace = _mm_set1_epi8('}'),
+                  bracket = _mm_set1_epi8(']'), space = _mm_set1_epi8(' ');
+    for (; p + 16 <= n; p += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + p));
+        __m128i ws = _mm_cmpeq_epi8(_mm_min_epu8(v, space), v);      /* bytes <= ' ' */
+        unsigned m = (unsigned)_mm_movemask_epi8(_mm_or_si128(
+            _mm_or_si128(_mm_cmpeq_epi8(v, comma), _mm_cmpeq_epi8(v, brace)),
+            _mm_or_si128(_mm_cmpeq_epi8(v, bracket), ws)));
+        if (m)
+            return p + (size_t)__builtin_ctz(m);
+    }
+#endif
+    static const bool in_number[256] = {
+        ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,
+        ['7'] = 1, ['8'] = 1, ['9'] = 1, ['+'] = 1, ['-'] = 1, ['.'] = 1, ['e'] = 1, ['E'] = 1,
+    };
+    while (p < n && in_number[(unsigned char)s[p]])
+        p++;
+    return p;
 }
 
 /* Reads the string whose opening quote is at S->p; leaves S->p after the closing quote.
@@ -193,8 +229,6 @@ static inline __attribute__((always_inline)) vm_status read_string(scanner *S, b
         skip_string_fast(S, escaped);
         return VM_OK;
     }
-    if (S->trust)
-        return skip_string_raw(S, escaped);
     *escaped = false;
     while (p < n) {
         unsigned char ch = s[p];
@@ -238,32 +272,7 @@ static inline __attribute__((always_inline)) vm_status read_string(scanner *S, b
 static vm_status read_number(scanner *S)
 {
     if (S->trust) {
-        /* In valid JSON a number ends at ',', '}', ']', whitespace or the end: looked for 16
-         * bytes at a time (a table look per byte was ~840 instructions an event of the routing
-         * row's, six numbers of ~18 bytes; the whole match went 21,566 -> 21,198, callgrind).
-         * Any bytes: it stops by len. */
-#ifdef __SSE2__
-        const char *s = S->s;
-        const __m128i comma = _mm_set1_epi8(','), brace = _mm_set1_epi8('}'),
-                      bracket = _mm_set1_epi8(']'), space = _mm_set1_epi8(' ');
-        for (size_t p = S->p; p + 16 <= S->n; p += 16) {
-            __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + p));
-            __m128i ws = _mm_cmpeq_epi8(_mm_min_epu8(v, space), v);      /* bytes <= ' ' */
-            unsigned m = (unsigned)_mm_movemask_epi8(_mm_or_si128(
-                _mm_or_si128(_mm_cmpeq_epi8(v, comma), _mm_cmpeq_epi8(v, brace)),
-                _mm_or_si128(_mm_cmpeq_epi8(v, bracket), ws)));
-            if (m) {
-                S->p = p + (size_t)__builtin_ctz(m);
-                return VM_OK;
-            }
-        }
-#endif
-        static const bool in_number[256] = {
-            ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,
-            ['7'] = 1, ['8'] = 1, ['9'] = 1, ['+'] = 1, ['-'] = 1, ['.'] = 1, ['e'] = 1, ['E'] = 1,
-        };
-        while (S->p < S->n && in_number[(unsigned char)S->s[S->p]])
-            S->p++;
+        S->p = tw_number(S->s, S->p, S->n);
         return VM_OK;
     }
     const char *why;
@@ -377,20 +386,6 @@ static vm_status open_container(scanner *S, uint32_t node, struct vm_frame *pare
         S->p = c->fast.br_pos[close] + 1;
         S->bi = close + 1;
         return VM_OK;
-    }
-    if (S->trust && f.node == VM_NONE) {
-        /* Trusted without stage 1: find the matching bracket (and keep the depth limit, so
-         * that an event too deep fails as when validated). */
-        size_t end;
-        switch (vm_fast_skip(S->s, S->n, S->p + 1, c->max_depth - c->frames.n, &end)) {
-        case VM_SKIP_OK:
-            S->p = end;
-            return VM_OK;
-        case VM_SKIP_DEEP:
-            return fail(S, S->p, VM_ERR_LIMIT, "the event is nested too deeply");
-        default:
-            return fail(S, S->p, VM_ERR_EVENT, "unexpected end of event");
-        }
     }
     S->bi++;
     if (f.array) {
@@ -568,6 +563,187 @@ static vm_status walk(vm_ctx *c, const char *json, size_t len, vm_error *err, bo
     return VM_OK;
 }
 
+/* ---- the trusted walk ------------------------------------------------------------------------- */
+
+/* The walk of vm_options.trusted (the router's, on the bus log): the generic walk's work, with
+ * the same tables as its result (fields, memberships, arrays), in one loop whose position and
+ * open container stay in locals (the container's parents go on c->frames).  Only containers
+ * some rule looks into are opened; a key is looked up among its node's few edges in line; a
+ * value no rule reads is passed over by its kind; what separates tokens is not checked beyond
+ * what finding them needs.  Any bytes: every read is bounded by len, and nesting deeper than
+ * max_depth fails as when validated.  (The generic walk, with its branches for the other two
+ * paths and its position and frame kept in memory: the trusted EXACT row 5,101 -> 3,918
+ * instructions an event, the routing row's events with the COMBO rules 22,202 -> 20,041,
+ * callgrind; best of 7 alternating runs of EXACT, 3.32M -> 4.32M events/s.) */
+static vm_status walk_trusted(vm_ctx *c, const char *json, size_t len, vm_error *err)
+{
+    scanner S = { c, json, len, 0, err, true, false, false, 0, c->p->derived->trie };
+    const struct vm_trie *t = S.trie;
+    const char *s = json;
+    size_t n = len, p = tw_ws(s, 0, n);
+    vm_status st;
+    bool esc, dots;
+    c->memb_top = VM_NONE;
+    c->memb_depth = 0;
+    if (p >= n || s[p] != '{')
+        return fail(&S, p, VM_ERR_EVENT, p >= n ? "empty event: expected a JSON object"
+                                                : "the event must be a JSON object");
+    if (t->nodes[0].nedge == 0) {
+        /* No rule looks into the event: the whole of it passed over. */
+        vm_skip_status sk = vm_fast_skip(s, n, p + 1, c->max_depth, &p);
+        if (sk != VM_SKIP_OK)
+            return sk == VM_SKIP_DEEP ? fail(&S, 0, VM_ERR_LIMIT, "the event is nested too deeply")
+                                      : fail(&S, n, VM_ERR_EVENT, "unexpected end of event");
+        goto done;
+    }
+    struct vm_frame f = { 0, 0, 0, 0, 0 };      /* the open container; its parents on c->frames */
+    char close = '}';
+    p++;
+
+open:                                           /* after '{' or '[': the end, or a first member */
+    p = tw_ws(s, p, n);
+    if (p >= n)
+        return fail(&S, p, VM_ERR_EVENT, "unexpected end of event");
+    if (s[p] == close)
+        goto closed;
+member:                                         /* a member (key and value) or an element */
+    {
+        uint32_t node = f.node;
+        if (!f.array) {
+            if (s[p] != '"')
+                return fail(&S, p, VM_ERR_EVENT, "expected a string key in object");
+            size_t k = p + 1, end = tw_string(s, p, n, &esc, &dots);
+            if (!end)
+                return fail(&S, p, VM_ERR_EVENT, "unterminated string or invalid escape");
+            size_t klen = end - k - 1;
+            const vm_trie_node *tn = &t->nodes[f.node];
+            if (!esc && !dots && tn->nedge <= 8) {
+                /* The usual key: one segment, among few edges. */
+                const vm_trie_edge *e = t->edges + tn->edge0;
+                node = VM_NONE;
+                for (uint32_t i = 0; i < tn->nedge; i++)
+                    if (e[i].len == klen && memcmp(e[i].key, s + k, klen) == 0) {
+                        node = e[i].child;
+                        break;
+                    }
+            } else {
+                S.p = end;
+                S.dots = dots;
+                if ((st = lookup(&S, f.node, s + k, klen, esc, &node)) != VM_OK)
+                    return st;
+            }
+            p = tw_ws(s, end, n);
+            if (p >= n || s[p] != ':')
+                return fail(&S, p, VM_ERR_EVENT, "expected ':' after an object key");
+            p = tw_ws(s, p + 1, n);
+            if (p >= n)
+                return fail(&S, p, VM_ERR_EVENT, "unexpected end of event: expected a value");
+        }
+        size_t start = p, end;
+        char ch = s[p];
+        uint8_t type;
+        switch (ch) {
+        case '{':
+        case '[': {
+            bool array = ch == '[';
+            const vm_trie_node *tn = node == VM_NONE ? NULL : &t->nodes[node];
+            size_t open = c->frames.n + 1;      /* containers open, f among them */
+            if (open >= c->max_depth)
+                return fail(&S, p, VM_ERR_LIMIT, "the event is nested too deeply");
+            if (!tn || (tn->nedge == 0 && (!array || tn->path == VM_NONE))) {
+                vm_skip_status sk = vm_fast_skip(s, n, p + 1, c->max_depth - open, &end);
+                if (sk != VM_SKIP_OK)
+                    return sk == VM_SKIP_DEEP
+                         ? fail(&S, p, VM_ERR_LIMIT, "the event is nested too deeply")
+                         : fail(&S, p, VM_ERR_EVENT, "unexpected end of event");
+                p = end;
+                goto after;
+            }
+            struct vm_frame nf = { array, 0, node, 0, 0 };
+            if (array) {
+                nf.id = c->narrays++;
+                uint16_t depth = (uint16_t)(tn->depth < UINT16_MAX ? tn->depth : UINT16_MAX);
+                if (!VM_BUF_PUSH(c->array_depth, depth))
+                    return fail(&S, p, VM_ERR_NOMEM, "out of memory");
+            }
+            if (f.array) {
+                /* An element that may hold leaves: the leaves inside lie in it. */
+                uint32_t id = c->memb.n, top = c->memb_top;
+                vm_memb m = { f.id, f.index, top, top == VM_NONE ? id : c->memb.v[top].outer };
+                if (!VM_BUF_PUSH(c->memb, m))
+                    return fail(&S, p, VM_ERR_NOMEM, "out of memory");
+                c->memb_top = id;
+                c->memb_depth++;
+                nf.memb = 1;
+            }
+            if (!VM_BUF_PUSH(c->frames, f))
+                return fail(&S, p, VM_ERR_NOMEM, "out of memory");
+            f = nf;
+            close = array ? ']' : '}';
+            p++;
+            goto open;
+        }
+        case '"':
+            if (!(p = tw_string(s, p, n, &esc, &dots)))
+                return fail(&S, start, VM_ERR_EVENT, "unterminated string or invalid escape");
+            if (node != VM_NONE && t->nodes[node].path != VM_NONE &&
+                (st = record_field(&S, t->nodes[node].path, VM_J_STR, esc, start + 1,
+                                   p - start - 2)) != VM_OK)
+                return st;
+            goto after;
+        case 't':
+        case 'f':
+        case 'n':
+            end = p + (ch == 'f' ? 5 : 4);
+            if (end > n)
+                return fail(&S, p, VM_ERR_EVENT, "invalid literal (expected true, false or null)");
+            p = end;
+            type = ch == 't' ? VM_J_TRUE : ch == 'f' ? VM_J_FALSE : VM_J_NULL;
+            break;
+        default:
+            if (ch != '-' && (ch < '0' || ch > '9'))
+                return fail(&S, p, VM_ERR_EVENT, "unexpected character: expected a value");
+            p = tw_number(s, p, n);
+            type = VM_J_NUM;
+            break;
+        }
+        if (node != VM_NONE && t->nodes[node].path != VM_NONE &&
+            (st = record_field(&S, t->nodes[node].path, type, false, start, p - start)) != VM_OK)
+            return st;
+    }
+after:                                          /* after a member or element: ',' or the end */
+    f.index++;
+    p = tw_ws(s, p, n);
+    if (p >= n)
+        return fail(&S, p, VM_ERR_EVENT, "unexpected end of event");
+    if (s[p] == ',') {
+        p = tw_ws(s, p + 1, n);
+        if (p >= n)
+            return fail(&S, p, VM_ERR_EVENT, "unexpected end of event");
+        if (s[p] == close)
+            return fail(&S, p, VM_ERR_EVENT, f.array ? "trailing comma in array"
+                                                     : "trailing comma in object");
+        goto member;
+    }
+    if (s[p] != close)
+        return fail(&S, p, VM_ERR_EVENT, f.array ? "expected ',' or ']' in array"
+                                                 : "expected ',' or '}' in object");
+closed:
+    p++;
+    if (f.memb)
+        close_element(c);
+    if (c->frames.n > 0) {
+        f = c->frames.v[--c->frames.n];
+        close = f.array ? ']' : '}';
+        goto after;
+    }
+done:
+    p = tw_ws(s, p, n);
+    if (p < n)
+        return fail(&S, p, VM_ERR_EVENT, "unexpected text after the event's closing '}'");
+    return VM_OK;
+}
+
 vm_status vm_scan(vm_ctx *c, const char *json, size_t len, vm_error *err)
 {
     /* The fast path validates with SIMD first; a failure is scanned again byte by byte, for
@@ -579,7 +755,7 @@ vm_status vm_scan(vm_ctx *c, const char *json, size_t len, vm_error *err)
     if (c->trusted) {
         c->fields.n = c->memb.n = c->frames.n = 0;
         c->narrays = c->array_depth.n = 0;
-        return walk(c, json, len, err, true, false);
+        return walk_trusted(c, json, len, err);
     }
     if (c->fast_ok && len >= 64 && vm_fast_stage1(c, json, len)) {
         c->fast_for = json;
