@@ -665,8 +665,39 @@ static void insertion_sort(uint32_t *v, size_t n)
     }
 }
 
+/* Sorts v[0..n) through a bitmap of the numbers up to the largest, when they are distinct (an
+ * event's matches are) and the largest is small next to n: a few steps a number and one per 64
+ * numbers below the largest, where insertion sort moves ~n * n / 4 of them.  False, with v as it
+ * was, when a number repeats or the bitmap would be too long.  (The routing row's events, 21
+ * matches of the 45 COMBO rules: the sort 1,234 -> 628 instructions an event, callgrind.) */
+static bool bitmap_sort(uint32_t *v, size_t n)
+{
+    enum { WORDS = 256 };                       /* numbers below 16,384: 2 KB of stack */
+    uint64_t bits[WORDS];
+    uint32_t max = 0;
+    for (size_t i = 0; i < n; i++)
+        max = v[i] > max ? v[i] : max;
+    size_t words = (size_t)(max >> 6) + 1;
+    if (words > WORDS || words > 2 * n)
+        return false;
+    memset(bits, 0, words * sizeof *bits);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t bit = 1ull << (v[i] & 63);
+        if (bits[v[i] >> 6] & bit)
+            return false;                       /* (v is not written before here) */
+        bits[v[i] >> 6] |= bit;
+    }
+    size_t k = 0;
+    for (size_t w = 0; w < words; w++)
+        for (uint64_t b = bits[w]; b; b &= b - 1)
+            v[k++] = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b));
+    return true;
+}
+
 void vm_sort_rules(uint32_t *v, size_t n)
 {
+    if (n >= 8 && bitmap_sort(v, n))
+        return;
     /* An event matches a few rules: insertion sort below 32, above it a quicksort (median of
      * three, the smaller side first, the larger by looping), not qsort's merge sort with its
      * indirect compares: ~200 matches an event at 100k issue193 rules cost ~39K instructions

@@ -398,15 +398,34 @@ Test(differential, value_ids_past_16_bits, .timeout = 120)
     free(src.s);
 }
 
-/* The matches of an event are sorted by vm_sort_rules: insertion sort, quicksort above 32. */
+/* The matches of an event are sorted by vm_sort_rules: through a bitmap when the numbers are
+ * distinct and small, else insertion sort, quicksort above 32. */
 Test(differential, sort_rules)
 {
     static uint32_t v[3000], w[3000];
     for (int round = 0; round < 400; round++) {
         size_t n = rnd(3) == 0 ? rnd(40) : rnd(3000);
         uint32_t range = rnd(4) == 0 ? 3 : 100000;
-        for (size_t i = 0; i < n; i++)
-            v[i] = round % 7 == 1 ? (uint32_t)i : round % 7 == 2 ? (uint32_t)(n - i) : rnd(range);
+        if (round % 7 == 3) {
+            /* Distinct numbers below ~2n, some in the bitmap's reach (16,384), shuffled; and
+             * now and then one repeated, or one past the bitmap's end. */
+            uint32_t top = (uint32_t)(2 * n + 1);
+            for (size_t i = 0; i < n; i++)
+                v[i] = (uint32_t)i * top / (uint32_t)(n ? n : 1);
+            for (size_t i = n; i > 1; i--) {
+                size_t j = rnd((uint32_t)i);
+                uint32_t t = v[i - 1];
+                v[i - 1] = v[j];
+                v[j] = t;
+            }
+            if (n > 1 && rnd(4) == 0)
+                v[rnd((uint32_t)n)] = v[rnd((uint32_t)n)];
+            else if (n > 1 && rnd(4) == 0)
+                v[rnd((uint32_t)n)] = 16384 + rnd(3);
+        } else {
+            for (size_t i = 0; i < n; i++)
+                v[i] = round % 7 == 1 ? (uint32_t)i : round % 7 == 2 ? (uint32_t)(n - i) : rnd(range);
+        }
         memcpy(w, v, n * sizeof *v);
         vm_sort_rules(v, n);
         uint64_t sum_v = 0, sum_w = 0;
