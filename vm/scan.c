@@ -1,7 +1,9 @@
 /*
- * scan.c — the event scanner: one pass over the event's JSON text, validating all of it, that
- * records only the leaves whose paths some rule references (with the array elements they lie
- * in).  No DOM is built; strings are left encoded until a test needs them.
+ * scan.c — the event scanner: one pass over the event's JSON text that records only the leaves
+ * whose paths some rule references (with the array elements they lie in).  No DOM is built;
+ * strings are left encoded until a test needs them.  Two walks: the generic one (walk) validates
+ * all of the text byte by byte as it goes; the lean one (walk_lean) reads text already validated
+ * by stage 1 (scan_fast.c) or vouched for (vm_options.trusted), and jumps over what no rule reads.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,11 +28,8 @@ typedef struct {
     const char *s;
     size_t n, p;
     vm_error *err;
-    bool trust;        /* read without checking: stage 1 validated the event, or the caller
-                          vouches for it (vm_options.trusted) */
-    bool fast;         /* stage 1 (scan_fast.c) ran: its masks and brackets are there to use */
-    bool dots;         /* walk_trusted, for lookup: the key read holds a '.' */
-    uint32_t bi;       /* fast: the index of the next bracket in c->fast */
+    bool lean;         /* walk_lean's: dots says if the key read holds a '.' */
+    bool dots;
     const struct vm_trie *trie;   /* the program's (read once: four loads a key otherwise) */
 } scanner;
 
@@ -60,42 +59,6 @@ static inline void skip_ws(scanner *S)
             return;
         S->p++;
     }
-}
-
-/* Are any bits of the per-block masks set for bytes [from, from + n)? */
-static inline bool mask_range(const uint64_t *masks, size_t from, size_t n)
-{
-    size_t to = from + n, b = from >> 6;
-    if (n == 0)
-        return false;
-    if (b == (to - 1) >> 6) {
-        /* Within one block, the usual case: one mask, shifted. */
-        uint64_t m = masks[b] >> (from & 63);
-        return n >= 64 ? m != 0 : (m & ((1ull << n) - 1)) != 0;
-    }
-    for (; b <= (to - 1) >> 6; b++) {
-        uint64_t m = masks[b];
-        if (b == from >> 6)
-            m &= ~0ull << (from & 63);
-        if (b == (to - 1) >> 6 && (to & 63))
-            m &= ~0ull >> (64 - (to & 63));
-        if (m)
-            return true;
-    }
-    return false;
-}
-
-/* Trusted: the closing quote of the string opened at S->p, from stage 1's quote masks. */
-static void skip_string_fast(scanner *S, bool *escaped)
-{
-    const vm_fast *F = &S->c->fast;
-    size_t from = S->p + 1, b = from >> 6;
-    uint64_t m = F->quote[b] & (~0ull << (from & 63));
-    while (!m)
-        m = F->quote[++b];
-    size_t end = (b << 6) + (size_t)__builtin_ctzll(m);
-    *escaped = mask_range(F->bs, from, end - from);
-    S->p = end + 1;
 }
 
 /* Is the escape at s[0..n) (a backslash first) one of JSON's? */
@@ -131,7 +94,7 @@ static inline size_t next_stop(const char *s, size_t p, size_t n)
     return p;
 }
 
-/* The helpers of walk_trusted take and give the position by value, so that it stays in a
+/* The helpers of walk_lean take and give the position by value, so that it stays in a
  * register (in the scanner, every call the walk makes out of line forces it back to memory). */
 
 /* Trusted: the first byte at or after p that is not whitespace.  Any byte up to ' ' counts as
@@ -219,16 +182,11 @@ static inline size_t tw_number(const char *s, size_t p, size_t n)
 }
 
 /* Reads the string whose opening quote is at S->p; leaves S->p after the closing quote.
- * Checks escapes, control characters and UTF-8 (unless trusted).  *escaped says if it held
- * escapes. */
+ * Checks escapes, control characters and UTF-8.  *escaped says if it held escapes. */
 static inline __attribute__((always_inline)) vm_status read_string(scanner *S, bool *escaped)
 {
     const unsigned char *s = (const unsigned char *)S->s;
     size_t p = S->p + 1, n = S->n;
-    if (S->fast) {
-        skip_string_fast(S, escaped);
-        return VM_OK;
-    }
     *escaped = false;
     while (p < n) {
         unsigned char ch = s[p];
@@ -271,10 +229,6 @@ static inline __attribute__((always_inline)) vm_status read_string(scanner *S, b
 /* Checks a number per RFC 8259 at S->p and moves past it. */
 static vm_status read_number(scanner *S)
 {
-    if (S->trust) {
-        S->p = tw_number(S->s, S->p, S->n);
-        return VM_OK;
-    }
     const char *why;
     size_t k = vm_json_number_len(S->s + S->p, S->n - S->p, &why);
     if (k == 0)
@@ -308,8 +262,7 @@ static vm_status lookup(scanner *S, uint32_t node, const char *k, size_t len, bo
     /* The common case first: the whole key is one segment. */
     uint32_t whole = vm_trie_child(t, node, k, len);
     if (whole != VM_NONE || !(escaped ? memchr(k, '.', len) != NULL
-                              : S->fast ? mask_range(c->fast.dot, (size_t)(k - S->s), len)
-                              : S->trust ? S->dots : memchr(k, '.', len) != NULL)) {
+                              : S->lean ? S->dots : memchr(k, '.', len) != NULL)) {
         *out = whole;
         return VM_OK;
     }
@@ -380,14 +333,6 @@ static vm_status open_container(scanner *S, uint32_t node, struct vm_frame *pare
     /* Nothing below can be referenced: keep validating, but look nothing up. */
     if (!tn || (tn->nedge == 0 && (!f.array || tn->path == VM_NONE)))
         f.node = VM_NONE;
-    if (S->fast && f.node == VM_NONE) {
-        /* Already validated: jump to the matching bracket. */
-        uint32_t close = c->fast.br_match[S->bi];
-        S->p = c->fast.br_pos[close] + 1;
-        S->bi = close + 1;
-        return VM_OK;
-    }
-    S->bi++;
     if (f.array) {
         /* An array's depth (the segments to the key that holds it) tells the matcher whether a
          * later condition can look at it; one nothing can reach gets the greatest depth. */
@@ -426,9 +371,8 @@ static vm_status read_value(scanner *S, uint32_t node, struct vm_frame *parent, 
     switch (S->s[S->p]) {
     case '{':
     case '[': {
-        size_t frames = S->c->frames.n;
         st = open_container(S, node, parent);
-        *opened = S->c->frames.n > frames;   /* a trusted scan may jump over it instead */
+        *opened = st == VM_OK;
         return st;
     }
     case '"':
@@ -442,7 +386,7 @@ static vm_status read_value(scanner *S, uint32_t node, struct vm_frame *parent, 
         static const uint8_t types[] = { VM_J_TRUE, VM_J_FALSE, VM_J_NULL };
         int w = S->s[S->p] == 't' ? 0 : S->s[S->p] == 'f' ? 1 : 2;
         size_t len = strlen(words[w]);
-        if (S->n - S->p < len || (!S->trust && memcmp(S->s + S->p, words[w], len) != 0))
+        if (S->n - S->p < len || memcmp(S->s + S->p, words[w], len) != 0)
             return fail(S, S->p, VM_ERR_EVENT, "invalid literal (expected true, false or null)");
         S->p += len;
         return add_field(S, node, types[w], false, start, len);
@@ -471,14 +415,12 @@ static void close_element(vm_ctx *c)
     c->memb_depth--;
 }
 
-/* Reads the event into the field tables.  Stage 1 passed (fast): no check fails, and containers
- * no rule looks into are jumped over by its brackets.  Trusted (not fast): the same without
- * stage 1, finding where containers end by their brackets and quotes, and every read bounded
- * by len whatever the bytes. */
-static vm_status walk(vm_ctx *c, const char *json, size_t len, vm_error *err, bool trust,
-                      bool fast)
+/* Reads the event into the field tables, validating every byte (the containers no rule looks into
+ * too, looking nothing up in them): the reference for the fast paths, and the one that gives a
+ * failure's message and position. */
+static vm_status walk(vm_ctx *c, const char *json, size_t len, vm_error *err)
 {
-    scanner S = { c, json, len, 0, err, trust, fast, false, 0, c->p->derived->trie };
+    scanner S = { c, json, len, 0, err, false, false, c->p->derived->trie };
     vm_status st;
     bool opened;
     c->memb_top = VM_NONE;
@@ -500,7 +442,6 @@ static vm_status walk(vm_ctx *c, const char *json, size_t len, vm_error *err, bo
             /* After a member or element: ',' or the end of the container. */
             if (ch == (f->array ? ']' : '}')) {
                 S.p++;
-                S.bi++;
                 if (f->memb)
                     close_element(c);
                 c->frames.n--;
@@ -521,7 +462,6 @@ static vm_status walk(vm_ctx *c, const char *json, size_t len, vm_error *err, bo
                                                             : "trailing comma in object");
         } else if (ch == (f->array ? ']' : '}')) {
             S.p++;
-            S.bi++;
             if (f->memb)
                 close_element(c);
             c->frames.n--;
@@ -565,19 +505,22 @@ static vm_status walk(vm_ctx *c, const char *json, size_t len, vm_error *err, bo
 
 /* ---- the trusted walk ------------------------------------------------------------------------- */
 
-/* The walk of vm_options.trusted (the router's, on the bus log): the generic walk's work, with
- * the same tables as its result (fields, memberships, arrays), in one loop whose position and
- * open container stay in locals (the container's parents go on c->frames).  Only containers
- * some rule looks into are opened; a key is looked up among its node's few edges in line; a
- * value no rule reads is passed over by its kind; what separates tokens is not checked beyond
- * what finding them needs.  Any bytes: every read is bounded by len, and nesting deeper than
- * max_depth fails as when validated.  (The generic walk, with its branches for the other two
- * paths and its position and frame kept in memory: the trusted EXACT row 5,101 -> 3,918
- * instructions an event, the routing row's events with the COMBO rules 22,202 -> 20,041,
- * callgrind; best of 7 alternating runs of EXACT, 3.32M -> 4.32M events/s.) */
-static vm_status walk_trusted(vm_ctx *c, const char *json, size_t len, vm_error *err)
+/* The walk of vm_options.trusted (the router's, on the bus log), and (fast) the walk after stage
+ * 1 passed: the generic walk's work, with the same tables as its result (fields, memberships,
+ * arrays), in one loop whose position and open container stay in locals (the container's
+ * parents go on c->frames).  Only containers some rule looks into are opened; a key is looked up
+ * among its node's few edges in line; a value no rule reads is passed over by its kind; what
+ * separates tokens is not checked beyond what finding them needs.  The others are jumped over:
+ * after stage 1 by its brackets (bi counts the brackets passed), trusted by counting brackets
+ * outside strings.  Any bytes: every read is bounded by len, and nesting deeper than max_depth
+ * fails as when validated.  (The generic walk, with its branches for the other paths and its
+ * position and frame kept in memory: the trusted EXACT row 5,101 -> 3,918 instructions an event,
+ * the routing row's events with the COMBO rules 22,202 -> 20,041, callgrind; best of 7
+ * alternating runs of EXACT, 3.32M -> 4.32M events/s.) */
+static inline __attribute__((always_inline)) vm_status
+walk_lean(vm_ctx *c, const char *json, size_t len, vm_error *err, bool fast)
 {
-    scanner S = { c, json, len, 0, err, true, false, false, 0, c->p->derived->trie };
+    scanner S = { c, json, len, 0, err, true, false, c->p->derived->trie };
     const struct vm_trie *t = S.trie;
     const char *s = json;
     size_t n = len, p = tw_ws(s, 0, n);
@@ -588,6 +531,12 @@ static vm_status walk_trusted(vm_ctx *c, const char *json, size_t len, vm_error 
     if (p >= n || s[p] != '{')
         return fail(&S, p, VM_ERR_EVENT, p >= n ? "empty event: expected a JSON object"
                                                 : "the event must be a JSON object");
+    const vm_fast *F = &c->fast;
+    uint32_t bi = 0;                            /* fast: the next bracket's index */
+    if (fast && t->nodes[0].nedge == 0) {
+        p = F->br_pos[F->br_match[0]] + 1;
+        goto done;
+    }
     if (t->nodes[0].nedge == 0) {
         /* No rule looks into the event: the whole of it passed over. */
         vm_skip_status sk = vm_fast_skip(s, n, p + 1, c->max_depth, &p);
@@ -599,6 +548,7 @@ static vm_status walk_trusted(vm_ctx *c, const char *json, size_t len, vm_error 
     struct vm_frame f = { 0, 0, 0, 0, 0 };      /* the open container; its parents on c->frames */
     char close = '}';
     p++;
+    bi++;
 
 open:                                           /* after '{' or '[': the end, or a first member */
     p = tw_ws(s, p, n);
@@ -653,6 +603,12 @@ member:                                         /* a member (key and value) or a
             size_t open = c->frames.n + 1;      /* containers open, f among them */
             if (open >= c->max_depth)
                 return fail(&S, p, VM_ERR_LIMIT, "the event is nested too deeply");
+            if (fast && (!tn || (tn->nedge == 0 && (!array || tn->path == VM_NONE)))) {
+                uint32_t to = F->br_match[bi];  /* (stage 1 checked the depth inside) */
+                p = F->br_pos[to] + 1;
+                bi = to + 1;
+                goto after;
+            }
             if (!tn || (tn->nedge == 0 && (!array || tn->path == VM_NONE))) {
                 vm_skip_status sk = vm_fast_skip(s, n, p + 1, c->max_depth - open, &end);
                 if (sk != VM_SKIP_OK)
@@ -684,6 +640,7 @@ member:                                         /* a member (key and value) or a
             f = nf;
             close = array ? ']' : '}';
             p++;
+            bi++;
             goto open;
         }
         case '"':
@@ -733,6 +690,7 @@ after:                                          /* after a member or element: ',
                                                  : "expected ',' or '}' in object");
 closed:
     p++;
+    bi++;
     if (f.memb)
         close_element(c);
     if (c->frames.n > 0) {
@@ -745,6 +703,16 @@ done:
     if (p < n)
         return fail(&S, p, VM_ERR_EVENT, "unexpected text after the event's closing '}'");
     return VM_OK;
+}
+
+static vm_status walk_trusted(vm_ctx *c, const char *json, size_t len, vm_error *err)
+{
+    return walk_lean(c, json, len, err, false);
+}
+
+static vm_status walk_after_stage1(vm_ctx *c, const char *json, size_t len, vm_error *err)
+{
+    return walk_lean(c, json, len, err, true);
 }
 
 vm_status vm_scan(vm_ctx *c, const char *json, size_t len, vm_error *err)
@@ -762,9 +730,9 @@ vm_status vm_scan(vm_ctx *c, const char *json, size_t len, vm_error *err)
     }
     if (c->fast_ok && len >= 64 && vm_fast_stage1(c, json, len)) {
         c->fast_for = json;
-        return only ? VM_OK : walk(c, json, len, err, true, true);
+        return only ? VM_OK : walk_after_stage1(c, json, len, err);
     }
     c->fields.n = c->memb.n = c->frames.n = 0;
     c->narrays = c->array_depth.n = 0;
-    return walk(c, json, len, err, false, false);
+    return walk(c, json, len, err);
 }
