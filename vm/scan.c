@@ -28,8 +28,8 @@ typedef struct {
     vm_error *err;
     bool trust;        /* read without checking: stage 1 validated the event, or the caller
                           vouches for it (vm_options.trusted) */
-    bool fast;         /* stage 1 (scan_fast.c) ran: its masks and brackets are there to use */
-    bool dots;         /* trusted, not fast: the last string read holds a '.' */
+    bool fast;         /* stage 1 (scan_fast.c) ran: its brackets are there to use */
+    bool dots;         /* trusted: the last string read holds a '.' */
     uint32_t bi;       /* fast: the index of the next bracket in c->fast */
     const struct vm_trie *trie;   /* the program's (read once: four loads a key otherwise) */
 } scanner;
@@ -60,42 +60,6 @@ static inline void skip_ws(scanner *S)
             return;
         S->p++;
     }
-}
-
-/* Are any bits of the per-block masks set for bytes [from, from + n)? */
-static inline bool mask_range(const uint64_t *masks, size_t from, size_t n)
-{
-    size_t to = from + n, b = from >> 6;
-    if (n == 0)
-        return false;
-    if (b == (to - 1) >> 6) {
-        /* Within one block, the usual case: one mask, shifted. */
-        uint64_t m = masks[b] >> (from & 63);
-        return n >= 64 ? m != 0 : (m & ((1ull << n) - 1)) != 0;
-    }
-    for (; b <= (to - 1) >> 6; b++) {
-        uint64_t m = masks[b];
-        if (b == from >> 6)
-            m &= ~0ull << (from & 63);
-        if (b == (to - 1) >> 6 && (to & 63))
-            m &= ~0ull >> (64 - (to & 63));
-        if (m)
-            return true;
-    }
-    return false;
-}
-
-/* Trusted: the closing quote of the string opened at S->p, from stage 1's quote masks. */
-static void skip_string_fast(scanner *S, bool *escaped)
-{
-    const vm_fast *F = &S->c->fast;
-    size_t from = S->p + 1, b = from >> 6;
-    uint64_t m = F->quote[b] & (~0ull << (from & 63));
-    while (!m)
-        m = F->quote[++b];
-    size_t end = (b << 6) + (size_t)__builtin_ctzll(m);
-    *escaped = mask_range(F->bs, from, end - from);
-    S->p = end + 1;
 }
 
 /* Is the escape at s[0..n) (a backslash first) one of JSON's? */
@@ -131,9 +95,11 @@ static inline size_t next_stop(const char *s, size_t p, size_t n)
     return p;
 }
 
-/* Trusted without stage 1: the closing quote of the string opened at S->p; S->dots says if it
+/* Trusted, or after stage 1: the closing quote of the string opened at S->p; S->dots says if it
  * holds a '.' (for lookup).  Only escapes are checked (they are rare, and the matcher decodes
- * them assuming JSON's forms); control characters and UTF-8 are not. */
+ * them assuming JSON's forms); control characters and UTF-8 are not.  (After stage 1 the walk
+ * once found a string's end from the quote masks stage 1 stored; reading the string here cost
+ * the walk as much, and stage 1 no longer stores them.) */
 static inline __attribute__((always_inline)) vm_status skip_string_raw(scanner *S, bool *escaped)
 {
     /* The strings the walk reads are keys and the values rules test, mostly short (memchr, two
@@ -189,10 +155,6 @@ static inline __attribute__((always_inline)) vm_status read_string(scanner *S, b
 {
     const unsigned char *s = (const unsigned char *)S->s;
     size_t p = S->p + 1, n = S->n;
-    if (S->fast) {
-        skip_string_fast(S, escaped);
-        return VM_OK;
-    }
     if (S->trust)
         return skip_string_raw(S, escaped);
     *escaped = false;
@@ -299,7 +261,6 @@ static vm_status lookup(scanner *S, uint32_t node, const char *k, size_t len, bo
     /* The common case first: the whole key is one segment. */
     uint32_t whole = vm_trie_child(t, node, k, len);
     if (whole != VM_NONE || !(escaped ? memchr(k, '.', len) != NULL
-                              : S->fast ? mask_range(c->fast.dot, (size_t)(k - S->s), len)
                               : S->trust ? S->dots : memchr(k, '.', len) != NULL)) {
         *out = whole;
         return VM_OK;

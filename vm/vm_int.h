@@ -157,11 +157,8 @@ typedef struct { uint32_t array, index, up, outer; } vm_memb;
  * outermost array ends, worked out once per event when a search needs to skip elements. */
 typedef struct { uint32_t stamp, at, n; } vm_path_runs;
 
-/* Stage 1 of the fast scanner (scan_fast.c): per 64-byte block of the event, the masks the
- * extraction walk needs, and every bracket with its match. */
+/* Stage 1 of the fast scanner (scan_fast.c): every bracket of the event with its match. */
 typedef struct {
-    uint64_t *quote, *bs, *dot;      /* real quotes; backslashes and '.' in strings */
-    size_t block_cap;
     uint32_t *br_pos, *br_match;     /* brackets: position, index of the matching bracket */
     uint32_t *br_co, *br_cm;         /* ... and the ':' and ',' before each */
     uint32_t nbr, br_cap;
@@ -170,7 +167,6 @@ typedef struct {
 } vm_fast;
 
 bool vm_fast_available(void);
-bool vm_fast_reserve(vm_fast *F, size_t nblocks);
 bool vm_fast_grow_brackets(vm_fast *F);
 void vm_fast_free(vm_fast *F);
 
