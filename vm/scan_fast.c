@@ -806,8 +806,7 @@ HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t first_sig, size_t 
         } else if (lco != 0) {
             return false;
         }
-        F->br_match[cur.open] = i;
-        F->br_match[i] = cur.open;
+        F->br_match[cur.open] = i;   /* (read for opening brackets only) */
         cur = F->stack[--depth];
         cur.inner += in;
         if (depth == 0 && i != nbr - 1)

@@ -159,7 +159,8 @@ typedef struct { uint32_t stamp, at, n; } vm_path_runs;
 
 /* Stage 1 of the fast scanner (scan_fast.c): every bracket of the event with its match. */
 typedef struct {
-    uint32_t *br_pos, *br_match;     /* brackets: position, index of the matching bracket */
+    uint32_t *br_pos, *br_match;     /* brackets: position; of an opening one, the index of
+                                        its closing one */
     uint64_t *br_cnt;                /* ... and the ':' and ',' before each (high, low half) */
     uint32_t nbr, br_cap;
     struct vm_fast_frame *stack;
