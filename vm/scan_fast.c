@@ -437,16 +437,10 @@ AI bool block_scalars(const classes *m, uint64_t sc, carries *k, const uint8_t *
  * read.  Nor are the masks of the block's strings: the extraction walk reads the strings it
  * needs itself, as the trusted walk does, in what they cost it before with the masks; not
  * storing them made stage 1 ~30 ns an event faster, EXACT row.) */
-AI bool block_outputs(vm_fast *F, size_t b, uint64_t co, uint64_t cm, uint64_t br, uint64_t sig,
-                      uint64_t *cum, size_t *first_sig, size_t *last_sig)
+AI bool block_outputs(vm_fast *F, size_t b, uint64_t co, uint64_t cm, uint64_t br, uint64_t *cum)
 {
     uint64_t base = *cum;
     *cum += (uint64_t)__builtin_popcountll(co) << 32 | (uint64_t)__builtin_popcountll(cm);
-    if (sig) {
-        if (*first_sig == (size_t)-1)
-            *first_sig = b * 64 + (size_t)__builtin_ctzll(sig);
-        *last_sig = b * 64 + 63 - (size_t)__builtin_clzll(sig);
-    }
     if (br) {
         if (F->nbr + 64 > F->br_cap && !vm_fast_grow_brackets(F))
             return false;
@@ -487,7 +481,7 @@ static HOT bool stage1_masks(vm_ctx *c, const char *json, size_t len, classify_f
     memset(&k, 0, sizeof k);
     uint64_t err = 0;
     uint64_t cum = 0;
-    size_t utf8_resume = 0, first_sig = (size_t)-1, last_sig = 0;
+    size_t utf8_resume = 0;
     uint8_t tail[64];
     for (size_t b = 0; b < nblocks; b++) {
         const uint8_t *p = block_at(s, len, b, tail);
@@ -519,13 +513,12 @@ static HOT bool stage1_masks(vm_ctx *c, const char *json, size_t len, classify_f
         err |= co & ~next_token(shl(keyend, &k.c_ke), ws, &k.n_h);
         if (err)
             return false;
-        if (!block_outputs(F, b, co, cm, lb | rb | lk | rk, (out & ~ws) | st.q, &cum,
-                           &first_sig, &last_sig))
+        if (!block_outputs(F, b, co, cm, lb | rb | lk | rk, &cum))
             return false;
     }
-    if (k.in || k.odd_bs || first_sig == (size_t)-1)
-        return false;   /* an unterminated string, or nothing at all */
-    return vm_fast_brackets(c, json, first_sig, last_sig);
+    if (k.in || k.odd_bs)
+        return false;   /* an unterminated string */
+    return vm_fast_brackets(c, json, len);
 }
 
 #ifdef EBR_X86
@@ -590,7 +583,6 @@ typedef struct {
     __m512i hist;   /* the classes of the last tokens, the last at byte 63 */
     carries k;
     uint64_t cum;   /* the ':' and ',' so far (high and low half) */
-    size_t first_sig, last_sig;
 } vbmi2_state;
 
 /* The token stream of a block: checks each token against the two before it (see vbmi2_consts)
@@ -649,8 +641,7 @@ vbmi2_block(vm_ctx *c, const uint8_t *s, size_t len, const uint8_t *p, size_t b,
     err |= vbmi2_tokens(v, br | co | cm | st.closeq | ss, st.closeq, ss, S, K);
     if (err)
         return false;
-    return block_outputs(&c->fast, b, co, cm, br, (out & ~ws) | st.q, &S->cum,
-                         &S->first_sig, &S->last_sig);
+    return block_outputs(&c->fast, b, co, cm, br, &S->cum);
 }
 
 /* Stage 1 with AVX-512 VBMI2: each block's tokens (brackets, ':', ',', the closing quote of a
@@ -666,7 +657,6 @@ static VBMI2 bool stage1_vbmi2(vm_ctx *c, const char *json, size_t len)
     __asm__("" : "+r"(K), "+r"(kk));   /* (read from memory, not rebuilt in every block) */
     vbmi2_state S;
     memset(&S, 0, sizeof S);
-    S.first_sig = (size_t)-1;
     S.hist = _mm512_set1_epi8(T_CM);   /* the stream starts as after a ',' */
     size_t utf8_resume = 0, full = len / 64, b = 0;
     for (; b < full; b++)
@@ -679,9 +669,9 @@ static VBMI2 bool stage1_vbmi2(vm_ctx *c, const char *json, size_t len)
         if (!vbmi2_block(c, s, len, tail, b, &S, &utf8_resume, K, kk))
             return false;
     }
-    if (S.k.in || S.k.odd_bs || S.first_sig == (size_t)-1)
+    if (S.k.in || S.k.odd_bs)
         return false;
-    return vm_fast_brackets(c, json, S.first_sig, S.last_sig);
+    return vm_fast_brackets(c, json, len);
 }
 #endif
 
@@ -755,18 +745,38 @@ void vm_fast_free(vm_fast *F)
     free(F->stack);
 }
 
+/* Is ch JSON whitespace? */
+static inline bool is_ws(char ch)
+{
+    return ch == ' ' || ch == '\n' || ch == '\r' || ch == '\t';
+}
+
 /* The bracket walk: matches brackets (kind and nesting), counts the ':' and ',' each container
  * holds at its own level (an object: one ':' more than ','; or none of either when empty; an
- * array: no ':'), and checks that the event is one object and nothing else.  Fills br_match.
+ * array: no ':'), and checks that the event is one object and nothing else: its first bracket
+ * is its first byte but whitespace, and its last bracket its last.  Fills br_match.
+ *
+ * (Stage 1 found the first and last significant bytes from each block's masks, a branch and
+ * a store a block; the event's ends, found here byte by byte, are mostly its first and last
+ * bytes.  Every byte stage 1 passes outside whitespace is a token or in a string; the first
+ * and the last are outside strings or are quotes.)
  *
  * The open container is kept in locals and only its parent goes on the stack, so a child's
  * counts reach the parent without a store and a load; '{' and '[' have bit 1 set, '}' and ']'
  * do not, and a bracket closes one of its kind if the two differ by 6 ('{' ^ '}', '[' ^ ']').
  * The walk was ~70 ns of the EXACT row's stage 1 an event; this saved ~10 of them (two runs of
  * 320 passes over 5,000 events, alternating: 438 against 450 and 474 against 478 ns). */
-HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t first_sig, size_t last_sig)
+HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t len)
 {
     vm_fast *F = &c->fast;
+    size_t first_sig = 0, last_sig = len;
+    while (first_sig < len && is_ws(json[first_sig]))
+        first_sig++;
+    if (first_sig == len)
+        return false;   /* nothing at all */
+    while (is_ws(json[last_sig - 1]))
+        last_sig--;
+    last_sig--;
     if (F->nbr < 2 || F->br_pos[0] != first_sig || json[first_sig] != '{' ||
         F->br_pos[F->nbr - 1] != last_sig)
         return false;
@@ -799,7 +809,7 @@ HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t first_sig, size_t 
             if (lco == 0 && lcm == 0) {
                 /* No ':' at this level: only an empty object is valid. */
                 uint32_t k = pos[cur.open] + 1;
-                while (json[k] == ' ' || json[k] == '\n' || json[k] == '\r' || json[k] == '\t')
+                while (is_ws(json[k]))
                     k++;
                 if (k != pos[i])
                     return false;

@@ -281,7 +281,7 @@ void vm_sort_rules(uint32_t *v, size_t n);
 bool vm_fast_stage1(vm_ctx *c, const char *json, size_t len);
 /* The same with a chosen implementation: 0 AVX-512 VBMI2, 1 AVX2 masks, 2 portable (tests). */
 bool vm_fast_stage1_with(vm_ctx *c, const char *json, size_t len, int kind);
-bool vm_fast_brackets(vm_ctx *c, const char *json, size_t first_sig, size_t last_sig);
+bool vm_fast_brackets(vm_ctx *c, const char *json, size_t len);
 
 /* What vm_fast_skip found. */
 typedef enum { VM_SKIP_OK, VM_SKIP_BAD, VM_SKIP_DEEP } vm_skip_status;
