@@ -252,7 +252,7 @@ static void string(buf *b)
 {
     static const char *const s[] = {
         "", "a", "ab", "abc", "acme", "x", "xyz", "r", "p", "bad", "10", "10.0.0.7", "::1",
-        "STRASSE", "stra\\u00dfe", "Stra\xc3\x9f" "e", "a.json", "q\\\"uote", "back\\\\slash",
+        "STRASSE", "stra\\u00dfe", ("Stra\xc3\x9f" "e"), "a.json", "q\\\"uote", "back\\\\slash",
         "\\ud83d\\ude00", "\xf0\x9f\x98\x80", "{[,:]}", "tab\\tnl\\n", "\\/", "\\\\\\\"",
         "aXbYc", "abd", "zzz", "\\u0000x", "\xe2\x82\xac\xe2\x82\xac",
     };
