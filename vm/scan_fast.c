@@ -109,8 +109,8 @@ AVX512 void classify512_scalars(__m512i v, const uint8_t (*kk)[64], classes *k)
 #undef AVX512
 
 /* The same with two 32-byte halves. */
-__attribute__((target("avx2")))
-static void classify_avx2(const uint8_t *p, classes *k)
+__attribute__((target("avx2"))) static inline __attribute__((always_inline))
+void classify_avx2(const uint8_t *p, classes *k)
 {
     __m256i lo = _mm256_loadu_si256((const __m256i *)p);
     __m256i hi = _mm256_loadu_si256((const __m256i *)(p + 32));
@@ -349,8 +349,8 @@ bool vm_fast_available(void)
     return avail;
 }
 
-/* Stage 1: validates the event's bytes and fills c->fast (brackets, quote and backslash masks,
- * ':' and ',' counts).  Returns false when the event is not valid JSON (or not an object, or
+/* Stage 1: validates the event's bytes and fills c->fast (the brackets, their matches and the
+ * ':' and ',' before each).  Returns false when the event is not valid JSON (or not an object, or
  * too deep): the caller then scans it byte by byte for the message. */
 #define AI static inline __attribute__((always_inline))
 
@@ -432,34 +432,28 @@ AI bool block_scalars(const classes *m, uint64_t sc, carries *k, const uint8_t *
     return true;
 }
 
-/* Stores what the bracket walk and the extraction walk need of block b.  (The ':' and ',' masks
- * and their counts per block are not kept: only the brackets' counts are read.) */
-AI bool block_outputs(vm_fast *F, size_t b, const strmasks *st, uint64_t bs, uint64_t dots,
-                      uint64_t co, uint64_t cm, uint64_t br, uint64_t sig, uint32_t *cum_co,
-                      uint32_t *cum_cm, size_t *first_sig, size_t *last_sig)
+/* Stores what the bracket walk and the extraction walk need of block b: its brackets.  (The
+ * ':' and ',' masks and their counts per block are not kept: only the brackets' counts are
+ * read.  Nor are the masks of the block's strings: the extraction walk reads the strings it
+ * needs itself, as the trusted walk does, in what they cost it before with the masks; not
+ * storing them made stage 1 ~30 ns an event faster, EXACT row.) */
+AI bool block_outputs(vm_fast *F, size_t b, uint64_t co, uint64_t cm, uint64_t br, uint64_t *cum)
 {
-    F->quote[b] = st->q;
-    F->bs[b] = bs & st->body;
-    F->dot[b] = dots & st->body;
-    uint32_t base_co = *cum_co, base_cm = *cum_cm;
-    *cum_co += (uint32_t)__builtin_popcountll(co);
-    *cum_cm += (uint32_t)__builtin_popcountll(cm);
-    if (sig) {
-        if (*first_sig == (size_t)-1)
-            *first_sig = b * 64 + (size_t)__builtin_ctzll(sig);
-        *last_sig = b * 64 + 63 - (size_t)__builtin_clzll(sig);
-    }
+    uint64_t base = *cum;
+    *cum += (uint64_t)__builtin_popcountll(co) << 32 | (uint64_t)__builtin_popcountll(cm);
     if (br) {
         if (F->nbr + 64 > F->br_cap && !vm_fast_grow_brackets(F))
             return false;
         /* Each bracket keeps the ':' and ',' before it, so the bracket walk counts a
-         * container's by two subtractions. */
+         * container's by subtractions: both counts in one word, one store a bracket here and
+         * one load and one subtraction in the walk (two each before; stage 1 of the EXACT row
+         * ~20-30 ns an event less, 5,000 events, min of 20 alternating runs: 433-441 -> 407-411). */
         for (; br; br &= br - 1) {
             unsigned off = (unsigned)__builtin_ctzll(br);
             uint64_t below = (1ull << off) - 1;
             F->br_pos[F->nbr] = (uint32_t)(b * 64 + off);
-            F->br_co[F->nbr] = base_co + (uint32_t)__builtin_popcountll(co & below);
-            F->br_cm[F->nbr] = base_cm + (uint32_t)__builtin_popcountll(cm & below);
+            F->br_cnt[F->nbr] = base + ((uint64_t)__builtin_popcountll(co & below) << 32 |
+                                        (uint64_t)__builtin_popcountll(cm & below));
             F->nbr++;
         }
     }
@@ -478,7 +472,7 @@ AI const uint8_t *block_at(const uint8_t *s, size_t len, size_t b, uint8_t tail[
 
 /* Stage 1 with any classification: token order is checked with "next token" masks, the carry
  * of an addition rippling through whitespace (see the top of this file). */
-static HOT bool stage1_masks(vm_ctx *c, const char *json, size_t len, classify_fn classify)
+AI bool stage1_masks(vm_ctx *c, const char *json, size_t len, classify_fn classify)
 {
     const uint8_t *s = (const uint8_t *)json;
     size_t nblocks = (len + 63) / 64;
@@ -486,8 +480,8 @@ static HOT bool stage1_masks(vm_ctx *c, const char *json, size_t len, classify_f
     carries k;
     memset(&k, 0, sizeof k);
     uint64_t err = 0;
-    uint32_t cum_co = 0, cum_cm = 0;
-    size_t utf8_resume = 0, first_sig = (size_t)-1, last_sig = 0;
+    uint64_t cum = 0;
+    size_t utf8_resume = 0;
     uint8_t tail[64];
     for (size_t b = 0; b < nblocks; b++) {
         const uint8_t *p = block_at(s, len, b, tail);
@@ -519,13 +513,29 @@ static HOT bool stage1_masks(vm_ctx *c, const char *json, size_t len, classify_f
         err |= co & ~next_token(shl(keyend, &k.c_ke), ws, &k.n_h);
         if (err)
             return false;
-        if (!block_outputs(F, b, &st, m.bs, m.dt, co, cm, lb | rb | lk | rk, (out & ~ws) | st.q,
-                           &cum_co, &cum_cm, &first_sig, &last_sig))
+        if (!block_outputs(F, b, co, cm, lb | rb | lk | rk, &cum))
             return false;
     }
-    if (k.in || k.odd_bs || first_sig == (size_t)-1)
-        return false;   /* an unterminated string, or nothing at all */
-    return vm_fast_brackets(c, json, first_sig, last_sig);
+    if (k.in || k.odd_bs)
+        return false;   /* an unterminated string */
+    return vm_fast_brackets(c, json, len);
+}
+
+/* stage1_masks with each classification in line (it was called through a pointer, once a
+ * block, from a function compiled without AVX2): the AVX2 path's stage 1 of the EXACT row,
+ * 13,900 -> 13,212 instructions an event (callgrind, 500 CityLots events), 721 -> 692 ns (min
+ * of 8 alternating runs on a loaded machine). */
+#ifdef EBR_X86
+static __attribute__((target("avx2,popcnt,bmi,bmi2,lzcnt"))) bool
+stage1_avx2(vm_ctx *c, const char *json, size_t len)
+{
+    return stage1_masks(c, json, len, classify_avx2);
+}
+#endif
+
+static HOT bool stage1_portable(vm_ctx *c, const char *json, size_t len)
+{
+    return stage1_masks(c, json, len, classify_scalar);
 }
 
 #ifdef EBR_X86
@@ -589,9 +599,7 @@ static const __attribute__((aligned(64))) vbmi2_consts vbmi2_k = {
 typedef struct {
     __m512i hist;   /* the classes of the last tokens, the last at byte 63 */
     carries k;
-    uint64_t err;
-    uint32_t cum_co, cum_cm;
-    size_t first_sig, last_sig;
+    uint64_t cum;   /* the ':' and ',' so far (high and low half) */
 } vbmi2_state;
 
 /* The token stream of a block: checks each token against the two before it (see vbmi2_consts)
@@ -632,22 +640,25 @@ vbmi2_block(vm_ctx *c, const uint8_t *s, size_t len, const uint8_t *p, size_t b,
     classes m;
     classify512_strings(v, kk, &m);
     strmasks st;
-    if (!block_strings(p, &m, &S->k, s, len, b * 64, utf8_resume, &S->err, &st))
+    /* The block's errors in a local (a block with one ends stage 1): with them in *S, GCC or-ed
+     * into memory five times a block.  (Not measurable on its own: stage 1 of the EXACT row
+     * 406-424 against 413-427 ns an event, min of 16 alternating runs.) */
+    uint64_t err = 0;
+    if (!block_strings(p, &m, &S->k, s, len, b * 64, utf8_resume, &err, &st))
         return false;
     classify512_outside(v, kk, &m);
     uint64_t out = st.out, ws = m.ws & out, br = m.br & out, co = m.co & out, cm = m.cm & out;
     uint64_t sc = out & m.scal;
-    S->err |= out & ~(ws | br | co | cm | sc);
+    err |= out & ~(ws | br | co | cm | sc);
     classify512_scalars(v, kk, &m);
     uint64_t ss, after_sc;
-    if (!block_scalars(&m, sc, &S->k, s, len, b * 64, &S->err, &ss, &after_sc))
+    if (!block_scalars(&m, sc, &S->k, s, len, b * 64, &err, &ss, &after_sc))
         return false;
     (void)after_sc;
-    S->err |= vbmi2_tokens(v, br | co | cm | st.closeq | ss, st.closeq, ss, S, K);
-    if (S->err)
+    err |= vbmi2_tokens(v, br | co | cm | st.closeq | ss, st.closeq, ss, S, K);
+    if (err)
         return false;
-    return block_outputs(&c->fast, b, &st, m.bs, m.dt, co, cm, br, (out & ~ws) | st.q, &S->cum_co,
-                         &S->cum_cm, &S->first_sig, &S->last_sig);
+    return block_outputs(&c->fast, b, co, cm, br, &S->cum);
 }
 
 /* Stage 1 with AVX-512 VBMI2: each block's tokens (brackets, ':', ',', the closing quote of a
@@ -663,7 +674,6 @@ static VBMI2 bool stage1_vbmi2(vm_ctx *c, const char *json, size_t len)
     __asm__("" : "+r"(K), "+r"(kk));   /* (read from memory, not rebuilt in every block) */
     vbmi2_state S;
     memset(&S, 0, sizeof S);
-    S.first_sig = (size_t)-1;
     S.hist = _mm512_set1_epi8(T_CM);   /* the stream starts as after a ',' */
     size_t utf8_resume = 0, full = len / 64, b = 0;
     for (; b < full; b++)
@@ -676,9 +686,9 @@ static VBMI2 bool stage1_vbmi2(vm_ctx *c, const char *json, size_t len)
         if (!vbmi2_block(c, s, len, tail, b, &S, &utf8_resume, K, kk))
             return false;
     }
-    if (S.k.in || S.k.odd_bs || S.first_sig == (size_t)-1)
+    if (S.k.in || S.k.odd_bs)
         return false;
-    return vm_fast_brackets(c, json, S.first_sig, S.last_sig);
+    return vm_fast_brackets(c, json, len);
 }
 #endif
 
@@ -703,15 +713,13 @@ static int stage1_kind(void)
 
 bool vm_fast_stage1_with(vm_ctx *c, const char *json, size_t len, int kind)
 {
-    if (!vm_fast_reserve(&c->fast, (len + 63) / 64))
-        return false;
     c->fast.nbr = 0;
     switch (kind) {
 #ifdef EBR_X86
     case 0: return stage1_vbmi2(c, json, len);
-    case 1: return stage1_masks(c, json, len, classify_avx2);
+    case 1: return stage1_avx2(c, json, len);
 #endif
-    default: return stage1_masks(c, json, len, classify_scalar);
+    default: return stage1_portable(c, json, len);
     }
 }
 
@@ -724,27 +732,9 @@ bool vm_fast_stage1(vm_ctx *c, const char *json, size_t len)
 
 struct vm_fast_frame {
     uint32_t open;              /* index of the opening bracket */
-    uint32_t inner_co, inner_cm; /* ':' and ',' inside the finished children */
+    uint64_t inner;             /* ':' and ',' inside the finished children (as br_cnt) */
     uint8_t kind;               /* the opening bracket */
 };
-
-bool vm_fast_reserve(vm_fast *F, size_t nblocks)
-{
-    if (F->block_cap >= nblocks + 1)
-        return true;
-    size_t cap = F->block_cap ? F->block_cap : 64;
-    while (cap < nblocks + 1)
-        cap *= 2;
-    /* One more block than needed: a reader may look one mask past the last quote. */
-    void *q = realloc(F->quote, cap * 8), *bs = realloc(F->bs, cap * 8), *dot = realloc(F->dot, cap * 8);
-    if (q) F->quote = q;
-    if (bs) F->bs = bs;
-    if (dot) F->dot = dot;
-    if (!q || !bs || !dot)
-        return false;
-    F->block_cap = cap;
-    return true;
-}
 
 bool vm_fast_grow_brackets(vm_fast *F)
 {
@@ -755,13 +745,10 @@ bool vm_fast_grow_brackets(vm_fast *F)
     void *m = realloc(F->br_match, cap * sizeof *F->br_match);
     if (m)
         F->br_match = m;
-    void *bco = realloc(F->br_co, cap * sizeof *F->br_co);
-    if (bco)
-        F->br_co = bco;
-    void *bcm = realloc(F->br_cm, cap * sizeof *F->br_cm);
-    if (bcm)
-        F->br_cm = bcm;
-    if (!p || !m || !bco || !bcm)
+    void *cnt = realloc(F->br_cnt, cap * sizeof *F->br_cnt);
+    if (cnt)
+        F->br_cnt = cnt;
+    if (!p || !m || !cnt)
         return false;
     F->br_cap = cap;
     return true;
@@ -769,28 +756,44 @@ bool vm_fast_grow_brackets(vm_fast *F)
 
 void vm_fast_free(vm_fast *F)
 {
-    free(F->quote);
-    free(F->bs);
     free(F->br_pos);
     free(F->br_match);
-    free(F->br_co);
-    free(F->br_cm);
-    free(F->dot);
+    free(F->br_cnt);
     free(F->stack);
+}
+
+/* Is ch JSON whitespace? */
+static inline bool is_ws(char ch)
+{
+    return ch == ' ' || ch == '\n' || ch == '\r' || ch == '\t';
 }
 
 /* The bracket walk: matches brackets (kind and nesting), counts the ':' and ',' each container
  * holds at its own level (an object: one ':' more than ','; or none of either when empty; an
- * array: no ':'), and checks that the event is one object and nothing else.  Fills br_match.
+ * array: no ':'), and checks that the event is one object and nothing else: its first bracket
+ * is its first byte but whitespace, and its last bracket its last.  Fills br_match.
+ *
+ * (Stage 1 found the first and last significant bytes from each block's masks, a branch and
+ * a store a block; the event's ends, found here byte by byte, are mostly its first and last
+ * bytes.  Every byte stage 1 passes outside whitespace is a token or in a string; the first
+ * and the last are outside strings or are quotes.)
  *
  * The open container is kept in locals and only its parent goes on the stack, so a child's
  * counts reach the parent without a store and a load; '{' and '[' have bit 1 set, '}' and ']'
  * do not, and a bracket closes one of its kind if the two differ by 6 ('{' ^ '}', '[' ^ ']').
  * The walk was ~70 ns of the EXACT row's stage 1 an event; this saved ~10 of them (two runs of
  * 320 passes over 5,000 events, alternating: 438 against 450 and 474 against 478 ns). */
-HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t first_sig, size_t last_sig)
+HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t len)
 {
     vm_fast *F = &c->fast;
+    size_t first_sig = 0, last_sig = len;
+    while (first_sig < len && is_ws(json[first_sig]))
+        first_sig++;
+    if (first_sig == len)
+        return false;   /* nothing at all */
+    while (is_ws(json[last_sig - 1]))
+        last_sig--;
+    last_sig--;
     if (F->nbr < 2 || F->br_pos[0] != first_sig || json[first_sig] != '{' ||
         F->br_pos[F->nbr - 1] != last_sig)
         return false;
@@ -801,27 +804,29 @@ HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t first_sig, size_t 
         F->stack = s;
         F->stack_cap = (uint32_t)c->max_depth + 1;
     }
-    const uint32_t *pos = F->br_pos, *bco = F->br_co, *bcm = F->br_cm;
+    const uint32_t *pos = F->br_pos;
+    const uint64_t *cnt = F->br_cnt;
     uint32_t depth = 0, nbr = F->nbr;
-    struct vm_fast_frame cur = { 0, 0, 0, 0 };   /* the open container */
+    struct vm_fast_frame cur = { 0, 0, 0 };   /* the open container */
     for (uint32_t i = 0; i < nbr; i++) {
         uint8_t ch = (uint8_t)json[pos[i]];
         if (ch & 2) {
             if (depth == c->max_depth)
                 return false;   /* too deep: the byte-by-byte scan reports it */
             F->stack[depth++] = cur;
-            cur = (struct vm_fast_frame){ i, 0, 0, ch };
+            cur = (struct vm_fast_frame){ i, 0, ch };
             continue;
         }
         if (depth == 0 || (ch ^ cur.kind) != 6)
             return false;
-        uint32_t co = bco[i] - bco[cur.open], cm = bcm[i] - bcm[cur.open];
-        uint32_t lco = co - cur.inner_co, lcm = cm - cur.inner_cm;
+        /* (both halves at once: neither count decreases, so no borrow crosses) */
+        uint64_t in = cnt[i] - cnt[cur.open], own = in - cur.inner;
+        uint32_t lco = (uint32_t)(own >> 32), lcm = (uint32_t)own;
         if (ch == '}') {
             if (lco == 0 && lcm == 0) {
                 /* No ':' at this level: only an empty object is valid. */
                 uint32_t k = pos[cur.open] + 1;
-                while (json[k] == ' ' || json[k] == '\n' || json[k] == '\r' || json[k] == '\t')
+                while (is_ws(json[k]))
                     k++;
                 if (k != pos[i])
                     return false;
@@ -831,11 +836,9 @@ HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t first_sig, size_t 
         } else if (lco != 0) {
             return false;
         }
-        F->br_match[cur.open] = i;
-        F->br_match[i] = cur.open;
+        F->br_match[cur.open] = i;   /* (read for opening brackets only) */
         cur = F->stack[--depth];
-        cur.inner_co += co;
-        cur.inner_cm += cm;
+        cur.inner += in;
         if (depth == 0 && i != nbr - 1)
             return false;   /* something after the event's object */
     }

@@ -157,20 +157,17 @@ typedef struct { uint32_t array, index, up, outer; } vm_memb;
  * outermost array ends, worked out once per event when a search needs to skip elements. */
 typedef struct { uint32_t stamp, at, n; } vm_path_runs;
 
-/* Stage 1 of the fast scanner (scan_fast.c): per 64-byte block of the event, the masks the
- * extraction walk needs, and every bracket with its match. */
+/* Stage 1 of the fast scanner (scan_fast.c): every bracket of the event with its match. */
 typedef struct {
-    uint64_t *quote, *bs, *dot;      /* real quotes; backslashes and '.' in strings */
-    size_t block_cap;
-    uint32_t *br_pos, *br_match;     /* brackets: position, index of the matching bracket */
-    uint32_t *br_co, *br_cm;         /* ... and the ':' and ',' before each */
+    uint32_t *br_pos, *br_match;     /* brackets: position; of an opening one, the index of
+                                        its closing one */
+    uint64_t *br_cnt;                /* ... and the ':' and ',' before each (high, low half) */
     uint32_t nbr, br_cap;
     struct vm_fast_frame *stack;
     uint32_t stack_cap;
 } vm_fast;
 
 bool vm_fast_available(void);
-bool vm_fast_reserve(vm_fast *F, size_t nblocks);
 bool vm_fast_grow_brackets(vm_fast *F);
 void vm_fast_free(vm_fast *F);
 
@@ -284,7 +281,7 @@ void vm_sort_rules(uint32_t *v, size_t n);
 bool vm_fast_stage1(vm_ctx *c, const char *json, size_t len);
 /* The same with a chosen implementation: 0 AVX-512 VBMI2, 1 AVX2 masks, 2 portable (tests). */
 bool vm_fast_stage1_with(vm_ctx *c, const char *json, size_t len, int kind);
-bool vm_fast_brackets(vm_ctx *c, const char *json, size_t first_sig, size_t last_sig);
+bool vm_fast_brackets(vm_ctx *c, const char *json, size_t len);
 
 /* What vm_fast_skip found. */
 typedef enum { VM_SKIP_OK, VM_SKIP_BAD, VM_SKIP_DEEP } vm_skip_status;
