@@ -528,20 +528,26 @@ static bool clause_records(const vm_program *p, struct vm_derived *d)
             uint32_t ci = bus->clause0 + p->ix_refs[x->clause0 + k];
             const vm_ix_clause *cl = &p->ix_clauses[ci];
             vm_ix_rec *r = &d->ix_recs[at++];
-            *r = (vm_ix_rec){ ci, cl->rule, VM_NONE, VM_NONE, 0, VM_NONE, 0, 0, 0 };
+            *r = (vm_ix_rec){ ci, cl->rule, VM_NONE, 0, ~0u, 0, 0, VM_REC_NO_IDS, 0, 0 };
             if (cl->need < cl->npred || cl->npred == 1)
                 continue;   /* any one of its predicates, or only this one */
             for (uint32_t j = 0; j < cl->npred; j++) {
                 uint32_t o = bus->pred0 + p->ix_refs[cl->pred0 + j], vid0, nvid;
                 ids_of(p, d, o, &vid0, &nvid);
-                if (o == g || (r->next != VM_NONE && (r->nvid != VM_NONE || nvid == VM_NONE)))
+                if (o == g || (r->next != VM_NONE && (r->nvid != VM_REC_NO_IDS || nvid == VM_NONE)))
                     continue;
+                uint32_t path = p->ix_preds[o].path;
+                bool ids = nvid < VM_REC_NO_IDS && path < 0xffff;
                 r->next = o;
-                r->path = p->ix_preds[o].path;
-                r->vid0 = vid0;
-                r->nvid = nvid;
+                r->path = (uint16_t)(path < 0xffff ? path : 0xffff);
+                r->vid0 = ids ? vid0 : 0;
+                r->nvid = (uint16_t)(ids ? nvid : VM_REC_NO_IDS);
+                r->sig = 0;
+                for (uint32_t i = 0; ids && i < nvid; i++)
+                    r->sig |= vm_vid_sig(d->vids[vid0 + i]);
+                r->sig = r->sig ? r->sig : ~0u;   /* (no string: the leaves decide) */
             }
-            if (r->next != VM_NONE && cp0[ci] != VM_NONE) {
+            if (r->next != VM_NONE && cp0[ci] != VM_NONE && r->path != 0xffff) {
                 r->cp0 = cl->npred == 2 ? x->path : cp0[ci];
                 r->ncp = (uint16_t)cl->npred;
                 r->depth = (uint16_t)cl->depth;

@@ -106,11 +106,27 @@ struct vm_derived {
 typedef struct vm_ix_rec {
     uint32_t clause, rule;   /* all buses */
     uint32_t next;           /* all buses */
-    uint32_t path;           /* next's path */
-    uint32_t vid0, nvid;     /* next's value ids (nvid VM_NONE: none, pred_passed decides) */
+    uint32_t vid0;           /* next's value ids vids[vid0 ..+ nvid] */
+    uint32_t sig;            /* ... as a signature (vm_vid_sig), ~0 for none */
     uint32_t cp0;
+    uint16_t path;           /* next's path */
+    uint16_t nvid;           /* VM_REC_NO_IDS: none, pred_passed decides */
     uint16_t ncp, depth;
 } vm_ix_rec;
+
+/* A record's next predicate has no ids (or more than 16 bits count, or its path is past 16
+ * bits: then its clause is not simple either). */
+#define VM_REC_NO_IDS 0xffffu
+
+/* Value id v (local to its path) as one of 32 bits: the signature of a list of ids is the or
+ * of theirs, and a leaf whose bit is not in it has none of them.  Most candidates fail on
+ * their next predicate (~106 of ~145 records an event with the 10k issue193 rules); with the
+ * leaves' bits of each path (index.c, path_sig), ~3 in 4 of them fail without reading the ids,
+ * one cache miss each. */
+static inline uint32_t vm_vid_sig(uint32_t v)
+{
+    return 1u << ((v * 0x9E3779B1u) >> 27);
+}
 
 /* A predicate of a simple clause (vm_ix_rec): its path and value ids, as in vm_ix_rec (nvid
  * 0xffff: none).  12 bytes, not 16: with 100k issue193 rules, 9 bytes a rule. */
@@ -134,6 +150,14 @@ static inline uint32_t vm_pred_nvid(const struct vm_derived *d, uint32_t g)
 uint32_t vm_value_id(const vm_program *p, uint32_t path, const char *s, size_t n);
 
 void vm_derived_free(struct vm_derived *d);
+
+/* A predicate of the index in a context: what this event knows of it (mark: 2 * epoch + 1
+ * passed, 2 * epoch tested on demand and failed, index.c), and where its records start
+ * (struct vm_derived, rec_at, copied: the entry that firing a predicate reads also tells
+ * where its records are, so deciding a candidate reads no rec_at entry, one cache miss each of
+ * ~140 candidates an event with the 10k issue193 rules; one mark in place of a stamp and a
+ * "tried" stamp keeps it 8 bytes a predicate, as before). */
+typedef struct vm_pred_mark { uint32_t mark, rec; } vm_pred_mark;
 
 /* A leaf of the event that some rule looks at. */
 enum { VM_J_STR, VM_J_NUM, VM_J_TRUE, VM_J_FALSE, VM_J_NULL };
@@ -196,14 +220,14 @@ struct vm_ctx {
     VM_BUF(vm_rule_error) failed;   /* the rules this event failed (vm_match_failures) */
     /* the index: marks of the current event (epoch), so nothing is cleared per event */
     bool reference;
-    uint32_t epoch;
-    uint32_t *pred_stamp;           /* per predicate (all buses): passed in this event */
-    uint32_t *pred_tried;           /* per predicate: tested on demand in this event (index.c) */
+    uint32_t epoch;                 /* below 2^31 (vm_pred_mark) */
+    struct vm_pred_mark *pred_mark; /* per predicate (all buses), and one past the last */
     uint32_t *rule_stamp;           /* per rule: decided in this event */
     uint32_t *path_arrays;          /* per path: some leaf of this event lies in an array */
     uint16_t *path_depth;           /* ... and the depth of the outermost such array */
     VM_BUF(uint32_t) candidates;
     VM_BUF(uint32_t) field_vid;     /* per field: its value id, VM_NONE, or VM_VID_UNSET (index.c) */
+    uint32_t *path_sig, *sig_stamp; /* per path: its leaves' signature in this event (index.c) */
     /* the fast scanner */
     bool fast_ok;
     bool trusted;             /* vm_options.trusted: events are read without validating them */
