@@ -27,7 +27,7 @@ static const vm_ix_key *find_key(const vm_program *p, unsigned kind, unsigned au
     if (!p->nix_slots)
         return NULL;
     const uint64_t *slots = p->derived->ix_tagged;
-    uint64_t hash = vm_ix_hash(kind, aux, ipath, key, len), tag = hash >> 32;
+    uint64_t hash = vm_probe_hash(vm_key_seed(kind, aux, ipath), key, len), tag = hash >> 32;
     for (uint64_t h = hash & mask; (uint32_t)slots[h]; h = (h + 1) & mask) {
         if (slots[h] >> 32 != tag)
             continue;
@@ -55,7 +55,7 @@ enum { PF_MARK = 4, PF_IDS = 4 };
 /* Marks a predicate of bus b as passed (once per event); the clauses it triggers become
  * candidates, decided once every leaf has been dispatched (through its records, vm_ix_rec,
  * asked for now: they are read after the other candidates' marks, whose misses overlap). */
-static bool fire(vm_ctx *c, const vm_ix_bus *b, uint32_t pred)
+static inline bool fire(vm_ctx *c, const vm_ix_bus *b, uint32_t pred)
 {
     uint32_t g = b->pred0 + pred;
     vm_pred_mark *m = &c->pred_mark[g];

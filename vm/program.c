@@ -226,19 +226,24 @@ static bool map_index_paths(const vm_program *p, struct vm_derived *d)
     return true;
 }
 
-/* Tags every slot of the hash table (see struct vm_derived). */
+/* Places every key of the index's hash table again, by vm_probe_hash, each slot tagged (see
+ * struct vm_derived): a table of the file's size, so as full. */
 static bool tag_index_slots(const vm_program *p, struct vm_derived *d)
 {
-    d->ix_tagged = malloc((p->nix_slots ? p->nix_slots : 1) * sizeof *d->ix_tagged);
+    uint32_t mask = p->nix_slots - 1;
+    d->ix_tagged = calloc(p->nix_slots ? p->nix_slots : 1, sizeof *d->ix_tagged);
     if (!d->ix_tagged)
         return false;
     for (uint32_t i = 0; i < p->nix_slots; i++) {
-        uint64_t tag = 0;
-        if (p->ix_slots[i]) {
-            const vm_ix_key *k = &p->ix_keys[p->ix_slots[i] - 1];
-            tag = vm_ix_hash(k->kind, k->aux, k->ipath, p->strs + k->key.off, k->key.len) >> 32;
-        }
-        d->ix_tagged[i] = tag << 32 | p->ix_slots[i];
+        if (!p->ix_slots[i])
+            continue;
+        const vm_ix_key *k = &p->ix_keys[p->ix_slots[i] - 1];
+        uint64_t hash = vm_probe_hash(vm_key_seed(k->kind, k->aux, k->ipath), p->strs + k->key.off,
+                                      k->key.len);
+        uint64_t h = hash & mask;
+        while (d->ix_tagged[h])
+            h = (h + 1) & mask;
+        d->ix_tagged[h] = (hash >> 32) << 32 | p->ix_slots[i];
     }
     return true;
 }
@@ -246,7 +251,7 @@ static bool tag_index_slots(const vm_program *p, struct vm_derived *d)
 /* The vid_slots probe for (path, s) (any hash will do: it is never stored). */
 static uint64_t vid_hash(uint32_t path, const char *s, size_t n)
 {
-    return vm_ix_hash(0xff, 0, path, s, n);
+    return vm_probe_hash(vm_key_seed(0xff, 0, path), s, n);
 }
 
 uint32_t vm_value_id(const vm_program *p, uint32_t path, const char *s, size_t n)
@@ -257,10 +262,9 @@ uint32_t vm_value_id(const vm_program *p, uint32_t path, const char *s, size_t n
     for (uint64_t h = hash & mask; (uint32_t)d->vid_slots[h]; h = (h + 1) & mask) {
         if (d->vid_slots[h] >> 32 != tag)
             continue;
-        uint32_t v = (uint32_t)d->vid_slots[h] - 1;
-        const vm_const *k = &p->consts[d->vid_const[v]];
-        if (d->vid_path[v] == path && k->s.len == n && memcmp(vm_s(p, k->s), s, n) == 0)
-            return v;
+        const struct vm_vid *t = &d->vid_text[(uint32_t)d->vid_slots[h] - 1];
+        if (t->path == path && t->s.len == n && memcmp(vm_s(p, t->s), s, n) == 0)
+            return (uint32_t)d->vid_slots[h] - 1;
     }
     return VM_NONE;
 }
@@ -287,25 +291,21 @@ static uint32_t vid_of(const vm_program *p, struct vm_derived *d, uint32_t path,
         /* Keep the table at most half full: double it and place every id again. */
         uint32_t n = d->nvid_slots * 2;
         uint64_t *slots = calloc(n, sizeof *slots);
-        uint32_t *kv = realloc(d->vid_const, n / 2 * sizeof *kv);
-        if (kv)
-            d->vid_const = kv;
-        uint32_t *pv = kv ? realloc(d->vid_path, n / 2 * sizeof *pv) : NULL;
-        if (pv)
-            d->vid_path = pv;
-        uint16_t *lv = pv ? realloc(d->vid_local, n / 2 * sizeof *lv) : NULL;
+        struct vm_vid *tv = realloc(d->vid_text, n / 2 * sizeof *tv);
+        if (tv)
+            d->vid_text = tv;
+        uint16_t *lv = tv ? realloc(d->vid_local, n / 2 * sizeof *lv) : NULL;
         if (lv)
             d->vid_local = lv;
-        if (!slots || !kv || !pv || !lv) {
+        if (!slots || !tv || !lv) {
             free(slots);
             return VM_NONE;
         }
         for (uint32_t i = 0; i < d->nvid_slots; i++) {
             uint32_t q = (uint32_t)d->vid_slots[i];
             if (q) {
-                const vm_const *qc = &p->consts[d->vid_const[q - 1]];
-                vid_place(slots, n, vid_hash(d->vid_path[q - 1], vm_s(p, qc->s), qc->s.len),
-                          d->vid_slots[i]);
+                const struct vm_vid *t = &d->vid_text[q - 1];
+                vid_place(slots, n, vid_hash(t->path, vm_s(p, t->s), t->s.len), d->vid_slots[i]);
             }
         }
         free(d->vid_slots);
@@ -313,8 +313,7 @@ static uint32_t vid_of(const vm_program *p, struct vm_derived *d, uint32_t path,
         d->nvid_slots = n;
     }
     v = d->nvids++;
-    d->vid_const[v] = k;
-    d->vid_path[v] = path;
+    d->vid_text[v] = (struct vm_vid){ kc->s, path };
     d->vid_local[v] = (uint16_t)(per_path[path] < 0xffff ? per_path[path] : 0xffff);
     per_path[path]++;
     uint64_t hash = vid_hash(path, vm_s(p, kc->s), kc->s.len);
@@ -352,11 +351,10 @@ static bool number_values(const vm_program *p, struct vm_derived *d)
     size_t total = 0;
     d->nvid_slots = 1024;
     d->vid_slots = calloc(d->nvid_slots, sizeof *d->vid_slots);
-    d->vid_const = malloc(d->nvid_slots / 2 * sizeof *d->vid_const);
-    d->vid_path = malloc(d->nvid_slots / 2 * sizeof *d->vid_path);
+    d->vid_text = malloc(d->nvid_slots / 2 * sizeof *d->vid_text);
     d->vid_local = malloc(d->nvid_slots / 2 * sizeof *d->vid_local);
     d->pred_vids = malloc((p->nix_preds + 1) * sizeof *d->pred_vids);
-    if (!d->vid_slots || !d->vid_const || !d->vid_path || !d->vid_local || !d->pred_vids)
+    if (!d->vid_slots || !d->vid_text || !d->vid_local || !d->pred_vids)
         return false;
     for (uint32_t g = 0; g < p->nix_preds; g++) {
         const vm_test *t = &p->tests[p->ix_preds[g].test];
@@ -567,8 +565,7 @@ void vm_derived_free(struct vm_derived *d)
     free(d->ix_path_of);
     free(d->ix_tagged);
     free(d->vid_slots);
-    free(d->vid_const);
-    free(d->vid_path);
+    free(d->vid_text);
     free(d->vid_local);
     free(d->pred_vids);
     free(d->vids);

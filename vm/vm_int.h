@@ -67,7 +67,7 @@ struct vm_derived {
     uint64_t *ix_tagged;
     /* Value ids: every distinct (path, string) that an equality predicate names has a number,
      * found through vid_slots (open addressing, each slot the high half of the hash << 32 | id
-     * + 1; vid_const, vid_path: per id, a constant that spells it and its path), and a number
+     * + 1; vid_text: per id, its string and path, read with no constant), and a number
      * among the strings of its path, vid_local (16 bits: a path that names more than 65,535
      * strings gets none, and its equalities are tested constant by constant).  Per predicate
      * of the index (all buses), the sorted local ids of its strings, vids[vm_pred_vid0(d, g)
@@ -81,7 +81,7 @@ struct vm_derived {
      * 56 bytes a rule less than 32-bit ones.) */
     uint64_t *vid_slots;
     uint32_t nvid_slots, nvids;
-    uint32_t *vid_const, *vid_path;
+    struct vm_vid { vm_str s; uint32_t path; } *vid_text;
     uint16_t *vid_local;
     uint32_t *pred_vids;
     uint16_t *vids;
@@ -133,6 +133,39 @@ static inline uint32_t vm_vid_sig(uint32_t v)
 typedef struct vm_ix_cpred { uint32_t pred, vid0; uint16_t path, nvid; } vm_ix_cpred;
 
 #define VM_PRED_NO_IDS 0x80000000u
+
+/* The hash of the tables built at load (ix_tagged, vid_slots), never stored (unlike
+ * vm_ix_hash, which places the file's keys): a string 8 bytes a step, where vm_ix_hash takes a
+ * multiplication per byte.  Each event looks up ~30 keys and ~18 value ids (10k issue193
+ * rules), strings of 5 to 40 bytes; hashing them was ~20% of the instructions of matching. */
+static inline uint64_t vm_probe_hash(uint64_t seed, const char *s, size_t n)
+{
+    uint64_t h = (seed * 0x9E3779B97F4A7C15ull) ^ n, w;
+    for (; n >= 8; s += 8, n -= 8) {
+        memcpy(&w, s, 8);
+        h = (h ^ w) * 0xbf58476d1ce4e5b9ull;
+        h ^= h >> 29;
+    }
+    if (n >= 4) {
+        uint32_t a, b;   /* (overlapping when n < 8: the length is in h) */
+        memcpy(&a, s, 4);
+        memcpy(&b, s + n - 4, 4);
+        h = (h ^ ((uint64_t)a << 32 | b)) * 0x94d049bb133111ebull;
+    } else if (n > 0) {
+        w = (uint64_t)(unsigned char)s[0] << 16 | (uint64_t)(unsigned char)s[n / 2] << 8 |
+            (unsigned char)s[n - 1];
+        h = (h ^ w) * 0x94d049bb133111ebull;
+    }
+    h ^= h >> 32;
+    h *= 0xd6e8feb86659fd93ull;
+    return h ^ (h >> 32);
+}
+
+/* The vm_probe_hash seed of a key of the index. */
+static inline uint64_t vm_key_seed(unsigned kind, unsigned aux, uint32_t ipath)
+{
+    return (uint64_t)ipath << 16 | kind << 8 | aux;
+}
 
 static inline uint32_t vm_pred_vid0(const struct vm_derived *d, uint32_t g)
 {
