@@ -279,8 +279,13 @@ static bool dispatch(vm_ctx *c, const vm_ix_bus *b, uint32_t ipath, const char *
             break;
         if (!vm_field_text(c, json, f, &t))
             return false;
-        if ((kinds & (1u << VM_K_STR)) && !fire_key(c, b, VM_K_STR, 0, ipath, t.s, t.n))
-            return false;
+        if (kinds & (1u << VM_K_STR)) {
+            const vm_ix_key *k = find_key(p, VM_K_STR, 0, ipath, t.s, t.n);
+            if (c->field_vid.v[fi] == VM_VID_UNSET && (k || p->derived->keys_hold_vids[ipath]))
+                c->field_vid.v[fi] = k ? p->derived->key_vid[k - p->ix_keys] : VM_NONE;
+            if (k && !fire_list(c, b, k->list0, k->nlist))
+                return false;
+        }
         if (!fire_affixes(c, b, ipath, VM_K_PREFIX, ix->plen0,
                           kinds & (1u << VM_K_PREFIX) ? ix->nplen : 0, t.s, t.n, false) ||
             !fire_affixes(c, b, ipath, VM_K_SUFFIX, ix->slen0,

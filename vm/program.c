@@ -434,6 +434,31 @@ static bool number_values(const vm_program *p, struct vm_derived *d)
     return ok;
 }
 
+/* Gives each plain string key of the index its value id (see struct vm_derived, key_vid). */
+static bool key_value_ids(const vm_program *p, struct vm_derived *d)
+{
+    uint32_t *named = calloc(p->npaths + 1, sizeof *named);      /* ids per path */
+    uint32_t *keyed = calloc(p->nix_paths + 1, sizeof *keyed);   /* keys with one per entry */
+    d->key_vid = malloc((p->nix_keys + 1) * sizeof *d->key_vid);
+    d->keys_hold_vids = calloc(p->nix_paths + 1, 1);
+    bool ok = named && keyed && d->key_vid && d->keys_hold_vids;
+    for (uint32_t v = 0; ok && v < d->nvids; v++)
+        named[d->vid_text[v].path]++;
+    for (uint32_t k = 0; ok && k < p->nix_keys; k++) {
+        const vm_ix_key *key = &p->ix_keys[k];
+        uint32_t v = key->kind != VM_K_STR ? VM_NONE
+                     : vm_value_id(p, p->ix_paths[key->ipath].path, p->strs + key->key.off,
+                                   key->key.len);
+        d->key_vid[k] = v == VM_NONE ? VM_NONE : d->vid_local[v];
+        keyed[key->ipath] += v != VM_NONE;
+    }
+    for (uint32_t ip = 0; ok && ip < p->nix_paths; ip++)
+        d->keys_hold_vids[ip] = keyed[ip] == named[p->ix_paths[ip].path];
+    free(named);
+    free(keyed);
+    return ok;
+}
+
 /* The value ids predicate o (all buses) is tested by, in *vid0 and *nvid: VM_NONE unless it is
  * a plain string equality that triggers nothing (a mark says whether a trigger passed) and is
  * not negated. */
@@ -569,6 +594,8 @@ void vm_derived_free(struct vm_derived *d)
     free(d->vid_local);
     free(d->pred_vids);
     free(d->vids);
+    free(d->key_vid);
+    free(d->keys_hold_vids);
     free(d->ix_recs);
     free(d->rec_at);
     free(d->ix_cpreds);
@@ -587,7 +614,7 @@ vm_status vm_program_prepare(vm_program *p)
     p->derived->trie = build_trie(p);
     if (!p->derived->trie || !analyse_code(p, p->derived) || !map_index_paths(p, p->derived) ||
         !tag_index_slots(p, p->derived) || !number_values(p, p->derived) ||
-        !clause_records(p, p->derived)) {
+        !key_value_ids(p, p->derived) || !clause_records(p, p->derived)) {
         vm_derived_free(p->derived);
         p->derived = NULL;
         return VM_ERR_NOMEM;

@@ -85,6 +85,13 @@ struct vm_derived {
     uint16_t *vid_local;
     uint32_t *pred_vids;
     uint16_t *vids;
+    /* Per key of the index: the local value id of its string if it is a plain string key
+     * (VM_K_STR) that has one, else VM_NONE; per path entry of the index, whether every string
+     * of its path that has an id is a key of it.  A leaf found among a path's keys then has its
+     * id without a second lookup, and one not found has none (index.c, dispatch).  Each string
+     * leaf that some rule's trigger looks at was looked up twice. */
+    uint32_t *key_vid;
+    uint8_t *keys_hold_vids;
     /* Per predicate g of the index (all buses), the clauses it triggers as records
      * ix_recs[rec_at[g] .. rec_at[g + 1]), laid out one after another so that deciding them reads
      * no clause, predicate or test table until the clause's next predicate has passed (see
