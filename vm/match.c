@@ -140,6 +140,7 @@ void vm_ctx_free(vm_ctx *c)
     free(c->path_arrays);
     free(c->path_depth);
     free(c->candidates.v);
+    free(c->live.v);
     free(c->field_vid.v);
     vm_fast_free(&c->fast);
     free(c->bind);

@@ -266,6 +266,7 @@ struct vm_ctx {
     uint32_t *path_arrays;          /* per path: some leaf of this event lies in an array */
     uint16_t *path_depth;           /* ... and the depth of the outermost such array */
     VM_BUF(uint32_t) candidates;
+    VM_BUF(uint32_t) live;          /* records the signatures leave, with their trigger (index.c) */
     VM_BUF(uint32_t) field_vid;     /* per field: its value id, VM_NONE, or VM_VID_UNSET (index.c) */
     uint32_t *path_sig, *sig_stamp; /* per path: its leaves' signature in this event (index.c) */
     /* the fast scanner */
