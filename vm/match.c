@@ -99,13 +99,16 @@ vm_ctx *vm_ctx_new(const vm_program *p, const vm_options *opt)
     c->reference = opt && opt->reference;
     c->fast_ok = !(opt && opt->no_simd) && vm_fast_available();
     c->trusted = opt && opt->trusted;
-    c->pred_stamp = calloc(p->nix_preds + 1, sizeof *c->pred_stamp);
-    c->pred_tried = calloc(p->nix_preds + 1, sizeof *c->pred_tried);
+    c->pred_mark = calloc(p->nix_preds + 1, sizeof *c->pred_mark);
+    for (uint32_t g = 0; c->pred_mark && g <= p->nix_preds; g++)
+        c->pred_mark[g].rec = p->derived->rec_at[g];
     c->rule_stamp = calloc(p->nrules + 1, sizeof *c->rule_stamp);
+    c->path_sig = calloc(p->npaths + 1, sizeof *c->path_sig);
+    c->sig_stamp = calloc(p->npaths + 1, sizeof *c->sig_stamp);
     c->path_arrays = calloc(p->npaths + 1, sizeof *c->path_arrays);
     c->path_depth = calloc(p->npaths + 1, sizeof *c->path_depth);
     c->runs = calloc(p->npaths + 1, sizeof *c->runs);
-    if (!c->pred_stamp || !c->pred_tried || !c->rule_stamp ||
+    if (!c->pred_mark || !c->rule_stamp || !c->path_sig || !c->sig_stamp ||
         !c->path_arrays || !c->path_depth || !c->runs) {
         vm_ctx_free(c);
         return NULL;
@@ -130,12 +133,14 @@ void vm_ctx_free(vm_ctx *c)
     free(c->touched.v);
     free(c->frames.v);
     free(c->array_depth.v);
-    free(c->pred_stamp);
-    free(c->pred_tried);
+    free(c->pred_mark);
     free(c->rule_stamp);
+    free(c->path_sig);
+    free(c->sig_stamp);
     free(c->path_arrays);
     free(c->path_depth);
     free(c->candidates.v);
+    free(c->live.v);
     free(c->field_vid.v);
     vm_fast_free(&c->fast);
     free(c->bind);
@@ -752,11 +757,13 @@ vm_status vm_match(vm_ctx *c, uint32_t bus, const char *json, size_t len,
         snprintf(err->msg, sizeof err->msg, "event larger than 4 GiB");
         return VM_ERR_LIMIT;
     }
-    if (++c->epoch == 0) {
-        /* The stamps wrapped around: clear them, so that no old mark passes for a new one. */
-        memset(c->pred_stamp, 0, p->nix_preds * sizeof *c->pred_stamp);
-        memset(c->pred_tried, 0, p->nix_preds * sizeof *c->pred_tried);
+    if (++c->epoch == 0x80000000u) {
+        /* The stamps wrapped around (a predicate's mark holds twice the epoch, vm_pred_mark):
+         * clear them, so that no old mark passes for a new one. */
+        for (uint32_t g = 0; g < p->nix_preds; g++)
+            c->pred_mark[g].mark = 0;
         memset(c->rule_stamp, 0, p->nrules * sizeof *c->rule_stamp);
+        memset(c->sig_stamp, 0, p->npaths * sizeof *c->sig_stamp);
         memset(c->path_arrays, 0, p->npaths * sizeof *c->path_arrays);
         memset(c->runs, 0, p->npaths * sizeof *c->runs);
         c->epoch = 1;

@@ -226,19 +226,24 @@ static bool map_index_paths(const vm_program *p, struct vm_derived *d)
     return true;
 }
 
-/* Tags every slot of the hash table (see struct vm_derived). */
+/* Places every key of the index's hash table again, by vm_probe_hash, each slot tagged (see
+ * struct vm_derived): a table of the file's size, so as full. */
 static bool tag_index_slots(const vm_program *p, struct vm_derived *d)
 {
-    d->ix_tagged = malloc((p->nix_slots ? p->nix_slots : 1) * sizeof *d->ix_tagged);
+    uint32_t mask = p->nix_slots - 1;
+    d->ix_tagged = calloc(p->nix_slots ? p->nix_slots : 1, sizeof *d->ix_tagged);
     if (!d->ix_tagged)
         return false;
     for (uint32_t i = 0; i < p->nix_slots; i++) {
-        uint64_t tag = 0;
-        if (p->ix_slots[i]) {
-            const vm_ix_key *k = &p->ix_keys[p->ix_slots[i] - 1];
-            tag = vm_ix_hash(k->kind, k->aux, k->ipath, p->strs + k->key.off, k->key.len) >> 32;
-        }
-        d->ix_tagged[i] = tag << 32 | p->ix_slots[i];
+        if (!p->ix_slots[i])
+            continue;
+        const vm_ix_key *k = &p->ix_keys[p->ix_slots[i] - 1];
+        uint64_t hash = vm_probe_hash(vm_key_seed(k->kind, k->aux, k->ipath), p->strs + k->key.off,
+                                      k->key.len);
+        uint64_t h = hash & mask;
+        while (d->ix_tagged[h])
+            h = (h + 1) & mask;
+        d->ix_tagged[h] = (hash >> 32) << 32 | p->ix_slots[i];
     }
     return true;
 }
@@ -246,7 +251,7 @@ static bool tag_index_slots(const vm_program *p, struct vm_derived *d)
 /* The vid_slots probe for (path, s) (any hash will do: it is never stored). */
 static uint64_t vid_hash(uint32_t path, const char *s, size_t n)
 {
-    return vm_ix_hash(0xff, 0, path, s, n);
+    return vm_probe_hash(vm_key_seed(0xff, 0, path), s, n);
 }
 
 uint32_t vm_value_id(const vm_program *p, uint32_t path, const char *s, size_t n)
@@ -257,10 +262,9 @@ uint32_t vm_value_id(const vm_program *p, uint32_t path, const char *s, size_t n
     for (uint64_t h = hash & mask; (uint32_t)d->vid_slots[h]; h = (h + 1) & mask) {
         if (d->vid_slots[h] >> 32 != tag)
             continue;
-        uint32_t v = (uint32_t)d->vid_slots[h] - 1;
-        const vm_const *k = &p->consts[d->vid_const[v]];
-        if (d->vid_path[v] == path && k->s.len == n && memcmp(vm_s(p, k->s), s, n) == 0)
-            return v;
+        const struct vm_vid *t = &d->vid_text[(uint32_t)d->vid_slots[h] - 1];
+        if (t->path == path && t->s.len == n && memcmp(vm_s(p, t->s), s, n) == 0)
+            return (uint32_t)d->vid_slots[h] - 1;
     }
     return VM_NONE;
 }
@@ -287,25 +291,21 @@ static uint32_t vid_of(const vm_program *p, struct vm_derived *d, uint32_t path,
         /* Keep the table at most half full: double it and place every id again. */
         uint32_t n = d->nvid_slots * 2;
         uint64_t *slots = calloc(n, sizeof *slots);
-        uint32_t *kv = realloc(d->vid_const, n / 2 * sizeof *kv);
-        if (kv)
-            d->vid_const = kv;
-        uint32_t *pv = kv ? realloc(d->vid_path, n / 2 * sizeof *pv) : NULL;
-        if (pv)
-            d->vid_path = pv;
-        uint16_t *lv = pv ? realloc(d->vid_local, n / 2 * sizeof *lv) : NULL;
+        struct vm_vid *tv = realloc(d->vid_text, n / 2 * sizeof *tv);
+        if (tv)
+            d->vid_text = tv;
+        uint16_t *lv = tv ? realloc(d->vid_local, n / 2 * sizeof *lv) : NULL;
         if (lv)
             d->vid_local = lv;
-        if (!slots || !kv || !pv || !lv) {
+        if (!slots || !tv || !lv) {
             free(slots);
             return VM_NONE;
         }
         for (uint32_t i = 0; i < d->nvid_slots; i++) {
             uint32_t q = (uint32_t)d->vid_slots[i];
             if (q) {
-                const vm_const *qc = &p->consts[d->vid_const[q - 1]];
-                vid_place(slots, n, vid_hash(d->vid_path[q - 1], vm_s(p, qc->s), qc->s.len),
-                          d->vid_slots[i]);
+                const struct vm_vid *t = &d->vid_text[q - 1];
+                vid_place(slots, n, vid_hash(t->path, vm_s(p, t->s), t->s.len), d->vid_slots[i]);
             }
         }
         free(d->vid_slots);
@@ -313,8 +313,7 @@ static uint32_t vid_of(const vm_program *p, struct vm_derived *d, uint32_t path,
         d->nvid_slots = n;
     }
     v = d->nvids++;
-    d->vid_const[v] = k;
-    d->vid_path[v] = path;
+    d->vid_text[v] = (struct vm_vid){ kc->s, path };
     d->vid_local[v] = (uint16_t)(per_path[path] < 0xffff ? per_path[path] : 0xffff);
     per_path[path]++;
     uint64_t hash = vid_hash(path, vm_s(p, kc->s), kc->s.len);
@@ -352,11 +351,10 @@ static bool number_values(const vm_program *p, struct vm_derived *d)
     size_t total = 0;
     d->nvid_slots = 1024;
     d->vid_slots = calloc(d->nvid_slots, sizeof *d->vid_slots);
-    d->vid_const = malloc(d->nvid_slots / 2 * sizeof *d->vid_const);
-    d->vid_path = malloc(d->nvid_slots / 2 * sizeof *d->vid_path);
+    d->vid_text = malloc(d->nvid_slots / 2 * sizeof *d->vid_text);
     d->vid_local = malloc(d->nvid_slots / 2 * sizeof *d->vid_local);
     d->pred_vids = malloc((p->nix_preds + 1) * sizeof *d->pred_vids);
-    if (!d->vid_slots || !d->vid_const || !d->vid_path || !d->vid_local || !d->pred_vids)
+    if (!d->vid_slots || !d->vid_text || !d->vid_local || !d->pred_vids)
         return false;
     for (uint32_t g = 0; g < p->nix_preds; g++) {
         const vm_test *t = &p->tests[p->ix_preds[g].test];
@@ -433,6 +431,31 @@ static bool number_values(const vm_program *p, struct vm_derived *d)
             d->pred_vids[g] |= VM_PRED_NO_IDS;
     free(cache);
     free(per_path);
+    return ok;
+}
+
+/* Gives each plain string key of the index its value id (see struct vm_derived, key_vid). */
+static bool key_value_ids(const vm_program *p, struct vm_derived *d)
+{
+    uint32_t *named = calloc(p->npaths + 1, sizeof *named);      /* ids per path */
+    uint32_t *keyed = calloc(p->nix_paths + 1, sizeof *keyed);   /* keys with one per entry */
+    d->key_vid = malloc((p->nix_keys + 1) * sizeof *d->key_vid);
+    d->keys_hold_vids = calloc(p->nix_paths + 1, 1);
+    bool ok = named && keyed && d->key_vid && d->keys_hold_vids;
+    for (uint32_t v = 0; ok && v < d->nvids; v++)
+        named[d->vid_text[v].path]++;
+    for (uint32_t k = 0; ok && k < p->nix_keys; k++) {
+        const vm_ix_key *key = &p->ix_keys[k];
+        uint32_t v = key->kind != VM_K_STR ? VM_NONE
+                     : vm_value_id(p, p->ix_paths[key->ipath].path, p->strs + key->key.off,
+                                   key->key.len);
+        d->key_vid[k] = v == VM_NONE ? VM_NONE : d->vid_local[v];
+        keyed[key->ipath] += v != VM_NONE;
+    }
+    for (uint32_t ip = 0; ok && ip < p->nix_paths; ip++)
+        d->keys_hold_vids[ip] = keyed[ip] == named[p->ix_paths[ip].path];
+    free(named);
+    free(keyed);
     return ok;
 }
 
@@ -528,20 +551,26 @@ static bool clause_records(const vm_program *p, struct vm_derived *d)
             uint32_t ci = bus->clause0 + p->ix_refs[x->clause0 + k];
             const vm_ix_clause *cl = &p->ix_clauses[ci];
             vm_ix_rec *r = &d->ix_recs[at++];
-            *r = (vm_ix_rec){ ci, cl->rule, VM_NONE, VM_NONE, 0, VM_NONE, 0, 0, 0 };
+            *r = (vm_ix_rec){ ci, cl->rule, VM_NONE, 0, ~0u, 0, 0, VM_REC_NO_IDS, 0, 0 };
             if (cl->need < cl->npred || cl->npred == 1)
                 continue;   /* any one of its predicates, or only this one */
             for (uint32_t j = 0; j < cl->npred; j++) {
                 uint32_t o = bus->pred0 + p->ix_refs[cl->pred0 + j], vid0, nvid;
                 ids_of(p, d, o, &vid0, &nvid);
-                if (o == g || (r->next != VM_NONE && (r->nvid != VM_NONE || nvid == VM_NONE)))
+                if (o == g || (r->next != VM_NONE && (r->nvid != VM_REC_NO_IDS || nvid == VM_NONE)))
                     continue;
+                uint32_t path = p->ix_preds[o].path;
+                bool ids = nvid < VM_REC_NO_IDS && path < 0xffff;
                 r->next = o;
-                r->path = p->ix_preds[o].path;
-                r->vid0 = vid0;
-                r->nvid = nvid;
+                r->path = (uint16_t)(path < 0xffff ? path : 0xffff);
+                r->vid0 = ids ? vid0 : 0;
+                r->nvid = (uint16_t)(ids ? nvid : VM_REC_NO_IDS);
+                r->sig = 0;
+                for (uint32_t i = 0; ids && i < nvid; i++)
+                    r->sig |= vm_vid_sig(d->vids[vid0 + i]);
+                r->sig = r->sig ? r->sig : ~0u;   /* (no string: the leaves decide) */
             }
-            if (r->next != VM_NONE && cp0[ci] != VM_NONE) {
+            if (r->next != VM_NONE && cp0[ci] != VM_NONE && r->path != 0xffff) {
                 r->cp0 = cl->npred == 2 ? x->path : cp0[ci];
                 r->ncp = (uint16_t)cl->npred;
                 r->depth = (uint16_t)cl->depth;
@@ -561,11 +590,12 @@ void vm_derived_free(struct vm_derived *d)
     free(d->ix_path_of);
     free(d->ix_tagged);
     free(d->vid_slots);
-    free(d->vid_const);
-    free(d->vid_path);
+    free(d->vid_text);
     free(d->vid_local);
     free(d->pred_vids);
     free(d->vids);
+    free(d->key_vid);
+    free(d->keys_hold_vids);
     free(d->ix_recs);
     free(d->rec_at);
     free(d->ix_cpreds);
@@ -584,7 +614,7 @@ vm_status vm_program_prepare(vm_program *p)
     p->derived->trie = build_trie(p);
     if (!p->derived->trie || !analyse_code(p, p->derived) || !map_index_paths(p, p->derived) ||
         !tag_index_slots(p, p->derived) || !number_values(p, p->derived) ||
-        !clause_records(p, p->derived)) {
+        !key_value_ids(p, p->derived) || !clause_records(p, p->derived)) {
         vm_derived_free(p->derived);
         p->derived = NULL;
         return VM_ERR_NOMEM;

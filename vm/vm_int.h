@@ -67,7 +67,7 @@ struct vm_derived {
     uint64_t *ix_tagged;
     /* Value ids: every distinct (path, string) that an equality predicate names has a number,
      * found through vid_slots (open addressing, each slot the high half of the hash << 32 | id
-     * + 1; vid_const, vid_path: per id, a constant that spells it and its path), and a number
+     * + 1; vid_text: per id, its string and path, read with no constant), and a number
      * among the strings of its path, vid_local (16 bits: a path that names more than 65,535
      * strings gets none, and its equalities are tested constant by constant).  Per predicate
      * of the index (all buses), the sorted local ids of its strings, vids[vm_pred_vid0(d, g)
@@ -81,10 +81,17 @@ struct vm_derived {
      * 56 bytes a rule less than 32-bit ones.) */
     uint64_t *vid_slots;
     uint32_t nvid_slots, nvids;
-    uint32_t *vid_const, *vid_path;
+    struct vm_vid { vm_str s; uint32_t path; } *vid_text;
     uint16_t *vid_local;
     uint32_t *pred_vids;
     uint16_t *vids;
+    /* Per key of the index: the local value id of its string if it is a plain string key
+     * (VM_K_STR) that has one, else VM_NONE; per path entry of the index, whether every string
+     * of its path that has an id is a key of it.  A leaf found among a path's keys then has its
+     * id without a second lookup, and one not found has none (index.c, dispatch).  Each string
+     * leaf that some rule's trigger looks at was looked up twice. */
+    uint32_t *key_vid;
+    uint8_t *keys_hold_vids;
     /* Per predicate g of the index (all buses), the clauses it triggers as records
      * ix_recs[rec_at[g] .. rec_at[g + 1]), laid out one after another so that deciding them reads
      * no clause, predicate or test table until the clause's next predicate has passed (see
@@ -106,17 +113,66 @@ struct vm_derived {
 typedef struct vm_ix_rec {
     uint32_t clause, rule;   /* all buses */
     uint32_t next;           /* all buses */
-    uint32_t path;           /* next's path */
-    uint32_t vid0, nvid;     /* next's value ids (nvid VM_NONE: none, pred_passed decides) */
+    uint32_t vid0;           /* next's value ids vids[vid0 ..+ nvid] */
+    uint32_t sig;            /* ... as a signature (vm_vid_sig), ~0 for none */
     uint32_t cp0;
+    uint16_t path;           /* next's path */
+    uint16_t nvid;           /* VM_REC_NO_IDS: none, pred_passed decides */
     uint16_t ncp, depth;
 } vm_ix_rec;
+
+/* A record's next predicate has no ids (or more than 16 bits count, or its path is past 16
+ * bits: then its clause is not simple either). */
+#define VM_REC_NO_IDS 0xffffu
+
+/* Value id v (local to its path) as one of 32 bits: the signature of a list of ids is the or
+ * of theirs, and a leaf whose bit is not in it has none of them.  Most candidates fail on
+ * their next predicate (~106 of ~145 records an event with the 10k issue193 rules); with the
+ * leaves' bits of each path (index.c, path_sig), ~3 in 4 of them fail without reading the ids,
+ * one cache miss each. */
+static inline uint32_t vm_vid_sig(uint32_t v)
+{
+    return 1u << ((v * 0x9E3779B1u) >> 27);
+}
 
 /* A predicate of a simple clause (vm_ix_rec): its path and value ids, as in vm_ix_rec (nvid
  * 0xffff: none).  12 bytes, not 16: with 100k issue193 rules, 9 bytes a rule. */
 typedef struct vm_ix_cpred { uint32_t pred, vid0; uint16_t path, nvid; } vm_ix_cpred;
 
 #define VM_PRED_NO_IDS 0x80000000u
+
+/* The hash of the tables built at load (ix_tagged, vid_slots), never stored (unlike
+ * vm_ix_hash, which places the file's keys): a string 8 bytes a step, where vm_ix_hash takes a
+ * multiplication per byte.  Each event looks up ~30 keys and ~18 value ids (10k issue193
+ * rules), strings of 5 to 40 bytes; hashing them was ~20% of the instructions of matching. */
+static inline uint64_t vm_probe_hash(uint64_t seed, const char *s, size_t n)
+{
+    uint64_t h = (seed * 0x9E3779B97F4A7C15ull) ^ n, w;
+    for (; n >= 8; s += 8, n -= 8) {
+        memcpy(&w, s, 8);
+        h = (h ^ w) * 0xbf58476d1ce4e5b9ull;
+        h ^= h >> 29;
+    }
+    if (n >= 4) {
+        uint32_t a, b;   /* (overlapping when n < 8: the length is in h) */
+        memcpy(&a, s, 4);
+        memcpy(&b, s + n - 4, 4);
+        h = (h ^ ((uint64_t)a << 32 | b)) * 0x94d049bb133111ebull;
+    } else if (n > 0) {
+        w = (uint64_t)(unsigned char)s[0] << 16 | (uint64_t)(unsigned char)s[n / 2] << 8 |
+            (unsigned char)s[n - 1];
+        h = (h ^ w) * 0x94d049bb133111ebull;
+    }
+    h ^= h >> 32;
+    h *= 0xd6e8feb86659fd93ull;
+    return h ^ (h >> 32);
+}
+
+/* The vm_probe_hash seed of a key of the index. */
+static inline uint64_t vm_key_seed(unsigned kind, unsigned aux, uint32_t ipath)
+{
+    return (uint64_t)ipath << 16 | kind << 8 | aux;
+}
 
 static inline uint32_t vm_pred_vid0(const struct vm_derived *d, uint32_t g)
 {
@@ -134,6 +190,14 @@ static inline uint32_t vm_pred_nvid(const struct vm_derived *d, uint32_t g)
 uint32_t vm_value_id(const vm_program *p, uint32_t path, const char *s, size_t n);
 
 void vm_derived_free(struct vm_derived *d);
+
+/* A predicate of the index in a context: what this event knows of it (mark: 2 * epoch + 1
+ * passed, 2 * epoch tested on demand and failed, index.c), and where its records start
+ * (struct vm_derived, rec_at, copied: the entry that firing a predicate reads also tells
+ * where its records are, so deciding a candidate reads no rec_at entry, one cache miss each of
+ * ~140 candidates an event with the 10k issue193 rules; one mark in place of a stamp and a
+ * "tried" stamp keeps it 8 bytes a predicate, as before). */
+typedef struct vm_pred_mark { uint32_t mark, rec; } vm_pred_mark;
 
 /* A leaf of the event that some rule looks at. */
 enum { VM_J_STR, VM_J_NUM, VM_J_TRUE, VM_J_FALSE, VM_J_NULL };
@@ -193,14 +257,15 @@ struct vm_ctx {
     VM_BUF(vm_rule_error) failed;   /* the rules this event failed (vm_match_failures) */
     /* the index: marks of the current event (epoch), so nothing is cleared per event */
     bool reference;
-    uint32_t epoch;
-    uint32_t *pred_stamp;           /* per predicate (all buses): passed in this event */
-    uint32_t *pred_tried;           /* per predicate: tested on demand in this event (index.c) */
+    uint32_t epoch;                 /* below 2^31 (vm_pred_mark) */
+    struct vm_pred_mark *pred_mark; /* per predicate (all buses), and one past the last */
     uint32_t *rule_stamp;           /* per rule: decided in this event */
     uint32_t *path_arrays;          /* per path: some leaf of this event lies in an array */
     uint16_t *path_depth;           /* ... and the depth of the outermost such array */
     VM_BUF(uint32_t) candidates;
+    VM_BUF(uint32_t) live;          /* records the signatures leave, with their trigger (index.c) */
     VM_BUF(uint32_t) field_vid;     /* per field: its value id, VM_NONE, or VM_VID_UNSET (index.c) */
+    uint32_t *path_sig, *sig_stamp; /* per path: its leaves' signature in this event (index.c) */
     /* the fast scanner */
     bool fast_ok;
     bool trusted;             /* vm_options.trusted: events are read without validating them */
