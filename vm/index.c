@@ -222,7 +222,7 @@ static bool clause_complete(vm_ctx *c, const vm_ix_bus *b, const char *json, con
  * a popular value's list is long, ~77 predicates an event for the tenant at 10k issue193
  * rules, and the loop then keeps all it needs in registers; the marks a few entries further
  * on are asked for now). */
-static bool fire_list(vm_ctx *c, const vm_ix_bus *b, uint32_t list0, uint32_t n)
+static bool fire_list_n(vm_ctx *c, const vm_ix_bus *b, uint32_t list0, uint32_t n)
 {
     if (c->candidates.cap - c->candidates.n < n &&
         !vm_buf_grow((void **)&c->candidates.v, &c->candidates.cap, sizeof *c->candidates.v,
@@ -246,6 +246,14 @@ static bool fire_list(vm_ctx *c, const vm_ix_bus *b, uint32_t list0, uint32_t n)
     return true;
 }
 
+/* (Told in line when a list or a path's lengths are empty, as most are: a call each was ~60
+ * instructions an event of the CityLots rows: ANYTHING_BUT 7,615 -> 7,056, EXACT 4,110 -> 3,974,
+ * callgrind.) */
+static inline bool fire_list(vm_ctx *c, const vm_ix_bus *b, uint32_t list0, uint32_t n)
+{
+    return n == 0 || fire_list_n(c, b, list0, n);
+}
+
 static bool fire_key(vm_ctx *c, const vm_ix_bus *b, unsigned kind, unsigned aux, uint32_t ipath,
                      const char *key, size_t len)
 {
@@ -254,14 +262,20 @@ static bool fire_key(vm_ctx *c, const vm_ix_bus *b, unsigned kind, unsigned aux,
 }
 
 /* Looks up every prefix (or suffix) of t whose length some key of the path has. */
-static bool fire_affixes(vm_ctx *c, const vm_ix_bus *b, uint32_t ipath, unsigned kind,
-                         uint32_t len0, uint32_t nlen, const char *t, size_t n, bool suffix)
+static bool fire_affixes_n(vm_ctx *c, const vm_ix_bus *b, uint32_t ipath, unsigned kind,
+                           uint32_t len0, uint32_t nlen, const char *t, size_t n, bool suffix)
 {
     const uint32_t *lens = c->p->ix_refs + len0;
     for (uint32_t i = 0; i < nlen && lens[i] <= n; i++)
         if (!fire_key(c, b, kind, 0, ipath, suffix ? t + n - lens[i] : t, lens[i]))
             return false;
     return true;
+}
+
+static inline bool fire_affixes(vm_ctx *c, const vm_ix_bus *b, uint32_t ipath, unsigned kind,
+                                uint32_t len0, uint32_t nlen, const char *t, size_t n, bool suffix)
+{
+    return nlen == 0 || fire_affixes_n(c, b, ipath, kind, len0, nlen, t, n, suffix);
 }
 
 /* The range slot of d among the sorted bounds (see compiler/index.c, bound_slot). */
