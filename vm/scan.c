@@ -46,7 +46,7 @@ static vm_status fail(scanner *S, size_t at, vm_status code, const char *what)
 static inline void skip_ws(scanner *S)
 {
     /* (the usual cases first, inlined: a token right here, or after one space, as in
-     * `{"a": 1, "b": 2}`; the second: the trusted EXACT row 6,342 -> 6,041 instructions an event) */
+     * `{"a": 1, "b": 2}`) */
     if (S->p < S->n && (unsigned char)S->s[S->p] > ' ')
         return;
     if (S->p + 1 < S->n && S->s[S->p] == ' ' && (unsigned char)S->s[S->p + 1] > ' ') {
@@ -321,6 +321,13 @@ add_field(scanner *S, uint32_t node, uint8_t type, bool escaped, size_t off, siz
     return path == VM_NONE ? VM_OK : record_field(S, path, type, escaped, off, len);
 }
 
+/* Can a rule look at anything inside a container (an array when `array`) read at trie node tn
+ * (NULL: no rule's path leads there)?  Keys below it, or the leaves of an array on a path. */
+static inline bool reads_inside(const vm_trie_node *tn, bool array)
+{
+    return tn && (tn->nedge > 0 || (array && tn->path != VM_NONE));
+}
+
 /* Opens a container at S->p ('{' or '['), read at trie node `node`.  When the frame `parent`
  * is an array, the container is one of its elements, and the leaves inside lie in it. */
 static vm_status open_container(scanner *S, uint32_t node, struct vm_frame *parent)
@@ -331,7 +338,7 @@ static vm_status open_container(scanner *S, uint32_t node, struct vm_frame *pare
     if (c->frames.n >= c->max_depth)
         return fail(S, S->p, VM_ERR_LIMIT, "the event is nested too deeply");
     /* Nothing below can be referenced: keep validating, but look nothing up. */
-    if (!tn || (tn->nedge == 0 && (!f.array || tn->path == VM_NONE)))
+    if (!reads_inside(tn, f.array))
         f.node = VM_NONE;
     if (f.array) {
         /* An array's depth (the segments to the key that holds it) tells the matcher whether a
@@ -566,19 +573,8 @@ member:                                         /* a member (key and value) or a
             if (!end)
                 return fail(&S, p, VM_ERR_EVENT, "unterminated string or invalid escape");
             size_t klen = end - k - 1;
-            const vm_trie_node *tn = &t->nodes[f.node];
-            if (!esc && !dots && tn->nedge <= 8) {
-                /* The usual key: one segment, among few edges; its first byte compared before
-                 * memcmp is called (keys "x", "y" and "z": the routing row's events 19,435 -> 19,192
-                 * instructions an event). */
-                const vm_trie_edge *e = t->edges + tn->edge0;
-                node = VM_NONE;
-                for (uint32_t i = 0; i < tn->nedge; i++)
-                    if (e[i].len == klen && (klen == 0 || e[i].key[0] == s[k]) &&
-                        memcmp(e[i].key, s + k, klen) == 0) {
-                        node = e[i].child;
-                        break;
-                    }
+            if (!esc && !dots) {
+                node = vm_trie_child(t, f.node, s + k, klen);   /* the usual key: one segment */
             } else {
                 S.p = end;
                 S.dots = dots;
@@ -603,13 +599,13 @@ member:                                         /* a member (key and value) or a
             size_t open = c->frames.n + 1;      /* containers open, f among them */
             if (open >= c->max_depth)
                 return fail(&S, p, VM_ERR_LIMIT, "the event is nested too deeply");
-            if (fast && (!tn || (tn->nedge == 0 && (!array || tn->path == VM_NONE)))) {
+            if (!reads_inside(tn, array) && fast) {
                 uint32_t to = F->br_match[bi];  /* (stage 1 checked the depth inside) */
                 p = F->br_pos[to] + 1;
                 bi = to + 1;
                 goto after;
             }
-            if (!tn || (tn->nedge == 0 && (!array || tn->path == VM_NONE))) {
+            if (!reads_inside(tn, array)) {
                 vm_skip_status sk = vm_fast_skip(s, n, p + 1, c->max_depth - open, &end);
                 if (sk != VM_SKIP_OK)
                     return sk == VM_SKIP_DEEP
@@ -646,9 +642,7 @@ member:                                         /* a member (key and value) or a
         case '"':
             if (!(p = tw_string(s, p, n, &esc, &dots)))
                 return fail(&S, start, VM_ERR_EVENT, "unterminated string or invalid escape");
-            if (node != VM_NONE && t->nodes[node].path != VM_NONE &&
-                (st = record_field(&S, t->nodes[node].path, VM_J_STR, esc, start + 1,
-                                   p - start - 2)) != VM_OK)
+            if ((st = add_field(&S, node, VM_J_STR, esc, start + 1, p - start - 2)) != VM_OK)
                 return st;
             goto after;
         case 't':
@@ -667,8 +661,7 @@ member:                                         /* a member (key and value) or a
             type = VM_J_NUM;
             break;
         }
-        if (node != VM_NONE && t->nodes[node].path != VM_NONE &&
-            (st = record_field(&S, t->nodes[node].path, type, false, start, p - start)) != VM_OK)
+        if ((st = add_field(&S, node, type, false, start, p - start)) != VM_OK)
             return st;
     }
 after:                                          /* after a member or element: ',' or the end */
@@ -722,17 +715,12 @@ vm_status vm_scan(vm_ctx *c, const char *json, size_t len, vm_error *err)
     static int only = -1;
     if (only < 0)
         only = getenv("EBR_STAGE1_ONLY") != NULL;
-    c->fast_for = NULL;
-    if (c->trusted) {
-        c->fields.n = c->memb.n = c->frames.n = 0;
-        c->narrays = c->array_depth.n = 0;
+    c->fast_for = NULL;   /* (the tables it fills are emptied by vm_match, its only caller) */
+    if (c->trusted)
         return walk_trusted(c, json, len, err);
-    }
     if (c->fast_ok && len >= 64 && vm_fast_stage1(c, json, len)) {
         c->fast_for = json;
         return only ? VM_OK : walk_after_stage1(c, json, len, err);
     }
-    c->fields.n = c->memb.n = c->frames.n = 0;
-    c->narrays = c->array_depth.n = 0;
     return walk(c, json, len, err);
 }

@@ -30,9 +30,10 @@ struct vm_trie {
 };
 
 /* Finds the child of node n reached by key k[0..len); VM_NONE if there is none.  Few edges (the
- * usual case) are looked at in line, by length first; more, by a binary search (program.c).
- * (In line, with the walk's strings read in line too: the trusted EXACT row 6,041 -> 5,290
- * instructions an event, callgrind.) */
+ * usual case) are looked at in line, by length and first byte before memcmp; more, by a binary
+ * search (program.c).  (In line, with the walk's strings read in line too: the trusted EXACT row
+ * 6,041 -> 5,290 instructions an event; the first byte, for keys such as "x", "y" and "z": the
+ * routing row's events 19,435 -> 19,192, callgrind.) */
 uint32_t vm_trie_child_many(const struct vm_trie *t, uint32_t n, const char *k, size_t len);
 
 static inline uint32_t vm_trie_child(const struct vm_trie *t, uint32_t n, const char *k, size_t len)
@@ -42,7 +43,7 @@ static inline uint32_t vm_trie_child(const struct vm_trie *t, uint32_t n, const 
         return vm_trie_child_many(t, n, k, len);
     const vm_trie_edge *e = t->edges + node->edge0;
     for (uint32_t i = 0; i < node->nedge; i++)
-        if (e[i].len == len && memcmp(e[i].key, k, len) == 0)
+        if (e[i].len == len && (len == 0 || e[i].key[0] == k[0]) && memcmp(e[i].key, k, len) == 0)
             return e[i].child;
     return VM_NONE;
 }
