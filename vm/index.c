@@ -107,6 +107,46 @@ static inline bool has_vid(const uint16_t *ids, uint32_t n, uint32_t v)
     return *base == v;
 }
 
+/* Does string leaf f pass test t, whose quick form (struct vm_derived, test_quick) is q, on its
+ * bytes as they lie in the event: 1 yes, 0 no, -1 it cannot tell here (an escape in the leaf, or
+ * ignore-case and a byte past ASCII, whose folding may change lengths).  vm_leaf_passes
+ * unescapes and case-folds the leaf for each test, then compares through its general paths;
+ * this is a length test and a short compare.  Callgrind, instructions an event, trusted, 2,000
+ * events: the CityLots ANYTHING_BUT_IGNORE_CASE row 7,487 -> 6,819, ANYTHING_BUT_PREFIX 6,937
+ * -> 6,681, the routing row's events with the COMBO rules (25 anything-but) 19,903 -> 18,826. */
+static int quick_passes(const vm_program *p, unsigned q, const vm_test *t, const char *json,
+                        const vm_field *f)
+{
+    if (f->escaped)
+        return -1;
+    const unsigned char *s = (const unsigned char *)json + f->off;
+    size_t n = f->len;
+    if (q & VM_Q_CI)
+        for (size_t i = 0; i < n; i++)
+            if (s[i] >= 0x80)
+                return -1;
+    unsigned op = q & ~VM_Q_CI;
+    const vm_const *k = p->consts + t->arg0, *end = k + t->narg;
+    for (; k < end; k++) {
+        size_t m = k->s.len;
+        if (m > n || (op == VM_Q_EQ && m != n))
+            continue;
+        const unsigned char *at = op == VM_Q_SUFFIX ? s + n - m : s;
+        const unsigned char *ks = (const unsigned char *)vm_s(p, k->s);
+        if (!(q & VM_Q_CI)) {
+            if (memcmp(at, ks, m) == 0)
+                return 1;
+            continue;
+        }
+        size_t i = 0;
+        while (i < m && (at[i] >= 'A' && at[i] <= 'Z' ? at[i] + 32 : at[i]) == ks[i])
+            i++;
+        if (i == m)
+            return 1;
+    }
+    return 0;
+}
+
 /* Does leaf fi pass the test of predicate g (before VM_TF_NEG)?  A plain string equality
  * compares value ids (struct vm_derived): the leaf's id is looked up once per event, then found
  * or not by a binary search in the predicate's ids.  With the 100k issue193 rules this took
@@ -116,8 +156,11 @@ static bool leaf_passes(vm_ctx *c, const char *json, uint32_t g, const vm_test *
 {
     const struct vm_derived *d = c->p->derived;
     uint32_t n = vm_pred_nvid(d, g);
-    if (n == VM_NONE || c->fields.v[fi].type != VM_J_STR)
-        return vm_leaf_passes(c, json, t, &c->fields.v[fi]);
+    if (n == VM_NONE || c->fields.v[fi].type != VM_J_STR) {
+        unsigned q = d->test_quick[t - c->p->tests];
+        int r = q && c->fields.v[fi].type == VM_J_STR ? quick_passes(c->p, q, t, json, &c->fields.v[fi]) : -1;
+        return r >= 0 ? r : vm_leaf_passes(c, json, t, &c->fields.v[fi]);
+    }
     uint32_t v = field_vid(c, json, fi, c->p->ix_preds[g].path);
     return v != VM_NONE && has_vid(d->vids + vm_pred_vid0(d, g), n, v);
 }

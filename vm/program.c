@@ -434,6 +434,34 @@ static bool number_values(const vm_program *p, struct vm_derived *d)
     return ok;
 }
 
+/* Which tests index.c may run on a string leaf's bytes in place (struct vm_derived, test_quick):
+ * an equality, prefix or suffix whose constants are all strings that spell no IP address, not
+ * compared as numbers; ignore-case only when every constant is ASCII (a leaf of ASCII alone then
+ * folds byte for byte). */
+static bool quick_tests(const vm_program *p, struct vm_derived *d)
+{
+    d->test_quick = calloc(p->ntests + 1, 1);
+    if (!d->test_quick)
+        return false;
+    for (uint32_t i = 0; i < p->ntests; i++) {
+        const vm_test *t = &p->tests[i];
+        unsigned q = t->kind == VM_T_EQ ? VM_Q_EQ : t->kind == VM_T_PREFIX ? VM_Q_PREFIX
+                   : t->kind == VM_T_SUFFIX ? VM_Q_SUFFIX : VM_Q_NONE;
+        if (t->flags & ~(VM_TF_NEG | VM_TF_CI) || t->narg == 0)
+            q = VM_Q_NONE;
+        for (uint32_t j = 0; q && j < t->narg; j++) {
+            const vm_const *k = &p->consts[t->arg0 + j];
+            if (k->type != VM_C_STR || (k->flags & VM_CF_IP))
+                q = VM_Q_NONE;
+            for (uint32_t b = 0; q && (t->flags & VM_TF_CI) && b < k->s.len; b++)
+                if ((unsigned char)vm_s(p, k->s)[b] >= 0x80)
+                    q = VM_Q_NONE;
+        }
+        d->test_quick[i] = (uint8_t)(q && (t->flags & VM_TF_CI) ? q | VM_Q_CI : q);
+    }
+    return true;
+}
+
 /* Gives each plain string key of the index its value id (see struct vm_derived, key_vid). */
 static bool key_value_ids(const vm_program *p, struct vm_derived *d)
 {
@@ -596,6 +624,7 @@ void vm_derived_free(struct vm_derived *d)
     free(d->vids);
     free(d->key_vid);
     free(d->keys_hold_vids);
+    free(d->test_quick);
     free(d->ix_recs);
     free(d->rec_at);
     free(d->ix_cpreds);
@@ -614,7 +643,8 @@ vm_status vm_program_prepare(vm_program *p)
     p->derived->trie = build_trie(p);
     if (!p->derived->trie || !analyse_code(p, p->derived) || !map_index_paths(p, p->derived) ||
         !tag_index_slots(p, p->derived) || !number_values(p, p->derived) ||
-        !key_value_ids(p, p->derived) || !clause_records(p, p->derived)) {
+        !key_value_ids(p, p->derived) || !clause_records(p, p->derived) ||
+        !quick_tests(p, p->derived)) {
         vm_derived_free(p->derived);
         p->derived = NULL;
         return VM_ERR_NOMEM;

@@ -439,6 +439,60 @@ Test(differential, sort_rules)
     }
 }
 
+/* Equality, prefix and suffix tests of strings, plain and ignore-case, as themselves and as
+ * anything-but, run on a leaf's bytes in place when they can (index.c, quick_passes): leaves
+ * that are escaped, or hold bytes past ASCII whose case folding changes lengths or turns into
+ * ASCII (the Kelvin sign folds to "k", "ß" to "ss", "ſ" to "s"), must get the same verdicts as
+ * the reference's folded comparisons. */
+Test(differential, strings_compared_in_place)
+{
+    static const char *const consts[] = { "kelvin", "KE", "ss", "s", "in", "ab", "", "\u00e9" };
+    static const char *const ops[] = {
+        "\"%s\"", "{\"equals-ignore-case\": \"%s\"}", "{\"prefix\": \"%s\"}",
+        "{\"prefix\": {\"equals-ignore-case\": \"%s\"}}", "{\"suffix\": \"%s\"}",
+        "{\"suffix\": {\"equals-ignore-case\": \"%s\"}}", "{\"anything-but\": \"%s\"}",
+        "{\"anything-but\": {\"equals-ignore-case\": [\"%s\", \"ss\"]}}",
+        "{\"anything-but\": {\"prefix\": \"%s\"}}", "{\"anything-but\": {\"suffix\": \"%s\"}}",
+    };
+    static const char *const leaves[] = {
+        "\"kelvin\"", "\"KELVIN\"", "\"\u212aelvin\"", "\"\\u212Aelvin\"", "\"\u017fs\"", "\"\u00df\"",
+        "\"SS\"", "\"s\"", "\"\"", "\"ab\"", "\"xAB\"", "\"\u00e9\"", "\"\u00c9\"", "\"k\\u0045\"",
+        "\"KEin\"", "\"abs\"", "5", "true", "null", "\"\u212a\"",
+    };
+    const uint32_t nc = sizeof consts / sizeof *consts, no = sizeof ops / sizeof *ops,
+                   nl = sizeof leaves / sizeof *leaves;
+    buf src = { 0 };
+    put(&src, "bus b\n");
+    int r = 0;
+    for (uint32_t o = 0; o < no; o++)
+        for (uint32_t k = 0; k < nc; k++) {
+            if (strstr(ops[o], "anything-but\": {\"") && strstr(ops[o], "fix") && !*consts[k])
+                continue;   /* an empty prefix or suffix is refused in anything-but */
+            put(&src, "rule r%d on b { pattern {\"%s\": [", r, r % 2 ? "s" : "t");
+            r++;
+            put(&src, ops[o], consts[k]);
+            put(&src, "]} }\n");
+        }
+    vm_program *p = cc_compile_text("in_place.ebr", src.s, src.n, stderr, NULL);
+    cr_assert_not_null(p, "%s", src.s);
+    uint32_t quick = 0, quick_ci = 0;
+    for (uint32_t g = 0; g < p->nix_preds; g++) {
+        uint8_t q = p->derived->test_quick[p->ix_preds[g].test];
+        quick += q != VM_Q_NONE;
+        quick_ci += (q & VM_Q_CI) != 0;
+    }
+    cr_assert_gt(quick_ci, 10, "the ignore-case tests should run in place (%u of %u in all)", quick_ci,
+                 quick);
+    for (int e = 0; e < 2000; e++) {
+        buf ev = { 0 };
+        put(&ev, "{\"s\": %s, \"t\": [%s, %s]}", leaves[rnd(nl)], leaves[rnd(nl)], leaves[rnd(nl)]);
+        run_engines(p, ev.s, ev.n, e, "(strings compared in place)");
+        free(ev.s);
+    }
+    vm_program_free(p);
+    free(src.s);
+}
+
 /* A template reads the event through the brackets stage 1 recorded, or byte by byte when the
  * byte-by-byte scanner read it; the payloads must be the same.  (Events of 64 bytes and more
  * go through stage 1.) */
