@@ -435,7 +435,7 @@ static bool number_values(const vm_program *p, struct vm_derived *d)
 }
 
 /* Which tests index.c may run on a string leaf's bytes in place (struct vm_derived, test_quick):
- * an equality, prefix or suffix whose constants are all strings that spell no IP address, not
+ * an equality, prefix, suffix or wildcard whose constants are all strings that spell no IP address, not
  * compared as numbers; ignore-case only when every constant is ASCII (a leaf of ASCII alone then
  * folds byte for byte). */
 static bool quick_tests(const vm_program *p, struct vm_derived *d)
@@ -446,8 +446,10 @@ static bool quick_tests(const vm_program *p, struct vm_derived *d)
     for (uint32_t i = 0; i < p->ntests; i++) {
         const vm_test *t = &p->tests[i];
         unsigned q = t->kind == VM_T_EQ ? VM_Q_EQ : t->kind == VM_T_PREFIX ? VM_Q_PREFIX
-                   : t->kind == VM_T_SUFFIX ? VM_Q_SUFFIX : VM_Q_NONE;
-        if (t->flags & ~(VM_TF_NEG | VM_TF_CI) || t->narg == 0)
+                   : t->kind == VM_T_SUFFIX ? VM_Q_SUFFIX
+                   : t->kind == VM_T_WILDCARD ? VM_Q_WILDCARD : VM_Q_NONE;
+        if (t->flags & ~(VM_TF_NEG | VM_TF_CI) || t->narg == 0 ||
+            (q == VM_Q_WILDCARD && (t->flags & VM_TF_CI)))
             q = VM_Q_NONE;
         for (uint32_t j = 0; q && j < t->narg; j++) {
             const vm_const *k = &p->consts[t->arg0 + j];

@@ -93,9 +93,10 @@ struct vm_derived {
      * leaf that some rule's trigger looks at was looked up twice. */
     uint32_t *key_vid;
     uint8_t *keys_hold_vids;
-    /* Per test: VM_Q_* when it is an equality, prefix or suffix test of strings alone (no
-     * address, no number) that index.c can run on a string leaf's bytes as they lie in the
-     * event (ignore-case: constants of ASCII alone), else VM_Q_NONE (index.c, quick_passes). */
+    /* Per test: VM_Q_* when it is an equality, prefix, suffix or wildcard test of strings alone
+     * (no address, no number) that index.c can run on a string leaf's bytes as they lie in the
+     * event (ignore-case: constants of ASCII alone, and no wildcard), else VM_Q_NONE (index.c,
+     * quick_passes). */
     uint8_t *test_quick;
     /* Per predicate g of the index (all buses), the clauses it triggers as records
      * ix_recs[rec_at[g] .. rec_at[g + 1]), laid out one after another so that deciding them reads
@@ -191,7 +192,7 @@ static inline uint32_t vm_pred_nvid(const struct vm_derived *d, uint32_t g)
 }
 
 /* A test run on a leaf's bytes in place (struct vm_derived, test_quick). */
-enum { VM_Q_NONE, VM_Q_EQ, VM_Q_PREFIX, VM_Q_SUFFIX, VM_Q_CI = 4 };
+enum { VM_Q_NONE, VM_Q_EQ, VM_Q_PREFIX, VM_Q_SUFFIX, VM_Q_WILDCARD, VM_Q_CI = 8 };
 
 /* The value id of string s on path (see struct vm_derived; its local id is vid_local[id]), or
  * VM_NONE when no equality predicate names it. */
