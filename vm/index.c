@@ -511,6 +511,8 @@ static bool arrays_matter(const vm_ctx *c, const vm_ix_bus *b, const vm_ix_claus
 static int simple_clause(vm_ctx *c, const vm_ix_bus *b, const char *json, const vm_ix_rec *r,
                          uint32_t g)
 {
+    if (r->ncp == 1)
+        return 1;
     if (r->ncp == 2)
         return r->depth && in_arrays(c, r->cp0, r->depth) && in_arrays(c, r->path, r->depth) ? -1
                                                                                            : 1;

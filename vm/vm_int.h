@@ -115,7 +115,7 @@ struct vm_derived {
  * no negation, is `simple` (ncp > 0): its predicates are ix_cpreds[cp0 ..+ ncp], each with its
  * value ids, and it is decided from them and the stamps alone; the bytecode decides only if
  * arrays within `depth` hold leaves of two of their paths.  (ncp 2: the trigger and `next`
- * are all, and cp0 is the trigger's path.) */
+ * are all, and cp0 is the trigger's path; ncp 1: the trigger is all the clause needs.) */
 typedef struct vm_ix_rec {
     uint32_t clause, rule;   /* all buses */
     uint32_t next;           /* all buses */

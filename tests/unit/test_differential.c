@@ -495,6 +495,32 @@ Test(differential, strings_compared_in_place)
     free(src.s);
 }
 
+/* A clause of one predicate is decided by its trigger alone, unless it is a band whose two
+ * bounds the elements of an array could pass apart: [0, 500] has a number above 1 and one below
+ * 300, yet no element in (1, 300). */
+Test(differential, one_predicate_clauses)
+{
+    static const char *const rules =
+        "bus b\n"
+        "rule band on b { match data.arr[].x > 1 and data.arr[].x < 300 }\n"
+        "rule band_top on b { match data.n >= 1 and data.n <= 300 }\n"
+        "rule one on b { match data.arr[].x > 400 }\n"
+        "rule neg on b { match not (data.arr[].x == 0) }\n";
+    static const char *const events[] = {
+        "{\"data\": {\"arr\": [{\"x\": 0}, {\"x\": 500}]}}",
+        "{\"data\": {\"arr\": [{\"x\": 0}, {\"x\": 50}]}}",
+        "{\"data\": {\"arr\": [{\"x\": 500}, {\"x\": -3}, {\"x\": 2}]}}",
+        "{\"data\": {\"n\": [0, 500]}}",
+        "{\"data\": {\"n\": 7, \"arr\": []}}",
+        "{\"data\": {\"arr\": [{\"x\": 0}]}}",
+    };
+    vm_program *p = cc_compile_text("one.ebr", rules, strlen(rules), stderr, NULL);
+    cr_assert_not_null(p);
+    for (size_t e = 0; e < sizeof events / sizeof *events; e++)
+        run_engines(p, events[e], strlen(events[e]), (int)e, rules);
+    vm_program_free(p);
+}
+
 /* A template reads the event through the brackets stage 1 recorded, or byte by byte when the
  * byte-by-byte scanner read it; the payloads must be the same.  (Events of 64 bytes and more
  * go through stage 1.) */
