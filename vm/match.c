@@ -142,6 +142,7 @@ void vm_ctx_free(vm_ctx *c)
     free(c->candidates.v);
     free(c->live.v);
     free(c->field_vid.v);
+    free(c->field_num.v);
     vm_fast_free(&c->fast);
     free(c->bind);
     free(c->bind_level);
@@ -210,13 +211,6 @@ static bool number_equals(vm_ctx *c, const char *s, size_t n, const vm_const *k)
     if (!vm_canon_text(c, s, n, &t))
         return false;
     return k->s.len == t.n && memcmp(vm_s(c->p, k->s), t.s, t.n) == 0;
-}
-
-static bool in_range(const vm_const *k, double d)
-{
-    if (k->flags & VM_CF_LO_OPEN ? !(d > k->lo) : !(d >= k->lo))
-        return false;
-    return k->flags & VM_CF_HI_OPEN ? d < k->hi : d <= k->hi;
 }
 
 static bool ip_in(const vm_const *k, const uint8_t ip[16])
@@ -311,7 +305,7 @@ bool vm_leaf_passes(vm_ctx *c, const char *json, const vm_test *t, const vm_fiel
             if (!vm_number_value(num.s, num.n, &d))
                 return false;
             for (; k < kend; k++)
-                if (in_range(k, d))
+                if (vm_in_range(k, d))
                     return true;
             return false;
         }

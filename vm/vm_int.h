@@ -191,6 +191,14 @@ static inline uint32_t vm_pred_nvid(const struct vm_derived *d, uint32_t g)
                                             : vm_pred_vid0(d, g + 1) - vm_pred_vid0(d, g);
 }
 
+/* Does number d lie in range constant k (VM_C_RANGE)? */
+static inline bool vm_in_range(const vm_const *k, double d)
+{
+    if (k->flags & VM_CF_LO_OPEN ? !(d > k->lo) : !(d >= k->lo))
+        return false;
+    return k->flags & VM_CF_HI_OPEN ? d < k->hi : d <= k->hi;
+}
+
 /* A test run on a leaf's bytes in place (struct vm_derived, test_quick). */
 enum { VM_Q_NONE, VM_Q_EQ, VM_Q_PREFIX, VM_Q_SUFFIX, VM_Q_WILDCARD, VM_Q_CI = 8 };
 
@@ -273,7 +281,9 @@ struct vm_ctx {
     uint16_t *path_depth;           /* ... and the depth of the outermost such array */
     VM_BUF(uint32_t) candidates;
     VM_BUF(uint32_t) live;          /* records the signatures leave, with their trigger (index.c) */
-    VM_BUF(uint32_t) field_vid;     /* per field: its value id, VM_NONE, or VM_VID_UNSET (index.c) */
+    VM_BUF(uint32_t) field_vid;     /* per field: its value id, VM_NONE, or VM_VID_UNSET (index.c);
+                                       a number: 0 parsed into field_num, VM_NONE not a double */
+    VM_BUF(double) field_num;       /* per number field: its value, once parsed (index.c) */
     uint32_t *path_sig, *sig_stamp; /* per path: its leaves' signature in this event (index.c) */
     /* the fast scanner */
     bool fast_ok;

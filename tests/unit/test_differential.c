@@ -521,6 +521,31 @@ Test(differential, one_predicate_clauses)
     vm_program_free(p);
 }
 
+/* A number leaf is parsed once an event and read by the range tree, the bands and the ranges
+ * tested on demand (index.c, field_number); one beyond the double range is in no range. */
+Test(differential, numbers_read_once)
+{
+    static const char *const rules =
+        "bus b\n"
+        "rule above on b { match data.t == \"x\" and data.n > 1 }\n"
+        "rule below on b { match data.t == \"x\" and data.n < 1 }\n"
+        "rule band on b { match data.t == \"x\" and data.n >= 0 and data.n < 5 }\n"
+        "rule tree on b { match data.n >= 2 }\n"
+        "rule tree_band on b { match data.n > 1 and data.n <= 300 }\n"
+        "rule asnum on b { match data.t == \"x\" and data.n as number > 1 }\n";
+    static const char *const values[] = {
+        "1e400", "-1e400", "3", "0", "[0, 500]", "[1e400, 2]", "\"3\"", "300", "1", "-0.5",
+    };
+    vm_program *p = cc_compile_text("numbers.ebr", rules, strlen(rules), stderr, NULL);
+    cr_assert_not_null(p);
+    for (size_t i = 0; i < sizeof values / sizeof *values; i++) {
+        char ev[128];
+        snprintf(ev, sizeof ev, "{\"data\": {\"t\": \"x\", \"n\": %s}}", values[i]);
+        run_engines(p, ev, strlen(ev), (int)i, rules);
+    }
+    vm_program_free(p);
+}
+
 /* A template reads the event through the brackets stage 1 recorded, or byte by byte when the
  * byte-by-byte scanner read it; the payloads must be the same.  (Events of 64 bytes and more
  * go through stage 1.) */
