@@ -29,6 +29,8 @@ static const char rules[] =
     "rule absent on b { match not exists data.z }\n"
     "rule anybut on b { match data.s not in [\"p\", \"q\"] and data.t != \"r\" }\n"
     "rule asnum on b { match data.s as number >= 10 }\n"
+    "rule quick on b { match data.t not ends_with ignore_case \"yz\" or data.s != ignore_case \"ks\" "
+    "or data.t like \"*k*\" or data.n > 1e300 }\n"
     "rule pat on b { pattern {\"data\": {\"a\": {\"k\": [{\"anything-but\": {\"prefix\": \"z\"}}], "
     "\"v\": [{\"numeric\": [\">\", 0, \"<\", 9]}]}, \"$or\": [{\"s\": [{\"wildcard\": \"*.json\"}]}, "
     "{\"t\": [{\"exists\": true}]}]}} }\n"
