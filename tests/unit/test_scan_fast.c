@@ -258,6 +258,12 @@ Test(scan_fast, numbers_across_every_block_boundary, .timeout = 120)
         "01", "-01", "00", "-", "--1", "+1", "1-", "1+", "1.", "-.5", ".5", "1..2", "1.2.3", "1.e5",
         "1e", "1e+", "1e-", "1e+-5", "1ee5", "1e5e5", "1e5.5", "1e.5", "-e5", "1e5-", "0-1", "1x",
         "1.5x", "1E", "1.0e05", "0.0e-0", "-0.0", "1e05.", "12.34.56e7", "1e5+5", "2-3",
+        /* leading zeros in exponents are allowed, not in the number */
+        "1e-05", "1E+00", "-0e-01", "10e01", "0e01", "1.0e-05", "-00", "-0e05",
+        /* signs: one at the start ('-') and one after 'e', nowhere else */
+        "1+5", "-+1", "+-1", "1e-+5", "0-0", "1e--5", "-1e-5-", "1.5e-05e5", "-1.5e-05.1",
+        /* letters but 'e' */
+        "1a", "1e5a", "-a", "1.a", "1Ea", "tr1e", "0x10",
     };
     across_boundaries(numbers, sizeof numbers / sizeof numbers[0], "%*s{\"a\":[%s,%s],\"b\":%s}");
 }
