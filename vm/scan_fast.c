@@ -233,7 +233,8 @@ typedef struct {
 /* Marks the bytes escaped by a backslash: a byte after an odd run of backslashes.  Backslashes
  * are rare in events, so this walks only the blocks that have one.  p: the block, of which n
  * bytes may be read (the rest is taken as spaces). */
-static __attribute__((noinline, cold)) uint64_t escaped_walk(const uint8_t *p, unsigned n, uint64_t *odd);
+static __attribute__((noinline, cold)) uint64_t escaped_walk(const uint8_t *p, unsigned n,
+                                                        uint64_t *odd);
 
 static inline __attribute__((always_inline)) uint64_t escaped_bytes(const uint8_t *p, unsigned n,
                                                                     uint64_t bs, uint64_t *odd)
@@ -784,7 +785,8 @@ static VBMI2 bool stage1_vbmi2(vm_ctx *c, const char *json, size_t len)
          * difference measured, -2 to -4 ns an event, within the noise.) */
         __m512i v = _mm512_mask_loadu_epi8(_mm512_load_si512((const void *)kk[K_SP]),
                                            _bzhi_u64(~0ull, (unsigned)(len % 64)), s + b * 64);
-        if (!vbmi2_block(c, s, len, v, s + b * 64, (unsigned)(len % 64), b, &S, &utf8_resume, K, kk))
+        if (!vbmi2_block(c, s, len, v, s + b * 64, (unsigned)(len % 64), b, &S, &utf8_resume, K,
+                         kk))
             return false;
     }
     if (S.k.in || S.k.odd_bs)
@@ -869,6 +871,26 @@ static inline bool is_ws(char ch)
     return ch == ' ' || ch == '\n' || ch == '\r' || ch == '\t';
 }
 
+/* Are the ':' and ',' a container holds at its own level right for its kind?  An object has one
+ * ':' more than ',', or none of either when it is empty; an array has no ':'.  own: the counts
+ * (as br_cnt); ch: the closing bracket; open, close: the brackets' positions. */
+static inline __attribute__((always_inline)) bool container_ok(const char *json, uint32_t open,
+                                                               uint32_t close, uint8_t ch,
+                                                               uint64_t own)
+{
+    uint32_t lco = (uint32_t)(own >> 32), lcm = (uint32_t)own;
+    if (ch != '}')
+        return lco == 0;
+    if (lco == 0 && lcm == 0) {
+        /* No ':' at this level: only an empty object is valid. */
+        uint32_t k = open + 1;
+        while (is_ws(json[k]))
+            k++;
+        return k == close;
+    }
+    return lco == lcm + 1;
+}
+
 /* The bracket walk: matches brackets (kind and nesting), counts the ':' and ',' each container
  * holds at its own level (an object: one ':' more than ','; or none of either when empty; an
  * array: no ':'), and checks that the event is one object and nothing else: its first bracket
@@ -914,6 +936,22 @@ HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t len)
         if (ch & 2) {
             if (depth == c->max_depth)
                 return false;   /* too deep: the byte-by-byte scan reports it */
+            uint8_t next = i + 1 < nbr ? (uint8_t)json[pos[i + 1]] : 0;
+            if ((next ^ ch) == 6) {
+                /* A container with none inside (most are, in CityLots the 14 or so points of
+                 * a polygon): matched and counted without going on the stack.  Stage 1 alone,
+                 * EXACT row: ~14 ns an event less (min of 500 alternating passes over 5,000
+                 * events, both orders: -17 and -11). */
+                uint64_t own = cnt[i + 1] - cnt[i];
+                if (!container_ok(json, pos[i], pos[i + 1], next, own))
+                    return false;
+                F->br_match[i] = i + 1;
+                i++;
+                cur.inner += own;
+                if (depth == 0 && i != nbr - 1)
+                    return false;
+                continue;
+            }
             F->stack[depth++] = cur;
             cur = (struct vm_fast_frame){ i, 0, ch };
             continue;
@@ -922,21 +960,8 @@ HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t len)
             return false;
         /* (both halves at once: neither count decreases, so no borrow crosses) */
         uint64_t in = cnt[i] - cnt[cur.open], own = in - cur.inner;
-        uint32_t lco = (uint32_t)(own >> 32), lcm = (uint32_t)own;
-        if (ch == '}') {
-            if (lco == 0 && lcm == 0) {
-                /* No ':' at this level: only an empty object is valid. */
-                uint32_t k = pos[cur.open] + 1;
-                while (is_ws(json[k]))
-                    k++;
-                if (k != pos[i])
-                    return false;
-            } else if (lco != lcm + 1) {
-                return false;
-            }
-        } else if (lco != 0) {
+        if (!container_ok(json, pos[cur.open], pos[i], ch, own))
             return false;
-        }
         F->br_match[cur.open] = i;   /* (read for opening brackets only) */
         cur = F->stack[--depth];
         cur.inner += in;

@@ -198,6 +198,9 @@ Test(scan_fast, tricky_inputs)
         "{\"a\":1E5}", "{\"a\":-0.1E-5}", "{\"a\":[true,false,null]}", "{\"a\":True}",
         /* as many ':' as ',' + 1 and every pair of tokens allowed: only "a ':' after a key" */
         "{\"a\":\"b\":\"c\",\"d\"}", "{\"a\":[1,\"b\":2,3],\"c\":4}", "{\"a\":{\"b\":\"c\":\"d\",\"e\"}}",
+        /* a second value after the event's object, one with nothing inside and one without */
+        "{}{}", "{} []", "{\"a\":1},[]", "{},{}", "{}, {\"a\":{}}", "{\"a\":1}{\"b\":2}",
+        "{\"a\":1}[]", "{}{\"a\":[1]}", "[]",
     };
     vm_program *p = program();
     vm_options slow_opt = { .no_simd = true };
