@@ -92,17 +92,14 @@ AVX512 void classify512_outside(__m512i v, const uint8_t (*kk)[64], classes *k)
     k->scal = let | d | EQ(K_MI) | EQ(K_PL) | EQ(K_DT);
 }
 
-/* For block_scalars: d, mi, pl, dt, ee, let, lit, z. */
-AVX512 void classify512_scalars(__m512i v, const uint8_t (*kk)[64], classes *k)
+/* For the numbers and literals of stage1_vbmi2: mi, dt, ee, lit (the rest of the number grammar
+ * comes from the classes vbmi2_numbers looks up). */
+AVX512 void classify512_numbers(__m512i v, const uint8_t (*kk)[64], classes *k)
 {
-    k->d = _mm512_cmple_epu8_mask(_mm512_sub_epi8(v, C(K_Z)), C(K_9));
     k->mi = EQ(K_MI);
-    k->pl = EQ(K_PL);
     k->dt = EQ(K_DT);
     k->ee = EQ(K_E) | EQ(K_EU);
-    k->let = _mm512_cmple_epu8_mask(_mm512_sub_epi8(_mm512_or_si512(v, C(K_LC)), C(K_A)), C(K_25));
     k->lit = EQ(K_T) | EQ(K_F) | EQ(K_N);
-    k->z = EQ(K_Z);
 }
 #undef EQ
 #undef C
@@ -234,25 +231,27 @@ typedef struct {
 } carries;
 
 /* Marks the bytes escaped by a backslash: a byte after an odd run of backslashes.  Backslashes
- * are rare in events, so this walks only the blocks that have one. */
-static __attribute__((noinline, cold)) uint64_t escaped_walk(const uint8_t *p, uint64_t *odd);
+ * are rare in events, so this walks only the blocks that have one.  p: the block, of which n
+ * bytes may be read (the rest is taken as spaces). */
+static __attribute__((noinline, cold)) uint64_t escaped_walk(const uint8_t *p, unsigned n,
+                                                        uint64_t *odd);
 
-static inline __attribute__((always_inline)) uint64_t escaped_bytes(const uint8_t *p, uint64_t bs,
-                                                                    uint64_t *odd)
+static inline __attribute__((always_inline)) uint64_t escaped_bytes(const uint8_t *p, unsigned n,
+                                                                    uint64_t bs, uint64_t *odd)
 {
     if (!bs && !*odd)
         return 0;
-    return escaped_walk(p, odd);
+    return escaped_walk(p, n, odd);
 }
 
-static uint64_t escaped_walk(const uint8_t *p, uint64_t *odd)
+static uint64_t escaped_walk(const uint8_t *p, unsigned n, uint64_t *odd)
 {
     uint64_t esc = 0;
-    for (int i = 0; i < 64; i++) {
+    for (unsigned i = 0; i < 64; i++) {
         if (*odd) {
             esc |= 1ull << i;
             *odd = 0;
-        } else if (p[i] == '\\') {
+        } else if (i < n && p[i] == '\\') {
             *odd = 1;
         }
     }
@@ -360,12 +359,13 @@ typedef struct {
 } strmasks;
 
 /* Strings of a block: real quotes, their insides, what is outside; checks escapes, control
- * characters and UTF-8.  Returns false on an error it cannot put in *err (a bad escape). */
-AI bool block_strings(const uint8_t *p, const classes *m, carries *k, const uint8_t *s, size_t len,
-                      size_t base, size_t *utf8_resume, uint64_t *err, strmasks *o)
+ * characters and UTF-8.  Returns false on an error it cannot put in *err (a bad escape).
+ * p: the block, of which n bytes may be read (the rest is taken as spaces). */
+AI bool block_strings(const uint8_t *p, unsigned n, const classes *m, carries *k, const uint8_t *s,
+                      size_t len, size_t base, size_t *utf8_resume, uint64_t *err, strmasks *o)
 {
     uint64_t odd = k->odd_bs;
-    uint64_t esc = escaped_bytes(p, m->bs, &odd);
+    uint64_t esc = escaped_bytes(p, n, m->bs, &odd);
     k->odd_bs = odd;
     o->q = m->q & ~esc;
     o->in = prefix_xor(o->q) ^ k->in;
@@ -448,13 +448,17 @@ AI bool block_outputs(vm_fast *F, size_t b, uint64_t co, uint64_t cm, uint64_t b
          * container's by subtractions: both counts in one word, one store a bracket here and
          * one load and one subtraction in the walk (two each before; stage 1 of the EXACT row
          * ~20-30 ns an event less, 5,000 events, min of 20 alternating runs: 433-441 -> 407-411). */
+        /* (in locals: stored through br_pos, F->nbr was read again for every bracket; ~6 ns
+         * an event, EXACT row) */
+        uint32_t *pos = F->br_pos + F->nbr;
+        uint64_t *cnt = F->br_cnt + F->nbr;
+        F->nbr += (uint32_t)__builtin_popcountll(br);
         for (; br; br &= br - 1) {
             unsigned off = (unsigned)__builtin_ctzll(br);
             uint64_t below = (1ull << off) - 1;
-            F->br_pos[F->nbr] = (uint32_t)(b * 64 + off);
-            F->br_cnt[F->nbr] = base + ((uint64_t)__builtin_popcountll(co & below) << 32 |
-                                        (uint64_t)__builtin_popcountll(cm & below));
-            F->nbr++;
+            *pos++ = (uint32_t)(b * 64 + off);
+            *cnt++ = base + ((uint64_t)__builtin_popcountll(co & below) << 32 |
+                             (uint64_t)__builtin_popcountll(cm & below));
         }
     }
     return true;
@@ -488,7 +492,7 @@ AI bool stage1_masks(vm_ctx *c, const char *json, size_t len, classify_fn classi
         classes m;
         classify(p, &m);
         strmasks st;
-        if (!block_strings(p, &m, &k, s, len, b * 64, &utf8_resume, &err, &st))
+        if (!block_strings(p, 64, &m, &k, s, len, b * 64, &utf8_resume, &err, &st))
             return false;
         uint64_t out = st.out, ws = m.ws & out;
         uint64_t lb = m.lb & out, rb = m.rb & out, lk = m.lk & out, rk = m.rk & out;
@@ -557,7 +561,32 @@ typedef struct {
      * 0x1b, 0x1d, 0x3a and 0x2c are distinct); each class as a bit, for testing `allowed`. */
     uint8_t cls_of[64], bit_of[64];
     uint8_t t_str[64], t_scalar[64];
+    /* The number grammar (vbmi2_numbers): the class of a byte of a number run (N_, at the low 7
+     * bits of the byte; the class of a '-' that starts a number at num_ms); per pair of classes
+     * (the byte before * 8 + the byte), the classes of the byte before the two that allow the
+     * pair, one bit each (as `allowed`). */
+    uint8_t num_cls[128], num_ms[64], num_allowed[64];   /* (num_cls: two registers) */
 } vbmi2_consts;
+
+/* Classes of the bytes of number runs (3 bits; every byte outside them is N_O): a digit but
+ * '0', '0', a '-' that starts a number, any other sign, '.', 'e' or 'E', any other letter. */
+enum { N_O, N_D, N_Z, N_M, N_S, N_T, N_E, N_X };
+#define NX4(a) [a] = N_X, [(a) + 1] = N_X, [(a) + 2] = N_X, [(a) + 3] = N_X
+#define NLETTERS(a) NX4(a + 1), NX4(a + 6), NX4(a + 10), NX4(a + 14), NX4(a + 18), NX4(a + 22), \
+                    [a + 26] = N_X   /* a: the byte before 'A' or 'a'; all letters but 'e' */
+#define NROW(f, p) f(p, 0), f(p, 1), f(p, 2), f(p, 3), f(p, 4), f(p, 5), f(p, 6), f(p, 7)
+#define NB(c) (1 << (c))
+#define NDIGIT(c) ((c) == N_D || (c) == N_Z)
+/* The pair (p, c): a number ends (N_O) after a digit; a digit follows anything but a digit
+ * after a '0' that starts a number ('0' or '-0'); a '-' that starts a number follows no byte of
+ * the run, another sign follows 'e'; '.' and 'e' follow a digit; no other letter. */
+#define NALLOW(p, c)                                                                          \
+    ((p) == N_X || (c) == N_X ? 0                                                             \
+     : (c) == N_O             ? ((p) == N_O || NDIGIT(p) ? 0xff : 0)                          \
+     : NDIGIT(c)              ? ((p) == N_Z ? 0xff & ~(NB(N_O) | NB(N_M)) : 0xff)             \
+     : (c) == N_M             ? ((p) == N_O ? 0xff : 0)                                       \
+     : (c) == N_S             ? ((p) == N_E ? 0xff : 0)                                       \
+                              : (NDIGIT(p) ? 0xff : 0))
 
 #define SEQ8(i) (i), (i) + 1, (i) + 2, (i) + 3, (i) + 4, (i) + 5, (i) + 6, (i) + 7
 #define SEQ64(i) SEQ8(i), SEQ8((i) + 8), SEQ8((i) + 16), SEQ8((i) + 24), SEQ8((i) + 32), \
@@ -589,7 +618,19 @@ static const __attribute__((aligned(64))) vbmi2_consts vbmi2_k = {
                 1 << T_SCALAR },
     .t_str = R64(T_STR),
     .t_scalar = R64(T_SCALAR),
+    .num_cls = { ['0'] = N_Z, ['1'] = N_D, ['2'] = N_D, ['3'] = N_D, ['4'] = N_D, ['5'] = N_D,
+                 ['6'] = N_D, ['7'] = N_D, ['8'] = N_D, ['9'] = N_D, ['-'] = N_S, ['+'] = N_S,
+                 ['.'] = N_T, ['e'] = N_E, ['E'] = N_E, NLETTERS(0x40), NLETTERS(0x60) },
+    .num_ms = R64(N_M),
+    .num_allowed = { NROW(NALLOW, 0), NROW(NALLOW, 1), NROW(NALLOW, 2), NROW(NALLOW, 3),
+                     NROW(NALLOW, 4), NROW(NALLOW, 5), NROW(NALLOW, 6), NROW(NALLOW, 7) },
 };
+#undef NALLOW
+#undef NDIGIT
+#undef NB
+#undef NROW
+#undef NLETTERS
+#undef NX4
 #undef R64
 #undef R8
 #undef SEQ64
@@ -598,6 +639,7 @@ static const __attribute__((aligned(64))) vbmi2_consts vbmi2_k = {
 /* The state of stage1_vbmi2 between blocks. */
 typedef struct {
     __m512i hist;   /* the classes of the last tokens, the last at byte 63 */
+    __m512i ncls;   /* the number classes of the last block */
     carries k;
     uint64_t cum;   /* the ':' and ',' so far (high and low half) */
 } vbmi2_state;
@@ -631,12 +673,68 @@ vbmi2_tokens(__m512i v, uint64_t tokens, uint64_t str, uint64_t scalar, vbmi2_st
 #undef V
 }
 
-/* One block of stage1_vbmi2 (p: its 64 bytes; b: its number). */
-static VBMI2 inline __attribute__((always_inline)) bool
-vbmi2_block(vm_ctx *c, const uint8_t *s, size_t len, const uint8_t *p, size_t b, vbmi2_state *S,
-            size_t *utf8_resume, const vbmi2_consts *K, const uint8_t (*kk)[64])
+/* The number grammar of a block, but for "one '.'" and "one 'e'" (vbmi2_scalars): each byte of
+ * a number run (nr) gets a class (vpermi2b; bytes outside the runs N_O), a '-' that starts a
+ * run (ms) its own, and each byte with the two before it is looked up in num_allowed, as
+ * vbmi2_tokens does with tokens: a number starts with a digit or '-'; a '+' or '-' inside it
+ * follows 'e'; a sign, '.' or 'e' is followed by a digit ('e' by a sign too); a '.' or 'e'
+ * follows a digit; no digit follows a '0' that starts a number ('0' or '-0'); no letter but
+ * 'e'.  The bytes before the block's first two come from the last block's classes (S->ncls).
+ * Returns the bytes that break a rule.
+ *
+ * It replaced the mask rules of block_scalars here (~30 instructions and 6 carries a block):
+ * stage 1 alone of the EXACT row ~13 ns an event faster than a first version that told the
+ * signs apart by a second look-up (7 shuffles instead of 5), which was no faster than the mask
+ * rules (in-process A/B, 300 alternating passes over 5,000 CityLots events, both orders).
+ * Shuffles seem to be what this loop runs short of: fewer of them paid, fewer instructions
+ * in general have not. */
+static VBMI2 inline __attribute__((always_inline)) uint64_t
+vbmi2_numbers(__m512i v, uint64_t nr, uint64_t ms, vbmi2_state *S, const vbmi2_consts *K)
 {
-    __m512i v = _mm512_loadu_si512((const void *)p);
+#define V(x) _mm512_load_si512((const void *)(x))
+    __m512i cls = _mm512_maskz_permutex2var_epi8(nr, V(K->num_cls), v, V(K->num_cls + 64));
+    cls = _mm512_mask_mov_epi8(cls, ms, V(K->num_ms));
+    __m512i prev1 = _mm512_permutex2var_epi8(cls, V(K->before1), S->ncls);
+    __m512i prev2 = _mm512_permutex2var_epi8(cls, V(K->before2), S->ncls);
+    __m512i ok = _mm512_permutexvar_epi8(_mm512_or_si512(_mm512_slli_epi16(prev1, 3), cls),
+                                         V(K->num_allowed));
+    S->ncls = cls;
+    return _mm512_testn_epi8_mask(ok, _mm512_permutexvar_epi8(prev2, V(K->bit_of)));
+#undef V
+}
+
+/* Scalars of a block of stage1_vbmi2: literals (as block_scalars), the number grammar
+ * (vbmi2_numbers), and the two rules over whole runs: no '.' after a '.' or 'e' of the same
+ * number, no 'e' after an 'e' (the carry of an addition rippling through the run).  Returns the
+ * first byte of each scalar run in *ss_out; false as block_scalars. */
+static VBMI2 inline __attribute__((always_inline)) bool
+vbmi2_scalars(__m512i v, const classes *m, uint64_t sc, vbmi2_state *S, const vbmi2_consts *K,
+              const uint8_t *s, size_t len, size_t base, uint64_t *err, uint64_t *ss_out)
+{
+    carries *k = &S->k;
+    uint64_t ss = sc & ~shl(sc, &k->c_sc);
+    *ss_out = ss;
+    uint64_t litstart = ss & m->lit, nr = sc;
+    if (litstart | k->a_lit) {
+        if (litstart && !literals_ok(s, len, base, litstart))
+            return false;
+        nr &= add(sc, litstart, &k->a_lit);
+    }
+    *err |= vbmi2_numbers(v, nr, ss & m->mi, S, K);
+    uint64_t dt = m->dt & nr, ee = m->ee & nr, run = nr & ~(dt | ee);
+    *err |= add(shl(dt | ee, &k->c_dt), run, &k->a_dt) & dt;
+    if (ee | k->c_ee | k->a_e)
+        *err |= add(shl(ee, &k->c_ee), run, &k->a_e) & ee;
+    return true;
+}
+
+/* One block of stage1_vbmi2 (v: its 64 bytes, b: its number; p: where they are in the event,
+ * n of them, the rest padding). */
+static VBMI2 inline __attribute__((always_inline)) bool
+vbmi2_block(vm_ctx *c, const uint8_t *s, size_t len, __m512i v, const uint8_t *p, unsigned n,
+            size_t b, vbmi2_state *S, size_t *utf8_resume, const vbmi2_consts *K,
+            const uint8_t (*kk)[64])
+{
     classes m;
     classify512_strings(v, kk, &m);
     strmasks st;
@@ -644,17 +742,16 @@ vbmi2_block(vm_ctx *c, const uint8_t *s, size_t len, const uint8_t *p, size_t b,
      * into memory five times a block.  (Not measurable on its own: stage 1 of the EXACT row
      * 406-424 against 413-427 ns an event, min of 16 alternating runs.) */
     uint64_t err = 0;
-    if (!block_strings(p, &m, &S->k, s, len, b * 64, utf8_resume, &err, &st))
+    if (!block_strings(p, n, &m, &S->k, s, len, b * 64, utf8_resume, &err, &st))
         return false;
     classify512_outside(v, kk, &m);
     uint64_t out = st.out, ws = m.ws & out, br = m.br & out, co = m.co & out, cm = m.cm & out;
     uint64_t sc = out & m.scal;
     err |= out & ~(ws | br | co | cm | sc);
-    classify512_scalars(v, kk, &m);
-    uint64_t ss, after_sc;
-    if (!block_scalars(&m, sc, &S->k, s, len, b * 64, &err, &ss, &after_sc))
+    classify512_numbers(v, kk, &m);
+    uint64_t ss;
+    if (!vbmi2_scalars(v, &m, sc, S, K, s, len, b * 64, &err, &ss))
         return false;
-    (void)after_sc;
     err |= vbmi2_tokens(v, br | co | cm | st.closeq | ss, st.closeq, ss, S, K);
     if (err)
         return false;
@@ -676,14 +773,20 @@ static VBMI2 bool stage1_vbmi2(vm_ctx *c, const char *json, size_t len)
     memset(&S, 0, sizeof S);
     S.hist = _mm512_set1_epi8(T_CM);   /* the stream starts as after a ',' */
     size_t utf8_resume = 0, full = len / 64, b = 0;
-    for (; b < full; b++)
-        if (!vbmi2_block(c, s, len, s + b * 64, b, &S, &utf8_resume, K, kk))
+    for (; b < full; b++) {
+        __m512i v = _mm512_loadu_si512((const void *)(s + b * 64));
+        if (!vbmi2_block(c, s, len, v, s + b * 64, 64, b, &S, &utf8_resume, K, kk))
             return false;
+    }
     if (len % 64) {
-        uint8_t tail[64];
-        memset(tail, ' ', sizeof tail);   /* padding: whitespace, which every rule lets pass */
-        memcpy(tail, s + b * 64, len % 64);
-        if (!vbmi2_block(c, s, len, tail, b, &S, &utf8_resume, K, kk))
+        /* The last bytes and spaces after them (whitespace, which every rule lets pass), by a
+         * masked load: the bytes past the event are not read.  (It was copied into a buffer
+         * of spaces, a memset and a memcpy an event, and the block read back from it; no
+         * difference measured, -2 to -4 ns an event, within the noise.) */
+        __m512i v = _mm512_mask_loadu_epi8(_mm512_load_si512((const void *)kk[K_SP]),
+                                           _bzhi_u64(~0ull, (unsigned)(len % 64)), s + b * 64);
+        if (!vbmi2_block(c, s, len, v, s + b * 64, (unsigned)(len % 64), b, &S, &utf8_resume, K,
+                         kk))
             return false;
     }
     if (S.k.in || S.k.odd_bs)
@@ -768,6 +871,26 @@ static inline bool is_ws(char ch)
     return ch == ' ' || ch == '\n' || ch == '\r' || ch == '\t';
 }
 
+/* Are the ':' and ',' a container holds at its own level right for its kind?  An object has one
+ * ':' more than ',', or none of either when it is empty; an array has no ':'.  own: the counts
+ * (as br_cnt); ch: the closing bracket; open, close: the brackets' positions. */
+static inline __attribute__((always_inline)) bool container_ok(const char *json, uint32_t open,
+                                                               uint32_t close, uint8_t ch,
+                                                               uint64_t own)
+{
+    uint32_t lco = (uint32_t)(own >> 32), lcm = (uint32_t)own;
+    if (ch != '}')
+        return lco == 0;
+    if (lco == 0 && lcm == 0) {
+        /* No ':' at this level: only an empty object is valid. */
+        uint32_t k = open + 1;
+        while (is_ws(json[k]))
+            k++;
+        return k == close;
+    }
+    return lco == lcm + 1;
+}
+
 /* The bracket walk: matches brackets (kind and nesting), counts the ':' and ',' each container
  * holds at its own level (an object: one ':' more than ','; or none of either when empty; an
  * array: no ':'), and checks that the event is one object and nothing else: its first bracket
@@ -813,6 +936,22 @@ HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t len)
         if (ch & 2) {
             if (depth == c->max_depth)
                 return false;   /* too deep: the byte-by-byte scan reports it */
+            uint8_t next = i + 1 < nbr ? (uint8_t)json[pos[i + 1]] : 0;
+            if ((next ^ ch) == 6) {
+                /* A container with none inside (most are, in CityLots the 14 or so points of
+                 * a polygon): matched and counted without going on the stack.  Stage 1 alone,
+                 * EXACT row: ~14 ns an event less (min of 500 alternating passes over 5,000
+                 * events, both orders: -17 and -11). */
+                uint64_t own = cnt[i + 1] - cnt[i];
+                if (!container_ok(json, pos[i], pos[i + 1], next, own))
+                    return false;
+                F->br_match[i] = i + 1;
+                i++;
+                cur.inner += own;
+                if (depth == 0 && i != nbr - 1)
+                    return false;
+                continue;
+            }
             F->stack[depth++] = cur;
             cur = (struct vm_fast_frame){ i, 0, ch };
             continue;
@@ -821,21 +960,8 @@ HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t len)
             return false;
         /* (both halves at once: neither count decreases, so no borrow crosses) */
         uint64_t in = cnt[i] - cnt[cur.open], own = in - cur.inner;
-        uint32_t lco = (uint32_t)(own >> 32), lcm = (uint32_t)own;
-        if (ch == '}') {
-            if (lco == 0 && lcm == 0) {
-                /* No ':' at this level: only an empty object is valid. */
-                uint32_t k = pos[cur.open] + 1;
-                while (is_ws(json[k]))
-                    k++;
-                if (k != pos[i])
-                    return false;
-            } else if (lco != lcm + 1) {
-                return false;
-            }
-        } else if (lco != 0) {
+        if (!container_ok(json, pos[cur.open], pos[i], ch, own))
             return false;
-        }
         F->br_match[cur.open] = i;   /* (read for opening brackets only) */
         cur = F->stack[--depth];
         cur.inner += in;
@@ -938,7 +1064,7 @@ AI vm_skip_status skip_with(const char *json, size_t len, size_t from, size_t ro
         }
         skip_classes m;
         classify(p, &m);
-        uint64_t q = m.q & ~escaped_bytes(p, m.bs, &odd);
+        uint64_t q = m.q & ~escaped_bytes(p, 64, m.bs, &odd);
         uint64_t inside = prefix(q) ^ in;
         in = (uint64_t)((int64_t)inside >> 63);
         uint64_t open = m.open & ~inside, close = m.close & ~inside;

@@ -198,6 +198,9 @@ Test(scan_fast, tricky_inputs)
         "{\"a\":1E5}", "{\"a\":-0.1E-5}", "{\"a\":[true,false,null]}", "{\"a\":True}",
         /* as many ':' as ',' + 1 and every pair of tokens allowed: only "a ':' after a key" */
         "{\"a\":\"b\":\"c\",\"d\"}", "{\"a\":[1,\"b\":2,3],\"c\":4}", "{\"a\":{\"b\":\"c\":\"d\",\"e\"}}",
+        /* a second value after the event's object, one with nothing inside and one without */
+        "{}{}", "{} []", "{\"a\":1},[]", "{},{}", "{}, {\"a\":{}}", "{\"a\":1}{\"b\":2}",
+        "{\"a\":1}[]", "{}{\"a\":[1]}", "[]",
     };
     vm_program *p = program();
     vm_options slow_opt = { .no_simd = true };
@@ -258,6 +261,12 @@ Test(scan_fast, numbers_across_every_block_boundary, .timeout = 120)
         "01", "-01", "00", "-", "--1", "+1", "1-", "1+", "1.", "-.5", ".5", "1..2", "1.2.3", "1.e5",
         "1e", "1e+", "1e-", "1e+-5", "1ee5", "1e5e5", "1e5.5", "1e.5", "-e5", "1e5-", "0-1", "1x",
         "1.5x", "1E", "1.0e05", "0.0e-0", "-0.0", "1e05.", "12.34.56e7", "1e5+5", "2-3",
+        /* leading zeros in exponents are allowed, not in the number */
+        "1e-05", "1E+00", "-0e-01", "10e01", "0e01", "1.0e-05", "-00", "-0e05",
+        /* signs: one at the start ('-') and one after 'e', nowhere else */
+        "1+5", "-+1", "+-1", "1e-+5", "0-0", "1e--5", "-1e-5-", "1.5e-05e5", "-1.5e-05.1",
+        /* letters but 'e' */
+        "1a", "1e5a", "-a", "1.a", "1Ea", "tr1e", "0x10",
     };
     across_boundaries(numbers, sizeof numbers / sizeof numbers[0], "%*s{\"a\":[%s,%s],\"b\":%s}");
 }
