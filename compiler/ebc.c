@@ -128,25 +128,14 @@ static int cmd_compile(int argc, char **argv)
     vm_program *p = load_rules(in, &status);
     if (!p)
         return status;
-    uint8_t *buf;
-    size_t len;
-    if (vm_program_serialize(p, &buf, &len) != VM_OK) {
-        vm_program_free(p);
-        fputs("ebc: out of memory\n", stderr);
-        return EXIT_INPUT;
-    }
+    vm_error err;
+    bool ok = vm_program_save(p, out, &err) == VM_OK;
     vm_program_free(p);
-    /* Write a temporary file and rename it over the output: readers see the old or the new
-     * file, never half of one. */
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", out, (long)getpid());
-    FILE *f = fopen(tmp, "wb");
-    bool ok = f && fwrite(buf, 1, len, f) == len;
-    ok = f && fclose(f) == 0 && ok;
-    free(buf);
-    if (!ok || rename(tmp, out) != 0) {
-        fprintf(stderr, "%s: error: cannot write: %s\n", out, strerror(errno));
-        remove(tmp);
+    if (!ok) {
+        if (err.code == VM_ERR_NOMEM)
+            fputs("ebc: out of memory\n", stderr);
+        else
+            fprintf(stderr, "%s: error: %s\n", out, err.msg);
         return EXIT_INPUT;
     }
     return EXIT_OK;
