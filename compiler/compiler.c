@@ -197,7 +197,7 @@ static vm_program *finish(cc_comp *c)
     c->tcode_spans.v = NULL;
     p->server0 = c->server0;
     p->nserver = c->nserver;
-    if (vm_program_prepare(p) != VM_OK) {
+    if (!(c->flags & CC_UNPREPARED) && vm_program_prepare(p) != VM_OK) {
         vm_program_free(p);
         return NULL;
     }
@@ -257,6 +257,11 @@ static vm_program *compile(const char *name, char *text, size_t len, unsigned fl
 
 vm_program *cc_compile_file(const char *path, FILE *diag, cc_result *res)
 {
+    return cc_compile_file_flags(path, 0, diag, res);
+}
+
+vm_program *cc_compile_file_flags(const char *path, unsigned flags, FILE *diag, cc_result *res)
+{
     size_t len;
     char *text = read_file(path, &len);
     if (!text) {
@@ -266,7 +271,7 @@ vm_program *cc_compile_file(const char *path, FILE *diag, cc_result *res)
             res->nerrors = 1, res->nwarnings = 0;
         return NULL;
     }
-    return compile(path, text, len, 0, diag, res);
+    return compile(path, text, len, flags, diag, res);
 }
 
 vm_program *cc_compile_text(const char *name, const char *text, size_t len, FILE *diag,

@@ -85,8 +85,8 @@ static const char usage[] =
 
 /* Loads rules from .ebr source or an .ebc file (told apart by the file's first bytes, so that a
  * damaged .ebc is reported as one and not compiled as source); prints problems; NULL on failure,
- * with *status set to the exit status to use. */
-static vm_program *load_rules(const char *path, int *status)
+ * with *status set to the exit status to use.  flags: those of cc_compile_file_flags. */
+static vm_program *load_rules(const char *path, unsigned flags, int *status)
 {
     if (vm_file_is_ebc(path)) {
         vm_error err;
@@ -98,7 +98,7 @@ static vm_program *load_rules(const char *path, int *status)
         return p;
     }
     cc_result res;
-    vm_program *p = cc_compile_file(path, stderr, &res);
+    vm_program *p = cc_compile_file_flags(path, flags, stderr, &res);
     if (!p) {
         if (res.nerrors > 1)
             fprintf(stderr, "%d errors\n", res.nerrors);
@@ -125,7 +125,7 @@ static int cmd_compile(int argc, char **argv)
         return EXIT_USAGE;
     }
     int status = EXIT_OK;
-    vm_program *p = load_rules(in, &status);
+    vm_program *p = load_rules(in, CC_UNPREPARED, &status);
     if (!p)
         return status;
     vm_error err;
@@ -148,7 +148,7 @@ static int cmd_check(int argc, char **argv)
         return EXIT_USAGE;
     }
     int status = EXIT_OK;
-    vm_program *p = load_rules(argv[0], &status);
+    vm_program *p = load_rules(argv[0], 0, &status);
     if (!p)
         return status;
     printf("%s: ok: %u rules, %u buses, %u targets\n", argv[0], p->nrules, p->nbuses, p->ntargets);
@@ -229,7 +229,7 @@ static int cmd_test(int argc, char **argv)
         return EXIT_USAGE;
     }
     int status = EXIT_OK;
-    vm_program *p = load_rules(rules, &status);
+    vm_program *p = load_rules(rules, 0, &status);
     if (!p)
         return status;
     uint32_t bus = VM_NONE;
@@ -310,7 +310,7 @@ static int cmd_explain(int argc, char **argv)
         return EXIT_USAGE;
     }
     int status = EXIT_OK;
-    vm_program *p = load_rules(argv[0], &status);
+    vm_program *p = load_rules(argv[0], 0, &status);
     if (!p)
         return status;
     vm_explain(p, stdout);
@@ -533,7 +533,7 @@ static int cmd_bench(int argc, char **argv)
     }
     int status = EXIT_OK;
     double t0 = now_seconds();
-    vm_program *p = load_rules(rules, &status);
+    vm_program *p = load_rules(rules, 0, &status);
     double compile_s = now_seconds() - t0;
     if (!p)
         return status;
@@ -679,7 +679,7 @@ static int cmd_disasm(int argc, char **argv)
         return EXIT_USAGE;
     }
     int status = EXIT_OK;
-    vm_program *p = load_rules(argv[0], &status);
+    vm_program *p = load_rules(argv[0], 0, &status);
     if (!p)
         return status;
     vm_disasm(p, stdout);
@@ -1069,7 +1069,7 @@ static int cmd_trace(int argc, char **argv)
         return EXIT_USAGE;
     }
     int status = EXIT_OK;
-    vm_program *p = rules ? load_rules(rules, &status) : NULL;
+    vm_program *p = rules ? load_rules(rules, 0, &status) : NULL;
     if (rules && !p)
         return status;
     char dir[4400], err[700];
