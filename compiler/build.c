@@ -73,6 +73,27 @@ vm_str cc_str_unpooled(cc_comp *c, const char *s, size_t n)
     return e;
 }
 
+/* When the text is the larger, the pool moves in front of it in its buffer rather than the text
+ * being copied after the pool: compiling 100,000 issue193 rules, the 56 MB text was copied into
+ * a pool of ~1.3 MB, 14k page faults (of 118k) and the copy. */
+vm_str cc_str_adopt(cc_comp *c, char *text, size_t n)
+{
+    if (n <= c->strs.n) {
+        vm_str e = cc_str_unpooled(c, text, n);
+        free(text);
+        return e;
+    }
+    uint32_t at = c->strs.n;
+    char *b = cc_xrealloc(text, (size_t)at + n + 1);   /* (a large block moves without a copy) */
+    memmove(b + at, b, n + 1);
+    if (at)
+        memcpy(b, c->strs.v, at);
+    free(c->strs.v);
+    c->strs.v = b;
+    c->strs.n = c->strs.cap = at + (uint32_t)n + 1;
+    return (vm_str){ at, (uint32_t)n };
+}
+
 vm_str cc_str(cc_comp *c, const char *s, size_t n)
 {
     if (!c->strtab)

@@ -193,6 +193,9 @@ int cc_size(cc_unit *u, const gr_token *t, double *bytes);
 vm_str cc_str(cc_comp *c, const char *s, size_t n);
 /* s in the pool, not looked for nor found again (a source file's whole text) */
 vm_str cc_str_unpooled(cc_comp *c, const char *s, size_t n);
+/* The same for a malloc'd text of n + 1 bytes (NUL last) that the pool takes over: the caller
+ * no longer owns it. */
+vm_str cc_str_adopt(cc_comp *c, char *text, size_t n);
 void cc_strtab_free(cc_comp *c);
 uint32_t cc_path(cc_comp *c, const char *const *segs, const size_t *lens, uint32_t nseg);
 

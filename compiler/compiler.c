@@ -152,9 +152,11 @@ static vm_program *finish(cc_comp *c)
     vm_program *p = calloc(1, sizeof *p);
     if (!p)
         abort();
+    /* The texts go to the pool (their messages are printed). */
     for (uint32_t i = 0; i < c->units.n; i++) {
-        vm_source s = { cc_str(c, c->units.v[i]->name, strlen(c->units.v[i]->name)),
-                        cc_str_unpooled(c, c->units.v[i]->text, c->units.v[i]->len) };
+        cc_unit *u = c->units.v[i];
+        vm_source s = { cc_str(c, u->name, strlen(u->name)), cc_str_adopt(c, (char *)u->text, u->len) };
+        u->text = NULL;
         vec_push(c->srcs, s);
     }
 #define TAKE(field, vec) (p->field = (vec).v, p->n##field = (vec).n, (vec).v = NULL, (vec).n = 0)
@@ -245,8 +247,8 @@ static vm_program *compile(const char *name, char *text, size_t len, unsigned fl
     c->flags = flags;
     parse_unit(c, add_unit(c, name, text, len));
     cc_check_and_build(c);
+    cc_print_diags(c, diag);   /* before finish: it hands the texts over to the program */
     vm_program *p = c->nerrors ? NULL : finish(c);
-    cc_print_diags(c, diag);
     if (res) {
         res->nerrors = c->nerrors;
         res->nwarnings = c->nwarnings;
