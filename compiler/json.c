@@ -25,9 +25,16 @@ static void fail(reader *r, uint32_t off, uint32_t len, const char *msg)
     r->failed = 1;
 }
 
+static inline bool is_ws(char c)
+{
+    return c == ' ' || c == '\n' || c == '\t' || c == '\r';
+}
+
+/* (Compared in line rather than by strchr, a call per blank: 10k issue193 rules 746M -> 716M
+ * instructions.) */
 static void skip_ws(reader *r)
 {
-    while (r->pos < r->end && strchr(" \t\r\n", r->s[r->pos]) && r->s[r->pos])
+    while (r->pos < r->end && is_ws(r->s[r->pos]))
         r->pos++;
 }
 
