@@ -364,7 +364,7 @@ vm_span cc_span(cc_unit *u, uint32_t off, uint32_t len)
 
 ir *ir_new(cc_comp *c, ir_kind kind, vm_span span)
 {
-    ir *n = cc_alloc(c, sizeof *n);
+    ir *n = cc_rule_alloc(c, sizeof *n);   /* the IR lives while its rule is compiled */
     n->kind = kind;
     n->span = span;
     return n;
@@ -387,9 +387,9 @@ void ir_add(cc_comp *c, ir *parent, ir *kid)
         return;
     }
     if (parent->nkid == parent->cap) {
-        /* Doubling keeps a long chain linear; the old array stays in the arena. */
+        /* Doubling keeps a long chain linear; the old array stays in the rule arena. */
         parent->cap = parent->cap ? parent->cap * 2 : 4;
-        ir **k = cc_alloc(c, parent->cap * sizeof *k);
+        ir **k = cc_rule_alloc(c, parent->cap * sizeof *k);
         if (parent->nkid)
             memcpy(k, parent->kid, parent->nkid * sizeof *k);
         parent->kid = k;

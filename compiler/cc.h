@@ -95,6 +95,9 @@ struct cc_comp {
     /* the scratch arena: what lowering one pattern needs only meanwhile (its JSON tree), reused
      * from the start for the next pattern (cc_scratch_reset) */
     struct cc_chunk *scratch, *scratch_at;
+    /* the rule arena: one rule's IR, from lowering to code and index, reused from the start for
+     * the next rule (cc_rule_reset) */
+    struct cc_chunk *rulemem, *rulemem_at;
     unsigned flags;      /* CC_... of compiler.h */
     /* files */
     VEC(cc_unit *) units;
