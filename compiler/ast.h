@@ -88,6 +88,8 @@ typedef struct cc_unit {
 void *cc_alloc(cc_comp *c, size_t size);
 void *cc_scratch_alloc(cc_comp *c, size_t size);   /* zeroed, until cc_scratch_reset */
 void cc_scratch_reset(cc_comp *c);
+void *cc_rule_alloc(cc_comp *c, size_t size);      /* zeroed, until cc_rule_reset */
+void cc_rule_reset(cc_comp *c);
 void cc_arena_free(cc_comp *c);
 
 /* Diagnostics.  `off`/`len` are a byte span in unit u's text. */

@@ -95,6 +95,9 @@ struct cc_comp {
     /* the scratch arena: what lowering one pattern needs only meanwhile (its JSON tree), reused
      * from the start for the next pattern (cc_scratch_reset) */
     struct cc_chunk *scratch, *scratch_at;
+    /* the rule arena: one rule's IR, from lowering to code and index, reused from the start for
+     * the next rule (cc_rule_reset) */
+    struct cc_chunk *rulemem, *rulemem_at;
     unsigned flags;      /* CC_... of compiler.h */
     /* files */
     VEC(cc_unit *) units;
@@ -193,6 +196,9 @@ int cc_size(cc_unit *u, const gr_token *t, double *bytes);
 vm_str cc_str(cc_comp *c, const char *s, size_t n);
 /* s in the pool, not looked for nor found again (a source file's whole text) */
 vm_str cc_str_unpooled(cc_comp *c, const char *s, size_t n);
+/* The same for a malloc'd text of n + 1 bytes (NUL last) that the pool takes over: the caller
+ * no longer owns it. */
+vm_str cc_str_adopt(cc_comp *c, char *text, size_t n);
 void cc_strtab_free(cc_comp *c);
 uint32_t cc_path(cc_comp *c, const char *const *segs, const size_t *lens, uint32_t nseg);
 

@@ -152,9 +152,11 @@ static vm_program *finish(cc_comp *c)
     vm_program *p = calloc(1, sizeof *p);
     if (!p)
         abort();
+    /* The texts go to the pool (their messages are printed). */
     for (uint32_t i = 0; i < c->units.n; i++) {
-        vm_source s = { cc_str(c, c->units.v[i]->name, strlen(c->units.v[i]->name)),
-                        cc_str_unpooled(c, c->units.v[i]->text, c->units.v[i]->len) };
+        cc_unit *u = c->units.v[i];
+        vm_source s = { cc_str(c, u->name, strlen(u->name)), cc_str_adopt(c, (char *)u->text, u->len) };
+        u->text = NULL;
         vec_push(c->srcs, s);
     }
 #define TAKE(field, vec) (p->field = (vec).v, p->n##field = (vec).n, (vec).v = NULL, (vec).n = 0)
@@ -197,7 +199,7 @@ static vm_program *finish(cc_comp *c)
     c->tcode_spans.v = NULL;
     p->server0 = c->server0;
     p->nserver = c->nserver;
-    if (vm_program_prepare(p) != VM_OK) {
+    if (!(c->flags & CC_UNPREPARED) && vm_program_prepare(p) != VM_OK) {
         vm_program_free(p);
         return NULL;
     }
@@ -245,8 +247,8 @@ static vm_program *compile(const char *name, char *text, size_t len, unsigned fl
     c->flags = flags;
     parse_unit(c, add_unit(c, name, text, len));
     cc_check_and_build(c);
+    cc_print_diags(c, diag);   /* before finish: it hands the texts over to the program */
     vm_program *p = c->nerrors ? NULL : finish(c);
-    cc_print_diags(c, diag);
     if (res) {
         res->nerrors = c->nerrors;
         res->nwarnings = c->nwarnings;
@@ -257,6 +259,11 @@ static vm_program *compile(const char *name, char *text, size_t len, unsigned fl
 
 vm_program *cc_compile_file(const char *path, FILE *diag, cc_result *res)
 {
+    return cc_compile_file_flags(path, 0, diag, res);
+}
+
+vm_program *cc_compile_file_flags(const char *path, unsigned flags, FILE *diag, cc_result *res)
+{
     size_t len;
     char *text = read_file(path, &len);
     if (!text) {
@@ -266,7 +273,7 @@ vm_program *cc_compile_file(const char *path, FILE *diag, cc_result *res)
             res->nerrors = 1, res->nwarnings = 0;
         return NULL;
     }
-    return compile(path, text, len, 0, diag, res);
+    return compile(path, text, len, flags, diag, res);
 }
 
 vm_program *cc_compile_text(const char *name, const char *text, size_t len, FILE *diag,

@@ -949,6 +949,7 @@ static void check_rule(cc_comp *c, cc_unit *u, ast *d)
         r.code0 = cc_codegen(c, root, r.span, &r.ncode);
         cc_index_rule(c, c->prules.n, r.bus, root);
     }
+    cc_rule_reset(c);   /* the IR has served */
     vec_push(c->prules, r);
 }
 

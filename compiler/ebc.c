@@ -85,8 +85,8 @@ static const char usage[] =
 
 /* Loads rules from .ebr source or an .ebc file (told apart by the file's first bytes, so that a
  * damaged .ebc is reported as one and not compiled as source); prints problems; NULL on failure,
- * with *status set to the exit status to use. */
-static vm_program *load_rules(const char *path, int *status)
+ * with *status set to the exit status to use.  flags: those of cc_compile_file_flags. */
+static vm_program *load_rules(const char *path, unsigned flags, int *status)
 {
     if (vm_file_is_ebc(path)) {
         vm_error err;
@@ -98,7 +98,7 @@ static vm_program *load_rules(const char *path, int *status)
         return p;
     }
     cc_result res;
-    vm_program *p = cc_compile_file(path, stderr, &res);
+    vm_program *p = cc_compile_file_flags(path, flags, stderr, &res);
     if (!p) {
         if (res.nerrors > 1)
             fprintf(stderr, "%d errors\n", res.nerrors);
@@ -125,28 +125,17 @@ static int cmd_compile(int argc, char **argv)
         return EXIT_USAGE;
     }
     int status = EXIT_OK;
-    vm_program *p = load_rules(in, &status);
+    vm_program *p = load_rules(in, CC_UNPREPARED, &status);
     if (!p)
         return status;
-    uint8_t *buf;
-    size_t len;
-    if (vm_program_serialize(p, &buf, &len) != VM_OK) {
-        vm_program_free(p);
-        fputs("ebc: out of memory\n", stderr);
-        return EXIT_INPUT;
-    }
+    vm_error err;
+    bool ok = vm_program_save(p, out, &err) == VM_OK;
     vm_program_free(p);
-    /* Write a temporary file and rename it over the output: readers see the old or the new
-     * file, never half of one. */
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", out, (long)getpid());
-    FILE *f = fopen(tmp, "wb");
-    bool ok = f && fwrite(buf, 1, len, f) == len;
-    ok = f && fclose(f) == 0 && ok;
-    free(buf);
-    if (!ok || rename(tmp, out) != 0) {
-        fprintf(stderr, "%s: error: cannot write: %s\n", out, strerror(errno));
-        remove(tmp);
+    if (!ok) {
+        if (err.code == VM_ERR_NOMEM)
+            fputs("ebc: out of memory\n", stderr);
+        else
+            fprintf(stderr, "%s: error: %s\n", out, err.msg);
         return EXIT_INPUT;
     }
     return EXIT_OK;
@@ -159,7 +148,7 @@ static int cmd_check(int argc, char **argv)
         return EXIT_USAGE;
     }
     int status = EXIT_OK;
-    vm_program *p = load_rules(argv[0], &status);
+    vm_program *p = load_rules(argv[0], 0, &status);
     if (!p)
         return status;
     printf("%s: ok: %u rules, %u buses, %u targets\n", argv[0], p->nrules, p->nbuses, p->ntargets);
@@ -240,7 +229,7 @@ static int cmd_test(int argc, char **argv)
         return EXIT_USAGE;
     }
     int status = EXIT_OK;
-    vm_program *p = load_rules(rules, &status);
+    vm_program *p = load_rules(rules, 0, &status);
     if (!p)
         return status;
     uint32_t bus = VM_NONE;
@@ -321,7 +310,7 @@ static int cmd_explain(int argc, char **argv)
         return EXIT_USAGE;
     }
     int status = EXIT_OK;
-    vm_program *p = load_rules(argv[0], &status);
+    vm_program *p = load_rules(argv[0], 0, &status);
     if (!p)
         return status;
     vm_explain(p, stdout);
@@ -544,7 +533,7 @@ static int cmd_bench(int argc, char **argv)
     }
     int status = EXIT_OK;
     double t0 = now_seconds();
-    vm_program *p = load_rules(rules, &status);
+    vm_program *p = load_rules(rules, 0, &status);
     double compile_s = now_seconds() - t0;
     if (!p)
         return status;
@@ -690,7 +679,7 @@ static int cmd_disasm(int argc, char **argv)
         return EXIT_USAGE;
     }
     int status = EXIT_OK;
-    vm_program *p = load_rules(argv[0], &status);
+    vm_program *p = load_rules(argv[0], 0, &status);
     if (!p)
         return status;
     vm_disasm(p, stdout);
@@ -1080,7 +1069,7 @@ static int cmd_trace(int argc, char **argv)
         return EXIT_USAGE;
     }
     int status = EXIT_OK;
-    vm_program *p = rules ? load_rules(rules, &status) : NULL;
+    vm_program *p = rules ? load_rules(rules, 0, &status) : NULL;
     if (rules && !p)
         return status;
     char dir[4400], err[700];

@@ -25,9 +25,16 @@ static void fail(reader *r, uint32_t off, uint32_t len, const char *msg)
     r->failed = 1;
 }
 
+static inline bool is_ws(char c)
+{
+    return c == ' ' || c == '\n' || c == '\t' || c == '\r';
+}
+
+/* (Compared in line rather than by strchr, a call per blank: 10k issue193 rules 746M -> 716M
+ * instructions.) */
 static void skip_ws(reader *r)
 {
-    while (r->pos < r->end && strchr(" \t\r\n", r->s[r->pos]) && r->s[r->pos])
+    while (r->pos < r->end && is_ws(r->s[r->pos]))
         r->pos++;
 }
 
@@ -43,6 +50,23 @@ static jv *new_value(reader *r, jtype type, uint32_t off)
 static char *read_string(reader *r, size_t *len, uint32_t *span_len)
 {
     uint32_t start = r->pos++;
+    /* Printable ASCII up to the closing quote (the usual string) is its own text: one pass and
+     * a copy, not a pass to find the end, one to check and one to decode.  Compiling 10k
+     * issue193 rules: 860M -> 746M instructions (callgrind). */
+    const unsigned char *s = (const unsigned char *)r->s;
+    uint32_t p = r->pos;
+    while (p < r->end && s[p] >= 0x20 && s[p] < 0x80 && s[p] != '"' && s[p] != '\\')
+        p++;
+    if (p < r->end && s[p] == '"') {
+        size_t n = p - r->pos;
+        char *out = r->scratch ? cc_scratch_alloc(r->u->comp, n + 1) : cc_alloc(r->u->comp, n + 1);
+        memcpy(out, s + r->pos, n);
+        out[n] = 0;
+        r->pos = p + 1;
+        *len = n;
+        *span_len = r->pos - start;
+        return out;
+    }
     while (r->pos < r->end && r->s[r->pos] != '"') {
         if (r->s[r->pos] == '\\')
             r->pos++;

@@ -508,7 +508,7 @@ static void add_subrule(lowerer *L, subrules *S, subrule s)
 {
     if (S->n == S->cap) {
         uint32_t cap = S->cap ? S->cap * 2 : 4;
-        subrule *v = cc_alloc(L->c, cap * sizeof *v);
+        subrule *v = cc_rule_alloc(L->c, cap * sizeof *v);
         if (S->n)
             memcpy(v, S->v, S->n * sizeof *v);
         S->v = v;
@@ -524,7 +524,7 @@ static void set_cond(lowerer *L, subrule *s, uint32_t path, ir *cond)
     uint32_t at = 0;
     while (at < s->n && s->v[at].path != path)
         at++;
-    entry *v = cc_alloc(L->c, (s->n + 1) * sizeof *v);
+    entry *v = cc_rule_alloc(L->c, (s->n + 1) * sizeof *v);
     if (s->n)
         memcpy(v, s->v, s->n * sizeof *v);
     v[at] = (entry){ path, cond };

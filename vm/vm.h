@@ -415,6 +415,13 @@ typedef struct {
 /* Serialises p into a malloc'd buffer (*out, *len). Returns VM_OK or VM_ERR_NOMEM. */
 vm_status vm_program_serialize(const vm_program *p, uint8_t **out, size_t *len);
 
+/* Writes p to the file at path, through a temporary file beside it (path.tmp.PID) that is
+ * renamed over path only once it is whole: a reader sees the old file or the new one, and a
+ * failed write leaves path as it was and no temporary file behind.  The image is written a
+ * buffer at a time, never whole in memory.  Returns VM_OK, or VM_ERR_IO / VM_ERR_NOMEM with
+ * err->msg saying why ("cannot write: No such file or directory"). */
+vm_status vm_program_save(const vm_program *p, const char *path, vm_error *err);
+
 /* Parses and verifies an .ebc image (checksum, version, every index and jump in range) into a new
  * program.  Returns NULL and fills err when the image is refused. */
 vm_program *vm_program_parse(const uint8_t *buf, size_t len, vm_error *err);

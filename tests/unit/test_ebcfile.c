@@ -1,11 +1,15 @@
 /*
  * test_ebcfile.c — the .ebc format: a round trip keeps every table, a damaged file (any byte
  * flipped, any length cut off) is refused rather than loaded, and a damaged file is still told
- * apart from rules source (vm_file_is_ebc).
+ * apart from rules source (vm_file_is_ebc); a saved file is the serialised image, and a save
+ * that fails leaves no file and an existing one as it was (vm_program_save).
  */
 #include <criterion/criterion.h>
+#include <dirent.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "../../compiler/compiler.h"
@@ -299,5 +303,122 @@ Test(ebcfile, positions_survive_dropping_the_source_texts)
     }
     free(line);
     free(col);
+    vm_program_free(p);
+}
+
+/* Reads a whole file (NULL if it cannot be opened) into a malloc'd buffer. */
+static uint8_t *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t cap = 1 << 16;
+    uint8_t *b = malloc(cap);
+    cr_assert_not_null(b);
+    *n = 0;
+    for (size_t k; (k = fread(b + *n, 1, cap - *n, f)) > 0;) {
+        *n += k;
+        if (*n == cap)
+            cr_assert_not_null(b = realloc(b, cap *= 2));
+    }
+    fclose(f);
+    return b;
+}
+
+/* The names in a directory, other than . and .., joined by spaces. */
+static void listing(const char *dir, char *out, size_t cap)
+{
+    DIR *d = opendir(dir);
+    cr_assert_not_null(d);
+    out[0] = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+            snprintf(out + strlen(out), cap - strlen(out), "%s%s", out[0] ? " " : "", e->d_name);
+    closedir(d);
+}
+
+/* Saved a buffer at a time (the rules' text, over 256 KiB, goes out straight from the pool and
+ * the records through the buffer): the file is the serialised image, byte for byte. */
+Test(ebcfile, a_saved_file_is_the_serialised_image)
+{
+    size_t cap = 1 << 20, len = 0;
+    char *text = malloc(cap);
+    cr_assert_not_null(text);
+    len += (size_t)snprintf(text, cap, "bus b\n");
+    for (int i = 0; len + 200 < cap && i < 4000; i++)
+        len += (size_t)snprintf(text + len, cap - len,
+                                "rule r%d on b { match data.k%d == \"value number %d\" and "
+                                "data.n > %d }\n", i, i % 50, i, i);
+    cc_result res;
+    vm_program *p = cc_compile_text("big.ebr", text, len, stderr, &res);
+    cr_assert_not_null(p);
+    uint8_t *a, *b;
+    size_t na, nb;
+    cr_assert_eq(vm_program_serialize(p, &a, &na), VM_OK);
+    cr_assert_gt(na, 2 * 256 * 1024, "the image spans several buffers");
+    char dir[] = "/tmp/ebr-save-XXXXXX", path[64];
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/big.ebc", dir);
+    vm_error err;
+    cr_assert_eq(vm_program_save(p, path, &err), VM_OK, "%s", err.msg);
+    b = slurp(path, &nb);
+    cr_assert_not_null(b);
+    cr_expect(nb == na && memcmp(a, b, na) == 0, "the saved file is not the serialised image");
+    char names[256];
+    listing(dir, names, sizeof names);
+    cr_expect_str_eq(names, "big.ebc");
+    remove(path);
+    rmdir(dir);
+    free(a);
+    free(b);
+    free(text);
+    vm_program_free(p);
+}
+
+Test(ebcfile, saving_into_a_missing_directory_fails_and_says_why)
+{
+    vm_program *p = compile();
+    vm_error err;
+    cr_assert_eq(vm_program_save(p, "/nonexistent/dir/out.ebc", &err), VM_ERR_IO);
+    cr_expect_str_eq(err.msg, "cannot write: No such file or directory");
+    vm_program_free(p);
+}
+
+/* A write that fails half way (here the file size limit, as a full disk would) leaves the file
+ * that was there whole, and no temporary file: the image goes to a temporary file beside it,
+ * renamed over it only once whole.  Writing in place would have cut the old file. */
+Test(ebcfile, a_failed_save_leaves_the_old_file_as_it_was)
+{
+    vm_program *p = compile();
+    char dir[] = "/tmp/ebr-save-XXXXXX", path[64];
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/out.ebc", dir);
+    static const char old[] = "the ruleset that was there before";
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f);
+    fputs(old, f);
+    fclose(f);
+
+    struct rlimit was, small = { 512, 512 };
+    cr_assert_eq(getrlimit(RLIMIT_FSIZE, &was), 0);
+    small.rlim_max = was.rlim_max;
+    signal(SIGXFSZ, SIG_IGN);   /* the write fails with EFBIG instead */
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &small), 0);
+    vm_error err;
+    vm_status st = vm_program_save(p, path, &err);
+    setrlimit(RLIMIT_FSIZE, &was);
+    cr_expect_eq(st, VM_ERR_IO);
+    cr_expect_str_eq(err.msg, "cannot write: File too large");
+
+    size_t n;
+    uint8_t *b = slurp(path, &n);
+    cr_assert_not_null(b);
+    cr_expect(n == strlen(old) && memcmp(b, old, n) == 0, "the old file was changed");
+    char names[256];
+    listing(dir, names, sizeof names);
+    cr_expect_str_eq(names, "out.ebc", "a temporary file was left behind");
+    remove(path);
+    rmdir(dir);
+    free(b);
     vm_program_free(p);
 }
