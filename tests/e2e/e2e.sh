@@ -298,12 +298,16 @@ got=$(grep -o '"id":"seq[0-9]*"' "$WORK/ordered.log" | tr -dc '0-9\n' | paste -s
     || fail "concurrency 1: order $got"
 
 # rate_limit 5: ten events take at least about a second (five at once, then five a second).
+# Measured from the post, not from the first arrival: on a busy machine the first delivery
+# can arrive late (its connection) while the later ones keep the bucket's pace, so the span
+# between arrivals is no lower bound; the tenth cannot arrive before the bucket allowed it.
 j=0; b="["; while [ $j -lt 10 ]; do b="$b$( [ $j -gt 0 ] && echo ,)$(ev rated$j rated)"; j=$((j + 1)); done
+a=$(date +%s%3N)
 post /v1/buses/main/events application/cloudevents-batch+json "$b]" >/dev/null
 wait_for "$E2E_WAIT" lines_ge "$WORK/rated.log" 10
-a=$(sed -n 1p "$WORK/rated.log" | cut -f1); b=$(sed -n 10p "$WORK/rated.log" | cut -f1)
-[ $((b - a)) -ge 800 ] && pass "rate_limit 5: ten deliveries over $((b - a)) ms (>= 800 ms)" \
-    || fail "rate_limit 5: ten deliveries over $((b - a)) ms"
+b=$(sed -n 10p "$WORK/rated.log" | cut -f1)
+[ $((b - a)) -ge 800 ] && pass "rate_limit 5: the tenth delivery $((b - a)) ms after the post (>= 800 ms)" \
+    || fail "rate_limit 5: the tenth delivery $((b - a)) ms after the post"
 
 # A burst larger than a worker's queue (delivery_queue 1024): the router stops queueing for it, the worker
 # reads the log itself and rejoins the router; every event once, in order.
