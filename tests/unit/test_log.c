@@ -555,7 +555,7 @@ static char *one_segment(const char *d, uint64_t n, size_t *size, uint64_t *ends
     return read_file(path, size);
 }
 
-Test(log, a_torn_tail_is_truncated_at_every_cut_and_nothing_before_it_is_lost, .timeout = 120)
+Test(log, a_torn_tail_is_truncated_at_every_cut_and_nothing_before_it_is_lost, .timeout = 600)
 {
     char *d = new_dir();
     uint64_t ends[40];
@@ -589,7 +589,7 @@ Test(log, a_torn_tail_is_truncated_at_every_cut_and_nothing_before_it_is_lost, .
     free(d);
 }
 
-Test(log, a_flipped_byte_is_reported_with_its_position_and_skipped_past, .timeout = 120)
+Test(log, a_flipped_byte_is_reported_with_its_position_and_skipped_past, .timeout = 600)
 {
     char *d = new_dir();
     uint64_t ends[30];

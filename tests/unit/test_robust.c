@@ -90,7 +90,7 @@ static void check_diagnostics(const char *diag)
     }
 }
 
-Test(robust, mutated_rule_files_compile_or_report, .timeout = 120)
+Test(robust, mutated_rule_files_compile_or_report, .timeout = 600)
 {
     static const char *const files[] = {
         "examples/orders.ebr", "tests/golden/operators.ebr", "tests/golden/patterns.ebr",
