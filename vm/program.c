@@ -583,6 +583,72 @@ static bool clause_records(const vm_program *p, struct vm_derived *d)
     return true;
 }
 
+/* Does clause ci (all buses) hold exactly the TESTs code[0 .. n) of its rule, as predicates of
+ * bus b (the same path and test, each TEST one of them and each of them a TEST)? */
+static bool clause_is_tests(const vm_program *p, const vm_ix_bus *b, uint32_t ci,
+                            const vm_inst *code, uint32_t n)
+{
+    const vm_ix_clause *cl = &p->ix_clauses[ci];
+    const uint32_t *pr = p->ix_refs + cl->pred0;
+    for (uint32_t i = 0; i < n; i++) {
+        bool found = false;
+        for (uint32_t j = 0; j < cl->npred && !found; j++)
+            found = p->ix_preds[b->pred0 + pr[j]].path == VM_A(code[i]) &&
+                    p->ix_preds[b->pred0 + pr[j]].test == VM_B(code[i]);
+        if (!found)
+            return false;
+    }
+    for (uint32_t j = 0; j < cl->npred; j++) {
+        bool found = false;
+        for (uint32_t i = 0; i < n && !found; i++)
+            found = p->ix_preds[b->pred0 + pr[j]].path == VM_A(code[i]) &&
+                    p->ix_preds[b->pred0 + pr[j]].test == VM_B(code[i]);
+        if (!found)
+            return false;
+    }
+    return true;
+}
+
+/* Finds the clauses that are their rule's only clause and whose rule is TESTs of its
+ * predicates and then one negated TEST (`"exists": false`, `not (p == x)`):
+ * TEST.. NOT -> m; TEST; NOTOK; m: MATCH.  Their negated TEST is neg_test[ci] (an address of
+ * p->code), VM_NONE for every other clause. */
+static bool negated_tests(const vm_program *p, struct vm_derived *d)
+{
+    uint32_t *nclauses = calloc(p->nrules + 1, sizeof *nclauses);
+    d->neg_test = malloc((p->nix_clauses + 1) * sizeof *d->neg_test);
+    if (!nclauses || !d->neg_test) {
+        free(nclauses);
+        return false;
+    }
+    for (uint32_t ci = 0; ci < p->nix_clauses; ci++) {
+        nclauses[p->ix_clauses[ci].rule]++;
+        d->neg_test[ci] = VM_NONE;
+    }
+    for (uint32_t bi = 0; bi < p->nix_buses; bi++) {
+        const vm_ix_bus *b = &p->ix_buses[bi];
+        for (uint32_t k = 0; k < b->nclause; k++) {
+            uint32_t ci = b->clause0 + k;
+            const vm_ix_clause *cl = &p->ix_clauses[ci];
+            const vm_rule *r = &p->rules[cl->rule];
+            const vm_inst *code = p->code + r->code0;
+            uint32_t n = r->ncode;
+            if (!(cl->flags & VM_IXC_VERIFY) || nclauses[cl->rule] != 1 || cl->need != cl->npred ||
+                n < 4 || VM_OP(code[n - 4]) != VM_OP_NOT || VM_B(code[n - 4]) != n - 1 ||
+                VM_OP(code[n - 3]) != VM_OP_TEST || VM_OP(code[n - 2]) != VM_OP_NOTOK ||
+                VM_OP(code[n - 1]) != VM_OP_MATCH)
+                continue;
+            bool tests = true;
+            for (uint32_t pc = 0; pc < n - 4 && tests; pc++)
+                tests = VM_OP(code[pc]) == VM_OP_TEST;
+            if (tests && clause_is_tests(p, b, ci, code, n - 4))
+                d->neg_test[ci] = r->code0 + n - 3;
+        }
+    }
+    free(nclauses);
+    return true;
+}
+
 void vm_derived_free(struct vm_derived *d)
 {
     if (!d)
@@ -602,6 +668,7 @@ void vm_derived_free(struct vm_derived *d)
     vm_trie_free(d->trie);
     free(d->keep_depth);
     free(d->last_not);
+    free(d->neg_test);
     free(d);
 }
 
@@ -614,7 +681,8 @@ vm_status vm_program_prepare(vm_program *p)
     p->derived->trie = build_trie(p);
     if (!p->derived->trie || !analyse_code(p, p->derived) || !map_index_paths(p, p->derived) ||
         !tag_index_slots(p, p->derived) || !number_values(p, p->derived) ||
-        !key_value_ids(p, p->derived) || !clause_records(p, p->derived)) {
+        !key_value_ids(p, p->derived) || !clause_records(p, p->derived) ||
+        !negated_tests(p, p->derived)) {
         vm_derived_free(p->derived);
         p->derived = NULL;
         return VM_ERR_NOMEM;

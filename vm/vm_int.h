@@ -101,6 +101,11 @@ struct vm_derived {
     uint32_t *rec_at;
     struct vm_ix_cpred *ix_cpreds;
     uint32_t ncpreds;
+    /* Per clause of the index (all buses): if it is its rule's only clause and the rule is
+     * TESTs of its predicates, then one negated TEST (`"exists": false`), that TEST's address
+     * in p->code, else VM_NONE.  Such a clause is decided without its bytecode where arrays
+     * cannot change the outcome (index.c, negation_holds). */
+    uint32_t *neg_test;
 };
 
 /* A clause as the predicate that triggers it sees it: its rule, and the other predicate it

@@ -398,6 +398,112 @@ Test(differential, value_ids_past_16_bits, .timeout = 120)
     free(src.s);
 }
 
+/* Clauses the index decides without their rule's bytecode where it can (index.c): two plain
+ * equalities on paths of one array (`arr[].x`, `arr[].y`: one element must hold both, tied_pair)
+ * and rules that are equalities and then one negated test (`"exists": false`, `not (b == ..)`,
+ * negation_holds), each with a third predicate or not; the shared trigger values make the
+ * signatures of the marks (vm_pred_mark) drop many.  Events put the values in one element or
+ * two, in nested arrays, outside arrays, as other types, with the negated path absent, present,
+ * null, inside arrays; every event must match exactly what the reference matches. */
+Test(differential, ties_and_negations)
+{
+    static const char *const v[] = { "v0", "v1", "v2", "v3", "v4" };
+    buf src = { 0 };
+    put(&src, "bus b\n");
+    for (int r = 0; r < 300; r++) {
+        const char *x1 = v[rnd(5)], *x2 = v[rnd(5)], *y1 = v[rnd(5)], *y2 = v[rnd(5)];
+        put(&src, "rule r%d on b { ", r);
+        switch (rnd(6)) {
+        case 0:
+            put(&src, "pattern {\"arr\": {\"x\": [\"%s\", \"%s\"], \"y\": [\"%s\", \"%s\"]}}", x1,
+                x2, y1, y2);
+            break;
+        case 1:
+            put(&src, "pattern {\"a\": [\"%s\", \"%s\"], \"arr\": {\"x\": [\"%s\"], \"y\": [\"%s\"]}}",
+                v[rnd(5)], v[rnd(5)], x1, y1);
+            break;
+        case 2:
+            put(&src, "pattern {\"a\": [\"%s\", \"%s\"], \"b\": [{\"exists\": false}]}", x1, x2);
+            break;
+        case 3:
+            put(&src, "pattern {\"a\": [\"%s\"], \"c\": {\"d\": [\"%s\", \"%s\"]}, \"arr\": {\"y\": "
+                      "[{\"exists\": false}]}}", x1, y1, y2);
+            break;
+        case 4:
+            put(&src, "match a in [\"%s\", \"%s\"] and not (b == \"%s\")", x1, x2, y1);
+            break;
+        default:
+            put(&src, "match arr[].x == \"%s\" and not (arr[].y == \"%s\")", x1, y1);
+            break;
+        }
+        put(&src, " }\n");
+    }
+    vm_program *p = cc_compile_text("ties.ebr", src.s, src.n, stderr, NULL);
+    cr_assert_not_null(p, "%s", src.s);
+    uint32_t negated = 0;
+    for (uint32_t ci = 0; ci < p->nix_clauses; ci++)
+        negated += p->derived->neg_test[ci] != VM_NONE;
+    cr_assert_gt(negated, 100, "rules of equalities and one negation should be recognised");
+    long matched = 0;
+    for (int e = 0; e < 4000; e++) {
+        buf ev = { 0 };
+        put(&ev, "{\"a\": \"%s\"", v[rnd(5)]);
+        switch (rnd(6)) {   /* b: absent, a string, null, a number, in an array, an object */
+        case 0: break;
+        case 1: put(&ev, ", \"b\": \"%s\"", v[rnd(5)]); break;
+        case 2: put(&ev, ", \"b\": null"); break;
+        case 3: put(&ev, ", \"b\": 1"); break;
+        case 4: put(&ev, ", \"b\": [\"%s\", \"%s\"]", v[rnd(5)], v[rnd(5)]); break;
+        default: put(&ev, ", \"b\": {\"z\": 1}"); break;
+        }
+        if (rnd(2))
+            put(&ev, ", \"c\": {\"d\": \"%s\"}", v[rnd(5)]);
+        /* arr: absent, one object, elements, nested arrays and other types, elements and (the
+         * key twice) an object outside them */
+        switch (rnd(6)) {
+        case 0: break;
+        case 1: put(&ev, ", \"arr\": {\"x\": \"%s\", \"y\": \"%s\"}", v[rnd(5)], v[rnd(5)]); break;
+        case 2: case 3: {
+            put(&ev, ", \"arr\": [");
+            int n = 1 + (int)rnd(3);
+            for (int i = 0; i < n; i++) {
+                put(&ev, "%s{\"x\": \"%s\"", i ? ", " : "", v[rnd(5)]);
+                if (rnd(3))
+                    put(&ev, ", \"y\": \"%s\"", v[rnd(5)]);
+                put(&ev, "}");
+            }
+            put(&ev, "]");
+            break;
+        }
+        case 4:
+            put(&ev, ", \"arr\": [{\"x\": [\"%s\", \"%s\"], \"y\": \"%s\"}, {\"x\": %s, \"y\": [\"%s\"]}]",
+                v[rnd(5)], v[rnd(5)], v[rnd(5)], rnd(2) ? "1" : "\"v1\"", v[rnd(5)]);
+            break;
+        default: {
+            bool array = rnd(2);   /* the second "arr": an object, or an array of its own */
+            put(&ev, ", \"arr\": [{\"x\": \"%s\", \"y\": \"%s\"}], \"arr\": %s\"%s\": \"%s\"%s",
+                v[rnd(5)], v[rnd(5)], array ? "[{\"z\": 1}, {" : "{", rnd(2) ? "x" : "y", v[rnd(5)],
+                array ? "}]" : "}");
+            break;
+        }
+        }
+        put(&ev, "}");
+        run_engines(p, ev.s, ev.n, e, "(ties and negations)");
+        vm_ctx *c = vm_ctx_new(p, NULL);
+        const uint32_t *m;
+        size_t nm;
+        vm_error err;
+        if (vm_match(c, VM_NONE, ev.s, ev.n, &m, &nm, &err) == VM_OK)
+            matched += (long)nm;
+        vm_ctx_free(c);
+        free(ev.s);
+    }
+    cr_log_info("ties and negations: %ld matches over 4000 events", matched);
+    cr_expect_gt(matched, 4000, "the rules hardly ever match: the test tests little");
+    vm_program_free(p);
+    free(src.s);
+}
+
 /* The matches of an event are sorted by vm_sort_rules: through a bitmap when the numbers are
  * distinct and small, else insertion sort, quicksort above 32. */
 Test(differential, sort_rules)
