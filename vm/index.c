@@ -161,6 +161,15 @@ static inline uint32_t path_sig(vm_ctx *c, const char *json, uint32_t path)
     return c->sig_stamp[path] == c->epoch ? c->path_sig[path] : path_sig_slow(c, json, path);
 }
 
+/* Are the clauses a passed predicate triggers worth a look in this event?  Its mark entry m
+ * holds the signature of the ids its records' next predicates test when they all test ids on
+ * one path (vm_pred_mark; ~0: it cannot tell); where that shares no bit with the path's leaves,
+ * every record would fail, and none is read (live_records). */
+static inline bool worth_deciding(vm_ctx *c, const char *json, const vm_pred_mark *m)
+{
+    return m->sig == ~0u || (path_sig(c, json, m->path) & m->sig);
+}
+
 /* Does some leaf of predicate x's path pass it?  For predicates that trigger no clause: the
  * compiler files them nowhere (so no leaf is dispatched to them), and they are tested here only
  * when a clause that needs them has its trigger pass.  With the 10,000 rules of the issue193
@@ -594,7 +603,8 @@ static bool decide(vm_ctx *c, const vm_ix_bus *b, const char *json, uint32_t ci)
 /* The records of the candidates (c->live: each record's index, then its trigger) less those
  * whose next predicate fails by the signatures alone (vm_vid_sig): ~3 in 4 of the records
  * with the 10k issue193 rules.  A short loop of its own, so that deciding the rest, a loop that
- * holds much more, runs ~40 times an event and not ~145. */
+ * holds much more, runs ~40 times an event and not ~145.  A candidate whose records all fail
+ * so by the signature in its mark is dropped without reading them (worth_deciding). */
 static bool live_records(vm_ctx *c, const char *json)
 {
     const vm_ix_rec *recs = c->p->derived->ix_recs;
@@ -602,6 +612,8 @@ static bool live_records(vm_ctx *c, const char *json)
     c->live.n = 0;
     for (uint32_t i = 0; i < ncand; i++) {
         uint32_t g = cand[i];
+        if (!worth_deciding(c, json, &c->pred_mark[g]))
+            continue;
         const vm_ix_rec *r = recs + c->pred_mark[g].rec, *end = recs + c->pred_mark[g + 1].rec;
         for (; r < end; r++) {
             if (r->nvid != VM_REC_NO_IDS && !(path_sig(c, json, r->path) & r->sig))

@@ -649,6 +649,23 @@ static bool negated_tests(const vm_program *p, struct vm_derived *d)
     return true;
 }
 
+void vm_pred_mark_init(const vm_program *p, vm_pred_mark *m)
+{
+    const struct vm_derived *d = p->derived;
+    for (uint32_t g = 0; g <= p->nix_preds; g++) {
+        m[g] = (vm_pred_mark){ 0, d->rec_at[g], ~0u, 0 };
+        if (g == p->nix_preds || d->rec_at[g] == d->rec_at[g + 1])
+            continue;
+        uint32_t sig = 0, path = d->ix_recs[d->rec_at[g]].path;
+        for (uint32_t r = d->rec_at[g]; r < d->rec_at[g + 1] && sig != ~0u; r++) {
+            const vm_ix_rec *x = &d->ix_recs[r];
+            sig = x->nvid == VM_REC_NO_IDS || x->path != path ? ~0u : sig | x->sig;
+        }
+        m[g].sig = sig;
+        m[g].path = path;
+    }
+}
+
 void vm_derived_free(struct vm_derived *d)
 {
     if (!d)

@@ -202,8 +202,14 @@ void vm_derived_free(struct vm_derived *d);
  * (struct vm_derived, rec_at, copied: the entry that firing a predicate reads also tells
  * where its records are, so deciding a candidate reads no rec_at entry, one cache miss each of
  * ~140 candidates an event with the 10k issue193 rules; one mark in place of a stamp and a
- * "tried" stamp keeps it 8 bytes a predicate, as before). */
-typedef struct vm_pred_mark { uint32_t mark, rec; } vm_pred_mark;
+ * "tried" stamp).  When every record of the predicate tests value ids on one path, the or of
+ * their signatures and that path (vm_vid_sig; sig ~0: none), so that the records of a candidate
+ * that would all fail on the signatures are not read (index.c, worth_deciding; 16 bytes a
+ * predicate, not 8). */
+typedef struct vm_pred_mark { uint32_t mark, rec, sig, path; } vm_pred_mark;
+
+/* Fills the marks of a new context (per predicate of the index, and one past the last). */
+void vm_pred_mark_init(const vm_program *p, vm_pred_mark *m);
 
 /* A leaf of the event that some rule looks at. */
 enum { VM_J_STR, VM_J_NUM, VM_J_TRUE, VM_J_FALSE, VM_J_NULL };
