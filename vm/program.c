@@ -33,22 +33,29 @@ const char *const vm_test_names[VM_T__COUNT] = {
 
 /* ---- the path trie ---------------------------------------------------------------------------- */
 
-/* Orders edges by key length, then bytes: lookups compare the length first. */
+/* Orders edges by key length, then head (vm_key_head), then the bytes past the head: the order
+ * in which lookups compare them. */
 static int edge_order(const void *pa, const void *pb)
 {
     const vm_trie_edge *a = pa, *b = pb;
     if (a->len != b->len)
         return a->len < b->len ? -1 : 1;
-    return memcmp(a->key, b->key, a->len);
+    if (a->head != b->head)
+        return a->head < b->head ? -1 : 1;
+    return a->len <= 8 ? 0 : memcmp(a->key + 8, b->key + 8, a->len - 8);
 }
 
 uint32_t vm_trie_child_many(const struct vm_trie *t, uint32_t n, const char *k, size_t len)
 {
     const vm_trie_edge *e = t->edges + t->nodes[n].edge0;
     uint32_t lo = 0, hi = t->nodes[n].nedge;
+    uint64_t head = vm_key_head(k, len);
     while (lo < hi) {
         uint32_t mid = (lo + hi) / 2;
-        int cmp = e[mid].len != len ? (e[mid].len < len ? -1 : 1) : memcmp(e[mid].key, k, len);
+        int cmp = e[mid].len != len     ? (e[mid].len < len ? -1 : 1)
+                  : e[mid].head != head ? (e[mid].head < head ? -1 : 1)
+                  : len <= 8            ? 0
+                                        : memcmp(e[mid].key + 8, k + 8, len - 8);
         if (cmp == 0)
             return e[mid].child;
         if (cmp < 0)
@@ -129,7 +136,7 @@ static struct vm_trie *build_trie(const vm_program *p)
                 child = t->nnodes++;
                 t->nodes[child] = (vm_trie_node){ VM_NONE, 0, 0, t->nodes[node].depth + 1 };
                 parent[nraw] = node;
-                raw[nraw] = (vm_trie_edge){ key, seg.len, child };
+                raw[nraw] = (vm_trie_edge){ key, seg.len, child, vm_key_head(key, seg.len) };
                 h.slots[at] = ++nraw;
             }
             node = child;

@@ -504,6 +504,66 @@ Test(differential, ties_and_negations)
     free(src.s);
 }
 
+/* The scanner's trie tells a node's keys apart by length and head (vm_key_head: the whole key up
+ * to 8 bytes, the first 8 beyond) before any byte: siblings of every length from 0 to 20 that
+ * differ in one byte anywhere (first, middle, last, past the eighth), under a node with few
+ * edges (looked at in line) and one with many (a binary search).  Each must lead to its own
+ * child, and each one-byte change of it to none or to the sibling it spells. */
+Test(differential, trie_keys_by_head)
+{
+    static const char *const few[] = { "", "x", "xy", "xyz", "abcd", "abce", "abcdefgh", "abcdefghi" };
+    char many[21][3][24];
+    buf src = { 0 };
+    put(&src, "bus b\nrule f on b { match ");
+    for (size_t i = 0; i < sizeof few / sizeof *few; i++)
+        put(&src, "%sexists f.\"%s\"", i ? " or " : "", few[i]);
+    put(&src, " }\nrule m on b { match ");
+    for (int len = 0; len <= 20; len++)
+        for (int v = 0; v < 3; v++) {
+            for (int i = 0; i < len; i++)
+                many[len][v][i] = (char)('a' + (i * 7 + len) % 26);
+            many[len][v][len] = 0;
+            if (len && v)   /* a sibling that differs in one byte: the last, or past the 8th */
+                many[len][v][v == 1 ? len - 1 : (len > 9 ? 9 : len / 2)] = v == 1 ? 'Z' : 'W';
+            put(&src, "%sexists m.\"%s\"", len || v ? " or " : "", many[len][v]);
+        }
+    put(&src, " }\n");
+    vm_program *p = cc_compile_text("trie.ebr", src.s, src.n, stderr, NULL);
+    cr_assert_not_null(p, "%s", src.s);
+    const struct vm_trie *t = p->derived->trie;
+    uint32_t f = vm_trie_child(t, 0, "f", 1), m = vm_trie_child(t, 0, "m", 1);
+    cr_assert(f != VM_NONE && m != VM_NONE);
+    cr_assert_leq(t->nodes[f].nedge, 8, "f's keys are looked at in line");
+    cr_assert_gt(t->nodes[m].nedge, 8, "m's keys are found by a binary search");
+    for (size_t i = 0; i < sizeof few / sizeof *few; i++) {
+        uint32_t child = vm_trie_child(t, f, few[i], strlen(few[i]));
+        cr_assert_neq(child, VM_NONE, "f.%s", few[i]);
+        for (size_t j = 0; j < i; j++)
+            cr_assert_neq(child, vm_trie_child(t, f, few[j], strlen(few[j])), "f.%s", few[i]);
+    }
+    cr_assert_eq(vm_trie_child(t, f, "abcf", 4), VM_NONE);
+    cr_assert_eq(vm_trie_child(t, f, "abcdefgj", 8), VM_NONE);
+    cr_assert_eq(vm_trie_child(t, f, "abcdefghj", 9), VM_NONE);
+    cr_assert_eq(vm_trie_child(t, f, "y", 1), VM_NONE);
+    uint32_t seen[21][3];
+    for (int len = 0; len <= 20; len++)
+        for (int v = 0; v < 3; v++) {
+            seen[len][v] = vm_trie_child(t, m, many[len][v], (size_t)len);
+            cr_assert_neq(seen[len][v], VM_NONE, "m.%s", many[len][v]);
+            for (int w = 0; w < v && len; w++)
+                cr_assert_neq(seen[len][v], seen[len][w], "m.%s", many[len][v]);
+        }
+    for (int len = 1; len <= 20; len++)
+        for (int at = 0; at < len; at++) {
+            char k[24];
+            memcpy(k, many[len][0], (size_t)len + 1);
+            k[at] = 'Y';   /* spells none of the siblings */
+            cr_assert_eq(vm_trie_child(t, m, k, (size_t)len), VM_NONE, "m.%s", k);
+        }
+    vm_program_free(p);
+    free(src.s);
+}
+
 /* The matches of an event are sorted by vm_sort_rules: through a bitmap when the numbers are
  * distinct and small, else insertion sort, quicksort above 32. */
 Test(differential, sort_rules)
