@@ -243,6 +243,15 @@ static inline uint32_t path_sig(vm_ctx *c, const char *json, uint32_t path)
     return c->sig_stamp[path] == c->epoch ? c->path_sig[path] : path_sig_slow(c, json, path);
 }
 
+/* Are the clauses a passed predicate triggers worth a look in this event?  Its mark entry m
+ * holds the signature of the ids its records' next predicates test when they all test ids on
+ * one path (vm_pred_mark; ~0: it cannot tell); where that shares no bit with the path's leaves,
+ * every record would fail, and none is read (live_records). */
+static inline bool worth_deciding(vm_ctx *c, const char *json, const vm_pred_mark *m)
+{
+    return m->sig == ~0u || (path_sig(c, json, m->path) & m->sig);
+}
+
 /* Does some leaf of predicate x's path pass it?  For predicates that trigger no clause: the
  * compiler files them nowhere (so no leaf is dispatched to them), and they are tested here only
  * when a clause that needs them has its trigger pass.  With the 10,000 rules of the issue193
@@ -546,31 +555,121 @@ static bool arrays_matter(const vm_ctx *c, const vm_ix_bus *b, const vm_ix_claus
     return false;
 }
 
+/* The value ids predicate g (all buses) is tested by, if it is a plain string equality that
+ * is not negated (then *ids, *n); false otherwise. */
+static bool plain_ids(const vm_ctx *c, uint32_t g, const uint16_t **ids, uint32_t *n)
+{
+    const struct vm_derived *d = c->p->derived;
+    *n = vm_pred_nvid(d, g);
+    *ids = d->vids + vm_pred_vid0(d, g);
+    return *n != VM_NONE && !(c->p->tests[c->p->ix_preds[g].test].flags & VM_TF_NEG);
+}
+
+/* Does some leaf of path pass, as a string with one of the n ids: its field, or VM_NONE;
+ * from the field after `from` on (VM_NONE: the first). */
+static uint32_t next_passing(vm_ctx *c, const char *json, uint32_t path, uint32_t from,
+                             const uint16_t *ids, uint32_t n)
+{
+    uint32_t f = from == VM_NONE ? c->first[path] : c->fields.v[from].next;
+    for (; f != VM_NONE; f = c->fields.v[f].next) {
+        uint32_t v = field_vid(c, json, f, path);
+        if (v != VM_NONE && has_vid(ids, n, v))
+            return f;
+    }
+    return VM_NONE;
+}
+
+/* Are the leaves of path all strings, each inside one array at most? */
+static bool flat_strings(const vm_ctx *c, uint32_t path)
+{
+    for (uint32_t f = c->first[path]; f != VM_NONE; f = c->fields.v[f].next)
+        if (c->fields.v[f].type != VM_J_STR || c->fields.v[f].nmemb > 1)
+            return false;
+    return true;
+}
+
+/* Two predicates ga and gb of a clause (all buses) whose paths have leaves inside arrays that
+ * could tie them: does one element hold a leaf that passes each?  1 yes, 0 no, -1 the bytecode
+ * decides (either is not a plain string equality, or a leaf is not a string or lies in nested
+ * arrays).  A leaf of each that passes, in one array element or in arrays of their own (or in
+ * none), is a match: the bytecode would choose those elements.  Deciding here what ~2.3 rules
+ * an event ran their bytecode for (10k issue193 rules: `data.items[].sku` and `.category` in
+ * one clause). */
+static int tied_pair(vm_ctx *c, const char *json, uint32_t ga, uint32_t gb)
+{
+    const uint16_t *ia, *ib;
+    uint32_t na, nb, pa = c->p->ix_preds[ga].path, pb = c->p->ix_preds[gb].path;
+    if (!plain_ids(c, ga, &ia, &na) || !plain_ids(c, gb, &ib, &nb) || !flat_strings(c, pa) ||
+        !flat_strings(c, pb))
+        return -1;
+    for (uint32_t a = next_passing(c, json, pa, VM_NONE, ia, na); a != VM_NONE;
+         a = next_passing(c, json, pa, a, ia, na)) {
+        const vm_field *fa = &c->fields.v[a];
+        for (uint32_t b = next_passing(c, json, pb, VM_NONE, ib, nb); b != VM_NONE;
+             b = next_passing(c, json, pb, b, ib, nb)) {
+            const vm_field *fb = &c->fields.v[b];
+            if (!fa->nmemb || !fb->nmemb)
+                return 1;
+            const vm_memb *ma = &c->memb.v[fa->memb], *mb = &c->memb.v[fb->memb];
+            if (ma->array != mb->array || ma->index == mb->index)
+                return 1;
+        }
+    }
+    return 0;
+}
+
 /* Has simple clause r (vm_ix_rec), triggered by predicate g, its trigger and next predicate
  * passed, all it needs: 1 yes, 0 no, -1 yes if the elements of arrays allow it (decide asks the
  * bytecode).  Its predicates and their value ids are read from one place, not through the
  * clause, predicate and test tables: at 100k issue193 rules, where each event matches ~200
  * rules of 2 to 4 predicates, this took the last-level cache misses of matching from ~1,600 to
- * ~1,100 an event (callgrind's cache simulation, 300 events). */
+ * ~1,100 an event (callgrind's cache simulation, 300 events).  Where arrays could tie two of
+ * its predicates, tied_pair decides if it can. */
 static int simple_clause(vm_ctx *c, const vm_ix_bus *b, const char *json, const vm_ix_rec *r,
                          uint32_t g)
 {
     if (r->ncp == 1)
         return 1;
     if (r->ncp == 2)
-        return r->depth && in_arrays(c, r->cp0, r->depth) && in_arrays(c, r->path, r->depth) ? -1
-                                                                                           : 1;
+        return r->depth && in_arrays(c, r->cp0, r->depth) && in_arrays(c, r->path, r->depth)
+                   ? tied_pair(c, json, g, r->next)
+                   : 1;
     const vm_ix_cpred *e = c->p->derived->ix_cpreds + r->cp0, *end = e + r->ncp;
-    uint32_t inside = 0;
+    uint32_t inside = 0, tied[2] = { 0, 0 };
     for (; e < end; e++) {
         if (e->pred != g && e->pred != r->next) {
             int q = e->nvid != 0xffff ? vids_pass(c, json, e->path, e->vid0, e->nvid) : -1;
             if (q == 0 || (q < 0 && !pred_passed(c, b, json, e->pred - b->pred0)))
                 return 0;
         }
-        inside += r->depth && in_arrays(c, e->path, r->depth);
+        if (r->depth && in_arrays(c, e->path, r->depth) && inside++ < 2)
+            tied[inside - 1] = e->pred;
     }
-    return inside >= 2 ? -1 : 1;
+    return inside < 2 ? 1 : inside == 2 ? tied_pair(c, json, tied[0], tied[1]) : -1;
+}
+
+/* Clause ci (all buses), complete, is its rule's only clause, and the rule is its predicates
+ * and one negated TEST (struct vm_derived, neg_test), and arrays tie none of its predicates:
+ * does the rule match?  1 yes (no leaf passes the negated TEST), 0 no (a leaf outside arrays
+ * passes it, whatever elements the rule chose), -1 the bytecode decides (only leaves inside
+ * arrays pass it).  With the 10k issue193 rules ~1.9 rules an event (`"exists": false`) ran
+ * their bytecode for this. */
+static int negation_holds(vm_ctx *c, const char *json, uint32_t ci)
+{
+    uint32_t at = c->p->derived->neg_test[ci];
+    if (at == VM_NONE)
+        return -1;
+    const vm_test *t = &c->p->tests[VM_B(c->p->code[at])];
+    int holds = 1;
+    for (uint32_t f = c->first[VM_A(c->p->code[at])]; f != VM_NONE; f = c->fields.v[f].next) {
+        bool pass = vm_leaf_passes(c, json, t, &c->fields.v[f]);
+        if ((t->flags & VM_TF_NEG) ? !pass : pass) {
+            if (!c->fields.v[f].nmemb)
+                return 0;
+            holds = -1;
+        }
+    }
+    return holds;
 }
 
 /* Decides clause ci (all buses) of bus b, a candidate: if all it needs has passed, its rule
@@ -582,7 +681,10 @@ static bool decide(vm_ctx *c, const vm_ix_bus *b, const char *json, uint32_t ci)
         return true;
     if ((cl->flags & VM_IXC_VERIFY) || arrays_matter(c, b, cl)) {
         /* The bytecode decides the whole rule: no other clause of it needs a look. */
-        int m = vm_run_rule(c, json, cl->rule);
+        int m = (cl->flags & VM_IXC_VERIFY) && !arrays_matter(c, b, cl)
+                    ? negation_holds(c, json, ci)
+                    : -1;
+        m = m >= 0 ? m : vm_run_rule(c, json, cl->rule);
         if (m == -1 || (m == -2 && !vm_rule_failed(c, cl->rule)))
             return false;
         c->rule_stamp[cl->rule] = c->epoch;
@@ -596,7 +698,8 @@ static bool decide(vm_ctx *c, const vm_ix_bus *b, const char *json, uint32_t ci)
 /* The records of the candidates (c->live: each record's index, then its trigger) less those
  * whose next predicate fails by the signatures alone (vm_vid_sig): ~3 in 4 of the records
  * with the 10k issue193 rules.  A short loop of its own, so that deciding the rest, a loop that
- * holds much more, runs ~40 times an event and not ~145. */
+ * holds much more, runs ~40 times an event and not ~145.  A candidate whose records all fail
+ * so by the signature in its mark is dropped without reading them (worth_deciding). */
 static bool live_records(vm_ctx *c, const char *json)
 {
     const vm_ix_rec *recs = c->p->derived->ix_recs;
@@ -604,6 +707,8 @@ static bool live_records(vm_ctx *c, const char *json)
     c->live.n = 0;
     for (uint32_t i = 0; i < ncand; i++) {
         uint32_t g = cand[i];
+        if (!worth_deciding(c, json, &c->pred_mark[g]))
+            continue;
         const vm_ix_rec *r = recs + c->pred_mark[g].rec, *end = recs + c->pred_mark[g + 1].rec;
         for (; r < end; r++) {
             if (r->nvid != VM_REC_NO_IDS && !(path_sig(c, json, r->path) & r->sig))

@@ -100,8 +100,8 @@ vm_ctx *vm_ctx_new(const vm_program *p, const vm_options *opt)
     c->fast_ok = !(opt && opt->no_simd) && vm_fast_available();
     c->trusted = opt && opt->trusted;
     c->pred_mark = calloc(p->nix_preds + 1, sizeof *c->pred_mark);
-    for (uint32_t g = 0; c->pred_mark && g <= p->nix_preds; g++)
-        c->pred_mark[g].rec = p->derived->rec_at[g];
+    if (c->pred_mark)
+        vm_pred_mark_init(p, c->pred_mark);
     c->rule_stamp = calloc(p->nrules + 1, sizeof *c->rule_stamp);
     c->path_sig = calloc(p->npaths + 1, sizeof *c->path_sig);
     c->sig_stamp = calloc(p->npaths + 1, sizeof *c->sig_stamp);

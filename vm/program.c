@@ -33,22 +33,29 @@ const char *const vm_test_names[VM_T__COUNT] = {
 
 /* ---- the path trie ---------------------------------------------------------------------------- */
 
-/* Orders edges by key length, then bytes: lookups compare the length first. */
+/* Orders edges by key length, then head (vm_key_head), then the bytes past the head: the order
+ * in which lookups compare them. */
 static int edge_order(const void *pa, const void *pb)
 {
     const vm_trie_edge *a = pa, *b = pb;
     if (a->len != b->len)
         return a->len < b->len ? -1 : 1;
-    return memcmp(a->key, b->key, a->len);
+    if (a->head != b->head)
+        return a->head < b->head ? -1 : 1;
+    return a->len <= 8 ? 0 : memcmp(a->key + 8, b->key + 8, a->len - 8);
 }
 
 uint32_t vm_trie_child_many(const struct vm_trie *t, uint32_t n, const char *k, size_t len)
 {
     const vm_trie_edge *e = t->edges + t->nodes[n].edge0;
     uint32_t lo = 0, hi = t->nodes[n].nedge;
+    uint64_t head = vm_key_head(k, len);
     while (lo < hi) {
         uint32_t mid = (lo + hi) / 2;
-        int cmp = e[mid].len != len ? (e[mid].len < len ? -1 : 1) : memcmp(e[mid].key, k, len);
+        int cmp = e[mid].len != len     ? (e[mid].len < len ? -1 : 1)
+                  : e[mid].head != head ? (e[mid].head < head ? -1 : 1)
+                  : len <= 8            ? 0
+                                        : memcmp(e[mid].key + 8, k + 8, len - 8);
         if (cmp == 0)
             return e[mid].child;
         if (cmp < 0)
@@ -129,7 +136,7 @@ static struct vm_trie *build_trie(const vm_program *p)
                 child = t->nnodes++;
                 t->nodes[child] = (vm_trie_node){ VM_NONE, 0, 0, t->nodes[node].depth + 1 };
                 parent[nraw] = node;
-                raw[nraw] = (vm_trie_edge){ key, seg.len, child };
+                raw[nraw] = (vm_trie_edge){ key, seg.len, child, vm_key_head(key, seg.len) };
                 h.slots[at] = ++nraw;
             }
             node = child;
@@ -621,6 +628,89 @@ static bool clause_records(const vm_program *p, struct vm_derived *d)
     return true;
 }
 
+/* Does clause ci (all buses) hold exactly the TESTs code[0 .. n) of its rule, as predicates of
+ * bus b (the same path and test, each TEST one of them and each of them a TEST)? */
+static bool clause_is_tests(const vm_program *p, const vm_ix_bus *b, uint32_t ci,
+                            const vm_inst *code, uint32_t n)
+{
+    const vm_ix_clause *cl = &p->ix_clauses[ci];
+    const uint32_t *pr = p->ix_refs + cl->pred0;
+    for (uint32_t i = 0; i < n; i++) {
+        bool found = false;
+        for (uint32_t j = 0; j < cl->npred && !found; j++)
+            found = p->ix_preds[b->pred0 + pr[j]].path == VM_A(code[i]) &&
+                    p->ix_preds[b->pred0 + pr[j]].test == VM_B(code[i]);
+        if (!found)
+            return false;
+    }
+    for (uint32_t j = 0; j < cl->npred; j++) {
+        bool found = false;
+        for (uint32_t i = 0; i < n && !found; i++)
+            found = p->ix_preds[b->pred0 + pr[j]].path == VM_A(code[i]) &&
+                    p->ix_preds[b->pred0 + pr[j]].test == VM_B(code[i]);
+        if (!found)
+            return false;
+    }
+    return true;
+}
+
+/* Finds the clauses that are their rule's only clause and whose rule is TESTs of its
+ * predicates and then one negated TEST (`"exists": false`, `not (p == x)`):
+ * TEST.. NOT -> m; TEST; NOTOK; m: MATCH.  Their negated TEST is neg_test[ci] (an address of
+ * p->code), VM_NONE for every other clause. */
+static bool negated_tests(const vm_program *p, struct vm_derived *d)
+{
+    uint32_t *nclauses = calloc(p->nrules + 1, sizeof *nclauses);
+    d->neg_test = malloc((p->nix_clauses + 1) * sizeof *d->neg_test);
+    if (!nclauses || !d->neg_test) {
+        free(nclauses);
+        return false;
+    }
+    for (uint32_t ci = 0; ci < p->nix_clauses; ci++) {
+        nclauses[p->ix_clauses[ci].rule]++;
+        d->neg_test[ci] = VM_NONE;
+    }
+    for (uint32_t bi = 0; bi < p->nix_buses; bi++) {
+        const vm_ix_bus *b = &p->ix_buses[bi];
+        for (uint32_t k = 0; k < b->nclause; k++) {
+            uint32_t ci = b->clause0 + k;
+            const vm_ix_clause *cl = &p->ix_clauses[ci];
+            const vm_rule *r = &p->rules[cl->rule];
+            const vm_inst *code = p->code + r->code0;
+            uint32_t n = r->ncode;
+            if (!(cl->flags & VM_IXC_VERIFY) || nclauses[cl->rule] != 1 || cl->need != cl->npred ||
+                n < 4 || VM_OP(code[n - 4]) != VM_OP_NOT || VM_B(code[n - 4]) != n - 1 ||
+                VM_OP(code[n - 3]) != VM_OP_TEST || VM_OP(code[n - 2]) != VM_OP_NOTOK ||
+                VM_OP(code[n - 1]) != VM_OP_MATCH)
+                continue;
+            bool tests = true;
+            for (uint32_t pc = 0; pc < n - 4 && tests; pc++)
+                tests = VM_OP(code[pc]) == VM_OP_TEST;
+            if (tests && clause_is_tests(p, b, ci, code, n - 4))
+                d->neg_test[ci] = r->code0 + n - 3;
+        }
+    }
+    free(nclauses);
+    return true;
+}
+
+void vm_pred_mark_init(const vm_program *p, vm_pred_mark *m)
+{
+    const struct vm_derived *d = p->derived;
+    for (uint32_t g = 0; g <= p->nix_preds; g++) {
+        m[g] = (vm_pred_mark){ 0, d->rec_at[g], ~0u, 0 };
+        if (g == p->nix_preds || d->rec_at[g] == d->rec_at[g + 1])
+            continue;
+        uint32_t sig = 0, path = d->ix_recs[d->rec_at[g]].path;
+        for (uint32_t r = d->rec_at[g]; r < d->rec_at[g + 1] && sig != ~0u; r++) {
+            const vm_ix_rec *x = &d->ix_recs[r];
+            sig = x->nvid == VM_REC_NO_IDS || x->path != path ? ~0u : sig | x->sig;
+        }
+        m[g].sig = sig;
+        m[g].path = path;
+    }
+}
+
 void vm_derived_free(struct vm_derived *d)
 {
     if (!d)
@@ -641,6 +731,7 @@ void vm_derived_free(struct vm_derived *d)
     vm_trie_free(d->trie);
     free(d->keep_depth);
     free(d->last_not);
+    free(d->neg_test);
     free(d);
 }
 
@@ -654,7 +745,7 @@ vm_status vm_program_prepare(vm_program *p)
     if (!p->derived->trie || !analyse_code(p, p->derived) || !map_index_paths(p, p->derived) ||
         !tag_index_slots(p, p->derived) || !number_values(p, p->derived) ||
         !key_value_ids(p, p->derived) || !clause_records(p, p->derived) ||
-        !quick_tests(p, p->derived)) {
+        !quick_tests(p, p->derived) || !negated_tests(p, p->derived)) {
         vm_derived_free(p->derived);
         p->derived = NULL;
         return VM_ERR_NOMEM;

@@ -20,7 +20,28 @@ typedef struct {
     const char *key;
     uint32_t len;
     uint32_t child;
+    uint64_t head;        /* vm_key_head of the key */
 } vm_trie_edge;
+
+/* A number that stands for key k[0..len) among the keys of its length: all of it when len <= 8
+ * (then equal numbers are equal keys), its first 8 bytes when longer.  Reads k[0..len) only. */
+static inline uint64_t vm_key_head(const char *k, size_t len)
+{
+    uint64_t h;
+    uint32_t a, b;
+    if (len >= 8) {
+        memcpy(&h, k, 8);
+        return h;
+    }
+    if (len >= 4) {   /* (overlapping) */
+        memcpy(&a, k, 4);
+        memcpy(&b, k + len - 4, 4);
+        return (uint64_t)a << 32 | b;
+    }
+    return len == 0 ? 0
+                    : (uint64_t)(unsigned char)k[0] << 16 | (uint64_t)(unsigned char)k[len / 2] << 8 |
+                          (unsigned char)k[len - 1];
+}
 
 struct vm_trie {
     vm_trie_node *nodes;
@@ -30,10 +51,12 @@ struct vm_trie {
 };
 
 /* Finds the child of node n reached by key k[0..len); VM_NONE if there is none.  Few edges (the
- * usual case) are looked at in line, by length and first byte before memcmp; more, by a binary
- * search (program.c).  (In line, with the walk's strings read in line too: the trusted EXACT row
- * 6,041 -> 5,290 instructions an event; the first byte, for keys such as "x", "y" and "z": the
- * routing row's events 19,435 -> 19,192, callgrind.) */
+ * usual case) are looked at in line, more by a binary search (program.c); either compares the
+ * length and the key's head (vm_key_head) before any byte, and a key of 8 bytes or fewer is
+ * then told without memcmp.  (In line, with the walk's strings read in line too: the trusted
+ * EXACT row 6,041 -> 5,290 instructions an event, callgrind.  The heads, which spare reading the
+ * edge's key: vm_match with the 10k issue193 rules, whose events' "data" holds ~18 keys, 56.3K
+ * -> 54.7K instructions and 690 -> 594 D1 misses an event.) */
 uint32_t vm_trie_child_many(const struct vm_trie *t, uint32_t n, const char *k, size_t len);
 
 static inline uint32_t vm_trie_child(const struct vm_trie *t, uint32_t n, const char *k, size_t len)
@@ -42,8 +65,10 @@ static inline uint32_t vm_trie_child(const struct vm_trie *t, uint32_t n, const 
     if (node->nedge > 8)
         return vm_trie_child_many(t, n, k, len);
     const vm_trie_edge *e = t->edges + node->edge0;
+    uint64_t head = vm_key_head(k, len);
     for (uint32_t i = 0; i < node->nedge; i++)
-        if (e[i].len == len && (len == 0 || e[i].key[0] == k[0]) && memcmp(e[i].key, k, len) == 0)
+        if (e[i].len == len && e[i].head == head &&
+            (len <= 8 || memcmp(e[i].key + 8, k + 8, len - 8) == 0))
             return e[i].child;
     return VM_NONE;
 }
@@ -106,6 +131,11 @@ struct vm_derived {
     uint32_t *rec_at;
     struct vm_ix_cpred *ix_cpreds;
     uint32_t ncpreds;
+    /* Per clause of the index (all buses): if it is its rule's only clause and the rule is
+     * TESTs of its predicates, then one negated TEST (`"exists": false`), that TEST's address
+     * in p->code, else VM_NONE.  Such a clause is decided without its bytecode where arrays
+     * cannot change the outcome (index.c, negation_holds). */
+    uint32_t *neg_test;
 };
 
 /* A clause as the predicate that triggers it sees it: its rule, and the other predicate it
@@ -213,8 +243,14 @@ void vm_derived_free(struct vm_derived *d);
  * (struct vm_derived, rec_at, copied: the entry that firing a predicate reads also tells
  * where its records are, so deciding a candidate reads no rec_at entry, one cache miss each of
  * ~140 candidates an event with the 10k issue193 rules; one mark in place of a stamp and a
- * "tried" stamp keeps it 8 bytes a predicate, as before). */
-typedef struct vm_pred_mark { uint32_t mark, rec; } vm_pred_mark;
+ * "tried" stamp).  When every record of the predicate tests value ids on one path, the or of
+ * their signatures and that path (vm_vid_sig; sig ~0: none), so that the records of a candidate
+ * that would all fail on the signatures are not read (index.c, worth_deciding; 16 bytes a
+ * predicate, not 8). */
+typedef struct vm_pred_mark { uint32_t mark, rec, sig, path; } vm_pred_mark;
+
+/* Fills the marks of a new context (per predicate of the index, and one past the last). */
+void vm_pred_mark_init(const vm_program *p, vm_pred_mark *m);
 
 /* A leaf of the event that some rule looks at. */
 enum { VM_J_STR, VM_J_NUM, VM_J_TRUE, VM_J_FALSE, VM_J_NULL };

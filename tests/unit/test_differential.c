@@ -398,6 +398,172 @@ Test(differential, value_ids_past_16_bits, .timeout = 120)
     free(src.s);
 }
 
+/* Clauses the index decides without their rule's bytecode where it can (index.c): two plain
+ * equalities on paths of one array (`arr[].x`, `arr[].y`: one element must hold both, tied_pair)
+ * and rules that are equalities and then one negated test (`"exists": false`, `not (b == ..)`,
+ * negation_holds), each with a third predicate or not; the shared trigger values make the
+ * signatures of the marks (vm_pred_mark) drop many.  Events put the values in one element or
+ * two, in nested arrays, outside arrays, as other types, with the negated path absent, present,
+ * null, inside arrays; every event must match exactly what the reference matches. */
+Test(differential, ties_and_negations)
+{
+    static const char *const v[] = { "v0", "v1", "v2", "v3", "v4" };
+    buf src = { 0 };
+    put(&src, "bus b\n");
+    for (int r = 0; r < 300; r++) {
+        const char *x1 = v[rnd(5)], *x2 = v[rnd(5)], *y1 = v[rnd(5)], *y2 = v[rnd(5)];
+        put(&src, "rule r%d on b { ", r);
+        switch (rnd(6)) {
+        case 0:
+            put(&src, "pattern {\"arr\": {\"x\": [\"%s\", \"%s\"], \"y\": [\"%s\", \"%s\"]}}", x1,
+                x2, y1, y2);
+            break;
+        case 1:
+            put(&src, "pattern {\"a\": [\"%s\", \"%s\"], \"arr\": {\"x\": [\"%s\"], \"y\": [\"%s\"]}}",
+                v[rnd(5)], v[rnd(5)], x1, y1);
+            break;
+        case 2:
+            put(&src, "pattern {\"a\": [\"%s\", \"%s\"], \"b\": [{\"exists\": false}]}", x1, x2);
+            break;
+        case 3:
+            put(&src, "pattern {\"a\": [\"%s\"], \"c\": {\"d\": [\"%s\", \"%s\"]}, \"arr\": {\"y\": "
+                      "[{\"exists\": false}]}}", x1, y1, y2);
+            break;
+        case 4:
+            put(&src, "match a in [\"%s\", \"%s\"] and not (b == \"%s\")", x1, x2, y1);
+            break;
+        default:
+            put(&src, "match arr[].x == \"%s\" and not (arr[].y == \"%s\")", x1, y1);
+            break;
+        }
+        put(&src, " }\n");
+    }
+    vm_program *p = cc_compile_text("ties.ebr", src.s, src.n, stderr, NULL);
+    cr_assert_not_null(p, "%s", src.s);
+    uint32_t negated = 0;
+    for (uint32_t ci = 0; ci < p->nix_clauses; ci++)
+        negated += p->derived->neg_test[ci] != VM_NONE;
+    cr_assert_gt(negated, 100, "rules of equalities and one negation should be recognised");
+    long matched = 0;
+    for (int e = 0; e < 4000; e++) {
+        buf ev = { 0 };
+        put(&ev, "{\"a\": \"%s\"", v[rnd(5)]);
+        switch (rnd(6)) {   /* b: absent, a string, null, a number, in an array, an object */
+        case 0: break;
+        case 1: put(&ev, ", \"b\": \"%s\"", v[rnd(5)]); break;
+        case 2: put(&ev, ", \"b\": null"); break;
+        case 3: put(&ev, ", \"b\": 1"); break;
+        case 4: put(&ev, ", \"b\": [\"%s\", \"%s\"]", v[rnd(5)], v[rnd(5)]); break;
+        default: put(&ev, ", \"b\": {\"z\": 1}"); break;
+        }
+        if (rnd(2))
+            put(&ev, ", \"c\": {\"d\": \"%s\"}", v[rnd(5)]);
+        /* arr: absent, one object, elements, nested arrays and other types, elements and (the
+         * key twice) an object outside them */
+        switch (rnd(6)) {
+        case 0: break;
+        case 1: put(&ev, ", \"arr\": {\"x\": \"%s\", \"y\": \"%s\"}", v[rnd(5)], v[rnd(5)]); break;
+        case 2: case 3: {
+            put(&ev, ", \"arr\": [");
+            int n = 1 + (int)rnd(3);
+            for (int i = 0; i < n; i++) {
+                put(&ev, "%s{\"x\": \"%s\"", i ? ", " : "", v[rnd(5)]);
+                if (rnd(3))
+                    put(&ev, ", \"y\": \"%s\"", v[rnd(5)]);
+                put(&ev, "}");
+            }
+            put(&ev, "]");
+            break;
+        }
+        case 4:
+            put(&ev, ", \"arr\": [{\"x\": [\"%s\", \"%s\"], \"y\": \"%s\"}, {\"x\": %s, \"y\": [\"%s\"]}]",
+                v[rnd(5)], v[rnd(5)], v[rnd(5)], rnd(2) ? "1" : "\"v1\"", v[rnd(5)]);
+            break;
+        default: {
+            bool array = rnd(2);   /* the second "arr": an object, or an array of its own */
+            put(&ev, ", \"arr\": [{\"x\": \"%s\", \"y\": \"%s\"}], \"arr\": %s\"%s\": \"%s\"%s",
+                v[rnd(5)], v[rnd(5)], array ? "[{\"z\": 1}, {" : "{", rnd(2) ? "x" : "y", v[rnd(5)],
+                array ? "}]" : "}");
+            break;
+        }
+        }
+        put(&ev, "}");
+        run_engines(p, ev.s, ev.n, e, "(ties and negations)");
+        vm_ctx *c = vm_ctx_new(p, NULL);
+        const uint32_t *m;
+        size_t nm;
+        vm_error err;
+        if (vm_match(c, VM_NONE, ev.s, ev.n, &m, &nm, &err) == VM_OK)
+            matched += (long)nm;
+        vm_ctx_free(c);
+        free(ev.s);
+    }
+    cr_log_info("ties and negations: %ld matches over 4000 events", matched);
+    cr_expect_gt(matched, 4000, "the rules hardly ever match: the test tests little");
+    vm_program_free(p);
+    free(src.s);
+}
+
+/* The scanner's trie tells a node's keys apart by length and head (vm_key_head: the whole key up
+ * to 8 bytes, the first 8 beyond) before any byte: siblings of every length from 0 to 20 that
+ * differ in one byte anywhere (first, middle, last, past the eighth), under a node with few
+ * edges (looked at in line) and one with many (a binary search).  Each must lead to its own
+ * child, and each one-byte change of it to none or to the sibling it spells. */
+Test(differential, trie_keys_by_head)
+{
+    static const char *const few[] = { "", "x", "xy", "xyz", "abcd", "abce", "abcdefgh", "abcdefghi" };
+    char many[21][3][24];
+    buf src = { 0 };
+    put(&src, "bus b\nrule f on b { match ");
+    for (size_t i = 0; i < sizeof few / sizeof *few; i++)
+        put(&src, "%sexists f.\"%s\"", i ? " or " : "", few[i]);
+    put(&src, " }\nrule m on b { match ");
+    for (int len = 0; len <= 20; len++)
+        for (int v = 0; v < 3; v++) {
+            for (int i = 0; i < len; i++)
+                many[len][v][i] = (char)('a' + (i * 7 + len) % 26);
+            many[len][v][len] = 0;
+            if (len && v)   /* a sibling that differs in one byte: the last, or past the 8th */
+                many[len][v][v == 1 ? len - 1 : (len > 9 ? 9 : len / 2)] = v == 1 ? 'Z' : 'W';
+            put(&src, "%sexists m.\"%s\"", len || v ? " or " : "", many[len][v]);
+        }
+    put(&src, " }\n");
+    vm_program *p = cc_compile_text("trie.ebr", src.s, src.n, stderr, NULL);
+    cr_assert_not_null(p, "%s", src.s);
+    const struct vm_trie *t = p->derived->trie;
+    uint32_t f = vm_trie_child(t, 0, "f", 1), m = vm_trie_child(t, 0, "m", 1);
+    cr_assert(f != VM_NONE && m != VM_NONE);
+    cr_assert_leq(t->nodes[f].nedge, 8, "f's keys are looked at in line");
+    cr_assert_gt(t->nodes[m].nedge, 8, "m's keys are found by a binary search");
+    for (size_t i = 0; i < sizeof few / sizeof *few; i++) {
+        uint32_t child = vm_trie_child(t, f, few[i], strlen(few[i]));
+        cr_assert_neq(child, VM_NONE, "f.%s", few[i]);
+        for (size_t j = 0; j < i; j++)
+            cr_assert_neq(child, vm_trie_child(t, f, few[j], strlen(few[j])), "f.%s", few[i]);
+    }
+    cr_assert_eq(vm_trie_child(t, f, "abcf", 4), VM_NONE);
+    cr_assert_eq(vm_trie_child(t, f, "abcdefgj", 8), VM_NONE);
+    cr_assert_eq(vm_trie_child(t, f, "abcdefghj", 9), VM_NONE);
+    cr_assert_eq(vm_trie_child(t, f, "y", 1), VM_NONE);
+    uint32_t seen[21][3];
+    for (int len = 0; len <= 20; len++)
+        for (int v = 0; v < 3; v++) {
+            seen[len][v] = vm_trie_child(t, m, many[len][v], (size_t)len);
+            cr_assert_neq(seen[len][v], VM_NONE, "m.%s", many[len][v]);
+            for (int w = 0; w < v && len; w++)
+                cr_assert_neq(seen[len][v], seen[len][w], "m.%s", many[len][v]);
+        }
+    for (int len = 1; len <= 20; len++)
+        for (int at = 0; at < len; at++) {
+            char k[24];
+            memcpy(k, many[len][0], (size_t)len + 1);
+            k[at] = 'Y';   /* spells none of the siblings */
+            cr_assert_eq(vm_trie_child(t, m, k, (size_t)len), VM_NONE, "m.%s", k);
+        }
+    vm_program_free(p);
+    free(src.s);
+}
+
 /* The matches of an event are sorted by vm_sort_rules: through a bitmap when the numbers are
  * distinct and small, else insertion sort, quicksort above 32. */
 Test(differential, sort_rules)
