@@ -602,18 +602,44 @@ static int tied_pair(vm_ctx *c, const char *json, uint32_t ga, uint32_t gb)
     if (!plain_ids(c, ga, &ia, &na) || !plain_ids(c, gb, &ib, &nb) || !flat_strings(c, pa) ||
         !flat_strings(c, pb))
         return -1;
-    for (uint32_t a = next_passing(c, json, pa, VM_NONE, ia, na); a != VM_NONE;
-         a = next_passing(c, json, pa, a, ia, na)) {
-        const vm_field *fa = &c->fields.v[a];
-        for (uint32_t b = next_passing(c, json, pb, VM_NONE, ib, nb); b != VM_NONE;
-             b = next_passing(c, json, pb, b, ib, nb)) {
-            const vm_field *fb = &c->fields.v[b];
-            if (!fa->nmemb || !fb->nmemb)
-                return 1;
-            const vm_memb *ma = &c->memb.v[fa->memb], *mb = &c->memb.v[fb->memb];
-            if (ma->array != mb->array || ma->index == mb->index)
-                return 1;
+    /* Where the passing leaves of each lie: outside arrays, or in which arrays.  (One pass over
+     * each path, not a pass over one path's leaves for each passing leaf of the other: an event
+     * of 11,000 elements took ~0.5 s a rule that way.) */
+    struct { bool outside, several; uint32_t array; } at[2];
+    const uint16_t *ids[2] = { ia, ib };
+    uint32_t nid[2] = { na, nb }, path[2] = { pa, pb };
+    for (int k = 0; k < 2; k++) {
+        at[k].outside = at[k].several = false;
+        at[k].array = VM_NONE;
+        uint32_t f = next_passing(c, json, path[k], VM_NONE, ids[k], nid[k]);
+        if (f == VM_NONE)
+            return 0;
+        for (; f != VM_NONE; f = next_passing(c, json, path[k], f, ids[k], nid[k])) {
+            const vm_field *fl = &c->fields.v[f];
+            uint32_t arr = fl->nmemb ? c->memb.v[fl->memb].array : VM_NONE;
+            at[k].outside |= arr == VM_NONE;
+            if (arr != VM_NONE && at[k].array != VM_NONE && arr != at[k].array)
+                at[k].several = true;
+            if (arr != VM_NONE && at[k].array == VM_NONE)
+                at[k].array = arr;
         }
+    }
+    /* A leaf outside arrays, or two arrays to choose from: the elements cannot keep them apart. */
+    if (at[0].outside || at[1].outside || at[0].several || at[1].several ||
+        at[0].array != at[1].array)
+        return 1;
+    /* Both in one array: is there an element with a passing leaf of each?  The leaves come in
+     * the order of the event, so their element numbers do not go down: one merge. */
+    uint32_t a = next_passing(c, json, pa, VM_NONE, ia, na);
+    uint32_t b = next_passing(c, json, pb, VM_NONE, ib, nb);
+    while (a != VM_NONE && b != VM_NONE) {
+        uint32_t xa = c->memb.v[c->fields.v[a].memb].index, xb = c->memb.v[c->fields.v[b].memb].index;
+        if (xa == xb)
+            return 1;
+        if (xa < xb)
+            a = next_passing(c, json, pa, a, ia, na);
+        else
+            b = next_passing(c, json, pb, b, ib, nb);
     }
     return 0;
 }

@@ -713,6 +713,32 @@ Test(differential, numbers_read_once)
     vm_program_free(p);
 }
 
+/* Two equalities tied by arrays, decided by the index (index.c, tied_pair) in one pass over
+ * each path: leaves in one array (the same element or not), in two arrays of one path (a key
+ * given twice), outside arrays. */
+Test(differential, tied_pairs_over_arrays)
+{
+    static const char *const rules =
+        "bus b\n"
+        "rule xy on b { match data.arr[].x == \"v1\" and data.arr[].y == \"v2\" }\n"
+        "rule yx on b { match data.arr[].y == \"v2\" and data.arr[].x in [\"v1\", \"v3\"] }\n";
+    static const char *const events[] = {
+        "{\"data\": {\"arr\": [{\"x\": \"v1\"}, {\"y\": \"v2\"}]}}",
+        "{\"data\": {\"arr\": [{\"x\": \"v1\", \"y\": \"v2\"}]}}",
+        "{\"data\": {\"arr\": [{\"y\": \"v2\"}, {\"x\": \"v0\"}, {\"x\": \"v1\", \"y\": \"v0\"}]}}",
+        "{\"data\": {\"arr\": [{\"x\": \"v1\"}, {\"y\": \"v2\"}], \"arr\": [{\"y\": \"v2\"}]}}",
+        "{\"data\": {\"arr\": [{\"y\": \"v2\"}, {\"x\": \"v1\"}], \"arr\": [{\"x\": \"v3\"}]}}",
+        "{\"data\": {\"arr\": [{\"x\": \"v1\"}, {\"y\": \"v0\"}], \"arr\": [{\"y\": \"v2\"}]}}",
+        "{\"data\": {\"arr\": [{\"x\": \"v1\"}, {\"x\": \"v3\"}, {\"y\": \"v2\"}, {\"x\": \"v1\", \"y\": \"v2\"}]}}",
+        "{\"data\": {\"arr\": [{\"x\": \"v1\"}, {\"y\": \"v2\"}, {\"x\": \"v1\"}, {\"y\": \"v2\"}]}}",
+    };
+    vm_program *p = cc_compile_text("tied.ebr", rules, strlen(rules), stderr, NULL);
+    cr_assert_not_null(p);
+    for (size_t e = 0; e < sizeof events / sizeof *events; e++)
+        run_engines(p, events[e], strlen(events[e]), (int)e, rules);
+    vm_program_free(p);
+}
+
 /* A template reads the event through the brackets stage 1 recorded, or byte by byte when the
  * byte-by-byte scanner read it; the payloads must be the same.  (Events of 64 bytes and more
  * go through stage 1.) */
