@@ -662,6 +662,16 @@ Test(differential, strings_compared_in_place)
     free(src.s);
 }
 
+/* The index against the reference on each of n fixed events, for rules written out. */
+static void check_events(const char *rules, const char *const *events, size_t n)
+{
+    vm_program *p = cc_compile_text("cases.ebr", rules, strlen(rules), stderr, NULL);
+    cr_assert_not_null(p);
+    for (size_t e = 0; e < n; e++)
+        run_engines(p, events[e], strlen(events[e]), (int)e, rules);
+    vm_program_free(p);
+}
+
 /* A clause of one predicate is decided by its trigger alone, unless it is a band whose two
  * bounds the elements of an array could pass apart: [0, 500] has a number above 1 and one below
  * 300, yet no element in (1, 300). */
@@ -681,11 +691,7 @@ Test(differential, one_predicate_clauses)
         "{\"data\": {\"n\": 7, \"arr\": []}}",
         "{\"data\": {\"arr\": [{\"x\": 0}]}}",
     };
-    vm_program *p = cc_compile_text("one.ebr", rules, strlen(rules), stderr, NULL);
-    cr_assert_not_null(p);
-    for (size_t e = 0; e < sizeof events / sizeof *events; e++)
-        run_engines(p, events[e], strlen(events[e]), (int)e, rules);
-    vm_program_free(p);
+    check_events(rules, events, sizeof events / sizeof *events);
 }
 
 /* A number leaf is parsed once an event and read by the range tree, the bands and the ranges
@@ -732,11 +738,7 @@ Test(differential, tied_pairs_over_arrays)
         "{\"data\": {\"arr\": [{\"x\": \"v1\"}, {\"x\": \"v3\"}, {\"y\": \"v2\"}, {\"x\": \"v1\", \"y\": \"v2\"}]}}",
         "{\"data\": {\"arr\": [{\"x\": \"v1\"}, {\"y\": \"v2\"}, {\"x\": \"v1\"}, {\"y\": \"v2\"}]}}",
     };
-    vm_program *p = cc_compile_text("tied.ebr", rules, strlen(rules), stderr, NULL);
-    cr_assert_not_null(p);
-    for (size_t e = 0; e < sizeof events / sizeof *events; e++)
-        run_engines(p, events[e], strlen(events[e]), (int)e, rules);
-    vm_program_free(p);
+    check_events(rules, events, sizeof events / sizeof *events);
 }
 
 /* A template reads the event through the brackets stage 1 recorded, or byte by byte when the
