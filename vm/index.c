@@ -492,9 +492,10 @@ static bool dispatch(vm_ctx *c, const vm_ix_bus *b, uint32_t ipath, const char *
         uint32_t ti = p->ix_preds[gi].test;
         const vm_test *t = &p->tests[ti];
         unsigned q = in_place ? p->derived->test_quick[ti] : VM_Q_NONE;
-        int pass = q && q != VM_Q_EQ ? quick_passes(p, q, t, s, f->len, &ascii) : -1;
-        if (pass < 0)
-            pass = leaf_passes(c, json, gi, t, fi);
+        bool tried = q && q != VM_Q_EQ;
+        int pass = tried ? quick_passes(p, q, t, s, f->len, &ascii) : -1;
+        if (pass < 0)   /* (leaf_passes would try quick_passes again) */
+            pass = tried ? vm_leaf_passes(c, json, t, f) : leaf_passes(c, json, gi, t, fi);
         if ((t->flags & VM_TF_NEG) ? !pass : pass)
             if (!fire(c, b, g[i]))
                 return false;
