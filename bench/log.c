@@ -73,8 +73,7 @@ static void *produce(void *arg)
         e[i] = (store_entry){ buf, p->size, 0 };
     for (uint64_t done = 0; done < p->count && !p->failed;) {
         size_t n = p->count - done < p->batch ? (size_t)(p->count - done) : p->batch;
-        uint64_t first;
-        if (store_append(p->s, e, n, &first) != STORE_OK) {
+        if (store_append(p->s, e, n, NULL) != STORE_OK) {
             fprintf(stderr, "bench: append: %s\n", store_error(p->s));
             p->failed = true;
         }

@@ -1142,8 +1142,7 @@ static void deliver_bus(ebd *d, ebd_target *t, const char *payload, size_t n, bo
     if (!bus_payload_ok(t, payload, n, text, a))
         return;
     store_entry e = { payload, (uint32_t)n, 0 };
-    uint64_t first;
-    store_status st = store_append(d->buses[t->bus]->s, &e, 1, &first);
+    store_status st = store_append(d->buses[t->bus]->s, &e, 1, NULL);
     if (st != STORE_OK) {
         snprintf(a->error, sizeof a->error, "bus '%s': %s", d->buses[t->bus]->name,
                  store_error(d->buses[t->bus]->s));
@@ -2293,9 +2292,8 @@ static void flush_batches(dthread *th)
                 en[k++] = (store_entry){ it->payload, (uint32_t)it->plen, 0 };
         }
         if (k) {
-            uint64_t first;
             store *s = e->d->buses[t->bus]->s;
-            if (store_append(s, en, k, &first) != STORE_OK) {
+            if (store_append(s, en, k, NULL) != STORE_OK) {
                 snprintf(a.error, sizeof a.error, "bus '%s': %s", e->d->buses[t->bus]->name,
                          store_error(s));
                 a.retry = true;

@@ -809,16 +809,20 @@ static bool push_event(void *arg, const js_member *m)
 static enum MHD_Result store_and_answer(struct MHD_Connection *c, ebd_bus *b, events *es)
 {
     store_entry *e = calloc(es->n ? es->n : 1, sizeof *e);
-    if (!e)
+    uint64_t *offs = calloc(es->n ? es->n : 1, sizeof *offs);
+    if (!e || !offs) {
+        free(e);
+        free(offs);
         return send_error(c, 503, "out of memory", NULL, "1");
+    }
     size_t k = 0;
     for (size_t i = 0; i < es->n; i++)
         if (!es->v[i].diverted)
             e[k++] = (store_entry){ es->v[i].s, (uint32_t)es->v[i].n, 0 };
-    uint64_t first = 0;
-    store_status st = k ? store_append(b->s, e, k, &first) : STORE_OK;
+    store_status st = k ? store_append(b->s, e, k, offs) : STORE_OK;
     free(e);
     if (st != STORE_OK) {
+        free(offs);
         ebd_log(EBD_ERROR, "msg=\"append failed\" bus=%s error=\"%s\"", b->name, store_error(b->s));
         mt_note_reason(st == STORE_CLOSED ? MT_OVERLOADED : MT_STORAGE);
         return send_error(c, 503, st == STORE_CLOSED ? "the daemon is stopping"
@@ -827,7 +831,7 @@ static enum MHD_Result store_and_answer(struct MHD_Connection *c, ebd_bus *b, ev
     }
     mt_ingested(b, k);
     /* (an event dead-lettered by its schema has an error and no offset) */
-    trace_received(c, b, first, es->n, &es->v[0].id, &es->v[0].idlen, sizeof *es->v,
+    trace_received(c, b, offs, es->n, &es->v[0].id, &es->v[0].idlen, sizeof *es->v,
                    es->v[0].error);
     sbuf r = { 0 };
     sb_puts(&r, "{\"events\":[");
@@ -840,8 +844,9 @@ static enum MHD_Result store_and_answer(struct MHD_Connection *c, ebd_bus *b, ev
             continue;
         }
         sb_printf(&r, "%s{\"id\":%.*s,\"offset\":%llu}", i ? "," : "", (int)es->v[i].idlen,
-                  es->v[i].id, (unsigned long long)(first + at++));
+                  es->v[i].id, (unsigned long long)offs[at++]);
     }
+    free(offs);
     sb_puts(&r, "]}");
     enum MHD_Result ok = send_json(c, 202, &r, NULL);
     sb_free(&r);
@@ -1001,6 +1006,11 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
         return send_error(c, 503, "out of memory", NULL, "1");
     }
     store_entry *e = calloc(es.n ? es.n : 1, sizeof *e);
+    uint64_t *offs = e ? calloc(es.n ? es.n : 1, sizeof *offs) : NULL;
+    if (!offs) {
+        free(e);
+        e = NULL;
+    }
     size_t good = 0, ndl = 0;
     sbuf dl = { 0 };              /* the diverted entries' lines: one write, one sync */
     for (size_t k = 0; e && k < es.n; k++) {
@@ -1031,23 +1041,23 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
                 snprintf(es.v[k].error, sizeof es.v[k].error, "the bus cannot keep invalid events now");
             }
     sb_free(&dl);
-    uint64_t first = 0;
-    store_status st = e && good ? store_append(b->s, e, good, &first) : STORE_OK;
+    store_status st = e && good ? store_append(b->s, e, good, offs) : STORE_OK;
     free(e);
     if (!e || st != STORE_OK) {
         free(es.v);
+        free(offs);
         mt_note_reason(e ? MT_STORAGE : MT_OVERLOADED);
         return send_error(c, 503, "the bus cannot store events now", NULL, "5");
     }
     mt_ingested(b, good);
     if (good)
-        trace_received(c, b, first, es.n, &es.v[0].id, &es.v[0].idlen, sizeof *es.v, es.v[0].error);
+        trace_received(c, b, offs, es.n, &es.v[0].id, &es.v[0].idlen, sizeof *es.v, es.v[0].error);
     sbuf r = { 0 };
     size_t diverted = 0;
     for (size_t k = 0; k < es.n; k++)
         diverted += es.v[k].diverted;
     sb_printf(&r, "{\"failed_entry_count\":%zu,\"entries\":[", es.n - good - diverted);
-    uint64_t off = first;
+    size_t j = 0;
     for (size_t k = 0; k < es.n; k++) {
         sb_puts(&r, k ? "," : "");
         if (es.v[k].diverted) {
@@ -1065,8 +1075,9 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
             sb_puts(&r, "}");
         } else
             sb_printf(&r, "{\"id\":%.*s,\"offset\":%llu}", (int)es.v[k].idlen, es.v[k].id,
-                      (unsigned long long)off++);
+                      (unsigned long long)offs[j++]);
     }
+    free(offs);
     sb_puts(&r, "]}");
     enum MHD_Result ok = send_json(c, 200, &r, NULL);
     sb_free(&r);

@@ -603,8 +603,8 @@ static void store_bus(struct MHD_Connection *c, ebd *d, entry *es, size_t n, uin
         }
     if (!k)
         return;
-    uint64_t first = 0;
-    if (store_append(b->s, se, k, &first) != STORE_OK) {
+    uint64_t offs[MAX_ENTRIES];
+    if (store_append(b->s, se, k, offs) != STORE_OK) {
         ebd_log(EBD_ERROR, "msg=\"append failed\" bus=%s error=\"%s\"", b->name, store_error(b->s));
         for (size_t i = 0; i < n; i++)
             if (!es[i].code && es[i].bus == bi)
@@ -613,7 +613,7 @@ static void store_bus(struct MHD_Connection *c, ebd *d, entry *es, size_t n, uin
         return;
     }
     mt_ingested(b, k);
-    trace_received(c, b, first, k, &tr[0].id, &tr[0].len, sizeof tr[0], NULL);
+    trace_received(c, b, offs, k, &tr[0].id, &tr[0].len, sizeof tr[0], NULL);
 }
 
 static int put_events(struct MHD_Connection *c, ebd *d, const caller *who, const cJSON *req)

@@ -183,12 +183,12 @@ static bool tracing(void)
     return atomic_load_explicit(&T.on, memory_order_relaxed);
 }
 
-void trace_received(struct MHD_Connection *c, const ebd_bus *b, uint64_t first, size_t n,
+void trace_received(struct MHD_Connection *c, const ebd_bus *b, const uint64_t *offs, size_t n,
                     const void *ids, const void *idlens, size_t stride, const char *skip)
 {
     if (!tracing() || n == 0)
         return;
-    trace_rec r = { .kind = TR_RECEIVED, .off = first, .time_ms = wall_ms() };
+    trace_rec r = { .kind = TR_RECEIVED, .off = offs[0], .time_ms = wall_ms() };
     const union MHD_ConnectionInfo *ai = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     const struct sockaddr *sa = ai ? ai->client_addr : NULL;
     if (sa && sa->sa_family == AF_INET) {
@@ -207,10 +207,21 @@ void trace_received(struct MHD_Connection *c, const ebd_bus *b, uint64_t first, 
         atomic_fetch_add(&T.dropped, 1);
         return;
     }
+    /* One record per run of consecutive offsets (a shared backend may put other producers'
+     * events between a batch's). */
     const char *ip = ids, *lp = idlens;
+    size_t j = 0, h0 = 0;
     for (size_t k = 0; k < n; k++) {
         if (skip && skip[k * stride])
             continue;
+        if (r.count && offs[j] != r.off + r.count) {
+            r.hashes = hs + 4 * h0;
+            push(b->name, &r);
+            h0 += r.count;
+            r.off = offs[j];
+            r.count = 0;
+        }
+        j++;
         const char *id = *(const char *const *)(const void *)(ip + k * stride);
         size_t len = *(const size_t *)(const void *)(lp + k * stride);
         uint32_t h;
@@ -222,10 +233,10 @@ void trace_received(struct MHD_Connection *c, const ebd_bus *b, uint64_t first, 
             free(t);
         }
         for (unsigned i = 0; i < 4; i++)
-            hs[4 * r.count + i] = (unsigned char)(h >> (8 * i));
+            hs[4 * (h0 + r.count) + i] = (unsigned char)(h >> (8 * i));
         r.count++;
     }
-    r.hashes = hs;
+    r.hashes = hs + 4 * h0;
     if (r.count)
         push(b->name, &r);
     if (hs != small)
@@ -571,8 +582,7 @@ static void write_block(tbus *t, store **s, const char *which, block *k)
             h[17 + i] = (unsigned char)(k->mhi >> (8 * i));
         }
         store_entry e = { k->b.v, (uint32_t)k->b.n, 0 };
-        uint64_t first;
-        if (store_append(*s, &e, 1, &first) != STORE_OK)
+        if (store_append(*s, &e, 1, NULL) != STORE_OK)
             ebd_log(EBD_ERROR, "msg=\"a trace block is lost\" bus=%s error=\"%s\"", t->name,
                     store_error(*s));
     }

@@ -32,12 +32,12 @@ void trace_stop(void);
  * stopped and before their program is freed. */
 void trace_retire(void);
 
-/* Ingest stored n events on bus b from offset first for the client of connection c.  Event k's
- * id (its JSON text, quoted) is at *(const char **)(ids + k * stride), its length at
- * *(const size_t *)(idlens + k * stride); with skip non-NULL, event k was refused (and has no
- * offset) when skip[k * stride] is not 0. */
+/* Ingest stored n events on bus b for the client of connection c, the j-th stored one at offset
+ * offs[j] (store_append's offsets).  Event k's id (its JSON text, quoted) is at
+ * *(const char **)(ids + k * stride), its length at *(const size_t *)(idlens + k * stride);
+ * with skip non-NULL, event k was refused (and has no offset) when skip[k * stride] is not 0. */
 struct MHD_Connection;
-void trace_received(struct MHD_Connection *c, const ebd_bus *b, uint64_t first, size_t n,
+void trace_received(struct MHD_Connection *c, const ebd_bus *b, const uint64_t *offs, size_t n,
                     const void *ids, const void *idlens, size_t stride, const char *skip);
 
 /* The router of bus b matched the event at off for rules[0..n) of program p (which must live

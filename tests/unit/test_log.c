@@ -1,5 +1,5 @@
 /*
- * test_log.c — the bus log (runtime/log.c, docs/storage.md): appends and reads, group commit and
+ * test_log.c — the bus log (runtime/store/log.c, docs/storage.md): appends and reads, group commit and
  * the fsync contract, cursors by offset and by time, waiting readers, retention, named cursors
  * and cursor sets (atomic replacement, damaged files refused), recovery from torn and corrupted
  * files written on purpose, a writer killed with SIGKILL mid-append (EBR_CRASH_ROUNDS rounds, 20
@@ -83,9 +83,10 @@ static void append_range(store *s, uint64_t from, uint64_t to)
             e[n].data = bufs[n];
             e[n].flags = (uint32_t)i;
         }
-        uint64_t first;
-        cr_assert_eq(store_append(s, e, n, &first), STORE_OK, "%s", store_error(s));
-        cr_assert_eq(first, i - n);
+        uint64_t offs[7];
+        cr_assert_eq(store_append(s, e, n, offs), STORE_OK, "%s", store_error(s));
+        for (size_t k = 0; k < n; k++)
+            cr_assert_eq(offs[k], i - n + k, "the local log's offsets are consecutive");
     }
 }
 
@@ -175,8 +176,8 @@ Test(log, records_carry_flags_time_and_empty_payloads)
     clock_gettime(CLOCK_REALTIME, &ts);
     int64_t before = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
     store_entry e[2] = { { "", 0, 0xdeadbeef }, { "x", 1, 0 } };
-    uint64_t first;
-    cr_assert_eq(store_append(s, e, 2, &first), STORE_OK);
+    uint64_t first, offs[2];
+    cr_assert_eq(store_append(s, e, 2, offs), STORE_OK);
     store_cursor *c;
     cr_assert_eq(store_cursor_open(s, 0, &c), STORE_OK);
     store_record r;
@@ -809,8 +810,7 @@ Test(log, ebc_log_dump_and_check)
     store *s = open_log(d, STORE_FSYNC_NEVER, 0);
     store_entry e[4] = { { "{\"id\":\"a\",\"n\":1}", 16, 0 }, { "plain \"text\"\n", 13, 7 },
                          { "[1,2]", 5, 0 }, { "{\r\n \"b\": 2\n}\n", 13, 0 } };
-    uint64_t first;
-    cr_assert_eq(store_append(s, e, 4, &first), STORE_OK);
+    cr_assert_eq(store_append(s, e, 4, NULL), STORE_OK);
     store_close(s);
     char cmd[600], out[4096];
     snprintf(cmd, sizeof cmd, "%s log dump %s --json --from 0", EBR_EBC, d);
@@ -882,8 +882,10 @@ static void *crash_thread(void *arg)
             e[k].flags = 0;
         }
         ack a = { 0, w->t, seq, n };
-        if (store_append(w->s, e, n, &a.first) != STORE_OK)
+        uint64_t offs[4];
+        if (store_append(w->s, e, n, offs) != STORE_OK)
             _exit(3);
+        a.first = offs[0];
         if (write(w->pipe, &a, sizeof a) != sizeof a)   /* atomic: less than PIPE_BUF */
             _exit(4);
     }
@@ -1028,8 +1030,7 @@ static void *append_once(void *arg)
     store_entry e[16];
     for (int i = 0; i < 16; i++)
         e[i] = (store_entry){ buf, sizeof buf, 0 };
-    uint64_t first;
-    a->st = store_append(a->s, e, 16, &first);
+    a->st = store_append(a->s, e, 16, NULL);
     (*a->done)++;
     return NULL;
 }
@@ -1221,8 +1222,7 @@ Test(log, a_failed_sync_drops_the_batch_it_did_not_acknowledge, .timeout = 120)
     static char never[200];
     memset(never, 'N', sizeof never);
     store_entry e[3] = { { never, 200, 0 }, { never, 100, 0 }, { never, 50, 0 } };
-    uint64_t first;
-    cr_assert_eq(store_append(s, e, 3, &first), STORE_EIO);
+    cr_assert_eq(store_append(s, e, 3, NULL), STORE_EIO);
     cr_expect_eq(f.peeked, 10, "the reader read the acknowledged records, and only those");
     char why[300];
     cr_expect_not(store_health(s, why, sizeof why));

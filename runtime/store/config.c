@@ -4,7 +4,7 @@
  */
 #include <string.h>
 
-#include "runtime.h"
+#include "store.h"
 
 static bool key_is(const vm_program *p, const vm_cfg *c, const char *name)
 {

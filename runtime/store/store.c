@@ -6,9 +6,9 @@
 
 #include "store_int.h"
 
-store_status store_append(store *s, const store_entry *e, size_t n, uint64_t *first)
+store_status store_append(store *s, const store_entry *e, size_t n, uint64_t *offsets)
 {
-    return s->ops->append(s, e, n, first);
+    return s->ops->append(s, e, n, offsets);
 }
 
 void store_bounds(store *s, uint64_t *first, uint64_t *next)
@@ -24,6 +24,25 @@ store_status store_cursor_open(store *s, uint64_t offset, store_cursor **out)
 store_status store_cursor_open_at(store *s, int64_t time_ns, store_cursor **out)
 {
     return s->ops->cursor_open_at(s, time_ns, out);
+}
+
+bool store_shared(store *s)
+{
+    return s->ops->cursor_open_group != NULL;
+}
+
+store_status store_cursor_open_group(store *s, const char *group, store_cursor **out)
+{
+    if (!s->ops->cursor_open_group || !store_cursor_name_ok(group))
+        return STORE_EINVAL;
+    return s->ops->cursor_open_group(s, group, out);
+}
+
+store_status store_cursor_done(store_cursor *c, const uint64_t *offsets, size_t n)
+{
+    if (!c->s->ops->cursor_done)
+        return STORE_EINVAL;
+    return c->s->ops->cursor_done(c, offsets, n);
 }
 
 store_status store_cursor_next(store_cursor *c, store_record *r, int timeout_ms)

@@ -6,14 +6,17 @@
 #ifndef EBR_STORE_INT_H
 #define EBR_STORE_INT_H
 
-#include "runtime.h"
+#include "store.h"
 
 typedef struct {
     const char *name;
-    store_status (*append)(store *s, const store_entry *e, size_t n, uint64_t *first);
+    store_status (*append)(store *s, const store_entry *e, size_t n, uint64_t *offsets);
     void (*bounds)(store *s, uint64_t *first, uint64_t *next);
     store_status (*cursor_open)(store *s, uint64_t offset, store_cursor **out);
     store_status (*cursor_open_at)(store *s, int64_t time_ns, store_cursor **out);
+    /* NULL for a backend without shared reading (and then cursor_done too) */
+    store_status (*cursor_open_group)(store *s, const char *group, store_cursor **out);
+    store_status (*cursor_done)(store_cursor *c, const uint64_t *offsets, size_t n);
     store_status (*cursor_next)(store_cursor *c, store_record *r, int timeout_ms);
     store_status (*cursor_seek)(store_cursor *c, uint64_t offset);
     store_status (*cursor_skip)(store_cursor *c, uint64_t *lost);

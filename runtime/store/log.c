@@ -1394,7 +1394,7 @@ static bool pend_reserve(log_t *l, size_t n)
     return true;
 }
 
-static store_status log_append(store *s, const store_entry *e, size_t n, uint64_t *first)
+static store_status log_append(store *s, const store_entry *e, size_t n, uint64_t *offsets)
 {
     log_t *l = (log_t *)s;
     size_t total = 0;
@@ -1418,7 +1418,6 @@ static store_status log_append(store *s, const store_entry *e, size_t n, uint64_
         return st;
     }
     if (n == 0) {
-        *first = l->next;
         pthread_mutex_unlock(&l->mu);
         return STORE_OK;
     }
@@ -1430,8 +1429,10 @@ static store_status log_append(store *s, const store_entry *e, size_t n, uint64_
     if (now < l->last_time)
         now = l->last_time;     /* times never decrease along the offsets */
     l->last_time = now;
-    uint64_t off = *first = l->next;
+    uint64_t off = l->next;
     for (size_t i = 0; i < n; i++, off++) {
+        if (offsets)
+            offsets[i] = off;
         unsigned char *h = l->pend + l->plen;
         put32(h + 4, e[i].len);
         put64(h + 8, off);
