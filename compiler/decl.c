@@ -712,8 +712,9 @@ static void fill_cfg(cc_comp *c, cc_unit *u, uint32_t at, ast *v)
     }
     case A_CALL:
         if (is_env_call(u, v)) {
-            k.type = VM_CFG_ENV;
-            const char *s = cc_string(u, &v->a->tok, &n);
+            k.type = VM_CFG_ENV;       /* env() without one string was reported: "" */
+            const char *s = v->a && v->a->kind == A_VALUE && v->a->op == TK_STRING
+                                ? cc_string(u, &v->a->tok, &n) : NULL;
             k.str = cc_str(c, s ? s : "", s ? n : 0);
         } else {
             k.type = VM_CFG_CALL;
