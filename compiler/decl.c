@@ -566,6 +566,145 @@ static bool opt_args(cc_comp *c, cc_unit *u, ast *o, const char *w)
     return ok;
 }
 
+/* Is v a literal string or env("NAME")? */
+static bool is_text(cc_unit *u, ast *v)
+{
+    return (v->kind == A_VALUE && v->op == TK_STRING) || is_env_call(u, v);
+}
+
+/* A NATS server URL: a literal one starts with nats:// or tls:// and names a host (an env()
+ * value is checked when the daemon reads it). Reports and returns false if not. */
+static bool check_nats_url(cc_unit *u, ast *v)
+{
+    if (!check_value(u, v, V_TEXT, "a NATS server URL"))
+        return false;
+    size_t n;
+    const char *s = v->kind == A_VALUE ? cc_string(u, &v->tok, &n) : NULL;
+    if (!s)
+        return true;
+    size_t i = n >= 7 && memcmp(s, "nats://", 7) == 0 ? 7
+             : n >= 6 && memcmp(s, "tls://", 6) == 0  ? 6 : 0;
+    if (!i) {
+        cc_error_at(u, v, "a NATS server URL must start with nats:// or tls://");
+        return false;
+    }
+    size_t end = i;                             /* the authority: up to the first '/' */
+    while (end < n && s[end] != '/')
+        end++;
+    for (size_t j = i; j < end; j++)            /* user:password@ before the host */
+        if (s[j] == '@')
+            i = j + 1;
+    if (i == end || s[i] == ':') {
+        cc_error_at(u, v, "a NATS server URL needs a host, as in nats://HOST:PORT");
+        return false;
+    }
+    return true;
+}
+
+/* The value after one word of 'log nats' (x is the word, val what follows it, or NULL):
+ * stream "NAME", replicas N, or user/password/token/creds with a string or env(). */
+static bool check_log_word(cc_unit *u, const char *word, ast *x, ast *val)
+{
+    size_t n;
+    const char *s;
+    double d;
+    if (strcmp(word, "stream") == 0) {
+        if (!val || val->kind != A_VALUE || val->op != TK_STRING) {
+            cc_error_at(u, val ? val : x, "'stream' takes a string, as in stream \"EBR_ORDERS\"");
+            return false;
+        }
+        if (!(s = cc_string(u, &val->tok, &n)))
+            return false;
+        bool good = n >= 1 && n <= 64;
+        for (size_t i = 0; good && i < n; i++)
+            good = (s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= 'a' && s[i] <= 'z') ||
+                   (s[i] >= '0' && s[i] <= '9') || s[i] == '_' || s[i] == '-';
+        if (!good)
+            cc_error_at(u, val, "a stream name is 1 to 64 letters, digits, '_' or '-'");
+        return good;
+    }
+    if (strcmp(word, "replicas") == 0) {
+        if (!val || val->kind != A_VALUE || val->op != TK_NUMBER ||
+            !vm_number_value(u->text + val->tok.off, val->tok.len, &d) || d != floor(d) ||
+            d < 1 || d > 5) {
+            cc_error_at(u, val ? val : x, "replicas is a whole number from 1 to 5");
+            return false;
+        }
+        return true;
+    }
+    char what[16];
+    snprintf(what, sizeof what, "'%s'", word);
+    if (!val) {
+        cc_error_at(u, x, "%s takes %s", what, vkind_name(V_TEXT));
+        return false;
+    }
+    return check_value(u, val, V_TEXT, what);
+}
+
+/* log local | log nats URL... [stream "NAME"] [replicas N] [user U password P | token T |
+ * creds "FILE"]: where a bus keeps its events (docs/storage.md). The server URLs come first;
+ * each word after them comes at most once, with one value. Stops at the first error after
+ * the URLs, where what follows can no longer be told apart. */
+static bool opt_log(cc_comp *c, cc_unit *u, ast *o, const char *w)
+{
+    enum { W_STREAM, W_REPLICAS, W_USER, W_PASSWORD, W_TOKEN, W_CREDS, NWORDS };
+    static const char *const words[NWORDS] = { "stream", "replicas", "user", "password",
+                                                "token", "creds" };
+    static const int login[NWORDS] = { 0, 0, 1, 1, 2, 3 };  /* the way to log in of each word */
+    (void)c;
+    ast *v = o->a;
+    if (v && word_is(u, v, "local") && !v->next && !o->b)
+        return true;
+    if (!v || !word_is(u, v, "nats") || !v->next || !is_text(u, v->next) || o->b) {
+        cc_error_at(u, o, "%s takes local, or nats \"nats://HOST:PORT\" ... [stream \"NAME\"] "
+                    "[replicas N] [user U password P | token T | creds \"FILE\"]", w);
+        return false;
+    }
+    bool ok = true;
+    ast *x = v->next;
+    for (; x && is_text(u, x); x = x->next)
+        ok &= check_nats_url(u, x);
+    ast *seen[NWORDS] = { NULL };
+    int way = 0;
+    for (; x; x = x->next ? x->next->next : NULL) {
+        size_t k = 0;
+        while (k < NWORDS && !word_is(u, x, words[k]))
+            k++;
+        if (k == NWORDS && x->kind == A_VALUE && x->op == TK_IDENT) {
+            char hint[96];
+            cc_suggest(u->text + x->tok.off, x->tok.len, words, NWORDS, hint, sizeof hint);
+            cc_error_at(u, x, "unknown word '%.*s' in %s (stream, replicas, user, password, "
+                        "token or creds)%s", (int)x->tok.len, u->text + x->tok.off, w, hint);
+            return false;
+        }
+        if (k == NWORDS) {
+            cc_error_at(u, x, "%s takes its server URLs first, then words with one value each: "
+                        "stream, replicas, user, password, token or creds", w);
+            return false;
+        }
+        if (seen[k]) {
+            cc_error_at(u, x, "'%s' is given twice", words[k]);
+            return false;
+        }
+        seen[k] = x;
+        if (login[k] && way && login[k] != way) {
+            cc_error_at(u, x, "give one of user/password, token or creds: they are ways to log "
+                        "in to NATS, and a bus uses one");
+            return false;
+        }
+        if (login[k])
+            way = login[k];
+        if (!check_log_word(u, words[k], x, x->next))
+            return false;
+    }
+    if (!seen[W_USER] != !seen[W_PASSWORD]) {
+        cc_error_at(u, seen[W_USER] ? seen[W_USER] : seen[W_PASSWORD],
+                    seen[W_USER] ? "'user' needs 'password'" : "'password' needs 'user'");
+        return false;
+    }
+    return ok;
+}
+
 static const struct opt_spec {
     const char *name;
     unsigned kinds;
@@ -576,6 +715,7 @@ static const struct opt_spec {
     { "retention_size", K_BUS,                      opt_size,        false },
     { "segment_size",   K_BUS,                      opt_size,        false },
     { "fsync",          K_BUS | K_FILE,             opt_fsync,       false },
+    { "log",            K_BUS,                      opt_log,         false },
     { "max_event_size", K_BUS | K_SERVER,           opt_size,        false },
     { "token",          K_BUS,                      opt_text,        false },
     { "admin_token",    K_SERVER,                   opt_text,        false },
@@ -712,8 +852,9 @@ static void fill_cfg(cc_comp *c, cc_unit *u, uint32_t at, ast *v)
     }
     case A_CALL:
         if (is_env_call(u, v)) {
-            k.type = VM_CFG_ENV;
-            const char *s = cc_string(u, &v->a->tok, &n);
+            k.type = VM_CFG_ENV;       /* env() without one string was reported: "" */
+            const char *s = v->a && v->a->kind == A_VALUE && v->a->op == TK_STRING
+                                ? cc_string(u, &v->a->tok, &n) : NULL;
             k.str = cc_str(c, s ? s : "", s ? n : 0);
         } else {
             k.type = VM_CFG_CALL;
@@ -772,12 +913,35 @@ static void fill_cfg(cc_comp *c, cc_unit *u, uint32_t at, ast *v)
 
 /* ---- declarations ---------------------------------------------------------------------------- */
 
+/* The options of a bus that only its local log reads (fsync, segment_size) are refused, where
+ * they are written, on a bus on NATS JetStream (log nats ...): they would do nothing there. */
+static void check_log_kind(cc_unit *u, ast *opts)
+{
+    static const struct { const char *name, *why; } local_only[] = {
+        { "fsync", "a bus on NATS JetStream is made durable by its stream (replicas)" },
+        { "segment_size", "a bus on NATS JetStream keeps its events in its stream, not in "
+                          "segment files" },
+    };
+    ast *log = opts;
+    while (log && !(log->tok.len == 3 && memcmp(u->text + log->tok.off, "log", 3) == 0))
+        log = log->next;
+    if (!log || !log->a || !word_is(u, log->a, "nats"))
+        return;
+    for (ast *o = opts; o; o = o->next)
+        for (size_t i = 0; i < sizeof local_only / sizeof local_only[0]; i++)
+            if (strlen(local_only[i].name) == o->tok.len &&
+                memcmp(u->text + o->tok.off, local_only[i].name, o->tok.len) == 0)
+                cc_error(u, o->tok.off, o->tok.len, "option '%s' is the local log's: %s",
+                         local_only[i].name, local_only[i].why);
+}
+
 static void check_bus(cc_comp *c, cc_unit *u, ast *d)
 {
     if (d->tok.len > VM_MAX_NAME)
         cc_error(u, d->tok.off, d->tok.len, "a bus name may have at most %u bytes (its log is a "
                  "directory named after it); this one has %u", VM_MAX_NAME, d->tok.len);
     check_options(c, u, d->c, K_BUS, "a bus");
+    check_log_kind(u, d->c);
     vm_bus b = { cc_str(c, u->text + d->tok.off, d->tok.len), 0, 0, cc_span(u, d->off, d->len) };
     b.opt0 = emit_cfgs(c, u, d->c, &b.nopt);
     vec_push(c->pbuses, b);
