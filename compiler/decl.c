@@ -623,6 +623,19 @@ static bool check_log_word(cc_unit *u, const char *word, ast *x, ast *val)
             cc_error_at(u, val, "a stream name is 1 to 64 letters, digits, '_' or '-'");
         return good;
     }
+    if (strcmp(word, "ack_wait") == 0) {
+        if (!val) {
+            cc_error_at(u, x, "'ack_wait' takes a duration such as 30s");
+            return false;
+        }
+        if (!check_value(u, val, V_DURATION, "'ack_wait'"))
+            return false;
+        if (cc_duration(u, &val->tok, &d) != 1 || d < 1000 || d > 12 * 3600 * 1000.0) {
+            cc_error_at(u, val, "ack_wait is from 1s to 12h");
+            return false;
+        }
+        return true;
+    }
     if (strcmp(word, "replicas") == 0) {
         if (!val || val->kind != A_VALUE || val->op != TK_NUMBER ||
             !vm_number_value(u->text + val->tok.off, val->tok.len, &d) || d != floor(d) ||
@@ -638,6 +651,12 @@ static bool check_log_word(cc_unit *u, const char *word, ast *x, ast *val)
         cc_error_at(u, x, "%s takes %s", what, vkind_name(V_TEXT));
         return false;
     }
+    if ((!strcmp(word, "password") || !strcmp(word, "token")) &&
+        !(val->kind == A_CALL && is_env_call(u, val))) {
+        cc_error_at(u, val, "a secret is not written in the rules: %s env(\"NAME\") reads it "
+                    "from the environment when ebd loads them", word);
+        return false;
+    }
     return check_value(u, val, V_TEXT, what);
 }
 
@@ -647,17 +666,18 @@ static bool check_log_word(cc_unit *u, const char *word, ast *x, ast *val)
  * the URLs, where what follows can no longer be told apart. */
 static bool opt_log(cc_comp *c, cc_unit *u, ast *o, const char *w)
 {
-    enum { W_STREAM, W_REPLICAS, W_USER, W_PASSWORD, W_TOKEN, W_CREDS, NWORDS };
-    static const char *const words[NWORDS] = { "stream", "replicas", "user", "password",
-                                                "token", "creds" };
-    static const int login[NWORDS] = { 0, 0, 1, 1, 2, 3 };  /* the way to log in of each word */
+    enum { W_STREAM, W_REPLICAS, W_ACK_WAIT, W_USER, W_PASSWORD, W_TOKEN, W_CREDS, NWORDS };
+    static const char *const words[NWORDS] = { "stream", "replicas", "ack_wait", "user",
+                                                "password", "token", "creds" };
+    static const int login[NWORDS] = { 0, 0, 0, 1, 1, 2, 3 };  /* the way to log in of each */
     (void)c;
     ast *v = o->a;
     if (v && word_is(u, v, "local") && !v->next && !o->b)
         return true;
     if (!v || !word_is(u, v, "nats") || !v->next || !is_text(u, v->next) || o->b) {
         cc_error_at(u, o, "%s takes local, or nats \"nats://HOST:PORT\" ... [stream \"NAME\"] "
-                    "[replicas N] [user U password P | token T | creds \"FILE\"]", w);
+                    "[replicas N] [ack_wait 30s] [user U password env(\"P\") | token env(\"T\") | "
+                    "creds \"FILE\"]", w);
         return false;
     }
     bool ok = true;
@@ -673,13 +693,13 @@ static bool opt_log(cc_comp *c, cc_unit *u, ast *o, const char *w)
         if (k == NWORDS && x->kind == A_VALUE && x->op == TK_IDENT) {
             char hint[96];
             cc_suggest(u->text + x->tok.off, x->tok.len, words, NWORDS, hint, sizeof hint);
-            cc_error_at(u, x, "unknown word '%.*s' in %s (stream, replicas, user, password, "
-                        "token or creds)%s", (int)x->tok.len, u->text + x->tok.off, w, hint);
+            cc_error_at(u, x, "unknown word '%.*s' in %s (stream, replicas, ack_wait, "
+                        "user, password, token or creds)%s", (int)x->tok.len, u->text + x->tok.off, w, hint);
             return false;
         }
         if (k == NWORDS) {
             cc_error_at(u, x, "%s takes its server URLs first, then words with one value each: "
-                        "stream, replicas, user, password, token or creds", w);
+                        "stream, replicas, ack_wait, user, password, token or creds", w);
             return false;
         }
         if (seen[k]) {
