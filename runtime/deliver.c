@@ -75,19 +75,7 @@ const vm_cfg *ebd_cfg_child(const vm_program *p, const vm_cfg *c, uint32_t k)
 /* A text value: a string, or env("NAME") read now.  NULL (err set) if the variable is unset. */
 char *ebd_cfg_text(const vm_program *p, const vm_cfg *v, char *err, size_t cap)
 {
-    if (!v)
-        return NULL;
-    if (v->type == VM_CFG_ENV) {
-        char name[256];
-        snprintf(name, sizeof name, "%.*s", (int)v->str.len, vm_s(p, v->str));
-        const char *e = getenv(name);
-        if (!e) {
-            snprintf(err, cap, "the environment variable %s is not set", name);
-            return NULL;
-        }
-        return strdup(e);
-    }
-    return strndup(vm_s(p, v->str), v->str.len);
+    return rt_cfg_text(p, v, err, cap);
 }
 
 /* A named argument of a call value (retry exponential(attempts: ...)). */
@@ -663,6 +651,9 @@ static void pairs_free(namelist *l)
  * is adding while the old rules still run). */
 
 #define SET_NAME "delivery"
+/* The group (store_cursor_open_group) the routers of every daemon on a shared bus read: its
+ * durable consumer on NATS JetStream. */
+#define GROUP_NAME "ebd-router"
 
 struct ebd_book {
     pthread_mutex_t mu;
@@ -898,6 +889,8 @@ static bool claim_new_pairs(ebd *d, ebd_rules *r, ebd_pair *pairs, size_t npairs
         if (!used[b])
             continue;
         ebd_bus *bus = d->buses[b];
+        if (store_shared(bus->s))
+            continue;                     /* (positions in the stream's consumer: no book) */
         if (!(ok = pairs_load(d, bus->name, &known[b], err, cap)) ||
             !(ok = book_load(bus, &known[b], err, cap)))
             break;
@@ -1462,6 +1455,17 @@ typedef struct {
     pthread_t th;
     bool started;
     _Atomic bool dirty;           /* moved since its last commit */
+    /* A bus several daemons share (store_shared: NATS JetStream): the router reads a group
+     * cursor, each event counts the deliveries it is queued for (acks), and an event whose
+     * deliveries all finished is done (done[]), said to the store at the next commit, after
+     * the file targets' sync (commit_all). */
+    bool shared;
+    store_cursor *gc;             /* (closed after the last commit: what is not done goes back) */
+    pthread_mutex_t amu;          /* acks and done */
+    struct ackslot { uint64_t off; uint32_t left; } *acks;   /* open addressing; off+1, 0 free */
+    size_t acap, an;
+    uint64_t *done;
+    size_t ndone, capdone;
 } router;
 
 struct ebd_engine {
@@ -1499,6 +1503,93 @@ static void mark_dirty(ebd_engine *e)
         pthread_mutex_lock(&e->cmu);
         pthread_cond_signal(&e->ccv);
         pthread_mutex_unlock(&e->cmu);
+    }
+}
+
+/* ---- a shared bus's events in hand: how many deliveries each still waits for ------------------- */
+
+static size_t ack_home(const router *rt, uint64_t off)
+{
+    return (size_t)((off * 0x9e3779b97f4a7c15ULL) >> 17) & (rt->acap - 1);
+}
+
+/* Under rt->amu: the event at off is done (acknowledged at the next commit). */
+static void done_push(router *rt, uint64_t off)
+{
+    if (rt->ndone == rt->capdone) {
+        size_t c = rt->capdone ? rt->capdone * 2 : 256;
+        uint64_t *v = realloc(rt->done, c * sizeof *v);
+        if (!v) {                         /* (not acknowledged: given again later, delivered twice) */
+            ebd_log(EBD_ERROR, "msg=\"out of memory: an event will be delivered again\" bus=%s "
+                    "offset=%" PRIu64, rt->bus->name, off);
+            return;
+        }
+        rt->done = v;
+        rt->capdone = c;
+    }
+    rt->done[rt->ndone++] = off;
+}
+
+/* The router queued the event at off for n deliveries (0: it is done now).  False without
+ * memory: then it is never done here, and goes back to the group when the cursor closes. */
+static bool ack_add(router *rt, uint64_t off, uint32_t n)
+{
+    pthread_mutex_lock(&rt->amu);
+    bool ok = true;
+    if (!n) {
+        done_push(rt, off);
+    } else {
+        if ((rt->an + 1) * 2 > rt->acap) {
+            size_t ocap = rt->acap, ncap = ocap ? ocap * 2 : 1024;
+            struct ackslot *old = rt->acks, *v = calloc(ncap, sizeof *v);
+            if (!v)
+                ok = false;
+            else {
+                rt->acks = v;
+                rt->acap = ncap;
+                for (size_t i = 0; i < ocap; i++)
+                    if (old[i].off) {
+                        size_t j = ack_home(rt, old[i].off - 1);
+                        while (v[j].off)
+                            j = (j + 1) & (ncap - 1);
+                        v[j] = old[i];
+                    }
+                free(old);
+            }
+        }
+        if (ok) {
+            size_t j = ack_home(rt, off);
+            while (rt->acks[j].off)
+                j = (j + 1) & (rt->acap - 1);
+            rt->acks[j] = (struct ackslot){ off + 1, n };
+            rt->an++;
+        }
+    }
+    pthread_mutex_unlock(&rt->amu);
+    return ok;
+}
+
+/* Under rt->amu: one of the deliveries of the event at off finished (delivered, dead-lettered
+ * or dropped). */
+static void ack_dec(router *rt, uint64_t off)
+{
+    if (!rt->acap)
+        return;
+    size_t mask = rt->acap - 1, i = ack_home(rt, off);
+    while (rt->acks[i].off && rt->acks[i].off != off + 1)
+        i = (i + 1) & mask;
+    if (!rt->acks[i].off || --rt->acks[i].left)
+        return;
+    done_push(rt, off);
+    rt->acks[i].off = 0;                  /* out, the later entries of its run moved back */
+    rt->an--;
+    for (size_t j = (i + 1) & mask; rt->acks[j].off; j = (j + 1) & mask) {
+        size_t k = ack_home(rt, rt->acks[j].off - 1);
+        if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
+            continue;
+        rt->acks[i] = rt->acks[j];
+        rt->acks[j].off = 0;
+        i = j;
     }
 }
 
@@ -1811,8 +1902,15 @@ static void apply_done(dthread *th)
             pair_ready(th, th->done[i].p);        /* its next event, if it has one */
     }
     pthread_mutex_unlock(&th->mu);
-    for (size_t i = 0; i < th->ndone; i++)
-        atomic_store(&th->e->routers[th->done[i].p->pbus].dirty, true);
+    for (size_t i = 0; i < th->ndone; i++) {
+        router *rt = &th->e->routers[th->done[i].p->pbus];
+        if (rt->shared) {
+            pthread_mutex_lock(&rt->amu);
+            ack_dec(rt, th->done[i].off);
+            pthread_mutex_unlock(&rt->amu);
+        }
+        atomic_store(&rt->dirty, true);
+    }
     th->ndone = 0;
     mark_dirty(th->e);
 }
@@ -1847,6 +1945,12 @@ static int finish(dthread *th, item *it, bool done)
             fl_del(p, it->off);
             pair_ready(th, p);
             pthread_mutex_unlock(&th->mu);
+            router *rt = &th->e->routers[p->pbus];
+            if (rt->shared) {
+                pthread_mutex_lock(&rt->amu);
+                ack_dec(rt, it->off);
+                pthread_mutex_unlock(&rt->amu);
+            }
         }
     }
     p->running--;
@@ -2889,8 +2993,11 @@ static void enqueue(dthread *th, ebd_pair *p, uint64_t off, const char *failed)
     char *why = NULL;
     if (failed && !(why = strdup(failed)))
         goto full;
+    /* (a shared bus's queues are bounded by what its group cursor holds: no catching up from
+     * a log that other daemons read too) */
     uint32_t max = th->e->qmax, cap = max < QUEUE_CAP ? max : QUEUE_CAP;
-    if (p->qn >= max || (p->qn >= cap && atomic_load(&queued_total) >= QUEUED_BUDGET) ||
+    bool shared = th->e->routers[p->pbus].shared;
+    if ((!shared && (p->qn >= max || (p->qn >= cap && atomic_load(&queued_total) >= QUEUED_BUDGET))) ||
         !ring_grow(p))
         goto full;
     p->q[(p->qhead + p->qn) % p->qcap] = (qent){ off, why };
@@ -2900,6 +3007,12 @@ static void enqueue(dthread *th, ebd_pair *p, uint64_t off, const char *failed)
     return;
 full:
     free(why);
+    if (th->e->routers[p->pbus].shared) {
+        /* (never done here: it goes back to the group when the router's cursor closes) */
+        ebd_log(EBD_ERROR, "msg=\"out of memory: an event waits for the next start\" cursor=%s "
+                "offset=%" PRIu64, p->name, off);
+        return;
+    }
     p->catchup = true;                    /* it reads the log from here */
     p->catchup_from = off;
     pair_ready(th, p);
@@ -2944,12 +3057,28 @@ static void *router_main(void *arg)
     vm_ctx *ctx = vm_ctx_new(p, &mopt);
     store_cursor *c = NULL;
     yield_to_ingest();
-    if (store_cursor_open(bus->s, rt->pos, &c) != STORE_OK)
+    if (rt->shared) {
+        /* The bus's consumer, shared with the other daemons (made once: it may not be there
+         * yet when its servers are down: tried again every second). */
+        while (!rt->gc && !atomic_load(&r->stop)) {
+            if (store_cursor_open_group(bus->s, GROUP_NAME, &rt->gc) == STORE_OK)
+                break;
+            rt->gc = NULL;
+            ebd_log(EBD_ERROR, "msg=\"the router cannot read the bus's consumer, will try again\" "
+                    "bus=%s error=\"%s\"", bus->name, store_error(bus->s));
+            for (int i = 0; i < 10 && !atomic_load(&r->stop); i++) {
+                struct timespec ts = { 0, 100000000 };
+                nanosleep(&ts, NULL);
+            }
+        }
+        c = rt->gc;
+    } else if (store_cursor_open(bus->s, rt->pos, &c) != STORE_OK)
         c = NULL;
     while (ctx && c && !atomic_load(&r->stop)) {
         store_record rec;
         store_status st = store_cursor_next(c, &rec, IDLE_WAKE_MS);
         if (st == STORE_OK) {
+        again:;
             const uint32_t *rules = NULL;
             size_t nrules = 0;
             vm_error err;
@@ -2961,6 +3090,8 @@ static void *router_main(void *arg)
                         "offset=%" PRIu64, bus->name, rec.offset);
                 struct timespec ts = { 0, 100000000 };
                 nanosleep(&ts, NULL);
+                if (rt->shared)
+                    goto again;                   /* (the record stays readable until next) */
                 store_cursor_seek(c, rec.offset);
                 continue;
             }
@@ -2990,6 +3121,19 @@ static void *router_main(void *arg)
                             rt->scratch[n++] = &e->pairs[e->rule_pair0[f[i].rule] + k];
             }
             trace_matched(bus, rec.offset, p, rules, all_failed ? 0 : nrules);
+            if (rt->shared) {
+                /* counted before any is queued: a delivery may finish before the last is */
+                uint32_t want = 0;
+                for (size_t i = 0; i < n; i++)
+                    want += rt->scratch[i]->runs && rec.offset >= rt->scratch[i]->start;
+                if (!ack_add(rt, rec.offset, want)) {
+                    ebd_log(EBD_ERROR, "msg=\"out of memory: an event waits for the next start\" "
+                            "bus=%s offset=%" PRIu64, bus->name, rec.offset);
+                    n = 0;
+                }
+                if (!want)
+                    mark_dirty(e);
+            }
             pthread_mutex_lock(&rt->mu);
             for (unsigned t = 0; n && t < e->nth; t++) {
                 dthread *th = &e->th[t];
@@ -3010,7 +3154,8 @@ static void *router_main(void *arg)
                 if (wake)
                     curl_multi_wakeup(th->multi);
             }
-            rt->pos = rec.offset + 1;
+            if (rec.offset + 1 > rt->pos || !rt->shared)
+                rt->pos = rec.offset + 1;
             pthread_mutex_unlock(&rt->mu);
             atomic_store(&rt->dirty, true);
             mark_dirty(e);
@@ -3037,10 +3182,11 @@ static void *router_main(void *arg)
                     bus->name, store_cursor_error(c));
             struct timespec ts = { 0, 100000000 };
             nanosleep(&ts, NULL);
-            store_cursor_seek(c, rt->pos);
+            if (!rt->shared)
+                store_cursor_seek(c, rt->pos);
         }
     }
-    if (c)
+    if (c && !rt->shared)
         store_cursor_close(c);
     vm_ctx_free(ctx);
     return NULL;
@@ -3123,7 +3269,7 @@ static void commit_all(ebd_engine *e, bool final)
     size_t ns = 0;
     for (uint32_t b = 0; b < p->nbuses; b++) {
         router *rt = &e->routers[b];
-        if (!rt->npairs || !rt->bus->book || rt->bus->book->broken)
+        if (rt->shared || !rt->npairs || !rt->bus->book || rt->bus->book->broken)
             continue;
         if (!atomic_exchange(&rt->dirty, false) && !final)
             continue;
@@ -3162,6 +3308,23 @@ static void commit_all(ebd_engine *e, bool final)
             atomic_store(&e->file_dirty[t], true);
             synced = false;
         }
+    }
+    /* A shared bus's finished events: acknowledged now that the lines they wrote are synced
+     * (with a file that failed to sync, they wait: given again if this daemon stops first). */
+    for (uint32_t b = 0; synced && b < p->nbuses; b++) {
+        router *rt = &e->routers[b];
+        if (!rt->shared || !rt->gc)
+            continue;
+        pthread_mutex_lock(&rt->amu);
+        uint64_t *done = rt->done;
+        size_t nd = rt->ndone;
+        rt->done = NULL;
+        rt->ndone = rt->capdone = 0;
+        pthread_mutex_unlock(&rt->amu);
+        if (nd && store_cursor_done(rt->gc, done, nd) != STORE_OK)
+            ebd_log(EBD_ERROR, "msg=\"cannot acknowledge delivered events: they will be delivered "
+                    "again\" bus=%s error=\"%s\"", rt->bus->name, store_cursor_error(rt->gc));
+        free(done);
     }
     for (size_t i = 0; i < ns; i++) {
         bus_snap *s = &snap[i];
@@ -3457,9 +3620,11 @@ void ebd_workers_start(ebd *d, ebd_rules *r)
         rt->e = e;
         rt->pbus = b;
         pthread_mutex_init(&rt->mu, NULL);
+        pthread_mutex_init(&rt->amu, NULL);
         if (r->bus_of[b] == VM_NONE)
             continue;
         rt->bus = d->buses[r->bus_of[b]];
+        rt->shared = store_shared(rt->bus->s);
     }
     for (size_t i = 0; i < e->npairs; i++) {
         ebd_pair *q = &e->pairs[i];
@@ -3498,6 +3663,18 @@ void ebd_workers_start(ebd *d, ebd_rules *r)
         if (!rt->npairs)
             continue;
         qsort(rt->pairs, rt->npairs, sizeof *rt->pairs, cmp_pair_name);
+        if (rt->shared) {
+            /* Every pair takes what the group gives this daemon; where the bus stands is its
+             * consumer's. */
+            for (size_t i = 0; i < rt->npairs; i++) {
+                rt->pairs[i]->runs = true;
+                rt->pairs[i]->start = 0;
+            }
+            rt->started = pthread_create(&rt->th, NULL, router_main, rt) == 0;
+            if (!rt->started)
+                ebd_log(EBD_ERROR, "msg=\"cannot start a router thread\" bus=%s", rt->bus->name);
+            continue;
+        }
         ebd_book *bk = rt->bus->book;
         if (!bk || bk->broken) {
             ebd_log(EBD_ERROR, "msg=\"the bus's delivery positions cannot be read: its deliveries "
@@ -3580,6 +3757,12 @@ void ebd_workers_stop(ebd *d, ebd_rules *r)
     for (unsigned t = 0; t < e->nth; t++)
         pthread_mutex_destroy(&e->th[t].mu);
     for (uint32_t b = 0; b < r->p->nbuses; b++) {
+        router *rt = &e->routers[b];
+        store_cursor_close(rt->gc);       /* what is not done goes back to the group now */
+        rt->gc = NULL;
+        free(rt->acks);
+        free(rt->done);
+        pthread_mutex_destroy(&rt->amu);
         pthread_mutex_destroy(&e->routers[b].mu);
         free(e->routers[b].pairs);
         free(e->routers[b].scratch);

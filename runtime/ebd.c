@@ -167,16 +167,42 @@ static char *read_token(const vm_program *p, const vm_cfg *opt, const char *what
     return t;
 }
 
-/* Opens the log of bus i of p under the data directory into b->s; false with the cause. */
+/* Opens the log of bus i of p into b->s: its stream on NATS JetStream (`log nats`), else the
+ * local log under the data directory; false with the cause. */
 static bool open_bus_log(ebd *d, const vm_program *p, uint32_t i, ebd_bus *b, char *err, size_t cap)
 {
+    store_options o;
+    rt_bus_store_options(p, i, &o);
+    char why[600];
+    store_nats_options no;
+    int on_nats = rt_bus_nats_options(p, i, &no, why, sizeof why);
+    if (on_nats < 0) {
+        snprintf(err, cap, "bus '%s': %s", b->name, why);
+        return false;
+    }
+    if (on_nats) {
+        char name[300];
+        snprintf(name, sizeof name, "ebd %ld bus %s", (long)getpid(), b->name);
+        no.name = name;
+        store_status st = nats_open(&no, &o, &b->s, why, sizeof why);
+        if (st != STORE_OK) {
+            snprintf(err, cap, "bus '%s': %s", b->name, why);
+            rt_bus_nats_free(&no);
+            b->s = NULL;
+            return false;
+        }
+        uint64_t first, next;
+        store_bounds(b->s, &first, &next);
+        ebd_log(EBD_INFO, "msg=\"bus opened\" bus=%s log=nats server=%s stream=%s replicas=%u "
+                "first=%llu next=%llu", b->name, no.urls[0], no.stream, no.replicas ? no.replicas : 1,
+                (unsigned long long)first, (unsigned long long)next);
+        rt_bus_nats_free(&no);
+        return true;
+    }
     char dir[4200];
     snprintf(dir, sizeof dir, "%s/buses", d->data_dir);
     mkdir(dir, 0755);
     snprintf(dir, sizeof dir, "%s/buses/%s", d->data_dir, b->name);
-    store_options o;
-    rt_bus_store_options(p, i, &o);
-    char why[600];
     if (log_open(dir, &o, &b->s, why, sizeof why) != STORE_OK) {
         snprintf(err, cap, "bus '%s': %s", b->name, why);
         b->s = NULL;

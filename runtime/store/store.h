@@ -216,6 +216,18 @@ typedef struct {
 store_status nats_open(const store_nats_options *n, const store_options *o, store **out,
                        char *err, size_t errcap);
 
+/* Does bus `bus` of p live on NATS JetStream (`log nats ...`, docs/language.md)?  1 with *n
+ * filled (its strings malloc'd, env() values read now; the stream EBR_BUS in capitals unless
+ * named): free with rt_bus_nats_free; 0 for the local log; -1 with the cause in err (an
+ * environment variable not set, a URL from one that is not nats:// or tls://). */
+int rt_bus_nats_options(const vm_program *p, uint32_t bus, store_nats_options *n, char *err,
+                        size_t cap);
+void rt_bus_nats_free(store_nats_options *n);
+
+/* A text value of the rules' options: a string, or env("NAME") read now; malloc'd.  NULL with
+ * err set when the variable is not set (or v is NULL, without a message). */
+char *rt_cfg_text(const vm_program *p, const vm_cfg *v, char *err, size_t cap);
+
 /* ---- The local log's own tools and figures ---------------------------------------------- */
 
 typedef struct {
