@@ -651,9 +651,7 @@ static void pairs_free(namelist *l)
  * is adding while the old rules still run). */
 
 #define SET_NAME "delivery"
-/* The group (store_cursor_open_group) the routers of every daemon on a shared bus read: its
- * durable consumer on NATS JetStream. */
-#define GROUP_NAME "ebd-router"
+#define GROUP_NAME EBD_GROUP
 
 struct ebd_book {
     pthread_mutex_t mu;

@@ -11,6 +11,10 @@
 
 #include "runtime.h"
 
+/* The group (store_cursor_open_group) the routers of every daemon on a shared bus read: its
+ * durable consumer on NATS JetStream. */
+#define EBD_GROUP "ebd-router"
+
 /* ---- logging: one line per message, key=value (logfmt) ---------------------------------- */
 
 enum { EBD_DEBUG, EBD_INFO, EBD_WARN, EBD_ERROR };

@@ -269,11 +269,35 @@ static void render_metrics(ebd *d, sbuf *b)
         for (uint32_t i = 0; i < p->nbuses; i++) {
             if (r->bus_of[i] == VM_NONE || !d->buses[r->bus_of[i]]->s)
                 continue;
-            log_stats st;
-            log_get_stats(d->buses[r->bus_of[i]]->s, &st);
+            store_figures st;
+            store_get_figures(d->buses[r->bus_of[i]]->s, &st);
             uint64_t v = k == 0 ? st.bytes : k == 1 ? st.segments : k == 2 ? st.first : st.next;
             sample1(b, lf[k], "bus", m->bus[i]->name, v);
         }
+    }
+    /* A bus on NATS JetStream: the daemons' consumer (what no daemon took yet, what they hold,
+     * what was given again). */
+    static const char *const gf[] = { "ebr_bus_consumer_pending", "ebr_bus_consumer_in_hand",
+                                      "ebr_bus_consumer_redelivered", "ebr_bus_consumer_waiting" };
+    static const char *const gh[] = {
+        "Events of the bus's stream that no daemon has taken yet.",
+        "Events the daemons took and have not finished (acknowledged) yet.",
+        "Events given to a daemon again (its ack wait passed, or it stopped first).",
+        "Requests for events the daemons have waiting at the consumer." };
+    store_group_figures gv[64];
+    bool gok[64] = { false }, anyg = false;
+    for (uint32_t i = 0; i < p->nbuses && i < 64; i++) {
+        store *s = r->bus_of[i] != VM_NONE ? d->buses[r->bus_of[i]]->s : NULL;
+        gok[i] = s && store_shared(s) && store_get_group_figures(s, EBD_GROUP, &gv[i]) == STORE_OK;
+        anyg |= gok[i];
+    }
+    for (unsigned k = 0; anyg && k < 4; k++) {
+        family(b, gf[k], "gauge", gh[k]);
+        for (uint32_t i = 0; i < p->nbuses && i < 64; i++)
+            if (gok[i])
+                sample1(b, gf[k], "bus", m->bus[i]->name,
+                        k == 0 ? gv[i].pending : k == 1 ? gv[i].in_hand
+                               : k == 2 ? gv[i].redelivered : gv[i].waiting);
     }
     family(b, "ebr_rules", "gauge", "Rules loaded.");
     sb_printf(b, "ebr_rules %u\n", p->nrules);
@@ -372,10 +396,11 @@ static void bus_json(ebd *d, sbuf *b, uint32_t i)
     sb_puts(b, "],\"log\":");
     store *s = r->bus_of[i] != VM_NONE ? d->buses[r->bus_of[i]]->s : NULL;
     if (s) {
-        log_stats st;
-        log_get_stats(s, &st);
-        sb_printf(b, "{\"first\":%" PRIu64 ",\"next\":%" PRIu64 ",\"bytes\":%" PRIu64
-                  ",\"segments\":%u}", st.first, st.next, st.bytes, st.segments);
+        store_figures st;
+        store_get_figures(s, &st);
+        sb_printf(b, "{\"backend\":\"%s\",\"first\":%" PRIu64 ",\"next\":%" PRIu64
+                  ",\"bytes\":%" PRIu64 ",\"segments\":%u}", st.backend, st.first, st.next,
+                  st.bytes, st.segments);
     } else {
         sb_puts(b, "null");
     }

@@ -2610,6 +2610,16 @@ void log_get_stats(store *s, log_stats *st)
     pthread_mutex_unlock(&l->mu);
 }
 
+static void log_figures(store *s, store_figures *f)
+{
+    log_stats st;
+    log_get_stats(s, &st);
+    f->first = st.first;
+    f->next = st.next;
+    f->bytes = st.bytes;
+    f->segments = st.segments;
+}
+
 static void log_wake(store *s)
 {
     log_t *l = (log_t *)s;
@@ -2621,6 +2631,7 @@ static void log_wake(store *s)
 
 static const store_ops log_ops = {
     .name = "log",
+    .figures = log_figures,
     .append = log_append,
     .bounds = log_bounds,
     .cursor_open = log_cursor_open,

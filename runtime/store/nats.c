@@ -77,6 +77,8 @@ typedef struct {
     char err[512];
 } ncur;
 
+static char *consumer_name(const char *group);
+
 static int64_t now_ms(void)
 {
     struct timespec ts;
@@ -220,6 +222,42 @@ static store_status stream_state(nats_t *x, uint64_t *first_seq, uint64_t *last_
     if (si->State.Msgs == 0)
         *first_seq = si->State.LastSeq + 1;
     jsStreamInfo_Destroy(si);
+    return STORE_OK;
+}
+
+static void n_figures(store *s, store_figures *f)
+{
+    nats_t *x = (nats_t *)s;
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    if (js_GetStreamInfo(&si, x->js, x->stream, NULL, &jerr) != NATS_OK || !si)
+        return;
+    f->first = si->State.Msgs ? si->State.FirstSeq - 1 : si->State.LastSeq;
+    f->next = si->State.LastSeq;
+    f->bytes = si->State.Bytes;
+    jsStreamInfo_Destroy(si);
+}
+
+static store_status n_group_figures(store *s, const char *group, store_group_figures *g)
+{
+    nats_t *x = (nats_t *)s;
+    char *name = consumer_name(group);
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    natsStatus st = name ? js_GetConsumerInfo(&ci, x->js, x->stream, name, NULL, &jerr)
+                         : NATS_NO_MEMORY;
+    free(name);
+    if (st != NATS_OK || !ci) {
+        char b[300];
+        return failf(x, jerr == JSConsumerNotFoundErr ? STORE_NOTFOUND : status_of(st),
+                     "cannot read consumer %s of stream %s: %s", group, x->stream,
+                     why(st, b, sizeof b));
+    }
+    g->pending = ci->NumPending;
+    g->in_hand = ci->NumAckPending > 0 ? (uint64_t)ci->NumAckPending : 0;
+    g->redelivered = ci->NumRedelivered > 0 ? (uint64_t)ci->NumRedelivered : 0;
+    g->waiting = ci->NumWaiting > 0 ? (uint64_t)ci->NumWaiting : 0;
+    jsConsumerInfo_Destroy(ci);
     return STORE_OK;
 }
 
@@ -855,6 +893,8 @@ static void n_close(store *s)
 
 static const store_ops nats_ops = {
     .name = "nats",
+    .figures = n_figures,
+    .group_figures = n_group_figures,
     .append = n_append,
     .bounds = n_bounds,
     .cursor_open = n_cursor_open,

@@ -31,6 +31,21 @@ bool store_shared(store *s)
     return s->ops->cursor_open_group != NULL;
 }
 
+void store_get_figures(store *s, store_figures *f)
+{
+    memset(f, 0, sizeof *f);
+    f->backend = s->ops->name;
+    s->ops->figures(s, f);
+}
+
+store_status store_get_group_figures(store *s, const char *group, store_group_figures *g)
+{
+    memset(g, 0, sizeof *g);
+    if (!s->ops->group_figures || !store_cursor_name_ok(group))
+        return STORE_EINVAL;
+    return s->ops->group_figures(s, group, g);
+}
+
 store_status store_cursor_open_group(store *s, const char *group, store_cursor **out)
 {
     if (!s->ops->cursor_open_group || !store_cursor_name_ok(group))

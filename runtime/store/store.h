@@ -115,6 +115,23 @@ void store_cursor_close(store_cursor *c);
  * be called from another thread than the one reading the cursor; the record last given stays
  * readable until the next call to store_cursor_next.  A group cursor cannot seek. */
 bool store_shared(store *s);
+
+/* What a store holds: offsets, bytes, and (the local log) segment files; the name of its
+ * backend ("log", "nats").  For the metrics: on JetStream it asks the server. */
+typedef struct {
+    uint64_t first, next;           /* as store_bounds */
+    uint64_t bytes;
+    unsigned segments;              /* 0 on JetStream */
+    const char *backend;
+} store_figures;
+void store_get_figures(store *s, store_figures *f);
+
+/* A group's state, on a shared store (STORE_EINVAL otherwise): records not given to any reader
+ * yet, given and not done, given more than once, and readers waiting for records. */
+typedef struct {
+    uint64_t pending, in_hand, redelivered, waiting;
+} store_group_figures;
+store_status store_get_group_figures(store *s, const char *group, store_group_figures *g);
 store_status store_cursor_open_group(store *s, const char *group, store_cursor **out);
 store_status store_cursor_done(store_cursor *c, const uint64_t *offsets, size_t n);
 

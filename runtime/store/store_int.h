@@ -17,6 +17,8 @@ typedef struct {
     /* NULL for a backend without shared reading (and then cursor_done too) */
     store_status (*cursor_open_group)(store *s, const char *group, store_cursor **out);
     store_status (*cursor_done)(store_cursor *c, const uint64_t *offsets, size_t n);
+    store_status (*group_figures)(store *s, const char *group, store_group_figures *g);
+    void (*figures)(store *s, store_figures *f);
     store_status (*cursor_next)(store_cursor *c, store_record *r, int timeout_ms);
     store_status (*cursor_seek)(store_cursor *c, uint64_t offset);
     store_status (*cursor_skip)(store_cursor *c, uint64_t *lost);
