@@ -59,8 +59,6 @@ typedef struct {
     /* ordinary cursors */
     natsSubscription *sub;        /* ordered consumer at want, or NULL */
     uint64_t want;                /* the offset next() looks for */
-    bool any;                     /* opened at a time: the first record decides want */
-    int64_t at_ns;
     natsMsg *stash;               /* read past a deletion: given once the caller seeks to it */
     natsMsg *cur;                 /* the record last given (its data is the caller's) */
     /* group cursors */
@@ -297,16 +295,54 @@ static store_status n_cursor_open(store *s, uint64_t offset, store_cursor **out)
     return STORE_OK;
 }
 
+/* The time of the record at sequence *seq, or of the first one kept after it below hi (deleted
+ * records are passed over; *seq moves to the one found).  False when there is none below hi. */
+static bool time_at(nats_t *x, uint64_t *seq, uint64_t hi, int64_t *t)
+{
+    for (; *seq < hi; ++*seq) {
+        natsMsg *m = NULL;
+        jsErrCode jerr = 0;
+        natsStatus st = js_GetMsg(&m, x->js, x->stream, *seq, NULL, &jerr);
+        if (st == NATS_OK && m) {
+            *t = natsMsg_GetTime(m);
+            natsMsg_Destroy(m);
+            return true;
+        }
+        if (jerr != JSNoMessageFoundErr)
+            return false;
+    }
+    return false;
+}
+
+/* By time: the first record stored at or after time_ns, found by bisecting the sequences (times
+ * do not decrease along them: one leader stamps them), some twenty requests for a million
+ * records, so that the cursor knows its offset before it reads (a replay's first offset). */
 static store_status n_cursor_open_at(store *s, int64_t time_ns, store_cursor **out)
 {
-    ncur *c = cur_new((nats_t *)s);
+    nats_t *x = (nats_t *)s;
+    uint64_t lo, hi;
+    store_status st = stream_state(x, &lo, &hi);
+    if (st != STORE_OK)
+        return st;
+    hi++;                                         /* sequences lo..hi-1 */
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2, at = mid;
+        int64_t t;
+        if (!time_at(x, &at, hi, &t)) {
+            if (at < hi)
+                return failf(x, STORE_EIO, "cannot read stream %s at sequence %" PRIu64,
+                             x->stream, at);
+            hi = mid;                             /* nothing kept from mid on */
+        } else if (t >= time_ns) {
+            hi = mid;
+        } else {
+            lo = at + 1;
+        }
+    }
+    ncur *c = cur_new(x);
     if (!c)
         return STORE_EIO;
-    nats_t *x = (nats_t *)s;
-    uint64_t f, l;
-    c->want = stream_state(x, &f, &l) == STORE_OK ? l : 0;   /* (until a record says) */
-    c->any = true;
-    c->at_ns = time_ns;
+    c->want = lo - 1;
     *out = &c->base;
     return STORE_OK;
 }
@@ -326,10 +362,7 @@ static store_status subscribe(ncur *c)
     jsSubOptions_Init(&so);
     so.Stream = x->stream;
     so.Ordered = true;
-    if (c->any) {
-        so.Config.DeliverPolicy = js_DeliverByStartTime;
-        so.Config.OptStartTime = c->at_ns > 0 ? c->at_ns : 1;
-    } else if (c->want == 0) {
+    if (c->want == 0) {
         so.Config.DeliverPolicy = js_DeliverAll;
     } else {
         so.Config.DeliverPolicy = js_DeliverByStartSequence;
@@ -416,7 +449,7 @@ static store_status n_cursor_next(store_cursor *sc, store_record *r, int timeout
         c->want = sseq;
         return STORE_OK;
     }
-    if (!c->sub && timeout_ms == 0 && !c->any)
+    if (!c->sub && timeout_ms == 0)
         return direct_get(c, r);
     if (!c->sub) {
         store_status st = subscribe(c);
@@ -437,10 +470,6 @@ static store_status n_cursor_next(store_cursor *sc, store_record *r, int timeout
             if (!ack_fields(m, &sseq, &dl, &ts)) {
                 natsMsg_Destroy(m);               /* (not a stream message: a status) */
                 continue;
-            }
-            if (c->any) {
-                c->any = false;
-                c->want = sseq - 1;
             }
             if (sseq - 1 < c->want) {             /* (already given) */
                 natsMsg_Destroy(m);
@@ -487,10 +516,9 @@ static store_status n_cursor_seek(store_cursor *sc, uint64_t offset)
         natsMsg_Destroy(c->stash);
         c->stash = NULL;
     }
-    if (c->sub && c->want == offset && !c->any)
+    if (c->sub && c->want == offset)
         return STORE_OK;
     drop_sub(c);
-    c->any = false;
     c->want = offset;
     return STORE_OK;
 }

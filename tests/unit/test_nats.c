@@ -207,6 +207,17 @@ Test(nats, cursor_by_time)
     cr_assert_eq(store_cursor_next(c, &r, 5000), STORE_OK);
     cr_expect_eq(r.offset, 3);
     store_cursor_close(c);
+    /* the offset is known before reading: before everything, 0; after everything, the end */
+    cr_assert_eq(store_cursor_open_at(s, t - 3600000000000LL, &c), STORE_OK);
+    cr_expect_eq(store_cursor_offset(c), 0);
+    store_cursor_close(c);
+    cr_assert_eq(store_cursor_open_at(s, wall_ns() + 3600000000000LL, &c), STORE_OK);
+    cr_expect_eq(store_cursor_offset(c), 4);
+    cr_expect_eq(store_cursor_next(c, &r, 0), STORE_TIMEOUT);
+    store_cursor_close(c);
+    cr_assert_eq(store_cursor_open_at(s, t, &c), STORE_OK);
+    cr_expect_eq(store_cursor_offset(c), 2);
+    store_cursor_close(c);
     store_close(s);
     server_stop(&sv);
 }
