@@ -1460,7 +1460,9 @@ typedef struct {
     bool shared;
     store_cursor *gc;             /* (closed after the last commit: what is not done goes back) */
     pthread_mutex_t amu;          /* acks and done */
-    struct ackslot { uint64_t off; uint32_t left; } *acks;   /* open addressing; off+1, 0 free */
+    /* open addressing by off+1 (0: free); with each event's bytes, which the delivery threads
+     * copy rather than ask the stream for them again (a round trip to the server each) */
+    struct ackslot { uint64_t off; uint32_t left, len; int64_t time_ns; unsigned char *data; } *acks;
     size_t acap, an;
     uint64_t *done;
     size_t ndone, capdone;
@@ -1528,10 +1530,28 @@ static void done_push(router *rt, uint64_t off)
     rt->done[rt->ndone++] = off;
 }
 
-/* The router queued the event at off for n deliveries (0: it is done now).  False without
- * memory: then it is never done here, and goes back to the group when the cursor closes. */
-static bool ack_add(router *rt, uint64_t off, uint32_t n)
+/* Under rt->amu: the slot of the event at off, or NULL. */
+static struct ackslot *ack_find(router *rt, uint64_t off)
 {
+    if (!rt->acap)
+        return NULL;
+    size_t mask = rt->acap - 1, i = ack_home(rt, off);
+    while (rt->acks[i].off && rt->acks[i].off != off + 1)
+        i = (i + 1) & mask;
+    return rt->acks[i].off ? &rt->acks[i] : NULL;
+}
+
+/* The router queued the event rec for n deliveries (0: it is done now), keeping a copy of it
+ * for them.  False without memory: then it is never done here, and goes back to the group when
+ * the cursor closes. */
+static bool ack_add(router *rt, const store_record *rec, uint32_t n)
+{
+    uint64_t off = rec->offset;
+    unsigned char *data = n ? malloc(rec->len ? rec->len : 1) : NULL;
+    if (n && !data)
+        return false;
+    if (data)
+        memcpy(data, rec->data, rec->len);
     pthread_mutex_lock(&rt->amu);
     bool ok = true;
     if (!n) {
@@ -1559,11 +1579,13 @@ static bool ack_add(router *rt, uint64_t off, uint32_t n)
             size_t j = ack_home(rt, off);
             while (rt->acks[j].off)
                 j = (j + 1) & (rt->acap - 1);
-            rt->acks[j] = (struct ackslot){ off + 1, n };
+            rt->acks[j] = (struct ackslot){ off + 1, n, rec->len, rec->time_ns, data };
             rt->an++;
         }
     }
     pthread_mutex_unlock(&rt->amu);
+    if (!ok)
+        free(data);
     return ok;
 }
 
@@ -1571,14 +1593,13 @@ static bool ack_add(router *rt, uint64_t off, uint32_t n)
  * or dropped). */
 static void ack_dec(router *rt, uint64_t off)
 {
-    if (!rt->acap)
+    struct ackslot *a = ack_find(rt, off);
+    if (!a || --a->left)
         return;
-    size_t mask = rt->acap - 1, i = ack_home(rt, off);
-    while (rt->acks[i].off && rt->acks[i].off != off + 1)
-        i = (i + 1) & mask;
-    if (!rt->acks[i].off || --rt->acks[i].left)
-        return;
+    size_t mask = rt->acap - 1, i = (size_t)(a - rt->acks);
     done_push(rt, off);
+    free(a->data);
+    a->data = NULL;
     rt->acks[i].off = 0;                  /* out, the later entries of its run moved back */
     rt->an--;
     for (size_t j = (i + 1) & mask; rt->acks[j].off; j = (j + 1) & mask) {
@@ -1724,6 +1745,25 @@ static store_status read_event(dthread *th, uint32_t pbus, uint64_t off, recbuf 
         th->cache->ref++;
         *out = th->cache;
         return STORE_OK;
+    }
+    router *rt = &th->e->routers[pbus];
+    if (rt->shared) {
+        recbuf *b = NULL;
+        pthread_mutex_lock(&rt->amu);
+        struct ackslot *a = ack_find(rt, off);
+        if (a && a->data && (b = malloc(sizeof *b + a->len + 1))) {
+            *b = (recbuf){ .ref = 2, .off = off, .time_ns = a->time_ns, .len = a->len };
+            memcpy(b->data, a->data, a->len);
+            b->data[a->len] = 0;
+        }
+        pthread_mutex_unlock(&rt->amu);
+        if (b) {
+            recbuf_put(th->cache);
+            th->cache = b;
+            th->cache_bus = pbus;
+            *out = b;
+            return STORE_OK;
+        }
     }
     store_cursor *c = thread_cursor(th, pbus, off);
     if (!c)
@@ -3124,7 +3164,7 @@ static void *router_main(void *arg)
                 uint32_t want = 0;
                 for (size_t i = 0; i < n; i++)
                     want += rt->scratch[i]->runs && rec.offset >= rt->scratch[i]->start;
-                if (!ack_add(rt, rec.offset, want)) {
+                if (!ack_add(rt, &rec, want)) {
                     ebd_log(EBD_ERROR, "msg=\"out of memory: an event waits for the next start\" "
                             "bus=%s offset=%" PRIu64, bus->name, rec.offset);
                     n = 0;
@@ -3758,6 +3798,8 @@ void ebd_workers_stop(ebd *d, ebd_rules *r)
         router *rt = &e->routers[b];
         store_cursor_close(rt->gc);       /* what is not done goes back to the group now */
         rt->gc = NULL;
+        for (size_t i = 0; i < rt->acap; i++)
+            free(rt->acks[i].data);
         free(rt->acks);
         free(rt->done);
         pthread_mutex_destroy(&rt->amu);

@@ -31,6 +31,22 @@
 #define WAIT_SLICE_MS 200         /* a waiting cursor looks at store_wake this often */
 #define FETCH_BATCH 128           /* records a group cursor asks for at once */
 #define HELD_MAX_DEFAULT 65536    /* records a group cursor holds before it stops asking */
+#define ACK_TIMEOUT_MS 5000       /* an append not acknowledged by JetStream by then fails */
+
+/* An append waiting for JetStream's acknowledgements of its records. */
+typedef struct {
+    size_t left;                  /* records not acknowledged (nor refused) yet */
+    uint64_t *seq;                /* each record's sequence */
+    bool failed;
+    char why[200];
+} pubwait;
+
+/* A record published and not acknowledged yet: its message, whose append waits, which record. */
+typedef struct {
+    natsMsg *msg;                 /* NULL: a free slot */
+    pubwait *w;
+    size_t i;
+} pubslot;
 
 typedef struct {
     store base;
@@ -41,6 +57,10 @@ typedef struct {
     store_options o;
     pthread_mutex_t mu;           /* err, and the wake generation */
     pthread_cond_t cv;
+    pthread_mutex_t pmu;          /* the records in flight (pub), against the ack handler */
+    pthread_cond_t pcv;
+    pubslot *pub;                 /* open addressing by message pointer */
+    size_t pcap, pn;
     unsigned wake;                /* store_wake's generation */
     bool closing;
     char err[512];
@@ -164,7 +184,97 @@ static void fill(store_record *r, natsMsg *m, uint64_t off, int64_t ts)
     r->data = (const unsigned char *)natsMsg_GetData(m);
 }
 
-/* ---- appending ------------------------------------------------------------------------------ */
+/* ---- appending ------------------------------------------------------------------------------
+ * Appends are pipelined: every record is published without waiting (js_PublishMsgAsync), and
+ * each append waits for its own records' acknowledgements, which the client's ack handler hands
+ * over by message.  Concurrent appends (the ingest threads) so share the connection instead of
+ * taking one round trip each: one at a time, eight connections took 6.3K events/s on this machine
+ * where JetStream takes over 100K messages/s (bench/README.md). */
+
+static size_t pub_home(const nats_t *x, const natsMsg *m)
+{
+    return (size_t)(((uintptr_t)m * 0x9e3779b97f4a7c15ULL) >> 20) & (x->pcap - 1);
+}
+
+/* Under pmu. */
+static pubslot *pub_find(nats_t *x, const natsMsg *m)
+{
+    if (!x->pcap)
+        return NULL;
+    for (size_t i = pub_home(x, m);; i = (i + 1) & (x->pcap - 1)) {
+        if (x->pub[i].msg == m)
+            return &x->pub[i];
+        if (!x->pub[i].msg)
+            return NULL;
+    }
+}
+
+/* Under pmu: out of the table, the later entries of its run moved back. */
+static void pub_del(nats_t *x, pubslot *s)
+{
+    size_t mask = x->pcap - 1, i = (size_t)(s - x->pub);
+    x->pub[i].msg = NULL;
+    x->pn--;
+    for (size_t j = (i + 1) & mask; x->pub[j].msg; j = (j + 1) & mask) {
+        size_t k = pub_home(x, x->pub[j].msg);
+        if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
+            continue;
+        x->pub[i] = x->pub[j];
+        x->pub[j].msg = NULL;
+        i = j;
+    }
+}
+
+/* Under pmu. */
+static bool pub_put(nats_t *x, natsMsg *m, pubwait *w, size_t i)
+{
+    if ((x->pn + 1) * 2 > x->pcap) {
+        size_t ocap = x->pcap, ncap = ocap ? ocap * 2 : 256;
+        pubslot *old = x->pub, *v = calloc(ncap, sizeof *v);
+        if (!v)
+            return false;
+        x->pub = v;
+        x->pcap = ncap;
+        for (size_t k = 0; k < ocap; k++)
+            if (old[k].msg) {
+                size_t j = pub_home(x, old[k].msg);
+                while (v[j].msg)
+                    j = (j + 1) & (ncap - 1);
+                v[j] = old[k];
+            }
+        free(old);
+    }
+    size_t j = pub_home(x, m);
+    while (x->pub[j].msg)
+        j = (j + 1) & (x->pcap - 1);
+    x->pub[j] = (pubslot){ m, w, i };
+    x->pn++;
+    return true;
+}
+
+/* The client's thread: JetStream acknowledged (pa) or refused (pae) message m. */
+static void on_pub_ack(jsCtx *js, natsMsg *m, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+{
+    (void)js;
+    nats_t *x = closure;
+    pthread_mutex_lock(&x->pmu);
+    pubslot *s = pub_find(x, m);
+    if (s) {                      /* (not there: its append gave up waiting) */
+        pubwait *w = s->w;
+        if (pa)
+            w->seq[s->i] = pa->Sequence;
+        else if (!w->failed) {
+            w->failed = true;
+            snprintf(w->why, sizeof w->why, "%s", pae && pae->ErrText ? pae->ErrText
+                     : pae ? natsStatus_GetText(pae->Err) : "no acknowledgement");
+        }
+        pub_del(x, s);
+        if (--w->left == 0)
+            pthread_cond_broadcast(&x->pcv);
+    }
+    pthread_mutex_unlock(&x->pmu);
+    natsMsg_Destroy(m);
+}
 
 static store_status n_append(store *s, const store_entry *e, size_t n, uint64_t *offsets)
 {
@@ -175,34 +285,82 @@ static store_status n_append(store *s, const store_entry *e, size_t n, uint64_t 
                          e[i].len, x->o.max_record);
     if (x->closing)
         return failf(x, STORE_CLOSED, "the store is closing");
-    /* One record after another, each acknowledged by JetStream before the next goes: a batch
-     * keeps its order, and on a failure the records before it stay acknowledged. */
-    for (size_t i = 0; i < n; i++) {
+    if (n == 0)
+        return STORE_OK;
+    uint64_t one, *seq = n == 1 ? &one : calloc(n, sizeof *seq);
+    if (!seq)
+        return failf(x, STORE_EIO, "out of memory");
+    pubwait w = { .left = 0, .seq = seq };
+    natsStatus st = NATS_OK;
+    char b[300] = "";
+    size_t sent = 0;
+    for (; sent < n && st == NATS_OK; sent++) {
         natsMsg *m = NULL;
-        natsStatus st = natsMsg_Create(&m, x->subject, NULL, (const char *)e[i].data, (int)e[i].len);
-        if (st == NATS_OK && e[i].flags) {
+        st = natsMsg_Create(&m, x->subject, NULL, (const char *)e[sent].data, (int)e[sent].len);
+        if (st == NATS_OK && e[sent].flags) {
             char v[16];
-            snprintf(v, sizeof v, "%" PRIu32, e[i].flags);
+            snprintf(v, sizeof v, "%" PRIu32, e[sent].flags);
             st = natsMsgHeader_Set(m, FLAGS_HEADER, v);
         }
-        jsPubAck *ack = NULL;
-        jsErrCode jerr = 0;
-        if (st == NATS_OK)
-            st = js_PublishMsg(&ack, x->js, m, NULL, &jerr);
-        natsMsg_Destroy(m);
-        if (st != NATS_OK || !ack) {
-            char b[300];
-            jsPubAck_Destroy(ack);
-            return failf(x, st == NATS_TIMEOUT ? STORE_EIO : status_of(st),
-                         "JetStream did not acknowledge the record (stream %s%s): %s%s", x->stream,
-                         i ? ", after the batch's first records were" : "", why(st, b, sizeof b),
-                         jerr ? " (JetStream error)" : "");
+        if (st != NATS_OK) {
+            natsMsg_Destroy(m);
+            break;
         }
-        if (offsets)
-            offsets[i] = ack->Sequence - 1;
-        jsPubAck_Destroy(ack);
+        /* in the table before it goes: its acknowledgement may come before the call returns */
+        pthread_mutex_lock(&x->pmu);
+        bool put = pub_put(x, m, &w, sent);
+        if (put)
+            w.left++;
+        pthread_mutex_unlock(&x->pmu);
+        if (!put) {
+            natsMsg_Destroy(m);
+            st = NATS_NO_MEMORY;
+            break;
+        }
+        natsMsg *owned = m;
+        st = js_PublishMsgAsync(x->js, &owned, NULL);
+        if (st != NATS_OK) {      /* not sent: the message is still ours */
+            why(st, b, sizeof b);
+            pthread_mutex_lock(&x->pmu);
+            pubslot *ps = pub_find(x, m);
+            if (ps) {
+                pub_del(x, ps);
+                w.left--;
+            }
+            pthread_mutex_unlock(&x->pmu);
+            natsMsg_Destroy(owned);
+            break;
+        }
     }
-    return STORE_OK;
+    /* wait for what went; past ACK_TIMEOUT_MS what is left counts as refused */
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += ACK_TIMEOUT_MS / 1000;
+    pthread_mutex_lock(&x->pmu);
+    while (w.left && pthread_cond_timedwait(&x->pcv, &x->pmu, &until) != ETIMEDOUT)
+        ;
+    bool timed_out = w.left > 0;
+    if (timed_out)
+        for (size_t i = 0; i < x->pcap; i++)
+            while (x->pub[i].msg && x->pub[i].w == &w) {
+                pub_del(x, &x->pub[i]);
+                w.left--;
+            }
+    pthread_mutex_unlock(&x->pmu);
+    store_status rs = STORE_OK;
+    if (st != NATS_OK || w.failed || timed_out) {
+        if (!b[0] && st != NATS_OK)
+            why(st, b, sizeof b);
+        rs = failf(x, STORE_EIO, "JetStream did not acknowledge the record%s (stream %s): %s",
+                   n > 1 ? "s" : "", x->stream, w.failed ? w.why : timed_out
+                   ? "no acknowledgement within 5 s" : b);
+    } else if (offsets) {
+        for (size_t i = 0; i < n; i++)
+            offsets[i] = seq[i] - 1;
+    }
+    if (seq != &one)
+        free(seq);
+    return rs;
 }
 
 /* The stream's state: the first sequence kept and the last. */
@@ -910,12 +1068,21 @@ static void n_close(store *s)
     pthread_mutex_lock(&x->mu);
     x->closing = true;
     pthread_mutex_unlock(&x->mu);
-    jsCtx_Destroy(x->js);
+    /* (appends in flight have returned: the daemon closes a store after its listener stops; what
+     * the client still holds is waited for, so that its ack handler never sees x freed) */
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = ACK_TIMEOUT_MS;
+    js_PublishAsyncComplete(x->js, &po);
     natsConnection_Destroy(x->nc);
+    jsCtx_Destroy(x->js);
+    free(x->pub);
     free(x->stream);
     free(x->subject);
     pthread_mutex_destroy(&x->mu);
     pthread_cond_destroy(&x->cv);
+    pthread_mutex_destroy(&x->pmu);
+    pthread_cond_destroy(&x->pcv);
     free(x);
 }
 
@@ -974,6 +1141,8 @@ store_status nats_open(const store_nats_options *no, const store_options *o, sto
     x->base.ops = &nats_ops;
     pthread_mutex_init(&x->mu, NULL);
     pthread_cond_init(&x->cv, NULL);
+    pthread_mutex_init(&x->pmu, NULL);
+    pthread_cond_init(&x->pcv, NULL);
     x->no = *no;
     x->no.urls = NULL;
     x->no.stream = NULL;
@@ -1015,6 +1184,10 @@ store_status nats_open(const store_nats_options *no, const store_options *o, sto
         st = natsOptions_SetReconnectWait(opts, 250);
     if (st == NATS_OK)
         st = natsOptions_SetReconnectBufSize(opts, 0);
+    /* Published records go out at once, not when the client's flusher next runs: an append waits
+     * for its acknowledgement, and so do its acks of delivered records' peers. */
+    if (st == NATS_OK)
+        st = natsOptions_SetSendAsap(opts, true);
     if (st != NATS_OK) {
         snprintf(err, errcap, "NATS options: %s", why(st, b, sizeof b));
         goto fail;
@@ -1028,6 +1201,9 @@ store_status nats_open(const store_nats_options *no, const store_options *o, sto
     jsOptions jo;
     jsOptions_Init(&jo);
     jo.Wait = 5000;
+    jo.PublishAsync.AckHandler = on_pub_ack;
+    jo.PublishAsync.AckHandlerClosure = x;
+    jo.PublishAsync.MaxPending = 65536;
     st = natsConnection_JetStream(&x->js, x->nc, &jo);
     if (st != NATS_OK) {
         snprintf(err, errcap, "NATS JetStream: %s", why(st, b, sizeof b));
@@ -1081,12 +1257,14 @@ store_status nats_open(const store_nats_options *no, const store_options *o, sto
     return STORE_OK;
 fail:
     natsOptions_Destroy(opts);
-    jsCtx_Destroy(x->js);
     natsConnection_Destroy(x->nc);
+    jsCtx_Destroy(x->js);
     free(x->stream);
     free(x->subject);
     pthread_mutex_destroy(&x->mu);
     pthread_cond_destroy(&x->cv);
+    pthread_mutex_destroy(&x->pmu);
+    pthread_cond_destroy(&x->pcv);
     free(x);
     return STORE_EIO;
 }

@@ -82,7 +82,7 @@ store_status log_open(const char *dir, const store_options *o, store **out, char
  * or sync of their batch failed (then none of them is kept), or while the store has not
  * recovered from such a failure (store_health).  A shared backend (NATS JetStream, which several
  * processes append to) may put other records between them, and acknowledges each record by
- * itself: on a failure, those before the first that failed may be kept (docs/storage.md). */
+ * itself: on a failure, some of them may be kept (docs/storage.md). */
 store_status store_append(store *s, const store_entry *e, size_t n, uint64_t *offsets);
 
 /* The first offset still kept and the next offset to be acknowledged. */
