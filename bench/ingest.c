@@ -16,6 +16,7 @@
  *                [--rules-table] [--max-rules N] [--runs R] [--start-timeout S]
  *                [--idle-seconds S] [--drain-timeout S] [--no-fanout] [--ebd-label TEXT]
  *                [--replay-row [--replay-rate N]] [--trace-table] [--routing-row]
+ *                [--jetstream-rows]
  *
  * --replay-row runs only the replay rows (issue 12): live ingest and routing with and without a
  * replay running, alternately, --runs times, written to OUT/replay.md (--replay-rate: the
@@ -32,7 +33,9 @@
  * in the same run) and replaces only their section of OUT/ingest.md; --routing-row likewise runs
  * only the routing row (issue 14: the router alone on the COMBO rules, trusted path), which the
  * default run includes after the ingest rows.  --ebc
- * defaults to the ebc beside EBD, --data to ../shared/data.
+ * defaults to the ebc beside EBD, --data to ../shared/data.  --jetstream-rows runs only the rows of
+ * a bus on NATS JetStream (issue 15: one node and three, one daemon and two, against the local
+ * log in the same run), starting nats-server itself, and replaces only their section.
  *
  * The load generator speaks HTTP/1.1 over plain sockets (one thread per connection, one request
  * in flight on each), so that it costs the daemon's two cores as little as it can.
@@ -2017,6 +2020,278 @@ done:
 
 /* Replaces the section between BEGIN and END of the file at path with rows (or adds rows at
  * its end). */
+/* ---- a bus on NATS JetStream (issue 15) -------------------------------------------------------
+ * In the same run, in turn: the local log (fsync interval 10ms), and a bus on JetStream on one
+ * node and on three (replicas 3), each with one daemon and with two sharing the bus.  Each
+ * configuration `runs` times, each run on new servers and data: single-event ingest from `conns`
+ * connections spread over the daemons for `secs` seconds (acknowledged events/s); end to end,
+ * those events to the driver's receiver (/fan): acknowledged events over the time from the
+ * load's start to the last delivery; and the latency from ingest to delivery at 1,000 events/s,
+ * posted to the daemons in turn. */
+
+typedef struct {
+    const char *label;
+    int nodes;                    /* 0: the local log */
+    int daemons;
+} js_config;
+
+static pid_t js_pids[3];
+
+/* Starts `nodes` nats-servers (a cluster of three when nodes is 3) on ports port0.., storage
+ * under dir; waits for them to take connections. */
+static bool js_start(const char *dir, int nodes, int port0, int cport0)
+{
+    char routes[256];
+    snprintf(routes, sizeof routes, "nats://127.0.0.1:%d,nats://127.0.0.1:%d,nats://127.0.0.1:%d",
+             cport0, cport0 + 1, cport0 + 2);
+    for (int i = 0; i < nodes; i++) {
+        char sd[4300], p[16], name[16], cl[64];
+        snprintf(sd, sizeof sd, "%s/n%d", dir, i);
+        snprintf(p, sizeof p, "%d", port0 + i);
+        snprintf(name, sizeof name, "n%d", i);
+        snprintf(cl, sizeof cl, "nats://127.0.0.1:%d", cport0 + i);
+        js_pids[i] = fork();
+        if (js_pids[i] == 0) {
+            int null = open("/dev/null", O_WRONLY);
+            dup2(null, 1);
+            dup2(null, 2);
+            if (nodes == 1)
+                execlp("nats-server", "nats-server", "-js", "-a", "127.0.0.1", "-p", p, "-sd", sd,
+                       "-n", name, (char *)NULL);
+            else
+                execlp("nats-server", "nats-server", "-js", "-a", "127.0.0.1", "-p", p, "-sd", sd,
+                       "-n", name, "--cluster_name", "bench", "--cluster", cl, "--routes", routes,
+                       (char *)NULL);
+            _exit(127);
+        }
+    }
+    for (int i = 0; i < nodes; i++) {
+        int fd = -1;
+        for (int k = 0; k < 500 && (fd = connect_to(port0 + i)) < 0; k++)
+            usleep(20000);
+        if (fd < 0)
+            return false;
+        close(fd);
+    }
+    return true;
+}
+
+static void js_stop(int nodes)
+{
+    for (int i = 0; i < nodes; i++)
+        if (js_pids[i] > 0) {
+            kill(js_pids[i], SIGTERM);
+            waitpid(js_pids[i], NULL, 0);
+            js_pids[i] = 0;
+        }
+}
+
+typedef struct {
+    int port;
+    double rate, secs;
+    size_t from;
+} js_lat_arg;
+
+/* Posts rate events a second for secs seconds to port, each with its sending time. */
+static void *js_latency_post(void *arg)
+{
+    js_lat_arg *a = arg;
+    int fd = connect_to(a->port);
+    char req[2048], buf[4096], body[1024];
+    size_t total = (size_t)(a->rate * a->secs);
+    double t0 = now_s();
+    for (size_t k = 0; k < total && fd >= 0; k++) {
+        double due = t0 + (double)k / a->rate;
+        while (now_s() < due) {
+            struct timespec ts = { 0, 50000 };
+            nanosleep(&ts, NULL);
+        }
+        int n = snprintf(body, sizeof body, "{\"specversion\":\"1.0\",\"id\":\"lat-%zu\",\"source\":"
+                         "\"bench\",\"type\":\"bench.latency\",\"data\":{\"sent\":%" PRId64 "}}",
+                         a->from + k, real_us());
+        int rn = snprintf(req, sizeof req, "POST /v1/buses/b/events HTTP/1.1\r\nHost: x\r\n"
+                          "Content-Type: application/cloudevents+json\r\nContent-Length: %d\r\n\r\n%s", n, body);
+        roundtrip(fd, req, (size_t)rn, buf, sizeof buf);
+    }
+    if (fd >= 0)
+        close(fd);
+    return NULL;
+}
+
+typedef struct {
+    double ingest, e2e, p50, p99;
+    uint64_t errors, lost;
+} js_result;
+
+static bool js_run(const char *ebd, const char *work, const js_config *c, int port, int rport, int conns,
+                   double secs, js_result *res)
+{
+    char dir[4200], rules[4300], cmd[9000];
+    snprintf(dir, sizeof dir, "%s/js", work);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'; mkdir -p '%s'", dir, dir);
+    if (system(cmd) != 0)
+        return false;
+    int nport = port + 20, cport = port + 30, eport[2] = { port + 10, port + 11 };
+    if (c->nodes && !js_start(dir, c->nodes, nport, cport)) {
+        js_stop(c->nodes);
+        return false;
+    }
+    snprintf(rules, sizeof rules, "%s/js.ebr", dir);
+    FILE *f = fopen(rules, "w");
+    if (c->nodes == 0)
+        fprintf(f, "bus b { fsync interval 10ms }\n");
+    else if (c->nodes == 1)
+        fprintf(f, "bus b { log nats \"nats://127.0.0.1:%d\" stream \"BENCH\" }\n", nport);
+    else
+        fprintf(f, "bus b { log nats \"nats://127.0.0.1:%d\" \"nats://127.0.0.1:%d\" \"nats://127.0.0.1:%d\" "
+                   "stream \"BENCH\" replicas 3 }\n", nport, nport + 1, nport + 2);
+    fprintf(f, "target fan http \"http://127.0.0.1:%d/fan\" { retry none }\n"
+               "target hook http \"http://127.0.0.1:%d/hook\" { retry none }\n"
+               "rule all on b { match type == \"bench.load\" to fan }\n"
+               "rule latency on b {\n  match type == \"bench.latency\"\n"
+               "  transform {\"sent\": data.sent, \"id\": $id}\n  to hook\n}\n", rport, rport);
+    fclose(f);
+    pid_t pids[2] = { -1, -1 };
+    bool ok = true;
+    for (int d = 0; d < c->daemons && ok; d++) {
+        char data[4300];
+        snprintf(data, sizeof data, "%s/ebd%d", dir, d);
+        /* (a stream of replicas 3 can be made once the cluster has its leader: ebd exits until then) */
+        for (int k = 0; k < 60 && pids[d] < 0; k++) {
+            pids[d] = start_ebd(ebd, rules, data, eport[d]);
+            bool up = false;
+            for (int w = 0; pids[d] > 0 && w < 100 && !up; w++) {
+                up = get_status(eport[d], "/healthz") == 200;
+                if (!up && waitpid(pids[d], NULL, WNOHANG) == pids[d])
+                    pids[d] = -1;         /* (it stopped: the stream could not be made yet) */
+                else if (!up)
+                    usleep(20000);
+            }
+            if (pids[d] > 0 && !up) {
+                stop_ebd(pids[d]);
+                pids[d] = -1;
+            }
+            if (pids[d] < 0)
+                sleep(1);
+        }
+        ok = pids[d] > 0;
+    }
+    if (ok) {
+        /* ingest, then the end of its deliveries */
+        atomic_store(&fan_count, 0);
+        loader *l = calloc((size_t)conns, sizeof *l);
+        pthread_t *t = calloc((size_t)conns, sizeof *t);
+        double t0 = now_s();
+        for (int i = 0; i < conns; i++) {
+            l[i] = (loader){ .port = eport[i % c->daemons], .batch = 1, .bus = "b", .until = t0 + secs };
+            pthread_create(&t[i], NULL, load, &l[i]);
+        }
+        uint64_t ev = 0;
+        res->errors = 0;
+        for (int i = 0; i < conns; i++) {
+            pthread_join(t[i], NULL);
+            ev += l[i].events;
+            res->errors += l[i].errors;
+        }
+        double t1 = now_s();
+        res->ingest = (double)ev / (t1 - t0);
+        free(l);
+        free(t);
+        uint64_t last = 0;
+        double quiet = now_s();
+        while (atomic_load(&fan_count) < ev && now_s() - quiet < 30) {
+            usleep(20000);
+            if (atomic_load(&fan_count) != last) {
+                last = atomic_load(&fan_count);
+                quiet = now_s();
+            }
+        }
+        double end = (double)atomic_load(&fan_last_ns) / 1e9;   /* (both CLOCK_MONOTONIC) */
+        res->lost = atomic_load(&fan_count) < ev ? ev - atomic_load(&fan_count) : 0;
+        res->e2e = (double)atomic_load(&fan_count) / (end > t0 ? end - t0 : 1e-9);
+        /* latency at 1,000 events/s over the daemons */
+        atomic_store(&nlat, 0);
+        js_lat_arg la[2];
+        pthread_t lt[2];
+        for (int d = 0; d < c->daemons; d++) {
+            la[d] = (js_lat_arg){ eport[d], 1000.0 / c->daemons, secs, (size_t)d * 1000000 };
+            pthread_create(&lt[d], NULL, js_latency_post, &la[d]);
+        }
+        for (int d = 0; d < c->daemons; d++)
+            pthread_join(lt[d], NULL);
+        size_t total = (size_t)(1000 * secs);
+        for (double until = now_s() + 5; now_s() < until && atomic_load(&nlat) < total;)
+            usleep(20000);
+        size_t n = atomic_load(&nlat) < cap_lat ? atomic_load(&nlat) : cap_lat;
+        qsort(lat_us, n, sizeof *lat_us, cmp64);
+        res->p50 = n ? lat_us[n / 2] / 1000.0 : -1;
+        res->p99 = n ? lat_us[(size_t)((double)n * 0.99)] / 1000.0 : -1;
+        res->lost += n < total ? total - n : 0;
+    }
+    for (int d = 0; d < 2; d++)
+        if (pids[d] > 0)
+            stop_ebd(pids[d]);
+    js_stop(c->nodes);
+    return ok;
+}
+
+static int jetstream_rows(const char *ebd, const char *work, int port, int rport, int conns, double secs,
+                          int runs, const char *machine, FILE *md)
+{
+    static const js_config cfgs[] = {
+        { "local log (fsync interval 10ms)", 0, 1 },
+        { "JetStream, 1 node", 1, 1 },
+        { "JetStream, 1 node, 2 daemons", 1, 2 },
+        { "JetStream, 3 nodes, replicas 3", 3, 1 },
+        { "JetStream, 3 nodes, replicas 3, 2 daemons", 3, 2 },
+    };
+    enum { NC = sizeof cfgs / sizeof cfgs[0] };
+    double ing[NC][MAX_RUNS], e2e[NC][MAX_RUNS], p50[NC][MAX_RUNS], p99[NC][MAX_RUNS];
+    uint64_t errors[NC] = { 0 }, lost[NC] = { 0 };
+    for (int r = 0; r < runs; r++)
+        for (int k = 0; k < NC; k++) {
+            js_result res = { 0 };
+            if (!js_run(ebd, work, &cfgs[k], port, rport, conns, secs, &res)) {
+                fprintf(stderr, "bench: %s did not start (nats-server installed?)\n", cfgs[k].label);
+                return 1;
+            }
+            ing[k][r] = res.ingest;
+            e2e[k][r] = res.e2e;
+            p50[k][r] = res.p50;
+            p99[k][r] = res.p99;
+            errors[k] += res.errors;
+            lost[k] += res.lost;
+            printf("%-44s run %d: ingest %8.0f events/s, end to end %8.0f events/s, p50 %6.2f ms, "
+                   "p99 %7.2f ms, %" PRIu64 " errors, %" PRIu64 " not delivered\n", cfgs[k].label, r + 1,
+                   res.ingest, res.e2e, res.p50, res.p99, res.errors, res.lost);
+        }
+    fprintf(md, "<!-- jetstream-rows begin -->\n### A bus on NATS JetStream (issue 15)\n\n"
+                "Machine: %s; ebd, nats-server and the load generator share it.  `make bench-ingest "
+                "INGEST_ARGS='--jetstream-rows'`: every configuration in turn, %d runs, each on new "
+                "servers and data; the median of the runs.  Ingest: single events from %d "
+                "connections spread over the daemons for %.0f s; end to end: those events delivered "
+                "to a loopback webhook, over the time from the load's start to the last delivery; "
+                "latency: ingest to delivery at 1,000 events/s.\n\n"
+                "| configuration | ingest events/s | end to end events/s | p50 | p99 | ingest vs the local log | errors | not delivered |\n"
+                "|---|---:|---:|---:|---:|---:|---:|---:|\n", machine, runs, conns, secs);
+    double base = median(ing[0], runs);
+    for (int k = 0; k < NC; k++) {
+        double i = median(ing[k], runs);
+        fprintf(md, "| %s | %.1fK | %.1fK | %.2f ms | %.2f ms | %.2f | %" PRIu64 " | %" PRIu64 " |\n",
+                cfgs[k].label, i / 1e3, median(e2e[k], runs) / 1e3, median(p50[k], runs),
+                median(p99[k], runs), base > 0 ? i / base : 0, errors[k], lost[k]);
+    }
+    fprintf(md, "\nEach run's ingest events/s:");
+    for (int k = 0; k < NC; k++) {
+        fprintf(md, " %s", cfgs[k].label);
+        for (int r = 0; r < runs; r++)
+            fprintf(md, "%s%.0f", r ? ", " : " ", ing[k][r]);
+        fprintf(md, k + 1 < NC ? ";" : ".\n");
+    }
+    fprintf(md, "<!-- jetstream-rows end -->\n");
+    return 0;
+}
+
 static void replace_section(const char *path, const char *begin, const char *end, const char *rows)
 {
     char *old = read_whole(path);
@@ -2041,7 +2316,8 @@ int main(int argc, char **argv)
     double secs = 5, start_limit = 120, idle_secs = 10, drain_limit = 120;
     int conns = 8, runs = 3;
     unsigned max_rules = 100000;
-    bool table_only = false, fanout = true, replay_only = false, trace_only = false, routing_only = false;
+    bool table_only = false, fanout = true, replay_only = false, trace_only = false, routing_only = false,
+         jetstream_only = false;
     double replay_rate = 0;
     const char *label = NULL;
     const char *fsync_policy = "interval 10ms";
@@ -2057,6 +2333,10 @@ int main(int argc, char **argv)
         }
         if (!strcmp(a, "--routing-row")) {
             routing_only = true;
+            continue;
+        }
+        if (!strcmp(a, "--jetstream-rows")) {
+            jetstream_only = true;
             continue;
         }
         if (!strcmp(a, "--no-fanout")) {
@@ -2094,7 +2374,8 @@ int main(int argc, char **argv)
                         "                    [--seconds S] [--connections C] [--fsync POLICY]\n"
                         "                    [--rules-table] [--max-rules N] [--runs R (1-%d)] [--start-timeout S]\n"
                         "                    [--idle-seconds S] [--drain-timeout S] [--no-fanout] [--ebd-label TEXT]\n"
-                        "                    [--replay-row [--replay-rate N]] [--trace-table] [--routing-row]\n",
+                        "                    [--replay-row [--replay-rate N]] [--trace-table] [--routing-row]\n"
+                        "                    [--jetstream-rows]\n",
                 MAX_RUNS);
         return 2;
     }
@@ -2146,6 +2427,21 @@ int main(int argc, char **argv)
         return replay_rows(ebd, work, port, conns, secs, runs, replay_rate, machine, out);
     char path[4200];
     snprintf(path, sizeof path, "%s/ingest.md", out);
+    if (jetstream_only) {
+        char *rows = NULL;
+        size_t rows_n = 0;
+        FILE *rm = open_memstream(&rows, &rows_n);
+        if (!rm)
+            die("open_memstream");
+        int st = jetstream_rows(ebd, work, port, rport, conns, secs, runs, machine, rm);
+        fclose(rm);
+        MHD_stop_daemon(recv);
+        if (st == 0)
+            replace_section(path, "<!-- jetstream-rows begin", "<!-- jetstream-rows end -->\n", rows);
+        free(rows);
+        printf("results: %s\n", path);
+        return st;
+    }
     if (trace_only || routing_only) {
         /* Those rows alone, their section of OUT/ingest.md replaced (or added at its end). */
         char *rows = NULL;
