@@ -1519,7 +1519,8 @@ static void done_push(router *rt, uint64_t off)
     if (rt->ndone == rt->capdone) {
         size_t c = rt->capdone ? rt->capdone * 2 : 256;
         uint64_t *v = realloc(rt->done, c * sizeof *v);
-        if (!v) {                         /* (not acknowledged: given again later, delivered twice) */
+        if (!v) {                         /* (never acknowledged: held until this daemon stops, then
+                                           * given again and delivered twice) */
             ebd_log(EBD_ERROR, "msg=\"out of memory: an event will be delivered again\" bus=%s "
                     "offset=%" PRIu64, rt->bus->name, off);
             return;
@@ -1607,7 +1608,7 @@ static void ack_dec(router *rt, uint64_t off)
         if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
             continue;
         rt->acks[i] = rt->acks[j];
-        rt->acks[j].off = 0;
+        rt->acks[j] = (struct ackslot){ 0 };   /* (its data is slot i's now) */
         i = j;
     }
 }
@@ -3098,10 +3099,14 @@ static void *router_main(void *arg)
     if (rt->shared) {
         /* The bus's consumer, shared with the other daemons (made once: it may not be there
          * yet when its servers are down: tried again every second). */
-        while (!rt->gc && !atomic_load(&r->stop)) {
-            if (store_cursor_open_group(bus->s, GROUP_NAME, &rt->gc) == STORE_OK)
+        while (!c && !atomic_load(&r->stop)) {
+            if (store_cursor_open_group(bus->s, GROUP_NAME, &c) == STORE_OK) {
+                pthread_mutex_lock(&rt->amu);     /* (the committer reads it) */
+                rt->gc = c;
+                pthread_mutex_unlock(&rt->amu);
                 break;
-            rt->gc = NULL;
+            }
+            c = NULL;
             ebd_log(EBD_ERROR, "msg=\"the router cannot read the bus's consumer, will try again\" "
                     "bus=%s error=\"%s\"", bus->name, store_error(bus->s));
             for (int i = 0; i < 10 && !atomic_load(&r->stop); i++) {
@@ -3109,7 +3114,6 @@ static void *router_main(void *arg)
                 nanosleep(&ts, NULL);
             }
         }
-        c = rt->gc;
     } else if (store_cursor_open(bus->s, rt->pos, &c) != STORE_OK)
         c = NULL;
     while (ctx && c && !atomic_load(&r->stop)) {
@@ -3334,6 +3338,20 @@ static void commit_all(ebd_engine *e, bool final)
             s->e[s->n++] = pos;
         }
     }
+    /* A shared bus's finished events, taken before the file targets' sync: an event finished
+     * after it may have written a line the sync did not cover, so it waits for the next. */
+    struct { uint64_t *v; size_t n; } *fin = calloc(p->nbuses ? p->nbuses : 1, sizeof *fin);
+    for (uint32_t b = 0; fin && b < p->nbuses; b++) {
+        router *rt = &e->routers[b];
+        if (!rt->shared)
+            continue;
+        pthread_mutex_lock(&rt->amu);
+        fin[b].v = rt->done;
+        fin[b].n = rt->ndone;
+        rt->done = NULL;
+        rt->ndone = rt->capdone = 0;
+        pthread_mutex_unlock(&rt->amu);
+    }
     bool synced = true;
     for (uint32_t t = 0; t < p->ntargets; t++) {
         ebd_target *x = &e->r->targets[t];
@@ -3347,23 +3365,31 @@ static void commit_all(ebd_engine *e, bool final)
             synced = false;
         }
     }
-    /* A shared bus's finished events: acknowledged now that the lines they wrote are synced
-     * (with a file that failed to sync, they wait: given again if this daemon stops first). */
-    for (uint32_t b = 0; synced && b < p->nbuses; b++) {
+    /* ...acknowledged now that the lines they wrote are synced; with a file that failed to
+     * sync they wait for the next commit (given again if this daemon stops first). */
+    for (uint32_t b = 0; fin && b < p->nbuses; b++) {
         router *rt = &e->routers[b];
-        if (!rt->shared || !rt->gc)
+        if (!fin[b].n) {
+            free(fin[b].v);
             continue;
+        }
         pthread_mutex_lock(&rt->amu);
-        uint64_t *done = rt->done;
-        size_t nd = rt->ndone;
-        rt->done = NULL;
-        rt->ndone = rt->capdone = 0;
+        store_cursor *gc = rt->gc;
+        if (!synced || !gc) {
+            for (size_t k = 0; k < fin[b].n; k++)
+                done_push(rt, fin[b].v[k]);
+            fin[b].n = 0;
+        }
         pthread_mutex_unlock(&rt->amu);
-        if (nd && store_cursor_done(rt->gc, done, nd) != STORE_OK)
-            ebd_log(EBD_ERROR, "msg=\"cannot acknowledge delivered events: they will be delivered "
-                    "again\" bus=%s error=\"%s\"", rt->bus->name, store_cursor_error(rt->gc));
-        free(done);
+        if (fin[b].n && store_cursor_done(gc, fin[b].v, fin[b].n) != STORE_OK)
+            ebd_log(EBD_ERROR, "msg=\"cannot acknowledge delivered events now: they will be "
+                    "acknowledged later, or delivered again\" bus=%s error=\"%s\"", rt->bus->name,
+                    store_cursor_error(gc));
+        free(fin[b].v);
+        if (!synced && !final)
+            mark_dirty(e);
     }
+    free(fin);
     for (size_t i = 0; i < ns; i++) {
         bus_snap *s = &snap[i];
         router *rt = s->rt;
@@ -3799,7 +3825,8 @@ void ebd_workers_stop(ebd *d, ebd_rules *r)
         store_cursor_close(rt->gc);       /* what is not done goes back to the group now */
         rt->gc = NULL;
         for (size_t i = 0; i < rt->acap; i++)
-            free(rt->acks[i].data);
+            if (rt->acks[i].off)
+                free(rt->acks[i].data);
         free(rt->acks);
         free(rt->done);
         pthread_mutex_destroy(&rt->amu);

@@ -264,17 +264,22 @@ static void render_metrics(ebd *d, sbuf *b)
                                       "Segments of the bus's log.",
                                       "The oldest offset the bus's log keeps.",
                                       "The offset the bus's next event gets." };
-    for (unsigned k = 0; k < 4; k++) {
+    /* (once a bus: on JetStream each is a request to the server) */
+    store_figures *fig = calloc(p->nbuses + 1, sizeof *fig);
+    for (uint32_t i = 0; fig && i < p->nbuses; i++)
+        if (r->bus_of[i] != VM_NONE && d->buses[r->bus_of[i]]->s)
+            store_get_figures(d->buses[r->bus_of[i]]->s, &fig[i]);
+    for (unsigned k = 0; fig && k < 4; k++) {
         family(b, lf[k], "gauge", lh[k]);
         for (uint32_t i = 0; i < p->nbuses; i++) {
-            if (r->bus_of[i] == VM_NONE || !d->buses[r->bus_of[i]]->s)
+            if (!fig[i].backend)
                 continue;
-            store_figures st;
-            store_get_figures(d->buses[r->bus_of[i]]->s, &st);
-            uint64_t v = k == 0 ? st.bytes : k == 1 ? st.segments : k == 2 ? st.first : st.next;
+            const store_figures *st = &fig[i];
+            uint64_t v = k == 0 ? st->bytes : k == 1 ? st->segments : k == 2 ? st->first : st->next;
             sample1(b, lf[k], "bus", m->bus[i]->name, v);
         }
     }
+    free(fig);
     /* A bus on NATS JetStream: the daemons' consumer (what no daemon took yet, what they hold,
      * what was given again). */
     static const char *const gf[] = { "ebr_bus_consumer_pending", "ebr_bus_consumer_in_hand",

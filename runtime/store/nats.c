@@ -18,6 +18,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,7 +63,7 @@ typedef struct {
     pubslot *pub;                 /* open addressing by message pointer */
     size_t pcap, pn;
     unsigned wake;                /* store_wake's generation */
-    bool closing;
+    _Atomic bool closing;
     char err[512];
 } nats_t;
 
@@ -71,6 +72,7 @@ typedef struct {
     uint64_t off;                 /* UINT64_MAX: a free slot */
     natsMsg *msg;
     int64_t touched_ms;           /* given, or last said to be in progress */
+    bool done;                    /* done, but its acknowledgement could not be sent: again */
 } held;
 
 typedef struct {
@@ -96,6 +98,7 @@ typedef struct {
 } ncur;
 
 static char *consumer_name(const char *group);
+static void n_cursor_close(store_cursor *sc);
 
 static int64_t now_ms(void)
 {
@@ -722,8 +725,7 @@ static held *hfind(ncur *c, uint64_t off)
 static void hdel(ncur *c, size_t i)
 {
     size_t mask = c->hcap - 1;
-    c->h[i].off = UINT64_MAX;
-    c->h[i].msg = NULL;
+    c->h[i] = (held){ UINT64_MAX, NULL, 0, false };
     c->hn--;
     for (size_t j = (i + 1) & mask; c->h[j].off != UINT64_MAX; j = (j + 1) & mask) {
         size_t k = hslot(c, c->h[j].off);
@@ -732,8 +734,7 @@ static void hdel(ncur *c, size_t i)
         if (stays)
             continue;
         c->h[i] = c->h[j];
-        c->h[j].off = UINT64_MAX;
-        c->h[j].msg = NULL;
+        c->h[j] = (held){ UINT64_MAX, NULL, 0, false };
         i = j;
     }
 }
@@ -746,7 +747,7 @@ static bool hput(ncur *c, uint64_t off, natsMsg *m)
         if (!nh)
             return false;
         for (size_t i = 0; i < ncap; i++)
-            nh[i] = (held){ UINT64_MAX, NULL, 0 };
+            nh[i] = (held){ UINT64_MAX, NULL, 0, false };
         size_t ocap = c->hcap;
         c->h = nh;
         c->hcap = ncap;
@@ -762,7 +763,7 @@ static bool hput(ncur *c, uint64_t off, natsMsg *m)
     size_t j = hslot(c, off);
     while (c->h[j].off != UINT64_MAX)
         j = (j + 1) & (c->hcap - 1);
-    c->h[j] = (held){ off, m, now_ms() };
+    c->h[j] = (held){ off, m, now_ms(), false };
     c->hn++;
     return true;
 }
@@ -781,11 +782,20 @@ static void touch_held(ncur *c)
     if (now < c->next_touch_ms)
         return;
     c->next_touch_ms = now + (third > 0 ? third : 1);
-    for (size_t i = 0; i < c->hcap; i++)
-        if (c->h[i].off != UINT64_MAX && now - c->h[i].touched_ms >= third) {
-            natsMsg_InProgress(c->h[i].msg, NULL);
-            c->h[i].touched_ms = now;
+    for (size_t i = 0; i < c->hcap; i++) {
+        held *h = &c->h[i];
+        while (h->off != UINT64_MAX && h->done && natsMsg_Ack(h->msg, NULL) == NATS_OK) {
+            if (h->msg == c->cur)         /* (acknowledged at last) */
+                c->cur_done = true;
+            else
+                natsMsg_Destroy(h->msg);
+            hdel(c, i);                   /* (slot i may hold another entry now) */
         }
+        if (h->off != UINT64_MAX && !h->done && now - h->touched_ms >= third) {
+            natsMsg_InProgress(h->msg, NULL);
+            h->touched_ms = now;
+        }
+    }
 }
 
 static store_status group_next(ncur *c, store_record *r, int timeout_ms)
@@ -904,7 +914,8 @@ static store_status n_cursor_open_group(store *s, const char *group, store_curso
     natsStatus st = js_GetConsumerInfo(&ci, x->js, x->stream, c->consumer, NULL, &jerr);
     if (st != NATS_OK && jerr == JSConsumerNotFoundErr)
         st = js_AddConsumer(&ci, x->js, x->stream, &cc, NULL, &jerr);
-    else if (st == NATS_OK && ci && ci->Config && ci->Config->AckWait != cc.AckWait) {
+    else if (st == NATS_OK && ci && ci->Config &&
+             (ci->Config->AckWait != cc.AckWait || ci->Config->MaxAckPending != cc.MaxAckPending)) {
         jsConsumerInfo_Destroy(ci);
         ci = NULL;
         st = js_UpdateConsumer(&ci, x->js, x->stream, &cc, NULL, &jerr);
@@ -913,8 +924,7 @@ static store_status n_cursor_open_group(store *s, const char *group, store_curso
     if (st != NATS_OK) {
         failf(x, status_of(st), "cannot make consumer %s of stream %s: %s", c->consumer,
               x->stream, why(st, b, sizeof b));
-        free(c->consumer);
-        free(c);
+        n_cursor_close(&c->base);
         return STORE_EIO;
     }
     jsSubOptions so;
@@ -926,25 +936,35 @@ static store_status n_cursor_open_group(store *s, const char *group, store_curso
     if (st != NATS_OK) {
         failf(x, status_of(st), "cannot read consumer %s of stream %s: %s", c->consumer,
               x->stream, why(st, b, sizeof b));
-        free(c->consumer);
-        free(c);
+        c->sub = NULL;
+        n_cursor_close(&c->base);
         return STORE_EIO;
     }
     *out = &c->base;
     return STORE_OK;
 }
 
+/* An acknowledgement that cannot be sent now (the connection is away) is sent again by the
+ * reader's next calls (touch_held): the record stays held meanwhile, not given to another. */
 static store_status n_cursor_done(store_cursor *sc, const uint64_t *offsets, size_t n)
 {
     ncur *c = (ncur *)sc;
     if (!c->group)
         return cfailf(c, STORE_EINVAL, "only a group cursor's records are done");
+    size_t failed = 0;
+    natsStatus last = NATS_OK;
     pthread_mutex_lock(&c->mu);
-    for (size_t i = 0; i < n && c->hcap; i++) {
+    for (size_t i = 0; i < n; i++) {
         held *h = hfind(c, offsets[i]);
         if (!h)
             continue;
-        natsMsg_Ack(h->msg, NULL);
+        natsStatus st = natsMsg_Ack(h->msg, NULL);
+        if (st != NATS_OK) {
+            h->done = true;
+            failed++;
+            last = st;
+            continue;
+        }
         if (h->msg == c->cur)
             c->cur_done = true;
         else
@@ -953,6 +973,11 @@ static store_status n_cursor_done(store_cursor *sc, const uint64_t *offsets, siz
     }
     pthread_cond_broadcast(&c->cv);
     pthread_mutex_unlock(&c->mu);
+    if (failed) {
+        char b[300];
+        return cfailf(c, STORE_EIO, "%zu acknowledgements could not be sent (sent again later): %s",
+                      failed, why(last, b, sizeof b));
+    }
     return STORE_OK;
 }
 
@@ -1065,9 +1090,7 @@ static const char *n_error(store *s)
 static void n_close(store *s)
 {
     nats_t *x = (nats_t *)s;
-    pthread_mutex_lock(&x->mu);
-    x->closing = true;
-    pthread_mutex_unlock(&x->mu);
+    atomic_store(&x->closing, true);
     /* (appends in flight have returned: the daemon closes a store after its listener stops; what
      * the client still holds is waited for, so that its ack handler never sees x freed) */
     jsPubOptions po;

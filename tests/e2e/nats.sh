@@ -151,6 +151,10 @@ b_holds() {
         awk '{exit !($2 > 0)}'
 }
 wait_for "$E2E_WAIT" b_holds && pass "b has events in hand" || fail "b took none of the events"
+# a reloads meanwhile: its old rules give back what they hold, its new rules take it again
+kill -HUP "$(cat "$WORK/a.pid")"
+wait_for "$E2E_WAIT" grep -q 'msg="rules reloaded"' "$WORK/a.log" && pass "a reloaded with events in hand" ||
+    fail "a did not reload: $(tail -3 "$WORK/a.log")"
 ebd_stop b KILL
 touch "$WORK/open"
 post_range "$P_A" m 1 60
