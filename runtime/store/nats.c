@@ -188,11 +188,10 @@ static void fill(store_record *r, natsMsg *m, uint64_t off, int64_t ts)
 }
 
 /* ---- appending ------------------------------------------------------------------------------
- * Appends are pipelined: every record is published without waiting (js_PublishMsgAsync), and
- * each append waits for its own records' acknowledgements, which the client's ack handler hands
- * over by message.  Concurrent appends (the ingest threads) so share the connection instead of
- * taking one round trip each: one at a time, eight connections took 6.3K events/s on this machine
- * where JetStream takes over 100K messages/s (bench/README.md). */
+ * A batch is pipelined: every record is published without waiting (js_PublishMsgAsync), and
+ * the append waits for its records' acknowledgements, which the client's ack handler hands over
+ * by message, so that a batch of 100 takes about one round trip, not 100.  One record is one
+ * request (below). */
 
 static size_t pub_home(const nats_t *x, const natsMsg *m)
 {
@@ -279,6 +278,18 @@ static void on_pub_ack(jsCtx *js, natsMsg *m, jsPubAck *pa, jsPubAckErr *pae, vo
     natsMsg_Destroy(m);
 }
 
+/* The message of record e: its bytes, its flags in a header. */
+static natsStatus make_msg(nats_t *x, const store_entry *e, natsMsg **m)
+{
+    natsStatus st = natsMsg_Create(m, x->subject, NULL, (const char *)e->data, (int)e->len);
+    if (st == NATS_OK && e->flags) {
+        char v[16];
+        snprintf(v, sizeof v, "%" PRIu32, e->flags);
+        st = natsMsgHeader_Set(*m, FLAGS_HEADER, v);
+    }
+    return st;
+}
+
 static store_status n_append(store *s, const store_entry *e, size_t n, uint64_t *offsets)
 {
     nats_t *x = (nats_t *)s;
@@ -290,6 +301,28 @@ static store_status n_append(store *s, const store_entry *e, size_t n, uint64_t 
         return failf(x, STORE_CLOSED, "the store is closing");
     if (n == 0)
         return STORE_OK;
+    if (n == 1) {
+        /* One record: a request, whose answer the client's reader hands straight to this
+         * thread; the asynchronous path's ack handler is two thread hand-offs more.  One node,
+         * 32 connections, one run each: 3.8-5.4K -> 8.1-8.6K events/s. */
+        natsMsg *m = NULL;
+        natsStatus st = make_msg(x, &e[0], &m);
+        jsPubAck *ack = NULL;
+        jsErrCode jerr = 0;
+        if (st == NATS_OK)
+            st = js_PublishMsg(&ack, x->js, m, NULL, &jerr);
+        natsMsg_Destroy(m);
+        if (st != NATS_OK || !ack) {
+            char b[300];
+            jsPubAck_Destroy(ack);
+            return failf(x, STORE_EIO, "JetStream did not acknowledge the record (stream %s): %s",
+                         x->stream, why(st, b, sizeof b));
+        }
+        if (offsets)
+            offsets[0] = ack->Sequence - 1;
+        jsPubAck_Destroy(ack);
+        return STORE_OK;
+    }
     uint64_t one, *seq = n == 1 ? &one : calloc(n, sizeof *seq);
     if (!seq)
         return failf(x, STORE_EIO, "out of memory");
@@ -299,12 +332,7 @@ static store_status n_append(store *s, const store_entry *e, size_t n, uint64_t 
     size_t sent = 0;
     for (; sent < n && st == NATS_OK; sent++) {
         natsMsg *m = NULL;
-        st = natsMsg_Create(&m, x->subject, NULL, (const char *)e[sent].data, (int)e[sent].len);
-        if (st == NATS_OK && e[sent].flags) {
-            char v[16];
-            snprintf(v, sizeof v, "%" PRIu32, e[sent].flags);
-            st = natsMsgHeader_Set(m, FLAGS_HEADER, v);
-        }
+        st = make_msg(x, &e[sent], &m);
         if (st != NATS_OK) {
             natsMsg_Destroy(m);
             break;

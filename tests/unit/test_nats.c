@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -65,6 +66,7 @@ static void server_start(server *s)
     s->pid = fork();
     cr_assert_geq(s->pid, 0);
     if (s->pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);   /* (a test that crashes takes its server along) */
         freopen("/dev/null", "w", stderr);
         freopen("/dev/null", "w", stdout);
         execlp("nats-server", "nats-server", "-js", "-a", "127.0.0.1", "-p", port, "-sd", s->dir,
