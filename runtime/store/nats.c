@@ -1115,16 +1115,9 @@ static const char *n_error(store *s)
     return ((nats_t *)s)->err;
 }
 
-static void n_close(store *s)
+/* The connection (the client's threads with it), then what x holds. */
+static void nats_free(nats_t *x)
 {
-    nats_t *x = (nats_t *)s;
-    atomic_store(&x->closing, true);
-    /* (appends in flight have returned: the daemon closes a store after its listener stops; what
-     * the client still holds is waited for, so that its ack handler never sees x freed) */
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.MaxWait = ACK_TIMEOUT_MS;
-    js_PublishAsyncComplete(x->js, &po);
     natsConnection_Destroy(x->nc);
     jsCtx_Destroy(x->js);
     free(x->pub);
@@ -1135,6 +1128,19 @@ static void n_close(store *s)
     pthread_mutex_destroy(&x->pmu);
     pthread_cond_destroy(&x->pcv);
     free(x);
+}
+
+static void n_close(store *s)
+{
+    nats_t *x = (nats_t *)s;
+    atomic_store(&x->closing, true);
+    /* (appends in flight have returned: the daemon closes a store after its listener stops; what
+     * the client still holds is waited for, so that its ack handler never sees x freed) */
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = ACK_TIMEOUT_MS;
+    js_PublishAsyncComplete(x->js, &po);
+    nats_free(x);
 }
 
 static const store_ops nats_ops = {
@@ -1308,14 +1314,6 @@ store_status nats_open(const store_nats_options *no, const store_options *o, sto
     return STORE_OK;
 fail:
     natsOptions_Destroy(opts);
-    natsConnection_Destroy(x->nc);
-    jsCtx_Destroy(x->js);
-    free(x->stream);
-    free(x->subject);
-    pthread_mutex_destroy(&x->mu);
-    pthread_cond_destroy(&x->cv);
-    pthread_mutex_destroy(&x->pmu);
-    pthread_cond_destroy(&x->pcv);
-    free(x);
+    nats_free(x);
     return STORE_EIO;
 }
