@@ -456,6 +456,8 @@ typedef struct {
     int64_t retention_ms;
     store *recv, *deliv;          /* opened when first written */
     int64_t open_retention_ms;    /* what they were opened with */
+    bool nats;                    /* a bus on NATS JetStream: its trace logs are streams there, */
+    store_nats_options no;        /*   which every daemon of the bus writes and reads */
     block brecv, bdeliv;          /* this flush's blocks */
 } tbus;
 
@@ -526,6 +528,16 @@ static void read_settings(const ebd_rules *r)
             ret = (int64_t)ebd_cfg_child(p, tr, 0)->num;
         t->retention_ms = ret > 0 ? ret : 1000;
         any |= t->on;
+        store_nats_options no;
+        char err[300];
+        int on_nats = rt_bus_nats_options(p, i, &no, err, sizeof err);
+        if (t->nats)
+            rt_bus_nats_free(&t->no);
+        t->nats = on_nats == 1;
+        if (t->nats)
+            t->no = no;
+        if (t->recv || t->deliv)          /* (reopened where the rules now say) */
+            t->open_retention_ms = -1;
     }
     atomic_store(&T.on, any);
 }
@@ -540,6 +552,18 @@ static void report(void *arg, const char *msg)
 /* Opens (creating it) trace log `which` of bus t for appending. */
 static store *open_trace_log(const tbus *t, const char *which)
 {
+    if (t->nats) {
+        store_options o = { .retention_ns = (uint64_t)t->retention_ms * 1000000 };
+        store *s = NULL;
+        char err[600];
+        if (trace_nats_open(&t->no, which, &o, &s, err, sizeof err) != STORE_OK) {
+            char esc[700];
+            ebd_log(EBD_ERROR, "msg=\"cannot open a trace stream: its records are lost\" bus=%s "
+                    "error=\"%s\"", t->name, ebd_log_text(err, esc, sizeof esc));
+            return NULL;
+        }
+        return s;
+    }
     char dir[4400];
     snprintf(dir, sizeof dir, "%s/trace", W.d->data_dir);
     mkdir(dir, 0755);
@@ -794,6 +818,8 @@ void trace_stop(void)
         sb_free(&W.buses[i].brecv.b);
         sb_free(&W.buses[i].bdeliv.b);
         free(W.buses[i].name);
+        if (W.buses[i].nats)
+            rt_bus_nats_free(&W.buses[i].no);
     }
     free(W.buses);
     W.buses = NULL;
@@ -830,9 +856,19 @@ static enum MHD_Result serve(const center_req *r, bool by_offset)
      * d->lock: it reads the trace log by its path.  Reading the candidates' events and the
      * answer take the lock (the bus's log and the rules stay open under it), a bounded work. */
     trace_cands *cands = NULL;
+    store_nats_options no;
+    bool on_nats = false;
     pthread_rwlock_rdlock(&d->lock);
     ebd_bus *known = ebd_find_bus(d, q.bus, strlen(q.bus));
+    const vm_program *p = d->rules ? d->rules->p : NULL;
+    for (uint32_t i = 0; known && p && i < p->nbuses; i++)
+        if (p->buses[i].name.len == strlen(q.bus) &&
+            !memcmp(vm_s(p, p->buses[i].name), q.bus, p->buses[i].name.len))
+            on_nats = rt_bus_nats_options(p, i, &no, err, sizeof err) == 1;
     pthread_rwlock_unlock(&d->lock);
+    err[0] = 0;
+    if (on_nats)
+        q.nats = &no;
     if (known && !by_offset) {        /* (a name that is no bus never makes a path) */
         if (!(cands = malloc(sizeof *cands)))
             return (enum MHD_Result)ebd_send_error(r->c, 503, "out of memory", NULL);
@@ -844,6 +880,8 @@ static enum MHD_Result serve(const center_req *r, bool by_offset)
     if (!bus || !bus->s) {
         pthread_rwlock_unlock(&d->lock);
         free(cands);
+        if (on_nats)
+            rt_bus_nats_free(&no);
         snprintf(err, sizeof err, "no bus '%.200s'", q.bus);
         return (enum MHD_Result)ebd_send_error(r->c, 404, err, "bus");
     }
@@ -852,6 +890,8 @@ static enum MHD_Result serve(const center_req *r, bool by_offset)
     st = trace_lookup(&q, &b, err, sizeof err);
     pthread_rwlock_unlock(&d->lock);
     free(cands);
+    if (on_nats)
+        rt_bus_nats_free(&no);
     enum MHD_Result res = st == 200 ? (enum MHD_Result)ebd_send_json(r->c, 200, &b)
                                     : (enum MHD_Result)ebd_send_error(r->c, st, err, NULL);
     sb_free(&b);

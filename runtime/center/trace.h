@@ -64,6 +64,7 @@ void trace_outcome(const ebd_bus *b, uint64_t off, const char *rule, const char 
 
 typedef struct {
     const char *data_dir;         /* trace logs: DATA/trace/BUS/... */
+    const store_nats_options *nats;   /* or, a bus on NATS JetStream: its trace streams */
     const char *bus;
     store *log;                   /* the bus's log (open: the daemon's, or read-only) */
     bool by_offset;
@@ -73,6 +74,13 @@ typedef struct {
     const struct trace_cands *cands;  /* by id: found by trace_id_candidates, or NULL (then
                                        * trace_lookup looks for them itself) */
 } trace_query;
+
+/* Opens trace log `which` ("received", "delivery") of a bus on NATS JetStream (servers and
+ * stream no): the stream STREAM_TRACE_RECEIVED or STREAM_TRACE_DELIVERY, which every daemon of
+ * the bus writes.  o: the trace retention (the stream is made or set to it), or read_only (it
+ * is neither made nor changed: STORE_NOTFOUND when there is none). */
+store_status trace_nats_open(const store_nats_options *no, const char *which, const store_options *o,
+                             store **out, char *err, size_t cap);
 
 /* By id: the offsets whose received records carry the id's hash, newest first, as found by
  * reading the received trace log backwards window by window; the look-up stops at

@@ -470,9 +470,28 @@ static void json_str(sbuf *b, const char *s)
     sb_json_string(b, s, strlen(s));
 }
 
+store_status trace_nats_open(const store_nats_options *no, const char *which, const store_options *o,
+                             store **out, char *err, size_t cap)
+{
+    char stream[300];
+    size_t n = (size_t)snprintf(stream, sizeof stream, "%s_TRACE_", no->stream);
+    for (const char *w = which; *w && n + 1 < sizeof stream; w++)
+        stream[n++] = (char)(*w >= 'a' && *w <= 'z' ? *w - 32 : *w);
+    stream[n] = 0;
+    store_nats_options tn = *no;
+    tn.stream = stream;
+    return nats_open(&tn, o, out, err, cap);
+}
+
 /* Opens trace log `which` of the bus read-only; NULL when there is none. */
 static store *open_read(const trace_query *q, const char *which)
 {
+    if (q->nats) {
+        store_options o = { .read_only = true };
+        store *s = NULL;
+        char err[600];
+        return trace_nats_open(q->nats, which, &o, &s, err, sizeof err) == STORE_OK ? s : NULL;
+    }
     char dir[4400];
     snprintf(dir, sizeof dir, "%s/trace/%s/%s", q->data_dir, q->bus, which);
     struct stat st;
@@ -674,6 +693,7 @@ typedef struct {
     tfound *f;
     bool seen_matched, passed;    /* its matched record; one of a later offset */
     int64_t until_ns;             /* 0: to the end */
+    bool shared;                  /* several daemons write the log: their records interleave */
 } deliv_scan;
 
 /* Has every delivery of the event an outcome (a dead-lettered one: its dead letter handed over)? */
@@ -702,9 +722,12 @@ static bool on_delivery(void *arg, const trace_rec *r, int64_t block_ns)
          * matched records in the order of the offsets, and an event's before any delivery of it
          * starts).  The trace is whole then when the event matched nothing, or once each of its
          * deliveries has an outcome. */
-        if (r->kind == TR_MATCHED && r->off > s->off)
+        if (r->kind == TR_MATCHED && r->off > s->off && !s->shared)
             s->passed = true;
-        return !(s->passed && (f->n == 0 || all_over(f)));
+        /* (shared: a later offset's record may be another daemon's, written before this
+         * event's router got to it; the scan goes on until every delivery has its outcome) */
+        return s->shared ? !(s->seen_matched && f->n && all_over(f))
+                         : !(s->passed && (f->n == 0 || all_over(f)));
     }
     if (r->kind == TR_MATCHED) {
         s->seen_matched = true;
@@ -888,7 +911,7 @@ static void answer(const trace_query *q, uint64_t off, const char *ev, size_t le
         scan(s, t_ns - 1000000000LL, off, true, on_received_off, &rs);
         store_close(s);
     }
-    deliv_scan ds = { .off = off, .f = &f };
+    deliv_scan ds = { .off = off, .f = &f, .shared = q->nats != NULL };
     if ((s = open_read(q, "delivery"))) {
         scan(s, t_ns - 1000000000LL, off, false, on_delivery, &ds);
         store_close(s);

@@ -33,6 +33,7 @@
 #define FETCH_BATCH 128           /* records a group cursor asks for at once */
 #define HELD_MAX_DEFAULT 65536    /* records a group cursor holds before it stops asking */
 #define ACK_TIMEOUT_MS 5000       /* an append not acknowledged by JetStream by then fails */
+#define DIRECT_GETS 4             /* records a cursor reads by direct gets before a consumer */
 
 /* An append waiting for JetStream's acknowledgements of its records. */
 typedef struct {
@@ -81,6 +82,8 @@ typedef struct {
     /* ordinary cursors */
     natsSubscription *sub;        /* ordered consumer at want, or NULL */
     uint64_t want;                /* the offset next() looks for */
+    unsigned gets;                /* records read by direct gets since the last seek */
+    uint64_t last;                /* the stream's last sequence, as last seen */
     natsMsg *stash;               /* read past a deletion: given once the caller seeks to it */
     natsMsg *cur;                 /* the record last given (its data is the caller's) */
     /* group cursors */
@@ -299,6 +302,8 @@ static store_status n_append(store *s, const store_entry *e, size_t n, uint64_t 
                          e[i].len, x->o.max_record);
     if (x->closing)
         return failf(x, STORE_CLOSED, "the store is closing");
+    if (x->o.read_only)
+        return failf(x, STORE_EINVAL, "stream %s: opened read-only", x->stream);
     if (n == 0)
         return STORE_OK;
     if (n == 1) {
@@ -638,8 +643,21 @@ static store_status n_cursor_next(store_cursor *sc, store_record *r, int timeout
         c->want = sseq;
         return STORE_OK;
     }
-    if (!c->sub && timeout_ms == 0)
+    /* Without waiting: a record or two after a seek by direct gets; a reader that goes on (a
+     * scan of a trace log) through the consumer, waiting for the records the stream has (its
+     * last sequence, read again when reached) but not for new ones. */
+    if (!c->sub && timeout_ms == 0 && c->gets < DIRECT_GETS) {
+        c->gets++;
         return direct_get(c, r);
+    }
+    if (timeout_ms == 0) {
+        if (c->want + 1 > c->last) {
+            uint64_t f;
+            if (stream_state(x, &f, &c->last) != STORE_OK || c->want + 1 > c->last)
+                return STORE_TIMEOUT;
+        }
+        timeout_ms = ACK_TIMEOUT_MS;      /* (it is there: the consumer brings it) */
+    }
     if (!c->sub) {
         store_status st = subscribe(c);
         if (st != STORE_OK)
@@ -709,6 +727,7 @@ static store_status n_cursor_seek(store_cursor *sc, uint64_t offset)
         return STORE_OK;
     drop_sub(c);
     c->want = offset;
+    c->gets = 0;
     return STORE_OK;
 }
 
@@ -1286,7 +1305,15 @@ store_status nats_open(const store_nats_options *no, const store_options *o, sto
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
     st = js_GetStreamInfo(&si, x->js, x->stream, NULL, &jerr);
-    if (st != NATS_OK && jerr == JSStreamNotFoundErr) {
+    if (x->o.read_only && st != NATS_OK) {
+        snprintf(err, errcap, "no stream %s on NATS: %s", x->stream, why(st, b, sizeof b));
+        natsOptions_Destroy(opts);
+        nats_free(x);
+        return jerr == JSStreamNotFoundErr ? STORE_NOTFOUND : STORE_EIO;
+    }
+    if (x->o.read_only) {
+        /* (a reader: the stream as it is) */
+    } else if (st != NATS_OK && jerr == JSStreamNotFoundErr) {
         st = js_AddStream(&si, x->js, &sc, NULL, &jerr);
         if (st != NATS_OK) {
             snprintf(err, errcap, "cannot make stream %s (replicas %u) on NATS: %s", x->stream,

@@ -228,8 +228,9 @@ typedef struct {
 
 /* Connects to NATS and opens (creating it, or changing it to o's limits and the replicas asked
  * for) the stream of bus; o: retention and retention_bytes become the stream's limits, max_record
- * its largest message (at most the server's max_payload).  Fails with a message in err when the
- * servers cannot be reached or JetStream refuses the stream. */
+ * its largest message (at most the server's max_payload); with o->read_only the stream is
+ * neither made nor changed (STORE_NOTFOUND when there is none) and appends are refused.  Fails
+ * with a message in err when the servers cannot be reached or JetStream refuses the stream. */
 store_status nats_open(const store_nats_options *n, const store_options *o, store **out,
                        char *err, size_t errcap);
 

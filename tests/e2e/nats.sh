@@ -130,14 +130,17 @@ st=$(post /v1/buses/orders/replays application/json '{"name":"r1","since":"1h"}'
 replayed() { [ "$(grep -c '"replay":"r1"' "$WORK/recv.log")" -ge 200 ]; }
 wait_for "$E2E_WAIT" replayed && pass "a replay by time on the stream delivered every event again" ||
     fail "replayed: $(grep -c '"replay":"r1"' "$WORK/recv.log") of 200"
-traced() {
-    for _p in $P_A $P_B; do
-        curl -sf "http://127.0.0.1:$_p/v1/buses/orders/offsets/0/trace" | grep -q '"received"' && return 0
-    done
-    return 1
+# The trace streams are the bus's, shared: either daemon answers with the whole trace of any
+# event (received by one, delivered by whichever took it), for every event.
+traced() {   # traced PORT OFFSET
+    curl -sf "http://127.0.0.1:$1/v1/buses/orders/offsets/$2/trace" >"$WORK/trace.$1" &&
+        grep -q '"received":{"time"' "$WORK/trace.$1" && grep -q '"state":"delivered"' "$WORK/trace.$1"
 }
-wait_for "$E2E_WAIT" traced && pass "the trace of an event, at the daemon that took it in" ||
-    fail "no trace of offset 0 at either daemon"
+all_traced() {
+    for _o in 0 1 2 3 4 5 6 7 8 9; do traced "$P_A" $_o && traced "$P_B" $_o || return 1; done
+}
+wait_for "$E2E_WAIT" all_traced && pass "either daemon gives the whole trace of an event" ||
+    fail "traces: $(cat "$WORK/trace.$P_A" "$WORK/trace.$P_B" 2>/dev/null | head -c 600)"
 
 # ---- a daemon killed under traffic ---------------------------------------------------------
 # The receiver holds its answers, and b is killed while it has events in hand (queued or in

@@ -187,6 +187,18 @@ Test(nats, append_and_read)
     cr_expect(r.offset == 3 && r.len == 7 && !memcmp(r.data, "{\"n\":3}", 7));
     waitpid(w, NULL, 0);
     store_cursor_close(c);
+
+    /* a scan without waiting: every record kept, in order, then the end (past the first few
+     * direct gets it reads through a consumer) */
+    append_n(s, 4, 60);
+    cr_assert_eq(store_cursor_open(s, 0, &c), STORE_OK);
+    uint64_t seen = 0;
+    while (store_cursor_next(c, &r, 0) == STORE_OK) {
+        cr_assert_eq(r.offset, seen, "offset %" PRIu64 " where %" PRIu64 " was due", r.offset, seen);
+        seen++;
+    }
+    cr_expect_eq(seen, 64, "scanned %" PRIu64 " of 64", seen);
+    store_cursor_close(c);
     store_close(s);
     server_stop(&sv);
 }
