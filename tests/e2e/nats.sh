@@ -141,6 +141,10 @@ all_traced() {
 }
 wait_for "$E2E_WAIT" all_traced && pass "either daemon gives the whole trace of an event" ||
     fail "traces: $(cat "$WORK/trace.$P_A" "$WORK/trace.$P_B" 2>/dev/null | head -c 600)"
+# by id: y7 was posted to b; a finds it
+st=$(curl -s -o "$WORK/answer" -w '%{http_code}' "http://127.0.0.1:$P_A/v1/buses/orders/events/y7/trace")
+[ "$st" = 200 ] && [ "$(js '.id')" = y7 ] && [ "$(js '.outcomes[0].state')" = delivered ] &&
+    pass "a trace by id, of an event another daemon took in" || fail "trace by id: $st $(cat "$WORK/answer")"
 
 # ---- a daemon killed under traffic ---------------------------------------------------------
 # The receiver holds its answers, and b is killed while it has events in hand (queued or in
