@@ -531,12 +531,18 @@ static void read_settings(const ebd_rules *r)
         store_nats_options no;
         char err[300];
         int on_nats = rt_bus_nats_options(p, i, &no, err, sizeof err);
+        if (on_nats < 0)
+            ebd_log(EBD_ERROR, "msg=\"the bus's trace stays in this daemon's data directory\" "
+                    "bus=%s error=\"%s\"", t->name, err);
+        bool moved = t->nats != (on_nats == 1) ||
+                     (t->nats && (strcmp(t->no.stream, no.stream) || strcmp(t->no.urls[0], no.urls[0]) ||
+                                  t->no.replicas != no.replicas));
         if (t->nats)
             rt_bus_nats_free(&t->no);
         t->nats = on_nats == 1;
         if (t->nats)
             t->no = no;
-        if (t->recv || t->deliv)          /* (reopened where the rules now say) */
+        if (moved && (t->recv || t->deliv))   /* (reopened where the rules now say) */
             t->open_retention_ms = -1;
     }
     atomic_store(&T.on, any);
@@ -634,6 +640,9 @@ static void block_add(block *k, const unsigned char *rec, size_t n, uint64_t off
 }
 
 #define BLOCK_MAX ((size_t)8 << 20)
+/* On NATS JetStream a block is one message: under the server's max_payload (1 MiB by default),
+ * with room for the record that takes it past this. */
+#define NATS_BLOCK_MAX ((size_t)256 << 10)
 
 /* Adds what one thread's hooks left in buf[0..n) to the buses' blocks. */
 static void flush_buffer(const unsigned char *buf, size_t n)
@@ -666,12 +675,12 @@ static void flush_buffer(const unsigned char *buf, size_t n)
                 block_add(&t->bdeliv, (const unsigned char *)W.conv.v, W.conv.n, off, span);
         } else if (buf[at] == TR_RECEIVED) {
             block_add(&t->brecv, buf + at, end - at, off, 1);
-            if (t->brecv.b.n > BLOCK_MAX)
+            if (t->brecv.b.n > (t->nats ? NATS_BLOCK_MAX : BLOCK_MAX))
                 write_block(t, &t->recv, "received", &t->brecv);
         } else {
             uint32_t span = buf[at] == TR_DELIVERED_SPAN ? (uint32_t)trace_get_u(&h, 4) : 1;
             block_add(&t->bdeliv, buf + at, end - at, off, span);
-            if (t->bdeliv.b.n > BLOCK_MAX)
+            if (t->bdeliv.b.n > (t->nats ? NATS_BLOCK_MAX : BLOCK_MAX))
                 write_block(t, &t->deliv, "delivery", &t->bdeliv);
         }
     }
@@ -870,8 +879,11 @@ static enum MHD_Result serve(const center_req *r, bool by_offset)
     if (on_nats)
         q.nats = &no;
     if (known && !by_offset) {        /* (a name that is no bus never makes a path) */
-        if (!(cands = malloc(sizeof *cands)))
+        if (!(cands = malloc(sizeof *cands))) {
+            if (on_nats)
+                rt_bus_nats_free(&no);
             return (enum MHD_Result)ebd_send_error(r->c, 503, "out of memory", NULL);
+        }
         trace_id_candidates(&q, cands);
         q.cands = cands;
     }

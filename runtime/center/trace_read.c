@@ -484,13 +484,16 @@ store_status trace_nats_open(const store_nats_options *no, const char *which, co
 }
 
 /* Opens trace log `which` of the bus read-only; NULL when there is none. */
-static store *open_read(const trace_query *q, const char *which)
+static store *open_read(const trace_query *q, const char *which, bool *failed)
 {
     if (q->nats) {
         store_options o = { .read_only = true };
         store *s = NULL;
         char err[600];
-        return trace_nats_open(q->nats, which, &o, &s, err, sizeof err) == STORE_OK ? s : NULL;
+        store_status st = trace_nats_open(q->nats, which, &o, &s, err, sizeof err);
+        if (st != STORE_OK && st != STORE_NOTFOUND && failed)
+            *failed = true;               /* (the answer says it is incomplete) */
+        return st == STORE_OK ? s : NULL;
     }
     char dir[4400];
     snprintf(dir, sizeof dir, "%s/trace/%s/%s", q->data_dir, q->bus, which);
@@ -630,9 +633,12 @@ void trace_id_candidates(const trace_query *q, trace_cands *c)
 {
     c->n = 0;
     c->truncated = false;
-    store *s = open_read(q, "received");
-    if (!s)
+    bool failed = false;
+    store *s = open_read(q, "received", &failed);
+    if (!s) {
+        c->truncated = failed;            /* (the stream could not be read: said as truncated) */
         return;
+    }
     uint64_t first, next, bytes = 0;
     store_bounds(s, &first, &next);
     id_scan *is = malloc(sizeof *is);
@@ -694,7 +700,15 @@ typedef struct {
     bool seen_matched, passed;    /* its matched record; one of a later offset */
     int64_t until_ns;             /* 0: to the end */
     bool shared;                  /* several daemons write the log: their records interleave */
+    int64_t event_ns;             /* shared: the event's time */
+    uint64_t blocks;              /* shared: blocks read */
 } deliv_scan;
+
+/* A shared log's look-up: an event its router matched nothing for leaves no record, so the
+ * scan stops SHARED_QUIET_NS after the event's time without one; and never reads more than
+ * SHARED_MAX_BLOCKS blocks (the answer is incomplete then). */
+#define SHARED_QUIET_NS (60LL * 1000000000)
+#define SHARED_MAX_BLOCKS 200000
 
 /* Has every delivery of the event an outcome (a dead-lettered one: its dead letter handed over)? */
 static bool all_over(const tfound *f)
@@ -711,6 +725,14 @@ static bool on_delivery(void *arg, const trace_rec *r, int64_t block_ns)
     tfound *f = s->f;
     if (s->until_ns && block_ns > s->until_ns)
         return false;
+    if (s->shared) {
+        if (!s->seen_matched && block_ns > s->event_ns + SHARED_QUIET_NS)
+            return false;
+        if (!r && ++s->blocks > SHARED_MAX_BLOCKS) {
+            f->incomplete = true;
+            return false;
+        }
+    }
     if (!r)
         return true;
     if (r->kind == TR_GAP) {
@@ -906,16 +928,19 @@ static void answer(const trace_query *q, uint64_t off, const char *ev, size_t le
 {
     tfound f = { 0 };
     recv_scan rs = { .off = off, .until_ns = t_ns + 60LL * 1000000000 };
-    store *s = open_read(q, "received");
+    bool f_failed = false;
+    store *s = open_read(q, "received", &f_failed);
     if (s) {
         scan(s, t_ns - 1000000000LL, off, true, on_received_off, &rs);
         store_close(s);
     }
-    deliv_scan ds = { .off = off, .f = &f, .shared = q->nats != NULL };
-    if ((s = open_read(q, "delivery"))) {
+    deliv_scan ds = { .off = off, .f = &f, .shared = q->nats != NULL, .event_ns = t_ns };
+    if ((s = open_read(q, "delivery", &f_failed))) {
         scan(s, t_ns - 1000000000LL, off, false, on_delivery, &ds);
         store_close(s);
     }
+    if (f_failed)
+        f.incomplete = true;              /* (a trace stream could not be read) */
     char t[40];
     sb_puts(out, "{\"bus\":");
     json_str(out, q->bus);

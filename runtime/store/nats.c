@@ -96,6 +96,8 @@ typedef struct {
     held *h;                      /* open addressing by offset, linear probing */
     size_t hcap, hn, held_max;
     bool cur_done;                /* cur was done while given: destroyed at the next call */
+    size_t undone;                /* held entries done whose acknowledgement failed (sent again
+                                   * at each call, and kept in progress meanwhile) */
     int64_t next_touch_ms;
     char err[512];
 } ncur;
@@ -328,7 +330,7 @@ static store_status n_append(store *s, const store_entry *e, size_t n, uint64_t 
         jsPubAck_Destroy(ack);
         return STORE_OK;
     }
-    uint64_t one, *seq = n == 1 ? &one : calloc(n, sizeof *seq);
+    uint64_t *seq = calloc(n, sizeof *seq);
     if (!seq)
         return failf(x, STORE_EIO, "out of memory");
     pubwait w = { .left = 0, .seq = seq };
@@ -394,8 +396,7 @@ static store_status n_append(store *s, const store_entry *e, size_t n, uint64_t 
         for (size_t i = 0; i < n; i++)
             offsets[i] = seq[i] - 1;
     }
-    if (seq != &one)
-        free(seq);
+    free(seq);
     return rs;
 }
 
@@ -589,13 +590,13 @@ static store_status direct_get(ncur *c, store_record *r)
         }
         if (jerr != JSNoMessageFoundErr) {
             char b[300];
-            return cfailf(c, status_of(st), "cannot read offset %" PRIu64 " of stream %s: %s",
-                          c->want, x->stream, why(st, b, sizeof b));
+            return cfailf(c, st == NATS_CONNECTION_CLOSED ? STORE_CLOSED : STORE_EIO,
+                          "cannot read offset %" PRIu64 " of stream %s: %s", c->want, x->stream,
+                          why(st, b, sizeof b));
         }
         uint64_t f, l;
-        store_status ss = stream_state(x, &f, &l);
-        if (ss != STORE_OK)
-            return cfailf(c, ss, "%s", x->err);
+        if (stream_state(x, &f, &l) != STORE_OK)
+            return cfailf(c, STORE_EIO, "%s", x->err);
         if (c->want + 1 > l)
             return STORE_TIMEOUT;                 /* not appended yet */
         if (c->want + 1 < f)
@@ -650,10 +651,15 @@ static store_status n_cursor_next(store_cursor *sc, store_record *r, int timeout
         c->gets++;
         return direct_get(c, r);
     }
-    if (timeout_ms == 0) {
+    /* (without waiting, STORE_TIMEOUT means the end of the stream: a request that fails is
+     * STORE_EIO, never a false end) */
+    bool nowait = timeout_ms == 0;
+    if (nowait) {
         if (c->want + 1 > c->last) {
             uint64_t f;
-            if (stream_state(x, &f, &c->last) != STORE_OK || c->want + 1 > c->last)
+            if (stream_state(x, &f, &c->last) != STORE_OK)
+                return cfailf(c, STORE_EIO, "%s", x->err);
+            if (c->want + 1 > c->last)
                 return STORE_TIMEOUT;
         }
         timeout_ms = ACK_TIMEOUT_MS;      /* (it is there: the consumer brings it) */
@@ -701,6 +707,22 @@ static store_status n_cursor_next(store_cursor *sc, store_record *r, int timeout
             drop_sub(c);
             return cfailf(c, status_of(st), "cannot read stream %s: %s", x->stream,
                           why(st, b, sizeof b));
+        }
+        if (nowait) {
+            /* Nothing yet: the records up to the last may have gone meanwhile (deleted by hand,
+             * by the limits); else the consumer is slow, and past the limit that is an error. */
+            uint64_t f;
+            if (stream_state(x, &f, &c->last) != STORE_OK)
+                return cfailf(c, STORE_EIO, "%s", x->err);
+            if (c->want + 1 > c->last)
+                return STORE_TIMEOUT;
+            if (c->want + 1 < f)
+                return cfailf(c, STORE_BEHIND, "offset %" PRIu64 " was deleted by the stream's "
+                              "limits; the first kept is %" PRIu64, c->want, f - 1);
+            if (now_ms() >= end)
+                return cfailf(c, STORE_EIO, "stream %s: the record at offset %" PRIu64 " did "
+                              "not come within %d ms", x->stream, c->want, ACK_TIMEOUT_MS);
+            continue;
         }
         if (now_ms() >= end || woken(x, gen))
             return STORE_TIMEOUT;
@@ -826,9 +848,11 @@ static int64_t ack_wait_ms(const nats_t *x)
 static void touch_held(ncur *c)
 {
     int64_t now = now_ms(), third = ack_wait_ms(c->n) / 3;
-    if (now < c->next_touch_ms)
+    if (now < c->next_touch_ms && !c->undone)
         return;
-    c->next_touch_ms = now + (third > 0 ? third : 1);
+    bool touch = now >= c->next_touch_ms;
+    if (touch)
+        c->next_touch_ms = now + (third > 0 ? third : 1);
     for (size_t i = 0; i < c->hcap; i++) {
         held *h = &c->h[i];
         while (h->off != UINT64_MAX && h->done && natsMsg_Ack(h->msg, NULL) == NATS_OK) {
@@ -837,8 +861,9 @@ static void touch_held(ncur *c)
             else
                 natsMsg_Destroy(h->msg);
             hdel(c, i);                   /* (slot i may hold another entry now) */
+            c->undone--;
         }
-        if (h->off != UINT64_MAX && !h->done && now - h->touched_ms >= third) {
+        if (touch && h->off != UINT64_MAX && now - h->touched_ms >= third) {
             natsMsg_InProgress(h->msg, NULL);
             h->touched_ms = now;
         }
@@ -991,8 +1016,9 @@ static store_status n_cursor_open_group(store *s, const char *group, store_curso
     return STORE_OK;
 }
 
-/* An acknowledgement that cannot be sent now (the connection is away) is sent again by the
- * reader's next calls (touch_held): the record stays held meanwhile, not given to another. */
+/* An acknowledgement that cannot be sent now (the connection is away) is sent again at the
+ * reader's next calls (touch_held), which also keep saying the record is in progress: it is
+ * given to another only if the ack wait passes with the connection away all along. */
 static store_status n_cursor_done(store_cursor *sc, const uint64_t *offsets, size_t n)
 {
     ncur *c = (ncur *)sc;
@@ -1007,11 +1033,14 @@ static store_status n_cursor_done(store_cursor *sc, const uint64_t *offsets, siz
             continue;
         natsStatus st = natsMsg_Ack(h->msg, NULL);
         if (st != NATS_OK) {
+            c->undone += !h->done;
             h->done = true;
             failed++;
             last = st;
             continue;
         }
+        if (h->done)
+            c->undone--;
         if (h->msg == c->cur)
             c->cur_done = true;
         else

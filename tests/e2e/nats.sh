@@ -85,7 +85,7 @@ wait_for "$E2E_WAIT" nats_up "$P_N1" || { fail "nats-server did not start"; cat 
 cat >"$WORK/one.ebr" <<EOF
 bus orders { log nats "nats://127.0.0.1:$P_N1" stream "E2E_ORDERS" ack_wait 2s }
 target hook http "http://127.0.0.1:$P_RECV/hook" { retry exponential(attempts: 50, first: 100ms, max: 1s) }
-rule all on orders { match exists id to hook }
+rule all on orders { match type == "t" to hook }
 EOF
 ebd_start a "$P_A" "$WORK/one.ebr"
 ebd_start b "$P_B" "$WORK/one.ebr"
@@ -145,6 +145,18 @@ wait_for "$E2E_WAIT" all_traced && pass "either daemon gives the whole trace of 
 st=$(curl -s -o "$WORK/answer" -w '%{http_code}' "http://127.0.0.1:$P_A/v1/buses/orders/events/y7/trace")
 [ "$st" = 200 ] && [ "$(js '.id')" = y7 ] && [ "$(js '.outcomes[0].state')" = delivered ] &&
     pass "a trace by id, of an event another daemon took in" || fail "trace by id: $st $(cat "$WORK/answer")"
+
+# an event no rule matches: its trace (matched nothing) comes from the other daemon too
+printf '{"specversion":"1.0","id":"u1","source":"nats-e2e","type":"other"}' >"$WORK/u1.json"
+st=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$P_A/v1/buses/orders/events" \
+     -H 'Content-Type: application/cloudevents+json' --data-binary "@$WORK/u1.json")
+[ "$st" = 202 ] || fail "posting u1: $st"
+unmatched() {
+    curl -sf "http://127.0.0.1:$P_B/v1/buses/orders/events/u1/trace" >"$WORK/answer" &&
+        [ "$(js '.matched | length')" = 0 ] && [ "$(js '.received.producer')" != null ]
+}
+wait_for "$E2E_WAIT" unmatched && pass "the trace of an event no rule matched, from either daemon" ||
+    fail "unmatched trace: $(cat "$WORK/answer")"
 
 # ---- a daemon killed under traffic ---------------------------------------------------------
 # The receiver holds its answers, and b is killed while it has events in hand (queued or in
