@@ -4,9 +4,9 @@
  * sequence minus one, its time the stream's timestamp, its flags a header.  Appends return once
  * JetStream acknowledged each record.  Two kinds of cursor:
  *   - an ordinary cursor reads in order through an ordered consumer (ephemeral, flow-controlled,
- *     made again by the client if it falls out of step), or, when asked for one record without
- *     waiting right after a seek (the delivery threads reading one queued event), by one direct
- *     get, since a consumer for one record costs more than the record;
+ *     made again by the client if it falls out of step); the first few records after a seek
+ *     read without waiting (a look-up of one event) come by direct gets instead, since a
+ *     consumer for one record costs more than the record;
  *   - a group cursor reads through a durable pull consumer that every process reading the bus
  *     shares: each record goes to one of them, is held until its reader says it is done
  *     (store_cursor_done: acknowledged), and is given again to any of them if it is not within
