@@ -478,6 +478,13 @@ static struct {
 } W = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER,
         .done = PTHREAD_COND_INITIALIZER };
 
+/* The daemon's readers of trace streams (trace_nats_reader). */
+static struct {
+    pthread_mutex_t mu;
+    struct rcache { char *key; store *s; } *v;   /* by stream, log and first server */
+    size_t n;
+} RC = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
 static bool cfg_word(const vm_program *p, const vm_cfg *c, const char *w)
 {
     const vm_cfg *v = ebd_cfg_child(p, c, 0);
@@ -833,7 +840,49 @@ void trace_stop(void)
     free(W.buses);
     W.buses = NULL;
     W.nbuses = 0;
+    pthread_mutex_lock(&RC.mu);
+    for (size_t i = 0; i < RC.n; i++) {
+        store_close(RC.v[i].s);
+        free(RC.v[i].key);
+    }
+    free(RC.v);
+    RC.v = NULL;
+    RC.n = 0;
+    pthread_mutex_unlock(&RC.mu);
     sb_free(&W.conv);
+}
+
+/* ---- the daemon's readers of trace streams (a bus on NATS JetStream) ---------------------------- */
+
+store *trace_nats_reader(const store_nats_options *no, const char *which, bool *failed)
+{
+    char key[600];
+    snprintf(key, sizeof key, "%s|%s|%s", no->stream, which, no->nurls ? no->urls[0] : "");
+    store *s = NULL;
+    pthread_mutex_lock(&RC.mu);
+    for (size_t i = 0; i < RC.n && !s; i++)
+        if (!strcmp(RC.v[i].key, key))
+            s = RC.v[i].s;
+    if (!s) {
+        /* (kept until trace_stop, even when a reload moves the bus: a look-up may be using it) */
+        store_options o = { .read_only = true };
+        char err[600];
+        store_status st = trace_nats_open(no, which, &o, &s, err, sizeof err);
+        struct rcache *v = st == STORE_OK ? realloc(RC.v, (RC.n + 1) * sizeof *v) : NULL;
+        char *k = v ? strdup(key) : NULL;
+        if (v)
+            RC.v = v;
+        if (k)
+            RC.v[RC.n++] = (struct rcache){ k, s };
+        else {
+            store_close(s);
+            s = NULL;
+        }
+        if (st != STORE_OK && st != STORE_NOTFOUND)
+            *failed = true;
+    }
+    pthread_mutex_unlock(&RC.mu);
+    return s;
 }
 
 /* ---- the endpoints ------------------------------------------------------------------------------ */
@@ -876,8 +925,11 @@ static enum MHD_Result serve(const center_req *r, bool by_offset)
             on_nats = rt_bus_nats_options(p, i, &no, err, sizeof err) == 1;
     pthread_rwlock_unlock(&d->lock);
     err[0] = 0;
-    if (on_nats)
-        q.nats = &no;
+    if (on_nats) {                    /* (connected once, outside the lock) */
+        q.shared = true;
+        q.nats_recv = trace_nats_reader(&no, "received", &q.recv_failed);
+        q.nats_deliv = trace_nats_reader(&no, "delivery", &q.deliv_failed);
+    }
     if (known && !by_offset) {        /* (a name that is no bus never makes a path) */
         if (!(cands = malloc(sizeof *cands))) {
             if (on_nats)

@@ -64,7 +64,11 @@ void trace_outcome(const ebd_bus *b, uint64_t off, const char *rule, const char 
 
 typedef struct {
     const char *data_dir;         /* trace logs: DATA/trace/BUS/... */
-    const store_nats_options *nats;   /* or, a bus on NATS JetStream: its trace streams */
+    /* or, a bus on NATS JetStream: its trace streams, open (the daemon keeps them; NULL: one
+     * that does not exist yet or cannot be read: *_failed says which) */
+    bool shared;
+    store *nats_recv, *nats_deliv;
+    bool recv_failed, deliv_failed;
     const char *bus;
     store *log;                   /* the bus's log (open: the daemon's, or read-only) */
     bool by_offset;
@@ -74,6 +78,12 @@ typedef struct {
     const struct trace_cands *cands;  /* by id: found by trace_id_candidates, or NULL (then
                                        * trace_lookup looks for them itself) */
 } trace_query;
+
+/* The daemon's reader of trace stream `which` of a bus on NATS JetStream (servers and stream
+ * no), opened the first time and kept until trace_stop (a look-up does not connect each time,
+ * nor while it holds the daemon's lock).  NULL when the stream does not exist yet, or, with
+ * *failed set, when it cannot be read now. */
+store *trace_nats_reader(const store_nats_options *no, const char *which, bool *failed);
 
 /* Opens trace log `which` ("received", "delivery") of a bus on NATS JetStream (servers and
  * stream no): the stream STREAM_TRACE_RECEIVED or STREAM_TRACE_DELIVERY, which every daemon of

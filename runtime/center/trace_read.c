@@ -486,14 +486,11 @@ store_status trace_nats_open(const store_nats_options *no, const char *which, co
 /* Opens trace log `which` of the bus read-only; NULL when there is none. */
 static store *open_read(const trace_query *q, const char *which, bool *failed)
 {
-    if (q->nats) {
-        store_options o = { .read_only = true };
-        store *s = NULL;
-        char err[600];
-        store_status st = trace_nats_open(q->nats, which, &o, &s, err, sizeof err);
-        if (st != STORE_OK && st != STORE_NOTFOUND && failed)
+    if (q->shared) {                      /* (the daemon's: not closed here, close_read) */
+        bool recv = !strcmp(which, "received");
+        if (recv ? q->recv_failed : q->deliv_failed)
             *failed = true;               /* (the answer says it is incomplete) */
-        return st == STORE_OK ? s : NULL;
+        return recv ? q->nats_recv : q->nats_deliv;
     }
     char dir[4400];
     snprintf(dir, sizeof dir, "%s/trace/%s/%s", q->data_dir, q->bus, which);
@@ -506,6 +503,12 @@ static store *open_read(const trace_query *q, const char *which, bool *failed)
     if (log_open(dir, &o, &s, err, sizeof err) != STORE_OK)
         return NULL;
     return s;
+}
+
+static void close_read(const trace_query *q, store *s)
+{
+    if (!q->shared)
+        store_close(s);
 }
 
 /* Calls fn for each record of each block of log s from time t0_ns on (from the start when t0_ns
@@ -662,7 +665,7 @@ void trace_id_candidates(const trace_query *q, trace_cands *c)
             c->truncated = true;
     }
     free(is);
-    store_close(s);
+    close_read(q, s);
     /* (newest first across windows too: a flush's records can straddle two windows) */
     qsort(c->offs, c->n, sizeof *c->offs, cmp_u64_desc);
 }
@@ -932,12 +935,12 @@ static void answer(const trace_query *q, uint64_t off, const char *ev, size_t le
     store *s = open_read(q, "received", &f_failed);
     if (s) {
         scan(s, t_ns - 1000000000LL, off, true, on_received_off, &rs);
-        store_close(s);
+        close_read(q, s);
     }
-    deliv_scan ds = { .off = off, .f = &f, .shared = q->nats != NULL, .event_ns = t_ns };
+    deliv_scan ds = { .off = off, .f = &f, .shared = q->shared, .event_ns = t_ns };
     if ((s = open_read(q, "delivery", &f_failed))) {
         scan(s, t_ns - 1000000000LL, off, false, on_delivery, &ds);
-        store_close(s);
+        close_read(q, s);
     }
     if (f_failed)
         f.incomplete = true;              /* (a trace stream could not be read) */
