@@ -458,6 +458,8 @@ typedef struct {
     int64_t open_retention_ms;    /* what they were opened with */
     bool nats;                    /* a bus on NATS JetStream: its trace logs are streams there, */
     store_nats_options no;        /*   which every daemon of the bus writes and reads */
+    int64_t retry_ms;             /* a stream that could not be opened: not tried before then */
+    unsigned failures;            /*   (said once a streak, and when it ends) */
     block brecv, bdeliv;          /* this flush's blocks */
 } tbus;
 
@@ -571,8 +573,9 @@ static store *open_trace_log(const tbus *t, const char *which)
         char err[600];
         if (trace_nats_open(&t->no, which, &o, &s, err, sizeof err) != STORE_OK) {
             char esc[700];
-            ebd_log(EBD_ERROR, "msg=\"cannot open a trace stream: its records are lost\" bus=%s "
-                    "error=\"%s\"", t->name, ebd_log_text(err, esc, sizeof esc));
+            if (!t->failures)             /* (once a streak: tried again every 5 s) */
+                ebd_log(EBD_ERROR, "msg=\"cannot open a trace stream: its records are lost until "
+                        "it opens\" bus=%s error=\"%s\"", t->name, ebd_log_text(err, esc, sizeof esc));
             return NULL;
         }
         return s;
@@ -608,8 +611,17 @@ static void write_block(tbus *t, store **s, const char *which, block *k)
         t->recv = t->deliv = NULL;
         t->open_retention_ms = t->retention_ms;
     }
-    if (!*s)
+    if (!*s && (!t->nats || wall_ms() >= t->retry_ms)) {
         *s = open_trace_log(t, which);
+        if (t->nats && !*s) {
+            t->retry_ms = wall_ms() + 5000;   /* (NATS away: every 5 s, not every flush) */
+            t->failures++;
+        } else if (*s && t->failures) {
+            ebd_log(EBD_INFO, "msg=\"trace stream open again\" bus=%s after_failures=%u", t->name,
+                    t->failures);
+            t->failures = 0;
+        }
+    }
     if (*s && !k->b.oom) {
         unsigned char *h = (unsigned char *)k->b.v;
         h[0] = 1;
