@@ -636,6 +636,15 @@ static bool check_log_word(cc_unit *u, const char *word, ast *x, ast *val)
         }
         return true;
     }
+    if (strcmp(word, "in_hand") == 0) {
+        if (!val || val->kind != A_VALUE || val->op != TK_NUMBER ||
+            !vm_number_value(u->text + val->tok.off, val->tok.len, &d) || d != floor(d) ||
+            d < 1 || d > 1048576) {
+            cc_error_at(u, val ? val : x, "in_hand is a whole number from 1 to 1048576");
+            return false;
+        }
+        return true;
+    }
     if (strcmp(word, "replicas") == 0) {
         if (!val || val->kind != A_VALUE || val->op != TK_NUMBER ||
             !vm_number_value(u->text + val->tok.off, val->tok.len, &d) || d != floor(d) ||
@@ -666,17 +675,18 @@ static bool check_log_word(cc_unit *u, const char *word, ast *x, ast *val)
  * the URLs, where what follows can no longer be told apart. */
 static bool opt_log(cc_comp *c, cc_unit *u, ast *o, const char *w)
 {
-    enum { W_STREAM, W_REPLICAS, W_ACK_WAIT, W_USER, W_PASSWORD, W_TOKEN, W_CREDS, NWORDS };
-    static const char *const words[NWORDS] = { "stream", "replicas", "ack_wait", "user",
+    enum { W_STREAM, W_REPLICAS, W_ACK_WAIT, W_IN_HAND, W_USER, W_PASSWORD, W_TOKEN, W_CREDS,
+           NWORDS };
+    static const char *const words[NWORDS] = { "stream", "replicas", "ack_wait", "in_hand", "user",
                                                 "password", "token", "creds" };
-    static const int login[NWORDS] = { 0, 0, 0, 1, 1, 2, 3 };  /* the way to log in of each */
+    static const int login[NWORDS] = { 0, 0, 0, 0, 1, 1, 2, 3 };  /* the way to log in of each */
     (void)c;
     ast *v = o->a;
     if (v && word_is(u, v, "local") && !v->next && !o->b)
         return true;
     if (!v || !word_is(u, v, "nats") || !v->next || !is_text(u, v->next) || o->b) {
         cc_error_at(u, o, "%s takes local, or nats \"nats://HOST:PORT\" ... [stream \"NAME\"] "
-                    "[replicas N] [ack_wait 30s] [user U password env(\"P\") | token env(\"T\") | "
+                    "[replicas N] [ack_wait 30s] [in_hand N] [user U password env(\"P\") | token env(\"T\") | "
                     "creds \"FILE\"]", w);
         return false;
     }
@@ -694,12 +704,12 @@ static bool opt_log(cc_comp *c, cc_unit *u, ast *o, const char *w)
             char hint[96];
             cc_suggest(u->text + x->tok.off, x->tok.len, words, NWORDS, hint, sizeof hint);
             cc_error_at(u, x, "unknown word '%.*s' in %s (stream, replicas, ack_wait, "
-                        "user, password, token or creds)%s", (int)x->tok.len, u->text + x->tok.off, w, hint);
+                        "in_hand, user, password, token or creds)%s", (int)x->tok.len, u->text + x->tok.off, w, hint);
             return false;
         }
         if (k == NWORDS) {
             cc_error_at(u, x, "%s takes its server URLs first, then words with one value each: "
-                        "stream, replicas, ack_wait, user, password, token or creds", w);
+                        "stream, replicas, ack_wait, in_hand, user, password, token or creds", w);
             return false;
         }
         if (seen[k]) {

@@ -136,6 +136,8 @@ int rt_bus_nats_options(const vm_program *p, uint32_t bus, store_nats_options *n
             no->replicas = (unsigned)v->num;
         else if (str_is(p, w, "ack_wait"))
             no->ack_wait_ns = (int64_t)(v->num * 1e6);
+        else if (str_is(p, w, "in_hand"))
+            no->max_held = (size_t)v->num;
         else if (slot && !(*slot = rt_cfg_text(p, v, err, cap)))
             goto fail;
     }

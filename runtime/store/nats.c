@@ -975,7 +975,9 @@ static store_status n_cursor_open_group(store *s, const char *group, store_curso
     cc.AckPolicy = js_AckExplicit;
     cc.AckWait = x->no.ack_wait_ns;
     cc.MaxDeliver = -1;           /* never dropped: a record is done only when its reader says */
-    cc.MaxAckPending = (int64_t)c->held_max * 4;
+    /* (the group's: generous, the same whatever each daemon's in_hand, so that daemons with
+     * other settings do not change the consumer back and forth) */
+    cc.MaxAckPending = (int64_t)HELD_MAX_DEFAULT * 4;
     cc.DeliverPolicy = js_DeliverAll;
     cc.FilterSubject = x->subject;
     cc.MaxWaiting = 512;

@@ -83,7 +83,7 @@ PIDS="$PIDS $!"
 nats_start n1 "$P_N1"
 wait_for "$E2E_WAIT" nats_up "$P_N1" || { fail "nats-server did not start"; cat "$WORK/n1.log"; finish; }
 cat >"$WORK/one.ebr" <<EOF
-bus orders { log nats "nats://127.0.0.1:$P_N1" stream "E2E_ORDERS" ack_wait 2s }
+bus orders { log nats "nats://127.0.0.1:$P_N1" stream "E2E_ORDERS" ack_wait 2s in_hand 16 }
 target hook http "http://127.0.0.1:$P_RECV/hook" { retry exponential(attempts: 50, first: 100ms, max: 1s) }
 rule all on orders { match type == "t" to hook }
 EOF
@@ -93,12 +93,21 @@ wait_for "$E2E_WAIT" ebd_up "$P_A" && wait_for "$E2E_WAIT" ebd_up "$P_B" ||
     { fail "the daemons did not start"; cat "$WORK/a.log" "$WORK/b.log"; finish; }
 grep -q 'log=nats' "$WORK/a.log" && pass "the bus is on NATS JetStream" || fail "no 'log=nats' in a.log"
 
+# The receiver holds its answers while the events go in: each daemon may hold 16 (in_hand), so
+# the consumer shows 32 in hand only when both daemons have taken their share.
+rm -f "$WORK/open"
 post_range "$P_A" x 1 100 &
 X=$!
 post_range "$P_B" y 1 100
 wait $X
 [ "$(grep -c ' 202$' "$WORK/posted")" -eq 200 ] && pass "200 events taken by two daemons" ||
     fail "posts: $(grep -vc ' 202$' "$WORK/posted") not 202: $(grep -v ' 202$' "$WORK/posted" | head -3)"
+both_hold() {
+    curl -s "http://127.0.0.1:$P_A/metrics" | grep -q '^ebr_bus_consumer_in_hand{bus="orders"} 32$'
+}
+wait_for "$E2E_WAIT" both_hold && pass "both daemons hold events of the bus, 16 each" ||
+    fail "in hand: $(curl -s "http://127.0.0.1:$P_A/metrics" | grep consumer_in_hand)"
+touch "$WORK/open"
 wait_for "$E2E_WAIT" all_delivered && pass "every event delivered" || fail "not delivered: $(all_delivered)"
 dups=$(grep -o '"id":"[^"]*"' "$WORK/recv.log" | sort | uniq -d | wc -l)
 [ "$dups" -eq 0 ] && pass "each delivered once" || fail "$dups events delivered twice with nothing failing"
