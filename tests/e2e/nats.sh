@@ -83,7 +83,7 @@ PIDS="$PIDS $!"
 nats_start n1 "$P_N1"
 wait_for "$E2E_WAIT" nats_up "$P_N1" || { fail "nats-server did not start"; cat "$WORK/n1.log"; finish; }
 cat >"$WORK/one.ebr" <<EOF
-bus orders { log nats "nats://127.0.0.1:$P_N1" stream "E2E_ORDERS" ack_wait 2s in_hand 16 }
+bus orders { log nats "nats://127.0.0.1:$P_N1" stream "E2E_ORDERS" ack_wait 10s in_hand 16 }
 target hook http "http://127.0.0.1:$P_RECV/hook" { retry exponential(attempts: 50, first: 100ms, max: 1s) }
 rule all on orders { match type == "t" to hook }
 EOF
