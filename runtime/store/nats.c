@@ -3,8 +3,8 @@
  * "NATS JetStream").  One stream per bus, one subject in it; a record's offset is its stream
  * sequence minus one, its time the stream's timestamp, its flags a header.  Appends return once
  * JetStream acknowledged each record.  Two kinds of cursor:
- *   - an ordinary cursor reads in order through an ordered consumer (ephemeral, flow-controlled,
- *     made again by the client if it falls out of step); the first few records after a seek
+ *   - an ordinary cursor reads in order through an ephemeral pull consumer, fetching batches;
+ *     the first few records after a seek
  *     read without waiting (a look-up of one event) come by direct gets instead, since a
  *     consumer for one record costs more than the record;
  *   - a group cursor reads through a durable pull consumer that every process reading the bus
@@ -80,7 +80,7 @@ typedef struct {
     store_cursor base;
     nats_t *n;
     /* ordinary cursors */
-    natsSubscription *sub;        /* ordered consumer at want, or NULL */
+    natsSubscription *sub;        /* an ephemeral pull consumer at want, or NULL */
     uint64_t want;                /* the offset next() looks for */
     unsigned gets;                /* records read by direct gets since the last seek */
     uint64_t last;                /* the stream's last sequence, as last seen */
@@ -545,18 +545,25 @@ static store_status n_cursor_open_at(store *s, int64_t time_ns, store_cursor **o
 static void drop_sub(ncur *c)
 {
     if (c->sub) {
-        natsSubscription_Destroy(c->sub);       /* (ordered consumers are ephemeral) */
+        natsSubscription_Destroy(c->sub);       /* (its consumer is ephemeral) */
         c->sub = NULL;
     }
+    natsMsgList_Destroy(&c->batch);             /* (fetched ahead, not given) */
+    c->batch = (natsMsgList){ 0 };
+    c->ibatch = 0;
 }
 
 static store_status subscribe(ncur *c)
 {
     nats_t *x = c->n;
+    /* An ephemeral pull consumer, fetched from in batches: records come only when asked for.
+     * (An ordered push consumer was the first choice; destroying one while the server still
+     * pushed to it crashed libnats 3.4.1's reader thread under ASan: a use after free.) */
     jsSubOptions so;
     jsSubOptions_Init(&so);
     so.Stream = x->stream;
-    so.Ordered = true;
+    so.Config.AckPolicy = js_AckNone;
+    so.Config.InactiveThreshold = (int64_t)60 * 1000000000;  /* (gone a minute after its last fetch) */
     if (c->want == 0) {
         so.Config.DeliverPolicy = js_DeliverAll;
     } else {
@@ -564,7 +571,7 @@ static store_status subscribe(ncur *c)
         so.Config.OptStartSeq = c->want + 1;
     }
     jsErrCode jerr = 0;
-    natsStatus st = js_SubscribeSync(&c->sub, x->js, x->subject, NULL, &so, &jerr);
+    natsStatus st = js_PullSubscribe(&c->sub, x->js, x->subject, NULL, NULL, &so, &jerr);
     if (st != NATS_OK) {
         char b[300];
         c->sub = NULL;
@@ -676,8 +683,22 @@ static store_status n_cursor_next(store_cursor *sc, store_record *r, int timeout
         if (left < 0)
             left = 0;
         natsMsg *m = NULL;
-        natsStatus st = natsSubscription_NextMsg(&m, c->sub, left < WAIT_SLICE_MS ? left : WAIT_SLICE_MS);
-        if (st == NATS_OK) {
+        natsStatus st = NATS_OK;
+        if (c->ibatch < c->batch.Count) {
+            m = c->batch.Msgs[c->ibatch];
+            c->batch.Msgs[c->ibatch++] = NULL;
+        } else {
+            natsMsgList_Destroy(&c->batch);
+            c->batch = (natsMsgList){ 0 };
+            c->ibatch = 0;
+            int64_t slice = left < WAIT_SLICE_MS ? left : WAIT_SLICE_MS;
+            st = natsSubscription_Fetch(&c->batch, c->sub, FETCH_BATCH, slice > 0 ? slice : 1, NULL);
+            if (st == NATS_OK && c->batch.Count)
+                continue;
+            if (st == NATS_OK)
+                st = NATS_TIMEOUT;
+        }
+        if (st == NATS_OK && m) {
             uint64_t sseq = 0, dl;
             int64_t ts = 0;
             if (!ack_fields(m, &sseq, &dl, &ts)) {
@@ -1075,6 +1096,7 @@ static void n_cursor_close(store_cursor *sc)
             if (c->batch.Msgs[i])
                 natsMsg_Nak(c->batch.Msgs[i], NULL);
         natsMsgList_Destroy(&c->batch);
+        c->batch = (natsMsgList){ 0 };
         free(c->h);
         free(c->consumer);
     }

@@ -251,4 +251,8 @@ ebd_stop a
 ebd_stop b
 nats_stop c1
 nats_stop c3
+# (under the sanitizers: a daemon that died of one has said so in its log)
+if grep -l "Sanitizer\|runtime error:" "$WORK"/a.log "$WORK"/b.log >/dev/null 2>&1; then
+    fail "a sanitizer report: $(grep -h -m3 "Sanitizer\|runtime error:" "$WORK"/a.log "$WORK"/b.log)"
+fi
 finish
