@@ -360,8 +360,9 @@ static int cmp64(const void *a, const void *b)
  * seconds for the last deliveries.  With all_sent, the percentiles are of the events sent, those
  * not delivered counting as slower than any (a percentile that falls on one is -1); else of the
  * events delivered. */
-static void run_latency(int port, const char *bus, int rate, double secs, double grace, bool all_sent,
-                        double *p50, double *p99, double *pmax, size_t *delivered)
+/* Posts rate events a second for secs seconds to bus at port, one connection, each carrying
+ * its sending time; their ids count from id0. */
+static void post_at_rate(int port, const char *bus, double rate, double secs, size_t id0)
 {
     int fd = connect_to(port);
     char req[2048], buf[4096], body[1024];
@@ -374,7 +375,8 @@ static void run_latency(int port, const char *bus, int rate, double secs, double
             nanosleep(&ts, NULL);
         }
         int n = snprintf(body, sizeof body, "{\"specversion\":\"1.0\",\"id\":\"lat-%zu\",\"source\":"
-                         "\"bench\",\"type\":\"bench.latency\",\"data\":{\"sent\":%" PRId64 "}}", k, real_us());
+                         "\"bench\",\"type\":\"bench.latency\",\"data\":{\"sent\":%" PRId64 "}}",
+                         id0 + k, real_us());
         int rn = snprintf(req, sizeof req, "POST /v1/buses/%s/events HTTP/1.1\r\nHost: x\r\n"
                           "Content-Type: application/cloudevents+json\r\nContent-Length: %d\r\n\r\n%s",
                           bus, n, body);
@@ -382,6 +384,14 @@ static void run_latency(int port, const char *bus, int rate, double secs, double
     }
     if (fd >= 0)
         close(fd);
+}
+
+/* Waits up to grace seconds for total deliveries, then the latencies' p50, p99 and max (ms)
+ * of what came: over total when all_sent (a missing one counts as slower than all), else over
+ * what came; -1 for a rank that did not come. */
+static void latency_ranks(size_t total, double grace, bool all_sent, double *p50, double *p99,
+                          double *pmax, size_t *delivered)
+{
     for (double end = now_s() + grace; now_s() < end && atomic_load(&nlat) < total;) {
         struct timespec ts = { 0, 20000000 };
         nanosleep(&ts, NULL);
@@ -393,6 +403,13 @@ static void run_latency(int port, const char *bus, int rate, double secs, double
     *p50 = i50 < n ? lat_us[i50] / 1000.0 : n ? -1 : 0;
     *p99 = i99 < n ? lat_us[i99] / 1000.0 : n ? -1 : 0;
     *pmax = n == base && n ? lat_us[n - 1] / 1000.0 : n ? -1 : 0;
+}
+
+static void run_latency(int port, const char *bus, int rate, double secs, double grace, bool all_sent,
+                        double *p50, double *p99, double *pmax, size_t *delivered)
+{
+    post_at_rate(port, bus, rate, secs, 0);
+    latency_ranks((size_t)(rate * secs), grace, all_sent, p50, p99, pmax, delivered);
 }
 
 /* ---- the rule-count table and the fan-out rows (issue 11) ----------------------------------- */
@@ -2092,29 +2109,11 @@ typedef struct {
     size_t from;
 } js_lat_arg;
 
-/* Posts rate events a second for secs seconds to port, each with its sending time. */
+/* One daemon's share of the latency run (a thread). */
 static void *js_latency_post(void *arg)
 {
     js_lat_arg *a = arg;
-    int fd = connect_to(a->port);
-    char req[2048], buf[4096], body[1024];
-    size_t total = (size_t)(a->rate * a->secs);
-    double t0 = now_s();
-    for (size_t k = 0; k < total && fd >= 0; k++) {
-        double due = t0 + (double)k / a->rate;
-        while (now_s() < due) {
-            struct timespec ts = { 0, 50000 };
-            nanosleep(&ts, NULL);
-        }
-        int n = snprintf(body, sizeof body, "{\"specversion\":\"1.0\",\"id\":\"lat-%zu\",\"source\":"
-                         "\"bench\",\"type\":\"bench.latency\",\"data\":{\"sent\":%" PRId64 "}}",
-                         a->from + k, real_us());
-        int rn = snprintf(req, sizeof req, "POST /v1/buses/b/events HTTP/1.1\r\nHost: x\r\n"
-                          "Content-Type: application/cloudevents+json\r\nContent-Length: %d\r\n\r\n%s", n, body);
-        roundtrip(fd, req, (size_t)rn, buf, sizeof buf);
-    }
-    if (fd >= 0)
-        close(fd);
+    post_at_rate(a->port, "b", a->rate, a->secs, a->from);
     return NULL;
 }
 
@@ -2219,13 +2218,11 @@ static bool js_run(const char *ebd, const char *work, const js_config *c, int po
         }
         for (int d = 0; d < c->daemons; d++)
             pthread_join(lt[d], NULL);
-        size_t total = (size_t)(1000 * secs);
-        for (double until = now_s() + 5; now_s() < until && atomic_load(&nlat) < total;)
-            usleep(20000);
-        size_t n = atomic_load(&nlat) < cap_lat ? atomic_load(&nlat) : cap_lat;
-        qsort(lat_us, n, sizeof *lat_us, cmp64);
-        res->p50 = n ? lat_us[n / 2] / 1000.0 : -1;
-        res->p99 = n ? lat_us[(size_t)((double)n * 0.99)] / 1000.0 : -1;
+        size_t total = (size_t)(1000 * secs), n;
+        double pmax;
+        latency_ranks(total, 5, false, &res->p50, &res->p99, &pmax, &n);
+        if (!n)
+            res->p50 = res->p99 = -1;
         res->lost += n < total ? total - n : 0;
     }
     for (int d = 0; d < 2; d++)

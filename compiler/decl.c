@@ -636,20 +636,12 @@ static bool check_log_word(cc_unit *u, const char *word, ast *x, ast *val)
         }
         return true;
     }
-    if (strcmp(word, "in_hand") == 0) {
+    double most = !strcmp(word, "in_hand") ? 1048576 : !strcmp(word, "replicas") ? 5 : 0;
+    if (most) {                               /* a whole number from 1 to most */
         if (!val || val->kind != A_VALUE || val->op != TK_NUMBER ||
             !vm_number_value(u->text + val->tok.off, val->tok.len, &d) || d != floor(d) ||
-            d < 1 || d > 1048576) {
-            cc_error_at(u, val ? val : x, "in_hand is a whole number from 1 to 1048576");
-            return false;
-        }
-        return true;
-    }
-    if (strcmp(word, "replicas") == 0) {
-        if (!val || val->kind != A_VALUE || val->op != TK_NUMBER ||
-            !vm_number_value(u->text + val->tok.off, val->tok.len, &d) || d != floor(d) ||
-            d < 1 || d > 5) {
-            cc_error_at(u, val ? val : x, "replicas is a whole number from 1 to 5");
+            d < 1 || d > most) {
+            cc_error_at(u, val ? val : x, "%s is a whole number from 1 to %.0f", word, most);
             return false;
         }
         return true;
