@@ -149,6 +149,21 @@ void sb_json_string(sbuf *b, const char *s, size_t n)
     sb_put(b, "\"", 1);
 }
 
+static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+void sb_base64(sbuf *b, const unsigned char *s, size_t n)
+{
+    sb_put(b, "\"", 1);
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)s[i] << 16 | (i + 1 < n ? (uint32_t)s[i + 1] << 8 : 0) |
+                     (i + 2 < n ? s[i + 2] : 0);
+        char q[4] = { b64[v >> 18 & 63], b64[v >> 12 & 63], i + 1 < n ? b64[v >> 6 & 63] : '=',
+                      i + 2 < n ? b64[v & 63] : '=' };
+        sb_put(b, q, 4);
+    }
+    sb_put(b, "\"", 1);
+}
+
 void sb_free(sbuf *b)
 {
     free(b->v);

@@ -35,6 +35,7 @@ void sb_put(sbuf *b, const char *s, size_t n);
 void sb_puts(sbuf *b, const char *s);
 void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sb_json_string(sbuf *b, const char *s, size_t n);     /* a quoted, escaped JSON string */
+void sb_base64(sbuf *b, const unsigned char *s, size_t n); /* a quoted base64 JSON string */
 void sb_free(sbuf *b);
 
 /* ---- JSON text that vm_json_valid has accepted: spans, not a DOM -------------------------- */

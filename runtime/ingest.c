@@ -699,21 +699,6 @@ static enum MHD_Result ce_header(void *arg, enum MHD_ValueKind kind, const char 
     return MHD_YES;
 }
 
-static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static void sb_base64(sbuf *b, const unsigned char *s, size_t n)
-{
-    sb_put(b, "\"", 1);
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)s[i] << 16 | (i + 1 < n ? (uint32_t)s[i + 1] << 8 : 0) |
-                     (i + 2 < n ? s[i + 2] : 0);
-        char q[4] = { b64[v >> 18 & 63], b64[v >> 12 & 63], i + 1 < n ? b64[v >> 6 & 63] : '=',
-                      i + 2 < n ? b64[v & 63] : '=' };
-        sb_put(b, q, 4);
-    }
-    sb_put(b, "\"", 1);
-}
-
 /* Builds the JSON-format event of a binary-mode request into ev; false with why (and the header
  * at fault in field[64], if one is) when the request is not one. */
 static bool binary_event(struct MHD_Connection *c, const char *ctype, const request *rq, sbuf *ev,

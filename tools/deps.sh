@@ -6,9 +6,11 @@ set -eu
 
 PKGS="cmake make gcc pkg-config re2c lemon libcjson-dev libcriterion-dev \
       libcurl4-openssl-dev libmicrohttpd-dev libpcre2-dev libssl-dev libnats-dev nats-server curl \
+      libmosquitto-dev mosquitto tzdata \
       openssl prometheus jq \
       libjs-chart.js chromium chromium-driver python3-selenium awscli python3-boto3"
-# (libpcre2-dev: the JSON Schema validator's patterns; libssl-dev: libcrypto's HMAC-SHA256 for
+# (libmosquitto-dev, mosquitto: MQTT sources and targets and their tests; tzdata: schedules'
+# time zones; libpcre2-dev: the JSON Schema validator's patterns; libssl-dev: libcrypto's HMAC-SHA256 for
 # AWS Signature Version 4 (runtime/aws/sigv4.c); prometheus, jq: promtool and jq for the event
 # center's tests; libjs-chart.js: Chart.js, embedded into ebd's console; chromium, its driver and
 # selenium: the console's test; awscli and python3-boto3: real AWS clients for the Amazon

@@ -1,0 +1,113 @@
+/*
+ * event.c — the CloudEvent a source makes of what it took in (sources_int.h).
+ */
+#include <openssl/evp.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "sources_int.h"
+
+static bool json_media(const char *ct)
+{
+    if (!ct)
+        return true;               /* no type said: JSON if it parses as JSON */
+    size_t n = strcspn(ct, ";");
+    while (n && (ct[n - 1] == ' ' || ct[n - 1] == '\t'))
+        n--;
+    return (n == 16 && !strncasecmp(ct, "application/json", 16)) ||
+           (n == 9 && !strncasecmp(ct, "text/json", 9)) ||
+           (n > 5 && !strncasecmp(ct + n - 5, "+json", 5));
+}
+
+void src_time_text(sbuf *out, int64_t ms)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    sb_printf(out, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+              tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+}
+
+static void attr(sbuf *out, const char *name, const char *value)
+{
+    sb_puts(out, ",\"");
+    sb_puts(out, name);
+    sb_puts(out, "\":");
+    sb_json_string(out, value, strlen(value));
+}
+
+bool src_event_json(sbuf *out, const src_ce *e)
+{
+    sb_puts(out, "{\"specversion\":\"1.0\"");
+    attr(out, "id", e->id);
+    attr(out, "source", e->source);
+    attr(out, "type", e->type);
+    if (e->subject)
+        attr(out, "subject", e->subject);
+    if (e->time_ms > 0) {
+        sb_puts(out, ",\"time\":\"");
+        src_time_text(out, e->time_ms);
+        sb_puts(out, "\"");
+    }
+    for (size_t i = 0; i < e->next; i++)
+        attr(out, e->ext_names[i], e->ext_values[i]);
+    const char *d = e->data;
+    if (d && e->n) {
+        /* JSON goes in as it is (less its surrounding blanks), text as a string, the rest in
+         * base64: the three ways the JSON format carries data. */
+        size_t a = 0, z = e->n;
+        if (json_media(e->content_type)) {
+            a = vm_json_ws(d, e->n, 0);
+            while (z > a && (d[z - 1] == ' ' || d[z - 1] == '\n' || d[z - 1] == '\r' ||
+                             d[z - 1] == '\t'))
+                z--;
+        }
+        bool json = json_media(e->content_type) && vm_json_valid(d, e->n, NULL);
+        sbuf s = { 0 };
+        bool text = !json && e->content_type && !strncasecmp(e->content_type, "text/", 5) &&
+                    !memchr(d, 0, e->n);
+        if (text) {
+            sb_json_string(&s, d, e->n);
+            text = !s.oom && vm_json_valid(s.v, s.n, NULL);   /* (invalid UTF-8 is not text) */
+        }
+        attr(out, "datacontenttype", e->content_type ? e->content_type
+                                     : json ? "application/json" : "application/octet-stream");
+        if (json) {
+            sb_puts(out, ",\"data\":");
+            sb_put(out, d + a, z - a);
+        } else if (text) {
+            sb_puts(out, ",\"data\":");
+            sb_put(out, s.v, s.n);
+        } else {
+            sb_puts(out, ",\"data_base64\":");
+            sb_base64(out, (const unsigned char *)d, e->n);
+        }
+        sb_free(&s);
+    }
+    sb_puts(out, "}");
+    return !out->oom;
+}
+
+void src_hash_id(char out[33], const void *const *parts, const size_t *lens, size_t nparts)
+{
+    unsigned char md[32] = { 0 };
+    EVP_MD_CTX *x = EVP_MD_CTX_new();
+    bool ok = x && EVP_DigestInit_ex(x, EVP_sha256(), NULL) == 1;
+    for (size_t i = 0; ok && i < nparts; i++) {
+        uint64_t n = lens[i];
+        unsigned char len[8];
+        for (int k = 0; k < 8; k++)
+            len[k] = (unsigned char)(n >> (8 * k));
+        ok = EVP_DigestUpdate(x, len, 8) == 1 && EVP_DigestUpdate(x, parts[i], lens[i]) == 1;
+    }
+    if (ok)
+        EVP_DigestFinal_ex(x, md, NULL);
+    EVP_MD_CTX_free(x);
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 0; i < 16; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
+    }
+    out[32] = 0;
+}

@@ -1,0 +1,65 @@
+/*
+ * sources_int.h — what the sources of runtime/sources/ share: how a source hands an event to its
+ * bus (src_sink) and how it builds the CloudEvent it hands (src_event_json).  Not a door: the
+ * daemon sees sources.h.
+ *
+ * A source turns what it takes in (an MQTT message, a NATS message, a webhook request, a
+ * schedule's firing) into one CloudEvent in the JSON format and gives it to its sink.  The sink
+ * stores it on the source's bus as ingest would (the CloudEvents checks, the bus's schemas, its
+ * de-duplication window, traces and metrics) and says what became of it; a source acknowledges
+ * what it took in (to a broker, to a webhook's sender) only once the sink said SRC_STORED.
+ */
+#ifndef EBR_SOURCES_INT_H
+#define EBR_SOURCES_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../ebd_int.h"
+
+typedef enum {
+    SRC_STORED,     /* stored (or a duplicate of an event the bus stored within its window) */
+    SRC_REFUSED,    /* never storable (not a CloudEvent, over the size limit, refused by a
+                     * schema): acknowledge it, so that a broker does not redeliver it forever;
+                     * the sink has logged and counted it */
+    SRC_RETRY,      /* the bus cannot store now (storage failing, the daemon stopping): do not
+                     * acknowledge; take it again later */
+} src_result;
+
+typedef struct {
+    /* Stores the event ev[0..n) (JSON text); on anything but SRC_STORED, why[0..cap) says why.
+     * Safe to call from any thread, several at once. */
+    src_result (*append)(void *arg, const char *ev, size_t n, char *why, size_t cap);
+    void *arg;
+} src_sink;
+
+/* The attributes of a CloudEvent a source makes.  id, source and type are required (non-empty);
+ * the rest may be NULL / 0. */
+typedef struct {
+    const char *id, *source, *type;
+    const char *subject;
+    int64_t time_ms;              /* Unix milliseconds, written as RFC 3339 UTC; 0: no time */
+    const char *content_type;     /* the payload's media type, as the sender said it (or NULL) */
+    const void *data;             /* the payload (NULL with n 0: no data) */
+    size_t n;
+    /* extension attributes, as name/value text pairs (names of a-z and 0-9) */
+    const char *const *ext_names, *const *ext_values;
+    size_t next;
+} src_ce;
+
+/* Writes e as one CloudEvent in the JSON format to out (appending).  The payload goes as `data`
+ * when it is valid JSON (and the content type, if given, is a JSON one), then with
+ * datacontenttype application/json unless another was given; as a JSON string when the content
+ * type is text/... and the bytes are UTF-8; otherwise as `data_base64`.  Returns false when out
+ * ran out of memory. */
+bool src_event_json(sbuf *out, const src_ce *e);
+
+/* Appends the RFC 3339 UTC form of Unix milliseconds ms ("2026-12-06T07:15:37.123Z"). */
+void src_time_text(sbuf *out, int64_t ms);
+
+/* A stable id for bytes: the first 16 bytes of their SHA-256 as 32 hexadecimal digits, over
+ * the parts given (each preceded by its length, so that ("ab","c") and ("a","bc") differ). */
+void src_hash_id(char out[33], const void *const *parts, const size_t *lens, size_t nparts);
+
+#endif
