@@ -1133,7 +1133,7 @@ static void deliver_bus(ebd *d, ebd_target *t, const char *payload, size_t n, bo
     if (!bus_payload_ok(t, payload, n, text, a))
         return;
     store_entry e = { payload, (uint32_t)n, 0 };
-    store_status st = store_append(d->buses[t->bus]->s, &e, 1, NULL);
+    store_status st = ebd_bus_store(d->buses[t->bus], &e, 1, NULL, NULL);   /* (dedup window) */
     if (st != STORE_OK) {
         snprintf(a->error, sizeof a->error, "bus '%s': %s", d->buses[t->bus]->name,
                  store_error(d->buses[t->bus]->s));
@@ -2436,7 +2436,7 @@ static void flush_batches(dthread *th)
         }
         if (k) {
             store *s = e->d->buses[t->bus]->s;
-            if (store_append(s, en, k, NULL) != STORE_OK) {
+            if (ebd_bus_store(e->d->buses[t->bus], en, k, NULL, NULL) != STORE_OK) {
                 snprintf(a.error, sizeof a.error, "bus '%s': %s", e->d->buses[t->bus]->name,
                          store_error(s));
                 a.retry = true;

@@ -215,6 +215,32 @@ static bool open_bus_log(ebd *d, const vm_program *p, uint32_t i, ebd_bus *b, ch
     return true;
 }
 
+/* Sets bus b's dedup window from the rules (bus i of p): the first time, with the keys of the
+ * events its log stored within the window; a reload changes the window, keeping the keys. */
+static void set_dedup(ebd_bus *b, const vm_program *p, uint32_t i)
+{
+    const vm_bus *vb = &p->buses[i];
+    const vm_cfg *o = ebd_cfg_option(p, vb->opt0, vb->nopt, "dedup");
+    uint64_t ms = o && ebd_cfg_child(p, o, 0) ? (uint64_t)ebd_cfg_child(p, o, 0)->num : 0;
+    if (b->dedup || !ms) {
+        if (b->dedup)
+            dedup_set_window(b->dedup, ms);
+        return;
+    }
+    if (!(b->dedup = dedup_new(ms))) {
+        ebd_log(EBD_ERROR, "msg=\"no memory for the dedup window: events are not de-duplicated\" "
+                "bus=%s", b->name);
+        return;
+    }
+    long n = dedup_fill(b->dedup, b->s);
+    if (n < 0)
+        ebd_log(EBD_WARN, "msg=\"the dedup window could not read the whole log: an event sent "
+                "again may be stored twice\" bus=%s error=\"%s\"", b->name, store_error(b->s));
+    else
+        ebd_log(EBD_INFO, "msg=\"dedup window\" bus=%s window_ms=%llu keys=%ld", b->name,
+                (unsigned long long)ms, n);
+}
+
 /* Works out each bus's token and size limit into r (they apply when r does), refusing what
  * would let anyone in; then opens the log of every bus r->p declares that the daemon has not
  * open (buses stay open across reloads while the rules declare them).  Nothing is created on
@@ -253,8 +279,10 @@ static bool open_buses(ebd *d, ebd_rules *r, char *err, size_t cap, bool *io)
         const vm_bus *vb = &p->buses[i];
         const char *name = vm_s(p, vb->name);
         ebd_bus *b = ebd_find_bus(d, name, vb->name.len);
-        if (b && b->s)
+        if (b && b->s) {
+            set_dedup(b, p, i);
             continue;
+        }
         if (!b) {       /* a bus the daemon never had: a slot of its own, for good */
             if (d->nbuses == d->capbuses) {
                 size_t c = d->capbuses ? d->capbuses * 2 : 8;
@@ -279,6 +307,7 @@ static bool open_buses(ebd *d, ebd_rules *r, char *err, size_t cap, bool *io)
             *io = true;
             return false;
         }
+        set_dedup(b, p, i);
     }
     return true;
 }
@@ -302,6 +331,8 @@ static void close_unused_buses(ebd *d)
         pthread_rwlock_unlock(&d->lock);
         ebd_book_free(d->buses[i]->book);     /* read again if the bus comes back */
         d->buses[i]->book = NULL;
+        dedup_free(d->buses[i]->dedup);       /* filled again from the log if it comes back */
+        d->buses[i]->dedup = NULL;
         sch_discovery_bus_closing(d, d->buses[i]->name);
         store_close(s);
         ebd_log(EBD_INFO, "msg=\"bus closed: the rules no longer declare it\" bus=%s",
@@ -738,6 +769,7 @@ out:
     for (size_t i = 0; i < d.nbuses; i++) {
         store_close(d.buses[i]->s);
         ebd_book_free(d.buses[i]->book);
+        dedup_free(d.buses[i]->dedup);
         free(d.buses[i]->name);
         free(d.buses[i]);
     }

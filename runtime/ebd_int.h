@@ -115,6 +115,29 @@ typedef struct {
     struct timespec refill;
 } ebd_target;
 
+/* ---- a bus's de-duplication window (dedup.c) ---------------------------------------------- */
+
+typedef struct ebd_dedup ebd_dedup;
+typedef struct { uint64_t a, b; } dedup_key;
+enum { DEDUP_NEW, DEDUP_SEEN, DEDUP_PENDING, DEDUP_FULL };
+
+/* The key of the event ev[0..n) (a JSON object with "source" and "id"); false if it has none. */
+bool dedup_key_of(const char *ev, size_t n, dedup_key *k);
+ebd_dedup *dedup_new(uint64_t window_ms);
+void dedup_free(ebd_dedup *d);
+void dedup_set_window(ebd_dedup *d, uint64_t window_ms);     /* 0: off (keys kept) */
+uint64_t dedup_window(const ebd_dedup *d);                   /* 0 for NULL */
+/* DEDUP_SEEN with *offset when the bus stored k within the window; DEDUP_NEW when it did not:
+ * k is then pending, and the caller must dedup_settle it; DEDUP_PENDING when another caller
+ * is storing it (dedup_wait(d, *gen) waits for a settlement); DEDUP_FULL: no memory. */
+int dedup_claim(ebd_dedup *d, dedup_key k, uint64_t *offset, uint64_t *gen);
+void dedup_wait(ebd_dedup *d, uint64_t gen);
+void dedup_settle(ebd_dedup *d, dedup_key k, bool stored, uint64_t offset);
+void dedup_note(ebd_dedup *d, dedup_key k, uint64_t offset, int64_t ms);
+size_t dedup_size(ebd_dedup *d);
+/* Fills d from the records s stored within the window; how many, or -1 on a read error. */
+long dedup_fill(ebd_dedup *d, store *s);
+
 /* Per bus of the daemon, kept across reloads: where each pair stands (deliver.c). */
 typedef struct ebd_book ebd_book;
 
@@ -130,7 +153,14 @@ typedef struct {
     struct mt_bus *mt;            /* center/metrics.c: its counters (NULL: none) */
     const struct sch_bus *schemas; /* in a view: its bound schemas (runtime/schema), or NULL */
     uint32_t pbus;                /* in a view: its index in the rules' program */
+    ebd_dedup *dedup;             /* its dedup window (NULL: none ever set) */
 } ebd_bus;
+
+/* Stores the events e[0..n) on bus b (store_append), through its dedup window: an event the
+ * bus stored within it is not stored again, and gets the first one's offset with dup[i] set
+ * (dup may be NULL when the caller does not care).  Offsets as store_append's. */
+store_status ebd_bus_store(ebd_bus *b, const store_entry *e, size_t n, uint64_t *offsets,
+                           bool *dup);
 
 typedef struct ebd ebd;
 typedef struct ebd_rules ebd_rules;

@@ -764,6 +764,8 @@ typedef struct {
     size_t idlen;
     char error[240];             /* put-events: why this entry was refused */
     bool diverted;               /* invalid under its schema: in the dead-letter file (error: why) */
+    bool dup;                    /* stored before, within the bus's dedup window (offset: the first's) */
+    uint64_t offset;
 } event;
 
 typedef struct {
@@ -790,37 +792,73 @@ static bool push_event(void *arg, const js_member *m)
     return true;
 }
 
+/* Stores the events of es that have no error (through the bus's dedup window), setting each
+ * one's offset and dup; then counts and traces them.  On a failure, nothing is counted. */
+static store_status store_events(struct MHD_Connection *c, ebd_bus *b, events *es)
+{
+    size_t n = es->n ? es->n : 1;
+    store_entry *e = calloc(n, sizeof *e);
+    uint64_t *offs = calloc(n, sizeof *offs);
+    bool *dup = calloc(n, sizeof *dup);
+    size_t *at = calloc(n, sizeof *at);
+    store_status st = STORE_OK;
+    if (!e || !offs || !dup || !at) {
+        st = STORE_CLOSED;
+        goto out;
+    }
+    size_t k = 0, ndup = 0;
+    for (size_t i = 0; i < es->n; i++)
+        if (!es->v[i].error[0]) {
+            at[k] = i;
+            e[k++] = (store_entry){ es->v[i].s, (uint32_t)es->v[i].n, 0 };
+        }
+    st = k ? ebd_bus_store(b, e, k, offs, dup) : STORE_OK;
+    if (st != STORE_OK)
+        goto out;
+    /* a duplicate is answered with the first one's offset, and neither counted nor traced as
+     * taken in again (its error says so to trace_received, which passes it over) */
+    size_t m = 0;
+    for (size_t j = 0; j < k; j++) {
+        event *v = &es->v[at[j]];
+        v->offset = offs[j];
+        v->dup = dup[j];
+        if (dup[j]) {
+            ndup++;
+            snprintf(v->error, sizeof v->error, "duplicate");
+        } else {
+            offs[m++] = offs[j];
+        }
+    }
+    mt_ingested(b, k - ndup);
+    mt_duplicates(b, ndup);
+    if (m)
+        trace_received(c, b, offs, es->n, &es->v[0].id, &es->v[0].idlen, sizeof *es->v,
+                       es->v[0].error);
+out:
+    free(e);
+    free(offs);
+    free(dup);
+    free(at);
+    return st;
+}
+
 /* Appends the events es (all good) to the bus and answers 202 {"events": [{id, offset}]}. */
 static enum MHD_Result store_and_answer(struct MHD_Connection *c, ebd_bus *b, events *es)
 {
-    store_entry *e = calloc(es->n ? es->n : 1, sizeof *e);
-    uint64_t *offs = calloc(es->n ? es->n : 1, sizeof *offs);
-    if (!e || !offs) {
-        free(e);
-        free(offs);
-        return send_error(c, 503, "out of memory", NULL, "1");
-    }
-    size_t k = 0;
     for (size_t i = 0; i < es->n; i++)
-        if (!es->v[i].diverted)
-            e[k++] = (store_entry){ es->v[i].s, (uint32_t)es->v[i].n, 0 };
-    store_status st = k ? store_append(b->s, e, k, offs) : STORE_OK;
-    free(e);
+        if (es->v[i].diverted && !es->v[i].error[0])
+            snprintf(es->v[i].error, sizeof es->v[i].error, "invalid");   /* (not stored) */
+    store_status st = store_events(c, b, es);
     if (st != STORE_OK) {
-        free(offs);
         ebd_log(EBD_ERROR, "msg=\"append failed\" bus=%s error=\"%s\"", b->name, store_error(b->s));
         mt_note_reason(st == STORE_CLOSED ? MT_OVERLOADED : MT_STORAGE);
         return send_error(c, 503, st == STORE_CLOSED ? "the daemon is stopping"
                                                       : "the bus cannot store events now",
                           NULL, st == STORE_CLOSED ? "1" : "5");
     }
-    mt_ingested(b, k);
-    /* (an event dead-lettered by its schema has an error and no offset) */
-    trace_received(c, b, offs, es->n, &es->v[0].id, &es->v[0].idlen, sizeof *es->v,
-                   es->v[0].error);
     sbuf r = { 0 };
     sb_puts(&r, "{\"events\":[");
-    for (size_t i = 0, at = 0; i < es->n; i++) {
+    for (size_t i = 0; i < es->n; i++) {
         if (es->v[i].diverted) {
             sb_printf(&r, "%s{\"id\":%.*s,\"dead_letter\":true,\"error\":", i ? "," : "",
                       (int)es->v[i].idlen, es->v[i].id);
@@ -828,10 +866,10 @@ static enum MHD_Result store_and_answer(struct MHD_Connection *c, ebd_bus *b, ev
             sb_puts(&r, "}");
             continue;
         }
-        sb_printf(&r, "%s{\"id\":%.*s,\"offset\":%llu}", i ? "," : "", (int)es->v[i].idlen,
-                  es->v[i].id, (unsigned long long)offs[at++]);
+        sb_printf(&r, "%s{\"id\":%.*s,\"offset\":%llu%s}", i ? "," : "", (int)es->v[i].idlen,
+                  es->v[i].id, (unsigned long long)es->v[i].offset,
+                  es->v[i].dup ? ",\"duplicate\":true" : "");
     }
-    free(offs);
     sb_puts(&r, "]}");
     enum MHD_Result ok = send_json(c, 202, &r, NULL);
     sb_free(&r);
@@ -990,15 +1028,9 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
         free(es.v);
         return send_error(c, 503, "out of memory", NULL, "1");
     }
-    store_entry *e = calloc(es.n ? es.n : 1, sizeof *e);
-    uint64_t *offs = e ? calloc(es.n ? es.n : 1, sizeof *offs) : NULL;
-    if (!offs) {
-        free(e);
-        e = NULL;
-    }
     size_t good = 0, ndl = 0;
     sbuf dl = { 0 };              /* the diverted entries' lines: one write, one sync */
-    for (size_t k = 0; e && k < es.n; k++) {
+    for (size_t k = 0; k < es.n; k++) {
         if (es.v[k].n > b->max_event)
             snprintf(es.v[k].error, sizeof es.v[k].error, "the event is %zu bytes, over the limit "
                      "of %llu", es.v[k].n, (unsigned long long)b->max_event);
@@ -1016,33 +1048,30 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
                 sch_divert_add(b->schemas, &dl, es.v[k].s, es.v[k].n, w);
             }
         }
-        if (!es.v[k].error[0])
-            e[good++] = (store_entry){ es.v[k].s, (uint32_t)es.v[k].n, 0 };
+        good += !es.v[k].error[0];
     }
-    if (e && ndl && !sch_divert_write(b->schemas, &dl, ndl))
+    if (ndl && !sch_divert_write(b->schemas, &dl, ndl))
         for (size_t k = 0; k < es.n; k++)
             if (es.v[k].diverted) {
                 es.v[k].diverted = false;
                 snprintf(es.v[k].error, sizeof es.v[k].error, "the bus cannot keep invalid events now");
             }
     sb_free(&dl);
-    store_status st = e && good ? store_append(b->s, e, good, offs) : STORE_OK;
-    free(e);
-    if (!e || st != STORE_OK) {
+    bool *failed = calloc(es.n ? es.n : 1, 1);     /* refused before the store (not a dup) */
+    for (size_t k = 0; failed && k < es.n; k++)
+        failed[k] = es.v[k].error[0] != 0;
+    store_status st = failed ? store_events(c, b, &es) : STORE_CLOSED;
+    if (st != STORE_OK) {
         free(es.v);
-        free(offs);
-        mt_note_reason(e ? MT_STORAGE : MT_OVERLOADED);
+        free(failed);
+        mt_note_reason(st == STORE_CLOSED ? MT_OVERLOADED : MT_STORAGE);
         return send_error(c, 503, "the bus cannot store events now", NULL, "5");
     }
-    mt_ingested(b, good);
-    if (good)
-        trace_received(c, b, offs, es.n, &es.v[0].id, &es.v[0].idlen, sizeof *es.v, es.v[0].error);
     sbuf r = { 0 };
     size_t diverted = 0;
     for (size_t k = 0; k < es.n; k++)
         diverted += es.v[k].diverted;
     sb_printf(&r, "{\"failed_entry_count\":%zu,\"entries\":[", es.n - good - diverted);
-    size_t j = 0;
     for (size_t k = 0; k < es.n; k++) {
         sb_puts(&r, k ? "," : "");
         if (es.v[k].diverted) {
@@ -1050,7 +1079,7 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
                       (int)es.v[k].idlen, es.v[k].id);
             sb_json_string(&r, es.v[k].error, strlen(es.v[k].error));
             sb_puts(&r, "}");
-        } else if (es.v[k].error[0]) {
+        } else if (failed[k]) {
             bool large = strstr(es.v[k].error, "over the limit") != NULL;
             mt_refused(b, large ? MT_TOO_LARGE : MT_INVALID, 1);
             sb_puts(&r, "{\"error_code\":\"");
@@ -1059,10 +1088,10 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
             sb_json_string(&r, es.v[k].error, strlen(es.v[k].error));
             sb_puts(&r, "}");
         } else
-            sb_printf(&r, "{\"id\":%.*s,\"offset\":%llu}", (int)es.v[k].idlen, es.v[k].id,
-                      (unsigned long long)offs[j++]);
+            sb_printf(&r, "{\"id\":%.*s,\"offset\":%llu%s}", (int)es.v[k].idlen, es.v[k].id,
+                      (unsigned long long)es.v[k].offset, es.v[k].dup ? ",\"duplicate\":true" : "");
     }
-    free(offs);
+    free(failed);
     sb_puts(&r, "]}");
     enum MHD_Result ok = send_json(c, 200, &r, NULL);
     sb_free(&r);

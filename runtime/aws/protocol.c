@@ -604,7 +604,7 @@ static void store_bus(struct MHD_Connection *c, ebd *d, entry *es, size_t n, uin
     if (!k)
         return;
     uint64_t offs[MAX_ENTRIES];
-    if (store_append(b->s, se, k, offs) != STORE_OK) {
+    if (ebd_bus_store(b, se, k, offs, NULL) != STORE_OK) {   /* (its ids are new: no dedup) */
         ebd_log(EBD_ERROR, "msg=\"append failed\" bus=%s error=\"%s\"", b->name, store_error(b->s));
         for (size_t i = 0; i < n; i++)
             if (!es[i].code && es[i].bus == bi)

@@ -65,6 +65,7 @@ void mt_rules_free(struct mt_rules *m);
 
 /* Hooks: ingest */
 void mt_ingested(const ebd_bus *b, size_t n);                /* events stored */
+void mt_duplicates(const ebd_bus *b, size_t n);              /* ...not stored again (dedup) */
 void mt_refused(const ebd_bus *b, mt_reason why, size_t n);
 void mt_request_begin(void);                  /* before ingest handles a request's call... */
 void mt_answered(unsigned status);            /* ...when it queues an answer... */

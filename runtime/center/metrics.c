@@ -220,6 +220,12 @@ void mt_ingested(const ebd_bus *b, size_t n)
         atomic_fetch_add_explicit(&b->mt->ingested, n, memory_order_relaxed);
 }
 
+void mt_duplicates(const ebd_bus *b, size_t n)
+{
+    if (b->mt && n)
+        atomic_fetch_add_explicit(&b->mt->duplicates, n, memory_order_relaxed);
+}
+
 void mt_refused(const ebd_bus *b, mt_reason why, size_t n)
 {
     if (b && b->mt)

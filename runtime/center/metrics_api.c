@@ -178,6 +178,11 @@ static void render_metrics(ebd *d, sbuf *b)
     for (uint32_t i = 0; i < m->nbuses; i++)
         sample1(b, "ebr_events_ingested_total", "bus", m->bus[i]->name,
                 atomic_load_explicit(&m->bus[i]->ingested, memory_order_relaxed));
+    family(b, "ebr_events_duplicate_total", "counter", "Events not stored again: the bus had "
+           "stored their (source, id) within its dedup window.");
+    for (uint32_t i = 0; i < m->nbuses; i++)
+        sample1(b, "ebr_events_duplicate_total", "bus", m->bus[i]->name,
+                atomic_load_explicit(&m->bus[i]->duplicates, memory_order_relaxed));
     family(b, "ebr_events_refused_total", "counter", "Ingest requests (and put-events entries) "
            "refused, by reason: invalid, too_large, unauthorized, unknown_bus, overloaded, storage.");
     for (uint32_t i = 0; i <= m->nbuses; i++) {

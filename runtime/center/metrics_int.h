@@ -15,6 +15,7 @@
 struct mt_bus {
     char *name;
     _Atomic uint64_t ingested;
+    _Atomic uint64_t duplicates;  /* events its dedup window kept from being stored again */
     _Atomic uint64_t refused[MT_NREASONS];
     /* under reg_mu (the ticker): the value of ingested at the first sample of each second and
      * each minute since the slot was made */
