@@ -671,3 +671,44 @@ Test(cron, random_expressions_match_brute_force, .timeout = 120)
         free(e);
     }
 }
+
+/* Mutations of valid expressions (bytes replaced, inserted, cut) are parsed without fault: a
+ * refusal's span stays within the text, an acceptance yields a schedule whose next firing
+ * comes, if at all, after the instant asked about. Run under ASan too. */
+Test(cron, mutated_expressions_are_safe, .timeout = 60)
+{
+    static const char *const seeds[] = { "cron(0 2 * * ? *)", "cron(*/5 1-10/2 LW JAN-MAR ? 2030)",
+                                         "cron(0 0 ? * 3#2 *)", "cron(0 0 ? * FRI-MON,5L *)",
+                                         "rate(5 minutes)", "cron(0 2 15W * *)" };
+    static const char alphabet[] = "0123456789*/,-?LW#() JANMONlw";
+    srand(7);
+    for (int n = 0; n < 3000; n++) {
+        char text[64];
+        snprintf(text, sizeof text, "%s", seeds[n % 6]);
+        for (int k = rnd(1, 3); k > 0; k--) {
+            size_t len = strlen(text), at = (size_t)rnd(0, (int)len);
+            char c = alphabet[rnd(0, (int)sizeof alphabet - 2)];
+            if (rnd(0, 2) == 0 && len + 1 < sizeof text) {
+                memmove(text + at + 1, text + at, len - at + 1);
+                text[at] = c;
+            } else if (at < len) {
+                if (rnd(0, 1))
+                    text[at] = c;
+                else
+                    memmove(text + at, text + at + 1, len - at);
+            }
+        }
+        char err[200] = "";
+        size_t at = 0, len = 0;
+        sched *s = sched_parse(text, NULL, err, sizeof err, &at, &len);
+        if (!s) {
+            cr_assert(at + len <= strlen(text) && err[0], "%s: %zu+%zu '%s'", text, at, len,
+                      err);
+            continue;
+        }
+        int64_t t = utc("2026-01-01 00:00");
+        int64_t next = sched_next(s, t);
+        cr_assert_gt(next, t, "%s", text);
+        sched_free(s);
+    }
+}
