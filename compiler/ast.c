@@ -296,6 +296,7 @@ const char *gr_token_name(int type)
     case TK_TARGET: return "'target'";
     case TK_RULE: return "'rule'";
     case TK_SERVER: return "'server'";
+    case TK_SOURCE: return "'source'";
     case TK_ON: return "'on'";
     case TK_MATCH: return "'match'";
     case TK_PATTERN: return "'pattern'";
@@ -340,14 +341,15 @@ static void describe_expected(const int *exp, int n, char *buf, size_t cap)
     bool value_family = true;
     for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++)
         value_family &= has(exp, n, vals[i]);
-    static const int decls[] = { TK_IMPORT, TK_BUS, TK_TARGET, TK_RULE, TK_SERVER, TK_TEMPLATE };
+    static const int decls[] = { TK_IMPORT, TK_BUS, TK_TARGET, TK_SOURCE, TK_RULE, TK_SERVER,
+                                 TK_TEMPLATE };
     static const int clauses[] = { TK_MATCH, TK_PATTERN, TK_TRANSFORM, TK_TO, TK_DEAD_LETTER };
     const char *words[16];
     int nw = 0;
     int covered[64], nc = 0;
     struct { const int *set; int n; const char *name; } fam[] = {
         { ops, 12, "an operator" }, { vals, 6, "a value" },
-        { decls, 6, "a declaration (import, bus, target, rule, server, template)" },
+        { decls, 7, "a declaration (import, bus, target, source, rule, server, template)" },
         { clauses, 5, "a rule clause (match, pattern, transform, to, dead_letter)" },
     };
     for (size_t f = 0; f < sizeof fam / sizeof fam[0]; f++) {
@@ -397,7 +399,8 @@ void ast_syntax_error(cc_unit *u, int major, gr_token t, const int *expected, in
 void ast_decl_broken(cc_unit *u, int decl_kind, gr_token name)
 {
     const char *kind = decl_kind == TK_BUS ? "bus" : decl_kind == TK_TARGET ? "target"
-                     : decl_kind == TK_RULE ? "rule" : decl_kind == TK_TEMPLATE ? "template" : NULL;
+                     : decl_kind == TK_RULE ? "rule" : decl_kind == TK_TEMPLATE ? "template"
+                     : decl_kind == TK_SOURCE ? "source" : NULL;
     if (!kind || name.type != TK_IDENT)
         return;
     char buf[256];
@@ -486,6 +489,17 @@ void ast_decl_target(cc_unit *u, const gr_token *name, const gr_token *kind, ast
     d->a = node(u, A_VALUE, kind);
     d->b = value;
     d->c = options;
+    add_decl(u, d);
+}
+
+void ast_decl_source(cc_unit *u, const gr_token *name, const gr_token *kind, ast *value,
+                     ast *options, const gr_token *bus)
+{
+    ast *d = node(u, A_SOURCE, name);
+    d->a = node(u, A_VALUE, kind);
+    d->b = value;
+    d->c = options;
+    d->aux = *bus;
     add_decl(u, d);
 }
 

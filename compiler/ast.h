@@ -21,6 +21,7 @@ typedef enum {
     A_BUS,         /* c = options */
     A_TARGET,      /* a = kind (A_VALUE ident), b = value, c = options */
     A_SERVER,      /* c = options */
+    A_SOURCE,      /* a = kind (A_VALUE ident), b = value, c = options, aux = the bus's name */
     A_RULE,        /* a = bus (A_VALUE ident), c = clauses */
     A_TEMPLATE,    /* a = parameter list (A_JSON over its "(...)") or NULL, b = body (A_JSON
                       or a STRING A_VALUE) */
@@ -111,6 +112,8 @@ void ast_decl_import(cc_unit *u, const gr_token *path);
 void ast_decl_bus(cc_unit *u, const gr_token *name, ast *options);
 void ast_decl_target(cc_unit *u, const gr_token *name, const gr_token *kind, ast *value, ast *options);
 void ast_decl_server(cc_unit *u, const gr_token *kw, ast *options);
+void ast_decl_source(cc_unit *u, const gr_token *name, const gr_token *kind, ast *value,
+                     ast *options, const gr_token *bus);
 void ast_decl_rule(cc_unit *u, const gr_token *name, const gr_token *bus, ast *clauses, const gr_token *end);
 ast *ast_option(cc_unit *u, const gr_token *name, ast *values, ast *assigned);
 ast *ast_option_block(cc_unit *u, const gr_token *name, ast *options, const gr_token *end);

@@ -107,7 +107,7 @@ struct cc_comp {
     /* declarations that failed to parse: "bus NAME", "target NAME", "rule NAME" */
     VEC(char *) broken;
     /* declarations, by kind */
-    cc_names buses, targets, rules;
+    cc_names buses, targets, rules, sources;
     cc_names dups;       /* duplicate declarations: reported, and their bodies checked too */
     ast *server;
     cc_unit *server_unit;
@@ -129,6 +129,7 @@ struct cc_comp {
     VEC(uint32_t) rule_targets;
     VEC(vm_bus) pbuses;
     VEC(vm_target) ptargets;
+    VEC(vm_input) pinputs;
     VEC(vm_cfg) cfgs;
     uint32_t server0, nserver;
     /* transforms and templates (template.c) */

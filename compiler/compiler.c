@@ -173,6 +173,7 @@ static vm_program *finish(cc_comp *c)
     TAKE(rule_targets, c->rule_targets);
     TAKE(buses, c->pbuses);
     TAKE(targets, c->ptargets);
+    TAKE(inputs, c->pinputs);
     TAKE(cfgs, c->cfgs);
     TAKE(xforms, c->xforms);
     TAKE(tpaths, c->tpaths);
@@ -219,11 +220,12 @@ static void comp_free(cc_comp *c)
     cc_strtab_free(c);
     free(c->units.v); free(c->msgs.v); free(c->broken.v);
     cc_names_free(&c->buses); cc_names_free(&c->targets); cc_names_free(&c->rules);
+    cc_names_free(&c->sources);
     cc_names_free(&c->dups); cc_names_free(&c->templates);
     free(c->path_slots); free(c->strs.v); free(c->srcs.v); free(c->segs.v); free(c->paths.v); free(c->consts.v);
     free(c->tests.v); free(c->regexes.v); free(c->re_insts.v); free(c->re_ranges.v);
     free(c->code.v); free(c->code_spans.v); free(c->prules.v); free(c->rule_targets.v);
-    free(c->pbuses.v); free(c->ptargets.v); free(c->cfgs.v);
+    free(c->pbuses.v); free(c->ptargets.v); free(c->pinputs.v); free(c->cfgs.v);
     free(c->xforms.v); free(c->tcode.v); free(c->tcode_spans.v); free(c->tpaths.v); free(c->tsteps.v);
     for (uint32_t i = 0; i < c->xpreds.n; i++)
         free(c->xpreds.v[i].clauses.v);

@@ -3,11 +3,13 @@
  * checks names, references and options, turns options into the image's option trees, and drives
  * the lowering and code generation of each rule.
  */
+#include <ctype.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cc.h"
+#include "../runtime/sources/cron.h"
 #include "parser.h"
 
 /* ---- names ----------------------------------------------------------------------------------- */
@@ -224,8 +226,13 @@ static uint32_t count(ast *list)
 
 /* ---- option specifications ------------------------------------------------------------------- */
 
-enum { K_BUS = 1, K_HTTP = 2, K_FILE = 4, K_TOBUS = 8, K_EXEC = 16, K_SERVER = 32 };
-#define K_TARGETS (K_HTTP | K_FILE | K_TOBUS | K_EXEC)
+enum {
+    K_BUS = 1, K_SERVER = 2,
+    K_HTTP = 4, K_FILE = 8, K_TOBUS = 16, K_EXEC = 32, K_MQTT = 64, K_NATS = 128,   /* targets */
+    K_REMOTE = 256,
+    K_SMQTT = 512, K_SNATS = 1024, K_WEBHOOK = 2048, K_SCHEDULE = 4096,             /* sources */
+};
+#define K_TARGETS (K_HTTP | K_FILE | K_TOBUS | K_EXEC | K_MQTT | K_NATS | K_REMOTE)
 
 typedef bool (*opt_check)(cc_comp *c, cc_unit *u, ast *opt, const char *what);
 
@@ -601,6 +608,92 @@ static bool check_nats_url(cc_unit *u, ast *v)
     return true;
 }
 
+/* A NATS target's or source's servers: one URL or a list of them. */
+static void check_nats_urls(cc_unit *u, ast *v)
+{
+    if (v->kind != A_LIST) {
+        check_nats_url(u, v);
+        return;
+    }
+    if (!v->a)
+        cc_error_at(u, v, "the list of NATS servers is empty");
+    for (ast *x = v->a; x; x = x->next)
+        check_nats_url(u, x);
+}
+
+/* A literal URL's text after its scheme (one of schemes), or NULL after reporting why not.
+ * env() passes: the daemon checks what it reads. */
+static const char *url_after_scheme(cc_unit *u, ast *v, const char *what,
+                                    const char *const *schemes, size_t nschemes, size_t *rest)
+{
+    if (!check_value(u, v, V_TEXT, what) || v->kind != A_VALUE)
+        return NULL;
+    size_t n;
+    const char *s = cc_string(u, &v->tok, &n);
+    for (size_t i = 0; s && i < nschemes; i++) {
+        size_t k = strlen(schemes[i]);
+        if (n > k && !memcmp(s, schemes[i], k) && s[k] != '/' && s[k] != ':') {
+            *rest = n - k;
+            return s + k;
+        }
+    }
+    if (s)
+        cc_error_at(u, v, "%s starts with %s%s%s and names a host", what, schemes[0],
+                    nschemes > 1 ? " or " : "", nschemes > 1 ? schemes[1] : "");
+    return NULL;
+}
+
+static void check_mqtt_url(cc_unit *u, ast *v)
+{
+    static const char *const schemes[] = { "mqtt://" };
+    size_t n;
+    const char *s = url_after_scheme(u, v, "an MQTT broker's URL", schemes, 1, &n);
+    if (s && memchr(s, '/', n) && ((const char *)memchr(s, '/', n))[1] != 0)
+        cc_error_at(u, v, "an MQTT broker's URL names the broker only (mqtt://HOST:PORT); the "
+                    "topic is an option");
+}
+
+/* A remote target: the URL of a bus of another ebd, .../v1/buses/NAME */
+static void check_remote_url(cc_unit *u, ast *v)
+{
+    static const char *const schemes[] = { "http://", "https://" };
+    size_t n;
+    const char *s = url_after_scheme(u, v, "a remote target's URL", schemes, 2, &n);
+    if (!s)
+        return;
+    const char *b = NULL;
+    for (size_t i = 0; i + 10 <= n; i++)
+        if (!memcmp(s + i, "/v1/buses/", 10))
+            b = s + i + 10;
+    if (!b || b == s + n || memchr(b, '/', (size_t)(s + n - b)))
+        cc_error_at(u, v, "a remote target's URL is the other daemon's bus, as in "
+                    "\"https://HOST:PORT/v1/buses/NAME\"");
+}
+
+static ast *find_option(cc_unit *u, ast *opts, const char *name)
+{
+    size_t n = strlen(name);
+    for (ast *o = opts; o; o = o->next)
+        if (o->tok.len == n && !memcmp(u->text + o->tok.off, name, n))
+            return o;
+    return NULL;
+}
+
+static unsigned option_count(cc_unit *u, ast *opts, const char *name)
+{
+    unsigned k = 0;
+    for (ast *o = find_option(u, opts, name); o; o = find_option(u, o->next, name))
+        k++;
+    return k;
+}
+
+/* Reports at the declaration's name when its options lack `name`. */
+static void need_option(cc_unit *u, ast *d, const char *name, const char *msg)
+{
+    if (!find_option(u, d->c, name))
+        cc_error(u, d->tok.off, d->tok.len, "%s", msg);
+}
+
 /* The value after one word of 'log nats' (x is the word, val what follows it, or NULL):
  * stream "NAME", replicas N, or user/password/token/creds with a string or env(). */
 static bool check_log_word(cc_unit *u, const char *word, ast *x, ast *val)
@@ -727,6 +820,132 @@ static bool opt_log(cc_comp *c, cc_unit *u, ast *o, const char *w)
     return ok;
 }
 
+static bool opt_bool(cc_comp *c, cc_unit *u, ast *o, const char *w) { (void)c; return one(u, o, w, V_BOOL); }
+
+/* qos 0 | 1 (QoS 2 is not offered: ebr's own de-duplication is what stores a message once) */
+static bool opt_qos(cc_comp *c, cc_unit *u, ast *o, const char *w)
+{
+    (void)c;
+    double d;
+    if (!one(u, o, w, V_INT))
+        return false;
+    if (vm_number_value(u->text + o->a->tok.off, o->a->tok.len, &d) && d <= 1)
+        return true;
+    cc_error_at(u, o->a, "%s takes 0 or 1 (no QoS 2: the bus's dedup window is what stores a "
+                "message once)", w);
+    return false;
+}
+
+/* dedup DURATION: the window within which an event's (source, id) is stored once */
+static bool opt_dedup(cc_comp *c, cc_unit *u, ast *o, const char *w)
+{
+    (void)c;
+    double ms;
+    if (!one(u, o, w, V_DURATION))
+        return false;
+    cc_duration(u, &o->a->tok, &ms);
+    if (ms < 1000 || ms > 24 * 3600e3) {
+        cc_error_at(u, o->a, "%s takes a window from 1s to 24h", w);
+        return false;
+    }
+    return true;
+}
+
+/* catchup all | last | none: what a schedule does with the firings it missed while down */
+static bool opt_catchup(cc_comp *c, cc_unit *u, ast *o, const char *w)
+{
+    (void)c;
+    ast *v = o->a;
+    if (v && !v->next && !o->b &&
+        (word_is(u, v, "all") || word_is(u, v, "last") || word_is(u, v, "none")))
+        return true;
+    cc_error_at(u, o, "%s takes 'all', 'last' or 'none'", w);
+    return false;
+}
+
+/* data {...}: a JSON value (read whole by the parser) */
+static bool opt_json(cc_comp *c, cc_unit *u, ast *o, const char *w)
+{
+    (void)c;
+    if (o->a && !o->a->next && !o->b && o->a->kind == A_JSON) {
+        const char *j = u->text + o->a->tok.off;
+        size_t at;
+        const char *why;
+        if (vm_json_check(j, o->a->tok.len, &at, &why))
+            return true;
+        cc_error(u, o->a->tok.off + (uint32_t)at, 1, "%s is not valid JSON: %s", w, why);
+        return false;
+    }
+    cc_error_at(u, o, "%s takes a JSON object or array, as in data {\"job\": \"compact\"}", w);
+    return false;
+}
+
+/* verify github(secret: S) | stripe(secret: S, tolerance: D) | hmac(secret: S, header: H,
+ * prefix: P, encoding: hex|base64, algorithm: sha1|sha256|sha512) | none */
+static bool opt_verify(cc_comp *c, cc_unit *u, ast *o, const char *w)
+{
+    (void)c;
+    static const char *const gh[] = { "secret" };
+    static const vkind ghk[] = { V_TEXT };
+    static const char *const st[] = { "secret", "tolerance" };
+    static const vkind stk[] = { V_TEXT, V_DURATION };
+    static const char *const hm[] = { "secret", "header", "prefix", "encoding", "algorithm" };
+    static const vkind hmk[] = { V_TEXT, V_TEXT, V_TEXT, V_IDENT, V_IDENT };
+    ast *v = o->a;
+    if (v && !v->next && !o->b && word_is(u, v, "none"))
+        return true;
+    if (!v || v->next || o->b || v->kind != A_CALL) {
+        cc_error_at(u, o, "%s takes github(secret: env(\"S\")), stripe(secret: ...), "
+                    "hmac(secret: ..., header: \"X-Signature\") or none", w);
+        return false;
+    }
+    const char *f = u->text + v->tok.off;
+    size_t n = v->tok.len;
+    bool ok;
+    if (n == 6 && !memcmp(f, "github", 6))
+        ok = check_args(u, v, gh, ghk, 1, true);
+    else if (n == 6 && !memcmp(f, "stripe", 6))
+        ok = check_args(u, v, st, stk, 2, false);
+    else if (n == 4 && !memcmp(f, "hmac", 4))
+        ok = check_args(u, v, hm, hmk, 5, false);
+    else {
+        static const char *const fns[] = { "github", "stripe", "hmac", "none" };
+        char hint[96];
+        cc_suggest(f, n, fns, 4, hint, sizeof hint);
+        cc_error(u, v->tok.off, v->tok.len, "unknown signature scheme '%.*s' (github, stripe, "
+                 "hmac or none)%s", (int)n, f, hint);
+        return false;
+    }
+    bool secret = false, header = false;
+    for (ast *a = v->a; a; a = a->next) {
+        if (a->kind != A_NAMED)
+            continue;
+        const char *an = u->text + a->tok.off;
+        secret |= a->tok.len == 6 && !memcmp(an, "secret", 6);
+        header |= a->tok.len == 6 && !memcmp(an, "header", 6);
+        if (a->tok.len == 8 && !memcmp(an, "encoding", 8) && a->a->op == TK_IDENT &&
+            !word_is(u, a->a, "hex") && !word_is(u, a->a, "base64")) {
+            cc_error_at(u, a->a, "encoding is hex or base64");
+            ok = false;
+        }
+        if (a->tok.len == 9 && !memcmp(an, "algorithm", 9) && a->a->op == TK_IDENT &&
+            !word_is(u, a->a, "sha1") && !word_is(u, a->a, "sha256") && !word_is(u, a->a, "sha512")) {
+            cc_error_at(u, a->a, "algorithm is sha1, sha256 or sha512");
+            ok = false;
+        }
+    }
+    if (ok && !secret) {
+        cc_error_at(u, v, "%.*s() needs the argument 'secret'", (int)n, f);
+        ok = false;
+    }
+    if (ok && n == 4 && !header) {
+        cc_error_at(u, v, "hmac() needs the argument 'header': the request header that carries "
+                    "the signature");
+        ok = false;
+    }
+    return ok;
+}
+
 static const struct opt_spec {
     const char *name;
     unsigned kinds;
@@ -739,11 +958,12 @@ static const struct opt_spec {
     { "fsync",          K_BUS | K_FILE,             opt_fsync,       false },
     { "log",            K_BUS,                      opt_log,         false },
     { "max_event_size", K_BUS | K_SERVER,           opt_size,        false },
-    { "token",          K_BUS,                      opt_text,        false },
+    { "token",          K_BUS | K_NATS | K_SNATS | K_REMOTE, opt_text,   false },
+    { "dedup",          K_BUS,                      opt_dedup,       false },
     { "admin_token",    K_SERVER,                   opt_text,        false },
     { "header",         K_HTTP,                     opt_header,      true  },
     { "method",         K_HTTP,                     opt_method,      false },
-    { "timeout",        K_HTTP | K_EXEC,            opt_duration,    false },
+    { "timeout",        K_HTTP | K_EXEC | K_MQTT | K_NATS | K_REMOTE, opt_duration, false },
     { "retry",          K_TARGETS,                  opt_retry,       false },
     { "dead_letter",    K_TARGETS,                  opt_dead_letter, false },
     { "rate_limit",     K_HTTP | K_EXEC,            opt_int,         false },
@@ -752,6 +972,26 @@ static const struct opt_spec {
     { "batch",          K_HTTP,                     opt_batch,       false },
     { "args",           K_EXEC,                     opt_args,        false },
     { "env",            K_EXEC,                     opt_env,         false },
+    { "topic",          K_MQTT | K_SMQTT,           opt_text,        true  },
+    { "qos",            K_MQTT | K_SMQTT,           opt_qos,         false },
+    { "retain",         K_MQTT,                     opt_bool,        false },
+    { "client_id",      K_MQTT | K_SMQTT,           opt_text,        false },
+    { "user",           K_MQTT | K_SMQTT | K_NATS | K_SNATS, opt_text, false },
+    { "password",       K_MQTT | K_SMQTT | K_NATS | K_SNATS, opt_text, false },
+    { "creds",          K_NATS | K_SNATS,           opt_text,        false },
+    { "subject",        K_NATS | K_SNATS,           opt_text,        false },
+    { "jetstream",      K_NATS,                     opt_bool,        false },
+    { "queue",          K_SNATS,                    opt_text,        false },
+    { "stream",         K_SNATS,                    opt_text,        false },
+    { "consumer",       K_SNATS,                    opt_text,        false },
+    { "ack_wait",       K_SNATS,                    opt_duration,    false },
+    { "ca",             K_REMOTE,                   opt_text,        false },
+    { "verify",         K_WEBHOOK,                  opt_verify,      false },
+    { "id_header",      K_WEBHOOK,                  opt_text,        false },
+    { "type",           K_SMQTT | K_SNATS | K_WEBHOOK | K_SCHEDULE, opt_text, false },
+    { "timezone",       K_SCHEDULE,                 opt_text,        false },
+    { "data",           K_SCHEDULE,                 opt_json,        false },
+    { "catchup",        K_SCHEDULE,                 opt_catchup,     false },
     { "listen",         K_SERVER,                   opt_text,        false },
     { "data_dir",       K_SERVER,                   opt_text,        false },
     { "tls_cert",       K_SERVER,                   opt_text,        false },
@@ -777,10 +1017,51 @@ static const struct not_yet {
                              "guards the daemon's" },
 };
 
+static bool is_option_of(cc_unit *u, ast *v, unsigned kind)
+{
+    if (v->kind != A_VALUE || v->op != TK_IDENT)
+        return false;
+    for (size_t k = 0; k < sizeof opt_specs / sizeof opt_specs[0]; k++)
+        if ((opt_specs[k].kinds & kind) && strlen(opt_specs[k].name) == v->tok.len &&
+            !memcmp(opt_specs[k].name, u->text + v->tok.off, v->tok.len))
+            return true;
+    return false;
+}
+
+/* Several options may share a line, as in { topic "sensors/#" qos 1 }: the parser reads that
+ * as one option with four values, cut here before each value that names an option of this
+ * kind of declaration.  (Not inside `log`, whose own words - token, stream - are options too.) */
+static void split_options(cc_comp *c, cc_unit *u, ast *opts, unsigned kind)
+{
+    for (ast *o = opts; o; o = o->next) {
+        if (o->kind != A_OPTION || (o->flags & AF_BLOCK) ||
+            (o->tok.len == 3 && !memcmp(u->text + o->tok.off, "log", 3)))
+            continue;
+        ast *prev = NULL;
+        for (ast *v = o->a; v; prev = v, v = v->next) {
+            if (!prev || !is_option_of(u, v, kind))
+                continue;
+            ast *rest = cc_alloc(c, sizeof *rest);
+            *rest = *o;
+            rest->tok = v->tok;
+            rest->a = v->next;
+            rest->off = v->off;
+            rest->len = o->off + o->len - v->off;
+            prev->next = NULL;
+            o->a->tail = prev;
+            o->b = NULL;
+            o->len = prev->off + prev->len - o->off;
+            o->next = rest;
+            break;          /* rest is split in its turn */
+        }
+    }
+}
+
 /* Checks the options of a declaration of kind `kind` ("bus", "http target", ...). */
 static void check_options(cc_comp *c, cc_unit *u, ast *opts, unsigned kind, const char *what)
 {
     const size_t nspec = sizeof opt_specs / sizeof opt_specs[0];
+    split_options(c, u, opts, kind);
     for (ast *o = opts; o; o = o->next) {
         const char *name = u->text + o->tok.off;
         const struct not_yet *ny = NULL;
@@ -895,6 +1176,10 @@ static void fill_cfg(cc_comp *c, cc_unit *u, uint32_t at, ast *v)
         k.child0 = kid;
         break;
     }
+    case A_JSON:                       /* (a schedule's data: its text) */
+        k.type = VM_CFG_STR;
+        k.str = cc_str(c, u->text + v->tok.off, v->tok.len);
+        break;
     case A_LIST:
         k.type = VM_CFG_LIST;
         k.child0 = emit_cfgs(c, u, v->a, &k.nchild);
@@ -971,21 +1256,23 @@ static void check_bus(cc_comp *c, cc_unit *u, ast *d)
 
 static void check_target(cc_comp *c, cc_unit *u, ast *d)
 {
-    static const char *const kinds[] = { "http", "file", "bus", "exec" };
-    static const unsigned masks[] = { K_HTTP, K_FILE, K_TOBUS, K_EXEC };
+    static const char *const kinds[] = { "http", "file", "bus", "exec", "mqtt", "nats", "remote" };
+    static const unsigned masks[] = { K_HTTP, K_FILE, K_TOBUS, K_EXEC, K_MQTT, K_NATS, K_REMOTE };
+    enum { NKINDS = sizeof kinds / sizeof kinds[0] };
     const char *kind = u->text + d->a->tok.off;
     size_t klen = d->a->tok.len, k = 0;
-    while (k < 4 && !(strlen(kinds[k]) == klen && memcmp(kinds[k], kind, klen) == 0))
+    while (k < NKINDS && !(strlen(kinds[k]) == klen && memcmp(kinds[k], kind, klen) == 0))
         k++;
     vm_target t = { cc_str(c, u->text + d->tok.off, d->tok.len), cc_str(c, kind, klen), 0, 0, 0,
                     cc_span(u, d->off, d->len) };
-    if (k == 4) {
+    if (k == NKINDS) {
         char hint[96];
-        cc_suggest(kind, klen, kinds, 4, hint, sizeof hint);
-        cc_error(u, d->a->tok.off, (uint32_t)klen, "unknown target kind '%.*s' (http, file, bus or exec)%s",
-                 (int)klen, kind, hint);
+        cc_suggest(kind, klen, kinds, NKINDS, hint, sizeof hint);
+        cc_error(u, d->a->tok.off, (uint32_t)klen, "unknown target kind '%.*s' (http, file, bus, "
+                 "exec, mqtt, nats or remote)%s", (int)klen, kind, hint);
     } else {
         ast *v = d->b;
+        split_options(c, u, d->c, masks[k]);
         switch (masks[k]) {
         case K_HTTP:
             if (check_value(u, v, V_TEXT, "an http target") && v->kind == A_VALUE) {
@@ -1020,6 +1307,21 @@ static void check_target(cc_comp *c, cc_unit *u, ast *d)
                 check_value(u, v, V_TEXT, "an exec target");
             }
             break;
+        case K_MQTT:
+            check_mqtt_url(u, v);
+            need_option(u, d, "topic", "an mqtt target needs the topic it publishes to: "
+                        "topic \"NAME\"");
+            if (option_count(u, d->c, "topic") > 1)
+                cc_error_at(u, d, "an mqtt target publishes to one topic");
+            break;
+        case K_NATS:
+            check_nats_urls(u, v);
+            need_option(u, d, "subject", "a nats target needs the subject it publishes to: "
+                        "subject \"NAME\"");
+            break;
+        case K_REMOTE:
+            check_remote_url(u, v);
+            break;
         }
         char what[32];
         snprintf(what, sizeof what, "a%s %s target", k == 0 || k == 3 ? "n" : "", kinds[k]);
@@ -1036,6 +1338,148 @@ static void check_target(cc_comp *c, cc_unit *u, ast *d)
     t.value = emit_cfgs(c, u, &copy, &one);
     t.opt0 = emit_cfgs(c, u, d->c, &t.nopt);
     vec_push(c->ptargets, t);
+}
+
+/* ---- sources -------------------------------------------------------------------------------- */
+
+/* Where a webhook source may not listen: the daemon's own endpoints. */
+static const char *const reserved_paths[] = { "/v1/", "/ui", "/healthz", "/metrics", "/" };
+
+static bool check_webhook_path(cc_comp *c, cc_unit *u, ast *d, ast *v)
+{
+    size_t n;
+    const char *p = v->kind == A_VALUE && v->op == TK_STRING ? cc_string(u, &v->tok, &n) : NULL;
+    if (!p) {
+        cc_error_at(u, v, "a webhook source takes the path it is posted to, as in \"/hooks/github\"");
+        return false;
+    }
+    if (n < 2 || p[0] != '/') {
+        cc_error_at(u, v, "a webhook's path starts with '/' and names something, as in \"/hooks/github\"");
+        return false;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!(isalnum((unsigned char)p[i]) || strchr("/-_.~", p[i]))) {
+            cc_error_at(u, v, "a webhook's path may hold letters, digits and / - _ . ~ only");
+            return false;
+        }
+    for (size_t i = 0; i < sizeof reserved_paths / sizeof reserved_paths[0]; i++) {
+        size_t rn = strlen(reserved_paths[i]);
+        bool clash = reserved_paths[i][rn - 1] == '/' && rn > 1 ? n >= rn && !memcmp(p, reserved_paths[i], rn)
+                   : n == rn && !memcmp(p, reserved_paths[i], rn);
+        clash |= rn > 1 && n > rn && !memcmp(p, reserved_paths[i], rn) && p[rn] == '/';
+        if (clash) {
+            cc_error_at(u, v, "the path %s is the daemon's own", reserved_paths[i]);
+            return false;
+        }
+    }
+    for (uint32_t i = 0; i < c->sources.n; i++) {
+        ast *o = c->sources.v[i].node;
+        cc_unit *ou = c->sources.v[i].unit;
+        size_t on;
+        const char *op = o != d && o->a->tok.len == 7 && !memcmp(ou->text + o->a->tok.off, "webhook", 7) &&
+                         o->b->kind == A_VALUE && o->b->op == TK_STRING ? cc_string(ou, &o->b->tok, &on) : NULL;
+        if (op && on == n && !memcmp(op, p, n) && (ou != u || o->off < d->off)) {
+            cc_error_at(u, v, "source '%.*s' already takes webhooks at %.*s", (int)o->tok.len,
+                        ou->text + o->tok.off, (int)n, p);
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool check_schedule_text(cc_unit *u, ast *d, ast *v)
+{
+    size_t n;
+    const char *e = v->kind == A_VALUE && v->op == TK_STRING ? cc_string(u, &v->tok, &n) : NULL;
+    if (!e) {
+        cc_error_at(u, v, "a schedule source takes \"rate(...)\" or \"cron(...)\"");
+        return false;
+    }
+    char tz[128] = "";
+    ast *zo = find_option(u, d->c, "timezone");
+    if (zo && zo->a && zo->a->kind == A_VALUE && zo->a->op == TK_STRING) {
+        size_t zn;
+        const char *z = cc_string(u, &zo->a->tok, &zn);
+        if (z)
+            snprintf(tz, sizeof tz, "%.*s", (int)zn, z);
+    }
+    char err[256];
+    size_t at = 0, len = 0;
+    sched *s = sched_parse(e, tz, err, sizeof err, &at, &len);
+    if (s) {
+        sched_free(s);
+        return true;
+    }
+    if (len == 0 && zo)                              /* the time zone's fault */
+        cc_error_at(u, zo->a, "%s", err);
+    else
+        cc_error(u, cc_source_offset(u, &v->tok, at), (uint32_t)(len ? len : 1), "%s", err);
+    return false;
+}
+
+static void check_source(cc_comp *c, cc_unit *u, ast *d)
+{
+    static const char *const kinds[] = { "mqtt", "nats", "webhook", "schedule" };
+    static const unsigned masks[] = { K_SMQTT, K_SNATS, K_WEBHOOK, K_SCHEDULE };
+    enum { NKINDS = sizeof kinds / sizeof kinds[0] };
+    const char *kind = u->text + d->a->tok.off;
+    size_t klen = d->a->tok.len, k = 0;
+    while (k < NKINDS && !(strlen(kinds[k]) == klen && memcmp(kinds[k], kind, klen) == 0))
+        k++;
+    if (d->tok.len > VM_MAX_NAME)
+        cc_error(u, d->tok.off, d->tok.len, "a source name may have at most %u bytes; this one "
+                 "has %u", VM_MAX_NAME, d->tok.len);
+    int bus = cc_names_find(&c->buses, u->text + d->aux.off, d->aux.len);
+    if (bus < 0 && !cc_is_broken(c, "bus", u->text + d->aux.off, d->aux.len)) {
+        char hint[96];
+        suggest_name(c->buses.v, c->buses.n, u->text + d->aux.off, d->aux.len, hint, sizeof hint);
+        cc_error(u, d->aux.off, d->aux.len, "unknown bus '%.*s'%s", (int)d->aux.len,
+                 u->text + d->aux.off, hint);
+    }
+    if (k == NKINDS) {
+        char hint[96];
+        cc_suggest(kind, klen, kinds, NKINDS, hint, sizeof hint);
+        cc_error(u, d->a->tok.off, (uint32_t)klen, "unknown source kind '%.*s' (mqtt, nats, "
+                 "webhook or schedule)%s", (int)klen, kind, hint);
+        return;
+    }
+    ast *v = d->b;
+    split_options(c, u, d->c, masks[k]);
+    switch (masks[k]) {
+    case K_SMQTT:
+        check_mqtt_url(u, v);
+        need_option(u, d, "topic", "an mqtt source needs the topics it subscribes to: "
+                    "topic \"sensors/#\"");
+        break;
+    case K_SNATS:
+        check_nats_urls(u, v);
+        if (!find_option(u, d->c, "subject") && !find_option(u, d->c, "stream"))
+            cc_error_at(u, d, "a nats source needs the subject it subscribes to (subject "
+                        "\"orders.>\") or the JetStream stream it reads (stream \"ORDERS\")");
+        if (find_option(u, d->c, "queue") && find_option(u, d->c, "stream"))
+            cc_error_at(u, find_option(u, d->c, "queue"), "'queue' is for core NATS subjects; "
+                        "on a stream, daemons share the durable consumer");
+        break;
+    case K_WEBHOOK:
+        check_webhook_path(c, u, d, v);
+        need_option(u, d, "verify", "a webhook source needs verify github(...), stripe(...), "
+                    "hmac(...) or none: say how its senders are checked");
+        break;
+    case K_SCHEDULE:
+        check_schedule_text(u, d, v);
+        break;
+    }
+    char what[40];
+    snprintf(what, sizeof what, "a%s %s source", k == 0 ? "n" : "", kinds[k]);
+    check_options(c, u, d->c, masks[k], what);
+    vm_input in = { cc_str(c, u->text + d->tok.off, d->tok.len), cc_str(c, kind, klen),
+                    bus < 0 ? 0 : (uint32_t)bus, 0, 0, 0, cc_span(u, d->off, d->len) };
+    uint32_t one;
+    ast copy = *v;
+    copy.next = copy.tail = NULL;
+    in.value = emit_cfgs(c, u, &copy, &one);
+    in.opt0 = emit_cfgs(c, u, d->c, &in.nopt);
+    vec_push(c->pinputs, in);
 }
 
 static void check_server(cc_comp *c, cc_unit *u, ast *d)
@@ -1274,10 +1718,11 @@ int cc_check_and_build(cc_comp *c)
         { A_TARGET, "target", &c->targets },
         { A_RULE, "rule", &c->rules },
         { A_TEMPLATE, "template", &c->templates },
+        { A_SOURCE, "source", &c->sources },
     };
     for (uint32_t i = 0; i < c->units.n; i++)
         for (ast *d = c->units.v[i]->decls; d; d = d->next)
-            for (size_t k = 0; k < 4; k++)
+            for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++)
                 if (d->kind == kinds[k].kind)
                     declare(c, c->units.v[i], d, kinds[k].what, kinds[k].list);
     cc_check_templates(c);
@@ -1285,6 +1730,8 @@ int cc_check_and_build(cc_comp *c)
         check_bus(c, c->buses.v[i].unit, c->buses.v[i].node);
     for (uint32_t i = 0; i < c->targets.n; i++)
         check_target(c, c->targets.v[i].unit, c->targets.v[i].node);
+    for (uint32_t i = 0; i < c->sources.n; i++)
+        check_source(c, c->sources.v[i].unit, c->sources.v[i].node);
     for (uint32_t i = 0; i < c->units.n; i++)
         for (ast *d = c->units.v[i]->decls; d; d = d->next)
             if (d->kind == A_SERVER)

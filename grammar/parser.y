@@ -58,6 +58,10 @@ decl ::= BUS IDENT(N) optblock(O).                  { ast_decl_bus(u, &N, O); }
 decl ::= TARGET IDENT(N) IDENT(K) value(V) optblock(O). { ast_decl_target(u, &N, &K, V, O); }
 decl ::= TARGET IDENT(N) BUS(K) value(V) optblock(O).   { ast_decl_target(u, &N, &K, V, O); }
 decl ::= SERVER(S) optblock(O).                     { ast_decl_server(u, &S, O); }
+/* `source` is a keyword only where a declaration may start (the driver turns the word into
+ * SOURCE there), so that rules keep matching on the attribute `source`. */
+decl ::= SOURCE IDENT(N) IDENT(K) value(V) optblock(O) TO IDENT(B).
+                                                    { ast_decl_source(u, &N, &K, V, O, &B); }
 decl ::= RULE IDENT(N) ON IDENT(B) LBRACE clauses(C) RBRACE(E). { ast_decl_rule(u, &N, &B, C, &E); }
 decl ::= TEMPLATE IDENT(N) ARGS(P) tbody(B).        { ast_decl_template(u, &N, &P, B); }
 decl ::= TEMPLATE IDENT(N) tbody(B).                { ast_decl_template(u, &N, NULL, B); }
@@ -81,6 +85,8 @@ option(A) ::= IDENT(N) values(V) ASSIGN value(W).   { A = ast_option(u, &N, V, W
 /* A block of NAME = value lines as one option's value (an exec target's env { ... }). */
 option(A) ::= IDENT(N) LBRACE RBRACE(E).            { A = ast_option_block(u, &N, NULL, &E); }
 option(A) ::= IDENT(N) LBRACE options(L) RBRACE(E). { A = ast_option_block(u, &N, L, &E); }
+/* a JSON value (a schedule source's data {...}): the driver reads it whole after `data` */
+option(A) ::= IDENT(N) JSON(J).                     { A = ast_option(u, &N, ast_json(u, &J), NULL); }
 
 values(A) ::= .                                     { A = NULL; }
 values(A) ::= values(L) value(V).                   { A = ast_append(L, V); }
@@ -222,7 +228,7 @@ static void gr_syntax_error(const yyParser *p, int major, gr_token tok)
 static int gr_is_decl_start(int type)
 {
     return type == TK_IMPORT || type == TK_BUS || type == TK_TARGET || type == TK_RULE ||
-           type == TK_SERVER || type == TK_TEMPLATE;
+           type == TK_SERVER || type == TK_TEMPLATE || type == TK_SOURCE;
 }
 
 /* The driver's state between tokens. */
@@ -235,6 +241,7 @@ typedef struct {
     int nest;              /* ( and [ depth inside an option block */
     int optblock;          /* inside a bus / target / server { } */
     int prev, prev2, prev3;  /* the last three token kinds given to the parser */
+    gr_token last;         /* the last token given to the parser */
     int skipping;          /* after an error: drop tokens until a declaration starts */
     int errors;
 } driver;
@@ -260,7 +267,8 @@ static int feed(driver *d, gr_token t)
     }
     switch (t.type) {
     case TK_LBRACE:
-        if (d->depth++ == 0 && (d->decl == TK_BUS || d->decl == TK_TARGET || d->decl == TK_SERVER))
+        if (d->depth++ == 0 && (d->decl == TK_BUS || d->decl == TK_TARGET || d->decl == TK_SERVER ||
+                                d->decl == TK_SOURCE))
             d->optblock = 1;
         break;
     case TK_RBRACE:
@@ -275,6 +283,7 @@ static int feed(driver *d, gr_token t)
     d->prev3 = d->prev2;
     d->prev2 = d->prev;
     d->prev = t.type;
+    d->last = t;
     return d->u->syntax_failed ? -1 : 0;
 }
 
@@ -289,6 +298,16 @@ static void recover(driver *d, gr_token t)
         restart(d);
         d->skipping = 1;
     }
+}
+
+/* Does the word `source` at t start a declaration?  Where the parser takes one at the top level;
+ * while skipping a broken declaration (the parser restarted, braces not followed), when the word
+ * begins its line. */
+static int source_starts(const driver *d, const gr_token *t)
+{
+    if (d->skipping)
+        return t->off == 0 || d->u->text[t->off - 1] == '\n';
+    return d->depth == 0 && gr_accepts(&d->parser, TK_SOURCE);
 }
 
 int gr_parse(cc_unit *u)
@@ -306,10 +325,16 @@ int gr_parse(cc_unit *u)
         int after_name = d.prev == TK_IDENT && (d.prev2 == TK_TRANSFORM || d.prev2 == TK_TEMPLATE);
         int json_ok = (d.prev == TK_PATTERN || (after_name && d.prev2 == TK_TRANSFORM)) &&
                       (next == '{' || next == '[');
+        /* a source's `data` option takes a JSON value */
+        json_ok |= d.optblock && d.decl == TK_SOURCE && d.prev == TK_IDENT && d.last.len == 4 &&
+                   memcmp(u->text + d.last.off, "data", 4) == 0 && (next == '{' || next == '[');
         int template_ok = ((d.prev == TK_TRANSFORM || (d.prev == TK_ARGS && d.prev3 == TK_TEMPLATE) ||
                             (after_name && d.prev2 == TK_TEMPLATE)) && (next == '{' || next == '[')) ||
                           (after_name && next == '(');
         gr_token t = template_ok ? gr_lex_template(&lx) : json_ok ? gr_lex_json(&lx) : gr_lex(&lx);
+        if (t.type == TK_IDENT && t.len == 6 && memcmp(u->text + t.off, "source", 6) == 0 &&
+            source_starts(&d, &t))
+            t.type = TK_SOURCE;
         if (d.skipping) {
             if (t.type != 0 && !gr_is_decl_start(t.type))
                 continue;      /* the rest of a broken declaration, lexical errors included */

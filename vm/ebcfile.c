@@ -148,6 +148,8 @@ static bool get_U64(rbuf *r, uint64_t *x) { return get_le(r, x, 8); }
 #define FIELDS_vm_bus(F)     F(vm_str, name) F(U32, opt0) F(U32, nopt) F(vm_span, span)
 #define FIELDS_vm_target(F)  F(vm_str, name) F(vm_str, kind) F(U32, value) F(U32, opt0) \
                              F(U32, nopt) F(vm_span, span)
+#define FIELDS_vm_input(F)   F(vm_str, name) F(vm_str, kind) F(U32, bus) F(U32, value) F(U32, opt0) \
+                             F(U32, nopt) F(vm_span, span)
 #define FIELDS_vm_ix_bus(F)    F(U32, path0) F(U32, npath) F(U32, pred0) F(U32, npred) F(U32, clause0) \
                                F(U32, nclause) F(U32, always0) F(U32, nalways)
 #define FIELDS_vm_ix_path(F)   F(U32, path) F(U32, kinds) F(U32, exists0) F(U32, nexists) \
@@ -176,7 +178,7 @@ enum { SIZE_OF(vm_str) SIZE_OF(vm_span) };
 enum {
     SIZE_OF(vm_source) SIZE_OF(vm_path) SIZE_OF(vm_const) SIZE_OF(vm_test) SIZE_OF(vm_regex)
     SIZE_OF(vm_re_inst) SIZE_OF(vm_range) SIZE_OF(vm_rule) SIZE_OF(vm_xform) SIZE_OF(vm_tpath)
-    SIZE_OF(vm_tstep) SIZE_OF(vm_bus) SIZE_OF(vm_target) SIZE_OF(vm_cfg) SIZE_OF(vm_ix_bus)
+    SIZE_OF(vm_tstep) SIZE_OF(vm_bus) SIZE_OF(vm_target) SIZE_OF(vm_input) SIZE_OF(vm_cfg) SIZE_OF(vm_ix_bus)
     SIZE_OF(vm_ix_path) SIZE_OF(vm_ix_pred) SIZE_OF(vm_ix_clause) SIZE_OF(vm_ix_key)
     SIZE_OF(vm_ix_node)
 };
@@ -210,6 +212,7 @@ RECORD(vm_tpath)
 RECORD(vm_tstep)
 RECORD(vm_bus)
 RECORD(vm_target)
+RECORD(vm_input)
 RECORD(vm_cfg)
 RECORD(vm_ix_bus)
 RECORD(vm_ix_path)
@@ -266,6 +269,7 @@ DECODER(vm_tpath)
 DECODER(vm_tstep)
 DECODER(vm_bus)
 DECODER(vm_target)
+DECODER(vm_input)
 DECODER(vm_cfg)
 DECODER(vm_ix_bus)
 DECODER(vm_ix_path)
@@ -294,6 +298,7 @@ DECODER(vm_ix_node)
     S("RTGT", rule_targets, nrule_targets, U32, uint32_t)  \
     S("BUSS", buses, nbuses, vm_bus, vm_bus)               \
     S("TGTS", targets, ntargets, vm_target, vm_target)     \
+    S("INPT", inputs, ninputs, vm_input, vm_input)         \
     S("CFGS", cfgs, ncfgs, vm_cfg, vm_cfg)                 \
     S("XFRM", xforms, nxforms, vm_xform, vm_xform)         \
     S("TCOD", tcode, ntcode, U64, vm_inst)                 \
@@ -770,6 +775,12 @@ static const char *verify(const vm_program *p)
         if (!name_ok(p, t->name) || !name_ok(p, t->kind) || t->value >= p->ncfgs ||
             !range_ok(t->opt0, t->nopt, p->ncfgs))
             return "a target is malformed";
+    }
+    for (uint32_t i = 0; i < p->ninputs; i++) {
+        const vm_input *s = &p->inputs[i];
+        if (!name_ok(p, s->name) || !name_ok(p, s->kind) || s->bus >= p->nbuses ||
+            s->value >= p->ncfgs || !range_ok(s->opt0, s->nopt, p->ncfgs))
+            return "a source is malformed";
     }
     for (uint32_t i = 0; i < p->ncfgs; i++) {
         const vm_cfg *k = &p->cfgs[i];

@@ -884,6 +884,7 @@ void vm_program_free(vm_program *p)
     free(p->rule_targets);
     free(p->buses);
     free(p->targets);
+    free(p->inputs);
     free(p->cfgs);
     free(p->xforms);
     free(p->tcode);

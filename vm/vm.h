@@ -162,6 +162,9 @@ typedef struct {
 
 typedef struct { vm_str name; uint32_t opt0, nopt; vm_span span; } vm_bus;
 typedef struct { vm_str name, kind; uint32_t value, opt0, nopt; vm_span span; } vm_target;
+/* An event source (`source NAME KIND VALUE { options } to BUS`): what the daemon takes events
+ * from besides its HTTP API, and the bus it stores them on. */
+typedef struct { vm_str name, kind; uint32_t bus, value, opt0, nopt; vm_span span; } vm_input;
 
 #define VM_NONE 0xffffffffu
 
@@ -357,6 +360,7 @@ typedef struct vm_program {
     uint32_t *rule_targets; uint32_t nrule_targets;
     vm_bus *buses;     uint32_t nbuses;
     vm_target *targets; uint32_t ntargets;
+    vm_input *inputs;  uint32_t ninputs;
     vm_cfg *cfgs;      uint32_t ncfgs;
     vm_xform *xforms;  uint32_t nxforms;
     vm_inst *tcode;    uint32_t ntcode;
@@ -410,7 +414,7 @@ typedef struct {
  *   the bytes after this field | section table: nsections x (u32 tag, u64 offset, u64 length) | data
  */
 #define VM_EBC_MAGIC   "\x89" "EBC\r\n\x1a\n"
-#define VM_EBC_VERSION 4u
+#define VM_EBC_VERSION 5u
 
 /* Serialises p into a malloc'd buffer (*out, *len). Returns VM_OK or VM_ERR_NOMEM. */
 vm_status vm_program_serialize(const vm_program *p, uint8_t **out, size_t *len);
