@@ -3557,6 +3557,7 @@ void ebd_rules_free(ebd_rules *r)
     if (!r)
         return;
     sch_set_free(r->schemas);
+    src_stop(r->sources);
     for (uint32_t i = 0; r->targets && i < r->p->ntargets; i++) {
         ebd_target *x = &r->targets[i];
         free(x->name);

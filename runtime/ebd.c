@@ -374,6 +374,8 @@ static ebd_rules *make_rules(ebd *d, vm_program *loaded, sbuf *errors)
                                 "server: admin_token", err, sizeof err);
     if (!err[0])
         r->aws = aws_keys_load(p, err, sizeof err);
+    if (!err[0])
+        r->sources = src_prepare(d, p, err, sizeof err);
     bool io = false;       /* the data directory failed, not the rules: no rules-file prefix */
     /* The schemas first: ebd_rules_prepare commits new pairs' start positions, which a reload
      * refused for a schema file must not have done (ebd_rules_free frees them on failure). */
@@ -423,6 +425,10 @@ bool ebd_reload(ebd *d, sbuf *errors)
     d->rules = r;
     d->generation++;
     pthread_rwlock_unlock(&d->lock);
+    /* the old sources go (no webhook request holds them now), then the new ones start */
+    src_stop(old->sources);
+    old->sources = NULL;
+    src_start(r->sources);
     ebd_workers_start(d, r);
     rp_rules_swapped(d);
     sch_discovery_start(d);
@@ -731,6 +737,7 @@ int main(int argc, char **argv)
         trace_stop();
         goto out;
     }
+    src_start(d.rules->sources);
     ebd_log(EBD_INFO, "msg=\"ebd started\" listen=%s://%s:%u data=%s rules=%s buses=%zu "
             "deliveries=%zu pid=%ld descriptors=%llu max_connections=%u max_client_connections=%u "
             "header_timeout_s=%u body_timeout_s=%u max_buffered=%llu", d.tls_cert ? "https" : "http",
@@ -755,6 +762,8 @@ int main(int argc, char **argv)
      * (each finishes what it holds and commits its cursor), then the logs. */
     atomic_store(&d.stopping, true);
     ebd_http_stop(&d, http);
+    src_stop(d.rules->sources);
+    d.rules->sources = NULL;
     rp_stop(&d);
     ebd_workers_stop(&d, d.rules);
     trace_stop();

@@ -185,6 +185,7 @@ struct ebd_rules {
     struct mt_rules *mt;          /* center/metrics.c: its counters, by rule and target index */
     struct sch_set *schemas;      /* the buses' bound schemas (runtime/schema/enforce.c) */
     struct aws_keyset *aws;       /* the access keys AWS clients sign with (runtime/aws) */
+    struct src_set *sources;      /* its sources (runtime/sources), NULL: none */
 };
 
 struct ebd {

@@ -1141,6 +1141,14 @@ static enum MHD_Result handle(struct MHD_Connection *c, ebd *d, const char *url,
         sb_free(&b);
         return r;
     }
+    /* a webhook source's path (runtime/sources) */
+    pthread_rwlock_rdlock(&d->lock);
+    if (d->rules && src_webhook_path(d->rules->sources, url)) {
+        int r = src_webhook(d->rules->sources, c, url, method, rq->body.v, rq->body.n, rq->too_big);
+        pthread_rwlock_unlock(&d->lock);
+        return (enum MHD_Result)r;
+    }
+    pthread_rwlock_unlock(&d->lock);
     /* Ingest serves putting events and a reload; everything else is the event center's
      * (GET /v1/buses/BUS/events among it: the event query). */
     const char *put_at = ingest_path(url);

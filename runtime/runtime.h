@@ -13,6 +13,7 @@
 
 #include "../vm/vm.h"
 #include "store/store.h"
+#include "sources/sources.h"
 
 /* Runs function transform x for the event json[0..len): for exec, `sh -c COMMAND` with the
  * event on its stdin, the payload read from its stdout; for http, a POST of the event

@@ -189,7 +189,8 @@ void trace_received(struct MHD_Connection *c, const ebd_bus *b, const uint64_t *
     if (!tracing() || n == 0)
         return;
     trace_rec r = { .kind = TR_RECEIVED, .off = offs[0], .time_ms = wall_ms() };
-    const union MHD_ConnectionInfo *ai = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const union MHD_ConnectionInfo *ai =        /* (no connection: a source's event) */
+        c ? MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS) : NULL;
     const struct sockaddr *sa = ai ? ai->client_addr : NULL;
     if (sa && sa->sa_family == AF_INET) {
         const struct sockaddr_in *in = (const struct sockaddr_in *)sa;

@@ -32,7 +32,7 @@ void trace_stop(void);
  * stopped and before their program is freed. */
 void trace_retire(void);
 
-/* Ingest stored n events on bus b for the client of connection c, the j-th stored one at offset
+/* Ingest stored n events on bus b for the client of connection c (NULL: for a source), the j-th stored one at offset
  * offs[j] (store_append's offsets).  Event k's id (its JSON text, quoted) is at
  * *(const char **)(ids + k * stride), its length at *(const size_t *)(idlens + k * stride);
  * with skip non-NULL, event k was refused (and has no offset) when skip[k * stride] is not 0. */

@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "../ebd_int.h"
+#include "sources.h"
 
 typedef enum {
     SRC_STORED,     /* stored (or a duplicate of an event the bus stored within its window) */
@@ -61,5 +62,41 @@ void src_time_text(sbuf *out, int64_t ms);
 /* A stable id for bytes: the first 16 bytes of their SHA-256 as 32 hexadecimal digits, over
  * the parts given (each preceded by its length, so that ("ab","c") and ("a","bc") differ). */
 void src_hash_id(char out[33], const void *const *parts, const size_t *lens, size_t nparts);
+
+/* ---- one source of a ruleset (sources.c) ------------------------------------------------------ */
+
+typedef struct src src;
+struct src {
+    char *name, *kind, *bus;
+    ebd *d;
+    src_sink sink;                /* sink_append, arg: this */
+    _Atomic uint64_t stored, duplicate, refused, retried;
+    /* the kind's part: its state, started and stopped by these (stop frees it) */
+    void *impl;
+    void (*start)(src *s);
+    void (*stop)(src *s);
+    bool (*up)(const src *s);     /* NULL: always up */
+};
+
+/* A source option's text (a string, or env() read now): NULL when absent, or with err set when
+ * it cannot be read. */
+char *src_opt_text(const struct vm_program *p, const vm_input *in, const char *key, char *err,
+                   size_t cap);
+const vm_cfg *src_opt(const struct vm_program *p, const vm_input *in, const char *key);
+
+/* The kinds: each reads its options into s->impl and sets s's hooks; false with err. */
+bool webhook_prepare(src *s, const struct vm_program *p, const vm_input *in, char *err, size_t cap);
+bool schedule_prepare(src *s, const struct vm_program *p, const vm_input *in, char *err, size_t cap);
+bool mqtt_prepare(src *s, const struct vm_program *p, const vm_input *in, char *err, size_t cap);
+bool nats_prepare(src *s, const struct vm_program *p, const vm_input *in, char *err, size_t cap);
+
+/* webhook.c: the path s listens on, and the answer to a request there */
+const char *webhook_path(const src *s);
+int webhook_serve(src *s, struct MHD_Connection *c, const char *body, size_t n, bool too_big);
+
+/* Whether the bus of s holds, from wall time since_ms on, an event with the key of ev[0..n)
+ * (the schedule's check after a crash between its append and its record): 1 yes, 0 no, -1 the
+ * log could not be read. */
+int src_bus_has(src *s, int64_t since_ms, const char *ev, size_t n);
 
 #endif
