@@ -485,6 +485,37 @@ static bool prepare_target(ebd *d, ebd_rules *r, uint32_t i, char *err, size_t c
             if (x->sign_secret && !*x->sign_secret)
                 snprintf(why, sizeof why, "sign: the secret is empty");
         }
+    } else if (str_eq(p, t->kind, "remote")) {
+        /* a bus of another ebd: its events endpoint, its token, the CA its TLS is checked by */
+        x->kind = T_HTTP;
+        x->remote = true;
+        x->method = strdup("POST");
+        if (!x->timeout_ms)
+            x->timeout_ms = 10000;
+        char *base = ebd_cfg_text(p, value, why, sizeof why);
+        if (base && strncmp(base, "http://", 7) != 0 && strncmp(base, "https://", 8) != 0)
+            snprintf(why, sizeof why, "the URL '%.100s' does not start with http:// or https://", base);
+        if (base && (x->url = malloc(strlen(base) + 8)))
+            sprintf(x->url, "%s/events", base);
+        free(base);
+        const vm_cfg *tk = ebd_cfg_option(p, t->opt0, t->nopt, "token");
+        char *token = tk ? ebd_cfg_text(p, ebd_cfg_child(p, tk, 0), why, sizeof why) : NULL;
+        if (token && !header_value_ok(token))
+            snprintf(why, sizeof why, "the token holds a line break");
+        else if (token) {
+            size_t n = strlen(token) + 32;
+            char *line = malloc(n);
+            if (line) {
+                snprintf(line, n, "Authorization: Bearer %s", token);
+                x->headers = curl_slist_append(x->headers, line);
+                free(line);
+            }
+        }
+        free(token);
+        const vm_cfg *ca = ebd_cfg_option(p, t->opt0, t->nopt, "ca");
+        if (ca && (x->ca_file = ebd_cfg_text(p, ebd_cfg_child(p, ca, 0), why, sizeof why)) &&
+            access(x->ca_file, R_OK) != 0)
+            snprintf(why, sizeof why, "ca: %.200s: %s", x->ca_file, strerror(errno));
     } else if (str_eq(p, t->kind, "file")) {
         x->kind = T_FILE;
         char *path = ebd_cfg_text(p, value, why, sizeof why);
@@ -987,6 +1018,10 @@ static size_t discard(char *b, size_t size, size_t n, void *arg)
     return size * n;
 }
 
+#define CTYPE_TEXT "Content-Type: text/plain; charset=utf-8"
+#define CTYPE_JSON "Content-Type: application/json"
+#define CTYPE_CE_BATCH "Content-Type: application/cloudevents-batch+json"
+
 /* Sets h up to deliver payload to t; *headers (freed by the caller after the transfer) and
  * *seen must live until then. */
 static void http_prepare(ebd_target *t, CURL *h, const char *payload, size_t n, const char *ctype,
@@ -995,7 +1030,9 @@ static void http_prepare(ebd_target *t, CURL *h, const char *payload, size_t n, 
     struct curl_slist *hs = NULL;
     for (struct curl_slist *s = t->headers; s; s = s->next)
         hs = curl_slist_append(hs, s->data);
-    hs = curl_slist_append(hs, ctype);
+    /* a remote target sends the event as a structured CloudEvent (or a batch of them) */
+    hs = curl_slist_append(hs, t->remote && strcmp(ctype, CTYPE_CE_BATCH) != 0
+                                   ? "Content-Type: application/cloudevents+json" : ctype);
     hs = curl_slist_append(hs, "Expect:");
     if (t->sign_secret) {
         /* header: t=UNIX_SECONDS,v1=HEX(HMAC-SHA256(secret, "UNIX_SECONDS." + body)) */
@@ -1021,11 +1058,9 @@ static void http_prepare(ebd_target *t, CURL *h, const char *payload, size_t n, 
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, seen);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
+    if (t->ca_file)
+        curl_easy_setopt(h, CURLOPT_CAINFO, t->ca_file);
 }
-
-#define CTYPE_TEXT "Content-Type: text/plain; charset=utf-8"
-#define CTYPE_JSON "Content-Type: application/json"
-#define CTYPE_CE_BATCH "Content-Type: application/cloudevents-batch+json"
 
 /* What a finished transfer (rc) means: success, a retryable failure or a final one. */
 static void http_finish(ebd_target *t, CURL *h, CURLcode rc, const http_seen *seen, attempt *a)
@@ -1124,6 +1159,20 @@ static bool bus_payload_ok(const ebd_target *t, const char *payload, size_t n, b
     }
     snprintf(a->error, sizeof a->error, "bus target '%s': the payload is not %s: %s", t->name,
              what, why);
+    return false;
+}
+
+/* A remote target forwards CloudEvents only: the other daemon would refuse anything else. */
+static bool remote_payload_ok(const ebd_target *t, const char *payload, size_t n, bool text,
+                              attempt *a)
+{
+    char why[200] = "it is text";
+    const char *id;
+    size_t idlen;
+    if (!text && ce_check(payload, n, why, sizeof why, &id, &idlen))
+        return true;
+    snprintf(a->error, sizeof a->error, "remote target '%s': the payload is not a CloudEvent: %s",
+             t->name, why);
     return false;
 }
 
@@ -1879,7 +1928,7 @@ static int make_payload(dthread *th, item *it, char *err, size_t cap)
         memcpy(it->payload, out, it->plen);
         it->payload[it->plen] = 0;
     }
-    if (p->t->kind == T_BUS && !it->text && stamp_hops(data, len, &it->payload, &it->plen, err, cap) < 0) {
+    if ((p->t->kind == T_BUS || p->t->remote) && !it->text && stamp_hops(data, len, &it->payload, &it->plen, err, cap) < 0) {
         free(it->payload);
         it->payload = NULL;
         return -1;
@@ -2200,6 +2249,8 @@ static int start_attempt(dthread *th, item *it)
         it->attempts++;
     switch (t->kind) {
     case T_HTTP: {
+        if (t->remote && !remote_payload_ok(t, it->payload, it->plen, it->text, &a))
+            break;
         if (t->batch > 1 && !it->dl) {
             batch_add(th, it);            /* sent with the others of this turn: flush_batches */
             return GONE_BATCH;
@@ -3566,6 +3617,7 @@ void ebd_rules_free(ebd_rules *r)
         curl_slist_free_all(x->headers);
         free(x->sign_secret);
         free(x->sign_header);
+        free(x->ca_file);
         free(x->path);
         if (x->fd >= 0)
             close(x->fd);
@@ -3955,6 +4007,8 @@ static bool attempt_now(ebd *d, ebd_target *t, const char *payload, size_t n, bo
     stop_check sc = { stop, arg, 0, false };
     switch (t->kind) {
     case T_HTTP: {
+        if (t->remote && !remote_payload_ok(t, payload, n, text, a))
+            return true;
         CURL *h = curl_easy_init();
         if (!h) {
             snprintf(a->error, sizeof a->error, "out of memory");
@@ -4115,7 +4169,7 @@ int ebd_deliver_sync(ebd *d, ebd_rules *r, vm_ctx *ctx, uint32_t rule, uint32_t 
         } else
             snprintf(a.error, sizeof a.error, "out of memory");
     }
-    if (payload && t->kind == T_BUS && !text &&
+    if (payload && (t->kind == T_BUS || t->remote) && !text &&
         stamp_hops(event, len, &payload, &plen, a.error, sizeof a.error) < 0) {
         free(payload);
         payload = NULL;

@@ -97,6 +97,8 @@ typedef struct {
     struct curl_slist *headers;
     long timeout_ms;              /* http, exec */
     char *sign_secret, *sign_header;
+    bool remote;                  /* http: a remote target, a bus of another ebd (CloudEvents) */
+    char *ca_file;                /* http: the CA certificates its TLS peer is checked against */
     unsigned concurrency;         /* http, exec: deliveries at once (0: no limit) */
     unsigned batch;               /* http: deliveries one request may carry (0, 1: one) */
     unsigned rate_limit;          /* http, exec: deliveries per second (0: no limit) */
