@@ -729,7 +729,7 @@ mqtt_pub *mqtt_pub_open(const mqtt_target_conf *c, char *err, size_t cap)
     p->c.keepalive = 30;
     p->c.clean = true;     /* (what a lost connection leaves unsent, the caller sends again) */
     p->c.owner = p;
-    snprintf(p->c.what, sizeof p->c.what, "target=%s:%d", p->c.u.host, p->c.u.port);
+    snprintf(p->c.what, sizeof p->c.what, "role=target");
     bool ok = conn_open(&p->c, c->client_id, c->user, c->password, err, cap);
     if (ok) {
         mosquitto_publish_v5_callback_set(p->c.m, on_publish);
