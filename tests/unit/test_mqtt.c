@@ -1,0 +1,687 @@
+/*
+ * test_mqtt.c — MQTT sources and targets (runtime/sources/mqtt.c) against a real mosquitto each
+ * test starts on a loopback port of its own (6000-8999) with persistence in a folder of its own:
+ * messages become the CloudEvents mqtt.c describes (JSON, binary and text payloads, structured
+ * events by Content Type or by a "specversion" member, binary-mode events by User Properties);
+ * a QoS 1 message the sink cannot store is not acknowledged and comes again (stored once); a
+ * persistent session keeps what was published while the source was stopped; a source and a
+ * target reconnect after the broker restarts; a target publishes with QoS 1 from several threads
+ * and fails in time while the broker is down; a source falls back to MQTT 3.1.1 when a broker
+ * refuses MQTT 5 (a fake one).  Test messages are published and received with
+ * libmosquitto directly.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <mosquitto.h>
+#include <mqtt_protocol.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../../runtime/sources/mqtt.h"
+
+/* ---- a broker of the test's own ----------------------------------------------------------- */
+
+typedef struct {
+    pid_t pid;
+    int port;
+    char dir[64];
+    char url[64];
+} broker;
+
+static bool port_open(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bool ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    close(fd);
+    return ok;
+}
+
+/* Starts mosquitto; the first time on a new port and folder, later on the same ones. */
+static void broker_start(broker *b)
+{
+    if (!b->port) {
+        static int k;
+        b->port = 6000 + (int)((unsigned)getpid() * 13u % 2900u) + k++;
+        snprintf(b->dir, sizeof b->dir, "/tmp/ebr-mqtt-XXXXXX");
+        cr_assert_not_null(mkdtemp(b->dir));
+        /* (mosquitto started as root runs as user mosquitto: it must be able to save there) */
+        cr_assert_eq(chmod(b->dir, 0777), 0);
+        snprintf(b->url, sizeof b->url, "mqtt://127.0.0.1:%d", b->port);
+        char conf[128];
+        snprintf(conf, sizeof conf, "%s/mosquitto.conf", b->dir);
+        FILE *f = fopen(conf, "w");
+        cr_assert_not_null(f);
+        fprintf(f, "listener %d 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                "persistence_location %s/\n", b->port, b->dir);
+        fclose(f);
+    }
+    char conf[128];
+    snprintf(conf, sizeof conf, "%s/mosquitto.conf", b->dir);
+    b->pid = fork();
+    cr_assert_geq(b->pid, 0);
+    if (b->pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);   /* (a test that crashes takes its broker along) */
+        freopen("/dev/null", "w", stderr);
+        freopen("/dev/null", "w", stdout);
+        execl("/usr/sbin/mosquitto", "mosquitto", "-c", conf, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 300 && !port_open(b->port); i++) {   /* up to 30 s on a busy machine */
+        int st;
+        cr_assert_eq(waitpid(b->pid, &st, WNOHANG), 0, "mosquitto exited (port %d taken?)",
+                     b->port);
+        usleep(100000);
+    }
+    cr_assert(port_open(b->port), "mosquitto did not come up on port %d", b->port);
+}
+
+/* Stops mosquitto (it saves its sessions on the way out). */
+static void broker_kill(broker *b)
+{
+    if (b->pid > 0) {
+        kill(b->pid, SIGTERM);
+        waitpid(b->pid, NULL, 0);
+        b->pid = 0;
+    }
+}
+
+static void broker_end(broker *b)
+{
+    broker_kill(b);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", b->dir);
+    cr_expect_eq(system(cmd), 0);
+}
+
+/* ---- publishing and receiving with libmosquitto ----------------------------------------- */
+
+static void on_pub(struct mosquitto *m, void *arg, int mid)
+{
+    (void)m, (void)mid;
+    *(bool *)arg = true;
+}
+
+/* Publishes one message (MQTT 5, properties as given) and waits for the broker to take it. */
+static void publish(const broker *b, const char *topic, const void *data, size_t n, int qos,
+                    const mosquitto_property *props)
+{
+    bool done = false;
+    struct mosquitto *m = mosquitto_new(NULL, true, &done);
+    mosquitto_int_option(m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
+    mosquitto_publish_callback_set(m, on_pub);
+    cr_assert_eq(mosquitto_connect(m, "127.0.0.1", b->port, 30), MOSQ_ERR_SUCCESS);
+    cr_assert_eq(mosquitto_publish_v5(m, NULL, topic, (int)n, data, qos, false, props), 0);
+    for (int i = 0; i < 200 && !done; i++)
+        mosquitto_loop(m, 50, 1);
+    cr_assert(done, "the broker did not take the test's message");
+    mosquitto_disconnect(m);
+    mosquitto_loop(m, 50, 1);
+    mosquitto_destroy(m);
+}
+
+static void publish_text(const broker *b, const char *topic, const char *text)
+{
+    publish(b, topic, text, strlen(text), 1, NULL);
+}
+
+typedef struct {
+    pthread_mutex_t mu;
+    char *payload[64], *ctype[64];
+    size_t n;
+} inbox;
+
+static void on_msg(struct mosquitto *m, void *arg, const struct mosquitto_message *msg,
+                   const mosquitto_property *props)
+{
+    (void)m;
+    inbox *in = arg;
+    char *ct = NULL;
+    mosquitto_property_read_string(props, MQTT_PROP_CONTENT_TYPE, &ct, false);
+    pthread_mutex_lock(&in->mu);
+    if (in->n < 64) {
+        in->payload[in->n] = strndup(msg->payload, (size_t)msg->payloadlen);
+        in->ctype[in->n++] = ct;
+        ct = NULL;
+    }
+    pthread_mutex_unlock(&in->mu);
+    free(ct);
+}
+
+static size_t inbox_count(inbox *in)
+{
+    pthread_mutex_lock(&in->mu);
+    size_t n = in->n;
+    pthread_mutex_unlock(&in->mu);
+    return n;
+}
+
+static struct mosquitto *subscriber(const broker *b, const char *topic, inbox *in)
+{
+    pthread_mutex_init(&in->mu, NULL);
+    struct mosquitto *m = mosquitto_new(NULL, true, in);
+    mosquitto_int_option(m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
+    mosquitto_message_v5_callback_set(m, on_msg);
+    cr_assert_eq(mosquitto_connect(m, "127.0.0.1", b->port, 30), MOSQ_ERR_SUCCESS);
+    cr_assert_eq(mosquitto_subscribe(m, NULL, topic, 1), MOSQ_ERR_SUCCESS);
+    cr_assert_eq(mosquitto_loop_start(m), MOSQ_ERR_SUCCESS);
+    return m;
+}
+
+static void subscriber_end(struct mosquitto *m, inbox *in)
+{
+    mosquitto_disconnect(m);
+    mosquitto_loop_stop(m, false);
+    mosquitto_destroy(m);
+    for (size_t i = 0; i < in->n; i++) {
+        free(in->payload[i]);
+        free(in->ctype[i]);
+    }
+}
+
+/* ---- a sink that keeps what it is given ---------------------------------------------------- */
+
+typedef struct {
+    pthread_mutex_t mu;
+    char *ev[64];                     /* the events stored */
+    size_t n;
+    char *refused_id;                 /* the id of the first event answered SRC_RETRY */
+    atomic_int retries;               /* answer SRC_RETRY until the source has withheld this many
+                                       * acknowledgements */
+    _Atomic(mqtt_source *) src;
+    size_t calls;
+} test_sink;
+
+static char *id_of(const char *ev)
+{
+    cJSON *j = cJSON_Parse(ev);
+    cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "id");
+    char *s = strdup(cJSON_IsString(id) ? id->valuestring : "");
+    cJSON_Delete(j);
+    return s;
+}
+
+static src_result sink_append(void *arg, const char *ev, size_t n, char *why, size_t cap)
+{
+    test_sink *t = arg;
+    mqtt_source *s = atomic_load(&t->src);
+    pthread_mutex_lock(&t->mu);
+    t->calls++;
+    if (s && mqtt_source_withheld(s) < (unsigned long)atomic_load(&t->retries)) {
+        if (!t->refused_id)
+            t->refused_id = id_of(ev);
+        pthread_mutex_unlock(&t->mu);
+        snprintf(why, cap, "the test's bus is not storing now");
+        return SRC_RETRY;
+    }
+    if (t->n < 64)
+        t->ev[t->n++] = strndup(ev, n);
+    pthread_mutex_unlock(&t->mu);
+    return SRC_STORED;
+}
+
+static size_t stored(test_sink *t)
+{
+    pthread_mutex_lock(&t->mu);
+    size_t n = t->n;
+    pthread_mutex_unlock(&t->mu);
+    return n;
+}
+
+static bool wait_for(test_sink *t, size_t n, int seconds)
+{
+    for (int i = 0; i < seconds * 20 && stored(t) < n; i++)
+        usleep(50000);
+    return stored(t) >= n;
+}
+
+static void sink_clear(test_sink *t)
+{
+    pthread_mutex_lock(&t->mu);
+    for (size_t i = 0; i < t->n; i++)
+        free(t->ev[i]);
+    t->n = 0;
+    free(t->refused_id);
+    t->refused_id = NULL;
+    pthread_mutex_unlock(&t->mu);
+}
+
+/* The stored event whose subject (or, for events made elsewhere, id) is key, parsed. */
+static cJSON *event_for(test_sink *t, const char *key)
+{
+    cJSON *found = NULL;
+    pthread_mutex_lock(&t->mu);
+    for (size_t i = 0; i < t->n && !found; i++) {
+        cJSON *j = cJSON_Parse(t->ev[i]);
+        cJSON *sub = cJSON_GetObjectItemCaseSensitive(j, "subject");
+        cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "id");
+        if ((cJSON_IsString(sub) && !strcmp(sub->valuestring, key)) ||
+            (cJSON_IsString(id) && !strcmp(id->valuestring, key)))
+            found = j;
+        else
+            cJSON_Delete(j);
+    }
+    pthread_mutex_unlock(&t->mu);
+    cr_assert_not_null(found, "no event for %s", key);
+    return found;
+}
+
+static const char *str(cJSON *j, const char *name)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(j, name);
+    return cJSON_IsString(v) ? v->valuestring : "(none)";
+}
+
+static mqtt_source *start_source(const broker *b, test_sink *t, const char *name, long hold_ms)
+{
+    static const char *topics[] = { "sensors/#" };
+    mqtt_source_conf c = { .name = name, .url = b->url, .topics = topics, .ntopics = 1,
+                           .qos = 1, .hold_ms = hold_ms };
+    src_sink sink = { sink_append, t };
+    char err[256];
+    mqtt_source *s = mqtt_source_start(&c, sink, err, sizeof err);
+    cr_assert_not_null(s, "mqtt_source_start: %s", err);
+    atomic_store(&t->src, s);
+    return s;
+}
+
+/* Waits until the source receives what is published (its subscription is in place). */
+static void wait_ready(const broker *b, test_sink *t)
+{
+    for (int i = 0; i < 40 && !stored(t); i++) {
+        publish_text(b, "sensors/probe", "{\"probe\":true}");
+        wait_for(t, 1, 1);
+    }
+    cr_assert(stored(t), "the source receives nothing");
+    sink_clear(t);
+}
+
+static void sink_init(test_sink *t)
+{
+    memset(t, 0, sizeof *t);
+    pthread_mutex_init(&t->mu, NULL);
+}
+
+static void source_end(mqtt_source *s, test_sink *t)
+{
+    atomic_store(&t->src, NULL);
+    mqtt_source_stop(s);
+    sink_clear(t);
+}
+
+/* ---- messages to CloudEvents --------------------------------------------------------------- */
+
+Test(mqtt, json_and_binary_payloads)
+{
+    broker b = { 0 };
+    broker_start(&b);
+    test_sink t;
+    sink_init(&t);
+    mqtt_source *s = start_source(&b, &t, "sensors", 0);
+    wait_ready(&b, &t);
+    cr_expect(mqtt_source_connected(s));
+    publish_text(&b, "sensors/a", " {\"t\": 21.5} ");
+    static const unsigned char bin[] = { 0, 1, 0xff };
+    publish(&b, "sensors/b", bin, 3, 1, NULL);
+    mosquitto_property *ct = NULL;
+    mosquitto_property_add_string(&ct, MQTT_PROP_CONTENT_TYPE, "text/plain");
+    publish(&b, "sensors/c", "hello", 5, 0, ct);
+    mosquitto_property_free_all(&ct);
+    cr_assert(wait_for(&t, 3, 10), "%zu events of 3", stored(&t));
+
+    cJSON *a = event_for(&t, "sensors/a");
+    char src[96];
+    snprintf(src, sizeof src, "mqtt://127.0.0.1:%d/sensors/a", b.port);
+    cr_expect_str_eq(str(a, "specversion"), "1.0");
+    cr_expect_str_eq(str(a, "type"), "mqtt.message");
+    cr_expect_str_eq(str(a, "source"), src);
+    cr_expect_str_eq(str(a, "datacontenttype"), "application/json");
+    cr_expect_eq(strlen(str(a, "id")), 32);
+    cr_expect_eq(strlen(str(a, "time")), 24, "time %s", str(a, "time"));
+    cJSON *d = cJSON_GetObjectItemCaseSensitive(a, "data");
+    cr_expect(cJSON_IsObject(d) && cJSON_GetObjectItem(d, "t")->valuedouble == 21.5);
+    cJSON *bj = event_for(&t, "sensors/b");
+    cr_expect_str_eq(str(bj, "data_base64"), "AAH/");
+    cr_expect_str_eq(str(bj, "datacontenttype"), "application/octet-stream");
+    cJSON *c = event_for(&t, "sensors/c");
+    cr_expect_str_eq(str(c, "data"), "hello");
+    cr_expect_str_eq(str(c, "datacontenttype"), "text/plain");
+    cr_expect_str_neq(str(a, "id"), str(c, "id"));
+    cJSON_Delete(a);
+    cJSON_Delete(bj);
+    cJSON_Delete(c);
+    source_end(s, &t);
+    broker_end(&b);
+}
+
+Test(mqtt, cloudevents_structured_and_binary)
+{
+    broker b = { 0 };
+    broker_start(&b);
+    test_sink t;
+    sink_init(&t);
+    mqtt_source *s = start_source(&b, &t, "ce", 0);
+    wait_ready(&b, &t);
+
+    /* structured, by Content Type (MQTT 5) and by a specversion member (as MQTT 3.1.1 sends) */
+    const char *ev1 = "{\"specversion\":\"1.0\",\"id\":\"e-1\",\"source\":\"/x\",\"type\":\"t.one\"}";
+    mosquitto_property *ct = NULL;
+    mosquitto_property_add_string(&ct, MQTT_PROP_CONTENT_TYPE,
+                                  "application/cloudevents+json; charset=utf-8");
+    publish(&b, "sensors/s1", ev1, strlen(ev1), 1, ct);
+    mosquitto_property_free_all(&ct);
+    publish_text(&b, "sensors/s2",
+                 "{\"specversion\":\"1.0\",\"id\":\"e-2\",\"source\":\"/x\",\"type\":\"t.two\"}");
+
+    /* binary mode: the attributes as User Properties */
+    mosquitto_property *up = NULL;
+    const char *pairs[][2] = { { "specversion", "1.0" }, { "id", "e-3" }, { "source", "/dev/7" },
+                               { "type", "t.three" }, { "subject", "s-3" },
+                               { "time", "2026-01-02T03:04:05Z" }, { "region", "eu" },
+                               { "Not-An-Attribute", "x" } };
+    for (size_t i = 0; i < sizeof pairs / sizeof *pairs; i++)
+        mosquitto_property_add_string_pair(&up, MQTT_PROP_USER_PROPERTY, pairs[i][0], pairs[i][1]);
+    mosquitto_property_add_string(&up, MQTT_PROP_CONTENT_TYPE, "application/json");
+    publish(&b, "sensors/s3", "{\"a\":1}", 7, 1, up);
+    mosquitto_property_free_all(&up);
+    cr_assert(wait_for(&t, 3, 10), "%zu events of 3", stored(&t));
+
+    pthread_mutex_lock(&t.mu);
+    bool same = false;
+    for (size_t i = 0; i < t.n; i++)
+        same = same || !strcmp(t.ev[i], ev1);
+    pthread_mutex_unlock(&t.mu);
+    cr_expect(same, "a structured event is stored as it came");
+    cJSON *e2 = event_for(&t, "e-2");
+    cr_expect_str_eq(str(e2, "type"), "t.two");
+    cr_expect_str_eq(str(e2, "source"), "/x");
+    cJSON *e3 = event_for(&t, "s-3");
+    cr_expect_str_eq(str(e3, "id"), "e-3");
+    cr_expect_str_eq(str(e3, "source"), "/dev/7");
+    cr_expect_str_eq(str(e3, "type"), "t.three");
+    cr_expect_str_eq(str(e3, "time"), "2026-01-02T03:04:05Z");
+    cr_expect_str_eq(str(e3, "region"), "eu");
+    cr_expect_str_eq(str(e3, "datacontenttype"), "application/json");
+    cr_expect_null(cJSON_GetObjectItem(e3, "Not-An-Attribute"));
+    cJSON *d = cJSON_GetObjectItemCaseSensitive(e3, "data");
+    cr_expect(cJSON_IsObject(d) && cJSON_GetObjectItem(d, "a")->valueint == 1);
+    cJSON_Delete(e2);
+    cJSON_Delete(e3);
+    source_end(s, &t);
+    broker_end(&b);
+}
+
+/* ---- acknowledgements, sessions, reconnects ----------------------------------------------- */
+
+Test(mqtt, not_stored_comes_again_and_is_stored_once)
+{
+    broker b = { 0 };
+    broker_start(&b);
+    test_sink t;
+    sink_init(&t);
+    mqtt_source *s = start_source(&b, &t, "retry", 300);
+    wait_ready(&b, &t);
+    atomic_store(&t.retries, 1);         /* SRC_RETRY until the source has dropped a PUBACK */
+    publish_text(&b, "sensors/r", "{\"n\":1}");
+    cr_assert(wait_for(&t, 1, 20), "the message did not come again");
+    cr_expect_geq(mqtt_source_withheld(s), 1);
+    usleep(1000000);                     /* (a wrongly repeated delivery would come by now) */
+    cr_expect_eq(stored(&t), 1, "stored %zu times", stored(&t));
+    cJSON *e = event_for(&t, "sensors/r");
+    pthread_mutex_lock(&t.mu);
+    cr_assert_not_null(t.refused_id);
+    cr_expect_str_eq(str(e, "id"), t.refused_id, "a redelivery keeps its id");
+    cr_expect_geq(t.calls, 2);
+    pthread_mutex_unlock(&t.mu);
+    cJSON_Delete(e);
+    source_end(s, &t);
+    broker_end(&b);
+}
+
+Test(mqtt, persistent_session_keeps_messages_while_stopped)
+{
+    broker b = { 0 };
+    broker_start(&b);
+    test_sink t;
+    sink_init(&t);
+    mqtt_source *s = start_source(&b, &t, "persist", 0);
+    wait_ready(&b, &t);
+    source_end(s, &t);
+    publish_text(&b, "sensors/p1", "{\"n\":1}");
+    publish_text(&b, "sensors/p2", "{\"n\":2}");
+    s = start_source(&b, &t, "persist", 0);
+    cr_assert(wait_for(&t, 2, 15), "%zu of the 2 messages published while stopped", stored(&t));
+    cJSON_Delete(event_for(&t, "sensors/p1"));
+    cJSON_Delete(event_for(&t, "sensors/p2"));
+    source_end(s, &t);
+    broker_end(&b);
+}
+
+Test(mqtt, source_reconnects_after_broker_restart)
+{
+    broker b = { 0 };
+    broker_start(&b);
+    test_sink t;
+    sink_init(&t);
+    mqtt_source *s = start_source(&b, &t, "restart", 0);
+    wait_ready(&b, &t);
+    broker_kill(&b);
+    for (int i = 0; i < 100 && mqtt_source_connected(s); i++)
+        usleep(100000);
+    cr_expect(!mqtt_source_connected(s), "still connected with the broker down");
+    broker_start(&b);
+    publish_text(&b, "sensors/after", "{\"n\":3}");   /* (kept in its session if not back yet) */
+    cr_assert(wait_for(&t, 1, 20), "nothing after the broker came back");
+    cJSON_Delete(event_for(&t, "sensors/after"));
+    cr_expect(mqtt_source_connected(s));
+    source_end(s, &t);
+    broker_end(&b);
+}
+
+/* ---- targets ------------------------------------------------------------------------------- */
+
+typedef struct {
+    mqtt_pub *p;
+    int k;
+    atomic_int *ok;
+} sender;
+
+static void *send_some(void *arg)
+{
+    sender *sd = arg;
+    for (int i = 0; i < 10; i++) {
+        char msg[32], why[128];
+        int n = snprintf(msg, sizeof msg, "{\"k\":%d,\"i\":%d}", sd->k, i);
+        if (mqtt_pub_send(sd->p, "alerts", msg, (size_t)n, NULL, 1, false, 10000, why,
+                          sizeof why) == 0)
+            atomic_fetch_add(sd->ok, 1);
+    }
+    return NULL;
+}
+
+Test(mqtt, target_publishes_qos1_from_several_threads)
+{
+    broker b = { 0 };
+    broker_start(&b);
+    inbox in = { 0 };
+    struct mosquitto *sub = subscriber(&b, "alerts", &in);
+    mqtt_target_conf c = { .url = b.url };
+    char err[256], why[256] = "";
+    mqtt_pub *p = mqtt_pub_open(&c, err, sizeof err);
+    cr_assert_not_null(p, "%s", err);
+    int rc = -1;
+    for (int i = 0; i < 50 && rc; i++) {       /* (until the subscription is in place) */
+        rc = mqtt_pub_send(p, "alerts", "{\"first\":1}", 11, "application/json", 1, false,
+                           10000, why, sizeof why);
+        for (int k = 0; k < 4 && !inbox_count(&in); k++)
+            usleep(50000);
+        rc = rc ? rc : inbox_count(&in) ? 0 : -1;
+    }
+    cr_assert_eq(rc, 0, "%s", why);
+    pthread_mutex_lock(&in.mu);
+    cr_expect_str_eq(in.payload[0], "{\"first\":1}");
+    cr_expect_str_eq(in.ctype[0] ? in.ctype[0] : "(none)", "application/json");
+    size_t before = in.n;
+    pthread_mutex_unlock(&in.mu);
+
+    atomic_int ok = 0;
+    pthread_t th[4];
+    sender sd[4];
+    for (int k = 0; k < 4; k++) {
+        sd[k] = (sender){ p, k, &ok };
+        pthread_create(&th[k], NULL, send_some, &sd[k]);
+    }
+    for (int k = 0; k < 4; k++)
+        pthread_join(th[k], NULL);
+    cr_expect_eq(atomic_load(&ok), 40);
+    for (int i = 0; i < 100 && inbox_count(&in) < before + 40; i++)
+        usleep(50000);
+    cr_expect_eq(inbox_count(&in), before + 40);
+    cr_expect_eq(mqtt_pub_send(p, "alerts/#", "x", 1, NULL, 1, false, 1000, why, sizeof why), -1,
+                 "a wildcard is no topic to publish to");
+    mqtt_pub_close(p);
+    subscriber_end(sub, &in);
+    broker_end(&b);
+}
+
+static long elapsed_ms(struct timespec a)
+{
+    struct timespec z;
+    clock_gettime(CLOCK_MONOTONIC, &z);
+    return (z.tv_sec - a.tv_sec) * 1000 + (z.tv_nsec - a.tv_nsec) / 1000000;
+}
+
+Test(mqtt, target_fails_in_time_while_the_broker_is_down)
+{
+    broker b = { 0 };
+    broker_start(&b);
+    mqtt_target_conf c = { .url = b.url, .client_id = "ebr-test-target" };
+    char err[256], why[256] = "";
+    mqtt_pub *p = mqtt_pub_open(&c, err, sizeof err);
+    cr_assert_not_null(p, "%s", err);
+    cr_assert_eq(mqtt_pub_send(p, "alerts", "1", 1, NULL, 1, false, 10000, why, sizeof why), 0,
+                 "%s", why);
+    broker_kill(&b);
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    cr_expect_eq(mqtt_pub_send(p, "alerts", "2", 1, NULL, 1, false, 500, why, sizeof why), -1);
+    cr_expect_lt(elapsed_ms(t0), 5000, "took %ld ms", elapsed_ms(t0));
+    cr_expect_neq(why[0], 0);
+    broker_start(&b);
+    int rc = -1;
+    for (int i = 0; i < 20 && rc; i++)
+        rc = mqtt_pub_send(p, "alerts", "3", 1, NULL, 1, false, 1000, why, sizeof why);
+    cr_expect_eq(rc, 0, "not delivered after the broker came back: %s", why);
+    mqtt_pub_close(p);
+    broker_end(&b);
+}
+
+/* ---- configurations refused ---------------------------------------------------------------- */
+
+Test(mqtt, bad_configurations)
+{
+    static const char *topics[] = { "a/#" }, *bad_topics[] = { "a/#/b" };
+    src_sink sink = { sink_append, NULL };
+    char err[256];
+    struct { const char *url; const char *const *topics; int qos; const char *want; } cases[] = {
+        { "mqtts://h:8883", topics, 1, "TLS" },
+        { "http://h", topics, 1, "not an mqtt://" },
+        { "mqtt://h:0", topics, 1, "port" },
+        { "mqtt://h:1883/x", topics, 1, "no path" },
+        { "mqtt://:1883", topics, 1, "host" },
+        { "mqtt://h", topics, 2, "qos" },
+        { "mqtt://h", bad_topics, 1, "topic filter" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        mqtt_source_conf c = { .name = "x", .url = cases[i].url, .topics = cases[i].topics,
+                               .ntopics = 1, .qos = cases[i].qos };
+        err[0] = 0;
+        cr_expect_null(mqtt_source_start(&c, sink, err, sizeof err), "%s", cases[i].url);
+        cr_expect(strstr(err, cases[i].want), "%s: %s", cases[i].url, err);
+    }
+    mqtt_target_conf tc = { .url = "mqtts://h" };
+    cr_expect_null(mqtt_pub_open(&tc, err, sizeof err));
+    cr_expect(strstr(err, "TLS"), "%s", err);
+}
+
+/* ---- a broker that knows MQTT 3.1.1 only ----------------------------------------------------- */
+
+typedef struct {
+    int fd;
+    int levels[2];        /* the protocol level of each CONNECT: 5 is MQTT 5, 4 is 3.1.1 */
+} old_broker;
+
+/* The protocol level of the CONNECT read from c (fixed header, length, "MQTT", level). */
+static int connect_level(int c)
+{
+    unsigned char b[64];
+    size_t n = 0;
+    for (int i = 0; i < 50 && n < 9; i++) {
+        ssize_t k = recv(c, b + n, sizeof b - n, 0);
+        if (k <= 0)
+            break;
+        n += (size_t)k;
+    }
+    size_t at = 2;
+    while (at < n && b[at - 1] & 0x80)      /* (the remaining length's bytes) */
+        at++;
+    return n >= at + 7 && b[0] == 0x10 ? b[at + 6] : -1;
+}
+
+static void *old_broker_run(void *arg)
+{
+    old_broker *o = arg;
+    for (int i = 0; i < 2; i++) {
+        int c = accept(o->fd, NULL, NULL);
+        if (c < 0)
+            return NULL;
+        struct timeval tv = { 5, 0 };
+        setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        o->levels[i] = connect_level(c);
+        static const unsigned char refused[] = { 0x20, 2, 0, 1 };   /* 3.1.1: bad version */
+        if (i == 0 && send(c, refused, 4, MSG_NOSIGNAL) != 4)
+            o->levels[i] = -2;
+        close(c);
+    }
+    return NULL;
+}
+
+Test(mqtt, falls_back_to_mqtt311)
+{
+    old_broker o = { .fd = socket(AF_INET, SOCK_STREAM, 0) };
+    struct sockaddr_in a = { .sin_family = AF_INET };
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    cr_assert_eq(bind(o.fd, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(listen(o.fd, 4), 0);
+    getsockname(o.fd, (struct sockaddr *)&a, &len);
+    pthread_t th;
+    pthread_create(&th, NULL, old_broker_run, &o);
+    char url[64], err[256];
+    snprintf(url, sizeof url, "mqtt://127.0.0.1:%d", ntohs(a.sin_port));
+    static const char *topics[] = { "x" };
+    mqtt_source_conf c = { .name = "old", .url = url, .topics = topics, .ntopics = 1, .qos = 1 };
+    src_sink sink = { sink_append, NULL };
+    mqtt_source *s = mqtt_source_start(&c, sink, err, sizeof err);
+    cr_assert_not_null(s, "%s", err);
+    pthread_join(th, NULL);
+    mqtt_source_stop(s);
+    close(o.fd);
+    cr_expect_eq(o.levels[0], 5, "first CONNECT: level %d", o.levels[0]);
+    cr_expect_eq(o.levels[1], 4, "after the refusal: level %d", o.levels[1]);
+}
