@@ -988,7 +988,7 @@ static const struct opt_spec {
     { "ca",             K_REMOTE,                   opt_text,        false },
     { "verify",         K_WEBHOOK,                  opt_verify,      false },
     { "id_header",      K_WEBHOOK,                  opt_text,        false },
-    { "type",           K_SMQTT | K_SNATS | K_WEBHOOK | K_SCHEDULE, opt_text, false },
+    { "type",           K_WEBHOOK | K_SCHEDULE,     opt_text,        false },
     { "timezone",       K_SCHEDULE,                 opt_text,        false },
     { "data",           K_SCHEDULE,                 opt_json,        false },
     { "catchup",        K_SCHEDULE,                 opt_catchup,     false },

@@ -516,6 +516,13 @@ static bool prepare_target(ebd *d, ebd_rules *r, uint32_t i, char *err, size_t c
         if (ca && (x->ca_file = ebd_cfg_text(p, ebd_cfg_child(p, ca, 0), why, sizeof why)) &&
             access(x->ca_file, R_OK) != 0)
             snprintf(why, sizeof why, "ca: %.200s: %s", x->ca_file, strerror(errno));
+    } else if (str_eq(p, t->kind, "mqtt") || str_eq(p, t->kind, "nats")) {
+        bool mqtt = str_eq(p, t->kind, "mqtt");
+        x->kind = mqtt ? T_MQTT : T_NATS;
+        if (!x->timeout_ms)
+            x->timeout_ms = 10000;
+        if (!(mqtt ? ebd_mqtt_target : ebd_nats_target)(x, p, t, why, sizeof why) && !why[0])
+            snprintf(why, sizeof why, "out of memory");
     } else if (str_eq(p, t->kind, "file")) {
         x->kind = T_FILE;
         char *path = ebd_cfg_text(p, value, why, sizeof why);
@@ -1160,6 +1167,18 @@ static bool bus_payload_ok(const ebd_target *t, const char *payload, size_t n, b
     snprintf(a->error, sizeof a->error, "bus target '%s': the payload is not %s: %s", t->name,
              what, why);
     return false;
+}
+
+static void deliver_broker(ebd_target *t, const char *payload, size_t n, bool text, attempt *a)
+{
+    char why[300];
+    bool ok = t->kind == T_MQTT ? ebd_mqtt_send(t, payload, n, text, why, sizeof why)
+                                : ebd_nats_send(t, payload, n, text, why, sizeof why);
+    if (!ok) {
+        snprintf(a->error, sizeof a->error, "%s target '%s': %s",
+                 t->kind == T_MQTT ? "mqtt" : "nats", t->name, why);
+        a->retry = true;
+    }
 }
 
 /* A remote target forwards CloudEvents only: the other daemon would refuse anything else. */
@@ -2294,6 +2313,10 @@ static int start_attempt(dthread *th, item *it)
             return GONE_BATCH;
         }
         deliver_bus(th->e->d, t, it->payload, it->plen, it->text, &a);
+        break;
+    case T_MQTT:
+    case T_NATS:      /* a publish waits for the broker's acknowledgement (timeout) */
+        deliver_broker(t, it->payload, it->plen, it->text, &a);
         break;
     default: {
         /* started here, watched by the thread's loop: no thread waits for a command */
@@ -3618,6 +3641,11 @@ void ebd_rules_free(ebd_rules *r)
         free(x->sign_secret);
         free(x->sign_header);
         free(x->ca_file);
+        if (x->kind == T_MQTT)
+            ebd_mqtt_close(x);
+        else if (x->kind == T_NATS)
+            ebd_nats_close(x);
+        free(x->topic);
         free(x->path);
         if (x->fd >= 0)
             close(x->fd);
@@ -4042,6 +4070,10 @@ static bool attempt_now(ebd *d, ebd_target *t, const char *payload, size_t n, bo
         return true;
     case T_BUS:
         deliver_bus(d, t, payload, n, text, a);
+        return true;
+    case T_MQTT:
+    case T_NATS:
+        deliver_broker(t, payload, n, text, a);
         return true;
     default: {
         cmd_spec cs = { t->argv, t->envp, payload, n, (uint32_t)t->timeout_ms, 0 };

@@ -83,7 +83,7 @@ static inline void ebd_curl_http_only(CURL *h)
 #endif
 }
 
-enum { T_HTTP, T_FILE, T_BUS, T_EXEC };
+enum { T_HTTP, T_FILE, T_BUS, T_EXEC, T_MQTT, T_NATS };
 
 typedef struct {
     unsigned attempts;            /* 0: no retry (one attempt) */
@@ -99,6 +99,10 @@ typedef struct {
     char *sign_secret, *sign_header;
     bool remote;                  /* http: a remote target, a bus of another ebd (CloudEvents) */
     char *ca_file;                /* http: the CA certificates its TLS peer is checked against */
+    void *pub;                    /* mqtt, nats: the publisher (runtime/sources/brokers.c) */
+    char *topic;                  /* mqtt: the topic; nats: the subject */
+    int qos;                      /* mqtt */
+    bool retain;                  /* mqtt */
     unsigned concurrency;         /* http, exec: deliveries at once (0: no limit) */
     unsigned batch;               /* http: deliveries one request may carry (0, 1: one) */
     unsigned rate_limit;          /* http, exec: deliveries per second (0: no limit) */
@@ -213,6 +217,15 @@ struct ebd {
     _Atomic uint64_t buffered;    /* body bytes held now (allocated for requests in progress) */
     struct ebd_ingest *ingest;    /* ingest.c's connection table, while the listener runs */
 };
+
+/* runtime/sources/brokers.c: mqtt and nats targets (false with err; a send false with why,
+ * to be retried) */
+bool ebd_mqtt_target(ebd_target *x, const vm_program *p, const vm_target *t, char *err, size_t cap);
+bool ebd_mqtt_send(ebd_target *t, const char *payload, size_t n, bool text, char *why, size_t cap);
+void ebd_mqtt_close(ebd_target *t);
+bool ebd_nats_target(ebd_target *x, const vm_program *p, const vm_target *t, char *err, size_t cap);
+bool ebd_nats_send(ebd_target *t, const char *payload, size_t n, bool text, char *why, size_t cap);
+void ebd_nats_close(ebd_target *t);
 
 /* deliver.c: the options of declarations (p->cfgs) */
 const vm_cfg *ebd_cfg_option(const vm_program *p, uint32_t opt0, uint32_t nopt, const char *key);

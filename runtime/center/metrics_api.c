@@ -156,7 +156,8 @@ static void read_proc(proc_figs *f)
 /* A target kind's name, as the contract spells it. */
 static const char *kind_name(int kind)
 {
-    return kind == T_HTTP ? "http" : kind == T_FILE ? "file" : kind == T_BUS ? "bus" : "exec";
+    return kind == T_HTTP ? "http" : kind == T_FILE ? "file" : kind == T_BUS ? "bus"
+         : kind == T_MQTT ? "mqtt" : kind == T_NATS ? "nats" : "exec";
 }
 
 /* The whole exposition, under d->reload_mu and d->lock (read): the slots' atomics, the
