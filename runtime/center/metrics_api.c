@@ -160,6 +160,48 @@ static const char *kind_name(int kind)
          : kind == T_MQTT ? "mqtt" : kind == T_NATS ? "nats" : "exec";
 }
 
+/* ebr_source_up and ebr_source_events_total, one source at a time (src_visit) */
+typedef struct {
+    sbuf *b;
+    int pass;                     /* 0: up, 1: events */
+} source_walk;
+
+static void source_sample(void *arg, const char *name, const char *kind, const char *bus, bool up,
+                          const src_counts *n)
+{
+    source_walk *w = arg;
+    if (w->pass == 0) {
+        sb_puts(w->b, "ebr_source_up{source=\"");
+        mt_prom_label(w->b, name);
+        sb_puts(w->b, "\",kind=\"");
+        mt_prom_label(w->b, kind);
+        sb_puts(w->b, "\",bus=\"");
+        mt_prom_label(w->b, bus);
+        sb_printf(w->b, "\"} %d\n", up);
+        return;
+    }
+    const char *outcome[] = { "stored", "duplicate", "refused", "retried" };
+    const uint64_t v[] = { n->stored, n->duplicate, n->refused, n->retried };
+    for (int i = 0; i < 4; i++) {
+        sb_puts(w->b, "ebr_source_events_total{source=\"");
+        mt_prom_label(w->b, name);
+        sb_printf(w->b, "\",outcome=\"%s\"} %" PRIu64 "\n", outcome[i], v[i]);
+    }
+}
+
+static void render_sources(const ebd_rules *r, sbuf *b)
+{
+    source_walk w = { b, 0 };
+    family(b, "ebr_source_up", "gauge", "1 while a source is connected to its broker (webhooks "
+           "and schedules: 1).");
+    src_visit(r->sources, source_sample, &w);
+    w.pass = 1;
+    family(b, "ebr_source_events_total", "counter", "What a source took in, by outcome: stored, "
+           "duplicate (within the bus's dedup window), refused (never storable), retried (the bus "
+           "could not store it then).");
+    src_visit(r->sources, source_sample, &w);
+}
+
 /* The whole exposition, under d->reload_mu and d->lock (read): the slots' atomics, the
  * ruleset's figures, the logs' and the process's. */
 static void render_metrics(ebd *d, sbuf *b)
@@ -179,6 +221,7 @@ static void render_metrics(ebd *d, sbuf *b)
     for (uint32_t i = 0; i < m->nbuses; i++)
         sample1(b, "ebr_events_ingested_total", "bus", m->bus[i]->name,
                 atomic_load_explicit(&m->bus[i]->ingested, memory_order_relaxed));
+    render_sources(r, b);
     family(b, "ebr_events_duplicate_total", "counter", "Events not stored again: the bus had "
            "stored their (source, id) within its dedup window.");
     for (uint32_t i = 0; i < m->nbuses; i++)
