@@ -297,7 +297,7 @@ typedef struct {
     const char *const *urls;
     size_t nurls;
     const char *user, *password, *token, *creds, *name;
-    natsConnectionHandler on_down, on_up;   /* (may be NULL) */
+    natsConnectionHandler on_down, on_up, on_closed;   /* (may be NULL) */
     void *arg;
 } conn_conf;
 
@@ -368,6 +368,8 @@ static bool conn_open(const conn_conf *c, natsConnection **nc, char *err, size_t
         st = natsOptions_SetDisconnectedCB(o, c->on_down, c->arg);
     if (st == NATS_OK && c->on_up)
         st = natsOptions_SetReconnectedCB(o, c->on_up, c->arg);
+    if (st == NATS_OK && c->on_closed)
+        st = natsOptions_SetClosedCB(o, c->on_closed, c->arg);
     if (st == NATS_OK)
         st = natsOptions_SetSendAsap(o, true);
     if (st == NATS_OK) {
@@ -464,6 +466,7 @@ struct natsrc {
     pthread_mutex_t mu;           /* with cv: naps that natsrc_stop cuts short */
     pthread_cond_t cv;
     _Atomic bool stop, ready;
+    bool closed;                  /* (under mu) the client's last callback has been made */
     unsigned char nonce[16];      /* core ids: this source's own, whatever its counter says */
     uint64_t counter;
     int64_t retry_ms;             /* the delay of the next negative acknowledgement */
@@ -533,6 +536,17 @@ static void on_up(natsConnection *nc, void *arg)
 {
     (void)nc;
     ebd_log(EBD_INFO, "msg=\"nats source connected\" source=%s", ((natsrc *)arg)->name);
+}
+
+/* The client's last callback for the connection: after it, s may go. */
+static void on_closed(natsConnection *nc, void *arg)
+{
+    (void)nc;
+    natsrc *s = arg;
+    pthread_mutex_lock(&s->mu);
+    s->closed = true;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
 }
 
 /* JetStream: the durable consumer made (or set to this source's ack wait and filter), and a
@@ -797,6 +811,27 @@ static void natsrc_free(natsrc *s)
     free(s);
 }
 
+/* Closes the connection and frees s once the client's callbacks are over: it makes them on a
+ * thread of its own, in order, the closed one last, so one may still be on its way to s. */
+static void release(natsrc *s)
+{
+    natsConnection_Close(s->nc);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 10;
+    pthread_mutex_lock(&s->mu);
+    while (s->nc && !s->closed && pthread_cond_timedwait(&s->cv, &s->mu, &until) != ETIMEDOUT)
+        ;
+    bool closed = s->closed || !s->nc;
+    pthread_mutex_unlock(&s->mu);
+    if (!closed) {                /* (never seen; kept rather than freed under a callback) */
+        ebd_log(EBD_ERROR, "msg=\"nats source: the client did not close; its memory is kept\" "
+                "source=%s", s->name);
+        return;
+    }
+    natsrc_free(s);
+}
+
 static bool src_conf_ok(const natsrc_conf *c, char *err, size_t cap)
 {
     if (!c->name || !*c->name)
@@ -847,7 +882,7 @@ static char *dup_or_null(const char *s, bool *oom)
 natsrc *natsrc_start(const natsrc_conf *c, src_sink sink, char *err, size_t cap)
 {
     conn_conf cc = { c->urls, c->nurls, c->user, c->password, c->token, c->creds, c->name,
-                     on_down, on_up, NULL };
+                     on_down, on_up, on_closed, NULL };
     if (!src_conf_ok(c, err, cap) || !conn_conf_ok(&cc, err, cap))
         return NULL;
     natsrc *s = calloc(1, sizeof *s);
@@ -892,12 +927,12 @@ natsrc *natsrc_start(const natsrc_conf *c, src_sink sink, char *err, size_t cap)
         (s->stream && (st = natsConnection_JetStream(&s->js, s->nc, NULL)) != NATS_OK)) {
         if (st != NATS_OK)
             snprintf(err, cap, "NATS JetStream: %s", status_text(st, b, sizeof b));
-        natsrc_free(s);
+        release(s);
         return NULL;
     }
     if (pthread_create(&s->worker, NULL, run, s) != 0) {
         snprintf(err, cap, "cannot start a thread: %s", strerror(errno));
-        natsrc_free(s);
+        release(s);
         return NULL;
     }
     return s;
@@ -915,7 +950,7 @@ void natsrc_stop(natsrc *s)
      * taken from now on is acknowledged. */
     natsConnection_Close(s->nc);
     pthread_join(s->worker, NULL);
-    natsrc_free(s);
+    release(s);
 }
 
 bool natsrc_connected(const natsrc *s)
@@ -933,7 +968,7 @@ struct natspub {
 natspub *natspub_open(const natspub_conf *c, char *err, size_t cap)
 {
     conn_conf cc = { c->urls, c->nurls, c->user, c->password, c->token, c->creds, NULL,
-                     NULL, NULL, NULL };
+                     NULL, NULL, NULL, NULL };
     if (!conn_conf_ok(&cc, err, cap))
         return NULL;
     natspub *p = calloc(1, sizeof *p);

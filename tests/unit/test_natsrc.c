@@ -456,6 +456,29 @@ Test(natsrc, bad_configuration)
     keeper_free(k);
 }
 
+Test(natsrc, source_without_a_server)
+{
+    char url[64];
+    snprintf(url, sizeof url, "nats://127.0.0.1:%d", free_port());
+    const char *urls[1] = { url };
+    keeper *k = keeper_new();
+    for (int jetstream = 0; jetstream < 2; jetstream++) {
+        natsrc_conf c = { .name = "away", .urls = urls, .nurls = 1, .subject = "a.>",
+                          .stream = jetstream ? "S" : NULL };
+        char err[300];
+        natsrc *s = natsrc_start(&c, sink_of(k), err, sizeof err);
+        cr_assert_not_null(s, "a server not there yet is no configuration error: %s", err);
+        usleep(300000);
+        cr_expect(!natsrc_connected(s));
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        natsrc_stop(s);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        cr_expect_lt(b.tv_sec - a.tv_sec, 4, "stopping took %lds", (long)(b.tv_sec - a.tv_sec));
+    }
+    keeper_free(k);
+}
+
 /* ---- core NATS ---------------------------------------------------------------------------------- */
 
 Test(natsrc, core_subjects_to_events)
@@ -674,7 +697,7 @@ Test(natsrc, jetstream_survives_a_server_restart, .timeout = 90)
     nc = client(&sv);
     js = jetstream(nc);
     for (int i = 2; i <= 3; i++) {
-        char d[16];
+        char d[32];
         snprintf(d, sizeof d, "{\"n\":%d}", i);
         /* (JetStream may take a moment to recover its streams after the restart) */
         jsPubOptions po;
