@@ -126,7 +126,7 @@ static bool json_event(const char *d, size_t n)
 }
 
 /* A binary-mode header value as the binding writes it: unquoted when double-quoted (backslash
- * escapes), then percent-decoded, and UTF-8.  Appends it, NUL-terminated, to out. */
+ * escapes), then percent-decoded, and UTF-8 without NUL.  Appends it, NUL-terminated, to out. */
 static bool decode_value(const char *v, sbuf *out)
 {
     size_t n = strlen(v);
@@ -163,7 +163,7 @@ static bool decode_value(const char *v, sbuf *out)
     for (size_t i = start; ok && !out->oom && i < out->n;) {
         uint32_t cp;
         size_t k = vm_utf8_decode(out->v + i, out->n - i, &cp);
-        ok = k > 0;
+        ok = k > 0 && cp != 0;    /* (a NUL would end the value short) */
         i += k;
     }
     sb_put(out, "", 1);

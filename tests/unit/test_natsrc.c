@@ -418,6 +418,7 @@ Test(natsrc, binary_mode)
 
     /* malformed: an overlong encoding, a lone %, an attribute name, another specversion */
     const char *bad[][2] = { { "ce-source", "%C0%A0" }, { "ce-source", "50%" },
+                             { "ce-source", "a%00b" },
                              { "ce-my_ext", "x" }, { "ce-specversion", "0.3" },
                              { "ce-data", "x" } };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
