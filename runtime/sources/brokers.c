@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "mqtt.h"
+#include "nats.h"
 #include "sources_int.h"
 
 /* ---- MQTT sources --------------------------------------------------------------------------- */
@@ -146,28 +147,147 @@ void ebd_mqtt_close(ebd_target *t)
 
 /* ---- NATS (nats.c) ---------------------------------------------------------------------------- */
 
+/* A value that is one URL or a list of them, read into a NULL-ended array. */
+static char **read_urls(const vm_program *p, const vm_cfg *v, size_t *n, char *err, size_t cap)
+{
+    uint32_t k = v->type == VM_CFG_LIST ? v->nchild : 1;
+    char **u = calloc(k + 1, sizeof *u);
+    if (!u) {
+        snprintf(err, cap, "out of memory");
+        return NULL;
+    }
+    for (uint32_t i = 0; i < k; i++)
+        u[i] = ebd_cfg_text(p, v->type == VM_CFG_LIST ? ebd_cfg_child(p, v, i) : v, err, cap);
+    *n = k;
+    return u;
+}
+
+static void free_strs(char **v)
+{
+    for (size_t i = 0; v && v[i]; i++)
+        free(v[i]);
+    free(v);
+}
+
+/* The login options every NATS declaration may take, read into login[4]: user, password,
+ * token, creds. */
+static void read_login(const vm_program *p, uint32_t opt0, uint32_t nopt, char **login, char *err,
+                       size_t cap)
+{
+    static const char *const keys[4] = { "user", "password", "token", "creds" };
+    for (int i = 0; i < 4; i++) {
+        const vm_cfg *o = ebd_cfg_option(p, opt0, nopt, keys[i]);
+        login[i] = o ? ebd_cfg_text(p, ebd_cfg_child(p, o, 0), err, cap) : NULL;
+    }
+}
+
+typedef struct {
+    natsrc_conf conf;
+    char **urls, *login[4], *subject, *queue, *stream, *consumer;
+    natsrc *run;
+} nats_src;
+
+static void nats_src_start(src *s)
+{
+    nats_src *m = s->impl;
+    char err[300];
+    if (!(m->run = natsrc_start(&m->conf, s->sink, err, sizeof err)))
+        ebd_log(EBD_ERROR, "msg=\"nats source not started\" source=%s error=\"%s\"", s->name, err);
+}
+
+static void nats_src_stop(src *s)
+{
+    nats_src *m = s->impl;
+    if (!m)
+        return;
+    if (m->run)
+        natsrc_stop(m->run);
+    free_strs(m->urls);
+    for (int i = 0; i < 4; i++)
+        free(m->login[i]);
+    free(m->subject);
+    free(m->queue);
+    free(m->stream);
+    free(m->consumer);
+    free(m);
+    s->impl = NULL;
+}
+
+static bool nats_src_up(const src *s)
+{
+    const nats_src *m = s->impl;
+    return m->run && natsrc_connected(m->run);
+}
+
 bool nats_prepare(src *s, const vm_program *p, const vm_input *in, char *err, size_t cap)
 {
-    (void)s; (void)p; (void)in;
-    snprintf(err, cap, "nats sources: not yet");
-    return false;
+    nats_src *m = calloc(1, sizeof *m);
+    if (!m) {
+        snprintf(err, cap, "out of memory");
+        return false;
+    }
+    s->impl = m;
+    s->start = nats_src_start;
+    s->stop = nats_src_stop;
+    s->up = nats_src_up;
+    char why[300] = "";
+    size_t nurls = 0;
+    m->urls = read_urls(p, &p->cfgs[in->value], &nurls, why, sizeof why);
+    read_login(p, in->opt0, in->nopt, m->login, why, sizeof why);
+    m->subject = src_opt_text(p, in, "subject", why, sizeof why);
+    m->queue = src_opt_text(p, in, "queue", why, sizeof why);
+    m->stream = src_opt_text(p, in, "stream", why, sizeof why);
+    m->consumer = src_opt_text(p, in, "consumer", why, sizeof why);
+    const vm_cfg *aw = src_opt(p, in, "ack_wait");
+    m->conf = (natsrc_conf){ .name = s->name, .urls = (const char *const *)m->urls, .nurls = nurls,
+                             .subject = m->subject, .queue = m->queue, .stream = m->stream,
+                             .consumer = m->consumer, .user = m->login[0],
+                             .password = m->login[1], .token = m->login[2], .creds = m->login[3],
+                             .ack_wait_ms = aw && ebd_cfg_child(p, aw, 0) ? (long)ebd_cfg_child(p, aw, 0)->num : 0 };
+    if (why[0] || !m->urls) {
+        snprintf(err, cap, "%s", why[0] ? why : "out of memory");
+        return false;
+    }
+    return true;
 }
 
 bool ebd_nats_target(ebd_target *x, const vm_program *p, const vm_target *t, char *err, size_t cap)
 {
-    (void)x; (void)p; (void)t;
-    snprintf(err, cap, "nats targets: not yet");
-    return false;
+    size_t nurls = 0;
+    char **urls = read_urls(p, &p->cfgs[t->value], &nurls, err, cap), *login[4];
+    read_login(p, t->opt0, t->nopt, login, err, cap);
+    const vm_cfg *o;
+    if ((o = ebd_cfg_option(p, t->opt0, t->nopt, "subject")))
+        x->topic = ebd_cfg_text(p, ebd_cfg_child(p, o, 0), err, cap);
+    bool js = (o = ebd_cfg_option(p, t->opt0, t->nopt, "jetstream")) && ebd_cfg_child(p, o, 0) &&
+              ebd_cfg_child(p, o, 0)->num != 0;
+    bool ok = urls && x->topic && !err[0];
+    if (ok) {
+        natspub_conf c = { (const char *const *)urls, nurls, login[0], login[1], login[2], login[3], js };
+        ok = (x->pub = natspub_open(&c, err, cap)) != NULL;
+    }
+    free_strs(urls);
+    for (int i = 0; i < 4; i++)
+        free(login[i]);
+    return ok;
 }
 
 bool ebd_nats_send(ebd_target *t, const char *payload, size_t n, bool text, char *why, size_t cap)
 {
-    (void)t; (void)payload; (void)n; (void)text;
-    snprintf(why, cap, "not yet");
-    return false;
+    /* a CloudEvent's Nats-Msg-Id is its (source, id) key: JetStream drops a retried delivery */
+    char msg_id[33], *mid = NULL;
+    dedup_key k;
+    if (!text && dedup_key_of(payload, n, &k)) {
+        snprintf(msg_id, sizeof msg_id, "%016llx%016llx", (unsigned long long)k.a,
+                 (unsigned long long)k.b);
+        mid = msg_id;
+    }
+    return natspub_send(t->pub, t->topic, payload, n, payload_type(payload, n, text), mid,
+                        t->timeout_ms, why, cap) == 0;
 }
 
 void ebd_nats_close(ebd_target *t)
 {
-    (void)t;
+    natspub_close(t->pub);
+    t->pub = NULL;
 }

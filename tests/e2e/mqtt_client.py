@@ -4,8 +4,10 @@ here, and mosquitto-clients is not needed elsewhere):
 
   mqtt_client.py pub PORT TOPIC PAYLOAD [QOS]   publish; with QoS 1, wait for the PUBACK
   mqtt_client.py sub PORT TOPIC COUNT SECONDS   print COUNT payloads received on TOPIC, one a
-                                                line (exit 1 if fewer came in time)
+                                                line (exit 1 if fewer came in time);
+                                                touches $READY once subscribed
 """
+import os
 import socket
 import struct
 import sys
@@ -71,6 +73,10 @@ def pub(port, topic, payload, qos):
 def sub(port, topic, count, seconds):
     c = connect(port, "e2e-sub-%d" % time.time_ns())
     c.sendall(packet(0x82, struct.pack(">H", 1) + text(topic) + b"\x01"))
+    while read_packet(c)[0] != 0x90:                  # the SUBACK: the subscription is in place
+        pass
+    if os.environ.get("READY"):
+        open(os.environ["READY"], "w").close()
     got, end = 0, time.time() + seconds
     c.settimeout(1)
     while got < count and time.time() < end:

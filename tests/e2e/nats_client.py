@@ -3,11 +3,13 @@
 needed):
 
   nats_client.py pub PORT SUBJECT PAYLOAD          publish, then PING/PONG (the server has it)
-  nats_client.py sub PORT SUBJECT COUNT SECONDS    print COUNT payloads, one a line
+  nats_client.py sub PORT SUBJECT COUNT SECONDS    print COUNT payloads, one a line (touches
+                                                   $READY once subscribed)
   nats_client.py stream PORT NAME SUBJECT          create a JetStream stream (file storage)
   nats_client.py count PORT NAME                   print how many messages the stream holds
 """
 import json
+import os
 import socket
 import sys
 import time
@@ -56,6 +58,12 @@ class Conn:
         return json.loads(self.msg())
 
 
+def ready():
+    """Touches $READY (when set) once the subscription is in place."""
+    if os.environ.get("READY"):
+        open(os.environ["READY"], "w").close()
+
+
 def main(a):
     c = Conn(int(a[2]))
     if a[1] == "pub":
@@ -64,7 +72,10 @@ def main(a):
         while c.line() != b"PONG":
             pass
     elif a[1] == "sub":
-        c.s.sendall(b"SUB %s 1\r\n" % a[3].encode())
+        c.s.sendall(b"SUB %s 1\r\nPING\r\n" % a[3].encode())
+        while c.line() != b"PONG":                    # the server has the subscription
+            pass
+        ready()
         c.s.settimeout(float(a[5]))
         for _ in range(int(a[4])):
             print(c.msg().decode(errors="replace"), flush=True)

@@ -7,8 +7,8 @@
 #   a schedule (rate(1 second)) across a kill -9 and a restart: every second once, none missed;
 #   an MQTT source (QoS 1) and an MQTT target, across a broker restart;
 #   NATS: a core subject and a JetStream stream as sources, core and JetStream targets;
-#   two daemons, one forwarding to the other's bus (remote target) whose dedup window keeps
-#     each event once while the receiver is killed (-9) and started again under traffic.
+#   two daemons, one forwarding to the other's bus (remote target, over TLS) whose dedup window
+#     keeps each event once while the receiver is killed (-9) and started again under traffic.
 . "$2/tests/e2e/lib.sh"
 # Ports below Linux's ephemeral range: 20000-20989.
 BASE=$(( 20000 + ($$ % 99) * 10 ))
@@ -46,17 +46,20 @@ stop() {        # stop NAME [SIGNAL]
     wait "$_pid" 2>/dev/null
     rm -f "$WORK/$1.pid"
 }
-ebd_start() {   # ebd_start NAME PORT RULES
-    "$BIN/ebd" --rules "$3" --data "$WORK/data-$1" --listen "127.0.0.1:$2" >>"$WORK/$1.log" 2>&1 &
-    echo $! >"$WORK/$1.pid"
+ebd_start() {   # ebd_start NAME PORT RULES [FLAGS...]
+    _n=$1; _p=$2; _r=$3; shift 3
+    "$BIN/ebd" --rules "$_r" --data "$WORK/data-$_n" --listen "127.0.0.1:$_p" "$@" >>"$WORK/$_n.log" 2>&1 &
+    echo $! >"$WORK/$_n.pid"
 }
-ebd_up() { curl -sf "http://127.0.0.1:$1/healthz" >/dev/null; }
+# the receiving daemon of the network test (port P_C) speaks HTTPS
+base() { if [ "$1" = "$P_C" ]; then echo "https://127.0.0.1:$1"; else echo "http://127.0.0.1:$1"; fi; }
+ebd_up() { curl -sf --cacert "$WORK/cert.pem" "$(base "$1")/healthz" >/dev/null; }
 # ids PORT BUS: every stored event's id, oldest first, one a line, to $WORK/ids
 ids() {
     : >"$WORK/ids"; _after=""
     while :; do
-        curl -s -o "$WORK/page" -H "Authorization: Bearer $INBOX_TOKEN" \
-            "http://127.0.0.1:$1/v1/buses/$2/events?order=oldest&limit=1000$_after" || return 1
+        curl -s -o "$WORK/page" --cacert "$WORK/cert.pem" -H "Authorization: Bearer $INBOX_TOKEN" \
+            "$(base "$1")/v1/buses/$2/events?order=oldest&limit=1000$_after" || return 1
         jq -r '.events[].event.id' "$WORK/page" >>"$WORK/ids" || return 1
         _next=$(jq -r '.next // ""' "$WORK/page")
         [ -z "$_next" ] && return 0
@@ -71,6 +74,9 @@ metric() {      # metric PORT NAME_AND_LABELS: its value
 
 export GH_SECRET=gh-secret-e2e STRIPE_SECRET=whsec_e2e_secret SHOP_SECRET=shop-secret-e2e
 export INBOX_TOKEN=inbox-token-e2e-0123456789
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -days 2 \
+    -subj /CN=127.0.0.1 -addext "subjectAltName=IP:127.0.0.1" >/dev/null 2>&1 ||
+    fail "openssl could not make a certificate"
 mq_start; nats_start
 wait_for 20 mq_up || fail "mosquitto did not start"
 wait_for 20 nats_up || fail "nats-server did not start"
@@ -139,9 +145,9 @@ curl -s "$URL/v1/buses/hooks/events?order=oldest&limit=3" >"$WORK/page"
     pass "metrics: the github source refused 3" || fail "metrics: $(curl -s "$URL/metrics" | grep ebr_source_events_total | head -8)"
 
 # ---- MQTT: a source (QoS 1) and a target, across a broker restart -------------------------------
-$MQ sub "$P_MQ" alerts/out 1 60 >"$WORK/alerts1" 2>&1 &
+rm -f "$WORK/ready"; READY=$WORK/ready $MQ sub "$P_MQ" alerts/out 1 60 >"$WORK/alerts1" 2>&1 &
 SUB=$!
-sleep 0.5
+wait_for 30 test -f "$WORK/ready" || fail "the alerts subscriber did not subscribe"
 $MQ pub "$P_MQ" sensors/t1 '{"temp": 35}' 1 || fail "publish sensors/t1"
 $MQ pub "$P_MQ" sensors/t2 '{"temp": 20}' 1 || fail "publish sensors/t2"
 wait_for "$E2E_WAIT" count_is "$P_A" tel 2 && pass "mqtt source: both messages stored" ||
@@ -158,9 +164,9 @@ mq_start
 wait_for 20 mq_up || fail "mosquitto did not start again"
 up_again() { curl -s "http://127.0.0.1:$P_A/metrics" | grep -q 'ebr_source_up{source="sensors".*} 1'; }
 wait_for "$E2E_WAIT" up_again || fail "the mqtt source did not reconnect"
-$MQ sub "$P_MQ" alerts/out 1 60 >"$WORK/alerts2" 2>&1 &
+rm -f "$WORK/ready"; READY=$WORK/ready $MQ sub "$P_MQ" alerts/out 1 60 >"$WORK/alerts2" 2>&1 &
 SUB=$!
-sleep 0.5
+wait_for 30 test -f "$WORK/ready" || fail "the alerts subscriber did not subscribe again"
 $MQ pub "$P_MQ" sensors/t3 '{"temp": 40}' 1 || fail "publish sensors/t3 after the restart"
 wait_for "$E2E_WAIT" count_is "$P_A" tel 3 && pass "mqtt source: a message after the broker restart is stored" ||
     fail "after the broker restart: $(paste -sd, "$WORK/ids")"
@@ -169,9 +175,9 @@ grep -q '"temp": *40' "$WORK/alerts2" && pass "mqtt target: publishes again afte
     fail "mqtt target after the restart got: $(cat "$WORK/alerts2")"
 
 # ---- NATS: a core subject and a JetStream stream as sources; core and JetStream targets ------------
-$NC sub "$P_NATS" out.core 2 60 >"$WORK/outcore" 2>&1 &
+rm -f "$WORK/ready"; READY=$WORK/ready $NC sub "$P_NATS" out.core 2 60 >"$WORK/outcore" 2>&1 &
 SUB=$!
-sleep 0.5
+wait_for 30 test -f "$WORK/ready" || fail "the out.core subscriber did not subscribe"
 $NC pub "$P_NATS" in.core.a '{"n": 1}' || fail "publish in.core.a"
 $NC pub "$P_NATS" in.js.b '{"n": 2}' || fail "publish in.js.b"
 wait_for "$E2E_WAIT" count_is "$P_A" nt 2 && pass "nats sources: the core and the JetStream message stored" ||
@@ -207,20 +213,22 @@ if [ "$(sort -u "$WORK/secs" | wc -l)" = "$n" ] && [ $((last - first + 1)) = "$n
     pass "schedule: $n firings, every second from the first to the last once, across kill -9, a restart and a reload"
 else fail "schedule firings: $(paste -sd, "$WORK/ids")"; fi
 
-# ---- the event network: a remote target into a bus with a dedup window ------------------------------
+# ---- the event network: a remote target into a bus with a dedup window, over TLS --------------------
+TLS="--tls-cert $WORK/cert.pem --tls-key $WORK/key.pem"
 cat >"$WORK/c.ebr" <<RULES
 bus inbox { dedup 10m; token env("INBOX_TOKEN") }
 RULES
 cat >"$WORK/b.ebr" <<RULES
 bus out
-target far remote "http://127.0.0.1:$P_C/v1/buses/inbox" {
+target far remote "https://127.0.0.1:$P_C/v1/buses/inbox" {
   token env("INBOX_TOKEN")
+  ca "$WORK/cert.pem"
   timeout 2s
   retry exponential(attempts: 100000, first: 50ms, max: 500ms, max_age: 1h)
 }
 rule forward on out { match exists id to far }
 RULES
-ebd_start c "$P_C" "$WORK/c.ebr"; ebd_start b "$P_B" "$WORK/b.ebr"
+ebd_start c "$P_C" "$WORK/c.ebr" $TLS; ebd_start b "$P_B" "$WORK/b.ebr"
 wait_for 30 ebd_up "$P_C" || fail "ebd c did not start"
 wait_for 30 ebd_up "$P_B" || fail "ebd b did not start"
 N=300
@@ -243,7 +251,7 @@ wait_for "$E2E_WAIT" got_some || fail "nothing forwarded"
 stop c KILL                               # the link is cut under traffic...
 post_some 151 $N
 sleep 1
-ebd_start c "$P_C" "$WORK/c.ebr"          # ...and restored
+ebd_start c "$P_C" "$WORK/c.ebr" $TLS     # ...and restored
 wait_for 30 ebd_up "$P_C" || fail "ebd c did not start again"
 [ "$(grep -c '^202$' "$WORK/net.status")" = $N ] || fail "posting to b: $(sort "$WORK/net.status" | uniq -c)"
 wait_for "$E2E_WAIT" count_is "$P_C" inbox $N
@@ -251,7 +259,21 @@ ids "$P_C" inbox
 if [ "$(wc -l <"$WORK/ids")" = $N ] && [ "$(sort -u "$WORK/ids" | wc -l)" = $N ]; then
     pass "network: all $N events stored exactly once at the far end, across kill -9 of the receiver"
 else fail "network: $(wc -l <"$WORK/ids") stored, $(sort -u "$WORK/ids" | wc -l) distinct"; fi
-curl -s -o "$WORK/answer" -w '%{http_code}' -X POST "http://127.0.0.1:$P_C/v1/buses/inbox/events" \
+# A replay on b sends every event again (the same source and id, with a "replay" attribute):
+# the window answers each as stored before, and the far bus still holds each once.
+st=$(curl -s -o "$WORK/answer" -w '%{http_code}' -X POST "http://127.0.0.1:$P_B/v1/buses/out/replays" \
+    -H 'Content-Type: application/json' --data '{"name":"again","since":"1h"}')
+[ "$st" = 201 ] || fail "replay on b: $st $(cat "$WORK/answer")"
+replayed() {
+    curl -s -o "$WORK/answer" "http://127.0.0.1:$P_B/v1/buses/out/replays/again" &&
+        [ "$(jq -r .state "$WORK/answer")" = done ]
+}
+wait_for "$E2E_WAIT" replayed || fail "the replay did not finish: $(cat "$WORK/answer")"
+dups=$(curl -s --cacert "$WORK/cert.pem" "$(base "$P_C")/metrics" | grep '^ebr_events_duplicate_total{bus="inbox"}' | awk '{print $2}')
+if count_is "$P_C" inbox $N && [ "${dups:-0}" -ge $N ]; then
+    pass "network: all $N sent again by a replay, each answered as a duplicate ($dups), none stored twice"
+else fail "after the replay: $(wc -l <"$WORK/ids") stored, duplicates $dups"; fi
+curl -s -o "$WORK/answer" -w '%{http_code}' --cacert "$WORK/cert.pem" -X POST "$(base "$P_C")/v1/buses/inbox/events" \
     -H "Authorization: Bearer $INBOX_TOKEN" -H "Content-Type: application/cloudevents+json" \
     --data '{"specversion":"1.0","id":"n7","source":"net-e2e","type":"t"}' >"$WORK/st"
 [ "$(cat "$WORK/st")" = 202 ] && jq -e '.events[0].duplicate == true' "$WORK/answer" >/dev/null &&
