@@ -70,7 +70,7 @@ static void *produce(void *arg)
     char *buf = malloc(p->size);
     memset(buf, 'x', p->size);
     for (unsigned i = 0; i < p->batch; i++)
-        e[i] = (store_entry){ buf, p->size, 0 };
+        e[i] = (store_entry){ buf, p->size, 0, NULL };
     for (uint64_t done = 0; done < p->count && !p->failed;) {
         size_t n = p->count - done < p->batch ? (size_t)(p->count - done) : p->batch;
         if (store_append(p->s, e, n, NULL) != STORE_OK) {

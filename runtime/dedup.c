@@ -346,11 +346,40 @@ static void claim_round(ebd_dedup *d, const dedup_key *k, const bool *keyed, uns
     }
 }
 
+/* A bus whose store de-duplicates itself (NATS JetStream: its duplicate window, which every
+ * daemon of the bus shares): each event's key as its msg_id, the store says which it kept. */
+static store_status store_keyed(ebd_bus *b, const store_entry *e, size_t n, uint64_t *offsets,
+                                bool *dup)
+{
+    store_entry *k = malloc(n * sizeof *k);
+    char (*ids)[33] = malloc(n * sizeof *ids);
+    if (!k || !ids) {
+        free(k);
+        free(ids);
+        return STORE_EIO;
+    }
+    for (size_t i = 0; i < n; i++) {
+        dedup_key key;
+        k[i] = e[i];
+        if (dedup_key_of(e[i].data, e[i].len, &key)) {
+            snprintf(ids[i], sizeof ids[i], "%016llx%016llx", (unsigned long long)key.a,
+                     (unsigned long long)key.b);
+            k[i].msg_id = ids[i];
+        }
+    }
+    store_status st = store_append_dedup(b->s, k, n, offsets, dup);
+    free(k);
+    free(ids);
+    return st;
+}
+
 store_status ebd_bus_store(ebd_bus *b, const store_entry *e, size_t n, uint64_t *offsets,
                            bool *dup)
 {
     if (dup)
         memset(dup, 0, n * sizeof *dup);
+    if (n && store_dedups(b->s))
+        return store_keyed(b, e, n, offsets, dup);
     ebd_dedup *d = b->dedup;
     if (!d || !d->window_ms || n == 0)
         return store_append(b->s, e, n, offsets);

@@ -1200,7 +1200,7 @@ static void deliver_bus(ebd *d, ebd_target *t, const char *payload, size_t n, bo
 {
     if (!bus_payload_ok(t, payload, n, text, a))
         return;
-    store_entry e = { payload, (uint32_t)n, 0 };
+    store_entry e = { payload, (uint32_t)n, 0, NULL };
     store_status st = ebd_bus_store(d->buses[t->bus], &e, 1, NULL, NULL);   /* (dedup window) */
     if (st != STORE_OK) {
         snprintf(a->error, sizeof a->error, "bus '%s': %s", d->buses[t->bus]->name,
@@ -2506,7 +2506,7 @@ static void flush_batches(dthread *th)
         size_t k = 0, i = 0;
         for (item *it = list; it; it = it->next, i++) {
             if (bus_payload_ok(t, it->payload, it->plen, it->text, &each[i]))
-                en[k++] = (store_entry){ it->payload, (uint32_t)it->plen, 0 };
+                en[k++] = (store_entry){ it->payload, (uint32_t)it->plen, 0, NULL };
         }
         if (k) {
             store *s = e->d->buses[t->bus]->s;

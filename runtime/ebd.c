@@ -222,6 +222,8 @@ static void set_dedup(ebd_bus *b, const vm_program *p, uint32_t i)
     const vm_bus *vb = &p->buses[i];
     const vm_cfg *o = ebd_cfg_option(p, vb->opt0, vb->nopt, "dedup");
     uint64_t ms = o && ebd_cfg_child(p, o, 0) ? (uint64_t)ebd_cfg_child(p, o, 0)->num : 0;
+    if (store_dedups(b->s))
+        return;           /* the stream's own window, shared by the bus's daemons (store/nats.c) */
     if (b->dedup || !ms) {
         if (b->dedup)
             dedup_set_window(b->dedup, ms);

@@ -810,7 +810,7 @@ static store_status store_events(struct MHD_Connection *c, ebd_bus *b, events *e
     for (size_t i = 0; i < es->n; i++)
         if (!es->v[i].error[0]) {
             at[k] = i;
-            e[k++] = (store_entry){ es->v[i].s, (uint32_t)es->v[i].n, 0 };
+            e[k++] = (store_entry){ es->v[i].s, (uint32_t)es->v[i].n, 0, NULL };
         }
     st = k ? ebd_bus_store(b, e, k, offs, dup) : STORE_OK;
     if (st != STORE_OK)

@@ -595,7 +595,7 @@ static void store_bus(struct MHD_Connection *c, ebd *d, entry *es, size_t n, uin
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
         if (!es[i].code && es[i].bus == bi) {
-            se[k] = (store_entry){ es[i].ev.v, (uint32_t)es[i].ev.n, 0 };
+            se[k] = (store_entry){ es[i].ev.v, (uint32_t)es[i].ev.n, 0, NULL };
             snprintf(idq[k], sizeof idq[k], "\"%s\"", es[i].id);
             tr[k].id = idq[k];
             tr[k].len = strlen(idq[k]);

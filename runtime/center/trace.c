@@ -631,7 +631,7 @@ static void write_block(tbus *t, store **s, const char *which, block *k)
             h[9 + i] = (unsigned char)(k->hi >> (8 * i));
             h[17 + i] = (unsigned char)(k->mhi >> (8 * i));
         }
-        store_entry e = { k->b.v, (uint32_t)k->b.n, 0 };
+        store_entry e = { k->b.v, (uint32_t)k->b.n, 0, NULL };
         if (store_append(*s, &e, 1, NULL) != STORE_OK)
             ebd_log(EBD_ERROR, "msg=\"a trace block is lost\" bus=%s error=\"%s\"", t->name,
                     store_error(*s));

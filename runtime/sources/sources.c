@@ -73,7 +73,7 @@ static src_result sink_append(void *arg, const char *ev, size_t n, char *why, si
                 r = SRC_RETRY;
             }
         } else {
-            store_entry e = { ev, (uint32_t)n, 0 };
+            store_entry e = { ev, (uint32_t)n, 0, NULL };
             uint64_t off;
             if (ebd_bus_store(b, &e, 1, &off, &dup) != STORE_OK) {
                 snprintf(why, cap, "the bus cannot store events now: %s", store_error(b->s));

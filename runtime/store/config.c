@@ -41,6 +41,8 @@ void rt_bus_store_options(const vm_program *p, uint32_t bus, store_options *o)
             o->retention_ns = (uint64_t)(v->num * 1e6);
         else if (key_is(p, c, "retention_size"))
             o->retention_bytes = (uint64_t)v->num;
+        else if (key_is(p, c, "dedup"))
+            o->dedup_ns = (uint64_t)(v->num * 1e6);
     }
 }
 

@@ -1394,8 +1394,10 @@ static bool pend_reserve(log_t *l, size_t n)
     return true;
 }
 
-static store_status log_append(store *s, const store_entry *e, size_t n, uint64_t *offsets)
+static store_status log_append(store *s, const store_entry *e, size_t n, uint64_t *offsets,
+                               bool *dup)
 {
+    (void)dup;                    /* (the log keeps every record: ebd's dedup.c does the rest) */
     log_t *l = (log_t *)s;
     size_t total = 0;
     for (size_t i = 0; i < n; i++) {

@@ -39,6 +39,7 @@
 typedef struct {
     size_t left;                  /* records not acknowledged (nor refused) yet */
     uint64_t *seq;                /* each record's sequence */
+    bool *dup;                    /* NULL, or each record: a duplicate JetStream did not store */
     bool failed;
     char why[200];
 } pubwait;
@@ -268,8 +269,11 @@ static void on_pub_ack(jsCtx *js, natsMsg *m, jsPubAck *pa, jsPubAckErr *pae, vo
     pubslot *s = pub_find(x, m);
     if (s) {                      /* (not there: its append gave up waiting) */
         pubwait *w = s->w;
-        if (pa)
-            w->seq[s->i] = pa->Sequence;
+        if (pa) {
+            w->seq[s->i] = pa->Sequence;        /* (a duplicate's: the first one's) */
+            if (w->dup)
+                w->dup[s->i] = pa->Duplicate;
+        }
         else if (!w->failed) {
             w->failed = true;
             snprintf(w->why, sizeof w->why, "%s", pae && pae->ErrText ? pae->ErrText
@@ -292,10 +296,18 @@ static natsStatus make_msg(nats_t *x, const store_entry *e, natsMsg **m)
         snprintf(v, sizeof v, "%" PRIu32, e->flags);
         st = natsMsgHeader_Set(*m, FLAGS_HEADER, v);
     }
+    if (st == NATS_OK && e->msg_id && x->o.dedup_ns)
+        st = natsMsgHeader_Set(*m, "Nats-Msg-Id", e->msg_id);
     return st;
 }
 
-static store_status n_append(store *s, const store_entry *e, size_t n, uint64_t *offsets)
+static bool n_dedups(store *s)
+{
+    return ((nats_t *)s)->o.dedup_ns != 0;
+}
+
+static store_status n_append(store *s, const store_entry *e, size_t n, uint64_t *offsets,
+                             bool *dup)
 {
     nats_t *x = (nats_t *)s;
     for (size_t i = 0; i < n; i++)
@@ -327,13 +339,15 @@ static store_status n_append(store *s, const store_entry *e, size_t n, uint64_t 
         }
         if (offsets)
             offsets[0] = ack->Sequence - 1;
+        if (dup)
+            dup[0] = ack->Duplicate;
         jsPubAck_Destroy(ack);
         return STORE_OK;
     }
     uint64_t *seq = calloc(n, sizeof *seq);
     if (!seq)
         return failf(x, STORE_EIO, "out of memory");
-    pubwait w = { .left = 0, .seq = seq };
+    pubwait w = { .left = 0, .seq = seq, .dup = dup };
     natsStatus st = NATS_OK;
     char b[300] = "";
     size_t sent = 0;
@@ -1220,6 +1234,7 @@ static const store_ops nats_ops = {
     .figures = n_figures,
     .group_figures = n_group_figures,
     .append = n_append,
+    .dedups = n_dedups,
     .bounds = n_bounds,
     .cursor_open = n_cursor_open,
     .cursor_open_at = n_cursor_open_at,
@@ -1250,6 +1265,7 @@ static const store_ops nats_ops = {
 static bool same_config(const jsStreamConfig *a, const jsStreamConfig *b)
 {
     return a->Replicas == b->Replicas && a->MaxAge == b->MaxAge && a->MaxBytes == b->MaxBytes &&
+           (!b->Duplicates || a->Duplicates == b->Duplicates) &&
            a->MaxMsgSize == b->MaxMsgSize && a->SubjectsLen == 1 && b->SubjectsLen == 1 &&
            !strcmp(a->Subjects[0], b->Subjects[0]);
 }
@@ -1355,6 +1371,7 @@ store_status nats_open(const store_nats_options *no, const store_options *o, sto
     sc.MaxBytes = x->o.retention_bytes ? (int64_t)x->o.retention_bytes : -1;
     sc.MaxMsgSize = (int32_t)x->o.max_record;
     sc.AllowDirect = true;
+    sc.Duplicates = (int64_t)x->o.dedup_ns;    /* (0: the server's default, 2 minutes) */
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
     st = js_GetStreamInfo(&si, x->js, x->stream, NULL, &jerr);

@@ -8,7 +8,20 @@
 
 store_status store_append(store *s, const store_entry *e, size_t n, uint64_t *offsets)
 {
-    return s->ops->append(s, e, n, offsets);
+    return s->ops->append(s, e, n, offsets, NULL);
+}
+
+bool store_dedups(store *s)
+{
+    return s->ops->dedups && s->ops->dedups(s);
+}
+
+store_status store_append_dedup(store *s, const store_entry *e, size_t n, uint64_t *offsets,
+                                bool *dup)
+{
+    if (dup)
+        memset(dup, 0, n * sizeof *dup);
+    return s->ops->append(s, e, n, offsets, dup);
 }
 
 void store_bounds(store *s, uint64_t *first, uint64_t *next)

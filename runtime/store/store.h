@@ -45,6 +45,8 @@ typedef struct {
     uint64_t retention_ns;          /* delete segments whose newest record is older; 0: never */
     uint64_t retention_bytes;       /* delete the oldest segments above this total; 0: never */
     uint32_t max_record;            /* the largest payload; default 16 MiB */
+    uint64_t dedup_ns;              /* a backend that de-duplicates (store_dedups): its window
+                                     * for records with a msg_id; 0: none */
     bool read_only;                 /* tools: no lock, no repair, no appends, no background thread */
     /* Loud messages (recovery, corruption, retention), one line each without a newline; default:
      * standard error, prefixed "ebr log: ". */
@@ -56,6 +58,7 @@ typedef struct {
     const void *data;
     uint32_t len;
     uint32_t flags;
+    const char *msg_id;             /* NULL, or the record's id for a backend that de-duplicates */
 } store_entry;
 
 typedef struct {
@@ -84,6 +87,12 @@ store_status log_open(const char *dir, const store_options *o, store **out, char
  * processes append to) may put other records between them, and acknowledges each record by
  * itself: on a failure, some of them may be kept (docs/storage.md). */
 store_status store_append(store *s, const store_entry *e, size_t n, uint64_t *offsets);
+/* Does s itself keep records with the same msg_id once within its dedup_ns window (NATS
+ * JetStream's duplicate window, shared by every daemon of the bus)?  Then store_append_dedup
+ * gives a record it kept from being stored again the first one's offset and sets dup[i]. */
+bool store_dedups(store *s);
+store_status store_append_dedup(store *s, const store_entry *e, size_t n, uint64_t *offsets,
+                                bool *dup);
 
 /* The first offset still kept and the next offset to be acknowledged. */
 void store_bounds(store *s, uint64_t *first, uint64_t *next);

@@ -10,7 +10,9 @@
 
 typedef struct {
     const char *name;
-    store_status (*append)(store *s, const store_entry *e, size_t n, uint64_t *offsets);
+    /* dup (NULL, or n flags): set for a record the backend kept from being stored again */
+    store_status (*append)(store *s, const store_entry *e, size_t n, uint64_t *offsets, bool *dup);
+    bool (*dedups)(store *s);     /* NULL: never */
     void (*bounds)(store *s, uint64_t *first, uint64_t *next);
     store_status (*cursor_open)(store *s, uint64_t offset, store_cursor **out);
     store_status (*cursor_open_at)(store *s, int64_t time_ns, store_cursor **out);

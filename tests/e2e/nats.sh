@@ -83,7 +83,7 @@ PIDS="$PIDS $!"
 nats_start n1 "$P_N1"
 wait_for "$E2E_WAIT" nats_up "$P_N1" || { fail "nats-server did not start"; cat "$WORK/n1.log"; finish; }
 cat >"$WORK/one.ebr" <<EOF
-bus orders { log nats "nats://127.0.0.1:$P_N1" stream "E2E_ORDERS" ack_wait 10s in_hand 16 }
+bus orders { log nats "nats://127.0.0.1:$P_N1" stream "E2E_ORDERS" ack_wait 10s in_hand 16; dedup 10m }
 target hook http "http://127.0.0.1:$P_RECV/hook" { retry exponential(attempts: 50, first: 100ms, max: 1s) }
 rule all on orders { match type == "t" to hook }
 EOF
@@ -120,6 +120,14 @@ grep -q '^ebr_log_next_offset{bus="orders"} 200$' "$WORK/metrics" && pass "metri
     fail "metrics: $(grep ebr_log_next_offset "$WORK/metrics")"
 grep -q '^ebr_bus_consumer_in_hand{bus="orders"}' "$WORK/metrics" && pass "metrics: the consumer's state" ||
     fail "metrics: no ebr_bus_consumer_in_hand"
+# The bus's dedup window is the stream's, shared by both daemons: x5 went in through a; sent to
+# b, it is answered as stored before, and the stream does not grow.
+st=$(curl -s -o "$WORK/answer" -w '%{http_code}' -X POST "http://127.0.0.1:$P_B/v1/buses/orders/events" \
+    -H 'Content-Type: application/cloudevents+json' --data-binary @"$WORK/ev.x5")
+[ "$st" = 202 ] && jq -e '.events[0].duplicate == true' "$WORK/answer" >/dev/null &&
+    curl -s "http://127.0.0.1:$P_A/metrics" | grep -q '^ebr_log_next_offset{bus="orders"} 200$' &&
+    pass "dedup across daemons: an event taken by a, sent to b, is not stored again" ||
+    fail "dedup across daemons: $st $(cat "$WORK/answer")"
 
 # ---- the event center on the stream: query, dry run and replay by time, traces ---------------
 URL=http://127.0.0.1:$P_A

@@ -175,7 +175,7 @@ Test(log, records_carry_flags_time_and_empty_payloads)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     int64_t before = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-    store_entry e[2] = { { "", 0, 0xdeadbeef }, { "x", 1, 0 } };
+    store_entry e[2] = { { "", 0, 0xdeadbeef, NULL }, { "x", 1, 0, NULL } };
     uint64_t first, offs[2];
     cr_assert_eq(store_append(s, e, 2, offs), STORE_OK);
     store_cursor *c;
@@ -191,7 +191,7 @@ Test(log, records_carry_flags_time_and_empty_payloads)
     store_cursor_close(c);
     /* A record over the limit is refused whole, and the log goes on. */
     static char big[17 << 20];
-    store_entry b = { big, sizeof big, 0 };
+    store_entry b = { big, sizeof big, 0, NULL };
     cr_expect_eq(store_append(s, &b, 1, &first), STORE_EINVAL);
     cr_expect(strstr(store_error(s), "over the limit"), "%s", store_error(s));
     cr_expect_eq(store_append(s, e, 1, &first), STORE_OK);
@@ -295,7 +295,7 @@ static void *writer(void *arg)
         size_t n = 8 + (size_t)((w->id * 31 + i * 17) % 1000);
         memset(buf, 'a' + w->id, n);
         snprintf(buf, 8, "w%d", w->id);
-        store_entry e = { buf, (uint32_t)n, (uint32_t)n };
+        store_entry e = { buf, (uint32_t)n, (uint32_t)n, NULL };
         uint64_t first;
         if (store_append(w->s, &e, 1, &first) != STORE_OK)
             return (void *)1;
@@ -358,7 +358,7 @@ Test(log, the_fsync_contract_holds_at_every_acknowledgement, .timeout = 60)
     store *s = open_log(d, STORE_FSYNC_ALWAYS, 16384);
     char buf[300];
     for (uint64_t i = 0; i < 200; i++) {
-        store_entry e = { buf, (uint32_t)payload(i, buf), 0 };
+        store_entry e = { buf, (uint32_t)payload(i, buf), 0, NULL };
         uint64_t first;
         cr_assert_eq(store_append(s, &e, 1, &first), STORE_OK);
         log_stats st;
@@ -372,7 +372,7 @@ Test(log, the_fsync_contract_holds_at_every_acknowledgement, .timeout = 60)
     char err[300];
     cr_assert_eq(log_open(d, &o, &s, err, sizeof err), STORE_OK, "%s", err);
     for (uint64_t i = 0; i < 200; i++) {
-        store_entry e = { buf, (uint32_t)payload(i, buf), 0 };
+        store_entry e = { buf, (uint32_t)payload(i, buf), 0, NULL };
         uint64_t first;
         cr_assert_eq(store_append(s, &e, 1, &first), STORE_OK);
         log_stats st;
@@ -430,7 +430,7 @@ Test(log, store_wake_ends_a_readers_wait, .timeout = 120)
     store_record r;
     cr_expect_eq(store_cursor_next(w.c, &r, 50), STORE_TIMEOUT);
     char buf[300];
-    store_entry e = { buf, (uint32_t)payload(1, buf), 0 };
+    store_entry e = { buf, (uint32_t)payload(1, buf), 0, NULL };
     uint64_t first;
     cr_assert_eq(store_append(s, &e, 1, &first), STORE_OK);
     store_wake(s);
@@ -808,8 +808,8 @@ Test(log, ebc_log_dump_and_check)
 {
     char *d = new_dir();
     store *s = open_log(d, STORE_FSYNC_NEVER, 0);
-    store_entry e[4] = { { "{\"id\":\"a\",\"n\":1}", 16, 0 }, { "plain \"text\"\n", 13, 7 },
-                         { "[1,2]", 5, 0 }, { "{\r\n \"b\": 2\n}\n", 13, 0 } };
+    store_entry e[4] = { { "{\"id\":\"a\",\"n\":1}", 16, 0, NULL }, { "plain \"text\"\n", 13, 7, NULL },
+                         { "[1,2]", 5, 0, NULL }, { "{\r\n \"b\": 2\n}\n", 13, 0, NULL } };
     cr_assert_eq(store_append(s, e, 4, NULL), STORE_OK);
     store_close(s);
     char cmd[600], out[4096];
@@ -1029,7 +1029,7 @@ static void *append_once(void *arg)
     static char buf[64 * 1024];
     store_entry e[16];
     for (int i = 0; i < 16; i++)
-        e[i] = (store_entry){ buf, sizeof buf, 0 };
+        e[i] = (store_entry){ buf, sizeof buf, 0, NULL };
     a->st = store_append(a->s, e, 16, NULL);
     (*a->done)++;
     return NULL;
@@ -1083,7 +1083,7 @@ static double mono_s(void)
 static void append_when_recovered(store *s, uint64_t from, uint64_t to)
 {
     char buf[300];
-    store_entry e = { buf, (uint32_t)payload(from, buf), (uint32_t)from };
+    store_entry e = { buf, (uint32_t)payload(from, buf), (uint32_t)from, NULL };
     uint64_t first = UINT64_MAX;
     store_status st = STORE_EIO;
     for (double end = mono_s() + 60; st != STORE_OK && mono_s() < end;) {
@@ -1169,7 +1169,7 @@ Test(log, a_full_disk_is_recovered_from_without_a_reopen, .timeout = 120)
     cr_assert_eq(setrlimit(RLIMIT_FSIZE, &tiny), 0);
     static char big[1000];
     memset(big, 'X', sizeof big);
-    store_entry e = { big, sizeof big, 0 };
+    store_entry e = { big, sizeof big, 0, NULL };
     uint64_t first;
     cr_assert_eq(store_append(s, &e, 1, &first), STORE_EIO);
     cr_expect_gt(file_size(path), size, "the write stopped part-way");
@@ -1221,7 +1221,7 @@ Test(log, a_failed_sync_drops_the_batch_it_did_not_acknowledge, .timeout = 120)
     log_set_fault(s, inject, &f);
     static char never[200];
     memset(never, 'N', sizeof never);
-    store_entry e[3] = { { never, 200, 0 }, { never, 100, 0 }, { never, 50, 0 } };
+    store_entry e[3] = { { never, 200, 0, NULL }, { never, 100, 0, NULL }, { never, 50, 0, NULL } };
     cr_assert_eq(store_append(s, e, 3, NULL), STORE_EIO);
     cr_expect_eq(f.peeked, 10, "the reader read the acknowledged records, and only those");
     char why[300];
@@ -1307,10 +1307,10 @@ Test(log, a_failed_sync_writes_again_megabytes_acknowledged_since_the_last_sync,
     uint64_t first;
     for (int i = 0; i < 120; i++) {
         memset(rec, 'a' + i % 26, sizeof rec);
-        store_entry e = { rec, sizeof rec, (uint32_t)i };
+        store_entry e = { rec, sizeof rec, (uint32_t)i, NULL };
         if (i == 60) {
             memset(big, 'B', sizeof big);
-            e = (store_entry){ big, sizeof big, (uint32_t)i };
+            e = (store_entry){ big, sizeof big, (uint32_t)i, NULL };
         }
         cr_assert_eq(store_append(s, &e, 1, &first), STORE_OK, "%s", store_error(s));
     }
@@ -1361,7 +1361,7 @@ Test(log, a_failed_recovery_is_tried_again_with_a_pause, .timeout = 120)
     fault_plan w = { .op = "write", .err = ENOSPC, .times = 1 };
     log_set_fault(s, inject, &w);
     static char rec[100];
-    store_entry e = { rec, sizeof rec, 0 };
+    store_entry e = { rec, sizeof rec, 0, NULL };
     uint64_t first;
     cr_assert_eq(store_append(s, &e, 1, &first), STORE_EIO);
     char why[300];
@@ -1389,7 +1389,7 @@ Test(log, a_close_before_recovery_leaves_only_what_was_acknowledged)
     append_range(s, 0, 5);
     fault_plan f = { .op = "sync", .err = EIO, .times = 1 };
     log_set_fault(s, inject, &f);
-    store_entry e = { "never", 5, 0 };
+    store_entry e = { "never", 5, 0, NULL };
     uint64_t first;
     cr_assert_eq(store_append(s, &e, 1, &first), STORE_EIO);
     store_close(s);
@@ -1419,7 +1419,7 @@ Test(log, a_failed_roll_leaves_a_log_that_reopens)
     unsigned deleted;
     store_status st = store_retain(s, INT64_MAX, &deleted);
     cr_expect_eq(st, STORE_EIO);
-    store_entry e = { "x", 1, 0 };
+    store_entry e = { "x", 1, 0, NULL };
     uint64_t first;
     cr_expect_eq(store_append(s, &e, 1, &first), STORE_EIO, "the log stops after a failed roll");
     cr_expect_not(store_health(s, NULL, 0));

@@ -119,7 +119,7 @@ static void append_n(store *s, int from, int n)
     for (int i = from; i < from + n; i++) {
         char b[32];
         int len = snprintf(b, sizeof b, "{\"n\":%d}", i);
-        store_entry e = { b, (uint32_t)len, 0 };
+        store_entry e = { b, (uint32_t)len, 0, NULL };
         uint64_t off;
         cr_assert_eq(store_append(s, &e, 1, &off), STORE_OK, "%s", store_error(s));
     }
@@ -134,7 +134,7 @@ Test(nats, append_and_read)
     store *s = open_bus(&sv, "T1", 0);
     cr_expect(store_shared(s), "a JetStream bus is shared");
     int64_t before = wall_ns() - 1000000000;     /* (the server's clock: the same machine) */
-    store_entry e[3] = { { "{\"a\":1}", 7, 0 }, { "", 0, 0xdeadbeef }, { "{\"c\":3}", 7, 0 } };
+    store_entry e[3] = { { "{\"a\":1}", 7, 0, NULL }, { "", 0, 0xdeadbeef, NULL }, { "{\"c\":3}", 7, 0, NULL } };
     uint64_t offs[3];
     cr_assert_eq(store_append(s, e, 3, offs), STORE_OK, "%s", store_error(s));
     cr_expect(offs[0] == 0 && offs[1] == 1 && offs[2] == 2, "offsets %" PRIu64 " %" PRIu64
@@ -370,6 +370,47 @@ Test(nats, group_ack_wait_and_in_progress)
     store_cursor_close(b);
     store_close(s1);
     store_close(s2);
+    server_stop(&sv);
+}
+
+/* ---- the stream's duplicate window (a bus's dedup on JetStream) ------------------------------- */
+
+Test(nats, duplicate_window)
+{
+    server sv;
+    server_start(&sv);
+    const char *urls[1] = { sv.url };
+    store_nats_options no = { .urls = urls, .nurls = 1, .stream = "TD" };
+    store_options o = { .dedup_ns = 60 * (uint64_t)1000000000 };
+    store *a = NULL, *b = NULL;
+    char err[512];
+    cr_assert_eq(nats_open(&no, &o, &a, err, sizeof err), STORE_OK, "%s", err);
+    cr_assert_eq(nats_open(&no, &o, &b, err, sizeof err), STORE_OK, "%s", err);
+    cr_expect(store_dedups(a), "a stream with a window de-duplicates");
+    /* one record alone, then a batch holding it again, a new one and the new one twice:
+     * through two connections, as two daemons would */
+    store_entry one = { "{\"x\":1}", 7, 0, "k1" };
+    uint64_t off1;
+    bool dup1;
+    cr_assert_eq(store_append_dedup(a, &one, 1, &off1, &dup1), STORE_OK, "%s", store_error(a));
+    cr_expect(!dup1);
+    store_entry e[3] = { { "{\"x\":1}", 7, 0, "k1" }, { "{\"x\":2}", 7, 0, "k2" },
+                         { "{\"x\":2}", 7, 0, "k2" } };
+    uint64_t offs[3];
+    bool dup[3];
+    cr_assert_eq(store_append_dedup(b, e, 3, offs, dup), STORE_OK, "%s", store_error(b));
+    cr_expect(dup[0] && !dup[1] && dup[2], "dups: %d %d %d", dup[0], dup[1], dup[2]);
+    cr_expect_eq(offs[0], off1, "a duplicate has the first one's offset");
+    cr_expect_eq(offs[2], offs[1]);
+    uint64_t first, next;
+    store_bounds(a, &first, &next);
+    cr_expect_eq(next, 2, "two records stored, not four");
+    /* without a msg_id nothing is de-duplicated */
+    store_entry plain = { "{\"x\":1}", 7, 0, NULL };
+    cr_assert_eq(store_append_dedup(a, &plain, 1, &off1, &dup1), STORE_OK);
+    cr_expect(!dup1 && off1 == 2);
+    store_close(a);
+    store_close(b);
     server_stop(&sv);
 }
 

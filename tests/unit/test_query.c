@@ -99,7 +99,7 @@ Test(query, run_both_orders_paged)
     for (int i = 0; i < 150; i++) {
         char ev[200];
         snprintf(ev, sizeof ev, "{\"id\":\"e%d\",\"source\":\"s%d\",\"type\":\"t\"}", i, i % 3);
-        store_entry e = { ev, (uint32_t)strlen(ev), 0 };
+        store_entry e = { ev, (uint32_t)strlen(ev), 0, NULL };
         uint64_t first;
         cr_assert_eq(store_append(s, &e, 1, &first), STORE_OK);
     }
@@ -160,7 +160,7 @@ Test(query, newest_chunk_bounded_by_bytes)
         int n = snprintf(ev, sizeof ev, "{\"id\":\"e%d\",\"pad\":\"", i);
         memset(ev + n, 'x', 9000);
         snprintf(ev + n + 9000, sizeof ev - (size_t)n - 9000, "\"}");
-        store_entry e = { ev, (uint32_t)strlen(ev), 0 };
+        store_entry e = { ev, (uint32_t)strlen(ev), 0, NULL };
         uint64_t first;
         cr_assert_eq(store_append(s, &e, 1, &first), STORE_OK);
     }
@@ -213,7 +213,7 @@ Test(query, dry_run_relock_and_deadline)
         char ev[200];
         snprintf(ev, sizeof ev, "{\"id\":\"e%d\",\"source\":\"s\",\"type\":\"%s\"}", i,
                  i % 3 ? "b" : "a");
-        store_entry e = { ev, (uint32_t)strlen(ev), 0 };
+        store_entry e = { ev, (uint32_t)strlen(ev), 0, NULL };
         uint64_t first;
         cr_assert_eq(store_append(s, &e, 1, &first), STORE_OK);
     }

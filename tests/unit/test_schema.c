@@ -596,7 +596,7 @@ static bool wait_version(uint64_t v, uint64_t n, seen *s)
 /* Appends event text ev to store st. */
 static void append(store *st, const char *ev)
 {
-    store_entry e = { ev, (uint32_t)strlen(ev), 0 };
+    store_entry e = { ev, (uint32_t)strlen(ev), 0, NULL };
     uint64_t first;
     cr_assert_eq(store_append(st, &e, 1, &first), STORE_OK);
 }

@@ -211,7 +211,7 @@ static void put_block(store *s, const trace_rec *r, size_t n)
     sb_put(&b, "\x01\0\0\0\0\0\0\0\0\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", 25);
     for (size_t i = 0; i < n; i++)
         trace_encode(&b, &r[i]);
-    store_entry e = { b.v, (uint32_t)b.n, 0 };
+    store_entry e = { b.v, (uint32_t)b.n, 0, NULL };
     uint64_t first;
     cr_assert_eq(store_append(s, &e, 1, &first), STORE_OK);
     sb_free(&b);
@@ -237,7 +237,7 @@ Test(trace, lookup)
     };
     store_entry e[3];
     for (int i = 0; i < 3; i++)
-        e[i] = (store_entry){ evs[i], (uint32_t)strlen(evs[i]), 0 };
+        e[i] = (store_entry){ evs[i], (uint32_t)strlen(evs[i]), 0, NULL };
     cr_assert_eq(store_append(bus, e, 3, NULL), STORE_OK);
     snprintf(path, sizeof path, "%s/trace", dir);
     mkdir(path, 0755);
