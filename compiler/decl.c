@@ -687,6 +687,33 @@ static unsigned option_count(cc_unit *u, ast *opts, const char *name)
     return k;
 }
 
+/* The MQTT topics of a declaration's `topic` options: a source's are filters, where '+' is a
+ * whole level and '#' the whole last one; a target's are names, without either. */
+static void check_topics(cc_unit *u, ast *opts, bool filter)
+{
+    for (ast *o = find_option(u, opts, "topic"); o; o = find_option(u, o->next, "topic")) {
+        ast *v = o->a;
+        size_t n;
+        const char *t = v && v->kind == A_VALUE && v->op == TK_STRING ? cc_string(u, &v->tok, &n) : NULL;
+        if (!t)
+            continue;            /* (env(): checked by the daemon; not a string: reported) */
+        const char *why = n == 0 ? "a topic is not empty" : NULL;
+        for (size_t i = 0; i < n && !why; i++) {
+            bool level_start = i == 0 || t[i - 1] == '/', level_end = i + 1 == n || t[i + 1] == '/';
+            if ((t[i] == '+' || t[i] == '#') && !filter)
+                why = "a topic published to names one topic: no + or # in it";
+            else if (t[i] == '+' && !(level_start && level_end))
+                why = "'+' stands for a whole level of the topic, as in \"sensors/+/temp\"";
+            else if (t[i] == '#' && !(level_start && i + 1 == n))
+                why = "'#' stands for the whole rest of the topic: it comes last, alone in its level";
+            else if (t[i] == 0)
+                why = "a topic holds no NUL character";
+        }
+        if (why)
+            cc_error_at(u, v, "%s", why);
+    }
+}
+
 /* Reports at the declaration's name when its options lack `name`. */
 static void need_option(cc_unit *u, ast *d, const char *name, const char *msg)
 {
@@ -1313,6 +1340,7 @@ static void check_target(cc_comp *c, cc_unit *u, ast *d)
                         "topic \"NAME\"");
             if (option_count(u, d->c, "topic") > 1)
                 cc_error_at(u, d, "an mqtt target publishes to one topic");
+            check_topics(u, d->c, false);
             break;
         case K_NATS:
             check_nats_urls(u, v);
@@ -1450,6 +1478,7 @@ static void check_source(cc_comp *c, cc_unit *u, ast *d)
         check_mqtt_url(u, v);
         need_option(u, d, "topic", "an mqtt source needs the topics it subscribes to: "
                     "topic \"sensors/#\"");
+        check_topics(u, d->c, true);
         break;
     case K_SNATS:
         check_nats_urls(u, v);

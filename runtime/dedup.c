@@ -262,8 +262,14 @@ void dedup_settle(ebd_dedup *d, dedup_key k, bool stored, uint64_t offset)
     size_t i = find(d, k.a, k.b);
     if ((d->t[i].a || d->t[i].b) && d->t[i].pending) {
         if (stored) {
+            /* its window runs from now: the FIFO entry of its claim may be gone already (a
+             * store slower than the window), and would no longer match it */
+            int64_t ms = now_ms();
             d->t[i].pending = false;
             d->t[i].offset = offset;
+            d->t[i].ms = ms;
+            if (grow(d))          /* (may move the slots: i is not used after it) */
+                d->q[(d->head + d->qn++) & (d->qcap - 1)] = (dqueued){ k.a, k.b, ms };
         } else {
             remove_at(d, i);      /* (its FIFO entry finds nothing when it expires) */
         }
@@ -281,9 +287,11 @@ size_t dedup_size(ebd_dedup *d)
     return n;
 }
 
-long dedup_fill(ebd_dedup *d, store *s)
+long dedup_fill(ebd_dedup *d, store *s, int64_t from_ms)
 {
     int64_t since = now_ms() - (int64_t)d->window_ms;
+    if (from_ms > since)
+        since = from_ms;
     store_cursor *c;
     if (store_cursor_open_at(s, since * 1000000, &c) != STORE_OK)
         return -1;
@@ -380,7 +388,7 @@ store_status ebd_bus_store(ebd_bus *b, const store_entry *e, size_t n, uint64_t 
         memset(dup, 0, n * sizeof *dup);
     if (n && store_dedups(b->s))
         return store_keyed(b, e, n, offsets, dup);
-    ebd_dedup *d = b->dedup;
+    ebd_dedup *d = __atomic_load_n(&b->dedup, __ATOMIC_ACQUIRE);
     if (!d || !d->window_ms || n == 0)
         return store_append(b->s, e, n, offsets);
     dedup_key *k = malloc(n * sizeof *k);

@@ -216,8 +216,11 @@ static bool open_bus_log(ebd *d, const vm_program *p, uint32_t i, ebd_bus *b, ch
 }
 
 /* Sets bus b's dedup window from the rules (bus i of p): the first time, with the keys of the
- * events its log stored within the window; a reload changes the window, keeping the keys. */
-static void set_dedup(ebd_bus *b, const vm_program *p, uint32_t i)
+ * events its log stored within the window; a reload changes the window, keeping the keys.
+ * Once the rules are in force (a refused reload changes nothing), without d->lock: the keys are
+ * read before the window is published, and read again from then on, for the events stored
+ * meanwhile. */
+static void set_dedup(ebd *d, ebd_bus *b, const vm_program *p, uint32_t i)
 {
     const vm_bus *vb = &p->buses[i];
     const vm_cfg *o = ebd_cfg_option(p, vb->opt0, vb->nopt, "dedup");
@@ -229,18 +232,36 @@ static void set_dedup(ebd_bus *b, const vm_program *p, uint32_t i)
             dedup_set_window(b->dedup, ms);
         return;
     }
-    if (!(b->dedup = dedup_new(ms))) {
+    ebd_dedup *m = dedup_new(ms);
+    if (!m) {
         ebd_log(EBD_ERROR, "msg=\"no memory for the dedup window: events are not de-duplicated\" "
                 "bus=%s", b->name);
         return;
     }
-    long n = dedup_fill(b->dedup, b->s);
+    struct timespec t0;
+    clock_gettime(CLOCK_REALTIME, &t0);
+    long n = dedup_fill(m, b->s, 0);
+    pthread_rwlock_wrlock(&d->lock);
+    __atomic_store_n(&b->dedup, m, __ATOMIC_RELEASE);   /* (deliver.c reads it without the lock) */
+    pthread_rwlock_unlock(&d->lock);
+    if (n >= 0) {
+        long again = dedup_fill(m, b->s, (int64_t)t0.tv_sec * 1000 - 1000);
+        n = again < 0 ? again : n + again;
+    }
     if (n < 0)
         ebd_log(EBD_WARN, "msg=\"the dedup window could not read the whole log: an event sent "
                 "again may be stored twice\" bus=%s error=\"%s\"", b->name, store_error(b->s));
     else
         ebd_log(EBD_INFO, "msg=\"dedup window\" bus=%s window_ms=%llu keys=%ld", b->name,
                 (unsigned long long)ms, n);
+}
+
+/* The dedup windows of the buses of r, the rules now in force. */
+static void apply_dedup(ebd *d, const ebd_rules *r)
+{
+    for (uint32_t i = 0; i < r->p->nbuses; i++)
+        if (r->bus_of[i] != VM_NONE)
+            set_dedup(d, d->buses[r->bus_of[i]], r->p, i);
 }
 
 /* Works out each bus's token and size limit into r (they apply when r does), refusing what
@@ -281,10 +302,8 @@ static bool open_buses(ebd *d, ebd_rules *r, char *err, size_t cap, bool *io)
         const vm_bus *vb = &p->buses[i];
         const char *name = vm_s(p, vb->name);
         ebd_bus *b = ebd_find_bus(d, name, vb->name.len);
-        if (b && b->s) {
-            set_dedup(b, p, i);
+        if (b && b->s)
             continue;
-        }
         if (!b) {       /* a bus the daemon never had: a slot of its own, for good */
             if (d->nbuses == d->capbuses) {
                 size_t c = d->capbuses ? d->capbuses * 2 : 8;
@@ -309,7 +328,6 @@ static bool open_buses(ebd *d, ebd_rules *r, char *err, size_t cap, bool *io)
             *io = true;
             return false;
         }
-        set_dedup(b, p, i);
     }
     return true;
 }
@@ -430,6 +448,7 @@ bool ebd_reload(ebd *d, sbuf *errors)
     /* the old sources go (no webhook request holds them now), then the new ones start */
     src_stop(old->sources);
     old->sources = NULL;
+    apply_dedup(d, r);
     src_start(r->sources);
     ebd_workers_start(d, r);
     rp_rules_swapped(d);
@@ -727,6 +746,7 @@ int main(int argc, char **argv)
         goto out;
     }
     sb_free(&errors);
+    apply_dedup(&d, d.rules);
     trace_start(&d);
     ebd_workers_start(&d, d.rules);
     rp_start(&d);

@@ -141,8 +141,9 @@ void dedup_wait(ebd_dedup *d, uint64_t gen);
 void dedup_settle(ebd_dedup *d, dedup_key k, bool stored, uint64_t offset);
 void dedup_note(ebd_dedup *d, dedup_key k, uint64_t offset, int64_t ms);
 size_t dedup_size(ebd_dedup *d);
-/* Fills d from the records s stored within the window; how many, or -1 on a read error. */
-long dedup_fill(ebd_dedup *d, store *s);
+/* Fills d from the records s stored within the window and from wall time from_ms on (0: the
+ * whole window); how many, or -1 on a read error. */
+long dedup_fill(ebd_dedup *d, store *s, int64_t from_ms);
 
 /* Per bus of the daemon, kept across reloads: where each pair stands (deliver.c). */
 typedef struct ebd_book ebd_book;

@@ -107,8 +107,11 @@ bool ebd_mqtt_target(ebd_target *x, const vm_program *p, const vm_target *t, cha
         x->qos = 1;
     if ((o = ebd_cfg_option(p, t->opt0, t->nopt, "retain")) && ebd_cfg_child(p, o, 0))
         x->retain = ebd_cfg_child(p, o, 0)->num != 0;
-    char id[VM_MAX_NAME + 16];
-    snprintf(id, sizeof id, "ebr-%s-%ld", x->name, (long)getpid());
+    /* a client id of its own per ruleset: a reload's new connection must not take the old
+     * one's over while the old rules finish their deliveries */
+    static _Atomic unsigned generation;
+    char id[VM_MAX_NAME + 40];
+    snprintf(id, sizeof id, "ebr-%s-%ld-%u", x->name, (long)getpid(), ++generation);
     bool ok = url && x->topic && !err[0];
     if (ok) {
         mqtt_target_conf c = { url, cid ? cid : id, user, password };

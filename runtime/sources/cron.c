@@ -8,7 +8,9 @@
  *     UTC, whatever the time zone, so a restarted daemon keeps the same beat.
  *   - five fields (no year) are accepted, as users write cron(0 2 * * *) out of habit: there a
  *     literal `*` in a day field yields to the other day field, `*` in both means every day,
- *     and two given day fields are an error as in six fields (where one must be `?`).
+ *     and two given day fields are an error as in six fields (where one must be `?`).  Days
+ *     of the week must be names there (MON-FRI, MON#2): a number would mean Monday to a
+ *     crontab's author and Sunday to AWS.
  *   - a range may wrap (FRI-MON = FRI,SAT,SUN,MON; 22-2 in hours), as in Quartz, from which
  *     AWS's syntax comes; not in the year field, where it would run backwards.
  *   - L, LW, nW and nL may be mixed with plain values in a list; `#` must stand alone (AWS).
@@ -413,6 +415,14 @@ static bool parse_cron(parser *p, span in)
         return fail(p, in, "a cron expression has 6 fields (minutes hours day-of-month month "
                            "day-of-week year), or 5 without the year; this one has %d", n);
     p->nfields = n;
+    /* a day of the week by number means two things: refused in five fields (after '#', the
+     * number is the week's, which both agree on) */
+    const char *hash = n == 5 ? memchr(w[F_DOW].b, '#', (size_t)(w[F_DOW].e - w[F_DOW].b)) : NULL;
+    for (const char *c = w[F_DOW].b; n == 5 && c < (hash ? hash : w[F_DOW].e); c++)
+        if (*c >= '0' && *c <= '9')
+            return fail(p, w[F_DOW], "in five fields, write days of the week by name (MON-FRI): "
+                                         "classic cron counts 0 as Sunday and 1 as Monday, AWS 1 "
+                                         "as Sunday; or write six fields, AWS's way");
     for (int f = 0; f < n; f++)
         if (!parse_field(p, f, w[f]))
             return false;

@@ -40,6 +40,7 @@ typedef struct {
     int catchup;
     pthread_t th;
     bool running;
+    _Atomic bool dead;            /* its thread gave up (an unreadable state file) */
     pthread_mutex_t mu;
     pthread_cond_t cv;            /* signalled on stop */
     bool stop;
@@ -211,6 +212,7 @@ static void *run(void *arg)
     int st = read_state(c, err, sizeof err);
     if (st < 0) {
         ebd_log(EBD_ERROR, "msg=\"schedule not started\" source=%s error=\"%s\"", s->name, err);
+        c->dead = true;           /* (ebr_source_up 0) */
         return NULL;
     }
     if (st == 0) {                                 /* its first start: from now on */
@@ -264,6 +266,12 @@ static void schedule_start(src *s)
         ebd_log(EBD_ERROR, "msg=\"schedule not started: no thread\" source=%s", s->name);
 }
 
+static bool schedule_up(const src *s)
+{
+    const schedule *c = s->impl;
+    return c->running && !c->dead;
+}
+
 static void schedule_stop(src *s)
 {
     schedule *c = s->impl;
@@ -291,6 +299,7 @@ bool schedule_prepare(src *s, const vm_program *p, const vm_input *in, char *err
     s->impl = c;
     s->start = schedule_start;
     s->stop = schedule_stop;
+    s->up = schedule_up;
     char why[300] = "";
     c->expr = ebd_cfg_text(p, &p->cfgs[in->value], why, sizeof why);
     char *tz = src_opt_text(p, in, "timezone", why, sizeof why);

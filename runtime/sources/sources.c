@@ -37,14 +37,13 @@ char *src_opt_text(const vm_program *p, const vm_input *in, const char *key, cha
 /* ---- the sink --------------------------------------------------------------------------------- */
 
 /* Stores ev as ingest would: the bus as the running rules see it (its size limit, schemas),
- * the CloudEvents checks, its dedup window; counted and traced. */
-static src_result sink_append(void *arg, const char *ev, size_t n, char *why, size_t cap)
+ * the CloudEvents checks, its dedup window; counted and traced.  With d->lock held for reading
+ * (taking it a second time could wait behind a reload's writer that waits for the first). */
+src_result src_append_locked(src *s, const char *ev, size_t n, char *why, size_t cap)
 {
-    src *s = arg;
     ebd *d = s->d;
     src_result r = SRC_STORED;
     bool dup = false;
-    pthread_rwlock_rdlock(&d->lock);
     ebd_bus view, *b = ebd_bus_view(d, s->bus, strlen(s->bus), &view) ? &view : NULL;
     const char *id;
     size_t idlen;
@@ -87,12 +86,11 @@ static src_result sink_append(void *arg, const char *ev, size_t n, char *why, si
             }
         }
     }
-    pthread_rwlock_unlock(&d->lock);
     if (r == SRC_STORED && !dup)
         atomic_fetch_add(&s->stored, 1);
     else if (r == SRC_REFUSED)
         atomic_fetch_add(&s->refused, 1);
-    else
+    else if (r == SRC_RETRY)
         atomic_fetch_add(&s->retried, 1);
     if (r != SRC_STORED) {
         char esc[600];
@@ -100,6 +98,16 @@ static src_result sink_append(void *arg, const char *ev, size_t n, char *why, si
                 r == SRC_REFUSED ? "source event refused" : "source event not stored now: it "
                 "will come again", s->name, s->bus, ebd_log_text(why, esc, sizeof esc));
     }
+    return r;
+}
+
+/* The sink of the sources that run in threads of their own. */
+static src_result sink_append(void *arg, const char *ev, size_t n, char *why, size_t cap)
+{
+    src *s = arg;
+    pthread_rwlock_rdlock(&s->d->lock);
+    src_result r = src_append_locked(s, ev, n, why, cap);
+    pthread_rwlock_unlock(&s->d->lock);
     return r;
 }
 

@@ -78,6 +78,10 @@ struct src {
     bool (*up)(const src *s);     /* NULL: always up */
 };
 
+/* What s->sink.append does, for a caller that holds d->lock for reading already (a webhook,
+ * served under it). */
+src_result src_append_locked(src *s, const char *ev, size_t n, char *why, size_t cap);
+
 /* A source option's text (a string, or env() read now): NULL when absent, or with err set when
  * it cannot be read. */
 char *src_opt_text(const struct vm_program *p, const vm_input *in, const char *key, char *err,

@@ -179,7 +179,7 @@ int webhook_serve(src *s, struct MHD_Connection *c, const char *body, size_t n, 
         sb_free(&ev);
         return ebd_send_error(c, 503, "out of memory", NULL);
     }
-    src_result r = s->sink.append(s->sink.arg, ev.v, ev.n, why, sizeof why);
+    src_result r = src_append_locked(s, ev.v, ev.n, why, sizeof why);   /* (under d->lock) */
     sb_free(&ev);
     if (r == SRC_REFUSED)
         return ebd_send_error(c, 400, why, NULL);

@@ -234,7 +234,15 @@ Test(cron, five_fields)
     FIRES("cron(0 2 * * *)", NULL, "2026-03-19 12:00", "2026-03-20 02:00", "2026-03-21 02:00");
     FIRES("cron(0 2 * * MON)", NULL, "2026-03-19 12:00", "2026-03-23 02:00", "2026-03-30 02:00");
     FIRES("cron(0 2 15 * *)", NULL, "2026-03-19 12:00", "2026-04-15 02:00", "2026-05-15 02:00");
-    FIRES("cron(0 2 ? * 2)", NULL, "2026-03-19 12:00", "2026-03-23 02:00");
+    FIRES("cron(0 2 ? * MON)", NULL, "2026-03-19 12:00", "2026-03-23 02:00");
+    FIRES("cron(0 2 ? * MON#2)", NULL, "2026-03-19 12:00", "2026-04-13 02:00");
+    /* a day of the week by number: Monday in a crontab, Sunday to AWS; refused, not guessed */
+    refused("cron(0 2 * * 1-5)", NULL, "in five fields, write days of the week by name (MON-FRI): "
+            "classic cron counts 0 as Sunday and 1 as Monday, AWS 1 as Sunday; or write six "
+            "fields, AWS's way", "1-5");
+    refused("cron(0 2 ? * 5L)", NULL, "in five fields, write days of the week by name (MON-FRI): "
+            "classic cron counts 0 as Sunday and 1 as Monday, AWS 1 as Sunday; or write six "
+            "fields, AWS's way", "5L");
     FIRES("cron(0 2 15 * ?)", NULL, "2026-03-19 12:00", "2026-04-15 02:00");
     FIRES("cron(0 2 */2 * *)", NULL, "2026-03-19 12:00", "2026-03-21 02:00");
     refused("cron(0 2 15 * MON)", NULL,
