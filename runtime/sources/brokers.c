@@ -4,6 +4,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "mqtt.h"
@@ -15,6 +16,7 @@
 typedef struct {
     mqtt_source_conf conf;
     char *url, *client_id, *user, *password;
+    char *state_path;                 /* DATA_DIR/sources/NAME.mqtt: packet id generations */
     char **topics;
     mqtt_source *run;
 } mqtt_src;
@@ -23,6 +25,10 @@ static void mqtt_src_start(src *s)
 {
     mqtt_src *m = s->impl;
     char err[300];
+    char *slash = strrchr(m->state_path, '/');
+    *slash = 0;
+    mkdir(m->state_path, 0755);        /* (an error shows when the state is saved) */
+    *slash = '/';
     if (!(m->run = mqtt_source_start(&m->conf, s->sink, err, sizeof err)))
         ebd_log(EBD_ERROR, "msg=\"mqtt source not started\" source=%s error=\"%s\"", s->name, err);
 }
@@ -40,6 +46,7 @@ static void mqtt_src_stop(src *s)
     free(m->client_id);
     free(m->user);
     free(m->password);
+    free(m->state_path);
     free(m);
     s->impl = NULL;
 }
@@ -72,14 +79,17 @@ bool mqtt_prepare(src *s, const vm_program *p, const vm_input *in, char *err, si
         if (o->type == VM_CFG_OPTION && o->key.len == 5 && !memcmp(vm_s(p, o->key), "topic", 5))
             m->topics[m->conf.ntopics++] = ebd_cfg_text(p, ebd_cfg_child(p, o, 0), why, sizeof why);
     }
+    size_t n = strlen(s->d->data_dir) + strlen(s->name) + 32;
+    if ((m->state_path = malloc(n)))
+        snprintf(m->state_path, n, "%s/sources/%s.mqtt", s->d->data_dir, s->name);
     const vm_cfg *q = src_opt(p, in, "qos");
     m->conf = (mqtt_source_conf){ .name = s->name, .url = m->url,
                                   .topics = (const char *const *)m->topics,
                                   .ntopics = m->conf.ntopics,
                                   .qos = q && ebd_cfg_child(p, q, 0) ? (int)ebd_cfg_child(p, q, 0)->num : 1,
                                   .client_id = m->client_id, .user = m->user,
-                                  .password = m->password };
-    if (why[0] || !m->url) {
+                                  .password = m->password, .state_path = m->state_path };
+    if (why[0] || !m->url || !m->state_path) {
         snprintf(err, cap, "%s", why[0] ? why : "out of memory");
         return false;
     }

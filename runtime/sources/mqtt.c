@@ -29,13 +29,56 @@
  *
  * The id is stable across redeliveries so that the bus's de-duplication window stores a
  * message the broker gives again (after a lost acknowledgement) once: it is a hash of the
- * client id, the topic, the packet identifier the broker gave the QoS 1 message (kept on a
- * redelivery) and the payload.  Two messages alike in topic and payload that arrive with the
- * same packet identifier within the window are therefore taken as one (packet identifiers come
- * round again after 65535 messages in flight to the session).  A retained message given again
- * on subscribing hashes the word "retained" in place of the packet identifier, so its replays
- * are one event within the window.  A QoS 0 message is never given again: its id is unique.
+ * client id, the topic, "mid N gen G" and the payload, N being the packet identifier the broker
+ * gave the QoS 1 message (kept on a redelivery) and G its generation (below).  A retained message
+ * given again on subscribing hashes the word "retained" in place of "mid N gen G", so its
+ * replays are one event within the window.  A QoS 0 message is never given again: its id is
+ * unique.
  *
+ * Generations of packet identifiers
+ * ---------------------------------
+ * A broker numbers the QoS 1 messages it sends a session 1, 2, ... 65535, 1, 2, ... (mosquitto's
+ * mosquitto__mid_generate skips 0; it numbers a message when it queues it for the session), so
+ * a heartbeat's payload would meet the one sent 65535 messages earlier under the same
+ * identifier.  libmosquitto does not pass the DUP flag on, so whether a message is new or given
+ * again is told by sequence arithmetic.  Identifiers are read on their cycle of 65535 (the one
+ * after 65535 is 1; a modulus of 65536 would count that step as two and misjudge distances of
+ * about half a cycle across the wrap): with L the newest identifier seen and M the message's,
+ * d = (M - L) mod 65535, taken in -32767..32767.
+ *   - d > 0: a new message.  If M < L the identifiers wrapped and the generation G grows by one.
+ *     L becomes M; the message belongs to G.
+ *   - d <= 0: a message given again (a broker gives again only what is unacknowledged, at most
+ *     its in-flight window behind L): it belongs to G when M <= L, to G - 1 when M > L (it was
+ *     numbered before the wrap).
+ *   - a CONNACK without "session present": the broker has no session (it forgot it, or never had
+ *     it), numbers from 1 again and cannot give anything earlier again, so G grows by one and L
+ *     is forgotten.  (Left to the arithmetic, a restart at 1 reads as a wrap only when L was
+ *     above 32768; below, 1 would read as a redelivery and meet an earlier id.)
+ * Every QoS 1 message advances L, retained and CloudEvents ones too: they take identifiers.
+ * (G, L) is kept in the source's state file (state_path; written to a temporary file, fsynced
+ * and renamed): saved on every wrap and new session, after at most 1024 identifiers and when
+ * the source stops; read when it starts.  So ids stay the same across a restart or a kill -9: a
+ * saved L lags by less than 1024, and the messages after it (given again or new) come in the
+ * order they were numbered, so they take G and L forward as they did before the crash, a wrap
+ * since the save included (M < L with d > 0).  For the same reason messages unacknowledged across
+ * a wrap at a crash still get their ids: a wrap is saved when the first message after it is
+ * seen, before it is stored, and those before it, given again, read as G - 1.  A missing state
+ * (first start, state_path NULL) or one that cannot be read begins G at the wall clock in
+ * milliseconds, so its ids do not meet those of an earlier state (unless that one wrapped more
+ * than once a millisecond): a message given again across a lost state is stored twice, never
+ * lost.
+ * Limits.  Two messages share an id (the later is dropped if alike in topic and payload and
+ * within the window), or one message gets two (stored twice), when
+ *   - more than 32767 identifiers lie between a message given again and the newest seen (an
+ *     in-flight window over 32767; mosquitto's max_inflight_messages is 20 by default), or
+ *     between two messages seen one after the other (a broker that numbers messages it never
+ *     sends, as mosquitto does with those it drops over max_queued_messages while the source is
+ *     away);
+ *   - the broker numbers other than in sequence, or reuses identifiers it gave out: one that
+ *     crashes and restarts from an older save of the session (mosquitto's autosave_interval)
+ *     numbers new messages with identifiers given since that save, and they read as given again;
+ *   - the state file cannot be written for 32767 identifiers or more (each failure is logged).
+
  * Acknowledging only what the bus stored (QoS 1)
  * ----------------------------------------------
  * libmosquitto 2.0.11 has no manual acknowledgement.  Read in its sources (tag v2.0.11):
@@ -63,6 +106,8 @@
  * error, such as an MQTT 3.1.1 broker refusing MQTT 5) and sleeps through a stop.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -71,6 +116,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
@@ -207,7 +253,7 @@ struct conn {
     bool started;
     pthread_mutex_t mu;               /* with cv: pauses cut short by a stop; a publisher's waits */
     pthread_cond_t cv;
-    void (*on_up)(conn *c);           /* connected (CONNACK accepted) */
+    void (*on_up)(conn *c, int flags); /* connected (CONNACK accepted; its flags) */
     void *owner;
 };
 
@@ -238,7 +284,7 @@ static void conn_pause(conn *c, long ms)
 static void on_connect(struct mosquitto *m, void *arg, int rc, int flags,
                        const mosquitto_property *props)
 {
-    (void)m, (void)flags, (void)props;
+    (void)m, (void)props;
     conn *c = arg;
     if (rc == 0) {
         c->pause_ms = PAUSE_MIN_MS;
@@ -249,7 +295,7 @@ static void on_connect(struct mosquitto *m, void *arg, int rc, int flags,
         c->failing = false;
         c->ever = true;
         if (c->on_up)
-            c->on_up(c);
+            c->on_up(c, flags);
         pthread_mutex_lock(&c->mu);
         atomic_store(&c->up, true);
         pthread_cond_broadcast(&c->cv);
@@ -388,6 +434,112 @@ static void conn_stop(conn *c)
     pthread_mutex_destroy(&c->mu);
 }
 
+/* ---- generations of packet identifiers (the top comment) ---------------------------------- */
+
+#define MID_CYCLE 65535              /* identifiers 1..65535: 0 is never given */
+
+void mqtt_mid_init(mqtt_midstate *st)
+{
+    *st = (mqtt_midstate){ .gen = (uint64_t)wall_ms() };
+}
+
+/* (to - from) on the cycle of identifiers, in -32767..32767. */
+static int mid_distance(int from, int to)
+{
+    int d = ((to - from) % MID_CYCLE + MID_CYCLE) % MID_CYCLE;
+    return d > MID_CYCLE / 2 ? d - MID_CYCLE : d;
+}
+
+uint64_t mqtt_mid_gen(mqtt_midstate *st, int mid)
+{
+    st->save = st->save || ++st->unsaved >= MQTT_MID_SAVE_EVERY;
+    if (st->last_mid && mid_distance(st->last_mid, mid) <= 0)
+        return mid <= st->last_mid ? st->gen : st->gen - 1;
+    if (st->last_mid && mid < st->last_mid) {
+        st->gen++;
+        st->save = true;
+    }
+    st->last_mid = mid;
+    return st->gen;
+}
+
+void mqtt_mid_reset(mqtt_midstate *st)
+{
+    st->gen++;
+    st->last_mid = 0;
+    st->save = true;
+}
+
+/* Syncs the folder of path, so that a rename into it outlasts a power loss. */
+static void sync_dir(const char *path)
+{
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    size_t n = slash ? (size_t)(slash - path) : 0;
+    if (n >= sizeof dir)
+        return;
+    memcpy(dir, n ? path : ".", n ? n : 1);
+    dir[n ? n : 1] = 0;
+    int fd = open(slash == path ? "/" : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
+bool mqtt_mid_save(mqtt_midstate *st, const char *path, char *err, size_t cap)
+{
+    char tmp[4096];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp) {
+        fail(err, cap, "'%s': the path is too long", path);
+        return false;
+    }
+    char line[64];
+    int n = snprintf(line, sizeof line, "%" PRIu64 " %d\n", st->gen, st->last_mid);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    bool ok = fd >= 0 && write(fd, line, (size_t)n) == n && fsync(fd) == 0;
+    int e = errno;
+    ok = fd >= 0 && close(fd) == 0 && ok;
+    if (ok && rename(tmp, path) != 0) {
+        ok = false;
+        e = errno;
+    }
+    if (!ok) {
+        if (cap)
+            snprintf(err, cap, "'%s': %s", tmp, strerror(e ? e : EIO));
+        unlink(tmp);
+        return false;
+    }
+    sync_dir(path);
+    st->save = false;
+    st->unsaved = 0;
+    return true;
+}
+
+int mqtt_mid_load(mqtt_midstate *st, const char *path, char *err, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        if (errno == ENOENT)
+            return 0;
+        if (cap)
+            snprintf(err, cap, "'%s': %s", path, strerror(errno));
+        return -1;
+    }
+    uint64_t gen;
+    int mid;
+    char end;
+    bool ok = fscanf(f, "%" SCNu64 " %d%c", &gen, &mid, &end) == 3 && end == '\n' &&
+              mid >= 0 && mid <= MID_CYCLE;
+    fclose(f);
+    if (!ok) {
+        fail(err, cap, "'%s': not a packet identifier state (\"GEN LAST_MID\")", path);
+        return -1;
+    }
+    *st = (mqtt_midstate){ .gen = gen, .last_mid = mid };
+    return 1;
+}
+
 /* ---- sources ------------------------------------------------------------------------------ */
 
 struct mqtt_source {
@@ -400,18 +552,77 @@ struct mqtt_source {
     long hold_ms;
     char origin[300];                 /* "mqtt://HOST:PORT" */
     atomic_ulong withheld, nonce;
+    atomic_bool refused;              /* the last SUBACK refused a topic (or subscribing failed) */
+    char *state_path;                 /* NULL: mid kept in memory only */
+    mqtt_midstate mid;                /* (loop thread, then mqtt_source_stop) */
 };
 
-static void subscribe(conn *c)
+/* Saves s's packet identifier state, logging a failure (ids are still made meanwhile). */
+static void save_mids(mqtt_source *s)
+{
+    char err[300], w[400];
+    if (s->state_path && !mqtt_mid_save(&s->mid, s->state_path, err, sizeof err))
+        ebd_log(EBD_ERROR, "msg=\"cannot save the MQTT packet identifier state\" %s why=\"%s\"",
+                s->c.what, ebd_log_text(err, w, sizeof w));
+    s->mid.save = false;
+}
+
+/* Reads s's packet identifier state; one that cannot be read is logged and left fresh. */
+static void load_mids(mqtt_source *s)
+{
+    char err[300], w[400];
+    if (s->state_path && mqtt_mid_load(&s->mid, s->state_path, err, sizeof err) < 0)
+        ebd_log(EBD_ERROR, "msg=\"MQTT packet identifier state unreadable: a new generation "
+                "begins (a message given again now is stored twice)\" %s why=\"%s\"", s->c.what,
+                ebd_log_text(err, w, sizeof w));
+}
+
+/* on_up: a new session begins a generation (the top comment); the topics are subscribed to. */
+static void subscribe(conn *c, int flags)
 {
     mqtt_source *s = c->owner;
+    if (s->qos > 0 && !(flags & 1)) {    /* (bit 0 of the CONNACK flags: session present) */
+        mqtt_mid_reset(&s->mid);
+        save_mids(s);
+    }
     bool v5 = atomic_load(&c->version) == MQTT_PROTOCOL_V5;
     /* (MQTT 5: retained messages only when a subscription is new, not on every reconnect) */
     int rc = mosquitto_subscribe_multiple(c->m, NULL, (int)s->ntopics, s->topics, s->qos,
                                           v5 ? MQTT_SUB_OPT_SEND_RETAIN_NEW : 0, NULL);
-    if (rc != MOSQ_ERR_SUCCESS)
+    if (rc != MOSQ_ERR_SUCCESS) {
         ebd_log(EBD_ERROR, "msg=\"cannot subscribe\" %s why=\"%s\"", c->what,
                 mosquitto_strerror(rc));
+        atomic_store(&s->refused, true);
+    }
+}
+
+/* The SUBACK of subscribe()'s one SUBSCRIBE: granted[i] answers topics[i], 0x80 and up
+ * (3.1.1's Failure, MQTT 5's reason codes) a refusal. */
+static void on_subscribe(struct mosquitto *m, void *arg, int mid, int n, const int *granted,
+                         const mosquitto_property *props)
+{
+    (void)m, (void)mid, (void)props;
+    mqtt_source *s = ((conn *)arg)->owner;
+    bool refused = n != (int)s->ntopics;
+    for (int i = 0; i < n && i < (int)s->ntopics; i++) {
+        char t[200];
+        if (granted[i] >= 0x80) {
+            refused = true;
+            ebd_log(EBD_ERROR, "msg=\"the MQTT broker refused a subscription: nothing comes from "
+                    "that topic\" %s topic=\"%s\" why=\"%s\"", s->c.what,
+                    ebd_log_text(s->topics[i], t, sizeof t), mosquitto_reason_string(granted[i]));
+        } else if (granted[i] < s->qos) {
+            ebd_log(EBD_WARN, "msg=\"the MQTT broker granted QoS 0 only: its messages are not "
+                    "kept for the source\" %s topic=\"%s\"", s->c.what,
+                    ebd_log_text(s->topics[i], t, sizeof t));
+        }
+    }
+    if (n != (int)s->ntopics)
+        ebd_log(EBD_ERROR, "msg=\"the MQTT broker answered %d subscriptions of %zu\" %s", n,
+                s->ntopics, s->c.what);
+    if (!refused && atomic_load(&s->refused))
+        ebd_log(EBD_INFO, "msg=\"subscribed to every topic\" %s", s->c.what);
+    atomic_store(&s->refused, refused);
 }
 
 static bool media_is(const char *ct, const char *type)
@@ -511,14 +722,14 @@ static bool binary_event(const mosquitto_property *props, const char *ct, const 
 }
 
 /* An ordinary message as the event mqtt.c's top comment describes. */
-static void plain_event(mqtt_source *s, const struct mosquitto_message *msg, const char *ct,
-                        sbuf *out)
+static void plain_event(mqtt_source *s, const struct mosquitto_message *msg, uint64_t gen,
+                        const char *ct, sbuf *out)
 {
-    char mid[32], src[600];
+    char mid[64], src[600];
     if (msg->retain)
         snprintf(mid, sizeof mid, "retained");
     else if (msg->qos > 0)
-        snprintf(mid, sizeof mid, "mid %d", msg->mid);
+        snprintf(mid, sizeof mid, "mid %d gen %" PRIu64, msg->mid, gen);
     else
         snprintf(mid, sizeof mid, "once %lld %lu", (long long)wall_ms(),
                  atomic_fetch_add(&s->nonce, 1));
@@ -534,8 +745,8 @@ static void plain_event(mqtt_source *s, const struct mosquitto_message *msg, con
     src_event_json(out, &e);
 }
 
-/* The CloudEvent of msg, in out. */
-static void message_event(mqtt_source *s, const struct mosquitto_message *msg,
+/* The CloudEvent of msg (gen: its packet identifier's generation, for QoS 1), in out. */
+static void message_event(mqtt_source *s, const struct mosquitto_message *msg, uint64_t gen,
                           const mosquitto_property *props, sbuf *out)
 {
     char *ct = NULL;
@@ -545,7 +756,7 @@ static void message_event(mqtt_source *s, const struct mosquitto_message *msg,
     if (ct ? media_is(ct, "application/cloudevents+json") : json_event(p, n))
         sb_put(out, p, n);
     else if (!binary_event(props, ct, p, n, out))
-        plain_event(s, msg, ct, out);
+        plain_event(s, msg, gen, ct, out);
     free(ct);
 }
 
@@ -565,8 +776,11 @@ static void on_message(struct mosquitto *m, void *arg, const struct mosquitto_me
 {
     (void)m;
     mqtt_source *s = ((conn *)arg)->owner;
+    uint64_t gen = msg->qos > 0 ? mqtt_mid_gen(&s->mid, msg->mid) : 0;
+    if (s->mid.save)                     /* (before the event is stored: the top comment) */
+        save_mids(s);
     sbuf ev = { 0 };
-    message_event(s, msg, props, &ev);
+    message_event(s, msg, gen, props, &ev);
     char why[256] = "out of memory";
     int64_t give_up = mono_ms() + s->hold_ms;
     for (long pause = 50; !ev.oom; pause = pause * 2 > 1000 ? 1000 : pause * 2) {
@@ -645,13 +859,18 @@ mqtt_source *mqtt_source_start(const mqtt_source_conf *c, src_sink sink, char *e
         snprintf(s->client_id, idn, "ebr-%s", c->name);
     s->topics = calloc(c->ntopics, sizeof *s->topics);
     s->ntopics = c->ntopics;
-    bool ok = s->client_id && s->topics;
+    mqtt_mid_init(&s->mid);
+    s->state_path = c->state_path ? strdup(c->state_path) : NULL;
+    bool ok = s->client_id && s->topics && (s->state_path || !c->state_path);
+    if (ok)
+        load_mids(s);
     for (size_t i = 0; ok && i < c->ntopics; i++)
         ok = (s->topics[i] = strdup(c->topics[i])) != NULL;
     if (!ok)
         fail(err, cap, "%s", "out of memory");
     if (ok && (ok = conn_open(&s->c, s->client_id, c->user, c->password, err, cap))) {
         mosquitto_message_v5_callback_set(s->c.m, on_message);
+        mosquitto_subscribe_v5_callback_set(s->c.m, on_subscribe);
         ok = conn_go(&s->c, err, cap);
     }
     if (!ok) {
@@ -666,6 +885,9 @@ void mqtt_source_stop(mqtt_source *s)
     if (!s)
         return;
     conn_stop(&s->c);
+    if (s->c.started)
+        save_mids(s);
+    free(s->state_path);
     for (size_t i = 0; s->topics && i < s->ntopics; i++)
         free(s->topics[i]);
     free(s->topics);
@@ -675,7 +897,7 @@ void mqtt_source_stop(mqtt_source *s)
 
 bool mqtt_source_connected(const mqtt_source *s)
 {
-    return atomic_load(&s->c.up);
+    return atomic_load(&s->c.up) && !atomic_load(&s->refused);
 }
 
 unsigned long mqtt_source_withheld(const mqtt_source *s)

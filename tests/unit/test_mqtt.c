@@ -8,12 +8,17 @@
  * target reconnect after the broker restarts; a target publishes with QoS 1 from several threads
  * and fails in time while the broker is down; a source falls back to MQTT 3.1.1 when a broker
  * refuses MQTT 5 (a fake one).  Test messages are published and received with
- * libmosquitto directly.
+ * libmosquitto directly.  Packet identifier generations: the sequence arithmetic on its own
+ * (wraps, redeliveries across a wrap, a new session, the state file), and with a broker: equal
+ * payloads get distinct ids through a real wrap of the broker's identifiers, and a message given
+ * again to a restarted source keeps its id through the state file.  A subscription the broker
+ * refuses (mosquitto's dynamic security plugin) makes the source not connected, and says so.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
 #include <netinet/in.h>
@@ -40,6 +45,7 @@ typedef struct {
     int port;
     char dir[64];
     char url[64];
+    const char *conf;                 /* more mosquitto.conf lines ("%s": the folder), or NULL */
 } broker;
 
 static bool port_open(int port)
@@ -69,6 +75,8 @@ static void broker_start(broker *b)
         cr_assert_not_null(f);
         fprintf(f, "listener %d 127.0.0.1\nallow_anonymous true\npersistence true\n"
                 "persistence_location %s/\n", b->port, b->dir);
+        if (b->conf)
+            fprintf(f, b->conf, b->dir);
         fclose(f);
     }
     char conf[128];
@@ -198,7 +206,7 @@ static void subscriber_end(struct mosquitto *m, inbox *in)
 
 typedef struct {
     pthread_mutex_t mu;
-    char *ev[64];                     /* the events stored */
+    char *ev[128];                    /* the events stored */
     size_t n;
     char *refused_id;                 /* the id of the first event answered SRC_RETRY */
     atomic_int retries;               /* answer SRC_RETRY until the source has withheld this many
@@ -229,7 +237,7 @@ static src_result sink_append(void *arg, const char *ev, size_t n, char *why, si
         snprintf(why, cap, "the test's bus is not storing now");
         return SRC_RETRY;
     }
-    if (t->n < 64)
+    if (t->n < 128)
         t->ev[t->n++] = strndup(ev, n);
     pthread_mutex_unlock(&t->mu);
     return SRC_STORED;
@@ -287,17 +295,23 @@ static const char *str(cJSON *j, const char *name)
     return cJSON_IsString(v) ? v->valuestring : "(none)";
 }
 
-static mqtt_source *start_source(const broker *b, test_sink *t, const char *name, long hold_ms)
+static mqtt_source *start_source_at(const broker *b, test_sink *t, const char *name,
+                                    long hold_ms, const char *state_path)
 {
     static const char *topics[] = { "sensors/#" };
     mqtt_source_conf c = { .name = name, .url = b->url, .topics = topics, .ntopics = 1,
-                           .qos = 1, .hold_ms = hold_ms };
+                           .qos = 1, .hold_ms = hold_ms, .state_path = state_path };
     src_sink sink = { sink_append, t };
     char err[256];
     mqtt_source *s = mqtt_source_start(&c, sink, err, sizeof err);
     cr_assert_not_null(s, "mqtt_source_start: %s", err);
     atomic_store(&t->src, s);
     return s;
+}
+
+static mqtt_source *start_source(const broker *b, test_sink *t, const char *name, long hold_ms)
+{
+    return start_source_at(b, t, name, hold_ms, NULL);
 }
 
 /* Waits until the source receives what is published (its subscription is in place). */
@@ -684,4 +698,344 @@ Test(mqtt, falls_back_to_mqtt311)
     close(o.fd);
     cr_expect_eq(o.levels[0], 5, "first CONNECT: level %d", o.levels[0]);
     cr_expect_eq(o.levels[1], 4, "after the refusal: level %d", o.levels[1]);
+}
+
+/* ---- generations of packet identifiers ------------------------------------------------------ */
+
+Test(mqtt, mid_generations_wrap_and_redeliveries)
+{
+    mqtt_midstate st;
+    mqtt_mid_init(&st);
+    st.gen = 5;
+    bool all_same = true;
+    for (int m = 1; m <= 65535; m++)
+        all_same = all_same && mqtt_mid_gen(&st, m) == 5;
+    cr_expect(all_same, "1..65535 is one generation");
+    for (int m = 65530; m <= 65535; m++)     /* given again before the wrap */
+        cr_expect_eq(mqtt_mid_gen(&st, m), 5, "mid %d given again", m);
+    st.save = false;
+    cr_expect_eq(mqtt_mid_gen(&st, 1), 6, "1 after 65535 begins a generation");
+    cr_expect(st.save, "a wrap is saved at once");
+    cr_expect_eq(mqtt_mid_gen(&st, 2), 6);
+    cr_expect_eq(mqtt_mid_gen(&st, 65534), 5, "65534 given again after 2: before the wrap");
+    cr_expect_eq(mqtt_mid_gen(&st, 65535), 5);
+    cr_expect_eq(mqtt_mid_gen(&st, 1), 6, "1 given again");
+    cr_expect_eq(mqtt_mid_gen(&st, 2), 6, "2 given again");
+    cr_expect_eq(mqtt_mid_gen(&st, 3), 6, "3 is new");
+    cr_expect_eq(st.last_mid, 3);
+    for (int m = 4; m <= 65535; m++)
+        mqtt_mid_gen(&st, m);
+    cr_expect_eq(mqtt_mid_gen(&st, 1), 7, "the second round ends as the first");
+
+    /* distances read on the cycle of 65535 (the one after 65535 is 1): from 65535, 32767 is
+     * 32767 steps on, a new message of the next generation (mod 65536 would call it 32768
+     * behind and give it the current generation, the id of a message 65535 earlier) */
+    st = (mqtt_midstate){ .gen = 9, .last_mid = 65535 };
+    cr_expect_eq(mqtt_mid_gen(&st, 32767), 10);
+    st = (mqtt_midstate){ .gen = 9, .last_mid = 65535 };
+    cr_expect_eq(mqtt_mid_gen(&st, 32768), 9, "32768 behind 65535: given again");
+    cr_expect_eq(st.last_mid, 65535);
+    st = (mqtt_midstate){ .gen = 9, .last_mid = 100 };
+    cr_expect_eq(mqtt_mid_gen(&st, 32868), 8, "32767 behind 100: given again, before the wrap");
+    cr_expect_eq(st.last_mid, 100);
+    cr_expect_eq(mqtt_mid_gen(&st, 32867), 9, "32767 on: new");
+    cr_expect_eq(st.last_mid, 32867);
+}
+
+Test(mqtt, mid_generations_new_session_and_saving)
+{
+    mqtt_midstate st = { .gen = 3, .last_mid = 5000 };
+    mqtt_mid_reset(&st);                    /* a broker that forgot the session: from 1 again */
+    cr_expect_eq(mqtt_mid_gen(&st, 1), 4, "(1 after 5000 would read as given again)");
+    cr_expect_eq(mqtt_mid_gen(&st, 2), 4);
+    st.save = false;
+    st.unsaved = 0;
+    for (int m = 3; m < 3 + MQTT_MID_SAVE_EVERY - 1; m++)
+        mqtt_mid_gen(&st, m);
+    cr_expect(!st.save);
+    mqtt_mid_gen(&st, 3 + MQTT_MID_SAVE_EVERY);
+    cr_expect(st.save, "saved after %d identifiers", MQTT_MID_SAVE_EVERY);
+
+    char dir[] = "/tmp/ebr-mid-XXXXXX", path[64], err[256];
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/s.mqtt", dir);
+    mqtt_midstate got = { .gen = 77 };
+    cr_expect_eq(mqtt_mid_load(&got, path, err, sizeof err), 0, "no file: a fresh state");
+    cr_expect_eq(got.gen, 77, "untouched");
+    st = (mqtt_midstate){ .gen = 18446744073709551000u, .last_mid = 65535, .unsaved = 9,
+                          .save = true };
+    cr_assert(mqtt_mid_save(&st, path, err, sizeof err), "%s", err);
+    cr_expect(!st.save && !st.unsaved);
+    cr_expect_eq(mqtt_mid_load(&got, path, err, sizeof err), 1, "%s", err);
+    cr_expect_eq(got.gen, 18446744073709551000u);
+    cr_expect_eq(got.last_mid, 65535);
+    cr_expect_eq(mqtt_mid_gen(&got, 1), 18446744073709551001u, "a loaded state goes on");
+    FILE *f = fopen(path, "w");
+    fputs("12 70000\n", f);
+    fclose(f);
+    got.gen = 77;
+    cr_expect_eq(mqtt_mid_load(&got, path, err, sizeof err), -1);
+    cr_expect(strstr(err, "not a packet identifier state"), "%s", err);
+    cr_expect_eq(got.gen, 77, "untouched");
+    snprintf(path, sizeof path, "%s/no/such/s.mqtt", dir);
+    cr_expect(!mqtt_mid_save(&st, path, err, sizeof err));
+    cr_expect(strstr(err, "No such file"), "%s", err);
+    char cmd[96];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    cr_expect_eq(system(cmd), 0);
+
+    mqtt_mid_init(&st);
+    mqtt_midstate st2;
+    usleep(2000);
+    mqtt_mid_init(&st2);
+    cr_expect_neq(st.gen, st2.gen, "fresh states begin at the clock: each its own generation");
+}
+
+/* Publishes count copies of one message with QoS 1 on one connection, waiting for the broker
+ * to take them all. */
+static void on_pub_count(struct mosquitto *m, void *arg, int mid)
+{
+    (void)m, (void)mid;
+    (*(long *)arg)++;
+}
+
+static void publish_many(const broker *b, const char *topic, const char *text, long count)
+{
+    long done = 0;
+    struct mosquitto *m = mosquitto_new(NULL, true, &done);
+    mosquitto_publish_callback_set(m, on_pub_count);
+    cr_assert_eq(mosquitto_connect(m, "127.0.0.1", b->port, 30), MOSQ_ERR_SUCCESS);
+    for (long i = 0; i < count; i++) {
+        cr_assert_eq(mosquitto_publish(m, NULL, topic, (int)strlen(text), text, 1, false), 0);
+        while (i - done > 200)           /* (a window, so that the queue stays short) */
+            cr_assert_eq(mosquitto_loop(m, 1000, 1), MOSQ_ERR_SUCCESS);
+    }
+    for (int i = 0; i < 600 && done < count; i++)
+        mosquitto_loop(m, 50, 1);
+    cr_assert_eq(done, count, "the broker took %ld of %ld", done, count);
+    mosquitto_disconnect(m);
+    mosquitto_loop(m, 50, 1);
+    mosquitto_destroy(m);
+}
+
+/* The ids of the events whose subject is key, sorted; returns how many are distinct. */
+static size_t distinct_ids(test_sink *t, const char *key, size_t *all)
+{
+    char **ids = calloc(128, sizeof *ids);
+    size_t n = 0;
+    pthread_mutex_lock(&t->mu);
+    for (size_t i = 0; i < t->n; i++) {
+        cJSON *j = cJSON_Parse(t->ev[i]);
+        if (!strcmp(str(j, "subject"), key))
+            ids[n++] = strdup(str(j, "id"));
+        cJSON_Delete(j);
+    }
+    pthread_mutex_unlock(&t->mu);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool seen = false;
+        for (size_t j = 0; j < i && !seen; j++)
+            seen = !strcmp(ids[i], ids[j]);
+        k += !seen;
+    }
+    for (size_t i = 0; i < n; i++)
+        free(ids[i]);
+    free(ids);
+    *all = n;
+    return k;
+}
+
+Test(mqtt, equal_payloads_get_distinct_ids)
+{
+    broker b = { 0 };
+    broker_start(&b);
+    test_sink t;
+    sink_init(&t);
+    mqtt_source *s = start_source(&b, &t, "beat", 0);
+    wait_ready(&b, &t);
+    publish_many(&b, "sensors/beat", "on", 70);
+    cr_assert(wait_for(&t, 70, 20), "%zu events of 70", stored(&t));
+    size_t all, k = distinct_ids(&t, "sensors/beat", &all);
+    cr_expect_eq(all, 70);
+    cr_expect_eq(k, 70, "70 equal messages, %zu distinct ids", k);
+    source_end(s, &t);
+    broker_end(&b);
+}
+
+/* A sink that keeps only the ids of what it is given (a whole cycle of identifiers). */
+typedef struct {
+    pthread_mutex_t mu;
+    char (*ids)[33];
+    size_t n, cap;
+} id_sink;
+
+static src_result id_append(void *arg, const char *ev, size_t n, char *why, size_t cap)
+{
+    (void)why, (void)cap;
+    id_sink *t = arg;
+    const char *p = memmem(ev, n, "\"id\":\"", 6);
+    pthread_mutex_lock(&t->mu);
+    if (p && p + 6 + 32 <= ev + n && t->n < t->cap) {
+        memcpy(t->ids[t->n], p + 6, 32);
+        t->ids[t->n++][32] = 0;
+    }
+    pthread_mutex_unlock(&t->mu);
+    return SRC_STORED;
+}
+
+static int id_cmp(const void *a, const void *b)
+{
+    return memcmp(a, b, 33);
+}
+
+Test(mqtt, equal_payloads_through_a_wrap_of_identifiers, .timeout = 120)
+{
+    broker b = { .conf = "max_queued_messages 0\n" };   /* (none dropped while it catches up) */
+    broker_start(&b);
+    enum { N = 65535 + 100 };
+    id_sink t = { .ids = calloc(N + 10, 33), .cap = N + 10 };
+    pthread_mutex_init(&t.mu, NULL);
+    static const char *topics[] = { "t/x" };
+    mqtt_source_conf c = { .name = "wrap", .url = b.url, .topics = topics, .ntopics = 1,
+                           .qos = 1 };
+    char err[256];
+    mqtt_source *s = mqtt_source_start(&c, (src_sink){ id_append, &t }, err, sizeof err);
+    cr_assert_not_null(s, "%s", err);
+    for (int i = 0; i < 100 && !mqtt_source_connected(s); i++)
+        usleep(100000);
+    usleep(300000);                          /* (its SUBACK) */
+    publish_many(&b, "t/x", "on", N);
+    for (int i = 0; i < 1200; i++) {
+        pthread_mutex_lock(&t.mu);
+        size_t n = t.n;
+        pthread_mutex_unlock(&t.mu);
+        if (n >= N)
+            break;
+        usleep(100000);
+    }
+    mqtt_source_stop(s);
+    cr_assert_eq(t.n, N, "%zu of %d messages", t.n, N);
+    qsort(t.ids, t.n, 33, id_cmp);
+    size_t same = 0;
+    for (size_t i = 1; i < t.n; i++)
+        same += !memcmp(t.ids[i], t.ids[i - 1], 33);
+    cr_expect_eq(same, 0, "%zu of %d equal messages took an id already given", same, N);
+    free(t.ids);
+    broker_end(&b);
+}
+
+Test(mqtt, redelivery_to_a_restarted_source_keeps_its_id)
+{
+    broker b = { 0 };
+    broker_start(&b);
+    test_sink t;
+    sink_init(&t);
+    char state[96];
+    snprintf(state, sizeof state, "%s/state.mqtt", b.dir);
+    mqtt_source *s = start_source_at(&b, &t, "again", 10000, state);
+    wait_ready(&b, &t);
+    publish_many(&b, "sensors/beat", "on", 3);
+    cr_assert(wait_for(&t, 3, 10));
+    atomic_store(&t.retries, 1000);          /* the bus stores nothing now */
+    publish_text(&b, "sensors/beat", "on");
+    for (int i = 0; i < 200; i++) {
+        pthread_mutex_lock(&t.mu);
+        bool refused = t.refused_id;
+        pthread_mutex_unlock(&t.mu);
+        if (refused)
+            break;
+        usleep(50000);
+    }
+    mqtt_source_stop(s);                     /* (stopping, it leaves the message unacknowledged) */
+    atomic_store(&t.src, NULL);              /* (the sink asked s until it stopped) */
+    cr_assert_not_null(t.refused_id, "the message did not come");
+    FILE *f = fopen(state, "r");
+    cr_assert_not_null(f, "no state file %s", state);
+    fclose(f);
+    char *refused = strdup(t.refused_id);
+    atomic_store(&t.retries, 0);
+    sink_clear(&t);
+    s = start_source_at(&b, &t, "again", 0, state);
+    cr_assert(wait_for(&t, 1, 20), "not given again after the restart");
+    cJSON *e = event_for(&t, "sensors/beat");
+    cr_expect_str_eq(str(e, "id"), refused, "a message given again to a restarted source keeps "
+                     "its id");
+    cJSON_Delete(e);
+    source_end(s, &t);
+    free(refused);
+    broker_end(&b);
+}
+
+/* ---- a subscription refused ------------------------------------------------------------------ */
+
+/* (mosquitto 2.0's acl_file does not check subscriptions, only what is delivered: its dynamic
+ * security plugin does, answering a refused one with Not authorized in the SUBACK) */
+#define DYNSEC_CONF                                                                               \
+    "plugin /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so\n"                          \
+    "plugin_opt_config_file %s/dynsec.json\n"
+
+static void write_dynsec(const broker *b)
+{
+    char path[96];
+    snprintf(path, sizeof path, "%s/dynsec.json", b->dir);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs("{\"defaultACLAccess\":{\"publishClientSend\":true,\"publishClientReceive\":true,"
+          "\"subscribe\":false,\"unsubscribe\":true},\"clients\":[],"
+          "\"roles\":[{\"rolename\":\"reader\",\"acls\":[{\"acltype\":\"subscribePattern\","
+          "\"topic\":\"allowed/#\",\"allow\":true}]}],"
+          "\"groups\":[{\"groupname\":\"anon\",\"roles\":[{\"rolename\":\"reader\"}]}],"
+          "\"anonymousGroup\":\"anon\"}\n", f);
+    fclose(f);
+    chmod(path, 0666);
+}
+
+/* Runs a source on topics for a while; returns whether it ended connected, its log in log. */
+static bool connected_with(broker *b, const char *const *topics, size_t n, char *log, size_t cap)
+{
+    char path[96];
+    snprintf(path, sizeof path, "%s/log", b->dir);
+    fflush(stderr);
+    int saved = dup(2), fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 2);
+    close(fd);
+    mqtt_source_conf c = { .name = "acl", .url = b->url, .topics = topics, .ntopics = n,
+                           .qos = 1 };
+    src_sink sink = { sink_append, NULL };
+    char err[256];
+    mqtt_source *s = mqtt_source_start(&c, sink, err, sizeof err);
+    bool up = false;
+    for (int i = 0; i < 100 && s && !up; i++) {     /* (until connected and the SUBACK read) */
+        usleep(100000);
+        up = mqtt_source_connected(s);
+    }
+    usleep(1000000);
+    up = s && mqtt_source_connected(s);
+    mqtt_source_stop(s);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    cr_assert_not_null(s, "%s", err);
+    FILE *f = fopen(path, "r");
+    size_t k = fread(log, 1, cap - 1, f);
+    log[k] = 0;
+    fclose(f);
+    return up;
+}
+
+Test(mqtt, refused_subscription_is_not_connected)
+{
+    broker b = { .conf = DYNSEC_CONF };
+    broker_start(&b);
+    write_dynsec(&b);
+    broker_kill(&b);                 /* (the folder was made with the broker: start it again) */
+    broker_start(&b);
+    static const char *mixed[] = { "allowed/#", "denied/x" }, *fine[] = { "allowed/#" };
+    char log[8192];
+    cr_expect(!connected_with(&b, mixed, 2, log, sizeof log), "connected with a topic refused");
+    cr_expect(strstr(log, "refused a subscription") && strstr(log, "topic=\"denied/x\"") &&
+              !strstr(log, "topic=\"allowed/#\""), "log: %s", log);
+    cr_expect(connected_with(&b, fine, 1, log, sizeof log), "not connected: %s", log);
+    cr_expect(!strstr(log, "refused"), "log: %s", log);
+    broker_end(&b);
 }
