@@ -16,7 +16,7 @@
  *                [--rules-table] [--max-rules N] [--runs R] [--start-timeout S]
  *                [--idle-seconds S] [--drain-timeout S] [--no-fanout] [--ebd-label TEXT]
  *                [--replay-row [--replay-rate N]] [--trace-table] [--routing-row]
- *                [--jetstream-rows]
+ *                [--jetstream-rows] [--dedup-rows]
  *
  * --replay-row runs only the replay rows (issue 12): live ingest and routing with and without a
  * replay running, alternately, --runs times, written to OUT/replay.md (--replay-rate: the
@@ -35,7 +35,9 @@
  * default run includes after the ingest rows.  --ebc
  * defaults to the ebc beside EBD, --data to ../shared/data.  --jetstream-rows runs only the rows of
  * a bus on NATS JetStream (issue 15: one node and three, one daemon and two, against the local
- * log in the same run), starting nats-server itself, and replaces only their section.
+ * log in the same run), starting nats-server itself, and replaces only their section;
+ * --dedup-rows likewise the rows of a bus's dedup window (issue 16: with and without, on the
+ * local log and on JetStream).
  *
  * The load generator speaks HTTP/1.1 over plain sockets (one thread per connection, one request
  * in flight on each), so that it costs the daemon's two cores as little as it can.
@@ -152,7 +154,10 @@ static void *load(void *arg)
     }
     size_t cap = (size_t)l->batch * 400 + 1024 + l->maxlen;
     char *body = malloc(cap), *req = malloc(cap + 512), buf[8192];
-    int self = (int)(uintptr_t)pthread_self() & 0xffff;
+    /* each loader's number: the events' ids are unique across loaders (the low bits of
+     * pthread_self() were not, and a bus's dedup window took such events as one) */
+    static _Atomic int loaders;
+    int self = atomic_fetch_add(&loaders, 1);
     for (uint64_t k = 0; now_s() < l->until; k++) {
         size_t n = 0, line = 0;
         if (l->lines) {
@@ -2050,6 +2055,7 @@ typedef struct {
     const char *label;
     int nodes;                    /* 0: the local log */
     int daemons;
+    bool dedup;                   /* the bus has `dedup 10m` */
 } js_config;
 
 static pid_t js_pids[3];
@@ -2137,13 +2143,14 @@ static bool js_run(const char *ebd, const char *work, const js_config *c, int po
     }
     snprintf(rules, sizeof rules, "%s/js.ebr", dir);
     FILE *f = fopen(rules, "w");
+    const char *dd = c->dedup ? "; dedup 10m" : "";
     if (c->nodes == 0)
-        fprintf(f, "bus b { fsync interval 10ms }\n");
+        fprintf(f, "bus b { fsync interval 10ms%s }\n", dd);
     else if (c->nodes == 1)
-        fprintf(f, "bus b { log nats \"nats://127.0.0.1:%d\" stream \"BENCH\" }\n", nport);
+        fprintf(f, "bus b { log nats \"nats://127.0.0.1:%d\" stream \"BENCH\"%s }\n", nport, dd);
     else
         fprintf(f, "bus b { log nats \"nats://127.0.0.1:%d\" \"nats://127.0.0.1:%d\" \"nats://127.0.0.1:%d\" "
-                   "stream \"BENCH\" replicas 3 }\n", nport, nport + 1, nport + 2);
+                   "stream \"BENCH\" replicas 3%s }\n", nport, nport + 1, nport + 2, dd);
     fprintf(f, "target fan http \"http://127.0.0.1:%d/fan\" { retry none }\n"
                "target hook http \"http://127.0.0.1:%d/hook\" { retry none }\n"
                "rule all on b { match type == \"bench.load\" to fan }\n"
@@ -2232,19 +2239,15 @@ static bool js_run(const char *ebd, const char *work, const js_config *c, int po
     return ok;
 }
 
-static int jetstream_rows(const char *ebd, const char *work, int port, int rport, int conns, double secs,
-                          int runs, const char *machine, FILE *md)
+/* The rows of configurations cfgs[0..NC) in turn, runs times; the first is the baseline.  Its
+ * section of OUT/ingest.md is marked `marker`-begin / -end and titled `title`. */
+static int config_rows(const js_config *cfgs, int NC, const char *marker, const char *title,
+                       const char *ebd, const char *work, int port, int rport, int conns,
+                       double secs, int runs, const char *machine, FILE *md)
 {
-    static const js_config cfgs[] = {
-        { "local log (fsync interval 10ms)", 0, 1 },
-        { "JetStream, 1 node", 1, 1 },
-        { "JetStream, 1 node, 2 daemons", 1, 2 },
-        { "JetStream, 3 nodes, replicas 3", 3, 1 },
-        { "JetStream, 3 nodes, replicas 3, 2 daemons", 3, 2 },
-    };
-    enum { NC = sizeof cfgs / sizeof cfgs[0] };
-    double ing[NC][MAX_RUNS], e2e[NC][MAX_RUNS], p50[NC][MAX_RUNS], p99[NC][MAX_RUNS];
-    uint64_t errors[NC] = { 0 }, lost[NC] = { 0 };
+    enum { MAXC = 8 };
+    double ing[MAXC][MAX_RUNS], e2e[MAXC][MAX_RUNS], p50[MAXC][MAX_RUNS], p99[MAXC][MAX_RUNS];
+    uint64_t errors[MAXC] = { 0 }, lost[MAXC] = { 0 };
     for (int r = 0; r < runs; r++)
         for (int k = 0; k < NC; k++) {
             js_result res = { 0 };
@@ -2262,15 +2265,16 @@ static int jetstream_rows(const char *ebd, const char *work, int port, int rport
                    "p99 %7.2f ms, %" PRIu64 " errors, %" PRIu64 " not delivered\n", cfgs[k].label, r + 1,
                    res.ingest, res.e2e, res.p50, res.p99, res.errors, res.lost);
         }
-    fprintf(md, "<!-- jetstream-rows begin -->\n### A bus on NATS JetStream (issue 15)\n\n"
+    fprintf(md, "<!-- %s begin -->\n### %s\n\n"
                 "Machine: %s; ebd, nats-server and the load generator share it.  `make bench-ingest "
-                "INGEST_ARGS='--jetstream-rows'`: every configuration in turn, %d runs, each on new "
+                "INGEST_ARGS='--%s'`: every configuration in turn, %d runs, each on new "
                 "servers and data; the median of the runs.  Ingest: single events from %d "
                 "connections spread over the daemons for %.0f s; end to end: those events delivered "
                 "to a loopback webhook, over the time from the load's start to the last delivery; "
                 "latency: ingest to delivery at 1,000 events/s.\n\n"
                 "| configuration | ingest events/s | end to end events/s | p50 | p99 | ingest vs the local log | errors | not delivered |\n"
-                "|---|---:|---:|---:|---:|---:|---:|---:|\n", machine, runs, conns, secs);
+                "|---|---:|---:|---:|---:|---:|---:|---:|\n", marker, title, machine, marker, runs,
+                conns, secs);
     double base = median(ing[0], runs);
     for (int k = 0; k < NC; k++) {
         double i = median(ing[k], runs);
@@ -2285,8 +2289,38 @@ static int jetstream_rows(const char *ebd, const char *work, int port, int rport
             fprintf(md, "%s%.0f", r ? ", " : " ", ing[k][r]);
         fprintf(md, k + 1 < NC ? ";" : ".\n");
     }
-    fprintf(md, "<!-- jetstream-rows end -->\n");
+    fprintf(md, "<!-- %s end -->\n", marker);
     return 0;
+}
+
+static int jetstream_rows(const char *ebd, const char *work, int port, int rport, int conns, double secs,
+                          int runs, const char *machine, FILE *md)
+{
+    static const js_config cfgs[] = {
+        { "local log (fsync interval 10ms)", 0, 1, false },
+        { "JetStream, 1 node", 1, 1, false },
+        { "JetStream, 1 node, 2 daemons", 1, 2, false },
+        { "JetStream, 3 nodes, replicas 3", 3, 1, false },
+        { "JetStream, 3 nodes, replicas 3, 2 daemons", 3, 2, false },
+    };
+    return config_rows(cfgs, 5, "jetstream-rows", "A bus on NATS JetStream (issue 15)", ebd, work,
+                       port, rport, conns, secs, runs, machine, md);
+}
+
+/* What a bus's dedup window costs (issue 16): each event's key claimed, stored and kept on the
+ * local log; on JetStream, a Nats-Msg-Id the stream checks. */
+static int dedup_rows(const char *ebd, const char *work, int port, int rport, int conns, double secs,
+                      int runs, const char *machine, FILE *md)
+{
+    static const js_config cfgs[] = {
+        { "local log (fsync interval 10ms)", 0, 1, false },
+        { "local log, dedup 10m", 0, 1, true },
+        { "JetStream, 1 node", 1, 1, false },
+        { "JetStream, 1 node, dedup 10m", 1, 1, true },
+        { "JetStream, 1 node, 2 daemons, dedup 10m", 1, 2, true },
+    };
+    return config_rows(cfgs, 5, "dedup-rows", "A bus's dedup window (issue 16)", ebd, work, port,
+                       rport, conns, secs, runs, machine, md);
 }
 
 static void replace_section(const char *path, const char *begin, const char *end, const char *rows)
@@ -2314,7 +2348,7 @@ int main(int argc, char **argv)
     int conns = 8, runs = 3;
     unsigned max_rules = 100000;
     bool table_only = false, fanout = true, replay_only = false, trace_only = false, routing_only = false,
-         jetstream_only = false;
+         jetstream_only = false, dedup_only = false;
     double replay_rate = 0;
     const char *label = NULL;
     const char *fsync_policy = "interval 10ms";
@@ -2334,6 +2368,10 @@ int main(int argc, char **argv)
         }
         if (!strcmp(a, "--jetstream-rows")) {
             jetstream_only = true;
+            continue;
+        }
+        if (!strcmp(a, "--dedup-rows")) {
+            dedup_only = true;
             continue;
         }
         if (!strcmp(a, "--no-fanout")) {
@@ -2372,7 +2410,7 @@ int main(int argc, char **argv)
                         "                    [--rules-table] [--max-rules N] [--runs R (1-%d)] [--start-timeout S]\n"
                         "                    [--idle-seconds S] [--drain-timeout S] [--no-fanout] [--ebd-label TEXT]\n"
                         "                    [--replay-row [--replay-rate N]] [--trace-table] [--routing-row]\n"
-                        "                    [--jetstream-rows]\n",
+                        "                    [--jetstream-rows] [--dedup-rows]\n",
                 MAX_RUNS);
         return 2;
     }
@@ -2424,16 +2462,19 @@ int main(int argc, char **argv)
         return replay_rows(ebd, work, port, conns, secs, runs, replay_rate, machine, out);
     char path[4200];
     snprintf(path, sizeof path, "%s/ingest.md", out);
-    if (jetstream_only) {
+    if (jetstream_only || dedup_only) {
         char *rows = NULL;
         size_t rows_n = 0;
         FILE *rm = open_memstream(&rows, &rows_n);
         if (!rm)
             die("open_memstream");
-        int st = jetstream_rows(ebd, work, port, rport, conns, secs, runs, machine, rm);
+        int st = (dedup_only ? dedup_rows : jetstream_rows)(ebd, work, port, rport, conns, secs, runs,
+                                                            machine, rm);
         fclose(rm);
         MHD_stop_daemon(recv);
-        if (st == 0)
+        if (st == 0 && dedup_only)
+            replace_section(path, "<!-- dedup-rows begin", "<!-- dedup-rows end -->\n", rows);
+        else if (st == 0)
             replace_section(path, "<!-- jetstream-rows begin", "<!-- jetstream-rows end -->\n", rows);
         free(rows);
         printf("results: %s\n", path);
