@@ -36,6 +36,7 @@ expect_status 2 "$EBC" compile "$SRC/examples/orders.ebr"
 expect_status 0 "$EBC" check "$SRC/examples/orders.ebr"
 grep -q "ok: 3 rules" "$T/out" || fail "check prints '$(cat "$T/out")'"
 expect_status 0 "$EBC" check "$SRC/examples/cluster.ebr"     # (a bus on NATS JetStream)
+expect_status 0 "$EBC" check "$SRC/examples/connect.ebr"     # (sources, broker and remote targets)
 expect_status 0 "$EBC" compile "$SRC/examples/orders.ebr" -o "$T/orders.ebc"
 [ -s "$T/orders.ebc" ] || fail "compile wrote no file"
 
