@@ -226,7 +226,9 @@ static bool insert(ebd_dedup *d, dedup_key k, uint64_t offset, int64_t ms, bool 
 void dedup_note(ebd_dedup *d, dedup_key k, uint64_t offset, int64_t ms)
 {
     pthread_mutex_lock(&d->mu);
-    insert(d, k, offset, ms, false);
+    size_t i = find(d, k.a, k.b);
+    if (!d->t[i].a && !d->t[i].b)     /* (one there already, pending or stored, stays) */
+        insert(d, k, offset, ms, false);
     pthread_mutex_unlock(&d->mu);
 }
 

@@ -1169,11 +1169,14 @@ static bool bus_payload_ok(const ebd_target *t, const char *payload, size_t n, b
     return false;
 }
 
-static void deliver_broker(ebd_target *t, const char *payload, size_t n, bool text, attempt *a)
+/* delivery: the pair's delivery of one event (its Nats-Msg-Id on a JetStream target: a retry
+ * keeps it, another delivery never shares it), or NULL (a replay's: made on purpose again). */
+static void deliver_broker(ebd_target *t, const char *payload, size_t n, bool text,
+                           const char *delivery, attempt *a)
 {
     char why[300];
     bool ok = t->kind == T_MQTT ? ebd_mqtt_send(t, payload, n, text, why, sizeof why)
-                                : ebd_nats_send(t, payload, n, text, why, sizeof why);
+                                : ebd_nats_send(t, payload, n, text, delivery, why, sizeof why);
     if (!ok) {
         snprintf(a->error, sizeof a->error, "%s target '%s': %s",
                  t->kind == T_MQTT ? "mqtt" : "nats", t->name, why);
@@ -2315,9 +2318,16 @@ static int start_attempt(dthread *th, item *it)
         deliver_bus(th->e->d, t, it->payload, it->plen, it->text, &a);
         break;
     case T_MQTT:
-    case T_NATS:      /* a publish waits for the broker's acknowledgement (timeout) */
-        deliver_broker(t, it->payload, it->plen, it->text, &a);
+    case T_NATS: {    /* a publish waits for the broker's acknowledgement (timeout) */
+        /* the delivery: its bus, the event's offset (the same in every daemon of a shared
+         * bus), its pair, and where it goes (the target, or a dead letter) */
+        char delivery[3 * VM_MAX_NAME + 64];
+        snprintf(delivery, sizeof delivery, "%s/%" PRIu64 "/%s/%s",
+                 th->e->d->buses[th->e->r->bus_of[it->p->pbus]]->name, it->off, it->p->name,
+                 t->name);
+        deliver_broker(t, it->payload, it->plen, it->text, delivery, &a);
         break;
+    }
     default: {
         /* started here, watched by the thread's loop: no thread waits for a command */
         cmd_spec cs = { t->argv, t->envp, it->payload, it->plen, (uint32_t)t->timeout_ms, 0 };
@@ -4073,7 +4083,7 @@ static bool attempt_now(ebd *d, ebd_target *t, const char *payload, size_t n, bo
         return true;
     case T_MQTT:
     case T_NATS:
-        deliver_broker(t, payload, n, text, a);
+        deliver_broker(t, payload, n, text, NULL, a);
         return true;
     default: {
         cmd_spec cs = { t->argv, t->envp, payload, n, (uint32_t)t->timeout_ms, 0 };

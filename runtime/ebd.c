@@ -225,8 +225,14 @@ static void set_dedup(ebd *d, ebd_bus *b, const vm_program *p, uint32_t i)
     const vm_bus *vb = &p->buses[i];
     const vm_cfg *o = ebd_cfg_option(p, vb->opt0, vb->nopt, "dedup");
     uint64_t ms = o && ebd_cfg_child(p, o, 0) ? (uint64_t)ebd_cfg_child(p, o, 0)->num : 0;
-    if (store_dedups(b->s))
-        return;           /* the stream's own window, shared by the bus's daemons (store/nats.c) */
+    if (store_shared(b->s)) {
+        /* the stream's own window, shared by the bus's daemons (store/nats.c), set when the
+         * bus opens: not a window of this daemon's */
+        if (store_dedups(b->s) != (ms > 0))
+            ebd_log(EBD_WARN, "msg=\"a NATS bus's dedup window changes when the daemon next "
+                    "opens the bus (a start)\" bus=%s", b->name);
+        return;
+    }
     if (b->dedup || !ms) {
         if (b->dedup)
             dedup_set_window(b->dedup, ms);
@@ -241,13 +247,14 @@ static void set_dedup(ebd *d, ebd_bus *b, const vm_program *p, uint32_t i)
     struct timespec t0;
     clock_gettime(CLOCK_REALTIME, &t0);
     long n = dedup_fill(m, b->s, 0);
+    /* the events stored meanwhile, read again with ingest held off (a second or so of them) */
     pthread_rwlock_wrlock(&d->lock);
     __atomic_store_n(&b->dedup, m, __ATOMIC_RELEASE);   /* (deliver.c reads it without the lock) */
-    pthread_rwlock_unlock(&d->lock);
     if (n >= 0) {
         long again = dedup_fill(m, b->s, (int64_t)t0.tv_sec * 1000 - 1000);
         n = again < 0 ? again : n + again;
     }
+    pthread_rwlock_unlock(&d->lock);
     if (n < 0)
         ebd_log(EBD_WARN, "msg=\"the dedup window could not read the whole log: an event sent "
                 "again may be stored twice\" bus=%s error=\"%s\"", b->name, store_error(b->s));

@@ -225,7 +225,9 @@ bool ebd_mqtt_target(ebd_target *x, const vm_program *p, const vm_target *t, cha
 bool ebd_mqtt_send(ebd_target *t, const char *payload, size_t n, bool text, char *why, size_t cap);
 void ebd_mqtt_close(ebd_target *t);
 bool ebd_nats_target(ebd_target *x, const vm_program *p, const vm_target *t, char *err, size_t cap);
-bool ebd_nats_send(ebd_target *t, const char *payload, size_t n, bool text, char *why, size_t cap);
+/* delivery: what names this delivery (a retry of it names it alike), or NULL */
+bool ebd_nats_send(ebd_target *t, const char *payload, size_t n, bool text, const char *delivery,
+                   char *why, size_t cap);
 void ebd_nats_close(ebd_target *t);
 
 /* deliver.c: the options of declarations (p->cfgs) */

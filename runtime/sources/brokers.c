@@ -285,14 +285,16 @@ bool ebd_nats_target(ebd_target *x, const vm_program *p, const vm_target *t, cha
     return ok;
 }
 
-bool ebd_nats_send(ebd_target *t, const char *payload, size_t n, bool text, char *why, size_t cap)
+bool ebd_nats_send(ebd_target *t, const char *payload, size_t n, bool text, const char *delivery,
+                   char *why, size_t cap)
 {
-    /* a CloudEvent's Nats-Msg-Id is its (source, id) key: JetStream drops a retried delivery */
+    /* The Nats-Msg-Id names the delivery, not the payload (two deliveries may carry the same
+     * bytes, or the same source and id): a retry of it is dropped by the stream's window. */
     char msg_id[33], *mid = NULL;
-    dedup_key k;
-    if (!text && dedup_key_of(payload, n, &k)) {
-        snprintf(msg_id, sizeof msg_id, "%016llx%016llx", (unsigned long long)k.a,
-                 (unsigned long long)k.b);
+    if (delivery) {
+        const void *parts[1] = { delivery };
+        size_t lens[1] = { strlen(delivery) };
+        src_hash_id(msg_id, parts, lens, 1);
         mid = msg_id;
     }
     return natspub_send(t->pub, t->topic, payload, n, payload_type(payload, n, text), mid,

@@ -1371,7 +1371,11 @@ store_status nats_open(const store_nats_options *no, const store_options *o, sto
     sc.MaxBytes = x->o.retention_bytes ? (int64_t)x->o.retention_bytes : -1;
     sc.MaxMsgSize = (int32_t)x->o.max_record;
     sc.AllowDirect = true;
-    sc.Duplicates = (int64_t)x->o.dedup_ns;    /* (0: the server's default, 2 minutes) */
+    /* (0: the server's default, 2 minutes; never longer than the stream keeps its messages,
+     * which the server refuses and which would guard nothing more) */
+    sc.Duplicates = (int64_t)x->o.dedup_ns;
+    if (sc.MaxAge > 0 && sc.Duplicates > sc.MaxAge)
+        sc.Duplicates = sc.MaxAge;
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
     st = js_GetStreamInfo(&si, x->js, x->stream, NULL, &jerr);

@@ -100,8 +100,10 @@ source js nats "nats://127.0.0.1:$P_NATS" { stream "E2EIN" subject "in.js.>" } t
 target alerts mqtt "mqtt://127.0.0.1:$P_MQ" { topic "alerts/out" qos 1 }
 target ncore nats "nats://127.0.0.1:$P_NATS" { subject "out.core" }
 target njs nats "nats://127.0.0.1:$P_NATS" { subject "out.js.x" jetstream true }
+target njs2 nats "nats://127.0.0.1:$P_NATS" { subject "out.js.same" jetstream true }
 rule hot on tel { match data.temp > 30 to alerts }
 rule fwd on nt { match subject starts_with "in." to ncore, njs }
+rule same on nt { match subject starts_with "in." transform {"source": "x", "id": "same"} to njs2 }
 RULES
 "$BIN/ebc" check "$WORK/a.ebr" >/dev/null || fail "the rules do not compile"
 $NC stream "$P_NATS" E2EIN 'in.js.>' || fail "stream E2EIN"
@@ -189,7 +191,9 @@ wait "$SUB"
 [ "$(grep -c specversion "$WORK/outcore")" = 2 ] && pass "nats core target: both published to out.core" ||
     fail "out.core got: $(cat "$WORK/outcore")"
 js_count() { [ "$($NC count "$P_NATS" OUTJS)" = "$1" ]; }
-wait_for "$E2E_WAIT" js_count 2 && pass "nats JetStream target: the stream holds both" ||
+# (4: the two events, and the same two transformed to one source and id: two deliveries, each
+# stored, as the Nats-Msg-Id names the delivery, not the payload)
+wait_for "$E2E_WAIT" js_count 4 && pass "nats JetStream target: the stream holds all 4 deliveries" ||
     fail "OUTJS holds $($NC count "$P_NATS" OUTJS)"
 
 # ---- a schedule across kill -9 and a restart: every second once -----------------------------------

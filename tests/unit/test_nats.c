@@ -409,6 +409,15 @@ Test(nats, duplicate_window)
     store_entry plain = { "{\"x\":1}", 7, 0, NULL };
     cr_assert_eq(store_append_dedup(a, &plain, 1, &off1, &dup1), STORE_OK);
     cr_expect(!dup1 && off1 == 2);
+    /* a window longer than the stream keeps its messages: the stream's retention bounds it
+     * (the server refuses a longer one) */
+    store_nats_options short_no = { .urls = urls, .nurls = 1, .stream = "TD2" };
+    store_options short_o = { .dedup_ns = 600 * (uint64_t)1000000000,
+                              .retention_ns = 60 * (uint64_t)1000000000 };
+    store *c = NULL;
+    cr_expect_eq(nats_open(&short_no, &short_o, &c, err, sizeof err), STORE_OK, "%s", err);
+    if (c)
+        store_close(c);
     store_close(a);
     store_close(b);
     server_stop(&sv);
