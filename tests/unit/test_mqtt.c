@@ -28,93 +28,57 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "../../runtime/sources/mqtt.h"
+#include "servers.h"
 
 /* ---- a broker of the test's own ----------------------------------------------------------- */
 
 typedef struct {
-    pid_t pid;
-    int port;
-    char dir[64];
-    char url[64];
+    srv s;
     const char *conf;                 /* more mosquitto.conf lines ("%s": the folder), or NULL */
 } broker;
 
-static bool port_open(int port)
+static bool port_up(const srv *s)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bool ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
-    close(fd);
-    return ok;
+    return srv_port_open(s->port);
 }
 
-/* Starts mosquitto; the first time on a new port and folder, later on the same ones. */
+/* Starts mosquitto (sent SIGTERM if the test dies); the first time on a new port and folder,
+ * later on the same ones. */
 static void broker_start(broker *b)
 {
-    if (!b->port) {
-        static int k;
-        b->port = 6000 + (int)((unsigned)getpid() * 13u % 2900u) + k++;
-        snprintf(b->dir, sizeof b->dir, "/tmp/ebr-mqtt-XXXXXX");
-        cr_assert_not_null(mkdtemp(b->dir));
+    char conf[128];
+    if (!b->s.port) {
+        srv_make(&b->s, "mqtt", "mqtt", SIGTERM);
         /* (mosquitto started as root runs as user mosquitto: it must be able to save there) */
-        cr_assert_eq(chmod(b->dir, 0777), 0);
-        snprintf(b->url, sizeof b->url, "mqtt://127.0.0.1:%d", b->port);
-        char conf[128];
-        snprintf(conf, sizeof conf, "%s/mosquitto.conf", b->dir);
+        cr_assert_eq(chmod(b->s.dir, 0777), 0);
+        snprintf(conf, sizeof conf, "%s/mosquitto.conf", b->s.dir);
         FILE *f = fopen(conf, "w");
         cr_assert_not_null(f);
         fprintf(f, "listener %d 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                "persistence_location %s/\n", b->port, b->dir);
+                "persistence_location %s/\n", b->s.port, b->s.dir);
         if (b->conf)
-            fprintf(f, b->conf, b->dir);
+            fprintf(f, b->conf, b->s.dir);
         fclose(f);
     }
-    char conf[128];
-    snprintf(conf, sizeof conf, "%s/mosquitto.conf", b->dir);
-    b->pid = fork();
-    cr_assert_geq(b->pid, 0);
-    if (b->pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGTERM);   /* (a test that crashes takes its broker along) */
-        freopen("/dev/null", "w", stderr);
-        freopen("/dev/null", "w", stdout);
-        execl("/usr/sbin/mosquitto", "mosquitto", "-c", conf, (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 300 && !port_open(b->port); i++) {   /* up to 30 s on a busy machine */
-        int st;
-        cr_assert_eq(waitpid(b->pid, &st, WNOHANG), 0, "mosquitto exited (port %d taken?)",
-                     b->port);
-        usleep(100000);
-    }
-    cr_assert(port_open(b->port), "mosquitto did not come up on port %d", b->port);
+    snprintf(conf, sizeof conf, "%s/mosquitto.conf", b->s.dir);
+    char *argv[] = { "mosquitto", "-c", conf, NULL };
+    srv_spawn(&b->s, "/usr/sbin/mosquitto", argv);
+    char hint[32];
+    snprintf(hint, sizeof hint, "port %d taken?", b->s.port);
+    srv_await(&b->s, 30, port_up, hint);      /* (30 s: a busy machine) */
 }
 
-/* Stops mosquitto (it saves its sessions on the way out). */
+/* Stops mosquitto (SIGTERM: it saves its sessions on the way out). */
 static void broker_kill(broker *b)
 {
-    if (b->pid > 0) {
-        kill(b->pid, SIGTERM);
-        waitpid(b->pid, NULL, 0);
-        b->pid = 0;
-    }
-}
-
-static void broker_end(broker *b)
-{
-    broker_kill(b);
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", b->dir);
-    cr_expect_eq(system(cmd), 0);
+    srv_kill(&b->s, SIGTERM);
 }
 
 /* ---- publishing and receiving with libmosquitto ----------------------------------------- */
@@ -133,7 +97,7 @@ static void publish(const broker *b, const char *topic, const void *data, size_t
     struct mosquitto *m = mosquitto_new(NULL, true, &done);
     mosquitto_int_option(m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
     mosquitto_publish_callback_set(m, on_pub);
-    cr_assert_eq(mosquitto_connect(m, "127.0.0.1", b->port, 30), MOSQ_ERR_SUCCESS);
+    cr_assert_eq(mosquitto_connect(m, "127.0.0.1", b->s.port, 30), MOSQ_ERR_SUCCESS);
     cr_assert_eq(mosquitto_publish_v5(m, NULL, topic, (int)n, data, qos, false, props), 0);
     for (int i = 0; i < 200 && !done; i++)
         mosquitto_loop(m, 50, 1);
@@ -185,7 +149,7 @@ static struct mosquitto *subscriber(const broker *b, const char *topic, inbox *i
     struct mosquitto *m = mosquitto_new(NULL, true, in);
     mosquitto_int_option(m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
     mosquitto_message_v5_callback_set(m, on_msg);
-    cr_assert_eq(mosquitto_connect(m, "127.0.0.1", b->port, 30), MOSQ_ERR_SUCCESS);
+    cr_assert_eq(mosquitto_connect(m, "127.0.0.1", b->s.port, 30), MOSQ_ERR_SUCCESS);
     cr_assert_eq(mosquitto_subscribe(m, NULL, topic, 1), MOSQ_ERR_SUCCESS);
     cr_assert_eq(mosquitto_loop_start(m), MOSQ_ERR_SUCCESS);
     return m;
@@ -299,7 +263,7 @@ static mqtt_source *start_source_at(const broker *b, test_sink *t, const char *n
                                     long hold_ms, const char *state_path)
 {
     static const char *topics[] = { "sensors/#" };
-    mqtt_source_conf c = { .name = name, .url = b->url, .topics = topics, .ntopics = 1,
+    mqtt_source_conf c = { .name = name, .url = b->s.url, .topics = topics, .ntopics = 1,
                            .qos = 1, .hold_ms = hold_ms, .state_path = state_path };
     src_sink sink = { sink_append, t };
     char err[256];
@@ -360,7 +324,7 @@ Test(mqtt, json_and_binary_payloads)
 
     cJSON *a = event_for(&t, "sensors/a");
     char src[96];
-    snprintf(src, sizeof src, "mqtt://127.0.0.1:%d/sensors/a", b.port);
+    snprintf(src, sizeof src, "mqtt://127.0.0.1:%d/sensors/a", b.s.port);
     cr_expect_str_eq(str(a, "specversion"), "1.0");
     cr_expect_str_eq(str(a, "type"), "mqtt.message");
     cr_expect_str_eq(str(a, "source"), src);
@@ -380,7 +344,7 @@ Test(mqtt, json_and_binary_payloads)
     cJSON_Delete(bj);
     cJSON_Delete(c);
     source_end(s, &t);
-    broker_end(&b);
+    srv_end(&b.s);
 }
 
 Test(mqtt, cloudevents_structured_and_binary)
@@ -437,7 +401,7 @@ Test(mqtt, cloudevents_structured_and_binary)
     cJSON_Delete(e2);
     cJSON_Delete(e3);
     source_end(s, &t);
-    broker_end(&b);
+    srv_end(&b.s);
 }
 
 /* ---- acknowledgements, sessions, reconnects ----------------------------------------------- */
@@ -464,7 +428,7 @@ Test(mqtt, not_stored_comes_again_and_is_stored_once)
     pthread_mutex_unlock(&t.mu);
     cJSON_Delete(e);
     source_end(s, &t);
-    broker_end(&b);
+    srv_end(&b.s);
 }
 
 Test(mqtt, persistent_session_keeps_messages_while_stopped)
@@ -483,7 +447,7 @@ Test(mqtt, persistent_session_keeps_messages_while_stopped)
     cJSON_Delete(event_for(&t, "sensors/p1"));
     cJSON_Delete(event_for(&t, "sensors/p2"));
     source_end(s, &t);
-    broker_end(&b);
+    srv_end(&b.s);
 }
 
 Test(mqtt, source_reconnects_after_broker_restart)
@@ -504,7 +468,7 @@ Test(mqtt, source_reconnects_after_broker_restart)
     cJSON_Delete(event_for(&t, "sensors/after"));
     cr_expect(mqtt_source_connected(s));
     source_end(s, &t);
-    broker_end(&b);
+    srv_end(&b.s);
 }
 
 /* ---- targets ------------------------------------------------------------------------------- */
@@ -534,7 +498,7 @@ Test(mqtt, target_publishes_qos1_from_several_threads)
     broker_start(&b);
     inbox in = { 0 };
     struct mosquitto *sub = subscriber(&b, "alerts", &in);
-    mqtt_target_conf c = { .url = b.url };
+    mqtt_target_conf c = { .url = b.s.url };
     char err[256], why[256] = "";
     mqtt_pub *p = mqtt_pub_open(&c, err, sizeof err);
     cr_assert_not_null(p, "%s", err);
@@ -570,7 +534,7 @@ Test(mqtt, target_publishes_qos1_from_several_threads)
                  "a wildcard is no topic to publish to");
     mqtt_pub_close(p);
     subscriber_end(sub, &in);
-    broker_end(&b);
+    srv_end(&b.s);
 }
 
 static long elapsed_ms(struct timespec a)
@@ -584,7 +548,7 @@ Test(mqtt, target_fails_in_time_while_the_broker_is_down)
 {
     broker b = { 0 };
     broker_start(&b);
-    mqtt_target_conf c = { .url = b.url, .client_id = "ebr-test-target" };
+    mqtt_target_conf c = { .url = b.s.url, .client_id = "ebr-test-target" };
     char err[256], why[256] = "";
     mqtt_pub *p = mqtt_pub_open(&c, err, sizeof err);
     cr_assert_not_null(p, "%s", err);
@@ -602,7 +566,7 @@ Test(mqtt, target_fails_in_time_while_the_broker_is_down)
         rc = mqtt_pub_send(p, "alerts", "3", 1, NULL, 1, false, 1000, why, sizeof why);
     cr_expect_eq(rc, 0, "not delivered after the broker came back: %s", why);
     mqtt_pub_close(p);
-    broker_end(&b);
+    srv_end(&b.s);
 }
 
 /* ---- configurations refused ---------------------------------------------------------------- */
@@ -804,7 +768,7 @@ static void publish_many(const broker *b, const char *topic, const char *text, l
     long done = 0;
     struct mosquitto *m = mosquitto_new(NULL, true, &done);
     mosquitto_publish_callback_set(m, on_pub_count);
-    cr_assert_eq(mosquitto_connect(m, "127.0.0.1", b->port, 30), MOSQ_ERR_SUCCESS);
+    cr_assert_eq(mosquitto_connect(m, "127.0.0.1", b->s.port, 30), MOSQ_ERR_SUCCESS);
     for (long i = 0; i < count; i++) {
         cr_assert_eq(mosquitto_publish(m, NULL, topic, (int)strlen(text), text, 1, false), 0);
         while (i - done > 200)           /* (a window, so that the queue stays short) */
@@ -859,7 +823,7 @@ Test(mqtt, equal_payloads_get_distinct_ids)
     cr_expect_eq(all, 70);
     cr_expect_eq(k, 70, "70 equal messages, %zu distinct ids", k);
     source_end(s, &t);
-    broker_end(&b);
+    srv_end(&b.s);
 }
 
 /* A sink that keeps only the ids of what it is given (a whole cycle of identifiers). */
@@ -896,7 +860,7 @@ Test(mqtt, equal_payloads_through_a_wrap_of_identifiers, .timeout = 120)
     id_sink t = { .ids = calloc(N + 10, 33), .cap = N + 10 };
     pthread_mutex_init(&t.mu, NULL);
     static const char *topics[] = { "t/x" };
-    mqtt_source_conf c = { .name = "wrap", .url = b.url, .topics = topics, .ntopics = 1,
+    mqtt_source_conf c = { .name = "wrap", .url = b.s.url, .topics = topics, .ntopics = 1,
                            .qos = 1 };
     char err[256];
     mqtt_source *s = mqtt_source_start(&c, (src_sink){ id_append, &t }, err, sizeof err);
@@ -921,7 +885,7 @@ Test(mqtt, equal_payloads_through_a_wrap_of_identifiers, .timeout = 120)
         same += !memcmp(t.ids[i], t.ids[i - 1], 33);
     cr_expect_eq(same, 0, "%zu of %d equal messages took an id already given", same, N);
     free(t.ids);
-    broker_end(&b);
+    srv_end(&b.s);
 }
 
 Test(mqtt, redelivery_to_a_restarted_source_keeps_its_id)
@@ -931,7 +895,7 @@ Test(mqtt, redelivery_to_a_restarted_source_keeps_its_id)
     test_sink t;
     sink_init(&t);
     char state[96];
-    snprintf(state, sizeof state, "%s/state.mqtt", b.dir);
+    snprintf(state, sizeof state, "%s/state.mqtt", b.s.dir);
     mqtt_source *s = start_source_at(&b, &t, "again", 10000, state);
     wait_ready(&b, &t);
     publish_many(&b, "sensors/beat", "on", 3);
@@ -963,7 +927,7 @@ Test(mqtt, redelivery_to_a_restarted_source_keeps_its_id)
     cJSON_Delete(e);
     source_end(s, &t);
     free(refused);
-    broker_end(&b);
+    srv_end(&b.s);
 }
 
 /* ---- a subscription refused ------------------------------------------------------------------ */
@@ -977,7 +941,7 @@ Test(mqtt, redelivery_to_a_restarted_source_keeps_its_id)
 static void write_dynsec(const broker *b)
 {
     char path[96];
-    snprintf(path, sizeof path, "%s/dynsec.json", b->dir);
+    snprintf(path, sizeof path, "%s/dynsec.json", b->s.dir);
     FILE *f = fopen(path, "w");
     cr_assert_not_null(f);
     fputs("{\"defaultACLAccess\":{\"publishClientSend\":true,\"publishClientReceive\":true,"
@@ -994,12 +958,12 @@ static void write_dynsec(const broker *b)
 static bool connected_with(broker *b, const char *const *topics, size_t n, char *log, size_t cap)
 {
     char path[96];
-    snprintf(path, sizeof path, "%s/log", b->dir);
+    snprintf(path, sizeof path, "%s/log", b->s.dir);
     fflush(stderr);
     int saved = dup(2), fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     dup2(fd, 2);
     close(fd);
-    mqtt_source_conf c = { .name = "acl", .url = b->url, .topics = topics, .ntopics = n,
+    mqtt_source_conf c = { .name = "acl", .url = b->s.url, .topics = topics, .ntopics = n,
                            .qos = 1 };
     src_sink sink = { sink_append, NULL };
     char err[256];
@@ -1037,5 +1001,5 @@ Test(mqtt, refused_subscription_is_not_connected)
               !strstr(log, "topic=\"allowed/#\""), "log: %s", log);
     cr_expect(connected_with(&b, fine, 1, log, sizeof log), "not connected: %s", log);
     cr_expect(!strstr(log, "refused"), "log: %s", log);
-    broker_end(&b);
+    srv_end(&b.s);
 }

@@ -8,126 +8,33 @@
  * de-duplication, and its failure when no server runs).
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <nats/nats.h>
 
 #include "../../runtime/sources/nats.h"
+#include "servers.h"
 
 /* ---- a server of the test's own ---------------------------------------------------------------- */
 
-typedef struct {
-    pid_t pid;
-    int port;
-    char dir[64];
-    char url[64];
-} server;
-
-static bool port_free(int port)
+/* nats-server in a folder /tmp/ebr-natsrc-XXXXXX, sent SIGKILL if the test dies. */
+static void server_start(srv *s)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bool ok = fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
-    if (fd >= 0)
-        close(fd);
-    return ok;
-}
-
-static int free_port(void)
-{
-    static int k;
-    for (int i = 0; i < 200; i++) {
-        int p = 6000 + (int)(((unsigned)getpid() * 13u + (unsigned)k++ * 7u) % 3000u);
-        if (port_free(p))
-            return p;
-    }
-    cr_assert_fail("no free port in 6000-8999");
-    return 0;
-}
-
-static bool reachable(const char *url)
-{
-    natsConnection *nc = NULL;
-    natsOptions *o = NULL;
-    natsOptions_Create(&o);
-    natsOptions_SetServers(o, &url, 1);
-    natsOptions_SetTimeout(o, 500);
-    natsOptions_SetMaxReconnect(o, 0);
-    bool ok = natsConnection_Connect(&nc, o) == NATS_OK;
-    natsConnection_Destroy(nc);
-    natsOptions_Destroy(o);
-    return ok;
-}
-
-/* Runs nats-server on s's port and folder (kept across a restart). */
-static void server_run(server *s)
-{
-    char port[16];
-    snprintf(port, sizeof port, "%d", s->port);
-    s->pid = fork();
-    cr_assert_geq(s->pid, 0);
-    if (s->pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);   /* (a test that crashes takes its server along) */
-        freopen("/dev/null", "w", stderr);
-        freopen("/dev/null", "w", stdout);
-        execlp("nats-server", "nats-server", "-js", "-a", "127.0.0.1", "-p", port, "-sd", s->dir,
-               (char *)NULL);
-        execl("/usr/sbin/nats-server", "nats-server", "-js", "-a", "127.0.0.1", "-p", port,
-              "-sd", s->dir, (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 600 && !reachable(s->url); i++) {   /* up to 60 s on a busy machine */
-        int st;
-        cr_assert_eq(waitpid(s->pid, &st, WNOHANG), 0, "nats-server exited (is it installed?)");
-        usleep(100000);
-    }
-    cr_assert(reachable(s->url), "nats-server did not come up on %s", s->url);
-}
-
-static void server_start(server *s)
-{
-    s->port = free_port();
-    snprintf(s->dir, sizeof s->dir, "/tmp/ebr-natsrc-XXXXXX");
-    cr_assert_not_null(mkdtemp(s->dir));
-    snprintf(s->url, sizeof s->url, "nats://127.0.0.1:%d", s->port);
-    server_run(s);
-}
-
-static void server_kill(server *s, int sig)
-{
-    if (s->pid > 0) {
-        kill(s->pid, sig);
-        waitpid(s->pid, NULL, 0);
-        s->pid = 0;
-    }
-}
-
-static void server_stop(server *s)
-{
-    server_kill(s, SIGTERM);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", s->dir);
-    cr_expect_eq(system(cmd), 0);
+    srv_nats_start(s, "natsrc", SIGKILL);
 }
 
 /* ---- a client of the test's own ---------------------------------------------------------------- */
 
-static natsConnection *client(const server *sv)
+static natsConnection *client(const srv *sv)
 {
     natsConnection *nc = NULL;
     cr_assert_eq(natsConnection_ConnectTo(&nc, sv->url), NATS_OK);
@@ -270,7 +177,7 @@ static bool wait_connected(natsrc *s, int ms)
     return natsrc_connected(s);
 }
 
-static natsrc *start(const server *sv, const char *name, const char *subject, const char *stream,
+static natsrc *start(const srv *sv, const char *name, const char *subject, const char *stream,
                      long ack_wait_ms, keeper *k)
 {
     const char *urls[1] = { sv->url };
@@ -460,7 +367,7 @@ Test(natsrc, bad_configuration)
 Test(natsrc, source_without_a_server)
 {
     char url[64];
-    snprintf(url, sizeof url, "nats://127.0.0.1:%d", free_port());
+    snprintf(url, sizeof url, "nats://127.0.0.1:%d", srv_free_port());
     const char *urls[1] = { url };
     keeper *k = keeper_new();
     for (int jetstream = 0; jetstream < 2; jetstream++) {
@@ -484,7 +391,7 @@ Test(natsrc, source_without_a_server)
 
 Test(natsrc, core_subjects_to_events)
 {
-    server sv;
+    srv sv;
     server_start(&sv);
     keeper *k = keeper_new();
     natsrc *s = start(&sv, "orders_in", "orders.>", NULL, 0, k);
@@ -538,7 +445,7 @@ Test(natsrc, core_subjects_to_events)
     natsConnection_Destroy(nc);
     natsrc_stop(s);
     keeper_free(k);
-    server_stop(&sv);
+    srv_end(&sv);
 }
 
 /* ---- JetStream ------------------------------------------------------------------------------------ */
@@ -557,7 +464,7 @@ static int64_t ack_pending(jsCtx *js, const char *stream, const char *consumer, 
 
 Test(natsrc, jetstream_backlog)
 {
-    server sv;
+    srv sv;
     server_start(&sv);
     natsConnection *nc = client(&sv);
     jsCtx *js = jetstream(nc);
@@ -601,12 +508,12 @@ Test(natsrc, jetstream_backlog)
     keeper_free(k);
     jsCtx_Destroy(js);
     natsConnection_Destroy(nc);
-    server_stop(&sv);
+    srv_end(&sv);
 }
 
 Test(natsrc, jetstream_retry_comes_again)
 {
-    server sv;
+    srv sv;
     server_start(&sv);
     natsConnection *nc = client(&sv);
     jsCtx *js = jetstream(nc);
@@ -626,7 +533,7 @@ Test(natsrc, jetstream_retry_comes_again)
     keeper_free(k);
     jsCtx_Destroy(js);
     natsConnection_Destroy(nc);
-    server_stop(&sv);
+    srv_end(&sv);
 }
 
 static void *stopper(void *arg)
@@ -637,7 +544,7 @@ static void *stopper(void *arg)
 
 Test(natsrc, jetstream_not_acked_before_the_append)
 {
-    server sv;
+    srv sv;
     server_start(&sv);
     natsConnection *nc = client(&sv);
     jsCtx *js = jetstream(nc);
@@ -673,12 +580,12 @@ Test(natsrc, jetstream_not_acked_before_the_append)
     keeper_free(k2);
     jsCtx_Destroy(js);
     natsConnection_Destroy(nc);
-    server_stop(&sv);
+    srv_end(&sv);
 }
 
 Test(natsrc, jetstream_survives_a_server_restart, .timeout = 90)
 {
-    server sv;
+    srv sv;
     server_start(&sv);
     natsConnection *nc = client(&sv);
     jsCtx *js = jetstream(nc);
@@ -690,11 +597,11 @@ Test(natsrc, jetstream_survives_a_server_restart, .timeout = 90)
     jsCtx_Destroy(js);
     natsConnection_Destroy(nc);
 
-    server_kill(&sv, SIGKILL);
+    srv_kill(&sv, SIGKILL);
     for (int i = 0; i < 100 && natsrc_connected(s); i++)
         usleep(50000);
     cr_expect(!natsrc_connected(s), "connected to a dead server");
-    server_run(&sv);
+    srv_nats_run(&sv);
     nc = client(&sv);
     js = jetstream(nc);
     for (int i = 2; i <= 3; i++) {
@@ -719,7 +626,7 @@ Test(natsrc, jetstream_survives_a_server_restart, .timeout = 90)
     keeper_free(k);
     jsCtx_Destroy(js);
     natsConnection_Destroy(nc);
-    server_stop(&sv);
+    srv_end(&sv);
 }
 
 /* ---- the target ----------------------------------------------------------------------------------- */
@@ -750,7 +657,7 @@ static int send_soon(natspub *p, const char *subject, const char *data, const ch
 
 Test(natsrc, target_core)
 {
-    server sv;
+    srv sv;
     server_start(&sv);
     natsConnection *nc = client(&sv);
     natsSubscription *sub = NULL;
@@ -771,12 +678,12 @@ Test(natsrc, target_core)
     natspub_close(p);
     natsSubscription_Destroy(sub);
     natsConnection_Destroy(nc);
-    server_stop(&sv);
+    srv_end(&sv);
 }
 
 Test(natsrc, target_jetstream_dedup)
 {
-    server sv;
+    srv sv;
     server_start(&sv);
     natsConnection *nc = client(&sv);
     jsCtx *js = jetstream(nc);
@@ -797,13 +704,13 @@ Test(natsrc, target_jetstream_dedup)
     natspub_close(p);
     jsCtx_Destroy(js);
     natsConnection_Destroy(nc);
-    server_stop(&sv);
+    srv_end(&sv);
 }
 
 Test(natsrc, target_without_a_server)
 {
     char url[64];
-    snprintf(url, sizeof url, "nats://127.0.0.1:%d", free_port());
+    snprintf(url, sizeof url, "nats://127.0.0.1:%d", srv_free_port());
     for (int jetstream = 0; jetstream < 2; jetstream++) {
         natspub *p = open_pub(url, jetstream);
         struct timespec a, b;
