@@ -363,6 +363,32 @@ Test(natsrc, core_subjects_to_events)
 
 /* ---- JetStream ------------------------------------------------------------------------------------ */
 
+/* A JetStream test's own: a server with a stream, a client of it, an empty sink. */
+typedef struct {
+    srv sv;
+    natsConnection *nc;
+    jsCtx *js;
+    tsink k;
+} js_test;
+
+/* Starts f's server, the stream named stream taking subjects, its client and sink. */
+static void js_begin(js_test *f, const char *stream, const char *subjects)
+{
+    server_start(&f->sv);
+    f->nc = client(&f->sv);
+    f->js = jetstream(f->nc);
+    add_stream(f->js, stream, subjects);
+    tsink_init(&f->k);
+}
+
+static void js_end(js_test *f)
+{
+    tsink_end(&f->k);
+    jsCtx_Destroy(f->js);
+    natsConnection_Destroy(f->nc);
+    srv_end(&f->sv);
+}
+
 static int64_t ack_pending(jsCtx *js, const char *stream, const char *consumer, uint64_t *floor)
 {
     jsConsumerInfo *ci = NULL;
@@ -377,24 +403,19 @@ static int64_t ack_pending(jsCtx *js, const char *stream, const char *consumer, 
 
 Test(natsrc, jetstream_backlog)
 {
-    srv sv;
-    server_start(&sv);
-    natsConnection *nc = client(&sv);
-    jsCtx *js = jetstream(nc);
-    add_stream(js, "ORDERS", "orders.>");
-    js_publish(js, "orders.a", "{\"n\":1}", NULL);
-    js_publish(js, "orders.b", "{\"n\":2}", "pub-2");
-    js_publish(js, "orders.a", "{\"n\":3}", NULL);
+    js_test f;
+    js_begin(&f, "ORDERS", "orders.>");
+    js_publish(f.js, "orders.a", "{\"n\":1}", NULL);
+    js_publish(f.js, "orders.b", "{\"n\":2}", "pub-2");
+    js_publish(f.js, "orders.a", "{\"n\":3}", NULL);
 
-    tsink k;
-    tsink_init(&k);
-    natsrc *s = start(&sv, "orders_js", NULL, "ORDERS", 0, &k);
-    cr_assert(tsink_wait(&k, 3, 10000), "%zu of 3 events", tsink_count(&k));
+    natsrc *s = start(&f.sv, "orders_js", NULL, "ORDERS", 0, &f.k);
+    cr_assert(tsink_wait(&f.k, 3, 10000), "%zu of 3 events", tsink_count(&f.k));
     char src[80];
-    snprintf(src, sizeof src, "nats://127.0.0.1:%d/ORDERS", sv.port);
+    snprintf(src, sizeof src, "nats://127.0.0.1:%d/ORDERS", f.sv.port);
     const char *ids[3] = { "ORDERS:1", "pub-2", "ORDERS:3" };
     for (int i = 0; i < 3; i++) {
-        cJSON *e = tsink_at(&k, i);
+        cJSON *e = tsink_at(&f.k, i);
         cr_expect_str_eq(tsink_str(e, "id"), ids[i]);
         cr_expect_str_eq(tsink_str(e, "source"), src);
         cr_expect_str_eq(tsink_str(e, "subject"), i == 1 ? "orders.b" : "orders.a");
@@ -404,52 +425,41 @@ Test(natsrc, jetstream_backlog)
     }
     /* acknowledged: the durable's floor moves to 3, and a new source goes on from there */
     uint64_t floor = 0;
-    for (int i = 0; i < 100 && (ack_pending(js, "ORDERS", "ebr-orders_js", &floor) || floor < 3);
+    for (int i = 0; i < 100 && (ack_pending(f.js, "ORDERS", "ebr-orders_js", &floor) || floor < 3);
          i++)
         usleep(100000);
     cr_expect_eq(floor, 3);
     natsrc_stop(s);
-    s = start(&sv, "orders_js", NULL, "ORDERS", 0, &k);
-    js_publish(js, "orders.c", "{\"n\":4}", NULL);
-    cr_assert(tsink_wait(&k, 4, 10000));
+    s = start(&f.sv, "orders_js", NULL, "ORDERS", 0, &f.k);
+    js_publish(f.js, "orders.c", "{\"n\":4}", NULL);
+    cr_assert(tsink_wait(&f.k, 4, 10000));
     usleep(500000);
-    cr_expect_eq(tsink_count(&k), 4, "nothing taken twice");
-    cJSON *e = tsink_at(&k, 3);
+    cr_expect_eq(tsink_count(&f.k), 4, "nothing taken twice");
+    cJSON *e = tsink_at(&f.k, 3);
     cr_expect_str_eq(tsink_str(e, "id"), "ORDERS:4");
     cJSON_Delete(e);
 
     natsrc_stop(s);
-    tsink_end(&k);
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
-    srv_end(&sv);
+    js_end(&f);
 }
 
 Test(natsrc, jetstream_retry_comes_again)
 {
-    srv sv;
-    server_start(&sv);
-    natsConnection *nc = client(&sv);
-    jsCtx *js = jetstream(nc);
-    add_stream(js, "ORDERS", "orders.>");
-    tsink k;
-    tsink_init(&k);
-    k.refuse = tsink_refuse_next;
-    k.retries = 2;
-    natsrc *s = start(&sv, "r", "orders.>", "ORDERS", 0, &k);
-    js_publish(js, "orders.a", "{\"n\":1}", NULL);
-    cr_assert(tsink_wait(&k, 1, 15000), "not stored after the retries");
+    js_test f;
+    js_begin(&f, "ORDERS", "orders.>");
+    f.k.refuse = tsink_refuse_next;
+    f.k.retries = 2;
+    natsrc *s = start(&f.sv, "r", "orders.>", "ORDERS", 0, &f.k);
+    js_publish(f.js, "orders.a", "{\"n\":1}", NULL);
+    cr_assert(tsink_wait(&f.k, 1, 15000), "not stored after the retries");
     usleep(1000000);
-    pthread_mutex_lock(&k.mu);
-    cr_expect_eq(k.n, 1, "stored once");
-    cr_expect_eq(k.calls, 3, "two refusals, then stored");
-    pthread_mutex_unlock(&k.mu);
-    cr_expect_eq(ack_pending(js, "ORDERS", "ebr-r", NULL), 0);
+    pthread_mutex_lock(&f.k.mu);
+    cr_expect_eq(f.k.n, 1, "stored once");
+    cr_expect_eq(f.k.calls, 3, "two refusals, then stored");
+    pthread_mutex_unlock(&f.k.mu);
+    cr_expect_eq(ack_pending(f.js, "ORDERS", "ebr-r", NULL), 0);
     natsrc_stop(s);
-    tsink_end(&k);
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
-    srv_end(&sv);
+    js_end(&f);
 }
 
 static void *stopper(void *arg)
@@ -460,66 +470,53 @@ static void *stopper(void *arg)
 
 Test(natsrc, jetstream_not_acked_before_the_append)
 {
-    srv sv;
-    server_start(&sv);
-    natsConnection *nc = client(&sv);
-    jsCtx *js = jetstream(nc);
-    add_stream(js, "ORDERS", "orders.>");
-    tsink k;
-    tsink_init(&k);
-    tsink_block(&k, true);
-    natsrc *s = start(&sv, "held", NULL, "ORDERS", 1000, &k);
-    js_publish(js, "orders.a", "{\"n\":1}", NULL);
-    cr_assert(tsink_wait_blocked(&k, 10000), "the append was not reached");
-    cr_expect_eq(ack_pending(js, "ORDERS", "ebr-held", NULL), 1, "delivered, not acknowledged");
+    js_test f;
+    js_begin(&f, "ORDERS", "orders.>");
+    tsink_block(&f.k, true);
+    natsrc *s = start(&f.sv, "held", NULL, "ORDERS", 1000, &f.k);
+    js_publish(f.js, "orders.a", "{\"n\":1}", NULL);
+    cr_assert(tsink_wait_blocked(&f.k, 10000), "the append was not reached");
+    cr_expect_eq(ack_pending(f.js, "ORDERS", "ebr-held", NULL), 1, "delivered, not acknowledged");
 
     /* stopped while the append is in progress: once it returns, nothing is acknowledged */
     pthread_t t;
     pthread_create(&t, NULL, stopper, s);
     usleep(300000);
-    tsink_block(&k, false);
+    tsink_block(&f.k, false);
     pthread_join(t, NULL);
     uint64_t floor = 9;
-    ack_pending(js, "ORDERS", "ebr-held", &floor);
+    ack_pending(f.js, "ORDERS", "ebr-held", &floor);
     cr_expect_eq(floor, 0, "not acknowledged by a stopped source");
 
     tsink k2;
     tsink_init(&k2);
-    s = start(&sv, "held", NULL, "ORDERS", 1000, &k2);
+    s = start(&f.sv, "held", NULL, "ORDERS", 1000, &k2);
     cr_assert(tsink_wait(&k2, 1, 15000), "the message did not come again");
     cJSON *e = tsink_at(&k2, 0);
     cr_expect_str_eq(tsink_str(e, "id"), "ORDERS:1", "the same id: the bus drops the copy");
     cJSON_Delete(e);
     natsrc_stop(s);
-    tsink_end(&k);
     tsink_end(&k2);
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
-    srv_end(&sv);
+    js_end(&f);
 }
 
 Test(natsrc, jetstream_survives_a_server_restart, .timeout = 90)
 {
-    srv sv;
-    server_start(&sv);
-    natsConnection *nc = client(&sv);
-    jsCtx *js = jetstream(nc);
-    add_stream(js, "ORDERS", "orders.>");
-    tsink k;
-    tsink_init(&k);
-    natsrc *s = start(&sv, "rs", NULL, "ORDERS", 0, &k);
-    js_publish(js, "orders.a", "{\"n\":1}", NULL);
-    cr_assert(tsink_wait(&k, 1, 10000));
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
+    js_test f;
+    js_begin(&f, "ORDERS", "orders.>");
+    natsrc *s = start(&f.sv, "rs", NULL, "ORDERS", 0, &f.k);
+    js_publish(f.js, "orders.a", "{\"n\":1}", NULL);
+    cr_assert(tsink_wait(&f.k, 1, 10000));
+    jsCtx_Destroy(f.js);
+    natsConnection_Destroy(f.nc);
 
-    srv_kill(&sv, SIGKILL);
+    srv_kill(&f.sv, SIGKILL);
     for (int i = 0; i < 100 && natsrc_connected(s); i++)
         usleep(50000);
     cr_expect(!natsrc_connected(s), "connected to a dead server");
-    srv_nats_run(&sv);
-    nc = client(&sv);
-    js = jetstream(nc);
+    srv_nats_run(&f.sv);
+    f.nc = client(&f.sv);
+    f.js = jetstream(f.nc);
     for (int i = 2; i <= 3; i++) {
         char d[32];
         snprintf(d, sizeof d, "{\"n\":%d}", i);
@@ -529,20 +526,17 @@ Test(natsrc, jetstream_survives_a_server_restart, .timeout = 90)
         po.MaxWait = 2000;
         natsStatus st = NATS_ERR;
         for (int t = 0; t < 30 && st != NATS_OK; t++)
-            st = js_Publish(NULL, js, "orders.b", d, (int)strlen(d), &po, NULL);
+            st = js_Publish(NULL, f.js, "orders.b", d, (int)strlen(d), &po, NULL);
         cr_assert_eq(st, NATS_OK);
     }
-    cr_assert(tsink_wait(&k, 3, 30000), "%zu of 3 events after the restart", tsink_count(&k));
+    cr_assert(tsink_wait(&f.k, 3, 30000), "%zu of 3 events after the restart", tsink_count(&f.k));
     cr_expect(wait_connected(s, 10000));
-    cJSON *e = tsink_at(&k, 2);
+    cJSON *e = tsink_at(&f.k, 2);
     cr_expect_str_eq(tsink_str(e, "id"), "ORDERS:3");
     cJSON_Delete(e);
 
     natsrc_stop(s);
-    tsink_end(&k);
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
-    srv_end(&sv);
+    js_end(&f);
 }
 
 /* ---- the target ----------------------------------------------------------------------------------- */
@@ -599,12 +593,9 @@ Test(natsrc, target_core)
 
 Test(natsrc, target_jetstream_dedup)
 {
-    srv sv;
-    server_start(&sv);
-    natsConnection *nc = client(&sv);
-    jsCtx *js = jetstream(nc);
-    add_stream(js, "OUT", "out.>");
-    natspub *p = open_pub(sv.url, true);
+    js_test f;
+    js_begin(&f, "OUT", "out.>");
+    natspub *p = open_pub(f.sv.url, true);
     char why[300] = "";
     cr_assert_eq(send_soon(p, "out.orders", "{\"n\":1}", "e-1", why), 0, "%s", why);
     cr_assert_eq(natspub_send(p, "out.orders", "{\"n\":1}", 7, NULL, "e-1", 5000, why,
@@ -612,15 +603,13 @@ Test(natsrc, target_jetstream_dedup)
     cr_assert_eq(natspub_send(p, "out.orders", "{\"n\":2}", 7, NULL, "e-2", 5000, why,
                               sizeof why), 0, "%s", why);
     jsStreamInfo *si = NULL;
-    cr_assert_eq(js_GetStreamInfo(&si, js, "OUT", NULL, NULL), NATS_OK);
+    cr_assert_eq(js_GetStreamInfo(&si, f.js, "OUT", NULL, NULL), NATS_OK);
     cr_expect_eq(si->State.Msgs, 2, "the stream holds %d", (int)si->State.Msgs);
     jsStreamInfo_Destroy(si);
     cr_expect_eq(natspub_send(p, "nostream.x", "{}", 2, NULL, NULL, 2000, why, sizeof why), -1,
                  "no stream takes the subject");
     natspub_close(p);
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
-    srv_end(&sv);
+    js_end(&f);
 }
 
 Test(natsrc, target_without_a_server)
