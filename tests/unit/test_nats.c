@@ -17,7 +17,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -25,77 +24,17 @@
 #include <nats/nats.h>
 
 #include "../../runtime/runtime.h"
+#include "servers.h"
 
 /* ---- a server of the test's own ---------------------------------------------------------------- */
 
-typedef struct {
-    pid_t pid;
-    int port;
-    char dir[64];
-    char url[64];
-} server;
-
-static int next_port(void)
+/* nats-server in a folder /tmp/ebr-nats-XXXXXX, sent SIGTERM if the test dies. */
+static void server_start(srv *s)
 {
-    static int k;
-    return 6000 + (int)((unsigned)getpid() * 7u % 2900u) + k++;
+    srv_nats_start(s, "nats", SIGTERM);
 }
 
-static bool reachable(const char *url)
-{
-    natsConnection *nc = NULL;
-    natsOptions *o = NULL;
-    natsOptions_Create(&o);
-    natsOptions_SetServers(o, &url, 1);
-    natsOptions_SetTimeout(o, 500);
-    natsOptions_SetMaxReconnect(o, 0);
-    bool ok = natsConnection_Connect(&nc, o) == NATS_OK;
-    natsConnection_Destroy(nc);
-    natsOptions_Destroy(o);
-    return ok;
-}
-
-static void server_start(server *s)
-{
-    s->port = next_port();
-    snprintf(s->dir, sizeof s->dir, "/tmp/ebr-nats-XXXXXX");
-    cr_assert_not_null(mkdtemp(s->dir));
-    snprintf(s->url, sizeof s->url, "nats://127.0.0.1:%d", s->port);
-    char port[16];
-    snprintf(port, sizeof port, "%d", s->port);
-    s->pid = fork();
-    cr_assert_geq(s->pid, 0);
-    if (s->pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGTERM);   /* (a test that crashes takes its server along) */
-        freopen("/dev/null", "w", stderr);
-        freopen("/dev/null", "w", stdout);
-        execlp("nats-server", "nats-server", "-js", "-a", "127.0.0.1", "-p", port, "-sd", s->dir,
-               (char *)NULL);
-        execl("/usr/sbin/nats-server", "nats-server", "-js", "-a", "127.0.0.1", "-p", port,
-              "-sd", s->dir, (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 600 && !reachable(s->url); i++) {   /* up to 60 s on a busy machine */
-        int st;
-        cr_assert_eq(waitpid(s->pid, &st, WNOHANG), 0, "nats-server exited (is it installed?)");
-        usleep(100000);
-    }
-    cr_assert(reachable(s->url), "nats-server did not come up on %s", s->url);
-}
-
-static void server_stop(server *s)
-{
-    if (s->pid > 0) {
-        kill(s->pid, SIGTERM);
-        waitpid(s->pid, NULL, 0);
-        s->pid = 0;
-    }
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", s->dir);
-    cr_expect_eq(system(cmd), 0);
-}
-
-static store *open_bus(const server *sv, const char *stream, int64_t ack_wait_ms)
+static store *open_bus(const srv *sv, const char *stream, int64_t ack_wait_ms)
 {
     const char *urls[1] = { sv->url };
     store_nats_options no = { .urls = urls, .nurls = 1, .stream = stream,
@@ -129,7 +68,7 @@ static void append_n(store *s, int from, int n)
 
 Test(nats, append_and_read)
 {
-    server sv;
+    srv sv;
     server_start(&sv);
     store *s = open_bus(&sv, "T1", 0);
     cr_expect(store_shared(s), "a JetStream bus is shared");
@@ -200,12 +139,12 @@ Test(nats, append_and_read)
     cr_expect_eq(seen, 64, "scanned %" PRIu64 " of 64", seen);
     store_cursor_close(c);
     store_close(s);
-    server_stop(&sv);
+    srv_end(&sv);
 }
 
 Test(nats, cursor_by_time)
 {
-    server sv;
+    srv sv;
     server_start(&sv);
     store *s = open_bus(&sv, "T2", 0);
     append_n(s, 0, 2);
@@ -233,7 +172,7 @@ Test(nats, cursor_by_time)
     cr_expect_eq(store_cursor_offset(c), 2);
     store_cursor_close(c);
     store_close(s);
-    server_stop(&sv);
+    srv_end(&sv);
 }
 
 /* ---- group cursors ------------------------------------------------------------------------------- */
@@ -269,7 +208,7 @@ static int read_both(store_cursor *a, store_cursor *b, int *seen, int nseen, int
 
 Test(nats, group_shares_records)
 {
-    server sv;
+    srv sv;
     server_start(&sv);
     store *s1 = open_bus(&sv, "T3", 0), *s2 = open_bus(&sv, "T3", 0);
     store_cursor *a, *b;
@@ -297,12 +236,12 @@ Test(nats, group_shares_records)
     store_cursor_close(b);
     store_close(s1);
     store_close(s2);
-    server_stop(&sv);
+    srv_end(&sv);
 }
 
 Test(nats, group_closed_reader_gives_back)
 {
-    server sv;
+    srv sv;
     server_start(&sv);
     store *s1 = open_bus(&sv, "T4", 60000), *s2 = open_bus(&sv, "T4", 60000);
     store_cursor *a, *b;
@@ -331,12 +270,12 @@ Test(nats, group_closed_reader_gives_back)
     store_cursor_close(b);
     store_close(s1);
     store_close(s2);
-    server_stop(&sv);
+    srv_end(&sv);
 }
 
 Test(nats, group_ack_wait_and_in_progress)
 {
-    server sv;
+    srv sv;
     server_start(&sv);
     /* (2 s: the holder says it is at work every 0.67 s, a margin for a busy machine) */
     store *s1 = open_bus(&sv, "T5", 2000), *s2 = open_bus(&sv, "T5", 2000);
@@ -370,14 +309,14 @@ Test(nats, group_ack_wait_and_in_progress)
     store_cursor_close(b);
     store_close(s1);
     store_close(s2);
-    server_stop(&sv);
+    srv_end(&sv);
 }
 
 /* ---- the stream's duplicate window (a bus's dedup on JetStream) ------------------------------- */
 
 Test(nats, duplicate_window)
 {
-    server sv;
+    srv sv;
     server_start(&sv);
     const char *urls[1] = { sv.url };
     store_nats_options no = { .urls = urls, .nurls = 1, .stream = "TD" };
@@ -420,14 +359,14 @@ Test(nats, duplicate_window)
         store_close(c);
     store_close(a);
     store_close(b);
-    server_stop(&sv);
+    srv_end(&sv);
 }
 
 /* ---- errors ------------------------------------------------------------------------------------- */
 
 Test(nats, errors)
 {
-    server sv;
+    srv sv;
     server_start(&sv);
     const char *urls[1] = { sv.url };
     store_nats_options no = { .urls = urls, .nurls = 1, .stream = "T6", .replicas = 3 };
@@ -435,7 +374,7 @@ Test(nats, errors)
     char err[512];
     cr_expect_neq(nats_open(&no, NULL, &s, err, sizeof err), STORE_OK);
     cr_expect(strstr(err, "cannot make stream T6 (replicas 3)"), "%s", err);
-    server_stop(&sv);
+    srv_end(&sv);
     no.replicas = 1;
     cr_expect_eq(nats_open(&no, NULL, &s, err, sizeof err), STORE_EIO);
     cr_expect(strstr(err, "cannot connect to NATS at nats://127.0.0.1:"), "%s", err);

@@ -8,126 +8,34 @@
  * de-duplication, and its failure when no server runs).
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <nats/nats.h>
 
 #include "../../runtime/sources/nats.h"
+#include "servers.h"
+#include "sink.h"
 
 /* ---- a server of the test's own ---------------------------------------------------------------- */
 
-typedef struct {
-    pid_t pid;
-    int port;
-    char dir[64];
-    char url[64];
-} server;
-
-static bool port_free(int port)
+/* nats-server in a folder /tmp/ebr-natsrc-XXXXXX, sent SIGKILL if the test dies. */
+static void server_start(srv *s)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bool ok = fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
-    if (fd >= 0)
-        close(fd);
-    return ok;
-}
-
-static int free_port(void)
-{
-    static int k;
-    for (int i = 0; i < 200; i++) {
-        int p = 6000 + (int)(((unsigned)getpid() * 13u + (unsigned)k++ * 7u) % 3000u);
-        if (port_free(p))
-            return p;
-    }
-    cr_assert_fail("no free port in 6000-8999");
-    return 0;
-}
-
-static bool reachable(const char *url)
-{
-    natsConnection *nc = NULL;
-    natsOptions *o = NULL;
-    natsOptions_Create(&o);
-    natsOptions_SetServers(o, &url, 1);
-    natsOptions_SetTimeout(o, 500);
-    natsOptions_SetMaxReconnect(o, 0);
-    bool ok = natsConnection_Connect(&nc, o) == NATS_OK;
-    natsConnection_Destroy(nc);
-    natsOptions_Destroy(o);
-    return ok;
-}
-
-/* Runs nats-server on s's port and folder (kept across a restart). */
-static void server_run(server *s)
-{
-    char port[16];
-    snprintf(port, sizeof port, "%d", s->port);
-    s->pid = fork();
-    cr_assert_geq(s->pid, 0);
-    if (s->pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);   /* (a test that crashes takes its server along) */
-        freopen("/dev/null", "w", stderr);
-        freopen("/dev/null", "w", stdout);
-        execlp("nats-server", "nats-server", "-js", "-a", "127.0.0.1", "-p", port, "-sd", s->dir,
-               (char *)NULL);
-        execl("/usr/sbin/nats-server", "nats-server", "-js", "-a", "127.0.0.1", "-p", port,
-              "-sd", s->dir, (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 600 && !reachable(s->url); i++) {   /* up to 60 s on a busy machine */
-        int st;
-        cr_assert_eq(waitpid(s->pid, &st, WNOHANG), 0, "nats-server exited (is it installed?)");
-        usleep(100000);
-    }
-    cr_assert(reachable(s->url), "nats-server did not come up on %s", s->url);
-}
-
-static void server_start(server *s)
-{
-    s->port = free_port();
-    snprintf(s->dir, sizeof s->dir, "/tmp/ebr-natsrc-XXXXXX");
-    cr_assert_not_null(mkdtemp(s->dir));
-    snprintf(s->url, sizeof s->url, "nats://127.0.0.1:%d", s->port);
-    server_run(s);
-}
-
-static void server_kill(server *s, int sig)
-{
-    if (s->pid > 0) {
-        kill(s->pid, sig);
-        waitpid(s->pid, NULL, 0);
-        s->pid = 0;
-    }
-}
-
-static void server_stop(server *s)
-{
-    server_kill(s, SIGTERM);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", s->dir);
-    cr_expect_eq(system(cmd), 0);
+    srv_nats_start(s, "natsrc", SIGKILL);
 }
 
 /* ---- a client of the test's own ---------------------------------------------------------------- */
 
-static natsConnection *client(const server *sv)
+static natsConnection *client(const srv *sv)
 {
     natsConnection *nc = NULL;
     cr_assert_eq(natsConnection_ConnectTo(&nc, sv->url), NATS_OK);
@@ -179,90 +87,6 @@ static void js_publish(jsCtx *js, const char *subject, const char *data, const c
                  "js_Publish: %d", (int)jerr);
 }
 
-/* ---- a sink that keeps what it is given -------------------------------------------------------- */
-
-typedef struct {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    char *ev[64];
-    int n;                        /* events stored */
-    int calls;                    /* appends, whatever became of them */
-    int retries;                  /* appends to answer SRC_RETRY before storing */
-    bool block, blocked;          /* block: appends wait until it is cleared; blocked: one does */
-} keeper;
-
-static keeper *keeper_new(void)
-{
-    keeper *k = calloc(1, sizeof *k);
-    pthread_mutex_init(&k->mu, NULL);
-    pthread_cond_init(&k->cv, NULL);
-    return k;
-}
-
-static void keeper_free(keeper *k)
-{
-    for (int i = 0; i < k->n; i++)
-        free(k->ev[i]);
-    free(k);
-}
-
-static src_result keep(void *arg, const char *ev, size_t n, char *why, size_t cap)
-{
-    keeper *k = arg;
-    pthread_mutex_lock(&k->mu);
-    k->calls++;
-    while (k->block) {
-        k->blocked = true;
-        pthread_cond_broadcast(&k->cv);
-        pthread_cond_wait(&k->cv, &k->mu);
-    }
-    src_result r = SRC_STORED;
-    if (k->retries > 0) {
-        k->retries--;
-        snprintf(why, cap, "the test says: later");
-        r = SRC_RETRY;
-    } else if (k->n < 64) {
-        k->ev[k->n++] = strndup(ev, n);
-    }
-    pthread_cond_broadcast(&k->cv);
-    pthread_mutex_unlock(&k->mu);
-    return r;
-}
-
-static src_sink sink_of(keeper *k)
-{
-    return (src_sink){ keep, k };
-}
-
-/* Waits up to ms for the keeper to hold n events (or, with n < 0, for an append to block). */
-static bool wait_for(keeper *k, int n, int ms)
-{
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += ms / 1000;
-    until.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
-    pthread_mutex_lock(&k->mu);
-    bool ok;
-    while (!(ok = n < 0 ? k->blocked : k->n >= n) &&
-           pthread_cond_timedwait(&k->cv, &k->mu, &until) == 0)
-        ;
-    ok = n < 0 ? k->blocked : k->n >= n;
-    pthread_mutex_unlock(&k->mu);
-    return ok;
-}
-
-static int stored(keeper *k)
-{
-    pthread_mutex_lock(&k->mu);
-    int n = k->n;
-    pthread_mutex_unlock(&k->mu);
-    return n;
-}
-
 static bool wait_connected(natsrc *s, int ms)
 {
     for (int i = 0; i < ms / 50 && !natsrc_connected(s); i++)
@@ -270,24 +94,17 @@ static bool wait_connected(natsrc *s, int ms)
     return natsrc_connected(s);
 }
 
-static natsrc *start(const server *sv, const char *name, const char *subject, const char *stream,
-                     long ack_wait_ms, keeper *k)
+static natsrc *start(const srv *sv, const char *name, const char *subject, const char *stream,
+                     long ack_wait_ms, tsink *k)
 {
     const char *urls[1] = { sv->url };
     natsrc_conf c = { .name = name, .urls = urls, .nurls = 1, .subject = subject,
                       .stream = stream, .ack_wait_ms = ack_wait_ms };
     char err[512];
-    natsrc *s = natsrc_start(&c, sink_of(k), err, sizeof err);
+    natsrc *s = natsrc_start(&c, tsink_sink(k), err, sizeof err);
     cr_assert_not_null(s, "natsrc_start: %s", err);
     cr_assert(wait_connected(s, 20000), "the source did not connect");
     return s;
-}
-
-/* The attribute name of event text ev, as a string ("" if none). */
-static const char *attr(cJSON *e, const char *name)
-{
-    cJSON *a = cJSON_GetObjectItemCaseSensitive(e, name);
-    return cJSON_IsString(a) ? a->valuestring : "";
 }
 
 /* ---- the event of a message, without a server ------------------------------------------------- */
@@ -312,13 +129,13 @@ Test(natsrc, plain_messages)
     cJSON *e;
     char why[300];
     cr_assert_eq(event_of(&m, &e, why), 1);
-    cr_expect_str_eq(attr(e, "specversion"), "1.0");
-    cr_expect_str_eq(attr(e, "id"), "abc");
-    cr_expect_str_eq(attr(e, "source"), "nats://h:4222");
-    cr_expect_str_eq(attr(e, "type"), "nats.message");
-    cr_expect_str_eq(attr(e, "subject"), "orders.eu");
-    cr_expect_str_eq(attr(e, "time"), "2023-11-14T22:13:20.123Z");
-    cr_expect_str_eq(attr(e, "datacontenttype"), "application/json");
+    cr_expect_str_eq(tsink_str(e, "specversion"), "1.0");
+    cr_expect_str_eq(tsink_str(e, "id"), "abc");
+    cr_expect_str_eq(tsink_str(e, "source"), "nats://h:4222");
+    cr_expect_str_eq(tsink_str(e, "type"), "nats.message");
+    cr_expect_str_eq(tsink_str(e, "subject"), "orders.eu");
+    cr_expect_str_eq(tsink_str(e, "time"), "2023-11-14T22:13:20.123Z");
+    cr_expect_str_eq(tsink_str(e, "datacontenttype"), "application/json");
     cr_expect_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(e, "data"), "a")->valueint, 1);
     cJSON_Delete(e);
 
@@ -326,8 +143,8 @@ Test(natsrc, plain_messages)
     m.data = "\x01\x02\xff";
     m.n = 3;
     cr_assert_eq(event_of(&m, &e, why), 1);
-    cr_expect_str_eq(attr(e, "data_base64"), "AQL/");
-    cr_expect_str_eq(attr(e, "datacontenttype"), "application/octet-stream");
+    cr_expect_str_eq(tsink_str(e, "data_base64"), "AQL/");
+    cr_expect_str_eq(tsink_str(e, "datacontenttype"), "application/octet-stream");
     cJSON_Delete(e);
     const char *hn[2] = { "content-type", "Nats-Msg-Id" }, *hv[2] = { "text/plain", "m-1" };
     m.hnames = hn;
@@ -336,13 +153,13 @@ Test(natsrc, plain_messages)
     m.data = "hello";
     m.n = 5;
     cr_assert_eq(event_of(&m, &e, why), 1);
-    cr_expect_str_eq(attr(e, "data"), "hello");
-    cr_expect_str_eq(attr(e, "datacontenttype"), "text/plain");
-    cr_expect_str_eq(attr(e, "id"), "abc", "core NATS: Nats-Msg-Id is not the id");
+    cr_expect_str_eq(tsink_str(e, "data"), "hello");
+    cr_expect_str_eq(tsink_str(e, "datacontenttype"), "text/plain");
+    cr_expect_str_eq(tsink_str(e, "id"), "abc", "core NATS: Nats-Msg-Id is not the id");
     cJSON_Delete(e);
     m.jetstream = true;
     cr_assert_eq(event_of(&m, &e, why), 1);
-    cr_expect_str_eq(attr(e, "id"), "m-1", "JetStream: Nats-Msg-Id is the id");
+    cr_expect_str_eq(tsink_str(e, "id"), "m-1", "JetStream: Nats-Msg-Id is the id");
     cJSON_Delete(e);
 
     /* no payload: no data */
@@ -375,8 +192,8 @@ Test(natsrc, structured_mode)
     m.nh = 1;
     cJSON *e;
     cr_assert_eq(event_of(&m, &e, why), 1);
-    cr_expect_str_eq(attr(e, "type"), "nats.message");
-    cr_expect_str_eq(attr(cJSON_GetObjectItem(e, "data"), "id"), "x1");
+    cr_expect_str_eq(tsink_str(e, "type"), "nats.message");
+    cr_expect_str_eq(tsink_str(cJSON_GetObjectItem(e, "data"), "id"), "x1");
     cJSON_Delete(e);
     sb_free(&b);
 }
@@ -394,15 +211,15 @@ Test(natsrc, binary_mode)
     cJSON *e;
     char why[300];
     cr_assert_eq(event_of(&m, &e, why), 1, "%s", why);
-    cr_expect_str_eq(attr(e, "specversion"), "1.0");
-    cr_expect_str_eq(attr(e, "id"), "e-7");
-    cr_expect_str_eq(attr(e, "source"), "/my/src");
-    cr_expect_str_eq(attr(e, "type"), "com.example.made");
-    cr_expect_str_eq(attr(e, "time"), "2024-01-02T03:04:05Z");
-    cr_expect_str_eq(attr(e, "subject"), "Euro \xe2\x82\xac \xf0\x9f\x98\x80");
-    cr_expect_str_eq(attr(e, "datacontenttype"), "application/json");
-    cr_expect_str_eq(attr(e, "myext"), "v%");
-    cr_expect_str_eq(attr(e, "quoted"), "a \"b\"");
+    cr_expect_str_eq(tsink_str(e, "specversion"), "1.0");
+    cr_expect_str_eq(tsink_str(e, "id"), "e-7");
+    cr_expect_str_eq(tsink_str(e, "source"), "/my/src");
+    cr_expect_str_eq(tsink_str(e, "type"), "com.example.made");
+    cr_expect_str_eq(tsink_str(e, "time"), "2024-01-02T03:04:05Z");
+    cr_expect_str_eq(tsink_str(e, "subject"), "Euro \xe2\x82\xac \xf0\x9f\x98\x80");
+    cr_expect_str_eq(tsink_str(e, "datacontenttype"), "application/json");
+    cr_expect_str_eq(tsink_str(e, "myext"), "v%");
+    cr_expect_str_eq(tsink_str(e, "quoted"), "a \"b\"");
     cr_expect_eq(cJSON_GetArraySize(cJSON_GetObjectItem(cJSON_GetObjectItem(e, "data"), "k")), 2);
     cJSON_Delete(e);
 
@@ -412,8 +229,8 @@ Test(natsrc, binary_mode)
     m.data = "plain words";
     m.n = 11;
     cr_assert_eq(event_of(&m, &e, why), 1, "%s", why);
-    cr_expect_str_eq(attr(e, "datacontenttype"), "text/plain");
-    cr_expect_str_eq(attr(e, "data"), "plain words");
+    cr_expect_str_eq(tsink_str(e, "datacontenttype"), "text/plain");
+    cr_expect_str_eq(tsink_str(e, "data"), "plain words");
     cJSON_Delete(e);
 
     /* malformed: an overlong encoding, a lone %, an attribute name, another specversion */
@@ -436,7 +253,8 @@ Test(natsrc, binary_mode)
 Test(natsrc, bad_configuration)
 {
     const char *urls[1] = { "nats://127.0.0.1:1" };
-    keeper *k = keeper_new();
+    tsink k;
+    tsink_init(&k);
     natsrc_conf cs[] = {
         { .name = "a", .urls = urls, .nurls = 1 },                                  /* subject */
         { .name = "a", .urls = urls, .nurls = 1, .subject = "a..b" },
@@ -449,25 +267,26 @@ Test(natsrc, bad_configuration)
     };
     for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) {
         char err[300] = "";
-        natsrc *s = natsrc_start(&cs[i], sink_of(k), err, sizeof err);
+        natsrc *s = natsrc_start(&cs[i], tsink_sink(&k), err, sizeof err);
         cr_expect_null(s, "configuration %zu accepted", i);
         cr_expect(err[0], "configuration %zu: no reason", i);
         natsrc_stop(s);
     }
-    keeper_free(k);
+    tsink_end(&k);
 }
 
 Test(natsrc, source_without_a_server)
 {
     char url[64];
-    snprintf(url, sizeof url, "nats://127.0.0.1:%d", free_port());
+    snprintf(url, sizeof url, "nats://127.0.0.1:%d", srv_free_port());
     const char *urls[1] = { url };
-    keeper *k = keeper_new();
+    tsink k;
+    tsink_init(&k);
     for (int jetstream = 0; jetstream < 2; jetstream++) {
         natsrc_conf c = { .name = "away", .urls = urls, .nurls = 1, .subject = "a.>",
                           .stream = jetstream ? "S" : NULL };
         char err[300];
-        natsrc *s = natsrc_start(&c, sink_of(k), err, sizeof err);
+        natsrc *s = natsrc_start(&c, tsink_sink(&k), err, sizeof err);
         cr_assert_not_null(s, "a server not there yet is no configuration error: %s", err);
         usleep(300000);
         cr_expect(!natsrc_connected(s));
@@ -477,27 +296,28 @@ Test(natsrc, source_without_a_server)
         clock_gettime(CLOCK_MONOTONIC, &b);
         cr_expect_lt(b.tv_sec - a.tv_sec, 4, "stopping took %lds", (long)(b.tv_sec - a.tv_sec));
     }
-    keeper_free(k);
+    tsink_end(&k);
 }
 
 /* ---- core NATS ---------------------------------------------------------------------------------- */
 
 Test(natsrc, core_subjects_to_events)
 {
-    server sv;
+    srv sv;
     server_start(&sv);
-    keeper *k = keeper_new();
-    natsrc *s = start(&sv, "orders_in", "orders.>", NULL, 0, k);
+    tsink k;
+    tsink_init(&k);
+    natsrc *s = start(&sv, "orders_in", "orders.>", NULL, 0, &k);
     natsConnection *nc = client(&sv);
     /* the subscription reaches the server a moment after the source says it is connected:
      * probe until one arrives */
-    for (int i = 0; i < 100 && stored(k) == 0; i++) {
+    for (int i = 0; i < 100 && tsink_count(&k) == 0; i++) {
         publish(nc, "orders.probe", "{}", 2, NULL);
-        wait_for(k, 1, 100);
+        tsink_wait(&k, 1, 100);
     }
-    cr_assert_geq(stored(k), 1, "no probe came through");
+    cr_assert_geq(tsink_count(&k), 1, "no probe came through");
     usleep(200000);
-    int base = stored(k);
+    size_t base = tsink_count(&k);
 
     const char *ce = "{\"specversion\":\"1.0\",\"id\":\"s-1\",\"source\":\"/x\",\"type\":\"t\"}";
     publish(nc, "orders.eu", "{\"n\":1}", 7, NULL);
@@ -507,41 +327,67 @@ Test(natsrc, core_subjects_to_events)
     publish(nc, "orders.bin", "7", 1, "ce-specversion", "1.0", "ce-id", "b-1", "ce-source",
             "/bin", "ce-type", "t.bin", NULL);
     publish(nc, "other.subject", "{}", 2, NULL);
-    cr_assert(wait_for(k, base + 4, 10000), "%d of 4 events", stored(k) - base);
+    cr_assert(tsink_wait(&k, base + 4, 10000), "%zu of 4 events", tsink_count(&k) - base);
 
     cJSON *e[4];
     for (int i = 0; i < 4; i++) {
-        e[i] = cJSON_Parse(k->ev[base + i]);
+        e[i] = tsink_at(&k, base + i);
         cr_assert_not_null(e[i]);
     }
     char src[80];
     snprintf(src, sizeof src, "nats://127.0.0.1:%d", sv.port);
-    cr_expect_str_eq(attr(e[0], "source"), src);
-    cr_expect_str_eq(attr(e[0], "type"), "nats.message");
-    cr_expect_str_eq(attr(e[0], "subject"), "orders.eu");
-    cr_expect_eq(strlen(attr(e[0], "id")), 32);
-    cr_expect(attr(e[0], "time")[0]);
+    cr_expect_str_eq(tsink_str(e[0], "source"), src);
+    cr_expect_str_eq(tsink_str(e[0], "type"), "nats.message");
+    cr_expect_str_eq(tsink_str(e[0], "subject"), "orders.eu");
+    cr_expect_eq(strlen(tsink_str(e[0], "id")), 32);
+    cr_expect(tsink_str(e[0], "time")[0]);
     cr_expect_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(e[0], "data"), "n")->valueint, 1);
-    cr_expect_str_eq(attr(e[1], "subject"), "orders.us");
-    cr_expect_str_eq(attr(e[1], "data_base64"), "AAE=");
-    cr_expect_str_neq(attr(e[0], "id"), attr(e[1], "id"));
-    cr_expect_str_eq(attr(e[2], "id"), "s-1");
-    cr_expect_str_eq(attr(e[2], "source"), "/x");
-    cr_expect_str_eq(attr(e[3], "id"), "b-1");
-    cr_expect_str_eq(attr(e[3], "type"), "t.bin");
+    cr_expect_str_eq(tsink_str(e[1], "subject"), "orders.us");
+    cr_expect_str_eq(tsink_str(e[1], "data_base64"), "AAE=");
+    cr_expect_str_neq(tsink_str(e[0], "id"), tsink_str(e[1], "id"));
+    cr_expect_str_eq(tsink_str(e[2], "id"), "s-1");
+    cr_expect_str_eq(tsink_str(e[2], "source"), "/x");
+    cr_expect_str_eq(tsink_str(e[3], "id"), "b-1");
+    cr_expect_str_eq(tsink_str(e[3], "type"), "t.bin");
     cr_expect_eq(cJSON_GetObjectItem(e[3], "data")->valueint, 7);
     for (int i = 0; i < 4; i++)
         cJSON_Delete(e[i]);
     usleep(300000);
-    cr_expect_eq(stored(k), base + 4, "other.subject is not subscribed");
+    cr_expect_eq(tsink_count(&k), base + 4, "other.subject is not subscribed");
 
     natsConnection_Destroy(nc);
     natsrc_stop(s);
-    keeper_free(k);
-    server_stop(&sv);
+    tsink_end(&k);
+    srv_end(&sv);
 }
 
 /* ---- JetStream ------------------------------------------------------------------------------------ */
+
+/* A JetStream test's own: a server with a stream, a client of it, an empty sink. */
+typedef struct {
+    srv sv;
+    natsConnection *nc;
+    jsCtx *js;
+    tsink k;
+} js_test;
+
+/* Starts f's server, the stream named stream taking subjects, its client and sink. */
+static void js_begin(js_test *f, const char *stream, const char *subjects)
+{
+    server_start(&f->sv);
+    f->nc = client(&f->sv);
+    f->js = jetstream(f->nc);
+    add_stream(f->js, stream, subjects);
+    tsink_init(&f->k);
+}
+
+static void js_end(js_test *f)
+{
+    tsink_end(&f->k);
+    jsCtx_Destroy(f->js);
+    natsConnection_Destroy(f->nc);
+    srv_end(&f->sv);
+}
 
 static int64_t ack_pending(jsCtx *js, const char *stream, const char *consumer, uint64_t *floor)
 {
@@ -557,76 +403,63 @@ static int64_t ack_pending(jsCtx *js, const char *stream, const char *consumer, 
 
 Test(natsrc, jetstream_backlog)
 {
-    server sv;
-    server_start(&sv);
-    natsConnection *nc = client(&sv);
-    jsCtx *js = jetstream(nc);
-    add_stream(js, "ORDERS", "orders.>");
-    js_publish(js, "orders.a", "{\"n\":1}", NULL);
-    js_publish(js, "orders.b", "{\"n\":2}", "pub-2");
-    js_publish(js, "orders.a", "{\"n\":3}", NULL);
+    js_test f;
+    js_begin(&f, "ORDERS", "orders.>");
+    js_publish(f.js, "orders.a", "{\"n\":1}", NULL);
+    js_publish(f.js, "orders.b", "{\"n\":2}", "pub-2");
+    js_publish(f.js, "orders.a", "{\"n\":3}", NULL);
 
-    keeper *k = keeper_new();
-    natsrc *s = start(&sv, "orders_js", NULL, "ORDERS", 0, k);
-    cr_assert(wait_for(k, 3, 10000), "%d of 3 events", stored(k));
+    natsrc *s = start(&f.sv, "orders_js", NULL, "ORDERS", 0, &f.k);
+    cr_assert(tsink_wait(&f.k, 3, 10000), "%zu of 3 events", tsink_count(&f.k));
     char src[80];
-    snprintf(src, sizeof src, "nats://127.0.0.1:%d/ORDERS", sv.port);
+    snprintf(src, sizeof src, "nats://127.0.0.1:%d/ORDERS", f.sv.port);
     const char *ids[3] = { "ORDERS:1", "pub-2", "ORDERS:3" };
     for (int i = 0; i < 3; i++) {
-        cJSON *e = cJSON_Parse(k->ev[i]);
-        cr_expect_str_eq(attr(e, "id"), ids[i]);
-        cr_expect_str_eq(attr(e, "source"), src);
-        cr_expect_str_eq(attr(e, "subject"), i == 1 ? "orders.b" : "orders.a");
-        cr_expect(attr(e, "time")[0]);
+        cJSON *e = tsink_at(&f.k, i);
+        cr_expect_str_eq(tsink_str(e, "id"), ids[i]);
+        cr_expect_str_eq(tsink_str(e, "source"), src);
+        cr_expect_str_eq(tsink_str(e, "subject"), i == 1 ? "orders.b" : "orders.a");
+        cr_expect(tsink_str(e, "time")[0]);
         cr_expect_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(e, "data"), "n")->valueint, i + 1);
         cJSON_Delete(e);
     }
     /* acknowledged: the durable's floor moves to 3, and a new source goes on from there */
     uint64_t floor = 0;
-    for (int i = 0; i < 100 && (ack_pending(js, "ORDERS", "ebr-orders_js", &floor) || floor < 3);
+    for (int i = 0; i < 100 && (ack_pending(f.js, "ORDERS", "ebr-orders_js", &floor) || floor < 3);
          i++)
         usleep(100000);
     cr_expect_eq(floor, 3);
     natsrc_stop(s);
-    s = start(&sv, "orders_js", NULL, "ORDERS", 0, k);
-    js_publish(js, "orders.c", "{\"n\":4}", NULL);
-    cr_assert(wait_for(k, 4, 10000));
+    s = start(&f.sv, "orders_js", NULL, "ORDERS", 0, &f.k);
+    js_publish(f.js, "orders.c", "{\"n\":4}", NULL);
+    cr_assert(tsink_wait(&f.k, 4, 10000));
     usleep(500000);
-    cr_expect_eq(stored(k), 4, "nothing taken twice");
-    cJSON *e = cJSON_Parse(k->ev[3]);
-    cr_expect_str_eq(attr(e, "id"), "ORDERS:4");
+    cr_expect_eq(tsink_count(&f.k), 4, "nothing taken twice");
+    cJSON *e = tsink_at(&f.k, 3);
+    cr_expect_str_eq(tsink_str(e, "id"), "ORDERS:4");
     cJSON_Delete(e);
 
     natsrc_stop(s);
-    keeper_free(k);
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
-    server_stop(&sv);
+    js_end(&f);
 }
 
 Test(natsrc, jetstream_retry_comes_again)
 {
-    server sv;
-    server_start(&sv);
-    natsConnection *nc = client(&sv);
-    jsCtx *js = jetstream(nc);
-    add_stream(js, "ORDERS", "orders.>");
-    keeper *k = keeper_new();
-    k->retries = 2;
-    natsrc *s = start(&sv, "r", "orders.>", "ORDERS", 0, k);
-    js_publish(js, "orders.a", "{\"n\":1}", NULL);
-    cr_assert(wait_for(k, 1, 15000), "not stored after the retries");
+    js_test f;
+    js_begin(&f, "ORDERS", "orders.>");
+    f.k.refuse = tsink_refuse_next;
+    f.k.retries = 2;
+    natsrc *s = start(&f.sv, "r", "orders.>", "ORDERS", 0, &f.k);
+    js_publish(f.js, "orders.a", "{\"n\":1}", NULL);
+    cr_assert(tsink_wait(&f.k, 1, 15000), "not stored after the retries");
     usleep(1000000);
-    pthread_mutex_lock(&k->mu);
-    cr_expect_eq(k->n, 1, "stored once");
-    cr_expect_eq(k->calls, 3, "two refusals, then stored");
-    pthread_mutex_unlock(&k->mu);
-    cr_expect_eq(ack_pending(js, "ORDERS", "ebr-r", NULL), 0);
+    pthread_mutex_lock(&f.k.mu);
+    cr_expect_eq(f.k.n, 1, "stored once");
+    cr_expect_eq(f.k.calls, 3, "two refusals, then stored");
+    pthread_mutex_unlock(&f.k.mu);
+    cr_expect_eq(ack_pending(f.js, "ORDERS", "ebr-r", NULL), 0);
     natsrc_stop(s);
-    keeper_free(k);
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
-    server_stop(&sv);
+    js_end(&f);
 }
 
 static void *stopper(void *arg)
@@ -637,66 +470,53 @@ static void *stopper(void *arg)
 
 Test(natsrc, jetstream_not_acked_before_the_append)
 {
-    server sv;
-    server_start(&sv);
-    natsConnection *nc = client(&sv);
-    jsCtx *js = jetstream(nc);
-    add_stream(js, "ORDERS", "orders.>");
-    keeper *k = keeper_new();
-    k->block = true;
-    natsrc *s = start(&sv, "held", NULL, "ORDERS", 1000, k);
-    js_publish(js, "orders.a", "{\"n\":1}", NULL);
-    cr_assert(wait_for(k, -1, 10000), "the append was not reached");
-    cr_expect_eq(ack_pending(js, "ORDERS", "ebr-held", NULL), 1, "delivered, not acknowledged");
+    js_test f;
+    js_begin(&f, "ORDERS", "orders.>");
+    tsink_block(&f.k, true);
+    natsrc *s = start(&f.sv, "held", NULL, "ORDERS", 1000, &f.k);
+    js_publish(f.js, "orders.a", "{\"n\":1}", NULL);
+    cr_assert(tsink_wait_blocked(&f.k, 10000), "the append was not reached");
+    cr_expect_eq(ack_pending(f.js, "ORDERS", "ebr-held", NULL), 1, "delivered, not acknowledged");
 
     /* stopped while the append is in progress: once it returns, nothing is acknowledged */
     pthread_t t;
     pthread_create(&t, NULL, stopper, s);
     usleep(300000);
-    pthread_mutex_lock(&k->mu);
-    k->block = false;
-    pthread_cond_broadcast(&k->cv);
-    pthread_mutex_unlock(&k->mu);
+    tsink_block(&f.k, false);
     pthread_join(t, NULL);
     uint64_t floor = 9;
-    ack_pending(js, "ORDERS", "ebr-held", &floor);
+    ack_pending(f.js, "ORDERS", "ebr-held", &floor);
     cr_expect_eq(floor, 0, "not acknowledged by a stopped source");
 
-    keeper *k2 = keeper_new();
-    s = start(&sv, "held", NULL, "ORDERS", 1000, k2);
-    cr_assert(wait_for(k2, 1, 15000), "the message did not come again");
-    cJSON *e = cJSON_Parse(k2->ev[0]);
-    cr_expect_str_eq(attr(e, "id"), "ORDERS:1", "the same id: the bus drops the copy");
+    tsink k2;
+    tsink_init(&k2);
+    s = start(&f.sv, "held", NULL, "ORDERS", 1000, &k2);
+    cr_assert(tsink_wait(&k2, 1, 15000), "the message did not come again");
+    cJSON *e = tsink_at(&k2, 0);
+    cr_expect_str_eq(tsink_str(e, "id"), "ORDERS:1", "the same id: the bus drops the copy");
     cJSON_Delete(e);
     natsrc_stop(s);
-    keeper_free(k);
-    keeper_free(k2);
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
-    server_stop(&sv);
+    tsink_end(&k2);
+    js_end(&f);
 }
 
 Test(natsrc, jetstream_survives_a_server_restart, .timeout = 90)
 {
-    server sv;
-    server_start(&sv);
-    natsConnection *nc = client(&sv);
-    jsCtx *js = jetstream(nc);
-    add_stream(js, "ORDERS", "orders.>");
-    keeper *k = keeper_new();
-    natsrc *s = start(&sv, "rs", NULL, "ORDERS", 0, k);
-    js_publish(js, "orders.a", "{\"n\":1}", NULL);
-    cr_assert(wait_for(k, 1, 10000));
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
+    js_test f;
+    js_begin(&f, "ORDERS", "orders.>");
+    natsrc *s = start(&f.sv, "rs", NULL, "ORDERS", 0, &f.k);
+    js_publish(f.js, "orders.a", "{\"n\":1}", NULL);
+    cr_assert(tsink_wait(&f.k, 1, 10000));
+    jsCtx_Destroy(f.js);
+    natsConnection_Destroy(f.nc);
 
-    server_kill(&sv, SIGKILL);
+    srv_kill(&f.sv, SIGKILL);
     for (int i = 0; i < 100 && natsrc_connected(s); i++)
         usleep(50000);
     cr_expect(!natsrc_connected(s), "connected to a dead server");
-    server_run(&sv);
-    nc = client(&sv);
-    js = jetstream(nc);
+    srv_nats_run(&f.sv);
+    f.nc = client(&f.sv);
+    f.js = jetstream(f.nc);
     for (int i = 2; i <= 3; i++) {
         char d[32];
         snprintf(d, sizeof d, "{\"n\":%d}", i);
@@ -706,20 +526,17 @@ Test(natsrc, jetstream_survives_a_server_restart, .timeout = 90)
         po.MaxWait = 2000;
         natsStatus st = NATS_ERR;
         for (int t = 0; t < 30 && st != NATS_OK; t++)
-            st = js_Publish(NULL, js, "orders.b", d, (int)strlen(d), &po, NULL);
+            st = js_Publish(NULL, f.js, "orders.b", d, (int)strlen(d), &po, NULL);
         cr_assert_eq(st, NATS_OK);
     }
-    cr_assert(wait_for(k, 3, 30000), "%d of 3 events after the restart", stored(k));
+    cr_assert(tsink_wait(&f.k, 3, 30000), "%zu of 3 events after the restart", tsink_count(&f.k));
     cr_expect(wait_connected(s, 10000));
-    cJSON *e = cJSON_Parse(k->ev[2]);
-    cr_expect_str_eq(attr(e, "id"), "ORDERS:3");
+    cJSON *e = tsink_at(&f.k, 2);
+    cr_expect_str_eq(tsink_str(e, "id"), "ORDERS:3");
     cJSON_Delete(e);
 
     natsrc_stop(s);
-    keeper_free(k);
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
-    server_stop(&sv);
+    js_end(&f);
 }
 
 /* ---- the target ----------------------------------------------------------------------------------- */
@@ -750,7 +567,7 @@ static int send_soon(natspub *p, const char *subject, const char *data, const ch
 
 Test(natsrc, target_core)
 {
-    server sv;
+    srv sv;
     server_start(&sv);
     natsConnection *nc = client(&sv);
     natsSubscription *sub = NULL;
@@ -771,17 +588,14 @@ Test(natsrc, target_core)
     natspub_close(p);
     natsSubscription_Destroy(sub);
     natsConnection_Destroy(nc);
-    server_stop(&sv);
+    srv_end(&sv);
 }
 
 Test(natsrc, target_jetstream_dedup)
 {
-    server sv;
-    server_start(&sv);
-    natsConnection *nc = client(&sv);
-    jsCtx *js = jetstream(nc);
-    add_stream(js, "OUT", "out.>");
-    natspub *p = open_pub(sv.url, true);
+    js_test f;
+    js_begin(&f, "OUT", "out.>");
+    natspub *p = open_pub(f.sv.url, true);
     char why[300] = "";
     cr_assert_eq(send_soon(p, "out.orders", "{\"n\":1}", "e-1", why), 0, "%s", why);
     cr_assert_eq(natspub_send(p, "out.orders", "{\"n\":1}", 7, NULL, "e-1", 5000, why,
@@ -789,21 +603,19 @@ Test(natsrc, target_jetstream_dedup)
     cr_assert_eq(natspub_send(p, "out.orders", "{\"n\":2}", 7, NULL, "e-2", 5000, why,
                               sizeof why), 0, "%s", why);
     jsStreamInfo *si = NULL;
-    cr_assert_eq(js_GetStreamInfo(&si, js, "OUT", NULL, NULL), NATS_OK);
+    cr_assert_eq(js_GetStreamInfo(&si, f.js, "OUT", NULL, NULL), NATS_OK);
     cr_expect_eq(si->State.Msgs, 2, "the stream holds %d", (int)si->State.Msgs);
     jsStreamInfo_Destroy(si);
     cr_expect_eq(natspub_send(p, "nostream.x", "{}", 2, NULL, NULL, 2000, why, sizeof why), -1,
                  "no stream takes the subject");
     natspub_close(p);
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
-    server_stop(&sv);
+    js_end(&f);
 }
 
 Test(natsrc, target_without_a_server)
 {
     char url[64];
-    snprintf(url, sizeof url, "nats://127.0.0.1:%d", free_port());
+    snprintf(url, sizeof url, "nats://127.0.0.1:%d", srv_free_port());
     for (int jetstream = 0; jetstream < 2; jetstream++) {
         natspub *p = open_pub(url, jetstream);
         struct timespec a, b;
