@@ -48,13 +48,6 @@ struct ebd_dedup {
     size_t qcap, head, qn;
 };
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 typedef struct {
     const char *s;
     js_member src, id;
@@ -236,7 +229,7 @@ int dedup_claim(ebd_dedup *d, dedup_key k, uint64_t *offset, uint64_t *gen)
 {
     pthread_mutex_lock(&d->mu);
     int r;
-    int64_t now = now_ms();
+    int64_t now = ebd_wall_ms();
     expire(d, now);
     size_t i = find(d, k.a, k.b);
     if (!d->t[i].a && !d->t[i].b)
@@ -266,7 +259,7 @@ void dedup_settle(ebd_dedup *d, dedup_key k, bool stored, uint64_t offset)
         if (stored) {
             /* its window runs from now: the FIFO entry of its claim may be gone already (a
              * store slower than the window), and would no longer match it */
-            int64_t ms = now_ms();
+            int64_t ms = ebd_wall_ms();
             d->t[i].pending = false;
             d->t[i].offset = offset;
             d->t[i].ms = ms;
@@ -291,7 +284,7 @@ size_t dedup_size(ebd_dedup *d)
 
 long dedup_fill(ebd_dedup *d, store *s, int64_t from_ms)
 {
-    int64_t since = now_ms() - (int64_t)d->window_ms;
+    int64_t since = ebd_wall_ms() - (int64_t)d->window_ms;
     if (from_ms > since)
         since = from_ms;
     store_cursor *c;

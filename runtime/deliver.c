@@ -38,20 +38,6 @@
 #define COMMIT_EVERY_MS 200
 #define COMMIT_EVERY_EVENTS 256
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t real_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* ---- reading a target's options ------------------------------------------------------------ */
 
 static bool str_eq(const vm_program *p, vm_str s, const char *w)
@@ -1010,7 +996,7 @@ static size_t on_header(char *b, size_t size, size_t n, void *arg)
         else {
             struct tm tm = { 0 };
             if (strptime(v, "%a, %d %b %Y %H:%M:%S GMT", &tm)) {
-                int64_t at = (int64_t)timegm(&tm) * 1000 - real_ms();
+                int64_t at = (int64_t)timegm(&tm) * 1000 - ebd_wall_ms();
                 h->retry_after_ms = at > 0 ? at : 1;
             }
         }
@@ -1044,7 +1030,7 @@ static void http_prepare(ebd_target *t, CURL *h, const char *payload, size_t n, 
     if (t->sign_secret) {
         /* header: t=UNIX_SECONDS,v1=HEX(HMAC-SHA256(secret, "UNIX_SECONDS." + body)) */
         char ts[32], hex[65], line[300];
-        int tn = snprintf(ts, sizeof ts, "%lld.", (long long)(real_ms() / 1000));
+        int tn = snprintf(ts, sizeof ts, "%lld.", (long long)(ebd_wall_ms() / 1000));
         ebd_hmac_sha256_hex(t->sign_secret, ts, (size_t)tn, payload, n, hex);
         ts[tn - 1] = 0;
         snprintf(line, sizeof line, "%s: t=%s,v1=%s", t->sign_header, ts, hex);
@@ -2086,7 +2072,7 @@ static int64_t backoff_ms(dthread *th, const ebd_target *t, unsigned i, const at
 /* After attempt i failed: is another one allowed (retryable, attempts left, young enough)? */
 static bool may_retry(const ebd_target *t, unsigned i, const attempt *a, const recbuf *rec)
 {
-    int64_t age = real_ms() - rec->time_ns / 1000000;
+    int64_t age = ebd_wall_ms() - rec->time_ns / 1000000;
     return a->retry && i < t->retry.attempts && (uint64_t)age < t->retry.max_age_ms;
 }
 
@@ -2147,7 +2133,7 @@ static int to_dead_letter(dthread *th, item *it, const attempt *a, unsigned atte
                 attempts, ebd_log_text(a->error, esc, sizeof esc));
         return finish(th, it, true);
     }
-    int64_t now = real_ms();
+    int64_t now = ebd_wall_ms();
     if (!it->first_ms)
         it->first_ms = now;
     sbuf b = { 0 };
@@ -2204,13 +2190,13 @@ static int attempt_done(dthread *th, item *it, const attempt *a)
         if (stopping)
             return finish(th, it, false);
         unsigned n = it->dl_tries ? it->dl_tries - 1 : 0;
-        heap_push(th, it, mono_ms() + (n < 10 ? 1000LL << (n < 6 ? n : 6) : 60000));
+        heap_push(th, it, ebd_mono_ms() + (n < 10 ? 1000LL << (n < 6 ? n : 6) : 60000));
         return GONE_WAIT;
     }
     if (stopping)
         return finish(th, it, false);
     if (may_retry(p->t, it->attempts, a, it->rec)) {
-        int64_t wait = backoff_ms(th, p->t, it->attempts, a), now = mono_ms();
+        int64_t wait = backoff_ms(th, p->t, it->attempts, a), now = ebd_mono_ms();
         if (p->in_order && th->same_p == p && th->same_due >= now)
             wait = th->same_due - now;    /* a failed batch: its lines go again together */
         th->same_p = p;
@@ -2245,7 +2231,7 @@ static int start_attempt(dthread *th, item *it)
     ebd_target *t = it->t;
     it->tr_start = trace_clock_ms();
     if (!it->first_ms)
-        it->first_ms = real_ms();
+        it->first_ms = ebd_wall_ms();
     if (it->dl && it->dl_file) {
         /* a dead letter to a file: opened for each, written and synced before the event passes */
         ebd_target ft = { .name = t->name, .fsync = STORE_FSYNC_ALWAYS };
@@ -2554,7 +2540,7 @@ static int prepare_item(dthread *th, item *it)
             ebd_log(EBD_ERROR, "msg=\"a queued event cannot be read, will try again\" cursor=%s "
                     "offset=%" PRIu64 " error=\"%s\"", p->name, it->off,
                     st == STORE_CORRUPT && c ? store_cursor_error(c) : "cannot read");
-            heap_push(th, it, mono_ms() + 100);
+            heap_push(th, it, ebd_mono_ms() + 100);
             return GONE_WAIT;
         }
     }
@@ -2671,7 +2657,7 @@ static void snooze(dthread *th, ebd_pair *p)
         return;
     p->snoozed = true;
     if (!th->snooze)
-        th->snooze_until = mono_ms() + SNOOZE_MS;
+        th->snooze_until = ebd_mono_ms() + SNOOZE_MS;
     p->next_snooze = th->snooze;
     th->snooze = p;
 }
@@ -2783,7 +2769,7 @@ static void slot_wait(dthread *th, ebd_pair *p)
         th->slotwait_tail->next_slotwait = p;
     else {
         th->slotwait = p;
-        th->slotwait_at = mono_ms() + 2;
+        th->slotwait_at = ebd_mono_ms() + 2;
     }
     th->slotwait_tail = p;
 }
@@ -2895,7 +2881,7 @@ static void pump(dthread *th, ebd_pair *p, ebd_pair **next)
 /* Lowers *timeout (ms) so that a wait ends by `until` (monotonic ms), 0 when it has passed. */
 static void wait_until(int *timeout, int64_t until)
 {
-    int64_t w = until - mono_ms();
+    int64_t w = until - ebd_mono_ms();
     if (w < *timeout)
         *timeout = w < 0 ? 0 : (int)w;
 }
@@ -2941,7 +2927,7 @@ static unsigned watch_jobs(dthread *th, int *timeout)
  * writes what is ready, without waiting) and hands those that ended to attempt_done. */
 static void step_jobs(dthread *th)
 {
-    int64_t now = mono_ms();
+    int64_t now = ebd_mono_ms();
     item **pp = &th->jobs;
     while (*pp) {
         item *it = *pp;
@@ -3009,7 +2995,7 @@ static void *thread_main(void *arg)
         flush_batches(th);
         apply_done(th);
         /* retries and waits that are due; items waiting for a slot */
-        int64_t now = mono_ms();
+        int64_t now = ebd_mono_ms();
         while (th->nheap && (th->heap[0]->due <= now || stopping)) {
             item *it = heap_pop(th);
             if (stopping)
@@ -3032,7 +3018,7 @@ static void *thread_main(void *arg)
         }
         flush_batches(th);
         apply_done(th);
-        if (th->slotwait && (th->freed || mono_ms() >= th->slotwait_at)) {
+        if (th->slotwait && (th->freed || ebd_mono_ms() >= th->slotwait_at)) {
             pthread_mutex_lock(&th->mu);
             for (ebd_pair *w = th->slotwait, *next; w; w = next) {
                 next = w->next_slotwait;
@@ -3043,7 +3029,7 @@ static void *thread_main(void *arg)
             pthread_mutex_unlock(&th->mu);
         }
         th->freed = false;
-        if (th->snooze && mono_ms() >= th->snooze_until) {
+        if (th->snooze && ebd_mono_ms() >= th->snooze_until) {
             pthread_mutex_lock(&th->mu);
             for (ebd_pair *sn = th->snooze, *next; sn; sn = next) {
                 next = sn->next_snooze;
@@ -3707,7 +3693,7 @@ static bool thread_init(ebd_engine *e, dthread *th, unsigned idx)
     const vm_program *p = e->r->p;
     th->e = e;
     th->idx = idx;
-    th->seed = (unsigned)(uintptr_t)th ^ (unsigned)mono_ms();
+    th->seed = (unsigned)(uintptr_t)th ^ (unsigned)ebd_mono_ms();
     pthread_mutex_init(&th->mu, NULL);
     vm_options mopt = vm_program_options(p);
     th->multi = curl_multi_init();
@@ -3879,7 +3865,7 @@ void ebd_workers_stop(ebd *d, ebd_rules *r)
     atomic_store(&r->stop, true);
     if (!e || !e->th || !e->routers)
         return;
-    int64_t t0 = mono_ms();
+    int64_t t0 = ebd_mono_ms();
     pthread_mutex_lock(&e->cmu);
     pthread_cond_broadcast(&e->ccv);
     pthread_mutex_unlock(&e->cmu);
@@ -3903,8 +3889,8 @@ void ebd_workers_stop(ebd *d, ebd_rules *r)
     if (e->committer_started)
         pthread_join(e->committer, NULL);
     e->committer_started = false;
-    if (mono_ms() - t0 > 300)
-        ebd_log(EBD_INFO, "msg=\"delivery stopped late\" after_ms=%lld", (long long)(mono_ms() - t0));
+    if (ebd_mono_ms() - t0 > 300)
+        ebd_log(EBD_INFO, "msg=\"delivery stopped late\" after_ms=%lld", (long long)(ebd_mono_ms() - t0));
     /* what is still pending (waiting for a retry, for a slot) stays listed in the positions */
     for (unsigned t = 0; t < e->nth; t++)
         thread_free(e, &e->th[t]);
@@ -3984,10 +3970,10 @@ void ebd_pairs_visit(ebd_rules *r, void (*fn)(void *arg, uint32_t target, uint32
 /* Waits ms, in slices, unless stop says to stop: false then. */
 static bool nap(int64_t ms, bool (*stop)(void *), void *arg)
 {
-    for (int64_t end = mono_ms() + ms; mono_ms() < end;) {
+    for (int64_t end = ebd_mono_ms() + ms; ebd_mono_ms() < end;) {
         if (stop && stop(arg))
             return false;
-        int64_t left = end - mono_ms();
+        int64_t left = end - ebd_mono_ms();
         struct timespec ts = { 0, (long)(left < 50 ? (left > 0 ? left : 0) : 50) * 1000000L };
         nanosleep(&ts, NULL);
     }
@@ -4015,7 +4001,7 @@ static bool stop_due(stop_check *sc)
         sc->asked_ms = 0;
         return false;
     }
-    int64_t now = mono_ms();
+    int64_t now = ebd_mono_ms();
     if (!sc->asked_ms)
         sc->asked_ms = now;
     return sc->stopped = now - sc->asked_ms >= STOP_GRACE_MS;
@@ -4124,7 +4110,7 @@ static int dead_letter_now(ebd *d, ebd_rules *r, uint32_t rule, ebd_target *t, c
     }
     sbuf b = { 0 };
     dead_letter_record(&b, event, len, rname, ru->name.len, t->name, a, attempts, first_ms,
-                       real_ms(), off, replay);
+                       ebd_wall_ms(), off, replay);
     if (b.oom) {
         sb_free(&b);
         return EBD_SYNC_DROPPED;
@@ -4181,7 +4167,7 @@ int ebd_deliver_sync(ebd *d, ebd_rules *r, vm_ctx *ctx, uint32_t rule, uint32_t 
     size_t plen = 0;
     bool text = false;
     attempt a = { 0 };
-    int64_t first_ms = real_ms();
+    int64_t first_ms = ebd_wall_ms();
     char rname[VM_MAX_NAME + 1];
     snprintf(rname, sizeof rname, "%.*s", (int)ru->name.len, vm_s(pr, ru->name));
     /* the payload, as make_payload makes it */
@@ -4251,7 +4237,7 @@ int ebd_deliver_sync(ebd *d, ebd_rules *r, vm_ctx *ctx, uint32_t rule, uint32_t 
             break;
         }
         /* retried as the target says; a replayed event's age counts from its first attempt */
-        int64_t age = real_ms() - first_ms;
+        int64_t age = ebd_wall_ms() - first_ms;
         if (!(a.retry && attempts < t->retry.attempts && (uint64_t)age < t->retry.max_age_ms)) {
             res = dead_letter_now(d, r, rule, t, event, len, off, replay, &a, attempts, first_ms,
                                   stop, arg);

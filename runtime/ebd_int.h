@@ -23,6 +23,24 @@ void ebd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
  * break as \n, other control characters as \u00XX; cut with "..." to fit out[cap].  Returns out. */
 const char *ebd_log_text(const char *s, char *out, size_t cap);
 
+/* ---- clocks, in milliseconds ------------------------------------------------------------- */
+
+#include <time.h>
+
+static inline int64_t ebd_mono_ms(void)          /* for durations and deadlines */
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static inline int64_t ebd_wall_ms(void)          /* Unix time */
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* ---- a growing text buffer -------------------------------------------------------------- */
 
 typedef struct {

@@ -126,20 +126,6 @@
 #define PAUSE_MIN_MS 100
 #define PAUSE_MAX_MS 5000
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void fail(char *err, size_t cap, const char *fmt, const char *arg)
 {
     if (cap)
@@ -440,7 +426,7 @@ static void conn_stop(conn *c)
 
 void mqtt_mid_init(mqtt_midstate *st)
 {
-    *st = (mqtt_midstate){ .gen = (uint64_t)wall_ms() };
+    *st = (mqtt_midstate){ .gen = (uint64_t)ebd_wall_ms() };
 }
 
 /* (to - from) on the cycle of identifiers, in -32767..32767. */
@@ -731,7 +717,7 @@ static void plain_event(mqtt_source *s, const struct mosquitto_message *msg, uin
     else if (msg->qos > 0)
         snprintf(mid, sizeof mid, "mid %d gen %" PRIu64, msg->mid, gen);
     else
-        snprintf(mid, sizeof mid, "once %lld %lu", (long long)wall_ms(),
+        snprintf(mid, sizeof mid, "once %lld %lu", (long long)ebd_wall_ms(),
                  atomic_fetch_add(&s->nonce, 1));
     const void *parts[] = { s->client_id, msg->topic, mid, msg->payload };
     size_t lens[] = { strlen(s->client_id), strlen(msg->topic), strlen(mid),
@@ -740,7 +726,7 @@ static void plain_event(mqtt_source *s, const struct mosquitto_message *msg, uin
     src_hash_id(id, parts, lens, 4);
     snprintf(src, sizeof src, "%s/%s", s->origin, msg->topic);
     src_ce e = { .id = id, .source = src, .type = "mqtt.message", .subject = msg->topic,
-                 .time_ms = wall_ms(), .content_type = ct, .data = msg->payload,
+                 .time_ms = ebd_wall_ms(), .content_type = ct, .data = msg->payload,
                  .n = (size_t)msg->payloadlen };
     src_event_json(out, &e);
 }
@@ -782,11 +768,11 @@ static void on_message(struct mosquitto *m, void *arg, const struct mosquitto_me
     sbuf ev = { 0 };
     message_event(s, msg, gen, props, &ev);
     char why[256] = "out of memory";
-    int64_t give_up = mono_ms() + s->hold_ms;
+    int64_t give_up = ebd_mono_ms() + s->hold_ms;
     for (long pause = 50; !ev.oom; pause = pause * 2 > 1000 ? 1000 : pause * 2) {
         if (s->sink.append(s->sink.arg, ev.v, ev.n, why, sizeof why) != SRC_RETRY)
             goto done;
-        if (msg->qos == 0 || atomic_load(&s->c.stopping) || mono_ms() >= give_up)
+        if (msg->qos == 0 || atomic_load(&s->c.stopping) || ebd_mono_ms() >= give_up)
             break;
         conn_pause(&s->c, pause);
     }

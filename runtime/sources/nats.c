@@ -475,20 +475,6 @@ struct natsrc {
     int64_t last_logged_ms;
 };
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Waits ms, or less if the source is told to stop. */
 static void nap(natsrc *s, int64_t ms)
 {
@@ -513,7 +499,7 @@ static void log_text(const char *key, const char *v, char *buf, size_t cap)
 /* A setup failure: logged when it is new, and again every LOG_AGAIN_MS while it lasts. */
 static void setup_failed(natsrc *s, const char *why)
 {
-    int64_t now = mono_ms();
+    int64_t now = ebd_mono_ms();
     if (!strcmp(why, s->last_why) && now - s->last_logged_ms < LOG_AGAIN_MS)
         return;
     snprintf(s->last_why, sizeof s->last_why, "%s", why);
@@ -670,7 +656,7 @@ static src_result take(natsrc *s, natsMsg *m)
 {
     natsrc_msg x = { .subject = natsMsg_GetSubject(m), .data = natsMsg_GetData(m),
                      .n = (size_t)natsMsg_GetDataLength(m), .source = s->source_attr,
-                     .jetstream = s->stream != NULL, .time_ms = wall_ms() };
+                     .jetstream = s->stream != NULL, .time_ms = ebd_wall_ms() };
     char id[64];
     jsMsgMetaData *md = NULL;
     if (s->stream && natsMsg_GetMetaData(&md, m) == NATS_OK) {
@@ -912,7 +898,7 @@ natsrc *natsrc_start(const natsrc_conf *c, src_sink sink, char *err, size_t cap)
         s->source_attr = origin;
     }
     if (getrandom(s->nonce, sizeof s->nonce, 0) != (ssize_t)sizeof s->nonce) {
-        int64_t t[2] = { wall_ms(), (int64_t)getpid() ^ (int64_t)(uintptr_t)s };
+        int64_t t[2] = { ebd_wall_ms(), (int64_t)getpid() ^ (int64_t)(uintptr_t)s };
         memcpy(s->nonce, t, sizeof s->nonce);
     }
     if (oom || !s->consumer || !s->source_attr) {

@@ -48,13 +48,6 @@ typedef struct {
     int64_t inflight_at_ms;       /* when the one in flight was recorded */
 } schedule;
 
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void schedule_free(schedule *c)
 {
     sched_free(c->x);
@@ -141,7 +134,7 @@ static bool wait_until(schedule *c, int64_t ms)
 {
     struct timespec at = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000 };
     pthread_mutex_lock(&c->mu);
-    while (!c->stop && wall_ms() < ms)
+    while (!c->stop && ebd_wall_ms() < ms)
         if (pthread_cond_timedwait(&c->cv, &c->mu, &at) == ETIMEDOUT)
             break;
     bool stop = c->stop;
@@ -153,11 +146,11 @@ static bool wait_until(schedule *c, int64_t ms)
 static bool fire(src *s, schedule *c, int64_t t)
 {
     c->inflight = t;
-    c->inflight_at_ms = wall_ms();
+    c->inflight_at_ms = ebd_wall_ms();
     while (!write_state(c)) {
         ebd_log(EBD_ERROR, "msg=\"schedule cannot record its firing: it waits\" source=%s "
                 "file=%s error=\"%s\"", s->name, c->state_path, strerror(errno));
-        if (wait_until(c, wall_ms() + 5000))
+        if (wait_until(c, ebd_wall_ms() + 5000))
             return false;
     }
     sbuf ev = { 0 };
@@ -167,7 +160,7 @@ static bool fire(src *s, schedule *c, int64_t t)
         src_result r = ev.oom ? SRC_RETRY : s->sink.append(s->sink.arg, ev.v, ev.n, why, sizeof why);
         if (r != SRC_RETRY)
             break;
-        if (wait_until(c, wall_ms() + (tries < 5 ? 1000 : 5000))) {
+        if (wait_until(c, ebd_wall_ms() + (tries < 5 ? 1000 : 5000))) {
             sb_free(&ev);
             return false;        /* (still in flight: the next start looks for it) */
         }
@@ -188,7 +181,7 @@ static bool settle_inflight(src *s, schedule *c)
     event_of(s, c, c->inflight, &ev);
     int has;
     while ((has = src_bus_has(s, c->inflight_at_ms - 5000, ev.v, ev.n)) < 0)
-        if (wait_until(c, wall_ms() + 5000)) {
+        if (wait_until(c, ebd_wall_ms() + 5000)) {
             sb_free(&ev);
             return false;
         }
@@ -216,14 +209,14 @@ static void *run(void *arg)
         return NULL;
     }
     if (st == 0) {                                 /* its first start: from now on */
-        c->last = wall_ms() / 1000;
+        c->last = ebd_wall_ms() / 1000;
         write_state(c);
     } else if (c->inflight && !settle_inflight(s, c)) {
         return NULL;
     }
     unsigned caught = 0;
     for (;;) {
-        int64_t now = wall_ms() / 1000, next = sched_next(c->x, c->last);
+        int64_t now = ebd_wall_ms() / 1000, next = sched_next(c->x, c->last);
         if (next == INT64_MAX) {
             ebd_log(EBD_INFO, "msg=\"schedule has no firing left\" source=%s", s->name);
             wait_until(c, INT64_MAX / 2);
