@@ -340,7 +340,11 @@ static void claim_round(ebd_dedup *d, const dedup_key *k, const bool *keyed, uns
         switch (dedup_claim(d, k[i], &offs[i], &g)) {
         case DEDUP_NEW: st[i] = ST_NEW; break;
         case DEDUP_SEEN: st[i] = ST_SEEN; break;
-        case DEDUP_FULL: st[i] = ST_PLAIN; break;
+        case DEDUP_FULL:                  /* stored, unguarded: said, not hidden */
+            st[i] = ST_PLAIN;
+            ebd_log(EBD_ERROR, "msg=\"no memory for the dedup window: an event is stored without "
+                    "its check\"");
+            break;
         default:                          /* another request is storing it: next round */
             if (!*waiting)
                 *gen = g;                 /* (a settlement after this claim ends the wait) */
