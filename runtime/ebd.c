@@ -250,17 +250,15 @@ static void set_dedup(ebd *d, ebd_bus *b, const vm_program *p, uint32_t i)
     /* the events stored meanwhile, read again with ingest held off (a second or so of them) */
     pthread_rwlock_wrlock(&d->lock);
     __atomic_store_n(&b->dedup, m, __ATOMIC_RELEASE);   /* (deliver.c reads it without the lock) */
-    if (n >= 0) {
-        long again = dedup_fill(m, b->s, (int64_t)t0.tv_sec * 1000 - 1000);
-        n = again < 0 ? again : n + again;
-    }
+    if (n >= 0 && dedup_fill(m, b->s, (int64_t)t0.tv_sec * 1000 - 1000) < 0)
+        n = -1;
     pthread_rwlock_unlock(&d->lock);
     if (n < 0)
         ebd_log(EBD_WARN, "msg=\"the dedup window could not read the whole log: an event sent "
                 "again may be stored twice\" bus=%s error=\"%s\"", b->name, store_error(b->s));
     else
-        ebd_log(EBD_INFO, "msg=\"dedup window\" bus=%s window_ms=%llu keys=%ld", b->name,
-                (unsigned long long)ms, n);
+        ebd_log(EBD_INFO, "msg=\"dedup window\" bus=%s window_ms=%llu keys=%zu", b->name,
+                (unsigned long long)ms, dedup_size(m));
 }
 
 /* The dedup windows of the buses of r, the rules now in force. */
