@@ -151,7 +151,10 @@ static int cmd_check(int argc, char **argv)
     vm_program *p = load_rules(argv[0], 0, &status);
     if (!p)
         return status;
-    printf("%s: ok: %u rules, %u buses, %u targets\n", argv[0], p->nrules, p->nbuses, p->ntargets);
+    printf("%s: ok: %u rules, %u buses, %u targets", argv[0], p->nrules, p->nbuses, p->ntargets);
+    if (p->ninputs)
+        printf(", %u sources", p->ninputs);
+    printf("\n");
     vm_program_free(p);
     return EXIT_OK;
 }

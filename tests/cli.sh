@@ -37,6 +37,7 @@ expect_status 0 "$EBC" check "$SRC/examples/orders.ebr"
 grep -q "ok: 3 rules" "$T/out" || fail "check prints '$(cat "$T/out")'"
 expect_status 0 "$EBC" check "$SRC/examples/cluster.ebr"     # (a bus on NATS JetStream)
 expect_status 0 "$EBC" check "$SRC/examples/connect.ebr"     # (sources, broker and remote targets)
+grep -q "ok: 3 rules, 3 buses, 3 targets, 4 sources" "$T/out" || fail "check of connect.ebr prints '$(cat "$T/out")'"
 expect_status 0 "$EBC" compile "$SRC/examples/orders.ebr" -o "$T/orders.ebc"
 [ -s "$T/orders.ebc" ] || fail "compile wrote no file"
 
