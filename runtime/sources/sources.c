@@ -116,22 +116,25 @@ int src_bus_has(src *s, int64_t since_ms, const char *ev, size_t n)
     dedup_key want, k;
     if (!dedup_key_of(ev, n, &want))
         return 0;
+    /* The cursor is opened under the lock and read without it (a long read must not hold a
+     * reload back): the bus's log stays open meanwhile, as a reload closes logs only after it
+     * stopped the old rules' sources, and the daemon only after it stopped them all. */
     ebd *d = s->d;
     pthread_rwlock_rdlock(&d->lock);
     ebd_bus *b = ebd_find_bus(d, s->bus, strlen(s->bus));
     store_cursor *c = NULL;
-    int found = -1;
-    if (b && b->s && store_cursor_open_at(b->s, since_ms * 1000000, &c) == STORE_OK) {
-        store_record r;
-        store_status st;
-        found = 0;
-        while (!found && (st = store_cursor_next(c, &r, 0)) == STORE_OK)
-            found = dedup_key_of((const char *)r.data, r.len, &k) && k.a == want.a && k.b == want.b;
-        if (!found && st != STORE_TIMEOUT)
-            found = -1;
-        store_cursor_close(c);
-    }
+    bool open = b && b->s && store_cursor_open_at(b->s, since_ms * 1000000, &c) == STORE_OK;
     pthread_rwlock_unlock(&d->lock);
+    if (!open)
+        return -1;
+    store_record r;
+    store_status st;
+    int found = 0;
+    while (!found && (st = store_cursor_next(c, &r, 0)) == STORE_OK)
+        found = dedup_key_of((const char *)r.data, r.len, &k) && k.a == want.a && k.b == want.b;
+    if (!found && st != STORE_TIMEOUT)
+        found = -1;
+    store_cursor_close(c);
     return found;
 }
 
