@@ -45,8 +45,8 @@ src_result src_append_locked(src *s, const char *ev, size_t n, char *why, size_t
     src_result r = SRC_STORED;
     bool dup = false;
     ebd_bus view, *b = ebd_bus_view(d, s->bus, strlen(s->bus), &view) ? &view : NULL;
-    const char *id;
-    size_t idlen;
+    const char *id, *what;
+    size_t idlen, at;
     char w[240] = "";
     if (atomic_load(&d->stopping) || !b || !b->s) {
         snprintf(why, cap, "%s", b && b->s ? "the daemon is stopping" : "the bus is not open");
@@ -54,6 +54,10 @@ src_result src_append_locked(src *s, const char *ev, size_t n, char *why, size_t
     } else if (n > b->max_event) {
         snprintf(why, cap, "the event is %zu bytes, over the bus's limit of %llu", n,
                  (unsigned long long)b->max_event);
+        r = SRC_REFUSED;
+    } else if (!vm_json_check(ev, n, &at, &what)) {   /* (a broker's structured-mode payload is
+                                                       * anybody's bytes: checked as ingest does) */
+        snprintf(why, cap, "not JSON: %s (at byte %zu)", what, at);
         r = SRC_REFUSED;
     } else if (!ce_check(ev, n, w, sizeof w, &id, &idlen)) {
         snprintf(why, cap, "not a CloudEvent: %s", w);

@@ -2,7 +2,8 @@
 """A minimal NATS client for the end-to-end tests (the protocol is text; no client package is
 needed):
 
-  nats_client.py pub PORT SUBJECT PAYLOAD          publish, then PING/PONG (the server has it)
+  nats_client.py pub PORT SUBJECT PAYLOAD [CTYPE]  publish (with a Content-Type header when
+                                                   CTYPE is given), then PING/PONG
   nats_client.py sub PORT SUBJECT COUNT SECONDS    print COUNT payloads, one a line (touches
                                                    $READY once subscribed)
   nats_client.py stream PORT NAME SUBJECT          create a JetStream stream (file storage)
@@ -68,7 +69,11 @@ def main(a):
     c = Conn(int(a[2]))
     if a[1] == "pub":
         p = a[4].encode()
-        c.s.sendall(b"PUB %s %d\r\n%s\r\nPING\r\n" % (a[3].encode(), len(p), p))
+        if len(a) > 5:
+            h = b"NATS/1.0\r\nContent-Type: %s\r\n\r\n" % a[5].encode()
+            c.s.sendall(b"HPUB %s %d %d\r\n%s%s\r\nPING\r\n" % (a[3].encode(), len(h), len(h) + len(p), h, p))
+        else:
+            c.s.sendall(b"PUB %s %d\r\n%s\r\nPING\r\n" % (a[3].encode(), len(p), p))
         while c.line() != b"PONG":
             pass
     elif a[1] == "sub":

@@ -187,6 +187,12 @@ wait_for "$E2E_WAIT" count_is "$P_A" nt 2 && pass "nats sources: the core and th
 curl -s "$URL/v1/buses/nt/events?order=oldest&limit=2" >"$WORK/page"
 [ "$(jq -r '[.events[].event.subject] | sort | join(",")' "$WORK/page")" = "in.core.a,in.js.b" ] &&
     pass "nats sources: subjects in.core.a, in.js.b" || fail "nats events: $(head -c 600 "$WORK/page")"
+# a structured-mode message that is not JSON: refused (and acknowledged), the daemon unmoved
+$NC pub "$P_NATS" in.core.bad '{"specversion":"1.0","id":' application/cloudevents+json || fail "publish in.core.bad"
+refused_one() { [ "$(metric "$P_A" 'ebr_source_events_total{source="core",outcome="refused"}')" = 1 ]; }
+wait_for "$E2E_WAIT" refused_one && ebd_up "$P_A" && count_is "$P_A" nt 2 &&
+    pass "nats source: a structured message that is not JSON is refused, nothing stored" ||
+    fail "malformed structured message: $(curl -s "$URL/metrics" | grep 'source="core"')"
 wait "$SUB"
 [ "$(grep -c specversion "$WORK/outcore")" = 2 ] && pass "nats core target: both published to out.core" ||
     fail "out.core got: $(cat "$WORK/outcore")"
