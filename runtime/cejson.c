@@ -4,6 +4,7 @@
  * CloudEvents JSON format asks of an event.  Events are stored as they came (no re-encoding: a
  * number keeps its digits, a key its escapes).
  */
+#include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -162,6 +163,23 @@ void sb_base64(sbuf *b, const unsigned char *s, size_t n)
         sb_put(b, q, 4);
     }
     sb_put(b, "\"", 1);
+}
+
+bool ebd_digest128(unsigned char out[16], const void *const *parts, const size_t *lens, size_t n)
+{
+    unsigned char md[32] = { 0 };
+    EVP_MD_CTX *x = EVP_MD_CTX_new();
+    bool ok = x && EVP_DigestInit_ex(x, EVP_sha256(), NULL) == 1;
+    for (size_t i = 0; ok && i < n; i++) {
+        unsigned char len[8];
+        for (int k = 0; k < 8; k++)
+            len[k] = (unsigned char)((uint64_t)lens[i] >> (8 * k));
+        ok = EVP_DigestUpdate(x, len, 8) == 1 && EVP_DigestUpdate(x, parts[i], lens[i]) == 1;
+    }
+    ok = ok && EVP_DigestFinal_ex(x, md, NULL) == 1;
+    EVP_MD_CTX_free(x);
+    memcpy(out, ok ? md : (unsigned char[16]){ 0 }, 16);
+    return ok;
 }
 
 void sb_free(sbuf *b)

@@ -17,7 +17,6 @@
  * Memory: about 64 bytes a key (table at most half full, plus the FIFO); 10 minutes at 10,000
  * events/s is 6M keys, some 400 MB.
  */
-#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,32 +63,32 @@ static bool key_member(void *arg, const js_member *m)
     return true;
 }
 
-bool dedup_key_of(const char *ev, size_t n, dedup_key *key)
+/* The key of ev[0..n), JSON that ingest's check accepted (ebd_bus_store's events): its
+ * source's and id's JSON text, as src_hash_id digests parts.  (The same string written with
+ * other escapes would count as another key, which only costs a duplicate, never a loss.) */
+static bool key_of(const char *ev, size_t n, dedup_key *key)
 {
     key_parts k = { .s = ev };
     size_t i = vm_json_ws(ev, n, 0);
-    if (i >= n || ev[i] != '{' || !vm_json_valid(ev, n, NULL))
+    if (i >= n || ev[i] != '{')
         return false;
     js_each(ev, n, i, key_member, &k);
     if (k.found != 3)
         return false;
-    /* the members' JSON text: the same string written with other escapes would count as
-     * another key, which only costs a duplicate, never a loss */
-    unsigned char md[32];
-    uint64_t len[2] = { k.src.val_len, k.id.val_len };
-    EVP_MD_CTX *x = EVP_MD_CTX_new();
-    bool ok = x && EVP_DigestInit_ex(x, EVP_sha256(), NULL) == 1 &&
-              EVP_DigestUpdate(x, len, sizeof len) == 1 &&
-              EVP_DigestUpdate(x, ev + k.src.val_off, k.src.val_len) == 1 &&
-              EVP_DigestUpdate(x, ev + k.id.val_off, k.id.val_len) == 1 &&
-              EVP_DigestFinal_ex(x, md, NULL) == 1;
-    EVP_MD_CTX_free(x);
-    if (!ok)
+    const void *parts[2] = { ev + k.src.val_off, ev + k.id.val_off };
+    size_t lens[2] = { k.src.val_len, k.id.val_len };
+    unsigned char md[16];
+    if (!ebd_digest128(md, parts, lens, 2))
         return false;
     memcpy(&key->a, md, 8);
     memcpy(&key->b, md + 8, 8);
     key->a |= 1;                  /* never the empty slot's (0, 0) */
     return true;
+}
+
+bool dedup_key_of(const char *ev, size_t n, dedup_key *key)
+{
+    return vm_json_valid(ev, n, NULL) && key_of(ev, n, key);
 }
 
 ebd_dedup *dedup_new(uint64_t window_ms)
@@ -315,33 +314,43 @@ long dedup_fill(ebd_dedup *d, store *s, int64_t from_ms)
 
 /* ---- storing through the window ------------------------------------------------------------ */
 
-enum { ST_PLAIN, ST_NEW, ST_SEEN, ST_PENDING, ST_SAME };
+enum { ST_PENDING, ST_PLAIN, ST_NEW, ST_SEEN, ST_SAME };
 
-/* Claims the keys of the events still to decide (st[i] == ST_PENDING); *gen for waiting. */
-static void claim_round(ebd_dedup *d, const dedup_key *k, const bool *keyed, unsigned char *st,
-                        size_t *same, uint64_t *offs, size_t n, uint64_t *gen, bool *waiting)
+typedef struct {                  /* one event of a store through the window */
+    dedup_key k;
+    bool keyed;                   /* it has a key (else it is simply stored) */
+    bool done;                    /* stored, or known to be a duplicate */
+    unsigned char st;             /* ST_* */
+    size_t same;                  /* ST_SAME: the earlier event of the request it repeats */
+    size_t slot;                  /* in this round's append */
+    uint64_t off;
+} one;
+
+/* Claims the keys of the events still to decide (ST_PENDING); *gen for waiting. */
+static void claim_round(ebd_dedup *d, one *v, size_t n, uint64_t *gen, bool *waiting)
 {
     for (size_t i = 0; i < n; i++) {
-        if (st[i] != ST_PENDING)
+        if (v[i].st != ST_PENDING)
             continue;
-        if (!keyed[i]) {
-            st[i] = ST_PLAIN;
+        if (!v[i].keyed) {
+            v[i].st = ST_PLAIN;
             continue;
         }
         size_t j = 0;                     /* the same event earlier in this request */
-        while (j < i && !(keyed[j] && k[j].a == k[i].a && k[j].b == k[i].b && st[j] != ST_PENDING))
+        while (j < i && !(v[j].keyed && v[j].st != ST_PENDING && v[j].k.a == v[i].k.a &&
+                          v[j].k.b == v[i].k.b))
             j++;
         if (j < i) {
-            st[i] = ST_SAME;
-            same[i] = j;
+            v[i].st = ST_SAME;
+            v[i].same = j;
             continue;
         }
         uint64_t g;
-        switch (dedup_claim(d, k[i], &offs[i], &g)) {
-        case DEDUP_NEW: st[i] = ST_NEW; break;
-        case DEDUP_SEEN: st[i] = ST_SEEN; break;
+        switch (dedup_claim(d, v[i].k, &v[i].off, &g)) {
+        case DEDUP_NEW: v[i].st = ST_NEW; break;
+        case DEDUP_SEEN: v[i].st = ST_SEEN; break;
         case DEDUP_FULL:                  /* stored, unguarded: said, not hidden */
-            st[i] = ST_PLAIN;
+            v[i].st = ST_PLAIN;
             ebd_log(EBD_ERROR, "msg=\"no memory for the dedup window: an event is stored without "
                     "its check\"");
             break;
@@ -368,7 +377,7 @@ static store_status store_keyed(ebd_bus *b, const store_entry *e, size_t n, uint
     for (size_t i = 0; i < n; i++) {
         dedup_key key;
         k[i] = e[i];
-        if (dedup_key_of(e[i].data, e[i].len, &key)) {
+        if (key_of(e[i].data, e[i].len, &key)) {
             snprintf(ids[i], sizeof ids[i], "%016llx%016llx", (unsigned long long)key.a,
                      (unsigned long long)key.b);
             k[i].msg_id = ids[i];
@@ -390,72 +399,55 @@ store_status ebd_bus_store(ebd_bus *b, const store_entry *e, size_t n, uint64_t 
     ebd_dedup *d = __atomic_load_n(&b->dedup, __ATOMIC_ACQUIRE);
     if (!d || !d->window_ms || n == 0)
         return store_append(b->s, e, n, offsets);
-    dedup_key *k = malloc(n * sizeof *k);
-    bool *keyed = malloc(n * sizeof *keyed);
-    unsigned char *st = malloc(n);
-    size_t *same = malloc(n * sizeof *same);
-    uint64_t *offs = malloc(n * sizeof *offs), *got = malloc(n * sizeof *got);
+    one *v = calloc(n, sizeof *v);
     store_entry *todo = malloc(n * sizeof *todo);
-    size_t *at = malloc(n * sizeof *at);
+    uint64_t *got = malloc(n * sizeof *got);
     store_status r = STORE_OK;
-    if (!k || !keyed || !st || !same || !offs || !got || !todo || !at) {
+    if (!v || !todo || !got) {
         r = STORE_EIO;
         goto out;
     }
-    for (size_t i = 0; i < n; i++) {
-        keyed[i] = dedup_key_of(e[i].data, e[i].len, &k[i]);
-        st[i] = ST_PENDING;
-    }
+    for (size_t i = 0; i < n; i++)
+        v[i].keyed = key_of(e[i].data, e[i].len, &v[i].k);
     /* Rounds: claim, store what is new, settle; what another request was storing meanwhile is
      * decided in the next round, after waiting for a settlement - never while holding claims
      * of our own, so that two requests cannot wait for each other. */
     for (;;) {
         uint64_t gen = 0;
         bool waiting = false;
-        claim_round(d, k, keyed, st, same, offs, n, &gen, &waiting);
+        claim_round(d, v, n, &gen, &waiting);
         size_t m = 0;
         for (size_t i = 0; i < n; i++)
-            if (st[i] == ST_NEW || st[i] == ST_PLAIN) {       /* (done ones have 0x80 set) */
-                at[m] = i;
+            if (!v[i].done && (v[i].st == ST_NEW || v[i].st == ST_PLAIN)) {
+                v[i].slot = m;
                 todo[m++] = e[i];
             }
         if (m)
             r = store_append(b->s, todo, m, got);
-        for (size_t j = 0; j < m; j++) {
-            size_t i = at[j];
-            if (st[i] == ST_NEW)
-                dedup_settle(d, k[i], r == STORE_OK, got[j]);
-            offs[i] = got[j];
-            st[i] |= 0x80;                /* done */
-        }
+        for (size_t i = 0; i < n; i++)
+            if (!v[i].done && (v[i].st == ST_NEW || v[i].st == ST_PLAIN)) {
+                if (v[i].st == ST_NEW)        /* (a failed append gives the claim way) */
+                    dedup_settle(d, v[i].k, r == STORE_OK, got[v[i].slot]);
+                v[i].off = got[v[i].slot];
+                v[i].done = true;
+            }
         if (r != STORE_OK)
-            goto out_settle;
+            goto out;
         if (!waiting)
             break;
         dedup_wait(d, gen);
     }
     for (size_t i = 0; i < n; i++) {
-        unsigned s0 = st[i] & 0x7f;
-        if (s0 == ST_SAME)
-            offs[i] = offs[same[i]];
-        if (dup && (s0 == ST_SEEN || s0 == ST_SAME))
+        if (v[i].st == ST_SAME)
+            v[i].off = v[v[i].same].off;
+        if (dup && (v[i].st == ST_SEEN || v[i].st == ST_SAME))
             dup[i] = true;
         if (offsets)
-            offsets[i] = offs[i];
+            offsets[i] = v[i].off;
     }
-    goto out;
-out_settle:                               /* claims not yet stored give way */
-    for (size_t i = 0; i < n; i++)
-        if (st[i] == ST_NEW)
-            dedup_settle(d, k[i], false, 0);
 out:
-    free(k);
-    free(keyed);
-    free(st);
-    free(same);
-    free(offs);
-    free(got);
+    free(v);
     free(todo);
-    free(at);
+    free(got);
     return r;
 }

@@ -54,6 +54,11 @@ void sb_puts(sbuf *b, const char *s);
 void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sb_json_string(sbuf *b, const char *s, size_t n);     /* a quoted, escaped JSON string */
 void sb_base64(sbuf *b, const unsigned char *s, size_t n); /* a quoted base64 JSON string */
+
+/* The first 16 bytes of SHA-256 over parts[0..n), each preceded by its length (8 bytes, little
+ * endian), so that ("ab","c") and ("a","bc") differ: dedup keys and sources' stable ids.  False
+ * when libcrypto failed (out[] then zero). */
+bool ebd_digest128(unsigned char out[16], const void *const *parts, const size_t *lens, size_t n);
 void sb_free(sbuf *b);
 
 /* ---- JSON text that vm_json_valid has accepted: spans, not a DOM -------------------------- */

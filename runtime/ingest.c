@@ -766,6 +766,7 @@ typedef struct {
     bool diverted;               /* invalid under its schema: in the dead-letter file (error: why) */
     bool dup;                    /* stored before, within the bus's dedup window (offset: the first's) */
     uint64_t offset;
+    bool untraced;               /* not stored by this request (refused, diverted, a duplicate) */
 } event;
 
 typedef struct {
@@ -807,33 +808,34 @@ static store_status store_events(struct MHD_Connection *c, ebd_bus *b, events *e
         goto out;
     }
     size_t k = 0, ndup = 0;
-    for (size_t i = 0; i < es->n; i++)
-        if (!es->v[i].error[0]) {
+    for (size_t i = 0; i < es->n; i++) {
+        es->v[i].untraced = true;
+        if (!es->v[i].error[0] && !es->v[i].diverted) {
             at[k] = i;
             e[k++] = (store_entry){ es->v[i].s, (uint32_t)es->v[i].n, 0, NULL };
         }
+    }
     st = k ? ebd_bus_store(b, e, k, offs, dup) : STORE_OK;
     if (st != STORE_OK)
         goto out;
     /* a duplicate is answered with the first one's offset, and neither counted nor traced as
-     * taken in again (its error says so to trace_received, which passes it over) */
+     * taken in again */
     size_t m = 0;
     for (size_t j = 0; j < k; j++) {
         event *v = &es->v[at[j]];
         v->offset = offs[j];
         v->dup = dup[j];
-        if (dup[j]) {
+        v->untraced = dup[j];
+        if (dup[j])
             ndup++;
-            snprintf(v->error, sizeof v->error, "duplicate");
-        } else {
+        else
             offs[m++] = offs[j];
-        }
     }
     mt_ingested(b, k - ndup);
     mt_duplicates(b, ndup);
     if (m)
         trace_received(c, b, offs, es->n, &es->v[0].id, &es->v[0].idlen, sizeof *es->v,
-                       es->v[0].error);
+                       (const char *)&es->v[0].untraced);
 out:
     free(e);
     free(offs);
@@ -845,9 +847,6 @@ out:
 /* Appends the events es (all good) to the bus and answers 202 {"events": [{id, offset}]}. */
 static enum MHD_Result store_and_answer(struct MHD_Connection *c, ebd_bus *b, events *es)
 {
-    for (size_t i = 0; i < es->n; i++)
-        if (es->v[i].diverted && !es->v[i].error[0])
-            snprintf(es->v[i].error, sizeof es->v[i].error, "invalid");   /* (not stored) */
     store_status st = store_events(c, b, es);
     if (st != STORE_OK) {
         ebd_log(EBD_ERROR, "msg=\"append failed\" bus=%s error=\"%s\"", b->name, store_error(b->s));
@@ -1057,13 +1056,9 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
                 snprintf(es.v[k].error, sizeof es.v[k].error, "the bus cannot keep invalid events now");
             }
     sb_free(&dl);
-    bool *failed = calloc(es.n ? es.n : 1, 1);     /* refused before the store (not a dup) */
-    for (size_t k = 0; failed && k < es.n; k++)
-        failed[k] = es.v[k].error[0] != 0;
-    store_status st = failed ? store_events(c, b, &es) : STORE_CLOSED;
+    store_status st = store_events(c, b, &es);
     if (st != STORE_OK) {
         free(es.v);
-        free(failed);
         mt_note_reason(st == STORE_CLOSED ? MT_OVERLOADED : MT_STORAGE);
         return send_error(c, 503, "the bus cannot store events now", NULL, "5");
     }
@@ -1079,7 +1074,7 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
                       (int)es.v[k].idlen, es.v[k].id);
             sb_json_string(&r, es.v[k].error, strlen(es.v[k].error));
             sb_puts(&r, "}");
-        } else if (failed[k]) {
+        } else if (es.v[k].error[0]) {
             bool large = strstr(es.v[k].error, "over the limit") != NULL;
             mt_refused(b, large ? MT_TOO_LARGE : MT_INVALID, 1);
             sb_puts(&r, "{\"error_code\":\"");
@@ -1091,7 +1086,6 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
             sb_printf(&r, "{\"id\":%.*s,\"offset\":%llu%s}", (int)es.v[k].idlen, es.v[k].id,
                       (unsigned long long)es.v[k].offset, es.v[k].dup ? ",\"duplicate\":true" : "");
     }
-    free(failed);
     sb_puts(&r, "]}");
     enum MHD_Result ok = send_json(c, 200, &r, NULL);
     sb_free(&r);
@@ -1141,20 +1135,22 @@ static enum MHD_Result handle(struct MHD_Connection *c, ebd *d, const char *url,
         sb_free(&b);
         return r;
     }
-    /* a webhook source's path (runtime/sources) */
-    pthread_rwlock_rdlock(&d->lock);
-    if (d->rules && src_webhook_path(d->rules->sources, url)) {
-        int r = src_webhook(d->rules->sources, c, url, method, rq->body.v, rq->body.n, rq->too_big);
-        pthread_rwlock_unlock(&d->lock);
-        return (enum MHD_Result)r;
-    }
-    pthread_rwlock_unlock(&d->lock);
     /* Ingest serves putting events and a reload; everything else is the event center's
      * (GET /v1/buses/BUS/events among it: the event query). */
     const char *put_at = ingest_path(url);
     bool post = !strcmp(method, "POST");
     if ((!put_at || !post) && strcmp(url, "/v1/admin/reload") != 0) {
         enum MHD_Result r;
+        if (!put_at) {            /* a webhook source's path (never /v1/...: runtime/sources) */
+            pthread_rwlock_rdlock(&d->lock);
+            if (d->rules && src_webhook_path(d->rules->sources, url)) {
+                r = (enum MHD_Result)src_webhook(d->rules->sources, c, url, method, rq->body.v,
+                                                 rq->body.n, rq->too_big);
+                pthread_rwlock_unlock(&d->lock);
+                return r;
+            }
+            pthread_rwlock_unlock(&d->lock);
+        }
         if (center_handle(c, d, url, method, rq->body.v, rq->body.n, &r))
             return r;
         if (put_at)

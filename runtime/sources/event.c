@@ -1,7 +1,6 @@
 /*
  * event.c — the CloudEvent a source makes of what it took in (sources_int.h).
  */
-#include <openssl/evp.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -18,6 +17,20 @@ static bool json_media(const char *ct)
     return (n == 16 && !strncasecmp(ct, "application/json", 16)) ||
            (n == 9 && !strncasecmp(ct, "text/json", 9)) ||
            (n > 5 && !strncasecmp(ct + n - 5, "+json", 5));
+}
+
+static bool has_specversion(void *arg, const js_member *m)
+{
+    return !js_key_is(arg, m, "specversion");      /* (false: found, stop) */
+}
+
+bool src_json_event(const void *p, size_t n)
+{
+    const char *d = p;
+    if (!d || !n || !vm_json_valid(d, n, NULL))
+        return false;
+    size_t i = vm_json_ws(d, n, 0);
+    return i < n && d[i] == '{' && !js_each(d, n, i, has_specversion, (void *)d);
 }
 
 void src_time_text(sbuf *out, int64_t ms)
@@ -91,19 +104,8 @@ bool src_event_json(sbuf *out, const src_ce *e)
 
 void src_hash_id(char out[33], const void *const *parts, const size_t *lens, size_t nparts)
 {
-    unsigned char md[32] = { 0 };
-    EVP_MD_CTX *x = EVP_MD_CTX_new();
-    bool ok = x && EVP_DigestInit_ex(x, EVP_sha256(), NULL) == 1;
-    for (size_t i = 0; ok && i < nparts; i++) {
-        uint64_t n = lens[i];
-        unsigned char len[8];
-        for (int k = 0; k < 8; k++)
-            len[k] = (unsigned char)(n >> (8 * k));
-        ok = EVP_DigestUpdate(x, len, 8) == 1 && EVP_DigestUpdate(x, parts[i], lens[i]) == 1;
-    }
-    if (ok)
-        EVP_DigestFinal_ex(x, md, NULL);
-    EVP_MD_CTX_free(x);
+    unsigned char md[16];
+    ebd_digest128(md, parts, lens, nparts);
     static const char hex[] = "0123456789abcdef";
     for (int i = 0; i < 16; i++) {
         out[2 * i] = hex[md[i] >> 4];

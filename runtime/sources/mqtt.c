@@ -619,31 +619,6 @@ static bool media_is(const char *ct, const char *type)
     return n == strlen(type) && !strncasecmp(ct, type, n);
 }
 
-typedef struct {
-    const char *s;
-    bool found;
-} spec_scan;
-
-static bool has_specversion(void *arg, const js_member *m)
-{
-    spec_scan *sc = arg;
-    sc->found = sc->found || js_key_is(sc->s, m, "specversion");
-    return !sc->found;
-}
-
-/* Is p[0..n) a JSON object with a "specversion" member? */
-static bool json_event(const char *p, size_t n)
-{
-    if (!n || !vm_json_valid(p, n, NULL))
-        return false;
-    size_t i = vm_json_ws(p, n, 0);
-    if (i >= n || p[i] != '{')
-        return false;
-    spec_scan sc = { p, false };
-    js_each(p, n, i, has_specversion, &sc);
-    return sc.found;
-}
-
 static bool attr_name(const char *s)
 {
     size_t n = strlen(s);
@@ -739,7 +714,7 @@ static void message_event(mqtt_source *s, const struct mosquitto_message *msg, u
     mosquitto_property_read_string(props, MQTT_PROP_CONTENT_TYPE, &ct, false);
     const char *p = msg->payload;
     size_t n = (size_t)msg->payloadlen;
-    if (ct ? media_is(ct, "application/cloudevents+json") : json_event(p, n))
+    if (ct ? media_is(ct, "application/cloudevents+json") : src_json_event(p, n))
         sb_put(out, p, n);
     else if (!binary_event(props, ct, p, n, out))
         plain_event(s, msg, gen, ct, out);

@@ -110,21 +110,6 @@ static bool ce_media(const char *ct)
     return !strncasecmp(ct, "application/cloudevents", 23);
 }
 
-static bool has_specversion(void *arg, const js_member *mb)
-{
-    const char *s = arg;
-    return !js_key_is(s, mb, "specversion");      /* (false: found, stop) */
-}
-
-/* Is d[0..n) a JSON object with a specversion member? */
-static bool json_event(const char *d, size_t n)
-{
-    if (!d || !n || !vm_json_valid(d, n, NULL))
-        return false;
-    size_t i = vm_json_ws(d, n, 0);
-    return i < n && d[i] == '{' && !js_each(d, n, i, has_specversion, (void *)d);
-}
-
 /* A binary-mode header value as the binding writes it: unquoted when double-quoted (backslash
  * escapes), then percent-decoded, and UTF-8 without NUL.  Appends it, NUL-terminated, to out. */
 static bool decode_value(const char *v, sbuf *out)
@@ -275,7 +260,7 @@ int natsrc_event(const natsrc_msg *m, sbuf *out, char *why, size_t cap)
 {
     const char *ct = header(m, "Content-Type");
     bool structured = ct ? ce_media(ct)
-                    : !header(m, "ce-specversion") && json_event(m->data, m->n);
+                    : !header(m, "ce-specversion") && src_json_event(m->data, m->n);
     if (structured) {
         sb_put(out, m->data, m->n);
         return out->oom ? -1 : 1;

@@ -56,6 +56,10 @@ typedef struct {
  * ran out of memory. */
 bool src_event_json(sbuf *out, const src_ce *e);
 
+/* Is p[0..n) a JSON object with a "specversion" member: a CloudEvent in the JSON format with
+ * nothing to say so but itself (MQTT 3.1.1, NATS before headers)? */
+bool src_json_event(const void *p, size_t n);
+
 /* Appends the RFC 3339 UTC form of Unix milliseconds ms ("2026-12-06T07:15:37.123Z"). */
 void src_time_text(sbuf *out, int64_t ms);
 
