@@ -45,7 +45,20 @@ struct ebd_dedup {
     size_t cap, n;                /* cap: a power of two */
     dqueued *q;                   /* a ring: q[(head + i) & (qcap - 1)] for i < qn */
     size_t qcap, head, qn;
+    int64_t (*now)(void *arg);    /* its clock (NULL: the wall clock; tests give their own) */
+    void *now_arg;
 };
+
+static int64_t clock_ms(const ebd_dedup *d)
+{
+    return d->now ? d->now(d->now_arg) : ebd_wall_ms();
+}
+
+void dedup_set_clock(ebd_dedup *d, int64_t (*now)(void *arg), void *arg)
+{
+    d->now = now;
+    d->now_arg = arg;
+}
 
 typedef struct {
     const char *s;
@@ -228,7 +241,7 @@ int dedup_claim(ebd_dedup *d, dedup_key k, uint64_t *offset, uint64_t *gen)
 {
     pthread_mutex_lock(&d->mu);
     int r;
-    int64_t now = ebd_wall_ms();
+    int64_t now = clock_ms(d);
     expire(d, now);
     size_t i = find(d, k.a, k.b);
     if (!d->t[i].a && !d->t[i].b)
@@ -258,7 +271,7 @@ void dedup_settle(ebd_dedup *d, dedup_key k, bool stored, uint64_t offset)
         if (stored) {
             /* its window runs from now: the FIFO entry of its claim may be gone already (a
              * store slower than the window), and would no longer match it */
-            int64_t ms = ebd_wall_ms();
+            int64_t ms = clock_ms(d);
             d->t[i].pending = false;
             d->t[i].offset = offset;
             d->t[i].ms = ms;
@@ -283,7 +296,7 @@ size_t dedup_size(ebd_dedup *d)
 
 long dedup_fill(ebd_dedup *d, store *s, int64_t from_ms)
 {
-    int64_t since = ebd_wall_ms() - (int64_t)d->window_ms;
+    int64_t since = clock_ms(d) - (int64_t)d->window_ms;
     if (from_ms > since)
         since = from_ms;
     store_cursor *c;

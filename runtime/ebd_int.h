@@ -155,6 +155,8 @@ bool dedup_key_of(const char *ev, size_t n, dedup_key *k);
 ebd_dedup *dedup_new(uint64_t window_ms);
 void dedup_free(ebd_dedup *d);
 void dedup_set_window(ebd_dedup *d, uint64_t window_ms);     /* 0: off (keys kept) */
+/* The clock d reads, in Unix milliseconds (default: the wall clock): tests move time by hand. */
+void dedup_set_clock(ebd_dedup *d, int64_t (*now)(void *arg), void *arg);
 uint64_t dedup_window(const ebd_dedup *d);                   /* 0 for NULL */
 /* DEDUP_SEEN with *offset when the bus stored k within the window; DEDUP_NEW when it did not:
  * k is then pending, and the caller must dedup_settle it; DEDUP_PENDING when another caller

@@ -59,9 +59,16 @@ Test(dedup, keys)
     cr_expect(!dedup_key_of("{\"id\":", 6, &k), "not JSON: no key");
 }
 
+static int64_t test_clock(void *arg)
+{
+    return *(int64_t *)arg;
+}
+
 Test(dedup, claim_settle_expire)
 {
     ebd_dedup *d = dedup_new(1000);
+    int64_t now = 1700000000000;          /* (the test's clock: time moves when it says) */
+    dedup_set_clock(d, test_clock, &now);
     dedup_key k1 = key_of("{\"id\":\"1\",\"source\":\"s\"}"), k2 = key_of("{\"id\":\"2\",\"source\":\"s\"}");
     uint64_t off = 0, gen;
     cr_assert_eq(dedup_claim(d, k1, &off, &gen), DEDUP_NEW);
@@ -71,15 +78,15 @@ Test(dedup, claim_settle_expire)
     dedup_settle(d, k1, true, 42);
     cr_expect_eq(dedup_claim(d, k1, &off, &gen), DEDUP_SEEN);
     cr_expect_eq(off, 42);
-    usleep(1300 * 1000);
+    now += 1300;
     cr_expect_eq(dedup_claim(d, k1, &off, &gen), DEDUP_NEW, "gone once the window passed");
     /* a store that outlasts the window: the key's window runs from its settlement */
-    usleep(1300 * 1000);
+    now += 1300;
     cr_assert_eq(dedup_claim(d, k2, &off, &gen), DEDUP_NEW);    /* (expires k1's first entry) */
     dedup_settle(d, k1, true, 7);
     dedup_settle(d, k2, true, 8);
     cr_expect_eq(dedup_claim(d, k1, &off, &gen), DEDUP_SEEN);
-    usleep(1300 * 1000);
+    now += 1300;
     cr_expect_eq(dedup_claim(d, k1, &off, &gen), DEDUP_NEW, "a late settlement expires too");
     dedup_settle(d, k1, false, 0);
     cr_expect_eq(dedup_size(d), 0, "nothing kept past its window");
