@@ -1370,8 +1370,9 @@ static void check_target(cc_comp *c, cc_unit *u, ast *d)
 
 /* ---- sources -------------------------------------------------------------------------------- */
 
-/* Where a webhook source may not listen: the daemon's own endpoints. */
-static const char *const reserved_paths[] = { "/v1/", "/ui", "/healthz", "/metrics", "/" };
+/* Where a webhook source may not listen: the daemon's own endpoints (one ending in '/': all
+ * below it; else it and all below it). */
+static const char *const reserved_paths[] = { "/v1/", "/ui", "/healthz", "/metrics" };
 
 static bool check_webhook_path(cc_comp *c, cc_unit *u, ast *d, ast *v)
 {
@@ -1392,10 +1393,8 @@ static bool check_webhook_path(cc_comp *c, cc_unit *u, ast *d, ast *v)
         }
     for (size_t i = 0; i < sizeof reserved_paths / sizeof reserved_paths[0]; i++) {
         size_t rn = strlen(reserved_paths[i]);
-        bool clash = reserved_paths[i][rn - 1] == '/' && rn > 1 ? n >= rn && !memcmp(p, reserved_paths[i], rn)
-                   : n == rn && !memcmp(p, reserved_paths[i], rn);
-        clash |= rn > 1 && n > rn && !memcmp(p, reserved_paths[i], rn) && p[rn] == '/';
-        if (clash) {
+        bool below = n >= rn && !memcmp(p, reserved_paths[i], rn);
+        if (below && (reserved_paths[i][rn - 1] == '/' || n == rn || p[rn] == '/')) {
             cc_error_at(u, v, "the path %s is the daemon's own", reserved_paths[i]);
             return false;
         }
