@@ -769,12 +769,14 @@ void vm_program_drop_sources(vm_program *p)
 {
     if (p->src_line0 || !p->nsrcs)
         return;
+    /* (the newlines found by memchr: counted byte by byte, 73M instructions at load for the
+     * 10k issue193 rules, ~250 ms for 100k) */
     uint32_t total = 0;
     for (uint32_t i = 0; i < p->nsrcs; i++) {
-        const char *t = vm_s(p, p->srcs[i].text);
+        const char *t = vm_s(p, p->srcs[i].text), *end = t + p->srcs[i].text.len;
         total++;
-        for (uint32_t k = 0; k < p->srcs[i].text.len; k++)
-            total += t[k] == '\n';
+        for (const char *q = t; (q = memchr(q, '\n', (size_t)(end - q))) != NULL; q++)
+            total++;
     }
     uint32_t *line0 = malloc((p->nsrcs + 1) * sizeof *line0);
     uint32_t *lines = malloc(total * sizeof *lines);
@@ -785,12 +787,11 @@ void vm_program_drop_sources(vm_program *p)
     }
     uint32_t n = 0;
     for (uint32_t i = 0; i < p->nsrcs; i++) {
-        const char *t = vm_s(p, p->srcs[i].text);
+        const char *t = vm_s(p, p->srcs[i].text), *end = t + p->srcs[i].text.len;
         line0[i] = n;
         lines[n++] = 0;
-        for (uint32_t k = 0; k < p->srcs[i].text.len; k++)
-            if (t[k] == '\n')
-                lines[n++] = k + 1;
+        for (const char *q = t; (q = memchr(q, '\n', (size_t)(end - q))) != NULL; q++)
+            lines[n++] = (uint32_t)(q - t) + 1;
     }
     line0[p->nsrcs] = n;
     p->src_line0 = line0;
