@@ -387,6 +387,13 @@ static uint64_t put_program(wbuf *w, const vm_program *p)
     return total;
 }
 
+uint64_t vm_program_image_size(const vm_program *p)
+{
+    uint32_t tags[SEC__COUNT];
+    uint64_t offs[SEC__COUNT], lens[SEC__COUNT];
+    return layout(p, tags, offs, lens);
+}
+
 vm_status vm_program_serialize(const vm_program *p, uint8_t **out, size_t *len)
 {
     uint32_t tags[SEC__COUNT];

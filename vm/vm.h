@@ -418,6 +418,8 @@ typedef struct {
 
 /* Serialises p into a malloc'd buffer (*out, *len). Returns VM_OK or VM_ERR_NOMEM. */
 vm_status vm_program_serialize(const vm_program *p, uint8_t **out, size_t *len);
+/* The length of p's .ebc image, as vm_program_serialize would make it, without making it. */
+uint64_t vm_program_image_size(const vm_program *p);
 
 /* Writes p to the file at path, through a temporary file beside it (path.tmp.PID) that is
  * renamed over path only once it is whole: a reader sees the old file or the new one, and a

@@ -50,6 +50,7 @@ Test(ebcfile, round_trip_is_exact)
     cr_assert_not_null(q, "%s", err.msg);
     cr_assert_eq(vm_program_serialize(q, &b, &nb), VM_OK);
     cr_assert_eq(na, nb);
+    cr_expect_eq(vm_program_image_size(p), na, "the image's length is known without making it");
     cr_assert(memcmp(a, b, na) == 0, "serialising a loaded program changes the bytes");
     cr_expect_eq(q->nrules, 3);
     cr_expect_eq(q->nbuses, 2);
