@@ -4,7 +4,9 @@
  * CloudEvents JSON format asks of an event.  Events are stored as they came (no re-encoding: a
  * number keeps its digits, a key its escapes).
  */
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
+#include <openssl/params.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -179,6 +181,25 @@ bool ebd_digest128(unsigned char out[16], const void *const *parts, const size_t
     ok = ok && EVP_DigestFinal_ex(x, md, NULL) == 1;
     EVP_MD_CTX_free(x);
     memcpy(out, ok ? md : (unsigned char[16]){ 0 }, 16);
+    return ok;
+}
+
+bool ebd_hmac_sha256(unsigned char out[32], const char *key, const void *const *parts,
+                     const size_t *lens, size_t n)
+{
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, OSSL_MAC_NAME_HMAC, NULL);
+    EVP_MAC_CTX *x = mac ? EVP_MAC_CTX_new(mac) : NULL;
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+        OSSL_PARAM_construct_end(),
+    };
+    size_t got = 0;
+    bool ok = x && EVP_MAC_init(x, (const unsigned char *)key, strlen(key), params) == 1;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = EVP_MAC_update(x, parts[i], lens[i]) == 1;
+    ok = ok && EVP_MAC_final(x, out, &got, 32) == 1 && got == 32;
+    EVP_MAC_CTX_free(x);
+    EVP_MAC_free(mac);
     return ok;
 }
 

@@ -75,123 +75,6 @@ static const vm_cfg *arg_of(const vm_program *p, const vm_cfg *call, const char 
     return NULL;
 }
 
-/* ---- SHA-256 and HMAC (FIPS 180-4, RFC 2104) for signed deliveries ------------------------- */
-
-typedef struct {
-    uint32_t h[8];
-    unsigned char buf[64];
-    uint64_t len;
-    size_t fill;
-} sha256;
-
-static const uint32_t K256[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
-};
-
-#define ROR(x, n) ((x) >> (n) | (x) << (32 - (n)))
-
-static void sha_block(sha256 *s, const unsigned char *b)
-{
-    uint32_t w[64];
-    for (int i = 0; i < 16; i++)
-        w[i] = (uint32_t)b[4 * i] << 24 | (uint32_t)b[4 * i + 1] << 16 | (uint32_t)b[4 * i + 2] << 8 | b[4 * i + 3];
-    for (int i = 16; i < 64; i++) {
-        uint32_t s0 = ROR(w[i - 15], 7) ^ ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
-        uint32_t s1 = ROR(w[i - 2], 17) ^ ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
-        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-    }
-    uint32_t a = s->h[0], bb = s->h[1], c = s->h[2], d = s->h[3], e = s->h[4], f = s->h[5],
-             g = s->h[6], h = s->h[7];
-    for (int i = 0; i < 64; i++) {
-        uint32_t t1 = h + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) + K256[i] + w[i];
-        uint32_t t2 = (ROR(a, 2) ^ ROR(a, 13) ^ ROR(a, 22)) + ((a & bb) ^ (a & c) ^ (bb & c));
-        h = g, g = f, f = e, e = d + t1, d = c, c = bb, bb = a, a = t1 + t2;
-    }
-    s->h[0] += a, s->h[1] += bb, s->h[2] += c, s->h[3] += d;
-    s->h[4] += e, s->h[5] += f, s->h[6] += g, s->h[7] += h;
-}
-
-static void sha_init(sha256 *s)
-{
-    static const uint32_t iv[8] = { 0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                                    0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19 };
-    memcpy(s->h, iv, sizeof iv);
-    s->len = 0;
-    s->fill = 0;
-}
-
-static void sha_add(sha256 *s, const void *data, size_t n)
-{
-    const unsigned char *p = data;
-    s->len += n;
-    while (n) {
-        size_t k = 64 - s->fill < n ? 64 - s->fill : n;
-        memcpy(s->buf + s->fill, p, k);
-        s->fill += k, p += k, n -= k;
-        if (s->fill == 64) {
-            sha_block(s, s->buf);
-            s->fill = 0;
-        }
-    }
-}
-
-static void sha_end(sha256 *s, unsigned char out[32])
-{
-    uint64_t bits = s->len * 8;
-    unsigned char pad = 0x80;
-    sha_add(s, &pad, 1);
-    pad = 0;
-    while (s->fill != 56)
-        sha_add(s, &pad, 1);
-    unsigned char l[8];
-    for (int i = 0; i < 8; i++)
-        l[i] = (unsigned char)(bits >> (56 - 8 * i));
-    sha_add(s, l, 8);
-    for (int i = 0; i < 8; i++)
-        for (int k = 0; k < 4; k++)
-            out[4 * i + k] = (unsigned char)(s->h[i] >> (24 - 8 * k));
-}
-
-/* HMAC-SHA256(key, a || b) as 64 hex digits. */
-void ebd_hmac_sha256_hex(const char *key, const char *a, size_t an, const char *b, size_t bn,
-                         char hex[65]);
-void ebd_hmac_sha256_hex(const char *key, const char *a, size_t an, const char *b, size_t bn,
-                         char hex[65])
-{
-    unsigned char k[64] = { 0 }, ipad[64], opad[64], inner[32], mac[32];
-    size_t kn = strlen(key);
-    if (kn > 64) {
-        sha256 s;
-        sha_init(&s);
-        sha_add(&s, key, kn);
-        sha_end(&s, k);
-    } else
-        memcpy(k, key, kn);
-    for (int i = 0; i < 64; i++) {
-        ipad[i] = k[i] ^ 0x36;
-        opad[i] = k[i] ^ 0x5c;
-    }
-    sha256 s;
-    sha_init(&s);
-    sha_add(&s, ipad, 64);
-    sha_add(&s, a, an);
-    sha_add(&s, b, bn);
-    sha_end(&s, inner);
-    sha_init(&s);
-    sha_add(&s, opad, 64);
-    sha_add(&s, inner, 32);
-    sha_end(&s, mac);
-    for (int i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", mac[i]);
-}
-
 /* ---- preparing a ruleset ------------------------------------------------------------------- */
 
 static char *under_data(const ebd *d, const char *path)
@@ -1029,9 +912,16 @@ static void http_prepare(ebd_target *t, CURL *h, const char *payload, size_t n, 
     hs = curl_slist_append(hs, "Expect:");
     if (t->sign_secret) {
         /* header: t=UNIX_SECONDS,v1=HEX(HMAC-SHA256(secret, "UNIX_SECONDS." + body)) */
-        char ts[32], hex[65], line[300];
+        char ts[32], hex[65] = "", line[300];
         int tn = snprintf(ts, sizeof ts, "%lld.", (long long)(ebd_wall_ms() / 1000));
-        ebd_hmac_sha256_hex(t->sign_secret, ts, (size_t)tn, payload, n, hex);
+        const void *parts[2] = { ts, payload };
+        size_t lens[2] = { (size_t)tn, n };
+        unsigned char mac[32];
+        if (ebd_hmac_sha256(mac, t->sign_secret, parts, lens, 2))
+            for (int i = 0; i < 32; i++)
+                snprintf(hex + 2 * i, 3, "%02x", mac[i]);
+        else   /* (sent unsigned, v1 empty: the receiver refuses it, and the attempt is retried) */
+            ebd_log(EBD_ERROR, "msg=\"cannot sign a delivery\" target=%s", t->name);
         ts[tn - 1] = 0;
         snprintf(line, sizeof line, "%s: t=%s,v1=%s", t->sign_header, ts, hex);
         hs = curl_slist_append(hs, line);

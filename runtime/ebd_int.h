@@ -59,6 +59,10 @@ void sb_base64(sbuf *b, const unsigned char *s, size_t n); /* a quoted base64 JS
  * endian), so that ("ab","c") and ("a","bc") differ: dedup keys and sources' stable ids.  False
  * when libcrypto failed (out[] then zero). */
 bool ebd_digest128(unsigned char out[16], const void *const *parts, const size_t *lens, size_t n);
+/* HMAC-SHA256 under key of parts[0..n) one after another (libcrypto): signed deliveries.  False
+ * when libcrypto failed. */
+bool ebd_hmac_sha256(unsigned char out[32], const char *key, const void *const *parts,
+                     const size_t *lens, size_t n);
 void sb_free(sbuf *b);
 
 /* ---- JSON text that vm_json_valid has accepted: spans, not a DOM -------------------------- */
