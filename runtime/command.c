@@ -83,7 +83,7 @@ static int spawn_now(const cmd_spec *s, int in, int out, int err, pid_t *pid)
 
 /* The spawner: a thread that starts the commands for the others (cmd_spawner_start).  A child
  * inherits its starter's niceness, and the daemon's delivery threads run below the ingest
- * threads (nice 19, runtime/deliver.c): without it, every command of an exec target or a
+ * threads (nice 19, runtime/delivery/deliver.c): without it, every command of an exec target or a
  * function transform would run at that lower priority too, and an unprivileged daemon could not
  * raise it back.  Started before those threads, the spawner keeps the daemon's own. */
 typedef struct spawn_req {

@@ -1,6 +1,6 @@
 /*
  * ebd.c — the daemon: loads the rules, opens each bus's log, takes CloudEvents in over HTTP
- * (ingest.c) and delivers what the rules route (deliver.c).  SIGHUP or POST /v1/admin/reload
+ * (ingest/) and delivers what the rules route (delivery/).  SIGHUP or POST /v1/admin/reload
  * loads the rules again; SIGTERM stops it gracefully.
  */
 #define _GNU_SOURCE

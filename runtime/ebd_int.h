@@ -1,6 +1,7 @@
 /*
- * ebd_int.h — the daemon's parts (runtime/ebd.c, ingest.c, deliver.c, cejson.c) and what they
- * share.  Not a door: the rest of the project sees runtime.h only.
+ * ebd_int.h — what the daemon's parts share: its structures (the daemon, its buses, a loaded
+ * ruleset), logging, text buffers, JSON spans (cejson.c) and the doors of its rooms, delivery/
+ * and ingest/.  Not a door: the rest of the project sees runtime.h only.
  */
 #ifndef EBR_EBD_INT_H
 #define EBR_EBD_INT_H
@@ -110,77 +111,16 @@ static inline void ebd_curl_http_only(CURL *h)
 #endif
 }
 
-enum { T_HTTP, T_FILE, T_BUS, T_EXEC, T_MQTT, T_NATS };
-
-typedef struct {
-    unsigned attempts;            /* 0: no retry (one attempt) */
-    uint64_t first_ms, max_ms, max_age_ms;
-} ebd_retry;
-
-typedef struct {
-    char *name;
-    int kind;
-    char *url, *method;           /* http */
-    struct curl_slist *headers;
-    long timeout_ms;              /* http, exec */
-    char *sign_secret, *sign_header;
-    bool remote;                  /* http: a remote target, a bus of another ebd (CloudEvents) */
-    char *ca_file;                /* http: the CA certificates its TLS peer is checked against */
-    void *pub;                    /* mqtt, nats: the publisher (runtime/sources/brokers.c) */
-    char *topic;                  /* mqtt: the topic; nats: the subject */
-    int qos;                      /* mqtt */
-    bool retain;                  /* mqtt */
-    unsigned concurrency;         /* http, exec: deliveries at once (0: no limit) */
-    unsigned batch;               /* http: deliveries one request may carry (0, 1: one) */
-    unsigned rate_limit;          /* http, exec: deliveries per second (0: no limit) */
-    char *path;                   /* file: resolved under the data directory */
-    int fd;
-    store_fsync fsync;
-    uint32_t bus;                 /* bus: the daemon's bus index */
-    char **argv;                  /* exec: argv (NULL-terminated) */
-    char **envp;                  /* exec: its environment (cmd_env) */
-    ebd_retry retry;
-    uint32_t dead_letter;         /* a target index, or VM_NONE */
-    char *dead_letter_file;       /* or a file under the data directory */
-    pthread_mutex_t mu;           /* file writes; rate limit */
-    unsigned busy;                /* deliveries in progress (concurrency) */
-    double tokens;                /* rate limit bucket */
-    struct timespec refill;
-} ebd_target;
-
-/* ---- a bus's de-duplication window (dedup.c) ---------------------------------------------- */
-
-typedef struct ebd_dedup ebd_dedup;
-typedef struct { uint64_t a, b; } dedup_key;
-enum { DEDUP_NEW, DEDUP_SEEN, DEDUP_PENDING, DEDUP_FULL };
-
-/* The key of the event ev[0..n) (a JSON object with "source" and "id"); false if it has none. */
-bool dedup_key_of(const char *ev, size_t n, dedup_key *k);
-ebd_dedup *dedup_new(uint64_t window_ms);
-void dedup_free(ebd_dedup *d);
-void dedup_set_window(ebd_dedup *d, uint64_t window_ms);     /* 0: off (keys kept) */
-/* The clock d reads, in Unix milliseconds (default: the wall clock): tests move time by hand. */
-void dedup_set_clock(ebd_dedup *d, int64_t (*now)(void *arg), void *arg);
-uint64_t dedup_window(const ebd_dedup *d);                   /* 0 for NULL */
-/* DEDUP_SEEN with *offset when the bus stored k within the window; DEDUP_NEW when it did not:
- * k is then pending, and the caller must dedup_settle it; DEDUP_PENDING when another caller
- * is storing it (dedup_wait(d, *gen) waits for a settlement); DEDUP_FULL: no memory. */
-int dedup_claim(ebd_dedup *d, dedup_key k, uint64_t *offset, uint64_t *gen);
-void dedup_wait(ebd_dedup *d, uint64_t gen);
-void dedup_settle(ebd_dedup *d, dedup_key k, bool stored, uint64_t offset);
-void dedup_note(ebd_dedup *d, dedup_key k, uint64_t offset, int64_t ms);
-size_t dedup_size(ebd_dedup *d);
-/* Fills d from the records s stored within the window and from wall time from_ms on (0: the
- * whole window); how many, or -1 on a read error. */
-long dedup_fill(ebd_dedup *d, store *s, int64_t from_ms);
-
-/* Per bus of the daemon, kept across reloads: where each pair stands (deliver.c). */
-typedef struct ebd_book ebd_book;
+/* The rooms' types the daemon's structures point to (delivery/delivery.h, ingest/ingest.h). */
+typedef struct ebd_target ebd_target;
+typedef struct ebd_book ebd_book;         /* per bus, kept across reloads: where each pair stands */
+typedef struct ebd_engine ebd_engine;     /* a ruleset's delivery at run time */
+typedef struct ebd_dedup ebd_dedup;       /* a bus's de-duplication window */
 
 /* A bus of the daemon: its log stays open across reloads (d->buses holds pointers, so a bus
  * never moves).  What the rules say of it (token, size limit) is in ebd_rules; ingest works on
  * a view that joins both (ebd_bus_view). */
-typedef struct {
+typedef struct ebd_bus {
     char *name;
     store *s;
     ebd_book *book;               /* deliver.c: the pairs' positions, as last committed */
@@ -192,18 +132,8 @@ typedef struct {
     ebd_dedup *dedup;             /* its dedup window (NULL: none ever set) */
 } ebd_bus;
 
-/* Stores the events e[0..n) on bus b (store_append), through its dedup window: an event the
- * bus stored within it is not stored again, and gets the first one's offset with dup[i] set
- * (dup may be NULL when the caller does not care).  Offsets as store_append's. */
-store_status ebd_bus_store(ebd_bus *b, const store_entry *e, size_t n, uint64_t *offsets,
-                           bool *dup);
-
 typedef struct ebd ebd;
 typedef struct ebd_rules ebd_rules;
-
-/* deliver.c's run-time state of a ruleset: the (rule, target) pairs, the routers, the delivery
- * threads and the committer.  Private to deliver.c. */
-typedef struct ebd_engine ebd_engine;
 
 /* One loaded ruleset with what it needs at run time; replaced whole on reload. */
 struct ebd_rules {
@@ -248,69 +178,6 @@ struct ebd {
     struct ebd_ingest *ingest;    /* ingest.c's connection table, while the listener runs */
 };
 
-/* runtime/sources/brokers.c: mqtt and nats targets (false with err; a send false with why,
- * to be retried) */
-bool ebd_mqtt_target(ebd_target *x, const vm_program *p, const vm_target *t, char *err, size_t cap);
-bool ebd_mqtt_send(ebd_target *t, const char *payload, size_t n, bool text, char *why, size_t cap);
-void ebd_mqtt_close(ebd_target *t);
-bool ebd_nats_target(ebd_target *x, const vm_program *p, const vm_target *t, char *err, size_t cap);
-/* delivery: what names this delivery (a retry of it names it alike), or NULL */
-bool ebd_nats_send(ebd_target *t, const char *payload, size_t n, bool text, const char *delivery,
-                   char *why, size_t cap);
-void ebd_nats_close(ebd_target *t);
-
-/* deliver.c: the options of declarations (p->cfgs) */
-const vm_cfg *ebd_cfg_option(const vm_program *p, uint32_t opt0, uint32_t nopt, const char *key);
-const vm_cfg *ebd_cfg_child(const vm_program *p, const vm_cfg *c, uint32_t k);
-/* A text value: a string, or env("NAME") read now (NULL with err set when it is unset). */
-char *ebd_cfg_text(const vm_program *p, const vm_cfg *v, char *err, size_t cap);
-
-/* deliver.c */
-bool ebd_rules_prepare(ebd *d, ebd_rules *r, char *err, size_t errcap);
-void ebd_workers_start(ebd *d, ebd_rules *r);
-void ebd_workers_stop(ebd *d, ebd_rules *r);     /* finish the delivery in hand, commit, join */
-void ebd_rules_free(ebd_rules *r);
-void ebd_book_free(ebd_book *b);                  /* when its bus closes */
-/* For the event center: fn for each pair of r that delivers, with its target and bus (r->p's
- * indexes), the events queued for it or in flight, and the lowest offset it has not finished.
- * Under d->reload_mu (its workers are neither starting nor stopping). */
-void ebd_pairs_visit(ebd_rules *r, void (*fn)(void *arg, uint32_t target, uint32_t pbus,
-                                              uint64_t queued, uint64_t low), void *arg);
-/* One delivery made at once, for replays (runtime/center/replay.c): rule's payload for the event
- * (its transform run with ctx, a context of r->p), delivered to target with the target's limits,
- * retries (the age counted from the first attempt) and then its dead letter (which gets
- * "replay"); http requests carry `X-Ebr-Replay: REPLAY`.  stop(arg) is asked while it waits.
- * Returns how it ended, the last error in err unless delivered. */
-enum { EBD_SYNC_DELIVERED, EBD_SYNC_DEAD_LETTERED, EBD_SYNC_DROPPED, EBD_SYNC_STOPPED };
-int ebd_deliver_sync(ebd *d, ebd_rules *r, vm_ctx *ctx, uint32_t rule, uint32_t target,
-                     const char *event, size_t len, int64_t time_ns, uint64_t off,
-                     const char *replay, bool (*stop)(void *), void *arg, char *err, size_t cap);
-
-/* ingest.c */
-struct MHD_Daemon;
-/* A listening socket on host:port (IPv4), or -1 with the cause in err (a port in use says so). */
-int ebd_http_listen(const char *host, uint16_t port, char *err, size_t cap);
-/* Serves the daemon's endpoints on listening socket fd (HTTPS when d->tls_cert), which it owns
- * from then on; NULL with the cause in err (the caller still owns fd then). */
-struct MHD_Daemon *ebd_http_start(ebd *d, int fd, const char *host, uint16_t port, char *err,
-                                  size_t cap);
-void ebd_http_stop(ebd *d, struct MHD_Daemon *h);
-/* The connections the listener takes beyond max_connections to answer them 503 rather than
- * leave them unaccepted: they need descriptors too. */
-unsigned ebd_http_reserve(unsigned max_connections);
-
-/* Answers for the event center (runtime/center/), as ingest's own: a JSON body with the status;
- * {"error": msg, "field": field} (field may be NULL). */
-struct MHD_Connection;
-int ebd_send_json(struct MHD_Connection *c, unsigned status, const sbuf *b);
-int ebd_send_error(struct MHD_Connection *c, unsigned status, const char *msg, const char *field);
-/* May this request use an operator's endpoint?  0 if so; 401 without a token, 403 with a wrong
- * one.  With no admin_token set, 403 unless the listener is on loopback, Host names loopback,
- * an Origin header (if any) is http(s)://HOST and, for a write (POST), the request is not one a
- * web page can send cross-site (Content-Type: application/json or X-Ebr-Request).  *why (may
- * be NULL) gets the reason. */
-unsigned ebd_authorize_admin(ebd *d, struct MHD_Connection *c, bool write, const char **why);
-
 /* ebd.c */
 bool ebd_reload(ebd *d, sbuf *errors);
 ebd_bus *ebd_find_bus(ebd *d, const char *name, size_t n);
@@ -318,5 +185,9 @@ uint32_t ebd_bus_index(const ebd *d, const char *name, size_t n);   /* or VM_NON
 /* The bus the current rules declare under that name, with their token and limit; false if they
  * declare none.  Under d->lock (read). */
 bool ebd_bus_view(ebd *d, const char *name, size_t n, ebd_bus *view);
+
+/* The rooms of the daemon, each behind its header (they need what is above). */
+#include "delivery/delivery.h"
+#include "ingest/ingest.h"
 
 #endif

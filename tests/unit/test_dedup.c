@@ -1,5 +1,5 @@
 /*
- * test_dedup.c — a bus's dedup window (runtime/dedup.c): claims and settlements, expiry (also of
+ * test_dedup.c — a bus's dedup window (runtime/ingest/dedup.c): claims and settlements, expiry (also of
  * a key whose store outlasted the window), storing through it on a real log (duplicates within
  * a batch, across batches, after a restart's fill), and two threads storing the same events at
  * once.

@@ -28,12 +28,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "aws/aws.h"
-#include "center/trace.h"
-#include "command.h"
-#include "ebd_int.h"
-#include "center/center.h"
-#include "schema/schema.h"
+#include "../aws/aws.h"
+#include "../center/center.h"
+#include "../center/trace.h"
+#include "../command.h"
+#include "../schema/schema.h"
+#include "delivery.h"
 
 #define COMMIT_EVERY_MS 200
 #define COMMIT_EVERY_EVENTS 256

@@ -22,7 +22,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "ebd_int.h"
+#include "ingest.h"
 
 typedef struct {
     uint64_t a, b;                /* the key; a == 0 && b == 0: an empty slot */

@@ -24,11 +24,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ebd_int.h"
-#include "aws/aws.h"
-#include "center/center.h"
-#include "center/trace.h"
-#include "schema/schema.h"
+#include "../aws/aws.h"
+#include "../center/center.h"
+#include "../center/trace.h"
+#include "../schema/schema.h"
+#include "ingest.h"
 
 #define MAX_BODY (32u << 20)        /* the most any request may carry */
 /* A pool of epoll threads: a request holds its thread only while its append is acknowledged, so
