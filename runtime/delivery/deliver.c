@@ -17,427 +17,22 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "../aws/aws.h"
 #include "../center/center.h"
 #include "../center/trace.h"
-#include "../command.h"
 #include "../schema/schema.h"
-#include "delivery.h"
+#include "delivery_int.h"
 
 #define COMMIT_EVERY_MS 200
 #define COMMIT_EVERY_EVENTS 256
-
-/* ---- reading a target's options ------------------------------------------------------------ */
-
-static bool str_eq(const vm_program *p, vm_str s, const char *w)
-{
-    return s.len == strlen(w) && memcmp(vm_s(p, s), w, s.len) == 0;
-}
-
-const vm_cfg *ebd_cfg_option(const vm_program *p, uint32_t opt0, uint32_t nopt, const char *key)
-{
-    for (uint32_t i = 0; i < nopt; i++)
-        if (p->cfgs[opt0 + i].type == VM_CFG_OPTION && str_eq(p, p->cfgs[opt0 + i].key, key))
-            return &p->cfgs[opt0 + i];
-    return NULL;
-}
-
-const vm_cfg *ebd_cfg_child(const vm_program *p, const vm_cfg *c, uint32_t k)
-{
-    return c && k < c->nchild ? &p->cfgs[c->child0 + k] : NULL;
-}
-
-/* A text value: a string, or env("NAME") read now.  NULL (err set) if the variable is unset. */
-char *ebd_cfg_text(const vm_program *p, const vm_cfg *v, char *err, size_t cap)
-{
-    return rt_cfg_text(p, v, err, cap);
-}
-
-/* A named argument of a call value (retry exponential(attempts: ...)). */
-static const vm_cfg *arg_of(const vm_program *p, const vm_cfg *call, const char *name)
-{
-    for (uint32_t i = 0; call && call->type == VM_CFG_CALL && i < call->nchild; i++) {
-        const vm_cfg *a = &p->cfgs[call->child0 + i];
-        if (a->type == VM_CFG_OPTION && str_eq(p, a->key, name) && a->nchild)
-            return &p->cfgs[a->child0];
-    }
-    return NULL;
-}
-
-/* ---- preparing a ruleset ------------------------------------------------------------------- */
-
-static char *under_data(const ebd *d, const char *path)
-{
-    if (path[0] == '/')
-        return strdup(path);
-    size_t n = strlen(d->data_dir) + strlen(path) + 2;
-    char *s = malloc(n);
-    if (s)
-        snprintf(s, n, "%s/%s", d->data_dir, path);
-    return s;
-}
-
-/* Creates the directories above path. */
-static void mkdirs_above(const char *path)
-{
-    char *p = strdup(path);
-    for (char *s = p ? strchr(p + 1, '/') : NULL; s; s = strchr(s + 1, '/')) {
-        *s = 0;
-        mkdir(p, 0755);
-        *s = '/';
-    }
-    free(p);
-}
-
-/* May a file target (or dead-letter file) have this path?  A relative path names a file under
- * the data directory and must stay there: empty, or with a ".." part, it is refused (why set).
- * The compiler says the same of a path written in the rules; this checks one from env(). */
-static bool output_path_ok(const char *path, char *why, size_t cap)
-{
-    if (!*path) {
-        snprintf(why, cap, "the file's path is empty");
-        return false;
-    }
-    for (const char *c = path; path[0] != '/' && *c; c += strcspn(c, "/") + (c[strcspn(c, "/")] != 0))
-        if (strncmp(c, "..", 2) == 0 && (c[2] == '/' || c[2] == 0)) {
-            snprintf(why, cap, "'%.100s': a relative path names a file under the data directory "
-                     "and cannot leave it ('..' is not allowed)", path);
-            return false;
-        }
-    /* The daemon's own folders there (logs, the list of pairs, replays) are not for targets. */
-    static const char *const own[] = { "buses", "pairs", "replays" };
-    const char *first = path;
-    while (first[0] == '.' && first[1] == '/')
-        first += 2 + strspn(first + 2, "/");
-    for (size_t i = 0; path[0] != '/' && i < sizeof own / sizeof *own; i++)
-        if (!strncmp(first, own[i], strlen(own[i])) &&
-            (first[strlen(own[i])] == '/' || !first[strlen(own[i])])) {
-            snprintf(why, cap, "'%.100s': %s/ under the data directory is the daemon's own", path,
-                     own[i]);
-            return false;
-        }
-    return true;
-}
-
-/* Opens a file target's (or dead-letter file's) path for appending, creating it and the
- * directories above it.  An absolute path is opened as written.  A relative one is walked from
- * the data directory one part at a time, without following a symbolic link anywhere (a link
- * placed there must not lead a write out of it), and must end at a regular file (a FIFO would
- * block the daemon).  Returns the descriptor, or -1 with the cause in why; *full (malloc'd, may
- * be NULL) gets the path for messages. */
-static int open_output(const ebd *d, const char *path, char **full, char *why, size_t cap)
-{
-    *full = under_data(d, path);
-    if (!output_path_ok(path, why, cap))
-        return -1;
-    const char *shown = *full ? *full : path;
-    int flags = O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC;
-    if (path[0] == '/') {
-        mkdirs_above(path);
-        int fd = open(path, flags, 0644);
-        if (fd < 0)
-            snprintf(why, cap, "cannot open %s: %s", shown, strerror(errno));
-        return fd;
-    }
-    int dir = open(d->data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    const char *part = path;
-    while (dir >= 0 && strchr(part, '/')) {
-        size_t n = strcspn(part, "/");
-        char name[256];
-        if (n >= sizeof name) {
-            close(dir);
-            snprintf(why, cap, "cannot open %s: %s", shown, strerror(ENAMETOOLONG));
-            return -1;
-        }
-        memcpy(name, part, n);
-        name[n] = 0;
-        part += n + 1;
-        if (n == 0 || !strcmp(name, "."))
-            continue;
-        mkdirat(dir, name, 0755);
-        int next = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (next < 0) {
-            int e = errno;
-            close(dir);
-            if (e == ELOOP || e == ENOTDIR)
-                snprintf(why, cap, "cannot open %s: '%s' is not a directory (symbolic links are "
-                         "not followed under the data directory)", shown, name);
-            else
-                snprintf(why, cap, "cannot open %s: %s", shown, strerror(e));
-            return -1;
-        }
-        close(dir);
-        dir = next;
-    }
-    if (dir < 0) {
-        snprintf(why, cap, "cannot open %s: %s", shown, strerror(errno));
-        return -1;
-    }
-    int fd = openat(dir, part, flags | O_NOFOLLOW | O_NONBLOCK, 0644);
-    int e = errno;
-    close(dir);
-    struct stat st;
-    if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))) {
-        close(fd);
-        fd = -1;
-        e = EINVAL;
-    }
-    if (fd < 0 && e == ELOOP)
-        snprintf(why, cap, "cannot open %s: it is a symbolic link (symbolic links are not "
-                 "followed under the data directory)", shown);
-    else if (fd < 0 && e == EINVAL)
-        snprintf(why, cap, "cannot open %s: not a regular file", shown);
-    else if (fd < 0)
-        snprintf(why, cap, "cannot open %s: %s", shown, strerror(e));
-    else
-        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-    return fd;
-}
-
-/* Is s an HTTP header name (a token, RFC 9110)?  Is v fit for a header value (no CR, LF, NUL:
- * a value from the environment must not add header lines of its own)? */
-static bool header_name_ok(const char *s)
-{
-    if (!*s || strlen(s) > 200)
-        return false;
-    for (; *s; s++)
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
-              strchr("!#$%&'*+-.^_`|~", *s)))
-            return false;
-    return true;
-}
-
-static bool header_value_ok(const char *v)
-{
-    return strpbrk(v, "\r\n") == NULL;
-}
-
-static bool read_retry(const vm_program *p, const vm_target *t, ebd_retry *r)
-{
-    /* The default: 10 attempts, 1 s doubling up to 5 min, for at most 24 h. */
-    *r = (ebd_retry){ 10, 1000, 300000, 86400000 };
-    const vm_cfg *o = ebd_cfg_option(p, t->opt0, t->nopt, "retry");
-    const vm_cfg *v = ebd_cfg_child(p, o, 0);
-    if (!v)
-        return true;
-    if (v->type == VM_CFG_IDENT) {     /* none */
-        r->attempts = 1;
-        return true;
-    }
-    const vm_cfg *a;
-    if ((a = arg_of(p, v, "attempts")))
-        r->attempts = a->num < 1 ? 1 : (unsigned)a->num;
-    if ((a = arg_of(p, v, "first")))
-        r->first_ms = (uint64_t)a->num;
-    if ((a = arg_of(p, v, "max")))
-        r->max_ms = (uint64_t)a->num;
-    if ((a = arg_of(p, v, "max_age")))
-        r->max_age_ms = (uint64_t)a->num;
-    return true;
-}
-
-/* An exec target's environment: PATH, HOME, LANG, TZ and what its `env { NAME = value }` sets
- * (values from env() read now).  NULL, why set, when a variable is unset or memory is short. */
-static char **exec_env(const vm_program *p, const vm_target *t, char *why, size_t cap)
-{
-    const vm_cfg *block = ebd_cfg_option(p, t->opt0, t->nopt, "env");
-    uint32_t n = block ? block->nchild : 0;
-    const char **names = calloc(n + 1, sizeof *names);
-    char **values = calloc(n + 1, sizeof *values);
-    char **env = NULL;
-    uint32_t k = 0;
-    for (; names && values && k < n; k++) {
-        const vm_cfg *v = ebd_cfg_child(p, block, k);
-        names[k] = strndup(vm_s(p, v->key), v->key.len);
-        values[k] = ebd_cfg_text(p, ebd_cfg_child(p, v, 0), why, cap);
-        if (!names[k] || !values[k])
-            break;
-    }
-    if (names && values && k == n)
-        env = cmd_env(names, (const char *const *)values, n);
-    if (!env && !why[0])
-        snprintf(why, cap, "out of memory");
-    for (uint32_t j = 0; names && values && j < n; j++) {
-        free((char *)names[j]);
-        free(values[j]);
-    }
-    free(names);
-    free(values);
-    return env;
-}
-
-static bool prepare_target(ebd *d, ebd_rules *r, uint32_t i, char *err, size_t cap)
-{
-    const vm_program *p = r->p;
-    const vm_target *t = &p->targets[i];
-    ebd_target *x = &r->targets[i];
-    x->name = strndup(vm_s(p, t->name), t->name.len);
-    x->fd = -1;
-    x->dead_letter = VM_NONE;
-    pthread_mutex_init(&x->mu, NULL);
-    const vm_cfg *value = &p->cfgs[t->value];
-    char why[256] = "";
-    read_retry(p, t, &x->retry);
-    const vm_cfg *o;
-    if ((o = ebd_cfg_option(p, t->opt0, t->nopt, "timeout")) && ebd_cfg_child(p, o, 0))
-        x->timeout_ms = (long)ebd_cfg_child(p, o, 0)->num;
-    if ((o = ebd_cfg_option(p, t->opt0, t->nopt, "concurrency")) && ebd_cfg_child(p, o, 0))
-        x->concurrency = (unsigned)ebd_cfg_child(p, o, 0)->num;
-    if ((o = ebd_cfg_option(p, t->opt0, t->nopt, "batch")) && ebd_cfg_child(p, o, 0))
-        x->batch = (unsigned)ebd_cfg_child(p, o, 0)->num;
-    if ((o = ebd_cfg_option(p, t->opt0, t->nopt, "rate_limit")) && ebd_cfg_child(p, o, 0))
-        x->tokens = x->rate_limit = (unsigned)ebd_cfg_child(p, o, 0)->num;
-    clock_gettime(CLOCK_MONOTONIC, &x->refill);
-    if ((o = ebd_cfg_option(p, t->opt0, t->nopt, "dead_letter"))) {
-        const vm_cfg *v = ebd_cfg_child(p, o, 0);
-        if (v && v->type == VM_CFG_IDENT && str_eq(p, v->str, "file") && ebd_cfg_child(p, o, 1)) {
-            /* kept as written: each dead letter opens it (open_output) */
-            x->dead_letter_file = ebd_cfg_text(p, ebd_cfg_child(p, o, 1), why, sizeof why);
-            if (x->dead_letter_file)
-                output_path_ok(x->dead_letter_file, why, sizeof why);
-        } else if (v) {
-            for (uint32_t k = 0; k < p->ntargets; k++)
-                if (p->targets[k].name.len == v->str.len &&
-                    !memcmp(vm_s(p, p->targets[k].name), vm_s(p, v->str), v->str.len))
-                    x->dead_letter = k;
-        }
-    }
-    if (str_eq(p, t->kind, "http")) {
-        x->kind = T_HTTP;
-        x->url = ebd_cfg_text(p, value, why, sizeof why);
-        /* The compiler checks a URL written in the rules; this one may come from env(). */
-        if (x->url && strncmp(x->url, "http://", 7) != 0 && strncmp(x->url, "https://", 8) != 0)
-            snprintf(why, sizeof why, "the URL '%.100s' does not start with http:// or https://",
-                     x->url);
-        if (!x->timeout_ms)
-            x->timeout_ms = 10000;
-        const vm_cfg *m = ebd_cfg_option(p, t->opt0, t->nopt, "method");
-        x->method = m && ebd_cfg_child(p, m, 0) ? strndup(vm_s(p, ebd_cfg_child(p, m, 0)->str), ebd_cfg_child(p, m, 0)->str.len)
-                                        : strdup("POST");
-        for (uint32_t k = 0; k < t->nopt && !why[0]; k++) {
-            const vm_cfg *h = &p->cfgs[t->opt0 + k];
-            if (h->type != VM_CFG_OPTION || !str_eq(p, h->key, "header") || h->nchild != 2)
-                continue;
-            char *name = ebd_cfg_text(p, ebd_cfg_child(p, h, 0), why, sizeof why);
-            char *val = ebd_cfg_text(p, ebd_cfg_child(p, h, 1), why, sizeof why);
-            if (name && val && (!header_name_ok(name) || !header_value_ok(val)))
-                snprintf(why, sizeof why, "header '%.100s': a name must be a token and a value "
-                         "must not hold CR or LF", name);
-            else if (name && val) {
-                size_t n = strlen(name) + strlen(val) + 3;
-                char *line = malloc(n);
-                snprintf(line, n, "%s: %s", name, val);
-                x->headers = curl_slist_append(x->headers, line);
-                free(line);
-            }
-            free(name);
-            free(val);
-        }
-        const vm_cfg *sg = ebd_cfg_option(p, t->opt0, t->nopt, "sign");
-        if (sg && ebd_cfg_child(p, sg, 0)) {
-            x->sign_secret = ebd_cfg_text(p, arg_of(p, ebd_cfg_child(p, sg, 0), "secret"), why, sizeof why);
-            const vm_cfg *hv = arg_of(p, ebd_cfg_child(p, sg, 0), "header");
-            x->sign_header = hv ? ebd_cfg_text(p, hv, why, sizeof why) : strdup("X-Ebr-Signature");
-            if (x->sign_header && !header_name_ok(x->sign_header))
-                snprintf(why, sizeof why, "sign: '%.100s' is not a header name", x->sign_header);
-            if (x->sign_secret && !*x->sign_secret)
-                snprintf(why, sizeof why, "sign: the secret is empty");
-        }
-    } else if (str_eq(p, t->kind, "remote")) {
-        /* a bus of another ebd: its events endpoint, its token, the CA its TLS is checked by */
-        x->kind = T_HTTP;
-        x->remote = true;
-        x->method = strdup("POST");
-        if (!x->timeout_ms)
-            x->timeout_ms = 10000;
-        char *base = ebd_cfg_text(p, value, why, sizeof why);
-        if (base && strncmp(base, "http://", 7) != 0 && strncmp(base, "https://", 8) != 0)
-            snprintf(why, sizeof why, "the URL '%.100s' does not start with http:// or https://", base);
-        if (base && (x->url = malloc(strlen(base) + 8)))
-            sprintf(x->url, "%s/events", base);
-        free(base);
-        const vm_cfg *tk = ebd_cfg_option(p, t->opt0, t->nopt, "token");
-        char *token = tk ? ebd_cfg_text(p, ebd_cfg_child(p, tk, 0), why, sizeof why) : NULL;
-        if (token && !header_value_ok(token))
-            snprintf(why, sizeof why, "the token holds a line break");
-        else if (token) {
-            size_t n = strlen(token) + 32;
-            char *line = malloc(n);
-            if (line) {
-                snprintf(line, n, "Authorization: Bearer %s", token);
-                x->headers = curl_slist_append(x->headers, line);
-                free(line);
-            }
-        }
-        free(token);
-        const vm_cfg *ca = ebd_cfg_option(p, t->opt0, t->nopt, "ca");
-        if (ca && (x->ca_file = ebd_cfg_text(p, ebd_cfg_child(p, ca, 0), why, sizeof why)) &&
-            access(x->ca_file, R_OK) != 0)
-            snprintf(why, sizeof why, "ca: %.200s: %s", x->ca_file, strerror(errno));
-    } else if (str_eq(p, t->kind, "mqtt") || str_eq(p, t->kind, "nats")) {
-        bool mqtt = str_eq(p, t->kind, "mqtt");
-        x->kind = mqtt ? T_MQTT : T_NATS;
-        if (!x->timeout_ms)
-            x->timeout_ms = 10000;
-        if (!(mqtt ? ebd_mqtt_target : ebd_nats_target)(x, p, t, why, sizeof why) && !why[0])
-            snprintf(why, sizeof why, "out of memory");
-    } else if (str_eq(p, t->kind, "file")) {
-        x->kind = T_FILE;
-        char *path = ebd_cfg_text(p, value, why, sizeof why);
-        if (path)
-            x->fd = open_output(d, path, &x->path, why, sizeof why);
-        free(path);
-        x->fsync = STORE_FSYNC_INTERVAL;    /* synced before each cursor commit */
-        const vm_cfg *f = ebd_cfg_option(p, t->opt0, t->nopt, "fsync");
-        if (f && ebd_cfg_child(p, f, 0))
-            x->fsync = str_eq(p, ebd_cfg_child(p, f, 0)->str, "always") ? STORE_FSYNC_ALWAYS
-                     : str_eq(p, ebd_cfg_child(p, f, 0)->str, "never") ? STORE_FSYNC_NEVER : STORE_FSYNC_INTERVAL;
-    } else if (str_eq(p, t->kind, "bus")) {
-        x->kind = T_BUS;
-        x->bus = ebd_bus_index(d, vm_s(p, value->str), value->str.len);
-    } else {
-        x->kind = T_EXEC;
-        if (!x->timeout_ms)
-            x->timeout_ms = 30000;
-        /* ["prog", "arg", ...] runs prog; "a command" runs through sh -c; `args [...]` adds
-         * arguments (after the list, or as $1... of the shell command). */
-        uint32_t n = value->type == VM_CFG_LIST ? value->nchild : 1;
-        const vm_cfg *ao = ebd_cfg_option(p, t->opt0, t->nopt, "args");
-        const vm_cfg *al = ebd_cfg_child(p, ao, 0);
-        uint32_t na = al && al->type == VM_CFG_LIST ? al->nchild : 0;
-        x->argv = calloc(n + na + 5, sizeof *x->argv);
-        uint32_t at = 0;
-        if (value->type == VM_CFG_LIST) {
-            for (uint32_t k = 0; k < n; k++)
-                x->argv[at++] = ebd_cfg_text(p, ebd_cfg_child(p, value, k), why, sizeof why);
-        } else {
-            x->argv[at++] = strdup("/bin/sh");
-            x->argv[at++] = strdup("-c");
-            x->argv[at++] = ebd_cfg_text(p, value, why, sizeof why);
-            x->argv[at++] = strdup(x->name);     /* $0 */
-        }
-        for (uint32_t k = 0; k < na; k++)
-            x->argv[at++] = ebd_cfg_text(p, ebd_cfg_child(p, al, k), why, sizeof why);
-        if (!why[0])
-            x->envp = exec_env(p, t, why, sizeof why);
-    }
-    if (why[0]) {
-        snprintf(err, cap, "target '%s': %s", x->name, why);
-        return false;
-    }
-    return true;
-}
 
 /* ---- the pairs that have run ----------------------------------------------------------------
  * DATA/pairs/BUS lists, a name per line, every pair of the bus that ever took a position.  A
@@ -851,392 +446,7 @@ static bool claim_new_pairs(ebd *d, ebd_rules *r, ebd_pair *pairs, size_t npairs
     return ok;
 }
 
-/* ---- one attempt at one target -------------------------------------------------------------- */
-
-typedef struct {
-    long status;             /* HTTP status, exit status; 0 when there was none */
-    bool retry;              /* worth another attempt */
-    int64_t retry_after_ms;  /* the target asked to wait this long (0: it did not say) */
-    char error[512];
-} attempt;
-
-typedef struct {
-    int64_t retry_after_ms;
-} http_seen;
-
-static size_t on_header(char *b, size_t size, size_t n, void *arg)
-{
-    http_seen *h = arg;
-    size_t len = size * n;
-    if (len > 12 && !strncasecmp(b, "Retry-After:", 12)) {
-        const char *v = b + 12;
-        while (*v == ' ')
-            v++;
-        char *end;
-        long secs = strtol(v, &end, 10);
-        if (end != v && secs >= 0)
-            h->retry_after_ms = (int64_t)secs * 1000;
-        else {
-            struct tm tm = { 0 };
-            if (strptime(v, "%a, %d %b %Y %H:%M:%S GMT", &tm)) {
-                int64_t at = (int64_t)timegm(&tm) * 1000 - ebd_wall_ms();
-                h->retry_after_ms = at > 0 ? at : 1;
-            }
-        }
-    }
-    return len;
-}
-
-static size_t discard(char *b, size_t size, size_t n, void *arg)
-{
-    (void)b;
-    (void)arg;
-    return size * n;
-}
-
-#define CTYPE_TEXT "Content-Type: text/plain; charset=utf-8"
-#define CTYPE_JSON "Content-Type: application/json"
-#define CTYPE_CE_BATCH "Content-Type: application/cloudevents-batch+json"
-
-/* Sets h up to deliver payload to t; *headers (freed by the caller after the transfer) and
- * *seen must live until then. */
-static void http_prepare(ebd_target *t, CURL *h, const char *payload, size_t n, const char *ctype,
-                         struct curl_slist **headers, http_seen *seen)
-{
-    struct curl_slist *hs = NULL;
-    for (struct curl_slist *s = t->headers; s; s = s->next)
-        hs = curl_slist_append(hs, s->data);
-    /* a remote target sends the event as a structured CloudEvent (or a batch of them) */
-    hs = curl_slist_append(hs, t->remote && strcmp(ctype, CTYPE_CE_BATCH) != 0
-                                   ? "Content-Type: application/cloudevents+json" : ctype);
-    hs = curl_slist_append(hs, "Expect:");
-    if (t->sign_secret) {
-        /* header: t=UNIX_SECONDS,v1=HEX(HMAC-SHA256(secret, "UNIX_SECONDS." + body)) */
-        char ts[32], hex[65] = "", line[300];
-        int tn = snprintf(ts, sizeof ts, "%lld.", (long long)(ebd_wall_ms() / 1000));
-        const void *parts[2] = { ts, payload };
-        size_t lens[2] = { (size_t)tn, n };
-        unsigned char mac[32];
-        if (ebd_hmac_sha256(mac, t->sign_secret, parts, lens, 2))
-            for (int i = 0; i < 32; i++)
-                snprintf(hex + 2 * i, 3, "%02x", mac[i]);
-        else   /* (sent unsigned, v1 empty: the receiver refuses it, and the attempt is retried) */
-            ebd_log(EBD_ERROR, "msg=\"cannot sign a delivery\" target=%s", t->name);
-        ts[tn - 1] = 0;
-        snprintf(line, sizeof line, "%s: t=%s,v1=%s", t->sign_header, ts, hex);
-        hs = curl_slist_append(hs, line);
-        snprintf(line, sizeof line, "X-Ebr-Timestamp: %s", ts);
-        hs = curl_slist_append(hs, line);
-    }
-    *seen = (http_seen){ 0 };
-    *headers = hs;
-    curl_easy_setopt(h, CURLOPT_URL, t->url);
-    ebd_curl_http_only(h);
-    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, t->method);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, payload);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)n);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hs);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, t->timeout_ms);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(h, CURLOPT_HEADERDATA, seen);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
-    if (t->ca_file)
-        curl_easy_setopt(h, CURLOPT_CAINFO, t->ca_file);
-}
-
-/* What a finished transfer (rc) means: success, a retryable failure or a final one. */
-static void http_finish(ebd_target *t, CURL *h, CURLcode rc, const http_seen *seen, attempt *a)
-{
-    long status = 0;
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-    a->status = status;
-    a->retry_after_ms = seen->retry_after_ms;
-    if (rc != CURLE_OK) {
-        snprintf(a->error, sizeof a->error, "%s %s: %s", t->method, t->url, curl_easy_strerror(rc));
-        a->retry = true;      /* network errors and timeouts */
-    } else if (status >= 200 && status < 300) {
-        a->error[0] = 0;
-    } else {
-        snprintf(a->error, sizeof a->error, "%s %s answered %ld", t->method, t->url, status);
-        a->retry = status == 404 || status == 409 || status == 429 || status >= 500;
-    }
-}
-
-
-/* JSON text s[0..n) (valid: an event, a template's output, a function's checked answer) without
- * the white space between its tokens, to out (n bytes): on one line, as a string holds no raw
- * line break.  Returns the length. */
-static size_t json_one_line(const char *s, size_t n, char *out)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n;) {
-        if (s[i] == '"') {
-            size_t end = vm_json_string_end(s, n, i);
-            memcpy(out + o, s + i, end - i);
-            o += end - i;
-            i = end;
-        } else {
-            if (s[i] != ' ' && s[i] != '\t' && s[i] != '\n' && s[i] != '\r')
-                out[o++] = s[i];
-            i++;
-        }
-    }
-    return o;
-}
-
-/* Text s[0..n) on one line, to out (2n bytes): a backslash as \\, a line feed as \n, a carriage
- * return as \r.  Returns the length. */
-static size_t text_one_line(const char *s, size_t n, char *out)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (c == '\\' || c == '\n' || c == '\r') {
-            out[o++] = '\\';
-            out[o++] = c == '\n' ? 'n' : c == '\r' ? 'r' : '\\';
-        } else {
-            out[o++] = c;
-        }
-    }
-    return o;
-}
-
-/* Appends the payload as one line: JSON without white space between tokens, text with its line
- * breaks (and backslashes) escaped, so that a payload never reads as several. */
-static void deliver_file(ebd_target *t, const char *payload, size_t n, bool text, attempt *a)
-{
-    /* One write of the line: O_APPEND keeps lines whole even with several writers. */
-    char *line = malloc(2 * n + 1);
-    if (!line) {
-        snprintf(a->error, sizeof a->error, "out of memory");
-        a->retry = true;
-        return;
-    }
-    size_t len = text ? text_one_line(payload, n, line) : json_one_line(payload, n, line);
-    line[len++] = '\n';
-    ssize_t w = write(t->fd, line, len);
-    free(line);
-    if (w != (ssize_t)len || (t->fsync == STORE_FSYNC_ALWAYS && fdatasync(t->fd) != 0)) {
-        snprintf(a->error, sizeof a->error, "%s: %s", t->path, w < 0 ? strerror(errno) : "short write");
-        a->retry = true;
-    }
-}
-
-/* Can a bus target take this payload (a CloudEvent)?  If not, a->error says why (not retried). */
-static bool bus_payload_ok(const ebd_target *t, const char *payload, size_t n, bool text,
-                           attempt *a)
-{
-    char why[200] = "it is text";
-    const char *id, *what = "a CloudEvent";
-    size_t idlen;
-    bool json = t->bus != VM_NONE && !text && vm_json_valid(payload, n, NULL);
-    if (!text && !json)
-        snprintf(why, sizeof why, "it is not JSON");
-    if (json && aws_looks_like_envelope(payload, n)) {        /* an AWS event (docs/aws.md) */
-        what = "a whole AWS event";
-        if (aws_envelope_check(payload, n, why, sizeof why))
-            return true;
-    } else if (json && ce_check(payload, n, why, sizeof why, &id, &idlen)) {
-        return true;
-    }
-    snprintf(a->error, sizeof a->error, "bus target '%s': the payload is not %s: %s", t->name,
-             what, why);
-    return false;
-}
-
-/* delivery: the pair's delivery of one event (its Nats-Msg-Id on a JetStream target: a retry
- * keeps it, another delivery never shares it), or NULL (a replay's: made on purpose again). */
-static void deliver_broker(ebd_target *t, const char *payload, size_t n, bool text,
-                           const char *delivery, attempt *a)
-{
-    char why[300];
-    bool ok = t->kind == T_MQTT ? ebd_mqtt_send(t, payload, n, text, why, sizeof why)
-                                : ebd_nats_send(t, payload, n, text, delivery, why, sizeof why);
-    if (!ok) {
-        snprintf(a->error, sizeof a->error, "%s target '%s': %s",
-                 t->kind == T_MQTT ? "mqtt" : "nats", t->name, why);
-        a->retry = true;
-    }
-}
-
-/* A remote target forwards CloudEvents only: the other daemon would refuse anything else. */
-static bool remote_payload_ok(const ebd_target *t, const char *payload, size_t n, bool text,
-                              attempt *a)
-{
-    char why[200] = "it is text";
-    const char *id;
-    size_t idlen;
-    if (!text && ce_check(payload, n, why, sizeof why, &id, &idlen))
-        return true;
-    snprintf(a->error, sizeof a->error, "remote target '%s': the payload is not a CloudEvent: %s",
-             t->name, why);
-    return false;
-}
-
-static void deliver_bus(ebd *d, ebd_target *t, const char *payload, size_t n, bool text,
-                        attempt *a)
-{
-    if (!bus_payload_ok(t, payload, n, text, a))
-        return;
-    store_entry e = { payload, (uint32_t)n, 0, NULL };
-    store_status st = ebd_bus_store(d->buses[t->bus], &e, 1, NULL, NULL);   /* (dedup window) */
-    if (st != STORE_OK) {
-        snprintf(a->error, sizeof a->error, "bus '%s': %s", d->buses[t->bus]->name,
-                 store_error(d->buses[t->bus]->s));
-        a->retry = true;
-    }
-}
-
-/* What a finished command of an exec target means (docs/ebd.md, Commands): exit status 0 is
- * success.  What it wrote to standard error is kept in part (CMD_STDERR_KEEP bytes) for the
- * error, or logged, escaped, when it succeeded.  r is freed. */
-static void exec_outcome(ebd_target *t, const cmd_spec *s, cmd_result *r, attempt *a)
-{
-    char why[CMD_STDERR_KEEP + 100];
-    if (cmd_describe(s, r, why, sizeof why)) {
-        snprintf(a->error, sizeof a->error, "%s %s", t->argv[0], why);
-        a->status = r->spawn_errno || r->timed_out ? 0 : WIFEXITED(r->status) ? WEXITSTATUS(r->status)
-                                                                             : -WTERMSIG(r->status);
-        a->retry = true;
-    } else if (r->nerr) {
-        char note[CMD_STDERR_KEEP + 8], esc[4 * sizeof note];
-        cmd_stderr_text(r, note, sizeof note);
-        ebd_log(EBD_INFO, "msg=\"command wrote to standard error\" target=%s stderr=\"%s\"",
-                t->name, ebd_log_text(note, esc, sizeof esc));
-    }
-    cmd_result_free(r);
-}
-
-/* Under t->mu: the rate limit's bucket, refilled for the time since it was last looked at. */
-static void refill(ebd_target *t)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    double secs = (double)(now.tv_sec - t->refill.tv_sec) + (double)(now.tv_nsec - t->refill.tv_nsec) / 1e9;
-    t->refill = now;
-    t->tokens += secs * t->rate_limit;
-    if (t->tokens > t->rate_limit)
-        t->tokens = t->rate_limit;
-}
-
-/* Takes a slot of the target's concurrency limit and a rate-limit token if both are free now. */
-static bool try_slot(ebd_target *t)
-{
-    if (!t->concurrency && !t->rate_limit)
-        return true;
-    pthread_mutex_lock(&t->mu);
-    if (t->rate_limit)
-        refill(t);
-    bool ok = (!t->concurrency || t->busy < t->concurrency) && (!t->rate_limit || t->tokens >= 1);
-    if (ok) {
-        t->busy++;
-        if (t->rate_limit)
-            t->tokens -= 1;
-    }
-    pthread_mutex_unlock(&t->mu);
-    return ok;
-}
-
-/* How many deliveries the target's limits let start now, at most want (nothing is taken: a
- * pair takes no more events than it could start, rather than hold them waiting for slots). */
-static unsigned slots_free(ebd_target *t, unsigned want)
-{
-    if (!t->concurrency && !t->rate_limit)
-        return want;
-    pthread_mutex_lock(&t->mu);
-    if (t->concurrency && want > (t->busy < t->concurrency ? t->concurrency - t->busy : 0))
-        want = t->busy < t->concurrency ? t->concurrency - t->busy : 0;
-    if (t->rate_limit) {
-        refill(t);
-        if (want > (unsigned)t->tokens)
-            want = (unsigned)t->tokens;
-    }
-    pthread_mutex_unlock(&t->mu);
-    return want;
-}
-
-static void give_slot(ebd_target *t)
-{
-    if (!t->concurrency && !t->rate_limit)
-        return;
-    pthread_mutex_lock(&t->mu);
-    t->busy--;
-    pthread_mutex_unlock(&t->mu);
-}
-
-
-typedef struct {
-    const char *s;
-    unsigned hops;
-    sbuf *out;                    /* stamping: the members kept */
-    bool any;
-} hops_walk;
-
-static bool find_hops(void *arg, const js_member *m)
-{
-    hops_walk *h = arg;
-    if (js_key_is(h->s, m, VM_HOPS_ATTR)) {
-        unsigned v = 0;
-        for (uint32_t i = 0; i < m->val_len && h->s[m->val_off + i] >= '0' &&
-                             h->s[m->val_off + i] <= '9' && v < 1000000; i++)
-            v = v * 10 + (unsigned)(h->s[m->val_off + i] - '0');
-        h->hops = v;
-    }
-    return true;
-}
-
-static bool keep_member(void *arg, const js_member *m)
-{
-    hops_walk *h = arg;
-    if (js_key_is(h->s, m, VM_HOPS_ATTR))
-        return true;
-    sb_puts(h->out, h->any ? "," : "");
-    sb_put(h->out, h->s + m->key_off, m->key_len);
-    sb_puts(h->out, ":");
-    sb_put(h->out, h->s + m->val_off, m->val_len);
-    h->any = true;
-    return true;
-}
-
-/* A bus target's payload gets the extension attribute VM_HOPS_ATTR: one more than the event it
- * was made from had (0 when it had none), replacing any the payload carried, so that an event
- * cannot go round between buses for ever.  Past VM_MAX_BUS_HOPS: -1 with the reason in err (the
- * caller dead-letters it).  A payload that is not a JSON object is left as it is (deliver_bus
- * refuses it).  1 otherwise, *payload replaced. */
-static int stamp_hops(const char *event, size_t len, char **payload, size_t *plen, char *err,
-                      size_t cap)
-{
-    hops_walk src = { .s = event };
-    size_t i = vm_json_ws(src.s, len, 0);
-    if (i < len && src.s[i] == '{')
-        js_each(src.s, len, i, find_hops, &src);
-    unsigned hops = src.hops + 1;
-    if (hops > VM_MAX_BUS_HOPS) {
-        snprintf(err, cap, "the event has passed %u bus targets already (%s %u), the most "
-                 "allowed: the rules may send it round in a loop", src.hops, VM_HOPS_ATTR, src.hops);
-        return -1;
-    }
-    if (!vm_json_valid(*payload, *plen, NULL))
-        return 1;
-    i = vm_json_ws(*payload, *plen, 0);
-    if ((*payload)[i] != '{')
-        return 1;
-    sbuf out = { 0 };
-    hops_walk h = { .s = *payload, .out = &out };
-    sb_puts(&out, "{");
-    js_each(*payload, *plen, i, keep_member, &h);
-    sb_printf(&out, "%s\"%s\":%u}", h.any ? "," : "", VM_HOPS_ATTR, hops);
-    if (out.oom) {
-        sb_free(&out);
-        snprintf(err, cap, "out of memory");
-        return -1;
-    }
-    free(*payload);
-    *payload = out.v;
-    *plen = out.n;
-    return 1;
-}
+/* ---- the engine: routers, delivery threads, committer ---------------------------------------- */
 
 /* Why matching failed for every rule of the bus: the event itself could not be read (the
  * scanner's message).  Stored events passed the same check at ingest, so this should not
@@ -1257,8 +467,6 @@ static const char *rule_failure(vm_ctx *ctx, uint32_t ri)
     return NULL;
 }
 
-
-/* ---- the engine: routers, delivery threads, committer ---------------------------------------- */
 
 /* A pair's queue holds what the router matched for it; past its bound the pair reads the log
  * itself (catching up: every event read and matched, once per thread for MCACHE events).  The
@@ -1826,7 +1034,7 @@ static int make_payload(dthread *th, item *it, char *err, size_t cap)
         memcpy(it->payload, out, it->plen);
         it->payload[it->plen] = 0;
     }
-    if ((p->t->kind == T_BUS || p->t->remote) && !it->text && stamp_hops(data, len, &it->payload, &it->plen, err, cap) < 0) {
+    if ((p->t->kind == T_BUS || p->t->remote) && !it->text && dl_stamp_hops(data, len, &it->payload, &it->plen, err, cap) < 0) {
         free(it->payload);
         it->payload = NULL;
         return -1;
@@ -1908,7 +1116,7 @@ static int finish(dthread *th, item *it, bool done)
 {
     ebd_pair *p = it->p;
     if (it->slot) {
-        give_slot(it->t);
+        dl_give_slot(it->t);
         it->slot = false;
         th->freed = true;
     }
@@ -1966,39 +1174,6 @@ static bool may_retry(const ebd_target *t, unsigned i, const attempt *a, const r
     return a->retry && i < t->retry.attempts && (uint64_t)age < t->retry.max_age_ms;
 }
 
-/* The line a dead letter gets (docs/ebd.md "Dead letters"): the event, the rule and target, the
- * last status and error, the attempts and when the first and last were, the offset; and, for a
- * replayed delivery, "replay". */
-static void dead_letter_record(sbuf *b, const char *event, size_t len, const char *rule,
-                               size_t rlen, const char *target, const attempt *a,
-                               unsigned attempts, int64_t first_ms, int64_t last_ms, uint64_t off,
-                               const char *replay)
-{
-    char t0[40], t1[40];
-    rt_time_text(first_ms, t0, sizeof t0);
-    rt_time_text(last_ms, t1, sizeof t1);
-    sb_puts(b, "{\"event\":");
-    sb_put(b, event, len);
-    sb_puts(b, ",\"rule\":");
-    sb_json_string(b, rule, rlen);
-    sb_puts(b, ",\"target\":");
-    sb_json_string(b, target, strlen(target));
-    if (a->status)
-        sb_printf(b, ",\"status\":%ld", a->status);
-    else
-        sb_puts(b, ",\"status\":null");
-    sb_puts(b, ",\"error\":");
-    sb_json_string(b, a->error, strlen(a->error));
-    sb_printf(b, ",\"attempts\":%u,\"first_attempt\":\"%s\",\"last_attempt\":\"%s\",\"offset\":%"
-              PRIu64, attempts, t0, t1, off);
-    if (replay) {
-        sb_puts(b, ",\"replay\":");
-        sb_json_string(b, replay, strlen(replay));
-    }
-    sb_puts(b, "}");
-}
-
-
 /* Sends the item to its dead letter: the event, where it was going and why it did not get
  * there; retried until it is delivered (or the daemon stops: then the event stays pending). */
 static int to_dead_letter(dthread *th, item *it, const attempt *a, unsigned attempts)
@@ -2027,7 +1202,7 @@ static int to_dead_letter(dthread *th, item *it, const attempt *a, unsigned atte
     if (!it->first_ms)
         it->first_ms = now;
     sbuf b = { 0 };
-    dead_letter_record(&b, (const char *)it->rec->data, it->rec->len, p->rule_name,
+    dl_dead_letter_record(&b, (const char *)it->rec->data, it->rec->len, p->rule_name,
                        strlen(p->rule_name), t->name, a, attempts, it->first_ms, now, it->off, NULL);
     ebd_log(EBD_WARN, "msg=\"dead letter\" rule=%s target=%s offset=%" PRIu64 " attempts=%u "
             "status=%ld error=\"%s\"", p->rule_name, t->name, it->off, attempts, a->status,
@@ -2057,7 +1232,7 @@ static int attempt_done(dthread *th, item *it, const attempt *a)
     ebd_pair *p = it->p;
     char esc[1024];
     if (it->slot) {
-        give_slot(it->t);
+        dl_give_slot(it->t);
         it->slot = false;
         th->freed = true;
     }
@@ -2125,16 +1300,16 @@ static int start_attempt(dthread *th, item *it)
     if (it->dl && it->dl_file) {
         /* a dead letter to a file: opened for each, written and synced before the event passes */
         ebd_target ft = { .name = t->name, .fsync = STORE_FSYNC_ALWAYS };
-        ft.fd = open_output(th->e->d, it->dl_file, &ft.path, a.error, sizeof a.error);
+        ft.fd = dl_open_output(th->e->d, it->dl_file, &ft.path, a.error, sizeof a.error);
         if (ft.fd >= 0) {
-            deliver_file(&ft, it->payload, it->plen, false, &a);
+            dl_deliver_file(&ft, it->payload, it->plen, false, &a);
             close(ft.fd);
         }
         free(ft.path);
         it->dl_tries++;
         return attempt_done(th, it, &a);
     }
-    if (!try_slot(t)) {
+    if (!dl_try_slot(t)) {
         it->next = th->blocked;
         th->blocked = it;
         return GONE_WAIT;
@@ -2147,7 +1322,7 @@ static int start_attempt(dthread *th, item *it)
         it->attempts++;
     switch (t->kind) {
     case T_HTTP: {
-        if (t->remote && !remote_payload_ok(t, it->payload, it->plen, it->text, &a))
+        if (t->remote && !dl_remote_payload_ok(t, it->payload, it->plen, it->text, &a))
             break;
         if (t->batch > 1 && !it->dl) {
             batch_add(th, it);            /* sent with the others of this turn: flush_batches */
@@ -2160,7 +1335,7 @@ static int start_attempt(dthread *th, item *it)
             break;
         }
         curl_easy_reset(h);
-        http_prepare(t, h, it->payload, it->plen, it->text ? CTYPE_TEXT : CTYPE_JSON, &it->headers,
+        dl_http_prepare(t, h, it->payload, it->plen, it->text ? CTYPE_TEXT : CTYPE_JSON, &it->headers,
                      &it->seen);
         curl_easy_setopt(h, CURLOPT_PRIVATE, (void *)it);
         if (curl_multi_add_handle(th->multi, h) != CURLM_OK) {
@@ -2180,7 +1355,7 @@ static int start_attempt(dthread *th, item *it)
             batch_add(th, it);
             return GONE_BATCH;
         }
-        deliver_file(t, it->payload, it->plen, false, &a);
+        dl_deliver_file(t, it->payload, it->plen, false, &a);
         /* The cursor moves past the event once this returns: a dead letter in a file must be
          * on disk by then, whatever that file target's own policy. */
         if (!a.error[0] && t->fsync != STORE_FSYNC_NEVER && fdatasync(t->fd) != 0)
@@ -2191,7 +1366,7 @@ static int start_attempt(dthread *th, item *it)
             batch_add(th, it);
             return GONE_BATCH;
         }
-        deliver_bus(th->e->d, t, it->payload, it->plen, it->text, &a);
+        dl_deliver_bus(th->e->d, t, it->payload, it->plen, it->text, &a);
         break;
     case T_MQTT:
     case T_NATS: {    /* a publish waits for the broker's acknowledgement (timeout) */
@@ -2201,7 +1376,7 @@ static int start_attempt(dthread *th, item *it)
         snprintf(delivery, sizeof delivery, "%s/%" PRIu64 "/%s/%s",
                  th->e->d->buses[th->e->r->bus_of[it->p->pbus]]->name, it->off, it->p->name,
                  t->name);
-        deliver_broker(t, it->payload, it->plen, it->text, delivery, &a);
+        dl_deliver_broker(t, it->payload, it->plen, it->text, delivery, &a);
         break;
     }
     default: {
@@ -2269,7 +1444,7 @@ static item *http_batch_start(dthread *th, ebd_target *t, item *list)
         hb->body = body;
         hb->t = t;
         hb->items = list;
-        http_prepare(t, h, body, len, events ? CTYPE_CE_BATCH : CTYPE_JSON, &hb->headers, &hb->seen);
+        dl_http_prepare(t, h, body, len, events ? CTYPE_CE_BATCH : CTYPE_JSON, &hb->headers, &hb->seen);
         curl_easy_setopt(h, CURLOPT_PRIVATE, (void *)list);
         if (curl_multi_add_handle(th->multi, h) == CURLM_OK) {
             for (item *it = list; it != rest; it = it->next)
@@ -2298,7 +1473,7 @@ static void http_batch_done(dthread *th, hbatch *hb, CURLcode rc)
     curl_multi_remove_handle(th->multi, hb->h);
     th->running--;
     attempt a = { 0 };
-    http_finish(hb->t, hb->h, rc, &hb->seen, &a);
+    dl_http_finish(hb->t, hb->h, rc, &hb->seen, &a);
     easy_put(th, hb->h);
     curl_slist_free_all(hb->headers);
     free(hb->body);
@@ -2334,7 +1509,7 @@ static void flush_batches(dthread *th)
             for (item *it = list; it; it = it->next) {
                 recbuf *rb = it->rec;
                 if (it->shared && !rb->line && (rb->line = malloc(it->plen + 1))) {
-                    rb->nline = json_one_line(it->payload, it->plen, rb->line);
+                    rb->nline = dl_json_one_line(it->payload, it->plen, rb->line);
                     rb->line[rb->nline++] = '\n';
                 }
                 need += it->shared && rb->line ? rb->nline : 2 * it->plen + 1;
@@ -2351,8 +1526,8 @@ static void flush_batches(dthread *th)
                         len += it->rec->nline;
                         continue;
                     }
-                    len += it->text ? text_one_line(it->payload, it->plen, buf + len)
-                                    : json_one_line(it->payload, it->plen, buf + len);
+                    len += it->text ? dl_text_one_line(it->payload, it->plen, buf + len)
+                                    : dl_json_one_line(it->payload, it->plen, buf + len);
                     buf[len++] = '\n';
                 }
                 /* One write: O_APPEND keeps the lines whole even with several writers. */
@@ -2391,7 +1566,7 @@ static void flush_batches(dthread *th)
         }
         size_t k = 0, i = 0;
         for (item *it = list; it; it = it->next, i++) {
-            if (bus_payload_ok(t, it->payload, it->plen, it->text, &each[i]))
+            if (dl_bus_payload_ok(t, it->payload, it->plen, it->text, &each[i]))
                 en[k++] = (store_entry){ it->payload, (uint32_t)it->plen, 0, NULL };
         }
         if (k) {
@@ -2704,7 +1879,7 @@ static void pump(dthread *th, ebd_pair *p, ebd_pair **next)
     }
     pthread_mutex_unlock(&th->mu);
     if (room && !nothing && (p->t->concurrency || p->t->rate_limit) &&
-        !(room = slots_free(p->t, (unsigned)room))) {
+        !(room = dl_slots_free(p->t, (unsigned)room))) {
         slot_wait(th, p);
         return;
     }
@@ -2835,7 +2010,7 @@ static void step_jobs(dthread *th)
         it->job = NULL;
         cmd_spec cs = { it->t->argv, it->t->envp, it->payload, it->plen, (uint32_t)it->t->timeout_ms, 0 };
         attempt a = { 0 };
-        exec_outcome(it->t, &cs, &r, &a);
+        dl_exec_outcome(it->t, &cs, &r, &a);
         attempt_done(th, it, &a);
     }
 }
@@ -2970,7 +2145,7 @@ static void *thread_main(void *arg)
             curl_slist_free_all(it->headers);
             it->headers = NULL;
             attempt a = { 0 };
-            http_finish(it->t, it->h, rc, &it->seen, &a);
+            dl_http_finish(it->t, it->h, rc, &it->seen, &a);
             easy_put(th, it->h);
             it->h = NULL;
             attempt_done(th, it, &a);
@@ -3471,7 +2646,7 @@ bool ebd_rules_prepare(ebd *d, ebd_rules *r, char *err, size_t cap)
         r->targets[i].dead_letter = VM_NONE;
     }
     for (uint32_t i = 0; i < p->ntargets; i++)
-        if (!prepare_target(d, r, i, err, cap))
+        if (!dl_prepare_target(d, r, i, err, cap))
             return false;
     for (uint32_t i = 0; i < p->nrules; i++)
         e->npairs += p->rules[i].ntgt;
@@ -3850,304 +3025,3 @@ void ebd_pairs_visit(ebd_rules *r, void (*fn)(void *arg, uint32_t target, uint32
     free(R);
 }
 
-/* ---- one delivery made at once: replays (runtime/center/replay.c) ------------------------------
- * A replay delivers again what the log holds, beside the engine and without its queues: one
- * event to one (rule, target) pair at a time, on the replay's own thread, with the pieces the
- * engine uses (the payload as make_payload makes it, http_prepare / http_finish, deliver_file,
- * deliver_bus, an exec target's command) and the target's retry policy, then its dead letter.
- * Simple and slow on purpose: a replay is background work. */
-
-/* Waits ms, in slices, unless stop says to stop: false then. */
-static bool nap(int64_t ms, bool (*stop)(void *), void *arg)
-{
-    for (int64_t end = ebd_mono_ms() + ms; ebd_mono_ms() < end;) {
-        if (stop && stop(arg))
-            return false;
-        int64_t left = end - ebd_mono_ms();
-        struct timespec ts = { 0, (long)(left < 50 ? (left > 0 ? left : 0) : 50) * 1000000L };
-        nanosleep(&ts, NULL);
-    }
-    return !(stop && stop(arg));
-}
-
-/* What a replay's attempt asks while it waits (curl's progress callback, the command's poll). */
-typedef struct {
-    bool (*stop)(void *);
-    void *arg;
-    int64_t asked_ms;        /* when stop first said so (0: not yet) */
-    bool stopped;
-} stop_check;
-
-/* The grace an attempt in progress has once told to stop, to end by itself (one that ends in
- * it is not made twice); past it, it is given up. */
-#define STOP_GRACE_MS 1000
-
-/* Has the attempt been told to stop for longer than STOP_GRACE_MS?  Sets sc->stopped then. */
-static bool stop_due(stop_check *sc)
-{
-    if (!sc->stop || sc->stopped)
-        return sc->stopped;
-    if (!sc->stop(sc->arg)) {
-        sc->asked_ms = 0;
-        return false;
-    }
-    int64_t now = ebd_mono_ms();
-    if (!sc->asked_ms)
-        sc->asked_ms = now;
-    return sc->stopped = now - sc->asked_ms >= STOP_GRACE_MS;
-}
-
-/* curl's progress callback of a replay's http attempt: non-zero (abort) when stop_due. */
-static int stop_xferinfo(void *p, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
-{
-    (void)dt, (void)dn, (void)ut, (void)un;
-    return stop_due(p);
-}
-
-/* stop_due as a callback (cmd_run_until, rt_run_function_until). */
-static bool stop_due_cb(void *sc)
-{
-    return stop_due(sc);
-}
-
-/* One attempt of payload at t, synchronously; extra: one more header for http (or NULL).  An
- * http request or a command in progress is given up when stop(arg) has said so for longer than
- * STOP_GRACE_MS (asked about every 50 ms: curl's progress callback, the command's poll): false
- * then, the attempt not made as far as the caller knows (a replay makes it again later: its
- * target may get it twice), true when it was made (a->error: how it ended). */
-static bool attempt_now(ebd *d, ebd_target *t, const char *payload, size_t n, bool text,
-                        const char *extra, bool (*stop)(void *), void *arg, attempt *a)
-{
-    stop_check sc = { stop, arg, 0, false };
-    switch (t->kind) {
-    case T_HTTP: {
-        if (t->remote && !remote_payload_ok(t, payload, n, text, a))
-            return true;
-        CURL *h = curl_easy_init();
-        if (!h) {
-            snprintf(a->error, sizeof a->error, "out of memory");
-            a->retry = true;
-            return true;
-        }
-        struct curl_slist *hs = NULL;
-        http_seen seen;
-        http_prepare(t, h, payload, n, text ? CTYPE_TEXT : CTYPE_JSON, &hs, &seen);
-        if (extra) {
-            hs = curl_slist_append(hs, extra);
-            curl_easy_setopt(h, CURLOPT_HTTPHEADER, hs);
-        }
-        if (stop) {
-            curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, stop_xferinfo);
-            curl_easy_setopt(h, CURLOPT_XFERINFODATA, &sc);
-            curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
-        }
-        CURLcode rc = curl_easy_perform(h);
-        if (!(sc.stopped && rc == CURLE_ABORTED_BY_CALLBACK))
-            http_finish(t, h, rc, &seen, a);
-        curl_easy_cleanup(h);
-        curl_slist_free_all(hs);
-        return !(sc.stopped && rc == CURLE_ABORTED_BY_CALLBACK);
-    }
-    case T_FILE:
-        /* (fsync interval: ebd_deliver_sync syncs it; a live delivery's, the engine's commit) */
-        deliver_file(t, payload, n, text, a);
-        if (!a->error[0] && t->fsync == STORE_FSYNC_ALWAYS && fdatasync(t->fd) != 0)
-            snprintf(a->error, sizeof a->error, "%s: %s", t->path, strerror(errno));
-        return true;
-    case T_BUS:
-        deliver_bus(d, t, payload, n, text, a);
-        return true;
-    case T_MQTT:
-    case T_NATS:
-        deliver_broker(t, payload, n, text, NULL, a);
-        return true;
-    default: {
-        cmd_spec cs = { t->argv, t->envp, payload, n, (uint32_t)t->timeout_ms, 0 };
-        cmd_result r;
-        if (!cmd_run_until(&cs, &r, stop ? stop_due_cb : NULL, &sc))
-            return false;
-        exec_outcome(t, &cs, &r, a);
-        return true;
-    }
-    }
-}
-
-/* Takes a slot of t's limits (concurrency, rate), waiting for one; false when told to stop. */
-static bool slot_now(ebd_target *t, bool (*stop)(void *), void *arg)
-{
-    while (!try_slot(t))
-        if (!nap(2, stop, arg))
-            return false;
-    return true;
-}
-
-/* The dead letter of a replayed delivery: as to_dead_letter writes it, with "replay". */
-static int dead_letter_now(ebd *d, ebd_rules *r, uint32_t rule, ebd_target *t, const char *event,
-                           size_t len, uint64_t off, const char *replay, const attempt *a,
-                           unsigned attempts, int64_t first_ms, bool (*stop)(void *), void *arg)
-{
-    const vm_rule *ru = &r->p->rules[rule];
-    ebd_target *dl = ru->dead_letter != VM_NONE ? &r->targets[ru->dead_letter]
-                   : t->dead_letter != VM_NONE ? &r->targets[t->dead_letter] : NULL;
-    const char *file = dl ? NULL : t->dead_letter_file;
-    const char *rname = vm_s(r->p, ru->name);
-    char esc[1024];
-    if (!dl && !file) {
-        ebd_log(EBD_ERROR, "msg=\"replayed delivery dropped: no dead-letter target\" replay=%s "
-                "rule=%.*s target=%s offset=%" PRIu64 " error=\"%s\"", replay, (int)ru->name.len,
-                rname, t->name, off, ebd_log_text(a->error, esc, sizeof esc));
-        return EBD_SYNC_DROPPED;
-    }
-    sbuf b = { 0 };
-    dead_letter_record(&b, event, len, rname, ru->name.len, t->name, a, attempts, first_ms,
-                       ebd_wall_ms(), off, replay);
-    if (b.oom) {
-        sb_free(&b);
-        return EBD_SYNC_DROPPED;
-    }
-    ebd_log(EBD_WARN, "msg=\"dead letter\" replay=%s rule=%.*s target=%s offset=%" PRIu64
-            " attempts=%u error=\"%s\"", replay, (int)ru->name.len, rname, t->name, off, attempts,
-            ebd_log_text(a->error, esc, sizeof esc));
-    int out = EBD_SYNC_DROPPED;
-    for (unsigned k = 0; k < 6; k++) {
-        attempt x = { 0 };
-        if (file) {
-            ebd_target ft = { .name = t->name, .fsync = STORE_FSYNC_ALWAYS };
-            ft.fd = open_output(d, file, &ft.path, x.error, sizeof x.error);
-            if (ft.fd >= 0) {
-                deliver_file(&ft, b.v, b.n, false, &x);
-                close(ft.fd);
-            }
-            free(ft.path);
-        } else if (slot_now(dl, stop, arg)) {
-            bool made = attempt_now(d, dl, b.v, b.n, false, NULL, stop, arg, &x);
-            give_slot(dl);
-            if (!made) {
-                out = EBD_SYNC_STOPPED;
-                break;
-            }
-        } else {
-            out = EBD_SYNC_STOPPED;
-            break;
-        }
-        if (!x.error[0]) {
-            out = EBD_SYNC_DEAD_LETTERED;
-            break;
-        }
-        ebd_log(EBD_ERROR, "msg=\"dead-letter delivery failed\" replay=%s target=%s error=\"%s\"",
-                replay, t->name, ebd_log_text(x.error, esc, sizeof esc));
-        if (!nap(1000LL << k, stop, arg)) {
-            out = EBD_SYNC_STOPPED;
-            break;
-        }
-    }
-    sb_free(&b);
-    return out;
-}
-
-int ebd_deliver_sync(ebd *d, ebd_rules *r, vm_ctx *ctx, uint32_t rule, uint32_t target,
-                     const char *event, size_t len, int64_t time_ns, uint64_t off,
-                     const char *replay, bool (*stop)(void *), void *arg, char *err, size_t cap)
-{
-    const vm_program *pr = r->p;
-    const vm_rule *ru = &pr->rules[rule];
-    ebd_target *t = &r->targets[target];
-    const vm_xform *x = ru->xform != VM_NONE ? &pr->xforms[ru->xform] : NULL;
-    char *payload = NULL;
-    size_t plen = 0;
-    bool text = false;
-    attempt a = { 0 };
-    int64_t first_ms = ebd_wall_ms();
-    char rname[VM_MAX_NAME + 1];
-    snprintf(rname, sizeof rname, "%.*s", (int)ru->name.len, vm_s(pr, ru->name));
-    /* the payload, as make_payload makes it */
-    if (x && (x->kind == VM_X_EXEC || x->kind == VM_X_HTTP)) {
-        /* (a function in progress is given up as an attempt is: stop_due) */
-        stop_check sc = { stop, arg, 0, false };
-        bool stopped = false;
-        if (!rt_run_function_until(pr, x, event, len, &payload, &plen, &text,
-                                   stop ? stop_due_cb : NULL, &sc, &stopped, a.error,
-                                   sizeof a.error))
-            payload = NULL;
-        if (stopped)
-            return EBD_SYNC_STOPPED;
-    } else {
-        const char *out = event;
-        size_t n = len;
-        vm_error e;
-        uint32_t bus = ru->bus;
-        vm_xform_env env = { .bus = vm_s(pr, pr->buses[bus].name), .rule = rname,
-                             .ingest_ms = time_ns / 1000000 };
-        if (x && vm_transform(ctx, rule, event, len, &env, &out, &n, &text, &e) != VM_OK)
-            snprintf(a.error, sizeof a.error, "transform failed: %s", e.msg);
-        else if ((payload = malloc(n + 1))) {
-            memcpy(payload, out, n);
-            payload[n] = 0;
-            plen = n;
-        } else
-            snprintf(a.error, sizeof a.error, "out of memory");
-    }
-    if (payload && (t->kind == T_BUS || t->remote) && !text &&
-        stamp_hops(event, len, &payload, &plen, a.error, sizeof a.error) < 0) {
-        free(payload);
-        payload = NULL;
-    }
-    char extra[VM_MAX_NAME + 40];
-    snprintf(extra, sizeof extra, "X-Ebr-Replay: %s", replay);
-    unsigned attempts = 0;
-    int res;
-    for (;;) {
-        if (!payload) {
-            res = dead_letter_now(d, r, rule, t, event, len, off, replay, &a, attempts, first_ms,
-                                  stop, arg);
-            break;
-        }
-        if (!slot_now(t, stop, arg)) {
-            res = EBD_SYNC_STOPPED;
-            break;
-        }
-        a = (attempt){ 0 };
-        attempts++;
-        bool made = attempt_now(d, t, payload, plen, text, extra, stop, arg, &a);
-        give_slot(t);
-        if (!made) {
-            res = EBD_SYNC_STOPPED;
-            break;
-        }
-        /* fsync interval: synced here (the engine's committer may have stopped already: a
-         * replay outlives a reload's old engine; one delivery at a time, a sync each is cheap
-         * beside it) */
-        if (!a.error[0] && t->kind == T_FILE && t->fsync == STORE_FSYNC_INTERVAL &&
-            fdatasync(t->fd) != 0) {
-            snprintf(a.error, sizeof a.error, "%s: %s", t->path, strerror(errno));
-            a.retry = true;
-        }
-        if (!a.error[0]) {
-            res = EBD_SYNC_DELIVERED;
-            break;
-        }
-        /* retried as the target says; a replayed event's age counts from its first attempt */
-        int64_t age = ebd_wall_ms() - first_ms;
-        if (!(a.retry && attempts < t->retry.attempts && (uint64_t)age < t->retry.max_age_ms)) {
-            res = dead_letter_now(d, r, rule, t, event, len, off, replay, &a, attempts, first_ms,
-                                  stop, arg);
-            break;
-        }
-        uint64_t cap_ms = t->retry.first_ms << (attempts - 1 < 30 ? attempts - 1 : 30);
-        if (cap_ms > t->retry.max_ms || cap_ms == 0)
-            cap_ms = t->retry.max_ms;
-        unsigned seed = (unsigned)(off ^ (uint64_t)first_ms);
-        int64_t wait = (int64_t)((double)rand_r(&seed) / RAND_MAX * (double)cap_ms);
-        if (a.retry_after_ms > 0)
-            wait = a.retry_after_ms < (int64_t)t->retry.max_ms ? a.retry_after_ms
-                                                                : (int64_t)t->retry.max_ms;
-        if (!nap(wait, stop, arg)) {
-            res = EBD_SYNC_STOPPED;
-            break;
-        }
-    }
-    if (res != EBD_SYNC_DELIVERED)
-        snprintf(err, cap, "%s", a.error);
-    free(payload);
-    return res;
-}
