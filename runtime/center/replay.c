@@ -5,7 +5,7 @@
  * ingest and to live delivery), with an optional rate cap: it reads the log with its own
  * cursor, a chunk at a time under the daemon's read lock (a reload may close a log, never while
  * it is read), matches each event with its own VM context, and delivers each (rule, target)
- * that matched through ebd_deliver_sync (deliver.c): one delivery at a time, in log order, with
+ * that matched through ebd_deliver_sync (delivery/sync.c): one delivery at a time, in log order, with
  * the target's retries and dead letter.  The event as matched and delivered carries the
  * extension attribute `replay` naming the replay.
  *

@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -72,6 +73,42 @@ static bool stop_due_cb(void *sc)
     return stop_due(sc);
 }
 
+/* A replay's http attempts share one libcurl handle per thread, reset before each, which keeps
+ * its connections (and TLS sessions) open from one attempt to the next: with a handle made for
+ * each attempt, every event cost a new connection and a TLS handshake, and a replay of 300
+ * events to a remote target over TLS took most of two minutes on a busy machine (its thread runs
+ * at the lowest priority). */
+static pthread_key_t easy_key;
+static pthread_once_t easy_once = PTHREAD_ONCE_INIT;
+static bool easy_key_ok;
+
+static void easy_free(void *h)
+{
+    curl_easy_cleanup(h);
+}
+
+static void easy_key_make(void)
+{
+    easy_key_ok = pthread_key_create(&easy_key, easy_free) == 0;
+}
+
+/* This thread's handle, reset (NULL: out of memory); *own: the caller cleans it up itself (no
+ * key to keep it under). */
+static CURL *thread_easy(bool *own)
+{
+    pthread_once(&easy_once, easy_key_make);
+    CURL *h = easy_key_ok ? pthread_getspecific(easy_key) : NULL;
+    *own = false;
+    if (h) {
+        curl_easy_reset(h);
+        return h;
+    }
+    h = curl_easy_init();
+    if (h && (!easy_key_ok || pthread_setspecific(easy_key, h) != 0))
+        *own = true;
+    return h;
+}
+
 /* One attempt of payload at t, synchronously; extra: one more header for http (or NULL).  An
  * http request or a command in progress is given up when stop(arg) has said so for longer than
  * STOP_GRACE_MS (asked about every 50 ms: curl's progress callback, the command's poll): false
@@ -85,7 +122,8 @@ static bool attempt_now(ebd *d, ebd_target *t, const char *payload, size_t n, bo
     case T_HTTP: {
         if (t->remote && !dl_remote_payload_ok(t, payload, n, text, a))
             return true;
-        CURL *h = curl_easy_init();
+        bool own;
+        CURL *h = thread_easy(&own);
         if (!h) {
             snprintf(a->error, sizeof a->error, "out of memory");
             a->retry = true;
@@ -106,7 +144,8 @@ static bool attempt_now(ebd *d, ebd_target *t, const char *payload, size_t n, bo
         CURLcode rc = curl_easy_perform(h);
         if (!(sc.stopped && rc == CURLE_ABORTED_BY_CALLBACK))
             dl_http_finish(t, h, rc, &seen, a);
-        curl_easy_cleanup(h);
+        if (own)
+            curl_easy_cleanup(h);
         curl_slist_free_all(hs);
         return !(sc.stopped && rc == CURLE_ABORTED_BY_CALLBACK);
     }
