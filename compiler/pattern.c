@@ -289,7 +289,7 @@ out:
 }
 
 /* Reads one "op, number" pair of a numeric expression at x. */
-static bool numeric_term(lowerer *L, const jv *op, const jv *x, char name[3], double *d)
+static bool numeric_term(lowerer *L, const jv *x, char name[3], double *d)
 {
     static const char *const ops[] = { "=", "<", "<=", ">", ">=" };
     if (x->type != J_STRING) {
@@ -308,7 +308,7 @@ static bool numeric_term(lowerer *L, const jv *op, const jv *x, char name[3], do
     char what[16];
     snprintf(what, sizeof what, "'%s'", ops[i]);
     if (!x->next) {
-        err(L, op, "the value of %s must be a number", what);
+        err(L, x, "the value of %s must be a number", what);
         return false;
     }
     return numeric_value(L, x->next, what, d);
@@ -329,7 +329,7 @@ static ir *lower_numeric(lowerer *L, const jv *op)
     bool lo_open = true, hi_open = true;
     char o1[3], o2[3];
     const jv *t1 = op->kids;
-    if (!numeric_term(L, op, t1, o1, &d1))
+    if (!numeric_term(L, t1, o1, &d1))
         return NULL;
     const jv *t2 = t1->next->next;
     if (!t2) {
@@ -345,7 +345,7 @@ static ir *lower_numeric(lowerer *L, const jv *op)
                        "and it starts with > or >=");
             return NULL;
         }
-        if (!numeric_term(L, op, t2, o2, &d2))
+        if (!numeric_term(L, t2, o2, &d2))
             return NULL;
         if (o2[0] != '<') {
             err(L, t2, "bad numeric range operator: %s (the upper bound takes < or <=)", o2);
