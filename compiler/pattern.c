@@ -208,6 +208,17 @@ static bool string_list(lowerer *L, const jv *v, const char *what, bool fold, bo
     return true;
 }
 
+/* An anything-but value: a number as exact_const makes it, a string compared as text, without
+ * the other spellings of an IP address that == accepts (event-ruler keeps anything-but values
+ * as text: `{"anything-but": "10.0.0.1"}` lets "10.0.0.001" pass). */
+static void anything_but_const(lowerer *L, const jv *v, uint32_t *k)
+{
+    if (v->type == J_STRING)
+        *k = cc_const_string(L->c, v->str, v->slen, false, false);
+    else
+        exact_const(L, v, false, k);
+}
+
 static ir *lower_anything_but(lowerer *L, const jv *op)
 {
     u32vec ks = { 0 };
@@ -221,7 +232,7 @@ static ir *lower_anything_but(lowerer *L, const jv *op)
             if (!numeric_value(L, op, "anything-but", &d))
                 return NULL;
         }
-        exact_const(L, op, false, &k);
+        anything_but_const(L, op, &k);
         return test(L, op, VM_T_EQ, VM_TF_NEG, &k, 1);
     }
     case J_ARRAY: {
@@ -244,7 +255,7 @@ static ir *lower_anything_but(lowerer *L, const jv *op)
             if (x->type == J_NUMBER && !numeric_value(L, x, "anything-but", &d))
                 goto out;
             uint32_t k;
-            exact_const(L, x, false, &k);
+            anything_but_const(L, x, &k);
             vec_push(ks, k);
         }
         r = test(L, op, VM_T_EQ, VM_TF_NEG, ks.v, ks.n);
