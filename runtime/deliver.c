@@ -1014,6 +1014,15 @@ static size_t discard(char *b, size_t size, size_t n, void *arg)
 #define CTYPE_TEXT "Content-Type: text/plain; charset=utf-8"
 #define CTYPE_JSON "Content-Type: application/json"
 #define CTYPE_CE_BATCH "Content-Type: application/cloudevents-batch+json"
+#define CTYPE_CE "Content-Type: application/cloudevents+json"
+
+/* The Content-Type of a payload sent alone: a whole CloudEvent (event: the payload is the event
+ * itself, which ingest checked) goes in the HTTP binding's structured mode, whose Content-Type
+ * must name the event format; an AWS event, or a transform's JSON, as JSON. */
+static const char *http_ctype(const char *payload, size_t n, bool text, bool event)
+{
+    return text ? CTYPE_TEXT : event && !aws_is_envelope(payload, n) ? CTYPE_CE : CTYPE_JSON;
+}
 
 /* Sets h up to deliver payload to t; *headers (freed by the caller after the transfer) and
  * *seen must live until then. */
@@ -1024,8 +1033,7 @@ static void http_prepare(ebd_target *t, CURL *h, const char *payload, size_t n, 
     for (struct curl_slist *s = t->headers; s; s = s->next)
         hs = curl_slist_append(hs, s->data);
     /* a remote target sends the event as a structured CloudEvent (or a batch of them) */
-    hs = curl_slist_append(hs, t->remote && strcmp(ctype, CTYPE_CE_BATCH) != 0
-                                   ? "Content-Type: application/cloudevents+json" : ctype);
+    hs = curl_slist_append(hs, t->remote && strcmp(ctype, CTYPE_CE_BATCH) != 0 ? CTYPE_CE : ctype);
     hs = curl_slist_append(hs, "Expect:");
     if (t->sign_secret) {
         /* header: t=UNIX_SECONDS,v1=HEX(HMAC-SHA256(secret, "UNIX_SECONDS." + body)) */
@@ -2270,8 +2278,9 @@ static int start_attempt(dthread *th, item *it)
             break;
         }
         curl_easy_reset(h);
-        http_prepare(t, h, it->payload, it->plen, it->text ? CTYPE_TEXT : CTYPE_JSON, &it->headers,
-                     &it->seen);
+        http_prepare(t, h, it->payload, it->plen,
+                     http_ctype(it->payload, it->plen, it->text, it->shared),
+                     &it->headers, &it->seen);
         curl_easy_setopt(h, CURLOPT_PRIVATE, (void *)it);
         if (curl_multi_add_handle(th->multi, h) != CURLM_OK) {
             easy_put(th, h);
@@ -4026,7 +4035,7 @@ static bool stop_due_cb(void *sc)
  * then, the attempt not made as far as the caller knows (a replay makes it again later: its
  * target may get it twice), true when it was made (a->error: how it ended). */
 static bool attempt_now(ebd *d, ebd_target *t, const char *payload, size_t n, bool text,
-                        const char *extra, bool (*stop)(void *), void *arg, attempt *a)
+                        bool event, const char *extra, bool (*stop)(void *), void *arg, attempt *a)
 {
     stop_check sc = { stop, arg, 0, false };
     switch (t->kind) {
@@ -4041,7 +4050,7 @@ static bool attempt_now(ebd *d, ebd_target *t, const char *payload, size_t n, bo
         }
         struct curl_slist *hs = NULL;
         http_seen seen;
-        http_prepare(t, h, payload, n, text ? CTYPE_TEXT : CTYPE_JSON, &hs, &seen);
+        http_prepare(t, h, payload, n, http_ctype(payload, n, text, event), &hs, &seen);
         if (extra) {
             hs = curl_slist_append(hs, extra);
             curl_easy_setopt(h, CURLOPT_HTTPHEADER, hs);
@@ -4130,7 +4139,7 @@ static int dead_letter_now(ebd *d, ebd_rules *r, uint32_t rule, ebd_target *t, c
             }
             free(ft.path);
         } else if (slot_now(dl, stop, arg)) {
-            bool made = attempt_now(d, dl, b.v, b.n, false, NULL, stop, arg, &x);
+            bool made = attempt_now(d, dl, b.v, b.n, false, false, NULL, stop, arg, &x);
             give_slot(dl);
             if (!made) {
                 out = EBD_SYNC_STOPPED;
@@ -4218,7 +4227,7 @@ int ebd_deliver_sync(ebd *d, ebd_rules *r, vm_ctx *ctx, uint32_t rule, uint32_t 
         }
         a = (attempt){ 0 };
         attempts++;
-        bool made = attempt_now(d, t, payload, plen, text, extra, stop, arg, &a);
+        bool made = attempt_now(d, t, payload, plen, text, !x, extra, stop, arg, &a);
         give_slot(t);
         if (!made) {
             res = EBD_SYNC_STOPPED;

@@ -1,7 +1,8 @@
 #!/bin/sh
 # End-to-end tests of the CloudEvents 1.0 HTTP binding at ebd's ingest (binary, structured and
-# batched mode), case by case against the binding and the JSON format: what is taken and stored
-# as what, and what is refused (and then not stored).
+# batched mode) and at an http target, case by case against the binding and the JSON format:
+# what is taken and stored as what, what is refused (and then not stored), and what a target is
+# sent.
 #   cloudevents.sh BIN_DIR SOURCE_DIR WORK_DIR
 # One daemon and one receiver on 127.0.0.1 (ports 1024-1099, apart from the other scripts');
 # every wait bounded, both stopped at the end.
@@ -94,6 +95,11 @@ s=$(curl -s -o "$WORK/answer" -w '%{http_code}' -X POST "$URL/v1/buses/main/even
     -H 'ce-specversion: 1.0' -H 'ce-id: b-empty' -H 'ce-source: e2e' -H 'ce-type: x' --data-binary '')
 expect_status 202 "binary: no body and no Content-Type" "$s"
 
+# ---- delivery: a whole event goes to an http target in structured mode ---------------------------
+s=$(post /v1/buses/main/events application/json '{"n":1}' -H 'ce-specversion: 1.0' -H 'ce-id: d1' \
+    -H 'ce-source: e2e' -H 'ce-type: deliver')
+expect_status 202 "an event for the http target" "$s"
+
 settle last
 leaked=""
 for id in g1 g2 g3 b-overlong b-open b-dct b-data ext1; do
@@ -117,5 +123,13 @@ stored b-bytes | grep -qF '"datacontenttype":"application/octet-stream","data_ba
 line=$(stored b-empty)
 { [ -n "$line" ] && ! echo "$line" | grep -q '"data\|datacontenttype'; } \
     && pass "no body: no data, no datacontenttype: $line" || fail "b-empty: $line"
+
+wait_for "$E2E_WAIT" grep -q '"id":"d1"' "$WORK/rcv.log" || fail "the receiver did not get d1"
+line=$(grep '"id":"d1"' "$WORK/rcv.log")
+[ "$(echo "$line" | cut -f7)" = "application/cloudevents+json" ] \
+    && pass "a whole event is sent as application/cloudevents+json (the binding's structured mode)" \
+    || fail "content type of a whole event: $(echo "$line" | cut -f7)"
+echo "$line" | cut -f8- | grep -q '^{"specversion":"1.0","id":"d1","source":"e2e","type":"deliver",' \
+    && pass "  its body the event" || fail "  body: $(echo "$line" | cut -f8-)"
 
 finish
