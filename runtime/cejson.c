@@ -372,12 +372,13 @@ static size_t scheme_len(const char *v, size_t n)
 /* A URI-reference (RFC 3986 section 4.1), or with absolute a URI with a scheme (section 4.3,
  * a fragment let pass): its characters, its percent-encodings, and a ':' in its first segment
  * only after a scheme (a relative reference cannot have one there).  Not the finer grammar of
- * hosts and ports. */
+ * hosts and ports.  Characters beyond ASCII are let pass, as in an IRI (RFC 3987): sources
+ * name things after MQTT topics, which may hold any. */
 static bool uri_ref(const char *v, size_t n, bool absolute)
 {
     for (size_t i = 0; i < n; i++) {
         if (v[i] == '%' ? !(i + 2 < n && js_hexval(v[i + 1]) >= 0 && js_hexval(v[i + 2]) >= 0)
-                        : !uri_char(v[i]))
+                        : !uri_char(v[i]) && (unsigned char)v[i] < 0x80)
             return false;
     }
     if (scheme_len(v, n))
