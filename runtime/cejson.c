@@ -315,34 +315,171 @@ static bool ce_fail(ce_state *st, const char *fmt, const char *name)
 }
 
 /* A CloudEvents String may not hold the control characters U+0000-U+001F and U+007F-U+009F
- * (the spec's type system: some, such as a line feed, cannot cross an HTTP header).  Refuses
- * the decoded UTF-8 text t[0..n) of attribute name if it holds one, naming the first. */
+ * (the spec's type system: some, such as a line feed, cannot cross an HTTP header), nor a
+ * Unicode noncharacter.  Refuses the decoded UTF-8 text t[0..n) of attribute name if it holds
+ * one, naming the first. */
 static bool no_control(ce_state *st, const char *name, const char *t, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        unsigned char b = (unsigned char)t[i], next = i + 1 < n ? (unsigned char)t[i + 1] : 0;
-        unsigned cp = b < 0x20 || b == 0x7f ? b : b == 0xc2 && next >= 0x80 && next <= 0x9f ? next
-                    : 0x100;
-        if (cp < 0x100) {
-            snprintf(st->why, st->whycap, "attribute '%s' holds a control character (U+%04X at "
-                     "byte %zu), which a CloudEvents string may not", name, cp, i);
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        size_t len = vm_utf8_decode(t + i, n - i, &cp);
+        if (len == 0)               /* (not from a string vm_json_check took) */
+            len = 1, cp = 0xFFFD;
+        bool control = cp < 0x20 || (cp >= 0x7f && cp <= 0x9f);
+        bool nonchar = (cp >= 0xFDD0 && cp <= 0xFDEF) || (cp & 0xFFFE) == 0xFFFE;
+        if (control || nonchar) {
+            snprintf(st->why, st->whycap, "attribute '%s' holds a %s (U+%04X at byte %zu), which a "
+                     "CloudEvents string may not", name, control ? "control character"
+                     : "noncharacter", (unsigned)cp, i);
             st->failed = true;
             return false;
+        }
+        i += len;
+    }
+    return true;
+}
+
+static bool is_surrogate(unsigned cp, unsigned lo)
+{
+    return cp >= lo && cp < lo + 0x400;
+}
+
+/* A String may hold a surrogate only as half of a pair: JSON text may escape one alone
+ * ("\uDEAD"), which is no character.  Refuses the quoted JSON string v[0..n) of attribute name if
+ * it does, naming the escape. */
+static bool no_lone_surrogate(ce_state *st, const char *name, const char *v, size_t n)
+{
+    for (size_t i = 1; i + 1 < n; i++) {
+        if (v[i] != '\\')
+            continue;
+        if (v[++i] != 'u')
+            continue;
+        unsigned cp = hex4(v + i + 1), lo = 0;
+        bool paired = i + 11 < n && v[i + 5] == '\\' && v[i + 6] == 'u' &&
+                      is_surrogate(lo = hex4(v + i + 7), 0xDC00);
+        if (is_surrogate(cp, 0xD800) && paired) {
+            i += 10;
+        } else if (is_surrogate(cp, 0xD800) || is_surrogate(cp, 0xDC00)) {
+            snprintf(st->why, st->whycap, "attribute '%s' holds a lone surrogate (%.6s), which a "
+                     "CloudEvents string may not", name, v + i - 1);
+            st->failed = true;
+            return false;
+        } else {
+            i += 4;
         }
     }
     return true;
 }
 
-/* A URI-reference, loosely: no white space or control characters, and not empty unless allowed. */
-static bool uri_ref(const char *v, size_t n)
+/* Is c one of RFC 3986's characters (unreserved, gen-delims, sub-delims; '%' apart)? */
+static bool uri_char(char c)
 {
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)v[i] <= 0x20 || v[i] == 0x7f)
-            return false;
-    return true;
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c && strchr("-._~:/?#[]@!$&'()*+,;=", c));
 }
 
-/* RFC 3339 date-time: 2026-11-26T10:00:00(.frac)?(Z|+hh:mm). */
+/* The length of v's scheme (RFC 3986: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) before a ':'),
+ * 0 if it has none. */
+static size_t scheme_len(const char *v, size_t n)
+{
+    size_t i = 0;
+    while (i < n && ((v[i] >= 'a' && v[i] <= 'z') || (v[i] >= 'A' && v[i] <= 'Z') ||
+                     (i > 0 && ((v[i] >= '0' && v[i] <= '9') || v[i] == '+' || v[i] == '-' ||
+                                v[i] == '.'))))
+        i++;
+    return i > 0 && i < n && v[i] == ':' ? i : 0;
+}
+
+/* A URI-reference (RFC 3986 section 4.1), or with absolute a URI with a scheme (section 4.3,
+ * a fragment let pass): its characters, its percent-encodings, and a ':' in its first segment
+ * only after a scheme (a relative reference cannot have one there).  Not the finer grammar of
+ * hosts and ports.  Characters beyond ASCII are let pass, as in an IRI (RFC 3987): sources
+ * name things after MQTT topics, which may hold any. */
+static bool uri_ref(const char *v, size_t n, bool absolute)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] == '%' ? !(i + 2 < n && js_hexval(v[i + 1]) >= 0 && js_hexval(v[i + 2]) >= 0)
+                        : !uri_char(v[i]) && (unsigned char)v[i] < 0x80)
+            return false;
+    }
+    if (scheme_len(v, n))
+        return true;
+    size_t seg = strcspn(v, "/?#");
+    return !absolute && memchr(v, ':', seg < n ? seg : n) == NULL;
+}
+
+/* A token of RFC 2045: printable ASCII but space and the tspecials; its length. */
+static size_t mime_token(const char *v, size_t n)
+{
+    size_t i = 0;
+    while (i < n && v[i] > 0x20 && v[i] < 0x7f && !strchr("()<>@,;:\\\"/[]?=", v[i]))
+        i++;
+    return i;
+}
+
+/* A media type as RFC 2046 writes one: type "/" subtype, then any parameters
+ * (; attribute=value, a value a token or a quoted string), white space around the ';'. */
+static bool media_type_ok(const char *v, size_t n)
+{
+    size_t i = mime_token(v, n);
+    if (i == 0 || i >= n || v[i] != '/')
+        return false;
+    size_t k = mime_token(v + i + 1, n - i - 1);
+    if (k == 0)
+        return false;
+    for (i += 1 + k;;) {
+        while (i < n && (v[i] == ' ' || v[i] == '\t'))
+            i++;
+        if (i == n)
+            return true;
+        if (v[i++] != ';')
+            return false;
+        while (i < n && (v[i] == ' ' || v[i] == '\t'))
+            i++;
+        k = mime_token(v + i, n - i);
+        if (k == 0 || i + k >= n || v[i + k] != '=')
+            return false;
+        i += k + 1;
+        if (i < n && v[i] == '"') {
+            for (i++; i < n && v[i] != '"'; i++)
+                if (v[i] == '\\')
+                    i++;
+            if (i++ >= n)
+                return false;
+        } else if ((k = mime_token(v + i, n - i)) == 0) {
+            return false;
+        } else {
+            i += k;
+        }
+    }
+}
+
+/* A CloudEvents Integer as JSON writes it: the integer component of a number, in the signed
+ * 32-bit range. */
+static bool ce_integer(const char *v, size_t n)
+{
+    size_t i = v[0] == '-';
+    if (i == n || n - i > 10)
+        return false;
+    long long x = 0;
+    for (; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return false;
+        x = x * 10 + (v[i] - '0');
+    }
+    return v[0] == '-' ? x <= 2147483648LL : x <= 2147483647LL;
+}
+
+/* The days of month mo (1-12) of year y, Gregorian. */
+static int month_days(int y, int mo)
+{
+    static const int days[] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+    bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    return mo == 2 && leap ? 29 : days[mo - 1];
+}
+
+/* RFC 3339 date-time: 2026-11-26T10:00:00(.frac)?(Z|+hh:mm), with a day its month has and an
+ * offset of at most 23:59. */
 static bool rfc3339(const char *v, size_t n)
 {
     const char *shape = "dddd-dd-ddTdd:dd:dd";
@@ -351,10 +488,11 @@ static bool rfc3339(const char *v, size_t n)
     for (size_t i = 0; i < 19; i++)
         if (shape[i] == 'd' ? v[i] < '0' || v[i] > '9' : (shape[i] == 'T' ? (v[i] != 'T' && v[i] != 't') : v[i] != shape[i]))
             return false;
+    int y = (v[0] - '0') * 1000 + (v[1] - '0') * 100 + (v[2] - '0') * 10 + v[3] - '0';
     int mo = (v[5] - '0') * 10 + v[6] - '0', d = (v[8] - '0') * 10 + v[9] - '0';
     int h = (v[11] - '0') * 10 + v[12] - '0', mi = (v[14] - '0') * 10 + v[15] - '0';
     int sec = (v[17] - '0') * 10 + v[18] - '0';
-    if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
+    if (mo < 1 || mo > 12 || d < 1 || d > month_days(y, mo) || h > 23 || mi > 59 || sec > 60)
         return false;
     size_t i = 19;
     if (v[i] == '.') {
@@ -367,7 +505,8 @@ static bool rfc3339(const char *v, size_t n)
     if (i < n && (v[i] == 'Z' || v[i] == 'z'))
         return i + 1 == n;
     return i + 6 == n && (v[i] == '+' || v[i] == '-') && v[i + 3] == ':' &&
-           v[i + 1] >= '0' && v[i + 1] <= '2' && v[i + 2] >= '0' && v[i + 2] <= '9' &&
+           (v[i + 1] == '2' ? v[i + 2] >= '0' && v[i + 2] <= '3'
+                            : v[i + 1] >= '0' && v[i + 1] <= '1' && v[i + 2] >= '0' && v[i + 2] <= '9') &&
            v[i + 4] >= '0' && v[i + 4] <= '5' && v[i + 5] >= '0' && v[i + 5] <= '9';
 }
 
@@ -402,18 +541,22 @@ static bool ce_member(void *arg, const js_member *m)
     return ok;
 }
 
-/* Checks one attribute's value (text: a string value decoded). */
+/* Checks one attribute's value (text: a string value decoded).  A null value is an attribute
+ * unset (the JSON format says so), except for data, where it is a null payload. */
 static bool ce_value(ce_state *st, const js_member *m, const char *name, const char *v, size_t vlen,
                      bool is_str, const char *text, size_t tlen)
 {
     const char *s = st->s;
     const char *key = s + m->key_off + 1;
     size_t klen = m->key_len - 2;
+    bool null = v[0] == 'n';
     if (js_key_is(s, m, "data")) {
         st->data = true;
         return true;
     }
     if (js_key_is(s, m, "data_base64")) {
+        if (null)
+            return true;
         st->data_base64 = true;
         if (!is_str)
             return ce_fail(st, "attribute '%s' must be a string (base64)", name);
@@ -431,17 +574,19 @@ static bool ce_value(ce_state *st, const js_member *m, const char *name, const c
             return ce_fail(st, "attribute '%s' is not base64 (its length is not a multiple of 4)", name);
         return true;
     }
+    if (is_str && (!no_lone_surrogate(st, name, v, vlen) || !no_control(st, name, text, tlen)))
+        return false;
     static const char *const strs[] = { "id", "source", "specversion", "type", "datacontenttype",
                                         "dataschema", "subject", "time" };
     for (size_t k = 0; k < sizeof strs / sizeof *strs; k++) {
         if (!js_key_is(s, m, strs[k]))
             continue;
+        if (null)
+            return true;
         if (!is_str)
             return ce_fail(st, "attribute '%s' must be a string", name);
-        if (!no_control(st, name, text, tlen))
-            return false;
-        bool required = k < 4;
-        if (required && tlen == 0)
+        /* the required ones and subject: non-empty strings */
+        if ((k < 4 || k == 6) && tlen == 0)
             return ce_fail(st, "attribute '%s' must not be empty", name);
         if (k == 0) {
             st->id = true;
@@ -449,7 +594,7 @@ static bool ce_value(ce_state *st, const js_member *m, const char *name, const c
             st->idlen = vlen;
         } else if (k == 1) {
             st->source = true;
-            if (!uri_ref(text, tlen))
+            if (!uri_ref(text, tlen, false))
                 return ce_fail(st, "attribute '%s' must be a URI-reference", name);
         } else if (k == 2) {
             st->specversion = true;
@@ -457,22 +602,28 @@ static bool ce_value(ce_state *st, const js_member *m, const char *name, const c
                 return ce_fail(st, "attribute '%s' must be \"1.0\"", name);
         } else if (k == 3) {
             st->type = true;
-        } else if (k == 5 && (tlen == 0 || !uri_ref(text, tlen))) {
+        } else if (k == 4 && !media_type_ok(text, tlen)) {
+            return ce_fail(st, "attribute '%s' must be a media type (RFC 2046), such as "
+                           "application/json", name);
+        } else if (k == 5 && (tlen == 0 || !uri_ref(text, tlen, true))) {
             return ce_fail(st, "attribute '%s' must be a URI", name);
         } else if (k == 7 && !rfc3339(text, tlen)) {
             return ce_fail(st, "attribute '%s' must be an RFC 3339 time", name);
         }
         return true;
     }
-    /* An extension: a-z and 0-9 only; a string, a number or a boolean. */
+    /* An extension: a-z and 0-9 only; a string, an Integer or a boolean (or null: unset). */
     if (klen == 0)
         return ce_fail(st, "an attribute name is empty%s", "");
     for (size_t i = 0; i < klen; i++)
         if (!((key[i] >= 'a' && key[i] <= 'z') || (key[i] >= '0' && key[i] <= '9')))
             return ce_fail(st, "attribute name '%s' is not made of a-z and 0-9", name);
-    if (v[0] == '{' || v[0] == '[' || v[0] == 'n')
+    if (v[0] == '{' || v[0] == '[')
         return ce_fail(st, "extension attribute '%s' must be a string, a number or a boolean", name);
-    return !is_str || no_control(st, name, text, tlen);
+    if ((v[0] == '-' || (v[0] >= '0' && v[0] <= '9')) && !ce_integer(v, vlen))
+        return ce_fail(st, "extension attribute '%s' is a number that is not a CloudEvents Integer "
+                       "(a whole number from -2147483648 to 2147483647)", name);
+    return true;
 }
 
 bool ce_check(const char *s, size_t n, char *why, size_t whycap, const char **id, size_t *idlen)

@@ -1335,8 +1335,9 @@ static int start_attempt(dthread *th, item *it)
             break;
         }
         curl_easy_reset(h);
-        dl_http_prepare(t, h, it->payload, it->plen, it->text ? CTYPE_TEXT : CTYPE_JSON, &it->headers,
-                     &it->seen);
+        dl_http_prepare(t, h, it->payload, it->plen,
+                        dl_http_ctype(it->payload, it->plen, it->text, it->shared), &it->headers,
+                        &it->seen);
         curl_easy_setopt(h, CURLOPT_PRIVATE, (void *)it);
         if (curl_multi_add_handle(th->multi, h) != CURLM_OK) {
             easy_put(th, h);

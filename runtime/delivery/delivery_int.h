@@ -12,6 +12,7 @@
 #define CTYPE_TEXT "Content-Type: text/plain; charset=utf-8"
 #define CTYPE_JSON "Content-Type: application/json"
 #define CTYPE_CE_BATCH "Content-Type: application/cloudevents-batch+json"
+#define CTYPE_CE "Content-Type: application/cloudevents+json"
 
 /* How one attempt at one target went. */
 typedef struct {
@@ -36,6 +37,8 @@ int dl_open_output(const ebd *d, const char *path, char **full, char *why, size_
 
 /* ---- one attempt at one target (targets.c) ------------------------------------------------ */
 
+/* The Content-Type of a payload sent alone (event: it is the stored event itself). */
+const char *dl_http_ctype(const char *payload, size_t n, bool text, bool event);
 void dl_http_prepare(ebd_target *t, CURL *h, const char *payload, size_t n, const char *ctype,
                      struct curl_slist **headers, http_seen *seen);
 void dl_http_finish(ebd_target *t, CURL *h, CURLcode rc, const http_seen *seen, attempt *a);

@@ -115,7 +115,7 @@ static CURL *thread_easy(bool *own)
  * then, the attempt not made as far as the caller knows (a replay makes it again later: its
  * target may get it twice), true when it was made (a->error: how it ended). */
 static bool attempt_now(ebd *d, ebd_target *t, const char *payload, size_t n, bool text,
-                        const char *extra, bool (*stop)(void *), void *arg, attempt *a)
+                        bool event, const char *extra, bool (*stop)(void *), void *arg, attempt *a)
 {
     stop_check sc = { stop, arg, 0, false };
     switch (t->kind) {
@@ -131,7 +131,7 @@ static bool attempt_now(ebd *d, ebd_target *t, const char *payload, size_t n, bo
         }
         struct curl_slist *hs = NULL;
         http_seen seen;
-        dl_http_prepare(t, h, payload, n, text ? CTYPE_TEXT : CTYPE_JSON, &hs, &seen);
+        dl_http_prepare(t, h, payload, n, dl_http_ctype(payload, n, text, event), &hs, &seen);
         if (extra) {
             hs = curl_slist_append(hs, extra);
             curl_easy_setopt(h, CURLOPT_HTTPHEADER, hs);
@@ -221,7 +221,7 @@ static int dead_letter_now(ebd *d, ebd_rules *r, uint32_t rule, ebd_target *t, c
             }
             free(ft.path);
         } else if (slot_now(dl, stop, arg)) {
-            bool made = attempt_now(d, dl, b.v, b.n, false, NULL, stop, arg, &x);
+            bool made = attempt_now(d, dl, b.v, b.n, false, false, NULL, stop, arg, &x);
             dl_give_slot(dl);
             if (!made) {
                 out = EBD_SYNC_STOPPED;
@@ -309,7 +309,7 @@ int ebd_deliver_sync(ebd *d, ebd_rules *r, vm_ctx *ctx, uint32_t rule, uint32_t 
         }
         a = (attempt){ 0 };
         attempts++;
-        bool made = attempt_now(d, t, payload, plen, text, extra, stop, arg, &a);
+        bool made = attempt_now(d, t, payload, plen, text, !x, extra, stop, arg, &a);
         dl_give_slot(t);
         if (!made) {
             res = EBD_SYNC_STOPPED;

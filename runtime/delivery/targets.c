@@ -455,6 +455,14 @@ static size_t discard(char *b, size_t size, size_t n, void *arg)
 }
 
 
+/* The Content-Type of a payload sent alone: a whole CloudEvent (event: the payload is the event
+ * itself, which ingest checked) goes in the HTTP binding's structured mode, whose Content-Type
+ * must name the event format; an AWS event, or a transform's JSON, as JSON. */
+const char *dl_http_ctype(const char *payload, size_t n, bool text, bool event)
+{
+    return text ? CTYPE_TEXT : event && !aws_is_envelope(payload, n) ? CTYPE_CE : CTYPE_JSON;
+}
+
 /* Sets h up to deliver payload to t; *headers (freed by the caller after the transfer) and
  * *seen must live until then. */
 void dl_http_prepare(ebd_target *t, CURL *h, const char *payload, size_t n, const char *ctype,
@@ -464,8 +472,7 @@ void dl_http_prepare(ebd_target *t, CURL *h, const char *payload, size_t n, cons
     for (struct curl_slist *s = t->headers; s; s = s->next)
         hs = curl_slist_append(hs, s->data);
     /* a remote target sends the event as a structured CloudEvent (or a batch of them) */
-    hs = curl_slist_append(hs, t->remote && strcmp(ctype, CTYPE_CE_BATCH) != 0
-                                   ? "Content-Type: application/cloudevents+json" : ctype);
+    hs = curl_slist_append(hs, t->remote && strcmp(ctype, CTYPE_CE_BATCH) != 0 ? CTYPE_CE : ctype);
     hs = curl_slist_append(hs, "Expect:");
     if (t->sign_secret) {
         /* header: t=UNIX_SECONDS,v1=HEX(HMAC-SHA256(secret, "UNIX_SECONDS." + body)) */

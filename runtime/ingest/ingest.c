@@ -610,11 +610,13 @@ static void media_type(const char *ct, char *out, size_t cap)
     out[i] = 0;
 }
 
+/* Does media type mt (lower case, no parameters) declare JSON: a subtype json or ending in +json,
+ * as the JSON format says? */
 static bool is_json_type(const char *mt)
 {
-    size_t n = strlen(mt);
-    return !strcmp(mt, "application/json") || !strcmp(mt, "text/json") ||
-           (n > 5 && !strcmp(mt + n - 5, "+json"));
+    const char *sub = strchr(mt, '/');
+    size_t n = sub ? strlen(++sub) : 0;
+    return (n == 4 && !strcmp(sub, "json")) || (n > 5 && !strcmp(sub + n - 5, "+json"));
 }
 
 /* ---- binary mode: the event built from ce- headers and the body ----------------------------- */
@@ -622,9 +624,67 @@ static bool is_json_type(const char *mt)
 typedef struct {
     sbuf *ev;
     bool bad;
-    char why[200];
+    char why[256];
     char field[64];               /* the header at fault */
 } headers_state;
+
+/* Fails st for header key, saying why; returns NULL. */
+static char *header_fail(headers_state *st, const char *key, const char *why)
+{
+    st->bad = true;
+    snprintf(st->why, sizeof st->why, "header '%.60s' %.180s", key, why);
+    snprintf(st->field, sizeof st->field, "%.60s", key);
+    return NULL;
+}
+
+/* The attribute value a ce- header carries, decoded as the binding says: first its
+ * double-quoted strings unescaped (RFC 7230 3.2.6, which older senders used), then one round
+ * of percent-decoding; malloc'd, its length in *len.  NULL (st failed) when a quoted string
+ * does not end or a '%' is not followed by two hexadecimal digits. */
+static char *header_value(headers_state *st, const char *key, const char *value, size_t *len)
+{
+    size_t vn = strlen(value), un = 0, o = 0;
+    char *unq = malloc(vn + 1), *dec = malloc(vn + 1);
+    if (!unq || !dec) {
+        free(unq);
+        free(dec);
+        st->bad = true;
+        snprintf(st->why, sizeof st->why, "out of memory");
+        return NULL;
+    }
+    bool quoted = false;
+    for (size_t i = 0; i < vn; i++) {
+        if (value[i] == '"')
+            quoted = !quoted;
+        else if (quoted && value[i] == '\\' && i + 1 < vn)
+            unq[un++] = value[++i];
+        else
+            unq[un++] = value[i];
+    }
+    for (size_t i = 0; !quoted && i < un; i++) {
+        if (unq[i] != '%') {
+            dec[o++] = unq[i];
+        } else if (i + 2 < un && js_hexval(unq[i + 1]) >= 0 && js_hexval(unq[i + 2]) >= 0) {
+            dec[o++] = (char)(js_hexval(unq[i + 1]) * 16 + js_hexval(unq[i + 2]));
+            i += 2;
+        } else {
+            char why[160];
+            snprintf(why, sizeof why, "is not percent-encoded: the '%%' at byte %zu is not "
+                     "followed by two hexadecimal digits (a '%%' itself is %%25)", i);
+            free(unq);
+            free(dec);
+            return header_fail(st, key, why);
+        }
+    }
+    free(unq);
+    if (quoted) {
+        free(dec);
+        return header_fail(st, key, "opens a quoted string and does not end it (a '\"' in a "
+                           "value is %22)");
+    }
+    *len = o;
+    return dec;
+}
 
 static enum MHD_Result ce_header(void *arg, enum MHD_ValueKind kind, const char *key,
                                  const char *value)
@@ -652,35 +712,22 @@ static enum MHD_Result ce_header(void *arg, enum MHD_ValueKind kind, const char 
         lower[i] = ch;
     }
     lower[n] = 0;
-    /* data is the body; datacontenttype is the Content-Type (the binding maps it there) */
-    if (!strcmp(lower, "data") || !strcmp(lower, "data_base64") || !strcmp(lower, "datacontenttype"))
-        return MHD_YES;
-    /* The value, percent-decoded (the binding's encoding of what a header cannot carry): a '%'
-     * not followed by two hexadecimal digits is refused, not kept as it is. */
-    size_t vn = strlen(value);
-    char *dec = malloc(vn + 1);
-    size_t o = 0;
-    for (size_t i = 0; dec && i < vn; i++) {
-        if (value[i] != '%') {
-            dec[o++] = value[i];
-        } else if (i + 2 < vn && js_hexval(value[i + 1]) >= 0 && js_hexval(value[i + 2]) >= 0) {
-            dec[o++] = (char)(js_hexval(value[i + 1]) * 16 + js_hexval(value[i + 2]));
-            i += 2;
-        } else {
-            st->bad = true;
-            snprintf(st->why, sizeof st->why, "header '%.60s' is not percent-encoded: the '%%' at "
-                     "byte %zu is not followed by two hexadecimal digits (a '%%' itself is %%25)",
-                     key, i);
-            snprintf(st->field, sizeof st->field, "%.60s", key);
-            free(dec);
-            return MHD_YES;
-        }
-    }
-    if (!dec) {
-        st->bad = true;
-        snprintf(st->why, sizeof st->why, "out of memory");
+    /* data is the body, and no attribute may take its name; datacontenttype is the
+     * Content-Type, and the binding forbids the header beside it */
+    if (!strcmp(lower, "data")) {
+        header_fail(st, key, "names no attribute: in binary mode the body is the event's data, "
+                    "and no attribute may be called data");
         return MHD_YES;
     }
+    if (!strcmp(lower, "datacontenttype")) {
+        header_fail(st, key, "may not be sent: in binary mode the Content-Type is the event's "
+                    "datacontenttype");
+        return MHD_YES;
+    }
+    size_t o;
+    char *dec = header_value(st, key, value, &o);
+    if (!dec)
+        return MHD_YES;
     size_t bad_at;
     sbuf tmp = { 0 };
     sb_json_string(&tmp, dec, o);
@@ -923,10 +970,6 @@ static enum MHD_Result put_events_ce(struct MHD_Connection *c, ebd_bus *b, reque
     }
     if (es.oom) {
         ok = send_error(c, 503, "out of memory", NULL, "1");
-        goto done;
-    }
-    if (es.n == 0) {
-        ok = send_error(c, 400, "the batch holds no event", "body", NULL);
         goto done;
     }
     for (size_t i = 0; i < es.n; i++) {

@@ -254,7 +254,7 @@ wait_for "$E2E_WAIT" grep -q '"id":"b1"' "$WORK/ok.log" || fail "ok receiver did
 line=$(grep '"id":"s1"' "$WORK/ok.log")
 sig=$(echo "$line" | cut -f4); ts=$(echo "$line" | cut -f5); body=$(echo "$line" | cut -f8-)
 [ "$(echo "$line" | cut -f6)" = "from-env" ] && pass "header value from env()" || fail "X-E2e header: $(echo "$line" | cut -f6)"
-[ "$(echo "$line" | cut -f7)" = "application/json" ] && pass "JSON payloads go as application/json" || fail "content type: $(echo "$line" | cut -f7)"
+[ "$(echo "$line" | cut -f7)" = "application/cloudevents+json" ] && pass "a whole event goes as application/cloudevents+json" || fail "content type: $(echo "$line" | cut -f7)"
 case "$sig" in t=$ts,v1=*) pass "signed: $sig" ;; *) fail "signature header: '$sig' (timestamp '$ts')" ;; esac
 if command -v openssl >/dev/null 2>&1; then
     want=$(printf '%s.%s' "$ts" "$body" | openssl dgst -sha256 -hmac "$E2E_SECRET" | sed 's/^.* //')

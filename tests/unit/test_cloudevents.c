@@ -63,7 +63,6 @@ Test(cloudevents, bad_events_are_refused_naming_the_attribute)
         { "{" BASE ",\"Ext\":\"v\"}", "attribute name 'Ext' is not made of a-z and 0-9" },
         { "{" BASE ",\"my_ext\":\"v\"}", "attribute name 'my_ext' is not made of a-z and 0-9" },
         { "{" BASE ",\"ext\":{\"a\":1}}", "extension attribute 'ext' must be a string, a number or a boolean" },
-        { "{" BASE ",\"ext\":null}", "extension attribute 'ext' must be a string, a number or a boolean" },
         { "{" BASE ",\"id\":\"again\"}", "attribute 'id' appears twice" },
         { "{" BASE ",\"data\":1,\"data_base64\":\"AA==\"}", "an event has 'data' or 'data_base64', not both" },
         { "{" BASE ",\"data_base64\":\"AA=\"}", "attribute 'data_base64' is not base64 (its length is not a multiple of 4)" },
@@ -145,6 +144,112 @@ Test(cloudevents, control_characters_are_refused_in_every_attribute)
         "{" BASE ",\"subject\":\"\\u00a0\xc2\xa0\xc3\xa9 \\u2028\"}",      /* U+00A0 and on */
         "{" BASE ",\"data\":\"a\\u0000b\\n\"}",                            /* data: any text */
         "{" BASE ",\"data\":{\"k\":\"\\u0001\"}}",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        const char *why = check(good[i]);
+        cr_expect_null(why, "%s refused: %s", good[i], why ? why : "");
+    }
+}
+
+/* The JSON format: an attribute whose value is null is unset (json-format.md 2.2), so an optional
+ * one may be null and a required one given as null is missing; data may be null (a null payload). */
+Test(cloudevents, null_attributes_are_unset)
+{
+    const char *good[] = {
+        "{" BASE ",\"subject\":null,\"time\":null,\"dataschema\":null,\"datacontenttype\":null}",
+        "{" BASE ",\"unsetextension\":null}",
+        "{" BASE ",\"data\":null}",
+        "{" BASE ",\"data_base64\":null,\"data\":{\"a\":1}}",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        const char *why = check(good[i]);
+        cr_expect_null(why, "%s refused: %s", good[i], why ? why : "");
+    }
+    const struct { const char *ev, *why; } bad[] = {
+        { "{\"specversion\":\"1.0\",\"id\":null,\"source\":\"s\",\"type\":\"t\"}", "required attribute 'id' is missing" },
+        { "{\"specversion\":\"1.0\",\"id\":\"e\",\"source\":null,\"type\":\"t\"}", "required attribute 'source' is missing" },
+        { "{\"specversion\":null,\"id\":\"e\",\"source\":\"s\",\"type\":\"t\"}", "required attribute 'specversion' is missing" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        const char *why = check(bad[i].ev);
+        cr_expect(why && !strcmp(why, bad[i].why), "%s: %s", bad[i].ev, why ? why : "accepted");
+    }
+}
+
+/* The spec's constraints on each attribute's value (spec.md, "Type System" and the attributes'
+ * "Constraints"): each case is refused, naming the attribute. */
+Test(cloudevents, attribute_values_keep_to_their_types)
+{
+    const struct { const char *ev, *why; } bad[] = {
+        /* Integer: the integer component of a JSON number, in the signed 32-bit range */
+        { "{" BASE ",\"num\":1.5}", "extension attribute 'num' is a number that is not a CloudEvents Integer (a whole number from -2147483648 to 2147483647)" },
+        { "{" BASE ",\"num\":1e3}", "extension attribute 'num' is a number that is not a CloudEvents Integer (a whole number from -2147483648 to 2147483647)" },
+        { "{" BASE ",\"num\":2147483648}", "extension attribute 'num' is a number that is not a CloudEvents Integer (a whole number from -2147483648 to 2147483647)" },
+        { "{" BASE ",\"num\":-2147483649}", "extension attribute 'num' is a number that is not a CloudEvents Integer (a whole number from -2147483648 to 2147483647)" },
+        /* subject: if present, a non-empty string */
+        { "{" BASE ",\"subject\":\"\"}", "attribute 'subject' must not be empty" },
+        /* dataschema: a URI, which is absolute (a scheme) */
+        { "{" BASE ",\"dataschema\":\"/schemas/order\"}", "attribute 'dataschema' must be a URI" },
+        { "{" BASE ",\"dataschema\":\"https://x/a b\"}", "attribute 'dataschema' must be a URI" },
+        /* source: a URI-reference (RFC 3986) */
+        { "{\"specversion\":\"1.0\",\"id\":\"e\",\"type\":\"t\",\"source\":\"a<b>\"}", "attribute 'source' must be a URI-reference" },
+        { "{\"specversion\":\"1.0\",\"id\":\"e\",\"type\":\"t\",\"source\":\"/a%zz\"}", "attribute 'source' must be a URI-reference" },
+        { "{\"specversion\":\"1.0\",\"id\":\"e\",\"type\":\"t\",\"source\":\"1http://x\"}", "attribute 'source' must be a URI-reference" },
+        /* datacontenttype: a media type (RFC 2046) */
+        { "{" BASE ",\"datacontenttype\":\"\"}", "attribute 'datacontenttype' must be a media type (RFC 2046), such as application/json" },
+        { "{" BASE ",\"datacontenttype\":\"json\"}", "attribute 'datacontenttype' must be a media type (RFC 2046), such as application/json" },
+        { "{" BASE ",\"datacontenttype\":\"application/\"}", "attribute 'datacontenttype' must be a media type (RFC 2046), such as application/json" },
+        /* time: RFC 3339, a day its month has, an offset of at most 23:59 */
+        { "{" BASE ",\"time\":\"2026-02-30T10:00:00Z\"}", "attribute 'time' must be an RFC 3339 time" },
+        { "{" BASE ",\"time\":\"2025-02-29T10:00:00Z\"}", "attribute 'time' must be an RFC 3339 time" },
+        { "{" BASE ",\"time\":\"2026-04-31T10:00:00Z\"}", "attribute 'time' must be an RFC 3339 time" },
+        { "{" BASE ",\"time\":\"2026-04-30T10:00:00+24:00\"}", "attribute 'time' must be an RFC 3339 time" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        const char *why = check(bad[i].ev);
+        cr_expect(why && !strcmp(why, bad[i].why), "%s: %s", bad[i].ev, why ? why : "accepted");
+    }
+    const char *good[] = {
+        "{" BASE ",\"num\":-2147483648,\"big\":2147483647,\"zero\":0,\"neg\":-0}",
+        "{" BASE ",\"dataschema\":\"urn:example:schema:1\",\"subject\":\"x\"}",
+        "{" BASE ",\"datacontenttype\":\"Application/JSON; charset=utf-8\"}",
+        "{" BASE ",\"datacontenttype\":\"application/vnd.apache.thrift.binary\"}",
+        "{" BASE ",\"datacontenttype\":\"text/plain;charset=\\\"utf-8\\\"\"}",
+        "{" BASE ",\"time\":\"2024-02-29T23:59:60.5-23:59\"}",
+        "{\"specversion\":\"1.0\",\"id\":\"e\",\"type\":\"t\",\"source\":\"https://github.com/cloudevents\"}",
+        "{\"specversion\":\"1.0\",\"id\":\"e\",\"type\":\"t\",\"source\":\"mailto:cncf-wg-serverless@lists.cncf.io\"}",
+        "{\"specversion\":\"1.0\",\"id\":\"e\",\"type\":\"t\",\"source\":\"urn:uuid:6e8bc430-9c3a-11d9-9669-0800200c9a66\"}",
+        "{\"specversion\":\"1.0\",\"id\":\"e\",\"type\":\"t\",\"source\":\"/sensors/tn-1234567/alerts?x=1&y=%20#f\"}",
+        "{\"specversion\":\"1.0\",\"id\":\"e\",\"type\":\"t\",\"source\":\"1-555-123-4567\"}",
+        "{\"specversion\":\"1.0\",\"id\":\"e\",\"type\":\"t\",\"source\":\"http://[::1]:8080/a\"}",
+        /* beyond ASCII, as an IRI (an MQTT topic's source) */
+        "{\"specversion\":\"1.0\",\"id\":\"e\",\"type\":\"t\",\"source\":\"mqtt://h/caf\xc3\xa9\"}",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        const char *why = check(good[i]);
+        cr_expect_null(why, "%s refused: %s", good[i], why ? why : "");
+    }
+}
+
+/* A CloudEvents String holds no lone surrogate ("\uDEAD" is invalid, "\uD800\uDEAD" legal) and no
+ * Unicode noncharacter (spec.md, "Type System"). */
+Test(cloudevents, strings_hold_no_lone_surrogate_nor_noncharacter)
+{
+    const struct { const char *ev, *why; } bad[] = {
+        { "{" BASE ",\"subject\":\"a\\uDEADb\"}", "attribute 'subject' holds a lone surrogate (\\uDEAD), which a CloudEvents string may not" },
+        { "{" BASE ",\"subject\":\"a\\uD800\"}", "attribute 'subject' holds a lone surrogate (\\uD800), which a CloudEvents string may not" },
+        { "{" BASE ",\"myext\":\"\\udbff\\u0041\"}", "attribute 'myext' holds a lone surrogate (\\udbff), which a CloudEvents string may not" },
+        { "{" BASE ",\"subject\":\"x\\uFFFE\"}", "attribute 'subject' holds a noncharacter (U+FFFE at byte 1), which a CloudEvents string may not" },
+        { "{" BASE ",\"subject\":\"x\xef\xb7\x90\"}", "attribute 'subject' holds a noncharacter (U+FDD0 at byte 1), which a CloudEvents string may not" },
+        { "{" BASE ",\"myext\":\"\\uD83F\\uDFFF\"}", "attribute 'myext' holds a noncharacter (U+1FFFF at byte 0), which a CloudEvents string may not" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        const char *why = check(bad[i].ev);
+        cr_expect(why && !strcmp(why, bad[i].why), "%s: %s", bad[i].ev, why ? why : "accepted");
+    }
+    const char *good[] = {
+        "{" BASE ",\"subject\":\"\\uD800\\uDEAD \\ud83d\\ude00 \xf0\x9f\x98\x80 \\uFFFD\"}",
+        "{" BASE ",\"data\":\"\\uDEAD\\uFFFF\"}",                        /* data: any JSON */
     };
     for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
         const char *why = check(good[i]);
