@@ -42,6 +42,28 @@ void src_time_text(sbuf *out, int64_t ms)
               tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
 }
 
+void src_uri_escape(char *out, size_t cap, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t k = 0;
+    for (; *s && cap > 0; s++) {
+        unsigned char c = (unsigned char)*s;
+        bool keep = c >= 0x80 || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                    (c >= '0' && c <= '9') || strchr("-._~:/?#[]@!$&'()*+,;=", c);
+        if (keep && k + 1 < cap) {
+            out[k++] = (char)c;
+        } else if (!keep && k + 3 < cap) {
+            out[k++] = '%';
+            out[k++] = hex[c >> 4];
+            out[k++] = hex[c & 15];
+        } else {
+            break;
+        }
+    }
+    if (cap > 0)
+        out[k] = 0;
+}
+
 static void attr(sbuf *out, const char *name, const char *value)
 {
     sb_puts(out, ",\"");

@@ -699,7 +699,9 @@ static void plain_event(mqtt_source *s, const struct mosquitto_message *msg, uin
                       (size_t)msg->payloadlen };
     char id[33];
     src_hash_id(id, parts, lens, 4);
-    snprintf(src, sizeof src, "%s/%s", s->origin, msg->topic);
+    /* (a topic may hold what a URI may not: a space, '"', '|' ...) */
+    int at = snprintf(src, sizeof src, "%s/", s->origin);
+    src_uri_escape(src + at, sizeof src - (size_t)at, msg->topic);
     src_ce e = { .id = id, .source = src, .type = "mqtt.message", .subject = msg->topic,
                  .time_ms = ebd_wall_ms(), .content_type = ct, .data = msg->payload,
                  .n = (size_t)msg->payloadlen };

@@ -34,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../../runtime/ebd_int.h"
 #include "../../runtime/sources/mqtt.h"
 #include "servers.h"
 #include "sink.h"
@@ -263,6 +264,33 @@ Test(mqtt, json_and_binary_payloads)
     cJSON_Delete(a);
     cJSON_Delete(bj);
     cJSON_Delete(c);
+    source_end(s, &t);
+    srv_end(&b.s);
+}
+
+/* A topic may hold what a URI may not (a space, '"', '|', '%'): the event's source escapes it,
+ * so that the event passes ingest's checks (source: a URI-reference), and its subject keeps it. */
+Test(mqtt, topics_a_uri_cannot_hold)
+{
+    broker b = { 0 };
+    broker_start(&b);
+    tsink t;
+    sink_init(&t);
+    mqtt_source *s = start_source(&b, &t, "sensors", 0);
+    wait_ready(&b, &t);
+    publish_text(&b, "sensors/room 1|\"x\"%zz/caf\xc3\xa9", "{\"t\": 1}");
+    cr_assert(tsink_wait(&t, 1, 10000), "no event");
+    cJSON *e = tsink_find(&t, "sensors/room 1|\"x\"%zz/caf\xc3\xa9");
+    char src[128];
+    snprintf(src, sizeof src, "mqtt://127.0.0.1:%d/sensors/room%%201%%7C%%22x%%22%%25zz/caf\xc3\xa9",
+             b.s.port);
+    cr_expect_str_eq(tsink_str(e, "source"), src);
+    char *text = cJSON_PrintUnformatted(e), why[256];
+    const char *id;
+    size_t idlen;
+    cr_expect(ce_check(text, strlen(text), why, sizeof why, &id, &idlen), "%s: %s", why, text);
+    free(text);
+    cJSON_Delete(e);
     source_end(s, &t);
     srv_end(&b.s);
 }
