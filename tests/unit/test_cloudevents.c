@@ -256,3 +256,19 @@ Test(cloudevents, strings_hold_no_lone_surrogate_nor_noncharacter)
         cr_expect_null(why, "%s refused: %s", good[i], why ? why : "");
     }
 }
+
+/* review: a source read as a URI-reference is the decoded text, which ends at tlen with no NUL:
+ * nothing past it may be read (a relative reference with no '/', '?' or '#' in it, long
+ * enough that its decoded text is on the heap). */
+Test(cloudevents, a_long_relative_source_is_read_within_its_bounds)
+{
+    size_t n = 700;
+    char *ev = malloc(n + 128);
+    cr_assert_not_null(ev);
+    int at = snprintf(ev, n + 128, "{\"specversion\":\"1.0\",\"id\":\"e\",\"type\":\"t\",\"source\":\"");
+    memset(ev + at, 'a', n);
+    strcpy(ev + at + n, "\"}");
+    const char *why = check(ev);
+    cr_expect_null(why, "refused: %s", why ? why : "");
+    free(ev);
+}
