@@ -404,8 +404,11 @@ static bool uri_ref(const char *v, size_t n, bool absolute)
     }
     if (scheme_len(v, n))
         return true;
-    size_t seg = strcspn(v, "/?#");
-    return !absolute && memchr(v, ':', seg < n ? seg : n) == NULL;
+    /* (v ends at n, with no NUL: the first segment found within it) */
+    size_t seg = 0;
+    while (seg < n && v[seg] != '/' && v[seg] != '?' && v[seg] != '#')
+        seg++;
+    return !absolute && memchr(v, ':', seg) == NULL;
 }
 
 /* A token of RFC 2045: printable ASCII but space and the tspecials; its length. */
