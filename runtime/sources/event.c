@@ -48,7 +48,18 @@ void src_uri_escape(char *out, size_t cap, const char *s)
     size_t k = 0;
     for (; *s && cap > 0; s++) {
         unsigned char c = (unsigned char)*s;
-        bool keep = c >= 0x80 || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+        if (c >= 0x80) {        /* a character beyond ASCII kept whole, or the cut made before it */
+            size_t len = 1;
+            while (len < 4 && ((unsigned char)s[len] & 0xC0) == 0x80)
+                len++;
+            if (k + len >= cap)
+                break;
+            memcpy(out + k, s, len);
+            k += len;
+            s += len - 1;
+            continue;
+        }
+        bool keep = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
                     (c >= '0' && c <= '9') || strchr("-._~:/?#[]@!$&'()*+,;=", c);
         if (keep && k + 1 < cap) {
             out[k++] = (char)c;
