@@ -7,6 +7,7 @@
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -184,11 +185,21 @@ bool ebd_digest128(unsigned char out[16], const void *const *parts, const size_t
     return ok;
 }
 
+/* The HMAC implementation, fetched once (a fetch per signed delivery looked it up by name every
+ * time); kept until the process ends. */
+static EVP_MAC *hmac_mac;
+static pthread_once_t hmac_once = PTHREAD_ONCE_INIT;
+
+static void hmac_fetch(void)
+{
+    hmac_mac = EVP_MAC_fetch(NULL, OSSL_MAC_NAME_HMAC, NULL);
+}
+
 bool ebd_hmac_sha256(unsigned char out[32], const char *key, const void *const *parts,
                      const size_t *lens, size_t n)
 {
-    EVP_MAC *mac = EVP_MAC_fetch(NULL, OSSL_MAC_NAME_HMAC, NULL);
-    EVP_MAC_CTX *x = mac ? EVP_MAC_CTX_new(mac) : NULL;
+    pthread_once(&hmac_once, hmac_fetch);
+    EVP_MAC_CTX *x = hmac_mac ? EVP_MAC_CTX_new(hmac_mac) : NULL;
     OSSL_PARAM params[] = {
         OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
         OSSL_PARAM_construct_end(),
@@ -199,7 +210,6 @@ bool ebd_hmac_sha256(unsigned char out[32], const char *key, const void *const *
         ok = EVP_MAC_update(x, parts[i], lens[i]) == 1;
     ok = ok && EVP_MAC_final(x, out, &got, 32) == 1 && got == 32;
     EVP_MAC_CTX_free(x);
-    EVP_MAC_free(mac);
     return ok;
 }
 
@@ -439,6 +449,8 @@ static bool media_type_ok(const char *v, size_t n)
             return false;
         while (i < n && (v[i] == ' ' || v[i] == '\t'))
             i++;
+        if (i == n || v[i] == ';')
+            continue;   /* an empty parameter, as HTTP may send (RFC 9110 section 5.6.6) */
         k = mime_token(v + i, n - i);
         if (k == 0 || i + k >= n || v[i + k] != '=')
             return false;

@@ -1,5 +1,5 @@
 /*
- * command.h — running a command: an exec target's (deliver.c) or a function transform's
+ * command.h — running a command: an exec target's (delivery/) or a function transform's
  * (function.c), both the same way (docs/ebd.md, "Commands").  Internal to runtime/.
  */
 #ifndef EBR_COMMAND_H

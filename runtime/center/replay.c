@@ -782,7 +782,7 @@ void rp_rules_swapped(ebd *d)
     atomic_store(&M.pause, true);
     /* a replay's thread at SCHED_IDLE may not run for long on a busy machine: raised to the
      * normal priority until it has let the rules go (it lowers itself again, `boosted`); what
-     * it is in the middle of asks should_stop every 50 ms at most (deliver.c's attempt_now,
+     * it is in the middle of asks should_stop every 50 ms at most (delivery/sync.c's attempt_now,
      * nap), so the wait below is short */
     pthread_mutex_lock(&M.mu);
     for (replay *x = M.list; x; x = x->next)

@@ -1,9 +1,9 @@
 /*
- * delivery.h — the door of delivery/: from the bus log to the targets.  deliver.c holds routers
- * that match the log's events, a fixed pool of delivery threads driving the (rule, target)
- * pairs as data, the targets (http, file, bus, exec; mqtt and nats through
- * runtime/sources/brokers.c), retries and dead letters, and the pairs' positions, committed in
- * one cursor set per bus (docs/ebd.md, "Delivery").
+ * delivery.h — the door of delivery/: from the bus log to the targets (docs/ebd.md, "Delivery").
+ * deliver.c holds routers that match the log's events, a fixed pool of delivery threads driving
+ * the (rule, target) pairs as data, retries and dead letters, and the pairs' positions,
+ * committed in one cursor set per bus; targets.c the targets (http, file, bus, exec; mqtt and
+ * nats through runtime/sources/brokers.c); sync.c one delivery at once, for replays.
  */
 #ifndef EBR_DELIVERY_H
 #define EBR_DELIVERY_H
@@ -61,7 +61,7 @@ bool ebd_nats_send(ebd_target *t, const char *payload, size_t n, bool text, cons
                    char *why, size_t cap);
 void ebd_nats_close(ebd_target *t);
 
-/* The options of declarations (p->cfgs), as deliver.c reads them; sources read theirs alike. */
+/* The options of declarations (p->cfgs), as targets.c reads them; sources read theirs alike. */
 const vm_cfg *ebd_cfg_option(const vm_program *p, uint32_t opt0, uint32_t nopt, const char *key);
 const vm_cfg *ebd_cfg_child(const vm_program *p, const vm_cfg *c, uint32_t k);
 /* A text value: a string, or env("NAME") read now (NULL with err set when it is unset). */

@@ -132,10 +132,17 @@ static bool attempt_now(ebd *d, ebd_target *t, const char *payload, size_t n, bo
         struct curl_slist *hs = NULL;
         http_seen seen;
         dl_http_prepare(t, h, payload, n, dl_http_ctype(payload, n, text, event), &hs, &seen);
-        if (extra) {
-            hs = curl_slist_append(hs, extra);
-            curl_easy_setopt(h, CURLOPT_HTTPHEADER, hs);
+        struct curl_slist *more = extra ? curl_slist_append(hs, extra) : hs;
+        if (!more) {   /* (no memory for the header: the request is not sent) */
+            snprintf(a->error, sizeof a->error, "out of memory");
+            a->retry = true;
+            curl_slist_free_all(hs);
+            if (own)
+                curl_easy_cleanup(h);
+            return true;
         }
+        hs = more;
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hs);
         if (stop) {
             curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, stop_xferinfo);
             curl_easy_setopt(h, CURLOPT_XFERINFODATA, &sc);

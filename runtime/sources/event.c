@@ -60,7 +60,7 @@ void src_uri_escape(char *out, size_t cap, const char *s)
             continue;
         }
         bool keep = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-                    (c >= '0' && c <= '9') || strchr("-._~:/?#[]@!$&'()*+,;=", c);
+                    (c >= '0' && c <= '9') || strchr("-._~:/?@!$&'()*+,;=", c);
         if (keep && k + 1 < cap) {
             out[k++] = (char)c;
         } else if (!keep && k + 3 < cap) {

@@ -60,9 +60,10 @@ bool src_event_json(sbuf *out, const src_ce *e);
  * nothing to say so but itself (MQTT 3.1.1, NATS before headers)? */
 bool src_json_event(const void *p, size_t n);
 
-/* s made fit to stand in a URI-reference (a CloudEvent's source): each ASCII byte RFC 3986
- * does not allow there, and '%', as %XX; bytes beyond ASCII kept (an IRI, as ce_check takes).
- * Writes out[cap], cut before a byte (or escape) that does not fit. */
+/* s made fit to stand in a URI-reference's path (a CloudEvent's source): each ASCII byte RFC
+ * 3986 does not allow there, and '%', '#', '[' and ']' (a fragment, an IP literal), as %XX;
+ * characters beyond ASCII kept whole (an IRI, as ce_check takes).  Writes out[cap], cut before
+ * a character (or escape) that does not fit. */
 void src_uri_escape(char *out, size_t cap, const char *s);
 
 /* Appends the RFC 3339 UTC form of Unix milliseconds ms ("2026-12-06T07:15:37.123Z"). */

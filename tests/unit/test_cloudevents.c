@@ -215,6 +215,8 @@ Test(cloudevents, attribute_values_keep_to_their_types)
         "{" BASE ",\"datacontenttype\":\"Application/JSON; charset=utf-8\"}",
         "{" BASE ",\"datacontenttype\":\"application/vnd.apache.thrift.binary\"}",
         "{" BASE ",\"datacontenttype\":\"text/plain;charset=\\\"utf-8\\\"\"}",
+        "{" BASE ",\"datacontenttype\":\"application/json;\"}",
+        "{" BASE ",\"datacontenttype\":\"application/json; ; charset=utf-8;\"}",
         "{" BASE ",\"time\":\"2024-02-29T23:59:60.5-23:59\"}",
         "{\"specversion\":\"1.0\",\"id\":\"e\",\"type\":\"t\",\"source\":\"https://github.com/cloudevents\"}",
         "{\"specversion\":\"1.0\",\"id\":\"e\",\"type\":\"t\",\"source\":\"mailto:cncf-wg-serverless@lists.cncf.io\"}",
