@@ -38,6 +38,10 @@
 
 #define MAX_ENTRIES 10                        /* PutEvents: entries per call (AWS's quota) */
 #define MAX_ENTRIES_BYTES (256u * 1024)       /* PutEvents: the entries' size, AWS's way */
+#define MAX_DETAIL_TYPE 128                   /* the API Reference's limits, in characters */
+#define MAX_TRACE_HEADER 500
+#define MAX_RESOURCE 2048
+#define MAX_EVENT_PATTERN 4096
 #define DEFAULT_ACCOUNT "000000000000"
 #define DEFAULT_REGION "us-east-1"
 
@@ -397,6 +401,43 @@ static bool duplicate_keys(const cJSON *o)
     return false;
 }
 
+/* The characters (code points) of UTF-8 text s[0..n): AWS's length limits count these. */
+static size_t utf8_chars(const char *s, size_t n)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        k += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return k;
+}
+
+/* Does entry j (the n-th, from 1) break a length limit of the API's own (TraceHeader, a
+ * resource)?  Those fail the whole request, as AWS's validation does; msg says which. */
+static bool entry_limits(const cJSON *j, int n, char *msg, size_t cap)
+{
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "TraceHeader"), *x;
+    if (cJSON_IsString(t)) {
+        size_t k = utf8_chars(t->valuestring, sch_strlen(t));
+        if (k < 1 || k > MAX_TRACE_HEADER) {
+            snprintf(msg, cap, "1 validation error detected: Value at 'entries.%d.member."
+                     "traceHeader' failed to satisfy constraint: Member must have length %s %d",
+                     n, k < 1 ? "greater than or equal to" : "less than or equal to",
+                     k < 1 ? 1 : MAX_TRACE_HEADER);
+            return true;
+        }
+    }
+    int r = 0;
+    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(j, "Resources")) {
+        r++;
+        if (cJSON_IsString(x) && utf8_chars(x->valuestring, sch_strlen(x)) > MAX_RESOURCE) {
+            snprintf(msg, cap, "1 validation error detected: Value at 'entries.%d.member."
+                     "resources.%d.member' failed to satisfy constraint: Member must have length "
+                     "less than or equal to %d", n, r, MAX_RESOURCE);
+            return true;
+        }
+    }
+    return false;
+}
+
 /* An entry's size as AWS counts it for the 256 KB limit: Time 14 bytes when given, and the
  * UTF-8 bytes of Source, DetailType, Detail and each resource. */
 static size_t entry_size(const cJSON *e)
@@ -508,6 +549,11 @@ static void make_entry(ebd *d, const caller *who, const cJSON *j, size_t size, e
     if (!required(j, "Source", &source, &sn, e) || !required(j, "DetailType", &dt, &dtn, e) ||
         !required(j, "Detail", &detail, &dn, e))
         return;
+    if (utf8_chars(dt, dtn) > MAX_DETAIL_TYPE) {
+        set_error(e, MT_INVALID, "InvalidArgument", "Parameter DetailType is not valid. Reason: "
+                  "DetailType is longer than %d characters.", MAX_DETAIL_TYPE);
+        return;
+    }
     size_t at;
     const char *what;
     if (!vm_json_check(detail, dn, &at, &what) || detail[vm_json_ws(detail, dn, 0)] != '{') {
@@ -632,9 +678,12 @@ static int put_events(struct MHD_Connection *c, ebd *d, const caller *who, const
                     count < 1 ? 1 : MAX_ENTRIES);
     size_t total = 0, size[MAX_ENTRIES], n = 0;
     const cJSON *j;
+    char why[300];
     cJSON_ArrayForEach(j, list) {
         if (!cJSON_IsObject(j))
             return fail(c, 400, "SerializationException", "an entry of Entries is not an object");
+        if (entry_limits(j, (int)n + 1, why, sizeof why))
+            return fail(c, 400, "ValidationException", "%s", why);
         total += size[n++] = entry_size(j);
     }
     if (total > MAX_ENTRIES_BYTES)
@@ -697,6 +746,10 @@ static int test_event_pattern(struct MHD_Connection *c, const cJSON *req)
                     !cJSON_IsString(pat) ? "eventPattern" : "event");
     const char *ps = pat->valuestring, *es = ev->valuestring, *what = "it holds U+0000";
     size_t pn = sch_strlen(pat), en = sch_strlen(ev), at;
+    if (utf8_chars(ps, pn) > MAX_EVENT_PATTERN)
+        return fail(c, 400, "ValidationException", "1 validation error detected: Value at "
+                    "'eventPattern' failed to satisfy constraint: Member must have length less "
+                    "than or equal to %d", MAX_EVENT_PATTERN);
     bool json = vm_json_check(ps, pn, &at, &what);
     if (!json || ps[vm_json_ws(ps, pn, 0)] != '{')
         return fail(c, 400, "InvalidEventPatternException", "Event pattern is not valid. Reason: "

@@ -230,7 +230,7 @@ st=$(put_raw '{"Entries":[{"Source":"s","DetailType":"t","Detail":"{}","EventBus
 st=$(put_raw '{"Entries":[{"Source":"s","DetailType":"t","Detail":"{}","EventBusName":"orders","TraceHeader":"Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1"}]}')
 [ "$st" = 200 ] && [ "$(jq -r .FailedEntryCount "$WORK/answer")" = 0 ] \
     && pass "an X-Ray TraceHeader: taken" || fail "X-Ray TraceHeader: $st $(cat "$WORK/answer")"
-r2049=arn:aws:s3:::$(head -c 2035 /dev/zero | tr '\0' b)
+r2049=arn:aws:s3:::$(head -c 2036 /dev/zero | tr '\0' b)
 st=$(put_raw "{\"Entries\":[{\"Source\":\"s\",\"DetailType\":\"t\",\"Detail\":\"{}\",\"EventBusName\":\"orders\",\"Resources\":[\"$r2049\"]}]}")
 [ "$st" = 400 ] && grep -q ValidationException "$WORK/answer" \
     && pass "a resource of 2049 characters: 400 ValidationException" || fail "resource of 2049: $st $(cat "$WORK/answer")"
