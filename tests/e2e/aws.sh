@@ -220,6 +220,10 @@ st=$(put_raw "{\"Entries\":[{\"Source\":\"s\",\"DetailType\":\"$dt128\",\"Detail
     && [ "$(jq -r .FailedEntryCount "$WORK/answer")" = 1 ] \
     && pass "DetailType of 128 characters (256 bytes): stored; of 129: InvalidArgument" \
     || fail "DetailType over 128 characters: $st $(cat "$WORK/answer")"
+st=$(put_raw '{"Entries":[{"DetailType":"t","Detail":"{}","EventBusName":"orders"},{"Source":"s","Detail":"{}","EventBusName":"orders"}]}')
+[ "$st" = 400 ] && grep -q ValidationException "$WORK/answer" \
+    && pass "no entry with Source, DetailType and Detail: the request fails (400 ValidationException)" \
+    || fail "no whole entry: $st $(cat "$WORK/answer")"
 th501=$(head -c 501 /dev/zero | tr '\0' t)
 st=$(put_raw "{\"Entries\":[{\"Source\":\"s\",\"DetailType\":\"t\",\"Detail\":\"{}\",\"EventBusName\":\"orders\",\"TraceHeader\":\"$th501\"}]}")
 [ "$st" = 400 ] && grep -q ValidationException "$WORK/answer" \
