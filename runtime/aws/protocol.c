@@ -438,6 +438,18 @@ static bool entry_limits(const cJSON *j, int n, char *msg, size_t cap)
     return false;
 }
 
+/* Has entry j the three members an event needs (whether or not their values will do)? */
+static bool entry_whole(const cJSON *j)
+{
+    static const char *const need[] = { "Source", "DetailType", "Detail" };
+    for (size_t i = 0; i < 3; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, need[i]);
+        if (!cJSON_IsString(v) || !v->valuestring[0])
+            return false;
+    }
+    return true;
+}
+
 /* An entry's size as AWS counts it for the 256 KB limit: Time 14 bytes when given, and the
  * UTF-8 bytes of Source, DetailType, Detail and each resource. */
 static size_t entry_size(const cJSON *e)
@@ -679,13 +691,20 @@ static int put_events(struct MHD_Connection *c, ebd *d, const caller *who, const
     size_t total = 0, size[MAX_ENTRIES], n = 0;
     const cJSON *j;
     char why[300];
+    bool any_whole = false;
     cJSON_ArrayForEach(j, list) {
         if (!cJSON_IsObject(j))
             return fail(c, 400, "SerializationException", "an entry of Entries is not an object");
         if (entry_limits(j, (int)n + 1, why, sizeof why))
             return fail(c, 400, "ValidationException", "%s", why);
         total += size[n++] = entry_size(j);
+        any_whole = any_whole || entry_whole(j);
     }
+    /* An entry without them fails alone, a request with no entry that has them fails whole:
+     * AWS's API_PutEventsRequestEntry says so (not with which error; this is its generic one). */
+    if (!any_whole)
+        return fail(c, 400, "ValidationException", "no entry has Source, DetailType and Detail: "
+                    "each is required");
     if (total > MAX_ENTRIES_BYTES)
         return fail(c, 400, "ValidationException", "Total size of the entries in the request is "
                     "over the limit.");
