@@ -381,6 +381,36 @@ static bool no_lone_surrogate(ce_state *st, const char *name, const char *v, siz
     return true;
 }
 
+int ce_header_value(const char *v, size_t n, char *out, size_t *len, size_t *at)
+{
+    size_t un = 0, o = 0;
+    bool quoted = false;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] == '"')
+            quoted = !quoted;
+        else if (quoted && v[i] == '\\' && i + 1 < n)
+            out[un++] = v[++i];
+        else
+            out[un++] = v[i];
+    }
+    if (quoted)
+        return CE_HV_QUOTE;
+    /* (in place: a percent-escape's three bytes become one) */
+    for (size_t i = 0; i < un; i++) {
+        if (out[i] != '%') {
+            out[o++] = out[i];
+        } else if (i + 2 < un && js_hexval(out[i + 1]) >= 0 && js_hexval(out[i + 2]) >= 0) {
+            out[o++] = (char)(js_hexval(out[i + 1]) * 16 + js_hexval(out[i + 2]));
+            i += 2;
+        } else {
+            *at = i;
+            return CE_HV_PERCENT;
+        }
+    }
+    *len = o;
+    return CE_HV_OK;
+}
+
 /* Is c one of RFC 3986's characters (unreserved, gen-delims, sub-delims; '%' apart)? */
 static bool uri_char(char c)
 {

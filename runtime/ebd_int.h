@@ -93,6 +93,13 @@ bool js_key_is(const char *s, const js_member *m, const char *name);
  * both data and data_base64.  On failure writes the reason (naming the attribute) to why and
  * returns false.  *id / *idlen get the id's text (quoted). */
 bool ce_check(const char *s, size_t n, char *why, size_t whycap, const char **id, size_t *idlen);
+/* A binary-mode attribute's header value decoded as the HTTP binding says (the NATS binding
+ * alike): its double-quoted strings unescaped (RFC 7230 section 3.2.6), then one round of
+ * percent-decoding, into out (n bytes at least), its length in *len.  CE_HV_QUOTE when a
+ * quoted string does not end, CE_HV_PERCENT when a '%' at *at (of the unquoted text) is not
+ * followed by two hexadecimal digits.  The decoded bytes may be anything: callers check UTF-8. */
+enum { CE_HV_OK, CE_HV_QUOTE, CE_HV_PERCENT };
+int ce_header_value(const char *v, size_t n, char *out, size_t *len, size_t *at);
 
 /* ---- the daemon ---------------------------------------------------------------------------- */
 

@@ -643,47 +643,24 @@ static char *header_fail(headers_state *st, const char *key, const char *why)
  * does not end or a '%' is not followed by two hexadecimal digits. */
 static char *header_value(headers_state *st, const char *key, const char *value, size_t *len)
 {
-    size_t vn = strlen(value), un = 0, o = 0;
-    char *unq = malloc(vn + 1), *dec = malloc(vn + 1);
-    if (!unq || !dec) {
-        free(unq);
-        free(dec);
+    size_t vn = strlen(value), at = 0;
+    char *dec = malloc(vn + 1);
+    if (!dec) {
         st->bad = true;
         snprintf(st->why, sizeof st->why, "out of memory");
         return NULL;
     }
-    bool quoted = false;
-    for (size_t i = 0; i < vn; i++) {
-        if (value[i] == '"')
-            quoted = !quoted;
-        else if (quoted && value[i] == '\\' && i + 1 < vn)
-            unq[un++] = value[++i];
-        else
-            unq[un++] = value[i];
-    }
-    for (size_t i = 0; !quoted && i < un; i++) {
-        if (unq[i] != '%') {
-            dec[o++] = unq[i];
-        } else if (i + 2 < un && js_hexval(unq[i + 1]) >= 0 && js_hexval(unq[i + 2]) >= 0) {
-            dec[o++] = (char)(js_hexval(unq[i + 1]) * 16 + js_hexval(unq[i + 2]));
-            i += 2;
-        } else {
-            char why[160];
-            snprintf(why, sizeof why, "is not percent-encoded: the '%%' at byte %zu is not "
-                     "followed by two hexadecimal digits (a '%%' itself is %%25)", i);
-            free(unq);
-            free(dec);
-            return header_fail(st, key, why);
-        }
-    }
-    free(unq);
-    if (quoted) {
-        free(dec);
+    int rc = ce_header_value(value, vn, dec, len, &at);
+    if (rc == CE_HV_OK)
+        return dec;
+    free(dec);
+    if (rc == CE_HV_QUOTE)
         return header_fail(st, key, "opens a quoted string and does not end it (a '\"' in a "
                            "value is %22)");
-    }
-    *len = o;
-    return dec;
+    char why[160];
+    snprintf(why, sizeof why, "is not percent-encoded: the '%%' at byte %zu is not followed by "
+             "two hexadecimal digits (a '%%' itself is %%25)", at);
+    return header_fail(st, key, why);
 }
 
 static enum MHD_Result ce_header(void *arg, enum MHD_ValueKind kind, const char *key,

@@ -110,41 +110,24 @@ static bool ce_media(const char *ct)
     return !strncasecmp(ct, "application/cloudevents", 23);
 }
 
-/* A binary-mode header value as the binding writes it: unquoted when double-quoted (backslash
- * escapes), then percent-decoded, and UTF-8 without NUL.  Appends it, NUL-terminated, to out. */
+/* A binary-mode header value as the binding writes it (ce_header_value: its quoted strings
+ * unescaped, then percent-decoded; white space around it dropped), and UTF-8 without NUL.
+ * Appends it, NUL-terminated, to out. */
 static bool decode_value(const char *v, sbuf *out)
 {
-    size_t n = strlen(v);
+    size_t n = strlen(v), len = 0, at;
     while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
         n--;
     while (n && (*v == ' ' || *v == '\t'))
         v++, n--;
-    sbuf q = { 0 };
-    if (n >= 2 && v[0] == '"' && v[n - 1] == '"') {
-        for (size_t i = 1; i + 1 < n; i++) {
-            if (v[i] == '\\' && i + 2 < n)
-                i++;
-            sb_put(&q, v + i, 1);
-        }
-        v = q.v ? q.v : "";
-        n = q.n;
-    }
+    char *dec = malloc(n + 1);
+    if (!dec)
+        out->oom = true;   /* (the caller tells no memory from a bad value by it) */
+    bool ok = dec && ce_header_value(v, n, dec, &len, &at) == CE_HV_OK;
     size_t start = out->n;
-    bool ok = true;
-    for (size_t i = 0; ok && i < n; i++) {
-        if (v[i] != '%') {
-            sb_put(out, v + i, 1);
-            continue;
-        }
-        int hi = i + 2 < n ? js_hexval(v[i + 1]) : -1;
-        int lo = hi >= 0 ? js_hexval(v[i + 2]) : -1;
-        ok = lo >= 0;
-        char c = (char)(hi * 16 + lo);
-        if (ok)
-            sb_put(out, &c, 1);
-        i += 2;
-    }
-    sb_free(&q);
+    if (ok)
+        sb_put(out, dec, len);
+    free(dec);
     for (size_t i = start; ok && !out->oom && i < out->n;) {
         uint32_t cp;
         size_t k = vm_utf8_decode(out->v + i, out->n - i, &cp);
