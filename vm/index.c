@@ -33,7 +33,7 @@ static const vm_ix_key *find_key(const vm_program *p, unsigned kind, unsigned au
             continue;
         const vm_ix_key *k = &p->ix_keys[(uint32_t)slots[h] - 1];
         if (k->kind == kind && k->aux == aux && k->ipath == ipath && k->key.len == len &&
-            memcmp(p->strs + k->key.off, key, len) == 0)
+            vm_same_bytes(p->strs + k->key.off, key, len))
             return k;
     }
     return NULL;

@@ -270,7 +270,7 @@ uint32_t vm_value_id(const vm_program *p, uint32_t path, const char *s, size_t n
         if (d->vid_slots[h] >> 32 != tag)
             continue;
         const struct vm_vid *t = &d->vid_text[(uint32_t)d->vid_slots[h] - 1];
-        if (t->path == path && t->s.len == n && memcmp(vm_s(p, t->s), s, n) == 0)
+        if (t->path == path && t->s.len == n && vm_same_bytes(vm_s(p, t->s), s, n))
             return (uint32_t)d->vid_slots[h] - 1;
     }
     return VM_NONE;
