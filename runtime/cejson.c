@@ -313,6 +313,7 @@ typedef struct {
     js_member keys[MAX_KEYS];     /* the attributes seen, to refuse one given twice */
     size_t nkeys;
     bool id, source, specversion, type, data, data_base64, failed;
+    bool nulls;                   /* an attribute (not data) is null */
     const char *idp;
     size_t idlen;
 } ce_state;
@@ -599,6 +600,7 @@ static bool ce_value(ce_state *st, const js_member *m, const char *name, const c
         st->data = true;
         return true;
     }
+    st->nulls |= null;
     if (js_key_is(s, m, "data_base64")) {
         if (null)
             return true;
@@ -671,7 +673,8 @@ static bool ce_value(ce_state *st, const js_member *m, const char *name, const c
     return true;
 }
 
-bool ce_check(const char *s, size_t n, char *why, size_t whycap, const char **id, size_t *idlen)
+bool ce_check(const char *s, size_t n, char *why, size_t whycap, const char **id, size_t *idlen,
+              bool *nulls)
 {
     size_t i = vm_json_ws(s, n, 0);
     if (i >= n || s[i] != '{') {
@@ -694,7 +697,40 @@ bool ce_check(const char *s, size_t n, char *why, size_t whycap, const char **id
     }
     *id = st.idp;
     *idlen = st.idlen;
+    if (nulls)
+        *nulls = st.nulls;
     return true;
+}
+
+typedef struct {
+    char *s;
+    size_t w;        /* where the next kept member goes */
+    bool any;
+} drop_state;
+
+/* Keeps member m unless it is an attribute set to null: moved down to where the kept ones
+ * end (never past its own end, which js_each reads from next). */
+static bool keep_member(void *arg, const js_member *m)
+{
+    drop_state *st = arg;
+    if (st->s[m->val_off] == 'n' && !js_key_is(st->s, m, "data"))
+        return true;
+    size_t len = m->val_off + m->val_len - m->key_off;
+    if (st->any)
+        st->s[st->w++] = ',';
+    memmove(st->s + st->w, st->s + m->key_off, len);
+    st->w += len;
+    st->any = true;
+    return true;
+}
+
+void ce_drop_nulls(char *s, size_t *n)
+{
+    size_t i = vm_json_ws(s, *n, 0);
+    drop_state st = { s, i + 1, false };
+    js_each(s, *n, i, keep_member, &st);
+    s[st.w++] = '}';
+    *n = st.w;
 }
 
 bool rt_cloudevent_check(const char *s, size_t n, char *why, size_t whycap)
@@ -707,5 +743,5 @@ bool rt_cloudevent_check(const char *s, size_t n, char *why, size_t whycap)
     }
     const char *id;
     size_t idlen;
-    return ce_check(s, n, why, whycap, &id, &idlen);
+    return ce_check(s, n, why, whycap, &id, &idlen, NULL);
 }

@@ -91,8 +91,15 @@ bool js_key_is(const char *s, const js_member *m, const char *name);
  * of the right type (time RFC 3339, dataschema/source URI-references), extension names of
  * a-z and 0-9, no control character (U+0000-U+001F, U+007F-U+009F) in a string attribute, not
  * both data and data_base64.  On failure writes the reason (naming the attribute) to why and
- * returns false.  *id / *idlen get the id's text (quoted). */
-bool ce_check(const char *s, size_t n, char *why, size_t whycap, const char **id, size_t *idlen);
+ * returns false.  *id / *idlen get the id's text (quoted); *nulls (unless NULL) whether an
+ * attribute is set to null, which the JSON format says is unset (ce_drop_nulls). */
+bool ce_check(const char *s, size_t n, char *why, size_t whycap, const char **id, size_t *idlen,
+              bool *nulls);
+/* Takes the attributes set to null out of event s[0..*n) (one that ce_check passed), in place:
+ * the JSON format says a null attribute is unset, and rules then see it unset (`exists`).  The
+ * members kept are copied as they are; only the space between them goes.  ("data": null is a
+ * null payload, and stays.) */
+void ce_drop_nulls(char *s, size_t *n);
 /* A binary-mode attribute's header value decoded as the HTTP binding says (the NATS binding
  * alike): its double-quoted strings unescaped (RFC 7230 section 3.2.6), then one round of
  * percent-decoding, into out (n bytes at least), its length in *len.  CE_HV_QUOTE when a

@@ -601,7 +601,7 @@ bool dl_bus_payload_ok(const ebd_target *t, const char *payload, size_t n, bool 
         what = "a whole AWS event";
         if (aws_envelope_check(payload, n, why, sizeof why))
             return true;
-    } else if (json && ce_check(payload, n, why, sizeof why, &id, &idlen)) {
+    } else if (json && ce_check(payload, n, why, sizeof why, &id, &idlen, NULL)) {
         return true;
     }
     snprintf(a->error, sizeof a->error, "bus target '%s': the payload is not %s: %s", t->name,
@@ -631,7 +631,7 @@ bool dl_remote_payload_ok(const ebd_target *t, const char *payload, size_t n, bo
     char why[200] = "it is text";
     const char *id;
     size_t idlen;
-    if (!text && ce_check(payload, n, why, sizeof why, &id, &idlen))
+    if (!text && ce_check(payload, n, why, sizeof why, &id, &idlen, NULL))
         return true;
     snprintf(a->error, sizeof a->error, "remote target '%s': the payload is not a CloudEvent: %s",
              t->name, why);

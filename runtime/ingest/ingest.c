@@ -782,7 +782,8 @@ static bool binary_event(struct MHD_Connection *c, const char *ctype, const requ
 /* ---- events ------------------------------------------------------------------------------- */
 
 typedef struct {
-    const char *s;               /* the event's text */
+    char *s;                     /* the event's text (in the request's body: ce_drop_nulls may
+                                    shorten it there) */
     size_t n;
     const char *id;              /* its id, quoted */
     size_t idlen;
@@ -796,7 +797,7 @@ typedef struct {
 typedef struct {
     event *v;
     size_t n, cap;
-    const char *body;
+    char *body;
     bool oom;
 } events;
 
@@ -814,6 +815,20 @@ static bool push_event(void *arg, const js_member *m)
         es->cap = cap;
     }
     es->v[es->n++] = (event){ .s = es->body + m->val_off, .n = m->val_len };
+    return true;
+}
+
+/* ce_check on event e, then its attributes set to null taken out where it lies
+ * (ce_drop_nulls): rules see them unset, as the JSON format says they are. */
+static bool check_event(event *e, char *why, size_t whycap)
+{
+    bool nulls;
+    if (!ce_check(e->s, e->n, why, whycap, &e->id, &e->idlen, &nulls))
+        return false;
+    if (nulls) {
+        ce_drop_nulls(e->s, &e->n);
+        ce_check(e->s, e->n, why, whycap, &e->id, &e->idlen, NULL);   /* (the id moved) */
+    }
     return true;
 }
 
@@ -957,7 +972,7 @@ static enum MHD_Result put_events_ce(struct MHD_Connection *c, ebd_bus *b, reque
             goto done;
         }
         char w[200];
-        if (!ce_check(es.v[i].s, es.v[i].n, w, sizeof w, &es.v[i].id, &es.v[i].idlen)) {
+        if (!check_event(&es.v[i], w, sizeof w)) {
             if (es.n > 1)
                 snprintf(why, sizeof why, "event %zu: %s", i, w);
             else
@@ -1053,8 +1068,7 @@ static enum MHD_Result put_events(struct MHD_Connection *c, ebd_bus *b, request 
         if (es.v[k].n > b->max_event)
             snprintf(es.v[k].error, sizeof es.v[k].error, "the event is %zu bytes, over the limit "
                      "of %llu", es.v[k].n, (unsigned long long)b->max_event);
-        else if (!ce_check(es.v[k].s, es.v[k].n, es.v[k].error, sizeof es.v[k].error,
-                           &es.v[k].id, &es.v[k].idlen) && !es.v[k].error[0])
+        else if (!check_event(&es.v[k], es.v[k].error, sizeof es.v[k].error) && !es.v[k].error[0])
             snprintf(es.v[k].error, sizeof es.v[k].error, "not a CloudEvent");
         else if (!es.v[k].error[0]) {   /* the bus's schema for its type (runtime/schema) */
             char w[sizeof es.v[k].error];

@@ -142,7 +142,7 @@ static const char *payload_type(const char *payload, size_t n, bool text)
     char why[8];
     if (text)
         return "text/plain; charset=utf-8";
-    return ce_check(payload, n, why, sizeof why, &id, &idlen) ? "application/cloudevents+json"
+    return ce_check(payload, n, why, sizeof why, &id, &idlen, NULL) ? "application/cloudevents+json"
                                                                : "application/json";
 }
 

@@ -47,7 +47,8 @@ src_result src_append_locked(src *s, const char *ev, size_t n, char *why, size_t
     ebd_bus view, *b = ebd_bus_view(d, s->bus, strlen(s->bus), &view) ? &view : NULL;
     const char *id, *what;
     size_t idlen, at;
-    char w[240] = "";
+    char w[240] = "", *unset = NULL;
+    bool nulls = false;
     if (atomic_load(&d->stopping) || !b || !b->s) {
         snprintf(why, cap, "%s", b && b->s ? "the daemon is stopping" : "the bus is not open");
         r = SRC_RETRY;
@@ -59,10 +60,18 @@ src_result src_append_locked(src *s, const char *ev, size_t n, char *why, size_t
                                                        * anybody's bytes: checked as ingest does) */
         snprintf(why, cap, "not JSON: %s (at byte %zu)", what, at);
         r = SRC_REFUSED;
-    } else if (!ce_check(ev, n, w, sizeof w, &id, &idlen)) {
+    } else if (!ce_check(ev, n, w, sizeof w, &id, &idlen, &nulls)) {
         snprintf(why, cap, "not a CloudEvent: %s", w);
         r = SRC_REFUSED;
+    } else if (nulls && !(unset = malloc(n))) {
+        snprintf(why, cap, "out of memory");
+        r = SRC_RETRY;
     } else {
+        if (nulls) {   /* attributes set to null are unset (ce_drop_nulls) */
+            memcpy(unset, ev, n);
+            ce_drop_nulls(unset, &n);
+            ev = unset;
+        }
         int sv = sch_ingest(b->schemas, ev, n, w, sizeof w);
         if (sv == SCH_REFUSE) {
             snprintf(why, cap, "%s", w);
@@ -90,6 +99,7 @@ src_result src_append_locked(src *s, const char *ev, size_t n, char *why, size_t
             }
         }
     }
+    free(unset);
     if (r == SRC_STORED && !dup)
         atomic_fetch_add(&s->stored, 1);
     else if (r == SRC_REFUSED)

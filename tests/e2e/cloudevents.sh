@@ -18,8 +18,15 @@ bus main {
   fsync interval 10ms
 }
 target all file "out/all.jsonl"
+target unset file "out/unset.jsonl"
 target rcv http "http://127.0.0.1:$P_RCV/in"
 rule everything on main { match exists id to all }
+rule nulls_unset on main {
+  pattern { "type": ["nulls"], "subject": [{ "exists": false }], "myext": [{ "exists": false }] }
+  to unset
+}
+target set file "out/set.jsonl"
+rule nulls_set on main { pattern { "type": ["nulls"], "subject": [null, "settle"] } to set }
 rule deliver on main { match type == "deliver" to rcv }
 EOF
 "$BIN/e2e_receiver" $P_RCV "$WORK/rcv.log" &
@@ -50,8 +57,12 @@ binary() {
 s=$(post /v1/buses/main/events 'Application/CloudEvents+JSON; charset=UTF-8' "$(ev st1 x)")
 expect_status 202 "structured: the media type in any case, with a charset" "$s"
 s=$(post /v1/buses/main/events application/cloudevents+json \
-    '{"specversion":"1.0","id":"null1","source":"e2e","type":"x","subject":null,"myext":null,"data":null}')
+    '{"specversion":"1.0","id":"null1","source":"e2e","type":"nulls","subject":null,  "myext" : null,"data":null}')
 expect_status 202 "structured: null attributes are unset (json-format 2.2)" "$s"
+s=$(post /v1/buses/main/events application/cloudevents-batch+json \
+    '[{"specversion":"1.0","id":"null2","source":"e2e","type":"nulls","data":{"a":null}, "subject" : null},
+      {"specversion":"1.0","id":"null3","source":"e2e","type":"nulls","subject":"set","data_base64":null}]')
+expect_status 202 "batched: null attributes are unset" "$s"
 s=$(post /v1/buses/main/events application/cloudevents+json '{"specversion":"1.0","id":7,"source":"e2e","type":"x"}')
 expect_status 400 "structured: an id that is a number" "$s"
 grep -q '"field":"id"' "$WORK/answer" || fail "  names id: $(cat "$WORK/answer")"
@@ -107,8 +118,29 @@ for id in g1 g2 g3 b-overlong b-open b-dct b-data ext1; do
 done
 [ -z "$leaked" ] && pass "nothing of a refused request was stored" || fail "refused, yet stored:$leaked"
 stored st1 >/dev/null && pass "structured event st1 stored" || fail "st1 not stored"
-stored null1 | grep -q '"subject":null,"myext":null,"data":null' && pass "null1 stored as it came" \
-    || fail "null1: $(stored null1)"
+# A null attribute is unset (json-format 2.2): stored without it, so that rules see it unset;
+# "data": null is a null payload, and stays.
+[ "$(stored null1)" = '{"specversion":"1.0","id":"null1","source":"e2e","type":"nulls","data":null}' ] \
+    && pass "null1 stored without its null attributes" || fail "null1: $(stored null1)"
+[ "$(stored null2)" = '{"specversion":"1.0","id":"null2","source":"e2e","type":"nulls","data":{"a":null}}' ] \
+    && pass "null2 (batched) stored without its null subject, its data as it came" || fail "null2: $(stored null2)"
+[ "$(stored null3)" = '{"specversion":"1.0","id":"null3","source":"e2e","type":"nulls","subject":"set"}' ] \
+    && pass "null3 stored without its null data_base64" || fail "null3: $(stored null3)"
+# (null9 and null8, after them all, match each rule: once one is in its file, that target has
+# had the others)
+post /v1/buses/main/events application/cloudevents+json \
+    '{"specversion":"1.0","id":"null9","source":"e2e","type":"nulls"}' >/dev/null
+post /v1/buses/main/events application/cloudevents+json \
+    '{"specversion":"1.0","id":"null8","source":"e2e","type":"nulls","subject":"settle"}' >/dev/null
+wait_for "$E2E_WAIT" grep -q '"id":"null9"' "$DATA/out/unset.jsonl" || fail "null9 did not reach its target"
+wait_for "$E2E_WAIT" grep -q '"id":"null8"' "$DATA/out/set.jsonl" || fail "null8 did not reach its target"
+ids() { grep -o '"id":"null[0-9]"' "$1" 2>/dev/null | tr '\n' ' '; }
+[ "$(ids "$DATA/out/unset.jsonl")" = '"id":"null1" "id":"null2" "id":"null9" ' ] \
+    && pass "rules see null attributes unset: exists false matches them" \
+    || fail "exists false matched: $(ids "$DATA/out/unset.jsonl")"
+[ "$(ids "$DATA/out/set.jsonl")" = '"id":"null8" ' ] \
+    && pass "rules see null attributes unset: [null] does not match them" \
+    || fail "[null] matched: $(ids "$DATA/out/set.jsonl")"
 stored b-case | grep -q '"myext":"v"' && pass "b-case stored with its extension: $(stored b-case)" \
     || fail "b-case: $(stored b-case)"
 stored b-quoted | grep -qF '"subject":"a b\"c%d"' && pass "quoted-string unescaped, then percent-decoded: $(stored b-quoted)" \

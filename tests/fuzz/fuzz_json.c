@@ -27,7 +27,7 @@ static bool each_value(void *arg, const js_member *m)
     char why[256];
     const char *id;
     size_t idlen;
-    ce_check(w->s + m->val_off, m->val_len, why, sizeof why, &id, &idlen);
+    ce_check(w->s + m->val_off, m->val_len, why, sizeof why, &id, &idlen, NULL);
     return true;
 }
 
@@ -73,7 +73,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         char why[256];
         const char *id;
         size_t idlen;
-        ce_check(s, size, why, sizeof why, &id, &idlen);
+        ce_check(s, size, why, sizeof why, &id, &idlen, NULL);
     }
     free(s);
     return 0;

@@ -15,7 +15,7 @@ static const char *check(const char *ev)
     const char *id;
     size_t idlen;
     cr_assert(vm_json_valid(ev, strlen(ev), NULL), "not JSON: %s", ev);
-    return ce_check(ev, strlen(ev), why, sizeof why, &id, &idlen) ? NULL : why;
+    return ce_check(ev, strlen(ev), why, sizeof why, &id, &idlen, NULL) ? NULL : why;
 }
 
 #define BASE "\"specversion\":\"1.0\",\"id\":\"e1\",\"source\":\"s\",\"type\":\"t\""
@@ -41,7 +41,7 @@ Test(cloudevents, good_events_pass_and_give_their_id)
     char why[100];
     const char *id;
     size_t idlen;
-    cr_assert(ce_check(ev, strlen(ev), why, sizeof why, &id, &idlen));
+    cr_assert(ce_check(ev, strlen(ev), why, sizeof why, &id, &idlen, NULL));
     cr_expect_eq(idlen, 4);
     cr_expect(!strncmp(id, "\"e1\"", 4));
 }
@@ -273,4 +273,41 @@ Test(cloudevents, a_long_relative_source_is_read_within_its_bounds)
     const char *why = check(ev);
     cr_expect_null(why, "refused: %s", why ? why : "");
     free(ev);
+}
+
+/* ce_drop_nulls: the attributes set to null go (the JSON format: unset), the members kept are
+ * copied as they are, "data": null stays, and ce_check reports whether there were any. */
+Test(cloudevents, null_attributes_are_taken_out)
+{
+    static const struct { const char *in, *out; } cases[] = {
+        { "{\"subject\":null," BASE "}", "{" BASE "}" },
+        { "{" BASE ",\"subject\":null}", "{" BASE "}" },
+        { "{" BASE ",\"x\":null,\"data\":null,\"y\":null}", "{" BASE ",\"data\":null}" },
+        { "{" BASE ",\"data\":{\"a\":null,\"b\":[null]},\"time\":null}",
+          "{" BASE ",\"data\":{\"a\":null,\"b\":[null]}}" },
+        { "{ \"specversion\" : \"1.0\" ,\n \"subject\" : null ,\n \"id\" : \"e1\", \"source\":\"s\","
+          " \"type\" : \"t\", \"data_base64\": null }\n",
+          "{\"specversion\" : \"1.0\",\"id\" : \"e1\",\"source\":\"s\",\"type\" : \"t\"}" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char buf[512], why[200];
+        const char *id;
+        size_t n = strlen(cases[i].in), idlen;
+        bool nulls = false;
+        memcpy(buf, cases[i].in, n + 1);
+        cr_assert(ce_check(buf, n, why, sizeof why, &id, &idlen, &nulls), "%s: %s", buf, why);
+        cr_expect(nulls, "no null seen in %s", cases[i].in);
+        ce_drop_nulls(buf, &n);
+        cr_expect(n == strlen(cases[i].out) && !memcmp(buf, cases[i].out, n),
+                  "%s\n  gave %.*s\n  not  %s", cases[i].in, (int)n, buf, cases[i].out);
+        cr_expect(ce_check(buf, n, why, sizeof why, &id, &idlen, &nulls), "%.*s: %s", (int)n, buf, why);
+        cr_expect(!nulls, "a null left in %.*s", (int)n, buf);
+    }
+    const char plain[] = "{" BASE ",\"data\":null}";
+    char why[200];
+    const char *id;
+    size_t idlen;
+    bool nulls = true;
+    cr_assert(ce_check(plain, strlen(plain), why, sizeof why, &id, &idlen, &nulls));
+    cr_expect(!nulls, "\"data\": null is no null attribute");
 }

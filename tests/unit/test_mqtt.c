@@ -288,7 +288,7 @@ Test(mqtt, topics_a_uri_cannot_hold)
     char *text = cJSON_PrintUnformatted(e), why[256];
     const char *id;
     size_t idlen;
-    cr_expect(ce_check(text, strlen(text), why, sizeof why, &id, &idlen), "%s: %s", why, text);
+    cr_expect(ce_check(text, strlen(text), why, sizeof why, &id, &idlen, NULL), "%s: %s", why, text);
     free(text);
     cJSON_Delete(e);
     source_end(s, &t);
