@@ -85,11 +85,16 @@ static inline uint32_t vm_trie_child(const struct vm_trie *t, uint32_t n, const 
     if (node->nedge > 8)
         return vm_trie_child_many(t, n, k, len);
     const vm_trie_edge *e = t->edges + node->edge0;
-    uint64_t head = vm_key_head(k, len);
-    for (uint32_t i = 0; i < node->nedge; i++)
-        if (e[i].len == len && e[i].head == head &&
-            (len <= 8 || memcmp(e[i].key + 8, k + 8, len - 8) == 0))
-            return e[i].child;
+    for (uint32_t i = 0; i < node->nedge; i++) {
+        if (e[i].len != len)
+            continue;
+        /* (the head only once a length matches: most keys of an event are on no rule's path) */
+        uint64_t head = vm_key_head(k, len);
+        for (; i < node->nedge && e[i].len == len; i++)
+            if (e[i].head == head && (len <= 8 || memcmp(e[i].key + 8, k + 8, len - 8) == 0))
+                return e[i].child;
+        return VM_NONE;
+    }
     return VM_NONE;
 }
 
