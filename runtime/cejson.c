@@ -572,8 +572,11 @@ static bool ce_member(void *arg, const js_member *m)
     for (size_t k = 0; k < st->nkeys; k++)
         if (st->keys[k].key_len == m->key_len && !memcmp(s + st->keys[k].key_off, key - 1, m->key_len))
             return ce_fail(st, "attribute '%s' appears twice", name);
-    if (st->nkeys < MAX_KEYS)
-        st->keys[st->nkeys++] = *m;
+    /* (a limit, so that every one is compared with every other: one given twice past it went
+     * unnoticed, and came into view when the null ones before it were taken out) */
+    if (st->nkeys == MAX_KEYS)
+        return ce_fail(st, "an event may have at most 256 attributes; '%s' is one more", name);
+    st->keys[st->nkeys++] = *m;
     bool is_str = v[0] == '"';
     char small[512], *text = small;
     size_t tlen = 0;

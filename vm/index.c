@@ -743,6 +743,7 @@ static bool live_records(vm_ctx *c, const char *json)
         cand[nworth] = g;
         nworth += worth_deciding(c, json, &c->pred_mark[g]);
     }
+    c->candidates.n = nworth;
     c->live.n = 0;
     for (uint32_t i = 0; i < nworth; i++) {
         uint32_t g = cand[i], r = c->pred_mark[g].rec, end = c->pred_mark[g + 1].rec;

@@ -735,6 +735,7 @@ typedef struct {
     unsigned hops;
     sbuf *out;                    /* stamping: the members kept */
     bool any;
+    bool nulls;                   /* stamping a CloudEvent: its attributes set to null go */
 } hops_walk;
 
 static bool find_hops(void *arg, const js_member *m)
@@ -753,7 +754,8 @@ static bool find_hops(void *arg, const js_member *m)
 static bool keep_member(void *arg, const js_member *m)
 {
     hops_walk *h = arg;
-    if (js_key_is(h->s, m, VM_HOPS_ATTR))
+    if (js_key_is(h->s, m, VM_HOPS_ATTR) ||
+        (h->nulls && h->s[m->val_off] == 'n' && !js_key_is(h->s, m, "data")))
         return true;
     sb_puts(h->out, h->any ? "," : "");
     sb_put(h->out, h->s + m->key_off, m->key_len);
@@ -765,7 +767,8 @@ static bool keep_member(void *arg, const js_member *m)
 
 /* A bus target's payload gets the extension attribute VM_HOPS_ATTR: one more than the event it
  * was made from had (0 when it had none), replacing any the payload carried, so that an event
- * cannot go round between buses for ever.  Past VM_MAX_BUS_HOPS: -1 with the reason in err (the
+ * cannot go round between buses for ever; a CloudEvent's attributes set to null are taken out
+ * of it, as ingest takes them out (ce_drop_nulls).  Past VM_MAX_BUS_HOPS: -1 with the reason in err (the
  * caller dead-letters it).  A payload that is not a JSON object is left as it is (dl_deliver_bus
  * refuses it).  1 otherwise, *payload replaced. */
 int dl_stamp_hops(const char *event, size_t len, char **payload, size_t *plen, char *err,
@@ -787,7 +790,7 @@ int dl_stamp_hops(const char *event, size_t len, char **payload, size_t *plen, c
     if ((*payload)[i] != '{')
         return 1;
     sbuf out = { 0 };
-    hops_walk h = { .s = *payload, .out = &out };
+    hops_walk h = { .s = *payload, .out = &out, .nulls = !aws_looks_like_envelope(*payload, *plen) };
     sb_puts(&out, "{");
     js_each(*payload, *plen, i, keep_member, &h);
     sb_printf(&out, "%s\"%s\":%u}", h.any ? "," : "", VM_HOPS_ATTR, hops);

@@ -825,11 +825,10 @@ static bool check_event(event *e, char *why, size_t whycap)
     bool nulls;
     if (!ce_check(e->s, e->n, why, whycap, &e->id, &e->idlen, &nulls))
         return false;
-    if (nulls) {
-        ce_drop_nulls(e->s, &e->n);
-        ce_check(e->s, e->n, why, whycap, &e->id, &e->idlen, NULL);   /* (the id moved) */
-    }
-    return true;
+    if (!nulls)
+        return true;
+    ce_drop_nulls(e->s, &e->n);
+    return ce_check(e->s, e->n, why, whycap, &e->id, &e->idlen, NULL);   /* (the id moved) */
 }
 
 /* Stores the events of es that have no error (through the bus's dedup window), setting each

@@ -26,6 +26,17 @@ rule nulls_unset on main {
   to unset
 }
 target set file "out/set.jsonl"
+bus side {
+  fsync interval 10ms
+}
+target toside bus side
+target sidefile file "out/side.jsonl"
+rule to_side on main {
+  match type == "toside"
+  transform {"specversion": "1.0", "id": "side-\${id}", "source": "e2e", "type": "onside", "subject": data.missing}
+  to toside
+}
+rule on_side on side { pattern { "subject": [{ "exists": false }] } to sidefile }
 rule nulls_set on main { pattern { "type": ["nulls"], "subject": [null, "settle"] } to set }
 rule deliver on main { match type == "deliver" to rcv }
 EOF
@@ -134,6 +145,15 @@ post /v1/buses/main/events application/cloudevents+json \
     '{"specversion":"1.0","id":"null8","source":"e2e","type":"nulls","subject":"settle"}' >/dev/null
 wait_for "$E2E_WAIT" grep -q '"id":"null9"' "$DATA/out/unset.jsonl" || fail "null9 did not reach its target"
 wait_for "$E2E_WAIT" grep -q '"id":"null8"' "$DATA/out/set.jsonl" || fail "null8 did not reach its target"
+# A bus target's event too: its transform gives the subject null (a path that names nothing).
+post /v1/buses/main/events application/cloudevents+json "$(ev ts1 toside)" >/dev/null
+if wait_for "$E2E_WAIT" grep -q '"id":"side-ts1"' "$DATA/out/side.jsonl"; then
+    grep '"id":"side-ts1"' "$DATA/out/side.jsonl" | grep -q subject \
+        && fail "the bus target kept the null subject: $(cat "$DATA/out/side.jsonl")" \
+        || pass "a bus target's event is appended without its null attributes, and matched so"
+else
+    fail "side-ts1 did not reach the other bus's rule: $(cat "$DATA/out/side.jsonl" 2>/dev/null)"
+fi
 ids() { grep -o '"id":"null[0-9]"' "$1" 2>/dev/null | tr '\n' ' '; }
 [ "$(ids "$DATA/out/unset.jsonl")" = '"id":"null1" "id":"null2" "id":"null9" ' ] \
     && pass "rules see null attributes unset: exists false matches them" \

@@ -311,3 +311,23 @@ Test(cloudevents, null_attributes_are_taken_out)
     cr_assert(ce_check(plain, strlen(plain), why, sizeof why, &id, &idlen, &nulls));
     cr_expect(!nulls, "\"data\": null is no null attribute");
 }
+
+/* Every attribute is compared with every other for one given twice: so at most 256 (one given
+ * twice past a limit of the comparisons had gone unnoticed). */
+Test(cloudevents, at_most_256_attributes)
+{
+    static char ev[8192];
+    size_t at = (size_t)snprintf(ev, sizeof ev, "{" BASE);
+    for (int i = 0; i < 252; i++)
+        at += (size_t)snprintf(ev + at, sizeof ev - at, ",\"x%d\":%d", i, i);
+    snprintf(ev + at, sizeof ev - at, "}");
+    const char *why = check(ev);
+    cr_expect_null(why, "256 attributes refused: %s", why ? why : "");
+    snprintf(ev + at, sizeof ev - at, ",\"x%d\":1}", 252);
+    why = check(ev);
+    cr_expect(why && strstr(why, "at most 256 attributes") && strstr(why, "'x252'"), "%s",
+              why ? why : "257 attributes accepted");
+    snprintf(ev + at, sizeof ev - at, ",\"a\":1,\"a\":2}");
+    why = check(ev);
+    cr_expect(why != NULL, "257 attributes, one given twice, accepted");
+}
