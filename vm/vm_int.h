@@ -88,7 +88,9 @@ static inline uint32_t vm_trie_child(const struct vm_trie *t, uint32_t n, const 
     for (uint32_t i = 0; i < node->nedge; i++) {
         if (e[i].len != len)
             continue;
-        /* (the head only once a length matches: most keys of an event are on no rule's path) */
+        /* (the head only once a length matches: most keys of an event are on no rule's path,
+         * and making it first branched on every key's length: trusted CityLots EXACT 248 ->
+         * 233 ns an event) */
         uint64_t head = vm_key_head(k, len);
         for (; i < node->nedge && e[i].len == len; i++)
             if (e[i].head == head && (len <= 8 || memcmp(e[i].key + 8, k + 8, len - 8) == 0))
