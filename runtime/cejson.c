@@ -302,6 +302,15 @@ bool js_key_is(const char *s, const js_member *m, const char *name)
     return m->key_len == n + 2 && memcmp(s + m->key_off + 1, name, n) == 0;
 }
 
+void js_put_member(sbuf *out, const char *s, const js_member *m, bool *any)
+{
+    sb_puts(out, *any ? "," : "");
+    sb_put(out, s + m->key_off, m->key_len);
+    sb_puts(out, ":");
+    sb_put(out, s + m->val_off, m->val_len);
+    *any = true;
+}
+
 /* ---- CloudEvents' JSON format ------------------------------------------------------------- */
 
 #define MAX_KEYS 256
@@ -603,7 +612,7 @@ static bool ce_value(ce_state *st, const js_member *m, const char *name, const c
         st->data = true;
         return true;
     }
-    st->nulls |= null;
+    st->nulls |= null;   /* (data is not an attribute: see ce_null_attribute) */
     if (js_key_is(s, m, "data_base64")) {
         if (null)
             return true;
@@ -705,6 +714,11 @@ bool ce_check(const char *s, size_t n, char *why, size_t whycap, const char **id
     return true;
 }
 
+bool ce_null_attribute(const char *s, const js_member *m)
+{
+    return s[m->val_off] == 'n' && !js_key_is(s, m, "data");
+}
+
 typedef struct {
     char *s;
     size_t w;        /* where the next kept member goes */
@@ -716,7 +730,7 @@ typedef struct {
 static bool keep_member(void *arg, const js_member *m)
 {
     drop_state *st = arg;
-    if (st->s[m->val_off] == 'n' && !js_key_is(st->s, m, "data"))
+    if (ce_null_attribute(st->s, m))
         return true;
     size_t len = m->val_off + m->val_len - m->key_off;
     if (st->any)

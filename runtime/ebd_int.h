@@ -83,6 +83,9 @@ size_t js_unquote(const char *s, size_t n, char *out);
 int js_hexval(char c);
 /* Is the member's key the given name? */
 bool js_key_is(const char *s, const js_member *m, const char *name);
+/* Appends member m of s to an object being written in out, after a ',' if *any (then sets it):
+ * for rewriting an object less some of its members. */
+void js_put_member(sbuf *out, const char *s, const js_member *m, bool *any);
 
 /* ---- CloudEvents (ingest.c) ------------------------------------------------------------- */
 
@@ -95,6 +98,9 @@ bool js_key_is(const char *s, const js_member *m, const char *name);
  * attribute is set to null, which the JSON format says is unset (ce_drop_nulls). */
 bool ce_check(const char *s, size_t n, char *why, size_t whycap, const char **id, size_t *idlen,
               bool *nulls);
+/* Is member m of event s an attribute set to null (unset, as the JSON format says)?  ("data":
+ * null is a null payload, not this.) */
+bool ce_null_attribute(const char *s, const js_member *m);
 /* Takes the attributes set to null out of event s[0..*n) (one that ce_check passed), in place:
  * the JSON format says a null attribute is unset, and rules then see it unset (`exists`).  The
  * members kept are copied as they are; only the space between them goes.  ("data": null is a

@@ -386,13 +386,8 @@ typedef struct {
 static bool keep_other(void *arg, const js_member *m)
 {
     stamp_walk *w = arg;
-    if (js_key_is(w->s, m, "replay"))
-        return true;
-    sb_puts(w->out, w->any ? "," : "");
-    sb_put(w->out, w->s + m->key_off, m->key_len);
-    sb_puts(w->out, ":");
-    sb_put(w->out, w->s + m->val_off, m->val_len);
-    w->any = true;
+    if (!js_key_is(w->s, m, "replay"))
+        js_put_member(w->out, w->s, m, &w->any);
     return true;
 }
 

@@ -754,14 +754,8 @@ static bool find_hops(void *arg, const js_member *m)
 static bool keep_member(void *arg, const js_member *m)
 {
     hops_walk *h = arg;
-    if (js_key_is(h->s, m, VM_HOPS_ATTR) ||
-        (h->nulls && h->s[m->val_off] == 'n' && !js_key_is(h->s, m, "data")))
-        return true;
-    sb_puts(h->out, h->any ? "," : "");
-    sb_put(h->out, h->s + m->key_off, m->key_len);
-    sb_puts(h->out, ":");
-    sb_put(h->out, h->s + m->val_off, m->val_len);
-    h->any = true;
+    if (!js_key_is(h->s, m, VM_HOPS_ATTR) && !(h->nulls && ce_null_attribute(h->s, m)))
+        js_put_member(h->out, h->s, m, &h->any);
     return true;
 }
 

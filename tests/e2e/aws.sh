@@ -213,6 +213,16 @@ st=$(post '/?a=b' application/x-amz-json-1.1 '{"Entries":[{"Source":"s","DetailT
 # Source and Detail are); TraceHeader 1 to 500, each resource at most 2048, TestEventPattern's
 # EventPattern at most 4096 (the request's constraints: 400 ValidationException).
 put_raw() { post / application/x-amz-json-1.1 "$1" -H 'X-Amz-Target: AWSEvents.PutEvents'; }
+# invalid STATUS WHAT / taken STATUS WHAT: the answer just received was 400 ValidationException /
+# 200 with no entry failed
+invalid() {
+    [ "$1" = 400 ] && grep -q ValidationException "$WORK/answer" && pass "$2" \
+        || fail "$2: $1 $(cat "$WORK/answer")"
+}
+taken() {
+    [ "$1" = 200 ] && [ "$(jq -r .FailedEntryCount "$WORK/answer")" = 0 ] && pass "$2" \
+        || fail "$2: $1 $(cat "$WORK/answer")"
+}
 dt128=$(printf 'é%.0s' $(seq 128)) dt129=$(head -c 129 /dev/zero | tr '\0' x)
 st=$(put_raw "{\"Entries\":[{\"Source\":\"s\",\"DetailType\":\"$dt128\",\"Detail\":\"{}\",\"EventBusName\":\"orders\"},{\"Source\":\"s\",\"DetailType\":\"$dt129\",\"Detail\":\"{}\",\"EventBusName\":\"orders\"}]}")
 [ "$st" = 200 ] && [ "$(jq -r '.Entries[0].EventId | length' "$WORK/answer")" = 36 ] \
@@ -221,26 +231,19 @@ st=$(put_raw "{\"Entries\":[{\"Source\":\"s\",\"DetailType\":\"$dt128\",\"Detail
     && pass "DetailType of 128 characters (256 bytes): stored; of 129: InvalidArgument" \
     || fail "DetailType over 128 characters: $st $(cat "$WORK/answer")"
 st=$(put_raw '{"Entries":[{"DetailType":"t","Detail":"{}","EventBusName":"orders"},{"Source":"s","Detail":"{}","EventBusName":"orders"}]}')
-[ "$st" = 400 ] && grep -q ValidationException "$WORK/answer" \
-    && pass "no entry with Source, DetailType and Detail: the request fails (400 ValidationException)" \
-    || fail "no whole entry: $st $(cat "$WORK/answer")"
+invalid "$st" "no entry with Source, DetailType and Detail: the request fails (400 ValidationException)"
 th501=$(head -c 501 /dev/zero | tr '\0' t)
 st=$(put_raw "{\"Entries\":[{\"Source\":\"s\",\"DetailType\":\"t\",\"Detail\":\"{}\",\"EventBusName\":\"orders\",\"TraceHeader\":\"$th501\"}]}")
-[ "$st" = 400 ] && grep -q ValidationException "$WORK/answer" \
-    && pass "a TraceHeader of 501 characters: 400 ValidationException" || fail "TraceHeader of 501: $st $(cat "$WORK/answer")"
+invalid "$st" "a TraceHeader of 501 characters: 400 ValidationException"
 st=$(put_raw '{"Entries":[{"Source":"s","DetailType":"t","Detail":"{}","EventBusName":"orders","TraceHeader":""}]}')
-[ "$st" = 400 ] && grep -q ValidationException "$WORK/answer" \
-    && pass "an empty TraceHeader: 400 ValidationException" || fail "empty TraceHeader: $st $(cat "$WORK/answer")"
+invalid "$st" "an empty TraceHeader: 400 ValidationException"
 st=$(put_raw '{"Entries":[{"Source":"s","DetailType":"t","Detail":"{}","EventBusName":"orders","TraceHeader":"Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1"}]}')
-[ "$st" = 200 ] && [ "$(jq -r .FailedEntryCount "$WORK/answer")" = 0 ] \
-    && pass "an X-Ray TraceHeader: taken" || fail "X-Ray TraceHeader: $st $(cat "$WORK/answer")"
+taken "$st" "an X-Ray TraceHeader: taken"
 r2049=arn:aws:s3:::$(head -c 2036 /dev/zero | tr '\0' b)
 st=$(put_raw "{\"Entries\":[{\"Source\":\"s\",\"DetailType\":\"t\",\"Detail\":\"{}\",\"EventBusName\":\"orders\",\"Resources\":[\"$r2049\"]}]}")
-[ "$st" = 400 ] && grep -q ValidationException "$WORK/answer" \
-    && pass "a resource of 2049 characters: 400 ValidationException" || fail "resource of 2049: $st $(cat "$WORK/answer")"
+invalid "$st" "a resource of 2049 characters: 400 ValidationException"
 st=$(put_raw "{\"Entries\":[{\"Source\":\"s\",\"DetailType\":\"t\",\"Detail\":\"{}\",\"EventBusName\":\"orders\",\"Resources\":[\"${r2049%b}\"]}]}")
-[ "$st" = 200 ] && [ "$(jq -r .FailedEntryCount "$WORK/answer")" = 0 ] \
-    && pass "  of 2048: taken" || fail "resource of 2048: $st $(cat "$WORK/answer")"
+taken "$st" "a resource of 2048 characters: taken"
 for n in 4081 4082; do        # {"source":["v..."]}: 15 characters and n
     pat="{\"source\":[\"$(head -c $n /dev/zero | tr '\0' v)\"]}"
     body=$(jq -cn --arg p "$pat" --arg e "$EVENT" '{EventPattern: $p, Event: $e}')
@@ -248,8 +251,7 @@ for n in 4081 4082; do        # {"source":["v..."]}: 15 characters and n
     if [ $n = 4081 ]; then
         [ "$st" = 200 ] && pass "an EventPattern of 4096 characters: answered" || fail "EventPattern of 4096: $st $(cat "$WORK/answer")"
     else
-        [ "$st" = 400 ] && grep -q ValidationException "$WORK/answer" \
-            && pass "  of 4097: 400 ValidationException" || fail "EventPattern of 4097: $st $(cat "$WORK/answer")"
+        invalid "$st" "an EventPattern of 4097 characters: 400 ValidationException"
     fi
 done
 stop_ebd

@@ -216,6 +216,17 @@ static void sink_init(tsink *t)
     t->refuse = refuse_until_withheld;
 }
 
+/* The broker started, the sink made, and a source on sensors/# that receives what is
+ * published. */
+static mqtt_source *ready_source(broker *b, tsink *t, const char *name, long hold_ms)
+{
+    broker_start(b);
+    sink_init(t);
+    mqtt_source *s = start_source(b, t, name, hold_ms);
+    wait_ready(b, t);
+    return s;
+}
+
 static void source_end(mqtt_source *s, tsink *t)
 {
     atomic_store(&t->arg, NULL);
@@ -228,11 +239,8 @@ static void source_end(mqtt_source *s, tsink *t)
 Test(mqtt, json_and_binary_payloads)
 {
     broker b = { 0 };
-    broker_start(&b);
     tsink t;
-    sink_init(&t);
-    mqtt_source *s = start_source(&b, &t, "sensors", 0);
-    wait_ready(&b, &t);
+    mqtt_source *s = ready_source(&b, &t, "sensors", 0);
     cr_expect(mqtt_source_connected(s));
     publish_text(&b, "sensors/a", " {\"t\": 21.5} ");
     static const unsigned char bin[] = { 0, 1, 0xff };
@@ -273,11 +281,8 @@ Test(mqtt, json_and_binary_payloads)
 Test(mqtt, topics_a_uri_cannot_hold)
 {
     broker b = { 0 };
-    broker_start(&b);
     tsink t;
-    sink_init(&t);
-    mqtt_source *s = start_source(&b, &t, "sensors", 0);
-    wait_ready(&b, &t);
+    mqtt_source *s = ready_source(&b, &t, "sensors", 0);
     publish_text(&b, "sensors/room 1|\"x\"%zz[1]/caf\xc3\xa9", "{\"t\": 1}");
     cr_assert(tsink_wait(&t, 1, 10000), "no event");
     cJSON *e = tsink_find(&t, "sensors/room 1|\"x\"%zz[1]/caf\xc3\xa9");
@@ -298,11 +303,8 @@ Test(mqtt, topics_a_uri_cannot_hold)
 Test(mqtt, cloudevents_structured_and_binary)
 {
     broker b = { 0 };
-    broker_start(&b);
     tsink t;
-    sink_init(&t);
-    mqtt_source *s = start_source(&b, &t, "ce", 0);
-    wait_ready(&b, &t);
+    mqtt_source *s = ready_source(&b, &t, "ce", 0);
 
     /* structured, by Content Type (MQTT 5) and by a specversion member (as MQTT 3.1.1 sends) */
     const char *ev1 = "{\"specversion\":\"1.0\",\"id\":\"e-1\",\"source\":\"/x\",\"type\":\"t.one\"}";
@@ -357,11 +359,8 @@ Test(mqtt, cloudevents_structured_and_binary)
 Test(mqtt, not_stored_comes_again_and_is_stored_once)
 {
     broker b = { 0 };
-    broker_start(&b);
     tsink t;
-    sink_init(&t);
-    mqtt_source *s = start_source(&b, &t, "retry", 300);
-    wait_ready(&b, &t);
+    mqtt_source *s = ready_source(&b, &t, "retry", 300);
     atomic_store(&t.retries, 1);         /* SRC_RETRY until the source has dropped a PUBACK */
     publish_text(&b, "sensors/r", "{\"n\":1}");
     cr_assert(tsink_wait(&t, 1, 20000), "the message did not come again");
@@ -382,11 +381,8 @@ Test(mqtt, not_stored_comes_again_and_is_stored_once)
 Test(mqtt, persistent_session_keeps_messages_while_stopped)
 {
     broker b = { 0 };
-    broker_start(&b);
     tsink t;
-    sink_init(&t);
-    mqtt_source *s = start_source(&b, &t, "persist", 0);
-    wait_ready(&b, &t);
+    mqtt_source *s = ready_source(&b, &t, "persist", 0);
     source_end(s, &t);
     publish_text(&b, "sensors/p1", "{\"n\":1}");
     publish_text(&b, "sensors/p2", "{\"n\":2}");
@@ -402,11 +398,8 @@ Test(mqtt, persistent_session_keeps_messages_while_stopped)
 Test(mqtt, source_reconnects_after_broker_restart)
 {
     broker b = { 0 };
-    broker_start(&b);
     tsink t;
-    sink_init(&t);
-    mqtt_source *s = start_source(&b, &t, "restart", 0);
-    wait_ready(&b, &t);
+    mqtt_source *s = ready_source(&b, &t, "restart", 0);
     broker_kill(&b);
     for (int i = 0; i < 100 && mqtt_source_connected(s); i++)
         usleep(100000);
@@ -759,11 +752,8 @@ static size_t distinct_ids(tsink *t, const char *key, size_t *all)
 Test(mqtt, equal_payloads_get_distinct_ids)
 {
     broker b = { 0 };
-    broker_start(&b);
     tsink t;
-    sink_init(&t);
-    mqtt_source *s = start_source(&b, &t, "beat", 0);
-    wait_ready(&b, &t);
+    mqtt_source *s = ready_source(&b, &t, "beat", 0);
     publish_many(&b, "sensors/beat", "on", 70);
     cr_assert(tsink_wait(&t, 70, 20000), "%zu events of 70", tsink_count(&t));
     size_t all, k = distinct_ids(&t, "sensors/beat", &all);
