@@ -318,6 +318,8 @@ static void stats_free(value_stats *vs)
 /* How many of the path's known values start with s (at most 4096). */
 static uint32_t values_with_prefix(const value_stats *vs, uint32_t path, const char *s, uint32_t len)
 {
+    if (!vs->count[path])
+        return 0;   /* (and vs->v may be NULL: no rule names a value) */
     const path_value *v = vs->v + vs->first[path];
     uint32_t lo = 0, hi = vs->count[path], n = 0;
     path_value key = { path, len, s };
