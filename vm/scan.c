@@ -135,11 +135,6 @@ static inline bool tw_one(uint64_t x)
     return x && !(x & (x - 1));
 }
 
-/* Bits a + 1 .. b - 1 (a < b < 64). */
-static inline uint64_t tw_between(unsigned a, unsigned b)
-{
-    return (1ull << b) - (2ull << a);
-}
 #endif
 
 /* Trusted: one past the closing quote of the string opened at p, or 0 when the text ends first
@@ -623,35 +618,38 @@ member:                                         /* a member (key and value) or a
                 tw_window w;
                 tw_window_at(s + p, &w);
                 uint64_t sig = ~w.ws;
-                unsigned o = 0, q3 = 0;   /* the key's opening quote; the value's closing one */
-                bool some = false, cut = false;
+                /* Quotes as single bits: ko the key's opening one, k1 its closing one, v0 and v1
+                 * its value's, nk the next key's; the bits between two, b - 2a. */
+                uint64_t ko = 1, last = 0;   /* last: the closing quote of the last value read */
+                bool cut = false;
                 for (;;) {
-                    uint64_t rest = w.q & ~((2ull << o) - 1);   /* (o = 63: none) */
-                    uint64_t r2 = rest & (rest - 1), r3 = r2 & (r2 - 1);
-                    if (!r3) {
+                    uint64_t rest = w.q & ~((ko << 1) - 1);   /* (ko = bit 63: none) */
+                    uint64_t k1 = rest & -rest, r2 = rest ^ k1, v0 = r2 & -r2, r3 = r2 ^ v0,
+                             v1 = r3 & -r3;
+                    if (!v1) {
                         cut = true;   /* fewer than three quotes after the key's */
                         break;
                     }
-                    unsigned q1 = (unsigned)__builtin_ctzll(rest), q2 = (unsigned)__builtin_ctzll(r2),
-                             e = (unsigned)__builtin_ctzll(r3);
-                    if ((w.bs & tw_between(o, e)) || (w.dot & tw_between(o, q1)) ||
-                        !tw_one(sig & tw_between(q1, q2)))
+                    if ((w.bs & (v1 - (ko << 1))) || (w.dot & (k1 - (ko << 1))) ||
+                        !tw_one(sig & (v0 - (k1 << 1))))
                         break;
+                    unsigned o = (unsigned)__builtin_ctzll(ko), q1 = (unsigned)__builtin_ctzll(k1),
+                             q2 = (unsigned)__builtin_ctzll(v0), e = (unsigned)__builtin_ctzll(v1);
                     node = vm_trie_child(t, f.node, s + p + o + 1, q1 - o - 1);
                     if ((st = add_field(&S, node, VM_J_STR, false, p + q2 + 1, e - q2 - 1)) != VM_OK)
                         return st;
-                    some = true;
-                    q3 = e;
-                    rest = r3 & (r3 - 1);
-                    if (!rest || !tw_one(sig & tw_between(e, (unsigned)__builtin_ctzll(rest))))
+                    last = v1;
+                    uint64_t r4 = r3 ^ v1, nk = r4 & -r4;
+                    if (!nk || !tw_one(sig & (nk - (v1 << 1))))
                         break;
                     f.index++;
-                    o = (unsigned)__builtin_ctzll(rest);
+                    ko = nk;
                 }
-                if (some && o < q3) {
-                    p += q3 + 1;   /* the last member read: what follows it */
+                if (last > ko) {
+                    p += (size_t)__builtin_ctzll(last) + 1;   /* the last member read: what follows it */
                     goto after;
                 }
+                unsigned o = (unsigned)__builtin_ctzll(ko);
                 p += o;   /* the key of a member the masks did not read */
                 if (!cut || !o)
                     break;   /* not a plain string member, or longer than a window: below */
