@@ -387,6 +387,17 @@ static size_t mutate(char *s, size_t n)
     return gen_mutate(&rng, s, n, 1);
 }
 
+/* An event of the generator: an object after up to 69 spaces (its tokens fall anywhere in the
+ * 64-byte blocks), and some whitespace after it. */
+static buf generated_event(void)
+{
+    buf b = { 0 };
+    put(&b, "%*s", (int)rnd(70), "");
+    object(&b, 0);
+    ws(&b);
+    return b;
+}
+
 Test(trusted, generated_events_agree, .timeout = 300)
 {
     int n = rounds(2000);
@@ -394,10 +405,7 @@ Test(trusted, generated_events_agree, .timeout = 300)
     engines_open(&e, generated_rules());
     long matched = 0;
     for (int r = 0; r < n; r++) {
-        buf b = { 0 };
-        put(&b, "%*s", (int)rnd(70), "");
-        object(&b, 0);
-        ws(&b);
+        buf b = generated_event();
         agree(&e, b.s, b.n, "generated");
         const uint32_t *m;
         size_t nm;
@@ -423,10 +431,7 @@ Test(trusted, string_members_agree, .timeout = 300)
     strings_first = true;
     long fields = 0;
     for (int r = 0; r < n; r++) {
-        buf b = { 0 };
-        put(&b, "%*s", (int)rnd(70), "");
-        object(&b, 0);
-        ws(&b);
+        buf b = generated_event();
         agree(&e, b.s, b.n, "string members");
         fields += e.c[E_TRUSTED]->fields.n;
         free(b.s);
