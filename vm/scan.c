@@ -107,8 +107,8 @@ static inline size_t tw_ws(const char *s, size_t p, size_t n)
 }
 
 #ifdef __SSE2__
-/* The bytes of a 64-byte window whose members walk_lean reads from masks: quotes, backslashes, dots, and whitespace
- * (any byte up to ' ', as tw_ws counts it). */
+/* The bytes of a 64-byte window whose members walk_lean reads from masks: quotes, backslashes,
+ * dots, and whitespace (any byte up to ' ', as tw_ws counts it). */
 typedef struct {
     uint64_t q, bs, dot, ws;
 } tw_window;
@@ -607,13 +607,13 @@ member:                                         /* a member (key and value) or a
              * key's start.  On valid JSON, one byte besides whitespace between the key's end
              * and the next quote is the ':' before a string value (any other value adds its
              * own), and one between the value's end and the next quote is the ',' before
-             * another key (a '}' would be followed by more).  Other members, and the last one
-             * in the window, go on below.  (Found one after another, each string's end by a
-             * load and a mask at the position the last one gave, the walk was a chain of
-             * dependent loads; here one load gives up to three members.  ~245 more instructions
-             * an event on CityLots, callgrind, yet the trusted walk ×1.26-1.37 as fast, EXACT,
-             * PREFIX, WILDCARD and EQUALS_IGNORE_CASE rows, and the validating path ×1.05-1.13:
-             * thread CPU time, 5,000 events, 10 rounds in random order, first quartiles.) */
+             * another key (a '}' would be followed by more).  A member cut by the window's end
+             * starts a window of its own; other members go on below.  (Found one after
+             * another, each string's end by a load and a mask at the position the last one
+             * gave, the walk was a chain of dependent loads.  ~245 more instructions an event
+             * on CityLots, callgrind, yet the trusted walk x1.26-1.37 as fast, EXACT, PREFIX,
+             * WILDCARD and EQUALS_IGNORE_CASE rows, and the validating path x1.05-1.13: thread
+             * CPU time, 5,000 events, 10 rounds in random order, first quartiles.) */
             while (p + 64 <= n) {
                 tw_window w;
                 tw_window_at(s + p, &w);
@@ -636,7 +636,8 @@ member:                                         /* a member (key and value) or a
                     unsigned o = (unsigned)__builtin_ctzll(ko), q1 = (unsigned)__builtin_ctzll(k1),
                              q2 = (unsigned)__builtin_ctzll(v0), e = (unsigned)__builtin_ctzll(v1);
                     node = vm_trie_child(t, f.node, s + p + o + 1, q1 - o - 1);
-                    if ((st = add_field(&S, node, VM_J_STR, false, p + q2 + 1, e - q2 - 1)) != VM_OK)
+                    st = add_field(&S, node, VM_J_STR, false, p + q2 + 1, e - q2 - 1);
+                    if (st != VM_OK)
                         return st;
                     last = v1;
                     uint64_t r4 = r3 ^ v1, nk = r4 & -r4;
@@ -646,7 +647,7 @@ member:                                         /* a member (key and value) or a
                     ko = nk;
                 }
                 if (last > ko) {
-                    p += (size_t)__builtin_ctzll(last) + 1;   /* the last member read: what follows it */
+                    p += (size_t)__builtin_ctzll(last) + 1;   /* what follows the last read */
                     goto after;
                 }
                 unsigned o = (unsigned)__builtin_ctzll(ko);

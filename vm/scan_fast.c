@@ -44,10 +44,10 @@ typedef struct {
 } classes;
 
 #ifdef EBR_X86
-/* The bytes the AVX-512 classification compares with, each repeated 64 times, read from memory: built with
- * _mm512_set1_epi8 inside the loop of stage1_vbmi2, GCC made each anew in every block (a move
- * and a broadcast, 2 instructions for each of 22 constants, because the loop's rare calls
- * clobber the vector registers); a compare with a memory operand is one.  Stage 1 of the EXACT
+/* The bytes the AVX-512 classification compares with, each repeated 64 times, read from memory:
+ * built with _mm512_set1_epi8 inside the loop of stage1_vbmi2, GCC made each anew in every block
+ * (a move and a broadcast, 2 instructions for each of 22 constants, because the loop's rare
+ * calls clobber the vector registers); a compare with a memory operand is one.  Stage 1 of the EXACT
  * row: 573 instead of 598 ns an event (best of 240 passes over 5,000 events, alternating). */
 #define R8(x) x, x, x, x, x, x, x, x
 #define R64(x) { R8(x), R8(x), R8(x), R8(x), R8(x), R8(x), R8(x), R8(x) }
@@ -69,10 +69,12 @@ static const __attribute__((aligned(64))) uint8_t classify_consts[K_COUNT][64] =
  * not read).  Stage 1 of the EXACT row ×1.06 as fast: 391 -> 369 ns an event, thread CPU time,
  * 5,000 events, 20 rounds in random order, first quartiles. */
 #define S6(c) [(c) & 63] = (c)
-static const __attribute__((aligned(64))) uint8_t in_ws[64] = { [0] = 0xff, S6(' '), S6('\n'), S6('\r'), S6('\t') };
-static const __attribute__((aligned(64))) uint8_t in_br[64] = { [0] = 0xff, S6('{'), S6('}'), S6('['), S6(']') };
-static const __attribute__((aligned(64))) uint8_t in_ee[64] = { [0] = 0xff, S6('e'), S6('E') };
-static const __attribute__((aligned(64))) uint8_t in_lit[64] = { [0] = 0xff, S6('t'), S6('f'), S6('n') };
+#define SET64 static const __attribute__((aligned(64))) uint8_t
+SET64 in_ws[64] = { [0] = 0xff, S6(' '), S6('\n'), S6('\r'), S6('\t') };
+SET64 in_br[64] = { [0] = 0xff, S6('{'), S6('}'), S6('['), S6(']') };
+SET64 in_ee[64] = { [0] = 0xff, S6('e'), S6('E') };
+SET64 in_lit[64] = { [0] = 0xff, S6('t'), S6('f'), S6('n') };
+#undef SET64
 #undef S6
 static const __attribute__((aligned(64))) uint8_t in_scal[128] = {
     ['0' ... '9'] = 0x80, ['a' ... 'z'] = 0x80, ['A' ... 'Z'] = 0x80, ['-'] = 0x80, ['+'] = 0x80,
@@ -84,10 +86,12 @@ static const __attribute__((aligned(64))) uint8_t in_scal[128] = {
  * 111 stack accesses in 407 instructions): stage 1 of the EXACT row, 443 instead of 474 ns an
  * event (best of 320 passes over 5,000 events, alternating).  Not filled: lb, rb, lk, rk (the
  * token classes come from a table), pl, d, let, z.  v: the block; kk: classify_consts. */
-#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vbmi"))) static inline __attribute__((always_inline))
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vbmi"))) static inline \
+    __attribute__((always_inline))
 #define C(i) _mm512_load_si512((const void *)kk[i])
 #define EQ(i) _mm512_cmpeq_epi8_mask(v, C(i))
-#define IN(set) _mm512_cmpeq_epi8_mask(_mm512_permutexvar_epi8(v, _mm512_load_si512((const void *)(set))), v)
+#define LOAD(t) _mm512_load_si512((const void *)(t))
+#define IN(set) _mm512_cmpeq_epi8_mask(_mm512_permutexvar_epi8(v, LOAD(set)), v)
 
 /* For block_strings: q, bs, ctrl, hi. */
 AVX512 void classify512_strings(__m512i v, const uint8_t (*kk)[64], classes *k)
@@ -105,8 +109,7 @@ AVX512 void classify512_outside(__m512i v, const uint8_t (*kk)[64], classes *k)
     k->br = IN(in_br);
     k->co = EQ(K_CO);
     k->cm = EQ(K_CM);
-    k->scal = _mm512_movepi8_mask(_mm512_permutex2var_epi8(_mm512_load_si512((const void *)in_scal), v,
-                                                           _mm512_load_si512((const void *)(in_scal + 64))));
+    k->scal = _mm512_movepi8_mask(_mm512_permutex2var_epi8(LOAD(in_scal), v, LOAD(in_scal + 64)));
 }
 
 /* For the numbers and literals of stage1_vbmi2: mi, dt, ee, lit (the rest of the number grammar
@@ -119,6 +122,7 @@ AVX512 void classify512_numbers(__m512i v, const uint8_t (*kk)[64], classes *k)
     k->lit = IN(in_lit);
 }
 #undef IN
+#undef LOAD
 #undef EQ
 #undef C
 #undef AVX512
