@@ -656,7 +656,6 @@ member:                                         /* a member (key and value) or a
                     break;   /* not a plain string member, or longer than a window: below */
                 /* (cut by the window's end: a window from its key) */
             }
-            node = f.node;
 #endif
             size_t k = p + 1, end = tw_string(s, p, n, &esc, &dots);
             if (!end)

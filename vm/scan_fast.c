@@ -47,8 +47,8 @@ typedef struct {
 /* The bytes the AVX-512 classification compares with, each repeated 64 times, read from memory:
  * built with _mm512_set1_epi8 inside the loop of stage1_vbmi2, GCC made each anew in every block
  * (a move and a broadcast, 2 instructions for each of 22 constants, because the loop's rare
- * calls clobber the vector registers); a compare with a memory operand is one.  Stage 1 of the EXACT
- * row: 573 instead of 598 ns an event (best of 240 passes over 5,000 events, alternating). */
+ * calls clobber the vector registers); a compare with a memory operand is one.  Stage 1 of the
+ * EXACT row: 573 instead of 598 ns an event (best of 240 passes over 5,000 events, alternating). */
 #define R8(x) x, x, x, x, x, x, x, x
 #define R64(x) { R8(x), R8(x), R8(x), R8(x), R8(x), R8(x), R8(x), R8(x) }
 enum { K_Q, K_BS, K_SP, K_CO, K_CM, K_MI, K_DT, K_1F, K_COUNT };
@@ -88,9 +88,9 @@ static const __attribute__((aligned(64))) uint8_t in_scal[128] = {
  * token classes come from a table), pl, d, let, z.  v: the block; kk: classify_consts. */
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vbmi"))) static inline \
     __attribute__((always_inline))
-#define C(i) _mm512_load_si512((const void *)kk[i])
-#define EQ(i) _mm512_cmpeq_epi8_mask(v, C(i))
 #define LOAD(t) _mm512_load_si512((const void *)(t))
+#define C(i) LOAD(kk[i])
+#define EQ(i) _mm512_cmpeq_epi8_mask(v, C(i))
 #define IN(set) _mm512_cmpeq_epi8_mask(_mm512_permutexvar_epi8(v, LOAD(set)), v)
 
 /* For block_strings: q, bs, ctrl, hi. */
