@@ -424,6 +424,10 @@ vm_status vm_ix_match_bus(vm_ctx *c, uint32_t bus, const char *json);
 /* Sorts rule numbers (the matches of an event) in place. */
 void vm_sort_rules(uint32_t *v, size_t n);
 
+/* The extraction walk reads 64-byte windows with AVX-512 (1) or SSE2 (0); -1 until the first
+ * walk asks the CPU.  Tests set it to run both. */
+extern int vm_walk_wide;
+
 /* Stage 1 of the fast scanner: true when the event is valid (then c->fast is filled). */
 bool vm_fast_stage1(vm_ctx *c, const char *json, size_t len);
 /* The same with a chosen implementation: 0 AVX-512 VBMI2, 1 AVX2 masks, 2 portable (tests). */
