@@ -122,6 +122,43 @@ Test(utf8, casefold_text)
     cr_assert_eq(vm_casefold_utf8("", 0, out), 0);
 }
 
+/* Text folded a word at a time equals text folded a byte at a time: every ASCII byte, and
+ * non-ASCII ones at each position (where the word-at-a-time part must stop). */
+Test(utf8, casefold_ascii_words_fold_as_bytes)
+{
+    char in[160], out[480], want[480];
+    for (int pos = -1; pos < 40; pos++) {
+        for (int len = 0; len <= 40; len++) {
+            for (int start = 0; start < 128; start++) {
+                size_t n = 0;
+                for (int k = 0; k < len; k++) {
+                    if (k == pos) {
+                        memcpy(in + n, "\xc3\x80", 2);   /* À */
+                        n += 2;
+                    } else {
+                        in[n++] = (char)((start + k * 7) % 128);
+                    }
+                }
+                /* the reference: each ASCII byte folded alone; À folds to à */
+                size_t w = 0;
+                for (size_t k = 0; k < n; k++) {
+                    unsigned char b = (unsigned char)in[k];
+                    if (b >= 0x80) {
+                        memcpy(want + w, "\xc3\xa0", 2);
+                        w += 2;
+                        k++;
+                    } else {
+                        want[w++] = (char)vm_casefold(b);
+                    }
+                }
+                size_t got = vm_casefold_utf8(in, n, out);
+                cr_assert_eq(got, w, "length, %d bytes, À at %d", len, pos);
+                cr_assert(memcmp(out, want, w) == 0, "%d bytes, À at %d, from %d", len, pos, start);
+            }
+        }
+    }
+}
+
 Test(utf8, casefold_never_more_than_triples)
 {
     size_t most = 0;
