@@ -14,7 +14,7 @@
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__SSE2__) && defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define TW_WIDE 1
 #endif
@@ -148,9 +148,11 @@ static const __attribute__((aligned(64))) char tw_bytes[4][64] = {
  * mask registers and four moves out of them, where the SSE2 one takes 4 loads, 16 compares, 16
  * moves of masks and the shifts that join them.  In assembly, because this file is built for
  * any x86-64: a function of its own built for AVX-512 cost a call a window, and the whole walk
- * built so was slower, not faster, after stage 1 (x0.92-0.94).  zmm16 and k1-k4 are not
- * declared as clobbered (GCC refuses them when the file is not built for AVX-512): nothing
- * built so allocates them, and every call clobbers them anyway.  CityLots EXACT: validating
+ * built so was slower, not faster, after stage 1 (x0.92-0.94).  Built for baseline x86-64,
+ * zmm16 and k1-k4 are not declared as clobbered (GCC refuses them then): code built so never
+ * holds a value in them, and every call clobbers them anyway.  (This holds without link-time
+ * optimization, which could inline this file's code into callers built for AVX-512; built with
+ * AVX-512 F, the clobbers are declared, and with BW the intrinsics are used.)  CityLots EXACT: validating
  * 8,564 -> 8,078 instructions an event, trusted 3,614 -> 3,075 (bench_icount, 200 events);
  * thread CPU time, 10 rounds in random order, validating x1.04-1.05, trusted x1.08-1.11 (EXACT
  * and PREFIX rows, first quartiles and medians). */
@@ -163,6 +165,11 @@ static inline __attribute__((always_inline)) void tw_window_at_wide(const char *
     w->dot = _mm512_cmpeq_epi8_mask(v, _mm512_load_si512((const void *)tw_bytes[2]));
     w->ws = _mm512_cmple_epu8_mask(v, _mm512_load_si512((const void *)tw_bytes[3]));
 #else
+#ifdef __AVX512F__
+#define TW_CLOBBERS : "xmm16", "k1", "k2", "k3", "k4"
+#else
+#define TW_CLOBBERS
+#endif
     __asm__("vmovdqu8 %[s], %%zmm16\n\t"
             "vpcmpeqb %[q0], %%zmm16, %%k1\n\t"
             "vpcmpeqb %[bs0], %%zmm16, %%k2\n\t"
@@ -174,7 +181,8 @@ static inline __attribute__((always_inline)) void tw_window_at_wide(const char *
             "kmovq %%k4, %[ws]"
             : [q] "=r"(w->q), [bs] "=r"(w->bs), [dot] "=r"(w->dot), [ws] "=r"(w->ws)
             : [s] "m"(*(const char(*)[64])s), [q0] "m"(tw_bytes[0]), [bs0] "m"(tw_bytes[1]),
-              [dot0] "m"(tw_bytes[2]), [sp0] "m"(tw_bytes[3]));
+              [dot0] "m"(tw_bytes[2]), [sp0] "m"(tw_bytes[3]) TW_CLOBBERS);
+#undef TW_CLOBBERS
 #endif
 }
 

@@ -431,6 +431,7 @@ Test(trusted, string_members_agree, .timeout = 300)
     strings_first = true;
     long fields = 0;
     /* with the windows this CPU reads best (AVX-512 where it has it), then with SSE2's */
+    int first = -1;   /* the windows of the first pass, as the walk chose them */
     for (int narrow = 0; narrow < 2; narrow++) {
         vm_walk_wide = narrow ? 0 : -1;
         for (int r = 0; r < n; r++) {
@@ -439,11 +440,14 @@ Test(trusted, string_members_agree, .timeout = 300)
             fields += e.c[E_TRUSTED]->fields.n;
             free(b.s);
         }
+        if (!narrow)
+            first = vm_walk_wide;
     }
     vm_walk_wide = -1;
     strings_first = false;
-    cr_log_info("trusted: %d events of string members, %ld leaves recorded", n, fields);
-    cr_expect_gt(fields, n);
+    cr_log_info("trusted: %d events of string members twice (windows: %s, then SSE2), %ld leaves "
+                "recorded", n, first == 1 ? "AVX-512" : "SSE2", fields);
+    cr_expect_gt(fields, 2 * n);
     engines_close(&e);
 }
 
