@@ -152,10 +152,10 @@ static const __attribute__((aligned(64))) char tw_bytes[4][64] = {
  * zmm16 and k1-k4 are not declared as clobbered (GCC refuses them then): code built so never
  * holds a value in them, and every call clobbers them anyway.  (This holds without link-time
  * optimization, which could inline this file's code into callers built for AVX-512; built with
- * AVX-512 F, the clobbers are declared, and with BW the intrinsics are used.)  CityLots EXACT: validating
- * 8,564 -> 8,078 instructions an event, trusted 3,614 -> 3,075 (bench_icount, 200 events);
- * thread CPU time, 10 rounds in random order, validating x1.04-1.05, trusted x1.08-1.11 (EXACT
- * and PREFIX rows, first quartiles and medians). */
+ * AVX-512 F, the clobbers are declared, and with BW the intrinsics are used.)  CityLots EXACT:
+ * validating 8,564 -> 8,078 instructions an event, trusted 3,614 -> 3,075 (bench_icount, 200
+ * events); thread CPU time, 10 rounds in random order, validating x1.04-1.05, trusted
+ * x1.08-1.11 (EXACT and PREFIX rows, first quartiles and medians). */
 static inline __attribute__((always_inline)) void tw_window_at_wide(const char *s, tw_window *w)
 {
 #ifdef __AVX512BW__
