@@ -153,7 +153,8 @@ Test(utf8, casefold_ascii_words_fold_as_bytes)
                 }
                 size_t got = vm_casefold_utf8(in, n, out);
                 cr_assert_eq(got, w, "length, %d bytes, À at %d", len, pos);
-                cr_assert(memcmp(out, want, w) == 0, "%d bytes, À at %d, from %d", len, pos, start);
+                cr_assert(memcmp(out, want, w) == 0, "%d bytes, À at %d, from %d", len, pos,
+                          start);
             }
         }
     }
