@@ -23,7 +23,7 @@
 #include <string.h>
 #include <ucontext.h>
 
-#include "../vm/vm.h"
+#include "../vm/vm_int.h"
 
 static volatile unsigned long steps;
 /* --rips: the addresses, kept in memory by the handler (no stdio there) and written at the end */
@@ -40,14 +40,11 @@ static void on_trap(int sig, siginfo_t *si, void *uc)
         rips[nrips++] = (unsigned long long)((ucontext_t *)uc)->uc_mcontext.gregs[REG_RIP];
 }
 
-/* Which stage 1 vm_fast_stage1 picks on this CPU (scan_fast.c's stage1_kind). */
+/* The stage 1 that vm_fast_stage1 runs on this CPU. */
 static const char *stage1_here(void)
 {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vbmi2") &&
-        __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vl"))
-        return "AVX-512 VBMI2";
-    return __builtin_cpu_supports("avx2") ? "AVX2" : "portable";
+    static const char *const names[] = { "AVX-512 VBMI2", "AVX2", "portable" };
+    return names[vm_fast_stage1_kind()];
 }
 
 /* (inlined: the count starts right after the flag is set, and ends at the instruction that

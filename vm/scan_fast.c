@@ -828,7 +828,7 @@ static VBMI2 bool stage1_vbmi2(vm_ctx *c, const char *json, size_t len)
 
 /* Which stage 1 to run: 0 the widest this CPU has, 1 masks with AVX2, 2 masks with portable
  * classification (the last two for tests that compare them). */
-static int stage1_kind(void)
+int vm_fast_stage1_kind(void)
 {
     static int kind = -1;
     if (kind < 0) {
@@ -859,7 +859,7 @@ bool vm_fast_stage1_with(vm_ctx *c, const char *json, size_t len, int kind)
 
 bool vm_fast_stage1(vm_ctx *c, const char *json, size_t len)
 {
-    return vm_fast_stage1_with(c, json, len, stage1_kind());
+    return vm_fast_stage1_with(c, json, len, vm_fast_stage1_kind());
 }
 
 /* ---- buffers ---------------------------------------------------------------------------------- */
@@ -1142,7 +1142,7 @@ vm_skip_status vm_fast_skip(const char *json, size_t len, size_t from, size_t ro
         __builtin_cpu_init();
         clmul = __builtin_cpu_supports("pclmul") != 0;
     }
-    if (clmul && stage1_kind() == 0)
+    if (clmul && vm_fast_stage1_kind() == 0)
         return skip_avx512(json, len, from, room, end);
     if (clmul && vm_fast_available())
         return skip_avx2(json, len, from, room, end);

@@ -432,6 +432,8 @@ extern int vm_walk_wide;
 bool vm_fast_stage1(vm_ctx *c, const char *json, size_t len);
 /* The same with a chosen implementation: 0 AVX-512 VBMI2, 1 AVX2 masks, 2 portable (tests). */
 bool vm_fast_stage1_with(vm_ctx *c, const char *json, size_t len, int kind);
+/* The implementation vm_fast_stage1 runs on this CPU, as vm_fast_stage1_with's kind. */
+int vm_fast_stage1_kind(void);
 bool vm_fast_brackets(vm_ctx *c, const char *json, size_t len);
 
 /* What vm_fast_skip found. */
