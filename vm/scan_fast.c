@@ -35,6 +35,11 @@
 #define HOT
 #endif
 
+/* A branch to what is rare (escapes, non-ASCII bytes).  (The functions it leads to were marked
+ * cold, and GCC 12 then took stage 1's whole block loop for code never run: it moved the loop to
+ * the .cold section and compiled it for size.) */
+#define RARE(x) __builtin_expect((x) != 0, 0)
+
 /* One bit per byte of a 64-byte block, for each class of character stage 1 looks at. */
 typedef struct {
     uint64_t q, bs, ws, lb, rb, lk, rk, co, cm;
@@ -255,15 +260,14 @@ typedef struct {
 /* Marks the bytes escaped by a backslash: a byte after an odd run of backslashes.  Backslashes
  * are rare in events, so this walks only the blocks that have one.  p: the block, of which n
  * bytes may be read (the rest is taken as spaces). */
-static __attribute__((noinline, cold)) uint64_t escaped_walk(const uint8_t *p, unsigned n,
-                                                        uint64_t *odd);
+static __attribute__((noinline)) uint64_t escaped_walk(const uint8_t *p, unsigned n, uint64_t *odd);
 
 static inline __attribute__((always_inline)) uint64_t escaped_bytes(const uint8_t *p, unsigned n,
                                                                     uint64_t bs, uint64_t *odd)
 {
-    if (!bs && !*odd)
-        return 0;
-    return escaped_walk(p, n, odd);
+    if (RARE(bs | *odd))
+        return escaped_walk(p, n, odd);
+    return 0;
 }
 
 static uint64_t escaped_walk(const uint8_t *p, unsigned n, uint64_t *odd)
@@ -289,8 +293,8 @@ static inline __attribute__((always_inline)) uint64_t next_token(uint64_t xs, ui
 
 /* Checks the escapes of a block: after a backslash one of " \ / b f n r t, or u and four hex
  * digits (which may run into the next block: the text is contiguous). */
-static __attribute__((noinline, cold)) bool escapes_ok(const uint8_t *s, size_t len, size_t base,
-                                                       uint64_t esc)
+static __attribute__((noinline)) bool escapes_ok(const uint8_t *s, size_t len, size_t base,
+                                                uint64_t esc)
 {
     while (esc) {
         size_t at = base + (size_t)__builtin_ctzll(esc);
@@ -337,8 +341,8 @@ static __attribute__((noinline)) bool literals_ok(const uint8_t *s, size_t len, 
 
 /* UTF-8 of a block that has non-ASCII bytes: checked by decoding (rare in events); *resume
  * carries the end of a sequence that runs into the next block.  False on malformed input. */
-static __attribute__((noinline, cold)) bool utf8_ok(const uint8_t *s, size_t len, size_t base,
-                                                    size_t *resume)
+static __attribute__((noinline)) bool utf8_ok(const uint8_t *s, size_t len, size_t base,
+                                             size_t *resume)
 {
     size_t i = *resume > base ? *resume : base, end = base + 64 < len ? base + 64 : len;
     while (i < end) {
@@ -396,12 +400,12 @@ AI bool block_strings(const uint8_t *p, unsigned n, const classes *m, carries *k
     o->closeq = o->q & ~o->in;
     o->body = o->in & ~o->openq;
     o->out = ~o->in & ~o->closeq;
-    if (esc && !escapes_ok(s, len, base, esc & o->body))
+    if (RARE(esc) && !escapes_ok(s, len, base, esc & o->body))
         return false;
     *err |= esc & ~o->body;               /* an escape outside a string */
     *err |= m->ctrl & o->body;            /* raw control characters in strings */
     *err |= (m->bs | m->hi) & o->out;     /* backslashes, non-ASCII outside strings */
-    return !(m->hi && !utf8_ok(s, len, base, utf8_resume));
+    return !(RARE(m->hi) && !utf8_ok(s, len, base, utf8_resume));
 }
 
 /* Scalars of a block (numbers and literals): returns the first byte of each scalar run in *ss
