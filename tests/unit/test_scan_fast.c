@@ -283,3 +283,36 @@ Test(scan_fast, strings_across_every_block_boundary, .timeout = 120)
     across_boundaries(strings, sizeof strings / sizeof strings[0],
                       "%*s{\"%s\":[\"%s\"],\"b\":\"%s\"}");
 }
+
+/* Every byte value between the tokens of an object, an array and a value (outside strings, where
+ * JSON allows whitespace only, or a byte that makes another token), with the byte in turn at
+ * every offset of a block: stage 1 tells what may stand there by a table, and every stage 1 this
+ * machine has must agree with the byte-by-byte scan on each. */
+Test(scan_fast, every_byte_between_tokens, .timeout = 120)
+{
+    static const char *const shapes[] = {
+        "%*s{\"a\":1,%c\"b\":[2,3]}", "%*s{\"a\"%c:1}", "%*s{\"a\":%c1}", "%*s{\"a\":[1,%c2]}",
+        "%*s{\"a\":1%c}", "%*s{%c}", "%*s{\"a\":[%c]}", "%*s{\"a\":{\"b\":true%c}}",
+    };
+    vm_program *p = program();
+    vm_options slow_opt = { .no_simd = true };
+    vm_ctx *fast = vm_ctx_new(p, NULL), *slow = vm_ctx_new(p, &slow_opt);
+    int first = kinds_here();
+    long valid = 0, total = 0;
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        for (int byte = 0; byte < 256; byte++) {
+            for (int pad = 50; pad < 70; pad++) {
+                char in[256];
+                int len = snprintf(in, sizeof in, shapes[i], pad, "", byte);
+                check(p, fast, slow, in, (size_t)len, first, &valid);
+                total++;
+            }
+        }
+    }
+    cr_log_info("scan_fast: %ld inputs with a byte between tokens, %ld valid", total, valid);
+    cr_expect_gt(valid, 0);
+    cr_expect_lt(valid, total);
+    vm_ctx_free(fast);
+    vm_ctx_free(slow);
+    vm_program_free(p);
+}
