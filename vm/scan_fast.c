@@ -977,14 +977,20 @@ HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t len)
     }
     const uint32_t *pos = F->br_pos;
     const uint64_t *cnt = F->br_cnt;
+    uint32_t *match = F->br_match;
+    struct vm_fast_frame *stack = F->stack;
     uint32_t depth = 0, nbr = F->nbr;
+    size_t max_depth = c->max_depth;
+    /* (the last bracket, the event's, closes: each opening one has another after it) */
+    if (json[last_sig] != '}')
+        return false;
     struct vm_fast_frame cur = { 0, 0, 0 };   /* the open container */
     for (uint32_t i = 0; i < nbr; i++) {
         uint8_t ch = (uint8_t)json[pos[i]];
         if (ch & 2) {
-            if (depth == c->max_depth)
+            if (depth == max_depth)
                 return false;   /* too deep: the byte-by-byte scan reports it */
-            uint8_t next = i + 1 < nbr ? (uint8_t)json[pos[i + 1]] : 0;
+            uint8_t next = (uint8_t)json[pos[i + 1]];
             if ((next ^ ch) == 6) {
                 /* A container with none inside (most are, in CityLots the 14 or so points of
                  * a polygon): matched and counted without going on the stack.  Stage 1 alone,
@@ -993,14 +999,14 @@ HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t len)
                 uint64_t own = cnt[i + 1] - cnt[i];
                 if (!container_ok(json, pos[i], pos[i + 1], next, own))
                     return false;
-                F->br_match[i] = i + 1;
+                match[i] = i + 1;
                 i++;
                 cur.inner += own;
                 if (depth == 0 && i != nbr - 1)
                     return false;
                 continue;
             }
-            F->stack[depth++] = cur;
+            stack[depth++] = cur;
             cur = (struct vm_fast_frame){ i, 0, ch };
             continue;
         }
@@ -1010,8 +1016,8 @@ HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t len)
         uint64_t in = cnt[i] - cnt[cur.open], own = in - cur.inner;
         if (!container_ok(json, pos[cur.open], pos[i], ch, own))
             return false;
-        F->br_match[cur.open] = i;   /* (read for opening brackets only) */
-        cur = F->stack[--depth];
+        match[cur.open] = i;   /* (read for opening brackets only) */
+        cur = stack[--depth];
         cur.inner += in;
         if (depth == 0 && i != nbr - 1)
             return false;   /* something after the event's object */
