@@ -981,7 +981,10 @@ HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t len)
     struct vm_fast_frame *stack = F->stack;
     uint32_t depth = 0, nbr = F->nbr;
     size_t max_depth = c->max_depth;
-    /* (the last bracket, the event's, closes: each opening one has another after it) */
+    /* (the last bracket, the event's, closes: each opening one has another after it, read with
+     * no bounds check; the tables and max_depth in locals, since a store of a match or a frame
+     * might otherwise change them for all GCC knows: PREFIX validating 7,361 -> 7,341
+     * instructions an event) */
     if (json[last_sig] != '}')
         return false;
     struct vm_fast_frame cur = { 0, 0, 0 };   /* the open container */

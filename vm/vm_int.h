@@ -427,7 +427,8 @@ void vm_sort_rules(uint32_t *v, size_t n);
 /* The extraction walk reads 64-byte windows with AVX-512 (1) or SSE2 (0); -1 until the first
  * walk asks the CPU.  Tests set it to run both. */
 extern int vm_walk_wide;
-/* ... and is built for BMI2 and POPCNT (1) or for any x86-64 (0); -1 until it asks the CPU. */
+/* ... and is built for BMI1, BMI2 and POPCNT (1) or for any x86-64 (0); -1 until it asks the
+ * CPU. */
 extern int vm_walk_bmi;
 
 /* Stage 1 of the fast scanner: true when the event is valid (then c->fast is filled). */

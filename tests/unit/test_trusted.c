@@ -430,7 +430,7 @@ Test(trusted, string_members_agree, .timeout = 300)
     engines_open(&e, generated_rules());
     strings_first = true;
     long fields = 0;
-    /* with the windows and the build of the walk this CPU runs best (AVX-512 and BMI2 where it
+    /* with the windows and the build of the walk this CPU runs best (AVX-512 and BMI where it
      * has them), then with SSE2's windows and the build for any x86-64 */
     int first = -1, bmi = -1;   /* the first pass's, as the walk chose them */
     for (int narrow = 0; narrow < 2; narrow++) {
@@ -451,7 +451,7 @@ Test(trusted, string_members_agree, .timeout = 300)
     vm_walk_bmi = -1;
     strings_first = false;
     cr_log_info("trusted: %d events of string members twice (windows: %s%s, then SSE2), %ld "
-                "leaves recorded", n, first == 1 ? "AVX-512" : "SSE2", bmi == 1 ? ", BMI2" : "",
+                "leaves recorded", n, first == 1 ? "AVX-512" : "SSE2", bmi == 1 ? ", BMI" : "",
                 fields);
     cr_expect_gt(fields, 2 * n);
     engines_close(&e);
