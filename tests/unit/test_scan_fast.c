@@ -201,6 +201,10 @@ Test(scan_fast, tricky_inputs)
         /* a second value after the event's object, one with nothing inside and one without */
         "{}{}", "{} []", "{\"a\":1},[]", "{},{}", "{}, {\"a\":{}}", "{\"a\":1}{\"b\":2}",
         "{\"a\":1}[]", "{}{\"a\":[1]}", "[]",
+        /* the event's last '}' closing a container inside it (the bracket walk's sentinel) */
+        "{\"a\":{\"b\":1}", "{\"a\":[1]", "{\"a\":[{}]", "{\"a\":{}", "{\"a\":[[1],[2]]",
+        "{\"a\":{\"b\":{}}", "{\"a\":[{\"b\":1},{\"c\":2}]", "{\"a\":{\"b\":[1]}}}",
+        "{\"a\":{\"b\":{\"c\":[1]}", "{\"a\":[[[1]]", "{\"a\":[[[[{}]]]}",
     };
     vm_program *p = program();
     vm_options slow_opt = { .no_simd = true };
@@ -314,5 +318,41 @@ Test(scan_fast, every_byte_between_tokens, .timeout = 120)
     cr_expect_lt(valid, total);
     vm_ctx_free(fast);
     vm_ctx_free(slow);
+    vm_program_free(p);
+}
+
+/* Nesting at and around the depth limit (vm_options.max_depth from 1 to 6): containers with
+ * none inside and with others inside, objects and arrays, as deep as the limit and one deeper.
+ * Stage 1 checks the depth where a container with another inside opens, not at every bracket;
+ * it must give the byte-by-byte scan's verdict on each. */
+Test(scan_fast, nesting_at_the_depth_limit)
+{
+    vm_program *p = program();
+    int first = kinds_here();
+    long valid = 0, total = 0;
+    for (size_t limit = 1; limit <= 6; limit++) {
+        vm_options fast_opt = { .max_depth = limit }, slow_opt = { .no_simd = true, .max_depth = limit };
+        vm_ctx *fast = vm_ctx_new(p, &fast_opt), *slow = vm_ctx_new(p, &slow_opt);
+        for (int depth = 1; depth <= 8; depth++) {
+            for (int shape = 0; shape < 4; shape++) {
+                /* shape: the innermost holds a number or is empty; the levels are objects, or
+                 * objects and arrays in turn */
+                buf b = { 0 };
+                put(&b, "%*s", (int)rnd(70), "");
+                for (int d = 0; d < depth; d++)
+                    put(&b, "%s", d == 0 || !(shape & 2) || d % 2 ? "{\"a\":" : "[");
+                put(&b, "%s", shape & 1 ? "1" : "[]");
+                for (int d = depth - 1; d >= 0; d--)
+                    put(&b, "%s", d == 0 || !(shape & 2) || d % 2 ? "}" : "]");
+                check(p, fast, slow, b.s, b.n, first, &valid);
+                total++;
+                free(b.s);
+            }
+        }
+        vm_ctx_free(fast);
+        vm_ctx_free(slow);
+    }
+    cr_expect_gt(valid, 0);
+    cr_expect_lt(valid, total);
     vm_program_free(p);
 }
