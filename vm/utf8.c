@@ -83,8 +83,60 @@ static inline uint64_t fold_ascii_word(uint64_t w)
 /* Writes the full case folding of UTF-8 text s[0..n) to out (room for 3*n bytes: the longest
  * expansion, U+0390 to three 2-byte code points, triples its bytes).  Bytes that are not
  * well-formed UTF-8 are copied unchanged.  Returns the number of bytes written. */
+/* ASCII letters folded one at a time. */
+static inline char fold_ascii_byte(unsigned char b)
+{
+    return (char)(b + ((unsigned)(b - 'A') < 26u ? 32 : 0));
+}
+
+/* The full case folding of s[0..n), 1 <= n <= 16, when it is ASCII: by two overlapping words
+ * (8 bytes from each end, or 4), or three bytes (first, middle, last) below 4, each written
+ * where it was read, the overlap twice with the same bytes.  False when some byte is not
+ * ASCII (nothing useful is written then).  A string of any length below 17 takes two
+ * branches on its length, where the loops below take one a word and one a byte, which the
+ * lengths of an event's strings mispredict: about the same instructions (CityLots
+ * EQUALS_IGNORE_CASE, trusted: 3,891 -> 3,877 an event), ~1% less time (in-process A/B,
+ * 300 alternating passes, x1.007-1.015; SUFFIX_EQUALS_IGNORE_CASE x1.00-1.02). */
+static inline bool fold_short_ascii(const char *s, size_t n, char *out)
+{
+    if (n >= 8) {
+        uint64_t a, b;
+        memcpy(&a, s, 8);
+        memcpy(&b, s + n - 8, 8);
+        if ((a | b) & 0x8080808080808080ull)
+            return false;
+        a = fold_ascii_word(a);
+        b = fold_ascii_word(b);
+        memcpy(out, &a, 8);
+        memcpy(out + n - 8, &b, 8);
+        return true;
+    }
+    if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, s, 4);
+        memcpy(&b, s + n - 4, 4);
+        if ((a | b) & 0x80808080u)
+            return false;
+        a = (uint32_t)fold_ascii_word(a);
+        b = (uint32_t)fold_ascii_word(b);
+        memcpy(out, &a, 4);
+        memcpy(out + n - 4, &b, 4);
+        return true;
+    }
+    unsigned char x = (unsigned char)s[0], y = (unsigned char)s[n / 2],
+                  z = (unsigned char)s[n - 1];
+    if ((x | y | z) & 0x80)
+        return false;
+    out[0] = fold_ascii_byte(x);
+    out[n / 2] = fold_ascii_byte(y);
+    out[n - 1] = fold_ascii_byte(z);
+    return true;
+}
+
 size_t vm_casefold_utf8(const char *s, size_t n, char *out)
 {
+    if (n - 1 < 16 && fold_short_ascii(s, n, out))
+        return n;
     size_t i = 0, o;
     /* ASCII, 8 bytes and then 4 at a time, until a byte that is not.  (The values that rules fold
      * are mostly short ASCII words: on the CityLots EQUALS_IGNORE_CASE row, byte by byte, this
