@@ -657,6 +657,13 @@ walk_lean(vm_ctx *c, const char *json, size_t len, vm_error *err, bool fast)
         goto done;
     }
     struct vm_frame f = { 0, 0, 0, 0, 0 };      /* the open container; its parents on c->frames */
+    /* The edges of f's trie node, where each of its keys is looked up: kept while f is open
+     * (read from the node for every key, they were ~11 of the ~32 instructions a key cost;
+     * CityLots PREFIX, validating 6,955 -> 6,881 instructions an event, trusted 3,042 -> 2,967). */
+    const vm_trie_edge *fe;
+    uint32_t fne;
+#define F_EDGES() (fe = t->edges + t->nodes[f.node].edge0, fne = t->nodes[f.node].nedge)
+    F_EDGES();
     char close = '}';
     p++;
     bi++;
@@ -713,7 +720,7 @@ member:                                         /* a member (key and value) or a
                         break;
                     unsigned o = (unsigned)__builtin_ctzll(ko), q1 = (unsigned)__builtin_ctzll(k1),
                              q2 = (unsigned)__builtin_ctzll(v0), e = (unsigned)__builtin_ctzll(v1);
-                    node = vm_trie_child(t, f.node, s + p + o + 1, q1 - o - 1);
+                    node = vm_trie_child_of(t, f.node, fe, fne, s + p + o + 1, q1 - o - 1);
                     st = add_field(&S, node, VM_J_STR, false, p + q2 + 1, e - q2 - 1);
                     if (st != VM_OK)
                         return st;
@@ -740,7 +747,7 @@ member:                                         /* a member (key and value) or a
                 return fail(&S, p, VM_ERR_EVENT, "unterminated string or invalid escape");
             size_t klen = end - k - 1;
             if (!esc && !dots) {
-                node = vm_trie_child(t, f.node, s + k, klen);   /* the usual key: one segment */
+                node = vm_trie_child_of(t, f.node, fe, fne, s + k, klen);   /* the usual key */
             } else {
                 S.p = end;
                 S.dots = dots;
@@ -800,6 +807,7 @@ member:                                         /* a member (key and value) or a
             if (!VM_BUF_PUSH(c->frames, f))
                 return fail(&S, p, VM_ERR_NOMEM, "out of memory");
             f = nf;
+            F_EDGES();
             close = array ? ']' : '}';
             p++;
             bi++;
@@ -854,6 +862,7 @@ closed:
         close_element(c);
     if (c->frames.n > 0) {
         f = c->frames.v[--c->frames.n];
+        F_EDGES();
         close = f.array ? ']' : '}';
         goto after;
     }
@@ -863,6 +872,8 @@ done:
         return fail(&S, p, VM_ERR_EVENT, "unexpected text after the event's closing '}'");
     return VM_OK;
 }
+
+#undef F_EDGES
 
 static vm_status walk_trusted(vm_ctx *c, const char *json, size_t len, vm_error *err)
 {

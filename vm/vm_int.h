@@ -79,25 +79,33 @@ struct vm_trie {
  * -> 54.7K instructions and 690 -> 594 D1 misses an event.) */
 uint32_t vm_trie_child_many(const struct vm_trie *t, uint32_t n, const char *k, size_t len);
 
-static inline uint32_t vm_trie_child(const struct vm_trie *t, uint32_t n, const char *k, size_t len)
+/* vm_trie_child with node n's edges and their number already at hand (e, ne): the scanner's
+ * walk keeps them for the container it reads, whose keys all start at its node. */
+static inline uint32_t vm_trie_child_of(const struct vm_trie *t, uint32_t n,
+                                        const vm_trie_edge *e, uint32_t ne, const char *k,
+                                        size_t len)
 {
-    const vm_trie_node *node = &t->nodes[n];
-    if (node->nedge > 8)
+    if (ne > 8)
         return vm_trie_child_many(t, n, k, len);
-    const vm_trie_edge *e = t->edges + node->edge0;
-    for (uint32_t i = 0; i < node->nedge; i++) {
+    for (uint32_t i = 0; i < ne; i++) {
         if (e[i].len != len)
             continue;
         /* (the head only once a length matches: most keys of an event are on no rule's path,
          * and making it first branched on every key's length: trusted CityLots EXACT 248 ->
          * 233 ns an event) */
         uint64_t head = vm_key_head(k, len);
-        for (; i < node->nedge && e[i].len == len; i++)
+        for (; i < ne && e[i].len == len; i++)
             if (e[i].head == head && (len <= 8 || memcmp(e[i].key + 8, k + 8, len - 8) == 0))
                 return e[i].child;
         return VM_NONE;
     }
     return VM_NONE;
+}
+
+static inline uint32_t vm_trie_child(const struct vm_trie *t, uint32_t n, const char *k, size_t len)
+{
+    const vm_trie_node *node = &t->nodes[n];
+    return vm_trie_child_of(t, n, t->edges + node->edge0, node->nedge, k, len);
 }
 
 void vm_trie_free(struct vm_trie *t);
