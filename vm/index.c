@@ -19,9 +19,11 @@ uint64_t vm_ix_hash(unsigned kind, unsigned aux, uint32_t ipath, const char *key
     return h ^ (h >> 32);
 }
 
-/* The key's predicate list, or NULL. */
-static const vm_ix_key *find_key(const vm_program *p, unsigned kind, unsigned aux, uint32_t ipath,
-                                 const char *key, size_t len)
+/* The key's predicate list, or NULL.  (In line in its two callers: a call was ~25 of the ~75
+ * instructions a look-up took, CityLots SUFFIX_EQUALS_IGNORE_CASE.) */
+static inline __attribute__((always_inline)) const vm_ix_key *
+find_key(const vm_program *p, unsigned kind, unsigned aux, uint32_t ipath, const char *key,
+         size_t len)
 {
     uint32_t mask = p->nix_slots - 1;
     if (!p->nix_slots)
