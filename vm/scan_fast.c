@@ -594,8 +594,9 @@ typedef struct {
      * closing '"' (0x3b, 0x3d, 0x1b, 0x1d, 0x3a, 0x2c and 0x22 are distinct), and T_SCALAR for
      * any other, the first byte of a scalar.  The first bytes a valid scalar can have (digits,
      * '-', 't', 'f', 'n': 0x30-0x39, 0x2d, 0x34, 0x26, 0x2e) share no entry with the others;
-     * those that do ('b', 'l', 'z') start no number or literal, and the number grammar fails
-     * them.  Each class as a bit, for testing `allowed`. */
+     * those that do ('b', 'l', 'z', and 0xe2, 0xec, 0xfa by their low bits) start no number
+     * or literal, and the number grammar (or the test of bytes above 0x7f outside strings)
+     * fails them.  Each class as a bit, for testing `allowed`. */
     uint8_t cls_of[64], bit_of[64];
     /* The number grammar (vbmi2_numbers): the class of a byte of a number run (N_, at the low 7
      * bits of the byte; the class of a '-' that starts a number at num_ms); per pair of classes
@@ -958,7 +959,7 @@ static inline __attribute__((always_inline)) bool container_ok(const char *json,
  * bytes.  Every byte stage 1 passes outside whitespace is a token or in a string; the first
  * and the last are outside strings or are quotes.)
  *
- * The open container is kept in locals and only its parent goes on the stack, so a child's
+ * The open container is kept in locals and only its parents go on the stack, so a child's
  * counts reach the parent without a store and a load; '{' and '[' have bit 1 set, '}' and ']'
  * do not, and a bracket closes one of its kind if the two differ by 6 ('{' ^ '}', '[' ^ ']').
  * The walk was ~70 ns of the EXACT row's stage 1 an event; this saved ~10 of them (two runs of
@@ -987,9 +988,10 @@ HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t len)
     uint32_t nbr = F->nbr;
     if (json[last_sig] != '}')
         return false;
-    /* A sentinel past the last bracket: the event's '}' again.  Reached only when a container
-     * is left open (a container with none inside closed by the event's '}'), it closes as the
-     * last bracket may not, so the loop below needs no bound check of its own. */
+    /* A sentinel past the last bracket: the event's '}' again.  The loop reaches it only when
+     * a container is left open (the event's '}' closed one inside the event's object); it is a
+     * closing bracket, so nothing past it is read, and closing at index nbr always fails: the
+     * loop needs no bound check of its own. */
     if (F->br_cap <= nbr && !vm_fast_grow_brackets(F))
         return false;
     F->br_pos[nbr] = F->br_pos[nbr - 1];
@@ -1009,9 +1011,10 @@ HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t len)
      * Fewer values live in the loop than with a depth, a frame below the event's and the
      * opening bracket in the frame, and no check of the depth at each opening bracket nor of
      * the end at each: GCC spilled five of them.  With the empty object's check out of line
-     * and the usual object's test first: the walk 806 -> 502 instructions an event, PREFIX
-     * validating 7,285 -> 6,955 (the tables and max_depth in locals, since a store of a match
-     * or a frame might otherwise change them for all GCC knows). */
+     * and the usual object's test first: the walk with its checks 931 -> 602 instructions an
+     * event, PREFIX validating 7,285 -> 6,955 (the tables and the stack's end in locals, since
+     * a store of a match or a frame might otherwise change them for all GCC knows; the stack
+     * has room for max_depth + 1 frames, of which this uses max_depth - 2 at most). */
     struct vm_fast_frame *stack = F->stack, *sp = stack, *full = stack + (max_depth - 2);
     struct vm_fast_frame cur = { 0, 0 };
     for (uint32_t i = 1;; i++) {
@@ -1032,9 +1035,10 @@ HOT bool vm_fast_brackets(vm_ctx *c, const char *json, size_t len)
                 cur.inner += own;
                 continue;
             }
-            /* A container with another inside: that one is open within depth + 2 (a
-             * container with none inside needs no check of its own: its parent's made room
-             * for it).  Open now: the parents on the stack, cur and this one. */
+            /* A container with another inside: it opens at depth (sp - stack) + 2 (the parents
+             * on the stack, cur, itself) and its child one deeper, within max_depth only while
+             * sp < full (a container with none inside needs no check of its own: its parent's
+             * made room for it). */
             if (sp == full)
                 return false;   /* too deep: the byte-by-byte scan reports it */
             *sp++ = cur;

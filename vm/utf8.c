@@ -80,9 +80,6 @@ static inline uint64_t fold_ascii_word(uint64_t w)
     return w | ((from_a & ~past_z & 0x80 * ones) >> 2);
 }
 
-/* Writes the full case folding of UTF-8 text s[0..n) to out (room for 3*n bytes: the longest
- * expansion, U+0390 to three 2-byte code points, triples its bytes).  Bytes that are not
- * well-formed UTF-8 are copied unchanged.  Returns the number of bytes written. */
 /* ASCII letters folded one at a time. */
 static inline char fold_ascii_byte(unsigned char b)
 {
@@ -133,6 +130,9 @@ static inline bool fold_short_ascii(const char *s, size_t n, char *out)
     return true;
 }
 
+/* Writes the full case folding of UTF-8 text s[0..n) to out (room for 3*n bytes: the longest
+ * expansion, U+0390 to three 2-byte code points, triples its bytes).  Bytes that are not
+ * well-formed UTF-8 are copied unchanged.  Returns the number of bytes written. */
 size_t vm_casefold_utf8(const char *s, size_t n, char *out)
 {
     if (n - 1 < 16 && fold_short_ascii(s, n, out))
@@ -163,7 +163,7 @@ size_t vm_casefold_utf8(const char *s, size_t n, char *out)
     while (i < n) {
         unsigned char b = (unsigned char)s[i];
         if (b < 0x80) {   /* ASCII folds to ASCII */
-            out[o++] = (char)((b >= 'A' && b <= 'Z') ? b + 32 : b);
+            out[o++] = fold_ascii_byte(b);
             i++;
             continue;
         }

@@ -201,10 +201,12 @@ Test(scan_fast, tricky_inputs)
         /* a second value after the event's object, one with nothing inside and one without */
         "{}{}", "{} []", "{\"a\":1},[]", "{},{}", "{}, {\"a\":{}}", "{\"a\":1}{\"b\":2}",
         "{\"a\":1}[]", "{}{\"a\":[1]}", "[]",
-        /* the event's last '}' closing a container inside it (the bracket walk's sentinel) */
-        "{\"a\":{\"b\":1}", "{\"a\":[1]", "{\"a\":[{}]", "{\"a\":{}", "{\"a\":[[1],[2]]",
-        "{\"a\":{\"b\":{}}", "{\"a\":[{\"b\":1},{\"c\":2}]", "{\"a\":{\"b\":[1]}}}",
-        "{\"a\":{\"b\":{\"c\":[1]}", "{\"a\":[[[1]]", "{\"a\":[[[[{}]]]}",
+        /* the event's last '}' closing a container inside it: the bracket walk reads its
+         * sentinel with the event's object open, or another container too */
+        "{\"a\":{\"b\":1}", "{\"a\":{}", "{\"a\":{\"b\":{}", "{\"a\":{\"b\":{\"c\":1}",
+        "{\"a\":[{}", "{\"a\":[1,{}", "{\"a\":[{\"b\":1}", "{\"a\":[[{\"b\":1}",
+        "{\"a\":{\"b\":{\"c\":[1]}", "{\"a\":[{\"b\":[{}]}", "{\"a\":{\"b\":{}}",
+        "{\"a\":{\"b\":[1]}}}", "{\"a\":[[[[{}]]]}",
     };
     vm_program *p = program();
     vm_options slow_opt = { .no_simd = true };
@@ -354,5 +356,43 @@ Test(scan_fast, nesting_at_the_depth_limit)
     }
     cr_expect_gt(valid, 0);
     cr_expect_lt(valid, total);
+    vm_program_free(p);
+}
+
+/* Events that leave a container open under their last '}', each after a long event that fills
+ * the bracket tables with positions far past its end, and in a buffer of its own size: a walk
+ * that read a bracket past the sentinel would read the event's bytes there (out of bounds: the
+ * sanitizer build fails; stale positions otherwise). */
+Test(scan_fast, containers_left_open_read_nothing_past_the_event)
+{
+    static const char *const cases[] = {
+        "{\"a\":{\"b\":{}", "{\"a\":{\"b\":{\"c\":1}", "{\"a\":[{}", "{\"a\":[1,{}",
+        "{\"a\":{\"b\":{\"c\":[1]}", "{\"a\":{\"b\":{\"c\":{\"d\":{}}", "{\"a\":{\"b\":1}",
+    };
+    vm_program *p = program();
+    vm_options slow_opt = { .no_simd = true };
+    vm_ctx *fast = vm_ctx_new(p, NULL), *slow = vm_ctx_new(p, &slow_opt);
+    int first = kinds_here();
+    long valid = 0;
+    buf big = { 0 };
+    put(&big, "{\"a\":[");
+    for (int i = 0; i < 200; i++)
+        put(&big, "%s{\"x\":[%d,{\"y\":[]}]}", i ? "," : "", i);
+    put(&big, "]}");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        for (int pad = 0; pad < 70; pad += 5) {
+            check(p, fast, slow, big.s, big.n, first, &valid);
+            size_t len = strlen(cases[i]);
+            char *in = malloc((size_t)pad + len);
+            memset(in, ' ', (size_t)pad);
+            memcpy(in + pad, cases[i], len);
+            check(p, fast, slow, in, (size_t)pad + len, first, &valid);
+            free(in);
+        }
+    }
+    free(big.s);
+    cr_expect_eq(valid, (long)(sizeof cases / sizeof cases[0]) * 14, "only the long events are valid");
+    vm_ctx_free(fast);
+    vm_ctx_free(slow);
     vm_program_free(p);
 }
