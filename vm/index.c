@@ -374,6 +374,30 @@ static inline bool fire_affixes(vm_ctx *c, const vm_ix_bus *b, uint32_t ipath, u
     return nlen == 0 || fire_affixes_n(c, b, ipath, kind, len0, nlen, t, n, suffix);
 }
 
+/* May a key of affix kind `kind` (VM_K_PREFIX to VM_K_SUFFIX_CI) of path entry ipath match the
+ * text t[0..n)?  False only when none can: the filter (struct vm_derived, affix_bits) has no key
+ * that begins (or ends) with the text's first (or last) two bytes, folded for the _CI kinds
+ * when both are ASCII (the folded text then begins or ends with them folded).  Most of an
+ * event's values match no affix: their look-ups, one per key length, and the folding of the
+ * whole text are left out (CityLots SUFFIX_EQUALS_IGNORE_CASE, validating, in-process A/B over
+ * 30,000 events of the whole file: x1.05-1.08). */
+static inline bool affix_may(const vm_program *p, uint32_t ipath, unsigned kind, const char *t,
+                             size_t n)
+{
+    if (n < 2)
+        return true;
+    bool suffix = kind == VM_K_SUFFIX || kind == VM_K_SUFFIX_CI;
+    unsigned char a = (unsigned char)t[suffix ? n - 2 : 0], z = (unsigned char)t[suffix ? n - 1 : 1];
+    if (kind == VM_K_PREFIX_CI || kind == VM_K_SUFFIX_CI) {
+        if ((a | z) & 0x80)
+            return true;
+        a = (unsigned char)(a + ((unsigned)(a - 'A') < 26u ? 32 : 0));
+        z = (unsigned char)(z + ((unsigned)(z - 'A') < 26u ? 32 : 0));
+    }
+    unsigned bit = vm_affix_bit(a, z);
+    return vm_affix_slot(p->derived, ipath, kind)[bit / 64] >> (bit % 64) & 1;
+}
+
 /* The range slot of d among the sorted bounds (see compiler/index.c, bound_slot). */
 static uint32_t value_slot(const double *bounds, uint32_t n, double d)
 {
@@ -412,9 +436,11 @@ static bool dispatch(vm_ctx *c, const vm_ix_bus *b, uint32_t ipath, const char *
                 return false;
         }
         if (!fire_affixes(c, b, ipath, VM_K_PREFIX, ix->plen0,
-                          kinds & (1u << VM_K_PREFIX) ? ix->nplen : 0, t.s, t.n, false) ||
+                          (kinds & (1u << VM_K_PREFIX)) && affix_may(p, ipath, VM_K_PREFIX, t.s, t.n)
+                              ? ix->nplen : 0, t.s, t.n, false) ||
             !fire_affixes(c, b, ipath, VM_K_SUFFIX, ix->slen0,
-                          kinds & (1u << VM_K_SUFFIX) ? ix->nslen : 0, t.s, t.n, true))
+                          (kinds & (1u << VM_K_SUFFIX)) && affix_may(p, ipath, VM_K_SUFFIX, t.s, t.n)
+                              ? ix->nslen : 0, t.s, t.n, true))
             return false;
         if (kinds & ((1u << VM_K_IP) | (1u << VM_K_CIDR))) {
             uint8_t ip[16];
@@ -434,14 +460,19 @@ static bool dispatch(vm_ctx *c, const vm_ix_bus *b, uint32_t ipath, const char *
             }
         }
         if (kinds & ((1u << VM_K_STR_CI) | (1u << VM_K_PREFIX_CI) | (1u << VM_K_SUFFIX_CI))) {
+            /* (the filters on the text as it is: nothing is folded when no key can match) */
+            uint32_t np = (kinds & (1u << VM_K_PREFIX_CI)) &&
+                                  affix_may(p, ipath, VM_K_PREFIX_CI, t.s, t.n) ? ix->nplen : 0,
+                     ns = (kinds & (1u << VM_K_SUFFIX_CI)) &&
+                                  affix_may(p, ipath, VM_K_SUFFIX_CI, t.s, t.n) ? ix->nslen : 0;
+            if (!(kinds & (1u << VM_K_STR_CI)) && !np && !ns)
+                break;
             if (!vm_fold_text(c, &t))
                 return false;
             if ((kinds & (1u << VM_K_STR_CI)) && !fire_key(c, b, VM_K_STR_CI, 0, ipath, t.s, t.n))
                 return false;
-            if (!fire_affixes(c, b, ipath, VM_K_PREFIX_CI, ix->plen0,
-                              kinds & (1u << VM_K_PREFIX_CI) ? ix->nplen : 0, t.s, t.n, false) ||
-                !fire_affixes(c, b, ipath, VM_K_SUFFIX_CI, ix->slen0,
-                              kinds & (1u << VM_K_SUFFIX_CI) ? ix->nslen : 0, t.s, t.n, true))
+            if (!fire_affixes(c, b, ipath, VM_K_PREFIX_CI, ix->plen0, np, t.s, t.n, false) ||
+                !fire_affixes(c, b, ipath, VM_K_SUFFIX_CI, ix->slen0, ns, t.s, t.n, true))
                 return false;
         }
         break;

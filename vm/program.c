@@ -255,6 +255,33 @@ static bool tag_index_slots(const vm_program *p, struct vm_derived *d)
     return true;
 }
 
+/* The affix filters of struct vm_derived (vm_affix_slot). */
+static bool affix_filters(const vm_program *p, struct vm_derived *d)
+{
+    d->affix_bits = calloc(((size_t)p->nix_paths + 1) * 16, sizeof *d->affix_bits);
+    if (!d->affix_bits)
+        return false;
+    _Static_assert(VM_K_PREFIX_CI == VM_K_PREFIX + 1 && VM_K_SUFFIX == VM_K_PREFIX + 2 &&
+                       VM_K_SUFFIX_CI == VM_K_PREFIX + 3,
+                   "the affix kinds follow each other");
+    for (uint32_t i = 0; i < p->nix_keys; i++) {
+        const vm_ix_key *k = &p->ix_keys[i];
+        if (k->kind < VM_K_PREFIX || k->kind > VM_K_SUFFIX_CI)
+            continue;
+        uint64_t *w = (uint64_t *)vm_affix_slot(d, k->ipath, k->kind);
+        if (k->key.len < 2) {
+            w[0] = w[1] = w[2] = w[3] = ~0ull;
+            continue;
+        }
+        const unsigned char *b = (const unsigned char *)p->strs + k->key.off;
+        if (k->kind == VM_K_SUFFIX || k->kind == VM_K_SUFFIX_CI)
+            b += k->key.len - 2;
+        unsigned bit = vm_affix_bit(b[0], b[1]);
+        w[bit / 64] |= 1ull << (bit % 64);
+    }
+    return true;
+}
+
 /* The vid_slots probe for (path, s) (any hash will do: it is never stored). */
 static uint64_t vid_hash(uint32_t path, const char *s, size_t n)
 {
@@ -717,6 +744,7 @@ void vm_derived_free(struct vm_derived *d)
         return;
     free(d->ix_path_of);
     free(d->ix_tagged);
+    free(d->affix_bits);
     free(d->vid_slots);
     free(d->vid_text);
     free(d->vid_local);
@@ -743,7 +771,8 @@ vm_status vm_program_prepare(vm_program *p)
         return VM_ERR_NOMEM;
     p->derived->trie = build_trie(p);
     if (!p->derived->trie || !analyse_code(p, p->derived) || !map_index_paths(p, p->derived) ||
-        !tag_index_slots(p, p->derived) || !number_values(p, p->derived) ||
+        !tag_index_slots(p, p->derived) || !affix_filters(p, p->derived) ||
+        !number_values(p, p->derived) ||
         !key_value_ids(p, p->derived) || !clause_records(p, p->derived) ||
         !quick_tests(p, p->derived) || !negated_tests(p, p->derived)) {
         vm_derived_free(p->derived);

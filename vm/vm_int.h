@@ -153,6 +153,12 @@ struct vm_derived {
      * leaf that some rule's trigger looks at was looked up twice. */
     uint32_t *key_vid;
     uint8_t *keys_hold_vids;
+    /* Per path entry of the index and affix kind (VM_K_PREFIX, _PREFIX_CI, _SUFFIX, _SUFFIX_CI,
+     * vm_affix_slot), 256 bits: bit vm_affix_bit of the two bytes each key of that kind begins
+     * (a prefix) or ends (a suffix) with; all set when some key is shorter than two bytes.  A
+     * clear bit says no key of the kind can match a text, whose two bytes there are folded
+     * first for the _CI kinds (index.c, dispatch). */
+    uint64_t *affix_bits;
     /* Per test: VM_Q_* when it is an equality, prefix, suffix or wildcard test of strings alone
      * (no address, no number) that index.c can run on a string leaf's bytes as they lie in the
      * event (ignore-case: constants of ASCII alone, and no wildcard), else VM_Q_NONE (index.c,
@@ -237,6 +243,19 @@ static inline uint64_t vm_probe_hash(uint64_t seed, const char *s, size_t n)
     h ^= h >> 32;
     h *= 0xd6e8feb86659fd93ull;
     return h ^ (h >> 32);
+}
+
+/* The affix filter of struct vm_derived: its four words for path entry ipath and kind. */
+static inline const uint64_t *vm_affix_slot(const struct vm_derived *d, uint32_t ipath,
+                                            unsigned kind)
+{
+    return d->affix_bits + ((size_t)ipath * 4 + (kind - VM_K_PREFIX)) * 4;
+}
+
+/* The bit of the affix filter for two bytes. */
+static inline unsigned vm_affix_bit(unsigned char a, unsigned char b)
+{
+    return ((uint32_t)(a << 8 | b) * 0x9E3779B1u) >> 24;
 }
 
 /* The vm_probe_hash seed of a key of the index. */
