@@ -391,8 +391,8 @@ static inline bool affix_may(const vm_program *p, uint32_t ipath, unsigned kind,
     if (kind == VM_K_PREFIX_CI || kind == VM_K_SUFFIX_CI) {
         if ((a | z) & 0x80)
             return true;
-        a = (unsigned char)(a + ((unsigned)(a - 'A') < 26u ? 32 : 0));
-        z = (unsigned char)(z + ((unsigned)(z - 'A') < 26u ? 32 : 0));
+        a = vm_fold_ascii(a);
+        z = vm_fold_ascii(z);
     }
     unsigned bit = vm_affix_bit(a, z);
     return vm_affix_slot(p->derived, ipath, kind)[bit / 64] >> (bit % 64) & 1;

@@ -245,6 +245,12 @@ static inline uint64_t vm_probe_hash(uint64_t seed, const char *s, size_t n)
     return h ^ (h >> 32);
 }
 
+/* An ASCII byte case-folded: 'A'..'Z' to 'a'..'z', any other byte as it is. */
+static inline unsigned char vm_fold_ascii(unsigned char b)
+{
+    return (unsigned char)(b + ((unsigned)(b - 'A') < 26u ? 32 : 0));
+}
+
 /* The affix filter of struct vm_derived: its four words for path entry ipath and kind. */
 static inline const uint64_t *vm_affix_slot(const struct vm_derived *d, uint32_t ipath,
                                             unsigned kind)
